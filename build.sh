@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Strata's one entry point for people and CI.
+#   ./build.sh run    install what is missing, build, run the main job on the embedded default
+#   ./build.sh test   install what is missing, build, run every test (C and C#), print "N passed, N failed"
+#   ./build.sh setup | build | ctest | dotnet-test | check-bindings
+# It installs Debian packages with apt-get when they are missing (as root, or through sudo).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+CONFIG="${CONFIG:-Release}"
+NATIVE_BUILD="$ROOT/build/native"
+RESULTS="$ROOT/build/test-results"
+DATA_DIR="${STRATA_DATA_DIR:-$ROOT/strata-data}"
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+
+# Debian packages the build, the tests and the benchmarks use.
+APT_PACKAGES=(cmake make gcc pkg-config liburing-dev libclang1-14 libclang-common-14-dev fio qemu-utils libnbd-bin nbdkit)
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'build.sh: %s\n' "$*" >&2; exit 2; }
+
+setup() {
+  command -v dotnet >/dev/null || die "the .NET SDK 10 is required (dotnet not on PATH)"
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+build_native() {
+  log "building native/ (CMake, $CONFIG)"
+  cmake -S "$ROOT" -B "$NATIVE_BUILD" -DCMAKE_BUILD_TYPE="$CONFIG" >/dev/null
+  cmake --build "$NATIVE_BUILD" -j "$(nproc)" >/dev/null
+}
+
+build_dotnet() {
+  log "building Engine.sln ($CONFIG)"
+  # The native library was just built; the projects need not run CMake again.
+  dotnet build "$ROOT/Engine.sln" -c "$CONFIG" -p:SkipNativeBuild=true -nologo -clp:ErrorsOnly -v:q
+}
+
+build() { build_native; build_dotnet; }
+
+# Runs ctest; appends "ctest PASSED FAILED" to the tally file.
+run_ctest() {
+  log "C tests (ctest)"
+  local out="$RESULTS/ctest.log" rc=0
+  ctest --test-dir "$NATIVE_BUILD" --output-on-failure --timeout 120 -j 2 >"$out" 2>&1 || rc=$?
+  tail -n 3 "$out" >&2
+  [ $rc -eq 0 ] || grep -E "Failed|\*\*\*" "$out" >&2 || true
+  local total failed
+  total=$(sed -nE 's/.*tests passed, ([0-9]+) tests failed out of ([0-9]+).*/\2/p' "$out" | tail -1)
+  failed=$(sed -nE 's/.*tests passed, ([0-9]+) tests failed out of ([0-9]+).*/\1/p' "$out" | tail -1)
+  if [ -z "$total" ]; then total=1; failed=1; echo "ctest did not report a summary" >&2; fi
+  echo "ctest $((total - failed)) $failed 0" >>"$RESULTS/tally"
+}
+
+# The generated bindings must match the header: regenerate in memory and diff.
+check_bindings() {
+  log "checking generated bindings against native/include/strata_io.h"
+  if dotnet "$ROOT/build/bin/Strata.Interop.Generator/$CONFIG/net10.0/Strata.Interop.Generator.dll" \
+      --header native/include/strata_io.h --out interop/Strata.Interop/Generated/StrataIo.g.cs --check; then
+    echo "bindings 1 0 0" >>"$RESULTS/tally"
+  else
+    echo "bindings 0 1 0" >>"$RESULTS/tally"
+  fi
+}
+
+# Runs every MSTest project; appends their counts to the tally file.
+run_dotnet_tests() {
+  log "C# tests (MSTest)"
+  local out="$RESULTS/dotnet-test.log" rc=0
+  dotnet test "$ROOT/Engine.sln" -c "$CONFIG" --no-build -nologo \
+    --logger "console;verbosity=normal" --results-directory "$RESULTS/trx" --logger trx -- \
+    >"$out" 2>&1 || rc=$?
+  grep -E "^\s*(Failed|Passed)!|^\s*Failed [A-Za-z]|Error Message|Aborted|crashed" -A2 "$out" | grep -vE "^\s+at " >&2 || true
+  local p=0 f=0 s=0 line
+  while IFS= read -r line; do
+    p=$((p + $(sed -nE 's/.*Passed: +([0-9]+).*/\1/p' <<<"$line")))
+    f=$((f + $(sed -nE 's/.*Failed: +([0-9]+).*/\1/p' <<<"$line")))
+    s=$((s + $(sed -nE 's/.*Skipped: +([0-9]+).*/\1/p' <<<"$line")))
+  done < <(grep -E "(Passed|Failed)! +- Failed: +[0-9]+, Passed: +[0-9]+, Skipped: +[0-9]+" "$out")
+  if [ $rc -ne 0 ] && [ $f -eq 0 ]; then f=1; echo "dotnet test exited $rc (a test host crashed or aborted?)" >&2; fi
+  echo "mstest $p $f $s" >>"$RESULTS/tally"
+}
+
+test_all() {
+  setup
+  rm -rf "$RESULTS"; mkdir -p "$RESULTS"
+  : >"$RESULTS/tally"
+  build
+  run_ctest
+  check_bindings
+  run_dotnet_tests
+  local p=0 f=0 s=0 name a b c
+  while read -r name a b c; do
+    printf '  %-9s %5d passed, %d failed, %d skipped\n' "$name" "$a" "$b" "$c" >&2
+    p=$((p + a)); f=$((f + b)); s=$((s + c))
+  done <"$RESULTS/tally"
+  echo "$p passed, $f failed, $s skipped"
+  [ "$f" -eq 0 ]
+}
+
+run_main() {
+  setup
+  build
+  log "main job: device self-check and a short benchmark on file-backed targets under $DATA_DIR"
+  dotnet "$ROOT/build/bin/Strata.Engine.Host/$CONFIG/net10.0/strata-engine.dll" selfcheck --data-dir "$DATA_DIR"
+  dotnet "$ROOT/build/bin/Strata.Perf/$CONFIG/net10.0/Strata.Perf.dll" device --quick --file "$DATA_DIR/bench.img"
+}
+
+case "${1:-}" in
+  run) run_main ;;
+  test) test_all ;;
+  setup) setup ;;
+  build) setup; build ;;
+  ctest) mkdir -p "$RESULTS"; : >"$RESULTS/tally"; run_ctest ;;
+  dotnet-test) mkdir -p "$RESULTS"; : >"$RESULTS/tally"; run_dotnet_tests ;;
+  check-bindings) mkdir -p "$RESULTS"; : >"$RESULTS/tally"; check_bindings ;;
+  *) die "usage: ./build.sh run|test|setup|build|ctest|dotnet-test|check-bindings" ;;
+esac

@@ -1,0 +1,173 @@
+using Strata.Interop;
+using Strata.Interop.Native;
+
+namespace Strata.Engine.Device;
+
+/// <summary>Options for opening a device.</summary>
+public sealed record DeviceOptions
+{
+    /// <summary>Polling threads, each with its own queue pair.</summary>
+    public int Pollers { get; init; } = 1;
+
+    /// <summary>Queue depth per queue pair (0 = the URI's qd option or the shim's default).</summary>
+    public int QueueDepth { get; init; }
+
+    /// <summary>Bytes of the DMA pool's registered arena.</summary>
+    public long ArenaBytes { get; init; } = 16 * 1024 * 1024;
+
+    /// <summary>Spin iterations of an idle poller before it parks (each about a microsecond).</summary>
+    public int IdleSpinIterations { get; init; } = 200;
+
+    /// <summary>Register the arena with each queue pair (io_uring fixed buffers).</summary>
+    public bool RegisterArena { get; init; } = true;
+
+    public static DeviceOptions Default { get; } = new();
+}
+
+/// <summary>
+/// A device served by libstrata_io (io_uring today, SPDK where built): the
+/// SafeHandle, one poller per queue pair, and a DMA pool from the shim's allocator.
+/// </summary>
+public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
+{
+    private readonly SioDeviceHandle _handle;
+    private readonly DevicePoller[] _pollers;
+    private readonly DmaBufferPool _pool;
+    private readonly IoOperationPool _ops;
+    private int _next;
+
+    private NativeBlockDevice(string uri, SioDeviceHandle handle, DeviceGeometry geometry, DeviceOptions options) : base(uri)
+    {
+        _handle = handle;
+        Geometry = geometry;
+        int depth = options.QueueDepth > 0 ? options.QueueDepth : geometry.QueueDepth;
+        _pool = new DmaBufferPool(new ShimAllocator(handle), uri, geometry.BufferAlignment, options.ArenaBytes);
+        _ops = new IoOperationPool(depth * Math.Max(1, options.Pollers) * 2);
+        _pollers = new DevicePoller[Math.Max(1, options.Pollers)];
+        try
+        {
+            for (int i = 0; i < _pollers.Length; i++)
+            {
+                var qp = SioQueuePairHandle.Create(handle, (uint)depth);
+                if (options.RegisterArena && _pool.Arena.Base != 0)
+                {
+                    int rc = StrataIo.sio_qpair_register_region(qp.DangerousGetHandle(), (void*)_pool.Arena.Base, (ulong)_pool.Arena.Length);
+                    RegisteredArena = rc == 0;
+                }
+                _pollers[i] = new DevicePoller(qp, depth, $"strata-poll-{i}", options.IdleSpinIterations);
+            }
+        }
+        catch
+        {
+            foreach (var p in _pollers)
+                p?.Dispose();
+            _pool.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Opens a device by URI (file:PATH?...); errors name the URI and the reason.</summary>
+    public static NativeBlockDevice Open(string uri, DeviceOptions? options = null)
+    {
+        options ??= DeviceOptions.Default;
+        var handle = SioDeviceHandle.Open(uri);
+        try
+        {
+            sio_geometry g;
+            int rc = StrataIo.sio_device_geometry(handle.DangerousGetHandle(), &g);
+            DeviceErrors.ThrowIfError(rc, uri, StrataIoRuntime.LastErrorDetail);
+            var geometry = new DeviceGeometry(
+                (int)g.logical_block_size, (int)g.optimal_io_size, (long)g.block_count, (int)g.buffer_alignment,
+                (int)g.queue_depth, (int)g.max_transfer, (DeviceFeatures)g.flags,
+                g.backend == StrataIo.SIO_BACKEND_SPDK ? DeviceKind.Spdk : DeviceKind.Uring);
+            return new NativeBlockDevice(uri, handle, geometry, options);
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    public override DeviceGeometry Geometry { get; }
+
+    public override DmaBufferPool Buffers => _pool;
+
+    /// <summary>Whether the DMA arena is registered with the queue pairs (fixed buffers).</summary>
+    public bool RegisteredArena { get; private set; }
+
+    protected override ValueTask SubmitCore(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
+    {
+        var op = _ops.Rent();
+        op.DeviceName = Name;
+        op.Opcode = opcode;
+        op.Offset = offset;
+        op.Length = length;
+        op.Flags = flags;
+        if (opcode is IoOpcode.Read or IoOpcode.Write)
+        {
+            op.Pin = buffer.Pin();
+            op.Buffer = (nint)op.Pin.Pointer;
+        }
+        else
+        {
+            op.Buffer = 0;
+        }
+        var task = op.AsValueTask();
+        var pollers = _pollers;
+        var poller = pollers.Length == 1 ? pollers[0] : pollers[(int)((uint)Interlocked.Increment(ref _next) % (uint)pollers.Length)];
+        poller.Enqueue(op);
+        return task;
+    }
+
+    public void SetFaults(string spec)
+    {
+        var bytes = System.Text.Encoding.UTF8.GetBytes(spec + "\0");
+        int rc;
+        fixed (byte* p = bytes)
+            rc = StrataIo.sio_device_set_faults(_handle.DangerousGetHandle(), p);
+        DeviceErrors.ThrowIfError(rc, Name, StrataIoRuntime.LastErrorDetail);
+    }
+
+    public FaultStats GetFaultStats()
+    {
+        sio_fault_stats s;
+        int rc = StrataIo.sio_device_fault_stats(_handle.DangerousGetHandle(), &s);
+        DeviceErrors.ThrowIfError(rc, Name, StrataIoRuntime.LastErrorDetail);
+        return new FaultStats((long)s.ios_seen, (long)s.ios_failed, (long)s.flushes_failed, (long)s.writes_torn);
+    }
+
+    protected override void CloseCore()
+    {
+        foreach (var p in _pollers)
+            p.Dispose();
+        _pool.Dispose();
+        _handle.Dispose();
+    }
+
+    /// <summary>DMA memory from the shim (SPDK needs its own allocator; io_uring gets aligned pages).</summary>
+    private sealed class ShimAllocator : IDmaAllocator, IDisposable
+    {
+        private readonly SioDeviceHandle _device;
+
+        // Holds a reference on the device so memory is never freed through a closed device.
+        public ShimAllocator(SioDeviceHandle device)
+        {
+            bool added = false;
+            device.DangerousAddRef(ref added);
+            _device = device;
+        }
+
+        public void* Allocate(long size, int alignment)
+        {
+            void* p;
+            int rc = StrataIo.sio_dma_alloc(_device.DangerousGetHandle(), (ulong)size, (uint)alignment, &p);
+            DeviceErrors.ThrowIfError(rc, _device.Uri, StrataIoRuntime.LastErrorDetail);
+            return p;
+        }
+
+        public void Free(void* pointer) => StrataIo.sio_dma_free(_device.DangerousGetHandle(), pointer);
+
+        public void Dispose() => _device.DangerousRelease();
+    }
+}

@@ -1,0 +1,46 @@
+using System.Globalization;
+
+namespace Strata.Perf.Common;
+
+/// <summary>
+/// Machine-wide CPU use from /proc/stat, so a result taken while something
+/// else was busy (builds, tests) says so. Busy polling is sensitive to that:
+/// a spinning poller competes with every runnable thread on a small machine.
+/// </summary>
+public readonly record struct HostCpuSample(long BusyTicks, long TotalTicks)
+{
+    public static HostCpuSample Now()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/stat"))
+            {
+                if (!line.StartsWith("cpu ", StringComparison.Ordinal))
+                    continue;
+                var f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                long total = 0, idle = 0;
+                for (int i = 1; i < f.Length && i <= 8; i++)
+                {
+                    long v = long.Parse(f[i], CultureInfo.InvariantCulture);
+                    total += v;
+                    if (i is 4 or 5) // idle, iowait
+                        idle += v;
+                }
+                return new HostCpuSample(total - idle, total);
+            }
+        }
+        catch (IOException)
+        {
+        }
+        return default;
+    }
+
+    /// <summary>Busy CPUs between two samples, as a percentage of one CPU (0..100*ProcessorCount).</summary>
+    public static double BusyPercent(HostCpuSample a, HostCpuSample b)
+    {
+        long total = b.TotalTicks - a.TotalTicks;
+        if (total <= 0)
+            return double.NaN;
+        return 100.0 * Environment.ProcessorCount * (b.BusyTicks - a.BusyTicks) / total;
+    }
+}

@@ -1,0 +1,298 @@
+using System.Globalization;
+using System.Text.Json;
+using Strata.Engine.Device;
+using Strata.Perf.Common;
+
+namespace Strata.Perf.Device;
+
+/// <summary>
+/// The "device" subcommand: Strata's device layer (NativeBlockDevice over
+/// libstrata_io/io_uring) and fio (ioengine=io_uring, direct=1) on the same
+/// preconditioned file, row by row, Strata then fio, with ratios.
+/// </summary>
+public static class DeviceBenchmark
+{
+    public const string Usage = """
+        device options:
+          --file PATH      test file (default perf/results/device-bench.dat, else /var/tmp/strata-perf/)
+          --size SIZE      file size (default 2G); written fully once so reads hit allocated blocks
+          --runtime SEC    measured seconds per row per engine (default 10; after 1 s warm-up)
+          --quick          2 s per row per engine
+          --rows LIST      comma-separated filters on row names (randread-4k-qd1, randread-4k-qd32,
+                           randwrite-4k-qd1, randwrite-4k-qd32, read-1m-qd8, write-1m-qd8)
+          --pollers N      Strata polling threads / queue pairs (default 1)
+          --spin N         Strata poller idle spin iterations before parking (default: DeviceOptions')
+          --sqpoll         kernel submission polling for both engines (Strata sqpoll=1, fio --sqthread_poll=1)
+          --engines LIST   strata,fio (default both)
+          --fio-args ARGS  extra fio arguments, space separated (e.g. "--iodepth_batch_complete_max=32")
+          --json FILE      write every figure as JSON
+        """;
+
+    public static async Task<int> RunAsync(CommandLine cl)
+    {
+        var options = DeviceBenchOptions.From(cl);
+        cl.ThrowIfUnused();
+
+        string fioVersion = options.RunFio || options.NeedPrecondition ? Fio.RequireInstalled() : "-";
+        Precondition(options);
+
+        Console.WriteLine($"device benchmark: {options.File} ({FormatSize(options.Size)}), {options.Runtime.TotalSeconds:F0} s per row per engine after 1 s warm-up");
+        Console.WriteLine($"strata: {options.StrataConfig}");
+        Console.WriteLine($"fio:    {fioVersion}, {string.Join(' ', FioCommon(options))}");
+        Console.WriteLine($"host:   {Environment.ProcessorCount} CPUs, {Environment.OSVersion.VersionString}, .NET {Environment.Version}");
+        Console.WriteLine();
+
+        var results = new List<RowResult>();
+        foreach (var row in options.Rows)
+        {
+            EngineResult? strata = null, fio = null;
+            if (options.RunStrata)
+            {
+                Console.Write($"  {row.Name,-18} strata ...");
+                var h0 = HostCpuSample.Now();
+                strata = await RunStrataAsync(options, row);
+                strata = strata with { OtherCpuPercent = Math.Max(0, HostCpuSample.BusyPercent(h0, HostCpuSample.Now()) - strata.CpuPercent) };
+                Console.WriteLine($" {Throughput(row, strata)}, p50 {TablePrinter.Latency(strata.P50Ns)}, p99 {TablePrinter.Latency(strata.P99Ns)}, cpu {strata.CpuPercent:F0}%, others {strata.OtherCpuPercent:F0}%");
+            }
+            if (options.RunFio)
+            {
+                Console.Write($"  {row.Name,-18} fio    ...");
+                var h0 = HostCpuSample.Now();
+                fio = RunFio(options, row);
+                fio = fio with { OtherCpuPercent = Math.Max(0, HostCpuSample.BusyPercent(h0, HostCpuSample.Now()) - fio.CpuPercent) };
+                Console.WriteLine($" {Throughput(row, fio)}, p50 {TablePrinter.Latency(fio.P50Ns)}, p99 {TablePrinter.Latency(fio.P99Ns)}, cpu {fio.CpuPercent:F0}%, others {fio.OtherCpuPercent:F0}%");
+            }
+            results.Add(new RowResult(row, strata, fio));
+        }
+
+        Console.WriteLine();
+        Console.Write(BuildTable(results));
+        Console.WriteLine("throughput ratio = Strata/fio (higher is better); p99 ratio = Strata p99 / fio p99 (lower is better).");
+        Console.WriteLine("Strata latency: call to end of await (includes dispatch to the awaiting thread); fio: clat (submit to reap).");
+        Console.WriteLine($"cpu: % of one CPU ({Environment.ProcessorCount} here); others cpu = the rest of the machine during the strata/fio runs.");
+        double worst = results.SelectMany(r => new[] { r.Strata?.OtherCpuPercent ?? 0, r.Fio?.OtherCpuPercent ?? 0 }).Where(double.IsFinite).DefaultIfEmpty(0).Max();
+        if (worst > 25)
+            Console.WriteLine($"warning: other processes used up to {worst:F0}% CPU during the runs; ratios on a busy machine are not comparable.");
+
+        if (options.JsonPath is not null)
+        {
+            WriteJson(options, fioVersion, results);
+            Console.WriteLine($"wrote {options.JsonPath}");
+        }
+        return 0;
+    }
+
+    private static async Task<EngineResult> RunStrataAsync(DeviceBenchOptions o, DeviceRow row)
+    {
+        // A fresh device per row: no poller thread lingers while fio runs.
+        int qd = Math.Max(128, row.QueueDepth);
+        string uri = $"file:{o.File}?direct=1&qd={qd}&sqpoll={(o.SqPoll ? 1 : 0)}";
+        var deviceOptions = new DeviceOptions { Pollers = o.Pollers };
+        if (o.IdleSpin is int spin)
+            deviceOptions = deviceOptions with { IdleSpinIterations = spin };
+        using var device = NativeBlockDevice.Open(uri, deviceOptions);
+        var load = new StrataLoad(device, row, o.Size);
+        string config = $"{uri} pollers={deviceOptions.Pollers} spin={deviceOptions.IdleSpinIterations} registered-arena={device.RegisteredArena}";
+        return await load.RunAsync(TimeSpan.FromSeconds(1), o.Runtime, config);
+    }
+
+    /// <summary>fio arguments every row shares; the "best sensible" io_uring setup on a VM without IOPOLL.</summary>
+    private static List<string> FioCommon(DeviceBenchOptions o)
+    {
+        var args = new List<string>
+        {
+            "--ioengine=io_uring", "--direct=1", "--hipri=0", "--fixedbufs", "--registerfiles",
+            "--randrepeat=0", "--norandommap", "--time_based", "--ramp_time=1", "--group_reporting",
+            "--percentile_list=50:99",
+        };
+        if (o.SqPoll)
+            args.Add("--sqthread_poll=1");
+        args.AddRange(o.FioExtra);
+        return args;
+    }
+
+    private static EngineResult RunFio(DeviceBenchOptions o, DeviceRow row)
+    {
+        var args = new List<string>
+        {
+            "--name=" + row.Name, "--filename=" + o.File, "--size=" + o.Size.ToString(CultureInfo.InvariantCulture),
+            "--rw=" + row.FioRw, "--bs=" + row.BlockSize.ToString(CultureInfo.InvariantCulture),
+            "--iodepth=" + row.QueueDepth.ToString(CultureInfo.InvariantCulture),
+            "--runtime=" + o.Runtime.TotalSeconds.ToString(CultureInfo.InvariantCulture),
+        };
+        args.AddRange(FioCommon(o));
+        var r = Fio.RunJob(args, o.Runtime + TimeSpan.FromSeconds(120));
+        return new EngineResult(r.Iops, r.BytesPerSecond, r.ClatP50Ns, r.ClatP99Ns, r.ClatMeanNs, r.CpuUserPct + r.CpuSysPct, null,
+            (long)(r.Iops * o.Runtime.TotalSeconds), r.CommandLine);
+    }
+
+    /// <summary>Creates the file and writes it fully once (a marker beside it records that).</summary>
+    private static void Precondition(DeviceBenchOptions o)
+    {
+        if (!o.NeedPrecondition)
+            return;
+        Directory.CreateDirectory(Path.GetDirectoryName(o.File)!);
+        Console.WriteLine($"preconditioning {o.File}: writing {FormatSize(o.Size)} sequentially with fio ...");
+        var args = new List<string>
+        {
+            "--name=precondition", "--filename=" + o.File, "--size=" + o.Size.ToString(CultureInfo.InvariantCulture),
+            "--rw=write", "--bs=1M", "--iodepth=16", "--ioengine=io_uring", "--direct=1", "--end_fsync=1",
+        };
+        var r = Fio.RunJob(args, TimeSpan.FromMinutes(30));
+        File.WriteAllText(o.MarkerPath, o.Size.ToString(CultureInfo.InvariantCulture));
+        Console.WriteLine($"preconditioned at {r.BytesPerSecond / 1e6:F0} MB/s");
+    }
+
+    private static string Throughput(DeviceRow row, EngineResult r) =>
+        row.ReportBandwidth ? $"{r.BytesPerSecond / 1e6:F0} MB/s" : $"{r.Iops:F0} IOPS";
+
+    private static string BuildTable(List<RowResult> results)
+    {
+        var t = new TablePrinter("row", "strata", "fio", "ratio", "strata p50", "fio p50", "strata p99", "fio p99", "p99 ratio", "strata cpu", "fio cpu", "others cpu");
+        foreach (var r in results)
+        {
+            t.Add(
+                r.Row.Label,
+                r.Strata is null ? "-" : Throughput(r.Row, r.Strata),
+                r.Fio is null ? "-" : Throughput(r.Row, r.Fio),
+                TablePrinter.Ratio(r.ThroughputRatio),
+                TablePrinter.Latency(r.Strata?.P50Ns ?? 0),
+                TablePrinter.Latency(r.Fio?.P50Ns ?? 0),
+                TablePrinter.Latency(r.Strata?.P99Ns ?? 0),
+                TablePrinter.Latency(r.Fio?.P99Ns ?? 0),
+                TablePrinter.Ratio(r.P99Ratio),
+                r.Strata is null ? "-" : $"{r.Strata.CpuPercent:F0}%",
+                r.Fio is null ? "-" : $"{r.Fio.CpuPercent:F0}%",
+                OtherCpu(r));
+        }
+        return t.ToString();
+    }
+
+    private static void WriteJson(DeviceBenchOptions o, string fioVersion, List<RowResult> results)
+    {
+        var doc = new
+        {
+            benchmark = "device",
+            timestamp = DateTimeOffset.UtcNow,
+            host = new { cpus = Environment.ProcessorCount, os = Environment.OSVersion.VersionString, dotnet = Environment.Version.ToString(), fio = fioVersion },
+            file = o.File,
+            sizeBytes = o.Size,
+            runtimeSeconds = o.Runtime.TotalSeconds,
+            warmupSeconds = 1,
+            strataConfig = o.StrataConfig,
+            fioConfig = string.Join(' ', FioCommon(o)),
+            rows = results.Select(r => new
+            {
+                name = r.Row.Name,
+                label = r.Row.Label,
+                rw = r.Row.FioRw,
+                blockSize = r.Row.BlockSize,
+                queueDepth = r.Row.QueueDepth,
+                strata = r.Strata,
+                fio = r.Fio,
+                throughputRatio = Finite(r.ThroughputRatio),
+                p99Ratio = Finite(r.P99Ratio),
+                p50Ratio = Finite(r.P50Ratio),
+            }).ToArray(),
+        };
+        var json = JsonSerializer.Serialize(doc, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase });
+        var dir = Path.GetDirectoryName(Path.GetFullPath(o.JsonPath!));
+        if (dir is not null)
+            Directory.CreateDirectory(dir);
+        File.WriteAllText(o.JsonPath!, json);
+    }
+
+    private static string OtherCpu(RowResult r)
+    {
+        var values = new[] { r.Strata?.OtherCpuPercent, r.Fio?.OtherCpuPercent }.Where(v => v is double d && double.IsFinite(d)).Select(v => v!.Value).ToArray();
+        return values.Length == 0 ? "-" : string.Join("/", values.Select(v => $"{v:F0}%"));
+    }
+
+    private static double? Finite(double v) => double.IsFinite(v) ? v : null;
+
+    internal static string FormatSize(long bytes) => bytes switch
+    {
+        >= 1L << 30 when bytes % (1L << 30) == 0 => $"{bytes >> 30} GiB",
+        >= 1L << 20 => $"{bytes / (double)(1L << 20):F0} MiB",
+        _ => $"{bytes} bytes",
+    };
+
+    private sealed record RowResult(DeviceRow Row, EngineResult? Strata, EngineResult? Fio)
+    {
+        public double ThroughputRatio => Strata is null || Fio is null || Fio.Iops <= 0 ? double.NaN : Strata.Iops / Fio.Iops;
+        public double P99Ratio => Strata is null || Fio is null || Fio.P99Ns <= 0 ? double.NaN : Strata.P99Ns / Fio.P99Ns;
+        public double P50Ratio => Strata is null || Fio is null || Fio.P50Ns <= 0 ? double.NaN : Strata.P50Ns / Fio.P50Ns;
+    }
+}
+
+/// <summary>Parsed options of the device subcommand.</summary>
+internal sealed class DeviceBenchOptions
+{
+    public required string File { get; init; }
+    public required long Size { get; init; }
+    public required TimeSpan Runtime { get; init; }
+    public required DeviceRow[] Rows { get; init; }
+    public required int Pollers { get; init; }
+    public int? IdleSpin { get; init; }
+    public required bool SqPoll { get; init; }
+    public required bool RunStrata { get; init; }
+    public required bool RunFio { get; init; }
+    public required string[] FioExtra { get; init; }
+    public string? JsonPath { get; init; }
+
+    public string MarkerPath => File + ".preconditioned";
+
+    public bool NeedPrecondition
+    {
+        get
+        {
+            var fi = new FileInfo(File);
+            if (!fi.Exists || fi.Length != Size || !System.IO.File.Exists(MarkerPath))
+                return true;
+            return System.IO.File.ReadAllText(MarkerPath).Trim() != Size.ToString(CultureInfo.InvariantCulture);
+        }
+    }
+
+    public string StrataConfig =>
+        $"NativeBlockDevice io_uring, pollers={Pollers}, spin={(IdleSpin?.ToString(CultureInfo.InvariantCulture) ?? "default")}, sqpoll={(SqPoll ? 1 : 0)}, registered DMA arena, QD worker loops";
+
+    public static DeviceBenchOptions From(CommandLine cl)
+    {
+        bool quick = cl.Flag("quick");
+        double seconds = cl.Seconds("runtime", quick ? 2 : 10);
+        string engines = cl.String("engines") ?? "strata,fio";
+        var engineSet = engines.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        foreach (var e in engineSet)
+            if (e is not ("strata" or "fio"))
+                throw new PerfUsageException($"--engines: unknown engine '{e}' (strata, fio)");
+        int pollers = cl.Int("pollers", 1);
+        if (pollers < 1)
+            throw new PerfUsageException("--pollers must be at least 1");
+        int? spin = cl.Has("spin") ? cl.Int("spin", 0) : null;
+        return new DeviceBenchOptions
+        {
+            File = Path.GetFullPath(cl.String("file") ?? DefaultFile()),
+            Size = cl.Bytes("size", 2L << 30),
+            Runtime = TimeSpan.FromSeconds(seconds),
+            Rows = DeviceRow.Select(cl.String("rows")),
+            Pollers = pollers,
+            IdleSpin = spin,
+            SqPoll = cl.Flag("sqpoll"),
+            RunStrata = engineSet.Contains("strata"),
+            RunFio = engineSet.Contains("fio"),
+            FioExtra = (cl.String("fio-args") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries),
+            JsonPath = cl.String("json"),
+        };
+    }
+
+    /// <summary>perf/results/ of the checkout this binary was built from, else /var/tmp.</summary>
+    private static string DefaultFile()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
+        {
+            if (System.IO.File.Exists(Path.Combine(dir.FullName, "Directory.Build.props")) && Directory.Exists(Path.Combine(dir.FullName, "perf")))
+                return Path.Combine(dir.FullName, "perf", "results", "device-bench.dat");
+        }
+        return "/var/tmp/strata-perf/device-bench.dat";
+    }
+}

@@ -1,0 +1,118 @@
+using System.Diagnostics;
+using Strata.Engine.Device;
+using Strata.Perf.Common;
+
+namespace Strata.Perf.Device;
+
+/// <summary>
+/// Drives a device the way fio drives a file: QueueDepth worker loops, each
+/// keeping one command outstanding on its own DMA buffer, so QueueDepth
+/// commands are always in flight. Latency is measured per command from the
+/// call to the end of the await (what a caller of the device sees), into
+/// per-worker preallocated histograms; nothing allocates per operation.
+/// </summary>
+public sealed class StrataLoad
+{
+    private const int Warmup = 0, Measure = 1, Stop = 2;
+
+    private readonly IBlockDevice _device;
+    private readonly DeviceRow _row;
+    private readonly long _blocks;
+    private readonly long _span;
+    private readonly LatencyHistogram[] _histograms;
+    private int _phase;
+    private long _cursor;
+
+    public StrataLoad(IBlockDevice device, DeviceRow row, long size)
+    {
+        _device = device;
+        _row = row;
+        _blocks = size / row.BlockSize;
+        _span = _blocks * row.BlockSize;
+        _histograms = new LatencyHistogram[row.QueueDepth];
+        for (int i = 0; i < _histograms.Length; i++)
+            _histograms[i] = new LatencyHistogram();
+    }
+
+    public async Task<EngineResult> RunAsync(TimeSpan warmup, TimeSpan runtime, string config)
+    {
+        var workers = new Task[_row.QueueDepth];
+        ulong seed = (ulong)Environment.TickCount64 * 0x9E3779B97F4A7C15UL | 1;
+        for (int i = 0; i < workers.Length; i++)
+        {
+            int id = i;
+            ulong s = seed + (ulong)id * 0xD1B54A32D192ED03UL;
+            workers[i] = Task.Run(() => WorkerAsync(id, s));
+        }
+        await Task.Delay(warmup);
+
+        var process = Process.GetCurrentProcess();
+        process.Refresh();
+        var cpu0 = process.TotalProcessorTime;
+        long alloc0 = GC.GetTotalAllocatedBytes(precise: true);
+        long t0 = Stopwatch.GetTimestamp();
+        Volatile.Write(ref _phase, Measure);
+        await Task.Delay(runtime);
+        Volatile.Write(ref _phase, Stop);
+        long t1 = Stopwatch.GetTimestamp();
+        long alloc1 = GC.GetTotalAllocatedBytes(precise: true);
+        process.Refresh();
+        var cpu1 = process.TotalProcessorTime;
+        await Task.WhenAll(workers);
+
+        var total = new LatencyHistogram();
+        foreach (var h in _histograms)
+            total.Add(h);
+        double seconds = Stopwatch.GetElapsedTime(t0, t1).TotalSeconds;
+        double iops = total.Count / seconds;
+        return new EngineResult(
+            iops,
+            iops * _row.BlockSize,
+            total.Percentile(50),
+            total.Percentile(99),
+            total.Mean,
+            100.0 * (cpu1 - cpu0).TotalSeconds / seconds,
+            total.Count == 0 ? null : (double)(alloc1 - alloc0) / total.Count,
+            total.Count,
+            config);
+    }
+
+    private async Task WorkerAsync(int id, ulong rng)
+    {
+        using var buffer = _device.Buffers.Rent(_row.BlockSize);
+        var memory = buffer.Memory;
+        if (_row.Write)
+            System.Security.Cryptography.RandomNumberGenerator.Fill(memory.Span);
+        var histogram = _histograms[id];
+        double ticksToNs = 1e9 / Stopwatch.Frequency;
+        int bs = _row.BlockSize;
+        while (true)
+        {
+            int phase = Volatile.Read(ref _phase);
+            if (phase == Stop)
+                break;
+            long offset;
+            if (_row.Random)
+            {
+                // xorshift64*: cheap, no sharing between workers.
+                rng ^= rng >> 12;
+                rng ^= rng << 25;
+                rng ^= rng >> 27;
+                offset = (long)((rng * 0x2545F4914F6CDD1DUL) % (ulong)_blocks) * bs;
+            }
+            else
+            {
+                // One sequential stream shared by all workers, as fio's single job.
+                offset = (Interlocked.Add(ref _cursor, bs) - bs) % _span;
+            }
+            long start = Stopwatch.GetTimestamp();
+            if (_row.Write)
+                await _device.WriteAsync(offset, memory).ConfigureAwait(false);
+            else
+                await _device.ReadAsync(offset, memory).ConfigureAwait(false);
+            long end = Stopwatch.GetTimestamp();
+            if (phase == Measure)
+                histogram.Record((long)((end - start) * ticksToNs));
+        }
+    }
+}

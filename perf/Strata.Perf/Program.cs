@@ -1,0 +1,58 @@
+using Strata.Perf.Common;
+using Strata.Perf.Device;
+
+namespace Strata.Perf;
+
+/// <summary>
+/// Entry point: one subcommand per benchmark (device today; store and nbd
+/// later). Each subcommand runs Strata and a reference tool on the same
+/// machine and prints ratios.
+/// </summary>
+public static class Program
+{
+    private static readonly (string Name, string Summary, Func<CommandLine, Task<int>> Run)[] Commands =
+    [
+        ("device", "Strata's device layer vs fio (io_uring, O_DIRECT) on the same file", DeviceBenchmark.RunAsync),
+        // ("store", ...), ("nbd", ...): later subcommands plug in here.
+    ];
+
+    public static async Task<int> Main(string[] args)
+    {
+        if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
+        {
+            PrintUsage();
+            return args.Length == 0 ? 2 : 0;
+        }
+        var command = Array.Find(Commands, c => c.Name == args[0]);
+        if (command.Name is null)
+        {
+            Console.Error.WriteLine($"strata-perf: unknown command '{args[0]}' (known: {string.Join(", ", Commands.Select(c => c.Name))})");
+            return 2;
+        }
+        try
+        {
+            var cl = CommandLine.Parse(args.AsSpan(1).ToArray());
+            if (cl.Has("help"))
+            {
+                Console.WriteLine(DeviceBenchmark.Usage);
+                return 0;
+            }
+            return await command.Run(cl);
+        }
+        catch (PerfUsageException e)
+        {
+            // Expected operator errors: one line, no stack trace.
+            Console.Error.WriteLine($"strata-perf {command.Name}: {e.Message}");
+            return 2;
+        }
+    }
+
+    private static void PrintUsage()
+    {
+        Console.WriteLine("usage: Strata.Perf <command> [options]   (dotnet run -c Release --project perf/Strata.Perf -- <command> ...)");
+        foreach (var c in Commands)
+            Console.WriteLine($"  {c.Name,-8} {c.Summary}");
+        Console.WriteLine();
+        Console.WriteLine(DeviceBenchmark.Usage);
+    }
+}

@@ -1,0 +1,60 @@
+using Strata.Engine.Device;
+using Strata.Interop;
+
+namespace Strata.Engine.Tests.Device;
+
+/// <summary>
+/// Opens a fresh device of a given backend for a contract test. Backends not
+/// available here make the test Inconclusive, never Passed.
+/// </summary>
+internal sealed class TestDevices : IDisposable
+{
+    public const long Capacity = 64L * 1024 * 1024;
+
+    private readonly string _dir = Directory.CreateTempSubdirectory("strata-dev-").FullName;
+
+    public string Path(string name) => System.IO.Path.Combine(_dir, name);
+
+    public IBlockDevice Open(DeviceKind kind, string options = "", DeviceOptions? deviceOptions = null)
+    {
+        switch (kind)
+        {
+            case DeviceKind.Memory:
+                return new MemoryBlockDevice("mem:test", Capacity);
+            case DeviceKind.Uring:
+                EnsureShim();
+                return NativeBlockDevice.Open($"file:{Path("dev")}?create=1&size={Capacity}{(options.Length > 0 ? "&" + options : "")}", deviceOptions);
+            case DeviceKind.Spdk:
+                var uri = Environment.GetEnvironmentVariable("STRATA_TEST_NVME_URI");
+                if (string.IsNullOrEmpty(uri))
+                    Assert.Inconclusive("SPDK backend not exercised: set STRATA_TEST_NVME_URI to an NVMe-oF target (nvme-tcp://127.0.0.1:4420/nqn...)");
+                EnsureShim();
+                return NativeBlockDevice.Open(uri!, deviceOptions);
+            default:
+                throw new ArgumentOutOfRangeException(nameof(kind));
+        }
+    }
+
+    public static void EnsureShim()
+    {
+        try
+        {
+            StrataIoRuntime.EnsureCompatible();
+        }
+        catch (DllNotFoundException e)
+        {
+            Assert.Inconclusive($"libstrata_io is not built: {e.Message}");
+        }
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            Directory.Delete(_dir, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}
