@@ -79,16 +79,25 @@ run_dotnet_tests() {
   log "C# tests (MSTest)"
   local out="$RESULTS/dotnet-test.log" rc=0
   dotnet test "$ROOT/Engine.sln" -c "$CONFIG" --no-build -nologo \
-    --logger "console;verbosity=normal" --results-directory "$RESULTS/trx" --logger trx -- \
+    --logger "console;verbosity=normal" --results-directory "$RESULTS/trx" --logger trx \
     >"$out" 2>&1 || rc=$?
-  grep -E "^\s*(Failed|Passed)!|^\s*Failed [A-Za-z]|Error Message|Aborted|crashed" -A2 "$out" | grep -vE "^\s+at " >&2 || true
-  local p=0 f=0 s=0 line
-  while IFS= read -r line; do
-    p=$((p + $(sed -nE 's/.*Passed: +([0-9]+).*/\1/p' <<<"$line")))
-    f=$((f + $(sed -nE 's/.*Failed: +([0-9]+).*/\1/p' <<<"$line")))
-    s=$((s + $(sed -nE 's/.*Skipped: +([0-9]+).*/\1/p' <<<"$line")))
-  done < <(grep -E "(Passed|Failed)! +- Failed: +[0-9]+, Passed: +[0-9]+, Skipped: +[0-9]+" "$out")
+  grep -E "^\s*Failed [A-Za-z]|Error Message|Aborted|crashed" -A2 "$out" | grep -vE "^\s+at " >&2 || true
+  # Count from the TRX files (one per test project): passed, failed (with errors, timeouts,
+  # aborts), and the rest (skipped, or Inconclusive where a backend is missing).
+  local p=0 f=0 s=0 trx c total passed failed
+  for trx in "$RESULTS"/trx/*.trx; do
+    [ -e "$trx" ] || continue
+    c=$(grep -o '<Counters[^>]*>' "$trx" | head -1)
+    total=$(sed -nE 's/.* total="([0-9]+)".*/\1/p' <<<"$c")
+    passed=$(sed -nE 's/.* passed="([0-9]+)".*/\1/p' <<<"$c")
+    failed=0
+    for k in failed error timeout aborted; do
+      failed=$((failed + $(sed -nE "s/.* $k=\"([0-9]+)\".*/\1/p" <<<"$c")))
+    done
+    p=$((p + passed)); f=$((f + failed)); s=$((s + total - passed - failed))
+  done
   if [ $rc -ne 0 ] && [ $f -eq 0 ]; then f=1; echo "dotnet test exited $rc (a test host crashed or aborted?)" >&2; fi
+  if [ $((p + f)) -eq 0 ]; then f=1; echo "no C# test ran" >&2; fi
   echo "mstest $p $f $s" >>"$RESULTS/tally"
 }
 

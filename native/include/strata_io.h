@@ -171,7 +171,9 @@ SIO_API int32_t sio_error_detail(char *buf, uint32_t buf_len);
  * create=1 (create when missing), size=BYTES (with K/M/G/T suffix: the size
  * to create at, or the least size an existing file must have), direct=0|1
  * (O_DIRECT, default 1), qd=N (default queue depth, 1..4096, default 128),
- * sqpoll=0|1, block=512|4096 (logical block size, default 4096), ro=0|1.
+ * sqpoll=0|1, block=512|4096 (logical block size, default 4096), ro=0|1,
+ * lock=0|1 (an advisory lock, exclusive or shared with ro=1, default 1;
+ * -EBUSY when another opener holds it).
  * Fault options: see sio_device_set_faults.
  */
 SIO_API int32_t sio_device_open(const char *uri, sio_device **out_dev);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -37,6 +38,7 @@ struct file_options {
     bool sqpoll;
     uint32_t block;
     bool ro;
+    bool lock;
 };
 
 static int32_t bad_value(const struct sio_uri *uri, const struct sio_uri_opt *o, const char *expect)
@@ -47,7 +49,7 @@ static int32_t bad_value(const struct sio_uri *uri, const struct sio_uri_opt *o,
 
 static int32_t parse_options(struct sio_uri *uri, struct file_options *fo)
 {
-    *fo = (struct file_options){.direct = true, .qd = DEFAULT_QUEUE_DEPTH, .block = DEFAULT_BLOCK};
+    *fo = (struct file_options){.direct = true, .qd = DEFAULT_QUEUE_DEPTH, .block = DEFAULT_BLOCK, .lock = true};
     for (uint32_t i = 0; i < uri->nopts; i++) {
         struct sio_uri_opt *o = &uri->opts[i];
         if (o->used)
@@ -76,6 +78,9 @@ static int32_t parse_options(struct sio_uri *uri, struct file_options *fo)
             fo->block = (uint32_t)v;
         } else if (strcmp(o->key, "ro") == 0) {
             if (sio_parse_bool(o->value, &fo->ro) != 0)
+                return bad_value(uri, o, "0 or 1");
+        } else if (strcmp(o->key, "lock") == 0) {
+            if (sio_parse_bool(o->value, &fo->lock) != 0)
                 return bad_value(uri, o, "0 or 1");
         } else {
             return sio_fail(-EINVAL, "unknown option '%s' in '%s'", o->key, uri->text);
@@ -236,6 +241,22 @@ static int32_t setup(struct uring_device *d, int fd, const char *path, const str
     return 0;
 }
 
+/*
+ * Two engines writing one target destroy it: take an exclusive advisory lock
+ * (shared for ro=1) so a second opener fails at once instead.  lock=0 skips
+ * it, for tools that inspect a device they know is idle.
+ */
+static int32_t lock_fd(int fd, const char *path, const struct file_options *fo)
+{
+    if (!fo->lock)
+        return 0;
+    if (flock(fd, (fo->ro ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0)
+        return 0;
+    if (errno == EWOULDBLOCK)
+        return sio_fail(-EBUSY, "'%s' is in use: another opener holds its lock (lock=0 skips the check)", path);
+    return sio_fail(-errno, "cannot lock '%s': %s", path, strerror(errno));
+}
+
 int32_t uring_open(struct sio_uri *uri, sio_device **out)
 {
     struct file_options fo;
@@ -254,7 +275,9 @@ int32_t uring_open(struct sio_uri *uri, sio_device **out)
         free(d);
         return rc;
     }
-    rc = setup(d, d->fd, path, &fo, created);
+    rc = lock_fd(d->fd, path, &fo);
+    if (rc == 0)
+        rc = setup(d, d->fd, path, &fo, created);
     if (rc != 0) {
         close(d->fd);
         if (created)

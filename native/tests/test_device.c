@@ -355,6 +355,25 @@ TEST(block_device_roundtrip)
     CHECK_OK(sio_device_close(dev));
 }
 
+TEST(open_twice_is_refused_while_locked)
+{
+    sio_device *a = t_open("file:%s?create=1&size=64K", t_path("locked"));
+    t_open_fails(-EBUSY, uri("file:%s", t_path("locked")));
+    CHECK_DETAIL("in use");
+    t_open_fails(-EBUSY, uri("file:%s?ro=1", t_path("locked")));
+    sio_device *b = t_open("file:%s?lock=0", t_path("locked"));
+    CHECK_OK(sio_device_close(b));
+    CHECK_OK(sio_device_close(a));
+    /* Readers share; a writer waits for them all. */
+    sio_device *r1 = t_open("file:%s?ro=1", t_path("locked"));
+    sio_device *r2 = t_open("file:%s?ro=1", t_path("locked"));
+    t_open_fails(-EBUSY, uri("file:%s", t_path("locked")));
+    CHECK_OK(sio_device_close(r1));
+    CHECK_OK(sio_device_close(r2));
+    sio_device *w = t_open("file:%s", t_path("locked"));
+    CHECK_OK(sio_device_close(w));
+}
+
 TEST(close_with_live_qpair)
 {
     sio_device *dev = t_open("file:%s?create=1&size=64K", t_path("c"));

@@ -89,7 +89,7 @@ public static unsafe partial class StrataIo
     [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_error_detail")]
     public static partial int sio_error_detail(byte* buf, uint buf_len);
 
-    /// <summary>Opens a device by URI: file:PATH[?opt=value&amp;...]. File options: create=1 (create when missing), size=BYTES (with K/M/G/T suffix: the size to create at, or the least size an existing file must have), direct=0|1 (O_DIRECT, default 1), qd=N (default queue depth, 1..4096, default 128), sqpoll=0|1, block=512|4096 (logical block size, default 4096), ro=0|1. Fault options: see sio_device_set_faults.</summary>
+    /// <summary>Opens a device by URI: file:PATH[?opt=value&amp;...]. File options: create=1 (create when missing), size=BYTES (with K/M/G/T suffix: the size to create at, or the least size an existing file must have), direct=0|1 (O_DIRECT, default 1), qd=N (default queue depth, 1..4096, default 128), sqpoll=0|1, block=512|4096 (logical block size, default 4096), ro=0|1, lock=0|1 (an advisory lock, exclusive or shared with ro=1, default 1; -EBUSY when another opener holds it). Fault options: see sio_device_set_faults.</summary>
     [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_device_open")]
     public static partial int sio_device_open(byte* uri, nint* out_dev);
 
