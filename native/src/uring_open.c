@@ -293,6 +293,9 @@ int32_t uring_open(struct sio_uri *uri, sio_device **out)
 void uring_close(sio_device *dev)
 {
     struct uring_device *d = (struct uring_device *)dev;
+    /* A destroyed ring drops its registered-file reference asynchronously, so the
+     * open file description (and a lock on it) can outlive close(): unlock first. */
+    flock(d->fd, LOCK_UN);
     close(d->fd);
     free(d);
 }

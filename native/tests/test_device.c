@@ -374,6 +374,21 @@ TEST(open_twice_is_refused_while_locked)
     CHECK_OK(sio_device_close(w));
 }
 
+TEST(lock_released_at_close_even_after_qpair_io)
+{
+    /* The ring holds the file as a registered file; its teardown must not delay the unlock. */
+    for (int i = 0; i < 20; i++) {
+        sio_device *dev = t_open("file:%s?create=1&size=64K", t_path("relock"));
+        sio_qpair *qp = t_qpair(dev, 8);
+        void *buf = t_dma(dev, 4096);
+        sio_completion c = t_io(qp, SIO_OP_WRITE, 0, buf, 4096, 0);
+        CHECK_EQ(c.status, 0);
+        CHECK_OK(sio_dma_free(dev, buf));
+        CHECK_OK(sio_qpair_destroy(qp));
+        CHECK_OK(sio_device_close(dev));
+    }
+}
+
 TEST(close_with_live_qpair)
 {
     sio_device *dev = t_open("file:%s?create=1&size=64K", t_path("c"));
