@@ -11,6 +11,14 @@ namespace Strata.Engine.Device;
 /// anything is in flight (no interrupt wake-up on the latency path). When idle
 /// it spins briefly, then parks until the next submission.
 /// </summary>
+/// <remarks>
+/// With inline completions, continuations run on this thread and may re-enter
+/// it: submit more I/O (queued, picked up by the loop) or even dispose the
+/// device. Completed operations therefore go through one shared cursor
+/// (<see cref="_pending"/>) that a nested frame can finish, and a dispose on
+/// this thread drains and destroys the queue pair itself before it returns,
+/// so the device is really closed (and its lock released) when Dispose returns.
+/// </remarks>
 internal sealed unsafe class DevicePoller : IDisposable
 {
     private readonly SioQueuePairHandle _qp;
@@ -20,19 +28,26 @@ internal sealed unsafe class DevicePoller : IDisposable
     private readonly int _depth;
     private readonly IoOperation?[] _slots;
     private readonly int[] _freeSlots;
+    private readonly IoOperation?[] _pending;
     private readonly sio_cmd* _cmds;
     private readonly sio_completion* _completions;
     private readonly int _idleSpinIterations;
+    private readonly int _completionBatch;
+    private int _pendingNext;
+    private int _pendingCount;
     private int _freeTop;
     private int _inflight;
     private int _parked;
+    private bool _queuePairGone;
     private volatile bool _stopping;
 
-    public DevicePoller(SioQueuePairHandle qp, int depth, string name, int idleSpinIterations)
+    public DevicePoller(SioQueuePairHandle qp, int depth, string name, int idleSpinIterations, int completionBatch)
     {
         _qp = qp;
         _depth = depth;
+        _completionBatch = completionBatch;
         _slots = new IoOperation?[depth];
+        _pending = new IoOperation?[depth];
         _freeSlots = new int[depth];
         for (int i = 0; i < depth; i++)
             _freeSlots[i] = depth - 1 - i;
@@ -43,6 +58,9 @@ internal sealed unsafe class DevicePoller : IDisposable
         _thread = new Thread(Run) { IsBackground = true, Name = name };
         _thread.Start();
     }
+
+    /// <summary>True on this poller's own thread (inside an inline continuation).</summary>
+    public bool IsCurrentThread => Thread.CurrentThread == _thread;
 
     /// <summary>Commands submitted and not yet completed (approximate, for metrics).</summary>
     public int Inflight => Volatile.Read(ref _inflight);
@@ -56,34 +74,44 @@ internal sealed unsafe class DevicePoller : IDisposable
 
     private void Run()
     {
-        int idle = 0;
-        while (true)
+        try
         {
-            int n = SubmitQueued();
-            int got = _inflight > 0 ? Reap() : 0;
-            if (n > 0 || got > 0 || _inflight > 0)
+            int idle = 0;
+            while (!_queuePairGone)
             {
+                int n = SubmitQueued();
+                int got = _inflight > 0 ? Reap() : 0;
+                if (n > 0 || got > 0 || _inflight > 0)
+                {
+                    idle = 0;
+                    continue; // busy-poll while anything is in flight
+                }
+                if (_stopping && _queue.IsEmpty)
+                    break;
+                if (idle++ < _idleSpinIterations)
+                {
+                    Thread.SpinWait(20);
+                    continue;
+                }
+                Interlocked.Exchange(ref _parked, 1);
+                if (_queue.IsEmpty && !_stopping)
+                    _wake.Wait(100);
+                _wake.Reset();
+                Volatile.Write(ref _parked, 0);
                 idle = 0;
-                continue; // busy-poll while anything is in flight
             }
-            if (_stopping && _queue.IsEmpty)
-                break;
-            if (idle++ < _idleSpinIterations)
-            {
-                Thread.SpinWait(20);
-                continue;
-            }
-            Interlocked.Exchange(ref _parked, 1);
-            if (_queue.IsEmpty && !_stopping)
-                _wake.Wait(100);
-            _wake.Reset();
-            Volatile.Write(ref _parked, 0);
-            idle = 0;
+        }
+        finally
+        {
+            NativeMemory.Free(_cmds);
+            NativeMemory.Free(_completions);
         }
     }
 
     private int SubmitQueued()
     {
+        if (_queuePairGone)
+            return 0;
         int n = 0;
         while (_inflight + n < _depth && _queue.TryDequeue(out var op))
         {
@@ -108,12 +136,14 @@ internal sealed unsafe class DevicePoller : IDisposable
             string? detail = StrataIoRuntime.LastErrorDetail();
             for (int i = 0; i < n; i++)
             {
-                int slot = (int)_cmds[i].tag;
-                var op = _slots[slot]!;
-                _slots[slot] = null;
-                _freeSlots[_freeTop++] = slot;
-                op.Complete(rc, detail);
+                var op = TakeSlot((int)_cmds[i].tag);
+                op.Status = rc;
+                op.Detail = detail;
+                _pending[i] = op;
             }
+            _pendingNext = 0;
+            _pendingCount = n;
+            CompletePending();
             return n;
         }
         _inflight += n;
@@ -122,33 +152,68 @@ internal sealed unsafe class DevicePoller : IDisposable
 
     private int Reap()
     {
-        uint got;
-        int rc = StrataIo.sio_qpair_poll(_qp.DangerousGetHandle(), _completions, (uint)_depth, &got);
-        if (rc < 0)
+        if (_queuePairGone)
             return 0;
+        uint got;
+        int rc = StrataIo.sio_qpair_poll(_qp.DangerousGetHandle(), _completions, (uint)_completionBatch, &got);
+        if (rc < 0 || got == 0)
+            return 0;
+        // Take every completed operation out of its slot before running any
+        // continuation: an inline continuation may submit again and must find
+        // the depth it is owed.
+        _inflight -= (int)got;
         for (uint i = 0; i < got; i++)
         {
-            sio_completion* c = _completions + i;
-            int slot = (int)c->tag;
-            var op = _slots[slot]!;
-            _slots[slot] = null;
-            _freeSlots[_freeTop++] = slot;
-            op.Complete(c->status);
+            var op = TakeSlot((int)_completions[i].tag);
+            op.Status = _completions[i].status;
+            _pending[i] = op;
         }
-        _inflight -= (int)got;
+        _pendingNext = 0;
+        _pendingCount = (int)got;
+        CompletePending();
         return (int)got;
     }
 
-    /// <summary>Stops after every queued and in-flight command has completed.</summary>
+    private IoOperation TakeSlot(int slot)
+    {
+        var op = _slots[slot]!;
+        _slots[slot] = null;
+        _freeSlots[_freeTop++] = slot;
+        return op;
+    }
+
+    /// <summary>Completes reaped operations through the shared cursor, so a nested frame can finish them.</summary>
+    private void CompletePending()
+    {
+        while (_pendingNext < _pendingCount)
+        {
+            var op = _pending[_pendingNext]!;
+            _pending[_pendingNext++] = null;
+            op.Complete(op.Status, op.Detail);
+        }
+    }
+
+    /// <summary>Stops after every queued and in-flight command has completed, and destroys the queue pair.</summary>
     public void Dispose()
     {
         _stopping = true;
-        _wake.Set();
-        if (Thread.CurrentThread != _thread)
+        if (IsCurrentThread)
+        {
+            // Called from an inline continuation: this thread is the loop, so drain here.
+            CompletePending();
+            while (_inflight > 0 || !_queue.IsEmpty)
+            {
+                SubmitQueued();
+                Reap();
+            }
+            _queuePairGone = true; // the outer loop exits when the continuation returns
+        }
+        else
+        {
+            _wake.Set();
             _thread.Join();
+        }
         _qp.Dispose();
-        NativeMemory.Free(_cmds);
-        NativeMemory.Free(_completions);
         _wake.Dispose();
     }
 }

@@ -21,6 +21,19 @@ public sealed record DeviceOptions
     /// <summary>Register the arena with each queue pair (io_uring fixed buffers).</summary>
     public bool RegisterArena { get; init; } = true;
 
+    /// <summary>
+    /// Run I/O continuations on the poller thread instead of the thread pool.
+    /// Continuations must then never block (no sync-over-async on this device).
+    /// </summary>
+    public bool InlineCompletions { get; init; } = true;
+
+    /// <summary>
+    /// Completions reaped per poll before the poller submits again. 1 keeps the
+    /// device fed while a burst of completions is handled (devices complete in
+    /// bursts; reaping a whole burst first leaves the queue empty meanwhile).
+    /// </summary>
+    public int CompletionBatch { get; init; } = 1;
+
     public static DeviceOptions Default { get; } = new();
 }
 
@@ -42,7 +55,7 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         Geometry = geometry;
         int depth = options.QueueDepth > 0 ? options.QueueDepth : geometry.QueueDepth;
         _pool = new DmaBufferPool(new ShimAllocator(handle), uri, geometry.BufferAlignment, options.ArenaBytes);
-        _ops = new IoOperationPool(depth * Math.Max(1, options.Pollers) * 2);
+        _ops = new IoOperationPool(depth * Math.Max(1, options.Pollers) * 2, options.InlineCompletions);
         _pollers = new DevicePoller[Math.Max(1, options.Pollers)];
         try
         {
@@ -54,7 +67,7 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
                     int rc = StrataIo.sio_qpair_register_region(qp.DangerousGetHandle(), (void*)_pool.Arena.Base, (ulong)_pool.Arena.Length);
                     RegisteredArena = rc == 0;
                 }
-                _pollers[i] = new DevicePoller(qp, depth, $"strata-poll-{i}", options.IdleSpinIterations);
+                _pollers[i] = new DevicePoller(qp, depth, $"strata-poll-{i}", options.IdleSpinIterations, Math.Clamp(options.CompletionBatch, 1, depth));
             }
         }
         catch

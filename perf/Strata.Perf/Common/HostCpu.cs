@@ -44,3 +44,24 @@ public readonly record struct HostCpuSample(long BusyTicks, long TotalTicks)
         return 100.0 * Environment.ProcessorCount * (b.BusyTicks - a.BusyTicks) / total;
     }
 }
+
+/// <summary>Waits for the machine to go quiet before a measured run.</summary>
+public static class HostIdle
+{
+    /// <summary>
+    /// Samples machine-wide CPU in half-second windows until one is under
+    /// thresholdPercent (of one CPU) or maxWait passes; returns the last busy figure.
+    /// </summary>
+    public static async Task<double> WaitAsync(TimeSpan maxWait, double thresholdPercent = 25)
+    {
+        var deadline = DateTime.UtcNow + maxWait;
+        while (true)
+        {
+            var a = HostCpuSample.Now();
+            await Task.Delay(500);
+            double busy = HostCpuSample.BusyPercent(a, HostCpuSample.Now());
+            if (!double.IsFinite(busy) || busy < thresholdPercent || DateTime.UtcNow >= deadline)
+                return busy;
+        }
+    }
+}

@@ -25,6 +25,7 @@ public static class DeviceBenchmark
           --sqpoll         kernel submission polling for both engines (Strata sqpoll=1, fio --sqthread_poll=1)
           --engines LIST   strata,fio (default both)
           --fio-args ARGS  extra fio arguments, space separated (e.g. "--iodepth_batch_complete_max=32")
+          --wait-idle SEC  before each run, wait up to SEC for the machine to be idle (<25% of a CPU busy)
           --json FILE      write every figure as JSON
         """;
 
@@ -49,6 +50,7 @@ public static class DeviceBenchmark
             if (options.RunStrata)
             {
                 Console.Write($"  {row.Name,-18} strata ...");
+                await WaitIdleAsync(options);
                 var h0 = HostCpuSample.Now();
                 strata = await RunStrataAsync(options, row);
                 strata = strata with { OtherCpuPercent = Math.Max(0, HostCpuSample.BusyPercent(h0, HostCpuSample.Now()) - strata.CpuPercent) };
@@ -57,6 +59,7 @@ public static class DeviceBenchmark
             if (options.RunFio)
             {
                 Console.Write($"  {row.Name,-18} fio    ...");
+                await WaitIdleAsync(options);
                 var h0 = HostCpuSample.Now();
                 fio = RunFio(options, row);
                 fio = fio with { OtherCpuPercent = Math.Max(0, HostCpuSample.BusyPercent(h0, HostCpuSample.Now()) - fio.CpuPercent) };
@@ -80,6 +83,12 @@ public static class DeviceBenchmark
             Console.WriteLine($"wrote {options.JsonPath}");
         }
         return 0;
+    }
+
+    private static async Task WaitIdleAsync(DeviceBenchOptions o)
+    {
+        if (o.WaitIdle > TimeSpan.Zero)
+            await HostIdle.WaitAsync(o.WaitIdle);
     }
 
     private static async Task<EngineResult> RunStrataAsync(DeviceBenchOptions o, DeviceRow row)
@@ -239,6 +248,7 @@ internal sealed class DeviceBenchOptions
     public required bool RunFio { get; init; }
     public required string[] FioExtra { get; init; }
     public string? JsonPath { get; init; }
+    public TimeSpan WaitIdle { get; init; }
 
     public string MarkerPath => File + ".preconditioned";
 
@@ -282,6 +292,7 @@ internal sealed class DeviceBenchOptions
             RunFio = engineSet.Contains("fio"),
             FioExtra = (cl.String("fio-args") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries),
             JsonPath = cl.String("json"),
+            WaitIdle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero,
         };
     }
 

@@ -105,6 +105,48 @@ public sealed class DeviceContractTests
     [TestMethod]
     [DataRow(DeviceKind.Uring)]
     [DataRow(DeviceKind.Spdk)]
+    public async Task ConcurrentIo_ThreadPoolCompletions_EachReadsItsOwnData(DeviceKind kind)
+    {
+        await WithDevice(kind, async dev =>
+        {
+            int bs = dev.Geometry.LogicalBlockSize;
+            await Task.WhenAll(Enumerable.Range(0, 32).Select(t => Task.Run(async () =>
+            {
+                using var w = dev.Buffers.Rent(bs);
+                using var r = dev.Buffers.Rent(bs);
+                for (int round = 0; round < 10; round++)
+                {
+                    Fill(w.Span, t * 100 + round);
+                    await dev.WriteAsync((long)(t * 10 + round) * bs, w.Memory);
+                    await dev.ReadAsync((long)(t * 10 + round) * bs, r.Memory);
+                    Assert.IsTrue(w.Span.SequenceEqual(r.Span));
+                }
+            })));
+        }, new DeviceOptions { InlineCompletions = false, CompletionBatch = 16 });
+    }
+
+    [TestMethod]
+    [DataRow(DeviceKind.Uring)]
+    [DataRow(DeviceKind.Spdk)]
+    public async Task Dispose_FromInsideACompletion_ClosesAtOnce(DeviceKind kind)
+    {
+        var dev = _devices.Open(kind);
+        int bs = dev.Geometry.LogicalBlockSize;
+        var buf = dev.Buffers.Rent(bs);
+        await dev.WriteAsync(0, buf.Memory);
+        Assert.StartsWith("strata-poll-", Thread.CurrentThread.Name ?? "", "with inline completions this continuation runs on the poller");
+        buf.Dispose();
+        dev.Dispose();
+        await Assert.ThrowsAsync<ObjectDisposedException>(async () => await dev.FlushAsync());
+        // The close is complete when Dispose returns, even on the poller's own thread:
+        // the device's lock is released, so a new opener gets in at once.
+        using var again = _devices.Open(kind);
+        Assert.AreEqual(dev.Geometry.Capacity, again.Geometry.Capacity);
+    }
+
+    [TestMethod]
+    [DataRow(DeviceKind.Uring)]
+    [DataRow(DeviceKind.Spdk)]
     [DataRow(DeviceKind.Memory)]
     public async Task Batch_MixedCommands_AllComplete(DeviceKind kind)
     {
