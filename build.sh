@@ -121,9 +121,41 @@ test_all() {
 run_main() {
   setup
   build
-  log "main job: device self-check and a short benchmark on file-backed targets under $DATA_DIR"
-  dotnet "$ROOT/build/bin/Strata.Engine.Host/$CONFIG/net10.0/strata-engine.dll" selfcheck --data-dir "$DATA_DIR"
-  dotnet "$ROOT/build/bin/Strata.Perf/$CONFIG/net10.0/Strata.Perf.dll" device --quick --file "$DATA_DIR/bench.img"
+  local bin="$ROOT/build/bin" engine_dir="$DATA_DIR/engine"
+  local engine=(dotnet "$bin/Strata.Engine.Host/$CONFIG/net10.0/strata-engine.dll")
+  local strata=(dotnet "$bin/Strata.Cli/$CONFIG/net10.0/strata.dll" --data-dir "$engine_dir")
+  log "main job: device self-check on file targets under $DATA_DIR/selfcheck"
+  "${engine[@]}" selfcheck --data-dir "$DATA_DIR/selfcheck"
+  # The engine's own data dir: the self-check's files are not Strata targets.
+  log "main job: strata-engine on the embedded default under $engine_dir"
+  mkdir -p "$engine_dir"
+  "${engine[@]}" run --data-dir "$engine_dir" >"$engine_dir/engine.log" 2>&1 &
+  local pid=$!
+  trap 'kill -TERM '"$pid"' 2>/dev/null || true; wait '"$pid"' 2>/dev/null || true' EXIT
+  local i
+  for i in $(seq 1 150); do
+    "${strata[@]}" system query >/dev/null 2>&1 && break
+    kill -0 "$pid" 2>/dev/null || { cat "$engine_dir/engine.log" >&2; die "strata-engine exited during startup"; }
+    sleep 0.2
+  done
+  "${strata[@]}" system query
+  "${strata[@]}" storage query
+  "${strata[@]}" pool destroy demo --force >/dev/null 2>&1 || true
+  "${strata[@]}" pool create demo --size 1G
+  "${strata[@]}" cont create demo vols
+  "${strata[@]}" image create demo vols disk0 --size 256M
+  head -c 4194304 /dev/urandom >"$engine_dir/payload.bin"
+  "${strata[@]}" image write demo vols disk0 --offset 1M --file "$engine_dir/payload.bin"
+  "${strata[@]}" image read demo vols disk0 --offset 1M --length 4M --out "$engine_dir/readback.bin"
+  cmp "$engine_dir/payload.bin" "$engine_dir/readback.bin" || die "image read back different bytes"
+  "${strata[@]}" pool list
+  "${strata[@]}" pool query demo
+  "${strata[@]}" system events --since 10m
+  "${strata[@]}" system stop
+  trap - EXIT
+  wait "$pid"
+  log "main job: a short device benchmark against fio on $DATA_DIR/bench.img"
+  dotnet "$bin/Strata.Perf/$CONFIG/net10.0/Strata.Perf.dll" device --quick --file "$DATA_DIR/bench.img"
 }
 
 case "${1:-}" in

@@ -1,6 +1,32 @@
 using System.CommandLine;
 using Strata.Engine.Host;
 
+// strata-engine [run] [--config FILE] [--data-dir DIR] | selfcheck. Without a subcommand the daemon runs.
+var root = new RootCommand("strata-engine: the Strata storage engine daemon");
+
+Option<FileInfo?> ConfigOption() => new("--config", "-c") { Description = "YAML configuration file (without it: the embedded default under --data-dir)" };
+Option<DirectoryInfo?> DataDirOption() => new("--data-dir") { Description = "Data directory of the embedded default (targets, run/, ras/); default ./strata-data" };
+Option<DirectoryInfo?> SocketDirOption() => new("--socket-dir") { Description = "Directory of the control socket (default DATA_DIR/run)" };
+Option<int?> MetricsPortOption() => new("--metrics-port") { Description = "Also serve /metrics on this loopback TCP port" };
+
+Command WithRunOptions(Command cmd)
+{
+    var config = ConfigOption();
+    var dataDirOpt = DataDirOption();
+    var socketDir = SocketDirOption();
+    var metricsPort = MetricsPortOption();
+    cmd.Options.Add(config);
+    cmd.Options.Add(dataDirOpt);
+    cmd.Options.Add(socketDir);
+    cmd.Options.Add(metricsPort);
+    cmd.SetAction((parse, ct) => Daemon.RunAsync(parse.GetValue(config)?.FullName, parse.GetValue(dataDirOpt)?.FullName,
+        parse.GetValue(socketDir)?.FullName, parse.GetValue(metricsPort), CancellationToken.None));
+    return cmd;
+}
+
+WithRunOptions(root);
+root.Subcommands.Add(WithRunOptions(new Command("run", "Run the engine: open the targets and serve the control API until SIGTERM/SIGINT")));
+
 var dataDir = new Option<DirectoryInfo>("--data-dir")
 {
     Description = "Directory of the embedded default's file-backed targets",
@@ -15,7 +41,6 @@ selfCheck.Options.Add(targets);
 selfCheck.Options.Add(size);
 selfCheck.SetAction(async (parse, ct) =>
     await SelfCheck.RunAsync(parse.GetValue(dataDir)!, parse.GetValue(targets), parse.GetValue(size)!, Console.Out, ct));
-
-var root = new RootCommand("strata-engine: the Strata storage engine daemon");
 root.Subcommands.Add(selfCheck);
+
 return await root.Parse(args).InvokeAsync();

@@ -1,0 +1,79 @@
+using System.CommandLine;
+using System.Text.Json;
+using Strata.Cli.Api;
+
+namespace Strata.Cli;
+
+/// <summary>Global options, finding the engine's socket, and the one place errors become exit codes.</summary>
+public static class Cli
+{
+    public static readonly Option<string?> Socket = new("--socket")
+    {
+        Description = "Path of the engine's control socket (else $STRATA_SOCKET, else --data-dir, else ./strata-data or /run/strata)",
+        Recursive = true,
+    };
+
+    public static readonly Option<string?> DataDir = new("--data-dir")
+    {
+        Description = "Data directory of an engine started on the embedded default; its socket is DATA_DIR/run/strata.sock",
+        Recursive = true,
+    };
+
+    public static readonly Option<bool> Json = new("--json", "-j")
+    {
+        Description = "Print JSON for scripts instead of tables",
+        Recursive = true,
+    };
+
+    public const string SystemSocket = "/run/strata/strata.sock";
+
+    /// <summary>--socket, then STRATA_SOCKET, then --data-dir, then ./strata-data (embedded default here), then the packaged default.</summary>
+    public static string ResolveSocket(ParseResult parse)
+    {
+        if (parse.GetValue(Socket) is { Length: > 0 } s)
+            return Path.GetFullPath(s);
+        if (Environment.GetEnvironmentVariable("STRATA_SOCKET") is { Length: > 0 } env)
+            return Path.GetFullPath(env);
+        if (parse.GetValue(DataDir) is { Length: > 0 } d)
+            return Path.Combine(Path.GetFullPath(d), "run", "strata.sock");
+        string local = Path.Combine(Environment.CurrentDirectory, "strata-data", "run", "strata.sock");
+        return File.Exists(local) ? local : SystemSocket;
+    }
+
+    /// <summary>Runs a command's body with a client; expected failures print one line and map to their exit code.</summary>
+    public static async Task<int> RunAsync(ParseResult parse, Func<EngineClient, bool, Task<int>> body)
+    {
+        try
+        {
+            using var client = new EngineClient(ResolveSocket(parse));
+            return await body(client, parse.GetValue(Json));
+        }
+        catch (CliException e)
+        {
+            await Console.Error.WriteLineAsync($"strata: {e.Message}");
+            return e.ExitCode;
+        }
+        catch (IOException e) when (e is FileNotFoundException or DirectoryNotFoundException || e.GetType() == typeof(IOException))
+        {
+            await Console.Error.WriteLineAsync($"strata: {e.Message}");
+            return ExitCodes.Failed;
+        }
+        catch (UnauthorizedAccessException e)
+        {
+            await Console.Error.WriteLineAsync($"strata: {e.Message}");
+            return ExitCodes.PermissionDenied;
+        }
+    }
+
+    public static void PrintJson<T>(T value) => Console.Out.WriteLine(JsonSerializer.Serialize(value, Strata.Engine.Control.Api.Json));
+
+    public static string Esc(string segment) => Uri.EscapeDataString(segment);
+
+    public static Command Group(string name, string description, params Command[] children)
+    {
+        var g = new Command(name, description);
+        foreach (var c in children)
+            g.Subcommands.Add(c);
+        return g;
+    }
+}

@@ -1,0 +1,235 @@
+using System.CommandLine;
+using System.Security.Cryptography;
+using Strata.Cli.Output;
+using Strata.Engine.Control;
+
+namespace Strata.Cli.Commands.Image;
+
+/// <summary>
+/// `strata image create | list | info | resize | rm`, and `write | read`, which move data through the
+/// control API in pieces of at most 1 MiB (the engine's request limit) until the NBD server exists.
+/// </summary>
+public static class ImageCommands
+{
+    private static readonly Option<string> Size = new("--size", "-s") { Description = "Image size, e.g. 10G (thin: no space is used until written)", Required = true };
+    private static readonly Option<string?> ChunkSize = new("--chunk-size") { Description = "Chunk size, a power of two (default: the pool's)" };
+    private static readonly Option<string> Offset = new("--offset") { Description = "Byte offset in the image", DefaultValueFactory = _ => "0" };
+    private static readonly Option<string?> File = new("--file", "-f") { Description = "Bytes to write ('-' for standard input)" };
+    private static readonly Option<int?> Pattern = new("--pattern") { Description = "Write this byte value (0-255) --length times instead of a file" };
+    private static readonly Option<string?> Length = new("--length", "-l") { Description = "Number of bytes (read; write with --pattern)" };
+    private static readonly Option<string?> Out = new("--out", "-o") { Description = "Write the bytes read to this file ('-' for standard output); else print their SHA-256" };
+
+    private static (Argument<string> Pool, Argument<string> Cont, Argument<string> Image) Args(Command cmd, bool withImage = true)
+    {
+        var p = new Argument<string>("pool") { Description = "Pool label" };
+        var c = new Argument<string>("cont") { Description = "Container label" };
+        var i = new Argument<string>("image") { Description = "Image label" };
+        cmd.Arguments.Add(p);
+        cmd.Arguments.Add(c);
+        if (withImage)
+            cmd.Arguments.Add(i);
+        return (p, c, i);
+    }
+
+    private static string ImagesPath(ParseResult parse, (Argument<string> Pool, Argument<string> Cont, Argument<string> Image) a) =>
+        $"pools/{Cli.Esc(parse.GetValue(a.Pool)!)}/containers/{Cli.Esc(parse.GetValue(a.Cont)!)}/images";
+
+    private static string ImagePath(ParseResult parse, (Argument<string> Pool, Argument<string> Cont, Argument<string> Image) a) =>
+        ImagesPath(parse, a) + "/" + Cli.Esc(parse.GetValue(a.Image)!);
+
+    public static Command Create()
+    {
+        var create = new Command("create", "Create a thin image in a container");
+        var ca = Args(create);
+        create.Options.Add(Size);
+        create.Options.Add(ChunkSize);
+        create.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            int chunk = parse.GetValue(ChunkSize) is { } cs ? checked((int)Sizes.Parse(cs, "--chunk-size")) : 0;
+            var img = await client.PostAsync<ImageDto>(ImagesPath(parse, ca),
+                new ImageCreateRequest(parse.GetValue(ca.Image)!, Sizes.Parse(parse.GetValue(Size)!, "--size"), chunk));
+            if (json)
+                Cli.PrintJson(img);
+            else
+                Console.Out.WriteLine($"Image created: {img.Label} in {img.Pool}/{img.Container}, {Sizes.Format(img.Size)}, chunk {Sizes.Format(img.ChunkSize)}");
+            return 0;
+        }));
+
+        var list = new Command("list", "List the images of a container");
+        var la = Args(list, withImage: false);
+        list.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            var imgs = await client.GetAsync<List<ImageDto>>(ImagesPath(parse, la));
+            if (json)
+            {
+                Cli.PrintJson(imgs);
+                return 0;
+            }
+            if (imgs.Count == 0)
+            {
+                Console.Out.WriteLine($"No images in {parse.GetValue(la.Pool)}/{parse.GetValue(la.Cont)}");
+                return 0;
+            }
+            var t = new Table("Image", "Id", "Size", "Chunk", "Mapped");
+            foreach (var i in imgs)
+                t.Add(i.Label, i.Id, Sizes.Format(i.Size), Sizes.Format(i.ChunkSize), Sizes.Format(i.MappedBytes));
+            t.Write(Console.Out);
+            return 0;
+        }));
+
+        var info = new Command("info", "Show an image");
+        var ia = Args(info);
+        info.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            var i = await client.GetAsync<ImageDto>(ImagePath(parse, ia));
+            if (json)
+            {
+                Cli.PrintJson(i);
+                return 0;
+            }
+            Console.Out.WriteLine($"image '{i.Label}' (id {i.Id}) in pool {i.Pool}, container {i.Container}");
+            Console.Out.WriteLine($"  size {Sizes.Format(i.Size)} ({i.Size} bytes), chunk {Sizes.Format(i.ChunkSize)}, mapped {Sizes.Format(i.MappedBytes)}");
+            return 0;
+        }));
+
+        var resize = new Command("resize", "Grow or shrink an image");
+        var ra = Args(resize);
+        resize.Options.Add(Size);
+        resize.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            var i = await client.PostAsync<ImageDto>(ImagePath(parse, ra) + "/resize", new ImageResizeRequest(Sizes.Parse(parse.GetValue(Size)!, "--size")));
+            if (json)
+                Cli.PrintJson(i);
+            else
+                Console.Out.WriteLine($"Image resized: {i.Label} is now {Sizes.Format(i.Size)}");
+            return 0;
+        }));
+
+        var rm = new Command("rm", "Remove an image and free its chunks");
+        var xa = Args(rm);
+        rm.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            await client.DeleteAsync(ImagePath(parse, xa));
+            if (json)
+                Cli.PrintJson(new { pool = parse.GetValue(xa.Pool), container = parse.GetValue(xa.Cont), image = parse.GetValue(xa.Image), removed = true });
+            else
+                Console.Out.WriteLine($"Image removed: {parse.GetValue(xa.Image)}");
+            return 0;
+        }));
+
+        var write = new Command("write", "Write bytes to an image at an offset (a file, standard input, or a repeated byte)");
+        var wa = Args(write);
+        write.Options.Add(Offset);
+        write.Options.Add(File);
+        write.Options.Add(Pattern);
+        write.Options.Add(Length);
+        write.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            long offset = Sizes.Parse(parse.GetValue(Offset)!, "--offset");
+            string? file = parse.GetValue(File);
+            int? pattern = parse.GetValue(Pattern);
+            if ((file == null) == (pattern == null))
+                throw new CliException(ExitCodes.Usage, "give either --file F or --pattern BYTE --length N");
+            Stream input;
+            if (pattern is { } b)
+            {
+                if (b is < 0 or > 255 || parse.GetValue(Length) is not { } l)
+                    throw new CliException(ExitCodes.Usage, "--pattern takes a byte value 0-255 and needs --length");
+                input = new PatternStream((byte)b, Sizes.Parse(l, "--length"));
+            }
+            else
+            {
+                input = file == "-" ? Console.OpenStandardInput() : new FileStream(file!, FileMode.Open, FileAccess.Read);
+            }
+            long total = 0;
+            using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            await using (input)
+            {
+                var buf = new byte[Strata.Engine.Control.Api.MaxBodyBytes];
+                while (true)
+                {
+                    int n = await input.ReadAtLeastAsync(buf, buf.Length, throwOnEndOfStream: false, ct);
+                    if (n == 0)
+                        break;
+                    await client.PutBytesAsync<WriteResult>(ImagePath(parse, wa) + $"/data?offset={offset + total}", buf.AsMemory(0, n));
+                    sha.AppendData(buf, 0, n);
+                    total += n;
+                    if (n < buf.Length)
+                        break;
+                }
+            }
+            string hash = Convert.ToHexStringLower(sha.GetHashAndReset());
+            if (json)
+                Cli.PrintJson(new { offset, bytes = total, sha256 = hash });
+            else
+                Console.Out.WriteLine($"Wrote {total} bytes at offset {offset} (sha256 {hash})");
+            return 0;
+        }));
+
+        var read = new Command("read", "Read bytes from an image");
+        var da = Args(read);
+        read.Options.Add(Offset);
+        read.Options.Add(Length);
+        read.Options.Add(Out);
+        read.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            long offset = Sizes.Parse(parse.GetValue(Offset)!, "--offset");
+            long length = parse.GetValue(Length) is { } l ? Sizes.Parse(l, "--length") : throw new CliException(ExitCodes.Usage, "--length is required");
+            string? outPath = parse.GetValue(Out);
+            Stream? output = outPath == null ? null : outPath == "-" ? Console.OpenStandardOutput() : new FileStream(outPath, FileMode.Create, FileAccess.Write);
+            using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            try
+            {
+                for (long done = 0; done < length;)
+                {
+                    int n = (int)Math.Min(Strata.Engine.Control.Api.MaxBodyBytes, length - done);
+                    var bytes = await client.GetBytesAsync(ImagePath(parse, da) + $"/data?offset={offset + done}&length={n}");
+                    sha.AppendData(bytes);
+                    if (output != null)
+                        await output.WriteAsync(bytes, ct);
+                    done += bytes.Length;
+                }
+            }
+            finally
+            {
+                if (output != null)
+                    await output.DisposeAsync();
+            }
+            string hash = Convert.ToHexStringLower(sha.GetHashAndReset());
+            if (outPath == "-")
+                return 0;
+            if (json)
+                Cli.PrintJson(new { offset, bytes = length, sha256 = hash, file = outPath });
+            else
+                Console.Out.WriteLine($"Read {length} bytes at offset {offset} (sha256 {hash}){(outPath != null ? $" into {outPath}" : "")}");
+            return 0;
+        }));
+
+        return Cli.Group("image", "Images: thin block volumes inside a container", create, list, info, resize, rm, write, read);
+    }
+
+    /// <summary>A stream of one repeated byte (for `image write --pattern`).</summary>
+    private sealed class PatternStream(byte value, long total) : Stream
+    {
+        private readonly long _total = total;
+        private long _left = total;
+
+        public override int Read(byte[] buffer, int offset, int count)
+        {
+            int n = (int)Math.Min(count, _left);
+            buffer.AsSpan(offset, n).Fill(value);
+            _left -= n;
+            return n;
+        }
+
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => false;
+        public override long Length => _total;
+        public override long Position { get => _total - _left; set => throw new NotSupportedException(); }
+        public override void Flush() { }
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    }
+}

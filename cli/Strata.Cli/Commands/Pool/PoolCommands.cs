@@ -1,0 +1,138 @@
+using System.CommandLine;
+using Strata.Cli.Output;
+using Strata.Engine.Control;
+
+namespace Strata.Cli.Commands.Pool;
+
+/// <summary>`strata pool create | list | query | get-prop | set-prop | destroy` (dmg's words).</summary>
+public static class PoolCommands
+{
+    private static readonly Option<string> Size = new("--size", "-s") { Description = "Pool size (spread over every target), e.g. 1G", Required = true };
+    private static readonly Option<int> Rf = new("--rf") { Description = "Replicas of each chunk: 1 or 2", DefaultValueFactory = _ => 1 };
+    private static readonly Option<bool> Force = new("--force") { Description = "Destroy even if the pool is open" };
+
+    private static Argument<string> Label() => new("pool") { Description = "Pool label" };
+
+    public static Command Create()
+    {
+        var createLabel = Label();
+        var create = new Command("create", "Create a pool spanning every target");
+        create.Arguments.Add(createLabel);
+        create.Options.Add(Size);
+        create.Options.Add(Rf);
+        create.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            var req = new PoolCreateRequest(parse.GetValue(createLabel)!, Sizes.Parse(parse.GetValue(Size)!, "--size"), parse.GetValue(Rf));
+            var q = await client.PostAsync<PoolQueryDto>("pools", req);
+            if (json)
+                Cli.PrintJson(q);
+            else
+                Console.Out.WriteLine($"Pool created: {q.Label} ({q.Id}), {Sizes.Format(q.TotalBytes)} on {q.Targets.Count} target(s), rf {q.Rf}, layout version {q.LayoutVersion}");
+            return 0;
+        }));
+
+        var list = new Command("list", "List pools with their layout version and whether an upgrade is available");
+        list.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            var pools = await client.GetAsync<List<PoolListEntry>>("pools");
+            if (json)
+            {
+                Cli.PrintJson(pools);
+                return 0;
+            }
+            if (pools.Count == 0)
+            {
+                Console.Out.WriteLine("No pools in system");
+                return 0;
+            }
+            var t = new Table("Pool", "UUID", "Size", "Targets", "State", "Layout", "UpgradeNeeded?");
+            foreach (var p in pools)
+                t.Add(p.Label, p.Id, Sizes.Format(p.SizeBytes), p.Targets, p.State, p.LayoutVersion, p.UpgradeNeeded ?? "None");
+            t.Write(Console.Out);
+            return 0;
+        }));
+
+        var queryLabel = Label();
+        var query = new Command("query", "Show a pool: state, layout, containers, images and space per target");
+        query.Arguments.Add(queryLabel);
+        query.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            var q = await client.GetAsync<PoolQueryDto>($"pools/{Cli.Esc(parse.GetValue(queryLabel)!)}");
+            if (json)
+            {
+                Cli.PrintJson(q);
+                return 0;
+            }
+            var o = Console.Out;
+            o.WriteLine($"Pool {q.Id}, label {q.Label}, rf {q.Rf}");
+            o.WriteLine($"Pool state: {q.Status}{(q.ReadOnlyReason != null ? $" ({q.ReadOnlyReason})" : "")}");
+            o.WriteLine($"Layout version: {q.LayoutVersion} (engine supports up to {q.SupportedLayoutVersion})");
+            if (q.Warning != null)
+                o.WriteLine(q.Warning);
+            o.WriteLine($"Containers: {q.Containers}, images: {q.Images}");
+            o.WriteLine($"Space: total {Sizes.Format(q.TotalBytes)}, used {Sizes.Format(q.UsedBytes)}, free {Sizes.Format(q.FreeBytes)}");
+            var t = new Table("Target", "Device", "Total", "Used", "Free");
+            foreach (var x in q.Targets)
+                t.Add(x.Target, x.Device, Sizes.Format(x.TotalBytes), Sizes.Format(x.UsedBytes), Sizes.Format(x.FreeBytes));
+            t.Write(o);
+            return 0;
+        }));
+
+        var getLabel = Label();
+        var getName = new Argument<string?>("name") { Description = "Property name (all properties when omitted)", Arity = ArgumentArity.ZeroOrOne };
+        var getProp = new Command("get-prop", "Show pool properties");
+        getProp.Arguments.Add(getLabel);
+        getProp.Arguments.Add(getName);
+        getProp.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            string? name = parse.GetValue(getName);
+            var props = await client.GetAsync<List<PropertyDto>>($"pools/{Cli.Esc(parse.GetValue(getLabel)!)}/props" + (name != null ? $"?name={Cli.Esc(name)}" : ""));
+            return PrintProps(props, json);
+        }));
+
+        var setLabel = Label();
+        var setName = new Argument<string>("name") { Description = "Property name" };
+        var setValue = new Argument<string>("value") { Description = "New value" };
+        var setProp = new Command("set-prop", "Set a pool property");
+        setProp.Arguments.Add(setLabel);
+        setProp.Arguments.Add(setName);
+        setProp.Arguments.Add(setValue);
+        setProp.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            var props = await client.PutAsync<List<PropertyDto>>($"pools/{Cli.Esc(parse.GetValue(setLabel)!)}/props/{Cli.Esc(parse.GetValue(setName)!)}",
+                new SetPropertyRequest(parse.GetValue(setValue)!));
+            return PrintProps(props, json);
+        }));
+
+        var destroyLabel = Label();
+        var destroy = new Command("destroy", "Destroy a pool and everything in it");
+        destroy.Arguments.Add(destroyLabel);
+        destroy.Options.Add(Force);
+        destroy.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            string label = parse.GetValue(destroyLabel)!;
+            await client.DeleteAsync($"pools/{Cli.Esc(label)}?force={(parse.GetValue(Force) ? "true" : "false")}");
+            if (json)
+                Cli.PrintJson(new { pool = label, destroyed = true });
+            else
+                Console.Out.WriteLine($"Pool destroyed: {label}");
+            return 0;
+        }));
+
+        return Cli.Group("pool", "Pools: storage carved from every target", create, list, query, getProp, setProp, destroy);
+    }
+
+    public static int PrintProps(List<PropertyDto> props, bool json)
+    {
+        if (json)
+        {
+            Cli.PrintJson(props);
+            return 0;
+        }
+        var t = new Table("Name", "Value");
+        foreach (var p in props)
+            t.Add(p.Name, p.Value);
+        t.Write(Console.Out);
+        return 0;
+    }
+}

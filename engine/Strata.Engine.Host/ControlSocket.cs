@@ -1,0 +1,136 @@
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+
+namespace Strata.Engine.Host;
+
+/// <summary>
+/// Prepares the control socket's path the way DAOS does: the directory is the barrier
+/// (Kestrel cannot set a socket's mode), so it is created or tightened to 0750, owned by
+/// the engine's user and the admin group. A live engine on the path is never displaced:
+/// we connect first and remove only a socket nobody answers on. A symlink or a regular
+/// file at the path is refused, never removed.
+/// </summary>
+internal static class ControlSocket
+{
+    public const UnixFileMode DirMode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute
+        | UnixFileMode.GroupRead | UnixFileMode.GroupExecute;
+
+    public static void Prepare(ResolvedConfig cfg, uint? adminGid, ILogger logger)
+    {
+        var dir = new DirectoryInfo(cfg.SocketDir);
+        if (dir.Exists && dir.LinkTarget != null)
+            throw new ConfigException($"socket directory {cfg.SocketDir} is a symlink; refusing to use it");
+        if (File.Exists(cfg.SocketDir))
+            throw new ConfigException($"socket directory {cfg.SocketDir} is a file");
+        Directory.CreateDirectory(cfg.SocketDir, DirMode);
+        File.SetUnixFileMode(cfg.SocketDir, DirMode);
+        if (adminGid is { } gid && Unix.LChown(cfg.SocketDir, Unix.GetEuid(), gid) != 0)
+            throw new ConfigException($"cannot give socket directory {cfg.SocketDir} to group {cfg.AdminGroup} (errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()})");
+
+        var info = new FileInfo(cfg.SocketPath);
+        if (!info.Exists && info.LinkTarget == null && !Directory.Exists(cfg.SocketPath))
+            return;
+        if (info.LinkTarget != null)
+            throw new ConfigException($"{cfg.SocketPath} is a symlink (to {info.LinkTarget}); refusing to replace it");
+        if (Directory.Exists(cfg.SocketPath))
+            throw new ConfigException($"{cfg.SocketPath} is a directory; refusing to replace it");
+        if (IsRegularFile(cfg.SocketPath))
+            throw new ConfigException($"{cfg.SocketPath} is a regular file, not a socket; refusing to replace it");
+        if (IsLive(cfg.SocketPath))
+            throw new ConfigException($"another engine is listening on {cfg.SocketPath}; stop it first (strata system stop --socket {cfg.SocketPath})");
+        File.Delete(cfg.SocketPath);
+        Log.StaleSocketRemoved(logger, cfg.SocketPath);
+    }
+
+    /// <summary>
+    /// Connecting needs write permission on the socket file: Kestrel binds it with the process umask,
+    /// so give the admin group read-write (0660) once it exists. Until then it is only stricter.
+    /// </summary>
+    public static void SecureSocketFile(ResolvedConfig cfg, uint? adminGid)
+    {
+        File.SetUnixFileMode(cfg.SocketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
+        if (adminGid is { } gid && Unix.LChown(cfg.SocketPath, Unix.GetEuid(), gid) != 0)
+            throw new ConfigException($"cannot give socket {cfg.SocketPath} to group {cfg.AdminGroup} (errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()})");
+    }
+
+    private static bool IsRegularFile(string path)
+    {
+        // .NET has no S_ISSOCK: open(2) on a socket fails with ENXIO, a regular file opens.
+        try
+        {
+            using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            return true;
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
+    private static bool IsLive(string path)
+    {
+        using var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            s.Connect(new UnixDomainSocketEndPoint(path));
+            return true;
+        }
+        catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionRefused or SocketError.AddressNotAvailable)
+        {
+            return false;
+        }
+        catch (SocketException)
+        {
+            // Any other failure (EACCES, EAGAIN on a full backlog) may be a live engine: do not remove it.
+            return true;
+        }
+    }
+}
+
+/// <summary>The pid file: refuses to overwrite the pid of a live strata-engine.</summary>
+internal sealed class PidFile : IDisposable
+{
+    private readonly string _path;
+
+    private PidFile(string path) => _path = path;
+
+    public static PidFile Create(string path)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        if (File.Exists(path) && int.TryParse(File.ReadAllText(path).Trim(), out int old) && old != Environment.ProcessId && IsEngine(old))
+            throw new ConfigException($"pid file {path} names a running engine (pid {old}); stop it first");
+        string tmp = path + ".tmp";
+        File.WriteAllText(tmp, Environment.ProcessId + "\n");
+        File.Move(tmp, path, overwrite: true);
+        return new PidFile(path);
+    }
+
+    private static bool IsEngine(int pid)
+    {
+        try
+        {
+            string cmdline = File.ReadAllText($"/proc/{pid}/cmdline");
+            return cmdline.Contains("strata-engine", StringComparison.Ordinal);
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            if (File.Exists(_path) && File.ReadAllText(_path).Trim() == Environment.ProcessId.ToString())
+                File.Delete(_path);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}

@@ -1,0 +1,145 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
+using Strata.Engine.Control;
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Host;
+
+/// <summary>
+/// `strata-engine run`: prepares the socket directory and pid file, opens the targets, serves the
+/// control API on the Unix socket until SIGTERM/SIGINT or `strata system stop`, then closes every
+/// pool and flushes the targets. Exit codes: 0 clean stop, 1 refused to start, 2 usage.
+/// </summary>
+internal static class Daemon
+{
+    public static async Task<int> RunAsync(string? configFile, string? dataDir, string? socketDir, int? metricsPort, CancellationToken ct)
+    {
+        using var loggerFactory = LoggerFactory.Create(ConfigureLogging);
+        var logger = loggerFactory.CreateLogger("Strata.Engine");
+        ResolvedConfig cfg;
+        (uint Gid, string[] Members)? adminGroup = null;
+        try
+        {
+            var raw = configFile != null ? HostConfig.Load(configFile) : new HostConfig();
+            if (socketDir != null)
+                raw.Control.SocketDir = Path.GetFullPath(socketDir);
+            if (metricsPort != null)
+                raw.Metrics.PrometheusPort = metricsPort.Value;
+            cfg = raw.Resolve(dataDir, configFile);
+            if (cfg.AdminGroup != null)
+                adminGroup = Unix.FindGroup(cfg.AdminGroup) ?? throw new ConfigException($"admin group '{cfg.AdminGroup}' does not exist (/etc/group)");
+        }
+        catch (Exception e) when (e is ConfigException or IOException or UnauthorizedAccessException)
+        {
+            await Console.Error.WriteLineAsync($"strata-engine: {e.Message}");
+            return 1;
+        }
+        uint uid = Unix.GetEuid();
+        Log.Starting(logger, typeof(Daemon).Assembly.GetName().Version?.ToString() ?? "0", Environment.ProcessId, uid, cfg.DataDir, cfg.ConfigFile ?? "(embedded default)");
+
+        EngineService? svc = null;
+        PidFile? pid = null;
+        try
+        {
+            Directory.CreateDirectory(cfg.DataDir);
+            ControlSocket.Prepare(cfg, adminGroup?.Gid, logger);
+            pid = PidFile.Create(cfg.PidFile);
+            if (cfg.Nbd.Count > 0)
+                Log.NbdIgnored(logger, string.Join(", ", cfg.Nbd));
+            svc = await EngineService.StartAsync(cfg, logger);
+
+            var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "strata-engine", ContentRootPath = cfg.DataDir });
+            builder.Logging.ClearProviders();
+            ConfigureLogging(builder.Logging);
+            builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(10));
+            var authorizer = new PeerAuthorizer(cfg, uid, adminGroup, logger, () => svc);
+            builder.WebHost.ConfigureKestrel(k =>
+            {
+                k.AddServerHeader = false;
+                k.Limits.MaxRequestBodySize = Api.MaxBodyBytes;
+                k.Limits.RequestHeadersTimeout = cfg.HeaderTimeout;
+                k.Limits.KeepAliveTimeout = TimeSpan.FromMinutes(2);
+                k.Limits.MaxConcurrentConnections = cfg.MaxConnections;
+                k.Limits.MaxConcurrentUpgradedConnections = 0;
+                k.Limits.MaxRequestHeadersTotalSize = 32 * 1024;
+                k.Limits.MaxRequestHeaderCount = 50;
+                k.Limits.MaxRequestLineSize = 8 * 1024;
+                k.ListenUnixSocket(cfg.SocketPath, lo =>
+                {
+                    lo.Protocols = HttpProtocols.Http1;
+                    lo.Use(authorizer.Wrap);
+                });
+                if (cfg.PrometheusPort > 0)
+                    k.ListenLocalhost(cfg.PrometheusPort, lo => lo.Protocols = HttpProtocols.Http1);
+            });
+            var app = builder.Build();
+            app.Use(async (ctx, next) =>
+            {
+                // The loopback TCP listener serves the Prometheus scrape only: it has no peer credentials.
+                if (ctx.Connection.LocalIpAddress != null && ctx.Request.Path != "/metrics")
+                {
+                    ctx.Response.StatusCode = StatusCodes.Status404NotFound;
+                    return;
+                }
+                svc.Metrics.RecordRequest();
+                ctx.Response.Headers[Api.VersionHeader] = Api.Version.ToString();
+                ctx.Response.Headers[Api.MinVersionHeader] = Api.MinVersion.ToString();
+                if (ctx.Request.Headers.TryGetValue(Api.VersionHeader, out var v) && int.TryParse(v, out int client)
+                    && (client < Api.MinVersion || client > Api.Version))
+                {
+                    string what = client > Api.Version
+                        ? $"this strata CLI speaks control API v{client}, but the engine serves v{Api.MinVersion}..v{Api.Version}: upgrade strata-engine or use an older strata"
+                        : $"this strata CLI speaks control API v{client}, but the engine serves v{Api.MinVersion}..v{Api.Version}: upgrade the strata CLI";
+                    await ApiErrors.Write(ctx, StatusCodes.Status400BadRequest, ErrorCodes.VersionMismatch, what);
+                    return;
+                }
+                await next(ctx);
+            });
+            app.Use((ctx, next) => ApiErrors.Middleware(ctx, next, logger));
+            ControlApi.Map(app, svc);
+            app.MapFallback((HttpContext ctx) => ApiErrors.Write(ctx, StatusCodes.Status404NotFound, ErrorCodes.NotFound,
+                $"no control API route {ctx.Request.Method} {ctx.Request.Path} (engine API v{Api.Version})"));
+
+            await app.StartAsync(ct);
+            ControlSocket.SecureSocketFile(cfg, adminGroup?.Gid);
+            Log.Listening(logger, cfg.SocketPath, cfg.AdminGroup ?? "(none)");
+            if (cfg.PrometheusPort > 0)
+                Log.MetricsPort(logger, cfg.PrometheusPort);
+            svc.Emit(ControlRasIds.EngineStarted, RasSeverity.Notice, $"engine started on {cfg.Targets.Count} target(s), socket {cfg.SocketPath}",
+                data: new Dictionary<string, string> { ["socket"] = cfg.SocketPath, ["pid"] = Environment.ProcessId.ToString() });
+            await app.WaitForShutdownAsync(ct);
+            await app.DisposeAsync();
+            return 0;
+        }
+        catch (Exception e) when (e is ConfigException or StoreException or IOException or UnauthorizedAccessException
+            or DllNotFoundException or System.Net.Sockets.SocketException)
+        {
+            await Console.Error.WriteLineAsync($"strata-engine: {e.Message}");
+            return 1;
+        }
+        finally
+        {
+            if (svc != null)
+                await svc.DisposeAsync();
+            pid?.Dispose();
+        }
+    }
+
+    private static void ConfigureLogging(ILoggingBuilder b)
+    {
+        b.AddSimpleConsole(o =>
+        {
+            o.SingleLine = true;
+            o.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fff ";
+            o.IncludeScopes = false;
+        });
+        b.SetMinimumLevel(LogLevel.Information);
+        b.AddFilter("Microsoft", LogLevel.Warning);
+    }
+}

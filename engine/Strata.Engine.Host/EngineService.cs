@@ -1,0 +1,343 @@
+using System.Diagnostics;
+using Microsoft.Extensions.Logging;
+using Strata.Engine.Control;
+using Strata.Engine.Device;
+using Strata.Engine.Layout;
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Host;
+
+/// <summary>
+/// Owns the devices, the StorageEngine, the RAS log and the metrics, and maps each
+/// control API call to the storage API. Route handlers stay thin: they parse, call
+/// one method here, and serialize; domain exceptions travel up to <see cref="ApiErrors"/>.
+/// </summary>
+public sealed class EngineService : IAsyncDisposable
+{
+    private readonly List<IBlockDevice> _devices;
+    private readonly ILogger _logger;
+    private int _disposed;
+
+    private EngineService(ResolvedConfig config, List<IBlockDevice> devices, StorageEngine engine, RasLog ras, ILogger logger)
+    {
+        Config = config;
+        _devices = devices;
+        Engine = engine;
+        Ras = ras;
+        _logger = logger;
+        Metrics = new StrataMetrics(Space, () => Engine.ListPools().Count);
+        Prometheus = new PrometheusExporter(StrataMetrics.MeterName);
+        ras.Emitted += r => Metrics.RecordRas(r.Severity);
+    }
+
+    public ResolvedConfig Config { get; }
+
+    public StorageEngine Engine { get; }
+
+    public RasLog Ras { get; }
+
+    public StrataMetrics Metrics { get; }
+
+    public PrometheusExporter Prometheus { get; }
+
+    public DateTimeOffset Started { get; } = DateTimeOffset.Now;
+
+    // Every await on the storage API uses ForceYielding: devices complete I/O inline on their poller
+    // thread (DeviceOptions.InlineCompletions), and the daemon's continuations (RAS fsync, JSON,
+    // Kestrel writes) must not run there, let alone block it.
+
+    /// <summary>Opens (or, for target files this call created, formats) the targets and opens every pool.</summary>
+    public static async Task<EngineService> StartAsync(ResolvedConfig cfg, ILogger logger)
+    {
+        var ras = new RasLog(cfg.RasPath, cfg.RasMaxBytes, cfg.RasKeep);
+        var devices = new List<IBlockDevice>();
+        try
+        {
+            bool allNew = true;
+            foreach (var uri in cfg.Targets)
+            {
+                string? file = FilePathOf(uri);
+                if (file != null)
+                {
+                    Directory.CreateDirectory(Path.GetDirectoryName(file)!);
+                    allNew &= !File.Exists(file);
+                }
+                else
+                {
+                    allNew = false;
+                }
+                devices.Add(NativeBlockDevice.Open(uri));
+            }
+            var options = new StorageEngineOptions { Ras = ras };
+            StorageEngine engine;
+            if (allNew)
+            {
+                engine = await StorageEngine.FormatAsync(devices, options).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+                Log.Formatted(logger, devices.Count);
+                ras.Emit(new RasEvent(ControlRasIds.EngineFormatted, RasSeverity.Notice, RasType.StateChange,
+                    $"formatted {devices.Count} new target(s)"), null, null);
+            }
+            else
+            {
+                engine = await StorageEngine.OpenAsync(devices, options).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            }
+            var svc = new EngineService(cfg, devices, engine, ras, logger);
+            foreach (var p in engine.ListPools())
+            {
+                try
+                {
+                    await engine.OpenPoolAsync(p.Label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+                }
+                catch (StoreException)
+                {
+                    // The pool stays listed with its state; the storage layer raised the RAS event.
+                }
+            }
+            Log.Opened(logger, devices.Count, engine.ListPools().Count);
+            return svc;
+        }
+        catch
+        {
+            foreach (var d in devices)
+                await d.DisposeAsync();
+            ras.Dispose();
+            throw;
+        }
+    }
+
+    private static string? FilePathOf(string uri)
+    {
+        if (!uri.StartsWith("file:", StringComparison.Ordinal))
+            return null;
+        string p = uri["file:".Length..];
+        int q = p.IndexOf('?');
+        return q < 0 ? p : p[..q];
+    }
+
+    public void Emit(string id, RasSeverity severity, string message, string? pool = null, string? container = null, string? image = null,
+        IReadOnlyDictionary<string, string>? data = null) =>
+        Ras.Emit(new RasEvent(id, severity, RasType.StateChange, message, Pool: pool, Image: image), container, data);
+
+    // ---- system and storage ----
+
+    public SystemInfo SystemInfo(string state) => new(
+        Environment.MachineName, Environment.ProcessId, (int)Unix.GetEuid(),
+        typeof(EngineService).Assembly.GetName().Version?.ToString() ?? "0", Api.Version, Api.MinVersion,
+        Started, (DateTimeOffset.Now - Started).TotalSeconds, Config.SocketPath, Config.DataDir, Config.ConfigFile,
+        Engine.Targets.Count, Engine.ListPools().Count, state);
+
+    public StorageInfo Storage()
+    {
+        var pools = Engine.ListPools();
+        long perTarget = pools.Sum(p => p.DataBytesPerTarget);
+        var targets = Engine.Targets.Select(t => new TargetInfoDto(t.Index, t.Device.Name, t.Device.Geometry.Capacity,
+            t.Device.Geometry.LogicalBlockSize, t.Device.Geometry.Kind.ToString().ToLowerInvariant(), perTarget, pools.Count, "ok")).ToList();
+        return new StorageInfo(targets, targets.Sum(t => t.CapacityBytes), targets.Sum(t => t.AllocatedBytes));
+    }
+
+    private (long, long, long) Space()
+    {
+        var s = Storage();
+        long used = 0;
+        foreach (var p in Engine.ListPools())
+        {
+            try
+            {
+                // Metrics threads only (never a poller): wait briefly for the engine lock, else skip the pool this round.
+                if (p.State is not ("ready" or "readonly"))
+                    continue;
+                var open = Engine.OpenPoolAsync(p.Label);
+                if (open.Wait(TimeSpan.FromMilliseconds(200)))
+                    used += open.Result.Query().Targets.Sum(t => t.UsedBytes);
+            }
+            catch (Exception e) when (e is StoreException or ObjectDisposedException or AggregateException)
+            {
+            }
+        }
+        return (s.TotalBytes, s.AllocatedBytes, used);
+    }
+
+    // ---- pools ----
+
+    public IReadOnlyList<PoolListEntry> ListPools() =>
+        Engine.ListPools().Select(p => new PoolListEntry(p.Label, p.Id, p.LayoutVersion, FeatureBits.MaxLayoutVersion,
+            UpgradeNeeded(p.LayoutVersion), p.DataBytesPerTarget * p.Targets, p.Targets, p.State)).ToList();
+
+    private static string? UpgradeNeeded(uint v) => v != 0 && v < FeatureBits.MaxLayoutVersion ? $"{v}->{FeatureBits.MaxLayoutVersion}" : null;
+
+    public async Task<PoolQueryDto> CreatePoolAsync(PoolCreateRequest req)
+    {
+        var pool = await Engine.CreatePoolAsync(req.Label, req.Size, req.Rf).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        Emit(ControlRasIds.PoolCreated, RasSeverity.Notice, $"pool '{req.Label}' created ({req.Size} bytes, rf {req.Rf})", pool: req.Label,
+            data: new Dictionary<string, string> { ["size"] = req.Size.ToString(), ["rf"] = req.Rf.ToString(), ["uuid"] = pool.Id.ToString() });
+        return ToDto(pool.Query());
+    }
+
+    public async Task<PoolQueryDto> QueryPoolAsync(string label) => ToDto((await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).Query());
+
+    private static PoolQueryDto ToDto(PoolQueryResult q)
+    {
+        var up = UpgradeNeeded(q.LayoutVersion);
+        return new PoolQueryDto(q.Label, q.Id, q.LayoutVersion, FeatureBits.MaxLayoutVersion, up, q.Status.ToString(), q.ReadOnlyReason,
+            q.Rf, q.Containers, q.Images, q.Targets.Sum(t => t.TotalBytes), q.Targets.Sum(t => t.UsedBytes), q.Targets.Sum(t => t.FreeBytes),
+            q.Targets.Select(t => new TargetSpaceDto(t.Target, t.Device, t.TotalBytes, t.UsedBytes, t.FreeBytes)).ToList(),
+            up == null ? null : $"Pool layout out of date ({q.LayoutVersion} < {FeatureBits.MaxLayoutVersion}) -- see `strata pool upgrade` for details.");
+    }
+
+    public async Task DestroyPoolAsync(string label, bool force)
+    {
+        await Engine.DestroyPoolAsync(label, force).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        Emit(ControlRasIds.PoolDestroyed, RasSeverity.Notice, $"pool '{label}' destroyed", pool: label);
+    }
+
+    public async Task<IReadOnlyList<PropertyDto>> GetPoolPropsAsync(string label, string? name)
+    {
+        var pool = await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        return name == null
+            ? pool.GetProperties().OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new PropertyDto(kv.Key, kv.Value)).ToList()
+            : [new PropertyDto(name, pool.GetProperty(name))];
+    }
+
+    public async Task SetPoolPropAsync(string label, string name, string value)
+    {
+        var pool = await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        await pool.SetPropertyAsync(name, value).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        Emit(ControlRasIds.PoolPropertySet, RasSeverity.Notice, $"pool '{label}' property {name} set to '{value}'", pool: label,
+            data: new Dictionary<string, string> { [name] = value });
+    }
+
+    // ---- containers ----
+
+    public async Task<IReadOnlyList<ContainerDto>> ListContainersAsync(string pool) =>
+        (await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).ListContainers().Select(ToDto).ToList();
+
+    private static ContainerDto ToDto(ContainerInfo c) => new(c.Id, c.Label, c.Images, c.Properties);
+
+    public async Task<ContainerDto> CreateContainerAsync(string pool, string label)
+    {
+        var c = await (await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).CreateContainerAsync(label);
+        Emit(ControlRasIds.ContainerCreated, RasSeverity.Notice, $"container '{label}' created in pool '{pool}'", pool: pool, container: label);
+        return ToDto(c);
+    }
+
+    public async Task DestroyContainerAsync(string pool, string label)
+    {
+        await (await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).DestroyContainerAsync(label);
+        Emit(ControlRasIds.ContainerDestroyed, RasSeverity.Notice, $"container '{label}' destroyed in pool '{pool}'", pool: pool, container: label);
+    }
+
+    public async Task<IReadOnlyList<PropertyDto>> GetContainerPropsAsync(string pool, string cont, string? name)
+    {
+        var p = await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        if (name != null)
+            return [new PropertyDto(name, p.GetContainerProperty(cont, name))];
+        var c = p.ListContainers().FirstOrDefault(x => x.Label == cont) ?? throw new NotFoundException($"pool '{pool}' has no container '{cont}'");
+        return c.Properties.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new PropertyDto(kv.Key, kv.Value)).ToList();
+    }
+
+    public async Task SetContainerPropAsync(string pool, string cont, string name, string value) =>
+        await (await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).SetContainerPropertyAsync(cont, name, value);
+
+    // ---- images ----
+
+    public async Task<IReadOnlyList<ImageDto>> ListImagesAsync(string pool, string cont) =>
+        (await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).ListImages(cont).Select(i => ToDto(pool, i)).ToList();
+
+    private static ImageDto ToDto(string pool, ImageInfo i) => new(i.Id, pool, i.Container, i.Label, i.Size, i.ChunkSize, i.MappedBytes);
+
+    public async Task<ImageDto> CreateImageAsync(string pool, string cont, ImageCreateRequest req)
+    {
+        var p = await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        await p.CreateImageAsync(cont, req.Label, req.Size, req.ChunkSize).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        Emit(ControlRasIds.ImageCreated, RasSeverity.Notice, $"image '{req.Label}' created in pool '{pool}' container '{cont}' ({req.Size} bytes)",
+            pool: pool, container: cont, image: req.Label);
+        return await ImageInfoAsync(pool, cont, req.Label);
+    }
+
+    public async Task<ImageDto> ImageInfoAsync(string pool, string cont, string image)
+    {
+        var p = await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        var i = p.ListImages(cont).FirstOrDefault(x => x.Label == image)
+            ?? throw new NotFoundException($"pool '{pool}' container '{cont}' has no image '{image}'");
+        return ToDto(pool, i);
+    }
+
+    public async Task<ImageDto> ResizeImageAsync(string pool, string cont, string image, long size)
+    {
+        var img = (await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).OpenImage(cont, image);
+        long old = img.Size;
+        await img.ResizeAsync(size).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        Emit(ControlRasIds.ImageResized, RasSeverity.Notice, $"image '{image}' resized from {old} to {size} bytes", pool: pool, container: cont, image: image);
+        return await ImageInfoAsync(pool, cont, image);
+    }
+
+    public async Task RemoveImageAsync(string pool, string cont, string image)
+    {
+        await (await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).RemoveImageAsync(cont, image);
+        Emit(ControlRasIds.ImageRemoved, RasSeverity.Notice, $"image '{image}' removed from pool '{pool}' container '{cont}'", pool: pool, container: cont, image: image);
+    }
+
+    public async Task WriteAsync(string pool, string cont, string image, long offset, ReadOnlyMemory<byte> data)
+    {
+        var img = (await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).OpenImage(cont, image);
+        await TimedAsync("write", data.Length, () => img.WriteAsync(offset, data));
+    }
+
+    public async Task<byte[]> ReadAsync(string pool, string cont, string image, long offset, int length)
+    {
+        var img = (await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).OpenImage(cont, image);
+        var buf = new byte[length];
+        await TimedAsync("read", length, () => img.ReadAsync(offset, buf));
+        return buf;
+    }
+
+    private async Task TimedAsync(string op, long bytes, Func<Task> io)
+    {
+        long start = Stopwatch.GetTimestamp();
+        bool ok = false;
+        try
+        {
+            await io().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            ok = true;
+        }
+        finally
+        {
+            Metrics.RecordIo(op, bytes, Stopwatch.GetElapsedTime(start).TotalMilliseconds, ok);
+        }
+    }
+
+    // ---- shutdown ----
+
+    /// <summary>Closes every pool (its log is drained; everything acknowledged is durable), flushes and closes the targets.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+            return;
+        Log.Stopping(_logger);
+        try
+        {
+            await Engine.DisposeAsync().AsTask().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            foreach (var d in _devices)
+            {
+                try
+                {
+                    await d.FlushAsync();
+                }
+                catch (IOException e)
+                {
+                    Log.StopFailed(_logger, e);
+                }
+                await d.DisposeAsync();
+            }
+            Emit(ControlRasIds.EngineStopped, RasSeverity.Notice, "engine stopped cleanly");
+        }
+        finally
+        {
+            Prometheus.Dispose();
+            Metrics.Dispose();
+            Ras.Dispose();
+        }
+        Log.Stopped(_logger);
+    }
+}

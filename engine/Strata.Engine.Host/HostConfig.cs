@@ -1,0 +1,111 @@
+using YamlDotNet.Serialization;
+using YamlDotNet.Serialization.NamingConventions;
+
+namespace Strata.Engine.Host;
+
+/// <summary>
+/// strata-engine's YAML configuration (snake_case keys). Without a file the embedded
+/// default applies: two sparse file targets under the data directory, the socket in
+/// DATA_DIR/run, the RAS log in DATA_DIR/ras. See docs/operations.md.
+/// </summary>
+public sealed class HostConfig
+{
+    /// <summary>Directory of the embedded default's files; relative paths below resolve against it.</summary>
+    public string? DataDir { get; set; }
+
+    /// <summary>Device URIs (strata_io.h), e.g. file:/srv/t0.img?create=1&amp;size=64G or nvme-pcie://0000:01:00.0.</summary>
+    public List<string> Targets { get; set; } = new();
+
+    public ControlConfig Control { get; set; } = new();
+
+    /// <summary>NBD listeners (unix:PATH or tcp:127.0.0.1:PORT); the NBD server arrives with a later issue.</summary>
+    public List<string> Nbd { get; set; } = new();
+
+    public RasConfig Ras { get; set; } = new();
+
+    public MetricsConfig Metrics { get; set; } = new();
+
+    public string? PidFile { get; set; }
+
+    public sealed class ControlConfig
+    {
+        /// <summary>Directory of the socket, created mode 0750 (owner: the engine's user, group: admin_group).</summary>
+        public string? SocketDir { get; set; }
+
+        public string SocketName { get; set; } = "strata.sock";
+
+        /// <summary>Members of this group may use the control API besides root and the engine's user.</summary>
+        public string? AdminGroup { get; set; }
+
+        public int HeaderTimeoutSeconds { get; set; } = 10;
+
+        public int MaxConnections { get; set; } = 64;
+    }
+
+    public sealed class RasConfig
+    {
+        public string? Path { get; set; }
+
+        public long MaxBytes { get; set; } = 16 << 20;
+
+        public int Keep { get; set; } = 4;
+    }
+
+    public sealed class MetricsConfig
+    {
+        /// <summary>Loopback TCP port serving only /metrics; 0 disables it (/metrics is always on the socket).</summary>
+        public int PrometheusPort { get; set; }
+    }
+
+    public const string DefaultTargetSize = "4G";
+
+    public static HostConfig Load(string path)
+    {
+        var deserializer = new DeserializerBuilder().WithNamingConvention(UnderscoredNamingConvention.Instance).Build();
+        try
+        {
+            return deserializer.Deserialize<HostConfig>(File.ReadAllText(path)) ?? new HostConfig();
+        }
+        catch (YamlDotNet.Core.YamlException e)
+        {
+            throw new ConfigException($"{path} line {e.Start.Line}, column {e.Start.Column}: {e.Message}");
+        }
+    }
+
+    /// <summary>Fills what the file left out from the embedded default and makes every path absolute.</summary>
+    public ResolvedConfig Resolve(string? dataDirOverride, string? configFile)
+    {
+        string dataDir = Path.GetFullPath(dataDirOverride ?? DataDir ?? Path.Combine(Environment.CurrentDirectory, "strata-data"));
+        string Abs(string p) => Path.GetFullPath(Path.IsPathRooted(p) ? p : Path.Combine(dataDir, p));
+        var targets = Targets.Count > 0
+            ? Targets.ToList()
+            : Enumerable.Range(0, 2).Select(i => $"file:{Path.Combine(dataDir, $"target{i}.img")}?create=1&size={DefaultTargetSize}").ToList();
+        if (Control.HeaderTimeoutSeconds < 1 || Control.MaxConnections < 1)
+            throw new ConfigException("control.header_timeout_seconds and control.max_connections must be positive");
+        if (Metrics.PrometheusPort is < 0 or > 65535)
+            throw new ConfigException($"metrics.prometheus_port {Metrics.PrometheusPort} is not a TCP port");
+        string socketDir = Abs(Control.SocketDir ?? "run");
+        return new ResolvedConfig(
+            DataDir: dataDir,
+            ConfigFile: configFile == null ? null : Path.GetFullPath(configFile),
+            Targets: targets,
+            SocketDir: socketDir,
+            SocketPath: Path.Combine(socketDir, Control.SocketName),
+            AdminGroup: Control.AdminGroup,
+            HeaderTimeout: TimeSpan.FromSeconds(Control.HeaderTimeoutSeconds),
+            MaxConnections: Control.MaxConnections,
+            RasPath: Abs(Ras.Path ?? Path.Combine("ras", "events.jsonl")),
+            RasMaxBytes: Ras.MaxBytes,
+            RasKeep: Ras.Keep,
+            PrometheusPort: Metrics.PrometheusPort,
+            PidFile: Abs(PidFile ?? Path.Combine("run", "strata-engine.pid")),
+            Nbd: Nbd.ToList());
+    }
+}
+
+public sealed record ResolvedConfig(string DataDir, string? ConfigFile, List<string> Targets, string SocketDir, string SocketPath,
+    string? AdminGroup, TimeSpan HeaderTimeout, int MaxConnections, string RasPath, long RasMaxBytes, int RasKeep,
+    int PrometheusPort, string PidFile, List<string> Nbd);
+
+/// <summary>A startup refusal an operator can fix (bad config, a live engine on the socket, a symlink): one line, exit 1.</summary>
+public sealed class ConfigException(string message) : Exception(message);

@@ -1,0 +1,115 @@
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace Strata.Engine.Control;
+
+// The control API's wire contract, shared as one source file by the engine and the
+// strata CLI (the CLI does not reference the engine). Fields are only ever added;
+// a breaking change bumps Api.Version and keeps the old routes for one version.
+
+/// <summary>Versions and names both sides agree on.</summary>
+public static class Api
+{
+    /// <summary>The API version this build speaks (route prefix /v{Version}).</summary>
+    public const int Version = 1;
+
+    /// <summary>The oldest client API version the engine still serves.</summary>
+    public const int MinVersion = 1;
+
+    /// <summary>Request header: the client's API version. Response header: the engine's.</summary>
+    public const string VersionHeader = "Strata-Api-Version";
+
+    /// <summary>Response header: the oldest API version the engine serves.</summary>
+    public const string MinVersionHeader = "Strata-Api-Min-Version";
+
+    /// <summary>Largest request body the engine accepts (DAOS caps control messages at 1 MiB too).</summary>
+    public const int MaxBodyBytes = 1 << 20;
+
+    public static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web)
+    {
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        // Operators read these lines (RAS log, --json): keep quotes and '+' readable.
+        Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+        Converters = { new JsonStringEnumConverter() },
+    };
+}
+
+/// <summary>Stable error codes of the JSON error body; the CLI maps them to exit codes.</summary>
+public static class ErrorCodes
+{
+    public const string NotFound = "not_found";
+    public const string AlreadyExists = "already_exists";
+    public const string Busy = "busy";
+    public const string Invalid = "invalid_request";
+    public const string NoSpace = "no_space";
+    public const string ReadOnly = "read_only";
+    public const string IncompatibleLayout = "incompatible_layout";
+    public const string Corrupt = "corrupt_metadata";
+    public const string DataIntegrity = "data_integrity";
+    public const string VersionMismatch = "version_mismatch";
+    public const string PermissionDenied = "permission_denied";
+    public const string TooLarge = "request_too_large";
+    public const string Internal = "internal_error";
+    public const string Io = "io_error";
+}
+
+public sealed record ErrorBody(string Error, string Code);
+
+public sealed record SystemInfo(string Host, int Pid, int Uid, string EngineVersion, int ApiVersion, int ApiMinVersion,
+    DateTimeOffset Started, double UptimeSeconds, string Socket, string? DataDir, string? ConfigFile, int Targets, int Pools, string State);
+
+public sealed record TargetInfoDto(int Index, string Device, long CapacityBytes, int BlockSize, string Kind, long AllocatedBytes, int Pools, string Health);
+
+public sealed record StorageInfo(IReadOnlyList<TargetInfoDto> Targets, long TotalBytes, long AllocatedBytes);
+
+public sealed record PoolCreateRequest(string Label, long Size, int Rf = 1);
+
+public sealed record PoolListEntry(string Label, Guid Id, uint LayoutVersion, uint SupportedLayoutVersion, string? UpgradeNeeded,
+    long SizeBytes, int Targets, string State);
+
+public sealed record TargetSpaceDto(int Target, string Device, long TotalBytes, long UsedBytes, long FreeBytes);
+
+public sealed record PoolQueryDto(string Label, Guid Id, uint LayoutVersion, uint SupportedLayoutVersion, string? UpgradeNeeded,
+    string Status, string? ReadOnlyReason, int Rf, int Containers, int Images, long TotalBytes, long UsedBytes, long FreeBytes,
+    IReadOnlyList<TargetSpaceDto> Targets, string? Warning);
+
+public sealed record PropertyDto(string Name, string Value);
+
+public sealed record SetPropertyRequest(string Value);
+
+public sealed record ContainerCreateRequest(string Label);
+
+public sealed record ContainerDto(uint Id, string Label, int Images, IReadOnlyDictionary<string, string> Properties);
+
+public sealed record ImageCreateRequest(string Label, long Size, int ChunkSize = 0);
+
+public sealed record ImageResizeRequest(long Size);
+
+public sealed record ImageDto(uint Id, string Pool, string Container, string Label, long Size, int ChunkSize, long MappedBytes);
+
+public sealed record WriteResult(long Offset, int Bytes);
+
+/// <summary>A RAS event as the durable log stores it and the API streams it (DAOS's fields).</summary>
+public sealed record RasRecord
+{
+    public long Seq { get; init; }
+    public string Id { get; init; } = "";
+    /// <summary>ISO 8601 with microseconds and zone, e.g. 2026-11-21T06:40:01.123456+00:00.</summary>
+    public string Timestamp { get; init; } = "";
+    public string Host { get; init; } = "";
+    /// <summary>STATE_CHANGE or INFO_ONLY.</summary>
+    public string Type { get; init; } = "";
+    /// <summary>ERROR, WARNING or NOTICE.</summary>
+    public string Severity { get; init; } = "";
+    public string Msg { get; init; } = "";
+    public int Pid { get; init; }
+    public int Tid { get; init; }
+    public string? Pool { get; init; }
+    public string? Cont { get; init; }
+    public string? Image { get; init; }
+    public int? Target { get; init; }
+    public string? Device { get; init; }
+    public long? Offset { get; init; }
+    public IReadOnlyDictionary<string, string>? Data { get; init; }
+}

@@ -1,0 +1,18 @@
+namespace Strata.Engine.Control;
+
+/// <summary>Stable RAS event ids raised by the daemon and its control API; never rename one that has shipped.</summary>
+public static class ControlRasIds
+{
+    public const string EngineStarted = "engine_started";
+    public const string EngineStopped = "engine_stopped";
+    public const string EngineFormatted = "engine_formatted";
+    public const string PoolCreated = "pool_created";
+    public const string PoolDestroyed = "pool_destroyed";
+    public const string PoolPropertySet = "pool_prop_set";
+    public const string ContainerCreated = "container_created";
+    public const string ContainerDestroyed = "container_destroyed";
+    public const string ImageCreated = "image_created";
+    public const string ImageRemoved = "image_removed";
+    public const string ImageResized = "image_resized";
+    public const string CallerRejected = "control_caller_rejected";
+}

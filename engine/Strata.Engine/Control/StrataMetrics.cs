@@ -1,0 +1,64 @@
+using System.Diagnostics.Metrics;
+
+namespace Strata.Engine.Control;
+
+/// <summary>
+/// The engine's Meter ("Strata.Engine"): I/O operations, bytes and latency by operation,
+/// space, RAS events by severity, control requests. Read by `strata engine counters`
+/// (EventPipe, as dotnet-counters does) and by the Prometheus endpoint.
+/// </summary>
+public sealed class StrataMetrics : IDisposable
+{
+    public const string MeterName = "Strata.Engine";
+
+    private readonly Meter _meter;
+    private readonly Counter<long> _ioOps;
+    private readonly Counter<long> _ioBytes;
+    private readonly Counter<long> _ioErrors;
+    private readonly Histogram<double> _ioLatency;
+    private readonly Counter<long> _ras;
+    private readonly Counter<long> _requests;
+    private readonly Counter<long> _rejected;
+
+    public StrataMetrics(Func<(long Total, long Allocated, long PoolUsed)> space, Func<int> pools)
+    {
+        _meter = new Meter(MeterName, "1.0");
+        _ioOps = _meter.CreateCounter<long>("strata.io.operations", "{operation}", "Image I/O operations completed");
+        _ioBytes = _meter.CreateCounter<long>("strata.io.bytes", "By", "Image bytes read and written");
+        _ioErrors = _meter.CreateCounter<long>("strata.io.errors", "{operation}", "Image I/O operations that failed");
+        _ioLatency = _meter.CreateHistogram<double>("strata.io.latency", "ms", "Image I/O latency",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBucketsMs });
+        _ras = _meter.CreateCounter<long>("strata.ras.events", "{event}", "RAS events raised, by severity");
+        _requests = _meter.CreateCounter<long>("strata.control.requests", "{request}", "Control API requests served");
+        _rejected = _meter.CreateCounter<long>("strata.control.rejected", "{connection}", "Control connections refused by the peer-credential check");
+        _meter.CreateObservableGauge("strata.space.total", () => space().Total, "By", "Capacity of all targets");
+        _meter.CreateObservableGauge("strata.space.allocated", () => space().Allocated, "By", "Target bytes allocated to pools");
+        _meter.CreateObservableGauge("strata.space.used", () => space().PoolUsed, "By", "Pool bytes holding image data (open pools)");
+        _meter.CreateObservableGauge("strata.pools", pools, "{pool}", "Pools on the engine's targets");
+    }
+
+    public static readonly double[] LatencyBucketsMs = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000];
+
+    public Meter Meter => _meter;
+
+    public void RecordIo(string op, long bytes, double ms, bool ok)
+    {
+        var tag = new KeyValuePair<string, object?>("op", op);
+        if (!ok)
+        {
+            _ioErrors.Add(1, tag);
+            return;
+        }
+        _ioOps.Add(1, tag);
+        _ioBytes.Add(bytes, tag);
+        _ioLatency.Record(ms, tag);
+    }
+
+    public void RecordRas(string severity) => _ras.Add(1, new KeyValuePair<string, object?>("severity", severity.ToLowerInvariant()));
+
+    public void RecordRequest() => _requests.Add(1);
+
+    public void RecordRejected() => _rejected.Add(1);
+
+    public void Dispose() => _meter.Dispose();
+}

@@ -1,0 +1,154 @@
+using Strata.Engine.Store;
+using Strata.Interop;
+
+namespace Strata.Engine.Pools;
+
+/// <summary>
+/// The chunk data path. Callers hold the chunk's stripe lock, so a chunk's
+/// mapping cannot change (and its old extents cannot be reused) under them.
+/// </summary>
+internal static class ChunkIo
+{
+    public static ChunkMap? Lookup(Pool pool, ImageMeta meta, long index)
+    {
+        lock (pool.Meta.Sync)
+            return meta.Chunks.TryGetValue(index, out var m) ? m : null;
+    }
+
+    /// <summary>
+    /// Reads a whole chunk into buffer and verifies it against the CRC32C kept in
+    /// the chunk map. A replica that fails is reported and, when another verifies,
+    /// rewritten from it. With no good copy this throws; wrong bytes never leave.
+    /// </summary>
+    public static async Task ReadVerifiedAsync(Pool pool, ImageMeta meta, long index, ChunkMap map, Memory<byte> buffer)
+    {
+        long at = index * meta.ChunkSize;
+        var bad = new List<Replica>();
+        Replica? good = null;
+        foreach (var r in map.Replicas)
+        {
+            var shard = pool.Shards[r.Target];
+            try
+            {
+                await shard.ReadDataAsync(r.Offset, buffer).ConfigureAwait(false);
+            }
+            catch (DeviceException e)
+            {
+                pool.Ras.Emit(new RasEvent(RasIds.DataReadFailed, RasSeverity.Error, RasType.InfoOnly,
+                    $"pool '{pool.Label}' image '{meta.Label}' chunk at offset {at}: read of the replica on target {r.Target} failed: {e.Message}",
+                    Pool: pool.Label, Image: meta.Label, Target: r.Target, Device: shard.Device.Name, Offset: at));
+                bad.Add(r);
+                continue;
+            }
+            if (Crc32C.Compute(buffer.Span) == r.Crc)
+            {
+                good = r;
+                break;
+            }
+            pool.Ras.Emit(new RasEvent(RasIds.DataChecksumMismatch, RasSeverity.Error, RasType.InfoOnly,
+                $"pool '{pool.Label}' image '{meta.Label}' chunk at offset {at}: the replica on target {r.Target} does not match its CRC32C",
+                Pool: pool.Label, Image: meta.Label, Target: r.Target, Device: shard.Device.Name, Offset: at));
+            bad.Add(r);
+        }
+        if (good == null)
+        {
+            string message = $"data integrity error in pool '{pool.Label}', image '{meta.Label}' at offset {at}: none of the {map.Replicas.Length} replica(s) of the {meta.ChunkSize}-byte chunk verifies";
+            pool.Ras.Emit(new RasEvent(RasIds.DataUnrecoverable, RasSeverity.Error, RasType.InfoOnly, message, Pool: pool.Label, Image: meta.Label, Offset: at));
+            throw new DataIntegrityException(pool.Label, meta.Label, at, message);
+        }
+        if (bad.Count > 0 && pool.State == PoolStatus.Ready)
+            await RepairAsync(pool, meta, at, good.Value, bad, buffer).ConfigureAwait(false);
+    }
+
+    /// <summary>Rewrites bad replicas in place with verified bytes; the CRC in the map stays right.</summary>
+    private static async Task RepairAsync(Pool pool, ImageMeta meta, long at, Replica good, List<Replica> bad, ReadOnlyMemory<byte> data)
+    {
+        foreach (var r in bad)
+        {
+            var shard = pool.Shards[r.Target];
+            try
+            {
+                await shard.WriteDataAsync(r.Offset, data).ConfigureAwait(false);
+                try
+                {
+                    await shard.FlushAsync().ConfigureAwait(false);
+                }
+                catch (IOException e)
+                {
+                    pool.Fail(e, "a flush after a replica repair");
+                    throw;
+                }
+                pool.Ras.Emit(new RasEvent(RasIds.ReplicaRepaired, RasSeverity.Notice, RasType.StateChange,
+                    $"pool '{pool.Label}' image '{meta.Label}' chunk at offset {at}: replica on target {r.Target} rewritten from target {good.Target}",
+                    Pool: pool.Label, Image: meta.Label, Target: r.Target, Device: shard.Device.Name, Offset: at));
+            }
+            catch (IOException e)
+            {
+                pool.Ras.Emit(new RasEvent(RasIds.DataWriteFailed, RasSeverity.Error, RasType.InfoOnly,
+                    $"pool '{pool.Label}' image '{meta.Label}' chunk at offset {at}: repair of the replica on target {r.Target} failed: {e.Message}",
+                    Pool: pool.Label, Image: meta.Label, Target: r.Target, Device: shard.Device.Name, Offset: at));
+            }
+        }
+    }
+
+    /// <summary>
+    /// Copy-on-write of one chunk: merge with the verified old contents when the
+    /// write is partial, write every replica to a fresh extent, flush, commit the
+    /// new mapping (with its CRC32C) and only then free the old extents.
+    /// </summary>
+    public static async Task WriteAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data)
+    {
+        pool.ThrowIfNotWritable();
+        int cs = meta.ChunkSize;
+        var chunk = new byte[cs];
+        var old = Lookup(pool, meta, index);
+        if (data.Length != cs && old != null)
+            await ReadVerifiedAsync(pool, meta, index, old, chunk).ConfigureAwait(false);
+        data.Span.CopyTo(chunk.AsSpan(within));
+        uint crc = Crc32C.Compute(chunk);
+        int rf = Math.Min(pool.Rf, pool.Shards.Length);
+        var replicas = new Replica[rf];
+        int allocated = 0;
+        try
+        {
+            for (; allocated < rf; allocated++)
+            {
+                int t = PlacementV1.Target(meta.Id, index, allocated, pool.Shards.Length);
+                long off = pool.Shards[t].Allocator.Allocate(cs);
+                if (off < 0)
+                    throw new NoSpaceException($"no space left in pool '{pool.Label}': target {t} has no free {cs}-byte extent for image '{meta.Label}' at offset {index * cs}");
+                replicas[allocated] = new Replica((ushort)t, off, crc);
+            }
+            try
+            {
+                await Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].WriteDataAsync(r.Offset, chunk).AsTask())).ConfigureAwait(false);
+            }
+            catch (DeviceException e)
+            {
+                pool.Ras.Emit(new RasEvent(RasIds.DataWriteFailed, RasSeverity.Error, RasType.InfoOnly,
+                    $"pool '{pool.Label}' image '{meta.Label}' write at offset {index * cs + within} failed: {e.Message}",
+                    Pool: pool.Label, Image: meta.Label, Device: e.Device, Offset: index * cs + within));
+                throw new StoreException(Errno.EIO, $"write to pool '{pool.Label}' image '{meta.Label}' at offset {index * cs + within} failed: {e.Message}", e);
+            }
+            try
+            {
+                await Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].FlushAsync())).ConfigureAwait(false);
+            }
+            catch (IOException e)
+            {
+                // After a failed flush the device may have dropped any dirty data; a later
+                // flush that succeeds proves nothing, so the pool stops claiming durability.
+                pool.Fail(e, "a data flush");
+                throw new PoolReadOnlyException($"write to pool '{pool.Label}' image '{meta.Label}' at offset {index * cs + within} failed: {e.Message}; the pool is now read-only", e);
+            }
+        }
+        catch
+        {
+            for (int i = 0; i < allocated; i++)
+                pool.Shards[replicas[i].Target].Allocator.Free(replicas[i].Offset, cs);
+            throw;
+        }
+        await pool.Log.CommitAsync(MetaRecords.ChunkMap(meta.Id, index, replicas)).ConfigureAwait(false);
+        pool.FreeChunk(old, cs);
+    }
+}

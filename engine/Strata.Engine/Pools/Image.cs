@@ -1,0 +1,258 @@
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Pools;
+
+/// <summary>
+/// A handle on a thin image: reads and writes at any byte offset and length.
+/// Every acknowledged write is durable (data flushed, then its chunk-map record
+/// committed), so FlushAsync only has to report a pool that can no longer
+/// promise durability.
+/// </summary>
+public sealed class Image
+{
+    private readonly Pool _pool;
+    private readonly ImageLocks _locks;
+
+    internal Image(Pool pool, uint id, string container, string label)
+    {
+        _pool = pool;
+        Id = id;
+        Container = container;
+        Label = label;
+        _locks = pool.LocksFor(id);
+    }
+
+    public uint Id { get; }
+
+    public string Container { get; }
+
+    public string Label { get; }
+
+    public Pool Pool => _pool;
+
+    private ImageMeta Meta => _pool.ImageById(Id, Label);
+
+    public long Size
+    {
+        get
+        {
+            var m = Meta;
+            lock (_pool.Meta.Sync)
+                return m.Size;
+        }
+    }
+
+    public int ChunkSize => Meta.ChunkSize;
+
+    private void CheckRange(string what, long offset, long length, long size)
+    {
+        if (offset < 0 || length < 0 || offset > size - length)
+            throw new InvalidRequestException($"{what} of {length} bytes at offset {offset} is past the end of image '{Label}' in pool '{_pool.Label}' ({size} bytes)");
+    }
+
+    /// <summary>Chunks of a request processed at once (each under its own chunk lock).</summary>
+    private const int ChunkParallelism = 8;
+
+    /// <summary>Splits [offset, offset+length) into per-chunk pieces: chunk index, offset within the chunk, length, offset within the request.</summary>
+    private static List<(long Index, int Within, int Length, int At)> Pieces(long offset, long length, int cs)
+    {
+        var list = new List<(long, int, int, int)>();
+        for (long pos = offset; pos < offset + length;)
+        {
+            int within = (int)(pos % cs);
+            int n = (int)Math.Min(cs - within, offset + length - pos);
+            list.Add((pos / cs, within, n, (int)(pos - offset)));
+            pos += n;
+        }
+        return list;
+    }
+
+    private static async Task ForEachPieceAsync(List<(long Index, int Within, int Length, int At)> pieces, Func<(long Index, int Within, int Length, int At), Task> body)
+    {
+        if (pieces.Count == 1)
+        {
+            await body(pieces[0]).ConfigureAwait(false);
+            return;
+        }
+        await Parallel.ForEachAsync(pieces, new ParallelOptions { MaxDegreeOfParallelism = ChunkParallelism },
+            async (p, _) => await body(p).ConfigureAwait(false)).ConfigureAwait(false);
+    }
+
+    public async Task ReadAsync(long offset, Memory<byte> destination)
+    {
+        var meta = Meta;
+        CheckRange("read", offset, destination.Length, Size);
+        int cs = meta.ChunkSize;
+        await ForEachPieceAsync(Pieces(offset, destination.Length, cs), async p =>
+        {
+            var dest = destination.Slice(p.At, p.Length);
+            using (await _locks.ChunkAsync(p.Index).ConfigureAwait(false))
+            {
+                var map = ChunkIo.Lookup(_pool, Meta, p.Index);
+                if (map == null)
+                {
+                    dest.Span.Clear();
+                    return;
+                }
+                var chunk = System.Buffers.ArrayPool<byte>.Shared.Rent(cs);
+                try
+                {
+                    await ChunkIo.ReadVerifiedAsync(_pool, meta, p.Index, map, chunk.AsMemory(0, cs)).ConfigureAwait(false);
+                    chunk.AsSpan(p.Within, p.Length).CopyTo(dest.Span);
+                }
+                finally
+                {
+                    System.Buffers.ArrayPool<byte>.Shared.Return(chunk);
+                }
+            }
+        }).ConfigureAwait(false);
+    }
+
+    public async Task WriteAsync(long offset, ReadOnlyMemory<byte> source)
+    {
+        _pool.ThrowIfNotWritable();
+        var meta = Meta;
+        CheckRange("write", offset, source.Length, Size);
+        await ForEachPieceAsync(Pieces(offset, source.Length, meta.ChunkSize), async p =>
+        {
+            using (await _locks.ChunkAsync(p.Index).ConfigureAwait(false))
+                await ChunkIo.WriteAsync(_pool, Meta, p.Index, p.Within, source.Slice(p.At, p.Length)).ConfigureAwait(false);
+        }).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Unmaps whole chunks (space returns to the pool) with one log record, and
+    /// zeroes the partial chunks at either end. A chunk that runs past the image
+    /// end counts as whole when the trim reaches the end (those bytes read as zero anyway).
+    /// </summary>
+    public async Task TrimAsync(long offset, long length)
+    {
+        _pool.ThrowIfNotWritable();
+        var meta = Meta;
+        long size = Size;
+        CheckRange("trim", offset, length, size);
+        if (length == 0)
+            return;
+        int cs = meta.ChunkSize;
+        long end = offset + length;
+        long first = (offset + cs - 1) / cs;
+        long last = end == size ? (end + cs - 1) / cs : end / cs;
+        if (first >= last)
+        {
+            // No whole chunk: the range touches one chunk or the ends of two.
+            long boundary = (offset / cs + 1) * cs;
+            await ZeroPartAsync(meta, offset, Math.Min(end, boundary)).ConfigureAwait(false);
+            await ZeroPartAsync(meta, boundary, end).ConfigureAwait(false);
+            return;
+        }
+        await ZeroPartAsync(meta, offset, first * cs).ConfigureAwait(false);
+        await ZeroPartAsync(meta, last * cs, end).ConfigureAwait(false);
+        using (await _locks.AllAsync().ConfigureAwait(false))
+        {
+            List<ChunkMap> dropped;
+            lock (_pool.Meta.Sync)
+                dropped = Meta.Chunks.Where(kv => kv.Key >= first && kv.Key < last).Select(kv => kv.Value).ToList();
+            if (dropped.Count == 0)
+                return;
+            await _pool.Log.CommitAsync(MetaRecords.ChunkUnmapRange(Id, first, last - first)).ConfigureAwait(false);
+            foreach (var m in dropped)
+                _pool.FreeChunk(m, cs);
+        }
+    }
+
+    /// <summary>Zeroes [from, to) inside one chunk, if that chunk holds data.</summary>
+    private async Task ZeroPartAsync(ImageMeta meta, long from, long to)
+    {
+        if (from >= to)
+            return;
+        int cs = meta.ChunkSize;
+        long index = from / cs;
+        using (await _locks.ChunkAsync(index).ConfigureAwait(false))
+        {
+            if (ChunkIo.Lookup(_pool, Meta, index) != null)
+                await ChunkIo.WriteAsync(_pool, meta, index, (int)(from % cs), new byte[to - from]).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Every acknowledged write is already durable; this fails when the pool can no longer guarantee that.</summary>
+    public Task FlushAsync()
+    {
+        _pool.ThrowIfNotWritable();
+        _ = Meta;
+        return Task.CompletedTask;
+    }
+
+    /// <summary>
+    /// Grows or shrinks the image. Growing first zeroes the old last chunk's tail
+    /// (bytes past the old end may hold data from before a shrink); shrinking frees
+    /// the chunks past the new end once the resize is durable.
+    /// </summary>
+    public async Task ResizeAsync(long newSize)
+    {
+        if (newSize < 0)
+            throw new InvalidRequestException($"image size {newSize} is negative");
+        await _pool.MetaLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            _pool.ThrowIfNotWritable();
+            var meta = Meta;
+            int cs = meta.ChunkSize;
+            using (await _locks.AllAsync().ConfigureAwait(false))
+            {
+                long oldSize = Size;
+                if (newSize > oldSize && oldSize % cs != 0)
+                {
+                    long last = oldSize / cs;
+                    int within = (int)(oldSize % cs);
+                    if (ChunkIo.Lookup(_pool, meta, last) != null)
+                        await ChunkIo.WriteAsync(_pool, meta, last, within, new byte[cs - within]).ConfigureAwait(false);
+                }
+                List<ChunkMap> dropped;
+                long keep = (newSize + cs - 1) / cs;
+                lock (_pool.Meta.Sync)
+                    dropped = meta.Chunks.Where(kv => kv.Key >= keep).Select(kv => kv.Value).ToList();
+                await _pool.Log.CommitAsync(MetaRecords.ImageResize(Id, newSize)).ConfigureAwait(false);
+                foreach (var m in dropped)
+                    _pool.FreeChunk(m, cs);
+            }
+        }
+        finally
+        {
+            _pool.MetaLock.Release();
+        }
+    }
+
+    public string GetProperty(string name)
+    {
+        var m = Meta;
+        lock (_pool.Meta.Sync)
+        {
+            if (name == "label")
+                return m.Label;
+            if (name == "size")
+                return m.Size.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            if (name == "chunk_size")
+                return m.ChunkSize.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            return m.Props.TryGetValue(name, out var v) ? v : throw new NotFoundException($"image '{Label}' has no property '{name}'");
+        }
+    }
+
+    /// <summary>Free-form "user.*" attributes (label, size and chunk_size have their own operations).</summary>
+    public async Task SetPropertyAsync(string name, string value)
+    {
+        if (!name.StartsWith("user.", StringComparison.Ordinal) || name.Length <= 5 || name.Length > 128 || value.Length > 4096)
+            throw new InvalidRequestException($"image property '{name}' cannot be set (layout 1 images take 'user.*' attributes up to 4096 characters)");
+        await _pool.MetaLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            _pool.ThrowIfNotWritable();
+            _ = Meta;
+            _pool.CheckMetadataRoom(name.Length + value.Length);
+            await _pool.Log.CommitAsync(MetaRecords.ImageSetProp(Id, name, value)).ConfigureAwait(false);
+        }
+        finally
+        {
+            _pool.MetaLock.Release();
+        }
+    }
+}

@@ -1,0 +1,95 @@
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Pools;
+
+/// <summary>
+/// Pool-service WAL record types (format v1; numbers are the contract, see
+/// docs/format.md). Types 32..47 are the upgrade job's and the chunk-move's:
+/// defined and applied now so that the upgrade issue needs no format break.
+/// </summary>
+public enum MetaRecordType : ushort
+{
+    PoolSetProp = 1,
+    ContainerCreate = 2,
+    ContainerDestroy = 3,
+    ContainerSetProp = 4,
+    ImageCreate = 5,
+    ImageResize = 6,
+    ImageRemove = 7,
+    ChunkMap = 8,
+    ChunkUnmap = 9,
+    ImageSetProp = 10,
+    ChunkUnmapRange = 11,
+    UpgradeJobBegin = 32,
+    UpgradeJobCursor = 33,
+    UpgradeJobEnd = 34,
+    ChunkMoveBegin = 40,
+    ChunkMoveCommit = 41,
+    ChunkMoveAbort = 42,
+}
+
+/// <summary>A record waiting to be committed.</summary>
+public sealed record MetaRecord(MetaRecordType Type, byte[] Payload, ushort Flags = 0);
+
+/// <summary>Builders for each record's payload (the layouts Apply reads).</summary>
+public static class MetaRecords
+{
+    public static MetaRecord PoolSetProp(string name, string value) =>
+        new(MetaRecordType.PoolSetProp, new MetaWriter().Str(name).Str(value).ToArray());
+
+    public static MetaRecord ContainerCreate(uint id, string label) =>
+        new(MetaRecordType.ContainerCreate, new MetaWriter().U32(id).Str(label).ToArray());
+
+    public static MetaRecord ContainerDestroy(uint id) =>
+        new(MetaRecordType.ContainerDestroy, new MetaWriter().U32(id).ToArray());
+
+    public static MetaRecord ContainerSetProp(uint id, string name, string value) =>
+        new(MetaRecordType.ContainerSetProp, new MetaWriter().U32(id).Str(name).Str(value).ToArray());
+
+    public static MetaRecord ImageCreate(uint id, uint container, string label, long size, int chunkSize) =>
+        new(MetaRecordType.ImageCreate, new MetaWriter().U32(id).U32(container).Str(label).I64(size).U32((uint)chunkSize).ToArray());
+
+    public static MetaRecord ImageResize(uint id, long size) =>
+        new(MetaRecordType.ImageResize, new MetaWriter().U32(id).I64(size).ToArray());
+
+    public static MetaRecord ImageRemove(uint id) =>
+        new(MetaRecordType.ImageRemove, new MetaWriter().U32(id).ToArray());
+
+    public static MetaRecord ImageSetProp(uint id, string name, string value) =>
+        new(MetaRecordType.ImageSetProp, new MetaWriter().U32(id).Str(name).Str(value).ToArray());
+
+    public static MetaRecord ChunkMap(uint image, long chunk, Replica[] replicas)
+    {
+        var w = new MetaWriter().U32(image).I64(chunk);
+        WriteReplicas(w, replicas);
+        return new(MetaRecordType.ChunkMap, w.ToArray());
+    }
+
+    public static MetaRecord ChunkUnmap(uint image, long chunk) =>
+        new(MetaRecordType.ChunkUnmap, new MetaWriter().U32(image).I64(chunk).ToArray());
+
+    public static MetaRecord ChunkUnmapRange(uint image, long first, long count) =>
+        new(MetaRecordType.ChunkUnmapRange, new MetaWriter().U32(image).I64(first).I64(count).ToArray());
+
+    public static void WriteReplicas(MetaWriter w, Replica[] replicas)
+    {
+        w.Byte((byte)replicas.Length);
+        foreach (var r in replicas)
+            w.U16(r.Target).I64(r.Offset).U32(r.Crc);
+    }
+
+    public static Replica[] ReadReplicas(ref MetaReader r)
+    {
+        int n = r.Byte();
+        var list = new Replica[n];
+        for (int i = 0; i < n; i++)
+            list[i] = new Replica(r.U16(), r.I64(), r.U32());
+        return list;
+    }
+}
+
+/// <summary>One copy of a chunk: target index, offset in that shard's data area, CRC32C of the chunk.</summary>
+public readonly record struct Replica(ushort Target, long Offset, uint Crc);
+
+/// <summary>Where a chunk lives; Moving is the second location while a data-moving upgrade copies it.</summary>
+public sealed record ChunkMap(Replica[] Replicas, Replica[]? Moving = null);

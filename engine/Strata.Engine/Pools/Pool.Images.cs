@@ -1,0 +1,104 @@
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Pools;
+
+/// <summary>An image as `image list` shows it.</summary>
+public sealed record ImageInfo(uint Id, string Container, string Label, long Size, int ChunkSize, long MappedBytes);
+
+public sealed partial class Pool
+{
+    public const int DefaultChunkSize = 128 * 1024;
+
+    public IReadOnlyList<ImageInfo> ListImages(string container)
+    {
+        var c = FindContainer(container);
+        lock (Meta.Sync)
+            return Meta.Images.Values.Where(i => i.Container == c.Id).OrderBy(i => i.Label, StringComparer.Ordinal)
+                .Select(i => new ImageInfo(i.Id, c.Label, i.Label, i.Size, i.ChunkSize, (long)i.Chunks.Count * i.ChunkSize)).ToList();
+    }
+
+    internal ImageMeta FindImage(string container, string label)
+    {
+        var c = FindContainer(container);
+        lock (Meta.Sync)
+            return Meta.Images.Values.FirstOrDefault(i => i.Container == c.Id && i.Label == label)
+                ?? throw new NotFoundException($"pool '{Label}' container '{container}' has no image '{label}'");
+    }
+
+    /// <summary>Creates a thin image: no space is used until data is written.</summary>
+    public async Task<Image> CreateImageAsync(string container, string label, long size, int chunkSize = 0)
+    {
+        Labels.Validate("image", label);
+        if (chunkSize == 0)
+            chunkSize = Math.Max(DefaultChunkSize, Header.MinChunkSize);
+        if (chunkSize < Header.MinChunkSize || chunkSize > PoolLayoutPlan.MaxChunkSize || (chunkSize & (chunkSize - 1)) != 0)
+            throw new InvalidRequestException($"chunk size {chunkSize} is not a power of two between {Header.MinChunkSize} (this pool's minimum) and {PoolLayoutPlan.MaxChunkSize}");
+        if (size < 0)
+            throw new InvalidRequestException($"image size {size} is negative");
+        await MetaLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            ThrowIfNotWritable();
+            var c = FindContainer(container);
+            uint id;
+            lock (Meta.Sync)
+            {
+                if (Meta.Images.Values.Any(i => i.Container == c.Id && i.Label == label))
+                    throw new DuplicateLabelException($"pool '{Label}' container '{container}' already has an image '{label}'");
+                id = Meta.NextImageId;
+            }
+            CheckMetadataRoom(128 + label.Length);
+            await Log.CommitAsync(MetaRecords.ImageCreate(id, c.Id, label, size, chunkSize)).ConfigureAwait(false);
+            return new Image(this, id, container, label);
+        }
+        finally
+        {
+            MetaLock.Release();
+        }
+    }
+
+    public Image OpenImage(string container, string label)
+    {
+        var meta = FindImage(container, label);
+        return new Image(this, meta.Id, container, label);
+    }
+
+    /// <summary>Removes an image and frees its chunks once the removal is durable.</summary>
+    public async Task RemoveImageAsync(string container, string label)
+    {
+        await MetaLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            ThrowIfNotWritable();
+            var meta = FindImage(container, label);
+            using (await LocksFor(meta.Id).AllAsync().ConfigureAwait(false))
+            {
+                List<ChunkMap> chunks;
+                lock (Meta.Sync)
+                    chunks = meta.Chunks.Values.ToList();
+                await Log.CommitAsync(MetaRecords.ImageRemove(meta.Id)).ConfigureAwait(false);
+                foreach (var m in chunks)
+                    FreeChunk(m, meta.ChunkSize);
+            }
+        }
+        finally
+        {
+            MetaLock.Release();
+        }
+    }
+
+    internal void FreeChunk(ChunkMap? map, int chunkSize)
+    {
+        if (map == null)
+            return;
+        foreach (var r in map.Moving == null ? map.Replicas : map.Replicas.Concat(map.Moving))
+            Shards[r.Target].Allocator.Free(r.Offset, chunkSize);
+    }
+
+    /// <summary>Looks an image up by id; a removed image is "not found" for every handle still held.</summary>
+    internal ImageMeta ImageById(uint id, string label)
+    {
+        lock (Meta.Sync)
+            return Meta.Images.TryGetValue(id, out var m) ? m : throw new NotFoundException($"pool '{Label}' has no image '{label}' (it was removed)");
+    }
+}

@@ -1,0 +1,193 @@
+using System.Globalization;
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Pools;
+
+public enum PoolStatus { Ready, ReadOnly, Closed }
+
+/// <summary>Space of one target as `pool query` shows it.</summary>
+public sealed record TargetSpace(int Target, string Device, long TotalBytes, long UsedBytes, long FreeBytes);
+
+/// <summary>What `pool query` shows.</summary>
+public sealed record PoolQueryResult(string Label, Guid Id, uint LayoutVersion, ulong Compat, ulong RoCompat, ulong Incompat,
+    PoolStatus Status, string? ReadOnlyReason, int Rf, int Containers, int Images, IReadOnlyList<TargetSpace> Targets);
+
+/// <summary>
+/// An open pool: its shards on every target, the replicated metadata log and
+/// the state it rebuilds. Metadata changes are serialized by one lock (they
+/// validate against the state and must not race); image I/O is not.
+/// </summary>
+public sealed partial class Pool : IAsyncDisposable
+{
+    private readonly StorageEngine _engine;
+    private readonly StorageEngine.PoolEntry _entry;
+    private readonly Dictionary<uint, ImageLocks> _imageLocks = new();
+    private string? _readOnlyReason;
+    private bool _failed;
+    private bool _closed;
+
+    internal Pool(StorageEngine engine, StorageEngine.PoolEntry entry, Shard[] shards, PoolState state, string? readOnlyReason)
+    {
+        _engine = engine;
+        _entry = entry;
+        Shards = shards;
+        Meta = state;
+        _readOnlyReason = readOnlyReason;
+        Header = shards[0].Header;
+    }
+
+    internal Shard[] Shards { get; }
+
+    internal PoolState Meta { get; }
+
+    internal PoolLog Log { get; set; } = null!;
+
+    internal SemaphoreSlim MetaLock { get; } = new(1, 1);
+
+    internal ShardHeader Header { get; }
+
+    internal IRasSink Ras => _engine.Ras;
+
+    public Guid Id => _entry.Id;
+
+    public string Label
+    {
+        get
+        {
+            lock (Meta.Sync)
+                return Meta.Props["label"];
+        }
+    }
+
+    public uint LayoutVersion => Header.LayoutVersion;
+
+    public int TargetCount => Shards.Length;
+
+    public int Rf
+    {
+        get
+        {
+            lock (Meta.Sync)
+                return int.Parse(Meta.Props["rf"], CultureInfo.InvariantCulture);
+        }
+    }
+
+    public PoolStatus State => _closed ? PoolStatus.Closed : _readOnlyReason != null ? PoolStatus.ReadOnly : PoolStatus.Ready;
+
+    public string? ReadOnlyReason => _readOnlyReason;
+
+    public PoolQueryResult Query()
+    {
+        lock (Meta.Sync)
+        {
+            return new PoolQueryResult(Meta.Props["label"], Id, Header.LayoutVersion, Header.Compat, Header.RoCompat, Header.Incompat,
+                State, _readOnlyReason, int.Parse(Meta.Props["rf"], CultureInfo.InvariantCulture), Meta.Containers.Count, Meta.Images.Count,
+                Shards.Select(s => new TargetSpace(s.Index, s.Device.Name, s.Allocator.Capacity, s.Allocator.UsedBytes, s.Allocator.FreeBytes)).ToList());
+        }
+    }
+
+    /// <summary>Makes the pool read-only for good (until reopened): after a failed log write or flush nothing may claim durability.</summary>
+    internal void Fail(Exception e, string what)
+    {
+        lock (Meta.Sync)
+        {
+            if (_failed)
+                return;
+            _failed = true;
+            _readOnlyReason = $"{what} failed: {e.Message}";
+        }
+        Ras.Emit(new RasEvent(RasIds.PoolReadOnly, RasSeverity.Error, RasType.StateChange,
+            $"pool '{Label}' is now read-only: {what} failed: {e.Message}", Pool: Label, Device: (e as Interop.DeviceException)?.Device));
+    }
+
+    internal void ThrowIfNotWritable()
+    {
+        ObjectDisposedException.ThrowIf(_closed, this);
+        if (_readOnlyReason != null)
+            throw new PoolReadOnlyException($"pool '{Label}' is read-only: {_readOnlyReason}");
+    }
+
+    /// <summary>Rebuilds every shard's free-space map from the chunk map (the only persistent truth).</summary>
+    internal void RebuildAllocators()
+    {
+        lock (Meta.Sync)
+        {
+            foreach (var img in Meta.Images.Values)
+                foreach (var (index, map) in img.Chunks)
+                    foreach (var r in map.Moving == null ? map.Replicas : map.Replicas.Concat(map.Moving))
+                        if (r.Target >= Shards.Length || !Shards[r.Target].Allocator.MarkUsed(r.Offset, img.ChunkSize))
+                            throw new CorruptMetadataException($"pool '{Label}' image '{img.Label}' chunk {index}: extent {r.Offset}+{img.ChunkSize} on target {r.Target} is outside the data area or used twice");
+        }
+    }
+
+    internal ImageLocks LocksFor(uint image)
+    {
+        lock (_imageLocks)
+        {
+            if (!_imageLocks.TryGetValue(image, out var l))
+                _imageLocks[image] = l = new ImageLocks();
+            return l;
+        }
+    }
+
+    /// <summary>
+    /// Closes the pool. Everything acknowledged is already durable; a writable pool
+    /// also checkpoints, so the next open (possibly by another engine version)
+    /// replays no log records.
+    /// </summary>
+    public ValueTask DisposeAsync() => CloseAsync(checkpoint: true);
+
+    internal async ValueTask CloseAsync(bool checkpoint)
+    {
+        if (_closed)
+            return;
+        if (checkpoint && State == PoolStatus.Ready)
+        {
+            try
+            {
+                await Log.CheckpointAsync().ConfigureAwait(false);
+            }
+            catch (StoreException)
+            {
+                // Already reported (the pool went read-only); the log still holds everything.
+            }
+        }
+        await Log.StopAsync().ConfigureAwait(false);
+        _closed = true;
+        _engine.OnPoolClosed(_entry);
+    }
+
+    internal void OnLabelChanged(string label) => _entry.Label = label;
+}
+
+/// <summary>Striped per-chunk locks of one image; taking all stripes excludes every chunk operation.</summary>
+internal sealed class ImageLocks
+{
+    public const int Stripes = 64;
+    private readonly SemaphoreSlim[] _stripes = Enumerable.Range(0, Stripes).Select(_ => new SemaphoreSlim(1, 1)).ToArray();
+
+    public async Task<IDisposable> ChunkAsync(long chunk)
+    {
+        var s = _stripes[(int)((ulong)chunk % Stripes)];
+        await s.WaitAsync().ConfigureAwait(false);
+        return new Releaser(() => s.Release());
+    }
+
+    public async Task<IDisposable> AllAsync()
+    {
+        foreach (var s in _stripes)
+            await s.WaitAsync().ConfigureAwait(false);
+        return new Releaser(() =>
+        {
+            foreach (var s in _stripes)
+                s.Release();
+        });
+    }
+
+    private sealed class Releaser(Action release) : IDisposable
+    {
+        private Action? _release = release;
+
+        public void Dispose() => Interlocked.Exchange(ref _release, null)?.Invoke();
+    }
+}

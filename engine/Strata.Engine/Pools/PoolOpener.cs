@@ -1,0 +1,147 @@
+using Strata.Engine.Layout;
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Pools;
+
+/// <summary>
+/// Opens a pool: validates every shard header read-only (layout version,
+/// feature words, regions), replays each shard's newest checkpoint plus log,
+/// keeps the longest history, and only then (when writable) writes: a fresh
+/// checkpoint on every shard, which also brings lagging shards and bad header
+/// copies up to date.
+/// </summary>
+internal static class PoolOpener
+{
+    public static async Task<Pool> OpenAsync(StorageEngine engine, StorageEngine.PoolEntry entry)
+    {
+        var targets = engine.Targets;
+        var shards = new Shard[targets.Count];
+        string? readOnly = engine.Options.ReadOnly ? "the engine is open read-only" : null;
+        string label = entry.Label;
+        for (int i = 0; i < targets.Count; i++)
+        {
+            var t = targets[i];
+            var r = await HeaderCopies.ReadAsync<ShardHeader>(t.Device, entry.Extents[i].Offset, (ReadOnlySpan<byte> s, out string? problem) =>
+            {
+                var h = ShardHeader.Decode(s, out problem);
+                if (h != null && h.PoolId != entry.Id)
+                {
+                    problem = $"belongs to pool {h.PoolId}";
+                    return null;
+                }
+                return h;
+            }, h => h.Generation).ConfigureAwait(false);
+            if (r.Best == null)
+                throw new CorruptMetadataException($"pool '{label}' shard on target {i} ('{t.Device.Name}'): both header copies are invalid (copy A: {r.Problems[0]}; copy B: {r.Problems[1]}); refusing to open (nothing was written)");
+            var h = r.Best;
+            label = h.Label;
+            for (int c = 0; c < 2; c++)
+                if (r.Problems[c] != null)
+                    engine.Ras.Emit(new RasEvent(RasIds.HeaderCopyBad, RasSeverity.Warning, RasType.InfoOnly,
+                        $"pool '{label}' shard header copy {HeaderCopies.CopyName(c)} on target {i} is invalid ({r.Problems[c]}); using copy {HeaderCopies.CopyName(r.BestCopy)}",
+                        Pool: label, Target: i, Device: t.Device.Name));
+            // Always checked, also for a read-only engine: an unknown incompat feature may change how even reads work.
+            string? roCompat = CheckLayout(engine, h, label, i);
+            readOnly ??= roCompat;
+            string? regions = h.CheckRegions(t.Device.Geometry.LogicalBlockSize);
+            if (regions == null && (h.ShardLength != entry.Extents[i].Length || h.TargetIndex != i || h.TargetCount != targets.Count))
+                regions = $"header says target {h.TargetIndex} of {h.TargetCount} with {h.ShardLength} bytes, the superblock says target {i} of {targets.Count} with {entry.Extents[i].Length}";
+            if (regions != null)
+                throw new CorruptMetadataException($"pool '{label}' shard on target {i} ('{t.Device.Name}') is damaged: {regions}; refusing to open (nothing was written)");
+            shards[i] = new Shard(t, entry.Extents[i].Offset, h);
+        }
+        if (shards.Any(s => s.Header.WalLength != shards[0].Header.WalLength))
+            throw new CorruptMetadataException($"pool '{label}' shards disagree on the log size; refusing to open (nothing was written)");
+
+        (PoolState State, long Tail, ulong NextSeq, int Replayed)? best = null;
+        var problems = new List<string>();
+        foreach (var s in shards)
+        {
+            try
+            {
+                var result = await ReplayShardAsync(s, entry.Id).ConfigureAwait(false);
+                if (best == null || result.NextSeq > best.Value.NextSeq)
+                    best = result;
+            }
+            catch (CorruptMetadataException e)
+            {
+                problems.Add($"target {s.Index}: {e.Message}");
+                engine.Ras.Emit(new RasEvent(RasIds.CheckpointBad, RasSeverity.Error, RasType.InfoOnly,
+                    $"pool '{label}' metadata on target {s.Index} is unusable: {e.Message}", Pool: label, Target: s.Index, Device: s.Device.Name));
+            }
+        }
+        if (best == null)
+            throw new CorruptMetadataException($"pool '{label}': no shard has usable metadata ({string.Join("; ", problems)}); refusing to open");
+
+        var (state, tail, nextSeq, replayed) = best.Value;
+        var pool = new Pool(engine, entry, shards, state, readOnly);
+        // A crash between a label change and its checkpoint leaves the old label in the headers.
+        pool.OnLabelChanged(state.Props["label"]);
+        pool.ReplayedRecords = replayed;
+        pool.RebuildAllocators();
+        ulong epoch = shards.Max(s => s.Header.WalEpoch);
+        pool.Log = new PoolLog(pool, tail, nextSeq, readOnly == null ? epoch + 1 : epoch);
+        if (readOnly == null)
+        {
+            await pool.Log.WriteCheckpointAsync().ConfigureAwait(false);
+            pool.Log.Start();
+        }
+        return pool;
+    }
+
+    /// <summary>Refuses layouts and incompat features this engine does not know; returns a read-only reason for unknown ro_compat ones.</summary>
+    private static string? CheckLayout(StorageEngine engine, ShardHeader h, string label, int target)
+    {
+        ulong unknownIncompat = h.Incompat & ~FeatureBits.KnownIncompat;
+        bool badVersion = h.LayoutVersion < FeatureBits.MinLayoutVersion || h.LayoutVersion > FeatureBits.MaxLayoutVersion;
+        if (badVersion || unknownIncompat != 0)
+        {
+            var parts = new List<string>();
+            if (badVersion)
+                parts.Add($"has layout version {h.LayoutVersion}, this engine supports layout versions {FeatureBits.MinLayoutVersion}..{FeatureBits.MaxLayoutVersion}");
+            else
+                parts.Add($"has layout version {h.LayoutVersion} (this engine supports {FeatureBits.MinLayoutVersion}..{FeatureBits.MaxLayoutVersion})");
+            if (unknownIncompat != 0)
+                parts.Add($"unknown incompat features {FeatureBits.DescribeBits(unknownIncompat)}");
+            string message = $"pool '{label}' shard on target {target} {string.Join(" and ", parts)}; refusing to open (nothing was written)";
+            engine.Ras.Emit(new RasEvent(RasIds.PoolLayoutIncompatible, RasSeverity.Error, RasType.InfoOnly, message, Pool: label, Target: target));
+            throw new IncompatibleLayoutException(message);
+        }
+        ulong unknownRo = h.RoCompat & ~FeatureBits.KnownRoCompat;
+        if (unknownRo != 0)
+        {
+            string reason = $"shard on target {target} has read-only-compatible features {FeatureBits.DescribeBits(unknownRo)} unknown to this engine";
+            engine.Ras.Emit(new RasEvent(RasIds.PoolReadOnly, RasSeverity.Warning, RasType.StateChange, $"pool '{label}' opened read-only: {reason}", Pool: label, Target: target));
+            return reason;
+        }
+        return null;
+    }
+
+    private static async Task<(PoolState State, long Tail, ulong NextSeq, int Replayed)> ReplayShardAsync(Shard s, Guid poolId)
+    {
+        var h = s.Header;
+        long slotAt = s.Base + h.CheckpointOffset(h.ActiveCheckpoint);
+        var first = new byte[Math.Min(h.CheckpointLength, 64 * 1024)];
+        await DeviceIo.ReadAsync(s.Device, slotAt, first).ConfigureAwait(false);
+        long payloadLength = Checkpoint.PayloadLength(first, poolId, h.CheckpointSeq, out var problem);
+        if (problem == null && (payloadLength < 0 || Checkpoint.HeaderSize + payloadLength > h.CheckpointLength))
+            problem = $"payload length {payloadLength} does not fit the slot";
+        if (problem != null)
+            throw new CorruptMetadataException($"checkpoint slot {h.ActiveCheckpoint}: {problem}");
+        var whole = new byte[DeviceIo.AlignUp(Checkpoint.HeaderSize + payloadLength, s.Device.Geometry.LogicalBlockSize)];
+        await DeviceIo.ReadAsync(s.Device, slotAt, whole).ConfigureAwait(false);
+        var payload = whole.AsSpan(Checkpoint.HeaderSize, (int)payloadLength);
+        if (!Checkpoint.PayloadOk(whole, payload))
+            throw new CorruptMetadataException($"checkpoint slot {h.ActiveCheckpoint}: payload CRC32C mismatch");
+        var state = PoolStateCodec.Deserialize(payload, h.CheckpointSeq);
+        var wal = new byte[h.WalLength];
+        await DeviceIo.ReadAsync(s.Device, s.WalStart, wal).ConfigureAwait(false);
+        var (records, tail, nextSeq) = WalFormat.Replay(wal, h.WalHead, WalFormat.Seed(poolId, h.WalEpoch), h.CheckpointSeq + 1);
+        foreach (var r in records)
+            state.Apply(r);
+        state.LastSeq = nextSeq - 1;
+        // A torn batch can end replay inside a block; the next batch starts on a block boundary.
+        tail = DeviceIo.AlignUp(tail, s.Device.Geometry.LogicalBlockSize) % h.WalLength;
+        return (state, tail, nextSeq, records.Count);
+    }
+}

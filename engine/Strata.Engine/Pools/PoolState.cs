@@ -1,0 +1,170 @@
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Pools;
+
+public sealed class ContainerMeta
+{
+    public uint Id { get; init; }
+    public string Label { get; set; } = "";
+    public Dictionary<string, string> Props { get; } = new(StringComparer.Ordinal);
+}
+
+public sealed class ImageMeta
+{
+    public uint Id { get; init; }
+    public uint Container { get; init; }
+    public string Label { get; set; } = "";
+    public long Size { get; set; }
+    public int ChunkSize { get; init; }
+    public Dictionary<string, string> Props { get; } = new(StringComparer.Ordinal);
+    public Dictionary<long, ChunkMap> Chunks { get; } = new();
+}
+
+/// <summary>An upgrade job's durable state (applied now, driven by the upgrade issue).</summary>
+public sealed record UpgradeJobMeta(ulong Id, uint From, uint To, byte State, uint Action, ulong Cursor);
+
+/// <summary>
+/// The pool-service metadata as a deterministic state machine: the same
+/// records applied in the same order give the same state on every shard.
+/// Callers validate before proposing; Apply only rejects what cannot be a
+/// record this engine wrote (corruption or a newer engine).
+/// </summary>
+public sealed class PoolState
+{
+    public object Sync { get; } = new();
+    public Dictionary<string, string> Props { get; } = new(StringComparer.Ordinal);
+    public Dictionary<uint, ContainerMeta> Containers { get; } = new();
+    public Dictionary<uint, ImageMeta> Images { get; } = new();
+    public uint NextContainerId { get; set; } = 1;
+    public uint NextImageId { get; set; } = 1;
+    public UpgradeJobMeta? UpgradeJob { get; set; }
+    /// <summary>Sequence of the last applied record.</summary>
+    public ulong LastSeq { get; set; }
+
+    public void Apply(WalRecord rec)
+    {
+        var r = new MetaReader(rec.Payload);
+        switch ((MetaRecordType)rec.Type)
+        {
+            case MetaRecordType.PoolSetProp:
+                Props[r.Str()] = r.Str();
+                break;
+            case MetaRecordType.ContainerCreate:
+            {
+                uint id = r.U32();
+                Containers[id] = new ContainerMeta { Id = id, Label = r.Str() };
+                NextContainerId = Math.Max(NextContainerId, id + 1);
+                break;
+            }
+            case MetaRecordType.ContainerDestroy:
+                Containers.Remove(r.U32());
+                break;
+            case MetaRecordType.ContainerSetProp:
+            {
+                var c = Container(r.U32(), rec);
+                string name = r.Str(), value = r.Str();
+                if (name == "label")
+                    c.Label = value;
+                else
+                    c.Props[name] = value;
+                break;
+            }
+            case MetaRecordType.ImageCreate:
+            {
+                uint id = r.U32();
+                Images[id] = new ImageMeta { Id = id, Container = r.U32(), Label = r.Str(), Size = r.I64(), ChunkSize = (int)r.U32() };
+                NextImageId = Math.Max(NextImageId, id + 1);
+                break;
+            }
+            case MetaRecordType.ImageResize:
+            {
+                var img = Image(r.U32(), rec);
+                img.Size = r.I64();
+                long chunks = (img.Size + img.ChunkSize - 1) / img.ChunkSize;
+                foreach (var k in img.Chunks.Keys.Where(k => k >= chunks).ToList())
+                    img.Chunks.Remove(k);
+                break;
+            }
+            case MetaRecordType.ImageRemove:
+                Images.Remove(r.U32());
+                break;
+            case MetaRecordType.ImageSetProp:
+            {
+                var img = Image(r.U32(), rec);
+                string name = r.Str(), value = r.Str();
+                if (name == "label")
+                    img.Label = value;
+                else
+                    img.Props[name] = value;
+                break;
+            }
+            case MetaRecordType.ChunkMap:
+            {
+                var img = Image(r.U32(), rec);
+                long chunk = r.I64();
+                img.Chunks[chunk] = new ChunkMap(MetaRecords.ReadReplicas(ref r));
+                break;
+            }
+            case MetaRecordType.ChunkUnmap:
+            {
+                var img = Image(r.U32(), rec);
+                img.Chunks.Remove(r.I64());
+                break;
+            }
+            case MetaRecordType.ChunkUnmapRange:
+            {
+                var img = Image(r.U32(), rec);
+                long first = r.I64(), end = first + r.I64();
+                foreach (var k in img.Chunks.Keys.Where(k => k >= first && k < end).ToList())
+                    img.Chunks.Remove(k);
+                break;
+            }
+            case MetaRecordType.ChunkMoveBegin:
+            {
+                var img = Image(r.U32(), rec);
+                long chunk = r.I64();
+                var dest = MetaRecords.ReadReplicas(ref r);
+                if (img.Chunks.TryGetValue(chunk, out var m))
+                    img.Chunks[chunk] = m with { Moving = dest };
+                break;
+            }
+            case MetaRecordType.ChunkMoveCommit:
+            case MetaRecordType.ChunkMoveAbort:
+            {
+                var img = Image(r.U32(), rec);
+                long chunk = r.I64();
+                if (img.Chunks.TryGetValue(chunk, out var m) && m.Moving != null)
+                    img.Chunks[chunk] = rec.Type == (ushort)MetaRecordType.ChunkMoveCommit ? new ChunkMap(m.Moving) : m with { Moving = null };
+                break;
+            }
+            case MetaRecordType.UpgradeJobBegin:
+                UpgradeJob = new UpgradeJobMeta(r.U64(), r.U32(), r.U32(), 1, 0, 0);
+                break;
+            case MetaRecordType.UpgradeJobCursor:
+            {
+                ulong id = r.U64();
+                if (UpgradeJob != null && UpgradeJob.Id == id)
+                    UpgradeJob = UpgradeJob with { Action = r.U32(), Cursor = r.U64() };
+                break;
+            }
+            case MetaRecordType.UpgradeJobEnd:
+            {
+                ulong id = r.U64();
+                if (UpgradeJob != null && UpgradeJob.Id == id)
+                    UpgradeJob = UpgradeJob with { State = r.Byte() };
+                break;
+            }
+            default:
+                if ((rec.Flags & WalFormat.FlagSkippable) == 0)
+                    throw new IncompatibleLayoutException($"WAL record {rec.Seq} has type {rec.Type}, unknown to this engine and not skippable; it was written by a newer engine");
+                break;
+        }
+        LastSeq = rec.Seq;
+    }
+
+    private ContainerMeta Container(uint id, WalRecord rec) =>
+        Containers.TryGetValue(id, out var c) ? c : throw new CorruptMetadataException($"WAL record {rec.Seq} refers to unknown container {id}");
+
+    private ImageMeta Image(uint id, WalRecord rec) =>
+        Images.TryGetValue(id, out var i) ? i : throw new CorruptMetadataException($"WAL record {rec.Seq} refers to unknown image {id}");
+}

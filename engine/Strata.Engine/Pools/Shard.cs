@@ -1,0 +1,48 @@
+using Strata.Engine.Device;
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Pools;
+
+/// <summary>A pool's extent on one target: its header, log, checkpoints and data area.</summary>
+internal sealed class Shard
+{
+    public Shard(Target target, long baseOffset, ShardHeader header)
+    {
+        Target = target;
+        Base = baseOffset;
+        Header = header;
+        Allocator = new ExtentAllocator(header.DataLength);
+    }
+
+    public Target Target { get; }
+
+    public IBlockDevice Device => Target.Device;
+
+    public int Index => Target.Index;
+
+    /// <summary>Byte offset of the shard on its device.</summary>
+    public long Base { get; }
+
+    /// <summary>The newest durable header.</summary>
+    public ShardHeader Header { get; set; }
+
+    public ExtentAllocator Allocator { get; }
+
+    /// <summary>Makes completed writes durable, sharing the flush with concurrent callers.</summary>
+    public Task FlushAsync() => Target.Flusher.FlushAsync();
+
+    public long WalStart => Base + Header.WalOffset;
+
+    /// <summary>Writes the header to both copies (generation + 1, then + 2) and makes it current.</summary>
+    public async Task WriteHeaderAsync(ShardHeader h)
+    {
+        ulong last = await HeaderCopies.WriteBothAsync(Device, Base, Header.Generation, g => (h with { Generation = g }).Encode()).ConfigureAwait(false);
+        Header = h with { Generation = last };
+    }
+
+    public ValueTask ReadDataAsync(long dataOffset, Memory<byte> destination) =>
+        DeviceIo.ReadAsync(Device, Base + Header.DataOffset + dataOffset, destination);
+
+    public ValueTask WriteDataAsync(long dataOffset, ReadOnlyMemory<byte> source) =>
+        DeviceIo.WriteAsync(Device, Base + Header.DataOffset + dataOffset, source);
+}

@@ -1,0 +1,199 @@
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Pools;
+
+public sealed partial class StorageEngine
+{
+    private async Task LoadPoolsAsync()
+    {
+        var ids = Targets.SelectMany(t => t.Superblock.Extents.Select(e => e.Pool)).Distinct().ToList();
+        foreach (var id in ids)
+        {
+            var extents = new ShardExtent[Targets.Count];
+            bool complete = true;
+            for (int i = 0; i < Targets.Count; i++)
+            {
+                var t = Targets[i];
+                var e = t.Superblock.Extents.FirstOrDefault(x => x.Pool == id);
+                if (e.Pool != id)
+                {
+                    complete = false;
+                    continue;
+                }
+                if (e.Offset < TargetSuperblock.ReservedBytes || e.Offset + e.Length > t.Device.Geometry.Capacity)
+                    throw new CorruptMetadataException($"device '{t.Device.Name}' is truncated or damaged: pool {id}'s shard at {e.Offset}+{e.Length} lies outside its {t.Device.Geometry.Capacity} bytes");
+                extents[i] = e;
+            }
+            if (!complete)
+            {
+                await RollBackIncompleteAsync(id).ConfigureAwait(false);
+                continue;
+            }
+            var entry = new PoolEntry { Id = id, Extents = extents, Label = id.ToString() };
+            // Label and layout come from the first target with a valid header copy; the full
+            // validation (every shard, every feature word) happens when the pool is opened.
+            for (int i = 0; i < Targets.Count && entry.Header == null; i++)
+            {
+                var r = await HeaderCopies.ReadAsync<ShardHeader>(Targets[i].Device, extents[i].Offset, ShardHeader.Decode, h => h.Generation).ConfigureAwait(false);
+                if (r.Best != null && r.Best.PoolId == id)
+                {
+                    entry.Header = r.Best;
+                    entry.Label = r.Best.Label;
+                }
+            }
+            if (entry.Header == null)
+                entry.Problem = "damaged: no valid shard header on any target";
+            _pools.Add(entry);
+        }
+    }
+
+    /// <summary>A pool on some targets only: a crash interrupted its creation or destruction; finish removing it.</summary>
+    private async Task RollBackIncompleteAsync(Guid id)
+    {
+        if (Options.ReadOnly)
+            return;
+        foreach (var t in Targets.Where(t => t.Superblock.Extents.Any(e => e.Pool == id)))
+            await t.UpdateExtentsAsync(t.Superblock.Extents.Where(e => e.Pool != id).ToList()).ConfigureAwait(false);
+        Ras.Emit(new RasEvent(RasIds.PoolCreateRolledBack, RasSeverity.Notice, RasType.StateChange,
+            $"pool {id} was on some targets only (creation or destruction interrupted); removed it"));
+    }
+
+    /// <summary>Creates a pool with layout version <see cref="Layout.FeatureBits.MaxLayoutVersion"/> and opens it.</summary>
+    public async Task<Pool> CreatePoolAsync(string label, long size, int rf = 1, PoolCreateOptions? options = null)
+    {
+        options ??= PoolCreateOptions.Default;
+        Labels.Validate("pool", label);
+        if (rf is not (1 or 2))
+            throw new InvalidRequestException($"rf {rf} is not supported; use 1 or 2");
+        if (rf > Targets.Count)
+            throw new InvalidRequestException($"rf {rf} needs at least {rf} targets; the engine has {Targets.Count}");
+        if (size <= 0)
+            throw new InvalidRequestException($"pool size {size} must be positive");
+        if (Options.ReadOnly)
+            throw new PoolReadOnlyException("the engine is open read-only");
+        await _lock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            lock (_pools)
+                if (_pools.Any(p => p.Label == label))
+                    throw new DuplicateLabelException($"a pool labelled '{label}' already exists");
+            var id = Guid.NewGuid();
+            int blockSize = Targets.Max(t => t.Device.Geometry.LogicalBlockSize);
+            var plan = PoolLayoutPlan.Plan(label, id, size, Targets.Count, blockSize, options);
+            var extents = new ShardExtent[Targets.Count];
+            for (int i = 0; i < Targets.Count; i++)
+            {
+                var t = Targets[i];
+                if (t.Superblock.Extents.Count >= TargetSuperblock.MaxExtents)
+                    throw new NoSpaceException($"no space left for pool '{label}': target {i} already holds {TargetSuperblock.MaxExtents} shards");
+                long at = t.Superblock.FindFreeExtent(plan.ShardLength, t.Device.Geometry.Capacity);
+                if (at < 0)
+                    throw new NoSpaceException($"no space left for pool '{label}': target {i} ('{t.Device.Name}') has no free {plan.ShardLength}-byte extent");
+                extents[i] = new ShardExtent(id, at, plan.ShardLength);
+            }
+            var state = new PoolState();
+            state.Props["label"] = label;
+            state.Props["rf"] = rf.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            var payload = PoolStateCodec.Serialize(state);
+            // Shards first, then superblocks: a crash in between leaves unreferenced bytes
+            // or a pool on some targets only, which the next open rolls back.
+            for (int i = 0; i < Targets.Count; i++)
+            {
+                var t = Targets[i];
+                var h = plan with { TargetId = t.Id, TargetIndex = i };
+                var ckpt = Checkpoint.Encode(id, 0, 0, payload, blockSize);
+                await DeviceIo.WriteAsync(t.Device, extents[i].Offset + h.Checkpoint0Offset, ckpt).ConfigureAwait(false);
+                await t.Device.FlushAsync().ConfigureAwait(false);
+                await HeaderCopies.WriteAsync(t.Device, extents[i].Offset, 1, h.Encode()).ConfigureAwait(false);
+                await HeaderCopies.WriteAsync(t.Device, extents[i].Offset, 2, (h with { Generation = 2 }).Encode()).ConfigureAwait(false);
+            }
+            for (int i = 0; i < Targets.Count; i++)
+                await Targets[i].UpdateExtentsAsync([.. Targets[i].Superblock.Extents, extents[i]]).ConfigureAwait(false);
+            var entry = new PoolEntry { Id = id, Extents = extents, Label = label, Header = plan with { Generation = 2 } };
+            lock (_pools)
+                _pools.Add(entry);
+            return await OpenEntryAsync(entry).ConfigureAwait(false);
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
+
+    /// <summary>Opens a pool by label (validating every shard read-only first).</summary>
+    public async Task<Pool> OpenPoolAsync(string label)
+    {
+        await _lock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            var entry = FindEntry(label);
+            if (entry.Open != null)
+                return entry.Open;
+            return await OpenEntryAsync(entry).ConfigureAwait(false);
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
+
+    private async Task<Pool> OpenEntryAsync(PoolEntry entry)
+    {
+        try
+        {
+            var pool = await PoolOpener.OpenAsync(this, entry).ConfigureAwait(false);
+            entry.Open = pool;
+            entry.Problem = null;
+            return pool;
+        }
+        catch (IncompatibleLayoutException)
+        {
+            entry.Problem = "incompatible layout";
+            throw;
+        }
+        catch (CorruptMetadataException)
+        {
+            entry.Problem = "damaged";
+            throw;
+        }
+    }
+
+    internal void OnPoolClosed(PoolEntry entry) => entry.Open = null;
+
+    /// <summary>Destroys a pool: its extents are released on every target and trimmed.</summary>
+    public async Task DestroyPoolAsync(string label, bool force = false)
+    {
+        if (Options.ReadOnly)
+            throw new PoolReadOnlyException("the engine is open read-only");
+        await _lock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            var entry = FindEntry(label);
+            if (entry.Open != null)
+            {
+                if (!force)
+                    throw new BusyException($"pool '{label}' is open; close it first or destroy with force");
+                await entry.Open.DisposeAsync().ConfigureAwait(false);
+            }
+            foreach (var t in Targets)
+                await t.UpdateExtentsAsync(t.Superblock.Extents.Where(e => e.Pool != entry.Id).ToList()).ConfigureAwait(false);
+            lock (_pools)
+                _pools.Remove(entry);
+            for (int i = 0; i < Targets.Count; i++)
+            {
+                try
+                {
+                    await Targets[i].Device.TrimAsync(entry.Extents[i].Offset, entry.Extents[i].Length).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is IOException)
+                {
+                    // Trim only returns space early; the extent is free either way.
+                }
+            }
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
+}

@@ -1,0 +1,165 @@
+using Strata.Engine.Device;
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Pools;
+
+/// <summary>Engine-wide options.</summary>
+public sealed record StorageEngineOptions
+{
+    public IRasSink Ras { get; init; } = NullRasSink.Instance;
+
+    /// <summary>Never write: no rollback of half-created pools, pools open read-only.</summary>
+    public bool ReadOnly { get; init; }
+}
+
+/// <summary>What `pool list` shows.</summary>
+public sealed record PoolInfo(string Label, Guid Id, uint LayoutVersion, long DataBytesPerTarget, int Targets, string State);
+
+/// <summary>
+/// The targets an engine owns and the pools carved from them. Devices stay
+/// owned by the caller. Opening validates everything read-only first; the only
+/// write at open is rolling back a pool whose creation or destruction a crash
+/// interrupted (present on some targets only).
+/// </summary>
+public sealed partial class StorageEngine : IAsyncDisposable
+{
+    private readonly SemaphoreSlim _lock = new(1, 1);
+    private readonly List<PoolEntry> _pools = new();
+
+    private StorageEngine(Target[] targets, StorageEngineOptions options)
+    {
+        Targets = targets;
+        Options = options;
+    }
+
+    public IReadOnlyList<Target> Targets { get; }
+
+    public StorageEngineOptions Options { get; }
+
+    public IRasSink Ras => Options.Ras;
+
+    /// <summary>
+    /// Writes fresh target superblocks (both copies) to every device, which destroys
+    /// the pools on it. A device that already is a Strata target is refused unless force is set.
+    /// </summary>
+    public static async Task<StorageEngine> FormatAsync(IReadOnlyList<IBlockDevice> devices, StorageEngineOptions? options = null, bool force = false)
+    {
+        options ??= new StorageEngineOptions();
+        if (devices.Count == 0)
+            throw new InvalidRequestException("an engine needs at least one target device");
+        if (!force)
+        {
+            foreach (var d in devices)
+            {
+                if (d.Geometry.Capacity < 2 * HeaderCopies.CopySize)
+                    continue;
+                var existing = await HeaderCopies.ReadAsync<TargetSuperblock>(d, 0, TargetSuperblock.Decode, s => s.Generation).ConfigureAwait(false);
+                if (existing.Best != null)
+                    throw new BusyException($"device '{d.Name}' already is target {existing.Best.TargetIndex} of engine {existing.Best.EngineId} with {existing.Best.Extents.Count} pool shard(s); format with force to destroy them");
+            }
+        }
+        var engineId = Guid.NewGuid();
+        var targets = new Target[devices.Count];
+        for (int i = 0; i < devices.Count; i++)
+        {
+            var d = devices[i];
+            if (d.Geometry.Capacity < TargetSuperblock.ReservedBytes * 2)
+                throw new InvalidRequestException($"device '{d.Name}' has {d.Geometry.Capacity} bytes; a target needs at least {TargetSuperblock.ReservedBytes * 2}");
+            if (HeaderCopies.CopySize % d.Geometry.LogicalBlockSize != 0)
+                throw new InvalidRequestException($"device '{d.Name}' has {d.Geometry.LogicalBlockSize}-byte blocks; targets need blocks dividing 4096");
+            var sb = new TargetSuperblock
+            {
+                Generation = 1,
+                EngineId = engineId,
+                TargetId = Guid.NewGuid(),
+                TargetIndex = i,
+                TargetCount = devices.Count,
+                Capacity = d.Geometry.Capacity,
+            };
+            // Both copies, so a stale superblock of an earlier format can never win.
+            await HeaderCopies.WriteAsync(d, 0, 1, sb.Encode()).ConfigureAwait(false);
+            sb.Generation = 2;
+            await HeaderCopies.WriteAsync(d, 0, 2, sb.Encode()).ConfigureAwait(false);
+            targets[i] = new Target(d, sb);
+        }
+        return new StorageEngine(targets, options);
+    }
+
+    /// <summary>Opens formatted devices (in any order); refuses foreign, mixed or truncated devices.</summary>
+    public static async Task<StorageEngine> OpenAsync(IReadOnlyList<IBlockDevice> devices, StorageEngineOptions? options = null)
+    {
+        options ??= new StorageEngineOptions();
+        if (devices.Count == 0)
+            throw new InvalidRequestException("an engine needs at least one target device");
+        var found = new List<Target>();
+        foreach (var d in devices)
+        {
+            if (d.Geometry.Capacity < 2 * HeaderCopies.CopySize)
+                throw new CorruptMetadataException($"device '{d.Name}' is truncated: {d.Geometry.Capacity} bytes cannot hold a target superblock");
+            var r = await HeaderCopies.ReadAsync<TargetSuperblock>(d, 0, TargetSuperblock.Decode, s => s.Generation).ConfigureAwait(false);
+            if (r.Best == null)
+                throw new CorruptMetadataException($"device '{d.Name}' is not a Strata target (or both superblock copies are damaged): copy A: {r.Problems[0]}; copy B: {r.Problems[1]}");
+            for (int c = 0; c < 2; c++)
+                if (r.Problems[c] != null)
+                    options.Ras.Emit(new RasEvent(RasIds.HeaderCopyBad, RasSeverity.Warning, RasType.InfoOnly,
+                        $"target superblock copy {HeaderCopies.CopyName(c)} on '{d.Name}' is invalid ({r.Problems[c]}); using copy {HeaderCopies.CopyName(r.BestCopy)}",
+                        Target: r.Best.TargetIndex, Device: d.Name));
+            if (d.Geometry.Capacity < r.Best.Capacity)
+                throw new CorruptMetadataException($"device '{d.Name}' is truncated: it has {d.Geometry.Capacity} bytes, the target was formatted with {r.Best.Capacity}");
+            found.Add(new Target(d, r.Best));
+        }
+        var first = found[0].Superblock;
+        foreach (var t in found)
+        {
+            if (t.Superblock.EngineId != first.EngineId)
+                throw new CorruptMetadataException($"device '{t.Device.Name}' belongs to engine {t.Superblock.EngineId}, device '{found[0].Device.Name}' to engine {first.EngineId}; wrong device?");
+            if (t.Superblock.TargetCount != devices.Count)
+                throw new CorruptMetadataException($"device '{t.Device.Name}' is target {t.Superblock.TargetIndex} of {t.Superblock.TargetCount}, but {devices.Count} devices were given");
+        }
+        var ordered = new Target[devices.Count];
+        foreach (var t in found)
+        {
+            if (t.Index < 0 || t.Index >= ordered.Length || ordered[t.Index] != null)
+                throw new CorruptMetadataException($"device '{t.Device.Name}' claims target index {t.Index}, which is out of range or taken by another device");
+            ordered[t.Index] = t;
+        }
+        var engine = new StorageEngine(ordered, options);
+        await engine.LoadPoolsAsync().ConfigureAwait(false);
+        return engine;
+    }
+
+    public IReadOnlyList<PoolInfo> ListPools()
+    {
+        lock (_pools)
+            return _pools.Select(p => p.Info(Targets.Count)).ToList();
+    }
+
+    internal PoolEntry FindEntry(string label)
+    {
+        lock (_pools)
+            return _pools.FirstOrDefault(p => p.Label == label) ?? throw new NotFoundException($"no pool '{label}'");
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        List<Pool> open;
+        lock (_pools)
+            open = _pools.Where(p => p.Open != null).Select(p => p.Open!).ToList();
+        foreach (var p in open)
+            await p.DisposeAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>A pool as the engine knows it from superblocks and shard headers.</summary>
+    internal sealed class PoolEntry
+    {
+        public Guid Id { get; init; }
+        public ShardExtent[] Extents { get; init; } = [];
+        public ShardHeader? Header { get; set; }
+        public string Label { get; set; } = "";
+        public string? Problem { get; set; }
+        public Pool? Open { get; set; }
+
+        public PoolInfo Info(int targets) => new(Label, Id, Header?.LayoutVersion ?? 0, Header?.DataLength ?? 0, targets,
+            Problem ?? (Open == null ? "closed" : Open.State.ToString().ToLowerInvariant()));
+    }
+}

@@ -1,0 +1,54 @@
+using Strata.Engine.Device;
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Pools;
+
+/// <summary>One device the engine owns, with its current (durable) superblock.</summary>
+public sealed class Target
+{
+    internal Target(IBlockDevice device, TargetSuperblock superblock)
+    {
+        Device = device;
+        Superblock = superblock;
+    }
+
+    public IBlockDevice Device { get; }
+
+    /// <summary>Every flush of pool data and logs on this target goes through here (shared, sticky on failure).</summary>
+    internal FlushCoalescer Flusher => _flusher ??= new FlushCoalescer(Device);
+
+    private FlushCoalescer? _flusher;
+
+    public int Index => Superblock.TargetIndex;
+
+    public Guid Id => Superblock.TargetId;
+
+    internal TargetSuperblock Superblock { get; private set; }
+
+    /// <summary>Writes a new superblock generation with these extents; durable on return.</summary>
+    internal async Task UpdateExtentsAsync(List<ShardExtent> extents)
+    {
+        ulong last = await HeaderCopies.WriteBothAsync(Device, 0, Superblock.Generation,
+            g => Superblock.Clone(g, extents).Encode()).ConfigureAwait(false);
+        Superblock = Superblock.Clone(last, extents);
+    }
+}
+
+/// <summary>Validates labels of pools, containers and images.</summary>
+public static class Labels
+{
+    public const int MaxLength = 63;
+
+    public static void Validate(string kind, string label)
+    {
+        if (string.IsNullOrEmpty(label))
+            throw new InvalidRequestException($"{kind} label must not be empty");
+        if (label.Length > MaxLength)
+            throw new InvalidRequestException($"{kind} label '{label}' is longer than {MaxLength} characters");
+        if (!char.IsAsciiLetterOrDigit(label[0]))
+            throw new InvalidRequestException($"{kind} label '{label}' must start with a letter or digit");
+        foreach (char c in label)
+            if (!(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.'))
+                throw new InvalidRequestException($"{kind} label '{label}' contains '{c}'; use letters, digits, '-', '_' and '.'");
+    }
+}

@@ -1,0 +1,42 @@
+using Strata.Engine.Device;
+
+namespace Strata.Engine.Store;
+
+/// <summary>
+/// Aligned region I/O through the device's DMA buffers, split into pieces no
+/// larger than the device's transfer limit. Callers pass block-aligned ranges.
+/// </summary>
+internal static class DeviceIo
+{
+    private const int MaxPiece = 1024 * 1024;
+
+    private static int PieceSize(IBlockDevice d) => Math.Min(MaxPiece, d.Geometry.MaxTransfer);
+
+    public static async ValueTask ReadAsync(IBlockDevice device, long offset, Memory<byte> destination, CancellationToken ct = default)
+    {
+        int piece = PieceSize(device);
+        for (int done = 0; done < destination.Length;)
+        {
+            int n = Math.Min(piece, destination.Length - done);
+            using var buf = device.Buffers.Rent(n);
+            await device.ReadAsync(offset + done, buf.Memory, ct).ConfigureAwait(false);
+            buf.Memory.CopyTo(destination[done..]);
+            done += n;
+        }
+    }
+
+    public static async ValueTask WriteAsync(IBlockDevice device, long offset, ReadOnlyMemory<byte> source, WriteFlags flags = WriteFlags.None, CancellationToken ct = default)
+    {
+        int piece = PieceSize(device);
+        for (int done = 0; done < source.Length;)
+        {
+            int n = Math.Min(piece, source.Length - done);
+            using var buf = device.Buffers.Rent(n);
+            source.Slice(done, n).CopyTo(buf.Memory);
+            await device.WriteAsync(offset + done, buf.Memory, flags, ct).ConfigureAwait(false);
+            done += n;
+        }
+    }
+
+    public static long AlignUp(long value, long alignment) => (value + alignment - 1) / alignment * alignment;
+}

@@ -1,0 +1,68 @@
+using System.Collections.Concurrent;
+
+namespace Strata.Engine.Store;
+
+/// <summary>Severity of a RAS event (DAOS's levels).</summary>
+public enum RasSeverity { Error, Warning, Notice }
+
+/// <summary>Whether the event reports a state change or is informational (DAOS's types).</summary>
+public enum RasType { StateChange, InfoOnly }
+
+/// <summary>
+/// A reliability/availability/serviceability event: a stable id operators and
+/// tests match on, plus where it happened. The durable JSON-lines log is the daemon's.
+/// </summary>
+public sealed record RasEvent(
+    string Id,
+    RasSeverity Severity,
+    RasType Type,
+    string Message,
+    string? Pool = null,
+    string? Image = null,
+    int? Target = null,
+    string? Device = null,
+    long? Offset = null)
+{
+    public DateTimeOffset Timestamp { get; init; } = DateTimeOffset.UtcNow;
+}
+
+/// <summary>Stable RAS event ids; never rename one that has shipped.</summary>
+public static class RasIds
+{
+    public const string DataChecksumMismatch = "data_checksum_mismatch";
+    public const string ReplicaRepaired = "replica_repaired";
+    public const string DataUnrecoverable = "data_unrecoverable";
+    public const string HeaderCopyBad = "header_copy_bad";
+    public const string CheckpointBad = "checkpoint_bad";
+    public const string PoolReadOnly = "pool_read_only";
+    public const string DataWriteFailed = "data_write_failed";
+    public const string DataReadFailed = "data_read_failed";
+    public const string PoolLayoutIncompatible = "pool_durable_format_incompatible";
+    public const string PoolCreateRolledBack = "pool_create_rolled_back";
+}
+
+/// <summary>Where RAS events go.</summary>
+public interface IRasSink
+{
+    void Emit(RasEvent e);
+}
+
+/// <summary>Keeps events in memory (tests, and until the daemon's durable log exists).</summary>
+public sealed class InMemoryRasSink : IRasSink
+{
+    private readonly ConcurrentQueue<RasEvent> _events = new();
+
+    public void Emit(RasEvent e) => _events.Enqueue(e);
+
+    public IReadOnlyList<RasEvent> Events => _events.ToArray();
+
+    public IEnumerable<RasEvent> WithId(string id) => _events.Where(e => e.Id == id);
+}
+
+/// <summary>Drops events (when the caller does not care).</summary>
+public sealed class NullRasSink : IRasSink
+{
+    public static readonly NullRasSink Instance = new();
+
+    public void Emit(RasEvent e) { }
+}

@@ -1,0 +1,336 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+using Strata.Engine.Control;
+
+namespace Strata.Cli.Tests;
+
+/// <summary>
+/// Every command's normal path and main errors against one engine started from a YAML
+/// configuration (small sparse targets, a 2 s header timeout, /metrics on a loopback port).
+/// </summary>
+[TestClass]
+public sealed class CommandTests
+{
+    private static string _dir = "";
+    private static EngineProcess _engine = null!;
+    private static StrataCli _cli = null!;
+    private static int _metricsPort;
+
+    [ClassInitialize]
+    public static async Task StartAsync(TestContext _)
+    {
+        _dir = Bin.NewTempDir("cmd");
+        _metricsPort = FreePort();
+        string data = Path.Combine(_dir, "data");
+        File.WriteAllText(Path.Combine(_dir, "strata.yaml"), $"""
+            # a test configuration: two 1 GiB sparse targets
+            targets:
+              - file:{data}/t0.img?create=1&size=1G
+              - file:{data}/t1.img?create=1&size=1G
+            control:
+              header_timeout_seconds: 2
+              max_connections: 16
+            ras:
+              max_bytes: 65536
+              keep: 2
+            metrics:
+              prometheus_port: {_metricsPort}
+            """);
+        _engine = await EngineProcess.StartAsync(data, "--config", Path.Combine(_dir, "strata.yaml"));
+        _cli = new StrataCli(_engine.Socket);
+    }
+
+    [ClassCleanup]
+    public static async Task StopAsync()
+    {
+        await _engine.DisposeAsync();
+        Directory.Delete(_dir, recursive: true);
+    }
+
+    private static int FreePort()
+    {
+        var l = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        int port = ((IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return port;
+    }
+
+    [TestMethod]
+    public async Task SystemQuery_JsonAndTable_ShowTheEngine()
+    {
+        var s = await _cli.JsonAsync<SystemInfo>("system", "query");
+        Assert.AreEqual(_engine.Pid, s.Pid);
+        Assert.AreEqual(Api.Version, s.ApiVersion);
+        Assert.AreEqual(2, s.Targets);
+        Assert.AreEqual("running", s.State);
+        string table = await _cli.OkAsync("system", "query");
+        Assert.Contains("running", table);
+        Assert.Contains(_engine.Pid.ToString(), table);
+    }
+
+    [TestMethod]
+    public async Task StorageQuery_ListsConfiguredTargets()
+    {
+        var s = await _cli.JsonAsync<StorageInfo>("storage", "query");
+        Assert.HasCount(2, s.Targets);
+        Assert.AreEqual(1L << 30, s.Targets[0].CapacityBytes);
+        Assert.AreEqual("ok", s.Targets[1].Health);
+        Assert.Contains("t1.img", await _cli.OkAsync("storage", "query"));
+    }
+
+    [TestMethod]
+    public async Task Pool_Lifecycle_CreateListQueryPropsDestroy()
+    {
+        var created = await _cli.JsonAsync<PoolQueryDto>("pool", "create", "lifecycle", "--size", "128M", "--rf", "2");
+        Assert.AreEqual("lifecycle", created.Label);
+        Assert.AreEqual(2, created.Rf);
+
+        var list = await _cli.JsonAsync<List<PoolListEntry>>("pool", "list");
+        Assert.IsTrue(list.Any(p => p.Label == "lifecycle" && p.LayoutVersion >= 1), string.Join(",", list));
+        string table = await _cli.OkAsync("pool", "list");
+        StringAssert.Contains(table, "UpgradeNeeded?");
+        StringAssert.Contains(table, "lifecycle");
+
+        var q = await _cli.JsonAsync<PoolQueryDto>("pool", "query", "lifecycle");
+        Assert.AreEqual(created.Id, q.Id);
+        Assert.HasCount(2, q.Targets);
+        Assert.IsGreaterThan(0L, q.FreeBytes);
+        StringAssert.Contains(await _cli.OkAsync("pool", "query", "lifecycle"), "Layout version: 1");
+
+        var props = await _cli.JsonAsync<List<PropertyDto>>("pool", "get-prop", "lifecycle");
+        Assert.AreEqual("2", props.Single(p => p.Name == "rf").Value);
+        var rf = await _cli.JsonAsync<List<PropertyDto>>("pool", "get-prop", "lifecycle", "rf");
+        Assert.AreEqual("2", rf.Single().Value);
+        await _cli.OkAsync("pool", "set-prop", "lifecycle", "label", "renamed");
+        Assert.AreEqual("renamed", (await _cli.JsonAsync<PoolQueryDto>("pool", "query", "renamed")).Label);
+
+        StringAssert.Contains(await _cli.OkAsync("pool", "destroy", "renamed", "--force"), "Pool destroyed: renamed");
+        Assert.IsFalse((await _cli.JsonAsync<List<PoolListEntry>>("pool", "list")).Any(p => p.Label is "renamed" or "lifecycle"));
+    }
+
+    [TestMethod]
+    public async Task Pool_Errors_HaveTheirExitCodes()
+    {
+        await _cli.OkAsync("pool", "create", "dup", "--size", "64M");
+        StringAssert.Contains(await _cli.FailsAsync(6, "pool", "create", "dup", "--size", "64M"), "already exists");
+        StringAssert.Contains(await _cli.FailsAsync(5, "pool", "query", "no-such-pool"), "no pool 'no-such-pool'");
+        await _cli.FailsAsync(5, "pool", "destroy", "no-such-pool");
+        await _cli.FailsAsync(5, "pool", "get-prop", "dup", "no_such_prop");
+        StringAssert.Contains(await _cli.FailsAsync(2, "pool", "create", "bad/label", "--size", "64M"), "label");
+        StringAssert.Contains(await _cli.FailsAsync(2, "pool", "create", "x", "--size", "lots"), "is not a size");
+        await _cli.FailsAsync(2, "pool", "create", "x", "--size", "64M", "--rf", "3");
+        await _cli.FailsAsync(2, "pool", "create", "missing-size");
+        await _cli.FailsAsync(1, "pool", "create", "huge", "--size", "100G");
+        await _cli.OkAsync("pool", "destroy", "dup", "--force");
+    }
+
+    [TestMethod]
+    public async Task Cont_Lifecycle_And_Errors()
+    {
+        await _cli.OkAsync("pool", "create", "conts", "--size", "64M");
+        var c = await _cli.JsonAsync<ContainerDto>("cont", "create", "conts", "c1");
+        Assert.AreEqual("c1", c.Label);
+        await _cli.FailsAsync(6, "cont", "create", "conts", "c1");
+        await _cli.FailsAsync(5, "cont", "create", "no-pool", "c1");
+        var list = await _cli.JsonAsync<List<ContainerDto>>("cont", "list", "conts");
+        Assert.AreEqual("c1", list.Single().Label);
+        StringAssert.Contains(await _cli.OkAsync("cont", "list", "conts"), "c1");
+        var all = await _cli.JsonAsync<List<PropertyDto>>("cont", "get-prop", "conts", "c1");
+        Assert.IsNotNull(all);
+        await _cli.FailsAsync(5, "cont", "get-prop", "conts", "nope");
+        var set = await _cli.JsonAsync<List<PropertyDto>>("cont", "set-prop", "conts", "c1", "user.owner", "alice");
+        Assert.AreEqual("alice", set.Single().Value);
+        Assert.AreEqual("alice", (await _cli.JsonAsync<List<PropertyDto>>("cont", "get-prop", "conts", "c1", "user.owner")).Single().Value);
+        StringAssert.Contains(await _cli.OkAsync("cont", "get-prop", "conts", "c1"), "user.owner");
+        // A property of a later layout is refused with the Ozone-style explanation.
+        StringAssert.Contains(await _cli.FailsAsync(2, "cont", "set-prop", "conts", "c1", "compression", "lz4"), "layout version is 2");
+        await _cli.FailsAsync(5, "cont", "set-prop", "conts", "c1", "no_such", "x");
+        await _cli.OkAsync("cont", "set-prop", "conts", "c1", "label", "c2");
+        Assert.AreEqual("c2", (await _cli.JsonAsync<List<ContainerDto>>("cont", "list", "conts")).Single().Label);
+        const string label = "c2";
+        StringAssert.Contains(await _cli.OkAsync("cont", "destroy", "conts", label), "Container destroyed");
+        await _cli.FailsAsync(5, "cont", "destroy", "conts", label);
+        await _cli.OkAsync("pool", "destroy", "conts", "--force");
+    }
+
+    [TestMethod]
+    public async Task Image_Lifecycle_WriteReadResizeRemove()
+    {
+        await _cli.OkAsync("pool", "create", "imgs", "--size", "256M");
+        await _cli.OkAsync("cont", "create", "imgs", "c");
+        var img = await _cli.JsonAsync<ImageDto>("image", "create", "imgs", "c", "disk", "--size", "32M");
+        Assert.AreEqual(32L << 20, img.Size);
+        await _cli.FailsAsync(6, "image", "create", "imgs", "c", "disk", "--size", "32M");
+
+        // 2.5 MiB with a seed: more than one 1 MiB request, so the CLI must split it.
+        int seed = Environment.TickCount;
+        var data = new byte[(5 << 20) / 2];
+        new Random(seed).NextBytes(data);
+        string src = Path.Combine(_dir, "src.bin"), back = Path.Combine(_dir, "back.bin");
+        File.WriteAllBytes(src, data);
+        await _cli.OkAsync("image", "write", "imgs", "c", "disk", "--offset", "12345", "--file", src);
+        await _cli.OkAsync("image", "read", "imgs", "c", "disk", "--offset", "12345", "--length", data.Length.ToString(), "--out", back);
+        CollectionAssert.AreEqual(data, File.ReadAllBytes(back), $"bytes read back differ (seed {seed})");
+        await _cli.OkAsync("image", "write", "imgs", "c", "disk", "--pattern", "171", "--length", "4096");
+        await _cli.OkAsync("image", "read", "imgs", "c", "disk", "--length", "4096", "--out", back);
+        Assert.IsTrue(File.ReadAllBytes(back).All(b => b == 171));
+
+        var info = await _cli.JsonAsync<ImageDto>("image", "info", "imgs", "c", "disk");
+        Assert.IsGreaterThan(0L, info.MappedBytes);
+        var list = await _cli.JsonAsync<List<ImageDto>>("image", "list", "imgs", "c");
+        Assert.AreEqual("disk", list.Single().Label);
+        StringAssert.Contains(await _cli.OkAsync("image", "list", "imgs", "c"), "disk");
+        var resized = await _cli.JsonAsync<ImageDto>("image", "resize", "imgs", "c", "disk", "--size", "64M");
+        Assert.AreEqual(64L << 20, resized.Size);
+
+        StringAssert.Contains(await _cli.FailsAsync(2, "image", "read", "imgs", "c", "disk", "--offset", "64M", "--length", "1"), "past the end");
+        await _cli.FailsAsync(5, "image", "info", "imgs", "c", "nope");
+        await _cli.FailsAsync(2, "image", "write", "imgs", "c", "disk");
+        StringAssert.Contains(await _cli.OkAsync("image", "rm", "imgs", "c", "disk"), "Image removed");
+        await _cli.FailsAsync(5, "image", "rm", "imgs", "c", "disk");
+        await _cli.OkAsync("pool", "destroy", "imgs", "--force");
+    }
+
+    [TestMethod]
+    public async Task VersionMismatch_NewerCli_IsToldWhatToUpgrade()
+    {
+        var r = await _cli.RunAsync(["pool", "list"], new Dictionary<string, string> { ["STRATA_API_VERSION"] = "2" });
+        Assert.AreEqual(4, r.ExitCode, r.ToString());
+        StringAssert.Contains(r.Stderr, "upgrade strata-engine");
+        var old = await _cli.RunAsync(["pool", "list"], new Dictionary<string, string> { ["STRATA_API_VERSION"] = "0" });
+        Assert.AreEqual(4, old.ExitCode, old.ToString());
+        StringAssert.Contains(old.Stderr, "upgrade the strata CLI");
+    }
+
+    [TestMethod]
+    public async Task SocketResolution_EnvAndDataDirAndMissing()
+    {
+        var psi = Proc.Dotnet(Bin.Cli, ["system", "query", "--json"]);
+        psi.Environment["STRATA_SOCKET"] = _engine.Socket;
+        var viaEnv = await Proc.RunAsync(psi);
+        Assert.AreEqual(0, viaEnv.ExitCode, viaEnv.ToString());
+        var viaDataDir = await Proc.RunAsync(Proc.Dotnet(Bin.Cli, ["--data-dir", _engine.DataDir, "system", "query"]));
+        Assert.AreEqual(0, viaDataDir.ExitCode, viaDataDir.ToString());
+        var missing = await new StrataCli(Path.Combine(_dir, "nothing.sock")).RunAsync("pool", "list");
+        Assert.AreEqual(3, missing.ExitCode, missing.ToString());
+        StringAssert.Contains(missing.Stderr, "is strata-engine running?");
+    }
+
+    [TestMethod]
+    public async Task OversizedRequest_IsRefusedWith413()
+    {
+        // Raw socket: the engine answers 413 from the declared length and closes, before the body arrives.
+        using var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        await s.ConnectAsync(new UnixDomainSocketEndPoint(_engine.Socket));
+        int length = (1 << 20) + 1;
+        await s.SendAsync(Encoding.ASCII.GetBytes($"POST /v1/pools HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{\"label\":\""));
+        string response = await ReadAllAsync(s, TimeSpan.FromSeconds(10));
+        StringAssert.StartsWith(response, "HTTP/1.1 413");
+        var err = JsonSerializer.Deserialize<ErrorBody>(response[(response.IndexOf("\r\n\r\n", StringComparison.Ordinal) + 4)..].Trim().Split('\n').Last(l => l.StartsWith('{')), Api.Json)!;
+        Assert.AreEqual(ErrorCodes.TooLarge, err.Code);
+        StringAssert.Contains(err.Error, "1048576");
+        // The image data route has the same cap; the engine still serves normal requests.
+        using var http = _engine.Http();
+        Assert.AreEqual(HttpStatusCode.OK, (await http.GetAsync("v1/system")).StatusCode);
+    }
+
+    private static async Task<string> ReadAllAsync(Socket s, TimeSpan timeout)
+    {
+        var buf = new byte[65536];
+        var text = new StringBuilder();
+        using var cts = new CancellationTokenSource(timeout);
+        try
+        {
+            int n;
+            while ((n = await s.ReceiveAsync(buf, SocketFlags.None, cts.Token)) > 0)
+            {
+                text.Append(Encoding.ASCII.GetString(buf, 0, n));
+                if (text.ToString().Contains("}", StringComparison.Ordinal))
+                    break;
+            }
+        }
+        catch (OperationCanceledException)
+        {
+        }
+        return text.ToString();
+    }
+
+    [TestMethod]
+    public async Task SlowClient_IsDisconnectedAfterTheHeaderTimeout()
+    {
+        using var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        await s.ConnectAsync(new UnixDomainSocketEndPoint(_engine.Socket));
+        await s.SendAsync("GET /v1/system HTTP/1.1\r\nHost: x\r\n"u8.ToArray());
+        // Meanwhile others are served.
+        await _cli.OkAsync("system", "query");
+        var buf = new byte[4096];
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(15));
+        int total = 0, n;
+        var text = new StringBuilder();
+        do
+        {
+            n = await s.ReceiveAsync(buf, SocketFlags.None, cts.Token);
+            total += n;
+            text.Append(Encoding.ASCII.GetString(buf, 0, n));
+        }
+        while (n > 0);
+        Assert.IsLessThan(15.0, sw.Elapsed.TotalSeconds);
+        Assert.IsTrue(total == 0 || text.ToString().StartsWith("HTTP/1.1 408", StringComparison.Ordinal), text.ToString());
+    }
+
+    [TestMethod]
+    public async Task Prometheus_ScrapeOnSocketAndLoopback_Parses()
+    {
+        await _cli.OkAsync("pool", "create", "prom", "--size", "64M");
+        await _cli.OkAsync("cont", "create", "prom", "c");
+        await _cli.OkAsync("image", "create", "prom", "c", "i", "--size", "8M");
+        await _cli.OkAsync("image", "write", "prom", "c", "i", "--pattern", "1", "--length", "65536");
+        using var http = _engine.Http();
+        string viaSocket = await http.GetStringAsync("metrics");
+        using var tcp = new HttpClient();
+        string viaTcp = await tcp.GetStringAsync($"http://127.0.0.1:{_metricsPort}/metrics");
+        var resp = await tcp.GetAsync($"http://127.0.0.1:{_metricsPort}/v1/pools");
+        Assert.AreEqual(HttpStatusCode.NotFound, resp.StatusCode, "the TCP port serves /metrics only");
+        foreach (var text in new[] { viaSocket, viaTcp })
+        {
+            var samples = PrometheusText.Parse(text);
+            Assert.IsGreaterThanOrEqualTo(65536.0, samples.Where(x => x.Name == "strata_io_bytes_total" && x.Labels.Contains("op=\"write\"")).Sum(x => x.Value), text);
+            Assert.AreEqual(2.0 * (1L << 30), samples.Single(x => x.Name == "strata_space_total_bytes").Value);
+            Assert.IsTrue(samples.Any(x => x.Name == "strata_io_latency_milliseconds_bucket" && x.Labels.Contains("le=\"+Inf\"")), text);
+            Assert.IsGreaterThan(0.0, samples.Where(x => x.Name == "strata_ras_events_total").Sum(x => x.Value));
+        }
+        await _cli.OkAsync("pool", "destroy", "prom", "--force");
+    }
+}
+
+/// <summary>A strict reader of the Prometheus text format (0.0.4): every non-comment line is NAME{LABELS} VALUE.</summary>
+internal static class PrometheusText
+{
+    public sealed record Sample(string Name, string Labels, double Value);
+
+    private static readonly System.Text.RegularExpressions.Regex Line = new(
+        @"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*=""(?:[^""\\]|\\.)*"")(,[a-zA-Z_][a-zA-Z0-9_]*=""(?:[^""\\]|\\.)*"")*\})? (-?[0-9.eE+-]+|NaN|\+Inf|-Inf)$");
+
+    public static List<Sample> Parse(string text)
+    {
+        var result = new List<Sample>();
+        foreach (var line in text.Split('\n'))
+        {
+            if (line.Length == 0)
+                continue;
+            if (line.StartsWith('#'))
+            {
+                Assert.IsTrue(line.StartsWith("# HELP ", StringComparison.Ordinal) || line.StartsWith("# TYPE ", StringComparison.Ordinal), line);
+                continue;
+            }
+            var m = Line.Match(line);
+            Assert.IsTrue(m.Success, $"not a Prometheus sample line: '{line}'");
+            result.Add(new Sample(m.Groups[1].Value, m.Groups[2].Value, double.Parse(m.Groups[5].Value, System.Globalization.CultureInfo.InvariantCulture)));
+        }
+        return result;
+    }
+}

@@ -1,0 +1,141 @@
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+
+namespace Strata.Store.Tests;
+
+[TestClass]
+public sealed class WalFormatTests
+{
+    private static readonly Guid Pool = Guid.NewGuid();
+
+    private static (byte[] Wal, long End) Log(uint seed, int count, long start = 0, int size = 64 * 1024)
+    {
+        var wal = new byte[size];
+        long pos = start;
+        for (int i = 0; i < count; i++)
+        {
+            var payload = TestDevices.Pattern(10 + i, i);
+            int len = WalFormat.EncodedLength(payload.Length);
+            WalFormat.Encode(wal.AsSpan((int)pos), seed, (ulong)(i + 1), 7, 0, payload, len);
+            pos += len;
+        }
+        return (wal, pos);
+    }
+
+    [TestMethod]
+    public void Replay_IntactLog_ReturnsEveryRecordInOrder()
+    {
+        uint seed = WalFormat.Seed(Pool, 1);
+        var (wal, end) = Log(seed, 20);
+        var (records, tail, next) = WalFormat.Replay(wal, 0, seed, 1);
+        Assert.AreEqual(20, records.Count);
+        CollectionAssert.AreEqual(TestDevices.Pattern(29, 19), records[19].Payload);
+        Assert.AreEqual(end, tail);
+        Assert.AreEqual(21UL, next);
+    }
+
+    [TestMethod]
+    public void Replay_TornRecord_StopsBeforeIt()
+    {
+        uint seed = WalFormat.Seed(Pool, 1);
+        var (wal, _) = Log(seed, 20);
+        int third = WalFormat.EncodedLength(10) + WalFormat.EncodedLength(11);
+        wal[third + 30] ^= 1;
+        var (records, tail, next) = WalFormat.Replay(wal, 0, seed, 1);
+        Assert.AreEqual(2, records.Count);
+        Assert.AreEqual(third, tail);
+        Assert.AreEqual(3UL, next);
+    }
+
+    [TestMethod]
+    public void Replay_OtherEpochOrSequenceGap_StopsThere()
+    {
+        uint seed = WalFormat.Seed(Pool, 1);
+        var (wal, _) = Log(seed, 5);
+        Assert.AreEqual(0, WalFormat.Replay(wal, 0, WalFormat.Seed(Pool, 2), 1).Records.Count, "a record of another epoch is not valid");
+        Assert.AreEqual(0, WalFormat.Replay(wal, 0, seed, 2).Records.Count, "the first record must have the expected sequence");
+    }
+
+    [TestMethod]
+    public void Replay_PadToEnd_WrapsToStart()
+    {
+        uint seed = WalFormat.Seed(Pool, 1);
+        var wal = new byte[8192];
+        WalFormat.Encode(wal.AsSpan(4096), seed, 1, 5, 0, [1, 2, 3], WalFormat.EncodedLength(3));
+        WalFormat.Encode(wal.AsSpan(4096 + 32), seed, 2, WalFormat.PadType, 0, default, 4096 - 32);
+        WalFormat.Encode(wal.AsSpan(0), seed, 3, 6, 0, [9], WalFormat.EncodedLength(1));
+        var (records, tail, _) = WalFormat.Replay(wal, 4096, seed, 1);
+        CollectionAssert.AreEqual(new ushort[] { 5, 6 }, records.Select(r => r.Type).ToArray());
+        Assert.AreEqual(32L, tail);
+    }
+}
+
+[TestClass]
+public sealed class AllocatorAndPlacementTests
+{
+    [TestMethod]
+    public void Allocator_FillFreeReuse_TracksSpaceExactly()
+    {
+        var a = new ExtentAllocator(64 * 4096);
+        var got = Enumerable.Range(0, 16).Select(_ => a.Allocate(16384)).ToList();
+        Assert.IsTrue(got.All(o => o >= 0));
+        Assert.AreEqual(got.Count, got.Distinct().Count());
+        Assert.AreEqual(-1L, a.Allocate(4096));
+        Assert.AreEqual(0L, a.FreeBytes);
+        a.Free(got[3], 16384);
+        Assert.AreEqual(-1L, a.Allocate(32768), "no contiguous room for two units' worth");
+        Assert.AreEqual(got[3], a.Allocate(16384));
+        Assert.IsFalse(a.MarkUsed(got[0], 4096), "marking a used extent again is a conflict");
+    }
+
+    [TestMethod]
+    public void PlacementV1_Rf2_ReplicasOnDistinctTargetsAndSpread()
+    {
+        var counts = new int[4];
+        for (long c = 0; c < 4000; c++)
+        {
+            int t0 = PlacementV1.Target(7, c, 0, 4), t1 = PlacementV1.Target(7, c, 1, 4);
+            Assert.AreNotEqual(t0, t1);
+            counts[t0]++;
+        }
+        Assert.IsTrue(counts.All(n => n is > 800 and < 1200), string.Join(",", counts));
+        Assert.AreEqual(PlacementV1.Target(3, 9, 0, 5), PlacementV1.Target(3, 9, 0, 5));
+    }
+}
+
+[TestClass]
+public sealed class PoolStateCodecTests
+{
+    [TestMethod]
+    public void Checkpoint_RoundTrip_RestoresStateIncludingMovesAndUpgradeJob()
+    {
+        var s = new PoolState();
+        s.Props["label"] = "tank";
+        s.Props["rf"] = "2";
+        ulong seq = 1;
+        void Apply(MetaRecord r) => s.Apply(new WalRecord(seq++, (ushort)r.Type, r.Flags, r.Payload));
+        Apply(MetaRecords.ContainerCreate(1, "c"));
+        Apply(MetaRecords.ContainerSetProp(1, "user.a", "b"));
+        Apply(MetaRecords.ImageCreate(1, 1, "v", 1 << 20, 65536));
+        Apply(MetaRecords.ChunkMap(1, 3, [new Replica(0, 65536, 0xAABBCCDD), new Replica(1, 0, 0xAABBCCDD)]));
+        Apply(new MetaRecord(MetaRecordType.ChunkMoveBegin, new MetaWriter().U32(1).I64(3).Byte(1).U16(2).I64(131072).U32(0xAABBCCDD).ToArray()));
+        Apply(new MetaRecord(MetaRecordType.UpgradeJobBegin, new MetaWriter().U64(9).U32(1).U32(4).ToArray()));
+        Apply(new MetaRecord(MetaRecordType.UpgradeJobCursor, new MetaWriter().U64(9).U32(2).U64(12345).ToArray()));
+        var back = PoolStateCodec.Deserialize(PoolStateCodec.Serialize(s), s.LastSeq);
+        CollectionAssert.AreEqual(PoolStateCodec.Serialize(s), PoolStateCodec.Serialize(back));
+        var map = back.Images[1].Chunks[3];
+        Assert.AreEqual(2, map.Replicas.Length);
+        Assert.AreEqual(131072L, map.Moving!.Single().Offset);
+        Assert.AreEqual(new UpgradeJobMeta(9, 1, 4, 1, 2, 12345), back.UpgradeJob);
+        Assert.AreEqual("b", back.Containers[1].Props["user.a"]);
+    }
+
+    [TestMethod]
+    public void Apply_UnknownRecordType_RefusedUnlessSkippable()
+    {
+        var s = new PoolState();
+        Assert.ThrowsExactly<IncompatibleLayoutException>(() => s.Apply(new WalRecord(1, 200, 0, [])));
+        s.Apply(new WalRecord(2, 201, WalFormat.FlagSkippable, []));
+        Assert.AreEqual(2UL, s.LastSeq);
+    }
+}

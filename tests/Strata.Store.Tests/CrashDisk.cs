@@ -1,0 +1,178 @@
+using Strata.Engine.Device;
+using Strata.Interop;
+
+namespace Strata.Store.Tests;
+
+/// <summary>What happens to one device command.</summary>
+internal enum CrashAction { Run, PowerLost, Fault }
+
+/// <summary>
+/// Shared power switch of the disks of one simulated machine, which can also
+/// inject one device error (EIO) at a chosen command.
+/// </summary>
+internal sealed class CrashSwitch
+{
+    private int _ops;
+
+    /// <summary>Device commands (on any disk) after which power fails; 0 = never.</summary>
+    public int CrashAfter { get; private set; }
+
+    /// <summary>The command (counted like CrashAfter) that fails with EIO; 0 = none.</summary>
+    public int FaultAt { get; private set; }
+
+    public bool Crashed { get; private set; }
+
+    public bool Faulted { get; private set; }
+
+    public Random Rng { get; private set; } = new(0);
+
+    /// <summary>Counts a command and says whether it runs, fails, or never happens.</summary>
+    public CrashAction Tick()
+    {
+        lock (this)
+        {
+            if (Crashed)
+                return CrashAction.PowerLost;
+            ++_ops;
+            if (FaultAt > 0 && _ops == FaultAt)
+            {
+                Faulted = true;
+                return CrashAction.Fault;
+            }
+            if (CrashAfter > 0 && _ops >= CrashAfter)
+                Crashed = true;
+            return Crashed ? CrashAction.PowerLost : CrashAction.Run;
+        }
+    }
+
+    public void Reset(int crashAfter, int faultAt = 0, Random? rng = null)
+    {
+        lock (this)
+        {
+            _ops = 0;
+            CrashAfter = crashAfter;
+            FaultAt = faultAt;
+            Faulted = false;
+            Crashed = false;
+            if (rng != null)
+                Rng = rng;
+        }
+    }
+
+    /// <summary>Cuts the power now (after the workload, or right after a fault).</summary>
+    public void CutPower()
+    {
+        lock (this)
+            Crashed = true;
+    }
+}
+
+/// <summary>
+/// An in-memory disk with a volatile write cache: reads see every completed write,
+/// but only flushed (or FUA) writes are durable. At a crash, a random subset of
+/// the writes pending since the last flush reaches the media, one of them torn
+/// (a random subset of its 512-byte sectors), and the rest is lost.
+/// </summary>
+internal sealed class CrashDisk : MemoryBlockDevice
+{
+    private const int Sector = 512;
+    private readonly Dictionary<long, byte[]> _durable = new();
+    private readonly List<(long Offset, byte[]? Data, long Length)> _pending = new();
+    private readonly CrashSwitch _power;
+
+    public CrashDisk(string name, long capacity, CrashSwitch power) : base(name, capacity)
+    {
+        _power = power;
+    }
+
+    protected override void Execute(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
+    {
+        switch (_power.Tick())
+        {
+            case CrashAction.PowerLost:
+                throw new DeviceException(Name, Errno.EIO, "simulated power loss");
+            case CrashAction.Fault when opcode == IoOpcode.Flush:
+                // Like Linux after a writeback error: some dirty data reached the media,
+                // the rest is dropped, and the cache forgets it was ever dirty.
+                lock (_pending)
+                {
+                    foreach (var p in _pending.Where(_ => _power.Rng.Next(2) == 0))
+                        Apply(_durable, p.Offset, p.Data ?? new byte[p.Length]);
+                    _pending.Clear();
+                }
+                throw new DeviceException(Name, Errno.EIO, "injected flush failure");
+            case CrashAction.Fault:
+                throw new DeviceException(Name, Errno.EIO, $"injected {opcode} failure");
+        }
+        base.Execute(opcode, offset, length, buffer, flags);
+        lock (_pending)
+        {
+            switch (opcode)
+            {
+                case IoOpcode.Write when (flags & WriteFlags.Fua) != 0:
+                    Apply(_durable, offset, buffer.Span);
+                    break;
+                case IoOpcode.Write:
+                    _pending.Add((offset, buffer.ToArray(), buffer.Length));
+                    break;
+                case IoOpcode.Trim:
+                case IoOpcode.WriteZeroes:
+                    _pending.Add((offset, null, length));
+                    break;
+                case IoOpcode.Flush:
+                    foreach (var p in _pending)
+                        Apply(_durable, p.Offset, p.Data ?? new byte[p.Length]);
+                    _pending.Clear();
+                    break;
+            }
+        }
+    }
+
+    /// <summary>The disk as the machine finds it after power returns.</summary>
+    public CrashDisk AfterCrash(Random rng, CrashSwitch power)
+    {
+        var image = new Dictionary<long, byte[]>();
+        lock (_pending)
+        {
+            foreach (var (page, data) in _durable)
+                image[page] = (byte[])data.Clone();
+            var survivors = _pending.Where(_ => rng.Next(2) == 0).ToList();
+            int torn = survivors.Count > 0 ? rng.Next(survivors.Count) : -1;
+            for (int i = 0; i < survivors.Count; i++)
+            {
+                var (offset, data, length) = survivors[i];
+                data ??= new byte[length];
+                if (i != torn)
+                {
+                    Apply(image, offset, data);
+                    continue;
+                }
+                for (int s = 0; s < data.Length; s += Sector)
+                    if (rng.Next(2) == 0)
+                        Apply(image, offset + s, data.AsSpan(s, Math.Min(Sector, data.Length - s)));
+            }
+        }
+        var disk = new CrashDisk(Name, Geometry.Capacity, power);
+        foreach (var (page, data) in image)
+        {
+            disk.WriteBytes(page * PageSize, data);
+            disk._durable[page] = data;
+        }
+        return disk;
+    }
+
+    private static void Apply(Dictionary<long, byte[]> pages, long offset, ReadOnlySpan<byte> data)
+    {
+        while (!data.IsEmpty)
+        {
+            long page = offset / PageSize;
+            int within = (int)(offset % PageSize);
+            int n = Math.Min(data.Length, PageSize - within);
+            if (!pages.TryGetValue(page, out var p))
+                pages[page] = p = new byte[PageSize];
+            data[..n].CopyTo(p.AsSpan(within));
+            data = data[n..];
+            offset += n;
+        }
+    }
+}

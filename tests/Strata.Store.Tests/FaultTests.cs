@@ -1,0 +1,132 @@
+using Strata.Engine.Device;
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+using Strata.Interop;
+
+namespace Strata.Store.Tests;
+
+/// <summary>
+/// Device errors injected by libstrata_io (file backend, buffered): EIO on a data
+/// write, on a log write, on a flush. Inconclusive when the shim cannot be loaded.
+/// </summary>
+[TestClass]
+public sealed class FaultTests
+{
+    private string _dir = "";
+
+    [TestInitialize]
+    public void Init() => _dir = Directory.CreateTempSubdirectory("strata-fault-").FullName;
+
+    [TestCleanup]
+    public void Cleanup() => Directory.Delete(_dir, true);
+
+    private NativeBlockDevice Open(string name)
+    {
+        try
+        {
+            return NativeBlockDevice.Open($"file:{Path.Combine(_dir, name)}?create=1&size=16M&direct=0", new DeviceOptions { ArenaBytes = 0 });
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or TypeInitializationException or BadImageFormatException)
+        {
+            Assert.Inconclusive($"libstrata_io is not loadable: {e.Message}");
+            throw;
+        }
+    }
+
+    /// <summary>A one-target pool with acknowledged data; returns the pool, the image and the acked bytes.</summary>
+    private async Task<(StorageEngine Engine, Pool Pool, Image Image, byte[] Acked, NativeBlockDevice Dev, InMemoryRasSink Ras)> SetupAsync()
+    {
+        var dev = Open("t0");
+        var ras = new InMemoryRasSink();
+        var engine = await StorageEngine.FormatAsync([dev], new StorageEngineOptions { Ras = ras });
+        var pool = await engine.CreatePoolAsync("tank", 4L * 1024 * 1024, 1, TestDevices.SmallPool);
+        await pool.CreateContainerAsync("c");
+        var img = await pool.CreateImageAsync("c", "v", 256 * 1024, 16384);
+        var acked = TestDevices.Pattern(256 * 1024, 11);
+        await img.WriteAsync(0, acked);
+        return (engine, pool, img, acked, dev, ras);
+    }
+
+    private async Task VerifyAfterReopenAsync(byte[] acked, int uncertainOffset, byte[] uncertain)
+    {
+        using var dev = Open("t0");
+        var engine = await StorageEngine.OpenAsync([dev]);
+        var pool = await engine.OpenPoolAsync("tank");
+        Assert.AreEqual(PoolStatus.Ready, pool.State);
+        var back = new byte[acked.Length];
+        await pool.OpenImage("c", "v").ReadAsync(0, back);
+        var region = back.AsSpan(uncertainOffset, uncertain.Length);
+        Assert.IsTrue(region.SequenceEqual(acked.AsSpan(uncertainOffset, uncertain.Length)) || region.SequenceEqual(uncertain),
+            "the failed write's range holds neither the old nor the new bytes");
+        CollectionAssert.AreEqual(acked[..uncertainOffset], back[..uncertainOffset], "acknowledged data lost");
+        int after = uncertainOffset + uncertain.Length;
+        CollectionAssert.AreEqual(acked[after..], back[after..], "acknowledged data lost");
+        await engine.DisposeAsync();
+    }
+
+    [TestMethod]
+    public async Task DataWrite_Eio_OperationFailsWithRasAndAcknowledgedDataKept()
+    {
+        var (engine, pool, img, acked, dev, ras) = await SetupAsync();
+        var shard = pool.Shards[0];
+        long start = shard.Base + shard.Header.DataOffset, end = start + shard.Header.DataLength;
+        dev.SetFaults($"fail_io=1&fail_ops=write&fail_range={start}-{end}");
+        var e = await Assert.ThrowsExactlyAsync<StoreException>(() => img.WriteAsync(200_000, new byte[5000]));
+        Assert.AreEqual(Errno.EIO, e.Errno);
+        StringAssert.Contains(e.Message, "pool 'tank' image 'v' at offset 200000");
+        Assert.IsTrue(ras.WithId(RasIds.DataWriteFailed).Any());
+        Assert.AreEqual(1L, dev.GetFaultStats().IosFailed);
+        // The failure was reported, nothing was claimed durable: the pool keeps working.
+        Assert.AreEqual(PoolStatus.Ready, pool.State);
+        var next = TestDevices.Pattern(4096, 99);
+        await img.WriteAsync(0, next);
+        next.CopyTo(acked, 0);
+        await img.FlushAsync();
+        await engine.DisposeAsync();
+        dev.Dispose();
+        await VerifyAfterReopenAsync(acked, 200_000, acked[200_000..205_000]);
+    }
+
+    [TestMethod]
+    public async Task LogWrite_Eio_PoolReadOnlyWithRasAndAcknowledgedDataKept()
+    {
+        var (engine, pool, img, acked, dev, ras) = await SetupAsync();
+        var shard = pool.Shards[0];
+        dev.SetFaults($"fail_io=1&fail_ops=write&fail_range={shard.WalStart}-{shard.WalStart + shard.Header.WalLength}");
+        var data = TestDevices.Pattern(5000, 5);
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(100_000, data));
+        Assert.AreEqual(PoolStatus.ReadOnly, pool.State);
+        StringAssert.Contains(ras.WithId(RasIds.PoolReadOnly).Single().Message, "the metadata log failed");
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(0, new byte[1]));
+        Assert.ThrowsExactly<PoolReadOnlyException>(() => img.FlushAsync());
+        // Reads of acknowledged data still work while read-only.
+        var back = new byte[4096];
+        await img.ReadAsync(0, back);
+        CollectionAssert.AreEqual(acked[..4096], back);
+        await engine.DisposeAsync();
+        dev.Dispose();
+        await VerifyAfterReopenAsync(acked, 100_000, data);
+    }
+
+    [TestMethod]
+    [DataRow(1, DisplayName = "data flush")]
+    [DataRow(2, DisplayName = "log flush")]
+    public async Task Flush_Eio_NeverReportedAsSuccessLater(int whichFlush)
+    {
+        var (engine, pool, img, acked, dev, ras) = await SetupAsync();
+        dev.SetFaults($"fail_flush={whichFlush}");
+        var data = TestDevices.Pattern(5000, 6);
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(50_000, data));
+        Assert.AreEqual(1L, dev.GetFaultStats().FlushesFailed);
+        Assert.AreEqual(PoolStatus.ReadOnly, pool.State);
+        Assert.IsTrue(ras.WithId(RasIds.PoolReadOnly).Any());
+        // The device would now flush fine; the pool must still refuse to claim durability.
+        dev.SetFaults("");
+        Assert.ThrowsExactly<PoolReadOnlyException>(() => img.FlushAsync());
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(50_000, data));
+        Assert.ThrowsExactly<PoolReadOnlyException>(() => img.FlushAsync());
+        await engine.DisposeAsync();
+        dev.Dispose();
+        await VerifyAfterReopenAsync(acked, 50_000, data);
+    }
+}

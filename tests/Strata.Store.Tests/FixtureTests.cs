@@ -1,0 +1,77 @@
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+
+namespace Strata.Store.Tests;
+
+[TestClass]
+public sealed class FixtureTests
+{
+    [TestMethod]
+    public async Task Fixtures_Regenerate_WhenAsked()
+    {
+        if (Environment.GetEnvironmentVariable("STRATA_WRITE_FIXTURES") != "1")
+        {
+            // The builder must still produce a pool the verifier accepts, so the two never drift apart.
+            var devs = await GoldenFixtures.BuildLayout1Async();
+            var engine = await StorageEngine.OpenAsync(devs);
+            await GoldenFixtures.VerifyLayout1Async(await engine.OpenPoolAsync("golden"));
+            return;
+        }
+        string dir = GoldenFixtures.SourceDirectory();
+        var golden = await GoldenFixtures.BuildLayout1Async();
+        GoldenFixtures.Save(Path.Combine(dir, GoldenFixtures.Layout1), golden);
+        var future = await GoldenFixtures.BuildLayout1Async();
+        await TestHelpers.RewriteShardHeadersAsync(future, h => h with { LayoutVersion = 99, Incompat = h.Incompat | GoldenFixtures.FutureIncompatBit });
+        GoldenFixtures.Save(Path.Combine(dir, GoldenFixtures.Future), future);
+    }
+
+    [TestMethod]
+    public async Task GoldenLayout1_OpenReadOnly_ContentVerifiedAndNoByteChanged()
+    {
+        var devs = GoldenFixtures.Load(GoldenFixtures.PathOf(GoldenFixtures.Layout1));
+        string before = TestHelpers.Sha256(devs);
+        var (engine, ras) = await TestDevices.OpenAsync(devs, readOnly: true);
+        var info = engine.ListPools().Single();
+        Assert.AreEqual(("golden", 1u), (info.Label, info.LayoutVersion));
+        var pool = await engine.OpenPoolAsync("golden");
+        Assert.IsTrue(pool.ReplayedRecords > 0, "the fixture keeps its last records in the log, so opening it exercises replay");
+        await GoldenFixtures.VerifyLayout1Async(pool);
+        Assert.AreEqual(0, ras.Events.Count, string.Join("; ", ras.Events.Select(e => e.Message)));
+        Assert.AreEqual(before, TestHelpers.Sha256(devs));
+    }
+
+    [TestMethod]
+    public async Task GoldenLayout1_OpenWritable_ReplaysAndKeepsWorking()
+    {
+        var devs = GoldenFixtures.Load(GoldenFixtures.PathOf(GoldenFixtures.Layout1));
+        var (engine, _) = await TestDevices.OpenAsync(devs);
+        var pool = await engine.OpenPoolAsync("golden");
+        await GoldenFixtures.VerifyLayout1Async(pool);
+        var d0 = pool.OpenImage("alpha", "disk0");
+        await d0.WriteAsync(199_000, new byte[1000]);
+        await engine.DisposeAsync();
+        var (engine2, _) = await TestDevices.OpenAsync(devs);
+        var b = new byte[10];
+        await (await engine2.OpenPoolAsync("golden")).OpenImage("alpha", "disk0").ReadAsync(0, b);
+        CollectionAssert.AreEqual(GoldenFixtures.Content(10, 1), b);
+    }
+
+    [TestMethod]
+    public async Task FutureLayout99_Open_RefusedAndDeviceBytesUnchanged()
+    {
+        var devs = GoldenFixtures.Load(GoldenFixtures.PathOf(GoldenFixtures.Future));
+        string before = TestHelpers.Sha256(devs);
+        var (roEngine, _) = await TestDevices.OpenAsync(devs, readOnly: true);
+        await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => roEngine.OpenPoolAsync("golden"));
+        var (engine, ras) = await TestDevices.OpenAsync(devs);
+        Assert.AreEqual(99u, engine.ListPools().Single().LayoutVersion);
+        var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => engine.OpenPoolAsync("golden"));
+        Assert.AreEqual(
+            "pool 'golden' shard on target 0 has layout version 99, this engine supports layout versions 1..1 and unknown incompat features 0x10000000000 (bit 40); refusing to open (nothing was written)",
+            e.Message);
+        Assert.AreEqual(RasIds.PoolLayoutIncompatible, ras.Events.Single().Id);
+        Assert.AreEqual("incompatible layout", engine.ListPools().Single().State);
+        await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => engine.OpenPoolAsync("golden"));
+        Assert.AreEqual(before, TestHelpers.Sha256(devs));
+    }
+}

@@ -1,0 +1,132 @@
+using System.Buffers.Binary;
+using System.IO.Compression;
+using Strata.Engine.Device;
+using Strata.Engine.Pools;
+
+namespace Strata.Store.Tests;
+
+/// <summary>
+/// Golden images under tests/Fixtures/: gzip of a 16-byte header ("STRFIX01", u32
+/// target count, u32 MiB per target) followed by each target's raw bytes. Written
+/// by <see cref="FixtureTests.Fixtures_Regenerate_WhenAsked"/> with
+/// STRATA_WRITE_FIXTURES=1; never regenerate a shipped layout's image.
+/// </summary>
+internal static class GoldenFixtures
+{
+    public const string Layout1 = "layout1-pool.img.gz";
+    public const string Future = "future-layout99.img.gz";
+    public const int Targets = 2;
+    public const long TargetBytes = 4L * 1024 * 1024;
+    public const ulong FutureIncompatBit = 1UL << 40;
+
+    /// <summary>Compressible, position-dependent content (so a misplaced chunk shows).</summary>
+    public static byte[] Content(int length, int seed)
+    {
+        var b = new byte[length];
+        for (int i = 0; i < length; i++)
+            b[i] = (byte)((i / 97 * 31 + seed * 7 + i % 13) & 0xFF);
+        return b;
+    }
+
+    /// <summary>Builds the layout-1 pool the fixture holds; leaves the last records in the WAL (not checkpointed) so opening replays them.</summary>
+    public static async Task<MemoryBlockDevice[]> BuildLayout1Async()
+    {
+        var devs = Enumerable.Range(0, Targets).Select(i => new MemoryBlockDevice($"golden{i}", TargetBytes)).ToArray();
+        var engine = await StorageEngine.FormatAsync(devs);
+        var pool = await engine.CreatePoolAsync("golden", 2L * 1024 * 1024, 2, new PoolCreateOptions { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024 });
+        await pool.CreateContainerAsync("alpha");
+        await pool.CreateContainerAsync("beta");
+        await pool.SetContainerPropertyAsync("alpha", "user.owner", "ops");
+        var d0 = await pool.CreateImageAsync("alpha", "disk0", 200_000, 16384);
+        await d0.WriteAsync(0, Content(70_000, 1));
+        await d0.WriteAsync(150_000, Content(10_000, 2));
+        var d1 = await pool.CreateImageAsync("alpha", "disk1", 65536, 4096);
+        await d1.WriteAsync(0, Content(65536, 3));
+        await d1.TrimAsync(8192, 8192);
+        await pool.CreateImageAsync("beta", "empty", 1L << 30, 65536);
+        await d1.SetPropertyAsync("user.role", "boot");
+        await pool.CloseAsync(checkpoint: false);
+        return devs;
+    }
+
+    /// <summary>Checks the layout-1 fixture's pool, as a user would see it.</summary>
+    public static async Task VerifyLayout1Async(Pool pool)
+    {
+        Assert.AreEqual("golden", pool.Label);
+        Assert.AreEqual(1u, pool.LayoutVersion);
+        Assert.AreEqual("2", pool.GetProperty("rf"));
+        CollectionAssert.AreEqual(new[] { "alpha", "beta" }, pool.ListContainers().Select(c => c.Label).ToArray());
+        Assert.AreEqual("ops", pool.GetContainerProperty("alpha", "user.owner"));
+        var d0 = pool.OpenImage("alpha", "disk0");
+        var back = new byte[200_000];
+        await d0.ReadAsync(0, back);
+        var expect = new byte[200_000];
+        Content(70_000, 1).CopyTo(expect, 0);
+        Content(10_000, 2).CopyTo(expect, 150_000);
+        CollectionAssert.AreEqual(expect, back);
+        var d1 = pool.OpenImage("alpha", "disk1");
+        var b1 = new byte[65536];
+        await d1.ReadAsync(0, b1);
+        var e1 = Content(65536, 3);
+        Array.Clear(e1, 8192, 8192);
+        CollectionAssert.AreEqual(e1, b1);
+        Assert.AreEqual("boot", d1.GetProperty("user.role"));
+        var empty = pool.ListImages("beta").Single();
+        Assert.AreEqual((1L << 30, 65536, 0L), (empty.Size, empty.ChunkSize, empty.MappedBytes));
+    }
+
+    public static void Save(string path, MemoryBlockDevice[] devs)
+    {
+        using var file = File.Create(path);
+        using var gz = new GZipStream(file, CompressionLevel.SmallestSize);
+        var header = new byte[16];
+        "STRFIX01"u8.CopyTo(header);
+        BinaryPrimitives.WriteInt32LittleEndian(header.AsSpan(8), devs.Length);
+        BinaryPrimitives.WriteInt32LittleEndian(header.AsSpan(12), (int)(devs[0].Geometry.Capacity >> 20));
+        gz.Write(header);
+        foreach (var d in devs)
+        {
+            var bytes = new byte[d.Geometry.Capacity];
+            d.ReadBytes(0, bytes);
+            gz.Write(bytes);
+        }
+    }
+
+    public static MemoryBlockDevice[] Load(string path)
+    {
+        using var gz = new GZipStream(File.OpenRead(path), CompressionMode.Decompress);
+        var header = new byte[16];
+        gz.ReadExactly(header);
+        if (!header.AsSpan(0, 8).SequenceEqual("STRFIX01"u8))
+            throw new InvalidDataException($"{path} is not a Strata fixture");
+        int count = BinaryPrimitives.ReadInt32LittleEndian(header.AsSpan(8));
+        long size = (long)BinaryPrimitives.ReadInt32LittleEndian(header.AsSpan(12)) << 20;
+        var devs = new MemoryBlockDevice[count];
+        for (int i = 0; i < count; i++)
+        {
+            var bytes = new byte[size];
+            gz.ReadExactly(bytes);
+            devs[i] = new MemoryBlockDevice($"fixture{i}", size);
+            devs[i].WriteBytes(0, bytes);
+        }
+        return devs;
+    }
+
+    /// <summary>The committed fixture folder (tests/Fixtures), found from the test binary's location.</summary>
+    public static string SourceDirectory()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
+        {
+            var p = Path.Combine(dir.FullName, "tests", "Fixtures");
+            if (Directory.Exists(p))
+                return p;
+        }
+        throw new DirectoryNotFoundException("tests/Fixtures not found above " + AppContext.BaseDirectory);
+    }
+
+    public static string PathOf(string name)
+    {
+        var copied = Path.Combine(AppContext.BaseDirectory, "Fixtures", name);
+        return File.Exists(copied) ? copied : Path.Combine(SourceDirectory(), name);
+    }
+}

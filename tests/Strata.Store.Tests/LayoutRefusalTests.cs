@@ -1,0 +1,93 @@
+using Strata.Engine.Layout;
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+
+namespace Strata.Store.Tests;
+
+[TestClass]
+public sealed class LayoutRefusalTests
+{
+    private static async Task<Engine.Device.MemoryBlockDevice[]> PoolWithDataAsync()
+    {
+        var devs = TestDevices.Memory(2);
+        var (engine, _) = await TestDevices.FormatAsync(devs);
+        var pool = await engine.CreatePoolAsync("tank", 4L * 1024 * 1024, 1, TestDevices.SmallPool);
+        await pool.CreateContainerAsync("c");
+        var img = await pool.CreateImageAsync("c", "v", 65536, 4096);
+        await img.WriteAsync(0, TestDevices.Pattern(65536, 7));
+        await engine.DisposeAsync();
+        return devs;
+    }
+
+    [TestMethod]
+    public async Task OpenPool_FutureLayoutAndUnknownIncompat_RefusedNamingVersionsAndNothingWritten()
+    {
+        var devs = await PoolWithDataAsync();
+        await TestHelpers.RewriteShardHeadersAsync(devs, h => h with { LayoutVersion = 99, Incompat = h.Incompat | (1UL << 40) });
+        string before = TestHelpers.Sha256(devs);
+        var (engine, ras) = await TestDevices.OpenAsync(devs);
+        Assert.AreEqual(99u, engine.ListPools().Single().LayoutVersion);
+        var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => engine.OpenPoolAsync("tank"));
+        StringAssert.Contains(e.Message, "pool 'tank' shard on target 0 has layout version 99, this engine supports layout versions 1..1");
+        StringAssert.Contains(e.Message, "bit 40");
+        StringAssert.Contains(e.Message, "nothing was written");
+        Assert.AreEqual(RasIds.PoolLayoutIncompatible, ras.Events.Single().Id);
+        Assert.AreEqual(before, TestHelpers.Sha256(devs));
+    }
+
+    [TestMethod]
+    public async Task OpenPool_UnknownIncompatBitOnLayout1_Refused()
+    {
+        var devs = await PoolWithDataAsync();
+        await TestHelpers.RewriteShardHeadersAsync(devs, h => h with { Incompat = h.Incompat | FeatureBits.ReservedIncompatPlacementV2 });
+        string before = TestHelpers.Sha256(devs);
+        var (engine, _) = await TestDevices.OpenAsync(devs);
+        var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => engine.OpenPoolAsync("tank"));
+        StringAssert.Contains(e.Message, "unknown incompat features 0x8 (bit 3)");
+        Assert.AreEqual(before, TestHelpers.Sha256(devs));
+    }
+
+    [TestMethod]
+    public async Task OpenPool_UnknownRoCompatBit_OpensReadOnlyWithoutWriting()
+    {
+        var devs = await PoolWithDataAsync();
+        await TestHelpers.RewriteShardHeadersAsync(devs, h => h with { RoCompat = 1UL << 5 });
+        string before = TestHelpers.Sha256(devs);
+        var (engine, ras) = await TestDevices.OpenAsync(devs);
+        var pool = await engine.OpenPoolAsync("tank");
+        Assert.AreEqual(PoolStatus.ReadOnly, pool.State);
+        var img = pool.OpenImage("c", "v");
+        var back = new byte[65536];
+        await img.ReadAsync(0, back);
+        CollectionAssert.AreEqual(TestDevices.Pattern(65536, 7), back);
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(0, new byte[10]));
+        Assert.IsTrue(ras.WithId(RasIds.PoolReadOnly).Any());
+        Assert.AreEqual(before, TestHelpers.Sha256(devs));
+    }
+
+    [TestMethod]
+    public async Task OpenPool_UnknownCompatBit_OpensNormally()
+    {
+        var devs = await PoolWithDataAsync();
+        await TestHelpers.RewriteShardHeadersAsync(devs, h => h with { Compat = 1UL << 9 });
+        var (engine, _) = await TestDevices.OpenAsync(devs);
+        var pool = await engine.OpenPoolAsync("tank");
+        Assert.AreEqual(PoolStatus.Ready, pool.State);
+        await pool.OpenImage("c", "v").WriteAsync(1, new byte[] { 1 });
+    }
+
+    [TestMethod]
+    public async Task CreatePool_New_RecordsLayout1AndItsFeatureWords()
+    {
+        var devs = TestDevices.Memory(2);
+        var (engine, _) = await TestDevices.FormatAsync(devs);
+        var pool = await engine.CreatePoolAsync("tank", 4L * 1024 * 1024, 1, TestDevices.SmallPool);
+        var q = pool.Query();
+        Assert.AreEqual(1u, q.LayoutVersion);
+        Assert.AreEqual(FeatureBits.IncompatBase, q.Incompat);
+        Assert.AreEqual(0UL, q.Compat);
+        Assert.AreEqual(0UL, q.RoCompat);
+        Assert.AreEqual("1", pool.GetProperty("layout_version"));
+        await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => pool.SetPropertyAsync("layout_version", "2"));
+    }
+}
