@@ -20,6 +20,22 @@ internal static class HeaderCopies
 
     public delegate T? Decoder<T>(ReadOnlySpan<byte> copy, out string? problem) where T : class;
 
+    /// <summary>
+    /// Checks what every engine version can check of a copy, in the order that
+    /// names the most useful problem: magic (u64 at 0), CRC32C, format version (u32 at 8).
+    /// </summary>
+    public static bool CheckEnvelope(ReadOnlySpan<byte> copy, ulong magic, uint formatVersion, string what, out string? problem)
+    {
+        problem = null;
+        if (System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(copy) != magic)
+            problem = "bad magic";
+        else if (!CrcOk(copy))
+            problem = "bad CRC32C";
+        else if (System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(copy[8..]) is var v && v != formatVersion)
+            problem = $"{what} format version {v}, this engine supports {formatVersion}";
+        return problem == null;
+    }
+
     /// <summary>Reads both copies at baseOffset and baseOffset + 4 KiB; never writes.</summary>
     public static async ValueTask<ReadResult<T>> ReadAsync<T>(IBlockDevice device, long baseOffset, Decoder<T> decode, Func<T, ulong> generation)
         where T : class

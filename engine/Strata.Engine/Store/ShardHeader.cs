@@ -102,23 +102,8 @@ public sealed record ShardHeader
     /// </summary>
     public static ShardHeader? Decode(ReadOnlySpan<byte> s, out string? problem)
     {
-        problem = null;
-        if (BinaryPrimitives.ReadUInt64LittleEndian(s[OffMagic..]) != Magic)
-        {
-            problem = "bad magic";
+        if (!HeaderCopies.CheckEnvelope(s, Magic, FormatVersion, "shard header", out problem))
             return null;
-        }
-        if (!HeaderCopies.CrcOk(s))
-        {
-            problem = "bad CRC32C";
-            return null;
-        }
-        uint version = BinaryPrimitives.ReadUInt32LittleEndian(s[OffVersion..]);
-        if (version != FormatVersion)
-        {
-            problem = $"shard header format version {version}, this engine supports {FormatVersion}";
-            return null;
-        }
         int labelLength = Math.Min((int)s[OffLabelLength], MaxLabelBytes);
         return new ShardHeader
         {

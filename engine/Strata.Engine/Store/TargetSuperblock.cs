@@ -57,23 +57,8 @@ public sealed class TargetSuperblock
 
     public static TargetSuperblock? Decode(ReadOnlySpan<byte> s, out string? problem)
     {
-        problem = null;
-        if (BinaryPrimitives.ReadUInt64LittleEndian(s[OffMagic..]) != Magic)
-        {
-            problem = "bad magic";
+        if (!HeaderCopies.CheckEnvelope(s, Magic, FormatVersion, "target", out problem))
             return null;
-        }
-        if (!HeaderCopies.CrcOk(s))
-        {
-            problem = "bad CRC32C";
-            return null;
-        }
-        uint version = BinaryPrimitives.ReadUInt32LittleEndian(s[OffVersion..]);
-        if (version != FormatVersion)
-        {
-            problem = $"target format version {version}, this engine supports {FormatVersion}";
-            return null;
-        }
         int count = (int)BinaryPrimitives.ReadUInt32LittleEndian(s[OffExtentCount..]);
         if (count > MaxExtents)
         {
