@@ -53,7 +53,9 @@ public static class Fio
         var read = job.GetProperty("read");
         var write = job.GetProperty("write");
         var side = read.GetProperty("io_bytes").GetInt64() >= write.GetProperty("io_bytes").GetInt64() ? read : write;
-        var clat = side.GetProperty("clat_ns");
+        // Total latency (submission + completion) when fio ran with --lat_percentiles=1:
+        // that is what Strata's figure measures (call to completion); clat leaves out submission.
+        var clat = side.TryGetProperty("lat_ns", out var lat) && lat.TryGetProperty("percentile", out _) ? lat : side.GetProperty("clat_ns");
         double p50 = 0, p99 = 0;
         if (clat.TryGetProperty("percentile", out var pct))
         {

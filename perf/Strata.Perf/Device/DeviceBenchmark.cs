@@ -71,7 +71,7 @@ public static class DeviceBenchmark
         Console.WriteLine();
         Console.Write(BuildTable(results));
         Console.WriteLine("throughput ratio = Strata/fio (higher is better); p99 ratio = Strata p99 / fio p99 (lower is better).");
-        Console.WriteLine("Strata latency: call to end of await (includes dispatch to the awaiting thread); fio: clat (submit to reap).");
+        Console.WriteLine("latency: Strata from the call to the end of the await; fio total latency (lat: submission + completion, --lat_percentiles=1).");
         Console.WriteLine($"cpu: % of one CPU ({Environment.ProcessorCount} here); others cpu = the rest of the machine during the strata/fio runs.");
         double worst = results.SelectMany(r => new[] { r.Strata?.OtherCpuPercent ?? 0, r.Fio?.OtherCpuPercent ?? 0 }).Where(double.IsFinite).DefaultIfEmpty(0).Max();
         if (worst > 25)
@@ -112,7 +112,7 @@ public static class DeviceBenchmark
         {
             "--ioengine=io_uring", "--direct=1", "--hipri=0", "--fixedbufs", "--registerfiles",
             "--randrepeat=0", "--norandommap", "--time_based", "--ramp_time=1", "--group_reporting",
-            "--percentile_list=50:99",
+            "--percentile_list=50:99", "--lat_percentiles=1",
         };
         if (o.SqPoll)
             args.Add("--sqthread_poll=1");
