@@ -131,7 +131,7 @@ internal static class ControlApi
         using var sub = follow ? svc.Ras.Subscribe() : null;
         ctx.Response.ContentType = "application/x-ndjson";
         long last = 0;
-        foreach (var r in svc.Ras.ReadAll(sinceTime, severity))
+        foreach (var r in await svc.Ras.ReadAllAsync(sinceTime, severity))
         {
             await WriteLineAsync(ctx, r);
             last = r.Seq;

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 using Strata.Engine.Control;
 using Strata.Engine.Device;
@@ -17,14 +16,16 @@ public sealed class EngineService : IAsyncDisposable
 {
     private readonly List<IBlockDevice> _devices;
     private readonly ILogger _logger;
+    private readonly TargetHealthSink _health;
     private int _disposed;
 
-    private EngineService(ResolvedConfig config, List<IBlockDevice> devices, StorageEngine engine, RasLog ras, ILogger logger)
+    private EngineService(ResolvedConfig config, List<IBlockDevice> devices, StorageEngine engine, RasLog ras, TargetHealthSink health, ILogger logger)
     {
         Config = config;
         _devices = devices;
         Engine = engine;
         Ras = ras;
+        _health = health;
         _logger = logger;
         Metrics = new StrataMetrics(Space, () => Engine.ListPools().Count);
         Prometheus = new PrometheusExporter(StrataMetrics.MeterName);
@@ -69,7 +70,9 @@ public sealed class EngineService : IAsyncDisposable
                 }
                 devices.Add(NativeBlockDevice.Open(uri));
             }
-            var options = new StorageEngineOptions { Ras = ras };
+            // The storage core's events pass through the health sink on their way to the log.
+            var health = new TargetHealthSink(ras);
+            var options = new StorageEngineOptions { Ras = health };
             StorageEngine engine;
             if (allNew)
             {
@@ -82,7 +85,8 @@ public sealed class EngineService : IAsyncDisposable
             {
                 engine = await StorageEngine.OpenAsync(devices, options).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
             }
-            var svc = new EngineService(cfg, devices, engine, ras, logger);
+            health.Attach(engine.Targets);
+            var svc = new EngineService(cfg, devices, engine, ras, health, logger);
             foreach (var p in engine.ListPools())
             {
                 try
@@ -92,6 +96,13 @@ public sealed class EngineService : IAsyncDisposable
                 catch (StoreException)
                 {
                     // The pool stays listed with its state; the storage layer raised the RAS event.
+                }
+                catch (IOException e)
+                {
+                    // A device error (e.g. a failed checkpoint flush) must not keep the engine down: the pool
+                    // stays listed, the event names the device, and `storage query` shows its target failed.
+                    health.Emit(new RasEvent(ControlRasIds.PoolOpenFailed, RasSeverity.Error, RasType.StateChange,
+                        $"pool '{p.Label}' could not be opened: {e.Message}", Pool: p.Label, Device: (e as Interop.DeviceException)?.Device));
                 }
             }
             Log.Opened(logger, devices.Count, engine.ListPools().Count);
@@ -130,9 +141,14 @@ public sealed class EngineService : IAsyncDisposable
     public StorageInfo Storage()
     {
         var pools = Engine.ListPools();
-        long perTarget = pools.Sum(p => p.DataBytesPerTarget);
-        var targets = Engine.Targets.Select(t => new TargetInfoDto(t.Index, t.Device.Name, t.Device.Geometry.Capacity,
-            t.Device.Geometry.LogicalBlockSize, t.Device.Geometry.Kind.ToString().ToLowerInvariant(), perTarget, pools.Count, "ok")).ToList();
+        var targets = Engine.Targets.Select(t =>
+        {
+            var (health, reason, errors) = _health.Health(t, pools);
+            long allocated = t.AllocatedBytes, capacity = t.Device.Geometry.Capacity;
+            return new TargetInfoDto(t.Index, t.Device.Name, capacity, t.Device.Geometry.LogicalBlockSize,
+                t.Device.Geometry.Kind.ToString().ToLowerInvariant(), allocated, pools.Count, health, reason,
+                Math.Max(0, capacity - TargetSuperblock.ReservedBytes - allocated), errors);
+        }).ToList();
         return new StorageInfo(targets, targets.Sum(t => t.CapacityBytes), targets.Sum(t => t.AllocatedBytes));
     }
 
@@ -278,33 +294,22 @@ public sealed class EngineService : IAsyncDisposable
         Emit(ControlRasIds.ImageRemoved, RasSeverity.Notice, $"image '{image}' removed from pool '{pool}' container '{cont}'", pool: pool, container: cont, image: image);
     }
 
-    public async Task WriteAsync(string pool, string cont, string image, long offset, ReadOnlyMemory<byte> data)
-    {
-        var img = (await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).OpenImage(cont, image);
-        await TimedAsync("write", data.Length, () => img.WriteAsync(offset, data));
-    }
+    /// <summary>
+    /// The one way a data path opens an image: the control API's image write/read now, the NBD
+    /// server later. The wrapper records the I/O metrics, so every path is counted alike.
+    /// </summary>
+    public async Task<MeteredImage> OpenImageIoAsync(string pool, string cont, string image) =>
+        new((await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).OpenImage(cont, image), Metrics);
+
+    public async Task WriteAsync(string pool, string cont, string image, long offset, ReadOnlyMemory<byte> data) =>
+        await (await OpenImageIoAsync(pool, cont, image)).WriteAsync(offset, data);
 
     public async Task<byte[]> ReadAsync(string pool, string cont, string image, long offset, int length)
     {
-        var img = (await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).OpenImage(cont, image);
+        var img = await OpenImageIoAsync(pool, cont, image);
         var buf = new byte[length];
-        await TimedAsync("read", length, () => img.ReadAsync(offset, buf));
+        await img.ReadAsync(offset, buf);
         return buf;
-    }
-
-    private async Task TimedAsync(string op, long bytes, Func<Task> io)
-    {
-        long start = Stopwatch.GetTimestamp();
-        bool ok = false;
-        try
-        {
-            await io().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
-            ok = true;
-        }
-        finally
-        {
-            Metrics.RecordIo(op, bytes, Stopwatch.GetElapsedTime(start).TotalMilliseconds, ok);
-        }
     }
 
     // ---- shutdown ----

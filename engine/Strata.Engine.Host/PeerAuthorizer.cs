@@ -17,7 +17,7 @@ namespace Strata.Engine.Host;
 internal sealed class PeerAuthorizer(ResolvedConfig cfg, uint engineUid, (uint Gid, string[] Members)? adminGroup, ILogger logger,
     Func<EngineService?> service)
 {
-    // A refused local user must not be able to flood the durable RAS log (one fsync each):
+    // A refused local user must not be able to flood the durable RAS log (every event is written and fsynced):
     // at most one control_caller_rejected event per uid every 10 s; the log line is always written.
     private readonly System.Collections.Concurrent.ConcurrentDictionary<uint, long> _lastRasEvent = new();
 

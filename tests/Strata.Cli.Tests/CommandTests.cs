@@ -93,6 +93,9 @@ public sealed class CommandTests
         string table = await _cli.OkAsync("pool", "list");
         StringAssert.Contains(table, "UpgradeNeeded?");
         StringAssert.Contains(table, "lifecycle");
+        // Every layout is version 1, the newest this engine knows: dmg's "None" in the UpgradeNeeded? column, null in JSON.
+        StringAssert.Matches(table, new System.Text.RegularExpressions.Regex(@"lifecycle .* None\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
+        Assert.IsNull(list.Single(p => p.Label == "lifecycle").UpgradeNeeded);
 
         var q = await _cli.JsonAsync<PoolQueryDto>("pool", "query", "lifecycle");
         Assert.AreEqual(created.Id, q.Id);

@@ -148,6 +148,11 @@ public sealed class EngineClient : IDisposable
     private CliException Unreachable(HttpRequestException e)
     {
         var se = e.InnerException as SocketException ?? e.InnerException?.InnerException as SocketException;
+        // Kestrel closes a connection over control.max_connections as soon as it accepts it, before reading
+        // the request: the client sees a broken pipe, a reset, or a response that ended before it began.
+        if (se?.SocketErrorCode is SocketError.Shutdown or SocketError.ConnectionReset || (se == null && e.HttpRequestError == HttpRequestError.ResponseEnded))
+            return new CliException(ExitCodes.Unreachable,
+                $"the engine at {SocketPath} closed the connection without answering (at its connection limit, control.max_connections? retry in a moment)");
         return se?.SocketErrorCode switch
         {
             SocketError.AccessDenied => new CliException(ExitCodes.PermissionDenied,

@@ -59,7 +59,12 @@ public sealed record ErrorBody(string Error, string Code);
 public sealed record SystemInfo(string Host, int Pid, int Uid, string EngineVersion, int ApiVersion, int ApiMinVersion,
     DateTimeOffset Started, double UptimeSeconds, string Socket, string? DataDir, string? ConfigFile, int Targets, int Pools, string State);
 
-public sealed record TargetInfoDto(int Index, string Device, long CapacityBytes, int BlockSize, string Kind, long AllocatedBytes, int Pools, string Health);
+/// <summary>A target as `storage query` shows it. Health: ok, degraded or failed; HealthReason says why when not ok.</summary>
+public sealed record TargetInfoDto(int Index, string Device, long CapacityBytes, int BlockSize, string Kind, long AllocatedBytes, int Pools, string Health,
+    string? HealthReason = null, long FreeBytes = 0, TargetErrorsDto? Errors = null);
+
+/// <summary>What a target's device has shown since the engine started.</summary>
+public sealed record TargetErrorsDto(long ReadErrors, long WriteErrors, long ChecksumMismatches, long ReplicasRepaired);
 
 public sealed record StorageInfo(IReadOnlyList<TargetInfoDto> Targets, long TotalBytes, long AllocatedBytes);
 

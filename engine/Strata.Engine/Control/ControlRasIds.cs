@@ -15,4 +15,5 @@ public static class ControlRasIds
     public const string ImageRemoved = "image_removed";
     public const string ImageResized = "image_resized";
     public const string CallerRejected = "control_caller_rejected";
+    public const string PoolOpenFailed = "pool_open_failed";
 }

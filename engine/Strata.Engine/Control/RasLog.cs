@@ -8,22 +8,37 @@ using Strata.Engine.Store;
 namespace Strata.Engine.Control;
 
 /// <summary>
-/// The durable RAS log: one JSON object per line, fsynced per event (events are rare and
-/// an operator needs the last one before a crash), rotated by size to events.jsonl.1 .. .N.
-/// Every event also goes to <see cref="RasEventSource"/> and to live subscribers
-/// (`strata system events --follow`). Sequence numbers continue across restarts.
+/// The durable RAS log: one JSON object per line, rotated by size to events.jsonl.1 .. .N.
+/// <see cref="Emit(RasEvent)"/> never touches the disk: the storage core raises events from I/O
+/// continuations, possibly on a device poller thread, which must not wait for an fsync. It
+/// numbers the event, hands it to live subscribers (`strata system events --follow`) and the
+/// EventSource, and queues it for one background writer thread, which appends whatever has
+/// queued up and fsyncs once per batch. Order is the sequence order; nothing is dropped: when
+/// the queue is full (the disk is far behind) the emitter waits. <see cref="FlushAsync"/> and
+/// <see cref="Dispose"/> (clean stop) return once everything emitted before them is on disk.
+/// Sequence numbers continue across restarts.
 /// </summary>
 public sealed class RasLog : IRasSink, IDisposable
 {
-    private readonly object _sync = new();
+    /// <summary>Events queued for the writer before an emitter has to wait.</summary>
+    public const int QueueCapacity = 16384;
+
+    private const int MaxBatch = 1024;
+
+    private readonly object _sync = new();      // sequence numbers, queue order, subscribers
+    private readonly object _fileLock = new();  // the file: the writer's appends and rotation, ReadAllAsync
     private readonly string _path;
     private readonly long _maxBytes;
     private readonly int _keep;
     private readonly string _host = Environment.MachineName;
     private readonly int _pid = Environment.ProcessId;
     private readonly List<Channel<RasRecord>> _subscribers = new();
+    private readonly Channel<Pending> _queue = Channel.CreateBounded<Pending>(
+        new BoundedChannelOptions(QueueCapacity) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
+    private readonly Thread _writer;
     private FileStream _file;
     private long _seq;
+    private bool _stopped;
 
     public RasLog(string path, long maxBytes = 16 << 20, int keep = 4)
     {
@@ -33,11 +48,13 @@ public sealed class RasLog : IRasSink, IDisposable
         Directory.CreateDirectory(Path.GetDirectoryName(_path)!);
         _seq = ReadLastSeq();
         _file = OpenForAppend();
+        _writer = new Thread(WriteLoop) { IsBackground = true, Name = "strata-ras-writer" };
+        _writer.Start();
     }
 
     public string FilePath => _path;
 
-    /// <summary>Raised after an event is durable (metrics count them by severity).</summary>
+    /// <summary>Raised when an event is emitted (queued for the log; metrics count them by severity).</summary>
     public event Action<RasRecord>? Emitted;
 
     public void Emit(RasEvent e) => Emit(e, container: null, data: null);
@@ -66,34 +83,39 @@ public sealed class RasLog : IRasSink, IDisposable
                 Offset = e.Offset,
                 Data = data,
             };
-            var line = JsonSerializer.SerializeToUtf8Bytes(rec, Api.Json);
-            try
+            // After Dispose the log is closed: the event still reaches the EventSource.
+            if (!_stopped)
             {
-                if (_file.Length + line.Length + 1 > _maxBytes && _file.Length > 0)
-                    Rotate();
-                _file.Write(line);
-                _file.WriteByte((byte)'\n');
-                _file.Flush(flushToDisk: true);
+                Enqueue(new Pending(JsonSerializer.SerializeToUtf8Bytes(rec, Api.Json), null));
+                foreach (var s in _subscribers)
+                    s.Writer.TryWrite(rec);
             }
-            catch (IOException)
-            {
-                // The event still reaches the EventSource and subscribers; a full disk must not stop the engine.
-            }
-            foreach (var s in _subscribers)
-                s.Writer.TryWrite(rec);
         }
         RasEventSource.Log.Event(rec.Id, rec.Severity, rec.Type, rec.Msg, rec.Pool ?? "", rec.Cont ?? "", rec.Image ?? "", rec.Seq);
         Emitted?.Invoke(rec);
         return rec;
     }
 
-    /// <summary>Events already in the log (oldest rotated file first), filtered.</summary>
-    public IReadOnlyList<RasRecord> ReadAll(DateTimeOffset? since = null, string? minSeverity = null)
+    /// <summary>Completes when every event emitted before the call is in the file and fsynced.</summary>
+    public Task FlushAsync()
     {
-        var result = new List<RasRecord>();
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         lock (_sync)
         {
-            _file.Flush();
+            if (_stopped)
+                return Task.CompletedTask;
+            Enqueue(new Pending(null, done));
+        }
+        return done.Task;
+    }
+
+    /// <summary>Events in the log (oldest rotated file first), filtered; everything emitted before the call is included.</summary>
+    public async Task<IReadOnlyList<RasRecord>> ReadAllAsync(DateTimeOffset? since = null, string? minSeverity = null)
+    {
+        await FlushAsync().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        var result = new List<RasRecord>();
+        lock (_fileLock)
+        {
             for (int i = _keep; i >= 0; i--)
             {
                 string p = i == 0 ? _path : $"{_path}.{i}";
@@ -110,6 +132,67 @@ public sealed class RasLog : IRasSink, IDisposable
             }
         }
         return result;
+    }
+
+    /// <summary>Called under _sync, so the queue holds events in sequence order.</summary>
+    private void Enqueue(Pending p)
+    {
+        if (_queue.Writer.TryWrite(p))
+            return;
+        // The writer is QueueCapacity events behind: wait for room rather than lose an event. The
+        // writer thread never takes _sync, so this cannot deadlock; other emitters wait their turn.
+        _queue.Writer.WriteAsync(p).AsTask().GetAwaiter().GetResult();
+    }
+
+    private void WriteLoop()
+    {
+        var reader = _queue.Reader;
+        var batch = new List<Pending>(MaxBatch);
+        while (reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult())
+        {
+            while (batch.Count < MaxBatch && reader.TryRead(out var p))
+                batch.Add(p);
+            try
+            {
+                WriteBatch(batch);
+            }
+            finally
+            {
+                foreach (var p in batch)
+                    p.Flushed?.TrySetResult();
+                batch.Clear();
+            }
+        }
+    }
+
+    private void WriteBatch(List<Pending> batch)
+    {
+        lock (_fileLock)
+        {
+            bool wrote = false;
+            try
+            {
+                foreach (var p in batch)
+                {
+                    if (p.Line == null)
+                        continue;
+                    if (_file.Length + p.Line.Length + 1 > _maxBytes && _file.Length > 0)
+                    {
+                        _file.Flush(flushToDisk: true);
+                        Rotate();
+                    }
+                    _file.Write(p.Line);
+                    _file.WriteByte((byte)'\n');
+                    wrote = true;
+                }
+                if (wrote)
+                    _file.Flush(flushToDisk: true);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                // The events already reached the EventSource and subscribers; a full disk must not stop the engine.
+            }
+        }
     }
 
     /// <summary>A live feed of new events; dispose the subscription to stop it.</summary>
@@ -142,15 +225,22 @@ public sealed class RasLog : IRasSink, IDisposable
     public static string FormatTimestamp(DateTimeOffset t) =>
         t.ToLocalTime().ToString("yyyy-MM-dd'T'HH:mm:ss.ffffffzzz", CultureInfo.InvariantCulture);
 
+    /// <summary>Stops taking events, writes and fsyncs everything queued (clean stop), closes the file.</summary>
     public void Dispose()
     {
         lock (_sync)
         {
+            if (_stopped)
+                return;
+            _stopped = true;
             foreach (var s in _subscribers)
                 s.Writer.TryComplete();
             _subscribers.Clear();
-            _file.Dispose();
+            _queue.Writer.TryComplete();
         }
+        _writer.Join();
+        lock (_fileLock)
+            _file.Dispose();
     }
 
     private void Rotate()
@@ -195,6 +285,8 @@ public sealed class RasLog : IRasSink, IDisposable
             _subscribers.Remove(ch);
         ch.Writer.TryComplete();
     }
+
+    private sealed record Pending(byte[]? Line, TaskCompletionSource? Flushed);
 
     public sealed class Subscription(RasLog log, Channel<RasRecord> channel) : IDisposable
     {

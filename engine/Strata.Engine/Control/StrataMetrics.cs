@@ -41,6 +41,7 @@ public sealed class StrataMetrics : IDisposable
 
     public Meter Meter => _meter;
 
+    /// <summary>One image I/O; called by <see cref="MeteredImage"/> only, so every data path is counted the same way.</summary>
     public void RecordIo(string op, long bytes, double ms, bool ok)
     {
         var tag = new KeyValuePair<string, object?>("op", op);
@@ -50,7 +51,8 @@ public sealed class StrataMetrics : IDisposable
             return;
         }
         _ioOps.Add(1, tag);
-        _ioBytes.Add(bytes, tag);
+        if (op is IoOps.Read or IoOps.Write)
+            _ioBytes.Add(bytes, tag);
         _ioLatency.Record(ms, tag);
     }
 

@@ -25,6 +25,15 @@ public sealed class Target
 
     internal TargetSuperblock Superblock { get; private set; }
 
+    /// <summary>Generation of the current superblock; it changes when both copies are rewritten (health: a bad copy healed).</summary>
+    public ulong SuperblockGeneration => Superblock.Generation;
+
+    /// <summary>Bytes of this target's extents given to pools (shard headers, logs, checkpoints and data).</summary>
+    public long AllocatedBytes => Superblock.Extents.Sum(e => e.Length);
+
+    /// <summary>The sticky failure of a flush on this device, if one failed (health).</summary>
+    public Exception? FlushFailure => _flusher?.Failure;
+
     /// <summary>Writes a new superblock generation with these extents; durable on return.</summary>
     internal async Task UpdateExtentsAsync(List<ShardExtent> extents)
     {

@@ -103,7 +103,7 @@ public static class SystemCommands
                 else
                 {
                     var r = JsonSerializer.Deserialize<RasRecord>(line, Strata.Engine.Control.Api.Json)!;
-                    string where = string.Join(' ', new[] { ("pool", r.Pool), ("cont", r.Cont), ("image", r.Image) }
+                    string where = string.Join(' ', new[] { ("pool", r.Pool), ("cont", r.Cont), ("image", r.Image), ("target", r.Target?.ToString(CultureInfo.InvariantCulture)) }
                         .Where(x => x.Item2 != null).Select(x => $"{x.Item1}={x.Item2}"));
                     Console.Out.WriteLine($"{r.Timestamp,-32} {r.Severity,-8} {r.Id,-28} {r.Msg}{(where.Length > 0 ? "  [" + where + "]" : "")}");
                 }

@@ -1,0 +1,90 @@
+using System.Diagnostics;
+using Strata.Engine.Pools;
+
+namespace Strata.Engine.Control;
+
+/// <summary>
+/// The one place image I/O is measured. Every data path (the control API's `image write/read`
+/// today, the NBD server later) gets its image from the daemon's OpenImageIoAsync, which wraps it
+/// in this, so each path feeds the same instruments (strata.io.operations, .bytes, .errors,
+/// .latency with tag op = read, write, trim, flush) and none can forget to.
+/// Continuations are forced off the calling thread: devices complete I/O inline on their
+/// poller, and what callers do after an I/O (serialize, write to a socket) must not run there.
+/// </summary>
+public sealed class MeteredImage(Image image, StrataMetrics metrics)
+{
+    public Image Image => image;
+
+    public long Size => image.Size;
+
+    public int ChunkSize => image.ChunkSize;
+
+    public async Task ReadAsync(long offset, Memory<byte> destination)
+    {
+        long start = Stopwatch.GetTimestamp();
+        bool ok = false;
+        try
+        {
+            await image.ReadAsync(offset, destination).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            ok = true;
+        }
+        finally
+        {
+            metrics.RecordIo(IoOps.Read, destination.Length, Stopwatch.GetElapsedTime(start).TotalMilliseconds, ok);
+        }
+    }
+
+    public async Task WriteAsync(long offset, ReadOnlyMemory<byte> source)
+    {
+        long start = Stopwatch.GetTimestamp();
+        bool ok = false;
+        try
+        {
+            await image.WriteAsync(offset, source).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            ok = true;
+        }
+        finally
+        {
+            metrics.RecordIo(IoOps.Write, source.Length, Stopwatch.GetElapsedTime(start).TotalMilliseconds, ok);
+        }
+    }
+
+    public async Task TrimAsync(long offset, long length)
+    {
+        long start = Stopwatch.GetTimestamp();
+        bool ok = false;
+        try
+        {
+            await image.TrimAsync(offset, length).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            ok = true;
+        }
+        finally
+        {
+            metrics.RecordIo(IoOps.Trim, 0, Stopwatch.GetElapsedTime(start).TotalMilliseconds, ok);
+        }
+    }
+
+    public async Task FlushAsync()
+    {
+        long start = Stopwatch.GetTimestamp();
+        bool ok = false;
+        try
+        {
+            await image.FlushAsync().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            ok = true;
+        }
+        finally
+        {
+            metrics.RecordIo(IoOps.Flush, 0, Stopwatch.GetElapsedTime(start).TotalMilliseconds, ok);
+        }
+    }
+}
+
+/// <summary>Values of the `op` tag of the I/O instruments.</summary>
+public static class IoOps
+{
+    public const string Read = "read";
+    public const string Write = "write";
+    public const string Trim = "trim";
+    public const string Flush = "flush";
+}

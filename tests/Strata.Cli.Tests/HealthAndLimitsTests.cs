@@ -1,0 +1,239 @@
+using System.Net.Http.Json;
+using System.Net.Sockets;
+using System.Text.Json;
+using Strata.Engine.Control;
+
+namespace Strata.Cli.Tests;
+
+/// <summary>Target health from facts (a damaged header copy), the connection cap, and a RAS burst surviving a clean stop.</summary>
+[TestClass]
+public sealed class HealthAndLimitsTests
+{
+    private string _dir = "";
+
+    [TestInitialize]
+    public void Init() => _dir = Bin.NewTempDir("health");
+
+    [TestCleanup]
+    public void Cleanup() => Directory.Delete(_dir, recursive: true);
+
+    private static List<RasRecord> ParseLines(IEnumerable<string> lines) =>
+        lines.Where(l => l.Length > 0).Select(l => JsonSerializer.Deserialize<RasRecord>(l, Api.Json)!).ToList();
+
+    [TestMethod]
+    public async Task StorageQuery_HeaderCopyDamagedWhileStopped_ShowsThatTargetDegradedUntilRewritten()
+    {
+        string data = Path.Combine(_dir, "data");
+        var cli = new StrataCli(Path.Combine(data, "run", "strata.sock"));
+        await using (var engine = await EngineProcess.StartAsync(data))
+        {
+            var before = await cli.JsonAsync<StorageInfo>("storage", "query");
+            Assert.IsTrue(before.Targets.All(t => t.Health == "ok" && t.HealthReason == null), string.Join(", ", before.Targets));
+            await cli.OkAsync("system", "stop");
+            Assert.AreEqual(0, await engine.WaitForExitAsync(TimeSpan.FromSeconds(30)));
+        }
+
+        // Flip one byte inside copy B (offset 4096) of target 1's superblock: its CRC32C no longer matches.
+        using (var f = new FileStream(Path.Combine(data, "target1.img"), FileMode.Open, FileAccess.ReadWrite))
+        {
+            f.Position = 4096 + 40;
+            int b = f.ReadByte();
+            f.Position = 4096 + 40;
+            f.WriteByte((byte)(b ^ 0xFF));
+        }
+
+        await using (var engine = await EngineProcess.StartAsync(data))
+        {
+            var s = await cli.JsonAsync<StorageInfo>("storage", "query");
+            var t1 = s.Targets.Single(t => t.Index == 1);
+            Assert.AreEqual("degraded", t1.Health, t1.ToString());
+            StringAssert.Contains(t1.HealthReason, "header copy B bad");
+            StringAssert.Contains(t1.HealthReason, "bad CRC32C");
+            var t0 = s.Targets.Single(t => t.Index == 0);
+            Assert.AreEqual("ok", t0.Health, t0.ToString());
+            Assert.IsNull(t0.HealthReason);
+            Assert.AreEqual(0L, t1.Errors!.ReadErrors + t1.Errors.WriteErrors + t1.Errors.ChecksumMismatches);
+            StringAssert.Contains(await cli.OkAsync("storage", "query"), "degraded (header copy B bad");
+
+            // The store's event is in the log with the target and the copy named.
+            var bad = ParseLines((await cli.OkAsync("system", "events", "--json")).Split('\n')).Single(e => e.Id == "header_copy_bad");
+            Assert.AreEqual(1, bad.Target);
+            Assert.AreEqual("B", bad.Data!["copy"]);
+
+            // A pool create rewrites both superblock copies: the target is healthy again.
+            await cli.OkAsync("pool", "create", "heal", "--size", "64M");
+            var after = await cli.JsonAsync<StorageInfo>("storage", "query");
+            Assert.IsTrue(after.Targets.All(t => t.Health == "ok"), string.Join(", ", after.Targets));
+            Assert.IsTrue(after.Targets.All(t => t.AllocatedBytes >= 32L << 20 && t.FreeBytes > 0), string.Join(", ", after.Targets));
+        }
+    }
+
+    [TestMethod]
+    public async Task StorageQuery_ChunkCorruptedOnOneTarget_CountsTheMismatchOnThatTargetOnly()
+    {
+        string data = Path.Combine(_dir, "data");
+        string cfg = Path.Combine(_dir, "small.yaml");
+        File.WriteAllText(cfg, $"targets:\n  - file:{data}/t0.img?create=1&size=128M\n  - file:{data}/t1.img?create=1&size=128M\n");
+        var cli = new StrataCli(Path.Combine(data, "run", "strata.sock"));
+        await using (var engine = await EngineProcess.StartAsync(data, "--config", cfg))
+        {
+            // Set up through the API directly (no CLI process per step).
+            using var http = engine.Http();
+            foreach (var (path, body) in new (string, object)[]
+                     {
+                         ("v1/pools", new PoolCreateRequest("p", 64 << 20)),
+                         ("v1/pools/p/containers", new ContainerCreateRequest("c")),
+                         ("v1/pools/p/containers/c/images", new ImageCreateRequest("i", 4 << 20)),
+                     })
+            {
+                var r = await http.PostAsync(path, JsonContent.Create(body, body.GetType(), options: Api.Json));
+                Assert.IsTrue(r.IsSuccessStatusCode, await r.Content.ReadAsStringAsync());
+            }
+            var chunk = new ByteArrayContent(Enumerable.Repeat((byte)90, 65536).ToArray());
+            chunk.Headers.ContentType = new("application/octet-stream");
+            var w = await http.PutAsync("v1/pools/p/containers/c/images/i/data?offset=0", chunk);
+            Assert.IsTrue(w.IsSuccessStatusCode, await w.Content.ReadAsStringAsync());
+            Bin.Signal(engine.Pid, 15);
+            Assert.AreEqual(0, await engine.WaitForExitAsync(TimeSpan.FromSeconds(30)));
+        }
+
+        // rf 1: the chunk lives on one target. Find its bytes and flip one.
+        int corrupted = -1;
+        for (int t = 0; t < 2 && corrupted < 0; t++)
+        {
+            using var f = new FileStream(Path.Combine(data, $"t{t}.img"), FileMode.Open, FileAccess.ReadWrite);
+            var piece = new byte[1 << 20];
+            for (long at = 0; at < f.Length && corrupted < 0; at += piece.Length)
+            {
+                f.Position = at;
+                f.ReadExactly(piece);
+                for (int b = 0; b < piece.Length; b += 4096)
+                {
+                    if (piece.AsSpan(b, 4096).ContainsAnyExcept((byte)90))
+                        continue;
+                    f.Position = at + b + 100;
+                    f.WriteByte(91);
+                    corrupted = t;
+                    break;
+                }
+            }
+        }
+        Assert.AreNotEqual(-1, corrupted, "the written chunk was not found on either target");
+
+        await using (var engine = await EngineProcess.StartAsync(data, "--config", cfg))
+        {
+            StringAssert.Contains(await cli.FailsAsync(1, "image", "read", "p", "c", "i", "--length", "65536"), "data integrity error");
+            var s = await cli.JsonAsync<StorageInfo>("storage", "query");
+            var bad = s.Targets.Single(t => t.Index == corrupted);
+            Assert.AreEqual("degraded", bad.Health, bad.ToString());
+            StringAssert.Contains(bad.HealthReason, "1 checksum mismatch(es)");
+            Assert.AreEqual(1L, bad.Errors!.ChecksumMismatches);
+            var other = s.Targets.Single(t => t.Index != corrupted);
+            Assert.AreEqual("ok", other.Health, other.ToString());
+            Assert.AreEqual(0L, other.Errors!.ChecksumMismatches);
+        }
+    }
+
+    [TestMethod]
+    public async Task StorageQuery_FlushesFailOnOneTarget_ThatTargetFailed_EngineStillServes()
+    {
+        string data = Path.Combine(_dir, "data");
+        string Config(string name, string faults)
+        {
+            string path = Path.Combine(_dir, name);
+            File.WriteAllText(path, $"targets:\n  - file:{data}/t0.img?create=1&size=128M\n  - file:{data}/t1.img?create=1&size=128M{faults}\n");
+            return path;
+        }
+        await using (var engine = await EngineProcess.StartAsync(data, "--config", Config("clean.yaml", "")))
+        {
+            using var http = engine.Http();
+            var r = await http.PostAsync("v1/pools", JsonContent.Create(new PoolCreateRequest("p", 64 << 20), options: Api.Json));
+            Assert.IsTrue(r.IsSuccessStatusCode, await r.Content.ReadAsStringAsync());
+            Bin.Signal(engine.Pid, 15);
+            Assert.AreEqual(0, await engine.WaitForExitAsync(TimeSpan.FromSeconds(30)));
+        }
+
+        // Every flush on target 1 now fails (the device's fault injector): opening the pool checkpoints and flushes.
+        await using (var engine = await EngineProcess.StartAsync(data, "--config", Config("faulty.yaml", "&fail_flush=all")))
+        {
+            var cli = new StrataCli(engine.Socket);
+            var s = await cli.JsonAsync<StorageInfo>("storage", "query");
+            var t1 = s.Targets.Single(t => t.Index == 1);
+            Assert.AreEqual("failed", t1.Health, t1.ToString());
+            StringAssert.Contains(t1.HealthReason, "a flush failed");
+            StringAssert.Contains(t1.HealthReason, "pool 'p' could not be opened");
+            Assert.AreEqual("ok", s.Targets.Single(t => t.Index == 0).Health);
+            var e = ParseLines((await cli.OkAsync("system", "events", "--json", "--severity", "ERROR")).Split('\n')).Single(x => x.Id == ControlRasIds.PoolOpenFailed);
+            Assert.AreEqual(1, e.Target);
+            Assert.AreEqual("p", e.Pool);
+            StringAssert.Contains(await cli.FailsAsync(1, "pool", "query", "p"), "flush");
+        }
+    }
+
+    [TestMethod]
+    public async Task ConnectionCap_IdleConnectionsAtTheCap_NextCallRefused_ThenServedAfterTheyClose()
+    {
+        string data = Path.Combine(_dir, "data");
+        string cfg = Path.Combine(_dir, "cap.yaml");
+        File.WriteAllText(cfg, "control:\n  max_connections: 3\n  header_timeout_seconds: 60\n");
+        await using var engine = await EngineProcess.StartAsync(data, "--config", cfg);
+        var cli = new StrataCli(engine.Socket);
+        await cli.OkAsync("system", "query");
+
+        var idle = new List<Socket>();
+        try
+        {
+            for (int i = 0; i < 3; i++)
+            {
+                var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+                await s.ConnectAsync(new UnixDomainSocketEndPoint(engine.Socket));
+                idle.Add(s);
+            }
+            await Task.Delay(300); // let Kestrel accept them
+            string refused = await cli.FailsAsync(3, "system", "query");
+            StringAssert.Contains(refused, "max_connections");
+        }
+        finally
+        {
+            foreach (var s in idle)
+                s.Dispose();
+        }
+
+        // Closed connections free their slots: a normal call works again.
+        CliResult r = new(-1, "", "");
+        for (var deadline = DateTime.UtcNow.AddSeconds(10); DateTime.UtcNow < deadline;)
+        {
+            r = await cli.RunAsync("system", "query");
+            if (r.ExitCode == 0)
+                break;
+            await Task.Delay(200);
+        }
+        Assert.AreEqual(0, r.ExitCode, r.ToString());
+    }
+
+    [TestMethod]
+    public async Task RasBurst_ThenCleanStop_EveryEventIsInTheLogInOrder()
+    {
+        string data = Path.Combine(_dir, "data");
+        var engine = await EngineProcess.StartAsync(data);
+        await using var _ = engine;
+        using var http = engine.Http();
+        var create = await http.PostAsync("v1/pools", JsonContent.Create(new PoolCreateRequest("burst", 64 << 20), options: Api.Json));
+        Assert.IsTrue(create.IsSuccessStatusCode, await create.Content.ReadAsStringAsync());
+        const int n = 60;
+        await Parallel.ForEachAsync(Enumerable.Range(0, n), new ParallelOptions { MaxDegreeOfParallelism = 8 }, async (i, ct) =>
+        {
+            var r = await http.PostAsync("v1/pools/burst/containers", JsonContent.Create(new ContainerCreateRequest($"c{i}"), options: Api.Json), ct);
+            Assert.IsTrue(r.IsSuccessStatusCode, await r.Content.ReadAsStringAsync(ct));
+        });
+        await new StrataCli(engine.Socket).OkAsync("system", "stop");
+        Assert.AreEqual(0, await engine.WaitForExitAsync(TimeSpan.FromSeconds(30)), engine.Log);
+
+        var events = ParseLines(File.ReadAllLines(Path.Combine(data, "ras", "events.jsonl")));
+        var seqs = events.Select(e => e.Seq).ToList();
+        CollectionAssert.AreEqual(Enumerable.Range(1, seqs.Count).Select(i => (long)i).ToList(), seqs, "sequence numbers are contiguous and in order");
+        var conts = events.Where(e => e.Id == ControlRasIds.ContainerCreated).Select(e => e.Cont).ToHashSet();
+        Assert.HasCount(n, conts, "every container_created event reached the log");
+        Assert.AreEqual(ControlRasIds.EngineStopped, events[^1].Id, "engine_stopped is the last event, flushed at stop");
+    }
+}
