@@ -1,11 +1,11 @@
 using Strata.Perf.Common;
 using Strata.Perf.Device;
+using Strata.Perf.Store;
 
 namespace Strata.Perf;
 
 /// <summary>
-/// Entry point: one subcommand per benchmark (device today; store and nbd
-/// later). Each subcommand runs Strata and a reference tool on the same
+/// Entry point: one subcommand per benchmark (device, store; nbd later). Each subcommand runs Strata and a reference tool on the same
 /// machine and prints ratios.
 /// </summary>
 public static class Program
@@ -13,7 +13,8 @@ public static class Program
     private static readonly (string Name, string Summary, Func<CommandLine, Task<int>> Run)[] Commands =
     [
         ("device", "Strata's device layer vs fio (io_uring, O_DIRECT) on the same file", DeviceBenchmark.RunAsync),
-        // ("store", ...), ("nbd", ...): later subcommands plug in here.
+        ("store", "image I/O through the store (checksums, COW, log) vs fio on the raw target files", StoreBenchmark.RunAsync),
+        // ("nbd", ...): later subcommands plug in here.
     ];
 
     public static async Task<int> Main(string[] args)
@@ -34,7 +35,7 @@ public static class Program
             var cl = CommandLine.Parse(args.AsSpan(1).ToArray());
             if (cl.Has("help"))
             {
-                Console.WriteLine(DeviceBenchmark.Usage);
+                Console.WriteLine(command.Name == "store" ? StoreBenchmark.Usage : DeviceBenchmark.Usage);
                 return 0;
             }
             return await command.Run(cl);
@@ -54,5 +55,6 @@ public static class Program
             Console.WriteLine($"  {c.Name,-8} {c.Summary}");
         Console.WriteLine();
         Console.WriteLine(DeviceBenchmark.Usage);
+        Console.WriteLine(StoreBenchmark.Usage);
     }
 }

@@ -17,13 +17,17 @@ internal static class ChunkIo
 
     /// <summary>
     /// Reads a whole chunk into buffer and verifies it against the CRC32C kept in
-    /// the chunk map. A replica that fails is reported and, when another verifies,
-    /// rewritten from it. With no good copy this throws; wrong bytes never leave.
+    /// the chunk map. With no good copy this throws; wrong bytes never leave. A
+    /// replica that fails is reported (when <paramref name="report"/>) and, with
+    /// <paramref name="repair"/>, rewritten from a good one: repair needs the
+    /// chunk's exclusive lock, since a reader under the shared lock could read
+    /// the replica mid-rewrite. Returns true when a bad replica was left unrepaired.
     /// </summary>
-    public static async Task ReadVerifiedAsync(Pool pool, ImageMeta meta, long index, ChunkMap map, Memory<byte> buffer)
+    public static async Task<bool> ReadVerifiedAsync(Pool pool, ImageMeta meta, long index, ChunkMap map, Memory<byte> buffer,
+        bool repair, bool report = true)
     {
         long at = index * meta.ChunkSize;
-        var bad = new List<Replica>();
+        List<Replica>? bad = null;
         Replica? good = null;
         foreach (var r in map.Replicas)
         {
@@ -34,10 +38,11 @@ internal static class ChunkIo
             }
             catch (DeviceException e)
             {
+                if (report)
                 pool.Ras.Emit(new RasEvent(RasIds.DataReadFailed, RasSeverity.Error, RasType.InfoOnly,
                     $"pool '{pool.Label}' image '{meta.Label}' chunk at offset {at}: read of the replica on target {r.Target} failed: {e.Message}",
                     Pool: pool.Label, Image: meta.Label, Target: r.Target, Device: shard.Device.Name, Offset: at));
-                bad.Add(r);
+                (bad ??= []).Add(r);
                 continue;
             }
             if (Crc32C.Compute(buffer.Span) == r.Crc)
@@ -45,19 +50,26 @@ internal static class ChunkIo
                 good = r;
                 break;
             }
+            if (report)
             pool.Ras.Emit(new RasEvent(RasIds.DataChecksumMismatch, RasSeverity.Error, RasType.InfoOnly,
                 $"pool '{pool.Label}' image '{meta.Label}' chunk at offset {at}: the replica on target {r.Target} does not match its CRC32C",
                 Pool: pool.Label, Image: meta.Label, Target: r.Target, Device: shard.Device.Name, Offset: at));
-            bad.Add(r);
+            (bad ??= []).Add(r);
         }
         if (good == null)
         {
+            buffer.Span.Clear(); // wrong bytes never leave, not even in the caller's buffer
             string message = $"data integrity error in pool '{pool.Label}', image '{meta.Label}' at offset {at}: none of the {map.Replicas.Length} replica(s) of the {meta.ChunkSize}-byte chunk verifies";
             pool.Ras.Emit(new RasEvent(RasIds.DataUnrecoverable, RasSeverity.Error, RasType.InfoOnly, message, Pool: pool.Label, Image: meta.Label, Offset: at));
             throw new DataIntegrityException(pool.Label, meta.Label, at, message);
         }
-        if (bad.Count > 0 && pool.State == PoolStatus.Ready)
+        if (bad == null)
+            return false;
+        if (!repair)
+            return true;
+        if (pool.State == PoolStatus.Ready)
             await RepairAsync(pool, meta, at, good.Value, bad, buffer).ConfigureAwait(false);
+        return false;
     }
 
     /// <summary>Rewrites bad replicas in place with verified bytes; the CRC in the map stays right.</summary>
@@ -100,12 +112,41 @@ internal static class ChunkIo
     {
         pool.ThrowIfNotWritable();
         int cs = meta.ChunkSize;
-        var chunk = new byte[cs];
         var old = Lookup(pool, meta, index);
-        if (data.Length != cs && old != null)
-            await ReadVerifiedAsync(pool, meta, index, old, chunk).ConfigureAwait(false);
-        data.Span.CopyTo(chunk.AsSpan(within));
-        uint crc = Crc32C.Compute(chunk);
+        byte[]? rented = null;
+        ReadOnlyMemory<byte> chunk;
+        if (data.Length == cs)
+        {
+            // A whole chunk: nothing to read or merge.
+            chunk = data;
+        }
+        else
+        {
+            rented = System.Buffers.ArrayPool<byte>.Shared.Rent(cs);
+            var merged = rented.AsMemory(0, cs);
+            if (old != null)
+                await ReadVerifiedAsync(pool, meta, index, old, merged, repair: true).ConfigureAwait(false);
+            else
+                merged.Span.Clear();
+            data.Span.CopyTo(merged.Span[within..]);
+            chunk = merged;
+        }
+        try
+        {
+            await WriteReplicasAsync(pool, meta, index, within, chunk).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (rented != null)
+                System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+        }
+        pool.FreeChunk(old, cs);
+    }
+
+    private static async Task WriteReplicasAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk)
+    {
+        int cs = meta.ChunkSize;
+        uint crc = Crc32C.Compute(chunk.Span);
         int rf = Math.Min(pool.Rf, pool.Shards.Length);
         var replicas = new Replica[rf];
         int allocated = 0;
@@ -121,7 +162,10 @@ internal static class ChunkIo
             }
             try
             {
-                await Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].WriteDataAsync(r.Offset, chunk).AsTask())).ConfigureAwait(false);
+                if (rf == 1)
+                    await pool.Shards[replicas[0].Target].WriteDataAsync(replicas[0].Offset, chunk).ConfigureAwait(false);
+                else
+                    await Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].WriteDataAsync(r.Offset, chunk).AsTask())).ConfigureAwait(false);
             }
             catch (DeviceException e)
             {
@@ -132,7 +176,10 @@ internal static class ChunkIo
             }
             try
             {
-                await Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].FlushAsync())).ConfigureAwait(false);
+                if (rf == 1)
+                    await pool.Shards[replicas[0].Target].FlushAsync().ConfigureAwait(false);
+                else
+                    await Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].FlushAsync())).ConfigureAwait(false);
             }
             catch (IOException e)
             {
@@ -148,7 +195,8 @@ internal static class ChunkIo
                 pool.Shards[replicas[i].Target].Allocator.Free(replicas[i].Offset, cs);
             throw;
         }
+        // The data is durable; now the record (on failure it may or may not be durable,
+        // so the extents stay allocated).
         await pool.Log.CommitAsync(MetaRecords.ChunkMap(meta.Id, index, replicas)).ConfigureAwait(false);
-        pool.FreeChunk(old, cs);
     }
 }

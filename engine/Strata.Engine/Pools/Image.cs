@@ -81,31 +81,84 @@ public sealed class Image
     public async Task ReadAsync(long offset, Memory<byte> destination)
     {
         var meta = Meta;
-        CheckRange("read", offset, destination.Length, Size);
+        long size;
+        lock (_pool.Meta.Sync)
+            size = meta.Size;
+        CheckRange("read", offset, destination.Length, size);
         int cs = meta.ChunkSize;
-        await ForEachPieceAsync(Pieces(offset, destination.Length, cs), async p =>
+        if (destination.Length == 0)
+            return;
+        if (offset / cs == (offset + destination.Length - 1) / cs)
         {
-            var dest = destination.Slice(p.At, p.Length);
-            using (await _locks.ChunkAsync(p.Index).ConfigureAwait(false))
+            // One chunk (every small read): no piece list, no fan-out.
+            await ReadPieceAsync(meta, offset / cs, (int)(offset % cs), destination).ConfigureAwait(false);
+            return;
+        }
+        await ForEachPieceAsync(Pieces(offset, destination.Length, cs),
+            p => ReadPieceAsync(meta, p.Index, p.Within, destination.Slice(p.At, p.Length))).ConfigureAwait(false);
+    }
+
+    /// <summary>Reads part of one chunk; a shared chunk lock keeps its mapping and extents in place meanwhile.</summary>
+    private async Task ReadPieceAsync(ImageMeta meta, long index, int within, Memory<byte> dest)
+    {
+        int cs = meta.ChunkSize;
+        bool needsRepair;
+        using (await _locks.ReadAsync(index).ConfigureAwait(false))
+        {
+            var map = ChunkIo.Lookup(_pool, Meta, index);
+            if (map == null)
             {
-                var map = ChunkIo.Lookup(_pool, Meta, p.Index);
-                if (map == null)
-                {
-                    dest.Span.Clear();
-                    return;
-                }
+                dest.Span.Clear();
+                return;
+            }
+            if (dest.Length == cs)
+            {
+                needsRepair = await ChunkIo.ReadVerifiedAsync(_pool, meta, index, map, dest, repair: false).ConfigureAwait(false);
+            }
+            else
+            {
                 var chunk = System.Buffers.ArrayPool<byte>.Shared.Rent(cs);
                 try
                 {
-                    await ChunkIo.ReadVerifiedAsync(_pool, meta, p.Index, map, chunk.AsMemory(0, cs)).ConfigureAwait(false);
-                    chunk.AsSpan(p.Within, p.Length).CopyTo(dest.Span);
+                    needsRepair = await ChunkIo.ReadVerifiedAsync(_pool, meta, index, map, chunk.AsMemory(0, cs), repair: false).ConfigureAwait(false);
+                    chunk.AsSpan(within, dest.Length).CopyTo(dest.Span);
                 }
                 finally
                 {
                     System.Buffers.ArrayPool<byte>.Shared.Return(chunk);
                 }
             }
-        }).ConfigureAwait(false);
+        }
+        if (needsRepair)
+            await RepairChunkAsync(meta, index).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Rewrites a chunk's bad replicas under its exclusive lock, after the shared
+    /// read that found them returned verified bytes: the mapping is looked up and
+    /// verified again, quietly, since the first read already reported the problem.
+    /// </summary>
+    private async Task RepairChunkAsync(ImageMeta meta, long index)
+    {
+        using (await _locks.ChunkAsync(index).ConfigureAwait(false))
+        {
+            var map = ChunkIo.Lookup(_pool, Meta, index);
+            if (map == null)
+                return;
+            var chunk = System.Buffers.ArrayPool<byte>.Shared.Rent(meta.ChunkSize);
+            try
+            {
+                await ChunkIo.ReadVerifiedAsync(_pool, meta, index, map, chunk.AsMemory(0, meta.ChunkSize), repair: true, report: false).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is DataIntegrityException or IOException)
+            {
+                // The caller has its verified bytes; what went wrong since is reported by the store.
+            }
+            finally
+            {
+                System.Buffers.ArrayPool<byte>.Shared.Return(chunk);
+            }
+        }
     }
 
     public async Task WriteAsync(long offset, ReadOnlyMemory<byte> source)

@@ -159,35 +159,3 @@ public sealed partial class Pool : IAsyncDisposable
 
     internal void OnLabelChanged(string label) => _entry.Label = label;
 }
-
-/// <summary>Striped per-chunk locks of one image; taking all stripes excludes every chunk operation.</summary>
-internal sealed class ImageLocks
-{
-    public const int Stripes = 64;
-    private readonly SemaphoreSlim[] _stripes = Enumerable.Range(0, Stripes).Select(_ => new SemaphoreSlim(1, 1)).ToArray();
-
-    public async Task<IDisposable> ChunkAsync(long chunk)
-    {
-        var s = _stripes[(int)((ulong)chunk % Stripes)];
-        await s.WaitAsync().ConfigureAwait(false);
-        return new Releaser(() => s.Release());
-    }
-
-    public async Task<IDisposable> AllAsync()
-    {
-        foreach (var s in _stripes)
-            await s.WaitAsync().ConfigureAwait(false);
-        return new Releaser(() =>
-        {
-            foreach (var s in _stripes)
-                s.Release();
-        });
-    }
-
-    private sealed class Releaser(Action release) : IDisposable
-    {
-        private Action? _release = release;
-
-        public void Dispose() => Interlocked.Exchange(ref _release, null)?.Invoke();
-    }
-}

@@ -1,0 +1,116 @@
+using System.Diagnostics;
+using Strata.Engine.Pools;
+using Strata.Perf.Common;
+using Strata.Perf.Device;
+
+namespace Strata.Perf.Store;
+
+/// <summary>
+/// Drives an image the way fio drives a file: QueueDepth worker loops, each
+/// keeping one Image.ReadAsync/WriteAsync outstanding on its own buffer, at
+/// random block-aligned offsets (or one shared sequential cursor). Latency is
+/// measured from the call to the end of the await into per-worker histograms.
+/// </summary>
+public sealed class StoreLoad
+{
+    private const int Warmup = 0, Measure = 1, Stop = 2;
+
+    private readonly Image _image;
+    private readonly DeviceRow _row;
+    private readonly long _blocks;
+    private readonly long _span;
+    private readonly LatencyHistogram[] _histograms;
+    private int _phase;
+    private long _cursor;
+
+    public StoreLoad(Image image, DeviceRow row)
+    {
+        _image = image;
+        _row = row;
+        _blocks = image.Size / row.BlockSize;
+        _span = _blocks * row.BlockSize;
+        _histograms = new LatencyHistogram[row.QueueDepth];
+        for (int i = 0; i < _histograms.Length; i++)
+            _histograms[i] = new LatencyHistogram();
+    }
+
+    public async Task<EngineResult> RunAsync(TimeSpan warmup, TimeSpan runtime, string config)
+    {
+        var workers = new Task[_row.QueueDepth];
+        ulong seed = (ulong)Environment.TickCount64 * 0x9E3779B97F4A7C15UL | 1;
+        for (int i = 0; i < workers.Length; i++)
+        {
+            int id = i;
+            ulong s = seed + (ulong)id * 0xD1B54A32D192ED03UL;
+            workers[i] = Task.Run(() => WorkerAsync(id, s));
+        }
+        await Task.Delay(warmup);
+
+        var process = Process.GetCurrentProcess();
+        process.Refresh();
+        var cpu0 = process.TotalProcessorTime;
+        long alloc0 = GC.GetTotalAllocatedBytes(precise: true);
+        long t0 = Stopwatch.GetTimestamp();
+        Volatile.Write(ref _phase, Measure);
+        await Task.Delay(runtime);
+        Volatile.Write(ref _phase, Stop);
+        long t1 = Stopwatch.GetTimestamp();
+        long alloc1 = GC.GetTotalAllocatedBytes(precise: true);
+        process.Refresh();
+        var cpu1 = process.TotalProcessorTime;
+        await Task.WhenAll(workers);
+
+        var total = new LatencyHistogram();
+        foreach (var h in _histograms)
+            total.Add(h);
+        double seconds = Stopwatch.GetElapsedTime(t0, t1).TotalSeconds;
+        double iops = total.Count / seconds;
+        return new EngineResult(
+            iops,
+            iops * _row.BlockSize,
+            total.Percentile(50),
+            total.Percentile(99),
+            total.Mean,
+            100.0 * (cpu1 - cpu0).TotalSeconds / seconds,
+            total.Count == 0 ? null : (double)(alloc1 - alloc0) / total.Count,
+            total.Count,
+            config);
+    }
+
+    private async Task WorkerAsync(int id, ulong rng)
+    {
+        var buffer = new byte[_row.BlockSize];
+        if (_row.Write)
+            System.Security.Cryptography.RandomNumberGenerator.Fill(buffer);
+        var histogram = _histograms[id];
+        double ticksToNs = 1e9 / Stopwatch.Frequency;
+        int bs = _row.BlockSize;
+        while (true)
+        {
+            int phase = Volatile.Read(ref _phase);
+            if (phase == Stop)
+                break;
+            long offset;
+            if (_row.Random)
+            {
+                // xorshift64*: cheap, no sharing between workers.
+                rng ^= rng >> 12;
+                rng ^= rng << 25;
+                rng ^= rng >> 27;
+                offset = (long)((rng * 0x2545F4914F6CDD1DUL) % (ulong)_blocks) * bs;
+            }
+            else
+            {
+                offset = (Interlocked.Add(ref _cursor, bs) - bs) % _span;
+            }
+            long start = Stopwatch.GetTimestamp();
+            if (_row.Write)
+                await _image.WriteAsync(offset, buffer).ConfigureAwait(false);
+            else
+                await _image.ReadAsync(offset, buffer).ConfigureAwait(false);
+            long end = Stopwatch.GetTimestamp();
+            if (phase == Measure)
+                histogram.Record((long)((end - start) * ticksToNs));
+        }
+    }
+}
