@@ -100,7 +100,7 @@ public static class DeviceBenchmark
         if (o.IdleSpin is int spin)
             deviceOptions = deviceOptions with { IdleSpinIterations = spin };
         using var device = NativeBlockDevice.Open(uri, deviceOptions);
-        var load = new StrataLoad(device, row, o.Size);
+        var load = new QueueDepthLoad(row, o.Size, device.Buffers.Rent, (offset, m) => device.ReadAsync(offset, m), (offset, m) => device.WriteAsync(offset, m));
         string config = $"{uri} pollers={deviceOptions.Pollers} spin={deviceOptions.IdleSpinIterations} registered-arena={device.RegisteredArena}";
         return await load.RunAsync(TimeSpan.FromSeconds(1), o.Runtime, config);
     }

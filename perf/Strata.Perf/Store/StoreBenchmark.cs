@@ -168,7 +168,8 @@ public static class StoreBenchmark
                     Console.Write($"  {row.Name,-18} strata {FormatChunk(chunkSize),-6} ...");
                     await WaitIdleAsync(o);
                     var h0 = HostCpuSample.Now();
-                    var r = await new StoreLoad(image, row).RunAsync(TimeSpan.FromSeconds(1), o.Runtime, $"chunk={chunkSize} rf={o.Rf} targets={o.Targets} pollers={o.Pollers}");
+                    var load = new QueueDepthLoad(row, image.Size, ArrayBuffer.Rent, (offset, m) => new ValueTask(image.ReadAsync(offset, m)), (offset, m) => new ValueTask(image.WriteAsync(offset, m)));
+                    var r = await load.RunAsync(TimeSpan.FromSeconds(1), o.Runtime, $"chunk={chunkSize} rf={o.Rf} targets={o.Targets} pollers={o.Pollers}");
                     r = r with { OtherCpuPercent = Math.Max(0, HostCpuSample.BusyPercent(h0, HostCpuSample.Now()) - r.CpuPercent) };
                     Console.WriteLine($" {Throughput(row, r)}, p50 {TablePrinter.Latency(r.P50Ns)}, p99 {TablePrinter.Latency(r.P99Ns)}, cpu {r.CpuPercent:F0}%, others {r.OtherCpuPercent:F0}%, {r.AllocatedBytesPerOp:F0} B/op");
                     results[row.Name] = r;
@@ -390,4 +391,14 @@ internal sealed class StoreBenchOptions
         }
         return "/var/tmp/strata-perf";
     }
+}
+
+/// <summary>A plain managed buffer as an owner: the store copies into its own DMA buffers.</summary>
+internal sealed class ArrayBuffer(int length) : System.Buffers.IMemoryOwner<byte>
+{
+    public Memory<byte> Memory { get; } = new byte[length];
+
+    public static System.Buffers.IMemoryOwner<byte> Rent(int length) => new ArrayBuffer(length);
+
+    public void Dispose() { }
 }

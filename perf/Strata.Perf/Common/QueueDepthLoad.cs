@@ -1,21 +1,25 @@
+using System.Buffers;
 using System.Diagnostics;
-using Strata.Engine.Device;
-using Strata.Perf.Common;
+using Strata.Perf.Device;
 
-namespace Strata.Perf.Device;
+namespace Strata.Perf.Common;
 
 /// <summary>
-/// Drives a device the way fio drives a file: QueueDepth worker loops, each
-/// keeping one command outstanding on its own DMA buffer, so QueueDepth
-/// commands are always in flight. Latency is measured per command from the
-/// call to the end of the await (what a caller of the device sees), into
-/// per-worker preallocated histograms; nothing allocates per operation.
+/// Drives a target the way fio drives a file: QueueDepth worker loops, each
+/// keeping one command outstanding on its own buffer, so QueueDepth commands
+/// are always in flight, at random block-aligned offsets or on one shared
+/// sequential cursor (fio's single job). Latency is measured per command from
+/// the call to the end of the await (what a caller sees) into per-worker
+/// preallocated histograms; nothing allocates per operation on the load's side.
+/// The device and store benchmarks differ only in the target they pass in.
 /// </summary>
-public sealed class StrataLoad
+public sealed class QueueDepthLoad
 {
     private const int Warmup = 0, Measure = 1, Stop = 2;
 
-    private readonly IBlockDevice _device;
+    private readonly Func<int, IMemoryOwner<byte>> _rent;
+    private readonly Func<long, Memory<byte>, ValueTask> _read;
+    private readonly Func<long, ReadOnlyMemory<byte>, ValueTask> _write;
     private readonly DeviceRow _row;
     private readonly long _blocks;
     private readonly long _span;
@@ -23,9 +27,15 @@ public sealed class StrataLoad
     private int _phase;
     private long _cursor;
 
-    public StrataLoad(IBlockDevice device, DeviceRow row, long size)
+    /// <param name="rent">A buffer of the row's block size for one worker (a DMA buffer for a device).</param>
+    /// <param name="read">One read at a byte offset.</param>
+    /// <param name="write">One write at a byte offset.</param>
+    public QueueDepthLoad(DeviceRow row, long size, Func<int, IMemoryOwner<byte>> rent,
+        Func<long, Memory<byte>, ValueTask> read, Func<long, ReadOnlyMemory<byte>, ValueTask> write)
     {
-        _device = device;
+        _rent = rent;
+        _read = read;
+        _write = write;
         _row = row;
         _blocks = size / row.BlockSize;
         _span = _blocks * row.BlockSize;
@@ -79,8 +89,8 @@ public sealed class StrataLoad
 
     private async Task WorkerAsync(int id, ulong rng)
     {
-        using var buffer = _device.Buffers.Rent(_row.BlockSize);
-        var memory = buffer.Memory;
+        using var buffer = _rent(_row.BlockSize);
+        var memory = buffer.Memory[.._row.BlockSize];
         if (_row.Write)
             System.Security.Cryptography.RandomNumberGenerator.Fill(memory.Span);
         var histogram = _histograms[id];
@@ -107,9 +117,9 @@ public sealed class StrataLoad
             }
             long start = Stopwatch.GetTimestamp();
             if (_row.Write)
-                await _device.WriteAsync(offset, memory).ConfigureAwait(false);
+                await _write(offset, memory).ConfigureAwait(false);
             else
-                await _device.ReadAsync(offset, memory).ConfigureAwait(false);
+                await _read(offset, memory).ConfigureAwait(false);
             long end = Stopwatch.GetTimestamp();
             if (phase == Measure)
                 histogram.Record((long)((end - start) * ticksToNs));
