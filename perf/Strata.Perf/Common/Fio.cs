@@ -42,6 +42,17 @@ public static class Fio
     }
 
     /// <summary>Parses fio's --output-format=json report; takes whichever direction did I/O.</summary>
+    /// <summary>
+    /// The fio options every comparison uses: its best sensible io_uring setup on a VM
+    /// without IOPOLL, and total-latency percentiles (the span Strata's figures cover).
+    /// </summary>
+    public static readonly IReadOnlyList<string> ComparisonArgs =
+    [
+        "--ioengine=io_uring", "--direct=1", "--hipri=0", "--fixedbufs", "--registerfiles",
+        "--randrepeat=0", "--norandommap", "--time_based", "--ramp_time=1", "--group_reporting",
+        "--percentile_list=50:99", "--lat_percentiles=1",
+    ];
+
     public static FioResult Parse(string stdout, string commandLine)
     {
         // fio may print notes before the JSON document.

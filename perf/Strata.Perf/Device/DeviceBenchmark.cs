@@ -108,12 +108,7 @@ public static class DeviceBenchmark
     /// <summary>fio arguments every row shares; the "best sensible" io_uring setup on a VM without IOPOLL.</summary>
     private static List<string> FioCommon(DeviceBenchOptions o)
     {
-        var args = new List<string>
-        {
-            "--ioengine=io_uring", "--direct=1", "--hipri=0", "--fixedbufs", "--registerfiles",
-            "--randrepeat=0", "--norandommap", "--time_based", "--ramp_time=1", "--group_reporting",
-            "--percentile_list=50:99", "--lat_percentiles=1",
-        };
+        var args = new List<string>(Fio.ComparisonArgs);
         if (o.SqPoll)
             args.Add("--sqthread_poll=1");
         args.AddRange(o.FioExtra);

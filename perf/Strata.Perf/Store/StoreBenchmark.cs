@@ -216,12 +216,7 @@ public static class StoreBenchmark
         })));
     }
 
-    private static List<string> FioCommon() =>
-    [
-        "--ioengine=io_uring", "--direct=1", "--hipri=0", "--fixedbufs", "--registerfiles",
-        "--randrepeat=0", "--norandommap", "--time_based", "--ramp_time=1", "--group_reporting",
-        "--percentile_list=50:99", "--lat_percentiles=1",
-    ];
+    private static List<string> FioCommon() => [.. Fio.ComparisonArgs];
 
     private static EngineResult RunFio(StoreBenchOptions o, DeviceRow row, (long Offset, long Length) region)
     {
