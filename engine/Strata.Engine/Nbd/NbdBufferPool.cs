@@ -18,6 +18,7 @@ public sealed class NbdBufferPool
     private long _retained;
     private long _outstanding;
     private long _outstandingBytes;
+    private long _allocated;
 
     /// <param name="maxLength">Largest buffer (the maximum payload).</param>
     /// <param name="retainBytes">Most bytes kept on the stacks while not rented.</param>
@@ -37,6 +38,9 @@ public sealed class NbdBufferPool
 
     /// <summary>Bytes of the buffers rented and not yet returned.</summary>
     public long OutstandingBytes => Interlocked.Read(ref _outstandingBytes);
+
+    /// <summary>Buffers created since the pool was (a steady load creates none).</summary>
+    public long Allocated => Interlocked.Read(ref _allocated);
 
     /// <summary>Bytes kept for reuse.</summary>
     public long RetainedBytes => Interlocked.Read(ref _retained);
@@ -60,7 +64,10 @@ public sealed class NbdBufferPool
         if (b != null)
             Interlocked.Add(ref _retained, -b.Length);
         else
+        {
             b = GC.AllocateUninitializedArray<byte>(1 << (c + MinShift));
+            Interlocked.Increment(ref _allocated);
+        }
         Interlocked.Increment(ref _outstanding);
         Interlocked.Add(ref _outstandingBytes, b.Length);
         return b;

@@ -1,5 +1,4 @@
 using System.Net.Sockets;
-using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using static Strata.Engine.Nbd.NbdProtocol;
 
@@ -60,15 +59,25 @@ internal sealed partial class NbdConnection
         return why;
     }
 
+    // The loops await socket operations directly (no async helper per request): a helper's state
+    // machine would be one more object per request, and the pooled builder does not reliably
+    // avoid that when the caller and the completion run on different threads.
+
     private async Task<string> ReceiveLoopAsync()
     {
         while (true)
         {
-            if (!await FillAsync(RequestHeaderSize).ConfigureAwait(false))
+            while (_re - _rs < RequestHeaderSize)
             {
-                if (_revokeReason != null)
-                    return $"revoked: {_revokeReason}";
-                return _re == _rs ? "client closed the connection" : "client closed the connection in the middle of a request header";
+                CompactReceiveBuffer();
+                int got = await _socket.ReceiveAsync(_recv.AsMemory(_re), SocketFlags.None).ConfigureAwait(false);
+                if (got == 0)
+                {
+                    if (_revokeReason != null)
+                        return $"revoked: {_revokeReason}";
+                    return _re == _rs ? "client closed the connection" : "client closed the connection in the middle of a request header";
+                }
+                _re += got;
             }
             var h = NbdRequestHeader.Read(_recv.AsSpan(_rs, RequestHeaderSize));
             _rs += RequestHeaderSize;
@@ -85,30 +94,46 @@ internal sealed partial class NbdConnection
             if (payloadIn && h.Length > Options.MaxPayload)
             {
                 // The payload cannot be skipped safely at any size: answer, then close once the reply is out.
-                var r0 = TryAcquire(0) ?? await AcquireSlowAsync(0).ConfigureAwait(false);
+                NbdRequest? r0;
+                while ((r0 = TryAcquire(0)) == null)
+                    await _slotFreed.WaitAsync().ConfigureAwait(false);
                 r0.Init(h, 0);
                 r0.Complete(error, message);
                 return Violation($"WRITE of {h.Length} bytes exceeds the {Options.MaxPayload}-byte maximum payload");
             }
             int bytes = payloadIn || (h.Type == CmdRead && error == 0) ? (int)h.Length : 0;
-            var r = TryAcquire(bytes) ?? await AcquireSlowAsync(bytes).ConfigureAwait(false);
+            NbdRequest? r;
+            while ((r = TryAcquire(bytes)) == null)
+                await _slotFreed.WaitAsync().ConfigureAwait(false);
             r.Init(h, bytes);
             if (payloadIn && h.Length > 0)
             {
-                bool complete;
-                if (error == 0)
+                // The payload: what is buffered already, then straight from the socket into the
+                // request's buffer when much is left, else through the receive buffer. Refused
+                // writes still have their payload read (and dropped) to stay in step.
+                int length = (int)h.Length;
+                var dest = error == 0 ? (r.Buffer = Buffers.Rent(length)).AsMemory(0, length) : Memory<byte>.Empty;
+                int done = TakeBuffered(dest, length);
+                while (done < length)
                 {
-                    r.Buffer = Buffers.Rent((int)h.Length);
-                    complete = await ReceivePayloadAsync(r.Buffer.AsMemory(0, (int)h.Length)).ConfigureAwait(false);
-                }
-                else
-                {
-                    complete = await SkipAsync((int)h.Length).ConfigureAwait(false);
-                }
-                if (!complete)
-                {
-                    Release(r);
-                    return $"client closed the connection in the middle of a {h.Length}-byte WRITE payload";
+                    int got;
+                    if (!dest.IsEmpty && length - done >= DirectReceiveLimit)
+                    {
+                        got = await _socket.ReceiveAsync(dest[done..], SocketFlags.None).ConfigureAwait(false);
+                        done += got;
+                    }
+                    else
+                    {
+                        CompactReceiveBuffer();
+                        got = await _socket.ReceiveAsync(_recv.AsMemory(_re), SocketFlags.None).ConfigureAwait(false);
+                        _re += got;
+                        done += TakeBuffered(dest.IsEmpty ? dest : dest[done..], length - done);
+                    }
+                    if (got == 0)
+                    {
+                        Release(r);
+                        return $"client closed the connection in the middle of a {length}-byte WRITE payload ({done} bytes received)";
+                    }
                 }
             }
             if (error == 0 && _revokeReason is { } revoked)
@@ -166,66 +191,24 @@ internal sealed partial class NbdConnection
 
     // ---- buffered receive ----
 
-    /// <summary>Makes at least <paramref name="n"/> bytes available in the receive buffer; false at end of stream.</summary>
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<bool> FillAsync(int n)
+    /// <summary>Moves unread bytes to the front of the receive buffer, so a whole header or payload piece fits after them.</summary>
+    private void CompactReceiveBuffer()
     {
-        if (_re - _rs >= n)
-            return true;
-        if (_rs > 0)
-        {
-            Buffer.BlockCopy(_recv, _rs, _recv, 0, _re - _rs);
-            _re -= _rs;
-            _rs = 0;
-        }
-        while (_re < n)
-        {
-            int got = await _socket.ReceiveAsync(_recv.AsMemory(_re), SocketFlags.None).ConfigureAwait(false);
-            if (got == 0)
-                return false;
-            _re += got;
-        }
-        return true;
+        if (_rs == 0)
+            return;
+        Buffer.BlockCopy(_recv, _rs, _recv, 0, _re - _rs);
+        _re -= _rs;
+        _rs = 0;
     }
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<bool> ReceivePayloadAsync(Memory<byte> dest)
+    /// <summary>Consumes up to <paramref name="max"/> buffered bytes into <paramref name="dest"/> (or drops them when it is empty).</summary>
+    private int TakeBuffered(Memory<byte> dest, int max)
     {
-        int done = Math.Min(_re - _rs, dest.Length);
-        _recv.AsSpan(_rs, done).CopyTo(dest.Span);
-        _rs += done;
-        while (done < dest.Length)
-        {
-            int left = dest.Length - done;
-            if (left >= DirectReceiveLimit)
-            {
-                int got = await _socket.ReceiveAsync(dest[done..], SocketFlags.None).ConfigureAwait(false);
-                if (got == 0)
-                    return false;
-                done += got;
-                continue;
-            }
-            if (!await FillAsync(left).ConfigureAwait(false))
-                return false;
-            _recv.AsSpan(_rs, left).CopyTo(dest.Span[done..]);
-            _rs += left;
-            done += left;
-        }
-        return true;
-    }
-
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<bool> SkipAsync(int length)
-    {
-        while (length > 0)
-        {
-            if (_re == _rs && !await FillAsync(1).ConfigureAwait(false))
-                return false;
-            int n = Math.Min(length, _re - _rs);
-            _rs += n;
-            length -= n;
-        }
-        return true;
+        int n = Math.Min(_re - _rs, max);
+        if (!dest.IsEmpty)
+            _recv.AsSpan(_rs, n).CopyTo(dest.Span);
+        _rs += n;
+        return n;
     }
 
     // ---- request slots ----
@@ -239,17 +222,6 @@ internal sealed partial class NbdConnection
             _inFlight++;
             _inFlightBytes += bytes;
             return _free.Count > 0 ? _free.Pop() : new NbdRequest(this);
-        }
-    }
-
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<NbdRequest> AcquireSlowAsync(int bytes)
-    {
-        while (true)
-        {
-            await _slotFreed.WaitAsync().ConfigureAwait(false);
-            if (TryAcquire(bytes) is { } r)
-                return r;
         }
     }
 
@@ -311,44 +283,74 @@ internal sealed partial class NbdConnection
         {
             while (reader.TryRead(out var r))
             {
-                if (!_broken)
-                {
-                    try
-                    {
-                        await WriteReplyAsync(r).ConfigureAwait(false);
-                    }
-                    catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
-                    {
-                        Broken();
-                    }
-                }
                 written[count++] = r;
-                if (_sendLen == 0)
-                    ReleaseAll(written, ref count);
-            }
-            if (!_broken && _sendLen > 0)
-            {
+                if (_broken)
+                    continue;
                 try
                 {
-                    await FlushSendAsync().ConfigureAwait(false);
+                    int need = ReplyBytes(r, out bool dataAfter);
+                    if (_sendLen + need > _send.Length)
+                    {
+                        for (int sent = 0; sent < _sendLen;)
+                            sent += await _socket.SendAsync(_send.AsMemory(sent, _sendLen - sent), SocketFlags.None).ConfigureAwait(false);
+                        _sendLen = 0;
+                        ReleaseAll(written, ref count, keepLast: true);
+                    }
+                    ComposeReply(r, dataAfter);
+                    if (dataAfter)
+                    {
+                        // A large read: its header goes with what is buffered, then the data from the request's own buffer.
+                        for (int sent = 0; sent < _sendLen;)
+                            sent += await _socket.SendAsync(_send.AsMemory(sent, _sendLen - sent), SocketFlags.None).ConfigureAwait(false);
+                        _sendLen = 0;
+                        var data = r.Buffer.AsMemory(0, (int)r.Length);
+                        for (int sent = 0; sent < data.Length;)
+                            sent += await _socket.SendAsync(data[sent..], SocketFlags.None).ConfigureAwait(false);
+                        ReleaseAll(written, ref count, keepLast: false);
+                    }
                 }
                 catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
                 {
                     Broken();
                 }
             }
-            ReleaseAll(written, ref count);
+            if (!_broken && _sendLen > 0)
+            {
+                try
+                {
+                    for (int sent = 0; sent < _sendLen;)
+                        sent += await _socket.SendAsync(_send.AsMemory(sent, _sendLen - sent), SocketFlags.None).ConfigureAwait(false);
+                    _sendLen = 0;
+                }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+                {
+                    Broken();
+                }
+            }
+            ReleaseAll(written, ref count, keepLast: false);
         }
     }
 
-    private void ReleaseAll(NbdRequest[] written, ref int count)
+    /// <summary>Releases the requests whose replies are on the socket (all but the newest, when it is not written yet).</summary>
+    private void ReleaseAll(NbdRequest[] written, ref int count, bool keepLast)
     {
-        for (int i = 0; i < count; i++)
+        int n = keepLast ? count - 1 : count;
+        for (int i = 0; i < n; i++)
         {
             Release(written[i]);
             written[i] = null!;
         }
-        count = 0;
+        if (keepLast && count > 0)
+        {
+            written[0] = written[count - 1];
+            if (count > 1)
+                written[count - 1] = null!;
+            count = 1;
+        }
+        else
+        {
+            count = 0;
+        }
     }
 
     private void Broken()
@@ -358,59 +360,54 @@ internal sealed partial class NbdConnection
         Abort();
     }
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask WriteReplyAsync(NbdRequest r)
+    /// <summary>Bytes the reply takes in the send buffer; <paramref name="dataAfter"/> when a read's data is sent from its own buffer instead.</summary>
+    private int ReplyBytes(NbdRequest r, out bool dataAfter)
     {
+        dataAfter = false;
+        if (r.Error != 0)
+            return _structured ? NbdWire.ErrorChunkSize(r.Message) : SimpleReplySize;
+        if (r.Type != CmdRead)
+            return SimpleReplySize;
+        if (r.Length == 0)
+            return _structured ? StructuredHeaderSize : SimpleReplySize;
+        int header = _structured ? 28 : SimpleReplySize;
+        if (r.Length > CopyLimit)
+        {
+            dataAfter = true;
+            return header;
+        }
+        return header + (int)r.Length;
+    }
+
+    private void ComposeReply(NbdRequest r, bool dataAfter)
+    {
+        var s = _send.AsSpan(_sendLen);
         if (r.Error != 0)
         {
-            if (_structured)
-            {
-                await ReserveAsync(NbdWire.ErrorChunkSize(r.Message)).ConfigureAwait(false);
-                _sendLen += NbdWire.WriteErrorChunk(_send.AsSpan(_sendLen), r.Cookie, r.Error, r.Message);
-            }
-            else
-            {
-                await ReserveAsync(SimpleReplySize).ConfigureAwait(false);
-                _sendLen += NbdWire.WriteSimpleReply(_send.AsSpan(_sendLen), r.Error, r.Cookie);
-            }
+            _sendLen += _structured
+                ? NbdWire.WriteErrorChunk(s, r.Cookie, r.Error, r.Message)
+                : NbdWire.WriteSimpleReply(s, r.Error, r.Cookie);
             return;
         }
         if (r.Type != CmdRead)
         {
-            await ReserveAsync(SimpleReplySize).ConfigureAwait(false);
-            _sendLen += NbdWire.WriteSimpleReply(_send.AsSpan(_sendLen), 0, r.Cookie);
+            _sendLen += NbdWire.WriteSimpleReply(s, 0, r.Cookie);
             return;
         }
         int length = (int)r.Length;
         if (length == 0 && _structured)
         {
             // An OFFSET_DATA chunk carries at least one byte; an empty read is answered with NONE.
-            await ReserveAsync(StructuredHeaderSize).ConfigureAwait(false);
-            _sendLen += NbdWire.WriteStructuredHeader(_send.AsSpan(_sendLen), ReplyFlagDone, ReplyTypeNone, r.Cookie, 0);
+            _sendLen += NbdWire.WriteStructuredHeader(s, ReplyFlagDone, ReplyTypeNone, r.Cookie, 0);
             return;
         }
-        int header = _structured ? 28 : SimpleReplySize;
-        await ReserveAsync(length <= CopyLimit ? header + length : header).ConfigureAwait(false);
         _sendLen += _structured
-            ? NbdWire.WriteOffsetDataHeader(_send.AsSpan(_sendLen), r.Cookie, r.Offset, length)
-            : NbdWire.WriteSimpleReply(_send.AsSpan(_sendLen), 0, r.Cookie);
-        if (length <= CopyLimit)
+            ? NbdWire.WriteOffsetDataHeader(s, r.Cookie, r.Offset, length)
+            : NbdWire.WriteSimpleReply(s, 0, r.Cookie);
+        if (!dataAfter && length > 0)
         {
             r.Buffer.AsSpan(0, length).CopyTo(_send.AsSpan(_sendLen));
             _sendLen += length;
-            return;
         }
-        await FlushSendAsync().ConfigureAwait(false);
-        await SendAllAsync(r.Buffer.AsMemory(0, length)).ConfigureAwait(false);
-    }
-
-    private ValueTask ReserveAsync(int bytes) => _sendLen + bytes <= _send.Length ? ValueTask.CompletedTask : FlushSendAsync();
-
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask FlushSendAsync()
-    {
-        int n = _sendLen;
-        _sendLen = 0;
-        await SendAllAsync(_send.AsMemory(0, n)).ConfigureAwait(false);
     }
 }

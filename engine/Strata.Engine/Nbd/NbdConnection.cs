@@ -1,6 +1,5 @@
 using System.Net;
 using System.Net.Sockets;
-using System.Runtime.CompilerServices;
 using Strata.Engine.Pools;
 
 namespace Strata.Engine.Nbd;
@@ -161,7 +160,6 @@ internal sealed partial class NbdConnection
         return (BitConverter.ToInt32(buf[..4]), BitConverter.ToUInt32(buf[4..8]), BitConverter.ToUInt32(buf[8..12]));
     }
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> ReceiveExactAsync(Memory<byte> buffer, CancellationToken ct)
     {
         int done = 0;
@@ -175,7 +173,6 @@ internal sealed partial class NbdConnection
         return true;
     }
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask SendAllAsync(ReadOnlyMemory<byte> data, CancellationToken ct = default)
     {
         while (data.Length > 0)

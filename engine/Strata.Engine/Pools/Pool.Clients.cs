@@ -92,19 +92,22 @@ public sealed partial class Pool
         List<PoolClient> clients;
         lock (_clients)
             clients = _clients.Values.ToList();
-        foreach (var c in clients)
-        {
-            try
-            {
-                await c.RevokeAsync(reason).ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
-            {
-                // The client is going anyway (its connection broke); wait for its registration below.
-            }
-        }
+        // All at once: each client finishes its in-flight requests in parallel with the others.
+        await Task.WhenAll(clients.Select(c => RevokeOneAsync(c, reason))).ConfigureAwait(false);
         await Task.WhenAll(clients.Select(c => c.Gone)).ConfigureAwait(false);
         return clients.Count;
+    }
+
+    private static async Task RevokeOneAsync(PoolClient client, string reason)
+    {
+        try
+        {
+            await client.RevokeAsync(reason).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+        {
+            // The client is going anyway (its connection broke); its registration is awaited after.
+        }
     }
 
     /// <summary>Refuses an operation that would pull an image from under its clients (image remove).</summary>
