@@ -98,8 +98,9 @@ internal sealed partial class NbdConnection
                 while ((r0 = TryAcquire(0)) == null)
                     await _slotFreed.WaitAsync().ConfigureAwait(false);
                 r0.Init(h, 0);
-                r0.Complete(error, message);
-                return Violation($"WRITE of {h.Length} bytes exceeds the {Options.MaxPayload}-byte maximum payload");
+                string what = $"WRITE of {h.Length} bytes exceeds the {Options.MaxPayload}-byte maximum payload";
+                r0.Complete(EInval, what);
+                return Violation(what);
             }
             int bytes = payloadIn || (h.Type == CmdRead && error == 0) ? (int)h.Length : 0;
             NbdRequest? r;
