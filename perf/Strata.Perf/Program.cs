@@ -1,11 +1,12 @@
 using Strata.Perf.Common;
 using Strata.Perf.Device;
+using Strata.Perf.Nbd;
 using Strata.Perf.Store;
 
 namespace Strata.Perf;
 
 /// <summary>
-/// Entry point: one subcommand per benchmark (device, store; nbd later). Each subcommand runs Strata and a reference tool on the same
+/// Entry point: one subcommand per benchmark (device, store, nbd). Each subcommand runs Strata and a reference tool on the same
 /// machine and prints ratios.
 /// </summary>
 public static class Program
@@ -14,7 +15,7 @@ public static class Program
     [
         ("device", "Strata's device layer vs fio (io_uring, O_DIRECT) on the same file", DeviceBenchmark.RunAsync),
         ("store", "image I/O through the store (checksums, COW, log) vs fio on the raw target files", StoreBenchmark.RunAsync),
-        // ("nbd", ...): later subcommands plug in here.
+        ("nbd", "fio's nbd engine against Strata's NBD server, qemu-nbd and nbdkit (file plugin) on one machine", NbdBenchmark.RunAsync),
     ];
 
     public static async Task<int> Main(string[] args)
@@ -35,7 +36,7 @@ public static class Program
             var cl = CommandLine.Parse(args.AsSpan(1).ToArray());
             if (cl.Has("help"))
             {
-                Console.WriteLine(command.Name == "store" ? StoreBenchmark.Usage : DeviceBenchmark.Usage);
+                Console.WriteLine(command.Name switch { "store" => StoreBenchmark.Usage, "nbd" => NbdBenchmark.Usage, _ => DeviceBenchmark.Usage });
                 return 0;
             }
             return await command.Run(cl);
@@ -56,5 +57,6 @@ public static class Program
         Console.WriteLine();
         Console.WriteLine(DeviceBenchmark.Usage);
         Console.WriteLine(StoreBenchmark.Usage);
+        Console.WriteLine(NbdBenchmark.Usage);
     }
 }
