@@ -17,7 +17,7 @@ public static class NbdBenchmark
           --dir DIR          files: DIR/nbd-target-N.dat (Strata's targets), DIR/nbd-peer.raw (the peers' image)
                              (default perf/results/, else /var/tmp/strata-perf/)
           --image-size SIZE  image size for every server (default 512M)
-          --targets N        Strata file targets (default 2), each --target-size (default 2G)
+          --targets N        Strata file targets (default 1, like the peers' one file), each --target-size (default 2G)
           --target-size SIZE
           --chunk-size LIST  Strata image chunk size(s) (default 4K,1M: small chunks suit small random I/O,
                              large ones sequential I/O); one fresh pool and image per size
@@ -58,7 +58,7 @@ public static class NbdBenchmark
         foreach (int chunk in o.RunStrata ? o.ChunkSizes : [])
         {
             await using var s = await StrataNbd.StartAsync(o, chunk);
-            runs.Add(await RunRowsAsync(o, s, $"strata {chunk >> 10}K"));
+            runs.Add(await RunRowsAsync(o, s, $"strata {(chunk >= 1 << 20 ? $"{chunk >> 20}M" : $"{chunk >> 10}K")}"));
         }
         if (o.RunQemuNbd)
         {
@@ -257,7 +257,7 @@ internal sealed class NbdBenchOptions
         foreach (var s in servers)
             if (s is not ("strata" or "qemu-nbd" or "nbdkit"))
                 throw new PerfUsageException($"--servers: unknown server '{s}' (strata, qemu-nbd, nbdkit)");
-        int targets = cl.Int("targets", 2), pollers = cl.Int("pollers", 1);
+        int targets = cl.Int("targets", 1), pollers = cl.Int("pollers", 1);
         if (targets < 1 || pollers < 1)
             throw new PerfUsageException("--targets and --pollers must be at least 1");
         var chunks = (cl.String("chunk-size") ?? "4K,1M").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)

@@ -67,7 +67,7 @@ internal sealed class StrataNbd : INbdServerUnderTest
             var pool = await engine.CreatePoolAsync("bench", o.ImageSize / 4 * 5, 1, new PoolCreateOptions { MinChunkSize = Math.Min(chunkSize, 64 * 1024) });
             await pool.CreateContainerAsync("c");
             var image = await pool.CreateImageAsync("c", "img", o.ImageSize, chunkSize);
-            Console.Write($"  strata: filling the {FormatSize(o.ImageSize)} image ({chunkSize >> 10} KiB chunks) through the store ...");
+            Console.Write($"  strata: filling the {FormatSize(o.ImageSize)} image ({Chunk(chunkSize)} chunks) through the store ...");
             var sw = Stopwatch.StartNew();
             await FillAsync(image);
             Console.WriteLine($" {o.ImageSize / 1e6 / sw.Elapsed.TotalSeconds:F0} MB/s");
@@ -77,7 +77,7 @@ internal sealed class StrataNbd : INbdServerUnderTest
             var server = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "strata.sock"))],
                 new NbdExportCatalog(engine, async (p, c, i) => new MeteredImage((await engine.OpenPoolAsync(p)).OpenImage(c, i), metrics)));
             string desc = $"in-process NbdServer (unix socket), StorageEngine on {o.Targets} file target(s) file:...?direct=1&qd=128, pollers={o.Pollers}, "
-                + $"image {FormatSize(o.ImageSize)} with {chunkSize >> 10} KiB chunks, rf 1, CRC32C verified on every read, every write durable on ack";
+                + $"image {FormatSize(o.ImageSize)} with {Chunk(chunkSize)} chunks, rf 1, CRC32C verified on every read, every write durable on ack";
             return new StrataNbd(devices, engine, metrics, exporter, server, dir, desc);
         }
         catch
@@ -115,6 +115,8 @@ internal sealed class StrataNbd : INbdServerUnderTest
     }
 
     internal static string FormatSize(long bytes) => Device.DeviceBenchmark.FormatSize(bytes);
+
+    private static string Chunk(int bytes) => bytes >= 1 << 20 ? $"{bytes >> 20} MiB" : $"{bytes >> 10} KiB";
 }
 
 /// <summary>A peer server run as a child process serving the raw image file on a Unix socket.</summary>
