@@ -14,7 +14,7 @@ public static class NbdBenchmark
 {
     public const string Usage = """
         nbd options:
-          --dir DIR          files: DIR/nbd-target-N.dat (Strata's targets), DIR/nbd-peer.raw (the peers' image)
+          --dir DIR          files: DIR/nbd-target-CHUNK-N.dat (Strata's targets), DIR/nbd-peer.raw (the peers' image)
                              (default perf/results/, else /var/tmp/strata-perf/)
           --image-size SIZE  image size for every server (default 512M)
           --targets N        Strata file targets (default 1, like the peers' one file), each --target-size (default 2G)
@@ -54,37 +54,57 @@ public static class NbdBenchmark
         Console.WriteLine($"host:   {Environment.ProcessorCount} CPUs, {Environment.OSVersion.VersionString}, .NET {Environment.Version}");
         Console.WriteLine();
 
+        // Every server serves every row in turn, row by row, so a change in the machine's load (it
+        // is shared) falls on all of them alike. Strata's servers stay up (filling an image takes
+        // a while); each peer is started for its row and stopped after it.
+        var strata = new List<(string Name, StrataNbd Server)>();
         var runs = new List<Run>();
-        foreach (int chunk in o.RunStrata ? o.ChunkSizes : [])
-        {
-            await using var s = await StrataNbd.StartAsync(o, chunk);
-            runs.Add(await RunRowsAsync(o, s, $"strata {(chunk >= 1 << 20 ? $"{chunk >> 20}M" : $"{chunk >> 10}K")}"));
-        }
-        if (o.RunQemuNbd)
-        {
-            await using var s = await PeerNbd.StartQemuNbdAsync(o.PeerFile);
-            runs.Add(await RunRowsAsync(o, s, "qemu-nbd"));
-        }
-        if (o.RunNbdkit)
-        {
-            await using var s = await PeerNbd.StartNbdkitAsync(o.PeerFile);
-            runs.Add(await RunRowsAsync(o, s, "nbdkit"));
-        }
-        // The same write rows against the peers configured to acknowledge only durable writes, as Strata does.
         var durable = new List<Run>();
         var writeRows = o.Rows.Where(r => r.Write).ToArray();
-        if (o.DurablePeers && writeRows.Length > 0)
+        try
         {
+            foreach (int chunk in o.RunStrata ? o.ChunkSizes : [])
+            {
+                string name = $"strata {NbdBenchOptions.ChunkLabel(chunk)}";
+                var server = await StrataNbd.StartAsync(o, chunk);
+                strata.Add((name, server));
+                runs.Add(new Run(name, server.Description, []));
+                Console.WriteLine($"{name}: {server.Description}");
+            }
+            var peers = new List<(string Name, Func<Task<PeerNbd>> Start, bool Durable)>();
             if (o.RunQemuNbd)
-            {
-                await using var s = await PeerNbd.StartQemuNbdDurableAsync(o.PeerFile);
-                durable.Add(await RunRowsAsync(o, s, "qemu-nbd-dsync", writeRows));
-            }
+                peers.Add(("qemu-nbd", () => PeerNbd.StartQemuNbdAsync(o.PeerFile), false));
             if (o.RunNbdkit)
+                peers.Add(("nbdkit", () => PeerNbd.StartNbdkitAsync(o.PeerFile), false));
+            // The write rows again against peers set up to acknowledge only durable writes, as Strata does.
+            if (o.DurablePeers && o.RunQemuNbd && writeRows.Length > 0)
+                peers.Add(("qemu-nbd-dsync", () => PeerNbd.StartQemuNbdDurableAsync(o.PeerFile), true));
+            if (o.DurablePeers && o.RunNbdkit && writeRows.Length > 0)
+                peers.Add(("nbdkit-fua", () => PeerNbd.StartNbdkitDurableAsync(o.PeerFile), true));
+            foreach (var (name, _, isDurable) in peers)
+                (isDurable ? durable : runs).Add(new Run(name, "", []));
+            Console.WriteLine();
+
+            foreach (var row in o.Rows)
             {
-                await using var s = await PeerNbd.StartNbdkitDurableAsync(o.PeerFile);
-                durable.Add(await RunRowsAsync(o, s, "nbdkit-fua", writeRows));
+                foreach (var (name, server) in strata)
+                    runs.Single(r => r.Server == name).Results[row.Name] = await RunRowAsync(o, server, name, row);
+                foreach (var (name, start, isDurable) in peers)
+                {
+                    if (isDurable && !row.Write)
+                        continue;
+                    await using var server = await start();
+                    var list = isDurable ? durable : runs;
+                    int at = list.FindIndex(r => r.Server == name);
+                    list[at] = list[at] with { Description = server.Description };
+                    list[at].Results[row.Name] = await RunRowAsync(o, server, name, row);
+                }
             }
+        }
+        finally
+        {
+            foreach (var (_, server) in strata)
+                await server.DisposeAsync();
         }
 
         Console.WriteLine();
@@ -112,30 +132,24 @@ public static class NbdBenchmark
         return 0;
     }
 
-    private static async Task<Run> RunRowsAsync(NbdBenchOptions o, INbdServerUnderTest server, string name, DeviceRow[]? rows = null)
+    private static async Task<EngineResult> RunRowAsync(NbdBenchOptions o, INbdServerUnderTest server, string name, DeviceRow row)
     {
-        Console.WriteLine($"{name}: {server.Description}");
-        var results = new Dictionary<string, EngineResult>();
-        foreach (var row in rows ?? o.Rows)
+        Console.Write($"  {row.Name,-18} {name,-14} ...");
+        if (o.WaitIdle > TimeSpan.Zero)
+            await HostIdle.WaitAsync(o.WaitIdle);
+        var h0 = HostCpuSample.Now();
+        var c0 = server.CpuTime();
+        // fio runs as a child process; awaiting it off this thread leaves the in-process server its threads.
+        var f = await Task.Run(() => Fio.RunJob(JobArgs(o, row, server.Uri), o.Runtime + TimeSpan.FromSeconds(120)));
+        double serverCpu = 100.0 * (server.CpuTime() - c0).TotalSeconds / (o.Runtime.TotalSeconds + 1);
+        double fioCpu = f.CpuUserPct + f.CpuSysPct;
+        var r = new EngineResult(f.Iops, f.BytesPerSecond, f.ClatP50Ns, f.ClatP99Ns, f.ClatMeanNs, serverCpu, null,
+            (long)(f.Iops * o.Runtime.TotalSeconds), f.CommandLine)
         {
-            Console.Write($"  {row.Name,-18} {name,-14} ...");
-            if (o.WaitIdle > TimeSpan.Zero)
-                await HostIdle.WaitAsync(o.WaitIdle);
-            var h0 = HostCpuSample.Now();
-            var c0 = server.CpuTime();
-            // fio runs as a child process; awaiting it off this thread leaves the in-process server its threads.
-            var f = await Task.Run(() => Fio.RunJob(JobArgs(o, row, server.Uri), o.Runtime + TimeSpan.FromSeconds(120)));
-            double serverCpu = 100.0 * (server.CpuTime() - c0).TotalSeconds / (o.Runtime.TotalSeconds + 1);
-            double fioCpu = f.CpuUserPct + f.CpuSysPct;
-            var r = new EngineResult(f.Iops, f.BytesPerSecond, f.ClatP50Ns, f.ClatP99Ns, f.ClatMeanNs, serverCpu, null,
-                (long)(f.Iops * o.Runtime.TotalSeconds), f.CommandLine)
-            {
-                OtherCpuPercent = Math.Max(0, HostCpuSample.BusyPercent(h0, HostCpuSample.Now()) - serverCpu - fioCpu),
-            };
-            results[row.Name] = r;
-            Console.WriteLine($" {Throughput(row, r)}, p50 {TablePrinter.Latency(r.P50Ns)}, p99 {TablePrinter.Latency(r.P99Ns)}, server cpu {serverCpu:F0}%, fio cpu {fioCpu:F0}%, others {r.OtherCpuPercent:F0}%");
-        }
-        return new Run(name, server.Description, results);
+            OtherCpuPercent = Math.Max(0, HostCpuSample.BusyPercent(h0, HostCpuSample.Now()) - serverCpu - fioCpu),
+        };
+        Console.WriteLine($" {Throughput(row, r)}, p50 {TablePrinter.Latency(r.P50Ns)}, p99 {TablePrinter.Latency(r.P99Ns)}, server cpu {serverCpu:F0}%, fio cpu {fioCpu:F0}%, others {r.OtherCpuPercent:F0}%");
+        return r;
     }
 
     /// <summary>fio options common to every server.</summary>
@@ -194,7 +208,7 @@ public static class NbdBenchmark
         Directory.CreateDirectory(o.Dir);
         var files = new List<(string Path, long Size)> { (o.PeerFile, o.ImageSize) };
         if (o.RunStrata)
-            files.AddRange(Enumerable.Range(0, o.Targets).Select(i => (o.TargetPath(i), o.TargetSize)));
+            files.AddRange(o.ChunkSizes.SelectMany(c => Enumerable.Range(0, o.Targets).Select(i => (o.TargetPath(c, i), o.TargetSize))));
         foreach (var (path, size) in files)
         {
             string marker = path + ".preconditioned", sz = size.ToString(CultureInfo.InvariantCulture);
@@ -246,7 +260,10 @@ internal sealed class NbdBenchOptions
     public string? JsonPath { get; init; }
     public TimeSpan WaitIdle { get; init; }
 
-    public string TargetPath(int i) => Path.Combine(Dir, $"nbd-target-{i}.dat");
+    /// <summary>Each chunk size's engine has its own target files: all of Strata's servers run at once.</summary>
+    public string TargetPath(int chunkSize, int i) => Path.Combine(Dir, $"nbd-target-{ChunkLabel(chunkSize)}-{i}.dat");
+
+    public static string ChunkLabel(int bytes) => bytes >= 1 << 20 ? $"{bytes >> 20}M" : $"{bytes >> 10}K";
 
     public string PeerFile => Path.Combine(Dir, "nbd-peer.raw");
 

@@ -58,7 +58,7 @@ internal sealed class StrataNbd : INbdServerUnderTest
     public static async Task<StrataNbd> StartAsync(NbdBenchOptions o, int chunkSize)
     {
         var devices = Enumerable.Range(0, o.Targets)
-            .Select(i => NativeBlockDevice.Open($"file:{o.TargetPath(i)}?direct=1&qd=128", new DeviceOptions { Pollers = o.Pollers }))
+            .Select(i => NativeBlockDevice.Open($"file:{o.TargetPath(chunkSize, i)}?direct=1&qd=128", new DeviceOptions { Pollers = o.Pollers }))
             .ToArray();
         try
         {
