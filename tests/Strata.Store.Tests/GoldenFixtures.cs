@@ -33,7 +33,7 @@ internal static class GoldenFixtures
     {
         var devs = Enumerable.Range(0, Targets).Select(i => new MemoryBlockDevice($"golden{i}", TargetBytes)).ToArray();
         var engine = await StorageEngine.FormatAsync(devs);
-        var pool = await engine.CreatePoolAsync("golden", 2L * 1024 * 1024, 2, new PoolCreateOptions { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024 });
+        var pool = await engine.CreatePoolAsync("golden", 2L * 1024 * 1024, 2, new PoolCreateOptions { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024, LayoutVersion = 1 });
         await pool.CreateContainerAsync("alpha");
         await pool.CreateContainerAsync("beta");
         await pool.SetContainerPropertyAsync("alpha", "user.owner", "ops");

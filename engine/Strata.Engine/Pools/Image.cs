@@ -80,6 +80,7 @@ public sealed class Image
 
     public async Task ReadAsync(long offset, Memory<byte> destination)
     {
+        using var pass = await _pool.Gate.EnterAsync().ConfigureAwait(false);
         var meta = Meta;
         long size;
         lock (_pool.Meta.Sync)
@@ -163,6 +164,7 @@ public sealed class Image
 
     public async Task WriteAsync(long offset, ReadOnlyMemory<byte> source)
     {
+        using var pass = await _pool.Gate.EnterAsync().ConfigureAwait(false);
         _pool.ThrowIfNotWritable();
         var meta = Meta;
         CheckRange("write", offset, source.Length, Size);
@@ -180,6 +182,7 @@ public sealed class Image
     /// </summary>
     public async Task TrimAsync(long offset, long length)
     {
+        using var pass = await _pool.Gate.EnterAsync().ConfigureAwait(false);
         _pool.ThrowIfNotWritable();
         var meta = Meta;
         long size = Size;
@@ -230,7 +233,8 @@ public sealed class Image
     /// <summary>Every acknowledged write is already durable; this fails when the pool can no longer guarantee that.</summary>
     public Task FlushAsync()
     {
-        _pool.ThrowIfNotWritable();
+        // No I/O, so no gate; a prepared pool refuses writes but has nothing unflushed: a flush still succeeds.
+        _pool.ThrowIfNotLoggable();
         _ = Meta;
         return Task.CompletedTask;
     }

@@ -23,6 +23,7 @@ public enum MetaRecordType : ushort
     UpgradeJobBegin = 32,
     UpgradeJobCursor = 33,
     UpgradeJobEnd = 34,
+    LayoutSet = 35,
     ChunkMoveBegin = 40,
     ChunkMoveCommit = 41,
     ChunkMoveAbort = 42,
@@ -37,8 +38,22 @@ public static class MetaRecords
     public static MetaRecord PoolSetProp(string name, string value) =>
         new(MetaRecordType.PoolSetProp, new MetaWriter().Str(name).Str(value).ToArray());
 
-    public static MetaRecord ContainerCreate(uint id, string label) =>
-        new(MetaRecordType.ContainerCreate, new MetaWriter().U32(id).Str(label).ToArray());
+    public static MetaRecord ContainerCreate(uint id, string label, uint createdLayout) =>
+        new(MetaRecordType.ContainerCreate, new MetaWriter().U32(id).Str(label).U32(createdLayout).ToArray());
+
+    public static MetaRecord UpgradeJobBegin(ulong job, uint from, uint to) =>
+        new(MetaRecordType.UpgradeJobBegin, new MetaWriter().U64(job).U32(from).U32(to).ToArray());
+
+    public static MetaRecord UpgradeJobCursor(ulong job, uint action, ulong cursor) =>
+        new(MetaRecordType.UpgradeJobCursor, new MetaWriter().U64(job).U32(action).U64(cursor).ToArray());
+
+    public static MetaRecord UpgradeJobEnd(ulong job, UpgradeJobState state, string? reason) =>
+        new(MetaRecordType.UpgradeJobEnd, reason == null
+            ? new MetaWriter().U64(job).Byte((byte)state).ToArray()
+            : new MetaWriter().U64(job).Byte((byte)state).Str(reason).ToArray());
+
+    public static MetaRecord LayoutSet(uint version, ulong compat, ulong roCompat, ulong incompat) =>
+        new(MetaRecordType.LayoutSet, new MetaWriter().U32(version).U64(compat).U64(roCompat).U64(incompat).ToArray());
 
     public static MetaRecord ContainerDestroy(uint id) =>
         new(MetaRecordType.ContainerDestroy, new MetaWriter().U32(id).ToArray());

@@ -12,7 +12,8 @@ namespace Strata.Engine.Pools;
 /// </summary>
 internal sealed class PoolLog
 {
-    private sealed record Pending(MetaRecord? Record, TaskCompletionSource Done);
+    /// <summary>Records committed together (null: a checkpoint request).</summary>
+    private sealed record Pending(MetaRecord[]? Records, TaskCompletionSource Done);
 
     private readonly Pool _pool;
     private readonly Channel<Pending> _queue = Channel.CreateUnbounded<Pending>(new UnboundedChannelOptions { SingleReader = true });
@@ -54,17 +55,21 @@ internal sealed class PoolLog
     }
 
     /// <summary>Completes when the record is durable on every shard and applied.</summary>
-    public Task CommitAsync(MetaRecord record) => Enqueue(record);
+    public Task CommitAsync(MetaRecord record) => Enqueue([record]);
+
+    /// <summary>Commits records in one batch, in order: a crash keeps a prefix of them (every record is checked on replay).</summary>
+    public Task CommitManyAsync(IReadOnlyList<MetaRecord> records) => records.Count == 0 ? Task.CompletedTask : Enqueue([.. records]);
 
     /// <summary>Completes after a checkpoint that includes everything committed before the call.</summary>
     public Task CheckpointAsync() => Enqueue(null);
 
-    private Task Enqueue(MetaRecord? record)
+    private Task Enqueue(MetaRecord[]? records)
     {
-        _pool.ThrowIfNotWritable();
-        if (record != null && record.Payload.Length > WalFormat.MaxPayload)
-            throw new InvalidRequestException($"metadata record of {record.Payload.Length} bytes exceeds {WalFormat.MaxPayload}");
-        var p = new Pending(record, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+        _pool.ThrowIfNotLoggable();
+        foreach (var record in records ?? [])
+            if (record.Payload.Length > WalFormat.MaxPayload)
+                throw new InvalidRequestException($"metadata record of {record.Payload.Length} bytes exceeds {WalFormat.MaxPayload}");
+        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
         if (!_queue.Writer.TryWrite(p))
             throw new ObjectDisposedException($"pool '{_pool.Label}'", "the pool is closed");
         return p.Done.Task;
@@ -81,8 +86,8 @@ internal sealed class PoolLog
             while (bytes < _walLength / 4 && reader.TryRead(out var p))
             {
                 batch.Add(p);
-                if (p.Record != null)
-                    bytes += WalFormat.EncodedLength(p.Record.Payload.Length);
+                foreach (var r in p.Records ?? [])
+                    bytes += WalFormat.EncodedLength(r.Payload.Length);
             }
             await CommitBatchAsync(batch).ConfigureAwait(false);
         }
@@ -92,16 +97,16 @@ internal sealed class PoolLog
     {
         try
         {
-            _pool.ThrowIfNotWritable();
-            var records = batch.Where(p => p.Record != null).Select(p => p.Record!).ToList();
+            _pool.ThrowIfNotLoggable();
+            var records = batch.Where(p => p.Records != null).SelectMany(p => p.Records!).ToList();
             if (records.Count > 0)
             {
                 ulong first = await WriteRecordsAsync(records).ConfigureAwait(false);
                 ApplyAll(records, first);
-                foreach (var p in batch.Where(p => p.Record != null))
+                foreach (var p in batch.Where(p => p.Records != null))
                     p.Done.TrySetResult();
             }
-            if (batch.Any(p => p.Record == null) || Used > _walLength / 2)
+            if (batch.Any(p => p.Records == null) || Used > _walLength / 2)
                 await WriteCheckpointAsync().ConfigureAwait(false);
             foreach (var p in batch)
                 p.Done.TrySetResult();
@@ -191,11 +196,13 @@ internal sealed class PoolLog
         byte[] payload;
         string label;
         long chunkBytes;
+        Store.ShardHeaderLayout layout;
         lock (state.Sync)
         {
             payload = PoolStateCodec.Serialize(state);
             chunkBytes = PoolStateCodec.ChunkBytes(state);
             label = state.Props["label"];
+            layout = _pool.DurableLayout();
         }
         ulong seq = _nextSeq - 1;
         var ckpt = Checkpoint.Encode(_pool.Id, seq, _tail, payload, _blockSize);
@@ -216,6 +223,12 @@ internal sealed class PoolLog
                 WalHead = _tail,
                 WalEpoch = _epoch,
                 Label = label,
+                // Headers follow the log: the layout the state is at, plus bit 62 while a job may
+                // have written what older software cannot read (so it refuses before replaying).
+                LayoutVersion = layout.Version,
+                Compat = layout.Compat,
+                RoCompat = layout.RoCompat,
+                Incompat = layout.Incompat,
             };
             await s.WriteHeaderAsync(h).ConfigureAwait(false);
         })).ConfigureAwait(false);

@@ -74,6 +74,7 @@ internal static class PoolOpener
             throw new CorruptMetadataException($"pool '{label}': no shard has usable metadata ({string.Join("; ", problems)}); refusing to open");
 
         var (state, tail, nextSeq, replayed) = best.Value;
+        CheckReplayedLayout(engine, state, label);
         var pool = new Pool(engine, entry, shards, state, readOnly);
         // A crash between a label change and its checkpoint leaves the old label in the headers.
         pool.OnLabelChanged(state.Props["label"]);
@@ -92,29 +93,51 @@ internal static class PoolOpener
     /// <summary>Refuses layouts and incompat features this engine does not know; returns a read-only reason for unknown ro_compat ones.</summary>
     private static string? CheckLayout(StorageEngine engine, ShardHeader h, string label, int target)
     {
-        ulong unknownIncompat = h.Incompat & ~FeatureBits.KnownIncompat;
-        bool badVersion = h.LayoutVersion < FeatureBits.MinLayoutVersion || h.LayoutVersion > FeatureBits.MaxLayoutVersion;
+        var cat = engine.Catalog;
+        ulong unknownIncompat = h.Incompat & ~cat.KnownIncompat;
+        bool badVersion = h.LayoutVersion < LayoutCatalog.MinSupported || h.LayoutVersion > cat.MaxSupported;
         if (badVersion || unknownIncompat != 0)
         {
             var parts = new List<string>();
-            if (badVersion)
-                parts.Add($"has layout version {h.LayoutVersion}, this engine supports layout versions {FeatureBits.MinLayoutVersion}..{FeatureBits.MaxLayoutVersion}");
+            if (h.LayoutVersion > cat.MaxSupported)
+                parts.Add($"has layout version {h.LayoutVersion}, this engine supports layout versions {LayoutCatalog.MinSupported}..{cat.MaxSupported} (incompatible layout version: {h.LayoutVersion} larger than {cat.MaxSupported})");
+            else if (badVersion)
+                parts.Add($"has layout version {h.LayoutVersion}, this engine supports layout versions {LayoutCatalog.MinSupported}..{cat.MaxSupported}");
             else
-                parts.Add($"has layout version {h.LayoutVersion} (this engine supports {FeatureBits.MinLayoutVersion}..{FeatureBits.MaxLayoutVersion})");
+                parts.Add($"has layout version {h.LayoutVersion} (this engine supports {LayoutCatalog.MinSupported}..{cat.MaxSupported})");
             if (unknownIncompat != 0)
-                parts.Add($"unknown incompat features {FeatureBits.DescribeBits(unknownIncompat)}");
-            string message = $"pool '{label}' shard on target {target} {string.Join(" and ", parts)}; refusing to open (nothing was written)";
-            engine.Ras.Emit(new RasEvent(RasIds.PoolLayoutIncompatible, RasSeverity.Error, RasType.InfoOnly, message, Pool: label, Target: target));
-            throw new IncompatibleLayoutException(message);
+                parts.Add($"unknown incompat features {cat.DescribeBits(unknownIncompat, FeatureClass.Incompat)}");
+            Refuse(engine, label, target, $"pool '{label}' shard on target {target} {string.Join(" and ", parts)}; refusing to open (nothing was written)");
         }
-        ulong unknownRo = h.RoCompat & ~FeatureBits.KnownRoCompat;
+        ulong unknownRo = h.RoCompat & ~cat.KnownRoCompat;
         if (unknownRo != 0)
         {
-            string reason = $"shard on target {target} has read-only-compatible features {FeatureBits.DescribeBits(unknownRo)} unknown to this engine";
+            string reason = $"shard on target {target} has read-only-compatible features {cat.DescribeBits(unknownRo, FeatureClass.RoCompat)} unknown to this engine";
             engine.Ras.Emit(new RasEvent(RasIds.PoolReadOnly, RasSeverity.Warning, RasType.StateChange, $"pool '{label}' opened read-only: {reason}", Pool: label, Target: target));
             return reason;
         }
         return null;
+    }
+
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    private static void Refuse(StorageEngine engine, string label, int? target, string message)
+    {
+        engine.Ras.Emit(new RasEvent(RasIds.PoolLayoutIncompatible, RasSeverity.Error, RasType.InfoOnly, message, Pool: label, Target: target));
+        throw new IncompatibleLayoutException(message);
+    }
+
+    /// <summary>
+    /// After replay, before anything is written: the log is the truth about the layout (headers
+    /// follow it at the next checkpoint). An upgrade this engine cannot finish, or a layout it
+    /// does not know, refuses the open like an unknown header would.
+    /// </summary>
+    private static void CheckReplayedLayout(StorageEngine engine, PoolState state, string label)
+    {
+        uint max = engine.Catalog.MaxSupported;
+        if (state.Layout is { } l && l.Version > max)
+            Refuse(engine, label, null, $"pool '{label}' has layout version {l.Version}, this engine supports layout versions {LayoutCatalog.MinSupported}..{max} (incompatible layout version: {l.Version} larger than {max}); refusing to open (nothing was written)");
+        if (state.UpgradeJob is { State: UpgradeJobState.InProgress } j && j.To > max)
+            Refuse(engine, label, null, $"pool '{label}' has an upgrade to layout version {j.To} in progress, this engine supports layout versions {LayoutCatalog.MinSupported}..{max} (incompatible layout version: {j.To} larger than {max}); refusing to open (nothing was written)");
     }
 
     private static async Task<(PoolState State, long Tail, ulong NextSeq, int Replayed)> ReplayShardAsync(Shard s, Guid poolId)
