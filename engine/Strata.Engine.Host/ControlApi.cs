@@ -54,7 +54,7 @@ internal static class ControlApi
             return req.DryRun ? Ok(plan) : Results.Json(plan, Api.Json, statusCode: StatusCodes.Status202Accepted);
         });
         v1.MapGet("/pools/{pool}/upgrade", async (string pool) => Ok(await svc.UpgradeStatusAsync(pool)));
-        v1.MapPost("/system/prepare", async (HttpContext ctx) => Ok(await svc.PrepareAsync((await Body<SystemPrepareRequest>(ctx)).Cancel)));
+        v1.MapPost("/system/prepare", async (HttpContext ctx, CancellationToken _) => Ok(await svc.PrepareAsync((await Body<SystemPrepareRequest>(ctx)).Cancel)));
         v1.MapGet("/pools/{pool}/containers", async (string pool) => Ok(await svc.ListContainersAsync(pool)));
         v1.MapPost("/pools/{pool}/containers", async (HttpContext ctx, string pool) =>
             Created(await svc.CreateContainerAsync(pool, (await Body<ContainerCreateRequest>(ctx)).Label)));

@@ -290,6 +290,7 @@ public sealed partial class Pool
                 await CommitQuiescedAsync(job, window, v, run, stop).ConfigureAwait(false);
             }
             run.Current = null;
+            await StepDelayAsync(stop).ConfigureAwait(false);
             await Log.CommitAsync(MetaRecords.UpgradeJobEnd(job.Id, UpgradeJobState.Completed, null)).ConfigureAwait(false);
             // The checkpoint rewrites every header with the new layout and without bit 62.
             await Log.CheckpointAsync().ConfigureAwait(false);
