@@ -1,6 +1,7 @@
 using Strata.Perf.Common;
 using Strata.Perf.Device;
 using Strata.Perf.Store;
+using Strata.Perf.Upgrade;
 
 namespace Strata.Perf;
 
@@ -14,6 +15,7 @@ public static class Program
     [
         ("device", "Strata's device layer vs fio (io_uring, O_DIRECT) on the same file", DeviceBenchmark.RunAsync),
         ("store", "image I/O through the store (checksums, COW, log) vs fio on the raw target files", StoreBenchmark.RunAsync),
+        ("upgrade", "the I/O pause of a metadata-only pool upgrade vs pool size (smallest pool as reference)", UpgradeBenchmark.RunAsync),
         // ("nbd", ...): later subcommands plug in here.
     ];
 
@@ -35,7 +37,7 @@ public static class Program
             var cl = CommandLine.Parse(args.AsSpan(1).ToArray());
             if (cl.Has("help"))
             {
-                Console.WriteLine(command.Name == "store" ? StoreBenchmark.Usage : DeviceBenchmark.Usage);
+                Console.WriteLine(command.Name switch { "store" => StoreBenchmark.Usage, "upgrade" => UpgradeBenchmark.Usage, _ => DeviceBenchmark.Usage });
                 return 0;
             }
             return await command.Run(cl);
@@ -56,5 +58,6 @@ public static class Program
         Console.WriteLine();
         Console.WriteLine(DeviceBenchmark.Usage);
         Console.WriteLine(StoreBenchmark.Usage);
+        Console.WriteLine(UpgradeBenchmark.Usage);
     }
 }

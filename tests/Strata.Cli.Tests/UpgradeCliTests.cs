@@ -91,7 +91,7 @@ public sealed class UpgradeCliTests
 
             string waited = await cli.OkAsync("pool", "upgrade", "tank", "--wait");
             StringAssert.Contains(waited, "Upgrading tank from layout version 1 to 2 (job 1)");
-            StringAssert.Contains(waited, "Upgrade completed; pool tank is at layout version 2 (longest I/O pause");
+            StringAssert.Contains(waited, "Upgrade completed; pool tank is at layout version 2 (longest pause");
             var props = await PropsAsync(cli);
             Assert.AreEqual(("2", "completed", "2", "off", "lazy"), (props["layout_version"], props["upgrade_status"], props["upgrade_target"], props["scrub"], props["reclaim"]));
             StringAssert.StartsWith(props["upgrade_progress"], "2/2 actions");

@@ -14,7 +14,7 @@ public enum FeatureClass
 /// <summary>What a feature's upgrade action does, which decides how the pool is accessed while it runs.</summary>
 public enum ActionKind
 {
-    /// <summary>Adds or changes metadata only; I/O pauses for one log round.</summary>
+    /// <summary>Adds or changes metadata only; metadata changes wait for one log batch, image I/O continues.</summary>
     MetadataOnly,
     /// <summary>Reads every chunk and rewrites its metadata; online, chunk by chunk.</summary>
     DataScan,
@@ -27,7 +27,7 @@ public enum ActionKind
 /// <summary>How the pool can be used while an action runs.</summary>
 public enum ActionAccess
 {
-    /// <summary>Image I/O and metadata changes wait while the action commits (a short pause).</summary>
+    /// <summary>Metadata changes wait while the action commits in one log batch (a short pause); image I/O continues.</summary>
     Quiesce,
     /// <summary>Open handles are revoked and new opens and I/O are refused until the action ends.</summary>
     Exclusive,

@@ -247,8 +247,8 @@ public sealed partial class Pool
     /// <summary>
     /// Runs the job's remaining actions in catalog order. Consecutive quiesce actions of one version
     /// commit in one log batch with the job's cursor and, after a version's last action, the layout
-    /// switch (record 35), while image I/O and metadata changes wait: that batch is the only time the
-    /// pool is unavailable. Every step is idempotent, so a crash anywhere resumes by re-running the
+    /// switch (record 35), while metadata changes wait (image I/O continues: nothing it does depends on
+    /// a metadata-only feature): that batch is the only time the pool is partly unavailable. Every step is idempotent, so a crash anywhere resumes by re-running the
     /// step whose cursor was not yet durable.
     /// </summary>
     private async Task RunJobAsync(CancellationToken stop)
@@ -296,7 +296,7 @@ public sealed partial class Pool
             await Log.CheckpointAsync().ConfigureAwait(false);
             run.Stop();
             Ras.Emit(new RasEvent(RasIds.PoolUpgradeCompleted, RasSeverity.Notice, RasType.StateChange,
-                $"pool '{Label}' upgraded {job.From} -> {job.To} (job {job.Id}); longest I/O pause {run.LongestPauseMs:0.###} ms", Pool: Label));
+                $"pool '{Label}' upgraded {job.From} -> {job.To} (job {job.Id}); longest pause {run.LongestPauseMs:0.###} ms", Pool: Label));
         }
         catch (OperationCanceledException) when (stop.IsCancellationRequested)
         {
@@ -337,8 +337,9 @@ public sealed partial class Pool
         await MetaLock.WaitAsync(stop).ConfigureAwait(false);
         try
         {
+            // Metadata changes wait on MetaLock for this one log batch; image I/O goes on (nothing it
+            // does depends on a metadata-only feature), so this is the whole unavailability window.
             long start = Stopwatch.GetTimestamp();
-            using (await Gate.CloseAsync(null, stop).ConfigureAwait(false))
             {
                 var records = new List<MetaRecord>();
                 foreach (var (i, f) in window)

@@ -59,7 +59,7 @@ public static class PoolUpgradeCommand
                 Cli.PrintJson(final);
             else
                 Console.Out.WriteLine($"Upgrade {final.Status}{(final.Reason != null ? $": {final.Reason}" : "")}; pool {final.Pool} is at layout version {final.LayoutVersion}" +
-                                      (final.LongestPauseMs is { } ms ? $" (longest I/O pause {ms.ToString("0.##", CultureInfo.InvariantCulture)} ms)" : ""));
+                                      (final.LongestPauseMs is { } ms ? $" (longest pause {ms.ToString("0.##", CultureInfo.InvariantCulture)} ms)" : ""));
             return final.Status == "completed" ? 0 : ExitCodes.Failed;
         }));
         return cmd;
