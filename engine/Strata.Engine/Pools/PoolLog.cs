@@ -9,10 +9,20 @@ namespace Strata.Engine.Pools;
 /// write per shard, flushes every shard once, applies the records to the state
 /// in sequence order and only then completes the callers. It checkpoints when
 /// the log is half full, so replay time stays bounded.
+/// <para>
+/// That one flush per round is also the data flush of the chunk writes whose
+/// records are in the batch: a chunk's data write completes before its record
+/// is enqueued, so before the round's flush is issued. Each batch starts with a
+/// DurableThrough record naming the last sequence the previous round's flush
+/// made durable; replay verifies the data of chunk-map records after the
+/// highest such mark (the log write may reach the media while the data write
+/// does not). docs/format.md, "Durability".
+/// </para>
 /// </summary>
 internal sealed class PoolLog
 {
-    private sealed record Pending(MetaRecord? Record, TaskCompletionSource Done);
+    /// <summary>Records committed together (null: a checkpoint request).</summary>
+    private sealed record Pending(MetaRecord[]? Records, TaskCompletionSource Done);
 
     private readonly Pool _pool;
     private readonly Channel<Pending> _queue = Channel.CreateUnbounded<Pending>(new UnboundedChannelOptions { SingleReader = true });
@@ -24,6 +34,9 @@ internal sealed class PoolLog
     private long _head;
     private long _tail;
     private ulong _nextSeq;
+    /// <summary>Every record up to this sequence is durable (the last completed flush round, or the open's checkpoint).</summary>
+    private ulong _durableThrough;
+    private readonly List<MetaRecord> _records = new();
 
     public PoolLog(Pool pool, long tail, ulong nextSeq, ulong epoch)
     {
@@ -34,6 +47,7 @@ internal sealed class PoolLog
         _blockSize = pool.Shards.Max(s => s.Device.Geometry.LogicalBlockSize);
         _head = _tail = tail;
         _nextSeq = nextSeq;
+        _durableThrough = nextSeq - 1;
     }
 
     /// <summary>Bytes of the log in use (between the checkpoint's head and the tail).</summary>
@@ -53,18 +67,35 @@ internal sealed class PoolLog
             await _loop.ConfigureAwait(false);
     }
 
-    /// <summary>Completes when the record is durable on every shard and applied.</summary>
-    public Task CommitAsync(MetaRecord record) => Enqueue(record);
+    /// <summary>
+    /// Completes when the record is durable on every shard and applied. A chunk-map
+    /// record's data writes must have completed before the call: the commit's flush
+    /// is what makes them durable.
+    /// </summary>
+    public Task CommitAsync(MetaRecord record) => Enqueue([record]);
+
+    /// <summary>Commits records in one batch, in order (a crash may keep a prefix of them).</summary>
+    public Task CommitAsync(MetaRecord[] records) => Enqueue(records);
 
     /// <summary>Completes after a checkpoint that includes everything committed before the call.</summary>
     public Task CheckpointAsync() => Enqueue(null);
 
-    private Task Enqueue(MetaRecord? record)
+    private Task Enqueue(MetaRecord[]? records)
     {
         _pool.ThrowIfNotWritable();
-        if (record != null && record.Payload.Length > WalFormat.MaxPayload)
-            throw new InvalidRequestException($"metadata record of {record.Payload.Length} bytes exceeds {WalFormat.MaxPayload}");
-        var p = new Pending(record, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+        if (records != null)
+        {
+            long bytes = 0;
+            foreach (var record in records)
+            {
+                if (record.Payload.Length > WalFormat.MaxPayload)
+                    throw new InvalidRequestException($"metadata record of {record.Payload.Length} bytes exceeds {WalFormat.MaxPayload}");
+                bytes += WalFormat.EncodedLength(record.Payload.Length);
+            }
+            if (bytes > _walLength / 4)
+                throw new InvalidRequestException($"{records.Length} metadata records of {bytes} bytes exceed a quarter of the {_walLength}-byte log");
+        }
+        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
         if (!_queue.Writer.TryWrite(p))
             throw new ObjectDisposedException($"pool '{_pool.Label}'", "the pool is closed");
         return p.Done.Task;
@@ -78,11 +109,13 @@ internal sealed class PoolLog
         {
             batch.Clear();
             long bytes = 0;
+            // Everything queued, up to a quarter of the log (each entry is at most a quarter itself).
             while (bytes < _walLength / 4 && reader.TryRead(out var p))
             {
                 batch.Add(p);
-                if (p.Record != null)
-                    bytes += WalFormat.EncodedLength(p.Record.Payload.Length);
+                if (p.Records != null)
+                    foreach (var r in p.Records)
+                        bytes += WalFormat.EncodedLength(r.Payload.Length);
             }
             await CommitBatchAsync(batch).ConfigureAwait(false);
         }
@@ -93,15 +126,25 @@ internal sealed class PoolLog
         try
         {
             _pool.ThrowIfNotWritable();
-            var records = batch.Where(p => p.Record != null).Select(p => p.Record!).ToList();
+            var records = _records;
+            records.Clear();
+            bool checkpoint = false;
+            foreach (var p in batch)
+            {
+                if (p.Records == null)
+                    checkpoint = true;
+                else
+                    records.AddRange(p.Records);
+            }
             if (records.Count > 0)
             {
                 ulong first = await WriteRecordsAsync(records).ConfigureAwait(false);
                 ApplyAll(records, first);
-                foreach (var p in batch.Where(p => p.Record != null))
-                    p.Done.TrySetResult();
+                foreach (var p in batch)
+                    if (p.Records != null)
+                        p.Done.TrySetResult();
             }
-            if (batch.Any(p => p.Record == null) || Used > _walLength / 2)
+            if (checkpoint || Used > _walLength / 2)
                 await WriteCheckpointAsync().ConfigureAwait(false);
             foreach (var p in batch)
                 p.Done.TrySetResult();
@@ -132,10 +175,17 @@ internal sealed class PoolLog
         }
     }
 
-    /// <summary>Writes the records as one batch to every shard and flushes; returns the first record's sequence.</summary>
+    private static readonly int MarkLength = WalFormat.EncodedLength(sizeof(ulong));
+
+    /// <summary>
+    /// Writes the records as one batch to every shard, headed by a DurableThrough
+    /// mark, and flushes every shard; returns the first record's sequence.
+    /// </summary>
     private async Task<ulong> WriteRecordsAsync(List<MetaRecord> records)
     {
-        long total = records.Sum(r => (long)WalFormat.EncodedLength(r.Payload.Length));
+        long total = MarkLength;
+        foreach (var r in records)
+            total += WalFormat.EncodedLength(r.Payload.Length);
         long padded = DeviceIo.AlignUp(total, _blockSize);
         if (padded - total is > 0 and < WalFormat.HeaderSize)
             padded += _blockSize;
@@ -154,8 +204,10 @@ internal sealed class PoolLog
             WalFormat.Encode(wrapPad, _seed, _nextSeq++, WalFormat.PadType, 0, default, (int)wrap);
         }
         var buf = new byte[padded];
+        var mark = MetaRecords.DurableThrough(_durableThrough);
+        WalFormat.Encode(buf, _seed, _nextSeq++, (ushort)mark.Type, mark.Flags, mark.Payload, MarkLength);
         ulong first = _nextSeq;
-        int pos = 0;
+        int pos = MarkLength;
         foreach (var r in records)
         {
             int len = WalFormat.EncodedLength(r.Payload.Length);
@@ -172,8 +224,12 @@ internal sealed class PoolLog
                 await DeviceIo.WriteAsync(s.Device, s.WalStart + wrapAt, wrapPad).ConfigureAwait(false);
             await DeviceIo.WriteAsync(s.Device, s.WalStart + at, buf).ConfigureAwait(false);
         })).ConfigureAwait(false);
+        // Ordering invariant: the data writes of every chunk-map record in this batch
+        // completed before the record was enqueued, so before this flush is issued
+        // (FlushCoalescer takes its ticket at the call): it makes them durable too.
         await FlushAllAsync().ConfigureAwait(false);
         _tail = (at + padded) % _walLength;
+        _durableThrough = _nextSeq - 1;
         return first;
     }
 
