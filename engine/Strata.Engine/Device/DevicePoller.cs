@@ -8,8 +8,11 @@ namespace Strata.Engine.Device;
 /// <summary>
 /// A polling thread that owns one queue pair. Submitters enqueue operations;
 /// the poller submits them in batches and busy-polls the completion ring while
-/// anything is in flight (no interrupt wake-up on the latency path). When idle
-/// it spins briefly, then parks until the next submission.
+/// anything is in flight (no interrupt wake-up on the latency path). When the
+/// commands in flight are slow (no completion for BusyPollMicros, e.g. a flush),
+/// it waits in the kernel in slices of WaitSliceMicros instead of spinning, so
+/// a millisecond flush does not cost a millisecond of CPU. When idle it spins
+/// briefly, then parks until the next submission.
 /// </summary>
 /// <remarks>
 /// With inline completions, continuations run on this thread and may re-enter
@@ -37,12 +40,18 @@ internal sealed unsafe class DevicePoller : IDisposable
     private int _pendingCount;
     private int _freeTop;
     private int _inflight;
+    private int _inflightFlushes;
     private int _parked;
     private bool _queuePairGone;
     private volatile bool _stopping;
 
-    public DevicePoller(SioQueuePairHandle qp, int depth, string name, int idleSpinIterations, int completionBatch)
+    private readonly long _busyPollTicks;
+    private readonly ulong _waitSliceMicros;
+
+    public DevicePoller(SioQueuePairHandle qp, int depth, string name, int idleSpinIterations, int completionBatch, int busyPollMicros = 0, int waitSliceMicros = 100)
     {
+        _busyPollTicks = busyPollMicros <= 0 ? long.MaxValue : busyPollMicros * System.Diagnostics.Stopwatch.Frequency / 1_000_000;
+        _waitSliceMicros = (ulong)Math.Max(1, waitSliceMicros);
         _qp = qp;
         _depth = depth;
         _completionBatch = completionBatch;
@@ -77,14 +86,25 @@ internal sealed unsafe class DevicePoller : IDisposable
         try
         {
             int idle = 0;
+            long progress = System.Diagnostics.Stopwatch.GetTimestamp();
             while (!_queuePairGone)
             {
                 int n = SubmitQueued();
                 int got = _inflight > 0 ? Reap() : 0;
-                if (n > 0 || got > 0 || _inflight > 0)
+                if (n > 0 || got > 0)
                 {
                     idle = 0;
-                    continue; // busy-poll while anything is in flight
+                    progress = System.Diagnostics.Stopwatch.GetTimestamp();
+                    continue;
+                }
+                if (_inflight > 0)
+                {
+                    // Busy-poll while reads and writes are in flight (microseconds); wait in the
+                    // kernel when only flushes are (milliseconds) or nothing completed for a while.
+                    if ((_inflight == _inflightFlushes || System.Diagnostics.Stopwatch.GetTimestamp() - progress > _busyPollTicks)
+                        && Reap(_waitSliceMicros) > 0)
+                        progress = System.Diagnostics.Stopwatch.GetTimestamp();
+                    continue;
                 }
                 if (_stopping && _queue.IsEmpty)
                     break;
@@ -125,6 +145,8 @@ internal sealed unsafe class DevicePoller : IDisposable
             c->opcode = (byte)op.Opcode;
             c->flags = (byte)op.Flags;
             c->reserved = 0;
+            if (op.Opcode == IoOpcode.Flush)
+                _inflightFlushes++;
             n++;
         }
         if (n == 0)
@@ -150,12 +172,15 @@ internal sealed unsafe class DevicePoller : IDisposable
         return n;
     }
 
-    private int Reap()
+    /// <summary>Reaps completions; with waitMicros, waits up to that long in the kernel for the first one.</summary>
+    private int Reap(ulong waitMicros = 0)
     {
         if (_queuePairGone)
             return 0;
         uint got;
-        int rc = StrataIo.sio_qpair_poll(_qp.DangerousGetHandle(), _completions, (uint)_completionBatch, &got);
+        int rc = waitMicros == 0
+            ? StrataIo.sio_qpair_poll(_qp.DangerousGetHandle(), _completions, (uint)_completionBatch, &got)
+            : StrataIo.sio_qpair_wait(_qp.DangerousGetHandle(), _completions, (uint)_completionBatch, waitMicros, &got);
         if (rc < 0 || got == 0)
             return 0;
         // Take every completed operation out of its slot before running any
@@ -177,6 +202,8 @@ internal sealed unsafe class DevicePoller : IDisposable
     private IoOperation TakeSlot(int slot)
     {
         var op = _slots[slot]!;
+        if (op.Opcode == IoOpcode.Flush)
+            _inflightFlushes--;
         _slots[slot] = null;
         _freeSlots[_freeTop++] = slot;
         return op;

@@ -18,6 +18,17 @@ public sealed record DeviceOptions
     /// <summary>Spin iterations of an idle poller before it parks (each about a microsecond).</summary>
     public int IdleSpinIterations { get; init; } = 200;
 
+    /// <summary>
+    /// Microseconds a poller busy-polls with commands in flight and no completion
+    /// before it waits in the kernel instead (0 = always busy-poll). Fast commands
+    /// complete within it; a flush (milliseconds on a file) would otherwise keep a
+    /// CPU spinning for its whole duration.
+    /// </summary>
+    public int BusyPollMicros { get; init; } = 50;
+
+    /// <summary>Longest kernel wait for a completion (µs); a submission queued meanwhile waits at most this long.</summary>
+    public int WaitSliceMicros { get; init; } = 100;
+
     /// <summary>Register the arena with each queue pair (io_uring fixed buffers).</summary>
     public bool RegisterArena { get; init; } = true;
 
@@ -67,7 +78,8 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
                     int rc = StrataIo.sio_qpair_register_region(qp.DangerousGetHandle(), (void*)_pool.Arena.Base, (ulong)_pool.Arena.Length);
                     RegisteredArena = rc == 0;
                 }
-                _pollers[i] = new DevicePoller(qp, depth, $"strata-poll-{i}", options.IdleSpinIterations, Math.Clamp(options.CompletionBatch, 1, depth));
+                _pollers[i] = new DevicePoller(qp, depth, $"strata-poll-{i}", options.IdleSpinIterations, Math.Clamp(options.CompletionBatch, 1, depth),
+                    options.BusyPollMicros, options.WaitSliceMicros);
             }
         }
         catch

@@ -20,6 +20,8 @@ public enum MetaRecordType : ushort
     ChunkUnmap = 9,
     ImageSetProp = 10,
     ChunkUnmapRange = 11,
+    /// <summary>Heads every log batch: every record with a sequence up to this one is durable, data included (docs/format.md).</summary>
+    DurableThrough = 12,
     UpgradeJobBegin = 32,
     UpgradeJobCursor = 33,
     UpgradeJobEnd = 34,
@@ -85,6 +87,9 @@ public static class MetaRecords
 
     public static MetaRecord ChunkUnmapRange(uint image, long first, long count) =>
         new(MetaRecordType.ChunkUnmapRange, new MetaWriter().U32(image).I64(first).I64(count).ToArray());
+
+    public static MetaRecord DurableThrough(ulong seq) =>
+        new(MetaRecordType.DurableThrough, new MetaWriter().U64(seq).ToArray());
 
     public static void WriteReplicas(MetaWriter w, Replica[] replicas)
     {

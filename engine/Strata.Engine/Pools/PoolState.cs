@@ -158,6 +158,9 @@ public sealed class PoolState
                     img.Chunks[chunk] = rec.Type == (ushort)MetaRecordType.ChunkMoveCommit ? new ChunkMap(m.Moving) : m with { Moving = null };
                 break;
             }
+            case MetaRecordType.DurableThrough:
+                // Only replay reads it (PoolOpener: which records' data must be verified); no state.
+                break;
             case MetaRecordType.UpgradeJobBegin:
                 UpgradeJob = new UpgradeJobMeta(r.U64(), r.U32(), r.U32(), UpgradeJobState.InProgress, 0, 0);
                 break;

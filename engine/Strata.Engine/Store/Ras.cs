@@ -43,6 +43,7 @@ public static class RasIds
     public const string PoolUpgradeResumed = "pool_upgrade_resumed";
     public const string PoolUpgradeCompleted = "pool_upgrade_completed";
     public const string PoolUpgradeFailed = "pool_upgrade_failed";
+    public const string LogTailWriteDropped = "log_tail_write_dropped";
 }
 
 /// <summary>Where RAS events go.</summary>

@@ -113,6 +113,16 @@ public static class StoreBenchmark
         return 0;
     }
 
+    /// <summary>The log committer's rounds during a row (warm-up included): batch size, log write and flush time per round, time waiting for work.</summary>
+    private static string CommitSummary(PoolLog.CommitStats a, PoolLog.CommitStats b)
+    {
+        long rounds = b.Rounds - a.Rounds;
+        if (rounds <= 0)
+            return "commit: no rounds";
+        double us(long ticks) => ticks * 1e6 / System.Diagnostics.Stopwatch.Frequency / rounds;
+        return $"commit: {rounds} rounds, {(b.Records - a.Records) / (double)rounds:F1} records/round; per round: log write {us(b.WriteTicks - a.WriteTicks):F0} us, then flush {us(b.FlushTicks - a.FlushTicks):F0} us; committer waiting for a round slot {us(b.SlotTicks - a.SlotTicks):F0} us";
+    }
+
     private static string OtherCpu(EngineResult? r) => r is null || !double.IsFinite(r.OtherCpuPercent) ? "-" : $"{r.OtherCpuPercent:F0}%";
 
     private static string TargetOf(DeviceRow row) => row.Name switch
@@ -168,10 +178,13 @@ public static class StoreBenchmark
                     Console.Write($"  {row.Name,-18} strata {FormatChunk(chunkSize),-6} ...");
                     await WaitIdleAsync(o);
                     var h0 = HostCpuSample.Now();
+                    var c0 = pool.Log.Stats;
                     var load = new QueueDepthLoad(row, image.Size, ArrayBuffer.Rent, (offset, m) => new ValueTask(image.ReadAsync(offset, m)), (offset, m) => new ValueTask(image.WriteAsync(offset, m)));
                     var r = await load.RunAsync(TimeSpan.FromSeconds(1), o.Runtime, $"chunk={chunkSize} rf={o.Rf} targets={o.Targets} pollers={o.Pollers}");
                     r = r with { OtherCpuPercent = Math.Max(0, HostCpuSample.BusyPercent(h0, HostCpuSample.Now()) - r.CpuPercent) };
                     Console.WriteLine($" {Throughput(row, r)}, p50 {TablePrinter.Latency(r.P50Ns)}, p99 {TablePrinter.Latency(r.P99Ns)}, cpu {r.CpuPercent:F0}%, others {r.OtherCpuPercent:F0}%, {r.AllocatedBytesPerOp:F0} B/op");
+                    if (row.Write)
+                        Console.WriteLine($"    {CommitSummary(c0, pool.Log.Stats)}");
                     results[row.Name] = r;
                 }
             }
