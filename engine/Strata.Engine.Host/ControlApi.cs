@@ -38,6 +38,7 @@ internal static class ControlApi
             await svc.DestroyPoolAsync(pool, force ?? false);
             return Results.NoContent();
         });
+        v1.MapGet("/pools/{pool}/clients", async (string pool) => Ok(await svc.ListPoolClientsAsync(pool)));
         v1.MapGet("/pools/{pool}/props", async (string pool, string? name) => Ok(await svc.GetPoolPropsAsync(pool, name)));
         v1.MapPut("/pools/{pool}/props/{name}", async (HttpContext ctx, string pool, string name) =>
         {

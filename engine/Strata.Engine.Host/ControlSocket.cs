@@ -27,19 +27,36 @@ internal static class ControlSocket
         if (adminGid is { } gid && Unix.LChown(cfg.SocketDir, Unix.GetEuid(), gid) != 0)
             throw new ConfigException($"cannot give socket directory {cfg.SocketDir} to group {cfg.AdminGroup} (errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()})");
 
-        var info = new FileInfo(cfg.SocketPath);
-        if (!info.Exists && info.LinkTarget == null && !Directory.Exists(cfg.SocketPath))
+        PreparePath(cfg.SocketPath, $"another engine is listening on {cfg.SocketPath}; stop it first (strata system stop --socket {cfg.SocketPath})", logger);
+    }
+
+    /// <summary>
+    /// Clears the way for binding a Unix socket at <paramref name="path"/>: nothing there is fine, a stale
+    /// socket is removed, anything else (a live socket, a symlink, a file, a directory) is refused.
+    /// </summary>
+    public static void PreparePath(string path, string liveMessage, ILogger logger)
+    {
+        var info = new FileInfo(path);
+        if (!info.Exists && info.LinkTarget == null && !Directory.Exists(path))
             return;
         if (info.LinkTarget != null)
-            throw new ConfigException($"{cfg.SocketPath} is a symlink (to {info.LinkTarget}); refusing to replace it");
-        if (Directory.Exists(cfg.SocketPath))
-            throw new ConfigException($"{cfg.SocketPath} is a directory; refusing to replace it");
-        if (IsRegularFile(cfg.SocketPath))
-            throw new ConfigException($"{cfg.SocketPath} is a regular file, not a socket; refusing to replace it");
-        if (IsLive(cfg.SocketPath))
-            throw new ConfigException($"another engine is listening on {cfg.SocketPath}; stop it first (strata system stop --socket {cfg.SocketPath})");
-        File.Delete(cfg.SocketPath);
-        Log.StaleSocketRemoved(logger, cfg.SocketPath);
+            throw new ConfigException($"{path} is a symlink (to {info.LinkTarget}); refusing to replace it");
+        if (Directory.Exists(path))
+            throw new ConfigException($"{path} is a directory; refusing to replace it");
+        if (IsRegularFile(path))
+            throw new ConfigException($"{path} is a regular file, not a socket; refusing to replace it");
+        if (IsLive(path))
+            throw new ConfigException(liveMessage);
+        File.Delete(path);
+        Log.StaleSocketRemoved(logger, path);
+    }
+
+    /// <summary>An NBD socket: read-write for the engine's user and the admin group (0660), like the control socket.</summary>
+    public static void SecureNbdSocket(string path, string? adminGroup, uint? adminGid)
+    {
+        File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
+        if (adminGid is { } gid && Unix.LChown(path, Unix.GetEuid(), gid) != 0)
+            throw new ConfigException($"cannot give NBD socket {path} to group {adminGroup} (errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()})");
     }
 
     /// <summary>

@@ -7,6 +7,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Console;
 using Strata.Engine.Control;
+using Strata.Engine.Nbd;
 using Strata.Engine.Store;
 
 namespace Strata.Engine.Host;
@@ -44,21 +45,21 @@ internal static class Daemon
         Log.Starting(logger, typeof(Daemon).Assembly.GetName().Version?.ToString() ?? "0", Environment.ProcessId, uid, cfg.DataDir, cfg.ConfigFile ?? "(embedded default)");
 
         EngineService? svc = null;
+        NbdServer? nbd = null;
         PidFile? pid = null;
         try
         {
             Directory.CreateDirectory(cfg.DataDir);
             ControlSocket.Prepare(cfg, adminGroup?.Gid, logger);
             pid = PidFile.Create(cfg.PidFile);
-            if (cfg.Nbd.Count > 0)
-                Log.NbdIgnored(logger, string.Join(", ", cfg.Nbd));
             svc = await EngineService.StartAsync(cfg, logger);
+            var authorizer = new PeerAuthorizer(cfg, uid, adminGroup, logger, () => svc);
+            nbd = StartNbd(cfg, svc, authorizer, adminGroup?.Gid, logger);
 
             var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "strata-engine", ContentRootPath = cfg.DataDir });
             builder.Logging.ClearProviders();
             ConfigureLogging(builder.Logging);
             builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(10));
-            var authorizer = new PeerAuthorizer(cfg, uid, adminGroup, logger, () => svc);
             builder.WebHost.ConfigureKestrel(k =>
             {
                 k.AddServerHeader = false;
@@ -125,10 +126,34 @@ internal static class Daemon
         }
         finally
         {
+            // NBD clients go first (in-flight requests answered), then the pools close.
+            if (nbd != null)
+                await nbd.StopAsync();
             if (svc != null)
                 await svc.DisposeAsync();
             pid?.Dispose();
         }
+    }
+
+    /// <summary>
+    /// Binds the configured NBD listeners (after clearing stale sockets) and serves every image as
+    /// pool/container/image. Unix socket callers pass the control socket's peer-credential check.
+    /// </summary>
+    private static NbdServer? StartNbd(ResolvedConfig cfg, EngineService svc, PeerAuthorizer authorizer, uint? adminGid, ILogger logger)
+    {
+        if (cfg.Nbd.Count == 0)
+            return null;
+        foreach (var a in cfg.Nbd)
+            if (a.UnixPath is { } path)
+                ControlSocket.PreparePath(path, $"another process is listening on NBD socket {path}", logger);
+        var server = NbdServer.Start(cfg.Nbd, new NbdExportCatalog(svc.Engine, svc.OpenImageIoAsync), new NbdServerOptions
+        {
+            Log = new NbdLog(logger),
+            AuthorizeUnixPeer = authorizer.Refusal,
+            UnixSocketBound = path => ControlSocket.SecureNbdSocket(path, cfg.AdminGroup, adminGid),
+        });
+        svc.AttachNbd(server);
+        return server;
     }
 
     private static void ConfigureLogging(ILoggingBuilder b)

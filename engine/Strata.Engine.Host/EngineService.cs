@@ -2,6 +2,7 @@ using Microsoft.Extensions.Logging;
 using Strata.Engine.Control;
 using Strata.Engine.Device;
 using Strata.Engine.Layout;
+using Strata.Engine.Nbd;
 using Strata.Engine.Pools;
 using Strata.Engine.Store;
 
@@ -43,6 +44,11 @@ public sealed class EngineService : IAsyncDisposable
     public PrometheusExporter Prometheus { get; }
 
     public DateTimeOffset Started { get; } = DateTimeOffset.Now;
+
+    /// <summary>The NBD server, when listeners are configured (image info shows its URIs).</summary>
+    public NbdServer? Nbd { get; private set; }
+
+    public void AttachNbd(NbdServer server) => Nbd = server;
 
     // Every await on the storage API uses ForceYielding: devices complete I/O inline on their poller
     // thread (DeviceOptions.InlineCompletions), and the daemon's continuations (RAS fsync, JSON,
@@ -275,6 +281,12 @@ public sealed class EngineService : IAsyncDisposable
 
     public async Task DestroyPoolAsync(string label, bool force)
     {
+        if (force && Engine.ListPools().FirstOrDefault(p => p.Label == label) is { State: "ready" or "readonly" })
+        {
+            // Forced destroy of an open pool: its clients (NBD connections) are told and go first.
+            var open = await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            await open.RevokeClientsAsync($"pool '{label}' is being destroyed").ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        }
         await Engine.DestroyPoolAsync(label, force).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         Emit(ControlRasIds.PoolDestroyed, RasSeverity.Notice, $"pool '{label}' destroyed", pool: label);
     }
@@ -348,8 +360,18 @@ public sealed class EngineService : IAsyncDisposable
         var p = await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         var i = p.ListImages(cont).FirstOrDefault(x => x.Label == image)
             ?? throw new NotFoundException($"pool '{pool}' container '{cont}' has no image '{image}'");
-        return ToDto(pool, i);
+        string key = $"{cont}/{image}";
+        return ToDto(pool, i) with
+        {
+            Nbd = Nbd?.UrisFor($"{pool}/{cont}/{image}") ?? [],
+            Clients = p.ListClients().Where(c => c.Image == key).Select(ToDto).ToList(),
+        };
     }
+
+    public async Task<IReadOnlyList<PoolClientDto>> ListPoolClientsAsync(string pool) =>
+        (await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).ListClients().Select(ToDto).ToList();
+
+    private static PoolClientDto ToDto(PoolClientInfo c) => new(c.Id, c.Kind, c.Image, c.Peer, c.Since);
 
     public async Task<ImageDto> ResizeImageAsync(string pool, string cont, string image, long size)
     {
@@ -367,8 +389,8 @@ public sealed class EngineService : IAsyncDisposable
     }
 
     /// <summary>
-    /// The one way a data path opens an image: the control API's image write/read now, the NBD
-    /// server later. The wrapper records the I/O metrics, so every path is counted alike.
+    /// The one way a data path opens an image: the control API's image write/read and the NBD
+    /// server. The wrapper records the I/O metrics, so every path is counted alike.
     /// </summary>
     public async Task<MeteredImage> OpenImageIoAsync(string pool, string cont, string image) =>
         new((await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).OpenImage(cont, image), Metrics);

@@ -1,3 +1,4 @@
+using Strata.Engine.Nbd;
 using YamlDotNet.Serialization;
 using YamlDotNet.Serialization.NamingConventions;
 
@@ -18,7 +19,7 @@ public sealed class HostConfig
 
     public ControlConfig Control { get; set; } = new();
 
-    /// <summary>NBD listeners (unix:PATH or tcp:127.0.0.1:PORT); the NBD server arrives with a later issue.</summary>
+    /// <summary>NBD listeners: unix:PATH (relative to the data dir) or tcp:127.0.0.1:PORT (loopback only). See docs/nbd.md.</summary>
     public List<string> Nbd { get; set; } = new();
 
     public RasConfig Ras { get; set; } = new();
@@ -85,6 +86,20 @@ public sealed class HostConfig
         if (Metrics.PrometheusPort is < 0 or > 65535)
             throw new ConfigException($"metrics.prometheus_port {Metrics.PrometheusPort} is not a TCP port");
         string socketDir = Abs(Control.SocketDir ?? "run");
+        var nbd = new List<NbdListenerAddress>();
+        foreach (var spec in Nbd)
+        {
+            try
+            {
+                nbd.Add(NbdListenerAddress.Parse(spec, dataDir));
+            }
+            catch (FormatException e)
+            {
+                throw new ConfigException(e.Message);
+            }
+        }
+        foreach (var dup in nbd.GroupBy(a => a.UnixPath ?? a.Tcp!.ToString()).Where(g => g.Count() > 1 && !g.Key.EndsWith(":0", StringComparison.Ordinal)))
+            throw new ConfigException($"nbd listener {dup.Key} is configured {dup.Count()} times");
         return new ResolvedConfig(
             DataDir: dataDir,
             ConfigFile: configFile == null ? null : Path.GetFullPath(configFile),
@@ -99,13 +114,13 @@ public sealed class HostConfig
             RasKeep: Ras.Keep,
             PrometheusPort: Metrics.PrometheusPort,
             PidFile: Abs(PidFile ?? Path.Combine("run", "strata-engine.pid")),
-            Nbd: Nbd.ToList());
+            Nbd: nbd);
     }
 }
 
 public sealed record ResolvedConfig(string DataDir, string? ConfigFile, List<string> Targets, string SocketDir, string SocketPath,
     string? AdminGroup, TimeSpan HeaderTimeout, int MaxConnections, string RasPath, long RasMaxBytes, int RasKeep,
-    int PrometheusPort, string PidFile, List<string> Nbd);
+    int PrometheusPort, string PidFile, IReadOnlyList<NbdListenerAddress> Nbd);
 
 /// <summary>A startup refusal an operator can fix (bad config, a live engine on the socket, a symlink): one line, exit 1.</summary>
 public sealed class ConfigException(string message) : Exception(message);

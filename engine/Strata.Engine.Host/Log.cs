@@ -29,8 +29,10 @@ internal static partial class Log
     [LoggerMessage(1007, LogLevel.Warning, "removed a stale socket at {Socket} (nothing was listening)")]
     public static partial void StaleSocketRemoved(ILogger logger, string socket);
 
-    [LoggerMessage(1008, LogLevel.Warning, "NBD listeners are configured ({Listeners}) but this build has no NBD server yet; ignoring them")]
-    public static partial void NbdIgnored(ILogger logger, string listeners);
+    // 1008 (NBD listeners ignored) was retired when the NBD server arrived; ids are never reused.
+
+    [LoggerMessage(1009, LogLevel.Information, "NBD listening on {Address}")]
+    public static partial void NbdListening(ILogger logger, string address);
 
     [LoggerMessage(1100, LogLevel.Warning, "rejected control caller pid {Pid} uid {Uid} gid {Gid}: not root, the engine's uid {EngineUid}, or a member of group {Group}")]
     public static partial void CallerRejected(ILogger logger, int pid, uint uid, uint gid, uint engineUid, string group);
@@ -40,6 +42,21 @@ internal static partial class Log
 
     [LoggerMessage(1200, LogLevel.Error, "control request {Method} {Path} failed unexpectedly")]
     public static partial void RequestFailed(ILogger logger, Exception e, string method, string path);
+
+    [LoggerMessage(1400, LogLevel.Information, "NBD connection {Connection} from {Peer} opened export {Export} (structured replies: {Structured})")]
+    public static partial void NbdExportOpened(ILogger logger, long connection, string peer, string export, bool structured);
+
+    [LoggerMessage(1401, LogLevel.Information, "NBD connection {Connection} from {Peer} closed: {Why}")]
+    public static partial void NbdConnectionClosed(ILogger logger, long connection, string peer, string why);
+
+    [LoggerMessage(1402, LogLevel.Warning, "NBD client {Peer} refused: {Reason}")]
+    public static partial void NbdClientRefused(ILogger logger, string peer, string reason);
+
+    [LoggerMessage(1403, LogLevel.Warning, "NBD connection {Connection} from {Peer} broke the protocol: {What}; closing it")]
+    public static partial void NbdProtocolViolation(ILogger logger, long connection, string peer, string what);
+
+    [LoggerMessage(1404, LogLevel.Error, "NBD connection {Connection} from {Peer} hit an unexpected error")]
+    public static partial void NbdUnexpectedError(ILogger logger, Exception e, long connection, string peer);
 
     [LoggerMessage(1300, LogLevel.Error, "error while stopping")]
     public static partial void StopFailed(ILogger logger, Exception e);

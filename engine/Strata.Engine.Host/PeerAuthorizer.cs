@@ -54,6 +54,17 @@ internal sealed class PeerAuthorizer(ResolvedConfig cfg, uint engineUid, (uint G
         await next(ctx);
     };
 
+    /// <summary>The same check for a data-path socket (NBD): null to admit the caller, else why it is refused.</summary>
+    public string? Refusal(System.Net.Sockets.Socket socket)
+    {
+        if (Unix.PeerCredentials(socket) is not { } cred)
+            return "the engine could not identify the caller (no peer credentials)";
+        var (_, uid, gid) = cred;
+        return IsAllowed(uid, gid)
+            ? null
+            : $"permission denied: uid {uid} is not root, the engine's user (uid {engineUid}) or a member of the admin group{(cfg.AdminGroup == null ? " (none configured)" : $" '{cfg.AdminGroup}'")}";
+    }
+
     public bool IsAllowed(uint uid, uint gid)
     {
         if (uid == 0 || uid == engineUid)

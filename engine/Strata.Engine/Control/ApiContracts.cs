@@ -105,7 +105,12 @@ public sealed record ImageCreateRequest(string Label, long Size, int ChunkSize =
 
 public sealed record ImageResizeRequest(long Size);
 
-public sealed record ImageDto(uint Id, string Pool, string Container, string Label, long Size, int ChunkSize, long MappedBytes);
+/// <summary>An image; `image info` also fills Nbd (one URI per NBD listener) and Clients (who holds it open).</summary>
+public sealed record ImageDto(uint Id, string Pool, string Container, string Label, long Size, int ChunkSize, long MappedBytes,
+    IReadOnlyList<string>? Nbd = null, IReadOnlyList<PoolClientDto>? Clients = null);
+
+/// <summary>A data-path client of a pool (an NBD connection): what it holds open and who it is.</summary>
+public sealed record PoolClientDto(long Id, string Kind, string Image, string Peer, DateTimeOffset Since);
 
 public sealed record WriteResult(long Offset, int Bytes);
 

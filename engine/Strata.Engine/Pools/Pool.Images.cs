@@ -73,6 +73,7 @@ public sealed partial class Pool
         {
             ThrowIfNotWritable();
             var meta = FindImage(container, label);
+            ThrowIfImageHasClients(container, label);
             using (await LocksFor(meta.Id).AllAsync().ConfigureAwait(false))
             {
                 List<ChunkMap> chunks;

@@ -423,8 +423,8 @@ public sealed partial class Pool
                 Interlocked.Add(ref run.BytesDone, bytes);
             });
 
-    /// <summary>Revokes every open handle before an exclusive action (clients reconnect after it).</summary>
-    private Task RevokeHandlesAsync(string reason) => Task.CompletedTask;
+    /// <summary>Revokes every open handle (NBD connections) before an exclusive action; clients reconnect after it.</summary>
+    private async Task RevokeHandlesAsync(string reason) => await RevokeClientsAsync(reason).ConfigureAwait(false);
 
     private Task StepDelayAsync(CancellationToken stop) =>
         _engine.Options.UpgradeStepDelay > TimeSpan.Zero ? Task.Delay(_engine.Options.UpgradeStepDelay, stop) : Task.CompletedTask;

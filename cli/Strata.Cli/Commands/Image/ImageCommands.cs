@@ -7,7 +7,8 @@ namespace Strata.Cli.Commands.Image;
 
 /// <summary>
 /// `strata image create | list | info | resize | rm`, and `write | read`, which move data through the
-/// control API in pieces of at most 1 MiB (the engine's request limit) until the NBD server exists.
+/// control API in pieces of at most 1 MiB (the engine's request limit); bulk data goes through NBD
+/// (`image info` shows the URIs).
 /// </summary>
 public static class ImageCommands
 {
@@ -89,6 +90,20 @@ public static class ImageCommands
             }
             Console.Out.WriteLine($"image '{i.Label}' (id {i.Id}) in pool {i.Pool}, container {i.Container}");
             Console.Out.WriteLine($"  size {Sizes.Format(i.Size)} ({i.Size} bytes), chunk {Sizes.Format(i.ChunkSize)}, mapped {Sizes.Format(i.MappedBytes)}");
+            if (i.Nbd is { Count: > 0 } uris)
+            {
+                Console.Out.WriteLine("  nbd:");
+                foreach (var u in uris)
+                    Console.Out.WriteLine($"    {u}");
+            }
+            else
+            {
+                Console.Out.WriteLine("  nbd: not served (no nbd listeners in the engine's configuration)");
+            }
+            var clients = i.Clients ?? [];
+            Console.Out.WriteLine($"  open by {clients.Count} client(s){(clients.Count > 0 ? ":" : "")}");
+            foreach (var c in clients)
+                Console.Out.WriteLine($"    {c.Kind} {c.Peer} since {c.Since:yyyy-MM-ddTHH:mm:ss}");
             return 0;
         }));
 

@@ -4,7 +4,7 @@ using Strata.Engine.Control;
 
 namespace Strata.Cli.Commands.Pool;
 
-/// <summary>`strata pool create | list | query | get-prop | set-prop | destroy` (dmg's words).</summary>
+/// <summary>`strata pool create | list | query | clients | get-prop | set-prop | destroy` (dmg's words).</summary>
 public static class PoolCommands
 {
     private static readonly Option<string> Size = new("--size", "-s") { Description = "Pool size (spread over every target), e.g. 1G", Required = true };
@@ -82,6 +82,30 @@ public static class PoolCommands
             return 0;
         }));
 
+        var clientsLabel = Label();
+        var clients = new Command("clients", "List the pool's data-path clients (NBD connections) and the images they hold open");
+        clients.Arguments.Add(clientsLabel);
+        clients.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            string label = parse.GetValue(clientsLabel)!;
+            var list = await client.GetAsync<List<PoolClientDto>>($"pools/{Cli.Esc(label)}/clients");
+            if (json)
+            {
+                Cli.PrintJson(list);
+                return 0;
+            }
+            if (list.Count == 0)
+            {
+                Console.Out.WriteLine($"No clients in pool {label}");
+                return 0;
+            }
+            var t = new Table("Id", "Kind", "Image", "Peer", "Since");
+            foreach (var c in list)
+                t.Add(c.Id, c.Kind, c.Image, c.Peer, c.Since.ToString("yyyy-MM-ddTHH:mm:ss"));
+            t.Write(Console.Out);
+            return 0;
+        }));
+
         var getLabel = Label();
         var getName = new Argument<string?>("name") { Description = "Property name (all properties when omitted)", Arity = ArgumentArity.ZeroOrOne };
         var getProp = new Command("get-prop", "Show pool properties");
@@ -123,7 +147,7 @@ public static class PoolCommands
             return 0;
         }));
 
-        return Cli.Group("pool", "Pools: storage carved from every target", create, list, query, getProp, setProp, PoolUpgradeCommand.Create(), destroy);
+        return Cli.Group("pool", "Pools: storage carved from every target", create, list, query, clients, getProp, setProp, PoolUpgradeCommand.Create(), destroy);
     }
 
     public static int PrintProps(List<PropertyDto> props, bool json)

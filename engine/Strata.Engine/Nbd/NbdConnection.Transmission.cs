@@ -1,0 +1,414 @@
+using System.Net.Sockets;
+using System.Threading.Channels;
+using static Strata.Engine.Nbd.NbdProtocol;
+
+namespace Strata.Engine.Nbd;
+
+/// <summary>
+/// Transmission: one receive loop parses requests from a buffered socket and starts each
+/// at once (up to MaxInFlight per connection, and MaxInFlightBytes of payload); each request
+/// completes on its own and queues its reply; one send loop writes the replies in completion
+/// order, batching whatever is ready into one send. Nothing here allocates per request:
+/// request objects are reused, payloads come from <see cref="NbdBufferPool"/>, and socket
+/// operations and the reply channel complete through reusable awaitables.
+/// </summary>
+internal sealed partial class NbdConnection
+{
+    private const int ReceiveBufferSize = 128 << 10;
+    private const int SendBufferSize = 128 << 10;
+
+    /// <summary>Read payloads up to this size are copied into the send buffer with their header (one send for many replies).</summary>
+    private const int CopyLimit = 64 << 10;
+
+    /// <summary>Payload remainders at least this large are received straight into the request's buffer.</summary>
+    private const int DirectReceiveLimit = 32 << 10;
+
+    private readonly object _sync = new();
+    private readonly Stack<NbdRequest> _free = new();
+    private readonly SingleWaiterSignal _slotFreed;
+    private Channel<NbdRequest> _replies;
+    private TaskCompletionSource? _drained;
+    private int _inFlight;
+    private long _inFlightBytes;
+    private byte[] _recv;
+    private int _rs, _re;
+    private byte[] _send;
+    private int _sendLen;
+    private volatile bool _broken;
+    private volatile string? _revokeReason;
+
+    private async Task<string> TransmitAsync()
+    {
+        _recv = GC.AllocateUninitializedArray<byte>(ReceiveBufferSize);
+        _send = GC.AllocateUninitializedArray<byte>(SendBufferSize);
+        _replies = Channel.CreateUnbounded<NbdRequest>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = false });
+        var sender = Task.Run(SendLoopAsync);
+        string why;
+        try
+        {
+            why = await ReceiveLoopAsync().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+        {
+            why = _revokeReason != null ? $"revoked: {_revokeReason}" : $"connection lost: {e.Message}";
+        }
+        // Requests in flight finish and their replies go out (or are dropped if the socket broke).
+        await WhenDrained().ConfigureAwait(false);
+        _replies.Writer.TryComplete();
+        await sender.ConfigureAwait(false);
+        return why;
+    }
+
+    // The loops await socket operations directly (no async helper per request): a helper's state
+    // machine would be one more object per request, and the pooled builder does not reliably
+    // avoid that when the caller and the completion run on different threads.
+
+    private async Task<string> ReceiveLoopAsync()
+    {
+        while (true)
+        {
+            while (_re - _rs < RequestHeaderSize)
+            {
+                CompactReceiveBuffer();
+                int got = await _socket.ReceiveAsync(_recv.AsMemory(_re), SocketFlags.None).ConfigureAwait(false);
+                if (got == 0)
+                {
+                    if (_revokeReason != null)
+                        return $"revoked: {_revokeReason}";
+                    return _re == _rs ? "client closed the connection" : "client closed the connection in the middle of a request header";
+                }
+                _re += got;
+            }
+            var h = NbdRequestHeader.Read(_recv.AsSpan(_rs, RequestHeaderSize));
+            _rs += RequestHeaderSize;
+            if (h.Magic != RequestMagic)
+            {
+                Abort();
+                return Violation($"bad request magic 0x{h.Magic:x8}");
+            }
+            if (h.Type == CmdDisc)
+                return "client disconnected (NBD_CMD_DISC)";
+
+            uint error = Check(h, out string? message);
+            bool payloadIn = h.Type == CmdWrite;
+            if (payloadIn && h.Length > Options.MaxPayload)
+            {
+                // The payload cannot be skipped safely at any size: answer, then close once the reply is out.
+                NbdRequest? r0;
+                while ((r0 = TryAcquire(0)) == null)
+                    await _slotFreed.WaitAsync().ConfigureAwait(false);
+                r0.Init(h, 0);
+                string what = $"WRITE of {h.Length} bytes exceeds the {Options.MaxPayload}-byte maximum payload";
+                r0.Complete(EInval, what);
+                return Violation(what);
+            }
+            int bytes = payloadIn || (h.Type == CmdRead && error == 0) ? (int)h.Length : 0;
+            NbdRequest? r;
+            while ((r = TryAcquire(bytes)) == null)
+                await _slotFreed.WaitAsync().ConfigureAwait(false);
+            r.Init(h, bytes);
+            if (payloadIn && h.Length > 0)
+            {
+                // The payload: what is buffered already, then straight from the socket into the
+                // request's buffer when much is left, else through the receive buffer. Refused
+                // writes still have their payload read (and dropped) to stay in step.
+                int length = (int)h.Length;
+                var dest = error == 0 ? (r.Buffer = Buffers.Rent(length)).AsMemory(0, length) : Memory<byte>.Empty;
+                int done = TakeBuffered(dest, length);
+                while (done < length)
+                {
+                    int got;
+                    if (!dest.IsEmpty && length - done >= DirectReceiveLimit)
+                    {
+                        got = await _socket.ReceiveAsync(dest[done..], SocketFlags.None).ConfigureAwait(false);
+                        done += got;
+                    }
+                    else
+                    {
+                        CompactReceiveBuffer();
+                        got = await _socket.ReceiveAsync(_recv.AsMemory(_re), SocketFlags.None).ConfigureAwait(false);
+                        _re += got;
+                        done += TakeBuffered(dest.IsEmpty ? dest : dest[done..], length - done);
+                    }
+                    if (got == 0)
+                    {
+                        Release(r);
+                        return $"client closed the connection in the middle of a {length}-byte WRITE payload ({done} bytes received)";
+                    }
+                }
+            }
+            if (error == 0 && _revokeReason is { } revoked)
+            {
+                error = EShutdown;
+                message = $"the export is going away: {revoked}";
+            }
+            if (error != 0)
+            {
+                r.Complete(error, message);
+                continue;
+            }
+            if (h.Type == CmdRead && h.Length > 0)
+                r.Buffer = Buffers.Rent((int)h.Length);
+            r.Start();
+        }
+    }
+
+    /// <summary>Validates a request against the negotiated export; 0 or an NBD error (the message is built only then).</summary>
+    private uint Check(in NbdRequestHeader h, out string? message)
+    {
+        message = null;
+        var x = _export!;
+        int allowed = CmdFlagFua | (h.Type == CmdWriteZeroes ? CmdFlagNoHole : 0);
+        if (h.Type is not (CmdRead or CmdWrite or CmdFlush or CmdTrim or CmdWriteZeroes))
+        {
+            message = $"{CommandName(h.Type)} is not supported by Strata's NBD server";
+            return EInval;
+        }
+        if ((h.Flags & ~allowed) != 0)
+        {
+            message = $"command flags 0x{h.Flags:x4} are not valid for {CommandName(h.Type)}";
+            return EInval;
+        }
+        if (h.Type == CmdFlush)
+            return 0;
+        if (h.Type != CmdRead && x.ReadOnly)
+        {
+            message = $"{CommandName(h.Type)} on read-only export '{x.Name}'";
+            return EPerm;
+        }
+        if (h.Type == CmdRead && h.Length > Options.MaxPayload)
+        {
+            message = $"READ of {h.Length} bytes exceeds the {Options.MaxPayload}-byte maximum payload";
+            return _structured ? EOverflow : EInval;
+        }
+        if (h.Offset > (ulong)x.Size || h.Length > (ulong)x.Size - h.Offset)
+        {
+            message = $"{CommandName(h.Type)} of {h.Length} bytes at offset {h.Offset} is past the end of export '{x.Name}' ({x.Size} bytes)";
+            // The spec asks for ENOSPC on writes past the end, EINVAL on reads and trims.
+            return h.Type is CmdWrite or CmdWriteZeroes ? ENoSpc : EInval;
+        }
+        return 0;
+    }
+
+    // ---- buffered receive ----
+
+    /// <summary>Moves unread bytes to the front of the receive buffer, so a whole header or payload piece fits after them.</summary>
+    private void CompactReceiveBuffer()
+    {
+        if (_rs == 0)
+            return;
+        Buffer.BlockCopy(_recv, _rs, _recv, 0, _re - _rs);
+        _re -= _rs;
+        _rs = 0;
+    }
+
+    /// <summary>Consumes up to <paramref name="max"/> buffered bytes into <paramref name="dest"/> (or drops them when it is empty).</summary>
+    private int TakeBuffered(Memory<byte> dest, int max)
+    {
+        int n = Math.Min(_re - _rs, max);
+        if (!dest.IsEmpty)
+            _recv.AsSpan(_rs, n).CopyTo(dest.Span);
+        _rs += n;
+        return n;
+    }
+
+    // ---- request slots ----
+
+    private NbdRequest? TryAcquire(int bytes)
+    {
+        lock (_sync)
+        {
+            if (_inFlight >= Options.MaxInFlight || (_inFlight > 0 && _inFlightBytes + bytes > Options.MaxInFlightBytes))
+                return null;
+            _inFlight++;
+            _inFlightBytes += bytes;
+            return _free.Count > 0 ? _free.Pop() : new NbdRequest(this);
+        }
+    }
+
+    /// <summary>Returns a request's buffer and its slot; called once its reply is out (or dropped).</summary>
+    private void Release(NbdRequest r)
+    {
+        if (r.Buffer != null)
+        {
+            Buffers.Return(r.Buffer);
+            r.Buffer = null;
+        }
+        TaskCompletionSource? drained = null;
+        lock (_sync)
+        {
+            _inFlight--;
+            _inFlightBytes -= r.Bytes;
+            r.Reset();
+            _free.Push(r);
+            if (_inFlight == 0)
+            {
+                drained = _drained;
+                _drained = null;
+            }
+        }
+        _slotFreed.Set();
+        drained?.SetResult();
+    }
+
+    /// <summary>Completes when no request is in flight (immediately if none is).</summary>
+    private Task WhenDrained()
+    {
+        lock (_sync)
+        {
+            if (_inFlight == 0)
+                return Task.CompletedTask;
+            return (_drained ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
+        }
+    }
+
+    /// <summary>A request has its result: queue its reply.</summary>
+    internal void OnCompleted(NbdRequest r)
+    {
+        if (!_replies.Writer.TryWrite(r))
+            Release(r);
+    }
+
+    internal void OnUnexpectedError(Exception e) => Options.Log.UnexpectedError(Id, Peer, e);
+
+    // ---- replies ----
+
+    private async Task SendLoopAsync()
+    {
+        var reader = _replies.Reader;
+        // Requests whose replies are in the send buffer: released (and so counted as answered)
+        // only once the buffer is on the socket, so a drained connection has sent every reply.
+        var written = new NbdRequest[Options.MaxInFlight];
+        int count = 0;
+        while (await reader.WaitToReadAsync().ConfigureAwait(false))
+        {
+            while (reader.TryRead(out var r))
+            {
+                written[count++] = r;
+                if (_broken)
+                    continue;
+                try
+                {
+                    int need = ReplyBytes(r, out bool dataAfter);
+                    if (_sendLen + need > _send.Length)
+                    {
+                        for (int sent = 0; sent < _sendLen;)
+                            sent += await _socket.SendAsync(_send.AsMemory(sent, _sendLen - sent), SocketFlags.None).ConfigureAwait(false);
+                        _sendLen = 0;
+                        ReleaseAll(written, ref count, keepLast: true);
+                    }
+                    ComposeReply(r, dataAfter);
+                    if (dataAfter)
+                    {
+                        // A large read: its header goes with what is buffered, then the data from the request's own buffer.
+                        for (int sent = 0; sent < _sendLen;)
+                            sent += await _socket.SendAsync(_send.AsMemory(sent, _sendLen - sent), SocketFlags.None).ConfigureAwait(false);
+                        _sendLen = 0;
+                        var data = r.Buffer.AsMemory(0, (int)r.Length);
+                        for (int sent = 0; sent < data.Length;)
+                            sent += await _socket.SendAsync(data[sent..], SocketFlags.None).ConfigureAwait(false);
+                        ReleaseAll(written, ref count, keepLast: false);
+                    }
+                }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+                {
+                    Broken();
+                }
+            }
+            if (!_broken && _sendLen > 0)
+            {
+                try
+                {
+                    for (int sent = 0; sent < _sendLen;)
+                        sent += await _socket.SendAsync(_send.AsMemory(sent, _sendLen - sent), SocketFlags.None).ConfigureAwait(false);
+                    _sendLen = 0;
+                }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+                {
+                    Broken();
+                }
+            }
+            ReleaseAll(written, ref count, keepLast: false);
+        }
+    }
+
+    /// <summary>Releases the requests whose replies are on the socket (all but the newest, when it is not written yet).</summary>
+    private void ReleaseAll(NbdRequest[] written, ref int count, bool keepLast)
+    {
+        int n = keepLast ? count - 1 : count;
+        for (int i = 0; i < n; i++)
+        {
+            Release(written[i]);
+            written[i] = null!;
+        }
+        if (keepLast && count > 0)
+        {
+            written[0] = written[count - 1];
+            if (count > 1)
+                written[count - 1] = null!;
+            count = 1;
+        }
+        else
+        {
+            count = 0;
+        }
+    }
+
+    private void Broken()
+    {
+        _broken = true;
+        _sendLen = 0;
+        Abort();
+    }
+
+    /// <summary>Bytes the reply takes in the send buffer; <paramref name="dataAfter"/> when a read's data is sent from its own buffer instead.</summary>
+    private int ReplyBytes(NbdRequest r, out bool dataAfter)
+    {
+        dataAfter = false;
+        if (r.Error != 0)
+            return _structured ? NbdWire.ErrorChunkSize(r.Message) : SimpleReplySize;
+        if (r.Type != CmdRead)
+            return SimpleReplySize;
+        if (r.Length == 0)
+            return _structured ? StructuredHeaderSize : SimpleReplySize;
+        int header = _structured ? 28 : SimpleReplySize;
+        if (r.Length > CopyLimit)
+        {
+            dataAfter = true;
+            return header;
+        }
+        return header + (int)r.Length;
+    }
+
+    private void ComposeReply(NbdRequest r, bool dataAfter)
+    {
+        var s = _send.AsSpan(_sendLen);
+        if (r.Error != 0)
+        {
+            _sendLen += _structured
+                ? NbdWire.WriteErrorChunk(s, r.Cookie, r.Error, r.Message)
+                : NbdWire.WriteSimpleReply(s, r.Error, r.Cookie);
+            return;
+        }
+        if (r.Type != CmdRead)
+        {
+            _sendLen += NbdWire.WriteSimpleReply(s, 0, r.Cookie);
+            return;
+        }
+        int length = (int)r.Length;
+        if (length == 0 && _structured)
+        {
+            // An OFFSET_DATA chunk carries at least one byte; an empty read is answered with NONE.
+            _sendLen += NbdWire.WriteStructuredHeader(s, ReplyFlagDone, ReplyTypeNone, r.Cookie, 0);
+            return;
+        }
+        _sendLen += _structured
+            ? NbdWire.WriteOffsetDataHeader(s, r.Cookie, r.Offset, length)
+            : NbdWire.WriteSimpleReply(s, 0, r.Cookie);
+        if (!dataAfter && length > 0)
+        {
+            r.Buffer.AsSpan(0, length).CopyTo(_send.AsSpan(_sendLen));
+            _sendLen += length;
+        }
+    }
+}

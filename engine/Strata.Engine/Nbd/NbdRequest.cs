@@ -1,0 +1,176 @@
+using Strata.Engine.Control;
+using Strata.Engine.Store;
+using static Strata.Engine.Nbd.NbdProtocol;
+
+namespace Strata.Engine.Nbd;
+
+/// <summary>
+/// One request in flight, reused by its connection for the next one. It issues the image
+/// operation and registers a cached continuation on the returned task (no async state
+/// machine of its own, so nothing is allocated here per request), maps a failure to an NBD
+/// error, and hands itself to the connection's send loop.
+/// </summary>
+internal sealed class NbdRequest
+{
+    /// <summary>What NO_HOLE write-zeroes write from: zeroes, never written to.</summary>
+    private static readonly byte[] Zeroes = new byte[1 << 20];
+
+    private readonly NbdConnection _conn;
+    private readonly Action _onIoDone;
+    private Task? _io;
+    private bool _fuaDone;
+
+    public NbdRequest(NbdConnection conn)
+    {
+        _conn = conn;
+        _onIoDone = OnIoDone;
+    }
+
+    public ushort Type { get; private set; }
+    public ushort Flags { get; private set; }
+    public ulong Cookie { get; private set; }
+    public ulong Offset { get; private set; }
+    public uint Length { get; private set; }
+
+    /// <summary>Payload bytes counted against the connection's in-flight budget.</summary>
+    public int Bytes { get; private set; }
+
+    /// <summary>The payload: WRITE data in, READ data out (from the server's buffer pool).</summary>
+    public byte[]? Buffer { get; set; }
+
+    public uint Error { get; private set; }
+    public string? Message { get; private set; }
+
+    public void Init(in NbdRequestHeader h, int bytes)
+    {
+        Type = h.Type;
+        Flags = h.Flags;
+        Cookie = h.Cookie;
+        Offset = h.Offset;
+        Length = h.Length;
+        Bytes = bytes;
+    }
+
+    public void Reset()
+    {
+        Buffer = null;
+        Error = 0;
+        Message = null;
+        _io = null;
+        _fuaDone = false;
+    }
+
+    /// <summary>Answers without doing anything (a request refused by validation).</summary>
+    public void Complete(uint error, string? message)
+    {
+        Error = error;
+        Message = message;
+        _conn.OnCompleted(this);
+    }
+
+    public void Start()
+    {
+        Task io;
+        try
+        {
+            io = Issue(_conn.Export);
+        }
+        catch (Exception e)
+        {
+            Fail(e);
+            return;
+        }
+        Await(io);
+    }
+
+    private Task Issue(NbdExport x)
+    {
+        var io = x.Io;
+        long offset = (long)Offset;
+        if (Length == 0 && Type != CmdFlush)
+            return Task.CompletedTask;
+        return Type switch
+        {
+            CmdRead => io.ReadAsync(offset, Buffer.AsMemory(0, (int)Length)),
+            CmdWrite => io.WriteAsync(offset, Buffer.AsMemory(0, (int)Length)),
+            CmdFlush => x.ReadOnly ? Task.CompletedTask : io.FlushAsync(),
+            CmdTrim => io.TrimAsync(offset, Length),
+            // Without NO_HOLE the range may become a hole: trimmed chunks read back as zeroes.
+            CmdWriteZeroes => (Flags & CmdFlagNoHole) != 0 ? WriteZeroesAsync(io, offset, Length) : io.TrimAsync(offset, Length),
+            _ => throw new InvalidOperationException($"{CommandName(Type)} passed validation"),
+        };
+    }
+
+    private static async Task WriteZeroesAsync(MeteredImage io, long offset, long length)
+    {
+        for (long done = 0; done < length;)
+        {
+            int n = (int)Math.Min(Zeroes.Length, length - done);
+            await io.WriteAsync(offset + done, Zeroes.AsMemory(0, n)).ConfigureAwait(false);
+            done += n;
+        }
+    }
+
+    private void Await(Task io)
+    {
+        if (io.IsCompleted)
+        {
+            OnIo(io);
+            return;
+        }
+        _io = io;
+        io.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onIoDone);
+    }
+
+    private void OnIoDone()
+    {
+        var io = _io!;
+        _io = null;
+        OnIo(io);
+    }
+
+    private void OnIo(Task io)
+    {
+        if (!io.IsCompletedSuccessfully)
+        {
+            Fail(io.Exception?.InnerException ?? new OperationCanceledException("the operation was canceled"));
+            return;
+        }
+        if ((Flags & CmdFlagFua) != 0 && !_fuaDone && Type is CmdWrite or CmdWriteZeroes or CmdTrim)
+        {
+            // Every acknowledged write is durable already; the image's flush only fails when the
+            // pool can no longer promise that, and then the FUA write must not report success.
+            _fuaDone = true;
+            Task flush;
+            try
+            {
+                flush = _conn.Export.Io.Image.FlushAsync();
+            }
+            catch (Exception e)
+            {
+                Fail(e);
+                return;
+            }
+            Await(flush);
+            return;
+        }
+        _conn.OnCompleted(this);
+    }
+
+    private void Fail(Exception e)
+    {
+        if (e is not (StoreException or IOException or ObjectDisposedException or OperationCanceledException))
+            _conn.OnUnexpectedError(e);
+        Complete(ErrorOf(e), e.Message);
+    }
+
+    /// <summary>The NBD error a failed image operation maps to.</summary>
+    public static uint ErrorOf(Exception e) => e switch
+    {
+        InvalidRequestException => EInval,
+        PoolReadOnlyException => EPerm,
+        NoSpaceException => ENoSpc,
+        ObjectDisposedException or OperationCanceledException => EShutdown,
+        _ => EIo,
+    };
+}

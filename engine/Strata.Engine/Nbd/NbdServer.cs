@@ -1,0 +1,241 @@
+using System.Net;
+using System.Net.Sockets;
+
+namespace Strata.Engine.Nbd;
+
+/// <summary>A bound listener: its configured address and, for TCP, the port actually bound.</summary>
+public sealed class NbdListener
+{
+    internal NbdListener(NbdListenerAddress address, Socket socket)
+    {
+        Address = address;
+        Socket = socket;
+        Endpoint = address.Tcp != null ? (IPEndPoint)socket.LocalEndPoint! : null;
+    }
+
+    public NbdListenerAddress Address { get; }
+
+    internal Socket Socket { get; }
+
+    /// <summary>The bound TCP endpoint (port 0 in the configuration becomes a real port here).</summary>
+    public IPEndPoint? Endpoint { get; }
+
+    /// <summary>How to reach an export through this listener, as an NBD URI (the form qemu, nbdinfo and fio take).</summary>
+    public string UriFor(string export) => Endpoint is { } ep
+        ? $"nbd://{(ep.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{ep.Address}]" : ep.Address.ToString())}:{ep.Port}/{export}"
+        : $"nbd+unix:///{export}?socket={Address.UnixPath}";
+
+    public override string ToString() => Endpoint is { } ep ? $"tcp:{ep}" : $"unix:{Address.UnixPath}";
+}
+
+/// <summary>
+/// The NBD server: accepts on every listener, runs each connection's handshake and
+/// transmission (<see cref="NbdConnection"/>), and on stop closes the listeners and makes
+/// every connection finish its in-flight requests and go.
+/// </summary>
+public sealed class NbdServer : IAsyncDisposable
+{
+    private readonly List<NbdListener> _listeners = [];
+    private readonly HashSet<NbdConnection> _connections = [];
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly List<Task> _acceptLoops = [];
+    private long _nextConnectionId;
+    private int _stopped;
+
+    private NbdServer(NbdExportCatalog catalog, NbdServerOptions options)
+    {
+        Catalog = catalog;
+        Options = options;
+        Buffers = new NbdBufferPool(options.MaxPayload, options.BufferRetainBytes);
+    }
+
+    public NbdExportCatalog Catalog { get; }
+
+    public NbdServerOptions Options { get; }
+
+    /// <summary>Payload buffers of every connection (tests check that none stays rented).</summary>
+    public NbdBufferPool Buffers { get; }
+
+    public IReadOnlyList<NbdListener> Listeners => _listeners;
+
+    internal CancellationToken Stopping => _stopping.Token;
+
+    /// <summary>Connections currently open (in handshake or transmission).</summary>
+    public int ConnectionCount
+    {
+        get
+        {
+            lock (_connections)
+                return _connections.Count;
+        }
+    }
+
+    /// <summary>Binds every listener (any failure closes those already bound and throws), then accepts.</summary>
+    public static NbdServer Start(IEnumerable<NbdListenerAddress> addresses, NbdExportCatalog catalog, NbdServerOptions? options = null)
+    {
+        var server = new NbdServer(catalog, options ?? new NbdServerOptions());
+        try
+        {
+            foreach (var a in addresses)
+            {
+                try
+                {
+                    server._listeners.Add(Bind(a, server.Options));
+                }
+                catch (SocketException e)
+                {
+                    throw new IOException($"cannot listen for NBD on {a.Spec}: {e.Message}", e);
+                }
+            }
+        }
+        catch
+        {
+            foreach (var l in server._listeners)
+                l.Socket.Dispose();
+            throw;
+        }
+        foreach (var l in server._listeners)
+        {
+            server.Options.Log.Listening(l.ToString());
+            server._acceptLoops.Add(Task.Run(() => server.AcceptLoopAsync(l)));
+        }
+        return server;
+    }
+
+    private static NbdListener Bind(NbdListenerAddress a, NbdServerOptions options)
+    {
+        Socket s;
+        if (a.UnixPath is { } path)
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            try
+            {
+                s.Bind(new UnixDomainSocketEndPoint(path));
+                options.UnixSocketBound?.Invoke(path);
+            }
+            catch
+            {
+                s.Dispose();
+                throw;
+            }
+        }
+        else
+        {
+            var ep = a.Tcp!;
+            s = new Socket(ep.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+            try
+            {
+                s.Bind(ep);
+            }
+            catch
+            {
+                s.Dispose();
+                throw;
+            }
+        }
+        s.Listen(128);
+        return new NbdListener(a, s);
+    }
+
+    /// <summary>Every URI an export can be reached at, one per listener.</summary>
+    public IReadOnlyList<string> UrisFor(string export) => _listeners.Select(l => l.UriFor(export)).ToList();
+
+    private async Task AcceptLoopAsync(NbdListener listener)
+    {
+        while (!_stopping.IsCancellationRequested)
+        {
+            Socket client;
+            try
+            {
+                client = await listener.Socket.AcceptAsync(_stopping.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                break;
+            }
+            catch (ObjectDisposedException)
+            {
+                break;
+            }
+            catch (SocketException e)
+            {
+                if (_stopping.IsCancellationRequested)
+                    break;
+                // EMFILE and the like: say so, breathe, keep serving the connections we have.
+                Options.Log.ClientRefused(listener.ToString(), $"accept failed: {e.Message}");
+                await Task.Delay(100).ConfigureAwait(false);
+                continue;
+            }
+            var conn = new NbdConnection(this, client, listener, Interlocked.Increment(ref _nextConnectionId));
+            lock (_connections)
+            {
+                if (_connections.Count >= Options.MaxConnections || _stopping.IsCancellationRequested)
+                {
+                    conn = null;
+                }
+                else
+                {
+                    _connections.Add(conn);
+                }
+            }
+            if (conn == null)
+            {
+                Options.Log.ClientRefused(listener.ToString(), $"{Options.MaxConnections} NBD connections are open already");
+                client.Dispose();
+                continue;
+            }
+            _ = RunAsync(conn);
+        }
+    }
+
+    private async Task RunAsync(NbdConnection conn)
+    {
+        try
+        {
+            await conn.RunAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            lock (_connections)
+                _connections.Remove(conn);
+        }
+    }
+
+    /// <summary>
+    /// Stops accepting, then makes every connection go: requests in flight complete and are
+    /// answered, later ones get NBD_ESHUTDOWN, and the connection closes. Unix socket files are removed.
+    /// </summary>
+    public async Task StopAsync(string reason = "the engine is stopping")
+    {
+        if (Interlocked.Exchange(ref _stopped, 1) != 0)
+            return;
+        _stopping.Cancel();
+        foreach (var l in _listeners)
+        {
+            l.Socket.Dispose();
+            if (l.Address.UnixPath is { } p)
+            {
+                try
+                {
+                    File.Delete(p);
+                }
+                catch (IOException)
+                {
+                }
+            }
+        }
+        await Task.WhenAll(_acceptLoops).ConfigureAwait(false);
+        List<NbdConnection> open;
+        lock (_connections)
+            open = _connections.ToList();
+        await Task.WhenAll(open.Select(c => c.RevokeAsync(reason).AsTask())).ConfigureAwait(false);
+        await Task.WhenAll(open.Select(c => c.Closed)).ConfigureAwait(false);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync().ConfigureAwait(false);
+        _stopping.Dispose();
+    }
+}

@@ -1,0 +1,72 @@
+using System.Net.Sockets;
+
+namespace Strata.Engine.Nbd;
+
+/// <summary>Limits and hooks of the NBD server; the defaults are what docs/nbd.md documents.</summary>
+public sealed record NbdServerOptions
+{
+    /// <summary>Largest READ or WRITE payload (the spec's recommended minimum for servers, 32 MiB).</summary>
+    public int MaxPayload { get; init; } = 32 << 20;
+
+    /// <summary>Requests one connection may have in flight; the next one waits for a reply to go out.</summary>
+    public int MaxInFlight { get; init; } = 64;
+
+    /// <summary>Payload bytes one connection may have in flight (a single request is always admitted when none is).</summary>
+    public long MaxInFlightBytes { get; init; } = 64L << 20;
+
+    /// <summary>Connections served at once over all listeners; more are closed on accept.</summary>
+    public int MaxConnections { get; init; } = 256;
+
+    /// <summary>Time a client has from connecting to entering transmission.</summary>
+    public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Longest option data accepted during the handshake; a longer one closes the connection.</summary>
+    public int MaxOptionLength { get; init; } = 64 << 10;
+
+    /// <summary>Options accepted on one connection before it must enter transmission.</summary>
+    public int MaxOptions { get; init; } = 1024;
+
+    /// <summary>Bytes of idle payload buffers kept for reuse (all connections).</summary>
+    public long BufferRetainBytes { get; init; } = 256L << 20;
+
+    /// <summary>Decides whether the peer of a Unix socket connection may use NBD: null to admit it, else the reason it is refused.</summary>
+    public Func<Socket, string?>? AuthorizeUnixPeer { get; init; }
+
+    /// <summary>Called once a Unix socket is bound (to set its mode and group).</summary>
+    public Action<string>? UnixSocketBound { get; init; }
+
+    public INbdServerLog Log { get; init; } = NullNbdServerLog.Instance;
+}
+
+/// <summary>What the server reports; the daemon maps it to stable log event ids.</summary>
+public interface INbdServerLog
+{
+    void Listening(string address);
+
+    void ExportOpened(long connection, string peer, string export, bool structuredReplies);
+
+    void ConnectionClosed(long connection, string peer, string why);
+
+    void ClientRefused(string peer, string reason);
+
+    void ProtocolViolation(long connection, string peer, string what);
+
+    void UnexpectedError(long connection, string peer, Exception e);
+}
+
+public sealed class NullNbdServerLog : INbdServerLog
+{
+    public static readonly NullNbdServerLog Instance = new();
+
+    public void Listening(string address) { }
+
+    public void ExportOpened(long connection, string peer, string export, bool structuredReplies) { }
+
+    public void ConnectionClosed(long connection, string peer, string why) { }
+
+    public void ClientRefused(string peer, string reason) { }
+
+    public void ProtocolViolation(long connection, string peer, string what) { }
+
+    public void UnexpectedError(long connection, string peer, Exception e) { }
+}
