@@ -56,6 +56,9 @@ public sealed class EngineService : IAsyncDisposable
         try
         {
             bool allNew = true;
+            // The shim starts the SPDK environment on the first nvme-* open, with these options.
+            if (cfg.Targets.Any(SpdkEnvironment.IsNvmeUri))
+                SpdkEnvironment.Configure(cfg.Spdk);
             foreach (var uri in cfg.Targets)
             {
                 string? file = FilePathOf(uri);

@@ -33,6 +33,7 @@ internal sealed unsafe class DevicePoller : IDisposable
     private readonly sio_completion* _completions;
     private readonly int _idleSpinIterations;
     private readonly int _completionBatch;
+    private readonly bool _completionDetail;
     private int _pendingNext;
     private int _pendingCount;
     private int _freeTop;
@@ -41,11 +42,16 @@ internal sealed unsafe class DevicePoller : IDisposable
     private bool _queuePairGone;
     private volatile bool _stopping;
 
-    public DevicePoller(SioQueuePairHandle qp, int depth, string name, int idleSpinIterations, int completionBatch)
+    /// <param name="completionDetail">
+    /// The backend records a detail for a failed completion and ends the batch there
+    /// (SIO_DEV_F_COMPLETION_DETAIL), so the detail read after the poll is that completion's.
+    /// </param>
+    public DevicePoller(SioQueuePairHandle qp, int depth, string name, int idleSpinIterations, int completionBatch, bool completionDetail = false)
     {
         _qp = qp;
         _depth = depth;
         _completionBatch = completionBatch;
+        _completionDetail = completionDetail;
         _slots = new IoOperation?[depth];
         _pending = new IoOperation?[depth];
         _freeSlots = new int[depth];
@@ -168,6 +174,8 @@ internal sealed unsafe class DevicePoller : IDisposable
             op.Status = _completions[i].status;
             _pending[i] = op;
         }
+        if (_completionDetail && _pending[got - 1]!.Status < 0)
+            _pending[got - 1]!.Detail = StrataIoRuntime.LastErrorDetail();
         _pendingNext = 0;
         _pendingCount = (int)got;
         CompletePending();

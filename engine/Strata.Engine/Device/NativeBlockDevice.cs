@@ -67,7 +67,8 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
                     int rc = StrataIo.sio_qpair_register_region(qp.DangerousGetHandle(), (void*)_pool.Arena.Base, (ulong)_pool.Arena.Length);
                     RegisteredArena = rc == 0;
                 }
-                _pollers[i] = new DevicePoller(qp, depth, $"strata-poll-{i}", options.IdleSpinIterations, Math.Clamp(options.CompletionBatch, 1, depth));
+                _pollers[i] = new DevicePoller(qp, depth, $"strata-poll-{i}", options.IdleSpinIterations, Math.Clamp(options.CompletionBatch, 1, depth),
+                    (geometry.Features & DeviceFeatures.CompletionDetail) != 0);
             }
         }
         catch
@@ -79,7 +80,11 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         }
     }
 
-    /// <summary>Opens a device by URI (file:PATH?...); errors name the URI and the reason.</summary>
+    /// <summary>
+    /// Opens a device by URI (file:PATH?..., nvme-tcp://HOST:PORT/SUBNQN, nvme-pcie://BDF); errors name
+    /// the URI and the reason. The first nvme-* open starts the SPDK environment with the options
+    /// <see cref="SpdkEnvironment.Configure"/> set, or its defaults.
+    /// </summary>
     public static NativeBlockDevice Open(string uri, DeviceOptions? options = null)
     {
         options ??= DeviceOptions.Default;
