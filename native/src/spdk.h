@@ -100,7 +100,11 @@ struct spdk_qp {
     bool failed;
 };
 
-enum { SPDK_NO_SLOT = UINT32_MAX };
+enum {
+    SPDK_NO_SLOT = UINT32_MAX,
+    /* A command may be up to this many times the controller's transfer limit (the driver splits it). */
+    SIO_SPDK_MAX_SPLIT = 32,
+};
 
 int32_t spdk_backend_open(struct sio_uri *uri, sio_device **out);
 void spdk_backend_close(sio_device *dev);

@@ -219,7 +219,10 @@ static int32_t probe_namespace(struct spdk_device *d, const struct nvme_options 
     d->volatile_cache = spdk_nvme_ctrlr_get_data(d->ctrlr)->vwc.present != 0;
     d->max_zeroes_blocks = MAX_ZEROES_BLOCKS;
 
-    uint64_t max_xfer = spdk_nvme_ns_get_max_io_xfer_size(ns);
+    /* Like the kernel's block layer, take commands larger than the controller's limit and let
+     * the driver split them, up to SIO_SPDK_MAX_SPLIT pieces (requests are sized for that). */
+    uint32_t ns_xfer = spdk_nvme_ns_get_max_io_xfer_size(ns);
+    uint64_t max_xfer = (uint64_t)ns_xfer * SIO_SPDK_MAX_SPLIT;
     if (max_xfer > SIO_MAX_TRANSFER)
         max_xfer = SIO_MAX_TRANSFER;
     max_xfer -= max_xfer % sector;
@@ -227,7 +230,9 @@ static int32_t probe_namespace(struct spdk_device *d, const struct nvme_options 
         max_xfer = sector;
     uint64_t optimal = (uint64_t)spdk_nvme_ns_get_optimal_io_boundary(ns) * sector;
     if (optimal == 0 || optimal > max_xfer)
-        optimal = max_xfer < DEFAULT_OPTIMAL_IO ? max_xfer : DEFAULT_OPTIMAL_IO;
+        optimal = ns_xfer < DEFAULT_OPTIMAL_IO ? ns_xfer : DEFAULT_OPTIMAL_IO;
+    if (optimal < sector)
+        optimal = sector;
 
     sio_geometry *g = &d->head.geo;
     g->logical_block_size = sector;

@@ -64,9 +64,10 @@ int32_t spdk_backend_qpair_create(sio_device *dev, uint32_t depth, sio_qpair **o
 
     struct spdk_nvme_io_qpair_opts opts;
     spdk_nvme_ctrlr_get_default_io_qpair_opts(d->ctrlr, &opts, sizeof opts);
-    /* The queue itself is as deep as the controller allows; commands beyond it wait in
-     * the driver.  Enough requests for every slot plus splits at stripe boundaries. */
-    uint32_t requests = depth * 2 + 16;
+    /* The queue itself is as deep as the controller allows; commands beyond it wait in the
+     * driver.  Requests: two per slot, and room for one command split to the limit, so a
+     * parked command always fits once the queue drains. */
+    uint32_t requests = depth * 2 + SIO_SPDK_MAX_SPLIT * 2 + 16;
     if (opts.io_queue_requests < requests)
         opts.io_queue_requests = requests;
     q->qpair = spdk_nvme_ctrlr_alloc_io_qpair(d->ctrlr, &opts, sizeof opts);
@@ -299,6 +300,8 @@ int32_t spdk_backend_submit(sio_qpair *qp, const sio_cmd *cmds, const struct sio
         }
         if (s->stage == SSTAGE_NOP)
             finish(q, s);
+        else if (q->parked_head != SPDK_NO_SLOT)
+            park(q, s); /* behind the commands already waiting for requests, in order */
         else
             issue(q, s);
     }
@@ -314,6 +317,10 @@ static void retry_parked(struct spdk_qp *q)
         struct spdk_slot *s = &q->slots[idx];
         idx = s->next_parked;
         s->parked = false;
+        if (q->parked_head != SPDK_NO_SLOT) {
+            park(q, s); /* one ahead ran short again: keep the order */
+            continue;
+        }
         if (s->outstanding == 0 && (s->lba >= s->end || s->status != 0))
             advance(q, s);
         else
@@ -332,21 +339,21 @@ static const char *op_name(uint8_t op)
     }
 }
 
-/* The error path only: the detail the caller reads for this completion. */
+/* The error path only: the detail the caller reads for this completion (the caller knows the command). */
 static void record_detail(struct spdk_qp *q, const struct spdk_slot *s)
 {
     struct spdk_device *d = dev_of(q);
     if (s->nvme_error)
-        sio_fail(s->status, "NVMe %s status 0x%x/0x%02x (%s) from %s ns %u on %s", sio_nvme_sct_name(s->sct),
-                 s->sct, s->sc, sio_nvme_status_name(s->sct, s->sc), d->where, d->nsid, op_name(s->opcode));
+        sio_fail(s->status, "NVMe status 0x%x/0x%02x (%s: %s) from %s ns %u", s->sct, s->sc, sio_nvme_sct_name(s->sct),
+                 sio_nvme_status_name(s->sct, s->sc), d->where, d->nsid);
+    else if (s->injected)
+        sio_fail(s->status, "injected fault on %s ns %u", d->where, d->nsid);
     else if (q->failed)
         sio_fail(s->status, "the NVMe queue pair to %s is disconnected (the target went away); reopen the device",
                  d->where);
-    else if (s->injected)
-        sio_fail(s->status, "%s on %s: injected fault", op_name(s->opcode), d->where);
     else
-        sio_fail(s->status, "%s on %s: the NVMe driver refused the command: %s", op_name(s->opcode), d->where,
-                 strerror(-s->status));
+        sio_fail(s->status, "the NVMe driver refused the %s command on %s ns %u: %s", op_name(s->opcode), d->where,
+                 d->nsid, strerror(-s->status));
 }
 
 /* Hands out finished slots, up to max, stopping after the first failed one. */

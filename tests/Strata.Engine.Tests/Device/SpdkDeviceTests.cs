@@ -83,6 +83,23 @@ public sealed class SpdkDeviceTests
     }
 
     [TestMethod]
+    public async Task Read_TargetFailsIt_ExceptionCarriesNvmeStatus()
+    {
+        // A namespace whose reads the target fails (an SPDK error bdev, docs/spdk.md).
+        var uri = Environment.GetEnvironmentVariable("STRATA_TEST_NVME_ERROR_URI");
+        if (string.IsNullOrEmpty(uri))
+            Assert.Inconclusive("set STRATA_TEST_NVME_ERROR_URI to a namespace whose reads fail (docs/spdk.md)");
+        TestDevices.ConfigureSpdkEnvironment();
+        await using var dev = NativeBlockDevice.Open(uri);
+        using var buf = dev.Buffers.Rent(dev.Geometry.LogicalBlockSize);
+        var e = await Assert.ThrowsAsync<DeviceException>(async () => await dev.ReadAsync(0, buf.Memory));
+        StringAssert.Contains(e.Message, "read of");
+        StringAssert.Contains(e.Message, "NVMe status 0x");
+        Assert.IsFalse(e.Message.Contains('\n'), "one line");
+        await dev.WriteAsync(0, buf.Memory); // only reads fail there
+    }
+
+    [TestMethod]
     public void Configure_AfterStart_OtherOptionsBusy()
     {
         var uri = TestDevices.NvmeTargetUri();

@@ -50,11 +50,17 @@ internal sealed class TestDevices : IDisposable
         var uri = Environment.GetEnvironmentVariable("STRATA_TEST_NVME_URI");
         if (string.IsNullOrEmpty(uri))
             Assert.Inconclusive("SPDK backend not exercised: set STRATA_TEST_NVME_URI to an NVMe-oF target (nvme-tcp://127.0.0.1:4420/nqn...)");
+        ConfigureSpdkEnvironment();
+        return uri!;
+    }
+
+    /// <summary>Sets the test process's SPDK environment options; a library without SPDK fails here (ENOTSUP).</summary>
+    public static void ConfigureSpdkEnvironment()
+    {
         EnsureShim();
         var env = Environment.GetEnvironmentVariable("STRATA_TEST_SPDK_ENV");
-        // A library without SPDK fails here (ENOTSUP): a named target must be tested, not skipped.
+        // A named target must be tested, not skipped: no Inconclusive past this point.
         SpdkEnvironment.Configure(string.IsNullOrEmpty(env) ? DefaultSpdkEnv : env);
-        return uri!;
     }
 
     public static void EnsureShim()
