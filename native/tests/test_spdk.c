@@ -462,3 +462,20 @@ TEST(spdk_nvme_error_status_in_completion_detail)
     CHECK_OK(sio_qpair_destroy(qp));
     CHECK_OK(sio_device_close(dev));
 }
+
+TEST(spdk_env_start_failure_is_reported_and_final)
+{
+    /* No target needed: the environment starts (and here fails) before any connection. DPDK
+     * refuses a core mask naming a CPU this machine lacks. */
+    CHECK_OK(sio_env_configure("hugepages=0&mem_size_mb=64&pci=0&core_mask=0x8000000000000000"));
+    sio_device *dev = (sio_device *)1;
+    int32_t rc = sio_device_open("nvme-tcp://127.0.0.1:9/nqn.2016-06.io.strata:none", &dev);
+    CHECK(rc < 0);
+    CHECK(dev == NULL);
+    CHECK_DETAIL("the SPDK environment did not start with");
+    CHECK_DETAIL("core_mask=0x8000000000000000");
+    /* DPDK cannot be initialised twice in a process: every later open reports the same. */
+    t_open_fails(rc, "nvme-tcp://127.0.0.1:9/nqn.2016-06.io.strata:none");
+    CHECK_DETAIL("the SPDK environment did not start with");
+    CHECK_RC(sio_env_configure("hugepages=0&mem_size_mb=64&pci=0"), -EBUSY);
+}

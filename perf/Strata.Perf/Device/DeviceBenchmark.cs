@@ -24,6 +24,7 @@ public static class DeviceBenchmark
                            randwrite-4k-qd1, randwrite-4k-qd32, read-1m-qd8, write-1m-qd8)
           --pollers N      Strata polling threads / queue pairs (default 1)
           --spin N         Strata poller idle spin iterations before parking (default: DeviceOptions')
+          --batch N        Strata completions reaped per poll (DeviceOptions.CompletionBatch; default 1)
           --sqpoll         kernel submission polling for both engines (Strata sqpoll=1, fio --sqthread_poll=1)
           --engines LIST   strata,fio (default both; strata,spdk-perf with --uri)
           --fio-args ARGS  extra fio arguments, space separated (e.g. "--iodepth_batch_complete_max=32")
@@ -111,6 +112,8 @@ public static class DeviceBenchmark
         var deviceOptions = new DeviceOptions { Pollers = o.Pollers };
         if (o.IdleSpin is int spin)
             deviceOptions = deviceOptions with { IdleSpinIterations = spin };
+        if (o.CompletionBatch is int batch)
+            deviceOptions = deviceOptions with { CompletionBatch = batch };
         using var device = NativeBlockDevice.Open(uri, deviceOptions);
         var load = new QueueDepthLoad(row, o.Size, device.Buffers.Rent, (offset, m) => device.ReadAsync(offset, m), (offset, m) => device.WriteAsync(offset, m));
         string config = $"{uri} pollers={deviceOptions.Pollers} spin={deviceOptions.IdleSpinIterations} registered-arena={device.RegisteredArena}";
@@ -251,6 +254,7 @@ internal sealed class DeviceBenchOptions
     public required DeviceRow[] Rows { get; init; }
     public required int Pollers { get; init; }
     public int? IdleSpin { get; init; }
+    public int? CompletionBatch { get; init; }
     public required bool SqPoll { get; init; }
     public required bool RunStrata { get; init; }
     public required bool RunFio { get; init; }
@@ -292,6 +296,9 @@ internal sealed class DeviceBenchOptions
         if (pollers < 1)
             throw new PerfUsageException("--pollers must be at least 1");
         int? spin = cl.Has("spin") ? cl.Int("spin", 0) : null;
+        int? batch = cl.Has("batch") ? cl.Int("batch", 1) : null;
+        if (batch is < 1)
+            throw new PerfUsageException("--batch must be at least 1");
         return new DeviceBenchOptions
         {
             File = Path.GetFullPath(cl.String("file") ?? DefaultFile()),
@@ -300,6 +307,7 @@ internal sealed class DeviceBenchOptions
             Rows = DeviceRow.Select(cl.String("rows") ?? (nvme is null ? null : "4k")),
             Pollers = pollers,
             IdleSpin = spin,
+            CompletionBatch = batch,
             SqPoll = cl.Flag("sqpoll"),
             RunStrata = engineSet.Contains("strata"),
             RunFio = engineSet.Contains(reference),

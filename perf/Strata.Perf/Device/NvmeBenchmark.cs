@@ -131,9 +131,11 @@ internal static class NvmeBenchmark
         var deviceOptions = new DeviceOptions { Pollers = o.Pollers };
         if (o.IdleSpin is int spin)
             deviceOptions = deviceOptions with { IdleSpinIterations = spin };
+        if (o.CompletionBatch is int batch)
+            deviceOptions = deviceOptions with { CompletionBatch = batch };
         using var device = NativeBlockDevice.Open(uri, deviceOptions);
         var load = new QueueDepthLoad(row, capacity, device.Buffers.Rent, (offset, m) => device.ReadAsync(offset, m), (offset, m) => device.WriteAsync(offset, m));
-        string config = $"{uri} pollers={deviceOptions.Pollers} spin={deviceOptions.IdleSpinIterations} env={nvme.EnvText}";
+        string config = $"{uri} pollers={deviceOptions.Pollers} spin={deviceOptions.IdleSpinIterations} batch={deviceOptions.CompletionBatch} env={nvme.EnvText}";
         return await load.RunAsync(TimeSpan.FromSeconds(1), o.Runtime, config);
     }
 
