@@ -71,7 +71,7 @@ public sealed class HostConfig
         /// <summary>va or pa; unset lets DPDK choose.</summary>
         public string? IovaMode { get; set; }
 
-        /// <summary>Hexadecimal CPU mask of the environment (SPDK's default 0x1).</summary>
+        /// <summary>Hexadecimal CPU mask of the environment (SPDK's default 0x1); when set, NVMe targets' pollers run on these CPUs.</summary>
         public string? CoreMask { get; set; }
 
         /// <summary>Scan the PCI bus (nvme-pcie targets need it; false for NVMe-oF only).</summary>

@@ -34,6 +34,7 @@ internal sealed unsafe class DevicePoller : IDisposable
     private readonly int _idleSpinIterations;
     private readonly int _completionBatch;
     private readonly bool _completionDetail;
+    private readonly int? _cpu;
     private int _pendingNext;
     private int _pendingCount;
     private int _freeTop;
@@ -46,8 +47,11 @@ internal sealed unsafe class DevicePoller : IDisposable
     /// The backend records a detail for a failed completion and ends the batch there
     /// (SIO_DEV_F_COMPLETION_DETAIL), so the detail read after the poll is that completion's.
     /// </param>
-    public DevicePoller(SioQueuePairHandle qp, int depth, string name, int idleSpinIterations, int completionBatch, bool completionDetail = false)
+    /// <param name="cpu">The CPU the thread binds itself to, or null (checked by the caller).</param>
+    public DevicePoller(SioQueuePairHandle qp, int depth, string name, int idleSpinIterations, int completionBatch, bool completionDetail = false,
+        int? cpu = null)
     {
+        _cpu = cpu;
         _qp = qp;
         _depth = depth;
         _completionBatch = completionBatch;
@@ -80,6 +84,8 @@ internal sealed unsafe class DevicePoller : IDisposable
 
     private void Run()
     {
+        if (_cpu is int cpu)
+            ThreadAffinity.PinCurrentThread(cpu); // the CPU was checked against the process's set
         try
         {
             int idle = 0;

@@ -34,6 +34,12 @@ public sealed record DeviceOptions
     /// </summary>
     public int CompletionBatch { get; init; } = 1;
 
+    /// <summary>
+    /// CPUs the polling threads run on (poller i on PollerCpus[i % Count]); null leaves them to the
+    /// scheduler. A busy poller must not share a core with another one, such as an SPDK target's.
+    /// </summary>
+    public IReadOnlyList<int>? PollerCpus { get; init; }
+
     public static DeviceOptions Default { get; } = new();
 }
 
@@ -54,6 +60,7 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         _handle = handle;
         Geometry = geometry;
         int depth = options.QueueDepth > 0 ? options.QueueDepth : geometry.QueueDepth;
+        CheckPollerCpus(uri, options.PollerCpus);
         _pool = new DmaBufferPool(new ShimAllocator(handle), uri, geometry.BufferAlignment, options.ArenaBytes);
         _ops = new IoOperationPool(depth * Math.Max(1, options.Pollers) * 2, options.InlineCompletions);
         _pollers = new DevicePoller[Math.Max(1, options.Pollers)];
@@ -67,8 +74,9 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
                     int rc = StrataIo.sio_qpair_register_region(qp.DangerousGetHandle(), (void*)_pool.Arena.Base, (ulong)_pool.Arena.Length);
                     RegisteredArena = rc == 0;
                 }
+                int? cpu = options.PollerCpus is { Count: > 0 } cpus ? cpus[i % cpus.Count] : null;
                 _pollers[i] = new DevicePoller(qp, depth, $"strata-poll-{i}", options.IdleSpinIterations, Math.Clamp(options.CompletionBatch, 1, depth),
-                    (geometry.Features & DeviceFeatures.CompletionDetail) != 0);
+                    (geometry.Features & DeviceFeatures.CompletionDetail) != 0, cpu);
             }
         }
         catch
@@ -105,6 +113,16 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
             handle.Dispose();
             throw;
         }
+    }
+
+    private static void CheckPollerCpus(string uri, IReadOnlyList<int>? cpus)
+    {
+        if (cpus is null)
+            return;
+        var allowed = ThreadAffinity.Allowed();
+        foreach (int cpu in cpus)
+            if (Array.IndexOf(allowed, cpu) < 0)
+                throw new DeviceArgumentException(uri, Errno.EINVAL, $"poller CPU {cpu} is not one this process may run on ({string.Join(",", allowed)})");
     }
 
     public override DeviceGeometry Geometry { get; }

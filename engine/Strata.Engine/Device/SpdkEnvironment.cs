@@ -29,6 +29,9 @@ public sealed record SpdkEnvOptions
     /// <summary>Scan the PCI bus (needed for nvme-pcie; false for NVMe-oF only).</summary>
     public bool Pci { get; init; } = true;
 
+    /// <summary>The CPUs of <see cref="CoreMask"/> (for DeviceOptions.PollerCpus), or null when it is unset.</summary>
+    public IReadOnlyList<int>? CoreMaskCpus() => string.IsNullOrEmpty(CoreMask) ? null : ThreadAffinity.FromMask(CoreMask);
+
     /// <summary>The shim's option text, "hugepages=0&amp;mem_size_mb=1024&amp;...".</summary>
     public override string ToString()
     {

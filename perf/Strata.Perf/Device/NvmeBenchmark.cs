@@ -17,6 +17,9 @@ internal sealed class NvmeBenchOptions
     public required string? IovaMode { get; init; }
     public required string CoreMask { get; init; }
 
+    /// <summary>The CPUs of the core mask: spdk_nvme_perf's -c, and Strata's pollers unless --poller-cpus says otherwise.</summary>
+    public int[] CoreMaskCpus => (new SpdkEnvOptions { CoreMask = CoreMask }.CoreMaskCpus() ?? []).ToArray();
+
     public static NvmeBenchOptions? From(CommandLine cl)
     {
         string? uri = cl.String("uri");
@@ -65,7 +68,8 @@ internal static class NvmeBenchmark
                 throw new PerfUsageException($"row {row.Name}: {row.BlockSize}-byte commands do not fit {nvme.Uri} (block {blockSize}, max transfer {maxTransfer})");
 
         Console.WriteLine($"device benchmark: {nvme.Uri} ({DeviceBenchmark.FormatSize(capacity)}, {blockSize}-byte blocks), {options.Runtime.TotalSeconds:F0} s per row per engine after 1 s warm-up");
-        Console.WriteLine($"strata: NativeBlockDevice SPDK backend, pollers={options.Pollers}, env {nvme.EnvText}, QD worker loops");
+        string pollerCpus = options.PollerCpus is null ? "any CPU" : $"CPU {string.Join(",", options.PollerCpus)}";
+        Console.WriteLine($"strata: NativeBlockDevice SPDK backend, pollers={options.Pollers} on {pollerCpus}, batch={options.CompletionBatch?.ToString() ?? "default"}, env {nvme.EnvText}, QD worker loops");
         Console.WriteLine($"spdk_nvme_perf: {perfBinary ?? "-"} -r '{trid}' {string.Join(' ', envArgs)} -a 1 -L");
         Console.WriteLine($"host:   {Environment.ProcessorCount} CPUs, {Environment.OSVersion.VersionString}, .NET {Environment.Version}");
         Console.WriteLine();
@@ -133,9 +137,12 @@ internal static class NvmeBenchmark
             deviceOptions = deviceOptions with { IdleSpinIterations = spin };
         if (o.CompletionBatch is int batch)
             deviceOptions = deviceOptions with { CompletionBatch = batch };
+        if (o.PollerCpus is not null)
+            deviceOptions = deviceOptions with { PollerCpus = o.PollerCpus };
         using var device = NativeBlockDevice.Open(uri, deviceOptions);
         var load = new QueueDepthLoad(row, capacity, device.Buffers.Rent, (offset, m) => device.ReadAsync(offset, m), (offset, m) => device.WriteAsync(offset, m));
-        string config = $"{uri} pollers={deviceOptions.Pollers} spin={deviceOptions.IdleSpinIterations} batch={deviceOptions.CompletionBatch} env={nvme.EnvText}";
+        string cpus = deviceOptions.PollerCpus is null ? "any" : string.Join(",", deviceOptions.PollerCpus);
+        string config = $"{uri} pollers={deviceOptions.Pollers} cpus={cpus} spin={deviceOptions.IdleSpinIterations} batch={deviceOptions.CompletionBatch} env={nvme.EnvText}";
         return await load.RunAsync(TimeSpan.FromSeconds(1), o.Runtime, config);
     }
 
