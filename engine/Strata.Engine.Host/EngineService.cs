@@ -62,6 +62,11 @@ public sealed class EngineService : IAsyncDisposable
         try
         {
             bool allNew = true;
+            // The shim starts the SPDK environment on the first nvme-* open, with these options;
+            // the pollers of NVMe targets run on the cores of its core_mask, as SPDK's reactors would.
+            if (cfg.Targets.Any(SpdkEnvironment.IsNvmeUri))
+                SpdkEnvironment.Configure(cfg.Spdk);
+            var nvmeOptions = new DeviceOptions { PollerCpus = cfg.Spdk.CoreMaskCpus() };
             foreach (var uri in cfg.Targets)
             {
                 string? file = FilePathOf(uri);
@@ -74,7 +79,7 @@ public sealed class EngineService : IAsyncDisposable
                 {
                     allNew = false;
                 }
-                devices.Add(NativeBlockDevice.Open(uri));
+                devices.Add(SpdkEnvironment.IsNvmeUri(uri) ? NativeBlockDevice.Open(uri, nvmeOptions) : NativeBlockDevice.Open(uri));
             }
             // The storage core's events pass through the health sink on their way to the log.
             var health = new TargetHealthSink(ras);

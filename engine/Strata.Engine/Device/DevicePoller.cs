@@ -36,6 +36,8 @@ internal sealed unsafe class DevicePoller : IDisposable
     private readonly sio_completion* _completions;
     private readonly int _idleSpinIterations;
     private readonly int _completionBatch;
+    private readonly bool _completionDetail;
+    private readonly int? _cpu;
     private int _pendingNext;
     private int _pendingCount;
     private int _freeTop;
@@ -48,13 +50,21 @@ internal sealed unsafe class DevicePoller : IDisposable
     private readonly long _busyPollTicks;
     private readonly ulong _waitSliceMicros;
 
-    public DevicePoller(SioQueuePairHandle qp, int depth, string name, int idleSpinIterations, int completionBatch, int busyPollMicros = 0, int waitSliceMicros = 100)
+    /// <param name="completionDetail">
+    /// The backend records a detail for a failed completion and ends the batch there
+    /// (SIO_DEV_F_COMPLETION_DETAIL), so the detail read after the poll is that completion's.
+    /// </param>
+    /// <param name="cpu">The CPU the thread binds itself to, or null (checked by the caller).</param>
+    public DevicePoller(SioQueuePairHandle qp, int depth, string name, int idleSpinIterations, int completionBatch, int busyPollMicros = 0, int waitSliceMicros = 100,
+        bool completionDetail = false, int? cpu = null)
     {
         _busyPollTicks = busyPollMicros <= 0 ? long.MaxValue : busyPollMicros * System.Diagnostics.Stopwatch.Frequency / 1_000_000;
         _waitSliceMicros = (ulong)Math.Max(1, waitSliceMicros);
+        _cpu = cpu;
         _qp = qp;
         _depth = depth;
         _completionBatch = completionBatch;
+        _completionDetail = completionDetail;
         _slots = new IoOperation?[depth];
         _pending = new IoOperation?[depth];
         _freeSlots = new int[depth];
@@ -83,6 +93,8 @@ internal sealed unsafe class DevicePoller : IDisposable
 
     private void Run()
     {
+        if (_cpu is int cpu)
+            ThreadAffinity.PinCurrentThread(cpu); // the CPU was checked against the process's set
         try
         {
             int idle = 0;
@@ -193,6 +205,8 @@ internal sealed unsafe class DevicePoller : IDisposable
             op.Status = _completions[i].status;
             _pending[i] = op;
         }
+        if (_completionDetail && _pending[got - 1]!.Status < 0)
+            _pending[got - 1]!.Detail = StrataIoRuntime.LastErrorDetail();
         _pendingNext = 0;
         _pendingCount = (int)got;
         CompletePending();

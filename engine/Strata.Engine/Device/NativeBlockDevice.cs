@@ -45,6 +45,12 @@ public sealed record DeviceOptions
     /// </summary>
     public int CompletionBatch { get; init; } = 1;
 
+    /// <summary>
+    /// CPUs the polling threads run on (poller i on PollerCpus[i % Count]); null leaves them to the
+    /// scheduler. A busy poller must not share a core with another one, such as an SPDK target's.
+    /// </summary>
+    public IReadOnlyList<int>? PollerCpus { get; init; }
+
     public static DeviceOptions Default { get; } = new();
 }
 
@@ -65,6 +71,7 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         _handle = handle;
         Geometry = geometry;
         int depth = options.QueueDepth > 0 ? options.QueueDepth : geometry.QueueDepth;
+        CheckPollerCpus(uri, options.PollerCpus);
         _pool = new DmaBufferPool(new ShimAllocator(handle), uri, geometry.BufferAlignment, options.ArenaBytes);
         _ops = new IoOperationPool(depth * Math.Max(1, options.Pollers) * 2, options.InlineCompletions);
         _pollers = new DevicePoller[Math.Max(1, options.Pollers)];
@@ -78,8 +85,9 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
                     int rc = StrataIo.sio_qpair_register_region(qp.DangerousGetHandle(), (void*)_pool.Arena.Base, (ulong)_pool.Arena.Length);
                     RegisteredArena = rc == 0;
                 }
+                int? cpu = options.PollerCpus is { Count: > 0 } cpus ? cpus[i % cpus.Count] : null;
                 _pollers[i] = new DevicePoller(qp, depth, $"strata-poll-{i}", options.IdleSpinIterations, Math.Clamp(options.CompletionBatch, 1, depth),
-                    options.BusyPollMicros, options.WaitSliceMicros);
+                    options.BusyPollMicros, options.WaitSliceMicros, (geometry.Features & DeviceFeatures.CompletionDetail) != 0, cpu);
             }
         }
         catch
@@ -91,7 +99,11 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         }
     }
 
-    /// <summary>Opens a device by URI (file:PATH?...); errors name the URI and the reason.</summary>
+    /// <summary>
+    /// Opens a device by URI (file:PATH?..., nvme-tcp://HOST:PORT/SUBNQN, nvme-pcie://BDF); errors name
+    /// the URI and the reason. The first nvme-* open starts the SPDK environment with the options
+    /// <see cref="SpdkEnvironment.Configure"/> set, or its defaults.
+    /// </summary>
     public static NativeBlockDevice Open(string uri, DeviceOptions? options = null)
     {
         options ??= DeviceOptions.Default;
@@ -112,6 +124,16 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
             handle.Dispose();
             throw;
         }
+    }
+
+    private static void CheckPollerCpus(string uri, IReadOnlyList<int>? cpus)
+    {
+        if (cpus is null)
+            return;
+        var allowed = ThreadAffinity.Allowed();
+        foreach (int cpu in cpus)
+            if (Array.IndexOf(allowed, cpu) < 0)
+                throw new DeviceArgumentException(uri, Errno.EINVAL, $"poller CPU {cpu} is not one this process may run on ({string.Join(",", allowed)})");
     }
 
     public override DeviceGeometry Geometry { get; }
