@@ -43,6 +43,8 @@ static bool options_set;
 static int32_t start_rc;
 static char start_detail[SIO_ERROR_DETAIL_MAX];
 static struct sio_spdk_admin_node *admin_list;
+/* Set at process exit: the admin thread must not touch SPDK while its libraries tear down. */
+static bool exiting;
 
 static bool same_options(const struct sio_env_options *a, const struct sio_env_options *b)
 {
@@ -63,7 +65,8 @@ int32_t sio_spdk_env_configure(const struct sio_env_options *o)
         char running[SIO_ERROR_DETAIL_MAX / 2], wanted[SIO_ERROR_DETAIL_MAX / 2];
         sio_env_options_format(&options, running, sizeof running);
         sio_env_options_format(o, wanted, sizeof wanted);
-        rc = sio_fail(-EBUSY, "the SPDK environment already runs with %s; %s needs a new process", running, wanted);
+        rc = sio_fail(-EBUSY, "the SPDK environment already %s with %s; %s needs a new process",
+                      state == ENV_FAILED ? "failed to start" : "runs", running, wanted);
     }
     pthread_mutex_unlock(&env_lock);
     return rc;
@@ -93,6 +96,14 @@ static void poll_admin_queues(void)
         spdk_nvme_ctrlr_process_admin_completions(n->ctrlr);
 }
 
+/* atexit, registered once the environment runs, so it runs before SPDK's and DPDK's own teardown. */
+static void stop_admin_polling(void)
+{
+    pthread_mutex_lock(&env_lock);
+    exiting = true; /* the admin thread polls under this lock, so it is not inside SPDK now */
+    pthread_mutex_unlock(&env_lock);
+}
+
 static void *env_thread(void *arg)
 {
     (void)arg;
@@ -101,8 +112,10 @@ static void *env_thread(void *arg)
     pthread_mutex_unlock(&env_lock);
 
     int32_t rc = init_env(&o);
-    if (rc == 0)
+    if (rc == 0) {
         spdk_unaffinitize_thread(); /* this thread only polls admin queues */
+        atexit(stop_admin_polling);
+    }
 
     pthread_mutex_lock(&env_lock);
     start_rc = rc;
@@ -127,8 +140,11 @@ static void *env_thread(void *arg)
             deadline.tv_nsec -= 1000000000L;
         }
         pthread_cond_timedwait(&env_cond, &env_lock, &deadline);
+        if (exiting)
+            break;
         poll_admin_queues();
     }
+    pthread_mutex_unlock(&env_lock);
     return NULL;
 }
 
