@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <spdk/env.h>
 #include <spdk/nvme.h>
@@ -24,6 +25,9 @@
 #include "env.h"
 #include "error.h"
 #include "spdk.h"
+
+/* DPDK's public API (rte_eal.h), declared here because SPDK's pkg-config gives no DPDK include path. */
+const char *rte_eal_get_runtime_dir(void);
 
 /* Admin queues are polled this often; keep-alive timeouts are 10 s or more. */
 static const long ADMIN_POLL_NS = 100 * 1000 * 1000;
@@ -96,12 +100,17 @@ static void poll_admin_queues(void)
         spdk_nvme_ctrlr_process_admin_completions(n->ctrlr);
 }
 
-/* atexit, registered once the environment runs, so it runs before SPDK's and DPDK's own teardown. */
-static void stop_admin_polling(void)
+/*
+ * atexit, registered once the environment has tried to start, so it runs before SPDK's and
+ * DPDK's own teardown.  Also removes DPDK's per-process runtime directory
+ * (/var/run/dpdk/spdk_pidN), empty with SPDK's options, which DPDK leaves behind.
+ */
+static void at_exit(void)
 {
     pthread_mutex_lock(&env_lock);
     exiting = true; /* the admin thread polls under this lock, so it is not inside SPDK now */
     pthread_mutex_unlock(&env_lock);
+    rmdir(rte_eal_get_runtime_dir());
 }
 
 static void *env_thread(void *arg)
@@ -112,10 +121,9 @@ static void *env_thread(void *arg)
     pthread_mutex_unlock(&env_lock);
 
     int32_t rc = init_env(&o);
-    if (rc == 0) {
+    if (rc == 0)
         spdk_unaffinitize_thread(); /* this thread only polls admin queues */
-        atexit(stop_admin_polling);
-    }
+    atexit(at_exit);
 
     pthread_mutex_lock(&env_lock);
     start_rc = rc;
