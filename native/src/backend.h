@@ -71,6 +71,9 @@ extern const struct sio_backend_ops sio_uring_backend;
 extern const struct sio_backend_ops sio_spdk_backend;
 #endif
 
+/* "read", "write", "flush", "trim", "write_zeroes" (or "?"), for details. */
+const char *sio_op_name(uint8_t op);
+
 /* Default DMA memory (posix_memalign, zeroed) for backends without special memory. */
 int32_t sio_dma_heap_alloc(sio_device *dev, uint64_t size, uint32_t align, void **out);
 void sio_dma_heap_free(sio_device *dev, void *buf);

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <spdk/env.h>
 #include <spdk/nvme.h>
@@ -24,6 +25,9 @@
 #include "env.h"
 #include "error.h"
 #include "spdk.h"
+
+/* DPDK's public API (rte_eal.h), declared here because SPDK's pkg-config gives no DPDK include path. */
+const char *rte_eal_get_runtime_dir(void);
 
 /* Admin queues are polled this often; keep-alive timeouts are 10 s or more. */
 static const long ADMIN_POLL_NS = 100 * 1000 * 1000;
@@ -43,6 +47,8 @@ static bool options_set;
 static int32_t start_rc;
 static char start_detail[SIO_ERROR_DETAIL_MAX];
 static struct sio_spdk_admin_node *admin_list;
+/* Set at process exit: the admin thread must not touch SPDK while its libraries tear down. */
+static bool exiting;
 
 static bool same_options(const struct sio_env_options *a, const struct sio_env_options *b)
 {
@@ -63,7 +69,8 @@ int32_t sio_spdk_env_configure(const struct sio_env_options *o)
         char running[SIO_ERROR_DETAIL_MAX / 2], wanted[SIO_ERROR_DETAIL_MAX / 2];
         sio_env_options_format(&options, running, sizeof running);
         sio_env_options_format(o, wanted, sizeof wanted);
-        rc = sio_fail(-EBUSY, "the SPDK environment already runs with %s; %s needs a new process", running, wanted);
+        rc = sio_fail(-EBUSY, "the SPDK environment already %s with %s; %s needs a new process",
+                      state == ENV_FAILED ? "failed to start" : "runs", running, wanted);
     }
     pthread_mutex_unlock(&env_lock);
     return rc;
@@ -93,6 +100,19 @@ static void poll_admin_queues(void)
         spdk_nvme_ctrlr_process_admin_completions(n->ctrlr);
 }
 
+/*
+ * atexit, registered once the environment has tried to start, so it runs before SPDK's and
+ * DPDK's own teardown.  Also removes DPDK's per-process runtime directory
+ * (/var/run/dpdk/spdk_pidN), empty with SPDK's options, which DPDK leaves behind.
+ */
+static void at_exit(void)
+{
+    pthread_mutex_lock(&env_lock);
+    exiting = true; /* the admin thread polls under this lock, so it is not inside SPDK now */
+    pthread_mutex_unlock(&env_lock);
+    rmdir(rte_eal_get_runtime_dir());
+}
+
 static void *env_thread(void *arg)
 {
     (void)arg;
@@ -103,6 +123,7 @@ static void *env_thread(void *arg)
     int32_t rc = init_env(&o);
     if (rc == 0)
         spdk_unaffinitize_thread(); /* this thread only polls admin queues */
+    atexit(at_exit);
 
     pthread_mutex_lock(&env_lock);
     start_rc = rc;
@@ -127,8 +148,11 @@ static void *env_thread(void *arg)
             deadline.tv_nsec -= 1000000000L;
         }
         pthread_cond_timedwait(&env_cond, &env_lock, &deadline);
+        if (exiting)
+            break;
         poll_admin_queues();
     }
+    pthread_mutex_unlock(&env_lock);
     return NULL;
 }
 

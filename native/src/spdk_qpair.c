@@ -13,7 +13,6 @@
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -37,22 +36,25 @@ static inline struct spdk_device *dev_of(struct spdk_qp *q)
     return (struct spdk_device *)q->head.dev;
 }
 
+static void free_q(struct spdk_qp *q)
+{
+    free(q->slots);
+    free(q->free_slots);
+    free(q->done);
+    free(q);
+}
+
 int32_t spdk_backend_qpair_create(sio_device *dev, uint32_t depth, sio_qpair **out)
 {
     struct spdk_device *d = (struct spdk_device *)dev;
     struct spdk_qp *q = calloc(1, sizeof *q);
-    if (q != NULL) {
-        q->slots = calloc(depth, sizeof *q->slots);
-        q->free_slots = calloc(depth, sizeof *q->free_slots);
-        q->done = calloc(depth, sizeof *q->done);
-    }
-    if (q == NULL || q->slots == NULL || q->free_slots == NULL || q->done == NULL) {
-        if (q != NULL) {
-            free(q->slots);
-            free(q->free_slots);
-            free(q->done);
-        }
-        free(q);
+    if (q == NULL)
+        return sio_fail(-ENOMEM, "out of memory creating a queue pair of depth %u", depth);
+    q->slots = calloc(depth, sizeof *q->slots);
+    q->free_slots = calloc(depth, sizeof *q->free_slots);
+    q->done = calloc(depth, sizeof *q->done);
+    if (q->slots == NULL || q->free_slots == NULL || q->done == NULL) {
+        free_q(q);
         return sio_fail(-ENOMEM, "out of memory creating a queue pair of depth %u", depth);
     }
     for (uint32_t i = 0; i < depth; i++) {
@@ -72,10 +74,7 @@ int32_t spdk_backend_qpair_create(sio_device *dev, uint32_t depth, sio_qpair **o
         opts.io_queue_requests = requests;
     q->qpair = spdk_nvme_ctrlr_alloc_io_qpair(d->ctrlr, &opts, sizeof opts);
     if (q->qpair == NULL) {
-        free(q->slots);
-        free(q->free_slots);
-        free(q->done);
-        free(q);
+        free_q(q);
         return sio_fail(-ENOMEM, "cannot create an NVMe I/O queue pair on %s (the controller's queue limit, or "
                                  "the environment's memory; SPDK's log is on stderr)",
                         d->where);
@@ -89,10 +88,7 @@ void spdk_backend_qpair_destroy(sio_qpair *qp)
     struct spdk_qp *q = to_q(qp);
     /* Aborts whatever is still in flight; its callbacks run here, before the slots go. */
     spdk_nvme_ctrlr_free_io_qpair(q->qpair);
-    free(q->slots);
-    free(q->free_slots);
-    free(q->done);
-    free(q);
+    free_q(q);
 }
 
 static void finish(struct spdk_qp *q, struct spdk_slot *s)
@@ -328,17 +324,6 @@ static void retry_parked(struct spdk_qp *q)
     }
 }
 
-static const char *op_name(uint8_t op)
-{
-    switch (op) {
-    case SIO_OP_READ: return "read";
-    case SIO_OP_WRITE: return "write";
-    case SIO_OP_FLUSH: return "flush";
-    case SIO_OP_TRIM: return "trim";
-    default: return "write_zeroes";
-    }
-}
-
 /* The error path only: the detail the caller reads for this completion (the caller knows the command). */
 static void record_detail(struct spdk_qp *q, const struct spdk_slot *s)
 {
@@ -352,7 +337,7 @@ static void record_detail(struct spdk_qp *q, const struct spdk_slot *s)
         sio_fail(s->status, "the NVMe queue pair to %s is disconnected (the target went away); reopen the device",
                  d->where);
     else
-        sio_fail(s->status, "the NVMe driver refused the %s command on %s ns %u: %s", op_name(s->opcode), d->where,
+        sio_fail(s->status, "the NVMe driver refused the %s command on %s ns %u: %s", sio_op_name(s->opcode), d->where,
                  d->nsid, strerror(-s->status));
 }
 

@@ -1,6 +1,4 @@
-using System.Diagnostics;
 using System.Globalization;
-using System.Text;
 using System.Text.RegularExpressions;
 
 namespace Strata.Perf.Common;
@@ -97,7 +95,7 @@ public static partial class SpdkPerf
         };
         args.AddRange(envArgs);
         string cmd = binary + " " + string.Join(' ', args.Select(a => a.Contains(' ') ? $"'{a}'" : a));
-        var (code, stdout, stderr) = Exec(binary, args, runtime + TimeSpan.FromSeconds(60));
+        var (code, stdout, stderr) = ExternalTool.Run(binary, args, runtime + TimeSpan.FromSeconds(60));
         if (code != 0)
             throw new PerfUsageException($"spdk_nvme_perf failed (exit {code}): {LastLines(stderr + stdout)} [{cmd}]");
         return Parse(stdout, blockSize, cmd);
@@ -136,26 +134,4 @@ public static partial class SpdkPerf
         return string.Join(" | ", lines.Skip(Math.Max(0, lines.Length - 3)).Select(l => l.Trim()));
     }
 
-    private static (int Code, string Stdout, string Stderr) Exec(string binary, IReadOnlyList<string> args, TimeSpan timeout)
-    {
-        var psi = new ProcessStartInfo(binary)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-            StandardOutputEncoding = Encoding.UTF8,
-        };
-        foreach (var a in args)
-            psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi) ?? throw new PerfUsageException($"could not start {binary}");
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(timeout))
-        {
-            p.Kill(entireProcessTree: true);
-            throw new PerfUsageException($"spdk_nvme_perf did not finish within {timeout.TotalSeconds.ToString(CultureInfo.InvariantCulture)} s");
-        }
-        p.WaitForExit();
-        return (p.ExitCode, stdout.Result, stderr.Result);
-    }
 }

@@ -204,25 +204,39 @@ public static class DeviceBenchmark
             warmupSeconds = 1,
             strataConfig = o.StrataConfig,
             fioConfig = string.Join(' ', FioCommon(o)),
-            rows = results.Select(r => new
-            {
-                name = r.Row.Name,
-                label = r.Row.Label,
-                rw = r.Row.FioRw,
-                blockSize = r.Row.BlockSize,
-                queueDepth = r.Row.QueueDepth,
-                strata = r.Strata,
-                fio = r.Fio,
-                throughputRatio = Finite(r.ThroughputRatio),
-                p99Ratio = Finite(r.P99Ratio),
-                p50Ratio = Finite(r.P50Ratio),
-            }).ToArray(),
+            rows = results.Select(r => RowJson(r, "fio")).ToArray(),
         };
-        var json = JsonSerializer.Serialize(doc, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase });
-        var dir = Path.GetDirectoryName(Path.GetFullPath(o.JsonPath!));
+        SaveJson(o.JsonPath!, doc);
+    }
+
+    /// <summary>One row of the JSON report; the reference engine's figures under referenceKey.</summary>
+    internal static Dictionary<string, object?> RowJson(RowResult r, string referenceKey) => new()
+    {
+        ["name"] = r.Row.Name,
+        ["label"] = r.Row.Label,
+        ["rw"] = r.Row.FioRw,
+        ["blockSize"] = r.Row.BlockSize,
+        ["queueDepth"] = r.Row.QueueDepth,
+        ["strata"] = r.Strata,
+        [referenceKey] = r.Fio,
+        ["throughputRatio"] = Finite(r.ThroughputRatio),
+        ["p99Ratio"] = Finite(r.P99Ratio),
+        ["p50Ratio"] = Finite(r.P50Ratio),
+    };
+
+    /// <summary>Writes a JSON report (camelCase; NaN stands for a figure a tool does not report).</summary>
+    internal static void SaveJson(string path, object doc)
+    {
+        var json = JsonSerializer.Serialize(doc, new JsonSerializerOptions
+        {
+            WriteIndented = true,
+            PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
+            NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
+        });
+        var dir = Path.GetDirectoryName(Path.GetFullPath(path));
         if (dir is not null)
             Directory.CreateDirectory(dir);
-        File.WriteAllText(o.JsonPath!, json);
+        File.WriteAllText(path, json);
     }
 
     internal static string OtherCpu(RowResult r)

@@ -1,4 +1,3 @@
-using System.Text.Json;
 using Strata.Engine.Device;
 using Strata.Perf.Common;
 
@@ -159,28 +158,8 @@ internal static class NvmeBenchmark
             spdkPerfArgs = string.Join(' ', envArgs),
             runtimeSeconds = o.Runtime.TotalSeconds,
             warmupSeconds = 1,
-            rows = results.Select(r => new
-            {
-                name = r.Row.Name,
-                label = r.Row.Label,
-                rw = r.Row.FioRw,
-                blockSize = r.Row.BlockSize,
-                queueDepth = r.Row.QueueDepth,
-                strata = r.Strata,
-                spdkNvmePerf = r.Fio,
-                throughputRatio = DeviceBenchmark.Finite(r.ThroughputRatio),
-                p99Ratio = DeviceBenchmark.Finite(r.P99Ratio),
-            }).ToArray(),
+            rows = results.Select(r => DeviceBenchmark.RowJson(r, "spdkNvmePerf")).ToArray(),
         };
-        var json = JsonSerializer.Serialize(doc, new JsonSerializerOptions
-        {
-            WriteIndented = true,
-            PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
-            NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
-        });
-        var dir = Path.GetDirectoryName(Path.GetFullPath(o.JsonPath!));
-        if (dir is not null)
-            Directory.CreateDirectory(dir);
-        File.WriteAllText(o.JsonPath!, json);
+        DeviceBenchmark.SaveJson(o.JsonPath!, doc);
     }
 }
