@@ -9,7 +9,7 @@ namespace Strata.Perf.Store;
 
 /// <summary>
 /// The "store" subcommand: image I/O through the whole store (chunk map, CRC32C
-/// verified on every read, copy-on-write, data flush and metadata log on every
+/// verified on every read, copy-on-write, metadata log and its flush on every
 /// write) on file targets, against fio on the raw target files, with ratios.
 /// </summary>
 public static class StoreBenchmark
@@ -50,7 +50,7 @@ public static class StoreBenchmark
 
         Console.WriteLine($"store benchmark: {o.Targets} file target(s) of {DeviceBenchmark.FormatSize(o.TargetSize)} in {o.Dir}, image {DeviceBenchmark.FormatSize(o.ImageSize)}, rf {o.Rf}, chunk size(s) {string.Join(", ", o.ChunkSizes.Select(FormatChunk))}");
         Console.WriteLine($"  {o.Runtime.TotalSeconds:F0} s per row per engine after 1 s warm-up; strata rows first, then fio (fio writes over the raw files destroy the pool)");
-        Console.WriteLine($"strata: StorageEngine over NativeBlockDevice file:...?direct=1, pollers={o.Pollers}, Image.ReadAsync/WriteAsync QD worker loops (CRC32C verified per chunk, COW + data flush + log commit per write)");
+        Console.WriteLine($"strata: StorageEngine over NativeBlockDevice file:...?direct=1, pollers={o.Pollers}, Image.ReadAsync/WriteAsync QD worker loops (CRC32C verified per chunk; COW + log commit per write, one flush per commit round covering data and log)");
         Console.WriteLine($"fio:    {fioVersion}, on the raw target files (--filename=f0:f1..), limited to each shard's data area, {string.Join(' ', FioCommon())}");
         Console.WriteLine($"host:   {Environment.ProcessorCount} CPUs, {Environment.OSVersion.VersionString}, .NET {Environment.Version}");
         Console.WriteLine();
