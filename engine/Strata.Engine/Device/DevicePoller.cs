@@ -106,15 +106,18 @@ internal sealed unsafe class DevicePoller : IDisposable
                 if (n > 0 || got > 0)
                 {
                     idle = 0;
-                    progress = System.Diagnostics.Stopwatch.GetTimestamp();
+                    if (_busyPollTicks != long.MaxValue)
+                        progress = System.Diagnostics.Stopwatch.GetTimestamp();
                     continue;
                 }
                 if (_inflight > 0)
                 {
                     // Busy-poll while reads and writes are in flight (microseconds); wait in the
-                    // kernel when only flushes are (milliseconds) or nothing completed for a while.
-                    if ((_inflight == _inflightFlushes || System.Diagnostics.Stopwatch.GetTimestamp() - progress > _busyPollTicks)
-                        && Reap(_waitSliceMicros) > 0)
+                    // kernel when only flushes are (milliseconds) or, with a busy-poll window,
+                    // nothing completed for that long. (No clock read per spin without a window.)
+                    if ((_inflight == _inflightFlushes
+                            || (_busyPollTicks != long.MaxValue && System.Diagnostics.Stopwatch.GetTimestamp() - progress > _busyPollTicks))
+                        && Reap(_waitSliceMicros) > 0 && _busyPollTicks != long.MaxValue)
                         progress = System.Diagnostics.Stopwatch.GetTimestamp();
                     continue;
                 }

@@ -19,12 +19,13 @@ public sealed record DeviceOptions
     public int IdleSpinIterations { get; init; } = 200;
 
     /// <summary>
-    /// Microseconds a poller busy-polls with commands in flight and no completion
-    /// before it waits in the kernel instead (0 = always busy-poll). Fast commands
-    /// complete within it; a flush (milliseconds on a file) would otherwise keep a
+    /// Microseconds a poller busy-polls with reads or writes in flight and no
+    /// completion before it waits in the kernel instead (0 = busy-poll as long as
+    /// any read or write is in flight). With only flushes in flight it always waits
+    /// in the kernel: a flush (up to milliseconds on a file) would otherwise keep a
     /// CPU spinning for its whole duration.
     /// </summary>
-    public int BusyPollMicros { get; init; } = 50;
+    public int BusyPollMicros { get; init; }
 
     /// <summary>Longest kernel wait for a completion (µs); a submission queued meanwhile waits at most this long.</summary>
     public int WaitSliceMicros { get; init; } = 100;

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using Strata.Engine.Store;
 
 namespace Strata.Engine.Pools;
@@ -75,11 +76,22 @@ public static class MetaRecords
     public static MetaRecord ImageSetProp(uint id, string name, string value) =>
         new(MetaRecordType.ImageSetProp, new MetaWriter().U32(id).Str(name).Str(value).ToArray());
 
+    /// <summary>The per-write record, encoded straight into its payload (the layout WriteReplicas gives).</summary>
     public static MetaRecord ChunkMap(uint image, long chunk, Replica[] replicas)
     {
-        var w = new MetaWriter().U32(image).I64(chunk);
-        WriteReplicas(w, replicas);
-        return new(MetaRecordType.ChunkMap, w.ToArray());
+        var b = new byte[4 + 8 + 1 + replicas.Length * 14];
+        BinaryPrimitives.WriteUInt32LittleEndian(b, image);
+        BinaryPrimitives.WriteInt64LittleEndian(b.AsSpan(4), chunk);
+        b[12] = (byte)replicas.Length;
+        int at = 13;
+        foreach (var r in replicas)
+        {
+            BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(at), r.Target);
+            BinaryPrimitives.WriteInt64LittleEndian(b.AsSpan(at + 2), r.Offset);
+            BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(at + 10), r.Crc);
+            at += 14;
+        }
+        return new(MetaRecordType.ChunkMap, b);
     }
 
     public static MetaRecord ChunkUnmap(uint image, long chunk) =>
@@ -88,8 +100,12 @@ public static class MetaRecords
     public static MetaRecord ChunkUnmapRange(uint image, long first, long count) =>
         new(MetaRecordType.ChunkUnmapRange, new MetaWriter().U32(image).I64(first).I64(count).ToArray());
 
-    public static MetaRecord DurableThrough(ulong seq) =>
-        new(MetaRecordType.DurableThrough, new MetaWriter().U64(seq).ToArray());
+    public static MetaRecord DurableThrough(ulong seq)
+    {
+        var b = new byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(b, seq);
+        return new(MetaRecordType.DurableThrough, b);
+    }
 
     public static void WriteReplicas(MetaWriter w, Replica[] replicas)
     {

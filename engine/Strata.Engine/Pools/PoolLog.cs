@@ -242,7 +242,11 @@ internal sealed class PoolLog
             try
             {
                 if (broken != null)
+                {
+                    // Its flush may still be running; nothing waits for it any more.
+                    _ = round.Durable.ContinueWith(t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
                     throw broken;
+                }
                 await round.Durable.ConfigureAwait(false);
                 _stats.FlushTicks += System.Diagnostics.Stopwatch.GetTimestamp() - round.Started;
                 _stats.Rounds++;
