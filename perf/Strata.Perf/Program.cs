@@ -1,12 +1,13 @@
 using Strata.Perf.Common;
 using Strata.Perf.Device;
+using Strata.Perf.Nbd;
 using Strata.Perf.Store;
 using Strata.Perf.Upgrade;
 
 namespace Strata.Perf;
 
 /// <summary>
-/// Entry point: one subcommand per benchmark (device, store; nbd later). Each subcommand runs Strata and a reference tool on the same
+/// Entry point: one subcommand per benchmark (device, store, nbd). Each subcommand runs Strata and a reference tool on the same
 /// machine and prints ratios.
 /// </summary>
 public static class Program
@@ -16,7 +17,7 @@ public static class Program
         ("device", "Strata's device layer vs fio (io_uring, O_DIRECT) on the same file", DeviceBenchmark.RunAsync),
         ("store", "image I/O through the store (checksums, COW, log) vs fio on the raw target files", StoreBenchmark.RunAsync),
         ("upgrade", "the I/O pause of a metadata-only pool upgrade vs pool size (smallest pool as reference)", UpgradeBenchmark.RunAsync),
-        // ("nbd", ...): later subcommands plug in here.
+        ("nbd", "fio's nbd engine against Strata's NBD server, qemu-nbd and nbdkit (file plugin) on one machine", NbdBenchmark.RunAsync),
     ];
 
     public static async Task<int> Main(string[] args)
@@ -37,7 +38,7 @@ public static class Program
             var cl = CommandLine.Parse(args.AsSpan(1).ToArray());
             if (cl.Has("help"))
             {
-                Console.WriteLine(command.Name switch { "store" => StoreBenchmark.Usage, "upgrade" => UpgradeBenchmark.Usage, _ => DeviceBenchmark.Usage });
+                Console.WriteLine(command.Name switch { "store" => StoreBenchmark.Usage, "upgrade" => UpgradeBenchmark.Usage, "nbd" => NbdBenchmark.Usage, _ => DeviceBenchmark.Usage });
                 return 0;
             }
             return await command.Run(cl);
@@ -59,5 +60,6 @@ public static class Program
         Console.WriteLine(DeviceBenchmark.Usage);
         Console.WriteLine(StoreBenchmark.Usage);
         Console.WriteLine(UpgradeBenchmark.Usage);
+        Console.WriteLine(NbdBenchmark.Usage);
     }
 }

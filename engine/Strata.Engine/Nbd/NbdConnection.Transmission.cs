@@ -41,7 +41,9 @@ internal sealed partial class NbdConnection
     {
         _recv = GC.AllocateUninitializedArray<byte>(ReceiveBufferSize);
         _send = GC.AllocateUninitializedArray<byte>(SendBufferSize);
-        _replies = Channel.CreateUnbounded<NbdRequest>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = false });
+        // Synchronous continuations: a completing request (on a thread-pool thread: MeteredImage never
+        // completes on the device poller) runs the idle send loop itself instead of waking another thread.
+        _replies = Channel.CreateUnbounded<NbdRequest>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = false, AllowSynchronousContinuations = true });
         var sender = Task.Run(SendLoopAsync);
         string why;
         try

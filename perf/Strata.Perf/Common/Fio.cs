@@ -7,7 +7,7 @@ public sealed record FioResult(double Iops, double BytesPerSecond, double ClatP5
 
 /// <summary>
 /// Runs fio and parses its JSON report. Shared by every subcommand that
-/// compares against fio (device today, store and nbd later).
+/// drives or compares against fio (device, store, nbd).
 /// </summary>
 public static class Fio
 {

@@ -1,0 +1,328 @@
+using System.Globalization;
+using System.Text.Json;
+using Strata.Perf.Common;
+using Strata.Perf.Device;
+
+namespace Strata.Perf.Nbd;
+
+/// <summary>
+/// The "nbd" subcommand: fio's nbd engine against Strata's NBD server, qemu-nbd and nbdkit's
+/// file plugin, each serving a same-size image on this machine, in one run; every figure and
+/// Strata's ratio to the best peer per row.
+/// </summary>
+public static class NbdBenchmark
+{
+    public const string Usage = """
+        nbd options:
+          --dir DIR          files: DIR/nbd-target-CHUNK-N.dat (Strata's targets), DIR/nbd-peer.raw (the peers' image)
+                             (default perf/results/, else /var/tmp/strata-perf/)
+          --image-size SIZE  image size for every server (default 512M)
+          --targets N        Strata file targets (default 1, like the peers' one file), each --target-size (default 2G)
+          --target-size SIZE
+          --chunk-size LIST  Strata image chunk size(s) (default 4K,1M: small chunks suit small random I/O,
+                             large ones sequential I/O); one fresh pool and image per size
+          --runtime SEC      measured seconds per row per server (default 10; after 1 s fio ramp)
+          --quick            3 s per row per server
+          --rows LIST        comma-separated filters on row names (randread-4k-qd32, randwrite-4k-qd32,
+                             read-1m-qd8, write-1m-qd8)
+          --servers LIST     strata,qemu-nbd,nbdkit (default all three)
+          --no-durable-peers skip the write rows against qemu-nbd --cache=directsync and nbdkit --filter=fua fuamode=force
+          --pollers N        polling threads per Strata target device (default 1)
+          --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
+          --json FILE        write every figure as JSON
+        """;
+
+    public static readonly DeviceRow[] AllRows =
+    [
+        new("randread-4k-qd32", "4K rand read QD32", false, true, 4096, 32),
+        new("randwrite-4k-qd32", "4K rand write QD32", true, true, 4096, 32),
+        new("read-1m-qd8", "1M seq read QD8", false, false, 1 << 20, 8),
+        new("write-1m-qd8", "1M seq write QD8", true, false, 1 << 20, 8),
+    ];
+
+    private sealed record Run(string Server, string Description, Dictionary<string, EngineResult> Results);
+
+    public static async Task<int> RunAsync(CommandLine cl)
+    {
+        var o = NbdBenchOptions.From(cl);
+        cl.ThrowIfUnused();
+        string fioVersion = Fio.RequireInstalled();
+        Precondition(o);
+
+        Console.WriteLine($"nbd benchmark: image {StrataNbd.FormatSize(o.ImageSize)} per server, {o.Runtime.TotalSeconds:F0} s per row per server after fio's 1 s ramp; one fio job, one connection each");
+        Console.WriteLine($"fio:    {fioVersion}, --ioengine=nbd {string.Join(' ', FioArgs())}");
+        Console.WriteLine($"host:   {Environment.ProcessorCount} CPUs, {Environment.OSVersion.VersionString}, .NET {Environment.Version}");
+        Console.WriteLine();
+
+        // Every server serves every row in turn, row by row, so a change in the machine's load (it
+        // is shared) falls on all of them alike. Strata's servers stay up (filling an image takes
+        // a while); each peer is started for its row and stopped after it.
+        var strata = new List<(string Name, StrataNbd Server)>();
+        var runs = new List<Run>();
+        var durable = new List<Run>();
+        var writeRows = o.Rows.Where(r => r.Write).ToArray();
+        try
+        {
+            foreach (int chunk in o.RunStrata ? o.ChunkSizes : [])
+            {
+                string name = $"strata {NbdBenchOptions.ChunkLabel(chunk)}";
+                var server = await StrataNbd.StartAsync(o, chunk);
+                strata.Add((name, server));
+                runs.Add(new Run(name, server.Description, []));
+                Console.WriteLine($"{name}: {server.Description}");
+            }
+            var peers = new List<(string Name, Func<Task<PeerNbd>> Start, bool Durable)>();
+            if (o.RunQemuNbd)
+                peers.Add(("qemu-nbd", () => PeerNbd.StartQemuNbdAsync(o.PeerFile), false));
+            if (o.RunNbdkit)
+                peers.Add(("nbdkit", () => PeerNbd.StartNbdkitAsync(o.PeerFile), false));
+            // The write rows again against peers set up to acknowledge only durable writes, as Strata does.
+            if (o.DurablePeers && o.RunQemuNbd && writeRows.Length > 0)
+                peers.Add(("qemu-nbd-dsync", () => PeerNbd.StartQemuNbdDurableAsync(o.PeerFile), true));
+            if (o.DurablePeers && o.RunNbdkit && writeRows.Length > 0)
+                peers.Add(("nbdkit-fua", () => PeerNbd.StartNbdkitDurableAsync(o.PeerFile), true));
+            foreach (var (name, _, isDurable) in peers)
+                (isDurable ? durable : runs).Add(new Run(name, "", []));
+            Console.WriteLine();
+
+            foreach (var row in o.Rows)
+            {
+                foreach (var (name, server) in strata)
+                    runs.Single(r => r.Server == name).Results[row.Name] = await RunRowAsync(o, server, name, row);
+                foreach (var (name, start, isDurable) in peers)
+                {
+                    if (isDurable && !row.Write)
+                        continue;
+                    await using var server = await start();
+                    var list = isDurable ? durable : runs;
+                    int at = list.FindIndex(r => r.Server == name);
+                    list[at] = list[at] with { Description = server.Description };
+                    list[at].Results[row.Name] = await RunRowAsync(o, server, name, row);
+                }
+            }
+        }
+        finally
+        {
+            foreach (var (_, server) in strata)
+                await server.DisposeAsync();
+        }
+
+        Console.WriteLine();
+        foreach (var r in runs.Concat(durable))
+            Console.WriteLine($"{r.Server,-14} {r.Description}");
+        Console.WriteLine();
+        Console.Write(BuildTable(o.Rows, runs));
+        Console.WriteLine("ratio = Strata / the best peer on that row (higher is better; target >= 1.00x). Latency: fio's total latency (--lat_percentiles=1).");
+        if (durable.Count > 0)
+        {
+            Console.WriteLine();
+            Console.WriteLine("write rows against peers that also acknowledge a write only once it is durable:");
+            Console.Write(BuildTable(writeRows, [.. runs.Where(r => r.Server.StartsWith("strata", StringComparison.Ordinal)), .. durable]));
+        }
+        Console.WriteLine($"server cpu: CPU time the server process used during the row, % of one CPU ({Environment.ProcessorCount} here; Strata's includes this harness, idle while fio runs).");
+        Console.WriteLine("Strata acknowledges a write only once it is durable (data flushed, chunk map logged); qemu-nbd --cache=none and nbdkit acknowledge before any flush.");
+        double worst = runs.SelectMany(r => r.Results.Values).Select(r => r.OtherCpuPercent).Where(double.IsFinite).DefaultIfEmpty(0).Max();
+        if (worst > 25)
+            Console.WriteLine($"warning: other processes used up to {worst:F0}% CPU during the runs; ratios on a busy machine are not comparable.");
+        if (o.JsonPath != null)
+        {
+            WriteJson(o, fioVersion, runs, durable);
+            Console.WriteLine($"wrote {o.JsonPath}");
+        }
+        return 0;
+    }
+
+    private static async Task<EngineResult> RunRowAsync(NbdBenchOptions o, INbdServerUnderTest server, string name, DeviceRow row)
+    {
+        Console.Write($"  {row.Name,-18} {name,-14} ...");
+        if (o.WaitIdle > TimeSpan.Zero)
+            await HostIdle.WaitAsync(o.WaitIdle);
+        var h0 = HostCpuSample.Now();
+        var c0 = server.CpuTime();
+        // fio runs as a child process; awaiting it off this thread leaves the in-process server its threads.
+        var f = await Task.Run(() => Fio.RunJob(JobArgs(o, row, server.Uri), o.Runtime + TimeSpan.FromSeconds(120)));
+        double serverCpu = 100.0 * (server.CpuTime() - c0).TotalSeconds / (o.Runtime.TotalSeconds + 1);
+        double fioCpu = f.CpuUserPct + f.CpuSysPct;
+        var r = new EngineResult(f.Iops, f.BytesPerSecond, f.ClatP50Ns, f.ClatP99Ns, f.ClatMeanNs, serverCpu, null,
+            (long)(f.Iops * o.Runtime.TotalSeconds), f.CommandLine)
+        {
+            OtherCpuPercent = Math.Max(0, HostCpuSample.BusyPercent(h0, HostCpuSample.Now()) - serverCpu - fioCpu),
+        };
+        Console.WriteLine($" {Throughput(row, r)}, p50 {TablePrinter.Latency(r.P50Ns)}, p99 {TablePrinter.Latency(r.P99Ns)}, server cpu {serverCpu:F0}%, fio cpu {fioCpu:F0}%, others {r.OtherCpuPercent:F0}%");
+        return r;
+    }
+
+    /// <summary>fio options common to every server.</summary>
+    private static List<string> FioArgs() =>
+    [
+        "--randrepeat=0", "--norandommap", "--time_based", "--ramp_time=1", "--group_reporting",
+        "--percentile_list=50:99", "--lat_percentiles=1",
+    ];
+
+    private static List<string> JobArgs(NbdBenchOptions o, DeviceRow row, string uri)
+    {
+        var args = new List<string>
+        {
+            "--name=" + row.Name, "--ioengine=nbd", "--uri=" + uri,
+            "--rw=" + row.FioRw, "--bs=" + row.BlockSize.ToString(CultureInfo.InvariantCulture),
+            "--iodepth=" + row.QueueDepth.ToString(CultureInfo.InvariantCulture),
+            "--size=" + o.ImageSize.ToString(CultureInfo.InvariantCulture),
+            "--runtime=" + o.Runtime.TotalSeconds.ToString(CultureInfo.InvariantCulture),
+        };
+        args.AddRange(FioArgs());
+        return args;
+    }
+
+    private static string BuildTable(DeviceRow[] rows, List<Run> runs)
+    {
+        var strata = runs.Where(r => r.Server.StartsWith("strata", StringComparison.Ordinal)).ToList();
+        var peers = runs.Where(r => !r.Server.StartsWith("strata", StringComparison.Ordinal)).ToList();
+        var headers = new List<string> { "row" };
+        headers.AddRange(runs.Select(r => r.Server));
+        headers.Add("best peer");
+        headers.AddRange(strata.Select(s => $"{s.Server} ratio"));
+        headers.AddRange(runs.Select(r => $"{r.Server} p99"));
+        headers.AddRange(runs.Select(r => $"{r.Server} cpu"));
+        var t = new TablePrinter([.. headers]);
+        foreach (var row in rows)
+        {
+            var cells = new List<string> { row.Label };
+            cells.AddRange(runs.Select(r => r.Results.TryGetValue(row.Name, out var x) ? Throughput(row, x) : "-"));
+            var best = peers.Where(p => p.Results.ContainsKey(row.Name)).Select(p => (p.Server, R: (EngineResult?)p.Results[row.Name]))
+                .DefaultIfEmpty((Server: "-", R: null)).MaxBy(p => p.R?.Iops ?? 0);
+            cells.Add(best.Server);
+            cells.AddRange(strata.Select(s => s.Results.TryGetValue(row.Name, out var x) && best.R != null ? TablePrinter.Ratio(x.Iops / best.R.Iops) : "-"));
+            cells.AddRange(runs.Select(r => TablePrinter.Latency(r.Results.GetValueOrDefault(row.Name)?.P99Ns ?? 0)));
+            cells.AddRange(runs.Select(r => r.Results.TryGetValue(row.Name, out var x) ? $"{x.CpuPercent:F0}%" : "-"));
+            t.Add([.. cells]);
+        }
+        return t.ToString();
+    }
+
+    private static string Throughput(DeviceRow row, EngineResult r) =>
+        row.ReportBandwidth ? $"{r.BytesPerSecond / 1e6:F0} MB/s" : $"{r.Iops:F0} IOPS";
+
+    /// <summary>Creates the files once and writes them fully with fio, so no server reads holes.</summary>
+    private static void Precondition(NbdBenchOptions o)
+    {
+        Directory.CreateDirectory(o.Dir);
+        var files = new List<(string Path, long Size)> { (o.PeerFile, o.ImageSize) };
+        if (o.RunStrata)
+            files.AddRange(o.ChunkSizes.SelectMany(c => Enumerable.Range(0, o.Targets).Select(i => (o.TargetPath(c, i), o.TargetSize))));
+        foreach (var (path, size) in files)
+        {
+            string marker = path + ".preconditioned", sz = size.ToString(CultureInfo.InvariantCulture);
+            var fi = new FileInfo(path);
+            if (fi.Exists && fi.Length == size && File.Exists(marker) && File.ReadAllText(marker).Trim() == sz)
+                continue;
+            Console.WriteLine($"preconditioning {path}: writing {StrataNbd.FormatSize(size)} with fio ...");
+            Fio.RunJob(["--name=precondition", "--filename=" + path, "--size=" + sz, "--rw=write", "--bs=1M", "--iodepth=16",
+                "--ioengine=io_uring", "--direct=1", "--end_fsync=1"], TimeSpan.FromMinutes(30));
+            File.WriteAllText(marker, sz);
+        }
+    }
+
+    private static void WriteJson(NbdBenchOptions o, string fioVersion, List<Run> runs, List<Run> durable)
+    {
+        var doc = new
+        {
+            benchmark = "nbd",
+            timestamp = DateTimeOffset.UtcNow,
+            host = new { cpus = Environment.ProcessorCount, os = Environment.OSVersion.VersionString, dotnet = Environment.Version.ToString(), fio = fioVersion },
+            imageSizeBytes = o.ImageSize,
+            runtimeSeconds = o.Runtime.TotalSeconds,
+            fioConfig = "--ioengine=nbd " + string.Join(' ', FioArgs()),
+            servers = runs.Concat(durable).Select(r => new { name = r.Server, description = r.Description, rows = r.Results }).ToArray(),
+        };
+        var json = JsonSerializer.Serialize(doc, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase });
+        var dir = Path.GetDirectoryName(Path.GetFullPath(o.JsonPath!));
+        if (dir is not null)
+            Directory.CreateDirectory(dir);
+        File.WriteAllText(o.JsonPath!, json);
+    }
+}
+
+/// <summary>Parsed options of the nbd subcommand.</summary>
+internal sealed class NbdBenchOptions
+{
+    public required string Dir { get; init; }
+    public required long ImageSize { get; init; }
+    public required int Targets { get; init; }
+    public required long TargetSize { get; init; }
+    public required int[] ChunkSizes { get; init; }
+    public required TimeSpan Runtime { get; init; }
+    public required DeviceRow[] Rows { get; init; }
+    public required int Pollers { get; init; }
+    public required bool RunStrata { get; init; }
+    public required bool RunQemuNbd { get; init; }
+    public required bool RunNbdkit { get; init; }
+    public required bool DurablePeers { get; init; }
+    public string? JsonPath { get; init; }
+    public TimeSpan WaitIdle { get; init; }
+
+    /// <summary>Each chunk size's engine has its own target files: all of Strata's servers run at once.</summary>
+    public string TargetPath(int chunkSize, int i) => Path.Combine(Dir, $"nbd-target-{ChunkLabel(chunkSize)}-{i}.dat");
+
+    public static string ChunkLabel(int bytes) => bytes >= 1 << 20 ? $"{bytes >> 20}M" : $"{bytes >> 10}K";
+
+    public string PeerFile => Path.Combine(Dir, "nbd-peer.raw");
+
+    public static NbdBenchOptions From(CommandLine cl)
+    {
+        bool quick = cl.Flag("quick");
+        var servers = (cl.String("servers") ?? "strata,qemu-nbd,nbdkit").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        foreach (var s in servers)
+            if (s is not ("strata" or "qemu-nbd" or "nbdkit"))
+                throw new PerfUsageException($"--servers: unknown server '{s}' (strata, qemu-nbd, nbdkit)");
+        int targets = cl.Int("targets", 1), pollers = cl.Int("pollers", 1);
+        if (targets < 1 || pollers < 1)
+            throw new PerfUsageException("--targets and --pollers must be at least 1");
+        var chunks = (cl.String("chunk-size") ?? "4K,1M").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(s => CommandLine.ParseBytes(s, "chunk-size")).ToArray();
+        foreach (var c in chunks)
+            if (c < 4096 || c > 1 << 20 || (c & (c - 1)) != 0)
+                throw new PerfUsageException($"--chunk-size {c}: a power of two from 4K to 1M");
+        long imageSize = cl.Bytes("image-size", 512L << 20), targetSize = cl.Bytes("target-size", 2L << 30);
+        if (imageSize % (1 << 20) != 0)
+            throw new PerfUsageException("--image-size must be a multiple of 1M");
+        long need = imageSize / 4 * 5 / targets + (256L << 20);
+        if (targetSize < need)
+            throw new PerfUsageException($"--target-size {targetSize} is too small for a {imageSize}-byte image on {targets} target(s); use at least {need >> 20}M");
+        var filter = cl.String("rows");
+        var rows = NbdBenchmark.AllRows;
+        if (!string.IsNullOrWhiteSpace(filter))
+        {
+            var parts = filter.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            rows = rows.Where(r => parts.Any(p => r.Name.Contains(p, StringComparison.OrdinalIgnoreCase))).ToArray();
+            if (rows.Length == 0)
+                throw new PerfUsageException($"--rows '{filter}' matches no row (rows: {string.Join(", ", NbdBenchmark.AllRows.Select(r => r.Name))})");
+        }
+        return new NbdBenchOptions
+        {
+            Dir = Path.GetFullPath(cl.String("dir") ?? DefaultDir()),
+            ImageSize = imageSize,
+            Targets = targets,
+            TargetSize = targetSize,
+            ChunkSizes = chunks.Select(c => (int)c).ToArray(),
+            Runtime = TimeSpan.FromSeconds(cl.Seconds("runtime", quick ? 3 : 10)),
+            Rows = rows,
+            Pollers = pollers,
+            RunStrata = servers.Contains("strata"),
+            RunQemuNbd = servers.Contains("qemu-nbd"),
+            RunNbdkit = servers.Contains("nbdkit"),
+            DurablePeers = !cl.Flag("no-durable-peers"),
+            JsonPath = cl.String("json"),
+            WaitIdle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero,
+        };
+    }
+
+    private static string DefaultDir()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "Directory.Build.props")) && Directory.Exists(Path.Combine(dir.FullName, "perf")))
+                return Path.Combine(dir.FullName, "perf", "results");
+        }
+        return "/var/tmp/strata-perf";
+    }
+}

@@ -1,0 +1,230 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net.Sockets;
+using Strata.Engine.Control;
+using Strata.Engine.Device;
+using Strata.Engine.Nbd;
+using Strata.Engine.Pools;
+using Strata.Perf.Common;
+
+namespace Strata.Perf.Nbd;
+
+/// <summary>One NBD server under test: where fio connects, and how much CPU it has used so far.</summary>
+internal interface INbdServerUnderTest : IAsyncDisposable
+{
+    string Name { get; }
+
+    /// <summary>What exactly runs (command line or configuration), for the report.</summary>
+    string Description { get; }
+
+    string Uri { get; }
+
+    /// <summary>CPU time the server has consumed since it started.</summary>
+    TimeSpan CpuTime();
+}
+
+/// <summary>
+/// Strata's NBD server over a StorageEngine on file targets, in this process, instrumented like
+/// the daemon (MeteredImage with a Prometheus listener attached).
+/// </summary>
+internal sealed class StrataNbd : INbdServerUnderTest
+{
+    private readonly NativeBlockDevice[] _devices;
+    private readonly StorageEngine _engine;
+    private readonly StrataMetrics _metrics;
+    private readonly PrometheusExporter _exporter;
+    private readonly NbdServer _server;
+    private readonly string _dir;
+
+    private StrataNbd(NativeBlockDevice[] devices, StorageEngine engine, StrataMetrics metrics, PrometheusExporter exporter, NbdServer server, string dir, string description)
+    {
+        _devices = devices;
+        _engine = engine;
+        _metrics = metrics;
+        _exporter = exporter;
+        _server = server;
+        _dir = dir;
+        Description = description;
+    }
+
+    public string Name => "strata";
+
+    public string Description { get; }
+
+    public string Uri => _server.Listeners[0].UriFor("bench/c/img");
+
+    public TimeSpan CpuTime() => Process.GetCurrentProcess().TotalProcessorTime;
+
+    public static async Task<StrataNbd> StartAsync(NbdBenchOptions o, int chunkSize)
+    {
+        var devices = Enumerable.Range(0, o.Targets)
+            .Select(i => NativeBlockDevice.Open($"file:{o.TargetPath(chunkSize, i)}?direct=1&qd=128", new DeviceOptions { Pollers = o.Pollers }))
+            .ToArray();
+        try
+        {
+            var engine = await StorageEngine.FormatAsync(devices, force: true);
+            // Copy-on-write needs free extents beside the image's chunks: 25% headroom.
+            var pool = await engine.CreatePoolAsync("bench", o.ImageSize / 4 * 5, 1, new PoolCreateOptions { MinChunkSize = Math.Min(chunkSize, 64 * 1024) });
+            await pool.CreateContainerAsync("c");
+            var image = await pool.CreateImageAsync("c", "img", o.ImageSize, chunkSize);
+            Console.Write($"  strata: filling the {FormatSize(o.ImageSize)} image ({Chunk(chunkSize)} chunks) through the store ...");
+            var sw = Stopwatch.StartNew();
+            await FillAsync(image);
+            Console.WriteLine($" {o.ImageSize / 1e6 / sw.Elapsed.TotalSeconds:F0} MB/s");
+            var metrics = new StrataMetrics(() => (0, 0, 0), () => 1);
+            var exporter = new PrometheusExporter(StrataMetrics.MeterName);
+            string dir = Directory.CreateTempSubdirectory("strata-nbd-bench-").FullName;
+            var server = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "strata.sock"))],
+                new NbdExportCatalog(engine, async (p, c, i) => new MeteredImage((await engine.OpenPoolAsync(p)).OpenImage(c, i), metrics)));
+            string desc = $"in-process NbdServer (unix socket), StorageEngine on {o.Targets} file target(s) file:...?direct=1&qd=128, pollers={o.Pollers}, "
+                + $"image {FormatSize(o.ImageSize)} with {Chunk(chunkSize)} chunks, rf 1, CRC32C verified on every read, every write durable on ack";
+            return new StrataNbd(devices, engine, metrics, exporter, server, dir, desc);
+        }
+        catch
+        {
+            foreach (var d in devices)
+                d.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Writes the whole image once, 1 MiB at a time, 8 in flight, so reads hit mapped (checksummed) chunks.</summary>
+    private static async Task FillAsync(Image image)
+    {
+        const int piece = 1 << 20;
+        long next = -piece;
+        long size = image.Size;
+        await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Task.Run(async () =>
+        {
+            var buf = new byte[piece];
+            System.Security.Cryptography.RandomNumberGenerator.Fill(buf);
+            for (long at; (at = Interlocked.Add(ref next, piece)) < size;)
+                await image.WriteAsync(at, buf.AsMemory(0, (int)Math.Min(piece, size - at)));
+        })));
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _server.DisposeAsync();
+        await _engine.DisposeAsync();
+        _exporter.Dispose();
+        _metrics.Dispose();
+        foreach (var d in _devices)
+            d.Dispose();
+        Directory.Delete(_dir, recursive: true);
+    }
+
+    internal static string FormatSize(long bytes) => Device.DeviceBenchmark.FormatSize(bytes);
+
+    private static string Chunk(int bytes) => bytes >= 1 << 20 ? $"{bytes >> 20} MiB" : $"{bytes >> 10} KiB";
+}
+
+/// <summary>A peer server run as a child process serving the raw image file on a Unix socket.</summary>
+internal sealed class PeerNbd : INbdServerUnderTest
+{
+    private readonly Process _process;
+    private readonly string _dir;
+
+    private PeerNbd(string name, Process process, string dir, string socket, string description)
+    {
+        Name = name;
+        _process = process;
+        _dir = dir;
+        Uri = $"nbd+unix:///?socket={socket}";
+        Description = description;
+    }
+
+    public string Name { get; }
+
+    public string Description { get; }
+
+    public string Uri { get; }
+
+    /// <summary>qemu-nbd with O_DIRECT and io_uring, as a production qemu-nbd export of a raw file would run.</summary>
+    public static Task<PeerNbd> StartQemuNbdAsync(string file) => StartAsync("qemu-nbd", "qemu-nbd",
+        sock => ["-f", "raw", "--persistent", "--shared=8", "-k", sock, "--cache=none", "--aio=io_uring", "--discard=unmap", file]);
+
+    /// <summary>qemu-nbd writing through (O_DIRECT|O_DSYNC): every write durable before its reply, as Strata's are.</summary>
+    public static Task<PeerNbd> StartQemuNbdDurableAsync(string file) => StartAsync("qemu-nbd-dsync", "qemu-nbd",
+        sock => ["-f", "raw", "--persistent", "--shared=8", "-k", sock, "--cache=directsync", "--aio=io_uring", "--discard=unmap", file]);
+
+    /// <summary>nbdkit's file plugin with its defaults (page cache, as `nbdkit -U SOCK file FILE` runs).</summary>
+    public static Task<PeerNbd> StartNbdkitAsync(string file) => StartAsync("nbdkit", "nbdkit",
+        sock => ["-f", "--exit-with-parent", "-U", sock, "file", file]);
+
+    /// <summary>nbdkit's file plugin behind the fua filter in force mode: every write is flushed before its reply.</summary>
+    public static Task<PeerNbd> StartNbdkitDurableAsync(string file) => StartAsync("nbdkit-fua", "nbdkit",
+        sock => ["-f", "--exit-with-parent", "-U", sock, "--filter=fua", "file", file, "fuamode=force"]);
+
+    private static async Task<PeerNbd> StartAsync(string name, string exe, Func<string, string[]> args)
+    {
+        string dir = Directory.CreateTempSubdirectory("strata-nbd-peer-").FullName;
+        string sock = Path.Combine(dir, "nbd.sock");
+        var psi = new ProcessStartInfo(exe) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+        var argv = args(sock);
+        foreach (var a in argv)
+            psi.ArgumentList.Add(a);
+        Process p;
+        try
+        {
+            p = Process.Start(psi) ?? throw new PerfUsageException($"could not start {exe}");
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            throw new PerfUsageException($"{exe} not found on PATH: install it (apt-get install {(exe == "qemu-nbd" ? "qemu-utils" : "nbdkit")})");
+        }
+        var stderr = p.StandardError.ReadToEndAsync();
+        _ = p.StandardOutput.ReadToEndAsync();
+        for (int i = 0; i < 200; i++)
+        {
+            if (p.HasExited)
+                throw new PerfUsageException($"{exe} exited with {p.ExitCode}: {(await stderr).Trim()}");
+            if (File.Exists(sock) && CanConnect(sock))
+                return new PeerNbd(name, p, dir, sock, $"{exe} {string.Join(' ', argv)}");
+            await Task.Delay(50);
+        }
+        p.Kill(entireProcessTree: true);
+        throw new PerfUsageException($"{exe} did not create its socket within 10 s");
+    }
+
+    private static bool CanConnect(string sock)
+    {
+        using var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            s.Connect(new UnixDomainSocketEndPoint(sock));
+            return true;
+        }
+        catch (SocketException)
+        {
+            return false;
+        }
+    }
+
+    public TimeSpan CpuTime()
+    {
+        // utime + stime of the process (fields 14 and 15 of /proc/PID/stat, in clock ticks of 1/100 s).
+        try
+        {
+            string stat = File.ReadAllText($"/proc/{_process.Id}/stat");
+            var f = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            long ticks = long.Parse(f[11], CultureInfo.InvariantCulture) + long.Parse(f[12], CultureInfo.InvariantCulture);
+            return TimeSpan.FromSeconds(ticks / 100.0);
+        }
+        catch (IOException)
+        {
+            return TimeSpan.Zero;
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!_process.HasExited)
+        {
+            _process.Kill(entireProcessTree: true);
+            await _process.WaitForExitAsync();
+        }
+        _process.Dispose();
+        Directory.Delete(_dir, recursive: true);
+    }
+}
