@@ -17,9 +17,12 @@ internal sealed class InProcessNbd : IAsyncDisposable
 
     private readonly string _dir;
 
-    private InProcessNbd(string dir, GatedMemoryBlockDevice[] devices, StorageEngine engine, Pool pool, StrataMetrics metrics, NbdServer server)
+    private readonly PrometheusExporter _exporter;
+
+    private InProcessNbd(string dir, GatedMemoryBlockDevice[] devices, StorageEngine engine, Pool pool, StrataMetrics metrics, PrometheusExporter exporter, NbdServer server)
     {
         _dir = dir;
+        _exporter = exporter;
         Devices = devices;
         Engine = engine;
         Pool = pool;
@@ -59,10 +62,12 @@ internal sealed class InProcessNbd : IAsyncDisposable
             pool = await engine.OpenPoolAsync("p");
         }
         var metrics = new StrataMetrics(() => (0, 0, 0), () => 1);
+        // As in the daemon: the Prometheus exporter listens to every measurement.
+        var exporter = new PrometheusExporter(StrataMetrics.MeterName);
         var catalog = new NbdExportCatalog(engine, async (p, c, i) =>
             new MeteredImage((await engine.OpenPoolAsync(p)).OpenImage(c, i), metrics));
         var server = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "nbd.sock"))], catalog, options);
-        return new InProcessNbd(dir, devices, engine, pool, metrics, server);
+        return new InProcessNbd(dir, devices, engine, pool, metrics, exporter, server);
     }
 
     public Task<RawNbdClient> ConnectAsync() => RawNbdClient.ConnectUnixAsync(SocketPath);
@@ -82,6 +87,7 @@ internal sealed class InProcessNbd : IAsyncDisposable
     {
         await Server.DisposeAsync();
         await Engine.DisposeAsync();
+        _exporter.Dispose();
         Metrics.Dispose();
         foreach (var d in Devices)
             await d.DisposeAsync();

@@ -32,7 +32,8 @@ public sealed class NbdAllocationTests
     {
         // A WAL large enough that no checkpoint (whose allocations depend on timing) falls in a measured window.
         await using var nbd = await InProcessNbd.StartAsync(walBytes: 8L << 20, touchAllPages: true);
-        var image = new MeteredImage(nbd.Pool.OpenImage("c", "img"), nbd.Metrics);
+        // The seam as NbdExport uses it (completing inline), with the daemon's Prometheus exporter attached.
+        var image = new MeteredImage(nbd.Pool.OpenImage("c", "img"), nbd.Metrics).WithInlineContinuations();
         // Map every chunk first, so reads and writes take the same path in both measurements.
         var fill = new byte[1 << 20];
         new Random(1).NextBytes(fill);

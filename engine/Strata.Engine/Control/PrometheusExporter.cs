@@ -14,6 +14,9 @@ public sealed class PrometheusExporter : IDisposable
 {
     private readonly MeterListener _listener = new();
     private readonly ConcurrentDictionary<(Instrument, string), Series> _series = new();
+    // Measurements with one string tag (every I/O instrument: op=read...) find their series here
+    // without building the label text: recording runs once per I/O and must not allocate.
+    private readonly ConcurrentDictionary<(Instrument, string, string), Series> _oneTag = new();
     private readonly List<Instrument> _instruments = new();
     private readonly object _scrape = new();
 
@@ -87,14 +90,16 @@ public sealed class PrometheusExporter : IDisposable
 
     private void Record(Instrument inst, double v, ReadOnlySpan<KeyValuePair<string, object?>> tags)
     {
-        var labels = new StringBuilder();
-        foreach (var t in tags)
+        Series s;
+        if (tags.Length == 1 && tags[0].Value is string one)
         {
-            if (labels.Length > 0)
-                labels.Append(',');
-            labels.Append(Sanitize(t.Key)).Append("=\"").Append(Escape(Convert.ToString(t.Value, CultureInfo.InvariantCulture) ?? "")).Append('"');
+            if (!_oneTag.TryGetValue((inst, tags[0].Key, one), out s!))
+                s = _oneTag.GetOrAdd((inst, tags[0].Key, one), SeriesFor(inst, tags));
         }
-        var s = _series.GetOrAdd((inst, labels.ToString()), _ => new Series());
+        else
+        {
+            s = SeriesFor(inst, tags);
+        }
         lock (s)
         {
             if (inst is Histogram<double> or Histogram<long>)
@@ -116,6 +121,19 @@ public sealed class PrometheusExporter : IDisposable
                 s.Value += v;
             }
         }
+    }
+
+    /// <summary>The series of an instrument and tag set, keyed by its label text (what Scrape prints).</summary>
+    private Series SeriesFor(Instrument inst, ReadOnlySpan<KeyValuePair<string, object?>> tags)
+    {
+        var labels = new StringBuilder();
+        foreach (var t in tags)
+        {
+            if (labels.Length > 0)
+                labels.Append(',');
+            labels.Append(Sanitize(t.Key)).Append("=\"").Append(Escape(Convert.ToString(t.Value, CultureInfo.InvariantCulture) ?? "")).Append('"');
+        }
+        return _series.GetOrAdd((inst, labels.ToString()), _ => new Series());
     }
 
     private static string MetricName(Instrument inst)

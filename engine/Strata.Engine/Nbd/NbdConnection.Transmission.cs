@@ -41,9 +41,9 @@ internal sealed partial class NbdConnection
     {
         _recv = GC.AllocateUninitializedArray<byte>(ReceiveBufferSize);
         _send = GC.AllocateUninitializedArray<byte>(SendBufferSize);
-        // Synchronous continuations: a completing request (on a thread-pool thread: MeteredImage never
-        // completes on the device poller) runs the idle send loop itself instead of waking another thread.
-        _replies = Channel.CreateUnbounded<NbdRequest>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = false, AllowSynchronousContinuations = true });
+        // Requests complete on the device poller (NbdExport's image completes inline), which must only
+        // queue the reply: the send loop is woken on the thread pool, once per batch of replies.
+        _replies = Channel.CreateUnbounded<NbdRequest>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = false, AllowSynchronousContinuations = false });
         var sender = Task.Run(SendLoopAsync);
         string why;
         try

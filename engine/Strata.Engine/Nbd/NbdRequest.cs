@@ -8,7 +8,8 @@ namespace Strata.Engine.Nbd;
 /// One request in flight, reused by its connection for the next one. It issues the image
 /// operation and registers a cached continuation on the returned task (no async state
 /// machine of its own, so nothing is allocated here per request), maps a failure to an NBD
-/// error, and hands itself to the connection's send loop.
+/// error, and hands itself to the connection's send loop. The continuation usually runs on the
+/// device poller: it must never block, and does nothing but that hand-off.
 /// </summary>
 internal sealed class NbdRequest
 {

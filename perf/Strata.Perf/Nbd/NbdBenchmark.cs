@@ -14,7 +14,7 @@ public static class NbdBenchmark
 {
     public const string Usage = """
         nbd options:
-          --dir DIR          files: DIR/nbd-target-CHUNK-N.dat (Strata's targets), DIR/nbd-peer.raw (the peers' image)
+          --dir DIR          files: DIR/nbd-target-CHUNK[-buf]-N.dat (Strata's targets), DIR/nbd-peer.raw (the peers' image)
                              (default perf/results/, else /var/tmp/strata-perf/)
           --image-size SIZE  image size for every server (default 512M)
           --targets N        Strata file targets (default 1, like the peers' one file), each --target-size (default 2G)
@@ -28,6 +28,8 @@ public static class NbdBenchmark
           --servers LIST     strata,qemu-nbd,nbdkit (default all three)
           --no-durable-peers skip the write rows against qemu-nbd --cache=directsync and nbdkit --filter=fua fuamode=force
           --pollers N        polling threads per Strata target device (default 1)
+          --strata-io LIST   direct,buffered (default both): Strata's file targets with O_DIRECT (direct=1, as
+                             qemu-nbd --cache=none) and without (direct=0: the page cache, as nbdkit's file plugin)
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
           --json FILE        write every figure as JSON
         """;
@@ -63,10 +65,10 @@ public static class NbdBenchmark
         var writeRows = o.Rows.Where(r => r.Write).ToArray();
         try
         {
-            foreach (int chunk in o.RunStrata ? o.ChunkSizes : [])
+            foreach (var (chunk, buffered) in o.RunStrata ? o.StrataConfigs : [])
             {
-                string name = $"strata {NbdBenchOptions.ChunkLabel(chunk)}";
-                var server = await StrataNbd.StartAsync(o, chunk);
+                string name = $"strata {NbdBenchOptions.ChunkLabel(chunk)}{(buffered ? " buf" : "")}";
+                var server = await StrataNbd.StartAsync(o, chunk, buffered);
                 strata.Add((name, server));
                 runs.Add(new Run(name, server.Description, []));
                 Console.WriteLine($"{name}: {server.Description}");
@@ -208,7 +210,7 @@ public static class NbdBenchmark
         Directory.CreateDirectory(o.Dir);
         var files = new List<(string Path, long Size)> { (o.PeerFile, o.ImageSize) };
         if (o.RunStrata)
-            files.AddRange(o.ChunkSizes.SelectMany(c => Enumerable.Range(0, o.Targets).Select(i => (o.TargetPath(c, i), o.TargetSize))));
+            files.AddRange(o.StrataConfigs.SelectMany(c => Enumerable.Range(0, o.Targets).Select(i => (o.TargetPath(c.Chunk, c.Buffered, i), o.TargetSize))));
         foreach (var (path, size) in files)
         {
             string marker = path + ".preconditioned", sz = size.ToString(CultureInfo.InvariantCulture);
@@ -257,11 +259,15 @@ internal sealed class NbdBenchOptions
     public required bool RunQemuNbd { get; init; }
     public required bool RunNbdkit { get; init; }
     public required bool DurablePeers { get; init; }
+    public required bool[] IoModes { get; init; }
+
+    /// <summary>Every Strata server of the run: chunk size by I/O mode (buffered = without O_DIRECT).</summary>
+    public IEnumerable<(int Chunk, bool Buffered)> StrataConfigs => IoModes.SelectMany(b => ChunkSizes.Select(c => (c, b)));
     public string? JsonPath { get; init; }
     public TimeSpan WaitIdle { get; init; }
 
     /// <summary>Each chunk size's engine has its own target files: all of Strata's servers run at once.</summary>
-    public string TargetPath(int chunkSize, int i) => Path.Combine(Dir, $"nbd-target-{ChunkLabel(chunkSize)}-{i}.dat");
+    public string TargetPath(int chunkSize, bool buffered, int i) => Path.Combine(Dir, $"nbd-target-{ChunkLabel(chunkSize)}{(buffered ? "-buf" : "")}-{i}.dat");
 
     public static string ChunkLabel(int bytes) => bytes >= 1 << 20 ? $"{bytes >> 20}M" : $"{bytes >> 10}K";
 
@@ -311,9 +317,25 @@ internal sealed class NbdBenchOptions
             RunQemuNbd = servers.Contains("qemu-nbd"),
             RunNbdkit = servers.Contains("nbdkit"),
             DurablePeers = !cl.Flag("no-durable-peers"),
+            IoModes = ParseIoModes(cl.String("strata-io") ?? "direct,buffered"),
             JsonPath = cl.String("json"),
             WaitIdle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero,
         };
+    }
+
+    private static bool[] ParseIoModes(string list)
+    {
+        var modes = new List<bool>();
+        foreach (var m in list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            modes.Add(m switch
+            {
+                "direct" => false,
+                "buffered" => true,
+                _ => throw new PerfUsageException($"--strata-io: unknown mode '{m}' (direct, buffered)"),
+            });
+        if (modes.Count == 0)
+            throw new PerfUsageException("--strata-io needs direct, buffered or both");
+        return [.. modes.Distinct()];
     }
 
     private static string DefaultDir()

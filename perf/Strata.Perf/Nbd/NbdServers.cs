@@ -55,10 +55,10 @@ internal sealed class StrataNbd : INbdServerUnderTest
 
     public TimeSpan CpuTime() => Process.GetCurrentProcess().TotalProcessorTime;
 
-    public static async Task<StrataNbd> StartAsync(NbdBenchOptions o, int chunkSize)
+    public static async Task<StrataNbd> StartAsync(NbdBenchOptions o, int chunkSize, bool buffered)
     {
         var devices = Enumerable.Range(0, o.Targets)
-            .Select(i => NativeBlockDevice.Open($"file:{o.TargetPath(chunkSize, i)}?direct=1&qd=128", new DeviceOptions { Pollers = o.Pollers }))
+            .Select(i => NativeBlockDevice.Open($"file:{o.TargetPath(chunkSize, buffered, i)}?direct={(buffered ? 0 : 1)}&qd=128", new DeviceOptions { Pollers = o.Pollers }))
             .ToArray();
         try
         {
@@ -76,7 +76,7 @@ internal sealed class StrataNbd : INbdServerUnderTest
             string dir = Directory.CreateTempSubdirectory("strata-nbd-bench-").FullName;
             var server = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "strata.sock"))],
                 new NbdExportCatalog(engine, async (p, c, i) => new MeteredImage((await engine.OpenPoolAsync(p)).OpenImage(c, i), metrics)));
-            string desc = $"in-process NbdServer (unix socket), StorageEngine on {o.Targets} file target(s) file:...?direct=1&qd=128, pollers={o.Pollers}, "
+            string desc = $"in-process NbdServer (unix socket), StorageEngine on {o.Targets} file target(s) file:...?direct={(buffered ? 0 : 1)}&qd=128, pollers={o.Pollers}, "
                 + $"image {FormatSize(o.ImageSize)} with {Chunk(chunkSize)} chunks, rf 1, CRC32C verified on every read, every write durable on ack";
             return new StrataNbd(devices, engine, metrics, exporter, server, dir, desc);
         }
