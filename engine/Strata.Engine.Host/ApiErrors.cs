@@ -14,6 +14,7 @@ internal static class ApiErrors
         NotFoundException => (StatusCodes.Status404NotFound, ErrorCodes.NotFound),
         DuplicateLabelException => (StatusCodes.Status409Conflict, ErrorCodes.AlreadyExists),
         BusyException => (StatusCodes.Status409Conflict, ErrorCodes.Busy),
+        PoolBusyException => (StatusCodes.Status503ServiceUnavailable, ErrorCodes.Busy),
         InvalidRequestException => (StatusCodes.Status400BadRequest, ErrorCodes.Invalid),
         NoSpaceException => (StatusCodes.Status507InsufficientStorage, ErrorCodes.NoSpace),
         PoolReadOnlyException => (StatusCodes.Status409Conflict, ErrorCodes.ReadOnly),

@@ -47,6 +47,15 @@ internal static class ControlApi
             return Ok(await svc.GetPoolPropsAsync(name == "label" ? value : pool, name));
         });
 
+        v1.MapGet("/layout", () => Ok(svc.Catalog()));
+        v1.MapPost("/pools/{pool}/upgrade", async (HttpContext ctx, string pool) =>
+        {
+            var req = await Body<UpgradeRequest>(ctx);
+            var plan = await svc.UpgradeAsync(pool, req);
+            return req.DryRun ? Ok(plan) : Results.Json(plan, Api.Json, statusCode: StatusCodes.Status202Accepted);
+        });
+        v1.MapGet("/pools/{pool}/upgrade", async (string pool) => Ok(await svc.UpgradeStatusAsync(pool)));
+        v1.MapPost("/system/prepare", async (HttpContext ctx, CancellationToken _) => Ok(await svc.PrepareAsync((await Body<SystemPrepareRequest>(ctx)).Cancel)));
         v1.MapGet("/pools/{pool}/containers", async (string pool) => Ok(await svc.ListContainersAsync(pool)));
         v1.MapPost("/pools/{pool}/containers", async (HttpContext ctx, string pool) =>
             Created(await svc.CreateContainerAsync(pool, (await Body<ContainerCreateRequest>(ctx)).Label)));

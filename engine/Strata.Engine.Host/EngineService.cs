@@ -62,6 +62,11 @@ public sealed class EngineService : IAsyncDisposable
         try
         {
             bool allNew = true;
+            // The shim starts the SPDK environment on the first nvme-* open, with these options;
+            // the pollers of NVMe targets run on the cores of its core_mask, as SPDK's reactors would.
+            if (cfg.Targets.Any(SpdkEnvironment.IsNvmeUri))
+                SpdkEnvironment.Configure(cfg.Spdk);
+            var nvmeOptions = new DeviceOptions { PollerCpus = cfg.Spdk.CoreMaskCpus() };
             foreach (var uri in cfg.Targets)
             {
                 string? file = FilePathOf(uri);
@@ -74,11 +79,16 @@ public sealed class EngineService : IAsyncDisposable
                 {
                     allNew = false;
                 }
-                devices.Add(NativeBlockDevice.Open(uri));
+                devices.Add(SpdkEnvironment.IsNvmeUri(uri) ? NativeBlockDevice.Open(uri, nvmeOptions) : NativeBlockDevice.Open(uri));
             }
             // The storage core's events pass through the health sink on their way to the log.
             var health = new TargetHealthSink(ras);
-            var options = new StorageEngineOptions { Ras = health };
+            var options = new StorageEngineOptions
+            {
+                Ras = health,
+                Catalog = EngineRelease.Catalog,
+                UpgradeStepDelay = EngineRelease.UpgradeStepDelay,
+            };
             StorageEngine engine;
             if (allNew)
             {
@@ -183,28 +193,95 @@ public sealed class EngineService : IAsyncDisposable
     // ---- pools ----
 
     public IReadOnlyList<PoolListEntry> ListPools() =>
-        Engine.ListPools().Select(p => new PoolListEntry(p.Label, p.Id, p.LayoutVersion, FeatureBits.MaxLayoutVersion,
+        Engine.ListPools().Select(p => new PoolListEntry(p.Label, p.Id, p.LayoutVersion, Engine.Catalog.MaxSupported,
             UpgradeNeeded(p.LayoutVersion), p.DataBytesPerTarget * p.Targets, p.Targets, p.State)).ToList();
 
-    private static string? UpgradeNeeded(uint v) => v != 0 && v < FeatureBits.MaxLayoutVersion ? $"{v}->{FeatureBits.MaxLayoutVersion}" : null;
+    private string? UpgradeNeeded(uint v) => v != 0 && v < Engine.Catalog.MaxSupported ? $"{v}->{Engine.Catalog.MaxSupported}" : null;
 
     public async Task<PoolQueryDto> CreatePoolAsync(PoolCreateRequest req)
     {
-        var pool = await Engine.CreatePoolAsync(req.Label, req.Size, req.Rf).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        var pool = await Engine.CreatePoolAsync(req.Label, req.Size, req.Rf, PoolCreateOptions.Default with { LayoutVersion = req.Layout })
+            .ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         Emit(ControlRasIds.PoolCreated, RasSeverity.Notice, $"pool '{req.Label}' created ({req.Size} bytes, rf {req.Rf})", pool: req.Label,
             data: new Dictionary<string, string> { ["size"] = req.Size.ToString(), ["rf"] = req.Rf.ToString(), ["uuid"] = pool.Id.ToString() });
-        return ToDto(pool.Query());
+        return ToDto(pool.Query(), pool.GetUpgradeStatus());
     }
 
-    public async Task<PoolQueryDto> QueryPoolAsync(string label) => ToDto((await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).Query());
+    public async Task<PoolQueryDto> QueryPoolAsync(string label)
+    {
+        var pool = await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        return ToDto(pool.Query(), pool.GetUpgradeStatus());
+    }
 
-    private static PoolQueryDto ToDto(PoolQueryResult q)
+    private PoolQueryDto ToDto(PoolQueryResult q, UpgradeStatus upgrade)
     {
         var up = UpgradeNeeded(q.LayoutVersion);
-        return new PoolQueryDto(q.Label, q.Id, q.LayoutVersion, FeatureBits.MaxLayoutVersion, up, q.Status.ToString(), q.ReadOnlyReason,
+        uint max = Engine.Catalog.MaxSupported;
+        return new PoolQueryDto(q.Label, q.Id, q.LayoutVersion, max, up, q.Status.ToString(), q.ReadOnlyReason,
             q.Rf, q.Containers, q.Images, q.Targets.Sum(t => t.TotalBytes), q.Targets.Sum(t => t.UsedBytes), q.Targets.Sum(t => t.FreeBytes),
             q.Targets.Select(t => new TargetSpaceDto(t.Target, t.Device, t.TotalBytes, t.UsedBytes, t.FreeBytes)).ToList(),
-            up == null ? null : $"Pool layout out of date ({q.LayoutVersion} < {FeatureBits.MaxLayoutVersion}) -- see `strata pool upgrade` for details.");
+            up == null ? null : $"Pool layout out of date ({q.LayoutVersion} < {max}) -- see 'strata pool upgrade' for details.", upgrade);
+    }
+
+    // ---- layout versions and upgrades ----
+
+    public LayoutCatalogDto Catalog()
+    {
+        var cat = Engine.Catalog;
+        return new LayoutCatalogDto(LayoutCatalog.MinSupported, cat.MaxSupported,
+            cat.Versions.Select(v => new LayoutVersionDto(v.Version, v.Summary, v.Supported,
+                v.Features.Select(f => new LayoutFeatureDto(f.Name, Snake(f.Class.ToString()), f.Bit, Snake(f.Kind.ToString()), Snake(f.Access.ToString()), f.Description)).ToList())).ToList(),
+            cat.Releases.ToDictionary(r => r.Name, r => r.MaxLayout));
+    }
+
+    private static string Snake(string s) => string.Concat(s.Select((c, i) => char.IsUpper(c) && i > 0 ? "_" + char.ToLowerInvariant(c) : char.ToLowerInvariant(c).ToString()));
+
+    public async Task<UpgradePlan> UpgradeAsync(string label, UpgradeRequest req)
+    {
+        var pool = await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        var plan = await pool.UpgradeAsync(req.To, req.DryRun).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        if (!req.DryRun)
+            Log.UpgradeStarted(_logger, label, plan.From, plan.To, plan.JobId ?? 0);
+        return plan;
+    }
+
+    public async Task<UpgradeStatus> UpgradeStatusAsync(string label) =>
+        (await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).GetUpgradeStatus();
+
+    /// <summary>`system prepare`: every open pool drains, refuses writes and empties its log; cancel reopens writes.</summary>
+    public async Task<IReadOnlyList<PreparedPoolDto>> PrepareAsync(bool cancel)
+    {
+        var result = new List<PreparedPoolDto>();
+        foreach (var p in Engine.ListPools())
+        {
+            Pool pool;
+            try
+            {
+                pool = await Engine.OpenPoolAsync(p.Label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            }
+            catch (StoreException e)
+            {
+                result.Add(new PreparedPoolDto(p.Label, 0, false, e.Message));
+                continue;
+            }
+            if (cancel)
+            {
+                pool.CancelPrepare();
+                result.Add(new PreparedPoolDto(p.Label, pool.LogBytes, false));
+                continue;
+            }
+            if (pool.State != PoolStatus.Ready)
+            {
+                result.Add(new PreparedPoolDto(p.Label, pool.LogBytes, pool.Prepared, pool.ReadOnlyReason));
+                continue;
+            }
+            long used = await pool.PrepareAsync().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            result.Add(new PreparedPoolDto(p.Label, used, true));
+        }
+        Emit(cancel ? ControlRasIds.SystemPrepareCancelled : ControlRasIds.SystemPrepared, RasSeverity.Notice,
+            cancel ? "system prepare cancelled: pools accept writes again"
+                   : $"system prepared for a software change: {result.Count(r => r.Prepared)} pool(s) checkpointed with empty logs, writes refused");
+        return result;
     }
 
     public async Task DestroyPoolAsync(string label, bool force)

@@ -28,6 +28,9 @@ public sealed class HostConfig
 
     public string? PidFile { get; set; }
 
+    /// <summary>SPDK environment for nvme-tcp:/nvme-pcie: targets (docs/spdk.md); ignored without such targets.</summary>
+    public SpdkConfig Spdk { get; set; } = new();
+
     public sealed class ControlConfig
     {
         /// <summary>Directory of the socket, created mode 0750 (owner: the engine's user, group: admin_group).</summary>
@@ -56,6 +59,29 @@ public sealed class HostConfig
     {
         /// <summary>Loopback TCP port serving only /metrics; 0 disables it (/metrics is always on the socket).</summary>
         public int PrometheusPort { get; set; }
+    }
+
+    public sealed class SpdkConfig
+    {
+        /// <summary>Hugepages for DMA memory; false runs on ordinary memory (NVMe-oF only, IOVA va).</summary>
+        public bool Hugepages { get; set; } = true;
+
+        /// <summary>Memory reserved for DMA buffers and queues; 0 for SPDK's default.</summary>
+        public int MemSizeMb { get; set; }
+
+        /// <summary>va or pa; unset lets DPDK choose.</summary>
+        public string? IovaMode { get; set; }
+
+        /// <summary>Hexadecimal CPU mask of the environment (SPDK's default 0x1); when set, NVMe targets' pollers run on these CPUs.</summary>
+        public string? CoreMask { get; set; }
+
+        /// <summary>Scan the PCI bus (nvme-pcie targets need it; false for NVMe-oF only).</summary>
+        public bool Pci { get; set; } = true;
+
+        public Strata.Engine.Device.SpdkEnvOptions ToEnvOptions() =>
+            MemSizeMb < 0
+                ? throw new ConfigException($"spdk.mem_size_mb {MemSizeMb} is negative")
+                : new() { Hugepages = Hugepages, MemSizeMb = MemSizeMb, IovaMode = IovaMode, CoreMask = CoreMask, Pci = Pci };
     }
 
     public const string DefaultTargetSize = "4G";
@@ -114,13 +140,18 @@ public sealed class HostConfig
             RasKeep: Ras.Keep,
             PrometheusPort: Metrics.PrometheusPort,
             PidFile: Abs(PidFile ?? Path.Combine("run", "strata-engine.pid")),
-            Nbd: nbd);
+            Nbd: nbd)
+        { Spdk = Spdk.ToEnvOptions() };
     }
 }
 
 public sealed record ResolvedConfig(string DataDir, string? ConfigFile, List<string> Targets, string SocketDir, string SocketPath,
     string? AdminGroup, TimeSpan HeaderTimeout, int MaxConnections, string RasPath, long RasMaxBytes, int RasKeep,
-    int PrometheusPort, string PidFile, IReadOnlyList<NbdListenerAddress> Nbd);
+    int PrometheusPort, string PidFile, IReadOnlyList<NbdListenerAddress> Nbd)
+{
+    /// <summary>Passed to the shim before the first nvme-* target opens.</summary>
+    public Strata.Engine.Device.SpdkEnvOptions Spdk { get; init; } = new();
+}
 
 /// <summary>A startup refusal an operator can fix (bad config, a live engine on the socket, a symlink): one line, exit 1.</summary>
 public sealed class ConfigException(string message) : Exception(message);

@@ -60,4 +60,7 @@ internal static partial class Log
 
     [LoggerMessage(1300, LogLevel.Error, "error while stopping")]
     public static partial void StopFailed(ILogger logger, Exception e);
+
+    [LoggerMessage(1400, LogLevel.Information, "pool {Pool}: upgrade {From} -> {To} recorded as job {Job}")]
+    public static partial void UpgradeStarted(ILogger logger, string pool, uint from, uint to, ulong job);
 }

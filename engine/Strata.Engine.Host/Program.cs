@@ -8,6 +8,10 @@ Option<FileInfo?> ConfigOption() => new("--config", "-c") { Description = "YAML 
 Option<DirectoryInfo?> DataDirOption() => new("--data-dir") { Description = "Data directory of the embedded default (targets, run/, ras/); default ./strata-data" };
 Option<DirectoryInfo?> SocketDirOption() => new("--socket-dir") { Description = "Directory of the control socket (default DATA_DIR/run)" };
 Option<int?> MetricsPortOption() => new("--metrics-port") { Description = "Also serve /metrics on this loopback TCP port" };
+// Hidden, for tests and rollback drills: run as an older release whose catalog ends at N
+// (it refuses newer pools exactly as that release would), and slow each upgrade step.
+Option<uint?> MaxLayoutOption() => new("--max-layout") { Hidden = true, Description = "Run as a release that supports layout versions 1..N" };
+Option<int?> UpgradeStepDelayOption() => new("--upgrade-step-delay-ms") { Hidden = true, Description = "Pause before each upgrade step (tests)" };
 
 Command WithRunOptions(Command cmd)
 {
@@ -15,12 +19,26 @@ Command WithRunOptions(Command cmd)
     var dataDirOpt = DataDirOption();
     var socketDir = SocketDirOption();
     var metricsPort = MetricsPortOption();
+    var maxLayout = MaxLayoutOption();
+    var stepDelay = UpgradeStepDelayOption();
+    cmd.Options.Add(maxLayout);
+    cmd.Options.Add(stepDelay);
     cmd.Options.Add(config);
     cmd.Options.Add(dataDirOpt);
     cmd.Options.Add(socketDir);
     cmd.Options.Add(metricsPort);
-    cmd.SetAction((parse, ct) => Daemon.RunAsync(parse.GetValue(config)?.FullName, parse.GetValue(dataDirOpt)?.FullName,
-        parse.GetValue(socketDir)?.FullName, parse.GetValue(metricsPort), CancellationToken.None));
+    cmd.SetAction((parse, ct) =>
+    {
+        EngineRelease.MaxLayout = parse.GetValue(maxLayout);
+        if (EngineRelease.MaxLayout is { } n && (n < 1 || n > Strata.Engine.Layout.LayoutCatalog.Default.MaxSupported))
+        {
+            Console.Error.WriteLine($"strata-engine: --max-layout {n} is outside 1..{Strata.Engine.Layout.LayoutCatalog.Default.MaxSupported}");
+            return Task.FromResult(2);
+        }
+        EngineRelease.UpgradeStepDelay = TimeSpan.FromMilliseconds(parse.GetValue(stepDelay) ?? 0);
+        return Daemon.RunAsync(parse.GetValue(config)?.FullName, parse.GetValue(dataDirOpt)?.FullName,
+        parse.GetValue(socketDir)?.FullName, parse.GetValue(metricsPort), CancellationToken.None);
+    });
     return cmd;
 }
 

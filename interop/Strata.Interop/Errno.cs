@@ -28,6 +28,8 @@ public static class Errno
     public const int ETIMEDOUT = 110;
     public const int ECANCELED = 125;
     public const int EILSEQ = 84;
+    public const int EBADE = 52;
+    public const int ENODATA = 61;
 
     /// <summary>The symbolic name of an errno value, for messages ("EIO"), or "errno N".</summary>
     public static string Name(int errno) => errno switch
@@ -57,6 +59,8 @@ public static class Errno
         ETIMEDOUT => "ETIMEDOUT",
         ECANCELED => "ECANCELED",
         EILSEQ => "EILSEQ",
+        EBADE => "EBADE",
+        ENODATA => "ENODATA",
         _ => $"errno {errno}",
     };
 
@@ -85,6 +89,8 @@ public static class Errno
         ETIMEDOUT => "timed out",
         ECANCELED => "canceled",
         EILSEQ => "data integrity error",
+        EBADE => "reservation conflict",
+        ENODATA => "no data (deallocated or unwritten block)",
         _ => "unknown error",
     };
 }

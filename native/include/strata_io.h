@@ -81,6 +81,12 @@ enum sio_device_flags {
     SIO_DEV_F_FAULTS = 16,
     /** The device was opened read-only. */
     SIO_DEV_F_READ_ONLY = 32,
+    /**
+     * A completion with an error status records a detail (sio_error_detail on
+     * the polling thread, for example the NVMe status) and is the last one of
+     * the batch its poll or wait returned.
+     */
+    SIO_DEV_F_COMPLETION_DETAIL = 64,
 };
 
 /** Backend kinds reported in sio_geometry.backend. */
@@ -167,7 +173,28 @@ SIO_API int32_t sio_abi_version(void);
 SIO_API int32_t sio_error_detail(char *buf, uint32_t buf_len);
 
 /**
- * Opens a device by URI: file:PATH[?opt=value&...].  File options:
+ * Sets the options of the process-wide SPDK environment ("key=value&...",
+ * empty for the defaults): hugepages=0|1 (default 1), mem_size_mb=N (memory
+ * reserved for DMA buffers and queues, 0 for SPDK's default), iova_mode=va|pa
+ * (default: DPDK's choice; hugepages=0 needs va), core_mask=HEX (default 0x1),
+ * shm_id=N (-1, the default, keeps the process private), pci=0|1 (scan the
+ * PCI bus, default 1; 0 for NVMe-oF only).  The environment starts when the
+ * first nvme-* device opens; before that a call replaces the options, after
+ * it a call with the same options succeeds and any other fails with -EBUSY.
+ * Malformed options fail with -EINVAL in every build; a library built
+ * without SPDK then fails with -ENOTSUP.  options NULL changes nothing and
+ * only reports whether SPDK is built in (0, else -ENOTSUP).
+ */
+SIO_API int32_t sio_env_configure(const char *options);
+
+/**
+ * Opens a device by URI: file:PATH[?opt=value&...], nvme-tcp://HOST:PORT/SUBNQN[?opt=value&...] or
+ * nvme-pcie://DDDD:BB:DD.F[?opt=value&...] (the nvme schemes only where built with SPDK, else -ENOTSUP).
+ * NVMe options: ns=N (namespace id, default 1), qd=N (default queue depth, default 128), ro=0|1,
+ * trim=auto|deallocate|zeroes (TRIM deallocates where deallocated blocks read back zeroes, else
+ * writes zeroes; deallocate vouches for the device), write_zeroes=0|1 (0 writes a zeroed buffer
+ * instead of the Write Zeroes command).
+ * File options:
  * create=1 (create when missing), size=BYTES (with K/M/G/T suffix: the size
  * to create at, or the least size an existing file must have), direct=0|1
  * (O_DIRECT, default 1), qd=N (default queue depth, 1..4096, default 128),

@@ -4,9 +4,9 @@
  * The public functions (device.c, qpair.c, dma.c) own everything common to
  * all backends: argument checks, command validation, queue-depth and
  * in-flight accounting, fault decisions and error details.  A backend only
- * opens its device, moves commands and reaps completions.  io_uring is the
- * one backend today; an SPDK backend (nvme-pcie:, nvme-tcp:) is meant to be
- * a second table compiled in when pkg-config finds spdk_nvme and
+ * opens its device, moves commands and reaps completions.  io_uring
+ * (file:) is always built; the SPDK backend (nvme-pcie:, nvme-tcp:) is a
+ * second table compiled in when pkg-config finds spdk_nvme and
  * spdk_env_dpdk (STRATA_HAVE_SPDK), registered in device.c.
  */
 #ifndef SIO_BACKEND_H
@@ -67,6 +67,12 @@ struct sio_backend_ops {
 };
 
 extern const struct sio_backend_ops sio_uring_backend;
+#ifdef STRATA_HAVE_SPDK
+extern const struct sio_backend_ops sio_spdk_backend;
+#endif
+
+/* "read", "write", "flush", "trim", "write_zeroes" (or "?"), for details. */
+const char *sio_op_name(uint8_t op);
 
 /* Default DMA memory (posix_memalign, zeroed) for backends without special memory. */
 int32_t sio_dma_heap_alloc(sio_device *dev, uint64_t size, uint32_t align, void **out);

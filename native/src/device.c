@@ -22,9 +22,16 @@ struct backend_entry {
 static const struct backend_entry backends[] = {
     {"file", &sio_uring_backend},
 #ifdef STRATA_HAVE_SPDK
-    /* {"nvme-pcie", &sio_spdk_backend}, {"nvme-tcp", &sio_spdk_backend}, */
+    {"nvme-pcie", &sio_spdk_backend},
+    {"nvme-tcp", &sio_spdk_backend},
 #endif
 };
+
+#ifdef STRATA_HAVE_SPDK
+#define EXPECTED_SCHEMES "file:PATH, nvme-tcp://HOST:PORT/SUBNQN or nvme-pcie://BDF"
+#else
+#define EXPECTED_SCHEMES "file:PATH"
+#endif
 
 /* Schemes that name a backend this build lacks. */
 static const char *const absent_schemes[] = {
@@ -70,7 +77,7 @@ int32_t sio_device_open(const char *uri_text, sio_device **out_dev)
         if (strcmp(uri.scheme, backends[i].scheme) == 0)
             ops = backends[i].ops;
     if (ops == NULL) {
-        rc = sio_fail(-EINVAL, "unknown scheme '%s' in '%s' (expected file:PATH)", uri.scheme, uri_text);
+        rc = sio_fail(-EINVAL, "unknown scheme '%s' in '%s' (expected %s)", uri.scheme, uri_text, EXPECTED_SCHEMES);
         for (size_t i = 0; absent_schemes[i] != NULL; i++)
             if (strcmp(uri.scheme, absent_schemes[i]) == 0)
                 rc = sio_fail(-ENOTSUP, "scheme '%s' needs the SPDK backend, which this libstrata_io was built without",

@@ -18,7 +18,7 @@ enum { DRAIN_BATCH = 64 };
 /* How long destroy waits per round while draining. */
 static const uint64_t DRAIN_WAIT_US = 100000;
 
-static const char *op_name(uint8_t op)
+const char *sio_op_name(uint8_t op)
 {
     switch (op) {
     case SIO_OP_READ: return "read";
@@ -99,7 +99,7 @@ static int32_t check_cmd(const sio_device *dev, const sio_cmd *c, uint32_t i)
     bool direct = (g->flags & SIO_DEV_F_DIRECT) != 0;
     if (c->opcode > SIO_OP_WRITE_ZEROES)
         return sio_fail(-EINVAL, "command %u: unknown opcode %u", i, c->opcode);
-    const char *name = op_name(c->opcode);
+    const char *name = sio_op_name(c->opcode);
     if ((c->flags & ~(unsigned)SIO_CMD_F_FUA) != 0 || c->reserved != 0)
         return sio_fail(-EINVAL, "command %u (%s): unknown flags 0x%x or nonzero reserved field", i, name, c->flags);
     if (c->opcode == SIO_OP_FLUSH)

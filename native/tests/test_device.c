@@ -94,6 +94,9 @@ TEST(open_bad_scheme_and_malformed_uri)
 
 TEST(open_spdk_scheme_not_built)
 {
+#ifdef STRATA_HAVE_SPDK
+    t_skip("this build has the SPDK backend (test_spdk.c covers nvme URIs)");
+#endif
     t_open_fails(-ENOTSUP, "nvme-pcie://0000:01:00.0");
     CHECK_DETAIL("SPDK");
     t_open_fails(-ENOTSUP, "nvme-tcp://127.0.0.1:4420/nqn.2016-06.io.spdk:cnode1");

@@ -2,6 +2,7 @@ using Strata.Perf.Common;
 using Strata.Perf.Device;
 using Strata.Perf.Nbd;
 using Strata.Perf.Store;
+using Strata.Perf.Upgrade;
 
 namespace Strata.Perf;
 
@@ -15,6 +16,7 @@ public static class Program
     [
         ("device", "Strata's device layer vs fio (io_uring, O_DIRECT) on the same file", DeviceBenchmark.RunAsync),
         ("store", "image I/O through the store (checksums, COW, log) vs fio on the raw target files", StoreBenchmark.RunAsync),
+        ("upgrade", "the I/O pause of a metadata-only pool upgrade vs pool size (smallest pool as reference)", UpgradeBenchmark.RunAsync),
         ("nbd", "fio's nbd engine against Strata's NBD server, qemu-nbd and nbdkit (file plugin) on one machine", NbdBenchmark.RunAsync),
     ];
 
@@ -36,7 +38,7 @@ public static class Program
             var cl = CommandLine.Parse(args.AsSpan(1).ToArray());
             if (cl.Has("help"))
             {
-                Console.WriteLine(command.Name switch { "store" => StoreBenchmark.Usage, "nbd" => NbdBenchmark.Usage, _ => DeviceBenchmark.Usage });
+                Console.WriteLine(command.Name switch { "store" => StoreBenchmark.Usage, "upgrade" => UpgradeBenchmark.Usage, "nbd" => NbdBenchmark.Usage, _ => DeviceBenchmark.Usage });
                 return 0;
             }
             return await command.Run(cl);
@@ -57,6 +59,7 @@ public static class Program
         Console.WriteLine();
         Console.WriteLine(DeviceBenchmark.Usage);
         Console.WriteLine(StoreBenchmark.Usage);
+        Console.WriteLine(UpgradeBenchmark.Usage);
         Console.WriteLine(NbdBenchmark.Usage);
     }
 }

@@ -93,7 +93,7 @@ public sealed class CommandTests
         string table = await _cli.OkAsync("pool", "list");
         StringAssert.Contains(table, "UpgradeNeeded?");
         StringAssert.Contains(table, "lifecycle");
-        // Every layout is version 1, the newest this engine knows: dmg's "None" in the UpgradeNeeded? column, null in JSON.
+        // A new pool gets the newest layout this engine knows: dmg's "None" in the UpgradeNeeded? column, null in JSON.
         StringAssert.Matches(table, new System.Text.RegularExpressions.Regex(@"lifecycle .* None\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
         Assert.IsNull(list.Single(p => p.Label == "lifecycle").UpgradeNeeded);
 
@@ -101,7 +101,7 @@ public sealed class CommandTests
         Assert.AreEqual(created.Id, q.Id);
         Assert.HasCount(2, q.Targets);
         Assert.IsGreaterThan(0L, q.FreeBytes);
-        StringAssert.Contains(await _cli.OkAsync("pool", "query", "lifecycle"), "Layout version: 1");
+        StringAssert.Contains(await _cli.OkAsync("pool", "query", "lifecycle"), "Layout version: 2");
 
         var props = await _cli.JsonAsync<List<PropertyDto>>("pool", "get-prop", "lifecycle");
         Assert.AreEqual("2", props.Single(p => p.Name == "rf").Value);
@@ -148,8 +148,9 @@ public sealed class CommandTests
         Assert.AreEqual("alice", set.Single().Value);
         Assert.AreEqual("alice", (await _cli.JsonAsync<List<PropertyDto>>("cont", "get-prop", "conts", "c1", "user.owner")).Single().Value);
         StringAssert.Contains(await _cli.OkAsync("cont", "get-prop", "conts", "c1"), "user.owner");
-        // A property of a later layout is refused with the Ozone-style explanation.
-        StringAssert.Contains(await _cli.FailsAsync(2, "cont", "set-prop", "conts", "c1", "compression", "lz4"), "layout version is 2");
+        // A container of a layout-2 pool has `compression`, with its values checked.
+        StringAssert.Contains(await _cli.FailsAsync(2, "cont", "set-prop", "conts", "c1", "compression", "lz4"), "takes off, on");
+        await _cli.OkAsync("cont", "set-prop", "conts", "c1", "compression", "on");
         await _cli.FailsAsync(5, "cont", "set-prop", "conts", "c1", "no_such", "x");
         await _cli.OkAsync("cont", "set-prop", "conts", "c1", "label", "c2");
         Assert.AreEqual("c2", (await _cli.JsonAsync<List<ContainerDto>>("cont", "list", "conts")).Single().Label);

@@ -157,14 +157,6 @@ public sealed class BadInputTests
         var (engine2, _) = await TestDevices.OpenAsync(devs);
         Assert.AreEqual(again.Id, engine2.ListPools().Single().Id);
     }
-
-    [TestMethod]
-    public async Task ContainerProperty_CompressionOnLayout1_RefusedNamingFeatureAndVersions()
-    {
-        var (_, pool, _) = await PoolAsync();
-        var e = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => pool.SetContainerPropertyAsync("c", "compression", "lz4"));
-        StringAssert.Contains(e.Message, "feature container_compression, whose layout version is 2; pool 'tank' has layout version 1");
-    }
 }
 
 [TestClass]

@@ -114,7 +114,7 @@ public sealed class PoolStateCodecTests
         s.Props["rf"] = "2";
         ulong seq = 1;
         void Apply(MetaRecord r) => s.Apply(new WalRecord(seq++, (ushort)r.Type, r.Flags, r.Payload));
-        Apply(MetaRecords.ContainerCreate(1, "c"));
+        Apply(MetaRecords.ContainerCreate(1, "c", 1));
         Apply(MetaRecords.ContainerSetProp(1, "user.a", "b"));
         Apply(MetaRecords.ImageCreate(1, 1, "v", 1 << 20, 65536));
         Apply(MetaRecords.ChunkMap(1, 3, [new Replica(0, 65536, 0xAABBCCDD), new Replica(1, 0, 0xAABBCCDD)]));
@@ -126,7 +126,7 @@ public sealed class PoolStateCodecTests
         var map = back.Images[1].Chunks[3];
         Assert.AreEqual(2, map.Replicas.Length);
         Assert.AreEqual(131072L, map.Moving!.Single().Offset);
-        Assert.AreEqual(new UpgradeJobMeta(9, 1, 4, 1, 2, 12345), back.UpgradeJob);
+        Assert.AreEqual(new UpgradeJobMeta(9, 1, 4, UpgradeJobState.InProgress, 2, 12345), back.UpgradeJob);
         Assert.AreEqual("b", back.Containers[1].Props["user.a"]);
     }
 

@@ -6,6 +6,9 @@ namespace Strata.Store.Tests;
 /// <summary>What happens to one device command.</summary>
 internal enum CrashAction { Run, PowerLost, Fault }
 
+/// <summary>What a crash did to one write pending since the last flush.</summary>
+internal enum PendingFate { Lost, Kept, Torn }
+
 /// <summary>
 /// Shared power switch of the disks of one simulated machine, which can also
 /// inject one device error (EIO) at a chosen command.
@@ -22,15 +25,20 @@ internal sealed class CrashSwitch
 
     public bool Crashed { get; private set; }
 
+    /// <summary>Power fails at the next flush command (before it runs): the writes since the last flush are all pending.</summary>
+    public bool CrashAtFlush { get; set; }
+
     public bool Faulted { get; private set; }
 
     public Random Rng { get; private set; } = new(0);
 
     /// <summary>Counts a command and says whether it runs, fails, or never happens.</summary>
-    public CrashAction Tick()
+    public CrashAction Tick(IoOpcode opcode)
     {
         lock (this)
         {
+            if (CrashAtFlush && opcode == IoOpcode.Flush)
+                Crashed = true;
             if (Crashed)
                 return CrashAction.PowerLost;
             ++_ops;
@@ -87,7 +95,7 @@ internal sealed class CrashDisk : MemoryBlockDevice
 
     protected override void Execute(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
     {
-        switch (_power.Tick())
+        switch (_power.Tick(opcode))
         {
             case CrashAction.PowerLost:
                 throw new DeviceException(Name, Errno.EIO, "simulated power loss");
@@ -131,25 +139,49 @@ internal sealed class CrashDisk : MemoryBlockDevice
     /// <summary>The disk as the machine finds it after power returns.</summary>
     public CrashDisk AfterCrash(Random rng, CrashSwitch power)
     {
+        int torn = -1, survivor = 0;
+        List<bool> kept;
+        lock (_pending)
+            kept = _pending.Select(_ => rng.Next(2) == 0).ToList();
+        int survivors = kept.Count(k => k);
+        if (survivors > 0)
+            torn = rng.Next(survivors);
+        return AfterCrash(power, (i, _, _) =>
+        {
+            if (!kept[i])
+                return PendingFate.Lost;
+            return survivor++ == torn ? PendingFate.Torn : PendingFate.Kept;
+        }, rng);
+    }
+
+    /// <summary>
+    /// The disk after a crash where <paramref name="fate"/> decides what became of each
+    /// pending write (index in issue order, offset, length); a torn write keeps a random
+    /// subset of its 512-byte sectors (with rng), else its first half.
+    /// </summary>
+    public CrashDisk AfterCrash(CrashSwitch power, Func<int, long, long, PendingFate> fate, Random? rng = null)
+    {
         var image = new Dictionary<long, byte[]>();
         lock (_pending)
         {
             foreach (var (page, data) in _durable)
                 image[page] = (byte[])data.Clone();
-            var survivors = _pending.Where(_ => rng.Next(2) == 0).ToList();
-            int torn = survivors.Count > 0 ? rng.Next(survivors.Count) : -1;
-            for (int i = 0; i < survivors.Count; i++)
+            for (int i = 0; i < _pending.Count; i++)
             {
-                var (offset, data, length) = survivors[i];
+                var (offset, data, length) = _pending[i];
                 data ??= new byte[length];
-                if (i != torn)
+                switch (fate(i, offset, length))
                 {
-                    Apply(image, offset, data);
-                    continue;
+                    case PendingFate.Kept:
+                        Apply(image, offset, data);
+                        break;
+                    case PendingFate.Torn:
+                        int sectors = (data.Length + Sector - 1) / Sector;
+                        for (int s = 0; s < sectors; s++)
+                            if (rng != null ? rng.Next(2) == 0 : s < sectors / 2)
+                                Apply(image, offset + s * Sector, data.AsSpan(s * Sector, Math.Min(Sector, data.Length - s * Sector)));
+                        break;
                 }
-                for (int s = 0; s < data.Length; s += Sector)
-                    if (rng.Next(2) == 0)
-                        Apply(image, offset + s, data.AsSpan(s, Math.Min(Sector, data.Length - s)));
             }
         }
         var disk = new CrashDisk(Name, Geometry.Capacity, power);

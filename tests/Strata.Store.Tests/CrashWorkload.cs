@@ -24,6 +24,9 @@ internal sealed class CrashWorkload
     private int _nextImage;
     private int _targets;
 
+    /// <summary>Log-tail chunk writes the reopens dropped (their log record was durable, their data was not).</summary>
+    public int DroppedTailRecords { get; private set; }
+
     public CrashWorkload(int seed)
     {
         _seed = seed;
@@ -68,6 +71,10 @@ internal sealed class CrashWorkload
             var ras = new Strata.Engine.Store.InMemoryRasSink();
             engine = await StorageEngine.OpenAsync(disks, new StorageEngineOptions { Ras = ras });
             pool = await engine.OpenPoolAsync("p");
+            DroppedTailRecords += pool.DroppedTailRecords;
+            int events = ras.WithId(Strata.Engine.Store.RasIds.LogTailWriteDropped).Count();
+            if (events != (pool.DroppedTailRecords > 0 ? 1 : 0))
+                throw new AssertFailedException($"seed {_seed} round {round}: {pool.DroppedTailRecords} dropped tail records reported by {events} {Strata.Engine.Store.RasIds.LogTailWriteDropped} events");
             await CrashModel.VerifyAsync(pool, before, after, $"seed {_seed} round {round}");
             var bad = ras.Events.FirstOrDefault(e => e.Id is "data_checksum_mismatch" or "data_unrecoverable");
             if (bad != null)

@@ -108,13 +108,20 @@ public sealed class FaultTests
         await VerifyAfterReopenAsync(acked, 100_000, data);
     }
 
+    /// <summary>One flush per commit round covers the chunk data and the log record; it fails for the first write, or for a second one after an acknowledged first.</summary>
     [TestMethod]
-    [DataRow(1, DisplayName = "data flush")]
-    [DataRow(2, DisplayName = "log flush")]
+    [DataRow(1, DisplayName = "commit flush of the write")]
+    [DataRow(2, DisplayName = "commit flush of the next write")]
     public async Task Flush_Eio_NeverReportedAsSuccessLater(int whichFlush)
     {
         var (engine, pool, img, acked, dev, ras) = await SetupAsync();
         dev.SetFaults($"fail_flush={whichFlush}");
+        if (whichFlush == 2)
+        {
+            var first = TestDevices.Pattern(3000, 7);
+            await img.WriteAsync(10_000, first);
+            first.CopyTo(acked, 10_000);
+        }
         var data = TestDevices.Pattern(5000, 6);
         await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(50_000, data));
         Assert.AreEqual(1L, dev.GetFaultStats().FlushesFailed);

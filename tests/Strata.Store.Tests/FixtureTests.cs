@@ -9,12 +9,22 @@ public sealed class FixtureTests
     [TestMethod]
     public async Task Fixtures_Regenerate_WhenAsked()
     {
-        if (Environment.GetEnvironmentVariable("STRATA_WRITE_FIXTURES") != "1")
+        string? which = Environment.GetEnvironmentVariable("STRATA_WRITE_FIXTURES");
+        if (which == "layout2")
         {
-            // The builder must still produce a pool the verifier accepts, so the two never drift apart.
+            // A shipped layout's image is never regenerated; this writes only the layout-2 one.
+            GoldenFixtures.Save(Path.Combine(GoldenFixtures.SourceDirectory(), GoldenFixtures.Layout2), await GoldenFixtures.BuildLayout2Async());
+            return;
+        }
+        if (which != "1")
+        {
+            // The builders must still produce pools the verifiers accept, so the two never drift apart.
             var devs = await GoldenFixtures.BuildLayout1Async();
             var engine = await StorageEngine.OpenAsync(devs);
             await GoldenFixtures.VerifyLayout1Async(await engine.OpenPoolAsync("golden"));
+            var devs2 = await GoldenFixtures.BuildLayout2Async();
+            var engine2 = await StorageEngine.OpenAsync(devs2);
+            await GoldenFixtures.VerifyLayout2Async(await engine2.OpenPoolAsync("golden"));
             return;
         }
         string dir = GoldenFixtures.SourceDirectory();
@@ -57,6 +67,45 @@ public sealed class FixtureTests
     }
 
     [TestMethod]
+    public async Task GoldenLayout1_UpgradedTo2_DataIntactAndLayout2FeaturesAvailable()
+    {
+        var devs = GoldenFixtures.Load(GoldenFixtures.PathOf(GoldenFixtures.Layout1));
+        var (engine, _) = await TestDevices.OpenAsync(devs);
+        var pool = await engine.OpenPoolAsync("golden");
+        var before = await UpgradeTests.ImageHashesAsync(pool);
+        await pool.UpgradeAsync(null, dryRun: false);
+        await pool.WaitForUpgradeAsync();
+        await GoldenFixtures.VerifyLayout1Async(pool, layout: 2);
+        CollectionAssert.AreEquivalent(before.ToList(), (await UpgradeTests.ImageHashesAsync(pool)).ToList());
+        await pool.CreateContainerAsync("gamma");
+        await pool.SetContainerPropertyAsync("gamma", "compression", "on");
+        await engine.DisposeAsync();
+        var (again, _) = await TestDevices.OpenAsync(devs);
+        Assert.AreEqual(2u, (await again.OpenPoolAsync("golden")).LayoutVersion);
+    }
+
+    [TestMethod]
+    public async Task GoldenLayout2_OpenReadOnly_ContentVerifiedAndNoByteChanged_OlderReleaseRefuses()
+    {
+        var devs = GoldenFixtures.Load(GoldenFixtures.PathOf(GoldenFixtures.Layout2));
+        string before = TestHelpers.Sha256(devs);
+        var (engine, ras) = await TestDevices.OpenAsync(devs, readOnly: true);
+        Assert.AreEqual(2u, engine.ListPools().Single().LayoutVersion);
+        var pool = await engine.OpenPoolAsync("golden");
+        Assert.IsTrue(pool.ReplayedRecords > 0);
+        await GoldenFixtures.VerifyLayout2Async(pool);
+        Assert.AreEqual(0, ras.Events.Count, string.Join("; ", ras.Events.Select(e => e.Message)));
+        Assert.AreEqual(before, TestHelpers.Sha256(devs));
+
+        var oldRas = new InMemoryRasSink();
+        var old = await StorageEngine.OpenAsync(devs, new StorageEngineOptions { Ras = oldRas, Catalog = Engine.Layout.LayoutCatalog.Default.Truncate(1) });
+        var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => old.OpenPoolAsync("golden"));
+        StringAssert.Contains(e.Message, "incompatible layout version: 2 larger than 1");
+        Assert.AreEqual(RasIds.PoolLayoutIncompatible, oldRas.Events.Single().Id);
+        Assert.AreEqual(before, TestHelpers.Sha256(devs));
+    }
+
+    [TestMethod]
     public async Task FutureLayout99_Open_RefusedAndDeviceBytesUnchanged()
     {
         var devs = GoldenFixtures.Load(GoldenFixtures.PathOf(GoldenFixtures.Future));
@@ -67,7 +116,7 @@ public sealed class FixtureTests
         Assert.AreEqual(99u, engine.ListPools().Single().LayoutVersion);
         var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => engine.OpenPoolAsync("golden"));
         Assert.AreEqual(
-            "pool 'golden' shard on target 0 has layout version 99, this engine supports layout versions 1..1 and unknown incompat features 0x10000000000 (bit 40); refusing to open (nothing was written)",
+            "pool 'golden' shard on target 0 has layout version 99, this engine supports layout versions 1..2 (incompatible layout version: 99 larger than 2) and unknown incompat features 0x10000000000 (bit 40); refusing to open (nothing was written)",
             e.Message);
         Assert.AreEqual(RasIds.PoolLayoutIncompatible, ras.Events.Single().Id);
         Assert.AreEqual("incompatible layout", engine.ListPools().Single().State);

@@ -15,6 +15,7 @@ internal static class GoldenFixtures
 {
     public const string Layout1 = "layout1-pool.img.gz";
     public const string Future = "future-layout99.img.gz";
+    public const string Layout2 = "layout2-pool.img.gz";
     public const int Targets = 2;
     public const long TargetBytes = 4L * 1024 * 1024;
     public const ulong FutureIncompatBit = 1UL << 40;
@@ -33,7 +34,7 @@ internal static class GoldenFixtures
     {
         var devs = Enumerable.Range(0, Targets).Select(i => new MemoryBlockDevice($"golden{i}", TargetBytes)).ToArray();
         var engine = await StorageEngine.FormatAsync(devs);
-        var pool = await engine.CreatePoolAsync("golden", 2L * 1024 * 1024, 2, new PoolCreateOptions { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024 });
+        var pool = await engine.CreatePoolAsync("golden", 2L * 1024 * 1024, 2, new PoolCreateOptions { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024, LayoutVersion = 1 });
         await pool.CreateContainerAsync("alpha");
         await pool.CreateContainerAsync("beta");
         await pool.SetContainerPropertyAsync("alpha", "user.owner", "ops");
@@ -49,13 +50,52 @@ internal static class GoldenFixtures
         return devs;
     }
 
+    /// <summary>
+    /// The layout-2 fixture: the layout-1 pool upgraded (so it carries the upgrade job's
+    /// records and state), then a container created at layout 2 with compression on, a
+    /// changed v2 pool property and one more write, left in the log.
+    /// </summary>
+    public static async Task<MemoryBlockDevice[]> BuildLayout2Async()
+    {
+        var devs = await BuildLayout1Async();
+        var engine = await StorageEngine.OpenAsync(devs);
+        var pool = await engine.OpenPoolAsync("golden");
+        await pool.UpgradeAsync(2, dryRun: false);
+        await pool.WaitForUpgradeAsync();
+        await pool.CreateContainerAsync("gamma");
+        await pool.SetContainerPropertyAsync("gamma", "compression", "on");
+        await pool.SetPropertyAsync("scrub", "lazy");
+        var g = await pool.CreateImageAsync("gamma", "disk2", 40_000, 8192);
+        await g.WriteAsync(123, Content(30_000, 4));
+        await pool.CloseAsync(checkpoint: false);
+        return devs;
+    }
+
+    /// <summary>Checks the layout-2 fixture's pool: everything of layout 1 plus what layout 2 added.</summary>
+    public static async Task VerifyLayout2Async(Pool pool)
+    {
+        Assert.AreEqual(2u, pool.LayoutVersion);
+        Assert.AreEqual("completed", pool.GetProperty("upgrade_status"));
+        Assert.AreEqual("lazy", pool.GetProperty("scrub"));
+        Assert.AreEqual("lazy", pool.GetProperty("reclaim"));
+        Assert.AreEqual("1", pool.GetContainerProperty("alpha", "layout_version"));
+        Assert.AreEqual("2", pool.GetContainerProperty("gamma", "layout_version"));
+        Assert.AreEqual("on", pool.GetContainerProperty("gamma", "compression"));
+        var b = new byte[40_000];
+        await pool.OpenImage("gamma", "disk2").ReadAsync(0, b);
+        var e = new byte[40_000];
+        Content(30_000, 4).CopyTo(e, 123);
+        CollectionAssert.AreEqual(e, b);
+        await VerifyLayout1Async(pool, layout: 2);
+    }
+
     /// <summary>Checks the layout-1 fixture's pool, as a user would see it.</summary>
-    public static async Task VerifyLayout1Async(Pool pool)
+    public static async Task VerifyLayout1Async(Pool pool, uint layout = 1)
     {
         Assert.AreEqual("golden", pool.Label);
-        Assert.AreEqual(1u, pool.LayoutVersion);
+        Assert.AreEqual(layout, pool.LayoutVersion);
         Assert.AreEqual("2", pool.GetProperty("rf"));
-        CollectionAssert.AreEqual(new[] { "alpha", "beta" }, pool.ListContainers().Select(c => c.Label).ToArray());
+        CollectionAssert.IsSubsetOf(new[] { "alpha", "beta" }, pool.ListContainers().Select(c => c.Label).ToArray());
         Assert.AreEqual("ops", pool.GetContainerProperty("alpha", "user.owner"));
         var d0 = pool.OpenImage("alpha", "disk0");
         var back = new byte[200_000];

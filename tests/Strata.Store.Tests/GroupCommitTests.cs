@@ -9,13 +9,22 @@ public sealed class GroupCommitTests
     /// <summary>Counts writes that land in one byte range (the shard's log).</summary>
     private sealed class CountingDisk(string name, long capacity) : MemoryBlockDevice(name, capacity)
     {
-        public long RangeStart = -1, RangeEnd = -1;
+        public long RangeStart = -1, RangeEnd = -1, DataStart = long.MaxValue;
         public int Writes;
+        public int DataWrites;
+        /// <summary>When set, the first log write waits until this many data writes happened (no timing in the test).</summary>
+        public int HoldLogUntilDataWrites;
+        private readonly ManualResetEventSlim _dataDone = new();
 
         protected override void Execute(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
         {
+            if (opcode == IoOpcode.Write && offset >= DataStart && Interlocked.Increment(ref DataWrites) >= HoldLogUntilDataWrites)
+                _dataDone.Set();
             if (opcode == IoOpcode.Write && offset >= RangeStart && offset < RangeEnd)
-                Interlocked.Increment(ref Writes);
+            {
+                if (Interlocked.Increment(ref Writes) == 1 && HoldLogUntilDataWrites > 0)
+                    _dataDone.Wait(TimeSpan.FromSeconds(30));
+            }
             base.Execute(opcode, offset, length, buffer, flags);
         }
     }
@@ -32,6 +41,9 @@ public sealed class GroupCommitTests
         disk.RangeStart = shard.WalStart;
         disk.RangeEnd = shard.WalStart + shard.Header.WalLength;
         const int N = 64;
+        // The first log write is held until every data write happened, so the others must queue behind it.
+        disk.DataStart = shard.Base + shard.Header.DataOffset;
+        disk.HoldLogUntilDataWrites = N;
         await Task.WhenAll(Enumerable.Range(0, N).Select(i => Task.Run(() => img.WriteAsync(i * 4096L, TestDevices.Pattern(4096, i)))));
         Assert.IsTrue(disk.Writes < N, $"{disk.Writes} log writes for {N} concurrent writes: no group commit");
         await engine.DisposeAsync();

@@ -28,7 +28,7 @@ public sealed class LayoutRefusalTests
         var (engine, ras) = await TestDevices.OpenAsync(devs);
         Assert.AreEqual(99u, engine.ListPools().Single().LayoutVersion);
         var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => engine.OpenPoolAsync("tank"));
-        StringAssert.Contains(e.Message, "pool 'tank' shard on target 0 has layout version 99, this engine supports layout versions 1..1");
+        StringAssert.Contains(e.Message, "pool 'tank' shard on target 0 has layout version 99, this engine supports layout versions 1..2");
         StringAssert.Contains(e.Message, "bit 40");
         StringAssert.Contains(e.Message, "nothing was written");
         Assert.AreEqual(RasIds.PoolLayoutIncompatible, ras.Events.Single().Id);
@@ -39,11 +39,11 @@ public sealed class LayoutRefusalTests
     public async Task OpenPool_UnknownIncompatBitOnLayout1_Refused()
     {
         var devs = await PoolWithDataAsync();
-        await TestHelpers.RewriteShardHeadersAsync(devs, h => h with { Incompat = h.Incompat | FeatureBits.ReservedIncompatPlacementV2 });
+        await TestHelpers.RewriteShardHeadersAsync(devs, h => h with { Incompat = h.Incompat | LayoutCatalog.Default.Find("placement_v2")!.Mask });
         string before = TestHelpers.Sha256(devs);
         var (engine, _) = await TestDevices.OpenAsync(devs);
         var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => engine.OpenPoolAsync("tank"));
-        StringAssert.Contains(e.Message, "unknown incompat features 0x8 (bit 3)");
+        StringAssert.Contains(e.Message, "unknown incompat features 0x8 (placement_v2 (layout 4))");
         Assert.AreEqual(before, TestHelpers.Sha256(devs));
     }
 
@@ -77,17 +77,31 @@ public sealed class LayoutRefusalTests
     }
 
     [TestMethod]
-    public async Task CreatePool_New_RecordsLayout1AndItsFeatureWords()
+    public async Task CreatePool_New_RecordsNewestLayoutAndItsFeatureWords()
     {
         var devs = TestDevices.Memory(2);
         var (engine, _) = await TestDevices.FormatAsync(devs);
         var pool = await engine.CreatePoolAsync("tank", 4L * 1024 * 1024, 1, TestDevices.SmallPool);
         var q = pool.Query();
-        Assert.AreEqual(1u, q.LayoutVersion);
-        Assert.AreEqual(FeatureBits.IncompatBase, q.Incompat);
-        Assert.AreEqual(0UL, q.Compat);
+        Assert.AreEqual(2u, q.LayoutVersion);
+        Assert.AreEqual(0x3UL, q.Incompat, "base and container_compression");
+        Assert.AreEqual(0x1UL, q.Compat, "pool_props_v2");
         Assert.AreEqual(0UL, q.RoCompat);
-        Assert.AreEqual("1", pool.GetProperty("layout_version"));
+        Assert.AreEqual("2", pool.GetProperty("layout_version"));
         await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => pool.SetPropertyAsync("layout_version", "2"));
+    }
+
+    [TestMethod]
+    public async Task CreatePool_Layout1_RecordsLayout1AndItsFeatureWords()
+    {
+        var devs = TestDevices.Memory(2);
+        var (engine, _) = await TestDevices.FormatAsync(devs);
+        var pool = await engine.CreatePoolAsync("tank", 4L * 1024 * 1024, 1, TestDevices.SmallPool with { LayoutVersion = 1 });
+        var q = pool.Query();
+        Assert.AreEqual(1u, q.LayoutVersion);
+        Assert.AreEqual(0x1UL, q.Incompat);
+        Assert.AreEqual(0UL, q.Compat);
+        Assert.AreEqual("1", pool.GetProperty("layout_version"));
+        await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.CreatePoolAsync("t3", 4L * 1024 * 1024, 1, TestDevices.SmallPool with { LayoutVersion = 3 }));
     }
 }

@@ -68,7 +68,21 @@ public sealed record TargetErrorsDto(long ReadErrors, long WriteErrors, long Che
 
 public sealed record StorageInfo(IReadOnlyList<TargetInfoDto> Targets, long TotalBytes, long AllocatedBytes);
 
-public sealed record PoolCreateRequest(string Label, long Size, int Rf = 1);
+/// <summary>Layout 0 = the newest the engine supports; an older one keeps the pool openable by older releases.</summary>
+public sealed record PoolCreateRequest(string Label, long Size, int Rf = 1, uint Layout = 0);
+
+public sealed record UpgradeRequest(uint? To = null, bool DryRun = false);
+
+public sealed record SystemPrepareRequest(bool Cancel = false);
+
+/// <summary>A pool after `system prepare`: bytes left in its log (0 = nothing to replay) and whether writes are refused.</summary>
+public sealed record PreparedPoolDto(string Pool, long LogBytes, bool Prepared, string? Problem = null);
+
+public sealed record LayoutFeatureDto(string Name, string Class, int Bit, string Kind, string Access, string Description);
+
+public sealed record LayoutVersionDto(uint Version, string Summary, bool Supported, IReadOnlyList<LayoutFeatureDto> Features);
+
+public sealed record LayoutCatalogDto(uint MinSupported, uint MaxSupported, IReadOnlyList<LayoutVersionDto> Versions, IReadOnlyDictionary<string, uint> Releases);
 
 public sealed record PoolListEntry(string Label, Guid Id, uint LayoutVersion, uint SupportedLayoutVersion, string? UpgradeNeeded,
     long SizeBytes, int Targets, string State);
@@ -77,7 +91,7 @@ public sealed record TargetSpaceDto(int Target, string Device, long TotalBytes, 
 
 public sealed record PoolQueryDto(string Label, Guid Id, uint LayoutVersion, uint SupportedLayoutVersion, string? UpgradeNeeded,
     string Status, string? ReadOnlyReason, int Rf, int Containers, int Images, long TotalBytes, long UsedBytes, long FreeBytes,
-    IReadOnlyList<TargetSpaceDto> Targets, string? Warning);
+    IReadOnlyList<TargetSpaceDto> Targets, string? Warning, UpgradeStatus? Upgrade = null);
 
 public sealed record PropertyDto(string Name, string Value);
 
@@ -123,3 +137,23 @@ public sealed record RasRecord
     public long? Offset { get; init; }
     public IReadOnlyDictionary<string, string>? Data { get; init; }
 }
+
+/// <summary>One action of an upgrade plan, as `pool upgrade --dry-run` lists it.</summary>
+public sealed record UpgradePlanAction(int Index, uint Version, string Feature, string Class, string Kind, string Access,
+    long Items, long BytesToScan, long BytesToMove, string Description);
+
+/// <summary>A precondition and whether it holds now.</summary>
+public sealed record UpgradePrecondition(string Name, bool Ok, string Detail);
+
+/// <summary>What an upgrade would do (dry run) or was started to do.</summary>
+public sealed record UpgradePlan(string Pool, uint From, uint To, IReadOnlyList<UpgradePlanAction> Actions,
+    IReadOnlyList<UpgradePrecondition> Preconditions, bool DryRun, ulong? JobId);
+
+/// <summary>
+/// An upgrade's status and progress (the pool properties upgrade_status, upgrade_target and
+/// upgrade_progress): actions done of total, items and bytes done of total, rate and ETA,
+/// and the longest time I/O was paused by a quiesce step of this run.
+/// </summary>
+public sealed record UpgradeStatus(string Pool, uint LayoutVersion, string Status, uint? Target, ulong? JobId, string? Reason,
+    int ActionsDone, int ActionsTotal, long ItemsDone, long ItemsTotal, long BytesDone, long BytesTotal,
+    double? ItemsPerSecond, double? BytesPerSecond, double? EtaSeconds, string? CurrentAction, double? LongestPauseMs, bool Running);

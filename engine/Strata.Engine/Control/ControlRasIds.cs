@@ -8,6 +8,8 @@ public static class ControlRasIds
     public const string EngineFormatted = "engine_formatted";
     public const string PoolCreated = "pool_created";
     public const string PoolDestroyed = "pool_destroyed";
+    public const string SystemPrepared = "system_prepared";
+    public const string SystemPrepareCancelled = "system_prepare_cancelled";
     public const string PoolPropertySet = "pool_prop_set";
     public const string ContainerCreated = "container_created";
     public const string ContainerDestroyed = "container_destroyed";

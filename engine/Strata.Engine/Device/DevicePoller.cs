@@ -8,8 +8,11 @@ namespace Strata.Engine.Device;
 /// <summary>
 /// A polling thread that owns one queue pair. Submitters enqueue operations;
 /// the poller submits them in batches and busy-polls the completion ring while
-/// anything is in flight (no interrupt wake-up on the latency path). When idle
-/// it spins briefly, then parks until the next submission.
+/// anything is in flight (no interrupt wake-up on the latency path). When the
+/// commands in flight are slow (no completion for BusyPollMicros, e.g. a flush),
+/// it waits in the kernel in slices of WaitSliceMicros instead of spinning, so
+/// a millisecond flush does not cost a millisecond of CPU. When idle it spins
+/// briefly, then parks until the next submission.
 /// </summary>
 /// <remarks>
 /// With inline completions, continuations run on this thread and may re-enter
@@ -33,19 +36,35 @@ internal sealed unsafe class DevicePoller : IDisposable
     private readonly sio_completion* _completions;
     private readonly int _idleSpinIterations;
     private readonly int _completionBatch;
+    private readonly bool _completionDetail;
+    private readonly int? _cpu;
     private int _pendingNext;
     private int _pendingCount;
     private int _freeTop;
     private int _inflight;
+    private int _inflightFlushes;
     private int _parked;
     private bool _queuePairGone;
     private volatile bool _stopping;
 
-    public DevicePoller(SioQueuePairHandle qp, int depth, string name, int idleSpinIterations, int completionBatch)
+    private readonly long _busyPollTicks;
+    private readonly ulong _waitSliceMicros;
+
+    /// <param name="completionDetail">
+    /// The backend records a detail for a failed completion and ends the batch there
+    /// (SIO_DEV_F_COMPLETION_DETAIL), so the detail read after the poll is that completion's.
+    /// </param>
+    /// <param name="cpu">The CPU the thread binds itself to, or null (checked by the caller).</param>
+    public DevicePoller(SioQueuePairHandle qp, int depth, string name, int idleSpinIterations, int completionBatch, int busyPollMicros = 0, int waitSliceMicros = 100,
+        bool completionDetail = false, int? cpu = null)
     {
+        _busyPollTicks = busyPollMicros <= 0 ? long.MaxValue : busyPollMicros * System.Diagnostics.Stopwatch.Frequency / 1_000_000;
+        _waitSliceMicros = (ulong)Math.Max(1, waitSliceMicros);
+        _cpu = cpu;
         _qp = qp;
         _depth = depth;
         _completionBatch = completionBatch;
+        _completionDetail = completionDetail;
         _slots = new IoOperation?[depth];
         _pending = new IoOperation?[depth];
         _freeSlots = new int[depth];
@@ -74,17 +93,33 @@ internal sealed unsafe class DevicePoller : IDisposable
 
     private void Run()
     {
+        if (_cpu is int cpu)
+            ThreadAffinity.PinCurrentThread(cpu); // the CPU was checked against the process's set
         try
         {
             int idle = 0;
+            long progress = System.Diagnostics.Stopwatch.GetTimestamp();
             while (!_queuePairGone)
             {
                 int n = SubmitQueued();
                 int got = _inflight > 0 ? Reap() : 0;
-                if (n > 0 || got > 0 || _inflight > 0)
+                if (n > 0 || got > 0)
                 {
                     idle = 0;
-                    continue; // busy-poll while anything is in flight
+                    if (_busyPollTicks != long.MaxValue)
+                        progress = System.Diagnostics.Stopwatch.GetTimestamp();
+                    continue;
+                }
+                if (_inflight > 0)
+                {
+                    // Busy-poll while reads and writes are in flight (microseconds); wait in the
+                    // kernel when only flushes are (milliseconds) or, with a busy-poll window,
+                    // nothing completed for that long. (No clock read per spin without a window.)
+                    if ((_inflight == _inflightFlushes
+                            || (_busyPollTicks != long.MaxValue && System.Diagnostics.Stopwatch.GetTimestamp() - progress > _busyPollTicks))
+                        && Reap(_waitSliceMicros) > 0 && _busyPollTicks != long.MaxValue)
+                        progress = System.Diagnostics.Stopwatch.GetTimestamp();
+                    continue;
                 }
                 if (_stopping && _queue.IsEmpty)
                     break;
@@ -125,6 +160,8 @@ internal sealed unsafe class DevicePoller : IDisposable
             c->opcode = (byte)op.Opcode;
             c->flags = (byte)op.Flags;
             c->reserved = 0;
+            if (op.Opcode == IoOpcode.Flush)
+                _inflightFlushes++;
             n++;
         }
         if (n == 0)
@@ -150,12 +187,15 @@ internal sealed unsafe class DevicePoller : IDisposable
         return n;
     }
 
-    private int Reap()
+    /// <summary>Reaps completions; with waitMicros, waits up to that long in the kernel for the first one.</summary>
+    private int Reap(ulong waitMicros = 0)
     {
         if (_queuePairGone)
             return 0;
         uint got;
-        int rc = StrataIo.sio_qpair_poll(_qp.DangerousGetHandle(), _completions, (uint)_completionBatch, &got);
+        int rc = waitMicros == 0
+            ? StrataIo.sio_qpair_poll(_qp.DangerousGetHandle(), _completions, (uint)_completionBatch, &got)
+            : StrataIo.sio_qpair_wait(_qp.DangerousGetHandle(), _completions, (uint)_completionBatch, waitMicros, &got);
         if (rc < 0 || got == 0)
             return 0;
         // Take every completed operation out of its slot before running any
@@ -168,6 +208,8 @@ internal sealed unsafe class DevicePoller : IDisposable
             op.Status = _completions[i].status;
             _pending[i] = op;
         }
+        if (_completionDetail && _pending[got - 1]!.Status < 0)
+            _pending[got - 1]!.Detail = StrataIoRuntime.LastErrorDetail();
         _pendingNext = 0;
         _pendingCount = (int)got;
         CompletePending();
@@ -177,6 +219,8 @@ internal sealed unsafe class DevicePoller : IDisposable
     private IoOperation TakeSlot(int slot)
     {
         var op = _slots[slot]!;
+        if (op.Opcode == IoOpcode.Flush)
+            _inflightFlushes--;
         _slots[slot] = null;
         _freeSlots[_freeTop++] = slot;
         return op;

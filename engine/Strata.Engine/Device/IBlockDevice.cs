@@ -22,6 +22,8 @@ public enum DeviceFeatures
     VolatileCache = 8,
     FaultInjection = 16,
     ReadOnly = 32,
+    /// <summary>A failed completion carries the backend's reason (SPDK: the NVMe status).</summary>
+    CompletionDetail = 64,
 }
 
 /// <summary>Geometry of an opened device.</summary>

@@ -55,7 +55,7 @@ internal sealed class IoOperation : IValueTaskSource
         {
             _core.GetResult(token);
             if (Status < 0)
-                throw DeviceErrors.Create(DeviceName, Status, Detail ?? Describe());
+                throw DeviceErrors.Create(DeviceName, Status, Detail is null ? Describe() : $"{Describe()}: {Detail}");
         }
         finally
         {

@@ -18,6 +18,18 @@ public sealed record DeviceOptions
     /// <summary>Spin iterations of an idle poller before it parks (each about a microsecond).</summary>
     public int IdleSpinIterations { get; init; } = 200;
 
+    /// <summary>
+    /// Microseconds a poller busy-polls with reads or writes in flight and no
+    /// completion before it waits in the kernel instead (0 = busy-poll as long as
+    /// any read or write is in flight). With only flushes in flight it always waits
+    /// in the kernel: a flush (up to milliseconds on a file) would otherwise keep a
+    /// CPU spinning for its whole duration.
+    /// </summary>
+    public int BusyPollMicros { get; init; }
+
+    /// <summary>Longest kernel wait for a completion (µs); a submission queued meanwhile waits at most this long.</summary>
+    public int WaitSliceMicros { get; init; } = 100;
+
     /// <summary>Register the arena with each queue pair (io_uring fixed buffers).</summary>
     public bool RegisterArena { get; init; } = true;
 
@@ -33,6 +45,12 @@ public sealed record DeviceOptions
     /// bursts; reaping a whole burst first leaves the queue empty meanwhile).
     /// </summary>
     public int CompletionBatch { get; init; } = 1;
+
+    /// <summary>
+    /// CPUs the polling threads run on (poller i on PollerCpus[i % Count]); null leaves them to the
+    /// scheduler. A busy poller must not share a core with another one, such as an SPDK target's.
+    /// </summary>
+    public IReadOnlyList<int>? PollerCpus { get; init; }
 
     public static DeviceOptions Default { get; } = new();
 }
@@ -54,6 +72,7 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         _handle = handle;
         Geometry = geometry;
         int depth = options.QueueDepth > 0 ? options.QueueDepth : geometry.QueueDepth;
+        CheckPollerCpus(uri, options.PollerCpus);
         _pool = new DmaBufferPool(new ShimAllocator(handle), uri, geometry.BufferAlignment, options.ArenaBytes);
         _ops = new IoOperationPool(depth * Math.Max(1, options.Pollers) * 2, options.InlineCompletions);
         _pollers = new DevicePoller[Math.Max(1, options.Pollers)];
@@ -67,7 +86,9 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
                     int rc = StrataIo.sio_qpair_register_region(qp.DangerousGetHandle(), (void*)_pool.Arena.Base, (ulong)_pool.Arena.Length);
                     RegisteredArena = rc == 0;
                 }
-                _pollers[i] = new DevicePoller(qp, depth, $"strata-poll-{i}", options.IdleSpinIterations, Math.Clamp(options.CompletionBatch, 1, depth));
+                int? cpu = options.PollerCpus is { Count: > 0 } cpus ? cpus[i % cpus.Count] : null;
+                _pollers[i] = new DevicePoller(qp, depth, $"strata-poll-{i}", options.IdleSpinIterations, Math.Clamp(options.CompletionBatch, 1, depth),
+                    options.BusyPollMicros, options.WaitSliceMicros, (geometry.Features & DeviceFeatures.CompletionDetail) != 0, cpu);
             }
         }
         catch
@@ -79,7 +100,11 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         }
     }
 
-    /// <summary>Opens a device by URI (file:PATH?...); errors name the URI and the reason.</summary>
+    /// <summary>
+    /// Opens a device by URI (file:PATH?..., nvme-tcp://HOST:PORT/SUBNQN, nvme-pcie://BDF); errors name
+    /// the URI and the reason. The first nvme-* open starts the SPDK environment with the options
+    /// <see cref="SpdkEnvironment.Configure"/> set, or its defaults.
+    /// </summary>
     public static NativeBlockDevice Open(string uri, DeviceOptions? options = null)
     {
         options ??= DeviceOptions.Default;
@@ -100,6 +125,16 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
             handle.Dispose();
             throw;
         }
+    }
+
+    private static void CheckPollerCpus(string uri, IReadOnlyList<int>? cpus)
+    {
+        if (cpus is null)
+            return;
+        var allowed = ThreadAffinity.Allowed();
+        foreach (int cpu in cpus)
+            if (Array.IndexOf(allowed, cpu) < 0)
+                throw new DeviceArgumentException(uri, Errno.EINVAL, $"poller CPU {cpu} is not one this process may run on ({string.Join(",", allowed)})");
     }
 
     public override DeviceGeometry Geometry { get; }

@@ -105,8 +105,9 @@ internal static class ChunkIo
 
     /// <summary>
     /// Copy-on-write of one chunk: merge with the verified old contents when the
-    /// write is partial, write every replica to a fresh extent, flush, commit the
-    /// new mapping (with its CRC32C) and only then free the old extents.
+    /// write is partial, write every replica to a fresh extent, commit the new
+    /// mapping (with its CRC32C; the commit's flush makes data and record durable)
+    /// and only then free the old extents.
     /// </summary>
     public static async Task WriteAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data)
     {
@@ -174,20 +175,6 @@ internal static class ChunkIo
                     Pool: pool.Label, Image: meta.Label, Device: e.Device, Offset: index * cs + within));
                 throw new StoreException(Errno.EIO, $"write to pool '{pool.Label}' image '{meta.Label}' at offset {index * cs + within} failed: {e.Message}", e);
             }
-            try
-            {
-                if (rf == 1)
-                    await pool.Shards[replicas[0].Target].FlushAsync().ConfigureAwait(false);
-                else
-                    await Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].FlushAsync())).ConfigureAwait(false);
-            }
-            catch (IOException e)
-            {
-                // After a failed flush the device may have dropped any dirty data; a later
-                // flush that succeeds proves nothing, so the pool stops claiming durability.
-                pool.Fail(e, "a data flush");
-                throw new PoolReadOnlyException($"write to pool '{pool.Label}' image '{meta.Label}' at offset {index * cs + within} failed: {e.Message}; the pool is now read-only", e);
-            }
         }
         catch
         {
@@ -195,8 +182,11 @@ internal static class ChunkIo
                 pool.Shards[replicas[i].Target].Allocator.Free(replicas[i].Offset, cs);
             throw;
         }
-        // The data is durable; now the record (on failure it may or may not be durable,
-        // so the extents stay allocated).
+        // The data writes have completed (not yet durable): the commit's flush, issued
+        // after this call, covers them and the record alike. A crash may keep the record
+        // and lose the data; replay checks the data of records past the last durable mark
+        // (PoolOpener). On failure the record may or may not be durable, so the extents
+        // stay allocated.
         await pool.Log.CommitAsync(MetaRecords.ChunkMap(meta.Id, index, replicas)).ConfigureAwait(false);
     }
 }

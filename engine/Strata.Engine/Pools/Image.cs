@@ -50,36 +50,39 @@ public sealed class Image
             throw new InvalidRequestException($"{what} of {length} bytes at offset {offset} is past the end of image '{Label}' in pool '{_pool.Label}' ({size} bytes)");
     }
 
-    /// <summary>Chunks of a request processed at once (each under its own chunk lock).</summary>
-    private const int ChunkParallelism = 8;
+    /// <summary>Groups of a multi-chunk request processed at once (each under its own chunk locks).</summary>
+    private const int GroupParallelism = 2;
 
-    /// <summary>Splits [offset, offset+length) into per-chunk pieces: chunk index, offset within the chunk, length, offset within the request.</summary>
-    private static List<(long Index, int Within, int Length, int At)> Pieces(long offset, long length, int cs)
+    /// <summary>Splits [offset, offset+length) into per-chunk pieces, in groups of at most groupSize consecutive chunks.</summary>
+    private static List<List<ChunkRuns.Piece>> Groups(long offset, long length, int cs, int groupSize)
     {
-        var list = new List<(long, int, int, int)>();
+        var groups = new List<List<ChunkRuns.Piece>>();
         for (long pos = offset; pos < offset + length;)
         {
+            if (groups.Count == 0 || groups[^1].Count == groupSize)
+                groups.Add(new List<ChunkRuns.Piece>(Math.Min(groupSize, (int)((offset + length - pos) / cs) + 2)));
             int within = (int)(pos % cs);
             int n = (int)Math.Min(cs - within, offset + length - pos);
-            list.Add((pos / cs, within, n, (int)(pos - offset)));
+            groups[^1].Add(new ChunkRuns.Piece(pos / cs, within, n, (int)(pos - offset)));
             pos += n;
         }
-        return list;
+        return groups;
     }
 
-    private static async Task ForEachPieceAsync(List<(long Index, int Within, int Length, int At)> pieces, Func<(long Index, int Within, int Length, int At), Task> body)
+    private static async Task ForEachGroupAsync(List<List<ChunkRuns.Piece>> groups, Func<List<ChunkRuns.Piece>, Task> body)
     {
-        if (pieces.Count == 1)
+        if (groups.Count == 1)
         {
-            await body(pieces[0]).ConfigureAwait(false);
+            await body(groups[0]).ConfigureAwait(false);
             return;
         }
-        await Parallel.ForEachAsync(pieces, new ParallelOptions { MaxDegreeOfParallelism = ChunkParallelism },
-            async (p, _) => await body(p).ConfigureAwait(false)).ConfigureAwait(false);
+        await Parallel.ForEachAsync(groups, new ParallelOptions { MaxDegreeOfParallelism = GroupParallelism },
+            async (g, _) => await body(g).ConfigureAwait(false)).ConfigureAwait(false);
     }
 
     public async Task ReadAsync(long offset, Memory<byte> destination)
     {
+        using var pass = await _pool.Gate.EnterAsync().ConfigureAwait(false);
         var meta = Meta;
         long size;
         lock (_pool.Meta.Sync)
@@ -94,8 +97,15 @@ public sealed class Image
             await ReadPieceAsync(meta, offset / cs, (int)(offset % cs), destination).ConfigureAwait(false);
             return;
         }
-        await ForEachPieceAsync(Pieces(offset, destination.Length, cs),
-            p => ReadPieceAsync(meta, p.Index, p.Within, destination.Slice(p.At, p.Length))).ConfigureAwait(false);
+        await ForEachGroupAsync(Groups(offset, destination.Length, cs, ChunkRuns.GroupSize(_pool, 1)), async g =>
+        {
+            List<long>? unrepaired;
+            using (await _locks.ChunksAsync(g[0].Index, g.Count, write: false).ConfigureAwait(false))
+                unrepaired = await ChunkRuns.ReadGroupAsync(_pool, Meta, g, destination).ConfigureAwait(false);
+            if (unrepaired != null)
+                foreach (long index in unrepaired)
+                    await RepairChunkAsync(meta, index).ConfigureAwait(false);
+        }).ConfigureAwait(false);
     }
 
     /// <summary>Reads part of one chunk; a shared chunk lock keeps its mapping and extents in place meanwhile.</summary>
@@ -163,13 +173,23 @@ public sealed class Image
 
     public async Task WriteAsync(long offset, ReadOnlyMemory<byte> source)
     {
+        using var pass = await _pool.Gate.EnterAsync().ConfigureAwait(false);
         _pool.ThrowIfNotWritable();
         var meta = Meta;
         CheckRange("write", offset, source.Length, Size);
-        await ForEachPieceAsync(Pieces(offset, source.Length, meta.ChunkSize), async p =>
+        int cs = meta.ChunkSize;
+        if (source.Length == 0)
+            return;
+        if (offset / cs == (offset + source.Length - 1) / cs)
         {
-            using (await _locks.ChunkAsync(p.Index).ConfigureAwait(false))
-                await ChunkIo.WriteAsync(_pool, Meta, p.Index, p.Within, source.Slice(p.At, p.Length)).ConfigureAwait(false);
+            using (await _locks.ChunkAsync(offset / cs).ConfigureAwait(false))
+                await ChunkIo.WriteAsync(_pool, Meta, offset / cs, (int)(offset % cs), source).ConfigureAwait(false);
+            return;
+        }
+        await ForEachGroupAsync(Groups(offset, source.Length, cs, ChunkRuns.GroupSize(_pool, _pool.Rf)), async g =>
+        {
+            using (await _locks.ChunksAsync(g[0].Index, g.Count, write: true).ConfigureAwait(false))
+                await ChunkRuns.WriteGroupAsync(_pool, Meta, g, source).ConfigureAwait(false);
         }).ConfigureAwait(false);
     }
 
@@ -180,6 +200,7 @@ public sealed class Image
     /// </summary>
     public async Task TrimAsync(long offset, long length)
     {
+        using var pass = await _pool.Gate.EnterAsync().ConfigureAwait(false);
         _pool.ThrowIfNotWritable();
         var meta = Meta;
         long size = Size;
@@ -230,7 +251,8 @@ public sealed class Image
     /// <summary>Every acknowledged write is already durable; this fails when the pool can no longer guarantee that.</summary>
     public Task FlushAsync()
     {
-        _pool.ThrowIfNotWritable();
+        // No I/O, so no gate; a prepared pool refuses writes but has nothing unflushed: a flush still succeeds.
+        _pool.ThrowIfNotLoggable();
         _ = Meta;
         return Task.CompletedTask;
     }

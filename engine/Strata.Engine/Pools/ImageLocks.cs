@@ -33,6 +33,49 @@ internal sealed class ImageLocks
         }
     }
 
+    /// <summary>
+    /// Holds the consecutive chunks [first, first + count): their stripes, each once, in
+    /// ascending stripe order like <see cref="AllAsync"/>, so holders of several stripes
+    /// never wait for each other in a cycle.
+    /// </summary>
+    public async ValueTask<ManyHeld> ChunksAsync(long first, long count, bool write)
+    {
+        int n = (int)Math.Min(count, Stripes);
+        var held = new int[n];
+        int start = (int)((ulong)first % Stripes);
+        for (int i = 0; i < n; i++)
+            held[i] = (start + i) % Stripes;
+        Array.Sort(held);
+        for (int i = 0; i < n; i++)
+        {
+            var l = _stripes[held[i]];
+            try
+            {
+                await (write ? l.EnterWriteAsync() : l.EnterReadAsync()).ConfigureAwait(false);
+            }
+            catch
+            {
+                new ManyHeld(_stripes, held.AsMemory(0, i), write).Dispose();
+                throw;
+            }
+        }
+        return new ManyHeld(_stripes, held, write);
+    }
+
+    public readonly struct ManyHeld(AsyncReaderWriterLock[] stripes, ReadOnlyMemory<int> held, bool write) : IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (int s in held.Span)
+            {
+                if (write)
+                    stripes[s].ExitWrite();
+                else
+                    stripes[s].ExitRead();
+            }
+        }
+    }
+
     public async Task<IDisposable> AllAsync()
     {
         foreach (var s in _stripes)

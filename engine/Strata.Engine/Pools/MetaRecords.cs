@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using Strata.Engine.Store;
 
 namespace Strata.Engine.Pools;
@@ -20,9 +21,12 @@ public enum MetaRecordType : ushort
     ChunkUnmap = 9,
     ImageSetProp = 10,
     ChunkUnmapRange = 11,
+    /// <summary>Heads every log batch: every record with a sequence up to this one is durable, data included (docs/format.md).</summary>
+    DurableThrough = 12,
     UpgradeJobBegin = 32,
     UpgradeJobCursor = 33,
     UpgradeJobEnd = 34,
+    LayoutSet = 35,
     ChunkMoveBegin = 40,
     ChunkMoveCommit = 41,
     ChunkMoveAbort = 42,
@@ -37,8 +41,22 @@ public static class MetaRecords
     public static MetaRecord PoolSetProp(string name, string value) =>
         new(MetaRecordType.PoolSetProp, new MetaWriter().Str(name).Str(value).ToArray());
 
-    public static MetaRecord ContainerCreate(uint id, string label) =>
-        new(MetaRecordType.ContainerCreate, new MetaWriter().U32(id).Str(label).ToArray());
+    public static MetaRecord ContainerCreate(uint id, string label, uint createdLayout) =>
+        new(MetaRecordType.ContainerCreate, new MetaWriter().U32(id).Str(label).U32(createdLayout).ToArray());
+
+    public static MetaRecord UpgradeJobBegin(ulong job, uint from, uint to) =>
+        new(MetaRecordType.UpgradeJobBegin, new MetaWriter().U64(job).U32(from).U32(to).ToArray());
+
+    public static MetaRecord UpgradeJobCursor(ulong job, uint action, ulong cursor) =>
+        new(MetaRecordType.UpgradeJobCursor, new MetaWriter().U64(job).U32(action).U64(cursor).ToArray());
+
+    public static MetaRecord UpgradeJobEnd(ulong job, UpgradeJobState state, string? reason) =>
+        new(MetaRecordType.UpgradeJobEnd, reason == null
+            ? new MetaWriter().U64(job).Byte((byte)state).ToArray()
+            : new MetaWriter().U64(job).Byte((byte)state).Str(reason).ToArray());
+
+    public static MetaRecord LayoutSet(uint version, ulong compat, ulong roCompat, ulong incompat) =>
+        new(MetaRecordType.LayoutSet, new MetaWriter().U32(version).U64(compat).U64(roCompat).U64(incompat).ToArray());
 
     public static MetaRecord ContainerDestroy(uint id) =>
         new(MetaRecordType.ContainerDestroy, new MetaWriter().U32(id).ToArray());
@@ -58,11 +76,22 @@ public static class MetaRecords
     public static MetaRecord ImageSetProp(uint id, string name, string value) =>
         new(MetaRecordType.ImageSetProp, new MetaWriter().U32(id).Str(name).Str(value).ToArray());
 
+    /// <summary>The per-write record, encoded straight into its payload (the layout WriteReplicas gives).</summary>
     public static MetaRecord ChunkMap(uint image, long chunk, Replica[] replicas)
     {
-        var w = new MetaWriter().U32(image).I64(chunk);
-        WriteReplicas(w, replicas);
-        return new(MetaRecordType.ChunkMap, w.ToArray());
+        var b = new byte[4 + 8 + 1 + replicas.Length * 14];
+        BinaryPrimitives.WriteUInt32LittleEndian(b, image);
+        BinaryPrimitives.WriteInt64LittleEndian(b.AsSpan(4), chunk);
+        b[12] = (byte)replicas.Length;
+        int at = 13;
+        foreach (var r in replicas)
+        {
+            BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(at), r.Target);
+            BinaryPrimitives.WriteInt64LittleEndian(b.AsSpan(at + 2), r.Offset);
+            BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(at + 10), r.Crc);
+            at += 14;
+        }
+        return new(MetaRecordType.ChunkMap, b);
     }
 
     public static MetaRecord ChunkUnmap(uint image, long chunk) =>
@@ -70,6 +99,13 @@ public static class MetaRecords
 
     public static MetaRecord ChunkUnmapRange(uint image, long first, long count) =>
         new(MetaRecordType.ChunkUnmapRange, new MetaWriter().U32(image).I64(first).I64(count).ToArray());
+
+    public static MetaRecord DurableThrough(ulong seq)
+    {
+        var b = new byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(b, seq);
+        return new(MetaRecordType.DurableThrough, b);
+    }
 
     public static void WriteReplicas(MetaWriter w, Replica[] replicas)
     {

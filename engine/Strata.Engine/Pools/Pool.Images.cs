@@ -59,6 +59,8 @@ public sealed partial class Pool
 
     public Image OpenImage(string container, string label)
     {
+        if (_exclusiveReason is { } x)
+            throw new PoolBusyException($"pool '{Label}': {x}");
         var meta = FindImage(container, label);
         return new Image(this, meta.Id, container, label);
     }

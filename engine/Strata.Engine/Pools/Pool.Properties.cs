@@ -9,21 +9,43 @@ public sealed record ContainerInfo(uint Id, string Label, int Images, IReadOnlyD
 public sealed partial class Pool
 {
     /// <summary>
-    /// Pool properties of layout 1. The registry is the place later layouts extend
-    /// (pool_props_v2 adds scrub and reclaim); a name not here is refused.
+    /// Settable pool properties and the layout feature each belongs to (null: layout 1).
+    /// A property of a later layout is refused until the pool reaches it (gating).
     /// </summary>
-    private static readonly string[] PoolProperties = ["label", "rf", "layout_version"];
+    private static readonly (string Name, string? Feature)[] PoolProperties =
+    [
+        ("label", null), ("rf", null), ("compatibility", null),
+        ("scrub", "pool_props_v2"), ("reclaim", "pool_props_v2"),
+    ];
+
+    /// <summary>Properties the engine computes; `set-prop` refuses them.</summary>
+    private static readonly string[] ReadOnlyPoolProperties =
+        ["layout_version", "upgrade_status", "upgrade_target", "upgrade_progress"];
 
     public IReadOnlyDictionary<string, string> GetProperties()
     {
+        var up = GetUpgradeStatus();
         lock (Meta.Sync)
         {
             var all = new Dictionary<string, string>(Meta.Props, StringComparer.Ordinal)
             {
-                ["layout_version"] = Header.LayoutVersion.ToString(CultureInfo.InvariantCulture),
+                ["layout_version"] = LayoutVersion.ToString(CultureInfo.InvariantCulture),
+                ["upgrade_status"] = up.Reason != null ? $"{up.Status}: {up.Reason}" : up.Status,
+                ["upgrade_target"] = up.Target?.ToString(CultureInfo.InvariantCulture) ?? "none",
+                ["upgrade_progress"] = up.JobId == null ? "none" : $"{up.ActionsDone}/{up.ActionsTotal} actions, {up.ItemsDone}/{up.ItemsTotal} items, {up.BytesDone}/{up.BytesTotal} bytes",
             };
+            all.TryAdd("compatibility", "off");
             return all;
         }
+    }
+
+    /// <summary>The refusal for a feature the pool's layout does not have yet (Ozone's gated-API message, DAOS's wording).</summary>
+    internal void RequireFeature(string feature, string what)
+    {
+        var f = Catalog.Find(feature) ?? throw new ArgumentException($"no layout feature '{feature}'", nameof(feature));
+        uint v = LayoutVersion;
+        if (f.Version > v)
+            throw new InvalidRequestException($"{what} needs pool layout {f.Version} (pool is at {v}); run 'strata pool upgrade'");
     }
 
     public string GetProperty(string name) =>
@@ -31,10 +53,20 @@ public sealed partial class Pool
 
     public async Task SetPropertyAsync(string name, string value)
     {
-        if (!PoolProperties.Contains(name))
-            throw new NotFoundException($"pool '{Label}' has no property '{name}' (known: {string.Join(", ", PoolProperties)})");
-        if (name == "layout_version")
-            throw new InvalidRequestException("pool property 'layout_version' is read-only; it changes only through a pool upgrade");
+        if (ReadOnlyPoolProperties.Contains(name))
+            throw new InvalidRequestException($"pool property '{name}' is read-only; it changes only through a pool upgrade");
+        var known = PoolProperties.FirstOrDefault(p => p.Name == name);
+        if (known.Name == null)
+            throw new NotFoundException($"pool '{Label}' has no property '{name}' (settable: {string.Join(", ", PoolProperties.Select(p => p.Name))})");
+        if (known.Feature != null)
+        {
+            RequireFeature(known.Feature, $"pool property '{name}'");
+            var values = Layout.PoolPropsV2Action.Properties.First(p => p.Name == name).Values;
+            if (!values.Contains(value))
+                throw new InvalidRequestException($"pool property '{name}' takes {string.Join(", ", values)}; got '{value}'");
+        }
+        if (name == "compatibility" && Catalog.CompatibilityLimit(value) == null)
+            throw new InvalidRequestException($"compatibility '{value}' is unknown; use off or one of {string.Join(", ", Catalog.Releases.Select(r => r.Name))}");
         if (name == "rf")
         {
             if (value is not ("1" or "2"))
@@ -81,7 +113,7 @@ public sealed partial class Pool
     {
         lock (Meta.Sync)
             return Meta.Containers.Values.OrderBy(c => c.Label, StringComparer.Ordinal)
-                .Select(c => new ContainerInfo(c.Id, c.Label, Meta.Images.Values.Count(i => i.Container == c.Id), new Dictionary<string, string>(c.Props)))
+                .Select(c => new ContainerInfo(c.Id, c.Label, Meta.Images.Values.Count(i => i.Container == c.Id), WithComputed(c)))
                 .ToList();
     }
 
@@ -107,8 +139,9 @@ public sealed partial class Pool
                 id = Meta.NextContainerId;
             }
             CheckMetadataRoom(64 + label.Length);
-            await Log.CommitAsync(MetaRecords.ContainerCreate(id, label)).ConfigureAwait(false);
-            return new ContainerInfo(id, label, 0, new Dictionary<string, string>());
+            uint layout = LayoutVersion;
+            await Log.CommitAsync(MetaRecords.ContainerCreate(id, label, layout)).ConfigureAwait(false);
+            return new ContainerInfo(id, label, 0, new Dictionary<string, string> { [ContainerMeta.CreatedLayoutProp] = layout.ToString(CultureInfo.InvariantCulture) });
         }
         finally
         {
@@ -142,8 +175,26 @@ public sealed partial class Pool
         if (name == "label")
             return c.Label;
         lock (Meta.Sync)
+        {
+            if (name == ContainerMeta.CreatedLayoutProp)
+                return c.CreatedLayout.ToString(CultureInfo.InvariantCulture);
+            if (name == "compression" && c.CreatedLayout >= 2)
+                return c.Props.GetValueOrDefault("compression", "off");
             return c.Props.TryGetValue(name, out var v) ? v : throw new NotFoundException($"container '{container}' has no property '{name}'");
+        }
     }
+
+    private static Dictionary<string, string> WithComputed(ContainerMeta c)
+    {
+        var d = new Dictionary<string, string>(c.Props, StringComparer.Ordinal);
+        d.TryAdd(ContainerMeta.CreatedLayoutProp, "1");
+        if (c.CreatedLayout >= 2)
+            d.TryAdd("compression", "off");
+        return d;
+    }
+
+    /// <summary>Values of the container property `compression` (layout 2, feature container_compression).</summary>
+    public static readonly string[] CompressionValues = ["off", "on"];
 
     /// <summary>Layout 1 container properties: label, and free-form "user.*" attributes.</summary>
     public async Task SetContainerPropertyAsync(string container, string name, string value)
@@ -154,6 +205,14 @@ public sealed partial class Pool
         {
             ThrowIfNotWritable();
             var c = FindContainer(container);
+            if (name == "compression")
+            {
+                RequireFeature("container_compression", "container property 'compression'");
+                if (c.CreatedLayout < 2)
+                    throw new InvalidRequestException($"container '{container}' was created at pool layout {c.CreatedLayout}; container property 'compression' is available only to containers created at layout 2 or later (new features are not enabled in existing containers)");
+                if (!CompressionValues.Contains(value))
+                    throw new InvalidRequestException($"container property 'compression' takes {string.Join(", ", CompressionValues)}; got '{value}'");
+            }
             if (name == "label")
             {
                 Labels.Validate("container", value);
@@ -172,10 +231,12 @@ public sealed partial class Pool
 
     private void CheckUserProperty(string kind, string name, string value)
     {
+        if (name == ContainerMeta.CreatedLayoutProp && kind == "container")
+            throw new InvalidRequestException("container property 'layout_version' is read-only: it is the pool layout the container was created at");
         if (name == "compression" && kind == "container")
-            throw new InvalidRequestException($"container property 'compression' belongs to the layout feature container_compression, whose layout version is 2; pool '{Label}' has layout version {Header.LayoutVersion}");
+            return;
         if (name != "label" && !(name.StartsWith("user.", StringComparison.Ordinal) && name.Length > 5 && name.Length <= 128))
-            throw new NotFoundException($"{kind} property '{name}' is unknown (layout 1 has 'label' and 'user.*' attributes)");
+            throw new NotFoundException($"{kind} property '{name}' is unknown (containers have 'label', 'compression' from layout 2, and 'user.*' attributes)");
         if (value.Length > 4096)
             throw new InvalidRequestException($"{kind} property '{name}' value is longer than 4096 characters");
     }

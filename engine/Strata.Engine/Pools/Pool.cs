@@ -59,7 +59,35 @@ public sealed partial class Pool : IAsyncDisposable
         }
     }
 
-    public uint LayoutVersion => Header.LayoutVersion;
+    /// <summary>The layout the pool is at: the log's once an upgrade switched it, else the headers' (which the log never contradicts otherwise).</summary>
+    public uint LayoutVersion
+    {
+        get
+        {
+            lock (Meta.Sync)
+                return Meta.Layout?.Version ?? Header.LayoutVersion;
+        }
+    }
+
+    internal PoolGate Gate { get; } = new();
+
+    internal Layout.LayoutCatalog Catalog => _engine.Catalog;
+
+    /// <summary>
+    /// The layout fields every header must carry now (caller holds Meta.Sync): the state's
+    /// layout, plus incompat bit 62 while a job runs or after one failed in an action that may
+    /// have written what older software cannot read.
+    /// </summary>
+    internal ShardHeaderLayout DurableLayout()
+    {
+        var l = Meta.Layout;
+        var layout = l != null
+            ? new ShardHeaderLayout(l.Version, l.Compat, l.RoCompat, l.Incompat)
+            : new ShardHeaderLayout(Header.LayoutVersion, Header.Compat, Header.RoCompat, Header.Incompat & ~Layout.LayoutCatalog.IncompatUpgradeInProgress);
+        if (UpgradeMayHaveWrittenNewFormat())
+            layout = layout with { Incompat = layout.Incompat | Layout.LayoutCatalog.IncompatUpgradeInProgress };
+        return layout;
+    }
 
     public int TargetCount => Shards.Length;
 
@@ -80,7 +108,8 @@ public sealed partial class Pool : IAsyncDisposable
     {
         lock (Meta.Sync)
         {
-            return new PoolQueryResult(Meta.Props["label"], Id, Header.LayoutVersion, Header.Compat, Header.RoCompat, Header.Incompat,
+            var layout = DurableLayout();
+            return new PoolQueryResult(Meta.Props["label"], Id, layout.Version, layout.Compat, layout.RoCompat, layout.Incompat,
                 State, _readOnlyReason, int.Parse(Meta.Props["rf"], CultureInfo.InvariantCulture), Meta.Containers.Count, Meta.Images.Count,
                 Shards.Select(s => new TargetSpace(s.Index, s.Device.Name, s.Allocator.Capacity, s.Allocator.UsedBytes, s.Allocator.FreeBytes)).ToList());
         }
@@ -100,7 +129,18 @@ public sealed partial class Pool : IAsyncDisposable
             $"pool '{Label}' is now read-only: {what} failed: {e.Message}", Pool: Label, Device: (e as Interop.DeviceException)?.Device));
     }
 
+    /// <summary>For callers changing the pool (image writes, metadata): also refuses during an exclusive upgrade action and while prepared.</summary>
     internal void ThrowIfNotWritable()
+    {
+        ThrowIfNotLoggable();
+        if (_exclusiveReason is { } x)
+            throw new PoolBusyException($"pool '{Label}': {x}");
+        if (_preparedReason is { } p)
+            throw new PoolReadOnlyException($"pool '{Label}' is read-only: {p}");
+    }
+
+    /// <summary>For the log itself (the upgrade job commits while others are refused).</summary>
+    internal void ThrowIfNotLoggable()
     {
         ObjectDisposedException.ThrowIf(_closed, this);
         if (_readOnlyReason != null)
@@ -141,6 +181,7 @@ public sealed partial class Pool : IAsyncDisposable
     {
         if (_closed)
             return;
+        await StopUpgradeRunnerAsync().ConfigureAwait(false);
         if (checkpoint && State == PoolStatus.Ready)
         {
             try

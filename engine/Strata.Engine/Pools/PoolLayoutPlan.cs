@@ -15,6 +15,9 @@ public sealed record PoolCreateOptions
     /// <summary>Room in each checkpoint slot for containers, images and properties (beyond chunk maps).</summary>
     public long MetadataBytes { get; init; } = 512 * 1024;
 
+    /// <summary>Layout version of the new pool; 0 = the newest this engine supports. An older one keeps the pool openable by older releases.</summary>
+    public uint LayoutVersion { get; init; }
+
     public static PoolCreateOptions Default { get; } = new();
 }
 
@@ -26,8 +29,11 @@ internal static class PoolLayoutPlan
     /// <summary>Checkpoint bytes per mapped chunk (index, flags, two replicas) with margin.</summary>
     public const int CheckpointBytesPerChunk = 48;
 
-    public static ShardHeader Plan(string label, Guid pool, long size, int targets, int blockSize, PoolCreateOptions o)
+    public static ShardHeader Plan(string label, Guid pool, long size, int targets, int blockSize, PoolCreateOptions o, Layout.LayoutCatalog catalog)
     {
+        uint layout = o.LayoutVersion == 0 ? catalog.MaxSupported : o.LayoutVersion;
+        if (layout < Layout.LayoutCatalog.MinSupported || layout > catalog.MaxSupported)
+            throw new InvalidRequestException($"layout version {layout} is not supported by this engine ({Layout.LayoutCatalog.MinSupported}..{catalog.MaxSupported})");
         if (o.MinChunkSize < ExtentAllocator.Unit || o.MinChunkSize > MaxChunkSize || (o.MinChunkSize & (o.MinChunkSize - 1)) != 0)
             throw new InvalidRequestException($"minimum chunk size {o.MinChunkSize} is not a power of two between {ExtentAllocator.Unit} and {MaxChunkSize}");
         long data = DeviceIo.AlignUp((size + targets - 1) / targets, 64 * 1024);
@@ -41,10 +47,10 @@ internal static class PoolLayoutPlan
         long ckpt1 = ckpt0 + ckpt;
         long dataOffset = DeviceIo.AlignUp(ckpt1 + ckpt, 64 * 1024);
         long shard = DeviceIo.AlignUp(dataOffset + data, TargetSuperblock.ExtentAlignment);
-        var (compat, ro, incompat) = FeatureBits.ForLayout(FeatureBits.MaxLayoutVersion);
+        var (compat, ro, incompat) = catalog.FeatureWords(layout);
         return new ShardHeader
         {
-            LayoutVersion = FeatureBits.MaxLayoutVersion,
+            LayoutVersion = layout,
             Compat = compat,
             RoCompat = ro,
             Incompat = incompat,

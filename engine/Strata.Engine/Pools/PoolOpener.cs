@@ -53,14 +53,15 @@ internal static class PoolOpener
         if (shards.Any(s => s.Header.WalLength != shards[0].Header.WalLength))
             throw new CorruptMetadataException($"pool '{label}' shards disagree on the log size; refusing to open (nothing was written)");
 
-        (PoolState State, long Tail, ulong NextSeq, int Replayed)? best = null;
+        Replay? best = null;
         var problems = new List<string>();
+        var verifier = new TailVerifier(shards);
         foreach (var s in shards)
         {
             try
             {
-                var result = await ReplayShardAsync(s, entry.Id).ConfigureAwait(false);
-                if (best == null || result.NextSeq > best.Value.NextSeq)
+                var result = await ReplayShardAsync(s, entry.Id, verifier).ConfigureAwait(false);
+                if (best == null || result.NextSeq > best.NextSeq)
                     best = result;
             }
             catch (CorruptMetadataException e)
@@ -73,11 +74,15 @@ internal static class PoolOpener
         if (best == null)
             throw new CorruptMetadataException($"pool '{label}': no shard has usable metadata ({string.Join("; ", problems)}); refusing to open");
 
-        var (state, tail, nextSeq, replayed) = best.Value;
+        var (state, tail, nextSeq, replayed, dropped) = best;
+        CheckReplayedLayout(engine, state, label);
         var pool = new Pool(engine, entry, shards, state, readOnly);
         // A crash between a label change and its checkpoint leaves the old label in the headers.
         pool.OnLabelChanged(state.Props["label"]);
         pool.ReplayedRecords = replayed;
+        pool.DroppedTailRecords = dropped.Count;
+        if (dropped.Count > 0)
+            ReportDropped(engine, state, dropped);
         pool.RebuildAllocators();
         ulong epoch = shards.Max(s => s.Header.WalEpoch);
         pool.Log = new PoolLog(pool, tail, nextSeq, readOnly == null ? epoch + 1 : epoch);
@@ -92,32 +97,59 @@ internal static class PoolOpener
     /// <summary>Refuses layouts and incompat features this engine does not know; returns a read-only reason for unknown ro_compat ones.</summary>
     private static string? CheckLayout(StorageEngine engine, ShardHeader h, string label, int target)
     {
-        ulong unknownIncompat = h.Incompat & ~FeatureBits.KnownIncompat;
-        bool badVersion = h.LayoutVersion < FeatureBits.MinLayoutVersion || h.LayoutVersion > FeatureBits.MaxLayoutVersion;
+        var cat = engine.Catalog;
+        ulong unknownIncompat = h.Incompat & ~cat.KnownIncompat;
+        bool badVersion = h.LayoutVersion < LayoutCatalog.MinSupported || h.LayoutVersion > cat.MaxSupported;
         if (badVersion || unknownIncompat != 0)
         {
             var parts = new List<string>();
-            if (badVersion)
-                parts.Add($"has layout version {h.LayoutVersion}, this engine supports layout versions {FeatureBits.MinLayoutVersion}..{FeatureBits.MaxLayoutVersion}");
+            if (h.LayoutVersion > cat.MaxSupported)
+                parts.Add($"has layout version {h.LayoutVersion}, this engine supports layout versions {LayoutCatalog.MinSupported}..{cat.MaxSupported} (incompatible layout version: {h.LayoutVersion} larger than {cat.MaxSupported})");
+            else if (badVersion)
+                parts.Add($"has layout version {h.LayoutVersion}, this engine supports layout versions {LayoutCatalog.MinSupported}..{cat.MaxSupported}");
             else
-                parts.Add($"has layout version {h.LayoutVersion} (this engine supports {FeatureBits.MinLayoutVersion}..{FeatureBits.MaxLayoutVersion})");
+                parts.Add($"has layout version {h.LayoutVersion} (this engine supports {LayoutCatalog.MinSupported}..{cat.MaxSupported})");
             if (unknownIncompat != 0)
-                parts.Add($"unknown incompat features {FeatureBits.DescribeBits(unknownIncompat)}");
-            string message = $"pool '{label}' shard on target {target} {string.Join(" and ", parts)}; refusing to open (nothing was written)";
-            engine.Ras.Emit(new RasEvent(RasIds.PoolLayoutIncompatible, RasSeverity.Error, RasType.InfoOnly, message, Pool: label, Target: target));
-            throw new IncompatibleLayoutException(message);
+                parts.Add($"unknown incompat features {cat.DescribeBits(unknownIncompat, FeatureClass.Incompat)}");
+            Refuse(engine, label, target, $"pool '{label}' shard on target {target} {string.Join(" and ", parts)}; refusing to open (nothing was written)");
         }
-        ulong unknownRo = h.RoCompat & ~FeatureBits.KnownRoCompat;
+        ulong unknownRo = h.RoCompat & ~cat.KnownRoCompat;
         if (unknownRo != 0)
         {
-            string reason = $"shard on target {target} has read-only-compatible features {FeatureBits.DescribeBits(unknownRo)} unknown to this engine";
+            string reason = $"shard on target {target} has read-only-compatible features {cat.DescribeBits(unknownRo, FeatureClass.RoCompat)} unknown to this engine";
             engine.Ras.Emit(new RasEvent(RasIds.PoolReadOnly, RasSeverity.Warning, RasType.StateChange, $"pool '{label}' opened read-only: {reason}", Pool: label, Target: target));
             return reason;
         }
         return null;
     }
 
-    private static async Task<(PoolState State, long Tail, ulong NextSeq, int Replayed)> ReplayShardAsync(Shard s, Guid poolId)
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    private static void Refuse(StorageEngine engine, string label, int? target, string message)
+    {
+        engine.Ras.Emit(new RasEvent(RasIds.PoolLayoutIncompatible, RasSeverity.Error, RasType.InfoOnly, message, Pool: label, Target: target));
+        throw new IncompatibleLayoutException(message);
+    }
+
+    /// <summary>
+    /// After replay, before anything is written: the log is the truth about the layout (headers
+    /// follow it at the next checkpoint). An upgrade this engine cannot finish, or a layout it
+    /// does not know, refuses the open like an unknown header would.
+    /// </summary>
+    private static void CheckReplayedLayout(StorageEngine engine, PoolState state, string label)
+    {
+        uint max = engine.Catalog.MaxSupported;
+        if (state.Layout is { } l && l.Version > max)
+            Refuse(engine, label, null, $"pool '{label}' has layout version {l.Version}, this engine supports layout versions {LayoutCatalog.MinSupported}..{max} (incompatible layout version: {l.Version} larger than {max}); refusing to open (nothing was written)");
+        if (state.UpgradeJob is { State: UpgradeJobState.InProgress } j && j.To > max)
+            Refuse(engine, label, null, $"pool '{label}' has an upgrade to layout version {j.To} in progress, this engine supports layout versions {LayoutCatalog.MinSupported}..{max} (incompatible layout version: {j.To} larger than {max}); refusing to open (nothing was written)");
+    }
+
+    /// <summary>A shard's replayed state; Dropped: chunk-map records of the log tail whose data did not verify.</summary>
+    private sealed record Replay(PoolState State, long Tail, ulong NextSeq, int Replayed, List<DroppedRecord> Dropped);
+
+    private readonly record struct DroppedRecord(ulong Seq, uint Image, long Chunk);
+
+    private static async Task<Replay> ReplayShardAsync(Shard s, Guid poolId, TailVerifier verifier)
     {
         var h = s.Header;
         long slotAt = s.Base + h.CheckpointOffset(h.ActiveCheckpoint);
@@ -137,11 +169,85 @@ internal static class PoolOpener
         var wal = new byte[h.WalLength];
         await DeviceIo.ReadAsync(s.Device, s.WalStart, wal).ConfigureAwait(false);
         var (records, tail, nextSeq) = WalFormat.Replay(wal, h.WalHead, WalFormat.Seed(poolId, h.WalEpoch), h.CheckpointSeq + 1);
+        // Everything the checkpoint holds was durable before it was written; a DurableThrough
+        // mark says the same of every record up to its sequence (docs/format.md, "Durability").
+        ulong durable = h.CheckpointSeq;
         foreach (var r in records)
+            if (r.Type == (ushort)MetaRecordType.DurableThrough)
+                durable = Math.Max(durable, new MetaReader(r.Payload).U64());
+        var dropped = new List<DroppedRecord>();
+        foreach (var r in records)
+        {
+            if (r.Seq > durable && r.Type == (ushort)MetaRecordType.ChunkMap)
+            {
+                // The tail: the log write may have reached the media while the chunk's data
+                // write did not. Such a write was never acknowledged; its chunk keeps the
+                // previous mapping, whose extents are still intact (freed only after an ack).
+                var m = new MetaReader(r.Payload);
+                uint image = m.U32();
+                long chunk = m.I64();
+                var replicas = MetaRecords.ReadReplicas(ref m);
+                if (state.Images.TryGetValue(image, out var img) && !await verifier.VerifyAsync(replicas, img.ChunkSize).ConfigureAwait(false))
+                {
+                    dropped.Add(new DroppedRecord(r.Seq, image, chunk));
+                    continue;
+                }
+            }
             state.Apply(r);
+        }
         state.LastSeq = nextSeq - 1;
         // A torn batch can end replay inside a block; the next batch starts on a block boundary.
         tail = DeviceIo.AlignUp(tail, s.Device.Geometry.LogicalBlockSize) % h.WalLength;
-        return (state, tail, nextSeq, records.Count);
+        return new Replay(state, tail, nextSeq, records.Count, dropped);
+    }
+
+    private static void ReportDropped(StorageEngine engine, PoolState state, List<DroppedRecord> dropped)
+    {
+        string label = state.Props["label"];
+        var named = dropped.Take(8).Select(d =>
+        {
+            var img = state.Images.GetValueOrDefault(d.Image);
+            return img == null ? $"image {d.Image} chunk {d.Chunk}" : $"image '{img.Label}' offset {d.Chunk * img.ChunkSize}";
+        });
+        engine.Ras.Emit(new RasEvent(RasIds.LogTailWriteDropped, RasSeverity.Notice, RasType.InfoOnly,
+            $"pool '{label}': {dropped.Count} chunk write(s) in the log tail were dropped at replay because their data did not reach the disk before the crash (never acknowledged; those chunks keep their previous contents): {string.Join(", ", named)}{(dropped.Count > 8 ? ", ..." : "")}",
+            Pool: label));
+    }
+
+    /// <summary>
+    /// Reads and checks the replicas of tail chunk-map records (every shard replays the
+    /// same records, so each extent is read once). Only reads: read-only opens use it too.
+    /// </summary>
+    private sealed class TailVerifier(Shard[] shards)
+    {
+        private readonly Dictionary<Replica, bool> _checked = new();
+
+        public async Task<bool> VerifyAsync(Replica[] replicas, int chunkSize)
+        {
+            foreach (var r in replicas)
+                if (!await VerifyAsync(r, chunkSize).ConfigureAwait(false))
+                    return false;
+            return true;
+        }
+
+        private async Task<bool> VerifyAsync(Replica r, int chunkSize)
+        {
+            if (_checked.TryGetValue(r, out bool ok))
+                return ok;
+            if (r.Target >= shards.Length || r.Offset < 0 || r.Offset % ExtentAllocator.Unit != 0 || r.Offset > shards[r.Target].Header.DataLength - chunkSize)
+                return _checked[r] = false;
+            var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(chunkSize);
+            try
+            {
+                // A read error is not a verdict: it fails the open (nothing is written), rather
+                // than dropping a write that may have been acknowledged.
+                await shards[r.Target].ReadDataAsync(r.Offset, buffer.AsMemory(0, chunkSize)).ConfigureAwait(false);
+                return _checked[r] = Crc32C.Compute(buffer.AsSpan(0, chunkSize)) == r.Crc;
+            }
+            finally
+            {
+                System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
     }
 }

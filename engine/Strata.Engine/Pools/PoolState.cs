@@ -7,6 +7,11 @@ public sealed class ContainerMeta
     public uint Id { get; init; }
     public string Label { get; set; } = "";
     public Dictionary<string, string> Props { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>Read-only container property: the pool layout the container was created at.</summary>
+    public const string CreatedLayoutProp = "layout_version";
+
+    public uint CreatedLayout => Props.TryGetValue(CreatedLayoutProp, out var v) ? uint.Parse(v, System.Globalization.CultureInfo.InvariantCulture) : 1;
 }
 
 public sealed class ImageMeta
@@ -20,8 +25,17 @@ public sealed class ImageMeta
     public Dictionary<long, ChunkMap> Chunks { get; } = new();
 }
 
-/// <summary>An upgrade job's durable state (applied now, driven by the upgrade issue).</summary>
-public sealed record UpgradeJobMeta(ulong Id, uint From, uint To, byte State, uint Action, ulong Cursor);
+/// <summary>An upgrade job's state byte (record 34, checkpoint section 4).</summary>
+public enum UpgradeJobState : byte { NotStarted = 0, InProgress = 1, Completed = 2, Failed = 3 }
+
+/// <summary>
+/// An upgrade job's durable state: the chain from From to To, the index of the next
+/// action to run and that action's cursor (how far it got), and why it failed.
+/// </summary>
+public sealed record UpgradeJobMeta(ulong Id, uint From, uint To, UpgradeJobState State, uint Action, ulong Cursor, string? Reason = null);
+
+/// <summary>The layout a pool is at once an upgrade switched it (record 35); null = the headers' layout (never upgraded).</summary>
+public sealed record LayoutMeta(uint Version, ulong Compat, ulong RoCompat, ulong Incompat);
 
 /// <summary>
 /// The pool-service metadata as a deterministic state machine: the same
@@ -38,6 +52,7 @@ public sealed class PoolState
     public uint NextContainerId { get; set; } = 1;
     public uint NextImageId { get; set; } = 1;
     public UpgradeJobMeta? UpgradeJob { get; set; }
+    public LayoutMeta? Layout { get; set; }
     /// <summary>Sequence of the last applied record.</summary>
     public ulong LastSeq { get; set; }
 
@@ -52,7 +67,13 @@ public sealed class PoolState
             case MetaRecordType.ContainerCreate:
             {
                 uint id = r.U32();
-                Containers[id] = new ContainerMeta { Id = id, Label = r.Str() };
+                var c = new ContainerMeta { Id = id, Label = r.Str() };
+                // Containers remember the pool layout they were created at (absent = 1): features
+                // of later layouts stay off for them (DAOS: new containers in old pools, and old
+                // containers after an upgrade, do not get new features).
+                if (r.Remaining >= 4)
+                    c.Props[ContainerMeta.CreatedLayoutProp] = r.U32().ToString(System.Globalization.CultureInfo.InvariantCulture);
+                Containers[id] = c;
                 NextContainerId = Math.Max(NextContainerId, id + 1);
                 break;
             }
@@ -137,8 +158,11 @@ public sealed class PoolState
                     img.Chunks[chunk] = rec.Type == (ushort)MetaRecordType.ChunkMoveCommit ? new ChunkMap(m.Moving) : m with { Moving = null };
                 break;
             }
+            case MetaRecordType.DurableThrough:
+                // Only replay reads it (PoolOpener: which records' data must be verified); no state.
+                break;
             case MetaRecordType.UpgradeJobBegin:
-                UpgradeJob = new UpgradeJobMeta(r.U64(), r.U32(), r.U32(), 1, 0, 0);
+                UpgradeJob = new UpgradeJobMeta(r.U64(), r.U32(), r.U32(), UpgradeJobState.InProgress, 0, 0);
                 break;
             case MetaRecordType.UpgradeJobCursor:
             {
@@ -151,9 +175,15 @@ public sealed class PoolState
             {
                 ulong id = r.U64();
                 if (UpgradeJob != null && UpgradeJob.Id == id)
-                    UpgradeJob = UpgradeJob with { State = r.Byte() };
+                {
+                    var st = (UpgradeJobState)r.Byte();
+                    UpgradeJob = UpgradeJob with { State = st, Reason = r.Remaining > 0 ? r.Str() : null };
+                }
                 break;
             }
+            case MetaRecordType.LayoutSet:
+                Layout = new LayoutMeta(r.U32(), r.U64(), r.U64(), r.U64());
+                break;
             default:
                 if ((rec.Flags & WalFormat.FlagSkippable) == 0)
                     throw new IncompatibleLayoutException($"WAL record {rec.Seq} has type {rec.Type}, unknown to this engine and not skippable; it was written by a newer engine");

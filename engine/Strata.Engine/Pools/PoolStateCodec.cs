@@ -10,7 +10,7 @@ namespace Strata.Engine.Pools;
 /// </summary>
 public static class PoolStateCodec
 {
-    private const ushort SectionPool = 1, SectionContainers = 2, SectionImages = 3, SectionUpgradeJob = 4;
+    private const ushort SectionPool = 1, SectionContainers = 2, SectionImages = 3, SectionUpgradeJob = 4, SectionLayout = 5;
     private const ushort FlagSkippable = 1;
     private const byte ChunkHasMove = 1;
 
@@ -49,7 +49,14 @@ public static class PoolStateCodec
             }
         });
         if (s.UpgradeJob is { } j)
-            Section(w, SectionUpgradeJob, p => p.U64(j.Id).U32(j.From).U32(j.To).Byte(j.State).U32(j.Action).U64(j.Cursor));
+            Section(w, SectionUpgradeJob, p =>
+            {
+                p.U64(j.Id).U32(j.From).U32(j.To).Byte((byte)j.State).U32(j.Action).U64(j.Cursor);
+                if (j.Reason != null)
+                    p.Str(j.Reason);
+            });
+        if (s.Layout is { } l)
+            Section(w, SectionLayout, p => p.U32(l.Version).U64(l.Compat).U64(l.RoCompat).U64(l.Incompat));
         return w.ToArray();
     }
 
@@ -107,7 +114,11 @@ public static class PoolStateCodec
                     }
                     break;
                 case SectionUpgradeJob:
-                    s.UpgradeJob = new UpgradeJobMeta(body.U64(), body.U32(), body.U32(), body.Byte(), body.U32(), body.U64());
+                    s.UpgradeJob = new UpgradeJobMeta(body.U64(), body.U32(), body.U32(), (UpgradeJobState)body.Byte(), body.U32(), body.U64(),
+                        body.Remaining > 0 ? body.Str() : null);
+                    break;
+                case SectionLayout:
+                    s.Layout = new LayoutMeta(body.U32(), body.U64(), body.U64(), body.U64());
                     break;
                 default:
                     if ((flags & FlagSkippable) == 0)

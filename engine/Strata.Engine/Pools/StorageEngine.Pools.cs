@@ -58,7 +58,7 @@ public sealed partial class StorageEngine
             $"pool {id} was on some targets only (creation or destruction interrupted); removed it"));
     }
 
-    /// <summary>Creates a pool with layout version <see cref="Layout.FeatureBits.MaxLayoutVersion"/> and opens it.</summary>
+    /// <summary>Creates a pool at the newest layout version this engine supports (or options.LayoutVersion) and opens it.</summary>
     public async Task<Pool> CreatePoolAsync(string label, long size, int rf = 1, PoolCreateOptions? options = null)
     {
         options ??= PoolCreateOptions.Default;
@@ -79,7 +79,7 @@ public sealed partial class StorageEngine
                     throw new DuplicateLabelException($"a pool labelled '{label}' already exists");
             var id = Guid.NewGuid();
             int blockSize = Targets.Max(t => t.Device.Geometry.LogicalBlockSize);
-            var plan = PoolLayoutPlan.Plan(label, id, size, Targets.Count, blockSize, options);
+            var plan = PoolLayoutPlan.Plan(label, id, size, Targets.Count, blockSize, options, Catalog);
             var extents = new ShardExtent[Targets.Count];
             for (int i = 0; i < Targets.Count; i++)
             {
@@ -144,6 +144,7 @@ public sealed partial class StorageEngine
             var pool = await PoolOpener.OpenAsync(this, entry).ConfigureAwait(false);
             entry.Open = pool;
             entry.Problem = null;
+            pool.ResumeUpgradeIfNeeded();
             return pool;
         }
         catch (IncompatibleLayoutException)

@@ -10,6 +10,12 @@ public sealed record StorageEngineOptions
 
     /// <summary>Never write: no rollback of half-created pools, pools open read-only.</summary>
     public bool ReadOnly { get; init; }
+
+    /// <summary>The layout catalog this engine runs with (a truncated one plays an older release).</summary>
+    public Layout.LayoutCatalog Catalog { get; init; } = Layout.LayoutCatalog.Default;
+
+    /// <summary>Tests only: a pause before each upgrade step, so a kill can land mid-job.</summary>
+    public TimeSpan UpgradeStepDelay { get; init; }
 }
 
 /// <summary>What `pool list` shows.</summary>
@@ -37,6 +43,8 @@ public sealed partial class StorageEngine : IAsyncDisposable
     public StorageEngineOptions Options { get; }
 
     public IRasSink Ras => Options.Ras;
+
+    public Layout.LayoutCatalog Catalog => Options.Catalog;
 
     /// <summary>
     /// Writes fresh target superblocks (both copies) to every device, which destroys
@@ -159,7 +167,7 @@ public sealed partial class StorageEngine : IAsyncDisposable
         public string? Problem { get; set; }
         public Pool? Open { get; set; }
 
-        public PoolInfo Info(int targets) => new(Label, Id, Header?.LayoutVersion ?? 0, Header?.DataLength ?? 0, targets,
+        public PoolInfo Info(int targets) => new(Label, Id, Open?.LayoutVersion ?? Header?.LayoutVersion ?? 0, Header?.DataLength ?? 0, targets,
             Problem ?? (Open == null ? "closed" : Open.State.ToString().ToLowerInvariant()));
     }
 }

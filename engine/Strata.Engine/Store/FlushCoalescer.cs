@@ -5,13 +5,19 @@ namespace Strata.Engine.Store;
 /// <summary>
 /// Shares device flushes between concurrent callers: a flush that started after
 /// a caller asked covers that caller's completed writes, so it need not issue
-/// its own. A failed flush is sticky: after it the device may have dropped dirty
-/// data, so no later flush on this device may be reported as success.
+/// its own. Up to <see cref="MaxInFlight"/> flushes run at once (concurrent
+/// flushes overlap on the devices measured: docs/format.md, "Group commit");
+/// callers beyond that wait and usually find their writes covered. A failed
+/// flush is sticky: after it the device may have dropped dirty data, so no
+/// later flush on this device may be reported as success, nor one that was
+/// still running when the failure was seen.
 /// </summary>
 public sealed class FlushCoalescer
 {
+    public const int MaxInFlight = 4;
+
     private readonly IBlockDevice _device;
-    private readonly SemaphoreSlim _gate = new(1, 1);
+    private readonly SemaphoreSlim _slots = new(MaxInFlight, MaxInFlight);
     private long _requested;
     private long _covered;
     private Exception? _failure;
@@ -25,11 +31,10 @@ public sealed class FlushCoalescer
     public async Task FlushAsync()
     {
         long ticket = Interlocked.Increment(ref _requested);
-        await _gate.WaitAsync().ConfigureAwait(false);
+        await _slots.WaitAsync().ConfigureAwait(false);
         try
         {
-            if (_failure != null)
-                throw new IOException($"{_device.Name}: an earlier flush failed; nothing written since can be made durable: {_failure.Message}", _failure);
+            ThrowIfFailed();
             if (Volatile.Read(ref _covered) >= ticket)
                 return;
             // Every ticket issued so far belongs to a caller whose writes had completed.
@@ -40,14 +45,28 @@ public sealed class FlushCoalescer
             }
             catch (Exception e)
             {
-                _failure = e;
+                Interlocked.CompareExchange(ref _failure, e, null);
                 throw;
             }
-            Volatile.Write(ref _covered, covers);
+            ThrowIfFailed();
+            for (long seen = Volatile.Read(ref _covered); seen < covers;)
+            {
+                long was = Interlocked.CompareExchange(ref _covered, covers, seen);
+                if (was == seen)
+                    break;
+                seen = was;
+            }
         }
         finally
         {
-            _gate.Release();
+            _slots.Release();
         }
+    }
+
+    private void ThrowIfFailed()
+    {
+        var failure = Volatile.Read(ref _failure);
+        if (failure != null)
+            throw new IOException($"{_device.Name}: an earlier flush failed; nothing written since can be made durable: {failure.Message}", failure);
     }
 }

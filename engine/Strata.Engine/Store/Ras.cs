@@ -39,6 +39,11 @@ public static class RasIds
     public const string DataReadFailed = "data_read_failed";
     public const string PoolLayoutIncompatible = "pool_durable_format_incompatible";
     public const string PoolCreateRolledBack = "pool_create_rolled_back";
+    public const string PoolUpgradeStarted = "pool_upgrade_started";
+    public const string PoolUpgradeResumed = "pool_upgrade_resumed";
+    public const string PoolUpgradeCompleted = "pool_upgrade_completed";
+    public const string PoolUpgradeFailed = "pool_upgrade_failed";
+    public const string LogTailWriteDropped = "log_tail_write_dropped";
 }
 
 /// <summary>Where RAS events go.</summary>

@@ -150,3 +150,6 @@ public sealed record ShardHeader
         return null;
     }
 }
+
+/// <summary>The layout fields of a shard header.</summary>
+public readonly record struct ShardHeaderLayout(uint Version, ulong Compat, ulong RoCompat, ulong Incompat);

@@ -50,3 +50,6 @@ public sealed class CorruptMetadataException(string message, Exception? inner = 
 
 /// <summary>EBUSY: the pool is open or an exclusive operation is running.</summary>
 public sealed class BusyException(string message) : StoreException(Interop.Errno.EBUSY, message);
+
+/// <summary>The pool is closed to I/O for a while (an exclusive upgrade action): retry when it completes.</summary>
+public sealed class PoolBusyException(string message) : StoreException(Interop.Errno.EAGAIN, message);

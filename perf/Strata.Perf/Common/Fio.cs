@@ -1,6 +1,3 @@
-using System.Diagnostics;
-using System.Globalization;
-using System.Text;
 using System.Text.Json;
 
 namespace Strata.Perf.Common;
@@ -90,26 +87,6 @@ public static class Fio
         return nl < 0 ? s : s[..nl];
     }
 
-    private static (int Code, string Stdout, string Stderr) Run(IReadOnlyList<string> args, TimeSpan timeout)
-    {
-        var psi = new ProcessStartInfo("fio")
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-            StandardOutputEncoding = Encoding.UTF8,
-        };
-        foreach (var a in args)
-            psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi) ?? throw new PerfUsageException("could not start fio");
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(timeout))
-        {
-            p.Kill(entireProcessTree: true);
-            throw new PerfUsageException($"fio did not finish within {timeout.TotalSeconds.ToString(CultureInfo.InvariantCulture)} s");
-        }
-        p.WaitForExit();
-        return (p.ExitCode, stdout.Result, stderr.Result);
-    }
+    private static (int Code, string Stdout, string Stderr) Run(IReadOnlyList<string> args, TimeSpan timeout) =>
+        ExternalTool.Run("fio", args, timeout);
 }

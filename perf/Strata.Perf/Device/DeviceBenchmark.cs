@@ -8,7 +8,9 @@ namespace Strata.Perf.Device;
 /// <summary>
 /// The "device" subcommand: Strata's device layer (NativeBlockDevice over
 /// libstrata_io/io_uring) and fio (ioengine=io_uring, direct=1) on the same
-/// preconditioned file, row by row, Strata then fio, with ratios.
+/// preconditioned file, row by row, Strata then fio, with ratios. With --uri it
+/// runs against an NVMe target instead (libstrata_io's SPDK backend), and the
+/// reference is SPDK's own spdk_nvme_perf on the same target.
 /// </summary>
 public static class DeviceBenchmark
 {
@@ -22,17 +24,30 @@ public static class DeviceBenchmark
                            randwrite-4k-qd1, randwrite-4k-qd32, read-1m-qd8, write-1m-qd8)
           --pollers N      Strata polling threads / queue pairs (default 1)
           --spin N         Strata poller idle spin iterations before parking (default: DeviceOptions')
+          --batch N        Strata completions reaped per poll (DeviceOptions.CompletionBatch; default 1)
+          --poller-cpus L  CPUs for Strata's pollers, comma separated (default: the scheduler's choice;
+                           with --uri the cores of --spdk-env's core_mask, where spdk_nvme_perf runs too)
           --sqpoll         kernel submission polling for both engines (Strata sqpoll=1, fio --sqthread_poll=1)
-          --engines LIST   strata,fio (default both)
+          --engines LIST   strata,fio (default both; strata,spdk-perf with --uri)
           --fio-args ARGS  extra fio arguments, space separated (e.g. "--iodepth_batch_complete_max=32")
           --wait-idle SEC  before each run, wait up to SEC for the machine to be idle (<25% of a CPU busy)
           --json FILE      write every figure as JSON
+        NVMe target (the SPDK backend; the reference is spdk_nvme_perf, not fio):
+          --uri URI        nvme-tcp://HOST:PORT/SUBNQN[?ns=N] or nvme-pcie://BDF: benchmark this namespace
+                           (its whole capacity; the rows default to the 4 KiB ones; writes overwrite it)
+          --spdk-perf PATH spdk_nvme_perf from the SPDK installation (default: $STRATA_SPDK_NVME_PERF)
+          --spdk-env OPTS  SPDK environment of both engines, in sio_env_configure's syntax
+                           (default hugepages=0&mem_size_mb=1024&pci=0); its core_mask is also
+                           spdk_nvme_perf's -c (keep it off the target's cores)
         """;
 
     public static async Task<int> RunAsync(CommandLine cl)
     {
         var options = DeviceBenchOptions.From(cl);
         cl.ThrowIfUnused();
+
+        if (options.Nvme is not null)
+            return await NvmeBenchmark.RunAsync(options, options.Nvme);
 
         string fioVersion = options.RunFio || options.NeedPrecondition ? Fio.RequireInstalled() : "-";
         Precondition(options);
@@ -85,7 +100,7 @@ public static class DeviceBenchmark
         return 0;
     }
 
-    private static async Task WaitIdleAsync(DeviceBenchOptions o)
+    internal static async Task WaitIdleAsync(DeviceBenchOptions o)
     {
         if (o.WaitIdle > TimeSpan.Zero)
             await HostIdle.WaitAsync(o.WaitIdle);
@@ -99,6 +114,10 @@ public static class DeviceBenchmark
         var deviceOptions = new DeviceOptions { Pollers = o.Pollers };
         if (o.IdleSpin is int spin)
             deviceOptions = deviceOptions with { IdleSpinIterations = spin };
+        if (o.CompletionBatch is int batch)
+            deviceOptions = deviceOptions with { CompletionBatch = batch };
+        if (o.PollerCpus is not null)
+            deviceOptions = deviceOptions with { PollerCpus = o.PollerCpus };
         using var device = NativeBlockDevice.Open(uri, deviceOptions);
         var load = new QueueDepthLoad(row, o.Size, device.Buffers.Rent, (offset, m) => device.ReadAsync(offset, m), (offset, m) => device.WriteAsync(offset, m));
         string config = $"{uri} pollers={deviceOptions.Pollers} spin={deviceOptions.IdleSpinIterations} registered-arena={device.RegisteredArena}";
@@ -147,12 +166,12 @@ public static class DeviceBenchmark
         Console.WriteLine($"preconditioned at {r.BytesPerSecond / 1e6:F0} MB/s");
     }
 
-    private static string Throughput(DeviceRow row, EngineResult r) =>
+    internal static string Throughput(DeviceRow row, EngineResult r) =>
         row.ReportBandwidth ? $"{r.BytesPerSecond / 1e6:F0} MB/s" : $"{r.Iops:F0} IOPS";
 
-    private static string BuildTable(List<RowResult> results)
+    internal static string BuildTable(List<RowResult> results, string reference = "fio")
     {
-        var t = new TablePrinter("row", "strata", "fio", "ratio", "strata p50", "fio p50", "strata p99", "fio p99", "p99 ratio", "strata cpu", "fio cpu", "others cpu");
+        var t = new TablePrinter("row", "strata", reference, "ratio", "strata p50", $"{reference} p50", "strata p99", $"{reference} p99", "p99 ratio", "strata cpu", $"{reference} cpu", "others cpu");
         foreach (var r in results)
         {
             t.Add(
@@ -166,7 +185,7 @@ public static class DeviceBenchmark
                 TablePrinter.Latency(r.Fio?.P99Ns ?? 0),
                 TablePrinter.Ratio(r.P99Ratio),
                 r.Strata is null ? "-" : $"{r.Strata.CpuPercent:F0}%",
-                r.Fio is null ? "-" : $"{r.Fio.CpuPercent:F0}%",
+                r.Fio is null || !double.IsFinite(r.Fio.CpuPercent) ? "-" : $"{r.Fio.CpuPercent:F0}%",
                 OtherCpu(r));
         }
         return t.ToString();
@@ -185,34 +204,48 @@ public static class DeviceBenchmark
             warmupSeconds = 1,
             strataConfig = o.StrataConfig,
             fioConfig = string.Join(' ', FioCommon(o)),
-            rows = results.Select(r => new
-            {
-                name = r.Row.Name,
-                label = r.Row.Label,
-                rw = r.Row.FioRw,
-                blockSize = r.Row.BlockSize,
-                queueDepth = r.Row.QueueDepth,
-                strata = r.Strata,
-                fio = r.Fio,
-                throughputRatio = Finite(r.ThroughputRatio),
-                p99Ratio = Finite(r.P99Ratio),
-                p50Ratio = Finite(r.P50Ratio),
-            }).ToArray(),
+            rows = results.Select(r => RowJson(r, "fio")).ToArray(),
         };
-        var json = JsonSerializer.Serialize(doc, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase });
-        var dir = Path.GetDirectoryName(Path.GetFullPath(o.JsonPath!));
-        if (dir is not null)
-            Directory.CreateDirectory(dir);
-        File.WriteAllText(o.JsonPath!, json);
+        SaveJson(o.JsonPath!, doc);
     }
 
-    private static string OtherCpu(RowResult r)
+    /// <summary>One row of the JSON report; the reference engine's figures under referenceKey.</summary>
+    internal static Dictionary<string, object?> RowJson(RowResult r, string referenceKey) => new()
+    {
+        ["name"] = r.Row.Name,
+        ["label"] = r.Row.Label,
+        ["rw"] = r.Row.FioRw,
+        ["blockSize"] = r.Row.BlockSize,
+        ["queueDepth"] = r.Row.QueueDepth,
+        ["strata"] = r.Strata,
+        [referenceKey] = r.Fio,
+        ["throughputRatio"] = Finite(r.ThroughputRatio),
+        ["p99Ratio"] = Finite(r.P99Ratio),
+        ["p50Ratio"] = Finite(r.P50Ratio),
+    };
+
+    /// <summary>Writes a JSON report (camelCase; NaN stands for a figure a tool does not report).</summary>
+    internal static void SaveJson(string path, object doc)
+    {
+        var json = JsonSerializer.Serialize(doc, new JsonSerializerOptions
+        {
+            WriteIndented = true,
+            PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
+            NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
+        });
+        var dir = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (dir is not null)
+            Directory.CreateDirectory(dir);
+        File.WriteAllText(path, json);
+    }
+
+    internal static string OtherCpu(RowResult r)
     {
         var values = new[] { r.Strata?.OtherCpuPercent, r.Fio?.OtherCpuPercent }.Where(v => v is double d && double.IsFinite(d)).Select(v => v!.Value).ToArray();
         return values.Length == 0 ? "-" : string.Join("/", values.Select(v => $"{v:F0}%"));
     }
 
-    private static double? Finite(double v) => double.IsFinite(v) ? v : null;
+    internal static double? Finite(double v) => double.IsFinite(v) ? v : null;
 
     internal static string FormatSize(long bytes) => bytes switch
     {
@@ -221,7 +254,8 @@ public static class DeviceBenchmark
         _ => $"{bytes} bytes",
     };
 
-    private sealed record RowResult(DeviceRow Row, EngineResult? Strata, EngineResult? Fio)
+    /// <summary>One row's figures; Fio is the reference engine (fio, or spdk_nvme_perf on an NVMe target).</summary>
+    internal sealed record RowResult(DeviceRow Row, EngineResult? Strata, EngineResult? Fio)
     {
         public double ThroughputRatio => Strata is null || Fio is null || Fio.Iops <= 0 ? double.NaN : Strata.Iops / Fio.Iops;
         public double P99Ratio => Strata is null || Fio is null || Fio.P99Ns <= 0 ? double.NaN : Strata.P99Ns / Fio.P99Ns;
@@ -238,12 +272,17 @@ internal sealed class DeviceBenchOptions
     public required DeviceRow[] Rows { get; init; }
     public required int Pollers { get; init; }
     public int? IdleSpin { get; init; }
+    public int? CompletionBatch { get; init; }
+    public int[]? PollerCpus { get; init; }
     public required bool SqPoll { get; init; }
     public required bool RunStrata { get; init; }
     public required bool RunFio { get; init; }
     public required string[] FioExtra { get; init; }
     public string? JsonPath { get; init; }
     public TimeSpan WaitIdle { get; init; }
+
+    /// <summary>Set with --uri: the NVMe target run instead of the file.</summary>
+    public NvmeBenchOptions? Nvme { get; init; }
 
     public string MarkerPath => File + ".preconditioned";
 
@@ -265,29 +304,40 @@ internal sealed class DeviceBenchOptions
     {
         bool quick = cl.Flag("quick");
         double seconds = cl.Seconds("runtime", quick ? 2 : 10);
-        string engines = cl.String("engines") ?? "strata,fio";
+        var nvme = NvmeBenchOptions.From(cl);
+        string reference = nvme is null ? "fio" : "spdk-perf";
+        string engines = cl.String("engines") ?? $"strata,{reference}";
         var engineSet = engines.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         foreach (var e in engineSet)
-            if (e is not ("strata" or "fio"))
-                throw new PerfUsageException($"--engines: unknown engine '{e}' (strata, fio)");
+            if (e != "strata" && e != reference)
+                throw new PerfUsageException($"--engines: unknown engine '{e}' (strata, {reference}{(nvme is null ? "; spdk-perf needs --uri" : "; fio needs a file, not --uri")})");
         int pollers = cl.Int("pollers", 1);
         if (pollers < 1)
             throw new PerfUsageException("--pollers must be at least 1");
         int? spin = cl.Has("spin") ? cl.Int("spin", 0) : null;
+        int? batch = cl.Has("batch") ? cl.Int("batch", 1) : null;
+        if (batch is < 1)
+            throw new PerfUsageException("--batch must be at least 1");
         return new DeviceBenchOptions
         {
             File = Path.GetFullPath(cl.String("file") ?? DefaultFile()),
             Size = cl.Bytes("size", 2L << 30),
             Runtime = TimeSpan.FromSeconds(seconds),
-            Rows = DeviceRow.Select(cl.String("rows")),
+            Rows = DeviceRow.Select(cl.String("rows") ?? (nvme is null ? null : "4k")),
             Pollers = pollers,
             IdleSpin = spin,
+            CompletionBatch = batch,
+            PollerCpus = cl.String("poller-cpus") is string list
+                ? list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                    .Select(c => int.TryParse(c, out int v) && v >= 0 ? v : throw new PerfUsageException($"--poller-cpus: '{c}' is not a CPU number")).ToArray()
+                : nvme?.CoreMaskCpus,
             SqPoll = cl.Flag("sqpoll"),
             RunStrata = engineSet.Contains("strata"),
-            RunFio = engineSet.Contains("fio"),
+            RunFio = engineSet.Contains(reference),
             FioExtra = (cl.String("fio-args") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries),
             JsonPath = cl.String("json"),
             WaitIdle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero,
+            Nvme = nvme,
         };
     }
 

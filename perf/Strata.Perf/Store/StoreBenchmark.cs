@@ -9,7 +9,7 @@ namespace Strata.Perf.Store;
 
 /// <summary>
 /// The "store" subcommand: image I/O through the whole store (chunk map, CRC32C
-/// verified on every read, copy-on-write, data flush and metadata log on every
+/// verified on every read, copy-on-write, metadata log and its flush on every
 /// write) on file targets, against fio on the raw target files, with ratios.
 /// </summary>
 public static class StoreBenchmark
@@ -27,6 +27,8 @@ public static class StoreBenchmark
           --rows LIST        comma-separated filters on row names (randread-4k-qd32, randwrite-4k-qd32,
                              randread-4k-qd1, read-1m-qd8, write-1m-qd8)
           --pollers N        polling threads per target device (default 1)
+          --busy-poll-us N   a poller's busy-poll window without completions before it waits in the kernel
+                             (default DeviceOptions.BusyPollMicros = 0: busy-poll while reads or writes are in flight)
           --engines LIST     strata,fio (default both)
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
           --json FILE        write every figure as JSON
@@ -50,7 +52,7 @@ public static class StoreBenchmark
 
         Console.WriteLine($"store benchmark: {o.Targets} file target(s) of {DeviceBenchmark.FormatSize(o.TargetSize)} in {o.Dir}, image {DeviceBenchmark.FormatSize(o.ImageSize)}, rf {o.Rf}, chunk size(s) {string.Join(", ", o.ChunkSizes.Select(FormatChunk))}");
         Console.WriteLine($"  {o.Runtime.TotalSeconds:F0} s per row per engine after 1 s warm-up; strata rows first, then fio (fio writes over the raw files destroy the pool)");
-        Console.WriteLine($"strata: StorageEngine over NativeBlockDevice file:...?direct=1, pollers={o.Pollers}, Image.ReadAsync/WriteAsync QD worker loops (CRC32C verified per chunk, COW + data flush + log commit per write)");
+        Console.WriteLine($"strata: StorageEngine over NativeBlockDevice file:...?direct=1, pollers={o.Pollers}, Image.ReadAsync/WriteAsync QD worker loops (CRC32C verified per chunk; COW + log commit per write, one flush per commit round covering data and log)");
         Console.WriteLine($"fio:    {fioVersion}, on the raw target files (--filename=f0:f1..), limited to each shard's data area, {string.Join(' ', FioCommon())}");
         Console.WriteLine($"host:   {Environment.ProcessorCount} CPUs, {Environment.OSVersion.VersionString}, .NET {Environment.Version}");
         Console.WriteLine();
@@ -113,6 +115,16 @@ public static class StoreBenchmark
         return 0;
     }
 
+    /// <summary>The log committer's rounds during a row (warm-up included): batch size, log write and flush time per round, time waiting for work.</summary>
+    private static string CommitSummary(PoolLog.CommitStats a, PoolLog.CommitStats b)
+    {
+        long rounds = b.Rounds - a.Rounds;
+        if (rounds <= 0)
+            return "commit: no rounds";
+        double us(long ticks) => ticks * 1e6 / System.Diagnostics.Stopwatch.Frequency / rounds;
+        return $"commit: {rounds} rounds, {(b.Records - a.Records) / (double)rounds:F1} records/round; per round: log write {us(b.WriteTicks - a.WriteTicks):F0} us, then flush {us(b.FlushTicks - a.FlushTicks):F0} us; committer waiting for a round slot {us(b.SlotTicks - a.SlotTicks):F0} us";
+    }
+
     private static string OtherCpu(EngineResult? r) => r is null || !double.IsFinite(r.OtherCpuPercent) ? "-" : $"{r.OtherCpuPercent:F0}%";
 
     private static string TargetOf(DeviceRow row) => row.Name switch
@@ -131,7 +143,7 @@ public static class StoreBenchmark
 
     private static NativeBlockDevice[] OpenDevices(StoreBenchOptions o) =>
         Enumerable.Range(0, o.Targets)
-            .Select(i => NativeBlockDevice.Open($"file:{o.TargetPath(i)}?direct=1&qd=128", new DeviceOptions { Pollers = o.Pollers }))
+            .Select(i => NativeBlockDevice.Open($"file:{o.TargetPath(i)}?direct=1&qd=128", o.BusyPollMicros is int us ? new DeviceOptions { Pollers = o.Pollers, BusyPollMicros = us } : new DeviceOptions { Pollers = o.Pollers }))
             .ToArray();
 
     /// <summary>Formats the targets, creates pool, container and image, fills the image, then runs every row.</summary>
@@ -168,10 +180,13 @@ public static class StoreBenchmark
                     Console.Write($"  {row.Name,-18} strata {FormatChunk(chunkSize),-6} ...");
                     await WaitIdleAsync(o);
                     var h0 = HostCpuSample.Now();
+                    var c0 = pool.Log.Stats;
                     var load = new QueueDepthLoad(row, image.Size, ArrayBuffer.Rent, (offset, m) => new ValueTask(image.ReadAsync(offset, m)), (offset, m) => new ValueTask(image.WriteAsync(offset, m)));
                     var r = await load.RunAsync(TimeSpan.FromSeconds(1), o.Runtime, $"chunk={chunkSize} rf={o.Rf} targets={o.Targets} pollers={o.Pollers}");
                     r = r with { OtherCpuPercent = Math.Max(0, HostCpuSample.BusyPercent(h0, HostCpuSample.Now()) - r.CpuPercent) };
                     Console.WriteLine($" {Throughput(row, r)}, p50 {TablePrinter.Latency(r.P50Ns)}, p99 {TablePrinter.Latency(r.P99Ns)}, cpu {r.CpuPercent:F0}%, others {r.OtherCpuPercent:F0}%, {r.AllocatedBytesPerOp:F0} B/op");
+                    if (row.Write)
+                        Console.WriteLine($"    {CommitSummary(c0, pool.Log.Stats)}");
                     results[row.Name] = r;
                 }
             }
@@ -315,6 +330,7 @@ internal sealed class StoreBenchOptions
     public required TimeSpan Runtime { get; init; }
     public required DeviceRow[] Rows { get; init; }
     public required int Pollers { get; init; }
+    public int? BusyPollMicros { get; init; }
     public required bool RunStrata { get; init; }
     public required bool RunFio { get; init; }
     public string? JsonPath { get; init; }
@@ -359,6 +375,7 @@ internal sealed class StoreBenchOptions
             Runtime = TimeSpan.FromSeconds(cl.Seconds("runtime", quick ? 2 : 10)),
             Rows = SelectRows(cl.String("rows")),
             Pollers = pollers,
+            BusyPollMicros = cl.Has("busy-poll-us") ? cl.Int("busy-poll-us", 50) : null,
             RunStrata = engines.Contains("strata"),
             RunFio = engines.Contains("fio"),
             JsonPath = cl.String("json"),

@@ -199,6 +199,7 @@ public sealed class DeviceContractTests
 
     [TestMethod]
     [DataRow(DeviceKind.Uring)]
+    [DataRow(DeviceKind.Spdk)]
     public async Task Flush_ThenReopen_DataIsThere(DeviceKind kind)
     {
         int bs;

@@ -25,14 +25,42 @@ internal sealed class TestDevices : IDisposable
                 EnsureShim();
                 return NativeBlockDevice.Open($"file:{Path("dev")}?create=1&size={Capacity}{(options.Length > 0 ? "&" + options : "")}", deviceOptions);
             case DeviceKind.Spdk:
-                var uri = Environment.GetEnvironmentVariable("STRATA_TEST_NVME_URI");
-                if (string.IsNullOrEmpty(uri))
-                    Assert.Inconclusive("SPDK backend not exercised: set STRATA_TEST_NVME_URI to an NVMe-oF target (nvme-tcp://127.0.0.1:4420/nqn...)");
-                EnsureShim();
-                return NativeBlockDevice.Open(uri!, deviceOptions);
+                var uri = NvmeTargetUri();
+                var dev = NativeBlockDevice.Open(uri, deviceOptions);
+                if (dev.Geometry.Kind != DeviceKind.Spdk)
+                {
+                    dev.Dispose();
+                    Assert.Fail($"STRATA_TEST_NVME_URI={uri} opened a {dev.Geometry.Kind} device: the SPDK rows must run on the SPDK backend");
+                }
+                return dev;
             default:
                 throw new ArgumentOutOfRangeException(nameof(kind));
         }
+    }
+
+    /// <summary>SPDK environment options of the test process (STRATA_TEST_SPDK_ENV overrides them).</summary>
+    public const string DefaultSpdkEnv = "hugepages=0&mem_size_mb=512&pci=0";
+
+    /// <summary>
+    /// The NVMe-oF target the SPDK rows run against, with the SPDK environment configured;
+    /// Inconclusive when STRATA_TEST_NVME_URI is not set. The target's namespace is scratch space.
+    /// </summary>
+    public static string NvmeTargetUri()
+    {
+        var uri = Environment.GetEnvironmentVariable("STRATA_TEST_NVME_URI");
+        if (string.IsNullOrEmpty(uri))
+            Assert.Inconclusive("SPDK backend not exercised: set STRATA_TEST_NVME_URI to an NVMe-oF target (nvme-tcp://127.0.0.1:4420/nqn...)");
+        ConfigureSpdkEnvironment();
+        return uri!;
+    }
+
+    /// <summary>Sets the test process's SPDK environment options; a library without SPDK fails here (ENOTSUP).</summary>
+    public static void ConfigureSpdkEnvironment()
+    {
+        EnsureShim();
+        var env = Environment.GetEnvironmentVariable("STRATA_TEST_SPDK_ENV");
+        // A named target must be tested, not skipped: no Inconclusive past this point.
+        SpdkEnvironment.Configure(string.IsNullOrEmpty(env) ? DefaultSpdkEnv : env);
     }
 
     public static void EnsureShim()

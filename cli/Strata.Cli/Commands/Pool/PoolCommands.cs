@@ -10,6 +10,7 @@ public static class PoolCommands
     private static readonly Option<string> Size = new("--size", "-s") { Description = "Pool size (spread over every target), e.g. 1G", Required = true };
     private static readonly Option<int> Rf = new("--rf") { Description = "Replicas of each chunk: 1 or 2", DefaultValueFactory = _ => 1 };
     private static readonly Option<bool> Force = new("--force") { Description = "Destroy even if the pool is open" };
+    private static readonly Option<uint> Layout = new("--layout") { Description = "Layout version of the new pool (default: the newest the engine supports; an older one stays openable by older releases)" };
 
     private static Argument<string> Label() => new("pool") { Description = "Pool label" };
 
@@ -20,9 +21,10 @@ public static class PoolCommands
         create.Arguments.Add(createLabel);
         create.Options.Add(Size);
         create.Options.Add(Rf);
+        create.Options.Add(Layout);
         create.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
-            var req = new PoolCreateRequest(parse.GetValue(createLabel)!, Sizes.Parse(parse.GetValue(Size)!, "--size"), parse.GetValue(Rf));
+            var req = new PoolCreateRequest(parse.GetValue(createLabel)!, Sizes.Parse(parse.GetValue(Size)!, "--size"), parse.GetValue(Rf), parse.GetValue(Layout));
             var q = await client.PostAsync<PoolQueryDto>("pools", req);
             if (json)
                 Cli.PrintJson(q);
@@ -69,6 +71,8 @@ public static class PoolCommands
             o.WriteLine($"Layout version: {q.LayoutVersion} (engine supports up to {q.SupportedLayoutVersion})");
             if (q.Warning != null)
                 o.WriteLine(q.Warning);
+            if (q.Upgrade is { JobId: not null } u)
+                o.WriteLine($"Upgrade: {PoolUpgradeCommand.Describe(u)}");
             o.WriteLine($"Containers: {q.Containers}, images: {q.Images}");
             o.WriteLine($"Space: total {Sizes.Format(q.TotalBytes)}, used {Sizes.Format(q.UsedBytes)}, free {Sizes.Format(q.FreeBytes)}");
             var t = new Table("Target", "Device", "Total", "Used", "Free");
@@ -143,7 +147,7 @@ public static class PoolCommands
             return 0;
         }));
 
-        return Cli.Group("pool", "Pools: storage carved from every target", create, list, query, clients, getProp, setProp, destroy);
+        return Cli.Group("pool", "Pools: storage carved from every target", create, list, query, clients, getProp, setProp, PoolUpgradeCommand.Create(), destroy);
     }
 
     public static int PrintProps(List<PropertyDto> props, bool json)

@@ -51,7 +51,28 @@ public static class SystemCommands
         events.Options.Add(Severity);
         events.SetAction((parse, ct) => Cli.RunAsync(parse, (client, json) => EventsAsync(client, json, parse.GetValue(Follow), parse.GetValue(Since), parse.GetValue(Severity), ct)));
 
-        return Cli.Group("system", "The engine as a whole", query, stop, events);
+        var cancel = new Option<bool>("--cancel") { Description = "Accept writes again" };
+        var prepare = new Command("prepare", "Prepare for a software change: quiesce, checkpoint every shard and empty its log, refuse writes (Ozone's prepare)");
+        prepare.Options.Add(cancel);
+        prepare.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            bool c = parse.GetValue(cancel);
+            var pools = await client.PostAsync<List<PreparedPoolDto>>("system/prepare", new SystemPrepareRequest(c));
+            if (json)
+            {
+                Cli.PrintJson(pools);
+                return 0;
+            }
+            var t = new Table("Pool", "Prepared", "Log bytes", "Problem");
+            foreach (var p in pools)
+                t.Add(p.Pool, p.Prepared ? "yes" : "no", p.LogBytes, p.Problem ?? "");
+            t.Write(Console.Out);
+            Console.Out.WriteLine(c ? "Prepare cancelled: pools accept writes again"
+                : "Prepared: every log is empty and writes are refused; stop the engine and change the software, or run 'strata system prepare --cancel'");
+            return pools.All(p => p.Prepared != c || p.Problem == null) ? 0 : ExitCodes.Failed;
+        }));
+
+        return Cli.Group("system", "The engine as a whole", query, stop, events, prepare);
     }
 
     private static async Task WaitForExitAsync(int pid, string socket)

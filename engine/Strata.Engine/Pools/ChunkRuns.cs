@@ -1,0 +1,266 @@
+using System.Buffers;
+using Strata.Engine.Store;
+using Strata.Interop;
+
+namespace Strata.Engine.Pools;
+
+/// <summary>
+/// Requests that span several chunks, handled as groups of consecutive chunks
+/// under one set of chunk locks: a write allocates each target's extents for the
+/// group in one contiguous run where it can, writes runs of adjacent extents with
+/// one device write each and commits every chunk's record in one log round; a
+/// read reads runs of adjacent extents with one device read each and verifies
+/// each chunk's CRC32C. A single-chunk request takes the ChunkIo path instead.
+/// </summary>
+internal static class ChunkRuns
+{
+    /// <summary>One chunk's share of a request: chunk index, offset within the chunk, length, offset within the request.</summary>
+    public readonly record struct Piece(long Index, int Within, int Length, int At);
+
+    /// <summary>Chunks per group (bounded further so a group's records fit one log batch comfortably).</summary>
+    private const int MaxGroupChunks = 256;
+
+    public static int GroupSize(Pool pool, int rf)
+    {
+        int record = WalFormat.EncodedLength(4 + 8 + 1 + rf * 14);
+        return (int)Math.Clamp(pool.Shards[0].Header.WalLength / 8 / record, 1, MaxGroupChunks);
+    }
+
+    /// <summary>An extent of one chunk on one target, with its bytes: what a run is made of.</summary>
+    private readonly record struct Extent(int Target, long Offset, int Slot);
+
+    /// <summary>
+    /// Groups extents of one target that are adjacent on the device into runs of at
+    /// most maxRun bytes; returns the runs as ranges of the sorted list.
+    /// </summary>
+    private static List<(int Start, int Count)> Runs(List<Extent> sorted, int chunkSize, int maxRun)
+    {
+        var runs = new List<(int, int)>();
+        for (int i = 0; i < sorted.Count;)
+        {
+            int n = 1;
+            while (i + n < sorted.Count && sorted[i + n].Target == sorted[i].Target
+                && sorted[i + n].Offset == sorted[i].Offset + (long)n * chunkSize && (n + 1) * chunkSize <= maxRun)
+                n++;
+            runs.Add((i, n));
+            i += n;
+        }
+        return runs;
+    }
+
+    private static int MaxRun(Pool pool) => pool.Shards.Min(s => Math.Min(1 << 20, s.Device.Geometry.MaxTransfer));
+
+    /// <summary>Writes one group of pieces; the caller holds the group's chunk locks exclusively.</summary>
+    public static async Task WriteGroupAsync(Pool pool, ImageMeta meta, List<Piece> pieces, ReadOnlyMemory<byte> source)
+    {
+        pool.ThrowIfNotWritable();
+        int cs = meta.ChunkSize;
+        int n = pieces.Count;
+        var olds = new ChunkMap?[n];
+        lock (pool.Meta.Sync)
+            for (int i = 0; i < n; i++)
+                olds[i] = meta.Chunks.TryGetValue(pieces[i].Index, out var m) ? m : null;
+        // Each chunk's new contents: the caller's bytes for a whole chunk, else merged with the verified old chunk.
+        var chunks = new ReadOnlyMemory<byte>[n];
+        var rented = new List<byte[]>();
+        try
+        {
+            for (int i = 0; i < n; i++)
+            {
+                var p = pieces[i];
+                if (p.Length == cs)
+                {
+                    chunks[i] = source.Slice(p.At, cs);
+                    continue;
+                }
+                var buf = ArrayPool<byte>.Shared.Rent(cs);
+                rented.Add(buf);
+                var merged = buf.AsMemory(0, cs);
+                if (olds[i] != null)
+                    await ChunkIo.ReadVerifiedAsync(pool, meta, p.Index, olds[i]!, merged, repair: true).ConfigureAwait(false);
+                else
+                    merged.Span.Clear();
+                source.Span.Slice(p.At, p.Length).CopyTo(merged.Span[p.Within..]);
+                chunks[i] = merged;
+            }
+            var records = await WriteReplicasAsync(pool, meta, pieces, chunks).ConfigureAwait(false);
+            await pool.Log.CommitAsync(records).ConfigureAwait(false);
+        }
+        finally
+        {
+            foreach (var b in rented)
+                ArrayPool<byte>.Shared.Return(b);
+        }
+        foreach (var old in olds)
+            pool.FreeChunk(old, cs);
+    }
+
+    /// <summary>
+    /// Allocates fresh extents for every chunk and replica (one contiguous run per
+    /// target and replica where the allocator has one), writes them in runs of adjacent
+    /// extents, and returns the ChunkMap records to commit. Their data writes have
+    /// completed when this returns; the commit's flush makes them durable.
+    /// </summary>
+    private static async Task<MetaRecord[]> WriteReplicasAsync(Pool pool, ImageMeta meta, List<Piece> pieces, ReadOnlyMemory<byte>[] chunks)
+    {
+        int cs = meta.ChunkSize, n = pieces.Count, targets = pool.Shards.Length;
+        int rf = Math.Min(pool.Rf, targets);
+        var replicas = new Replica[n][];
+        var crcs = new uint[n];
+        for (int i = 0; i < n; i++)
+        {
+            crcs[i] = Crc32C.Compute(chunks[i].Span);
+            replicas[i] = new Replica[rf];
+        }
+        var allocated = new List<(int Target, long Offset, long Length)>();
+        try
+        {
+            for (int r = 0; r < rf; r++)
+            {
+                for (int t = 0; t < targets; t++)
+                {
+                    var mine = new List<int>();
+                    for (int i = 0; i < n; i++)
+                        if (PlacementV1.Target(meta.Id, pieces[i].Index, r, targets) == t)
+                            mine.Add(i);
+                    if (mine.Count == 0)
+                        continue;
+                    var alloc = pool.Shards[t].Allocator;
+                    long run = mine.Count > 1 ? alloc.Allocate((long)mine.Count * cs) : -1;
+                    if (run >= 0)
+                        allocated.Add((t, run, (long)mine.Count * cs));
+                    for (int k = 0; k < mine.Count; k++)
+                    {
+                        int i = mine[k];
+                        long off = run >= 0 ? run + (long)k * cs : alloc.Allocate(cs);
+                        if (off < 0)
+                            throw new NoSpaceException($"no space left in pool '{pool.Label}': target {t} has no free {cs}-byte extent for image '{meta.Label}' at offset {pieces[i].Index * cs}");
+                        if (run < 0)
+                            allocated.Add((t, off, cs));
+                        replicas[i][r] = new Replica((ushort)t, off, crcs[i]);
+                    }
+                }
+            }
+            var extents = new List<Extent>(n * rf);
+            for (int i = 0; i < n; i++)
+                foreach (var rep in replicas[i])
+                    extents.Add(new Extent(rep.Target, rep.Offset, i));
+            extents.Sort((a, b) => a.Target != b.Target ? a.Target.CompareTo(b.Target) : a.Offset.CompareTo(b.Offset));
+            var writes = new List<Task>();
+            foreach (var (start, count) in Runs(extents, cs, MaxRun(pool)))
+                writes.Add(WriteRunAsync(pool, extents, start, count, cs, chunks));
+            try
+            {
+                await Task.WhenAll(writes).ConfigureAwait(false);
+            }
+            catch (DeviceException e)
+            {
+                long at = pieces[0].Index * cs + pieces[0].Within;
+                pool.Ras.Emit(new RasEvent(RasIds.DataWriteFailed, RasSeverity.Error, RasType.InfoOnly,
+                    $"pool '{pool.Label}' image '{meta.Label}' write at offset {at} failed: {e.Message}",
+                    Pool: pool.Label, Image: meta.Label, Device: e.Device, Offset: at));
+                throw new StoreException(Errno.EIO, $"write to pool '{pool.Label}' image '{meta.Label}' at offset {at} failed: {e.Message}", e);
+            }
+        }
+        catch
+        {
+            foreach (var (t, off, len) in allocated)
+                pool.Shards[t].Allocator.Free(off, len);
+            throw;
+        }
+        var records = new MetaRecord[n];
+        for (int i = 0; i < n; i++)
+            records[i] = MetaRecords.ChunkMap(meta.Id, pieces[i].Index, replicas[i]);
+        return records;
+    }
+
+    /// <summary>One device write for a run of adjacent extents on one target.</summary>
+    private static async Task WriteRunAsync(Pool pool, List<Extent> extents, int start, int count, int cs, ReadOnlyMemory<byte>[] chunks)
+    {
+        var shard = pool.Shards[extents[start].Target];
+        using var buf = shard.Device.Buffers.Rent(count * cs);
+        for (int k = 0; k < count; k++)
+            chunks[extents[start + k].Slot].Span.CopyTo(buf.Memory.Span.Slice(k * cs, cs));
+        await shard.Device.WriteAsync(shard.Base + shard.Header.DataOffset + extents[start].Offset, buf.Memory).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Reads one group of pieces into destination under the caller's shared chunk
+    /// locks: runs of adjacent extents (first replica) with one device read each,
+    /// each chunk verified; a chunk that does not verify, or a run whose read fails,
+    /// takes the single-chunk path (other replicas, reports). Returns the chunks
+    /// with a bad replica left unrepaired.
+    /// </summary>
+    public static async Task<List<long>?> ReadGroupAsync(Pool pool, ImageMeta meta, List<Piece> pieces, Memory<byte> destination)
+    {
+        int cs = meta.ChunkSize, n = pieces.Count;
+        var maps = new ChunkMap?[n];
+        lock (pool.Meta.Sync)
+            for (int i = 0; i < n; i++)
+                maps[i] = meta.Chunks.TryGetValue(pieces[i].Index, out var m) ? m : null;
+        var extents = new List<Extent>(n);
+        for (int i = 0; i < n; i++)
+        {
+            if (maps[i] == null)
+            {
+                destination.Span.Slice(pieces[i].At, pieces[i].Length).Clear();
+                continue;
+            }
+            var r = maps[i]!.Replicas[0];
+            extents.Add(new Extent(r.Target, r.Offset, i));
+        }
+        extents.Sort((a, b) => a.Target != b.Target ? a.Target.CompareTo(b.Target) : a.Offset.CompareTo(b.Offset));
+        var runs = Runs(extents, cs, MaxRun(pool));
+        var failed = new bool[n];
+        await Task.WhenAll(runs.Select(run => ReadRunAsync(pool, extents, run.Start, run.Count, cs, pieces, maps, destination, failed))).ConfigureAwait(false);
+        List<long>? unrepaired = null;
+        for (int i = 0; i < n; i++)
+        {
+            if (!failed[i])
+                continue;
+            var p = pieces[i];
+            var chunk = ArrayPool<byte>.Shared.Rent(cs);
+            try
+            {
+                if (await ChunkIo.ReadVerifiedAsync(pool, meta, p.Index, maps[i]!, chunk.AsMemory(0, cs), repair: false).ConfigureAwait(false))
+                    (unrepaired ??= []).Add(p.Index);
+                chunk.AsSpan(p.Within, p.Length).CopyTo(destination.Span.Slice(p.At, p.Length));
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(chunk);
+            }
+        }
+        return unrepaired;
+    }
+
+    private static async Task ReadRunAsync(Pool pool, List<Extent> extents, int start, int count, int cs, List<Piece> pieces,
+        ChunkMap?[] maps, Memory<byte> destination, bool[] failed)
+    {
+        var shard = pool.Shards[extents[start].Target];
+        using var buf = shard.Device.Buffers.Rent(count * cs);
+        try
+        {
+            await shard.Device.ReadAsync(shard.Base + shard.Header.DataOffset + extents[start].Offset, buf.Memory).ConfigureAwait(false);
+        }
+        catch (DeviceException)
+        {
+            // The single-chunk path rereads each chunk, reports the error and tries the other replicas.
+            for (int k = 0; k < count; k++)
+                failed[extents[start + k].Slot] = true;
+            return;
+        }
+        for (int k = 0; k < count; k++)
+        {
+            int i = extents[start + k].Slot;
+            var data = buf.Memory.Span.Slice(k * cs, cs);
+            if (Crc32C.Compute(data) != maps[i]!.Replicas[0].Crc)
+            {
+                failed[i] = true;
+                continue;
+            }
+            var p = pieces[i];
+            data.Slice(p.Within, p.Length).CopyTo(destination.Span.Slice(p.At, p.Length));
+        }
+    }
+}

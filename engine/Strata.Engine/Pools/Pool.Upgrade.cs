@@ -1,0 +1,491 @@
+using System.Diagnostics;
+using Strata.Engine.Control;
+using Strata.Engine.Layout;
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Pools;
+
+public sealed partial class Pool
+{
+    private readonly Dictionary<string, int> _operations = new(StringComparer.Ordinal);
+    private readonly CancellationTokenSource _upgradeStop = new();
+    private Task? _upgradeTask;
+    private UpgradeRun? _run;
+    private volatile string? _exclusiveReason;
+    private volatile string? _preparedReason;
+
+    /// <summary>Operations that make a pool unstable for an upgrade (DAOS: rebuild, reintegration, extension).</summary>
+    public static readonly IReadOnlyList<string> UnstableOperations = ["rebuild", "reintegration", "extension", "migration"];
+
+    /// <summary>
+    /// Marks an operation as running on this pool until the result is disposed. An upgrade
+    /// refuses to start while any runs; rebuild, reintegration and extension arrive with later
+    /// issues and register here (image migration does too).
+    /// </summary>
+    public IDisposable BeginOperation(string kind)
+    {
+        if (!UnstableOperations.Contains(kind))
+            throw new ArgumentException($"unknown pool operation '{kind}'", nameof(kind));
+        lock (_operations)
+        {
+            if (_upgradeTask is { IsCompleted: false })
+                throw new PoolBusyException($"pool '{Label}' is upgrading; {kind} cannot start until the upgrade completes");
+            _operations[kind] = _operations.GetValueOrDefault(kind) + 1;
+        }
+        return new OperationScope(this, kind);
+    }
+
+    private sealed class OperationScope(Pool pool, string kind) : IDisposable
+    {
+        private int _done;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _done, 1) != 0)
+                return;
+            lock (pool._operations)
+                if (--pool._operations[kind] == 0)
+                    pool._operations.Remove(kind);
+        }
+    }
+
+    internal bool HasStoredProperty(string name)
+    {
+        lock (Meta.Sync)
+            return Meta.Props.ContainsKey(name);
+    }
+
+    /// <summary>A job that may have written what older software cannot read: running, or failed in an action that is not metadata-only.</summary>
+    private bool UpgradeMayHaveWrittenNewFormat()
+    {
+        var j = Meta.UpgradeJob;
+        if (j == null || j.State is UpgradeJobState.Completed or UpgradeJobState.NotStarted)
+            return false;
+        if (j.State == UpgradeJobState.InProgress)
+            return true;
+        if (j.To > Catalog.MaxSupported)
+            return true;
+        var chain = Catalog.Chain(j.From, j.To);
+        return j.Action < chain.Count && chain[(int)j.Action].Kind != ActionKind.MetadataOnly;
+    }
+
+    private static string StatusText(UpgradeJobState s) => s switch
+    {
+        UpgradeJobState.InProgress => "in progress",
+        UpgradeJobState.Completed => "completed",
+        UpgradeJobState.Failed => "failed",
+        _ => "not started",
+    };
+
+    private static string Snake(string s) =>
+        string.Concat(s.Select((c, i) => char.IsUpper(c) && i > 0 ? "_" + char.ToLowerInvariant(c) : char.ToLowerInvariant(c).ToString()));
+
+    /// <summary>Current upgrade status and progress.</summary>
+    public UpgradeStatus GetUpgradeStatus()
+    {
+        UpgradeJobMeta? job;
+        uint layout;
+        lock (Meta.Sync)
+        {
+            job = Meta.UpgradeJob;
+            layout = Meta.Layout?.Version ?? Header.LayoutVersion;
+        }
+        var run = _run;
+        bool running = _upgradeTask is { IsCompleted: false };
+        if (job == null)
+            return new UpgradeStatus(Label, layout, "not started", null, null, null, 0, 0, 0, 0, 0, 0, null, null, null, null, null, false);
+        int total = job.To <= Catalog.MaxSupported ? Catalog.Chain(job.From, job.To).Count : 0;
+        int done = job.State == UpgradeJobState.Completed ? total : (int)Math.Min(job.Action, (uint)total);
+        if (run != null && run.JobId == job.Id)
+        {
+            double secs = run.Elapsed.TotalSeconds;
+            long items = Interlocked.Read(ref run.ItemsDone), bytes = Interlocked.Read(ref run.BytesDone);
+            double? ips = secs > 0 ? items / secs : null;
+            double? bps = secs > 0 ? bytes / secs : null;
+            double? eta = job.State != UpgradeJobState.InProgress ? 0
+                : run.BytesTotal > 0 && bps > 0 ? (run.BytesTotal - bytes) / bps
+                : run.ItemsTotal > 0 && ips > 0 ? (run.ItemsTotal - items) / ips
+                : null;
+            return new UpgradeStatus(Label, layout, StatusText(job.State), job.To, job.Id, job.Reason, done, total,
+                items, run.ItemsTotal, bytes, run.BytesTotal, ips, bps, eta, run.Current, run.LongestPauseMs, running);
+        }
+        return new UpgradeStatus(Label, layout, StatusText(job.State), job.To, job.Id, job.Reason, done, total,
+            0, 0, 0, 0, null, null, null, null, null, running);
+    }
+
+    /// <summary>
+    /// Plans an upgrade to <paramref name="to"/> (default: the newest this engine supports) and, unless
+    /// this is a dry run, records the job in the log and starts it in the background. Returns as soon as
+    /// the job is durable; status is asynchronous (<see cref="GetUpgradeStatus"/>). A failed job is
+    /// retried by calling this again: a new job starts from the layout the pool reached.
+    /// </summary>
+    public async Task<UpgradePlan> UpgradeAsync(uint? to, bool dryRun)
+    {
+        await MetaLock.WaitAsync().ConfigureAwait(false);
+        UpgradePlan plan;
+        ulong id;
+        try
+        {
+            plan = Plan(to);
+            if (dryRun)
+                return plan;
+            var failed = plan.Preconditions.FirstOrDefault(p => !p.Ok);
+            if (failed != null)
+            {
+                string all = string.Join("; ", plan.Preconditions.Where(p => !p.Ok).Select(p => p.Detail));
+                throw failed.Name switch
+                {
+                    "free space" => new NoSpaceException(all),
+                    "compatibility" or "writable" => new InvalidRequestException(all),
+                    _ => new BusyException(all),
+                };
+            }
+            lock (Meta.Sync)
+                id = (Meta.UpgradeJob?.Id ?? 0) + 1;
+            await Log.CommitAsync(MetaRecords.UpgradeJobBegin(id, plan.From, plan.To)).ConfigureAwait(false);
+        }
+        finally
+        {
+            MetaLock.Release();
+        }
+        Ras.Emit(new RasEvent(RasIds.PoolUpgradeStarted, RasSeverity.Notice, RasType.StateChange,
+            $"pool '{Label}' upgrade {plan.From} -> {plan.To} started (job {id}, {plan.Actions.Count} action(s))", Pool: Label));
+        StartUpgradeRunner();
+        return plan with { JobId = id };
+    }
+
+    private UpgradePlan Plan(uint? requested)
+    {
+        var cat = Catalog;
+        uint from = LayoutVersion;
+        uint to = requested ?? cat.MaxSupported;
+        if (to > (uint)cat.Versions.Count)
+            throw new InvalidRequestException($"layout version {to} does not exist (the catalog has 1..{cat.Versions.Count}); see 'strata pool upgrade --list'");
+        if (to > cat.MaxSupported)
+            throw new InvalidRequestException($"layout version {to} ({string.Join(", ", cat[to].Features.Select(f => f.Name))}) is not supported by this engine, which supports layouts {LayoutCatalog.MinSupported}..{cat.MaxSupported}; see 'strata pool upgrade --list'");
+        if (to == from)
+            throw new InvalidRequestException($"pool '{Label}' is already at layout version {from}; nothing to upgrade");
+        if (to < from)
+            throw new InvalidRequestException($"pool '{Label}' is at layout version {from}; a pool is never downgraded (requested {to})");
+        var actions = new List<UpgradePlanAction>();
+        int index = 0;
+        long moveBytes = 0;
+        foreach (var f in cat.Chain(from, to))
+        {
+            var est = f.Action?.Estimate(this) ?? ActionEstimate.None;
+            moveBytes += est.FreeBytesNeeded;
+            actions.Add(new UpgradePlanAction(index++, f.Version, f.Name, Snake(f.Class.ToString()), Snake(f.Kind.ToString()), Snake(f.Access.ToString()), est.Items, est.BytesToScan, est.BytesToMove, f.Description));
+        }
+        var pre = new List<UpgradePrecondition>();
+        string? ro = _readOnlyReason ?? _preparedReason;
+        pre.Add(new("writable", ro == null, ro == null ? "the pool is writable" : $"pool '{Label}' is read-only: {ro}"));
+        bool running = _upgradeTask is { IsCompleted: false };
+        UpgradeJobMeta? job;
+        lock (Meta.Sync)
+            job = Meta.UpgradeJob;
+        bool jobOpen = running || job?.State == UpgradeJobState.InProgress;
+        pre.Add(new("no other upgrade", !jobOpen, !jobOpen ? "no upgrade is running"
+            : $"pool '{Label}' is already upgrading ({job?.From} -> {job?.To}, job {job?.Id}); see 'strata pool get-prop {Label} upgrade_status'"));
+        string[] busy;
+        lock (_operations)
+            busy = _operations.Keys.OrderBy(k => k, StringComparer.Ordinal).ToArray();
+        pre.Add(new("no rebuild, reintegration, extension or migration", busy.Length == 0, busy.Length == 0
+            ? "no rebuild, reintegration, extension or migration is in progress"
+            : $"pool '{Label}' has {string.Join(" and ", busy)} in progress; an upgrade needs a stable pool; retry when it completes"));
+        string compat;
+        lock (Meta.Sync)
+            compat = Meta.Props.GetValueOrDefault("compatibility", "off");
+        uint? limit = cat.CompatibilityLimit(compat);
+        bool compatOk = limit == null || to <= limit;
+        pre.Add(new("compatibility", compatOk, compatOk
+            ? $"compatibility={compat} allows layout {to}"
+            : $"pool '{Label}' has compatibility={compat}, which allows layouts up to {limit}; upgrading to {to} would make it unreadable to that release; change the property first ('strata pool set-prop {Label} compatibility off')"));
+        long free = Shards.Min(s => s.Allocator.FreeBytes);
+        bool spaceOk = moveBytes == 0 || moveBytes <= free;
+        pre.Add(new("free space", spaceOk, moveBytes == 0
+            ? "no action moves data"
+            : spaceOk ? $"data movement needs {moveBytes} bytes per target; the fullest target has {free} free"
+            : $"no space left in pool '{Label}' for the upgrade: data movement needs {moveBytes} bytes per target, the fullest target has {free} free"));
+        return new UpgradePlan(Label, from, to, actions, pre, DryRun: true, JobId: null);
+    }
+
+    /// <summary>Starts the job runner when the pool was opened with a job in progress (crash, kill or clean stop mid-job).</summary>
+    internal void ResumeUpgradeIfNeeded()
+    {
+        UpgradeJobMeta? job;
+        lock (Meta.Sync)
+            job = Meta.UpgradeJob;
+        if (job is not { State: UpgradeJobState.InProgress } || State != PoolStatus.Ready)
+            return;
+        Ras.Emit(new RasEvent(RasIds.PoolUpgradeResumed, RasSeverity.Notice, RasType.StateChange,
+            $"pool '{Label}' upgrade {job.From} -> {job.To} (job {job.Id}) resumed at action {job.Action}", Pool: Label));
+        StartUpgradeRunner();
+    }
+
+    private void StartUpgradeRunner()
+    {
+        lock (_operations)
+            _upgradeTask = Task.Run(() => RunJobAsync(_upgradeStop.Token));
+    }
+
+    private async Task StopUpgradeRunnerAsync()
+    {
+        await _upgradeStop.CancelAsync().ConfigureAwait(false);
+        var t = _upgradeTask;
+        if (t != null)
+            await t.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+    }
+
+    /// <summary>Waits until the running job (if any) stops: completed, failed, or stopped by a close.</summary>
+    public async Task WaitForUpgradeAsync(CancellationToken ct = default)
+    {
+        var t = _upgradeTask;
+        if (t != null)
+            await t.WaitAsync(ct).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+    }
+
+    /// <summary>
+    /// Runs the job's remaining actions in catalog order. Consecutive quiesce actions of one version
+    /// commit in one log batch with the job's cursor and, after a version's last action, the layout
+    /// switch (record 35), while metadata changes wait (image I/O continues: nothing it does depends on
+    /// a metadata-only feature): that batch is the only time the pool is partly unavailable. Every step is idempotent, so a crash anywhere resumes by re-running the
+    /// step whose cursor was not yet durable.
+    /// </summary>
+    private async Task RunJobAsync(CancellationToken stop)
+    {
+        UpgradeJobMeta job;
+        lock (Meta.Sync)
+            job = Meta.UpgradeJob!;
+        var cat = Catalog;
+        var chain = cat.Chain(job.From, job.To);
+        var run = new UpgradeRun(job.Id);
+        foreach (var f in chain.Skip((int)job.Action))
+        {
+            var est = f.Action?.Estimate(this) ?? ActionEstimate.None;
+            run.ItemsTotal += est.Items;
+            run.BytesTotal += est.BytesToScan + est.BytesToMove;
+        }
+        _run = run;
+        int index = 0;
+        try
+        {
+            for (uint v = job.From + 1; v <= job.To; v++)
+            {
+                var window = new List<(int Index, LayoutFeature Feature)>();
+                foreach (var f in cat[v].Features)
+                {
+                    int i = index++;
+                    if (i < job.Action)
+                        continue;
+                    ulong cursor = i == job.Action ? job.Cursor : 0;
+                    if (f.Access == ActionAccess.Quiesce)
+                    {
+                        window.Add((i, f));
+                        continue;
+                    }
+                    await CommitQuiescedAsync(job, window, null, run, stop).ConfigureAwait(false);
+                    window.Clear();
+                    await RunUnquiescedAsync(job, i, f, cursor, run, stop).ConfigureAwait(false);
+                }
+                await CommitQuiescedAsync(job, window, v, run, stop).ConfigureAwait(false);
+            }
+            run.Current = null;
+            await StepDelayAsync(stop).ConfigureAwait(false);
+            await Log.CommitAsync(MetaRecords.UpgradeJobEnd(job.Id, UpgradeJobState.Completed, null)).ConfigureAwait(false);
+            // The checkpoint rewrites every header with the new layout and without bit 62.
+            await Log.CheckpointAsync().ConfigureAwait(false);
+            run.Stop();
+            Ras.Emit(new RasEvent(RasIds.PoolUpgradeCompleted, RasSeverity.Notice, RasType.StateChange,
+                $"pool '{Label}' upgraded {job.From} -> {job.To} (job {job.Id}); longest pause {run.LongestPauseMs:0.###} ms", Pool: Label));
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+            // The pool is closing: the job stays in progress and resumes at the next open.
+            run.Stop();
+        }
+        catch (Exception e) when (State == PoolStatus.Ready && e is not ObjectDisposedException)
+        {
+            run.Stop();
+            string reason = e.Message;
+            try
+            {
+                await Log.CommitAsync(MetaRecords.UpgradeJobEnd(job.Id, UpgradeJobState.Failed, reason)).ConfigureAwait(false);
+                await Log.CheckpointAsync().ConfigureAwait(false);
+            }
+            catch (StoreException)
+            {
+                // The pool went read-only; the job stays in progress and resumes at the next open.
+            }
+            Ras.Emit(new RasEvent(RasIds.PoolUpgradeFailed, RasSeverity.Error, RasType.StateChange,
+                $"pool '{Label}' upgrade {job.From} -> {job.To} (job {job.Id}) failed: {reason}; run 'strata pool upgrade {Label}' to retry", Pool: Label));
+        }
+        catch (Exception)
+        {
+            // The pool went read-only or closed under the job: it resumes at the next open.
+            run.Stop();
+        }
+    }
+
+    private async Task CommitQuiescedAsync(UpgradeJobMeta job, List<(int Index, LayoutFeature Feature)> window, uint? switchTo,
+        UpgradeRun run, CancellationToken stop)
+    {
+        bool needSwitch = switchTo is { } v && LayoutVersion < v;
+        if (window.Count == 0 && !needSwitch)
+            return;
+        await StepDelayAsync(stop).ConfigureAwait(false);
+        stop.ThrowIfCancellationRequested();
+        await MetaLock.WaitAsync(stop).ConfigureAwait(false);
+        try
+        {
+            // Metadata changes wait on MetaLock for this one log batch; image I/O goes on (nothing it
+            // does depends on a metadata-only feature), so this is the whole unavailability window.
+            long start = Stopwatch.GetTimestamp();
+            {
+                var records = new List<MetaRecord>();
+                foreach (var (i, f) in window)
+                {
+                    run.Current = f.Name;
+                    var ctx = NewContext(job, i, f, run);
+                    if (f.Action != null)
+                        await f.Action.RunAsync(ctx, i == job.Action ? job.Cursor : 0, stop).ConfigureAwait(false);
+                    records.AddRange(ctx.Proposed);
+                    records.Add(MetaRecords.UpgradeJobCursor(job.Id, (uint)i + 1, 0));
+                }
+                if (needSwitch)
+                {
+                    var (c, r, inc) = Catalog.FeatureWords(switchTo!.Value);
+                    records.Add(MetaRecords.LayoutSet(switchTo.Value, c, r, inc));
+                }
+                await Log.CommitManyAsync(records).ConfigureAwait(false);
+            }
+            run.RecordPause(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+        }
+        finally
+        {
+            MetaLock.Release();
+        }
+    }
+
+    /// <summary>Online and exclusive actions: they commit as they go and save their own cursor.</summary>
+    private async Task RunUnquiescedAsync(UpgradeJobMeta job, int index, LayoutFeature f, ulong cursor, UpgradeRun run, CancellationToken stop)
+    {
+        await StepDelayAsync(stop).ConfigureAwait(false);
+        stop.ThrowIfCancellationRequested();
+        run.Current = f.Name;
+        var ctx = NewContext(job, index, f, run);
+        if (f.Access == ActionAccess.Online)
+        {
+            if (f.Action != null)
+                await f.Action.RunAsync(ctx, cursor, stop).ConfigureAwait(false);
+            await Log.CommitManyAsync([.. ctx.Proposed, MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
+            return;
+        }
+        // Exclusive: drain metadata changes, refuse new ones and all image I/O, revoke open handles.
+        string reason = $"pool is upgrading ({LayoutVersion} -> {f.Version}); retry when it completes";
+        await MetaLock.WaitAsync(stop).ConfigureAwait(false);
+        PoolGate.Closure closure;
+        try
+        {
+            _exclusiveReason = reason;
+            closure = await Gate.CloseAsync(reason, stop).ConfigureAwait(false);
+        }
+        catch
+        {
+            _exclusiveReason = null;
+            throw;
+        }
+        finally
+        {
+            MetaLock.Release();
+        }
+        long start = Stopwatch.GetTimestamp();
+        try
+        {
+            await RevokeHandlesAsync(reason).ConfigureAwait(false);
+            if (f.Action != null)
+                await f.Action.RunAsync(ctx, cursor, stop).ConfigureAwait(false);
+            await Log.CommitManyAsync([.. ctx.Proposed, MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
+        }
+        finally
+        {
+            _exclusiveReason = null;
+            closure.Dispose();
+            run.RecordPause(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+        }
+    }
+
+    private UpgradeContext NewContext(UpgradeJobMeta job, int index, LayoutFeature f, UpgradeRun run) =>
+        new(this, f,
+            cursor => Log.CommitAsync(MetaRecords.UpgradeJobCursor(job.Id, (uint)index, cursor)),
+            (items, bytes) =>
+            {
+                Interlocked.Add(ref run.ItemsDone, items);
+                Interlocked.Add(ref run.BytesDone, bytes);
+            });
+
+    /// <summary>Revokes every open handle (NBD connections) before an exclusive action; clients reconnect after it.</summary>
+    private async Task RevokeHandlesAsync(string reason) => await RevokeClientsAsync(reason).ConfigureAwait(false);
+
+    private Task StepDelayAsync(CancellationToken stop) =>
+        _engine.Options.UpgradeStepDelay > TimeSpan.Zero ? Task.Delay(_engine.Options.UpgradeStepDelay, stop) : Task.CompletedTask;
+
+    /// <summary>
+    /// `system prepare`: drains I/O and metadata changes, refuses writes from now on, and
+    /// checkpoints so the log holds no record: a different software version started on these
+    /// devices replays nothing this one wrote. Cancel reopens writes.
+    /// </summary>
+    public async Task<long> PrepareAsync()
+    {
+        await MetaLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            ThrowIfNotLoggable();
+            if (_upgradeTask is { IsCompleted: false })
+                throw new BusyException($"pool '{Label}' is upgrading; prepare after the upgrade completes");
+            using (await Gate.CloseAsync(null).ConfigureAwait(false))
+            {
+                _preparedReason = "the engine is prepared for a software change; run 'strata system prepare --cancel' to accept writes again";
+                await Log.CheckpointAsync().ConfigureAwait(false);
+            }
+            return Log.Used;
+        }
+        finally
+        {
+            MetaLock.Release();
+        }
+    }
+
+    public void CancelPrepare() => _preparedReason = null;
+
+    public bool Prepared => _preparedReason != null;
+
+    /// <summary>Bytes of log records a reopen would replay now.</summary>
+    public long LogBytes => Log.Used;
+
+    /// <summary>In-memory progress of the job running in this process.</summary>
+    private sealed class UpgradeRun(ulong jobId)
+    {
+        private readonly Stopwatch _clock = Stopwatch.StartNew();
+        private double _longestPause;
+
+        public ulong JobId { get; } = jobId;
+        public long ItemsTotal;
+        public long BytesTotal;
+        public long ItemsDone;
+        public long BytesDone;
+
+        public volatile string? Current;
+
+        public TimeSpan Elapsed => _clock.Elapsed;
+
+        public double? LongestPauseMs => _longestPause > 0 ? _longestPause : null;
+
+        public void RecordPause(double ms)
+        {
+            if (ms > _longestPause)
+                _longestPause = ms;
+        }
+
+        public void Stop() => _clock.Stop();
+    }
+}

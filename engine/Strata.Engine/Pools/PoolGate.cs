@@ -1,0 +1,113 @@
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Pools;
+
+/// <summary>
+/// The pool's I/O barrier (Lustre's barrier_freeze for one pool): every image
+/// operation passes through it, and an upgrade step or `system prepare` closes it
+/// to drain what is in flight. Closed in pause mode, new operations wait until it
+/// reopens; closed in refuse mode (an exclusive upgrade action), they fail at
+/// once with the refusal. The open path is two interlocked operations and no
+/// allocation.
+/// </summary>
+internal sealed class PoolGate
+{
+    private readonly Lock _sync = new();
+    private int _active;
+    private volatile TaskCompletionSource? _closed;
+    private volatile TaskCompletionSource? _drained;
+    private volatile string? _refusal;
+
+    /// <summary>Operations inside the gate now.</summary>
+    public int Active => Volatile.Read(ref _active);
+
+    public bool IsClosed => _closed != null;
+
+    public ValueTask<Ticket> EnterAsync()
+    {
+        while (true)
+        {
+            if (_refusal is { } r)
+                throw new PoolBusyException(r);
+            var closed = _closed;
+            if (closed != null)
+                return WaitThenEnterAsync(closed);
+            Interlocked.Increment(ref _active);
+            if (_closed == null)
+                return new ValueTask<Ticket>(new Ticket(this));
+            // Raced with a close: step back out (maybe completing its drain) and wait.
+            Exit();
+        }
+    }
+
+    private async ValueTask<Ticket> WaitThenEnterAsync(TaskCompletionSource closed)
+    {
+        await closed.Task.ConfigureAwait(false);
+        return await EnterAsync().ConfigureAwait(false);
+    }
+
+    private void Exit()
+    {
+        if (Interlocked.Decrement(ref _active) == 0 && _closed != null)
+            _drained?.TrySetResult();
+    }
+
+    /// <summary>Closes the gate and waits until nothing is inside; dispose the result to reopen.</summary>
+    public async Task<Closure> CloseAsync(string? refusal, CancellationToken ct = default)
+    {
+        TaskCompletionSource drained;
+        lock (_sync)
+        {
+            if (_closed != null)
+                throw new InvalidOperationException("the pool gate is already closed");
+            drained = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _drained = drained;
+            _refusal = refusal;
+            _closed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+        if (Volatile.Read(ref _active) == 0)
+            drained.TrySetResult();
+        var closure = new Closure(this);
+        try
+        {
+            await drained.Task.WaitAsync(ct).ConfigureAwait(false);
+        }
+        catch
+        {
+            closure.Dispose();
+            throw;
+        }
+        return closure;
+    }
+
+    private void Open()
+    {
+        TaskCompletionSource? closed;
+        lock (_sync)
+        {
+            closed = _closed;
+            _refusal = null;
+            _drained = null;
+            _closed = null;
+        }
+        closed?.TrySetResult();
+    }
+
+    /// <summary>One operation inside the gate.</summary>
+    public readonly struct Ticket(PoolGate gate) : IDisposable
+    {
+        public void Dispose() => gate.Exit();
+    }
+
+    /// <summary>The gate held closed; disposing reopens it.</summary>
+    public sealed class Closure(PoolGate gate) : IDisposable
+    {
+        private int _done;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _done, 1) == 0)
+                gate.Open();
+        }
+    }
+}

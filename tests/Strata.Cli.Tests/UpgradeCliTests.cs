@@ -1,0 +1,229 @@
+using System.Security.Cryptography;
+using System.Text.Json;
+using Strata.Engine.Control;
+
+namespace Strata.Cli.Tests;
+
+/// <summary>
+/// Pool upgrade as an operator meets it: the real engine process and the strata CLI, with
+/// kill -9 and clean stops in the middle of a job, and the same binary playing the older
+/// release (hidden --max-layout 1) for the downgrade cases.
+/// </summary>
+[TestClass]
+public sealed class UpgradeCliTests
+{
+    private static async Task<(EngineProcess Engine, StrataCli Cli, string Dir)> StartAsync(string tag, params string[] extra)
+    {
+        string dir = Bin.NewTempDir(tag);
+        var e = await EngineProcess.StartAsync(dir, extra);
+        return (e, new StrataCli(e.Socket), dir);
+    }
+
+    /// <summary>A layout-1 pool with a container, two images and data; returns the images' SHA-256 as `image read` prints them.</summary>
+    private static async Task<string[]> Layout1PoolAsync(StrataCli cli)
+    {
+        await cli.OkAsync("pool", "create", "tank", "--size", "64M", "--rf", "2", "--layout", "1");
+        await cli.OkAsync("cont", "create", "tank", "c");
+        await cli.OkAsync("image", "create", "tank", "c", "a", "--size", "1M");
+        await cli.OkAsync("image", "create", "tank", "c", "b", "--size", "300K");
+        await cli.OkAsync("image", "write", "tank", "c", "a", "--offset", "4097", "--pattern", "171", "--length", "200000");
+        await cli.OkAsync("image", "write", "tank", "c", "b", "--offset", "0", "--pattern", "7", "--length", "307200");
+        return await HashesAsync(cli);
+    }
+
+    private static async Task<string[]> HashesAsync(StrataCli cli) =>
+    [
+        (await cli.OkAsync("image", "read", "tank", "c", "a", "--offset", "0", "--length", "1048576")).Trim(),
+        (await cli.OkAsync("image", "read", "tank", "c", "b", "--offset", "0", "--length", "307200")).Trim(),
+    ];
+
+    private static async Task<Dictionary<string, string>> PropsAsync(StrataCli cli) =>
+        (await cli.JsonAsync<List<PropertyDto>>("pool", "get-prop", "tank")).ToDictionary(p => p.Name, p => p.Value);
+
+    private static async Task<string> WaitForStatusAsync(StrataCli cli, Func<string, bool> done)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        string s = "";
+        while (DateTime.UtcNow < deadline)
+        {
+            s = (await PropsAsync(cli))["upgrade_status"];
+            if (done(s))
+                return s;
+            await Task.Delay(100);
+        }
+        throw new AssertFailedException($"upgrade_status still '{s}' after 60 s");
+    }
+
+    private static string TargetsSha(string dir) =>
+        string.Join(",", Directory.GetFiles(dir, "target*.img").Order(StringComparer.Ordinal)
+            .Select(f =>
+            {
+                using var s = File.OpenRead(f);
+                return Convert.ToHexString(SHA256.HashData(s));
+            }));
+
+    [TestMethod]
+    public async Task Upgrade_EndToEnd_ListDryRunGatingWaitAndProperties()
+    {
+        var (engine, cli, dir) = await StartAsync("upg");
+        await using (engine)
+        {
+            var hashes = await Layout1PoolAsync(cli);
+            StringAssert.Matches(await cli.OkAsync("pool", "list"), new System.Text.RegularExpressions.Regex(@"tank .* 1->2\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
+            StringAssert.Contains(await cli.OkAsync("pool", "query", "tank"), "Pool layout out of date (1 < 2) -- see 'strata pool upgrade' for details.");
+
+            string list = await cli.OkAsync("pool", "upgrade", "--list");
+            StringAssert.Contains(list, "This engine supports layout versions 1..2");
+            StringAssert.Matches(list, new System.Text.RegularExpressions.Regex(@"^2 +yes +container_compression +incompat +metadata_only", System.Text.RegularExpressions.RegexOptions.Multiline));
+            StringAssert.Matches(list, new System.Text.RegularExpressions.Regex(@"^4 +no +placement_v2 +incompat +data_movement", System.Text.RegularExpressions.RegexOptions.Multiline));
+            await cli.FailsAsync(2, "pool", "upgrade", "tank", "--list");
+
+            // Gating before the upgrade, with the message the issue names.
+            Assert.AreEqual("strata: container property 'compression' needs pool layout 2 (pool is at 1); run 'strata pool upgrade'",
+                await cli.FailsAsync(2, "cont", "set-prop", "tank", "c", "compression", "on"));
+
+            string dry = await cli.OkAsync("pool", "upgrade", "tank", "--dry-run");
+            StringAssert.Contains(dry, "Dry run: pool tank, layout version 1 -> 2; nothing was changed");
+            StringAssert.Contains(dry, "pool_props_v2");
+            StringAssert.Contains(dry, "[ok] no other upgrade");
+            Assert.AreEqual("not started", (await PropsAsync(cli))["upgrade_status"]);
+            StringAssert.Contains(await cli.FailsAsync(2, "pool", "upgrade", "tank", "--to", "3"), "layout version 3 (block_checksums) is not supported by this engine");
+
+            string waited = await cli.OkAsync("pool", "upgrade", "tank", "--wait");
+            StringAssert.Contains(waited, "Upgrading tank from layout version 1 to 2 (job 1)");
+            StringAssert.Contains(waited, "Upgrade completed; pool tank is at layout version 2 (longest pause");
+            var props = await PropsAsync(cli);
+            Assert.AreEqual(("2", "completed", "2", "off", "lazy"), (props["layout_version"], props["upgrade_status"], props["upgrade_target"], props["scrub"], props["reclaim"]));
+            StringAssert.StartsWith(props["upgrade_progress"], "2/2 actions");
+            CollectionAssert.AreEqual(hashes, await HashesAsync(cli));
+            StringAssert.Matches(await cli.OkAsync("pool", "list"), new System.Text.RegularExpressions.Regex(@"tank .* None\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
+            Assert.DoesNotContain("out of date", await cli.OkAsync("pool", "query", "tank"));
+            StringAssert.Contains(await cli.FailsAsync(2, "pool", "upgrade", "tank"), "already at layout version 2");
+
+            // The old container stays without the feature; a new one has it.
+            StringAssert.Contains(await cli.FailsAsync(2, "cont", "set-prop", "tank", "c", "compression", "on"), "was created at pool layout 1");
+            await cli.OkAsync("cont", "create", "tank", "c2");
+            await cli.OkAsync("cont", "set-prop", "tank", "c2", "compression", "on");
+
+            string events = await cli.OkAsync("system", "events");
+            StringAssert.Contains(events, "pool_upgrade_started");
+            StringAssert.Contains(events, "pool_upgrade_completed");
+        }
+        Directory.Delete(dir, recursive: true);
+    }
+
+    [TestMethod]
+    public async Task KilledOrStoppedMidJob_ResumesAfterRestart_WithDataIntact()
+    {
+        var rng = new Random(20261121);
+        // Three kill -9 at random points, then one clean stop, each during a slowed-down job.
+        foreach (string how in new[] { "kill", "kill", "kill", "stop" })
+        {
+            var (engine, cli, dir) = await StartAsync("upgkill", "--upgrade-step-delay-ms", "1500");
+            string[] hashes;
+            await using (engine)
+            {
+                hashes = await Layout1PoolAsync(cli);
+                StringAssert.Contains(await cli.OkAsync("pool", "upgrade", "tank"), "Upgrading tank from layout version 1 to 2");
+                if (how == "kill")
+                {
+                    // The job has two slowed steps (the quiesced commit, then the end record): land anywhere in them.
+                    await Task.Delay(rng.Next(0, 2500));
+                    Bin.Signal(engine.Pid, 9);
+                    await engine.WaitForExitAsync(TimeSpan.FromSeconds(20));
+                }
+                else
+                {
+                    await cli.OkAsync("system", "stop");
+                }
+            }
+            var (again, cli2, _) = await RestartAsync(dir);
+            await using (again)
+            {
+                Assert.AreEqual("completed", await WaitForStatusAsync(cli2, s => s != "in progress"), how);
+                Assert.AreEqual("2", (await PropsAsync(cli2))["layout_version"]);
+                CollectionAssert.AreEqual(hashes, await HashesAsync(cli2), how);
+                string events = await cli2.OkAsync("system", "events");
+                StringAssert.Contains(events, "pool_upgrade_resumed", how);
+                StringAssert.Contains(events, "pool_upgrade_completed", how);
+            }
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    private static async Task<(EngineProcess, StrataCli, string)> RestartAsync(string dir, params string[] extra)
+    {
+        var e = await EngineProcess.StartAsync(dir, extra);
+        return (e, new StrataCli(e.Socket), dir);
+    }
+
+    [TestMethod]
+    public async Task OlderRelease_OpensPoolNotUpgraded_RefusesUpgradedOneWithRasAndUnchangedBytes()
+    {
+        // Small targets (a config file), so hashing them stays cheap.
+        string dir = Bin.NewTempDir("upgold");
+        string cfg = Path.Combine(dir, "strata.yaml");
+        File.WriteAllText(cfg, $"""
+            targets:
+              - file:{dir}/target0.img?create=1&size=192M
+              - file:{dir}/target1.img?create=1&size=192M
+            """);
+        var engine = await EngineProcess.StartAsync(dir, "--config", cfg);
+        var cli = new StrataCli(engine.Socket);
+        string[] hashes;
+        await using (engine)
+        {
+            hashes = await Layout1PoolAsync(cli);
+            await cli.OkAsync("system", "stop");
+        }
+        // The older release opens the pool that newer software ran on without upgrading it.
+        var (old, oldCli, _) = await RestartAsync(dir, "--config", cfg, "--max-layout", "1");
+        await using (old)
+        {
+            var pools = await oldCli.JsonAsync<List<PoolListEntry>>("pool", "list");
+            Assert.AreEqual(("ready", 1u, (string?)null), (pools.Single().State, pools.Single().LayoutVersion, pools.Single().UpgradeNeeded));
+            CollectionAssert.AreEqual(hashes, await HashesAsync(oldCli));
+            StringAssert.Contains(await oldCli.OkAsync("pool", "upgrade", "--list"), "This engine supports layout versions 1..1");
+            await oldCli.OkAsync("system", "stop");
+        }
+        var (newer, newCli, _) = await RestartAsync(dir, "--config", cfg);
+        await using (newer)
+        {
+            StringAssert.Contains(await newCli.OkAsync("pool", "upgrade", "tank", "--wait"), "Upgrade completed");
+            await newCli.OkAsync("system", "stop");
+        }
+        string sha = TargetsSha(dir);
+        var (old2, oldCli2, _) = await RestartAsync(dir, "--config", cfg, "--max-layout", "1");
+        await using (old2)
+        {
+            var p = (await oldCli2.JsonAsync<List<PoolListEntry>>("pool", "list")).Single();
+            Assert.AreEqual("incompatible layout", p.State);
+            string err = await oldCli2.FailsAsync(1, "pool", "query", "tank");
+            StringAssert.Contains(err, "incompatible layout version: 2 larger than 1");
+            StringAssert.Contains(await oldCli2.OkAsync("system", "events"), "pool_durable_format_incompatible");
+            await oldCli2.OkAsync("system", "stop");
+        }
+        Assert.AreEqual(sha, TargetsSha(dir), "the older release wrote nothing to the targets");
+        Directory.Delete(dir, recursive: true);
+    }
+
+    [TestMethod]
+    public async Task SystemPrepare_EmptiesEveryLog_RefusesWrites_CancelReopens()
+    {
+        var (engine, cli, dir) = await StartAsync("prep");
+        await using (engine)
+        {
+            await Layout1PoolAsync(cli);
+            var prepared = await cli.JsonAsync<List<PreparedPoolDto>>("system", "prepare");
+            Assert.AreEqual(("tank", 0L, true), (prepared.Single().Pool, prepared.Single().LogBytes, prepared.Single().Prepared));
+            string err = await cli.FailsAsync(1, "image", "write", "tank", "c", "a", "--offset", "0", "--pattern", "1", "--length", "10");
+            StringAssert.Contains(err, "prepared for a software change");
+            await cli.OkAsync("image", "read", "tank", "c", "a", "--offset", "0", "--length", "10");
+            StringAssert.Contains(await cli.OkAsync("system", "events"), "system_prepared");
+            var cancelled = await cli.JsonAsync<List<PreparedPoolDto>>("system", "prepare", "--cancel");
+            Assert.IsFalse(cancelled.Single().Prepared);
+            await cli.OkAsync("image", "write", "tank", "c", "a", "--offset", "0", "--pattern", "1", "--length", "10");
+        }
+        Directory.Delete(dir, recursive: true);
+    }
+}
