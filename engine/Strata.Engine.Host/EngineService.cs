@@ -230,11 +230,9 @@ public sealed class EngineService : IAsyncDisposable
         var cat = Engine.Catalog;
         return new LayoutCatalogDto(LayoutCatalog.MinSupported, cat.MaxSupported,
             cat.Versions.Select(v => new LayoutVersionDto(v.Version, v.Summary, v.Supported,
-                v.Features.Select(f => new LayoutFeatureDto(f.Name, Snake(f.Class.ToString()), f.Bit, Snake(f.Kind.ToString()), Snake(f.Access.ToString()), f.Description)).ToList())).ToList(),
+                v.Features.Select(f => new LayoutFeatureDto(f.Name, CatalogNames.Of(f.Class), f.Bit, CatalogNames.Of(f.Kind), CatalogNames.Of(f.Access), f.Description)).ToList())).ToList(),
             cat.Releases.ToDictionary(r => r.Name, r => r.MaxLayout));
     }
-
-    private static string Snake(string s) => string.Concat(s.Select((c, i) => char.IsUpper(c) && i > 0 ? "_" + char.ToLowerInvariant(c) : char.ToLowerInvariant(c).ToString()));
 
     public async Task<UpgradePlan> UpgradeAsync(string label, UpgradeRequest req)
     {

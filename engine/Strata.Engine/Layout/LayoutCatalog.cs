@@ -1,5 +1,15 @@
 namespace Strata.Engine.Layout;
 
+/// <summary>The names the API and CLI print for the catalog's enums: ro_compat, metadata_only, data_movement.</summary>
+public static class CatalogNames
+{
+    public static string Of(Enum value)
+    {
+        string s = value.ToString();
+        return string.Concat(s.Select((c, i) => char.IsUpper(c) && i > 0 ? "_" + char.ToLowerInvariant(c) : char.ToLowerInvariant(c).ToString()));
+    }
+}
+
 /// <summary>ext4/ZFS compatibility classes of a layout feature.</summary>
 public enum FeatureClass
 {

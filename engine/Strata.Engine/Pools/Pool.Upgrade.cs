@@ -77,9 +77,6 @@ public sealed partial class Pool
         _ => "not started",
     };
 
-    private static string Snake(string s) =>
-        string.Concat(s.Select((c, i) => char.IsUpper(c) && i > 0 ? "_" + char.ToLowerInvariant(c) : char.ToLowerInvariant(c).ToString()));
-
     /// <summary>Current upgrade status and progress.</summary>
     public UpgradeStatus GetUpgradeStatus()
     {
@@ -174,7 +171,7 @@ public sealed partial class Pool
         {
             var est = f.Action?.Estimate(this) ?? ActionEstimate.None;
             moveBytes += est.FreeBytesNeeded;
-            actions.Add(new UpgradePlanAction(index++, f.Version, f.Name, Snake(f.Class.ToString()), Snake(f.Kind.ToString()), Snake(f.Access.ToString()), est.Items, est.BytesToScan, est.BytesToMove, f.Description));
+            actions.Add(new UpgradePlanAction(index++, f.Version, f.Name, CatalogNames.Of(f.Class), CatalogNames.Of(f.Kind), CatalogNames.Of(f.Access), est.Items, est.BytesToScan, est.BytesToMove, f.Description));
         }
         var pre = new List<UpgradePrecondition>();
         string? ro = _readOnlyReason ?? _preparedReason;
