@@ -236,11 +236,7 @@ public static class NbdBenchmark
             fioConfig = "--ioengine=nbd " + string.Join(' ', FioArgs()),
             servers = runs.Concat(durable).Select(r => new { name = r.Server, description = r.Description, rows = r.Results }).ToArray(),
         };
-        var json = JsonSerializer.Serialize(doc, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase });
-        var dir = Path.GetDirectoryName(Path.GetFullPath(o.JsonPath!));
-        if (dir is not null)
-            Directory.CreateDirectory(dir);
-        File.WriteAllText(o.JsonPath!, json);
+        Device.DeviceBenchmark.SaveJson(o.JsonPath!, doc);
     }
 }
 

@@ -310,11 +310,7 @@ public static class StoreBenchmark
                 }).ToArray(),
             }).ToArray(),
         };
-        var json = JsonSerializer.Serialize(doc, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase });
-        var dir = Path.GetDirectoryName(Path.GetFullPath(o.JsonPath!));
-        if (dir is not null)
-            Directory.CreateDirectory(dir);
-        File.WriteAllText(o.JsonPath!, json);
+        Device.DeviceBenchmark.SaveJson(o.JsonPath!, doc);
     }
 }
 
