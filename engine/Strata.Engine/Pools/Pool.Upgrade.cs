@@ -337,24 +337,22 @@ public sealed partial class Pool
             // Metadata changes wait on MetaLock for this one log batch; image I/O goes on (nothing it
             // does depends on a metadata-only feature), so this is the whole unavailability window.
             long start = Stopwatch.GetTimestamp();
+            var records = new List<MetaRecord>();
+            foreach (var (i, f) in window)
             {
-                var records = new List<MetaRecord>();
-                foreach (var (i, f) in window)
-                {
-                    run.Current = f.Name;
-                    var ctx = NewContext(job, i, f, run);
-                    if (f.Action != null)
-                        await f.Action.RunAsync(ctx, i == job.Action ? job.Cursor : 0, stop).ConfigureAwait(false);
-                    records.AddRange(ctx.Proposed);
-                    records.Add(MetaRecords.UpgradeJobCursor(job.Id, (uint)i + 1, 0));
-                }
-                if (needSwitch)
-                {
-                    var (c, r, inc) = Catalog.FeatureWords(switchTo!.Value);
-                    records.Add(MetaRecords.LayoutSet(switchTo.Value, c, r, inc));
-                }
-                await Log.CommitManyAsync(records).ConfigureAwait(false);
+                run.Current = f.Name;
+                var ctx = NewContext(job, i, f, run);
+                if (f.Action != null)
+                    await f.Action.RunAsync(ctx, i == job.Action ? job.Cursor : 0, stop).ConfigureAwait(false);
+                records.AddRange(ctx.Proposed);
+                records.Add(MetaRecords.UpgradeJobCursor(job.Id, (uint)i + 1, 0));
             }
+            if (needSwitch)
+            {
+                var (c, r, inc) = Catalog.FeatureWords(switchTo!.Value);
+                records.Add(MetaRecords.LayoutSet(switchTo.Value, c, r, inc));
+            }
+            await Log.CommitAsync([.. records]).ConfigureAwait(false);
             run.RecordPause(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
         }
         finally
@@ -374,7 +372,7 @@ public sealed partial class Pool
         {
             if (f.Action != null)
                 await f.Action.RunAsync(ctx, cursor, stop).ConfigureAwait(false);
-            await Log.CommitManyAsync([.. ctx.Proposed, MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
+            await Log.CommitAsync([.. ctx.Proposed, MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
             return;
         }
         // Exclusive: drain metadata changes, refuse new ones and all image I/O, revoke open handles.
@@ -401,7 +399,7 @@ public sealed partial class Pool
             await RevokeHandlesAsync(reason).ConfigureAwait(false);
             if (f.Action != null)
                 await f.Action.RunAsync(ctx, cursor, stop).ConfigureAwait(false);
-            await Log.CommitManyAsync([.. ctx.Proposed, MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
+            await Log.CommitAsync([.. ctx.Proposed, MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
         }
         finally
         {

@@ -18,11 +18,6 @@ internal sealed class PoolGate
     private volatile TaskCompletionSource? _drained;
     private volatile string? _refusal;
 
-    /// <summary>Operations inside the gate now.</summary>
-    public int Active => Volatile.Read(ref _active);
-
-    public bool IsClosed => _closed != null;
-
     public ValueTask<Ticket> EnterAsync()
     {
         while (true)

@@ -81,10 +81,7 @@ internal sealed class PoolLog
     public Task CommitAsync(MetaRecord record) => Enqueue([record]);
 
     /// <summary>Commits records in one batch, in order (a crash may keep a prefix of them).</summary>
-    public Task CommitAsync(MetaRecord[] records) => Enqueue(records);
-
-    /// <summary>Commits records in one batch, in order: a crash keeps a prefix of them (every record is checked on replay).</summary>
-    public Task CommitManyAsync(IReadOnlyList<MetaRecord> records) => records.Count == 0 ? Task.CompletedTask : Enqueue([.. records]);
+    public Task CommitAsync(MetaRecord[] records) => records.Length == 0 ? Task.CompletedTask : Enqueue(records);
 
     /// <summary>Completes after a checkpoint that includes everything committed before the call.</summary>
     public Task CheckpointAsync() => Enqueue(null);
