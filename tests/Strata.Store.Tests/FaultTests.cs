@@ -87,6 +87,44 @@ public sealed class FaultTests
         await VerifyAfterReopenAsync(acked, 200_000, acked[200_000..205_000]);
     }
 
+    /// <summary>
+    /// The chunk-map record is logged while its data write runs; when the write fails the record
+    /// is voided in the log before the round's flush. Later rounds put a durable mark past it, so
+    /// replay after a crash (no clean close, no checkpoint) would apply it if it were still there.
+    /// </summary>
+    [TestMethod]
+    public async Task DataWrite_Eio_RecordVoidedInLog_ReplayAfterCrashKeepsOldData()
+    {
+        var (_, pool, img, acked, dev, ras) = await SetupAsync();
+        var shard = pool.Shards[0];
+        long start = shard.Base + shard.Header.DataOffset, end = start + shard.Header.DataLength;
+        dev.SetFaults($"fail_io=1&fail_ops=write&fail_range={start}-{end}");
+        var e = await Assert.ThrowsExactlyAsync<StoreException>(() => img.WriteAsync(100_000, TestDevices.Pattern(3000, 5)));
+        Assert.AreEqual(Errno.EIO, e.Errno);
+        Assert.IsTrue(ras.WithId(RasIds.DataWriteFailed).Any());
+        // Two more rounds: the second one's mark covers the round that held the voided record.
+        var next = TestDevices.Pattern(16384, 21);
+        await img.WriteAsync(0, next);
+        next.CopyTo(acked, 0);
+        var more = TestDevices.Pattern(16384, 22);
+        await img.WriteAsync(16384, more);
+        more.CopyTo(acked, 16384);
+        var back = new byte[3000];
+        await img.ReadAsync(100_000, back);
+        CollectionAssert.AreEqual(acked[100_000..103_000], back, "the failed write changed the chunk in memory");
+        // Crash: the device goes away under the engine (no checkpoint, no clean stop); reopen replays the log.
+        dev.Dispose();
+        using var again = Open("t0");
+        var ras2 = new InMemoryRasSink();
+        var engine2 = await StorageEngine.OpenAsync([again], new StorageEngineOptions { Ras = ras2 });
+        var pool2 = await engine2.OpenPoolAsync("tank");
+        var all = new byte[acked.Length];
+        await pool2.OpenImage("c", "v").ReadAsync(0, all);
+        CollectionAssert.AreEqual(acked, all, "replay applied the voided record or lost acknowledged data");
+        Assert.IsFalse(ras2.WithId(RasIds.DataUnrecoverable).Any());
+        await engine2.DisposeAsync();
+    }
+
     [TestMethod]
     public async Task LogWrite_Eio_PoolReadOnlyWithRasAndAcknowledgedDataKept()
     {
@@ -128,7 +166,6 @@ public sealed class FaultTests
         Assert.AreEqual(PoolStatus.ReadOnly, pool.State);
         Assert.IsTrue(ras.WithId(RasIds.PoolReadOnly).Any());
         // The device would now flush fine; the pool must still refuse to claim durability.
-        dev.SetFaults("");
         Assert.ThrowsExactly<PoolReadOnlyException>(() => img.FlushAsync());
         await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(50_000, data));
         Assert.ThrowsExactly<PoolReadOnlyException>(() => img.FlushAsync());

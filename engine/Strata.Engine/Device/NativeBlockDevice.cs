@@ -52,6 +52,13 @@ public sealed record DeviceOptions
     /// </summary>
     public IReadOnlyList<int>? PollerCpus { get; init; }
 
+    /// <summary>
+    /// Polling threads shared with other devices (null: this device gets <see cref="Pollers"/> threads of
+    /// its own). With a group, <see cref="Pollers"/> is the number of queue pairs, each attached to the
+    /// group's next thread, and the thread settings (spin, busy-poll, wait slice, CPUs) are the group's.
+    /// </summary>
+    public PollerGroup? Group { get; init; }
+
     public static DeviceOptions Default { get; } = new();
 }
 
@@ -86,9 +93,35 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
                     int rc = StrataIo.sio_qpair_register_region(qp.DangerousGetHandle(), (void*)_pool.Arena.Base, (ulong)_pool.Arena.Length);
                     RegisteredArena = rc == 0;
                 }
-                int? cpu = options.PollerCpus is { Count: > 0 } cpus ? cpus[i % cpus.Count] : null;
-                _pollers[i] = new DevicePoller(qp, depth, $"strata-poll-{i}", options.IdleSpinIterations, Math.Clamp(options.CompletionBatch, 1, depth),
-                    options.BusyPollMicros, options.WaitSliceMicros, (geometry.Features & DeviceFeatures.CompletionDetail) != 0, cpu);
+                var completionBatch = Math.Clamp(options.CompletionBatch, 1, depth);
+                bool detail = (geometry.Features & DeviceFeatures.CompletionDetail) != 0;
+                if (options.Group is { } group)
+                {
+                    try
+                    {
+                        _pollers[i] = new DevicePoller(qp, depth, completionBatch, detail, group.Next(), ownsThread: false);
+                    }
+                    catch
+                    {
+                        qp.Dispose();
+                        throw;
+                    }
+                }
+                else
+                {
+                    int? cpu = options.PollerCpus is { Count: > 0 } cpus ? cpus[i % cpus.Count] : null;
+                    var thread = new PollerThread($"strata-poll-{i}", options.IdleSpinIterations, options.BusyPollMicros, options.WaitSliceMicros, cpu);
+                    try
+                    {
+                        _pollers[i] = new DevicePoller(qp, depth, completionBatch, detail, thread, ownsThread: true);
+                    }
+                    catch
+                    {
+                        thread.Stop();
+                        qp.Dispose();
+                        throw;
+                    }
+                }
             }
         }
         catch

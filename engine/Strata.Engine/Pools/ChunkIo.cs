@@ -161,32 +161,56 @@ internal static class ChunkIo
                     throw new NoSpaceException($"no space left in pool '{pool.Label}': target {t} has no free {cs}-byte extent for image '{meta.Label}' at offset {index * cs}");
                 replicas[allocated] = new Replica((ushort)t, off, crc);
             }
-            try
-            {
-                if (rf == 1)
-                    await pool.Shards[replicas[0].Target].WriteDataAsync(replicas[0].Offset, chunk).ConfigureAwait(false);
-                else
-                    await Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].WriteDataAsync(r.Offset, chunk).AsTask())).ConfigureAwait(false);
-            }
-            catch (DeviceException e)
-            {
-                pool.Ras.Emit(new RasEvent(RasIds.DataWriteFailed, RasSeverity.Error, RasType.InfoOnly,
-                    $"pool '{pool.Label}' image '{meta.Label}' write at offset {index * cs + within} failed: {e.Message}",
-                    Pool: pool.Label, Image: meta.Label, Device: e.Device, Offset: index * cs + within));
-                throw new StoreException(Errno.EIO, $"write to pool '{pool.Label}' image '{meta.Label}' at offset {index * cs + within} failed: {e.Message}", e);
-            }
         }
         catch
         {
-            for (int i = 0; i < allocated; i++)
-                pool.Shards[replicas[i].Target].Allocator.Free(replicas[i].Offset, cs);
+            FreeReplicas(pool, replicas, allocated, cs);
             throw;
         }
-        // The data writes have completed (not yet durable): the commit's flush, issued
-        // after this call, covers them and the record alike. A crash may keep the record
-        // and lose the data; replay checks the data of records past the last durable mark
-        // (PoolOpener). On failure the record may or may not be durable, so the extents
-        // stay allocated.
-        await pool.Log.CommitAsync(MetaRecords.ChunkMap(meta.Id, index, replicas)).ConfigureAwait(false);
+        // The record is logged while the data writes run; the commit round's flush waits for
+        // them and covers both (PoolLog.CommitAfterAsync). A crash may keep the record and lose
+        // the data: replay checks the data of records past the last durable mark (PoolOpener).
+        Task data = rf == 1
+            ? pool.Shards[replicas[0].Target].WriteDataAsync(replicas[0].Offset, chunk).AsTask()
+            : Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].WriteDataAsync(r.Offset, chunk).AsTask()));
+        Task commit;
+        try
+        {
+            commit = pool.Log.CommitAfterAsync(MetaRecords.ChunkMap(meta.Id, index, replicas), data);
+        }
+        catch
+        {
+            // Not enqueued (the pool cannot log): the extents are reusable once the writes are done.
+            try
+            {
+                await data.ConfigureAwait(false);
+            }
+            catch (DeviceException)
+            {
+            }
+            FreeReplicas(pool, replicas, rf, cs);
+            throw;
+        }
+        try
+        {
+            await commit.ConfigureAwait(false);
+        }
+        catch (DeviceException e) when (data.IsFaulted)
+        {
+            // The data writes failed and the record was voided in the log before its round's flush:
+            // nothing refers to the new extents.
+            FreeReplicas(pool, replicas, rf, cs);
+            pool.Ras.Emit(new RasEvent(RasIds.DataWriteFailed, RasSeverity.Error, RasType.InfoOnly,
+                $"pool '{pool.Label}' image '{meta.Label}' write at offset {index * cs + within} failed: {e.Message}",
+                Pool: pool.Label, Image: meta.Label, Device: e.Device, Offset: index * cs + within));
+            throw new StoreException(Errno.EIO, $"write to pool '{pool.Label}' image '{meta.Label}' at offset {index * cs + within} failed: {e.Message}", e);
+        }
+        // Any other failure: the record may or may not be durable, so the extents stay allocated.
+    }
+
+    private static void FreeReplicas(Pool pool, Replica[] replicas, int count, int cs)
+    {
+        for (int i = 0; i < count; i++)
+            pool.Shards[replicas[i].Target].Allocator.Free(replicas[i].Offset, cs);
     }
 }

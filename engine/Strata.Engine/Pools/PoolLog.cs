@@ -22,7 +22,18 @@ namespace Strata.Engine.Pools;
 internal sealed class PoolLog
 {
     /// <summary>Records committed together (null: a checkpoint request).</summary>
-    private sealed record Pending(MetaRecord[]? Records, TaskCompletionSource Done);
+    private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null)
+    {
+        public MetaRecord[]? Records { get; } = Records;
+        public TaskCompletionSource Done { get; } = Done;
+        /// <summary>The data writes of the (single) chunk-map record, still running when it was enqueued.</summary>
+        public Task? Data { get; } = Data;
+        /// <summary>Where the record sits in its round's log buffer, and its sequence (to void it).</summary>
+        public int Pos, Length;
+        public ulong Seq;
+        /// <summary>Why the data writes failed: the record was voided (a pad in its place).</summary>
+        public Exception? DataError;
+    }
 
     private readonly Pool _pool;
     private readonly Channel<Pending> _queue = Channel.CreateUnbounded<Pending>(new UnboundedChannelOptions { SingleReader = true });
@@ -80,13 +91,23 @@ internal sealed class PoolLog
     /// </summary>
     public Task CommitAsync(MetaRecord record) => Enqueue([record]);
 
+    /// <summary>
+    /// Commits a chunk-map record whose data writes (<paramref name="data"/>) may still be running:
+    /// the log write goes ahead at once and the round's flush waits for them, so a write costs one
+    /// device round trip less. If they fail, the record is voided (a pad takes its place in the log
+    /// before the round's flush) and this throws their exception; its extents may then be freed.
+    /// A crash before that flush may keep the record but not the data: replay verifies records past
+    /// the last durable mark (PoolOpener), as for any record of the tail.
+    /// </summary>
+    public Task CommitAfterAsync(MetaRecord record, Task data) => Enqueue([record], data);
+
     /// <summary>Commits records in one batch, in order (a crash may keep a prefix of them).</summary>
     public Task CommitAsync(MetaRecord[] records) => records.Length == 0 ? Task.CompletedTask : Enqueue(records);
 
     /// <summary>Completes after a checkpoint that includes everything committed before the call.</summary>
     public Task CheckpointAsync() => Enqueue(null);
 
-    private Task Enqueue(MetaRecord[]? records)
+    private Task Enqueue(MetaRecord[]? records, Task? data = null)
     {
         _pool.ThrowIfNotLoggable();
         if (records != null)
@@ -101,7 +122,7 @@ internal sealed class PoolLog
             if (bytes > _walLength / 4)
                 throw new InvalidRequestException($"{records.Length} metadata records of {bytes} bytes exceed a quarter of the {_walLength}-byte log");
         }
-        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data);
         if (!_queue.Writer.TryWrite(p))
             throw new ObjectDisposedException($"pool '{_pool.Label}'", "the pool is closed");
         return p.Done.Task;
@@ -115,6 +136,9 @@ internal sealed class PoolLog
     {
         public List<Pending> Batch { get; } = batch;
         public List<MetaRecord> Records { get; } = records;
+        /// <summary>The round's log block and where it was written (rewritten if a record is voided).</summary>
+        public byte[] Buffer { get; set; } = [];
+        public long At { get; set; }
         public ulong FirstSeq { get; set; }
         public ulong LastSeq { get; set; }
         /// <summary>The log write and the flush of every shard after it.</summary>
@@ -193,11 +217,11 @@ internal sealed class PoolLog
             long written = System.Diagnostics.Stopwatch.GetTimestamp();
             _stats.WriteTicks += written - round.Started;
             round.Started = written;
-            // Ordering invariant: the data writes of every chunk-map record in this batch
-            // completed before the record was enqueued, and the batch's log write has
-            // completed: the flushes issued now make all of them durable (FlushCoalescer
-            // takes its ticket at the call).
-            round.Durable = FlushAllAsync();
+            // Ordering invariant: the batch's log write has completed, and the data writes of
+            // every chunk-map record in it completed before the record was enqueued or (records
+            // from CommitAfterAsync) complete before the flushes are issued: those flushes make
+            // all of them durable (FlushCoalescer takes its ticket at the call).
+            round.Durable = round.Batch.Exists(p => p.Data != null) ? DataThenFlushAsync(round) : FlushAllAsync();
         }
         catch (Exception e)
         {
@@ -205,6 +229,35 @@ internal sealed class PoolLog
         }
         _lastRoundDone = round.Done.Task;
         _rounds.Writer.TryWrite(round);
+    }
+
+    /// <summary>
+    /// Waits for the data writes of the round's records, voids the records whose writes failed
+    /// (rewrites the round's log block with pads in their place, same sequences and lengths), then
+    /// flushes. Until that flush completes no mark covers this round, so a crash may keep either
+    /// version of the block: a voided record is then in the tail and replay drops it.
+    /// </summary>
+    private async Task DataThenFlushAsync(Round round)
+    {
+        bool voided = false;
+        foreach (var p in round.Batch)
+        {
+            if (p.Data == null)
+                continue;
+            try
+            {
+                await p.Data.ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                p.DataError = e;
+                WalFormat.Encode(round.Buffer.AsSpan(p.Pos), _seed, p.Seq, WalFormat.PadType, 0, default, p.Length);
+                voided = true;
+            }
+        }
+        if (voided)
+            await Task.WhenAll(_pool.Shards.Select(s => DeviceIo.WriteAsync(s.Device, s.WalStart + round.At, round.Buffer).AsTask())).ConfigureAwait(false);
+        await FlushAllAsync().ConfigureAwait(false);
     }
 
     /// <summary>Waits until every started round is applied, then checkpoints (the state must hold exactly the durable records).</summary>
@@ -251,9 +304,14 @@ internal sealed class PoolLog
                 // Before any acknowledgement: a record enqueued after this round's acks
                 // must see a mark at or above this round (PoolOpener relies on it).
                 Volatile.Write(ref _durableThrough, round.LastSeq);
-                ApplyAll(round.Records, round.FirstSeq, round.LastSeq);
+                ApplyAll(round);
                 foreach (var p in round.Batch)
-                    p.Done.TrySetResult();
+                {
+                    if (p.DataError != null)
+                        p.Done.TrySetException(p.DataError);
+                    else
+                        p.Done.TrySetResult();
+                }
             }
             catch (Exception e)
             {
@@ -274,19 +332,27 @@ internal sealed class PoolLog
             p.Done.TrySetException(error);
     }
 
-    private void ApplyAll(List<MetaRecord> records, ulong firstSeq, ulong lastSeq)
+    /// <summary>Applies the round's records in sequence order, except voided ones (their sequences are pads in the log).</summary>
+    private void ApplyAll(Round round)
     {
         var state = _pool.Meta;
         lock (state.Sync)
         {
-            ulong seq = firstSeq;
-            foreach (var r in records)
+            ulong seq = round.FirstSeq;
+            foreach (var p in round.Batch)
             {
-                state.Apply(new WalRecord(seq++, (ushort)r.Type, r.Flags, r.Payload));
-                if (r.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkUnmap))
-                    MetadataEstimate += r.Payload.Length;
+                foreach (var r in p.Records!)
+                {
+                    if (p.DataError == null)
+                    {
+                        state.Apply(new WalRecord(seq, (ushort)r.Type, r.Flags, r.Payload));
+                        if (r.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkUnmap))
+                            MetadataEstimate += r.Payload.Length;
+                    }
+                    seq++;
+                }
             }
-            state.LastSeq = lastSeq;
+            state.LastSeq = round.LastSeq;
         }
     }
 
@@ -328,17 +394,25 @@ internal sealed class PoolLog
         WalFormat.Encode(buf, _seed, _nextSeq++, (ushort)mark.Type, mark.Flags, mark.Payload, MarkLength);
         round.FirstSeq = _nextSeq;
         int pos = MarkLength;
-        foreach (var r in records)
+        foreach (var p in round.Batch)
         {
-            int len = WalFormat.EncodedLength(r.Payload.Length);
-            WalFormat.Encode(buf.AsSpan(pos), _seed, _nextSeq++, (ushort)r.Type, r.Flags, r.Payload, len);
-            pos += len;
+            p.Pos = pos;
+            p.Seq = _nextSeq;
+            foreach (var r in p.Records!)
+            {
+                int len = WalFormat.EncodedLength(r.Payload.Length);
+                WalFormat.Encode(buf.AsSpan(pos), _seed, _nextSeq++, (ushort)r.Type, r.Flags, r.Payload, len);
+                pos += len;
+            }
+            p.Length = pos - p.Pos;
         }
         if (pos < padded)
             WalFormat.Encode(buf.AsSpan(pos), _seed, _nextSeq++, WalFormat.PadType, 0, default, (int)(padded - pos));
         round.LastSeq = _nextSeq - 1;
         long at = wrap > 0 ? 0 : _tail;
         long wrapAt = _tail;
+        round.Buffer = buf;
+        round.At = at;
         // The tail moves now: the next round's batch goes after this one even while this one's flush runs.
         _tail = (at + padded) % _walLength;
         await Task.WhenAll(_pool.Shards.Select(async s =>

@@ -26,7 +26,9 @@ public static class StoreBenchmark
           --quick            2 s per row per engine
           --rows LIST        comma-separated filters on row names (randread-4k-qd32, randwrite-4k-qd32,
                              randread-4k-qd1, read-1m-qd8, write-1m-qd8)
-          --pollers N        polling threads per target device (default 1)
+          --pollers N        queue pairs per target device (default 1)
+          --poller-threads N polling threads shared by all the targets' queue pairs, as in the engine
+                             (default 1; 0 = a thread of its own per queue pair)
           --busy-poll-us N   a poller's busy-poll window without completions before it waits in the kernel
                              (default DeviceOptions.BusyPollMicros = 0: busy-poll while reads or writes are in flight)
           --engines LIST     strata,fio (default both)
@@ -141,18 +143,35 @@ public static class StoreBenchmark
 
     private sealed record ChunkRun(int ChunkSize, Dictionary<string, EngineResult> Results, double BytesPerChunk, long Chunks, (long Offset, long Length) DataRegion);
 
-    private static NativeBlockDevice[] OpenDevices(StoreBenchOptions o) =>
-        Enumerable.Range(0, o.Targets)
-            .Select(i => NativeBlockDevice.Open($"file:{o.TargetPath(i)}?direct=1&qd=128", o.BusyPollMicros is int us ? new DeviceOptions { Pollers = o.Pollers, BusyPollMicros = us } : new DeviceOptions { Pollers = o.Pollers }))
-            .ToArray();
+    /// <summary>The target devices, on a shared poller group of --poller-threads threads (the engine's default) unless that is 0.</summary>
+    private sealed class BenchDevices : IDisposable
+    {
+        public PollerGroup? Group { get; }
+        public NativeBlockDevice[] Devices { get; }
+
+        public BenchDevices(StoreBenchOptions o)
+        {
+            var thread = o.BusyPollMicros is int us ? new DeviceOptions { BusyPollMicros = us } : new DeviceOptions();
+            Group = o.PollerThreads > 0 ? new PollerGroup(o.PollerThreads, thread, "bench-poll") : null;
+            Devices = Enumerable.Range(0, o.Targets)
+                .Select(i => NativeBlockDevice.Open($"file:{o.TargetPath(i)}?direct=1&qd=128", thread with { Pollers = o.Pollers, Group = Group }))
+                .ToArray();
+        }
+
+        public void Dispose()
+        {
+            foreach (var d in Devices)
+                d.Dispose();
+            Group?.Dispose();
+        }
+    }
 
     /// <summary>Formats the targets, creates pool, container and image, fills the image, then runs every row.</summary>
     private static async Task<ChunkRun> RunStrataAsync(StoreBenchOptions o, int chunkSize)
     {
-        var devices = OpenDevices(o);
-        try
+        using var bench = new BenchDevices(o);
         {
-            await using var engine = await StorageEngine.FormatAsync(devices, force: true);
+            await using var engine = await StorageEngine.FormatAsync(bench.Devices, force: true);
             // Copy-on-write needs free extents beside the image's chunks: 25% headroom.
             long poolSize = o.ImageSize * o.Rf / 4 * 5;
             var pool = await engine.CreatePoolAsync("bench", poolSize, o.Rf, new PoolCreateOptions { MinChunkSize = Math.Min(chunkSize, 64 * 1024) });
@@ -192,28 +211,15 @@ public static class StoreBenchmark
             }
             return new ChunkRun(chunkSize, results, perChunk, chunks, region);
         }
-        finally
-        {
-            foreach (var d in devices)
-                d.Dispose();
-        }
     }
 
     /// <summary>The data area fio should use when no Strata run computed it (--engines fio).</summary>
     private static async Task<(long, long)> LayoutOnlyAsync(StoreBenchOptions o)
     {
-        var devices = OpenDevices(o);
-        try
-        {
-            await using var engine = await StorageEngine.FormatAsync(devices, force: true);
-            var pool = await engine.CreatePoolAsync("bench", o.ImageSize * o.Rf / 4 * 5, o.Rf, new PoolCreateOptions { MinChunkSize = Math.Min(o.ChunkSizes.Min(), 64 * 1024) });
-            return (pool.Shards[0].Base + pool.Shards[0].Header.DataOffset, pool.Shards[0].Header.DataLength);
-        }
-        finally
-        {
-            foreach (var d in devices)
-                d.Dispose();
-        }
+        using var bench = new BenchDevices(o);
+        await using var engine = await StorageEngine.FormatAsync(bench.Devices, force: true);
+        var pool = await engine.CreatePoolAsync("bench", o.ImageSize * o.Rf / 4 * 5, o.Rf, new PoolCreateOptions { MinChunkSize = Math.Min(o.ChunkSizes.Min(), 64 * 1024) });
+        return (pool.Shards[0].Base + pool.Shards[0].Header.DataOffset, pool.Shards[0].Header.DataLength);
     }
 
     /// <summary>Writes the whole image once, 1 MiB at a time, 8 in flight, so reads hit mapped chunks.</summary>
@@ -326,6 +332,7 @@ internal sealed class StoreBenchOptions
     public required TimeSpan Runtime { get; init; }
     public required DeviceRow[] Rows { get; init; }
     public required int Pollers { get; init; }
+    public required int PollerThreads { get; init; }
     public int? BusyPollMicros { get; init; }
     public required bool RunStrata { get; init; }
     public required bool RunFio { get; init; }
@@ -348,6 +355,8 @@ internal sealed class StoreBenchOptions
             throw new PerfUsageException($"--rf {rf}: use 1 or 2 (at most --targets)");
         if (pollers < 1)
             throw new PerfUsageException("--pollers must be at least 1");
+        if (cl.Int("poller-threads", 1) < 0)
+            throw new PerfUsageException("--poller-threads must be 0 (a thread per queue pair) or more");
         var chunks = (cl.String("chunk-size") ?? "4K").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
             .Select(s => CommandLine.ParseBytes(s, "chunk-size")).ToArray();
         foreach (var c in chunks)
@@ -371,6 +380,7 @@ internal sealed class StoreBenchOptions
             Runtime = TimeSpan.FromSeconds(cl.Seconds("runtime", quick ? 2 : 10)),
             Rows = SelectRows(cl.String("rows")),
             Pollers = pollers,
+            PollerThreads = cl.Int("poller-threads", 1),
             BusyPollMicros = cl.Has("busy-poll-us") ? cl.Int("busy-poll-us", 50) : null,
             RunStrata = engines.Contains("strata"),
             RunFio = engines.Contains("fio"),
