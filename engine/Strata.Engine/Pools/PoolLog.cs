@@ -144,6 +144,8 @@ internal sealed class PoolLog
         /// <summary>The log write and the flush of every shard after it.</summary>
         public Task Durable { get; set; } = Task.CompletedTask;
         public long Started { get; set; }
+        /// <summary>When its log writes completed (stopwatch ticks).</summary>
+        public long Written { get; set; }
         /// <summary>Completed by the completer once the round was applied and acknowledged (or failed).</summary>
         public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
@@ -206,22 +208,19 @@ internal sealed class PoolLog
         await completer.ConfigureAwait(false);
     }
 
-    /// <summary>Writes the round's batch and starts its flush; the completer takes it from there.</summary>
+    /// <summary>
+    /// Lays out the round's batch and starts its log writes; the round's flush follows them
+    /// (<see cref="WrittenThenFlushAsync"/>) while the committer goes on with the next batch.
+    /// The completer takes it from there.
+    /// </summary>
     private async Task StartRoundAsync(Round round)
     {
         round.Started = System.Diagnostics.Stopwatch.GetTimestamp();
         try
         {
             _pool.ThrowIfNotLoggable();
-            await WriteRecordsAsync(round).ConfigureAwait(false);
-            long written = System.Diagnostics.Stopwatch.GetTimestamp();
-            _stats.WriteTicks += written - round.Started;
-            round.Started = written;
-            // Ordering invariant: the batch's log write has completed, and the data writes of
-            // every chunk-map record in it completed before the record was enqueued or (records
-            // from CommitAfterAsync) complete before the flushes are issued: those flushes make
-            // all of them durable (FlushCoalescer takes its ticket at the call).
-            round.Durable = round.Batch.Exists(p => p.Data != null) ? DataThenFlushAsync(round) : FlushAllAsync();
+            var written = await WriteRecordsAsync(round).ConfigureAwait(false);
+            round.Durable = WrittenThenFlushAsync(round, written);
         }
         catch (Exception e)
         {
@@ -229,6 +228,20 @@ internal sealed class PoolLog
         }
         _lastRoundDone = round.Done.Task;
         _rounds.Writer.TryWrite(round);
+    }
+
+    private async Task WrittenThenFlushAsync(Round round, Task written)
+    {
+        await written.ConfigureAwait(false);
+        round.Written = System.Diagnostics.Stopwatch.GetTimestamp();
+        // Ordering invariant: the batch's log write has completed, and the data writes of
+        // every chunk-map record in it completed before the record was enqueued or (records
+        // from CommitAfterAsync) complete before the flushes are issued: those flushes make
+        // all of them durable (FlushCoalescer takes its ticket at the call).
+        if (round.Batch.Exists(p => p.Data != null))
+            await DataThenFlushAsync(round).ConfigureAwait(false);
+        else
+            await FlushAllAsync().ConfigureAwait(false);
     }
 
     /// <summary>
@@ -298,7 +311,8 @@ internal sealed class PoolLog
                     throw broken;
                 }
                 await round.Durable.ConfigureAwait(false);
-                _stats.FlushTicks += System.Diagnostics.Stopwatch.GetTimestamp() - round.Started;
+                _stats.WriteTicks += round.Written - round.Started;
+                _stats.FlushTicks += System.Diagnostics.Stopwatch.GetTimestamp() - round.Written;
                 _stats.Rounds++;
                 _stats.Records += round.Records.Count;
                 // Before any acknowledgement: a record enqueued after this round's acks
@@ -359,10 +373,12 @@ internal sealed class PoolLog
     private static readonly int MarkLength = WalFormat.EncodedLength(sizeof(ulong));
 
     /// <summary>
-    /// Writes the round's records as one batch to every shard, headed by a
-    /// DurableThrough mark, and assigns their sequences (no flush).
+    /// Lays out the round's records as one batch headed by a DurableThrough mark, assigns their
+    /// sequences, and starts writing it to every shard (no flush); returns those writes. Log
+    /// writes of consecutive rounds may run at once: they go to different places, and each
+    /// round's flush waits for its own.
     /// </summary>
-    private async Task WriteRecordsAsync(Round round)
+    private async Task<Task> WriteRecordsAsync(Round round)
     {
         var records = round.Records;
         long total = MarkLength;
@@ -415,12 +431,12 @@ internal sealed class PoolLog
         round.At = at;
         // The tail moves now: the next round's batch goes after this one even while this one's flush runs.
         _tail = (at + padded) % _walLength;
-        await Task.WhenAll(_pool.Shards.Select(async s =>
+        return Task.WhenAll(_pool.Shards.Select(async s =>
         {
             if (wrapPad != null)
                 await DeviceIo.WriteAsync(s.Device, s.WalStart + wrapAt, wrapPad).ConfigureAwait(false);
             await DeviceIo.WriteAsync(s.Device, s.WalStart + at, buf).ConfigureAwait(false);
-        })).ConfigureAwait(false);
+        }));
     }
 
     private Task FlushAllAsync() =>
