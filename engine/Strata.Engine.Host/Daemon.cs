@@ -149,6 +149,7 @@ internal static class Daemon
         var server = NbdServer.Start(cfg.Nbd, new NbdExportCatalog(svc.Engine, svc.OpenImageIoAsync), new NbdServerOptions
         {
             Log = new NbdLog(logger),
+            WriteCache = cfg.NbdWriteCache,
             AuthorizeUnixPeer = authorizer.Refusal,
             UnixSocketBound = path => ControlSocket.SecureNbdSocket(path, cfg.AdminGroup, adminGid),
         });

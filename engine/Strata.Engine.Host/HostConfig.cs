@@ -22,6 +22,12 @@ public sealed class HostConfig
     /// <summary>NBD listeners: unix:PATH (relative to the data dir) or tcp:127.0.0.1:PORT (loopback only). See docs/nbd.md.</summary>
     public List<string> Nbd { get; set; } = new();
 
+    /// <summary>
+    /// writeback (default): NBD writes without FUA are durable at the client's next FLUSH, like a disk's
+    /// write cache; writethrough: every NBD write is durable when answered. See docs/nbd.md.
+    /// </summary>
+    public string NbdWriteCache { get; set; } = "writeback";
+
     public RasConfig Ras { get; set; } = new();
 
     public MetricsConfig Metrics { get; set; } = new();
@@ -124,6 +130,8 @@ public sealed class HostConfig
                 throw new ConfigException(e.Message);
             }
         }
+        if (NbdWriteCache is not ("writeback" or "writethrough"))
+            throw new ConfigException($"nbd_write_cache '{NbdWriteCache}' is not writeback or writethrough");
         foreach (var dup in nbd.GroupBy(a => a.UnixPath ?? a.Tcp!.ToString()).Where(g => g.Count() > 1 && !g.Key.EndsWith(":0", StringComparison.Ordinal)))
             throw new ConfigException($"nbd listener {dup.Key} is configured {dup.Count()} times");
         return new ResolvedConfig(
@@ -141,7 +149,7 @@ public sealed class HostConfig
             PrometheusPort: Metrics.PrometheusPort,
             PidFile: Abs(PidFile ?? Path.Combine("run", "strata-engine.pid")),
             Nbd: nbd)
-        { Spdk = Spdk.ToEnvOptions() };
+        { Spdk = Spdk.ToEnvOptions(), NbdWriteCache = NbdWriteCache == "writeback" };
     }
 }
 
@@ -151,6 +159,9 @@ public sealed record ResolvedConfig(string DataDir, string? ConfigFile, List<str
 {
     /// <summary>Passed to the shim before the first nvme-* target opens.</summary>
     public Strata.Engine.Device.SpdkEnvOptions Spdk { get; init; } = new();
+
+    /// <summary>NBD writes without FUA are writeback (NbdServerOptions.WriteCache).</summary>
+    public bool NbdWriteCache { get; init; } = true;
 }
 
 /// <summary>A startup refusal an operator can fix (bad config, a live engine on the socket, a symlink): one line, exit 1.</summary>

@@ -41,6 +41,16 @@ public sealed class SpdkConfigTests
     }
 
     [TestMethod]
+    public async Task Run_UnknownNbdWriteCache_ConfigErrorNamingIt()
+    {
+        var r = await RunEngineAsync("""
+            nbd_write_cache: sometimes
+            """);
+        Assert.AreEqual(1, r.ExitCode, r.ToString());
+        StringAssert.Contains(r.Stderr, "nbd_write_cache 'sometimes' is not writeback or writethrough");
+    }
+
+    [TestMethod]
     public async Task Run_SpdkSectionNegativeMemory_ConfigError()
     {
         var r = await RunEngineAsync("""

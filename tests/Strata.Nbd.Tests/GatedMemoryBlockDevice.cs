@@ -29,8 +29,15 @@ internal sealed class GatedMemoryBlockDevice(string name, long capacity) : Memor
 
     public void Release() => _gate.TrySetResult();
 
+    private int _flushes;
+
+    /// <summary>Flush commands this device was given.</summary>
+    public int Flushes => Volatile.Read(ref _flushes);
+
     protected override ValueTask SubmitCore(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
     {
+        if (opcode == IoOpcode.Flush)
+            Interlocked.Increment(ref _flushes);
         var gate = _gate.Task;
         if (opcode != IoOpcode.Write || gate.IsCompleted)
             return base.SubmitCore(opcode, offset, length, buffer, flags);

@@ -39,7 +39,7 @@ internal sealed class InProcessNbd : IAsyncDisposable
     public string SocketPath => Path.Combine(_dir, "nbd.sock");
 
     public static async Task<InProcessNbd> StartAsync(NbdServerOptions? options = null, int chunkSize = 4096, bool readOnlyReopen = false, long walBytes = 256 * 1024,
-        bool touchAllPages = false)
+        bool touchAllPages = false, StorageEngineOptions? engineOptions = null)
     {
         string dir = Directory.CreateTempSubdirectory("strata-nbd-inproc-").FullName;
         var devices = Enumerable.Range(0, 2).Select(i => new GatedMemoryBlockDevice($"mem{i}", 32L << 20)).ToArray();
@@ -50,7 +50,7 @@ internal sealed class InProcessNbd : IAsyncDisposable
                 for (long at = 0; at < d.Geometry.Capacity; at += MemoryBlockDevice.PageSize)
                     d.WriteBytes(at, [0]);
         }
-        var engine = await StorageEngine.FormatAsync(devices);
+        var engine = await StorageEngine.FormatAsync(devices, engineOptions);
         var pool = await engine.CreatePoolAsync("p", 24L << 20, 1, new PoolCreateOptions { WalBytes = walBytes, MinChunkSize = 4096, MetadataBytes = 64 * 1024 });
         await pool.CreateContainerAsync("c");
         await pool.CreateImageAsync("c", "img", ImageSize, chunkSize);

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Text;
 using Strata.Engine.Nbd;
+using Strata.Engine.Pools;
 using Strata.Engine.Store;
 using static Strata.Nbd.Tests.RawNbdClient;
 
@@ -161,6 +162,50 @@ public sealed class NbdServerTests
             Assert.AreEqual(0u, empty.Error);
             Assert.IsEmpty(empty.Data);
             Assert.AreEqual(0u, (await c.RoundTripAsync(CmdFlush, 0, 0)).Error);
+        }
+    }
+
+    /// <summary>
+    /// A write without FUA is writeback (answered without any device flush, visible at once on
+    /// every connection); FLUSH makes it durable; a FUA write is durable when answered.
+    /// </summary>
+    [TestMethod]
+    public async Task WriteWithoutFua_NoDeviceFlush_FlushAndFuaFlush()
+    {
+        await using var nbd = await InProcessNbd.StartAsync(engineOptions: new StorageEngineOptions { WritebackFlushInterval = Timeout.InfiniteTimeSpan });
+        using var c = await nbd.OpenAsync();
+        using var other = await nbd.OpenAsync();
+        int Flushes() => nbd.Devices.Sum(d => d.Flushes);
+        int before = Flushes();
+        var data = Pattern(3 * 4096 + 100, 7);
+        for (int i = 0; i < 16; i++)
+            await c.WriteAsync((ulong)i * 65536 + 10, data);
+        Assert.AreEqual(before, Flushes(), "a write without FUA waited for a device flush");
+        CollectionAssert.AreEqual(data, await other.ReadAsync(15 * 65536 + 10, data.Length), "another connection does not see the write");
+        Assert.AreEqual(0u, (await c.RoundTripAsync(CmdFlush, 0, 0)).Error);
+        int afterFlush = Flushes();
+        Assert.IsTrue(afterFlush > before, "FLUSH did not flush the devices");
+        // Nothing written since: a second FLUSH needs no device flush.
+        Assert.AreEqual(0u, (await other.RoundTripAsync(CmdFlush, 0, 0)).Error);
+        Assert.AreEqual(afterFlush, Flushes());
+        await c.WriteAsync(1 << 20, data, FlagFua);
+        Assert.IsTrue(Flushes() > afterFlush, "a FUA write was answered without a device flush");
+        CollectionAssert.AreEqual(data, await c.ReadAsync(1 << 20, data.Length));
+    }
+
+    [TestMethod]
+    public async Task WriteCacheOff_EveryWriteFlushedBeforeItsReply()
+    {
+        await using var nbd = await InProcessNbd.StartAsync(new NbdServerOptions { WriteCache = false },
+            engineOptions: new StorageEngineOptions { WritebackFlushInterval = Timeout.InfiniteTimeSpan });
+        using var c = await nbd.OpenAsync();
+        int Flushes() => nbd.Devices.Sum(d => d.Flushes);
+        var data = Pattern(5000, 9);
+        for (int i = 0; i < 4; i++)
+        {
+            int before = Flushes();
+            await c.WriteAsync((ulong)i * 65536, data);
+            Assert.IsTrue(Flushes() > before, $"write {i} was answered before a device flush");
         }
     }
 

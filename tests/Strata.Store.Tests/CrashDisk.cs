@@ -93,6 +93,16 @@ internal sealed class CrashDisk : MemoryBlockDevice
         _power = power;
     }
 
+    /// <summary>Writes (and trims) completed since the last flush: what a crash now could lose.</summary>
+    public int PendingWrites
+    {
+        get
+        {
+            lock (_pending)
+                return _pending.Count;
+        }
+    }
+
     protected override void Execute(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
     {
         switch (_power.Tick(opcode))

@@ -9,8 +9,20 @@ internal sealed class CrashModel
     {
         public byte[] Data = [];
         public int ChunkSize;
+        /// <summary>
+        /// Earlier contents a crash may bring back, chunk by chunk: the last durable one and every
+        /// writeback write's since (a flush, or any durable write, empties it).
+        /// </summary>
+        public List<byte[]> Unflushed = [];
 
-        public Img Clone() => new() { Data = (byte[])Data.Clone(), ChunkSize = ChunkSize };
+        public Img Clone() => new() { Data = (byte[])Data.Clone(), ChunkSize = ChunkSize, Unflushed = [.. Unflushed] };
+    }
+
+    /// <summary>Everything acknowledged is durable now (a flush round completed).</summary>
+    public void Flushed()
+    {
+        foreach (var img in Images.Values)
+            img.Unflushed.Clear();
     }
 
     public Dictionary<string, Img> Images = new();
@@ -80,26 +92,37 @@ internal sealed class CrashModel
             {
                 int n = (int)Math.Min(cs, data.Length - at);
                 var actual = data.AsSpan((int)at, n);
-                if (!Matches(actual, b, at) && !Matches(actual, a, at))
+                if (!Matches(actual, b, at) && !Matches(actual, a, at) && !MatchesAny(actual, b, a, at))
                 {
                     int first = 0;
                     var expect = (b ?? a)!.Data;
                     while (first < n && at + first < expect.Length && actual[first] == expect[at + first])
                         first++;
-                    throw new AssertFailedException($"{context}: image {label} chunk at {at}: wrong bytes (first difference at {at + first}) — neither the acknowledged nor the in-flight contents");
+                    throw new AssertFailedException($"{context}: image {label} chunk at {at}: wrong bytes (first difference at {at + first}) — neither the acknowledged nor the in-flight contents, nor unflushed writeback ones");
                 }
             }
         }
     }
 
-    private static bool Matches(ReadOnlySpan<byte> actual, Img? img, long at)
+    private static bool Matches(ReadOnlySpan<byte> actual, Img? img, long at) => img != null && Matches(actual, img.Data, at);
+
+    /// <summary>Whether the chunk holds one of the unflushed writeback contents of either model.</summary>
+    private static bool MatchesAny(ReadOnlySpan<byte> actual, Img? before, Img? after, long at)
     {
-        if (img == null)
-            return false;
+        foreach (var img in new[] { before, after })
+            if (img != null)
+                foreach (var u in img.Unflushed)
+                    if (Matches(actual, u, at))
+                        return true;
+        return false;
+    }
+
+    private static bool Matches(ReadOnlySpan<byte> actual, byte[] data, long at)
+    {
         for (int i = 0; i < actual.Length; i++)
         {
             long p = at + i;
-            byte expect = p < img.Data.Length ? img.Data[p] : (byte)0;
+            byte expect = p < data.Length ? data[p] : (byte)0;
             if (actual[i] != expect)
                 return false;
         }

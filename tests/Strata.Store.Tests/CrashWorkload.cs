@@ -17,6 +17,8 @@ internal sealed class CrashWorkload
     private const int MaxImageBytes = 96 * 1024;
     private const int MaxImages = 4;
     private static readonly PoolCreateOptions Options = new() { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024 };
+    /// <summary>Writeback writes become durable only by a flush: no timer may move a seed's crash point.</summary>
+    private static readonly StorageEngineOptions NoTimer = new() { WritebackFlushInterval = Timeout.InfiniteTimeSpan };
 
     private readonly int _seed;
     private readonly Random _rng;
@@ -38,7 +40,7 @@ internal sealed class CrashWorkload
         var power = new CrashSwitch();
         _targets = _rng.Next(1, 4);
         var disks = Enumerable.Range(0, _targets).Select(i => new CrashDisk($"crash{i}", DiskSize, power)).ToArray();
-        var engine = await StorageEngine.FormatAsync(disks);
+        var engine = await StorageEngine.FormatAsync(disks, NoTimer);
         _model.Rf = _targets > 1 && _rng.Next(2) == 0 ? "2" : "1";
         // 1 MiB of data per target; images total at most MaxImages * MaxImageBytes (384 KiB).
         var pool = await engine.CreatePoolAsync("p", _targets * 1024L * 1024, int.Parse(_model.Rf), Options);
@@ -58,7 +60,7 @@ internal sealed class CrashWorkload
                 power.Reset(_rng.Next(1, 60));
                 try
                 {
-                    var e = await StorageEngine.OpenAsync(disks);
+                    var e = await StorageEngine.OpenAsync(disks, NoTimer);
                     await e.OpenPoolAsync("p");
                 }
                 catch (Exception) when (power.Crashed)
@@ -69,7 +71,7 @@ internal sealed class CrashWorkload
                 disks = disks.Select(d => d.AfterCrash(_rng, power)).ToArray();
             }
             var ras = new Strata.Engine.Store.InMemoryRasSink();
-            engine = await StorageEngine.OpenAsync(disks, new StorageEngineOptions { Ras = ras });
+            engine = await StorageEngine.OpenAsync(disks, NoTimer with { Ras = ras });
             pool = await engine.OpenPoolAsync("p");
             DroppedTailRecords += pool.DroppedTailRecords;
             int events = ras.WithId(Strata.Engine.Store.RasIds.LogTailWriteDropped).Count();
@@ -124,18 +126,25 @@ internal sealed class CrashWorkload
             int size = _rng.Next(1, MaxImageBytes);
             m.Images[label] = new CrashModel.Img { Data = new byte[size], ChunkSize = cs };
             await pool.CreateImageAsync("c", label, size, cs);
+            m.Flushed();
             return;
         }
         var img = m.Images[pick];
         var handle = pool.OpenImage("c", pick);
         if (roll < 55)
         {
+            // Half the writes are writeback (NBD without FUA): lost or kept chunk by chunk until a flush.
+            bool durable = _rng.Next(2) == 0;
             int len = _rng.Next(1, Math.Min(img.Data.Length, img.ChunkSize * 5 / 2) + 1);
             int off = _rng.Next(0, img.Data.Length - len + 1);
             var data = new byte[len];
             _rng.NextBytes(data);
+            if (!durable)
+                img.Unflushed.Add((byte[])img.Data.Clone());
             data.CopyTo(img.Data, off);
-            await handle.WriteAsync(off, data);
+            await handle.WriteAsync(off, data, durable);
+            if (durable)
+                m.Flushed();
         }
         else if (roll < 65)
         {
@@ -143,6 +152,9 @@ internal sealed class CrashWorkload
             int chunks = (img.Data.Length + img.ChunkSize - 1) / img.ChunkSize;
             var picked = Enumerable.Range(0, chunks).OrderBy(_ => _rng.Next()).Take(_rng.Next(2, 5)).ToList();
             var tasks = new List<Task>();
+            bool durable = _rng.Next(2) == 0;
+            if (!durable)
+                img.Unflushed.Add((byte[])img.Data.Clone());
             foreach (int c in picked)
             {
                 int start = c * img.ChunkSize, end = Math.Min(img.Data.Length, start + img.ChunkSize);
@@ -151,9 +163,11 @@ internal sealed class CrashWorkload
                 var data = new byte[len];
                 _rng.NextBytes(data);
                 data.CopyTo(img.Data, off);
-                tasks.Add(handle.WriteAsync(off, data));
+                tasks.Add(handle.WriteAsync(off, data, durable));
             }
             await Task.WhenAll(tasks);
+            if (durable)
+                m.Flushed();
         }
         else if (roll < 75)
         {
@@ -169,6 +183,7 @@ internal sealed class CrashWorkload
             img.Data.AsSpan(0, Math.Min(size, img.Data.Length)).CopyTo(data);
             img.Data = data;
             await handle.ResizeAsync(size);
+            m.Flushed();
         }
         else if (roll < 87)
         {
@@ -194,6 +209,11 @@ internal sealed class CrashWorkload
                 m.Containers.Add(c);
                 await pool.CreateContainerAsync(c);
             }
+        }
+        else if (roll < 98)
+        {
+            await handle.FlushAsync();
+            m.Flushed();
         }
         else
         {

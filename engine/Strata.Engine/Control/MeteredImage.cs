@@ -46,13 +46,13 @@ public sealed class MeteredImage(Image image, StrataMetrics metrics, bool inline
         }
     }
 
-    public async Task WriteAsync(long offset, ReadOnlyMemory<byte> source)
+    public async Task WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true)
     {
         long start = Stopwatch.GetTimestamp();
         bool ok = false;
         try
         {
-            await image.WriteAsync(offset, source).ConfigureAwait(_await);
+            await image.WriteAsync(offset, source, durable).ConfigureAwait(_await);
             ok = true;
         }
         finally

@@ -45,7 +45,7 @@ internal sealed partial class NbdConnection
 
     internal NbdBufferPool Buffers => _server.Buffers;
 
-    private NbdServerOptions Options => _server.Options;
+    internal NbdServerOptions Options => _server.Options;
 
     public async Task RunAsync()
     {

@@ -42,8 +42,9 @@ public sealed class NbdExport
     public int ChunkSize { get; }
 
     /// <summary>
-    /// Honest transmission flags: every acknowledged write is already durable (so FLUSH and FUA
-    /// cost nothing) and visible to every connection at once (so CAN_MULTI_CONN holds).
+    /// Honest transmission flags: a write without FUA is writeback (visible to every connection at
+    /// once, durable at the next FLUSH), a write with FUA is durable when answered, and a FLUSH on
+    /// any connection makes every write answered before it durable, pool-wide (so CAN_MULTI_CONN holds).
     /// </summary>
     public ushort TransmissionFlags => ReadOnly
         ? (ushort)(NbdProtocol.FlagHasFlags | NbdProtocol.FlagReadOnly | NbdProtocol.FlagSendFlush | NbdProtocol.FlagCanMultiConn)

@@ -19,7 +19,6 @@ internal sealed class NbdRequest
     private readonly NbdConnection _conn;
     private readonly Action _onIoDone;
     private Task? _io;
-    private bool _fuaDone;
 
     public NbdRequest(NbdConnection conn)
     {
@@ -58,7 +57,6 @@ internal sealed class NbdRequest
         Error = 0;
         Message = null;
         _io = null;
-        _fuaDone = false;
     }
 
     /// <summary>Answers without doing anything (a request refused by validation).</summary>
@@ -93,21 +91,25 @@ internal sealed class NbdRequest
         return Type switch
         {
             CmdRead => io.ReadAsync(offset, Buffer.AsMemory(0, (int)Length)),
-            CmdWrite => io.WriteAsync(offset, Buffer.AsMemory(0, (int)Length)),
+            // Without FUA a write is writeback, like a disk's volatile cache: durable at the next FLUSH.
+            CmdWrite => io.WriteAsync(offset, Buffer.AsMemory(0, (int)Length), durable: Durable),
             CmdFlush => x.ReadOnly ? Task.CompletedTask : io.FlushAsync(),
             CmdTrim => io.TrimAsync(offset, Length),
             // Without NO_HOLE the range may become a hole: trimmed chunks read back as zeroes.
-            CmdWriteZeroes => (Flags & CmdFlagNoHole) != 0 ? WriteZeroesAsync(io, offset, Length) : io.TrimAsync(offset, Length),
+            CmdWriteZeroes => (Flags & CmdFlagNoHole) != 0 ? WriteZeroesAsync(io, offset, Length, Durable) : io.TrimAsync(offset, Length),
             _ => throw new InvalidOperationException($"{CommandName(Type)} passed validation"),
         };
     }
 
-    private static async Task WriteZeroesAsync(MeteredImage io, long offset, long length)
+    /// <summary>A write with FUA, or any write when the server's write cache is off (writethrough).</summary>
+    private bool Durable => (Flags & CmdFlagFua) != 0 || !_conn.Options.WriteCache;
+
+    private static async Task WriteZeroesAsync(MeteredImage io, long offset, long length, bool fua)
     {
         for (long done = 0; done < length;)
         {
             int n = (int)Math.Min(Zeroes.Length, length - done);
-            await io.WriteAsync(offset + done, Zeroes.AsMemory(0, n)).ConfigureAwait(false);
+            await io.WriteAsync(offset + done, Zeroes.AsMemory(0, n), durable: fua).ConfigureAwait(false);
             done += n;
         }
     }
@@ -137,24 +139,7 @@ internal sealed class NbdRequest
             Fail(io.Exception?.InnerException ?? new OperationCanceledException("the operation was canceled"));
             return;
         }
-        if ((Flags & CmdFlagFua) != 0 && !_fuaDone && Type is CmdWrite or CmdWriteZeroes or CmdTrim)
-        {
-            // Every acknowledged write is durable already; the image's flush only fails when the
-            // pool can no longer promise that, and then the FUA write must not report success.
-            _fuaDone = true;
-            Task flush;
-            try
-            {
-                flush = _conn.Export.Io.Image.FlushAsync();
-            }
-            catch (Exception e)
-            {
-                Fail(e);
-                return;
-            }
-            Await(flush);
-            return;
-        }
+        // FUA: a write with it was a durable write, and a trim is always durable: nothing more to wait for.
         _conn.OnCompleted(this);
     }
 

@@ -26,6 +26,13 @@ public sealed record NbdServerOptions
     /// <summary>Options accepted on one connection before it must enter transmission.</summary>
     public int MaxOptions { get; init; } = 1024;
 
+    /// <summary>
+    /// True (writeback, the default): a WRITE without FUA is answered once visible and made durable at
+    /// the next FLUSH, as the protocol allows and qemu-nbd and nbdkit do. False (writethrough): every
+    /// write is durable when answered, as with FUA, for clients that never send FLUSH.
+    /// </summary>
+    public bool WriteCache { get; init; } = true;
+
     /// <summary>Bytes of idle payload buffers kept for reuse (all connections).</summary>
     public long BufferRetainBytes { get; init; } = 256L << 20;
 

@@ -109,7 +109,8 @@ internal static class ChunkIo
     /// mapping (with its CRC32C; the commit's flush makes data and record durable)
     /// and only then free the old extents.
     /// </summary>
-    public static async Task WriteAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data)
+    /// <param name="durable">False: writeback (PoolLog.CommitAfterAsync); the old extents are freed once the new mapping is durable.</param>
+    public static async Task WriteAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, bool durable = true)
     {
         pool.ThrowIfNotWritable();
         int cs = meta.ChunkSize;
@@ -134,17 +135,36 @@ internal static class ChunkIo
         }
         try
         {
-            await WriteReplicasAsync(pool, meta, index, within, chunk).ConfigureAwait(false);
+            await WriteReplicasAsync(pool, meta, index, within, chunk, durable).ConfigureAwait(false);
         }
         finally
         {
             if (rented != null)
                 System.Buffers.ArrayPool<byte>.Shared.Return(rented);
         }
-        pool.FreeChunk(old, cs);
+        if (old == null)
+            return;
+        if (durable)
+            pool.FreeChunk(old, cs);
+        else
+            pool.Log.FreeWhenDurable(() => pool.FreeChunk(old, cs));
     }
 
-    private static async Task WriteReplicasAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk)
+    /// <summary>
+    /// Allocates one extent of <paramref name="size"/> bytes on target <paramref name="t"/>; when the
+    /// pool has none free, flushes once (writeback writes hold the extents they superseded until a
+    /// flush round; the flush costs nothing when none is pending) and tries again.
+    /// </summary>
+    internal static async ValueTask<long> AllocateAsync(Pool pool, int t, long size)
+    {
+        long off = pool.Shards[t].Allocator.Allocate(size);
+        if (off >= 0)
+            return off;
+        await pool.Log.FlushAsync().ConfigureAwait(false);
+        return pool.Shards[t].Allocator.Allocate(size);
+    }
+
+    private static async Task WriteReplicasAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool durable)
     {
         int cs = meta.ChunkSize;
         uint crc = Crc32C.Compute(chunk.Span);
@@ -156,7 +176,7 @@ internal static class ChunkIo
             for (; allocated < rf; allocated++)
             {
                 int t = PlacementV1.Target(meta.Id, index, allocated, pool.Shards.Length);
-                long off = pool.Shards[t].Allocator.Allocate(cs);
+                long off = await AllocateAsync(pool, t, cs).ConfigureAwait(false);
                 if (off < 0)
                     throw new NoSpaceException($"no space left in pool '{pool.Label}': target {t} has no free {cs}-byte extent for image '{meta.Label}' at offset {index * cs}");
                 replicas[allocated] = new Replica((ushort)t, off, crc);
@@ -176,7 +196,7 @@ internal static class ChunkIo
         Task commit;
         try
         {
-            commit = pool.Log.CommitAfterAsync(MetaRecords.ChunkMap(meta.Id, index, replicas), data);
+            commit = pool.Log.CommitAfterAsync(MetaRecords.ChunkMap(meta.Id, index, replicas), data, durable);
         }
         catch
         {

@@ -51,7 +51,8 @@ internal static class ChunkRuns
     private static int MaxRun(Pool pool) => pool.Shards.Min(s => Math.Min(1 << 20, s.Device.Geometry.MaxTransfer));
 
     /// <summary>Writes one group of pieces; the caller holds the group's chunk locks exclusively.</summary>
-    public static async Task WriteGroupAsync(Pool pool, ImageMeta meta, List<Piece> pieces, ReadOnlyMemory<byte> source)
+    /// <param name="durable">False: writeback (PoolLog.CommitAsync); the old extents are freed once the new mappings are durable.</param>
+    public static async Task WriteGroupAsync(Pool pool, ImageMeta meta, List<Piece> pieces, ReadOnlyMemory<byte> source, bool durable = true)
     {
         pool.ThrowIfNotWritable();
         int cs = meta.ChunkSize;
@@ -83,16 +84,38 @@ internal static class ChunkRuns
                 source.Span.Slice(p.At, p.Length).CopyTo(merged.Span[p.Within..]);
                 chunks[i] = merged;
             }
-            var records = await WriteReplicasAsync(pool, meta, pieces, chunks).ConfigureAwait(false);
-            await pool.Log.CommitAsync(records).ConfigureAwait(false);
+            MetaRecord[] records;
+            try
+            {
+                records = await WriteReplicasAsync(pool, meta, pieces, chunks).ConfigureAwait(false);
+            }
+            catch (NoSpaceException)
+            {
+                // Writeback writes hold superseded extents until a flush round (another writer's flush
+                // may have released them already): flush once (free when nothing is pending), then retry.
+                await pool.Log.FlushAsync().ConfigureAwait(false);
+                records = await WriteReplicasAsync(pool, meta, pieces, chunks).ConfigureAwait(false);
+            }
+            await pool.Log.CommitAsync(records, durable).ConfigureAwait(false);
         }
         finally
         {
             foreach (var b in rented)
                 ArrayPool<byte>.Shared.Return(b);
         }
-        foreach (var old in olds)
-            pool.FreeChunk(old, cs);
+        if (durable)
+        {
+            foreach (var old in olds)
+                pool.FreeChunk(old, cs);
+        }
+        else if (olds.Any(o => o != null))
+        {
+            pool.Log.FreeWhenDurable(() =>
+            {
+                foreach (var old in olds)
+                    pool.FreeChunk(old, cs);
+            });
+        }
     }
 
     /// <summary>

@@ -171,7 +171,15 @@ public sealed class Image
         }
     }
 
-    public async Task WriteAsync(long offset, ReadOnlyMemory<byte> source)
+    /// <summary>
+    /// Writes at any byte offset. Durable (the default): the write survives a crash once this
+    /// completes. <paramref name="durable"/> false is writeback, a disk's volatile write cache: the
+    /// write is visible to reads once this completes and durable after the next <see cref="FlushAsync"/>
+    /// (or any durable write or metadata change, or about a second later); a crash before then may
+    /// lose it, chunk by chunk, but never returns other bytes than an earlier or this write's.
+    /// NBD writes without FUA use it, as the protocol allows.
+    /// </summary>
+    public async Task WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true)
     {
         using var pass = await _pool.Gate.EnterAsync().ConfigureAwait(false);
         _pool.ThrowIfNotWritable();
@@ -183,13 +191,13 @@ public sealed class Image
         if (offset / cs == (offset + source.Length - 1) / cs)
         {
             using (await _locks.ChunkAsync(offset / cs).ConfigureAwait(false))
-                await ChunkIo.WriteAsync(_pool, Meta, offset / cs, (int)(offset % cs), source).ConfigureAwait(false);
+                await ChunkIo.WriteAsync(_pool, Meta, offset / cs, (int)(offset % cs), source, durable).ConfigureAwait(false);
             return;
         }
         await ForEachGroupAsync(Groups(offset, source.Length, cs, ChunkRuns.GroupSize(_pool, _pool.Rf)), async g =>
         {
             using (await _locks.ChunksAsync(g[0].Index, g.Count, write: true).ConfigureAwait(false))
-                await ChunkRuns.WriteGroupAsync(_pool, Meta, g, source).ConfigureAwait(false);
+                await ChunkRuns.WriteGroupAsync(_pool, Meta, g, source, durable).ConfigureAwait(false);
         }).ConfigureAwait(false);
     }
 
@@ -248,13 +256,17 @@ public sealed class Image
         }
     }
 
-    /// <summary>Every acknowledged write is already durable; this fails when the pool can no longer guarantee that.</summary>
+    /// <summary>
+    /// Makes every write completed before the call durable: nothing to do unless writeback writes
+    /// (of any image of the pool) are not durable yet, else one flush round. Fails when the pool can no
+    /// longer guarantee durability.
+    /// </summary>
     public Task FlushAsync()
     {
-        // No I/O, so no gate; a prepared pool refuses writes but has nothing unflushed: a flush still succeeds.
+        // No gate: a prepared pool refuses writes, but its writeback writes were flushed by the prepare's checkpoint.
         _pool.ThrowIfNotLoggable();
         _ = Meta;
-        return Task.CompletedTask;
+        return _pool.Log.FlushAsync();
     }
 
     /// <summary>

@@ -73,6 +73,8 @@ public sealed partial class Pool : IAsyncDisposable
 
     internal Layout.LayoutCatalog Catalog => _engine.Catalog;
 
+    internal StorageEngineOptions EngineOptions => _engine.Options;
+
     /// <summary>
     /// The layout fields every header must carry now (caller holds Meta.Sync): the state's
     /// layout, plus incompat bit 62 while a job runs or after one failed in an action that may

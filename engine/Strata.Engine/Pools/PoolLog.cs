@@ -22,9 +22,11 @@ namespace Strata.Engine.Pools;
 internal sealed class PoolLog
 {
     /// <summary>Records committed together (null: a checkpoint request).</summary>
-    private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null)
+    private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null, bool Durable = true)
     {
         public MetaRecord[]? Records { get; } = Records;
+        /// <summary>False: a writeback commit, acknowledged once logged and applied; durable at the next flush round.</summary>
+        public bool Durable { get; } = Durable;
         public TaskCompletionSource Done { get; } = Done;
         /// <summary>The data writes of the (single) chunk-map record, still running when it was enqueued.</summary>
         public Task? Data { get; } = Data;
@@ -99,15 +101,108 @@ internal sealed class PoolLog
     /// A crash before that flush may keep the record but not the data: replay verifies records past
     /// the last durable mark (PoolOpener), as for any record of the tail.
     /// </summary>
-    public Task CommitAfterAsync(MetaRecord record, Task data) => Enqueue([record], data);
+    /// <param name="durable">
+    /// False: writeback. The call completes once the record is logged (no flush) and applied, so reads
+    /// see it; it becomes durable with the next flush round (<see cref="FlushAsync"/>, any durable commit,
+    /// a checkpoint, or at most StorageEngineOptions.WritebackFlushInterval later). Extents it supersedes must
+    /// be freed through <see cref="FreeWhenDurable"/>.
+    /// </param>
+    public Task CommitAfterAsync(MetaRecord record, Task data, bool durable = true) => Enqueue([record], data, durable);
 
-    /// <summary>Commits records in one batch, in order (a crash may keep a prefix of them).</summary>
-    public Task CommitAsync(MetaRecord[] records) => records.Length == 0 ? Task.CompletedTask : Enqueue(records);
+    /// <summary>Commits records in one batch, in order (a crash may keep a prefix of them); durable as above.</summary>
+    public Task CommitAsync(MetaRecord[] records, bool durable = true) => records.Length == 0 ? Task.CompletedTask : Enqueue(records, null, durable);
+
+
+    /// <summary>The last writeback record applied (0: none since the open).</summary>
+    private ulong _writebackApplied;
+    private int _writebackTimer;
+    private readonly Queue<(ulong Seq, Action Free)> _deferredFrees = new();
+
+    /// <summary>
+    /// Completes once every record applied before the call is durable: at once when nothing was
+    /// committed as writeback since the last flush round, else after a flush round of its own.
+    /// </summary>
+    public Task FlushAsync()
+    {
+        if (Volatile.Read(ref _writebackApplied) <= Volatile.Read(ref _durableThrough) && !HasDeferredFrees)
+        {
+            _pool.ThrowIfNotLoggable();
+            return Task.CompletedTask;
+        }
+        return Enqueue([], null, durable: true);
+    }
+
+    /// <summary>Extents waiting for a flush round before they may be reused.</summary>
+    public bool HasDeferredFrees
+    {
+        get
+        {
+            lock (_deferredFrees)
+                return _deferredFrees.Count > 0;
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="free"/> once every record applied so far is durable (at once if it is):
+    /// extents that a writeback record superseded stay allocated until that record is durable, since
+    /// a crash before then replays the mapping that still refers to them.
+    /// </summary>
+    public void FreeWhenDurable(Action free)
+    {
+        ulong applied;
+        lock (_pool.Meta.Sync)
+            applied = _pool.Meta.LastSeq;
+        lock (_deferredFrees)
+        {
+            if (applied > Volatile.Read(ref _durableThrough))
+            {
+                _deferredFrees.Enqueue((applied, free));
+                return;
+            }
+        }
+        free();
+    }
+
+    /// <summary>Everything up to <paramref name="seq"/> is durable: advance the mark, run the frees it releases.</summary>
+    private void MarkDurable(ulong seq)
+    {
+        List<Action>? run = null;
+        lock (_deferredFrees)
+        {
+            if (seq > _durableThrough)
+                Volatile.Write(ref _durableThrough, seq);
+            while (_deferredFrees.Count > 0 && _deferredFrees.Peek().Seq <= _durableThrough)
+                (run ??= []).Add(_deferredFrees.Dequeue().Free);
+        }
+        if (run != null)
+            foreach (var free in run)
+                free();
+    }
+
+    /// <summary>After a writeback round: make sure a flush round follows within the interval.</summary>
+    private void ArmWritebackFlush()
+    {
+        var interval = _pool.EngineOptions.WritebackFlushInterval;
+        if (interval == Timeout.InfiniteTimeSpan || Interlocked.Exchange(ref _writebackTimer, 1) != 0)
+            return;
+        _ = Task.Delay(interval).ContinueWith(async _ =>
+        {
+            Volatile.Write(ref _writebackTimer, 0);
+            try
+            {
+                await FlushAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is StoreException or ObjectDisposedException or IOException)
+            {
+                // The pool failed or closed: a close checkpoints, a failure was reported where it happened.
+            }
+        }, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default).Unwrap();
+    }
 
     /// <summary>Completes after a checkpoint that includes everything committed before the call.</summary>
     public Task CheckpointAsync() => Enqueue(null);
 
-    private Task Enqueue(MetaRecord[]? records, Task? data = null)
+    private Task Enqueue(MetaRecord[]? records, Task? data = null, bool durable = true)
     {
         _pool.ThrowIfNotLoggable();
         if (records != null)
@@ -122,7 +217,7 @@ internal sealed class PoolLog
             if (bytes > _walLength / 4)
                 throw new InvalidRequestException($"{records.Length} metadata records of {bytes} bytes exceed a quarter of the {_walLength}-byte log");
         }
-        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data);
+        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data, durable);
         if (!_queue.Writer.TryWrite(p))
             throw new ObjectDisposedException($"pool '{_pool.Label}'", "the pool is closed");
         return p.Done.Task;
@@ -146,6 +241,10 @@ internal sealed class PoolLog
         public long Started { get; set; }
         /// <summary>When its log writes completed (stopwatch ticks).</summary>
         public long Written { get; set; }
+        /// <summary>Whether the round flushes (some commit in it is durable); writeback-only rounds do not.</summary>
+        public bool Flushes { get; } = batch.Exists(p => p.Durable);
+        /// <summary>Its log writes and its records' data writes are done (failed ones voided): what a later round's flush must cover.</summary>
+        public TaskCompletionSource Settled { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         /// <summary>Completed by the completer once the round was applied and acknowledged (or failed).</summary>
         public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
@@ -197,7 +296,7 @@ internal sealed class PoolLog
                 foreach (var r in p.Records)
                     bytes += WalFormat.EncodedLength(r.Payload.Length);
             }
-            if (records.Count > 0)
+            if (batch.Count > 0) // a flush request is a batch without records
                 await StartRoundAsync(new Round(batch, records)).ConfigureAwait(false);
             else
                 _roundSlots.Release();
@@ -220,28 +319,44 @@ internal sealed class PoolLog
         {
             _pool.ThrowIfNotLoggable();
             var written = await WriteRecordsAsync(round).ConfigureAwait(false);
-            round.Durable = WrittenThenFlushAsync(round, written);
+            round.Durable = WrittenThenFlushAsync(round, written, _lastSettled);
         }
         catch (Exception e)
         {
             round.Durable = Task.FromException(e);
+            round.Settled.TrySetException(e);
         }
         _lastRoundDone = round.Done.Task;
+        _lastSettled = round.Settled.Task;
         _rounds.Writer.TryWrite(round);
     }
 
-    private async Task WrittenThenFlushAsync(Round round, Task written)
+    private Task _lastSettled = Task.CompletedTask;
+
+    private async Task WrittenThenFlushAsync(Round round, Task written, Task previousSettled)
     {
-        await written.ConfigureAwait(false);
-        round.Written = System.Diagnostics.Stopwatch.GetTimestamp();
-        // Ordering invariant: the batch's log write has completed, and the data writes of
+        try
+        {
+            await written.ConfigureAwait(false);
+            round.Written = System.Diagnostics.Stopwatch.GetTimestamp();
+            if (round.Batch.Exists(p => p.Data != null))
+                await SettleDataAsync(round).ConfigureAwait(false);
+            round.Settled.TrySetResult();
+        }
+        catch (Exception e)
+        {
+            round.Settled.TrySetException(e);
+            throw;
+        }
+        if (!round.Flushes)
+            return;
+        // Ordering invariant: this batch's log write has completed, and the data writes of
         // every chunk-map record in it completed before the record was enqueued or (records
-        // from CommitAfterAsync) complete before the flushes are issued: those flushes make
+        // from CommitAfterAsync) have completed now; so have those of every earlier round
+        // (writeback rounds do not flush: this flush covers them). The flushes issued now make
         // all of them durable (FlushCoalescer takes its ticket at the call).
-        if (round.Batch.Exists(p => p.Data != null))
-            await DataThenFlushAsync(round).ConfigureAwait(false);
-        else
-            await FlushAllAsync().ConfigureAwait(false);
+        await previousSettled.ConfigureAwait(false);
+        await FlushAllAsync().ConfigureAwait(false);
     }
 
     /// <summary>
@@ -250,7 +365,7 @@ internal sealed class PoolLog
     /// flushes. Until that flush completes no mark covers this round, so a crash may keep either
     /// version of the block: a voided record is then in the tail and replay drops it.
     /// </summary>
-    private async Task DataThenFlushAsync(Round round)
+    private async Task SettleDataAsync(Round round)
     {
         bool voided = false;
         foreach (var p in round.Batch)
@@ -270,7 +385,6 @@ internal sealed class PoolLog
         }
         if (voided)
             await Task.WhenAll(_pool.Shards.Select(s => DeviceIo.WriteAsync(s.Device, s.WalStart + round.At, round.Buffer).AsTask())).ConfigureAwait(false);
-        await FlushAllAsync().ConfigureAwait(false);
     }
 
     /// <summary>Waits until every started round is applied, then checkpoints (the state must hold exactly the durable records).</summary>
@@ -317,8 +431,15 @@ internal sealed class PoolLog
                 _stats.Records += round.Records.Count;
                 // Before any acknowledgement: a record enqueued after this round's acks
                 // must see a mark at or above this round (PoolOpener relies on it).
-                Volatile.Write(ref _durableThrough, round.LastSeq);
+                // A writeback round counts as not durable before it is applied: a FlushAsync that
+                // sees its records (or frees they deferred) must not find everything durable.
+                if (!round.Flushes)
+                    Volatile.Write(ref _writebackApplied, round.LastSeq);
                 ApplyAll(round);
+                if (round.Flushes)
+                    MarkDurable(round.LastSeq);
+                else
+                    ArmWritebackFlush();
                 foreach (var p in round.Batch)
                 {
                     if (p.DataError != null)
@@ -452,6 +573,7 @@ internal sealed class PoolLog
         var state = _pool.Meta;
         byte[] payload;
         string label;
+        ulong applied;
         long chunkBytes;
         Store.ShardHeaderLayout layout;
         lock (state.Sync)
@@ -460,6 +582,7 @@ internal sealed class PoolLog
             chunkBytes = PoolStateCodec.ChunkBytes(state);
             layout = _pool.DurableLayout();
             label = state.Props["label"];
+            applied = state.LastSeq;
         }
         ulong seq = _nextSeq - 1;
         var ckpt = Checkpoint.Encode(_pool.Id, seq, _tail, payload, _blockSize);
@@ -491,5 +614,7 @@ internal sealed class PoolLog
         })).ConfigureAwait(false);
         _head = _tail;
         MetadataEstimate = payload.Length - chunkBytes;
+        // The checkpoint's flush made every applied record durable, writeback ones included.
+        MarkDurable(applied);
     }
 }

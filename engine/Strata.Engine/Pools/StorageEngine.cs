@@ -16,6 +16,13 @@ public sealed record StorageEngineOptions
 
     /// <summary>Tests only: a pause before each upgrade step, so a kill can land mid-job.</summary>
     public TimeSpan UpgradeStepDelay { get; init; }
+
+    /// <summary>
+    /// Writeback writes (Image.WriteAsync with durable false) are made durable at most this long after
+    /// they were acknowledged, if no flush came sooner; <see cref="Timeout.InfiniteTimeSpan"/>: only by a
+    /// flush (the crash tests, whose seeds must not depend on timing).
+    /// </summary>
+    public TimeSpan WritebackFlushInterval { get; init; } = TimeSpan.FromSeconds(1);
 }
 
 /// <summary>What `pool list` shows.</summary>

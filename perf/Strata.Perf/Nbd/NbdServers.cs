@@ -34,10 +34,13 @@ internal sealed class StrataNbd : INbdServerUnderTest
     private readonly StrataMetrics _metrics;
     private readonly PrometheusExporter _exporter;
     private readonly NbdServer _server;
+    private readonly NbdServer _writethrough;
     private readonly string _dir;
 
-    private StrataNbd(NativeBlockDevice[] devices, StorageEngine engine, StrataMetrics metrics, PrometheusExporter exporter, NbdServer server, string dir, string description)
+    private StrataNbd(NativeBlockDevice[] devices, StorageEngine engine, StrataMetrics metrics, PrometheusExporter exporter, NbdServer server, NbdServer writethrough,
+        string dir, string description)
     {
+        _writethrough = writethrough;
         _devices = devices;
         _engine = engine;
         _metrics = metrics;
@@ -74,11 +77,14 @@ internal sealed class StrataNbd : INbdServerUnderTest
             var metrics = new StrataMetrics(() => (0, 0, 0), () => 1);
             var exporter = new PrometheusExporter(StrataMetrics.MeterName);
             string dir = Directory.CreateTempSubdirectory("strata-nbd-bench-").FullName;
-            var server = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "strata.sock"))],
-                new NbdExportCatalog(engine, async (p, c, i) => new MeteredImage((await engine.OpenPoolAsync(p)).OpenImage(c, i), metrics)));
+            var catalog = new NbdExportCatalog(engine, async (p, c, i) => new MeteredImage((await engine.OpenPoolAsync(p)).OpenImage(c, i), metrics));
+            var server = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "strata.sock"))], catalog);
+            // The same image behind a second server with the write cache off (nbd_write_cache: writethrough):
+            // every write durable before its reply, for the table against peers that do the same.
+            var writethrough = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "strata-wt.sock"))], catalog, new NbdServerOptions { WriteCache = false });
             string desc = $"in-process NbdServer (unix socket), StorageEngine on {o.Targets} file target(s) file:...?direct={(buffered ? 0 : 1)}&qd=128, pollers={o.Pollers}, "
-                + $"image {FormatSize(o.ImageSize)} with {Chunk(chunkSize)} chunks, rf 1, CRC32C verified on every read, every write durable on ack";
-            return new StrataNbd(devices, engine, metrics, exporter, server, dir, desc);
+                + $"image {FormatSize(o.ImageSize)} with {Chunk(chunkSize)} chunks, rf 1, CRC32C verified on every read, writes without FUA writeback (durable at FLUSH)";
+            return new StrataNbd(devices, engine, metrics, exporter, server, writethrough, dir, desc);
         }
         catch
         {
@@ -103,8 +109,21 @@ internal sealed class StrataNbd : INbdServerUnderTest
         })));
     }
 
+    /// <summary>The same image served with the write cache off: every write durable when answered.</summary>
+    public INbdServerUnderTest Writethrough => new View(this, _writethrough, Description.Replace("writes without FUA writeback (durable at FLUSH)", "write cache off: every write durable on ack", StringComparison.Ordinal));
+
+    private sealed class View(StrataNbd owner, NbdServer server, string description) : INbdServerUnderTest
+    {
+        public string Name => "strata-wt";
+        public string Description => description;
+        public string Uri => server.Listeners[0].UriFor("bench/c/img");
+        public TimeSpan CpuTime() => owner.CpuTime();
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+
     public async ValueTask DisposeAsync()
     {
+        await _writethrough.DisposeAsync();
         await _server.DisposeAsync();
         await _engine.DisposeAsync();
         _exporter.Dispose();

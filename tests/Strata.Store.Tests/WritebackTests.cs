@@ -1,0 +1,201 @@
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+
+namespace Strata.Store.Tests;
+
+/// <summary>
+/// Writeback writes (Image.WriteAsync with durable false, what NBD writes without FUA use): visible at
+/// once, durable only after a flush round (Image.FlushAsync, any durable write, a checkpoint, or the
+/// engine's WritebackFlushInterval); a crash before then loses them chunk by chunk and never exposes
+/// other bytes; extents they supersede are not reused until they are durable.
+/// </summary>
+[TestClass]
+public sealed class WritebackTests
+{
+    private const int ChunkSize = 4096;
+    private static readonly StorageEngineOptions NoTimer = new() { WritebackFlushInterval = Timeout.InfiniteTimeSpan };
+
+    private sealed record Setup(CrashDisk[] Disks, CrashSwitch Power, Pool Pool, Image Image);
+
+    private static async Task<Setup> CreateAsync(int targets, int rf, StorageEngineOptions? options = null, long poolBytesPerTarget = 1024L * 1024, int imageChunks = 16)
+    {
+        var power = new CrashSwitch();
+        var disks = Enumerable.Range(0, targets).Select(i => new CrashDisk($"crash{i}", 4L * 1024 * 1024, power)).ToArray();
+        var engine = await StorageEngine.FormatAsync(disks, options ?? NoTimer);
+        var pool = await engine.CreatePoolAsync("tank", targets * poolBytesPerTarget, rf, TestDevices.SmallPool);
+        await pool.CreateContainerAsync("c");
+        var image = await pool.CreateImageAsync("c", "v", imageChunks * ChunkSize, ChunkSize);
+        return new Setup(disks, power, pool, image);
+    }
+
+    private static async Task<byte[]> ReopenAndReadAsync(CrashDisk[] disks, Func<int, long, long, PendingFate> fate, int length)
+    {
+        var after = disks.Select(d => d.AfterCrash(new CrashSwitch(), fate)).ToArray();
+        var ras = new InMemoryRasSink();
+        var engine = await StorageEngine.OpenAsync(after, NoTimer with { Ras = ras });
+        var pool = await engine.OpenPoolAsync("tank");
+        var back = new byte[length];
+        await pool.OpenImage("c", "v").ReadAsync(0, back);
+        Assert.IsFalse(ras.Events.Any(e => e.Id is RasIds.DataChecksumMismatch or RasIds.DataUnrecoverable), "a crash exposed bad data");
+        await engine.DisposeAsync();
+        return back;
+    }
+
+    [TestMethod]
+    [DataRow(1, 1)]
+    [DataRow(2, 2)]
+    public async Task Writeback_VisibleAtOnce_LostByACrashBeforeAFlush_PreviousContentsIntact(int targets, int rf)
+    {
+        var (disks, _, pool, image) = await CreateAsync(targets, rf);
+        var durable = TestDevices.Pattern(8 * ChunkSize, 1);
+        await image.WriteAsync(0, durable);
+        Assert.IsTrue(disks.All(d => d.PendingWrites == 0), "a durable write left unflushed writes");
+
+        // Overwrite chunks 0..1 (partly) and write the never-written chunk 10, all writeback.
+        var wb1 = TestDevices.Pattern(ChunkSize + 100, 2);
+        var wb2 = TestDevices.Pattern(ChunkSize, 3);
+        await image.WriteAsync(50, wb1, durable: false);
+        await image.WriteAsync(10 * ChunkSize, wb2, durable: false);
+        var expect = new byte[16 * ChunkSize];
+        durable.CopyTo(expect, 0);
+        wb1.CopyTo(expect, 50);
+        wb2.CopyTo(expect, 10 * ChunkSize);
+        var now = new byte[expect.Length];
+        await image.ReadAsync(0, now);
+        CollectionAssert.AreEqual(expect, now, "writeback writes are not visible to reads");
+        Assert.IsTrue(disks.Any(d => d.PendingWrites > 0), "writeback writes were flushed");
+        Assert.IsTrue(pool.Log.HasDeferredFrees, "the extents writeback superseded were freed before the new mapping was durable");
+
+        // Power fails: nothing unflushed survives. The durable contents come back, unchanged.
+        var lost = await ReopenAndReadAsync(disks, (_, _, _) => PendingFate.Lost, expect.Length);
+        var old = new byte[expect.Length];
+        durable.CopyTo(old, 0);
+        CollectionAssert.AreEqual(old, lost);
+
+        // Or everything unflushed survives: the writeback contents.
+        var kept = await ReopenAndReadAsync(disks, (_, _, _) => PendingFate.Kept, expect.Length);
+        CollectionAssert.AreEqual(expect, kept);
+    }
+
+    [TestMethod]
+    public async Task Writeback_ThenFlush_SurvivesACrashThatLosesEverythingUnflushed()
+    {
+        var (disks, _, pool, image) = await CreateAsync(1, 1);
+        var data = TestDevices.Pattern(5 * ChunkSize + 77, 4);
+        await image.WriteAsync(123, data, durable: false);
+        await image.FlushAsync();
+        Assert.AreEqual(0, disks[0].PendingWrites);
+        Assert.IsFalse(pool.Log.HasDeferredFrees);
+        // A flush with nothing writeback since costs no I/O at all.
+        await image.FlushAsync();
+        Assert.AreEqual(0, disks[0].PendingWrites);
+        var back = await ReopenAndReadAsync(disks, (_, _, _) => PendingFate.Lost, 16 * ChunkSize);
+        CollectionAssert.AreEqual(data, back[123..(123 + data.Length)]);
+    }
+
+    [TestMethod]
+    public async Task DurableWrite_AfterWriteback_MakesTheWritebackDurableToo()
+    {
+        var (disks, _, _, image) = await CreateAsync(1, 1);
+        var wb = TestDevices.Pattern(3 * ChunkSize, 5);
+        await image.WriteAsync(0, wb, durable: false);
+        var d = TestDevices.Pattern(ChunkSize, 6);
+        await image.WriteAsync(9 * ChunkSize, d);
+        Assert.AreEqual(0, disks[0].PendingWrites);
+        var back = await ReopenAndReadAsync(disks, (_, _, _) => PendingFate.Lost, 16 * ChunkSize);
+        CollectionAssert.AreEqual(wb, back[..(3 * ChunkSize)]);
+        CollectionAssert.AreEqual(d, back[(9 * ChunkSize)..(10 * ChunkSize)]);
+    }
+
+    [TestMethod]
+    public async Task Writeback_NoFlushAsked_BecomesDurableWithinTheInterval()
+    {
+        var (disks, _, _, image) = await CreateAsync(1, 1, new StorageEngineOptions { WritebackFlushInterval = TimeSpan.FromMilliseconds(100) });
+        await image.WriteAsync(0, TestDevices.Pattern(ChunkSize, 7), durable: false);
+        Assert.IsTrue(disks[0].PendingWrites > 0);
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (disks[0].PendingWrites > 0 && DateTime.UtcNow < deadline)
+            await Task.Delay(20);
+        Assert.AreEqual(0, disks[0].PendingWrites, "no flush round followed the writeback write");
+    }
+
+    /// <summary>As the NBD benchmark does: 1 MiB sequential writeback overwrites, 8 at once, of a full image with 25% headroom.</summary>
+    [TestMethod]
+    public async Task Writeback_ConcurrentLargeOverwrites_OfAFullImage_NoSpaceError()
+    {
+        var devices = TestDevices.Memory(1, 64L << 20);
+        var engine = await StorageEngine.FormatAsync(devices, NoTimer);
+        const long size = 16L << 20;
+        var pool = await engine.CreatePoolAsync("tank", size / 4 * 5, 1, TestDevices.SmallPool with { WalBytes = 1 << 20 });
+        await pool.CreateContainerAsync("c");
+        var image = await pool.CreateImageAsync("c", "v", size, ChunkSize);
+        var piece = TestDevices.Pattern(1 << 20, 3);
+        for (long at = 0; at < size; at += piece.Length)
+            await image.WriteAsync(at, piece);
+        for (int pass = 0; pass < 3; pass++)
+        {
+            long next = -piece.Length;
+            await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Task.Run(async () =>
+            {
+                for (long at; (at = Interlocked.Add(ref next, piece.Length)) < size;)
+                    await image.WriteAsync(at, piece, durable: false);
+            })));
+        }
+        await image.FlushAsync();
+        await engine.DisposeAsync();
+    }
+
+    [TestMethod]
+    public async Task Writeback_ConcurrentLargeOverwrites_FileTarget_NoSpaceError()
+    {
+        var dir = Directory.CreateTempSubdirectory("strata-wb-").FullName;
+        try
+        {
+            using var dev = Strata.Engine.Device.NativeBlockDevice.Open($"file:{Path.Combine(dir, "t0")}?create=1&size=256M&direct=1&qd=128");
+            var engine = await StorageEngine.FormatAsync([dev]);
+            const long size = 64L << 20;
+            var pool = await engine.CreatePoolAsync("tank", size / 4 * 5, 1, new PoolCreateOptions { MinChunkSize = 4096 });
+            await pool.CreateContainerAsync("c");
+            var image = await pool.CreateImageAsync("c", "v", size, ChunkSize);
+            var piece = TestDevices.Pattern(1 << 20, 3);
+            for (long at = 0; at < size; at += piece.Length)
+                await image.WriteAsync(at, piece);
+            for (int pass = 0; pass < 2; pass++)
+            {
+                long next = -piece.Length;
+                await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Task.Run(async () =>
+                {
+                    for (long at; (at = Interlocked.Add(ref next, piece.Length)) < size;)
+                        await image.WriteAsync(at, piece, durable: false);
+                })));
+            }
+            await image.FlushAsync();
+            await engine.DisposeAsync();
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    [TestMethod]
+    public async Task Writeback_OverwritesBeyondFreeSpace_FlushReleasesSupersededExtents_NoSpaceError()
+    {
+        // A pool with room for the image and little more: overwriting it three times in writeback
+        // needs the superseded extents back, which only a flush round may release.
+        var (_, _, pool, image) = await CreateAsync(1, 1, poolBytesPerTarget: 256 * 1024, imageChunks: 48);
+        var expect = new byte[image.Size];
+        for (int pass = 0; pass < 3; pass++)
+        {
+            var data = TestDevices.Pattern((int)image.Size, 10 + pass);
+            for (int c = 0; c < 48; c++)
+                await image.WriteAsync((long)c * ChunkSize, data.AsMemory(c * ChunkSize, ChunkSize), durable: false);
+            data.CopyTo(expect, 0);
+        }
+        var back = new byte[image.Size];
+        await image.ReadAsync(0, back);
+        CollectionAssert.AreEqual(expect, back);
+        await image.FlushAsync();
+        Assert.IsFalse(pool.Log.HasDeferredFrees);
+    }
+}
