@@ -2,6 +2,8 @@ using System.CommandLine;
 using Strata.Engine.Host;
 
 // strata-engine [run] [--config FILE] [--data-dir DIR] | selfcheck. Without a subcommand the daemon runs.
+// Before any socket exists: NBD's receive loops continue on the socket engine's thread (SocketCompletions).
+Strata.Engine.Nbd.SocketCompletions.PreferInline();
 var root = new RootCommand("strata-engine: the Strata storage engine daemon");
 
 Option<FileInfo?> ConfigOption() => new("--config", "-c") { Description = "YAML configuration file (without it: the embedded default under --data-dir)" };

@@ -22,6 +22,8 @@ public static class Program
 
     public static async Task<int> Main(string[] args)
     {
+        // As strata-engine does (the nbd subcommand runs the daemon's NBD server in this process).
+        Strata.Engine.Nbd.SocketCompletions.PreferInline();
         if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
         {
             PrintUsage();

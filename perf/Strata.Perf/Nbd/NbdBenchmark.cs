@@ -28,6 +28,8 @@ public static class NbdBenchmark
           --servers LIST     strata,qemu-nbd,nbdkit (default all three)
           --no-durable-peers skip the write rows against qemu-nbd --cache=directsync and nbdkit --filter=fua fuamode=force
           --pollers N        polling threads per Strata target device (default 1)
+          --busy-poll-us N   a poller's busy-poll window without completions before it waits in the kernel
+                             (default: DeviceOptions.BusyPollMicros, as the engine)
           --strata-io LIST   direct,buffered (default both): Strata's file targets with O_DIRECT (direct=1, as
                              qemu-nbd --cache=none) and without (direct=0: the page cache, as nbdkit's file plugin)
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
@@ -260,6 +262,7 @@ internal sealed class NbdBenchOptions
     public required TimeSpan Runtime { get; init; }
     public required DeviceRow[] Rows { get; init; }
     public required int Pollers { get; init; }
+    public int? BusyPollMicros { get; init; }
     public required bool RunStrata { get; init; }
     public required bool RunQemuNbd { get; init; }
     public required bool RunNbdkit { get; init; }
@@ -318,6 +321,7 @@ internal sealed class NbdBenchOptions
             Runtime = TimeSpan.FromSeconds(cl.Seconds("runtime", quick ? 3 : 10)),
             Rows = rows,
             Pollers = pollers,
+            BusyPollMicros = cl.Has("busy-poll-us") ? cl.Int("busy-poll-us", 50) : null,
             RunStrata = servers.Contains("strata"),
             RunQemuNbd = servers.Contains("qemu-nbd"),
             RunNbdkit = servers.Contains("nbdkit"),

@@ -61,7 +61,7 @@ internal sealed class StrataNbd : INbdServerUnderTest
     public static async Task<StrataNbd> StartAsync(NbdBenchOptions o, int chunkSize, bool buffered)
     {
         var devices = Enumerable.Range(0, o.Targets)
-            .Select(i => NativeBlockDevice.Open($"file:{o.TargetPath(chunkSize, buffered, i)}?direct={(buffered ? 0 : 1)}&qd=128", new DeviceOptions { Pollers = o.Pollers }))
+            .Select(i => NativeBlockDevice.Open($"file:{o.TargetPath(chunkSize, buffered, i)}?direct={(buffered ? 0 : 1)}&qd=128", o.BusyPollMicros is int us ? new DeviceOptions { Pollers = o.Pollers, BusyPollMicros = us } : new DeviceOptions { Pollers = o.Pollers }))
             .ToArray();
         try
         {
