@@ -117,6 +117,7 @@ internal sealed class PoolLog
     private ulong _writebackApplied;
     private int _writebackTimer;
     private readonly Queue<(ulong Seq, Action Free)> _deferredFrees = new();
+    private ulong _lastDeferredSeq;
 
     /// <summary>
     /// Completes once every record applied before the call is durable: at once when nothing was
@@ -156,27 +157,29 @@ internal sealed class PoolLog
         {
             if (applied > Volatile.Read(ref _durableThrough))
             {
-                _deferredFrees.Enqueue((applied, free));
+                // Sequences in the queue never decrease, so MarkDurable stops at the first one not durable.
+                _lastDeferredSeq = Math.Max(_lastDeferredSeq, applied);
+                _deferredFrees.Enqueue((_lastDeferredSeq, free));
                 return;
             }
         }
         free();
     }
 
-    /// <summary>Everything up to <paramref name="seq"/> is durable: advance the mark, run the frees it releases.</summary>
+    /// <summary>
+    /// Everything up to <paramref name="seq"/> is durable: advance the mark, run the frees it releases.
+    /// The frees run under the lock: a writer out of space that finds none pending (FlushAsync,
+    /// HasDeferredFrees) must also find their extents back in the allocator.
+    /// </summary>
     private void MarkDurable(ulong seq)
     {
-        List<Action>? run = null;
         lock (_deferredFrees)
         {
             if (seq > _durableThrough)
                 Volatile.Write(ref _durableThrough, seq);
             while (_deferredFrees.Count > 0 && _deferredFrees.Peek().Seq <= _durableThrough)
-                (run ??= []).Add(_deferredFrees.Dequeue().Free);
+                _deferredFrees.Dequeue().Free();
         }
-        if (run != null)
-            foreach (var free in run)
-                free();
     }
 
     /// <summary>After a writeback round: make sure a flush round follows within the interval.</summary>
