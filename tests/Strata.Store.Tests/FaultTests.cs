@@ -125,6 +125,34 @@ public sealed class FaultTests
         await engine2.DisposeAsync();
     }
 
+    /// <summary>
+    /// A writeback write whose data write fails: its record is voided, but the pad in its place is
+    /// durable only after the next flush round, so its extents are not reused before that.
+    /// </summary>
+    [TestMethod]
+    public async Task WritebackDataWrite_Eio_ExtentsHeldUntilTheVoidIsDurable()
+    {
+        var (engine, pool, img, acked, dev, ras) = await SetupAsync();
+        await img.FlushAsync();
+        long used = pool.Shards[0].Allocator.UsedBytes;
+        var shard = pool.Shards[0];
+        long start = shard.Base + shard.Header.DataOffset, end = start + shard.Header.DataLength;
+        dev.SetFaults($"fail_io=1&fail_ops=write&fail_range={start}-{end}");
+        var e = await Assert.ThrowsExactlyAsync<StoreException>(() => img.WriteAsync(100_000, TestDevices.Pattern(3000, 5), durable: false));
+        Assert.AreEqual(Errno.EIO, e.Errno);
+        Assert.IsTrue(ras.WithId(RasIds.DataWriteFailed).Any());
+        Assert.IsTrue(pool.Log.HasDeferredFrees, "the failed write's extents were freed before its voided record was durable");
+        Assert.AreEqual(used + 16384, pool.Shards[0].Allocator.UsedBytes);
+        await img.FlushAsync();
+        Assert.IsFalse(pool.Log.HasDeferredFrees);
+        Assert.AreEqual(used, pool.Shards[0].Allocator.UsedBytes);
+        var back = new byte[3000];
+        await img.ReadAsync(100_000, back);
+        CollectionAssert.AreEqual(acked[100_000..103_000], back);
+        await engine.DisposeAsync();
+        dev.Dispose();
+    }
+
     [TestMethod]
     public async Task LogWrite_Eio_PoolReadOnlyWithRasAndAcknowledgedDataKept()
     {

@@ -217,9 +217,14 @@ internal static class ChunkIo
         }
         catch (DeviceException e) when (data.IsFaulted)
         {
-            // The data writes failed and the record was voided in the log before its round's flush:
-            // nothing refers to the new extents.
-            FreeReplicas(pool, replicas, rf, cs);
+            // The data writes failed and the record was voided in the log (a pad in its place).
+            // Durable: the round's flush made the pad durable, nothing refers to the new extents.
+            // Writeback: the pad is durable only after the next flush round; until then a crash
+            // may replay the record, and its verification must not find a reused extent.
+            if (durable)
+                FreeReplicas(pool, replicas, rf, cs);
+            else
+                pool.Log.FreeWhenDurable(() => FreeReplicas(pool, replicas, rf, cs));
             pool.Ras.Emit(new RasEvent(RasIds.DataWriteFailed, RasSeverity.Error, RasType.InfoOnly,
                 $"pool '{pool.Label}' image '{meta.Label}' write at offset {index * cs + within} failed: {e.Message}",
                 Pool: pool.Label, Image: meta.Label, Device: e.Device, Offset: index * cs + within));

@@ -112,7 +112,6 @@ internal sealed class PoolLog
     /// <summary>Commits records in one batch, in order (a crash may keep a prefix of them); durable as above.</summary>
     public Task CommitAsync(MetaRecord[] records, bool durable = true) => records.Length == 0 ? Task.CompletedTask : Enqueue(records, null, durable);
 
-
     /// <summary>The last writeback record applied (0: none since the open).</summary>
     private ulong _writebackApplied;
     private int _writebackTimer;
@@ -363,10 +362,11 @@ internal sealed class PoolLog
     }
 
     /// <summary>
-    /// Waits for the data writes of the round's records, voids the records whose writes failed
-    /// (rewrites the round's log block with pads in their place, same sequences and lengths), then
-    /// flushes. Until that flush completes no mark covers this round, so a crash may keep either
-    /// version of the block: a voided record is then in the tail and replay drops it.
+    /// Waits for the data writes of the round's records and voids the records whose writes failed
+    /// (rewrites the round's log block with pads in their place, same sequences and lengths); the
+    /// round's flush, or a later round's for writeback, follows. Until a flush covers the rewrite no
+    /// mark covers this round, so a crash may keep either version of the block: a voided record is
+    /// then in the tail and replay drops it.
     /// </summary>
     private async Task SettleDataAsync(Round round)
     {
