@@ -205,8 +205,9 @@ internal static class ChunkIo
             {
                 await data.ConfigureAwait(false);
             }
-            catch (DeviceException)
+            catch (Exception)
             {
+                // The enqueue's own error is the one to report; the writes are done either way.
             }
             FreeReplicas(pool, replicas, rf, cs);
             throw;
