@@ -72,7 +72,7 @@ internal sealed class StrataNbd : INbdServerUnderTest
             var image = await pool.CreateImageAsync("c", "img", o.ImageSize, chunkSize);
             Console.Write($"  strata: filling the {FormatSize(o.ImageSize)} image ({Chunk(chunkSize)} chunks) through the store ...");
             var sw = Stopwatch.StartNew();
-            await FillAsync(image);
+            await ImageFill.FillAsync(image);
             Console.WriteLine($" {o.ImageSize / 1e6 / sw.Elapsed.TotalSeconds:F0} MB/s");
             var metrics = new StrataMetrics(() => (0, 0, 0), () => 1);
             var exporter = new PrometheusExporter(StrataMetrics.MeterName);
@@ -92,21 +92,6 @@ internal sealed class StrataNbd : INbdServerUnderTest
                 d.Dispose();
             throw;
         }
-    }
-
-    /// <summary>Writes the whole image once, 1 MiB at a time, 8 in flight, so reads hit mapped (checksummed) chunks.</summary>
-    private static async Task FillAsync(Image image)
-    {
-        const int piece = 1 << 20;
-        long next = -piece;
-        long size = image.Size;
-        await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Task.Run(async () =>
-        {
-            var buf = new byte[piece];
-            System.Security.Cryptography.RandomNumberGenerator.Fill(buf);
-            for (long at; (at = Interlocked.Add(ref next, piece)) < size;)
-                await image.WriteAsync(at, buf.AsMemory(0, (int)Math.Min(piece, size - at)));
-        })));
     }
 
     /// <summary>The same image served with the write cache off: every write durable when answered.</summary>

@@ -183,7 +183,7 @@ public static class StoreBenchmark
             Console.Write($"  filling the {DeviceBenchmark.FormatSize(o.ImageSize)} image with {FormatChunk(chunkSize)} chunks through the store ...");
             long before = GC.GetTotalMemory(forceFullCollection: true);
             var sw = System.Diagnostics.Stopwatch.StartNew();
-            await FillAsync(image);
+            await ImageFill.FillAsync(image);
             long after = GC.GetTotalMemory(forceFullCollection: true);
             long chunks;
             lock (pool.Meta.Sync)
@@ -220,21 +220,6 @@ public static class StoreBenchmark
         await using var engine = await StorageEngine.FormatAsync(bench.Devices, force: true);
         var pool = await engine.CreatePoolAsync("bench", o.ImageSize * o.Rf / 4 * 5, o.Rf, new PoolCreateOptions { MinChunkSize = Math.Min(o.ChunkSizes.Min(), 64 * 1024) });
         return (pool.Shards[0].Base + pool.Shards[0].Header.DataOffset, pool.Shards[0].Header.DataLength);
-    }
-
-    /// <summary>Writes the whole image once, 1 MiB at a time, 8 in flight, so reads hit mapped chunks.</summary>
-    private static async Task FillAsync(Image image)
-    {
-        const int piece = 1 << 20;
-        long next = -piece;
-        long size = image.Size;
-        await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Task.Run(async () =>
-        {
-            var buf = new byte[piece];
-            System.Security.Cryptography.RandomNumberGenerator.Fill(buf);
-            for (long at; (at = Interlocked.Add(ref next, piece)) < size;)
-                await image.WriteAsync(at, buf.AsMemory(0, (int)Math.Min(piece, size - at)));
-        })));
     }
 
     private static List<string> FioCommon() => [.. Fio.ComparisonArgs];
