@@ -64,13 +64,19 @@ public sealed class FaultTests
         await engine.DisposeAsync();
     }
 
+    /// <summary>The next write into the pool's data area on target 0 fails with EIO (log and headers are outside it).</summary>
+    private static void FailNextDataWrite(Pool pool, NativeBlockDevice dev)
+    {
+        var shard = pool.Shards[0];
+        long start = shard.Base + shard.Header.DataOffset, end = start + shard.Header.DataLength;
+        dev.SetFaults($"fail_io=1&fail_ops=write&fail_range={start}-{end}");
+    }
+
     [TestMethod]
     public async Task DataWrite_Eio_OperationFailsWithRasAndAcknowledgedDataKept()
     {
         var (engine, pool, img, acked, dev, ras) = await SetupAsync();
-        var shard = pool.Shards[0];
-        long start = shard.Base + shard.Header.DataOffset, end = start + shard.Header.DataLength;
-        dev.SetFaults($"fail_io=1&fail_ops=write&fail_range={start}-{end}");
+        FailNextDataWrite(pool, dev);
         var e = await Assert.ThrowsExactlyAsync<StoreException>(() => img.WriteAsync(200_000, new byte[5000]));
         Assert.AreEqual(Errno.EIO, e.Errno);
         StringAssert.Contains(e.Message, "pool 'tank' image 'v' at offset 200000");
@@ -96,9 +102,7 @@ public sealed class FaultTests
     public async Task DataWrite_Eio_RecordVoidedInLog_ReplayAfterCrashKeepsOldData()
     {
         var (_, pool, img, acked, dev, ras) = await SetupAsync();
-        var shard = pool.Shards[0];
-        long start = shard.Base + shard.Header.DataOffset, end = start + shard.Header.DataLength;
-        dev.SetFaults($"fail_io=1&fail_ops=write&fail_range={start}-{end}");
+        FailNextDataWrite(pool, dev);
         var e = await Assert.ThrowsExactlyAsync<StoreException>(() => img.WriteAsync(100_000, TestDevices.Pattern(3000, 5)));
         Assert.AreEqual(Errno.EIO, e.Errno);
         Assert.IsTrue(ras.WithId(RasIds.DataWriteFailed).Any());
@@ -135,9 +139,7 @@ public sealed class FaultTests
         var (engine, pool, img, acked, dev, ras) = await SetupAsync();
         await img.FlushAsync();
         long used = pool.Shards[0].Allocator.UsedBytes;
-        var shard = pool.Shards[0];
-        long start = shard.Base + shard.Header.DataOffset, end = start + shard.Header.DataLength;
-        dev.SetFaults($"fail_io=1&fail_ops=write&fail_range={start}-{end}");
+        FailNextDataWrite(pool, dev);
         var e = await Assert.ThrowsExactlyAsync<StoreException>(() => img.WriteAsync(100_000, TestDevices.Pattern(3000, 5), durable: false));
         Assert.AreEqual(Errno.EIO, e.Errno);
         Assert.IsTrue(ras.WithId(RasIds.DataWriteFailed).Any());

@@ -132,10 +132,18 @@ public sealed class WritebackTests
         var pool = await engine.CreatePoolAsync("tank", size + (16L << 20), 1, TestDevices.SmallPool with { WalBytes = 1 << 20 });
         await pool.CreateContainerAsync("c");
         var image = await pool.CreateImageAsync("c", "v", size, ChunkSize);
+        await FillThenOverwriteAsync(image, passes: 3);
+        await engine.DisposeAsync();
+    }
+
+    /// <summary>Fills the image with durable 1 MiB writes, then overwrites it <paramref name="passes"/> times in writeback, 8 writes at once, and flushes.</summary>
+    private static async Task FillThenOverwriteAsync(Image image, int passes)
+    {
+        long size = image.Size;
         var piece = TestDevices.Pattern(1 << 20, 3);
         for (long at = 0; at < size; at += piece.Length)
             await image.WriteAsync(at, piece);
-        for (int pass = 0; pass < 3; pass++)
+        for (int pass = 0; pass < passes; pass++)
         {
             long next = -piece.Length;
             await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Task.Run(async () =>
@@ -145,7 +153,6 @@ public sealed class WritebackTests
             })));
         }
         await image.FlushAsync();
-        await engine.DisposeAsync();
     }
 
     [TestMethod]
@@ -162,19 +169,7 @@ public sealed class WritebackTests
             var pool = await engine.CreatePoolAsync("tank", size / 4 * 5, 1, new PoolCreateOptions { MinChunkSize = 4096 });
             await pool.CreateContainerAsync("c");
             var image = await pool.CreateImageAsync("c", "v", size, chunkSize);
-            var piece = TestDevices.Pattern(1 << 20, 3);
-            for (long at = 0; at < size; at += piece.Length)
-                await image.WriteAsync(at, piece);
-            for (int pass = 0; pass < 4; pass++)
-            {
-                long next = -piece.Length;
-                await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Task.Run(async () =>
-                {
-                    for (long at; (at = Interlocked.Add(ref next, piece.Length)) < size;)
-                        await image.WriteAsync(at, piece, durable: false);
-                })));
-            }
-            await image.FlushAsync();
+            await FillThenOverwriteAsync(image, passes: 4);
             await engine.DisposeAsync();
         }
         finally
