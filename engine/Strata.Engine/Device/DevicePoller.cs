@@ -411,13 +411,8 @@ public sealed class PollerGroup : IDisposable
         options ??= DeviceOptions.Default;
         if (threads < 1)
             throw new ArgumentOutOfRangeException(nameof(threads), threads, "a poller group needs at least one thread");
-        if (options.PollerCpus is { } cpus)
-        {
-            var allowed = ThreadAffinity.Allowed();
-            foreach (int cpu in cpus)
-                if (Array.IndexOf(allowed, cpu) < 0)
-                    throw new ArgumentException($"poller CPU {cpu} is not one this process may run on ({string.Join(",", allowed)})", nameof(options));
-        }
+        if (ThreadAffinity.Unavailable(options.PollerCpus) is { } why)
+            throw new ArgumentException(why, nameof(options));
         _threads = new PollerThread[threads];
         for (int i = 0; i < threads; i++)
             _threads[i] = new PollerThread($"{name}-{i}", options.IdleSpinIterations, options.BusyPollMicros, options.WaitSliceMicros,

@@ -79,7 +79,8 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         _handle = handle;
         Geometry = geometry;
         int depth = options.QueueDepth > 0 ? options.QueueDepth : geometry.QueueDepth;
-        CheckPollerCpus(uri, options.PollerCpus);
+        if (ThreadAffinity.Unavailable(options.PollerCpus) is { } why)
+            throw new DeviceArgumentException(uri, Errno.EINVAL, why);
         _pool = new DmaBufferPool(new ShimAllocator(handle), uri, geometry.BufferAlignment, options.ArenaBytes);
         _ops = new IoOperationPool(depth * Math.Max(1, options.Pollers) * 2, options.InlineCompletions);
         _pollers = new DevicePoller[Math.Max(1, options.Pollers)];
@@ -158,16 +159,6 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
             handle.Dispose();
             throw;
         }
-    }
-
-    private static void CheckPollerCpus(string uri, IReadOnlyList<int>? cpus)
-    {
-        if (cpus is null)
-            return;
-        var allowed = ThreadAffinity.Allowed();
-        foreach (int cpu in cpus)
-            if (Array.IndexOf(allowed, cpu) < 0)
-                throw new DeviceArgumentException(uri, Errno.EINVAL, $"poller CPU {cpu} is not one this process may run on ({string.Join(",", allowed)})");
     }
 
     public override DeviceGeometry Geometry { get; }

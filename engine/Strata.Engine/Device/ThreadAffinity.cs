@@ -32,6 +32,18 @@ internal static unsafe partial class ThreadAffinity
         return cpus.ToArray();
     }
 
+    /// <summary>Why polling threads cannot run on <paramref name="cpus"/> (one this process may not use), or null when they can.</summary>
+    public static string? Unavailable(IReadOnlyList<int>? cpus)
+    {
+        if (cpus is null)
+            return null;
+        var allowed = Allowed();
+        foreach (int cpu in cpus)
+            if (Array.IndexOf(allowed, cpu) < 0)
+                return $"poller CPU {cpu} is not one this process may run on ({string.Join(",", allowed)})";
+        return null;
+    }
+
     /// <summary>Binds the calling thread to one CPU; 0 or the errno.</summary>
     public static int PinCurrentThread(int cpu)
     {
