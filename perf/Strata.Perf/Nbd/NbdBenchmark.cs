@@ -27,7 +27,7 @@ public static class NbdBenchmark
                              read-1m-qd8, write-1m-qd8)
           --servers LIST     strata,qemu-nbd,nbdkit (default all three)
           --no-durable-peers skip the write rows against qemu-nbd --cache=directsync and nbdkit --filter=fua fuamode=force
-          --pollers N        polling threads per Strata target device (default 1)
+          --pollers N        queue pairs per Strata target device, all on one polling thread as in the engine (default 1)
           --busy-poll-us N   a poller's busy-poll window without completions before it waits in the kernel
                              (default: DeviceOptions.BusyPollMicros, as the engine)
           --strata-io LIST   direct,buffered (default both): Strata's file targets with O_DIRECT (direct=1, as

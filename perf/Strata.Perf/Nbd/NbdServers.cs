@@ -29,7 +29,7 @@ internal interface INbdServerUnderTest : IAsyncDisposable
 /// </summary>
 internal sealed class StrataNbd : INbdServerUnderTest
 {
-    private readonly NativeBlockDevice[] _devices;
+    private readonly BenchDevices _devices;
     private readonly StorageEngine _engine;
     private readonly StrataMetrics _metrics;
     private readonly PrometheusExporter _exporter;
@@ -37,7 +37,7 @@ internal sealed class StrataNbd : INbdServerUnderTest
     private readonly NbdServer _writethrough;
     private readonly string _dir;
 
-    private StrataNbd(NativeBlockDevice[] devices, StorageEngine engine, StrataMetrics metrics, PrometheusExporter exporter, NbdServer server, NbdServer writethrough,
+    private StrataNbd(BenchDevices devices, StorageEngine engine, StrataMetrics metrics, PrometheusExporter exporter, NbdServer server, NbdServer writethrough,
         string dir, string description)
     {
         _writethrough = writethrough;
@@ -60,12 +60,12 @@ internal sealed class StrataNbd : INbdServerUnderTest
 
     public static async Task<StrataNbd> StartAsync(NbdBenchOptions o, int chunkSize, bool buffered)
     {
-        var devices = Enumerable.Range(0, o.Targets)
-            .Select(i => NativeBlockDevice.Open($"file:{o.TargetPath(chunkSize, buffered, i)}?direct={(buffered ? 0 : 1)}&qd=128", o.BusyPollMicros is int us ? new DeviceOptions { Pollers = o.Pollers, BusyPollMicros = us } : new DeviceOptions { Pollers = o.Pollers }))
-            .ToArray();
+        // One polling thread for the targets, as strata-engine runs its file targets.
+        var devices = new BenchDevices(Enumerable.Range(0, o.Targets).Select(i => $"file:{o.TargetPath(chunkSize, buffered, i)}?direct={(buffered ? 0 : 1)}&qd=128"),
+            o.Pollers, pollerThreads: 1, o.BusyPollMicros);
         try
         {
-            var engine = await StorageEngine.FormatAsync(devices, force: true);
+            var engine = await StorageEngine.FormatAsync(devices.Devices, force: true);
             // Copy-on-write needs free extents beside the image's chunks: 25% headroom.
             var pool = await engine.CreatePoolAsync("bench", o.ImageSize / 4 * 5, 1, new PoolCreateOptions { MinChunkSize = Math.Min(chunkSize, 64 * 1024) });
             await pool.CreateContainerAsync("c");
@@ -82,14 +82,13 @@ internal sealed class StrataNbd : INbdServerUnderTest
             // The same image behind a second server with the write cache off (nbd_write_cache: writethrough):
             // every write durable before its reply, for the table against peers that do the same.
             var writethrough = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "strata-wt.sock"))], catalog, new NbdServerOptions { WriteCache = false });
-            string desc = $"in-process NbdServer (unix socket), StorageEngine on {o.Targets} file target(s) file:...?direct={(buffered ? 0 : 1)}&qd=128, pollers={o.Pollers}, "
+            string desc = $"in-process NbdServer (unix socket), StorageEngine on {o.Targets} file target(s) file:...?direct={(buffered ? 0 : 1)}&qd=128, {o.Pollers} queue pair(s) per target on one polling thread, "
                 + $"image {FormatSize(o.ImageSize)} with {Chunk(chunkSize)} chunks, rf 1, CRC32C verified on every read, writes without FUA writeback (durable at FLUSH)";
             return new StrataNbd(devices, engine, metrics, exporter, server, writethrough, dir, desc);
         }
         catch
         {
-            foreach (var d in devices)
-                d.Dispose();
+            devices.Dispose();
             throw;
         }
     }
@@ -113,8 +112,7 @@ internal sealed class StrataNbd : INbdServerUnderTest
         await _engine.DisposeAsync();
         _exporter.Dispose();
         _metrics.Dispose();
-        foreach (var d in _devices)
-            d.Dispose();
+        _devices.Dispose();
         Directory.Delete(_dir, recursive: true);
     }
 

@@ -144,32 +144,13 @@ public static class StoreBenchmark
     private sealed record ChunkRun(int ChunkSize, Dictionary<string, EngineResult> Results, double BytesPerChunk, long Chunks, (long Offset, long Length) DataRegion);
 
     /// <summary>The target devices, on a shared poller group of --poller-threads threads (the engine's default) unless that is 0.</summary>
-    private sealed class BenchDevices : IDisposable
-    {
-        public PollerGroup? Group { get; }
-        public NativeBlockDevice[] Devices { get; }
-
-        public BenchDevices(StoreBenchOptions o)
-        {
-            var thread = o.BusyPollMicros is int us ? new DeviceOptions { BusyPollMicros = us } : new DeviceOptions();
-            Group = o.PollerThreads > 0 ? new PollerGroup(o.PollerThreads, thread, "bench-poll") : null;
-            Devices = Enumerable.Range(0, o.Targets)
-                .Select(i => NativeBlockDevice.Open($"file:{o.TargetPath(i)}?direct=1&qd=128", thread with { Pollers = o.Pollers, Group = Group }))
-                .ToArray();
-        }
-
-        public void Dispose()
-        {
-            foreach (var d in Devices)
-                d.Dispose();
-            Group?.Dispose();
-        }
-    }
+    private static BenchDevices OpenDevices(StoreBenchOptions o) =>
+        new(Enumerable.Range(0, o.Targets).Select(i => $"file:{o.TargetPath(i)}?direct=1&qd=128"), o.Pollers, o.PollerThreads, o.BusyPollMicros);
 
     /// <summary>Formats the targets, creates pool, container and image, fills the image, then runs every row.</summary>
     private static async Task<ChunkRun> RunStrataAsync(StoreBenchOptions o, int chunkSize)
     {
-        using var bench = new BenchDevices(o);
+        using var bench = OpenDevices(o);
         {
             await using var engine = await StorageEngine.FormatAsync(bench.Devices, force: true);
             // Copy-on-write needs free extents beside the image's chunks: 25% headroom.
@@ -216,7 +197,7 @@ public static class StoreBenchmark
     /// <summary>The data area fio should use when no Strata run computed it (--engines fio).</summary>
     private static async Task<(long, long)> LayoutOnlyAsync(StoreBenchOptions o)
     {
-        using var bench = new BenchDevices(o);
+        using var bench = OpenDevices(o);
         await using var engine = await StorageEngine.FormatAsync(bench.Devices, force: true);
         var pool = await engine.CreatePoolAsync("bench", o.ImageSize * o.Rf / 4 * 5, o.Rf, new PoolCreateOptions { MinChunkSize = Math.Min(o.ChunkSizes.Min(), 64 * 1024) });
         return (pool.Shards[0].Base + pool.Shards[0].Header.DataOffset, pool.Shards[0].Header.DataLength);
