@@ -109,7 +109,7 @@ internal static class ChunkIo
     /// mapping (with its CRC32C; the commit's flush makes data and record durable)
     /// and only then free the old extents.
     /// </summary>
-    /// <param name="durable">False: writeback (PoolLog.CommitAfterAsync); the old extents are freed once the new mapping is durable.</param>
+    /// <param name="durable">False: writeback (PoolLog.CommitWriteback); the old extents are freed once the new mapping is durable.</param>
     public static async Task WriteAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, bool durable = true)
     {
         pool.ThrowIfNotWritable();
@@ -152,16 +152,15 @@ internal static class ChunkIo
 
     /// <summary>
     /// Allocates one extent of <paramref name="size"/> bytes on target <paramref name="t"/>; when the
-    /// pool has none free, flushes once (writeback writes hold the extents they superseded until a
-    /// flush round; the flush costs nothing when none is pending) and tries again.
+    /// pool has none free, runs flush rounds while they return extents that writeback writes superseded
+    /// (PoolLog.FlushForSpaceAsync), up to PoolLog.SpaceRetries times; -1 when there is still none.
     /// </summary>
     internal static async ValueTask<long> AllocateAsync(Pool pool, int t, long size)
     {
         long off = pool.Shards[t].Allocator.Allocate(size);
-        if (off >= 0)
-            return off;
-        await pool.Log.FlushAsync().ConfigureAwait(false);
-        return pool.Shards[t].Allocator.Allocate(size);
+        for (int i = 0; off < 0 && i < PoolLog.SpaceRetries && await pool.Log.FlushForSpaceAsync().ConfigureAwait(false); i++)
+            off = pool.Shards[t].Allocator.Allocate(size);
+        return off;
     }
 
     private static async Task WriteReplicasAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool durable)
@@ -187,16 +186,43 @@ internal static class ChunkIo
             FreeReplicas(pool, replicas, allocated, cs);
             throw;
         }
-        // The record is logged while the data writes run; the commit round's flush waits for
-        // them and covers both (PoolLog.CommitAfterAsync). A crash may keep the record and lose
-        // the data: replay checks the data of records past the last durable mark (PoolOpener).
+        if (!durable)
+        {
+            // Writeback: once the data is written the record is applied and queued (PoolLog.CommitWriteback);
+            // the write is answered without waiting for the log.
+            try
+            {
+                if (rf == 1)
+                    await pool.Shards[replicas[0].Target].WriteDataAsync(replicas[0].Offset, chunk).ConfigureAwait(false);
+                else
+                    await Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].WriteDataAsync(r.Offset, chunk).AsTask())).ConfigureAwait(false);
+            }
+            catch (DeviceException e)
+            {
+                FreeReplicas(pool, replicas, rf, cs);
+                throw WriteFailed(pool, meta, index * cs + within, e);
+            }
+            try
+            {
+                pool.Log.CommitWriteback([MetaRecords.ChunkMap(meta.Id, index, replicas)]);
+            }
+            catch
+            {
+                FreeReplicas(pool, replicas, rf, cs); // nothing was applied or queued
+                throw;
+            }
+            return;
+        }
         Task data = rf == 1
             ? pool.Shards[replicas[0].Target].WriteDataAsync(replicas[0].Offset, chunk).AsTask()
             : Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].WriteDataAsync(r.Offset, chunk).AsTask()));
+        // Durable: the record is logged while the data writes run; the commit round's flush waits for
+        // them and covers both (PoolLog.CommitAfterAsync). A crash may keep the record and lose
+        // the data: replay checks the data of records past the last durable mark (PoolOpener).
         Task commit;
         try
         {
-            commit = pool.Log.CommitAfterAsync(MetaRecords.ChunkMap(meta.Id, index, replicas), data, durable);
+            commit = pool.Log.CommitAfterAsync(MetaRecords.ChunkMap(meta.Id, index, replicas), data);
         }
         catch
         {
@@ -218,20 +244,20 @@ internal static class ChunkIo
         }
         catch (DeviceException e) when (data.IsFaulted)
         {
-            // The data writes failed and the record was voided in the log (a pad in its place).
-            // Durable: the round's flush made the pad durable, nothing refers to the new extents.
-            // Writeback: the pad is durable only after the next flush round; until then a crash
-            // may replay the record, and its verification must not find a reused extent.
-            if (durable)
-                FreeReplicas(pool, replicas, rf, cs);
-            else
-                pool.Log.FreeWhenDurable(() => FreeReplicas(pool, replicas, rf, cs));
-            pool.Ras.Emit(new RasEvent(RasIds.DataWriteFailed, RasSeverity.Error, RasType.InfoOnly,
-                $"pool '{pool.Label}' image '{meta.Label}' write at offset {index * cs + within} failed: {e.Message}",
-                Pool: pool.Label, Image: meta.Label, Device: e.Device, Offset: index * cs + within));
-            throw new StoreException(Errno.EIO, $"write to pool '{pool.Label}' image '{meta.Label}' at offset {index * cs + within} failed: {e.Message}", e);
+            // The data writes failed and the record was voided in the log (a pad in its place);
+            // the round's flush made the pad durable, nothing refers to the new extents.
+            FreeReplicas(pool, replicas, rf, cs);
+            throw WriteFailed(pool, meta, index * cs + within, e);
         }
         // Any other failure: the record may or may not be durable, so the extents stay allocated.
+    }
+
+    private static StoreException WriteFailed(Pool pool, ImageMeta meta, long at, DeviceException e)
+    {
+        pool.Ras.Emit(new RasEvent(RasIds.DataWriteFailed, RasSeverity.Error, RasType.InfoOnly,
+            $"pool '{pool.Label}' image '{meta.Label}' write at offset {at} failed: {e.Message}",
+            Pool: pool.Label, Image: meta.Label, Device: e.Device, Offset: at));
+        return new StoreException(Errno.EIO, $"write to pool '{pool.Label}' image '{meta.Label}' at offset {at} failed: {e.Message}", e);
     }
 
     private static void FreeReplicas(Pool pool, Replica[] replicas, int count, int cs)

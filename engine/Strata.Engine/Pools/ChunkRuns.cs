@@ -51,7 +51,7 @@ internal static class ChunkRuns
     private static int MaxRun(Pool pool) => pool.Shards.Min(s => Math.Min(1 << 20, s.Device.Geometry.MaxTransfer));
 
     /// <summary>Writes one group of pieces; the caller holds the group's chunk locks exclusively.</summary>
-    /// <param name="durable">False: writeback (PoolLog.CommitAsync); the old extents are freed once the new mappings are durable.</param>
+    /// <param name="durable">False: writeback (PoolLog.CommitWriteback); the old extents are freed once the new mappings are durable.</param>
     public static async Task WriteGroupAsync(Pool pool, ImageMeta meta, List<Piece> pieces, ReadOnlyMemory<byte> source, bool durable = true)
     {
         pool.ThrowIfNotWritable();
@@ -84,19 +84,39 @@ internal static class ChunkRuns
                 source.Span.Slice(p.At, p.Length).CopyTo(merged.Span[p.Within..]);
                 chunks[i] = merged;
             }
-            MetaRecord[] records;
-            try
+            MetaRecord[]? records = null;
+            for (int attempt = 0; records == null; attempt++)
             {
-                records = await WriteReplicasAsync(pool, meta, pieces, chunks).ConfigureAwait(false);
+                try
+                {
+                    records = await WriteReplicasAsync(pool, meta, pieces, chunks).ConfigureAwait(false);
+                }
+                catch (NoSpaceException) when (attempt < PoolLog.SpaceRetries)
+                {
+                    // Writeback writes hold superseded extents until a flush round returns them
+                    // (ChunkIo.AllocateAsync, for one chunk): flush and try again while that returns any.
+                    if (!await pool.Log.FlushForSpaceAsync().ConfigureAwait(false))
+                        throw;
+                }
             }
-            catch (NoSpaceException)
+            if (durable)
             {
-                // Writeback writes hold superseded extents until a flush round (another writer's flush
-                // may have released them already): flush once (free when nothing is pending), then retry.
-                await pool.Log.FlushAsync().ConfigureAwait(false);
-                records = await WriteReplicasAsync(pool, meta, pieces, chunks).ConfigureAwait(false);
+                await pool.Log.CommitAsync(records).ConfigureAwait(false);
             }
-            await pool.Log.CommitAsync(records, durable).ConfigureAwait(false);
+            else
+            {
+                try
+                {
+                    pool.Log.CommitWriteback(records);
+                }
+                catch
+                {
+                    // Nothing was applied or queued: the new extents are free again.
+                    foreach (var rec in records)
+                        pool.FreeChunk(MetaRecords.ChunkMapOf(rec), cs);
+                    throw;
+                }
+            }
         }
         finally
         {

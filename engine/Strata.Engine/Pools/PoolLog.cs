@@ -22,12 +22,17 @@ namespace Strata.Engine.Pools;
 internal sealed class PoolLog
 {
     /// <summary>Records committed together (null: a checkpoint request).</summary>
-    private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null, bool Durable = true)
+    private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null, bool applied = false)
     {
         public MetaRecord[]? Records { get; } = Records;
-        /// <summary>False: a writeback commit, acknowledged once logged and applied; durable at the next flush round.</summary>
-        public bool Durable { get; } = Durable;
+        /// <summary>
+        /// A writeback commit (<see cref="CommitWriteback"/>): applied and acknowledged when enqueued, logged by
+        /// the next round without a flush, durable at the next flush round. Every other commit is durable when done.
+        /// </summary>
+        public bool Applied { get; } = applied;
         public TaskCompletionSource Done { get; } = Done;
+        /// <summary>Its place in the queue (1, 2, ...): the rounds take commits in this order.</summary>
+        public long Ordinal;
         /// <summary>The data writes of the (single) chunk-map record, still running when it was enqueued.</summary>
         public Task? Data { get; } = Data;
         /// <summary>Where the record sits in its round's log buffer, and its sequence (to void it).</summary>
@@ -101,22 +106,69 @@ internal sealed class PoolLog
     /// A crash before that flush may keep the record but not the data: replay verifies records past
     /// the last durable mark (PoolOpener), as for any record of the tail.
     /// </summary>
-    /// <param name="durable">
-    /// False: writeback. The call completes once the record is logged (no flush) and applied, so reads
-    /// see it; it becomes durable with the next flush round (<see cref="FlushAsync"/>, any durable commit,
-    /// a checkpoint, or at most StorageEngineOptions.WritebackFlushInterval later). Extents it supersedes must
-    /// be freed through <see cref="FreeWhenDurable"/>.
-    /// </param>
-    public Task CommitAfterAsync(MetaRecord record, Task data, bool durable = true) => Enqueue([record], data, durable);
+    public Task CommitAfterAsync(MetaRecord record, Task data) => Enqueue([record], data);
 
     /// <summary>Commits records in one batch, in order (a crash may keep a prefix of them); durable as above.</summary>
-    public Task CommitAsync(MetaRecord[] records, bool durable = true) => records.Length == 0 ? Task.CompletedTask : Enqueue(records, null, durable);
+    public Task CommitAsync(MetaRecord[] records) => records.Length == 0 ? Task.CompletedTask : Enqueue(records);
 
-    /// <summary>The last writeback record applied (0: none since the open).</summary>
-    private ulong _writebackApplied;
+    /// <summary>
+    /// Writeback commit of chunk-map records whose data writes have completed: the records are applied
+    /// at once (reads see them when this returns) and queued; the next round logs them without a flush,
+    /// and they are durable with the next flush round (<see cref="FlushAsync"/>, any durable commit, a
+    /// checkpoint, or at most StorageEngineOptions.WritebackFlushInterval later). A crash before then
+    /// loses them, record by record; replay verifies the data of records past the last durable mark,
+    /// as for any record of the tail. Extents they supersede must be freed through <see cref="FreeWhenDurable"/>.
+    /// <para>
+    /// Applying before logging keeps the order that matters: a record is applied and queued under the
+    /// state's lock, so records are logged in the order they were applied; the caller holds the chunk's
+    /// lock, so no other record on that chunk (write, trim, resize, removal) is queued in between. Throws,
+    /// with nothing applied, when the pool cannot log (the caller frees the records' new extents).
+    /// </para>
+    /// </summary>
+    public void CommitWriteback(MetaRecord[] records)
+    {
+        Validate(records);
+        var state = _pool.Meta;
+        var p = new Pending(records, Acknowledged, null, applied: true);
+        lock (state.Sync)
+        {
+            _pool.ThrowIfNotLoggable();
+            foreach (var r in records)
+            {
+                if (r.Type != MetaRecordType.ChunkMap)
+                    throw new InvalidOperationException($"a writeback commit holds chunk-map records only, not {r.Type}");
+                uint image = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(r.Payload);
+                if (!state.Images.ContainsKey(image))
+                    throw new NotFoundException($"pool '{_pool.Label}' has no image {image} (it was removed)");
+            }
+            p.Ordinal = _enqueued + 1;
+            if (!_queue.Writer.TryWrite(p))
+                throw new ObjectDisposedException($"pool '{_pool.Label}'", "the pool is closed");
+            _enqueued = p.Ordinal;
+            Volatile.Write(ref _writebackEnqueued, p.Ordinal);
+            // The sequence is assigned when the round is written; LastSeq moves with the rounds.
+            foreach (var r in records)
+                state.Apply(new WalRecord(state.LastSeq, (ushort)r.Type, r.Flags, r.Payload));
+        }
+        ArmWritebackFlush();
+    }
+
+    /// <summary>What writeback commits wait on: nothing (they are acknowledged when enqueued).</summary>
+    private static readonly TaskCompletionSource Acknowledged = NewAcknowledged();
+
+    private static TaskCompletionSource NewAcknowledged()
+    {
+        var t = new TaskCompletionSource();
+        t.SetResult();
+        return t;
+    }
+
+    /// <summary>The last commit queued, the last writeback commit queued, and the last one durable (ordinals; 0: none).</summary>
+    private long _enqueued, _writebackEnqueued, _durableOrdinal;
+    /// <summary>The last commit of the last round applied (ordinal; under the state's lock).</summary>
+    private long _appliedOrdinal;
     private int _writebackTimer;
-    private readonly Queue<(ulong Seq, Action Free)> _deferredFrees = new();
-    private ulong _lastDeferredSeq;
+    private readonly Queue<(long Ordinal, Action Free)> _deferredFrees = new();
 
     /// <summary>
     /// Completes once every record applied before the call is durable: at once when nothing was
@@ -124,13 +176,30 @@ internal sealed class PoolLog
     /// </summary>
     public Task FlushAsync()
     {
-        if (Volatile.Read(ref _writebackApplied) <= Volatile.Read(ref _durableThrough) && !HasDeferredFrees)
+        if (Volatile.Read(ref _writebackEnqueued) <= Volatile.Read(ref _durableOrdinal) && !HasDeferredFrees)
         {
             _pool.ThrowIfNotLoggable();
             return Task.CompletedTask;
         }
-        return Enqueue([], null, durable: true);
+        return Enqueue([]);
     }
+
+    /// <summary>
+    /// For a writer out of space: when writeback commits are not durable yet or frees wait for a flush,
+    /// runs a flush round, which returns the extents they superseded, and says true; false when a flush
+    /// would return nothing. Concurrent writers may take what came back first, so callers try again
+    /// a few times (<see cref="SpaceRetries"/>) before reporting ENOSPC.
+    /// </summary>
+    public async Task<bool> FlushForSpaceAsync()
+    {
+        if (Volatile.Read(ref _writebackEnqueued) <= Volatile.Read(ref _durableOrdinal) && !HasDeferredFrees)
+            return false;
+        await Enqueue([]).ConfigureAwait(false);
+        return true;
+    }
+
+    /// <summary>Flush rounds a writer out of space runs (each returning superseded extents) before it reports ENOSPC.</summary>
+    public const int SpaceRetries = 8;
 
     /// <summary>Extents waiting for a flush round before they may be reused.</summary>
     public bool HasDeferredFrees
@@ -149,16 +218,15 @@ internal sealed class PoolLog
     /// </summary>
     public void FreeWhenDurable(Action free)
     {
-        ulong applied;
+        long queued;
         lock (_pool.Meta.Sync)
-            applied = _pool.Meta.LastSeq;
+            queued = _enqueued;
         lock (_deferredFrees)
         {
-            if (applied > Volatile.Read(ref _durableThrough))
+            if (queued > _durableOrdinal)
             {
-                // Sequences in the queue never decrease, so MarkDurable stops at the first one not durable.
-                _lastDeferredSeq = Math.Max(_lastDeferredSeq, applied);
-                _deferredFrees.Enqueue((_lastDeferredSeq, free));
+                // Ordinals read later are never smaller, so MarkDurable stops at the first one not durable.
+                _deferredFrees.Enqueue((queued, free));
                 return;
             }
         }
@@ -166,17 +234,19 @@ internal sealed class PoolLog
     }
 
     /// <summary>
-    /// Everything up to <paramref name="seq"/> is durable: advance the mark, run the frees it releases.
-    /// The frees run under the lock: a writer out of space that finds none pending (FlushAsync,
-    /// HasDeferredFrees) must also find their extents back in the allocator.
+    /// Everything up to sequence <paramref name="seq"/> and commit <paramref name="ordinal"/> is durable:
+    /// advance the marks, run the frees it releases. The frees run under the lock: a writer out of space
+    /// that finds none pending (FlushAsync, HasDeferredFrees) must also find their extents back in the allocator.
     /// </summary>
-    private void MarkDurable(ulong seq)
+    private void MarkDurable(ulong seq, long ordinal)
     {
         lock (_deferredFrees)
         {
             if (seq > _durableThrough)
                 Volatile.Write(ref _durableThrough, seq);
-            while (_deferredFrees.Count > 0 && _deferredFrees.Peek().Seq <= _durableThrough)
+            if (ordinal > _durableOrdinal)
+                Volatile.Write(ref _durableOrdinal, ordinal);
+            while (_deferredFrees.Count > 0 && _deferredFrees.Peek().Ordinal <= _durableOrdinal)
                 _deferredFrees.Dequeue().Free();
         }
     }
@@ -204,25 +274,34 @@ internal sealed class PoolLog
     /// <summary>Completes after a checkpoint that includes everything committed before the call.</summary>
     public Task CheckpointAsync() => Enqueue(null);
 
-    private Task Enqueue(MetaRecord[]? records, Task? data = null, bool durable = true)
+    private Task Enqueue(MetaRecord[]? records, Task? data = null)
     {
         _pool.ThrowIfNotLoggable();
         if (records != null)
+            Validate(records);
+        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data);
+        // Ordinals follow the queue's order (CommitWriteback queues under the same lock).
+        lock (_pool.Meta.Sync)
         {
-            long bytes = 0;
-            foreach (var record in records)
-            {
-                if (record.Payload.Length > WalFormat.MaxPayload)
-                    throw new InvalidRequestException($"metadata record of {record.Payload.Length} bytes exceeds {WalFormat.MaxPayload}");
-                bytes += WalFormat.EncodedLength(record.Payload.Length);
-            }
-            if (bytes > _walLength / 4)
-                throw new InvalidRequestException($"{records.Length} metadata records of {bytes} bytes exceed a quarter of the {_walLength}-byte log");
+            p.Ordinal = _enqueued + 1;
+            if (!_queue.Writer.TryWrite(p))
+                throw new ObjectDisposedException($"pool '{_pool.Label}'", "the pool is closed");
+            _enqueued = p.Ordinal;
         }
-        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data, durable);
-        if (!_queue.Writer.TryWrite(p))
-            throw new ObjectDisposedException($"pool '{_pool.Label}'", "the pool is closed");
         return p.Done.Task;
+    }
+
+    private void Validate(MetaRecord[] records)
+    {
+        long bytes = 0;
+        foreach (var record in records)
+        {
+            if (record.Payload.Length > WalFormat.MaxPayload)
+                throw new InvalidRequestException($"metadata record of {record.Payload.Length} bytes exceeds {WalFormat.MaxPayload}");
+            bytes += WalFormat.EncodedLength(record.Payload.Length);
+        }
+        if (bytes > _walLength / 4)
+            throw new InvalidRequestException($"{records.Length} metadata records of {bytes} bytes exceed a quarter of the {_walLength}-byte log");
     }
 
     /// <summary>
@@ -244,7 +323,9 @@ internal sealed class PoolLog
         /// <summary>When its log writes completed (stopwatch ticks).</summary>
         public long Written { get; set; }
         /// <summary>Whether the round flushes (some commit in it is durable); writeback-only rounds do not.</summary>
-        public bool Flushes { get; } = batch.Exists(p => p.Durable);
+        public bool Flushes { get; } = batch.Exists(p => !p.Applied);
+        /// <summary>The ordinal of its last commit: every commit up to it is in this round or an earlier one.</summary>
+        public long LastOrdinal { get; } = batch[^1].Ordinal;
         /// <summary>Its log writes and its records' data writes are done (failed ones voided): what a later round's flush must cover.</summary>
         public TaskCompletionSource Settled { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         /// <summary>Completed by the completer once the round was applied and acknowledged (or failed).</summary>
@@ -434,15 +515,9 @@ internal sealed class PoolLog
                 _stats.Records += round.Records.Count;
                 // Before any acknowledgement: a record enqueued after this round's acks
                 // must see a mark at or above this round (PoolOpener relies on it).
-                // A writeback round counts as not durable before it is applied: a FlushAsync that
-                // sees its records (or frees they deferred) must not find everything durable.
-                if (!round.Flushes)
-                    Volatile.Write(ref _writebackApplied, round.LastSeq);
                 ApplyAll(round);
                 if (round.Flushes)
-                    MarkDurable(round.LastSeq);
-                else
-                    ArmWritebackFlush();
+                    MarkDurable(round.LastSeq, round.LastOrdinal);
                 foreach (var p in round.Batch)
                 {
                     if (p.DataError != null)
@@ -481,7 +556,7 @@ internal sealed class PoolLog
             {
                 foreach (var r in p.Records!)
                 {
-                    if (p.DataError == null)
+                    if (p.DataError == null && !p.Applied)
                     {
                         state.Apply(new WalRecord(seq, (ushort)r.Type, r.Flags, r.Payload));
                         if (r.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkUnmap))
@@ -491,6 +566,7 @@ internal sealed class PoolLog
                 }
             }
             state.LastSeq = round.LastSeq;
+            _appliedOrdinal = round.LastOrdinal;
         }
     }
 
@@ -577,6 +653,7 @@ internal sealed class PoolLog
         byte[] payload;
         string label;
         ulong applied;
+        long appliedOrdinal;
         long chunkBytes;
         Store.ShardHeaderLayout layout;
         lock (state.Sync)
@@ -586,6 +663,7 @@ internal sealed class PoolLog
             layout = _pool.DurableLayout();
             label = state.Props["label"];
             applied = state.LastSeq;
+            appliedOrdinal = _appliedOrdinal;
         }
         ulong seq = _nextSeq - 1;
         var ckpt = Checkpoint.Encode(_pool.Id, seq, _tail, payload, _blockSize);
@@ -617,7 +695,8 @@ internal sealed class PoolLog
         })).ConfigureAwait(false);
         _head = _tail;
         MetadataEstimate = payload.Length - chunkBytes;
-        // The checkpoint's flush made every applied record durable, writeback ones included.
-        MarkDurable(applied);
+        // The checkpoint's flush made every applied record durable, writeback ones included (those
+        // applied but not yet in a round are durable too, but counted only when their round flushes).
+        MarkDurable(applied, appliedOrdinal);
     }
 }
