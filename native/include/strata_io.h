@@ -31,7 +31,7 @@ extern "C" {
 /** Version constants of the ABI. */
 enum sio_abi {
     /** ABI version this header describes; the managed side refuses a library reporting another. */
-    SIO_ABI_VERSION = 1,
+    SIO_ABI_VERSION = 2,
 };
 
 /** Limits of the ABI. */
@@ -87,6 +87,11 @@ enum sio_device_flags {
      * the batch its poll or wait returned.
      */
     SIO_DEV_F_COMPLETION_DETAIL = 64,
+    /**
+     * Reads may be served from the page cache on the calling thread
+     * (sio_device_read_cached): a file or block device opened without O_DIRECT.
+     */
+    SIO_DEV_F_CACHED_READ = 128,
 };
 
 /** Backend kinds reported in sio_geometry.backend. */
@@ -225,6 +230,17 @@ SIO_API int32_t sio_device_set_faults(sio_device *dev, const char *spec);
 
 /** Reports the fault injector's counters. */
 SIO_API int32_t sio_device_fault_stats(sio_device *dev, sio_fault_stats *out_stats);
+
+/**
+ * Reads length bytes at offset on the calling thread, only if they are all in
+ * the page cache (preadv2 with RWF_NOWAIT): no queue pair, no polling thread,
+ * nothing blocks. Returns 0 when buf holds them; -EAGAIN when they are not all
+ * cached, the read would block, it failed, or fault injection is configured
+ * (the caller then submits a READ through a queue pair, which reports errors
+ * with their detail); -ENOTSUP when the device lacks SIO_DEV_F_CACHED_READ.
+ * Offset and length follow the READ command's rules. Thread-safe.
+ */
+SIO_API int32_t sio_device_read_cached(sio_device *dev, void *buf, uint32_t length, uint64_t offset);
 
 /** Allocates a zeroed DMA-able buffer of size bytes aligned to at least align (power of two, 0 for the device's). */
 SIO_API int32_t sio_dma_alloc(sio_device *dev, uint64_t size, uint32_t align, void **out_buf);

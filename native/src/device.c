@@ -8,6 +8,7 @@
  * with -ENOTSUP so callers can tell "not available here" from a typo.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -129,6 +130,24 @@ int32_t sio_device_geometry(sio_device *dev, sio_geometry *out_geometry)
     if (sio_faults_enabled(&dev->faults))
         out_geometry->flags |= SIO_DEV_F_FAULTS;
     return 0;
+}
+
+int32_t sio_device_read_cached(sio_device *dev, void *buf, uint32_t length, uint64_t offset)
+{
+    if (dev == NULL || buf == NULL)
+        return sio_fail(-EINVAL, "sio_device_read_cached: %s is NULL", dev == NULL ? "dev" : "buf");
+    if (dev->ops->read_cached == NULL || (dev->geo.flags & SIO_DEV_F_CACHED_READ) == 0)
+        return -ENOTSUP;
+    uint32_t block = dev->geo.logical_block_size;
+    uint64_t capacity = dev->geo.block_count * (uint64_t)block;
+    if (length == 0 || length % block != 0 || offset % block != 0 || length > dev->geo.max_transfer ||
+        offset > capacity || length > capacity - offset)
+        return sio_fail(-EINVAL, "sio_device_read_cached: read of %u bytes at offset %" PRIu64
+                        " is not block aligned or not inside the device", length, offset);
+    /* Injected faults are decided per command on the queue pair path. */
+    if (sio_faults_enabled(&dev->faults))
+        return -EAGAIN;
+    return dev->ops->read_cached(dev, buf, length, offset);
 }
 
 int32_t sio_device_set_faults(sio_device *dev, const char *spec)

@@ -3,6 +3,7 @@
  * trim and write_zeroes, registered regions, polling and waiting.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <linux/magic.h>
 #include <sys/mman.h>
@@ -455,4 +456,57 @@ TEST(queue_pairs_on_threads)
     for (int i = 0; i < 4; i++)
         pthread_join(th[i], NULL);
     CHECK_OK(sio_device_close(dev));
+}
+
+/*
+ * sio_device_read_cached: a buffered device serves a read the page cache holds
+ * whole on the caller's thread; pages not cached, injected faults and direct
+ * devices leave it to a queue pair.
+ */
+TEST(read_cached)
+{
+    const char *p = t_path("cached");
+    sio_device *dev = t_open("file:%s?create=1&size=4M&direct=0", p);
+    sio_geometry g;
+    CHECK_OK(sio_device_geometry(dev, &g));
+    CHECK((g.flags & SIO_DEV_F_CACHED_READ) != 0);
+    sio_qpair *qp = t_qpair(dev, 4);
+    uint8_t *w = t_dma(dev, 65536), *r = t_dma(dev, 65536);
+    t_fill(w, 65536, 7);
+    CHECK_EQ(t_io(qp, SIO_OP_WRITE, 131072, w, 65536, 0).status, 0);
+    memset(r, 0, 65536);
+    CHECK_EQ(sio_device_read_cached(dev, r, 65536, 131072), 0);
+    CHECK(t_is_fill(r, 65536, 7));
+    /* Not block aligned, past the end, or empty: refused like a READ command. */
+    CHECK_EQ(sio_device_read_cached(dev, r, 4096, 131072 + 512), -EINVAL);
+    CHECK_EQ(sio_device_read_cached(dev, r, 8192, (4 << 20) - 4096), -EINVAL);
+    CHECK_EQ(sio_device_read_cached(dev, r, 0, 0), -EINVAL);
+    /* Written back and dropped from the page cache: not served here. */
+    CHECK_EQ(t_io(qp, SIO_OP_FLUSH, 0, NULL, 0, 0).status, 0);
+    int fd = open(p, O_RDONLY);
+    CHECK(fd >= 0);
+    CHECK_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+    close(fd);
+    CHECK_EQ(sio_device_read_cached(dev, r, 65536, 131072), -EAGAIN);
+    /* The queue pair reads it (and caches it again). */
+    memset(r, 0, 65536);
+    CHECK_EQ(t_io(qp, SIO_OP_READ, 131072, r, 65536, 0).status, 0);
+    CHECK(t_is_fill(r, 65536, 7));
+    CHECK_EQ(sio_device_read_cached(dev, r, 65536, 131072), 0);
+    /* With faults configured every read takes the queue pair, where faults are decided. */
+    CHECK_OK(sio_device_set_faults(dev, "fail_io=1&fail_ops=read"));
+    CHECK_EQ(sio_device_read_cached(dev, r, 4096, 131072), -EAGAIN);
+    CHECK(t_io(qp, SIO_OP_READ, 131072, r, 4096, 0).status < 0);
+    CHECK_OK(sio_qpair_destroy(qp));
+    CHECK_OK(sio_dma_free(dev, w));
+    CHECK_OK(sio_dma_free(dev, r));
+    CHECK_OK(sio_device_close(dev));
+
+    sio_device *direct = t_open("file:%s?create=1&size=4M", t_path("cached-direct"));
+    CHECK_OK(sio_device_geometry(direct, &g));
+    CHECK_EQ(g.flags & SIO_DEV_F_CACHED_READ, 0);
+    uint8_t *d = t_dma(direct, 4096);
+    CHECK_EQ(sio_device_read_cached(direct, d, 4096, 0), -ENOTSUP);
+    CHECK_OK(sio_dma_free(direct, d));
+    CHECK_OK(sio_device_close(direct));
 }

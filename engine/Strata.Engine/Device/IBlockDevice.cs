@@ -24,6 +24,8 @@ public enum DeviceFeatures
     ReadOnly = 32,
     /// <summary>A failed completion carries the backend's reason (SPDK: the NVMe status).</summary>
     CompletionDetail = 64,
+    /// <summary>Reads found whole in the page cache complete on the caller's thread (a file opened without O_DIRECT).</summary>
+    CachedRead = 128,
 }
 
 /// <summary>Geometry of an opened device.</summary>

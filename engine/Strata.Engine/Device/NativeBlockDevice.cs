@@ -170,6 +170,10 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
 
     protected override ValueTask SubmitCore(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
     {
+        // A read the page cache holds whole is served on this thread (sio_device_read_cached): one
+        // syscall, no hand-off to the polling thread and back. Anything else goes through a queue pair.
+        if (opcode == IoOpcode.Read && (Geometry.Features & DeviceFeatures.CachedRead) != 0 && ReadCached(offset, buffer))
+            return ValueTask.CompletedTask;
         var op = _ops.Rent();
         op.DeviceName = Name;
         op.Opcode = opcode;
@@ -190,6 +194,12 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         var poller = pollers.Length == 1 ? pollers[0] : pollers[(int)((uint)Interlocked.Increment(ref _next) % (uint)pollers.Length)];
         poller.Enqueue(op);
         return task;
+    }
+
+    private bool ReadCached(long offset, ReadOnlyMemory<byte> buffer)
+    {
+        using var pin = buffer.Pin();
+        return StrataIo.sio_device_read_cached(_handle.DangerousGetHandle(), pin.Pointer, (uint)buffer.Length, (ulong)offset) == 0;
     }
 
     public void SetFaults(string spec)

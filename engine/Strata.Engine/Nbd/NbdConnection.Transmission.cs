@@ -7,8 +7,11 @@ namespace Strata.Engine.Nbd;
 /// <summary>
 /// Transmission: one receive loop parses requests from a buffered socket and starts each
 /// at once (up to MaxInFlight per connection, and MaxInFlightBytes of payload); each request
-/// completes on its own and queues its reply; one send loop writes the replies in completion
-/// order, batching whatever is ready into one send. Nothing here allocates per request:
+/// completes on its own. A request that completes on the receive loop's own thread while it
+/// parses (a read the page cache held, an error) is answered by the receive loop itself, in
+/// one send for all of them before it next waits; one completed elsewhere (on the device's
+/// polling thread) queues its reply for the send loop, which batches whatever is ready into
+/// one send. One lock makes them take turns on the socket. Nothing here allocates per request:
 /// request objects are reused, payloads come from <see cref="NbdBufferPool"/>, and socket
 /// operations and the reply channel complete through reusable awaitables.
 /// </summary>
@@ -27,6 +30,13 @@ internal sealed partial class NbdConnection
     private readonly Stack<NbdRequest> _free = new();
     private readonly SingleWaiterSignal _slotFreed;
     private Channel<NbdRequest> _replies;
+    /// <summary>Whoever writes replies to the socket holds it: the send loop, or the receive loop for its own.</summary>
+    private readonly SemaphoreSlim _sendLock = new(1, 1);
+    /// <summary>Replies completed on the receive loop's thread during its current segment (only that thread touches them).</summary>
+    private NbdRequest[] _inline = [];
+    private int _inlineCount;
+    /// <summary>The managed thread the receive loop runs on between two awaits, or 0 while it waits.</summary>
+    private int _inlineThread;
     private TaskCompletionSource? _drained;
     private int _inFlight;
     private long _inFlightBytes;
@@ -44,6 +54,7 @@ internal sealed partial class NbdConnection
         // Requests complete on the device poller (NbdExport's image completes inline), which must only
         // queue the reply: the send loop is woken on the thread pool, once per batch of replies.
         _replies = Channel.CreateUnbounded<NbdRequest>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = false, AllowSynchronousContinuations = false });
+        _inline = new NbdRequest[Options.MaxInFlight];
         var sender = Task.Run(SendLoopAsync);
         string why;
         try
@@ -54,6 +65,9 @@ internal sealed partial class NbdConnection
         {
             why = _revokeReason != null ? $"revoked: {_revokeReason}" : $"connection lost: {e.Message}";
         }
+        // Replies the receive loop had not sent yet go to the send loop.
+        _inlineThread = 0;
+        HandOffInline();
         // Requests in flight finish and their replies go out (or are dropped if the socket broke).
         await WhenDrained().ConfigureAwait(false);
         _replies.Writer.TryComplete();
@@ -67,12 +81,19 @@ internal sealed partial class NbdConnection
 
     private async Task<string> ReceiveLoopAsync()
     {
+        _inlineThread = Environment.CurrentManagedThreadId;
         while (true)
         {
             while (_re - _rs < RequestHeaderSize)
             {
                 CompactReceiveBuffer();
+                // From here to the next parse the thread may serve other connections: nothing completed
+                // on it is this loop's any more.
+                _inlineThread = 0;
+                if (_inlineCount > 0)
+                    await SendInlineAsync().ConfigureAwait(false);
                 int got = await _socket.ReceiveAsync(_recv.AsMemory(_re), SocketFlags.None).ConfigureAwait(false);
+                _inlineThread = Environment.CurrentManagedThreadId;
                 if (got == 0)
                 {
                     if (_revokeReason != null)
@@ -98,7 +119,7 @@ internal sealed partial class NbdConnection
                 // The payload cannot be skipped safely at any size: answer, then close once the reply is out.
                 NbdRequest? r0;
                 while ((r0 = TryAcquire(0)) == null)
-                    await _slotFreed.WaitAsync().ConfigureAwait(false);
+                    await WaitForSlotAsync().ConfigureAwait(false);
                 r0.Init(h, 0);
                 string what = $"WRITE of {h.Length} bytes exceeds the {Options.MaxPayload}-byte maximum payload";
                 r0.Complete(EInval, what);
@@ -107,7 +128,7 @@ internal sealed partial class NbdConnection
             int bytes = payloadIn || (h.Type == CmdRead && error == 0) ? (int)h.Length : 0;
             NbdRequest? r;
             while ((r = TryAcquire(bytes)) == null)
-                await _slotFreed.WaitAsync().ConfigureAwait(false);
+                await WaitForSlotAsync().ConfigureAwait(false);
             r.Init(h, bytes);
             if (payloadIn && h.Length > 0)
             {
@@ -117,9 +138,12 @@ internal sealed partial class NbdConnection
                 int length = (int)h.Length;
                 var dest = error == 0 ? (r.Buffer = Buffers.Rent(length)).AsMemory(0, length) : Memory<byte>.Empty;
                 int done = TakeBuffered(dest, length);
+                if (done < length)
+                    HandOffInline(); // the payload may take a while: replies ready go now
                 while (done < length)
                 {
                     int got;
+                    _inlineThread = 0;
                     if (!dest.IsEmpty && length - done >= DirectReceiveLimit)
                     {
                         got = await _socket.ReceiveAsync(dest[done..], SocketFlags.None).ConfigureAwait(false);
@@ -132,6 +156,7 @@ internal sealed partial class NbdConnection
                         _re += got;
                         done += TakeBuffered(dest.IsEmpty ? dest : dest[done..], length - done);
                     }
+                    _inlineThread = Environment.CurrentManagedThreadId;
                     if (got == 0)
                     {
                         Release(r);
@@ -264,11 +289,65 @@ internal sealed partial class NbdConnection
         }
     }
 
-    /// <summary>A request has its result: queue its reply.</summary>
+    /// <summary>
+    /// A request has its result: on the receive loop's thread (it completed while the loop started
+    /// it) the loop sends the reply before it next waits; elsewhere it is queued for the send loop.
+    /// </summary>
     internal void OnCompleted(NbdRequest r)
     {
+        if (Environment.CurrentManagedThreadId == Volatile.Read(ref _inlineThread))
+        {
+            _inline[_inlineCount++] = r;
+            return;
+        }
         if (!_replies.Writer.TryWrite(r))
             Release(r);
+    }
+
+    /// <summary>Waits for a free request slot; the receive loop's own replies go out first (they hold slots).</summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask WaitForSlotAsync()
+    {
+        _inlineThread = 0;
+        if (_inlineCount > 0)
+            await SendInlineAsync().ConfigureAwait(false);
+        await _slotFreed.WaitAsync().ConfigureAwait(false);
+        _inlineThread = Environment.CurrentManagedThreadId;
+    }
+
+    /// <summary>
+    /// The receive loop answers what completed on its thread: itself when the socket is free (no
+    /// hand-off to another thread), else through the send loop, which holds the socket now.
+    /// </summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask SendInlineAsync()
+    {
+        if (!_sendLock.Wait(0))
+        {
+            HandOffInline();
+            return;
+        }
+        try
+        {
+            await SendBatchAsync(_inline, _inlineCount).ConfigureAwait(false);
+            _inlineCount = 0;
+        }
+        finally
+        {
+            _sendLock.Release();
+        }
+    }
+
+    /// <summary>Queues the receive loop's unsent replies for the send loop.</summary>
+    private void HandOffInline()
+    {
+        for (int i = 0; i < _inlineCount; i++)
+        {
+            if (!_replies.Writer.TryWrite(_inline[i]))
+                Release(_inline[i]);
+            _inline[i] = null!;
+        }
+        _inlineCount = 0;
     }
 
     internal void OnUnexpectedError(Exception e) => Options.Log.UnexpectedError(Id, Peer, e);
@@ -278,81 +357,91 @@ internal sealed partial class NbdConnection
     private async Task SendLoopAsync()
     {
         var reader = _replies.Reader;
-        // Requests whose replies are in the send buffer: released (and so counted as answered)
-        // only once the buffer is on the socket, so a drained connection has sent every reply.
-        var written = new NbdRequest[Options.MaxInFlight];
-        int count = 0;
+        var batch = new NbdRequest[Options.MaxInFlight];
         while (await reader.WaitToReadAsync().ConfigureAwait(false))
         {
-            while (reader.TryRead(out var r))
+            await _sendLock.WaitAsync().ConfigureAwait(false);
+            try
             {
-                written[count++] = r;
-                if (_broken)
-                    continue;
-                try
-                {
-                    int need = ReplyBytes(r, out bool dataAfter);
-                    if (_sendLen + need > _send.Length)
-                    {
-                        for (int sent = 0; sent < _sendLen;)
-                            sent += await _socket.SendAsync(_send.AsMemory(sent, _sendLen - sent), SocketFlags.None).ConfigureAwait(false);
-                        _sendLen = 0;
-                        ReleaseAll(written, ref count, keepLast: true);
-                    }
-                    ComposeReply(r, dataAfter);
-                    if (dataAfter)
-                    {
-                        // A large read: its header goes with what is buffered, then the data from the request's own buffer.
-                        for (int sent = 0; sent < _sendLen;)
-                            sent += await _socket.SendAsync(_send.AsMemory(sent, _sendLen - sent), SocketFlags.None).ConfigureAwait(false);
-                        _sendLen = 0;
-                        var data = r.Buffer.AsMemory(0, (int)r.Length);
-                        for (int sent = 0; sent < data.Length;)
-                            sent += await _socket.SendAsync(data[sent..], SocketFlags.None).ConfigureAwait(false);
-                        ReleaseAll(written, ref count, keepLast: false);
-                    }
-                }
-                catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
-                {
-                    Broken();
-                }
+                // Replies waiting never outnumber the request slots.
+                int n = 0;
+                while (n < batch.Length && reader.TryRead(out var r))
+                    batch[n++] = r;
+                await SendBatchAsync(batch, n).ConfigureAwait(false);
             }
-            if (!_broken && _sendLen > 0)
+            finally
             {
-                try
+                _sendLock.Release();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Under the send lock: writes the replies of batch[0..count) to the socket, as few sends as the
+    /// buffer allows, and releases each request once its reply is on the socket (or the socket broke),
+    /// so a drained connection has sent every reply.
+    /// </summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask SendBatchAsync(NbdRequest[] batch, int count)
+    {
+        // batch[sentUpTo..i) are in the send buffer, not yet on the socket.
+        int sentUpTo = 0;
+        for (int i = 0; i < count; i++)
+        {
+            var r = batch[i];
+            if (_broken)
+                continue;
+            try
+            {
+                int need = ReplyBytes(r, out bool dataAfter);
+                if (_sendLen + need > _send.Length)
                 {
                     for (int sent = 0; sent < _sendLen;)
                         sent += await _socket.SendAsync(_send.AsMemory(sent, _sendLen - sent), SocketFlags.None).ConfigureAwait(false);
                     _sendLen = 0;
+                    ReleaseRange(batch, ref sentUpTo, i);
                 }
-                catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+                ComposeReply(r, dataAfter);
+                if (dataAfter)
                 {
-                    Broken();
+                    // A large read: its header goes with what is buffered, then the data from the request's own buffer.
+                    for (int sent = 0; sent < _sendLen;)
+                        sent += await _socket.SendAsync(_send.AsMemory(sent, _sendLen - sent), SocketFlags.None).ConfigureAwait(false);
+                    _sendLen = 0;
+                    var data = r.Buffer.AsMemory(0, (int)r.Length);
+                    for (int sent = 0; sent < data.Length;)
+                        sent += await _socket.SendAsync(data[sent..], SocketFlags.None).ConfigureAwait(false);
+                    ReleaseRange(batch, ref sentUpTo, i + 1);
                 }
             }
-            ReleaseAll(written, ref count, keepLast: false);
+            catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+            {
+                Broken();
+            }
         }
+        if (!_broken && _sendLen > 0)
+        {
+            try
+            {
+                for (int sent = 0; sent < _sendLen;)
+                    sent += await _socket.SendAsync(_send.AsMemory(sent, _sendLen - sent), SocketFlags.None).ConfigureAwait(false);
+                _sendLen = 0;
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+            {
+                Broken();
+            }
+        }
+        ReleaseRange(batch, ref sentUpTo, count);
     }
 
-    /// <summary>Releases the requests whose replies are on the socket (all but the newest, when it is not written yet).</summary>
-    private void ReleaseAll(NbdRequest[] written, ref int count, bool keepLast)
+    /// <summary>Releases batch[from..to) (their replies are on the socket, or never will be) and clears those entries.</summary>
+    private void ReleaseRange(NbdRequest[] batch, ref int from, int to)
     {
-        int n = keepLast ? count - 1 : count;
-        for (int i = 0; i < n; i++)
+        for (; from < to; from++)
         {
-            Release(written[i]);
-            written[i] = null!;
-        }
-        if (keepLast && count > 0)
-        {
-            written[0] = written[count - 1];
-            if (count > 1)
-                written[count - 1] = null!;
-            count = 1;
-        }
-        else
-        {
-            count = 0;
+            Release(batch[from]);
+            batch[from] = null!;
         }
     }
 

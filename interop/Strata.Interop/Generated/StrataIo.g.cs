@@ -15,7 +15,7 @@ public static unsafe partial class StrataIo
     // enum sio_abi: Version constants of the ABI.
 
     /// <summary>ABI version this header describes; the managed side refuses a library reporting another.</summary>
-    public const int SIO_ABI_VERSION = 1;
+    public const int SIO_ABI_VERSION = 2;
 
     // enum sio_limits: Limits of the ABI.
 
@@ -78,6 +78,9 @@ public static unsafe partial class StrataIo
     /// <summary>A completion with an error status records a detail (sio_error_detail on the polling thread, for example the NVMe status) and is the last one of the batch its poll or wait returned.</summary>
     public const int SIO_DEV_F_COMPLETION_DETAIL = 64;
 
+    /// <summary>Reads may be served from the page cache on the calling thread (sio_device_read_cached): a file or block device opened without O_DIRECT.</summary>
+    public const int SIO_DEV_F_CACHED_READ = 128;
+
     // enum sio_backend_kind: Backend kinds reported in sio_geometry.backend.
 
     public const int SIO_BACKEND_URING = 1;
@@ -115,6 +118,10 @@ public static unsafe partial class StrataIo
     /// <summary>Reports the fault injector's counters.</summary>
     [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_device_fault_stats")]
     public static partial int sio_device_fault_stats(nint dev, sio_fault_stats* out_stats);
+
+    /// <summary>Reads length bytes at offset on the calling thread, only if they are all in the page cache (preadv2 with RWF_NOWAIT): no queue pair, no polling thread, nothing blocks. Returns 0 when buf holds them; -EAGAIN when they are not all cached, the read would block, it failed, or fault injection is configured (the caller then submits a READ through a queue pair, which reports errors with their detail); -ENOTSUP when the device lacks SIO_DEV_F_CACHED_READ. Offset and length follow the READ command's rules. Thread-safe.</summary>
+    [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_device_read_cached")]
+    public static partial int sio_device_read_cached(nint dev, void* buf, uint length, ulong offset);
 
     /// <summary>Allocates a zeroed DMA-able buffer of size bytes aligned to at least align (power of two, 0 for the device's).</summary>
     [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_dma_alloc")]
