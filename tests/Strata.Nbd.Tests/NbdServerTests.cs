@@ -318,6 +318,64 @@ public sealed class NbdServerTests
         Assert.IsEmpty(nbd.Pool.ListClients());
     }
 
+    /// <summary>
+    /// Replies take two paths: a request that completes while the receive loop starts it (here a read
+    /// of the memory device) is answered by the receive loop; one that completes later on another
+    /// thread (a write held at the device's gate) goes through the send loop. Reads are answered while
+    /// writes are held, and when the writes are released while more reads stream in, both paths share
+    /// the socket: every request is answered exactly once, with the right data.
+    /// </summary>
+    [TestMethod]
+    public async Task Replies_InlineAndSendLoop_ShareTheSocket_EachAnsweredOnce()
+    {
+        await using var nbd = await InProcessNbd.StartAsync();
+        using var c = await nbd.OpenAsync();
+        await c.WriteAsync(1 << 20, Pattern(65536, 3));
+        foreach (var d in nbd.Devices)
+            d.Close();
+        var writes = new Dictionary<ulong, int>();
+        for (int i = 0; i < 8; i++)
+            writes[await c.SendRequestAsync(CmdWrite, (ulong)(i * 8192), 4096, Pattern(4096, 100 + i))] = i;
+        await Task.WhenAny(nbd.Devices.Select(d => d.Held));
+        // Reads complete inline and are answered while every write waits at the gate.
+        var reads = new Dictionary<ulong, int>();
+        for (int i = 0; i < 16; i++)
+            reads[await c.SendRequestAsync(CmdRead, (ulong)((1 << 20) + i % 16 * 4096), 4096)] = i % 16;
+        var expected = Pattern(65536, 3);
+        for (int i = 0; i < 16; i++)
+        {
+            var r = await c.ReadReplyAsync();
+            Assert.IsTrue(reads.Remove(r.Cookie, out int k), $"reply with cookie {r.Cookie} is not one of the reads");
+            Assert.AreEqual(0u, r.Error);
+            CollectionAssert.AreEqual(expected.AsSpan(k * 4096, 4096).ToArray(), r.Data);
+        }
+        // Release the writes (their completions run on other threads) between two bursts of reads.
+        for (int i = 0; i < 100; i++)
+            reads[await c.SendRequestAsync(CmdRead, (ulong)((1 << 20) + i % 16 * 4096), 4096)] = i % 16;
+        foreach (var d in nbd.Devices)
+            d.Release();
+        for (int i = 100; i < 200; i++)
+            reads[await c.SendRequestAsync(CmdRead, (ulong)((1 << 20) + i % 16 * 4096), 4096)] = i % 16;
+        var seen = new HashSet<ulong>();
+        for (int answered = 0; answered < 208; answered++)
+        {
+            var r = await c.ReadReplyAsync();
+            Assert.IsTrue(seen.Add(r.Cookie), $"cookie {r.Cookie} answered twice");
+            Assert.AreEqual(0u, r.Error);
+            if (writes.Remove(r.Cookie))
+                continue;
+            Assert.IsTrue(reads.Remove(r.Cookie, out int k), $"reply with cookie {r.Cookie} is neither a write nor a read");
+            CollectionAssert.AreEqual(expected.AsSpan(k * 4096, 4096).ToArray(), r.Data);
+        }
+        Assert.IsEmpty(writes);
+        Assert.IsEmpty(reads);
+        for (int i = 0; i < 8; i++)
+            CollectionAssert.AreEqual(Pattern(4096, 100 + i), await c.ReadAsync((ulong)(i * 8192), 4096));
+        await c.DisconnectAsync();
+        await nbd.WaitNoConnectionsAsync();
+        Assert.AreEqual(0, nbd.Server.Buffers.Outstanding);
+    }
+
     [TestMethod]
     public async Task RevokeClients_InFlightAnswered_LaterEshutdown_ThenClosed_NewOnesWelcome()
     {
