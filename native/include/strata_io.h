@@ -92,6 +92,12 @@ enum sio_device_flags {
      * (sio_device_read_cached): a file or block device opened without O_DIRECT.
      */
     SIO_DEV_F_CACHED_READ = 128,
+    /**
+     * Writes without FUA may be copied into the page cache on the calling thread
+     * (sio_device_write_cached): opened without O_DIRECT and with cached_writes
+     * (the default then).
+     */
+    SIO_DEV_F_CACHED_WRITE = 256,
 };
 
 /** Backend kinds reported in sio_geometry.backend. */
@@ -241,6 +247,18 @@ SIO_API int32_t sio_device_fault_stats(sio_device *dev, sio_fault_stats *out_sta
  * Offset and length follow the READ command's rules. Thread-safe.
  */
 SIO_API int32_t sio_device_read_cached(sio_device *dev, void *buf, uint32_t length, uint64_t offset);
+
+/**
+ * Copies length bytes to offset through the page cache on the calling thread
+ * (pwrite; no queue pair, no polling thread, no io_uring worker). The write is
+ * not durable until a FLUSH, as any write without FUA. It may block while the
+ * kernel throttles dirty pages. Returns 0 when written; -EAGAIN when the write
+ * failed or fault injection is configured (the caller then submits a WRITE
+ * through a queue pair, which reports errors with their detail); -ENOTSUP when
+ * the device lacks SIO_DEV_F_CACHED_WRITE. Offset and length follow the WRITE
+ * command's rules. Thread-safe.
+ */
+SIO_API int32_t sio_device_write_cached(sio_device *dev, const void *buf, uint32_t length, uint64_t offset);
 
 /** Allocates a zeroed DMA-able buffer of size bytes aligned to at least align (power of two, 0 for the device's). */
 SIO_API int32_t sio_dma_alloc(sio_device *dev, uint64_t size, uint32_t align, void **out_buf);

@@ -64,8 +64,9 @@ struct sio_backend_ops {
     int32_t (*submit)(sio_qpair *qp, const sio_cmd *cmds, const struct sio_fault_action *acts, uint32_t count);
     int32_t (*poll)(sio_qpair *qp, sio_completion *out, uint32_t max, uint32_t *out_count);
     int32_t (*wait)(sio_qpair *qp, sio_completion *out, uint32_t max, uint64_t timeout_us, uint32_t *out_count);
-    /* NULL without a page cache; else 0 or -EAGAIN (sio_device_read_cached), arguments already checked. */
+    /* NULL without a page cache; else 0 or -EAGAIN (sio_device_read_cached/write_cached), arguments checked. */
     int32_t (*read_cached)(sio_device *dev, void *buf, uint32_t length, uint64_t offset);
+    int32_t (*write_cached)(sio_device *dev, const void *buf, uint32_t length, uint64_t offset);
 };
 
 extern const struct sio_backend_ops sio_uring_backend;

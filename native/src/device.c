@@ -132,22 +132,43 @@ int32_t sio_device_geometry(sio_device *dev, sio_geometry *out_geometry)
     return 0;
 }
 
-int32_t sio_device_read_cached(sio_device *dev, void *buf, uint32_t length, uint64_t offset)
+/* The READ/WRITE rules for the cached calls: block aligned, inside the device, at most max_transfer. */
+static int32_t check_cached(sio_device *dev, const void *buf, uint32_t length, uint64_t offset, const char *fn)
 {
     if (dev == NULL || buf == NULL)
-        return sio_fail(-EINVAL, "sio_device_read_cached: %s is NULL", dev == NULL ? "dev" : "buf");
-    if (dev->ops->read_cached == NULL || (dev->geo.flags & SIO_DEV_F_CACHED_READ) == 0)
-        return -ENOTSUP;
+        return sio_fail(-EINVAL, "%s: %s is NULL", fn, dev == NULL ? "dev" : "buf");
     uint32_t block = dev->geo.logical_block_size;
     uint64_t capacity = dev->geo.block_count * (uint64_t)block;
     if (length == 0 || length % block != 0 || offset % block != 0 || length > dev->geo.max_transfer ||
         offset > capacity || length > capacity - offset)
-        return sio_fail(-EINVAL, "sio_device_read_cached: read of %u bytes at offset %" PRIu64
-                        " is not block aligned or not inside the device", length, offset);
+        return sio_fail(-EINVAL, "%s: %u bytes at offset %" PRIu64 " are not block aligned or not inside the device", fn,
+                        length, offset);
+    return 0;
+}
+
+int32_t sio_device_read_cached(sio_device *dev, void *buf, uint32_t length, uint64_t offset)
+{
+    int32_t rc = check_cached(dev, buf, length, offset, "sio_device_read_cached");
+    if (rc != 0)
+        return rc;
+    if (dev->ops->read_cached == NULL || (dev->geo.flags & SIO_DEV_F_CACHED_READ) == 0)
+        return -ENOTSUP;
     /* Injected faults are decided per command on the queue pair path. */
     if (sio_faults_enabled(&dev->faults))
         return -EAGAIN;
     return dev->ops->read_cached(dev, buf, length, offset);
+}
+
+int32_t sio_device_write_cached(sio_device *dev, const void *buf, uint32_t length, uint64_t offset)
+{
+    int32_t rc = check_cached(dev, buf, length, offset, "sio_device_write_cached");
+    if (rc != 0)
+        return rc;
+    if (dev->ops->write_cached == NULL || (dev->geo.flags & SIO_DEV_F_CACHED_WRITE) == 0)
+        return -ENOTSUP;
+    if (sio_faults_enabled(&dev->faults))
+        return -EAGAIN;
+    return dev->ops->write_cached(dev, buf, length, offset);
 }
 
 int32_t sio_device_set_faults(sio_device *dev, const char *spec)

@@ -34,6 +34,8 @@ struct file_options {
     bool has_size;
     uint64_t size;
     bool direct;
+    bool cached_writes;
+    bool has_cached_writes;
     uint32_t qd;
     bool sqpoll;
     uint32_t block;
@@ -65,6 +67,10 @@ static int32_t parse_options(struct sio_uri *uri, struct file_options *fo)
         } else if (strcmp(o->key, "direct") == 0) {
             if (sio_parse_bool(o->value, &fo->direct) != 0)
                 return bad_value(uri, o, "0 or 1");
+        } else if (strcmp(o->key, "cached_writes") == 0) {
+            if (sio_parse_bool(o->value, &fo->cached_writes) != 0)
+                return bad_value(uri, o, "0 or 1");
+            fo->has_cached_writes = true;
         } else if (strcmp(o->key, "qd") == 0) {
             if (sio_parse_u64(o->value, &v) != 0 || v == 0 || v > SIO_MAX_QUEUE_DEPTH)
                 return bad_value(uri, o, "a queue depth in 1..4096");
@@ -89,6 +95,11 @@ static int32_t parse_options(struct sio_uri *uri, struct file_options *fo)
     }
     if (fo->ro && fo->create)
         return sio_fail(-EINVAL, "ro=1 and create=1 contradict each other in '%s'", uri->text);
+    if (fo->direct && fo->has_cached_writes && fo->cached_writes)
+        return sio_fail(-EINVAL, "cached_writes=1 needs the page cache (direct=0) in '%s'", uri->text);
+    /* Buffered files copy writes into the page cache on the caller's thread unless cached_writes=0. */
+    if (!fo->has_cached_writes)
+        fo->cached_writes = !fo->direct;
     if (fo->has_size && fo->size % fo->block != 0)
         return sio_fail(-EINVAL, "size=%" PRIu64 " is not a multiple of the block size %u in '%s'", fo->size,
                         fo->block, uri->text);
@@ -207,7 +218,7 @@ static int32_t setup(struct uring_device *d, int fd, const char *path, const str
     g->max_transfer = SIO_MAX_TRANSFER;
     g->flags = SIO_DEV_F_TRIM | SIO_DEV_F_VOLATILE_CACHE | (fo->direct ? SIO_DEV_F_DIRECT : 0) |
                (fo->sqpoll ? SIO_DEV_F_SQPOLL : 0) | (fo->ro ? SIO_DEV_F_READ_ONLY : 0) |
-               (fo->direct ? 0 : SIO_DEV_F_CACHED_READ);
+               (fo->direct ? 0 : SIO_DEV_F_CACHED_READ) | (fo->cached_writes && !fo->ro ? SIO_DEV_F_CACHED_WRITE : 0);
     g->backend = SIO_BACKEND_URING;
 
     struct stat st;
@@ -325,6 +336,30 @@ static int32_t uring_read_cached(sio_device *dev, void *buf, uint32_t length, ui
     return 0;
 }
 
+/*
+ * A write copied into the page cache on the caller's thread, as a buffered
+ * pwrite. ext4 cannot take a buffered write without possibly blocking (pwritev2
+ * RWF_NOWAIT is EOPNOTSUPP there), so io_uring hands every such write to one of
+ * its worker threads: a wake-up and two context switches per write, which
+ * halved 4 KiB write rates through NBD (docs/device.md). Failures are for the ring.
+ */
+static int32_t uring_write_cached(sio_device *dev, const void *buf, uint32_t length, uint64_t offset)
+{
+    struct uring_device *d = (struct uring_device *)dev;
+    uint32_t done = 0;
+    while (done < length) {
+        ssize_t n = pwrite(d->fd, (const char *)buf + done, length - done, (off_t)(offset + done));
+        if (n > 0) {
+            done += (uint32_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        return -EAGAIN;
+    }
+    return 0;
+}
+
 const struct sio_backend_ops sio_uring_backend = {
     .name = "io_uring",
     .open = uring_open,
@@ -338,4 +373,5 @@ const struct sio_backend_ops sio_uring_backend = {
     .poll = uring_poll,
     .wait = uring_wait,
     .read_cached = uring_read_cached,
+    .write_cached = uring_write_cached,
 };

@@ -22,7 +22,7 @@ static const char *uri(const char *fmt, const char *path)
 TEST(abi_version)
 {
     CHECK_EQ(sio_abi_version(), SIO_ABI_VERSION);
-    CHECK_EQ(SIO_ABI_VERSION, 1);
+    CHECK_EQ(SIO_ABI_VERSION, 2);
 }
 
 static void *detail_in_fresh_thread(void *arg)
@@ -266,7 +266,8 @@ TEST(geometry_options)
     CHECK_EQ(g.block_count, 2048);
     CHECK_EQ(g.buffer_alignment, 8);
     CHECK_EQ(g.queue_depth, 16);
-    CHECK_EQ(g.flags, SIO_DEV_F_SQPOLL | SIO_DEV_F_TRIM | SIO_DEV_F_VOLATILE_CACHE | SIO_DEV_F_FAULTS);
+    CHECK_EQ(g.flags, SIO_DEV_F_SQPOLL | SIO_DEV_F_TRIM | SIO_DEV_F_VOLATILE_CACHE | SIO_DEV_F_FAULTS |
+                          SIO_DEV_F_CACHED_READ | SIO_DEV_F_CACHED_WRITE);
     CHECK_OK(sio_device_close(dev));
 
     dev = t_open("file://%s?ro=1&size=1M", p); /* file:///abs form */

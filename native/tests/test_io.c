@@ -510,3 +510,58 @@ TEST(read_cached)
     CHECK_OK(sio_dma_free(direct, d));
     CHECK_OK(sio_device_close(direct));
 }
+
+/*
+ * sio_device_write_cached: a buffered device copies a write into the page cache
+ * on the caller's thread (the queue pair, the file and a FLUSH see it);
+ * cached_writes=0, direct and read-only devices do not offer it, and with
+ * faults configured writes take the queue pair.
+ */
+TEST(write_cached)
+{
+    const char *p = t_path("wcached");
+    sio_device *dev = t_open("file:%s?create=1&size=4M&direct=0", p);
+    sio_geometry g;
+    CHECK_OK(sio_device_geometry(dev, &g));
+    CHECK((g.flags & SIO_DEV_F_CACHED_WRITE) != 0);
+    sio_qpair *qp = t_qpair(dev, 4);
+    uint8_t *w = malloc(65536), *r = t_dma(dev, 65536), *f = malloc(65536);
+    t_fill(w, 65536, 11);
+    CHECK_EQ(sio_device_write_cached(dev, w, 65536, 262144), 0);
+    memset(r, 0, 65536);
+    CHECK_EQ(t_io(qp, SIO_OP_READ, 262144, r, 65536, 0).status, 0);
+    CHECK(t_is_fill(r, 65536, 11));
+    CHECK_EQ(t_io(qp, SIO_OP_FLUSH, 0, NULL, 0, 0).status, 0);
+    t_read_file(p, 262144, f, 65536);
+    CHECK(t_is_fill(f, 65536, 11));
+    CHECK_EQ(sio_device_write_cached(dev, w, 4096, 512), -EINVAL);
+    CHECK_EQ(sio_device_write_cached(dev, w, 8192, (4 << 20) - 4096), -EINVAL);
+    CHECK_OK(sio_device_set_faults(dev, "fail_io=1&fail_ops=write"));
+    CHECK_EQ(sio_device_write_cached(dev, w, 4096, 0), -EAGAIN);
+    CHECK(t_io(qp, SIO_OP_WRITE, 0, r, 4096, 0).status < 0);
+    CHECK_OK(sio_qpair_destroy(qp));
+    CHECK_OK(sio_dma_free(dev, r));
+    CHECK_OK(sio_device_close(dev));
+    free(w);
+    free(f);
+
+    uint8_t buf[4096] = {0};
+    sio_device *off = t_open("file:%s?direct=0&cached_writes=0", p);
+    CHECK_OK(sio_device_geometry(off, &g));
+    CHECK_EQ(g.flags & SIO_DEV_F_CACHED_WRITE, 0);
+    CHECK((g.flags & SIO_DEV_F_CACHED_READ) != 0);
+    CHECK_EQ(sio_device_write_cached(off, buf, 4096, 0), -ENOTSUP);
+    CHECK_OK(sio_device_close(off));
+    sio_device *ro = t_open("file:%s?direct=0&ro=1", p);
+    CHECK_OK(sio_device_geometry(ro, &g));
+    CHECK_EQ(g.flags & SIO_DEV_F_CACHED_WRITE, 0);
+    CHECK_EQ(sio_device_write_cached(ro, buf, 4096, 0), -ENOTSUP);
+    CHECK_OK(sio_device_close(ro));
+    sio_device *direct = t_open("file:%s", p);
+    CHECK_OK(sio_device_geometry(direct, &g));
+    CHECK_EQ(g.flags & (SIO_DEV_F_CACHED_WRITE | SIO_DEV_F_CACHED_READ), 0);
+    CHECK_OK(sio_device_close(direct));
+    char uri[512];
+    snprintf(uri, sizeof uri, "file:%s?cached_writes=1", p);
+    t_open_fails(-EINVAL, uri);
+}

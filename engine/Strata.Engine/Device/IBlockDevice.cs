@@ -26,6 +26,8 @@ public enum DeviceFeatures
     CompletionDetail = 64,
     /// <summary>Reads found whole in the page cache complete on the caller's thread (a file opened without O_DIRECT).</summary>
     CachedRead = 128,
+    /// <summary>Writes without FUA are copied into the page cache on the caller's thread (direct=0, cached_writes not 0).</summary>
+    CachedWrite = 256,
 }
 
 /// <summary>Geometry of an opened device.</summary>

@@ -59,6 +59,14 @@ public sealed record DeviceOptions
     /// </summary>
     public PollerGroup? Group { get; init; }
 
+    /// <summary>
+    /// Largest read or write served on the caller's thread through the page cache (devices with
+    /// CachedRead or CachedWrite); larger ones go through a queue pair, so their copies run on other
+    /// threads while the caller goes on (measured: 1 MiB reads through NBD at about half the rate
+    /// when the receiving thread copied them itself). 0 turns the cached path off.
+    /// </summary>
+    public int CachedIoLimit { get; init; } = 64 * 1024;
+
     public static DeviceOptions Default { get; } = new();
 }
 
@@ -72,6 +80,7 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
     private readonly DevicePoller[] _pollers;
     private readonly DmaBufferPool _pool;
     private readonly IoOperationPool _ops;
+    private readonly long _cachedIoLimit;
     private int _next;
 
     private NativeBlockDevice(string uri, SioDeviceHandle handle, DeviceGeometry geometry, DeviceOptions options) : base(uri)
@@ -82,6 +91,7 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         if (ThreadAffinity.Unavailable(options.PollerCpus) is { } why)
             throw new DeviceArgumentException(uri, Errno.EINVAL, why);
         _pool = new DmaBufferPool(new ShimAllocator(handle), uri, geometry.BufferAlignment, options.ArenaBytes);
+        _cachedIoLimit = options.CachedIoLimit;
         _ops = new IoOperationPool(depth * Math.Max(1, options.Pollers) * 2, options.InlineCompletions);
         _pollers = new DevicePoller[Math.Max(1, options.Pollers)];
         try
@@ -171,8 +181,13 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
     protected override ValueTask SubmitCore(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
     {
         // A read the page cache holds whole is served on this thread (sio_device_read_cached): one
-        // syscall, no hand-off to the polling thread and back. Anything else goes through a queue pair.
-        if (opcode == IoOpcode.Read && (Geometry.Features & DeviceFeatures.CachedRead) != 0 && ReadCached(offset, buffer))
+        // syscall, no hand-off to the polling thread and back. Anything else goes through a queue pair
+        // (also what fails here: the queue pair reports it with its detail).
+        if (opcode == IoOpcode.Read && length <= _cachedIoLimit && (Geometry.Features & DeviceFeatures.CachedRead) != 0 && ReadCached(offset, buffer))
+            return ValueTask.CompletedTask;
+        // Likewise a write without FUA to such a device: copied into the page cache here (it is durable
+        // only after a flush either way), instead of through an io_uring worker thread.
+        if (opcode == IoOpcode.Write && flags == WriteFlags.None && length <= _cachedIoLimit && (Geometry.Features & DeviceFeatures.CachedWrite) != 0 && WriteCached(offset, buffer))
             return ValueTask.CompletedTask;
         var op = _ops.Rent();
         op.DeviceName = Name;
@@ -200,6 +215,12 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
     {
         using var pin = buffer.Pin();
         return StrataIo.sio_device_read_cached(_handle.DangerousGetHandle(), pin.Pointer, (uint)buffer.Length, (ulong)offset) == 0;
+    }
+
+    private bool WriteCached(long offset, ReadOnlyMemory<byte> buffer)
+    {
+        using var pin = buffer.Pin();
+        return StrataIo.sio_device_write_cached(_handle.DangerousGetHandle(), pin.Pointer, (uint)buffer.Length, (ulong)offset) == 0;
     }
 
     public void SetFaults(string spec)

@@ -87,6 +87,7 @@ internal sealed class PoolLog
     public async Task StopAsync()
     {
         _queue.Writer.TryComplete();
+        Volatile.Read(ref _gathering)?.TrySetResult();
         if (_loop != null)
             await _loop.ConfigureAwait(false);
     }
@@ -288,6 +289,7 @@ internal sealed class PoolLog
                 throw new ObjectDisposedException($"pool '{_pool.Label}'", "the pool is closed");
             _enqueued = p.Ordinal;
         }
+        Volatile.Read(ref _gathering)?.TrySetResult();
         return p.Done.Task;
     }
 
@@ -379,6 +381,12 @@ internal sealed class PoolLog
                 foreach (var r in p.Records)
                     bytes += WalFormat.EncodedLength(r.Payload.Length);
             }
+            // A batch of writeback commits only: nobody waits for its log write (they were answered
+            // when queued), so gather more for a while, up to a fuller block, instead of spending a
+            // log block (and eventually a checkpoint) on a few records. A durable commit, a flush or
+            // checkpoint request, or the time limit ends the wait.
+            if (batch.Count > 0 && checkpoints.Count == 0 && batch.TrueForAll(p => p.Applied))
+                bytes = await GatherWritebackAsync(reader, batch, records, checkpoints, bytes).ConfigureAwait(false);
             if (batch.Count > 0) // a flush request is a batch without records
                 await StartRoundAsync(new Round(batch, records)).ConfigureAwait(false);
             else
@@ -388,6 +396,41 @@ internal sealed class PoolLog
         }
         _rounds.Writer.TryComplete();
         await completer.ConfigureAwait(false);
+    }
+
+    /// <summary>How long a batch of writeback commits only waits for more before it is logged.</summary>
+    internal static readonly TimeSpan WritebackGather = TimeSpan.FromMilliseconds(1);
+
+    /// <summary>Set while the committer gathers writeback commits: a commit that someone waits for completes it.</summary>
+    private TaskCompletionSource? _gathering;
+
+    /// <summary>
+    /// Waits until <see cref="WritebackGather"/> passed or a commit that someone waits for (durable,
+    /// a flush or a checkpoint request) is queued, then adds everything queued to the batch (up to a
+    /// quarter of the log); returns the batch's log bytes.
+    /// </summary>
+    private async Task<long> GatherWritebackAsync(ChannelReader<Pending> reader, List<Pending> batch, List<MetaRecord> records,
+        List<Pending> checkpoints, long bytes)
+    {
+        var signal = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Volatile.Write(ref _gathering, signal);
+        // Queued before the signal was visible: go at once.
+        if (!reader.TryPeek(out var first) || first.Applied)
+            await Task.WhenAny(signal.Task, Task.Delay(WritebackGather)).ConfigureAwait(false);
+        Volatile.Write(ref _gathering, null);
+        while (bytes < _walLength / 4 && reader.TryRead(out var p))
+        {
+            if (p.Records == null)
+            {
+                checkpoints.Add(p);
+                continue;
+            }
+            batch.Add(p);
+            records.AddRange(p.Records);
+            foreach (var r in p.Records)
+                bytes += WalFormat.EncodedLength(r.Payload.Length);
+        }
+        return bytes;
     }
 
     /// <summary>

@@ -5,6 +5,9 @@ namespace Strata.Engine.Store;
 /// <summary>
 /// Aligned region I/O through the device's DMA buffers, split into pieces no
 /// larger than the device's transfer limit. Callers pass block-aligned ranges.
+/// A device without alignment rules for buffers (no DirectIo: the page cache,
+/// memory) reads into and writes from the caller's memory itself, without the
+/// copy through a DMA buffer; the caller keeps it unchanged until the call completes.
 /// </summary>
 internal static class DeviceIo
 {
@@ -15,6 +18,12 @@ internal static class DeviceIo
     public static async ValueTask ReadAsync(IBlockDevice device, long offset, Memory<byte> destination, CancellationToken ct = default)
     {
         int piece = PieceSize(device);
+        if (AnyBuffer(device))
+        {
+            for (int done = 0; done < destination.Length; done += piece)
+                await device.ReadAsync(offset + done, destination.Slice(done, Math.Min(piece, destination.Length - done)), ct).ConfigureAwait(false);
+            return;
+        }
         for (int done = 0; done < destination.Length;)
         {
             int n = Math.Min(piece, destination.Length - done);
@@ -28,6 +37,12 @@ internal static class DeviceIo
     public static async ValueTask WriteAsync(IBlockDevice device, long offset, ReadOnlyMemory<byte> source, WriteFlags flags = WriteFlags.None, CancellationToken ct = default)
     {
         int piece = PieceSize(device);
+        if (AnyBuffer(device))
+        {
+            for (int done = 0; done < source.Length; done += piece)
+                await device.WriteAsync(offset + done, source.Slice(done, Math.Min(piece, source.Length - done)), flags, ct).ConfigureAwait(false);
+            return;
+        }
         for (int done = 0; done < source.Length;)
         {
             int n = Math.Min(piece, source.Length - done);
@@ -37,6 +52,8 @@ internal static class DeviceIo
             done += n;
         }
     }
+
+    private static bool AnyBuffer(IBlockDevice device) => (device.Geometry.Features & DeviceFeatures.DirectIo) == 0;
 
     public static long AlignUp(long value, long alignment) => (value + alignment - 1) / alignment * alignment;
 }

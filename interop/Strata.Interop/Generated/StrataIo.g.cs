@@ -81,6 +81,9 @@ public static unsafe partial class StrataIo
     /// <summary>Reads may be served from the page cache on the calling thread (sio_device_read_cached): a file or block device opened without O_DIRECT.</summary>
     public const int SIO_DEV_F_CACHED_READ = 128;
 
+    /// <summary>Writes without FUA may be copied into the page cache on the calling thread (sio_device_write_cached): opened without O_DIRECT and with cached_writes (the default then).</summary>
+    public const int SIO_DEV_F_CACHED_WRITE = 256;
+
     // enum sio_backend_kind: Backend kinds reported in sio_geometry.backend.
 
     public const int SIO_BACKEND_URING = 1;
@@ -122,6 +125,10 @@ public static unsafe partial class StrataIo
     /// <summary>Reads length bytes at offset on the calling thread, only if they are all in the page cache (preadv2 with RWF_NOWAIT): no queue pair, no polling thread, nothing blocks. Returns 0 when buf holds them; -EAGAIN when they are not all cached, the read would block, it failed, or fault injection is configured (the caller then submits a READ through a queue pair, which reports errors with their detail); -ENOTSUP when the device lacks SIO_DEV_F_CACHED_READ. Offset and length follow the READ command's rules. Thread-safe.</summary>
     [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_device_read_cached")]
     public static partial int sio_device_read_cached(nint dev, void* buf, uint length, ulong offset);
+
+    /// <summary>Copies length bytes to offset through the page cache on the calling thread (pwrite; no queue pair, no polling thread, no io_uring worker). The write is not durable until a FLUSH, as any write without FUA. It may block while the kernel throttles dirty pages. Returns 0 when written; -EAGAIN when the write failed or fault injection is configured (the caller then submits a WRITE through a queue pair, which reports errors with their detail); -ENOTSUP when the device lacks SIO_DEV_F_CACHED_WRITE. Offset and length follow the WRITE command's rules. Thread-safe.</summary>
+    [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_device_write_cached")]
+    public static partial int sio_device_write_cached(nint dev, void* buf, uint length, ulong offset);
 
     /// <summary>Allocates a zeroed DMA-able buffer of size bytes aligned to at least align (power of two, 0 for the device's).</summary>
     [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_dma_alloc")]

@@ -19,6 +19,8 @@ public static class NbdBenchmark
           --image-size SIZE  image size for every server (default 512M)
           --targets N        Strata file targets (default 1, like the peers' one file), each --target-size (default 2G)
           --target-size SIZE
+          --headroom PCT     Strata's pool: the image plus PCT% of it free for copy-on-write (default 200; writeback
+                             writes hold the extents they replaced until the next flush round, a second at most)
           --chunk-size LIST  Strata image chunk size(s) (default 4K,1M: small chunks suit small random I/O,
                              large ones sequential I/O); one fresh pool and image per size
           --runtime SEC      measured seconds per row per server (default 10; after 1 s fio ramp)
@@ -256,6 +258,9 @@ internal sealed class NbdBenchOptions
 {
     public required string Dir { get; init; }
     public required long ImageSize { get; init; }
+    /// <summary>Free space in Strata's pool beside the image, in % of the image.</summary>
+    public required int Headroom { get; init; }
+    public long PoolSize => ImageSize / 100 * (100 + Headroom);
     public required int Targets { get; init; }
     public required long TargetSize { get; init; }
     public required int[] ChunkSizes { get; init; }
@@ -299,7 +304,10 @@ internal sealed class NbdBenchOptions
         long imageSize = cl.Bytes("image-size", 512L << 20), targetSize = cl.Bytes("target-size", 2L << 30);
         if (imageSize % (1 << 20) != 0)
             throw new PerfUsageException("--image-size must be a multiple of 1M");
-        long need = imageSize / 4 * 5 / targets + (256L << 20);
+        int headroom = cl.Int("headroom", 200);
+        if (headroom < 10 || headroom > 1000)
+            throw new PerfUsageException("--headroom must be 10..1000 (% of the image)");
+        long need = imageSize / 100 * (100 + headroom) / targets + (256L << 20);
         if (targetSize < need)
             throw new PerfUsageException($"--target-size {targetSize} is too small for a {imageSize}-byte image on {targets} target(s); use at least {need >> 20}M");
         var filter = cl.String("rows");
@@ -315,6 +323,7 @@ internal sealed class NbdBenchOptions
         {
             Dir = Path.GetFullPath(cl.String("dir") ?? DefaultDir()),
             ImageSize = imageSize,
+            Headroom = headroom,
             Targets = targets,
             TargetSize = targetSize,
             ChunkSizes = chunks.Select(c => (int)c).ToArray(),

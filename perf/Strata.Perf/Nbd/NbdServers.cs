@@ -66,8 +66,8 @@ internal sealed class StrataNbd : INbdServerUnderTest
         try
         {
             var engine = await StorageEngine.FormatAsync(devices.Devices, force: true);
-            // Copy-on-write needs free extents beside the image's chunks: 25% headroom.
-            var pool = await engine.CreatePoolAsync("bench", o.ImageSize / 4 * 5, 1, new PoolCreateOptions { MinChunkSize = Math.Min(chunkSize, 64 * 1024) });
+            // Copy-on-write needs free extents beside the image's chunks (--headroom).
+            var pool = await engine.CreatePoolAsync("bench", o.PoolSize, 1, new PoolCreateOptions { MinChunkSize = Math.Min(chunkSize, 64 * 1024) });
             await pool.CreateContainerAsync("c");
             var image = await pool.CreateImageAsync("c", "img", o.ImageSize, chunkSize);
             Console.Write($"  strata: filling the {FormatSize(o.ImageSize)} image ({Chunk(chunkSize)} chunks) through the store ...");
@@ -83,7 +83,7 @@ internal sealed class StrataNbd : INbdServerUnderTest
             // every write durable before its reply, for the table against peers that do the same.
             var writethrough = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "strata-wt.sock"))], catalog, new NbdServerOptions { WriteCache = false });
             string desc = $"in-process NbdServer (unix socket), StorageEngine on {o.Targets} file target(s) file:...?direct={(buffered ? 0 : 1)}&qd=128, {o.Pollers} queue pair(s) per target on one polling thread, "
-                + $"image {FormatSize(o.ImageSize)} with {Chunk(chunkSize)} chunks, rf 1, CRC32C verified on every read, writes without FUA writeback (durable at FLUSH)";
+                + $"image {FormatSize(o.ImageSize)} with {Chunk(chunkSize)} chunks in a {FormatSize(o.PoolSize)} pool ({o.Headroom}% headroom), rf 1, CRC32C verified on every read, writes without FUA writeback (durable at FLUSH)";
             return new StrataNbd(devices, engine, metrics, exporter, server, writethrough, dir, desc);
         }
         catch
