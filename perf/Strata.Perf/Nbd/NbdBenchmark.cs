@@ -150,6 +150,8 @@ public static class NbdBenchmark
     private static async Task<EngineResult> RunRowAsync(NbdBenchOptions o, INbdServerUnderTest server, string name, DeviceRow row)
     {
         Console.Write($"  {row.Name,-18} {name,-14} ...");
+        // The previous row's page-cache writes reach the disk before this one is measured.
+        await Task.Run(HostWriteback.Sync);
         if (o.WaitIdle > TimeSpan.Zero)
             await HostIdle.WaitAsync(o.WaitIdle);
         var h0 = HostCpuSample.Now();
