@@ -170,6 +170,7 @@ internal sealed class PoolLog
     private long _appliedOrdinal;
     private int _writebackTimer;
     private readonly Queue<(long Ordinal, Action Free)> _deferredFrees = new();
+    private long _lastDeferred;
 
     /// <summary>
     /// Completes once every record applied before the call is durable: at once when nothing was
@@ -226,8 +227,11 @@ internal sealed class PoolLog
         {
             if (queued > _durableOrdinal)
             {
-                // Ordinals read later are never smaller, so MarkDurable stops at the first one not durable.
-                _deferredFrees.Enqueue((queued, free));
+                // Two callers may enqueue out of the order they read in: keep the queue's ordinals
+                // nondecreasing (a free may wait for a later commit, never an earlier one), so
+                // MarkDurable can stop at the first one not durable.
+                _lastDeferred = Math.Max(_lastDeferred, queued);
+                _deferredFrees.Enqueue((_lastDeferred, free));
                 return;
             }
         }
