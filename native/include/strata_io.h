@@ -211,7 +211,9 @@ SIO_API int32_t sio_env_configure(const char *options);
  * (O_DIRECT, default 1), qd=N (default queue depth, 1..4096, default 128),
  * sqpoll=0|1, block=512|4096 (logical block size, default 4096), ro=0|1,
  * lock=0|1 (an advisory lock, exclusive or shared with ro=1, default 1;
- * -EBUSY when another opener holds it).
+ * -EBUSY when another opener holds it), cached_writes=0|1 (with direct=0:
+ * writes without FUA may go through sio_device_write_cached, default 1;
+ * cached_writes=1 with direct=1 is -EINVAL).
  * Fault options: see sio_device_set_faults.
  */
 SIO_API int32_t sio_device_open(const char *uri, sio_device **out_dev);

@@ -7,7 +7,8 @@ namespace Strata.Engine.Pools;
 /// The pool's replicated write-ahead log with group commit: one committer loop
 /// drains the queue, writes every waiting record to every shard's log in one
 /// write per shard, flushes every shard once, applies the records to the state
-/// in sequence order and only then completes the callers. It checkpoints when
+/// in sequence order and only then completes the callers (writeback commits,
+/// <see cref="CommitWriteback"/>, are applied and answered when queued instead). It checkpoints when
 /// the log is half full, so replay time stays bounded.
 /// <para>
 /// That one flush per round is also the data flush of the chunk writes whose
