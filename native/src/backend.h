@@ -13,6 +13,7 @@
 #define SIO_BACKEND_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "faults.h"
@@ -65,8 +66,7 @@ struct sio_backend_ops {
     int32_t (*poll)(sio_qpair *qp, sio_completion *out, uint32_t max, uint32_t *out_count);
     int32_t (*wait)(sio_qpair *qp, sio_completion *out, uint32_t max, uint64_t timeout_us, uint32_t *out_count);
     /* NULL without a page cache; else 0 or -EAGAIN (sio_device_read_cached/write_cached), arguments checked. */
-    int32_t (*read_cached)(sio_device *dev, void *buf, uint32_t length, uint64_t offset);
-    int32_t (*write_cached)(sio_device *dev, const void *buf, uint32_t length, uint64_t offset);
+    int32_t (*rw_cached)(sio_device *dev, void *buf, uint32_t length, uint64_t offset, bool write);
 };
 
 extern const struct sio_backend_ops sio_uring_backend;

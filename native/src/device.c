@@ -132,9 +132,15 @@ int32_t sio_device_geometry(sio_device *dev, sio_geometry *out_geometry)
     return 0;
 }
 
-/* The READ/WRITE rules for the cached calls: block aligned, inside the device, at most max_transfer. */
-static int32_t check_cached(sio_device *dev, const void *buf, uint32_t length, uint64_t offset, const char *fn)
+/*
+ * The cached calls: the READ/WRITE rules (block aligned, inside the device, at
+ * most max_transfer), then the backend's page-cache path where the device
+ * offers it (flag) and no faults are configured (those are decided per command
+ * on the queue pair path).
+ */
+static int32_t rw_cached(sio_device *dev, void *buf, uint32_t length, uint64_t offset, bool write)
 {
+    const char *fn = write ? "sio_device_write_cached" : "sio_device_read_cached";
     if (dev == NULL || buf == NULL)
         return sio_fail(-EINVAL, "%s: %s is NULL", fn, dev == NULL ? "dev" : "buf");
     uint32_t block = dev->geo.logical_block_size;
@@ -143,32 +149,23 @@ static int32_t check_cached(sio_device *dev, const void *buf, uint32_t length, u
         offset > capacity || length > capacity - offset)
         return sio_fail(-EINVAL, "%s: %u bytes at offset %" PRIu64 " are not block aligned or not inside the device", fn,
                         length, offset);
-    return 0;
+    uint32_t flag = write ? SIO_DEV_F_CACHED_WRITE : SIO_DEV_F_CACHED_READ;
+    if (dev->ops->rw_cached == NULL || (dev->geo.flags & flag) == 0)
+        return -ENOTSUP;
+    if (sio_faults_enabled(&dev->faults))
+        return -EAGAIN;
+    return dev->ops->rw_cached(dev, buf, length, offset, write);
 }
 
 int32_t sio_device_read_cached(sio_device *dev, void *buf, uint32_t length, uint64_t offset)
 {
-    int32_t rc = check_cached(dev, buf, length, offset, "sio_device_read_cached");
-    if (rc != 0)
-        return rc;
-    if (dev->ops->read_cached == NULL || (dev->geo.flags & SIO_DEV_F_CACHED_READ) == 0)
-        return -ENOTSUP;
-    /* Injected faults are decided per command on the queue pair path. */
-    if (sio_faults_enabled(&dev->faults))
-        return -EAGAIN;
-    return dev->ops->read_cached(dev, buf, length, offset);
+    return rw_cached(dev, buf, length, offset, false);
 }
 
 int32_t sio_device_write_cached(sio_device *dev, const void *buf, uint32_t length, uint64_t offset)
 {
-    int32_t rc = check_cached(dev, buf, length, offset, "sio_device_write_cached");
-    if (rc != 0)
-        return rc;
-    if (dev->ops->write_cached == NULL || (dev->geo.flags & SIO_DEV_F_CACHED_WRITE) == 0)
-        return -ENOTSUP;
-    if (sio_faults_enabled(&dev->faults))
-        return -EAGAIN;
-    return dev->ops->write_cached(dev, buf, length, offset);
+    /* The backend only reads from buf on this path. */
+    return rw_cached(dev, (void *)buf, length, offset, true);
 }
 
 int32_t sio_device_set_faults(sio_device *dev, const char *spec)

@@ -313,42 +313,24 @@ void uring_close(sio_device *dev)
 }
 
 /*
- * A read served by the page cache on the caller's thread: io_uring does the same
- * first (a nonblocking attempt inline) but completes it through the ring, which
+ * I/O through the page cache on the caller's thread (sio_device_read_cached,
+ * sio_device_write_cached). A read is preadv2 with RWF_NOWAIT: io_uring makes
+ * the same nonblocking attempt first but completes it through the ring, which
  * the polling thread reaps; here a cached read costs one syscall and no thread.
- * Partial reads go on; anything else (not cached, EIO, EOF) is for the ring.
+ * A write is a buffered pwritev2: ext4 cannot take a buffered write without
+ * possibly blocking (RWF_NOWAIT is EOPNOTSUPP there), so io_uring hands every
+ * such write to one of its worker threads, a wake-up and two context switches
+ * per write, which halved 4 KiB write rates through NBD (docs/device.md).
+ * Short transfers go on; anything else (not cached, EIO, EOF) is for the ring.
  */
-static int32_t uring_read_cached(sio_device *dev, void *buf, uint32_t length, uint64_t offset)
+static int32_t uring_rw_cached(sio_device *dev, void *buf, uint32_t length, uint64_t offset, bool write)
 {
     struct uring_device *d = (struct uring_device *)dev;
     uint32_t done = 0;
     while (done < length) {
         struct iovec iov = {.iov_base = (char *)buf + done, .iov_len = length - done};
-        ssize_t n = preadv2(d->fd, &iov, 1, (off_t)(offset + done), RWF_NOWAIT);
-        if (n > 0) {
-            done += (uint32_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        return -EAGAIN;
-    }
-    return 0;
-}
-
-/*
- * A write copied into the page cache on the caller's thread, as a buffered
- * pwrite. ext4 cannot take a buffered write without possibly blocking (pwritev2
- * RWF_NOWAIT is EOPNOTSUPP there), so io_uring hands every such write to one of
- * its worker threads: a wake-up and two context switches per write, which
- * halved 4 KiB write rates through NBD (docs/device.md). Failures are for the ring.
- */
-static int32_t uring_write_cached(sio_device *dev, const void *buf, uint32_t length, uint64_t offset)
-{
-    struct uring_device *d = (struct uring_device *)dev;
-    uint32_t done = 0;
-    while (done < length) {
-        ssize_t n = pwrite(d->fd, (const char *)buf + done, length - done, (off_t)(offset + done));
+        ssize_t n = write ? pwritev2(d->fd, &iov, 1, (off_t)(offset + done), 0)
+                          : preadv2(d->fd, &iov, 1, (off_t)(offset + done), RWF_NOWAIT);
         if (n > 0) {
             done += (uint32_t)n;
             continue;
@@ -372,6 +354,5 @@ const struct sio_backend_ops sio_uring_backend = {
     .submit = uring_submit,
     .poll = uring_poll,
     .wait = uring_wait,
-    .read_cached = uring_read_cached,
-    .write_cached = uring_write_cached,
+    .rw_cached = uring_rw_cached,
 };

@@ -180,14 +180,12 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
 
     protected override ValueTask SubmitCore(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
     {
-        // A read the page cache holds whole is served on this thread (sio_device_read_cached): one
-        // syscall, no hand-off to the polling thread and back. Anything else goes through a queue pair
-        // (also what fails here: the queue pair reports it with its detail).
-        if (opcode == IoOpcode.Read && length <= _cachedIoLimit && (Geometry.Features & DeviceFeatures.CachedRead) != 0 && ReadCached(offset, buffer))
-            return ValueTask.CompletedTask;
-        // Likewise a write without FUA to such a device: copied into the page cache here (it is durable
-        // only after a flush either way), instead of through an io_uring worker thread.
-        if (opcode == IoOpcode.Write && flags == WriteFlags.None && length <= _cachedIoLimit && (Geometry.Features & DeviceFeatures.CachedWrite) != 0 && WriteCached(offset, buffer))
+        // A read the page cache holds whole is served on this thread (sio_device_read_cached), and a
+        // write without FUA is copied into the page cache here (sio_device_write_cached; durable only
+        // after a flush either way): one syscall, no hand-off to the polling thread (or an io_uring
+        // worker) and back. Anything else goes through a queue pair (also what fails here: the queue
+        // pair reports it with its detail).
+        if (length <= _cachedIoLimit && TryCached(opcode, offset, buffer, flags))
             return ValueTask.CompletedTask;
         var op = _ops.Rent();
         op.DeviceName = Name;
@@ -211,16 +209,17 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         return task;
     }
 
-    private bool ReadCached(long offset, ReadOnlyMemory<byte> buffer)
+    private bool TryCached(IoOpcode opcode, long offset, ReadOnlyMemory<byte> buffer, WriteFlags flags)
     {
+        var f = Geometry.Features;
+        bool read = opcode == IoOpcode.Read && (f & DeviceFeatures.CachedRead) != 0;
+        if (!read && !(opcode == IoOpcode.Write && flags == WriteFlags.None && (f & DeviceFeatures.CachedWrite) != 0))
+            return false;
         using var pin = buffer.Pin();
-        return StrataIo.sio_device_read_cached(_handle.DangerousGetHandle(), pin.Pointer, (uint)buffer.Length, (ulong)offset) == 0;
-    }
-
-    private bool WriteCached(long offset, ReadOnlyMemory<byte> buffer)
-    {
-        using var pin = buffer.Pin();
-        return StrataIo.sio_device_write_cached(_handle.DangerousGetHandle(), pin.Pointer, (uint)buffer.Length, (ulong)offset) == 0;
+        nint dev = _handle.DangerousGetHandle();
+        return (read
+            ? StrataIo.sio_device_read_cached(dev, pin.Pointer, (uint)buffer.Length, (ulong)offset)
+            : StrataIo.sio_device_write_cached(dev, pin.Pointer, (uint)buffer.Length, (ulong)offset)) == 0;
     }
 
     public void SetFaults(string spec)

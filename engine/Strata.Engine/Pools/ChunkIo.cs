@@ -192,10 +192,7 @@ internal static class ChunkIo
             // the write is answered without waiting for the log.
             try
             {
-                if (rf == 1)
-                    await pool.Shards[replicas[0].Target].WriteDataAsync(replicas[0].Offset, chunk).ConfigureAwait(false);
-                else
-                    await Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].WriteDataAsync(r.Offset, chunk).AsTask())).ConfigureAwait(false);
+                await WriteDataAsync(pool, replicas, chunk).ConfigureAwait(false);
             }
             catch (DeviceException e)
             {
@@ -213,9 +210,7 @@ internal static class ChunkIo
             }
             return;
         }
-        Task data = rf == 1
-            ? pool.Shards[replicas[0].Target].WriteDataAsync(replicas[0].Offset, chunk).AsTask()
-            : Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].WriteDataAsync(r.Offset, chunk).AsTask()));
+        Task data = WriteDataAsync(pool, replicas, chunk);
         // Durable: the record is logged while the data writes run; the commit round's flush waits for
         // them and covers both (PoolLog.CommitAfterAsync). A crash may keep the record and lose
         // the data: replay checks the data of records past the last durable mark (PoolOpener).
@@ -251,6 +246,12 @@ internal static class ChunkIo
         }
         // Any other failure: the record may or may not be durable, so the extents stay allocated.
     }
+
+    /// <summary>Writes the chunk to every replica's extent at once.</summary>
+    private static Task WriteDataAsync(Pool pool, Replica[] replicas, ReadOnlyMemory<byte> chunk) =>
+        replicas.Length == 1
+            ? pool.Shards[replicas[0].Target].WriteDataAsync(replicas[0].Offset, chunk).AsTask()
+            : Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].WriteDataAsync(r.Offset, chunk).AsTask()));
 
     private static StoreException WriteFailed(Pool pool, ImageMeta meta, long at, DeviceException e)
     {

@@ -84,12 +84,12 @@ internal static class ChunkRuns
                 source.Span.Slice(p.At, p.Length).CopyTo(merged.Span[p.Within..]);
                 chunks[i] = merged;
             }
-            MetaRecord[]? records = null;
-            for (int attempt = 0; records == null; attempt++)
+            Replica[][]? replicas = null;
+            for (int attempt = 0; replicas == null; attempt++)
             {
                 try
                 {
-                    records = await WriteReplicasAsync(pool, meta, pieces, chunks).ConfigureAwait(false);
+                    replicas = await WriteReplicasAsync(pool, meta, pieces, chunks).ConfigureAwait(false);
                 }
                 catch (NoSpaceException) when (attempt < PoolLog.SpaceRetries)
                 {
@@ -99,6 +99,9 @@ internal static class ChunkRuns
                         throw;
                 }
             }
+            var records = new MetaRecord[n];
+            for (int i = 0; i < n; i++)
+                records[i] = MetaRecords.ChunkMap(meta.Id, pieces[i].Index, replicas[i]);
             if (durable)
             {
                 await pool.Log.CommitAsync(records).ConfigureAwait(false);
@@ -112,8 +115,8 @@ internal static class ChunkRuns
                 catch
                 {
                     // Nothing was applied or queued: the new extents are free again.
-                    foreach (var rec in records)
-                        pool.FreeChunk(MetaRecords.ChunkMapOf(rec), cs);
+                    foreach (var r in replicas)
+                        pool.FreeChunk(new ChunkMap(r), cs);
                     throw;
                 }
             }
@@ -141,10 +144,10 @@ internal static class ChunkRuns
     /// <summary>
     /// Allocates fresh extents for every chunk and replica (one contiguous run per
     /// target and replica where the allocator has one), writes them in runs of adjacent
-    /// extents, and returns the ChunkMap records to commit. Their data writes have
-    /// completed when this returns; the commit's flush makes them durable.
+    /// extents, and returns each chunk's replicas. Their data writes have completed
+    /// when this returns; the commit's flush makes them durable.
     /// </summary>
-    private static async Task<MetaRecord[]> WriteReplicasAsync(Pool pool, ImageMeta meta, List<Piece> pieces, ReadOnlyMemory<byte>[] chunks)
+    private static async Task<Replica[][]> WriteReplicasAsync(Pool pool, ImageMeta meta, List<Piece> pieces, ReadOnlyMemory<byte>[] chunks)
     {
         int cs = meta.ChunkSize, n = pieces.Count, targets = pool.Shards.Length;
         int rf = Math.Min(pool.Rf, targets);
@@ -211,10 +214,7 @@ internal static class ChunkRuns
                 pool.Shards[t].Allocator.Free(off, len);
             throw;
         }
-        var records = new MetaRecord[n];
-        for (int i = 0; i < n; i++)
-            records[i] = MetaRecords.ChunkMap(meta.Id, pieces[i].Index, replicas[i]);
-        return records;
+        return replicas;
     }
 
     /// <summary>One device write for a run of adjacent extents on one target.</summary>

@@ -94,15 +94,6 @@ public static class MetaRecords
         return new(MetaRecordType.ChunkMap, b);
     }
 
-    /// <summary>The mapping a ChunkMap record carries.</summary>
-    public static ChunkMap ChunkMapOf(MetaRecord record)
-    {
-        var r = new MetaReader(record.Payload);
-        r.U32();
-        r.I64();
-        return new ChunkMap(ReadReplicas(ref r));
-    }
-
     public static MetaRecord ChunkUnmap(uint image, long chunk) =>
         new(MetaRecordType.ChunkUnmap, new MetaWriter().U32(image).I64(chunk).ToArray());
 

@@ -372,26 +372,16 @@ internal sealed class PoolLog
             var batch = new List<Pending>();
             var records = new List<MetaRecord>();
             var checkpoints = new List<Pending>();
-            long bytes = 0;
-            // Everything queued, up to a quarter of the log (each entry is at most a quarter itself).
-            while (bytes < _walLength / 4 && reader.TryRead(out var p))
-            {
-                if (p.Records == null)
-                {
-                    checkpoints.Add(p);
-                    continue;
-                }
-                batch.Add(p);
-                records.AddRange(p.Records);
-                foreach (var r in p.Records)
-                    bytes += WalFormat.EncodedLength(r.Payload.Length);
-            }
+            long bytes = TakeQueued(reader, batch, records, checkpoints, 0);
             // A batch of writeback commits only: nobody waits for its log write (they were answered
-            // when queued), so gather more for a while, up to a fuller block, instead of spending a
-            // log block (and eventually a checkpoint) on a few records. A durable commit, a flush or
-            // checkpoint request, or the time limit ends the wait.
+            // when queued), so gather more for a while instead of spending a log block (and
+            // eventually a checkpoint) on a few records. A durable commit, a flush or checkpoint
+            // request, or the time limit ends the wait.
             if (batch.Count > 0 && checkpoints.Count == 0 && batch.TrueForAll(p => p.Applied))
-                bytes = await GatherWritebackAsync(reader, batch, records, checkpoints, bytes).ConfigureAwait(false);
+            {
+                await WaitForMoreWritebackAsync(reader).ConfigureAwait(false);
+                TakeQueued(reader, batch, records, checkpoints, bytes);
+            }
             if (batch.Count > 0) // a flush request is a batch without records
                 await StartRoundAsync(new Round(batch, records)).ConfigureAwait(false);
             else
@@ -410,19 +400,11 @@ internal sealed class PoolLog
     private TaskCompletionSource? _gathering;
 
     /// <summary>
-    /// Waits until <see cref="WritebackGather"/> passed or a commit that someone waits for (durable,
-    /// a flush or a checkpoint request) is queued, then adds everything queued to the batch (up to a
-    /// quarter of the log); returns the batch's log bytes.
+    /// Adds everything queued to the batch (checkpoint requests to <paramref name="checkpoints"/>), up
+    /// to a quarter of the log (each entry is at most a quarter itself); returns the batch's log bytes.
     /// </summary>
-    private async Task<long> GatherWritebackAsync(ChannelReader<Pending> reader, List<Pending> batch, List<MetaRecord> records,
-        List<Pending> checkpoints, long bytes)
+    private long TakeQueued(ChannelReader<Pending> reader, List<Pending> batch, List<MetaRecord> records, List<Pending> checkpoints, long bytes)
     {
-        var signal = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        Volatile.Write(ref _gathering, signal);
-        // Queued before the signal was visible: go at once.
-        if (!reader.TryPeek(out var first) || first.Applied)
-            await Task.WhenAny(signal.Task, Task.Delay(WritebackGather)).ConfigureAwait(false);
-        Volatile.Write(ref _gathering, null);
         while (bytes < _walLength / 4 && reader.TryRead(out var p))
         {
             if (p.Records == null)
@@ -436,6 +418,17 @@ internal sealed class PoolLog
                 bytes += WalFormat.EncodedLength(r.Payload.Length);
         }
         return bytes;
+    }
+
+    /// <summary>Waits until <see cref="WritebackGather"/> passed or a commit that someone waits for (durable, a flush or a checkpoint request) is queued.</summary>
+    private async Task WaitForMoreWritebackAsync(ChannelReader<Pending> reader)
+    {
+        var signal = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Volatile.Write(ref _gathering, signal);
+        // Queued before the signal was visible: go at once.
+        if (!reader.TryPeek(out var first) || first.Applied)
+            await Task.WhenAny(signal.Task, Task.Delay(WritebackGather)).ConfigureAwait(false);
+        Volatile.Write(ref _gathering, null);
     }
 
     /// <summary>
