@@ -72,7 +72,9 @@ public sealed class WritebackTests
         durable.CopyTo(old, 0);
         CollectionAssert.AreEqual(old, lost);
 
-        // Or everything unflushed survives: the writeback contents.
+        // Or everything unflushed survives: the writeback contents, once their records are in the log
+        // (a writeback write is answered before its record is logged; a crash before that loses it).
+        await pool.Log.LoggedAsync();
         var kept = await ReopenAndReadAsync(disks, (_, _, _) => PendingFate.Kept, expect.Length);
         CollectionAssert.AreEqual(expect, kept);
     }

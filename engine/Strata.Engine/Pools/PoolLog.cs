@@ -386,6 +386,9 @@ internal sealed class PoolLog
                 await StartRoundAsync(new Round(batch, records)).ConfigureAwait(false);
             else
                 _roundSlots.Release();
+            long taken = Math.Max(batch.Count > 0 ? batch[^1].Ordinal : 0, checkpoints.Count > 0 ? checkpoints[^1].Ordinal : 0);
+            if (taken > _startedOrdinal)
+                Volatile.Write(ref _startedOrdinal, taken);
             if (checkpoints.Count > 0 || Used > _walLength / 2)
                 await CheckpointAfterRoundsAsync(checkpoints).ConfigureAwait(false);
         }
@@ -452,10 +455,32 @@ internal sealed class PoolLog
         }
         _lastRoundDone = round.Done.Task;
         _lastSettled = round.Settled.Task;
+        // Failed or not: a failure is reported to the round's own commits.
+        Volatile.Write(ref _lastLogged, Task.WhenAll(round.Settled.Task, _lastLogged).ContinueWith(_ => { }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default));
         _rounds.Writer.TryWrite(round);
     }
 
     private Task _lastSettled = Task.CompletedTask;
+    /// <summary>The log writes of every round started so far (committer only).</summary>
+    private Task _lastLogged = Task.CompletedTask;
+    /// <summary>The last commit (ordinal) the committer took and started a round for, or a checkpoint request.</summary>
+    private long _startedOrdinal;
+
+    /// <summary>
+    /// Completes once every commit queued before the call is written to the log, durable or not: what a
+    /// power cut that keeps every unflushed write would then find. Writeback commits are answered
+    /// before their log write even starts, so crash tests that mean to keep them wait for this.
+    /// </summary>
+    internal async Task LoggedAsync()
+    {
+        long target = Volatile.Read(ref _enqueued);
+        while (Volatile.Read(ref _startedOrdinal) < target)
+        {
+            Volatile.Read(ref _gathering)?.TrySetResult();
+            await Task.Delay(1).ConfigureAwait(false);
+        }
+        await Volatile.Read(ref _lastLogged).ConfigureAwait(false);
+    }
 
     private async Task WrittenThenFlushAsync(Round round, Task written, Task previousSettled)
     {
