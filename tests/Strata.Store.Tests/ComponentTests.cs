@@ -130,6 +130,57 @@ public sealed class PoolStateCodecTests
         Assert.AreEqual("b", back.Containers[1].Props["user.a"]);
     }
 
+    /// <summary>
+    /// Checkpoints capture the state under its lock and encode it after releasing it, while writers
+    /// go on: the payload must be the state at the capture, whatever changed since, and laid out as
+    /// Serialize lays it out (images and chunks in id order, however they were applied).
+    /// </summary>
+    [TestMethod]
+    public void Capture_StateChangesBeforeEncode_PayloadIsTheStateAtCapture_InIdOrder()
+    {
+        var s = new PoolState();
+        s.Props["label"] = "tank";
+        ulong seq = 1;
+        var log = new List<MetaRecord>();
+        void Apply(MetaRecord r)
+        {
+            log.Add(r);
+            s.Apply(new WalRecord(seq++, (ushort)r.Type, r.Flags, r.Payload));
+        }
+        Apply(MetaRecords.ContainerCreate(1, "c", 1));
+        Apply(MetaRecords.ImageCreate(2, 1, "second", 1 << 20, 4096));
+        Apply(MetaRecords.ImageCreate(1, 1, "first", 1 << 20, 4096));
+        foreach (long c in new long[] { 200, 3, 77, 0, 150 })
+            Apply(MetaRecords.ChunkMap(2, c, [new Replica(0, c * 4096, (uint)c)]));
+        for (long c = 0; c < 10; c++)
+            Apply(MetaRecords.ChunkMap(1, c, [new Replica(0, (300 + c) * 4096, (uint)c)]));
+        Apply(new MetaRecord(MetaRecordType.ChunkMoveBegin, new MetaWriter().U32(2).I64(77).Byte(1).U16(0).I64(999 * 4096).U32(77).ToArray()));
+
+        var capture = PoolStateCodec.Capture(s);
+        // Writers go on before the capture is encoded: new chunks, overwrites, unmaps.
+        Apply(MetaRecords.ChunkMap(2, 5, [new Replica(0, 5000 * 4096, 5)]));
+        Apply(MetaRecords.ChunkMap(1, 3, [new Replica(0, 6000 * 4096, 33)]));
+        Apply(MetaRecords.ChunkUnmap(2, 200));
+        var payload = capture.Encode();
+
+        // The same records up to the capture, applied in another order of chunks, encode the same.
+        var expect = new PoolState();
+        expect.Props["label"] = "tank";
+        ulong seq2 = 1;
+        var before = log.Take(log.Count - 3).ToList();
+        var maps = before.Where(r => r.Type == MetaRecordType.ChunkMap).Reverse();
+        foreach (var r in before.Take(3).Concat(maps).Append(before[^1]))
+            expect.Apply(new WalRecord(seq2++, (ushort)r.Type, r.Flags, r.Payload));
+        CollectionAssert.AreEqual(PoolStateCodec.Serialize(expect), payload);
+
+        var back = PoolStateCodec.Deserialize(payload, 1);
+        CollectionAssert.AreEqual(new long[] { 0, 3, 77, 150, 200 }, back.Images[2].Chunks.Keys.ToArray());
+        CollectionAssert.AreEqual(Enumerable.Range(0, 10).Select(c => (long)c).ToArray(), back.Images[1].Chunks.Keys.ToArray());
+        Assert.AreEqual(300L * 4096 + 3 * 4096, back.Images[1].Chunks[3].Replicas[0].Offset);
+        Assert.AreEqual(999L * 4096, back.Images[2].Chunks[77].Moving!.Single().Offset);
+        Assert.AreEqual(15L * (9 + 15) + 15, capture.ChunkBytes, "15 chunks of one replica, one of them moving");
+    }
+
     [TestMethod]
     public void Apply_UnknownRecordType_RefusedUnlessSkippable()
     {

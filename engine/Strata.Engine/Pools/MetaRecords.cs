@@ -76,21 +76,13 @@ public static class MetaRecords
     public static MetaRecord ImageSetProp(uint id, string name, string value) =>
         new(MetaRecordType.ImageSetProp, new MetaWriter().U32(id).Str(name).Str(value).ToArray());
 
-    /// <summary>The per-write record, encoded straight into its payload (the layout WriteReplicas gives).</summary>
+    /// <summary>The per-write record, encoded straight into its payload.</summary>
     public static MetaRecord ChunkMap(uint image, long chunk, Replica[] replicas)
     {
-        var b = new byte[4 + 8 + 1 + replicas.Length * 14];
+        var b = new byte[4 + 8 + ReplicasLength(replicas)];
         BinaryPrimitives.WriteUInt32LittleEndian(b, image);
         BinaryPrimitives.WriteInt64LittleEndian(b.AsSpan(4), chunk);
-        b[12] = (byte)replicas.Length;
-        int at = 13;
-        foreach (var r in replicas)
-        {
-            BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(at), r.Target);
-            BinaryPrimitives.WriteInt64LittleEndian(b.AsSpan(at + 2), r.Offset);
-            BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(at + 10), r.Crc);
-            at += 14;
-        }
+        EncodeReplicas(b.AsSpan(12), replicas);
         return new(MetaRecordType.ChunkMap, b);
     }
 
@@ -107,11 +99,22 @@ public static class MetaRecords
         return new(MetaRecordType.DurableThrough, b);
     }
 
-    public static void WriteReplicas(MetaWriter w, Replica[] replicas)
+    /// <summary>Bytes a replica list takes: a count byte, then 14 bytes each.</summary>
+    public static int ReplicasLength(Replica[] replicas) => 1 + 14 * replicas.Length;
+
+    /// <summary>Encodes a replica list (count byte; u16 target, i64 offset, u32 CRC each) at the start of <paramref name="dest"/>; returns its length.</summary>
+    public static int EncodeReplicas(Span<byte> dest, Replica[] replicas)
     {
-        w.Byte((byte)replicas.Length);
+        dest[0] = (byte)replicas.Length;
+        int at = 1;
         foreach (var r in replicas)
-            w.U16(r.Target).I64(r.Offset).U32(r.Crc);
+        {
+            BinaryPrimitives.WriteUInt16LittleEndian(dest[at..], r.Target);
+            BinaryPrimitives.WriteInt64LittleEndian(dest[(at + 2)..], r.Offset);
+            BinaryPrimitives.WriteUInt32LittleEndian(dest[(at + 10)..], r.Crc);
+            at += 14;
+        }
+        return at;
     }
 
     public static Replica[] ReadReplicas(ref MetaReader r)

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using Strata.Engine.Store;
 
 namespace Strata.Engine.Pools;
@@ -14,15 +15,23 @@ public static class PoolStateCodec
     private const ushort FlagSkippable = 1;
     private const byte ChunkHasMove = 1;
 
-    public static byte[] Serialize(PoolState s)
+    public static byte[] Serialize(PoolState s) => Capture(s).Encode();
+
+    /// <summary>
+    /// What a checkpoint needs of the state, taken under the state's lock (<see cref="PoolState.Sync"/>)
+    /// in time linear in the chunks and without sorting or encoding them: a checkpoint holds writers
+    /// off only that long, and encodes outside the lock (<see cref="PoolStateCapture.Encode"/>). Chunk
+    /// maps are immutable (records replace them), so copying the references is a consistent copy.
+    /// </summary>
+    public static PoolStateCapture Capture(PoolState s)
     {
-        var w = new MetaWriter();
-        Section(w, SectionPool, p =>
+        var head = new MetaWriter();
+        Section(head, SectionPool, p =>
         {
             p.U32(s.NextContainerId).U32(s.NextImageId);
             Props(p, s.Props);
         });
-        Section(w, SectionContainers, p =>
+        Section(head, SectionContainers, p =>
         {
             p.U32((uint)s.Containers.Count);
             foreach (var c in s.Containers.Values.OrderBy(c => c.Id))
@@ -31,46 +40,112 @@ public static class PoolStateCodec
                 Props(p, c.Props);
             }
         });
-        Section(w, SectionImages, p =>
+        var images = new PoolStateCapture.ImageCapture[s.Images.Count];
+        int n = 0;
+        foreach (var i in s.Images.Values)
         {
-            p.U32((uint)s.Images.Count);
-            foreach (var i in s.Images.Values.OrderBy(i => i.Id))
-            {
-                p.U32(i.Id).U32(i.Container).Str(i.Label).I64(i.Size).U32((uint)i.ChunkSize);
-                Props(p, i.Props);
-                p.I64(i.Chunks.Count);
-                foreach (var (index, map) in i.Chunks.OrderBy(kv => kv.Key))
-                {
-                    p.I64(index).Byte(map.Moving != null ? ChunkHasMove : (byte)0);
-                    MetaRecords.WriteReplicas(p, map.Replicas);
-                    if (map.Moving != null)
-                        MetaRecords.WriteReplicas(p, map.Moving);
-                }
-            }
-        });
-        if (s.UpgradeJob is { } j)
-            Section(w, SectionUpgradeJob, p =>
-            {
-                p.U64(j.Id).U32(j.From).U32(j.To).Byte((byte)j.State).U32(j.Action).U64(j.Cursor);
-                if (j.Reason != null)
-                    p.Str(j.Reason);
-            });
-        if (s.Layout is { } l)
-            Section(w, SectionLayout, p => p.U32(l.Version).U64(l.Compat).U64(l.RoCompat).U64(l.Incompat));
-        return w.ToArray();
+            var header = new MetaWriter();
+            header.U32(i.Id).U32(i.Container).Str(i.Label).I64(i.Size).U32((uint)i.ChunkSize);
+            Props(header, i.Props);
+            var keys = new long[i.Chunks.Count];
+            var maps = new ChunkMap[keys.Length];
+            i.Chunks.Keys.CopyTo(keys, 0);
+            i.Chunks.Values.CopyTo(maps, 0);
+            images[n++] = new PoolStateCapture.ImageCapture(i.Id, header.ToArray(), keys, maps);
+        }
+        return new PoolStateCapture(head.ToArray(), images, s.UpgradeJob, s.Layout);
     }
 
     /// <summary>
-    /// Bytes the chunk maps take in a checkpoint; the slot reserves room for every
-    /// possible chunk separately, so only the rest counts against the metadata room.
+    /// A pool state as <see cref="Capture"/> took it; <see cref="Encode"/> lays it out as the checkpoint
+    /// payload (containers, images and chunks in id order, so equal states encode equally).
     /// </summary>
-    public static long ChunkBytes(PoolState s)
+    public sealed class PoolStateCapture
     {
-        long total = 0;
-        foreach (var i in s.Images.Values)
-            foreach (var m in i.Chunks.Values)
-                total += 10 + 14 * m.Replicas.Length + (m.Moving == null ? 0 : 1 + 14 * m.Moving.Length);
-        return total;
+        internal sealed record ImageCapture(uint Id, byte[] Header, long[] Keys, ChunkMap[] Maps);
+
+        private readonly byte[] _head;
+        private readonly ImageCapture[] _images;
+        private readonly UpgradeJobMeta? _job;
+        private readonly LayoutMeta? _layout;
+
+        internal PoolStateCapture(byte[] head, ImageCapture[] images, UpgradeJobMeta? job, LayoutMeta? layout)
+        {
+            _head = head;
+            _images = images;
+            _job = job;
+            _layout = layout;
+        }
+
+        /// <summary>Bytes the chunk maps take in the payload; the slot reserves room for every possible chunk separately, so only the rest counts against the metadata room.</summary>
+        public long ChunkBytes { get; private set; }
+
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+        public byte[] Encode()
+        {
+            // Checkpoints are rare, so tiered compilation would leave this loop unoptimized for long:
+            // compiled fully at once. The payload is laid out straight into one buffer of its size.
+            var tail = new MetaWriter();
+            if (_job is { } j)
+                Section(tail, SectionUpgradeJob, p =>
+                {
+                    p.U64(j.Id).U32(j.From).U32(j.To).Byte((byte)j.State).U32(j.Action).U64(j.Cursor);
+                    if (j.Reason != null)
+                        p.Str(j.Reason);
+                });
+            if (_layout is { } l)
+                Section(tail, SectionLayout, p => p.U32(l.Version).U64(l.Compat).U64(l.RoCompat).U64(l.Incompat));
+            long chunkBytes = 0;
+            long body = 4;
+            foreach (var i in _images)
+            {
+                if (!Ascending(i.Keys))
+                    Array.Sort(i.Keys, i.Maps);
+                body += i.Header.Length + 8;
+                foreach (var m in i.Maps)
+                    chunkBytes += 9 + MetaRecords.ReplicasLength(m.Replicas) + (m.Moving == null ? 0 : MetaRecords.ReplicasLength(m.Moving));
+            }
+            body += chunkBytes;
+            ChunkBytes = chunkBytes;
+            Array.Sort(_images, (a, b) => a.Id.CompareTo(b.Id));
+            var payload = new byte[checked(_head.Length + 8 + (int)body + tail.Length)];
+            var d = payload.AsSpan();
+            _head.CopyTo(d);
+            int at = _head.Length;
+            BinaryPrimitives.WriteUInt16LittleEndian(d[at..], SectionImages);
+            BinaryPrimitives.WriteUInt16LittleEndian(d[(at + 2)..], 0);
+            BinaryPrimitives.WriteUInt32LittleEndian(d[(at + 4)..], (uint)body);
+            BinaryPrimitives.WriteUInt32LittleEndian(d[(at + 8)..], (uint)_images.Length);
+            at += 12;
+            foreach (var i in _images)
+            {
+                i.Header.CopyTo(d[at..]);
+                at += i.Header.Length;
+                BinaryPrimitives.WriteInt64LittleEndian(d[at..], i.Keys.Length);
+                at += 8;
+                for (int k = 0; k < i.Keys.Length; k++)
+                {
+                    var map = i.Maps[k];
+                    BinaryPrimitives.WriteInt64LittleEndian(d[at..], i.Keys[k]);
+                    d[at + 8] = map.Moving != null ? ChunkHasMove : (byte)0;
+                    at += 9;
+                    at += MetaRecords.EncodeReplicas(d[at..], map.Replicas);
+                    if (map.Moving != null)
+                        at += MetaRecords.EncodeReplicas(d[at..], map.Moving);
+                }
+            }
+            tail.WrittenSpan.CopyTo(d[at..]);
+            return payload;
+        }
+
+        /// <summary>Chunks come out of the map in the order they were first written, often ascending already.</summary>
+        private static bool Ascending(long[] keys)
+        {
+            for (int k = 1; k < keys.Length; k++)
+                if (keys[k] <= keys[k - 1])
+                    return false;
+            return true;
+        }
     }
 
     public static PoolState Deserialize(ReadOnlySpan<byte> payload, ulong seq)

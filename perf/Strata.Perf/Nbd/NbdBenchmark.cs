@@ -34,6 +34,8 @@ public static class NbdBenchmark
                              (default: DeviceOptions.BusyPollMicros, as the engine)
           --strata-io LIST   direct,buffered (default both): Strata's file targets with O_DIRECT (direct=1, as
                              qemu-nbd --cache=none) and without (direct=0: the page cache, as nbdkit's file plugin)
+          --rate-iops N      cap every row at N I/Os per second (fio --rate_iops): compares CPU per I/O (the
+                             "us/io" figure) at equal load, which varies far less than peak rates on a shared machine
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
           --json FILE        write every figure as JSON
         """;
@@ -165,9 +167,12 @@ public static class NbdBenchmark
         {
             OtherCpuPercent = Math.Max(0, HostCpuSample.BusyPercent(h0, HostCpuSample.Now()) - serverCpu - fioCpu),
         };
-        Console.WriteLine($" {Throughput(row, r)}, p50 {TablePrinter.Latency(r.P50Ns)}, p99 {TablePrinter.Latency(r.P99Ns)}, server cpu {serverCpu:F0}%, fio cpu {fioCpu:F0}%, others {r.OtherCpuPercent:F0}%");
+        Console.WriteLine($" {Throughput(row, r)}, p50 {TablePrinter.Latency(r.P50Ns)}, p99 {TablePrinter.Latency(r.P99Ns)}, server cpu {serverCpu:F0}% ({CpuMicrosPerIo(serverCpu, r.Iops):F1} us/io), fio cpu {fioCpu:F0}%, others {r.OtherCpuPercent:F0}%");
         return r;
     }
+
+    /// <summary>Server CPU time per I/O in microseconds, from the row's CPU percentage (of one CPU) and rate.</summary>
+    private static double CpuMicrosPerIo(double cpuPercent, double iops) => iops > 0 ? cpuPercent / 100 * 1e6 / iops : double.NaN;
 
     /// <summary>fio options common to every server.</summary>
     private static List<string> FioArgs() =>
@@ -186,6 +191,8 @@ public static class NbdBenchmark
             "--size=" + o.ImageSize.ToString(CultureInfo.InvariantCulture),
             "--runtime=" + o.Runtime.TotalSeconds.ToString(CultureInfo.InvariantCulture),
         };
+        if (o.RateIops > 0)
+            args.Add("--rate_iops=" + o.RateIops.ToString(CultureInfo.InvariantCulture));
         args.AddRange(FioArgs());
         return args;
     }
@@ -280,6 +287,7 @@ internal sealed class NbdBenchOptions
     public IEnumerable<(int Chunk, bool Buffered)> StrataConfigs => IoModes.SelectMany(b => ChunkSizes.Select(c => (c, b)));
     public string? JsonPath { get; init; }
     public TimeSpan WaitIdle { get; init; }
+    public int RateIops { get; init; }
 
     /// <summary>Each chunk size's engine has its own target files: all of Strata's servers run at once.</summary>
     public string TargetPath(int chunkSize, bool buffered, int i) => Path.Combine(Dir, $"nbd-target-{ChunkLabel(chunkSize)}{(buffered ? "-buf" : "")}-{i}.dat");
@@ -333,6 +341,7 @@ internal sealed class NbdBenchOptions
             Rows = rows,
             Pollers = pollers,
             BusyPollMicros = cl.Has("busy-poll-us") ? cl.Int("busy-poll-us", 50) : null,
+            RateIops = cl.Int("rate-iops", 0),
             RunStrata = servers.Contains("strata"),
             RunQemuNbd = servers.Contains("qemu-nbd"),
             RunNbdkit = servers.Contains("nbdkit"),
