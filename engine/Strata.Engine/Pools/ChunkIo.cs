@@ -142,18 +142,28 @@ internal static class ChunkIo
             if (rented != null)
                 System.Buffers.ArrayPool<byte>.Shared.Return(rented);
         }
-        if (old == null)
-            return;
-        if (durable)
-            pool.FreeChunk(old, cs);
-        else
-            pool.Log.FreeWhenDurable(() => pool.FreeChunk(old, cs));
+        // Committed: the write still holds its fresh extents (PoolLog.HoldFresh) until the old ones are
+        // freed or deferred, so a writer out of space waits for them instead of reporting ENOSPC.
+        try
+        {
+            if (old == null)
+                return;
+            if (durable)
+                pool.FreeChunk(old, cs);
+            else
+                pool.Log.FreeWhenDurable(() => pool.FreeChunk(old, cs));
+        }
+        finally
+        {
+            pool.Log.ReleaseFresh();
+        }
     }
 
     /// <summary>
     /// Allocates one extent of <paramref name="size"/> bytes on target <paramref name="t"/>; when the
-    /// pool has none free, runs flush rounds while they return extents that writeback writes superseded
-    /// (PoolLog.FlushForSpaceAsync), up to PoolLog.SpaceRetries times; -1 when there is still none.
+    /// pool has none free, runs flush rounds that return extents writeback writes superseded, or waits
+    /// for writes in flight to commit (PoolLog.FlushForSpaceAsync), up to PoolLog.SpaceRetries times;
+    /// -1 when there is still none.
     /// </summary>
     internal static async ValueTask<long> AllocateAsync(Pool pool, int t, long size)
     {
@@ -186,6 +196,23 @@ internal static class ChunkIo
             FreeReplicas(pool, replicas, allocated, cs);
             throw;
         }
+        // Released by the caller once the old extents are freed or deferred, or here on failure.
+        pool.Log.HoldFresh();
+        try
+        {
+            await WriteAndCommitAsync(pool, meta, index, within, chunk, durable, replicas).ConfigureAwait(false);
+        }
+        catch
+        {
+            pool.Log.ReleaseFresh();
+            throw;
+        }
+    }
+
+    private static async Task WriteAndCommitAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool durable, Replica[] replicas)
+    {
+        int cs = meta.ChunkSize;
+        int rf = replicas.Length;
         if (!durable)
         {
             // Writeback: once the data is written the record is applied and queued (PoolLog.CommitWriteback);

@@ -63,81 +63,94 @@ internal static class ChunkRuns
                 olds[i] = meta.Chunks.TryGetValue(pieces[i].Index, out var m) ? m : null;
         // Each chunk's new contents: the caller's bytes for a whole chunk, else merged with the verified old chunk.
         var chunks = new ReadOnlyMemory<byte>[n];
-        var rented = new List<byte[]>();
+        // From WriteReplicasAsync's allocation until the old extents are freed or deferred the write
+        // holds fresh extents (PoolLog.HoldFresh): writers out of space wait for it, not ENOSPC.
+        bool held = false;
         try
         {
-            for (int i = 0; i < n; i++)
+            var rented = new List<byte[]>();
+            try
             {
-                var p = pieces[i];
-                if (p.Length == cs)
+                for (int i = 0; i < n; i++)
                 {
-                    chunks[i] = source.Slice(p.At, cs);
-                    continue;
+                    var p = pieces[i];
+                    if (p.Length == cs)
+                    {
+                        chunks[i] = source.Slice(p.At, cs);
+                        continue;
+                    }
+                    var buf = ArrayPool<byte>.Shared.Rent(cs);
+                    rented.Add(buf);
+                    var merged = buf.AsMemory(0, cs);
+                    if (olds[i] != null)
+                        await ChunkIo.ReadVerifiedAsync(pool, meta, p.Index, olds[i]!, merged, repair: true).ConfigureAwait(false);
+                    else
+                        merged.Span.Clear();
+                    source.Span.Slice(p.At, p.Length).CopyTo(merged.Span[p.Within..]);
+                    chunks[i] = merged;
                 }
-                var buf = ArrayPool<byte>.Shared.Rent(cs);
-                rented.Add(buf);
-                var merged = buf.AsMemory(0, cs);
-                if (olds[i] != null)
-                    await ChunkIo.ReadVerifiedAsync(pool, meta, p.Index, olds[i]!, merged, repair: true).ConfigureAwait(false);
+                Replica[][]? replicas = null;
+                for (int attempt = 0; replicas == null; attempt++)
+                {
+                    try
+                    {
+                        replicas = await WriteReplicasAsync(pool, meta, pieces, chunks).ConfigureAwait(false);
+                        held = true;
+                    }
+                    catch (NoSpaceException) when (attempt < PoolLog.SpaceRetries)
+                    {
+                        // Writeback writes hold superseded extents until a flush round returns them, and
+                        // writes in flight hold fresh ones until they commit (ChunkIo.AllocateAsync, for one
+                        // chunk): flush or wait for them, and try again while that may return any.
+                        if (!await pool.Log.FlushForSpaceAsync().ConfigureAwait(false))
+                            throw;
+                    }
+                }
+                var records = new MetaRecord[n];
+                for (int i = 0; i < n; i++)
+                    records[i] = MetaRecords.ChunkMap(meta.Id, pieces[i].Index, replicas[i]);
+                if (durable)
+                {
+                    await pool.Log.CommitAsync(records).ConfigureAwait(false);
+                }
                 else
-                    merged.Span.Clear();
-                source.Span.Slice(p.At, p.Length).CopyTo(merged.Span[p.Within..]);
-                chunks[i] = merged;
-            }
-            Replica[][]? replicas = null;
-            for (int attempt = 0; replicas == null; attempt++)
-            {
-                try
                 {
-                    replicas = await WriteReplicasAsync(pool, meta, pieces, chunks).ConfigureAwait(false);
-                }
-                catch (NoSpaceException) when (attempt < PoolLog.SpaceRetries)
-                {
-                    // Writeback writes hold superseded extents until a flush round returns them
-                    // (ChunkIo.AllocateAsync, for one chunk): flush and try again while that returns any.
-                    if (!await pool.Log.FlushForSpaceAsync().ConfigureAwait(false))
+                    try
+                    {
+                        pool.Log.CommitWriteback(records);
+                    }
+                    catch
+                    {
+                        // Nothing was applied or queued: the new extents are free again.
+                        foreach (var r in replicas)
+                            pool.FreeChunk(new ChunkMap(r), cs);
                         throw;
+                    }
                 }
             }
-            var records = new MetaRecord[n];
-            for (int i = 0; i < n; i++)
-                records[i] = MetaRecords.ChunkMap(meta.Id, pieces[i].Index, replicas[i]);
+            finally
+            {
+                foreach (var b in rented)
+                    ArrayPool<byte>.Shared.Return(b);
+            }
             if (durable)
             {
-                await pool.Log.CommitAsync(records).ConfigureAwait(false);
+                foreach (var old in olds)
+                    pool.FreeChunk(old, cs);
             }
-            else
+            else if (olds.Any(o => o != null))
             {
-                try
+                pool.Log.FreeWhenDurable(() =>
                 {
-                    pool.Log.CommitWriteback(records);
-                }
-                catch
-                {
-                    // Nothing was applied or queued: the new extents are free again.
-                    foreach (var r in replicas)
-                        pool.FreeChunk(new ChunkMap(r), cs);
-                    throw;
-                }
+                    foreach (var old in olds)
+                        pool.FreeChunk(old, cs);
+                });
             }
         }
         finally
         {
-            foreach (var b in rented)
-                ArrayPool<byte>.Shared.Return(b);
-        }
-        if (durable)
-        {
-            foreach (var old in olds)
-                pool.FreeChunk(old, cs);
-        }
-        else if (olds.Any(o => o != null))
-        {
-            pool.Log.FreeWhenDurable(() =>
-            {
-                foreach (var old in olds)
-                    pool.FreeChunk(old, cs);
-            });
+            if (held)
+                pool.Log.ReleaseFresh();
         }
     }
 
@@ -159,6 +172,7 @@ internal static class ChunkRuns
             replicas[i] = new Replica[rf];
         }
         var allocated = new List<(int Target, long Offset, long Length)>();
+        bool held = false;
         try
         {
             for (int r = 0; r < rf; r++)
@@ -187,6 +201,9 @@ internal static class ChunkRuns
                     }
                 }
             }
+            // Released by WriteGroupAsync once the old extents are freed or deferred, or below on failure.
+            pool.Log.HoldFresh();
+            held = true;
             var extents = new List<Extent>(n * rf);
             for (int i = 0; i < n; i++)
                 foreach (var rep in replicas[i])
@@ -212,6 +229,8 @@ internal static class ChunkRuns
         {
             foreach (var (t, off, len) in allocated)
                 pool.Shards[t].Allocator.Free(off, len);
+            if (held)
+                pool.Log.ReleaseFresh();
             throw;
         }
         return replicas;

@@ -188,21 +188,66 @@ internal sealed class PoolLog
     }
 
     /// <summary>
-    /// For a writer out of space: when writeback commits are not durable yet or frees wait for a flush,
-    /// runs a flush round, which returns the extents they superseded, and says true; false when a flush
-    /// would return nothing. Concurrent writers may take what came back first, so callers try again
-    /// a few times (<see cref="SpaceRetries"/>) before reporting ENOSPC.
+    /// For a writer out of space (that holds no fresh extents itself): says true once trying again may
+    /// find space, false when nothing can return any. When writeback commits are not durable yet or
+    /// frees wait for a flush, it runs a flush round, which returns the extents they superseded. Else,
+    /// when other writes hold fresh extents they have not committed (<see cref="HoldFresh"/>), it waits
+    /// until one commits (the extents it supersedes then wait for a flush) or gives its extents back.
+    /// Concurrent writers may take what came back first, so callers try again, up to
+    /// <see cref="SpaceRetries"/> times, before reporting ENOSPC.
     /// </summary>
     public async Task<bool> FlushForSpaceAsync()
     {
-        if (Volatile.Read(ref _writebackEnqueued) <= Volatile.Read(ref _durableOrdinal) && !HasDeferredFrees)
+        if (!FlushReturnsSpace && !await WaitForFreshReleasedAsync().ConfigureAwait(false) && !FlushReturnsSpace)
             return false;
-        await Enqueue([]).ConfigureAwait(false);
+        if (FlushReturnsSpace)
+            await Enqueue([]).ConfigureAwait(false);
         return true;
     }
 
-    /// <summary>Flush rounds a writer out of space runs (each returning superseded extents) before it reports ENOSPC.</summary>
-    public const int SpaceRetries = 8;
+    private bool FlushReturnsSpace => Volatile.Read(ref _writebackEnqueued) > Volatile.Read(ref _durableOrdinal) || HasDeferredFrees;
+
+    /// <summary>
+    /// Times a writer out of space tries again, each after a flush round or another write's commit.
+    /// Each attempt follows progress by some writer; only a writer that others overtake this often fails.
+    /// </summary>
+    public const int SpaceRetries = 64;
+
+    private long _freshHolders, _spaceWaiters;
+    private TaskCompletionSource _freshReleased = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>
+    /// A write has allocated every extent it needs and holds them until its commit is queued and the
+    /// extents it supersedes are freed or deferred (<see cref="ReleaseFresh"/>, once). Writers out of space
+    /// wait for such writes rather than report ENOSPC while the space is in flight.
+    /// </summary>
+    public void HoldFresh() => Interlocked.Increment(ref _freshHolders);
+
+    public void ReleaseFresh()
+    {
+        Interlocked.Decrement(ref _freshHolders);
+        if (Volatile.Read(ref _spaceWaiters) > 0)
+            Interlocked.Exchange(ref _freshReleased, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+    }
+
+    /// <summary>True after some write released its fresh extents; false at once when none holds any.</summary>
+    private async Task<bool> WaitForFreshReleasedAsync()
+    {
+        Interlocked.Increment(ref _spaceWaiters);
+        try
+        {
+            // The signal is read before the count: a release after the count was read completes it.
+            var released = Volatile.Read(ref _freshReleased);
+            if (Interlocked.Read(ref _freshHolders) == 0)
+                return false;
+            await released.Task.ConfigureAwait(false);
+            return true;
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _spaceWaiters);
+        }
+    }
 
     /// <summary>Extents waiting for a flush round before they may be reused.</summary>
     public bool HasDeferredFrees
@@ -455,21 +500,18 @@ internal sealed class PoolLog
         }
         _lastRoundDone = round.Done.Task;
         _lastSettled = round.Settled.Task;
-        // Failed or not: a failure is reported to the round's own commits.
-        Volatile.Write(ref _lastLogged, Task.WhenAll(round.Settled.Task, _lastLogged).ContinueWith(_ => { }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default));
         _rounds.Writer.TryWrite(round);
     }
 
     private Task _lastSettled = Task.CompletedTask;
-    /// <summary>The log writes of every round started so far (committer only).</summary>
-    private Task _lastLogged = Task.CompletedTask;
     /// <summary>The last commit (ordinal) the committer took and started a round for, or a checkpoint request.</summary>
     private long _startedOrdinal;
 
     /// <summary>
-    /// Completes once every commit queued before the call is written to the log, durable or not: what a
-    /// power cut that keeps every unflushed write would then find. Writeback commits are answered
-    /// before their log write even starts, so crash tests that mean to keep them wait for this.
+    /// Completes once every commit queued before the call is written to the log, durable or not (a
+    /// round that flushes, after its flush): what a power cut that keeps every unflushed write would
+    /// then find. Writeback commits are answered before their log write even starts, so crash tests
+    /// that mean to keep them wait for this. Failures are the commits' own to report.
     /// </summary>
     internal async Task LoggedAsync()
     {
@@ -479,7 +521,9 @@ internal sealed class PoolLog
             Volatile.Read(ref _gathering)?.TrySetResult();
             await Task.Delay(1).ConfigureAwait(false);
         }
-        await Volatile.Read(ref _lastLogged).ConfigureAwait(false);
+        // Rounds complete in order, a writeback-only one once its log write is done.
+        if (Volatile.Read(ref _lastRoundDone) is { } done)
+            await done.ConfigureAwait(false);
     }
 
     private async Task WrittenThenFlushAsync(Round round, Task written, Task previousSettled)
