@@ -135,27 +135,12 @@ internal static class ChunkIo
         }
         try
         {
-            await WriteReplicasAsync(pool, meta, index, within, chunk, durable).ConfigureAwait(false);
+            await WriteReplicasAsync(pool, meta, index, within, chunk, durable, old).ConfigureAwait(false);
         }
         finally
         {
             if (rented != null)
                 System.Buffers.ArrayPool<byte>.Shared.Return(rented);
-        }
-        // Committed: the write still holds its fresh extents (PoolLog.HoldFresh) until the old ones are
-        // freed or deferred, so a writer out of space waits for them instead of reporting ENOSPC.
-        try
-        {
-            if (old == null)
-                return;
-            if (durable)
-                pool.FreeChunk(old, cs);
-            else
-                pool.Log.FreeWhenDurable(() => pool.FreeChunk(old, cs));
-        }
-        finally
-        {
-            pool.Log.ReleaseFresh();
         }
     }
 
@@ -173,7 +158,8 @@ internal static class ChunkIo
         return off;
     }
 
-    private static async Task WriteReplicasAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool durable)
+    /// <summary>Writes the chunk to fresh extents, commits their mapping, then frees (or defers) the old extents.</summary>
+    private static async Task WriteReplicasAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool durable, ChunkMap? old)
     {
         int cs = meta.ChunkSize;
         uint crc = Crc32C.Compute(chunk.Span);
@@ -196,16 +182,22 @@ internal static class ChunkIo
             FreeReplicas(pool, replicas, allocated, cs);
             throw;
         }
-        // Released by the caller once the old extents are freed or deferred, or here on failure.
+        // From here until the old extents are freed or deferred the write holds fresh extents: a writer
+        // out of space waits for it (PoolLog.HoldFresh) instead of reporting ENOSPC.
         pool.Log.HoldFresh();
         try
         {
             await WriteAndCommitAsync(pool, meta, index, within, chunk, durable, replicas).ConfigureAwait(false);
+            if (old == null)
+                return;
+            if (durable)
+                pool.FreeChunk(old, cs);
+            else
+                pool.Log.FreeWhenDurable(() => pool.FreeChunk(old, cs));
         }
-        catch
+        finally
         {
             pool.Log.ReleaseFresh();
-            throw;
         }
     }
 

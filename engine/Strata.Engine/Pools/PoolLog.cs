@@ -143,10 +143,7 @@ internal sealed class PoolLog
                 if (!state.Images.ContainsKey(image))
                     throw new NotFoundException($"pool '{_pool.Label}' has no image {image} (it was removed)");
             }
-            p.Ordinal = _enqueued + 1;
-            if (!_queue.Writer.TryWrite(p))
-                throw new ObjectDisposedException($"pool '{_pool.Label}'", "the pool is closed");
-            _enqueued = p.Ordinal;
+            QueueLocked(p);
             Volatile.Write(ref _writebackEnqueued, p.Ordinal);
             // The sequence is assigned when the round is written; LastSeq moves with the rounds.
             foreach (var r in records)
@@ -179,7 +176,7 @@ internal sealed class PoolLog
     /// </summary>
     public Task FlushAsync()
     {
-        if (Volatile.Read(ref _writebackEnqueued) <= Volatile.Read(ref _durableOrdinal) && !HasDeferredFrees)
+        if (!FlushPending)
         {
             _pool.ThrowIfNotLoggable();
             return Task.CompletedTask;
@@ -198,14 +195,16 @@ internal sealed class PoolLog
     /// </summary>
     public async Task<bool> FlushForSpaceAsync()
     {
-        if (!FlushReturnsSpace && !await WaitForFreshReleasedAsync().ConfigureAwait(false) && !FlushReturnsSpace)
-            return false;
-        if (FlushReturnsSpace)
-            await Enqueue([]).ConfigureAwait(false);
+        bool released = !FlushPending && await WaitForFreshReleasedAsync().ConfigureAwait(false);
+        // A released write may have left frees waiting for a flush (checked again either way).
+        if (!FlushPending)
+            return released;
+        await Enqueue([]).ConfigureAwait(false);
         return true;
     }
 
-    private bool FlushReturnsSpace => Volatile.Read(ref _writebackEnqueued) > Volatile.Read(ref _durableOrdinal) || HasDeferredFrees;
+    /// <summary>Writeback commits are not durable yet or frees wait for a flush: a flush round has work (and may return extents).</summary>
+    private bool FlushPending => Volatile.Read(ref _writebackEnqueued) > Volatile.Read(ref _durableOrdinal) || HasDeferredFrees;
 
     /// <summary>
     /// Times a writer out of space tries again, each after a flush round or another write's commit.
@@ -333,14 +332,18 @@ internal sealed class PoolLog
         var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data);
         // Ordinals follow the queue's order (CommitWriteback queues under the same lock).
         lock (_pool.Meta.Sync)
-        {
-            p.Ordinal = _enqueued + 1;
-            if (!_queue.Writer.TryWrite(p))
-                throw new ObjectDisposedException($"pool '{_pool.Label}'", "the pool is closed");
-            _enqueued = p.Ordinal;
-        }
+            QueueLocked(p);
         Volatile.Read(ref _gathering)?.TrySetResult();
         return p.Done.Task;
+    }
+
+    /// <summary>Queues a commit with the next ordinal; under the state's lock, so ordinals follow the queue's order.</summary>
+    private void QueueLocked(Pending p)
+    {
+        p.Ordinal = _enqueued + 1;
+        if (!_queue.Writer.TryWrite(p))
+            throw new ObjectDisposedException($"pool '{_pool.Label}'", "the pool is closed");
+        _enqueued = p.Ordinal;
     }
 
     private void Validate(MetaRecord[] records)
@@ -431,9 +434,7 @@ internal sealed class PoolLog
                 await StartRoundAsync(new Round(batch, records)).ConfigureAwait(false);
             else
                 _roundSlots.Release();
-            long taken = Math.Max(batch.Count > 0 ? batch[^1].Ordinal : 0, checkpoints.Count > 0 ? checkpoints[^1].Ordinal : 0);
-            if (taken > _startedOrdinal)
-                Volatile.Write(ref _startedOrdinal, taken);
+            Volatile.Write(ref _startedOrdinal, _takenOrdinal);
             if (checkpoints.Count > 0 || Used > _walLength / 2)
                 await CheckpointAfterRoundsAsync(checkpoints).ConfigureAwait(false);
         }
@@ -455,6 +456,7 @@ internal sealed class PoolLog
     {
         while (bytes < _walLength / 4 && reader.TryRead(out var p))
         {
+            _takenOrdinal = p.Ordinal;
             if (p.Records == null)
             {
                 checkpoints.Add(p);
@@ -504,8 +506,8 @@ internal sealed class PoolLog
     }
 
     private Task _lastSettled = Task.CompletedTask;
-    /// <summary>The last commit (ordinal) the committer took and started a round for, or a checkpoint request.</summary>
-    private long _startedOrdinal;
+    /// <summary>The last commit or checkpoint request (ordinal) the committer took, and the last it started a round for or took (LoggedAsync).</summary>
+    private long _takenOrdinal, _startedOrdinal;
 
     /// <summary>
     /// Completes once every commit queued before the call is written to the log, durable or not (a
