@@ -79,7 +79,7 @@ internal static class ControlApi
             Created(await svc.CreateImageAsync(pool, cont, await Body<ImageCreateRequest>(ctx))));
         v1.MapGet(images + "/{image}", async (string pool, string cont, string image) => Ok(await svc.ImageInfoAsync(pool, cont, image)));
         v1.MapPost(images + "/{image}/resize", async (HttpContext ctx, string pool, string cont, string image) =>
-            Ok(await svc.ResizeImageAsync(pool, cont, image, (await Body<ImageResizeRequest>(ctx)).Size)));
+            Ok(await svc.ResizeImageAsync(pool, cont, image, await Body<ImageResizeRequest>(ctx))));
         v1.MapDelete(images + "/{image}", async (string pool, string cont, string image) =>
         {
             await svc.RemoveImageAsync(pool, cont, image);

@@ -383,11 +383,11 @@ public sealed class EngineService : IAsyncDisposable
 
     private static PoolClientDto ToDto(PoolClientInfo c) => new(c.Id, c.Kind, c.Image, c.Peer, c.Since);
 
-    public async Task<ImageDto> ResizeImageAsync(string pool, string cont, string image, long size)
+    public async Task<ImageDto> ResizeImageAsync(string pool, string cont, string image, ImageResizeRequest req)
     {
         var img = (await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).OpenImage(cont, image);
-        long old = img.Size;
-        await img.ResizeAsync(size).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        long old = img.Size, size = req.Size;
+        await img.ResizeAsync(size, req.AllowShrink).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         Emit(ControlRasIds.ImageResized, RasSeverity.Notice, $"image '{image}' resized from {old} to {size} bytes", pool: pool, container: cont, image: image);
         return await ImageInfoAsync(pool, cont, image);
     }

@@ -182,7 +182,7 @@ internal sealed class CrashWorkload
             var data = new byte[size];
             img.Data.AsSpan(0, Math.Min(size, img.Data.Length)).CopyTo(data);
             img.Data = data;
-            await handle.ResizeAsync(size);
+            await handle.ResizeAsync(size, allowShrink: true);
             m.Flushed();
         }
         else if (roll < 87)

@@ -117,7 +117,7 @@ public sealed class IntegrityTests
         await pool.CreateContainerAsync("c");
         var img = await pool.CreateImageAsync("c", "v", 100_000, 16384);
         await img.WriteAsync(0, TestDevices.Pattern(100_000, 2));
-        await img.ResizeAsync(20_000);
+        await img.ResizeAsync(20_000, allowShrink: true);
         Assert.AreEqual(2 * 16384L, pool.Query().Targets.Sum(t => t.UsedBytes));
         await img.ResizeAsync(100_000);
         var back = new byte[100_000];

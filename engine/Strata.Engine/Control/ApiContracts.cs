@@ -103,7 +103,8 @@ public sealed record ContainerDto(uint Id, string Label, int Images, IReadOnlyDi
 
 public sealed record ImageCreateRequest(string Label, long Size, int ChunkSize = 0);
 
-public sealed record ImageResizeRequest(long Size);
+/// <summary>A new image size; a shrink that drops mapped data needs AllowShrink.</summary>
+public sealed record ImageResizeRequest(long Size, bool AllowShrink = false);
 
 /// <summary>An image; `image info` also fills Nbd (one URI per NBD listener) and Clients (who holds it open).</summary>
 public sealed record ImageDto(uint Id, string Pool, string Container, string Label, long Size, int ChunkSize, long MappedBytes,

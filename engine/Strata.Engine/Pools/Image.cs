@@ -4,9 +4,9 @@ namespace Strata.Engine.Pools;
 
 /// <summary>
 /// A handle on a thin image: reads and writes at any byte offset and length.
-/// Every acknowledged write is durable (data flushed, then its chunk-map record
-/// committed), so FlushAsync only has to report a pool that can no longer
-/// promise durability.
+/// A write acknowledged with durable: true is durable (data flushed, then its
+/// chunk-map record committed); a writeback write (durable: false) is durable
+/// after the next flush round, which FlushAsync forces.
 /// </summary>
 public sealed class Image
 {
@@ -272,12 +272,12 @@ public sealed class Image
     /// <summary>
     /// Grows or shrinks the image. Growing first zeroes the old last chunk's tail
     /// (bytes past the old end may hold data from before a shrink); shrinking frees
-    /// the chunks past the new end once the resize is durable.
+    /// the chunks past the new end once the resize is durable. A shrink that would drop
+    /// mapped data is refused unless allowShrink says the caller means it.
     /// </summary>
-    public async Task ResizeAsync(long newSize)
+    public async Task ResizeAsync(long newSize, bool allowShrink = false)
     {
-        if (newSize < 0)
-            throw new InvalidRequestException($"image size {newSize} is negative");
+        SizeLimits.CheckImageSize(newSize);
         await _pool.MetaLock.WaitAsync().ConfigureAwait(false);
         try
         {
@@ -295,9 +295,14 @@ public sealed class Image
                         await ChunkIo.WriteAsync(_pool, meta, last, within, new byte[cs - within]).ConfigureAwait(false);
                 }
                 List<ChunkMap> dropped;
-                long keep = (newSize + cs - 1) / cs;
+                long keep = SizeLimits.ChunkCount(newSize, cs);
                 lock (_pool.Meta.Sync)
                     dropped = meta.Chunks.Where(kv => kv.Key >= keep).Select(kv => kv.Value).ToList();
+                if (newSize < oldSize && !allowShrink)
+                {
+                    long mapped = (long)dropped.Count * cs;
+                    throw new InvalidRequestException($"shrinking image '{Label}' from {oldSize} to {newSize} bytes drops {mapped} bytes of mapped data past the new end; confirm with --allow-shrink (API: allowShrink)");
+                }
                 await _pool.Log.CommitAsync(MetaRecords.ImageResize(Id, newSize)).ConfigureAwait(false);
                 foreach (var m in dropped)
                     _pool.FreeChunk(m, cs);

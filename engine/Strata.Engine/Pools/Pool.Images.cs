@@ -33,8 +33,7 @@ public sealed partial class Pool
             chunkSize = Math.Max(DefaultChunkSize, Header.MinChunkSize);
         if (chunkSize < Header.MinChunkSize || chunkSize > PoolLayoutPlan.MaxChunkSize || (chunkSize & (chunkSize - 1)) != 0)
             throw new InvalidRequestException($"chunk size {chunkSize} is not a power of two between {Header.MinChunkSize} (this pool's minimum) and {PoolLayoutPlan.MaxChunkSize}");
-        if (size < 0)
-            throw new InvalidRequestException($"image size {size} is negative");
+        SizeLimits.CheckImageSize(size);
         await MetaLock.WaitAsync().ConfigureAwait(false);
         try
         {

@@ -36,41 +36,47 @@ internal static class PoolLayoutPlan
             throw new InvalidRequestException($"layout version {layout} is not supported by this engine ({Layout.LayoutCatalog.MinSupported}..{catalog.MaxSupported})");
         if (o.MinChunkSize < ExtentAllocator.Unit || o.MinChunkSize > MaxChunkSize || (o.MinChunkSize & (o.MinChunkSize - 1)) != 0)
             throw new InvalidRequestException($"minimum chunk size {o.MinChunkSize} is not a power of two between {ExtentAllocator.Unit} and {MaxChunkSize}");
-        long data = DeviceIo.AlignUp((size + targets - 1) / targets, 64 * 1024);
-        long wal = o.WalBytes > 0 ? DeviceIo.AlignUp(o.WalBytes, blockSize) : Math.Clamp(DeviceIo.AlignUp(data / 32, blockSize), 256 * 1024, 64L * 1024 * 1024);
-        if (wal < MinWal)
-            throw new InvalidRequestException($"WAL of {wal} bytes is smaller than the minimum {MinWal}");
-        long maxChunks = data * targets / o.MinChunkSize;
-        long ckpt = DeviceIo.AlignUp(Checkpoint.HeaderSize + o.MetadataBytes + maxChunks * CheckpointBytesPerChunk, 64 * 1024);
-        long walOffset = ShardHeader.Size;
-        long ckpt0 = DeviceIo.AlignUp(walOffset + wal, blockSize);
-        long ckpt1 = ckpt0 + ckpt;
-        long dataOffset = DeviceIo.AlignUp(ckpt1 + ckpt, 64 * 1024);
-        long shard = DeviceIo.AlignUp(dataOffset + data, TargetSuperblock.ExtentAlignment);
-        var (compat, ro, incompat) = catalog.FeatureWords(layout);
-        return new ShardHeader
+        if (size <= 0 || targets <= 0)
+            throw new InvalidRequestException($"pool size {size} on {targets} targets cannot be laid out");
+        // Checked: the size comes from outside. SizeLimits keeps it far below 2^63, so a throw here is a bug, not input.
+        checked
         {
-            LayoutVersion = layout,
-            Compat = compat,
-            RoCompat = ro,
-            Incompat = incompat,
-            PoolId = pool,
-            TargetCount = targets,
-            Generation = 1,
-            ShardLength = shard,
-            WalOffset = walOffset,
-            WalLength = wal,
-            Checkpoint0Offset = ckpt0,
-            Checkpoint1Offset = ckpt1,
-            CheckpointLength = ckpt,
-            DataOffset = dataOffset,
-            DataLength = data,
-            ActiveCheckpoint = 0,
-            MinChunkSize = o.MinChunkSize,
-            CheckpointSeq = 0,
-            WalHead = 0,
-            CreatedUnixMicros = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() * 1000,
-            Label = label,
-        };
+            long data = DeviceIo.AlignUp(size / targets + (size % targets != 0 ? 1 : 0), 64 * 1024);
+            long wal = o.WalBytes > 0 ? DeviceIo.AlignUp(o.WalBytes, blockSize) : Math.Clamp(DeviceIo.AlignUp(data / 32, blockSize), 256 * 1024, 64L * 1024 * 1024);
+            if (wal < MinWal)
+                throw new InvalidRequestException($"WAL of {wal} bytes is smaller than the minimum {MinWal}");
+            long maxChunks = data * targets / o.MinChunkSize;
+            long ckpt = DeviceIo.AlignUp(Checkpoint.HeaderSize + o.MetadataBytes + maxChunks * CheckpointBytesPerChunk, 64 * 1024);
+            long walOffset = ShardHeader.Size;
+            long ckpt0 = DeviceIo.AlignUp(walOffset + wal, blockSize);
+            long ckpt1 = ckpt0 + ckpt;
+            long dataOffset = DeviceIo.AlignUp(ckpt1 + ckpt, 64 * 1024);
+            long shard = DeviceIo.AlignUp(dataOffset + data, TargetSuperblock.ExtentAlignment);
+            var (compat, ro, incompat) = catalog.FeatureWords(layout);
+            return new ShardHeader
+            {
+                LayoutVersion = layout,
+                Compat = compat,
+                RoCompat = ro,
+                Incompat = incompat,
+                PoolId = pool,
+                TargetCount = targets,
+                Generation = 1,
+                ShardLength = shard,
+                WalOffset = walOffset,
+                WalLength = wal,
+                Checkpoint0Offset = ckpt0,
+                Checkpoint1Offset = ckpt1,
+                CheckpointLength = ckpt,
+                DataOffset = dataOffset,
+                DataLength = data,
+                ActiveCheckpoint = 0,
+                MinChunkSize = o.MinChunkSize,
+                CheckpointSeq = 0,
+                WalHead = 0,
+                CreatedUnixMicros = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() * 1000,
+                Label = label,
+            };
+        }
     }
 }

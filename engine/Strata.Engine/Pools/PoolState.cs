@@ -101,7 +101,7 @@ public sealed class PoolState
             {
                 var img = Image(r.U32(), rec);
                 img.Size = r.I64();
-                long chunks = (img.Size + img.ChunkSize - 1) / img.ChunkSize;
+                long chunks = SizeLimits.ChunkCount(img.Size, img.ChunkSize);
                 foreach (var k in img.Chunks.Keys.Where(k => k >= chunks).ToList())
                     img.Chunks.Remove(k);
                 break;

@@ -67,8 +67,7 @@ public sealed partial class StorageEngine
             throw new InvalidRequestException($"rf {rf} is not supported; use 1 or 2");
         if (rf > Targets.Count)
             throw new InvalidRequestException($"rf {rf} needs at least {rf} targets; the engine has {Targets.Count}");
-        if (size <= 0)
-            throw new InvalidRequestException($"pool size {size} must be positive");
+        SizeLimits.CheckPoolSize(size);
         if (Options.ReadOnly)
             throw new PoolReadOnlyException("the engine is open read-only");
         await _lock.WaitAsync().ConfigureAwait(false);

@@ -85,14 +85,17 @@ public sealed class TargetSuperblock
     /// <summary>First fit of an aligned extent of the given length, or -1.</summary>
     public long FindFreeExtent(long length, long capacity)
     {
+        // Compared as differences: a length near 2^63 must find nothing, not wrap onto a pool.
+        if (length <= 0 || length > capacity)
+            return -1;
         long candidate = ReservedBytes;
         foreach (var e in Extents.OrderBy(e => e.Offset))
         {
-            if (candidate + length <= e.Offset)
+            if (e.Offset >= candidate && e.Offset - candidate >= length)
                 return candidate;
             candidate = Math.Max(candidate, DeviceIo.AlignUp(e.Offset + e.Length, ExtentAlignment));
         }
-        return candidate + length <= capacity ? candidate : -1;
+        return candidate <= capacity && capacity - candidate >= length ? candidate : -1;
     }
 
     public TargetSuperblock Clone(ulong generation, List<ShardExtent> extents) => new()

@@ -13,6 +13,8 @@ namespace Strata.Cli.Commands.Image;
 public static class ImageCommands
 {
     private static readonly Option<string> Size = new("--size", "-s") { Description = "Image size, e.g. 10G (thin: no space is used until written)", Required = true };
+    private static readonly Option<string> NewSize = new("--size", "-s") { Description = "New size, e.g. 20G, or +10G to grow by 10 GiB", Required = true };
+    private static readonly Option<bool> AllowShrink = new("--allow-shrink") { Description = "Confirm a shrink: the data past the new end is dropped" };
     private static readonly Option<string?> ChunkSize = new("--chunk-size") { Description = "Chunk size, a power of two (default: the pool's)" };
     private static readonly Option<string> Offset = new("--offset") { Description = "Byte offset in the image", DefaultValueFactory = _ => "0" };
     private static readonly Option<string?> File = new("--file", "-f") { Description = "Bytes to write ('-' for standard input)" };
@@ -38,6 +40,12 @@ public static class ImageCommands
     private static string ImagePath(ParseResult parse, (Argument<string> Pool, Argument<string> Cont, Argument<string> Image) a) =>
         ImagesPath(parse, a) + "/" + Cli.Esc(parse.GetValue(a.Image)!);
 
+    private static int ChunkSizeOf(string s)
+    {
+        long v = Sizes.Parse(s, "--chunk-size");
+        return v <= int.MaxValue ? (int)v : throw new CliException(ExitCodes.Usage, $"--chunk-size '{Cli.Shorten(s)}' is too large (chunks are at most 1M)");
+    }
+
     public static Command Create()
     {
         var create = new Command("create", "Create a thin image in a container");
@@ -46,7 +54,7 @@ public static class ImageCommands
         create.Options.Add(ChunkSize);
         create.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
-            int chunk = parse.GetValue(ChunkSize) is { } cs ? checked((int)Sizes.Parse(cs, "--chunk-size")) : 0;
+            int chunk = parse.GetValue(ChunkSize) is { } cs ? ChunkSizeOf(cs) : 0;
             var img = await client.PostAsync<ImageDto>(ImagesPath(parse, ca),
                 new ImageCreateRequest(parse.GetValue(ca.Image)!, Sizes.Parse(parse.GetValue(Size)!, "--size"), chunk));
             if (json)
@@ -109,10 +117,19 @@ public static class ImageCommands
 
         var resize = new Command("resize", "Grow or shrink an image");
         var ra = Args(resize);
-        resize.Options.Add(Size);
+        resize.Options.Add(NewSize);
+        resize.Options.Add(AllowShrink);
         resize.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
-            var i = await client.PostAsync<ImageDto>(ImagePath(parse, ra) + "/resize", new ImageResizeRequest(Sizes.Parse(parse.GetValue(Size)!, "--size")));
+            var (size, relative) = Sizes.ParseRelative(parse.GetValue(NewSize)!, "--size");
+            if (relative)
+            {
+                long current = (await client.GetAsync<ImageDto>(ImagePath(parse, ra))).Size;
+                size = current <= long.MaxValue - size
+                    ? current + size
+                    : throw new CliException(ExitCodes.Usage, $"--size {parse.GetValue(NewSize)} grows the image past {long.MaxValue} bytes");
+            }
+            var i = await client.PostAsync<ImageDto>(ImagePath(parse, ra) + "/resize", new ImageResizeRequest(size, parse.GetValue(AllowShrink)));
             if (json)
                 Cli.PrintJson(i);
             else
