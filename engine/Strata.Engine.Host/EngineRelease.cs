@@ -13,5 +13,7 @@ internal static class EngineRelease
 
     public static TimeSpan UpgradeStepDelay { get; set; }
 
+    public static int UpgradeHoldAtStep { get; set; }
+
     public static LayoutCatalog Catalog => MaxLayout is { } n ? LayoutCatalog.Default.Truncate(n) : LayoutCatalog.Default;
 }

@@ -94,6 +94,7 @@ public sealed class EngineService : IAsyncDisposable
                 Ras = health,
                 Catalog = EngineRelease.Catalog,
                 UpgradeStepDelay = EngineRelease.UpgradeStepDelay,
+                UpgradeHoldAtStep = EngineRelease.UpgradeHoldAtStep,
             };
             StorageEngine engine;
             if (allNew)

@@ -14,6 +14,7 @@ Option<int?> MetricsPortOption() => new("--metrics-port") { Description = "Also 
 // (it refuses newer pools exactly as that release would), and slow each upgrade step.
 Option<uint?> MaxLayoutOption() => new("--max-layout") { Hidden = true, Description = "Run as a release that supports layout versions 1..N" };
 Option<int?> UpgradeStepDelayOption() => new("--upgrade-step-delay-ms") { Hidden = true, Description = "Pause before each upgrade step (tests)" };
+Option<int?> UpgradeHoldAtStepOption() => new("--upgrade-hold-at-step") { Hidden = true, Description = "Hold the upgrade job before its Nth step until the engine stops (tests)" };
 
 Command WithRunOptions(Command cmd)
 {
@@ -23,8 +24,10 @@ Command WithRunOptions(Command cmd)
     var metricsPort = MetricsPortOption();
     var maxLayout = MaxLayoutOption();
     var stepDelay = UpgradeStepDelayOption();
+    var holdAt = UpgradeHoldAtStepOption();
     cmd.Options.Add(maxLayout);
     cmd.Options.Add(stepDelay);
+    cmd.Options.Add(holdAt);
     cmd.Options.Add(config);
     cmd.Options.Add(dataDirOpt);
     cmd.Options.Add(socketDir);
@@ -38,6 +41,7 @@ Command WithRunOptions(Command cmd)
             return Task.FromResult(2);
         }
         EngineRelease.UpgradeStepDelay = TimeSpan.FromMilliseconds(parse.GetValue(stepDelay) ?? 0);
+        EngineRelease.UpgradeHoldAtStep = parse.GetValue(holdAt) ?? 0;
         return Daemon.RunAsync(parse.GetValue(config)?.FullName, parse.GetValue(dataDirOpt)?.FullName,
         parse.GetValue(socketDir)?.FullName, parse.GetValue(metricsPort), CancellationToken.None);
     });

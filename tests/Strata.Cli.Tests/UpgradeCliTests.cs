@@ -40,18 +40,21 @@ public sealed class UpgradeCliTests
     private static async Task<Dictionary<string, string>> PropsAsync(StrataCli cli) =>
         (await cli.JsonAsync<List<PropertyDto>>("pool", "get-prop", "tank")).ToDictionary(p => p.Name, p => p.Value);
 
-    private static async Task<string> WaitForStatusAsync(StrataCli cli, Func<string, bool> done)
+    private static async Task<string> WaitForStatusAsync(StrataCli cli, Func<string, bool> done) =>
+        (await WaitForPropsAsync(cli, p => done(p["upgrade_status"])))["upgrade_status"];
+
+    /// <summary>Polls the pool's properties (each poll is a CLI process) until they satisfy done, for up to 60 s.</summary>
+    private static async Task<Dictionary<string, string>> WaitForPropsAsync(StrataCli cli, Func<Dictionary<string, string>, bool> done)
     {
         var deadline = DateTime.UtcNow.AddSeconds(60);
-        string s = "";
+        var p = new Dictionary<string, string>();
         while (DateTime.UtcNow < deadline)
         {
-            s = (await PropsAsync(cli))["upgrade_status"];
-            if (done(s))
-                return s;
-            await Task.Delay(100);
+            p = await PropsAsync(cli);
+            if (done(p))
+                return p;
         }
-        throw new AssertFailedException($"upgrade_status still '{s}' after 60 s");
+        throw new AssertFailedException($"upgrade_status still '{p.GetValueOrDefault("upgrade_status")}' ({p.GetValueOrDefault("upgrade_progress")}) after 60 s");
     }
 
     private static string TargetsSha(string dir) =>
@@ -115,20 +118,23 @@ public sealed class UpgradeCliTests
     [TestMethod]
     public async Task KilledOrStoppedMidJob_ResumesAfterRestart_WithDataIntact()
     {
-        var rng = new Random(20261121);
-        // Three kill -9 at random points, then one clean stop, each during a slowed-down job.
-        foreach (string how in new[] { "kill", "kill", "kill", "stop" })
+        // The 1 -> 2 job has two steps: the quiesced commit of both actions, then the end record.
+        // The engine holds the job before one of them, so the kill lands inside the job however
+        // slow the machine is; the restart runs without the hold and must finish the job.
+        foreach (var (how, step) in new[] { ("kill", 1), ("kill", 2), ("stop", 1), ("stop", 2) })
         {
-            var (engine, cli, dir) = await StartAsync("upgkill", "--upgrade-step-delay-ms", "1500");
+            var (engine, cli, dir) = await StartAsync("upgkill", "--upgrade-hold-at-step", step.ToString());
             string[] hashes;
             await using (engine)
             {
                 hashes = await Layout1PoolAsync(cli);
                 StringAssert.Contains(await cli.OkAsync("pool", "upgrade", "tank"), "Upgrading tank from layout version 1 to 2");
+                // Before step 2 the quiesced commit is logged: the progress reads 2/2 actions.
+                string expected = step == 1 ? "0/2 actions" : "2/2 actions";
+                var props = await WaitForPropsAsync(cli, p => p["upgrade_progress"].StartsWith(expected, StringComparison.Ordinal));
+                Assert.AreEqual("in progress", props["upgrade_status"], $"{how} {step}");
                 if (how == "kill")
                 {
-                    // The job has two slowed steps (the quiesced commit, then the end record): land anywhere in them.
-                    await Task.Delay(rng.Next(0, 2500));
                     Bin.Signal(engine.Pid, 9);
                     await engine.WaitForExitAsync(TimeSpan.FromSeconds(20));
                 }
@@ -140,12 +146,12 @@ public sealed class UpgradeCliTests
             var (again, cli2, _) = await RestartAsync(dir);
             await using (again)
             {
-                Assert.AreEqual("completed", await WaitForStatusAsync(cli2, s => s != "in progress"), how);
+                Assert.AreEqual("completed", await WaitForStatusAsync(cli2, s => s != "in progress"), $"{how} {step}");
                 Assert.AreEqual("2", (await PropsAsync(cli2))["layout_version"]);
-                CollectionAssert.AreEqual(hashes, await HashesAsync(cli2), how);
+                CollectionAssert.AreEqual(hashes, await HashesAsync(cli2), $"{how} {step}");
                 string events = await cli2.OkAsync("system", "events");
-                StringAssert.Contains(events, "pool_upgrade_resumed", how);
-                StringAssert.Contains(events, "pool_upgrade_completed", how);
+                StringAssert.Contains(events, "pool_upgrade_resumed", $"{how} {step}");
+                StringAssert.Contains(events, "pool_upgrade_completed", $"{how} {step}");
             }
             Directory.Delete(dir, recursive: true);
         }

@@ -287,7 +287,7 @@ public sealed partial class Pool
                 await CommitQuiescedAsync(job, window, v, run, stop).ConfigureAwait(false);
             }
             run.Current = null;
-            await StepDelayAsync(stop).ConfigureAwait(false);
+            await StepDelayAsync(run, stop).ConfigureAwait(false);
             await Log.CommitAsync(MetaRecords.UpgradeJobEnd(job.Id, UpgradeJobState.Completed, null)).ConfigureAwait(false);
             // The checkpoint rewrites every header with the new layout and without bit 62.
             await Log.CheckpointAsync().ConfigureAwait(false);
@@ -329,7 +329,7 @@ public sealed partial class Pool
         bool needSwitch = switchTo is { } v && LayoutVersion < v;
         if (window.Count == 0 && !needSwitch)
             return;
-        await StepDelayAsync(stop).ConfigureAwait(false);
+        await StepDelayAsync(run, stop).ConfigureAwait(false);
         stop.ThrowIfCancellationRequested();
         await MetaLock.WaitAsync(stop).ConfigureAwait(false);
         try
@@ -364,7 +364,7 @@ public sealed partial class Pool
     /// <summary>Online and exclusive actions: they commit as they go and save their own cursor.</summary>
     private async Task RunUnquiescedAsync(UpgradeJobMeta job, int index, LayoutFeature f, ulong cursor, UpgradeRun run, CancellationToken stop)
     {
-        await StepDelayAsync(stop).ConfigureAwait(false);
+        await StepDelayAsync(run, stop).ConfigureAwait(false);
         stop.ThrowIfCancellationRequested();
         run.Current = f.Name;
         var ctx = NewContext(job, index, f, run);
@@ -421,8 +421,13 @@ public sealed partial class Pool
     /// <summary>Revokes every open handle (NBD connections) before an exclusive action; clients reconnect after it.</summary>
     private async Task RevokeHandlesAsync(string reason) => await RevokeClientsAsync(reason).ConfigureAwait(false);
 
-    private Task StepDelayAsync(CancellationToken stop) =>
-        _engine.Options.UpgradeStepDelay > TimeSpan.Zero ? Task.Delay(_engine.Options.UpgradeStepDelay, stop) : Task.CompletedTask;
+    /// <summary>Test hooks: slow each step, or hold the job before its Nth step of this run until the pool closes.</summary>
+    private Task StepDelayAsync(UpgradeRun run, CancellationToken stop)
+    {
+        if (++run.Steps == _engine.Options.UpgradeHoldAtStep)
+            return Task.Delay(Timeout.Infinite, stop);
+        return _engine.Options.UpgradeStepDelay > TimeSpan.Zero ? Task.Delay(_engine.Options.UpgradeStepDelay, stop) : Task.CompletedTask;
+    }
 
     /// <summary>
     /// `system prepare`: drains I/O and metadata changes, refuses writes from now on, and
@@ -464,6 +469,7 @@ public sealed partial class Pool
         private double _longestPause;
 
         public ulong JobId { get; } = jobId;
+        public int Steps;
         public long ItemsTotal;
         public long BytesTotal;
         public long ItemsDone;

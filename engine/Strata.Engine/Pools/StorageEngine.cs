@@ -17,6 +17,9 @@ public sealed record StorageEngineOptions
     /// <summary>Tests only: a pause before each upgrade step, so a kill can land mid-job.</summary>
     public TimeSpan UpgradeStepDelay { get; init; }
 
+    /// <summary>Tests: the upgrade job waits before its Nth step (1-based, counted per run) until the pool closes; 0 = never.</summary>
+    public int UpgradeHoldAtStep { get; init; }
+
     /// <summary>
     /// Writeback writes (Image.WriteAsync with durable false) are made durable at most this long after
     /// they were acknowledged, if no flush came sooner; <see cref="Timeout.InfiniteTimeSpan"/>: only by a
