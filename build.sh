@@ -150,6 +150,15 @@ run_main() {
   "${strata[@]}" image write demo vols disk0 --offset 1M --file "$engine_dir/payload.bin"
   "${strata[@]}" image read demo vols disk0 --offset 1M --length 4M --out "$engine_dir/readback.bin"
   cmp "$engine_dir/payload.bin" "$engine_dir/readback.bin" || die "image read back different bytes"
+  # A real NBD client on the embedded default's Unix socket: qemu-img writes an image in, then
+  # compares it out (the rest of the 64 MiB image must read as zeroes).
+  "${strata[@]}" image create demo vols disk1 --size 64M
+  local uri
+  uri=$("${strata[@]}" image map demo vols disk1 --no-attach | head -n 1)
+  log "main job: qemu-img convert and compare through $uri"
+  head -c 16777216 /dev/urandom >"$engine_dir/nbd-in.raw"
+  qemu-img convert -n -f raw -O raw "$engine_dir/nbd-in.raw" "$uri"
+  qemu-img compare -f raw -F raw "$engine_dir/nbd-in.raw" "$uri" || die "qemu-img read back different bytes over NBD"
   "${strata[@]}" pool list
   "${strata[@]}" pool query demo
   "${strata[@]}" system events --since 10m

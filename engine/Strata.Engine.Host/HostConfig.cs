@@ -19,8 +19,14 @@ public sealed class HostConfig
 
     public ControlConfig Control { get; set; } = new();
 
-    /// <summary>NBD listeners: unix:PATH (relative to the data dir) or tcp:127.0.0.1:PORT (loopback only). See docs/nbd.md.</summary>
-    public List<string> Nbd { get; set; } = new();
+    /// <summary>
+    /// NBD listeners: unix:PATH (relative to the data dir) or tcp:127.0.0.1:PORT (loopback only). See docs/nbd.md.
+    /// Left out, the engine serves <see cref="DefaultNbd"/> (run/nbd.sock), so images are usable with no
+    /// configuration file; `nbd: []` serves none.
+    /// </summary>
+    public List<string>? Nbd { get; set; }
+
+    public const string DefaultNbd = "unix:run/nbd.sock";
 
     /// <summary>
     /// writeback (default): NBD writes without FUA are durable at the client's next FLUSH, like a disk's
@@ -119,7 +125,7 @@ public sealed class HostConfig
             throw new ConfigException($"metrics.prometheus_port {Metrics.PrometheusPort} is not a TCP port");
         string socketDir = Abs(Control.SocketDir ?? "run");
         var nbd = new List<NbdListenerAddress>();
-        foreach (var spec in Nbd)
+        foreach (var spec in Nbd ?? [DefaultNbd])
         {
             try
             {

@@ -237,7 +237,12 @@ public static class ImageCommands
             return 0;
         }));
 
-        return Cli.Group("image", "Images: thin block volumes inside a container", create, list, info, resize, rm, write, read);
+        var map = ImageMapCommands.Map(cmd =>
+        {
+            var a = Args(cmd);
+            return parse => ImagePath(parse, a);
+        });
+        return Cli.Group("image", "Images: thin block volumes inside a container", create, list, info, resize, rm, write, read, map, ImageMapCommands.Unmap());
     }
 
     /// <summary>A stream of one repeated byte (for `image write --pattern`).</summary>
