@@ -54,9 +54,12 @@ public sealed class EventsAndCountersTests
     [TestMethod]
     public async Task EventsFollow_SeesAnEventRaisedAfterItStarted()
     {
-        var psi = Proc.Dotnet(Bin.Cli, ["--socket", _engine.Socket, "system", "events", "--follow", "--json", "--since", DateTimeOffset.Now.ToString("o")]);
+        // From a day back: the engine's own engine_started is printed first, which shows the follower
+        // has read the history; an event raised after that can only reach it by following.
+        var psi = Proc.Dotnet(Bin.Cli, ["--socket", _engine.Socket, "system", "events", "--follow", "--json", "--since", "1d"]);
         using var follower = Process.Start(psi)!;
         var lines = new List<string>();
+        var started = new TaskCompletionSource();
         var seen = new TaskCompletionSource();
         follower.OutputDataReceived += (_, e) =>
         {
@@ -64,17 +67,26 @@ public sealed class EventsAndCountersTests
                 return;
             lock (lines)
                 lines.Add(e.Data);
+            started.TrySetResult();
             if (e.Data.Contains("\"pool\":\"followed\"", StringComparison.Ordinal))
                 seen.TrySetResult();
         };
         follower.BeginOutputReadLine();
         try
         {
-            await Task.Delay(2500); // let the follower connect (the event must come after it started)
+            await started.Task.WaitAsync(TimeSpan.FromSeconds(30));
+            Assert.IsFalse(seen.Task.IsCompleted, "the event is not raised yet");
             Assert.IsFalse(follower.HasExited, "the follower exited early");
             await _cli.OkAsync("pool", "create", "followed", "--size", "64M");
-            var done = await Task.WhenAny(seen.Task, Task.Delay(20000));
-            Assert.AreSame(seen.Task, done, "--follow did not print the new event; got: " + string.Join("\n", lines));
+            try
+            {
+                await seen.Task.WaitAsync(TimeSpan.FromSeconds(30));
+            }
+            catch (TimeoutException)
+            {
+                lock (lines)
+                    Assert.Fail("--follow did not print the new event; got: " + string.Join("\n", lines));
+            }
             var e = ParseLines(string.Join("\n", lines)).First(x => x.Pool == "followed");
             Assert.AreEqual(ControlRasIds.PoolCreated, e.Id);
         }
