@@ -212,13 +212,13 @@ public sealed class EngineService : IAsyncDisposable
             .ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         Emit(ControlRasIds.PoolCreated, RasSeverity.Notice, $"pool '{req.Label}' created ({req.Size} bytes, rf {req.Rf})", pool: req.Label,
             data: new Dictionary<string, string> { ["size"] = req.Size.ToString(), ["rf"] = req.Rf.ToString(), ["uuid"] = pool.Id.ToString() });
-        return ToDto(pool.Query(), pool.GetUpgradeStatus());
+        return ToDto(pool.Query(), ToDto(pool.GetUpgradeStatus()));
     }
 
     public async Task<PoolQueryDto> QueryPoolAsync(string label)
     {
         var pool = await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
-        return ToDto(pool.Query(), pool.GetUpgradeStatus());
+        return ToDto(pool.Query(), ToDto(pool.GetUpgradeStatus()));
     }
 
     private PoolQueryDto ToDto(PoolQueryResult q, UpgradeStatus upgrade)
@@ -248,11 +248,17 @@ public sealed class EngineService : IAsyncDisposable
         var plan = await pool.UpgradeAsync(req.To, req.DryRun).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         if (!req.DryRun)
             Log.UpgradeStarted(_logger, label, plan.From, plan.To, plan.JobId ?? 0);
-        return plan;
+        return new UpgradePlan(plan.Pool, plan.From, plan.To,
+            plan.Actions.Select(a => new UpgradePlanAction(a.Index, a.Version, a.Feature, a.Class, a.Kind, a.Access, a.Items, a.BytesToScan, a.BytesToMove, a.Description)).ToList(),
+            plan.Preconditions.Select(c => new UpgradePrecondition(c.Name, c.Ok, c.Detail)).ToList(), plan.DryRun, plan.JobId);
     }
 
     public async Task<UpgradeStatus> UpgradeStatusAsync(string label) =>
-        (await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).GetUpgradeStatus();
+        ToDto((await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).GetUpgradeStatus());
+
+    private static UpgradeStatus ToDto(UpgradeJobStatus s) =>
+        new(s.Pool, s.LayoutVersion, s.Status, s.Target, s.JobId, s.Reason, s.ActionsDone, s.ActionsTotal, s.ItemsDone, s.ItemsTotal,
+            s.BytesDone, s.BytesTotal, s.ItemsPerSecond, s.BytesPerSecond, s.EtaSeconds, s.CurrentAction, s.LongestPauseMs, s.Running);
 
     /// <summary>`system prepare`: every open pool drains, refuses writes and empties its log; cancel reopens writes.</summary>
     public async Task<IReadOnlyList<PreparedPoolDto>> PrepareAsync(bool cancel)

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using Strata.Engine.Control;
 using Strata.Engine.Layout;
 using Strata.Engine.Store;
 
@@ -78,7 +77,7 @@ public sealed partial class Pool
     };
 
     /// <summary>Current upgrade status and progress.</summary>
-    public UpgradeStatus GetUpgradeStatus()
+    public UpgradeJobStatus GetUpgradeStatus()
     {
         UpgradeJobMeta? job;
         uint layout;
@@ -90,7 +89,7 @@ public sealed partial class Pool
         var run = _run;
         bool running = _upgradeTask is { IsCompleted: false };
         if (job == null)
-            return new UpgradeStatus(Label, layout, "not started", null, null, null, 0, 0, 0, 0, 0, 0, null, null, null, null, null, false);
+            return new UpgradeJobStatus(Label, layout, "not started", null, null, null, 0, 0, 0, 0, 0, 0, null, null, null, null, null, false);
         int total = job.To <= Catalog.MaxSupported ? Catalog.Chain(job.From, job.To).Count : 0;
         int done = job.State == UpgradeJobState.Completed ? total : (int)Math.Min(job.Action, (uint)total);
         if (run != null && run.JobId == job.Id)
@@ -103,10 +102,10 @@ public sealed partial class Pool
                 : run.BytesTotal > 0 && bps > 0 ? (run.BytesTotal - bytes) / bps
                 : run.ItemsTotal > 0 && ips > 0 ? (run.ItemsTotal - items) / ips
                 : null;
-            return new UpgradeStatus(Label, layout, StatusText(job.State), job.To, job.Id, job.Reason, done, total,
+            return new UpgradeJobStatus(Label, layout, StatusText(job.State), job.To, job.Id, job.Reason, done, total,
                 items, run.ItemsTotal, bytes, run.BytesTotal, ips, bps, eta, run.Current, run.LongestPauseMs, running);
         }
-        return new UpgradeStatus(Label, layout, StatusText(job.State), job.To, job.Id, job.Reason, done, total,
+        return new UpgradeJobStatus(Label, layout, StatusText(job.State), job.To, job.Id, job.Reason, done, total,
             0, 0, 0, 0, null, null, null, null, null, running);
     }
 
@@ -116,10 +115,10 @@ public sealed partial class Pool
     /// the job is durable; status is asynchronous (<see cref="GetUpgradeStatus"/>). A failed job is
     /// retried by calling this again: a new job starts from the layout the pool reached.
     /// </summary>
-    public async Task<UpgradePlan> UpgradeAsync(uint? to, bool dryRun)
+    public async Task<UpgradeJobPlan> UpgradeAsync(uint? to, bool dryRun)
     {
         await MetaLock.WaitAsync().ConfigureAwait(false);
-        UpgradePlan plan;
+        UpgradeJobPlan plan;
         ulong id;
         try
         {
@@ -151,7 +150,7 @@ public sealed partial class Pool
         return plan with { JobId = id };
     }
 
-    private UpgradePlan Plan(uint? requested)
+    private UpgradeJobPlan Plan(uint? requested)
     {
         var cat = Catalog;
         uint from = LayoutVersion;
@@ -164,16 +163,16 @@ public sealed partial class Pool
             throw new InvalidRequestException($"pool '{Label}' is already at layout version {from}; nothing to upgrade");
         if (to < from)
             throw new InvalidRequestException($"pool '{Label}' is at layout version {from}; a pool is never downgraded (requested {to})");
-        var actions = new List<UpgradePlanAction>();
+        var actions = new List<UpgradeActionPlan>();
         int index = 0;
         long moveBytes = 0;
         foreach (var f in cat.Chain(from, to))
         {
             var est = f.Action?.Estimate(this) ?? ActionEstimate.None;
             moveBytes += est.FreeBytesNeeded;
-            actions.Add(new UpgradePlanAction(index++, f.Version, f.Name, CatalogNames.Of(f.Class), CatalogNames.Of(f.Kind), CatalogNames.Of(f.Access), est.Items, est.BytesToScan, est.BytesToMove, f.Description));
+            actions.Add(new UpgradeActionPlan(index++, f.Version, f.Name, CatalogNames.Of(f.Class), CatalogNames.Of(f.Kind), CatalogNames.Of(f.Access), est.Items, est.BytesToScan, est.BytesToMove, f.Description));
         }
-        var pre = new List<UpgradePrecondition>();
+        var pre = new List<UpgradeCheck>();
         string? ro = _readOnlyReason ?? _preparedReason;
         pre.Add(new("writable", ro == null, ro == null ? "the pool is writable" : $"pool '{Label}' is read-only: {ro}"));
         bool running = _upgradeTask is { IsCompleted: false };
@@ -203,7 +202,7 @@ public sealed partial class Pool
             ? "no action moves data"
             : spaceOk ? $"data movement needs {moveBytes} bytes per target; the fullest target has {free} free"
             : $"no space left in pool '{Label}' for the upgrade: data movement needs {moveBytes} bytes per target, the fullest target has {free} free"));
-        return new UpgradePlan(Label, from, to, actions, pre, DryRun: true, JobId: null);
+        return new UpgradeJobPlan(Label, from, to, actions, pre, DryRun: true, JobId: null);
     }
 
     /// <summary>Starts the job runner when the pool was opened with a job in progress (crash, kill or clean stop mid-job).</summary>
