@@ -165,12 +165,13 @@ internal static class ChunkIo
         uint crc = Crc32C.Compute(chunk.Span);
         int rf = Math.Min(pool.Rf, pool.Shards.Length);
         var replicas = new Replica[rf];
+        var placement = pool.Placement;
         int allocated = 0;
         try
         {
             for (; allocated < rf; allocated++)
             {
-                int t = PlacementV1.Target(meta.Id, index, allocated, pool.Shards.Length);
+                int t = placement.Target(meta.Id, index, allocated, pool.Shards.Length);
                 long off = await AllocateAsync(pool, t, cs).ConfigureAwait(false);
                 if (off < 0)
                     throw new NoSpaceException($"no space left in pool '{pool.Label}': target {t} has no free {cs}-byte extent for image '{meta.Label}' at offset {index * cs}");

@@ -171,6 +171,7 @@ internal static class ChunkRuns
             crcs[i] = Crc32C.Compute(chunks[i].Span);
             replicas[i] = new Replica[rf];
         }
+        var placement = pool.Placement;
         var allocated = new List<(int Target, long Offset, long Length)>();
         bool held = false;
         try
@@ -181,7 +182,7 @@ internal static class ChunkRuns
                 {
                     var mine = new List<int>();
                     for (int i = 0; i < n; i++)
-                        if (PlacementV1.Target(meta.Id, pieces[i].Index, r, targets) == t)
+                        if (placement.Target(meta.Id, pieces[i].Index, r, targets) == t)
                             mine.Add(i);
                     if (mine.Count == 0)
                         continue;

@@ -93,6 +93,12 @@ public sealed partial class Pool : IAsyncDisposable
 
     public int TargetCount => Shards.Length;
 
+    /// <summary>
+    /// Where new replicas go: the placement of the pool's layout (<see cref="Placements.For"/>). Read
+    /// without the state's lock: the layout is an immutable record replaced by LayoutSet.
+    /// </summary>
+    internal IPlacement Placement => Placements.For(Meta.Layout?.Version ?? Header.LayoutVersion);
+
     public int Rf
     {
         get
