@@ -119,6 +119,30 @@ public sealed class AllocatorAndPlacementTests
     }
 
     [TestMethod]
+    public void ChunkChecksum_ReplicaWithOneByteFlipped_MismatchNamesThatReplica()
+    {
+        var chunk = new byte[16384];
+        new Random(5).NextBytes(chunk);
+        uint crc = ChunkChecksum.Of(chunk);
+        var good = new Replica(0, 4096, crc);
+        var bad = new Replica(1, 8192, crc);
+        Assert.IsTrue(ChunkChecksum.Verify(good, chunk.Length, 0, chunk).Ok);
+        chunk[12345] ^= 0x10;
+        var verdict = ChunkChecksum.Verify(bad, chunk.Length, 0, chunk);
+        Assert.IsFalse(verdict.Ok);
+        Assert.AreEqual(bad, verdict.Replica);
+        Assert.AreNotEqual(verdict.Expected, verdict.Actual);
+    }
+
+    [TestMethod]
+    public void ChunkChecksum_PartOfChunk_WholeChunkMustBeReadAndPartAloneIsRefused()
+    {
+        Assert.AreEqual((0, 65536), ChunkChecksum.VerifiedRange(65536, 4096, 4096));
+        var e = Assert.ThrowsExactly<ArgumentException>(() => ChunkChecksum.Verify(new Replica(0, 0, 0), 65536, 4096, new byte[4096]));
+        StringAssert.Contains(e.Message, "covers the whole chunk");
+    }
+
+    [TestMethod]
     public void Placements_PlacementV2Layout_RefusedByName()
     {
         var e = Assert.ThrowsExactly<IncompatibleLayoutException>(() => Placements.For(Placements.PlacementV2Layout));

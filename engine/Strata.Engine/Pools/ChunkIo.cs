@@ -45,7 +45,7 @@ internal static class ChunkIo
                 (bad ??= []).Add(r);
                 continue;
             }
-            if (Crc32C.Compute(buffer.Span) == r.Crc)
+            if (ChunkChecksum.Verify(r, meta.ChunkSize, 0, buffer.Span).Ok)
             {
                 good = r;
                 break;
@@ -162,7 +162,7 @@ internal static class ChunkIo
     private static async Task WriteReplicasAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool durable, ChunkMap? old)
     {
         int cs = meta.ChunkSize;
-        uint crc = Crc32C.Compute(chunk.Span);
+        uint crc = ChunkChecksum.Of(chunk.Span);
         int rf = Math.Min(pool.Rf, pool.Shards.Length);
         var replicas = new Replica[rf];
         var placement = pool.Placement;

@@ -168,7 +168,7 @@ internal static class ChunkRuns
         var crcs = new uint[n];
         for (int i = 0; i < n; i++)
         {
-            crcs[i] = Crc32C.Compute(chunks[i].Span);
+            crcs[i] = ChunkChecksum.Of(chunks[i].Span);
             replicas[i] = new Replica[rf];
         }
         var placement = pool.Placement;
@@ -317,7 +317,7 @@ internal static class ChunkRuns
         {
             int i = extents[start + k].Slot;
             var data = buf.Memory.Span.Slice(k * cs, cs);
-            if (Crc32C.Compute(data) != maps[i]!.Replicas[0].Crc)
+            if (!ChunkChecksum.Verify(maps[i]!.Replicas[0], cs, 0, data).Ok)
             {
                 failed[i] = true;
                 continue;
