@@ -168,6 +168,9 @@ public sealed partial class Pool : IAsyncDisposable
         }
     }
 
+    /// <summary>Chunk holds and conditional map switches for actions that move or rewrite chunks while clients do I/O.</summary>
+    internal ChunkMover Mover => field ??= new ChunkMover(this);
+
     internal ImageLocks LocksFor(uint image)
     {
         lock (_imageLocks)
