@@ -94,12 +94,59 @@ public sealed class AllocatorAndPlacementTests
         var counts = new int[4];
         for (long c = 0; c < 4000; c++)
         {
-            int t0 = PlacementV1.Target(7, c, 0, 4), t1 = PlacementV1.Target(7, c, 1, 4);
+            int t0 = PlacementV1.Instance.Target(7, c, 0, 4), t1 = PlacementV1.Instance.Target(7, c, 1, 4);
             Assert.AreNotEqual(t0, t1);
             counts[t0]++;
         }
         Assert.IsTrue(counts.All(n => n is > 800 and < 1200), string.Join(",", counts));
-        Assert.AreEqual(PlacementV1.Target(3, 9, 0, 5), PlacementV1.Target(3, 9, 0, 5));
+        Assert.AreEqual(PlacementV1.Instance.Target(3, 9, 0, 5), PlacementV1.Instance.Target(3, 9, 0, 5));
+    }
+
+    [TestMethod]
+    public void Placements_LayoutsBeforePlacementV2_TakeV1AndItsTargetsMatchPerReplica()
+    {
+        for (uint layout = 1; layout < Placements.PlacementV2Layout; layout++)
+            Assert.AreEqual(1, Placements.For(layout).Version, $"layout {layout}");
+        var v1 = Placements.For(1);
+        Span<int> targets = stackalloc int[3];
+        for (long c = 0; c < 500; c++)
+        {
+            v1.Targets(11, c, 5, targets);
+            for (int r = 0; r < targets.Length; r++)
+                Assert.AreEqual(v1.Target(11, c, r, 5), targets[r], $"chunk {c} replica {r}");
+            Assert.AreEqual(3, new HashSet<int>(targets.ToArray()).Count, $"chunk {c}: replicas on distinct targets");
+        }
+    }
+
+    [TestMethod]
+    public void ChunkChecksum_ReplicaWithOneByteFlipped_MismatchNamesThatReplica()
+    {
+        var chunk = new byte[16384];
+        new Random(5).NextBytes(chunk);
+        uint crc = ChunkChecksum.Of(chunk);
+        var good = new Replica(0, 4096, crc);
+        var bad = new Replica(1, 8192, crc);
+        Assert.IsTrue(ChunkChecksum.Verify(good, chunk.Length, 0, chunk).Ok);
+        chunk[12345] ^= 0x10;
+        var verdict = ChunkChecksum.Verify(bad, chunk.Length, 0, chunk);
+        Assert.IsFalse(verdict.Ok);
+        Assert.AreEqual(bad, verdict.Replica);
+        Assert.AreNotEqual(verdict.Expected, verdict.Actual);
+    }
+
+    [TestMethod]
+    public void ChunkChecksum_PartOfChunk_WholeChunkMustBeReadAndPartAloneIsRefused()
+    {
+        Assert.AreEqual((0, 65536), ChunkChecksum.VerifiedRange(65536, 4096, 4096));
+        var e = Assert.ThrowsExactly<ArgumentException>(() => ChunkChecksum.Verify(new Replica(0, 0, 0), 65536, 4096, new byte[4096]));
+        StringAssert.Contains(e.Message, "covers the whole chunk");
+    }
+
+    [TestMethod]
+    public void Placements_PlacementV2Layout_RefusedByName()
+    {
+        var e = Assert.ThrowsExactly<IncompatibleLayoutException>(() => Placements.For(Placements.PlacementV2Layout));
+        StringAssert.Contains(e.Message, "placement v2");
     }
 }
 

@@ -45,7 +45,7 @@ internal static class ChunkIo
                 (bad ??= []).Add(r);
                 continue;
             }
-            if (Crc32C.Compute(buffer.Span) == r.Crc)
+            if (ChunkChecksum.Verify(r, meta.ChunkSize, 0, buffer.Span).Ok)
             {
                 good = r;
                 break;
@@ -162,15 +162,16 @@ internal static class ChunkIo
     private static async Task WriteReplicasAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool durable, ChunkMap? old)
     {
         int cs = meta.ChunkSize;
-        uint crc = Crc32C.Compute(chunk.Span);
+        uint crc = ChunkChecksum.Of(chunk.Span);
         int rf = Math.Min(pool.Rf, pool.Shards.Length);
         var replicas = new Replica[rf];
+        var placement = pool.Placement;
         int allocated = 0;
         try
         {
             for (; allocated < rf; allocated++)
             {
-                int t = PlacementV1.Target(meta.Id, index, allocated, pool.Shards.Length);
+                int t = placement.Target(meta.Id, index, allocated, pool.Shards.Length);
                 long off = await AllocateAsync(pool, t, cs).ConfigureAwait(false);
                 if (off < 0)
                     throw new NoSpaceException($"no space left in pool '{pool.Label}': target {t} has no free {cs}-byte extent for image '{meta.Label}' at offset {index * cs}");

@@ -168,9 +168,10 @@ internal static class ChunkRuns
         var crcs = new uint[n];
         for (int i = 0; i < n; i++)
         {
-            crcs[i] = Crc32C.Compute(chunks[i].Span);
+            crcs[i] = ChunkChecksum.Of(chunks[i].Span);
             replicas[i] = new Replica[rf];
         }
+        var placement = pool.Placement;
         var allocated = new List<(int Target, long Offset, long Length)>();
         bool held = false;
         try
@@ -181,7 +182,7 @@ internal static class ChunkRuns
                 {
                     var mine = new List<int>();
                     for (int i = 0; i < n; i++)
-                        if (PlacementV1.Target(meta.Id, pieces[i].Index, r, targets) == t)
+                        if (placement.Target(meta.Id, pieces[i].Index, r, targets) == t)
                             mine.Add(i);
                     if (mine.Count == 0)
                         continue;
@@ -316,7 +317,7 @@ internal static class ChunkRuns
         {
             int i = extents[start + k].Slot;
             var data = buf.Memory.Span.Slice(k * cs, cs);
-            if (Crc32C.Compute(data) != maps[i]!.Replicas[0].Crc)
+            if (!ChunkChecksum.Verify(maps[i]!.Replicas[0], cs, 0, data).Ok)
             {
                 failed[i] = true;
                 continue;

@@ -121,7 +121,7 @@ public sealed class Image
                 dest.Span.Clear();
                 return;
             }
-            if (dest.Length == cs)
+            if (ChunkChecksum.VerifiedRange(cs, within, dest.Length) == (within, dest.Length))
             {
                 needsRepair = await ChunkIo.ReadVerifiedAsync(_pool, meta, index, map, dest, repair: false).ConfigureAwait(false);
             }

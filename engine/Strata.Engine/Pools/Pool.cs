@@ -93,6 +93,12 @@ public sealed partial class Pool : IAsyncDisposable
 
     public int TargetCount => Shards.Length;
 
+    /// <summary>
+    /// Where new replicas go: the placement of the pool's layout (<see cref="Placements.For"/>). Read
+    /// without the state's lock: the layout is an immutable record replaced by LayoutSet.
+    /// </summary>
+    internal IPlacement Placement => Placements.For(Meta.Layout?.Version ?? Header.LayoutVersion);
+
     public int Rf
     {
         get
@@ -161,6 +167,9 @@ public sealed partial class Pool : IAsyncDisposable
                             throw new CorruptMetadataException($"pool '{Label}' image '{img.Label}' chunk {index}: extent {r.Offset}+{img.ChunkSize} on target {r.Target} is outside the data area or used twice");
         }
     }
+
+    /// <summary>Chunk holds and conditional map switches for actions that move or rewrite chunks while clients do I/O.</summary>
+    internal ChunkMover Mover => field ??= new ChunkMover(this);
 
     internal ImageLocks LocksFor(uint image)
     {

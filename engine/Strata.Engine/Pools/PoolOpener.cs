@@ -242,7 +242,7 @@ internal static class PoolOpener
                 // A read error is not a verdict: it fails the open (nothing is written), rather
                 // than dropping a write that may have been acknowledged.
                 await shards[r.Target].ReadDataAsync(r.Offset, buffer.AsMemory(0, chunkSize)).ConfigureAwait(false);
-                return _checked[r] = Crc32C.Compute(buffer.AsSpan(0, chunkSize)) == r.Crc;
+                return _checked[r] = ChunkChecksum.Verify(r, chunkSize, 0, buffer.AsSpan(0, chunkSize)).Ok;
             }
             finally
             {

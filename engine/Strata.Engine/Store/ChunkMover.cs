@@ -1,0 +1,176 @@
+using Strata.Engine.Pools;
+
+namespace Strata.Engine.Store;
+
+/// <summary>What a conditional switch (<see cref="ChunkHold.SwitchAsync"/>) did.</summary>
+internal enum ChunkSwitch
+{
+    /// <summary>The map points at the destination, durably; the source extents are free.</summary>
+    Switched,
+    /// <summary>
+    /// The chunk no longer had the location the mover read (a client overwrote or trimmed it, or
+    /// something else moved it): nothing changed and the destination extents were freed; read the
+    /// chunk's location again and copy it again.
+    /// </summary>
+    Changed,
+}
+
+/// <summary>
+/// What a data-moving action (a migration loop) uses to move or rewrite one chunk of one image
+/// while clients do I/O (docs/format.md, "Moving a chunk"): lock the chunk, read where it is,
+/// reserve and write a destination, and switch the map to it only if the chunk still is where it
+/// was read, freeing the source once the switch is durable. A client write to the chunk either
+/// waits for the hold, or, when the mover copies without holding it exclusively, wins: the switch
+/// then reports <see cref="ChunkSwitch.Changed"/> and the move is retried.
+/// </summary>
+internal sealed class ChunkMover(Pool pool)
+{
+    /// <summary>
+    /// Exclusive hold on one chunk: client writes, trims and resizes of that chunk, and the image's
+    /// removal, wait until it is disposed; I/O to the image's other chunks goes on.
+    /// </summary>
+    public ValueTask<ChunkHold> LockAsync(uint image, long chunk) => HoldAsync(image, chunk, exclusive: true);
+
+    /// <summary>
+    /// Shared hold on one chunk, as a client read takes: its location and the source extents stay
+    /// put (a client write waits) while the mover reads them; other reads go on.
+    /// </summary>
+    public ValueTask<ChunkHold> ReadLockAsync(uint image, long chunk) => HoldAsync(image, chunk, exclusive: false);
+
+    private async ValueTask<ChunkHold> HoldAsync(uint image, long chunk, bool exclusive)
+    {
+        var locks = pool.LocksFor(image);
+        var held = exclusive ? await locks.ChunkAsync(chunk).ConfigureAwait(false) : await locks.ReadAsync(chunk).ConfigureAwait(false);
+        try
+        {
+            // Looked up under the hold: an image removed before it was taken is not found.
+            var meta = pool.ImageById(image, $"#{image}");
+            return new ChunkHold(pool, meta, chunk, held, exclusive);
+        }
+        catch
+        {
+            held.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Reserves a destination extent of <paramref name="size"/> bytes on <paramref name="target"/>
+    /// (the allocator is rebuilt from the map at open, so a reservation that is never switched to
+    /// is free again after a crash). Throws a no-space error when the target has none.
+    /// </summary>
+    public async ValueTask<long> AllocateAsync(int target, int size)
+    {
+        long off = await ChunkIo.AllocateAsync(pool, target, size).ConfigureAwait(false);
+        if (off < 0)
+            throw new NoSpaceException($"no space left in pool '{pool.Label}': target {target} has no free {size}-byte extent for a chunk move");
+        return off;
+    }
+
+    /// <summary>Gives back a destination extent that no switch refers to.</summary>
+    public void Release(Replica extent, int size) => pool.Shards[extent.Target].Allocator.Free(extent.Offset, size);
+
+    /// <summary>Reads an extent (a source replica under a hold, or a written destination).</summary>
+    public ValueTask ReadAsync(Replica extent, Memory<byte> destination) =>
+        pool.Shards[extent.Target].ReadDataAsync(extent.Offset, destination);
+
+    /// <summary>Writes a reserved destination extent (not flushed: the switch's commit round flushes it with its record).</summary>
+    public ValueTask WriteAsync(Replica extent, ReadOnlyMemory<byte> data) =>
+        pool.Shards[extent.Target].WriteDataAsync(extent.Offset, data);
+}
+
+/// <summary>A hold on one chunk of one image (<see cref="ChunkMover"/>); disposing it lets clients at the chunk again.</summary>
+internal sealed class ChunkHold : IDisposable
+{
+    private readonly Pool _pool;
+    private readonly ImageMeta _meta;
+    private ImageLocks.Held _held;
+    private bool _disposed;
+
+    internal ChunkHold(Pool pool, ImageMeta meta, long chunk, ImageLocks.Held held, bool exclusive)
+    {
+        _pool = pool;
+        _meta = meta;
+        Chunk = chunk;
+        _held = held;
+        Exclusive = exclusive;
+    }
+
+    public uint Image => _meta.Id;
+
+    public long Chunk { get; }
+
+    public int ChunkSize => _meta.ChunkSize;
+
+    public bool Exclusive { get; }
+
+    /// <summary>
+    /// Where the chunk is now (null: not written or trimmed): every replica's target, extent and
+    /// checksum. While the hold lasts it cannot change; the object itself is what
+    /// <see cref="SwitchAsync"/> compares, so a map read under an earlier hold identifies that version.
+    /// </summary>
+    public ChunkMap? Location
+    {
+        get
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            return ChunkIo.Lookup(_pool, _meta, Chunk);
+        }
+    }
+
+    /// <summary>
+    /// Switches the chunk to <paramref name="destination"/> (extents reserved with
+    /// <see cref="ChunkMover.AllocateAsync"/>, written and verified, each with the checksum of the
+    /// chunk) if it still has the location <paramref name="expected"/> that the mover read, possibly
+    /// under an earlier hold: the map is then switched by one durable commit, and only once that
+    /// commit is durable are the source extents freed. Else nothing changes, the destination
+    /// extents are freed and the result is <see cref="ChunkSwitch.Changed"/>. Needs the exclusive hold.
+    /// <para>
+    /// If the commit fails (the pool goes read-only) the record may or may not be durable, so both
+    /// the source and the destination stay allocated; replay keeps whichever the log says, verifying
+    /// the destination's data if the record is in the unflushed tail.
+    /// </para>
+    /// </summary>
+    public async Task<ChunkSwitch> SwitchAsync(ChunkMap expected, Replica[] destination)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (!Exclusive)
+            throw new InvalidOperationException("switching a chunk needs its exclusive hold (ChunkMover.LockAsync)");
+        int cs = _meta.ChunkSize;
+        _pool.ThrowIfNotWritable();
+        if (!ReferenceEquals(Location, expected))
+        {
+            foreach (var r in destination)
+                _pool.Shards[r.Target].Allocator.Free(r.Offset, cs);
+            return ChunkSwitch.Changed;
+        }
+        // The copy's checksum is the source's: the chunk's contents do not change by moving.
+        System.Diagnostics.Debug.Assert(destination.All(r => r.Crc == expected.Replicas[0].Crc));
+        Task commit;
+        try
+        {
+            // Records 40-42 (ChunkMoveBegin/Commit/Abort) are the two-location form of this switch
+            // for loops that must resume a copy after a crash; one ChunkMap record is the switch
+            // itself, and replay verifies its data like any other in the tail (docs/format.md).
+            commit = _pool.Log.CommitAsync(MetaRecords.ChunkMap(_meta.Id, Chunk, destination));
+        }
+        catch
+        {
+            foreach (var r in destination)
+                _pool.Shards[r.Target].Allocator.Free(r.Offset, cs);
+            throw;
+        }
+        await commit.ConfigureAwait(false);
+        // Durable: a crash now replays the destination, so the source may be reused.
+        _pool.FreeChunk(expected, cs);
+        return ChunkSwitch.Switched;
+    }
+
+    public void Dispose()
+    {
+        if (_disposed)
+            return;
+        _disposed = true;
+        _held.Dispose();
+    }
+}
