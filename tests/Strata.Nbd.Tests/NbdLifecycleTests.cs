@@ -70,4 +70,79 @@ public sealed class NbdLifecycleTests
         await d.WaitLogAsync("stopped cleanly");
         Assert.IsFalse(File.Exists(d.NbdSocket), "the NBD socket is removed on stop");
     }
+    /// <summary>A client that pipelines 32 MiB reads and never reads a reply, with its requests in flight on the engine.</summary>
+    private static async Task<RawNbdClient> NonReadingClientAsync(NbdDaemon d)
+    {
+        var c = await d.OpenUnixAsync("x");
+        for (int k = 0; k < 8; k++)
+            await c.SendRequestAsync(RawNbdClient.CmdRead, 0, 32 << 20);
+        for (int i = 0; i < 600 && await d.MetricAsync("strata_nbd_in_flight_bytes") < 64L << 20; i++)
+            await Task.Delay(50);
+        Assert.AreEqual(64L << 20, await d.MetricAsync("strata_nbd_in_flight_bytes"), "the connection's payload budget is full of replies nobody takes");
+        return c;
+    }
+
+    private static void AssertStoppedCleanly(NbdDaemon d)
+    {
+        StringAssert.Contains(d.Engine.Log, "[1405]", "the connection was cut off at the stop deadline");
+        StringAssert.Contains(d.Engine.Log, "stopped cleanly");
+        StringAssert.Contains(File.ReadAllText(d.RasFile), "\"engine_stopped\"");
+        Assert.IsFalse(File.Exists(d.PidFile), "the pid file is removed");
+    }
+
+    [TestMethod]
+    public async Task SigTerm_ClientNeverReadsReplies_ExitsZeroWithinBound_EngineStopped()
+    {
+        await using var d = await NbdDaemon.StartAsync("nbd-stop-stuck");
+        await d.CreateImageAsync("x", "64M", "1M");
+        using var c = await NonReadingClientAsync(d);
+        Bin.Signal(d.Engine.Pid, 15);
+        // The documented bound is 10 s; the wait allows for a loaded test machine, the log shows the deadline was what ended it.
+        Assert.AreEqual(0, await d.Engine.WaitForExitAsync(TimeSpan.FromSeconds(30)));
+        AssertStoppedCleanly(d);
+    }
+
+    [TestMethod]
+    public async Task SystemStop_ClientNeverReadsReplies_ReturnsAndEngineGone()
+    {
+        await using var d = await NbdDaemon.StartAsync("nbd-sysstop-stuck");
+        await d.CreateImageAsync("x", "64M", "1M");
+        using var c = await NonReadingClientAsync(d);
+        var r = await d.Cli.RunAsync(["system", "stop"], env: null, timeout: TimeSpan.FromSeconds(60));
+        Assert.AreEqual(0, r.ExitCode, r.ToString());
+        StringAssert.Contains(r.Stdout, "stopped");
+        Assert.IsTrue(d.Engine.HasExited, "system stop returned, so the engine process is gone");
+        Assert.AreEqual(0, await d.Engine.WaitForExitAsync(TimeSpan.FromSeconds(30)));
+        AssertStoppedCleanly(d);
+    }
+
+    [TestMethod]
+    public async Task InFlightPayload_ConnectionsNeverReadReplies_WithinEngineBound_ZeroAfterTheyLeave()
+    {
+        await using var d = await NbdDaemon.StartAsync("nbd-mem", "nbd_in_flight_mib: 96\nnbd_connection_in_flight_mib: 32");
+        await d.CreateImageAsync("x", "64M", "1M");
+        // 8 connections x 4 reads of 32 MiB, no reply ever read: 1 GiB asked for, 96 MiB allowed.
+        var clients = new List<RawNbdClient>();
+        for (int i = 0; i < 8; i++)
+        {
+            var c = await d.OpenUnixAsync("x");
+            clients.Add(c);
+            for (int k = 0; k < 4; k++)
+                await c.SendRequestAsync(RawNbdClient.CmdRead, (ulong)k << 20, 32 << 20);
+        }
+        const long bound = 96L << 20;
+        for (int i = 0; i < 600 && await d.MetricAsync("strata_nbd_in_flight_bytes") < bound; i++)
+            await Task.Delay(50);
+        Assert.AreEqual(bound, await d.MetricAsync("strata_nbd_in_flight_bytes"), "the engine-wide budget fills up, and no more");
+        Assert.AreEqual(bound, await d.MetricAsync("strata_nbd_in_flight_peak_bytes"), "never more than the budget was in flight");
+
+        foreach (var c in clients)
+            c.Dispose();
+        for (int i = 0; i < 600 && (await d.MetricAsync("strata_nbd_in_flight_bytes") > 0 || await d.MetricAsync("strata_nbd_buffers_bytes") > 0); i++)
+            await Task.Delay(100);
+        Assert.AreEqual(0, await d.MetricAsync("strata_nbd_in_flight_bytes"), "nothing is in flight once the clients left");
+        Assert.AreEqual(0, await d.MetricAsync("strata_nbd_buffers_bytes"), "the payload buffers' memory is freed once idle");
+        Assert.AreEqual(bound, await d.MetricAsync("strata_nbd_in_flight_peak_bytes"));
+        await d.WaitClientsAsync(0);
+    }
 }
