@@ -40,6 +40,38 @@ public sealed class NbdLifecycleTests
     }
 
     [TestMethod]
+    [DataRow("nbd_in_flight_mib: 16", "nbd_in_flight_mib 16 is outside 32..")]
+    [DataRow("nbd_connection_in_flight_mib: 300", "nbd_connection_in_flight_mib 300 is outside 1..256")]
+    [DataRow("nbd_connection_in_flight_mib: 0", "nbd_connection_in_flight_mib 0 is outside 1..256")]
+    public async Task Config_BadPayloadBound_RefusedAtStartWithOneLine(string line, string expected)
+    {
+        string dir = Bin.NewTempDir("nbd-cfg-bound");
+        try
+        {
+            string cfg = Path.Combine(dir, "strata.yaml");
+            File.WriteAllText(cfg, $"""
+                targets:
+                  - file:{dir}/t0.img?create=1&size=256M
+                nbd:
+                  - unix:run/nbd.sock
+                {line}
+                """);
+            var engine = EngineProcess.Launch(Path.Combine(dir, "data"), "--config", cfg);
+            await using (engine)
+            {
+                Assert.AreEqual(1, await engine.WaitForExitAsync(TimeSpan.FromSeconds(60)));
+                StringAssert.Contains(engine.Log, "strata-engine: " + expected);
+                Assert.DoesNotContain("   at ", engine.Log);
+            }
+            Assert.IsFalse(File.Exists(Path.Combine(dir, "t0.img")), "a refused configuration touches no target");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [TestMethod]
     public async Task PoolDestroyForce_ClientsRevokedFirst()
     {
         await using var d = await NbdDaemon.StartAsync("nbd-destroy");
