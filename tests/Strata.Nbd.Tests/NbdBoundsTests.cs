@@ -14,11 +14,11 @@ public sealed class NbdBoundsTests
     private const int Payload = 1 << 20;
 
     /// <summary>Polls (bounded; no time is asserted) until <paramref name="condition"/> holds.</summary>
-    private static async Task WaitForAsync(Func<bool> condition, string what)
+    private static async Task WaitForAsync(Func<bool> condition, Func<string> what)
     {
         for (int i = 0; i < 600 && !condition(); i++)
             await Task.Delay(50);
-        Assert.IsTrue(condition(), what);
+        Assert.IsTrue(condition(), what());
     }
 
     [TestMethod]
@@ -82,19 +82,20 @@ public sealed class NbdBoundsTests
             StopGrace = TimeSpan.FromSeconds(1),
         });
         using var c = await nbd.OpenAsync();
-        // 32 MiB of replies asked for; the socket holds a fraction, the rest waits on a client that never reads.
+        // 32 MiB of replies asked for; the socket holds a fraction, the rest waits on a client that never reads
+        // (a reply the receive loop sends itself blocks it there: it then has one request in flight, not four).
         for (int k = 0; k < 32; k++)
             await c.SendRequestAsync(CmdRead, 0, Payload);
-        await WaitForAsync(() => nbd.Server.InFlightBytes == 4 * Payload, "the connection's payload budget fills up");
+        await WaitForAsync(() => nbd.Server.InFlightBytes >= Payload, () => "a reply waits for the client");
 
         var stop = nbd.Server.StopAsync();
         Assert.AreSame(stop, await Task.WhenAny(stop, Task.Delay(TimeSpan.FromSeconds(60))), "the stop finishes although the client reads nothing");
         await stop;
 
-        Assert.AreEqual(0, nbd.Server.ConnectionCount);
         Assert.AreEqual(0, nbd.Server.InFlightBytes);
         Assert.AreEqual(0, nbd.Server.Buffers.Outstanding, "every payload buffer came back once the image I/O had completed");
         Assert.IsTrue(await c.IsClosedByServerAsync());
+        await nbd.WaitNoConnectionsAsync();
     }
 
     [TestMethod]

@@ -108,9 +108,10 @@ public sealed class NbdLifecycleTests
         var c = await d.OpenUnixAsync("x");
         for (int k = 0; k < 8; k++)
             await c.SendRequestAsync(RawNbdClient.CmdRead, 0, 32 << 20);
-        for (int i = 0; i < 600 && await d.MetricAsync("strata_nbd_in_flight_bytes") < 64L << 20; i++)
+        // At least one read's reply is stuck (two when the send loop sends, one when the receive loop sent it itself).
+        for (int i = 0; i < 600 && await d.MetricAsync("strata_nbd_in_flight_bytes") < 32L << 20; i++)
             await Task.Delay(50);
-        Assert.AreEqual(64L << 20, await d.MetricAsync("strata_nbd_in_flight_bytes"), "the connection's payload budget is full of replies nobody takes");
+        Assert.IsGreaterThanOrEqualTo(32L << 20, await d.MetricAsync("strata_nbd_in_flight_bytes"), "replies nobody takes hold the connection's payload");
         return c;
     }
 

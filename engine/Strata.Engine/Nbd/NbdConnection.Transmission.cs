@@ -70,7 +70,11 @@ internal sealed partial class NbdConnection
                 : _revokeReason != null ? $"revoked: {_revokeReason}"
                 : $"connection lost: {e.Message}";
         }
-        _server.Budget.Leave(this);
+        finally
+        {
+            // Out of the payload budget's line whatever ended the loop: a connection left first in it would stall every other.
+            _server.Budget.Leave(this);
+        }
         // Replies the receive loop had not sent yet go to the send loop.
         _inlineThread = 0;
         HandOffInline();

@@ -112,6 +112,7 @@ public sealed class NbdServer : IAsyncDisposable
         {
             foreach (var l in server._listeners)
                 l.Socket.Dispose();
+            server._trim.Dispose();
             throw;
         }
         foreach (var l in server._listeners)
