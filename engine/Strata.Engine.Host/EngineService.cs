@@ -50,7 +50,11 @@ public sealed class EngineService : IAsyncDisposable
     /// <summary>The NBD server, when listeners are configured (image info shows its URIs).</summary>
     public NbdServer? Nbd { get; private set; }
 
-    public void AttachNbd(NbdServer server) => Nbd = server;
+    public void AttachNbd(NbdServer server)
+    {
+        Nbd = server;
+        Metrics.ObserveNbd(() => server.InFlightBytes, () => server.PeakInFlightBytes, () => server.Buffers.NativeBytes);
+    }
 
     // Every await on the storage API uses ForceYielding: devices complete I/O inline on their poller
     // thread (DeviceOptions.InlineCompletions), and the daemon's continuations (RAS fsync, JSON,

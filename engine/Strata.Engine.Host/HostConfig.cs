@@ -34,6 +34,12 @@ public sealed class HostConfig
     /// </summary>
     public string NbdWriteCache { get; set; } = "writeback";
 
+    /// <summary>MiB of NBD payload in flight over all connections (at least the 32 MiB maximum payload). See docs/nbd.md.</summary>
+    public int NbdInFlightMib { get; set; } = 256;
+
+    /// <summary>MiB of NBD payload in flight on one connection (a single request is always admitted). See docs/nbd.md.</summary>
+    public int NbdConnectionInFlightMib { get; set; } = 64;
+
     public RasConfig Ras { get; set; } = new();
 
     public MetricsConfig Metrics { get; set; } = new();
@@ -138,6 +144,11 @@ public sealed class HostConfig
         }
         if (NbdWriteCache is not ("writeback" or "writethrough"))
             throw new ConfigException($"nbd_write_cache '{NbdWriteCache}' is not writeback or writethrough");
+        const int MaxPayloadMib = 32, MaxMib = 1 << 20;
+        if (NbdInFlightMib is < MaxPayloadMib or > MaxMib)
+            throw new ConfigException($"nbd_in_flight_mib {NbdInFlightMib} is outside {MaxPayloadMib}..{MaxMib} (it must hold the largest NBD payload, {MaxPayloadMib} MiB)");
+        if (NbdConnectionInFlightMib < 1 || NbdConnectionInFlightMib > NbdInFlightMib)
+            throw new ConfigException($"nbd_connection_in_flight_mib {NbdConnectionInFlightMib} is outside 1..{NbdInFlightMib} (nbd_in_flight_mib)");
         foreach (var dup in nbd.GroupBy(a => a.UnixPath ?? a.Tcp!.ToString()).Where(g => g.Count() > 1 && !g.Key.EndsWith(":0", StringComparison.Ordinal)))
             throw new ConfigException($"nbd listener {dup.Key} is configured {dup.Count()} times");
         return new ResolvedConfig(
@@ -155,7 +166,12 @@ public sealed class HostConfig
             PrometheusPort: Metrics.PrometheusPort,
             PidFile: Abs(PidFile ?? Path.Combine("run", "strata-engine.pid")),
             Nbd: nbd)
-        { Spdk = Spdk.ToEnvOptions(), NbdWriteCache = NbdWriteCache == "writeback" };
+        {
+            Spdk = Spdk.ToEnvOptions(),
+            NbdWriteCache = NbdWriteCache == "writeback",
+            NbdInFlightBytes = (long)NbdInFlightMib << 20,
+            NbdConnectionInFlightBytes = (long)NbdConnectionInFlightMib << 20,
+        };
     }
 }
 
@@ -168,6 +184,12 @@ public sealed record ResolvedConfig(string DataDir, string? ConfigFile, List<str
 
     /// <summary>NBD writes without FUA are writeback (NbdServerOptions.WriteCache).</summary>
     public bool NbdWriteCache { get; init; } = true;
+
+    /// <summary>NbdServerOptions.MaxInFlightBytesTotal.</summary>
+    public long NbdInFlightBytes { get; init; } = 256L << 20;
+
+    /// <summary>NbdServerOptions.MaxInFlightBytes.</summary>
+    public long NbdConnectionInFlightBytes { get; init; } = 64L << 20;
 }
 
 /// <summary>A startup refusal an operator can fix (bad config, a live engine on the socket, a symlink): one line, exit 1.</summary>

@@ -58,6 +58,9 @@ internal static partial class Log
     [LoggerMessage(1404, LogLevel.Error, "NBD connection {Connection} from {Peer} hit an unexpected error")]
     public static partial void NbdUnexpectedError(ILogger logger, Exception e, long connection, string peer);
 
+    [LoggerMessage(1405, LogLevel.Warning, "NBD connection {Connection} from {Peer} abandoned: {Why}; closing it without its replies")]
+    public static partial void NbdConnectionAbandoned(ILogger logger, long connection, string peer, string why);
+
     [LoggerMessage(1300, LogLevel.Error, "error while stopping")]
     public static partial void StopFailed(ILogger logger, Exception e);
 

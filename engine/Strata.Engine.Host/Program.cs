@@ -43,7 +43,7 @@ Command WithRunOptions(Command cmd)
         EngineRelease.UpgradeStepDelay = TimeSpan.FromMilliseconds(parse.GetValue(stepDelay) ?? 0);
         EngineRelease.UpgradeHoldAtStep = parse.GetValue(holdAt) ?? 0;
         return Daemon.RunAsync(parse.GetValue(config)?.FullName, parse.GetValue(dataDirOpt)?.FullName,
-        parse.GetValue(socketDir)?.FullName, parse.GetValue(metricsPort), CancellationToken.None);
+        parse.GetValue(socketDir)?.FullName, parse.GetValue(metricsPort));
     });
     return cmd;
 }
@@ -67,4 +67,7 @@ selfCheck.SetAction(async (parse, ct) =>
     await SelfCheck.RunAsync(parse.GetValue(dataDir)!, parse.GetValue(targets), parse.GetValue(size)!, Console.Out, ct));
 root.Subcommands.Add(selfCheck);
 
-return await root.Parse(args).InvokeAsync();
+// No ProcessTerminationTimeout: System.CommandLine would otherwise take SIGTERM/SIGINT itself and
+// end the process with 143 two seconds later, in the middle of the daemon's clean stop (issue 18).
+// The daemon handles the signals (Daemon.RunAsync); selfcheck keeps the default action.
+return await root.Parse(args).InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null });

@@ -28,7 +28,8 @@ internal sealed class NbdDaemon : IAsyncDisposable
 
     public string TcpUri(string image) => $"nbd://127.0.0.1:{Port}/p/c/{image}";
 
-    public static async Task<NbdDaemon> StartAsync(string tag)
+    /// <param name="extraConfig">More top-level YAML lines for the engine's configuration.</param>
+    public static async Task<NbdDaemon> StartAsync(string tag, string extraConfig = "")
     {
         string dir = Bin.NewTempDir(tag);
         string data = Path.Combine(dir, "data");
@@ -42,6 +43,7 @@ internal sealed class NbdDaemon : IAsyncDisposable
             nbd:
               - unix:run/nbd.sock
               - tcp:127.0.0.1:{port}
+            {extraConfig}
             """);
         var engine = await EngineProcess.StartAsync(data, "--config", cfg);
         var d = new NbdDaemon(dir, engine, port);
@@ -80,6 +82,21 @@ internal sealed class NbdDaemon : IAsyncDisposable
             await Task.Delay(100);
         }
         Assert.HasCount(count, clients, "pool clients");
+    }
+
+    public string PidFile => Path.Combine(Engine.DataDir, "run", "strata-engine.pid");
+
+    public string RasFile => Path.Combine(Engine.DataDir, "ras", "events.jsonl");
+
+    /// <summary>One gauge or counter from the engine's /metrics (Prometheus text), e.g. strata_nbd_in_flight_bytes.</summary>
+    public async Task<long> MetricAsync(string name)
+    {
+        using var http = Engine.Http();
+        string text = await http.GetStringAsync("metrics");
+        foreach (var line in text.Split('\n'))
+            if (line.StartsWith(name + " ", StringComparison.Ordinal))
+                return (long)double.Parse(line[(name.Length + 1)..], System.Globalization.CultureInfo.InvariantCulture);
+        throw new AssertFailedException($"/metrics has no {name}:\n{text}");
     }
 
     /// <summary>Waits (bounded; no timing is asserted) until the daemon's log has a line containing <paramref name="text"/>.</summary>

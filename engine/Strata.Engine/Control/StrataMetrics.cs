@@ -56,6 +56,17 @@ public sealed class StrataMetrics : IDisposable
         _ioLatency.Record(ms, tag);
     }
 
+    /// <summary>
+    /// The NBD server's memory gauges, once it runs: payload bytes in flight (bounded by the
+    /// engine-wide budget, docs/nbd.md), their peak since start, and the native memory of its payload buffers.
+    /// </summary>
+    public void ObserveNbd(Func<long> inFlightBytes, Func<long> peakInFlightBytes, Func<long> bufferBytes)
+    {
+        _meter.CreateObservableGauge("strata.nbd.in_flight", inFlightBytes, "By", "NBD payload bytes in flight over all connections");
+        _meter.CreateObservableGauge("strata.nbd.in_flight.peak", peakInFlightBytes, "By", "Most NBD payload bytes in flight at once since the engine started");
+        _meter.CreateObservableGauge("strata.nbd.buffers", bufferBytes, "By", "Native memory of the NBD payload buffers (in use and kept for reuse)");
+    }
+
     public void RecordRas(string severity) => _ras.Add(1, new KeyValuePair<string, object?>("severity", severity.ToLowerInvariant()));
 
     public void RecordRequest() => _requests.Add(1);

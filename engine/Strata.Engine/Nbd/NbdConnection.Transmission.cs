@@ -6,7 +6,8 @@ namespace Strata.Engine.Nbd;
 
 /// <summary>
 /// Transmission: one receive loop parses requests from a buffered socket and starts each
-/// at once (up to MaxInFlight per connection, and MaxInFlightBytes of payload); each request
+/// at once (up to MaxInFlight per connection, MaxInFlightBytes of payload, and the server's
+/// engine-wide payload budget, <see cref="NbdPayloadBudget"/>); each request
 /// completes on its own. A request that completes on the receive loop's own thread while it
 /// parses (a read the page cache held, an error) is answered by the receive loop itself, in
 /// one send for all of them before it next waits; one completed elsewhere (on the device's
@@ -46,6 +47,8 @@ internal sealed partial class NbdConnection
     private int _sendLen;
     private volatile bool _broken;
     private volatile string? _revokeReason;
+    /// <summary>Set when the server gave up on the connection at its shutdown deadline (<see cref="Abandon"/>).</summary>
+    private volatile string? _abandonReason;
 
     private async Task<string> TransmitAsync()
     {
@@ -63,7 +66,14 @@ internal sealed partial class NbdConnection
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
         {
-            why = _revokeReason != null ? $"revoked: {_revokeReason}" : $"connection lost: {e.Message}";
+            why = _abandonReason != null ? $"abandoned: {_abandonReason}"
+                : _revokeReason != null ? $"revoked: {_revokeReason}"
+                : $"connection lost: {e.Message}";
+        }
+        finally
+        {
+            // Out of the payload budget's line whatever ended the loop: a connection left first in it would stall every other.
+            _server.Budget.Leave(this);
         }
         // Replies the receive loop had not sent yet go to the send loop.
         _inlineThread = 0;
@@ -84,6 +94,10 @@ internal sealed partial class NbdConnection
         _inlineThread = Environment.CurrentManagedThreadId;
         while (true)
         {
+            // A reply could not be sent (the client is gone, or was cut off): requests still
+            // buffered are not started, their replies could never go out.
+            if (_broken)
+                return _abandonReason != null ? $"abandoned: {_abandonReason}" : "connection lost: a reply could not be sent";
             while (_re - _rs < RequestHeaderSize)
             {
                 CompactReceiveBuffer();
@@ -125,7 +139,14 @@ internal sealed partial class NbdConnection
                 r0.Complete(EInval, what);
                 return Violation(what);
             }
-            int bytes = payloadIn || (h.Type == CmdRead && error == 0) ? (int)h.Length : 0;
+            if (error == 0 && _revokeReason is { } goingAway)
+            {
+                // Answered at once, without taking payload budget (a write's payload is dropped).
+                error = EShutdown;
+                message = $"the export is going away: {goingAway}";
+            }
+            // A refused write's payload is read and dropped through the receive buffer: no payload budget either.
+            int bytes = (payloadIn || h.Type == CmdRead) && error == 0 ? (int)h.Length : 0;
             NbdRequest? r;
             while ((r = TryAcquire(bytes)) == null)
                 await WaitForSlotAsync().ConfigureAwait(false);
@@ -136,7 +157,7 @@ internal sealed partial class NbdConnection
                 // request's buffer when much is left, else through the receive buffer. Refused
                 // writes still have their payload read (and dropped) to stay in step.
                 int length = (int)h.Length;
-                var dest = error == 0 ? (r.Buffer = Buffers.Rent(length)).AsMemory(0, length) : Memory<byte>.Empty;
+                var dest = error == 0 ? (r.Buffer = Buffers.Rent(length)).Slice(length) : Memory<byte>.Empty;
                 int done = TakeBuffered(dest, length);
                 if (done < length)
                     HandOffInline(); // the payload may take a while: replies ready go now
@@ -247,6 +268,9 @@ internal sealed partial class NbdConnection
         {
             if (_inFlight >= Options.MaxInFlight || (_inFlight > 0 && _inFlightBytes + bytes > Options.MaxInFlightBytes))
                 return null;
+            // Engine-wide: a connection that does not fit queues there and is woken in its turn.
+            if (bytes > 0 && !_server.Budget.TryTake(this, bytes))
+                return null;
             _inFlight++;
             _inFlightBytes += bytes;
             return _free.Count > 0 ? _free.Pop() : new NbdRequest(this);
@@ -262,6 +286,8 @@ internal sealed partial class NbdConnection
             r.Buffer = null;
         }
         TaskCompletionSource? drained = null;
+        if (r.Bytes > 0)
+            _server.Budget.Give(r.Bytes);
         lock (_sync)
         {
             _inFlight--;
@@ -312,8 +338,13 @@ internal sealed partial class NbdConnection
         if (_inlineCount > 0)
             await SendInlineAsync().ConfigureAwait(false);
         await _slotFreed.WaitAsync().ConfigureAwait(false);
+        if (_abandonReason != null)
+            throw new ObjectDisposedException(nameof(NbdConnection), "the connection was abandoned");
         _inlineThread = Environment.CurrentManagedThreadId;
     }
+
+    /// <summary>The engine-wide payload budget has room for this connection's next request (it is first in line).</summary>
+    internal void WakeForBudget() => _slotFreed.Set();
 
     /// <summary>
     /// The receive loop answers what completed on its thread: itself when the socket is free (no
@@ -408,7 +439,7 @@ internal sealed partial class NbdConnection
                     for (int sent = 0; sent < _sendLen;)
                         sent += await _socket.SendAsync(_send.AsMemory(sent, _sendLen - sent), SocketFlags.None).ConfigureAwait(false);
                     _sendLen = 0;
-                    var data = r.Buffer.AsMemory(0, (int)r.Length);
+                    var data = r.Buffer!.Slice((int)r.Length);
                     for (int sent = 0; sent < data.Length;)
                         sent += await _socket.SendAsync(data[sent..], SocketFlags.None).ConfigureAwait(false);
                     ReleaseRange(batch, ref sentUpTo, i + 1);
@@ -498,7 +529,7 @@ internal sealed partial class NbdConnection
             : NbdWire.WriteSimpleReply(s, 0, r.Cookie);
         if (!dataAfter && length > 0)
         {
-            r.Buffer.AsSpan(0, length).CopyTo(_send.AsSpan(_sendLen));
+            r.Buffer!.GetSpan()[..length].CopyTo(_send.AsSpan(_sendLen));
             _sendLen += length;
         }
     }

@@ -29,6 +29,7 @@ internal sealed partial class NbdConnection
         Id = id;
         Peer = listener.ToString();
         _slotFreed = new SingleWaiterSignal();
+        BudgetNode = new LinkedListNode<NbdConnection>(this);
         _recv = [];
         _send = [];
         _replies = null!;
@@ -40,6 +41,9 @@ internal sealed partial class NbdConnection
     public string Peer { get; private set; }
 
     public Task Closed => _closed.Task;
+
+    /// <summary>This connection's place in the line of <see cref="NbdPayloadBudget"/> (reused; no allocation per wait).</summary>
+    internal LinkedListNode<NbdConnection> BudgetNode { get; }
 
     internal NbdExport Export => _export!;
 
@@ -129,6 +133,27 @@ internal sealed partial class NbdConnection
         _revokeReason = reason;
         await WhenDrained().ConfigureAwait(false);
         Abort();
+    }
+
+    /// <summary>
+    /// Gives up on the connection (the server's stop deadline passed and it is still open, typically
+    /// because its client does not read its replies): the socket is closed, which fails every pending
+    /// send and receive at once; requests whose image I/O is under way complete (their buffers are in
+    /// use until then) and their replies are dropped. <see cref="Closed"/> completes after that.
+    /// </summary>
+    internal void Abandon(string reason)
+    {
+        _abandonReason = reason;
+        _broken = true;
+        try
+        {
+            _handshake?.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+        _socket.Dispose();
+        _slotFreed.Set();
     }
 
     /// <summary>A hard disconnect: every pending and later socket operation fails.</summary>

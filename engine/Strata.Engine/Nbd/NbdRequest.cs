@@ -36,7 +36,7 @@ internal sealed class NbdRequest
     public int Bytes { get; private set; }
 
     /// <summary>The payload: WRITE data in, READ data out (from the server's buffer pool).</summary>
-    public byte[]? Buffer { get; set; }
+    public NbdBuffer? Buffer { get; set; }
 
     public uint Error { get; private set; }
     public string? Message { get; private set; }
@@ -90,9 +90,9 @@ internal sealed class NbdRequest
             return Task.CompletedTask;
         return Type switch
         {
-            CmdRead => io.ReadAsync(offset, Buffer.AsMemory(0, (int)Length)),
+            CmdRead => io.ReadAsync(offset, Buffer!.Slice((int)Length)),
             // Without FUA a write is writeback, like a disk's volatile cache: durable at the next FLUSH.
-            CmdWrite => io.WriteAsync(offset, Buffer.AsMemory(0, (int)Length), durable: Durable),
+            CmdWrite => io.WriteAsync(offset, Buffer!.Slice((int)Length), durable: Durable),
             CmdFlush => x.ReadOnly ? Task.CompletedTask : io.FlushAsync(),
             CmdTrim => io.TrimAsync(offset, Length),
             // Without NO_HOLE the range may become a hole: trimmed chunks read back as zeroes.

@@ -31,7 +31,8 @@ public sealed class NbdListener
 /// <summary>
 /// The NBD server: accepts on every listener, runs each connection's handshake and
 /// transmission (<see cref="NbdConnection"/>), and on stop closes the listeners and makes
-/// every connection finish its in-flight requests and go.
+/// every connection finish its in-flight requests and go, cutting off those that have not gone
+/// by the stop's deadline.
 /// </summary>
 public sealed class NbdServer : IAsyncDisposable
 {
@@ -39,14 +40,25 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly HashSet<NbdConnection> _connections = [];
     private readonly CancellationTokenSource _stopping = new();
     private readonly List<Task> _acceptLoops = [];
+    private readonly Timer _trim;
     private long _nextConnectionId;
-    private int _stopped;
+    private Task? _stop;
 
     private NbdServer(NbdExportCatalog catalog, NbdServerOptions options)
     {
+        if (options.MaxInFlightBytesTotal < options.MaxPayload || options.MaxInFlightBytes > options.MaxInFlightBytesTotal)
+            throw new ArgumentException($"the engine-wide NBD payload budget ({options.MaxInFlightBytesTotal} bytes) must hold the largest payload ({options.MaxPayload}) and one connection's budget ({options.MaxInFlightBytes})", nameof(options));
         Catalog = catalog;
         Options = options;
         Buffers = new NbdBufferPool(options.MaxPayload, options.BufferRetainBytes);
+        Budget = new NbdPayloadBudget(options.MaxInFlightBytesTotal);
+        // Buffers not rented again since the previous tick are freed: a burst's memory goes back within two periods.
+        long lastTick = Environment.TickCount64;
+        _trim = new Timer(_ =>
+        {
+            long now = Environment.TickCount64;
+            Buffers.Trim(Interlocked.Exchange(ref lastTick, now));
+        }, null, options.BufferTrimPeriod, options.BufferTrimPeriod);
     }
 
     public NbdExportCatalog Catalog { get; }
@@ -57,6 +69,14 @@ public sealed class NbdServer : IAsyncDisposable
     public NbdBufferPool Buffers { get; }
 
     public IReadOnlyList<NbdListener> Listeners => _listeners;
+
+    /// <summary>Payload bytes in flight over every connection, bounded by <see cref="NbdServerOptions.MaxInFlightBytesTotal"/>.</summary>
+    public long InFlightBytes => Budget.Used;
+
+    /// <summary>The most payload bytes that were in flight at once since the server started.</summary>
+    public long PeakInFlightBytes => Budget.Peak;
+
+    internal NbdPayloadBudget Budget { get; }
 
     internal CancellationToken Stopping => _stopping.Token;
 
@@ -92,6 +112,7 @@ public sealed class NbdServer : IAsyncDisposable
         {
             foreach (var l in server._listeners)
                 l.Socket.Dispose();
+            server._trim.Dispose();
             throw;
         }
         foreach (var l in server._listeners)
@@ -204,12 +225,20 @@ public sealed class NbdServer : IAsyncDisposable
 
     /// <summary>
     /// Stops accepting, then makes every connection go: requests in flight complete and are
-    /// answered, later ones get NBD_ESHUTDOWN, and the connection closes. Unix socket files are removed.
+    /// answered, later ones get NBD_ESHUTDOWN, and the connection closes. A connection still open
+    /// after <paramref name="grace"/> (default <see cref="NbdServerOptions.StopGrace"/>; typically its
+    /// client does not read its replies) is abandoned: its socket is closed, pending sends fail, and
+    /// it closes once the image I/O it started has completed. Unix socket files are removed.
     /// </summary>
-    public async Task StopAsync(string reason = "the engine is stopping")
+    public Task StopAsync(string reason = "the engine is stopping", TimeSpan? grace = null)
     {
-        if (Interlocked.Exchange(ref _stopped, 1) != 0)
-            return;
+        // Every caller waits for the one stop (the daemon starts it on the stop request and awaits it later).
+        lock (_listeners)
+            return _stop ??= StopCoreAsync(reason, grace ?? Options.StopGrace);
+    }
+
+    private async Task StopCoreAsync(string reason, TimeSpan grace)
+    {
         _stopping.Cancel();
         foreach (var l in _listeners)
         {
@@ -229,13 +258,27 @@ public sealed class NbdServer : IAsyncDisposable
         List<NbdConnection> open;
         lock (_connections)
             open = _connections.ToList();
-        await Task.WhenAll(open.Select(c => c.RevokeAsync(reason).AsTask())).ConfigureAwait(false);
-        await Task.WhenAll(open.Select(c => c.Closed)).ConfigureAwait(false);
+        // Revoking waits for each connection's replies to go out; a client that does not read them holds it up.
+        var revoked = Task.WhenAll(open.Select(c => c.RevokeAsync(reason).AsTask()));
+        var closed = Task.WhenAll(open.Select(c => c.Closed));
+        if (await Task.WhenAny(closed, Task.Delay(grace)).ConfigureAwait(false) != closed)
+        {
+            string why = $"the server is stopping and the client did not take its replies within {grace.TotalSeconds:0.#} s";
+            foreach (var c in open.Where(c => !c.Closed.IsCompleted))
+            {
+                Options.Log.ConnectionAbandoned(c.Id, c.Peer, why);
+                c.Abandon(why);
+            }
+        }
+        await closed.ConfigureAwait(false);
+        await revoked.ConfigureAwait(false);
     }
 
     public async ValueTask DisposeAsync()
     {
         await StopAsync().ConfigureAwait(false);
+        await _trim.DisposeAsync().ConfigureAwait(false);
+        Buffers.Dispose();
         _stopping.Dispose();
     }
 }

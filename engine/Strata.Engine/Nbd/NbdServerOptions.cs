@@ -14,6 +14,14 @@ public sealed record NbdServerOptions
     /// <summary>Payload bytes one connection may have in flight (a single request is always admitted when none is).</summary>
     public long MaxInFlightBytes { get; init; } = 64L << 20;
 
+    /// <summary>
+    /// Payload bytes in flight over all connections (at least <see cref="MaxPayload"/> and
+    /// <see cref="MaxInFlightBytes"/>); a connection whose next request does not fit waits for its turn
+    /// before it reads on. Buffers are rounded up to a power of two, so the payload buffers in use stay
+    /// under twice this.
+    /// </summary>
+    public long MaxInFlightBytesTotal { get; init; } = 256L << 20;
+
     /// <summary>Connections served at once over all listeners; more are closed on accept.</summary>
     public int MaxConnections { get; init; } = 256;
 
@@ -35,6 +43,15 @@ public sealed record NbdServerOptions
 
     /// <summary>Bytes of idle payload buffers kept for reuse (all connections).</summary>
     public long BufferRetainBytes { get; init; } = 256L << 20;
+
+    /// <summary>How often idle payload buffers are freed: one not rented again within a period goes.</summary>
+    public TimeSpan BufferTrimPeriod { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// How long <see cref="NbdServer.StopAsync"/> lets connections answer what they have received;
+    /// a connection still open then (its client does not read its replies) is cut off.
+    /// </summary>
+    public TimeSpan StopGrace { get; init; } = TimeSpan.FromSeconds(5);
 
     /// <summary>Decides whether the peer of a Unix socket connection may use NBD: null to admit it, else the reason it is refused.</summary>
     public Func<Socket, string?>? AuthorizeUnixPeer { get; init; }
@@ -58,6 +75,9 @@ public interface INbdServerLog
 
     void ProtocolViolation(long connection, string peer, string what);
 
+    /// <summary>The server stopped and the connection was still open at the deadline: it is cut off.</summary>
+    void ConnectionAbandoned(long connection, string peer, string why);
+
     void UnexpectedError(long connection, string peer, Exception e);
 }
 
@@ -74,6 +94,8 @@ public sealed class NullNbdServerLog : INbdServerLog
     public void ClientRefused(string peer, string reason) { }
 
     public void ProtocolViolation(long connection, string peer, string what) { }
+
+    public void ConnectionAbandoned(long connection, string peer, string why) { }
 
     public void UnexpectedError(long connection, string peer, Exception e) { }
 }
