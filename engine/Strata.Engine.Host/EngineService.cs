@@ -32,7 +32,16 @@ public sealed class EngineService : IAsyncDisposable
         _logger = logger;
         Metrics = new StrataMetrics(Space, () => Engine.ListPools().Count);
         Prometheus = new PrometheusExporter(StrataMetrics.MeterName);
-        ras.Emitted += r => Metrics.RecordRas(r.Severity);
+        ras.Emitted += r =>
+        {
+            Metrics.RecordRas(r.Severity);
+            if (r.Id == ControlRasIds.RasLogWriteFailed)
+                Log.RasLogWriteFailed(_logger, r.Msg);
+            else if (r.Id == ControlRasIds.RasLogWriteResumed)
+                Log.RasLogWriteResumed(_logger, r.Msg);
+        };
+        ras.WriteFailed += Metrics.RecordRasUnwritten;
+        ras.EventsLost += Metrics.RecordRasLost;
     }
 
     public ResolvedConfig Config { get; }
@@ -447,6 +456,8 @@ public sealed class EngineService : IAsyncDisposable
             Prometheus.Dispose();
             Metrics.Dispose();
             Ras.Dispose();
+            if (Ras.UnwrittenAtStop > 0)
+                Log.RasLogUnwrittenAtStop(_logger, Ras.UnwrittenAtStop, Ras.FilePath);
         }
         Log.Stopped(_logger);
     }

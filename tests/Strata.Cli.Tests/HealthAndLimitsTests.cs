@@ -254,4 +254,55 @@ public sealed class HealthAndLimitsTests
         Assert.HasCount(n, conts, "every container_created event reached the log");
         Assert.AreEqual(ControlRasIds.EngineStopped, events[^1].Id, "engine_stopped is the last event, flushed at stop");
     }
+
+    [TestMethod]
+    public async Task SystemEvents_RasLogOnAFullFilesystem_GapReportedAndEveryEventWrittenWhenSpaceReturns()
+    {
+        string data = Path.Combine(_dir, "data");
+        using var fs = Tmpfs.MountOrInconclusive(Path.Combine(_dir, "ras"), "256k");
+        string rasFile = Path.Combine(fs.Dir, "events.jsonl");
+        string cfg = Path.Combine(_dir, "ras.yaml");
+        File.WriteAllText(cfg, $"targets:\n  - file:{data}/t0.img?create=1&size=128M\nras:\n  path: {rasFile}\n");
+        await using var engine = await EngineProcess.StartAsync(data, "--config", cfg);
+        var cli = new StrataCli(engine.Socket);
+        using var http = engine.Http();
+        await cli.OkAsync("pool", "create", "p", "--size", "64M");
+
+        string filler = fs.Fill();
+        const int n = 20;
+        for (int i = 0; i < n; i++)
+        {
+            var r = await http.PostAsync("v1/pools/p/containers", JsonContent.Create(new ContainerCreateRequest($"c{i}"), options: Api.Json));
+            Assert.IsTrue(r.IsSuccessStatusCode, await r.Content.ReadAsStringAsync());
+        }
+
+        // While the disk is full: every event is shown (from memory), the outage is reported, logged and counted,
+        // and the file holds whole lines only.
+        var during = ParseLines((await cli.OkAsync("system", "events", "--json")).Split('\n'));
+        CollectionAssert.AreEqual(Enumerable.Range(1, during.Count).Select(i => (long)i).ToList(), during.Select(x => x.Seq).ToList());
+        Assert.AreEqual(n, during.Count(x => x.Id == ControlRasIds.ContainerCreated));
+        StringAssert.Contains(during.Single(x => x.Id == ControlRasIds.RasLogWriteFailed).Msg, "cannot be written (no space left on device)");
+        StringAssert.Contains(await cli.OkAsync("system", "events"), ControlRasIds.RasLogWriteFailed);
+        StringAssert.Contains(engine.Log, "[1010]");
+        var unwritten = System.Text.RegularExpressions.Regex.Match(await http.GetStringAsync("v1/metrics"), @"^strata_ras_unwritten\S*_total (\d+)$", System.Text.RegularExpressions.RegexOptions.Multiline);
+        Assert.IsTrue(unwritten.Success && long.Parse(unwritten.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) > 0, unwritten.Value);
+        byte[] bytes = File.ReadAllBytes(rasFile);
+        Assert.AreEqual((byte)'\n', bytes[^1], "the file ends in a whole line");
+        Assert.IsLessThan(during.Count, ParseLines(File.ReadAllLines(rasFile)).Count, "the disk refused some events");
+
+        // Space returns: the waiting events are written in order, and the gap is reported.
+        File.Delete(filler);
+        RasRecord? gap = null;
+        for (var deadline = DateTime.UtcNow.AddSeconds(30); gap == null && DateTime.UtcNow < deadline; await Task.Delay(100))
+            gap = ParseLines(File.ReadAllLines(rasFile)).SingleOrDefault(x => x.Id == ControlRasIds.RasLogWriteResumed);
+        Assert.IsNotNull(gap, "ras_log_write_resumed was not written within 30 s");
+        StringAssert.Matches(gap.Msg, new System.Text.RegularExpressions.Regex(@"^\d+ event\(s\) could not be written between \S+ and \S+ \(no space left on device\)"));
+        var inFile = ParseLines(File.ReadAllLines(rasFile));
+        CollectionAssert.AreEqual(Enumerable.Range(1, inFile.Count).Select(i => (long)i).ToList(), inFile.Select(x => x.Seq).ToList());
+        CollectionAssert.IsSubsetOf(during.Select(x => x.Seq).ToList(), inFile.Select(x => x.Seq).ToList(), "every event shown during the outage is in the file");
+        Assert.AreEqual(n, inFile.Count(x => x.Id == ControlRasIds.ContainerCreated));
+        for (var deadline = DateTime.UtcNow.AddSeconds(30); !engine.Log.Contains("[1011]", StringComparison.Ordinal) && DateTime.UtcNow < deadline;)
+            await Task.Delay(100);
+        StringAssert.Contains(engine.Log, "[1011]");
+    }
 }
