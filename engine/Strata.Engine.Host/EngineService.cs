@@ -124,12 +124,14 @@ public sealed class EngineService : IAsyncDisposable
                 {
                     await engine.OpenPoolAsync(p.Label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
                 }
-                catch (StoreException)
+                catch (StoreException e)
                 {
                     // The pool stays listed with its state; the storage layer raised the RAS event.
+                    Log.PoolOpenFailed(logger, p.Label, e.Message);
                 }
                 catch (IOException e)
                 {
+                    Log.PoolOpenFailed(logger, p.Label, e.Message);
                     // A device error (e.g. a failed checkpoint flush) must not keep the engine down: the pool
                     // stays listed, the event names the device, and `storage query` shows its target failed.
                     health.Emit(new RasEvent(ControlRasIds.PoolOpenFailed, RasSeverity.Error, RasType.StateChange,

@@ -43,6 +43,9 @@ internal static partial class Log
     [LoggerMessage(1012, LogLevel.Error, "{Count} RAS event(s) could not be written to {Path} before the engine stopped; they are lost")]
     public static partial void RasLogUnwrittenAtStop(ILogger logger, int count, string path);
 
+    [LoggerMessage(1013, LogLevel.Warning, "pool {Pool} could not be opened: {Reason}")]
+    public static partial void PoolOpenFailed(ILogger logger, string pool, string reason);
+
     [LoggerMessage(1100, LogLevel.Warning, "rejected control caller pid {Pid} uid {Uid} gid {Gid}: not root, the engine's uid {EngineUid}, or a member of group {Group}")]
     public static partial void CallerRejected(ILogger logger, int pid, uint uid, uint gid, uint engineUid, string group);
 

@@ -255,6 +255,70 @@ public sealed class HealthAndLimitsTests
         Assert.AreEqual(ControlRasIds.EngineStopped, events[^1].Id, "engine_stopped is the last event, flushed at stop");
     }
 
+    /// <summary>The offset of the first pool shard header ("STRATASH") in a target file, past the superblock.</summary>
+    private static long FindShardHeader(string targetFile)
+    {
+        using var f = File.OpenRead(targetFile);
+        var block = new byte[4096];
+        for (long at = 1 << 20; at < Math.Min(f.Length, 64L << 20); at += block.Length)
+        {
+            f.Position = at;
+            f.ReadExactly(block);
+            if (block.AsSpan(0, 8).SequenceEqual("STRATASH"u8))
+                return at;
+        }
+        throw new AssertFailedException($"no shard header in the first 64 MiB of {targetFile}");
+    }
+
+    [TestMethod]
+    public async Task StorageQuery_BothPoolHeaderCopiesDamagedWhileStopped_EventLoggedAndTargetDegraded()
+    {
+        string data = Path.Combine(_dir, "data");
+        string cfg = Path.Combine(_dir, "small.yaml");
+        File.WriteAllText(cfg, $"targets:\n  - file:{data}/t0.img?create=1&size=128M\n  - file:{data}/t1.img?create=1&size=128M\n");
+        var cli = new StrataCli(Path.Combine(data, "run", "strata.sock"));
+        await using (var engine = await EngineProcess.StartAsync(data, "--config", cfg))
+        {
+            await cli.OkAsync("pool", "create", "p", "--size", "64M");
+            await cli.OkAsync("system", "stop");
+            Assert.AreEqual(0, await engine.WaitForExitAsync(TimeSpan.FromSeconds(30)));
+        }
+
+        // One byte flipped inside each copy (A at the shard's start, B 4096 bytes on) of the pool's header on target 1.
+        string t1 = Path.Combine(data, "t1.img");
+        long header = FindShardHeader(t1);
+        using (var f = new FileStream(t1, FileMode.Open, FileAccess.ReadWrite))
+        {
+            foreach (long at in new[] { header + 40, header + 4096 + 40 })
+            {
+                f.Position = at;
+                int b = f.ReadByte();
+                f.Position = at;
+                f.WriteByte((byte)(b ^ 0xFF));
+            }
+        }
+
+        await using (var engine = await EngineProcess.StartAsync(data, "--config", cfg))
+        {
+            var s = await cli.JsonAsync<StorageInfo>("storage", "query");
+            var bad = s.Targets.Single(t => t.Index == 1);
+            Assert.AreEqual("degraded", bad.Health, bad.ToString());
+            StringAssert.Contains(bad.HealthReason, "pool 'p' shard on target 1");
+            StringAssert.Contains(bad.HealthReason, "both header copies are invalid");
+            Assert.AreEqual("ok", s.Targets.Single(t => t.Index == 0).Health);
+            StringAssert.Contains(await cli.OkAsync("storage", "query"), "degraded (pool 'p' shard on target 1");
+
+            // Still refused, and a retried open does not raise the event again.
+            StringAssert.Contains(await cli.FailsAsync(1, "pool", "query", "p"), "both header copies are invalid");
+            var e = ParseLines((await cli.OkAsync("system", "events", "--json", "--severity", "ERROR")).Split('\n')).Single(x => x.Id == "pool_header_damaged");
+            Assert.AreEqual(1, e.Target);
+            Assert.AreEqual("p", e.Pool);
+            StringAssert.Contains(e.Msg, "copy A: bad CRC32C; copy B: bad CRC32C");
+            StringAssert.Contains(engine.Log, "[1013]");
+            StringAssert.Contains(engine.Log, "pool p could not be opened: pool 'p' shard on target 1");
+        }
+    }
+
     [TestMethod]
     public async Task SystemEvents_RasLogOnAFullFilesystem_GapReportedAndEveryEventWrittenWhenSpaceReturns()
     {
