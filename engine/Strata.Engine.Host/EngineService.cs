@@ -353,7 +353,7 @@ public sealed class EngineService : IAsyncDisposable
         var p = await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         if (name != null)
             return [new PropertyDto(name, p.GetContainerProperty(cont, name))];
-        var c = p.ListContainers().FirstOrDefault(x => x.Label == cont) ?? throw new NotFoundException($"pool '{pool}' has no container '{cont}'");
+        var c = p.ListContainers().FirstOrDefault(x => x.Label == cont) ?? throw new NotFoundException($"pool {UserText.Quote(pool)} has no container {UserText.Quote(cont)}");
         return c.Properties.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new PropertyDto(kv.Key, kv.Value)).ToList();
     }
 
@@ -380,7 +380,7 @@ public sealed class EngineService : IAsyncDisposable
     {
         var p = await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         var i = p.ListImages(cont).FirstOrDefault(x => x.Label == image)
-            ?? throw new NotFoundException($"pool '{pool}' container '{cont}' has no image '{image}'");
+            ?? throw new NotFoundException($"pool {UserText.Quote(pool)} container {UserText.Quote(cont)} has no image {UserText.Quote(image)}");
         string key = $"{cont}/{image}";
         return ToDto(pool, i) with
         {

@@ -73,6 +73,7 @@ internal static partial class Log
     [LoggerMessage(1300, LogLevel.Error, "error while stopping")]
     public static partial void StopFailed(ILogger logger, Exception e);
 
-    [LoggerMessage(1400, LogLevel.Information, "pool {Pool}: upgrade {From} -> {To} recorded as job {Job}")]
+    // 1400 was also given to this message by mistake (it is NBD's "connection opened"); it moved to 1500.
+    [LoggerMessage(1500, LogLevel.Information, "pool {Pool}: upgrade {From} -> {To} recorded as job {Job}")]
     public static partial void UpgradeStarted(ILogger logger, string pool, uint from, uint to, ulong job);
 }

@@ -42,14 +42,14 @@ public sealed class NbdServer : IAsyncDisposable
     private long _nextConnectionId;
     private int _stopped;
 
-    private NbdServer(NbdExportCatalog catalog, NbdServerOptions options)
+    private NbdServer(NbdServerOptions options)
     {
-        Catalog = catalog;
         Options = options;
         Buffers = new NbdBufferPool(options.MaxPayload, options.BufferRetainBytes);
     }
 
-    public NbdExportCatalog Catalog { get; }
+    /// <summary>The exports, from <see cref="Serve"/> on.</summary>
+    public NbdExportCatalog Catalog { get; private set; } = null!;
 
     public NbdServerOptions Options { get; }
 
@@ -73,7 +73,19 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Binds every listener (any failure closes those already bound and throws), then accepts.</summary>
     public static NbdServer Start(IEnumerable<NbdListenerAddress> addresses, NbdExportCatalog catalog, NbdServerOptions? options = null)
     {
-        var server = new NbdServer(catalog, options ?? new NbdServerOptions());
+        var server = Bind(addresses, options);
+        server.Serve(catalog);
+        return server;
+    }
+
+    /// <summary>
+    /// Binds every listener (any failure closes those already bound and throws) and accepts nothing
+    /// yet: the daemon binds before it opens or formats a target, so a refused listener changes nothing.
+    /// Clients that connect wait in the listen backlog until <see cref="Serve"/>.
+    /// </summary>
+    public static NbdServer Bind(IEnumerable<NbdListenerAddress> addresses, NbdServerOptions? options = null)
+    {
+        var server = new NbdServer(options ?? new NbdServerOptions());
         try
         {
             foreach (var a in addresses)
@@ -94,12 +106,20 @@ public sealed class NbdServer : IAsyncDisposable
                 l.Socket.Dispose();
             throw;
         }
-        foreach (var l in server._listeners)
-        {
-            server.Options.Log.Listening(l.ToString());
-            server._acceptLoops.Add(Task.Run(() => server.AcceptLoopAsync(l)));
-        }
         return server;
+    }
+
+    /// <summary>Starts accepting on the bound listeners, serving <paramref name="catalog"/>'s exports.</summary>
+    public void Serve(NbdExportCatalog catalog)
+    {
+        if (Catalog != null)
+            throw new InvalidOperationException("the NBD server is already serving");
+        Catalog = catalog;
+        foreach (var l in _listeners)
+        {
+            Options.Log.Listening(l.ToString());
+            _acceptLoops.Add(Task.Run(() => AcceptLoopAsync(l)));
+        }
     }
 
     private static NbdListener Bind(NbdListenerAddress a, NbdServerOptions options)

@@ -152,7 +152,7 @@ public sealed partial class StorageEngine : IAsyncDisposable
     internal PoolEntry FindEntry(string label)
     {
         lock (_pools)
-            return _pools.FirstOrDefault(p => p.Label == label) ?? throw new NotFoundException($"no pool '{label}'");
+            return _pools.FirstOrDefault(p => p.Label == label) ?? throw new NotFoundException($"no pool {UserText.Quote(label)}");
     }
 
     public async ValueTask DisposeAsync()
