@@ -44,7 +44,7 @@ internal static class ApiErrors
                 message = $"request body is larger than the engine's limit of {Api.MaxBodyBytes} bytes";
             else if (e is JsonException)
                 message = $"malformed JSON request: {e.Message.Split('\n')[0]}";
-            await Write(ctx, status, code, OneLine(message));
+            await Write(ctx, status, code, UserText.Cap(OneLine(message)));
         }
     }
 

@@ -1,6 +1,7 @@
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -80,14 +81,23 @@ internal static class Daemon
             Directory.CreateDirectory(cfg.DataDir);
             ControlSocket.Prepare(cfg, adminGroup?.Gid, logger);
             pid = PidFile.Create(cfg.PidFile);
-            svc = await EngineService.StartAsync(cfg, logger);
             var authorizer = new PeerAuthorizer(cfg, uid, adminGroup, logger, () => svc);
-            nbd = StartNbd(cfg, svc, authorizer, adminGroup?.Gid, logger);
+            // Bound before any target is opened: on a fresh data directory a refused listener must not leave formatted targets.
+            nbd = BindNbd(cfg, authorizer, adminGroup?.Gid, logger);
+            svc = await EngineService.StartAsync(cfg, logger);
+            if (nbd != null)
+            {
+                nbd.Serve(new NbdExportCatalog(svc.Engine, svc.OpenImageIoAsync));
+                svc.AttachNbd(nbd);
+            }
 
             var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "strata-engine", ContentRootPath = cfg.DataDir });
             builder.Logging.ClearProviders();
             ConfigureLogging(builder.Logging);
             builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = StopGrace);
+            // A query string that does not bind (offset=abc, a missing length) throws, so ApiErrors answers
+            // with the one-line JSON error instead of a bare 400 (the default outside Development).
+            builder.Services.Configure<RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
             builder.WebHost.ConfigureKestrel(k =>
             {
                 k.AddServerHeader = false;
@@ -171,17 +181,18 @@ internal static class Daemon
     }
 
     /// <summary>
-    /// Binds the configured NBD listeners (after clearing stale sockets) and serves every image as
-    /// pool/container/image. Unix socket callers pass the control socket's peer-credential check.
+    /// Binds the configured NBD listeners (after clearing stale sockets); once the engine is open it
+    /// serves every image as pool/container/image. Unix socket callers pass the control socket's
+    /// peer-credential check.
     /// </summary>
-    private static NbdServer? StartNbd(ResolvedConfig cfg, EngineService svc, PeerAuthorizer authorizer, uint? adminGid, ILogger logger)
+    private static NbdServer? BindNbd(ResolvedConfig cfg, PeerAuthorizer authorizer, uint? adminGid, ILogger logger)
     {
         if (cfg.Nbd.Count == 0)
             return null;
         foreach (var a in cfg.Nbd)
             if (a.UnixPath is { } path)
                 ControlSocket.PreparePath(path, $"another process is listening on NBD socket {path}", logger);
-        var server = NbdServer.Start(cfg.Nbd, new NbdExportCatalog(svc.Engine, svc.OpenImageIoAsync), new NbdServerOptions
+        return NbdServer.Bind(cfg.Nbd, new NbdServerOptions
         {
             Log = new NbdLog(logger),
             WriteCache = cfg.NbdWriteCache,
@@ -191,8 +202,6 @@ internal static class Daemon
             AuthorizeUnixPeer = authorizer.Refusal,
             UnixSocketBound = path => ControlSocket.SecureNbdSocket(path, cfg.AdminGroup, adminGid),
         });
-        svc.AttachNbd(server);
-        return server;
     }
 
     private static void ConfigureLogging(ILoggingBuilder b)

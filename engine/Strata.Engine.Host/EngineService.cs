@@ -32,7 +32,16 @@ public sealed class EngineService : IAsyncDisposable
         _logger = logger;
         Metrics = new StrataMetrics(Space, () => Engine.ListPools().Count);
         Prometheus = new PrometheusExporter(StrataMetrics.MeterName);
-        ras.Emitted += r => Metrics.RecordRas(r.Severity);
+        ras.Emitted += r =>
+        {
+            Metrics.RecordRas(r.Severity);
+            if (r.Id == ControlRasIds.RasLogWriteFailed)
+                Log.RasLogWriteFailed(_logger, r.Msg);
+            else if (r.Id == ControlRasIds.RasLogWriteResumed)
+                Log.RasLogWriteResumed(_logger, r.Msg);
+        };
+        ras.WriteFailed += Metrics.RecordRasUnwritten;
+        ras.EventsLost += Metrics.RecordRasLost;
     }
 
     public ResolvedConfig Config { get; }
@@ -120,12 +129,14 @@ public sealed class EngineService : IAsyncDisposable
                 {
                     await engine.OpenPoolAsync(p.Label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
                 }
-                catch (StoreException)
+                catch (StoreException e)
                 {
                     // The pool stays listed with its state; the storage layer raised the RAS event.
+                    Log.PoolOpenFailed(logger, p.Label, e.Message);
                 }
                 catch (IOException e)
                 {
+                    Log.PoolOpenFailed(logger, p.Label, e.Message);
                     // A device error (e.g. a failed checkpoint flush) must not keep the engine down: the pool
                     // stays listed, the event names the device, and `storage query` shows its target failed.
                     health.Emit(new RasEvent(ControlRasIds.PoolOpenFailed, RasSeverity.Error, RasType.StateChange,
@@ -353,7 +364,7 @@ public sealed class EngineService : IAsyncDisposable
         var p = await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         if (name != null)
             return [new PropertyDto(name, p.GetContainerProperty(cont, name))];
-        var c = p.ListContainers().FirstOrDefault(x => x.Label == cont) ?? throw new NotFoundException($"pool '{pool}' has no container '{cont}'");
+        var c = p.ListContainers().FirstOrDefault(x => x.Label == cont) ?? throw new NotFoundException($"pool {UserText.Quote(pool)} has no container {UserText.Quote(cont)}");
         return c.Properties.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new PropertyDto(kv.Key, kv.Value)).ToList();
     }
 
@@ -380,7 +391,7 @@ public sealed class EngineService : IAsyncDisposable
     {
         var p = await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         var i = p.ListImages(cont).FirstOrDefault(x => x.Label == image)
-            ?? throw new NotFoundException($"pool '{pool}' container '{cont}' has no image '{image}'");
+            ?? throw new NotFoundException($"pool {UserText.Quote(pool)} container {UserText.Quote(cont)} has no image {UserText.Quote(image)}");
         string key = $"{cont}/{image}";
         return ToDto(pool, i) with
         {
@@ -458,6 +469,8 @@ public sealed class EngineService : IAsyncDisposable
             Prometheus.Dispose();
             Metrics.Dispose();
             Ras.Dispose();
+            if (Ras.UnwrittenAtStop > 0)
+                Log.RasLogUnwrittenAtStop(_logger, Ras.UnwrittenAtStop, Ras.FilePath);
         }
         Log.Stopped(_logger);
     }

@@ -34,6 +34,18 @@ internal static partial class Log
     [LoggerMessage(1009, LogLevel.Information, "NBD listening on {Address}")]
     public static partial void NbdListening(ILogger logger, string address);
 
+    [LoggerMessage(1010, LogLevel.Warning, "RAS log write failed: {Message}")]
+    public static partial void RasLogWriteFailed(ILogger logger, string message);
+
+    [LoggerMessage(1011, LogLevel.Warning, "RAS log written again: {Message}")]
+    public static partial void RasLogWriteResumed(ILogger logger, string message);
+
+    [LoggerMessage(1012, LogLevel.Error, "{Count} RAS event(s) could not be written to {Path} before the engine stopped; they are lost")]
+    public static partial void RasLogUnwrittenAtStop(ILogger logger, int count, string path);
+
+    [LoggerMessage(1013, LogLevel.Warning, "pool {Pool} could not be opened: {Reason}")]
+    public static partial void PoolOpenFailed(ILogger logger, string pool, string reason);
+
     [LoggerMessage(1100, LogLevel.Warning, "rejected control caller pid {Pid} uid {Uid} gid {Gid}: not root, the engine's uid {EngineUid}, or a member of group {Group}")]
     public static partial void CallerRejected(ILogger logger, int pid, uint uid, uint gid, uint engineUid, string group);
 
@@ -64,6 +76,7 @@ internal static partial class Log
     [LoggerMessage(1300, LogLevel.Error, "error while stopping")]
     public static partial void StopFailed(ILogger logger, Exception e);
 
-    [LoggerMessage(1400, LogLevel.Information, "pool {Pool}: upgrade {From} -> {To} recorded as job {Job}")]
+    // 1400 was also given to this message by mistake (it is NBD's "connection opened"); it moved to 1500.
+    [LoggerMessage(1500, LogLevel.Information, "pool {Pool}: upgrade {From} -> {To} recorded as job {Job}")]
     public static partial void UpgradeStarted(ILogger logger, string pool, uint from, uint to, ulong job);
 }

@@ -80,6 +80,9 @@ internal sealed partial class TargetHealthSink(RasLog log) : IRasSink
                 case RasIds.ReplicaRepaired:
                     f.Repaired++;
                     break;
+                case RasIds.PoolHeaderDamaged:
+                    f.DamagedHeaders.Add((e.Pool, e.Message));
+                    break;
                 case RasIds.CheckpointBad:
                     f.BadMetadata.Add(e.Message);
                     break;
@@ -122,6 +125,10 @@ internal sealed partial class TargetHealthSink(RasLog log) : IRasSink
                 if (!healed)
                     degraded.Add($"header copy {c.Copy} bad ({(c.Pool == null ? "target superblock" : $"pool '{c.Pool}' shard header")}: {c.Problem})");
             }
+            // The pool stays refused until both copies are rewritten (it opens) or it is destroyed.
+            foreach (var (pool, message) in f.DamagedHeaders)
+                if (!pools.Any(p => p.Label == pool && p.State == "ready") && pools.Any(p => p.Label == pool))
+                    degraded.Add(message);
             if (f.ReadErrors > 0)
                 degraded.Add($"{f.ReadErrors} read error(s)");
             if (f.ChecksumErrors > 0)
@@ -158,6 +165,7 @@ internal sealed partial class TargetHealthSink(RasLog log) : IRasSink
         public ulong? GenerationAtOpen;
         public readonly List<BadCopy> BadCopies = new();
         public readonly List<string> BadMetadata = new();
+        public readonly List<(string? Pool, string Message)> DamagedHeaders = new();
         public readonly List<string> FailedPools = new();
         public readonly List<string> ReadOnlyPools = new();
         public long ReadErrors, WriteErrors, ChecksumErrors, Repaired;

@@ -253,4 +253,119 @@ public sealed class HealthAndLimitsTests
         Assert.HasCount(n, conts, "every container_created event reached the log");
         Assert.AreEqual(ControlRasIds.EngineStopped, events[^1].Id, "engine_stopped is the last event, flushed at stop");
     }
+
+    /// <summary>The offset of the first pool shard header ("STRATASH") in a target file, past the superblock.</summary>
+    private static long FindShardHeader(string targetFile)
+    {
+        using var f = File.OpenRead(targetFile);
+        var block = new byte[4096];
+        for (long at = 1 << 20; at < Math.Min(f.Length, 64L << 20); at += block.Length)
+        {
+            f.Position = at;
+            f.ReadExactly(block);
+            if (block.AsSpan(0, 8).SequenceEqual("STRATASH"u8))
+                return at;
+        }
+        throw new AssertFailedException($"no shard header in the first 64 MiB of {targetFile}");
+    }
+
+    [TestMethod]
+    public async Task StorageQuery_BothPoolHeaderCopiesDamagedWhileStopped_EventLoggedAndTargetDegraded()
+    {
+        string data = Path.Combine(_dir, "data");
+        string cfg = Path.Combine(_dir, "small.yaml");
+        File.WriteAllText(cfg, $"targets:\n  - file:{data}/t0.img?create=1&size=128M\n  - file:{data}/t1.img?create=1&size=128M\n");
+        var cli = new StrataCli(Path.Combine(data, "run", "strata.sock"));
+        await using (var engine = await EngineProcess.StartAsync(data, "--config", cfg))
+        {
+            await cli.OkAsync("pool", "create", "p", "--size", "64M");
+            await cli.OkAsync("system", "stop");
+            Assert.AreEqual(0, await engine.WaitForExitAsync(TimeSpan.FromSeconds(30)));
+        }
+
+        // One byte flipped inside each copy (A at the shard's start, B 4096 bytes on) of the pool's header on target 1.
+        string t1 = Path.Combine(data, "t1.img");
+        long header = FindShardHeader(t1);
+        using (var f = new FileStream(t1, FileMode.Open, FileAccess.ReadWrite))
+        {
+            foreach (long at in new[] { header + 40, header + 4096 + 40 })
+            {
+                f.Position = at;
+                int b = f.ReadByte();
+                f.Position = at;
+                f.WriteByte((byte)(b ^ 0xFF));
+            }
+        }
+
+        await using (var engine = await EngineProcess.StartAsync(data, "--config", cfg))
+        {
+            var s = await cli.JsonAsync<StorageInfo>("storage", "query");
+            var bad = s.Targets.Single(t => t.Index == 1);
+            Assert.AreEqual("degraded", bad.Health, bad.ToString());
+            StringAssert.Contains(bad.HealthReason, "pool 'p' shard on target 1");
+            StringAssert.Contains(bad.HealthReason, "both header copies are invalid");
+            Assert.AreEqual("ok", s.Targets.Single(t => t.Index == 0).Health);
+            StringAssert.Contains(await cli.OkAsync("storage", "query"), "degraded (pool 'p' shard on target 1");
+
+            // Still refused, and a retried open does not raise the event again.
+            StringAssert.Contains(await cli.FailsAsync(1, "pool", "query", "p"), "both header copies are invalid");
+            var e = ParseLines((await cli.OkAsync("system", "events", "--json", "--severity", "ERROR")).Split('\n')).Single(x => x.Id == "pool_header_damaged");
+            Assert.AreEqual(1, e.Target);
+            Assert.AreEqual("p", e.Pool);
+            StringAssert.Contains(e.Msg, "copy A: bad CRC32C; copy B: bad CRC32C");
+            StringAssert.Contains(engine.Log, "[1013]");
+            StringAssert.Contains(engine.Log, "pool p could not be opened: pool 'p' shard on target 1");
+        }
+    }
+
+    [TestMethod]
+    public async Task SystemEvents_RasLogOnAFullFilesystem_GapReportedAndEveryEventWrittenWhenSpaceReturns()
+    {
+        string data = Path.Combine(_dir, "data");
+        using var fs = Tmpfs.MountOrInconclusive(Path.Combine(_dir, "ras"), "256k");
+        string rasFile = Path.Combine(fs.Dir, "events.jsonl");
+        string cfg = Path.Combine(_dir, "ras.yaml");
+        File.WriteAllText(cfg, $"targets:\n  - file:{data}/t0.img?create=1&size=128M\nras:\n  path: {rasFile}\n");
+        await using var engine = await EngineProcess.StartAsync(data, "--config", cfg);
+        var cli = new StrataCli(engine.Socket);
+        using var http = engine.Http();
+        await cli.OkAsync("pool", "create", "p", "--size", "64M");
+
+        string filler = fs.Fill();
+        const int n = 20;
+        for (int i = 0; i < n; i++)
+        {
+            var r = await http.PostAsync("v1/pools/p/containers", JsonContent.Create(new ContainerCreateRequest($"c{i}"), options: Api.Json));
+            Assert.IsTrue(r.IsSuccessStatusCode, await r.Content.ReadAsStringAsync());
+        }
+
+        // While the disk is full: every event is shown (from memory), the outage is reported, logged and counted,
+        // and the file holds whole lines only.
+        var during = ParseLines((await cli.OkAsync("system", "events", "--json")).Split('\n'));
+        CollectionAssert.AreEqual(Enumerable.Range(1, during.Count).Select(i => (long)i).ToList(), during.Select(x => x.Seq).ToList());
+        Assert.AreEqual(n, during.Count(x => x.Id == ControlRasIds.ContainerCreated));
+        StringAssert.Contains(during.Single(x => x.Id == ControlRasIds.RasLogWriteFailed).Msg, "cannot be written (no space left on device)");
+        StringAssert.Contains(await cli.OkAsync("system", "events"), ControlRasIds.RasLogWriteFailed);
+        StringAssert.Contains(engine.Log, "[1010]");
+        var unwritten = System.Text.RegularExpressions.Regex.Match(await http.GetStringAsync("v1/metrics"), @"^strata_ras_unwritten\S*_total (\d+)$", System.Text.RegularExpressions.RegexOptions.Multiline);
+        Assert.IsTrue(unwritten.Success && long.Parse(unwritten.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) > 0, unwritten.Value);
+        byte[] bytes = File.ReadAllBytes(rasFile);
+        Assert.AreEqual((byte)'\n', bytes[^1], "the file ends in a whole line");
+        Assert.IsLessThan(during.Count, ParseLines(File.ReadAllLines(rasFile)).Count, "the disk refused some events");
+
+        // Space returns: the waiting events are written in order, and the gap is reported.
+        File.Delete(filler);
+        RasRecord? gap = null;
+        for (var deadline = DateTime.UtcNow.AddSeconds(30); gap == null && DateTime.UtcNow < deadline; await Task.Delay(100))
+            gap = ParseLines(File.ReadAllLines(rasFile)).SingleOrDefault(x => x.Id == ControlRasIds.RasLogWriteResumed);
+        Assert.IsNotNull(gap, "ras_log_write_resumed was not written within 30 s");
+        StringAssert.Matches(gap.Msg, new System.Text.RegularExpressions.Regex(@"^\d+ event\(s\) could not be written between \S+ and \S+ \(no space left on device\)"));
+        var inFile = ParseLines(File.ReadAllLines(rasFile));
+        CollectionAssert.AreEqual(Enumerable.Range(1, inFile.Count).Select(i => (long)i).ToList(), inFile.Select(x => x.Seq).ToList());
+        CollectionAssert.IsSubsetOf(during.Select(x => x.Seq).ToList(), inFile.Select(x => x.Seq).ToList(), "every event shown during the outage is in the file");
+        Assert.AreEqual(n, inFile.Count(x => x.Id == ControlRasIds.ContainerCreated));
+        for (var deadline = DateTime.UtcNow.AddSeconds(30); !engine.Log.Contains("[1011]", StringComparison.Ordinal) && DateTime.UtcNow < deadline;)
+            await Task.Delay(100);
+        StringAssert.Contains(engine.Log, "[1011]");
+    }
 }

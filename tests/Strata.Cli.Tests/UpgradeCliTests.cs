@@ -157,6 +157,40 @@ public sealed class UpgradeCliTests
         }
     }
 
+    [TestMethod]
+    public async Task Upgrade_StoppedAfterItsQuiescedCommit_ResumedRunSaysItPausedNothing()
+    {
+        // The step delay holds the job before its quiesced commit and again between that commit and its end
+        // record: 12 s there leave room for the stop on a loaded machine.
+        var (engine, cli, dir) = await StartAsync("upgpause", "--upgrade-step-delay-ms", "12000");
+        await using (engine)
+        {
+            await cli.OkAsync("pool", "create", "tank", "--size", "64M", "--layout", "1");
+            StringAssert.Contains(await cli.OkAsync("pool", "upgrade", "tank"), "Upgrading tank from layout version 1 to 2");
+            Dictionary<string, string> props = [];
+            for (var deadline = DateTime.UtcNow.AddSeconds(60); DateTime.UtcNow < deadline; await Task.Delay(100))
+            {
+                props = await PropsAsync(cli);
+                if (props["upgrade_progress"].StartsWith("2/2 actions", StringComparison.Ordinal) || props["upgrade_status"] != "in progress")
+                    break;
+            }
+            Assert.AreEqual("in progress", props["upgrade_status"], "stopped after the commit, before the end record");
+            await cli.OkAsync("system", "stop");
+            Assert.AreEqual(0, await engine.WaitForExitAsync(TimeSpan.FromSeconds(30)));
+        }
+        var (again, cli2, _) = await RestartAsync(dir);
+        await using (again)
+        {
+            Assert.AreEqual("completed", await WaitForStatusAsync(cli2, s => s != "in progress"));
+            string events = await cli2.OkAsync("system", "events", "--json");
+            var all = events.Split('\n').Where(l => l.Length > 0).Select(l => JsonSerializer.Deserialize<RasRecord>(l, Api.Json)!).ToList();
+            StringAssert.EndsWith(all.Single(e => e.Id == "pool_upgrade_resumed").Msg, "resumed at action 2", events);
+            var completed = all.Single(e => e.Id == "pool_upgrade_completed");
+            StringAssert.EndsWith(completed.Msg, "(job 1); no pause in this run (the quiesced commit was done before a restart)", events);
+        }
+        Directory.Delete(dir, recursive: true);
+    }
+
     private static async Task<(EngineProcess, StrataCli, string)> RestartAsync(string dir, params string[] extra)
     {
         var e = await EngineProcess.StartAsync(dir, extra);

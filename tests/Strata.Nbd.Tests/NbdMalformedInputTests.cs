@@ -119,6 +119,19 @@ public sealed class NbdMalformedInputTests
     }
 
     [TestMethod]
+    public async Task OversizedUnknownOption_ConnectionClosed_LogNamesTheOptionOnce()
+    {
+        using (var c = await HandshakenAsync(tcp: true))
+        {
+            await c.SendOptionAsync(99, [0, 0, 0, 0], declaredLength: 1u << 29);
+            Assert.IsTrue(await c.IsClosedByServerAsync());
+        }
+        await _d.WaitLogAsync("broke the protocol: option 99 has 536870912 bytes of data");
+        Assert.DoesNotContain("option option", _d.Engine.Log);
+        await AssertOthersUnaffectedAsync();
+    }
+
+    [TestMethod]
     public async Task OversizedRead_AnsweredEinvalOrEoverflow_ConnectionUsable()
     {
         using (var simple = await _d.OpenUnixAsync("m", structured: false))

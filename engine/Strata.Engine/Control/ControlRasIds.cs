@@ -18,4 +18,6 @@ public static class ControlRasIds
     public const string ImageResized = "image_resized";
     public const string CallerRejected = "control_caller_rejected";
     public const string PoolOpenFailed = "pool_open_failed";
+    public const string RasLogWriteFailed = "ras_log_write_failed";
+    public const string RasLogWriteResumed = "ras_log_write_resumed";
 }

@@ -4,7 +4,7 @@ namespace Strata.Engine.Control;
 
 /// <summary>
 /// The engine's Meter ("Strata.Engine"): I/O operations, bytes and latency by operation,
-/// space, RAS events by severity, control requests. Read by `strata engine counters`
+/// space, RAS events by severity and those the log could not write, control requests. Read by `strata engine counters`
 /// (EventPipe, as dotnet-counters does) and by the Prometheus endpoint.
 /// </summary>
 public sealed class StrataMetrics : IDisposable
@@ -17,6 +17,8 @@ public sealed class StrataMetrics : IDisposable
     private readonly Counter<long> _ioErrors;
     private readonly Histogram<double> _ioLatency;
     private readonly Counter<long> _ras;
+    private readonly Counter<long> _rasUnwritten;
+    private readonly Counter<long> _rasLost;
     private readonly Counter<long> _requests;
     private readonly Counter<long> _rejected;
 
@@ -29,6 +31,8 @@ public sealed class StrataMetrics : IDisposable
         _ioLatency = _meter.CreateHistogram<double>("strata.io.latency", "ms", "Image I/O latency",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBucketsMs });
         _ras = _meter.CreateCounter<long>("strata.ras.events", "{event}", "RAS events raised, by severity");
+        _rasUnwritten = _meter.CreateCounter<long>("strata.ras.unwritten", "{event}", "RAS events the log could not write when raised (a full disk): they wait in memory and are retried");
+        _rasLost = _meter.CreateCounter<long>("strata.ras.lost", "{event}", $"RAS events left out of the log because {RasLog.BacklogCapacity} already waited for the disk");
         _requests = _meter.CreateCounter<long>("strata.control.requests", "{request}", "Control API requests served");
         _rejected = _meter.CreateCounter<long>("strata.control.rejected", "{connection}", "Control connections refused by the peer-credential check");
         _meter.CreateObservableGauge("strata.space.total", () => space().Total, "By", "Capacity of all targets");
@@ -68,6 +72,10 @@ public sealed class StrataMetrics : IDisposable
     }
 
     public void RecordRas(string severity) => _ras.Add(1, new KeyValuePair<string, object?>("severity", severity.ToLowerInvariant()));
+
+    public void RecordRasUnwritten(int events) => _rasUnwritten.Add(events);
+
+    public void RecordRasLost(int events) => _rasLost.Add(events);
 
     public void RecordRequest() => _requests.Add(1);
 

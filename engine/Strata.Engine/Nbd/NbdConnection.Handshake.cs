@@ -37,7 +37,7 @@ internal sealed partial class NbdConnection
             if (magic != OptionMagic)
                 return Violation($"bad option magic 0x{magic:x16}");
             if (length > Options.MaxOptionLength)
-                return Violation($"option {OptionName(option)} has {length} bytes of data, more than the {Options.MaxOptionLength} accepted");
+                return Violation($"{OptionName(option)} has {length} bytes of data, more than the {Options.MaxOptionLength} accepted");
             if (options >= Options.MaxOptions)
                 return Violation($"more than {Options.MaxOptions} options without entering transmission");
             var data = new byte[length];

@@ -126,17 +126,18 @@ public static class NbdProtocol
         _ => $"command {type}",
     };
 
+    /// <summary>The option as messages name it: NBD_OPT_GO, or "option 99" for one the spec does not define.</summary>
     public static string OptionName(uint option) => option switch
     {
-        OptExportName => "EXPORT_NAME",
-        OptAbort => "ABORT",
-        OptList => "LIST",
-        OptStartTls => "STARTTLS",
-        OptInfo => "INFO",
-        OptGo => "GO",
-        OptStructuredReply => "STRUCTURED_REPLY",
-        OptListMetaContext => "LIST_META_CONTEXT",
-        OptSetMetaContext => "SET_META_CONTEXT",
+        OptExportName => "NBD_OPT_EXPORT_NAME",
+        OptAbort => "NBD_OPT_ABORT",
+        OptList => "NBD_OPT_LIST",
+        OptStartTls => "NBD_OPT_STARTTLS",
+        OptInfo => "NBD_OPT_INFO",
+        OptGo => "NBD_OPT_GO",
+        OptStructuredReply => "NBD_OPT_STRUCTURED_REPLY",
+        OptListMetaContext => "NBD_OPT_LIST_META_CONTEXT",
+        OptSetMetaContext => "NBD_OPT_SET_META_CONTEXT",
         _ => $"option {option}",
     };
 }

@@ -44,11 +44,10 @@ public sealed class NbdServer : IAsyncDisposable
     private long _nextConnectionId;
     private Task? _stop;
 
-    private NbdServer(NbdExportCatalog catalog, NbdServerOptions options)
+    private NbdServer(NbdServerOptions options)
     {
         if (options.MaxInFlightBytesTotal < options.MaxPayload || options.MaxInFlightBytes > options.MaxInFlightBytesTotal)
             throw new ArgumentException($"the engine-wide NBD payload budget ({options.MaxInFlightBytesTotal} bytes) must hold the largest payload ({options.MaxPayload}) and one connection's budget ({options.MaxInFlightBytes})", nameof(options));
-        Catalog = catalog;
         Options = options;
         Buffers = new NbdBufferPool(options.MaxPayload, options.BufferRetainBytes);
         Budget = new NbdPayloadBudget(options.MaxInFlightBytesTotal);
@@ -61,7 +60,8 @@ public sealed class NbdServer : IAsyncDisposable
         }, null, options.BufferTrimPeriod, options.BufferTrimPeriod);
     }
 
-    public NbdExportCatalog Catalog { get; }
+    /// <summary>The exports, from <see cref="Serve"/> on.</summary>
+    public NbdExportCatalog Catalog { get; private set; } = null!;
 
     public NbdServerOptions Options { get; }
 
@@ -93,7 +93,19 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Binds every listener (any failure closes those already bound and throws), then accepts.</summary>
     public static NbdServer Start(IEnumerable<NbdListenerAddress> addresses, NbdExportCatalog catalog, NbdServerOptions? options = null)
     {
-        var server = new NbdServer(catalog, options ?? new NbdServerOptions());
+        var server = Bind(addresses, options);
+        server.Serve(catalog);
+        return server;
+    }
+
+    /// <summary>
+    /// Binds every listener (any failure closes those already bound and throws) and accepts nothing
+    /// yet: the daemon binds before it opens or formats a target, so a refused listener changes nothing.
+    /// Clients that connect wait in the listen backlog until <see cref="Serve"/>.
+    /// </summary>
+    public static NbdServer Bind(IEnumerable<NbdListenerAddress> addresses, NbdServerOptions? options = null)
+    {
+        var server = new NbdServer(options ?? new NbdServerOptions());
         try
         {
             foreach (var a in addresses)
@@ -115,12 +127,20 @@ public sealed class NbdServer : IAsyncDisposable
             server._trim.Dispose();
             throw;
         }
-        foreach (var l in server._listeners)
-        {
-            server.Options.Log.Listening(l.ToString());
-            server._acceptLoops.Add(Task.Run(() => server.AcceptLoopAsync(l)));
-        }
         return server;
+    }
+
+    /// <summary>Starts accepting on the bound listeners, serving <paramref name="catalog"/>'s exports.</summary>
+    public void Serve(NbdExportCatalog catalog)
+    {
+        if (Catalog != null)
+            throw new InvalidOperationException("the NBD server is already serving");
+        Catalog = catalog;
+        foreach (var l in _listeners)
+        {
+            Options.Log.Listening(l.ToString());
+            _acceptLoops.Add(Task.Run(() => AcceptLoopAsync(l)));
+        }
     }
 
     private static NbdListener Bind(NbdListenerAddress a, NbdServerOptions options)

@@ -325,7 +325,7 @@ public sealed class Image
                 return m.Size.ToString(System.Globalization.CultureInfo.InvariantCulture);
             if (name == "chunk_size")
                 return m.ChunkSize.ToString(System.Globalization.CultureInfo.InvariantCulture);
-            return m.Props.TryGetValue(name, out var v) ? v : throw new NotFoundException($"image '{Label}' has no property '{name}'");
+            return m.Props.TryGetValue(name, out var v) ? v : throw new NotFoundException($"image '{Label}' has no property {UserText.Quote(name)}");
         }
     }
 

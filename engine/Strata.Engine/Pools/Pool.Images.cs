@@ -22,7 +22,7 @@ public sealed partial class Pool
         var c = FindContainer(container);
         lock (Meta.Sync)
             return Meta.Images.Values.FirstOrDefault(i => i.Container == c.Id && i.Label == label)
-                ?? throw new NotFoundException($"pool '{Label}' container '{container}' has no image '{label}'");
+                ?? throw new NotFoundException($"pool '{Label}' container {UserText.Quote(container)} has no image {UserText.Quote(label)}");
     }
 
     /// <summary>Creates a thin image: no space is used until data is written.</summary>

@@ -49,7 +49,7 @@ public sealed partial class Pool
     }
 
     public string GetProperty(string name) =>
-        GetProperties().TryGetValue(name, out var v) ? v : throw new NotFoundException($"pool '{Label}' has no property '{name}'");
+        GetProperties().TryGetValue(name, out var v) ? v : throw new NotFoundException($"pool '{Label}' has no property {UserText.Quote(name)}");
 
     public async Task SetPropertyAsync(string name, string value)
     {
@@ -57,7 +57,7 @@ public sealed partial class Pool
             throw new InvalidRequestException($"pool property '{name}' is read-only; it changes only through a pool upgrade");
         var known = PoolProperties.FirstOrDefault(p => p.Name == name);
         if (known.Name == null)
-            throw new NotFoundException($"pool '{Label}' has no property '{name}' (settable: {string.Join(", ", PoolProperties.Select(p => p.Name))})");
+            throw new NotFoundException($"pool '{Label}' has no property {UserText.Quote(name)} (settable: {string.Join(", ", PoolProperties.Select(p => p.Name))})");
         if (known.Feature != null)
         {
             RequireFeature(known.Feature, $"pool property '{name}'");
@@ -121,7 +121,7 @@ public sealed partial class Pool
     {
         lock (Meta.Sync)
             return Meta.Containers.Values.FirstOrDefault(c => c.Label == label)
-                ?? throw new NotFoundException($"pool '{Label}' has no container '{label}'");
+                ?? throw new NotFoundException($"pool '{Label}' has no container {UserText.Quote(label)}");
     }
 
     public async Task<ContainerInfo> CreateContainerAsync(string label)
@@ -180,7 +180,7 @@ public sealed partial class Pool
                 return c.CreatedLayout.ToString(CultureInfo.InvariantCulture);
             if (name == "compression" && c.CreatedLayout >= 2)
                 return c.Props.GetValueOrDefault("compression", "off");
-            return c.Props.TryGetValue(name, out var v) ? v : throw new NotFoundException($"container '{container}' has no property '{name}'");
+            return c.Props.TryGetValue(name, out var v) ? v : throw new NotFoundException($"container {UserText.Quote(container)} has no property {UserText.Quote(name)}");
         }
     }
 
@@ -236,7 +236,7 @@ public sealed partial class Pool
         if (name == "compression" && kind == "container")
             return;
         if (name != "label" && !(name.StartsWith("user.", StringComparison.Ordinal) && name.Length > 5 && name.Length <= 128))
-            throw new NotFoundException($"{kind} property '{name}' is unknown (containers have 'label', 'compression' from layout 2, and 'user.*' attributes)");
+            throw new NotFoundException($"{kind} property {UserText.Quote(name)} is unknown (containers have 'label', 'compression' from layout 2, and 'user.*' attributes)");
         if (value.Length > 4096)
             throw new InvalidRequestException($"{kind} property '{name}' value is longer than 4096 characters");
     }

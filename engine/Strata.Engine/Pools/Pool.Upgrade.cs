@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using Strata.Engine.Layout;
 using Strata.Engine.Store;
 
@@ -292,7 +293,7 @@ public sealed partial class Pool
             await Log.CheckpointAsync().ConfigureAwait(false);
             run.Stop();
             Ras.Emit(new RasEvent(RasIds.PoolUpgradeCompleted, RasSeverity.Notice, RasType.StateChange,
-                $"pool '{Label}' upgraded {job.From} -> {job.To} (job {job.Id}); longest pause {run.LongestPauseMs:0.###} ms", Pool: Label));
+                $"pool '{Label}' upgraded {job.From} -> {job.To} (job {job.Id}); {PauseText(run.LongestPauseMs)}", Pool: Label));
         }
         catch (OperationCanceledException) when (stop.IsCancellationRequested)
         {
@@ -419,6 +420,11 @@ public sealed partial class Pool
 
     /// <summary>Revokes every open handle (NBD connections) before an exclusive action; clients reconnect after it.</summary>
     private async Task RevokeHandlesAsync(string reason) => await RevokeClientsAsync(reason).ConfigureAwait(false);
+
+    // A run resumed after its quiesced commit pauses nothing: say so rather than print "longest pause  ms".
+    private static string PauseText(double? longestPauseMs) => longestPauseMs is { } ms
+        ? string.Create(CultureInfo.InvariantCulture, $"longest pause {ms:0.###} ms")
+        : "no pause in this run (the quiesced commit was done before a restart)";
 
     /// <summary>Test hooks: slow each step, or hold the job before its Nth step of this run until the pool closes.</summary>
     private Task StepDelayAsync(UpgradeRun run, CancellationToken stop)

@@ -18,6 +18,7 @@ internal static class PoolOpener
         var shards = new Shard[targets.Count];
         string? readOnly = engine.Options.ReadOnly ? "the engine is open read-only" : null;
         string label = entry.Label;
+        var damaged = new List<string>();
         for (int i = 0; i < targets.Count; i++)
         {
             var t = targets[i];
@@ -32,7 +33,18 @@ internal static class PoolOpener
                 return h;
             }, h => h.Generation).ConfigureAwait(false);
             if (r.Best == null)
-                throw new CorruptMetadataException($"pool '{label}' shard on target {i} ('{t.Device.Name}'): both header copies are invalid (copy A: {r.Problems[0]}; copy B: {r.Problems[1]}); refusing to open (nothing was written)");
+            {
+                // Every target is read first, so the event names each damaged shard, not just the first.
+                string problem = $"pool '{label}' shard on target {i} ('{t.Device.Name}'): both header copies are invalid (copy A: {r.Problems[0]}; copy B: {r.Problems[1]})";
+                damaged.Add(problem);
+                if (!entry.ReportedDamage.Contains(i))
+                {
+                    entry.ReportedDamage.Add(i);
+                    engine.Ras.Emit(new RasEvent(RasIds.PoolHeaderDamaged, RasSeverity.Error, RasType.StateChange,
+                        $"{problem}; the pool is not opened (nothing was written)", Pool: label, Target: i, Device: t.Device.Name));
+                }
+                continue;
+            }
             var h = r.Best;
             label = h.Label;
             for (int c = 0; c < 2; c++)
@@ -50,6 +62,8 @@ internal static class PoolOpener
                 throw new CorruptMetadataException($"pool '{label}' shard on target {i} ('{t.Device.Name}') is damaged: {regions}; refusing to open (nothing was written)");
             shards[i] = new Shard(t, entry.Extents[i].Offset, h);
         }
+        if (damaged.Count > 0)
+            throw new CorruptMetadataException($"{string.Join("; ", damaged)}; refusing to open (nothing was written)");
         if (shards.Any(s => s.Header.WalLength != shards[0].Header.WalLength))
             throw new CorruptMetadataException($"pool '{label}' shards disagree on the log size; refusing to open (nothing was written)");
 

@@ -155,7 +155,7 @@ public sealed partial class StorageEngine : IAsyncDisposable
     internal PoolEntry FindEntry(string label)
     {
         lock (_pools)
-            return _pools.FirstOrDefault(p => p.Label == label) ?? throw new NotFoundException($"no pool '{label}'");
+            return _pools.FirstOrDefault(p => p.Label == label) ?? throw new NotFoundException($"no pool {UserText.Quote(label)}");
     }
 
     public async ValueTask DisposeAsync()
@@ -176,6 +176,9 @@ public sealed partial class StorageEngine : IAsyncDisposable
         public string Label { get; set; } = "";
         public string? Problem { get; set; }
         public Pool? Open { get; set; }
+
+        /// <summary>Targets whose damaged shard header has been reported (pool_header_damaged), so a retried open does not repeat it.</summary>
+        public HashSet<int> ReportedDamage { get; } = new();
 
         public PoolInfo Info(int targets) => new(Label, Id, Open?.LayoutVersion ?? Header?.LayoutVersion ?? 0, Header?.DataLength ?? 0, targets,
             Problem ?? (Open == null ? "closed" : Open.State.ToString().ToLowerInvariant()));

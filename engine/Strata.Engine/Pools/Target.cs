@@ -53,11 +53,11 @@ public static class Labels
         if (string.IsNullOrEmpty(label))
             throw new InvalidRequestException($"{kind} label must not be empty");
         if (label.Length > MaxLength)
-            throw new InvalidRequestException($"{kind} label '{label}' is longer than {MaxLength} characters");
+            throw new InvalidRequestException($"{kind} label {UserText.Quote(label)} is longer than {MaxLength} characters");
         if (!char.IsAsciiLetterOrDigit(label[0]))
-            throw new InvalidRequestException($"{kind} label '{label}' must start with a letter or digit");
+            throw new InvalidRequestException($"{kind} label {UserText.Quote(label)} must start with a letter or digit");
         foreach (char c in label)
             if (!(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.'))
-                throw new InvalidRequestException($"{kind} label '{label}' contains '{c}'; use letters, digits, '-', '_' and '.'");
+                throw new InvalidRequestException($"{kind} label {UserText.Quote(label)} contains '{c}'; use letters, digits, '-', '_' and '.'");
     }
 }

@@ -33,6 +33,7 @@ public static class RasIds
     public const string ReplicaRepaired = "replica_repaired";
     public const string DataUnrecoverable = "data_unrecoverable";
     public const string HeaderCopyBad = "header_copy_bad";
+    public const string PoolHeaderDamaged = "pool_header_damaged";
     public const string CheckpointBad = "checkpoint_bad";
     public const string PoolReadOnly = "pool_read_only";
     public const string DataWriteFailed = "data_write_failed";

@@ -88,7 +88,7 @@ public sealed record ShardHeader
         BinaryPrimitives.WriteUInt64LittleEndian(s[OffWalEpoch..], WalEpoch);
         var label = Encoding.UTF8.GetBytes(Label);
         if (label.Length > MaxLabelBytes)
-            throw new InvalidRequestException($"label '{Label}' is longer than {MaxLabelBytes} bytes");
+            throw new InvalidRequestException($"label {UserText.Quote(Label)} is longer than {MaxLabelBytes} bytes");
         s[OffLabelLength] = (byte)label.Length;
         label.CopyTo(s[OffLabel..]);
         HeaderCopies.Seal(s);

@@ -1,10 +1,11 @@
 using System.Text.Json;
+using Strata.Cli.Tests;
 using Strata.Engine.Control;
 using Strata.Engine.Store;
 
 namespace Strata.Engine.Tests.Control;
 
-/// <summary>The durable RAS log's background writer: nothing lost, sequence order kept, flushed on a clean stop.</summary>
+/// <summary>The durable RAS log's background writer: nothing lost, sequence order kept, flushed on a clean stop, a full disk survived.</summary>
 [TestClass]
 public sealed class RasLogTests
 {
@@ -65,6 +66,64 @@ public sealed class RasLogTests
                 Assert.AreEqual(501, again.Emit(new RasEvent("test_event", RasSeverity.Notice, RasType.InfoOnly, "after restart"), null, null).Seq);
                 Assert.HasCount(501, await again.ReadAllAsync());
             }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [TestMethod]
+    public async Task Emit_OnAFullFilesystem_NoPartialLine_EventsWaitInMemory_WrittenInOrderWhenSpaceReturns()
+    {
+        string dir = Directory.CreateTempSubdirectory("strata-rasfull-").FullName;
+        try
+        {
+            using var fs = Tmpfs.MountOrInconclusive(dir, "256k");
+            string path = Path.Combine(fs.Dir, "events.jsonl");
+            using var log = new RasLog(path);
+            int failed = 0;
+            log.WriteFailed += n => Interlocked.Add(ref failed, n);
+            var resumed = new TaskCompletionSource<RasRecord>(TaskCreationOptions.RunContinuationsAsynchronously);
+            log.Emitted += r =>
+            {
+                if (r.Id == ControlRasIds.RasLogWriteResumed)
+                    resumed.TrySetResult(r);
+            };
+            string pad = new('x', 200);
+            for (int i = 0; i < 5; i++)
+                log.Emit(new RasEvent("test_event", RasSeverity.Notice, RasType.InfoOnly, $"before {i} {pad}"));
+            await log.FlushAsync();
+
+            // The filesystem is full: at most the rest of the file's last page takes a few bytes.
+            string filler = fs.Fill();
+            for (int i = 0; i < 400; i++)
+                log.Emit(new RasEvent("test_event", RasSeverity.Notice, RasType.InfoOnly, $"during {i} {pad}"));
+            await log.FlushAsync();
+
+            byte[] onDisk = File.ReadAllBytes(path);
+            Assert.IsTrue(onDisk.Length > 0 && onDisk[^1] == (byte)'\n', $"the file ends in a whole line ({onDisk.Length} bytes)");
+            var lines = File.ReadAllLines(path).Select(l => JsonSerializer.Deserialize<RasRecord>(l, Api.Json)!).ToList();
+            Assert.IsLessThan(405, lines.Count, "the disk refused some events");
+            CollectionAssert.AreEqual(Enumerable.Range(1, lines.Count).Select(i => (long)i).ToList(), lines.Select(r => r.Seq).ToList());
+            Assert.IsGreaterThan(0, Volatile.Read(ref failed), "the failed writes are counted");
+
+            // Nothing acknowledged is lost: the waiting events are shown, with the outage's own event among them.
+            var all = await log.ReadAllAsync();
+            CollectionAssert.AreEqual(Enumerable.Range(1, 406).Select(i => (long)i).ToList(), all.Select(r => r.Seq).ToList());
+            StringAssert.Contains(all.Single(r => r.Id == ControlRasIds.RasLogWriteFailed).Msg, "(no space left on device)");
+
+            File.Delete(filler);
+            var gap = await resumed.Task.WaitAsync(TimeSpan.FromSeconds(30));
+            StringAssert.Matches(gap.Msg, new System.Text.RegularExpressions.Regex(@"^\d+ event\(s\) could not be written between \S+ and \S+ \(no space left on device\); they waited in memory and are in the log now$"));
+            Assert.AreEqual("0", gap.Data!["lost"]);
+            Assert.AreEqual(all.Count - lines.Count, int.Parse(gap.Data["unwritten"], System.Globalization.CultureInfo.InvariantCulture));
+            await log.FlushAsync();
+            var after = File.ReadAllLines(path).Select(l => JsonSerializer.Deserialize<RasRecord>(l, Api.Json)!).ToList();
+            CollectionAssert.AreEqual(Enumerable.Range(1, 407).Select(i => (long)i).ToList(), after.Select(r => r.Seq).ToList(), "every event in the file, in order");
+            CollectionAssert.AreEqual(Enumerable.Range(0, 400).Select(i => $"during {i} {pad}").ToList(),
+                after.Where(r => r.Msg.StartsWith("during ", StringComparison.Ordinal)).Select(r => r.Msg).ToList());
+            Assert.AreEqual(ControlRasIds.RasLogWriteResumed, after[^1].Id);
         }
         finally
         {
