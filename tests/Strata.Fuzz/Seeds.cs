@@ -20,17 +20,18 @@ public static class Seeds
         var target = new Guid("a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d");
         var sb = new TargetSuperblock { Generation = 2, EngineId = engine, TargetId = target, TargetIndex = 0, TargetCount = 2, Capacity = 1L << 30 };
         yield return ("superblock", "valid-empty", sb.Encode());
-        var used = sb.Clone(5, [new ShardExtent(StoreHarnesses.Pool, TargetSuperblock.ReservedBytes, 64L << 20), new ShardExtent(Guid.NewGuid(), 80L << 20, 16L << 20)]);
+        var used = sb.Clone(5, [new ShardExtent(StoreHarnesses.Pool, TargetSuperblock.ReservedBytes, 64L << 20), new ShardExtent(new Guid("c0ffee00-1234-4567-89ab-cdef01234567"), 80L << 20, 16L << 20)]);
         yield return ("superblock", "valid-two-extents", used.Encode());
 
-        var h = PoolLayoutPlan.Plan("p1", StoreHarnesses.Pool, 256L << 20, 2, StoreHarnesses.BlockSize, PoolCreateOptions.Default, LayoutCatalog.Default);
+        var h = PoolLayoutPlan.Plan("p1", StoreHarnesses.Pool, 256L << 20, 2, StoreHarnesses.BlockSize, PoolCreateOptions.Default, LayoutCatalog.Default)
+            with { CreatedUnixMicros = 1_764_000_000_000_000 };
         yield return ("shard-header", "valid-new-pool", h.Encode());
         yield return ("shard-header", "valid-after-checkpoint", (h with { Generation = 9, ActiveCheckpoint = 1, CheckpointSeq = 42, WalHead = 4096, WalEpoch = 3, Label = "ünïcode-pool" }).Encode());
 
         var state = new PoolState();
         foreach (var r in SampleRecords())
             state.Apply(new WalRecord(state.LastSeq + 1, (ushort)r.Type, r.Flags, r.Payload));
-        yield return ("checkpoint", "valid-empty-pool", Checkpoint.Encode(StoreHarnesses.Pool, 7, 0, PoolStateCodec.Serialize(new PoolState { Props = { ["label"] = "p1" } }), StoreHarnesses.BlockSize));
+        yield return ("checkpoint", "valid-empty-pool", Checkpoint.Encode(StoreHarnesses.Pool, 7, 0, PoolStateCodec.Serialize(new PoolState { Props = { ["label"] = "p1", ["rf"] = "1" } }), StoreHarnesses.BlockSize));
         yield return ("checkpoint", "valid-images", Checkpoint.Encode(StoreHarnesses.Pool, 7, 4096, PoolStateCodec.Serialize(state), StoreHarnesses.BlockSize));
 
         yield return ("wal", "valid-records", Log(SampleRecords()));
@@ -54,9 +55,10 @@ public static class Seeds
     private static List<MetaRecord> SampleRecords() =>
     [
         MetaRecords.PoolSetProp("label", "p1"),
+        MetaRecords.PoolSetProp("rf", "2"),
         MetaRecords.ContainerCreate(1, "c1", 1),
         MetaRecords.ImageCreate(1, 1, "img", 1L << 20, 128 * 1024),
-        MetaRecords.DurableThrough(3),
+        MetaRecords.DurableThrough(4),
         MetaRecords.ChunkMap(1, 0, [new Replica(0, 0, 0x1234), new Replica(1, 131072, 0x1234)]),
         MetaRecords.ChunkMap(1, 3, [new Replica(1, 262144, 0x5678)]),
         MetaRecords.ImageSetProp(1, "description", "test"),

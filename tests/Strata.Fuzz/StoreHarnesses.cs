@@ -91,6 +91,7 @@ public static class StoreHarnesses
         // The opener reads the header and payload rounded up to whole blocks; the slot holds them.
         var whole = slot.AsSpan(0, (int)DeviceIo.AlignUp(Checkpoint.HeaderSize + payloadLength, BlockSize));
         var state = PoolOpener.DecodeSlot(whole, payloadLength, h);
+        PoolOpener.CheckReplayed(state);
         return $"{state.Containers.Count} container(s), {state.Images.Count} image(s), {state.Images.Values.Sum(i => i.Chunks.Count)} chunk(s)";
     }
 
@@ -128,7 +129,8 @@ public static class StoreHarnesses
     {
         var h = new ShardHeader { PoolId = Pool, WalLength = wal.Length, WalHead = 0, CheckpointSeq = 0, WalEpoch = 0 };
         var (records, tail, nextSeq, durable) = PoolOpener.ReadLog(wal, h, Pool);
-        var state = new PoolState();
+        // The state a pool's checkpoint holds at least (the log may rename it).
+        var state = new PoolState { Props = { ["label"] = "p1", ["rf"] = "1" } };
         foreach (var r in records)
         {
             if (r.Seq > durable && r.Type == (ushort)MetaRecordType.ChunkMap)
@@ -136,6 +138,7 @@ public static class StoreHarnesses
             state.Apply(r);
         }
         state.LastSeq = nextSeq - 1;
+        PoolOpener.CheckReplayed(state);
         tail = DeviceIo.AlignUp(tail, BlockSize) % h.WalLength;
         return $"{records.Count} record(s), tail {tail}, next sequence {nextSeq}, {state.Images.Count} image(s)";
     }

@@ -70,7 +70,7 @@ public sealed class DecoderBoundsTests
     public void CheckpointSlot_PayloadLengthWrappingTheSlotSum_RefusedAsCorrupt()
     {
         var h = Planned() with { CheckpointSeq = 3 };
-        var slot = Checkpoint.Encode(PoolId, 3, 0, PoolStateCodec.Serialize(new PoolState { Props = { ["label"] = "p" } }), 512);
+        var slot = Checkpoint.Encode(PoolId, 3, 0, PoolStateCodec.Serialize(new PoolState { Props = { ["label"] = "p", ["rf"] = "1" } }), 512);
         Assert.IsTrue(PoolOpener.SlotPayloadLength(slot, h, PoolId) > 0);
         // HeaderSize + length wraps negative and used to pass "fits the slot"; the opener then sized a buffer by it.
         BinaryPrimitives.WriteInt64LittleEndian(slot.AsSpan(32), long.MaxValue - 10);
@@ -135,5 +135,33 @@ public sealed class DecoderBoundsTests
 
         var e = Assert.ThrowsExactly<CorruptMetadataException>(() => PoolStateCodec.Deserialize(payload, 1));
         Assert.AreEqual("image 4 has chunk size 0, which is not a power of two", e.Message);
+    }
+
+    [TestMethod]
+    public void ReplayedState_WithoutLabelOrWithBadNumbers_RefusedAsCorrupt()
+    {
+        PoolState State(params (string, string)[] props)
+        {
+            var s = new PoolState();
+            foreach (var (k, v) in props)
+                s.Props[k] = v;
+            return s;
+        }
+
+        PoolOpener.CheckReplayed(State(("label", "p"), ("rf", "2")));
+        // Opening used to throw KeyNotFoundException (no label or rf) or FormatException (rf, layout) later.
+        Assert.AreEqual("the replayed metadata has no pool label",
+            Assert.ThrowsExactly<CorruptMetadataException>(() => PoolOpener.CheckReplayed(State(("rf", "1")))).Message);
+        Assert.AreEqual("the replayed metadata has replication factor '', which is not a positive number",
+            Assert.ThrowsExactly<CorruptMetadataException>(() => PoolOpener.CheckReplayed(State(("label", "p")))).Message);
+        Assert.AreEqual("the replayed metadata has replication factor 'two', which is not a positive number",
+            Assert.ThrowsExactly<CorruptMetadataException>(() => PoolOpener.CheckReplayed(State(("label", "p"), ("rf", "two")))).Message);
+        var bad = State(("label", "p"), ("rf", "1"));
+        var c = MetaRecords.ContainerCreate(3, "c", 1);
+        bad.Apply(new WalRecord(1, (ushort)c.Type, 0, c.Payload));
+        var set = new MetaRecord(MetaRecordType.ContainerSetProp, new MetaWriter().U32(3).Str(ContainerMeta.CreatedLayoutProp).Str("x").ToArray());
+        bad.Apply(new WalRecord(2, (ushort)set.Type, 0, set.Payload));
+        Assert.AreEqual("container 3 has layout version 'x', which is not a number",
+            Assert.ThrowsExactly<CorruptMetadataException>(() => PoolOpener.CheckReplayed(bad)).Message);
     }
 }

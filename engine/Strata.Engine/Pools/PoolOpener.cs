@@ -180,6 +180,7 @@ internal static class PoolOpener
             state.Apply(r);
         }
         state.LastSeq = nextSeq - 1;
+        CheckReplayed(state);
         // A torn batch can end replay inside a block; the next batch starts on a block boundary.
         tail = DeviceIo.AlignUp(tail, s.Device.Geometry.LogicalBlockSize) % h.WalLength;
         return new Replay(state, tail, nextSeq, records.Count, dropped);
@@ -226,6 +227,23 @@ internal static class PoolOpener
             if (r.Type == (ushort)MetaRecordType.DurableThrough)
                 durable = Math.Max(durable, new MetaReader(r.Payload).U64());
         return (records, tail, nextSeq, durable);
+    }
+
+    /// <summary>
+    /// What the engine takes for granted of a shard's replayed metadata (it reads these without checks
+    /// later): the pool's label, a replication factor that is a positive number, and container layout
+    /// versions that are numbers.
+    /// </summary>
+    internal static void CheckReplayed(PoolState state)
+    {
+        if (!state.Props.ContainsKey("label"))
+            throw new CorruptMetadataException("the replayed metadata has no pool label");
+        if (!state.Props.TryGetValue("rf", out var rf) || !int.TryParse(rf, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int n) || n < 1)
+            throw new CorruptMetadataException($"the replayed metadata has replication factor '{rf}', which is not a positive number");
+        foreach (var c in state.Containers.Values)
+            if (c.Props.TryGetValue(ContainerMeta.CreatedLayoutProp, out var v)
+                && !uint.TryParse(v, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out _))
+                throw new CorruptMetadataException($"container {c.Id} has layout version '{v}', which is not a number");
     }
 
     private static void ReportDropped(StorageEngine engine, PoolState state, List<DroppedRecord> dropped)
