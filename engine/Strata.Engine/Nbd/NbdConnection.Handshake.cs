@@ -14,8 +14,6 @@ namespace Strata.Engine.Nbd;
 /// </summary>
 internal sealed partial class NbdConnection
 {
-    private static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
-
     /// <summary>Runs the handshake; sets <see cref="_export"/> when transmission may start. Returns why it ended otherwise.</summary>
     private async Task<string> HandshakeAsync(CancellationToken ct)
     {
@@ -24,22 +22,29 @@ internal sealed partial class NbdConnection
         await SendAllAsync(head.AsMemory(0, n), ct).ConfigureAwait(false);
         if (!await ReceiveExactAsync(head.AsMemory(0, 4), ct).ConfigureAwait(false))
             return "client closed the connection during the handshake";
-        uint clientFlags = BinaryPrimitives.ReadUInt32BigEndian(head);
-        if ((clientFlags & ~(ClientFlagFixedNewstyle | ClientFlagNoZeroes)) != 0)
-            return Violation($"unknown client flags 0x{clientFlags:x8}");
-        bool noZeroes = (clientFlags & ClientFlagNoZeroes) != 0;
+        bool noZeroes;
+        try
+        {
+            noZeroes = NbdParse.ClientFlags(head);
+        }
+        catch (NbdProtocolException e)
+        {
+            return Violation(e.Message);
+        }
 
         for (int options = 0; ; options++)
         {
             if (!await ReceiveExactAsync(head.AsMemory(0, OptionHeaderSize), ct).ConfigureAwait(false))
                 return "client closed the connection during the handshake";
-            var (magic, option, length) = NbdWire.ReadOptionHeader(head);
-            if (magic != OptionMagic)
-                return Violation($"bad option magic 0x{magic:x16}");
-            if (length > Options.MaxOptionLength)
-                return Violation($"{OptionName(option)} has {length} bytes of data, more than the {Options.MaxOptionLength} accepted");
-            if (options >= Options.MaxOptions)
-                return Violation($"more than {Options.MaxOptions} options without entering transmission");
+            uint option, length;
+            try
+            {
+                (option, length) = NbdParse.OptionHeader(head, options, Options.MaxOptionLength, Options.MaxOptions);
+            }
+            catch (NbdProtocolException e)
+            {
+                return Violation(e.Message);
+            }
             var data = new byte[length];
             if (!await ReceiveExactAsync(data, ct).ConfigureAwait(false))
                 return "client closed the connection during the handshake";
@@ -48,7 +53,7 @@ internal sealed partial class NbdConnection
             {
                 case OptExportName:
                 {
-                    string? name = DecodeString(data);
+                    string? name = NbdParse.DecodeString(data);
                     var (export, error) = name == null
                         ? (null, "the name is not valid UTF-8 (or contains NUL)")
                         : await OpenExportAsync(name).ConfigureAwait(false);
@@ -119,34 +124,14 @@ internal sealed partial class NbdConnection
     /// <summary>NBD_OPT_INFO and NBD_OPT_GO; returns true when GO succeeded (transmission starts).</summary>
     private async Task<bool> InfoOrGoAsync(uint option, byte[] data, CancellationToken ct)
     {
-        // 32-bit name length, name, 16-bit count, count 16-bit information requests.
-        if (data.Length < 6)
+        var request = NbdParse.InfoRequest(option, data);
+        if (request.Error != null)
         {
-            await ErrorAsync(option, RepErrInvalid, $"{OptionName(option)} data is {data.Length} bytes, shorter than the 6 it needs", ct).ConfigureAwait(false);
+            await ErrorAsync(option, RepErrInvalid, request.Error, ct).ConfigureAwait(false);
             return false;
         }
-        uint nameLength = BinaryPrimitives.ReadUInt32BigEndian(data);
-        if (nameLength > data.Length - 6)
-        {
-            await ErrorAsync(option, RepErrInvalid, $"{OptionName(option)} name length {nameLength} does not fit its {data.Length} bytes of data", ct).ConfigureAwait(false);
-            return false;
-        }
-        int at = 4 + (int)nameLength;
-        int count = BinaryPrimitives.ReadUInt16BigEndian(data.AsSpan(at));
-        if (data.Length != at + 2 + 2 * count)
-        {
-            await ErrorAsync(option, RepErrInvalid, $"{OptionName(option)} lists {count} information requests but carries {data.Length - at - 2} bytes for them", ct).ConfigureAwait(false);
-            return false;
-        }
-        var requested = new HashSet<ushort>();
-        for (int i = 0; i < count; i++)
-            requested.Add(BinaryPrimitives.ReadUInt16BigEndian(data.AsSpan(at + 2 + 2 * i)));
-        string? name = DecodeString(data.AsSpan(4, (int)nameLength));
-        if (name == null)
-        {
-            await ErrorAsync(option, RepErrInvalid, "the export name is not valid UTF-8 (or contains NUL)", ct).ConfigureAwait(false);
-            return false;
-        }
+        string name = request.Name!;
+        var requested = request.Requested;
         var (export, error) = await OpenExportAsync(name).ConfigureAwait(false);
         if (export == null)
         {
@@ -195,10 +180,8 @@ internal sealed partial class NbdConnection
 
     private async Task<(NbdExport? Export, string? Error)> OpenExportAsync(string name)
     {
-        if (name.Length == 0)
-            return (null, "Strata has no default export: name an image as pool/container/image (NBD_OPT_LIST shows them)");
-        if (!NbdExportCatalog.TryParseName(name, out _, out _, out _))
-            return (null, $"'{name}' is not an export name: use pool/container/image (NBD_OPT_LIST shows them)");
+        if (NbdParse.ExportNameProblem(name) is { } problem)
+            return (null, problem);
         try
         {
             var export = await _server.Catalog.OpenAsync(name).ConfigureAwait(false);
@@ -224,20 +207,6 @@ internal sealed partial class NbdConnection
         {
             why = $"pool '{export.PoolLabel}' is closed";
             return false;
-        }
-    }
-
-    private static string? DecodeString(ReadOnlySpan<byte> data)
-    {
-        if (data.Length > MaxStringLength || data.Contains((byte)0))
-            return null;
-        try
-        {
-            return StrictUtf8.GetString(data);
-        }
-        catch (DecoderFallbackException)
-        {
-            return null;
         }
     }
 

@@ -121,12 +121,13 @@ internal sealed partial class NbdConnection
             if (h.Magic != RequestMagic)
             {
                 Abort();
-                return Violation($"bad request magic 0x{h.Magic:x8}");
+                return Violation(NbdParse.RequestViolation(h, Options.MaxPayload)!);
             }
             if (h.Type == CmdDisc)
                 return "client disconnected (NBD_CMD_DISC)";
 
-            uint error = Check(h, out string? message);
+            var x = _export!;
+            uint error = NbdParse.CheckRequest(h, x.Name, x.Size, x.ReadOnly, _structured, Options.MaxPayload, out string? message);
             bool payloadIn = h.Type == CmdWrite;
             if (payloadIn && h.Length > Options.MaxPayload)
             {
@@ -135,7 +136,7 @@ internal sealed partial class NbdConnection
                 while ((r0 = TryAcquire(0)) == null)
                     await WaitForSlotAsync().ConfigureAwait(false);
                 r0.Init(h, 0);
-                string what = $"WRITE of {h.Length} bytes exceeds the {Options.MaxPayload}-byte maximum payload";
+                string what = NbdParse.RequestViolation(h, Options.MaxPayload)!;
                 r0.Complete(EInval, what);
                 return Violation(what);
             }
@@ -199,43 +200,6 @@ internal sealed partial class NbdConnection
                 r.Buffer = Buffers.Rent((int)h.Length);
             r.Start();
         }
-    }
-
-    /// <summary>Validates a request against the negotiated export; 0 or an NBD error (the message is built only then).</summary>
-    private uint Check(in NbdRequestHeader h, out string? message)
-    {
-        message = null;
-        var x = _export!;
-        int allowed = CmdFlagFua | (h.Type == CmdWriteZeroes ? CmdFlagNoHole : 0);
-        if (h.Type is not (CmdRead or CmdWrite or CmdFlush or CmdTrim or CmdWriteZeroes))
-        {
-            message = $"{CommandName(h.Type)} is not supported by Strata's NBD server";
-            return EInval;
-        }
-        if ((h.Flags & ~allowed) != 0)
-        {
-            message = $"command flags 0x{h.Flags:x4} are not valid for {CommandName(h.Type)}";
-            return EInval;
-        }
-        if (h.Type == CmdFlush)
-            return 0;
-        if (h.Type != CmdRead && x.ReadOnly)
-        {
-            message = $"{CommandName(h.Type)} on read-only export '{x.Name}'";
-            return EPerm;
-        }
-        if (h.Type == CmdRead && h.Length > Options.MaxPayload)
-        {
-            message = $"READ of {h.Length} bytes exceeds the {Options.MaxPayload}-byte maximum payload";
-            return _structured ? EOverflow : EInval;
-        }
-        if (h.Offset > (ulong)x.Size || h.Length > (ulong)x.Size - h.Offset)
-        {
-            message = $"{CommandName(h.Type)} of {h.Length} bytes at offset {h.Offset} is past the end of export '{x.Name}' ({x.Size} bytes)";
-            // The spec asks for ENOSPC on writes past the end, EINVAL on reads and trims.
-            return h.Type is CmdWrite or CmdWriteZeroes ? ENoSpc : EInval;
-        }
-        return 0;
     }
 
     // ---- buffered receive ----

@@ -117,6 +117,15 @@ public static class MetaRecords
         return at;
     }
 
+    /// <summary>The fields of a ChunkMap record's payload (image, chunk index, replicas).</summary>
+    public static (uint Image, long Chunk, Replica[] Replicas) ReadChunkMap(ReadOnlySpan<byte> payload)
+    {
+        var m = new MetaReader(payload);
+        uint image = m.U32();
+        long chunk = m.I64();
+        return (image, chunk, ReadReplicas(ref m));
+    }
+
     public static Replica[] ReadReplicas(ref MetaReader r)
     {
         int n = r.Byte();

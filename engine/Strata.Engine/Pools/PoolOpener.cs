@@ -169,26 +169,13 @@ internal static class PoolOpener
         long slotAt = s.Base + h.CheckpointOffset(h.ActiveCheckpoint);
         var first = new byte[Math.Min(h.CheckpointLength, 64 * 1024)];
         await DeviceIo.ReadAsync(s.Device, slotAt, first).ConfigureAwait(false);
-        long payloadLength = Checkpoint.PayloadLength(first, poolId, h.CheckpointSeq, out var problem);
-        if (problem == null && (payloadLength < 0 || Checkpoint.HeaderSize + payloadLength > h.CheckpointLength))
-            problem = $"payload length {payloadLength} does not fit the slot";
-        if (problem != null)
-            throw new CorruptMetadataException($"checkpoint slot {h.ActiveCheckpoint}: {problem}");
+        long payloadLength = SlotPayloadLength(first, h, poolId);
         var whole = new byte[DeviceIo.AlignUp(Checkpoint.HeaderSize + payloadLength, s.Device.Geometry.LogicalBlockSize)];
         await DeviceIo.ReadAsync(s.Device, slotAt, whole).ConfigureAwait(false);
-        var payload = whole.AsSpan(Checkpoint.HeaderSize, (int)payloadLength);
-        if (!Checkpoint.PayloadOk(whole, payload))
-            throw new CorruptMetadataException($"checkpoint slot {h.ActiveCheckpoint}: payload CRC32C mismatch");
-        var state = PoolStateCodec.Deserialize(payload, h.CheckpointSeq);
+        var state = DecodeSlot(whole, payloadLength, h);
         var wal = new byte[h.WalLength];
         await DeviceIo.ReadAsync(s.Device, s.WalStart, wal).ConfigureAwait(false);
-        var (records, tail, nextSeq) = WalFormat.Replay(wal, h.WalHead, WalFormat.Seed(poolId, h.WalEpoch), h.CheckpointSeq + 1);
-        // Everything the checkpoint holds was durable before it was written; a DurableThrough
-        // mark says the same of every record up to its sequence (docs/format.md, "Durability").
-        ulong durable = h.CheckpointSeq;
-        foreach (var r in records)
-            if (r.Type == (ushort)MetaRecordType.DurableThrough)
-                durable = Math.Max(durable, new MetaReader(r.Payload).U64());
+        var (records, tail, nextSeq, durable) = ReadLog(wal, h, poolId);
         var dropped = new List<DroppedRecord>();
         foreach (var r in records)
         {
@@ -197,10 +184,7 @@ internal static class PoolOpener
                 // The tail: the log write may have reached the media while the chunk's data
                 // write did not. Such a write was never acknowledged; its chunk keeps the
                 // previous mapping, whose extents are still intact (freed only after an ack).
-                var m = new MetaReader(r.Payload);
-                uint image = m.U32();
-                long chunk = m.I64();
-                var replicas = MetaRecords.ReadReplicas(ref m);
+                var (image, chunk, replicas) = MetaRecords.ReadChunkMap(r.Payload);
                 if (state.Images.TryGetValue(image, out var img) && !await verifier.VerifyAsync(replicas, img.ChunkSize).ConfigureAwait(false))
                 {
                     dropped.Add(new DroppedRecord(r.Seq, image, chunk));
@@ -210,9 +194,70 @@ internal static class PoolOpener
             state.Apply(r);
         }
         state.LastSeq = nextSeq - 1;
+        CheckReplayed(state);
         // A torn batch can end replay inside a block; the next batch starts on a block boundary.
         tail = DeviceIo.AlignUp(tail, s.Device.Geometry.LogicalBlockSize) % h.WalLength;
         return new Replay(state, tail, nextSeq, records.Count, dropped);
+    }
+
+    /// <summary>
+    /// The payload length that the header of the active checkpoint slot announces (<paramref name="first"/>:
+    /// the slot's first bytes), checked against the slot; otherwise the slot is corrupt.
+    /// </summary>
+    internal static long SlotPayloadLength(ReadOnlySpan<byte> first, ShardHeader h, Guid poolId)
+    {
+        long payloadLength = Checkpoint.PayloadLength(first, poolId, h.CheckpointSeq, out var problem);
+        // Subtractions, not sums: a length near long.MaxValue must not wrap into range.
+        if (problem == null && (payloadLength < 0 || payloadLength > h.CheckpointLength - Checkpoint.HeaderSize || payloadLength > MaxPayloadLength))
+            problem = $"payload length {payloadLength} does not fit the slot";
+        if (problem != null)
+            throw new CorruptMetadataException($"checkpoint slot {h.ActiveCheckpoint}: {problem}");
+        return payloadLength;
+    }
+
+    /// <summary>The largest payload a slot can be read into (one array, block-aligned): the encoder makes none larger.</summary>
+    internal const long MaxPayloadLength = 0x7FFF_FFC7 - Checkpoint.HeaderSize - HeaderCopies.CopySize;
+
+    /// <summary>The pool state in a whole checkpoint slot (header and payload) whose payload length <see cref="SlotPayloadLength"/> checked.</summary>
+    internal static PoolState DecodeSlot(ReadOnlySpan<byte> whole, long payloadLength, ShardHeader h)
+    {
+        var payload = whole.Slice(Checkpoint.HeaderSize, (int)payloadLength);
+        if (!Checkpoint.PayloadOk(whole, payload))
+            throw new CorruptMetadataException($"checkpoint slot {h.ActiveCheckpoint}: payload CRC32C mismatch");
+        return PoolStateCodec.Deserialize(payload, h.CheckpointSeq);
+    }
+
+    /// <summary>
+    /// The records of a shard's whole log image after its checkpoint, the position after the last, the
+    /// next sequence, and the last sequence known durable: everything the checkpoint holds was durable
+    /// before it was written, and a DurableThrough mark says the same of every record up to its
+    /// sequence (docs/format.md, "Durability").
+    /// </summary>
+    internal static (List<WalRecord> Records, long Tail, ulong NextSeq, ulong Durable) ReadLog(ReadOnlySpan<byte> wal, ShardHeader h, Guid poolId)
+    {
+        var (records, tail, nextSeq) = WalFormat.Replay(wal, h.WalHead, WalFormat.Seed(poolId, h.WalEpoch), h.CheckpointSeq + 1);
+        ulong durable = h.CheckpointSeq;
+        foreach (var r in records)
+            if (r.Type == (ushort)MetaRecordType.DurableThrough)
+                durable = Math.Max(durable, new MetaReader(r.Payload).U64());
+        return (records, tail, nextSeq, durable);
+    }
+
+    /// <summary>
+    /// What the engine takes for granted of a shard's replayed metadata (it reads these without checks
+    /// later): the pool's label, a replication factor that is a positive number, and container layout
+    /// versions that are numbers.
+    /// </summary>
+    internal static void CheckReplayed(PoolState state)
+    {
+        if (!state.Props.ContainsKey("label"))
+            throw new CorruptMetadataException("the replayed metadata has no pool label");
+        if (!state.Props.TryGetValue("rf", out var rf) || !int.TryParse(rf, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int n) || n < 1)
+            throw new CorruptMetadataException($"the replayed metadata has replication factor '{rf}', which is not a positive number");
+        foreach (var c in state.Containers.Values)
+            if (c.Props.TryGetValue(ContainerMeta.CreatedLayoutProp, out var v)
+                && !uint.TryParse(v, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out _))
+                throw new CorruptMetadataException($"container {c.Id} has layout version '{v}', which is not a number");
     }
 
     private static void ReportDropped(StorageEngine engine, PoolState state, List<DroppedRecord> dropped)

@@ -23,6 +23,17 @@ public sealed class ImageMeta
     public int ChunkSize { get; init; }
     public Dictionary<string, string> Props { get; } = new(StringComparer.Ordinal);
     public Dictionary<long, ChunkMap> Chunks { get; } = new();
+
+    /// <summary>
+    /// A chunk size read from a record or checkpoint: the engine only creates powers of two, and replay
+    /// divides by it, so anything else is corrupt metadata.
+    /// </summary>
+    public static int ReadChunkSize(uint value, uint image)
+    {
+        if (value == 0 || value > int.MaxValue || (value & (value - 1)) != 0)
+            throw new CorruptMetadataException($"image {image} has chunk size {value}, which is not a power of two");
+        return (int)value;
+    }
 }
 
 /// <summary>An upgrade job's state byte (record 34, checkpoint section 4).</summary>
@@ -93,7 +104,7 @@ public sealed class PoolState
             case MetaRecordType.ImageCreate:
             {
                 uint id = r.U32();
-                Images[id] = new ImageMeta { Id = id, Container = r.U32(), Label = r.Str(), Size = r.I64(), ChunkSize = (int)r.U32() };
+                Images[id] = new ImageMeta { Id = id, Container = r.U32(), Label = r.Str(), Size = r.I64(), ChunkSize = ImageMeta.ReadChunkSize(r.U32(), id) };
                 NextImageId = Math.Max(NextImageId, id + 1);
                 break;
             }

@@ -175,7 +175,8 @@ public static class PoolStateCodec
                 case SectionImages:
                     for (uint n = body.U32(); n > 0; n--)
                     {
-                        var i = new ImageMeta { Id = body.U32(), Container = body.U32(), Label = body.Str(), Size = body.I64(), ChunkSize = (int)body.U32() };
+                        uint id = body.U32(), container = body.U32();
+                        var i = new ImageMeta { Id = id, Container = container, Label = body.Str(), Size = body.I64(), ChunkSize = ImageMeta.ReadChunkSize(body.U32(), id) };
                         ReadProps(ref body, i.Props);
                         for (long k = body.I64(); k > 0; k--)
                         {

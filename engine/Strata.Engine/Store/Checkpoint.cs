@@ -35,7 +35,9 @@ public static class Checkpoint
     public static long PayloadLength(ReadOnlySpan<byte> header, Guid pool, ulong expectedSeq, out string? problem)
     {
         problem = null;
-        if (BinaryPrimitives.ReadUInt64LittleEndian(header) != Magic)
+        if (header.Length < HeaderSize)
+            problem = $"slot of {header.Length} bytes is shorter than its {HeaderSize}-byte header";
+        else if (BinaryPrimitives.ReadUInt64LittleEndian(header) != Magic)
             problem = "bad magic";
         else if (BinaryPrimitives.ReadUInt32LittleEndian(header[60..]) != Crc32C.Compute(header[..60]))
             problem = "bad header CRC32C";

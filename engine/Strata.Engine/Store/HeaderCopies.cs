@@ -22,12 +22,14 @@ internal static class HeaderCopies
 
     /// <summary>
     /// Checks what every engine version can check of a copy, in the order that
-    /// names the most useful problem: magic (u64 at 0), CRC32C, format version (u32 at 8).
+    /// names the most useful problem: size, magic (u64 at 0), CRC32C, format version (u32 at 8).
     /// </summary>
     public static bool CheckEnvelope(ReadOnlySpan<byte> copy, ulong magic, uint formatVersion, string what, out string? problem)
     {
         problem = null;
-        if (System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(copy) != magic)
+        if (copy.Length != CopySize)
+            problem = $"copy is {copy.Length} bytes, not {CopySize}";
+        else if (System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(copy) != magic)
             problem = "bad magic";
         else if (!CrcOk(copy))
             problem = "bad CRC32C";

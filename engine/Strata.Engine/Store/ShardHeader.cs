@@ -140,9 +140,13 @@ public sealed record ShardHeader
         long[] aligned = [WalOffset, WalLength, Checkpoint0Offset, Checkpoint1Offset, CheckpointLength, DataOffset, DataLength];
         if (aligned.Any(v => v <= 0 || v % blockSize != 0))
             return "a region offset or length is not a positive multiple of the block size";
-        if (WalOffset < Size || Checkpoint0Offset < WalOffset + WalLength || Checkpoint1Offset < Checkpoint0Offset + CheckpointLength
-            || DataOffset < Checkpoint1Offset + CheckpointLength || DataOffset + DataLength > ShardLength)
+        // Each region ends before the next starts, compared by differences: a length near
+        // long.MaxValue must not wrap a sum into range.
+        if (WalOffset < Size || Checkpoint0Offset - WalOffset < WalLength || Checkpoint1Offset - Checkpoint0Offset < CheckpointLength
+            || DataOffset - Checkpoint1Offset < CheckpointLength || ShardLength < DataOffset || ShardLength - DataOffset < DataLength)
             return "regions overlap or extend past the shard";
+        if (WalLength > Array.MaxLength)
+            return $"the {WalLength}-byte log is larger than this engine can read";
         if (WalHead < 0 || WalHead >= WalLength || WalHead % blockSize != 0)
             return $"WAL head {WalHead} is outside the {WalLength}-byte log";
         if (ActiveCheckpoint > 1)

@@ -59,7 +59,7 @@ public sealed class TargetSuperblock
     {
         if (!HeaderCopies.CheckEnvelope(s, Magic, FormatVersion, "target", out problem))
             return null;
-        int count = (int)BinaryPrimitives.ReadUInt32LittleEndian(s[OffExtentCount..]);
+        uint count = BinaryPrimitives.ReadUInt32LittleEndian(s[OffExtentCount..]);
         if (count > MaxExtents)
         {
             problem = $"extent count {count} exceeds {MaxExtents}";

@@ -60,7 +60,7 @@ public static class WalFormat
         if (seq != expectedSeq)
             return null;
         int payload = (int)BinaryPrimitives.ReadUInt32LittleEndian(s[20..]);
-        if (payload < 0 || HeaderSize + payload > len)
+        if (payload < 0 || payload > len - HeaderSize)
             return null;
         length = len;
         return new WalRecord(seq, BinaryPrimitives.ReadUInt16LittleEndian(s[16..]), BinaryPrimitives.ReadUInt16LittleEndian(s[18..]),
