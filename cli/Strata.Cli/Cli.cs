@@ -9,13 +9,13 @@ public static class Cli
 {
     public static readonly Option<string?> Socket = new("--socket")
     {
-        Description = "Path of the engine's control socket (else $STRATA_SOCKET, else --data-dir, else ./strata-data or /run/strata)",
+        Description = "Path of the engine's control socket (else $STRATA_SOCKET, else --data-dir, else $STRATA_DATA_DIR, else ./strata-data or /run/strata)",
         Recursive = true,
     };
 
     public static readonly Option<string?> DataDir = new("--data-dir")
     {
-        Description = "Data directory of an engine started on the embedded default; its socket is DATA_DIR/run/strata.sock",
+        Description = "Data directory of an engine started on the embedded default (else $STRATA_DATA_DIR); its socket is DATA_DIR/run/strata.sock",
         Recursive = true,
     };
 
@@ -27,7 +27,14 @@ public static class Cli
 
     public const string SystemSocket = "/run/strata/strata.sock";
 
-    /// <summary>--socket, then STRATA_SOCKET, then --data-dir, then ./strata-data (embedded default here), then the packaged default.</summary>
+    /// <summary>
+    /// The engine's control socket, first found of: --socket PATH; $STRATA_SOCKET; --data-dir DIR
+    /// (DIR/run/strata.sock); $STRATA_DATA_DIR (likewise, the embedded default's data directory);
+    /// ./strata-data/run/strata.sock if it exists; /run/strata/strata.sock (the packaged default).
+    /// An explicit option beats the environment, and a socket path beats a data directory. For
+    /// $STRATA_DATA_DIR and ./strata-data, DIR/engine/run/strata.sock (where `./build.sh run` starts
+    /// its engine) is taken when DIR/run/strata.sock does not exist and it does.
+    /// </summary>
     public static string ResolveSocket(ParseResult parse)
     {
         if (parse.GetValue(Socket) is { Length: > 0 } s)
@@ -36,9 +43,13 @@ public static class Cli
             return Path.GetFullPath(env);
         if (parse.GetValue(DataDir) is { Length: > 0 } d)
             return Path.Combine(Path.GetFullPath(d), "run", "strata.sock");
-        string local = Path.Combine(Environment.CurrentDirectory, "strata-data", "run", "strata.sock");
-        return File.Exists(local) ? local : SystemSocket;
+        if (Environment.GetEnvironmentVariable("STRATA_DATA_DIR") is { Length: > 0 } envDir)
+            return InDataDir(Path.GetFullPath(envDir)) ?? Path.Combine(Path.GetFullPath(envDir), "run", "strata.sock");
+        return InDataDir(Path.Combine(Environment.CurrentDirectory, "strata-data")) ?? SystemSocket;
     }
+
+    private static string? InDataDir(string dir) =>
+        new[] { Path.Combine(dir, "run", "strata.sock"), Path.Combine(dir, "engine", "run", "strata.sock") }.FirstOrDefault(File.Exists);
 
     /// <summary>Runs a command's body with a client; expected failures print one line and map to their exit code.</summary>
     public static async Task<int> RunAsync(ParseResult parse, Func<EngineClient, bool, Task<int>> body)

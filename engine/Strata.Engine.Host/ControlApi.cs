@@ -30,7 +30,7 @@ internal static class ControlApi
         });
         v1.MapGet("/storage", () => Ok(svc.Storage()));
 
-        v1.MapGet("/pools", () => Ok(svc.ListPools()));
+        v1.MapGet("/pools", async () => Ok(await svc.ListPoolsAsync()));
         v1.MapPost("/pools", async (HttpContext ctx, CancellationToken _) => Created(await svc.CreatePoolAsync(await Body<PoolCreateRequest>(ctx))));
         v1.MapGet("/pools/{pool}", async (string pool) => Ok(await svc.QueryPoolAsync(pool)));
         v1.MapDelete("/pools/{pool}", async (string pool, bool? force) =>

@@ -71,7 +71,7 @@ internal static class Daemon
             return 1;
         }
         uint uid = Unix.GetEuid();
-        Log.Starting(logger, typeof(Daemon).Assembly.GetName().Version?.ToString() ?? "0", Environment.ProcessId, uid, cfg.DataDir, cfg.ConfigFile ?? "(embedded default)");
+        Log.Starting(logger, EngineService.Version, Environment.ProcessId, uid, cfg.DataDir, cfg.ConfigFile ?? "(embedded default)");
 
         EngineService? svc = null;
         NbdServer? nbd = null;

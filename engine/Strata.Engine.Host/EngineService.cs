@@ -171,9 +171,13 @@ public sealed class EngineService : IAsyncDisposable
 
     // ---- system and storage ----
 
+    /// <summary>The build's version, the same string `strata --version` prints (both assemblies carry the informational version of one build).</summary>
+    public static readonly string Version =
+        System.Reflection.CustomAttributeExtensions.GetCustomAttribute<System.Reflection.AssemblyInformationalVersionAttribute>(typeof(EngineService).Assembly)?.InformationalVersion ?? "0";
+
     public SystemInfo SystemInfo(string state) => new(
         Environment.MachineName, Environment.ProcessId, (int)Unix.GetEuid(),
-        typeof(EngineService).Assembly.GetName().Version?.ToString() ?? "0", Api.Version, Api.MinVersion,
+        Version, Api.Version, Api.MinVersion,
         Started, (DateTimeOffset.Now - Started).TotalSeconds, Config.SocketPath, Config.DataDir, Config.ConfigFile,
         Engine.Targets.Count, Engine.ListPools().Count, state);
 
@@ -215,15 +219,43 @@ public sealed class EngineService : IAsyncDisposable
 
     // ---- pools ----
 
-    public IReadOnlyList<PoolListEntry> ListPools() =>
-        Engine.ListPools().Select(p => new PoolListEntry(p.Label, p.Id, p.LayoutVersion, Engine.Catalog.MaxSupported,
-            UpgradeNeeded(p.LayoutVersion), p.DataBytesPerTarget * p.Targets, p.Targets, p.State)).ToList();
+    /// <summary>`pool list`: every pool; an open one also with its space and rf (named as in `pool query`).</summary>
+    public async Task<IReadOnlyList<PoolListEntry>> ListPoolsAsync()
+    {
+        var result = new List<PoolListEntry>();
+        foreach (var p in Engine.ListPools())
+        {
+            var e = new PoolListEntry(p.Label, p.Id, p.LayoutVersion, Engine.Catalog.MaxSupported,
+                UpgradeNeeded(p.LayoutVersion), p.DataBytesPerTarget * p.Targets, p.Targets, p.State);
+            if (p.State is "ready" or "readonly")
+            {
+                try
+                {
+                    var q = (await Engine.OpenPoolAsync(p.Label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).Query();
+                    e = e with
+                    {
+                        TotalBytes = q.Targets.Sum(t => t.TotalBytes), UsedBytes = q.Targets.Sum(t => t.UsedBytes),
+                        FreeBytes = q.Targets.Sum(t => t.FreeBytes), Rf = q.Rf,
+                    };
+                }
+                catch (Exception ex) when (ex is StoreException or ObjectDisposedException)
+                {
+                    // Destroyed, renamed or closed since the listing: listed without its space.
+                }
+            }
+            result.Add(e);
+        }
+        return result;
+    }
 
     private string? UpgradeNeeded(uint v) => v != 0 && v < Engine.Catalog.MaxSupported ? $"{v}->{Engine.Catalog.MaxSupported}" : null;
 
     public async Task<PoolQueryDto> CreatePoolAsync(PoolCreateRequest req)
     {
-        var pool = await Engine.CreatePoolAsync(req.Label, req.Size, req.Rf, PoolCreateOptions.Default with { LayoutVersion = req.Layout })
+        // Absent means the newest; an explicit 0 is a mistake, not a request for the newest.
+        if (req.Layout == 0)
+            throw new InvalidRequestException($"layout version 0 does not exist (this engine supports {LayoutCatalog.MinSupported}..{Engine.Catalog.MaxSupported}); leave it out for the newest");
+        var pool = await Engine.CreatePoolAsync(req.Label, req.Size, req.Rf, PoolCreateOptions.Default with { LayoutVersion = req.Layout ?? 0 })
             .ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         Emit(ControlRasIds.PoolCreated, RasSeverity.Notice, $"pool '{req.Label}' created ({req.Size} bytes, rf {req.Rf})", pool: req.Label,
             data: new Dictionary<string, string> { ["size"] = req.Size.ToString(), ["rf"] = req.Rf.ToString(), ["uuid"] = pool.Id.ToString() });
@@ -243,7 +275,8 @@ public sealed class EngineService : IAsyncDisposable
         return new PoolQueryDto(q.Label, q.Id, q.LayoutVersion, max, up, q.Status.ToString(), q.ReadOnlyReason,
             q.Rf, q.Containers, q.Images, q.Targets.Sum(t => t.TotalBytes), q.Targets.Sum(t => t.UsedBytes), q.Targets.Sum(t => t.FreeBytes),
             q.Targets.Select(t => new TargetSpaceDto(t.Target, t.Device, t.TotalBytes, t.UsedBytes, t.FreeBytes)).ToList(),
-            up == null ? null : $"Pool layout out of date ({q.LayoutVersion} < {max}) -- see 'strata pool upgrade' for details.", upgrade);
+            up == null ? null : $"Pool layout out of date ({q.LayoutVersion} < {max}) -- see 'strata pool upgrade' for details.", upgrade,
+            q.Status.ToString().ToLowerInvariant());
     }
 
     // ---- layout versions and upgrades ----
@@ -311,25 +344,46 @@ public sealed class EngineService : IAsyncDisposable
         return result;
     }
 
+    /// <summary>
+    /// `pool destroy`: an open pool (the engine keeps them open) is destroyed when no data-path
+    /// client holds it; otherwise it is refused naming the clients, unless force, which revokes them first.
+    /// </summary>
     public async Task DestroyPoolAsync(string label, bool force)
     {
-        if (force && Engine.ListPools().FirstOrDefault(p => p.Label == label) is { State: "ready" or "readonly" })
+        if (Engine.ListPools().FirstOrDefault(p => p.Label == label) is { State: "ready" or "readonly" })
         {
-            // Forced destroy of an open pool: its clients (NBD connections) are told and go first.
             var open = await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            var clients = open.ListClients();
+            if (clients.Count > 0 && !force)
+                throw new BusyException($"pool '{label}' has {clients.Count} NBD client(s) attached: {DescribeClients(label, clients)}; " +
+                                        $"'strata pool destroy {label} --force' disconnects them and destroys the pool");
+            // Clients (NBD connections) are told and go first.
             await open.RevokeClientsAsync($"pool '{label}' is being destroyed").ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            force = true;
         }
         await Engine.DestroyPoolAsync(label, force).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         Emit(ControlRasIds.PoolDestroyed, RasSeverity.Notice, $"pool '{label}' destroyed", pool: label);
     }
 
+    /// <summary>"client 3 (nbd, 127.0.0.1:40312) on tank/vols/disk0, ..." for messages.</summary>
+    public static string DescribeClients(string pool, IReadOnlyList<PoolClientInfo> clients) =>
+        string.Join(", ", clients.Take(8).Select(c => $"client {c.Id} ({c.Kind}, {c.Peer}) on {pool}/{c.Image}")) +
+        (clients.Count > 8 ? $" and {clients.Count - 8} more" : "");
+
     public async Task<IReadOnlyList<PropertyDto>> GetPoolPropsAsync(string label, string? name)
     {
         var pool = await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
-        return name == null
-            ? pool.GetProperties().OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new PropertyDto(kv.Key, kv.Value)).ToList()
-            : [new PropertyDto(name, pool.GetProperty(name))];
+        var all = pool.GetPropertyValues().Select(p => new PropertyDto(p.Name, p.Value, SourceName(p.Source))).ToList();
+        return name == null ? all
+            : [all.FirstOrDefault(p => p.Name == name) ?? throw new NotFoundException($"pool '{label}' has no property '{name}'")];
     }
+
+    private static string SourceName(PoolPropertySource s) => s switch
+    {
+        PoolPropertySource.Default => "default",
+        PoolPropertySource.Set => "set",
+        _ => "-",
+    };
 
     public async Task SetPoolPropAsync(string label, string name, string value)
     {

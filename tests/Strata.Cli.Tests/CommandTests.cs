@@ -90,23 +90,47 @@ public sealed class CommandTests
 
         var list = await _cli.JsonAsync<List<PoolListEntry>>("pool", "list");
         Assert.IsTrue(list.Any(p => p.Label == "lifecycle" && p.LayoutVersion >= 1), string.Join(",", list));
-        string table = await _cli.OkAsync("pool", "list");
-        StringAssert.Contains(table, "UpgradeNeeded?");
-        StringAssert.Contains(table, "lifecycle");
-        // A new pool gets the newest layout this engine knows: dmg's "None" in the UpgradeNeeded? column, null in JSON.
-        StringAssert.Matches(table, new System.Text.RegularExpressions.Regex(@"lifecycle .* None\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
-        Assert.IsNull(list.Single(p => p.Label == "lifecycle").UpgradeNeeded);
-
+        await _cli.OkAsync("cont", "create", "lifecycle/c");
+        await _cli.OkAsync("image", "create", "lifecycle/c/i", "--size", "8M");
+        await _cli.OkAsync("image", "write", "lifecycle/c/i", "--pattern", "1", "--length", "1M");
         var q = await _cli.JsonAsync<PoolQueryDto>("pool", "query", "lifecycle");
         Assert.AreEqual(created.Id, q.Id);
         Assert.HasCount(2, q.Targets);
         Assert.IsGreaterThan(0L, q.FreeBytes);
         StringAssert.Contains(await _cli.OkAsync("pool", "query", "lifecycle"), "Layout version: 2");
 
-        var props = await _cli.JsonAsync<List<PropertyDto>>("pool", "get-prop", "lifecycle");
-        Assert.AreEqual("2", props.Single(p => p.Name == "rf").Value);
+        // zpool list's columns; CAP is the used share of SIZE.
+        string table = await _cli.OkAsync("pool", "list");
+        StringAssert.Matches(table, new System.Text.RegularExpressions.Regex(@"^NAME +SIZE +USED +FREE +CAP +RF +STATE +LAYOUT +UPGRADE\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
+        long cap = q.UsedBytes * 100 / q.TotalBytes;
+        // A new pool gets the newest layout this engine knows: "None" in the UPGRADE column, null in JSON.
+        StringAssert.Matches(table, new System.Text.RegularExpressions.Regex(
+            $@"^lifecycle +128\.0 MiB +\S+ MiB +\S+ MiB +{cap}% +2 +ready +2 +None\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
+        var entry = (await _cli.JsonAsync<List<PoolListEntry>>("pool", "list")).Single(p => p.Label == "lifecycle");
+        Assert.IsNull(entry.UpgradeNeeded);
+        // One naming scheme: the same concept has the same JSON name (and value) in list and query.
+        Assert.AreEqual((q.TotalBytes, q.UsedBytes, q.FreeBytes, q.Rf, q.State), (entry.TotalBytes, entry.UsedBytes, entry.FreeBytes, entry.Rf, entry.State));
+        Assert.IsGreaterThanOrEqualTo(1L << 20, q.UsedBytes);
+        using (var listJson = JsonDocument.Parse(await _cli.OkAsync("pool", "list", "--json")))
+        using (var queryJson = JsonDocument.Parse(await _cli.OkAsync("pool", "query", "lifecycle", "--json")))
+        {
+            var l = listJson.RootElement.EnumerateArray().Single(e => e.GetProperty("label").GetString() == "lifecycle");
+            foreach (var name in new[] { "label", "id", "layoutVersion", "supportedLayoutVersion", "totalBytes", "usedBytes", "freeBytes", "rf", "state" })
+                Assert.AreEqual(queryJson.RootElement.GetProperty(name).GetRawText(), l.GetProperty(name).GetRawText(), name);
+        }
+
+        // Every property with its source, as zfs get shows SOURCE.
+        var props = (await _cli.JsonAsync<List<PropertyDto>>("pool", "get-prop", "lifecycle")).ToDictionary(p => p.Name, p => (p.Value, p.Source));
+        Assert.AreEqual(("2", "set"), props["rf"]);
+        Assert.AreEqual(("lifecycle", "set"), props["label"]);
+        Assert.AreEqual(("off", "default"), props["compatibility"]);
+        Assert.AreEqual(("off", "default"), props["scrub"], "a layout-2 pool lists scrub with its default before it is set");
+        Assert.AreEqual(("lazy", "default"), props["reclaim"]);
+        Assert.AreEqual(("2", "-"), props["layout_version"]);
+        await _cli.OkAsync("pool", "set-prop", "lifecycle", "scrub", "lazy");
+        StringAssert.Matches(await _cli.OkAsync("pool", "get-prop", "lifecycle"), new System.Text.RegularExpressions.Regex(@"^scrub +lazy +set\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
         var rf = await _cli.JsonAsync<List<PropertyDto>>("pool", "get-prop", "lifecycle", "rf");
-        Assert.AreEqual("2", rf.Single().Value);
+        Assert.AreEqual(("2", "set"), (rf.Single().Value, rf.Single().Source));
         await _cli.OkAsync("pool", "set-prop", "lifecycle", "label", "renamed");
         Assert.AreEqual("renamed", (await _cli.JsonAsync<PoolQueryDto>("pool", "query", "renamed")).Label);
 
@@ -127,7 +151,16 @@ public sealed class CommandTests
         await _cli.FailsAsync(2, "pool", "create", "x", "--size", "64M", "--rf", "3");
         await _cli.FailsAsync(2, "pool", "create", "missing-size");
         await _cli.FailsAsync(1, "pool", "create", "huge", "--size", "100G");
-        await _cli.OkAsync("pool", "destroy", "dup", "--force");
+        // "Not given" is the newest layout; 0 and versions past the newest are refused.
+        Assert.AreEqual("strata: layout version 0 does not exist (this engine supports 1..2); leave it out for the newest",
+            await _cli.FailsAsync(2, "pool", "create", "l0", "--size", "64M", "--layout", "0"));
+        Assert.AreEqual("strata: layout version 99 is not supported by this engine (1..2)",
+            await _cli.FailsAsync(2, "pool", "create", "l99", "--size", "64M", "--layout", "99"));
+        Assert.AreEqual("strata: pool size 100 bytes is out of range: a pool holds 256 KiB to 1 PiB",
+            await _cli.FailsAsync(2, "pool", "create", "tiny", "--size", "100"));
+        Assert.IsFalse((await _cli.JsonAsync<List<PoolListEntry>>("pool", "list")).Any(p => p.Label is "l0" or "l99" or "tiny"));
+        // Nothing attached: destroy needs no --force.
+        StringAssert.Contains(await _cli.OkAsync("pool", "destroy", "dup"), "Pool destroyed: dup");
     }
 
     [TestMethod]
@@ -199,6 +232,98 @@ public sealed class CommandTests
     }
 
     [TestMethod]
+    public async Task Specs_SlashFormAcceptedEverywhere_BadSpecsAndPatternsGetOneLine()
+    {
+        await _cli.OkAsync("pool", "create", "specs", "--size", "64M");
+        Assert.AreEqual("c", (await _cli.JsonAsync<ContainerDto>("cont", "create", "specs/c")).Label);
+        await _cli.OkAsync("cont", "set-prop", "specs/c", "user.owner", "alice");
+        Assert.AreEqual("alice", (await _cli.JsonAsync<List<PropertyDto>>("cont", "get-prop", "specs/c", "user.owner")).Single().Value);
+        Assert.AreEqual("alice", (await _cli.JsonAsync<List<PropertyDto>>("cont", "get-prop", "specs", "c", "user.owner")).Single().Value);
+        var img = await _cli.JsonAsync<ImageDto>("image", "create", "specs/c/i", "--size", "1M");
+        Assert.AreEqual(("specs", "c", "i"), (img.Pool, img.Container, img.Label));
+        // --pattern in hex and decimal; read back through both forms.
+        await _cli.OkAsync("image", "write", "specs/c/i", "--pattern", "0x5a", "--length", "4096");
+        await _cli.OkAsync("image", "write", "specs/c/i", "--offset", "4096", "--pattern", "165", "--length", "4096");
+        string back = Path.Combine(_dir, "specs.bin");
+        await _cli.OkAsync("image", "read", "specs/c/i", "--length", "8192", "--out", back);
+        var bytes = File.ReadAllBytes(back);
+        Assert.IsTrue(bytes.Take(4096).All(b => b == 0x5a) && bytes.Skip(4096).All(b => b == 165));
+        Assert.AreEqual("i", (await _cli.JsonAsync<List<ImageDto>>("image", "list", "specs/c")).Single().Label);
+        Assert.AreEqual(1L << 20, (await _cli.JsonAsync<ImageDto>("image", "info", "specs/c/i")).Size);
+        Assert.AreEqual(2L << 20, (await _cli.JsonAsync<ImageDto>("image", "resize", "specs/c/i", "--size", "+1M")).Size);
+
+        Assert.AreEqual("strata: 'specs/c' is not an image spec: it has 2 part(s), an image is POOL/CONT/IMAGE",
+            await _cli.FailsAsync(2, "image", "info", "specs/c"));
+        Assert.AreEqual("strata: 'specs/c/i/x' is not an image spec: it has 4 part(s), an image is POOL/CONT/IMAGE",
+            await _cli.FailsAsync(2, "image", "info", "specs/c/i/x"));
+        Assert.AreEqual("strata: 'specs//i' is not an image spec: it has an empty part (POOL/CONT/IMAGE)",
+            await _cli.FailsAsync(2, "image", "rm", "specs//i"));
+        Assert.AreEqual("strata: 'specs/' is not a container spec: it has an empty part (POOL/CONT)",
+            await _cli.FailsAsync(2, "cont", "create", "specs/"));
+        Assert.AreEqual("strata: an image is given as POOL/CONT/IMAGE or POOL CONT IMAGE; got 'specs c'",
+            await _cli.FailsAsync(2, "image", "info", "specs", "c"));
+        Assert.AreEqual("strata: 'c/i' mixes the two forms: give POOL/CONT/IMAGE as one word or POOL CONT IMAGE as separate words",
+            await _cli.FailsAsync(2, "image", "info", "specs", "c/i"));
+        foreach (var bad in new[] { "256", "0x100", "0xzz", "-1", "x" })
+            Assert.AreEqual($"strata: --pattern '{bad}' is not a byte: give 0-255 or 0x00-0xff",
+                await _cli.FailsAsync(2, "image", "write", "specs/c/i", "--pattern", bad, "--length", "1"));
+
+        await _cli.OkAsync("image", "rm", "specs/c/i");
+        await _cli.OkAsync("cont", "destroy", "specs/c");
+        await _cli.OkAsync("pool", "destroy", "specs");
+    }
+
+    [TestMethod]
+    public async Task Usage_TyposVersionCompletionAndExamples()
+    {
+        var typo = await _cli.RunAsync("pool", "lst");
+        Assert.AreEqual(2, typo.ExitCode, typo.ToString());
+        var lines = typo.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.AreEqual("strata: unknown command 'lst' for 'strata pool'; did you mean 'list'?", lines[0]);
+        Assert.AreEqual("Commands of 'strata pool':", lines[1]);
+        StringAssert.Matches(typo.Stderr, new System.Text.RegularExpressions.Regex(@"^  list +List pools", System.Text.RegularExpressions.RegexOptions.Multiline));
+        Assert.AreEqual("strata: unknown option '--sise' for 'strata pool create'; did you mean '--size'?",
+            (await _cli.FailsAsync(2, "pool", "create", "x", "--sise", "1G")).Split('\n')[0]);
+        Assert.AreEqual("strata: 'strata image' needs a command", (await _cli.FailsAsync(2, "image")).Split('\n')[0]);
+        // No .NET type name in any parse error.
+        foreach (var args in new[] { new[] { "pool", "create", "x", "--size", "1G", "--rf", "abc" }, ["pool", "create", "x", "--size", "1G", "--layout", "-1"],
+                                     ["engine", "counters", "--count", "many"], ["completion", "fish"], ["pool", "list", "extra"] })
+        {
+            var r = await _cli.RunAsync(args);
+            Assert.AreEqual(2, r.ExitCode, r.ToString());
+            Assert.DoesNotContain("System.", r.Stderr, r.ToString());
+            StringAssert.StartsWith(r.Stderr, "strata: ");
+        }
+        StringAssert.StartsWith(await _cli.FailsAsync(2, "pool", "create", "x", "--size", "1G", "--rf", "abc"), "strata: --rf 'abc' is not a whole number");
+
+        // One version string: the CLI's and the engine's (same build).
+        var v = await Proc.RunAsync(Proc.Dotnet(Bin.Cli, ["--version"]));
+        Assert.AreEqual(0, v.ExitCode, v.ToString());
+        string version = v.Stdout.Trim();
+        Assert.AreEqual(version, (await _cli.JsonAsync<SystemInfo>("system", "query")).EngineVersion);
+
+        string bash = await _cli.OkAsync("completion", "bash");
+        string script = Path.Combine(_dir, "strata.bash");
+        File.WriteAllText(script, bash);
+        var check = await Proc.RunAsync(new System.Diagnostics.ProcessStartInfo("bash", ["-n", script]) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true });
+        Assert.AreEqual(0, check.ExitCode, check.ToString());
+        StringAssert.Contains(bash, "words=\"system storage pool cont image engine completion");
+        StringAssert.Contains(bash, "complete -o default -F _strata strata");
+        StringAssert.StartsWith(await _cli.OkAsync("completion", "zsh"), "#compdef strata");
+
+        // Every command's help names an example: each group's help lists its commands with theirs.
+        var groups = System.Text.RegularExpressions.Regex.Matches(bash, @"^        /(\w+)\) words=""([^""]*)""", System.Text.RegularExpressions.RegexOptions.Multiline);
+        Assert.IsGreaterThanOrEqualTo(6, groups.Count);
+        foreach (var g in groups.Where(g => g.Groups[1].Value != "completion"))
+        {
+            string help = await _cli.OkAsync(g.Groups[1].Value, "--help");
+            foreach (var sub in g.Groups[2].Value.Split(' ').Where(w => !w.StartsWith('-')))
+                StringAssert.Contains(help, $"Example: strata {g.Groups[1].Value} {sub}", $"strata {g.Groups[1].Value} {sub} has no example");
+        }
+        StringAssert.Contains(await _cli.OkAsync("completion", "--help"), "Example: strata completion bash");
+    }
+
+    [TestMethod]
     public async Task VersionMismatch_NewerCli_IsToldWhatToUpgrade()
     {
         var r = await _cli.RunAsync(["pool", "list"], new Dictionary<string, string> { ["STRATA_API_VERSION"] = "2" });
@@ -218,6 +343,24 @@ public sealed class CommandTests
         Assert.AreEqual(0, viaEnv.ExitCode, viaEnv.ToString());
         var viaDataDir = await Proc.RunAsync(Proc.Dotnet(Bin.Cli, ["--data-dir", _engine.DataDir, "system", "query"]));
         Assert.AreEqual(0, viaDataDir.ExitCode, viaDataDir.ToString());
+        // STRATA_DATA_DIR as the README says; an option beats it, STRATA_SOCKET beats it.
+        var envDir = Proc.Dotnet(Bin.Cli, ["system", "query", "--json"]);
+        envDir.Environment["STRATA_DATA_DIR"] = _engine.DataDir;
+        var viaEnvDir = await Proc.RunAsync(envDir);
+        Assert.AreEqual(0, viaEnvDir.ExitCode, viaEnvDir.ToString());
+        Assert.AreEqual(_engine.Socket, JsonSerializer.Deserialize<SystemInfo>(viaEnvDir.Stdout, Api.Json)!.Socket);
+        var wrongEnv = Proc.Dotnet(Bin.Cli, ["--data-dir", _engine.DataDir, "system", "query"]);
+        wrongEnv.Environment["STRATA_DATA_DIR"] = Path.Combine(_dir, "elsewhere");
+        Assert.AreEqual(0, (await Proc.RunAsync(wrongEnv)).ExitCode);
+        var socketWins = Proc.Dotnet(Bin.Cli, ["system", "query"]);
+        socketWins.Environment["STRATA_SOCKET"] = _engine.Socket;
+        socketWins.Environment["STRATA_DATA_DIR"] = Path.Combine(_dir, "elsewhere");
+        Assert.AreEqual(0, (await Proc.RunAsync(socketWins)).ExitCode);
+        var missingDir = Proc.Dotnet(Bin.Cli, ["system", "query"]);
+        missingDir.Environment["STRATA_DATA_DIR"] = Path.Combine(_dir, "elsewhere");
+        var noEngine = await Proc.RunAsync(missingDir);
+        Assert.AreEqual(3, noEngine.ExitCode, noEngine.ToString());
+        StringAssert.Contains(noEngine.Stderr, Path.Combine(_dir, "elsewhere", "run", "strata.sock"));
         var missing = await new StrataCli(Path.Combine(_dir, "nothing.sock")).RunAsync("pool", "list");
         Assert.AreEqual(3, missing.ExitCode, missing.ToString());
         StringAssert.Contains(missing.Stderr, "is strata-engine running?");

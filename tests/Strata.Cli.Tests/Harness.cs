@@ -62,6 +62,7 @@ internal static class Proc
         psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
         psi.Environment["DOTNET_NOLOGO"] = "1";
         psi.Environment.Remove("STRATA_SOCKET");
+        psi.Environment.Remove("STRATA_DATA_DIR");
         return psi;
     }
 

@@ -133,6 +133,7 @@ public sealed class UpgradeCliTests
                 string expected = step == 1 ? "0/2 actions" : "2/2 actions";
                 var props = await WaitForPropsAsync(cli, p => p["upgrade_progress"].StartsWith(expected, StringComparison.Ordinal));
                 Assert.AreEqual("in progress", props["upgrade_status"], $"{how} {step}");
+                StringAssert.Contains(await cli.OkAsync("pool", "upgrade", "tank", "--status"), "upgrade job 1 to layout 2: in progress");
                 if (how == "kill")
                 {
                     Bin.Signal(engine.Pid, 9);
@@ -146,6 +147,10 @@ public sealed class UpgradeCliTests
             var (again, cli2, _) = await RestartAsync(dir);
             await using (again)
             {
+                // --wait attaches to the resumed job (running, or finished by now) instead of starting one.
+                string attached = await cli2.OkAsync("pool", "upgrade", "tank", "--wait");
+                StringAssert.Contains(attached, "Attached to upgrade job 1 of tank (to layout version 2)", $"{how} {step}");
+                StringAssert.Contains(attached, "Upgrade completed; pool tank is at layout version 2", $"{how} {step}");
                 Assert.AreEqual("completed", await WaitForStatusAsync(cli2, s => s != "in progress"), $"{how} {step}");
                 Assert.AreEqual("2", (await PropsAsync(cli2))["layout_version"]);
                 CollectionAssert.AreEqual(hashes, await HashesAsync(cli2), $"{how} {step}");

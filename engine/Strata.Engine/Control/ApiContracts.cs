@@ -68,8 +68,8 @@ public sealed record TargetErrorsDto(long ReadErrors, long WriteErrors, long Che
 
 public sealed record StorageInfo(IReadOnlyList<TargetInfoDto> Targets, long TotalBytes, long AllocatedBytes);
 
-/// <summary>Layout 0 = the newest the engine supports; an older one keeps the pool openable by older releases.</summary>
-public sealed record PoolCreateRequest(string Label, long Size, int Rf = 1, uint Layout = 0);
+/// <summary>Layout absent (null) = the newest the engine supports; an older one keeps the pool openable by older releases; 0 is refused.</summary>
+public sealed record PoolCreateRequest(string Label, long Size, int Rf = 1, uint? Layout = null);
 
 public sealed record UpgradeRequest(uint? To = null, bool DryRun = false);
 
@@ -84,16 +84,25 @@ public sealed record LayoutVersionDto(uint Version, string Summary, bool Support
 
 public sealed record LayoutCatalogDto(uint MinSupported, uint MaxSupported, IReadOnlyList<LayoutVersionDto> Versions, IReadOnlyDictionary<string, uint> Releases);
 
+/// <summary>
+/// A pool in `pool list`. TotalBytes, UsedBytes, FreeBytes and Rf are named as in PoolQueryDto and
+/// present while the pool is open; SizeBytes (= TotalBytes) stays for API v1 clients.
+/// </summary>
 public sealed record PoolListEntry(string Label, Guid Id, uint LayoutVersion, uint SupportedLayoutVersion, string? UpgradeNeeded,
-    long SizeBytes, int Targets, string State);
+    long SizeBytes, int Targets, string State, long? TotalBytes = null, long? UsedBytes = null, long? FreeBytes = null, int? Rf = null);
 
 public sealed record TargetSpaceDto(int Target, string Device, long TotalBytes, long UsedBytes, long FreeBytes);
 
+/// <summary>
+/// A pool in `pool query`. State is named and valued as in PoolListEntry (ready, readonly, closed);
+/// Status (Ready, ReadOnly) stays for API v1 clients.
+/// </summary>
 public sealed record PoolQueryDto(string Label, Guid Id, uint LayoutVersion, uint SupportedLayoutVersion, string? UpgradeNeeded,
     string Status, string? ReadOnlyReason, int Rf, int Containers, int Images, long TotalBytes, long UsedBytes, long FreeBytes,
-    IReadOnlyList<TargetSpaceDto> Targets, string? Warning, UpgradeStatus? Upgrade = null);
+    IReadOnlyList<TargetSpaceDto> Targets, string? Warning, UpgradeStatus? Upgrade = null, string? State = null);
 
-public sealed record PropertyDto(string Name, string Value);
+/// <summary>A property; Source (pool properties): "default", "set" (at creation or by set-prop, to a value other than the default) or "-" (computed, read-only).</summary>
+public sealed record PropertyDto(string Name, string Value, string? Source = null);
 
 public sealed record SetPropertyRequest(string Value);
 

@@ -3,6 +3,12 @@ using Strata.Engine.Store;
 
 namespace Strata.Engine.Pools;
 
+/// <summary>Where a pool property's value comes from: its default, a set (at creation or by set-prop), or the engine's computation.</summary>
+public enum PoolPropertySource { Default, Set, Computed }
+
+/// <summary>A pool property as `pool get-prop` shows it.</summary>
+public sealed record PoolPropertyValue(string Name, string Value, PoolPropertySource Source);
+
 /// <summary>A container as `container list` shows it.</summary>
 public sealed record ContainerInfo(uint Id, string Label, int Images, IReadOnlyDictionary<string, string> Properties);
 
@@ -22,22 +28,51 @@ public sealed partial class Pool
     private static readonly string[] ReadOnlyPoolProperties =
         ["layout_version", "upgrade_status", "upgrade_target", "upgrade_progress"];
 
-    public IReadOnlyDictionary<string, string> GetProperties()
+    public IReadOnlyDictionary<string, string> GetProperties() =>
+        GetPropertyValues().ToDictionary(p => p.Name, p => p.Value, StringComparer.Ordinal);
+
+    /// <summary>
+    /// Every pool property with where its value comes from (as `zfs get` shows SOURCE): properties the
+    /// pool's layout has are listed even when never stored (with their default); a value equal to the
+    /// default is Default whether or not it is stored (an upgrade stores the defaults of the properties
+    /// it adds, and create stores rf); computed ones are Computed.
+    /// </summary>
+    public IReadOnlyList<PoolPropertyValue> GetPropertyValues()
     {
         var up = GetUpgradeStatus();
+        uint layout = LayoutVersion;
+        var result = new List<PoolPropertyValue>();
         lock (Meta.Sync)
         {
-            var all = new Dictionary<string, string>(Meta.Props, StringComparer.Ordinal)
+            foreach (var (name, feature) in PoolProperties)
             {
-                ["layout_version"] = LayoutVersion.ToString(CultureInfo.InvariantCulture),
-                ["upgrade_status"] = up.Reason != null ? $"{up.Status}: {up.Reason}" : up.Status,
-                ["upgrade_target"] = up.Target?.ToString(CultureInfo.InvariantCulture) ?? "none",
-                ["upgrade_progress"] = up.JobId == null ? "none" : $"{up.ActionsDone}/{up.ActionsTotal} actions, {up.ItemsDone}/{up.ItemsTotal} items, {up.BytesDone}/{up.BytesTotal} bytes",
-            };
-            all.TryAdd("compatibility", "off");
-            return all;
+                bool stored = Meta.Props.ContainsKey(name);
+                if (!stored && feature != null && (Catalog.Find(feature)?.Version ?? uint.MaxValue) > layout)
+                    continue;
+                string? def = DefaultOf(name);
+                string? value = Meta.Props.TryGetValue(name, out var v) ? v : def;
+                if (value != null)
+                    result.Add(new(name, value, value == def ? PoolPropertySource.Default : PoolPropertySource.Set));
+            }
+            foreach (var (name, value) in Meta.Props)
+                if (!PoolProperties.Any(p => p.Name == name))
+                    result.Add(new(name, value, PoolPropertySource.Set));
         }
+        result.Add(new("layout_version", layout.ToString(CultureInfo.InvariantCulture), PoolPropertySource.Computed));
+        result.Add(new("upgrade_status", up.Reason != null ? $"{up.Status}: {up.Reason}" : up.Status, PoolPropertySource.Computed));
+        result.Add(new("upgrade_target", up.Target?.ToString(CultureInfo.InvariantCulture) ?? "none", PoolPropertySource.Computed));
+        result.Add(new("upgrade_progress", up.JobId == null ? "none"
+            : $"{up.ActionsDone}/{up.ActionsTotal} actions, {up.ItemsDone}/{up.ItemsTotal} items, {up.BytesDone}/{up.BytesTotal} bytes", PoolPropertySource.Computed));
+        return result.OrderBy(p => p.Name, StringComparer.Ordinal).ToList();
     }
+
+    /// <summary>The value a settable property has until it is set (null: none, the label).</summary>
+    private static string? DefaultOf(string name) => name switch
+    {
+        "rf" => "1",
+        "compatibility" => "off",
+        _ => Layout.PoolPropsV2Action.Properties.FirstOrDefault(p => p.Name == name).Default,
+    };
 
     /// <summary>The refusal for a feature the pool's layout does not have yet (Ozone's gated-API message, DAOS's wording).</summary>
     internal void RequireFeature(string feature, string what)

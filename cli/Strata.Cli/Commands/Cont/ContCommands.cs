@@ -10,21 +10,18 @@ public static class ContCommands
 {
     private static Argument<string> PoolArg() => new("pool") { Description = "Pool label" };
 
-    private static Argument<string> ContArg() => new("cont") { Description = "Container label" };
-
     public static Command Create()
     {
-        var (cp, cc) = (PoolArg(), ContArg());
         var create = new Command("create", "Create a container in a pool");
-        create.Arguments.Add(cp);
-        create.Arguments.Add(cc);
+        var ca = SpecArgs.Add(create, 2);
         create.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
-            var c = await client.PostAsync<ContainerDto>($"pools/{Cli.Esc(parse.GetValue(cp)!)}/containers", new ContainerCreateRequest(parse.GetValue(cc)!));
+            var (spec, _) = ca.Get(parse);
+            var c = await client.PostAsync<ContainerDto>($"pools/{Cli.Esc(spec[0])}/containers", new ContainerCreateRequest(spec[1]));
             if (json)
                 Cli.PrintJson(c);
             else
-                Console.Out.WriteLine($"Container created: {c.Label} (id {c.Id}) in pool {parse.GetValue(cp)}");
+                Console.Out.WriteLine($"Container created: {c.Label} (id {c.Id}) in pool {spec[0]}");
             return 0;
         }));
 
@@ -51,47 +48,38 @@ public static class ContCommands
             return 0;
         }));
 
-        var (gp, gc) = (PoolArg(), ContArg());
-        var gn = new Argument<string?>("name") { Description = "Property name (all when omitted)", Arity = ArgumentArity.ZeroOrOne };
         var getProp = new Command("get-prop", "Show container properties");
-        getProp.Arguments.Add(gp);
-        getProp.Arguments.Add(gc);
-        getProp.Arguments.Add(gn);
+        var ga = SpecArgs.Add(getProp, 2, ("name", "Property name (all when omitted)", false));
         getProp.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
-            string? name = parse.GetValue(gn);
+            var (spec, extras) = ga.Get(parse);
+            string? name = extras[0];
             var props = await client.GetAsync<List<PropertyDto>>(
-                $"pools/{Cli.Esc(parse.GetValue(gp)!)}/containers/{Cli.Esc(parse.GetValue(gc)!)}/props" + (name != null ? $"?name={Cli.Esc(name)}" : ""));
+                $"pools/{Cli.Esc(spec[0])}/containers/{Cli.Esc(spec[1])}/props" + (name != null ? $"?name={Cli.Esc(name)}" : ""));
             return PoolCommands.PrintProps(props, json);
         }));
 
-        var (sp, sc) = (PoolArg(), ContArg());
-        var sn = new Argument<string>("name") { Description = "Property name" };
-        var sv = new Argument<string>("value") { Description = "New value" };
         var setProp = new Command("set-prop", "Set a container property");
-        setProp.Arguments.Add(sp);
-        setProp.Arguments.Add(sc);
-        setProp.Arguments.Add(sn);
-        setProp.Arguments.Add(sv);
+        var sa = SpecArgs.Add(setProp, 2, ("name", "Property name", true), ("value", "New value", true));
         setProp.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
+            var (spec, extras) = sa.Get(parse);
             var props = await client.PutAsync<List<PropertyDto>>(
-                $"pools/{Cli.Esc(parse.GetValue(sp)!)}/containers/{Cli.Esc(parse.GetValue(sc)!)}/props/{Cli.Esc(parse.GetValue(sn)!)}",
-                new SetPropertyRequest(parse.GetValue(sv)!));
+                $"pools/{Cli.Esc(spec[0])}/containers/{Cli.Esc(spec[1])}/props/{Cli.Esc(extras[0]!)}",
+                new SetPropertyRequest(extras[1]!));
             return PoolCommands.PrintProps(props, json);
         }));
 
-        var (dp, dc) = (PoolArg(), ContArg());
         var destroy = new Command("destroy", "Destroy a container");
-        destroy.Arguments.Add(dp);
-        destroy.Arguments.Add(dc);
+        var da = SpecArgs.Add(destroy, 2);
         destroy.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
-            await client.DeleteAsync($"pools/{Cli.Esc(parse.GetValue(dp)!)}/containers/{Cli.Esc(parse.GetValue(dc)!)}");
+            var (spec, _) = da.Get(parse);
+            await client.DeleteAsync($"pools/{Cli.Esc(spec[0])}/containers/{Cli.Esc(spec[1])}");
             if (json)
-                Cli.PrintJson(new { pool = parse.GetValue(dp), container = parse.GetValue(dc), destroyed = true });
+                Cli.PrintJson(new { pool = spec[0], container = spec[1], destroyed = true });
             else
-                Console.Out.WriteLine($"Container destroyed: {parse.GetValue(dc)}");
+                Console.Out.WriteLine($"Container destroyed: {spec[1]}");
             return 0;
         }));
 

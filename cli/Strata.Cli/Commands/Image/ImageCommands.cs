@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Globalization;
 using System.Security.Cryptography;
 using Strata.Cli.Output;
 using Strata.Engine.Control;
@@ -18,27 +19,15 @@ public static class ImageCommands
     private static readonly Option<string?> ChunkSize = new("--chunk-size") { Description = "Chunk size, a power of two (default: the pool's)" };
     private static readonly Option<string> Offset = new("--offset") { Description = "Byte offset in the image", DefaultValueFactory = _ => "0" };
     private static readonly Option<string?> File = new("--file", "-f") { Description = "Bytes to write ('-' for standard input)" };
-    private static readonly Option<int?> Pattern = new("--pattern") { Description = "Write this byte value (0-255) --length times instead of a file" };
+    private static readonly Option<string?> Pattern = new("--pattern") { Description = "Write this byte value (0-255, or hex 0x00-0xff) --length times instead of a file" };
     private static readonly Option<string?> Length = new("--length", "-l") { Description = "Number of bytes (read; write with --pattern)" };
     private static readonly Option<string?> Out = new("--out", "-o") { Description = "Write the bytes read to this file ('-' for standard output); else print their SHA-256" };
 
-    private static (Argument<string> Pool, Argument<string> Cont, Argument<string> Image) Args(Command cmd, bool withImage = true)
-    {
-        var p = new Argument<string>("pool") { Description = "Pool label" };
-        var c = new Argument<string>("cont") { Description = "Container label" };
-        var i = new Argument<string>("image") { Description = "Image label" };
-        cmd.Arguments.Add(p);
-        cmd.Arguments.Add(c);
-        if (withImage)
-            cmd.Arguments.Add(i);
-        return (p, c, i);
-    }
+    private static string ContPath(string[] spec) => $"pools/{Cli.Esc(spec[0])}/containers/{Cli.Esc(spec[1])}";
 
-    private static string ImagesPath(ParseResult parse, (Argument<string> Pool, Argument<string> Cont, Argument<string> Image) a) =>
-        $"pools/{Cli.Esc(parse.GetValue(a.Pool)!)}/containers/{Cli.Esc(parse.GetValue(a.Cont)!)}/images";
+    private static string ImagesPath(string[] spec) => ContPath(spec) + "/images";
 
-    private static string ImagePath(ParseResult parse, (Argument<string> Pool, Argument<string> Cont, Argument<string> Image) a) =>
-        ImagesPath(parse, a) + "/" + Cli.Esc(parse.GetValue(a.Image)!);
+    private static string ImagePath(string[] spec) => ImagesPath(spec) + "/" + Cli.Esc(spec[2]);
 
     private static int ChunkSizeOf(string s)
     {
@@ -49,14 +38,15 @@ public static class ImageCommands
     public static Command Create()
     {
         var create = new Command("create", "Create a thin image in a container");
-        var ca = Args(create);
+        var ca = SpecArgs.Add(create, 3);
         create.Options.Add(Size);
         create.Options.Add(ChunkSize);
         create.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
+            var (spec, _) = ca.Get(parse);
             int chunk = parse.GetValue(ChunkSize) is { } cs ? ChunkSizeOf(cs) : 0;
-            var img = await client.PostAsync<ImageDto>(ImagesPath(parse, ca),
-                new ImageCreateRequest(parse.GetValue(ca.Image)!, Sizes.Parse(parse.GetValue(Size)!, "--size"), chunk));
+            var img = await client.PostAsync<ImageDto>(ImagesPath(spec),
+                new ImageCreateRequest(spec[2], Sizes.Parse(parse.GetValue(Size)!, "--size"), chunk));
             if (json)
                 Cli.PrintJson(img);
             else
@@ -65,10 +55,11 @@ public static class ImageCommands
         }));
 
         var list = new Command("list", "List the images of a container");
-        var la = Args(list, withImage: false);
+        var la = SpecArgs.Add(list, 2);
         list.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
-            var imgs = await client.GetAsync<List<ImageDto>>(ImagesPath(parse, la));
+            var (spec, _) = la.Get(parse);
+            var imgs = await client.GetAsync<List<ImageDto>>(ImagesPath(spec));
             if (json)
             {
                 Cli.PrintJson(imgs);
@@ -76,7 +67,7 @@ public static class ImageCommands
             }
             if (imgs.Count == 0)
             {
-                Console.Out.WriteLine($"No images in {parse.GetValue(la.Pool)}/{parse.GetValue(la.Cont)}");
+                Console.Out.WriteLine($"No images in {spec[0]}/{spec[1]}");
                 return 0;
             }
             var t = new Table("Image", "Id", "Size", "Chunk", "Mapped");
@@ -87,10 +78,10 @@ public static class ImageCommands
         }));
 
         var info = new Command("info", "Show an image");
-        var ia = Args(info);
+        var ia = SpecArgs.Add(info, 3);
         info.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
-            var i = await client.GetAsync<ImageDto>(ImagePath(parse, ia));
+            var i = await client.GetAsync<ImageDto>(ImagePath(ia.Get(parse).Spec));
             if (json)
             {
                 Cli.PrintJson(i);
@@ -116,20 +107,21 @@ public static class ImageCommands
         }));
 
         var resize = new Command("resize", "Grow or shrink an image");
-        var ra = Args(resize);
+        var ra = SpecArgs.Add(resize, 3);
         resize.Options.Add(NewSize);
         resize.Options.Add(AllowShrink);
         resize.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
+            var (spec, _) = ra.Get(parse);
             var (size, relative) = Sizes.ParseRelative(parse.GetValue(NewSize)!, "--size");
             if (relative)
             {
-                long current = (await client.GetAsync<ImageDto>(ImagePath(parse, ra))).Size;
+                long current = (await client.GetAsync<ImageDto>(ImagePath(spec))).Size;
                 size = current <= long.MaxValue - size
                     ? current + size
                     : throw new CliException(ExitCodes.Usage, $"--size {parse.GetValue(NewSize)} grows the image past {long.MaxValue} bytes");
             }
-            var i = await client.PostAsync<ImageDto>(ImagePath(parse, ra) + "/resize", new ImageResizeRequest(size, parse.GetValue(AllowShrink)));
+            var i = await client.PostAsync<ImageDto>(ImagePath(spec) + "/resize", new ImageResizeRequest(size, parse.GetValue(AllowShrink)));
             if (json)
                 Cli.PrintJson(i);
             else
@@ -138,36 +130,39 @@ public static class ImageCommands
         }));
 
         var rm = new Command("rm", "Remove an image and free its chunks");
-        var xa = Args(rm);
+        var xa = SpecArgs.Add(rm, 3);
         rm.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
-            await client.DeleteAsync(ImagePath(parse, xa));
+            var (spec, _) = xa.Get(parse);
+            await client.DeleteAsync(ImagePath(spec));
             if (json)
-                Cli.PrintJson(new { pool = parse.GetValue(xa.Pool), container = parse.GetValue(xa.Cont), image = parse.GetValue(xa.Image), removed = true });
+                Cli.PrintJson(new { pool = spec[0], container = spec[1], image = spec[2], removed = true });
             else
-                Console.Out.WriteLine($"Image removed: {parse.GetValue(xa.Image)}");
+                Console.Out.WriteLine($"Image removed: {spec[2]}");
             return 0;
         }));
 
         var write = new Command("write", "Write bytes to an image at an offset (a file, standard input, or a repeated byte)");
-        var wa = Args(write);
+        var wa = SpecArgs.Add(write, 3);
         write.Options.Add(Offset);
         write.Options.Add(File);
         write.Options.Add(Pattern);
         write.Options.Add(Length);
         write.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
+            var (spec, _) = wa.Get(parse);
             long offset = Sizes.Parse(parse.GetValue(Offset)!, "--offset");
             string? file = parse.GetValue(File);
-            int? pattern = parse.GetValue(Pattern);
+            string? pattern = parse.GetValue(Pattern);
             if ((file == null) == (pattern == null))
                 throw new CliException(ExitCodes.Usage, "give either --file F or --pattern BYTE --length N");
             Stream input;
-            if (pattern is { } b)
+            if (pattern != null)
             {
-                if (b is < 0 or > 255 || parse.GetValue(Length) is not { } l)
-                    throw new CliException(ExitCodes.Usage, "--pattern takes a byte value 0-255 and needs --length");
-                input = new PatternStream((byte)b, Sizes.Parse(l, "--length"));
+                byte b = PatternByte(pattern);
+                if (parse.GetValue(Length) is not { } l)
+                    throw new CliException(ExitCodes.Usage, "--pattern needs --length");
+                input = new PatternStream(b, Sizes.Parse(l, "--length"));
             }
             else
             {
@@ -183,7 +178,7 @@ public static class ImageCommands
                     int n = await input.ReadAtLeastAsync(buf, buf.Length, throwOnEndOfStream: false, ct);
                     if (n == 0)
                         break;
-                    await client.PutBytesAsync<WriteResult>(ImagePath(parse, wa) + $"/data?offset={offset + total}", buf.AsMemory(0, n));
+                    await client.PutBytesAsync<WriteResult>(ImagePath(spec) + $"/data?offset={offset + total}", buf.AsMemory(0, n));
                     sha.AppendData(buf, 0, n);
                     total += n;
                     if (n < buf.Length)
@@ -199,12 +194,13 @@ public static class ImageCommands
         }));
 
         var read = new Command("read", "Read bytes from an image");
-        var da = Args(read);
+        var da = SpecArgs.Add(read, 3);
         read.Options.Add(Offset);
         read.Options.Add(Length);
         read.Options.Add(Out);
         read.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
+            var (spec, _) = da.Get(parse);
             long offset = Sizes.Parse(parse.GetValue(Offset)!, "--offset");
             long length = parse.GetValue(Length) is { } l ? Sizes.Parse(l, "--length") : throw new CliException(ExitCodes.Usage, "--length is required");
             string? outPath = parse.GetValue(Out);
@@ -215,7 +211,7 @@ public static class ImageCommands
                 for (long done = 0; done < length;)
                 {
                     int n = (int)Math.Min(Strata.Engine.Control.Api.MaxBodyBytes, length - done);
-                    var bytes = await client.GetBytesAsync(ImagePath(parse, da) + $"/data?offset={offset + done}&length={n}");
+                    var bytes = await client.GetBytesAsync(ImagePath(spec) + $"/data?offset={offset + done}&length={n}");
                     sha.AppendData(bytes);
                     if (output != null)
                         await output.WriteAsync(bytes, ct);
@@ -243,6 +239,18 @@ public static class ImageCommands
             return parse => ImagePath(parse, a);
         });
         return Cli.Group("image", "Images: thin block volumes inside a container", create, list, info, resize, rm, write, read, map, ImageMapCommands.Unmap());
+    }
+
+    /// <summary>`--pattern`: a byte in decimal (0-255) or hex (0x00-0xff).</summary>
+    public static byte PatternByte(string s)
+    {
+        string t = s.Trim();
+        bool hex = t.StartsWith("0x", StringComparison.OrdinalIgnoreCase);
+        string digits = hex ? t[2..] : t;
+        var style = hex ? NumberStyles.AllowHexSpecifier : NumberStyles.None;
+        return digits.Length is > 0 and <= 3 && byte.TryParse(digits, style, CultureInfo.InvariantCulture, out byte b)
+            ? b
+            : throw new CliException(ExitCodes.Usage, $"--pattern '{Cli.Shorten(s)}' is not a byte: give 0-255 or 0x00-0xff");
     }
 
     /// <summary>A stream of one repeated byte (for `image write --pattern`).</summary>

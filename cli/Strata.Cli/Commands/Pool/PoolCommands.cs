@@ -9,8 +9,8 @@ public static class PoolCommands
 {
     private static readonly Option<string> Size = new("--size", "-s") { Description = "Pool size (spread over every target), e.g. 1G", Required = true };
     private static readonly Option<int> Rf = new("--rf") { Description = "Replicas of each chunk: 1 or 2", DefaultValueFactory = _ => 1 };
-    private static readonly Option<bool> Force = new("--force") { Description = "Destroy even if the pool is open" };
-    private static readonly Option<uint> Layout = new("--layout") { Description = "Layout version of the new pool (default: the newest the engine supports; an older one stays openable by older releases)" };
+    private static readonly Option<bool> Force = new("--force") { Description = "Destroy even while NBD clients hold images of the pool open (they are disconnected first)" };
+    private static readonly Option<uint?> Layout = new("--layout") { Description = "Layout version of the new pool, 1 or more (default: the newest the engine supports; an older one stays openable by older releases)" };
 
     private static Argument<string> Label() => new("pool") { Description = "Pool label" };
 
@@ -33,7 +33,7 @@ public static class PoolCommands
             return 0;
         }));
 
-        var list = new Command("list", "List pools with their layout version and whether an upgrade is available");
+        var list = new Command("list", "List pools: size, used, free, capacity used, rf, state, layout version and the upgrade available");
         list.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
             var pools = await client.GetAsync<List<PoolListEntry>>("pools");
@@ -47,9 +47,14 @@ public static class PoolCommands
                 Console.Out.WriteLine("No pools in system");
                 return 0;
             }
-            var t = new Table("Pool", "UUID", "Size", "Targets", "State", "Layout", "UpgradeNeeded?");
+            // zpool list's columns; CAP is the share of the pool's space in use.
+            var t = new Table("NAME", "SIZE", "USED", "FREE", "CAP", "RF", "STATE", "LAYOUT", "UPGRADE");
             foreach (var p in pools)
-                t.Add(p.Label, p.Id, Sizes.Format(p.SizeBytes), p.Targets, p.State, p.LayoutVersion, p.UpgradeNeeded ?? "None");
+            {
+                long total = p.TotalBytes ?? p.SizeBytes;
+                t.Add(p.Label, Sizes.Format(total), p.UsedBytes is { } u ? Sizes.Format(u) : null, p.FreeBytes is { } f ? Sizes.Format(f) : null,
+                    p.UsedBytes is { } used && total > 0 ? $"{used * 100 / total}%" : null, p.Rf, p.State, p.LayoutVersion, p.UpgradeNeeded ?? "None");
+            }
             t.Write(Console.Out);
             return 0;
         }));
@@ -108,7 +113,7 @@ public static class PoolCommands
 
         var getLabel = Label();
         var getName = new Argument<string?>("name") { Description = "Property name (all properties when omitted)", Arity = ArgumentArity.ZeroOrOne };
-        var getProp = new Command("get-prop", "Show pool properties");
+        var getProp = new Command("get-prop", "Show pool properties with their source (default, set, or - for computed ones)");
         getProp.Arguments.Add(getLabel);
         getProp.Arguments.Add(getName);
         getProp.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
@@ -133,7 +138,7 @@ public static class PoolCommands
         }));
 
         var destroyLabel = Label();
-        var destroy = new Command("destroy", "Destroy a pool and everything in it");
+        var destroy = new Command("destroy", "Destroy a pool and everything in it; refused while NBD clients are attached, which it names, unless --force");
         destroy.Arguments.Add(destroyLabel);
         destroy.Options.Add(Force);
         destroy.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
@@ -157,9 +162,17 @@ public static class PoolCommands
             Cli.PrintJson(props);
             return 0;
         }
-        var t = new Table("Name", "Value");
+        if (props.All(p => p.Source == null))
+        {
+            var nv = new Table("NAME", "VALUE");
+            foreach (var p in props)
+                nv.Add(p.Name, p.Value);
+            nv.Write(Console.Out);
+            return 0;
+        }
+        var t = new Table("NAME", "VALUE", "SOURCE");
         foreach (var p in props)
-            t.Add(p.Name, p.Value);
+            t.Add(p.Name, p.Value, p.Source);
         t.Write(Console.Out);
         return 0;
     }

@@ -18,7 +18,8 @@ public static class PoolUpgradeCommand
         var pool = new Argument<string?>("pool") { Description = "Pool label (omit with --list)", Arity = ArgumentArity.ZeroOrOne };
         var to = new Option<uint?>("--to") { Description = "Target layout version (default: the newest the engine supports); versions in between are chained in order" };
         var dryRun = new Option<bool>("--dry-run") { Description = "List the actions, their kinds, the data each would scan or move, and each precondition's result; change nothing" };
-        var wait = new Option<bool>("--wait") { Description = "Show progress until the upgrade ends" };
+        var wait = new Option<bool>("--wait") { Description = "Show progress until the upgrade ends; attaches to a job already running (or just finished) instead of starting one" };
+        var status = new Option<bool>("--status") { Description = "Show the pool's upgrade job (running, completed, failed or not started) and return" };
         var list = new Option<bool>("--list", "-v") { Description = "List the layout versions and features, marking those this engine supports" };
         var cmd = new Command("upgrade", "Upgrade a pool's on-disk layout as an asynchronous, resumable job");
         cmd.Arguments.Add(pool);
@@ -26,6 +27,7 @@ public static class PoolUpgradeCommand
         cmd.Options.Add(dryRun);
         cmd.Options.Add(wait);
         cmd.Options.Add(list);
+        cmd.Options.Add(status);
         cmd.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
             string? label = parse.GetValue(pool);
@@ -40,6 +42,31 @@ public static class PoolUpgradeCommand
                 throw new CliException(ExitCodes.Usage, "pool upgrade needs a pool label (or --list)");
             if (parse.GetValue(dryRun) && parse.GetValue(wait))
                 throw new CliException(ExitCodes.Usage, "--dry-run and --wait cannot be combined");
+            if (parse.GetValue(status))
+            {
+                if (parse.GetValue(dryRun) || parse.GetValue(wait) || parse.GetValue(to) != null)
+                    throw new CliException(ExitCodes.Usage, "--status takes only the pool");
+                var st = await client.GetAsync<UpgradeStatus>($"pools/{Cli.Esc(label)}/upgrade");
+                if (json)
+                    Cli.PrintJson(st);
+                else
+                    Console.Out.WriteLine($"Pool {st.Pool} is at layout version {st.LayoutVersion}; " + (st.JobId == null ? "no upgrade has run" : $"upgrade {Describe(st)}"));
+                return 0;
+            }
+            if (parse.GetValue(wait))
+            {
+                // Attach to the pool's job when one is running, or has just taken the pool where it was asked to go.
+                var q = await client.GetAsync<PoolQueryDto>($"pools/{Cli.Esc(label)}");
+                var current = q.Upgrade ?? await client.GetAsync<UpgradeStatus>($"pools/{Cli.Esc(label)}/upgrade");
+                bool running = current.JobId != null && (current.Running || current.Status == "in progress");
+                bool arrived = current.JobId != null && current.Status == "completed" && q.LayoutVersion == (parse.GetValue(to) ?? q.SupportedLayoutVersion);
+                if (running || arrived)
+                {
+                    if (!json)
+                        Console.Out.WriteLine($"Attached to upgrade job {current.JobId} of {current.Pool} (to layout version {current.Target})");
+                    return Finish(await WaitAsync(client, label, current.JobId!.Value, json, ct), json);
+                }
+            }
             var plan = await client.PostAsync<UpgradePlan>($"pools/{Cli.Esc(label)}/upgrade", new UpgradeRequest(parse.GetValue(to), parse.GetValue(dryRun)));
             if (plan.DryRun && plan.JobId == null)
                 return PrintPlan(plan, json);
@@ -54,15 +81,19 @@ public static class PoolUpgradeCommand
             }
             if (!json)
                 Console.Out.WriteLine($"Upgrading {plan.Pool} from layout version {plan.From} to {plan.To} (job {plan.JobId})");
-            var final = await WaitAsync(client, label, plan.JobId!.Value, json, ct);
-            if (json)
-                Cli.PrintJson(final);
-            else
-                Console.Out.WriteLine($"Upgrade {final.Status}{(final.Reason != null ? $": {final.Reason}" : "")}; pool {final.Pool} is at layout version {final.LayoutVersion}" +
-                                      (final.LongestPauseMs is { } ms ? $" (longest pause {ms.ToString("0.##", CultureInfo.InvariantCulture)} ms)" : ""));
-            return final.Status == "completed" ? 0 : ExitCodes.Failed;
+            return Finish(await WaitAsync(client, label, plan.JobId!.Value, json, ct), json);
         }));
         return cmd;
+    }
+
+    private static int Finish(UpgradeStatus final, bool json)
+    {
+        if (json)
+            Cli.PrintJson(final);
+        else
+            Console.Out.WriteLine($"Upgrade {final.Status}{(final.Reason != null ? $": {final.Reason}" : "")}; pool {final.Pool} is at layout version {final.LayoutVersion}" +
+                                  (final.LongestPauseMs is { } ms ? $" (longest pause {ms.ToString("0.##", CultureInfo.InvariantCulture)} ms)" : ""));
+        return final.Status == "completed" ? 0 : ExitCodes.Failed;
     }
 
     private static async Task<UpgradeStatus> WaitAsync(EngineClient client, string label, ulong job, bool json, CancellationToken ct)

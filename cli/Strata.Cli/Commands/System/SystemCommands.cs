@@ -31,10 +31,14 @@ public static class SystemCommands
             return 0;
         }));
 
-        var stop = new Command("stop", "Stop the engine cleanly (closes every pool, flushes the targets) and wait for it to exit");
+        var stop = new Command("stop", "Stop the engine cleanly (closes every pool, flushes the targets) and wait for it to exit; names the NBD clients it disconnects");
         stop.Options.Add(NoWait);
         stop.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
+            var attached = await AttachedClientsAsync(client);
+            if (!json)
+                Console.Out.WriteLine(attached.Count == 0 ? "stopping; no NBD clients are attached"
+                    : $"stopping; {attached.Count} NBD client(s) will be disconnected: {string.Join(", ", attached)}");
             var s = await client.PostAsync<SystemInfo>("system/stop", new { });
             if (!parse.GetValue(NoWait))
                 await WaitForExitAsync(s.Pid, client.SocketPath);
@@ -45,7 +49,7 @@ public static class SystemCommands
             return 0;
         }));
 
-        var events = new Command("events", "Show RAS events from the engine's log; --follow streams new ones");
+        var events = new Command("events", "Show RAS events from the engine's log; --follow streams new ones until interrupted (exit 3 with a message when the engine stops)");
         events.Options.Add(Follow);
         events.Options.Add(Since);
         events.Options.Add(Severity);
@@ -73,6 +77,27 @@ public static class SystemCommands
         }));
 
         return Cli.Group("system", "The engine as a whole", query, stop, events, prepare);
+    }
+
+    /// <summary>"client 3 (nbd, PEER) on tank/vols/disk0" for every client of every open pool.</summary>
+    private static async Task<List<string>> AttachedClientsAsync(Api.EngineClient client)
+    {
+        var result = new List<string>();
+        foreach (var p in await client.GetAsync<List<PoolListEntry>>("pools"))
+        {
+            if (p.State is not ("ready" or "readonly"))
+                continue;
+            try
+            {
+                foreach (var c in await client.GetAsync<List<PoolClientDto>>($"pools/{Cli.Esc(p.Label)}/clients"))
+                    result.Add($"client {c.Id} ({c.Kind}, {c.Peer}) on {p.Label}/{c.Image}");
+            }
+            catch (CliException e) when (e.ExitCode == ExitCodes.NotFound)
+            {
+                // Destroyed since the listing.
+            }
+        }
+        return result;
     }
 
     private static async Task WaitForExitAsync(int pid, string socket)
@@ -133,10 +158,20 @@ public static class SystemCommands
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
         {
+            return 0;
         }
         catch (IOException) when (ct.IsCancellationRequested)
         {
+            return 0;
         }
+        catch (Exception e) when (follow && e is IOException or HttpRequestException)
+        {
+            // The connection broke mid-stream: the engine went away without ending the stream.
+            throw new CliException(ExitCodes.Unreachable, $"the engine at {client.SocketPath} went away; no more events ({e.Message})");
+        }
+        // A followed stream ends only when the engine stops (it closes every stream on shutdown).
+        if (follow && !ct.IsCancellationRequested)
+            throw new CliException(ExitCodes.Unreachable, $"the engine at {client.SocketPath} stopped; no more events");
         return 0;
     }
 
