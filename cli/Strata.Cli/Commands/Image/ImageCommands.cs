@@ -235,8 +235,8 @@ public static class ImageCommands
 
         var map = ImageMapCommands.Map(cmd =>
         {
-            var a = Args(cmd);
-            return parse => ImagePath(parse, a);
+            var a = SpecArgs.Add(cmd, 3);
+            return parse => ImagePath(a.Get(parse).Spec);
         });
         return Cli.Group("image", "Images: thin block volumes inside a container", create, list, info, resize, rm, write, read, map, ImageMapCommands.Unmap());
     }
