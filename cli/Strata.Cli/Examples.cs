@@ -36,6 +36,7 @@ public static class Examples
         ["image write"] = "strata image write tank/vols/disk0 --offset 1M --pattern 0x5a --length 4K",
         ["image read"] = "strata image read tank/vols/disk0 --offset 1M --length 4K --out block.bin",
         ["image map"] = "strata image map tank/vols/disk0",
+        ["image unmap"] = "strata image unmap /dev/nbd0",
         ["engine counters"] = "strata engine counters --count 3",
         ["completion"] = "strata completion bash > /etc/bash_completion.d/strata",
     };

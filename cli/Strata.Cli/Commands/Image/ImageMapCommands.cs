@@ -16,7 +16,7 @@ public static class ImageMapCommands
 
     public static Command Map(Func<Command, Func<ParseResult, string>> imageArgs)
     {
-        var map = new Command("map", "Print an image's NBD URIs; attach it as /dev/nbdX where the kernel nbd module is loaded\nExample: strata image map tank vols disk0");
+        var map = new Command("map", "Print an image's NBD URIs; attach it as /dev/nbdX where the kernel nbd module is loaded");
         var path = imageArgs(map);
         map.Options.Add(NoAttach);
         map.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
@@ -46,7 +46,7 @@ public static class ImageMapCommands
 
     public static Command Unmap()
     {
-        var unmap = new Command("unmap", "Detach a /dev/nbdX that `image map` attached\nExample: strata image unmap /dev/nbd0");
+        var unmap = new Command("unmap", "Detach a /dev/nbdX that `image map` attached");
         unmap.Arguments.Add(Device);
         unmap.SetAction((parse, ct) => Cli.RunAsync(parse, async (_, json) =>
         {
