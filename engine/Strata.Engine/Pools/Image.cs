@@ -97,11 +97,11 @@ public sealed class Image
             await ReadPieceAsync(meta, offset / cs, (int)(offset % cs), destination).ConfigureAwait(false);
             return;
         }
-        await ForEachGroupAsync(Groups(offset, destination.Length, cs, ChunkRuns.GroupSize(_pool, 1)), async g =>
+        await ForEachGroupAsync(Groups(offset, destination.Length, cs, _pool.ChunkRuns.GroupSize(1)), async g =>
         {
             List<long>? unrepaired;
             using (await _locks.ChunksAsync(g[0].Index, g.Count, write: false).ConfigureAwait(false))
-                unrepaired = await ChunkRuns.ReadGroupAsync(_pool, Meta, g, destination).ConfigureAwait(false);
+                unrepaired = await _pool.ChunkRuns.ReadGroupAsync(Meta, g, destination).ConfigureAwait(false);
             if (unrepaired != null)
                 foreach (long index in unrepaired)
                     await RepairChunkAsync(meta, index).ConfigureAwait(false);
@@ -115,7 +115,7 @@ public sealed class Image
         bool needsRepair;
         using (await _locks.ReadAsync(index).ConfigureAwait(false))
         {
-            var map = ChunkIo.Lookup(_pool, Meta, index);
+            var map = _pool.ChunkIo.Lookup(Meta, index);
             if (map == null)
             {
                 dest.Span.Clear();
@@ -123,14 +123,14 @@ public sealed class Image
             }
             if (ChunkChecksum.VerifiedRange(cs, within, dest.Length) == (within, dest.Length))
             {
-                needsRepair = await ChunkIo.ReadVerifiedAsync(_pool, meta, index, map, dest, repair: false).ConfigureAwait(false);
+                needsRepair = await _pool.ChunkIo.ReadVerifiedAsync(meta, index, map, dest, repair: false).ConfigureAwait(false);
             }
             else
             {
                 var chunk = System.Buffers.ArrayPool<byte>.Shared.Rent(cs);
                 try
                 {
-                    needsRepair = await ChunkIo.ReadVerifiedAsync(_pool, meta, index, map, chunk.AsMemory(0, cs), repair: false).ConfigureAwait(false);
+                    needsRepair = await _pool.ChunkIo.ReadVerifiedAsync(meta, index, map, chunk.AsMemory(0, cs), repair: false).ConfigureAwait(false);
                     chunk.AsSpan(within, dest.Length).CopyTo(dest.Span);
                 }
                 finally
@@ -152,13 +152,13 @@ public sealed class Image
     {
         using (await _locks.ChunkAsync(index).ConfigureAwait(false))
         {
-            var map = ChunkIo.Lookup(_pool, Meta, index);
+            var map = _pool.ChunkIo.Lookup(Meta, index);
             if (map == null)
                 return;
             var chunk = System.Buffers.ArrayPool<byte>.Shared.Rent(meta.ChunkSize);
             try
             {
-                await ChunkIo.ReadVerifiedAsync(_pool, meta, index, map, chunk.AsMemory(0, meta.ChunkSize), repair: true, report: false).ConfigureAwait(false);
+                await _pool.ChunkIo.ReadVerifiedAsync(meta, index, map, chunk.AsMemory(0, meta.ChunkSize), repair: true, report: false).ConfigureAwait(false);
             }
             catch (Exception e) when (e is DataIntegrityException or IOException)
             {
@@ -191,13 +191,13 @@ public sealed class Image
         if (offset / cs == (offset + source.Length - 1) / cs)
         {
             using (await _locks.ChunkAsync(offset / cs).ConfigureAwait(false))
-                await ChunkIo.WriteAsync(_pool, Meta, offset / cs, (int)(offset % cs), source, durable).ConfigureAwait(false);
+                await _pool.ChunkIo.WriteAsync(Meta, offset / cs, (int)(offset % cs), source, durable).ConfigureAwait(false);
             return;
         }
-        await ForEachGroupAsync(Groups(offset, source.Length, cs, ChunkRuns.GroupSize(_pool, _pool.Rf)), async g =>
+        await ForEachGroupAsync(Groups(offset, source.Length, cs, _pool.ChunkRuns.GroupSize(_pool.Rf)), async g =>
         {
             using (await _locks.ChunksAsync(g[0].Index, g.Count, write: true).ConfigureAwait(false))
-                await ChunkRuns.WriteGroupAsync(_pool, Meta, g, source, durable).ConfigureAwait(false);
+                await _pool.ChunkRuns.WriteGroupAsync(Meta, g, source, durable).ConfigureAwait(false);
         }).ConfigureAwait(false);
     }
 
@@ -251,8 +251,8 @@ public sealed class Image
         long index = from / cs;
         using (await _locks.ChunkAsync(index).ConfigureAwait(false))
         {
-            if (ChunkIo.Lookup(_pool, Meta, index) != null)
-                await ChunkIo.WriteAsync(_pool, meta, index, (int)(from % cs), new byte[to - from]).ConfigureAwait(false);
+            if (_pool.ChunkIo.Lookup(Meta, index) != null)
+                await _pool.ChunkIo.WriteAsync(meta, index, (int)(from % cs), new byte[to - from]).ConfigureAwait(false);
         }
     }
 
@@ -291,8 +291,8 @@ public sealed class Image
                 {
                     long last = oldSize / cs;
                     int within = (int)(oldSize % cs);
-                    if (ChunkIo.Lookup(_pool, meta, last) != null)
-                        await ChunkIo.WriteAsync(_pool, meta, last, within, new byte[cs - within]).ConfigureAwait(false);
+                    if (_pool.ChunkIo.Lookup(meta, last) != null)
+                        await _pool.ChunkIo.WriteAsync(meta, last, within, new byte[cs - within]).ConfigureAwait(false);
                 }
                 List<ChunkMap> dropped;
                 long keep = SizeLimits.ChunkCount(newSize, cs);

@@ -42,6 +42,12 @@ public sealed partial class Pool : IAsyncDisposable
 
     internal PoolLog Log { get; set; } = null!;
 
+    /// <summary>The single-chunk data path (reads with verification and repair, copy-on-write writes).</summary>
+    internal ChunkIo ChunkIo => field ??= new ChunkIo(this);
+
+    /// <summary>Requests spanning several chunks, in groups under one set of chunk locks.</summary>
+    internal ChunkRuns ChunkRuns => field ??= new ChunkRuns(this);
+
     internal SemaphoreSlim MetaLock { get; } = new(1, 1);
 
     internal ShardHeader Header { get; }

@@ -67,6 +67,23 @@ public sealed class PoolState
     /// <summary>Sequence of the last applied record.</summary>
     public ulong LastSeq { get; set; }
 
+    /// <summary>The chunk's map now (null: unmapped); maps are immutable, a record replaces them.</summary>
+    internal ChunkMap? ChunkAt(ImageMeta image, long index)
+    {
+        lock (Sync)
+            return image.Chunks.TryGetValue(index, out var m) ? m : null;
+    }
+
+    /// <summary>The maps of several chunks of one image, read at one instant.</summary>
+    internal ChunkMap?[] ChunksAt<T>(ImageMeta image, List<T> items, Func<T, long> index)
+    {
+        var maps = new ChunkMap?[items.Count];
+        lock (Sync)
+            for (int i = 0; i < maps.Length; i++)
+                maps[i] = image.Chunks.TryGetValue(index(items[i]), out var m) ? m : null;
+        return maps;
+    }
+
     public void Apply(WalRecord rec)
     {
         var r = new MetaReader(rec.Payload);

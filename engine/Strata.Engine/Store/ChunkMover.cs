@@ -61,7 +61,7 @@ internal sealed class ChunkMover(Pool pool)
     /// </summary>
     public async ValueTask<long> AllocateAsync(int target, int size)
     {
-        long off = await ChunkIo.AllocateAsync(pool, target, size).ConfigureAwait(false);
+        long off = await pool.ChunkIo.AllocateAsync(target, size).ConfigureAwait(false);
         if (off < 0)
             throw new NoSpaceException($"no space left in pool '{pool.Label}': target {target} has no free {size}-byte extent for a chunk move");
         return off;
@@ -114,7 +114,7 @@ internal sealed class ChunkHold : IDisposable
         get
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            return ChunkIo.Lookup(_pool, _meta, Chunk);
+            return _pool.ChunkIo.Lookup(_meta, Chunk);
         }
     }
 

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using Strata.Engine.Device;
 using Strata.Engine.Pools;
+using Strata.Engine.Store;
 using Strata.Perf.Common;
 using Strata.Perf.Device;
 

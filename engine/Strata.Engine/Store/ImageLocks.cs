@@ -1,4 +1,6 @@
-namespace Strata.Engine.Pools;
+using Strata.Engine.Pools;
+
+namespace Strata.Engine.Store;
 
 /// <summary>
 /// Striped per-chunk locks of one image. Reads share a stripe (they only need the

@@ -1,7 +1,7 @@
 using Strata.Engine.Layout;
-using Strata.Engine.Store;
+using Strata.Engine.Pools;
 
-namespace Strata.Engine.Pools;
+namespace Strata.Engine.Store;
 
 /// <summary>
 /// Opens a pool: validates every shard header read-only (layout version,

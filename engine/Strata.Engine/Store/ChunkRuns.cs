@@ -1,8 +1,8 @@
 using System.Buffers;
-using Strata.Engine.Store;
+using Strata.Engine.Pools;
 using Strata.Interop;
 
-namespace Strata.Engine.Pools;
+namespace Strata.Engine.Store;
 
 /// <summary>
 /// Requests that span several chunks, handled as groups of consecutive chunks
@@ -12,7 +12,7 @@ namespace Strata.Engine.Pools;
 /// read reads runs of adjacent extents with one device read each and verifies
 /// each chunk's CRC32C. A single-chunk request takes the ChunkIo path instead.
 /// </summary>
-internal static class ChunkRuns
+internal sealed class ChunkRuns(Pool pool)
 {
     /// <summary>One chunk's share of a request: chunk index, offset within the chunk, length, offset within the request.</summary>
     public readonly record struct Piece(long Index, int Within, int Length, int At);
@@ -20,7 +20,7 @@ internal static class ChunkRuns
     /// <summary>Chunks per group (bounded further so a group's records fit one log batch comfortably).</summary>
     private const int MaxGroupChunks = 256;
 
-    public static int GroupSize(Pool pool, int rf)
+    public int GroupSize(int rf)
     {
         int record = WalFormat.EncodedLength(4 + 8 + 1 + rf * 14);
         return (int)Math.Clamp(pool.Shards[0].Header.WalLength / 8 / record, 1, MaxGroupChunks);
@@ -48,19 +48,16 @@ internal static class ChunkRuns
         return runs;
     }
 
-    private static int MaxRun(Pool pool) => pool.Shards.Min(s => Math.Min(1 << 20, s.Device.Geometry.MaxTransfer));
+    private int MaxRun() => pool.Shards.Min(s => Math.Min(1 << 20, s.Device.Geometry.MaxTransfer));
 
     /// <summary>Writes one group of pieces; the caller holds the group's chunk locks exclusively.</summary>
     /// <param name="durable">False: writeback (PoolLog.CommitWriteback); the old extents are freed once the new mappings are durable.</param>
-    public static async Task WriteGroupAsync(Pool pool, ImageMeta meta, List<Piece> pieces, ReadOnlyMemory<byte> source, bool durable = true)
+    public async Task WriteGroupAsync(ImageMeta meta, List<Piece> pieces, ReadOnlyMemory<byte> source, bool durable = true)
     {
         pool.ThrowIfNotWritable();
         int cs = meta.ChunkSize;
         int n = pieces.Count;
-        var olds = new ChunkMap?[n];
-        lock (pool.Meta.Sync)
-            for (int i = 0; i < n; i++)
-                olds[i] = meta.Chunks.TryGetValue(pieces[i].Index, out var m) ? m : null;
+        var olds = pool.Meta.ChunksAt(meta, pieces, p => p.Index);
         // Each chunk's new contents: the caller's bytes for a whole chunk, else merged with the verified old chunk.
         var chunks = new ReadOnlyMemory<byte>[n];
         // From WriteReplicasAsync's allocation until the old extents are freed or deferred the write
@@ -83,7 +80,7 @@ internal static class ChunkRuns
                     rented.Add(buf);
                     var merged = buf.AsMemory(0, cs);
                     if (olds[i] != null)
-                        await ChunkIo.ReadVerifiedAsync(pool, meta, p.Index, olds[i]!, merged, repair: true).ConfigureAwait(false);
+                        await pool.ChunkIo.ReadVerifiedAsync(meta, p.Index, olds[i]!, merged, repair: true).ConfigureAwait(false);
                     else
                         merged.Span.Clear();
                     source.Span.Slice(p.At, p.Length).CopyTo(merged.Span[p.Within..]);
@@ -94,7 +91,7 @@ internal static class ChunkRuns
                 {
                     try
                     {
-                        replicas = await WriteReplicasAsync(pool, meta, pieces, chunks).ConfigureAwait(false);
+                        replicas = await WriteReplicasAsync(meta, pieces, chunks).ConfigureAwait(false);
                         held = true;
                     }
                     catch (NoSpaceException) when (attempt < PoolLog.SpaceRetries)
@@ -160,7 +157,7 @@ internal static class ChunkRuns
     /// extents, and returns each chunk's replicas. Their data writes have completed
     /// when this returns; the commit's flush makes them durable.
     /// </summary>
-    private static async Task<Replica[][]> WriteReplicasAsync(Pool pool, ImageMeta meta, List<Piece> pieces, ReadOnlyMemory<byte>[] chunks)
+    private async Task<Replica[][]> WriteReplicasAsync(ImageMeta meta, List<Piece> pieces, ReadOnlyMemory<byte>[] chunks)
     {
         int cs = meta.ChunkSize, n = pieces.Count, targets = pool.Shards.Length;
         int rf = Math.Min(pool.Rf, targets);
@@ -211,8 +208,8 @@ internal static class ChunkRuns
                     extents.Add(new Extent(rep.Target, rep.Offset, i));
             extents.Sort((a, b) => a.Target != b.Target ? a.Target.CompareTo(b.Target) : a.Offset.CompareTo(b.Offset));
             var writes = new List<Task>();
-            foreach (var (start, count) in Runs(extents, cs, MaxRun(pool)))
-                writes.Add(WriteRunAsync(pool, extents, start, count, cs, chunks));
+            foreach (var (start, count) in Runs(extents, cs, MaxRun()))
+                writes.Add(WriteRunAsync(extents, start, count, cs, chunks));
             try
             {
                 await Task.WhenAll(writes).ConfigureAwait(false);
@@ -238,7 +235,7 @@ internal static class ChunkRuns
     }
 
     /// <summary>One device write for a run of adjacent extents on one target.</summary>
-    private static async Task WriteRunAsync(Pool pool, List<Extent> extents, int start, int count, int cs, ReadOnlyMemory<byte>[] chunks)
+    private async Task WriteRunAsync(List<Extent> extents, int start, int count, int cs, ReadOnlyMemory<byte>[] chunks)
     {
         var shard = pool.Shards[extents[start].Target];
         using var buf = shard.Device.Buffers.Rent(count * cs);
@@ -254,13 +251,10 @@ internal static class ChunkRuns
     /// takes the single-chunk path (other replicas, reports). Returns the chunks
     /// with a bad replica left unrepaired.
     /// </summary>
-    public static async Task<List<long>?> ReadGroupAsync(Pool pool, ImageMeta meta, List<Piece> pieces, Memory<byte> destination)
+    public async Task<List<long>?> ReadGroupAsync(ImageMeta meta, List<Piece> pieces, Memory<byte> destination)
     {
         int cs = meta.ChunkSize, n = pieces.Count;
-        var maps = new ChunkMap?[n];
-        lock (pool.Meta.Sync)
-            for (int i = 0; i < n; i++)
-                maps[i] = meta.Chunks.TryGetValue(pieces[i].Index, out var m) ? m : null;
+        var maps = pool.Meta.ChunksAt(meta, pieces, p => p.Index);
         var extents = new List<Extent>(n);
         for (int i = 0; i < n; i++)
         {
@@ -273,9 +267,9 @@ internal static class ChunkRuns
             extents.Add(new Extent(r.Target, r.Offset, i));
         }
         extents.Sort((a, b) => a.Target != b.Target ? a.Target.CompareTo(b.Target) : a.Offset.CompareTo(b.Offset));
-        var runs = Runs(extents, cs, MaxRun(pool));
+        var runs = Runs(extents, cs, MaxRun());
         var failed = new bool[n];
-        await Task.WhenAll(runs.Select(run => ReadRunAsync(pool, extents, run.Start, run.Count, cs, pieces, maps, destination, failed))).ConfigureAwait(false);
+        await Task.WhenAll(runs.Select(run => ReadRunAsync(extents, run.Start, run.Count, cs, pieces, maps, destination, failed))).ConfigureAwait(false);
         List<long>? unrepaired = null;
         for (int i = 0; i < n; i++)
         {
@@ -285,7 +279,7 @@ internal static class ChunkRuns
             var chunk = ArrayPool<byte>.Shared.Rent(cs);
             try
             {
-                if (await ChunkIo.ReadVerifiedAsync(pool, meta, p.Index, maps[i]!, chunk.AsMemory(0, cs), repair: false).ConfigureAwait(false))
+                if (await pool.ChunkIo.ReadVerifiedAsync(meta, p.Index, maps[i]!, chunk.AsMemory(0, cs), repair: false).ConfigureAwait(false))
                     (unrepaired ??= []).Add(p.Index);
                 chunk.AsSpan(p.Within, p.Length).CopyTo(destination.Span.Slice(p.At, p.Length));
             }
@@ -297,7 +291,7 @@ internal static class ChunkRuns
         return unrepaired;
     }
 
-    private static async Task ReadRunAsync(Pool pool, List<Extent> extents, int start, int count, int cs, List<Piece> pieces,
+    private async Task ReadRunAsync(List<Extent> extents, int start, int count, int cs, List<Piece> pieces,
         ChunkMap?[] maps, Memory<byte> destination, bool[] failed)
     {
         var shard = pool.Shards[extents[start].Target];

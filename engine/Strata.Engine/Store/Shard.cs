@@ -1,7 +1,7 @@
 using Strata.Engine.Device;
-using Strata.Engine.Store;
+using Strata.Engine.Pools;
 
-namespace Strata.Engine.Pools;
+namespace Strata.Engine.Store;
 
 /// <summary>A pool's extent on one target: its header, log, checkpoints and data area.</summary>
 internal sealed class Shard

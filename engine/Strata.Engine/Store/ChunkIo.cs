@@ -1,19 +1,15 @@
-using Strata.Engine.Store;
+using Strata.Engine.Pools;
 using Strata.Interop;
 
-namespace Strata.Engine.Pools;
+namespace Strata.Engine.Store;
 
 /// <summary>
 /// The chunk data path. Callers hold the chunk's stripe lock, so a chunk's
 /// mapping cannot change (and its old extents cannot be reused) under them.
 /// </summary>
-internal static class ChunkIo
+internal sealed class ChunkIo(Pool pool)
 {
-    public static ChunkMap? Lookup(Pool pool, ImageMeta meta, long index)
-    {
-        lock (pool.Meta.Sync)
-            return meta.Chunks.TryGetValue(index, out var m) ? m : null;
-    }
+    public ChunkMap? Lookup(ImageMeta meta, long index) => pool.Meta.ChunkAt(meta, index);
 
     /// <summary>
     /// Reads a whole chunk into buffer and verifies it against the CRC32C kept in
@@ -23,7 +19,7 @@ internal static class ChunkIo
     /// chunk's exclusive lock, since a reader under the shared lock could read
     /// the replica mid-rewrite. Returns true when a bad replica was left unrepaired.
     /// </summary>
-    public static async Task<bool> ReadVerifiedAsync(Pool pool, ImageMeta meta, long index, ChunkMap map, Memory<byte> buffer,
+    public async Task<bool> ReadVerifiedAsync(ImageMeta meta, long index, ChunkMap map, Memory<byte> buffer,
         bool repair, bool report = true)
     {
         long at = index * meta.ChunkSize;
@@ -68,12 +64,12 @@ internal static class ChunkIo
         if (!repair)
             return true;
         if (pool.State == PoolStatus.Ready)
-            await RepairAsync(pool, meta, at, good.Value, bad, buffer).ConfigureAwait(false);
+            await RepairAsync(meta, at, good.Value, bad, buffer).ConfigureAwait(false);
         return false;
     }
 
     /// <summary>Rewrites bad replicas in place with verified bytes; the CRC in the map stays right.</summary>
-    private static async Task RepairAsync(Pool pool, ImageMeta meta, long at, Replica good, List<Replica> bad, ReadOnlyMemory<byte> data)
+    private async Task RepairAsync(ImageMeta meta, long at, Replica good, List<Replica> bad, ReadOnlyMemory<byte> data)
     {
         foreach (var r in bad)
         {
@@ -110,11 +106,11 @@ internal static class ChunkIo
     /// and only then free the old extents.
     /// </summary>
     /// <param name="durable">False: writeback (PoolLog.CommitWriteback); the old extents are freed once the new mapping is durable.</param>
-    public static async Task WriteAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, bool durable = true)
+    public async Task WriteAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, bool durable = true)
     {
         pool.ThrowIfNotWritable();
         int cs = meta.ChunkSize;
-        var old = Lookup(pool, meta, index);
+        var old = Lookup(meta, index);
         byte[]? rented = null;
         ReadOnlyMemory<byte> chunk;
         if (data.Length == cs)
@@ -127,7 +123,7 @@ internal static class ChunkIo
             rented = System.Buffers.ArrayPool<byte>.Shared.Rent(cs);
             var merged = rented.AsMemory(0, cs);
             if (old != null)
-                await ReadVerifiedAsync(pool, meta, index, old, merged, repair: true).ConfigureAwait(false);
+                await ReadVerifiedAsync(meta, index, old, merged, repair: true).ConfigureAwait(false);
             else
                 merged.Span.Clear();
             data.Span.CopyTo(merged.Span[within..]);
@@ -135,7 +131,7 @@ internal static class ChunkIo
         }
         try
         {
-            await WriteReplicasAsync(pool, meta, index, within, chunk, durable, old).ConfigureAwait(false);
+            await WriteReplicasAsync(meta, index, within, chunk, durable, old).ConfigureAwait(false);
         }
         finally
         {
@@ -150,7 +146,7 @@ internal static class ChunkIo
     /// for writes in flight to commit (PoolLog.FlushForSpaceAsync), up to PoolLog.SpaceRetries times;
     /// -1 when there is still none.
     /// </summary>
-    internal static async ValueTask<long> AllocateAsync(Pool pool, int t, long size)
+    internal async ValueTask<long> AllocateAsync(int t, long size)
     {
         long off = pool.Shards[t].Allocator.Allocate(size);
         for (int i = 0; off < 0 && i < PoolLog.SpaceRetries && await pool.Log.FlushForSpaceAsync().ConfigureAwait(false); i++)
@@ -159,7 +155,7 @@ internal static class ChunkIo
     }
 
     /// <summary>Writes the chunk to fresh extents, commits their mapping, then frees (or defers) the old extents.</summary>
-    private static async Task WriteReplicasAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool durable, ChunkMap? old)
+    private async Task WriteReplicasAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool durable, ChunkMap? old)
     {
         int cs = meta.ChunkSize;
         uint crc = ChunkChecksum.Of(chunk.Span);
@@ -172,7 +168,7 @@ internal static class ChunkIo
             for (; allocated < rf; allocated++)
             {
                 int t = placement.Target(meta.Id, index, allocated, pool.Shards.Length);
-                long off = await AllocateAsync(pool, t, cs).ConfigureAwait(false);
+                long off = await AllocateAsync(t, cs).ConfigureAwait(false);
                 if (off < 0)
                     throw new NoSpaceException($"no space left in pool '{pool.Label}': target {t} has no free {cs}-byte extent for image '{meta.Label}' at offset {index * cs}");
                 replicas[allocated] = new Replica((ushort)t, off, crc);
@@ -180,7 +176,7 @@ internal static class ChunkIo
         }
         catch
         {
-            FreeReplicas(pool, replicas, allocated, cs);
+            FreeReplicas(replicas, allocated, cs);
             throw;
         }
         // From here until the old extents are freed or deferred the write holds fresh extents: a writer
@@ -188,7 +184,7 @@ internal static class ChunkIo
         pool.Log.HoldFresh();
         try
         {
-            await WriteAndCommitAsync(pool, meta, index, within, chunk, durable, replicas).ConfigureAwait(false);
+            await WriteAndCommitAsync(meta, index, within, chunk, durable, replicas).ConfigureAwait(false);
             if (old == null)
                 return;
             if (durable)
@@ -202,7 +198,7 @@ internal static class ChunkIo
         }
     }
 
-    private static async Task WriteAndCommitAsync(Pool pool, ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool durable, Replica[] replicas)
+    private async Task WriteAndCommitAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool durable, Replica[] replicas)
     {
         int cs = meta.ChunkSize;
         int rf = replicas.Length;
@@ -212,12 +208,12 @@ internal static class ChunkIo
             // the write is answered without waiting for the log.
             try
             {
-                await WriteDataAsync(pool, replicas, chunk).ConfigureAwait(false);
+                await WriteDataAsync(replicas, chunk).ConfigureAwait(false);
             }
             catch (DeviceException e)
             {
-                FreeReplicas(pool, replicas, rf, cs);
-                throw WriteFailed(pool, meta, index * cs + within, e);
+                FreeReplicas(replicas, rf, cs);
+                throw WriteFailed(meta, index * cs + within, e);
             }
             try
             {
@@ -225,12 +221,12 @@ internal static class ChunkIo
             }
             catch
             {
-                FreeReplicas(pool, replicas, rf, cs); // nothing was applied or queued
+                FreeReplicas(replicas, rf, cs); // nothing was applied or queued
                 throw;
             }
             return;
         }
-        Task data = WriteDataAsync(pool, replicas, chunk);
+        Task data = WriteDataAsync(replicas, chunk);
         // Durable: the record is logged while the data writes run; the commit round's flush waits for
         // them and covers both (PoolLog.CommitAfterAsync). A crash may keep the record and lose
         // the data: replay checks the data of records past the last durable mark (PoolOpener).
@@ -250,7 +246,7 @@ internal static class ChunkIo
             {
                 // The enqueue's own error is the one to report; the writes are done either way.
             }
-            FreeReplicas(pool, replicas, rf, cs);
+            FreeReplicas(replicas, rf, cs);
             throw;
         }
         try
@@ -261,19 +257,19 @@ internal static class ChunkIo
         {
             // The data writes failed and the record was voided in the log (a pad in its place);
             // the round's flush made the pad durable, nothing refers to the new extents.
-            FreeReplicas(pool, replicas, rf, cs);
-            throw WriteFailed(pool, meta, index * cs + within, e);
+            FreeReplicas(replicas, rf, cs);
+            throw WriteFailed(meta, index * cs + within, e);
         }
         // Any other failure: the record may or may not be durable, so the extents stay allocated.
     }
 
     /// <summary>Writes the chunk to every replica's extent at once.</summary>
-    private static Task WriteDataAsync(Pool pool, Replica[] replicas, ReadOnlyMemory<byte> chunk) =>
+    private Task WriteDataAsync(Replica[] replicas, ReadOnlyMemory<byte> chunk) =>
         replicas.Length == 1
             ? pool.Shards[replicas[0].Target].WriteDataAsync(replicas[0].Offset, chunk).AsTask()
             : Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].WriteDataAsync(r.Offset, chunk).AsTask()));
 
-    private static StoreException WriteFailed(Pool pool, ImageMeta meta, long at, DeviceException e)
+    private StoreException WriteFailed(ImageMeta meta, long at, DeviceException e)
     {
         pool.Ras.Emit(new RasEvent(RasIds.DataWriteFailed, RasSeverity.Error, RasType.InfoOnly,
             $"pool '{pool.Label}' image '{meta.Label}' write at offset {at} failed: {e.Message}",
@@ -281,7 +277,7 @@ internal static class ChunkIo
         return new StoreException(Errno.EIO, $"write to pool '{pool.Label}' image '{meta.Label}' at offset {at} failed: {e.Message}", e);
     }
 
-    private static void FreeReplicas(Pool pool, Replica[] replicas, int count, int cs)
+    private void FreeReplicas(Replica[] replicas, int count, int cs)
     {
         for (int i = 0; i < count; i++)
             pool.Shards[replicas[i].Target].Allocator.Free(replicas[i].Offset, cs);

@@ -1,0 +1,167 @@
+using Strata.Engine.Pools;
+
+namespace Strata.Engine.Store;
+
+/// <summary>
+/// When commits are durable and what waits for it: flush requests, writers out of space, frees
+/// deferred until the records that superseded their extents are durable, fresh-extent holds, and
+/// the writeback flush timer.
+/// </summary>
+internal sealed partial class PoolLog
+{
+    private int _writebackTimer;
+    private readonly Queue<(long Ordinal, Action Free)> _deferredFrees = new();
+    private long _lastDeferred;
+
+
+    /// <summary>
+    /// Completes once every record applied before the call is durable: at once when nothing was
+    /// committed as writeback since the last flush round, else after a flush round of its own.
+    /// </summary>
+    public Task FlushAsync()
+    {
+        if (!FlushPending)
+        {
+            _pool.ThrowIfNotLoggable();
+            return Task.CompletedTask;
+        }
+        return Enqueue([]);
+    }
+
+    /// <summary>
+    /// For a writer out of space (that holds no fresh extents itself): says true once trying again may
+    /// find space, false when nothing can return any. When writeback commits are not durable yet or
+    /// frees wait for a flush, it runs a flush round, which returns the extents they superseded. Else,
+    /// when other writes hold fresh extents they have not committed (<see cref="HoldFresh"/>), it waits
+    /// until one commits (the extents it supersedes then wait for a flush) or gives its extents back.
+    /// Concurrent writers may take what came back first, so callers try again, up to
+    /// <see cref="SpaceRetries"/> times, before reporting ENOSPC.
+    /// </summary>
+    public async Task<bool> FlushForSpaceAsync()
+    {
+        bool released = !FlushPending && await WaitForFreshReleasedAsync().ConfigureAwait(false);
+        // A released write may have left frees waiting for a flush (checked again either way).
+        if (!FlushPending)
+            return released;
+        await Enqueue([]).ConfigureAwait(false);
+        return true;
+    }
+
+    /// <summary>Writeback commits are not durable yet or frees wait for a flush: a flush round has work (and may return extents).</summary>
+    private bool FlushPending => Volatile.Read(ref _writebackEnqueued) > Volatile.Read(ref _durableOrdinal) || HasDeferredFrees;
+
+    /// <summary>
+    /// Times a writer out of space tries again, each after a flush round or another write's commit.
+    /// Each attempt follows progress by some writer; only a writer that others overtake this often fails.
+    /// </summary>
+    public const int SpaceRetries = 64;
+
+    private long _freshHolders, _spaceWaiters;
+    private TaskCompletionSource _freshReleased = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>
+    /// A write has allocated every extent it needs and holds them until its commit is queued and the
+    /// extents it supersedes are freed or deferred (<see cref="ReleaseFresh"/>, once). Writers out of space
+    /// wait for such writes rather than report ENOSPC while the space is in flight.
+    /// </summary>
+    public void HoldFresh() => Interlocked.Increment(ref _freshHolders);
+
+    public void ReleaseFresh()
+    {
+        Interlocked.Decrement(ref _freshHolders);
+        if (Volatile.Read(ref _spaceWaiters) > 0)
+            Interlocked.Exchange(ref _freshReleased, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+    }
+
+    /// <summary>True after some write released its fresh extents; false at once when none holds any.</summary>
+    private async Task<bool> WaitForFreshReleasedAsync()
+    {
+        Interlocked.Increment(ref _spaceWaiters);
+        try
+        {
+            // The signal is read before the count: a release after the count was read completes it.
+            var released = Volatile.Read(ref _freshReleased);
+            if (Interlocked.Read(ref _freshHolders) == 0)
+                return false;
+            await released.Task.ConfigureAwait(false);
+            return true;
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _spaceWaiters);
+        }
+    }
+
+    /// <summary>Extents waiting for a flush round before they may be reused.</summary>
+    public bool HasDeferredFrees
+    {
+        get
+        {
+            lock (_deferredFrees)
+                return _deferredFrees.Count > 0;
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="free"/> once every record applied so far is durable (at once if it is):
+    /// extents that a writeback record superseded stay allocated until that record is durable, since
+    /// a crash before then replays the mapping that still refers to them.
+    /// </summary>
+    public void FreeWhenDurable(Action free)
+    {
+        long queued;
+        lock (_pool.Meta.Sync)
+            queued = _enqueued;
+        lock (_deferredFrees)
+        {
+            if (queued > _durableOrdinal)
+            {
+                // Two callers may enqueue out of the order they read in: keep the queue's ordinals
+                // nondecreasing (a free may wait for a later commit, never an earlier one), so
+                // MarkDurable can stop at the first one not durable.
+                _lastDeferred = Math.Max(_lastDeferred, queued);
+                _deferredFrees.Enqueue((_lastDeferred, free));
+                return;
+            }
+        }
+        free();
+    }
+
+    /// <summary>
+    /// Everything up to sequence <paramref name="seq"/> and commit <paramref name="ordinal"/> is durable:
+    /// advance the marks, run the frees it releases. The frees run under the lock: a writer out of space
+    /// that finds none pending (FlushAsync, HasDeferredFrees) must also find their extents back in the allocator.
+    /// </summary>
+    private void MarkDurable(ulong seq, long ordinal)
+    {
+        lock (_deferredFrees)
+        {
+            if (seq > _durableThrough)
+                Volatile.Write(ref _durableThrough, seq);
+            if (ordinal > _durableOrdinal)
+                Volatile.Write(ref _durableOrdinal, ordinal);
+            while (_deferredFrees.Count > 0 && _deferredFrees.Peek().Ordinal <= _durableOrdinal)
+                _deferredFrees.Dequeue().Free();
+        }
+    }
+
+    /// <summary>After a writeback round: make sure a flush round follows within the interval.</summary>
+    private void ArmWritebackFlush()
+    {
+        var interval = _pool.EngineOptions.WritebackFlushInterval;
+        if (interval == Timeout.InfiniteTimeSpan || Interlocked.Exchange(ref _writebackTimer, 1) != 0)
+            return;
+        _ = Task.Delay(interval).ContinueWith(async _ =>
+        {
+            Volatile.Write(ref _writebackTimer, 0);
+            try
+            {
+                await FlushAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is StoreException or ObjectDisposedException or IOException)
+            {
+                // The pool failed or closed: a close checkpoints, a failure was reported where it happened.
+            }
+        }, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default).Unwrap();
+    }
+}

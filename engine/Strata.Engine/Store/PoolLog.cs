@@ -1,0 +1,313 @@
+using System.Threading.Channels;
+using Strata.Engine.Pools;
+
+namespace Strata.Engine.Store;
+
+/// <summary>
+/// The pool's replicated write-ahead log with group commit: one committer loop
+/// drains the queue, writes every waiting record to every shard's log in one
+/// write per shard, flushes every shard once, applies the records to the state
+/// in sequence order and only then completes the callers (writeback commits,
+/// <see cref="CommitWriteback"/>, are applied and answered when queued instead). It checkpoints when
+/// the log is half full, so replay time stays bounded.
+/// <para>
+/// That one flush per round is also the data flush of the chunk writes whose
+/// records are in the batch: a chunk's data write completes before its record
+/// is enqueued, so before the round's flush is issued. Each batch starts with a
+/// DurableThrough record naming the last sequence the previous round's flush
+/// made durable; replay verifies the data of chunk-map records after the
+/// highest such mark (the log write may reach the media while the data write
+/// does not). docs/format.md, "Durability".
+/// </para>
+/// </summary>
+internal sealed partial class PoolLog
+{
+    /// <summary>Records committed together (null: a checkpoint request).</summary>
+    private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null, bool applied = false)
+    {
+        public MetaRecord[]? Records { get; } = Records;
+        /// <summary>
+        /// A writeback commit (<see cref="CommitWriteback"/>): applied and acknowledged when enqueued, logged by
+        /// the next round without a flush, durable at the next flush round. Every other commit is durable when done.
+        /// </summary>
+        public bool Applied { get; } = applied;
+        public TaskCompletionSource Done { get; } = Done;
+        /// <summary>Its place in the queue (1, 2, ...): the rounds take commits in this order.</summary>
+        public long Ordinal;
+        /// <summary>The data writes of the (single) chunk-map record, still running when it was enqueued.</summary>
+        public Task? Data { get; } = Data;
+        /// <summary>Where the record sits in its round's log buffer, and its sequence (to void it).</summary>
+        public int Pos, Length;
+        public ulong Seq;
+        /// <summary>Why the data writes failed: the record was voided (a pad in its place).</summary>
+        public Exception? DataError;
+    }
+
+    private readonly Pool _pool;
+    private readonly Channel<Pending> _queue = Channel.CreateUnbounded<Pending>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly uint _seed;
+    private readonly ulong _epoch;
+    private readonly long _walLength;
+    private readonly int _blockSize;
+    private Task? _loop;
+    private long _head;
+    private long _tail;
+    private ulong _nextSeq;
+    /// <summary>Every record up to this sequence is durable (the last completed flush round, or the open's checkpoint).</summary>
+    private ulong _durableThrough;
+    private CommitStats _stats;
+
+    /// <summary>Counters of the commit rounds so far (perf and diagnostics; read without a lock, so approximate).</summary>
+    internal CommitStats Stats => _stats;
+
+    /// <summary>Commit rounds, records, and stopwatch ticks spent writing the log, flushing, and waiting for work.</summary>
+    internal record struct CommitStats(long Rounds, long Records, long WriteTicks, long FlushTicks, long IdleTicks, long SlotTicks);
+
+    public PoolLog(Pool pool, long tail, ulong nextSeq, ulong epoch)
+    {
+        _pool = pool;
+        _epoch = epoch;
+        _seed = WalFormat.Seed(pool.Id, epoch);
+        _walLength = pool.Shards[0].Header.WalLength;
+        _blockSize = pool.Shards.Max(s => s.Device.Geometry.LogicalBlockSize);
+        _head = _tail = tail;
+        _nextSeq = nextSeq;
+        _durableThrough = nextSeq - 1;
+    }
+
+    /// <summary>Bytes of the log in use (between the checkpoint's head and the tail).</summary>
+    public long Used => (_tail - _head + _walLength) % _walLength;
+
+    /// <summary>Checkpoint bytes other than chunk maps, plus what was logged since (to refuse metadata that would not fit).</summary>
+    public long MetadataEstimate { get; private set; }
+
+    public ulong NextSeq => _nextSeq;
+
+    public void Start() => _loop = Task.Run(LoopAsync);
+
+    public async Task StopAsync()
+    {
+        _queue.Writer.TryComplete();
+        Volatile.Read(ref _gathering)?.TrySetResult();
+        if (_loop != null)
+            await _loop.ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Completes when the record is durable on every shard and applied. A chunk-map
+    /// record's data writes must have completed before the call: the commit's flush
+    /// is what makes them durable.
+    /// </summary>
+    public Task CommitAsync(MetaRecord record) => Enqueue([record]);
+
+    /// <summary>
+    /// Commits a chunk-map record whose data writes (<paramref name="data"/>) may still be running:
+    /// the log write goes ahead at once and the round's flush waits for them, so a write costs one
+    /// device round trip less. If they fail, the record is voided (a pad takes its place in the log
+    /// before the round's flush) and this throws their exception; its extents may then be freed.
+    /// A crash before that flush may keep the record but not the data: replay verifies records past
+    /// the last durable mark (PoolOpener), as for any record of the tail.
+    /// </summary>
+    public Task CommitAfterAsync(MetaRecord record, Task data) => Enqueue([record], data);
+
+    /// <summary>Commits records in one batch, in order (a crash may keep a prefix of them); durable as above.</summary>
+    public Task CommitAsync(MetaRecord[] records) => records.Length == 0 ? Task.CompletedTask : Enqueue(records);
+
+    /// <summary>
+    /// Writeback commit of chunk-map records whose data writes have completed: the records are applied
+    /// at once (reads see them when this returns) and queued; the next round logs them without a flush,
+    /// and they are durable with the next flush round (<see cref="FlushAsync"/>, any durable commit, a
+    /// checkpoint, or at most StorageEngineOptions.WritebackFlushInterval later). A crash before then
+    /// loses them, record by record; replay verifies the data of records past the last durable mark,
+    /// as for any record of the tail. Extents they supersede must be freed through <see cref="FreeWhenDurable"/>.
+    /// <para>
+    /// Applying before logging keeps the order that matters: a record is applied and queued under the
+    /// state's lock, so records are logged in the order they were applied; the caller holds the chunk's
+    /// lock, so no other record on that chunk (write, trim, resize, removal) is queued in between. Throws,
+    /// with nothing applied, when the pool cannot log (the caller frees the records' new extents).
+    /// </para>
+    /// </summary>
+    public void CommitWriteback(MetaRecord[] records)
+    {
+        Validate(records);
+        var state = _pool.Meta;
+        var p = new Pending(records, Acknowledged, null, applied: true);
+        lock (state.Sync)
+        {
+            _pool.ThrowIfNotLoggable();
+            foreach (var r in records)
+            {
+                if (r.Type != MetaRecordType.ChunkMap)
+                    throw new InvalidOperationException($"a writeback commit holds chunk-map records only, not {r.Type}");
+                uint image = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(r.Payload);
+                if (!state.Images.ContainsKey(image))
+                    throw new NotFoundException($"pool '{_pool.Label}' has no image {image} (it was removed)");
+            }
+            QueueLocked(p);
+            Volatile.Write(ref _writebackEnqueued, p.Ordinal);
+            // The sequence is assigned when the round is written; LastSeq moves with the rounds.
+            foreach (var r in records)
+                state.Apply(new WalRecord(state.LastSeq, (ushort)r.Type, r.Flags, r.Payload));
+        }
+        ArmWritebackFlush();
+    }
+
+    /// <summary>What writeback commits wait on: nothing (they are acknowledged when enqueued).</summary>
+    private static readonly TaskCompletionSource Acknowledged = NewAcknowledged();
+
+    private static TaskCompletionSource NewAcknowledged()
+    {
+        var t = new TaskCompletionSource();
+        t.SetResult();
+        return t;
+    }
+
+    /// <summary>The last commit queued, the last writeback commit queued, and the last one durable (ordinals; 0: none).</summary>
+    private long _enqueued, _writebackEnqueued, _durableOrdinal;
+    /// <summary>The last commit of the last round applied (ordinal; under the state's lock).</summary>
+    private long _appliedOrdinal;
+
+
+    /// <summary>Completes after a checkpoint that includes everything committed before the call.</summary>
+    public Task CheckpointAsync() => Enqueue(null);
+
+    private Task Enqueue(MetaRecord[]? records, Task? data = null)
+    {
+        _pool.ThrowIfNotLoggable();
+        if (records != null)
+            Validate(records);
+        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data);
+        // Ordinals follow the queue's order (CommitWriteback queues under the same lock).
+        lock (_pool.Meta.Sync)
+            QueueLocked(p);
+        Volatile.Read(ref _gathering)?.TrySetResult();
+        return p.Done.Task;
+    }
+
+    /// <summary>Queues a commit with the next ordinal; under the state's lock, so ordinals follow the queue's order.</summary>
+    private void QueueLocked(Pending p)
+    {
+        p.Ordinal = _enqueued + 1;
+        if (!_queue.Writer.TryWrite(p))
+            throw new ObjectDisposedException($"pool '{_pool.Label}'", "the pool is closed");
+        _enqueued = p.Ordinal;
+    }
+
+    private void Validate(MetaRecord[] records)
+    {
+        long bytes = 0;
+        foreach (var record in records)
+        {
+            if (record.Payload.Length > WalFormat.MaxPayload)
+                throw new InvalidRequestException($"metadata record of {record.Payload.Length} bytes exceeds {WalFormat.MaxPayload}");
+            bytes += WalFormat.EncodedLength(record.Payload.Length);
+        }
+        if (bytes > _walLength / 4)
+            throw new InvalidRequestException($"{records.Length} metadata records of {bytes} bytes exceed a quarter of the {_walLength}-byte log");
+    }
+
+
+    /// <summary>
+    /// The committer: takes everything queued, writes it as one batch to every
+    /// shard's log, starts that round's flush and goes on with the next batch; the
+    /// completer acknowledges rounds in order as their flushes finish.
+    /// </summary>
+    private async Task LoopAsync()
+    {
+        var completer = Task.Run(CompleteLoopAsync);
+        var reader = _queue.Reader;
+        while (true)
+        {
+            long idle = System.Diagnostics.Stopwatch.GetTimestamp();
+            if (!reader.TryPeek(out _) && !await reader.WaitToReadAsync().ConfigureAwait(false))
+                break;
+            _stats.IdleTicks += System.Diagnostics.Stopwatch.GetTimestamp() - idle;
+            long slot = System.Diagnostics.Stopwatch.GetTimestamp();
+            await _roundSlots.WaitAsync().ConfigureAwait(false);
+            _stats.SlotTicks += System.Diagnostics.Stopwatch.GetTimestamp() - slot;
+            var batch = new List<Pending>();
+            var records = new List<MetaRecord>();
+            var checkpoints = new List<Pending>();
+            long bytes = TakeQueued(reader, batch, records, checkpoints, 0);
+            // A batch of writeback commits only: nobody waits for its log write (they were answered
+            // when queued), so gather more for a while instead of spending a log block (and
+            // eventually a checkpoint) on a few records. A durable commit, a flush or checkpoint
+            // request, or the time limit ends the wait.
+            if (batch.Count > 0 && checkpoints.Count == 0 && batch.TrueForAll(p => p.Applied))
+            {
+                await WaitForMoreWritebackAsync(reader).ConfigureAwait(false);
+                TakeQueued(reader, batch, records, checkpoints, bytes);
+            }
+            if (batch.Count > 0) // a flush request is a batch without records
+                await StartRoundAsync(new Round(batch, records)).ConfigureAwait(false);
+            else
+                _roundSlots.Release();
+            Volatile.Write(ref _startedOrdinal, _takenOrdinal);
+            if (checkpoints.Count > 0 || Used > _walLength / 2)
+                await CheckpointAfterRoundsAsync(checkpoints).ConfigureAwait(false);
+        }
+        _rounds.Writer.TryComplete();
+        await completer.ConfigureAwait(false);
+    }
+
+    /// <summary>How long a batch of writeback commits only waits for more before it is logged.</summary>
+    internal static readonly TimeSpan WritebackGather = TimeSpan.FromMilliseconds(1);
+
+    /// <summary>Set while the committer gathers writeback commits: a commit that someone waits for completes it.</summary>
+    private TaskCompletionSource? _gathering;
+
+    /// <summary>
+    /// Adds everything queued to the batch (checkpoint requests to <paramref name="checkpoints"/>), up
+    /// to a quarter of the log (each entry is at most a quarter itself); returns the batch's log bytes.
+    /// </summary>
+    private long TakeQueued(ChannelReader<Pending> reader, List<Pending> batch, List<MetaRecord> records, List<Pending> checkpoints, long bytes)
+    {
+        while (bytes < _walLength / 4 && reader.TryRead(out var p))
+        {
+            _takenOrdinal = p.Ordinal;
+            if (p.Records == null)
+            {
+                checkpoints.Add(p);
+                continue;
+            }
+            batch.Add(p);
+            records.AddRange(p.Records);
+            foreach (var r in p.Records)
+                bytes += WalFormat.EncodedLength(r.Payload.Length);
+        }
+        return bytes;
+    }
+
+    /// <summary>Waits until <see cref="WritebackGather"/> passed or a commit that someone waits for (durable, a flush or a checkpoint request) is queued.</summary>
+    private async Task WaitForMoreWritebackAsync(ChannelReader<Pending> reader)
+    {
+        var signal = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Volatile.Write(ref _gathering, signal);
+        // Queued before the signal was visible: go at once.
+        if (!reader.TryPeek(out var first) || first.Applied)
+            await Task.WhenAny(signal.Task, Task.Delay(WritebackGather)).ConfigureAwait(false);
+        Volatile.Write(ref _gathering, null);
+    }
+
+    /// <summary>The last commit or checkpoint request (ordinal) the committer took, and the last it started a round for or took (LoggedAsync).</summary>
+    private long _takenOrdinal, _startedOrdinal;
+
+    /// <summary>
+    /// Completes once every commit queued before the call is written to the log, durable or not (a
+    /// round that flushes, after its flush): what a power cut that keeps every unflushed write would
+    /// then find. Writeback commits are answered before their log write even starts, so crash tests
+    /// that mean to keep them wait for this. Failures are the commits' own to report.
+    /// </summary>
+    internal async Task LoggedAsync()
+    {
+        long target = Volatile.Read(ref _enqueued);
+        while (Volatile.Read(ref _startedOrdinal) < target)
+        {
+            Volatile.Read(ref _gathering)?.TrySetResult();
+            await Task.Delay(1).ConfigureAwait(false);
+        }
+        // Rounds complete in order, a writeback-only one once its log write is done.
+        if (Volatile.Read(ref _lastRoundDone) is { } done)
+            await done.ConfigureAwait(false);
+    }
+}
