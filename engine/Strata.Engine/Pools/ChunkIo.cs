@@ -152,9 +152,13 @@ internal static class ChunkIo
     /// </summary>
     internal static async ValueTask<long> AllocateAsync(Pool pool, int t, long size)
     {
+        long frees = pool.ExtentFrees;
         long off = pool.Shards[t].Allocator.Allocate(size);
-        for (int i = 0; off < 0 && i < PoolLog.SpaceRetries && await pool.Log.FlushForSpaceAsync().ConfigureAwait(false); i++)
+        for (int i = 0; off < 0 && i < PoolLog.SpaceRetries && await pool.Log.FlushForSpaceAsync(frees).ConfigureAwait(false); i++)
+        {
+            frees = pool.ExtentFrees;
             off = pool.Shards[t].Allocator.Allocate(size);
+        }
         return off;
     }
 
