@@ -64,6 +64,30 @@ public sealed class BadInputTests
         await img2.WriteAsync(0, new byte[4096]);
     }
 
+    /// <summary>
+    /// A write of many chunks that needs more than the pool has left: ENOSPC, not an endless retry
+    /// (the extents it took before it ran out count as space coming back, so it tries again a bounded
+    /// number of times); it keeps none of them, and the data already written stays.
+    /// </summary>
+    [TestMethod]
+    public async Task Write_ManyChunksPoolFull_NoSpaceErrorNothingKept()
+    {
+        var (engine, pool, _) = await PoolAsync(size: 256 * 1024);
+        var img = await pool.CreateImageAsync("c", "v", 1L << 20, 4096);
+        var first = TestDevices.Pattern(128 * 1024, 1);
+        await img.WriteAsync(0, first);
+        long free = pool.Query().Targets.Sum(t => t.FreeBytes);
+        Assert.AreEqual(128 * 1024, free);
+        var full = await Assert.ThrowsExactlyAsync<NoSpaceException>(() => img.WriteAsync(128 * 1024, new byte[192 * 1024]));
+        Assert.AreEqual(Errno.ENOSPC, full.Errno);
+        StringAssert.Contains(full.Message, "no space left in pool 'tank'");
+        Assert.AreEqual(free, pool.Query().Targets.Sum(t => t.FreeBytes), "the failed write kept extents");
+        var back = new byte[first.Length];
+        await img.ReadAsync(0, back);
+        CollectionAssert.AreEqual(first, back);
+        await engine.DisposeAsync();
+    }
+
     [TestMethod]
     public async Task Create_DuplicateLabels_Rejected()
     {

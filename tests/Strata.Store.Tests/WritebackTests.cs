@@ -138,23 +138,35 @@ public sealed class WritebackTests
         await engine.DisposeAsync();
     }
 
-    /// <summary>Fills the image with durable 1 MiB writes, then overwrites it <paramref name="passes"/> times in writeback, 8 writes at once, and flushes.</summary>
+    /// <summary>
+    /// Fills the image with durable 1 MiB writes, then overwrites it <paramref name="passes"/> times in
+    /// writeback, 8 writes at once, each pass with its own bytes, flushes, and reads every byte back:
+    /// the last pass's bytes must be everywhere.
+    /// </summary>
     private static async Task FillThenOverwriteAsync(Image image, int passes)
     {
         long size = image.Size;
-        var piece = TestDevices.Pattern(1 << 20, 3);
-        for (long at = 0; at < size; at += piece.Length)
-            await image.WriteAsync(at, piece);
+        var fill = TestDevices.Pattern(1 << 20, 3);
+        for (long at = 0; at < size; at += fill.Length)
+            await image.WriteAsync(at, fill);
+        var piece = fill;
         for (int pass = 0; pass < passes; pass++)
         {
-            long next = -piece.Length;
+            var bytes = piece = TestDevices.Pattern(1 << 20, 10 + pass);
+            long next = -bytes.Length;
             await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Task.Run(async () =>
             {
-                for (long at; (at = Interlocked.Add(ref next, piece.Length)) < size;)
-                    await image.WriteAsync(at, piece, durable: false);
+                for (long at; (at = Interlocked.Add(ref next, bytes.Length)) < size;)
+                    await image.WriteAsync(at, bytes, durable: false);
             })));
         }
         await image.FlushAsync();
+        var back = new byte[piece.Length];
+        for (long at = 0; at < size; at += back.Length)
+        {
+            await image.ReadAsync(at, back);
+            Assert.IsTrue(back.AsSpan().SequenceEqual(piece), $"the MiB at {at} does not hold the last pass's bytes");
+        }
     }
 
     [TestMethod]
@@ -199,6 +211,47 @@ public sealed class WritebackTests
         CollectionAssert.AreEqual(expect, back);
         await image.FlushAsync();
         Assert.IsFalse(pool.Log.HasDeferredFrees);
+    }
+
+    /// <summary>
+    /// A writer that found no free extent looks for space that may come back only after its attempt:
+    /// a flush round that ran in between (another writer's, here the hook's) returned the extents a
+    /// writeback write superseded and left nothing pending and nothing held. The space is free, so the
+    /// writer must try again rather than report ENOSPC. One chunk (ChunkIo) and two (ChunkRuns).
+    /// </summary>
+    [TestMethod]
+    [DataRow(1)]
+    [DataRow(2)]
+    public async Task Write_OutOfSpace_ExtentsFreedBeforeTheWriterLooks_TriesAgainAndSucceeds(int chunks)
+    {
+        // 64 chunks of room, an image that leaves `chunks` free once it is written.
+        var (_, _, pool, image) = await CreateAsync(1, 1, poolBytesPerTarget: 256 * 1024, imageChunks: 64 - chunks);
+        var fill = TestDevices.Pattern((int)image.Size, 1);
+        await image.WriteAsync(0, fill);
+        int bytes = chunks * ChunkSize;
+        var first = TestDevices.Pattern(bytes, 2);
+        await image.WriteAsync(0, first, durable: false);
+        Assert.AreEqual(0, pool.Query().Targets[0].FreeBytes, "the first overwrite did not take the last free extents");
+        Assert.IsTrue(pool.Log.HasDeferredFrees);
+
+        int looked = 0;
+        pool.BeforeSpaceCheck = async () =>
+        {
+            if (Interlocked.Increment(ref looked) == 1)
+                await image.FlushAsync();
+        };
+        var second = TestDevices.Pattern(bytes, 3);
+        await image.WriteAsync(bytes, second, durable: false);
+        pool.BeforeSpaceCheck = null;
+        Assert.AreEqual(1, looked, "the second overwrite found space at once");
+
+        await image.FlushAsync();
+        var expect = (byte[])fill.Clone();
+        first.CopyTo(expect, 0);
+        second.CopyTo(expect, bytes);
+        var back = new byte[image.Size];
+        await image.ReadAsync(0, back);
+        CollectionAssert.AreEqual(expect, back);
     }
 
     /// <summary>

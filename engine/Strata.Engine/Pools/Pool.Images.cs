@@ -97,6 +97,18 @@ public sealed partial class Pool
             Shards[r.Target].Allocator.Free(r.Offset, chunkSize);
     }
 
+    /// <summary>Extents freed so far on every target (ExtentAllocator.Frees): read before an allocation attempt, for PoolLog.FlushForSpaceAsync.</summary>
+    internal long ExtentFrees
+    {
+        get
+        {
+            long n = 0;
+            foreach (var s in Shards)
+                n += s.Allocator.Frees;
+            return n;
+        }
+    }
+
     /// <summary>Looks an image up by id; a removed image is "not found" for every handle still held.</summary>
     internal ImageMeta ImageById(uint id, string label)
     {

@@ -7,4 +7,7 @@ public sealed partial class Pool
 
     /// <summary>Chunk-map records of the log tail the open dropped because their data did not verify.</summary>
     internal int DroppedTailRecords { get; set; }
+
+    /// <summary>Awaited when a writer that found no space starts to ask whether any may come back (PoolLog.FlushForSpaceAsync).</summary>
+    internal Func<Task>? BeforeSpaceCheck { get; set; }
 }

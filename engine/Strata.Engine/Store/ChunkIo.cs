@@ -148,9 +148,13 @@ internal sealed class ChunkIo(Pool pool)
     /// </summary>
     internal async ValueTask<long> AllocateAsync(int t, long size)
     {
+        long frees = pool.ExtentFrees;
         long off = pool.Shards[t].Allocator.Allocate(size);
-        for (int i = 0; off < 0 && i < PoolLog.SpaceRetries && await pool.Log.FlushForSpaceAsync().ConfigureAwait(false); i++)
+        for (int i = 0; off < 0 && i < PoolLog.SpaceRetries && await pool.Log.FlushForSpaceAsync(frees).ConfigureAwait(false); i++)
+        {
+            frees = pool.ExtentFrees;
             off = pool.Shards[t].Allocator.Allocate(size);
+        }
         return off;
     }
 

@@ -89,6 +89,7 @@ internal sealed class ChunkRuns(Pool pool)
                 Replica[][]? replicas = null;
                 for (int attempt = 0; replicas == null; attempt++)
                 {
+                    long frees = pool.ExtentFrees;
                     try
                     {
                         replicas = await WriteReplicasAsync(meta, pieces, chunks).ConfigureAwait(false);
@@ -99,7 +100,7 @@ internal sealed class ChunkRuns(Pool pool)
                         // Writeback writes hold superseded extents until a flush round returns them, and
                         // writes in flight hold fresh ones until they commit (ChunkIo.AllocateAsync, for one
                         // chunk): flush or wait for them, and try again while that may return any.
-                        if (!await pool.Log.FlushForSpaceAsync().ConfigureAwait(false))
+                        if (!await pool.Log.FlushForSpaceAsync(frees).ConfigureAwait(false))
                             throw;
                     }
                 }

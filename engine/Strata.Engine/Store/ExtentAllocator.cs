@@ -16,6 +16,7 @@ public sealed class ExtentAllocator
     private readonly object _lock = new();
     private long _cursor;
     private long _usedUnits;
+    private long _frees;
 
     public ExtentAllocator(long dataLength)
     {
@@ -35,6 +36,12 @@ public sealed class ExtentAllocator
     }
 
     public long FreeBytes => Capacity - UsedBytes;
+
+    /// <summary>
+    /// Calls to <see cref="Free"/> so far. A writer that found no space compares it with its value
+    /// before that attempt to learn whether any came back since (PoolLog.FlushForSpaceAsync).
+    /// </summary>
+    public long Frees => Interlocked.Read(ref _frees);
 
     /// <summary>Allocates length bytes (a multiple of the unit); returns the data-area offset or -1 when full.</summary>
     public long Allocate(long length)
@@ -74,7 +81,10 @@ public sealed class ExtentAllocator
     public void Free(long offset, long length)
     {
         lock (_lock)
+        {
             SetRange(offset / Unit, length / Unit, false);
+            Interlocked.Increment(ref _frees);
+        }
     }
 
     private bool IsSet(long i) => (_bits[i >> 6] & (1UL << (int)(i & 63))) != 0;

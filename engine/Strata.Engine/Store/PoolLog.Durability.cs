@@ -37,12 +37,19 @@ internal sealed partial class PoolLog
     /// Concurrent writers may take what came back first, so callers try again, up to
     /// <see cref="SpaceRetries"/> times, before reporting ENOSPC.
     /// </summary>
-    public async Task<bool> FlushForSpaceAsync()
+    /// <param name="frees">
+    /// <see cref="Pool.ExtentFrees"/> read before the attempt that found no space. What this sees is
+    /// the state after that attempt: a flush round or a write that finished in between may have
+    /// returned extents and left nothing pending or held, so extents freed since also say true.
+    /// </param>
+    public async Task<bool> FlushForSpaceAsync(long frees)
     {
+        if (_pool.BeforeSpaceCheck is { } hook)
+            await hook().ConfigureAwait(false);
         bool released = !FlushPending && await WaitForFreshReleasedAsync().ConfigureAwait(false);
         // A released write may have left frees waiting for a flush (checked again either way).
         if (!FlushPending)
-            return released;
+            return released || _pool.ExtentFrees != frees;
         await Enqueue([]).ConfigureAwait(false);
         return true;
     }
