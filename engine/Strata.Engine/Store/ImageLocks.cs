@@ -1,5 +1,3 @@
-using Strata.Engine.Pools;
-
 namespace Strata.Engine.Store;
 
 /// <summary>
