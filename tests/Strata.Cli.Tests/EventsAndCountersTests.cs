@@ -107,9 +107,16 @@ public sealed class EventsAndCountersTests
         var counters = Proc.RunAsync(Proc.Dotnet(Bin.Cli, ["--socket", _engine.Socket, "engine", "counters", "--json", "--duration", "9", "--interval", "1"]), TimeSpan.FromSeconds(60));
         var writer = Task.Run(async () =>
         {
-            // Until the sampler ends (not a fixed time): on a loaded machine a CLI start takes seconds.
+            // Until the sampler ends (not a fixed time), over the API directly: a CLI process per write
+            // took seconds on a loaded machine, so few or none landed between two samples.
+            using var http = _engine.Http();
+            var block = new byte[262144];
             for (int i = 0; !counters.IsCompleted; i++)
-                await _cli.OkAsync("image", "write", "ctr", "c", "i", "--pattern", (i % 256).ToString(), "--length", "262144", "--offset", ((i % 32) * 262144).ToString());
+            {
+                Array.Fill(block, (byte)i);
+                var put = await http.PutAsync($"v1/pools/ctr/containers/c/images/i/data?offset={(i % 32) * 262144}", new ByteArrayContent(block));
+                Assert.IsTrue(put.IsSuccessStatusCode, await put.Content.ReadAsStringAsync());
+            }
         });
         var r = await counters;
         await writer;
