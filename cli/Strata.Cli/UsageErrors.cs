@@ -39,9 +39,20 @@ public static partial class UsageErrors
             return ExitCodes.Usage;
         }
         foreach (var e in parse.Errors)
-            err.WriteLine($"strata: {Rewrite(e.Message)}");
+            err.WriteLine(MissingArgument().IsMatch(e.Message)
+                ? $"strata: '{path}' needs {Needs(cmd)}"
+                : $"strata: {Rewrite(e.Message)}");
         err.WriteLine($"strata: see '{path} --help'");
         return ExitCodes.Usage;
+    }
+
+    /// <summary>What a command's arguments are, as its usage names them: POOL, or a spec (POOL/CONT/IMAGE).</summary>
+    private static string Needs(Command cmd)
+    {
+        var names = cmd.Arguments.Select(a => a.Name).ToList();
+        if (names.Contains("cont"))
+            return names.Contains("image") ? "POOL/CONT/IMAGE (or POOL CONT IMAGE)" : "POOL/CONT (or POOL CONT)";
+        return string.Join(' ', cmd.Arguments.Where(a => a.Arity.MinimumNumberOfValues > 0).Select(a => a.Name.ToUpperInvariant()));
     }
 
     private static IEnumerable<Option> OptionsOf(Command cmd)
@@ -108,6 +119,9 @@ public static partial class UsageErrors
 
     [GeneratedRegex(@"^Cannot parse argument '(?<value>.*)' as expected type '(?<type>[^']*)'\.", RegexOptions.Singleline)]
     private static partial Regex CannotParseBare();
+
+    [GeneratedRegex(@"^Required argument missing for command: '")]
+    private static partial Regex MissingArgument();
 
     [GeneratedRegex(@"'?\bSystem\.[A-Za-z0-9_.`\[\]]+'?")]
     private static partial Regex TypeName();

@@ -285,6 +285,8 @@ public sealed class CommandTests
         Assert.AreEqual("strata: unknown option '--sise' for 'strata pool create'; did you mean '--size'?",
             (await _cli.FailsAsync(2, "pool", "create", "x", "--sise", "1G")).Split('\n')[0]);
         Assert.AreEqual("strata: 'strata image' needs a command", (await _cli.FailsAsync(2, "image")).Split('\n')[0]);
+        Assert.AreEqual("strata: 'strata pool query' needs POOL", (await _cli.FailsAsync(2, "pool", "query")).Split('\n')[0]);
+        Assert.AreEqual("strata: 'strata image info' needs POOL/CONT/IMAGE (or POOL CONT IMAGE)", (await _cli.FailsAsync(2, "image", "info")).Split('\n')[0]);
         // No .NET type name in any parse error.
         foreach (var args in new[] { new[] { "pool", "create", "x", "--size", "1G", "--rf", "abc" }, ["pool", "create", "x", "--size", "1G", "--layout", "-1"],
                                      ["engine", "counters", "--count", "many"], ["completion", "fish"], ["pool", "list", "extra"] })

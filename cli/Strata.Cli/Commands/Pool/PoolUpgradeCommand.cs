@@ -7,9 +7,10 @@ using Strata.Cli.Api;
 namespace Strata.Cli.Commands.Pool;
 
 /// <summary>
-/// `strata pool upgrade POOL [--to N] [--dry-run] [--wait]` and `strata pool upgrade --list`
-/// (zpool upgrade -v). The engine records the job and returns; status is asynchronous
-/// (`pool get-prop POOL upgrade_status`, `pool query`), or `--wait` follows it with a progress bar.
+/// `strata pool upgrade POOL [--to N] [--dry-run] [--wait]`, `strata pool upgrade POOL --status` and
+/// `strata pool upgrade --list` (zpool upgrade -v). The engine records the job and returns; status is
+/// asynchronous (`--status`, `pool get-prop POOL upgrade_status`, `pool query`), or `--wait` follows it
+/// with a progress bar, attaching to a job that is running or has just brought the pool where asked.
 /// </summary>
 public static class PoolUpgradeCommand
 {
