@@ -478,8 +478,8 @@ public sealed class EngineService : IAsyncDisposable
     /// The one way a data path opens an image: the control API's image write/read and the NBD
     /// server. The wrapper records the I/O metrics, so every path is counted alike.
     /// </summary>
-    public async Task<MeteredImage> OpenImageIoAsync(string pool, string cont, string image) =>
-        new((await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).OpenImage(cont, image), Metrics);
+    public async Task<IImageIo> OpenImageIoAsync(string pool, string cont, string image) =>
+        new MeteredImage((await Engine.OpenPoolAsync(pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).OpenImage(cont, image), Metrics);
 
     public async Task WriteAsync(string pool, string cont, string image, long offset, ReadOnlyMemory<byte> data) =>
         await (await OpenImageIoAsync(pool, cont, image)).WriteAsync(offset, data);

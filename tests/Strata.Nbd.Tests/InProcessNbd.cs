@@ -7,7 +7,7 @@ namespace Strata.Nbd.Tests;
 
 /// <summary>
 /// The NBD server in the test process over a real StorageEngine on memory targets, exporting
-/// through the same seam the daemon uses (MeteredImage). Pool "p", container "c", image "img"
+/// through the same seam the daemon uses (IImageIo, metered by MeteredImage). Pool "p", container "c", image "img"
 /// (8 MiB, 4 KiB chunks) unless told otherwise.
 /// </summary>
 internal sealed class InProcessNbd : IAsyncDisposable
@@ -64,7 +64,7 @@ internal sealed class InProcessNbd : IAsyncDisposable
         var metrics = new StrataMetrics(() => (0, 0, 0), () => 1);
         // As in the daemon: the Prometheus exporter listens to every measurement.
         var exporter = new PrometheusExporter(StrataMetrics.MeterName);
-        var catalog = new NbdExportCatalog(engine, async (p, c, i) =>
+        var catalog = new NbdExportCatalog(engine, async Task<IImageIo> (p, c, i) =>
             new MeteredImage((await engine.OpenPoolAsync(p)).OpenImage(c, i), metrics));
         var server = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "nbd.sock"))], catalog, options);
         return new InProcessNbd(dir, devices, engine, pool, metrics, exporter, server);

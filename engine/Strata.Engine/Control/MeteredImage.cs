@@ -13,7 +13,7 @@ namespace Strata.Engine.Control;
 /// <see cref="WithInlineContinuations"/> is the one exception, for a caller that only hands the
 /// result on.
 /// </summary>
-public sealed class MeteredImage(Image image, StrataMetrics metrics, bool inlineContinuations = false)
+public sealed class MeteredImage(Image image, StrataMetrics metrics, bool inlineContinuations = false) : IImageIo
 {
     private readonly ConfigureAwaitOptions _await = inlineContinuations ? ConfigureAwaitOptions.None : ConfigureAwaitOptions.ForceYielding;
 
@@ -26,6 +26,8 @@ public sealed class MeteredImage(Image image, StrataMetrics metrics, bool inline
     /// more than the rest of a 4 KiB request's CPU on a busy machine.
     /// </summary>
     public MeteredImage WithInlineContinuations() => new(image, metrics, inlineContinuations: true);
+
+    IImageIo IImageIo.WithInlineContinuations() => WithInlineContinuations();
 
     public long Size => image.Size;
 

@@ -1,4 +1,3 @@
-using Strata.Engine.Control;
 using Strata.Engine.Pools;
 using Strata.Engine.Store;
 
@@ -7,7 +6,7 @@ namespace Strata.Engine.Nbd;
 /// <summary>An image opened for one NBD connection (or one NBD_OPT_INFO answer).</summary>
 public sealed class NbdExport
 {
-    internal NbdExport(string name, string pool, string container, string image, MeteredImage io)
+    internal NbdExport(string name, string pool, string container, string image, IImageIo io)
     {
         Name = name;
         PoolLabel = pool;
@@ -30,7 +29,7 @@ public sealed class NbdExport
     public string ImageLabel { get; }
 
     /// <summary>The image through the daemon's metered seam (every data path is counted alike), completing inline.</summary>
-    public MeteredImage Io { get; }
+    public IImageIo Io { get; }
 
     public Pool Pool => Io.Image.Pool;
 
@@ -60,7 +59,7 @@ public sealed class NbdExport
 /// "pool/container/image". Images are opened through the caller's seam (the daemon's
 /// EngineService.OpenImageIoAsync), never directly, so NBD I/O is metered like every other path.
 /// </summary>
-public sealed class NbdExportCatalog(StorageEngine engine, Func<string, string, string, Task<MeteredImage>> open)
+public sealed class NbdExportCatalog(StorageEngine engine, Func<string, string, string, Task<IImageIo>> open)
 {
     /// <summary>Splits "pool/container/image"; false for anything else (empty parts, more or fewer slashes).</summary>
     public static bool TryParseName(string name, out string pool, out string container, out string image)

@@ -1,4 +1,4 @@
-using Strata.Engine.Control;
+using Strata.Engine.Pools;
 using Strata.Engine.Store;
 using static Strata.Engine.Nbd.NbdProtocol;
 
@@ -104,7 +104,7 @@ internal sealed class NbdRequest
     /// <summary>A write with FUA, or any write when the server's write cache is off (writethrough).</summary>
     private bool Durable => (Flags & CmdFlagFua) != 0 || !_conn.Options.WriteCache;
 
-    private static async Task WriteZeroesAsync(MeteredImage io, long offset, long length, bool fua)
+    private static async Task WriteZeroesAsync(IImageIo io, long offset, long length, bool fua)
     {
         for (long done = 0; done < length;)
         {

@@ -77,7 +77,7 @@ internal sealed class StrataNbd : INbdServerUnderTest
             var metrics = new StrataMetrics(() => (0, 0, 0), () => 1);
             var exporter = new PrometheusExporter(StrataMetrics.MeterName);
             string dir = Directory.CreateTempSubdirectory("strata-nbd-bench-").FullName;
-            var catalog = new NbdExportCatalog(engine, async (p, c, i) => new MeteredImage((await engine.OpenPoolAsync(p)).OpenImage(c, i), metrics));
+            var catalog = new NbdExportCatalog(engine, async Task<IImageIo> (p, c, i) => new MeteredImage((await engine.OpenPoolAsync(p)).OpenImage(c, i), metrics));
             var server = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "strata.sock"))], catalog);
             // The same image behind a second server with the write cache off (nbd_write_cache: writethrough):
             // every write durable before its reply, for the table against peers that do the same.

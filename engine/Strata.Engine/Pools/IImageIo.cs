@@ -1,0 +1,28 @@
+namespace Strata.Engine.Pools;
+
+/// <summary>
+/// Image I/O as a data path sees it (the NBD server, the control API's read and write): the host
+/// hands out a metered implementation (Control.MeteredImage), so every path is measured the same way
+/// and the data paths depend on this interface, not on Control.
+/// </summary>
+public interface IImageIo
+{
+    /// <summary>The image the I/O goes to (its pool, for state and clients).</summary>
+    Image Image { get; }
+
+    long Size { get; }
+
+    int ChunkSize { get; }
+
+    Task ReadAsync(long offset, Memory<byte> destination);
+
+    /// <summary>durable: false is a writeback write, durable at the next flush round (Image.WriteAsync).</summary>
+    Task WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true);
+
+    Task TrimAsync(long offset, long length);
+
+    Task FlushAsync();
+
+    /// <summary>The same I/O, completing on the thread the device completed it on (for callers that only hand the result on).</summary>
+    IImageIo WithInlineContinuations();
+}
