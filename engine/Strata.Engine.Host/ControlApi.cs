@@ -18,7 +18,7 @@ internal static class ControlApi
         var lifetime = app.Services.GetRequiredService<IHostApplicationLifetime>();
         var v1 = app.MapGroup("/v1");
 
-        v1.MapGet("/system", () => Ok(svc.SystemInfo(lifetime.ApplicationStopping.IsCancellationRequested ? "stopping" : "running")));
+        v1.MapGet("/system", () => Ok(svc.SystemInfo(lifetime.ApplicationStopping.IsCancellationRequested ? "stopping" : svc.Prepared ? "prepared" : "running")));
         v1.MapPost("/system/stop", (HttpContext ctx) =>
         {
             ctx.Response.OnCompleted(() =>

@@ -175,6 +175,11 @@ public sealed class EngineService : IAsyncDisposable
     public static readonly string Version =
         System.Reflection.CustomAttributeExtensions.GetCustomAttribute<System.Reflection.AssemblyInformationalVersionAttribute>(typeof(EngineService).Assembly)?.InformationalVersion ?? "0";
 
+    private bool _prepared;
+
+    /// <summary>`system prepare` left pools checkpointed and refusing writes and metadata changes (until --cancel).</summary>
+    public bool Prepared => Volatile.Read(ref _prepared);
+
     public SystemInfo SystemInfo(string state) => new(
         Environment.MachineName, Environment.ProcessId, (int)Unix.GetEuid(),
         Version, Api.Version, Api.MinVersion,
@@ -338,6 +343,7 @@ public sealed class EngineService : IAsyncDisposable
             long used = await pool.PrepareAsync().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
             result.Add(new PreparedPoolDto(p.Label, used, true));
         }
+        Volatile.Write(ref _prepared, !cancel && result.Any(r => r.Prepared));
         Emit(cancel ? ControlRasIds.SystemPrepareCancelled : ControlRasIds.SystemPrepared, RasSeverity.Notice,
             cancel ? "system prepare cancelled: pools accept writes again"
                    : $"system prepared for a software change: {result.Count(r => r.Prepared)} pool(s) checkpointed with empty logs, writes refused");

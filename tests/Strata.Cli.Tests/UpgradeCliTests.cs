@@ -265,9 +265,16 @@ public sealed class UpgradeCliTests
             StringAssert.Contains(err, "prepared for a software change");
             await cli.OkAsync("image", "read", "tank", "c", "a", "--offset", "0", "--length", "10");
             StringAssert.Contains(await cli.OkAsync("system", "events"), "system_prepared");
+            Assert.AreEqual("prepared", (await cli.JsonAsync<SystemInfo>("system", "query")).State);
+            StringAssert.Contains(await cli.FailsAsync(1, "cont", "create", "tank", "c9"), "prepared for a software change");
             var cancelled = await cli.JsonAsync<List<PreparedPoolDto>>("system", "prepare", "--cancel");
             Assert.IsFalse(cancelled.Single().Prepared);
+            Assert.AreEqual("running", (await cli.JsonAsync<SystemInfo>("system", "query")).State);
             await cli.OkAsync("image", "write", "tank", "c", "a", "--offset", "0", "--pattern", "1", "--length", "10");
+
+            // rf 2 with data: going to rf 1 would need a job that drops the second copies; refused, rf stays 2.
+            StringAssert.Contains(await cli.FailsAsync(2, "pool", "set-prop", "tank", "rf", "1"), "holds data at rf 2");
+            Assert.AreEqual("2", (await PropsAsync(cli))["rf"]);
         }
         Directory.Delete(dir, recursive: true);
     }

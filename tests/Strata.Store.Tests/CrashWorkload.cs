@@ -1,4 +1,5 @@
 using Strata.Engine.Pools;
+using Strata.Engine.Store;
 
 namespace Strata.Store.Tests;
 
@@ -192,8 +193,18 @@ internal sealed class CrashWorkload
         }
         else if (roll < 91 && _targets > 1)
         {
+            // Refused while the pool holds data (no re-replication job yet), before anything is
+            // written: the model takes the change back.
+            string old = m.Rf;
             m.Rf = m.Rf == "1" ? "2" : "1";
-            await pool.SetPropertyAsync("rf", m.Rf);
+            try
+            {
+                await pool.SetPropertyAsync("rf", m.Rf);
+            }
+            catch (InvalidRequestException e) when (e.Message.Contains("holds data", StringComparison.Ordinal))
+            {
+                m.Rf = old;
+            }
         }
         else if (roll < 96)
         {

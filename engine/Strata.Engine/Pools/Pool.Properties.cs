@@ -118,6 +118,8 @@ public sealed partial class Pool
                 if (value != Label && _engine.ListPools().Any(p => p.Label == value))
                     throw new DuplicateLabelException($"a pool labelled '{value}' already exists");
             }
+            if (name == "rf" && value != Rf.ToString(CultureInfo.InvariantCulture) && HoldsData())
+                throw new InvalidRequestException($"pool '{Label}' holds data at rf {Rf}: changing rf to {value} needs a re-replication job, which this release does not have; set rf before writing data");
             CheckMetadataRoom(value.Length + name.Length);
             await Log.CommitAsync(MetaRecords.PoolSetProp(name, value)).ConfigureAwait(false);
             if (name == "label")
@@ -274,5 +276,12 @@ public sealed partial class Pool
             throw new NotFoundException($"{kind} property {UserText.Quote(name)} is unknown (containers have 'label', 'compression' from layout 2, and 'user.*' attributes)");
         if (value.Length > 4096)
             throw new InvalidRequestException($"{kind} property '{name}' value is longer than 4096 characters");
+    }
+
+    /// <summary>Any image has a mapped chunk: data whose copies an rf change would have to add or drop.</summary>
+    private bool HoldsData()
+    {
+        lock (Meta.Sync)
+            return Meta.Images.Values.Any(i => i.Chunks.Count > 0);
     }
 }
