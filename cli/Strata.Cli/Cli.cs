@@ -80,9 +80,6 @@ public static class Cli
 
     public static string Esc(string segment) => Uri.EscapeDataString(segment);
 
-    /// <summary>User input echoed in an error, cut to a readable length.</summary>
-    public static string Shorten(string s) => s.Length <= 64 ? s : string.Concat(s.AsSpan(0, 64), $"... ({s.Length} characters)");
-
     public static Command Group(string name, string description, params Command[] children)
     {
         var g = new Command(name, description);

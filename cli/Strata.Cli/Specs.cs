@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Strata.Engine.Store;
 
 namespace Strata.Cli;
 
@@ -60,17 +61,17 @@ public sealed class SpecArgs
         {
             spec = words[0].Split('/');
             if (spec.Length != _parts)
-                throw new CliException(ExitCodes.Usage, $"'{Cli.Shorten(words[0])}' is not {_what} spec: it has {spec.Length} part(s), {_what} is {Slashed}");
+                throw new CliException(ExitCodes.Usage, $"{UserText.Quote(words[0])} is not {_what} spec: it has {spec.Length} part(s), {_what} is {Slashed}");
             if (spec.Any(p => p.Length == 0))
-                throw new CliException(ExitCodes.Usage, $"'{Cli.Shorten(words[0])}' is not {_what} spec: it has an empty part ({Slashed})");
+                throw new CliException(ExitCodes.Usage, $"{UserText.Quote(words[0])} is not {_what} spec: it has an empty part ({Slashed})");
             rest = words.Skip(1).ToList();
         }
         else
         {
             if (words.Take(_parts).FirstOrDefault(p => p.Contains('/')) is { } mixed)
-                throw new CliException(ExitCodes.Usage, $"'{Cli.Shorten(mixed)}' mixes the two forms: give {Slashed} as one word or {Spaced} as separate words");
+                throw new CliException(ExitCodes.Usage, $"{UserText.Quote(mixed)} mixes the two forms: give {Slashed} as one word or {Spaced} as separate words");
             if (words.Count < _parts)
-                throw new CliException(ExitCodes.Usage, $"{_what} is given as {Slashed} or {Spaced}; got '{Cli.Shorten(string.Join(' ', words))}'");
+                throw new CliException(ExitCodes.Usage, $"{_what} is given as {Slashed} or {Spaced}; got {UserText.Quote(string.Join(' ', words))}");
             spec = words.Take(_parts).ToArray();
             rest = words.Skip(_parts).ToList();
         }
@@ -78,7 +79,7 @@ public sealed class SpecArgs
         if (rest.Count < _requiredExtras)
             throw new CliException(ExitCodes.Usage, $"missing argument(s) after {_what}: {string.Join(' ', _args.Skip(_args.Length - extras).Take(_requiredExtras).Select(a => a.Name.ToUpperInvariant()))}");
         if (rest.Count > extras)
-            throw new CliException(ExitCodes.Usage, $"unexpected argument '{Cli.Shorten(rest[extras])}'");
+            throw new CliException(ExitCodes.Usage, $"unexpected argument {UserText.Quote(rest[extras])}");
         var result = new string?[extras];
         for (int i = 0; i < rest.Count; i++)
             result[i] = rest[i];

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.CommandLine.Parsing;
 using System.Text.RegularExpressions;
+using Strata.Engine.Store;
 
 namespace Strata.Cli;
 
@@ -19,7 +20,7 @@ public static partial class UsageErrors
         if (unknown != null && unknown.StartsWith('-') && unknown.Length > 1)
         {
             var names = OptionsOf(cmd).SelectMany(o => o.Aliases.Prepend(o.Name)).Where(n => n.StartsWith("--", StringComparison.Ordinal)).Distinct();
-            err.WriteLine($"strata: unknown option '{Cli.Shorten(unknown)}' for '{path}'{DidYouMean(unknown, names)}");
+            err.WriteLine($"strata: unknown option {UserText.Quote(unknown)} for '{path}'{DidYouMean(unknown, names)}");
             err.WriteLine($"strata: see '{path} --help'");
             return ExitCodes.Usage;
         }
@@ -27,14 +28,14 @@ public static partial class UsageErrors
         {
             // A group: an unknown command, or none at all.
             err.WriteLine(unknown != null
-                ? $"strata: unknown command '{Cli.Shorten(unknown)}' for '{path}'{DidYouMean(unknown, cmd.Subcommands.Where(c => !c.Hidden).Select(c => c.Name))}"
+                ? $"strata: unknown command {UserText.Quote(unknown)} for '{path}'{DidYouMean(unknown, cmd.Subcommands.Where(c => !c.Hidden).Select(c => c.Name))}"
                 : $"strata: '{path}' needs a command");
             WriteCommands(cmd, path, err);
             return ExitCodes.Usage;
         }
         if (unknown != null)
         {
-            err.WriteLine($"strata: unexpected argument '{Cli.Shorten(unknown)}' for '{path}'");
+            err.WriteLine($"strata: unexpected argument {UserText.Quote(unknown)} for '{path}'");
             err.WriteLine($"strata: see '{path} --help'");
             return ExitCodes.Usage;
         }
@@ -132,10 +133,10 @@ public static partial class UsageErrors
         if (CannotParse().Match(message) is { Success: true } m)
         {
             string who = m.Groups["kind"].Value == "option" ? m.Groups["name"].Value : $"argument of '{m.Groups["name"].Value}'";
-            return $"{who} '{Cli.Shorten(m.Groups["value"].Value)}' is not {Kind(m.Groups["type"].Value)}";
+            return $"{who} {UserText.Quote(m.Groups["value"].Value)} is not {Kind(m.Groups["type"].Value)}";
         }
         if (CannotParseBare().Match(message) is { Success: true } b)
-            return $"'{Cli.Shorten(b.Groups["value"].Value)}' is not {Kind(b.Groups["type"].Value)}";
+            return $"{UserText.Quote(b.Groups["value"].Value)} is not {Kind(b.Groups["type"].Value)}";
         return TypeName().Replace(message, "a value of the right kind");
     }
 

@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using Strata.Engine.Store;
 
 namespace Strata.Cli.Output;
 
@@ -65,7 +66,7 @@ public static class Sizes
     {
         string t = s.Trim();
         if (t.StartsWith('+') || t.StartsWith('-'))
-            throw new CliException(ExitCodes.Usage, $"{what} '{Cli.Shorten(s)}' has a sign; give the size itself (512M, 4G, 1T)");
+            throw new CliException(ExitCodes.Usage, $"{what} {UserText.Quote(s)} has a sign; give the size itself (512M, 4G, 1T)");
         return ParseMagnitude(t, s, what);
     }
 
@@ -74,7 +75,7 @@ public static class Sizes
     {
         string t = s.Trim();
         if (t.StartsWith('-'))
-            throw new CliException(ExitCodes.Usage, $"{what} '{Cli.Shorten(s)}' is negative; give the new size itself (shrinking also needs --allow-shrink)");
+            throw new CliException(ExitCodes.Usage, $"{what} {UserText.Quote(s)} is negative; give the new size itself (shrinking also needs --allow-shrink)");
         return t.StartsWith('+') ? (ParseMagnitude(t[1..], s, what), true) : (ParseMagnitude(t, s, what), false);
     }
 
@@ -100,7 +101,7 @@ public static class Sizes
         // Digits with an optional fraction only: no exponent, sign, group separators or white space inside.
         if (num.Length == 0 || num.Any(c => c is not (>= '0' and <= '9') and not '.') || num.Count(c => c == '.') > 1 || num == "."
             || !decimal.TryParse(num, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out decimal v))
-            throw new CliException(ExitCodes.Usage, $"{what} '{Cli.Shorten(s)}' is not a size (use bytes or a suffix: 512M, 4G, 1T)");
+            throw new CliException(ExitCodes.Usage, $"{what} {UserText.Quote(s)} is not a size (use bytes or a suffix: 512M, 4G, 1T)");
         decimal bytes;
         try
         {
@@ -111,9 +112,9 @@ public static class Sizes
             bytes = decimal.MaxValue;
         }
         if (bytes > long.MaxValue)
-            throw new CliException(ExitCodes.Usage, $"{what} '{Cli.Shorten(s)}' is too large: at most {long.MaxValue} bytes");
+            throw new CliException(ExitCodes.Usage, $"{what} {UserText.Quote(s)} is too large: at most {long.MaxValue} bytes");
         if (bytes != decimal.Truncate(bytes))
-            throw new CliException(ExitCodes.Usage, $"{what} '{Cli.Shorten(s)}' is not a whole number of bytes");
+            throw new CliException(ExitCodes.Usage, $"{what} {UserText.Quote(s)} is not a whole number of bytes");
         return (long)bytes;
     }
 }

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Security.Cryptography;
 using Strata.Cli.Output;
 using Strata.Engine.Control;
+using Strata.Engine.Store;
 
 namespace Strata.Cli.Commands.Image;
 
@@ -32,7 +33,7 @@ public static class ImageCommands
     private static int ChunkSizeOf(string s)
     {
         long v = Sizes.Parse(s, "--chunk-size");
-        return v <= int.MaxValue ? (int)v : throw new CliException(ExitCodes.Usage, $"--chunk-size '{Cli.Shorten(s)}' is too large (chunks are at most 1M)");
+        return v <= int.MaxValue ? (int)v : throw new CliException(ExitCodes.Usage, $"--chunk-size {UserText.Quote(s)} is too large (chunks are at most 1M)");
     }
 
     public static Command Create()
@@ -250,7 +251,7 @@ public static class ImageCommands
         var style = hex ? NumberStyles.AllowHexSpecifier : NumberStyles.None;
         return digits.Length is > 0 and <= 3 && byte.TryParse(digits, style, CultureInfo.InvariantCulture, out byte b)
             ? b
-            : throw new CliException(ExitCodes.Usage, $"--pattern '{Cli.Shorten(s)}' is not a byte: give 0-255 or 0x00-0xff");
+            : throw new CliException(ExitCodes.Usage, $"--pattern {UserText.Quote(s)} is not a byte: give 0-255 or 0x00-0xff");
     }
 
     /// <summary>A stream of one repeated byte (for `image write --pattern`).</summary>

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using Strata.Engine.Control;
+using Strata.Engine.Store;
 
 namespace Strata.Cli.Commands.Image;
 
@@ -52,7 +53,7 @@ public static class ImageMapCommands
         {
             string dev = parse.GetValue(Device)!;
             if (!dev.StartsWith("/dev/nbd", StringComparison.Ordinal) || !File.Exists(dev))
-                throw new CliException(ExitCodes.Usage, $"'{Cli.Shorten(dev)}' is not an nbd device");
+                throw new CliException(ExitCodes.Usage, $"{UserText.Quote(dev)} is not an nbd device");
             var (rc, output) = await RunAsync("nbd-client", ["-d", dev], ct);
             if (rc != 0)
                 throw new CliException(ExitCodes.Failed, $"nbd-client -d {dev} failed: {output}");
@@ -105,6 +106,6 @@ public static class ImageMapCommands
         var stderr = p.StandardError.ReadToEndAsync(ct);
         await p.WaitForExitAsync(ct);
         string text = ((await stdout) + (await stderr)).Trim().ReplaceLineEndings(" ");
-        return (p.ExitCode, Cli.Shorten(text));
+        return (p.ExitCode, UserText.Cap(text, UserText.MaxQuoted));
     }
 }
