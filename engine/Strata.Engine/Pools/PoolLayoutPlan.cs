@@ -36,9 +36,8 @@ internal static class PoolLayoutPlan
             throw new InvalidRequestException($"layout version {layout} is not supported by this engine ({Layout.LayoutCatalog.MinSupported}..{catalog.MaxSupported})");
         if (o.MinChunkSize < ExtentAllocator.Unit || o.MinChunkSize > MaxChunkSize || (o.MinChunkSize & (o.MinChunkSize - 1)) != 0)
             throw new InvalidRequestException($"minimum chunk size {o.MinChunkSize} is not a power of two between {ExtentAllocator.Unit} and {MaxChunkSize}");
-        if (size <= 0 || targets <= 0)
-            throw new InvalidRequestException($"pool size {size} on {targets} targets cannot be laid out");
-        // Checked: the size comes from outside. SizeLimits keeps it far below 2^63, so a throw here is a bug, not input.
+        // Checked: the size comes from outside. StorageEngine.CreatePoolAsync bounds it first (SizeLimits),
+        // far below 2^63, so a throw here is a bug, not input.
         checked
         {
             long data = DeviceIo.AlignUp(size / targets + (size % targets != 0 ? 1 : 0), 64 * 1024);
