@@ -213,7 +213,7 @@ public sealed class EngineService : IAsyncDisposable
                     continue;
                 var open = Engine.OpenPoolAsync(p.Label);
                 if (open.Wait(TimeSpan.FromMilliseconds(200)))
-                    used += open.Result.Query().Targets.Sum(t => t.UsedBytes);
+                    used += open.Result.Query().UsedBytes;
             }
             catch (Exception e) when (e is StoreException or ObjectDisposedException or AggregateException)
             {
@@ -239,8 +239,7 @@ public sealed class EngineService : IAsyncDisposable
                     var q = (await Engine.OpenPoolAsync(p.Label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding)).Query();
                     e = e with
                     {
-                        TotalBytes = q.Targets.Sum(t => t.TotalBytes), UsedBytes = q.Targets.Sum(t => t.UsedBytes),
-                        FreeBytes = q.Targets.Sum(t => t.FreeBytes), Rf = q.Rf,
+                        TotalBytes = q.TotalBytes, UsedBytes = q.UsedBytes, FreeBytes = q.FreeBytes, Rf = q.Rf,
                     };
                 }
                 catch (Exception ex) when (ex is StoreException or ObjectDisposedException)
@@ -278,7 +277,7 @@ public sealed class EngineService : IAsyncDisposable
         var up = UpgradeNeeded(q.LayoutVersion);
         uint max = Engine.Catalog.MaxSupported;
         return new PoolQueryDto(q.Label, q.Id, q.LayoutVersion, max, up, q.Status.ToString(), q.ReadOnlyReason,
-            q.Rf, q.Containers, q.Images, q.Targets.Sum(t => t.TotalBytes), q.Targets.Sum(t => t.UsedBytes), q.Targets.Sum(t => t.FreeBytes),
+            q.Rf, q.Containers, q.Images, q.TotalBytes, q.UsedBytes, q.FreeBytes,
             q.Targets.Select(t => new TargetSpaceDto(t.Target, t.Device, t.TotalBytes, t.UsedBytes, t.FreeBytes)).ToList(),
             up == null ? null : $"Pool layout out of date ({q.LayoutVersion} < {max}) -- see 'strata pool upgrade' for details.", upgrade,
             q.Status.ToString().ToLowerInvariant());

@@ -10,7 +10,15 @@ public sealed record TargetSpace(int Target, string Device, long TotalBytes, lon
 
 /// <summary>What `pool query` shows.</summary>
 public sealed record PoolQueryResult(string Label, Guid Id, uint LayoutVersion, ulong Compat, ulong RoCompat, ulong Incompat,
-    PoolStatus Status, string? ReadOnlyReason, int Rf, int Containers, int Images, IReadOnlyList<TargetSpace> Targets);
+    PoolStatus Status, string? ReadOnlyReason, int Rf, int Containers, int Images, IReadOnlyList<TargetSpace> Targets)
+{
+    /// <summary>Data bytes over every target (pool list and pool query show the same sums).</summary>
+    public long TotalBytes => Targets.Sum(t => t.TotalBytes);
+
+    public long UsedBytes => Targets.Sum(t => t.UsedBytes);
+
+    public long FreeBytes => Targets.Sum(t => t.FreeBytes);
+}
 
 /// <summary>
 /// An open pool: its shards on every target, the replicated metadata log and
