@@ -26,7 +26,7 @@ internal static class TestCatalogs
     {
         public ActionAccess Access => inner.Access;
 
-        public ActionEstimate Estimate(Pool pool) => inner.Estimate(pool);
+        public ActionEstimate Estimate(IUpgradePool pool) => inner.Estimate(pool);
 
         public async Task RunAsync(UpgradeContext ctx, ulong cursor, CancellationToken ct)
         {
@@ -47,8 +47,11 @@ internal sealed class ScanChunksAction(int cursorEvery = 3) : IUpgradeAction
 {
     public ActionAccess Access => ActionAccess.Online;
 
-    public ActionEstimate Estimate(Pool pool)
+    // Reaches the images through the Pool itself: the layout's own data actions will get what
+    // they need as members of IUpgradePool; this test action stands in for them.
+    public ActionEstimate Estimate(IUpgradePool upgrading)
     {
+        var pool = (Pool)upgrading;
         long chunks = 0, bytes = 0;
         foreach (var c in pool.ListContainers())
             foreach (var i in pool.ListImages(c.Label))
@@ -61,7 +64,7 @@ internal sealed class ScanChunksAction(int cursorEvery = 3) : IUpgradeAction
 
     public async Task RunAsync(UpgradeContext ctx, ulong cursor, CancellationToken ct)
     {
-        var pool = ctx.Pool;
+        var pool = (Pool)ctx.Pool;
         var images = pool.ListContainers().SelectMany(c => pool.ListImages(c.Label).Select(i => (c.Label, i))).OrderBy(x => x.i.Id).ToList();
         ulong n = 0;
         foreach (var (cont, info) in images)
@@ -80,7 +83,7 @@ internal sealed class ScanChunksAction(int cursorEvery = 3) : IUpgradeAction
                 ct.ThrowIfCancellationRequested();
             }
         }
-        ctx.Propose(MetaRecords.PoolSetProp("test.scanned", n.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+        ctx.Propose(new SetPoolProperty("test.scanned", n.ToString(System.Globalization.CultureInfo.InvariantCulture)));
     }
 }
 
@@ -92,13 +95,13 @@ internal sealed class GateAction : IUpgradeAction
 
     public ActionAccess Access => ActionAccess.Exclusive;
 
-    public ActionEstimate Estimate(Pool pool) => new(1, 0, 0, 0);
+    public ActionEstimate Estimate(IUpgradePool pool) => new(1, 0, 0, 0);
 
     public async Task RunAsync(UpgradeContext ctx, ulong cursor, CancellationToken ct)
     {
         Entered.TrySetResult();
         await Release.Task.WaitAsync(ct);
-        ctx.Propose(MetaRecords.PoolSetProp("test.exclusive", "done"));
+        ctx.Propose(new SetPoolProperty("test.exclusive", "done"));
     }
 }
 
@@ -106,7 +109,7 @@ internal sealed class NeedsSpaceAction(long bytes) : IUpgradeAction
 {
     public ActionAccess Access => ActionAccess.Online;
 
-    public ActionEstimate Estimate(Pool pool) => new(1, 0, bytes, bytes);
+    public ActionEstimate Estimate(IUpgradePool pool) => new(1, 0, bytes, bytes);
 
     public Task RunAsync(UpgradeContext ctx, ulong cursor, CancellationToken ct) => Task.CompletedTask;
 }
@@ -454,7 +457,7 @@ public sealed class UpgradeTests
 
         public ActionAccess Access => ActionAccess.Online;
 
-        public ActionEstimate Estimate(Pool pool) => new(1, 0, 0, 0);
+        public ActionEstimate Estimate(IUpgradePool pool) => new(1, 0, 0, 0);
 
         public Task RunAsync(UpgradeContext ctx, ulong cursor, CancellationToken ct) =>
             Interlocked.Increment(ref _runs) == 1 ? throw new InvalidOperationException("injected failure") : Task.CompletedTask;

@@ -1,6 +1,24 @@
-using Strata.Engine.Pools;
-
 namespace Strata.Engine.Layout;
+
+/// <summary>
+/// What an upgrade action sees of the pool it upgrades. Layout sits below the pool service:
+/// Pools.Pool implements this and runs the job, and nothing in Layout names a Pools type
+/// (docs/architecture.md; LayeringTests fails when it does). An action that needs more of
+/// the pool adds a member here and implements it in Pool.
+/// </summary>
+public interface IUpgradePool
+{
+    string Label { get; }
+
+    /// <summary>Whether the property is stored in the pool's metadata (not only a default).</summary>
+    bool HasStoredProperty(string name);
+}
+
+/// <summary>A metadata change an action proposes; the job writes it as the matching log record.</summary>
+public abstract record ProposedChange;
+
+/// <summary>Sets a pool property (the log's PoolSetProp record).</summary>
+public sealed record SetPoolProperty(string Name, string Value) : ProposedChange;
 
 /// <summary>What an action would scan or move, for `--dry-run`, progress totals and the free-space precondition.</summary>
 public sealed record ActionEstimate(long Items, long BytesToScan, long BytesToMove, long FreeBytesNeeded)
@@ -18,7 +36,7 @@ public interface IUpgradeAction
 {
     ActionAccess Access { get; }
 
-    ActionEstimate Estimate(Pool pool);
+    ActionEstimate Estimate(IUpgradePool pool);
 
     Task RunAsync(UpgradeContext ctx, ulong cursor, CancellationToken ct);
 }
@@ -29,7 +47,7 @@ public sealed class UpgradeContext
     private readonly Func<ulong, Task> _saveCursor;
     private readonly Action<long, long> _progress;
 
-    internal UpgradeContext(Pool pool, LayoutFeature feature, Func<ulong, Task> saveCursor, Action<long, long> progress)
+    internal UpgradeContext(IUpgradePool pool, LayoutFeature feature, Func<ulong, Task> saveCursor, Action<long, long> progress)
     {
         Pool = pool;
         Feature = feature;
@@ -37,14 +55,14 @@ public sealed class UpgradeContext
         _progress = progress;
     }
 
-    public Pool Pool { get; }
+    public IUpgradePool Pool { get; }
 
     public LayoutFeature Feature { get; }
 
     /// <summary>Records proposed by a quiesce or exclusive action, committed with the job's cursor in one log batch.</summary>
-    internal List<MetaRecord> Proposed { get; } = new();
+    internal List<ProposedChange> Proposed { get; } = new();
 
-    public void Propose(MetaRecord record) => Proposed.Add(record);
+    public void Propose(ProposedChange change) => Proposed.Add(change);
 
     /// <summary>Online actions: makes the cursor durable (a crash resumes from it).</summary>
     public Task SaveCursorAsync(ulong cursor) => _saveCursor(cursor);
@@ -69,7 +87,7 @@ public sealed class PoolPropsV2Action : IUpgradeAction
 
     public ActionAccess Access => ActionAccess.Quiesce;
 
-    public ActionEstimate Estimate(Pool pool) =>
+    public ActionEstimate Estimate(IUpgradePool pool) =>
         new(Properties.Count(p => !pool.HasStoredProperty(p.Name)), 0, 0, 0);
 
     public Task RunAsync(UpgradeContext ctx, ulong cursor, CancellationToken ct)
@@ -78,7 +96,7 @@ public sealed class PoolPropsV2Action : IUpgradeAction
         {
             if (!ctx.Pool.HasStoredProperty(name))
             {
-                ctx.Propose(MetaRecords.PoolSetProp(name, def));
+                ctx.Propose(new SetPoolProperty(name, def));
                 ctx.ReportProgress(1, 0);
             }
         }
@@ -98,7 +116,7 @@ public sealed class NoDataAction : IUpgradeAction
 
     public ActionAccess Access => ActionAccess.Quiesce;
 
-    public ActionEstimate Estimate(Pool pool) => ActionEstimate.None;
+    public ActionEstimate Estimate(IUpgradePool pool) => ActionEstimate.None;
 
     public Task RunAsync(UpgradeContext ctx, ulong cursor, CancellationToken ct) => Task.CompletedTask;
 }

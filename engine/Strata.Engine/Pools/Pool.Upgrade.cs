@@ -5,7 +5,7 @@ using Strata.Engine.Store;
 
 namespace Strata.Engine.Pools;
 
-public sealed partial class Pool
+public sealed partial class Pool : IUpgradePool
 {
     private readonly Dictionary<string, int> _operations = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _upgradeStop = new();
@@ -48,6 +48,8 @@ public sealed partial class Pool
                     pool._operations.Remove(kind);
         }
     }
+
+    bool IUpgradePool.HasStoredProperty(string name) => HasStoredProperty(name);
 
     internal bool HasStoredProperty(string name)
     {
@@ -344,7 +346,7 @@ public sealed partial class Pool
                 var ctx = NewContext(job, i, f, run);
                 if (f.Action != null)
                     await f.Action.RunAsync(ctx, i == job.Action ? job.Cursor : 0, stop).ConfigureAwait(false);
-                records.AddRange(ctx.Proposed);
+                records.AddRange(ctx.Proposed.Select(ToRecord));
                 records.Add(MetaRecords.UpgradeJobCursor(job.Id, (uint)i + 1, 0));
             }
             if (needSwitch)
@@ -372,7 +374,7 @@ public sealed partial class Pool
         {
             if (f.Action != null)
                 await f.Action.RunAsync(ctx, cursor, stop).ConfigureAwait(false);
-            await Log.CommitAsync([.. ctx.Proposed, MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
+            await Log.CommitAsync([.. ctx.Proposed.Select(ToRecord), MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
             return;
         }
         // Exclusive: drain metadata changes, refuse new ones and all image I/O, revoke open handles.
@@ -399,7 +401,7 @@ public sealed partial class Pool
             await RevokeHandlesAsync(reason).ConfigureAwait(false);
             if (f.Action != null)
                 await f.Action.RunAsync(ctx, cursor, stop).ConfigureAwait(false);
-            await Log.CommitAsync([.. ctx.Proposed, MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
+            await Log.CommitAsync([.. ctx.Proposed.Select(ToRecord), MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
         }
         finally
         {
@@ -408,6 +410,13 @@ public sealed partial class Pool
             run.RecordPause(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
         }
     }
+
+    /// <summary>The log record of a change an action proposed.</summary>
+    private static MetaRecord ToRecord(ProposedChange change) => change switch
+    {
+        SetPoolProperty p => MetaRecords.PoolSetProp(p.Name, p.Value),
+        _ => throw new NotSupportedException($"no log record for the proposed change {change.GetType().Name}"),
+    };
 
     private UpgradeContext NewContext(UpgradeJobMeta job, int index, LayoutFeature f, UpgradeRun run) =>
         new(this, f,
