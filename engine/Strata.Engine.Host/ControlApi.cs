@@ -101,8 +101,8 @@ internal static class ControlApi
         v1.MapGet("/events", (HttpContext ctx, string? since, string? severity, bool? follow) =>
             EventsAsync(ctx, svc, lifetime, since, severity, follow ?? false));
 
-        app.MapGet("/metrics", () => Results.Text(svc.Prometheus.Scrape(), PrometheusExporter.ContentType));
-        v1.MapGet("/metrics", () => Results.Text(svc.Prometheus.Scrape(), PrometheusExporter.ContentType));
+        app.MapGet("/metrics", async (CancellationToken ct) => Results.Text(await svc.Prometheus.ScrapeAsync(ct), PrometheusExporter.ContentType));
+        v1.MapGet("/metrics", async (CancellationToken ct) => Results.Text(await svc.Prometheus.ScrapeAsync(ct), PrometheusExporter.ContentType));
     }
 
     private static IResult Ok<T>(T value) => Results.Json(value, Api.Json);

@@ -436,8 +436,10 @@ public sealed class CommandTests
         await _cli.OkAsync("pool", "create", "prom", "--size", "64M");
         await _cli.OkAsync("cont", "create", "prom", "c");
         await _cli.OkAsync("image", "create", "prom", "c", "i", "--size", "8M");
-        await _cli.OkAsync("image", "write", "prom", "c", "i", "--pattern", "1", "--length", "65536");
         using var http = _engine.Http();
+        var before = PrometheusText.Parse(await http.GetStringAsync("metrics"));
+        await _cli.OkAsync("image", "write", "prom", "c", "i", "--pattern", "1", "--length", "65536");
+        await _cli.OkAsync("image", "read", "prom", "c", "i", "--length", "4096");
         string viaSocket = await http.GetStringAsync("metrics");
         using var tcp = new HttpClient();
         string viaTcp = await tcp.GetStringAsync($"http://127.0.0.1:{_metricsPort}/metrics");
@@ -446,10 +448,15 @@ public sealed class CommandTests
         foreach (var text in new[] { viaSocket, viaTcp })
         {
             var samples = PrometheusText.Parse(text);
-            Assert.IsGreaterThanOrEqualTo(65536.0, samples.Where(x => x.Name == "strata_io_bytes_total" && x.Labels.Contains("op=\"write\"")).Sum(x => x.Value), text);
+            // Test methods of this class run one at a time, so these I/Os are the only ones in between.
+            Assert.AreEqual(65536.0, PrometheusText.Sum(samples, "strata_io_bytes_total", "op=\"write\"") - PrometheusText.Sum(before, "strata_io_bytes_total", "op=\"write\""), text);
+            Assert.AreEqual(4096.0, PrometheusText.Sum(samples, "strata_io_bytes_total", "op=\"read\"") - PrometheusText.Sum(before, "strata_io_bytes_total", "op=\"read\""), text);
+            Assert.IsGreaterThan(PrometheusText.Sum(before, "strata_io_latency_milliseconds_count", "op=\"write\""),
+                PrometheusText.Sum(samples, "strata_io_latency_milliseconds_count", "op=\"write\""), text);
             Assert.AreEqual(2.0 * (1L << 30), samples.Single(x => x.Name == "strata_space_total_bytes").Value);
             Assert.IsTrue(samples.Any(x => x.Name == "strata_io_latency_milliseconds_bucket" && x.Labels.Contains("le=\"+Inf\"")), text);
             Assert.IsGreaterThan(0.0, samples.Where(x => x.Name == "strata_ras_events_total").Sum(x => x.Value));
+            StringAssert.Contains(text, "# TYPE strata_io_bytes_total counter\n");
         }
         await _cli.OkAsync("pool", "destroy", "prom", "--force");
     }
@@ -459,6 +466,10 @@ public sealed class CommandTests
 internal static class PrometheusText
 {
     public sealed record Sample(string Name, string Labels, double Value);
+
+    /// <summary>The sum of a metric's samples whose labels contain <paramref name="label"/> (0 when there are none yet).</summary>
+    public static double Sum(List<Sample> samples, string name, string label) =>
+        samples.Where(x => x.Name == name && x.Labels.Contains(label, StringComparison.Ordinal)).Sum(x => x.Value);
 
     private static readonly System.Text.RegularExpressions.Regex Line = new(
         @"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*=""(?:[^""\\]|\\.)*"")(,[a-zA-Z_][a-zA-Z0-9_]*=""(?:[^""\\]|\\.)*"")*\})? (-?[0-9.eE+-]+|NaN|\+Inf|-Inf)$");

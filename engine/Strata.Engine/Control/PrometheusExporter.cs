@@ -2,143 +2,55 @@ using System.Collections.Concurrent;
 using System.Diagnostics.Metrics;
 using System.Globalization;
 using System.Text;
+using Prometheus;
 
 namespace Strata.Engine.Control;
 
 /// <summary>
-/// Renders one Meter in the Prometheus text exposition format (version 0.0.4): counters
-/// as `_total`, histograms as cumulative `_bucket{le=...}` with `_sum` and `_count`,
-/// observable gauges sampled at scrape time. Names: dots become underscores, the unit suffix is added.
+/// Serves one Meter in the Prometheus text format through prometheus-net: a MeterListener
+/// feeds each instrument into a prometheus-net counter, gauge or histogram of its own
+/// registry, and prometheus-net writes the exposition. Names: dots become underscores, the
+/// unit suffix is added, counters end in `_total`. prometheus-net's own MeterAdapter is not
+/// used because it names `strata_engine_strata_io_bytes` and exports counters as gauges
+/// (docs/operations.md, "Metrics").
 /// </summary>
 public sealed class PrometheusExporter : IDisposable
 {
     private readonly MeterListener _listener = new();
-    private readonly ConcurrentDictionary<(Instrument, string), Series> _series = new();
-    // Measurements with one string tag (every I/O instrument: op=read...) find their series here
-    // without building the label text: recording runs once per I/O and must not allocate.
-    private readonly ConcurrentDictionary<(Instrument, string, string), Series> _oneTag = new();
-    private readonly List<Instrument> _instruments = new();
-    private readonly object _scrape = new();
+    private readonly CollectorRegistry _registry = Metrics.NewCustomRegistry();
+    private readonly IMetricFactory _factory;
 
     public PrometheusExporter(string meterName)
     {
+        _factory = Metrics.WithCustomRegistry(_registry);
         _listener.InstrumentPublished = (inst, l) =>
         {
-            if (inst.Meter.Name != meterName)
-                return;
-            lock (_instruments)
-                _instruments.Add(inst);
-            l.EnableMeasurementEvents(inst);
+            if (inst.Meter.Name == meterName)
+                l.EnableMeasurementEvents(inst, Series.For(inst, _factory));
         };
-        _listener.SetMeasurementEventCallback<long>((inst, v, tags, _) => Record(inst, v, tags));
-        _listener.SetMeasurementEventCallback<int>((inst, v, tags, _) => Record(inst, v, tags));
-        _listener.SetMeasurementEventCallback<double>((inst, v, tags, _) => Record(inst, v, tags));
+        _listener.SetMeasurementEventCallback<long>((_, v, tags, state) => ((Series)state!).Record(v, tags));
+        _listener.SetMeasurementEventCallback<int>((_, v, tags, state) => ((Series)state!).Record(v, tags));
+        _listener.SetMeasurementEventCallback<double>((_, v, tags, state) => ((Series)state!).Record(v, tags));
         _listener.Start();
+        _registry.AddBeforeCollectCallback(_listener.RecordObservableInstruments);
     }
 
     public const string ContentType = "text/plain; version=0.0.4; charset=utf-8";
 
-    public string Scrape()
+    /// <summary>The exposition text (observable gauges are sampled now).</summary>
+    public async Task<string> ScrapeAsync(CancellationToken ct = default)
     {
-        lock (_scrape)
-        {
-            _listener.RecordObservableInstruments();
-            var sb = new StringBuilder();
-            List<Instrument> instruments;
-            lock (_instruments)
-                instruments = _instruments.ToList();
-            foreach (var inst in instruments)
-            {
-                string name = MetricName(inst);
-                bool counter = inst is Counter<long> or Counter<int> or Counter<double>;
-                bool histogram = inst is Histogram<double> or Histogram<long>;
-                string type = counter ? "counter" : histogram ? "histogram" : "gauge";
-                string full = counter ? name + "_total" : name;
-                sb.Append("# HELP ").Append(full).Append(' ').Append(inst.Description ?? inst.Name).Append('\n');
-                sb.Append("# TYPE ").Append(full).Append(' ').Append(type).Append('\n');
-                var series = _series.Where(kv => kv.Key.Item1 == inst).OrderBy(kv => kv.Key.Item2, StringComparer.Ordinal).ToList();
-                if (series.Count == 0 && !histogram)
-                    sb.Append(full).Append(" 0\n");
-                foreach (var (key, s) in series)
-                {
-                    lock (s)
-                    {
-                        if (histogram)
-                        {
-                            long cumulative = 0;
-                            for (int i = 0; i < StrataMetrics.LatencyBucketsMs.Length; i++)
-                            {
-                                cumulative += s.Buckets[i];
-                                sb.Append(name).Append("_bucket").Append(Labels(key.Item2, "le=\"" + Fmt(StrataMetrics.LatencyBucketsMs[i]) + "\"")).Append(' ').Append(cumulative).Append('\n');
-                            }
-                            sb.Append(name).Append("_bucket").Append(Labels(key.Item2, "le=\"+Inf\"")).Append(' ').Append(s.Count).Append('\n');
-                            sb.Append(name).Append("_sum").Append(Labels(key.Item2, null)).Append(' ').Append(Fmt(s.Sum)).Append('\n');
-                            sb.Append(name).Append("_count").Append(Labels(key.Item2, null)).Append(' ').Append(s.Count).Append('\n');
-                        }
-                        else
-                        {
-                            sb.Append(full).Append(Labels(key.Item2, null)).Append(' ').Append(Fmt(s.Value)).Append('\n');
-                        }
-                    }
-                }
-            }
-            return sb.ToString();
-        }
+        using var ms = new MemoryStream();
+        await _registry.CollectAndExportAsTextAsync(ms, ct).ConfigureAwait(false);
+        return Encoding.UTF8.GetString(ms.GetBuffer(), 0, (int)ms.Length);
     }
 
     public void Dispose() => _listener.Dispose();
 
-    private void Record(Instrument inst, double v, ReadOnlySpan<KeyValuePair<string, object?>> tags)
+    /// <summary>Prometheus name of an instrument: strata.io.bytes (By) is strata_io_bytes, and counters add _total.</summary>
+    public static string MetricName(Instrument inst)
     {
-        Series s;
-        if (tags.Length == 1 && tags[0].Value is string one)
-        {
-            if (!_oneTag.TryGetValue((inst, tags[0].Key, one), out s!))
-                s = _oneTag.GetOrAdd((inst, tags[0].Key, one), SeriesFor(inst, tags));
-        }
-        else
-        {
-            s = SeriesFor(inst, tags);
-        }
-        lock (s)
-        {
-            if (inst is Histogram<double> or Histogram<long>)
-            {
-                int i = 0;
-                while (i < StrataMetrics.LatencyBucketsMs.Length && v > StrataMetrics.LatencyBucketsMs[i])
-                    i++;
-                if (i < s.Buckets.Length)
-                    s.Buckets[i]++;
-                s.Count++;
-                s.Sum += v;
-            }
-            else if (inst.IsObservable)
-            {
-                s.Value = v;
-            }
-            else
-            {
-                s.Value += v;
-            }
-        }
-    }
-
-    /// <summary>The series of an instrument and tag set, keyed by its label text (what Scrape prints).</summary>
-    private Series SeriesFor(Instrument inst, ReadOnlySpan<KeyValuePair<string, object?>> tags)
-    {
-        var labels = new StringBuilder();
-        foreach (var t in tags)
-        {
-            if (labels.Length > 0)
-                labels.Append(',');
-            labels.Append(Sanitize(t.Key)).Append("=\"").Append(Escape(Convert.ToString(t.Value, CultureInfo.InvariantCulture) ?? "")).Append('"');
-        }
-        return _series.GetOrAdd((inst, labels.ToString()), _ => new Series());
-    }
-
-    private static string MetricName(Instrument inst)
-    {
-        string n = Sanitize(inst.Name);
+        string n = new(inst.Name.Select(c => char.IsAsciiLetterOrDigit(c) ? c : '_').ToArray());
         string? unit = inst.Unit switch
         {
             "By" => "bytes",
@@ -149,30 +61,125 @@ public sealed class PrometheusExporter : IDisposable
         return unit != null && !n.EndsWith(unit, StringComparison.Ordinal) ? n + "_" + unit : n;
     }
 
-    private static string Labels(string labels, string? extra)
+    /// <summary>
+    /// One instrument's prometheus-net metric, made when the instrument is published with the
+    /// label names <see cref="StrataMetrics.LabelNames"/> declares (so a counter shows 0
+    /// before its first event). Children are cached by tag value: recording, once per I/O,
+    /// allocates nothing.
+    /// </summary>
+    private abstract class Series
     {
-        string all = extra == null ? labels : labels.Length == 0 ? extra : labels + "," + extra;
-        return all.Length == 0 ? "" : "{" + all + "}";
+        private readonly ConcurrentDictionary<string, object> _oneLabel = new(StringComparer.Ordinal);
+        private readonly string[] _labelNames;
+        private object? _unlabelled;
+
+        protected Series(Instrument inst)
+        {
+            Name = MetricName(inst);
+            Help = inst.Description ?? inst.Name;
+            _labelNames = StrataMetrics.LabelNames.GetValueOrDefault(inst.Name, []);
+            LabelNames = _labelNames.Select(l => new string(l.Select(c => char.IsAsciiLetterOrDigit(c) ? c : '_').ToArray())).ToArray();
+        }
+
+        protected string Name { get; }
+
+        protected string Help { get; }
+
+        protected string[] LabelNames { get; }
+
+        public static Series For(Instrument inst, IMetricFactory factory)
+        {
+            Series s = inst switch
+            {
+                Counter<long> or Counter<int> or Counter<double> => new CounterSeries(inst, observable: false),
+                ObservableCounter<long> or ObservableCounter<int> or ObservableCounter<double> => new CounterSeries(inst, observable: true),
+                Histogram<double> h => new HistogramSeries(inst, h.Advice?.HistogramBucketBoundaries),
+                Histogram<long> h => new HistogramSeries(inst, h.Advice?.HistogramBucketBoundaries?.Select(b => (double)b).ToList()),
+                _ => new GaugeSeries(inst, delta: inst is UpDownCounter<long> or UpDownCounter<int> or UpDownCounter<double>),
+            };
+            s.Create(factory);
+            return s;
+        }
+
+        public void Record(double value, ReadOnlySpan<KeyValuePair<string, object?>> tags)
+        {
+            object child;
+            if (_labelNames.Length == 0)
+                child = _unlabelled!;
+            else if (_labelNames.Length == 1 && tags.Length == 1 && tags[0].Value is string one)
+                child = _oneLabel.TryGetValue(one, out var c) ? c : _oneLabel.GetOrAdd(one, Child([one]));
+            else
+                child = Child(Values(tags));
+            Apply(child, value);
+        }
+
+        /// <summary>The tag values in the declared label order; a tag that is missing is "".</summary>
+        private string[] Values(ReadOnlySpan<KeyValuePair<string, object?>> tags)
+        {
+            var values = new string[_labelNames.Length];
+            for (int i = 0; i < values.Length; i++)
+            {
+                values[i] = "";
+                foreach (var t in tags)
+                    if (t.Key == _labelNames[i])
+                        values[i] = Convert.ToString(t.Value, CultureInfo.InvariantCulture) ?? "";
+            }
+            return values;
+        }
+
+        private void Create(IMetricFactory factory)
+        {
+            Metric = Make(factory);
+            if (_labelNames.Length == 0)
+                _unlabelled = Child([]);
+        }
+
+        protected object Metric { get; private set; } = null!;
+
+        protected abstract object Make(IMetricFactory factory);
+
+        protected abstract object Child(string[] labelValues);
+
+        protected abstract void Apply(object child, double value);
     }
 
-    private static string Sanitize(string s)
+    private sealed class CounterSeries(Instrument inst, bool observable) : Series(inst)
     {
-        var chars = s.ToCharArray();
-        for (int i = 0; i < chars.Length; i++)
-            if (!(char.IsAsciiLetterOrDigit(chars[i]) || chars[i] == '_'))
-                chars[i] = '_';
-        return new string(chars);
+        protected override object Make(IMetricFactory factory) => factory.CreateCounter(Name + "_total", Help, LabelNames);
+
+        protected override object Child(string[] labelValues) => ((Counter)Metric).WithLabels(labelValues);
+
+        protected override void Apply(object child, double value)
+        {
+            if (observable)
+                ((Counter.Child)child).IncTo(value);
+            else
+                ((Counter.Child)child).Inc(value);
+        }
     }
 
-    private static string Escape(string s) => s.Replace("\\", "\\\\").Replace("\"", "\\\"").Replace("\n", "\\n");
-
-    private static string Fmt(double d) => d.ToString("R", CultureInfo.InvariantCulture);
-
-    private sealed class Series
+    private sealed class GaugeSeries(Instrument inst, bool delta) : Series(inst)
     {
-        public double Value;
-        public double Sum;
-        public long Count;
-        public readonly long[] Buckets = new long[StrataMetrics.LatencyBucketsMs.Length];
+        protected override object Make(IMetricFactory factory) => factory.CreateGauge(Name, Help, LabelNames);
+
+        protected override object Child(string[] labelValues) => ((Gauge)Metric).WithLabels(labelValues);
+
+        protected override void Apply(object child, double value)
+        {
+            if (delta)
+                ((Gauge.Child)child).Inc(value);
+            else
+                ((Gauge.Child)child).Set(value);
+        }
+    }
+
+    private sealed class HistogramSeries(Instrument inst, IReadOnlyList<double>? buckets) : Series(inst)
+    {
+        protected override object Make(IMetricFactory factory) =>
+            factory.CreateHistogram(Name, Help, LabelNames, new HistogramConfiguration { Buckets = [.. buckets ?? StrataMetrics.LatencyBucketsMs] });
+
+        protected override object Child(string[] labelValues) => ((Histogram)Metric).WithLabels(labelValues);
+
+        protected override void Apply(object child, double value) => ((Histogram.Child)child).Observe(value);
     }
 }

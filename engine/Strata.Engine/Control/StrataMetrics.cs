@@ -41,6 +41,16 @@ public sealed class StrataMetrics : IDisposable
         _meter.CreateObservableGauge("strata.pools", pools, "{pool}", "Pools on the engine's targets");
     }
 
+    /// <summary>The tag keys each instrument records (Prometheus needs them before the first measurement); none when absent.</summary>
+    public static readonly IReadOnlyDictionary<string, string[]> LabelNames = new Dictionary<string, string[]>
+    {
+        ["strata.io.operations"] = ["op"],
+        ["strata.io.bytes"] = ["op"],
+        ["strata.io.errors"] = ["op"],
+        ["strata.io.latency"] = ["op"],
+        ["strata.ras.events"] = ["severity"],
+    };
+
     public static readonly double[] LatencyBucketsMs = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000];
 
     public Meter Meter => _meter;
