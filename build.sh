@@ -15,7 +15,7 @@ DATA_DIR="${STRATA_DATA_DIR:-$ROOT/strata-data}"
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
 
 # Debian packages the build, the tests and the benchmarks use.
-APT_PACKAGES=(cmake make gcc pkg-config liburing-dev libclang1-14 libclang-common-14-dev fio qemu-utils libnbd-bin nbdkit)
+APT_PACKAGES=(cmake make gcc pkg-config liburing-dev libclang1-14 libclang-common-14-dev fio qemu-utils libnbd-bin nbdkit zsh)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 2; }
