@@ -7,7 +7,8 @@ namespace Strata.Nbd.Tests;
 /// <summary>
 /// The CLI's guards with a real NBD client attached: `pool destroy` without --force names the
 /// client it would revoke, `system stop` names the clients it disconnects, and a followed
-/// `system events` ends with a message and exit 3 when the engine stops.
+/// `system events` ends with a message and exit 3 when the engine stops. Clients are named by one
+/// id everywhere: `pool clients`, the refusals and the engine's log.
 /// </summary>
 [TestClass]
 public sealed class NbdCliGuardTests
@@ -17,6 +18,10 @@ public sealed class NbdCliGuardTests
     {
         await using var d = await NbdDaemon.StartAsync("nbd-guard");
         await d.CreateImageAsync("img", "4M");
+        // A first connection comes and goes, so the attached one is not the server's first either.
+        using (await d.OpenUnixAsync("img"))
+            await d.WaitClientsAsync(1);
+        await d.WaitClientsAsync(0);
         using var nbd = await d.OpenUnixAsync("img");
         await d.WaitClientsAsync(1);
         var c = (await d.Cli.JsonAsync<List<PoolClientDto>>("pool", "clients", "p")).Single();
@@ -41,5 +46,10 @@ public sealed class NbdCliGuardTests
         await rest;
         Assert.AreEqual(3, follow.ExitCode, await stderr);
         Assert.AreEqual($"strata: the engine at {d.Engine.Socket} stopped; no more events", (await stderr).Trim());
+
+        await d.Engine.WaitForExitAsync(TimeSpan.FromSeconds(30));
+        var opened = System.Text.RegularExpressions.Regex.Matches(d.Engine.Log, @"\[1400\] NBD connection (\d+) from .* opened export p/c/img");
+        Assert.HasCount(2, opened, d.Engine.Log);
+        Assert.AreEqual(c.Id.ToString(System.Globalization.CultureInfo.InvariantCulture), opened[1].Groups[1].Value, "the log names the client by the id `pool clients` shows");
     }
 }

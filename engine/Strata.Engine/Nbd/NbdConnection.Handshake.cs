@@ -198,7 +198,7 @@ internal sealed partial class NbdConnection
     {
         try
         {
-            _registration = export.Pool.RegisterClient("nbd", export.Container + "/" + export.ImageLabel, $"{Peer} via {_listener}",
+            _registration = export.Pool.RegisterClient(Id, "nbd", export.Container + "/" + export.ImageLabel, $"{Peer} via {_listener}",
                 reason => RevokeAsync(reason));
             why = null;
             return true;

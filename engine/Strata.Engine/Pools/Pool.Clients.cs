@@ -51,21 +51,22 @@ public sealed class PoolClient : IDisposable, IAsyncDisposable
 public sealed partial class Pool
 {
     private readonly Dictionary<long, PoolClient> _clients = new();
-    private long _nextClientId;
 
     /// <summary>
-    /// Records a client holding <paramref name="image"/> ("container/image") open. The revoke callback
-    /// must make the client go (finish or fail its in-flight requests, disconnect, then dispose the
-    /// registration) and may return before it has gone.
+    /// Records a client holding <paramref name="image"/> ("container/image") open, under the id its
+    /// own logs use (the NBD server's connection id), so `pool clients`, refusals naming clients and
+    /// the log lines agree. The revoke callback must make the client go (finish or fail its in-flight
+    /// requests, disconnect, then dispose the registration) and may return before it has gone.
     /// </summary>
-    public PoolClient RegisterClient(string kind, string image, string peer, Func<string, ValueTask> revoke)
+    public PoolClient RegisterClient(long id, string kind, string image, string peer, Func<string, ValueTask> revoke)
     {
         ArgumentNullException.ThrowIfNull(revoke);
         ObjectDisposedException.ThrowIf(_closed, this);
         lock (_clients)
         {
-            var c = new PoolClient(this, ++_nextClientId, kind, image, peer, revoke);
-            _clients.Add(c.Info.Id, c);
+            var c = new PoolClient(this, id, kind, image, peer, revoke);
+            if (!_clients.TryAdd(id, c))
+                throw new InvalidOperationException($"client {id} is already registered on pool '{Label}'");
             return c;
         }
     }
