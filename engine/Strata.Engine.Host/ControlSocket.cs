@@ -108,22 +108,38 @@ internal static class ControlSocket
     }
 }
 
-/// <summary>The pid file: refuses to overwrite the pid of a live strata-engine.</summary>
+/// <summary>
+/// The pid file: refuses to overwrite the pid of a live strata-engine. A clean stop removes it, so
+/// one left by an engine that is gone means that engine was killed or crashed (<see cref="Previous"/>).
+/// </summary>
 internal sealed class PidFile : IDisposable
 {
     private readonly string _path;
 
-    private PidFile(string path) => _path = path;
+    private PidFile(string path, (int? Pid, DateTime Since)? previous)
+    {
+        _path = path;
+        Previous = previous;
+    }
+
+    /// <summary>The engine that left the file without a clean stop: its pid (null if unreadable) and when it wrote the file.</summary>
+    public (int? Pid, DateTime Since)? Previous { get; }
 
     public static PidFile Create(string path)
     {
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-        if (File.Exists(path) && int.TryParse(File.ReadAllText(path).Trim(), out int old) && old != Environment.ProcessId && IsEngine(old))
-            throw new ConfigException($"pid file {path} names a running engine (pid {old}); stop it first");
+        (int? Pid, DateTime Since)? previous = null;
+        if (File.Exists(path))
+        {
+            int? old = int.TryParse(File.ReadAllText(path).Trim(), out int p) ? p : null;
+            if (old is { } live && live != Environment.ProcessId && IsEngine(live))
+                throw new ConfigException($"pid file {path} names a running engine (pid {live}); stop it first");
+            previous = (old, File.GetLastWriteTimeUtc(path));
+        }
         string tmp = path + ".tmp";
         File.WriteAllText(tmp, Environment.ProcessId + "\n");
         File.Move(tmp, path, overwrite: true);
-        return new PidFile(path);
+        return new PidFile(path, previous);
     }
 
     private static bool IsEngine(int pid)

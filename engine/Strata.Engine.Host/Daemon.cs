@@ -1,3 +1,4 @@
+using System.Globalization;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
@@ -154,6 +155,15 @@ internal static class Daemon
             Log.Listening(logger, cfg.SocketPath, cfg.AdminGroup ?? "(none)");
             if (cfg.PrometheusPort > 0)
                 Log.MetricsPort(logger, cfg.PrometheusPort);
+            if (pid.Previous is { } prev)
+            {
+                // A clean stop removes the pid file: the engine that left it was killed, crashed or lost power.
+                string prevPid = prev.Pid?.ToString(CultureInfo.InvariantCulture) ?? "unknown";
+                Log.UncleanShutdown(logger, prevPid, prev.Since);
+                svc.Emit(ControlRasIds.EngineUncleanShutdown, RasSeverity.Warning,
+                    string.Create(CultureInfo.InvariantCulture, $"the previous engine (pid {prevPid}, started {prev.Since:O}) did not stop cleanly (killed, crashed or lost power); its pools were recovered from their logs"),
+                    data: new Dictionary<string, string> { ["pid"] = prevPid, ["since"] = prev.Since.ToString("O", CultureInfo.InvariantCulture) });
+            }
             svc.Emit(ControlRasIds.EngineStarted, RasSeverity.Notice, $"engine started on {cfg.Targets.Count} target(s), socket {cfg.SocketPath}",
                 data: new Dictionary<string, string> { ["socket"] = cfg.SocketPath, ["pid"] = Environment.ProcessId.ToString() });
             await app.WaitForShutdownAsync(ct);

@@ -46,6 +46,9 @@ internal static partial class Log
     [LoggerMessage(1013, LogLevel.Warning, "pool {Pool} could not be opened: {Reason}")]
     public static partial void PoolOpenFailed(ILogger logger, string pool, string reason);
 
+    [LoggerMessage(1014, LogLevel.Warning, "the previous engine (pid {Pid}, started {Since:O}) did not stop cleanly; its pools are recovered from their logs")]
+    public static partial void UncleanShutdown(ILogger logger, string pid, DateTime since);
+
     [LoggerMessage(1100, LogLevel.Warning, "rejected control caller pid {Pid} uid {Uid} gid {Gid}: not root, the engine's uid {EngineUid}, or a member of group {Group}")]
     public static partial void CallerRejected(ILogger logger, int pid, uint uid, uint gid, uint engineUid, string group);
 

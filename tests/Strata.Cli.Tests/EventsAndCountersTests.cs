@@ -52,6 +52,75 @@ public sealed class EventsAndCountersTests
     }
 
     [TestMethod]
+    public async Task EngineRestart_AfterKill9_RaisesUncleanShutdown_AfterCleanStopNone()
+    {
+        string data = Path.Combine(_dir, "unclean");
+        int killed;
+        string written;
+        await using (var first = await EngineProcess.StartAsync(data))
+        {
+            var cli = new StrataCli(first.Socket);
+            await cli.OkAsync("pool", "create", "uc", "--size", "64M");
+            await cli.OkAsync("cont", "create", "uc", "c");
+            await cli.OkAsync("image", "create", "uc/c/i", "--size", "1M");
+            written = Sha(await cli.OkAsync("image", "write", "uc/c/i", "--pattern", "0x5a", "--length", "65536"));
+            killed = first.Pid;
+            Bin.Signal(killed, 9);
+            await first.WaitForExitAsync(TimeSpan.FromSeconds(30));
+        }
+
+        await using (var second = await EngineProcess.StartAsync(data))
+        {
+            var cli = new StrataCli(second.Socket);
+            var events = await EventsThroughStartAsync(second);
+            var unclean = events.Single(x => x.Id == ControlRasIds.EngineUncleanShutdown);
+            Assert.AreEqual("WARNING", unclean.Severity);
+            Assert.AreEqual(killed.ToString(System.Globalization.CultureInfo.InvariantCulture), unclean.Data!["pid"]);
+            StringAssert.Contains(unclean.Msg, $"the previous engine (pid {killed}, started ");
+            Assert.IsLessThan(events.Last(x => x.Id == ControlRasIds.EngineStarted).Seq, unclean.Seq, "raised before this engine's engine_started");
+            Assert.AreEqual(written, Sha(await cli.OkAsync("image", "read", "uc/c/i", "--length", "65536")), "the acknowledged write survived the kill");
+            await cli.OkAsync("system", "stop");
+            await second.WaitForExitAsync(TimeSpan.FromSeconds(30));
+            StringAssert.Contains(second.Log, "[1014]");
+        }
+
+        await using (var third = await EngineProcess.StartAsync(data))
+        {
+            var events = await EventsThroughStartAsync(third);
+            Assert.AreEqual(1, events.Count(x => x.Id == ControlRasIds.EngineUncleanShutdown), "after a clean stop there is no new one");
+        }
+    }
+
+    private static string Sha(string cliOutput) =>
+        System.Text.RegularExpressions.Regex.Match(cliOutput, "[0-9a-f]{64}").Value is { Length: 64 } sha ? sha : throw new AssertFailedException("no sha256 in: " + cliOutput);
+
+    /// <summary>The RAS log up to and including this engine's engine_started (read with --follow, so none is missed).</summary>
+    private static async Task<List<RasRecord>> EventsThroughStartAsync(EngineProcess engine)
+    {
+        var psi = Proc.Dotnet(Bin.Cli, ["--socket", engine.Socket, "system", "events", "--follow", "--json", "--since", "1d"]);
+        using var follower = Process.Start(psi)!;
+        follower.StandardInput.Close();
+        var events = new List<RasRecord>();
+        try
+        {
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            while (await follower.StandardOutput.ReadLineAsync(cts.Token) is { } line)
+            {
+                var e = JsonSerializer.Deserialize<RasRecord>(line, Api.Json)!;
+                events.Add(e);
+                if (e.Id == ControlRasIds.EngineStarted && e.Pid == engine.Pid)
+                    return events;
+            }
+            throw new AssertFailedException("the follower ended before engine_started: " + string.Join("\n", events.Select(x => x.Id)));
+        }
+        finally
+        {
+            follower.Kill(entireProcessTree: true);
+            await follower.WaitForExitAsync();
+        }
+    }
+
+    [TestMethod]
     public async Task EventsFollow_SeesAnEventRaisedAfterItStarted()
     {
         // From a day back: the engine's own engine_started is printed first, which shows the follower

@@ -5,6 +5,7 @@ public static class ControlRasIds
 {
     public const string EngineStarted = "engine_started";
     public const string EngineStopped = "engine_stopped";
+    public const string EngineUncleanShutdown = "engine_unclean_shutdown";
     public const string EngineFormatted = "engine_formatted";
     public const string PoolCreated = "pool_created";
     public const string PoolDestroyed = "pool_destroyed";
