@@ -42,10 +42,39 @@ internal static class ApiErrors
                 Log.RequestFailed(logger, e, ctx.Request.Method, ctx.Request.Path);
             if (e is BadHttpRequestException && status == StatusCodes.Status413PayloadTooLarge)
                 message = $"request body is larger than the engine's limit of {Api.MaxBodyBytes} bytes";
+            else if (e is BadHttpRequestException && QueryBindingMessage(e.Message) is { } binding)
+                message = binding;
             else if (e is JsonException)
                 message = $"malformed JSON request: {e.Message.Split('\n')[0]}";
             await Write(ctx, status, code, UserText.Cap(OneLine(message)));
         }
+    }
+
+    private static readonly System.Text.RegularExpressions.Regex BindFailed = new(
+        "^Failed to bind parameter \"(?<type>[^ \"]+) (?<name>[^\"]+)\" from \"(?<value>.*)\"\\.$");
+
+    private static readonly System.Text.RegularExpressions.Regex BindMissing = new(
+        "^Required parameter \"(?<type>[^ \"]+) (?<name>[^\"]+)\" was not provided from query string\\.$");
+
+    /// <summary>
+    /// ASP.NET's binding errors name .NET types ("Failed to bind parameter "long offset" from "abc"");
+    /// say what the caller sent and what is expected instead. Null for any other message.
+    /// </summary>
+    internal static string? QueryBindingMessage(string framework)
+    {
+        static string Expected(string type) => type.Replace("Nullable<", "", StringComparison.Ordinal).TrimEnd('>') switch
+        {
+            "long" or "int" or "uint" or "ulong" or "Int64" or "Int32" or "UInt32" or "UInt64" => "a whole number",
+            "bool" or "Boolean" => "true or false",
+            _ => "a valid value",
+        };
+        var m = BindFailed.Match(framework);
+        if (m.Success)
+            return $"query parameter '{m.Groups["name"].Value}' is {UserText.Quote(m.Groups["value"].Value)}; expected {Expected(m.Groups["type"].Value)}";
+        m = BindMissing.Match(framework);
+        if (m.Success)
+            return $"query parameter '{m.Groups["name"].Value}' is required ({Expected(m.Groups["type"].Value)})";
+        return null;
     }
 
     public static Task Write(HttpContext ctx, int status, string code, string message)
