@@ -55,6 +55,9 @@ internal static class ControlApi
             return req.DryRun ? Ok(plan) : Results.Json(plan, Api.Json, statusCode: StatusCodes.Status202Accepted);
         });
         v1.MapGet("/pools/{pool}/upgrade", async (string pool) => Ok(await svc.UpgradeStatusAsync(pool)));
+        v1.MapGet("/system/barrier", () => Ok(svc.BarrierStatus()));
+        v1.MapPost("/system/barrier/freeze", async (HttpContext ctx, CancellationToken _) => Ok(await svc.FreezeAsync(await Body<BarrierFreezeRequest>(ctx))));
+        v1.MapPost("/system/barrier/thaw", async () => Ok(await svc.ThawAsync()));
         v1.MapPost("/system/prepare", async (HttpContext ctx, CancellationToken _) => Ok(await svc.PrepareAsync((await Body<SystemPrepareRequest>(ctx)).Cancel)));
         v1.MapGet("/pools/{pool}/containers", async (string pool) => Ok(await svc.ListContainersAsync(pool)));
         v1.MapPost("/pools/{pool}/containers", async (HttpContext ctx, string pool) =>

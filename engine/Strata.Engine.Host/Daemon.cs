@@ -121,6 +121,9 @@ internal static class Daemon
             var app = builder.Build();
             // The NBD connections start going as soon as a stop is asked for, beside the control API's drain.
             app.Lifetime.ApplicationStopping.Register(() => nbd?.StopAsync());
+            // Registered after the NBD stop, so it runs first: held requests go on and can be answered.
+            var barrier = svc.Engine.Barrier;
+            app.Lifetime.ApplicationStopping.Register(barrier.ThawForStop);
             app.Use(async (ctx, next) =>
             {
                 // The loopback TCP listener serves the Prometheus scrape only: it has no peer credentials.

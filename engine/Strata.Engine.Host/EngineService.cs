@@ -312,6 +312,24 @@ public sealed class EngineService : IAsyncDisposable
         new(s.Pool, s.LayoutVersion, s.Status, s.Target, s.JobId, s.Reason, s.ActionsDone, s.ActionsTotal, s.ItemsDone, s.ItemsTotal,
             s.BytesDone, s.BytesTotal, s.ItemsPerSecond, s.BytesPerSecond, s.EtaSeconds, s.CurrentAction, s.LongestPauseMs, s.Running);
 
+    // ---- barrier ----
+
+    public BarrierStatusDto BarrierStatus() => ToDto(Engine.Barrier.Status());
+
+    public async Task<BarrierStatusDto> FreezeAsync(BarrierFreezeRequest req)
+    {
+        if (!double.IsFinite(req.TimeoutSeconds))
+            throw new InvalidRequestException("barrier timeout must be a number of seconds");
+        // Bounded before the conversion (TimeSpan overflows near 1e12 s); the barrier refuses anything past its maximum.
+        var timeout = TimeSpan.FromSeconds(Math.Clamp(req.TimeoutSeconds, -1e9, 1e9));
+        return ToDto(await Engine.Barrier.FreezeAsync(timeout, req.Pool).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
+    }
+
+    public async Task<BarrierStatusDto> ThawAsync() => ToDto(await Engine.Barrier.ThawAsync().ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
+
+    private static BarrierStatusDto ToDto(BarrierStatus s) =>
+        new(EngineBarrier.Name(s.State), s.Pool, s.Pools, s.Since, s.Expires, s.SecondsLeft, s.Clients, s.HeldRequests, s.Reason);
+
     /// <summary>`system prepare`: every open pool drains, refuses writes and empties its log; cancel reopens writes.</summary>
     public async Task<IReadOnlyList<PreparedPoolDto>> PrepareAsync(bool cancel)
     {

@@ -78,6 +78,16 @@ public sealed record SystemPrepareRequest(bool Cancel = false);
 /// <summary>A pool after `system prepare`: bytes left in its log (0 = nothing to replay) and whether writes are refused.</summary>
 public sealed record PreparedPoolDto(string Pool, long LogBytes, bool Prepared, string? Problem = null);
 
+/// <summary>`system barrier freeze`: hold NBD requests and refuse metadata changes for at most TimeoutSeconds; Pool null = every pool.</summary>
+public sealed record BarrierFreezeRequest(double TimeoutSeconds, string? Pool = null);
+
+/// <summary>
+/// `system barrier stat` (and the answer of freeze and thaw). State: thawed, freezing, frozen, thawing,
+/// expired or failed (Lustre's names); Pool null = every pool; Reason: why it expired or failed.
+/// </summary>
+public sealed record BarrierStatusDto(string State, string? Pool, IReadOnlyList<string> Pools, DateTimeOffset? Since,
+    DateTimeOffset? Expires, double? SecondsLeft, int Clients, int HeldRequests, string? Reason);
+
 public sealed record LayoutFeatureDto(string Name, string Class, int Bit, string Kind, string Access, string Description);
 
 public sealed record LayoutVersionDto(uint Version, string Summary, bool Supported, IReadOnlyList<LayoutFeatureDto> Features);

@@ -177,7 +177,9 @@ public sealed partial class Pool : IUpgradePool
         }
         var pre = new List<UpgradeCheck>();
         string? ro = _readOnlyReason ?? _preparedReason;
-        pre.Add(new("writable", ro == null, ro == null ? "the pool is writable" : $"pool '{Label}' is read-only: {ro}"));
+        string? frozen = _barrierReason;
+        pre.Add(new("writable", ro == null && frozen == null, ro != null ? $"pool '{Label}' is read-only: {ro}"
+            : frozen != null ? $"pool '{Label}' {frozen}" : "the pool is writable"));
         bool running = _upgradeTask is { IsCompleted: false };
         UpgradeJobMeta? job;
         lock (Meta.Sync)
@@ -454,6 +456,7 @@ public sealed partial class Pool : IUpgradePool
         try
         {
             ThrowIfNotLoggable();
+            ThrowIfFrozen();
             if (_upgradeTask is { IsCompleted: false })
                 throw new BusyException($"pool '{Label}' is upgrading; prepare after the upgrade completes");
             using (await Gate.CloseAsync(null).ConfigureAwait(false))

@@ -151,10 +151,14 @@ public sealed partial class Pool : IAsyncDisposable
             $"pool '{Label}' is now read-only: {what} failed: {e.Message}", Pool: Label, Device: (e as Interop.DeviceException)?.Device));
     }
 
-    /// <summary>For callers changing the pool (image writes, metadata): also refuses during an exclusive upgrade action and while prepared.</summary>
+    /// <summary>
+    /// For callers changing the pool (image writes, metadata): also refuses during an exclusive upgrade
+    /// action, while prepared and while a barrier freezes the pool (image writes wait at the gate then).
+    /// </summary>
     internal void ThrowIfNotWritable()
     {
         ThrowIfNotLoggable();
+        ThrowIfFrozen();
         if (_exclusiveReason is { } x)
             throw new PoolBusyException($"pool '{Label}': {x}");
         if (_preparedReason is { } p)

@@ -14,6 +14,7 @@ internal sealed class PoolGate
 {
     private readonly Lock _sync = new();
     private int _active;
+    private int _waiting;
     private volatile TaskCompletionSource? _closed;
     private volatile TaskCompletionSource? _drained;
     private volatile string? _refusal;
@@ -37,9 +38,20 @@ internal sealed class PoolGate
 
     private async ValueTask<Ticket> WaitThenEnterAsync(TaskCompletionSource closed)
     {
-        await closed.Task.ConfigureAwait(false);
+        Interlocked.Increment(ref _waiting);
+        try
+        {
+            await closed.Task.ConfigureAwait(false);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _waiting);
+        }
         return await EnterAsync().ConfigureAwait(false);
     }
+
+    /// <summary>Operations waiting for the gate to reopen (held by a barrier, a prepare or an upgrade step).</summary>
+    public int Waiting => Volatile.Read(ref _waiting);
 
     private void Exit()
     {

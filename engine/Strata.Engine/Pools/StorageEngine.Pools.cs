@@ -62,6 +62,7 @@ public sealed partial class StorageEngine
     public async Task<Pool> CreatePoolAsync(string label, long size, int rf = 1, PoolCreateOptions? options = null)
     {
         options ??= PoolCreateOptions.Default;
+        Barrier.ThrowIfFrozen(null);
         Labels.Validate("pool", label);
         if (rf is not (1 or 2))
             throw new InvalidRequestException($"rf {rf} is not supported; use 1 or 2");
@@ -165,6 +166,7 @@ public sealed partial class StorageEngine
     {
         if (Options.ReadOnly)
             throw new PoolReadOnlyException("the engine is open read-only");
+        Barrier.ThrowIfFrozen(label);
         await _lock.WaitAsync().ConfigureAwait(false);
         try
         {

@@ -46,7 +46,11 @@ public sealed partial class StorageEngine : IAsyncDisposable
     {
         Targets = targets;
         Options = options;
+        Barrier = new EngineBarrier(this);
     }
+
+    /// <summary>`system barrier freeze / thaw / stat`.</summary>
+    public EngineBarrier Barrier { get; }
 
     public IReadOnlyList<Target> Targets { get; }
 

@@ -45,6 +45,10 @@ public static class RasIds
     public const string PoolUpgradeCompleted = "pool_upgrade_completed";
     public const string PoolUpgradeFailed = "pool_upgrade_failed";
     public const string LogTailWriteDropped = "log_tail_write_dropped";
+    public const string BarrierFrozen = "barrier_frozen";
+    public const string BarrierThawed = "barrier_thawed";
+    public const string BarrierExpired = "barrier_expired";
+    public const string BarrierFailed = "barrier_failed";
 }
 
 /// <summary>Where RAS events go.</summary>

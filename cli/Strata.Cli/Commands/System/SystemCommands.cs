@@ -6,7 +6,7 @@ using Strata.Engine.Control;
 
 namespace Strata.Cli.Commands.SystemGroup;
 
-/// <summary>`strata system query | stop | events`.</summary>
+/// <summary>`strata system query | stop | events | prepare | barrier`.</summary>
 public static class SystemCommands
 {
     private static readonly Option<bool> NoWait = new("--no-wait") { Description = "Return once the engine accepted the request, without waiting for it to exit" };
@@ -76,7 +76,7 @@ public static class SystemCommands
             return pools.All(p => p.Prepared != c || p.Problem == null) ? 0 : ExitCodes.Failed;
         }));
 
-        return Cli.Group("system", "The engine as a whole", query, stop, events, prepare);
+        return Cli.Group("system", "The engine as a whole", query, stop, events, prepare, BarrierCommands.Create());
     }
 
     /// <summary>"client 3 (nbd, PEER) on tank/vols/disk0" for every client of every open pool.</summary>
