@@ -7,6 +7,7 @@ using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Strata.Engine.Control;
+using Strata.Engine.Pools;
 
 namespace Strata.Engine.Host;
 
@@ -18,7 +19,8 @@ internal static class ControlApi
         var lifetime = app.Services.GetRequiredService<IHostApplicationLifetime>();
         var v1 = app.MapGroup("/v1");
 
-        v1.MapGet("/system", () => Ok(svc.SystemInfo(lifetime.ApplicationStopping.IsCancellationRequested ? "stopping" : svc.Prepared ? "prepared" : "running")));
+        v1.MapGet("/system", () => Ok(svc.SystemInfo(lifetime.ApplicationStopping.IsCancellationRequested ? "stopping" : svc.Prepared ? "prepared"
+            : svc.Engine.Barrier.State == BarrierState.Frozen ? "frozen" : "running")));
         v1.MapPost("/system/stop", (HttpContext ctx) =>
         {
             ctx.Response.OnCompleted(() =>

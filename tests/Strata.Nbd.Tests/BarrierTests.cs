@@ -57,6 +57,7 @@ public sealed class BarrierTests
         StringAssert.Contains(await d.Cli.FailsAsync(6, "image", "resize", "p/c/img", "--size", "8M"), "frozen by a barrier");
         StringAssert.Contains(await d.Cli.FailsAsync(6, "pool", "create", "p2", "--size", "64M"), "a new pool cannot be created: a barrier is frozen (every pool");
         StringAssert.Contains(await d.Cli.FailsAsync(6, "system", "barrier", "freeze"), "a barrier is already frozen (every pool, frozen since ");
+        Assert.AreEqual("frozen", (await d.Cli.JsonAsync<SystemInfo>("system", "query")).State);
         Assert.IsFalse(replies.IsCompleted, "a held request is not answered while frozen");
         Assert.AreEqual(2, (await StatAsync(d)).HeldRequests, "nothing was answered or failed meanwhile");
 
@@ -70,6 +71,7 @@ public sealed class BarrierTests
         var thawed = await StatAsync(d);
         Assert.AreEqual(("thawed", 0), (thawed.State, thawed.HeldRequests));
         await d.Cli.OkAsync("cont", "create", "p", "c2");
+        Assert.AreEqual("running", (await d.Cli.JsonAsync<SystemInfo>("system", "query")).State);
 
         var events = (await d.Cli.OkAsync("system", "events", "--json")).Split('\n', StringSplitOptions.RemoveEmptyEntries)
             .Select(l => JsonSerializer.Deserialize<RasRecord>(l, Api.Json)!).Select(e => e.Id).ToList();
