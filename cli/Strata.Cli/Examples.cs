@@ -14,6 +14,7 @@ public static class Examples
         ["system stop"] = "strata system stop",
         ["system events"] = "strata system events --since 1h --severity WARNING",
         ["system prepare"] = "strata system prepare",
+        ["system reload-tls"] = "strata system reload-tls",
         ["storage query"] = "strata storage query",
         ["pool create"] = "strata pool create tank --size 10G --rf 2",
         ["pool list"] = "strata pool list",

@@ -83,13 +83,29 @@ internal static class Daemon
             pid = PidFile.Create(cfg.PidFile);
             var authorizer = new PeerAuthorizer(cfg, uid, adminGroup, logger, () => svc);
             // Bound before any target is opened: on a fresh data directory a refused listener must not leave formatted targets.
-            nbd = BindNbd(cfg, authorizer, adminGroup?.Gid, logger);
+            nbd = BindNbd(cfg, authorizer, adminGroup?.Gid, logger, () => svc);
             svc = await EngineService.StartAsync(cfg, logger);
             if (nbd != null)
             {
                 nbd.Serve(new NbdExportCatalog(svc.Engine, svc.OpenImageIoAsync));
                 svc.AttachNbd(nbd);
             }
+            // SIGHUP reloads the NBD listeners' TLS certificates (as `strata system reload-tls` does); connections stay.
+            using var sigHup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c =>
+            {
+                c.Cancel = true;
+                _ = Task.Run(() =>
+                {
+                    try
+                    {
+                        svc.ReloadTls();
+                    }
+                    catch (InvalidRequestException)
+                    {
+                        // Logged (1409) by ReloadTls, or no listener has TLS: nothing to reload.
+                    }
+                });
+            });
 
             var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "strata-engine", ContentRootPath = cfg.DataDir });
             builder.Logging.ClearProviders();
@@ -185,7 +201,7 @@ internal static class Daemon
     /// serves every image as pool/container/image. Unix socket callers pass the control socket's
     /// peer-credential check.
     /// </summary>
-    private static NbdServer? BindNbd(ResolvedConfig cfg, PeerAuthorizer authorizer, uint? adminGid, ILogger logger)
+    private static NbdServer? BindNbd(ResolvedConfig cfg, PeerAuthorizer authorizer, uint? adminGid, ILogger logger, Func<EngineService?> service)
     {
         if (cfg.Nbd.Count == 0)
             return null;
@@ -194,7 +210,7 @@ internal static class Daemon
                 ControlSocket.PreparePath(path, $"another process is listening on NBD socket {path}", logger);
         return NbdServer.Bind(cfg.Nbd, new NbdServerOptions
         {
-            Log = new NbdLog(logger),
+            Log = new NbdLog(logger, service),
             WriteCache = cfg.NbdWriteCache,
             MaxInFlightBytes = cfg.NbdConnectionInFlightBytes,
             MaxInFlightBytesTotal = cfg.NbdInFlightBytes,
