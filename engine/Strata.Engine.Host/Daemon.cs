@@ -76,6 +76,25 @@ internal static class Daemon
         EngineService? svc = null;
         NbdServer? nbd = null;
         PidFile? pid = null;
+        // SIGHUP reloads the NBD listeners' TLS certificates (as `strata system reload-tls` does;
+        // connections stay). Registered from the start: the default action would end the engine.
+        using var sigHup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c =>
+        {
+            c.Cancel = true;
+            if (svc?.Nbd is null)
+                return;
+            _ = Task.Run(() =>
+            {
+                try
+                {
+                    svc.ReloadTls();
+                }
+                catch (InvalidRequestException)
+                {
+                    // Logged (1409) by ReloadTls, or no listener has TLS: nothing to reload.
+                }
+            });
+        });
         try
         {
             Directory.CreateDirectory(cfg.DataDir);
@@ -90,22 +109,6 @@ internal static class Daemon
                 nbd.Serve(new NbdExportCatalog(svc.Engine, svc.OpenImageIoAsync));
                 svc.AttachNbd(nbd);
             }
-            // SIGHUP reloads the NBD listeners' TLS certificates (as `strata system reload-tls` does); connections stay.
-            using var sigHup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c =>
-            {
-                c.Cancel = true;
-                _ = Task.Run(() =>
-                {
-                    try
-                    {
-                        svc.ReloadTls();
-                    }
-                    catch (InvalidRequestException)
-                    {
-                        // Logged (1409) by ReloadTls, or no listener has TLS: nothing to reload.
-                    }
-                });
-            });
 
             var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "strata-engine", ContentRootPath = cfg.DataDir });
             builder.Logging.ClearProviders();
