@@ -30,6 +30,7 @@ internal static class ControlApi
             });
             return Results.Json(svc.SystemInfo("stopping"), Api.Json, statusCode: StatusCodes.Status202Accepted);
         });
+        v1.MapPost("/system/reload-tls", () => Ok(new TlsReloadResult(svc.ReloadTls().ToList())));
         v1.MapGet("/storage", () => Ok(svc.Storage()));
 
         v1.MapGet("/pools", async () => Ok(await svc.ListPoolsAsync()));

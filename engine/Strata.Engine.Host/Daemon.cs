@@ -77,6 +77,25 @@ internal static class Daemon
         EngineService? svc = null;
         NbdServer? nbd = null;
         PidFile? pid = null;
+        // SIGHUP reloads the NBD listeners' TLS certificates (as `strata system reload-tls` does;
+        // connections stay). Registered from the start: the default action would end the engine.
+        using var sigHup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c =>
+        {
+            c.Cancel = true;
+            if (svc?.Nbd is null)
+                return;
+            _ = Task.Run(() =>
+            {
+                try
+                {
+                    svc.ReloadTls();
+                }
+                catch (InvalidRequestException)
+                {
+                    // Logged (1409) by ReloadTls, or no listener has TLS: nothing to reload.
+                }
+            });
+        });
         try
         {
             Directory.CreateDirectory(cfg.DataDir);
@@ -84,7 +103,7 @@ internal static class Daemon
             pid = PidFile.Create(cfg.PidFile);
             var authorizer = new PeerAuthorizer(cfg, uid, adminGroup, logger, () => svc);
             // Bound before any target is opened: on a fresh data directory a refused listener must not leave formatted targets.
-            nbd = BindNbd(cfg, authorizer, adminGroup?.Gid, logger);
+            nbd = BindNbd(cfg, authorizer, adminGroup?.Gid, logger, () => svc);
             svc = await EngineService.StartAsync(cfg, logger);
             if (nbd != null)
             {
@@ -198,7 +217,7 @@ internal static class Daemon
     /// serves every image as pool/container/image. Unix socket callers pass the control socket's
     /// peer-credential check.
     /// </summary>
-    private static NbdServer? BindNbd(ResolvedConfig cfg, PeerAuthorizer authorizer, uint? adminGid, ILogger logger)
+    private static NbdServer? BindNbd(ResolvedConfig cfg, PeerAuthorizer authorizer, uint? adminGid, ILogger logger, Func<EngineService?> service)
     {
         if (cfg.Nbd.Count == 0)
             return null;
@@ -207,7 +226,7 @@ internal static class Daemon
                 ControlSocket.PreparePath(path, $"another process is listening on NBD socket {path}", logger);
         return NbdServer.Bind(cfg.Nbd, new NbdServerOptions
         {
-            Log = new NbdLog(logger),
+            Log = new NbdLog(logger, service),
             WriteCache = cfg.NbdWriteCache,
             MaxInFlightBytes = cfg.NbdConnectionInFlightBytes,
             MaxInFlightBytesTotal = cfg.NbdInFlightBytes,

@@ -65,6 +65,25 @@ public sealed class EngineService : IAsyncDisposable
         Metrics.ObserveNbd(() => server.InFlightBytes, () => server.PeakInFlightBytes, () => server.Buffers.NativeBytes);
     }
 
+    /// <summary>
+    /// Loads the NBD listeners' TLS certificates again (SIGHUP, `strata system reload-tls`): all or,
+    /// when one is refused, none. Open connections are not touched. One line per listener reloaded.
+    /// </summary>
+    public IReadOnlyList<string> ReloadTls()
+    {
+        if (Nbd == null || Nbd.Listeners.All(l => l.TlsMode == NbdTlsMode.Off))
+            throw new InvalidRequestException("no NBD listener has TLS on (tls: on or tls: require in the engine's configuration)");
+        try
+        {
+            return Nbd.ReloadTls();
+        }
+        catch (NbdTlsException e)
+        {
+            Log.NbdTlsReloadFailed(_logger, e.Message);
+            throw new InvalidRequestException($"certificates not reloaded, the previous ones stay in use: {e.Message}");
+        }
+    }
+
     // Every await on the storage API uses ForceYielding: devices complete I/O inline on their poller
     // thread (DeviceOptions.InlineCompletions), and the daemon's continuations (RAS fsync, JSON,
     // Kestrel writes) must not run there, let alone block it.

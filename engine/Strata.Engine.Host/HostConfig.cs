@@ -20,11 +20,13 @@ public sealed class HostConfig
     public ControlConfig Control { get; set; } = new();
 
     /// <summary>
-    /// NBD listeners: unix:PATH (relative to the data dir) or tcp:127.0.0.1:PORT (loopback only). See docs/nbd.md.
+    /// NBD listeners: each unix:PATH (relative to the data dir) or tcp:HOST:PORT, or a mapping with
+    /// `listen:` and the listener's TLS settings (<see cref="NbdListenerConfig"/>). TCP on an address
+    /// other than loopback needs `tls: require`. See docs/nbd.md.
     /// Left out, the engine serves <see cref="DefaultNbd"/> (run/nbd.sock), so images are usable with no
     /// configuration file; `nbd: []` serves none.
     /// </summary>
-    public List<string>? Nbd { get; set; }
+    public List<NbdListenerConfig>? Nbd { get; set; }
 
     public const string DefaultNbd = "unix:run/nbd.sock";
 
@@ -106,7 +108,8 @@ public sealed class HostConfig
 
     public static HostConfig Load(string path)
     {
-        var deserializer = new DeserializerBuilder().WithNamingConvention(UnderscoredNamingConvention.Instance).Build();
+        var deserializer = new DeserializerBuilder().WithNamingConvention(UnderscoredNamingConvention.Instance)
+            .WithTypeConverter(new NbdListenerConfig.Converter()).Build();
         try
         {
             return deserializer.Deserialize<HostConfig>(File.ReadAllText(path)) ?? new HostConfig();
@@ -131,11 +134,11 @@ public sealed class HostConfig
             throw new ConfigException($"metrics.prometheus_port {Metrics.PrometheusPort} is not a TCP port");
         string socketDir = Abs(Control.SocketDir ?? "run");
         var nbd = new List<NbdListenerAddress>();
-        foreach (var spec in Nbd ?? [DefaultNbd])
+        foreach (var listener in Nbd ?? [new NbdListenerConfig { Listen = DefaultNbd }])
         {
             try
             {
-                nbd.Add(NbdListenerAddress.Parse(spec, dataDir));
+                nbd.Add(listener.Resolve(dataDir));
             }
             catch (FormatException e)
             {

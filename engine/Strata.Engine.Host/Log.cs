@@ -76,6 +76,18 @@ internal static partial class Log
     [LoggerMessage(1405, LogLevel.Warning, "NBD connection {Connection} from {Peer} abandoned: {Why}; closing it without its replies")]
     public static partial void NbdConnectionAbandoned(ILogger logger, long connection, string peer, string why);
 
+    [LoggerMessage(1406, LogLevel.Warning, "NBD connection {Connection} from {Peer} refused over TLS: {Reason}")]
+    public static partial void NbdTlsRefused(ILogger logger, long connection, string peer, string reason);
+
+    [LoggerMessage(1407, LogLevel.Warning, "NBD listener {Listener}: server certificate '{Subject}' expires on {NotAfter:yyyy-MM-dd HH:mm} UTC, in {Days:F1} days; renew it and run `strata system reload-tls` (or send SIGHUP)")]
+    public static partial void NbdTlsCertificateExpiring(ILogger logger, string listener, string subject, DateTime notAfter, double days);
+
+    [LoggerMessage(1408, LogLevel.Information, "NBD TLS certificates reloaded: {What}")]
+    public static partial void NbdTlsReloaded(ILogger logger, string what);
+
+    [LoggerMessage(1409, LogLevel.Error, "NBD TLS certificates not reloaded (the previous ones stay in use): {Reason}")]
+    public static partial void NbdTlsReloadFailed(ILogger logger, string reason);
+
     [LoggerMessage(1300, LogLevel.Error, "error while stopping")]
     public static partial void StopFailed(ILogger logger, Exception e);
 

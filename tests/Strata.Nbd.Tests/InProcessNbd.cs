@@ -39,7 +39,7 @@ internal sealed class InProcessNbd : IAsyncDisposable
     public string SocketPath => Path.Combine(_dir, "nbd.sock");
 
     public static async Task<InProcessNbd> StartAsync(NbdServerOptions? options = null, int chunkSize = 4096, bool readOnlyReopen = false, long walBytes = 256 * 1024,
-        bool touchAllPages = false, StorageEngineOptions? engineOptions = null)
+        bool touchAllPages = false, StorageEngineOptions? engineOptions = null, NbdTlsSettings? tls = null)
     {
         string dir = Directory.CreateTempSubdirectory("strata-nbd-inproc-").FullName;
         var devices = Enumerable.Range(0, 2).Select(i => new GatedMemoryBlockDevice($"mem{i}", 32L << 20)).ToArray();
@@ -66,7 +66,7 @@ internal sealed class InProcessNbd : IAsyncDisposable
         var exporter = new PrometheusExporter(StrataMetrics.MeterName);
         var catalog = new NbdExportCatalog(engine, async Task<IImageIo> (p, c, i) =>
             new MeteredImage((await engine.OpenPoolAsync(p)).OpenImage(c, i), metrics));
-        var server = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "nbd.sock"))], catalog, options);
+        var server = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "nbd.sock")) with { Tls = tls ?? NbdTlsSettings.Disabled }], catalog, options);
         return new InProcessNbd(dir, devices, engine, pool, metrics, exporter, server);
     }
 

@@ -56,6 +56,9 @@ public static class ErrorCodes
 
 public sealed record ErrorBody(string Error, string Code);
 
+/// <summary>`system reload-tls`: one line per NBD listener whose certificates were loaded again.</summary>
+public sealed record TlsReloadResult(List<string> Listeners);
+
 public sealed record SystemInfo(string Host, int Pid, int Uid, string EngineVersion, int ApiVersion, int ApiMinVersion,
     DateTimeOffset Started, double UptimeSeconds, string Socket, string? DataDir, string? ConfigFile, int Targets, int Pools, string State);
 

@@ -1,4 +1,7 @@
 using System.Buffers.Binary;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Authentication;
 using System.Text;
 using Strata.Engine.Store;
 using static Strata.Engine.Nbd.NbdProtocol;
@@ -11,6 +14,11 @@ namespace Strata.Engine.Nbd;
 /// Unknown options are answered NBD_REP_ERR_UNSUP and the next one is parsed; what breaks
 /// the framing (bad magic, unknown client flags, an absurd option length) closes the
 /// connection. Allocation here is per connection, not per request.
+/// NBD_OPT_STARTTLS follows the listener's <see cref="NbdTlsMode"/>: refused (POLICY) when off;
+/// when required, every other option before it but ABORT is answered NBD_REP_ERR_TLS_REQD and
+/// NBD_OPT_EXPORT_NAME closes the connection. After the upgrade the state negotiated in plain
+/// text (structured replies) is forgotten, as nbdkit does since CVE-2021-3716, and a client
+/// certificate's allow list decides which exports it may open (NBD_REP_ERR_POLICY otherwise).
 /// </summary>
 internal sealed partial class NbdConnection
 {
@@ -49,11 +57,27 @@ internal sealed partial class NbdConnection
             if (!await ReceiveExactAsync(data, ct).ConfigureAwait(false))
                 return "client closed the connection during the handshake";
 
+            if (_listener.TlsMode == NbdTlsMode.Require && _tls == null && option is not (OptStartTls or OptAbort))
+            {
+                if (option == OptExportName)
+                {
+                    // NBD_OPT_EXPORT_NAME cannot be answered with an error: the spec says terminate the session.
+                    const string plain = "NBD_OPT_EXPORT_NAME without TLS on a listener that requires it";
+                    Options.Log.TlsRefused(Id, Peer, plain);
+                    return plain;
+                }
+                _plainRefused = true;
+                await ErrorAsync(option, RepErrTlsReqd, "this listener requires TLS: start it with NBD_OPT_STARTTLS (an nbds:// URI)", ct).ConfigureAwait(false);
+                continue;
+            }
+
             switch (option)
             {
                 case OptExportName:
                 {
                     string? name = NbdParse.DecodeString(data);
+                    if (name != null && Forbidden(name) is { } forbidden)
+                        return forbidden;
                     var (export, error) = name == null
                         ? (null, "the name is not valid UTF-8 (or contains NUL)")
                         : await OpenExportAsync(name).ConfigureAwait(false);
@@ -89,6 +113,9 @@ internal sealed partial class NbdConnection
                     }
                     foreach (var name in await _server.Catalog.ListAsync().ConfigureAwait(false))
                     {
+                        // A client certificate sees only the exports it may open.
+                        if (_tlsCredentials is { } creds && !creds.Allows(_clientName, _clientSubject, name))
+                            continue;
                         var nb = Encoding.UTF8.GetBytes(name);
                         var rep = new byte[4 + nb.Length];
                         BinaryPrimitives.WriteUInt32BigEndian(rep, (uint)nb.Length);
@@ -112,7 +139,24 @@ internal sealed partial class NbdConnection
                     await ReplyAsync(option, RepAck, ReadOnlyMemory<byte>.Empty, ct).ConfigureAwait(false);
                     break;
                 case OptStartTls:
-                    await ErrorAsync(option, RepErrUnsup, "TLS is not supported: Strata serves NBD on a Unix socket and loopback TCP only", ct).ConfigureAwait(false);
+                    if (_listener.Credentials is not { } credentials)
+                    {
+                        await ErrorAsync(option, RepErrPolicy, $"TLS is off on this listener ({_listener})", ct).ConfigureAwait(false);
+                        break;
+                    }
+                    if (_tls != null)
+                    {
+                        await ErrorAsync(option, RepErrInvalid, "TLS is already started on this connection", ct).ConfigureAwait(false);
+                        break;
+                    }
+                    if (length != 0)
+                    {
+                        await ErrorAsync(option, RepErrInvalid, "NBD_OPT_STARTTLS takes no data", ct).ConfigureAwait(false);
+                        break;
+                    }
+                    await ReplyAsync(option, RepAck, ReadOnlyMemory<byte>.Empty, ct).ConfigureAwait(false);
+                    if (await StartTlsAsync(credentials, ct).ConfigureAwait(false) is { } tlsRefused)
+                        return tlsRefused;
                     break;
                 default:
                     await ErrorAsync(option, RepErrUnsup, $"{OptionName(option)} is not supported by Strata's NBD server", ct).ConfigureAwait(false);
@@ -132,6 +176,11 @@ internal sealed partial class NbdConnection
         }
         string name = request.Name!;
         var requested = request.Requested;
+        if (Forbidden(name) is { } forbidden)
+        {
+            await ErrorAsync(option, RepErrPolicy, forbidden, ct).ConfigureAwait(false);
+            return false;
+        }
         var (export, error) = await OpenExportAsync(name).ConfigureAwait(false);
         if (export == null)
         {
@@ -208,6 +257,62 @@ internal sealed partial class NbdConnection
             why = $"pool '{export.PoolLabel}' is closed";
             return false;
         }
+    }
+
+    /// <summary>
+    /// The TLS handshake after NBD_OPT_STARTTLS was acknowledged. Returns null once TLS is up, else
+    /// why the connection ends (the acknowledgement is sent: there is no going back to plain text).
+    /// A client that stalls is cut off by the handshake timeout (<paramref name="ct"/>).
+    /// </summary>
+    private async Task<string?> StartTlsAsync(NbdTlsCredentials credentials, CancellationToken ct)
+    {
+        var stream = new SslStream(new NetworkStream(_socket, ownsSocket: false), leaveInnerStreamOpen: false);
+        string? refusal = null;
+        var options = credentials.ServerOptions((_, certificate, chain, _) =>
+            (refusal = credentials.CheckClient(certificate, chain, out _clientName, out _clientSubject)) == null);
+        try
+        {
+            await stream.AuthenticateAsServerAsync(options, ct).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is AuthenticationException or IOException or SocketException)
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+            string why = refusal ?? $"TLS handshake failed: {Innermost(e)}";
+            Options.Log.TlsRefused(Id, Peer, why);
+            return "TLS refused: " + why;
+        }
+        catch (OperationCanceledException)
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+            if (!_server.Stopping.IsCancellationRequested)
+                Options.Log.TlsRefused(Id, Peer, $"the TLS handshake did not finish within {Options.HandshakeTimeout.TotalSeconds:F0} s");
+            throw;
+        }
+        _tls = stream;
+        _tlsCredentials = credentials;
+        // Nothing negotiated in plain text carries over into the TLS session.
+        _structured = false;
+        Peer = _clientName != null
+            ? $"{Peer} TLS {stream.SslProtocol} cert '{_clientName}'"
+            : $"{Peer} TLS {stream.SslProtocol}";
+        return null;
+    }
+
+    private static string Innermost(Exception e)
+    {
+        while (e.InnerException != null)
+            e = e.InnerException;
+        return e.Message;
+    }
+
+    /// <summary>Null when this connection may open <paramref name="name"/>; else why not (logged as a TLS refusal).</summary>
+    private string? Forbidden(string name)
+    {
+        if (_tlsCredentials is not { } creds || creds.Allows(_clientName, _clientSubject, name))
+            return null;
+        string why = $"client certificate '{_clientSubject}' may not open export '{name}' (tls_allow)";
+        Options.Log.TlsRefused(Id, Peer, why);
+        return why;
     }
 
     private static string Describe(string? name) => name == null ? "an invalid name" : $"'{name}'";

@@ -87,7 +87,24 @@ internal sealed partial class NbdConnection
 
     // The loops await socket operations directly (no async helper per request): a helper's state
     // machine would be one more object per request, and the pooled builder does not reliably
-    // avoid that when the caller and the completion run on different threads.
+    // avoid that when the caller and the completion run on different threads. ReceiveSomeAsync and
+    // SendSomeAsync are not async methods: on a plain connection they return the socket's own
+    // awaitable, and only a TLS connection goes through SslStream.
+
+    /// <summary>One receive: the socket's, or the TLS stream's when TLS was started.</summary>
+    private ValueTask<int> ReceiveSomeAsync(Memory<byte> buffer) =>
+        _tls is { } tls ? tls.ReadAsync(buffer) : _socket.ReceiveAsync(buffer, SocketFlags.None);
+
+    /// <summary>One send (perhaps partial on a plain socket; whole through TLS).</summary>
+    private ValueTask<int> SendSomeAsync(ReadOnlyMemory<byte> data) =>
+        _tls is { } tls ? WriteTlsAsync(tls, data) : _socket.SendAsync(data, SocketFlags.None);
+
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
+    private static async ValueTask<int> WriteTlsAsync(System.Net.Security.SslStream tls, ReadOnlyMemory<byte> data)
+    {
+        await tls.WriteAsync(data).ConfigureAwait(false);
+        return data.Length;
+    }
 
     private async Task<string> ReceiveLoopAsync()
     {
@@ -106,7 +123,7 @@ internal sealed partial class NbdConnection
                 _inlineThread = 0;
                 if (_inlineCount > 0)
                     await SendInlineAsync().ConfigureAwait(false);
-                int got = await _socket.ReceiveAsync(_recv.AsMemory(_re), SocketFlags.None).ConfigureAwait(false);
+                int got = await ReceiveSomeAsync(_recv.AsMemory(_re)).ConfigureAwait(false);
                 _inlineThread = Environment.CurrentManagedThreadId;
                 if (got == 0)
                 {
@@ -168,13 +185,13 @@ internal sealed partial class NbdConnection
                     _inlineThread = 0;
                     if (!dest.IsEmpty && length - done >= DirectReceiveLimit)
                     {
-                        got = await _socket.ReceiveAsync(dest[done..], SocketFlags.None).ConfigureAwait(false);
+                        got = await ReceiveSomeAsync(dest[done..]).ConfigureAwait(false);
                         done += got;
                     }
                     else
                     {
                         CompactReceiveBuffer();
-                        got = await _socket.ReceiveAsync(_recv.AsMemory(_re), SocketFlags.None).ConfigureAwait(false);
+                        got = await ReceiveSomeAsync(_recv.AsMemory(_re)).ConfigureAwait(false);
                         _re += got;
                         done += TakeBuffered(dest.IsEmpty ? dest : dest[done..], length - done);
                     }
@@ -392,7 +409,7 @@ internal sealed partial class NbdConnection
                 if (_sendLen + need > _send.Length)
                 {
                     for (int sent = 0; sent < _sendLen;)
-                        sent += await _socket.SendAsync(_send.AsMemory(sent, _sendLen - sent), SocketFlags.None).ConfigureAwait(false);
+                        sent += await SendSomeAsync(_send.AsMemory(sent, _sendLen - sent)).ConfigureAwait(false);
                     _sendLen = 0;
                     ReleaseRange(batch, ref sentUpTo, i);
                 }
@@ -401,11 +418,11 @@ internal sealed partial class NbdConnection
                 {
                     // A large read: its header goes with what is buffered, then the data from the request's own buffer.
                     for (int sent = 0; sent < _sendLen;)
-                        sent += await _socket.SendAsync(_send.AsMemory(sent, _sendLen - sent), SocketFlags.None).ConfigureAwait(false);
+                        sent += await SendSomeAsync(_send.AsMemory(sent, _sendLen - sent)).ConfigureAwait(false);
                     _sendLen = 0;
                     var data = r.Buffer!.Slice((int)r.Length);
                     for (int sent = 0; sent < data.Length;)
-                        sent += await _socket.SendAsync(data[sent..], SocketFlags.None).ConfigureAwait(false);
+                        sent += await SendSomeAsync(data[sent..]).ConfigureAwait(false);
                     ReleaseRange(batch, ref sentUpTo, i + 1);
                 }
             }
@@ -419,7 +436,7 @@ internal sealed partial class NbdConnection
             try
             {
                 for (int sent = 0; sent < _sendLen;)
-                    sent += await _socket.SendAsync(_send.AsMemory(sent, _sendLen - sent), SocketFlags.None).ConfigureAwait(false);
+                    sent += await SendSomeAsync(_send.AsMemory(sent, _sendLen - sent)).ConfigureAwait(false);
                 _sendLen = 0;
             }
             catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)

@@ -1,4 +1,5 @@
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
 using Strata.Engine.Pools;
 
@@ -20,6 +21,13 @@ internal sealed partial class NbdConnection
     private PoolClient? _registration;
     private NbdExport? _export;
     private bool _structured;
+    /// <summary>The TLS session once NBD_OPT_STARTTLS succeeded; every later byte goes through it.</summary>
+    private SslStream? _tls;
+    /// <summary>The certificates this connection's TLS handshake used (a reload does not change them).</summary>
+    private NbdTlsCredentials? _tlsCredentials;
+    private string? _clientName, _clientSubject;
+    /// <summary>An option was answered NBD_REP_ERR_TLS_REQD: a plain client on a listener that requires TLS.</summary>
+    private bool _plainRefused;
 
     public NbdConnection(NbdServer server, Socket socket, NbdListener listener, long id)
     {
@@ -89,7 +97,11 @@ internal sealed partial class NbdConnection
                 }
             }
             if (_export == null)
+            {
+                if (_plainRefused && _tls == null)
+                    Options.Log.TlsRefused(Id, Peer, $"the client did not start TLS on a listener that requires it ({why})");
                 return;
+            }
             Options.Log.ExportOpened(Id, Peer, _export.Name, _structured);
             why = await TransmitAsync().ConfigureAwait(false);
         }
@@ -105,6 +117,7 @@ internal sealed partial class NbdConnection
         finally
         {
             _registration?.Dispose();
+            _tls?.Dispose();
             _socket.Dispose();
             Options.Log.ConnectionClosed(Id, Peer, why);
             _closed.TrySetResult();
@@ -190,7 +203,9 @@ internal sealed partial class NbdConnection
         int done = 0;
         while (done < buffer.Length)
         {
-            int n = await _socket.ReceiveAsync(buffer[done..], SocketFlags.None, ct).ConfigureAwait(false);
+            int n = _tls != null
+                ? await _tls.ReadAsync(buffer[done..], ct).ConfigureAwait(false)
+                : await _socket.ReceiveAsync(buffer[done..], SocketFlags.None, ct).ConfigureAwait(false);
             if (n == 0)
                 return false;
             done += n;
@@ -200,6 +215,11 @@ internal sealed partial class NbdConnection
 
     private async ValueTask SendAllAsync(ReadOnlyMemory<byte> data, CancellationToken ct = default)
     {
+        if (_tls != null)
+        {
+            await _tls.WriteAsync(data, ct).ConfigureAwait(false);
+            return;
+        }
         while (data.Length > 0)
         {
             int n = await _socket.SendAsync(data, SocketFlags.None, ct).ConfigureAwait(false);

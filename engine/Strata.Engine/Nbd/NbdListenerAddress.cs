@@ -5,10 +5,10 @@ namespace Strata.Engine.Nbd;
 
 /// <summary>
 /// One configured NBD listener: <c>unix:PATH</c> (relative paths resolve against a base
-/// directory, the engine's data dir) or <c>tcp:HOST:PORT</c> with HOST a loopback address
-/// (127.0.0.1, ::1 in brackets, or localhost). NBD has no authentication of its own; a Unix
-/// socket is guarded by its file mode and the caller's credentials, loopback TCP only by being
-/// local, so Strata refuses to listen on any other address.
+/// directory, the engine's data dir) or <c>tcp:HOST:PORT</c>. NBD has no authentication of its
+/// own; a Unix socket is guarded by its file mode and the caller's credentials, loopback TCP only
+/// by being local, so Strata listens on any other address only when the listener requires TLS
+/// (<see cref="NbdTlsMode.Require"/>, client certificates checked against a CA).
 /// </summary>
 public sealed record NbdListenerAddress
 {
@@ -28,12 +28,18 @@ public sealed record NbdListenerAddress
     /// <summary>Loopback address and port (0: any free port), for tcp: listeners.</summary>
     public IPEndPoint? Tcp { get; }
 
+    /// <summary>The listener's TLS configuration (<see cref="NbdTlsSettings.Disabled"/> unless configured).</summary>
+    public NbdTlsSettings Tls { get; init; } = NbdTlsSettings.Disabled;
+
     public static NbdListenerAddress Unix(string path) => new("unix:" + path, Path.GetFullPath(path), null);
 
     public static NbdListenerAddress Loopback(int port) => new($"tcp:127.0.0.1:{port}", null, new IPEndPoint(IPAddress.Loopback, port));
 
-    /// <summary>Parses one listener; throws <see cref="FormatException"/> with a one-line reason.</summary>
-    public static NbdListenerAddress Parse(string spec, string baseDir)
+    /// <summary>
+    /// Parses one listener; throws <see cref="FormatException"/> with a one-line reason. A TCP
+    /// address other than loopback is accepted only when <paramref name="tls"/> is Require.
+    /// </summary>
+    public static NbdListenerAddress Parse(string spec, string baseDir, NbdTlsMode tls = NbdTlsMode.Off)
     {
         if (spec.StartsWith("unix:", StringComparison.Ordinal))
         {
@@ -60,10 +66,10 @@ public sealed record NbdListenerAddress
                 : IPAddress.TryParse(host.Trim('[', ']'), out var a) ? a : null;
             if (ip == null)
                 throw new FormatException($"nbd listener '{spec}': '{host}' is not an IP address (use 127.0.0.1)");
-            if (!IPAddress.IsLoopback(ip))
-                throw new FormatException($"nbd listener '{spec}': {host} is not a loopback address; NBD has no authentication, so Strata serves TCP on 127.0.0.1 or [::1] only (use unix:PATH for access control)");
+            if (!IPAddress.IsLoopback(ip) && tls != NbdTlsMode.Require)
+                throw new FormatException($"nbd listener '{spec}': {host} is not a loopback address; NBD has no authentication of its own, so Strata serves other addresses only with 'tls: require' (client certificates checked against a CA; see docs/nbd.md)");
             return new NbdListenerAddress(spec, null, new IPEndPoint(ip, p));
         }
-        throw new FormatException($"nbd listener '{spec}' must be unix:PATH or tcp:127.0.0.1:PORT");
+        throw new FormatException($"nbd listener '{spec}' must be unix:PATH or tcp:HOST:PORT");
     }
 }

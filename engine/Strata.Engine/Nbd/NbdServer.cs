@@ -3,14 +3,26 @@ using System.Net.Sockets;
 
 namespace Strata.Engine.Nbd;
 
-/// <summary>A bound listener: its configured address and, for TCP, the port actually bound.</summary>
+/// <summary>A bound listener: its configured address, for TCP the port actually bound, and its TLS certificates.</summary>
 public sealed class NbdListener
 {
-    internal NbdListener(NbdListenerAddress address, Socket socket)
+    private volatile NbdTlsCredentials? _credentials;
+
+    internal NbdListener(NbdListenerAddress address, Socket socket, NbdTlsCredentials? credentials)
     {
         Address = address;
         Socket = socket;
         Endpoint = address.Tcp != null ? (IPEndPoint)socket.LocalEndPoint! : null;
+        _credentials = credentials;
+    }
+
+    public NbdTlsMode TlsMode => Address.Tls.Mode;
+
+    /// <summary>The certificates new handshakes use (null when TLS is off); a reload replaces them, open connections keep theirs.</summary>
+    public NbdTlsCredentials? Credentials
+    {
+        get => _credentials;
+        internal set => _credentials = value;
     }
 
     public NbdListenerAddress Address { get; }
@@ -21,9 +33,17 @@ public sealed class NbdListener
     public IPEndPoint? Endpoint { get; }
 
     /// <summary>How to reach an export through this listener, as an NBD URI (the form qemu, nbdinfo and fio take).</summary>
-    public string UriFor(string export) => Endpoint is { } ep
-        ? $"nbd://{(ep.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{ep.Address}]" : ep.Address.ToString())}:{ep.Port}/{export}"
-        : $"nbd+unix:///{export}?socket={Address.UnixPath}";
+    /// <remarks>A listener with TLS on or required gives the nbds:// form: a client should start TLS there.</remarks>
+    public string UriFor(string export)
+    {
+        string scheme = TlsMode == NbdTlsMode.Off ? "nbd" : "nbds";
+        if (Endpoint is not { } ep)
+            return $"{scheme}+unix:///{export}?socket={Address.UnixPath}";
+        // A listener on every address (0.0.0.0, [::]) is reached by the host's name.
+        string host = ep.Address.Equals(IPAddress.Any) || ep.Address.Equals(IPAddress.IPv6Any) ? Dns.GetHostName()
+            : ep.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{ep.Address}]" : ep.Address.ToString();
+        return $"{scheme}://{host}:{ep.Port}/{export}";
+    }
 
     public override string ToString() => Endpoint is { } ep ? $"tcp:{ep}" : $"unix:{Address.UnixPath}";
 }
@@ -41,6 +61,8 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly CancellationTokenSource _stopping = new();
     private readonly List<Task> _acceptLoops = [];
     private readonly Timer _trim;
+    private readonly Timer _expiry;
+    private readonly object _reload = new();
     private long _nextConnectionId;
     private Task? _stop;
 
@@ -58,6 +80,7 @@ public sealed class NbdServer : IAsyncDisposable
             long now = Environment.TickCount64;
             Buffers.Trim(Interlocked.Exchange(ref lastTick, now));
         }, null, options.BufferTrimPeriod, options.BufferTrimPeriod);
+        _expiry = new Timer(_ => CheckExpiry(), null, Timeout.Infinite, Timeout.Infinite);
     }
 
     /// <summary>The exports, from <see cref="Serve"/> on.</summary>
@@ -125,6 +148,7 @@ public sealed class NbdServer : IAsyncDisposable
             foreach (var l in server._listeners)
                 l.Socket.Dispose();
             server._trim.Dispose();
+            server._expiry.Dispose();
             throw;
         }
         return server;
@@ -141,10 +165,62 @@ public sealed class NbdServer : IAsyncDisposable
             Options.Log.Listening(l.ToString());
             _acceptLoops.Add(Task.Run(() => AcceptLoopAsync(l)));
         }
+        if (_listeners.Any(l => l.Credentials != null))
+        {
+            CheckExpiry();
+            _expiry.Change(Options.TlsExpiryCheckPeriod, Options.TlsExpiryCheckPeriod);
+        }
+    }
+
+    /// <summary>
+    /// Loads every TLS listener's certificates again from the configured files (after a renewal):
+    /// all of them or, if any is refused, none (the old ones stay and the error says why). New
+    /// handshakes use the new certificates; open connections are not touched. Returns one line per
+    /// listener reloaded.
+    /// </summary>
+    public IReadOnlyList<string> ReloadTls()
+    {
+        lock (_reload)
+        {
+            var tls = _listeners.Where(l => l.TlsMode != NbdTlsMode.Off).ToList();
+            var loaded = tls.Select(l => NbdTlsCredentials.Load(l.Address.Tls, l.Address.Spec)).ToList();
+            var lines = new List<string>();
+            for (int i = 0; i < tls.Count; i++)
+            {
+                tls[i].Credentials = loaded[i];
+                string line = $"{tls[i]}: '{loaded[i].Certificate.Subject}' valid until {loaded[i].NotAfter:yyyy-MM-dd HH:mm} UTC";
+                Options.Log.TlsReloaded(tls[i].ToString(), line);
+                lines.Add(line);
+            }
+            CheckExpiry();
+            return lines;
+        }
+    }
+
+    /// <summary>A warning for each server certificate that expires within <see cref="NbdServerOptions.TlsExpiryWarning"/> (at most once a day each).</summary>
+    private void CheckExpiry()
+    {
+        var now = DateTime.UtcNow;
+        long tick = Environment.TickCount64;
+        foreach (var l in _listeners)
+        {
+            if (l.Credentials is not { } c)
+                continue;
+            var left = c.NotAfter - now;
+            if (left > Options.TlsExpiryWarning)
+                continue;
+            long last = Interlocked.Read(ref c.LastExpiryWarning);
+            if (last != 0 && tick - last < (long)TimeSpan.FromDays(1).TotalMilliseconds)
+                continue;
+            if (Interlocked.CompareExchange(ref c.LastExpiryWarning, tick, last) == last)
+                Options.Log.TlsCertificateExpiring(l.ToString(), c.Certificate.Subject, c.NotAfter, left);
+        }
     }
 
     private static NbdListener Bind(NbdListenerAddress a, NbdServerOptions options)
     {
+        // Certificates first: a refused one binds nothing.
+        var credentials = a.Tls.Mode == NbdTlsMode.Off ? null : NbdTlsCredentials.Load(a.Tls, a.Spec);
         Socket s;
         if (a.UnixPath is { } path)
         {
@@ -176,7 +252,7 @@ public sealed class NbdServer : IAsyncDisposable
             }
         }
         s.Listen(128);
-        return new NbdListener(a, s);
+        return new NbdListener(a, s, credentials);
     }
 
     /// <summary>Every URI an export can be reached at, one per listener.</summary>
@@ -298,6 +374,7 @@ public sealed class NbdServer : IAsyncDisposable
     {
         await StopAsync().ConfigureAwait(false);
         await _trim.DisposeAsync().ConfigureAwait(false);
+        await _expiry.DisposeAsync().ConfigureAwait(false);
         Buffers.Dispose();
         _stopping.Dispose();
     }

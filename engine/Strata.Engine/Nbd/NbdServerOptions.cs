@@ -53,6 +53,12 @@ public sealed record NbdServerOptions
     /// </summary>
     public TimeSpan StopGrace { get; init; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>A TLS listener's server certificate this close to expiry raises a warning (at start, on reload, and daily).</summary>
+    public TimeSpan TlsExpiryWarning { get; init; } = TimeSpan.FromDays(30);
+
+    /// <summary>How often server certificates are checked for <see cref="TlsExpiryWarning"/>.</summary>
+    public TimeSpan TlsExpiryCheckPeriod { get; init; } = TimeSpan.FromHours(1);
+
     /// <summary>Decides whether the peer of a Unix socket connection may use NBD: null to admit it, else the reason it is refused.</summary>
     public Func<Socket, string?>? AuthorizeUnixPeer { get; init; }
 
@@ -79,6 +85,15 @@ public interface INbdServerLog
     void ConnectionAbandoned(long connection, string peer, string why);
 
     void UnexpectedError(long connection, string peer, Exception e);
+
+    /// <summary>A client refused over TLS: no TLS on a listener that requires it, a failed TLS handshake, a certificate refused, an export its certificate may not open.</summary>
+    void TlsRefused(long connection, string peer, string reason) { }
+
+    /// <summary>A listener's server certificate expires within <see cref="NbdServerOptions.TlsExpiryWarning"/>.</summary>
+    void TlsCertificateExpiring(string listener, string subject, DateTime notAfter, TimeSpan left) { }
+
+    /// <summary>A listener's certificates were loaded again (<see cref="NbdServer.ReloadTls"/>).</summary>
+    void TlsReloaded(string listener, string what) { }
 }
 
 public sealed class NullNbdServerLog : INbdServerLog

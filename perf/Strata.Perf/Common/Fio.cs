@@ -28,10 +28,13 @@ public static class Fio
     }
 
     /// <summary>Runs one fio job (arguments without --output-format) and parses jobs[0].</summary>
-    public static FioResult RunJob(IReadOnlyList<string> args, TimeSpan timeout)
+    /// <param name="prefix">A command fio runs under (env, setpriv), or null.</param>
+    public static FioResult RunJob(IReadOnlyList<string> args, TimeSpan timeout, IReadOnlyList<string>? prefix = null)
     {
         var all = new List<string>(args) { "--output-format=json" };
-        var (code, stdout, stderr) = Run(all, timeout);
+        var (code, stdout, stderr) = prefix is { Count: > 0 }
+            ? ExternalTool.Run(prefix[0], [.. prefix.Skip(1), "fio", .. all], timeout)
+            : Run(all, timeout);
         string cmd = "fio " + string.Join(' ', args);
         if (code != 0)
             throw new PerfUsageException($"fio failed (exit {code}): {FirstLine(stderr)} [{cmd}]");

@@ -38,6 +38,9 @@ public static class NbdBenchmark
                              "us/io" figure) at equal load, which varies far less than peak rates on a shared machine
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
           --json FILE        write every figure as JSON
+          --tls              every server on loopback TCP requiring TLS with client certificates (a throwaway CA
+                             made for the run): Strata tls: require, qemu-nbd tls-creds-x509 verify-peer=on,
+                             nbdkit --tls=require --tls-verify-peer; fio connects with nbds://
         """;
 
     public static readonly DeviceRow[] AllRows =
@@ -49,6 +52,9 @@ public static class NbdBenchmark
     ];
 
     private sealed record Run(string Server, string Description, Dictionary<string, EngineResult> Results);
+
+    /// <summary>With --tls: what fio runs under so libnbd finds the client certificate (BenchTls.FioPrefix).</summary>
+    private static IReadOnlyList<string>? _fioPrefix;
 
     public static async Task<int> RunAsync(CommandLine cl)
     {
@@ -69,26 +75,30 @@ public static class NbdBenchmark
         var runs = new List<Run>();
         var durable = new List<Run>();
         var writeRows = o.Rows.Where(r => r.Write).ToArray();
+        using var tls = o.Tls ? BenchTls.Create() : null;
+        _fioPrefix = tls?.FioPrefix;
+        if (tls != null)
+            Console.WriteLine($"tls:    every server on 127.0.0.1 requiring TLS with client certificates; fio runs as: {string.Join(' ', tls.FioPrefix)} fio ...");
         try
         {
             foreach (var (chunk, buffered) in o.RunStrata ? o.StrataConfigs : [])
             {
                 string name = $"strata {NbdBenchOptions.ChunkLabel(chunk)}{(buffered ? " buf" : "")}";
-                var server = await StrataNbd.StartAsync(o, chunk, buffered);
+                var server = await StrataNbd.StartAsync(o, chunk, buffered, tls);
                 strata.Add((name, server));
                 runs.Add(new Run(name, server.Description, []));
                 Console.WriteLine($"{name}: {server.Description}");
             }
             var peers = new List<(string Name, Func<Task<PeerNbd>> Start, bool Durable)>();
             if (o.RunQemuNbd)
-                peers.Add(("qemu-nbd", () => PeerNbd.StartQemuNbdAsync(o.PeerFile), false));
+                peers.Add(("qemu-nbd", () => PeerNbd.StartQemuNbdAsync(o.PeerFile, tls), false));
             if (o.RunNbdkit)
-                peers.Add(("nbdkit", () => PeerNbd.StartNbdkitAsync(o.PeerFile), false));
+                peers.Add(("nbdkit", () => PeerNbd.StartNbdkitAsync(o.PeerFile, tls), false));
             // The write rows again against peers set up to acknowledge only durable writes, as Strata does.
             if (o.DurablePeers && o.RunQemuNbd && writeRows.Length > 0)
-                peers.Add(("qemu-nbd-dsync", () => PeerNbd.StartQemuNbdDurableAsync(o.PeerFile), true));
+                peers.Add(("qemu-nbd-dsync", () => PeerNbd.StartQemuNbdDurableAsync(o.PeerFile, tls), true));
             if (o.DurablePeers && o.RunNbdkit && writeRows.Length > 0)
-                peers.Add(("nbdkit-fua", () => PeerNbd.StartNbdkitDurableAsync(o.PeerFile), true));
+                peers.Add(("nbdkit-fua", () => PeerNbd.StartNbdkitDurableAsync(o.PeerFile, tls), true));
             foreach (var (name, _, isDurable) in peers)
                 (isDurable ? durable : runs).Add(new Run(name, "", []));
             Console.WriteLine();
@@ -159,7 +169,7 @@ public static class NbdBenchmark
         var h0 = HostCpuSample.Now();
         var c0 = server.CpuTime();
         // fio runs as a child process; awaiting it off this thread leaves the in-process server its threads.
-        var f = await Task.Run(() => Fio.RunJob(JobArgs(o, row, server.Uri), o.Runtime + TimeSpan.FromSeconds(120)));
+        var f = await Task.Run(() => Fio.RunJob(JobArgs(o, row, server.Uri), o.Runtime + TimeSpan.FromSeconds(120), _fioPrefix));
         double serverCpu = 100.0 * (server.CpuTime() - c0).TotalSeconds / (o.Runtime.TotalSeconds + 1);
         double fioCpu = f.CpuUserPct + f.CpuSysPct;
         var r = new EngineResult(f.Iops, f.BytesPerSecond, f.ClatP50Ns, f.ClatP99Ns, f.ClatMeanNs, serverCpu, null,
@@ -288,6 +298,7 @@ internal sealed class NbdBenchOptions
     public string? JsonPath { get; init; }
     public TimeSpan WaitIdle { get; init; }
     public int RateIops { get; init; }
+    public bool Tls { get; init; }
 
     /// <summary>Each chunk size's engine has its own target files: all of Strata's servers run at once.</summary>
     public string TargetPath(int chunkSize, bool buffered, int i) => Path.Combine(Dir, $"nbd-target-{ChunkLabel(chunkSize)}{(buffered ? "-buf" : "")}-{i}.dat");
@@ -349,6 +360,7 @@ internal sealed class NbdBenchOptions
             IoModes = ParseIoModes(cl.String("strata-io") ?? "direct,buffered"),
             JsonPath = cl.String("json"),
             WaitIdle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero,
+            Tls = cl.Flag("tls"),
         };
     }
 

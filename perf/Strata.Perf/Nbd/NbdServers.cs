@@ -58,7 +58,7 @@ internal sealed class StrataNbd : INbdServerUnderTest
 
     public TimeSpan CpuTime() => Process.GetCurrentProcess().TotalProcessorTime;
 
-    public static async Task<StrataNbd> StartAsync(NbdBenchOptions o, int chunkSize, bool buffered)
+    public static async Task<StrataNbd> StartAsync(NbdBenchOptions o, int chunkSize, bool buffered, BenchTls? tls = null)
     {
         // One polling thread for the targets, as strata-engine runs its file targets.
         var devices = new BenchDevices(Enumerable.Range(0, o.Targets).Select(i => $"file:{o.TargetPath(chunkSize, buffered, i)}?direct={(buffered ? 0 : 1)}&qd=128"),
@@ -78,11 +78,15 @@ internal sealed class StrataNbd : INbdServerUnderTest
             var exporter = new PrometheusExporter(StrataMetrics.MeterName);
             string dir = Directory.CreateTempSubdirectory("strata-nbd-bench-").FullName;
             var catalog = new NbdExportCatalog(engine, async Task<IImageIo> (p, c, i) => new MeteredImage((await engine.OpenPoolAsync(p)).OpenImage(c, i), metrics));
-            var server = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "strata.sock"))], catalog);
+            // With --tls: loopback TCP requiring TLS with client certificates, as the peers are run then.
+            NbdListenerAddress Listener(string sock) => tls == null
+                ? NbdListenerAddress.Unix(Path.Combine(dir, sock))
+                : NbdListenerAddress.Loopback(0) with { Tls = tls.StrataSettings };
+            var server = NbdServer.Start([Listener("strata.sock")], catalog);
             // The same image behind a second server with the write cache off (nbd_write_cache: writethrough):
             // every write durable before its reply, for the table against peers that do the same.
-            var writethrough = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "strata-wt.sock"))], catalog, new NbdServerOptions { WriteCache = false });
-            string desc = $"in-process NbdServer (unix socket), StorageEngine on {o.Targets} file target(s) file:...?direct={(buffered ? 0 : 1)}&qd=128, {o.Pollers} queue pair(s) per target on one polling thread, "
+            var writethrough = NbdServer.Start([Listener("strata-wt.sock")], catalog, new NbdServerOptions { WriteCache = false });
+            string desc = $"in-process NbdServer ({(tls == null ? "unix socket" : "loopback TCP, tls: require with client certificates")}), StorageEngine on {o.Targets} file target(s) file:...?direct={(buffered ? 0 : 1)}&qd=128, {o.Pollers} queue pair(s) per target on one polling thread, "
                 + $"image {FormatSize(o.ImageSize)} with {Chunk(chunkSize)} chunks in a {FormatSize(o.PoolSize)} pool ({o.Headroom}% headroom), rf 1, CRC32C verified on every read, writes without FUA writeback (durable at FLUSH)";
             return new StrataNbd(devices, engine, metrics, exporter, server, writethrough, dir, desc);
         }
@@ -127,12 +131,12 @@ internal sealed class PeerNbd : INbdServerUnderTest
     private readonly Process _process;
     private readonly string _dir;
 
-    private PeerNbd(string name, Process process, string dir, string socket, string description)
+    private PeerNbd(string name, Process process, string dir, string uri, string description)
     {
         Name = name;
         _process = process;
         _dir = dir;
-        Uri = $"nbd+unix:///?socket={socket}";
+        Uri = uri;
         Description = description;
     }
 
@@ -143,27 +147,41 @@ internal sealed class PeerNbd : INbdServerUnderTest
     public string Uri { get; }
 
     /// <summary>qemu-nbd with O_DIRECT and io_uring, as a production qemu-nbd export of a raw file would run.</summary>
-    public static Task<PeerNbd> StartQemuNbdAsync(string file) => StartAsync("qemu-nbd", "qemu-nbd",
-        sock => ["-f", "raw", "--persistent", "--shared=8", "-k", sock, "--cache=none", "--aio=io_uring", "--discard=unmap", file]);
+    public static Task<PeerNbd> StartQemuNbdAsync(string file, BenchTls? tls = null) => StartAsync("qemu-nbd", "qemu-nbd", tls,
+        listen => ["-f", "raw", "--persistent", "--shared=8", .. listen, "--cache=none", "--aio=io_uring", "--discard=unmap", file]);
 
     /// <summary>qemu-nbd writing through (O_DIRECT|O_DSYNC): every write durable before its reply, as Strata's are.</summary>
-    public static Task<PeerNbd> StartQemuNbdDurableAsync(string file) => StartAsync("qemu-nbd-dsync", "qemu-nbd",
-        sock => ["-f", "raw", "--persistent", "--shared=8", "-k", sock, "--cache=directsync", "--aio=io_uring", "--discard=unmap", file]);
+    public static Task<PeerNbd> StartQemuNbdDurableAsync(string file, BenchTls? tls = null) => StartAsync("qemu-nbd-dsync", "qemu-nbd", tls,
+        listen => ["-f", "raw", "--persistent", "--shared=8", .. listen, "--cache=directsync", "--aio=io_uring", "--discard=unmap", file]);
 
     /// <summary>nbdkit's file plugin with its defaults (page cache, as `nbdkit -U SOCK file FILE` runs).</summary>
-    public static Task<PeerNbd> StartNbdkitAsync(string file) => StartAsync("nbdkit", "nbdkit",
-        sock => ["-f", "--exit-with-parent", "-U", sock, "file", file]);
+    public static Task<PeerNbd> StartNbdkitAsync(string file, BenchTls? tls = null) => StartAsync("nbdkit", "nbdkit", tls,
+        listen => ["-f", "--exit-with-parent", .. listen, "file", file]);
 
     /// <summary>nbdkit's file plugin behind the fua filter in force mode: every write is flushed before its reply.</summary>
-    public static Task<PeerNbd> StartNbdkitDurableAsync(string file) => StartAsync("nbdkit-fua", "nbdkit",
-        sock => ["-f", "--exit-with-parent", "-U", sock, "--filter=fua", "file", file, "fuamode=force"]);
+    public static Task<PeerNbd> StartNbdkitDurableAsync(string file, BenchTls? tls = null) => StartAsync("nbdkit-fua", "nbdkit", tls,
+        listen => ["-f", "--exit-with-parent", .. listen, "--filter=fua", "file", file, "fuamode=force"]);
 
-    private static async Task<PeerNbd> StartAsync(string name, string exe, Func<string, string[]> args)
+    /// <summary>
+    /// Where the peer listens: a Unix socket, or with --tls loopback TCP requiring TLS with client
+    /// certificates checked against the CA (qemu-nbd's tls-creds-x509 verify-peer, nbdkit's --tls-verify-peer).
+    /// </summary>
+    private static string[] ListenArgs(string exe, string sock, int port, BenchTls? tls) => (exe, tls) switch
+    {
+        ("qemu-nbd", null) => ["-k", sock],
+        (_, null) => ["-U", sock],
+        ("qemu-nbd", _) => ["-b", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture),
+            "--object", $"tls-creds-x509,id=tls0,dir={tls.ServerDir},endpoint=server,verify-peer=on", "--tls-creds", "tls0"],
+        _ => ["-i", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture), "--tls=require", $"--tls-certificates={tls.ServerDir}", "--tls-verify-peer"],
+    };
+
+    private static async Task<PeerNbd> StartAsync(string name, string exe, BenchTls? tls, Func<string[], string[]> args)
     {
         string dir = Directory.CreateTempSubdirectory("strata-nbd-peer-").FullName;
         string sock = Path.Combine(dir, "nbd.sock");
+        int port = tls == null ? 0 : FreePort();
         var psi = new ProcessStartInfo(exe) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
-        var argv = args(sock);
+        var argv = args(ListenArgs(exe, sock, port, tls));
         foreach (var a in argv)
             psi.ArgumentList.Add(a);
         Process p;
@@ -181,12 +199,35 @@ internal sealed class PeerNbd : INbdServerUnderTest
         {
             if (p.HasExited)
                 throw new PerfUsageException($"{exe} exited with {p.ExitCode}: {(await stderr).Trim()}");
-            if (File.Exists(sock) && CanConnect(sock))
-                return new PeerNbd(name, p, dir, sock, $"{exe} {string.Join(' ', argv)}");
+            if (tls == null ? File.Exists(sock) && CanConnect(sock) : CanConnect(port))
+                return new PeerNbd(name, p, dir, tls == null ? $"nbd+unix:///?socket={sock}" : $"nbds://127.0.0.1:{port}/", $"{exe} {string.Join(' ', argv)}");
             await Task.Delay(50);
         }
         p.Kill(entireProcessTree: true);
-        throw new PerfUsageException($"{exe} did not create its socket within 10 s");
+        throw new PerfUsageException($"{exe} did not start listening within 10 s");
+    }
+
+    private static int FreePort()
+    {
+        var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        l.Start();
+        int port = ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return port;
+    }
+
+    private static bool CanConnect(int port)
+    {
+        using var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            s.Connect(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, port));
+            return true;
+        }
+        catch (SocketException)
+        {
+            return false;
+        }
     }
 
     private static bool CanConnect(string sock)

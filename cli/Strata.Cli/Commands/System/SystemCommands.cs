@@ -6,7 +6,7 @@ using Strata.Engine.Control;
 
 namespace Strata.Cli.Commands.SystemGroup;
 
-/// <summary>`strata system query | stop | events | prepare | barrier`.</summary>
+/// <summary>`strata system query | stop | events | prepare | barrier | reload-tls`.</summary>
 public static class SystemCommands
 {
     private static readonly Option<bool> NoWait = new("--no-wait") { Description = "Return once the engine accepted the request, without waiting for it to exit" };
@@ -76,7 +76,19 @@ public static class SystemCommands
             return pools.All(p => p.Prepared != c || p.Problem == null) ? 0 : ExitCodes.Failed;
         }));
 
-        return Cli.Group("system", "The engine as a whole", query, stop, events, prepare, BarrierCommands.Create());
+        var reloadTls = new Command("reload-tls", "Load the NBD listeners' TLS certificates again from their files (after a renewal) without dropping connections; SIGHUP does the same");
+        reloadTls.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            var r = await client.PostAsync<TlsReloadResult>("system/reload-tls", new { });
+            if (json)
+                Cli.PrintJson(r);
+            else
+                foreach (var line in r.Listeners)
+                    Console.Out.WriteLine("reloaded " + line);
+            return 0;
+        }));
+
+        return Cli.Group("system", "The engine as a whole", query, stop, events, prepare, BarrierCommands.Create(), reloadTls);
     }
 
     /// <summary>"client 3 (nbd, PEER) on tank/vols/disk0" for every client of every open pool.</summary>
