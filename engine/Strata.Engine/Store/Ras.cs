@@ -45,6 +45,9 @@ public static class RasIds
     public const string PoolUpgradeCompleted = "pool_upgrade_completed";
     public const string PoolUpgradeFailed = "pool_upgrade_failed";
     public const string LogTailWriteDropped = "log_tail_write_dropped";
+    public const string MigrationPaused = "migration_paused";
+    public const string MigrationResumed = "migration_resumed";
+    public const string MigrationChunkLeft = "migration_chunk_left";
 }
 
 /// <summary>Where RAS events go.</summary>
