@@ -108,10 +108,37 @@ public sealed partial class Pool : IAsyncDisposable
     public int TargetCount => Shards.Length;
 
     /// <summary>
-    /// Where new replicas go: the placement of the pool's layout (<see cref="Placements.For"/>). Read
-    /// without the state's lock: the layout is an immutable record replaced by LayoutSet.
+    /// Where new replicas go: the placement of the pool's layout (<see cref="Placements.For"/>), or,
+    /// from the moment a running upgrade job reaches an action that moves chunks to a new placement
+    /// (<see cref="Migration.IPlacesNewWrites"/>), that placement, so the move never chases client
+    /// writes. Read without the state's lock: the layout and the job are immutable records that
+    /// records replace; the answer is cached per pair.
     /// </summary>
-    internal IPlacement Placement => Placements.For(Meta.Layout?.Version ?? Header.LayoutVersion);
+    internal IPlacement Placement
+    {
+        get
+        {
+            var layout = Meta.Layout;
+            var job = Meta.UpgradeJob;
+            var cached = _placement;
+            if (cached != null && ReferenceEquals(cached.Layout, layout) && ReferenceEquals(cached.Job, job))
+                return cached.Placement;
+            var placement = Placements.For(layout?.Version ?? Header.LayoutVersion);
+            if (job is { State: UpgradeJobState.InProgress } && job.To <= Catalog.Versions.Count)
+            {
+                var chain = Catalog.Chain(job.From, job.To);
+                for (int i = 0; i < chain.Count && i <= job.Action; i++)
+                    if (chain[i].Action is Migration.IPlacesNewWrites { Placement: { } p })
+                        placement = p;
+            }
+            _placement = new PlacementFor(layout, job, placement);
+            return placement;
+        }
+    }
+
+    private sealed record PlacementFor(LayoutMeta? Layout, UpgradeJobMeta? Job, IPlacement Placement);
+
+    private volatile PlacementFor? _placement;
 
     public int Rf
     {
