@@ -232,4 +232,16 @@ public sealed class MigrationCrashTests
     {
         await RunAsync(seed => new MigrationCrashWorkload(seed, o => MigrationKit.RotateAction(o), 3), TestContext);
     }
+
+    [TestMethod]
+    [Timeout(900_000, CooperativeCancellation = true)]
+    public async Task PlacementV2_RandomCrashesWithClientWrites_NoAcknowledgedWriteLostEveryChunkPlacedV2()
+    {
+        await RunAsync(seed => new MigrationCrashWorkload(seed,
+            o => new MigrationAction(pool => new PlacementMove(PlacementV2.Instance, pool.TargetCount), o, PlacementV2.Instance), 4,
+            action => PlacementV2Tests.UpTo4(action))
+        {
+            Misplaced = pool => MigrationKit.Misplaced(pool, PlacementV2.Instance),
+        }, TestContext);
+    }
 }

@@ -48,8 +48,8 @@ internal sealed class MigrationAction(Func<Pool, IChunkTransform> transformFor, 
         long reserve = 0;
         foreach (var m in Images(pool))
             reserve = Math.Max(reserve, (long)m.ChunkSize);
-        // Each target's net growth, plus room for the copies in flight at once.
-        long need = growth.Length == 0 || bytes == 0 ? 0 : growth.Max() + reserve * Options.InFlightPerTarget;
+        // The largest net growth of a target, plus room for the copies in flight there at once.
+        long need = growth.Length == 0 || bytes == 0 ? 0 : Math.Max(0, growth.Max()) + reserve * Options.InFlightPerTarget;
         return new ActionEstimate(chunks, 0, bytes, need);
     }
 
@@ -57,6 +57,8 @@ internal sealed class MigrationAction(Func<Pool, IChunkTransform> transformFor, 
     {
         var loop = new MigrationLoop(ctx, transformFor(PoolOf(ctx.Pool)), Options);
         var result = await loop.RunAsync(cursor, ct).ConfigureAwait(false);
+        if (result.Left == 0)
+            result = await loop.RunAsync(0, ct, sweep: true).ConfigureAwait(false);
         if (result.Left > 0)
             throw new StoreException(Interop.Errno.EIO,
                 $"{result.Left} chunk(s) could not be moved and kept their location (first: {result.FirstLeft}); run 'strata pool upgrade {ctx.Pool.Label}' to retry them");

@@ -75,8 +75,17 @@ internal sealed class MigrationLoop
 
     private readonly record struct Outcome(Kind Kind, long Bytes);
 
-    /// <summary>Runs from <paramref name="cursor"/> (0: the start; else one this loop saved) to the last chunk.</summary>
-    public async Task<MigrationResult> RunAsync(ulong cursor, CancellationToken ct)
+    private static readonly Task<Outcome> InPlaceDone = Task.FromResult(new Outcome(Kind.InPlace, 0));
+
+    /// <summary>
+    /// Runs from <paramref name="cursor"/> (0: the start; else one this loop saved) to the last chunk.
+    /// A chunk that needs nothing when looked at without its hold is not held at all (a chunk that
+    /// changes meanwhile is rewritten by a client, which writes it in the new place or form). With
+    /// <paramref name="sweep"/> the run saves no cursor and counts no items, only bytes: a second
+    /// pass from the start that catches a chunk a client write begun before the job placed the old
+    /// way after the first pass had looked (MigrationAction).
+    /// </summary>
+    public async Task<MigrationResult> RunAsync(ulong cursor, CancellationToken ct, bool sweep = false)
     {
         var (image, chunk) = MigrationCursor.Decode(cursor);
         var window = new Queue<(Task<Outcome> Task, uint Image, long Chunk)>();
@@ -96,6 +105,13 @@ internal sealed class MigrationLoop
                     // Paced before the hold, so a throttled loop never keeps a client waiting; before a
                     // wait the chunks in flight finish, so the cursor saved is the loop's position.
                     long planned = PlannedBytes(meta, k, peek);
+                    if (planned == 0)
+                    {
+                        while (window.Count >= maxWindow)
+                            await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
+                        window.Enqueue((InPlaceDone, meta.Id, k));
+                        continue;
+                    }
                     if (_throttle.MustWait(planned))
                         while (window.Count > 0)
                             await AccountAsync(await Drain(window).ConfigureAwait(false), flush: true).ConfigureAwait(false);
@@ -134,7 +150,9 @@ internal sealed class MigrationLoop
                 moved++;
                 written += o.Bytes;
             }
-            _ctx.ReportProgress(1, o.Bytes);
+            _ctx.ReportProgress(sweep ? 0 : 1, o.Bytes);
+            if (sweep)
+                return;
             // Every chunk before this one is done too (the window completes in order).
             if ((++sinceCursor >= _options.CursorEvery || (flush && window.Count == 0)) && MigrationCursor.Encode(done.Image, done.Chunk + 1) is { } c)
             {
