@@ -238,7 +238,7 @@ public sealed class MigrationCrashTests
     public async Task PlacementV2_RandomCrashesWithClientWrites_NoAcknowledgedWriteLostEveryChunkPlacedV2()
     {
         await RunAsync(seed => new MigrationCrashWorkload(seed,
-            o => new MigrationAction(pool => new PlacementMove(PlacementV2.Instance, pool.TargetCount), o, PlacementV2.Instance), 4,
+            o => new MigrationAction(pool => new PlacementMove(PlacementV2.Instance, pool.TargetCount), o), 4,
             action => PlacementV2Tests.UpTo4(action))
         {
             Misplaced = pool => MigrationKit.Misplaced(pool, PlacementV2.Instance),

@@ -26,10 +26,8 @@ internal sealed class RotatedPlacement : IPlacement
 }
 
 /// <summary>An upgrade action around a migration that reports each cursor it saved (so a test can act mid-run).</summary>
-internal sealed class CursorSpyAction(IUpgradeAction inner) : IUpgradeAction, IPlacesNewWrites
+internal sealed class CursorSpyAction(IUpgradeAction inner) : IUpgradeAction
 {
-    public IPlacement? Placement => (inner as IPlacesNewWrites)?.Placement;
-
     private TaskCompletionSource<ulong> _saved = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     /// <summary>Completes with the next cursor saved (durably) after the last <see cref="Reset"/>.</summary>
@@ -73,7 +71,7 @@ internal static class MigrationKit
 {
     /// <summary>A test layout 3 whose only action moves every chunk to <see cref="RotatedPlacement"/>.</summary>
     public static MigrationAction RotateAction(MigrationOptions? options = null) =>
-        new(pool => new PlacementMove(RotatedPlacement.Instance, pool.TargetCount), options, RotatedPlacement.Instance);
+        new(pool => new PlacementMove(RotatedPlacement.Instance, pool.TargetCount), options);
 
     public static LayoutCatalog Catalog(IUpgradeAction action) =>
         TestCatalogs.WithVersion3(new LayoutFeature("test_move", 3, FeatureClass.Incompat, 5, ActionKind.DataMovement, "moves every chunk one target on", action));

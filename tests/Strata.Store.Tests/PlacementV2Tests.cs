@@ -143,6 +143,36 @@ public sealed class PlacementV2Tests
             d.Dispose();
     }
 
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task ClientWrite_WhileTheActionRuns_GoesToPlacementV2()
+    {
+        const int cs = 16384;
+        var devs = MigrationKit.FileTargets(_dir, 2);
+        var spy = new CursorSpyAction(new MigrationAction(pool => new PlacementMove(PlacementV2.Instance, pool.TargetCount), new MigrationOptions { CursorEvery = 1 }));
+        var (engine, pool, _) = await Layout3PoolAsync(devs, 1, 8L << 20, UpTo4(spy));
+        var image = await pool.CreateImageAsync("c", "v", 40 * cs, cs);
+        await image.WriteAsync(0, TestDevices.Pattern(40 * cs, 15));
+        // A chunk near the end that placement v2 puts elsewhere than v1.
+        long chunk = Enumerable.Range(20, 20).First(c => PlacementV1.Instance.Target(image.Id, c, 0, 2) != PlacementV2.Instance.Target(image.Id, c, 0, 2));
+        await pool.SetPropertyAsync("migrate_rate", "1");
+        await pool.UpgradeAsync(4, dryRun: false);
+        await spy.Saved;
+
+        // The throttle holds the loop before that chunk; a client rewrite of it already lands where
+        // placement v2 puts it, so the loop never chases client writes.
+        await image.WriteAsync(chunk * cs, TestDevices.Pattern(cs, 16));
+        Assert.AreEqual(PlacementV2.Instance.Target(image.Id, chunk, 0, 2), (int)pool.Meta.Images[image.Id].Chunks[chunk].Replicas[0].Target);
+        Assert.AreEqual(3u, pool.LayoutVersion);
+        await pool.SetPropertyAsync("migrate_rate", "0");
+        await pool.WaitForUpgradeAsync(TestContext.CancellationToken);
+        Assert.AreEqual("completed", pool.GetUpgradeStatus().Status);
+        Assert.AreEqual(0, MigrationKit.Misplaced(pool, PlacementV2.Instance));
+        await engine.DisposeAsync();
+        foreach (var d in devs)
+            d.Dispose();
+    }
+
     private static async Task<byte[]> ReadAsync(Image image, int length)
     {
         var buf = new byte[length];

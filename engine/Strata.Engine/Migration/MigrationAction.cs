@@ -5,16 +5,6 @@ using Strata.Engine.Store;
 namespace Strata.Engine.Migration;
 
 /// <summary>
-/// An action after whose start client writes place new replicas with <see cref="Placement"/>
-/// (when not null) instead of the layout's placement: a placement migration then never has to
-/// chase chunks that clients rewrite behind its cursor (Pool.Placement).
-/// </summary>
-internal interface IPlacesNewWrites
-{
-    IPlacement? Placement { get; }
-}
-
-/// <summary>
 /// An online upgrade action that runs a <see cref="MigrationLoop"/> with the transform a layout
 /// feature supplies (<c>transformFor</c>, built when the action starts, from the pool). Its
 /// estimate asks the same transform what every chunk needs, so progress totals and the
@@ -23,13 +13,9 @@ internal interface IPlacesNewWrites
 /// A run that had to leave chunks where they were (device errors, unreadable data) fails the
 /// action with the count and the first reason; running the upgrade again retries them.
 /// </summary>
-internal sealed class MigrationAction(Func<Pool, IChunkTransform> transformFor, MigrationOptions? options = null, IPlacement? placesNewWrites = null)
-    : IUpgradeAction, IPlacesNewWrites
+internal sealed class MigrationAction(Func<Pool, IChunkTransform> transformFor, MigrationOptions? options = null) : IUpgradeAction
 {
     public ActionAccess Access => ActionAccess.Online;
-
-    /// <summary>Where client writes go from the moment the job reaches this action (null: the layout's placement).</summary>
-    public IPlacement? Placement => placesNewWrites;
 
     public MigrationOptions Options { get; } = options ?? new MigrationOptions();
 

@@ -109,9 +109,8 @@ public sealed partial class Pool : IAsyncDisposable
 
     /// <summary>
     /// Where new replicas go: the placement of the pool's layout (<see cref="Placements.For"/>), or,
-    /// from the moment a running upgrade job reaches an action that moves chunks to a new placement
-    /// (<see cref="Migration.IPlacesNewWrites"/>), that placement, so the move never chases client
-    /// writes. Read without the state's lock: the layout and the job are immutable records that
+    /// from the moment a running upgrade job reaches a data-movement feature (placement_v2), the
+    /// placement of that feature's layout, so the move never chases client writes. Read without the state's lock: the layout and the job are immutable records that
     /// records replace; the answer is cached per pair.
     /// </summary>
     internal IPlacement Placement
@@ -128,8 +127,8 @@ public sealed partial class Pool : IAsyncDisposable
             {
                 var chain = Catalog.Chain(job.From, job.To);
                 for (int i = 0; i < chain.Count && i <= job.Action; i++)
-                    if (chain[i].Action is Migration.IPlacesNewWrites { Placement: { } p })
-                        placement = p;
+                    if (chain[i].Kind == Layout.ActionKind.DataMovement)
+                        placement = Placements.For(chain[i].Version);
             }
             _placement = new PlacementFor(layout, job, placement);
             return placement;
