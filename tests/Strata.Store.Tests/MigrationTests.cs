@@ -302,6 +302,41 @@ public sealed class MigrationTests
     }
 
     [TestMethod]
+    public async Task Meter_JobOfAnOpenPool_ReportsItemsAndBytesDoneOfTotal()
+    {
+        var ras = new WaitableRasSink();
+        var engine = await StorageEngine.FormatAsync(TestDevices.Memory(2), new StorageEngineOptions { Ras = ras, Catalog = MigrationKit.Catalog(MigrationKit.RotateAction()) });
+        var pool = await engine.CreatePoolAsync("tank", 8L << 20, 1, TestDevices.SmallPool with { LayoutVersion = 2 });
+        await pool.CreateContainerAsync("c");
+        var image = await pool.CreateImageAsync("c", "v", 12 * ChunkSize, ChunkSize);
+        await image.WriteAsync(0, TestDevices.Pattern(12 * ChunkSize, 17));
+        await pool.UpgradeAsync(3, dryRun: false);
+        await pool.WaitForUpgradeAsync();
+
+        using var metrics = new Strata.Engine.Control.StrataMetrics(() => (0, 0, 0), () => 1);
+        metrics.ObserveUpgrades(() => engine.OpenPools().Select(p => p.GetUpgradeStatus()).Where(s => s.JobId != null).ToList());
+        var seen = new Dictionary<string, double>();
+        using var listener = new System.Diagnostics.Metrics.MeterListener();
+        listener.InstrumentPublished = (inst, l) =>
+        {
+            if (inst.Meter == metrics.Meter && inst.Name.StartsWith("strata.upgrade.", StringComparison.Ordinal))
+                l.EnableMeasurementEvents(inst);
+        };
+        listener.SetMeasurementEventCallback<long>((inst, v, tags, _) => seen[$"{inst.Name}{{{tags[0].Value}}}"] = v);
+        listener.SetMeasurementEventCallback<double>((inst, v, tags, _) => seen[$"{inst.Name}{{{tags[0].Value}}}"] = v);
+        listener.Start();
+        listener.RecordObservableInstruments();
+
+        Assert.AreEqual(12, seen["strata.upgrade.items.done{tank}"]);
+        Assert.AreEqual(12, seen["strata.upgrade.items.total{tank}"]);
+        Assert.AreEqual(12 * ChunkSize, seen["strata.upgrade.bytes.done{tank}"]);
+        Assert.AreEqual(12 * ChunkSize, seen["strata.upgrade.bytes.total{tank}"]);
+        Assert.IsGreaterThan(0, seen["strata.upgrade.rate{tank}"]);
+        Assert.AreEqual(0, seen["strata.upgrade.eta{tank}"]);
+        await engine.DisposeAsync();
+    }
+
+    [TestMethod]
     public async Task MigrateRate_BadValuesRefusedWithOneLine_SizesStoredAsBytesPerSecond()
     {
         var engine = await StorageEngine.FormatAsync(TestDevices.Memory(1));
