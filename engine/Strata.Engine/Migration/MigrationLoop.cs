@@ -91,6 +91,7 @@ internal sealed class MigrationLoop
         var window = new Queue<(Task<Outcome> Task, uint Image, long Chunk)>();
         int maxWindow = Math.Max(1, _options.InFlightPerTarget * _pool.TargetCount);
         long visited = 0, moved = 0, written = 0, sinceCursor = 0;
+        using var abort = CancellationTokenSource.CreateLinkedTokenSource(ct);
         try
         {
             for (var meta = NextImage(image); meta != null; meta = NextImage(meta.Id + 1))
@@ -118,7 +119,7 @@ internal sealed class MigrationLoop
                     await _throttle.TakeAsync(planned, ct).ConfigureAwait(false);
                     while (window.Count >= maxWindow)
                         await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
-                    window.Enqueue((MoveAsync(meta.Id, k, ct), meta.Id, k));
+                    window.Enqueue((MoveAsync(meta.Id, k, abort.Token), meta.Id, k));
                 }
             }
             while (window.Count > 0)
@@ -126,7 +127,9 @@ internal sealed class MigrationLoop
         }
         catch
         {
-            // Nothing of this run may go on after it: let the chunks in flight finish or fail.
+            // Nothing of this run may go on after it: chunks waiting (for space) give up, the others
+            // finish or fail.
+            await abort.CancelAsync().ConfigureAwait(false);
             while (window.Count > 0)
                 await ((Task)window.Dequeue().Task).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             throw;
