@@ -24,6 +24,7 @@ public static class MigrateBenchmark
           --dir DIR          target files DIR/migrate-target-N.dat (default /var/tmp/strata-perf)
           --size SIZE        each target file (default 2G)
           --data SIZE        image data written before the upgrade, 1 MiB chunks (default 1G)
+          --in-flight N      chunks in flight per target, Strata's and fio's depth (default 4, the engine's)
           --runtime SEC      fio's run (default 10)
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
         """;
@@ -34,6 +35,7 @@ public static class MigrateBenchmark
         long size = CommandLine.ParseBytes(cl.String("size") ?? "2G", "--size");
         long data = CommandLine.ParseBytes(cl.String("data") ?? "1G", "--data");
         int runtime = cl.Int("runtime", 10);
+        int inFlight = cl.Int("in-flight", new Strata.Engine.Migration.MigrationOptions().InFlightPerTarget);
         var idle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero;
         cl.ThrowIfUnused();
         Fio.RequireInstalled();
@@ -44,11 +46,11 @@ public static class MigrateBenchmark
             if (idle > TimeSpan.Zero)
                 await HostIdle.WaitAsync(idle);
             var cpu0 = HostCpuSample.Now();
-            var (moved, seconds) = await MigrateAsync(paths, size, data);
+            var (moved, seconds) = await MigrateAsync(paths, size, data, inFlight);
             double others = HostCpuSample.BusyPercent(cpu0, HostCpuSample.Now());
             if (idle > TimeSpan.Zero)
                 await HostIdle.WaitAsync(idle);
-            var (read, write, cmd) = FioCopyLimit(paths, size, runtime);
+            var (read, write, cmd) = FioCopyLimit(paths, size, runtime, inFlight);
             double strata = moved / seconds;
             double limit = Math.Min(read, write);
             var table = new TablePrinter("engine", "MB/s", "ratio", "detail");
@@ -69,14 +71,18 @@ public static class MigrateBenchmark
 
     private static string Mb(double bytesPerSecond) => (bytesPerSecond / 1e6).ToString("0.0", CultureInfo.InvariantCulture);
 
-    private static LayoutCatalog UpTo4()
+    private static LayoutCatalog UpTo4(int inFlight)
     {
         var d = LayoutCatalog.Default;
-        return new LayoutCatalog([d[1], d[2], d[3] with { Supported = true }, d[4] with { Supported = true }], d.Releases);
+        var action = new Strata.Engine.Migration.MigrationAction(
+            pool => new Strata.Engine.Migration.PlacementMove(Strata.Engine.Store.PlacementV2.Instance, pool.TargetCount),
+            new Strata.Engine.Migration.MigrationOptions { InFlightPerTarget = inFlight });
+        var v4 = d[4] with { Supported = true, Features = [d[4].Features[0] with { Action = action }] };
+        return new LayoutCatalog([d[1], d[2], d[3] with { Supported = true }, v4], d.Releases);
     }
 
     /// <summary>Fills a layout-3 pool, upgrades it to 4 unthrottled; returns the bytes the job moved and its seconds.</summary>
-    private static async Task<(long Moved, double Seconds)> MigrateAsync(string[] paths, long size, long data)
+    private static async Task<(long Moved, double Seconds)> MigrateAsync(string[] paths, long size, long data, int inFlight)
     {
         string sz = size.ToString(CultureInfo.InvariantCulture);
         foreach (var p in paths)
@@ -89,7 +95,7 @@ public static class MigrateBenchmark
         var devs = paths.Select(p => NativeBlockDevice.Open($"file:{p}?create=1&size={sz}&direct=1&qd=128", new DeviceOptions { Pollers = 1 })).ToArray();
         try
         {
-            var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Catalog = UpTo4() });
+            var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Catalog = UpTo4(inFlight) });
             var pool = await engine.CreatePoolAsync("bench", (size - (256L << 20)) * 2, 1, new PoolCreateOptions { LayoutVersion = 3 });
             await pool.CreateContainerAsync("c");
             var image = await pool.CreateImageAsync("c", "v", data, 1 << 20);
@@ -111,13 +117,13 @@ public static class MigrateBenchmark
         }
     }
 
-    /// <summary>fio: per file one sequential 1 MiB reader (first half) and one writer (second half), QD 4 each, at once.</summary>
-    private static (double Read, double Write, string Command) FioCopyLimit(string[] paths, long size, int runtime)
+    /// <summary>fio: per file one sequential 1 MiB reader (first half) and one writer (second half), QD <paramref name="depth"/> each, at once.</summary>
+    private static (double Read, double Write, string Command) FioCopyLimit(string[] paths, long size, int runtime, int depth)
     {
         string half = (size / 2 >> 20).ToString(CultureInfo.InvariantCulture) + "M";
         var args = new List<string>
         {
-            "--ioengine=io_uring", "--direct=1", "--bs=1M", "--iodepth=4", "--time_based", $"--runtime={runtime}",
+            "--ioengine=io_uring", "--direct=1", "--bs=1M", $"--iodepth={depth}", "--time_based", $"--runtime={runtime}",
             "--ramp_time=1", $"--size={half}",
         };
         foreach (var p in paths)
