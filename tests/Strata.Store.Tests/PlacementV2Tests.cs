@@ -173,6 +173,55 @@ public sealed class PlacementV2Tests
             d.Dispose();
     }
 
+    [TestMethod]
+    public async Task Action_RunRandomTimesFromRandomSavedCursors_SameResult()
+    {
+        const int cs = 8192;
+        string? reference = null;
+        for (int seed = 1; seed <= 8; seed++)
+        {
+            var rng = new Random(seed);
+            var (engine, pool, _) = await Layout3PoolAsync(TestDevices.Memory(3), 2, 4L << 20);
+            var image = await pool.CreateImageAsync("c", "v", 60 * cs, cs);
+            var data = TestDevices.Pattern(60 * cs, 21);
+            await image.WriteAsync(0, data);
+            var feature = pool.Catalog.Find("placement_v2")!;
+            var action = new MigrationAction(p => new PlacementMove(PlacementV2.Instance, p.TargetCount), new MigrationOptions { CursorEvery = rng.Next(1, 6) });
+            var cursors = new List<ulong> { 0 };
+            // Each run starts from a cursor some earlier run saved; some are stopped part-way.
+            for (int run = rng.Next(1, 5); run > 0; run--)
+            {
+                using var stop = new CancellationTokenSource();
+                int saves = 0, stopAt = rng.Next(2) == 0 ? rng.Next(1, 10) : int.MaxValue;
+                var ctx = new UpgradeContext(pool, feature, c =>
+                {
+                    cursors.Add(c);
+                    if (++saves == stopAt)
+                        stop.Cancel();
+                    return Task.CompletedTask;
+                }, (_, _) => { });
+                try
+                {
+                    await action.RunAsync(ctx, cursors[rng.Next(cursors.Count)], stop.Token);
+                }
+                catch (OperationCanceledException) when (stop.IsCancellationRequested)
+                {
+                }
+            }
+            await action.RunAsync(new UpgradeContext(pool, feature, _ => Task.CompletedTask, (_, _) => { }), cursors[rng.Next(cursors.Count)], CancellationToken.None);
+
+            Assert.AreEqual(0, MigrationKit.Misplaced(pool, PlacementV2.Instance), $"seed {seed}");
+            Assert.AreEqual(MigrationKit.MappedBytes(pool), MigrationKit.UsedBytes(pool), $"seed {seed}");
+            CollectionAssert.AreEqual(data, await ReadAsync(image, data.Length), $"seed {seed}");
+            string targets;
+            lock (pool.Meta.Sync)
+                targets = string.Join(";", pool.Meta.Images[image.Id].Chunks.OrderBy(kv => kv.Key).Select(kv => string.Join(",", kv.Value.Replicas.Select(r => r.Target))));
+            reference ??= targets;
+            Assert.AreEqual(reference, targets, $"seed {seed}: every chunk's replicas are where every other seed put them");
+            await engine.DisposeAsync();
+        }
+    }
+
     private static async Task<byte[]> ReadAsync(Image image, int length)
     {
         var buf = new byte[length];
