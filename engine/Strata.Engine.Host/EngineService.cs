@@ -31,6 +31,7 @@ public sealed class EngineService : IAsyncDisposable
         _health = health;
         _logger = logger;
         Metrics = new StrataMetrics(Space, () => Engine.ListPools().Count);
+        Metrics.ObserveUpgrades(() => Engine.OpenPools().Select(p => p.GetUpgradeStatus()).Where(s => s.JobId != null).ToList());
         Prometheus = new PrometheusExporter(StrataMetrics.MeterName);
         ras.Emitted += r =>
         {

@@ -17,6 +17,7 @@ public static class Program
         ("device", "Strata's device layer vs fio (io_uring, O_DIRECT) on the same file", DeviceBenchmark.RunAsync),
         ("store", "image I/O through the store (checksums, COW, log) vs fio on the raw target files", StoreBenchmark.RunAsync),
         ("upgrade", "the I/O pause of a metadata-only pool upgrade vs pool size (smallest pool as reference)", UpgradeBenchmark.RunAsync),
+        ("migrate", "placement_v2 migration rate (unthrottled) vs fio reading and writing the same target files", MigrateBenchmark.RunAsync),
         ("nbd", "fio's nbd engine against Strata's NBD server, qemu-nbd and nbdkit (file plugin) on one machine", NbdBenchmark.RunAsync),
     ];
 
@@ -40,7 +41,7 @@ public static class Program
             var cl = CommandLine.Parse(args.AsSpan(1).ToArray());
             if (cl.Has("help"))
             {
-                Console.WriteLine(command.Name switch { "store" => StoreBenchmark.Usage, "upgrade" => UpgradeBenchmark.Usage, "nbd" => NbdBenchmark.Usage, _ => DeviceBenchmark.Usage });
+                Console.WriteLine(command.Name switch { "store" => StoreBenchmark.Usage, "upgrade" => UpgradeBenchmark.Usage, "migrate" => MigrateBenchmark.Usage, "nbd" => NbdBenchmark.Usage, _ => DeviceBenchmark.Usage });
                 return 0;
             }
             return await command.Run(cl);

@@ -143,10 +143,11 @@ public sealed class AllocatorAndPlacementTests
     }
 
     [TestMethod]
-    public void Placements_PlacementV2Layout_RefusedByName()
+    public void Placements_PlacementV2LayoutAndLater_TakeV2()
     {
-        var e = Assert.ThrowsExactly<IncompatibleLayoutException>(() => Placements.For(Placements.PlacementV2Layout));
-        StringAssert.Contains(e.Message, "placement v2");
+        Assert.AreSame(PlacementV2.Instance, Placements.For(Placements.PlacementV2Layout));
+        Assert.AreSame(PlacementV2.Instance, Placements.For(Placements.PlacementV2Layout + 1));
+        Assert.AreEqual(2, Placements.For(Placements.PlacementV2Layout).Version);
     }
 }
 

@@ -81,6 +81,27 @@ public sealed class StrataMetrics : IDisposable
         _meter.CreateObservableGauge("strata.nbd.buffers", bufferBytes, "By", "Native memory of the NBD payload buffers (in use and kept for reuse)");
     }
 
+    /// <summary>
+    /// The upgrade job of each open pool that has one (<paramref name="running"/>): items and bytes
+    /// done and total, bytes per second and seconds left, tagged with the pool (a migration's
+    /// progress, for `strata engine counters` and Prometheus; a finished job keeps its last figures).
+    /// </summary>
+    public void ObserveUpgrades(Func<IReadOnlyList<Layout.UpgradeJobStatus>> running)
+    {
+        _meter.CreateObservableGauge("strata.upgrade.items.done", () => Each(running(), s => s.ItemsDone), "{item}", "Items (chunks) an upgrade job has done");
+        _meter.CreateObservableGauge("strata.upgrade.items.total", () => Each(running(), s => s.ItemsTotal), "{item}", "Items (chunks) an upgrade job has to do");
+        _meter.CreateObservableGauge("strata.upgrade.bytes.done", () => Each(running(), s => s.BytesDone), "By", "Bytes an upgrade job has scanned or moved");
+        _meter.CreateObservableGauge("strata.upgrade.bytes.total", () => Each(running(), s => s.BytesTotal), "By", "Bytes an upgrade job has to scan or move");
+        _meter.CreateObservableGauge("strata.upgrade.rate", () => Each(running(), s => s.BytesPerSecond ?? 0), "By/s", "Bytes per second an upgrade job scans or moves");
+        _meter.CreateObservableGauge("strata.upgrade.eta", () => Each(running(), s => s.EtaSeconds ?? 0), "s", "Seconds an upgrade job expects to need still");
+    }
+
+    private static IEnumerable<Measurement<T>> Each<T>(IReadOnlyList<Layout.UpgradeJobStatus> jobs, Func<Layout.UpgradeJobStatus, T> value) where T : struct
+    {
+        foreach (var s in jobs)
+            yield return new Measurement<T>(value(s), new KeyValuePair<string, object?>("pool", s.Pool));
+    }
+
     public void RecordRas(string severity) => _ras.Add(1, new KeyValuePair<string, object?>("severity", severity.ToLowerInvariant()));
 
     public void RecordRasUnwritten(int events) => _rasUnwritten.Add(events);

@@ -211,7 +211,8 @@ public sealed class LayoutCatalog
         new(4, "placement v2",
         [
             new("placement_v2", 4, FeatureClass.Incompat, 3, ActionKind.DataMovement,
-                "placement by jump consistent hash with replica spreading: chunks whose target changes are copied, verified, switched, then freed; needs free space", null),
+                "placement by jump consistent hash with replica spreading: chunks whose target changes are copied, verified, switched, then freed; needs free space",
+                Migration.PlacementV2Action.Instance),
         ], Supported: false),
         new(5, "write-ahead log v2",
         [

@@ -46,13 +46,15 @@ public sealed class UpgradeContext
 {
     private readonly Func<ulong, Task> _saveCursor;
     private readonly Action<long, long> _progress;
+    private readonly Action<string?>? _state;
 
-    internal UpgradeContext(IUpgradePool pool, LayoutFeature feature, Func<ulong, Task> saveCursor, Action<long, long> progress)
+    internal UpgradeContext(IUpgradePool pool, LayoutFeature feature, Func<ulong, Task> saveCursor, Action<long, long> progress, Action<string?>? state = null)
     {
         Pool = pool;
         Feature = feature;
         _saveCursor = saveCursor;
         _progress = progress;
+        _state = state;
     }
 
     public IUpgradePool Pool { get; }
@@ -69,6 +71,9 @@ public sealed class UpgradeContext
 
     /// <summary>Adds items and bytes done to the job's progress.</summary>
     public void ReportProgress(long items, long bytes) => _progress(items, bytes);
+
+    /// <summary>What the action is doing beyond its name, shown with the current action ("paused: ..."); null clears it.</summary>
+    public void ReportState(string? state) => _state?.Invoke(state);
 }
 
 /// <summary>

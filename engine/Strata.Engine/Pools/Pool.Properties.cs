@@ -20,7 +20,7 @@ public sealed partial class Pool
     /// </summary>
     private static readonly (string Name, string? Feature)[] PoolProperties =
     [
-        ("label", null), ("rf", null), ("compatibility", null),
+        ("label", null), ("rf", null), ("compatibility", null), (Migration.MigrateRate.Property, null),
         ("scrub", "pool_props_v2"), ("reclaim", "pool_props_v2"),
     ];
 
@@ -71,6 +71,7 @@ public sealed partial class Pool
     {
         "rf" => "1",
         "compatibility" => "off",
+        Migration.MigrateRate.Property => "0",
         _ => Layout.PoolPropsV2Action.Properties.FirstOrDefault(p => p.Name == name).Default,
     };
 
@@ -102,6 +103,8 @@ public sealed partial class Pool
         }
         if (name == "compatibility" && Catalog.CompatibilityLimit(value) == null)
             throw new InvalidRequestException($"compatibility '{value}' is unknown; use off or one of {string.Join(", ", Catalog.Releases.Select(r => r.Name))}");
+        if (name == Migration.MigrateRate.Property)
+            value = Migration.MigrateRate.Parse(value).ToString(CultureInfo.InvariantCulture);
         if (name == "rf")
         {
             if (value is not ("1" or "2"))
@@ -122,6 +125,8 @@ public sealed partial class Pool
                 throw new InvalidRequestException($"pool '{Label}' holds data at rf {Rf}: changing rf to {value} needs a re-replication job, which this release does not have; set rf before writing data");
             CheckMetadataRoom(value.Length + name.Length);
             await Log.CommitAsync(MetaRecords.PoolSetProp(name, value)).ConfigureAwait(false);
+            if (name == Migration.MigrateRate.Property)
+                Interlocked.Exchange(ref _migrateRateChanged, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
             if (name == "label")
             {
                 // The label also lives in every shard header (for messages before replay).
@@ -132,6 +137,21 @@ public sealed partial class Pool
         finally
         {
             MetaLock.Release();
+        }
+    }
+
+    private TaskCompletionSource _migrateRateChanged = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>Completes the next time `migrate_rate` is set: a throttled migration waiting for its turn looks again.</summary>
+    internal Task MigrateRateChanged => Volatile.Read(ref _migrateRateChanged).Task;
+
+    /// <summary>The migration throttle in bytes per second (pool property `migrate_rate`; 0: unthrottled).</summary>
+    internal long MigrateRateBytes
+    {
+        get
+        {
+            lock (Meta.Sync)
+                return Meta.Props.TryGetValue(Migration.MigrateRate.Property, out var v) && long.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out long r) ? r : 0;
         }
     }
 

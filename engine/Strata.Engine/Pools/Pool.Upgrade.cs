@@ -427,7 +427,8 @@ public sealed partial class Pool : IUpgradePool
             {
                 Interlocked.Add(ref run.ItemsDone, items);
                 Interlocked.Add(ref run.BytesDone, bytes);
-            });
+            },
+            state => run.Current = state == null ? f.Name : $"{f.Name} ({state})");
 
     /// <summary>Revokes every open handle (NBD connections) before an exclusive action; clients reconnect after it.</summary>
     private async Task RevokeHandlesAsync(string reason) => await RevokeClientsAsync(reason).ConfigureAwait(false);

@@ -108,10 +108,36 @@ public sealed partial class Pool : IAsyncDisposable
     public int TargetCount => Shards.Length;
 
     /// <summary>
-    /// Where new replicas go: the placement of the pool's layout (<see cref="Placements.For"/>). Read
-    /// without the state's lock: the layout is an immutable record replaced by LayoutSet.
+    /// Where new replicas go: the placement of the pool's layout (<see cref="Placements.For"/>), or,
+    /// from the moment a running upgrade job reaches a data-movement feature (placement_v2), the
+    /// placement of that feature's layout, so the move never chases client writes. Read without the state's lock: the layout and the job are immutable records that
+    /// records replace; the answer is cached per pair.
     /// </summary>
-    internal IPlacement Placement => Placements.For(Meta.Layout?.Version ?? Header.LayoutVersion);
+    internal IPlacement Placement
+    {
+        get
+        {
+            var layout = Meta.Layout;
+            var job = Meta.UpgradeJob;
+            var cached = _placement;
+            if (cached != null && ReferenceEquals(cached.Layout, layout) && ReferenceEquals(cached.Job, job))
+                return cached.Placement;
+            var placement = Placements.For(layout?.Version ?? Header.LayoutVersion);
+            if (job is { State: UpgradeJobState.InProgress } && job.To <= Catalog.Versions.Count)
+            {
+                var chain = Catalog.Chain(job.From, job.To);
+                for (int i = 0; i < chain.Count && i <= job.Action; i++)
+                    if (chain[i].Kind == Layout.ActionKind.DataMovement)
+                        placement = Placements.For(chain[i].Version);
+            }
+            _placement = new PlacementFor(layout, job, placement);
+            return placement;
+        }
+    }
+
+    private sealed record PlacementFor(LayoutMeta? Layout, UpgradeJobMeta? Job, IPlacement Placement);
+
+    private volatile PlacementFor? _placement;
 
     public int Rf
     {

@@ -156,6 +156,13 @@ public sealed partial class StorageEngine : IAsyncDisposable
             return _pools.Select(p => p.Info(Targets.Count)).ToList();
     }
 
+    /// <summary>The pools open now (what the Meter's upgrade gauges report on).</summary>
+    public IReadOnlyList<Pool> OpenPools()
+    {
+        lock (_pools)
+            return _pools.Where(p => p.Open != null).Select(p => p.Open!).ToList();
+    }
+
     internal PoolEntry FindEntry(string label)
     {
         lock (_pools)

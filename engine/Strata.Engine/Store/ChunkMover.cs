@@ -119,6 +119,18 @@ internal sealed class ChunkHold : IDisposable
     }
 
     /// <summary>
+    /// Reads the chunk into <paramref name="buffer"/> (chunk size bytes) from the first replica of
+    /// <paramref name="location"/> that verifies against the map, reporting bad ones and, under the
+    /// exclusive hold, rewriting them from the good one (ChunkIo.ReadVerifiedAsync). Throws a data
+    /// integrity error when none verifies.
+    /// </summary>
+    public Task ReadVerifiedAsync(ChunkMap location, Memory<byte> buffer)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return _pool.ChunkIo.ReadVerifiedAsync(_meta, Chunk, location, buffer, repair: Exclusive);
+    }
+
+    /// <summary>
     /// Switches the chunk to <paramref name="destination"/> (extents reserved with
     /// <see cref="ChunkMover.AllocateAsync"/>, written and verified, each with the checksum of the
     /// chunk) if it still has the location <paramref name="expected"/> that the mover read, possibly
@@ -131,39 +143,62 @@ internal sealed class ChunkHold : IDisposable
     /// the destination's data if the record is in the unflushed tail.
     /// </para>
     /// </summary>
-    public async Task<ChunkSwitch> SwitchAsync(ChunkMap expected, Replica[] destination)
+    public Task<ChunkSwitch> SwitchAsync(ChunkMap expected, Replica[] destination)
+    {
+        // The copy's checksum is the source's: the chunk's contents do not change by moving.
+        System.Diagnostics.Debug.Assert(destination.All(r => r.Crc == expected.Replicas[0].Crc));
+        return SwitchAsync(expected, destination, MetaRecords.ChunkMap(_meta.Id, Chunk, destination), _meta.ChunkSize);
+    }
+
+    /// <summary>
+    /// The general switch a migration loop uses: <paramref name="record"/> maps the chunk to
+    /// <paramref name="destination"/> (a ChunkMap, or the record of a rewritten form whose extents
+    /// are <paramref name="destinationExtent"/> bytes). A destination replica equal to a source
+    /// replica (same target and offset: a replica that stays where it is) is neither freed when the
+    /// switch is dropped nor when it succeeds; every other source extent is freed once the commit
+    /// is durable. Same conditions and failure rules as <see cref="SwitchAsync(ChunkMap, Replica[])"/>.
+    /// </summary>
+    public async Task<ChunkSwitch> SwitchAsync(ChunkMap expected, Replica[] destination, MetaRecord record, int destinationExtent)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (!Exclusive)
             throw new InvalidOperationException("switching a chunk needs its exclusive hold (ChunkMover.LockAsync)");
-        int cs = _meta.ChunkSize;
         _pool.ThrowIfNotWritable();
         if (!ReferenceEquals(Location, expected))
         {
-            foreach (var r in destination)
-                _pool.Shards[r.Target].Allocator.Free(r.Offset, cs);
+            FreeNew(expected, destination, destinationExtent);
             return ChunkSwitch.Changed;
         }
-        // The copy's checksum is the source's: the chunk's contents do not change by moving.
-        System.Diagnostics.Debug.Assert(destination.All(r => r.Crc == expected.Replicas[0].Crc));
         Task commit;
         try
         {
             // Records 40-42 (ChunkMoveBegin/Commit/Abort) are the two-location form of this switch
             // for loops that must resume a copy after a crash; one ChunkMap record is the switch
             // itself, and replay verifies its data like any other in the tail (docs/format.md).
-            commit = _pool.Log.CommitAsync(MetaRecords.ChunkMap(_meta.Id, Chunk, destination));
+            commit = _pool.Log.CommitAsync(record);
         }
         catch
         {
-            foreach (var r in destination)
-                _pool.Shards[r.Target].Allocator.Free(r.Offset, cs);
+            FreeNew(expected, destination, destinationExtent);
             throw;
         }
         await commit.ConfigureAwait(false);
         // Durable: a crash now replays the destination, so the source may be reused.
-        _pool.FreeChunk(expected, cs);
+        System.Diagnostics.Debug.Assert(!ReferenceEquals(Location, expected), "a switched chunk's map is no longer the source");
+        var moved = Array.FindAll(expected.Replicas, r => Array.IndexOf(destination, r) < 0);
+        if (moved.Length == expected.Replicas.Length)
+            _pool.FreeChunk(expected, _meta.ChunkSize);
+        else
+            _pool.FreeChunk(expected with { Replicas = moved }, _meta.ChunkSize);
         return ChunkSwitch.Switched;
+    }
+
+    /// <summary>Frees the destination extents a dropped switch reserved (not those it shares with the source).</summary>
+    private void FreeNew(ChunkMap expected, Replica[] destination, int extent)
+    {
+        foreach (var r in destination)
+            if (Array.IndexOf(expected.Replicas, r) < 0)
+                _pool.Shards[r.Target].Allocator.Free(r.Offset, extent);
     }
 
     public void Dispose()

@@ -18,7 +18,7 @@ internal static class DeviceIo
     public static async ValueTask ReadAsync(IBlockDevice device, long offset, Memory<byte> destination, CancellationToken ct = default)
     {
         int piece = PieceSize(device);
-        if (AnyBuffer(device))
+        if (AnyBuffer(device) || IsDmaReady(device, destination))
         {
             for (int done = 0; done < destination.Length; done += piece)
                 await device.ReadAsync(offset + done, destination.Slice(done, Math.Min(piece, destination.Length - done)), ct).ConfigureAwait(false);
@@ -37,7 +37,7 @@ internal static class DeviceIo
     public static async ValueTask WriteAsync(IBlockDevice device, long offset, ReadOnlyMemory<byte> source, WriteFlags flags = WriteFlags.None, CancellationToken ct = default)
     {
         int piece = PieceSize(device);
-        if (AnyBuffer(device))
+        if (AnyBuffer(device) || IsDmaReady(device, source))
         {
             for (int done = 0; done < source.Length; done += piece)
                 await device.WriteAsync(offset + done, source.Slice(done, Math.Min(piece, source.Length - done)), flags, ct).ConfigureAwait(false);
@@ -54,6 +54,19 @@ internal static class DeviceIo
     }
 
     private static bool AnyBuffer(IBlockDevice device) => (device.Geometry.Features & DeviceFeatures.DirectIo) == 0;
+
+    /// <summary>
+    /// Memory of a DMA buffer (any device's pool), aligned as this device needs: the device reads
+    /// into or writes from it directly, without the copy through one of its own buffers (what a
+    /// migration loop moving a chunk between targets relies on).
+    /// </summary>
+    private static unsafe bool IsDmaReady(IBlockDevice device, ReadOnlyMemory<byte> memory)
+    {
+        if (!System.Runtime.InteropServices.MemoryMarshal.TryGetMemoryManager(memory, out DmaBuffer? buffer, out int start, out _))
+            return false;
+        int align = Math.Max(1, device.Geometry.BufferAlignment);
+        return ((nint)(buffer.Pointer + start) & (align - 1)) == 0;
+    }
 
     public static long AlignUp(long value, long alignment) => (value + alignment - 1) / alignment * alignment;
 }

@@ -80,10 +80,31 @@ public sealed class ExtentAllocator
 
     public void Free(long offset, long length)
     {
+        TaskCompletionSource? freed;
         lock (_lock)
         {
             SetRange(offset / Unit, length / Unit, false);
             Interlocked.Increment(ref _frees);
+            freed = _freed;
+            _freed = null;
+        }
+        freed?.TrySetResult();
+    }
+
+    private TaskCompletionSource? _freed;
+
+    /// <summary>
+    /// Completes once <see cref="Frees"/> differs from <paramref name="frees"/> (at once if it does):
+    /// what a migration paused for want of space on this target waits for, instead of polling.
+    /// </summary>
+    public Task FreedSinceAsync(long frees)
+    {
+        lock (_lock)
+        {
+            if (Interlocked.Read(ref _frees) != frees)
+                return Task.CompletedTask;
+            _freed ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            return _freed.Task;
         }
     }
 

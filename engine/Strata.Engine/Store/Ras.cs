@@ -49,6 +49,9 @@ public static class RasIds
     public const string BarrierThawed = "barrier_thawed";
     public const string BarrierExpired = "barrier_expired";
     public const string BarrierFailed = "barrier_failed";
+    public const string MigrationPaused = "migration_paused";
+    public const string MigrationResumed = "migration_resumed";
+    public const string MigrationChunkLeft = "migration_chunk_left";
 }
 
 /// <summary>Where RAS events go.</summary>

@@ -90,6 +90,6 @@ public static class Fio
         return nl < 0 ? s : s[..nl];
     }
 
-    private static (int Code, string Stdout, string Stderr) Run(IReadOnlyList<string> args, TimeSpan timeout) =>
+    public static (int Code, string Stdout, string Stderr) Run(IReadOnlyList<string> args, TimeSpan timeout) =>
         ExternalTool.Run("fio", args, timeout);
 }

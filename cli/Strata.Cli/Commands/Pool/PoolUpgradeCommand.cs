@@ -142,10 +142,16 @@ public static class PoolUpgradeCommand
                (s.CurrentAction != null && s.Status == "in progress" ? $" ({s.CurrentAction})" : "");
     }
 
-    /// <summary>One line for `pool query`.</summary>
-    public static string Describe(UpgradeStatus s) =>
-        $"job {s.JobId} to layout {s.Target}: {s.Status}{(s.Reason != null ? $" ({s.Reason})" : "")}, {s.ActionsDone}/{s.ActionsTotal} actions" +
-        (s.ItemsTotal > 0 ? $", {s.ItemsDone}/{s.ItemsTotal} items" : "") + (s.BytesTotal > 0 ? $", {Sizes.Format(s.BytesDone)}/{Sizes.Format(s.BytesTotal)}" : "");
+    /// <summary>One line for `pool query`: while the job runs, also its rate, ETA and current action.</summary>
+    public static string Describe(UpgradeStatus s)
+    {
+        bool running = s.Status == "in progress";
+        return $"job {s.JobId} to layout {s.Target}: {s.Status}{(s.Reason != null ? $" ({s.Reason})" : "")}, {s.ActionsDone}/{s.ActionsTotal} actions" +
+            (s.ItemsTotal > 0 ? $", {s.ItemsDone}/{s.ItemsTotal} items" : "") + (s.BytesTotal > 0 ? $", {Sizes.Format(s.BytesDone)}/{Sizes.Format(s.BytesTotal)}" : "") +
+            (running && s.BytesPerSecond is > 0 ? $", {Sizes.Format((long)s.BytesPerSecond.Value)}/s" : "") +
+            (running && s.EtaSeconds is { } e ? $", ETA {TimeSpan.FromSeconds(Math.Ceiling(e))}" : "") +
+            (running && s.CurrentAction != null ? $" ({s.CurrentAction})" : "");
+    }
 
     private static int PrintPlan(UpgradePlan plan, bool json)
     {

@@ -1,0 +1,99 @@
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Migration;
+
+/// <summary>One chunk as the loop hands it to a transform: which chunk, and where it is now.</summary>
+/// <param name="Image">The image id.</param>
+/// <param name="Chunk">The chunk index within the image.</param>
+/// <param name="ChunkSize">The image's chunk size (bytes of data).</param>
+/// <param name="Location">The chunk's map (under the loop's exclusive hold it cannot change).</param>
+internal readonly record struct ChunkSource(uint Image, long Chunk, int ChunkSize, ChunkMap Location);
+
+/// <summary>What a transform wants done with one chunk (<see cref="IChunkTransform.Plan"/>).</summary>
+/// <param name="ExtentBytes">Bytes of each destination extent: the chunk size for a move, more for a form with a header.</param>
+/// <param name="SourceOffset">
+/// Where in the destination buffer the loop reads the verified source chunk: 0 for a copy; 4096
+/// for a form whose extent starts with a 4 KiB table (<see cref="IChunkTransform.Produce"/> fills it).
+/// </param>
+/// <param name="RewriteAll">
+/// False: a destination replica on the target a source replica is already on keeps that extent
+/// (a placement move copies only the replicas whose target changes). True: every replica is written
+/// to a fresh extent (a rewrite into another form).
+/// </param>
+internal readonly record struct ChunkPlan(int ExtentBytes, int SourceOffset, bool RewriteAll)
+{
+    /// <summary>A plain move of a chunk of this size: same bytes, replicas that stay are not copied.</summary>
+    public static ChunkPlan Move(int chunkSize) => new(chunkSize, 0, false);
+}
+
+/// <summary>
+/// What a <see cref="MigrationLoop"/> does to each chunk: the one thing a data-moving or rewriting
+/// action supplies (docs/migration.md). The loop visits every mapped chunk in (image, chunk) order
+/// and, for each, under the chunk's exclusive hold:
+/// <list type="number">
+/// <item><see cref="Plan"/>: nothing to do (the chunk is where and as it should be), or the
+/// target of each destination replica and the extent size.</item>
+/// <item>The loop reserves the destination extents, rents one DMA buffer of
+/// <see cref="ChunkPlan.ExtentBytes"/> and reads the chunk into it at
+/// <see cref="ChunkPlan.SourceOffset"/>, verified against the map (a bad replica is reported and
+/// repaired from a good one; none good leaves the chunk where it is).</item>
+/// <item><see cref="Produce"/> turns the buffer into the destination extent's bytes in place and
+/// returns the checksum the map records for each destination replica.</item>
+/// <item><see cref="Verify"/> checks the bytes about to be written (and, with
+/// <see cref="MigrationOptions.ReadBack"/>, each destination as read back) against that checksum.</item>
+/// <item>The loop writes every new destination extent from the buffer and switches the map with
+/// <see cref="SwitchRecord"/> (ChunkMover's conditional switch); the source extents are freed
+/// once the switch is durable.</item>
+/// </list>
+/// Methods are called from several chunk tasks at once and must not keep per-chunk state.
+/// </summary>
+internal interface IChunkTransform
+{
+    /// <summary>
+    /// Decides for one chunk. Returns false when it needs nothing. Else fills
+    /// <paramref name="targets"/> (one per replica of the chunk, <c>Location.Replicas.Length</c>)
+    /// with the target of each destination replica, distinct, and says how in <paramref name="plan"/>.
+    /// </summary>
+    bool Plan(in ChunkSource chunk, Span<int> targets, out ChunkPlan plan);
+
+    /// <summary>
+    /// Makes the destination extent's bytes in <paramref name="extent"/> (<see cref="ChunkPlan.ExtentBytes"/>
+    /// long), whose bytes [SourceOffset, SourceOffset + ChunkSize) hold the verified chunk; returns the
+    /// checksum the map records for every destination replica. A move returns the source's.
+    /// </summary>
+    uint Produce(in ChunkSource chunk, Span<byte> extent);
+
+    /// <summary>Whether <paramref name="extent"/> is what the map will record for <paramref name="destination"/>.</summary>
+    bool Verify(in ChunkSource chunk, Replica destination, ReadOnlySpan<byte> extent);
+
+    /// <summary>The record that maps the chunk to <paramref name="destination"/> (a ChunkMap for a move).</summary>
+    MetaRecord SwitchRecord(in ChunkSource chunk, Replica[] destination);
+}
+
+/// <summary>
+/// A plain move: chunks whose replicas are not on the targets a placement names are copied there,
+/// unchanged (placement changes, and later rebuild and extension). Replicas already on one of the
+/// chunk's new targets stay where they are; the others go to the targets left over, in replica order.
+/// </summary>
+internal sealed class PlacementMove(IPlacement placement, int targetCount) : IChunkTransform
+{
+    public bool Plan(in ChunkSource chunk, Span<int> targets, out ChunkPlan plan)
+    {
+        plan = ChunkPlan.Move(chunk.ChunkSize);
+        placement.Targets(chunk.Image, chunk.Chunk, targetCount, targets);
+        var replicas = chunk.Location.Replicas;
+        bool same = true;
+        foreach (var r in replicas)
+            same &= targets.Contains(r.Target);
+        return !same;
+    }
+
+    public uint Produce(in ChunkSource chunk, Span<byte> extent) => chunk.Location.Replicas[0].Crc;
+
+    public bool Verify(in ChunkSource chunk, Replica destination, ReadOnlySpan<byte> extent) =>
+        ChunkChecksum.Verify(destination, chunk.ChunkSize, 0, extent).Ok;
+
+    public MetaRecord SwitchRecord(in ChunkSource chunk, Replica[] destination) =>
+        MetaRecords.ChunkMap(chunk.Image, chunk.Chunk, destination);
+}

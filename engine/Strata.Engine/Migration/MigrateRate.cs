@@ -1,0 +1,102 @@
+using System.Diagnostics;
+using System.Globalization;
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Migration;
+
+/// <summary>
+/// The pool property `migrate_rate`: bytes per second a migration may write (0: unthrottled), as
+/// a byte count or with a binary suffix (100M, 1.5G, 512KiB). Stored as the byte count.
+/// </summary>
+public static class MigrateRate
+{
+    public const string Property = "migrate_rate";
+
+    /// <summary>Parses a rate; anything else is refused with one line.</summary>
+    public static long Parse(string value)
+    {
+        string t = value.Trim();
+        string shown = UserText.Quote(value);
+        if (t.StartsWith('-'))
+            throw new InvalidRequestException($"{Property} {shown} is negative; give bytes per second (100M, 1G) or 0 for unthrottled");
+        string num = t;
+        long mult = 1;
+        string lower = t.ToLowerInvariant();
+        foreach (var (suffix, m) in Suffixes)
+        {
+            if (lower.EndsWith(suffix, StringComparison.Ordinal))
+            {
+                mult = m;
+                num = t[..^suffix.Length];
+                break;
+            }
+        }
+        if (num.Length == 0 || num.Any(c => c is not (>= '0' and <= '9') and not '.') || num.Count(c => c == '.') > 1 || num == "."
+            || !decimal.TryParse(num, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out decimal v))
+            throw new InvalidRequestException($"{Property} {shown} is not a size; give bytes per second (100M, 1G) or 0 for unthrottled");
+        decimal bytes = v <= long.MaxValue / (decimal)mult ? decimal.Truncate(v * mult) : decimal.MaxValue;
+        if (bytes > long.MaxValue)
+            throw new InvalidRequestException($"{Property} {shown} is too large; at most {long.MaxValue} bytes per second");
+        return (long)bytes;
+    }
+
+    private static readonly (string, long)[] Suffixes =
+    [
+        ("tib", 1L << 40), ("gib", 1L << 30), ("mib", 1L << 20), ("kib", 1L << 10),
+        ("tb", 1L << 40), ("gb", 1L << 30), ("mb", 1L << 20), ("kb", 1L << 10),
+        ("t", 1L << 40), ("g", 1L << 30), ("m", 1L << 20), ("k", 1L << 10), ("b", 1),
+    ];
+}
+
+/// <summary>
+/// Paces a migration to the pool's `migrate_rate`, read before every chunk, so a change applies
+/// to the next chunk; a wait for its turn also ends when the property is set. A token bucket
+/// with a burst of one second's worth (at least one chunk), so pauses are short and regular.
+/// </summary>
+internal sealed class MigrationThrottle(Pool pool)
+{
+    private long _next = Stopwatch.GetTimestamp();
+
+    /// <summary>Whether <see cref="TakeAsync"/> would wait for <paramref name="bytes"/> now.</summary>
+    public bool MustWait(long bytes)
+    {
+        long rate = pool.MigrateRateBytes;
+        return bytes > 0 && rate > 0 && _next > Stopwatch.GetTimestamp();
+    }
+
+    /// <summary>Waits until <paramref name="bytes"/> more may be written at the current rate.</summary>
+    public async ValueTask TakeAsync(long bytes, CancellationToken ct)
+    {
+        if (bytes <= 0)
+            return;
+        while (true)
+        {
+            long rate = pool.MigrateRateBytes;
+            long now = Stopwatch.GetTimestamp();
+            if (rate <= 0)
+            {
+                _next = now;
+                return;
+            }
+            // Debt is measured from max(now - 1 s, _next): unused time is credited up to one second.
+            long floor = now - Stopwatch.Frequency;
+            long start = Math.Max(_next, floor);
+            long cost = (long)(bytes * (double)Stopwatch.Frequency / rate);
+            if (start <= now)
+            {
+                _next = start + cost;
+                return;
+            }
+            var changed = pool.MigrateRateChanged;
+            var wait = TimeSpan.FromSeconds(Math.Min(3600, (double)(start - now) / Stopwatch.Frequency));
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            var delay = Task.Delay(wait, stop.Token);
+            await Task.WhenAny(delay, changed).ConfigureAwait(false);
+            stop.Cancel();
+            ct.ThrowIfCancellationRequested();
+            if (changed.IsCompleted)
+                _next = Stopwatch.GetTimestamp();
+        }
+    }
+}

@@ -1,0 +1,468 @@
+using Strata.Engine.Layout;
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+using Strata.Interop;
+
+namespace Strata.Engine.Migration;
+
+/// <summary>How a <see cref="MigrationLoop"/> runs.</summary>
+internal sealed record MigrationOptions
+{
+    /// <summary>Chunks whose copy may involve one target at once (read from or written to it).</summary>
+    public int InFlightPerTarget { get; init; } = 4;
+
+    /// <summary>Chunks between two durable cursors (each is one log commit).</summary>
+    public int CursorEvery { get; init; } = 256;
+
+    /// <summary>Read every destination back and verify it before switching (one more read per copy).</summary>
+    public bool ReadBack { get; init; }
+}
+
+/// <summary>What a run of the loop did.</summary>
+/// <param name="Visited">Chunks visited (mapped when visited).</param>
+/// <param name="Moved">Chunks switched to a new location.</param>
+/// <param name="BytesWritten">Destination bytes written by switched chunks.</param>
+/// <param name="Left">Chunks left where they were because a device error or unreadable data stopped their copy.</param>
+/// <param name="FirstLeft">Why the first of them was left.</param>
+internal sealed record MigrationResult(long Visited, long Moved, long BytesWritten, long Left, string? FirstLeft);
+
+/// <summary>
+/// The one loop that moves or rewrites chunks while clients do I/O (docs/migration.md): layout
+/// actions plug in an <see cref="IChunkTransform"/>. It visits every mapped chunk in (image id,
+/// chunk index) order from a cursor and, per chunk, under that chunk's exclusive hold (a client
+/// read or write of that chunk waits for it alone; every other chunk is served): plans, reserves
+/// the destination extents (held as fresh extents, PoolLog.HoldFresh, so a client out of space
+/// waits for them instead of failing), reads the chunk into a DMA buffer from the source device's
+/// pool and verifies it, lets the transform produce the destination bytes in that buffer, verifies
+/// them, writes every destination from the same buffer (chunk data is never a managed array) and
+/// switches the map with ChunkMover's conditional switch; the source extents are freed once the
+/// switch is durable. A crash anywhere leaves each chunk at its source or, once its switch record
+/// is durable, at its destination (docs/format.md, "Moving a chunk").
+/// <para>
+/// Bounded: at most <see cref="MigrationOptions.InFlightPerTarget"/> chunks touch a target at once.
+/// Paced by the pool property `migrate_rate` (<see cref="MigrationThrottle"/>). The cursor is saved
+/// through the job every <see cref="MigrationOptions.CursorEvery"/> chunks and names the first chunk
+/// not known done, so a crash or a stop resumes there. A destination target out of space pauses
+/// the loop (RAS <c>migration_paused</c>) until space comes back (<c>migration_resumed</c>). A device
+/// error on a source (no replica readable) or a destination leaves that chunk where it is (RAS
+/// <c>migration_chunk_left</c>) and the loop goes on; the result counts such chunks.
+/// </para>
+/// </summary>
+internal sealed class MigrationLoop
+{
+    private readonly Pool _pool;
+    private readonly IChunkTransform _transform;
+    private readonly MigrationOptions _options;
+    private readonly SemaphoreSlim[] _targetSlots;
+    private readonly MigrationThrottle _throttle;
+    private readonly SpacePause _pause;
+    private readonly UpgradeContext _ctx;
+    private long _left;
+    private string? _firstLeft;
+
+    public MigrationLoop(UpgradeContext ctx, IChunkTransform transform, MigrationOptions? options = null)
+    {
+        _ctx = ctx;
+        _pool = MigrationAction.PoolOf(ctx.Pool);
+        _transform = transform;
+        _options = options ?? new MigrationOptions();
+        _targetSlots = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SemaphoreSlim(_options.InFlightPerTarget, _options.InFlightPerTarget)).ToArray();
+        _throttle = new MigrationThrottle(_pool);
+        _pause = new SpacePause(_pool, ctx);
+    }
+
+    private enum Kind { Gone, InPlace, Moved, Left, Retry }
+
+    private readonly record struct Outcome(Kind Kind, long Bytes);
+
+    private static readonly Task<Outcome> InPlaceDone = Task.FromResult(new Outcome(Kind.InPlace, 0));
+
+    /// <summary>
+    /// Runs from <paramref name="cursor"/> (0: the start; else one this loop saved) to the last chunk.
+    /// A chunk that needs nothing when looked at without its hold is not held at all (a chunk that
+    /// changes meanwhile is rewritten by a client, which writes it in the new place or form). With
+    /// <paramref name="sweep"/> the run saves no cursor and counts no items, only bytes: a second
+    /// pass from the start that catches a chunk a client write begun before the job placed the old
+    /// way after the first pass had looked (MigrationAction).
+    /// </summary>
+    public async Task<MigrationResult> RunAsync(ulong cursor, CancellationToken ct, bool sweep = false)
+    {
+        var (image, chunk) = MigrationCursor.Decode(cursor);
+        var window = new Queue<(Task<Outcome> Task, uint Image, long Chunk)>();
+        int maxWindow = Math.Max(1, _options.InFlightPerTarget * _pool.TargetCount);
+        long visited = 0, moved = 0, written = 0, sinceCursor = 0;
+        using var abort = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        try
+        {
+            for (var meta = NextImage(image); meta != null; meta = NextImage(meta.Id + 1))
+            {
+                long from = meta.Id == image ? chunk : 0;
+                foreach (long k in MappedChunks(meta, from))
+                {
+                    ct.ThrowIfCancellationRequested();
+                    var peek = _pool.ChunkIo.Lookup(meta, k);
+                    if (peek == null)
+                        continue;
+                    // Paced before the hold, so a throttled loop never keeps a client waiting; before a
+                    // wait the chunks in flight finish, so the cursor saved is the loop's position.
+                    long planned = PlannedBytes(meta, k, peek);
+                    if (planned == 0)
+                    {
+                        while (window.Count >= maxWindow)
+                            await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
+                        window.Enqueue((InPlaceDone, meta.Id, k));
+                        continue;
+                    }
+                    if (_throttle.MustWait(planned))
+                        while (window.Count > 0)
+                            await AccountAsync(await Drain(window).ConfigureAwait(false), flush: true).ConfigureAwait(false);
+                    await _throttle.TakeAsync(planned, ct).ConfigureAwait(false);
+                    while (window.Count >= maxWindow)
+                        await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
+                    window.Enqueue((MoveAsync(meta.Id, k, abort.Token), meta.Id, k));
+                }
+            }
+            while (window.Count > 0)
+                await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
+        }
+        catch
+        {
+            // Nothing of this run may go on after it: chunks waiting (for space) give up, the others
+            // finish or fail.
+            await abort.CancelAsync().ConfigureAwait(false);
+            while (window.Count > 0)
+                await ((Task)window.Dequeue().Task).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+            throw;
+        }
+        return new MigrationResult(visited, moved, written, Interlocked.Read(ref _left), _firstLeft);
+
+        async Task<(Outcome Outcome, uint Image, long Chunk)> Drain(Queue<(Task<Outcome> Task, uint Image, long Chunk)> q)
+        {
+            var head = q.Dequeue();
+            return (await head.Task.ConfigureAwait(false), head.Image, head.Chunk);
+        }
+
+        async ValueTask AccountAsync((Outcome Outcome, uint Image, long Chunk) done, bool flush = false)
+        {
+            var o = done.Outcome;
+            if (o.Kind == Kind.Gone)
+                return;
+            visited++;
+            if (o.Kind == Kind.Moved)
+            {
+                moved++;
+                written += o.Bytes;
+            }
+            _ctx.ReportProgress(sweep ? 0 : 1, o.Bytes);
+            if (sweep)
+                return;
+            // Every chunk before this one is done too (the window completes in order).
+            if ((++sinceCursor >= _options.CursorEvery || (flush && window.Count == 0)) && MigrationCursor.Encode(done.Image, done.Chunk + 1) is { } c)
+            {
+                sinceCursor = 0;
+                await _ctx.SaveCursorAsync(c).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>The image with the lowest id at or after <paramref name="from"/> (images created meanwhile are visited too).</summary>
+    private ImageMeta? NextImage(uint from)
+    {
+        lock (_pool.Meta.Sync)
+        {
+            ImageMeta? best = null;
+            foreach (var m in _pool.Meta.Images.Values)
+                if (m.Id >= from && (best == null || m.Id < best.Id))
+                    best = m;
+            return best;
+        }
+    }
+
+    /// <summary>The image's mapped chunks at or after <paramref name="from"/>, in order, as they are now.</summary>
+    private long[] MappedChunks(ImageMeta meta, long from)
+    {
+        long[] keys;
+        lock (_pool.Meta.Sync)
+        {
+            keys = new long[meta.Chunks.Count];
+            meta.Chunks.Keys.CopyTo(keys, 0);
+        }
+        Array.Sort(keys);
+        int start = Array.BinarySearch(keys, from);
+        return start == 0 ? keys : keys[(start < 0 ? ~start : start)..];
+    }
+
+    /// <summary>Bytes a chunk's move would write, judged from its location before the hold (for the throttle).</summary>
+    private long PlannedBytes(ImageMeta meta, long chunk, ChunkMap location)
+    {
+        var targets = new int[location.Replicas.Length];
+        if (!_transform.Plan(new ChunkSource(meta.Id, chunk, meta.ChunkSize, location), targets, out var plan))
+            return 0;
+        return (long)plan.ExtentBytes * NewReplicas(location, targets, plan);
+    }
+
+    private static int NewReplicas(ChunkMap location, int[] targets, ChunkPlan plan)
+    {
+        int n = 0;
+        foreach (int t in targets)
+            if (plan.RewriteAll || Kept(location, t) < 0)
+                n++;
+        return n;
+    }
+
+    /// <summary>The index of the source replica on target <paramref name="t"/>, or -1.</summary>
+    private static int Kept(ChunkMap location, int t)
+    {
+        for (int i = 0; i < location.Replicas.Length; i++)
+            if (location.Replicas[i].Target == t)
+                return i;
+        return -1;
+    }
+
+    /// <summary>Moves one chunk, retrying after a pause for space or a switch the chunk's change dropped.</summary>
+    private async Task<Outcome> MoveAsync(uint image, long chunk, CancellationToken ct)
+    {
+        await Task.Yield();
+        while (true)
+        {
+            ct.ThrowIfCancellationRequested();
+            var (outcome, full, need) = await TryMoveAsync(image, chunk).ConfigureAwait(false);
+            if (outcome.Kind == Kind.Retry)
+                continue;
+            if (full < 0)
+            {
+                if (outcome.Kind == Kind.Moved)
+                    _pause.Progressed();
+                return outcome;
+            }
+            await _pause.WaitAsync(full, need, ct).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>One attempt: the outcome, or the target (&gt;= 0) that had no room for <c>Need</c> bytes.</summary>
+    private async Task<(Outcome Outcome, int Full, long Need)> TryMoveAsync(uint image, long chunk)
+    {
+        ChunkHold hold;
+        try
+        {
+            hold = await _pool.Mover.LockAsync(image, chunk).ConfigureAwait(false);
+        }
+        catch (NotFoundException)
+        {
+            return (new Outcome(Kind.Gone, 0), -1, 0); // the image was removed
+        }
+        using (hold)
+        {
+            var location = hold.Location;
+            if (location == null)
+                return (new Outcome(Kind.Gone, 0), -1, 0); // trimmed, or cut off by a resize
+            var source = new ChunkSource(image, chunk, hold.ChunkSize, location);
+            var targets = new int[location.Replicas.Length];
+            if (!_transform.Plan(source, targets, out var plan))
+                return (new Outcome(Kind.InPlace, 0), -1, 0);
+            var slots = SlotsFor(location, targets);
+            foreach (int t in slots)
+                await _targetSlots[t].WaitAsync().ConfigureAwait(false);
+            try
+            {
+                return await CopyAndSwitchAsync(hold, source, targets, plan).ConfigureAwait(false);
+            }
+            finally
+            {
+                foreach (int t in slots)
+                    _targetSlots[t].Release();
+            }
+        }
+    }
+
+    /// <summary>The distinct targets a copy reads or writes, ascending (taken in that order, so holders never wait in a cycle).</summary>
+    private static int[] SlotsFor(ChunkMap location, int[] targets)
+    {
+        var all = new SortedSet<int>(targets);
+        foreach (var r in location.Replicas)
+            all.Add(r.Target);
+        return [.. all];
+    }
+
+    private async Task<(Outcome Outcome, int Full, long Need)> CopyAndSwitchAsync(ChunkHold hold, ChunkSource source, int[] targets, ChunkPlan plan)
+    {
+        var location = source.Location;
+        int n = targets.Length;
+        var destination = new Replica[n];
+        var isNew = new bool[n];
+        for (int r = 0; r < n; r++)
+        {
+            int kept = plan.RewriteAll ? -1 : Kept(location, targets[r]);
+            if (kept >= 0)
+            {
+                destination[r] = location.Replicas[kept];
+                continue;
+            }
+            long off = await _pool.ChunkIo.AllocateAsync(targets[r], plan.ExtentBytes).ConfigureAwait(false);
+            if (off < 0)
+            {
+                FreeNew(destination, isNew, plan.ExtentBytes);
+                return (default, targets[r], plan.ExtentBytes);
+            }
+            destination[r] = new Replica((ushort)targets[r], off, 0);
+            isNew[r] = true;
+        }
+        // From here until the switch frees the source (or the copy gives its extents back) the
+        // loop holds fresh extents: a client out of space waits for it rather than fail.
+        _pool.Log.HoldFresh();
+        try
+        {
+            return await CopyHeldAsync(hold, source, destination, isNew, plan).ConfigureAwait(false);
+        }
+        finally
+        {
+            _pool.Log.ReleaseFresh();
+        }
+    }
+
+    private async Task<(Outcome Outcome, int Full, long Need)> CopyHeldAsync(ChunkHold hold, ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan)
+    {
+        var location = source.Location;
+        var device = _pool.Shards[location.Replicas[0].Target].Device;
+        using var buffer = device.Buffers.Rent(plan.ExtentBytes);
+        var memory = buffer.Memory;
+        try
+        {
+            await hold.ReadVerifiedAsync(location, memory.Slice(plan.SourceOffset, source.ChunkSize)).ConfigureAwait(false);
+        }
+        catch (DataIntegrityException e)
+        {
+            // Reported by the read (data_unrecoverable); the chunk stays as it is.
+            return Leave(source, destination, isNew, plan, e.Message);
+        }
+        uint crc = _transform.Produce(source, buffer.Span);
+        long bytes = 0;
+        for (int r = 0; r < destination.Length; r++)
+        {
+            if (!isNew[r])
+                continue;
+            destination[r] = destination[r] with { Crc = crc };
+            bytes += plan.ExtentBytes;
+        }
+        var first = Array.IndexOf(isNew, true);
+        if (!_transform.Verify(source, destination[first], buffer.Span))
+            return Leave(source, destination, isNew, plan, $"the copy does not match its checksum 0x{crc:x8} before it was written");
+        try
+        {
+            await WriteNewAsync(destination, isNew, memory).ConfigureAwait(false);
+            if (_options.ReadBack)
+            {
+                for (int r = 0; r < destination.Length; r++)
+                {
+                    if (!isNew[r])
+                        continue;
+                    await _pool.Mover.ReadAsync(destination[r], memory).ConfigureAwait(false);
+                    if (!_transform.Verify(source, destination[r], buffer.Span))
+                        return Leave(source, destination, isNew, plan, $"the copy on target {destination[r].Target} read back does not match its checksum 0x{crc:x8}");
+                }
+            }
+        }
+        catch (DeviceException e)
+        {
+            return Leave(source, destination, isNew, plan, $"a device error on the destination: {e.Message}");
+        }
+        var result = await hold.SwitchAsync(location, destination, _transform.SwitchRecord(source, destination), plan.ExtentBytes).ConfigureAwait(false);
+        // Under the exclusive hold nothing else changes the chunk; a Changed switch freed the
+        // destination and the next attempt copies the chunk as it is then.
+        return result == ChunkSwitch.Switched ? (new Outcome(Kind.Moved, bytes), -1, 0) : (new Outcome(Kind.Retry, 0), -1, 0);
+    }
+
+    private Task WriteNewAsync(Replica[] destination, bool[] isNew, ReadOnlyMemory<byte> extent)
+    {
+        int count = 0, only = -1;
+        for (int r = 0; r < destination.Length; r++)
+        {
+            if (isNew[r])
+            {
+                count++;
+                only = r;
+            }
+        }
+        if (count == 1)
+            return _pool.Mover.WriteAsync(destination[only], extent).AsTask();
+        var writes = new List<Task>(count);
+        for (int r = 0; r < destination.Length; r++)
+            if (isNew[r])
+                writes.Add(_pool.Mover.WriteAsync(destination[r], extent).AsTask());
+        return Task.WhenAll(writes);
+    }
+
+    private (Outcome, int, long) Leave(ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, string why)
+    {
+        FreeNew(destination, isNew, plan.ExtentBytes);
+        string message = $"pool '{_pool.Label}' image #{source.Image} chunk {source.Chunk}: {_ctx.Feature.Name} left the chunk where it is: {why}";
+        if (Interlocked.Increment(ref _left) == 1)
+            _firstLeft = message;
+        _pool.Ras.Emit(new RasEvent(RasIds.MigrationChunkLeft, RasSeverity.Error, RasType.InfoOnly, message,
+            Pool: _pool.Label, Offset: source.Chunk * source.ChunkSize));
+        return (new Outcome(Kind.Left, 0), -1, 0);
+    }
+
+    private void FreeNew(Replica[] destination, bool[] isNew, int extent)
+    {
+        for (int r = 0; r < destination.Length; r++)
+            if (isNew[r])
+                _pool.Mover.Release(destination[r], extent);
+    }
+}
+
+/// <summary>
+/// The loop's cursor in one u64 (the job's cursor field): image id in the top 26 bits, the next
+/// chunk index in the low 38 (2^38 chunks: a 1 PiB image of 4 KiB chunks). 0 is the start.
+/// </summary>
+internal static class MigrationCursor
+{
+    private const int ChunkBits = 38;
+    private const ulong ChunkMask = (1UL << ChunkBits) - 1;
+
+    /// <summary>The cursor, or null when the position does not fit (the previous one then stands).</summary>
+    public static ulong? Encode(uint image, long nextChunk) =>
+        image < 1u << (64 - ChunkBits) && nextChunk >= 0 && (ulong)nextChunk <= ChunkMask ? ((ulong)image << ChunkBits) | (ulong)nextChunk : null;
+
+    public static (uint Image, long Chunk) Decode(ulong cursor) => ((uint)(cursor >> ChunkBits), (long)(cursor & ChunkMask));
+}
+
+/// <summary>
+/// Pauses a migration whose destination target is full until space comes back there: one RAS
+/// <c>migration_paused</c> per episode and <c>migration_resumed</c> once a chunk moved again;
+/// while paused the job's current action says so. Waits on the target's frees, not a timer.
+/// </summary>
+internal sealed class SpacePause(Pool pool, UpgradeContext ctx)
+{
+    private int _paused;
+
+    public async Task WaitAsync(int target, long bytes, CancellationToken ct)
+    {
+        var allocator = pool.Shards[target].Allocator;
+        if (Interlocked.Exchange(ref _paused, 1) == 0)
+        {
+            string what = $"target {target} has no free {bytes}-byte extent ({allocator.FreeBytes} bytes free)";
+            ctx.ReportState($"paused: {what}");
+            pool.Ras.Emit(new RasEvent(RasIds.MigrationPaused, RasSeverity.Warning, RasType.StateChange,
+                $"pool '{pool.Label}' {ctx.Feature.Name} paused: {what}; it resumes by itself when space is freed there",
+                Pool: pool.Label, Target: target, Device: pool.Shards[target].Device.Name));
+        }
+        while (true)
+        {
+            long frees = allocator.Frees;
+            if (allocator.FreeBytes >= bytes)
+                return;
+            await allocator.FreedSinceAsync(frees).WaitAsync(ct).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>A chunk moved: a pause, if any, is over.</summary>
+    public void Progressed()
+    {
+        if (Volatile.Read(ref _paused) == 0 || Interlocked.Exchange(ref _paused, 0) == 0)
+            return;
+        ctx.ReportState(null);
+        pool.Ras.Emit(new RasEvent(RasIds.MigrationResumed, RasSeverity.Notice, RasType.StateChange,
+            $"pool '{pool.Label}' {ctx.Feature.Name} resumed: space came back", Pool: pool.Label));
+    }
+}

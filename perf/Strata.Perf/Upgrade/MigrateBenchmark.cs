@@ -1,0 +1,148 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Strata.Engine.Device;
+using Strata.Engine.Layout;
+using Strata.Engine.Pools;
+using Strata.Perf.Common;
+
+namespace Strata.Perf.Upgrade;
+
+/// <summary>
+/// The unthrottled rate of the placement_v2 migration (layout 3 -> 4) on two file targets against
+/// the device's own copy limit: fio reading and writing the same target files at once (one
+/// sequential 1 MiB reader and one writer per file, at the loop's depth per target). A chunk move
+/// is one read and one write, so the limit is the smaller of fio's read and write rates. The
+/// files are written fully with fio first, so neither side reads holes.
+/// Layout 4 is not in this build's catalog yet (layout 3 comes first): the run uses the default
+/// catalog with 3 and 4 marked supported, as the tests do.
+/// </summary>
+public static class MigrateBenchmark
+{
+    public const string Usage = """
+        migrate: placement_v2 migration rate (unthrottled) vs fio reading and writing the same files
+          --dir DIR          target files DIR/migrate-target-N.dat (default /var/tmp/strata-perf)
+          --size SIZE        each target file (default 2G)
+          --data SIZE        image data written before the upgrade, 1 MiB chunks (default 1G)
+          --in-flight N      chunks in flight per target, Strata's and fio's depth (default 4, the engine's)
+          --runtime SEC      fio's run (default 10)
+          --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
+        """;
+
+    public static async Task<int> RunAsync(CommandLine cl)
+    {
+        string dir = cl.String("dir") ?? "/var/tmp/strata-perf";
+        long size = CommandLine.ParseBytes(cl.String("size") ?? "2G", "--size");
+        long data = CommandLine.ParseBytes(cl.String("data") ?? "1G", "--data");
+        int runtime = cl.Int("runtime", 10);
+        int inFlight = cl.Int("in-flight", new Strata.Engine.Migration.MigrationOptions().InFlightPerTarget);
+        var idle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero;
+        cl.ThrowIfUnused();
+        Fio.RequireInstalled();
+        Directory.CreateDirectory(dir);
+        var paths = Enumerable.Range(0, 2).Select(i => Path.Combine(dir, $"migrate-target-{i}.dat")).ToArray();
+        try
+        {
+            if (idle > TimeSpan.Zero)
+                await HostIdle.WaitAsync(idle);
+            var cpu0 = HostCpuSample.Now();
+            var (moved, seconds) = await MigrateAsync(paths, size, data, inFlight);
+            double others = HostCpuSample.BusyPercent(cpu0, HostCpuSample.Now());
+            if (idle > TimeSpan.Zero)
+                await HostIdle.WaitAsync(idle);
+            var (read, write, cmd) = FioCopyLimit(paths, size, runtime, inFlight);
+            double strata = moved / seconds;
+            double limit = Math.Min(read, write);
+            var table = new TablePrinter("engine", "MB/s", "ratio", "detail");
+            table.Add("strata", Mb(strata), (strata / limit).ToString("0.00x", CultureInfo.InvariantCulture),
+                string.Create(CultureInfo.InvariantCulture, $"{moved >> 20} MiB moved in {seconds:0.00} s (machine busy {others:0}% during the job)"));
+            table.Add("fio", Mb(limit), "1.00x", $"read {Mb(read)} MB/s + write {Mb(write)} MB/s at once");
+            Console.WriteLine("strata: StorageEngine on file:...?direct=1 targets (2); pool layout 3, rf 1, 1 MiB chunks; upgrade to 4 with migrate_rate 0");
+            Console.WriteLine(table);
+            Console.WriteLine(cmd);
+            return 0;
+        }
+        finally
+        {
+            foreach (var p in paths)
+                File.Delete(p);
+        }
+    }
+
+    private static string Mb(double bytesPerSecond) => (bytesPerSecond / 1e6).ToString("0.0", CultureInfo.InvariantCulture);
+
+    private static LayoutCatalog UpTo4(int inFlight)
+    {
+        var d = LayoutCatalog.Default;
+        var action = new Strata.Engine.Migration.MigrationAction(
+            pool => new Strata.Engine.Migration.PlacementMove(Strata.Engine.Store.PlacementV2.Instance, pool.TargetCount),
+            new Strata.Engine.Migration.MigrationOptions { InFlightPerTarget = inFlight });
+        var v4 = d[4] with { Supported = true, Features = [d[4].Features[0] with { Action = action }] };
+        return new LayoutCatalog([d[1], d[2], d[3] with { Supported = true }, v4], d.Releases);
+    }
+
+    /// <summary>Fills a layout-3 pool, upgrades it to 4 unthrottled; returns the bytes the job moved and its seconds.</summary>
+    private static async Task<(long Moved, double Seconds)> MigrateAsync(string[] paths, long size, long data, int inFlight)
+    {
+        string sz = size.ToString(CultureInfo.InvariantCulture);
+        foreach (var p in paths)
+        {
+            // Written fully once, so neither engine reads holes or allocates file blocks as it writes.
+            File.Delete(p);
+            Fio.RunJob(["--name=precondition", "--filename=" + p, "--size=" + sz, "--rw=write", "--bs=1M", "--iodepth=16",
+                "--ioengine=io_uring", "--direct=1", "--end_fsync=1"], TimeSpan.FromMinutes(30));
+        }
+        var devs = paths.Select(p => NativeBlockDevice.Open($"file:{p}?create=1&size={sz}&direct=1&qd=128", new DeviceOptions { Pollers = 1 })).ToArray();
+        try
+        {
+            var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Catalog = UpTo4(inFlight) });
+            var pool = await engine.CreatePoolAsync("bench", (size - (256L << 20)) * 2, 1, new PoolCreateOptions { LayoutVersion = 3 });
+            await pool.CreateContainerAsync("c");
+            var image = await pool.CreateImageAsync("c", "v", data, 1 << 20);
+            await ImageFill.FillAsync(image);
+            var t0 = Stopwatch.GetTimestamp();
+            await pool.UpgradeAsync(4, dryRun: false);
+            await pool.WaitForUpgradeAsync();
+            double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            var status = pool.GetUpgradeStatus();
+            if (status.Status != "completed")
+                throw new InvalidOperationException($"upgrade ended {status.Status}: {status.Reason}");
+            await engine.DisposeAsync();
+            return (status.BytesDone, seconds);
+        }
+        finally
+        {
+            foreach (var d in devs)
+                await d.DisposeAsync();
+        }
+    }
+
+    /// <summary>fio: per file one sequential 1 MiB reader (first half) and one writer (second half), QD <paramref name="depth"/> each, at once.</summary>
+    private static (double Read, double Write, string Command) FioCopyLimit(string[] paths, long size, int runtime, int depth)
+    {
+        string half = (size / 2 >> 20).ToString(CultureInfo.InvariantCulture) + "M";
+        var args = new List<string>
+        {
+            "--ioengine=io_uring", "--direct=1", "--bs=1M", $"--iodepth={depth}", "--time_based", $"--runtime={runtime}",
+            "--ramp_time=1", $"--size={half}",
+        };
+        foreach (var p in paths)
+        {
+            args.AddRange([$"--name=r-{Path.GetFileName(p)}", $"--filename={p}", "--rw=read", "--offset=0"]);
+            args.AddRange([$"--name=w-{Path.GetFileName(p)}", $"--filename={p}", "--rw=write", $"--offset={half}"]);
+        }
+        args.Add("--output-format=json");
+        var (code, stdout, stderr) = Fio.Run(args, TimeSpan.FromSeconds(runtime + 60));
+        string cmd = "fio " + string.Join(' ', args.Where(a => a != "--output-format=json"));
+        if (code != 0)
+            throw new PerfUsageException($"fio failed (exit {code}): {stderr.Trim()} [{cmd}]");
+        using var doc = JsonDocument.Parse(stdout.AsMemory(stdout.IndexOf('{')));
+        double read = 0, write = 0;
+        foreach (var job in doc.RootElement.GetProperty("jobs").EnumerateArray())
+        {
+            read += job.GetProperty("read").GetProperty("bw_bytes").GetDouble();
+            write += job.GetProperty("write").GetProperty("bw_bytes").GetDouble();
+        }
+        return (read, write, cmd);
+    }
+}
