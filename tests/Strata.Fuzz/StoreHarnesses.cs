@@ -133,7 +133,7 @@ public static class StoreHarnesses
         var state = new PoolState { Props = { ["label"] = "p1", ["rf"] = "1" } };
         foreach (var r in records)
         {
-            if (r.Seq > durable && r.Type == (ushort)MetaRecordType.ChunkMap)
+            if (r.Seq > durable && r.Type is (ushort)MetaRecordType.ChunkMap or (ushort)MetaRecordType.ChunkMapBlocks)
                 MetaRecords.ReadChunkMap(r.Payload);
             state.Apply(r);
         }
