@@ -142,31 +142,36 @@ public sealed partial class Pool : IAsyncDisposable
     /// <summary>Verified block tables of this pool's block-checksummed replicas (ChunkIo's small reads).</summary>
     internal BlockTableCache Tables { get; } = new(BlockTableCache.DefaultCapacity);
 
-    /// <summary>The layout that brings per-block checksums (catalog feature <c>block_checksums</c>).</summary>
-    internal const uint BlockChecksumsLayout = 3;
+    /// <summary>
+    /// The catalog feature that brings per-block checksums, or null when this engine's catalog has none
+    /// (test catalogs that put other features at its version).
+    /// </summary>
+    private Layout.LayoutFeature? BlockChecksums => field ??= Catalog.Find(BlockChecksumsFeature);
+
+    internal const string BlockChecksumsFeature = "block_checksums";
 
     /// <summary>
     /// Whether a new copy of a chunk of this size is written with a block table (docs/format.md,
-    /// "Per-block checksums"): at layout 3 and later, and as soon as a running upgrade job has reached
-    /// the block_checksums action, so that the action's scan never chases client writes. 4 KiB
-    /// chunks never take one. The caller holds the chunk's lock, so the scan cannot pass the chunk
-    /// between this answer and the write's commit.
+    /// "Per-block checksums"): from the layout of the catalog's block_checksums feature (3) on, and
+    /// as soon as a running upgrade job has reached that feature's action, so that the action's scan
+    /// never chases client writes. 4 KiB chunks never take one. The caller holds the chunk's lock,
+    /// so the scan cannot pass the chunk between this answer and the write's commit.
     /// </summary>
     internal bool WritesBlockTables(int chunkSize)
     {
-        if (!ChunkChecksum.TakesTable(chunkSize))
+        if (!ChunkChecksum.TakesTable(chunkSize) || BlockChecksums is not { } feature)
             return false;
         // Read without the state's lock first: the layout is an immutable record replaced by LayoutSet.
-        if ((Meta.Layout?.Version ?? Header.LayoutVersion) >= BlockChecksumsLayout)
+        if ((Meta.Layout?.Version ?? Header.LayoutVersion) >= feature.Version)
             return true;
         UpgradeJobMeta? job;
         lock (Meta.Sync)
             job = Meta.UpgradeJob;
-        if (job is not { State: UpgradeJobState.InProgress } || job.To < BlockChecksumsLayout)
+        if (job is not { State: UpgradeJobState.InProgress } || job.To < feature.Version)
             return false;
         var chain = Catalog.Chain(job.From, job.To);
         for (int i = 0; i < chain.Count; i++)
-            if (chain[i].Version >= BlockChecksumsLayout)
+            if (ReferenceEquals(chain[i], feature))
                 return job.Action >= i;
         return false;
     }
