@@ -17,7 +17,7 @@ public sealed class BlockChecksumTests
     private static async Task<(StorageEngine Engine, Pool Pool, Image Image, InMemoryRasSink Ras)> CreateAsync(
         IBlockDevice[] devs, int rf, uint layout, int chunkSize, long imageSize)
     {
-        var (engine, ras) = await TestDevices.FormatAsync(devs, TestDevices.Layout3Catalog);
+        var (engine, ras) = await TestDevices.FormatAsync(devs);
         var pool = await engine.CreatePoolAsync("tank", devs.Length * 8L * MiB, rf, TestDevices.SmallPool with { LayoutVersion = layout });
         await pool.CreateContainerAsync("c");
         var image = await pool.CreateImageAsync("c", "v", imageSize, chunkSize);
@@ -160,13 +160,13 @@ public sealed class BlockChecksumTests
         await CheckAsync(pool);
         await pool.CloseAsync(checkpoint: false);
         await engine.DisposeAsync();
-        var (fromLog, _) = await TestDevices.OpenAsync(devs, catalog: TestDevices.Layout3Catalog);
+        var (fromLog, _) = await TestDevices.OpenAsync(devs);
         var replayed = await fromLog.OpenPoolAsync("tank");
         Assert.IsTrue(replayed.ReplayedRecords > 0);
         await CheckAsync(replayed);
         Assert.AreEqual(2L * (mapped * (16 * KiB + Block) + 2 * Block), Used(replayed), "the allocator is rebuilt with each extent's table");
         await fromLog.DisposeAsync();
-        var (fromCheckpoint, ras) = await TestDevices.OpenAsync(devs, catalog: TestDevices.Layout3Catalog);
+        var (fromCheckpoint, ras) = await TestDevices.OpenAsync(devs);
         var again = await fromCheckpoint.OpenPoolAsync("tank");
         Assert.AreEqual(0, again.ReplayedRecords);
         await CheckAsync(again);
@@ -181,7 +181,7 @@ public sealed class BlockChecksumTests
         const int cs = 16 * KiB;
         var power = new CrashSwitch();
         var disks = new[] { new CrashDisk("crash0", 4L * MiB, power) };
-        var engine = await StorageEngine.FormatAsync(disks, new StorageEngineOptions { Catalog = TestDevices.Layout3Catalog });
+        var engine = await StorageEngine.FormatAsync(disks);
         var pool = await engine.CreatePoolAsync("tank", MiB, 1, TestDevices.Layout3Pool);
         await pool.CreateContainerAsync("c");
         var image = await pool.CreateImageAsync("c", "v", 4 * cs, cs);
@@ -195,7 +195,7 @@ public sealed class BlockChecksumTests
         var next = new CrashSwitch();
         var after = disks.Select(d => d.AfterCrash(next, (_, offset, _) => offset >= dataStart ? Enum.Parse<PendingFate>(fate) : PendingFate.Kept)).ToArray();
 
-        var (reopenedEngine, ras) = await TestDevices.OpenAsync(after, catalog: TestDevices.Layout3Catalog);
+        var (reopenedEngine, ras) = await TestDevices.OpenAsync(after);
         var reopened = await reopenedEngine.OpenPoolAsync("tank");
         Assert.AreEqual(1, reopened.DroppedTailRecords);
         var back = new byte[cs];

@@ -32,13 +32,13 @@ internal sealed class CrashWorkload
     /// <summary>Log-tail chunk writes the reopens dropped (their log record was durable, their data was not).</summary>
     public int DroppedTailRecords { get; private set; }
 
-    /// <param name="layout">The pool's layout: 0 = the engine's newest; 3 = block_checksums (block tables, with the catalog that supports it).</param>
+    /// <param name="layout">The pool's layout: 0 = the engine's newest; 2 = one CRC per chunk; 3 = block_checksums (chunks above 4 KiB carry a block table).</param>
     public CrashWorkload(int seed, uint layout = 0)
     {
         _seed = seed;
         _rng = new Random(seed);
         _create = new() { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024, LayoutVersion = layout };
-        _noTimer = new() { WritebackFlushInterval = Timeout.InfiniteTimeSpan, Catalog = layout == 3 ? TestDevices.Layout3Catalog : Engine.Layout.LayoutCatalog.Default };
+        _noTimer = new() { WritebackFlushInterval = Timeout.InfiniteTimeSpan };
         _chunkSizes = layout == 3 ? [4096, 8192, 16384] : [4096, 8192];
     }
 

@@ -18,14 +18,6 @@ internal static class TestDevices
     /// <summary>A pool at layout 3 (block_checksums): chunks larger than 4 KiB carry a block table.</summary>
     public static PoolCreateOptions Layout3Pool { get; } = SmallPool with { LayoutVersion = 3 };
 
-    /// <summary>
-    /// The catalog with layout 3 supported, for the data path's tests until the default catalog
-    /// supports it (the layout-3 upgrade action is built on the migration loop).
-    /// </summary>
-    public static Engine.Layout.LayoutCatalog Layout3Catalog { get; } = new(
-        Engine.Layout.LayoutCatalog.Default.Versions.Select(v => v.Version == 3 ? v with { Supported = true } : v).ToList(),
-        Engine.Layout.LayoutCatalog.Default.Releases);
-
     public static byte[] Pattern(int length, int seed)
     {
         var b = new byte[length];
