@@ -72,13 +72,15 @@ public sealed class UpgradeCliTests
         await using (engine)
         {
             var hashes = await Layout1PoolAsync(cli);
-            StringAssert.Matches(await cli.OkAsync("pool", "list"), new System.Text.RegularExpressions.Regex(@"tank .* 1->2\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
-            StringAssert.Contains(await cli.OkAsync("pool", "query", "tank"), "Pool layout out of date (1 < 2) -- see 'strata pool upgrade' for details.");
+            StringAssert.Matches(await cli.OkAsync("pool", "list"), new System.Text.RegularExpressions.Regex(@"tank .* 1->3\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
+            StringAssert.Contains(await cli.OkAsync("pool", "query", "tank"), "Pool layout out of date (1 < 3) -- see 'strata pool upgrade' for details.");
 
             string list = await cli.OkAsync("pool", "upgrade", "--list");
-            StringAssert.Contains(list, "This engine supports layout versions 1..2");
+            StringAssert.Contains(list, "This engine supports layout versions 1..3");
             StringAssert.Matches(list, new System.Text.RegularExpressions.Regex(@"^2 +yes +container_compression +incompat +metadata_only", System.Text.RegularExpressions.RegexOptions.Multiline));
+            StringAssert.Matches(list, new System.Text.RegularExpressions.Regex(@"^3 +yes +block_checksums +incompat +data_scan", System.Text.RegularExpressions.RegexOptions.Multiline));
             StringAssert.Matches(list, new System.Text.RegularExpressions.Regex(@"^4 +no +placement_v2 +incompat +data_movement", System.Text.RegularExpressions.RegexOptions.Multiline));
+            StringAssert.Contains(list, "strata-1.2 (layouts 1..3)");
             await cli.FailsAsync(2, "pool", "upgrade", "tank", "--list");
 
             // Gating before the upgrade, with the message the issue names.
@@ -86,22 +88,23 @@ public sealed class UpgradeCliTests
                 await cli.FailsAsync(2, "cont", "set-prop", "tank", "c", "compression", "on"));
 
             string dry = await cli.OkAsync("pool", "upgrade", "tank", "--dry-run");
-            StringAssert.Contains(dry, "Dry run: pool tank, layout version 1 -> 2; nothing was changed");
+            StringAssert.Contains(dry, "Dry run: pool tank, layout version 1 -> 3; nothing was changed");
             StringAssert.Contains(dry, "pool_props_v2");
+            StringAssert.Contains(dry, "block_checksums");
             StringAssert.Contains(dry, "[ok] no other upgrade");
             Assert.AreEqual("not started", (await PropsAsync(cli))["upgrade_status"]);
-            StringAssert.Contains(await cli.FailsAsync(2, "pool", "upgrade", "tank", "--to", "3"), "layout version 3 (block_checksums) is not supported by this engine");
+            StringAssert.Contains(await cli.FailsAsync(2, "pool", "upgrade", "tank", "--to", "4"), "layout version 4 (placement_v2) is not supported by this engine");
 
             string waited = await cli.OkAsync("pool", "upgrade", "tank", "--wait");
-            StringAssert.Contains(waited, "Upgrading tank from layout version 1 to 2 (job 1)");
-            StringAssert.Contains(waited, "Upgrade completed; pool tank is at layout version 2 (longest pause");
+            StringAssert.Contains(waited, "Upgrading tank from layout version 1 to 3 (job 1)");
+            StringAssert.Contains(waited, "Upgrade completed; pool tank is at layout version 3 (longest pause");
             var props = await PropsAsync(cli);
-            Assert.AreEqual(("2", "completed", "2", "off", "lazy"), (props["layout_version"], props["upgrade_status"], props["upgrade_target"], props["scrub"], props["reclaim"]));
-            StringAssert.StartsWith(props["upgrade_progress"], "2/2 actions");
+            Assert.AreEqual(("3", "completed", "3", "off", "lazy"), (props["layout_version"], props["upgrade_status"], props["upgrade_target"], props["scrub"], props["reclaim"]));
+            StringAssert.StartsWith(props["upgrade_progress"], "3/3 actions");
             CollectionAssert.AreEqual(hashes, await HashesAsync(cli));
             StringAssert.Matches(await cli.OkAsync("pool", "list"), new System.Text.RegularExpressions.Regex(@"tank .* None\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
             Assert.DoesNotContain("out of date", await cli.OkAsync("pool", "query", "tank"));
-            StringAssert.Contains(await cli.FailsAsync(2, "pool", "upgrade", "tank"), "already at layout version 2");
+            StringAssert.Contains(await cli.FailsAsync(2, "pool", "upgrade", "tank"), "already at layout version 3");
 
             // The old container stays without the feature; a new one has it.
             StringAssert.Contains(await cli.FailsAsync(2, "cont", "set-prop", "tank", "c", "compression", "on"), "was created at pool layout 1");
@@ -128,7 +131,7 @@ public sealed class UpgradeCliTests
             await using (engine)
             {
                 hashes = await Layout1PoolAsync(cli);
-                StringAssert.Contains(await cli.OkAsync("pool", "upgrade", "tank"), "Upgrading tank from layout version 1 to 2");
+                StringAssert.Contains(await cli.OkAsync("pool", "upgrade", "tank", "--to", "2"), "Upgrading tank from layout version 1 to 2");
                 // Before step 2 the quiesced commit is logged: the progress reads 2/2 actions.
                 string expected = step == 1 ? "0/2 actions" : "2/2 actions";
                 var props = await WaitForPropsAsync(cli, p => p["upgrade_progress"].StartsWith(expected, StringComparison.Ordinal));
@@ -148,7 +151,7 @@ public sealed class UpgradeCliTests
             await using (again)
             {
                 // --wait attaches to the resumed job (running, or finished by now) instead of starting one.
-                string attached = await cli2.OkAsync("pool", "upgrade", "tank", "--wait");
+                string attached = await cli2.OkAsync("pool", "upgrade", "tank", "--to", "2", "--wait");
                 StringAssert.Contains(attached, "Attached to upgrade job 1 of tank (to layout version 2)", $"{how} {step}");
                 StringAssert.Contains(attached, "Upgrade completed; pool tank is at layout version 2", $"{how} {step}");
                 Assert.AreEqual("completed", await WaitForStatusAsync(cli2, s => s != "in progress"), $"{how} {step}");
@@ -171,7 +174,7 @@ public sealed class UpgradeCliTests
         await using (engine)
         {
             await cli.OkAsync("pool", "create", "tank", "--size", "64M", "--layout", "1");
-            StringAssert.Contains(await cli.OkAsync("pool", "upgrade", "tank"), "Upgrading tank from layout version 1 to 2");
+            StringAssert.Contains(await cli.OkAsync("pool", "upgrade", "tank", "--to", "2"), "Upgrading tank from layout version 1 to 2");
             Dictionary<string, string> props = [];
             for (var deadline = DateTime.UtcNow.AddSeconds(60); DateTime.UtcNow < deadline; await Task.Delay(100))
             {
@@ -244,11 +247,23 @@ public sealed class UpgradeCliTests
             var p = (await oldCli2.JsonAsync<List<PoolListEntry>>("pool", "list")).Single();
             Assert.AreEqual("incompatible layout", p.State);
             string err = await oldCli2.FailsAsync(1, "pool", "query", "tank");
-            StringAssert.Contains(err, "incompatible layout version: 2 larger than 1");
+            StringAssert.Contains(err, "incompatible layout version: 3 larger than 1");
             StringAssert.Contains(await oldCli2.OkAsync("system", "events"), "pool_durable_format_incompatible");
             await oldCli2.OkAsync("system", "stop");
         }
         Assert.AreEqual(sha, TargetsSha(dir), "the older release wrote nothing to the targets");
+        // The release before block checksums (strata-1.1) refuses the layout-3 pool the same way.
+        var (old3, oldCli3, _) = await RestartAsync(dir, "--config", cfg, "--max-layout", "2");
+        await using (old3)
+        {
+            Assert.AreEqual("incompatible layout", (await oldCli3.JsonAsync<List<PoolListEntry>>("pool", "list")).Single().State);
+            string err = await oldCli3.FailsAsync(1, "pool", "query", "tank");
+            StringAssert.Contains(err, "incompatible layout version: 3 larger than 2");
+            StringAssert.Contains(err, "block_checksums (layout 3)");
+            StringAssert.Contains(await oldCli3.OkAsync("system", "events"), "pool_durable_format_incompatible");
+            await oldCli3.OkAsync("system", "stop");
+        }
+        Assert.AreEqual(sha, TargetsSha(dir), "the layout-2 release wrote nothing to the targets");
         Directory.Delete(dir, recursive: true);
     }
 

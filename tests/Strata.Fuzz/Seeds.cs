@@ -34,6 +34,8 @@ public static class Seeds
         yield return ("checkpoint", "valid-empty-pool", Checkpoint.Encode(StoreHarnesses.Pool, 7, 0, PoolStateCodec.Serialize(new PoolState { Props = { ["label"] = "p1", ["rf"] = "1" } }), StoreHarnesses.BlockSize));
         yield return ("checkpoint", "valid-images", Checkpoint.Encode(StoreHarnesses.Pool, 7, 4096, PoolStateCodec.Serialize(state), StoreHarnesses.BlockSize));
 
+        yield return ("block-table", "valid-32k-chunk", BlockExtent(7, 3, 32 * 1024));
+
         yield return ("wal", "valid-records", Log(SampleRecords()));
         yield return ("wal", "valid-pad-and-skippable", Log([MetaRecords.PoolSetProp("label", "p1"), new MetaRecord((MetaRecordType)999, [1, 2, 3], WalFormat.FlagSkippable)], pad: true));
 
@@ -141,4 +143,13 @@ public static class Seeds
     }
 
     private static byte[] Concat(params byte[][] parts) => parts.SelectMany(p => p).ToArray();
+
+    /// <summary>A block-checksummed extent as ChunkIo writes it: the table of the chunk's data, then the data.</summary>
+    private static byte[] BlockExtent(uint image, long chunk, int chunkSize)
+    {
+        var extent = new byte[ChunkChecksum.TableSize + chunkSize];
+        new Random(5).NextBytes(extent.AsSpan(ChunkChecksum.TableSize));
+        ChunkChecksum.BuildTable(image, chunk, extent.AsSpan(ChunkChecksum.TableSize), extent.AsSpan(0, ChunkChecksum.TableSize));
+        return extent;
+    }
 }

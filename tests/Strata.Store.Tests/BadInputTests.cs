@@ -213,8 +213,9 @@ public sealed class MetadataRoomTests
         var pool = await engine.CreatePoolAsync("tank", 1L << 20, 1, TestDevices.SmallPool with { MinChunkSize = 16384 });
         await pool.CreateContainerAsync("c");
         // Fill the data area: chunk maps have their own reserve and must not eat the metadata room.
+        // 48 chunks of 16 KiB, each with its 4 KiB block table (layout 3): 960 KiB of the 1 MiB.
         var img = await pool.CreateImageAsync("c", "data", 1L << 20, 16384);
-        for (int i = 0; i < 60; i++)
+        for (int i = 0; i < 48; i++)
             await img.WriteAsync(i * 16384L, TestDevices.Pattern(100, i));
         NoSpaceException? full = null;
         int created = 0;

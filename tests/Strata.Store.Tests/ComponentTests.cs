@@ -137,7 +137,7 @@ public sealed class AllocatorAndPlacementTests
     [TestMethod]
     public void ChunkChecksum_PartOfChunk_WholeChunkMustBeReadAndPartAloneIsRefused()
     {
-        Assert.AreEqual((0, 65536), ChunkChecksum.VerifiedRange(65536, 4096, 4096));
+        Assert.AreEqual((0, 65536), ChunkChecksum.VerifiedRange(false, 65536, 4096, 4096));
         var e = Assert.ThrowsExactly<ArgumentException>(() => ChunkChecksum.Verify(new Replica(0, 0, 0), 65536, 4096, new byte[4096]));
         StringAssert.Contains(e.Message, "covers the whole chunk");
     }

@@ -17,9 +17,11 @@ internal sealed class CrashWorkload
     private const long DiskSize = 4L * 1024 * 1024;
     private const int MaxImageBytes = 96 * 1024;
     private const int MaxImages = 4;
-    private static readonly PoolCreateOptions Options = new() { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024 };
+    private readonly PoolCreateOptions _create;
     /// <summary>Writeback writes become durable only by a flush: no timer may move a seed's crash point.</summary>
-    private static readonly StorageEngineOptions NoTimer = new() { WritebackFlushInterval = Timeout.InfiniteTimeSpan };
+    private readonly StorageEngineOptions _noTimer;
+    /// <summary>Chunk sizes of new images: at layout 3 those above 4 KiB carry a block table.</summary>
+    private readonly int[] _chunkSizes;
 
     private readonly int _seed;
     private readonly Random _rng;
@@ -30,10 +32,14 @@ internal sealed class CrashWorkload
     /// <summary>Log-tail chunk writes the reopens dropped (their log record was durable, their data was not).</summary>
     public int DroppedTailRecords { get; private set; }
 
-    public CrashWorkload(int seed)
+    /// <param name="layout">The pool's layout: 0 = the engine's newest; 2 = one CRC per chunk; 3 = block_checksums (chunks above 4 KiB carry a block table).</param>
+    public CrashWorkload(int seed, uint layout = 0)
     {
         _seed = seed;
         _rng = new Random(seed);
+        _create = new() { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024, LayoutVersion = layout };
+        _noTimer = new() { WritebackFlushInterval = Timeout.InfiniteTimeSpan };
+        _chunkSizes = layout == 3 ? [4096, 8192, 16384] : [4096, 8192];
     }
 
     public async Task RunAsync(int rounds = 2, int opsPerRound = 25)
@@ -41,10 +47,10 @@ internal sealed class CrashWorkload
         var power = new CrashSwitch();
         _targets = _rng.Next(1, 4);
         var disks = Enumerable.Range(0, _targets).Select(i => new CrashDisk($"crash{i}", DiskSize, power)).ToArray();
-        var engine = await StorageEngine.FormatAsync(disks, NoTimer);
+        var engine = await StorageEngine.FormatAsync(disks, _noTimer);
         _model.Rf = _targets > 1 && _rng.Next(2) == 0 ? "2" : "1";
         // 1 MiB of data per target; images total at most MaxImages * MaxImageBytes (384 KiB).
-        var pool = await engine.CreatePoolAsync("p", _targets * 1024L * 1024, int.Parse(_model.Rf), Options);
+        var pool = await engine.CreatePoolAsync("p", _targets * 1024L * 1024, int.Parse(_model.Rf), _create);
         await pool.CreateContainerAsync("c");
         for (int round = 0; round < rounds; round++)
         {
@@ -61,7 +67,7 @@ internal sealed class CrashWorkload
                 power.Reset(_rng.Next(1, 60));
                 try
                 {
-                    var e = await StorageEngine.OpenAsync(disks, NoTimer);
+                    var e = await StorageEngine.OpenAsync(disks, _noTimer);
                     await e.OpenPoolAsync("p");
                 }
                 catch (Exception) when (power.Crashed)
@@ -72,7 +78,7 @@ internal sealed class CrashWorkload
                 disks = disks.Select(d => d.AfterCrash(_rng, power)).ToArray();
             }
             var ras = new Strata.Engine.Store.InMemoryRasSink();
-            engine = await StorageEngine.OpenAsync(disks, NoTimer with { Ras = ras });
+            engine = await StorageEngine.OpenAsync(disks, _noTimer with { Ras = ras });
             pool = await engine.OpenPoolAsync("p");
             DroppedTailRecords += pool.DroppedTailRecords;
             int events = ras.WithId(Strata.Engine.Store.RasIds.LogTailWriteDropped).Count();
@@ -123,7 +129,7 @@ internal sealed class CrashWorkload
         if (pick == null || (roll < 12 && names.Count < MaxImages))
         {
             string label = $"i{_nextImage++}";
-            int cs = _rng.Next(2) == 0 ? 4096 : 8192;
+            int cs = _chunkSizes[_rng.Next(_chunkSizes.Length)];
             int size = _rng.Next(1, MaxImageBytes);
             m.Images[label] = new CrashModel.Img { Data = new byte[size], ChunkSize = cs };
             await pool.CreateImageAsync("c", label, size, cs);

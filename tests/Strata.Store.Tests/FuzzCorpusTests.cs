@@ -16,5 +16,6 @@ public sealed class FuzzCorpusTests
     [DataRow("shard-header")]
     [DataRow("checkpoint")]
     [DataRow("wal")]
+    [DataRow("block-table")]
     public void Corpus_EveryFile_DecodesOrRefusesWithTypedError(string harness) => CorpusRunner.Run(harness, StoreHarnesses.All[harness]);
 }

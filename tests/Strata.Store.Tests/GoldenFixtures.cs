@@ -16,6 +16,7 @@ internal static class GoldenFixtures
     public const string Layout1 = "layout1-pool.img.gz";
     public const string Future = "future-layout99.img.gz";
     public const string Layout2 = "layout2-pool.img.gz";
+    public const string Layout3 = "layout3-pool.img.gz";
     public const int Targets = 2;
     public const long TargetBytes = 4L * 1024 * 1024;
     public const ulong FutureIncompatBit = 1UL << 40;
@@ -71,10 +72,44 @@ internal static class GoldenFixtures
         return devs;
     }
 
-    /// <summary>Checks the layout-2 fixture's pool: everything of layout 1 plus what layout 2 added.</summary>
-    public static async Task VerifyLayout2Async(Pool pool)
+    /// <summary>
+    /// The layout-3 fixture: the layout-2 pool upgraded to 3 (the action rewrote every chunk above
+    /// 4 KiB with its block table), then a container and an image of 64 KiB chunks written at layout
+    /// 3, partly overwritten, left in the log (ChunkMapBlocks records to replay).
+    /// </summary>
+    public static async Task<MemoryBlockDevice[]> BuildLayout3Async()
     {
-        Assert.AreEqual(2u, pool.LayoutVersion);
+        var devs = await BuildLayout2Async();
+        var engine = await StorageEngine.OpenAsync(devs);
+        var pool = await engine.OpenPoolAsync("golden");
+        await pool.UpgradeAsync(3, dryRun: false);
+        await pool.WaitForUpgradeAsync();
+        await pool.CreateContainerAsync("delta");
+        var d = await pool.CreateImageAsync("delta", "disk3", 300_000, 65536);
+        await d.WriteAsync(0, Content(300_000, 5));
+        await d.WriteAsync(70_000, Content(5_000, 6));
+        await pool.CloseAsync(checkpoint: false);
+        return devs;
+    }
+
+    /// <summary>Checks the layout-3 fixture's pool: every chunk above 4 KiB has its table, and everything of layouts 1 and 2 reads back.</summary>
+    public static async Task VerifyLayout3Async(Pool pool)
+    {
+        Assert.AreEqual(3u, pool.LayoutVersion);
+        Assert.AreEqual("3", pool.GetContainerProperty("delta", "layout_version"));
+        var b = new byte[300_000];
+        await pool.OpenImage("delta", "disk3").ReadAsync(0, b);
+        var e = Content(300_000, 5);
+        Content(5_000, 6).CopyTo(e, 70_000);
+        CollectionAssert.AreEqual(e, b);
+        Assert.AreEqual(0, BlockChecksumUpgradeTests.WithoutTable(pool), "every chunk above 4 KiB has its block table");
+        await VerifyLayout2Async(pool, layout: 3);
+    }
+
+    /// <summary>Checks the layout-2 fixture's pool: everything of layout 1 plus what layout 2 added.</summary>
+    public static async Task VerifyLayout2Async(Pool pool, uint layout = 2)
+    {
+        Assert.AreEqual(layout, pool.LayoutVersion);
         Assert.AreEqual("completed", pool.GetProperty("upgrade_status"));
         Assert.AreEqual("lazy", pool.GetProperty("scrub"));
         Assert.AreEqual("lazy", pool.GetProperty("reclaim"));
@@ -86,7 +121,7 @@ internal static class GoldenFixtures
         var e = new byte[40_000];
         Content(30_000, 4).CopyTo(e, 123);
         CollectionAssert.AreEqual(e, b);
-        await VerifyLayout1Async(pool, layout: 2);
+        await VerifyLayout1Async(pool, layout);
     }
 
     /// <summary>Checks the layout-1 fixture's pool, as a user would see it.</summary>

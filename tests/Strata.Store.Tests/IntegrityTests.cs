@@ -11,7 +11,8 @@ public sealed class IntegrityTests
     {
         var devs = TestDevices.Memory(3);
         var (engine, ras) = await TestDevices.FormatAsync(devs);
-        var pool = await engine.CreatePoolAsync("tank", 6L * 1024 * 1024, 2, TestDevices.SmallPool);
+        // One CRC per chunk (layout 2); BlockChecksumTests covers the same at layout 3, block by block.
+        var pool = await engine.CreatePoolAsync("tank", 6L * 1024 * 1024, 2, TestDevices.SmallPool with { LayoutVersion = 2 });
         await pool.CreateContainerAsync("c");
         var img = await pool.CreateImageAsync("c", "v", 64 * 1024, 16384);
         var data = TestDevices.Pattern(64 * 1024, 5);
@@ -68,9 +69,10 @@ public sealed class IntegrityTests
         Assert.AreEqual(0L, pool.Query().Targets.Sum(t => t.UsedBytes));
         await img.WriteAsync(100_000, TestDevices.Pattern(50_000, 1));
         long used = pool.Query().Targets.Sum(t => t.UsedBytes);
-        Assert.AreEqual(4 * 16384L, used);
+        // Layout 3: each 16 KiB chunk's extent carries its 4 KiB block table.
+        Assert.AreEqual(4 * (16384L + 4096), used);
         await img.TrimAsync(98_304, 32768);
-        Assert.AreEqual(2 * 16384L, pool.Query().Targets.Sum(t => t.UsedBytes));
+        Assert.AreEqual(2 * (16384L + 4096), pool.Query().Targets.Sum(t => t.UsedBytes));
         await img.TrimAsync(140_000, 5);
         var back = new byte[60_000];
         await img.ReadAsync(90_000, back);
@@ -118,7 +120,7 @@ public sealed class IntegrityTests
         var img = await pool.CreateImageAsync("c", "v", 100_000, 16384);
         await img.WriteAsync(0, TestDevices.Pattern(100_000, 2));
         await img.ResizeAsync(20_000, allowShrink: true);
-        Assert.AreEqual(2 * 16384L, pool.Query().Targets.Sum(t => t.UsedBytes));
+        Assert.AreEqual(2 * (16384L + 4096), pool.Query().Targets.Sum(t => t.UsedBytes), "two 16 KiB chunks, each with its block table");
         await img.ResizeAsync(100_000);
         var back = new byte[100_000];
         await img.ReadAsync(0, back);

@@ -28,7 +28,7 @@ public sealed class LayoutRefusalTests
         var (engine, ras) = await TestDevices.OpenAsync(devs);
         Assert.AreEqual(99u, engine.ListPools().Single().LayoutVersion);
         var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => engine.OpenPoolAsync("tank"));
-        StringAssert.Contains(e.Message, "pool 'tank' shard on target 0 has layout version 99, this engine supports layout versions 1..2");
+        StringAssert.Contains(e.Message, "pool 'tank' shard on target 0 has layout version 99, this engine supports layout versions 1..3");
         StringAssert.Contains(e.Message, "bit 40");
         StringAssert.Contains(e.Message, "nothing was written");
         Assert.AreEqual(RasIds.PoolLayoutIncompatible, ras.Events.Single().Id);
@@ -83,11 +83,11 @@ public sealed class LayoutRefusalTests
         var (engine, _) = await TestDevices.FormatAsync(devs);
         var pool = await engine.CreatePoolAsync("tank", 4L * 1024 * 1024, 1, TestDevices.SmallPool);
         var q = pool.Query();
-        Assert.AreEqual(2u, q.LayoutVersion);
-        Assert.AreEqual(0x3UL, q.Incompat, "base and container_compression");
+        Assert.AreEqual(3u, q.LayoutVersion);
+        Assert.AreEqual(0x7UL, q.Incompat, "base, container_compression and block_checksums");
         Assert.AreEqual(0x1UL, q.Compat, "pool_props_v2");
         Assert.AreEqual(0UL, q.RoCompat);
-        Assert.AreEqual("2", pool.GetProperty("layout_version"));
+        Assert.AreEqual("3", pool.GetProperty("layout_version"));
         await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => pool.SetPropertyAsync("layout_version", "2"));
     }
 
@@ -102,6 +102,6 @@ public sealed class LayoutRefusalTests
         Assert.AreEqual(0x1UL, q.Incompat);
         Assert.AreEqual(0UL, q.Compat);
         Assert.AreEqual("1", pool.GetProperty("layout_version"));
-        await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.CreatePoolAsync("t3", 4L * 1024 * 1024, 1, TestDevices.SmallPool with { LayoutVersion = 3 }));
+        await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.CreatePoolAsync("t4", 4L * 1024 * 1024, 1, TestDevices.SmallPool with { LayoutVersion = 4 }));
     }
 }

@@ -115,7 +115,7 @@ internal static class MigrationKit
     public static long MappedBytes(Pool pool)
     {
         lock (pool.Meta.Sync)
-            return pool.Meta.Images.Values.Sum(i => i.Chunks.Values.Sum(m => (long)m.Replicas.Length * i.ChunkSize));
+            return pool.Meta.Images.Values.Sum(i => i.Chunks.Values.Sum(m => (long)m.Replicas.Length * m.ExtentLength(i.ChunkSize)));
     }
 
     public static long UsedBytes(Pool pool) => pool.Query().Targets.Sum(t => t.UsedBytes);

@@ -241,13 +241,15 @@ public sealed class PlacementV2Tests
                 {
                     var want = new int[map.Replicas.Length];
                     PlacementV2.Instance.Targets(img.Id, index, pool.TargetCount, want);
+                    // At layout 3 a chunk above 4 KiB moves with its 4 KiB block table.
+                    int extent = map.ExtentLength(img.ChunkSize);
                     foreach (int t in want.Where(t => !map.Replicas.Any(r => r.Target == t)))
                     {
-                        growth[t] += img.ChunkSize;
-                        move += img.ChunkSize;
+                        growth[t] += extent;
+                        move += extent;
                     }
                     foreach (var r in map.Replicas.Where(r => !want.Contains(r.Target)))
-                        growth[r.Target] -= img.ChunkSize;
+                        growth[r.Target] -= extent;
                 }
         }
         return (move, Math.Max(0, growth.Max()) + 4L * cs);

@@ -15,6 +15,9 @@ internal static class TestDevices
     /// <summary>Small regions so tests exercise wrap-around and checkpoints quickly.</summary>
     public static PoolCreateOptions SmallPool { get; } = new() { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024 };
 
+    /// <summary>A pool at layout 3 (block_checksums): chunks larger than 4 KiB carry a block table.</summary>
+    public static PoolCreateOptions Layout3Pool { get; } = SmallPool with { LayoutVersion = 3 };
+
     public static byte[] Pattern(int length, int seed)
     {
         var b = new byte[length];
@@ -22,17 +25,44 @@ internal static class TestDevices
         return b;
     }
 
-    public static async Task<(StorageEngine Engine, InMemoryRasSink Ras)> FormatAsync(IBlockDevice[] devices)
+    public static async Task<(StorageEngine Engine, InMemoryRasSink Ras)> FormatAsync(IBlockDevice[] devices, Engine.Layout.LayoutCatalog? catalog = null)
     {
         var ras = new InMemoryRasSink();
-        var engine = await StorageEngine.FormatAsync(devices, new StorageEngineOptions { Ras = ras });
+        var engine = await StorageEngine.FormatAsync(devices, new StorageEngineOptions { Ras = ras, Catalog = catalog ?? Engine.Layout.LayoutCatalog.Default });
         return (engine, ras);
     }
 
-    public static async Task<(StorageEngine Engine, InMemoryRasSink Ras)> OpenAsync(IBlockDevice[] devices, bool readOnly = false)
+    public static async Task<(StorageEngine Engine, InMemoryRasSink Ras)> OpenAsync(IBlockDevice[] devices, bool readOnly = false, Engine.Layout.LayoutCatalog? catalog = null)
     {
         var ras = new InMemoryRasSink();
-        var engine = await StorageEngine.OpenAsync(devices, new StorageEngineOptions { Ras = ras, ReadOnly = readOnly });
+        var engine = await StorageEngine.OpenAsync(devices, new StorageEngineOptions { Ras = ras, ReadOnly = readOnly, Catalog = catalog ?? Engine.Layout.LayoutCatalog.Default });
         return (engine, ras);
+    }
+}
+
+/// <summary>A memory device that counts the bytes each kind of command moved: what a read path really reads.</summary>
+internal sealed class CountingDevice(string name, long capacity) : MemoryBlockDevice(name, capacity)
+{
+    private long _bytesRead;
+    private long _reads;
+
+    public long BytesRead => Interlocked.Read(ref _bytesRead);
+
+    public long Reads => Interlocked.Read(ref _reads);
+
+    public void Reset()
+    {
+        Interlocked.Exchange(ref _bytesRead, 0);
+        Interlocked.Exchange(ref _reads, 0);
+    }
+
+    protected override void Execute(Engine.Device.IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, Engine.Device.WriteFlags flags)
+    {
+        if (opcode == Engine.Device.IoOpcode.Read)
+        {
+            Interlocked.Add(ref _bytesRead, buffer.Length);
+            Interlocked.Increment(ref _reads);
+        }
+        base.Execute(opcode, offset, length, buffer, flags);
     }
 }

@@ -158,7 +158,7 @@ public sealed class UpgradeTests
         Assert.AreEqual("not started", pool.GetProperty("upgrade_status"));
         Assert.IsFalse(pool.GetProperties().ContainsKey("scrub"));
 
-        var plan = await pool.UpgradeAsync(null, dryRun: false);
+        var plan = await pool.UpgradeAsync(2, dryRun: false);
         Assert.AreEqual((1u, 2u), (plan.From, plan.To));
         CollectionAssert.AreEqual(new[] { "pool_props_v2", "container_compression" }, plan.Actions.Select(a => a.Feature).ToArray());
         await pool.WaitForUpgradeAsync();
@@ -199,9 +199,13 @@ public sealed class UpgradeTests
         string sha = TestHelpers.Sha256(devs);
         var plan = await pool.UpgradeAsync(null, dryRun: true);
         Assert.IsNull(plan.JobId);
-        Assert.AreEqual(2, plan.Actions.Count);
+        Assert.AreEqual((1u, 3u), (plan.From, plan.To), "the newest layout this engine supports");
+        Assert.AreEqual(3, plan.Actions.Count);
         Assert.AreEqual("metadata_only", plan.Actions[0].Kind);
         Assert.AreEqual(2L, plan.Actions[0].Items, "scrub and reclaim");
+        Assert.AreEqual(("block_checksums", "data_scan", "online"), (plan.Actions[2].Feature, plan.Actions[2].Kind, plan.Actions[2].Access));
+        // Image a's 19 chunks of 16 KiB on both replicas, each rewritten with its 4 KiB table; b's 4 KiB chunks stay.
+        Assert.AreEqual(19L * 2 * (16384 + 4096), plan.Actions[2].BytesToMove);
         Assert.IsTrue(plan.Preconditions.All(p => p.Ok), string.Join("; ", plan.Preconditions.Select(p => p.Detail)));
         Assert.AreEqual(TestHelpers.Sha256(devs), sha);
         Assert.AreEqual(1u, pool.LayoutVersion);
@@ -228,12 +232,14 @@ public sealed class UpgradeTests
 
         await pool.SetPropertyAsync("compatibility", "strata-1.0");
         var c = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => pool.UpgradeAsync(null, false));
-        StringAssert.StartsWith(c.Message, "pool 'tank' has compatibility=strata-1.0, which allows layouts up to 1; upgrading to 2 would make it unreadable to that release");
+        StringAssert.StartsWith(c.Message, "pool 'tank' has compatibility=strata-1.0, which allows layouts up to 1; upgrading to 3 would make it unreadable to that release");
         await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => pool.SetPropertyAsync("compatibility", "strata-9"));
         await pool.SetPropertyAsync("compatibility", "strata-1.1");
+        var c3 = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => pool.UpgradeAsync(3, false));
+        StringAssert.StartsWith(c3.Message, "pool 'tank' has compatibility=strata-1.1, which allows layouts up to 2; upgrading to 3 would make it unreadable to that release");
 
-        var v3 = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => pool.UpgradeAsync(3, false));
-        StringAssert.Contains(v3.Message, "layout version 3 (block_checksums) is not supported by this engine, which supports layouts 1..2");
+        var v4 = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => pool.UpgradeAsync(4, false));
+        StringAssert.Contains(v4.Message, "layout version 4 (placement_v2) is not supported by this engine, which supports layouts 1..3");
         await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => pool.UpgradeAsync(9, false));
         await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => pool.UpgradeAsync(1, false));
 
@@ -347,7 +353,7 @@ public sealed class UpgradeTests
         Assert.AreEqual("1", pool.GetContainerProperty("new-in-old", "layout_version"));
         Assert.ThrowsExactly<NotFoundException>(() => pool.GetContainerProperty("new-in-old", "compression"));
 
-        await pool.UpgradeAsync(null, false);
+        await pool.UpgradeAsync(2, false);
         await pool.WaitForUpgradeAsync();
         var old = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => pool.SetContainerPropertyAsync("new-in-old", "compression", "on"));
         StringAssert.StartsWith(old.Message, "container 'new-in-old' was created at pool layout 1; container property 'compression' is available only to containers created at layout 2 or later");
@@ -390,7 +396,7 @@ public sealed class UpgradeTests
         rasOld = new InMemoryRasSink();
         oldEngine = await StorageEngine.OpenAsync(devs, older with { Ras = rasOld });
         var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => oldEngine.OpenPoolAsync("tank"));
-        StringAssert.Contains(e.Message, "has layout version 2, this engine supports layout versions 1..1 (incompatible layout version: 2 larger than 1)");
+        StringAssert.Contains(e.Message, "has layout version 3, this engine supports layout versions 1..1 (incompatible layout version: 3 larger than 1)");
         StringAssert.Contains(e.Message, "nothing was written");
         Assert.AreEqual(RasIds.PoolLayoutIncompatible, rasOld.Events.Single().Id);
         Assert.AreEqual("pool_durable_format_incompatible", rasOld.Events.Single().Id);
@@ -409,7 +415,7 @@ public sealed class UpgradeTests
         var ras = new InMemoryRasSink();
         var old = await StorageEngine.OpenAsync(devs, new StorageEngineOptions { Ras = ras, Catalog = LayoutCatalog.Default.Truncate(1) });
         var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => old.OpenPoolAsync("tank"));
-        StringAssert.Contains(e.Message, "(incompatible layout version: 2 larger than 1)");
+        StringAssert.Contains(e.Message, "(incompatible layout version: 3 larger than 1)");
         Assert.AreEqual(RasIds.PoolLayoutIncompatible, ras.Events.Single().Id);
         Assert.AreEqual(sha, TestHelpers.Sha256(devs));
     }
@@ -428,7 +434,8 @@ public sealed class UpgradeTests
         var p = await again.OpenPoolAsync("tank");
         await p.WaitForUpgradeAsync();
         Assert.AreEqual("completed", p.GetProperty("upgrade_status"));
-        Assert.AreEqual(2u, p.LayoutVersion);
+        Assert.AreEqual(3u, p.LayoutVersion);
+        Assert.AreEqual(0, BlockChecksumUpgradeTests.WithoutTable(p), "the resumed job ran the block_checksums action too");
         Assert.AreEqual(1, ras.WithId(RasIds.PoolUpgradeResumed).Count());
         CollectionAssert.AreEquivalent(hashes.ToList(), (await ImageHashesAsync(p)).ToList());
     }

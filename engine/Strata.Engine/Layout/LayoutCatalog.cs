@@ -206,8 +206,9 @@ public sealed class LayoutCatalog
         new(3, "one CRC32C per 4 KiB block",
         [
             new("block_checksums", 3, FeatureClass.Incompat, 2, ActionKind.DataScan,
-                "one CRC32C per 4 KiB block instead of one per chunk: every chunk is read and its checksum record rewritten", null),
-        ], Supported: false),
+                "one CRC32C per 4 KiB block instead of one per chunk: every chunk above 4 KiB is read, checked against its chunk CRC and rewritten with a 4 KiB block table (online; paced by migrate_rate)",
+                Migration.BlockTableRewrite.Action),
+        ], Supported: true),
         new(4, "placement v2",
         [
             new("placement_v2", 4, FeatureClass.Incompat, 3, ActionKind.DataMovement,
@@ -223,5 +224,6 @@ public sealed class LayoutCatalog
     [
         new("strata-1.0", 1),
         new("strata-1.1", 2),
+        new("strata-1.2", 3),
     ]);
 }

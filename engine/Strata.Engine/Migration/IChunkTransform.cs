@@ -80,7 +80,11 @@ internal sealed class PlacementMove(IPlacement placement, int targetCount) : ICh
 {
     public bool Plan(in ChunkSource chunk, Span<int> targets, out ChunkPlan plan)
     {
-        plan = ChunkPlan.Move(chunk.ChunkSize);
+        // A chunk with a block table (layout 3) moves with it: the table is rebuilt in front of the
+        // verified chunk, byte for byte the source's (it is a function of image, chunk and data).
+        plan = chunk.Location.Blocks
+            ? new ChunkPlan(ChunkChecksum.ExtentLength(chunk.ChunkSize, blocks: true), ChunkChecksum.TableSize, RewriteAll: false)
+            : ChunkPlan.Move(chunk.ChunkSize);
         placement.Targets(chunk.Image, chunk.Chunk, targetCount, targets);
         var replicas = chunk.Location.Replicas;
         bool same = true;
@@ -89,11 +93,14 @@ internal sealed class PlacementMove(IPlacement placement, int targetCount) : ICh
         return !same;
     }
 
-    public uint Produce(in ChunkSource chunk, Span<byte> extent) => chunk.Location.Replicas[0].Crc;
+    public uint Produce(in ChunkSource chunk, Span<byte> extent) => chunk.Location.Blocks
+        ? ChunkChecksum.BuildTable(chunk.Image, chunk.Chunk, extent.Slice(ChunkChecksum.TableSize, chunk.ChunkSize), extent[..ChunkChecksum.TableSize])
+        : chunk.Location.Replicas[0].Crc;
 
-    public bool Verify(in ChunkSource chunk, Replica destination, ReadOnlySpan<byte> extent) =>
-        ChunkChecksum.Verify(destination, chunk.ChunkSize, 0, extent).Ok;
+    public bool Verify(in ChunkSource chunk, Replica destination, ReadOnlySpan<byte> extent) => chunk.Location.Blocks
+        ? ChunkChecksum.VerifyExtent(destination, chunk.Image, chunk.Chunk, chunk.ChunkSize, extent).Ok
+        : ChunkChecksum.Verify(destination, chunk.ChunkSize, 0, extent).Ok;
 
     public MetaRecord SwitchRecord(in ChunkSource chunk, Replica[] destination) =>
-        MetaRecords.ChunkMap(chunk.Image, chunk.Chunk, destination);
+        MetaRecords.ChunkMap(chunk.Image, chunk.Chunk, destination, chunk.Location.Blocks);
 }

@@ -82,7 +82,7 @@ internal sealed class MigrationAction(Func<Pool, IChunkTransform> transformFor, 
                 }
                 foreach (var r in map.Replicas)
                     if (plan.RewriteAll || Array.IndexOf(targets, r.Target) < 0)
-                        growth[r.Target] -= meta.ChunkSize;
+                        growth[r.Target] -= map.ExtentLength(meta.ChunkSize);
             }
         }
         return (chunks, bytes, growth);

@@ -111,7 +111,6 @@ public sealed class Image
     /// <summary>Reads part of one chunk; a shared chunk lock keeps its mapping and extents in place meanwhile.</summary>
     private async Task ReadPieceAsync(ImageMeta meta, long index, int within, Memory<byte> dest)
     {
-        int cs = meta.ChunkSize;
         bool needsRepair;
         using (await _locks.ReadAsync(index).ConfigureAwait(false))
         {
@@ -121,23 +120,8 @@ public sealed class Image
                 dest.Span.Clear();
                 return;
             }
-            if (ChunkChecksum.VerifiedRange(cs, within, dest.Length) == (within, dest.Length))
-            {
-                needsRepair = await _pool.ChunkIo.ReadVerifiedAsync(meta, index, map, dest, repair: false).ConfigureAwait(false);
-            }
-            else
-            {
-                var chunk = System.Buffers.ArrayPool<byte>.Shared.Rent(cs);
-                try
-                {
-                    needsRepair = await _pool.ChunkIo.ReadVerifiedAsync(meta, index, map, chunk.AsMemory(0, cs), repair: false).ConfigureAwait(false);
-                    chunk.AsSpan(within, dest.Length).CopyTo(dest.Span);
-                }
-                finally
-                {
-                    System.Buffers.ArrayPool<byte>.Shared.Return(chunk);
-                }
-            }
+            // Verifies what it must read: the whole chunk, or its block table and the touched blocks.
+            needsRepair = await _pool.ChunkIo.ReadAsync(meta, index, map, within, dest).ConfigureAwait(false);
         }
         if (needsRepair)
             await RepairChunkAsync(meta, index).ConfigureAwait(false);

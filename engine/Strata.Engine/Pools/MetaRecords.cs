@@ -23,6 +23,8 @@ public enum MetaRecordType : ushort
     ChunkUnmapRange = 11,
     /// <summary>Heads every log batch: every record with a sequence up to this one is durable, data included (docs/format.md).</summary>
     DurableThrough = 12,
+    /// <summary>As ChunkMap, but each replica's extent is a 4 KiB block table plus the chunk (layout 3, docs/format.md "Per-block checksums").</summary>
+    ChunkMapBlocks = 13,
     UpgradeJobBegin = 32,
     UpgradeJobCursor = 33,
     UpgradeJobEnd = 34,
@@ -77,13 +79,14 @@ public static class MetaRecords
         new(MetaRecordType.ImageSetProp, new MetaWriter().U32(id).Str(name).Str(value).ToArray());
 
     /// <summary>The per-write record, encoded straight into its payload.</summary>
-    public static MetaRecord ChunkMap(uint image, long chunk, Replica[] replicas)
+    /// <param name="blocks">The extents hold a block table before the data: record 13 (ChunkMapBlocks) instead of 8.</param>
+    public static MetaRecord ChunkMap(uint image, long chunk, Replica[] replicas, bool blocks = false)
     {
         var b = new byte[4 + 8 + ReplicasLength(replicas)];
         BinaryPrimitives.WriteUInt32LittleEndian(b, image);
         BinaryPrimitives.WriteInt64LittleEndian(b.AsSpan(4), chunk);
         EncodeReplicas(b.AsSpan(12), replicas);
-        return new(MetaRecordType.ChunkMap, b);
+        return new(blocks ? MetaRecordType.ChunkMapBlocks : MetaRecordType.ChunkMap, b);
     }
 
     public static MetaRecord ChunkUnmap(uint image, long chunk) =>
@@ -136,8 +139,11 @@ public static class MetaRecords
     }
 }
 
-/// <summary>One copy of a chunk: target index, offset in that shard's data area, CRC32C of the chunk.</summary>
+/// <summary>One copy of a chunk: target index, offset in that shard's data area, CRC32C of the chunk (of its block table when the chunk has one).</summary>
 public readonly record struct Replica(ushort Target, long Offset, uint Crc);
 
-/// <summary>Where a chunk lives; Moving is the second location while a data-moving upgrade copies it.</summary>
-public sealed record ChunkMap(Replica[] Replicas, Replica[]? Moving = null);
+/// <summary>
+/// Where a chunk lives; Moving is the second location while a data-moving upgrade copies it. Blocks: each
+/// extent is a 4 KiB block table followed by the chunk, and each replica's CRC is the table's (layout 3).
+/// </summary>
+public sealed record ChunkMap(Replica[] Replicas, Replica[]? Moving = null, bool Blocks = false);

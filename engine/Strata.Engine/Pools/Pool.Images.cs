@@ -93,8 +93,9 @@ public sealed partial class Pool
     {
         if (map == null)
             return;
+        int length = map.ExtentLength(chunkSize);
         foreach (var r in map.Moving == null ? map.Replicas : map.Replicas.Concat(map.Moving))
-            Shards[r.Target].Allocator.Free(r.Offset, chunkSize);
+            Shards[r.Target].Allocator.Free(r.Offset, length);
     }
 
     /// <summary>Extents freed so far on every target (ExtentAllocator.Frees): read before an allocation attempt, for PoolLog.FlushForSpaceAsync.</summary>

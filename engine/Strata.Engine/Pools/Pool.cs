@@ -139,6 +139,43 @@ public sealed partial class Pool : IAsyncDisposable
 
     private volatile PlacementFor? _placement;
 
+    /// <summary>Verified block tables of this pool's block-checksummed replicas (ChunkIo's small reads).</summary>
+    internal BlockTableCache Tables { get; } = new(BlockTableCache.DefaultCapacity);
+
+    /// <summary>
+    /// The catalog feature that brings per-block checksums, or null when this engine's catalog has none
+    /// (test catalogs that put other features at its version).
+    /// </summary>
+    private Layout.LayoutFeature? BlockChecksums => field ??= Catalog.Find(BlockChecksumsFeature);
+
+    internal const string BlockChecksumsFeature = "block_checksums";
+
+    /// <summary>
+    /// Whether a new copy of a chunk of this size is written with a block table (docs/format.md,
+    /// "Per-block checksums"): from the layout of the catalog's block_checksums feature (3) on, and
+    /// as soon as a running upgrade job has reached that feature's action, so that the action's scan
+    /// never chases client writes. 4 KiB chunks never take one. The caller holds the chunk's lock,
+    /// so the scan cannot pass the chunk between this answer and the write's commit.
+    /// </summary>
+    internal bool WritesBlockTables(int chunkSize)
+    {
+        if (!ChunkChecksum.TakesTable(chunkSize) || BlockChecksums is not { } feature)
+            return false;
+        // Read without the state's lock first: the layout is an immutable record replaced by LayoutSet.
+        if ((Meta.Layout?.Version ?? Header.LayoutVersion) >= feature.Version)
+            return true;
+        UpgradeJobMeta? job;
+        lock (Meta.Sync)
+            job = Meta.UpgradeJob;
+        if (job is not { State: UpgradeJobState.InProgress } || job.To < feature.Version)
+            return false;
+        var chain = Catalog.Chain(job.From, job.To);
+        for (int i = 0; i < chain.Count; i++)
+            if (ReferenceEquals(chain[i], feature))
+                return job.Action >= i;
+        return false;
+    }
+
     public int Rf
     {
         get
@@ -206,9 +243,12 @@ public sealed partial class Pool : IAsyncDisposable
         {
             foreach (var img in Meta.Images.Values)
                 foreach (var (index, map) in img.Chunks)
+                {
+                    int length = map.ExtentLength(img.ChunkSize);
                     foreach (var r in map.Moving == null ? map.Replicas : map.Replicas.Concat(map.Moving))
-                        if (r.Target >= Shards.Length || !Shards[r.Target].Allocator.MarkUsed(r.Offset, img.ChunkSize))
-                            throw new CorruptMetadataException($"pool '{Label}' image '{img.Label}' chunk {index}: extent {r.Offset}+{img.ChunkSize} on target {r.Target} is outside the data area or used twice");
+                        if (r.Target >= Shards.Length || !Shards[r.Target].Allocator.MarkUsed(r.Offset, length))
+                            throw new CorruptMetadataException($"pool '{Label}' image '{img.Label}' chunk {index}: extent {r.Offset}+{length} on target {r.Target} is outside the data area or used twice");
+                }
         }
     }
 

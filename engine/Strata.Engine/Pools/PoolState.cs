@@ -148,10 +148,11 @@ public sealed class PoolState
                 break;
             }
             case MetaRecordType.ChunkMap:
+            case MetaRecordType.ChunkMapBlocks:
             {
                 var img = Image(r.U32(), rec);
                 long chunk = r.I64();
-                img.Chunks[chunk] = new ChunkMap(MetaRecords.ReadReplicas(ref r));
+                img.Chunks[chunk] = new ChunkMap(MetaRecords.ReadReplicas(ref r), null, rec.Type == (ushort)MetaRecordType.ChunkMapBlocks);
                 break;
             }
             case MetaRecordType.ChunkUnmap:
@@ -183,7 +184,7 @@ public sealed class PoolState
                 var img = Image(r.U32(), rec);
                 long chunk = r.I64();
                 if (img.Chunks.TryGetValue(chunk, out var m) && m.Moving != null)
-                    img.Chunks[chunk] = rec.Type == (ushort)MetaRecordType.ChunkMoveCommit ? new ChunkMap(m.Moving) : m with { Moving = null };
+                    img.Chunks[chunk] = rec.Type == (ushort)MetaRecordType.ChunkMoveCommit ? new ChunkMap(m.Moving, null, m.Blocks) : m with { Moving = null };
                 break;
             }
             case MetaRecordType.DurableThrough:

@@ -13,7 +13,7 @@ public static class PoolStateCodec
 {
     private const ushort SectionPool = 1, SectionContainers = 2, SectionImages = 3, SectionUpgradeJob = 4, SectionLayout = 5;
     private const ushort FlagSkippable = 1;
-    private const byte ChunkHasMove = 1;
+    private const byte ChunkHasMove = 1, ChunkHasBlocks = 2;
 
     public static byte[] Serialize(PoolState s) => Capture(s).Encode();
 
@@ -127,7 +127,7 @@ public static class PoolStateCodec
                 {
                     var map = i.Maps[k];
                     BinaryPrimitives.WriteInt64LittleEndian(d[at..], i.Keys[k]);
-                    d[at + 8] = map.Moving != null ? ChunkHasMove : (byte)0;
+                    d[at + 8] = (byte)((map.Moving != null ? ChunkHasMove : 0) | (map.Blocks ? ChunkHasBlocks : 0));
                     at += 9;
                     at += MetaRecords.EncodeReplicas(d[at..], map.Replicas);
                     if (map.Moving != null)
@@ -184,7 +184,9 @@ public static class PoolStateCodec
                             byte chunkFlags = body.Byte();
                             var replicas = MetaRecords.ReadReplicas(ref body);
                             var moving = (chunkFlags & ChunkHasMove) != 0 ? MetaRecords.ReadReplicas(ref body) : null;
-                            i.Chunks[index] = new ChunkMap(replicas, moving);
+                            if ((chunkFlags & ~(ChunkHasMove | ChunkHasBlocks)) != 0)
+                                throw new CorruptMetadataException($"checkpoint image {id} chunk {index} has flags 0x{chunkFlags:x}, unknown to this engine");
+                            i.Chunks[index] = new ChunkMap(replicas, moving, (chunkFlags & ChunkHasBlocks) != 0);
                         }
                         s.Images[i.Id] = i;
                     }

@@ -1,50 +1,162 @@
+using System.Buffers.Binary;
 using Strata.Engine.Pools;
 
 namespace Strata.Engine.Store;
 
 /// <summary>What checking bytes of one replica against the chunk map found.</summary>
 /// <param name="Replica">The replica checked (target, extent, what the map records).</param>
+/// <param name="Ok">The bytes are what the map (or the replica's verified block table) records.</param>
+/// <param name="Expected">The checksum recorded for the bytes checked.</param>
 /// <param name="Actual">The checksum of the bytes read.</param>
-public readonly record struct ChunkVerdict(Replica Replica, uint Actual)
+/// <param name="Block">
+/// What was checked: <see cref="WholeChunk"/> (one CRC per chunk), <see cref="TableBlock"/> (the
+/// replica's block table against the map), or the index of the 4 KiB data block that failed.
+/// </param>
+public readonly record struct ChunkVerdict(Replica Replica, bool Ok, uint Expected, uint Actual, int Block = ChunkVerdict.WholeChunk)
 {
-    /// <summary>The bytes are what the map recorded for this replica.</summary>
-    public bool Ok => Actual == Replica.Crc;
+    public const int WholeChunk = -1;
+    public const int TableBlock = -2;
 
-    public uint Expected => Replica.Crc;
+    /// <summary>What did not verify, for messages: "the chunk", "its block table", "4 KiB block 7".</summary>
+    public string What => Block switch
+    {
+        WholeChunk => "the chunk",
+        TableBlock => "its block table",
+        _ => $"4 KiB block {Block}",
+    };
 }
 
 /// <summary>
 /// The one place that computes what a chunk map records about a chunk's data and checks bytes
-/// read back against it. Layouts 1-2: one CRC32C of the whole chunk, so verifying any part of a
-/// chunk means reading all of it (<see cref="VerifiedRange"/>). Layout 3 (<c>block_checksums</c>,
-/// docs/format.md "Per-block checksums") plugs in here: the range narrows to the 4 KiB blocks a
-/// request touches and <see cref="Verify"/> checks each against the block CRCs of the chunk.
+/// read back against it. Two forms, chosen per chunk by its map (<see cref="ChunkMap.Blocks"/>):
+/// <list type="bullet">
+/// <item>layouts 1-2, and 4 KiB chunks always: one CRC32C of the whole chunk, so verifying any part
+/// of a chunk means reading all of it;</item>
+/// <item>layout 3 (<c>block_checksums</c>, docs/format.md "Per-block checksums"): the replica's extent
+/// starts with a 4 KiB block table (one CRC32C per 4 KiB data block, plus the image and chunk it
+/// belongs to) and the map records the CRC32C of that table; a request verifies the table and only
+/// the blocks it touches (<see cref="VerifiedRange"/>).</item>
+/// </list>
 /// </summary>
 internal static class ChunkChecksum
 {
-    /// <summary>What the chunk map records for a whole chunk's new contents.</summary>
+    /// <summary>Bytes one table entry covers.</summary>
+    public const int BlockSize = 4096;
+
+    /// <summary>The block table at the head of a block-checksummed extent.</summary>
+    public const int TableSize = 4096;
+
+    /// <summary>Table magic "STBK".</summary>
+    public const uint TableMagic = 0x4B425453;
+
+    public const ushort TableFormat = 1;
+
+    private const int EntriesAt = 24;
+
+    /// <summary>Whether a chunk of this size gets a block table in a block-checksummed pool: a 4 KiB chunk is one block, its chunk CRC already is the block CRC.</summary>
+    public static bool TakesTable(int chunkSize) => chunkSize > BlockSize;
+
+    /// <summary>Bytes a replica's extent takes: the chunk, plus its table when it has one.</summary>
+    public static int ExtentLength(int chunkSize, bool blocks) => blocks ? chunkSize + TableSize : chunkSize;
+
+    /// <summary>Bytes each replica of this chunk takes on its target.</summary>
+    public static int ExtentLength(this ChunkMap map, int chunkSize) => ExtentLength(chunkSize, map.Blocks);
+
+    /// <summary>What the chunk map records for a whole chunk's new contents (chunks without a table).</summary>
     public static uint Of(ReadOnlySpan<byte> chunk) => Crc32C.Compute(chunk);
 
     /// <summary>
-    /// The part of a chunk that must be read to verify bytes [<paramref name="within"/>,
-    /// <paramref name="within"/> + <paramref name="length"/>) of it: the whole chunk while there
-    /// is one checksum per chunk.
+    /// Builds the block table of a chunk's new contents into <paramref name="table"/> (4 KiB) and returns
+    /// what the chunk map records for it: the CRC32C of the table.
     /// </summary>
-    public static (int From, int Length) VerifiedRange(int chunkSize, int within, int length)
+    public static uint BuildTable(uint image, long chunk, ReadOnlySpan<byte> data, Span<byte> table)
     {
-        System.Diagnostics.Debug.Assert(within >= 0 && length >= 0 && within + length <= chunkSize);
-        return (0, chunkSize);
+        int n = data.Length / BlockSize;
+        System.Diagnostics.Debug.Assert(data.Length % BlockSize == 0 && n > 1 && EntriesAt + 4 * n <= TableSize && table.Length == TableSize);
+        table.Clear();
+        BinaryPrimitives.WriteUInt32LittleEndian(table, TableMagic);
+        BinaryPrimitives.WriteUInt16LittleEndian(table[4..], TableFormat);
+        BinaryPrimitives.WriteUInt16LittleEndian(table[6..], (ushort)n);
+        BinaryPrimitives.WriteUInt32LittleEndian(table[8..], image);
+        BinaryPrimitives.WriteInt64LittleEndian(table[12..], chunk);
+        for (int k = 0; k < n; k++)
+            BinaryPrimitives.WriteUInt32LittleEndian(table[(EntriesAt + 4 * k)..], Crc32C.Compute(data.Slice(k * BlockSize, BlockSize)));
+        return Crc32C.Compute(table);
     }
 
     /// <summary>
-    /// Checks <paramref name="data"/>, bytes [<paramref name="from"/>, from + data.Length) of
-    /// <paramref name="replica"/>'s extent, against what the map records for it. The range must be
-    /// one <see cref="VerifiedRange"/> returned.
+    /// The part of a chunk's data that must be read to verify bytes [<paramref name="within"/>,
+    /// <paramref name="within"/> + <paramref name="length"/>) of it: the whole chunk without a table,
+    /// else the 4 KiB blocks the range touches (the table is read or cached besides).
+    /// </summary>
+    public static (int From, int Length) VerifiedRange(bool blocks, int chunkSize, int within, int length)
+    {
+        System.Diagnostics.Debug.Assert(within >= 0 && length >= 0 && within + length <= chunkSize);
+        if (!blocks)
+            return (0, chunkSize);
+        int from = within / BlockSize * BlockSize;
+        int to = (within + length + BlockSize - 1) / BlockSize * BlockSize;
+        return (from, Math.Max(to, from + BlockSize) - from);
+    }
+
+    /// <summary>
+    /// Checks <paramref name="data"/>, bytes [<paramref name="from"/>, from + data.Length) of a chunk
+    /// without a table, against what the map records for <paramref name="replica"/>. The range must be
+    /// one <see cref="VerifiedRange"/> returned: the whole chunk.
     /// </summary>
     public static ChunkVerdict Verify(Replica replica, int chunkSize, int from, ReadOnlySpan<byte> data)
     {
         if (from != 0 || data.Length != chunkSize)
             throw new ArgumentException($"bytes {from}..{from + data.Length} of a {chunkSize}-byte chunk cannot be verified alone: its checksum covers the whole chunk");
-        return new ChunkVerdict(replica, Crc32C.Compute(data));
+        uint actual = Crc32C.Compute(data);
+        return new ChunkVerdict(replica, actual == replica.Crc, replica.Crc, actual);
+    }
+
+    /// <summary>
+    /// Checks a replica's block table against the map, and that it is the table of this image's chunk
+    /// and of its size (a misdirected or stale table is caught even where its CRC would match). On
+    /// success <paramref name="crcs"/> holds one CRC per data block.
+    /// </summary>
+    public static ChunkVerdict VerifyTable(Replica replica, uint image, long chunk, int chunkSize, ReadOnlySpan<byte> table, out uint[]? crcs)
+    {
+        crcs = null;
+        uint actual = Crc32C.Compute(table[..TableSize]);
+        int n = chunkSize / BlockSize;
+        bool ok = actual == replica.Crc
+            && BinaryPrimitives.ReadUInt32LittleEndian(table) == TableMagic
+            && BinaryPrimitives.ReadUInt16LittleEndian(table[4..]) == TableFormat
+            && BinaryPrimitives.ReadUInt16LittleEndian(table[6..]) == n
+            && BinaryPrimitives.ReadUInt32LittleEndian(table[8..]) == image
+            && BinaryPrimitives.ReadInt64LittleEndian(table[12..]) == chunk;
+        if (ok)
+        {
+            crcs = new uint[n];
+            for (int k = 0; k < n; k++)
+                crcs[k] = BinaryPrimitives.ReadUInt32LittleEndian(table[(EntriesAt + 4 * k)..]);
+        }
+        return new ChunkVerdict(replica, ok, replica.Crc, actual, ChunkVerdict.TableBlock);
+    }
+
+    /// <summary>
+    /// Checks data blocks <paramref name="firstBlock"/>.. of a replica (<paramref name="data"/>: whole
+    /// 4 KiB blocks) against its verified table; the verdict names the first block that does not match.
+    /// </summary>
+    public static ChunkVerdict VerifyBlocks(Replica replica, uint[] crcs, int firstBlock, ReadOnlySpan<byte> data)
+    {
+        System.Diagnostics.Debug.Assert(data.Length % BlockSize == 0 && firstBlock + data.Length / BlockSize <= crcs.Length);
+        for (int k = 0; k < data.Length / BlockSize; k++)
+        {
+            uint actual = Crc32C.Compute(data.Slice(k * BlockSize, BlockSize));
+            if (actual != crcs[firstBlock + k])
+                return new ChunkVerdict(replica, false, crcs[firstBlock + k], actual, firstBlock + k);
+        }
+        return new ChunkVerdict(replica, true, replica.Crc, replica.Crc, ChunkVerdict.TableBlock);
+    }
+
+    /// <summary>Checks a whole block-checksummed extent (table, then every data block) of a replica.</summary>
+    public static ChunkVerdict VerifyExtent(Replica replica, uint image, long chunk, int chunkSize, ReadOnlySpan<byte> extent)
+    {
+        var table = VerifyTable(replica, image, chunk, chunkSize, extent[..TableSize], out var crcs);
+        return table.Ok ? VerifyBlocks(replica, crcs!, 0, extent.Slice(TableSize, chunkSize)) : table;
     }
 }

@@ -12,8 +12,8 @@ internal sealed class ChunkIo(Pool pool)
     public ChunkMap? Lookup(ImageMeta meta, long index) => pool.Meta.ChunkAt(meta, index);
 
     /// <summary>
-    /// Reads a whole chunk into buffer and verifies it against the CRC32C kept in
-    /// the chunk map. With no good copy this throws; wrong bytes never leave. A
+    /// Reads a whole chunk into buffer and verifies it against the chunk map (its CRC32C, or its block
+    /// table and every block). With no good copy this throws; wrong bytes never leave. A
     /// replica that fails is reported (when <paramref name="report"/>) and, with
     /// <paramref name="repair"/>, rewritten from a good one: repair needs the
     /// chunk's exclusive lock, since a reader under the shared lock could read
@@ -27,45 +27,212 @@ internal sealed class ChunkIo(Pool pool)
         Replica? good = null;
         foreach (var r in map.Replicas)
         {
-            var shard = pool.Shards[r.Target];
+            ChunkVerdict verdict;
             try
             {
-                await shard.ReadDataAsync(r.Offset, buffer).ConfigureAwait(false);
+                verdict = await ReadReplicaAsync(meta, index, map.Blocks, r, 0, buffer).ConfigureAwait(false);
             }
             catch (DeviceException e)
             {
                 if (report)
-                pool.Ras.Emit(new RasEvent(RasIds.DataReadFailed, RasSeverity.Error, RasType.InfoOnly,
-                    $"pool '{pool.Label}' image '{meta.Label}' chunk at offset {at}: read of the replica on target {r.Target} failed: {e.Message}",
-                    Pool: pool.Label, Image: meta.Label, Target: r.Target, Device: shard.Device.Name, Offset: at));
+                    ReadFailed(meta, at, r, e);
                 (bad ??= []).Add(r);
                 continue;
             }
-            if (ChunkChecksum.Verify(r, meta.ChunkSize, 0, buffer.Span).Ok)
+            if (verdict.Ok)
             {
                 good = r;
                 break;
             }
             if (report)
-            pool.Ras.Emit(new RasEvent(RasIds.DataChecksumMismatch, RasSeverity.Error, RasType.InfoOnly,
-                $"pool '{pool.Label}' image '{meta.Label}' chunk at offset {at}: the replica on target {r.Target} does not match its CRC32C",
-                Pool: pool.Label, Image: meta.Label, Target: r.Target, Device: shard.Device.Name, Offset: at));
+                Mismatch(meta, at, verdict);
             (bad ??= []).Add(r);
         }
         if (good == null)
         {
             buffer.Span.Clear(); // wrong bytes never leave, not even in the caller's buffer
-            string message = $"data integrity error in pool '{pool.Label}', image '{meta.Label}' at offset {at}: none of the {map.Replicas.Length} replica(s) of the {meta.ChunkSize}-byte chunk verifies";
-            pool.Ras.Emit(new RasEvent(RasIds.DataUnrecoverable, RasSeverity.Error, RasType.InfoOnly, message, Pool: pool.Label, Image: meta.Label, Offset: at));
-            throw new DataIntegrityException(pool.Label, meta.Label, at, message);
+            throw Unrecoverable(meta, at, map);
         }
         if (bad == null)
             return false;
         if (!repair)
             return true;
         if (pool.State == PoolStatus.Ready)
-            await RepairAsync(meta, at, good.Value, bad, buffer).ConfigureAwait(false);
+        {
+            byte[]? extent = null;
+            try
+            {
+                ReadOnlyMemory<byte> data = buffer;
+                if (map.Blocks)
+                {
+                    // The table is a function of the image, the chunk and its data: rebuilt, it is the good replica's.
+                    extent = System.Buffers.ArrayPool<byte>.Shared.Rent(ChunkChecksum.TableSize + meta.ChunkSize);
+                    ChunkChecksum.BuildTable(meta.Id, index, buffer.Span, extent.AsSpan(0, ChunkChecksum.TableSize));
+                    buffer.Span.CopyTo(extent.AsSpan(ChunkChecksum.TableSize));
+                    data = extent.AsMemory(0, ChunkChecksum.TableSize + meta.ChunkSize);
+                }
+                await RepairAsync(meta, at, good.Value, bad, data).ConfigureAwait(false);
+            }
+            finally
+            {
+                if (extent != null)
+                    System.Buffers.ArrayPool<byte>.Shared.Return(extent);
+            }
+        }
         return false;
+    }
+
+    /// <summary>
+    /// Reads bytes [<paramref name="within"/>, within + dest.Length) of a mapped chunk and verifies
+    /// them: a chunk with a block table reads its table (or takes it from the pool's cache) and only
+    /// the 4 KiB blocks the range touches; one without reads and verifies all of it. Replicas are
+    /// tried in order; bad ones are reported and left for the caller to repair under the chunk's
+    /// exclusive lock (returns true). With no good copy this throws.
+    /// </summary>
+    public async Task<bool> ReadAsync(ImageMeta meta, long index, ChunkMap map, int within, Memory<byte> dest)
+    {
+        int cs = meta.ChunkSize;
+        var (from, length) = ChunkChecksum.VerifiedRange(map.Blocks, cs, within, dest.Length);
+        if ((from, length) == (within, dest.Length) && !map.Blocks)
+            return await ReadVerifiedAsync(meta, index, map, dest, repair: false).ConfigureAwait(false);
+        bool direct = (from, length) == (within, dest.Length);
+        byte[]? rented = direct ? null : System.Buffers.ArrayPool<byte>.Shared.Rent(length);
+        try
+        {
+            var part = direct ? dest : rented.AsMemory(0, length);
+            if (!map.Blocks)
+            {
+                bool unrepaired = await ReadVerifiedAsync(meta, index, map, part, repair: false).ConfigureAwait(false);
+                part.Span.Slice(within - from, dest.Length).CopyTo(dest.Span);
+                return unrepaired;
+            }
+            long at = index * cs;
+            bool bad = false;
+            foreach (var r in map.Replicas)
+            {
+                ChunkVerdict verdict;
+                try
+                {
+                    verdict = await ReadReplicaAsync(meta, index, blocks: true, r, from, part).ConfigureAwait(false);
+                }
+                catch (DeviceException e)
+                {
+                    ReadFailed(meta, at, r, e);
+                    bad = true;
+                    continue;
+                }
+                if (verdict.Ok)
+                {
+                    if (!direct)
+                        part.Span.Slice(within - from, dest.Length).CopyTo(dest.Span);
+                    return bad;
+                }
+                Mismatch(meta, at, verdict);
+                bad = true;
+            }
+            part.Span.Clear();
+            throw Unrecoverable(meta, at, map);
+        }
+        finally
+        {
+            if (rented != null)
+                System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+        }
+    }
+
+    /// <summary>
+    /// Reads data bytes [<paramref name="from"/>, from + part.Length) of one replica into
+    /// <paramref name="part"/> and verifies them: the whole chunk against its CRC, or the replica's
+    /// block table (cached, or read: together with the data when they are adjacent) and each block read.
+    /// </summary>
+    private async Task<ChunkVerdict> ReadReplicaAsync(ImageMeta meta, long index, bool blocks, Replica r, int from, Memory<byte> part)
+    {
+        var shard = pool.Shards[r.Target];
+        if (!blocks)
+        {
+            await shard.ReadDataAsync(r.Offset, part).ConfigureAwait(false);
+            return ChunkChecksum.Verify(r, meta.ChunkSize, from, part.Span);
+        }
+        const int T = ChunkChecksum.TableSize;
+        if (pool.Tables.TryGet(r, out var crcs))
+        {
+            await shard.ReadDataAsync(r.Offset + T + from, part).ConfigureAwait(false);
+            return ChunkChecksum.VerifyBlocks(r, crcs, from / ChunkChecksum.BlockSize, part.Span);
+        }
+        ChunkVerdict table;
+        if (from == 0 && part.Length <= 64 * 1024)
+        {
+            // Adjacent and small: one read of the table and the blocks.
+            var both = System.Buffers.ArrayPool<byte>.Shared.Rent(T + part.Length);
+            try
+            {
+                await shard.ReadDataAsync(r.Offset, both.AsMemory(0, T + part.Length)).ConfigureAwait(false);
+                table = ChunkChecksum.VerifyTable(r, meta.Id, index, meta.ChunkSize, both.AsSpan(0, T), out crcs);
+                both.AsSpan(T, part.Length).CopyTo(part.Span);
+            }
+            finally
+            {
+                System.Buffers.ArrayPool<byte>.Shared.Return(both);
+            }
+        }
+        else
+        {
+            var tableBytes = System.Buffers.ArrayPool<byte>.Shared.Rent(T);
+            try
+            {
+                // Two reads at once: the table and the blocks.
+                var readTable = shard.ReadDataAsync(r.Offset, tableBytes.AsMemory(0, T));
+                var readData = shard.ReadDataAsync(r.Offset + T + from, part);
+                try
+                {
+                    await readTable.ConfigureAwait(false);
+                }
+                finally
+                {
+                    await readData.ConfigureAwait(false);
+                }
+                table = ChunkChecksum.VerifyTable(r, meta.Id, index, meta.ChunkSize, tableBytes.AsSpan(0, T), out crcs);
+            }
+            finally
+            {
+                System.Buffers.ArrayPool<byte>.Shared.Return(tableBytes);
+            }
+        }
+        if (!table.Ok)
+            return table;
+        pool.Tables.Add(r, crcs!);
+        return ChunkChecksum.VerifyBlocks(r, crcs!, from / ChunkChecksum.BlockSize, part.Span);
+    }
+
+    private void ReadFailed(ImageMeta meta, long at, Replica r, DeviceException e)
+    {
+        var shard = pool.Shards[r.Target];
+        pool.Ras.Emit(new RasEvent(RasIds.DataReadFailed, RasSeverity.Error, RasType.InfoOnly,
+            $"pool '{pool.Label}' image '{meta.Label}' chunk at offset {at}: read of the replica on target {r.Target} failed: {e.Message}",
+            Pool: pool.Label, Image: meta.Label, Target: r.Target, Device: shard.Device.Name, Offset: at));
+    }
+
+    /// <summary>A replica whose bytes do not match: the event names the replica and, for a block-checksummed chunk, the block (its image offset).</summary>
+    private void Mismatch(ImageMeta meta, long at, ChunkVerdict v)
+    {
+        var shard = pool.Shards[v.Replica.Target];
+        string what = v.Block switch
+        {
+            ChunkVerdict.WholeChunk => "does not match its CRC32C",
+            ChunkVerdict.TableBlock => "has a block table that does not match the chunk map",
+            _ => $"does not match its CRC32C in 4 KiB block {v.Block} (image offset {at + (long)v.Block * ChunkChecksum.BlockSize})",
+        };
+        pool.Ras.Emit(new RasEvent(RasIds.DataChecksumMismatch, RasSeverity.Error, RasType.InfoOnly,
+            $"pool '{pool.Label}' image '{meta.Label}' chunk at offset {at}: the replica on target {v.Replica.Target} {what}",
+            Pool: pool.Label, Image: meta.Label, Target: v.Replica.Target, Device: shard.Device.Name,
+            Offset: v.Block >= 0 ? at + (long)v.Block * ChunkChecksum.BlockSize : at));
+    }
+
+    private DataIntegrityException Unrecoverable(ImageMeta meta, long at, ChunkMap map)
+    {
+        string message = $"data integrity error in pool '{pool.Label}', image '{meta.Label}' at offset {at}: none of the {map.Replicas.Length} replica(s) of the {meta.ChunkSize}-byte chunk verifies";
+        pool.Ras.Emit(new RasEvent(RasIds.DataUnrecoverable, RasSeverity.Error, RasType.InfoOnly, message, Pool: pool.Label, Image: meta.Label, Offset: at));
+        return new DataIntegrityException(pool.Label, meta.Label, at, message);
     }
 
     /// <summary>Rewrites bad replicas in place with verified bytes; the CRC in the map stays right.</summary>
@@ -111,27 +278,37 @@ internal sealed class ChunkIo(Pool pool)
         pool.ThrowIfNotWritable();
         int cs = meta.ChunkSize;
         var old = Lookup(meta, index);
+        bool blocks = pool.WritesBlockTables(cs);
+        int head = blocks ? ChunkChecksum.TableSize : 0;
         byte[]? rented = null;
-        ReadOnlyMemory<byte> chunk;
-        if (data.Length == cs)
-        {
-            // A whole chunk: nothing to read or merge.
-            chunk = data;
-        }
-        else
-        {
-            rented = System.Buffers.ArrayPool<byte>.Shared.Rent(cs);
-            var merged = rented.AsMemory(0, cs);
-            if (old != null)
-                await ReadVerifiedAsync(meta, index, old, merged, repair: true).ConfigureAwait(false);
-            else
-                merged.Span.Clear();
-            data.Span.CopyTo(merged.Span[within..]);
-            chunk = merged;
-        }
         try
         {
-            await WriteReplicasAsync(meta, index, within, chunk, durable, old).ConfigureAwait(false);
+            ReadOnlyMemory<byte> extent;
+            if (data.Length == cs && !blocks)
+            {
+                // A whole chunk without a table: nothing to read, merge or copy.
+                extent = data;
+            }
+            else
+            {
+                // The new extent: the block table (when there is one) then the chunk, merged with the
+                // verified old contents when the write is partial, written with one device write.
+                rented = System.Buffers.ArrayPool<byte>.Shared.Rent(head + cs);
+                var merged = rented.AsMemory(head, cs);
+                if (data.Length == cs)
+                    data.CopyTo(merged);
+                else if (old != null)
+                    await ReadVerifiedAsync(meta, index, old, merged, repair: true).ConfigureAwait(false);
+                else
+                    merged.Span.Clear();
+                if (data.Length != cs)
+                    data.Span.CopyTo(merged.Span[within..]);
+                extent = rented.AsMemory(0, head + cs);
+            }
+            uint crc = blocks
+                ? ChunkChecksum.BuildTable(meta.Id, index, extent.Span[head..], rented!.AsSpan(0, head))
+                : ChunkChecksum.Of(extent.Span);
+            await WriteReplicasAsync(meta, index, within, extent, crc, blocks, durable, old).ConfigureAwait(false);
         }
         finally
         {
@@ -158,11 +335,11 @@ internal sealed class ChunkIo(Pool pool)
         return off;
     }
 
-    /// <summary>Writes the chunk to fresh extents, commits their mapping, then frees (or defers) the old extents.</summary>
-    private async Task WriteReplicasAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool durable, ChunkMap? old)
+    /// <summary>Writes the extent (the chunk, after its table when it has one) to fresh extents, commits their mapping, then frees (or defers) the old extents.</summary>
+    private async Task WriteReplicasAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, uint crc, bool blocks, bool durable, ChunkMap? old)
     {
         int cs = meta.ChunkSize;
-        uint crc = ChunkChecksum.Of(chunk.Span);
+        int length = chunk.Length;
         int rf = Math.Min(pool.Rf, pool.Shards.Length);
         var replicas = new Replica[rf];
         var placement = pool.Placement;
@@ -172,15 +349,15 @@ internal sealed class ChunkIo(Pool pool)
             for (; allocated < rf; allocated++)
             {
                 int t = placement.Target(meta.Id, index, allocated, pool.Shards.Length);
-                long off = await AllocateAsync(t, cs).ConfigureAwait(false);
+                long off = await AllocateAsync(t, length).ConfigureAwait(false);
                 if (off < 0)
-                    throw new NoSpaceException($"no space left in pool '{pool.Label}': target {t} has no free {cs}-byte extent for image '{meta.Label}' at offset {index * cs}");
+                    throw new NoSpaceException($"no space left in pool '{pool.Label}': target {t} has no free {length}-byte extent for image '{meta.Label}' at offset {index * cs}");
                 replicas[allocated] = new Replica((ushort)t, off, crc);
             }
         }
         catch
         {
-            FreeReplicas(replicas, allocated, cs);
+            FreeReplicas(replicas, allocated, length);
             throw;
         }
         // From here until the old extents are freed or deferred the write holds fresh extents: a writer
@@ -188,7 +365,7 @@ internal sealed class ChunkIo(Pool pool)
         pool.Log.HoldFresh();
         try
         {
-            await WriteAndCommitAsync(meta, index, within, chunk, durable, replicas).ConfigureAwait(false);
+            await WriteAndCommitAsync(meta, index, within, chunk, blocks, durable, replicas).ConfigureAwait(false);
             if (old == null)
                 return;
             if (durable)
@@ -202,9 +379,11 @@ internal sealed class ChunkIo(Pool pool)
         }
     }
 
-    private async Task WriteAndCommitAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool durable, Replica[] replicas)
+    private async Task WriteAndCommitAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool blocks, bool durable, Replica[] replicas)
     {
         int cs = meta.ChunkSize;
+        int length = chunk.Length;
+        var record = MetaRecords.ChunkMap(meta.Id, index, replicas, blocks);
         int rf = replicas.Length;
         if (!durable)
         {
@@ -216,16 +395,16 @@ internal sealed class ChunkIo(Pool pool)
             }
             catch (DeviceException e)
             {
-                FreeReplicas(replicas, rf, cs);
+                FreeReplicas(replicas, rf, length);
                 throw WriteFailed(meta, index * cs + within, e);
             }
             try
             {
-                pool.Log.CommitWriteback([MetaRecords.ChunkMap(meta.Id, index, replicas)]);
+                pool.Log.CommitWriteback([record]);
             }
             catch
             {
-                FreeReplicas(replicas, rf, cs); // nothing was applied or queued
+                FreeReplicas(replicas, rf, length); // nothing was applied or queued
                 throw;
             }
             return;
@@ -237,7 +416,7 @@ internal sealed class ChunkIo(Pool pool)
         Task commit;
         try
         {
-            commit = pool.Log.CommitAfterAsync(MetaRecords.ChunkMap(meta.Id, index, replicas), data);
+            commit = pool.Log.CommitAfterAsync(record, data);
         }
         catch
         {
@@ -250,7 +429,7 @@ internal sealed class ChunkIo(Pool pool)
             {
                 // The enqueue's own error is the one to report; the writes are done either way.
             }
-            FreeReplicas(replicas, rf, cs);
+            FreeReplicas(replicas, rf, length);
             throw;
         }
         try
@@ -261,13 +440,13 @@ internal sealed class ChunkIo(Pool pool)
         {
             // The data writes failed and the record was voided in the log (a pad in its place);
             // the round's flush made the pad durable, nothing refers to the new extents.
-            FreeReplicas(replicas, rf, cs);
+            FreeReplicas(replicas, rf, length);
             throw WriteFailed(meta, index * cs + within, e);
         }
         // Any other failure: the record may or may not be durable, so the extents stay allocated.
     }
 
-    /// <summary>Writes the chunk to every replica's extent at once.</summary>
+    /// <summary>Writes the extent's bytes (table and chunk, or the chunk) to every replica's extent at once.</summary>
     private Task WriteDataAsync(Replica[] replicas, ReadOnlyMemory<byte> chunk) =>
         replicas.Length == 1
             ? pool.Shards[replicas[0].Target].WriteDataAsync(replicas[0].Offset, chunk).AsTask()
@@ -281,9 +460,9 @@ internal sealed class ChunkIo(Pool pool)
         return new StoreException(Errno.EIO, $"write to pool '{pool.Label}' image '{meta.Label}' at offset {at} failed: {e.Message}", e);
     }
 
-    private void FreeReplicas(Replica[] replicas, int count, int cs)
+    private void FreeReplicas(Replica[] replicas, int count, int length)
     {
         for (int i = 0; i < count; i++)
-            pool.Shards[replicas[i].Target].Allocator.Free(replicas[i].Offset, cs);
+            pool.Shards[replicas[i].Target].Allocator.Free(replicas[i].Offset, length);
     }
 }

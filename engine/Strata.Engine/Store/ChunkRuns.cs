@@ -26,26 +26,45 @@ internal sealed class ChunkRuns(Pool pool)
         return (int)Math.Clamp(pool.Shards[0].Header.WalLength / 8 / record, 1, MaxGroupChunks);
     }
 
-    /// <summary>An extent of one chunk on one target, with its bytes: what a run is made of.</summary>
-    private readonly record struct Extent(int Target, long Offset, int Slot);
+    /// <summary>
+    /// An extent of one chunk on one target (Length: the chunk, plus its block table when Blocks), with
+    /// its chunk's slot in the request: what a run is made of.
+    /// </summary>
+    private readonly record struct Extent(int Target, long Offset, int Length, bool Blocks, int Slot);
 
     /// <summary>
     /// Groups extents of one target that are adjacent on the device into runs of at
-    /// most maxRun bytes; returns the runs as ranges of the sorted list.
+    /// most maxRun bytes (or one extent); returns the runs as ranges of the sorted list
+    /// with their byte lengths.
     /// </summary>
-    private static List<(int Start, int Count)> Runs(List<Extent> sorted, int chunkSize, int maxRun)
+    private static List<(int Start, int Count, int Bytes)> Runs(List<Extent> sorted, int maxRun)
     {
-        var runs = new List<(int, int)>();
+        var runs = new List<(int, int, int)>();
         for (int i = 0; i < sorted.Count;)
         {
-            int n = 1;
+            int n = 1, bytes = sorted[i].Length;
             while (i + n < sorted.Count && sorted[i + n].Target == sorted[i].Target
-                && sorted[i + n].Offset == sorted[i].Offset + (long)n * chunkSize && (n + 1) * chunkSize <= maxRun)
-                n++;
-            runs.Add((i, n));
+                && sorted[i + n].Offset == sorted[i + n - 1].Offset + sorted[i + n - 1].Length && bytes + sorted[i + n].Length <= maxRun)
+                bytes += sorted[i + n++].Length;
+            runs.Add((i, n, bytes));
             i += n;
         }
         return runs;
+    }
+
+    /// <summary>One device command per transfer limit of a run's buffer (an extent with its table can exceed 1 MiB).</summary>
+    private static async Task TransferAsync(Shard shard, long dataOffset, Memory<byte> buffer, bool write)
+    {
+        int max = shard.Device.Geometry.MaxTransfer;
+        long at = shard.Base + shard.Header.DataOffset + dataOffset;
+        for (int done = 0; done < buffer.Length; done += max)
+        {
+            var piece = buffer.Slice(done, Math.Min(max, buffer.Length - done));
+            if (write)
+                await shard.Device.WriteAsync(at + done, piece).ConfigureAwait(false);
+            else
+                await shard.Device.ReadAsync(at + done, piece).ConfigureAwait(false);
+        }
     }
 
     private int MaxRun() => pool.Shards.Min(s => Math.Min(1 << 20, s.Device.Geometry.MaxTransfer));
@@ -58,6 +77,8 @@ internal sealed class ChunkRuns(Pool pool)
         int cs = meta.ChunkSize;
         int n = pieces.Count;
         var olds = pool.Meta.ChunksAt(meta, pieces, p => p.Index);
+        // Decided once under the group's locks: every chunk of the group takes the same form.
+        bool blocks = pool.WritesBlockTables(cs);
         // Each chunk's new contents: the caller's bytes for a whole chunk, else merged with the verified old chunk.
         var chunks = new ReadOnlyMemory<byte>[n];
         // From WriteReplicasAsync's allocation until the old extents are freed or deferred the write
@@ -92,7 +113,7 @@ internal sealed class ChunkRuns(Pool pool)
                     long frees = pool.ExtentFrees;
                     try
                     {
-                        replicas = await WriteReplicasAsync(meta, pieces, chunks).ConfigureAwait(false);
+                        replicas = await WriteReplicasAsync(meta, pieces, chunks, blocks).ConfigureAwait(false);
                         held = true;
                     }
                     catch (NoSpaceException) when (attempt < PoolLog.SpaceRetries)
@@ -106,7 +127,7 @@ internal sealed class ChunkRuns(Pool pool)
                 }
                 var records = new MetaRecord[n];
                 for (int i = 0; i < n; i++)
-                    records[i] = MetaRecords.ChunkMap(meta.Id, pieces[i].Index, replicas[i]);
+                    records[i] = MetaRecords.ChunkMap(meta.Id, pieces[i].Index, replicas[i], blocks);
                 if (durable)
                 {
                     await pool.Log.CommitAsync(records).ConfigureAwait(false);
@@ -121,7 +142,7 @@ internal sealed class ChunkRuns(Pool pool)
                     {
                         // Nothing was applied or queued: the new extents are free again.
                         foreach (var r in replicas)
-                            pool.FreeChunk(new ChunkMap(r), cs);
+                            pool.FreeChunk(new ChunkMap(r, null, blocks), cs);
                         throw;
                     }
                 }
@@ -158,15 +179,20 @@ internal sealed class ChunkRuns(Pool pool)
     /// extents, and returns each chunk's replicas. Their data writes have completed
     /// when this returns; the commit's flush makes them durable.
     /// </summary>
-    private async Task<Replica[][]> WriteReplicasAsync(ImageMeta meta, List<Piece> pieces, ReadOnlyMemory<byte>[] chunks)
+    private async Task<Replica[][]> WriteReplicasAsync(ImageMeta meta, List<Piece> pieces, ReadOnlyMemory<byte>[] chunks, bool blocks)
     {
         int cs = meta.ChunkSize, n = pieces.Count, targets = pool.Shards.Length;
+        int ext = ChunkChecksum.ExtentLength(cs, blocks);
         int rf = Math.Min(pool.Rf, targets);
         var replicas = new Replica[n][];
         var crcs = new uint[n];
+        // Block tables, when the chunks take them: built once, written before each replica's data.
+        byte[]? tables = blocks ? ArrayPool<byte>.Shared.Rent(n * ChunkChecksum.TableSize) : null;
         for (int i = 0; i < n; i++)
         {
-            crcs[i] = ChunkChecksum.Of(chunks[i].Span);
+            crcs[i] = blocks
+                ? ChunkChecksum.BuildTable(meta.Id, pieces[i].Index, chunks[i].Span, tables.AsSpan(i * ChunkChecksum.TableSize, ChunkChecksum.TableSize))
+                : ChunkChecksum.Of(chunks[i].Span);
             replicas[i] = new Replica[rf];
         }
         var placement = pool.Placement;
@@ -185,17 +211,17 @@ internal sealed class ChunkRuns(Pool pool)
                     if (mine.Count == 0)
                         continue;
                     var alloc = pool.Shards[t].Allocator;
-                    long run = mine.Count > 1 ? alloc.Allocate((long)mine.Count * cs) : -1;
+                    long run = mine.Count > 1 ? alloc.Allocate((long)mine.Count * ext) : -1;
                     if (run >= 0)
-                        allocated.Add((t, run, (long)mine.Count * cs));
+                        allocated.Add((t, run, (long)mine.Count * ext));
                     for (int k = 0; k < mine.Count; k++)
                     {
                         int i = mine[k];
-                        long off = run >= 0 ? run + (long)k * cs : alloc.Allocate(cs);
+                        long off = run >= 0 ? run + (long)k * ext : alloc.Allocate(ext);
                         if (off < 0)
-                            throw new NoSpaceException($"no space left in pool '{pool.Label}': target {t} has no free {cs}-byte extent for image '{meta.Label}' at offset {pieces[i].Index * cs}");
+                            throw new NoSpaceException($"no space left in pool '{pool.Label}': target {t} has no free {ext}-byte extent for image '{meta.Label}' at offset {pieces[i].Index * cs}");
                         if (run < 0)
-                            allocated.Add((t, off, cs));
+                            allocated.Add((t, off, ext));
                         replicas[i][r] = new Replica((ushort)t, off, crcs[i]);
                     }
                 }
@@ -206,11 +232,11 @@ internal sealed class ChunkRuns(Pool pool)
             var extents = new List<Extent>(n * rf);
             for (int i = 0; i < n; i++)
                 foreach (var rep in replicas[i])
-                    extents.Add(new Extent(rep.Target, rep.Offset, i));
+                    extents.Add(new Extent(rep.Target, rep.Offset, ext, blocks, i));
             extents.Sort((a, b) => a.Target != b.Target ? a.Target.CompareTo(b.Target) : a.Offset.CompareTo(b.Offset));
             var writes = new List<Task>();
-            foreach (var (start, count) in Runs(extents, cs, MaxRun()))
-                writes.Add(WriteRunAsync(extents, start, count, cs, chunks));
+            foreach (var (start, count, bytes) in Runs(extents, MaxRun()))
+                writes.Add(WriteRunAsync(extents, start, count, bytes, cs, chunks, tables));
             try
             {
                 await Task.WhenAll(writes).ConfigureAwait(false);
@@ -232,17 +258,33 @@ internal sealed class ChunkRuns(Pool pool)
                 pool.Log.ReleaseFresh();
             throw;
         }
+        finally
+        {
+            if (tables != null)
+                ArrayPool<byte>.Shared.Return(tables);
+        }
         return replicas;
     }
 
-    /// <summary>One device write for a run of adjacent extents on one target.</summary>
-    private async Task WriteRunAsync(List<Extent> extents, int start, int count, int cs, ReadOnlyMemory<byte>[] chunks)
+    /// <summary>One device write for a run of adjacent extents on one target (each its table, if any, then its chunk).</summary>
+    private async Task WriteRunAsync(List<Extent> extents, int start, int count, int bytes, int cs, ReadOnlyMemory<byte>[] chunks, byte[]? tables)
     {
         var shard = pool.Shards[extents[start].Target];
-        using var buf = shard.Device.Buffers.Rent(count * cs);
+        using var buf = shard.Device.Buffers.Rent(bytes);
+        var span = buf.Memory.Span;
+        int at = 0;
         for (int k = 0; k < count; k++)
-            chunks[extents[start + k].Slot].Span.CopyTo(buf.Memory.Span.Slice(k * cs, cs));
-        await shard.Device.WriteAsync(shard.Base + shard.Header.DataOffset + extents[start].Offset, buf.Memory).ConfigureAwait(false);
+        {
+            var e = extents[start + k];
+            if (e.Blocks)
+            {
+                tables.AsSpan(e.Slot * ChunkChecksum.TableSize, ChunkChecksum.TableSize).CopyTo(span[at..]);
+                at += ChunkChecksum.TableSize;
+            }
+            chunks[e.Slot].Span.CopyTo(span.Slice(at, cs));
+            at += cs;
+        }
+        await TransferAsync(shard, extents[start].Offset, buf.Memory[..bytes], write: true).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -265,12 +307,12 @@ internal sealed class ChunkRuns(Pool pool)
                 continue;
             }
             var r = maps[i]!.Replicas[0];
-            extents.Add(new Extent(r.Target, r.Offset, i));
+            extents.Add(new Extent(r.Target, r.Offset, maps[i]!.ExtentLength(cs), maps[i]!.Blocks, i));
         }
         extents.Sort((a, b) => a.Target != b.Target ? a.Target.CompareTo(b.Target) : a.Offset.CompareTo(b.Offset));
-        var runs = Runs(extents, cs, MaxRun());
+        var runs = Runs(extents, MaxRun());
         var failed = new bool[n];
-        await Task.WhenAll(runs.Select(run => ReadRunAsync(extents, run.Start, run.Count, cs, pieces, maps, destination, failed))).ConfigureAwait(false);
+        await Task.WhenAll(runs.Select(run => ReadRunAsync(meta, extents, run.Start, run.Count, run.Bytes, pieces, maps, destination, failed))).ConfigureAwait(false);
         List<long>? unrepaired = null;
         for (int i = 0; i < n; i++)
         {
@@ -292,14 +334,15 @@ internal sealed class ChunkRuns(Pool pool)
         return unrepaired;
     }
 
-    private async Task ReadRunAsync(List<Extent> extents, int start, int count, int cs, List<Piece> pieces,
+    private async Task ReadRunAsync(ImageMeta meta, List<Extent> extents, int start, int count, int bytes, List<Piece> pieces,
         ChunkMap?[] maps, Memory<byte> destination, bool[] failed)
     {
+        int cs = meta.ChunkSize;
         var shard = pool.Shards[extents[start].Target];
-        using var buf = shard.Device.Buffers.Rent(count * cs);
+        using var buf = shard.Device.Buffers.Rent(bytes);
         try
         {
-            await shard.Device.ReadAsync(shard.Base + shard.Header.DataOffset + extents[start].Offset, buf.Memory).ConfigureAwait(false);
+            await TransferAsync(shard, extents[start].Offset, buf.Memory[..bytes], write: false).ConfigureAwait(false);
         }
         catch (DeviceException)
         {
@@ -308,16 +351,24 @@ internal sealed class ChunkRuns(Pool pool)
                 failed[extents[start + k].Slot] = true;
             return;
         }
+        int at = 0;
         for (int k = 0; k < count; k++)
         {
-            int i = extents[start + k].Slot;
-            var data = buf.Memory.Span.Slice(k * cs, cs);
-            if (!ChunkChecksum.Verify(maps[i]!.Replicas[0], cs, 0, data).Ok)
+            var e = extents[start + k];
+            int i = e.Slot;
+            var extent = buf.Memory.Span.Slice(at, e.Length);
+            at += e.Length;
+            var replica = maps[i]!.Replicas[0];
+            var p = pieces[i];
+            ChunkVerdict verdict = e.Blocks
+                ? ChunkChecksum.VerifyExtent(replica, meta.Id, p.Index, cs, extent)
+                : ChunkChecksum.Verify(replica, cs, 0, extent);
+            if (!verdict.Ok)
             {
                 failed[i] = true;
                 continue;
             }
-            var p = pieces[i];
+            var data = e.Blocks ? extent[ChunkChecksum.TableSize..] : extent;
             data.Slice(p.Within, p.Length).CopyTo(destination.Span.Slice(p.At, p.Length));
         }
     }

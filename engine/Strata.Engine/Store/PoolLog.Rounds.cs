@@ -203,7 +203,7 @@ internal sealed partial class PoolLog
                     if (p.DataError == null && !p.Applied)
                     {
                         state.Apply(new WalRecord(seq, (ushort)r.Type, r.Flags, r.Payload));
-                        if (r.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkUnmap))
+                        if (r.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkMapBlocks or MetaRecordType.ChunkUnmap))
                             MetadataEstimate += r.Payload.Length;
                     }
                     seq++;

@@ -137,7 +137,7 @@ internal sealed partial class PoolLog
             _pool.ThrowIfNotLoggable();
             foreach (var r in records)
             {
-                if (r.Type != MetaRecordType.ChunkMap)
+                if (r.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkMapBlocks))
                     throw new InvalidOperationException($"a writeback commit holds chunk-map records only, not {r.Type}");
                 uint image = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(r.Payload);
                 if (!state.Images.ContainsKey(image))

@@ -179,13 +179,14 @@ internal static class PoolOpener
         var dropped = new List<DroppedRecord>();
         foreach (var r in records)
         {
-            if (r.Seq > durable && r.Type == (ushort)MetaRecordType.ChunkMap)
+            if (r.Seq > durable && r.Type is (ushort)MetaRecordType.ChunkMap or (ushort)MetaRecordType.ChunkMapBlocks)
             {
                 // The tail: the log write may have reached the media while the chunk's data
                 // write did not. Such a write was never acknowledged; its chunk keeps the
                 // previous mapping, whose extents are still intact (freed only after an ack).
                 var (image, chunk, replicas) = MetaRecords.ReadChunkMap(r.Payload);
-                if (state.Images.TryGetValue(image, out var img) && !await verifier.VerifyAsync(replicas, img.ChunkSize).ConfigureAwait(false))
+                bool blocks = r.Type == (ushort)MetaRecordType.ChunkMapBlocks;
+                if (state.Images.TryGetValue(image, out var img) && !await verifier.VerifyAsync(replicas, image, chunk, img.ChunkSize, blocks).ConfigureAwait(false))
                 {
                     dropped.Add(new DroppedRecord(r.Seq, image, chunk));
                     continue;
@@ -279,29 +280,34 @@ internal static class PoolOpener
     /// </summary>
     private sealed class TailVerifier(Shard[] shards)
     {
-        private readonly Dictionary<Replica, bool> _checked = new();
+        private readonly Dictionary<(Replica, bool), bool> _checked = new();
 
-        public async Task<bool> VerifyAsync(Replica[] replicas, int chunkSize)
+        /// <summary>Every replica verifies: its chunk against the CRC, or its block table against the CRC and each block against the table.</summary>
+        public async Task<bool> VerifyAsync(Replica[] replicas, uint image, long chunk, int chunkSize, bool blocks)
         {
             foreach (var r in replicas)
-                if (!await VerifyAsync(r, chunkSize).ConfigureAwait(false))
+                if (!await VerifyAsync(r, image, chunk, chunkSize, blocks).ConfigureAwait(false))
                     return false;
             return true;
         }
 
-        private async Task<bool> VerifyAsync(Replica r, int chunkSize)
+        private async Task<bool> VerifyAsync(Replica r, uint image, long chunk, int chunkSize, bool blocks)
         {
-            if (_checked.TryGetValue(r, out bool ok))
+            if (_checked.TryGetValue((r, blocks), out bool ok))
                 return ok;
-            if (r.Target >= shards.Length || r.Offset < 0 || r.Offset % ExtentAllocator.Unit != 0 || r.Offset > shards[r.Target].Header.DataLength - chunkSize)
-                return _checked[r] = false;
-            var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(chunkSize);
+            int length = ChunkChecksum.ExtentLength(chunkSize, blocks);
+            if (r.Target >= shards.Length || r.Offset < 0 || r.Offset % ExtentAllocator.Unit != 0 || r.Offset > shards[r.Target].Header.DataLength - length)
+                return _checked[(r, blocks)] = false;
+            var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(length);
             try
             {
                 // A read error is not a verdict: it fails the open (nothing is written), rather
                 // than dropping a write that may have been acknowledged.
-                await shards[r.Target].ReadDataAsync(r.Offset, buffer.AsMemory(0, chunkSize)).ConfigureAwait(false);
-                return _checked[r] = ChunkChecksum.Verify(r, chunkSize, 0, buffer.AsSpan(0, chunkSize)).Ok;
+                await shards[r.Target].ReadDataAsync(r.Offset, buffer.AsMemory(0, length)).ConfigureAwait(false);
+                var verdict = blocks
+                    ? ChunkChecksum.VerifyExtent(r, image, chunk, chunkSize, buffer.AsSpan(0, length))
+                    : ChunkChecksum.Verify(r, chunkSize, 0, buffer.AsSpan(0, length));
+                return _checked[(r, blocks)] = verdict.Ok;
             }
             finally
             {

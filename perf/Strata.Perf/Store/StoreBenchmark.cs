@@ -23,6 +23,8 @@ public static class StoreBenchmark
           --image-size SIZE  image size (default 1G); written fully through the store before the rows
           --chunk-size LIST  image chunk size(s), e.g. 4K or 4K,16K,64K (default 4K); one fresh pool per size
           --rf N             replicas per chunk (default 1)
+          --layout N         pool layout version (default: the newest this build supports); at 3 and later chunks
+                             above 4K carry a block table and a 4K read verifies only the blocks it touches
           --runtime SEC      measured seconds per row per engine (default 10; after 1 s warm-up)
           --quick            2 s per row per engine
           --rows LIST        comma-separated filters on row names (randread-4k-qd32, randwrite-4k-qd32,
@@ -156,9 +158,10 @@ public static class StoreBenchmark
             await using var engine = await StorageEngine.FormatAsync(bench.Devices, force: true);
             // Copy-on-write needs free extents beside the image's chunks: 25% headroom.
             long poolSize = o.ImageSize * o.Rf / 4 * 5;
-            var pool = await engine.CreatePoolAsync("bench", poolSize, o.Rf, new PoolCreateOptions { MinChunkSize = Math.Min(chunkSize, 64 * 1024) });
+            var pool = await engine.CreatePoolAsync("bench", poolSize, o.Rf, new PoolCreateOptions { MinChunkSize = Math.Min(chunkSize, 64 * 1024), LayoutVersion = o.Layout });
             await pool.CreateContainerAsync("c");
             var image = await pool.CreateImageAsync("c", "img", o.ImageSize, chunkSize);
+            Console.WriteLine($"  pool at layout {pool.LayoutVersion}");
             var shard = pool.Shards[0];
             var region = (shard.Base + shard.Header.DataOffset, shard.Header.DataLength);
 
@@ -296,6 +299,8 @@ internal sealed class StoreBenchOptions
     public required long ImageSize { get; init; }
     public required int[] ChunkSizes { get; init; }
     public required int Rf { get; init; }
+    /// <summary>Layout of the benchmark pool; 0 = the newest this build supports.</summary>
+    public uint Layout { get; init; }
     public required TimeSpan Runtime { get; init; }
     public required DeviceRow[] Rows { get; init; }
     public required int Pollers { get; init; }
@@ -344,6 +349,7 @@ internal sealed class StoreBenchOptions
             ImageSize = imageSize,
             ChunkSizes = chunks.Select(c => (int)c).ToArray(),
             Rf = rf,
+            Layout = (uint)cl.Int("layout", 0),
             Runtime = TimeSpan.FromSeconds(cl.Seconds("runtime", quick ? 2 : 10)),
             Rows = SelectRows(cl.String("rows")),
             Pollers = pollers,
