@@ -39,6 +39,11 @@ public static class Seeds
         yield return ("wal", "valid-records", Log(SampleRecords()));
         yield return ("wal", "valid-pad-and-skippable", Log([MetaRecords.PoolSetProp("label", "p1"), new MetaRecord((MetaRecordType)999, [1, 2, 3], WalFormat.FlagSkippable)], pad: true));
 
+        // v2 batches carry the durable mark in their headers, not as a record.
+        var v2 = SampleRecords().Where(r => r.Type != MetaRecordType.DurableThrough).ToList();
+        yield return ("wal-v2", "valid-records", LogV2([v2[..4], v2[4..]]));
+        yield return ("wal-v2", "valid-skippable-voided-wrap", LogV2([[MetaRecords.PoolSetProp("label", "p1"), new MetaRecord((MetaRecordType)999, [1, 2, 3], WalFormat.FlagSkippable)], [MetaRecords.ContainerCreate(1, "c1", 1)]], voidLast: true, wrap: true));
+
         yield return ("nbd-handshake", "valid-go", Concat(ClientFlags(), Option(OptStructuredReply, []), Option(OptList, []),
             Option(OptInfo, InfoData(NbdHarnesses.ExportName, InfoName, InfoBlockSize)), Option(OptGo, InfoData(NbdHarnesses.ExportName, InfoDescription))));
         yield return ("nbd-handshake", "valid-export-name", Concat(ClientFlags(), Option(OptStartTls, []), Option(OptExportName, Encoding.UTF8.GetBytes(NbdHarnesses.ExportName))));
@@ -93,6 +98,37 @@ public static class Seeds
             int rest = (int)(DeviceIo.AlignUp(wal.Count, StoreHarnesses.BlockSize) - wal.Count);
             var b = new byte[rest];
             WalFormat.Encode(b, seed, seq, WalFormat.PadType, 0, new byte[rest - WalFormat.HeaderSize], rest);
+            wal.AddRange(b);
+        }
+        return wal.ToArray();
+    }
+
+    /// <summary>Batches framed as a WAL v2 log writes them (one block each), from sequence 1, for the seeds' pool and epoch 0.</summary>
+    private static byte[] LogV2(List<MetaRecord>[] batches, bool voidLast = false, bool wrap = false)
+    {
+        uint seed = WalFormatV2.Seed(StoreHarnesses.Pool, 0);
+        var wal = new List<byte>();
+        ulong seq = 1;
+        foreach (var records in batches)
+        {
+            var b = new byte[StoreHarnesses.BlockSize];
+            int pos = WalFormatV2.HeaderSize, last = pos;
+            foreach (var r in records)
+            {
+                last = pos;
+                pos += WalFormatV2.EncodeRecord(b.AsSpan(pos), (ushort)r.Type, r.Flags, r.Payload);
+            }
+            WalFormatV2.Seal(b, seed, seq, seq - 1, b.Length, pos - WalFormatV2.HeaderSize);
+            if (voidLast)
+                WalFormatV2.Void(b, last, pos - last, seed);
+            seq += 1 + (ulong)records.Count;
+            wal.AddRange(b);
+        }
+        if (wrap)
+        {
+            // An empty batch whose span reaches the end of the log: replay goes on at 0 (and stops there at sequence 1).
+            var b = new byte[2 * StoreHarnesses.BlockSize];
+            WalFormatV2.Seal(b, seed, seq, seq - 1, b.Length, 0);
             wal.AddRange(b);
         }
         return wal.ToArray();

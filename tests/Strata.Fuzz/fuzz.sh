@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one fuzz harness under afl-fuzz (not part of CI; CI runs the corpus through FuzzCorpusTests).
 #   tests/Strata.Fuzz/fuzz.sh HARNESS [SECONDS | --execs N]
-# Harnesses: superblock shard-header checkpoint wal block-table nbd-handshake nbd-request.
+# Harnesses: superblock shard-header checkpoint wal wal-v2 block-table nbd-handshake nbd-request.
 # Builds Strata.Fuzz (Release), copies it to build/fuzz/bin, instruments that copy of
 # Strata.Engine.dll with sharpfuzz (the SharpFuzz.CommandLine tool of this folder's manifest),
 # then fuzzes from corpus/HARNESS into build/fuzz/out/HARNESS (resumed when it exists). Without

@@ -17,5 +17,6 @@ public sealed class FuzzCorpusTests
     [DataRow("checkpoint")]
     [DataRow("wal")]
     [DataRow("block-table")]
+    [DataRow("wal-v2")]
     public void Corpus_EveryFile_DecodesOrRefusesWithTypedError(string harness) => CorpusRunner.Run(harness, StoreHarnesses.All[harness]);
 }

@@ -109,6 +109,17 @@ public sealed class LayoutCatalog
 
     public const uint MinSupported = 1;
 
+    /// <summary>The feature whose pools frame their log as WAL v2 (docs/format.md, "WAL v2").</summary>
+    public const string WalV2Feature = "wal_v2";
+
+    /// <summary>
+    /// Whether a pool at this layout frames its log as WAL v2 (the layout includes <see cref="WalV2Feature"/>).
+    /// The shard header records each log's framing: a job between the switch and the layout switch
+    /// writes v2 at the older layout.
+    /// </summary>
+    public bool HasWalV2(uint layout) =>
+        _all.Take((int)Math.Min(layout, (uint)_all.Count)).SelectMany(v => v.Features).Any(f => f.Name == WalV2Feature);
+
     /// <summary>Every version the catalog describes, supported by this build or not (what `pool upgrade --list` prints).</summary>
     public IReadOnlyList<LayoutVersion> Versions => _all;
 
@@ -217,8 +228,9 @@ public sealed class LayoutCatalog
         ], Supported: false),
         new(5, "write-ahead log v2",
         [
-            new("wal_v2", 5, FeatureClass.Incompat, 4, ActionKind.LogFormat,
-                "a new write-ahead-log record format: every shard is checkpointed and its log restarted in the new format", null),
+            new(WalV2Feature, 5, FeatureClass.Incompat, 4, ActionKind.LogFormat,
+                "write-ahead log v2, checksummed batches: one header and CRC32C per batch, compact records (a 4 KiB write's record 30 bytes instead of 56); every shard is checkpointed and its log restarted in the new format",
+                WalV2Action.Instance),
         ], Supported: false),
     ],
     [

@@ -12,6 +12,12 @@ public interface IUpgradePool
 
     /// <summary>Whether the property is stored in the pool's metadata (not only a default).</summary>
     bool HasStoredProperty(string name);
+
+    /// <summary>
+    /// wal_v2: completes after every shard was checkpointed with everything committed before the call and
+    /// its log restarted in WAL v2 framing (between two commit rounds; later batches are v2).
+    /// </summary>
+    Task RestartLogInWalV2Async();
 }
 
 /// <summary>A metadata change an action proposes; the job writes it as the matching log record.</summary>

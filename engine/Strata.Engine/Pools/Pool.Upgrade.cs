@@ -51,6 +51,8 @@ public sealed partial class Pool : IUpgradePool
 
     bool IUpgradePool.HasStoredProperty(string name) => HasStoredProperty(name);
 
+    Task IUpgradePool.RestartLogInWalV2Async() => Log.SwitchFormatAsync(WalFormatV2.Format);
+
     internal bool HasStoredProperty(string name)
     {
         lock (Meta.Sync)
@@ -380,8 +382,10 @@ public sealed partial class Pool : IUpgradePool
             return;
         }
         // Exclusive: drain metadata changes, refuse new ones and all image I/O, revoke open handles.
+        // The pause runs from the first refusal to the reopening: what a client sees.
         string reason = $"pool is upgrading ({LayoutVersion} -> {f.Version}); retry when it completes";
         await MetaLock.WaitAsync(stop).ConfigureAwait(false);
+        long start = Stopwatch.GetTimestamp();
         PoolGate.Closure closure;
         try
         {
@@ -397,19 +401,25 @@ public sealed partial class Pool : IUpgradePool
         {
             MetaLock.Release();
         }
-        long start = Stopwatch.GetTimestamp();
+        bool reopened = false;
         try
         {
             await RevokeHandlesAsync(reason).ConfigureAwait(false);
             if (f.Action != null)
                 await f.Action.RunAsync(ctx, cursor, stop).ConfigureAwait(false);
+            if (ctx.Proposed.Count == 0)
+            {
+                // Nothing for clients to wait for: they come back before the cursor's round. A crash
+                // before it is durable runs the (idempotent) action again.
+                Reopen(closure, start, run);
+                reopened = true;
+            }
             await Log.CommitAsync([.. ctx.Proposed.Select(ToRecord), MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
         }
         finally
         {
-            _exclusiveReason = null;
-            closure.Dispose();
-            run.RecordPause(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+            if (!reopened)
+                Reopen(closure, start, run);
         }
     }
 
@@ -419,6 +429,19 @@ public sealed partial class Pool : IUpgradePool
         SetPoolProperty p => MetaRecords.PoolSetProp(p.Name, p.Value),
         _ => throw new NotSupportedException($"no log record for the proposed change {change.GetType().Name}"),
     };
+
+    /// <summary>Ends an exclusive window: opens and I/O are accepted again; its length is the job's pause.</summary>
+    private void Reopen(PoolGate.Closure closure, long start, UpgradeRun run)
+    {
+        _exclusiveReason = null;
+        closure.Dispose();
+        double ms = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        run.RecordPause(ms);
+        LastExclusivePauseMs = ms;
+    }
+
+    /// <summary>How long the last exclusive action of this process refused opens and I/O (ms; null: none ran).</summary>
+    internal double? LastExclusivePauseMs { get; private set; }
 
     private UpgradeContext NewContext(UpgradeJobMeta job, int index, LayoutFeature f, UpgradeRun run) =>
         new(this, f,

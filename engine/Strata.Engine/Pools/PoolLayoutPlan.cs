@@ -58,6 +58,7 @@ internal static class PoolLayoutPlan
                 Compat = compat,
                 RoCompat = ro,
                 Incompat = incompat,
+                WalFormat = catalog.HasWalV2(layout) ? WalFormatV2.Format : 1,
                 PoolId = pool,
                 TargetCount = targets,
                 Generation = 1,

@@ -13,6 +13,13 @@ internal sealed partial class PoolLog
         try
         {
             _pool.ThrowIfNotLoggable();
+            // Every round is done: the checkpoint below holds every record written in the old format,
+            // and the headers it writes name the new one for the log after their head.
+            if (waiting.LastOrDefault(p => p.SwitchTo != 0) is { } s && s.SwitchTo != _format)
+            {
+                Volatile.Write(ref _format, s.SwitchTo);
+                _seed = SeedFor(s.SwitchTo);
+            }
             await WriteCheckpointAsync().ConfigureAwait(false);
             foreach (var p in waiting)
                 p.Done.TrySetResult();
@@ -50,6 +57,9 @@ internal sealed partial class PoolLog
         byte[] payload = capture.Encode();
         long chunkBytes = capture.ChunkBytes;
         ulong seq = _nextSeq - 1;
+        uint format = _format;
+        // A v2 log is unreadable to engines without wal_v2: its headers carry the bit from the switch on.
+        ulong walV2 = format == WalFormatV2.Format ? _pool.Catalog.Find(Layout.LayoutCatalog.WalV2Feature)?.Mask ?? 0 : 0;
         var ckpt = Checkpoint.Encode(_pool.Id, seq, _tail, payload, _blockSize);
         if (ckpt.Length > _pool.Shards[0].Header.CheckpointLength)
             throw new NoSpaceException($"no space left in pool '{label}': metadata of {ckpt.Length} bytes outgrew the {_pool.Shards[0].Header.CheckpointLength}-byte checkpoint area");
@@ -73,7 +83,8 @@ internal sealed partial class PoolLog
                 LayoutVersion = layout.Version,
                 Compat = layout.Compat,
                 RoCompat = layout.RoCompat,
-                Incompat = layout.Incompat,
+                Incompat = layout.Incompat | walV2,
+                WalFormat = format,
             };
             await s.WriteHeaderAsync(h).ConfigureAwait(false);
         })).ConfigureAwait(false);

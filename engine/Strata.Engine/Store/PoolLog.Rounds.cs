@@ -19,6 +19,9 @@ internal sealed partial class PoolLog
         public List<MetaRecord> Records { get; } = records;
         /// <summary>The round's log block and where it was written (rewritten if a record is voided).</summary>
         public byte[] Buffer { get; set; } = [];
+        /// <summary>The framing and CRC seed the round was written with (to void a record the same way).</summary>
+        public uint Format { get; set; }
+        public uint Seed { get; set; }
         public long At { get; set; }
         public ulong FirstSeq { get; set; }
         public ulong LastSeq { get; set; }
@@ -124,7 +127,10 @@ internal sealed partial class PoolLog
             catch (Exception e)
             {
                 p.DataError = e;
-                WalFormat.Encode(round.Buffer.AsSpan(p.Pos), _seed, p.Seq, WalFormat.PadType, 0, default, p.Length);
+                if (round.Format == WalFormatV2.Format)
+                    WalFormatV2.Void(round.Buffer, p.Pos, p.Length, round.Seed);
+                else
+                    WalFormat.Encode(round.Buffer.AsSpan(p.Pos), round.Seed, p.Seq, WalFormat.PadType, 0, default, p.Length);
                 voided = true;
             }
         }
@@ -224,6 +230,10 @@ internal sealed partial class PoolLog
     /// </summary>
     private async Task<Task> WriteRecordsAsync(Round round)
     {
+        round.Format = _format;
+        round.Seed = _seed;
+        if (_format == WalFormatV2.Format)
+            return await WriteBatchV2Async(round).ConfigureAwait(false);
         var records = round.Records;
         long total = MarkLength;
         foreach (var r in records)
@@ -232,17 +242,7 @@ internal sealed partial class PoolLog
         if (padded - total is > 0 and < WalFormat.HeaderSize)
             padded += _blockSize;
         long wrap = _tail + padded > _walLength ? _walLength - _tail : 0;
-        if (Used + wrap + padded >= _walLength)
-        {
-            // Rounds still in flight hold records the checkpoint must include: let them finish.
-            if (_lastRoundDone != null)
-                await _lastRoundDone.ConfigureAwait(false);
-            _pool.ThrowIfNotLoggable();
-            await WriteCheckpointAsync().ConfigureAwait(false);
-            wrap = _tail + padded > _walLength ? _walLength - _tail : 0;
-            if (wrap + padded >= _walLength)
-                throw new InvalidRequestException($"a metadata batch of {padded} bytes does not fit the {_walLength}-byte log");
-        }
+        wrap = await MakeRoomAsync(padded, wrap).ConfigureAwait(false);
         byte[]? wrapPad = null;
         if (wrap > 0)
         {
@@ -279,6 +279,76 @@ internal sealed partial class PoolLog
         {
             if (wrapPad != null)
                 await DeviceIo.WriteAsync(s.Device, s.WalStart + wrapAt, wrapPad).ConfigureAwait(false);
+            await DeviceIo.WriteAsync(s.Device, s.WalStart + at, buf).ConfigureAwait(false);
+        }));
+    }
+
+    /// <summary>
+    /// When the batch (and the wrap filler before it) would overrun the checkpoint's head, checkpoints
+    /// first; returns the wrap filler's length from the tail then.
+    /// </summary>
+    private async Task<long> MakeRoomAsync(long padded, long wrap)
+    {
+        if (Used + wrap + padded < _walLength)
+            return wrap;
+        // Rounds still in flight hold records the checkpoint must include: let them finish.
+        if (_lastRoundDone != null)
+            await _lastRoundDone.ConfigureAwait(false);
+        _pool.ThrowIfNotLoggable();
+        await WriteCheckpointAsync().ConfigureAwait(false);
+        wrap = _tail + padded > _walLength ? _walLength - _tail : 0;
+        if (wrap + padded >= _walLength)
+            throw new InvalidRequestException($"a metadata batch of {padded} bytes does not fit the {_walLength}-byte log");
+        return wrap;
+    }
+
+    /// <summary>
+    /// WAL v2: the round's records as one checksummed batch (docs/format.md, "WAL v2"): a 32-byte header
+    /// carrying the batch sequence and the durable-through mark, compact records, zeros to the block's end.
+    /// A batch that would not fit before the log's end is preceded by an empty batch spanning the rest
+    /// (only its first block is written). Sequences, positions and the tail move as for v1.
+    /// </summary>
+    private async Task<Task> WriteBatchV2Async(Round round)
+    {
+        long body = 0;
+        foreach (var r in round.Records)
+            body += WalFormatV2.RecordLength(r.Payload.Length);
+        long padded = DeviceIo.AlignUp(WalFormatV2.HeaderSize + body, _blockSize);
+        long wrap = _tail + padded > _walLength ? _walLength - _tail : 0;
+        wrap = await MakeRoomAsync(padded, wrap).ConfigureAwait(false);
+        ulong mark = Volatile.Read(ref _durableThrough);
+        byte[]? wrapBlock = null;
+        if (wrap > 0)
+        {
+            wrapBlock = new byte[Math.Min(_blockSize, wrap)];
+            WalFormatV2.Seal(wrapBlock, _seed, _nextSeq++, mark, (int)wrap, 0);
+        }
+        var buf = new byte[padded];
+        ulong batchSeq = _nextSeq++;
+        round.FirstSeq = _nextSeq;
+        int pos = WalFormatV2.HeaderSize;
+        foreach (var p in round.Batch)
+        {
+            p.Pos = pos;
+            p.Seq = _nextSeq;
+            foreach (var r in p.Records!)
+            {
+                pos += WalFormatV2.EncodeRecord(buf.AsSpan(pos), (ushort)r.Type, r.Flags, r.Payload);
+                _nextSeq++;
+            }
+            p.Length = pos - p.Pos;
+        }
+        WalFormatV2.Seal(buf, _seed, batchSeq, mark, (int)padded, pos - WalFormatV2.HeaderSize);
+        round.LastSeq = _nextSeq - 1;
+        long at = wrap > 0 ? 0 : _tail;
+        long wrapAt = _tail;
+        round.Buffer = buf;
+        round.At = at;
+        _tail = (at + padded) % _walLength;
+        return Task.WhenAll(_pool.Shards.Select(async s =>
+        {
+            if (wrapBlock != null)
+                await DeviceIo.WriteAsync(s.Device, s.WalStart + wrapAt, wrapBlock).ConfigureAwait(false);
             await DeviceIo.WriteAsync(s.Device, s.WalStart + at, buf).ConfigureAwait(false);
         }));
     }

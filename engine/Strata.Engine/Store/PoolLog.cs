@@ -23,8 +23,10 @@ namespace Strata.Engine.Store;
 internal sealed partial class PoolLog
 {
     /// <summary>Records committed together (null: a checkpoint request).</summary>
-    private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null, bool applied = false)
+    private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null, bool applied = false, uint switchTo = 0)
     {
+        /// <summary>A checkpoint request that first switches the log to this format (0: none).</summary>
+        public uint SwitchTo { get; } = switchTo;
         public MetaRecord[]? Records { get; } = Records;
         /// <summary>
         /// A writeback commit (<see cref="CommitWriteback"/>): applied and acknowledged when enqueued, logged by
@@ -45,7 +47,9 @@ internal sealed partial class PoolLog
 
     private readonly Pool _pool;
     private readonly Channel<Pending> _queue = Channel.CreateUnbounded<Pending>(new UnboundedChannelOptions { SingleReader = true });
-    private readonly uint _seed;
+    /// <summary>The framing new batches get (1 or <see cref="WalFormatV2.Format"/>) and its CRC seed; changed only by the committer, between rounds.</summary>
+    private uint _format;
+    private uint _seed;
     private readonly ulong _epoch;
     private readonly long _walLength;
     private readonly int _blockSize;
@@ -63,17 +67,23 @@ internal sealed partial class PoolLog
     /// <summary>Commit rounds, records, and stopwatch ticks spent writing the log, flushing, and waiting for work.</summary>
     internal record struct CommitStats(long Rounds, long Records, long WriteTicks, long FlushTicks, long IdleTicks, long SlotTicks);
 
-    public PoolLog(Pool pool, long tail, ulong nextSeq, ulong epoch)
+    public PoolLog(Pool pool, long tail, ulong nextSeq, ulong epoch, uint format = 1)
     {
         _pool = pool;
         _epoch = epoch;
-        _seed = WalFormat.Seed(pool.Id, epoch);
+        _format = format;
+        _seed = SeedFor(format);
         _walLength = pool.Shards[0].Header.WalLength;
         _blockSize = pool.Shards.Max(s => s.Device.Geometry.LogicalBlockSize);
         _head = _tail = tail;
         _nextSeq = nextSeq;
         _durableThrough = nextSeq - 1;
     }
+
+    private uint SeedFor(uint format) => format == WalFormatV2.Format ? WalFormatV2.Seed(_pool.Id, _epoch) : WalFormat.Seed(_pool.Id, _epoch);
+
+    /// <summary>How the log frames new batches (1 or <see cref="WalFormatV2.Format"/>; the shard headers say it for the log after their head).</summary>
+    public uint Format => Volatile.Read(ref _format);
 
     /// <summary>Bytes of the log in use (between the checkpoint's head and the tail).</summary>
     public long Used => (_tail - _head + _walLength) % _walLength;
@@ -171,12 +181,25 @@ internal sealed partial class PoolLog
     /// <summary>Completes after a checkpoint that includes everything committed before the call.</summary>
     public Task CheckpointAsync() => Enqueue(null);
 
-    private Task Enqueue(MetaRecord[]? records, Task? data = null)
+    /// <summary>
+    /// Completes after a checkpoint that includes everything committed before the call, after which the
+    /// log is framed as <paramref name="format"/>: the committer waits for the rounds in flight, switches,
+    /// and writes the checkpoint, whose headers name the format (and the wal_v2 incompat bit) for the log
+    /// after their head. Batches before it stay in the old format behind the head; none is ever mixed.
+    /// </summary>
+    public Task SwitchFormatAsync(uint format)
+    {
+        if (format is not (1 or WalFormatV2.Format))
+            throw new ArgumentOutOfRangeException(nameof(format), $"WAL format {format} does not exist");
+        return Enqueue(null, switchTo: format);
+    }
+
+    private Task Enqueue(MetaRecord[]? records, Task? data = null, uint switchTo = 0)
     {
         _pool.ThrowIfNotLoggable();
         if (records != null)
             Validate(records);
-        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data);
+        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data, switchTo: switchTo);
         // Ordinals follow the queue's order (CommitWriteback queues under the same lock).
         lock (_pool.Meta.Sync)
             QueueLocked(p);

@@ -99,13 +99,25 @@ internal static class PoolOpener
             ReportDropped(engine, state, dropped);
         pool.RebuildAllocators();
         ulong epoch = shards.Max(s => s.Header.WalEpoch);
-        pool.Log = new PoolLog(pool, tail, nextSeq, readOnly == null ? epoch + 1 : epoch);
+        pool.Log = new PoolLog(pool, tail, nextSeq, readOnly == null ? epoch + 1 : epoch, WalFormatAfterOpen(engine, shards, state));
         if (readOnly == null)
         {
             await pool.Log.WriteCheckpointAsync().ConfigureAwait(false);
             pool.Log.Start();
         }
         return pool;
+    }
+
+    /// <summary>
+    /// How the log is framed from the open on (the open-time checkpoint writes it into every header, so
+    /// it may differ from what was replayed): v2 once the pool's layout includes wal_v2, or once any shard
+    /// header says v2 (the wal_v2 action switched it; a crash in its checkpoint leaves some headers at
+    /// v1, and its job's cursor is not durable yet, so the action runs again either way).
+    /// </summary>
+    private static uint WalFormatAfterOpen(StorageEngine engine, Shard[] shards, PoolState state)
+    {
+        uint layout = state.Layout?.Version ?? shards.Max(s => s.Header.LayoutVersion);
+        return Math.Max(shards.Max(s => s.Header.WalFormat), (engine.Catalog.HasWalV2(layout) ? WalFormatV2.Format : 1));
     }
 
     /// <summary>Refuses layouts and incompat features this engine does not know; returns a read-only reason for unknown ro_compat ones.</summary>
@@ -236,6 +248,9 @@ internal static class PoolOpener
     /// </summary>
     internal static (List<WalRecord> Records, long Tail, ulong NextSeq, ulong Durable) ReadLog(ReadOnlySpan<byte> wal, ShardHeader h, Guid poolId)
     {
+        // The header says how the log after its head is framed (v2 batches carry their marks in their headers).
+        if (h.WalFormat == WalFormatV2.Format)
+            return WalFormatV2.Replay(wal, h.WalHead, WalFormatV2.Seed(poolId, h.WalEpoch), h.CheckpointSeq + 1, h.CheckpointSeq);
         var (records, tail, nextSeq) = WalFormat.Replay(wal, h.WalHead, WalFormat.Seed(poolId, h.WalEpoch), h.CheckpointSeq + 1);
         ulong durable = h.CheckpointSeq;
         foreach (var r in records)

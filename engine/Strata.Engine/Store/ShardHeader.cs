@@ -20,7 +20,7 @@ public sealed record ShardHeader
     private const int OffMagic = 0, OffVersion = 8, OffLayout = 12, OffCompat = 16, OffRoCompat = 24, OffIncompat = 32,
         OffPool = 40, OffTarget = 56, OffIndex = 72, OffCount = 76, OffGeneration = 80, OffShardLength = 88,
         OffWal = 96, OffWalLength = 104, OffCkpt0 = 112, OffCkpt1 = 120, OffCkptLength = 128, OffData = 136, OffDataLength = 144,
-        OffActiveSlot = 152, OffMinChunk = 156, OffCkptSeq = 160, OffWalHead = 168, OffCreated = 176, OffLabelLength = 184, OffLabel = 185, OffWalEpoch = 256;
+        OffActiveSlot = 152, OffMinChunk = 156, OffCkptSeq = 160, OffWalHead = 168, OffCreated = 176, OffLabelLength = 184, OffLabel = 185, OffWalEpoch = 256, OffWalFormat = 264;
 
     public uint LayoutVersion { get; init; }
     public ulong Compat { get; init; }
@@ -52,6 +52,12 @@ public sealed record ShardHeader
     /// torn batch left beyond the replayed tail can never be mistaken for new ones.
     /// </summary>
     public ulong WalEpoch { get; init; }
+    /// <summary>
+    /// How the log after <see cref="WalHead"/> is framed: 1 (WAL v1; written as 0, the value of the
+    /// bytes before the field existed) or <see cref="WalFormatV2.Format"/>. A header with format 2
+    /// also carries the incompat bit wal_v2, so engines that cannot read it refuse the pool.
+    /// </summary>
+    public uint WalFormat { get; init; } = 1;
     /// <summary>The pool label, kept here so refusals can name the pool without replaying metadata.</summary>
     public string Label { get; init; } = "";
 
@@ -86,6 +92,7 @@ public sealed record ShardHeader
         BinaryPrimitives.WriteInt64LittleEndian(s[OffWalHead..], WalHead);
         BinaryPrimitives.WriteInt64LittleEndian(s[OffCreated..], CreatedUnixMicros);
         BinaryPrimitives.WriteUInt64LittleEndian(s[OffWalEpoch..], WalEpoch);
+        BinaryPrimitives.WriteUInt32LittleEndian(s[OffWalFormat..], WalFormat == 1 ? 0 : WalFormat);
         var label = Encoding.UTF8.GetBytes(Label);
         if (label.Length > MaxLabelBytes)
             throw new InvalidRequestException($"label {UserText.Quote(Label)} is longer than {MaxLabelBytes} bytes");
@@ -130,6 +137,7 @@ public sealed record ShardHeader
             WalHead = BinaryPrimitives.ReadInt64LittleEndian(s[OffWalHead..]),
             CreatedUnixMicros = BinaryPrimitives.ReadInt64LittleEndian(s[OffCreated..]),
             WalEpoch = BinaryPrimitives.ReadUInt64LittleEndian(s[OffWalEpoch..]),
+            WalFormat = BinaryPrimitives.ReadUInt32LittleEndian(s[OffWalFormat..]) is var f && f == 0 ? 1 : f,
             Label = Encoding.UTF8.GetString(s.Slice(OffLabel, labelLength)),
         };
     }
@@ -151,6 +159,8 @@ public sealed record ShardHeader
             return $"WAL head {WalHead} is outside the {WalLength}-byte log";
         if (ActiveCheckpoint > 1)
             return $"active checkpoint slot {ActiveCheckpoint} is not 0 or 1";
+        if (WalFormat is not (1 or WalFormatV2.Format))
+            return $"WAL format {WalFormat} is unknown to this engine (it reads 1 and {WalFormatV2.Format})";
         return null;
     }
 }
