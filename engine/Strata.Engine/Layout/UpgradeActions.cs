@@ -14,8 +14,9 @@ public interface IUpgradePool
     bool HasStoredProperty(string name);
 
     /// <summary>
-    /// wal_v2: completes after every shard was checkpointed with everything committed before the call and
-    /// its log restarted in WAL v2 framing (between two commit rounds; later batches are v2).
+    /// wal_v2: restarts the log in WAL v2 framing between two commit rounds and checkpoints every shard
+    /// with everything committed before the call. Completes at the switch: the checkpoint is written
+    /// before any later commit's round (they wait for it), so the caller may let clients back meanwhile.
     /// </summary>
     Task RestartLogInWalV2Async();
 }

@@ -20,6 +20,8 @@ internal sealed partial class PoolLog
                 Volatile.Write(ref _format, s.SwitchTo);
                 _seed = SeedFor(s.SwitchTo);
             }
+            foreach (var p in waiting)
+                p.Switched?.TrySetResult();
             await WriteCheckpointAsync().ConfigureAwait(false);
             foreach (var p in waiting)
                 p.Done.TrySetResult();

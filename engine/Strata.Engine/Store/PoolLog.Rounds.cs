@@ -192,7 +192,10 @@ internal sealed partial class PoolLog
             _pool.Fail(e, "the metadata log");
         var error = e as StoreException ?? new PoolReadOnlyException($"pool '{_pool.Label}' is read-only: {_pool.ReadOnlyReason}", e);
         foreach (var p in waiting)
+        {
+            p.Switched?.TrySetException(error);
             p.Done.TrySetException(error);
+        }
     }
 
     /// <summary>Applies the round's records in sequence order, except voided ones (their sequences are pads in the log).</summary>

@@ -23,10 +23,13 @@ namespace Strata.Engine.Store;
 internal sealed partial class PoolLog
 {
     /// <summary>Records committed together (null: a checkpoint request).</summary>
-    private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null, bool applied = false, uint switchTo = 0)
+    private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null, bool applied = false, uint switchTo = 0,
+        TaskCompletionSource? switched = null)
     {
         /// <summary>A checkpoint request that first switches the log to this format (0: none).</summary>
         public uint SwitchTo { get; } = switchTo;
+        /// <summary>Completed once the committer switched (the checkpoint then runs before any later round).</summary>
+        public TaskCompletionSource? Switched { get; } = switched;
         public MetaRecord[]? Records { get; } = Records;
         /// <summary>
         /// A writeback commit (<see cref="CommitWriteback"/>): applied and acknowledged when enqueued, logged by
@@ -182,24 +185,31 @@ internal sealed partial class PoolLog
     public Task CheckpointAsync() => Enqueue(null);
 
     /// <summary>
-    /// Completes after a checkpoint that includes everything committed before the call, after which the
-    /// log is framed as <paramref name="format"/>: the committer waits for the rounds in flight, switches,
-    /// and writes the checkpoint, whose headers name the format (and the wal_v2 incompat bit) for the log
-    /// after their head. Batches before it stay in the old format behind the head; none is ever mixed.
+    /// Switches the log to <paramref name="format"/> and checkpoints: the committer waits for the rounds in
+    /// flight, changes its framing, then writes a checkpoint of everything committed before the call, whose
+    /// headers name the format (and the wal_v2 incompat bit) for the log after their head. Completes at the
+    /// switch, before the checkpoint is written: every later commit waits for that checkpoint (its round
+    /// comes after it), as commits wait for any checkpoint, so callers need not hold clients off meanwhile.
+    /// Batches before it stay in the old format behind the new head; none is ever mixed. If the
+    /// checkpoint fails, the pool fails (read-only) and later commits report it.
     /// </summary>
     public Task SwitchFormatAsync(uint format)
     {
         if (format is not (1 or WalFormatV2.Format))
             throw new ArgumentOutOfRangeException(nameof(format), $"WAL format {format} does not exist");
-        return Enqueue(null, switchTo: format);
+        var switched = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var done = Enqueue(null, switchTo: format, switched: switched);
+        // Its failure is the pool's (reported where it happened); nobody waits for it here.
+        _ = done.ContinueWith(t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+        return switched.Task;
     }
 
-    private Task Enqueue(MetaRecord[]? records, Task? data = null, uint switchTo = 0)
+    private Task Enqueue(MetaRecord[]? records, Task? data = null, uint switchTo = 0, TaskCompletionSource? switched = null)
     {
         _pool.ThrowIfNotLoggable();
         if (records != null)
             Validate(records);
-        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data, switchTo: switchTo);
+        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data, switchTo: switchTo, switched: switched);
         // Ordinals follow the queue's order (CommitWriteback queues under the same lock).
         lock (_pool.Meta.Sync)
             QueueLocked(p);
