@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using Strata.Engine.Device;
+using Strata.Engine.Layout;
 using Strata.Engine.Pools;
 using Strata.Perf.Common;
 
@@ -16,7 +17,8 @@ namespace Strata.Perf.Upgrade;
 public static class UpgradeBenchmark
 {
     public const string Usage = """
-        upgrade: the I/O pause of a metadata-only pool upgrade (1 -> 2) vs pool size
+        upgrade: the I/O pause of a metadata-only pool upgrade (1 -> 2), or of the wal_v2 switch, vs pool size
+          --feature NAME     pool_props_v2 (default: 1 -> 2, quiesce) or wal_v2 (2 -> wal_v2: opens and I/O refused while every shard is checkpointed)
           --dir DIR          target files DIR/upgrade-target-N.dat (default /var/tmp/strata-perf)
           --images LIST      images per pool, comma-separated (default 1,100,1000)
           --chunks N         4 KiB chunks written in the largest pool (default 100000; smaller pools get N * images / max)
@@ -27,15 +29,19 @@ public static class UpgradeBenchmark
         string dir = cl.String("dir") ?? "/var/tmp/strata-perf";
         var images = (cl.String("images") ?? "1,100,1000").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
         int maxChunks = cl.Int("chunks", 100_000);
+        string feature = cl.String("feature") ?? "pool_props_v2";
         cl.ThrowIfUnused();
+        if (feature is not ("pool_props_v2" or LayoutCatalog.WalV2Feature))
+            throw new PerfUsageException($"--feature {feature}: use pool_props_v2 or {LayoutCatalog.WalV2Feature}");
+        var (catalog, from, to) = feature == LayoutCatalog.WalV2Feature ? WalV2Catalog() : (LayoutCatalog.Default, 1u, 2u);
         Directory.CreateDirectory(dir);
-        Console.WriteLine("strata: StorageEngine on file:...?direct=1 targets (2 x 2 GiB); pool layout 1, 4 KiB chunks, rf 1; a QD 8 writer runs through the upgrade");
+        Console.WriteLine($"strata: StorageEngine on file:...?direct=1 targets (2 x 2 GiB); pool layout {from} -> {to} ({feature}), 4 KiB chunks, rf 1; a QD 8 writer runs through the upgrade");
         var table = new TablePrinter("images", "chunks", "pause ms", "ratio to smallest", "client p99 before ms", "client max during ms", "job ms");
         double? reference = null;
         foreach (int n in images)
         {
             long chunks = (long)maxChunks * n / images.Max();
-            var r = await MeasureAsync(dir, n, chunks);
+            var r = await MeasureAsync(dir, n, chunks, catalog, from, to, feature == LayoutCatalog.WalV2Feature);
             reference ??= r.PauseMs;
             table.Add(n.ToString(CultureInfo.InvariantCulture), chunks.ToString(CultureInfo.InvariantCulture), r.PauseMs.ToString("0.00", CultureInfo.InvariantCulture),
                 (r.PauseMs / reference.Value).ToString("0.00x", CultureInfo.InvariantCulture), r.P99Before.ToString("0.00", CultureInfo.InvariantCulture),
@@ -45,7 +51,22 @@ public static class UpgradeBenchmark
         return 0;
     }
 
-    private static async Task<(double PauseMs, double P99Before, double MaxDuring, double JobMs)> MeasureAsync(string dir, int imageCount, long chunks)
+    /// <summary>
+    /// A catalog in which wal_v2 is supported: this build's, once its versions 3 and 4 are; until then
+    /// its versions 1 and 2 and wal_v2 (its real action) as version 3, as the tests run it.
+    /// </summary>
+    private static (LayoutCatalog Catalog, uint From, uint To) WalV2Catalog()
+    {
+        var d = LayoutCatalog.Default;
+        var f = d.Find(LayoutCatalog.WalV2Feature)!;
+        if (d.MaxSupported >= f.Version)
+            return (d, f.Version - 1, f.Version);
+        var cat = new LayoutCatalog([d[1], d[2], new LayoutVersion(3, d[f.Version].Summary, [f with { Version = 3 }], Supported: true)], d.Releases);
+        return (cat, 2, 3);
+    }
+
+    private static async Task<(double PauseMs, double P99Before, double MaxDuring, double JobMs)> MeasureAsync(string dir, int imageCount, long chunks,
+        LayoutCatalog catalog, uint from, uint to, bool exclusive)
     {
         var paths = Enumerable.Range(0, 2).Select(i => Path.Combine(dir, $"upgrade-target-{i}.dat")).ToArray();
         foreach (var p in paths)
@@ -53,8 +74,8 @@ public static class UpgradeBenchmark
         var devs = paths.Select(p => NativeBlockDevice.Open($"file:{p}?create=1&size=2G&direct=1&qd=128", new DeviceOptions { Pollers = 1 })).ToArray();
         try
         {
-            var engine = await StorageEngine.FormatAsync(devs);
-            var pool = await engine.CreatePoolAsync("bench", 3L << 30, 1, new PoolCreateOptions { MinChunkSize = 4096, LayoutVersion = 1 });
+            var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Catalog = catalog });
+            var pool = await engine.CreatePoolAsync("bench", 3L << 30, 1, new PoolCreateOptions { MinChunkSize = 4096, LayoutVersion = from });
             await pool.CreateContainerAsync("c");
             var imgs = new List<Image>();
             for (int i = 0; i < imageCount; i++)
@@ -74,13 +95,25 @@ public static class UpgradeBenchmark
                 while (!stop.IsCancellationRequested)
                 {
                     long t0 = Stopwatch.GetTimestamp();
-                    await imgs[rng.Next(imgs.Count)].WriteAsync(rng.Next(0, 16384) * 4096L, payload);
+                    // Refused while an exclusive action runs: the client retries (its write's latency includes the wait).
+                    while (true)
+                    {
+                        try
+                        {
+                            await imgs[rng.Next(imgs.Count)].WriteAsync(rng.Next(0, 16384) * 4096L, payload);
+                            break;
+                        }
+                        catch (Strata.Engine.Store.PoolBusyException)
+                        {
+                            await Task.Delay(1);
+                        }
+                    }
                     marks.Enqueue((t0, Stopwatch.GetElapsedTime(t0).TotalMilliseconds));
                 }
             })).ToArray();
             await Task.Delay(2000);
             long upgradeStart = Stopwatch.GetTimestamp();
-            await pool.UpgradeAsync(null, dryRun: false);
+            await pool.UpgradeAsync(to, dryRun: false);
             await pool.WaitForUpgradeAsync();
             double jobMs = Stopwatch.GetElapsedTime(upgradeStart).TotalMilliseconds;
             long upgradeEnd = Stopwatch.GetTimestamp();
@@ -95,7 +128,7 @@ public static class UpgradeBenchmark
             double maxDuring = marks.Where(m => m.At >= upgradeStart && m.At <= upgradeEnd || m.At < upgradeStart && m.At + (long)(m.Ms * Stopwatch.Frequency / 1000) >= upgradeStart)
                 .Select(m => m.Ms).DefaultIfEmpty(0).Max();
             await engine.DisposeAsync();
-            return (status.LongestPauseMs ?? 0, p99, maxDuring, jobMs);
+            return ((exclusive ? pool.LastExclusivePauseMs : status.LongestPauseMs) ?? 0, p99, maxDuring, jobMs);
         }
         finally
         {
