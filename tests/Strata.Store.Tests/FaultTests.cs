@@ -34,11 +34,11 @@ public sealed class FaultTests
     }
 
     /// <summary>A one-target pool with acknowledged data; returns the pool, the image and the acked bytes.</summary>
-    private async Task<(StorageEngine Engine, Pool Pool, Image Image, byte[] Acked, NativeBlockDevice Dev, InMemoryRasSink Ras)> SetupAsync()
+    private async Task<(StorageEngine Engine, Pool Pool, Image Image, byte[] Acked, NativeBlockDevice Dev, InMemoryRasSink Ras)> SetupAsync(Engine.Layout.LayoutCatalog? catalog = null)
     {
         var dev = Open("t0");
         var ras = new InMemoryRasSink();
-        var engine = await StorageEngine.FormatAsync([dev], new StorageEngineOptions { Ras = ras });
+        var engine = await StorageEngine.FormatAsync([dev], new StorageEngineOptions { Ras = ras, Catalog = catalog ?? Engine.Layout.LayoutCatalog.Default });
         var pool = await engine.CreatePoolAsync("tank", 4L * 1024 * 1024, 1, TestDevices.SmallPool);
         await pool.CreateContainerAsync("c");
         var img = await pool.CreateImageAsync("c", "v", 256 * 1024, 16384);
@@ -99,9 +99,13 @@ public sealed class FaultTests
     /// replay after a crash (no clean close, no checkpoint) would apply it if it were still there.
     /// </summary>
     [TestMethod]
-    public async Task DataWrite_Eio_RecordVoidedInLog_ReplayAfterCrashKeepsOldData()
+    [DataRow(false, DisplayName = "WAL v1: a pad record in its place")]
+    [DataRow(true, DisplayName = "WAL v2: a pad in its batch, the batch CRC made again")]
+    public async Task DataWrite_Eio_RecordVoidedInLog_ReplayAfterCrashKeepsOldData(bool walV2)
     {
-        var (_, pool, img, acked, dev, ras) = await SetupAsync();
+        var catalog = walV2 ? WalV2UpgradeTests.Catalog() : Engine.Layout.LayoutCatalog.Default;
+        var (_, pool, img, acked, dev, ras) = await SetupAsync(catalog);
+        Assert.AreEqual(walV2 ? WalFormatV2.Format : 1u, pool.Log.Format);
         FailNextDataWrite(pool, dev);
         var e = await Assert.ThrowsExactlyAsync<StoreException>(() => img.WriteAsync(100_000, TestDevices.Pattern(3000, 5)));
         Assert.AreEqual(Errno.EIO, e.Errno);
@@ -120,7 +124,7 @@ public sealed class FaultTests
         dev.Dispose();
         using var again = Open("t0");
         var ras2 = new InMemoryRasSink();
-        var engine2 = await StorageEngine.OpenAsync([again], new StorageEngineOptions { Ras = ras2 });
+        var engine2 = await StorageEngine.OpenAsync([again], new StorageEngineOptions { Ras = ras2, Catalog = catalog });
         var pool2 = await engine2.OpenPoolAsync("tank");
         var all = new byte[acked.Length];
         await pool2.OpenImage("c", "v").ReadAsync(0, all);
