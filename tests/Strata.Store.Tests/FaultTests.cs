@@ -34,12 +34,12 @@ public sealed class FaultTests
     }
 
     /// <summary>A one-target pool with acknowledged data; returns the pool, the image and the acked bytes.</summary>
-    private async Task<(StorageEngine Engine, Pool Pool, Image Image, byte[] Acked, NativeBlockDevice Dev, InMemoryRasSink Ras)> SetupAsync(Engine.Layout.LayoutCatalog? catalog = null)
+    private async Task<(StorageEngine Engine, Pool Pool, Image Image, byte[] Acked, NativeBlockDevice Dev, InMemoryRasSink Ras)> SetupAsync(Engine.Layout.LayoutCatalog? catalog = null, uint layout = 0)
     {
         var dev = Open("t0");
         var ras = new InMemoryRasSink();
         var engine = await StorageEngine.FormatAsync([dev], new StorageEngineOptions { Ras = ras, Catalog = catalog ?? Engine.Layout.LayoutCatalog.Default });
-        var pool = await engine.CreatePoolAsync("tank", 4L * 1024 * 1024, 1, TestDevices.SmallPool);
+        var pool = await engine.CreatePoolAsync("tank", 4L * 1024 * 1024, 1, TestDevices.SmallPool with { LayoutVersion = layout });
         await pool.CreateContainerAsync("c");
         var img = await pool.CreateImageAsync("c", "v", 256 * 1024, 16384);
         var acked = TestDevices.Pattern(256 * 1024, 11);
@@ -104,7 +104,8 @@ public sealed class FaultTests
     public async Task DataWrite_Eio_RecordVoidedInLog_ReplayAfterCrashKeepsOldData(bool walV2)
     {
         var catalog = walV2 ? WalV2UpgradeTests.Catalog() : Engine.Layout.LayoutCatalog.Default;
-        var (_, pool, img, acked, dev, ras) = await SetupAsync(catalog);
+        // A layout-2 pool logs in v1 whatever the newest layout is; the test catalog's 3 has wal_v2.
+        var (_, pool, img, acked, dev, ras) = await SetupAsync(catalog, walV2 ? 3u : 2u);
         Assert.AreEqual(walV2 ? WalFormatV2.Format : 1u, pool.Log.Format);
         FailNextDataWrite(pool, dev);
         var e = await Assert.ThrowsExactlyAsync<StoreException>(() => img.WriteAsync(100_000, TestDevices.Pattern(3000, 5)));
