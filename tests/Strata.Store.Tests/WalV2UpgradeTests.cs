@@ -62,17 +62,15 @@ public sealed class WalV2UpgradeTests
         var hashes = await UpgradeTests.ImageHashesAsync(pool);
         Assert.AreEqual(1u, pool.Log.Format);
         string? revoked = null;
-        var client = pool.RegisterClient("nbd", "old/a", "test", reason =>
+        var revokedSignal = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var client = pool.RegisterClient(1, "nbd", "old/a", "test", reason =>
         {
             revoked = reason;
+            revokedSignal.TrySetResult();
             return ValueTask.CompletedTask;
         });
-        var disconnect = Task.Run(async () =>
-        {
-            while (Volatile.Read(ref revoked) == null)
-                await Task.Delay(1);
-            client.Dispose();
-        });
+        // The client goes away once revoked, as an NBD connection does.
+        var disconnect = revokedSignal.Task.ContinueWith(_ => client.Dispose(), TaskScheduler.Default);
 
         await pool.UpgradeAsync(3, false);
         await pool.WaitForUpgradeAsync();
