@@ -22,6 +22,12 @@ namespace Strata.Engine.Nbd;
 /// </summary>
 internal sealed partial class NbdConnection
 {
+    /// <summary>The export the last NBD_OPT_SET_META_CONTEXT selected base:allocation for (null: none selected).</summary>
+    private string? _metaExport;
+
+    /// <summary>Transmission answers NBD_CMD_BLOCK_STATUS: base:allocation was selected for the export opened.</summary>
+    private bool _blockStatus;
+
     /// <summary>Runs the handshake; sets <see cref="_export"/> when transmission may start. Returns why it ended otherwise.</summary>
     private async Task<string> HandshakeAsync(CancellationToken ct)
     {
@@ -92,6 +98,7 @@ internal sealed partial class NbdConnection
                         return $"NBD_OPT_EXPORT_NAME for '{name}' refused: {why}";
                     n = NbdWire.WriteExportNameReply(head, (ulong)export.Size, export.TransmissionFlags, noZeroes);
                     await SendAllAsync(head.AsMemory(0, n), ct).ConfigureAwait(false);
+                    _blockStatus = _structured && _metaExport == export.Name;
                     _export = export;
                     return "transmission";
                 }
@@ -137,6 +144,10 @@ internal sealed partial class NbdConnection
                     }
                     _structured = true;
                     await ReplyAsync(option, RepAck, ReadOnlyMemory<byte>.Empty, ct).ConfigureAwait(false);
+                    break;
+                case OptListMetaContext:
+                case OptSetMetaContext:
+                    await MetaContextAsync(option, data, ct).ConfigureAwait(false);
                     break;
                 case OptStartTls:
                     if (_listener.Credentials is not { } credentials)
@@ -214,8 +225,56 @@ internal sealed partial class NbdConnection
         await ReplyAsync(option, RepAck, ReadOnlyMemory<byte>.Empty, ct).ConfigureAwait(false);
         if (!go)
             return false;
+        _blockStatus = _structured && _metaExport == export.Name;
         _export = export;
         return true;
+    }
+
+    /// <summary>
+    /// NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT. Strata has one context,
+    /// base:allocation (id 1): which chunks are mapped; the rest is holes that read as zeroes. A SET
+    /// replaces the selection even when it fails; the selection holds for the export it named only.
+    /// </summary>
+    private async Task MetaContextAsync(uint option, byte[] data, CancellationToken ct)
+    {
+        bool set = option == OptSetMetaContext;
+        if (set)
+            _metaExport = null;
+        if (!_structured)
+        {
+            await ErrorAsync(option, RepErrInvalid, $"{OptionName(option)} needs structured replies: send NBD_OPT_STRUCTURED_REPLY first", ct).ConfigureAwait(false);
+            return;
+        }
+        var request = NbdParse.MetaContextRequest(option, data);
+        if (request.Error != null)
+        {
+            await ErrorAsync(option, RepErrInvalid, request.Error, ct).ConfigureAwait(false);
+            return;
+        }
+        string name = request.Name!;
+        if (Forbidden(name) is { } forbidden)
+        {
+            await ErrorAsync(option, RepErrPolicy, forbidden, ct).ConfigureAwait(false);
+            return;
+        }
+        var (export, error) = await OpenExportAsync(name).ConfigureAwait(false);
+        if (export == null)
+        {
+            await ErrorAsync(option, RepErrUnknown, error!, ct).ConfigureAwait(false);
+            return;
+        }
+        if (NbdParse.MatchesAllocation(request.Queries, list: !set))
+        {
+            var context = Encoding.UTF8.GetBytes(AllocationContext);
+            var rep = new byte[4 + context.Length];
+            // LIST's context ids are reserved (zero).
+            BinaryPrimitives.WriteUInt32BigEndian(rep, set ? AllocationContextId : 0);
+            context.CopyTo(rep, 4);
+            await ReplyAsync(option, RepMetaContext, rep, ct).ConfigureAwait(false);
+            if (set)
+                _metaExport = export.Name;
+        }
+        await ReplyAsync(option, RepAck, ReadOnlyMemory<byte>.Empty, ct).ConfigureAwait(false);
     }
 
     private static byte[] InfoString(ushort type, string text)
@@ -292,6 +351,7 @@ internal sealed partial class NbdConnection
         _tlsCredentials = credentials;
         // Nothing negotiated in plain text carries over into the TLS session.
         _structured = false;
+        _metaExport = null;
         Peer = _clientName != null
             ? $"{Peer} TLS {stream.SslProtocol} cert '{_clientName}'"
             : $"{Peer} TLS {stream.SslProtocol}";
