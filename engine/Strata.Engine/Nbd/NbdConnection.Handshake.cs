@@ -25,6 +25,9 @@ internal sealed partial class NbdConnection
     /// <summary>The export the last NBD_OPT_SET_META_CONTEXT selected base:allocation for (null: none selected).</summary>
     private string? _metaExport;
 
+    /// <summary>The certificates this connection holds (AcquireCredentials); released when it closes.</summary>
+    private NbdTlsCredentials? _heldCredentials;
+
     /// <summary>Transmission answers NBD_CMD_BLOCK_STATUS: base:allocation was selected for the export opened.</summary>
     private bool _blockStatus;
 
@@ -150,7 +153,7 @@ internal sealed partial class NbdConnection
                     await MetaContextAsync(option, data, ct).ConfigureAwait(false);
                     break;
                 case OptStartTls:
-                    if (_listener.Credentials is not { } credentials)
+                    if (AcquireCredentials() is not { } credentials)
                     {
                         await ErrorAsync(option, RepErrPolicy, $"TLS is off on this listener ({_listener})", ct).ConfigureAwait(false);
                         break;
@@ -356,6 +359,22 @@ internal sealed partial class NbdConnection
             ? $"{Peer} TLS {stream.SslProtocol} cert '{_clientName}'"
             : $"{Peer} TLS {stream.SslProtocol}";
         return null;
+    }
+
+    /// <summary>
+    /// The listener's current certificates, held for this connection until it closes (a reload
+    /// retires them meanwhile without disposing them); null when TLS is off. Held once per connection.
+    /// </summary>
+    private NbdTlsCredentials? AcquireCredentials()
+    {
+        if (_heldCredentials != null)
+            return _heldCredentials;
+        NbdTlsCredentials? c;
+        while ((c = _listener.Credentials) != null && !c.TryAcquire())
+        {
+            // Replaced and disposed between the read and the acquire: the listener has newer ones.
+        }
+        return _heldCredentials = c;
     }
 
     private static string Innermost(Exception e)

@@ -118,6 +118,7 @@ internal sealed partial class NbdConnection
         {
             _registration?.Dispose();
             _tls?.Dispose();
+            _heldCredentials?.Release();
             _socket.Dispose();
             Options.Log.ConnectionClosed(Id, Peer, why);
             _closed.TrySetResult();
