@@ -25,6 +25,9 @@ internal sealed partial class NbdConnection
     /// <summary>The export the last NBD_OPT_SET_META_CONTEXT selected base:allocation for (null: none selected).</summary>
     private string? _metaExport;
 
+    /// <summary>The buffered socket under <see cref="_tls"/>.</summary>
+    private NbdTlsTransport? _tlsTransport;
+
     /// <summary>The certificates this connection holds (AcquireCredentials); released when it closes.</summary>
     private NbdTlsCredentials? _heldCredentials;
 
@@ -328,7 +331,8 @@ internal sealed partial class NbdConnection
     /// </summary>
     private async Task<string?> StartTlsAsync(NbdTlsCredentials credentials, CancellationToken ct)
     {
-        var stream = new SslStream(new NetworkStream(_socket, ownsSocket: false), leaveInnerStreamOpen: false);
+        var transport = new NbdTlsTransport(_socket);
+        var stream = new SslStream(transport, leaveInnerStreamOpen: false);
         string? refusal = null;
         var options = credentials.ServerOptions((_, certificate, chain, _) =>
             (refusal = credentials.CheckClient(certificate, chain, out _clientName, out _clientSubject)) == null);
@@ -350,6 +354,9 @@ internal sealed partial class NbdConnection
                 Options.Log.TlsRefused(Id, Peer, $"the TLS handshake did not finish within {Options.HandshakeTimeout.TotalSeconds:F0} s");
             throw;
         }
+        // From here every send is one batch of TLS records, flushed at the batch's end.
+        transport.Corked = true;
+        _tlsTransport = transport;
         _tls = stream;
         _tlsCredentials = credentials;
         // Nothing negotiated in plain text carries over into the TLS session.

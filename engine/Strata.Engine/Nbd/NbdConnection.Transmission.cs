@@ -431,13 +431,16 @@ internal sealed partial class NbdConnection
                 Broken();
             }
         }
-        if (!_broken && _sendLen > 0)
+        if (!_broken && (_sendLen > 0 || _tlsTransport != null))
         {
             try
             {
                 for (int sent = 0; sent < _sendLen;)
                     sent += await SendSomeAsync(_send.AsMemory(sent, _sendLen - sent)).ConfigureAwait(false);
                 _sendLen = 0;
+                // TLS records gather under the session (NbdTlsTransport): the batch goes out now, before its requests are released.
+                if (_tlsTransport != null)
+                    await _tlsTransport.FlushBufferedAsync().ConfigureAwait(false);
             }
             catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
             {

@@ -219,6 +219,7 @@ internal sealed partial class NbdConnection
         if (_tls != null)
         {
             await _tls.WriteAsync(data, ct).ConfigureAwait(false);
+            await _tlsTransport!.FlushBufferedAsync().ConfigureAwait(false);
             return;
         }
         while (data.Length > 0)
