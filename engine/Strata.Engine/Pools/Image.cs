@@ -2,6 +2,9 @@ using Strata.Engine.Store;
 
 namespace Strata.Engine.Pools;
 
+/// <summary>A run of bytes of an image that all hold data (Mapped) or all do not (a hole that reads as zeroes).</summary>
+public readonly record struct AllocationRun(long Length, bool Mapped);
+
 /// <summary>
 /// A handle on a thin image: reads and writes at any byte offset and length.
 /// A write acknowledged with durable: true is durable (data flushed, then its
@@ -238,6 +241,44 @@ public sealed class Image
             if (_pool.ChunkIo.Lookup(Meta, index) != null)
                 await _pool.ChunkIo.WriteAsync(meta, index, (int)(from % cs), new byte[to - from]).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>Chunks looked up by one <see cref="Allocation"/> call at most (the caller asks again from where it stopped).</summary>
+    public const int MaxAllocationScan = 1 << 16;
+
+    /// <summary>
+    /// Which bytes hold data, from <paramref name="offset"/> on, at chunk granularity: fills
+    /// <paramref name="runs"/> with consecutive runs of mapped or unmapped chunks covering at most
+    /// <paramref name="length"/> bytes, and returns how many it filled (fewer than the range needs when
+    /// <paramref name="runs"/> is full or after <see cref="MaxAllocationScan"/> chunks). An unmapped
+    /// chunk (never written, or trimmed whole) holds nothing and reads as zeroes. Metadata only: no
+    /// device I/O, one lock of the pool's state.
+    /// </summary>
+    public int Allocation(long offset, long length, Span<AllocationRun> runs)
+    {
+        var meta = Meta;
+        int cs = meta.ChunkSize;
+        int n = 0;
+        lock (_pool.Meta.Sync)
+        {
+            CheckRange("block status", offset, length, meta.Size);
+            long end = offset + length;
+            long pos = offset;
+            for (int scanned = 0; pos < end && scanned < MaxAllocationScan; scanned++)
+            {
+                long index = pos / cs;
+                long next = Math.Min(end, (index + 1) * cs);
+                bool mapped = meta.Chunks.ContainsKey(index);
+                if (n > 0 && runs[n - 1].Mapped == mapped)
+                    runs[n - 1] = runs[n - 1] with { Length = runs[n - 1].Length + (next - pos) };
+                else if (n == runs.Length)
+                    break;
+                else
+                    runs[n++] = new AllocationRun(next - pos, mapped);
+                pos = next;
+            }
+        }
+        return n;
     }
 
     /// <summary>
