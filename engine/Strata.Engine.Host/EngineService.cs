@@ -403,6 +403,8 @@ public sealed class EngineService : IAsyncDisposable
     /// </summary>
     public async Task DestroyPoolAsync(string label, bool force)
     {
+        // Before clients are revoked: a migration's pools stay, and so do its clients.
+        Engine.ThrowIfPoolMigrating(label);
         if (Engine.ListPools().FirstOrDefault(p => p.Label == label) is { State: "ready" or "readonly" })
         {
             var open = await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
@@ -521,8 +523,14 @@ public sealed class EngineService : IAsyncDisposable
     public async Task<MigrationStatusDto> PrepareMigrationAsync(MigrationPrepareRequest req) =>
         ToDto(await Engine.PrepareMigrationAsync(req.Source, req.Destination, req.ChunkSize).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
 
-    /// <summary>execute, commit, abort, remove-alias.</summary>
-    public async Task<MigrationStatusDto?> MigrationVerbAsync(string verb, string image)
+    public async Task<MigrationAliasDto> RemoveAliasAsync(string image)
+    {
+        await Engine.RemoveAliasAsync(image).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        return new MigrationAliasDto(image, null);
+    }
+
+    /// <summary>execute, commit, abort.</summary>
+    public async Task<MigrationStatusDto> MigrationVerbAsync(string verb, string image)
     {
         switch (verb)
         {
@@ -532,11 +540,8 @@ public sealed class EngineService : IAsyncDisposable
                 return ToDto(await Engine.CommitMigrationAsync(image).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
             case "abort":
                 return ToDto(await Engine.AbortMigrationAsync(image).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
-            case "remove-alias":
-                await Engine.RemoveAliasAsync(image).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
-                return null;
             default:
-                throw new InvalidRequestException($"unknown migration action {UserText.Quote(verb)}; one of execute, commit, abort, remove-alias");
+                throw new InvalidRequestException($"unknown migration action {UserText.Quote(verb)}; one of execute, commit, abort");
         }
     }
 

@@ -193,3 +193,6 @@ public sealed record MigrationRequest(string Image);
 /// <summary>A migration as `image migrate status` shows it (Summary: "executing (32% complete)").</summary>
 public sealed record MigrationStatusDto(string Source, string Destination, string State, string Summary, int PercentComplete,
     long ChunksDone, long Chunks, long BytesCopied, double RateBytesPerSecond, double? EtaSeconds, string? Error);
+
+/// <summary>An image and the migrated source name that resolves to it (null: none).</summary>
+public sealed record MigrationAliasDto(string Image, string? Alias);

@@ -426,7 +426,7 @@ public sealed partial class StorageEngine
     }
 
     /// <summary>Refuses destroying a pool that holds either end of a migration.</summary>
-    private void ThrowIfPoolMigrating(string label)
+    public void ThrowIfPoolMigrating(string label)
     {
         ImageMigration? m;
         lock (_migrations)

@@ -68,15 +68,16 @@ public static class ImageMigrateCommands
         cmd.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
             string image = parse.GetValue(a)!;
-            var s = await client.PostAsync<MigrationStatusDto?>($"migrations/{verb}", new MigrationRequest(image));
-            if (s == null)
+            if (verb == "remove-alias")
             {
+                var r = await client.PostAsync<MigrationAliasDto>("migrations/remove-alias", new MigrationRequest(image));
                 if (json)
-                    Cli.PrintJson(new { image, verb });
+                    Cli.PrintJson(r);
                 else
                     Console.Out.WriteLine($"Alias removed from {image}");
                 return 0;
             }
+            var s = await client.PostAsync<MigrationStatusDto>($"migrations/{verb}", new MigrationRequest(image));
             if (wait && parse.GetValue(Wait))
                 s = await WaitAsync(client, image, json, ct);
             return Print(s, json, verb switch
