@@ -32,6 +32,7 @@ internal static class ControlApi
         });
         v1.MapPost("/system/reload-tls", () => Ok(new TlsReloadResult(svc.ReloadTls().ToList())));
         v1.MapGet("/storage", () => Ok(svc.Storage()));
+        v1.MapPost("/storage/targets", async (HttpContext ctx, CancellationToken _) => Ok(await svc.AddTargetAsync(await Body<AddTargetRequest>(ctx))));
 
         v1.MapGet("/pools", async () => Ok(await svc.ListPoolsAsync()));
         v1.MapPost("/pools", async (HttpContext ctx, CancellationToken _) => Created(await svc.CreatePoolAsync(await Body<PoolCreateRequest>(ctx))));
@@ -58,6 +59,12 @@ internal static class ControlApi
             return req.DryRun ? Ok(plan) : Results.Json(plan, Api.Json, statusCode: StatusCodes.Status202Accepted);
         });
         v1.MapGet("/pools/{pool}/upgrade", async (string pool) => Ok(await svc.UpgradeStatusAsync(pool)));
+        v1.MapPost("/pools/{pool}/extend", async (HttpContext ctx, string pool) =>
+        {
+            var req = await Body<ExtendRequest>(ctx);
+            var plan = await svc.ExtendAsync(pool, req);
+            return req.DryRun ? Ok(plan) : Results.Json(plan, Api.Json, statusCode: StatusCodes.Status202Accepted);
+        });
         v1.MapGet("/system/barrier", () => Ok(svc.BarrierStatus()));
         v1.MapPost("/system/barrier/freeze", async (HttpContext ctx, CancellationToken _) => Ok(await svc.FreezeAsync(await Body<BarrierFreezeRequest>(ctx))));
         v1.MapPost("/system/barrier/thaw", async () => Ok(await svc.ThawAsync()));

@@ -112,7 +112,20 @@ public sealed record TargetSpaceDto(int Target, string Device, long TotalBytes, 
 /// </summary>
 public sealed record PoolQueryDto(string Label, Guid Id, uint LayoutVersion, uint SupportedLayoutVersion, string? UpgradeNeeded,
     string Status, string? ReadOnlyReason, int Rf, int Containers, int Images, long TotalBytes, long UsedBytes, long FreeBytes,
-    IReadOnlyList<TargetSpaceDto> Targets, string? Warning, UpgradeStatus? Upgrade = null, string? State = null);
+    IReadOnlyList<TargetSpaceDto> Targets, string? Warning, UpgradeStatus? Upgrade = null, string? State = null, PoolJobDto? Job = null);
+
+/// <summary>A pool's data-moving job other than an upgrade (extend): State running, completed, failed or stopped.</summary>
+public sealed record PoolJobDto(string Kind, string State, long ItemsDone, long ItemsTotal, long BytesDone, long BytesTotal,
+    double? BytesPerSecond, string? Current, string? Reason);
+
+/// <summary>`storage add-target`: the device URI, as in the engine's configuration (file:PATH?create=1&amp;size=4G, nvme-...).</summary>
+public sealed record AddTargetRequest(string Uri);
+
+public sealed record ExtendRequest(bool DryRun = false);
+
+/// <summary>What `pool extend` moves: of Replicas chunk replicas, MovingReplicas (MovingBytes) go to other targets.</summary>
+public sealed record ExtendPlanDto(string Pool, int FromTargets, int ToTargets, int Placement, long Chunks, long Replicas,
+    long MovingChunks, long MovingReplicas, long MovingBytes, double MovingFraction, bool DryRun);
 
 /// <summary>A property; Source (pool properties): "default", "set" (at creation or by set-prop, to a value other than the default) or "-" (computed, read-only).</summary>
 public sealed record PropertyDto(string Name, string Value, string? Source = null);

@@ -12,6 +12,9 @@ public sealed record TargetSpace(int Target, string Device, long TotalBytes, lon
 public sealed record PoolQueryResult(string Label, Guid Id, uint LayoutVersion, ulong Compat, ulong RoCompat, ulong Incompat,
     PoolStatus Status, string? ReadOnlyReason, int Rf, int Containers, int Images, IReadOnlyList<TargetSpace> Targets)
 {
+    /// <summary>The running or last data-moving job other than an upgrade since the pool opened (extend), or null.</summary>
+    public PoolJobStatus? Job { get; init; }
+
     /// <summary>Data bytes over every target (pool list and pool query show the same sums).</summary>
     public long TotalBytes => Targets.Sum(t => t.TotalBytes);
 
@@ -218,7 +221,10 @@ public sealed partial class Pool : IAsyncDisposable
             var layout = DurableLayout();
             return new PoolQueryResult(Meta.Props["label"], Id, layout.Version, layout.Compat, layout.RoCompat, layout.Incompat,
                 State, _readOnlyReason, int.Parse(Meta.Props["rf"], CultureInfo.InvariantCulture), Meta.Containers.Count, Meta.Images.Count,
-                Shards.Select(s => new TargetSpace(s.Index, s.Device.Name, s.Allocator.Capacity, s.Allocator.UsedBytes, s.Allocator.FreeBytes)).ToList());
+                Shards.Select(s => new TargetSpace(s.Index, s.Device.Name, s.Allocator.Capacity, s.Allocator.UsedBytes, s.Allocator.FreeBytes)).ToList())
+            {
+                Job = JobStatus,
+            };
         }
     }
 
