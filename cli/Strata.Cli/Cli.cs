@@ -80,6 +80,38 @@ public static class Cli
 
     public static string Esc(string segment) => Uri.EscapeDataString(segment);
 
+    /// <summary>
+    /// Polls a running job every 200 ms until <paramref name="ended"/> says so, showing
+    /// <paramref name="line"/> as one line rewritten in place on a terminal, or each changed line
+    /// on redirected output (nothing with --json); returns the last status.
+    /// </summary>
+    public static async Task<T> WaitWithProgressAsync<T>(Func<Task<T>> poll, Func<T, bool> ended, Func<T, string> line, bool json, CancellationToken ct)
+    {
+        bool tty = !json && !Console.IsOutputRedirected;
+        string last = "";
+        while (true)
+        {
+            var s = await poll();
+            bool done = ended(s);
+            if (!json)
+            {
+                string text = line(s);
+                if (tty)
+                    Console.Out.Write($"\r{text}   ");
+                else if (text != last)
+                    Console.Out.WriteLine(text);
+                last = text;
+            }
+            if (done)
+            {
+                if (tty)
+                    Console.Out.WriteLine();
+                return s;
+            }
+            await Task.Delay(200, ct);
+        }
+    }
+
     public static Command Group(string name, string description, params Command[] children)
     {
         var g = new Command(name, description);

@@ -271,19 +271,7 @@ internal sealed partial class PoolLog
         }
         if (pos < padded)
             WalFormat.Encode(buf.AsSpan(pos), _seed, _nextSeq++, WalFormat.PadType, 0, default, (int)(padded - pos));
-        round.LastSeq = _nextSeq - 1;
-        long at = wrap > 0 ? 0 : _tail;
-        long wrapAt = _tail;
-        round.Buffer = buf;
-        round.At = at;
-        // The tail moves now: the next round's batch goes after this one even while this one's flush runs.
-        _tail = (at + padded) % _walLength;
-        return Task.WhenAll(_pool.Shards.Select(async s =>
-        {
-            if (wrapPad != null)
-                await DeviceIo.WriteAsync(s.Device, s.WalStart + wrapAt, wrapPad).ConfigureAwait(false);
-            await DeviceIo.WriteAsync(s.Device, s.WalStart + at, buf).ConfigureAwait(false);
-        }));
+        return WriteBatch(round, buf, padded, wrap, wrapPad);
     }
 
     /// <summary>
@@ -342,16 +330,26 @@ internal sealed partial class PoolLog
             p.Length = pos - p.Pos;
         }
         WalFormatV2.Seal(buf, _seed, batchSeq, mark, (int)padded, pos - WalFormatV2.HeaderSize);
+        return WriteBatch(round, buf, padded, wrap, wrapBlock);
+    }
+
+    /// <summary>
+    /// Places a sealed batch (either framing) at the tail, or at the log's start after the wrap
+    /// filler, and writes both to every shard's log.
+    /// </summary>
+    private Task WriteBatch(Round round, byte[] buf, long padded, long wrap, byte[]? wrapFiller)
+    {
         round.LastSeq = _nextSeq - 1;
         long at = wrap > 0 ? 0 : _tail;
         long wrapAt = _tail;
         round.Buffer = buf;
         round.At = at;
+        // The tail moves now: the next round's batch goes after this one even while this one's flush runs.
         _tail = (at + padded) % _walLength;
         return Task.WhenAll(_pool.Shards.Select(async s =>
         {
-            if (wrapBlock != null)
-                await DeviceIo.WriteAsync(s.Device, s.WalStart + wrapAt, wrapBlock).ConfigureAwait(false);
+            if (wrapFiller != null)
+                await DeviceIo.WriteAsync(s.Device, s.WalStart + wrapAt, wrapFiller).ConfigureAwait(false);
             await DeviceIo.WriteAsync(s.Device, s.WalStart + at, buf).ConfigureAwait(false);
         }));
     }

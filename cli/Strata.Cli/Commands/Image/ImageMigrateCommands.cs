@@ -106,31 +106,14 @@ public static class ImageMigrateCommands
         (s.EtaSeconds is { } e ? $", ETA {TimeSpan.FromSeconds(Math.Ceiling(e))}" : "") +
         (s.Error != null ? $" ({s.Error})" : "");
 
-    private static async Task<MigrationStatusDto> WaitAsync(EngineClient client, string image, bool json, CancellationToken ct)
-    {
-        bool tty = !json && !Console.IsOutputRedirected;
-        string last = "";
-        while (true)
-        {
-            var s = await client.GetAsync<MigrationStatusDto>($"migrations/status?image={Uri.EscapeDataString(image)}");
-            bool ended = s.State != "executing";
-            if (!json)
+    private static Task<MigrationStatusDto> WaitAsync(EngineClient client, string image, bool json, CancellationToken ct) =>
+        Cli.WaitWithProgressAsync(
+            () => client.GetAsync<MigrationStatusDto>($"migrations/status?image={Uri.EscapeDataString(image)}"),
+            s => s.State != "executing",
+            s =>
             {
                 int filled = (int)Math.Round(Math.Clamp(s.PercentComplete / 100.0, 0, 1) * 30);
-                string line = $"[{new string('#', filled)}{new string('-', 30 - filled)}] {Describe(s)}";
-                if (tty)
-                    Console.Out.Write($"\r{line}   ");
-                else if (line != last)
-                    Console.Out.WriteLine(line);
-                last = line;
-            }
-            if (ended)
-            {
-                if (tty)
-                    Console.Out.WriteLine();
-                return s;
-            }
-            await Task.Delay(200, ct);
-        }
-    }
+                return $"[{new string('#', filled)}{new string('-', 30 - filled)}] {Describe(s)}";
+            },
+            json, ct);
 }

@@ -97,32 +97,11 @@ public static class PoolUpgradeCommand
         return final.Status == "completed" ? 0 : ExitCodes.Failed;
     }
 
-    private static async Task<UpgradeStatus> WaitAsync(EngineClient client, string label, ulong job, bool json, CancellationToken ct)
-    {
-        bool tty = !json && !Console.IsOutputRedirected;
-        string last = "";
-        while (true)
-        {
-            var s = await client.GetAsync<UpgradeStatus>($"pools/{Cli.Esc(label)}/upgrade");
-            bool ended = s.JobId != job || s.Status != "in progress" || !s.Running;
-            if (!json)
-            {
-                string line = Bar(s);
-                if (tty)
-                    Console.Out.Write($"\r{line}   ");
-                else if (line != last)
-                    Console.Out.WriteLine(line);
-                last = line;
-            }
-            if (ended)
-            {
-                if (tty)
-                    Console.Out.WriteLine();
-                return s;
-            }
-            await Task.Delay(200, ct);
-        }
-    }
+    private static Task<UpgradeStatus> WaitAsync(EngineClient client, string label, ulong job, bool json, CancellationToken ct) =>
+        Cli.WaitWithProgressAsync(
+            () => client.GetAsync<UpgradeStatus>($"pools/{Cli.Esc(label)}/upgrade"),
+            s => s.JobId != job || s.Status != "in progress" || !s.Running,
+            Bar, json, ct);
 
     /// <summary>"[#########-----------] 2/4 actions, 1200/5000 items, 3.1 MiB/s, ETA 12 s".</summary>
     private static string Bar(UpgradeStatus s)
