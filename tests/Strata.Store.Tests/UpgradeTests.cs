@@ -121,11 +121,11 @@ public sealed class UpgradeTests
 
     private static readonly PoolCreateOptions V1 = TestDevices.SmallPool with { LayoutVersion = 1 };
 
-    internal static async Task<(StorageEngine Engine, Pool Pool, InMemoryRasSink Ras)> V1PoolWithDataAsync(IBlockDevice[] devs, StorageEngineOptions? options = null)
+    internal static async Task<(StorageEngine Engine, Pool Pool, InMemoryRasSink Ras)> V1PoolWithDataAsync(IBlockDevice[] devs, StorageEngineOptions? options = null, uint layout = 1)
     {
         var ras = new InMemoryRasSink();
         var engine = await StorageEngine.FormatAsync(devs, (options ?? new StorageEngineOptions()) with { Ras = ras });
-        var pool = await engine.CreatePoolAsync("tank", 6L * 1024 * 1024, 2, V1);
+        var pool = await engine.CreatePoolAsync("tank", 6L * 1024 * 1024, 2, V1 with { LayoutVersion = layout });
         await pool.CreateContainerAsync("old");
         await pool.SetContainerPropertyAsync("old", "user.owner", "ops");
         var a = await pool.CreateImageAsync("old", "a", 300_000, 16384);
@@ -199,11 +199,13 @@ public sealed class UpgradeTests
         string sha = TestHelpers.Sha256(devs);
         var plan = await pool.UpgradeAsync(null, dryRun: true);
         Assert.IsNull(plan.JobId);
-        Assert.AreEqual((1u, 3u), (plan.From, plan.To), "the newest layout this engine supports");
-        Assert.AreEqual(3, plan.Actions.Count);
+        Assert.AreEqual((1u, 5u), (plan.From, plan.To), "the newest layout this engine supports");
+        Assert.AreEqual(5, plan.Actions.Count);
         Assert.AreEqual("metadata_only", plan.Actions[0].Kind);
         Assert.AreEqual(2L, plan.Actions[0].Items, "scrub and reclaim");
         Assert.AreEqual(("block_checksums", "data_scan", "online"), (plan.Actions[2].Feature, plan.Actions[2].Kind, plan.Actions[2].Access));
+        Assert.AreEqual(("placement_v2", "data_movement", "online"), (plan.Actions[3].Feature, plan.Actions[3].Kind, plan.Actions[3].Access));
+        Assert.AreEqual(("wal_v2", "log_format", "exclusive"), (plan.Actions[4].Feature, plan.Actions[4].Kind, plan.Actions[4].Access));
         // Image a's 19 chunks of 16 KiB on both replicas, each rewritten with its 4 KiB table; b's 4 KiB chunks stay.
         Assert.AreEqual(19L * 2 * (16384 + 4096), plan.Actions[2].BytesToMove);
         Assert.IsTrue(plan.Preconditions.All(p => p.Ok), string.Join("; ", plan.Preconditions.Select(p => p.Detail)));
@@ -216,7 +218,8 @@ public sealed class UpgradeTests
     public async Task Preconditions_EachRefusedWithAClearMessage()
     {
         var devs = TestDevices.Memory(2);
-        var (_, pool, _) = await V1PoolWithDataAsync(devs);
+        // Release strata-1.2 (layouts 1..3): layout 4 is in its catalog but not supported.
+        var (_, pool, _) = await V1PoolWithDataAsync(devs, new StorageEngineOptions { Catalog = LayoutCatalog.Default.Truncate(3) });
 
         using (pool.BeginOperation("rebuild"))
         {
@@ -322,7 +325,7 @@ public sealed class UpgradeTests
         })).ToArray();
         while (Interlocked.Read(ref writes) < 20)
             await Task.Delay(5);
-        await pool.UpgradeAsync(null, false);
+        await pool.UpgradeAsync(3, false);
         await pool.WaitForUpgradeAsync();
         long at = Interlocked.Read(ref writes);
         while (Interlocked.Read(ref writes) < at + 20)
@@ -388,7 +391,7 @@ public sealed class UpgradeTests
 
         var (newEngine, _) = await TestDevices.OpenAsync(devs);
         var p = await newEngine.OpenPoolAsync("tank");
-        await p.UpgradeAsync(null, false);
+        await p.UpgradeAsync(3, false);
         await p.WaitForUpgradeAsync();
         await newEngine.DisposeAsync();
 
@@ -409,7 +412,7 @@ public sealed class UpgradeTests
     {
         var devs = TestDevices.Memory(2);
         var (engine, pool, _) = await V1PoolWithDataAsync(devs, new StorageEngineOptions { UpgradeStepDelay = TimeSpan.FromSeconds(30) });
-        await pool.UpgradeAsync(null, false);
+        await pool.UpgradeAsync(3, false);
         await engine.DisposeAsync(); // a clean stop mid-job: the job stays in progress
         string sha = TestHelpers.Sha256(devs);
         var ras = new InMemoryRasSink();
@@ -426,7 +429,7 @@ public sealed class UpgradeTests
         var devs = TestDevices.Memory(2);
         var (engine, pool, _) = await V1PoolWithDataAsync(devs, new StorageEngineOptions { UpgradeStepDelay = TimeSpan.FromSeconds(30) });
         var hashes = await ImageHashesAsync(pool);
-        await pool.UpgradeAsync(null, false);
+        await pool.UpgradeAsync(3, false);
         Assert.AreEqual("in progress", pool.GetProperty("upgrade_status"));
         await engine.DisposeAsync();
 

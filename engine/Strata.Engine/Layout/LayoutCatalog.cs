@@ -225,17 +225,19 @@ public sealed class LayoutCatalog
             new("placement_v2", 4, FeatureClass.Incompat, 3, ActionKind.DataMovement,
                 "placement by jump consistent hash with replica spreading: chunks whose target changes are copied, verified, switched, then freed; needs free space",
                 Migration.PlacementV2Action.Instance),
-        ], Supported: false),
+        ], Supported: true),
         new(5, "write-ahead log v2",
         [
             new(WalV2Feature, 5, FeatureClass.Incompat, 4, ActionKind.LogFormat,
                 "write-ahead log v2, checksummed batches: one header and CRC32C per batch, compact records (a 4 KiB write's record 30 bytes instead of 56); every shard is checkpointed and its log restarted in the new format",
                 WalV2Action.Instance),
-        ], Supported: false),
+        ], Supported: true),
     ],
     [
         new("strata-1.0", 1),
         new("strata-1.1", 2),
         new("strata-1.2", 3),
+        new("strata-1.3", 4),
+        new("strata-1.4", 5),
     ]);
 }

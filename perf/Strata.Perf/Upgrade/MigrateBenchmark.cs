@@ -13,9 +13,8 @@ namespace Strata.Perf.Upgrade;
 /// the device's own copy limit: fio reading and writing the same target files at once (one
 /// sequential 1 MiB reader and one writer per file, at the loop's depth per target). A chunk move
 /// is one read and one write, so the limit is the smaller of fio's read and write rates. The
-/// files are written fully with fio first, so neither side reads holes.
-/// Layout 4 is not in this build's catalog yet (layout 3 comes first): the run uses the default
-/// catalog with 3 and 4 marked supported, as the tests do.
+/// files are written fully with fio first, so neither side reads holes. The run uses this build's
+/// catalog, layout 4's action given the chunks in flight per target asked for.
 /// </summary>
 public static class MigrateBenchmark
 {
@@ -77,8 +76,8 @@ public static class MigrateBenchmark
         var action = new Strata.Engine.Migration.MigrationAction(
             pool => new Strata.Engine.Migration.PlacementMove(Strata.Engine.Store.PlacementV2.Instance, pool.TargetCount),
             new Strata.Engine.Migration.MigrationOptions { InFlightPerTarget = inFlight });
-        var v4 = d[4] with { Supported = true, Features = [d[4].Features[0] with { Action = action }] };
-        return new LayoutCatalog([d[1], d[2], d[3] with { Supported = true }, v4], d.Releases);
+        var v4 = d[4] with { Features = [d[4].Features[0] with { Action = action }] };
+        return new LayoutCatalog([d[1], d[2], d[3], v4, d[5]], d.Releases);
     }
 
     /// <summary>Fills a layout-3 pool, upgrades it to 4 unthrottled; returns the bytes the job moved and its seconds.</summary>
