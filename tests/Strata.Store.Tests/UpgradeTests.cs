@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using Strata.Engine.Device;
 using Strata.Engine.Layout;
+using Strata.Engine.Migration;
 using Strata.Engine.Pools;
 using Strata.Engine.Store;
 
@@ -18,7 +19,7 @@ internal static class TestCatalogs
     public static LayoutCatalog Repeating(Func<int> times) => new(
         LayoutCatalog.Default.Versions.Select(v => v with
         {
-            Features = v.Features.Select(f => f.Action == null ? f : f with { Action = new RepeatAction(f.Action, times) }).ToList(),
+            Features = v.Features.Select(f => UpgradeActionBindings.Default.For(f) is { } a ? f with { Action = new RepeatAction(a, times) } : f).ToList(),
         }).ToList(),
         LayoutCatalog.Default.Releases);
 
