@@ -97,7 +97,7 @@ public sealed class UpgradeCliTests
             StringAssert.Contains(dry, "wal_v2");
             StringAssert.Contains(dry, "[ok] no other upgrade");
             Assert.AreEqual("not started", (await PropsAsync(cli))["upgrade_status"]);
-            StringAssert.Contains(await cli.FailsAsync(2, "pool", "upgrade", "tank", "--to", "6"), "layout version 6 does not exist (the catalog has 1..5)");
+            StringAssert.Contains(await cli.FailsAsync(2, "pool", "upgrade", "tank", "--to", "6"), "layout version 6 (image_migration) is not supported by this engine, which supports layouts 1..5");
 
             string waited = await cli.OkAsync("pool", "upgrade", "tank", "--wait");
             StringAssert.Contains(waited, "Upgrading tank from layout version 1 to 5 (job 1)");

@@ -31,7 +31,7 @@ public sealed class PlacementV2Tests
         if (action == null)
             return d;
         var v4 = d[4] with { Features = [d[4].Features[0] with { Action = action }] };
-        return new LayoutCatalog([d[1], d[2], d[3], v4, d[5]], d.Releases);
+        return new LayoutCatalog([.. d.Versions.Take(3), v4, .. d.Versions.Skip(4)], d.Releases);
     }
 
     [TestMethod]

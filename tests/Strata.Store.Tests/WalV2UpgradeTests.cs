@@ -21,7 +21,7 @@ public sealed class WalV2UpgradeTests
         var d = LayoutCatalog.Default;
         var f = d.Find(LayoutCatalog.WalV2Feature)!;
         var v5 = d[5] with { Features = [f with { Action = new RepeatedAction(WalV2Action.Instance, times) }] };
-        return new LayoutCatalog([.. d.Versions.Take(4), v5], d.Releases);
+        return new LayoutCatalog([.. d.Versions.Take(4), v5, .. d.Versions.Skip(5)], d.Releases);
     }
 
     private sealed class RepeatedAction(IUpgradeAction inner, Func<int> times) : IUpgradeAction

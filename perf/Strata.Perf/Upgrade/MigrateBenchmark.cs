@@ -173,7 +173,7 @@ public static class MigrateBenchmark
             pool => new Strata.Engine.Migration.PlacementMove(Strata.Engine.Store.PlacementV2.Instance, pool.TargetCount),
             new Strata.Engine.Migration.MigrationOptions { InFlightPerTarget = inFlight });
         var v4 = d[4] with { Features = [d[4].Features[0] with { Action = action }] };
-        return new LayoutCatalog([d[1], d[2], d[3], v4, d[5]], d.Releases);
+        return new LayoutCatalog([.. d.Versions.Take(3), v4, .. d.Versions.Skip(4)], d.Releases);
     }
 
     /// <summary>Fills a layout-3 pool, upgrades it to 4 unthrottled; returns the bytes the job moved and its seconds.</summary>
