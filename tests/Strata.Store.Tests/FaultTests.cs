@@ -103,9 +103,9 @@ public sealed class FaultTests
     [DataRow(true, DisplayName = "WAL v2: a pad in its batch, the batch CRC made again")]
     public async Task DataWrite_Eio_RecordVoidedInLog_ReplayAfterCrashKeepsOldData(bool walV2)
     {
-        var catalog = walV2 ? WalV2UpgradeTests.Catalog() : Engine.Layout.LayoutCatalog.Default;
-        // A layout-2 pool logs in v1 whatever the newest layout is; the test catalog's 3 has wal_v2.
-        var (_, pool, img, acked, dev, ras) = await SetupAsync(catalog, walV2 ? 3u : 2u);
+        var catalog = Engine.Layout.LayoutCatalog.Default;
+        // A layout-4 pool logs in v1; wal_v2 arrives at layout 5.
+        var (_, pool, img, acked, dev, ras) = await SetupAsync(catalog, walV2 ? 5u : 4u);
         Assert.AreEqual(walV2 ? WalFormatV2.Format : 1u, pool.Log.Format);
         FailNextDataWrite(pool, dev);
         var e = await Assert.ThrowsExactlyAsync<StoreException>(() => img.WriteAsync(100_000, TestDevices.Pattern(3000, 5)));

@@ -21,6 +21,16 @@ public sealed class FixtureTests
             GoldenFixtures.Save(Path.Combine(GoldenFixtures.SourceDirectory(), GoldenFixtures.Layout3), await GoldenFixtures.BuildLayout3Async());
             return;
         }
+        if (which == "layout4")
+        {
+            GoldenFixtures.Save(Path.Combine(GoldenFixtures.SourceDirectory(), GoldenFixtures.Layout4), await GoldenFixtures.BuildLayout4Async());
+            return;
+        }
+        if (which == "layout5")
+        {
+            GoldenFixtures.Save(Path.Combine(GoldenFixtures.SourceDirectory(), GoldenFixtures.Layout5), await GoldenFixtures.BuildLayout5Async());
+            return;
+        }
         if (which != "1")
         {
             // The builders must still produce pools the verifiers accept, so the two never drift apart.
@@ -33,6 +43,9 @@ public sealed class FixtureTests
             var devs3 = await GoldenFixtures.BuildLayout3Async();
             var engine3 = await StorageEngine.OpenAsync(devs3);
             await GoldenFixtures.VerifyLayout3Async(await engine3.OpenPoolAsync("golden"));
+            var devs5 = await GoldenFixtures.BuildLayout5Async();
+            var engine5 = await StorageEngine.OpenAsync(devs5);
+            await GoldenFixtures.VerifyLayout5Async(await engine5.OpenPoolAsync("golden"));
             return;
         }
         string dir = GoldenFixtures.SourceDirectory();
@@ -124,7 +137,7 @@ public sealed class FixtureTests
         Assert.AreEqual(99u, engine.ListPools().Single().LayoutVersion);
         var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => engine.OpenPoolAsync("golden"));
         Assert.AreEqual(
-            "pool 'golden' shard on target 0 has layout version 99, this engine supports layout versions 1..3 (incompatible layout version: 99 larger than 3) and unknown incompat features 0x10000000000 (bit 40); refusing to open (nothing was written)",
+            "pool 'golden' shard on target 0 has layout version 99, this engine supports layout versions 1..5 (incompatible layout version: 99 larger than 5) and unknown incompat features 0x10000000000 (bit 40); refusing to open (nothing was written)",
             e.Message);
         Assert.AreEqual(RasIds.PoolLayoutIncompatible, ras.Events.Single().Id);
         Assert.AreEqual("incompatible layout", engine.ListPools().Single().State);
@@ -181,5 +194,107 @@ public sealed class FixtureTests
         StringAssert.Contains(e.Message, "block_checksums (layout 3)");
         Assert.AreEqual(RasIds.PoolLayoutIncompatible, oldRas.Events.Single().Id);
         Assert.AreEqual(before, TestHelpers.Sha256(devs));
+    }
+
+    [TestMethod]
+    [DataRow(GoldenFixtures.Layout4, 4u)]
+    [DataRow(GoldenFixtures.Layout5, 5u)]
+    public async Task GoldenLayout4And5_OpenReadOnly_ContentVerifiedAndNoByteChanged(string fixture, uint layout)
+    {
+        var devs = GoldenFixtures.Load(GoldenFixtures.PathOf(fixture));
+        string before = TestHelpers.Sha256(devs);
+        var (engine, ras) = await TestDevices.OpenAsync(devs, readOnly: true);
+        Assert.AreEqual(layout, engine.ListPools().Single().LayoutVersion);
+        var pool = await engine.OpenPoolAsync("golden");
+        Assert.IsTrue(pool.ReplayedRecords > 0, "the fixture keeps its last records in the log, so opening it replays them");
+        if (layout == 5)
+            await GoldenFixtures.VerifyLayout5Async(pool);
+        else
+            await GoldenFixtures.VerifyLayout4Async(pool);
+        Assert.AreEqual(0, ras.Events.Count, string.Join("; ", ras.Events.Select(e => e.Message)));
+        Assert.AreEqual(before, TestHelpers.Sha256(devs));
+    }
+
+    [TestMethod]
+    [DataRow(GoldenFixtures.Layout1, 1u)]
+    [DataRow(GoldenFixtures.Layout2, 2u)]
+    [DataRow(GoldenFixtures.Layout3, 3u)]
+    public async Task GoldenLayout1To3_UpgradedTo5_DataIntactMovedAndLogInV2(string fixture, uint layout)
+    {
+        var devs = GoldenFixtures.Load(GoldenFixtures.PathOf(fixture));
+        var (engine, ras) = await TestDevices.OpenAsync(devs);
+        var pool = await engine.OpenPoolAsync("golden");
+        Assert.AreEqual(layout, pool.LayoutVersion);
+        var before = await UpgradeTests.ImageHashesAsync(pool);
+        var plan = await pool.UpgradeAsync(5, dryRun: false);
+        // Layout 1 crosses all five actions; 2 the three data ones; 3 placement_v2 and wal_v2.
+        CollectionAssert.AreEqual(new[] { "pool_props_v2", "container_compression", "block_checksums", "placement_v2", "wal_v2" }.Skip(layout switch { 1 => 0, 2 => 2, _ => 3 }).ToArray(),
+            plan.Actions.Select(a => a.Feature).ToArray());
+        await pool.WaitForUpgradeAsync();
+        Assert.AreEqual("completed", pool.GetProperty("upgrade_status"));
+        await Verify(pool);
+        Assert.IsFalse(ras.Events.Any(e => e.Id is RasIds.DataChecksumMismatch or RasIds.DataUnrecoverable), string.Join("; ", ras.Events.Select(e => e.Message)));
+        await engine.DisposeAsync();
+        var (again, _) = await TestDevices.OpenAsync(devs);
+        await Verify(await again.OpenPoolAsync("golden"));
+
+        async Task Verify(Pool p)
+        {
+            Assert.AreEqual(5u, p.LayoutVersion);
+            Assert.AreEqual(WalFormatV2.Format, p.Log.Format);
+            Assert.AreEqual(0, BlockChecksumUpgradeTests.WithoutTable(p));
+            Assert.AreEqual(0, MigrationKit.Misplaced(p, PlacementV2.Instance));
+            if (layout == 3)
+                await GoldenFixtures.VerifyLayout3Async(p, layout: 5);
+            else if (layout == 2)
+                await GoldenFixtures.VerifyLayout2Async(p, layout: 5);
+            else
+                await GoldenFixtures.VerifyLayout1Async(p, layout: 5);
+            CollectionAssert.AreEquivalent(before.ToList(), (await UpgradeTests.ImageHashesAsync(p)).ToList());
+        }
+    }
+
+    /// <summary>
+    /// `--max-layout N` plays release strata-1.(N-1): it refuses every fixture beyond N with the RAS
+    /// event and without changing a byte, and opens (and replays) every fixture it knows.
+    /// </summary>
+    [TestMethod]
+    [DataRow(2u)]
+    [DataRow(3u)]
+    [DataRow(4u)]
+    public async Task OlderRelease_MaxLayoutN_RefusesFixturesBeyondUnchangedOpensThoseItKnows(uint n)
+    {
+        var release = Engine.Layout.LayoutCatalog.Default.Truncate(n);
+        string[] fixtures = [GoldenFixtures.Layout1, GoldenFixtures.Layout2, GoldenFixtures.Layout3, GoldenFixtures.Layout4, GoldenFixtures.Layout5];
+        for (uint layout = 1; layout <= 5; layout++)
+        {
+            var devs = GoldenFixtures.Load(GoldenFixtures.PathOf(fixtures[layout - 1]));
+            string before = TestHelpers.Sha256(devs);
+            var ras = new InMemoryRasSink();
+            var engine = await StorageEngine.OpenAsync(devs, new StorageEngineOptions { Ras = ras, Catalog = release });
+            if (layout > n)
+            {
+                Assert.AreEqual("incompatible layout", engine.ListPools().Single().State, $"layout {layout}");
+                var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => engine.OpenPoolAsync("golden"));
+                StringAssert.Contains(e.Message, $"incompatible layout version: {layout} larger than {n}");
+                var first = Engine.Layout.LayoutCatalog.Default[n + 1].Features[0];
+                StringAssert.Contains(e.Message, $"{first.Name} (layout {n + 1})");
+                Assert.AreEqual(RasIds.PoolLayoutIncompatible, ras.Events.Single().Id, $"layout {layout}");
+                await engine.DisposeAsync();
+                Assert.AreEqual(before, TestHelpers.Sha256(devs), $"release {n} wrote nothing to the layout-{layout} pool");
+                continue;
+            }
+            var pool = await engine.OpenPoolAsync("golden");
+            Assert.IsGreaterThan(0, pool.ReplayedRecords, $"layout {layout}");
+            await (layout switch
+            {
+                1 => GoldenFixtures.VerifyLayout1Async(pool),
+                2 => GoldenFixtures.VerifyLayout2Async(pool),
+                3 => GoldenFixtures.VerifyLayout3Async(pool),
+                _ => GoldenFixtures.VerifyLayout4Async(pool),
+            });
+            Assert.IsFalse(ras.Events.Any(e => e.Id == RasIds.PoolLayoutIncompatible), $"layout {layout}");
+            await engine.DisposeAsync();
+        }
     }
 }

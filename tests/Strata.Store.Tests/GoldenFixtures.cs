@@ -17,6 +17,8 @@ internal static class GoldenFixtures
     public const string Future = "future-layout99.img.gz";
     public const string Layout2 = "layout2-pool.img.gz";
     public const string Layout3 = "layout3-pool.img.gz";
+    public const string Layout4 = "layout4-pool.img.gz";
+    public const string Layout5 = "layout5-pool.img.gz";
     public const int Targets = 2;
     public const long TargetBytes = 4L * 1024 * 1024;
     public const ulong FutureIncompatBit = 1UL << 40;
@@ -92,10 +94,79 @@ internal static class GoldenFixtures
         return devs;
     }
 
-    /// <summary>Checks the layout-3 fixture's pool: every chunk above 4 KiB has its table, and everything of layouts 1 and 2 reads back.</summary>
-    public static async Task VerifyLayout3Async(Pool pool)
+    /// <summary>
+    /// The layout-4 fixture: the layout-3 pool upgraded to 4 (placement_v2 moved the chunks whose
+    /// targets changed), then an image of 16 KiB chunks written at layout 4, partly trimmed, left in
+    /// the log (chunk maps placed by placement v2 to replay).
+    /// </summary>
+    public static async Task<MemoryBlockDevice[]> BuildLayout4Async()
     {
-        Assert.AreEqual(3u, pool.LayoutVersion);
+        var devs = await BuildLayout3Async();
+        var engine = await StorageEngine.OpenAsync(devs);
+        var pool = await engine.OpenPoolAsync("golden");
+        await pool.UpgradeAsync(4, dryRun: false);
+        await pool.WaitForUpgradeAsync();
+        await pool.CreateContainerAsync("epsilon");
+        var d = await pool.CreateImageAsync("epsilon", "disk4", 160_000, 16384);
+        await d.WriteAsync(0, Content(160_000, 7));
+        await d.TrimAsync(32768, 16384);
+        await pool.CloseAsync(checkpoint: false);
+        return devs;
+    }
+
+    /// <summary>
+    /// The layout-5 fixture: the layout-4 pool upgraded to 5 (every shard's log restarted in WAL v2),
+    /// then an image written at layout 5 and a property set, left in the log as WAL v2 batches.
+    /// </summary>
+    public static async Task<MemoryBlockDevice[]> BuildLayout5Async()
+    {
+        var devs = await BuildLayout4Async();
+        var engine = await StorageEngine.OpenAsync(devs);
+        var pool = await engine.OpenPoolAsync("golden");
+        await pool.UpgradeAsync(5, dryRun: false);
+        await pool.WaitForUpgradeAsync();
+        await pool.CreateContainerAsync("zeta");
+        var d = await pool.CreateImageAsync("zeta", "disk5", 100_000, 8192);
+        await d.WriteAsync(5_000, Content(90_000, 8));
+        await d.SetPropertyAsync("user.role", "wal-v2");
+        await pool.CloseAsync(checkpoint: false);
+        return devs;
+    }
+
+    /// <summary>Checks the layout-5 fixture's pool: its log is WAL v2 and everything of layouts 1 to 4 reads back.</summary>
+    public static async Task VerifyLayout5Async(Pool pool)
+    {
+        Assert.AreEqual(5u, pool.LayoutVersion);
+        Assert.AreEqual(Engine.Store.WalFormatV2.Format, pool.Log.Format);
+        Assert.AreEqual("5", pool.GetContainerProperty("zeta", "layout_version"));
+        var img = pool.OpenImage("zeta", "disk5");
+        var b = new byte[100_000];
+        await img.ReadAsync(0, b);
+        var e = new byte[100_000];
+        Content(90_000, 8).CopyTo(e, 5_000);
+        CollectionAssert.AreEqual(e, b);
+        Assert.AreEqual("wal-v2", img.GetProperty("user.role"));
+        await VerifyLayout4Async(pool, layout: 5);
+    }
+
+    /// <summary>Checks the layout-4 fixture's pool: every replica where placement v2 puts it, and everything of layouts 1 to 3.</summary>
+    public static async Task VerifyLayout4Async(Pool pool, uint layout = 4)
+    {
+        Assert.AreEqual(layout, pool.LayoutVersion);
+        Assert.AreEqual("4", pool.GetContainerProperty("epsilon", "layout_version"));
+        var b = new byte[160_000];
+        await pool.OpenImage("epsilon", "disk4").ReadAsync(0, b);
+        var e = Content(160_000, 7);
+        Array.Clear(e, 32768, 16384);
+        CollectionAssert.AreEqual(e, b);
+        Assert.AreEqual(0, MigrationKit.Misplaced(pool, Engine.Store.PlacementV2.Instance), "every replica on the target placement v2 names");
+        await VerifyLayout3Async(pool, layout);
+    }
+
+    /// <summary>Checks the layout-3 fixture's pool: every chunk above 4 KiB has its table, and everything of layouts 1 and 2 reads back.</summary>
+    public static async Task VerifyLayout3Async(Pool pool, uint layout = 3)
+    {
+        Assert.AreEqual(layout, pool.LayoutVersion);
         Assert.AreEqual("3", pool.GetContainerProperty("delta", "layout_version"));
         var b = new byte[300_000];
         await pool.OpenImage("delta", "disk3").ReadAsync(0, b);
@@ -103,7 +174,7 @@ internal static class GoldenFixtures
         Content(5_000, 6).CopyTo(e, 70_000);
         CollectionAssert.AreEqual(e, b);
         Assert.AreEqual(0, BlockChecksumUpgradeTests.WithoutTable(pool), "every chunk above 4 KiB has its block table");
-        await VerifyLayout2Async(pool, layout: 3);
+        await VerifyLayout2Async(pool, layout);
     }
 
     /// <summary>Checks the layout-2 fixture's pool: everything of layout 1 plus what layout 2 added.</summary>

@@ -20,6 +20,7 @@ public sealed class LayeringTests
         ["Layout", "Pools", "Layout sits below the pool service: actions see the pool as IUpgradePool, Pool runs the job"],
         ["Layout", "Store", "the catalog and actions do not reach the log or chunk I/O directly"],
         ["Layout", "Nbd", "the catalog knows nothing of the NBD server"],
+        ["Layout", "Migration", "the catalog declares features by name; Migration.UpgradeActionBindings binds the data-moving actions"],
         ["Nbd", "Control", "the NBD server reaches images through IImageIo, not Control's MeteredImage"],
         ["Device", "Store", "the device layer is below the store"],
         ["Device", "Pools", "the device layer is below the pool service"],

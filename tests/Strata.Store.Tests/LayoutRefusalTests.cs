@@ -7,11 +7,11 @@ namespace Strata.Store.Tests;
 [TestClass]
 public sealed class LayoutRefusalTests
 {
-    private static async Task<Engine.Device.MemoryBlockDevice[]> PoolWithDataAsync()
+    private static async Task<Engine.Device.MemoryBlockDevice[]> PoolWithDataAsync(uint layout = 0)
     {
         var devs = TestDevices.Memory(2);
         var (engine, _) = await TestDevices.FormatAsync(devs);
-        var pool = await engine.CreatePoolAsync("tank", 4L * 1024 * 1024, 1, TestDevices.SmallPool);
+        var pool = await engine.CreatePoolAsync("tank", 4L * 1024 * 1024, 1, TestDevices.SmallPool with { LayoutVersion = layout });
         await pool.CreateContainerAsync("c");
         var img = await pool.CreateImageAsync("c", "v", 65536, 4096);
         await img.WriteAsync(0, TestDevices.Pattern(65536, 7));
@@ -28,7 +28,7 @@ public sealed class LayoutRefusalTests
         var (engine, ras) = await TestDevices.OpenAsync(devs);
         Assert.AreEqual(99u, engine.ListPools().Single().LayoutVersion);
         var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => engine.OpenPoolAsync("tank"));
-        StringAssert.Contains(e.Message, "pool 'tank' shard on target 0 has layout version 99, this engine supports layout versions 1..3");
+        StringAssert.Contains(e.Message, "pool 'tank' shard on target 0 has layout version 99, this engine supports layout versions 1..5");
         StringAssert.Contains(e.Message, "bit 40");
         StringAssert.Contains(e.Message, "nothing was written");
         Assert.AreEqual(RasIds.PoolLayoutIncompatible, ras.Events.Single().Id);
@@ -36,12 +36,13 @@ public sealed class LayoutRefusalTests
     }
 
     [TestMethod]
-    public async Task OpenPool_UnknownIncompatBitOnLayout1_Refused()
+    public async Task OpenPool_IncompatBitOfANewerLayout_RefusedByTheOlderRelease()
     {
-        var devs = await PoolWithDataAsync();
+        var devs = await PoolWithDataAsync(layout: 3);
         await TestHelpers.RewriteShardHeadersAsync(devs, h => h with { Incompat = h.Incompat | LayoutCatalog.Default.Find("placement_v2")!.Mask });
         string before = TestHelpers.Sha256(devs);
-        var (engine, _) = await TestDevices.OpenAsync(devs);
+        // Release strata-1.2 (layouts 1..3) does not know placement_v2.
+        var engine = await StorageEngine.OpenAsync(devs, new StorageEngineOptions { Catalog = LayoutCatalog.Default.Truncate(3) });
         var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => engine.OpenPoolAsync("tank"));
         StringAssert.Contains(e.Message, "unknown incompat features 0x8 (placement_v2 (layout 4))");
         Assert.AreEqual(before, TestHelpers.Sha256(devs));
@@ -83,11 +84,11 @@ public sealed class LayoutRefusalTests
         var (engine, _) = await TestDevices.FormatAsync(devs);
         var pool = await engine.CreatePoolAsync("tank", 4L * 1024 * 1024, 1, TestDevices.SmallPool);
         var q = pool.Query();
-        Assert.AreEqual(3u, q.LayoutVersion);
-        Assert.AreEqual(0x7UL, q.Incompat, "base, container_compression and block_checksums");
+        Assert.AreEqual(5u, q.LayoutVersion);
+        Assert.AreEqual(0x1FUL, q.Incompat, "base, container_compression, block_checksums, placement_v2 and wal_v2");
         Assert.AreEqual(0x1UL, q.Compat, "pool_props_v2");
         Assert.AreEqual(0UL, q.RoCompat);
-        Assert.AreEqual("3", pool.GetProperty("layout_version"));
+        Assert.AreEqual("5", pool.GetProperty("layout_version"));
         await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => pool.SetPropertyAsync("layout_version", "2"));
     }
 
@@ -102,6 +103,6 @@ public sealed class LayoutRefusalTests
         Assert.AreEqual(0x1UL, q.Incompat);
         Assert.AreEqual(0UL, q.Compat);
         Assert.AreEqual("1", pool.GetProperty("layout_version"));
-        await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.CreatePoolAsync("t4", 4L * 1024 * 1024, 1, TestDevices.SmallPool with { LayoutVersion = 4 }));
+        await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.CreatePoolAsync("t4", 4L * 1024 * 1024, 1, TestDevices.SmallPool with { LayoutVersion = 6 }));
     }
 }

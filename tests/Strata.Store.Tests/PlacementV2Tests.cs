@@ -24,15 +24,14 @@ public sealed class PlacementV2Tests
     [TestCleanup]
     public void Cleanup() => Directory.Delete(_dir, true);
 
-    /// <summary>The default catalog with layouts 3 and 4 supported, 4 running <paramref name="action"/> (default: its own).</summary>
+    /// <summary>This build's catalog, layout 4 running <paramref name="action"/> (default: its own).</summary>
     internal static LayoutCatalog UpTo4(IUpgradeAction? action = null)
     {
-        var v4 = LayoutCatalog.Default[4];
-        if (action != null)
-            v4 = v4 with { Features = [v4.Features[0] with { Action = action }] };
-        return new LayoutCatalog(
-            [LayoutCatalog.Default[1], LayoutCatalog.Default[2], LayoutCatalog.Default[3] with { Supported = true }, v4 with { Supported = true }],
-            LayoutCatalog.Default.Releases);
+        var d = LayoutCatalog.Default;
+        if (action == null)
+            return d;
+        var v4 = d[4] with { Features = [d[4].Features[0] with { Action = action }] };
+        return new LayoutCatalog([.. d.Versions.Take(3), v4, .. d.Versions.Skip(4)], d.Releases);
     }
 
     [TestMethod]

@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using Strata.Engine.Device;
 using Strata.Engine.Layout;
+using Strata.Engine.Migration;
 using Strata.Engine.Pools;
 using Strata.Engine.Store;
 
@@ -18,7 +19,7 @@ internal static class TestCatalogs
     public static LayoutCatalog Repeating(Func<int> times) => new(
         LayoutCatalog.Default.Versions.Select(v => v with
         {
-            Features = v.Features.Select(f => f.Action == null ? f : f with { Action = new RepeatAction(f.Action, times) }).ToList(),
+            Features = v.Features.Select(f => UpgradeActionBindings.Default.For(f) is { } a ? f with { Action = new RepeatAction(a, times) } : f).ToList(),
         }).ToList(),
         LayoutCatalog.Default.Releases);
 
@@ -121,11 +122,11 @@ public sealed class UpgradeTests
 
     private static readonly PoolCreateOptions V1 = TestDevices.SmallPool with { LayoutVersion = 1 };
 
-    internal static async Task<(StorageEngine Engine, Pool Pool, InMemoryRasSink Ras)> V1PoolWithDataAsync(IBlockDevice[] devs, StorageEngineOptions? options = null)
+    internal static async Task<(StorageEngine Engine, Pool Pool, InMemoryRasSink Ras)> V1PoolWithDataAsync(IBlockDevice[] devs, StorageEngineOptions? options = null, uint layout = 1)
     {
         var ras = new InMemoryRasSink();
         var engine = await StorageEngine.FormatAsync(devs, (options ?? new StorageEngineOptions()) with { Ras = ras });
-        var pool = await engine.CreatePoolAsync("tank", 6L * 1024 * 1024, 2, V1);
+        var pool = await engine.CreatePoolAsync("tank", 6L * 1024 * 1024, 2, V1 with { LayoutVersion = layout });
         await pool.CreateContainerAsync("old");
         await pool.SetContainerPropertyAsync("old", "user.owner", "ops");
         var a = await pool.CreateImageAsync("old", "a", 300_000, 16384);
@@ -199,11 +200,13 @@ public sealed class UpgradeTests
         string sha = TestHelpers.Sha256(devs);
         var plan = await pool.UpgradeAsync(null, dryRun: true);
         Assert.IsNull(plan.JobId);
-        Assert.AreEqual((1u, 3u), (plan.From, plan.To), "the newest layout this engine supports");
-        Assert.AreEqual(3, plan.Actions.Count);
+        Assert.AreEqual((1u, 5u), (plan.From, plan.To), "the newest layout this engine supports");
+        Assert.AreEqual(5, plan.Actions.Count);
         Assert.AreEqual("metadata_only", plan.Actions[0].Kind);
         Assert.AreEqual(2L, plan.Actions[0].Items, "scrub and reclaim");
         Assert.AreEqual(("block_checksums", "data_scan", "online"), (plan.Actions[2].Feature, plan.Actions[2].Kind, plan.Actions[2].Access));
+        Assert.AreEqual(("placement_v2", "data_movement", "online"), (plan.Actions[3].Feature, plan.Actions[3].Kind, plan.Actions[3].Access));
+        Assert.AreEqual(("wal_v2", "log_format", "exclusive"), (plan.Actions[4].Feature, plan.Actions[4].Kind, plan.Actions[4].Access));
         // Image a's 19 chunks of 16 KiB on both replicas, each rewritten with its 4 KiB table; b's 4 KiB chunks stay.
         Assert.AreEqual(19L * 2 * (16384 + 4096), plan.Actions[2].BytesToMove);
         Assert.IsTrue(plan.Preconditions.All(p => p.Ok), string.Join("; ", plan.Preconditions.Select(p => p.Detail)));
@@ -216,7 +219,8 @@ public sealed class UpgradeTests
     public async Task Preconditions_EachRefusedWithAClearMessage()
     {
         var devs = TestDevices.Memory(2);
-        var (_, pool, _) = await V1PoolWithDataAsync(devs);
+        // Release strata-1.2 (layouts 1..3): layout 4 is in its catalog but not supported.
+        var (_, pool, _) = await V1PoolWithDataAsync(devs, new StorageEngineOptions { Catalog = LayoutCatalog.Default.Truncate(3) });
 
         using (pool.BeginOperation("rebuild"))
         {
@@ -329,6 +333,100 @@ public sealed class UpgradeTests
         await pool.CreateContainerAsync("after");
     }
 
+    /// <summary>
+    /// Layout 1 -> 5 in one job, through all five actions (two metadata-only, block_checksums,
+    /// placement_v2, wal_v2), while four clients write 4 KiB blocks of their own into images of 4 and
+    /// 16 KiB chunks and retry what wal_v2's exclusive window refuses: every acknowledged write reads
+    /// back, before and after a reopen, and the data written before the job is unchanged.
+    /// </summary>
+    [TestMethod]
+    public async Task Upgrade1To5_OneJobWithClientWritesRunning_EveryAcknowledgedWriteReadsBack()
+    {
+        var devs = TestDevices.Memory(2);
+        var (engine, pool, ras) = await V1PoolWithDataAsync(devs);
+        var before = await ImageHashesAsync(pool);
+        await pool.CreateContainerAsync("live");
+        const int Size = 256 * 1024;
+        var model = new[] { new byte[Size], new byte[Size] };
+        await pool.CreateImageAsync("live", "small", Size, 4096);
+        await pool.CreateImageAsync("live", "big", Size, 16384);
+        using var stop = new CancellationTokenSource();
+        long writes = 0, refused = 0;
+        var writers = Enumerable.Range(0, 4).Select(w => Task.Run(async () =>
+        {
+            var rng = new Random(w);
+            var img = new[] { pool.OpenImage("live", "small"), pool.OpenImage("live", "big") };
+            while (!stop.IsCancellationRequested)
+            {
+                int which = rng.Next(2);
+                // Writer w owns the blocks w, w + 4, w + 8, ...: no two writers race on a block.
+                int block = rng.Next(0, Size / 4096 / 4) * 4 + w;
+                var data = TestDevices.Pattern(4096, rng.Next());
+                try
+                {
+                    await img[which].WriteAsync(block * 4096L, data);
+                }
+                catch (PoolBusyException)
+                {
+                    // wal_v2's exclusive window revoked the handles: open again, write again later.
+                    Interlocked.Increment(ref refused);
+                    while (!stop.IsCancellationRequested)
+                    {
+                        try
+                        {
+                            img = [pool.OpenImage("live", "small"), pool.OpenImage("live", "big")];
+                            break;
+                        }
+                        catch (PoolBusyException)
+                        {
+                            await Task.Yield();
+                        }
+                    }
+                    continue;
+                }
+                lock (model)
+                    data.CopyTo(model[which], block * 4096);
+                Interlocked.Increment(ref writes);
+            }
+        })).ToArray();
+        while (Interlocked.Read(ref writes) < 50)
+            await Task.Yield();
+        var plan = await pool.UpgradeAsync(5, false);
+        CollectionAssert.AreEqual(new[] { "pool_props_v2", "container_compression", "block_checksums", "placement_v2", "wal_v2" }, plan.Actions.Select(a => a.Feature).ToArray());
+        long atStart = Interlocked.Read(ref writes);
+        await pool.WaitForUpgradeAsync();
+        long atEnd = Interlocked.Read(ref writes);
+        while (Interlocked.Read(ref writes) < atEnd + 50)
+            await Task.Yield();
+        await stop.CancelAsync();
+        await Task.WhenAll(writers);
+        TestContext.WriteLine($"{atEnd - atStart} writes acknowledged during the job, {Interlocked.Read(ref refused)} refused by the exclusive window and retried");
+        Assert.AreEqual("completed", pool.GetProperty("upgrade_status"));
+        Assert.IsGreaterThan(0L, atEnd - atStart, "clients wrote while the job ran");
+        await Verify(pool);
+        await pool.CloseAsync(checkpoint: false);
+        await engine.DisposeAsync();
+        var (again, ras2) = await TestDevices.OpenAsync(devs);
+        await Verify(await again.OpenPoolAsync("tank"));
+        Assert.IsFalse(ras.Events.Concat(ras2.Events).Any(e => e.Id is RasIds.DataChecksumMismatch or RasIds.DataUnrecoverable));
+
+        async Task Verify(Pool p)
+        {
+            Assert.AreEqual(5u, p.LayoutVersion);
+            Assert.AreEqual(WalFormatV2.Format, p.Log.Format);
+            Assert.AreEqual(0, BlockChecksumUpgradeTests.WithoutTable(p));
+            Assert.AreEqual(0, MigrationKit.Misplaced(p, PlacementV2.Instance));
+            var now = await ImageHashesAsync(p);
+            foreach (var (k, v) in before)
+                Assert.AreEqual(v, now[k], k);
+            var back = new byte[Size];
+            await p.OpenImage("live", "small").ReadAsync(0, back);
+            CollectionAssert.AreEqual(model[0], back, "live/small");
+            await p.OpenImage("live", "big").ReadAsync(0, back);
+            CollectionAssert.AreEqual(model[1], back, "live/big");
+        }
+    }
+
     [TestMethod]
     public async Task QuiesceWindow_ConcurrentWritersKeepGoing_NoWriteLost()
     {
@@ -349,7 +447,7 @@ public sealed class UpgradeTests
         })).ToArray();
         while (Interlocked.Read(ref writes) < 20)
             await Task.Delay(5);
-        await pool.UpgradeAsync(null, false);
+        await pool.UpgradeAsync(3, false);
         await pool.WaitForUpgradeAsync();
         long at = Interlocked.Read(ref writes);
         while (Interlocked.Read(ref writes) < at + 20)
@@ -415,7 +513,7 @@ public sealed class UpgradeTests
 
         var (newEngine, _) = await TestDevices.OpenAsync(devs);
         var p = await newEngine.OpenPoolAsync("tank");
-        await p.UpgradeAsync(null, false);
+        await p.UpgradeAsync(3, false);
         await p.WaitForUpgradeAsync();
         await newEngine.DisposeAsync();
 
@@ -436,7 +534,7 @@ public sealed class UpgradeTests
     {
         var devs = TestDevices.Memory(2);
         var (engine, pool, _) = await V1PoolWithDataAsync(devs, new StorageEngineOptions { UpgradeStepDelay = TimeSpan.FromSeconds(30) });
-        await pool.UpgradeAsync(null, false);
+        await pool.UpgradeAsync(3, false);
         await engine.DisposeAsync(); // a clean stop mid-job: the job stays in progress
         string sha = TestHelpers.Sha256(devs);
         var ras = new InMemoryRasSink();
@@ -453,7 +551,7 @@ public sealed class UpgradeTests
         var devs = TestDevices.Memory(2);
         var (engine, pool, _) = await V1PoolWithDataAsync(devs, new StorageEngineOptions { UpgradeStepDelay = TimeSpan.FromSeconds(30) });
         var hashes = await ImageHashesAsync(pool);
-        await pool.UpgradeAsync(null, false);
+        await pool.UpgradeAsync(3, false);
         Assert.AreEqual("in progress", pool.GetProperty("upgrade_status"));
         await engine.DisposeAsync();
 

@@ -77,13 +77,13 @@ public sealed class WalV2CrashTests
     private static async Task<Outcome> RunAsync(int seed)
     {
         var rng = new Random(seed);
-        var cat = WalV2UpgradeTests.Catalog();
+        var cat = LayoutCatalog.Default;
         var options = new StorageEngineOptions { Catalog = cat, WritebackFlushInterval = Timeout.InfiniteTimeSpan };
         var power = new CrashSwitch();
         int targets = rng.Next(1, 3);
         var disks = Enumerable.Range(0, targets).Select(i => new CrashDisk($"w{i}", 4L << 20, power)).ToArray();
         var engine = await StorageEngine.FormatAsync(disks, options);
-        var pool = await engine.CreatePoolAsync("p", targets * (1L << 20), targets, TestDevices.SmallPool with { LayoutVersion = 2 });
+        var pool = await engine.CreatePoolAsync("p", targets * (1L << 20), targets, TestDevices.SmallPool with { LayoutVersion = 4 });
         await pool.CreateContainerAsync("c");
         var img = await pool.CreateImageAsync("c", "v", Chunks * Chunk, Chunk);
         var model = new Model();
@@ -100,7 +100,7 @@ public sealed class WalV2CrashTests
         var writers = Enumerable.Range(0, Writers).Select(w => WriteAsync(img, model, w, new Random(rng.Next()), power, jobDone.Task)).ToArray();
         try
         {
-            await pool.UpgradeAsync(3, false);
+            await pool.UpgradeAsync(5, false);
             await pool.WaitForUpgradeAsync();
         }
         catch (Exception) when (power.Crashed)
@@ -143,11 +143,11 @@ public sealed class WalV2CrashTests
         {
             // The job's first record never became durable: nothing happened; start it now.
             Assert.AreEqual(1u, pool2.Log.Format, $"seed {seed}: no job, no switch");
-            await pool2.UpgradeAsync(3, false);
+            await pool2.UpgradeAsync(5, false);
             await pool2.WaitForUpgradeAsync();
         }
         Assert.AreEqual("completed", pool2.GetProperty("upgrade_status"), $"seed {seed}");
-        Assert.AreEqual(3u, pool2.LayoutVersion, $"seed {seed}");
+        Assert.AreEqual(5u, pool2.LayoutVersion, $"seed {seed}");
         Assert.AreEqual(WalFormatV2.Format, pool2.Log.Format, $"seed {seed}");
         var bad = finalRas.Events.FirstOrDefault(e => e.Id is "data_checksum_mismatch" or "data_unrecoverable");
         Assert.IsNull(bad, $"seed {seed}: {bad?.Message}");

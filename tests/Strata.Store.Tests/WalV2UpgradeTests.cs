@@ -8,21 +8,20 @@ namespace Strata.Store.Tests;
 /// <summary>
 /// The wal_v2 layout feature: pools that have it write WAL v2 (checksummed batches), the exclusive
 /// action switches a pool's log to it, replay reads both formats (docs/format.md, "WAL v2").
-/// Layouts 3 and 4 are not in this build's catalog yet, so the tests run wal_v2 as version 3 of a
-/// test catalog: the real feature and action, renumbered.
+/// The tests run this build's catalog: layout-4 pools upgraded to 5.
 /// </summary>
 [TestClass]
 public sealed class WalV2UpgradeTests
 {
     public TestContext TestContext { get; set; } = null!;
 
-    /// <summary>The default catalog's versions 1 and 2, then wal_v2 (bit 4, its real action) as version 3, optionally run several times.</summary>
-    internal static LayoutCatalog Catalog(Func<int>? times = null)
+    /// <summary>This build's catalog, its wal_v2 action (layout 5) run several times per job.</summary>
+    private static LayoutCatalog Repeating(Func<int> times)
     {
-        var f = LayoutCatalog.Default.Find(LayoutCatalog.WalV2Feature)! with { Version = 3 };
-        if (times != null)
-            f = f with { Action = new RepeatedAction(f.Action!, times) };
-        return TestCatalogs.WithVersion3(f);
+        var d = LayoutCatalog.Default;
+        var f = d.Find(LayoutCatalog.WalV2Feature)!;
+        var v5 = d[5] with { Features = [f with { Action = new RepeatedAction(WalV2Action.Instance, times) }] };
+        return new LayoutCatalog([.. d.Versions.Take(4), v5, .. d.Versions.Skip(5)], d.Releases);
     }
 
     private sealed class RepeatedAction(IUpgradeAction inner, Func<int> times) : IUpgradeAction
@@ -56,9 +55,9 @@ public sealed class WalV2UpgradeTests
     [TestMethod]
     public async Task Upgrade_PoolWithData_LogRestartedInV2HandlesRevokedDataIntact()
     {
-        var cat = Catalog();
+        var cat = LayoutCatalog.Default;
         var devs = TestDevices.Memory(2);
-        var (engine, pool, ras) = await UpgradeTests.V1PoolWithDataAsync(devs, new StorageEngineOptions { Catalog = cat });
+        var (engine, pool, ras) = await UpgradeTests.V1PoolWithDataAsync(devs, new StorageEngineOptions { Catalog = cat }, layout: 4);
         var hashes = await UpgradeTests.ImageHashesAsync(pool);
         Assert.AreEqual(1u, pool.Log.Format);
         string? revoked = null;
@@ -72,12 +71,12 @@ public sealed class WalV2UpgradeTests
         // The client goes away once revoked, as an NBD connection does.
         var disconnect = revokedSignal.Task.ContinueWith(_ => client.Dispose(), TaskScheduler.Default);
 
-        await pool.UpgradeAsync(3, false);
+        await pool.UpgradeAsync(5, false);
         await pool.WaitForUpgradeAsync();
         await disconnect;
 
         Assert.AreEqual("completed", pool.GetProperty("upgrade_status"));
-        Assert.AreEqual("pool is upgrading (2 -> 3); retry when it completes", revoked);
+        Assert.AreEqual("pool is upgrading (4 -> 5); retry when it completes", revoked);
         Assert.AreEqual(WalFormatV2.Format, pool.Log.Format);
         Assert.IsNotNull(pool.LastExclusivePauseMs);
         TestContext.WriteLine($"wal_v2 switch: opens and I/O refused for {pool.LastExclusivePauseMs:0.###} ms (2 memory targets, {pool.Meta.Images.Values.Sum(i => i.Chunks.Count)} chunk maps)");
@@ -103,9 +102,9 @@ public sealed class WalV2UpgradeTests
         // A release without wal_v2 refuses the pool before writing anything.
         string sha = TestHelpers.Sha256(devs);
         var oldRas = new InMemoryRasSink();
-        var old = await StorageEngine.OpenAsync(devs, new StorageEngineOptions { Ras = oldRas, Catalog = cat.Truncate(2) });
+        var old = await StorageEngine.OpenAsync(devs, new StorageEngineOptions { Ras = oldRas, Catalog = cat.Truncate(4) });
         var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => old.OpenPoolAsync("tank"));
-        StringAssert.Contains(e.Message, "unknown incompat features 0x10 (wal_v2 (layout 3))");
+        StringAssert.Contains(e.Message, "unknown incompat features 0x10 (wal_v2 (layout 5))");
         Assert.AreEqual(RasIds.PoolLayoutIncompatible, oldRas.Events.Single().Id);
         Assert.AreEqual(sha, TestHelpers.Sha256(devs));
     }
@@ -117,11 +116,11 @@ public sealed class WalV2UpgradeTests
     }
 
     [TestMethod]
-    [DataRow(2u, 1u, DisplayName = "layout 2 pool: WAL v1")]
-    [DataRow(3u, 2u, DisplayName = "pool created with wal_v2: WAL v2")]
+    [DataRow(4u, 1u, DisplayName = "layout 4 pool: WAL v1")]
+    [DataRow(5u, 2u, DisplayName = "pool created with wal_v2: WAL v2")]
     public async Task Replay_UncleanStopAfterWrapsAndCheckpoints_EveryAcknowledgedWriteBack(uint layout, uint format)
     {
-        var cat = Catalog();
+        var cat = LayoutCatalog.Default;
         var devs = TestDevices.Memory(2);
         var (engine, _) = await OpenFormattedAsync(devs, cat);
         var pool = await engine.CreatePoolAsync("tank", 6L << 20, 2, TestDevices.SmallPool with { LayoutVersion = layout });
@@ -177,13 +176,13 @@ public sealed class WalV2UpgradeTests
         {
             var rng = new Random(seed);
             TestContext.WriteLine($"seed {seed}");
-            var cat = Catalog(() => seed == 1 ? 1 : rng.Next(1, 5));
+            var cat = Repeating(() => seed == 1 ? 1 : rng.Next(1, 5));
             var devs = TestDevices.Memory(2);
-            var (engine, pool, _) = await UpgradeTests.V1PoolWithDataAsync(devs, new StorageEngineOptions { Catalog = cat });
+            var (engine, pool, _) = await UpgradeTests.V1PoolWithDataAsync(devs, new StorageEngineOptions { Catalog = cat }, layout: 4);
             var img = pool.OpenImage("old", "b");
             // The action directly, from random cursors, with writes in between (outside a job: the
             // committer switches between rounds, so a batch is never half one format).
-            var feature = cat[3].Features.Single();
+            var feature = cat[5].Features.Single();
             for (int i = rng.Next(0, 4); i > 0; i--)
             {
                 var ctx = new UpgradeContext(pool, feature, _ => Task.CompletedTask, (_, _) => { });
@@ -193,7 +192,7 @@ public sealed class WalV2UpgradeTests
             }
             for (int i = 3; i > 0; i--)
                 await img.WriteAsync(4096 * i, TestDevices.Pattern(100, i));
-            await pool.UpgradeAsync(3, false);
+            await pool.UpgradeAsync(5, false);
             await pool.WaitForUpgradeAsync();
             await pool.CloseAsync(checkpoint: false);
             var (again, _) = await OpenAsync(devs, cat);

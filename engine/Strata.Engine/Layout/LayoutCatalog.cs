@@ -48,7 +48,10 @@ public enum ActionAccess
 /// <summary>
 /// One layout feature: the unit the catalog lists and an upgrade enables. Its
 /// bit is the on-disk contract (docs/format.md); its action must be idempotent:
-/// run once or five times from any cursor, the pool ends the same.
+/// run once or five times from any cursor, the pool ends the same. The default
+/// catalog binds no action (<paramref name="Action"/> null): the job takes it from
+/// Migration.UpgradeActionBindings by name, so Layout references nothing above it;
+/// a test catalog may bind its own here.
 /// </summary>
 public sealed record LayoutFeature(
     string Name,
@@ -59,7 +62,13 @@ public sealed record LayoutFeature(
     string Description,
     IUpgradeAction? Action)
 {
-    public ActionAccess Access => Action?.Access ?? ActionAccess.Quiesce;
+    /// <summary>How the pool can be used while the action runs, which follows from its kind.</summary>
+    public ActionAccess Access => Kind switch
+    {
+        ActionKind.MetadataOnly => ActionAccess.Quiesce,
+        ActionKind.LogFormat => ActionAccess.Exclusive,
+        _ => ActionAccess.Online,
+    };
 
     public ulong Mask => 1UL << Bit;
 }
@@ -209,39 +218,41 @@ public sealed class LayoutCatalog
         [
             new("pool_props_v2", 2, FeatureClass.Compat, 0, ActionKind.MetadataOnly,
                 "pool properties 'scrub' (off, lazy, timed) and 'reclaim' (disabled, lazy, time), set to their defaults",
-                PoolPropsV2Action.Instance),
+                null),
             new("container_compression", 2, FeatureClass.Incompat, 1, ActionKind.MetadataOnly,
                 "container property 'compression' for containers created at layout 2 or later (containers created earlier cannot enable it)",
-                NoDataAction.Instance),
+                null),
         ], Supported: true),
         new(3, "one CRC32C per 4 KiB block",
         [
             new("block_checksums", 3, FeatureClass.Incompat, 2, ActionKind.DataScan,
                 "one CRC32C per 4 KiB block instead of one per chunk: every chunk above 4 KiB is read, checked against its chunk CRC and rewritten with a 4 KiB block table (online; paced by migrate_rate)",
-                Migration.BlockTableRewrite.Action),
+                null),
         ], Supported: true),
         new(4, "placement v2",
         [
             new("placement_v2", 4, FeatureClass.Incompat, 3, ActionKind.DataMovement,
                 "placement by jump consistent hash with replica spreading: chunks whose target changes are copied, verified, switched, then freed; needs free space",
-                Migration.PlacementV2Action.Instance),
-        ], Supported: false),
+                null),
+        ], Supported: true),
         new(5, "write-ahead log v2",
         [
             new(WalV2Feature, 5, FeatureClass.Incompat, 4, ActionKind.LogFormat,
                 "write-ahead log v2, checksummed batches: one header and CRC32C per batch, compact records (a 4 KiB write's record 30 bytes instead of 56); every shard is checkpointed and its log restarted in the new format",
-                WalV2Action.Instance),
-        ], Supported: false),
+                null),
+        ], Supported: true),
         new(6, "image migration",
         [
             new("image_migration", 6, FeatureClass.Incompat, 5, ActionKind.MetadataOnly,
                 "live image migration and import (docs/migration.md, \"Image migration\"): images carry migration.* properties that every writer must honour, so older software must refuse the pool",
-                NoDataAction.Instance),
+                null),
         ], Supported: false),
     ],
     [
         new("strata-1.0", 1),
         new("strata-1.1", 2),
         new("strata-1.2", 3),
+        new("strata-1.3", 4),
+        new("strata-1.4", 5),
     ]);
 }

@@ -161,6 +161,9 @@ public sealed partial class Pool : IUpgradePool
         return plan with { JobId = id };
     }
 
+    /// <summary>The action the job runs for a feature (Migration.UpgradeActionBindings).</summary>
+    private IUpgradeAction? ActionOf(LayoutFeature f) => _engine.Options.Actions.For(f);
+
     private UpgradeJobPlan Plan(uint? requested)
     {
         var cat = Catalog;
@@ -179,7 +182,7 @@ public sealed partial class Pool : IUpgradePool
         long moveBytes = 0;
         foreach (var f in cat.Chain(from, to))
         {
-            var est = f.Action?.Estimate(this) ?? ActionEstimate.None;
+            var est = ActionOf(f)?.Estimate(this) ?? ActionEstimate.None;
             moveBytes += est.FreeBytesNeeded;
             actions.Add(new UpgradeActionPlan(index++, f.Version, f.Name, CatalogNames.Of(f.Class), CatalogNames.Of(f.Kind), CatalogNames.Of(f.Access), est.Items, est.BytesToScan, est.BytesToMove, f.Description));
         }
@@ -270,7 +273,7 @@ public sealed partial class Pool : IUpgradePool
         var run = new UpgradeRun(job.Id);
         foreach (var f in chain.Skip((int)job.Action))
         {
-            var est = f.Action?.Estimate(this) ?? ActionEstimate.None;
+            var est = ActionOf(f)?.Estimate(this) ?? ActionEstimate.None;
             run.ItemsTotal += est.Items;
             run.BytesTotal += est.BytesToScan + est.BytesToMove;
         }
@@ -354,8 +357,8 @@ public sealed partial class Pool : IUpgradePool
             {
                 run.Current = f.Name;
                 var ctx = NewContext(job, i, f, run);
-                if (f.Action != null)
-                    await f.Action.RunAsync(ctx, i == job.Action ? job.Cursor : 0, stop).ConfigureAwait(false);
+                if (ActionOf(f) is { } action)
+                    await action.RunAsync(ctx, i == job.Action ? job.Cursor : 0, stop).ConfigureAwait(false);
                 records.AddRange(ctx.Proposed.Select(ToRecord));
                 records.Add(MetaRecords.UpgradeJobCursor(job.Id, (uint)i + 1, 0));
             }
@@ -382,8 +385,8 @@ public sealed partial class Pool : IUpgradePool
         var ctx = NewContext(job, index, f, run);
         if (f.Access == ActionAccess.Online)
         {
-            if (f.Action != null)
-                await f.Action.RunAsync(ctx, cursor, stop).ConfigureAwait(false);
+            if (ActionOf(f) is { } action)
+                await action.RunAsync(ctx, cursor, stop).ConfigureAwait(false);
             await Log.CommitAsync([.. ctx.Proposed.Select(ToRecord), MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
             return;
         }
@@ -411,8 +414,8 @@ public sealed partial class Pool : IUpgradePool
         try
         {
             await RevokeHandlesAsync(reason).ConfigureAwait(false);
-            if (f.Action != null)
-                await f.Action.RunAsync(ctx, cursor, stop).ConfigureAwait(false);
+            if (ActionOf(f) is { } action)
+                await action.RunAsync(ctx, cursor, stop).ConfigureAwait(false);
             if (ctx.Proposed.Count == 0)
             {
                 // Nothing for clients to wait for: they come back before the cursor's round. A crash

@@ -14,6 +14,9 @@ public sealed record StorageEngineOptions
     /// <summary>The layout catalog this engine runs with (a truncated one plays an older release).</summary>
     public Layout.LayoutCatalog Catalog { get; init; } = Layout.LayoutCatalog.Default;
 
+    /// <summary>The actions the upgrade job runs for the catalog's features.</summary>
+    public Migration.UpgradeActionBindings Actions { get; init; } = Migration.UpgradeActionBindings.Default;
+
     /// <summary>Tests only: a pause before each upgrade step, so a kill can land mid-job.</summary>
     public TimeSpan UpgradeStepDelay { get; init; }
 

@@ -13,9 +13,8 @@ namespace Strata.Perf.Upgrade;
 /// the device's own copy limit: fio reading and writing the same target files at once (one
 /// sequential 1 MiB reader and one writer per file, at the loop's depth per target). A chunk move
 /// is one read and one write, so the limit is the smaller of fio's read and write rates. The
-/// files are written fully with fio first, so neither side reads holes.
-/// Layout 4 is not in this build's catalog yet (layout 3 comes first): the run uses the default
-/// catalog with 3 and 4 marked supported, as the tests do.
+/// files are written fully with fio first, so neither side reads holes. The run uses this build's
+/// catalog, layout 4's action given the chunks in flight per target asked for.
 /// </summary>
 public static class MigrateBenchmark
 {
@@ -27,10 +26,16 @@ public static class MigrateBenchmark
           --in-flight N      chunks in flight per target, Strata's and fio's depth (default 4, the engine's)
           --runtime SEC      fio's run (default 10)
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
+          --latency          instead: client 4 KiB random write QD 8 p99 before and during the
+                             migration, for each --rates value (migrate_rate; default 0,256M,64M,16M;
+                             0 = unthrottled, the pool's default)
+          --seconds SEC      --latency: how long the writers run before each upgrade (default 3)
         """;
 
     public static async Task<int> RunAsync(CommandLine cl)
     {
+        if (cl.Has("latency"))
+            return await LatencyCurveAsync(cl);
         string dir = cl.String("dir") ?? "/var/tmp/strata-perf";
         long size = CommandLine.ParseBytes(cl.String("size") ?? "2G", "--size");
         long data = CommandLine.ParseBytes(cl.String("data") ?? "1G", "--data");
@@ -69,6 +74,96 @@ public static class MigrateBenchmark
         }
     }
 
+    /// <summary>
+    /// The curve of the client's 4 KiB random write p99 (QD 8, into the image being migrated) during
+    /// the placement_v2 migration against the same p99 just before it, one fresh pool per migrate_rate.
+    /// </summary>
+    private static async Task<int> LatencyCurveAsync(CommandLine cl)
+    {
+        string dir = cl.String("dir") ?? "/var/tmp/strata-perf";
+        long size = CommandLine.ParseBytes(cl.String("size") ?? "1G", "--size");
+        long data = CommandLine.ParseBytes(cl.String("data") ?? "256M", "--data");
+        int seconds = cl.Int("seconds", 3);
+        var rates = (cl.String("rates") ?? "0,256M,64M,16M").Split(',').Select(r => (Text: r, Bytes: r.Trim() == "0" ? 0L : CommandLine.ParseBytes(r, "rates"))).ToList();
+        cl.ThrowIfUnused();
+        Directory.CreateDirectory(dir);
+        var paths = Enumerable.Range(0, 2).Select(i => Path.Combine(dir, $"migrate-lat-{i}.dat")).ToArray();
+        var table = new TablePrinter("migrate_rate", "job s", "MiB moved", "p99 before ms", "p99 during ms", "ratio", "writes during");
+        var cpu0 = HostCpuSample.Now();
+        try
+        {
+            foreach (var (text, rate) in rates)
+            {
+                var r = await LatencyRunAsync(paths, size, data, rate, seconds);
+                table.Add(text, r.JobSeconds.ToString("0.0", CultureInfo.InvariantCulture), (r.Moved >> 20).ToString(CultureInfo.InvariantCulture),
+                    r.P99Before.ToString("0.00", CultureInfo.InvariantCulture), r.P99During.ToString("0.00", CultureInfo.InvariantCulture),
+                    (r.P99During / r.P99Before).ToString("0.00x", CultureInfo.InvariantCulture), r.WritesDuring.ToString(CultureInfo.InvariantCulture));
+            }
+        }
+        finally
+        {
+            foreach (var p in paths)
+                File.Delete(p);
+        }
+        double busy = HostCpuSample.BusyPercent(cpu0, HostCpuSample.Now());
+        Console.WriteLine($"strata: StorageEngine on file:...?direct=1 targets (2); pool layout 3, rf 1, 1 MiB chunks, {data >> 20} MiB; upgrade to 4 (placement_v2); 8 writers of 4 KiB at random offsets of the same image");
+        Console.WriteLine(table);
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"machine busy {busy:0}% during the runs (load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]})"));
+        return 0;
+    }
+
+    private static async Task<(double JobSeconds, long Moved, double P99Before, double P99During, int WritesDuring)> LatencyRunAsync(string[] paths, long size, long data, long rate, int seconds)
+    {
+        foreach (var p in paths)
+            File.Delete(p);
+        string sz = size.ToString(CultureInfo.InvariantCulture);
+        var devs = paths.Select(p => NativeBlockDevice.Open($"file:{p}?create=1&size={sz}&direct=1&qd=128", new DeviceOptions { Pollers = 1 })).ToArray();
+        try
+        {
+            var engine = await StorageEngine.FormatAsync(devs);
+            var pool = await engine.CreatePoolAsync("bench", (size - (128L << 20)) * 2, 1, new PoolCreateOptions { LayoutVersion = 3 });
+            await pool.CreateContainerAsync("c");
+            var image = await pool.CreateImageAsync("c", "v", data, 1 << 20);
+            await ImageFill.FillAsync(image);
+            await pool.SetPropertyAsync(Strata.Engine.Migration.MigrateRate.Property, rate.ToString(CultureInfo.InvariantCulture));
+            var marks = new System.Collections.Concurrent.ConcurrentQueue<(long At, double Ms)>();
+            using var stop = new CancellationTokenSource();
+            var payload = new byte[4096];
+            Random.Shared.NextBytes(payload);
+            long blocks = data / 4096;
+            var writers = Enumerable.Range(0, 8).Select(w => Task.Run(async () =>
+            {
+                var rng = new Random(w);
+                while (!stop.IsCancellationRequested)
+                {
+                    long t0 = Stopwatch.GetTimestamp();
+                    await image.WriteAsync(rng.NextInt64(blocks) * 4096, payload);
+                    marks.Enqueue((t0, Stopwatch.GetElapsedTime(t0).TotalMilliseconds));
+                }
+            })).ToArray();
+            await Task.Delay(TimeSpan.FromSeconds(seconds));
+            long start = Stopwatch.GetTimestamp();
+            await pool.UpgradeAsync(4, dryRun: false);
+            await pool.WaitForUpgradeAsync();
+            long end = Stopwatch.GetTimestamp();
+            await stop.CancelAsync();
+            await Task.WhenAll(writers);
+            var status = pool.GetUpgradeStatus();
+            if (status.Status != "completed")
+                throw new InvalidOperationException($"upgrade ended {status.Status}: {status.Reason}");
+            static double P99(double[] v) => v.Length == 0 ? 0 : v.Order().ElementAt((int)(v.Length * 0.99));
+            var before = marks.Where(m => m.At < start).Select(m => m.Ms).ToArray();
+            var during = marks.Where(m => m.At >= start && m.At <= end).Select(m => m.Ms).ToArray();
+            await engine.DisposeAsync();
+            return (Stopwatch.GetElapsedTime(start, end).TotalSeconds, status.BytesDone, P99(before), P99(during), during.Length);
+        }
+        finally
+        {
+            foreach (var d in devs)
+                await d.DisposeAsync();
+        }
+    }
+
     private static string Mb(double bytesPerSecond) => (bytesPerSecond / 1e6).ToString("0.0", CultureInfo.InvariantCulture);
 
     private static LayoutCatalog UpTo4(int inFlight)
@@ -77,8 +172,8 @@ public static class MigrateBenchmark
         var action = new Strata.Engine.Migration.MigrationAction(
             pool => new Strata.Engine.Migration.PlacementMove(Strata.Engine.Store.PlacementV2.Instance, pool.TargetCount),
             new Strata.Engine.Migration.MigrationOptions { InFlightPerTarget = inFlight });
-        var v4 = d[4] with { Supported = true, Features = [d[4].Features[0] with { Action = action }] };
-        return new LayoutCatalog([d[1], d[2], d[3] with { Supported = true }, v4], d.Releases);
+        var v4 = d[4] with { Features = [d[4].Features[0] with { Action = action }] };
+        return new LayoutCatalog([.. d.Versions.Take(3), v4, .. d.Versions.Skip(4)], d.Releases);
     }
 
     /// <summary>Fills a layout-3 pool, upgrades it to 4 unthrottled; returns the bytes the job moved and its seconds.</summary>

@@ -51,18 +51,12 @@ public static class UpgradeBenchmark
         return 0;
     }
 
-    /// <summary>
-    /// A catalog in which wal_v2 is supported: this build's, once its versions 3 and 4 are; until then
-    /// its versions 1 and 2 and wal_v2 (its real action) as version 3, as the tests run it.
-    /// </summary>
+    /// <summary>This build's catalog and the layouts wal_v2 takes a pool between (4 -> 5).</summary>
     private static (LayoutCatalog Catalog, uint From, uint To) WalV2Catalog()
     {
         var d = LayoutCatalog.Default;
-        var f = d.Find(LayoutCatalog.WalV2Feature)!;
-        if (d.MaxSupported >= f.Version)
-            return (d, f.Version - 1, f.Version);
-        var cat = new LayoutCatalog([d[1], d[2], new LayoutVersion(3, d[f.Version].Summary, [f with { Version = 3 }], Supported: true)], d.Releases);
-        return (cat, 2, 3);
+        uint v = d.Find(LayoutCatalog.WalV2Feature)!.Version;
+        return (d, v - 1, v);
     }
 
     private static async Task<(double PauseMs, double P99Before, double MaxDuring, double JobMs)> MeasureAsync(string dir, int imageCount, long chunks,
