@@ -27,6 +27,8 @@ internal sealed class ChunkIo(Pool pool)
         Replica? good = null;
         foreach (var r in map.Replicas)
         {
+            if (pool.IsExcluded(r.Target))
+                continue; // not read, not repaired: the rebuild copies it elsewhere
             ChunkVerdict verdict;
             try
             {
@@ -110,6 +112,8 @@ internal sealed class ChunkIo(Pool pool)
             bool bad = false;
             foreach (var r in map.Replicas)
             {
+                if (pool.IsExcluded(r.Target))
+                    continue;
                 ChunkVerdict verdict;
                 try
                 {
@@ -230,7 +234,9 @@ internal sealed class ChunkIo(Pool pool)
 
     private DataIntegrityException Unrecoverable(ImageMeta meta, long at, ChunkMap map)
     {
-        string message = $"data integrity error in pool '{pool.Label}', image '{meta.Label}' at offset {at}: none of the {map.Replicas.Length} replica(s) of the {meta.ChunkSize}-byte chunk verifies";
+        string message = map.Replicas.All(r => pool.IsExcluded(r.Target))
+            ? $"data lost in pool '{pool.Label}', image '{meta.Label}' at offset {at}: every replica of the {meta.ChunkSize}-byte chunk was on excluded target(s) {string.Join(", ", map.Replicas.Select(r => r.Target))}"
+            : $"data integrity error in pool '{pool.Label}', image '{meta.Label}' at offset {at}: none of the {map.Replicas.Length} replica(s) of the {meta.ChunkSize}-byte chunk verifies";
         pool.Ras.Emit(new RasEvent(RasIds.DataUnrecoverable, RasSeverity.Error, RasType.InfoOnly, message, Pool: pool.Label, Image: meta.Label, Offset: at));
         return new DataIntegrityException(pool.Label, meta.Label, at, message);
     }
@@ -340,7 +346,7 @@ internal sealed class ChunkIo(Pool pool)
     {
         int cs = meta.ChunkSize;
         int length = chunk.Length;
-        int rf = Math.Min(pool.Rf, pool.TargetCount);
+        int rf = Math.Min(pool.Rf, pool.LiveTargets);
         var replicas = new Replica[rf];
         var placement = pool.Placement;
         int allocated = 0;

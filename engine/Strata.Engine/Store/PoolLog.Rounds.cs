@@ -135,7 +135,7 @@ internal sealed partial class PoolLog
             }
         }
         if (voided)
-            await Task.WhenAll(_pool.Shards.Select(s => DeviceIo.WriteAsync(s.Device, s.WalStart + round.At, round.Buffer).AsTask())).ConfigureAwait(false);
+            await Task.WhenAll(_pool.LogShards.Select(s => DeviceIo.WriteAsync(s.Device, s.WalStart + round.At, round.Buffer).AsTask())).ConfigureAwait(false);
     }
 
 
@@ -278,7 +278,7 @@ internal sealed partial class PoolLog
         round.At = at;
         // The tail moves now: the next round's batch goes after this one even while this one's flush runs.
         _tail = (at + padded) % _walLength;
-        return Task.WhenAll(_pool.Shards.Select(async s =>
+        return Task.WhenAll(_pool.LogShards.Select(async s =>
         {
             if (wrapPad != null)
                 await DeviceIo.WriteAsync(s.Device, s.WalStart + wrapAt, wrapPad).ConfigureAwait(false);
@@ -348,7 +348,7 @@ internal sealed partial class PoolLog
         round.Buffer = buf;
         round.At = at;
         _tail = (at + padded) % _walLength;
-        return Task.WhenAll(_pool.Shards.Select(async s =>
+        return Task.WhenAll(_pool.LogShards.Select(async s =>
         {
             if (wrapBlock != null)
                 await DeviceIo.WriteAsync(s.Device, s.WalStart + wrapAt, wrapBlock).ConfigureAwait(false);
@@ -357,5 +357,5 @@ internal sealed partial class PoolLog
     }
 
     private Task FlushAllAsync() =>
-        Task.WhenAll(_pool.Shards.Select(s => s.FlushAsync()));
+        Task.WhenAll(_pool.LogShards.Select(s => s.FlushAsync()));
 }
