@@ -112,6 +112,12 @@ internal static class ControlApi
             return Results.Bytes(await svc.ReadAsync(pool, cont, image, offset, length), "application/octet-stream");
         });
 
+        v1.MapGet("/migrations", () => Ok(svc.ListMigrations()));
+        v1.MapPost("/migrations", async (HttpContext ctx, CancellationToken _) => Created(await svc.PrepareMigrationAsync(await Body<MigrationPrepareRequest>(ctx))));
+        v1.MapGet("/migrations/status", (string image) => Ok(svc.MigrationStatus(image)));
+        v1.MapPost("/migrations/remove-alias", async (HttpContext ctx, CancellationToken _) => Ok(await svc.RemoveAliasAsync((await Body<MigrationRequest>(ctx)).Image)));
+        v1.MapPost("/migrations/{verb}", async (HttpContext ctx, string verb) => Ok(await svc.MigrationVerbAsync(verb, (await Body<MigrationRequest>(ctx)).Image)));
+
         v1.MapGet("/events", (HttpContext ctx, string? since, string? severity, bool? follow) =>
             EventsAsync(ctx, svc, lifetime, since, severity, follow ?? false));
 

@@ -173,6 +173,16 @@ public sealed class EngineService : IAsyncDisposable
                         $"pool '{p.Label}' could not be opened: {e.Message}", Pool: p.Label, Device: (e as Interop.DeviceException)?.Device));
                 }
             }
+            // Migrations pick up where they were (both of their pools are open now).
+            try
+            {
+                await engine.ResumeMigrationsAsync().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            }
+            catch (Exception e) when (e is StoreException or IOException)
+            {
+                health.Emit(new RasEvent(ImageMigrationRasIds.Failed, RasSeverity.Error, RasType.StateChange,
+                    $"image migrations could not be resumed: {e.Message}; 'strata image migrate status' shows what was picked up"));
+            }
             Log.Opened(logger, devices.Count, engine.ListPools().Count);
             return svc;
         }
@@ -465,6 +475,8 @@ public sealed class EngineService : IAsyncDisposable
     /// </summary>
     public async Task DestroyPoolAsync(string label, bool force)
     {
+        // Before clients are revoked: a migration's pools stay, and so do its clients.
+        Engine.ThrowIfPoolMigrating(label);
         if (Engine.ListPools().FirstOrDefault(p => p.Label == label) is { State: "ready" or "readonly" })
         {
             var open = await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
@@ -566,7 +578,43 @@ public sealed class EngineService : IAsyncDisposable
         {
             Nbd = Nbd?.UrisFor($"{pool}/{cont}/{image}") ?? [],
             Clients = p.ListClients().Where(c => c.Image == key).Select(ToDto).ToList(),
+            Alias = Engine.AliasOf(pool, cont, image),
+            Migration = Engine.MigrationStatusOrNull($"{pool}/{cont}/{image}") is { } m ? ToDto(m) : null,
         };
+    }
+
+    // ---- image migration (docs/migration.md, "Image migration") ----
+
+    private static MigrationStatusDto ToDto(Migration.ImageMigrationStatus s) => new(s.Source, s.Destination, s.State, s.Summary,
+        s.PercentComplete, s.ChunksDone, s.Chunks, s.BytesCopied, s.RateBytesPerSecond, s.EtaSeconds, s.Error);
+
+    public IReadOnlyList<MigrationStatusDto> ListMigrations() => Engine.ListMigrations().Select(ToDto).ToList();
+
+    public MigrationStatusDto MigrationStatus(string image) => ToDto(Engine.MigrationStatus(image));
+
+    public async Task<MigrationStatusDto> PrepareMigrationAsync(MigrationPrepareRequest req) =>
+        ToDto(await Engine.PrepareMigrationAsync(req.Source, req.Destination, req.ChunkSize).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
+
+    public async Task<MigrationAliasDto> RemoveAliasAsync(string image)
+    {
+        await Engine.RemoveAliasAsync(image).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        return new MigrationAliasDto(image, null);
+    }
+
+    /// <summary>execute, commit, abort.</summary>
+    public async Task<MigrationStatusDto> MigrationVerbAsync(string verb, string image)
+    {
+        switch (verb)
+        {
+            case "execute":
+                return ToDto(await Engine.ExecuteMigrationAsync(image).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
+            case "commit":
+                return ToDto(await Engine.CommitMigrationAsync(image).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
+            case "abort":
+                return ToDto(await Engine.AbortMigrationAsync(image).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
+            default:
+                throw new InvalidRequestException($"unknown migration action {UserText.Quote(verb)}; one of execute, commit, abort");
+        }
     }
 
     public async Task<IReadOnlyList<PoolClientDto>> ListPoolClientsAsync(string pool) =>

@@ -151,9 +151,12 @@ public sealed record ImageCreateRequest(string Label, long Size, int ChunkSize =
 /// <summary>A new image size; a shrink that drops mapped data needs AllowShrink.</summary>
 public sealed record ImageResizeRequest(long Size, bool AllowShrink = false);
 
-/// <summary>An image; `image info` also fills Nbd (one URI per NBD listener) and Clients (who holds it open).</summary>
+/// <summary>
+/// An image; `image info` also fills Nbd (one URI per NBD listener), Clients (who holds it open),
+/// Alias (the name of a migrated source that resolves to it) and Migration (when either end of one).
+/// </summary>
 public sealed record ImageDto(uint Id, string Pool, string Container, string Label, long Size, int ChunkSize, long MappedBytes,
-    IReadOnlyList<string>? Nbd = null, IReadOnlyList<PoolClientDto>? Clients = null);
+    IReadOnlyList<string>? Nbd = null, IReadOnlyList<PoolClientDto>? Clients = null, string? Alias = null, MigrationStatusDto? Migration = null);
 
 /// <summary>A data-path client of a pool (an NBD connection): what it holds open and who it is.</summary>
 public sealed record PoolClientDto(long Id, string Kind, string Image, string Peer, DateTimeOffset Since);
@@ -203,3 +206,16 @@ public sealed record UpgradePlan(string Pool, uint From, uint To, IReadOnlyList<
 public sealed record UpgradeStatus(string Pool, uint LayoutVersion, string Status, uint? Target, ulong? JobId, string? Reason,
     int ActionsDone, int ActionsTotal, long ItemsDone, long ItemsTotal, long BytesDone, long BytesTotal,
     double? ItemsPerSecond, double? BytesPerSecond, double? EtaSeconds, string? CurrentAction, double? LongestPauseMs, bool Running);
+
+/// <summary>`image migrate prepare SRC DST`: both "pool/container/image"; ChunkSize 0 keeps the source's where the destination pool allows it.</summary>
+public sealed record MigrationPrepareRequest(string Source, string Destination, int ChunkSize = 0);
+
+/// <summary>`image migrate execute|commit|abort|remove-alias IMAGE`: either end's "pool/container/image".</summary>
+public sealed record MigrationRequest(string Image);
+
+/// <summary>A migration as `image migrate status` shows it (Summary: "executing (32% complete)").</summary>
+public sealed record MigrationStatusDto(string Source, string Destination, string State, string Summary, int PercentComplete,
+    long ChunksDone, long Chunks, long BytesCopied, double RateBytesPerSecond, double? EtaSeconds, string? Error);
+
+/// <summary>An image and the migrated source name that resolves to it (null: none).</summary>
+public sealed record MigrationAliasDto(string Image, string? Alias);

@@ -118,6 +118,7 @@ internal sealed partial class NbdConnection
         {
             _registration?.Dispose();
             _tls?.Dispose();
+            _heldCredentials?.Release();
             _socket.Dispose();
             Options.Log.ConnectionClosed(Id, Peer, why);
             _closed.TrySetResult();
@@ -218,6 +219,7 @@ internal sealed partial class NbdConnection
         if (_tls != null)
         {
             await _tls.WriteAsync(data, ct).ConfigureAwait(false);
+            await _tlsTransport!.FlushBufferedAsync().ConfigureAwait(false);
             return;
         }
         while (data.Length > 0)

@@ -146,6 +146,10 @@ public sealed partial class Pool : IUpgradePool
             lock (Meta.Sync)
                 id = (Meta.UpgradeJob?.Id ?? 0) + 1;
             await Log.CommitAsync(MetaRecords.UpgradeJobBegin(id, plan.From, plan.To)).ConfigureAwait(false);
+            // Before any action writes what older software cannot read, every shard header carries
+            // incompat bit 62 (a checkpoint writes it while a job is in progress), so an older
+            // release refuses the pool rather than replaying records or extents it does not know.
+            await Log.CheckpointAsync().ConfigureAwait(false);
         }
         finally
         {

@@ -174,6 +174,7 @@ public sealed partial class StorageEngine
         if (Options.ReadOnly)
             throw new PoolReadOnlyException("the engine is open read-only");
         Barrier.ThrowIfFrozen(label);
+        ThrowIfPoolMigrating(label);
         await _lock.WaitAsync().ConfigureAwait(false);
         try
         {

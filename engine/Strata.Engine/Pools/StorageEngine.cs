@@ -180,6 +180,7 @@ public sealed partial class StorageEngine : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        await StopMigrationJobsAsync().ConfigureAwait(false);
         List<Pool> open;
         lock (_pools)
             open = _pools.Where(p => p.Open != null).Select(p => p.Open!).ToList();
