@@ -439,6 +439,9 @@ public sealed class Image
     /// </summary>
     public int Allocation(long offset, long length, Span<AllocationRun> runs)
     {
+        // A handle opened before a committed migration answers for the destination, as its reads do.
+        if (Forwarded is { } f)
+            return f.Forward.Allocation(offset, length, runs);
         var meta = Meta;
         int cs = meta.ChunkSize;
         int n = 0;
