@@ -138,6 +138,7 @@ public sealed class EngineService : IAsyncDisposable
                 Catalog = EngineRelease.Catalog,
                 UpgradeStepDelay = EngineRelease.UpgradeStepDelay,
                 UpgradeHoldAtStep = EngineRelease.UpgradeHoldAtStep,
+                ExcludeAfterErrors = StorageEngineOptions.DefaultExcludeAfterErrors,
             };
             StorageEngine engine;
             if (allNew)

@@ -182,4 +182,40 @@ public sealed class ExcludeTests
         StringAssert.Contains(last.Message, "is the last target of pool 'tank'");
         await engine.DisposeAsync();
     }
+
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task ReadErrors_PastTheThreshold_TargetExcludedByItselfNoClientErrorAndRebuilt()
+    {
+        const int chunks = 200;
+        var devs = MigrationKit.FileTargets(_dir, 3);
+        var ras = new WaitableRasSink();
+        var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Ras = ras, Catalog = PlacementV2Tests.UpTo4(), ExcludeAfterErrors = 4 });
+        var pool = await engine.CreatePoolAsync("tank", 3 * (4L << 20), 2, TestDevices.SmallPool with { LayoutVersion = 4 });
+        await pool.CreateContainerAsync("c");
+        var image = await pool.CreateImageAsync("c", "v", chunks * Cs, Cs);
+        var model = TestDevices.Pattern(chunks * Cs, 8);
+        await image.WriteAsync(0, model);
+
+        // Target 2's reads fail from now on; every chunk still reads back right from its other replica.
+        devs[2].SetFaults("fail_every=1&fail_ops=read");
+        var buf = new byte[Cs];
+        for (long c = 0; c < chunks; c++)
+        {
+            await image.ReadAsync(c * Cs, buf);
+            CollectionAssert.AreEqual(model.AsSpan((int)(c * Cs), Cs).ToArray(), buf, $"chunk {c}");
+        }
+        var auto = await ras.First(RasIds.TargetAutoExcluded).WaitAsync(TestContext.CancellationToken);
+        StringAssert.Contains(auto.Message, "target 2");
+        StringAssert.Contains(auto.Message, "excluded after 4 device errors");
+        await ras.First(RasIds.PoolRebuildStarted).WaitAsync(TestContext.CancellationToken);
+        await pool.WaitForJobAsync(TestContext.CancellationToken);
+        Assert.AreEqual("completed", pool.JobStatus!.State, pool.JobStatus.Reason);
+        Assert.AreEqual(0, OnTarget(pool, 2));
+        Assert.AreEqual("ok", pool.Query().Redundancy!.Health);
+        CollectionAssert.AreEqual(model, await ReadAllAsync(image, model.Length));
+        await engine.DisposeAsync();
+        foreach (var d in devs)
+            d.Dispose();
+    }
 }

@@ -38,6 +38,9 @@ public sealed partial class Pool
     /// <summary>Targets new replicas may go to: placement's targets less the excluded ones (what rf is capped at).</summary>
     internal int LiveTargets => TargetCount - Volatile.Read(ref _excluded).Count(t => t < TargetCount);
 
+    /// <summary>A data read or write failed on a device (counts toward excluding its target).</summary>
+    internal void OnDeviceError(int? target, string? device) => _engine.OnDeviceError(target, device);
+
     internal bool IsExcluded(int target) => Array.IndexOf(Volatile.Read(ref _excluded), target) >= 0;
 
     /// <summary>Called by the log's committer between rounds (PoolLog.ExcludeShardAsync).</summary>

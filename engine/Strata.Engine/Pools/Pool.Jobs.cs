@@ -100,10 +100,10 @@ public sealed partial class Pool
     {
         var run = new JobRun(kind, CancellationTokenSource.CreateLinkedTokenSource(_jobStop.Token));
         _jobRun = run;
+        _jobTask = Task.Run(() => RunJobAsync(run, operation, cursor, run.Stop.Token));
         if (kind == RebuildJob)
             Ras.Emit(new RasEvent(RasIds.PoolRebuildStarted, RasSeverity.Notice, RasType.StateChange,
                 $"pool '{Label}' rebuild started: the replicas on excluded target(s) {string.Join(", ", ExcludedTargets)} are copied to the others", Pool: Label));
-        _jobTask = Task.Run(() => RunJobAsync(run, operation, cursor, run.Stop.Token));
     }
 
     /// <summary>Stops the running job, if any (it stays recorded until a job replaces it); returns once it stopped.</summary>

@@ -164,4 +164,38 @@ public sealed partial class StorageEngine
                 done.Add(r);
         return done;
     }
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<int, int> _deviceErrors = new();
+
+    /// <summary>
+    /// A data read or write on a target failed (the device, not the bytes). Past
+    /// <see cref="StorageEngineOptions.ExcludeAfterErrors"/> the target is excluded, once, in the
+    /// background: its pools serve from the other replicas and rebuild.
+    /// </summary>
+    internal void OnDeviceError(int? target, string? device)
+    {
+        int limit = Options.ExcludeAfterErrors;
+        if (limit <= 0 || Options.ReadOnly)
+            return;
+        int t = target ?? Targets.FirstOrDefault(x => x.Device.Name == device)?.Index ?? -1;
+        if (t < 0)
+            return;
+        if (_deviceErrors.AddOrUpdate(t, 1, (_, n) => n + 1) != limit)
+            return;
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                var done = await ExcludeTargetAsync(t, force: true).ConfigureAwait(false);
+                Ras.Emit(new RasEvent(RasIds.TargetAutoExcluded, RasSeverity.Error, RasType.StateChange,
+                    $"target {t} ('{Targets[t].Device.Name}') excluded after {limit} device errors; {done.Count} pool(s) rebuild onto the other targets",
+                    Target: t, Device: Targets[t].Device.Name));
+            }
+            catch (StoreException e)
+            {
+                Ras.Emit(new RasEvent(RasIds.TargetAutoExcluded, RasSeverity.Error, RasType.InfoOnly,
+                    $"target {t} had {limit} device errors but was not excluded: {e.Message}", Target: t, Device: Targets[t].Device.Name));
+            }
+        });
+    }
 }

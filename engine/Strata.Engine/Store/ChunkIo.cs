@@ -211,6 +211,7 @@ internal sealed class ChunkIo(Pool pool)
     private void ReadFailed(ImageMeta meta, long at, Replica r, DeviceException e)
     {
         var shard = pool.Shards[r.Target];
+        pool.OnDeviceError(r.Target, null);
         pool.Ras.Emit(new RasEvent(RasIds.DataReadFailed, RasSeverity.Error, RasType.InfoOnly,
             $"pool '{pool.Label}' image '{meta.Label}' chunk at offset {at}: read of the replica on target {r.Target} failed: {e.Message}",
             Pool: pool.Label, Image: meta.Label, Target: r.Target, Device: shard.Device.Name, Offset: at));
@@ -460,6 +461,7 @@ internal sealed class ChunkIo(Pool pool)
 
     private StoreException WriteFailed(ImageMeta meta, long at, DeviceException e)
     {
+        pool.OnDeviceError(null, e.Device);
         pool.Ras.Emit(new RasEvent(RasIds.DataWriteFailed, RasSeverity.Error, RasType.InfoOnly,
             $"pool '{pool.Label}' image '{meta.Label}' write at offset {at} failed: {e.Message}",
             Pool: pool.Label, Image: meta.Label, Device: e.Device, Offset: at));

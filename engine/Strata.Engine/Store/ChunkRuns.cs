@@ -243,6 +243,7 @@ internal sealed class ChunkRuns(Pool pool)
             }
             catch (DeviceException e)
             {
+                pool.OnDeviceError(null, e.Device);
                 long at = pieces[0].Index * cs + pieces[0].Within;
                 pool.Ras.Emit(new RasEvent(RasIds.DataWriteFailed, RasSeverity.Error, RasType.InfoOnly,
                     $"pool '{pool.Label}' image '{meta.Label}' write at offset {at} failed: {e.Message}",
