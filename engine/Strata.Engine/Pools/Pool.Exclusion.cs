@@ -64,6 +64,14 @@ public sealed partial class Pool
         return [.. list.Distinct().Order()];
     }
 
+    /// <summary>Whether some chunk has a replica on an excluded target and a copy elsewhere that the rebuild could copy.</summary>
+    private bool HasRebuildWork()
+    {
+        lock (Meta.Sync)
+            return Meta.Images.Values.Any(img => img.Chunks.Values.Any(m =>
+                m.Replicas.Any(r => IsExcluded(r.Target)) && m.Replicas.Any(r => !IsExcluded(r.Target)) && m.Replicas.Length <= LiveTargets));
+    }
+
     /// <summary>Counts what the excluded targets (plus <paramref name="also"/>) leave of every chunk.</summary>
     internal PoolDegradation Degradation(int also = -1)
     {
@@ -125,17 +133,6 @@ public sealed partial class Pool
         {
             ThrowIfNotLoggable();
             await StopRunningJobAsync().ConfigureAwait(false);
-            await Log.ExcludeShardAsync(target).ConfigureAwait(false);
-            await Log.CommitAsync(MetaRecords.PoolSetProp(ExcludedProp, string.Join(",", ExcludedTargets.Select(t => t.ToString(CultureInfo.InvariantCulture))))).ConfigureAwait(false);
-            var now = Degradation();
-            Ras.Emit(new RasEvent(RasIds.TargetExcluded, RasSeverity.Warning, RasType.StateChange,
-                $"pool '{Label}': target {target} excluded; {now.ChunksAtOneCopy} chunk(s) ({now.BytesAtOneCopy} bytes) left at one copy" +
-                (now.LostChunks > 0 ? $", {now.LostChunks} chunk(s) ({now.LostBytes} bytes) lost in image(s) {string.Join(", ", now.LostImages)}" : ""),
-                Pool: Label, Target: target, Device: Shards[target].Device.Name));
-            if (now.LostChunks > 0)
-                Ras.Emit(new RasEvent(RasIds.PoolDataLost, RasSeverity.Error, RasType.StateChange,
-                    $"pool '{Label}' lost {now.LostChunks} chunk(s) ({now.LostBytes} bytes) with target {target}: images {string.Join(", ", now.LostImages)}; reads of them fail (EIO)",
-                    Pool: Label, Target: target));
             string? refused = null;
             IDisposable? op = null;
             try
@@ -146,11 +143,23 @@ public sealed partial class Pool
             {
                 refused = e.Message;
             }
+            await Log.ExcludeShardAsync(target).ConfigureAwait(false);
+            // The exclusion and its rebuild job in one batch: a crash never leaves one without the other.
+            var excludedProp = MetaRecords.PoolSetProp(ExcludedProp, string.Join(",", ExcludedTargets.Select(t => t.ToString(CultureInfo.InvariantCulture))));
+            await Log.CommitAsync(op != null
+                ? [excludedProp, MetaRecords.PoolSetProp(JobProp, RebuildJob), MetaRecords.PoolSetProp(JobCursorProp, "0")]
+                : [excludedProp]).ConfigureAwait(false);
+            var now = Degradation();
+            Ras.Emit(new RasEvent(RasIds.TargetExcluded, RasSeverity.Warning, RasType.StateChange,
+                $"pool '{Label}': target {target} excluded; {now.ChunksAtOneCopy} chunk(s) ({now.BytesAtOneCopy} bytes) left at one copy" +
+                (now.LostChunks > 0 ? $", {now.LostChunks} chunk(s) ({now.LostBytes} bytes) lost in image(s) {string.Join(", ", now.LostImages)}" : ""),
+                Pool: Label, Target: target, Device: Shards[target].Device.Name));
+            if (now.LostChunks > 0)
+                Ras.Emit(new RasEvent(RasIds.PoolDataLost, RasSeverity.Error, RasType.StateChange,
+                    $"pool '{Label}' lost {now.LostChunks} chunk(s) ({now.LostBytes} bytes) with target {target}: images {string.Join(", ", now.LostImages)}; reads of them fail (EIO)",
+                    Pool: Label, Target: target));
             if (op != null)
-            {
-                await Log.CommitAsync([MetaRecords.PoolSetProp(JobProp, RebuildJob), MetaRecords.PoolSetProp(JobCursorProp, "0")]).ConfigureAwait(false);
                 StartJob(RebuildJob, op, 0);
-            }
             return new PoolExclusion(Label, target, Degradation(), op != null, refused);
         }
         finally

@@ -63,7 +63,12 @@ public sealed partial class Pool
     /// <summary>At open: a job the log says is unfinished starts again from its saved cursor.</summary>
     internal void ResumeJobIfNeeded()
     {
-        if (State != PoolStatus.Ready || DurableJob() is not { } kind)
+        if (State != PoolStatus.Ready)
+            return;
+        // Excluded targets still holding replicas that have a copy elsewhere, and no job: a rebuild that
+        // could not start when the target was excluded (an upgrade ran) starts now.
+        string? kind = DurableJob() ?? (ExcludedTargets.Count > 0 && Degradation().Health == "degraded" && HasRebuildWork() ? RebuildJob : null);
+        if (kind == null)
             return;
         ulong cursor;
         lock (Meta.Sync)
