@@ -138,6 +138,7 @@ public sealed class EngineService : IAsyncDisposable
                 Catalog = EngineRelease.Catalog,
                 UpgradeStepDelay = EngineRelease.UpgradeStepDelay,
                 UpgradeHoldAtStep = EngineRelease.UpgradeHoldAtStep,
+                ExcludeAfterErrors = StorageEngineOptions.DefaultExcludeAfterErrors,
             };
             StorageEngine engine;
             if (allNew)
@@ -373,8 +374,17 @@ public sealed class EngineService : IAsyncDisposable
             q.Rf, q.Containers, q.Images, q.TotalBytes, q.UsedBytes, q.FreeBytes,
             q.Targets.Select(t => new TargetSpaceDto(t.Target, t.Device, t.TotalBytes, t.UsedBytes, t.FreeBytes)).ToList(),
             up == null ? null : $"Pool layout out of date ({q.LayoutVersion} < {max}) -- see 'strata pool upgrade' for details.", upgrade,
-            q.Status.ToString().ToLowerInvariant(), q.Job is { } j ? new PoolJobDto(j.Kind, j.State, j.ItemsDone, j.ItemsTotal, j.BytesDone, j.BytesTotal, j.BytesPerSecond, j.Current, j.Reason) : null);
+            q.Status.ToString().ToLowerInvariant(), q.Job is { } j ? new PoolJobDto(j.Kind, j.State, j.ItemsDone, j.ItemsTotal, j.BytesDone, j.BytesTotal, j.BytesPerSecond, j.Current, j.Reason) : null,
+            q.Redundancy is { } r ? ToDto(r) : null);
     }
+
+    private static PoolRedundancyDto ToDto(PoolDegradation r) =>
+        new(r.Excluded, r.Health, r.ChunksAtOneCopy, r.BytesAtOneCopy, r.LostChunks, r.LostBytes, r.LostImages);
+
+    /// <summary>`storage exclude-target N [--force]`.</summary>
+    public async Task<List<PoolExclusionDto>> ExcludeTargetAsync(int index, ExcludeTargetRequest req) =>
+        (await Engine.ExcludeTargetAsync(index, req.Force).ConfigureAwait(ConfigureAwaitOptions.ForceYielding))
+            .Select(e => new PoolExclusionDto(e.Pool, e.Target, ToDto(e.Degradation), e.RebuildStarted, e.RebuildRefused)).ToList();
 
     // ---- layout versions and upgrades ----
 

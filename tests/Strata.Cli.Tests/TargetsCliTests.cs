@@ -108,6 +108,56 @@ public sealed class TargetsCliTests
         Assert.AreEqual(2, (await cli.JsonAsync<PoolQueryDto>("pool", "query", "upg")).Targets.Count, "the refused extension changed nothing");
     }
 
+    [TestMethod]
+    [Timeout(600_000, CooperativeCancellation = true)]
+    public async Task ExcludeTarget_Rf2PoolThroughTheDaemon_RebuildsRefusesTheLastCopyAndPersists()
+    {
+        string dir = Bin.NewTempDir("targets-exclude");
+        var engine = await EngineProcess.StartAsync(dir);
+        try
+        {
+            var cli = new StrataCli(engine.Socket);
+            await cli.OkAsync("storage", "add-target", TargetUri(dir, "extra.img"));
+            await cli.OkAsync("pool", "create", "tank", "--size", "96M", "--rf", "2", "--layout", "1");
+            await cli.OkAsync("cont", "create", "tank", "c");
+            await cli.OkAsync("image", "create", "tank", "c", "a", "--size", "4M");
+            await cli.OkAsync("image", "write", "tank", "c", "a", "--offset", "0", "--pattern", "31", "--length", "4194304");
+            string hash = await HashAsync(cli);
+
+            // The rebuild is held by the throttle while the refusals are checked.
+            await cli.OkAsync("pool", "set-prop", "tank", "migrate_rate", "1");
+            StringAssert.Contains(await cli.OkAsync("storage", "exclude-target", "0"), "Pool tank: target 0 excluded; rebuilding, excluded target(s) 0:");
+            var q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank");
+            Assert.AreEqual("rebuilding", q.Redundancy!.Health);
+            Assert.IsTrue(q.Redundancy.BytesAtOneCopy > 0);
+            StringAssert.Contains(await cli.OkAsync("pool", "query", "tank"), "Redundancy: rebuilding, excluded target(s) 0");
+            Assert.AreEqual(hash, await HashAsync(cli), "every chunk is served from the surviving replica");
+            StringAssert.Contains(await cli.FailsAsync(2, "storage", "exclude-target", "1"), "with no copy");
+            StringAssert.Contains(await cli.FailsAsync(6, "pool", "upgrade", "tank"), "has rebuild in progress");
+            StringAssert.Contains(await cli.FailsAsync(2, "storage", "exclude-target", "0"), "already excluded");
+            StringAssert.Contains(await cli.FailsAsync(5, "storage", "exclude-target", "7"), "target 7 does not exist");
+
+            await cli.OkAsync("pool", "set-prop", "tank", "migrate_rate", "0");
+            for (var deadline = DateTime.UtcNow.AddSeconds(120); q.Job?.State == "running" && DateTime.UtcNow < deadline;)
+                q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank");
+            Assert.AreEqual("completed", q.Job?.State, q.Job?.Reason);
+            Assert.AreEqual("ok", q.Redundancy!.Health);
+            Assert.AreEqual(0, q.Targets[0].UsedBytes, "nothing is left on the excluded target");
+            Assert.AreEqual(hash, await HashAsync(cli));
+
+            await engine.DisposeAsync();
+            engine = await EngineProcess.StartAsync(dir);
+            cli = new StrataCli(engine.Socket);
+            q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank");
+            CollectionAssert.AreEqual(new[] { 0 }, q.Redundancy!.ExcludedTargets.ToArray(), "the exclusion is durable");
+            Assert.AreEqual(hash, await HashAsync(cli));
+        }
+        finally
+        {
+            await engine.DisposeAsync();
+        }
+    }
+
     /// <summary>The first MiB of a (4 GiB sparse) target file: its superblock copies.</summary>
     private static byte[] Head(string path)
     {

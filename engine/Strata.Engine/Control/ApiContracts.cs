@@ -112,7 +112,17 @@ public sealed record TargetSpaceDto(int Target, string Device, long TotalBytes, 
 /// </summary>
 public sealed record PoolQueryDto(string Label, Guid Id, uint LayoutVersion, uint SupportedLayoutVersion, string? UpgradeNeeded,
     string Status, string? ReadOnlyReason, int Rf, int Containers, int Images, long TotalBytes, long UsedBytes, long FreeBytes,
-    IReadOnlyList<TargetSpaceDto> Targets, string? Warning, UpgradeStatus? Upgrade = null, string? State = null, PoolJobDto? Job = null);
+    IReadOnlyList<TargetSpaceDto> Targets, string? Warning, UpgradeStatus? Upgrade = null, string? State = null, PoolJobDto? Job = null,
+    PoolRedundancyDto? Redundancy = null);
+
+/// <summary>A pool's redundancy: Health ok, degraded or rebuilding; chunks and bytes at one copy; lost chunks (every copy on excluded targets) and their images.</summary>
+public sealed record PoolRedundancyDto(IReadOnlyList<int> ExcludedTargets, string Health, long ChunksAtOneCopy, long BytesAtOneCopy,
+    long LostChunks, long LostBytes, IReadOnlyList<string> LostImages);
+
+public sealed record ExcludeTargetRequest(bool Force = false);
+
+/// <summary>What excluding a target left each pool with, and whether its rebuild started (or why not).</summary>
+public sealed record PoolExclusionDto(string Pool, int Target, PoolRedundancyDto Redundancy, bool RebuildStarted, string? RebuildRefused);
 
 /// <summary>A pool's data-moving job other than an upgrade (extend): State running, completed, failed or stopped.</summary>
 public sealed record PoolJobDto(string Kind, string State, long ItemsDone, long ItemsTotal, long BytesDone, long BytesTotal,

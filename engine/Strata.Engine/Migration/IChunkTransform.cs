@@ -104,3 +104,28 @@ internal sealed class PlacementMove(IPlacement placement, int targetCount) : ICh
     public MetaRecord SwitchRecord(in ChunkSource chunk, Replica[] destination) =>
         MetaRecords.ChunkMap(chunk.Image, chunk.Chunk, destination, chunk.Location.Blocks);
 }
+
+/// <summary>
+/// A rebuild's move: the inner move for chunks with a copy on a target that is not excluded; a chunk
+/// whose every copy was on excluded targets is lost and left alone (reads of it fail), and a chunk is
+/// never given more replicas than there are targets left.
+/// </summary>
+internal sealed class SurvivorMove(Pool pool, IChunkTransform inner) : IChunkTransform
+{
+    public bool Plan(in ChunkSource chunk, Span<int> targets, out ChunkPlan plan)
+    {
+        plan = default;
+        bool survives = false;
+        foreach (var r in chunk.Location.Replicas)
+            survives |= !pool.IsExcluded(r.Target);
+        if (!survives || chunk.Location.Replicas.Length > pool.LiveTargets)
+            return false;
+        return inner.Plan(chunk, targets, out plan);
+    }
+
+    public uint Produce(in ChunkSource chunk, Span<byte> extent) => inner.Produce(chunk, extent);
+
+    public bool Verify(in ChunkSource chunk, Replica destination, ReadOnlySpan<byte> extent) => inner.Verify(chunk, destination, extent);
+
+    public MetaRecord SwitchRecord(in ChunkSource chunk, Replica[] destination) => inner.SwitchRecord(chunk, destination);
+}

@@ -63,7 +63,12 @@ public sealed partial class Pool
     /// <summary>At open: a job the log says is unfinished starts again from its saved cursor.</summary>
     internal void ResumeJobIfNeeded()
     {
-        if (State != PoolStatus.Ready || DurableJob() is not { } kind)
+        if (State != PoolStatus.Ready)
+            return;
+        // Excluded targets still holding replicas that have a copy elsewhere, and no job: a rebuild that
+        // could not start when the target was excluded (an upgrade ran) starts now.
+        string? kind = DurableJob() ?? (ExcludedTargets.Count > 0 && Degradation().Health == "degraded" && HasRebuildWork() ? RebuildJob : null);
+        if (kind == null)
             return;
         ulong cursor;
         lock (Meta.Sync)
@@ -77,7 +82,7 @@ public sealed partial class Pool
         {
             return;
         }
-        Ras.Emit(new RasEvent(RasIds.PoolExtendResumed, RasSeverity.Notice, RasType.StateChange,
+        Ras.Emit(new RasEvent(kind == RebuildJob ? RasIds.PoolRebuildResumed : RasIds.PoolExtendResumed, RasSeverity.Notice, RasType.StateChange,
             $"pool '{Label}' {kind} resumed (cursor {cursor})", Pool: Label));
         StartJob(kind, op, cursor);
     }
@@ -85,6 +90,7 @@ public sealed partial class Pool
     private static string OperationOf(string kind) => kind switch
     {
         ExtendJob => "extension",
+        RebuildJob => "rebuild",
         _ => throw new CorruptMetadataException($"pool job '{kind}' is unknown to this engine"),
     };
 
@@ -97,9 +103,23 @@ public sealed partial class Pool
 
     private void StartJob(string kind, IDisposable operation, ulong cursor)
     {
-        var run = new JobRun(kind);
+        var run = new JobRun(kind, CancellationTokenSource.CreateLinkedTokenSource(_jobStop.Token));
         _jobRun = run;
-        _jobTask = Task.Run(() => RunJobAsync(run, operation, cursor, _jobStop.Token));
+        _jobTask = Task.Run(() => RunJobAsync(run, operation, cursor, run.Stop.Token));
+        if (kind == RebuildJob)
+            Ras.Emit(new RasEvent(RasIds.PoolRebuildStarted, RasSeverity.Notice, RasType.StateChange,
+                $"pool '{Label}' rebuild started: the replicas on excluded target(s) {string.Join(", ", ExcludedTargets)} are copied to the others", Pool: Label));
+    }
+
+    /// <summary>Stops the running job, if any (it stays recorded until a job replaces it); returns once it stopped.</summary>
+    private async Task StopRunningJobAsync()
+    {
+        var run = _jobRun;
+        var t = _jobTask;
+        if (run == null || t == null || t.IsCompleted)
+            return;
+        await run.Stop.CancelAsync().ConfigureAwait(false);
+        await t.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
     }
 
     private async Task StopJobRunnerAsync()
@@ -114,6 +134,8 @@ public sealed partial class Pool
     private IChunkTransform TransformOf(string kind) => kind switch
     {
         ExtendJob => new PlacementMove(Placement, TargetCount),
+        // With excluded targets Placement leaves them out; a chunk with no copy left is not moved (it is lost).
+        RebuildJob => new SurvivorMove(this, new PlacementMove(Placement, TargetCount)),
         _ => throw new InvalidOperationException($"no transform for job '{kind}'"),
     };
 
@@ -140,23 +162,23 @@ public sealed partial class Pool
                 result = await loop.RunAsync(0, stop, sweep: true).ConfigureAwait(false);
             if (result.Left > 0)
                 throw new StoreException(Interop.Errno.EIO,
-                    $"{result.Left} chunk(s) could not be moved and kept their location (first: {result.FirstLeft}); run 'strata pool extend {Label}' to retry them");
+                    $"{result.Left} chunk(s) could not be moved and kept their location (first: {result.FirstLeft}); run 'strata pool extend {Label}' or reopen the pool to retry them");
             await Log.CommitAsync([MetaRecords.PoolSetProp(JobProp, NoJob), MetaRecords.PoolSetProp(JobCursorProp, "0")]).ConfigureAwait(false);
             run.Finish("completed", null);
-            Ras.Emit(new RasEvent(RasIds.PoolExtendCompleted, RasSeverity.Notice, RasType.StateChange,
+            Ras.Emit(new RasEvent(run.Kind == RebuildJob ? RasIds.PoolRebuildCompleted : RasIds.PoolExtendCompleted, RasSeverity.Notice, RasType.StateChange,
                 $"pool '{Label}' {run.Kind} completed: {Interlocked.Read(ref run.ItemsDone)} chunk(s) visited, {Interlocked.Read(ref run.BytesDone)} bytes moved in {run.Elapsed.TotalSeconds:F1} s",
                 Pool: Label));
         }
         catch (OperationCanceledException) when (stop.IsCancellationRequested)
         {
-            // The pool is closing: the job stays recorded and resumes at the next open.
-            run.Finish("stopped", "the pool closed; the job resumes when it opens");
+            // The pool is closing (or another job replaces this one): the job stays recorded and resumes at the next open.
+            run.Finish("stopped", "the pool closed or another job replaced it");
         }
         catch (Exception e) when (e is StoreException or IOException)
         {
             // The job stays recorded: `pool extend` (or the next open) runs it again.
             run.Finish("failed", e.Message);
-            Ras.Emit(new RasEvent(RasIds.PoolExtendFailed, RasSeverity.Error, RasType.StateChange,
+            Ras.Emit(new RasEvent(run.Kind == RebuildJob ? RasIds.PoolRebuildFailed : RasIds.PoolExtendFailed, RasSeverity.Error, RasType.StateChange,
                 $"pool '{Label}' {run.Kind} failed: {e.Message}", Pool: Label));
         }
         finally
@@ -165,9 +187,11 @@ public sealed partial class Pool
         }
     }
 
-    private sealed class JobRun(string kind)
+    private sealed class JobRun(string kind, CancellationTokenSource stop)
     {
         private readonly Stopwatch _clock = Stopwatch.StartNew();
+
+        public CancellationTokenSource Stop { get; } = stop;
 
         public string Kind { get; } = kind;
         public long ItemsTotal;

@@ -15,6 +15,9 @@ public sealed record PoolQueryResult(string Label, Guid Id, uint LayoutVersion, 
     /// <summary>The running or last data-moving job other than an upgrade since the pool opened (extend), or null.</summary>
     public PoolJobStatus? Job { get; init; }
 
+    /// <summary>Excluded targets and what they leave of the data (health ok, degraded or rebuilding).</summary>
+    public PoolDegradation? Redundancy { get; init; }
+
     /// <summary>Data bytes over every target (pool list and pool query show the same sums).</summary>
     public long TotalBytes => Targets.Sum(t => t.TotalBytes);
 
@@ -43,6 +46,8 @@ public sealed partial class Pool : IAsyncDisposable
         _entry = entry;
         _shards = shards;
         _placementTargets = shards.Length;
+        _excluded = ParseExcluded(state.Props.GetValueOrDefault(ExcludedProp), shards.Length);
+        _logShards = [.. shards.Where(s => !_excluded.Contains(s.Index))];
         Meta = state;
         _readOnlyReason = readOnlyReason;
         Header = shards[0].Header;
@@ -61,6 +66,7 @@ public sealed partial class Pool : IAsyncDisposable
         var current = Shards;
         System.Diagnostics.Debug.Assert(shard.Index == current.Length, "shards join in target order");
         Volatile.Write(ref _shards, [.. current, shard]);
+        Volatile.Write(ref _logShards, [.. LogShards, shard]);
     }
 
     /// <summary>New replicas may go to every shard: called once the newest shard's target records it durably.</summary>
@@ -144,8 +150,9 @@ public sealed partial class Pool : IAsyncDisposable
         {
             var layout = Meta.Layout;
             var job = Meta.UpgradeJob;
+            var excluded = Volatile.Read(ref _excluded);
             var cached = _placement;
-            if (cached != null && ReferenceEquals(cached.Layout, layout) && ReferenceEquals(cached.Job, job))
+            if (cached != null && ReferenceEquals(cached.Layout, layout) && ReferenceEquals(cached.Job, job) && ReferenceEquals(cached.Excluded, excluded))
                 return cached.Placement;
             var placement = Placements.For(layout?.Version ?? Header.LayoutVersion);
             if (job is { State: UpgradeJobState.InProgress } && job.To <= Catalog.Versions.Count)
@@ -155,12 +162,14 @@ public sealed partial class Pool : IAsyncDisposable
                     if (chain[i].Kind == Layout.ActionKind.DataMovement)
                         placement = Placements.For(chain[i].Version);
             }
-            _placement = new PlacementFor(layout, job, placement);
+            if (excluded.Length > 0)
+                placement = new ExcludingPlacement(placement, excluded);
+            _placement = new PlacementFor(layout, job, excluded, placement);
             return placement;
         }
     }
 
-    private sealed record PlacementFor(LayoutMeta? Layout, UpgradeJobMeta? Job, IPlacement Placement);
+    private sealed record PlacementFor(LayoutMeta? Layout, UpgradeJobMeta? Job, int[] Excluded, IPlacement Placement);
 
     private volatile PlacementFor? _placement;
 
@@ -224,6 +233,7 @@ public sealed partial class Pool : IAsyncDisposable
                 Shards.Select(s => new TargetSpace(s.Index, s.Device.Name, s.Allocator.Capacity, s.Allocator.UsedBytes, s.Allocator.FreeBytes)).ToList())
             {
                 Job = JobStatus,
+                Redundancy = Degradation(),
             };
         }
     }

@@ -130,4 +130,72 @@ public sealed partial class StorageEngine
 
     /// <summary>Gives up a reservation (nothing was recorded).</summary>
     internal void CancelShard() => _lock.Release();
+
+    /// <summary>
+    /// `storage exclude-target N`: every open pool with a shard on target <paramref name="index"/> stops
+    /// using it and rebuilds the replicas it held onto the other targets. Refused, before any pool
+    /// changes, when a chunk of some pool would be left with no copy (unless <paramref name="force"/>:
+    /// a target that failed). Returns what each pool was left with.
+    /// </summary>
+    public async Task<IReadOnlyList<PoolExclusion>> ExcludeTargetAsync(int index, bool force = false)
+    {
+        if (Options.ReadOnly)
+            throw new PoolReadOnlyException("the engine is open read-only");
+        if (index < 0 || index >= Targets.Count)
+            throw new NotFoundException($"target {index} does not exist; the engine has targets 0..{Targets.Count - 1}");
+        var pools = OpenPools().Where(p => p.Shards.Length > index).ToList();
+        if (pools.Count > 0 && pools.All(p => p.IsExcluded(index)))
+            throw new InvalidRequestException($"target {index} is already excluded; 'strata pool query POOL' shows the rebuild");
+        if (!force)
+        {
+            foreach (var p in pools.Where(p => !p.IsExcluded(index)))
+            {
+                var d = p.Degradation(index);
+                if (d.LostChunks > 0)
+                    throw new InvalidRequestException($"excluding target {index} would leave {d.LostChunks} chunk(s) ({d.LostBytes} bytes) of pool '{p.Label}' with no copy " +
+                        $"(images: {string.Join(", ", d.LostImages)}); the last replica of a chunk is not excluded");
+                if (p.Shards.Length - p.ExcludedTargets.Count <= 1)
+                    throw new InvalidRequestException($"target {index} is the last target of pool '{p.Label}' that is not excluded");
+            }
+        }
+        var done = new List<PoolExclusion>();
+        foreach (var p in pools)
+            if (await p.ExcludeTargetAsync(index, force).ConfigureAwait(false) is { } r)
+                done.Add(r);
+        return done;
+    }
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<int, int> _deviceErrors = new();
+
+    /// <summary>
+    /// A data read or write on a target failed (the device, not the bytes). Past
+    /// <see cref="StorageEngineOptions.ExcludeAfterErrors"/> the target is excluded, once, in the
+    /// background: its pools serve from the other replicas and rebuild.
+    /// </summary>
+    internal void OnDeviceError(int? target, string? device)
+    {
+        int limit = Options.ExcludeAfterErrors;
+        if (limit <= 0 || Options.ReadOnly)
+            return;
+        int t = target ?? Targets.FirstOrDefault(x => x.Device.Name == device)?.Index ?? -1;
+        if (t < 0)
+            return;
+        if (_deviceErrors.AddOrUpdate(t, 1, (_, n) => n + 1) != limit)
+            return;
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                var done = await ExcludeTargetAsync(t, force: true).ConfigureAwait(false);
+                Ras.Emit(new RasEvent(RasIds.TargetAutoExcluded, RasSeverity.Error, RasType.StateChange,
+                    $"target {t} ('{Targets[t].Device.Name}') excluded after {limit} device errors; {done.Count} pool(s) rebuild onto the other targets",
+                    Target: t, Device: Targets[t].Device.Name));
+            }
+            catch (StoreException e)
+            {
+                Ras.Emit(new RasEvent(RasIds.TargetAutoExcluded, RasSeverity.Error, RasType.InfoOnly,
+                    $"target {t} had {limit} device errors but was not excluded: {e.Message}", Target: t, Device: Targets[t].Device.Name));
+            }
+        });
+    }
 }

@@ -29,6 +29,15 @@ public sealed record StorageEngineOptions
     /// flush (the crash tests, whose seeds must not depend on timing).
     /// </summary>
     public TimeSpan WritebackFlushInterval { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// Data read and write errors on one target after which the engine excludes it by itself (as
+    /// `storage exclude-target N --force`: its pools rebuild onto the others); 0 (the default of the
+    /// library; the daemon uses <see cref="DefaultExcludeAfterErrors"/>) = never.
+    /// </summary>
+    public int ExcludeAfterErrors { get; init; }
+
+    public const int DefaultExcludeAfterErrors = 16;
 }
 
 /// <summary>What `pool list` shows.</summary>

@@ -27,6 +27,8 @@ internal sealed class ChunkIo(Pool pool)
         Replica? good = null;
         foreach (var r in map.Replicas)
         {
+            if (pool.IsExcluded(r.Target))
+                continue; // not read, not repaired: the rebuild copies it elsewhere
             ChunkVerdict verdict;
             try
             {
@@ -110,6 +112,8 @@ internal sealed class ChunkIo(Pool pool)
             bool bad = false;
             foreach (var r in map.Replicas)
             {
+                if (pool.IsExcluded(r.Target))
+                    continue;
                 ChunkVerdict verdict;
                 try
                 {
@@ -207,6 +211,7 @@ internal sealed class ChunkIo(Pool pool)
     private void ReadFailed(ImageMeta meta, long at, Replica r, DeviceException e)
     {
         var shard = pool.Shards[r.Target];
+        pool.OnDeviceError(r.Target, null);
         pool.Ras.Emit(new RasEvent(RasIds.DataReadFailed, RasSeverity.Error, RasType.InfoOnly,
             $"pool '{pool.Label}' image '{meta.Label}' chunk at offset {at}: read of the replica on target {r.Target} failed: {e.Message}",
             Pool: pool.Label, Image: meta.Label, Target: r.Target, Device: shard.Device.Name, Offset: at));
@@ -230,7 +235,9 @@ internal sealed class ChunkIo(Pool pool)
 
     private DataIntegrityException Unrecoverable(ImageMeta meta, long at, ChunkMap map)
     {
-        string message = $"data integrity error in pool '{pool.Label}', image '{meta.Label}' at offset {at}: none of the {map.Replicas.Length} replica(s) of the {meta.ChunkSize}-byte chunk verifies";
+        string message = map.Replicas.All(r => pool.IsExcluded(r.Target))
+            ? $"data lost in pool '{pool.Label}', image '{meta.Label}' at offset {at}: every replica of the {meta.ChunkSize}-byte chunk was on excluded target(s) {string.Join(", ", map.Replicas.Select(r => r.Target))}"
+            : $"data integrity error in pool '{pool.Label}', image '{meta.Label}' at offset {at}: none of the {map.Replicas.Length} replica(s) of the {meta.ChunkSize}-byte chunk verifies";
         pool.Ras.Emit(new RasEvent(RasIds.DataUnrecoverable, RasSeverity.Error, RasType.InfoOnly, message, Pool: pool.Label, Image: meta.Label, Offset: at));
         return new DataIntegrityException(pool.Label, meta.Label, at, message);
     }
@@ -340,7 +347,7 @@ internal sealed class ChunkIo(Pool pool)
     {
         int cs = meta.ChunkSize;
         int length = chunk.Length;
-        int rf = Math.Min(pool.Rf, pool.TargetCount);
+        int rf = Math.Min(pool.Rf, pool.LiveTargets);
         var replicas = new Replica[rf];
         var placement = pool.Placement;
         int allocated = 0;
@@ -454,6 +461,7 @@ internal sealed class ChunkIo(Pool pool)
 
     private StoreException WriteFailed(ImageMeta meta, long at, DeviceException e)
     {
+        pool.OnDeviceError(null, e.Device);
         pool.Ras.Emit(new RasEvent(RasIds.DataWriteFailed, RasSeverity.Error, RasType.InfoOnly,
             $"pool '{pool.Label}' image '{meta.Label}' write at offset {at} failed: {e.Message}",
             Pool: pool.Label, Image: meta.Label, Device: e.Device, Offset: at));

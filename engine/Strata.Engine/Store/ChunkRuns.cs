@@ -183,7 +183,7 @@ internal sealed class ChunkRuns(Pool pool)
     {
         int cs = meta.ChunkSize, n = pieces.Count, targets = pool.TargetCount;
         int ext = ChunkChecksum.ExtentLength(cs, blocks);
-        int rf = Math.Min(pool.Rf, targets);
+        int rf = Math.Min(pool.Rf, pool.LiveTargets);
         var replicas = new Replica[n][];
         var crcs = new uint[n];
         // Block tables, when the chunks take them: built once, written before each replica's data.
@@ -243,6 +243,7 @@ internal sealed class ChunkRuns(Pool pool)
             }
             catch (DeviceException e)
             {
+                pool.OnDeviceError(null, e.Device);
                 long at = pieces[0].Index * cs + pieces[0].Within;
                 pool.Ras.Emit(new RasEvent(RasIds.DataWriteFailed, RasSeverity.Error, RasType.InfoOnly,
                     $"pool '{pool.Label}' image '{meta.Label}' write at offset {at} failed: {e.Message}",
@@ -299,6 +300,7 @@ internal sealed class ChunkRuns(Pool pool)
         int cs = meta.ChunkSize, n = pieces.Count;
         var maps = pool.Meta.ChunksAt(meta, pieces, p => p.Index);
         var extents = new List<Extent>(n);
+        var failed = new bool[n];
         for (int i = 0; i < n; i++)
         {
             if (maps[i] == null)
@@ -307,11 +309,16 @@ internal sealed class ChunkRuns(Pool pool)
                 continue;
             }
             var r = maps[i]!.Replicas[0];
+            if (pool.IsExcluded(r.Target))
+            {
+                // Read alone below, from a replica on a target that is not excluded.
+                failed[i] = true;
+                continue;
+            }
             extents.Add(new Extent(r.Target, r.Offset, maps[i]!.ExtentLength(cs), maps[i]!.Blocks, i));
         }
         extents.Sort((a, b) => a.Target != b.Target ? a.Target.CompareTo(b.Target) : a.Offset.CompareTo(b.Offset));
         var runs = Runs(extents, MaxRun());
-        var failed = new bool[n];
         await Task.WhenAll(runs.Select(run => ReadRunAsync(meta, extents, run.Start, run.Count, run.Bytes, pieces, maps, destination, failed))).ConfigureAwait(false);
         List<long>? unrepaired = null;
         for (int i = 0; i < n; i++)

@@ -27,6 +27,10 @@ internal sealed partial class PoolLog
             foreach (var p in waiting)
                 if (p.Join != null)
                     _pool.JoinShard(p.Join);
+            // A shard leaving the log (an excluded target): no round is in flight, and none writes it from now on.
+            foreach (var p in waiting)
+                if (p.Exclude >= 0)
+                    _pool.ExcludeShard(p.Exclude);
             await WriteCheckpointAsync().ConfigureAwait(false);
             foreach (var p in waiting)
                 p.Done.TrySetResult();
@@ -71,13 +75,13 @@ internal sealed partial class PoolLog
         var ckpt = Checkpoint.Encode(_pool.Id, seq, _tail, payload, _blockSize);
         if (ckpt.Length > _pool.Shards[0].Header.CheckpointLength)
             throw new NoSpaceException($"no space left in pool '{label}': metadata of {ckpt.Length} bytes outgrew the {_pool.Shards[0].Header.CheckpointLength}-byte checkpoint area");
-        await Task.WhenAll(_pool.Shards.Select(s =>
+        await Task.WhenAll(_pool.LogShards.Select(s =>
         {
             uint slot = s.Header.ActiveCheckpoint == 0 ? 1u : 0u;
             return DeviceIo.WriteAsync(s.Device, s.Base + s.Header.CheckpointOffset(slot), ckpt).AsTask();
         })).ConfigureAwait(false);
         await FlushAllAsync().ConfigureAwait(false);
-        await Task.WhenAll(_pool.Shards.Select(async s =>
+        await Task.WhenAll(_pool.LogShards.Select(async s =>
         {
             var h = s.Header with
             {

@@ -135,7 +135,7 @@ internal sealed partial class PoolLog
             }
         }
         if (voided)
-            await Task.WhenAll(_pool.Shards.Select(s => DeviceIo.WriteAsync(s.Device, s.WalStart + round.At, round.Buffer).AsTask())).ConfigureAwait(false);
+            await Task.WhenAll(_pool.LogShards.Select(s => DeviceIo.WriteAsync(s.Device, s.WalStart + round.At, round.Buffer).AsTask())).ConfigureAwait(false);
     }
 
 
@@ -346,7 +346,7 @@ internal sealed partial class PoolLog
         round.At = at;
         // The tail moves now: the next round's batch goes after this one even while this one's flush runs.
         _tail = (at + padded) % _walLength;
-        return Task.WhenAll(_pool.Shards.Select(async s =>
+        return Task.WhenAll(_pool.LogShards.Select(async s =>
         {
             if (wrapFiller != null)
                 await DeviceIo.WriteAsync(s.Device, s.WalStart + wrapAt, wrapFiller).ConfigureAwait(false);
@@ -355,5 +355,5 @@ internal sealed partial class PoolLog
     }
 
     private Task FlushAllAsync() =>
-        Task.WhenAll(_pool.Shards.Select(s => s.FlushAsync()));
+        Task.WhenAll(_pool.LogShards.Select(s => s.FlushAsync()));
 }

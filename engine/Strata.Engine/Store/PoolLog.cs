@@ -24,8 +24,10 @@ internal sealed partial class PoolLog
 {
     /// <summary>Records committed together (null: a checkpoint request).</summary>
     private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null, bool applied = false, uint switchTo = 0,
-        TaskCompletionSource? switched = null, Shard? join = null)
+        TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1)
     {
+        /// <summary>A checkpoint request that first takes this target's shard out of the log (-1: none).</summary>
+        public int Exclude { get; } = exclude;
         /// <summary>A checkpoint request that first adds this shard to the log (a pool extension).</summary>
         public Shard? Join { get; } = join;
         /// <summary>A checkpoint request that first switches the log to this format (0: none).</summary>
@@ -213,12 +215,19 @@ internal sealed partial class PoolLog
     /// </summary>
     public Task JoinShardAsync(Shard shard) => Enqueue(null, join: shard);
 
-    private Task Enqueue(MetaRecord[]? records, Task? data = null, uint switchTo = 0, TaskCompletionSource? switched = null, Shard? join = null)
+    /// <summary>
+    /// Takes target <paramref name="target"/>'s shard out of the log (an excluded target): between rounds,
+    /// so no later round or checkpoint writes or flushes it, then checkpoints on the others. Reads and
+    /// placement avoid the target from the same moment (Pool.ExcludeShard).
+    /// </summary>
+    public Task ExcludeShardAsync(int target) => Enqueue(null, exclude: target);
+
+    private Task Enqueue(MetaRecord[]? records, Task? data = null, uint switchTo = 0, TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1)
     {
         _pool.ThrowIfNotLoggable();
         if (records != null)
             Validate(records);
-        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data, switchTo: switchTo, switched: switched, join: join);
+        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data, switchTo: switchTo, switched: switched, join: join, exclude: exclude);
         // Ordinals follow the queue's order (CommitWriteback queues under the same lock).
         lock (_pool.Meta.Sync)
             QueueLocked(p);

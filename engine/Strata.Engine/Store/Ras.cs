@@ -57,6 +57,13 @@ public static class RasIds
     public const string PoolExtendResumed = "pool_extend_resumed";
     public const string PoolExtendCompleted = "pool_extend_completed";
     public const string PoolExtendFailed = "pool_extend_failed";
+    public const string TargetExcluded = "target_excluded";
+    public const string TargetAutoExcluded = "target_auto_excluded";
+    public const string PoolDataLost = "pool_data_lost";
+    public const string PoolRebuildStarted = "pool_rebuild_started";
+    public const string PoolRebuildResumed = "pool_rebuild_resumed";
+    public const string PoolRebuildCompleted = "pool_rebuild_completed";
+    public const string PoolRebuildFailed = "pool_rebuild_failed";
 }
 
 /// <summary>Where RAS events go.</summary>

@@ -38,6 +38,27 @@ public static class StorageCommands
                 Console.Out.WriteLine($"Target {t.Index} added: {t.Device}, {Sizes.Format(t.CapacityBytes)}; grow a pool onto it with 'strata pool extend POOL'");
             return 0;
         }));
-        return Cli.Group("storage", "The engine's targets", query, add);
+        var index = new Argument<int>("target") { Description = "Target index (as 'storage query' shows it)" };
+        var force = new Option<bool>("--force") { Description = "Exclude even when chunks would be left without a copy (a target that failed: its copies are gone either way)" };
+        var exclude = new Command("exclude-target", "Stop using a target: pools serve every chunk from the other replica and rebuild the missing replicas onto the remaining targets as a job");
+        exclude.Arguments.Add(index);
+        exclude.Options.Add(force);
+        exclude.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            int n = parse.GetValue(index);
+            var list = await client.PostAsync<List<PoolExclusionDto>>($"storage/targets/{n}/exclude", new ExcludeTargetRequest(parse.GetValue(force)));
+            if (json)
+            {
+                Cli.PrintJson(list);
+                return 0;
+            }
+            if (list.Count == 0)
+                Console.Out.WriteLine($"Target {n} excluded; no open pool had a shard on it");
+            foreach (var e in list)
+                Console.Out.WriteLine($"Pool {e.Pool}: target {e.Target} excluded; {Commands.Pool.PoolCommands.DescribeRedundancy(e.Redundancy)}; " +
+                    (e.RebuildStarted ? "rebuild started" : $"rebuild not started: {e.RebuildRefused}"));
+            return 0;
+        }));
+        return Cli.Group("storage", "The engine's targets", query, add, exclude);
     }
 }

@@ -1,0 +1,221 @@
+using Strata.Engine.Device;
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+
+namespace Strata.Store.Tests;
+
+/// <summary>`storage exclude-target` and the rebuild (issue 14): a lost target on rf 2 and rf 1 pools.</summary>
+[TestClass]
+public sealed class ExcludeTests
+{
+    private const int Cs = 4096;
+    private const string Dead = "fail_every=1&fail_ops=read,write,flush,trim,zeroes";
+
+    private string _dir = "";
+
+    public TestContext TestContext { get; set; } = null!;
+
+    [TestInitialize]
+    public void Init() => _dir = Directory.CreateTempSubdirectory("strata-excl-").FullName;
+
+    [TestCleanup]
+    public void Cleanup() => Directory.Delete(_dir, true);
+
+    private static async Task<(StorageEngine Engine, Pool Pool, InMemoryRasSink Ras)> PoolAsync(IBlockDevice[] devs, int rf, uint layout = 4)
+    {
+        var ras = new InMemoryRasSink();
+        var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Ras = ras, Catalog = PlacementV2Tests.UpTo4() });
+        var pool = await engine.CreatePoolAsync("tank", devs.Length * (4L << 20), rf, TestDevices.SmallPool with { LayoutVersion = layout });
+        await pool.CreateContainerAsync("c");
+        return (engine, pool, ras);
+    }
+
+    private static async Task<byte[]> ReadAllAsync(Image image, int length)
+    {
+        var buf = new byte[length];
+        await image.ReadAsync(0, buf);
+        return buf;
+    }
+
+    private static int OnTarget(Pool pool, int target)
+    {
+        lock (pool.Meta.Sync)
+            return pool.Meta.Images.Values.Sum(i => i.Chunks.Values.Count(m => m.Replicas.Any(r => r.Target == target)));
+    }
+
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task Exclude_Rf2TargetThenItDies_EveryChunkServedAndRebuiltOntoTheOthers()
+    {
+        const int chunks = 300;
+        var devs = MigrationKit.FileTargets(_dir, 3);
+        var (engine, pool, ras) = await PoolAsync(devs, 2);
+        var image = await pool.CreateImageAsync("c", "v", chunks * Cs, Cs);
+        var model = TestDevices.Pattern(chunks * Cs, 1);
+        await image.WriteAsync(0, model);
+        int onOne = OnTarget(pool, 1);
+        Assert.IsTrue(onOne > 0);
+
+        // The rebuild waits for its first chunk's credit; the target is dead from the moment it is excluded.
+        await pool.SetPropertyAsync("migrate_rate", "1");
+        var result = (await engine.ExcludeTargetAsync(1)).Single();
+        devs[1].SetFaults(Dead);
+        Assert.IsTrue(result.RebuildStarted, result.RebuildRefused);
+        var q = pool.Query().Redundancy!;
+        Assert.AreEqual("rebuilding", q.Health);
+        Assert.AreEqual(onOne, q.ChunksAtOneCopy, "every chunk that had a replica on target 1 is at one copy");
+        Assert.AreEqual((long)onOne * Cs, q.BytesAtOneCopy);
+        Assert.AreEqual(0, q.LostChunks);
+
+        // Reads and writes go on without the dead target.
+        CollectionAssert.AreEqual(model, await ReadAllAsync(image, model.Length));
+        for (int i = 0; i < 30; i++)
+        {
+            var data = TestDevices.Pattern(Cs, 50 + i);
+            await image.WriteAsync((i * 7L % chunks) * Cs, data);
+            data.CopyTo(model, i * 7L % chunks * Cs);
+        }
+
+        await pool.SetPropertyAsync("migrate_rate", "0");
+        await pool.WaitForJobAsync(TestContext.CancellationToken);
+        Assert.AreEqual("completed", pool.JobStatus!.State, pool.JobStatus.Reason);
+        Assert.AreEqual(0, OnTarget(pool, 1), "no replica is left on the excluded target");
+        lock (pool.Meta.Sync)
+            Assert.IsTrue(pool.Meta.Images[image.Id].Chunks.Values.All(m => m.Replicas.Length == 2 && m.Replicas[0].Target != m.Replicas[1].Target));
+        var after = pool.Query().Redundancy!;
+        Assert.AreEqual("ok", after.Health);
+        Assert.AreEqual(0, after.ChunksAtOneCopy);
+        CollectionAssert.AreEqual(model, await ReadAllAsync(image, model.Length));
+        Assert.AreEqual(1, ras.WithId(RasIds.TargetExcluded).Count());
+        Assert.AreEqual(1, ras.WithId(RasIds.PoolRebuildStarted).Count());
+        Assert.AreEqual(1, ras.WithId(RasIds.PoolRebuildCompleted).Count());
+        Assert.IsFalse(ras.WithId(RasIds.PoolReadOnly).Any(), "the dead target never made the pool read-only");
+        Assert.AreEqual(0L, devs[1].GetFaultStats().IosFailed, "nothing was sent to the excluded target");
+        await engine.DisposeAsync();
+
+        // The exclusion is durable (the device answers again, with what it held when it was excluded).
+        devs[1].SetFaults("");
+        var reopened = await StorageEngine.OpenAsync(devs, new StorageEngineOptions { Catalog = PlacementV2Tests.UpTo4() });
+        var p = await reopened.OpenPoolAsync("tank");
+        CollectionAssert.AreEqual(new[] { 1 }, p.ExcludedTargets.ToArray());
+        CollectionAssert.AreEqual(model, await ReadAllAsync(p.OpenImage("c", "v"), model.Length));
+        await reopened.DisposeAsync();
+        foreach (var d in devs)
+            d.Dispose();
+    }
+
+    [TestMethod]
+    public async Task Exclude_Rf1Target_RefusedWithTheFigure_ForcedReportsLostImagesAndReadsFail()
+    {
+        var devs = TestDevices.Memory(2);
+        var (engine, pool, ras) = await PoolAsync(devs, 1);
+        var a = await pool.CreateImageAsync("c", "a", 40 * Cs, Cs);
+        var dataA = TestDevices.Pattern(40 * Cs, 3);
+        await a.WriteAsync(0, dataA);
+        int lost = OnTarget(pool, 0);
+
+        var e = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.ExcludeTargetAsync(0));
+        StringAssert.Contains(e.Message, $"would leave {lost} chunk(s) ({lost * Cs} bytes) of pool 'tank' with no copy (images: a)");
+        Assert.AreEqual(0, pool.ExcludedTargets.Count, "nothing changed");
+
+        var r = (await engine.ExcludeTargetAsync(0, force: true)).Single();
+        Assert.AreEqual(lost, r.Degradation.LostChunks);
+        CollectionAssert.AreEqual(new[] { "a" }, r.Degradation.LostImages.ToArray());
+        Assert.AreEqual("degraded", pool.Query().Redundancy!.Health == "rebuilding" ? "degraded" : pool.Query().Redundancy!.Health);
+        StringAssert.Contains(ras.WithId(RasIds.PoolDataLost).Single().Message, "images a");
+        await pool.WaitForJobAsync();
+
+        long lostChunk, kept;
+        lock (pool.Meta.Sync)
+        {
+            var chunks = pool.Meta.Images[a.Id].Chunks;
+            lostChunk = chunks.First(kv => kv.Value.Replicas[0].Target == 0).Key;
+            kept = chunks.First(kv => kv.Value.Replicas[0].Target == 1).Key;
+        }
+        var buf = new byte[Cs];
+        var x = await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => a.ReadAsync(lostChunk * Cs, buf));
+        StringAssert.Contains(x.Message, "was on excluded target(s) 0");
+        Assert.IsTrue(buf.All(b => b == 0), "no wrong bytes");
+        await a.ReadAsync(kept * Cs, buf);
+        CollectionAssert.AreEqual(dataA.AsSpan((int)(kept * Cs), Cs).ToArray(), buf);
+
+        // New writes land on the remaining target, also where the lost chunk was.
+        await a.WriteAsync(lostChunk * Cs, TestDevices.Pattern(Cs, 9));
+        await a.ReadAsync(lostChunk * Cs, buf);
+        CollectionAssert.AreEqual(TestDevices.Pattern(Cs, 9), buf);
+        Assert.AreEqual(0, OnTarget(pool, 0) - (lost - 1), "the rewritten chunk left target 0");
+        await engine.DisposeAsync();
+    }
+
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task Exclude_SecondTargetBeforeTheRebuild_RefusedWithFigure_AfterItLosesNothing()
+    {
+        const int chunks = 200;
+        var devs = TestDevices.Memory(3);
+        var (engine, pool, ras) = await PoolAsync(devs, 2, layout: 3);
+        var image = await pool.CreateImageAsync("c", "v", chunks * Cs, Cs);
+        var model = TestDevices.Pattern(chunks * Cs, 4);
+        await image.WriteAsync(0, model);
+        await pool.SetPropertyAsync("migrate_rate", "1");
+        await engine.ExcludeTargetAsync(0);
+
+        // Chunks on targets 0 and 1 have their only live copy on 1 until the rebuild copies them.
+        var e = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.ExcludeTargetAsync(1));
+        StringAssert.Contains(e.Message, "with no copy");
+        StringAssert.Contains(e.Message, "the last replica of a chunk is not excluded");
+        var u = await Assert.ThrowsExactlyAsync<BusyException>(() => pool.UpgradeAsync(4, dryRun: false));
+        StringAssert.Contains(u.Message, "has rebuild in progress");
+
+        await pool.SetPropertyAsync("migrate_rate", "0");
+        await pool.WaitForJobAsync(TestContext.CancellationToken);
+        Assert.AreEqual("completed", pool.JobStatus!.State);
+        // Rebuilt: a second failure leaves one copy of everything, nothing lost.
+        var second = (await engine.ExcludeTargetAsync(1)).Single();
+        Assert.AreEqual(0, second.Degradation.LostChunks);
+        Assert.AreEqual(chunks, second.Degradation.ChunksAtOneCopy);
+        Assert.IsFalse(second.RebuildStarted && pool.JobStatus.State == "failed");
+        CollectionAssert.AreEqual(model, await ReadAllAsync(image, model.Length));
+        await pool.WaitForJobAsync(TestContext.CancellationToken);
+        Assert.AreEqual("degraded", pool.Query().Redundancy!.Health, "one target left: nowhere to rebuild to");
+        var last = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.ExcludeTargetAsync(2, force: true));
+        StringAssert.Contains(last.Message, "is the last target of pool 'tank'");
+        await engine.DisposeAsync();
+    }
+
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task ReadErrors_PastTheThreshold_TargetExcludedByItselfNoClientErrorAndRebuilt()
+    {
+        const int chunks = 200;
+        var devs = MigrationKit.FileTargets(_dir, 3);
+        var ras = new WaitableRasSink();
+        var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Ras = ras, Catalog = PlacementV2Tests.UpTo4(), ExcludeAfterErrors = 4 });
+        var pool = await engine.CreatePoolAsync("tank", 3 * (4L << 20), 2, TestDevices.SmallPool with { LayoutVersion = 4 });
+        await pool.CreateContainerAsync("c");
+        var image = await pool.CreateImageAsync("c", "v", chunks * Cs, Cs);
+        var model = TestDevices.Pattern(chunks * Cs, 8);
+        await image.WriteAsync(0, model);
+
+        // Target 2's reads fail from now on; every chunk still reads back right from its other replica.
+        devs[2].SetFaults("fail_every=1&fail_ops=read");
+        var buf = new byte[Cs];
+        for (long c = 0; c < chunks; c++)
+        {
+            await image.ReadAsync(c * Cs, buf);
+            CollectionAssert.AreEqual(model.AsSpan((int)(c * Cs), Cs).ToArray(), buf, $"chunk {c}");
+        }
+        var auto = await ras.First(RasIds.TargetAutoExcluded).WaitAsync(TestContext.CancellationToken);
+        StringAssert.Contains(auto.Message, "target 2");
+        StringAssert.Contains(auto.Message, "excluded after 4 device errors");
+        await ras.First(RasIds.PoolRebuildStarted).WaitAsync(TestContext.CancellationToken);
+        await pool.WaitForJobAsync(TestContext.CancellationToken);
+        Assert.AreEqual("completed", pool.JobStatus!.State, pool.JobStatus.Reason);
+        Assert.AreEqual(0, OnTarget(pool, 2));
+        Assert.AreEqual("ok", pool.Query().Redundancy!.Health);
+        CollectionAssert.AreEqual(model, await ReadAllAsync(image, model.Length));
+        await engine.DisposeAsync();
+        foreach (var d in devs)
+            d.Dispose();
+    }
+}
