@@ -363,6 +363,9 @@ internal sealed class SwapCoordinator(ResolvedConfig cfg, EngineService svc, Nbd
             }
             catch (Exception e) when (e is IOException or JsonException)
             {
+                // The socket closes as the process dies; its exit status follows a moment later.
+                if (child != null)
+                    await WaitExitAsync(child, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
                 failure = child is { HasExited: true }
                     ? $"the new engine (pid {hello.Pid}) died during the hand-off (exit code {child.ExitCode})"
                     : $"the new engine (pid {hello.Pid}) went away during the hand-off ({e.Message})";
@@ -454,16 +457,17 @@ internal sealed class SwapCoordinator(ResolvedConfig cfg, EngineService svc, Nbd
         }
     }
 
-    private static async Task WaitExitAsync(Process p)
+    private static async Task WaitExitAsync(Process p, TimeSpan? bound = null)
     {
-        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        using var cts = new CancellationTokenSource(bound ?? TimeSpan.FromSeconds(30));
         try
         {
             await p.WaitForExitAsync(cts.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException)
         {
-            Kill(p);
+            if (bound == null)
+                Kill(p);
         }
     }
 
