@@ -110,4 +110,10 @@ internal static partial class Log
 
     [LoggerMessage(1604, LogLevel.Warning, "hot swap refused: {Reason}")]
     public static partial void SwapRefused(ILogger logger, string reason);
+
+    [LoggerMessage(1700, LogLevel.Information, "target {Index} added: {Uri}")]
+    public static partial void TargetAdded(ILogger logger, int index, string uri);
+
+    [LoggerMessage(1701, LogLevel.Information, "pool {Pool}: extend from {From} to {To} targets started ({Replicas} chunk replicas move)")]
+    public static partial void ExtendStarted(ILogger logger, string pool, int from, int to, long replicas);
 }

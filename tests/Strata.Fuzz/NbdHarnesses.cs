@@ -80,6 +80,25 @@ public static class NbdHarnesses
                         return $"GO '{request.Name}' with {request.Requested.Count} information request(s)";
                     break;
                 }
+                case OptListMetaContext:
+                case OptSetMetaContext:
+                {
+                    // As NbdConnection.MetaContextAsync: parse, check the name, answer base:allocation or nothing, then ACK.
+                    var request = NbdParse.MetaContextRequest(option, data);
+                    string? problem = request.Error ?? NbdParse.ExportNameProblem(request.Name!);
+                    if (problem != null)
+                    {
+                        ErrorReply(reply, option, problem);
+                        break;
+                    }
+                    if (NbdParse.MatchesAllocation(request.Queries, list: option == OptListMetaContext))
+                    {
+                        int n = Encoding.UTF8.GetByteCount(AllocationContext);
+                        NbdWire.WriteOptionReplyHeader(reply, option, RepMetaContext, (uint)(4 + n));
+                        Encoding.UTF8.GetBytes(AllocationContext, reply.AsSpan(OptionReplyHeaderSize + 4));
+                    }
+                    break;
+                }
                 case OptList:
                 case OptStructuredReply:
                     if (length != 0)
@@ -102,7 +121,8 @@ public static class NbdHarnesses
 
     /// <summary>
     /// Transmission: 8 bytes of export size and a byte of mode (bit 0 read-only, bit 1 structured
-    /// replies) choose the export; then request headers, each WRITE followed by its payload.
+    /// replies, bit 2 base:allocation selected) choose the export; then request headers, each WRITE
+    /// followed by its payload. A BLOCK_STATUS that passes is answered as if the range were one run.
     /// </summary>
     public static string Requests(ReadOnlySpan<byte> input)
     {
@@ -115,7 +135,7 @@ public static class NbdHarnesses
         if (input.Length < 9)
             return "no export";
         long size = BinaryPrimitives.ReadInt64BigEndian(input) & long.MaxValue;
-        bool readOnly = (input[8] & 1) != 0, structured = (input[8] & 2) != 0;
+        bool readOnly = (input[8] & 1) != 0, structured = (input[8] & 2) != 0, blockStatus = (input[8] & 4) != 0;
         var reply = new byte[NbdWire.ErrorChunkSize(new string('x', MaxStringLength))];
         int at = 9, requests = 0, refused = 0;
         while (input.Length - at >= RequestHeaderSize)
@@ -127,7 +147,7 @@ public static class NbdHarnesses
                 throw new NbdProtocolException(NbdParse.RequestViolation(h, Limits.MaxPayload)!);
             if (h.Type == CmdDisc)
                 return $"{requests} request(s), {refused} refused, then NBD_CMD_DISC";
-            uint error = NbdParse.CheckRequest(h, ExportName, size, readOnly, structured, Limits.MaxPayload, out string? message);
+            uint error = NbdParse.CheckRequest(h, ExportName, size, readOnly, structured, blockStatus, Limits.MaxPayload, out string? message);
             if (NbdParse.RequestViolation(h, Limits.MaxPayload) is { } violation)
             {
                 // Answered EINVAL, then the connection closes.
@@ -144,6 +164,8 @@ public static class NbdHarnesses
                 else
                     NbdWire.WriteSimpleReply(reply, error, h.Cookie);
             }
+            else if (h.Type == CmdBlockStatus)
+                NbdWire.WriteBlockStatus(reply, h.Cookie, AllocationContextId, [new Strata.Engine.Pools.AllocationRun(h.Length, (h.Offset & 1) != 0)]);
             else if (h.Type == CmdRead && structured && h.Length > 0)
                 NbdWire.WriteOffsetDataHeader(reply, h.Cookie, h.Offset, (int)h.Length);
         }

@@ -47,12 +47,19 @@ public static class Seeds
         yield return ("nbd-handshake", "valid-go", Concat(ClientFlags(), Option(OptStructuredReply, []), Option(OptList, []),
             Option(OptInfo, InfoData(NbdHarnesses.ExportName, InfoName, InfoBlockSize)), Option(OptGo, InfoData(NbdHarnesses.ExportName, InfoDescription))));
         yield return ("nbd-handshake", "valid-export-name", Concat(ClientFlags(), Option(OptStartTls, []), Option(OptExportName, Encoding.UTF8.GetBytes(NbdHarnesses.ExportName))));
+        yield return ("nbd-handshake", "valid-meta-context", Concat(ClientFlags(), Option(OptStructuredReply, []),
+            Option(OptListMetaContext, MetaData(NbdHarnesses.ExportName)), Option(OptListMetaContext, MetaData(NbdHarnesses.ExportName, "base:", "qemu:dirty-bitmap:x")),
+            Option(OptSetMetaContext, MetaData(NbdHarnesses.ExportName, "base:allocation", "x-unknown:leaf")), Option(OptGo, InfoData(NbdHarnesses.ExportName))));
         yield return ("nbd-handshake", "valid-abort", Concat(ClientFlags(), Option(OptAbort, [])));
 
         yield return ("nbd-request", "valid-simple", Concat(Export(1L << 30, 0),
             Request(CmdWrite, CmdFlagFua, 1, 4096, 512), new byte[512],
             Request(CmdRead, 0, 2, 0, 4096), Request(CmdFlush, 0, 3, 0, 0), Request(CmdTrim, 0, 4, 8192, 4096),
             Request(CmdWriteZeroes, CmdFlagNoHole, 5, 65536, 1 << 20), Request(CmdDisc, 0, 6, 0, 0)));
+        yield return ("nbd-request", "valid-block-status", Concat(Export(1L << 30, 6),
+            Request(CmdBlockStatus, 0, 1, 0, 1 << 20), Request(CmdBlockStatus, CmdFlagReqOne, 2, 4095, 3),
+            Request(CmdWriteZeroes, CmdFlagFastZero, 3, 8192, 1 << 20), Request(CmdWriteZeroes, CmdFlagFastZero | CmdFlagNoHole, 4, 0, 4096),
+            Request(CmdBlockStatus, 0, 5, 1L << 30, 1), Request(CmdBlockStatus, 0, 6, 0, 0), Request(CmdBlockStatus, CmdFlagDf, 7, 0, 512)));
         yield return ("nbd-request", "valid-structured-refusals", Concat(Export(1L << 20, 3),
             Request(CmdRead, 0, 1, 1L << 20, 1), Request(CmdWrite, 0, 2, 0, 8), new byte[8], Request(CmdBlockStatus, 0, 3, 0, 512),
             Request(CmdRead, CmdFlagDf, 4, 0, 512), Request(CmdRead, 0, 5, 0, 64 << 20)));
@@ -160,6 +167,30 @@ public static class Seeds
         BinaryPrimitives.WriteUInt16BigEndian(b.AsSpan(4 + n.Length), (ushort)requests.Length);
         for (int i = 0; i < requests.Length; i++)
             BinaryPrimitives.WriteUInt16BigEndian(b.AsSpan(6 + n.Length + 2 * i), requests[i]);
+        return b;
+    }
+
+    /// <summary>The data of NBD_OPT_LIST_META_CONTEXT / SET_META_CONTEXT: name, then the queries.</summary>
+    private static byte[] MetaData(string name, params string[] queries)
+    {
+        var parts = new List<byte[]>();
+        var n = Encoding.UTF8.GetBytes(name);
+        parts.Add(BigEndian((uint)n.Length));
+        parts.Add(n);
+        parts.Add(BigEndian((uint)queries.Length));
+        foreach (var q in queries)
+        {
+            var b = Encoding.UTF8.GetBytes(q);
+            parts.Add(BigEndian((uint)b.Length));
+            parts.Add(b);
+        }
+        return Concat([.. parts]);
+    }
+
+    private static byte[] BigEndian(uint value)
+    {
+        var b = new byte[4];
+        BinaryPrimitives.WriteUInt32BigEndian(b, value);
         return b;
     }
 

@@ -72,8 +72,8 @@ internal sealed class InProcessNbd : IAsyncDisposable
 
     public Task<RawNbdClient> ConnectAsync() => RawNbdClient.ConnectUnixAsync(SocketPath);
 
-    public Task<RawNbdClient> OpenAsync(string export = Export, bool structured = true) =>
-        RawNbdClient.OpenAsync(ConnectAsync, export, structured);
+    public Task<RawNbdClient> OpenAsync(string export = Export, bool structured = true, string? metaContext = null) =>
+        RawNbdClient.OpenAsync(ConnectAsync, export, structured, metaContext);
 
     /// <summary>Waits (bounded, never asserting a time) until the server has closed every connection.</summary>
     public async Task WaitNoConnectionsAsync()

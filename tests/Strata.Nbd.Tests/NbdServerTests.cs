@@ -124,8 +124,8 @@ public sealed class NbdServerTests
     {
         await using var nbd = await InProcessNbd.StartAsync();
         using var c = await nbd.OpenAsync();
-        // HAS_FLAGS, SEND_FLUSH, SEND_FUA, SEND_TRIM, SEND_WRITE_ZEROES, CAN_MULTI_CONN; not READ_ONLY, ROTATIONAL, DF, CACHE, FAST_ZERO.
-        Assert.AreEqual((ushort)(1 | 4 | 8 | 32 | 64 | 256), c.TransmissionFlags);
+        // HAS_FLAGS, SEND_FLUSH, SEND_FUA, SEND_TRIM, SEND_WRITE_ZEROES, CAN_MULTI_CONN, SEND_FAST_ZERO; not READ_ONLY, ROTATIONAL, DF, CACHE.
+        Assert.AreEqual((ushort)(1 | 4 | 8 | 32 | 64 | 256 | 2048), c.TransmissionFlags);
     }
 
     [TestMethod]

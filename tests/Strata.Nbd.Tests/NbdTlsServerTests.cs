@@ -223,4 +223,43 @@ public sealed class NbdTlsServerTests
         StringAssert.Contains(e.Message, expected);
         Assert.DoesNotContain("\n", e.Message);
     }
+
+    [TestMethod]
+    public async Task ReloadTls_ReplacedCertificates_DisposedOnceTheirLastConnectionCloses()
+    {
+        var nbd = await InProcessNbd.StartAsync(tls: Settings(NbdTlsMode.Require));
+        NbdTlsCredentials first, second, third;
+        try
+        {
+            var listener = nbd.Server.Listeners[0];
+            first = listener.Credentials!;
+            using (var c = await ConnectAsync(nbd))
+            {
+                await c.HandshakeAsync();
+                Assert.AreEqual(RepAck, (await c.StartTlsAsync(ClientCert(_pki, "hv1"), Trust)).Type);
+                nbd.Server.ReloadTls();
+                second = listener.Credentials!;
+                Assert.AreNotSame(first, second);
+                Assert.IsFalse(first.IsDisposed, "the open connection started its handshake with them");
+                Assert.AreEqual(RepAck, (await c.GoAsync(InProcessNbd.Export)).Type, "the connection goes on over its session");
+                nbd.Server.ReloadTls();
+                third = listener.Credentials!;
+                Assert.IsTrue(second.IsDisposed, "replaced, and no connection used them");
+                Assert.IsFalse(first.IsDisposed);
+            }
+            await nbd.WaitNoConnectionsAsync();
+            Assert.IsTrue(first.IsDisposed, "disposed when their last connection closed");
+            Assert.IsFalse(third.IsDisposed, "the listener's current certificates stay");
+            // New handshakes use the current ones.
+            using var d = await ConnectAsync(nbd);
+            await d.HandshakeAsync();
+            Assert.AreEqual(RepAck, (await d.StartTlsAsync(ClientCert(_pki, "hv1"), Trust)).Type);
+            Assert.AreEqual(RepAck, (await d.GoAsync(InProcessNbd.Export)).Type);
+        }
+        finally
+        {
+            await nbd.DisposeAsync();
+        }
+        Assert.IsTrue(third.IsDisposed, "a stopped server lets its certificates go");
+    }
 }

@@ -27,11 +27,11 @@ internal sealed class RawNbdClient : IDisposable
 {
     public const ulong NbdMagic = 0x4e42444d41474943, IHaveOpt = 0x49484156454F5054, ReplyMagic = 0x3e889045565a9;
     public const uint RequestMagic = 0x25609513, SimpleMagic = 0x67446698, StructuredMagic = 0x668e33ef;
-    public const uint OptExportName = 1, OptAbort = 2, OptList = 3, OptInfo = 6, OptGo = 7, OptStructured = 8;
-    public const uint RepAck = 1, RepServer = 2, RepInfo = 3, ErrUnsup = 0x80000001, ErrInvalid = 0x80000003, ErrUnknown = 0x80000006;
+    public const uint OptExportName = 1, OptAbort = 2, OptList = 3, OptInfo = 6, OptGo = 7, OptStructured = 8, OptListMeta = 9, OptSetMeta = 10;
+    public const uint RepAck = 1, RepServer = 2, RepInfo = 3, RepMetaContext = 4, ErrUnsup = 0x80000001, ErrInvalid = 0x80000003, ErrUnknown = 0x80000006;
     public const ushort CmdRead = 0, CmdWrite = 1, CmdDisc = 2, CmdFlush = 3, CmdTrim = 4, CmdCache = 5, CmdWriteZeroes = 6, CmdBlockStatus = 7;
-    public const ushort FlagFua = 1, FlagNoHole = 2;
-    public const uint EPerm = 1, EIo = 5, EInval = 22, ENoSpc = 28, EOverflow = 75, EShutdown = 108;
+    public const ushort FlagFua = 1, FlagNoHole = 2, FlagReqOne = 8, FlagFastZero = 16;
+    public const uint EPerm = 1, EIo = 5, EInval = 22, ENoSpc = 28, EOverflow = 75, ENotSup = 95, EShutdown = 108;
 
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
     private readonly Dictionary<ulong, int> _pendingReads = new();
@@ -62,7 +62,7 @@ internal sealed class RawNbdClient : IDisposable
     }
 
     /// <summary>Greeting, client flags (fixed newstyle + no zeroes), optionally structured replies, then GO.</summary>
-    public static async Task<RawNbdClient> OpenAsync(Func<Task<RawNbdClient>> connect, string export, bool structured = true)
+    public static async Task<RawNbdClient> OpenAsync(Func<Task<RawNbdClient>> connect, string export, bool structured = true, string? metaContext = null)
     {
         var c = await connect();
         try
@@ -75,6 +75,11 @@ internal sealed class RawNbdClient : IDisposable
                 var r = await c.ReadOptionReplyAsync();
                 Assert.AreEqual(RepAck, r.Type, "structured replies refused");
                 c.Structured = true;
+            }
+            if (metaContext != null)
+            {
+                var replies = await c.MetaContextAsync(OptSetMeta, export, metaContext);
+                Assert.AreEqual(RepAck, replies[^1].Type, $"SET_META_CONTEXT {metaContext}: {replies[^1].Text}");
             }
             var go = await c.GoAsync(OptGo, export);
             Assert.AreEqual(RepAck, go.Final, $"GO {export} failed: {go.Error}");
@@ -282,6 +287,9 @@ internal sealed class RawNbdClient : IDisposable
                 return new NbdReply(true, 0, ck, [], type, flags);
             case 1:
                 return new NbdReply(true, 0, ck, payload[8..], type, flags, BinaryPrimitives.ReadUInt64BigEndian(payload));
+            case 5:
+                // BLOCK_STATUS: the context id and the descriptors, raw (BlockStatus decodes them).
+                return new NbdReply(true, 0, ck, payload, type, flags);
             case 0x8001:
             {
                 uint error = BinaryPrimitives.ReadUInt32BigEndian(payload);
@@ -317,6 +325,51 @@ internal sealed class RawNbdClient : IDisposable
             Assert.AreEqual(offset, r.DataOffset);
         }
         return r.Data;
+    }
+
+    /// <summary>The data of NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT: export name, then the queries.</summary>
+    public static byte[] MetaData(string export, params string[] queries)
+    {
+        var name = Encoding.UTF8.GetBytes(export);
+        var qs = queries.Select(Encoding.UTF8.GetBytes).ToList();
+        var b = new byte[8 + name.Length + qs.Sum(q => 4 + q.Length)];
+        BinaryPrimitives.WriteUInt32BigEndian(b, (uint)name.Length);
+        name.CopyTo(b, 4);
+        int at = 4 + name.Length;
+        BinaryPrimitives.WriteUInt32BigEndian(b.AsSpan(at), (uint)qs.Count);
+        at += 4;
+        foreach (var q in qs)
+        {
+            BinaryPrimitives.WriteUInt32BigEndian(b.AsSpan(at), (uint)q.Length);
+            q.CopyTo(b, at + 4);
+            at += 4 + q.Length;
+        }
+        return b;
+    }
+
+    /// <summary>Sends a meta-context option and reads its replies up to the final one (ACK or an error), which comes last.</summary>
+    public async Task<List<OptionReply>> MetaContextAsync(uint option, string export, params string[] queries)
+    {
+        await SendOptionAsync(option, MetaData(export, queries));
+        var replies = new List<OptionReply>();
+        OptionReply r;
+        do
+            replies.Add(r = await ReadOptionReplyAsync());
+        while (r.Type == RepMetaContext);
+        return replies;
+    }
+
+    /// <summary>NBD_CMD_BLOCK_STATUS: the reply's context id and its (length, flags) descriptors.</summary>
+    public async Task<(uint Context, List<(uint Length, uint Flags)> Extents)> BlockStatusAsync(ulong offset, uint length, ushort flags = 0)
+    {
+        var r = await RoundTripAsync(CmdBlockStatus, offset, length, flags: flags);
+        Assert.AreEqual(0u, r.Error, $"BLOCK_STATUS at {offset}: {r.Message}");
+        Assert.AreEqual((ushort)5, r.ChunkType, "a BLOCK_STATUS chunk");
+        Assert.AreEqual(1, r.ChunkFlags & 1, "the only chunk carries NBD_REPLY_FLAG_DONE");
+        var extents = new List<(uint, uint)>();
+        for (int at = 4; at < r.Data.Length; at += 8)
+            extents.Add((BinaryPrimitives.ReadUInt32BigEndian(r.Data.AsSpan(at)), BinaryPrimitives.ReadUInt32BigEndian(r.Data.AsSpan(at + 4))));
+        return (BinaryPrimitives.ReadUInt32BigEndian(r.Data), extents);
     }
 
     public Task DisconnectAsync() => SendAsync(Request(CmdDisc, _cookie++, 0, 0));

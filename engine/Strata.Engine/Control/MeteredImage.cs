@@ -78,6 +78,9 @@ public sealed class MeteredImage(Image image, StrataMetrics metrics, bool inline
         }
     }
 
+    /// <summary>Not counted: a metadata lookup, no I/O.</summary>
+    public int Allocation(long offset, long length, Span<AllocationRun> runs) => image.Allocation(offset, length, runs);
+
     public async Task FlushAsync()
     {
         long start = Stopwatch.GetTimestamp();

@@ -22,6 +22,18 @@ namespace Strata.Engine.Nbd;
 /// </summary>
 internal sealed partial class NbdConnection
 {
+    /// <summary>The export the last NBD_OPT_SET_META_CONTEXT selected base:allocation for (null: none selected).</summary>
+    private string? _metaExport;
+
+    /// <summary>The buffered socket under <see cref="_tls"/>.</summary>
+    private NbdTlsTransport? _tlsTransport;
+
+    /// <summary>The certificates this connection holds (AcquireCredentials); released when it closes.</summary>
+    private NbdTlsCredentials? _heldCredentials;
+
+    /// <summary>Transmission answers NBD_CMD_BLOCK_STATUS: base:allocation was selected for the export opened.</summary>
+    private bool _blockStatus;
+
     /// <summary>Runs the handshake; sets <see cref="_export"/> when transmission may start. Returns why it ended otherwise.</summary>
     private async Task<string> HandshakeAsync(CancellationToken ct)
     {
@@ -92,6 +104,7 @@ internal sealed partial class NbdConnection
                         return $"NBD_OPT_EXPORT_NAME for '{name}' refused: {why}";
                     n = NbdWire.WriteExportNameReply(head, (ulong)export.Size, export.TransmissionFlags, noZeroes);
                     await SendAllAsync(head.AsMemory(0, n), ct).ConfigureAwait(false);
+                    _blockStatus = _structured && _metaExport == export.Name;
                     _export = export;
                     return "transmission";
                 }
@@ -138,8 +151,12 @@ internal sealed partial class NbdConnection
                     _structured = true;
                     await ReplyAsync(option, RepAck, ReadOnlyMemory<byte>.Empty, ct).ConfigureAwait(false);
                     break;
+                case OptListMetaContext:
+                case OptSetMetaContext:
+                    await MetaContextAsync(option, data, ct).ConfigureAwait(false);
+                    break;
                 case OptStartTls:
-                    if (_listener.Credentials is not { } credentials)
+                    if (AcquireCredentials() is not { } credentials)
                     {
                         await ErrorAsync(option, RepErrPolicy, $"TLS is off on this listener ({_listener})", ct).ConfigureAwait(false);
                         break;
@@ -214,8 +231,56 @@ internal sealed partial class NbdConnection
         await ReplyAsync(option, RepAck, ReadOnlyMemory<byte>.Empty, ct).ConfigureAwait(false);
         if (!go)
             return false;
+        _blockStatus = _structured && _metaExport == export.Name;
         _export = export;
         return true;
+    }
+
+    /// <summary>
+    /// NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT. Strata has one context,
+    /// base:allocation (id 1): which chunks are mapped; the rest is holes that read as zeroes. A SET
+    /// replaces the selection even when it fails; the selection holds for the export it named only.
+    /// </summary>
+    private async Task MetaContextAsync(uint option, byte[] data, CancellationToken ct)
+    {
+        bool set = option == OptSetMetaContext;
+        if (set)
+            _metaExport = null;
+        if (!_structured)
+        {
+            await ErrorAsync(option, RepErrInvalid, $"{OptionName(option)} needs structured replies: send NBD_OPT_STRUCTURED_REPLY first", ct).ConfigureAwait(false);
+            return;
+        }
+        var request = NbdParse.MetaContextRequest(option, data);
+        if (request.Error != null)
+        {
+            await ErrorAsync(option, RepErrInvalid, request.Error, ct).ConfigureAwait(false);
+            return;
+        }
+        string name = request.Name!;
+        if (Forbidden(name) is { } forbidden)
+        {
+            await ErrorAsync(option, RepErrPolicy, forbidden, ct).ConfigureAwait(false);
+            return;
+        }
+        var (export, error) = await OpenExportAsync(name).ConfigureAwait(false);
+        if (export == null)
+        {
+            await ErrorAsync(option, RepErrUnknown, error!, ct).ConfigureAwait(false);
+            return;
+        }
+        if (NbdParse.MatchesAllocation(request.Queries, list: !set))
+        {
+            var context = Encoding.UTF8.GetBytes(AllocationContext);
+            var rep = new byte[4 + context.Length];
+            // LIST's context ids are reserved (zero).
+            BinaryPrimitives.WriteUInt32BigEndian(rep, set ? AllocationContextId : 0);
+            context.CopyTo(rep, 4);
+            await ReplyAsync(option, RepMetaContext, rep, ct).ConfigureAwait(false);
+            if (set)
+                _metaExport = export.Name;
+        }
+        await ReplyAsync(option, RepAck, ReadOnlyMemory<byte>.Empty, ct).ConfigureAwait(false);
     }
 
     private static byte[] InfoString(ushort type, string text)
@@ -266,7 +331,8 @@ internal sealed partial class NbdConnection
     /// </summary>
     private async Task<string?> StartTlsAsync(NbdTlsCredentials credentials, CancellationToken ct)
     {
-        var stream = new SslStream(new NetworkStream(_socket, ownsSocket: false), leaveInnerStreamOpen: false);
+        var transport = new NbdTlsTransport(_socket);
+        var stream = new SslStream(transport, leaveInnerStreamOpen: false);
         string? refusal = null;
         var options = credentials.ServerOptions((_, certificate, chain, _) =>
             (refusal = credentials.CheckClient(certificate, chain, out _clientName, out _clientSubject)) == null);
@@ -288,14 +354,34 @@ internal sealed partial class NbdConnection
                 Options.Log.TlsRefused(Id, Peer, $"the TLS handshake did not finish within {Options.HandshakeTimeout.TotalSeconds:F0} s");
             throw;
         }
+        // From here every send is one batch of TLS records, flushed at the batch's end.
+        transport.Corked = true;
+        _tlsTransport = transport;
         _tls = stream;
         _tlsCredentials = credentials;
         // Nothing negotiated in plain text carries over into the TLS session.
         _structured = false;
+        _metaExport = null;
         Peer = _clientName != null
             ? $"{Peer} TLS {stream.SslProtocol} cert '{_clientName}'"
             : $"{Peer} TLS {stream.SslProtocol}";
         return null;
+    }
+
+    /// <summary>
+    /// The listener's current certificates, held for this connection until it closes (a reload
+    /// retires them meanwhile without disposing them); null when TLS is off. Held once per connection.
+    /// </summary>
+    private NbdTlsCredentials? AcquireCredentials()
+    {
+        if (_heldCredentials != null)
+            return _heldCredentials;
+        NbdTlsCredentials? c;
+        while ((c = _listener.Credentials) != null && !c.TryAcquire())
+        {
+            // Replaced and disposed between the read and the acquire: the listener has newer ones.
+        }
+        return _heldCredentials = c;
     }
 
     private static string Innermost(Exception e)

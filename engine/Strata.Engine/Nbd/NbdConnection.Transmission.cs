@@ -160,7 +160,7 @@ internal sealed partial class NbdConnection
                 return "client disconnected (NBD_CMD_DISC)";
 
             var x = _export!;
-            uint error = NbdParse.CheckRequest(h, x.Name, x.Size, x.ReadOnly, _structured, Options.MaxPayload, out string? message);
+            uint error = NbdParse.CheckRequest(h, x.Name, x.Size, x.ReadOnly, _structured, _blockStatus, Options.MaxPayload, out string? message);
             bool payloadIn = h.Type == CmdWrite;
             if (payloadIn && h.Length > Options.MaxPayload)
             {
@@ -447,13 +447,16 @@ internal sealed partial class NbdConnection
                 Broken();
             }
         }
-        if (!_broken && _sendLen > 0)
+        if (!_broken && (_sendLen > 0 || _tlsTransport != null))
         {
             try
             {
                 for (int sent = 0; sent < _sendLen;)
                     sent += await SendSomeAsync(_send.AsMemory(sent, _sendLen - sent)).ConfigureAwait(false);
                 _sendLen = 0;
+                // TLS records gather under the session (NbdTlsTransport): the batch goes out now, before its requests are released.
+                if (_tlsTransport != null)
+                    await _tlsTransport.FlushBufferedAsync().ConfigureAwait(false);
             }
             catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
             {
@@ -486,6 +489,8 @@ internal sealed partial class NbdConnection
         dataAfter = false;
         if (r.Error != 0)
             return _structured ? NbdWire.ErrorChunkSize(r.Message) : SimpleReplySize;
+        if (r.Type == CmdBlockStatus)
+            return NbdWire.BlockStatusSize(r.Runs.Length);
         if (r.Type != CmdRead)
             return SimpleReplySize;
         if (r.Length == 0)
@@ -507,6 +512,11 @@ internal sealed partial class NbdConnection
             _sendLen += _structured
                 ? NbdWire.WriteErrorChunk(s, r.Cookie, r.Error, r.Message)
                 : NbdWire.WriteSimpleReply(s, r.Error, r.Cookie);
+            return;
+        }
+        if (r.Type == CmdBlockStatus)
+        {
+            _sendLen += NbdWire.WriteBlockStatus(s, r.Cookie, AllocationContextId, r.Runs.Span);
             return;
         }
         if (r.Type != CmdRead)

@@ -127,6 +127,7 @@ internal sealed partial class NbdConnection
         {
             _registration?.Dispose();
             _tls?.Dispose();
+            _heldCredentials?.Release();
             _socket.Dispose();
             Options.Log.ConnectionClosed(Id, Peer, why);
             _parked?.TrySetResult(null);
@@ -228,6 +229,7 @@ internal sealed partial class NbdConnection
         if (_tls != null)
         {
             await _tls.WriteAsync(data, ct).ConfigureAwait(false);
+            await _tlsTransport!.FlushBufferedAsync().ConfigureAwait(false);
             return;
         }
         while (data.Length > 0)

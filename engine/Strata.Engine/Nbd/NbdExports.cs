@@ -43,12 +43,14 @@ public sealed class NbdExport
     /// <summary>
     /// Honest transmission flags: a write without FUA is writeback (visible to every connection at
     /// once, durable at the next FLUSH), a write with FUA is durable when answered, and a FLUSH on
-    /// any connection makes every write answered before it durable, pool-wide (so CAN_MULTI_CONN holds).
+    /// any connection makes every write answered before it durable, pool-wide (so CAN_MULTI_CONN holds;
+    /// docs/nbd.md, "Several connections"). FAST_ZERO: a WRITE_ZEROES that may leave a hole is a trim;
+    /// one with NO_HOLE writes zeroes, and with FAST_ZERO is refused at once (NBD_ENOTSUP).
     /// </summary>
     public ushort TransmissionFlags => ReadOnly
         ? (ushort)(NbdProtocol.FlagHasFlags | NbdProtocol.FlagReadOnly | NbdProtocol.FlagSendFlush | NbdProtocol.FlagCanMultiConn)
         : (ushort)(NbdProtocol.FlagHasFlags | NbdProtocol.FlagSendFlush | NbdProtocol.FlagSendFua | NbdProtocol.FlagSendTrim
-            | NbdProtocol.FlagSendWriteZeroes | NbdProtocol.FlagCanMultiConn);
+            | NbdProtocol.FlagSendWriteZeroes | NbdProtocol.FlagCanMultiConn | NbdProtocol.FlagSendFastZero);
 
     public string Description =>
         $"Strata image {Name}: {Size} bytes, {ChunkSize}-byte chunks{(ReadOnly ? ", read-only (pool is read-only)" : "")}";
@@ -108,7 +110,18 @@ public sealed class NbdExportCatalog(StorageEngine engine, Func<string, string, 
         }
         catch (NotFoundException)
         {
-            return null;
+            // A migrated image's old name resolves to its destination until the operator removes the alias.
+            if (engine.ResolveAlias(name) is not { } to)
+                return null;
+            try
+            {
+                var io = await open(to.Pool, to.Container, to.Image).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+                return new NbdExport(name, to.Pool, to.Container, to.Image, io);
+            }
+            catch (NotFoundException)
+            {
+                return null;
+            }
         }
     }
 }

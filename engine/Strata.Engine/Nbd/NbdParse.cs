@@ -10,6 +10,9 @@ public sealed class NbdProtocolException(string message) : Exception(message);
 /// <summary>An NBD_OPT_INFO / NBD_OPT_GO request: the export name and the information types asked for, or why it is invalid.</summary>
 public readonly record struct NbdInfoRequest(string? Name, IReadOnlySet<ushort> Requested, string? Error);
 
+/// <summary>An NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT request: the export name and the queries, or why it is invalid.</summary>
+public readonly record struct NbdMetaContextRequest(string? Name, IReadOnlyList<string> Queries, string? Error);
+
 /// <summary>
 /// The pure parsers of what a client sends, over bytes already received: the connection's
 /// handshake and receive loop call them, and so do the fuzz harnesses (tests/Strata.Fuzz).
@@ -65,6 +68,62 @@ public static class NbdParse
 
     private static NbdInfoRequest Invalid(string error) => new(null, NoneRequested, error);
 
+    /// <summary>The data of NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT: 32-bit name length, name, 32-bit count, count (32-bit length, query).</summary>
+    public static NbdMetaContextRequest MetaContextRequest(uint option, ReadOnlySpan<byte> data)
+    {
+        if (data.Length < 8)
+            return InvalidMeta($"{OptionName(option)} data is {data.Length} bytes, shorter than the 8 it needs");
+        uint nameLength = BinaryPrimitives.ReadUInt32BigEndian(data);
+        if (nameLength > data.Length - 8)
+            return InvalidMeta($"{OptionName(option)} name length {nameLength} does not fit its {data.Length} bytes of data");
+        string? name = DecodeString(data.Slice(4, (int)nameLength));
+        if (name == null)
+            return InvalidMeta("the export name is not valid UTF-8 (or contains NUL)");
+        int at = 4 + (int)nameLength;
+        uint count = BinaryPrimitives.ReadUInt32BigEndian(data[at..]);
+        at += 4;
+        // Each query takes at least its 4-byte length: a count the data cannot hold is refused before anything is allocated.
+        if (count > (uint)(data.Length - at) / 4)
+            return InvalidMeta($"{OptionName(option)} lists {count} queries but carries {data.Length - at} bytes for them");
+        var queries = new List<string>((int)count);
+        for (uint i = 0; i < count; i++)
+        {
+            if (data.Length - at < 4)
+                return InvalidMeta($"{OptionName(option)} query {i} has no length");
+            uint length = BinaryPrimitives.ReadUInt32BigEndian(data[at..]);
+            at += 4;
+            if (length > data.Length - at)
+                return InvalidMeta($"{OptionName(option)} query {i} of {length} bytes does not fit the data");
+            string? query = DecodeString(data.Slice(at, (int)length));
+            if (query == null)
+                return InvalidMeta($"{OptionName(option)} query {i} is not valid UTF-8 (or contains NUL)");
+            if (!query.Contains(':', StringComparison.Ordinal))
+                return InvalidMeta($"{OptionName(option)} query '{query}' has no namespace (namespace:leaf)");
+            queries.Add(query);
+            at += (int)length;
+        }
+        if (at != data.Length)
+            return InvalidMeta($"{OptionName(option)} has {data.Length - at} bytes after its last query");
+        return new NbdMetaContextRequest(name, queries, null);
+    }
+
+    private static NbdMetaContextRequest InvalidMeta(string error) => new(null, [], error);
+
+    /// <summary>
+    /// Whether the queries select (SET) or list (LIST) base:allocation, the one context Strata has. An
+    /// empty list lists every context but selects none; "base:" lists the base namespace's contexts
+    /// only in LIST; queries of other namespaces and unknown leaves are ignored, as the spec requires.
+    /// </summary>
+    public static bool MatchesAllocation(IReadOnlyList<string> queries, bool list)
+    {
+        if (queries.Count == 0)
+            return list;
+        foreach (var q in queries)
+            if (q == AllocationContext || (list && q == "base:"))
+                return true;
+        return false;
+    }
+
     /// <summary>An export name or other string: null when longer than the spec allows, not UTF-8, or containing NUL.</summary>
     public static string? DecodeString(ReadOnlySpan<byte> data)
     {
@@ -103,12 +162,29 @@ public static class NbdParse
         return null;
     }
 
-    /// <summary>Validates a request against the negotiated export; 0 or an NBD error (the message is built only then).</summary>
-    public static uint CheckRequest(in NbdRequestHeader h, string exportName, long exportSize, bool readOnly, bool structured, int maxPayload, out string? message)
+    /// <summary>Validates a request against the negotiated export, without a metadata context selected.</summary>
+    public static uint CheckRequest(in NbdRequestHeader h, string exportName, long exportSize, bool readOnly, bool structured, int maxPayload, out string? message) =>
+        CheckRequest(h, exportName, exportSize, readOnly, structured, blockStatus: false, maxPayload, out message);
+
+    /// <summary>
+    /// Validates a request against the negotiated export; 0 or an NBD error (the message is built only
+    /// then). <paramref name="blockStatus"/>: base:allocation was selected for this export (BLOCK_STATUS allowed).
+    /// </summary>
+    public static uint CheckRequest(in NbdRequestHeader h, string exportName, long exportSize, bool readOnly, bool structured, bool blockStatus, int maxPayload, out string? message)
     {
         message = null;
-        int allowed = CmdFlagFua | (h.Type == CmdWriteZeroes ? CmdFlagNoHole : 0);
-        if (h.Type is not (CmdRead or CmdWrite or CmdFlush or CmdTrim or CmdWriteZeroes))
+        int allowed = CmdFlagFua | h.Type switch
+        {
+            CmdWriteZeroes => CmdFlagNoHole | CmdFlagFastZero,
+            CmdBlockStatus => CmdFlagReqOne,
+            _ => 0,
+        };
+        if (h.Type == CmdBlockStatus && !(blockStatus && structured))
+        {
+            message = "BLOCK_STATUS needs the base:allocation metadata context: select it with NBD_OPT_SET_META_CONTEXT (after NBD_OPT_STRUCTURED_REPLY) for this export";
+            return EInval;
+        }
+        if (h.Type is not (CmdRead or CmdWrite or CmdFlush or CmdTrim or CmdWriteZeroes or CmdBlockStatus))
         {
             message = $"{CommandName(h.Type)} is not supported by Strata's NBD server";
             return EInval;
@@ -120,7 +196,12 @@ public static class NbdParse
         }
         if (h.Type == CmdFlush)
             return 0;
-        if (h.Type != CmdRead && readOnly)
+        if (h.Type == CmdBlockStatus && h.Length == 0)
+        {
+            message = "BLOCK_STATUS of 0 bytes: ask about at least one byte";
+            return EInval;
+        }
+        if (h.Type is not (CmdRead or CmdBlockStatus) && readOnly)
         {
             message = $"{CommandName(h.Type)} on read-only export '{exportName}'";
             return EPerm;

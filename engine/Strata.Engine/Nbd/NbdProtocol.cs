@@ -59,6 +59,7 @@ public static class NbdProtocol
     public const uint RepAck = 1;
     public const uint RepServer = 2;
     public const uint RepInfo = 3;
+    public const uint RepMetaContext = 4;
     public const uint RepErrUnsup = 0x80000001;
     public const uint RepErrPolicy = 0x80000002;
     public const uint RepErrInvalid = 0x80000003;
@@ -97,8 +98,15 @@ public static class NbdProtocol
     public const ushort ReplyTypeNone = 0;
     public const ushort ReplyTypeOffsetData = 1;
     public const ushort ReplyTypeOffsetHole = 2;
+    public const ushort ReplyTypeBlockStatus = 5;
     public const ushort ReplyTypeError = 0x8001;
     public const ushort ReplyTypeErrorOffset = 0x8002;
+
+    // The base:allocation metadata context: its name, the id Strata gives it, its status flags.
+    public const string AllocationContext = "base:allocation";
+    public const uint AllocationContextId = 1;
+    public const uint StateHole = 1 << 0;
+    public const uint StateZero = 1 << 1;
 
     // Errors (the spec's fixed subset of errno values).
     public const uint EPerm = 1;

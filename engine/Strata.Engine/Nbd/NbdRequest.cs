@@ -38,6 +38,17 @@ internal sealed class NbdRequest
     /// <summary>The payload: WRITE data in, READ data out (from the server's buffer pool).</summary>
     public NbdBuffer? Buffer { get; set; }
 
+    /// <summary>
+    /// Descriptors a BLOCK_STATUS reply carries at most: 128 runs of chunks (a reply of about 1 KiB);
+    /// the client asks again from where the reply stopped.
+    /// </summary>
+    public const int MaxRuns = 128;
+
+    private AllocationRun[]? _runs;
+
+    /// <summary>A BLOCK_STATUS answer: the runs found (in a per-request array reused for every later one).</summary>
+    public ReadOnlyMemory<AllocationRun> Runs { get; private set; }
+
     public uint Error { get; private set; }
     public string? Message { get; private set; }
 
@@ -54,6 +65,7 @@ internal sealed class NbdRequest
     public void Reset()
     {
         Buffer = null;
+        Runs = default;
         Error = 0;
         Message = null;
         _io = null;
@@ -69,6 +81,18 @@ internal sealed class NbdRequest
 
     public void Start()
     {
+        if (Type == CmdBlockStatus)
+        {
+            BlockStatus(_conn.Export);
+            return;
+        }
+        if (Type == CmdWriteZeroes && (Flags & (CmdFlagNoHole | CmdFlagFastZero)) == (CmdFlagNoHole | CmdFlagFastZero))
+        {
+            // Zeroes that must stay allocated are written like any data: no faster than a WRITE, which
+            // FAST_ZERO asks to hear at once (the client then writes the zeroes itself, or skips them).
+            Complete(ENotSup, "WRITE_ZEROES with NO_HOLE writes the zeroes: it is not faster than a WRITE (FAST_ZERO)");
+            return;
+        }
         Task io;
         try
         {
@@ -99,6 +123,25 @@ internal sealed class NbdRequest
             CmdWriteZeroes => (Flags & CmdFlagNoHole) != 0 ? WriteZeroesAsync(io, offset, Length, Durable) : io.TrimAsync(offset, Length),
             _ => throw new InvalidOperationException($"{CommandName(Type)} passed validation"),
         };
+    }
+
+    /// <summary>BLOCK_STATUS of base:allocation: the image's chunk map, answered at once (no device I/O).</summary>
+    private void BlockStatus(NbdExport x)
+    {
+        _runs ??= new AllocationRun[MaxRuns];
+        int n;
+        try
+        {
+            // REQ_ONE: one descriptor, no longer than asked.
+            n = x.Io.Allocation((long)Offset, Length, (Flags & CmdFlagReqOne) != 0 ? _runs.AsSpan(0, 1) : _runs);
+        }
+        catch (Exception e)
+        {
+            Fail(e);
+            return;
+        }
+        Runs = _runs.AsMemory(0, n);
+        _conn.OnCompleted(this);
     }
 
     /// <summary>A write with FUA, or any write when the server's write cache is off (writethrough).</summary>

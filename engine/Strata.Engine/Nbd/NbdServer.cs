@@ -195,11 +195,26 @@ public sealed partial class NbdServer : IAsyncDisposable
         lock (_reload)
         {
             var tls = _listeners.Where(l => l.TlsMode != NbdTlsMode.Off).ToList();
-            var loaded = tls.Select(l => NbdTlsCredentials.Load(l.Address.Tls, l.Address.Spec)).ToList();
+            var loaded = new List<NbdTlsCredentials>();
+            try
+            {
+                foreach (var l in tls)
+                    loaded.Add(NbdTlsCredentials.Load(l.Address.Tls, l.Address.Spec));
+            }
+            catch
+            {
+                // One refused: none is used, and those loaded already are let go.
+                foreach (var c in loaded)
+                    c.Retire();
+                throw;
+            }
             var lines = new List<string>();
             for (int i = 0; i < tls.Count; i++)
             {
+                var old = tls[i].Credentials;
                 tls[i].Credentials = loaded[i];
+                // Connections that started with the old certificates keep them until they close.
+                old?.Retire();
                 string line = $"{tls[i]}: '{loaded[i].Certificate.Subject}' valid until {loaded[i].NotAfter:yyyy-MM-dd HH:mm} UTC";
                 Options.Log.TlsReloaded(tls[i].ToString(), line);
                 lines.Add(line);
@@ -387,6 +402,9 @@ public sealed partial class NbdServer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await StopAsync().ConfigureAwait(false);
+        // Every connection is closed: the certificates' native handles go now.
+        foreach (var l in _listeners)
+            l.Credentials?.Retire();
         await _trim.DisposeAsync().ConfigureAwait(false);
         await _expiry.DisposeAsync().ConfigureAwait(false);
         Buffers.Dispose();

@@ -56,19 +56,81 @@ public sealed class NbdTlsException(string message, Exception? inner = null) : I
 /// <summary>
 /// A listener's loaded certificates: the server certificate with its key and chain, and the CA
 /// that client certificates must chain to. Immutable; a reload builds a new one, and connections
-/// keep the one they started their handshake with.
+/// keep the one they started their handshake with. The certificates hold native key handles:
+/// credentials a reload replaced (<see cref="Retire"/>) are disposed once the last connection that
+/// started its handshake with them (<see cref="TryAcquire"/> .. <see cref="Release"/>) has closed.
 /// </summary>
 public sealed class NbdTlsCredentials
 {
     private readonly SslStreamCertificateContext _context;
     private readonly X509Certificate2Collection _ca;
+    private readonly X509Certificate2Collection _intermediates;
+    private readonly object _sync = new();
+    private int _users;
+    private bool _retired, _disposed;
 
-    private NbdTlsCredentials(NbdTlsSettings settings, X509Certificate2 certificate, SslStreamCertificateContext context, X509Certificate2Collection ca)
+    private NbdTlsCredentials(NbdTlsSettings settings, X509Certificate2 certificate, SslStreamCertificateContext context, X509Certificate2Collection ca,
+        X509Certificate2Collection intermediates)
     {
         Settings = settings;
         Certificate = certificate;
         _context = context;
         _ca = ca;
+        _intermediates = intermediates;
+    }
+
+    /// <summary>The certificates and keys were released (replaced, and no connection uses them any more).</summary>
+    public bool IsDisposed
+    {
+        get
+        {
+            lock (_sync)
+                return _disposed;
+        }
+    }
+
+    /// <summary>A connection starts a handshake with these credentials; false once they are disposed (take the listener's current ones).</summary>
+    internal bool TryAcquire()
+    {
+        lock (_sync)
+        {
+            if (_disposed)
+                return false;
+            _users++;
+            return true;
+        }
+    }
+
+    /// <summary>A connection that acquired these credentials has closed.</summary>
+    internal void Release()
+    {
+        lock (_sync)
+        {
+            _users--;
+            DisposeIfUnused();
+        }
+    }
+
+    /// <summary>No new handshake will use these (a reload replaced them, or the server stopped): disposed once unused.</summary>
+    internal void Retire()
+    {
+        lock (_sync)
+        {
+            _retired = true;
+            DisposeIfUnused();
+        }
+    }
+
+    private void DisposeIfUnused()
+    {
+        if (!_retired || _users > 0 || _disposed)
+            return;
+        _disposed = true;
+        Certificate.Dispose();
+        foreach (var c in _intermediates)
+            c.Dispose();
+        foreach (var c in _ca)
+            c.Dispose();
     }
 
     public NbdTlsSettings Settings { get; }
@@ -112,8 +174,12 @@ public sealed class NbdTlsCredentials
         chain.ImportFromPem(certText);
         var intermediates = new X509Certificate2Collection();
         foreach (var c in chain)
+        {
             if (c.Thumbprint != cert.Thumbprint)
                 intermediates.Add(c);
+            else
+                c.Dispose(); // the leaf again, without its key: cert is the one kept
+        }
 
         var ca = new X509Certificate2Collection();
         if (s.CaFile is { } caFile)
@@ -138,7 +204,7 @@ public sealed class NbdTlsCredentials
         // The CA's names go out in the CertificateRequest, so a client holding several certificates picks the right one.
         var trust = ca.Count > 0 ? SslCertificateTrust.CreateForX509Collection(ca, sendTrustInHandshake: true) : null;
         var context = SslStreamCertificateContext.Create(cert, intermediates, offline: true, trust);
-        return new NbdTlsCredentials(s, cert, context, ca);
+        return new NbdTlsCredentials(s, cert, context, ca, intermediates);
     }
 
     private static string ReadPem(string path, string what, string listener)

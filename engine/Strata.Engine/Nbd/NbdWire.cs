@@ -93,6 +93,27 @@ public static class NbdWire
         return 28;
     }
 
+    /// <summary>Bytes a final NBD_REPLY_TYPE_BLOCK_STATUS chunk with this many descriptors takes.</summary>
+    public static int BlockStatusSize(int descriptors) => StructuredHeaderSize + 4 + 8 * descriptors;
+
+    /// <summary>
+    /// A final NBD_REPLY_TYPE_BLOCK_STATUS chunk of the base:allocation context: one descriptor per run,
+    /// an unmapped run a hole that reads as zeroes (NBD_STATE_HOLE | NBD_STATE_ZERO), a mapped one 0.
+    /// </summary>
+    public static int WriteBlockStatus(Span<byte> s, ulong cookie, uint contextId, ReadOnlySpan<Strata.Engine.Pools.AllocationRun> runs)
+    {
+        int size = BlockStatusSize(runs.Length);
+        WriteStructuredHeader(s, ReplyFlagDone, ReplyTypeBlockStatus, cookie, (uint)(size - StructuredHeaderSize));
+        BinaryPrimitives.WriteUInt32BigEndian(s[StructuredHeaderSize..], contextId);
+        for (int i = 0; i < runs.Length; i++)
+        {
+            var d = s[(StructuredHeaderSize + 4 + 8 * i)..];
+            BinaryPrimitives.WriteUInt32BigEndian(d, checked((uint)runs[i].Length));
+            BinaryPrimitives.WriteUInt32BigEndian(d[4..], runs[i].Mapped ? 0 : StateHole | StateZero);
+        }
+        return size;
+    }
+
     /// <summary>Bytes an error chunk with this message takes (the message is cut to fit the spec's limit).</summary>
     public static int ErrorChunkSize(string? message) => StructuredHeaderSize + 6 + MessageBytes(message);
 

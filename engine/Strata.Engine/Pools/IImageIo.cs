@@ -23,6 +23,9 @@ public interface IImageIo
 
     Task FlushAsync();
 
+    /// <summary>Which bytes hold data (Image.Allocation): metadata only, answered at once.</summary>
+    int Allocation(long offset, long length, Span<AllocationRun> runs);
+
     /// <summary>The same I/O, completing on the thread the device completed it on (for callers that only hand the result on).</summary>
     IImageIo WithInlineContinuations();
 }
