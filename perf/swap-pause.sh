@@ -20,7 +20,7 @@ RUNTIME="${RUNTIME:-20}"
 SWAPS="${SWAPS:-3}"
 command -v fio >/dev/null || { echo "swap-pause: fio is not on PATH (apt-get install fio)" >&2; exit 1; }
 
-ms() { python3 -c "import sys,json; d=json.load(open(sys.argv[1])); print(round(d['jobs'][0]['write']['lat_ns']['max']/1e6,1), round(d['jobs'][0]['write']['iops']))" "$1"; }
+ms() { python3 -c "import sys,json; t=open(sys.argv[1]).read(); d=json.loads(t[t.index('{'):]); print(round(d['jobs'][0]['write']['lat_ns']['max']/1e6,1), round(d['jobs'][0]['write']['iops']))" "$1"; }
 
 run_fio() { # $1 clients, $2 output file
   fio --name=pause --ioengine=nbd --uri="nbd+unix:///p/c/img?socket=$DIR/data/run/nbd.sock" --rw=randwrite --bs=4k \

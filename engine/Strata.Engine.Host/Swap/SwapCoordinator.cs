@@ -269,6 +269,17 @@ internal sealed class SwapCoordinator(ResolvedConfig cfg, EngineService svc, Nbd
                 throw new BusyException($"cannot swap while pool '{p.Label}' is upgrading (job {u.JobId}, {u.Status}, {u.ActionsDone}/{u.ActionsTotal} steps); "
                     + "wait for it to complete ('strata pool upgrade-status') and swap then");
         }
+        foreach (var p in svc.Engine.OpenPools())
+        {
+            if (p.RunningJob is { } kind)
+                throw new BusyException($"cannot swap while pool '{p.Label}' runs a {kind} job; wait for it to complete and swap then");
+        }
+        foreach (var m in svc.Engine.ListMigrations())
+        {
+            if (m.State.ToLowerInvariant() is "executing" or "committing" or "aborting")
+                throw new BusyException($"cannot swap while image '{m.Source}' migrates to '{m.Destination}' ({m.State.ToLowerInvariant()}); "
+                    + "wait for it to be executed, or commit or abort it, and swap then");
+        }
         foreach (var p in svc.Engine.ListPools())
         {
             if (p.LayoutVersion > newMaxLayout)
