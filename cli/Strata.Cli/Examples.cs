@@ -18,6 +18,7 @@ public static class Examples
         ["system barrier freeze"] = "strata system barrier freeze --timeout 30s --pool tank",
         ["system barrier thaw"] = "strata system barrier thaw",
         ["system barrier stat"] = "strata system barrier stat",
+        ["system swap"] = "strata system swap --binary /usr/lib/strata/strata-engine --timeout 60s",
         ["system reload-tls"] = "strata system reload-tls",
         ["storage query"] = "strata storage query",
         ["storage add-target"] = "strata storage add-target 'file:/var/lib/strata/target2.img?create=1&size=4G'",

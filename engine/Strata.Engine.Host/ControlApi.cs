@@ -30,6 +30,17 @@ internal static class ControlApi
             });
             return Results.Json(svc.SystemInfo("stopping"), Api.Json, statusCode: StatusCodes.Status202Accepted);
         });
+        v1.MapPost("/system/swap", async (HttpContext ctx, CancellationToken _) =>
+        {
+            var result = await svc.SwapAsync(await Body<SystemSwapRequest>(ctx));
+            // Handed over: this engine's control API stops once the answer is out; then the new engine gets the go.
+            ctx.Response.OnCompleted(() =>
+            {
+                lifetime.StopApplication();
+                return Task.CompletedTask;
+            });
+            return Ok(result);
+        });
         v1.MapPost("/system/reload-tls", () => Ok(new TlsReloadResult(svc.ReloadTls().ToList())));
         v1.MapGet("/storage", () => Ok(svc.Storage()));
         v1.MapPost("/storage/targets", async (HttpContext ctx, CancellationToken _) => Ok(await svc.AddTargetAsync(await Body<AddTargetRequest>(ctx))));

@@ -51,6 +51,45 @@ internal static class ControlSocket
         Log.StaleSocketRemoved(logger, path);
     }
 
+    /// <summary>
+    /// Binds and listens on the control socket. The daemon binds it (not Kestrel) so that a hot
+    /// swap can hand the descriptor on; Kestrel takes it with ListenHandle and owns it from here.
+    /// </summary>
+    public static int Bind(string path)
+    {
+        var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            s.Bind(new UnixDomainSocketEndPoint(path));
+            s.Listen(512);
+        }
+        catch
+        {
+            s.Dispose();
+            throw;
+        }
+        // Kestrel closes the descriptor; this Socket must never close it too, nor unlink the path
+        // (.NET's Socket removes the file it bound when disposed or finalized): kept, never disposed.
+        Kept.Add(s);
+        GC.SuppressFinalize(s);
+        return (int)s.SafeHandle.DangerousGetHandle();
+    }
+
+    private static readonly List<Socket> Kept = [];
+
+    /// <summary>A clean stop removes the control socket file (Kestrel does not know its path).</summary>
+    public static void Remove(string path)
+    {
+        try
+        {
+            if (File.Exists(path) && !IsRegularFile(path))
+                File.Delete(path);
+        }
+        catch (IOException)
+        {
+        }
+    }
+
     /// <summary>An NBD socket: read-write for the engine's user and the admin group (0660), like the control socket.</summary>
     public static void SecureNbdSocket(string path, string? adminGroup, uint? adminGid)
     {
@@ -125,22 +164,28 @@ internal sealed class PidFile : IDisposable
     /// <summary>The engine that left the file without a clean stop: its pid (null if unreadable) and when it wrote the file.</summary>
     public (int? Pid, DateTime Since)? Previous { get; }
 
-    public static PidFile Create(string path)
+    /// <param name="replacing">Hot swap: the engine this one replaces, whose pid the file may name (it is exiting).</param>
+    public static PidFile Create(string path, int? replacing = null)
     {
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         (int? Pid, DateTime Since)? previous = null;
         if (File.Exists(path))
         {
             int? old = int.TryParse(File.ReadAllText(path).Trim(), out int p) ? p : null;
-            if (old is { } live && live != Environment.ProcessId && IsEngine(live))
+            if (old is { } live && live != Environment.ProcessId && live != replacing && IsEngine(live))
                 throw new ConfigException($"pid file {path} names a running engine (pid {live}); stop it first");
             previous = (old, File.GetLastWriteTimeUtc(path));
         }
         string tmp = path + ".tmp";
         File.WriteAllText(tmp, Environment.ProcessId + "\n");
         File.Move(tmp, path, overwrite: true);
-        return new PidFile(path, previous);
+        return new PidFile(path, replacing != null ? null : previous);
     }
+
+    private bool _keep;
+
+    /// <summary>Hot swap: the new engine owns the pid file now (it may not have rewritten it yet); leave it.</summary>
+    public void KeepForSuccessor() => _keep = true;
 
     private static bool IsEngine(int pid)
     {
@@ -157,6 +202,8 @@ internal sealed class PidFile : IDisposable
 
     public void Dispose()
     {
+        if (_keep)
+            return;
         try
         {
             if (File.Exists(_path) && File.ReadAllText(_path).Trim() == Environment.ProcessId.ToString())

@@ -10,6 +10,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Console;
 using System.Runtime.InteropServices;
 using Strata.Engine.Control;
+using Strata.Engine.Host.Swap;
 using Strata.Engine.Nbd;
 using Strata.Engine.Store;
 
@@ -29,7 +30,7 @@ internal static class Daemon
     /// </summary>
     public static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(5);
 
-    public static async Task<int> RunAsync(string? configFile, string? dataDir, string? socketDir, int? metricsPort)
+    public static async Task<int> RunAsync(string? configFile, string? dataDir, string? socketDir, int? metricsPort, bool takeover = false)
     {
         // SIGTERM/SIGINT are handled here for the whole run: before the web host exists (while the
         // pools open), while it runs (its ConsoleLifetime answers first), and after it is gone (while
@@ -77,6 +78,9 @@ internal static class Daemon
         EngineService? svc = null;
         NbdServer? nbd = null;
         PidFile? pid = null;
+        Takeover? tk = null;
+        SwapCoordinator? swap = null;
+        bool controlBound = false;
         // SIGHUP reloads the NBD listeners' TLS certificates (as `strata system reload-tls` does;
         // connections stay). Registered from the start: the default action would end the engine.
         using var sigHup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, c =>
@@ -99,12 +103,33 @@ internal static class Daemon
         try
         {
             Directory.CreateDirectory(cfg.DataDir);
-            ControlSocket.Prepare(cfg, adminGroup?.Gid, logger);
-            pid = PidFile.Create(cfg.PidFile);
+            int controlFd;
             var authorizer = new PeerAuthorizer(cfg, uid, adminGroup, logger, () => svc);
-            // Bound before any target is opened: on a fresh data directory a refused listener must not leave formatted targets.
-            nbd = BindNbd(cfg, authorizer, adminGroup?.Gid, logger, () => svc);
-            svc = await EngineService.StartAsync(cfg, logger);
+            if (takeover)
+            {
+                // Hot swap, the new process: the running engine hands over its sockets (Swap/Takeover.cs).
+                tk = Takeover.Connect(cfg);
+                controlFd = tk.ControlFd;
+                nbd = BindNbd(cfg, authorizer, adminGroup?.Gid, logger, () => svc, tk.Listeners);
+                if (await TakeOverAsync(tk, cfg, nbd, logger, s => svc = s) is { } refused)
+                {
+                    await Console.Error.WriteLineAsync($"strata-engine: --takeover failed, the running engine serves on: {refused}");
+                    return 1;
+                }
+                tk.ReadyAndWaitGo();
+                pid = PidFile.Create(cfg.PidFile, replacing: tk.OldPid);
+            }
+            else
+            {
+                ControlSocket.Prepare(cfg, adminGroup?.Gid, logger);
+                pid = PidFile.Create(cfg.PidFile);
+                // Bound before any target is opened: on a fresh data directory a refused listener must not leave formatted targets.
+                nbd = BindNbd(cfg, authorizer, adminGroup?.Gid, logger, () => svc);
+                controlFd = ControlSocket.Bind(cfg.SocketPath);
+                controlBound = true;
+                svc = await EngineService.StartAsync(cfg, logger);
+            }
+            ArgumentNullException.ThrowIfNull(svc);
             if (nbd != null)
             {
                 nbd.Serve(new NbdExportCatalog(svc.Engine, svc.OpenImageIoAsync));
@@ -129,7 +154,8 @@ internal static class Daemon
                 k.Limits.MaxRequestHeadersTotalSize = 32 * 1024;
                 k.Limits.MaxRequestHeaderCount = 50;
                 k.Limits.MaxRequestLineSize = 8 * 1024;
-                k.ListenUnixSocket(cfg.SocketPath, lo =>
+                // Bound by the daemon (or handed over by the engine it replaced), so a hot swap can hand it on.
+                k.ListenHandle((ulong)controlFd, lo =>
                 {
                     lo.Protocols = HttpProtocols.Http1;
                     lo.Use(authorizer.Wrap);
@@ -138,11 +164,22 @@ internal static class Daemon
                     k.ListenLocalhost(cfg.PrometheusPort, lo => lo.Protocols = HttpProtocols.Http1);
             });
             var app = builder.Build();
-            // The NBD connections start going as soon as a stop is asked for, beside the control API's drain.
-            app.Lifetime.ApplicationStopping.Register(() => nbd?.StopAsync());
+            var runArgs = new List<string> { "run", "--data-dir", cfg.DataDir, "--socket-dir", cfg.SocketDir };
+            if (configFile != null)
+                runArgs.AddRange(["--config", Path.GetFullPath(configFile)]);
+            if (metricsPort != null)
+                runArgs.AddRange(["--metrics-port", metricsPort.Value.ToString(CultureInfo.InvariantCulture)]);
+            swap = new SwapCoordinator(cfg, svc, nbd, controlFd, runArgs, uid, logger);
+            svc.Swap = swap;
+            // The NBD connections start going as soon as a stop is asked for, beside the control API's drain
+            // (not after a hot swap: they belong to the new engine).
+            app.Lifetime.ApplicationStopping.Register(() =>
+            {
+                if (!swap.HandedOver)
+                    nbd?.StopAsync();
+            });
             // Registered after the NBD stop, so it runs first: held requests go on and can be answered.
-            var barrier = svc.Engine.Barrier;
-            app.Lifetime.ApplicationStopping.Register(barrier.ThawForStop);
+            app.Lifetime.ApplicationStopping.Register(() => svc.Engine.Barrier.ThawForStop());
             app.Use(async (ctx, next) =>
             {
                 // The loopback TCP listener serves the Prometheus scrape only: it has no peer credentials.
@@ -173,11 +210,27 @@ internal static class Daemon
             if (ct.IsCancellationRequested)
                 return 0; // stopped while the pools opened
             await app.StartAsync(ct);
-            ControlSocket.SecureSocketFile(cfg, adminGroup?.Gid);
+            if (!takeover)
+                ControlSocket.SecureSocketFile(cfg, adminGroup?.Gid);
+            swap.Listen();
             Log.Listening(logger, cfg.SocketPath, cfg.AdminGroup ?? "(none)");
             if (cfg.PrometheusPort > 0)
                 Log.MetricsPort(logger, cfg.PrometheusPort);
-            if (pid.Previous is { } prev)
+            if (tk != null)
+            {
+                double thawMs = tk.OpenMs;
+                int adopted = tk.Connections.Count;
+                Log.SwapTookOver(logger, tk.OldPid, tk.Listeners.Count, adopted, thawMs);
+                svc.Emit(ControlRasIds.EngineSwapped, RasSeverity.Notice,
+                    string.Create(CultureInfo.InvariantCulture, $"engine {EngineService.Version} (pid {Environment.ProcessId}) took over from pid {tk.OldPid}: {tk.Listeners.Count} NBD listener(s), {adopted} connection(s); serving {thawMs:F1} ms after the hand-off"),
+                    data: new Dictionary<string, string>
+                    {
+                        ["pid"] = Environment.ProcessId.ToString(CultureInfo.InvariantCulture), ["oldPid"] = tk.OldPid.ToString(CultureInfo.InvariantCulture),
+                        ["connections"] = adopted.ToString(CultureInfo.InvariantCulture), ["sinceHandoffMs"] = thawMs.ToString("F1", CultureInfo.InvariantCulture),
+                    });
+                tk.Dispose();
+            }
+            else if (pid.Previous is { } prev)
             {
                 // A clean stop removes the pid file: the engine that left it was killed, crashed or lost power.
                 string prevPid = prev.Pid?.ToString(CultureInfo.InvariantCulture) ?? "unknown";
@@ -186,8 +239,9 @@ internal static class Daemon
                     string.Create(CultureInfo.InvariantCulture, $"the previous engine (pid {prevPid}, started {prev.Since:O}) did not stop cleanly (killed, crashed or lost power); its pools were recovered from their logs"),
                     data: new Dictionary<string, string> { ["pid"] = prevPid, ["since"] = prev.Since.ToString("O", CultureInfo.InvariantCulture) });
             }
-            svc.Emit(ControlRasIds.EngineStarted, RasSeverity.Notice, $"engine started on {cfg.Targets.Count} target(s), socket {cfg.SocketPath}",
-                data: new Dictionary<string, string> { ["socket"] = cfg.SocketPath, ["pid"] = Environment.ProcessId.ToString() });
+            if (tk == null)
+                svc.Emit(ControlRasIds.EngineStarted, RasSeverity.Notice, $"engine started on {cfg.Targets.Count} target(s), socket {cfg.SocketPath}",
+                    data: new Dictionary<string, string> { ["socket"] = cfg.SocketPath, ["pid"] = Environment.ProcessId.ToString() });
             await app.WaitForShutdownAsync(ct);
             await app.DisposeAsync();
             return 0;
@@ -200,16 +254,86 @@ internal static class Daemon
         }
         finally
         {
-            // NBD clients go first (in-flight requests answered, or cut off after StopGrace), then the pools close.
-            if (nbd != null)
+            if (swap is { HandedOver: true })
             {
-                await nbd.StopAsync();
-                await nbd.DisposeAsync();
+                // Hot swap: the control API has stopped here; the new engine gets the go and owns everything.
+                swap.Finish();
+                svc?.DisposeHandedOver();
+                pid?.KeepForSuccessor();
             }
-            if (svc != null)
-                await svc.DisposeAsync();
-            pid?.Dispose();
+            else
+            {
+                swap?.Close();
+                // NBD clients go first (in-flight requests answered, or cut off after StopGrace), then the pools close.
+                if (nbd != null)
+                {
+                    await nbd.StopAsync();
+                    await nbd.DisposeAsync();
+                }
+                if (svc != null)
+                    await svc.DisposeAsync();
+                tk?.Dispose();
+                if (controlBound || (takeover && svc != null))
+                    ControlSocket.Remove(cfg.SocketPath);
+                pid?.Dispose();
+            }
         }
+    }
+
+    /// <summary>
+    /// The new process of a hot swap: opens the storage, checks that every pool the old engine had
+    /// open is open here, and adopts the NBD connections. Null when it may take over; else why not
+    /// (the old engine is told, and takes everything back).
+    /// </summary>
+    private static async Task<string?> TakeOverAsync(Takeover tk, ResolvedConfig cfg, NbdServer? nbd, ILogger logger, Action<EngineService> started)
+    {
+        EngineService svc;
+        try
+        {
+            svc = await EngineService.StartAsync(cfg, logger);
+        }
+        catch (Exception e) when (e is ConfigException or StoreException or IOException or UnauthorizedAccessException or DllNotFoundException)
+        {
+            tk.Fail($"the storage did not open: {e.Message}");
+            return e.Message;
+        }
+        started(svc);
+        string? why = null;
+        var open = svc.Engine.ListPools().ToDictionary(p => p.Label, p => p.State);
+        string? refused = Takeover.Fault is { } f && f.StartsWith("refuse-pool:", StringComparison.Ordinal) ? f["refuse-pool:".Length..] : null;
+        foreach (var label in tk.Pools)
+        {
+            if (label == refused)
+                why = $"pool '{label}' refused by this engine (test fault {Takeover.FaultVariable})";
+            else if (!open.TryGetValue(label, out var state) || state is not ("ready" or "readonly"))
+                why = $"pool '{label}' did not open in the new engine ({state ?? "not found"})";
+            if (why != null)
+                break;
+        }
+        if (why == null && nbd != null)
+        {
+            var catalog = new NbdExportCatalog(svc.Engine, svc.OpenImageIoAsync);
+            for (int i = 0; i < tk.Connections.Count && why == null; i++)
+            {
+                if (Takeover.Fault == "crash-after-half" && i == tk.Connections.Count / 2)
+                    System.Diagnostics.Process.GetCurrentProcess().Kill(); // SIGKILL: a real crash, mid-adoption
+                why = await nbd.AdoptAsync(catalog, tk.Connections[i].Socket, tk.Connections[i].State);
+            }
+        }
+        if (why == null && Takeover.Fault is { } hold && hold.StartsWith("hold-until:", StringComparison.Ordinal))
+        {
+            // Test fault: stay in the middle of the hand-off (storage open, connections adopted, not ready) until the file exists.
+            string file = hold["hold-until:".Length..];
+            for (int i = 0; i < 6000 && !File.Exists(file); i++)
+                await Task.Delay(50);
+        }
+        if (why == null)
+            return null;
+        // The storage closes before the old engine is told: it reopens the same devices.
+        await svc.CloseStorageAsync();
+        svc.DisposeHandedOver();
+        tk.Fail(why);
+        return why;
     }
 
     /// <summary>
@@ -217,12 +341,13 @@ internal static class Daemon
     /// serves every image as pool/container/image. Unix socket callers pass the control socket's
     /// peer-credential check.
     /// </summary>
-    private static NbdServer? BindNbd(ResolvedConfig cfg, PeerAuthorizer authorizer, uint? adminGid, ILogger logger, Func<EngineService?> service)
+    private static NbdServer? BindNbd(ResolvedConfig cfg, PeerAuthorizer authorizer, uint? adminGid, ILogger logger, Func<EngineService?> service,
+        IReadOnlyDictionary<string, System.Net.Sockets.Socket>? inherited = null)
     {
         if (cfg.Nbd.Count == 0)
             return null;
         foreach (var a in cfg.Nbd)
-            if (a.UnixPath is { } path)
+            if (a.UnixPath is { } path && inherited?.ContainsKey(a.Spec) != true)
                 ControlSocket.PreparePath(path, $"another process is listening on NBD socket {path}", logger);
         return NbdServer.Bind(cfg.Nbd, new NbdServerOptions
         {
@@ -233,7 +358,7 @@ internal static class Daemon
             StopGrace = StopGrace,
             AuthorizeUnixPeer = authorizer.Refusal,
             UnixSocketBound = path => ControlSocket.SecureNbdSocket(path, cfg.AdminGroup, adminGid),
-        });
+        }, inherited);
     }
 
     private static void ConfigureLogging(ILoggingBuilder b)

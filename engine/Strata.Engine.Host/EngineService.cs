@@ -15,8 +15,8 @@ namespace Strata.Engine.Host;
 /// </summary>
 public sealed class EngineService : IAsyncDisposable
 {
-    private readonly List<IBlockDevice> _devices;
-    private readonly PollerGroup? _filePollers;
+    private List<IBlockDevice> _devices;
+    private PollerGroup? _filePollers;
     private readonly ILogger _logger;
     private readonly TargetHealthSink _health;
     private int _disposed;
@@ -56,7 +56,8 @@ public sealed class EngineService : IAsyncDisposable
 
     public ResolvedConfig Config { get; }
 
-    public StorageEngine Engine { get; }
+    /// <summary>The storage; replaced when a failed hot swap reopens it (<see cref="ReopenStorageAsync"/>).</summary>
+    public StorageEngine Engine { get; private set; }
 
     public RasLog Ras { get; }
 
@@ -68,6 +69,12 @@ public sealed class EngineService : IAsyncDisposable
 
     /// <summary>The NBD server, when listeners are configured (image info shows its URIs).</summary>
     public NbdServer? Nbd { get; private set; }
+
+    /// <summary>The hot swap's coordinator (`system swap`), once the control API runs.</summary>
+    internal Swap.SwapCoordinator? Swap { get; set; }
+
+    public Task<SwapResultDto> SwapAsync(SystemSwapRequest req) =>
+        (Swap ?? throw new BusyException("the engine is still starting; swap once it runs")).SwapAsync(req);
 
     public void AttachNbd(NbdServer server)
     {
@@ -102,6 +109,23 @@ public sealed class EngineService : IAsyncDisposable
     public static async Task<EngineService> StartAsync(ResolvedConfig cfg, ILogger logger)
     {
         var ras = new RasLog(cfg.RasPath, cfg.RasMaxBytes, cfg.RasKeep);
+        try
+        {
+            // The storage core's events pass through the health sink on their way to the log.
+            var health = new TargetHealthSink(ras);
+            var (devices, filePollers, engine) = await OpenStorageAsync(cfg, ras, health, logger).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            return new EngineService(cfg, devices, filePollers, engine, ras, health, logger);
+        }
+        catch
+        {
+            ras.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Opens (or, for target files this call created, formats) the targets and opens every pool.</summary>
+    private static async Task<(List<IBlockDevice>, PollerGroup?, StorageEngine)> OpenStorageAsync(ResolvedConfig cfg, RasLog ras, TargetHealthSink health, ILogger logger)
+    {
         var devices = new List<IBlockDevice>();
         // File targets share one polling thread: a busy poller per target would keep as many
         // cores spinning (on 2 cores, two targets halved 4 KiB write throughput; PollerGroup).
@@ -130,8 +154,6 @@ public sealed class EngineService : IAsyncDisposable
                 }
                 devices.Add(SpdkEnvironment.IsNvmeUri(uri) ? NativeBlockDevice.Open(uri, nvmeOptions) : NativeBlockDevice.Open(uri, fileOptions));
             }
-            // The storage core's events pass through the health sink on their way to the log.
-            var health = new TargetHealthSink(ras);
             var options = new StorageEngineOptions
             {
                 Ras = health,
@@ -153,7 +175,6 @@ public sealed class EngineService : IAsyncDisposable
                 engine = await StorageEngine.OpenAsync(devices, options).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
             }
             health.Attach(engine.Targets);
-            var svc = new EngineService(cfg, devices, filePollers, engine, ras, health, logger);
             foreach (var p in engine.ListPools())
             {
                 try
@@ -185,16 +206,48 @@ public sealed class EngineService : IAsyncDisposable
                     $"image migrations could not be resumed: {e.Message}; 'strata image migrate status' shows what was picked up"));
             }
             Log.Opened(logger, devices.Count, engine.ListPools().Count);
-            return svc;
+            return (devices, filePollers, engine);
         }
         catch
         {
             foreach (var d in devices)
                 await d.DisposeAsync();
             filePollers?.Dispose();
-            ras.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Hot swap: closes every pool (each checkpoints: a new engine replays nothing) and flushes and
+    /// closes the targets, so the new engine process can open them. The RAS log stays open.
+    /// </summary>
+    public async Task CloseStorageAsync()
+    {
+        await Engine.DisposeAsync().AsTask().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        foreach (var d in _devices)
+        {
+            await d.FlushAsync().AsTask().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            await d.DisposeAsync().AsTask().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        }
+        _devices = [];
+        _filePollers?.Dispose();
+        _filePollers = null;
+    }
+
+    /// <summary>Hot swap failed: opens the targets and pools again, as at start.</summary>
+    public async Task ReopenStorageAsync()
+    {
+        var (devices, pollers, engine) = await OpenStorageAsync(Config, Ras, _health, _logger).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        (_devices, _filePollers, Engine) = (devices, pollers, engine);
+    }
+
+    /// <summary>Hot swap done: the new engine owns the storage; this one only closes its RAS log and metrics.</summary>
+    public void DisposeHandedOver()
+    {
+        Interlocked.Exchange(ref _disposed, 1);
+        Prometheus.Dispose();
+        Metrics.Dispose();
+        Ras.Dispose();
     }
 
     private static string? FilePathOf(string uri)

@@ -95,6 +95,22 @@ internal static partial class Log
     [LoggerMessage(1500, LogLevel.Information, "pool {Pool}: upgrade {From} -> {To} recorded as job {Job}")]
     public static partial void UpgradeStarted(ILogger logger, string pool, uint from, uint to, ulong job);
 
+    // 1600-1609: the hot swap (docs/operations.md, "Hot swap").
+    [LoggerMessage(1600, LogLevel.Information, "hot swap: handing over to pid {Pid} ({Version}, layouts up to {MaxLayout}): {Listeners} listener(s), {Connections} NBD connection(s)")]
+    public static partial void SwapHandingOver(ILogger logger, int pid, string version, uint maxLayout, int listeners, int connections);
+
+    [LoggerMessage(1601, LogLevel.Information, "hot swap: pid {Pid} took over (freeze {FreezeMs:F1} ms, checkpoint {CheckpointMs:F1} ms, hand-off {HandoffMs:F1} ms, open {OpenMs:F1} ms); this engine exits")]
+    public static partial void SwapHandedOver(ILogger logger, int pid, double freezeMs, double checkpointMs, double handoffMs, double openMs);
+
+    [LoggerMessage(1602, LogLevel.Warning, "hot swap failed, this engine took everything back and serves on: {Reason}")]
+    public static partial void SwapFailed(ILogger logger, string reason);
+
+    [LoggerMessage(1603, LogLevel.Information, "hot swap: took over from pid {Pid}: {Listeners} listener(s), {Connections} NBD connection(s) adopted; thawed after {ThawMs:F1} ms")]
+    public static partial void SwapTookOver(ILogger logger, int pid, int listeners, int connections, double thawMs);
+
+    [LoggerMessage(1604, LogLevel.Warning, "hot swap refused: {Reason}")]
+    public static partial void SwapRefused(ILogger logger, string reason);
+
     [LoggerMessage(1700, LogLevel.Information, "target {Index} added: {Uri}")]
     public static partial void TargetAdded(ILogger logger, int index, string uri);
 

@@ -14,6 +14,7 @@ Option<int?> MetricsPortOption() => new("--metrics-port") { Description = "Also 
 // (it refuses newer pools exactly as that release would), and slow each upgrade step.
 Option<uint?> MaxLayoutOption() => new("--max-layout") { Hidden = true, Description = "Run as a release that supports layout versions 1..N" };
 Option<int?> UpgradeStepDelayOption() => new("--upgrade-step-delay-ms") { Hidden = true, Description = "Pause before each upgrade step (tests)" };
+Option<bool> TakeoverOption() => new("--takeover") { Description = "Take over from the engine running on this data directory (hot swap): its sockets and NBD connections move here" };
 Option<int?> UpgradeHoldAtStepOption() => new("--upgrade-hold-at-step") { Hidden = true, Description = "Hold the upgrade job before its Nth step until the engine stops (tests)" };
 
 Command WithRunOptions(Command cmd)
@@ -25,6 +26,8 @@ Command WithRunOptions(Command cmd)
     var maxLayout = MaxLayoutOption();
     var stepDelay = UpgradeStepDelayOption();
     var holdAt = UpgradeHoldAtStepOption();
+    var takeover = TakeoverOption();
+    cmd.Options.Add(takeover);
     cmd.Options.Add(maxLayout);
     cmd.Options.Add(stepDelay);
     cmd.Options.Add(holdAt);
@@ -43,7 +46,7 @@ Command WithRunOptions(Command cmd)
         EngineRelease.UpgradeStepDelay = TimeSpan.FromMilliseconds(parse.GetValue(stepDelay) ?? 0);
         EngineRelease.UpgradeHoldAtStep = parse.GetValue(holdAt) ?? 0;
         return Daemon.RunAsync(parse.GetValue(config)?.FullName, parse.GetValue(dataDirOpt)?.FullName,
-        parse.GetValue(socketDir)?.FullName, parse.GetValue(metricsPort));
+        parse.GetValue(socketDir)?.FullName, parse.GetValue(metricsPort), parse.GetValue(takeover));
     });
     return cmd;
 }
@@ -66,6 +69,25 @@ selfCheck.Options.Add(size);
 selfCheck.SetAction(async (parse, ct) =>
     await SelfCheck.RunAsync(parse.GetValue(dataDir)!, parse.GetValue(targets), parse.GetValue(size)!, Console.Out, ct));
 root.Subcommands.Add(selfCheck);
+
+// `identify`: this binary's release as one JSON line; `strata system swap --binary` runs it to check what it swaps to.
+var identify = new Command("identify", "Print this binary's release (version, newest layout, control API range) as JSON");
+var identifyMaxLayout = MaxLayoutOption();
+identify.Options.Add(identifyMaxLayout);
+identify.SetAction(parse =>
+{
+    EngineRelease.MaxLayout = parse.GetValue(identifyMaxLayout);
+    Console.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(new
+    {
+        engine = "strata-engine",
+        version = EngineService.Version,
+        maxLayout = EngineRelease.Catalog.MaxSupported,
+        apiVersion = Strata.Engine.Control.Api.Version,
+        apiMinVersion = Strata.Engine.Control.Api.MinVersion,
+    }));
+    return 0;
+});
+root.Subcommands.Add(identify);
 
 // No ProcessTerminationTimeout: System.CommandLine would otherwise take SIGTERM/SIGINT itself and
 // end the process with 143 two seconds later, in the middle of the daemon's clean stop (issue 18).

@@ -51,10 +51,13 @@ public static unsafe class FdPassing
     /// Marks a socket handed to another process as shared (clears close-on-exec): the runtime then
     /// closes it without shutting the connection down, which would cut off the other process too.
     /// </summary>
-    public static void MarkShared(Socket socket)
+    public static void MarkShared(Socket socket) => MarkShared(Fd(socket));
+
+    /// <inheritdoc cref="MarkShared(Socket)"/>
+    public static void MarkShared(int fd)
     {
         StrataIoRuntime.EnsureCompatible();
-        int rc = StrataIo.sio_fd_set_shared(Fd(socket));
+        int rc = StrataIo.sio_fd_set_shared(fd);
         if (rc != 0)
             throw new FdPassingException("marking a descriptor shared", -rc, StrataIoRuntime.LastErrorDetail());
     }

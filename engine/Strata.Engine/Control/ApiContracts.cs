@@ -207,6 +207,17 @@ public sealed record UpgradeStatus(string Pool, uint LayoutVersion, string Statu
     int ActionsDone, int ActionsTotal, long ItemsDone, long ItemsTotal, long BytesDone, long BytesTotal,
     double? ItemsPerSecond, double? BytesPerSecond, double? EtaSeconds, string? CurrentAction, double? LongestPauseMs, bool Running);
 
+/// <summary>
+/// `system swap`: replace the engine's process by Binary (a strata-engine) while NBD clients stay
+/// connected. TimeoutSeconds bounds the new process's start and hand-off; MaxLayout (hidden) runs it
+/// as an older release; Fault (hidden, tests) makes it fail on purpose (exit-at-start, crash-after-half,
+/// refuse-pool:NAME).
+/// </summary>
+public sealed record SystemSwapRequest(string Binary, double TimeoutSeconds = 60, uint? MaxLayout = null, string? Fault = null);
+
+/// <summary>A completed swap: who took over, what moved, and where the pause went (milliseconds, as the old engine saw them).</summary>
+public sealed record SwapResultDto(int OldPid, int NewPid, string NewVersion, uint NewMaxLayout, int Listeners, int Connections,
+    double FreezeMs, double CheckpointMs, double HandoffMs, double OpenMs, double TotalMs);
 /// <summary>`image migrate prepare SRC DST`: both "pool/container/image"; ChunkSize 0 keeps the source's where the destination pool allows it.</summary>
 public sealed record MigrationPrepareRequest(string Source, string Destination, int ChunkSize = 0);
 

@@ -6,6 +6,10 @@ public static class ControlRasIds
     public const string EngineStarted = "engine_started";
     public const string EngineStopped = "engine_stopped";
     public const string EngineUncleanShutdown = "engine_unclean_shutdown";
+    /// <summary>A new engine process took over from the old one (hot swap), raised by the new one.</summary>
+    public const string EngineSwapped = "engine_swapped";
+    /// <summary>A hot swap failed and the old engine took everything back, raised by the old one.</summary>
+    public const string SwapFailed = "swap_failed";
     public const string EngineFormatted = "engine_formatted";
     public const string PoolCreated = "pool_created";
     public const string PoolDestroyed = "pool_destroyed";

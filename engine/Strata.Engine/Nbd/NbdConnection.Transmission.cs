@@ -54,6 +54,7 @@ internal sealed partial class NbdConnection
     {
         _recv = GC.AllocateUninitializedArray<byte>(ReceiveBufferSize);
         _send = GC.AllocateUninitializedArray<byte>(SendBufferSize);
+        LoadCarry();
         // Requests complete on the device poller (NbdExport's image completes inline), which must only
         // queue the reply: the send loop is woken on the thread pool, once per batch of replies.
         _replies = Channel.CreateUnbounded<NbdRequest>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = false, AllowSynchronousContinuations = false });
@@ -115,6 +116,9 @@ internal sealed partial class NbdConnection
             // buffered are not started, their replies could never go out.
             if (_broken)
                 return _abandonReason != null ? $"abandoned: {_abandonReason}" : "connection lost: a reply could not be sent";
+            // A hot swap parks the connection here, between requests (NbdConnection.Handoff.cs).
+            if (_pausing)
+                return Paused();
             while (_re - _rs < RequestHeaderSize)
             {
                 CompactReceiveBuffer();
@@ -123,7 +127,19 @@ internal sealed partial class NbdConnection
                 _inlineThread = 0;
                 if (_inlineCount > 0)
                     await SendInlineAsync().ConfigureAwait(false);
-                int got = await ReceiveSomeAsync(_recv.AsMemory(_re)).ConfigureAwait(false);
+                if (_pausing)
+                    return Paused();
+                int got;
+                try
+                {
+                    // Only this wait, between requests, can be cut short by a pause: nothing is half read here.
+                    got = _tls is { } tls ? await tls.ReadAsync(_recv.AsMemory(_re)).ConfigureAwait(false)
+                        : await _socket.ReceiveAsync(_recv.AsMemory(_re), SocketFlags.None, _pauseCts.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (_pausing)
+                {
+                    return Paused();
+                }
                 _inlineThread = Environment.CurrentManagedThreadId;
                 if (got == 0)
                 {

@@ -29,8 +29,9 @@ internal sealed partial class NbdConnection
     /// <summary>An option was answered NBD_REP_ERR_TLS_REQD: a plain client on a listener that requires TLS.</summary>
     private bool _plainRefused;
 
-    public NbdConnection(NbdServer server, Socket socket, NbdListener listener, long id)
+    public NbdConnection(NbdServer server, Socket socket, NbdListener listener, long id, NbdConnectionState? adopted = null)
     {
+        _adopted = adopted;
         _server = server;
         _socket = socket;
         _listener = listener;
@@ -64,6 +65,14 @@ internal sealed partial class NbdConnection
         string why = "closed";
         try
         {
+            if (_adopted != null)
+            {
+                // Adopted from the engine this one replaced: export open already; reading starts at the go.
+                await _go.Task.ConfigureAwait(false);
+                Options.Log.ExportOpened(Id, Peer, _export!.Name, _structured);
+                why = await TransmitParkingAsync().ConfigureAwait(false);
+                return;
+            }
             if (_socket.AddressFamily == AddressFamily.Unix)
             {
                 var cred = PeerCredentials(_socket);
@@ -103,7 +112,7 @@ internal sealed partial class NbdConnection
                 return;
             }
             Options.Log.ExportOpened(Id, Peer, _export.Name, _structured);
-            why = await TransmitAsync().ConfigureAwait(false);
+            why = await TransmitParkingAsync().ConfigureAwait(false);
         }
         catch (Exception e) when (e is SocketException or IOException or ObjectDisposedException)
         {
@@ -121,6 +130,7 @@ internal sealed partial class NbdConnection
             _heldCredentials?.Release();
             _socket.Dispose();
             Options.Log.ConnectionClosed(Id, Peer, why);
+            _parked?.TrySetResult(null);
             _closed.TrySetResult();
         }
     }

@@ -54,12 +54,17 @@ public sealed class NbdListener
 /// every connection finish its in-flight requests and go, cutting off those that have not gone
 /// by the stop's deadline.
 /// </summary>
-public sealed class NbdServer : IAsyncDisposable
+public sealed partial class NbdServer : IAsyncDisposable
 {
     private readonly List<NbdListener> _listeners = [];
     private readonly HashSet<NbdConnection> _connections = [];
     private readonly CancellationTokenSource _stopping = new();
     private readonly List<Task> _acceptLoops = [];
+    /// <summary>Cancelled to stop accepting without closing the listeners (a hot swap's pause); renewed on resume.</summary>
+    private CancellationTokenSource _accepting = new();
+    private List<NbdConnection> _parked = [];
+    private readonly List<NbdConnection> _adopted = [];
+    private volatile bool _handedOver;
     private readonly Timer _trim;
     private readonly Timer _expiry;
     private readonly object _reload = new();
@@ -126,7 +131,8 @@ public sealed class NbdServer : IAsyncDisposable
     /// yet: the daemon binds before it opens or formats a target, so a refused listener changes nothing.
     /// Clients that connect wait in the listen backlog until <see cref="Serve"/>.
     /// </summary>
-    public static NbdServer Bind(IEnumerable<NbdListenerAddress> addresses, NbdServerOptions? options = null)
+    public static NbdServer Bind(IEnumerable<NbdListenerAddress> addresses, NbdServerOptions? options = null,
+        IReadOnlyDictionary<string, Socket>? inherited = null)
     {
         var server = new NbdServer(options ?? new NbdServerOptions());
         try
@@ -135,7 +141,10 @@ public sealed class NbdServer : IAsyncDisposable
             {
                 try
                 {
-                    server._listeners.Add(Bind(a, server.Options));
+                    // A listener the replaced engine handed over (hot swap) is used as it is: already bound and listening.
+                    server._listeners.Add(inherited != null && inherited.TryGetValue(a.Spec, out var s)
+                        ? new NbdListener(a, s, a.Tls.Mode == NbdTlsMode.Off ? null : NbdTlsCredentials.Load(a.Tls, a.Spec))
+                        : Bind(a, server.Options));
                 }
                 catch (SocketException e)
                 {
@@ -157,14 +166,17 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Starts accepting on the bound listeners, serving <paramref name="catalog"/>'s exports.</summary>
     public void Serve(NbdExportCatalog catalog)
     {
-        if (Catalog != null)
+        if (Catalog != null && _adopted.Count == 0)
             throw new InvalidOperationException("the NBD server is already serving");
         Catalog = catalog;
         foreach (var l in _listeners)
         {
             Options.Log.Listening(l.ToString());
-            _acceptLoops.Add(Task.Run(() => AcceptLoopAsync(l)));
+            _acceptLoops.Add(Task.Run(() => AcceptLoopAsync(l, _accepting.Token)));
         }
+        foreach (var c in _adopted)
+            c.Go();
+        _adopted.Clear();
         if (_listeners.Any(l => l.Credentials != null))
         {
             CheckExpiry();
@@ -273,14 +285,15 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Every URI an export can be reached at, one per listener.</summary>
     public IReadOnlyList<string> UrisFor(string export) => _listeners.Select(l => l.UriFor(export)).ToList();
 
-    private async Task AcceptLoopAsync(NbdListener listener)
+    private async Task AcceptLoopAsync(NbdListener listener, CancellationToken accepting)
     {
-        while (!_stopping.IsCancellationRequested)
+        using var either = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token, accepting);
+        while (!either.IsCancellationRequested)
         {
             Socket client;
             try
             {
-                client = await listener.Socket.AcceptAsync(_stopping.Token).ConfigureAwait(false);
+                client = await listener.Socket.AcceptAsync(either.Token).ConfigureAwait(false);
             }
             catch (OperationCanceledException)
             {
@@ -292,7 +305,7 @@ public sealed class NbdServer : IAsyncDisposable
             }
             catch (SocketException e)
             {
-                if (_stopping.IsCancellationRequested)
+                if (either.IsCancellationRequested)
                     break;
                 // EMFILE and the like: say so, breathe, keep serving the connections we have.
                 Options.Log.ClientRefused(listener.ToString(), $"accept failed: {e.Message}");
@@ -354,7 +367,8 @@ public sealed class NbdServer : IAsyncDisposable
         foreach (var l in _listeners)
         {
             l.Socket.Dispose();
-            if (l.Address.UnixPath is { } p)
+            // Handed over (hot swap): the new engine listens on the same socket file.
+            if (l.Address.UnixPath is { } p && !_handedOver)
             {
                 try
                 {

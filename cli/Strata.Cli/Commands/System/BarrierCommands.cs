@@ -71,7 +71,7 @@ public static class BarrierCommands
     private static string Scope(BarrierStatusDto s) => s.Pool == null ? $"every pool ({s.Pools.Count})" : $"pool '{s.Pool}'";
 
     /// <summary>30 (seconds), 30s, 5m, 1h.</summary>
-    private static double ParseTimeout(string s)
+    internal static double ParseTimeout(string s)
     {
         string digits = s.Length > 1 && "smh".Contains(s[^1]) ? s[..^1] : s;
         double unit = s.Length == 0 ? 1 : s[^1] switch { 'm' => 60, 'h' => 3600, _ => 1 };

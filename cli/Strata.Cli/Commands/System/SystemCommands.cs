@@ -88,7 +88,7 @@ public static class SystemCommands
             return 0;
         }));
 
-        return Cli.Group("system", "The engine as a whole", query, stop, events, prepare, BarrierCommands.Create(), reloadTls);
+        return Cli.Group("system", "The engine as a whole", query, stop, events, prepare, BarrierCommands.Create(), SwapCommands.Create(), reloadTls);
     }
 
     /// <summary>"client 3 (nbd, PEER) on tank/vols/disk0" for every client of every open pool.</summary>
