@@ -42,6 +42,13 @@ public static class Examples
         ["image read"] = "strata image read tank/vols/disk0 --offset 1M --length 4K --out block.bin",
         ["image map"] = "strata image map tank/vols/disk0",
         ["image unmap"] = "strata image unmap /dev/nbd0",
+        ["image migrate"] = "strata image migrate prepare tank/vols/disk0 fast/vols/disk0",
+        ["image migrate prepare"] = "strata image migrate prepare tank/vols/disk0 fast/vols/disk0 --chunk-size 1M",
+        ["image migrate execute"] = "strata image migrate execute tank/vols/disk0 --wait",
+        ["image migrate commit"] = "strata image migrate commit tank/vols/disk0",
+        ["image migrate abort"] = "strata image migrate abort tank/vols/disk0",
+        ["image migrate status"] = "strata image migrate status tank/vols/disk0",
+        ["image migrate remove-alias"] = "strata image migrate remove-alias fast/vols/disk0",
         ["engine counters"] = "strata engine counters --count 3",
         ["completion"] = "strata completion bash > /etc/bash_completion.d/strata",
     };

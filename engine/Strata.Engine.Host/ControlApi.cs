@@ -32,6 +32,7 @@ internal static class ControlApi
         });
         v1.MapPost("/system/reload-tls", () => Ok(new TlsReloadResult(svc.ReloadTls().ToList())));
         v1.MapGet("/storage", () => Ok(svc.Storage()));
+        v1.MapPost("/storage/targets", async (HttpContext ctx, CancellationToken _) => Ok(await svc.AddTargetAsync(await Body<AddTargetRequest>(ctx))));
 
         v1.MapGet("/pools", async () => Ok(await svc.ListPoolsAsync()));
         v1.MapPost("/pools", async (HttpContext ctx, CancellationToken _) => Created(await svc.CreatePoolAsync(await Body<PoolCreateRequest>(ctx))));
@@ -58,6 +59,12 @@ internal static class ControlApi
             return req.DryRun ? Ok(plan) : Results.Json(plan, Api.Json, statusCode: StatusCodes.Status202Accepted);
         });
         v1.MapGet("/pools/{pool}/upgrade", async (string pool) => Ok(await svc.UpgradeStatusAsync(pool)));
+        v1.MapPost("/pools/{pool}/extend", async (HttpContext ctx, string pool) =>
+        {
+            var req = await Body<ExtendRequest>(ctx);
+            var plan = await svc.ExtendAsync(pool, req);
+            return req.DryRun ? Ok(plan) : Results.Json(plan, Api.Json, statusCode: StatusCodes.Status202Accepted);
+        });
         v1.MapGet("/system/barrier", () => Ok(svc.BarrierStatus()));
         v1.MapPost("/system/barrier/freeze", async (HttpContext ctx, CancellationToken _) => Ok(await svc.FreezeAsync(await Body<BarrierFreezeRequest>(ctx))));
         v1.MapPost("/system/barrier/thaw", async () => Ok(await svc.ThawAsync()));
@@ -103,6 +110,12 @@ internal static class ControlApi
                 throw new ApiRequestException($"length {length} must be between 0 and {Api.MaxBodyBytes}; read larger ranges in pieces");
             return Results.Bytes(await svc.ReadAsync(pool, cont, image, offset, length), "application/octet-stream");
         });
+
+        v1.MapGet("/migrations", () => Ok(svc.ListMigrations()));
+        v1.MapPost("/migrations", async (HttpContext ctx, CancellationToken _) => Created(await svc.PrepareMigrationAsync(await Body<MigrationPrepareRequest>(ctx))));
+        v1.MapGet("/migrations/status", (string image) => Ok(svc.MigrationStatus(image)));
+        v1.MapPost("/migrations/remove-alias", async (HttpContext ctx, CancellationToken _) => Ok(await svc.RemoveAliasAsync((await Body<MigrationRequest>(ctx)).Image)));
+        v1.MapPost("/migrations/{verb}", async (HttpContext ctx, string verb) => Ok(await svc.MigrationVerbAsync(verb, (await Body<MigrationRequest>(ctx)).Image)));
 
         v1.MapGet("/events", (HttpContext ctx, string? since, string? severity, bool? follow) =>
             EventsAsync(ctx, svc, lifetime, since, severity, follow ?? false));

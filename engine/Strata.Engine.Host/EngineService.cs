@@ -21,6 +21,15 @@ public sealed class EngineService : IAsyncDisposable
     private readonly TargetHealthSink _health;
     private int _disposed;
 
+    /// <summary>Targets added with `storage add-target`, one URI a line, opened after the configured ones (docs/operations.md).</summary>
+    internal static string AddedTargetsPath(string dataDir) => Path.Combine(dataDir, "targets.added");
+
+    private static List<string> AddedTargets(string dataDir)
+    {
+        string path = AddedTargetsPath(dataDir);
+        return File.Exists(path) ? File.ReadAllLines(path).Where(l => l.Length > 0).ToList() : [];
+    }
+
     private EngineService(ResolvedConfig config, List<IBlockDevice> devices, PollerGroup? filePollers, StorageEngine engine, RasLog ras, TargetHealthSink health, ILogger logger)
     {
         Config = config;
@@ -96,17 +105,18 @@ public sealed class EngineService : IAsyncDisposable
         var devices = new List<IBlockDevice>();
         // File targets share one polling thread: a busy poller per target would keep as many
         // cores spinning (on 2 cores, two targets halved 4 KiB write throughput; PollerGroup).
-        var filePollers = cfg.Targets.Any(u => !SpdkEnvironment.IsNvmeUri(u)) ? new PollerGroup(threads: 1) : null;
+        var uris = cfg.Targets.Concat(AddedTargets(cfg.DataDir).Where(u => !cfg.Targets.Contains(u))).ToList();
+        var filePollers = uris.Any(u => !SpdkEnvironment.IsNvmeUri(u)) ? new PollerGroup(threads: 1) : null;
         var fileOptions = new DeviceOptions { Group = filePollers };
         try
         {
             bool allNew = true;
             // The shim starts the SPDK environment on the first nvme-* open, with these options;
             // the pollers of NVMe targets run on the cores of its core_mask, as SPDK's reactors would.
-            if (cfg.Targets.Any(SpdkEnvironment.IsNvmeUri))
+            if (uris.Any(SpdkEnvironment.IsNvmeUri))
                 SpdkEnvironment.Configure(cfg.Spdk);
             var nvmeOptions = new DeviceOptions { PollerCpus = cfg.Spdk.CoreMaskCpus() };
-            foreach (var uri in cfg.Targets)
+            foreach (var uri in uris)
             {
                 string? file = FilePathOf(uri);
                 if (file != null)
@@ -163,6 +173,16 @@ public sealed class EngineService : IAsyncDisposable
                         $"pool '{p.Label}' could not be opened: {e.Message}", Pool: p.Label, Device: (e as Interop.DeviceException)?.Device));
                 }
             }
+            // Migrations pick up where they were (both of their pools are open now).
+            try
+            {
+                await engine.ResumeMigrationsAsync().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            }
+            catch (Exception e) when (e is StoreException or IOException)
+            {
+                health.Emit(new RasEvent(ImageMigrationRasIds.Failed, RasSeverity.Error, RasType.StateChange,
+                    $"image migrations could not be resumed: {e.Message}; 'strata image migrate status' shows what was picked up"));
+            }
             Log.Opened(logger, devices.Count, engine.ListPools().Count);
             return svc;
         }
@@ -218,6 +238,59 @@ public sealed class EngineService : IAsyncDisposable
                 Math.Max(0, capacity - TargetSuperblock.ReservedBytes - allocated), errors);
         }).ToList();
         return new StorageInfo(targets, targets.Sum(t => t.CapacityBytes), targets.Sum(t => t.AllocatedBytes));
+    }
+
+    /// <summary>
+    /// `storage add-target`: opens the device, formats it as the next target and records its URI in the
+    /// data directory (after the target is written, before the older targets count it), so a restart opens it.
+    /// </summary>
+    public async Task<TargetInfoDto> AddTargetAsync(AddTargetRequest req)
+    {
+        if (string.IsNullOrWhiteSpace(req.Uri))
+            throw new InvalidRequestException("a target URI is needed, e.g. file:/var/lib/strata/target2.img?create=1&size=4G");
+        if (Config.Targets.Contains(req.Uri) || AddedTargets(Config.DataDir).Contains(req.Uri))
+            throw new BusyException($"target '{req.Uri}' is already one of the engine's targets");
+        IBlockDevice device;
+        try
+        {
+            device = SpdkEnvironment.IsNvmeUri(req.Uri)
+                ? NativeBlockDevice.Open(req.Uri, new DeviceOptions { PollerCpus = Config.Spdk.CoreMaskCpus() })
+                : NativeBlockDevice.Open(req.Uri, new DeviceOptions { Group = _filePollers });
+        }
+        catch (Exception e) when (e is IOException or ArgumentException)
+        {
+            throw new InvalidRequestException($"cannot open target '{req.Uri}': {e.Message}");
+        }
+        try
+        {
+            var target = await Engine.AddTargetAsync(device, async () =>
+            {
+                string path = AddedTargetsPath(Config.DataDir);
+                await File.AppendAllLinesAsync(path, [req.Uri]).ConfigureAwait(false);
+                using var f = new FileStream(path, FileMode.Open, FileAccess.ReadWrite);
+                f.Flush(flushToDisk: true);
+            }).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            lock (_devices)
+                _devices.Add(device);
+            _health.Attach(Engine.Targets);
+            Log.TargetAdded(_logger, target.Index, req.Uri);
+            return Storage().Targets.First(t => t.Index == target.Index);
+        }
+        catch
+        {
+            await device.DisposeAsync();
+            throw;
+        }
+    }
+
+    public async Task<ExtendPlanDto> ExtendAsync(string label, ExtendRequest req)
+    {
+        var pool = await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        var p = await pool.ExtendAsync(req.DryRun).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        if (p.Started)
+            Log.ExtendStarted(_logger, label, p.FromTargets, p.ToTargets, p.MovingReplicas);
+        return new ExtendPlanDto(p.Pool, p.FromTargets, p.ToTargets, p.Placement, p.Chunks, p.Replicas, p.MovingChunks, p.MovingReplicas,
+            p.MovingBytes, p.MovingFraction, req.DryRun);
     }
 
     private (long, long, long) Space()
@@ -300,7 +373,7 @@ public sealed class EngineService : IAsyncDisposable
             q.Rf, q.Containers, q.Images, q.TotalBytes, q.UsedBytes, q.FreeBytes,
             q.Targets.Select(t => new TargetSpaceDto(t.Target, t.Device, t.TotalBytes, t.UsedBytes, t.FreeBytes)).ToList(),
             up == null ? null : $"Pool layout out of date ({q.LayoutVersion} < {max}) -- see 'strata pool upgrade' for details.", upgrade,
-            q.Status.ToString().ToLowerInvariant());
+            q.Status.ToString().ToLowerInvariant(), q.Job is { } j ? new PoolJobDto(j.Kind, j.State, j.ItemsDone, j.ItemsTotal, j.BytesDone, j.BytesTotal, j.BytesPerSecond, j.Current, j.Reason) : null);
     }
 
     // ---- layout versions and upgrades ----
@@ -393,6 +466,8 @@ public sealed class EngineService : IAsyncDisposable
     /// </summary>
     public async Task DestroyPoolAsync(string label, bool force)
     {
+        // Before clients are revoked: a migration's pools stay, and so do its clients.
+        Engine.ThrowIfPoolMigrating(label);
         if (Engine.ListPools().FirstOrDefault(p => p.Label == label) is { State: "ready" or "readonly" })
         {
             var open = await Engine.OpenPoolAsync(label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
@@ -494,7 +569,43 @@ public sealed class EngineService : IAsyncDisposable
         {
             Nbd = Nbd?.UrisFor($"{pool}/{cont}/{image}") ?? [],
             Clients = p.ListClients().Where(c => c.Image == key).Select(ToDto).ToList(),
+            Alias = Engine.AliasOf(pool, cont, image),
+            Migration = Engine.MigrationStatusOrNull($"{pool}/{cont}/{image}") is { } m ? ToDto(m) : null,
         };
+    }
+
+    // ---- image migration (docs/migration.md, "Image migration") ----
+
+    private static MigrationStatusDto ToDto(Migration.ImageMigrationStatus s) => new(s.Source, s.Destination, s.State, s.Summary,
+        s.PercentComplete, s.ChunksDone, s.Chunks, s.BytesCopied, s.RateBytesPerSecond, s.EtaSeconds, s.Error);
+
+    public IReadOnlyList<MigrationStatusDto> ListMigrations() => Engine.ListMigrations().Select(ToDto).ToList();
+
+    public MigrationStatusDto MigrationStatus(string image) => ToDto(Engine.MigrationStatus(image));
+
+    public async Task<MigrationStatusDto> PrepareMigrationAsync(MigrationPrepareRequest req) =>
+        ToDto(await Engine.PrepareMigrationAsync(req.Source, req.Destination, req.ChunkSize).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
+
+    public async Task<MigrationAliasDto> RemoveAliasAsync(string image)
+    {
+        await Engine.RemoveAliasAsync(image).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        return new MigrationAliasDto(image, null);
+    }
+
+    /// <summary>execute, commit, abort.</summary>
+    public async Task<MigrationStatusDto> MigrationVerbAsync(string verb, string image)
+    {
+        switch (verb)
+        {
+            case "execute":
+                return ToDto(await Engine.ExecuteMigrationAsync(image).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
+            case "commit":
+                return ToDto(await Engine.CommitMigrationAsync(image).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
+            case "abort":
+                return ToDto(await Engine.AbortMigrationAsync(image).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
+            default:
+                throw new InvalidRequestException($"unknown migration action {UserText.Quote(verb)}; one of execute, commit, abort");
+        }
     }
 
     public async Task<IReadOnlyList<PoolClientDto>> ListPoolClientsAsync(string pool) =>

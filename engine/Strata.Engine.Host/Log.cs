@@ -94,4 +94,10 @@ internal static partial class Log
     // 1400 was also given to this message by mistake (it is NBD's "connection opened"); it moved to 1500.
     [LoggerMessage(1500, LogLevel.Information, "pool {Pool}: upgrade {From} -> {To} recorded as job {Job}")]
     public static partial void UpgradeStarted(ILogger logger, string pool, uint from, uint to, ulong job);
+
+    [LoggerMessage(1700, LogLevel.Information, "target {Index} added: {Uri}")]
+    public static partial void TargetAdded(ILogger logger, int index, string uri);
+
+    [LoggerMessage(1701, LogLevel.Information, "pool {Pool}: extend from {From} to {To} targets started ({Replicas} chunk replicas move)")]
+    public static partial void ExtendStarted(ILogger logger, string pool, int from, int to, long replicas);
 }

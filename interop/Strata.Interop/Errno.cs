@@ -30,6 +30,8 @@ public static class Errno
     public const int EILSEQ = 84;
     public const int EBADE = 52;
     public const int ENODATA = 61;
+    public const int EPIPE = 32;
+    public const int EMSGSIZE = 90;
 
     /// <summary>The symbolic name of an errno value, for messages ("EIO"), or "errno N".</summary>
     public static string Name(int errno) => errno switch
@@ -61,6 +63,8 @@ public static class Errno
         EILSEQ => "EILSEQ",
         EBADE => "EBADE",
         ENODATA => "ENODATA",
+        EPIPE => "EPIPE",
+        EMSGSIZE => "EMSGSIZE",
         _ => $"errno {errno}",
     };
 

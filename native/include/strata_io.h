@@ -31,7 +31,7 @@ extern "C" {
 /** Version constants of the ABI. */
 enum sio_abi {
     /** ABI version this header describes; the managed side refuses a library reporting another. */
-    SIO_ABI_VERSION = 2,
+    SIO_ABI_VERSION = 3,
 };
 
 /** Limits of the ABI. */
@@ -44,6 +44,8 @@ enum sio_limits {
     SIO_MAX_REGISTERED_REGIONS = 64,
     /** Size of the per-thread error detail text, including the terminating NUL. */
     SIO_ERROR_DETAIL_MAX = 256,
+    /** Most descriptors one sio_fd_send passes (the kernel's SCM_MAX_FD is 253). */
+    SIO_MAX_PASSED_FDS = 250,
 };
 
 /** Command opcodes. */
@@ -305,6 +307,36 @@ SIO_API int32_t sio_qpair_wait(sio_qpair *qpair, sio_completion *out, uint32_t m
 
 /** Reports the number of commands submitted and not yet reaped. */
 SIO_API int32_t sio_qpair_inflight(sio_qpair *qpair, uint32_t *out_count);
+
+/**
+ * Sends length bytes (at least 1) on a connected Unix stream socket, with
+ * fd_count descriptors (0..SIO_MAX_PASSED_FDS) attached to the first byte
+ * (SCM_RIGHTS): the receiver gets them with the read that takes that byte.
+ * Retries EINTR and short sends (the descriptors go once). -EINVAL for a bad
+ * count or length, else the negative errno of sendmsg (-EPIPE: the peer is
+ * gone; -EAGAIN: the socket's send timeout passed).  The caller still owns
+ * the descriptors (the receiver gets duplicates).
+ */
+SIO_API int32_t sio_fd_send(int32_t sock, const void *data, uint32_t length, const int32_t *fds, uint32_t fd_count);
+
+/**
+ * Receives exactly length bytes from a connected Unix stream socket, and the
+ * descriptors that came with them (close-on-exec) into fds, *out_fd_count of
+ * them. Retries EINTR and short reads. -EPIPE when the peer closed before
+ * length bytes came, -EMSGSIZE when more than max_fds descriptors came (all
+ * received ones are closed), -EAGAIN when the socket's receive timeout passed,
+ * else the negative errno of recvmsg.
+ */
+SIO_API int32_t sio_fd_recv(int32_t sock, void *data, uint32_t length, int32_t *fds, uint32_t max_fds,
+                            uint32_t *out_fd_count);
+
+/**
+ * Marks a descriptor handed to another process as shared: clears its
+ * close-on-exec flag, which is how the .NET runtime tells a socket that may
+ * live on in another process (it then closes such a socket without shutting
+ * the connection down).  -EBADF for a closed descriptor.
+ */
+SIO_API int32_t sio_fd_set_shared(int32_t fd);
 
 #ifdef __cplusplus
 }

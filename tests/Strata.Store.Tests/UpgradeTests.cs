@@ -87,13 +87,13 @@ internal sealed class ScanChunksAction(int cursorEvery = 3) : IUpgradeAction
     }
 }
 
-/// <summary>An exclusive action that holds until released, so a test can look at the pool meanwhile.</summary>
-internal sealed class GateAction : IUpgradeAction
+/// <summary>An action (exclusive unless told) that holds until released, so a test can look at the pool meanwhile.</summary>
+internal sealed class GateAction(ActionAccess access = ActionAccess.Exclusive) : IUpgradeAction
 {
     public TaskCompletionSource Entered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     public TaskCompletionSource Release { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    public ActionAccess Access => ActionAccess.Exclusive;
+    public ActionAccess Access => access;
 
     public ActionEstimate Estimate(IUpgradePool pool) => new(1, 0, 0, 0);
 
@@ -272,6 +272,33 @@ public sealed class UpgradeTests
         var s = await Assert.ThrowsExactlyAsync<NoSpaceException>(() => p2.UpgradeAsync(3, false));
         StringAssert.StartsWith(s.Message, "no space left in pool 'tank' for the upgrade: data movement needs 1099511627776 bytes per target");
         Assert.AreEqual(1u, p2.LayoutVersion);
+    }
+
+    [TestMethod]
+    public async Task Begin_HeadersCarryBit62BeforeTheFirstActionRuns()
+    {
+        // An online first action may write what older software cannot read (block tables, moved
+        // extents) before any checkpoint of its own: the job's begin must already have told the
+        // headers, so an older release refuses the pool instead of replaying it.
+        var gate = new GateAction(ActionAccess.Online);
+        var cat = TestCatalogs.WithVersion3(new LayoutFeature("test_scan", 3, FeatureClass.Incompat, 5, ActionKind.DataScan, "test", gate));
+        var devs = TestDevices.Memory(2);
+        var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Catalog = cat, Ras = new InMemoryRasSink() });
+        var pool = await engine.CreatePoolAsync("tank", 6L * 1024 * 1024, 2, TestDevices.SmallPool with { LayoutVersion = 2 });
+        await pool.CreateContainerAsync("c");
+        await (await pool.CreateImageAsync("c", "a", 65536, 4096)).WriteAsync(0, TestDevices.Pattern(65536, 3));
+        foreach (var h in await WalV2UpgradeTests.HeadersAsync(devs))
+            Assert.AreEqual((2u, 0UL), (h.LayoutVersion, h.Incompat & LayoutCatalog.IncompatUpgradeInProgress), "before the job");
+
+        await pool.UpgradeAsync(3, false);
+        await gate.Entered.Task;
+        foreach (var h in await WalV2UpgradeTests.HeadersAsync(devs))
+            Assert.AreEqual((2u, LayoutCatalog.IncompatUpgradeInProgress), (h.LayoutVersion, h.Incompat & LayoutCatalog.IncompatUpgradeInProgress), "while the first action runs");
+
+        gate.Release.SetResult();
+        await pool.WaitForUpgradeAsync();
+        foreach (var h in await WalV2UpgradeTests.HeadersAsync(devs))
+            Assert.AreEqual((3u, 0UL), (h.LayoutVersion, h.Incompat & LayoutCatalog.IncompatUpgradeInProgress), "after the job");
     }
 
     [TestMethod]

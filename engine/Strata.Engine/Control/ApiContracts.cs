@@ -112,7 +112,20 @@ public sealed record TargetSpaceDto(int Target, string Device, long TotalBytes, 
 /// </summary>
 public sealed record PoolQueryDto(string Label, Guid Id, uint LayoutVersion, uint SupportedLayoutVersion, string? UpgradeNeeded,
     string Status, string? ReadOnlyReason, int Rf, int Containers, int Images, long TotalBytes, long UsedBytes, long FreeBytes,
-    IReadOnlyList<TargetSpaceDto> Targets, string? Warning, UpgradeStatus? Upgrade = null, string? State = null);
+    IReadOnlyList<TargetSpaceDto> Targets, string? Warning, UpgradeStatus? Upgrade = null, string? State = null, PoolJobDto? Job = null);
+
+/// <summary>A pool's data-moving job other than an upgrade (extend): State running, completed, failed or stopped.</summary>
+public sealed record PoolJobDto(string Kind, string State, long ItemsDone, long ItemsTotal, long BytesDone, long BytesTotal,
+    double? BytesPerSecond, string? Current, string? Reason);
+
+/// <summary>`storage add-target`: the device URI, as in the engine's configuration (file:PATH?create=1&amp;size=4G, nvme-...).</summary>
+public sealed record AddTargetRequest(string Uri);
+
+public sealed record ExtendRequest(bool DryRun = false);
+
+/// <summary>What `pool extend` moves: of Replicas chunk replicas, MovingReplicas (MovingBytes) go to other targets.</summary>
+public sealed record ExtendPlanDto(string Pool, int FromTargets, int ToTargets, int Placement, long Chunks, long Replicas,
+    long MovingChunks, long MovingReplicas, long MovingBytes, double MovingFraction, bool DryRun);
 
 /// <summary>A property; Source (pool properties): "default", "set" (at creation or by set-prop, to a value other than the default) or "-" (computed, read-only).</summary>
 public sealed record PropertyDto(string Name, string Value, string? Source = null);
@@ -128,9 +141,12 @@ public sealed record ImageCreateRequest(string Label, long Size, int ChunkSize =
 /// <summary>A new image size; a shrink that drops mapped data needs AllowShrink.</summary>
 public sealed record ImageResizeRequest(long Size, bool AllowShrink = false);
 
-/// <summary>An image; `image info` also fills Nbd (one URI per NBD listener) and Clients (who holds it open).</summary>
+/// <summary>
+/// An image; `image info` also fills Nbd (one URI per NBD listener), Clients (who holds it open),
+/// Alias (the name of a migrated source that resolves to it) and Migration (when either end of one).
+/// </summary>
 public sealed record ImageDto(uint Id, string Pool, string Container, string Label, long Size, int ChunkSize, long MappedBytes,
-    IReadOnlyList<string>? Nbd = null, IReadOnlyList<PoolClientDto>? Clients = null);
+    IReadOnlyList<string>? Nbd = null, IReadOnlyList<PoolClientDto>? Clients = null, string? Alias = null, MigrationStatusDto? Migration = null);
 
 /// <summary>A data-path client of a pool (an NBD connection): what it holds open and who it is.</summary>
 public sealed record PoolClientDto(long Id, string Kind, string Image, string Peer, DateTimeOffset Since);
@@ -180,3 +196,16 @@ public sealed record UpgradePlan(string Pool, uint From, uint To, IReadOnlyList<
 public sealed record UpgradeStatus(string Pool, uint LayoutVersion, string Status, uint? Target, ulong? JobId, string? Reason,
     int ActionsDone, int ActionsTotal, long ItemsDone, long ItemsTotal, long BytesDone, long BytesTotal,
     double? ItemsPerSecond, double? BytesPerSecond, double? EtaSeconds, string? CurrentAction, double? LongestPauseMs, bool Running);
+
+/// <summary>`image migrate prepare SRC DST`: both "pool/container/image"; ChunkSize 0 keeps the source's where the destination pool allows it.</summary>
+public sealed record MigrationPrepareRequest(string Source, string Destination, int ChunkSize = 0);
+
+/// <summary>`image migrate execute|commit|abort|remove-alias IMAGE`: either end's "pool/container/image".</summary>
+public sealed record MigrationRequest(string Image);
+
+/// <summary>A migration as `image migrate status` shows it (Summary: "executing (32% complete)").</summary>
+public sealed record MigrationStatusDto(string Source, string Destination, string State, string Summary, int PercentComplete,
+    long ChunksDone, long Chunks, long BytesCopied, double RateBytesPerSecond, double? EtaSeconds, string? Error);
+
+/// <summary>An image and the migrated source name that resolves to it (null: none).</summary>
+public sealed record MigrationAliasDto(string Image, string? Alias);

@@ -232,6 +232,12 @@ public sealed class LayoutCatalog
                 "write-ahead log v2, checksummed batches: one header and CRC32C per batch, compact records (a 4 KiB write's record 30 bytes instead of 56); every shard is checkpointed and its log restarted in the new format",
                 WalV2Action.Instance),
         ], Supported: false),
+        new(6, "image migration",
+        [
+            new("image_migration", 6, FeatureClass.Incompat, 5, ActionKind.MetadataOnly,
+                "live image migration and import (docs/migration.md, \"Image migration\"): images carry migration.* properties that every writer must honour, so older software must refuse the pool",
+                NoDataAction.Instance),
+        ], Supported: false),
     ],
     [
         new("strata-1.0", 1),

@@ -110,7 +110,18 @@ public sealed class NbdExportCatalog(StorageEngine engine, Func<string, string, 
         }
         catch (NotFoundException)
         {
-            return null;
+            // A migrated image's old name resolves to its destination until the operator removes the alias.
+            if (engine.ResolveAlias(name) is not { } to)
+                return null;
+            try
+            {
+                var io = await open(to.Pool, to.Container, to.Image).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+                return new NbdExport(name, to.Pool, to.Container, to.Image, io);
+            }
+            catch (NotFoundException)
+            {
+                return null;
+            }
         }
     }
 }

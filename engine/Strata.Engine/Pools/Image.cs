@@ -1,3 +1,4 @@
+using Strata.Engine.Migration;
 using Strata.Engine.Store;
 
 namespace Strata.Engine.Pools;
@@ -16,8 +17,16 @@ public sealed class Image
     private readonly Pool _pool;
     private readonly ImageLocks _locks;
 
-    internal Image(Pool pool, uint id, string container, string label)
+    /// <summary>
+    /// A migration's handle on its destination: its I/O runs inside a pass of the source pool's gate
+    /// (a mirrored write, the copy), so it does not enter the destination's gate again, which could
+    /// wait on a barrier that itself waits for that source pass (docs/migration.md).
+    /// </summary>
+    private readonly bool _ungated;
+
+    internal Image(Pool pool, uint id, string container, string label, bool ungated = false)
     {
+        _ungated = ungated;
         _pool = pool;
         Id = id;
         Container = container;
@@ -33,9 +42,14 @@ public sealed class Image
 
     public Pool Pool => _pool;
 
+    private ValueTask<PoolGate.Ticket> EnterAsync() => _ungated ? default : _pool.Gate.EnterAsync();
+
     private ImageMeta Meta => _pool.ImageById(Id, Label);
 
-    public long Size
+    public long Size => _pool.MigrationOf(Id) is { Committed: true } m ? m.Forward.Size : SourceSize;
+
+    /// <summary>This image's own size (not forwarded after a committed migration).</summary>
+    internal long SourceSize
     {
         get
         {
@@ -45,7 +59,25 @@ public sealed class Image
         }
     }
 
-    public int ChunkSize => Meta.ChunkSize;
+    public int ChunkSize => _pool.MigrationOf(Id) is { Committed: true } m ? m.Forward.ChunkSize : Meta.ChunkSize;
+
+    /// <summary>Chunk size, or 0 once the image is gone.</summary>
+    internal int ChunkSizeOrZero()
+    {
+        lock (_pool.Meta.Sync)
+            return _pool.Meta.Images.TryGetValue(Id, out var m) ? m.ChunkSize : 1;
+    }
+
+    /// <summary>Mapped bytes at and after chunk <paramref name="index"/> (a migration's remaining work).</summary>
+    internal long MappedBytesFrom(long index)
+    {
+        var m = Meta;
+        lock (_pool.Meta.Sync)
+            return (long)m.Chunks.Keys.Count(k => k >= index) * m.ChunkSize;
+    }
+
+    /// <summary>The committed migration an old handle forwards to, or null.</summary>
+    private ImageMigration? Forwarded => _pool.MigrationOf(Id) is { Committed: true } m ? m : null;
 
     private void CheckRange(string what, long offset, long length, long size)
     {
@@ -85,7 +117,26 @@ public sealed class Image
 
     public async Task ReadAsync(long offset, Memory<byte> destination)
     {
-        using var pass = await _pool.Gate.EnterAsync().ConfigureAwait(false);
+        // Until commit a migrating source serves its own reads: every write reaches it, so it is complete.
+        if (Forwarded is { } f)
+        {
+            await f.Forward.ReadAsync(offset, destination).ConfigureAwait(false);
+            return;
+        }
+        try
+        {
+            await ReadOwnAsync(offset, destination).ConfigureAwait(false);
+        }
+        catch (NotFoundException) when (Forwarded is { } g)
+        {
+            // Committed while this read waited for its chunk: the source is gone, the destination has it all.
+            await g.Forward.ReadAsync(offset, destination).ConfigureAwait(false);
+        }
+    }
+
+    private async Task ReadOwnAsync(long offset, Memory<byte> destination)
+    {
+        using var pass = await EnterAsync().ConfigureAwait(false);
         var meta = Meta;
         long size;
         lock (_pool.Meta.Sync)
@@ -130,6 +181,31 @@ public sealed class Image
             await RepairChunkAsync(meta, index).ConfigureAwait(false);
     }
 
+    /// <summary>Whether a chunk of this image is mapped now (a migration's copy skips holes).</summary>
+    internal bool IsChunkMapped(long index) => _pool.ChunkIo.Lookup(Meta, index) != null;
+
+    /// <summary>
+    /// A migration's copy of one chunk: under the chunk's exclusive lock (no client write between
+    /// the read and the copy's write), a verified read of this image, written to the destination at
+    /// the same offset as writeback. Returns the bytes written (0 for a chunk unmapped meanwhile).
+    /// </summary>
+    internal async Task<long> CopyChunkAsync(long index, Image destination, byte[] buffer)
+    {
+        using var pass = await EnterAsync().ConfigureAwait(false);
+        var meta = Meta;
+        int cs = meta.ChunkSize;
+        using (await _locks.ChunkAsync(index).ConfigureAwait(false))
+        {
+            var map = _pool.ChunkIo.Lookup(Meta, index);
+            if (map == null)
+                return 0;
+            await _pool.ChunkIo.ReadVerifiedAsync(meta, index, map, buffer.AsMemory(0, cs), repair: true).ConfigureAwait(false);
+            int length = (int)Math.Min(cs, SourceSize - index * cs);
+            await destination.WriteAsync(index * cs, buffer.AsMemory(0, length), durable: false).ConfigureAwait(false);
+            return length;
+        }
+    }
+
     /// <summary>
     /// Rewrites a chunk's bad replicas under its exclusive lock, after the shared
     /// read that found them returned verified bytes: the mapping is looked up and
@@ -168,23 +244,57 @@ public sealed class Image
     /// </summary>
     public async Task WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true)
     {
-        using var pass = await _pool.Gate.EnterAsync().ConfigureAwait(false);
+        if (Forwarded is { } f)
+        {
+            await f.Forward.WriteAsync(offset, source, durable).ConfigureAwait(false);
+            return;
+        }
+        try
+        {
+            await WriteOwnAsync(offset, source, durable).ConfigureAwait(false);
+        }
+        catch (NotFoundException) when (Forwarded is { } g)
+        {
+            // Committed while this write waited: what it wrote of the source is on the destination too; write it all there.
+            await g.Forward.WriteAsync(offset, source, durable).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Writes this image; a migrating source then writes the same bytes to the destination while it
+    /// still holds the chunk locks (the migration is looked up under them: prepare installs it under
+    /// all of them, so no write can slip between the copy of a chunk and its mirror).
+    /// </summary>
+    private async Task WriteOwnAsync(long offset, ReadOnlyMemory<byte> source, bool durable)
+    {
+        using var pass = await EnterAsync().ConfigureAwait(false);
         _pool.ThrowIfNotWritable();
         var meta = Meta;
-        CheckRange("write", offset, source.Length, Size);
+        CheckRange("write", offset, source.Length, SourceSize);
         int cs = meta.ChunkSize;
         if (source.Length == 0)
             return;
         if (offset / cs == (offset + source.Length - 1) / cs)
         {
             using (await _locks.ChunkAsync(offset / cs).ConfigureAwait(false))
+            {
                 await _pool.ChunkIo.WriteAsync(Meta, offset / cs, (int)(offset % cs), source, durable).ConfigureAwait(false);
+                if (_pool.MigrationOf(Id) is { } m)
+                    await m.MirrorWriteAsync(offset, source, durable).ConfigureAwait(false);
+            }
             return;
         }
         await ForEachGroupAsync(Groups(offset, source.Length, cs, _pool.ChunkRuns.GroupSize(_pool.Rf)), async g =>
         {
             using (await _locks.ChunksAsync(g[0].Index, g.Count, write: true).ConfigureAwait(false))
+            {
                 await _pool.ChunkRuns.WriteGroupAsync(Meta, g, source, durable).ConfigureAwait(false);
+                if (_pool.MigrationOf(Id) is { } m)
+                {
+                    int at = g[0].At, length = g[^1].At + g[^1].Length - at;
+                    await m.MirrorWriteAsync(offset + at, source.Slice(at, length), durable).ConfigureAwait(false);
+                }
+            }
         }).ConfigureAwait(false);
     }
 
@@ -195,13 +305,76 @@ public sealed class Image
     /// </summary>
     public async Task TrimAsync(long offset, long length)
     {
-        using var pass = await _pool.Gate.EnterAsync().ConfigureAwait(false);
+        if (Forwarded is { } f)
+        {
+            await f.Forward.TrimAsync(offset, length).ConfigureAwait(false);
+            return;
+        }
+        try
+        {
+            if (_pool.MigrationOf(Id) == null)
+            {
+                await TrimOwnAsync(offset, length).ConfigureAwait(false);
+                return;
+            }
+        }
+        catch (MigrationStartedException)
+        {
+            // Prepared while this trim ran: trim again, mirrored (zeroing or unmapping twice is harmless).
+        }
+        catch (NotFoundException) when (Forwarded != null)
+        {
+        }
+        if (Forwarded is { } g)
+        {
+            await g.Forward.TrimAsync(offset, length).ConfigureAwait(false);
+            return;
+        }
+        await TrimMigratingAsync(offset, length).ConfigureAwait(false);
+    }
+
+    /// <summary>Thrown inside a trim that finds, under a lock, that a migration of this image began.</summary>
+    private sealed class MigrationStartedException() : Exception("image migration prepared during a trim");
+
+    /// <summary>
+    /// A migrating source's trim: the whole trim under all of the image's locks, then the same
+    /// range on the destination, still under them, so no write lands between the two.
+    /// </summary>
+    private async Task TrimMigratingAsync(long offset, long length)
+    {
+        using var pass = await EnterAsync().ConfigureAwait(false);
         _pool.ThrowIfNotWritable();
         var meta = Meta;
-        long size = Size;
-        CheckRange("trim", offset, length, size);
+        CheckRange("trim", offset, length, SourceSize);
         if (length == 0)
             return;
+        using (await _locks.AllAsync().ConfigureAwait(false))
+        {
+            var m = _pool.MigrationOf(Id);
+            await TrimBodyAsync(meta, offset, length, locked: true).ConfigureAwait(false);
+            if (m is { Committed: false })
+                await m.MirrorTrimAsync(offset, length).ConfigureAwait(false);
+        }
+    }
+
+    private async Task TrimOwnAsync(long offset, long length)
+    {
+        using var pass = await EnterAsync().ConfigureAwait(false);
+        _pool.ThrowIfNotWritable();
+        var meta = Meta;
+        CheckRange("trim", offset, length, SourceSize);
+        if (length == 0)
+            return;
+        await TrimBodyAsync(meta, offset, length, locked: false).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The trim itself. locked: the caller holds all of the image's locks (a migrating source);
+    /// else each part takes its own and checks that no migration began meanwhile.
+    /// </summary>
+    private async Task TrimBodyAsync(ImageMeta meta, long offset, long length, bool locked)
+    {
+        long size = SourceSize;
         int cs = meta.ChunkSize;
         long end = offset + length;
         long first = (offset + cs - 1) / cs;
@@ -210,14 +383,16 @@ public sealed class Image
         {
             // No whole chunk: the range touches one chunk or the ends of two.
             long boundary = (offset / cs + 1) * cs;
-            await ZeroPartAsync(meta, offset, Math.Min(end, boundary)).ConfigureAwait(false);
-            await ZeroPartAsync(meta, boundary, end).ConfigureAwait(false);
+            await ZeroPartAsync(meta, offset, Math.Min(end, boundary), locked).ConfigureAwait(false);
+            await ZeroPartAsync(meta, boundary, end, locked).ConfigureAwait(false);
             return;
         }
-        await ZeroPartAsync(meta, offset, first * cs).ConfigureAwait(false);
-        await ZeroPartAsync(meta, last * cs, end).ConfigureAwait(false);
-        using (await _locks.AllAsync().ConfigureAwait(false))
+        await ZeroPartAsync(meta, offset, first * cs, locked).ConfigureAwait(false);
+        await ZeroPartAsync(meta, last * cs, end, locked).ConfigureAwait(false);
+        using (locked ? null : await _locks.AllAsync().ConfigureAwait(false))
         {
+            if (!locked && _pool.MigrationOf(Id) != null)
+                throw new MigrationStartedException();
             List<ChunkMap> dropped;
             lock (_pool.Meta.Sync)
                 dropped = Meta.Chunks.Where(kv => kv.Key >= first && kv.Key < last).Select(kv => kv.Value).ToList();
@@ -230,14 +405,22 @@ public sealed class Image
     }
 
     /// <summary>Zeroes [from, to) inside one chunk, if that chunk holds data.</summary>
-    private async Task ZeroPartAsync(ImageMeta meta, long from, long to)
+    private async Task ZeroPartAsync(ImageMeta meta, long from, long to, bool locked)
     {
         if (from >= to)
             return;
         int cs = meta.ChunkSize;
         long index = from / cs;
+        if (locked)
+        {
+            if (_pool.ChunkIo.Lookup(Meta, index) != null)
+                await _pool.ChunkIo.WriteAsync(meta, index, (int)(from % cs), new byte[to - from]).ConfigureAwait(false);
+            return;
+        }
         using (await _locks.ChunkAsync(index).ConfigureAwait(false))
         {
+            if (_pool.MigrationOf(Id) != null)
+                throw new MigrationStartedException();
             if (_pool.ChunkIo.Lookup(Meta, index) != null)
                 await _pool.ChunkIo.WriteAsync(meta, index, (int)(from % cs), new byte[to - from]).ConfigureAwait(false);
         }
@@ -286,12 +469,21 @@ public sealed class Image
     /// (of any image of the pool) are not durable yet, else one flush round. Fails when the pool can no
     /// longer guarantee durability.
     /// </summary>
-    public Task FlushAsync()
+    public async Task FlushAsync()
     {
+        var m = _pool.MigrationOf(Id);
+        if (m is { Committed: true })
+        {
+            await m.Forward.FlushAsync().ConfigureAwait(false);
+            return;
+        }
         // No gate: a prepared pool refuses writes, but its writeback writes were flushed by the prepare's checkpoint.
         _pool.ThrowIfNotLoggable();
         _ = Meta;
-        return _pool.Log.FlushAsync();
+        await _pool.Log.FlushAsync().ConfigureAwait(false);
+        // Mirrored writeback writes are durable at the destination pool's next flush round.
+        if (m != null && !ReferenceEquals(m.Destination.Pool, _pool))
+            await m.Destination.FlushAsync().ConfigureAwait(false);
     }
 
     /// <summary>
@@ -311,7 +503,8 @@ public sealed class Image
             int cs = meta.ChunkSize;
             using (await _locks.AllAsync().ConfigureAwait(false))
             {
-                long oldSize = Size;
+                _pool.ThrowIfMigrating(Id, Label, "resize");
+                long oldSize = SourceSize;
                 if (newSize > oldSize && oldSize % cs != 0)
                 {
                     long last = oldSize / cs;

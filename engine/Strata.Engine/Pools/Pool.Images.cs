@@ -61,6 +61,8 @@ public sealed partial class Pool
         if (_exclusiveReason is { } x)
             throw new PoolBusyException($"pool '{Label}': {x}");
         var meta = FindImage(container, label);
+        if (MigrationTo(meta.Id) != null)
+            ThrowIfMigrating(meta.Id, label, "open");
         return new Image(this, meta.Id, container, label);
     }
 
@@ -72,6 +74,7 @@ public sealed partial class Pool
         {
             ThrowIfNotWritable();
             var meta = FindImage(container, label);
+            ThrowIfMigrating(meta.Id, label, "remove");
             ThrowIfImageHasClients(container, label);
             using (await LocksFor(meta.Id).AllAsync().ConfigureAwait(false))
             {

@@ -28,12 +28,14 @@ public sealed partial class Pool : IUpgradePool
             throw new ArgumentException($"unknown pool operation '{kind}'", nameof(kind));
         lock (_operations)
         {
-            if (_upgradeTask is { IsCompleted: false })
-                throw new PoolBusyException($"pool '{Label}' is upgrading; {kind} cannot start until the upgrade completes");
+            if (_upgradeTask is { IsCompleted: false } || Meta.UpgradeJob is { State: UpgradeJobState.InProgress })
+                throw new PoolBusyException($"pool '{Label}' is upgrading ({UpgradeText()}); {kind} cannot start until the upgrade completes");
             _operations[kind] = _operations.GetValueOrDefault(kind) + 1;
         }
         return new OperationScope(this, kind);
     }
+
+    private string UpgradeText() => Meta.UpgradeJob is { } j ? $"{j.From} -> {j.To}, job {j.Id}" : "job starting";
 
     private sealed class OperationScope(Pool pool, string kind) : IDisposable
     {
@@ -144,6 +146,10 @@ public sealed partial class Pool : IUpgradePool
             lock (Meta.Sync)
                 id = (Meta.UpgradeJob?.Id ?? 0) + 1;
             await Log.CommitAsync(MetaRecords.UpgradeJobBegin(id, plan.From, plan.To)).ConfigureAwait(false);
+            // Before any action writes what older software cannot read, every shard header carries
+            // incompat bit 62 (a checkpoint writes it while a job is in progress), so an older
+            // release refuses the pool rather than replaying records or extents it does not know.
+            await Log.CheckpointAsync().ConfigureAwait(false);
         }
         finally
         {

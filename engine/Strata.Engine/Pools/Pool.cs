@@ -12,6 +12,9 @@ public sealed record TargetSpace(int Target, string Device, long TotalBytes, lon
 public sealed record PoolQueryResult(string Label, Guid Id, uint LayoutVersion, ulong Compat, ulong RoCompat, ulong Incompat,
     PoolStatus Status, string? ReadOnlyReason, int Rf, int Containers, int Images, IReadOnlyList<TargetSpace> Targets)
 {
+    /// <summary>The running or last data-moving job other than an upgrade since the pool opened (extend), or null.</summary>
+    public PoolJobStatus? Job { get; init; }
+
     /// <summary>Data bytes over every target (pool list and pool query show the same sums).</summary>
     public long TotalBytes => Targets.Sum(t => t.TotalBytes);
 
@@ -38,13 +41,30 @@ public sealed partial class Pool : IAsyncDisposable
     {
         _engine = engine;
         _entry = entry;
-        Shards = shards;
+        _shards = shards;
+        _placementTargets = shards.Length;
         Meta = state;
         _readOnlyReason = readOnlyReason;
         Header = shards[0].Header;
     }
 
-    internal Shard[] Shards { get; }
+    /// <summary>The pool's shards, by target; replaced (never changed in place) when an extension adds one (<see cref="JoinShard"/>).</summary>
+    internal Shard[] Shards => Volatile.Read(ref _shards);
+
+    private Shard[] _shards;
+
+    private int _placementTargets;
+
+    /// <summary>Called by the log's committer between rounds: the log and checkpoints include the new shard from now on; placement does not yet.</summary>
+    internal void JoinShard(Shard shard)
+    {
+        var current = Shards;
+        System.Diagnostics.Debug.Assert(shard.Index == current.Length, "shards join in target order");
+        Volatile.Write(ref _shards, [.. current, shard]);
+    }
+
+    /// <summary>New replicas may go to every shard: called once the newest shard's target records it durably.</summary>
+    internal void PlaceOnAllShards() => Volatile.Write(ref _placementTargets, Shards.Length);
 
     internal PoolState Meta { get; }
 
@@ -105,7 +125,12 @@ public sealed partial class Pool : IAsyncDisposable
         return layout;
     }
 
-    public int TargetCount => Shards.Length;
+    /// <summary>
+    /// The targets placement spreads chunks over (also what shard headers count): every shard, except
+    /// while an extension's new shard is joined to the log but not yet recorded in its target's
+    /// superblock, when a crash would forget it (docs/operations.md, "Extending a pool").
+    /// </summary>
+    public int TargetCount => Volatile.Read(ref _placementTargets);
 
     /// <summary>
     /// Where new replicas go: the placement of the pool's layout (<see cref="Placements.For"/>), or,
@@ -196,7 +221,10 @@ public sealed partial class Pool : IAsyncDisposable
             var layout = DurableLayout();
             return new PoolQueryResult(Meta.Props["label"], Id, layout.Version, layout.Compat, layout.RoCompat, layout.Incompat,
                 State, _readOnlyReason, int.Parse(Meta.Props["rf"], CultureInfo.InvariantCulture), Meta.Containers.Count, Meta.Images.Count,
-                Shards.Select(s => new TargetSpace(s.Index, s.Device.Name, s.Allocator.Capacity, s.Allocator.UsedBytes, s.Allocator.FreeBytes)).ToList());
+                Shards.Select(s => new TargetSpace(s.Index, s.Device.Name, s.Allocator.Capacity, s.Allocator.UsedBytes, s.Allocator.FreeBytes)).ToList())
+            {
+                Job = JobStatus,
+            };
         }
     }
 
@@ -277,6 +305,7 @@ public sealed partial class Pool : IAsyncDisposable
         if (_closed)
             return;
         await StopUpgradeRunnerAsync().ConfigureAwait(false);
+        await StopJobRunnerAsync().ConfigureAwait(false);
         if (checkpoint && State == PoolStatus.Ready)
         {
             try

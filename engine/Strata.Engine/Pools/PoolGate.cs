@@ -103,7 +103,7 @@ internal sealed class PoolGate
     /// <summary>One operation inside the gate.</summary>
     public readonly struct Ticket(PoolGate gate) : IDisposable
     {
-        public void Dispose() => gate.Exit();
+        public void Dispose() => gate?.Exit();
     }
 
     /// <summary>The gate held closed; disposing reopens it.</summary>

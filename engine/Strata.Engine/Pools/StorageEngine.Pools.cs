@@ -9,17 +9,18 @@ public sealed partial class StorageEngine
         var ids = Targets.SelectMany(t => t.Superblock.Extents.Select(e => e.Pool)).Distinct().ToList();
         foreach (var id in ids)
         {
-            var extents = new ShardExtent[Targets.Count];
-            bool complete = true;
-            for (int i = 0; i < Targets.Count; i++)
+            // A pool is on targets 0..n-1: created on every target there was, then extended one target
+            // at a time. Holders that are not such a prefix, or fewer than its header counts, are a
+            // creation or destruction that a crash interrupted.
+            int holders = 0;
+            while (holders < Targets.Count && Targets[holders].Superblock.Extents.Any(x => x.Pool == id))
+                holders++;
+            bool complete = holders > 0 && Targets.Skip(holders).All(t => t.Superblock.Extents.All(x => x.Pool != id));
+            var extents = new ShardExtent[holders];
+            for (int i = 0; i < holders && complete; i++)
             {
                 var t = Targets[i];
-                var e = t.Superblock.Extents.FirstOrDefault(x => x.Pool == id);
-                if (e.Pool != id)
-                {
-                    complete = false;
-                    continue;
-                }
+                var e = t.Superblock.Extents.First(x => x.Pool == id);
                 if (e.Offset < TargetSuperblock.ReservedBytes || e.Offset + e.Length > t.Device.Geometry.Capacity)
                     throw new CorruptMetadataException($"device '{t.Device.Name}' is truncated or damaged: pool {id}'s shard at {e.Offset}+{e.Length} lies outside its {t.Device.Geometry.Capacity} bytes");
                 extents[i] = e;
@@ -32,7 +33,7 @@ public sealed partial class StorageEngine
             var entry = new PoolEntry { Id = id, Extents = extents, Label = id.ToString() };
             // Label and layout come from the first target with a valid header copy; the full
             // validation (every shard, every feature word) happens when the pool is opened.
-            for (int i = 0; i < Targets.Count && entry.Header == null; i++)
+            for (int i = 0; i < holders && entry.Header == null; i++)
             {
                 var r = await HeaderCopies.ReadAsync<ShardHeader>(Targets[i].Device, extents[i].Offset, ShardHeader.Decode, h => h.Generation).ConfigureAwait(false);
                 if (r.Best != null && r.Best.PoolId == id)
@@ -40,6 +41,11 @@ public sealed partial class StorageEngine
                     entry.Header = r.Best;
                     entry.Label = r.Best.Label;
                 }
+            }
+            if (entry.Header != null && entry.Header.TargetCount > holders)
+            {
+                await RollBackIncompleteAsync(id).ConfigureAwait(false);
+                continue;
             }
             if (entry.Header == null)
                 entry.Problem = "damaged: no valid shard header on any target";
@@ -145,6 +151,7 @@ public sealed partial class StorageEngine
             entry.Open = pool;
             entry.Problem = null;
             pool.ResumeUpgradeIfNeeded();
+            pool.ResumeJobIfNeeded();
             return pool;
         }
         catch (IncompatibleLayoutException)
@@ -167,6 +174,7 @@ public sealed partial class StorageEngine
         if (Options.ReadOnly)
             throw new PoolReadOnlyException("the engine is open read-only");
         Barrier.ThrowIfFrozen(label);
+        ThrowIfPoolMigrating(label);
         await _lock.WaitAsync().ConfigureAwait(false);
         try
         {

@@ -44,7 +44,7 @@ public sealed partial class StorageEngine : IAsyncDisposable
 
     private StorageEngine(Target[] targets, StorageEngineOptions options)
     {
-        Targets = targets;
+        _targets = targets;
         Options = options;
         Barrier = new EngineBarrier(this);
     }
@@ -52,7 +52,10 @@ public sealed partial class StorageEngine : IAsyncDisposable
     /// <summary>`system barrier freeze / thaw / stat`.</summary>
     public EngineBarrier Barrier { get; }
 
-    public IReadOnlyList<Target> Targets { get; }
+    /// <summary>The targets, by index; replaced (never changed in place) when a target is added.</summary>
+    public IReadOnlyList<Target> Targets => Volatile.Read(ref _targets);
+
+    private Target[] _targets;
 
     public StorageEngineOptions Options { get; }
 
@@ -135,7 +138,11 @@ public sealed partial class StorageEngine : IAsyncDisposable
         {
             if (t.Superblock.EngineId != first.EngineId)
                 throw new CorruptMetadataException($"device '{t.Device.Name}' belongs to engine {t.Superblock.EngineId}, device '{found[0].Device.Name}' to engine {first.EngineId}; wrong device?");
-            if (t.Superblock.TargetCount != devices.Count)
+            // A smaller count on a target added before: an add-target interrupted after the new target was
+            // written and recorded (AddTargetAsync); the count is finished below.
+            bool addInterrupted = t.Superblock.TargetCount < devices.Count && t.Superblock.TargetCount > t.Superblock.TargetIndex
+                && found.Any(o => o.Superblock.TargetCount == devices.Count);
+            if (t.Superblock.TargetCount != devices.Count && !addInterrupted)
                 throw new CorruptMetadataException($"device '{t.Device.Name}' is target {t.Superblock.TargetIndex} of {t.Superblock.TargetCount}, but {devices.Count} devices were given");
         }
         var ordered = new Target[devices.Count];
@@ -146,6 +153,8 @@ public sealed partial class StorageEngine : IAsyncDisposable
             ordered[t.Index] = t;
         }
         var engine = new StorageEngine(ordered, options);
+        if (!options.ReadOnly)
+            await engine.FinishTargetCountAsync().ConfigureAwait(false);
         await engine.LoadPoolsAsync().ConfigureAwait(false);
         return engine;
     }
@@ -153,7 +162,7 @@ public sealed partial class StorageEngine : IAsyncDisposable
     public IReadOnlyList<PoolInfo> ListPools()
     {
         lock (_pools)
-            return _pools.Select(p => p.Info(Targets.Count)).ToList();
+            return _pools.Select(p => p.Info()).ToList();
     }
 
     /// <summary>The pools open now (what the Meter's upgrade gauges report on).</summary>
@@ -171,6 +180,7 @@ public sealed partial class StorageEngine : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        await StopMigrationJobsAsync().ConfigureAwait(false);
         List<Pool> open;
         lock (_pools)
             open = _pools.Where(p => p.Open != null).Select(p => p.Open!).ToList();
@@ -182,7 +192,8 @@ public sealed partial class StorageEngine : IAsyncDisposable
     internal sealed class PoolEntry
     {
         public Guid Id { get; init; }
-        public ShardExtent[] Extents { get; init; } = [];
+        /// <summary>The pool's shard on each of its targets (targets 0..n-1; a pool created before a target was added is not on it until extended).</summary>
+        public ShardExtent[] Extents { get; set; } = [];
         public ShardHeader? Header { get; set; }
         public string Label { get; set; } = "";
         public string? Problem { get; set; }
@@ -191,7 +202,7 @@ public sealed partial class StorageEngine : IAsyncDisposable
         /// <summary>Targets whose damaged shard header has been reported (pool_header_damaged), so a retried open does not repeat it.</summary>
         public HashSet<int> ReportedDamage { get; } = new();
 
-        public PoolInfo Info(int targets) => new(Label, Id, Open?.LayoutVersion ?? Header?.LayoutVersion ?? 0, Header?.DataLength ?? 0, targets,
+        public PoolInfo Info() => new(Label, Id, Open?.LayoutVersion ?? Header?.LayoutVersion ?? 0, Header?.DataLength ?? 0, Extents.Length,
             Problem ?? (Open == null ? "closed" : Open.State.ToString().ToLowerInvariant()));
     }
 }

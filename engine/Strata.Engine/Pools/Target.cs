@@ -41,6 +41,15 @@ public sealed class Target
             g => Superblock.Clone(g, extents).Encode()).ConfigureAwait(false);
         Superblock = Superblock.Clone(last, extents);
     }
+
+    /// <summary>Writes a new superblock generation that counts <paramref name="targets"/> targets in the engine; durable on return.</summary>
+    internal async Task UpdateTargetCountAsync(int targets)
+    {
+        var extents = Superblock.Extents;
+        ulong last = await HeaderCopies.WriteBothAsync(Device, 0, Superblock.Generation,
+            g => Superblock.Clone(g, extents, targets).Encode()).ConfigureAwait(false);
+        Superblock = Superblock.Clone(last, extents, targets);
+    }
 }
 
 /// <summary>Validates labels of pools, containers and images.</summary>

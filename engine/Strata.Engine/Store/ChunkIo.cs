@@ -340,7 +340,7 @@ internal sealed class ChunkIo(Pool pool)
     {
         int cs = meta.ChunkSize;
         int length = chunk.Length;
-        int rf = Math.Min(pool.Rf, pool.Shards.Length);
+        int rf = Math.Min(pool.Rf, pool.TargetCount);
         var replicas = new Replica[rf];
         var placement = pool.Placement;
         int allocated = 0;
@@ -348,7 +348,7 @@ internal sealed class ChunkIo(Pool pool)
         {
             for (; allocated < rf; allocated++)
             {
-                int t = placement.Target(meta.Id, index, allocated, pool.Shards.Length);
+                int t = placement.Target(meta.Id, index, allocated, pool.TargetCount);
                 long off = await AllocateAsync(t, length).ConfigureAwait(false);
                 if (off < 0)
                     throw new NoSpaceException($"no space left in pool '{pool.Label}': target {t} has no free {length}-byte extent for image '{meta.Label}' at offset {index * cs}");

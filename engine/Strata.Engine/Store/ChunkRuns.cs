@@ -181,7 +181,7 @@ internal sealed class ChunkRuns(Pool pool)
     /// </summary>
     private async Task<Replica[][]> WriteReplicasAsync(ImageMeta meta, List<Piece> pieces, ReadOnlyMemory<byte>[] chunks, bool blocks)
     {
-        int cs = meta.ChunkSize, n = pieces.Count, targets = pool.Shards.Length;
+        int cs = meta.ChunkSize, n = pieces.Count, targets = pool.TargetCount;
         int ext = ChunkChecksum.ExtentLength(cs, blocks);
         int rf = Math.Min(pool.Rf, targets);
         var replicas = new Replica[n][];

@@ -22,6 +22,11 @@ internal sealed partial class PoolLog
             }
             foreach (var p in waiting)
                 p.Switched?.TrySetResult();
+            // A shard joining the log: no round is in flight, so every later round writes it too, and
+            // the checkpoint below gives it a copy of the state to replay from.
+            foreach (var p in waiting)
+                if (p.Join != null)
+                    _pool.JoinShard(p.Join);
             await WriteCheckpointAsync().ConfigureAwait(false);
             foreach (var p in waiting)
                 p.Done.TrySetResult();
@@ -60,6 +65,7 @@ internal sealed partial class PoolLog
         long chunkBytes = capture.ChunkBytes;
         ulong seq = _nextSeq - 1;
         uint format = _format;
+        int shardCount = _pool.TargetCount;
         // A v2 log is unreadable to engines without wal_v2: its headers carry the bit from the switch on.
         ulong walV2 = format == WalFormatV2.Format ? _pool.Catalog.Find(Layout.LayoutCatalog.WalV2Feature)?.Mask ?? 0 : 0;
         var ckpt = Checkpoint.Encode(_pool.Id, seq, _tail, payload, _blockSize);
@@ -87,6 +93,7 @@ internal sealed partial class PoolLog
                 RoCompat = layout.RoCompat,
                 Incompat = layout.Incompat | walV2,
                 WalFormat = format,
+                TargetCount = shardCount,
             };
             await s.WriteHeaderAsync(h).ConfigureAwait(false);
         })).ConfigureAwait(false);

@@ -24,8 +24,10 @@ internal sealed partial class PoolLog
 {
     /// <summary>Records committed together (null: a checkpoint request).</summary>
     private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null, bool applied = false, uint switchTo = 0,
-        TaskCompletionSource? switched = null)
+        TaskCompletionSource? switched = null, Shard? join = null)
     {
+        /// <summary>A checkpoint request that first adds this shard to the log (a pool extension).</summary>
+        public Shard? Join { get; } = join;
         /// <summary>A checkpoint request that first switches the log to this format (0: none).</summary>
         public uint SwitchTo { get; } = switchTo;
         /// <summary>Completed once the committer switched (the checkpoint then runs before any later round).</summary>
@@ -204,12 +206,19 @@ internal sealed partial class PoolLog
         return switched.Task;
     }
 
-    private Task Enqueue(MetaRecord[]? records, Task? data = null, uint switchTo = 0, TaskCompletionSource? switched = null)
+    /// <summary>
+    /// Adds <paramref name="shard"/> (the pool's next target) to the log and checkpoints: between rounds,
+    /// so that every round after it writes the new shard too, and the checkpoint gives it the state.
+    /// Completes when that checkpoint is durable on every shard.
+    /// </summary>
+    public Task JoinShardAsync(Shard shard) => Enqueue(null, join: shard);
+
+    private Task Enqueue(MetaRecord[]? records, Task? data = null, uint switchTo = 0, TaskCompletionSource? switched = null, Shard? join = null)
     {
         _pool.ThrowIfNotLoggable();
         if (records != null)
             Validate(records);
-        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data, switchTo: switchTo, switched: switched);
+        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data, switchTo: switchTo, switched: switched, join: join);
         // Ordinals follow the queue's order (CommitWriteback queues under the same lock).
         lock (_pool.Meta.Sync)
             QueueLocked(p);

@@ -15,11 +15,11 @@ internal static class PoolOpener
     public static async Task<Pool> OpenAsync(StorageEngine engine, StorageEngine.PoolEntry entry)
     {
         var targets = engine.Targets;
-        var shards = new Shard[targets.Count];
+        var shards = new Shard[entry.Extents.Length];
         string? readOnly = engine.Options.ReadOnly ? "the engine is open read-only" : null;
         string label = entry.Label;
         var damaged = new List<string>();
-        for (int i = 0; i < targets.Count; i++)
+        for (int i = 0; i < shards.Length; i++)
         {
             var t = targets[i];
             var r = await HeaderCopies.ReadAsync<ShardHeader>(t.Device, entry.Extents[i].Offset, (ReadOnlySpan<byte> s, out string? problem) =>
@@ -56,8 +56,10 @@ internal static class PoolOpener
             string? roCompat = CheckLayout(engine, h, label, i);
             readOnly ??= roCompat;
             string? regions = h.CheckRegions(t.Device.Geometry.LogicalBlockSize);
-            if (regions == null && (h.ShardLength != entry.Extents[i].Length || h.TargetIndex != i || h.TargetCount != targets.Count))
-                regions = $"header says target {h.TargetIndex} of {h.TargetCount} with {h.ShardLength} bytes, the superblock says target {i} of {targets.Count} with {entry.Extents[i].Length}";
+            // A smaller count: the pool was being extended onto later targets when the header was written
+            // (the extension counts a target once its superblock holds the shard); the open's checkpoint rewrites it.
+            if (regions == null && (h.ShardLength != entry.Extents[i].Length || h.TargetIndex != i || h.TargetCount > shards.Length || h.TargetCount < 1))
+                regions = $"header says target {h.TargetIndex} of {h.TargetCount} with {h.ShardLength} bytes, the superblock says target {i} of {shards.Length} with {entry.Extents[i].Length}";
             if (regions != null)
                 throw new CorruptMetadataException($"pool '{label}' shard on target {i} ('{t.Device.Name}') is damaged: {regions}; refusing to open (nothing was written)");
             shards[i] = new Shard(t, entry.Extents[i].Offset, h);

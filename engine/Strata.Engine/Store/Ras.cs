@@ -52,6 +52,11 @@ public static class RasIds
     public const string MigrationPaused = "migration_paused";
     public const string MigrationResumed = "migration_resumed";
     public const string MigrationChunkLeft = "migration_chunk_left";
+    public const string TargetAdded = "target_added";
+    public const string PoolExtendStarted = "pool_extend_started";
+    public const string PoolExtendResumed = "pool_extend_resumed";
+    public const string PoolExtendCompleted = "pool_extend_completed";
+    public const string PoolExtendFailed = "pool_extend_failed";
 }
 
 /// <summary>Where RAS events go.</summary>

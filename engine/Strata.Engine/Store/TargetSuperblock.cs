@@ -98,13 +98,13 @@ public sealed class TargetSuperblock
         return candidate <= capacity && capacity - candidate >= length ? candidate : -1;
     }
 
-    public TargetSuperblock Clone(ulong generation, List<ShardExtent> extents) => new()
+    public TargetSuperblock Clone(ulong generation, List<ShardExtent> extents, int? targetCount = null) => new()
     {
         Generation = generation,
         EngineId = EngineId,
         TargetId = TargetId,
         TargetIndex = TargetIndex,
-        TargetCount = TargetCount,
+        TargetCount = targetCount ?? TargetCount,
         Capacity = Capacity,
         Extents = extents,
     };

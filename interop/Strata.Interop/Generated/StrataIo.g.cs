@@ -15,7 +15,7 @@ public static unsafe partial class StrataIo
     // enum sio_abi: Version constants of the ABI.
 
     /// <summary>ABI version this header describes; the managed side refuses a library reporting another.</summary>
-    public const int SIO_ABI_VERSION = 2;
+    public const int SIO_ABI_VERSION = 3;
 
     // enum sio_limits: Limits of the ABI.
 
@@ -30,6 +30,9 @@ public static unsafe partial class StrataIo
 
     /// <summary>Size of the per-thread error detail text, including the terminating NUL.</summary>
     public const int SIO_ERROR_DETAIL_MAX = 256;
+
+    /// <summary>Most descriptors one sio_fd_send passes (the kernel's SCM_MAX_FD is 253).</summary>
+    public const int SIO_MAX_PASSED_FDS = 250;
 
     // enum sio_opcode: Command opcodes.
 
@@ -165,6 +168,18 @@ public static unsafe partial class StrataIo
     /// <summary>Reports the number of commands submitted and not yet reaped.</summary>
     [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_qpair_inflight")]
     public static partial int sio_qpair_inflight(nint qpair, uint* out_count);
+
+    /// <summary>Sends length bytes (at least 1) on a connected Unix stream socket, with fd_count descriptors (0..SIO_MAX_PASSED_FDS) attached to the first byte (SCM_RIGHTS): the receiver gets them with the read that takes that byte. Retries EINTR and short sends (the descriptors go once). -EINVAL for a bad count or length, else the negative errno of sendmsg (-EPIPE: the peer is gone; -EAGAIN: the socket's send timeout passed). The caller still owns the descriptors (the receiver gets duplicates).</summary>
+    [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_fd_send")]
+    public static partial int sio_fd_send(int sock, void* data, uint length, int* fds, uint fd_count);
+
+    /// <summary>Receives exactly length bytes from a connected Unix stream socket, and the descriptors that came with them (close-on-exec) into fds, *out_fd_count of them. Retries EINTR and short reads. -EPIPE when the peer closed before length bytes came, -EMSGSIZE when more than max_fds descriptors came (all received ones are closed), -EAGAIN when the socket's receive timeout passed, else the negative errno of recvmsg.</summary>
+    [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_fd_recv")]
+    public static partial int sio_fd_recv(int sock, void* data, uint length, int* fds, uint max_fds, uint* out_fd_count);
+
+    /// <summary>Marks a descriptor handed to another process as shared: clears its close-on-exec flag, which is how the .NET runtime tells a socket that may live on in another process (it then closes such a socket without shutting the connection down). -EBADF for a closed descriptor.</summary>
+    [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_fd_set_shared")]
+    public static partial int sio_fd_set_shared(int fd);
 }
 
 /// <summary>Geometry and capabilities of an opened device.</summary>

@@ -100,6 +100,10 @@ public static class ImageCommands
             {
                 Console.Out.WriteLine("  nbd: not served (no nbd listeners in the engine's configuration)");
             }
+            if (i.Alias != null)
+                Console.Out.WriteLine($"  alias: {i.Alias} (a migrated image's old name; 'strata image migrate remove-alias {i.Pool}/{i.Container}/{i.Label}' removes it)");
+            if (i.Migration is { } m)
+                Console.Out.WriteLine($"  migration: {ImageMigrateCommands.Describe(m)}");
             var clients = i.Clients ?? [];
             Console.Out.WriteLine($"  open by {clients.Count} client(s){(clients.Count > 0 ? ":" : "")}");
             foreach (var c in clients)
@@ -239,7 +243,7 @@ public static class ImageCommands
             var a = SpecArgs.Add(cmd, 3);
             return parse => ImagePath(a.Get(parse).Spec);
         });
-        return Cli.Group("image", "Images: thin block volumes inside a container", create, list, info, resize, rm, write, read, map, ImageMapCommands.Unmap());
+        return Cli.Group("image", "Images: thin block volumes inside a container", create, list, info, resize, rm, write, read, map, ImageMapCommands.Unmap(), ImageMigrateCommands.Create());
     }
 
     /// <summary>`--pattern`: a byte in decimal (0-255) or hex (0x00-0xff).</summary>

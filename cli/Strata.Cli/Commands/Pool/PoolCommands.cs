@@ -78,6 +78,8 @@ public static class PoolCommands
                 o.WriteLine(q.Warning);
             if (q.Upgrade is { JobId: not null } u)
                 o.WriteLine($"Upgrade: {PoolUpgradeCommand.Describe(u)}");
+            if (q.Job is { } j)
+                o.WriteLine($"Job: {PoolExtendCommand.DescribeJob(j)}");
             o.WriteLine($"Containers: {q.Containers}, images: {q.Images}");
             o.WriteLine($"Space: total {Sizes.Format(q.TotalBytes)}, used {Sizes.Format(q.UsedBytes)}, free {Sizes.Format(q.FreeBytes)}");
             var t = new Table("Target", "Device", "Total", "Used", "Free");
@@ -152,7 +154,7 @@ public static class PoolCommands
             return 0;
         }));
 
-        return Cli.Group("pool", "Pools: storage carved from every target", create, list, query, clients, getProp, setProp, PoolUpgradeCommand.Create(), destroy);
+        return Cli.Group("pool", "Pools: storage carved from every target", create, list, query, clients, getProp, setProp, PoolUpgradeCommand.Create(), PoolExtendCommand.Create(), destroy);
     }
 
     public static int PrintProps(List<PropertyDto> props, bool json)

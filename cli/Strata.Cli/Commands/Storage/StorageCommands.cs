@@ -26,6 +26,18 @@ public static class StorageCommands
             Console.Out.WriteLine($"Total: {Sizes.Format(s.TotalBytes)}, allocated to pools: {Sizes.Format(s.AllocatedBytes)}");
             return 0;
         }));
-        return Cli.Group("storage", "The engine's targets", query);
+        var uri = new Argument<string>("uri") { Description = "Device URI, as in the engine's configuration: file:PATH?create=1&size=4G, nvme-pcie:..., nvme-tcp:..." };
+        var add = new Command("add-target", "Format a device and add it to the running engine as its next target (kept across restarts); 'pool extend' grows a pool onto it");
+        add.Arguments.Add(uri);
+        add.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            var t = await client.PostAsync<TargetInfoDto>("storage/targets", new AddTargetRequest(parse.GetValue(uri)!));
+            if (json)
+                Cli.PrintJson(t);
+            else
+                Console.Out.WriteLine($"Target {t.Index} added: {t.Device}, {Sizes.Format(t.CapacityBytes)}; grow a pool onto it with 'strata pool extend POOL'");
+            return 0;
+        }));
+        return Cli.Group("storage", "The engine's targets", query, add);
     }
 }

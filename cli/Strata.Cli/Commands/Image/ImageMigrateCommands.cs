@@ -1,0 +1,136 @@
+using System.CommandLine;
+using Strata.Cli.Api;
+using Strata.Cli.Output;
+using Strata.Engine.Control;
+
+namespace Strata.Cli.Commands.Image;
+
+/// <summary>
+/// `strata image migrate prepare | execute | commit | abort | status | remove-alias` (Ceph's
+/// `rbd migration`; docs/migration.md, "Image migration"): images named pool/container/image,
+/// clients of the source stay connected throughout.
+/// </summary>
+public static class ImageMigrateCommands
+{
+    private static readonly Option<string?> ChunkSize = new("--chunk-size") { Description = "The destination's chunk size, a power of two (default: the source's)" };
+    private static readonly Option<bool> Wait = new("--wait") { Description = "Show a progress bar until the copy ends (execute, status)" };
+
+    private static Argument<string> ImageArg(string name, string description) => new(name) { Description = description };
+
+    public static Command Create()
+    {
+        var prepare = new Command("prepare", "Create the destination and redirect the source's I/O to it (clients stay connected)");
+        var src = ImageArg("source", "The image to migrate, pool/container/image");
+        var dst = ImageArg("destination", "The new image, pool/container/image (the same or another pool)");
+        prepare.Arguments.Add(src);
+        prepare.Arguments.Add(dst);
+        prepare.Options.Add(ChunkSize);
+        prepare.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            int chunk = 0;
+            if (parse.GetValue(ChunkSize) is { } cs)
+            {
+                long v = Sizes.Parse(cs, "--chunk-size");
+                chunk = v <= int.MaxValue ? (int)v : throw new CliException(ExitCodes.Usage, $"--chunk-size {cs} is too large (chunks are at most 1M)");
+            }
+            var s = await client.PostAsync<MigrationStatusDto>("migrations", new MigrationPrepareRequest(parse.GetValue(src)!, parse.GetValue(dst)!, chunk));
+            return Print(s, json, $"Migration prepared: {s.Source} -> {s.Destination}; run 'strata image migrate execute {s.Source}'");
+        }));
+
+        var status = new Command("status", "Show a migration's state, progress, rate and ETA");
+        var sa = ImageArg("image", "Either end of the migration, pool/container/image");
+        status.Arguments.Add(sa);
+        status.Options.Add(Wait);
+        status.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            string image = parse.GetValue(sa)!;
+            var s = await client.GetAsync<MigrationStatusDto>($"migrations/status?image={Uri.EscapeDataString(image)}");
+            if (parse.GetValue(Wait))
+                s = await WaitAsync(client, image, json, ct);
+            return Print(s, json, Describe(s));
+        }));
+
+        return Cli.Group("migrate", "Live image migration: prepare, execute, commit or abort, with clients connected",
+            prepare, Verb("execute", "Start the background copy (resumes at its cursor after a crash or stop)", wait: true),
+            Verb("commit", "Remove the source once executed; its name stays an alias of the destination"),
+            Verb("abort", "Remove the destination; the source keeps every write"),
+            status,
+            Verb("remove-alias", "Stop a migrated source's old name resolving to the destination (give the destination)"));
+    }
+
+    private static Command Verb(string verb, string description, bool wait = false)
+    {
+        var cmd = new Command(verb, description);
+        var a = ImageArg("image", "Either end of the migration, pool/container/image");
+        cmd.Arguments.Add(a);
+        if (wait)
+            cmd.Options.Add(Wait);
+        cmd.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            string image = parse.GetValue(a)!;
+            if (verb == "remove-alias")
+            {
+                var r = await client.PostAsync<MigrationAliasDto>("migrations/remove-alias", new MigrationRequest(image));
+                if (json)
+                    Cli.PrintJson(r);
+                else
+                    Console.Out.WriteLine($"Alias removed from {image}");
+                return 0;
+            }
+            var s = await client.PostAsync<MigrationStatusDto>($"migrations/{verb}", new MigrationRequest(image));
+            if (wait && parse.GetValue(Wait))
+                s = await WaitAsync(client, image, json, ct);
+            return Print(s, json, verb switch
+            {
+                "commit" => $"Migration committed: {s.Source} removed; its name resolves to {s.Destination} until 'strata image migrate remove-alias {s.Destination}'",
+                "abort" => $"Migration aborted: {s.Destination} removed; {s.Source} has every write",
+                _ => Describe(s),
+            });
+        }));
+        return cmd;
+    }
+
+    private static int Print(MigrationStatusDto s, bool json, string line)
+    {
+        if (json)
+            Cli.PrintJson(s);
+        else
+            Console.Out.WriteLine(line);
+        return s.State == "error" ? ExitCodes.Failed : 0;
+    }
+
+    /// <summary>"a/c/v -> b/d/v: executing (32% complete), 16/49 chunks, 256 KiB copied, 1.2 MiB/s, ETA 0:00:03".</summary>
+    public static string Describe(MigrationStatusDto s) =>
+        $"{s.Source} -> {s.Destination}: {s.Summary}, {s.ChunksDone}/{s.Chunks} chunks, {Sizes.Format(s.BytesCopied)} copied" +
+        (s.RateBytesPerSecond > 0 ? $", {Sizes.Format((long)s.RateBytesPerSecond)}/s" : "") +
+        (s.EtaSeconds is { } e ? $", ETA {TimeSpan.FromSeconds(Math.Ceiling(e))}" : "") +
+        (s.Error != null ? $" ({s.Error})" : "");
+
+    private static async Task<MigrationStatusDto> WaitAsync(EngineClient client, string image, bool json, CancellationToken ct)
+    {
+        bool tty = !json && !Console.IsOutputRedirected;
+        string last = "";
+        while (true)
+        {
+            var s = await client.GetAsync<MigrationStatusDto>($"migrations/status?image={Uri.EscapeDataString(image)}");
+            bool ended = s.State != "executing";
+            if (!json)
+            {
+                int filled = (int)Math.Round(Math.Clamp(s.PercentComplete / 100.0, 0, 1) * 30);
+                string line = $"[{new string('#', filled)}{new string('-', 30 - filled)}] {Describe(s)}";
+                if (tty)
+                    Console.Out.Write($"\r{line}   ");
+                else if (line != last)
+                    Console.Out.WriteLine(line);
+                last = line;
+            }
+            if (ended)
+            {
+                if (tty)
+                    Console.Out.WriteLine();
+                return s;
+            }
+            await Task.Delay(200, ct);
+        }
+    }
+}

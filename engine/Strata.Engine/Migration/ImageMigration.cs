@@ -1,0 +1,200 @@
+using System.Diagnostics;
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Migration;
+
+/// <summary>Ceph's migration states (docs/migration.md, "Image migration").</summary>
+public enum ImageMigrationState { Prepared, Executing, Executed, Committing, Committed, Aborting, Error }
+
+/// <summary>What `image migrate status` shows.</summary>
+public sealed record ImageMigrationStatus(string Source, string Destination, string State, long ChunksDone, long Chunks,
+    long BytesCopied, double RateBytesPerSecond, double? EtaSeconds, string? Error)
+{
+    public int PercentComplete => Chunks == 0 ? 100 : (int)(ChunksDone * 100 / Chunks);
+
+    /// <summary>"executing (32% complete)", "prepared", ...</summary>
+    public string Summary => State == "executing" ? $"executing ({PercentComplete}% complete)" : State;
+}
+
+/// <summary>
+/// One live migration of a source image to a destination image (same or another pool). The
+/// source pool routes every I/O of the source through it (<see cref="Pool.MigrationOf"/>):
+/// reads stay on the source until commit, writes and trims reach both, source first, under the
+/// source chunk locks; after commit every I/O goes to the destination. The durable state is
+/// the images' migration.* properties (<see cref="Props"/>).
+/// </summary>
+public sealed class ImageMigration
+{
+    /// <summary>Reserved image property names (not settable through `image set-prop`, which takes user.* only).</summary>
+    public static class Props
+    {
+        public const string Destination = "migration.destination";
+        public const string Source = "migration.source";
+        public const string State = "migration.state";
+        public const string Cursor = "migration.cursor";
+        public const string Error = "migration.error";
+        public const string Alias = "migration.alias";
+    }
+
+    /// <summary>Chunks copied between cursor commits (each preceded by a flush of the destination pool).</summary>
+    internal const int CursorEvery = 256;
+
+    private readonly object _sync = new();
+    private ImageMigrationState _state;
+    private string? _error;
+    private long _cursor;
+    private long _bytesCopied;
+    private long _started;
+    private Task? _job;
+    private CancellationTokenSource? _stop;
+
+    internal ImageMigration(Image source, Image destination, ImageMigrationState state, long cursor, string? error)
+    {
+        Source = source;
+        Destination = destination;
+        Forward = new Image(destination.Pool, destination.Id, destination.Container, destination.Label);
+        _state = state;
+        _cursor = cursor;
+        _error = error;
+    }
+
+    /// <summary>The source image, a handle of the engine's own (client handles route through the pool's table).</summary>
+    public Image Source { get; }
+
+    /// <summary>The destination image, a handle of the engine's own (the destination refuses other opens).</summary>
+    public Image Destination { get; }
+
+    /// <summary>The destination as the source's old handles reach it after commit (through the destination pool's gate).</summary>
+    internal Image Forward { get; }
+
+    public string SourceName => $"{Source.Pool.Label}/{Source.Container}/{Source.Label}";
+
+    public string DestinationName => $"{Destination.Pool.Label}/{Destination.Container}/{Destination.Label}";
+
+    public ImageMigrationState State
+    {
+        get
+        {
+            lock (_sync)
+                return _state;
+        }
+    }
+
+    /// <summary>True once commit switched every handle to the destination.</summary>
+    internal bool Committed => State is ImageMigrationState.Committed;
+
+    internal long Cursor => Interlocked.Read(ref _cursor);
+
+    internal static string Name(ImageMigrationState s) => s.ToString().ToLowerInvariant();
+
+    internal void SetState(ImageMigrationState s, string? error = null)
+    {
+        lock (_sync)
+        {
+            _state = s;
+            _error = error;
+        }
+    }
+
+    public ImageMigrationStatus Status()
+    {
+        ImageMigrationState s;
+        string? error;
+        lock (_sync)
+            (s, error) = (_state, _error);
+        long chunks = SizeLimits.ChunkCount(Source.Pool.State == PoolStatus.Closed || s == ImageMigrationState.Committed ? 0 : SafeSize(), Source.ChunkSizeOrZero());
+        long done = s is ImageMigrationState.Executed or ImageMigrationState.Committing or ImageMigrationState.Committed ? chunks : Math.Min(Cursor, chunks);
+        long bytes = Interlocked.Read(ref _bytesCopied);
+        long started = Interlocked.Read(ref _started);
+        double seconds = started == 0 ? 0 : Stopwatch.GetElapsedTime(started).TotalSeconds;
+        double rate = seconds > 0 ? bytes / seconds : 0;
+        double? eta = null;
+        if (s == ImageMigrationState.Executing && rate > 0)
+            eta = RemainingMappedBytes() / rate;
+        return new ImageMigrationStatus(SourceName, DestinationName, Name(s), done, chunks, bytes, rate, eta, error);
+    }
+
+    private long SafeSize()
+    {
+        try
+        {
+            return Source.SourceSize;
+        }
+        catch (NotFoundException)
+        {
+            return 0;
+        }
+    }
+
+    private long RemainingMappedBytes()
+    {
+        try
+        {
+            return Source.MappedBytesFrom(Cursor);
+        }
+        catch (NotFoundException)
+        {
+            return 0;
+        }
+    }
+
+    /// <summary>Mirrors a client write the source just took (called under the source chunk locks).</summary>
+    internal Task MirrorWriteAsync(long offset, ReadOnlyMemory<byte> data, bool durable) =>
+        Destination.WriteAsync(offset, data, durable);
+
+    /// <summary>Mirrors a client trim the source just did (called under the source image's locks).</summary>
+    internal Task MirrorTrimAsync(long offset, long length) => Destination.TrimAsync(offset, length);
+
+    /// <summary>Starts the background copy from the cursor; a no-op when it runs already.</summary>
+    internal void StartJob(Func<ImageMigration, CancellationToken, Task> body)
+    {
+        lock (_sync)
+        {
+            if (_job is { IsCompleted: false })
+                return;
+            _stop = new CancellationTokenSource();
+            Interlocked.Exchange(ref _started, Stopwatch.GetTimestamp());
+            Interlocked.Exchange(ref _bytesCopied, 0);
+            var ct = _stop.Token;
+            _job = Task.Run(() => body(this, ct), CancellationToken.None);
+        }
+    }
+
+    /// <summary>Stops the background copy (engine stop, abort) and waits for it; the cursor stays where it was saved.</summary>
+    internal async Task StopJobAsync()
+    {
+        Task? job;
+        lock (_sync)
+        {
+            job = _job;
+            _stop?.Cancel();
+        }
+        if (job != null)
+        {
+            try
+            {
+                await job.ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }
+    }
+
+    /// <summary>The running copy, for callers that wait for it (status --wait, tests).</summary>
+    internal Task Job
+    {
+        get
+        {
+            lock (_sync)
+                return _job ?? Task.CompletedTask;
+        }
+    }
+
+    internal void Advanced(long cursor, long bytes)
+    {
+        Interlocked.Exchange(ref _cursor, cursor);
+        Interlocked.Add(ref _bytesCopied, bytes);
+    }
+}

@@ -1,0 +1,191 @@
+using System.Diagnostics;
+using System.Globalization;
+using Strata.Engine.Layout;
+using Strata.Engine.Migration;
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Pools;
+
+/// <summary>A data-moving job of a pool other than an upgrade (extend), as `pool query` shows it.</summary>
+public sealed record PoolJobStatus(string Kind, string State, long ItemsDone, long ItemsTotal, long BytesDone, long BytesTotal,
+    double? BytesPerSecond, string? Current, string? Reason);
+
+/// <summary>
+/// Jobs that move chunks on the migration loop for the pool's targets rather than for its layout
+/// (docs/operations.md, "Extending a pool"). The job is durable as two pool properties written
+/// through the log: <c>job</c> (its kind, or none) and <c>job_cursor</c> (the loop's cursor), so
+/// a crash, a kill or a clean close resumes it at the next open. One job at a time, never during
+/// an upgrade (each registers as a pool operation, which an upgrade's preconditions refuse).
+/// </summary>
+public sealed partial class Pool
+{
+    internal const string JobProp = "job";
+    internal const string JobCursorProp = "job_cursor";
+    internal const string NoJob = "none";
+    internal const string ExtendJob = "extend";
+
+    private readonly CancellationTokenSource _jobStop = new();
+    private Task? _jobTask;
+    private JobRun? _jobRun;
+
+    /// <summary>The running or last job since the pool opened, or null.</summary>
+    public PoolJobStatus? JobStatus
+    {
+        get
+        {
+            var run = _jobRun;
+            if (run == null)
+                return null;
+            double secs = run.Elapsed.TotalSeconds;
+            long bytes = Interlocked.Read(ref run.BytesDone);
+            return new PoolJobStatus(run.Kind, run.State, Interlocked.Read(ref run.ItemsDone), run.ItemsTotal, bytes, run.BytesTotal,
+                secs > 0 ? bytes / secs : null, run.Current, run.Reason);
+        }
+    }
+
+    /// <summary>The kind of the job that is running now, or null.</summary>
+    public string? RunningJob => _jobTask is { IsCompleted: false } ? _jobRun?.Kind : null;
+
+    /// <summary>Waits until the running job (if any) stops: completed, failed, or stopped by a close.</summary>
+    public async Task WaitForJobAsync(CancellationToken ct = default)
+    {
+        var t = _jobTask;
+        if (t != null)
+            await t.WaitAsync(ct).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+    }
+
+    private string? DurableJob()
+    {
+        lock (Meta.Sync)
+            return Meta.Props.TryGetValue(JobProp, out var j) && j != NoJob ? j : null;
+    }
+
+    /// <summary>At open: a job the log says is unfinished starts again from its saved cursor.</summary>
+    internal void ResumeJobIfNeeded()
+    {
+        if (State != PoolStatus.Ready || DurableJob() is not { } kind)
+            return;
+        ulong cursor;
+        lock (Meta.Sync)
+            cursor = Meta.Props.TryGetValue(JobCursorProp, out var c) && ulong.TryParse(c, NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : 0;
+        IDisposable op;
+        try
+        {
+            op = BeginOperation(OperationOf(kind));
+        }
+        catch (PoolBusyException)
+        {
+            return;
+        }
+        Ras.Emit(new RasEvent(RasIds.PoolExtendResumed, RasSeverity.Notice, RasType.StateChange,
+            $"pool '{Label}' {kind} resumed (cursor {cursor})", Pool: Label));
+        StartJob(kind, op, cursor);
+    }
+
+    private static string OperationOf(string kind) => kind switch
+    {
+        ExtendJob => "extension",
+        _ => throw new CorruptMetadataException($"pool job '{kind}' is unknown to this engine"),
+    };
+
+    /// <summary>Refuses a second job while one runs, naming it.</summary>
+    private void ThrowIfJobRunning()
+    {
+        if (_jobTask is { IsCompleted: false } && _jobRun is { } run)
+            throw new PoolBusyException($"pool '{Label}' is running {run.Kind} ({Interlocked.Read(ref run.ItemsDone)}/{run.ItemsTotal} chunks); retry when it completes");
+    }
+
+    private void StartJob(string kind, IDisposable operation, ulong cursor)
+    {
+        var run = new JobRun(kind);
+        _jobRun = run;
+        _jobTask = Task.Run(() => RunJobAsync(run, operation, cursor, _jobStop.Token));
+    }
+
+    private async Task StopJobRunnerAsync()
+    {
+        await _jobStop.CancelAsync().ConfigureAwait(false);
+        var t = _jobTask;
+        if (t != null)
+            await t.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+    }
+
+    /// <summary>What the job does to each chunk: an extension moves chunks to where placement puts them on every target.</summary>
+    private IChunkTransform TransformOf(string kind) => kind switch
+    {
+        ExtendJob => new PlacementMove(Placement, TargetCount),
+        _ => throw new InvalidOperationException($"no transform for job '{kind}'"),
+    };
+
+    private async Task RunJobAsync(JobRun run, IDisposable operation, ulong cursor, CancellationToken stop)
+    {
+        try
+        {
+            var transform = TransformOf(run.Kind);
+            var (chunks, bytes, _) = MigrationAction.Plan(this, transform);
+            run.ItemsTotal = chunks;
+            run.BytesTotal = bytes;
+            var feature = new LayoutFeature(run.Kind, LayoutVersion, FeatureClass.Compat, 0, ActionKind.DataMovement, run.Kind, null);
+            var ctx = new UpgradeContext(this, feature,
+                c => Log.CommitAsync(MetaRecords.PoolSetProp(JobCursorProp, c.ToString(CultureInfo.InvariantCulture))),
+                (items, b) =>
+                {
+                    Interlocked.Add(ref run.ItemsDone, items);
+                    Interlocked.Add(ref run.BytesDone, b);
+                },
+                s => run.Current = s);
+            var loop = new MigrationLoop(ctx, transform);
+            var result = await loop.RunAsync(cursor, stop).ConfigureAwait(false);
+            if (result.Left == 0)
+                result = await loop.RunAsync(0, stop, sweep: true).ConfigureAwait(false);
+            if (result.Left > 0)
+                throw new StoreException(Interop.Errno.EIO,
+                    $"{result.Left} chunk(s) could not be moved and kept their location (first: {result.FirstLeft}); run 'strata pool extend {Label}' to retry them");
+            await Log.CommitAsync([MetaRecords.PoolSetProp(JobProp, NoJob), MetaRecords.PoolSetProp(JobCursorProp, "0")]).ConfigureAwait(false);
+            run.Finish("completed", null);
+            Ras.Emit(new RasEvent(RasIds.PoolExtendCompleted, RasSeverity.Notice, RasType.StateChange,
+                $"pool '{Label}' {run.Kind} completed: {Interlocked.Read(ref run.ItemsDone)} chunk(s) visited, {Interlocked.Read(ref run.BytesDone)} bytes moved in {run.Elapsed.TotalSeconds:F1} s",
+                Pool: Label));
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+            // The pool is closing: the job stays recorded and resumes at the next open.
+            run.Finish("stopped", "the pool closed; the job resumes when it opens");
+        }
+        catch (Exception e) when (e is StoreException or IOException)
+        {
+            // The job stays recorded: `pool extend` (or the next open) runs it again.
+            run.Finish("failed", e.Message);
+            Ras.Emit(new RasEvent(RasIds.PoolExtendFailed, RasSeverity.Error, RasType.StateChange,
+                $"pool '{Label}' {run.Kind} failed: {e.Message}", Pool: Label));
+        }
+        finally
+        {
+            operation.Dispose();
+        }
+    }
+
+    private sealed class JobRun(string kind)
+    {
+        private readonly Stopwatch _clock = Stopwatch.StartNew();
+
+        public string Kind { get; } = kind;
+        public long ItemsTotal;
+        public long BytesTotal;
+        public long ItemsDone;
+        public long BytesDone;
+        public volatile string? Current;
+        public volatile string State = "running";
+        public volatile string? Reason;
+
+        public TimeSpan Elapsed => _clock.Elapsed;
+
+        public void Finish(string state, string? reason)
+        {
+            _clock.Stop();
+            Reason = reason;
+            Current = null;
+            State = state;
+        }
+    }
+}

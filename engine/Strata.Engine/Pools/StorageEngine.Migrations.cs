@@ -1,0 +1,487 @@
+using System.Buffers;
+using Strata.Engine.Migration;
+using Strata.Engine.Store;
+
+namespace Strata.Engine.Pools;
+
+/// <summary>RAS ids of image migration (docs/migration.md, "Image migration").</summary>
+public static class ImageMigrationRasIds
+{
+    public const string Prepared = "image_migration_prepared";
+    public const string Executed = "image_migration_executed";
+    public const string Committed = "image_migration_committed";
+    public const string Aborted = "image_migration_aborted";
+    public const string Failed = "image_migration_failed";
+    public const string Resumed = "image_migration_resumed";
+}
+
+/// <summary>
+/// Image migration across the engine's pools: prepare, execute (a background copy), commit, abort,
+/// status, and resuming after a crash or stop from the migration.* properties of both images.
+/// </summary>
+public sealed partial class StorageEngine
+{
+    /// <summary>The layout feature that gates migration records (LayoutCatalog, layout 6).</summary>
+    public const string ImageMigrationFeature = "image_migration";
+
+    private readonly List<ImageMigration> _migrations = new();
+    private readonly SemaphoreSlim _migrationLock = new(1, 1);
+
+    /// <summary>Splits "pool/container/image"; a one-line error otherwise.</summary>
+    internal static (string Pool, string Container, string Image) ParseImageName(string name, string what)
+    {
+        var parts = name.Split('/');
+        if (parts.Length != 3 || parts.Any(p => p.Length == 0))
+            throw new InvalidRequestException($"{what} {UserText.Quote(name)} is not pool/container/image");
+        return (parts[0], parts[1], parts[2]);
+    }
+
+    private ImageMigration? FindMigration(string name)
+    {
+        lock (_migrations)
+            return _migrations.FirstOrDefault(m => m.SourceName == name || m.DestinationName == name);
+    }
+
+    public IReadOnlyList<ImageMigrationStatus> ListMigrations()
+    {
+        lock (_migrations)
+            return _migrations.Select(m => m.Status()).ToList();
+    }
+
+    /// <summary>The migration that has this image (source or destination name) at either end.</summary>
+    public ImageMigrationStatus MigrationStatus(string image) =>
+        (FindMigration(image) ?? throw new NotFoundException($"image {UserText.Quote(image)} is not migrating")).Status();
+
+    /// <summary>Waits for the background copy of a migration (status --wait, tests).</summary>
+    public Task WaitForMigrationJobAsync(string image) =>
+        (FindMigration(image) ?? throw new NotFoundException($"image {UserText.Quote(image)} is not migrating")).Job;
+
+    private void CheckMigrationLayout(Pool pool)
+    {
+        // Layout 6 joins the supported versions after 4 and 5 (docs/migration.md, "Layout gate").
+        if (Catalog.MaxSupported >= Catalog.Find(ImageMigrationFeature)!.Version && !Catalog.IsEnabled(ImageMigrationFeature, pool.LayoutVersion))
+            throw new InvalidRequestException($"pool '{pool.Label}' is at layout {pool.LayoutVersion}; image migration needs layout {Catalog.Find(ImageMigrationFeature)!.Version} ('strata pool upgrade {pool.Label} --to {Catalog.Find(ImageMigrationFeature)!.Version}')");
+    }
+
+    /// <summary>
+    /// `image migrate prepare SRC DST`: creates DST (thin, the source's size), links both images
+    /// durably and redirects the source's I/O (clients stay connected). Refuses an image already
+    /// migrating, a migration to itself and a destination pool without room, before anything is created.
+    /// </summary>
+    public async Task<ImageMigrationStatus> PrepareMigrationAsync(string source, string destination, int chunkSize = 0)
+    {
+        var (spool, scont, simage) = ParseImageName(source, "source");
+        var (dpool, dcont, dimage) = ParseImageName(destination, "destination");
+        if (source == destination)
+            throw new InvalidRequestException($"cannot migrate image {UserText.Quote(source)} to itself; name another image (another pool, container or label)");
+        await _migrationLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            var sp = await OpenPoolAsync(spool).ConfigureAwait(false);
+            var dp = await OpenPoolAsync(dpool).ConfigureAwait(false);
+            var smeta = sp.FindImage(scont, simage);
+            if (FindMigration(source) is { } busy)
+                throw new BusyException($"image {UserText.Quote(source)} is already migrating ({busy.SourceName} -> {busy.DestinationName}, {ImageMigration.Name(busy.State)}); commit or abort that migration first");
+            sp.ThrowIfMigrating(smeta.Id, simage, "migrate");
+            sp.ThrowIfNotWritable();
+            dp.ThrowIfNotWritable();
+            CheckMigrationLayout(sp);
+            CheckMigrationLayout(dp);
+            long size, mapped;
+            int scs;
+            lock (sp.Meta.Sync)
+                (size, mapped, scs) = (smeta.Size, (long)smeta.Chunks.Count * smeta.ChunkSize, smeta.ChunkSize);
+            long need = mapped * dp.Rf, free = dp.Query().FreeBytes;
+            if (need > free)
+                throw new NoSpaceException($"no room in pool '{dpool}' for image {UserText.Quote(source)}: it maps {mapped} bytes, {need} bytes at rf {dp.Rf}, and the pool has {free} bytes free; nothing was created");
+            int cs = chunkSize != 0 ? chunkSize : scs >= dp.Header.MinChunkSize ? scs : 0;
+            var dest = await dp.CreateImageAsync(dcont, dimage, size, cs).ConfigureAwait(false);
+            await dp.SetImagePropInternalAsync(dest.Id, ImageMigration.Props.Source, source).ConfigureAwait(false);
+            await dp.SetImagePropInternalAsync(dest.Id, ImageMigration.Props.State, "prepared").ConfigureAwait(false);
+            var m = new ImageMigration(new Image(sp, smeta.Id, scont, simage), Ungated(dest), ImageMigrationState.Prepared, 0, null);
+            dp.AddMigrationDestination(m);
+            try
+            {
+                // The link and the redirect under all of the source's locks: no write is half-way through.
+                await sp.QuiescedAsync(smeta.Id, async () =>
+                {
+                    await sp.Log.CommitAsync([
+                        MetaRecords.ImageSetProp(smeta.Id, ImageMigration.Props.Destination, destination),
+                        MetaRecords.ImageSetProp(smeta.Id, ImageMigration.Props.State, "prepared")]).ConfigureAwait(false);
+                    sp.AddMigrationSource(m);
+                }).ConfigureAwait(false);
+            }
+            catch
+            {
+                dp.RemoveMigrationDestination(m);
+                await dp.RemoveImageLockedAsync(dest.Id).ConfigureAwait(false);
+                throw;
+            }
+            lock (_migrations)
+                _migrations.Add(m);
+            EmitMigration(ImageMigrationRasIds.Prepared, RasSeverity.Notice, m, $"image {source} prepared for migration to {destination}");
+            return m.Status();
+        }
+        finally
+        {
+            _migrationLock.Release();
+        }
+    }
+
+    /// <summary>`execute`: starts (or restarts after an error) the background copy; returns at once.</summary>
+    public async Task<ImageMigrationStatus> ExecuteMigrationAsync(string image)
+    {
+        await _migrationLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            var m = FindMigration(image) ?? throw new NotFoundException($"image {UserText.Quote(image)} is not migrating; prepare it first");
+            var s = m.State;
+            if (s is not (ImageMigrationState.Prepared or ImageMigrationState.Executing or ImageMigrationState.Error))
+                throw new InvalidRequestException($"migration {m.SourceName} -> {m.DestinationName} is {ImageMigration.Name(s)}; execute needs prepared (or error, to retry)");
+            if (s != ImageMigrationState.Executing)
+            {
+                await m.Destination.Pool.SetImagePropInternalAsync(m.Destination.Id, ImageMigration.Props.State, "executing").ConfigureAwait(false);
+                m.SetState(ImageMigrationState.Executing);
+            }
+            m.StartJob(CopyAsync);
+            return m.Status();
+        }
+        finally
+        {
+            _migrationLock.Release();
+        }
+    }
+
+    /// <summary>
+    /// The background copy: source chunks from the cursor, each under the source chunk's exclusive
+    /// lock (verified read, then written to the destination at the same offset), paced by the
+    /// destination pool's migrate_rate; a flush and a durable cursor every CursorEvery chunks.
+    /// </summary>
+    private async Task CopyAsync(ImageMigration m, CancellationToken ct)
+    {
+        var src = m.Source;
+        var dp = m.Destination.Pool;
+        var throttle = new MigrationThrottle(dp);
+        int cs = src.ChunkSizeOrZero();
+        long chunks = SizeLimits.ChunkCount(src.SourceSize, cs);
+        var buffer = ArrayPool<byte>.Shared.Rent(cs);
+        try
+        {
+            int since = 0;
+            for (long i = m.Cursor; i < chunks; i++)
+            {
+                ct.ThrowIfCancellationRequested();
+                if (!src.IsChunkMapped(i))
+                {
+                    m.Advanced(i + 1, 0);
+                    continue;
+                }
+                await throttle.TakeAsync(cs, ct).ConfigureAwait(false);
+                long bytes = await src.CopyChunkAsync(i, m.Destination, buffer).ConfigureAwait(false);
+                m.Advanced(i + 1, bytes);
+                if (++since >= ImageMigration.CursorEvery)
+                {
+                    since = 0;
+                    await dp.Log.FlushAsync().ConfigureAwait(false);
+                    await dp.SetImagePropInternalAsync(m.Destination.Id, ImageMigration.Props.Cursor, (i + 1).ToString(System.Globalization.CultureInfo.InvariantCulture)).ConfigureAwait(false);
+                }
+            }
+            await dp.Log.FlushAsync().ConfigureAwait(false);
+            await dp.Log.CommitAsync([
+                MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.Cursor, chunks.ToString(System.Globalization.CultureInfo.InvariantCulture)),
+                MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.State, "executed")]).ConfigureAwait(false);
+            m.SetState(ImageMigrationState.Executed);
+            EmitMigration(ImageMigrationRasIds.Executed, RasSeverity.Notice, m, $"migration {m.SourceName} -> {m.DestinationName} executed: every chunk copied");
+        }
+        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        {
+            // Stopped (engine stop, abort): the saved cursor is where a restart resumes.
+        }
+        catch (Exception e) when (e is StoreException or IOException or Interop.DeviceException)
+        {
+            m.SetState(ImageMigrationState.Error, e.Message);
+            EmitMigration(ImageMigrationRasIds.Failed, RasSeverity.Error, m, $"migration {m.SourceName} -> {m.DestinationName} stopped at chunk {m.Cursor}: {e.Message}; 'strata image migrate execute' retries, 'abort' keeps the source");
+            try
+            {
+                await dp.Log.CommitAsync([
+                    MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.State, "error"),
+                    MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.Error, e.Message)]).ConfigureAwait(false);
+            }
+            catch (Exception again) when (again is StoreException or IOException)
+            {
+                // The pool failed too: it reopens in the last durable state (executing), which resumes.
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>
+    /// `commit`: needs executed (refused with the progress otherwise). Switches every handle of the
+    /// source to the destination, removes the source and leaves its name as an alias of the destination.
+    /// </summary>
+    public async Task<ImageMigrationStatus> CommitMigrationAsync(string image)
+    {
+        await _migrationLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            var m = FindMigration(image) ?? throw new NotFoundException($"image {UserText.Quote(image)} is not migrating");
+            var st = m.Status();
+            if (m.State is not (ImageMigrationState.Executed or ImageMigrationState.Committing))
+                throw new InvalidRequestException($"cannot commit migration {m.SourceName} -> {m.DestinationName}: it is {st.Summary}, {st.ChunksDone} of {st.Chunks} chunks copied; commit needs executed ('strata image migrate status {image} --wait')");
+            var dp = m.Destination.Pool;
+            await dp.SetImagePropInternalAsync(m.Destination.Id, ImageMigration.Props.State, "committing").ConfigureAwait(false);
+            m.SetState(ImageMigrationState.Committing);
+            await FinishCommitAsync(m).ConfigureAwait(false);
+            return m.Status();
+        }
+        finally
+        {
+            _migrationLock.Release();
+        }
+    }
+
+    /// <summary>From committing (recorded) to committed: also what a restart in committing does.</summary>
+    private async Task FinishCommitAsync(ImageMigration m)
+    {
+        var sp = m.Source.Pool;
+        var dp = m.Destination.Pool;
+        await sp.Log.FlushAsync().ConfigureAwait(false);
+        await dp.Log.FlushAsync().ConfigureAwait(false);
+        if (sp.HasImage(m.Source.Id))
+        {
+            // Under all of the source's locks: no source I/O is in flight; later ones forward.
+            await sp.QuiescedAsync(m.Source.Id, async () =>
+            {
+                m.SetState(ImageMigrationState.Committed);
+                sp.AddMigrationSource(m);
+                await sp.RemoveImageInQuiesceAsync(m.Source.Id).ConfigureAwait(false);
+            }).ConfigureAwait(false);
+        }
+        m.SetState(ImageMigrationState.Committed);
+        await dp.Log.CommitAsync([
+            MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.Alias, m.SourceName),
+            MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.Source, ""),
+            MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.State, ""),
+            MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.Cursor, ""),
+            MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.Error, "")]).ConfigureAwait(false);
+        dp.RemoveMigrationDestination(m);
+        lock (_migrations)
+            _migrations.Remove(m);
+        EmitMigration(ImageMigrationRasIds.Committed, RasSeverity.Notice, m, $"migration {m.SourceName} -> {m.DestinationName} committed; {m.SourceName} is an alias of the destination");
+    }
+
+    /// <summary>`abort`: stops the copy and removes the destination; the source holds every acknowledged write.</summary>
+    public async Task<ImageMigrationStatus> AbortMigrationAsync(string image)
+    {
+        await _migrationLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            var m = FindMigration(image) ?? throw new NotFoundException($"image {UserText.Quote(image)} is not migrating");
+            if (m.State is ImageMigrationState.Committing or ImageMigrationState.Committed)
+                throw new InvalidRequestException($"cannot abort migration {m.SourceName} -> {m.DestinationName}: it is {ImageMigration.Name(m.State)} (the source is being removed)");
+            await m.Source.Pool.SetImagePropInternalAsync(m.Source.Id, ImageMigration.Props.State, "aborting").ConfigureAwait(false);
+            m.SetState(ImageMigrationState.Aborting);
+            await m.StopJobAsync().ConfigureAwait(false);
+            await FinishAbortAsync(m).ConfigureAwait(false);
+            return m.Status();
+        }
+        finally
+        {
+            _migrationLock.Release();
+        }
+    }
+
+    private async Task FinishAbortAsync(ImageMigration m)
+    {
+        var sp = m.Source.Pool;
+        var dp = m.Destination.Pool;
+        // Stop mirroring under all of the source's locks (no mirror in flight), then drop the destination.
+        await sp.QuiescedAsync(m.Source.Id, () =>
+        {
+            sp.RemoveMigrationSource(m);
+            return Task.CompletedTask;
+        }).ConfigureAwait(false);
+        dp.RemoveMigrationDestination(m);
+        if (dp.HasImage(m.Destination.Id))
+            await dp.RemoveImageLockedAsync(m.Destination.Id).ConfigureAwait(false);
+        await sp.Log.CommitAsync([
+            MetaRecords.ImageSetProp(m.Source.Id, ImageMigration.Props.Destination, ""),
+            MetaRecords.ImageSetProp(m.Source.Id, ImageMigration.Props.State, "")]).ConfigureAwait(false);
+        lock (_migrations)
+            _migrations.Remove(m);
+        EmitMigration(ImageMigrationRasIds.Aborted, RasSeverity.Notice, m, $"migration {m.SourceName} -> {m.DestinationName} aborted; the destination was removed, the source has every write");
+    }
+
+    /// <summary>
+    /// After the pools opened (engine start, tests' reopen): picks up every migration from the
+    /// migration.* properties (ImageMigration.RecoveryCases) and restarts copies that were executing.
+    /// </summary>
+    public async Task ResumeMigrationsAsync()
+    {
+        await _migrationLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            foreach (var dp in OpenPools())
+            {
+                foreach (var (destId, sourceName) in dp.ImagesWithProp(ImageMigration.Props.Source))
+                {
+                    if (dp.MigrationTo(destId) != null)
+                        continue;
+                    await ResumeOneAsync(dp, destId, sourceName).ConfigureAwait(false);
+                }
+            }
+            // A source left in aborting whose destination is already gone: finish clearing it.
+            foreach (var sp in OpenPools())
+            {
+                foreach (var (srcId, _) in sp.ImagesWithProp(ImageMigration.Props.Destination))
+                {
+                    if (sp.MigrationOf(srcId) != null || sp.ImagePropOrEmpty(srcId, ImageMigration.Props.State) != "aborting")
+                        continue;
+                    await sp.Log.CommitAsync([
+                        MetaRecords.ImageSetProp(srcId, ImageMigration.Props.Destination, ""),
+                        MetaRecords.ImageSetProp(srcId, ImageMigration.Props.State, "")]).ConfigureAwait(false);
+                }
+            }
+        }
+        finally
+        {
+            _migrationLock.Release();
+        }
+    }
+
+    private async Task ResumeOneAsync(Pool dp, uint destId, string sourceName)
+    {
+        var dest = Ungated(dp.HandleById(destId));
+        string destName = $"{dp.Label}/{dest.Container}/{dest.Label}";
+        string state = dp.ImagePropOrEmpty(destId, ImageMigration.Props.State);
+        var (spool, scont, simage) = ParseImageName(sourceName, "source");
+        var sp = OpenPools().FirstOrDefault(p => p.Label == spool);
+        if (sp == null)
+            return; // Its source pool is not open: resumed when it is (the next ResumeMigrationsAsync).
+        ImageMeta? smeta = null;
+        try
+        {
+            smeta = sp.FindImage(scont, simage);
+        }
+        catch (NotFoundException)
+        {
+        }
+        var source = smeta != null ? new Image(sp, smeta.Id, scont, simage) : null;
+        // Recovery cases (docs/migration.md "States"): what was found -> what resuming does.
+        if (state == "committing")
+        {
+            // committing: the source may or may not be gone yet; finish the commit.
+            var m = new ImageMigration(source ?? new Image(sp, uint.MaxValue, scont, simage), dest, ImageMigrationState.Committing, 0, null);
+            if (source != null)
+                sp.AddMigrationSource(m);
+            await FinishCommitAsync(m).ConfigureAwait(false);
+            return;
+        }
+        string linked = smeta == null ? "" : sp.ImagePropOrEmpty(smeta.Id, ImageMigration.Props.Destination);
+        string sourceState = smeta == null ? "" : sp.ImagePropOrEmpty(smeta.Id, ImageMigration.Props.State);
+        if (source == null || linked != destName || sourceState == "aborting")
+        {
+            // preparing (the source never named this destination) or aborting: the destination goes.
+            var m = new ImageMigration(source ?? new Image(sp, uint.MaxValue, scont, simage), dest, ImageMigrationState.Aborting, 0, null);
+            if (source != null && linked == destName)
+            {
+                sp.AddMigrationSource(m);
+                await FinishAbortAsync(m).ConfigureAwait(false);
+            }
+            else
+            {
+                await dp.RemoveImageLockedAsync(destId).ConfigureAwait(false);
+            }
+            return;
+        }
+        long cursor = long.TryParse(dp.ImagePropOrEmpty(destId, ImageMigration.Props.Cursor), out long c) ? c : 0;
+        var s = state switch
+        {
+            "executing" => ImageMigrationState.Executing,
+            "executed" => ImageMigrationState.Executed,
+            "error" => ImageMigrationState.Error,
+            _ => ImageMigrationState.Prepared,
+        };
+        var mig = new ImageMigration(source, dest, s, cursor, s == ImageMigrationState.Error ? dp.ImagePropOrEmpty(destId, ImageMigration.Props.Error) : null);
+        dp.AddMigrationDestination(mig);
+        sp.AddMigrationSource(mig);
+        lock (_migrations)
+            _migrations.Add(mig);
+        if (s == ImageMigrationState.Executing)
+            mig.StartJob(CopyAsync);
+        EmitMigration(ImageMigrationRasIds.Resumed, RasSeverity.Notice, mig, $"migration {mig.SourceName} -> {mig.DestinationName} resumed {ImageMigration.Name(s)} at chunk {cursor}");
+    }
+
+    /// <summary>Stops every background copy (engine stop): each resumes at its saved cursor on the next start.</summary>
+    private async Task StopMigrationJobsAsync()
+    {
+        List<ImageMigration> all;
+        lock (_migrations)
+            all = _migrations.ToList();
+        foreach (var m in all)
+            await m.StopJobAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>Refuses destroying a pool that holds either end of a migration.</summary>
+    public void ThrowIfPoolMigrating(string label)
+    {
+        ImageMigration? m;
+        lock (_migrations)
+            m = _migrations.FirstOrDefault(x => x.Source.Pool.Label == label || x.Destination.Pool.Label == label);
+        if (m != null)
+            throw new BusyException($"pool '{label}' holds an end of migration {m.SourceName} -> {m.DestinationName} ({ImageMigration.Name(m.State)}); commit or abort it first");
+    }
+
+    /// <summary>The image a committed migration left this name to ("pool/container/image"), or null.</summary>
+    public (string Pool, string Container, string Image)? ResolveAlias(string name)
+    {
+        foreach (var p in OpenPools())
+        {
+            foreach (var (id, alias) in p.ImagesWithProp(ImageMigration.Props.Alias))
+            {
+                if (alias == name && p.ImageNames(id) is { } n)
+                    return (p.Label, n.Container, n.Label);
+            }
+        }
+        return null;
+    }
+
+    /// <summary>The migrated source name that resolves to this image, or null.</summary>
+    public string? AliasOf(string pool, string container, string image)
+    {
+        var p = OpenPools().FirstOrDefault(x => x.Label == pool);
+        if (p == null)
+            return null;
+        try
+        {
+            string a = p.ImagePropOrEmpty(p.FindImage(container, image).Id, ImageMigration.Props.Alias);
+            return a.Length == 0 ? null : a;
+        }
+        catch (NotFoundException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>The status of the migration with this image at either end, or null.</summary>
+    public ImageMigrationStatus? MigrationStatusOrNull(string image) => FindMigration(image)?.Status();
+
+    /// <summary>`image migrate remove-alias IMAGE`: the source's old name stops resolving.</summary>
+    public async Task RemoveAliasAsync(string image)
+    {
+        var (pool, cont, label) = ParseImageName(image, "image");
+        var p = await OpenPoolAsync(pool).ConfigureAwait(false);
+        var meta = p.FindImage(cont, label);
+        if (p.ImagePropOrEmpty(meta.Id, ImageMigration.Props.Alias).Length == 0)
+            throw new NotFoundException($"image {UserText.Quote(image)} has no alias");
+        await p.SetImagePropInternalAsync(meta.Id, ImageMigration.Props.Alias, "").ConfigureAwait(false);
+    }
+
+    private static Image Ungated(Image i) => new(i.Pool, i.Id, i.Container, i.Label, ungated: true);
+
+    private void EmitMigration(string id, RasSeverity severity, ImageMigration m, string message) =>
+        Ras.Emit(new RasEvent(id, severity, RasType.StateChange, message, Pool: m.Source.Pool.Label, Image: m.Source.Label));
+}

@@ -1,0 +1,119 @@
+using Strata.Engine.Control;
+
+namespace Strata.Cli.Tests;
+
+/// <summary>
+/// `storage add-target` and `pool extend` as an operator meets them (issue 14): the real engine
+/// process and the strata CLI, a restart that must open the added target, and every refusal.
+/// </summary>
+[TestClass]
+public sealed class TargetsCliTests
+{
+    private static string TargetUri(string dir, string name) => $"file:{Path.Combine(dir, name)}?create=1&size=256M";
+
+    private static async Task<string> HashAsync(StrataCli cli) =>
+        (await cli.OkAsync("image", "read", "tank", "c", "a", "--offset", "0", "--length", "4194304")).Trim();
+
+    [TestMethod]
+    [Timeout(600_000, CooperativeCancellation = true)]
+    public async Task AddTargetThenExtend_ThroughTheDaemon_PoolOnThreeTargetsAcrossARestart()
+    {
+        string dir = Bin.NewTempDir("targets");
+        var engine = await EngineProcess.StartAsync(dir);
+        try
+        {
+            var cli = new StrataCli(engine.Socket);
+            await cli.OkAsync("pool", "create", "tank", "--size", "64M", "--rf", "2");
+            await cli.OkAsync("cont", "create", "tank", "c");
+            await cli.OkAsync("image", "create", "tank", "c", "a", "--size", "4M");
+            await cli.OkAsync("image", "write", "tank", "c", "a", "--offset", "0", "--pattern", "77", "--length", "4194304");
+            string hash = await HashAsync(cli);
+
+            string uri = TargetUri(dir, "extra.img");
+            StringAssert.Contains(await cli.OkAsync("storage", "add-target", uri), "Target 2 added");
+            StringAssert.Contains(await cli.FailsAsync(6, "storage", "add-target", uri), "already one of the engine's targets");
+            var dry = await cli.OkAsync("pool", "extend", "tank", "--dry-run");
+            StringAssert.Contains(dry, "would grow from 2 to 3 targets");
+            StringAssert.Contains(dry, "nothing was changed");
+            Assert.AreEqual(2, (await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank")).Targets.Count);
+
+            StringAssert.Contains(await cli.OkAsync("pool", "extend", "tank", "--wait"), "grows from 2 to 3 targets");
+            var q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank");
+            Assert.AreEqual(3, q.Targets.Count);
+            Assert.AreEqual("completed", q.Job?.State, q.Job?.Reason);
+            Assert.IsTrue(q.Targets[2].UsedBytes > 0, "chunks moved to the new target");
+            StringAssert.Contains(await cli.OkAsync("pool", "query", "tank"), "Job: extend completed");
+            Assert.AreEqual(hash, await HashAsync(cli));
+            StringAssert.Contains(await cli.FailsAsync(2, "pool", "extend", "tank"), "already is on all 3 target(s)");
+
+            await engine.DisposeAsync();
+            engine = await EngineProcess.StartAsync(dir);
+            cli = new StrataCli(engine.Socket);
+            Assert.AreEqual(3, (await cli.JsonAsync<StorageInfo>("storage", "query")).Targets.Count, "the added target is opened at start");
+            Assert.AreEqual(3, (await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank")).Targets.Count);
+            Assert.AreEqual(hash, await HashAsync(cli));
+        }
+        finally
+        {
+            await engine.DisposeAsync();
+        }
+    }
+
+    [TestMethod]
+    [Timeout(600_000, CooperativeCancellation = true)]
+    public async Task AddTarget_AnotherEnginesTargetOrTooSmall_RefusedOneLineNothingChanged()
+    {
+        string other = Bin.NewTempDir("targets-other");
+        var second = await EngineProcess.StartAsync(other);
+        await second.DisposeAsync();
+        string dir = Bin.NewTempDir("targets-bad");
+        await using var engine = await EngineProcess.StartAsync(dir);
+        var cli = new StrataCli(engine.Socket);
+        string foreign = Path.Combine(other, "target0.img");
+        byte[] before = Head(foreign);
+        StringAssert.Contains(await cli.FailsAsync(6, "storage", "add-target", $"file:{foreign}"), "of another engine");
+        CollectionAssert.AreEqual(before, Head(foreign), "another engine's target (its superblock) is not touched");
+        StringAssert.Contains(await cli.FailsAsync(2, "storage", "add-target", $"file:{Path.Combine(dir, "tiny.img")}?create=1&size=1M"),
+            "a target of this engine needs at least");
+        Assert.AreEqual(2, (await cli.JsonAsync<StorageInfo>("storage", "query")).Targets.Count);
+    }
+
+    [TestMethod]
+    [Timeout(600_000, CooperativeCancellation = true)]
+    public async Task ExtendAndUpgrade_EachRefusedWhileTheOtherRuns_MessageNamesTheJob()
+    {
+        string dir = Bin.NewTempDir("targets-excl");
+        // The upgrade job is held before its first step until the engine stops.
+        await using var engine = await EngineProcess.StartAsync(dir, "--upgrade-hold-at-step", "1");
+        var cli = new StrataCli(engine.Socket);
+        foreach (var pool in new[] { "ext", "upg" })
+        {
+            await cli.OkAsync("pool", "create", pool, "--size", "64M", "--layout", "1");
+            await cli.OkAsync("cont", "create", pool, "c");
+            await cli.OkAsync("image", "create", pool, "c", "a", "--size", "2M");
+            await cli.OkAsync("image", "write", pool, "c", "a", "--offset", "0", "--pattern", "5", "--length", "2097152");
+        }
+        await cli.OkAsync("storage", "add-target", TargetUri(dir, "extra.img"));
+
+        // An extension throttled to one chunk a second is still running when the upgrade is asked for.
+        await cli.OkAsync("pool", "set-prop", "ext", "migrate_rate", "64K");
+        await cli.OkAsync("pool", "extend", "ext");
+        StringAssert.Contains(await cli.FailsAsync(6, "pool", "upgrade", "ext"), "has extension in progress");
+        StringAssert.Contains(await cli.FailsAsync(6, "pool", "extend", "ext"), "is running extend");
+
+        await cli.OkAsync("pool", "upgrade", "upg");
+        var e = await cli.FailsAsync(6, "pool", "extend", "upg");
+        StringAssert.Contains(e, "is upgrading (1 -> ");
+        StringAssert.Contains(e, "extension cannot start");
+        Assert.AreEqual(2, (await cli.JsonAsync<PoolQueryDto>("pool", "query", "upg")).Targets.Count, "the refused extension changed nothing");
+    }
+
+    /// <summary>The first MiB of a (4 GiB sparse) target file: its superblock copies.</summary>
+    private static byte[] Head(string path)
+    {
+        using var f = File.OpenRead(path);
+        var b = new byte[1 << 20];
+        f.ReadExactly(b);
+        return b;
+    }
+}

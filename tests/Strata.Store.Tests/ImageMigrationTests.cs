@@ -1,0 +1,235 @@
+using Strata.Engine.Device;
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+
+namespace Strata.Store.Tests;
+
+/// <summary>
+/// Live image migration (docs/migration.md, "Image migration"): a handle opened on the source
+/// before prepare keeps writing through prepare, execute and commit or abort, and every
+/// acknowledged write reads back from the image that remains.
+/// </summary>
+[TestClass]
+public sealed class ImageMigrationTests
+{
+    private const int ChunkSize = 16384;
+    private const long ImageSize = 48L * ChunkSize + 8192;
+
+    public TestContext TestContext { get; set; } = null!;
+
+    private static async Task<(StorageEngine Engine, WaitableRasSink Ras, MemoryBlockDevice[] Devs)> EngineAsync()
+    {
+        var devs = TestDevices.Memory(2);
+        var ras = new WaitableRasSink();
+        var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Ras = ras });
+        var a = await engine.CreatePoolAsync("a", 2 * (4L << 20), 1, TestDevices.SmallPool);
+        await a.CreateContainerAsync("c");
+        var b = await engine.CreatePoolAsync("b", 2 * (4L << 20), 2, TestDevices.SmallPool);
+        await b.CreateContainerAsync("d");
+        return (engine, ras, devs);
+    }
+
+    /// <summary>A client on one handle: writes random 4 KiB-aligned runs and keeps the model of what was acknowledged.</summary>
+    private sealed class Client(IImageIo io, byte[] model, int seed)
+    {
+        private readonly Random _rng = new(seed);
+
+        public async Task WriteOnceAsync()
+        {
+            int len = 4096 * _rng.Next(1, 9);
+            long off = 4096L * _rng.Next(0, (int)((model.Length - len) / 4096));
+            var data = new byte[len];
+            _rng.NextBytes(data);
+            await io.WriteAsync(off, data, durable: _rng.Next(2) == 0);
+            data.CopyTo(model, off);
+        }
+
+        public async Task TrimOnceAsync()
+        {
+            long off = 4096L * _rng.Next(0, (int)(model.Length / 4096) - 8);
+            int len = 4096 * _rng.Next(1, 8);
+            await io.TrimAsync(off, len);
+            Array.Clear(model, (int)off, len);
+        }
+
+        /// <summary>Writes (and now and then trims) until <paramref name="until"/> completes, then a few more times.</summary>
+        public async Task<int> RunAsync(Task until)
+        {
+            int n = 0;
+            while (!until.IsCompleted || n < 8)
+            {
+                if (_rng.Next(10) == 0)
+                    await TrimOnceAsync();
+                else
+                    await WriteOnceAsync();
+                n++;
+                if (until.IsCompleted && n >= 8)
+                    break;
+            }
+            return n;
+        }
+    }
+
+    private static async Task<byte[]> ReadAllAsync(IImageIo io, long size)
+    {
+        var b = new byte[size];
+        await io.ReadAsync(0, b);
+        return b;
+    }
+
+    private sealed class Io(Image image) : IImageIo
+    {
+        public Image Image => image;
+        public long Size => image.Size;
+        public int ChunkSize => image.ChunkSize;
+        public Task ReadAsync(long offset, Memory<byte> destination) => image.ReadAsync(offset, destination);
+        public Task WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true) => image.WriteAsync(offset, source, durable);
+        public Task TrimAsync(long offset, long length) => image.TrimAsync(offset, length);
+        public Task FlushAsync() => image.FlushAsync();
+        public IImageIo WithInlineContinuations() => this;
+    }
+
+    [TestMethod]
+    [DataRow("a/c/v2", 0, DisplayName = "same pool")]
+    [DataRow("b/d/v", 0, DisplayName = "other pool, rf 2")]
+    [DataRow("b/d/v", 65536, DisplayName = "other pool, larger chunks")]
+    [DataRow("b/d/v", 4096, DisplayName = "other pool, smaller chunks")]
+    public async Task Migrate_ClientWritesThroughPrepareExecuteCommit_EveryWriteReadsBackFromDestination(string destination, int chunkSize)
+    {
+        var (engine, ras, _) = await EngineAsync();
+        await using var _e = engine;
+        var a = await engine.OpenPoolAsync("a");
+        var src = await a.CreateImageAsync("c", "v", ImageSize, ChunkSize);
+        var model = new byte[ImageSize];
+        var io = new Io(a.OpenImage("c", "v"));
+        var client = new Client(io, model, 11);
+        for (int i = 0; i < 30; i++)
+            await client.WriteOnceAsync();
+
+        var prepared = await engine.PrepareMigrationAsync("a/c/v", destination, chunkSize);
+        Assert.AreEqual("prepared", prepared.State);
+        for (int i = 0; i < 10; i++)
+            await client.WriteOnceAsync();
+        await engine.ExecuteMigrationAsync("a/c/v");
+        int writes = await client.RunAsync(engine.WaitForMigrationJobAsync("a/c/v"));
+        TestContext.WriteLine($"{writes} client writes during execute");
+        Assert.AreEqual("executed", engine.MigrationStatus(destination).State);
+
+        await engine.CommitMigrationAsync("a/c/v");
+        Assert.ThrowsExactly<NotFoundException>(() => a.OpenImage("c", "v"));
+        // The handle opened before prepare keeps working, now on the destination.
+        for (int i = 0; i < 10; i++)
+            await client.WriteOnceAsync();
+        CollectionAssert.AreEqual(model, await ReadAllAsync(io, ImageSize));
+        Assert.AreEqual(ImageSize, io.Size);
+        var (dp, dc, di) = StorageEngine.ParseImageName(destination, "destination");
+        var dest = (await engine.OpenPoolAsync(dp)).OpenImage(dc, di);
+        CollectionAssert.AreEqual(model, await ReadAllAsync(new Io(dest), ImageSize));
+        Assert.AreEqual((dp, dc, di), engine.ResolveAlias("a/c/v")!.Value);
+        Assert.AreEqual("a/c/v", dest.GetProperty("migration.alias"));
+        Assert.AreEqual(1, ras.WithId(ImageMigrationRasIds.Committed).Count());
+    }
+
+    [TestMethod]
+    public async Task Migrate_ClientWritesThenAbort_SourceHoldsEveryAcknowledgedWrite()
+    {
+        var (engine, ras, _) = await EngineAsync();
+        await using var _e = engine;
+        var a = await engine.OpenPoolAsync("a");
+        var b = await engine.OpenPoolAsync("b");
+        await a.CreateImageAsync("c", "v", ImageSize, ChunkSize);
+        var model = new byte[ImageSize];
+        var io = new Io(a.OpenImage("c", "v"));
+        var client = new Client(io, model, 5);
+        for (int i = 0; i < 30; i++)
+            await client.WriteOnceAsync();
+        await engine.PrepareMigrationAsync("a/c/v", "b/d/v");
+        await engine.ExecuteMigrationAsync("a/c/v");
+        await client.RunAsync(engine.WaitForMigrationJobAsync("a/c/v"));
+        long usedBefore = b.Query().UsedBytes;
+        Assert.IsTrue(usedBefore > 0);
+
+        var st = await engine.AbortMigrationAsync("b/d/v");
+        Assert.AreEqual("aborting", st.State);
+        Assert.ThrowsExactly<NotFoundException>(() => b.OpenImage("d", "v"));
+        Assert.AreEqual(0, b.Query().UsedBytes, "the destination's space is free again");
+        for (int i = 0; i < 10; i++)
+            await client.WriteOnceAsync();
+        CollectionAssert.AreEqual(model, await ReadAllAsync(io, ImageSize));
+        Assert.AreEqual("", a.ImagePropOrEmpty(io.Image.Id, "migration.destination"));
+        Assert.AreEqual(1, ras.WithId(ImageMigrationRasIds.Aborted).Count());
+        // The source can be resized and migrated again.
+        await a.OpenImage("c", "v").ResizeAsync(ImageSize + ChunkSize);
+    }
+
+    [TestMethod]
+    public async Task Migrate_EngineStoppedDuringExecute_ResumesAtCursorAndCommits()
+    {
+        var (engine, _, devs) = await EngineAsync();
+        var a = await engine.OpenPoolAsync("a");
+        var b = await engine.OpenPoolAsync("b");
+        var src = await a.CreateImageAsync("c", "v", ImageSize, ChunkSize);
+        var model = TestDevices.Pattern((int)ImageSize, 3);
+        Array.Clear(model, 5 * ChunkSize, 6 * ChunkSize); // a hole stays a hole
+        await src.WriteAsync(0, model.AsMemory(0, 5 * ChunkSize));
+        await src.WriteAsync(11 * ChunkSize, model.AsMemory(11 * ChunkSize));
+        // One chunk per second: execute is still running when the engine stops.
+        await b.SetPropertyAsync("migrate_rate", ChunkSize.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        await engine.PrepareMigrationAsync("a/c/v", "b/d/v");
+        await engine.ExecuteMigrationAsync("a/c/v");
+        await engine.DisposeAsync();
+
+        var ras = new WaitableRasSink();
+        await using var engine2 = await StorageEngine.OpenAsync(devs, new StorageEngineOptions { Ras = ras });
+        var a2 = await engine2.OpenPoolAsync("a");
+        var b2 = await engine2.OpenPoolAsync("b");
+        await engine2.ResumeMigrationsAsync();
+        Assert.AreEqual(1, ras.WithId(ImageMigrationRasIds.Resumed).Count());
+        StringAssert.StartsWith(engine2.MigrationStatus("a/c/v").Summary, "executing (");
+        // Writes through a new handle on the source during the resumed copy are mirrored too.
+        var client = new Client(new Io(a2.OpenImage("c", "v")), model, 9);
+        await b2.SetPropertyAsync("migrate_rate", "0");
+        await client.RunAsync(engine2.WaitForMigrationJobAsync("a/c/v"));
+        long sourceMapped = a2.ListImages("c").Single().MappedBytes;
+        await engine2.CommitMigrationAsync("a/c/v");
+        var dest = b2.OpenImage("d", "v");
+        CollectionAssert.AreEqual(model, await ReadAllAsync(new Io(dest), ImageSize));
+        Assert.AreEqual(sourceMapped, b2.ListImages("d").Single().MappedBytes, "holes stay holes: the destination maps what the source mapped");
+    }
+
+    [TestMethod]
+    public async Task Migrate_Refusals_OneLineEachAndNothingChanged()
+    {
+        var (engine, _, _) = await EngineAsync();
+        await using var _e = engine;
+        var a = await engine.OpenPoolAsync("a");
+        var b = await engine.OpenPoolAsync("b");
+        var src = await a.CreateImageAsync("c", "v", ImageSize, ChunkSize);
+        await src.WriteAsync(0, TestDevices.Pattern(8 * ChunkSize, 1));
+
+        var self = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.PrepareMigrationAsync("a/c/v", "a/c/v"));
+        StringAssert.Contains(self.Message, "to itself");
+        var bad = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.PrepareMigrationAsync("a/c", "b/d/v"));
+        StringAssert.Contains(bad.Message, "is not pool/container/image");
+
+        // No room: a big image in a small pool, refused with the figures before anything is created.
+        var big = await a.CreateImageAsync("c", "big", 6L << 20, ChunkSize);
+        await big.WriteAsync(0, new byte[5L << 20]);
+        var full = await Assert.ThrowsExactlyAsync<NoSpaceException>(() => engine.PrepareMigrationAsync("a/c/big", "b/d/big"));
+        StringAssert.Contains(full.Message, $"it maps {5L << 20} bytes, {10L << 20} bytes at rf 2");
+        Assert.AreEqual(0, b.ListImages("d").Count);
+
+        await engine.PrepareMigrationAsync("a/c/v", "b/d/v");
+        var again = await Assert.ThrowsExactlyAsync<BusyException>(() => engine.PrepareMigrationAsync("a/c/v", "b/d/w"));
+        StringAssert.Contains(again.Message, "already migrating");
+        var commit = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.CommitMigrationAsync("a/c/v"));
+        StringAssert.Contains(commit.Message, "it is prepared, 0 of 49 chunks copied; commit needs executed");
+        StringAssert.Contains((await Assert.ThrowsExactlyAsync<BusyException>(() => engine.DestroyPoolAsync("b", force: true))).Message, "holds an end of migration a/c/v -> b/d/v");
+        StringAssert.Contains((await Assert.ThrowsExactlyAsync<BusyException>(() => engine.DestroyPoolAsync("a", force: true))).Message, "holds an end of migration");
+        StringAssert.Contains((await Assert.ThrowsExactlyAsync<BusyException>(() => a.OpenImage("c", "v").ResizeAsync(2 * ImageSize))).Message, "cannot resize image 'v'");
+        StringAssert.Contains((await Assert.ThrowsExactlyAsync<BusyException>(() => a.RemoveImageAsync("c", "v"))).Message, "cannot remove image 'v'");
+        StringAssert.Contains((await Assert.ThrowsExactlyAsync<BusyException>(() => b.RemoveImageAsync("d", "v"))).Message, "destination of a migration from a/c/v");
+        StringAssert.Contains(Assert.ThrowsExactly<BusyException>(() => b.OpenImage("d", "v")).Message, "use the source's name until commit");
+        Assert.AreEqual(ImageSize, a.OpenImage("c", "v").Size);
+    }
+}
