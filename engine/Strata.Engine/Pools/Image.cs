@@ -439,21 +439,9 @@ public sealed class Image
     /// </summary>
     public int Allocation(long offset, long length, Span<AllocationRun> runs)
     {
-        // As reads: a committed migration's destination holds the image now.
+        // A handle opened before a committed migration answers for the destination, as its reads do.
         if (Forwarded is { } f)
             return f.Forward.Allocation(offset, length, runs);
-        try
-        {
-            return OwnAllocation(offset, length, runs);
-        }
-        catch (NotFoundException) when (Forwarded is { } g)
-        {
-            return g.Forward.Allocation(offset, length, runs);
-        }
-    }
-
-    private int OwnAllocation(long offset, long length, Span<AllocationRun> runs)
-    {
         var meta = Meta;
         int cs = meta.ChunkSize;
         int n = 0;
