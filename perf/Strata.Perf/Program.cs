@@ -20,6 +20,7 @@ public static class Program
         ("migrate", "placement_v2 migration rate (unthrottled) vs fio reading and writing the same target files", MigrateBenchmark.RunAsync),
         ("wal-format", "WAL v1 vs v2 framing: log bytes and CPU per commit batch of 4 KiB writes (in memory)", WalFormatBenchmark.RunAsync),
         ("nbd", "fio's nbd engine against Strata's NBD server, qemu-nbd and nbdkit (file plugin) on one machine", NbdBenchmark.RunAsync),
+        ("nbd-copy", "nbdcopy and qemu-img convert copying a half-full sparse image out of Strata, qemu-nbd and nbdkit", NbdCopyBenchmark.RunAsync),
     ];
 
     public static async Task<int> Main(string[] args)
@@ -42,7 +43,7 @@ public static class Program
             var cl = CommandLine.Parse(args.AsSpan(1).ToArray());
             if (cl.Has("help"))
             {
-                Console.WriteLine(command.Name switch { "store" => StoreBenchmark.Usage, "upgrade" => UpgradeBenchmark.Usage, "migrate" => MigrateBenchmark.Usage, "wal-format" => WalFormatBenchmark.Usage, "nbd" => NbdBenchmark.Usage, _ => DeviceBenchmark.Usage });
+                Console.WriteLine(command.Name switch { "store" => StoreBenchmark.Usage, "upgrade" => UpgradeBenchmark.Usage, "migrate" => MigrateBenchmark.Usage, "wal-format" => WalFormatBenchmark.Usage, "nbd" => NbdBenchmark.Usage, "nbd-copy" => NbdCopyBenchmark.Usage, _ => DeviceBenchmark.Usage });
                 return 0;
             }
             return await command.Run(cl);

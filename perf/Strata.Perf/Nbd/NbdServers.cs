@@ -150,6 +150,10 @@ internal sealed class PeerNbd : INbdServerUnderTest
     public static Task<PeerNbd> StartQemuNbdAsync(string file, BenchTls? tls = null) => StartAsync("qemu-nbd", "qemu-nbd", tls,
         listen => ["-f", "raw", "--persistent", "--shared=8", .. listen, "--cache=none", "--aio=io_uring", "--discard=unmap", file]);
 
+    /// <summary>qemu-nbd through the page cache (--cache=writeback), for the copy row where every server reads from memory.</summary>
+    public static Task<PeerNbd> StartQemuNbdCachedAsync(string file) => StartAsync("qemu-nbd", "qemu-nbd", null,
+        listen => ["-f", "raw", "--persistent", "--shared=8", .. listen, "--cache=writeback", "--discard=unmap", file]);
+
     /// <summary>qemu-nbd writing through (O_DIRECT|O_DSYNC): every write durable before its reply, as Strata's are.</summary>
     public static Task<PeerNbd> StartQemuNbdDurableAsync(string file, BenchTls? tls = null) => StartAsync("qemu-nbd-dsync", "qemu-nbd", tls,
         listen => ["-f", "raw", "--persistent", "--shared=8", .. listen, "--cache=directsync", "--aio=io_uring", "--discard=unmap", file]);
