@@ -86,6 +86,7 @@ public sealed class ImageMigrationTests
         public Task WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true) => image.WriteAsync(offset, source, durable);
         public Task TrimAsync(long offset, long length) => image.TrimAsync(offset, length);
         public Task FlushAsync() => image.FlushAsync();
+        public int Allocation(long offset, long length, Span<AllocationRun> runs) => image.Allocation(offset, length, runs);
         public IImageIo WithInlineContinuations() => this;
     }
 

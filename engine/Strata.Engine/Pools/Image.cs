@@ -439,6 +439,9 @@ public sealed class Image
     /// </summary>
     public int Allocation(long offset, long length, Span<AllocationRun> runs)
     {
+        // A migrating source's map is complete until commit (every write reaches it); then the destination's.
+        if (Forwarded is { } f)
+            return f.Forward.Allocation(offset, length, runs);
         var meta = Meta;
         int cs = meta.ChunkSize;
         int n = 0;
