@@ -197,8 +197,12 @@ public sealed record UpgradeStatus(string Pool, uint LayoutVersion, string Statu
     int ActionsDone, int ActionsTotal, long ItemsDone, long ItemsTotal, long BytesDone, long BytesTotal,
     double? ItemsPerSecond, double? BytesPerSecond, double? EtaSeconds, string? CurrentAction, double? LongestPauseMs, bool Running);
 
-/// <summary>`image migrate prepare SRC DST`: both "pool/container/image"; ChunkSize 0 keeps the source's where the destination pool allows it.</summary>
-public sealed record MigrationPrepareRequest(string Source, string Destination, int ChunkSize = 0);
+/// <summary>
+/// `image migrate prepare SRC DST`: both "pool/container/image"; ChunkSize 0 keeps the source's where
+/// the destination pool allows it. ImportOnly: Source is empty and SourceSpec names the outside source
+/// ({"type":"raw","path":...} or {"type":"nbd","uri":...}).
+/// </summary>
+public sealed record MigrationPrepareRequest(string? Source, string Destination, int ChunkSize = 0, bool ImportOnly = false, string? SourceSpec = null);
 
 /// <summary>`image migrate execute|commit|abort|remove-alias IMAGE`: either end's "pool/container/image".</summary>
 public sealed record MigrationRequest(string Image);
