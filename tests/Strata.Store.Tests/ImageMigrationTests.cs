@@ -126,6 +126,12 @@ public sealed class ImageMigrationTests
         var (dp, dc, di) = StorageEngine.ParseImageName(destination, "destination");
         var dest = (await engine.OpenPoolAsync(dp)).OpenImage(dc, di);
         CollectionAssert.AreEqual(model, await ReadAllAsync(new Io(dest), ImageSize));
+        // Block status through the old handle is the destination's (NBD base:allocation).
+        var viaOld = new AllocationRun[64];
+        var viaDest = new AllocationRun[64];
+        int nOld = io.Allocation(0, ImageSize, viaOld), nDest = dest.Allocation(0, ImageSize, viaDest);
+        CollectionAssert.AreEqual(viaDest[..nDest], viaOld[..nOld]);
+        Assert.IsTrue(viaOld[..nOld].Any(r => r.Mapped));
         Assert.AreEqual((dp, dc, di), engine.ResolveAlias("a/c/v")!.Value);
         Assert.AreEqual("a/c/v", dest.GetProperty("migration.alias"));
         Assert.AreEqual(1, ras.WithId(ImageMigrationRasIds.Committed).Count());
