@@ -168,4 +168,34 @@ public sealed class NbdMigrationTests
         await d.Cli.FailsAsync(NotFound, "image", "info", "p/c/w");
         await d.Cli.FailsAsync(NotFound, "image", "migrate", "status", "p/c/v");
     }
+
+    [TestMethod]
+    public async Task Kill9DuringExecute_EngineRestarted_MigrationResumesAndCommitsEveryWrite()
+    {
+        await using var d = await NbdDaemon.StartAsync("nbd-mig-kill");
+        await d.CreateImageAsync("v", "64M");
+        await Tools.OkAsync("qemu-io", "-f", "raw", "-c", "write -P 0xee 0 32M", "-c", "write -P 0x5a 40M 1M", d.UnixUri("v"));
+        await d.Cli.OkAsync("pool", "set-prop", "p", "migrate_rate", "4M");
+        await d.Cli.OkAsync("image", "migrate", "prepare", "p/c/v", "p/c/w");
+        await d.Cli.OkAsync("image", "migrate", "execute", "p/c/v");
+        // Killed once the copy has started (bounded poll; nothing is timed).
+        for (int i = 0; i < 300 && (await StatusAsync(d, "p/c/v")).ChunksDone == 0; i++)
+            await Task.Delay(50);
+        Bin.Signal(d.Engine.Pid, 9);
+        await d.Engine.WaitForExitAsync(TimeSpan.FromSeconds(30));
+
+        await using var engine = await EngineProcess.StartAsync(d.Engine.DataDir, "--config", Path.Combine(d.Dir, "strata.yaml"));
+        var cli = new StrataCli(engine.Socket);
+        var resumed = await cli.JsonAsync<MigrationStatusDto>("image", "migrate", "status", "p/c/v");
+        Assert.AreEqual("executing", resumed.State, $"{resumed}");
+        StringAssert.Contains(File.ReadAllText(d.RasFile), "image_migration_resumed");
+        await Tools.OkAsync("qemu-io", "-f", "raw", "-c", "write -P 0x77 33M 128k", d.UnixUri("v"));
+        await cli.OkAsync("pool", "set-prop", "p", "migrate_rate", "0");
+        StringAssert.Contains(await cli.OkAsync("image", "migrate", "status", "p/c/v", "--wait"), ": executed");
+        await cli.OkAsync("image", "migrate", "commit", "p/c/v");
+        await Tools.OkAsync("qemu-io", "-f", "raw", "-c", "read -P 0xee 0 32M", "-c", "read -P 0x77 33M 128k", "-c", "read -P 0x5a 40M 1M",
+            "-c", "read -P 0 41M 1M", d.UnixUri("w"));
+        // The old name is an alias of the destination.
+        await Tools.OkAsync("qemu-io", "-f", "raw", "-c", "read -P 0x77 33M 128k", d.UnixUri("v"));
+    }
 }

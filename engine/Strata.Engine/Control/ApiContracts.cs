@@ -218,8 +218,13 @@ public sealed record SystemSwapRequest(string Binary, double TimeoutSeconds = 60
 /// <summary>A completed swap: who took over, what moved, and where the pause went (milliseconds, as the old engine saw them).</summary>
 public sealed record SwapResultDto(int OldPid, int NewPid, string NewVersion, uint NewMaxLayout, int Listeners, int Connections,
     double FreezeMs, double CheckpointMs, double HandoffMs, double OpenMs, double TotalMs);
-/// <summary>`image migrate prepare SRC DST`: both "pool/container/image"; ChunkSize 0 keeps the source's where the destination pool allows it.</summary>
-public sealed record MigrationPrepareRequest(string Source, string Destination, int ChunkSize = 0);
+
+/// <summary>
+/// `image migrate prepare SRC DST`: both "pool/container/image"; ChunkSize 0 keeps the source's where
+/// the destination pool allows it. ImportOnly: Source is empty and SourceSpec names the outside source
+/// ({"type":"raw","path":...} or {"type":"nbd","uri":...}).
+/// </summary>
+public sealed record MigrationPrepareRequest(string? Source, string Destination, int ChunkSize = 0, bool ImportOnly = false, string? SourceSpec = null);
 
 /// <summary>`image migrate execute|commit|abort|remove-alias IMAGE`: either end's "pool/container/image".</summary>
 public sealed record MigrationRequest(string Image);

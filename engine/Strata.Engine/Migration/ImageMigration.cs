@@ -35,6 +35,7 @@ public sealed class ImageMigration
         public const string Cursor = "migration.cursor";
         public const string Error = "migration.error";
         public const string Alias = "migration.alias";
+        public const string Import = "migration.import";
     }
 
     /// <summary>Chunks copied between cursor commits (each preceded by a flush of the destination pool).</summary>

@@ -12,7 +12,7 @@ public readonly record struct AllocationRun(long Length, bool Mapped);
 /// chunk-map record committed); a writeback write (durable: false) is durable
 /// after the next flush round, which FlushAsync forces.
 /// </summary>
-public sealed class Image
+public sealed partial class Image
 {
     private readonly Pool _pool;
     private readonly ImageLocks _locks;
@@ -145,6 +145,11 @@ public sealed class Image
         int cs = meta.ChunkSize;
         if (destination.Length == 0)
             return;
+        if (_pool.ImportOf(Id) is { } imp)
+        {
+            await ImportReadAsync(imp, meta, offset, destination).ConfigureAwait(false);
+            return;
+        }
         if (offset / cs == (offset + destination.Length - 1) / cs)
         {
             // One chunk (every small read): no piece list, no fan-out.
@@ -274,6 +279,11 @@ public sealed class Image
         int cs = meta.ChunkSize;
         if (source.Length == 0)
             return;
+        if (_pool.ImportOf(Id) is { } imp)
+        {
+            await ImportWriteAsync(imp, meta, offset, source, durable).ConfigureAwait(false);
+            return;
+        }
         if (offset / cs == (offset + source.Length - 1) / cs)
         {
             using (await _locks.ChunkAsync(offset / cs).ConfigureAwait(false))
@@ -308,6 +318,14 @@ public sealed class Image
         if (Forwarded is { } f)
         {
             await f.Forward.TrimAsync(offset, length).ConfigureAwait(false);
+            return;
+        }
+        if (_pool.ImportOf(Id) != null)
+        {
+            // Importing: a chunk not imported yet would read from the source again if unmapped, so zeroes are written.
+            var zeros = new byte[(int)Math.Min(length, 1 << 20)];
+            for (long done = 0; done < length; done += zeros.Length)
+                await WriteOwnAsync(offset + done, zeros.AsMemory(0, (int)Math.Min(zeros.Length, length - done)), durable: false).ConfigureAwait(false);
             return;
         }
         try
@@ -439,7 +457,7 @@ public sealed class Image
     /// </summary>
     public int Allocation(long offset, long length, Span<AllocationRun> runs)
     {
-        // A handle opened before a committed migration answers for the destination, as its reads do.
+        // A migrating source's map is complete until commit (every write reaches it); then the destination's.
         if (Forwarded is { } f)
             return f.Forward.Allocation(offset, length, runs);
         var meta = Meta;

@@ -28,6 +28,28 @@ public sealed partial class Pool
         return d != null && d.TryGetValue(image, out var m) ? m : null;
     }
 
+    private Dictionary<uint, ImageImport>? _imports;
+
+    /// <summary>The import filling this image, or null.</summary>
+    internal ImageImport? ImportOf(uint image)
+    {
+        var d = Volatile.Read(ref _imports);
+        return d != null && d.TryGetValue(image, out var m) ? m : null;
+    }
+
+    internal void SetImport(uint image, ImageImport? import)
+    {
+        lock (_migrationsSync)
+        {
+            var d = _imports == null ? new Dictionary<uint, ImageImport>() : new Dictionary<uint, ImageImport>(_imports);
+            if (import == null)
+                d.Remove(image);
+            else
+                d[image] = import;
+            Volatile.Write(ref _imports, d.Count == 0 ? null : d);
+        }
+    }
+
     /// <summary>Whether an image of this pool is either end of a migration not yet committed or aborted.</summary>
     internal bool HasActiveMigrations
     {
@@ -61,6 +83,8 @@ public sealed partial class Pool
     {
         if (MigrationOf(image) is { Committed: false } m)
             throw new BusyException($"cannot {what} image '{label}' in pool '{Label}': it is migrating to {m.DestinationName} ({ImageMigration.Name(m.State)}); commit or abort the migration first");
+        if (ImportOf(image) is { } i)
+            throw new BusyException($"cannot {what} image '{label}' in pool '{Label}': it is being imported from {i.SourceName} ({ImageMigration.Name(i.State)}); commit or abort the import first");
         if (MigrationTo(image) is { } d)
             throw new BusyException($"cannot {what} image '{label}' in pool '{Label}': it is the destination of a migration from {d.SourceName} ({ImageMigration.Name(d.State)}); use the source's name until commit, or abort");
     }

@@ -13,6 +13,8 @@ public static class ImageMigrationRasIds
     public const string Aborted = "image_migration_aborted";
     public const string Failed = "image_migration_failed";
     public const string Resumed = "image_migration_resumed";
+    public const string SourceLost = "image_migration_source_lost";
+    public const string SourceBack = "image_migration_source_back";
 }
 
 /// <summary>
@@ -25,6 +27,7 @@ public sealed partial class StorageEngine
     public const string ImageMigrationFeature = "image_migration";
 
     private readonly List<ImageMigration> _migrations = new();
+    private readonly List<ImageImport> _imports = new();
     private readonly SemaphoreSlim _migrationLock = new(1, 1);
 
     /// <summary>Splits "pool/container/image"; a one-line error otherwise.</summary>
@@ -42,19 +45,25 @@ public sealed partial class StorageEngine
             return _migrations.FirstOrDefault(m => m.SourceName == name || m.DestinationName == name);
     }
 
+    private ImageImport? FindImport(string name)
+    {
+        lock (_migrations)
+            return _imports.FirstOrDefault(m => m.DestinationName == name);
+    }
+
     public IReadOnlyList<ImageMigrationStatus> ListMigrations()
     {
         lock (_migrations)
-            return _migrations.Select(m => m.Status()).ToList();
+            return _migrations.Select(m => m.Status()).Concat(_imports.Select(i => i.Status())).ToList();
     }
 
     /// <summary>The migration that has this image (source or destination name) at either end.</summary>
     public ImageMigrationStatus MigrationStatus(string image) =>
-        (FindMigration(image) ?? throw new NotFoundException($"image {UserText.Quote(image)} is not migrating")).Status();
+        MigrationStatusOrNull(image) ?? throw new NotFoundException($"image {UserText.Quote(image)} is not migrating");
 
     /// <summary>Waits for the background copy of a migration (status --wait, tests).</summary>
     public Task WaitForMigrationJobAsync(string image) =>
-        (FindMigration(image) ?? throw new NotFoundException($"image {UserText.Quote(image)} is not migrating")).Job;
+        FindImport(image)?.Job ?? (FindMigration(image) ?? throw new NotFoundException($"image {UserText.Quote(image)} is not migrating")).Job;
 
     private void CheckMigrationLayout(Pool pool)
     {
@@ -134,6 +143,8 @@ public sealed partial class StorageEngine
         await _migrationLock.WaitAsync().ConfigureAwait(false);
         try
         {
+            if (FindImport(image) is { } imp)
+                return await ExecuteImportAsync(imp).ConfigureAwait(false);
             var m = FindMigration(image) ?? throw new NotFoundException($"image {UserText.Quote(image)} is not migrating; prepare it first");
             var s = m.State;
             if (s is not (ImageMigrationState.Prepared or ImageMigrationState.Executing or ImageMigrationState.Error))
@@ -227,6 +238,8 @@ public sealed partial class StorageEngine
         await _migrationLock.WaitAsync().ConfigureAwait(false);
         try
         {
+            if (FindImport(image) is { } imp)
+                return await CommitImportAsync(imp).ConfigureAwait(false);
             var m = FindMigration(image) ?? throw new NotFoundException($"image {UserText.Quote(image)} is not migrating");
             var st = m.Status();
             if (m.State is not (ImageMigrationState.Executed or ImageMigrationState.Committing))
@@ -279,6 +292,8 @@ public sealed partial class StorageEngine
         await _migrationLock.WaitAsync().ConfigureAwait(false);
         try
         {
+            if (FindImport(image) is { } imp)
+                return await AbortImportAsync(imp).ConfigureAwait(false);
             var m = FindMigration(image) ?? throw new NotFoundException($"image {UserText.Quote(image)} is not migrating");
             if (m.State is ImageMigrationState.Committing or ImageMigrationState.Committed)
                 throw new InvalidRequestException($"cannot abort migration {m.SourceName} -> {m.DestinationName}: it is {ImageMigration.Name(m.State)} (the source is being removed)");
@@ -324,6 +339,10 @@ public sealed partial class StorageEngine
         await _migrationLock.WaitAsync().ConfigureAwait(false);
         try
         {
+            foreach (var dp in OpenPools())
+                foreach (var (destId, spec) in dp.ImagesWithProp(ImageMigration.Props.Import))
+                    if (dp.ImportOf(destId) == null)
+                        await ResumeImportAsync(dp, destId, spec).ConfigureAwait(false);
             foreach (var dp in OpenPools())
             {
                 foreach (var (destId, sourceName) in dp.ImagesWithProp(ImageMigration.Props.Source))
@@ -423,14 +442,29 @@ public sealed partial class StorageEngine
             all = _migrations.ToList();
         foreach (var m in all)
             await m.StopJobAsync().ConfigureAwait(false);
+        List<ImageImport> imports;
+        lock (_migrations)
+            imports = _imports.ToList();
+        foreach (var i in imports)
+        {
+            await i.StopJobAsync().ConfigureAwait(false);
+            if (i.Source != null)
+                await i.Source.DisposeAsync().ConfigureAwait(false);
+        }
     }
 
     /// <summary>Refuses destroying a pool that holds either end of a migration.</summary>
     public void ThrowIfPoolMigrating(string label)
     {
         ImageMigration? m;
+        ImageImport? i;
         lock (_migrations)
+        {
             m = _migrations.FirstOrDefault(x => x.Source.Pool.Label == label || x.Destination.Pool.Label == label);
+            i = _imports.FirstOrDefault(x => x.Destination.Pool.Label == label);
+        }
+        if (i != null)
+            throw new BusyException($"pool '{label}' holds image {i.DestinationName}, being imported from {i.SourceName}; commit or abort the import first");
         if (m != null)
             throw new BusyException($"pool '{label}' holds an end of migration {m.SourceName} -> {m.DestinationName} ({ImageMigration.Name(m.State)}); commit or abort it first");
     }
@@ -467,7 +501,7 @@ public sealed partial class StorageEngine
     }
 
     /// <summary>The status of the migration with this image at either end, or null.</summary>
-    public ImageMigrationStatus? MigrationStatusOrNull(string image) => FindMigration(image)?.Status();
+    public ImageMigrationStatus? MigrationStatusOrNull(string image) => FindImport(image)?.Status() ?? FindMigration(image)?.Status();
 
     /// <summary>`image migrate remove-alias IMAGE`: the source's old name stops resolving.</summary>
     public async Task RemoveAliasAsync(string image)

@@ -13,18 +13,20 @@ namespace Strata.Cli.Commands.Image;
 public static class ImageMigrateCommands
 {
     private static readonly Option<string?> ChunkSize = new("--chunk-size") { Description = "The destination's chunk size, a power of two (default: the source's)" };
+    private static readonly Option<bool> ImportOnly = new("--import-only") { Description = "Import from outside the engine: the destination alone, and --source-spec" };
+    private static readonly Option<string?> SourceSpec = new("--source-spec") { Description = "The outside source as JSON: {\"type\":\"raw\",\"path\":\"/x.img\"} or {\"type\":\"nbd\",\"uri\":\"nbd://host:port/export\"}" };
     private static readonly Option<bool> Wait = new("--wait") { Description = "Show a progress bar until the copy ends (execute, status)" };
 
     private static Argument<string> ImageArg(string name, string description) => new(name) { Description = description };
 
     public static Command Create()
     {
-        var prepare = new Command("prepare", "Create the destination and redirect the source's I/O to it (clients stay connected)");
-        var src = ImageArg("source", "The image to migrate, pool/container/image");
-        var dst = ImageArg("destination", "The new image, pool/container/image (the same or another pool)");
-        prepare.Arguments.Add(src);
-        prepare.Arguments.Add(dst);
+        var prepare = new Command("prepare", "Create the destination and redirect the source's I/O to it (clients stay connected); with --import-only, import from outside");
+        var images = new Argument<string[]>("images") { Description = "SOURCE DESTINATION (pool/container/image each), or DESTINATION alone with --import-only", Arity = new ArgumentArity(1, 2) };
+        prepare.Arguments.Add(images);
         prepare.Options.Add(ChunkSize);
+        prepare.Options.Add(ImportOnly);
+        prepare.Options.Add(SourceSpec);
         prepare.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
         {
             int chunk = 0;
@@ -33,8 +35,26 @@ public static class ImageMigrateCommands
                 long v = Sizes.Parse(cs, "--chunk-size");
                 chunk = v <= int.MaxValue ? (int)v : throw new CliException(ExitCodes.Usage, $"--chunk-size {cs} is too large (chunks are at most 1M)");
             }
-            var s = await client.PostAsync<MigrationStatusDto>("migrations", new MigrationPrepareRequest(parse.GetValue(src)!, parse.GetValue(dst)!, chunk));
-            return Print(s, json, $"Migration prepared: {s.Source} -> {s.Destination}; run 'strata image migrate execute {s.Source}'");
+            var names = parse.GetValue(images)!;
+            bool import = parse.GetValue(ImportOnly);
+            string? spec = parse.GetValue(SourceSpec);
+            MigrationPrepareRequest req;
+            if (import)
+            {
+                if (names.Length != 1 || spec == null)
+                    throw new CliException(ExitCodes.Usage, "--import-only takes the destination alone and --source-spec JSON, e.g. --source-spec '{\"type\":\"nbd\",\"uri\":\"nbd://host/disk\"}' tank/vols/disk0");
+                req = new MigrationPrepareRequest(null, names[0], chunk, ImportOnly: true, SourceSpec: spec);
+            }
+            else
+            {
+                if (names.Length != 2 || spec != null)
+                    throw new CliException(ExitCodes.Usage, "prepare takes SOURCE and DESTINATION (pool/container/image each); --source-spec only with --import-only");
+                req = new MigrationPrepareRequest(names[0], names[1], chunk);
+            }
+            var s = await client.PostAsync<MigrationStatusDto>("migrations", req);
+            return Print(s, json, import
+                ? $"Import prepared: {s.Source} -> {s.Destination} (served now); run 'strata image migrate execute {s.Destination}'"
+                : $"Migration prepared: {s.Source} -> {s.Destination}; run 'strata image migrate execute {s.Source}'");
         }));
 
         var status = new Command("status", "Show a migration's state, progress, rate and ETA");
