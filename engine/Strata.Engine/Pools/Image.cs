@@ -490,17 +490,20 @@ public sealed partial class Image
     /// (of any image of the pool) are not durable yet, else one flush round. Fails when the pool can no
     /// longer guarantee durability.
     /// </summary>
-    public async Task FlushAsync()
+    public Task FlushAsync()
     {
         var m = _pool.MigrationOf(Id);
         if (m is { Committed: true })
-        {
-            await m.Forward.FlushAsync().ConfigureAwait(false);
-            return;
-        }
+            return m.Forward.FlushAsync();
         // No gate: a prepared pool refuses writes, but its writeback writes were flushed by the prepare's checkpoint.
+        // Checked before the first await: a pool that can no longer promise durability refuses at the call.
         _pool.ThrowIfNotLoggable();
         _ = Meta;
+        return FlushLogAsync(m);
+    }
+
+    private async Task FlushLogAsync(ImageMigration? m)
+    {
         await _pool.Log.FlushAsync().ConfigureAwait(false);
         // Mirrored writeback writes are durable at the destination pool's next flush round.
         if (m != null && !ReferenceEquals(m.Destination.Pool, _pool))
