@@ -1,3 +1,4 @@
+using Strata.Engine.Device;
 using Strata.Engine.Layout;
 using Strata.Engine.Pools;
 using Strata.Engine.Store;
@@ -89,7 +90,8 @@ internal sealed class MigrationLoop
     {
         var (image, chunk) = MigrationCursor.Decode(cursor);
         var window = new Queue<(Task<Outcome> Task, uint Image, long Chunk)>();
-        int maxWindow = Math.Max(1, _options.InFlightPerTarget * _pool.TargetCount);
+        // Twice the copy slots: as many chunks again may wait for their switch's commit round while others copy.
+        int maxWindow = Math.Max(1, 2 * _options.InFlightPerTarget * _pool.TargetCount);
         long visited = 0, moved = 0, written = 0, sinceCursor = 0;
         using var abort = CancellationTokenSource.CreateLinkedTokenSource(ct);
         try
@@ -260,17 +262,15 @@ internal sealed class MigrationLoop
             var targets = new int[location.Replicas.Length];
             if (!_transform.Plan(source, targets, out var plan))
                 return (new Outcome(Kind.InPlace, 0), -1, 0);
-            var slots = SlotsFor(location, targets);
-            foreach (int t in slots)
-                await _targetSlots[t].WaitAsync().ConfigureAwait(false);
+            var slots = new SlotLease(_targetSlots, SlotsFor(location, targets));
+            await slots.TakeAsync().ConfigureAwait(false);
             try
             {
-                return await CopyAndSwitchAsync(hold, source, targets, plan).ConfigureAwait(false);
+                return await CopyAndSwitchAsync(hold, source, targets, plan, slots).ConfigureAwait(false);
             }
             finally
             {
-                foreach (int t in slots)
-                    _targetSlots[t].Release();
+                slots.Release();
             }
         }
     }
@@ -284,7 +284,7 @@ internal sealed class MigrationLoop
         return [.. all];
     }
 
-    private async Task<(Outcome Outcome, int Full, long Need)> CopyAndSwitchAsync(ChunkHold hold, ChunkSource source, int[] targets, ChunkPlan plan)
+    private async Task<(Outcome Outcome, int Full, long Need)> CopyAndSwitchAsync(ChunkHold hold, ChunkSource source, int[] targets, ChunkPlan plan, SlotLease slots)
     {
         var location = source.Location;
         int n = targets.Length;
@@ -312,7 +312,7 @@ internal sealed class MigrationLoop
         _pool.Log.HoldFresh();
         try
         {
-            return await CopyHeldAsync(hold, source, destination, isNew, plan).ConfigureAwait(false);
+            return await CopyHeldAsync(hold, source, destination, isNew, plan, slots).ConfigureAwait(false);
         }
         finally
         {
@@ -320,11 +320,32 @@ internal sealed class MigrationLoop
         }
     }
 
-    private async Task<(Outcome Outcome, int Full, long Need)> CopyHeldAsync(ChunkHold hold, ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan)
+    private async Task<(Outcome Outcome, int Full, long Need)> CopyHeldAsync(ChunkHold hold, ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, SlotLease slots)
     {
         var location = source.Location;
         var device = _pool.Shards[location.Replicas[0].Target].Device;
-        using var buffer = device.Buffers.Rent(plan.ExtentBytes);
+        using (var buffer = device.Buffers.Rent(plan.ExtentBytes))
+        {
+            if (await CopyAsync(source, destination, isNew, plan, buffer, hold) is { } left)
+                return left;
+        }
+        // The data is on the destination: the targets and the buffer go to the next chunks while
+        // this one's switch waits for its commit round (the hold keeps clients off the chunk).
+        slots.Release();
+        var result = await hold.SwitchAsync(location, destination, _transform.SwitchRecord(source, destination), plan.ExtentBytes).ConfigureAwait(false);
+        // Under the exclusive hold nothing else changes the chunk; a Changed switch freed the
+        // destination and the next attempt copies the chunk as it is then.
+        long bytes = 0;
+        for (int r = 0; r < destination.Length; r++)
+            if (isNew[r])
+                bytes += plan.ExtentBytes;
+        return result == ChunkSwitch.Switched ? (new Outcome(Kind.Moved, bytes), -1, 0) : (new Outcome(Kind.Retry, 0), -1, 0);
+    }
+
+    /// <summary>Reads, transforms, verifies and writes the chunk's new replicas (their CRC set in destination); an outcome only when the chunk is left.</summary>
+    private async Task<(Outcome, int, long)?> CopyAsync(ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, DmaBuffer buffer, ChunkHold hold)
+    {
+        var location = source.Location;
         var memory = buffer.Memory;
         try
         {
@@ -336,14 +357,9 @@ internal sealed class MigrationLoop
             return Leave(source, destination, isNew, plan, e.Message);
         }
         uint crc = _transform.Produce(source, buffer.Span);
-        long bytes = 0;
         for (int r = 0; r < destination.Length; r++)
-        {
-            if (!isNew[r])
-                continue;
-            destination[r] = destination[r] with { Crc = crc };
-            bytes += plan.ExtentBytes;
-        }
+            if (isNew[r])
+                destination[r] = destination[r] with { Crc = crc };
         var first = Array.IndexOf(isNew, true);
         if (!_transform.Verify(source, destination[first], buffer.Span))
             return Leave(source, destination, isNew, plan, $"the copy does not match its checksum 0x{crc:x8} before it was written");
@@ -366,10 +382,7 @@ internal sealed class MigrationLoop
         {
             return Leave(source, destination, isNew, plan, $"a device error on the destination: {e.Message}");
         }
-        var result = await hold.SwitchAsync(location, destination, _transform.SwitchRecord(source, destination), plan.ExtentBytes).ConfigureAwait(false);
-        // Under the exclusive hold nothing else changes the chunk; a Changed switch freed the
-        // destination and the next attempt copies the chunk as it is then.
-        return result == ChunkSwitch.Switched ? (new Outcome(Kind.Moved, bytes), -1, 0) : (new Outcome(Kind.Retry, 0), -1, 0);
+        return null;
     }
 
     private Task WriteNewAsync(Replica[] destination, bool[] isNew, ReadOnlyMemory<byte> extent)
@@ -408,6 +421,29 @@ internal sealed class MigrationLoop
         for (int r = 0; r < destination.Length; r++)
             if (isNew[r])
                 _pool.Mover.Release(destination[r], extent);
+    }
+}
+
+/// <summary>
+/// A chunk's per-target copy slots (ascending, so holders never wait in a cycle), taken for its
+/// reads and writes and given back once, as soon as its data is written.
+/// </summary>
+internal sealed class SlotLease(SemaphoreSlim[] all, int[] targets)
+{
+    private int _held;
+
+    public async Task TakeAsync()
+    {
+        foreach (int t in targets)
+            await all[t].WaitAsync().ConfigureAwait(false);
+        _held = 1;
+    }
+
+    public void Release()
+    {
+        if (Interlocked.Exchange(ref _held, 0) == 1)
+            foreach (int t in targets)
+                all[t].Release();
     }
 }
 
