@@ -9,7 +9,7 @@ namespace Strata.Engine.Migration;
 /// <summary>How a <see cref="MigrationLoop"/> runs.</summary>
 internal sealed record MigrationOptions
 {
-    /// <summary>Chunks whose copy may involve one target at once (read from or written to it).</summary>
+    /// <summary>Chunk reads from one target at once, and chunk writes to it (a slot per target and phase).</summary>
     public int InFlightPerTarget { get; init; } = 4;
 
     /// <summary>Chunks between two durable cursors (each is one log commit).</summary>
@@ -54,7 +54,7 @@ internal sealed class MigrationLoop
     private readonly Pool _pool;
     private readonly IChunkTransform _transform;
     private readonly MigrationOptions _options;
-    private readonly SemaphoreSlim[] _targetSlots;
+    private readonly SemaphoreSlim[] _readSlots, _writeSlots;
     private readonly MigrationThrottle _throttle;
     private readonly SpacePause _pause;
     private readonly UpgradeContext _ctx;
@@ -67,7 +67,8 @@ internal sealed class MigrationLoop
         _pool = MigrationAction.PoolOf(ctx.Pool);
         _transform = transform;
         _options = options ?? new MigrationOptions();
-        _targetSlots = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SemaphoreSlim(_options.InFlightPerTarget, _options.InFlightPerTarget)).ToArray();
+        _readSlots = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SemaphoreSlim(_options.InFlightPerTarget, _options.InFlightPerTarget)).ToArray();
+        _writeSlots = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SemaphoreSlim(_options.InFlightPerTarget, _options.InFlightPerTarget)).ToArray();
         _throttle = new MigrationThrottle(_pool);
         _pause = new SpacePause(_pool, ctx);
     }
@@ -90,8 +91,8 @@ internal sealed class MigrationLoop
     {
         var (image, chunk) = MigrationCursor.Decode(cursor);
         var window = new Queue<(Task<Outcome> Task, uint Image, long Chunk)>();
-        // Twice the copy slots: as many chunks again may wait for their switch's commit round while others copy.
-        int maxWindow = Math.Max(1, 2 * _options.InFlightPerTarget * _pool.TargetCount);
+        // Every read and write slot busy, and as many chunks again waiting for their switch's commit round.
+        int maxWindow = Math.Max(1, 3 * _options.InFlightPerTarget * _pool.TargetCount);
         long visited = 0, moved = 0, written = 0, sinceCursor = 0;
         using var abort = CancellationTokenSource.CreateLinkedTokenSource(ct);
         try
@@ -262,29 +263,24 @@ internal sealed class MigrationLoop
             var targets = new int[location.Replicas.Length];
             if (!_transform.Plan(source, targets, out var plan))
                 return (new Outcome(Kind.InPlace, 0), -1, 0);
-            var slots = new SlotLease(_targetSlots, SlotsFor(location, targets));
-            await slots.TakeAsync().ConfigureAwait(false);
+            // A slot per target and I/O phase: the read holds the source replicas' targets (taken
+            // before the destination is reserved, so reservations wait with the reads), the write the
+            // destinations', so a target serves InFlightPerTarget reads and as many writes at once,
+            // as a copy tool reading one place and writing another would.
+            var reading = new SlotLease(_readSlots, DistinctTargets(location.Replicas, null));
+            await reading.TakeAsync().ConfigureAwait(false);
             try
             {
-                return await CopyAndSwitchAsync(hold, source, targets, plan, slots).ConfigureAwait(false);
+                return await CopyAndSwitchAsync(hold, source, targets, plan, reading).ConfigureAwait(false);
             }
             finally
             {
-                slots.Release();
+                reading.Release();
             }
         }
     }
 
-    /// <summary>The distinct targets a copy reads or writes, ascending (taken in that order, so holders never wait in a cycle).</summary>
-    private static int[] SlotsFor(ChunkMap location, int[] targets)
-    {
-        var all = new SortedSet<int>(targets);
-        foreach (var r in location.Replicas)
-            all.Add(r.Target);
-        return [.. all];
-    }
-
-    private async Task<(Outcome Outcome, int Full, long Need)> CopyAndSwitchAsync(ChunkHold hold, ChunkSource source, int[] targets, ChunkPlan plan, SlotLease slots)
+    private async Task<(Outcome Outcome, int Full, long Need)> CopyAndSwitchAsync(ChunkHold hold, ChunkSource source, int[] targets, ChunkPlan plan, SlotLease reading)
     {
         var location = source.Location;
         int n = targets.Length;
@@ -312,7 +308,7 @@ internal sealed class MigrationLoop
         _pool.Log.HoldFresh();
         try
         {
-            return await CopyHeldAsync(hold, source, destination, isNew, plan, slots).ConfigureAwait(false);
+            return await CopyHeldAsync(hold, source, destination, isNew, plan, reading).ConfigureAwait(false);
         }
         finally
         {
@@ -320,18 +316,17 @@ internal sealed class MigrationLoop
         }
     }
 
-    private async Task<(Outcome Outcome, int Full, long Need)> CopyHeldAsync(ChunkHold hold, ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, SlotLease slots)
+    private async Task<(Outcome Outcome, int Full, long Need)> CopyHeldAsync(ChunkHold hold, ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, SlotLease reading)
     {
         var location = source.Location;
         var device = _pool.Shards[location.Replicas[0].Target].Device;
         using (var buffer = device.Buffers.Rent(plan.ExtentBytes))
         {
-            if (await CopyAsync(source, destination, isNew, plan, buffer, hold) is { } left)
+            if (await CopyAsync(source, destination, isNew, plan, buffer, hold, reading) is { } left)
                 return left;
         }
-        // The data is on the destination: the targets and the buffer go to the next chunks while
-        // this one's switch waits for its commit round (the hold keeps clients off the chunk).
-        slots.Release();
+        // The data is on the destination: the buffer goes to the next chunks while this one's
+        // switch waits for its commit round (the hold keeps clients off the chunk).
         var result = await hold.SwitchAsync(location, destination, _transform.SwitchRecord(source, destination), plan.ExtentBytes).ConfigureAwait(false);
         // Under the exclusive hold nothing else changes the chunk; a Changed switch freed the
         // destination and the next attempt copies the chunk as it is then.
@@ -343,7 +338,7 @@ internal sealed class MigrationLoop
     }
 
     /// <summary>Reads, transforms, verifies and writes the chunk's new replicas (their CRC set in destination); an outcome only when the chunk is left.</summary>
-    private async Task<(Outcome, int, long)?> CopyAsync(ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, DmaBuffer buffer, ChunkHold hold)
+    private async Task<(Outcome, int, long)?> CopyAsync(ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, DmaBuffer buffer, ChunkHold hold, SlotLease reading)
     {
         var location = source.Location;
         var memory = buffer.Memory;
@@ -356,6 +351,10 @@ internal sealed class MigrationLoop
             // Reported by the read (data_unrecoverable); the chunk stays as it is.
             return Leave(source, destination, isNew, plan, e.Message);
         }
+        finally
+        {
+            reading.Release();
+        }
         uint crc = _transform.Produce(source, buffer.Span);
         for (int r = 0; r < destination.Length; r++)
             if (isNew[r])
@@ -363,6 +362,8 @@ internal sealed class MigrationLoop
         var first = Array.IndexOf(isNew, true);
         if (!_transform.Verify(source, destination[first], buffer.Span))
             return Leave(source, destination, isNew, plan, $"the copy does not match its checksum 0x{crc:x8} before it was written");
+        var writeSlots = new SlotLease(_writeSlots, DistinctTargets(destination, isNew));
+        await writeSlots.TakeAsync().ConfigureAwait(false);
         try
         {
             await WriteNewAsync(destination, isNew, memory).ConfigureAwait(false);
@@ -382,7 +383,21 @@ internal sealed class MigrationLoop
         {
             return Leave(source, destination, isNew, plan, $"a device error on the destination: {e.Message}");
         }
+        finally
+        {
+            writeSlots.Release();
+        }
         return null;
+    }
+
+    /// <summary>The distinct targets of the replicas (those marked in <paramref name="only"/>, when given), ascending.</summary>
+    private static int[] DistinctTargets(Replica[] replicas, bool[]? only)
+    {
+        var all = new SortedSet<int>();
+        for (int r = 0; r < replicas.Length; r++)
+            if (only == null || only[r])
+                all.Add(replicas[r].Target);
+        return [.. all];
     }
 
     private Task WriteNewAsync(Replica[] destination, bool[] isNew, ReadOnlyMemory<byte> extent)
@@ -425,8 +440,8 @@ internal sealed class MigrationLoop
 }
 
 /// <summary>
-/// A chunk's per-target copy slots (ascending, so holders never wait in a cycle), taken for its
-/// reads and writes and given back once, as soon as its data is written.
+/// A chunk's slots on the targets one I/O phase of its copy uses (ascending, so holders never wait
+/// in a cycle), given back once.
 /// </summary>
 internal sealed class SlotLease(SemaphoreSlim[] all, int[] targets)
 {
