@@ -108,6 +108,8 @@ internal static class Daemon
             if (takeover)
             {
                 // Hot swap, the new process: the running engine hands over its sockets (Swap/Takeover.cs).
+                // The storage code runs once first, so the open during the clients' pause need not compile it.
+                await SwapWarmup.RunAsync(cfg, logger);
                 tk = Takeover.Connect(cfg);
                 controlFd = tk.ControlFd;
                 nbd = BindNbd(cfg, authorizer, adminGroup?.Gid, logger, () => svc, tk.Listeners);

@@ -118,6 +118,12 @@ internal static partial class Log
     [LoggerMessage(1604, LogLevel.Warning, "hot swap refused: {Reason}")]
     public static partial void SwapRefused(ILogger logger, string reason);
 
+    [LoggerMessage(1605, LogLevel.Information, "hot swap: ran the storage code once before the hand-off in {Ms:F0} ms ({JitMs:F0} ms compiling {Methods} methods)")]
+    public static partial void SwapWarmedUp(ILogger logger, double ms, double jitMs, long methods);
+
+    [LoggerMessage(1606, LogLevel.Warning, "hot swap: the run of the storage code before the hand-off failed, the open will be slower: {Reason}")]
+    public static partial void SwapWarmupFailed(ILogger logger, string reason);
+
     [LoggerMessage(1700, LogLevel.Information, "target {Index} added: {Uri}")]
     public static partial void TargetAdded(ILogger logger, int index, string uri);
 
