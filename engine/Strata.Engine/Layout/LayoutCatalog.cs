@@ -30,7 +30,7 @@ public enum ActionKind
     DataScan,
     /// <summary>Copies chunks to new places; online, needs free space.</summary>
     DataMovement,
-    /// <summary>Changes the log format; needs exclusive access (handles revoked, opens refused).</summary>
+    /// <summary>Changes the log format; needs exclusive access (image I/O held at the gate, metadata changes refused).</summary>
     LogFormat,
 }
 
