@@ -1,4 +1,3 @@
-using System.Buffers;
 using Strata.Engine.Migration;
 using Strata.Engine.Store;
 
@@ -165,38 +164,18 @@ public sealed partial class StorageEngine
 
     /// <summary>
     /// The background copy: source chunks from the cursor, each under the source chunk's exclusive
-    /// lock (verified read, then written to the destination at the same offset), paced by the
-    /// destination pool's migrate_rate; a flush and a durable cursor every CursorEvery chunks.
+    /// lock (verified read into a DMA buffer, CRC-checked and written to the destination at the same
+    /// offset; Image.CopyChunkAsync), paced by the destination pool's migrate_rate, with at most
+    /// <see cref="MigrationOptions.InFlightPerTarget"/> chunks per destination target in flight (the
+    /// migration loop's bounds); a flush and a durable cursor every CursorEvery chunks, the cursor
+    /// naming the first chunk not known copied (chunks complete in order).
     /// </summary>
     private async Task CopyAsync(ImageMigration m, CancellationToken ct)
     {
-        var src = m.Source;
         var dp = m.Destination.Pool;
-        var throttle = new MigrationThrottle(dp);
-        int cs = src.ChunkSizeOrZero();
-        long chunks = SizeLimits.ChunkCount(src.SourceSize, cs);
-        var buffer = ArrayPool<byte>.Shared.Rent(cs);
         try
         {
-            int since = 0;
-            for (long i = m.Cursor; i < chunks; i++)
-            {
-                ct.ThrowIfCancellationRequested();
-                if (!src.IsChunkMapped(i))
-                {
-                    m.Advanced(i + 1, 0);
-                    continue;
-                }
-                await throttle.TakeAsync(cs, ct).ConfigureAwait(false);
-                long bytes = await src.CopyChunkAsync(i, m.Destination, buffer).ConfigureAwait(false);
-                m.Advanced(i + 1, bytes);
-                if (++since >= ImageMigration.CursorEvery)
-                {
-                    since = 0;
-                    await dp.Log.FlushAsync().ConfigureAwait(false);
-                    await dp.SetImagePropInternalAsync(m.Destination.Id, ImageMigration.Props.Cursor, (i + 1).ToString(System.Globalization.CultureInfo.InvariantCulture)).ConfigureAwait(false);
-                }
-            }
+            long chunks = await CopyChunksAsync(m, ct).ConfigureAwait(false);
             await dp.Log.FlushAsync().ConfigureAwait(false);
             await dp.Log.CommitAsync([
                 MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.Cursor, chunks.ToString(System.Globalization.CultureInfo.InvariantCulture)),
@@ -223,10 +202,81 @@ public sealed partial class StorageEngine
                 // The pool failed too: it reopens in the last durable state (executing), which resumes.
             }
         }
-        finally
+    }
+
+    /// <summary>The copy itself, from the cursor to the end; returns the source's chunk count.</summary>
+    private static async Task<long> CopyChunksAsync(ImageMigration m, CancellationToken ct)
+    {
+        var src = m.Source;
+        var dp = m.Destination.Pool;
+        var throttle = new MigrationThrottle(dp);
+        int cs = src.ChunkSizeOrZero();
+        long chunks = SizeLimits.ChunkCount(src.SourceSize, cs);
+        int maxWindow = Math.Max(1, new MigrationOptions().InFlightPerTarget * dp.TargetCount);
+        var window = new Queue<(Task<long> Copy, long Index)>();
+        using var abort = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        int since = 0;
+        try
         {
-            ArrayPool<byte>.Shared.Return(buffer);
+            for (long i = m.Cursor; i < chunks; i++)
+            {
+                ct.ThrowIfCancellationRequested();
+                if (!src.IsChunkMapped(i))
+                {
+                    // A hole: done as soon as the chunks before it are.
+                    if (window.Count == 0)
+                    {
+                        m.Advanced(i + 1, 0);
+                        continue;
+                    }
+                    while (window.Count >= maxWindow)
+                        await DrainOneAsync().ConfigureAwait(false);
+                    window.Enqueue((HoleCopied, i));
+                    continue;
+                }
+                // Nothing is held while the throttle waits: the chunks in flight finish first.
+                if (throttle.MustWait(cs))
+                    while (window.Count > 0)
+                        await DrainOneAsync().ConfigureAwait(false);
+                await throttle.TakeAsync(cs, ct).ConfigureAwait(false);
+                while (window.Count >= maxWindow)
+                    await DrainOneAsync().ConfigureAwait(false);
+                window.Enqueue((CopyOneAsync(src, i, m.Destination, abort.Token), i));
+            }
+            while (window.Count > 0)
+                await DrainOneAsync().ConfigureAwait(false);
+            return chunks;
         }
+        catch (Exception) when (window.Count > 0)
+        {
+            // Nothing of this run may go on after it: the chunks in flight finish or fail first.
+            await abort.CancelAsync().ConfigureAwait(false);
+            while (window.Count > 0)
+                await ((Task)window.Dequeue().Copy).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+            throw;
+        }
+
+        async Task DrainOneAsync()
+        {
+            var (copy, index) = window.Dequeue();
+            long bytes = await copy.ConfigureAwait(false);
+            m.Advanced(index + 1, bytes);
+            if (bytes > 0 && ++since >= ImageMigration.CursorEvery)
+            {
+                since = 0;
+                await dp.Log.FlushAsync().ConfigureAwait(false);
+                await dp.SetImagePropInternalAsync(m.Destination.Id, ImageMigration.Props.Cursor, (index + 1).ToString(System.Globalization.CultureInfo.InvariantCulture)).ConfigureAwait(false);
+            }
+        }
+    }
+
+    private static readonly Task<long> HoleCopied = Task.FromResult(0L);
+
+    private static async Task<long> CopyOneAsync(Image source, long index, Image destination, CancellationToken ct)
+    {
+        await Task.Yield();
+        ct.ThrowIfCancellationRequested();
+        return await source.CopyChunkAsync(index, destination).ConfigureAwait(false);
     }
 
     /// <summary>
