@@ -18,9 +18,9 @@ public sealed partial class Image
     private readonly ImageLocks _locks;
 
     /// <summary>
-    /// A migration's handle on its destination: its I/O runs inside a pass of the source pool's gate
-    /// (a mirrored write, the copy), so it does not enter the destination's gate again, which could
-    /// wait on a barrier that itself waits for that source pass (docs/migration.md).
+    /// A migration's handle on a destination in its source's pool: its I/O runs inside a pass of that
+    /// pool's gate (a mirrored write, the copy), so it does not enter the gate again, which could wait
+    /// on a close that itself waits for that pass (docs/migration.md, "Barriers").
     /// </summary>
     private readonly bool _ungated;
 

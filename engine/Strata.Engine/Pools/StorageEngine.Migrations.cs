@@ -71,6 +71,60 @@ public sealed partial class StorageEngine
             throw new InvalidRequestException($"pool '{pool.Label}' is at layout {pool.LayoutVersion}; image migration needs layout {Catalog.Find(ImageMigrationFeature)!.Version} ('strata pool upgrade {pool.Label} --to {Catalog.Find(ImageMigrationFeature)!.Version}')");
     }
 
+    /// <summary>Pool pairs (source, destination) of the migrations whose writes cross pools: a source pass waits on the destination's gate.</summary>
+    private List<(Pool From, Pool To, ImageMigration M)> CrossPoolMigrations()
+    {
+        lock (_migrations)
+            return _migrations.Where(m => !m.Committed && !ReferenceEquals(m.Source.Pool, m.Destination.Pool))
+                .Select(m => (m.Source.Pool, m.Destination.Pool, m)).ToList();
+    }
+
+    /// <summary>
+    /// Refuses a migration from <paramref name="sp"/> into <paramref name="dp"/> when migrations
+    /// already lead from dp back to sp: a source's writes would wait on a gate whose pool's own
+    /// sources wait on the first one, and no barrier order could drain both (docs/migration.md, "Barriers").
+    /// </summary>
+    private void ThrowIfMigrationCycle(Pool sp, Pool dp, string source)
+    {
+        if (ReferenceEquals(sp, dp))
+            return;
+        var edges = CrossPoolMigrations();
+        var seen = new HashSet<Pool>(ReferenceEqualityComparer.Instance) { dp };
+        var queue = new Queue<Pool>([dp]);
+        while (queue.Count > 0)
+        {
+            var p = queue.Dequeue();
+            foreach (var (from, to, m) in edges)
+            {
+                if (!ReferenceEquals(from, p))
+                    continue;
+                if (ReferenceEquals(to, sp))
+                    throw new BusyException($"cannot migrate image {UserText.Quote(source)} into pool '{dp.Label}': migration {m.SourceName} -> {m.DestinationName} already leads from pool '{dp.Label}' back to pool '{sp.Label}', and a barrier could not drain both; commit or abort it first, or migrate within one pool");
+                if (seen.Add(to))
+                    queue.Enqueue(to);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The pools in the order a barrier closes their gates: a pool holding a migration's source
+    /// before the one holding its destination, so a source's writes in flight reach the destination
+    /// before its gate closes (prepare refuses cycles); otherwise as given.
+    /// </summary>
+    internal List<Pool> SourcesFirst(IReadOnlyList<Pool> pools)
+    {
+        var edges = CrossPoolMigrations();
+        var left = new List<Pool>(pools);
+        var ordered = new List<Pool>(pools.Count);
+        while (left.Count > 0)
+        {
+            var next = left.FirstOrDefault(p => !edges.Any(e => ReferenceEquals(e.To, p) && left.Contains(e.From))) ?? left[0];
+            ordered.Add(next);
+            left.Remove(next);
+        }
+        return ordered;
+    }
+
     /// <summary>
     /// `image migrate prepare SRC DST`: creates DST (thin, the source's size), links both images
     /// durably and redirects the source's I/O (clients stay connected). Refuses an image already
@@ -93,6 +147,7 @@ public sealed partial class StorageEngine
             sp.ThrowIfMigrating(smeta.Id, simage, "migrate");
             sp.ThrowIfNotWritable();
             dp.ThrowIfNotWritable();
+            ThrowIfMigrationCycle(sp, dp, source);
             CheckMigrationLayout(sp);
             CheckMigrationLayout(dp);
             long size, mapped;
@@ -106,7 +161,7 @@ public sealed partial class StorageEngine
             var dest = await dp.CreateImageAsync(dcont, dimage, size, cs).ConfigureAwait(false);
             await dp.SetImagePropInternalAsync(dest.Id, ImageMigration.Props.Source, source).ConfigureAwait(false);
             await dp.SetImagePropInternalAsync(dest.Id, ImageMigration.Props.State, "prepared").ConfigureAwait(false);
-            var m = new ImageMigration(new Image(sp, smeta.Id, scont, simage), Ungated(dest), ImageMigrationState.Prepared, 0, null);
+            var m = new ImageMigration(new Image(sp, smeta.Id, scont, simage), dest, ImageMigrationState.Prepared, 0, null);
             dp.AddMigrationDestination(m);
             try
             {
@@ -423,7 +478,7 @@ public sealed partial class StorageEngine
 
     private async Task ResumeOneAsync(Pool dp, uint destId, string sourceName)
     {
-        var dest = Ungated(dp.HandleById(destId));
+        var dest = dp.HandleById(destId);
         string destName = $"{dp.Label}/{dest.Container}/{dest.Label}";
         string state = dp.ImagePropOrEmpty(destId, ImageMigration.Props.State);
         var (spool, scont, simage) = ParseImageName(sourceName, "source");
@@ -563,8 +618,6 @@ public sealed partial class StorageEngine
             throw new NotFoundException($"image {UserText.Quote(image)} has no alias");
         await p.SetImagePropInternalAsync(meta.Id, ImageMigration.Props.Alias, "").ConfigureAwait(false);
     }
-
-    private static Image Ungated(Image i) => new(i.Pool, i.Id, i.Container, i.Label, ungated: true);
 
     private void EmitMigration(string id, RasSeverity severity, ImageMigration m, string message) =>
         Ras.Emit(new RasEvent(id, severity, RasType.StateChange, message, Pool: m.Source.Pool.Label, Image: m.Source.Label));
