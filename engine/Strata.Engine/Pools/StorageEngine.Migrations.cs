@@ -158,9 +158,9 @@ public sealed partial class StorageEngine
             if (need > free)
                 throw new NoSpaceException($"no room in pool '{dpool}' for image {UserText.Quote(source)}: it maps {mapped} bytes, {need} bytes at rf {dp.Rf}, and the pool has {free} bytes free; nothing was created");
             int cs = chunkSize != 0 ? chunkSize : scs >= dp.Header.MinChunkSize ? scs : 0;
-            var dest = await dp.CreateImageAsync(dcont, dimage, size, cs).ConfigureAwait(false);
-            await dp.SetImagePropInternalAsync(dest.Id, ImageMigration.Props.Source, source).ConfigureAwait(false);
-            await dp.SetImagePropInternalAsync(dest.Id, ImageMigration.Props.State, "prepared").ConfigureAwait(false);
+            // Created linked (one commit): a crash before the source names it leaves a destination resume removes.
+            var dest = await dp.CreateImageAsync(dcont, dimage, size, cs,
+                [(ImageMigration.Props.Source, source), (ImageMigration.Props.State, "prepared")]).ConfigureAwait(false);
             var m = new ImageMigration(new Image(sp, smeta.Id, scont, simage), dest, ImageMigrationState.Prepared, 0, null);
             dp.AddMigrationDestination(m);
             try
