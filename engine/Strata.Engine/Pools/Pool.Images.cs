@@ -65,8 +65,7 @@ public sealed partial class Pool
 
     public Image OpenImage(string container, string label)
     {
-        if (_exclusiveReason is { } x)
-            throw new PoolBusyException($"pool '{Label}': {x}");
+        // Opens go on during an exclusive upgrade action: the handle's I/O waits at the gate.
         var meta = FindImage(container, label);
         if (MigrationTo(meta.Id) != null)
             ThrowIfMigrating(meta.Id, label, "open");
