@@ -201,6 +201,9 @@ public sealed partial class Pool : IUpgradePool
         string[] busy;
         lock (_operations)
             busy = _operations.Keys.OrderBy(k => k, StringComparer.Ordinal).ToArray();
+        // An exclusive step refuses image I/O: a migration's mirrored writes into this pool would fail.
+        if (HasActiveMigrations)
+            busy = [.. busy, "an image migration"];
         pre.Add(new("no rebuild, reintegration, extension or migration", busy.Length == 0, busy.Length == 0
             ? "no rebuild, reintegration, extension or migration is in progress"
             : $"pool '{Label}' has {string.Join(" and ", busy)} in progress; an upgrade needs a stable pool; retry when it completes"));
