@@ -11,8 +11,10 @@ namespace Strata.Store.Tests;
 /// while the reopened pool resumes the job; then the job is finished (or asked for again when it
 /// was not durable yet) and the pool is checked against the model: no acknowledged write lost,
 /// never wrong bytes, the allocators match the maps, every chunk where the placement puts it.
+/// With <paramref name="reintegrate"/> the target is excluded (and part or all of its rebuild runs,
+/// with client writes) before the power is armed, and the crashes land in its reintegration.
 /// </summary>
-internal sealed class TargetsCrashWorkload(int seed, bool rebuild)
+internal sealed class TargetsCrashWorkload(int seed, bool rebuild, bool reintegrate = false)
 {
     private readonly PoolCreateOptions _options = new() { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024, LayoutVersion = 4 };
     private readonly Random _rng = new(seed);
@@ -45,6 +47,16 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild)
         if (!rebuild)
             await engine.AddTargetAsync(disks[targets]);
         int excluded = _rng.Next(targets);
+        if (reintegrate)
+        {
+            // Out before the power is armed: its unflushed writes may be gone after the crash, and
+            // the replicas that then fail their CRC must never be served.
+            await engine.ExcludeTargetAsync(excluded);
+            if (_rng.Next(2) == 0)
+                await pool.WaitForJobAsync();
+            for (int i = _rng.Next(0, 8); i > 0; i--)
+                await OneOpAsync(pool, _model);
+        }
 
         int crashAfter = _rng.Next(1, 400);
         power.Reset(crashAfter, _rng.Next(4) == 0 ? _rng.Next(1, crashAfter + 1) : 0, new Random(_rng.Next()));
@@ -90,21 +102,29 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild)
         var ras = new InMemoryRasSink();
         engine = await StorageEngine.OpenAsync(disks, engineOptions with { Ras = ras });
         pool = await engine.OpenPoolAsync("p");
-        Resumed = ras.WithId(RasIds.PoolExtendResumed).Any() || ras.WithId(RasIds.PoolRebuildResumed).Any();
+        Resumed = ras.WithId(RasIds.PoolExtendResumed).Any() || ras.WithId(RasIds.PoolRebuildResumed).Any() || ras.WithId(RasIds.PoolReintegrateResumed).Any();
         await pool.WaitForJobAsync();
-        bool done = rebuild ? pool.IsExcluded(excluded) : pool.TargetCount == targets + 1;
+        bool done = reintegrate ? !pool.IsExcluded(excluded) : rebuild ? pool.IsExcluded(excluded) : pool.TargetCount == targets + 1;
         if (!done || pool.JobStatus is { State: "failed" })
         {
             // Not durable before the crash (or failed by the injected device error): asked for again.
             if (pool.JobStatus is { State: "failed" } f && !faulted)
                 throw new AssertFailedException($"seed {seed}: the job failed without an injected fault: {f.Reason}");
-            if (rebuild && !pool.IsExcluded(excluded))
+            if (reintegrate && pool.IsExcluded(excluded))
+                await engine.ReintegrateTargetAsync(excluded);
+            else if (reintegrate)
+                throw new AssertFailedException($"seed {seed}: the reintegration job {pool.JobStatus?.State} after the reopen: {pool.JobStatus?.Reason}");
+            else if (rebuild && !pool.IsExcluded(excluded))
                 await engine.ExcludeTargetAsync(excluded);
             else if (!rebuild)
                 await pool.ExtendAsync(dryRun: false);
             await pool.WaitForJobAsync();
         }
-        if (rebuild && (!pool.IsExcluded(excluded) || pool.RunningJob != null))
+        if (reintegrate && (pool.IsExcluded(excluded) || pool.RunningJob != null))
+            throw new AssertFailedException($"seed {seed}: target {excluded} still excluded or the reintegration still runs");
+        if (reintegrate && MigrationKit.NotAtRf(pool) is > 0 and int offRf)
+            throw new AssertFailedException($"seed {seed}: {offRf} chunk(s) do not have {pool.Rf} replicas on distinct targets");
+        if (rebuild && !reintegrate && (!pool.IsExcluded(excluded) || pool.RunningJob != null))
             throw new AssertFailedException($"seed {seed}: target {excluded} not excluded or the rebuild still runs");
         if (!rebuild && pool.TargetCount != targets + 1)
             throw new AssertFailedException($"seed {seed}: the pool is on {pool.TargetCount} targets, not {targets + 1}");
@@ -124,7 +144,9 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild)
 
     private async Task StartAsync(StorageEngine engine, Pool pool, int excluded)
     {
-        if (rebuild)
+        if (reintegrate)
+            await engine.ReintegrateTargetAsync(excluded);
+        else if (rebuild)
             await engine.ExcludeTargetAsync(excluded);
         else
             await pool.ExtendAsync(dryRun: false);
@@ -198,7 +220,7 @@ public sealed class TargetsCrashTests
         int.TryParse(Environment.GetEnvironmentVariable(name), out int v) ? v : fallback;
 
     /// <summary>300 seeded runs in CI (STRATA_SOAK_RUNS=N more, STRATA_CRASH_SEED=S to start at S).</summary>
-    private async Task RunAsync(bool rebuild)
+    private async Task RunAsync(bool rebuild, bool reintegrate = false)
     {
         int runs = Env("STRATA_SOAK_RUNS", 300);
         int first = Env("STRATA_CRASH_SEED", 1);
@@ -210,7 +232,7 @@ public sealed class TargetsCrashTests
                 return;
             try
             {
-                var run = new TargetsCrashWorkload(seed, rebuild);
+                var run = new TargetsCrashWorkload(seed, rebuild, reintegrate);
                 await run.RunAsync();
                 if (run.Resumed)
                     Interlocked.Increment(ref resumed);
@@ -237,4 +259,8 @@ public sealed class TargetsCrashTests
     [TestMethod]
     [Timeout(900_000, CooperativeCancellation = true)]
     public Task ExcludeAndRebuild_RandomCrashesWithClientWrites_NoAcknowledgedWriteLostNothingLeftOnTheTarget() => RunAsync(rebuild: true);
+
+    [TestMethod]
+    [Timeout(900_000, CooperativeCancellation = true)]
+    public Task Reintegrate_RandomCrashesWithClientWrites_NoAcknowledgedWriteLostNoBadReplicaServedRfRestored() => RunAsync(rebuild: true, reintegrate: true);
 }

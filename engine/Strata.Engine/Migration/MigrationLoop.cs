@@ -195,8 +195,9 @@ internal sealed class MigrationLoop
     /// <summary>Bytes a chunk's move would write, judged from its location before the hold (for the throttle).</summary>
     private long PlannedBytes(ImageMeta meta, long chunk, ChunkMap location)
     {
-        var targets = new int[location.Replicas.Length];
-        if (!_transform.Plan(new ChunkSource(meta.Id, chunk, meta.ChunkSize, location), targets, out var plan))
+        var source = new ChunkSource(meta.Id, chunk, meta.ChunkSize, location);
+        var targets = new int[_transform.ReplicasAfter(source)];
+        if (!_transform.Plan(source, targets, out var plan))
             return 0;
         return (long)plan.ExtentBytes * NewReplicas(location, targets, plan);
     }
@@ -257,7 +258,7 @@ internal sealed class MigrationLoop
             if (location == null)
                 return (new Outcome(Kind.Gone, 0), -1, 0); // trimmed, or cut off by a resize
             var source = new ChunkSource(image, chunk, hold.ChunkSize, location);
-            var targets = new int[location.Replicas.Length];
+            var targets = new int[_transform.ReplicasAfter(source)];
             if (!_transform.Plan(source, targets, out var plan))
                 return (new Outcome(Kind.InPlace, 0), -1, 0);
             var slots = SlotsFor(location, targets);
@@ -323,6 +324,12 @@ internal sealed class MigrationLoop
     private async Task<(Outcome Outcome, int Full, long Need)> CopyHeldAsync(ChunkHold hold, ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan)
     {
         var location = source.Location;
+        if (Array.IndexOf(isNew, true) < 0)
+        {
+            // Only fewer replicas (an rf decrease): nothing to copy; the switch frees the dropped ones.
+            var dropped = await hold.SwitchAsync(location, destination, _transform.SwitchRecord(source, destination), plan.ExtentBytes).ConfigureAwait(false);
+            return dropped == ChunkSwitch.Switched ? (new Outcome(Kind.Moved, 0), -1, 0) : (new Outcome(Kind.Retry, 0), -1, 0);
+        }
         var device = _pool.Shards[location.Replicas[0].Target].Device;
         using var buffer = device.Buffers.Rent(plan.ExtentBytes);
         var memory = buffer.Memory;
