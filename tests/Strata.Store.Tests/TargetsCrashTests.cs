@@ -14,8 +14,10 @@ namespace Strata.Store.Tests;
 /// With <paramref name="reintegrate"/> the target is excluded (and part or all of its rebuild runs,
 /// with client writes) before the power is armed, and the crashes land in its reintegration.
 /// </summary>
-internal sealed class TargetsCrashWorkload(int seed, bool rebuild, bool reintegrate = false)
+internal sealed class TargetsCrashWorkload(int seed, bool rebuild, bool reintegrate = false, bool rfChange = false)
 {
+    private string _rfWant = "";
+
     private readonly PoolCreateOptions _options = new() { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024, LayoutVersion = 4 };
     private readonly Random _rng = new(seed);
     private CrashModel _model = new();
@@ -27,8 +29,8 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild, bool reintegr
     {
         var engineOptions = new StorageEngineOptions { WritebackFlushInterval = Timeout.InfiniteTimeSpan, Catalog = PlacementV2Tests.UpTo4() };
         var power = new CrashSwitch();
-        int targets = rebuild ? 3 : _rng.Next(2, 4);
-        var disks = Enumerable.Range(0, targets + (rebuild ? 0 : 1)).Select(i => new CrashDisk($"m{i}", 4L << 20, power)).ToArray();
+        int targets = rebuild || rfChange ? 3 : _rng.Next(2, 4);
+        var disks = Enumerable.Range(0, targets + (rebuild || rfChange ? 0 : 1)).Select(i => new CrashDisk($"m{i}", 4L << 20, power)).ToArray();
         var engine = await StorageEngine.FormatAsync(disks[..targets], engineOptions);
         _model.Rf = rebuild || _rng.Next(2) == 0 ? "2" : "1";
         var pool = await engine.CreatePoolAsync("p", targets * (1L << 20), int.Parse(_model.Rf), _options);
@@ -44,8 +46,9 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild, bool reintegr
             await img.WriteAsync(0, data);
             _model.Images[label] = new CrashModel.Img { Data = data, ChunkSize = cs };
         }
-        if (!rebuild)
+        if (!rebuild && !rfChange)
             await engine.AddTargetAsync(disks[targets]);
+        _rfWant = _model.Rf == "1" ? "2" : "1";
         int excluded = _rng.Next(targets);
         if (reintegrate)
         {
@@ -102,15 +105,19 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild, bool reintegr
         var ras = new InMemoryRasSink();
         engine = await StorageEngine.OpenAsync(disks, engineOptions with { Ras = ras });
         pool = await engine.OpenPoolAsync("p");
-        Resumed = ras.WithId(RasIds.PoolExtendResumed).Any() || ras.WithId(RasIds.PoolRebuildResumed).Any() || ras.WithId(RasIds.PoolReintegrateResumed).Any();
+        Resumed = ras.WithId(RasIds.PoolExtendResumed).Any() || ras.WithId(RasIds.PoolRebuildResumed).Any() || ras.WithId(RasIds.PoolReintegrateResumed).Any()
+            || ras.WithId(RasIds.PoolRfChangeResumed).Any();
         await pool.WaitForJobAsync();
-        bool done = reintegrate ? !pool.IsExcluded(excluded) : rebuild ? pool.IsExcluded(excluded) : pool.TargetCount == targets + 1;
+        bool done = rfChange ? pool.GetProperty("rf") == _rfWant && pool.GetProperties().GetValueOrDefault(Pool.JobProp, Pool.NoJob) == Pool.NoJob
+            : reintegrate ? !pool.IsExcluded(excluded) : rebuild ? pool.IsExcluded(excluded) : pool.TargetCount == targets + 1;
         if (!done || pool.JobStatus is { State: "failed" })
         {
             // Not durable before the crash (or failed by the injected device error): asked for again.
             if (pool.JobStatus is { State: "failed" } f && !faulted)
                 throw new AssertFailedException($"seed {seed}: the job failed without an injected fault: {f.Reason}");
-            if (reintegrate && pool.IsExcluded(excluded))
+            if (rfChange)
+                await pool.SetPropertyAsync("rf", _rfWant);
+            else if (reintegrate && pool.IsExcluded(excluded))
                 await engine.ReintegrateTargetAsync(excluded);
             else if (reintegrate)
                 throw new AssertFailedException($"seed {seed}: the reintegration job {pool.JobStatus?.State} after the reopen: {pool.JobStatus?.Reason}");
@@ -126,7 +133,14 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild, bool reintegr
             throw new AssertFailedException($"seed {seed}: {offRf} chunk(s) do not have {pool.Rf} replicas on distinct targets");
         if (rebuild && !reintegrate && (!pool.IsExcluded(excluded) || pool.RunningJob != null))
             throw new AssertFailedException($"seed {seed}: target {excluded} not excluded or the rebuild still runs");
-        if (!rebuild && pool.TargetCount != targets + 1)
+        if (rfChange && (pool.GetProperty("rf") != _rfWant || MigrationKit.NotAtRf(pool) is > 0))
+            throw new AssertFailedException($"seed {seed}: rf is {pool.GetProperty("rf")} (wanted {_rfWant}) and {MigrationKit.NotAtRf(pool)} chunk(s) do not have that many replicas");
+        if (rfChange)
+        {
+            before.Rf = _rfWant;
+            after.Rf = _rfWant;
+        }
+        if (!rebuild && !rfChange && pool.TargetCount != targets + 1)
             throw new AssertFailedException($"seed {seed}: the pool is on {pool.TargetCount} targets, not {targets + 1}");
         if (pool.GetProperties().GetValueOrDefault(Pool.JobProp, Pool.NoJob) != Pool.NoJob)
             throw new AssertFailedException($"seed {seed}: job {pool.GetProperty(Pool.JobProp)} still recorded ({pool.JobStatus?.State}: {pool.JobStatus?.Reason})");
@@ -144,7 +158,9 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild, bool reintegr
 
     private async Task StartAsync(StorageEngine engine, Pool pool, int excluded)
     {
-        if (reintegrate)
+        if (rfChange)
+            await pool.SetPropertyAsync("rf", _rfWant);
+        else if (reintegrate)
             await engine.ReintegrateTargetAsync(excluded);
         else if (rebuild)
             await engine.ExcludeTargetAsync(excluded);
@@ -220,7 +236,7 @@ public sealed class TargetsCrashTests
         int.TryParse(Environment.GetEnvironmentVariable(name), out int v) ? v : fallback;
 
     /// <summary>300 seeded runs in CI (STRATA_SOAK_RUNS=N more, STRATA_CRASH_SEED=S to start at S).</summary>
-    private async Task RunAsync(bool rebuild, bool reintegrate = false)
+    private async Task RunAsync(bool rebuild, bool reintegrate = false, bool rfChange = false)
     {
         int runs = Env("STRATA_SOAK_RUNS", 300);
         int first = Env("STRATA_CRASH_SEED", 1);
@@ -232,7 +248,7 @@ public sealed class TargetsCrashTests
                 return;
             try
             {
-                var run = new TargetsCrashWorkload(seed, rebuild, reintegrate);
+                var run = new TargetsCrashWorkload(seed, rebuild, reintegrate, rfChange);
                 await run.RunAsync();
                 if (run.Resumed)
                     Interlocked.Increment(ref resumed);
@@ -263,4 +279,8 @@ public sealed class TargetsCrashTests
     [TestMethod]
     [Timeout(900_000, CooperativeCancellation = true)]
     public Task Reintegrate_RandomCrashesWithClientWrites_NoAcknowledgedWriteLostNoBadReplicaServedRfRestored() => RunAsync(rebuild: true, reintegrate: true);
+
+    [TestMethod]
+    [Timeout(900_000, CooperativeCancellation = true)]
+    public Task RfChange_RandomCrashesWithClientWrites_NoAcknowledgedWriteLostEveryChunkAtTheNewRf() => RunAsync(rebuild: false, rfChange: true);
 }

@@ -106,7 +106,7 @@ internal sealed class MigrationLoop
                     // Paced before the hold, so a throttled loop never keeps a client waiting; before a
                     // wait the chunks in flight finish, so the cursor saved is the loop's position.
                     long planned = PlannedBytes(meta, k, peek);
-                    if (planned == 0)
+                    if (planned < 0)
                     {
                         while (window.Count >= maxWindow)
                             await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
@@ -192,13 +192,16 @@ internal sealed class MigrationLoop
         return start == 0 ? keys : keys[(start < 0 ? ~start : start)..];
     }
 
-    /// <summary>Bytes a chunk's move would write, judged from its location before the hold (for the throttle).</summary>
+    /// <summary>
+    /// Bytes a chunk's move would write, judged from its location before the hold (for the throttle):
+    /// -1 when it needs nothing, 0 when it only drops replicas (an rf decrease).
+    /// </summary>
     private long PlannedBytes(ImageMeta meta, long chunk, ChunkMap location)
     {
         var source = new ChunkSource(meta.Id, chunk, meta.ChunkSize, location);
         var targets = new int[_transform.ReplicasAfter(source)];
         if (!_transform.Plan(source, targets, out var plan))
-            return 0;
+            return -1;
         return (long)plan.ExtentBytes * NewReplicas(location, targets, plan);
     }
 

@@ -92,6 +92,7 @@ public sealed partial class Pool
         ExtendJob => "extension",
         RebuildJob => "rebuild",
         ReintegrateJob => "reintegration",
+        ReplicateJob => "replication",
         _ => throw new CorruptMetadataException($"pool job '{kind}' is unknown to this engine"),
     };
 
@@ -125,6 +126,9 @@ public sealed partial class Pool
         (ReintegrateJob, JobPhase.Resumed) => RasIds.PoolReintegrateResumed,
         (ReintegrateJob, JobPhase.Completed) => RasIds.PoolReintegrateCompleted,
         (ReintegrateJob, JobPhase.Failed) => RasIds.PoolReintegrateFailed,
+        (ReplicateJob, JobPhase.Resumed) => RasIds.PoolRfChangeResumed,
+        (ReplicateJob, JobPhase.Completed) => RasIds.PoolRfChangeCompleted,
+        (ReplicateJob, JobPhase.Failed) => RasIds.PoolRfChangeFailed,
         (_, JobPhase.Resumed) => RasIds.PoolExtendResumed,
         (_, JobPhase.Completed) => RasIds.PoolExtendCompleted,
         _ => RasIds.PoolExtendFailed,
@@ -157,6 +161,8 @@ public sealed partial class Pool
         RebuildJob => new SurvivorMove(this, new PlacementMove(Placement, TargetCount)),
         // Back where placement puts chunks with the target in, and chunks a bad replica was dropped from get rf copies again.
         ReintegrateJob => new SurvivorMove(this, new PlacementMove(Placement, TargetCount, n => Math.Max(n, Math.Min(Rf, LiveTargets)))),
+        // Every chunk gets the new count of copies: added ones copied from a verified one, extra ones freed.
+        ReplicateJob => new SurvivorMove(this, new PlacementMove(Placement, TargetCount, _ => Math.Min(RfNext(), LiveTargets))),
         _ => throw new InvalidOperationException($"no transform for job '{kind}'"),
     };
 
@@ -184,7 +190,10 @@ public sealed partial class Pool
             if (result.Left > 0)
                 throw new StoreException(Interop.Errno.EIO,
                     $"{result.Left} chunk(s) could not be moved and kept their location (first: {result.FirstLeft}); run 'strata pool extend {Label}' or reopen the pool to retry them");
-            await Log.CommitAsync([MetaRecords.PoolSetProp(JobProp, NoJob), MetaRecords.PoolSetProp(JobCursorProp, "0")]).ConfigureAwait(false);
+            // An rf increase becomes true in the batch that ends its job: every chunk has the copies now.
+            await Log.CommitAsync(run.Kind == ReplicateJob
+                ? [MetaRecords.PoolSetProp("rf", RfNext().ToString(CultureInfo.InvariantCulture)), MetaRecords.PoolSetProp(JobProp, NoJob), MetaRecords.PoolSetProp(JobCursorProp, "0")]
+                : [MetaRecords.PoolSetProp(JobProp, NoJob), MetaRecords.PoolSetProp(JobCursorProp, "0")]).ConfigureAwait(false);
             run.Finish("completed", null);
             Ras.Emit(new RasEvent(RasOf(run.Kind, JobPhase.Completed), RasSeverity.Notice, RasType.StateChange,
                 $"pool '{Label}' {run.Kind} completed: {Interlocked.Read(ref run.ItemsDone)} chunk(s) visited, {Interlocked.Read(ref run.BytesDone)} bytes moved in {run.Elapsed.TotalSeconds:F1} s",
