@@ -354,7 +354,7 @@ internal sealed class ChunkIo(Pool pool)
     {
         int cs = meta.ChunkSize;
         int length = chunk.Length;
-        int rf = Math.Min(pool.Rf, pool.LiveTargets);
+        int rf = Math.Min(pool.WriteRf, pool.LiveTargets);
         var replicas = new Replica[rf];
         var placement = pool.Placement;
         int allocated = 0;
