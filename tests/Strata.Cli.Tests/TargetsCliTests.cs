@@ -37,7 +37,9 @@ public sealed class TargetsCliTests
             StringAssert.Contains(dry, "nothing was changed");
             Assert.AreEqual(2, (await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank")).Targets.Count);
 
-            StringAssert.Contains(await cli.OkAsync("pool", "extend", "tank", "--wait"), "grows from 2 to 3 targets");
+            var waited = await cli.OkAsync("pool", "extend", "tank", "--wait");
+            StringAssert.Contains(waited, "grows from 2 to 3 targets");
+            StringAssert.Contains(waited, "extend completed: ", "--wait shows the job's last state (redirected output: one line per change)");
             var q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank");
             Assert.AreEqual(3, q.Targets.Count);
             Assert.AreEqual("completed", q.Job?.State, q.Job?.Reason);

@@ -15,9 +15,9 @@ namespace Strata.Store.Tests;
 internal sealed class TargetsCrashWorkload(int seed, bool rebuild)
 {
     private readonly PoolCreateOptions _options = new() { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024, LayoutVersion = 4 };
-    private readonly Random _rng = new(seed);
+    private readonly JobClient _client = new(new Random(seed));
+    private Random Rng => _client.Random;
     private CrashModel _model = new();
-    private int _nextImage;
 
     public bool Resumed { get; private set; }
 
@@ -25,29 +25,21 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild)
     {
         var engineOptions = new StorageEngineOptions { WritebackFlushInterval = Timeout.InfiniteTimeSpan, Catalog = PlacementV2Tests.UpTo4() };
         var power = new CrashSwitch();
-        int targets = rebuild ? 3 : _rng.Next(2, 4);
+        int targets = rebuild ? 3 : Rng.Next(2, 4);
         var disks = Enumerable.Range(0, targets + (rebuild ? 0 : 1)).Select(i => new CrashDisk($"m{i}", 4L << 20, power)).ToArray();
         var engine = await StorageEngine.FormatAsync(disks[..targets], engineOptions);
-        _model.Rf = rebuild || _rng.Next(2) == 0 ? "2" : "1";
+        _model.Rf = rebuild || Rng.Next(2) == 0 ? "2" : "1";
         var pool = await engine.CreatePoolAsync("p", targets * (1L << 20), int.Parse(_model.Rf), _options);
         await pool.CreateContainerAsync("c");
-        if (_rng.Next(2) == 0)
-            await pool.SetPropertyAsync("migrate_rate", (_rng.Next(64, 512) * 1024).ToString(System.Globalization.CultureInfo.InvariantCulture));
-        for (int i = _rng.Next(1, 4); i > 0; i--)
-        {
-            string label = $"i{_nextImage++}";
-            int cs = _rng.Next(2) == 0 ? 4096 : 8192;
-            var data = TestDevices.Pattern(_rng.Next(cs, 96 * 1024), _rng.Next());
-            var img = await pool.CreateImageAsync("c", label, data.Length, cs);
-            await img.WriteAsync(0, data);
-            _model.Images[label] = new CrashModel.Img { Data = data, ChunkSize = cs };
-        }
+        if (Rng.Next(2) == 0)
+            await pool.SetPropertyAsync("migrate_rate", (Rng.Next(64, 512) * 1024).ToString(System.Globalization.CultureInfo.InvariantCulture));
+        await _client.SeedImagesAsync(pool, _model);
         if (!rebuild)
             await engine.AddTargetAsync(disks[targets]);
-        int excluded = _rng.Next(targets);
+        int excluded = Rng.Next(targets);
 
-        int crashAfter = _rng.Next(1, 400);
-        power.Reset(crashAfter, _rng.Next(4) == 0 ? _rng.Next(1, crashAfter + 1) : 0, new Random(_rng.Next()));
+        int crashAfter = Rng.Next(1, 400);
+        power.Reset(crashAfter, Rng.Next(4) == 0 ? Rng.Next(1, crashAfter + 1) : 0, new Random(Rng.Next()));
         CrashModel before = _model, after = _model;
         try
         {
@@ -56,7 +48,7 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild)
             for (int i = 0; i < 40 && !job.IsCompleted && !power.Crashed; i++)
             {
                 after = _model.Clone();
-                await OneOpAsync(pool, after);
+                await _client.OneOpAsync(pool, after);
                 _model = after;
                 before = after;
             }
@@ -69,10 +61,10 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild)
         bool faulted = power.Faulted;
 
         power = new CrashSwitch();
-        disks = disks.Select(d => d.AfterCrash(_rng, power)).ToArray();
-        if (_rng.Next(3) == 0)
+        disks = disks.Select(d => d.AfterCrash(Rng, power)).ToArray();
+        if (Rng.Next(3) == 0)
         {
-            power.Reset(_rng.Next(1, 200));
+            power.Reset(Rng.Next(1, 200));
             try
             {
                 var e = await StorageEngine.OpenAsync(disks, engineOptions);
@@ -84,7 +76,7 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild)
             }
             power.CutPower();
             power = new CrashSwitch();
-            disks = disks.Select(d => d.AfterCrash(_rng, power)).ToArray();
+            disks = disks.Select(d => d.AfterCrash(Rng, power)).ToArray();
         }
 
         var ras = new InMemoryRasSink();
@@ -129,64 +121,6 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild)
         else
             await pool.ExtendAsync(dryRun: false);
     }
-
-    private async Task OneOpAsync(Pool pool, CrashModel m)
-    {
-        int roll = _rng.Next(100);
-        var names = m.Images.Keys.Order().ToList();
-        if (names.Count == 0 || roll >= 95)
-        {
-            string label = $"i{_nextImage++}";
-            int cs = _rng.Next(2) == 0 ? 4096 : 8192;
-            int size = _rng.Next(1, 64 * 1024);
-            m.Images[label] = new CrashModel.Img { Data = new byte[size], ChunkSize = cs };
-            await pool.CreateImageAsync("c", label, size, cs);
-            m.Flushed();
-            return;
-        }
-        string pick = names[_rng.Next(names.Count)];
-        var img = m.Images[pick];
-        var handle = pool.OpenImage("c", pick);
-        if (roll < 70)
-        {
-            bool durable = _rng.Next(2) == 0;
-            int len = _rng.Next(1, Math.Min(img.Data.Length, img.ChunkSize * 5 / 2) + 1);
-            int off = _rng.Next(0, img.Data.Length - len + 1);
-            var data = TestDevices.Pattern(len, _rng.Next());
-            if (!durable)
-                img.Unflushed.Add((byte[])img.Data.Clone());
-            data.CopyTo(img.Data, off);
-            await handle.WriteAsync(off, data, durable);
-            if (durable)
-                m.Flushed();
-        }
-        else if (roll < 80)
-        {
-            int len = _rng.Next(1, img.Data.Length + 1);
-            int off = _rng.Next(0, img.Data.Length - len + 1);
-            Array.Clear(img.Data, off, len);
-            await handle.TrimAsync(off, len);
-        }
-        else if (roll < 87)
-        {
-            int size = _rng.Next(1, 96 * 1024);
-            var data = new byte[size];
-            img.Data.AsSpan(0, Math.Min(size, img.Data.Length)).CopyTo(data);
-            img.Data = data;
-            await handle.ResizeAsync(size, allowShrink: true);
-            m.Flushed();
-        }
-        else if (roll < 91)
-        {
-            m.Images.Remove(pick);
-            await pool.RemoveImageAsync("c", pick);
-        }
-        else
-        {
-            await handle.FlushAsync();
-            m.Flushed();
-        }
-    }
 }
 
 [TestClass]
@@ -194,41 +128,14 @@ public sealed class TargetsCrashTests
 {
     public TestContext TestContext { get; set; } = null!;
 
-    private static int Env(string name, int fallback) =>
-        int.TryParse(Environment.GetEnvironmentVariable(name), out int v) ? v : fallback;
-
-    /// <summary>300 seeded runs in CI (STRATA_SOAK_RUNS=N more, STRATA_CRASH_SEED=S to start at S).</summary>
-    private async Task RunAsync(bool rebuild)
-    {
-        int runs = Env("STRATA_SOAK_RUNS", 300);
-        int first = Env("STRATA_CRASH_SEED", 1);
-        var failures = new System.Collections.Concurrent.ConcurrentBag<(int Seed, string Message)>();
-        int resumed = 0;
-        await Parallel.ForEachAsync(Enumerable.Range(first, runs), new ParallelOptions { MaxDegreeOfParallelism = 2, CancellationToken = TestContext.CancellationToken }, async (seed, _) =>
+    /// <summary>300 seeded runs in CI (CrashSeeds says how to soak or replay a seed).</summary>
+    private Task RunAsync(bool rebuild) =>
+        CrashSeeds.RunAsync(300, async seed =>
         {
-            if (!failures.IsEmpty)
-                return;
-            try
-            {
-                var run = new TargetsCrashWorkload(seed, rebuild);
-                await run.RunAsync();
-                if (run.Resumed)
-                    Interlocked.Increment(ref resumed);
-            }
-            catch (Exception e)
-            {
-                failures.Add((seed, e.ToString()));
-            }
-        });
-        if (!failures.IsEmpty)
-        {
-            var f = failures.OrderBy(f => f.Seed).First();
-            Assert.Fail($"crash run failed; reproduce with STRATA_CRASH_SEED={f.Seed} STRATA_SOAK_RUNS=1: {f.Message}");
-        }
-        TestContext.WriteLine($"{runs} crash runs from seed {first}: {resumed} reopened a pool whose job was mid-way and resumed it");
-        if (runs >= 100)
-            Assert.IsGreaterThan(runs / 20, resumed, "crashes landed inside the job and reopens resumed it");
-    }
+            var run = new TargetsCrashWorkload(seed, rebuild);
+            await run.RunAsync();
+            return run.Resumed;
+        }, TestContext, resumedDivisor: 20);
 
     [TestMethod]
     [Timeout(900_000, CooperativeCancellation = true)]

@@ -1,3 +1,4 @@
+using Strata.Engine.Device;
 using Strata.Engine.Layout;
 using Strata.Engine.Pools;
 using Strata.Engine.Store;
@@ -8,7 +9,7 @@ namespace Strata.Engine.Migration;
 /// <summary>How a <see cref="MigrationLoop"/> runs.</summary>
 internal sealed record MigrationOptions
 {
-    /// <summary>Chunks whose copy may involve one target at once (read from or written to it).</summary>
+    /// <summary>Chunk reads from one target at once, and chunk writes to it (a slot per target and phase).</summary>
     public int InFlightPerTarget { get; init; } = 4;
 
     /// <summary>Chunks between two durable cursors (each is one log commit).</summary>
@@ -53,7 +54,7 @@ internal sealed class MigrationLoop
     private readonly Pool _pool;
     private readonly IChunkTransform _transform;
     private readonly MigrationOptions _options;
-    private readonly SemaphoreSlim[] _targetSlots;
+    private readonly SemaphoreSlim[] _readSlots, _writeSlots;
     private readonly MigrationThrottle _throttle;
     private readonly SpacePause _pause;
     private readonly UpgradeContext _ctx;
@@ -66,7 +67,8 @@ internal sealed class MigrationLoop
         _pool = MigrationAction.PoolOf(ctx.Pool);
         _transform = transform;
         _options = options ?? new MigrationOptions();
-        _targetSlots = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SemaphoreSlim(_options.InFlightPerTarget, _options.InFlightPerTarget)).ToArray();
+        _readSlots = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SemaphoreSlim(_options.InFlightPerTarget, _options.InFlightPerTarget)).ToArray();
+        _writeSlots = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SemaphoreSlim(_options.InFlightPerTarget, _options.InFlightPerTarget)).ToArray();
         _throttle = new MigrationThrottle(_pool);
         _pause = new SpacePause(_pool, ctx);
     }
@@ -89,7 +91,8 @@ internal sealed class MigrationLoop
     {
         var (image, chunk) = MigrationCursor.Decode(cursor);
         var window = new Queue<(Task<Outcome> Task, uint Image, long Chunk)>();
-        int maxWindow = Math.Max(1, _options.InFlightPerTarget * _pool.TargetCount);
+        // Every read and write slot busy, and as many chunks again waiting for their switch's commit round.
+        int maxWindow = Math.Max(1, 3 * _options.InFlightPerTarget * _pool.TargetCount);
         long visited = 0, moved = 0, written = 0, sinceCursor = 0;
         using var abort = CancellationTokenSource.CreateLinkedTokenSource(ct);
         try
@@ -260,31 +263,24 @@ internal sealed class MigrationLoop
             var targets = new int[location.Replicas.Length];
             if (!_transform.Plan(source, targets, out var plan))
                 return (new Outcome(Kind.InPlace, 0), -1, 0);
-            var slots = SlotsFor(location, targets);
-            foreach (int t in slots)
-                await _targetSlots[t].WaitAsync().ConfigureAwait(false);
+            // A slot per target and I/O phase: the read holds the source replicas' targets (taken
+            // before the destination is reserved, so reservations wait with the reads), the write the
+            // destinations', so a target serves InFlightPerTarget reads and as many writes at once,
+            // as a copy tool reading one place and writing another would.
+            var reading = new SlotLease(_readSlots, DistinctTargets(location.Replicas, null));
+            await reading.TakeAsync().ConfigureAwait(false);
             try
             {
-                return await CopyAndSwitchAsync(hold, source, targets, plan).ConfigureAwait(false);
+                return await CopyAndSwitchAsync(hold, source, targets, plan, reading).ConfigureAwait(false);
             }
             finally
             {
-                foreach (int t in slots)
-                    _targetSlots[t].Release();
+                reading.Release();
             }
         }
     }
 
-    /// <summary>The distinct targets a copy reads or writes, ascending (taken in that order, so holders never wait in a cycle).</summary>
-    private static int[] SlotsFor(ChunkMap location, int[] targets)
-    {
-        var all = new SortedSet<int>(targets);
-        foreach (var r in location.Replicas)
-            all.Add(r.Target);
-        return [.. all];
-    }
-
-    private async Task<(Outcome Outcome, int Full, long Need)> CopyAndSwitchAsync(ChunkHold hold, ChunkSource source, int[] targets, ChunkPlan plan)
+    private async Task<(Outcome Outcome, int Full, long Need)> CopyAndSwitchAsync(ChunkHold hold, ChunkSource source, int[] targets, ChunkPlan plan, SlotLease reading)
     {
         var location = source.Location;
         int n = targets.Length;
@@ -312,7 +308,7 @@ internal sealed class MigrationLoop
         _pool.Log.HoldFresh();
         try
         {
-            return await CopyHeldAsync(hold, source, destination, isNew, plan).ConfigureAwait(false);
+            return await CopyHeldAsync(hold, source, destination, isNew, plan, reading).ConfigureAwait(false);
         }
         finally
         {
@@ -320,11 +316,31 @@ internal sealed class MigrationLoop
         }
     }
 
-    private async Task<(Outcome Outcome, int Full, long Need)> CopyHeldAsync(ChunkHold hold, ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan)
+    private async Task<(Outcome Outcome, int Full, long Need)> CopyHeldAsync(ChunkHold hold, ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, SlotLease reading)
     {
         var location = source.Location;
         var device = _pool.Shards[location.Replicas[0].Target].Device;
-        using var buffer = device.Buffers.Rent(plan.ExtentBytes);
+        using (var buffer = device.Buffers.Rent(plan.ExtentBytes))
+        {
+            if (await CopyAsync(source, destination, isNew, plan, buffer, hold, reading) is { } left)
+                return left;
+        }
+        // The data is on the destination: the buffer goes to the next chunks while this one's
+        // switch waits for its commit round (the hold keeps clients off the chunk).
+        var result = await hold.SwitchAsync(location, destination, _transform.SwitchRecord(source, destination), plan.ExtentBytes).ConfigureAwait(false);
+        // Under the exclusive hold nothing else changes the chunk; a Changed switch freed the
+        // destination and the next attempt copies the chunk as it is then.
+        long bytes = 0;
+        for (int r = 0; r < destination.Length; r++)
+            if (isNew[r])
+                bytes += plan.ExtentBytes;
+        return result == ChunkSwitch.Switched ? (new Outcome(Kind.Moved, bytes), -1, 0) : (new Outcome(Kind.Retry, 0), -1, 0);
+    }
+
+    /// <summary>Reads, transforms, verifies and writes the chunk's new replicas (their CRC set in destination); an outcome only when the chunk is left.</summary>
+    private async Task<(Outcome, int, long)?> CopyAsync(ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, DmaBuffer buffer, ChunkHold hold, SlotLease reading)
+    {
+        var location = source.Location;
         var memory = buffer.Memory;
         try
         {
@@ -335,18 +351,19 @@ internal sealed class MigrationLoop
             // Reported by the read (data_unrecoverable); the chunk stays as it is.
             return Leave(source, destination, isNew, plan, e.Message);
         }
-        uint crc = _transform.Produce(source, buffer.Span);
-        long bytes = 0;
-        for (int r = 0; r < destination.Length; r++)
+        finally
         {
-            if (!isNew[r])
-                continue;
-            destination[r] = destination[r] with { Crc = crc };
-            bytes += plan.ExtentBytes;
+            reading.Release();
         }
+        uint crc = _transform.Produce(source, buffer.Span);
+        for (int r = 0; r < destination.Length; r++)
+            if (isNew[r])
+                destination[r] = destination[r] with { Crc = crc };
         var first = Array.IndexOf(isNew, true);
         if (!_transform.Verify(source, destination[first], buffer.Span))
             return Leave(source, destination, isNew, plan, $"the copy does not match its checksum 0x{crc:x8} before it was written");
+        var writeSlots = new SlotLease(_writeSlots, DistinctTargets(destination, isNew));
+        await writeSlots.TakeAsync().ConfigureAwait(false);
         try
         {
             await WriteNewAsync(destination, isNew, memory).ConfigureAwait(false);
@@ -366,10 +383,21 @@ internal sealed class MigrationLoop
         {
             return Leave(source, destination, isNew, plan, $"a device error on the destination: {e.Message}");
         }
-        var result = await hold.SwitchAsync(location, destination, _transform.SwitchRecord(source, destination), plan.ExtentBytes).ConfigureAwait(false);
-        // Under the exclusive hold nothing else changes the chunk; a Changed switch freed the
-        // destination and the next attempt copies the chunk as it is then.
-        return result == ChunkSwitch.Switched ? (new Outcome(Kind.Moved, bytes), -1, 0) : (new Outcome(Kind.Retry, 0), -1, 0);
+        finally
+        {
+            writeSlots.Release();
+        }
+        return null;
+    }
+
+    /// <summary>The distinct targets of the replicas (those marked in <paramref name="only"/>, when given), ascending.</summary>
+    private static int[] DistinctTargets(Replica[] replicas, bool[]? only)
+    {
+        var all = new SortedSet<int>();
+        for (int r = 0; r < replicas.Length; r++)
+            if (only == null || only[r])
+                all.Add(replicas[r].Target);
+        return [.. all];
     }
 
     private Task WriteNewAsync(Replica[] destination, bool[] isNew, ReadOnlyMemory<byte> extent)
@@ -408,6 +436,29 @@ internal sealed class MigrationLoop
         for (int r = 0; r < destination.Length; r++)
             if (isNew[r])
                 _pool.Mover.Release(destination[r], extent);
+    }
+}
+
+/// <summary>
+/// A chunk's slots on the targets one I/O phase of its copy uses (ascending, so holders never wait
+/// in a cycle), given back once.
+/// </summary>
+internal sealed class SlotLease(SemaphoreSlim[] all, int[] targets)
+{
+    private int _held;
+
+    public async Task TakeAsync()
+    {
+        foreach (int t in targets)
+            await all[t].WaitAsync().ConfigureAwait(false);
+        _held = 1;
+    }
+
+    public void Release()
+    {
+        if (Interlocked.Exchange(ref _held, 0) == 1)
+            foreach (int t in targets)
+                all[t].Release();
     }
 }
 

@@ -49,6 +49,9 @@ public sealed partial class StorageEngine
             }
             if (entry.Header == null)
                 entry.Problem = "damaged: no valid shard header on any target";
+            // `pool list` tells an older release's operator why before anything tries the open (which refuses it with the RAS event).
+            else if (entry.Header.LayoutVersion > Catalog.MaxSupported)
+                entry.Problem = "incompatible layout";
             _pools.Add(entry);
         }
     }

@@ -37,20 +37,12 @@ public static class PoolExtendCommand
                     (plan.DryRun ? "; nothing was changed" : "; see 'strata pool query " + pool + "'"));
             if (!parse.GetValue(wait))
                 return 0;
-            PoolJobDto? job;
-            while (true)
-            {
-                job = (await client.GetAsync<PoolQueryDto>($"pools/{Cli.Esc(pool)}")).Job;
-                if (!json && job != null && !Console.IsOutputRedirected)
-                    Console.Out.Write($"\r{DescribeJob(job)}   ");
-                if (job == null || job.State != "running")
-                    break;
-                await Task.Delay(200, ct);
-            }
+            var job = (await Cli.WaitWithProgressAsync(
+                () => client.GetAsync<PoolQueryDto>($"pools/{Cli.Esc(pool)}"),
+                q => q.Job == null || q.Job.State != "running",
+                q => q.Job != null ? DescribeJob(q.Job) : "no job", json, ct)).Job;
             if (json)
                 Cli.PrintJson(job);
-            else
-                Console.Out.WriteLine(Console.IsOutputRedirected && job != null ? DescribeJob(job) : "");
             return job?.State == "completed" ? 0 : ExitCodes.Failed;
         }));
         return cmd;

@@ -1,0 +1,133 @@
+using Strata.Engine.Pools;
+
+namespace Strata.Store.Tests;
+
+/// <summary>
+/// The client of the job crash suites (data-moving upgrade actions, extend, exclusion and rebuild):
+/// while the job runs it writes (half of them writeback), trims, resizes, removes, creates and
+/// flushes, and applies each operation to the model as it is acknowledged. One per seeded run,
+/// drawing from the run's Random so a seed replays the same operations.
+/// </summary>
+internal sealed class JobClient(Random rng)
+{
+    private int _nextImage;
+
+    /// <summary>The run's Random, shared with the workload that drives the job.</summary>
+    public Random Random => rng;
+
+    /// <summary>Creates one to three images (4 or 8 KiB chunks) written full of a pattern: the data the job moves.</summary>
+    public async Task SeedImagesAsync(Pool pool, CrashModel model)
+    {
+        for (int i = rng.Next(1, 4); i > 0; i--)
+        {
+            string label = $"i{_nextImage++}";
+            int cs = rng.Next(2) == 0 ? 4096 : 8192;
+            var data = TestDevices.Pattern(rng.Next(cs, 96 * 1024), rng.Next());
+            var img = await pool.CreateImageAsync("c", label, data.Length, cs);
+            await img.WriteAsync(0, data);
+            model.Images[label] = new CrashModel.Img { Data = data, ChunkSize = cs };
+        }
+    }
+
+    /// <summary>One random operation on container "c", recorded in m once the pool acknowledged it.</summary>
+    public async Task OneOpAsync(Pool pool, CrashModel m)
+    {
+        int roll = rng.Next(100);
+        var names = m.Images.Keys.Order().ToList();
+        if (names.Count == 0 || roll >= 95)
+        {
+            string label = $"i{_nextImage++}";
+            int cs = rng.Next(2) == 0 ? 4096 : 8192;
+            int size = rng.Next(1, 64 * 1024);
+            m.Images[label] = new CrashModel.Img { Data = new byte[size], ChunkSize = cs };
+            await pool.CreateImageAsync("c", label, size, cs);
+            m.Flushed();
+            return;
+        }
+        string pick = names[rng.Next(names.Count)];
+        var img = m.Images[pick];
+        var handle = pool.OpenImage("c", pick);
+        if (roll < 70)
+        {
+            bool durable = rng.Next(2) == 0;
+            int len = rng.Next(1, Math.Min(img.Data.Length, img.ChunkSize * 5 / 2) + 1);
+            int off = rng.Next(0, img.Data.Length - len + 1);
+            var data = TestDevices.Pattern(len, rng.Next());
+            if (!durable)
+                img.Unflushed.Add((byte[])img.Data.Clone());
+            data.CopyTo(img.Data, off);
+            await handle.WriteAsync(off, data, durable);
+            if (durable)
+                m.Flushed();
+        }
+        else if (roll < 80)
+        {
+            int len = rng.Next(1, img.Data.Length + 1);
+            int off = rng.Next(0, img.Data.Length - len + 1);
+            Array.Clear(img.Data, off, len);
+            await handle.TrimAsync(off, len);
+        }
+        else if (roll < 87)
+        {
+            int size = rng.Next(1, 96 * 1024);
+            var data = new byte[size];
+            img.Data.AsSpan(0, Math.Min(size, img.Data.Length)).CopyTo(data);
+            img.Data = data;
+            await handle.ResizeAsync(size, allowShrink: true);
+            m.Flushed();
+        }
+        else if (roll < 91)
+        {
+            m.Images.Remove(pick);
+            await pool.RemoveImageAsync("c", pick);
+        }
+        else
+        {
+            await handle.FlushAsync();
+            m.Flushed();
+        }
+    }
+}
+
+/// <summary>
+/// Runs a crash suite's seeded runs, two at a time: `defaultRuns` in CI, STRATA_SOAK_RUNS=N runs N,
+/// STRATA_CRASH_SEED=S starts at S, so a failure reproduces with STRATA_CRASH_SEED=&lt;seed&gt;
+/// STRATA_SOAK_RUNS=1. A run returns whether a reopen found its job mid-way and resumed it; with
+/// 100 runs or more, more than runs / resumedDivisor must have (else the crashes missed the job).
+/// </summary>
+internal static class CrashSeeds
+{
+    public static int Env(string name, int fallback) =>
+        int.TryParse(Environment.GetEnvironmentVariable(name), out int v) ? v : fallback;
+
+    public static async Task<int> RunAsync(int defaultRuns, Func<int, Task<bool>> run, TestContext context, int resumedDivisor)
+    {
+        int runs = Env("STRATA_SOAK_RUNS", defaultRuns);
+        int first = Env("STRATA_CRASH_SEED", 1);
+        var failures = new System.Collections.Concurrent.ConcurrentBag<(int Seed, string Message)>();
+        int resumed = 0;
+        await Parallel.ForEachAsync(Enumerable.Range(first, runs), new ParallelOptions { MaxDegreeOfParallelism = 2, CancellationToken = context.CancellationToken }, async (seed, _) =>
+        {
+            if (!failures.IsEmpty)
+                return;
+            try
+            {
+                if (await run(seed))
+                    Interlocked.Increment(ref resumed);
+            }
+            catch (Exception e)
+            {
+                failures.Add((seed, e.ToString()));
+            }
+        });
+        if (!failures.IsEmpty)
+        {
+            var f = failures.OrderBy(f => f.Seed).First();
+            Assert.Fail($"crash run failed; reproduce with STRATA_CRASH_SEED={f.Seed} STRATA_SOAK_RUNS=1: {f.Message}");
+        }
+        context.WriteLine($"{runs} crash runs from seed {first}: {resumed} reopened a pool whose job was mid-way and resumed it");
+        if (runs >= 100)
+            Assert.IsGreaterThan(runs / resumedDivisor, resumed, "crashes landed inside the job and reopens resumed it");
+        return resumed;
+    }
+}
