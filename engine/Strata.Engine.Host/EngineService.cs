@@ -450,6 +450,11 @@ public sealed class EngineService : IAsyncDisposable
         (await Engine.ExcludeTargetAsync(index, req.Force).ConfigureAwait(ConfigureAwaitOptions.ForceYielding))
             .Select(e => new PoolExclusionDto(e.Pool, e.Target, ToDto(e.Degradation), e.RebuildStarted, e.RebuildRefused)).ToList();
 
+    /// <summary>`storage reintegrate-target N`.</summary>
+    public async Task<List<PoolReintegrationDto>> ReintegrateTargetAsync(int index) =>
+        (await Engine.ReintegrateTargetAsync(index).ConfigureAwait(ConfigureAwaitOptions.ForceYielding))
+            .Select(e => new PoolReintegrationDto(e.Pool, e.Target, e.Replicas, e.Valid, e.Invalid, e.InvalidBytes, e.Recovered, ToDto(e.Degradation), e.JobStarted)).ToList();
+
     // ---- layout versions and upgrades ----
 
     public LayoutCatalogDto Catalog()

@@ -64,6 +64,13 @@ public sealed partial class Pool : IAsyncDisposable
     internal void JoinShard(Shard shard)
     {
         var current = Shards;
+        if (shard.Index < current.Length)
+        {
+            // An excluded target's shard back in the log (a reintegration); reads and placement still skip it.
+            System.Diagnostics.Debug.Assert(ReferenceEquals(current[shard.Index], shard) && IsExcluded(shard.Index), "only an excluded shard rejoins");
+            Volatile.Write(ref _logShards, [.. LogShards.Append(shard).OrderBy(s => s.Index)]);
+            return;
+        }
         System.Diagnostics.Debug.Assert(shard.Index == current.Length, "shards join in target order");
         Volatile.Write(ref _shards, [.. current, shard]);
         Volatile.Write(ref _logShards, [.. LogShards, shard]);
