@@ -33,6 +33,7 @@ start_engine() {
   until $STRATA system query >/dev/null 2>&1; do sleep 0.1; done
 }
 
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 printf '%-8s %-22s %-12s %-10s %s\n' clients case max-pause-ms iops "swap breakdown (ms): total / freeze / checkpoint / hand-off / open"
 for n in $CLIENTS; do
   DIR="$(mktemp -d /tmp/strata-swap-perf.XXXXXX)"
