@@ -279,6 +279,10 @@ public sealed class SwapTests
             // And a good swap still works afterwards, with the same connections.
             var ok = await SwapAsync(d);
             Assert.AreEqual(2, ok.Connections);
+            // Its new process ran the storage code before the hand-off (SwapWarmup) and left nothing behind.
+            await d.WaitLogAsync($"[1605] hot swap: ran the storage code once before the hand-off");
+            Assert.IsFalse(d.Engine.Log.Contains("[1606]", StringComparison.Ordinal), d.Engine.Log);
+            Assert.IsEmpty(Directory.GetFileSystemEntries(Path.Combine(d.Engine.DataDir, "run"), "swap-warmup-*"));
             await a.VerifyAsync("after the next swap");
             await b.VerifyAsync("after the next swap");
         }
