@@ -161,6 +161,9 @@ public sealed class NbdMigrationTests
         var regions = new Regions(io);
         for (int i = 0; i < 20; i++)
             await regions.WriteNextAsync();
+        StringAssert.Contains(await d.Cli.FailsAsync(Usage, "image", "migrate", "prepare", "p/c/v", "p/c/x", "--rf", "2"), "--rf 2: pool 'p' keeps 1 replica(s) of every chunk (rf is a pool property)");
+        StringAssert.Contains(await d.Cli.FailsAsync(Usage, "image", "migrate", "prepare", "p/c/v", "p/c/x", "--rf", "0"), "--rf 0 is not a replica count");
+        StringAssert.Contains(await d.Cli.FailsAsync(Usage, "image", "migrate", "prepare", "p/c/v", "p/c/x", "--chunk-size", "3K"), "--chunk-size 3072 is not a power of two");
         await d.Cli.OkAsync("image", "migrate", "prepare", "p/c/v", "p/c/w");
         StringAssert.Contains(await d.Cli.FailsAsync(Conflict, "image", "migrate", "prepare", "p/c/v", "p/c/x"), "already migrating");
         StringAssert.Contains(await d.Cli.FailsAsync(Usage, "image", "migrate", "prepare", "p/c/v", "p/c/v"), "to itself");
