@@ -313,7 +313,7 @@ public sealed partial class Image
             }
             return;
         }
-        await ForEachGroupAsync(Groups(offset, source.Length, cs, _pool.ChunkRuns.GroupSize(_pool.Rf)), async g =>
+        await ForEachGroupAsync(Groups(offset, source.Length, cs, _pool.ChunkRuns.GroupSize(_pool.WriteRf)), async g =>
         {
             using (await _locks.ChunksAsync(g[0].Index, g.Count, write: true).ConfigureAwait(false))
             {

@@ -15,7 +15,7 @@ public sealed partial class Pool : IUpgradePool
     private volatile string? _preparedReason;
 
     /// <summary>Operations that make a pool unstable for an upgrade (DAOS: rebuild, reintegration, extension).</summary>
-    public static readonly IReadOnlyList<string> UnstableOperations = ["rebuild", "reintegration", "extension", "migration"];
+    public static readonly IReadOnlyList<string> UnstableOperations = ["rebuild", "reintegration", "extension", "migration", "replication"];
 
     /// <summary>
     /// Marks an operation as running on this pool until the result is disposed. An upgrade
@@ -205,7 +205,7 @@ public sealed partial class Pool : IUpgradePool
         if (HasActiveMigrations)
             busy = [.. busy, "an image migration"];
         pre.Add(new("no rebuild, reintegration, extension or migration", busy.Length == 0, busy.Length == 0
-            ? "no rebuild, reintegration, extension or migration is in progress"
+            ? "no rebuild, reintegration, extension, replication or migration is in progress"
             : $"pool '{Label}' has {string.Join(" and ", busy)} in progress; an upgrade needs a stable pool; retry when it completes"));
         string compat;
         lock (Meta.Sync)
