@@ -48,7 +48,7 @@ public static class Examples
         ["image map"] = "strata image map tank/vols/disk0",
         ["image unmap"] = "strata image unmap /dev/nbd0",
         ["image migrate"] = "strata image migrate prepare tank/vols/disk0 fast/vols/disk0",
-        ["image migrate prepare"] = "strata image migrate prepare tank/vols/disk0 fast/vols/disk0 --chunk-size 1M",
+        ["image migrate prepare"] = "strata image migrate prepare tank/vols/disk0 fast/vols/disk0 --chunk-size 1M --rf 2",
         ["image migrate execute"] = "strata image migrate execute tank/vols/disk0 --wait",
         ["image migrate commit"] = "strata image migrate commit tank/vols/disk0",
         ["image migrate abort"] = "strata image migrate abort tank/vols/disk0",

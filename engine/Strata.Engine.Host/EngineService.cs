@@ -668,11 +668,11 @@ public sealed class EngineService : IAsyncDisposable
         {
             if (string.IsNullOrEmpty(req.SourceSpec) || !string.IsNullOrEmpty(req.Source))
                 throw new InvalidRequestException("an import (--import-only) takes a source spec (--source-spec JSON) and the destination only");
-            return ToDto(await Engine.PrepareImportAsync(req.SourceSpec, req.Destination, req.ChunkSize).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
+            return ToDto(await Engine.PrepareImportAsync(req.SourceSpec, req.Destination, req.ChunkSize, req.Rf).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
         }
         if (string.IsNullOrEmpty(req.Source) || req.SourceSpec != null)
             throw new InvalidRequestException("prepare takes a source image and a destination image (a source spec only with --import-only)");
-        return ToDto(await Engine.PrepareMigrationAsync(req.Source, req.Destination, req.ChunkSize).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
+        return ToDto(await Engine.PrepareMigrationAsync(req.Source, req.Destination, req.ChunkSize, req.Rf).ConfigureAwait(ConfigureAwaitOptions.ForceYielding));
     }
 
     public async Task<MigrationAliasDto> RemoveAliasAsync(string image)

@@ -161,6 +161,9 @@ public sealed class NbdMigrationTests
         var regions = new Regions(io);
         for (int i = 0; i < 20; i++)
             await regions.WriteNextAsync();
+        StringAssert.Contains(await d.Cli.FailsAsync(Usage, "image", "migrate", "prepare", "p/c/v", "p/c/x", "--rf", "2"), "--rf 2: pool 'p' keeps 1 replica(s) of every chunk (rf is a pool property)");
+        StringAssert.Contains(await d.Cli.FailsAsync(Usage, "image", "migrate", "prepare", "p/c/v", "p/c/x", "--rf", "0"), "--rf 0 is not a replica count");
+        StringAssert.Contains(await d.Cli.FailsAsync(Usage, "image", "migrate", "prepare", "p/c/v", "p/c/x", "--chunk-size", "3K"), "--chunk-size 3072 is not a power of two");
         await d.Cli.OkAsync("image", "migrate", "prepare", "p/c/v", "p/c/w");
         StringAssert.Contains(await d.Cli.FailsAsync(Conflict, "image", "migrate", "prepare", "p/c/v", "p/c/x"), "already migrating");
         StringAssert.Contains(await d.Cli.FailsAsync(Usage, "image", "migrate", "prepare", "p/c/v", "p/c/v"), "to itself");
@@ -286,5 +289,40 @@ public sealed class NbdMigrationTests
         // Through the source's name: the source after abort, the destination (its alias) after commit.
         await using var check = new QemuIo(d.UnixUri("v"));
         await regions.VerifyOnAsync(check, untouchedZero: false);
+    }
+
+    /// <summary>
+    /// fio (nbd engine, verify=crc32c, verify_backlog) writes through prepare, execute and commit to
+    /// another pool, paced so its writes span all three, and reads every block back verified at the
+    /// end, after commit, through the same connections (now on the destination): zero errors.
+    /// </summary>
+    [TestMethod]
+    public async Task Fio_VerifyCrc32cThroughPrepareExecuteCommit_ZeroErrors()
+    {
+        await using var d = await NbdDaemon.StartAsync("nbd-mig-fio");
+        await d.Cli.OkAsync("pool", "create", "q", "--size", "128M");
+        await d.Cli.OkAsync("cont", "create", "q", "c");
+        await d.CreateImageAsync("v", "32M");
+        await d.Cli.OkAsync("pool", "set-prop", "q", "migrate_rate", "8M");
+        var fio = Tools.RunAsync("fio", "--name=mig", "--ioengine=nbd", "--uri=" + d.UnixUri("v"),
+            "--rw=randwrite", "--bs=4k", "--size=4M", "--numjobs=2", "--offset_increment=8M", "--iodepth=4", "--rate_iops=60",
+            "--randseed=1501", "--verify=crc32c", "--verify_backlog=64", "--do_verify=1", "--verify_fatal=1", "--group_reporting",
+            "--output-format=json");
+        await d.WaitClientsAsync(2);
+        await d.Cli.OkAsync("image", "migrate", "prepare", "p/c/v", "q/c/v");
+        await d.Cli.OkAsync("image", "migrate", "execute", "p/c/v");
+        StringAssert.Contains(await d.Cli.OkAsync("image", "migrate", "status", "p/c/v", "--wait"), ": executed");
+        Assert.IsFalse(fio.IsCompleted, "fio was still writing when the migration was committed");
+        await d.Cli.OkAsync("image", "migrate", "commit", "p/c/v");
+
+        var f = await fio;
+        Assert.AreEqual(0, f.ExitCode, f.ToString());
+        using var json = System.Text.Json.JsonDocument.Parse(f.Stdout[f.Stdout.IndexOf('{')..]);
+        var job = json.RootElement.GetProperty("jobs")[0];
+        Assert.AreEqual(0, job.GetProperty("error").GetInt32());
+        Assert.AreEqual(2 * (4L << 20), job.GetProperty("write").GetProperty("io_bytes").GetInt64(), "every block was written");
+        Assert.IsGreaterThanOrEqualTo(2 * (4L << 20), job.GetProperty("read").GetProperty("io_bytes").GetInt64(), "every block was read back and verified");
+        await d.Cli.FailsAsync(NotFound, "image", "info", "p/c/v");
+        StringAssert.Contains(await d.Cli.OkAsync("image", "info", "q/c/v"), "alias: p/c/v");
     }
 }

@@ -14,13 +14,14 @@ namespace Strata.Store.Tests;
 /// reopened engine resumes, reopen, finish the migration the way it was going (the resumed state
 /// decides what is left: execute, commit or abort), and check: exactly one of the two images is
 /// left, it holds every acknowledged write (never other bytes than an acknowledged, in-flight or
-/// unflushed writeback content, chunk by chunk), and both pools' allocators hold exactly what the
+/// unflushed writeback content, piece by piece of the smaller chunk size of the two), and both pools' allocators hold exactly what the
 /// maps name (an aborted destination or a committed source leaves no extent behind).
 /// </summary>
 internal sealed class ImageMigrationCrashWorkload(int seed)
 {
     private static readonly PoolCreateOptions Options = new() { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024 };
     private readonly Random _rng = new(seed);
+    public readonly List<string> Log = [];
 
     /// <summary>Where the power failed: prepare, execute, commit, abort or after (the migration had ended).</summary>
     public string Stage { get; private set; } = "setup";
@@ -136,7 +137,7 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
         a = await engine.OpenPoolAsync("a");
         b = await engine.OpenPoolAsync("b");
         await engine.ResumeMigrationsAsync();
-        string context = $"seed {seed} (crash in {Stage}, {destination}, {(abortIt ? "abort" : "commit")})";
+        string context = $"seed {seed} (crash in {Stage}, {destination} cs {destChunk} from {cs}, {(abortIt ? "abort" : "commit")}, hole {hole}, size {model.Data.Length})";
         if (engine.MigrationStatusOrNull("a/c/v") is { } st)
         {
             // What the resumed state leaves to do, the way the run was going.
@@ -167,7 +168,9 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
         if (destLeft && Stage == "after" && abortIt)
             throw new AssertFailedException($"{context}: the abort completed before the crash, yet the destination is back");
         var left = sourceLeft ? a.OpenImage("c", "v") : dp.OpenImage(dcont, dlabel);
-        Verify(left, await ReadAllAsync(left), before, after, context);
+        // Unflushed writes may tear at the smaller chunk size of the two: the client wrote the source
+        // until commit, and a chunk not copied again after the reopen keeps what the destination took.
+        Verify(left, await ReadAllAsync(left), Math.Min(cs, destChunk == 0 ? cs : destChunk), before, after, context);
         if (destLeft)
         {
             // The old name keeps resolving to the destination.
@@ -195,6 +198,7 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
             if (!durable)
                 m.Unflushed.Add((byte[])m.Data.Clone());
             data.CopyTo(m.Data, off);
+            Log.Add($"w {off}+{len} {(durable ? "D" : "wb")} st={engine.MigrationStatusOrNull("a/c/v")?.State}/{engine.MigrationStatusOrNull("a/c/v")?.ChunksDone}");
             await handle.WriteAsync(off, data, durable);
             if (durable)
                 m.Unflushed.Clear();
@@ -206,10 +210,12 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
             // A trim is not durable until a flush: the old contents may come back.
             m.Unflushed.Add((byte[])m.Data.Clone());
             Array.Clear(m.Data, off, len);
+            Log.Add($"t {off}+{len}");
             await handle.TrimAsync(off, len);
         }
         else if (roll < 95)
         {
+            Log.Add("f");
             await handle.FlushAsync();
             m.Unflushed.Clear();
         }
@@ -227,12 +233,11 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
         return data;
     }
 
-    /// <summary>Chunk by chunk of the image left: the acknowledged contents, the in-flight operation's, or an unflushed writeback one.</summary>
-    private static void Verify(Image left, byte[] actual, Model before, Model after, string context)
+    /// <summary>Piece by piece of <paramref name="cs"/> bytes: the acknowledged contents, the in-flight operation's, or an unflushed writeback one.</summary>
+    private void Verify(Image left, byte[] actual, int cs, Model before, Model after, string context)
     {
         if (actual.Length != before.Data.Length)
             throw new AssertFailedException($"{context}: image {left.Label} has {actual.Length} bytes, expected {before.Data.Length}");
-        int cs = left.ChunkSize;
         for (int at = 0; at < actual.Length; at += cs)
         {
             int n = Math.Min(cs, actual.Length - at);
@@ -241,7 +246,22 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
             foreach (var u in before.Unflushed.Concat(after.Unflushed))
                 ok |= chunk.SequenceEqual(u.AsSpan(at, n));
             if (!ok)
-                throw new AssertFailedException($"{context}: image {left.Pool.Label}/{left.Container}/{left.Label} chunk at {at}: wrong bytes (neither the acknowledged nor the in-flight contents, nor unflushed writeback ones)");
+            {
+                var blocks = new List<string>();
+                for (int o = 0; o < n; o += 4096)
+                {
+                    int m = Math.Min(4096, n - o);
+                    var blk = actual.AsSpan(at + o, m);
+                    var who = new List<string>();
+                    if (blk.SequenceEqual(before.Data.AsSpan(at + o, m))) who.Add("before");
+                    if (blk.SequenceEqual(after.Data.AsSpan(at + o, m))) who.Add("after");
+                    int ui = 0;
+                    foreach (var u in before.Unflushed.Concat(after.Unflushed)) { if (blk.SequenceEqual(u.AsSpan(at + o, m))) who.Add($"u{ui}"); ui++; }
+                    if (!blk.ContainsAnyExcept((byte)0)) who.Add("zero");
+                    blocks.Add($"{o}:[{string.Join(",", who)}]");
+                }
+                throw new AssertFailedException($"{context}: image {left.Pool.Label}/{left.Container}/{left.Label} {cs} bytes at {at}: wrong bytes (neither the acknowledged nor the in-flight contents, nor unflushed writeback ones) blocks {string.Join(" ", blocks)}; unflushed {before.Unflushed.Count}/{after.Unflushed.Count}; log {string.Join("; ", Log)}");
+            }
         }
     }
 }

@@ -219,6 +219,12 @@ public sealed class ImageMigrationTests
         var bad = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.PrepareMigrationAsync("a/c", "b/d/v"));
         StringAssert.Contains(bad.Message, "is not pool/container/image");
 
+        var rf = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.PrepareMigrationAsync("a/c/v", "b/d/v", rf: 1));
+        StringAssert.Contains(rf.Message, "--rf 1: pool 'b' keeps 2 replica(s) of every chunk (rf is a pool property); name a destination in a pool with rf 1 (open pools with rf 1: 'a'); nothing was created");
+        var chunk = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.PrepareMigrationAsync("a/c/v", "b/d/v", 3000));
+        StringAssert.Contains(chunk.Message, "--chunk-size 3000 is not a power of two between 4096");
+        Assert.AreEqual(0, b.ListImages("d").Count);
+
         // No room: a big image in a small pool, refused with the figures before anything is created.
         var big = await a.CreateImageAsync("c", "big", 6L << 20, ChunkSize);
         await big.WriteAsync(0, new byte[5L << 20]);

@@ -228,7 +228,7 @@ public sealed record SwapResultDto(int OldPid, int NewPid, string NewVersion, ui
 /// the destination pool allows it. ImportOnly: Source is empty and SourceSpec names the outside source
 /// ({"type":"raw","path":...} or {"type":"nbd","uri":...}).
 /// </summary>
-public sealed record MigrationPrepareRequest(string? Source, string Destination, int ChunkSize = 0, bool ImportOnly = false, string? SourceSpec = null);
+public sealed record MigrationPrepareRequest(string? Source, string Destination, int ChunkSize = 0, bool ImportOnly = false, string? SourceSpec = null, int Rf = 0);
 
 /// <summary>`image migrate execute|commit|abort|remove-alias IMAGE`: either end's "pool/container/image".</summary>
 public sealed record MigrationRequest(string Image);

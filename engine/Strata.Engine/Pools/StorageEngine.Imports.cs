@@ -12,7 +12,7 @@ namespace Strata.Engine.Pools;
 public sealed partial class StorageEngine
 {
     /// <summary>Opens the source (a malformed spec or an unreachable source is refused before anything is created), then creates DST at its size.</summary>
-    public async Task<ImageMigrationStatus> PrepareImportAsync(string spec, string destination, int chunkSize = 0)
+    public async Task<ImageMigrationStatus> PrepareImportAsync(string spec, string destination, int chunkSize = 0, int rf = 0)
     {
         var (dpool, dcont, dimage) = ParseImageName(destination, "destination");
         ImportSource source;
@@ -30,6 +30,7 @@ public sealed partial class StorageEngine
             var dp = await OpenPoolAsync(dpool).ConfigureAwait(false);
             dp.ThrowIfNotWritable();
             CheckMigrationLayout(dp);
+            CheckDestination(dp, chunkSize, rf);
             long size = source.Size;
             if (size <= 0)
                 throw new InvalidRequestException($"{source.Describe} is empty; nothing to import");

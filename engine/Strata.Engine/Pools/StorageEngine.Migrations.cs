@@ -126,11 +126,30 @@ public sealed partial class StorageEngine
     }
 
     /// <summary>
+    /// Prepare's --chunk-size and --rf, before anything is created: the chunk size a power of two
+    /// the destination pool takes; rf is a pool property, so --rf N names the rf the destination
+    /// pool must have (the way to change an image's rf is a destination in a pool with that rf).
+    /// </summary>
+    private void CheckDestination(Pool dp, int chunkSize, int rf)
+    {
+        if (chunkSize != 0 && (chunkSize < dp.Header.MinChunkSize || chunkSize > PoolLayoutPlan.MaxChunkSize || (chunkSize & (chunkSize - 1)) != 0))
+            throw new InvalidRequestException($"--chunk-size {chunkSize} is not a power of two between {dp.Header.MinChunkSize} (pool '{dp.Label}''s minimum) and {PoolLayoutPlan.MaxChunkSize}; nothing was created");
+        if (rf < 0)
+            throw new InvalidRequestException($"--rf {rf} is not a replica count; give 1 or more");
+        if (rf != 0 && rf != dp.Rf)
+        {
+            var with = OpenPools().Where(p => p.Rf == rf).Select(p => $"'{p.Label}'").ToList();
+            throw new InvalidRequestException($"--rf {rf}: pool '{dp.Label}' keeps {dp.Rf} replica(s) of every chunk (rf is a pool property); name a destination in a pool with rf {rf} ("
+                + (with.Count > 0 ? $"open pools with rf {rf}: {string.Join(", ", with)}" : $"no open pool has it; 'strata pool create NAME --size SIZE --rf {rf}'") + "); nothing was created");
+        }
+    }
+
+    /// <summary>
     /// `image migrate prepare SRC DST`: creates DST (thin, the source's size), links both images
     /// durably and redirects the source's I/O (clients stay connected). Refuses an image already
     /// migrating, a migration to itself and a destination pool without room, before anything is created.
     /// </summary>
-    public async Task<ImageMigrationStatus> PrepareMigrationAsync(string source, string destination, int chunkSize = 0)
+    public async Task<ImageMigrationStatus> PrepareMigrationAsync(string source, string destination, int chunkSize = 0, int rf = 0)
     {
         var (spool, scont, simage) = ParseImageName(source, "source");
         var (dpool, dcont, dimage) = ParseImageName(destination, "destination");
@@ -150,6 +169,7 @@ public sealed partial class StorageEngine
             ThrowIfMigrationCycle(sp, dp, source);
             CheckMigrationLayout(sp);
             CheckMigrationLayout(dp);
+            CheckDestination(dp, chunkSize, rf);
             long size, mapped;
             int scs;
             lock (sp.Meta.Sync)

@@ -13,6 +13,7 @@ namespace Strata.Cli.Commands.Image;
 public static class ImageMigrateCommands
 {
     private static readonly Option<string?> ChunkSize = new("--chunk-size") { Description = "The destination's chunk size, a power of two (default: the source's)" };
+    private static readonly Option<int?> Rf = new("--rf") { Description = "The destination's replica count: the rf its pool must have (rf is a pool property; default: the pool's)" };
     private static readonly Option<bool> ImportOnly = new("--import-only") { Description = "Import from outside the engine: the destination alone, and --source-spec" };
     private static readonly Option<string?> SourceSpec = new("--source-spec") { Description = "The outside source as JSON: {\"type\":\"raw\",\"path\":\"/x.img\"} or {\"type\":\"nbd\",\"uri\":\"nbd://host:port/export\"}" };
     private static readonly Option<bool> Wait = new("--wait") { Description = "Show a progress bar until the copy ends (execute, status)" };
@@ -25,6 +26,7 @@ public static class ImageMigrateCommands
         var images = new Argument<string[]>("images") { Description = "SOURCE DESTINATION (pool/container/image each), or DESTINATION alone with --import-only", Arity = new ArgumentArity(1, 2) };
         prepare.Arguments.Add(images);
         prepare.Options.Add(ChunkSize);
+        prepare.Options.Add(Rf);
         prepare.Options.Add(ImportOnly);
         prepare.Options.Add(SourceSpec);
         prepare.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
@@ -35,6 +37,9 @@ public static class ImageMigrateCommands
                 long v = Sizes.Parse(cs, "--chunk-size");
                 chunk = v <= int.MaxValue ? (int)v : throw new CliException(ExitCodes.Usage, $"--chunk-size {cs} is too large (chunks are at most 1M)");
             }
+            int rf = parse.GetValue(Rf) ?? 0;
+            if (parse.GetValue(Rf) is < 1)
+                throw new CliException(ExitCodes.Usage, $"--rf {parse.GetValue(Rf)} is not a replica count; give 1 or more");
             var names = parse.GetValue(images)!;
             bool import = parse.GetValue(ImportOnly);
             string? spec = parse.GetValue(SourceSpec);
@@ -43,13 +48,13 @@ public static class ImageMigrateCommands
             {
                 if (names.Length != 1 || spec == null)
                     throw new CliException(ExitCodes.Usage, "--import-only takes the destination alone and --source-spec JSON, e.g. --source-spec '{\"type\":\"nbd\",\"uri\":\"nbd://host/disk\"}' tank/vols/disk0");
-                req = new MigrationPrepareRequest(null, names[0], chunk, ImportOnly: true, SourceSpec: spec);
+                req = new MigrationPrepareRequest(null, names[0], chunk, ImportOnly: true, SourceSpec: spec, Rf: rf);
             }
             else
             {
                 if (names.Length != 2 || spec != null)
                     throw new CliException(ExitCodes.Usage, "prepare takes SOURCE and DESTINATION (pool/container/image each); --source-spec only with --import-only");
-                req = new MigrationPrepareRequest(names[0], names[1], chunk);
+                req = new MigrationPrepareRequest(names[0], names[1], chunk, Rf: rf);
             }
             var s = await client.PostAsync<MigrationStatusDto>("migrations", req);
             return Print(s, json, import
