@@ -23,20 +23,33 @@ public sealed class CrashTests
     [Timeout(900_000, CooperativeCancellation = true)]
     public Task Pool_RandomCrashRunsAtLayout3_NoAcknowledgedWriteLostAndNoWrongBytes() => RunAsync(1000, 3);
 
-    private static async Task RunAsync(int ciRuns, uint layout)
+    /// <summary>
+    /// Overlapping writeback writes into a few chunks, flushes and durable writes between them, at layout 2
+    /// (whole chunks rewritten in place) and 3 (blocks and table): crashes between an in-place write and the
+    /// next flush round, torn in-place writes included. The runs must have written in place.
+    /// </summary>
+    [TestMethod]
+    [Timeout(900_000, CooperativeCancellation = true)]
+    [DataRow(2u)]
+    [DataRow(3u)]
+    public Task Pool_RandomCrashRunsWithInPlaceOverwrites_NoAcknowledgedWriteLostAndNoWrongBytes(uint layout) => RunAsync(500, layout, overlapping: true);
+
+    private static async Task RunAsync(int ciRuns, uint layout, bool overlapping = false)
     {
         int runs = Env("STRATA_SOAK_RUNS", ciRuns);
         int first = Env("STRATA_CRASH_SEED", 1);
         var failures = new System.Collections.Concurrent.ConcurrentBag<(int Seed, string Message)>();
         int dropped = 0, runsWithDrops = 0;
+        long inPlace = 0;
         await Parallel.ForEachAsync(Enumerable.Range(first, runs), new ParallelOptions { MaxDegreeOfParallelism = 2 }, async (seed, _) =>
         {
             if (!failures.IsEmpty)
                 return;
             try
             {
-                var run = new CrashWorkload(seed, layout);
+                var run = new CrashWorkload(seed, layout, overlapping);
                 await run.RunAsync();
+                Interlocked.Add(ref inPlace, run.InPlaceWrites);
                 Interlocked.Add(ref dropped, run.DroppedTailRecords);
                 if (run.DroppedTailRecords > 0)
                     Interlocked.Increment(ref runsWithDrops);
@@ -51,7 +64,9 @@ public sealed class CrashTests
             var f = failures.OrderBy(f => f.Seed).First();
             Assert.Fail($"crash run failed; reproduce with STRATA_CRASH_SEED={f.Seed} STRATA_SOAK_RUNS=1: {f.Message}");
         }
-        Console.WriteLine($"{runs} crash runs at layout {layout} from seed {first}: {runsWithDrops} reopened a log whose tail held durable records of chunk writes whose data was lost ({dropped} dropped)");
+        Console.WriteLine($"{runs} crash runs at layout {layout} from seed {first}: {runsWithDrops} reopened a log whose tail held durable records of chunk writes whose data was lost ({dropped} dropped); {inPlace} writes in place");
+        if (overlapping && runs >= 100)
+            Assert.IsTrue(inPlace > runs, $"{inPlace} writes in place in {runs} runs: the workload no longer exercises in-place writes");
         // The CrashDisk keeps a random subset of the unflushed writes, so the log write of a
         // commit round often survives without its data write: replay's check must run.
         if (runs >= 500)

@@ -32,9 +32,20 @@ internal sealed class CrashWorkload
     /// <summary>Log-tail chunk writes the reopens dropped (their log record was durable, their data was not).</summary>
     public int DroppedTailRecords { get; private set; }
 
+    /// <summary>
+    /// Overlapping writeback: most operations are writeback writes into the first two chunks of an
+    /// image, with flushes and durable writes between them, so writes land in place in extents no
+    /// flush covers yet and crashes fall between such writes and the next flush round.
+    /// </summary>
+    private readonly bool _overlapping;
+
+    /// <summary>Writeback writes the pools wrote in place (docs/format.md, "Overwriting a writeback extent in place").</summary>
+    public long InPlaceWrites { get; private set; }
+
     /// <param name="layout">The pool's layout: 0 = the engine's newest; 2 = one CRC per chunk; 3 = block_checksums (chunks above 4 KiB carry a block table).</param>
-    public CrashWorkload(int seed, uint layout = 0)
+    public CrashWorkload(int seed, uint layout = 0, bool overlapping = false)
     {
+        _overlapping = overlapping;
         _seed = seed;
         _rng = new Random(seed);
         _create = new() { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024, LayoutVersion = layout };
@@ -59,6 +70,7 @@ internal sealed class CrashWorkload
             int crashAfter = _rng.Next(1, 300);
             power.Reset(crashAfter, _rng.Next(4) == 0 ? _rng.Next(1, crashAfter + 1) : 0, new Random(_rng.Next()));
             var (before, after) = await RunOpsAsync(pool, power, opsPerRound);
+            InPlaceWrites += pool.Log.InPlaceWrites;
             power = new CrashSwitch();
             disks = disks.Select(d => d.AfterCrash(_rng, power)).ToArray();
             if (_rng.Next(3) == 0)
@@ -140,6 +152,30 @@ internal sealed class CrashWorkload
         }
         var img = m.Images[pick];
         var handle = pool.OpenImage("c", pick);
+        if (_overlapping && roll < 75)
+        {
+            roll = _rng.Next(100);
+            if (roll < 12)
+            {
+                await handle.FlushAsync();
+                m.Flushed();
+                return;
+            }
+            // Into the first two chunks, often block-aligned: in place while no flush covers the chunk.
+            bool durable = roll < 22;
+            int span = Math.Min(img.Data.Length, 2 * img.ChunkSize);
+            int len = _rng.Next(2) == 0 ? Math.Min(span, 4096) : _rng.Next(1, span + 1);
+            int off = _rng.Next(2) == 0 ? _rng.Next(0, (span - len) / 4096 + 1) * 4096 : _rng.Next(0, span - len + 1);
+            var data = new byte[len];
+            _rng.NextBytes(data);
+            if (!durable)
+                img.Unflushed.Add((byte[])img.Data.Clone());
+            data.CopyTo(img.Data, off);
+            await handle.WriteAsync(off, data, durable);
+            if (durable)
+                m.Flushed();
+            return;
+        }
         if (roll < 55)
         {
             // Half the writes are writeback (NBD without FUA): lost or kept chunk by chunk until a flush.

@@ -50,10 +50,28 @@ internal sealed class CountingDevice(string name, long capacity) : MemoryBlockDe
 
     public long Reads => Interlocked.Read(ref _reads);
 
+    private readonly List<(long Offset, long Length)> _writes = new();
+
+    /// <summary>Writes since the last <see cref="Reset"/>: device offset and length.</summary>
+    public (long Offset, long Length)[] Writes
+    {
+        get
+        {
+            lock (_writes)
+                return [.. _writes];
+        }
+    }
+
+    /// <summary>Bytes written since the last <see cref="Reset"/> inside [<paramref name="from"/>, from + length).</summary>
+    public long BytesWrittenIn(long from, long length) =>
+        Writes.Sum(w => Math.Max(0, Math.Min(w.Offset + w.Length, from + length) - Math.Max(w.Offset, from)));
+
     public void Reset()
     {
         Interlocked.Exchange(ref _bytesRead, 0);
         Interlocked.Exchange(ref _reads, 0);
+        lock (_writes)
+            _writes.Clear();
     }
 
     protected override void Execute(Engine.Device.IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, Engine.Device.WriteFlags flags)
@@ -62,6 +80,11 @@ internal sealed class CountingDevice(string name, long capacity) : MemoryBlockDe
         {
             Interlocked.Add(ref _bytesRead, buffer.Length);
             Interlocked.Increment(ref _reads);
+        }
+        else if (opcode == Engine.Device.IoOpcode.Write)
+        {
+            lock (_writes)
+                _writes.Add((offset, buffer.Length));
         }
         base.Execute(opcode, offset, length, buffer, flags);
     }

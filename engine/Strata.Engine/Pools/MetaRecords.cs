@@ -146,4 +146,12 @@ public readonly record struct Replica(ushort Target, long Offset, uint Crc);
 /// Where a chunk lives; Moving is the second location while a data-moving upgrade copies it. Blocks: each
 /// extent is a 4 KiB block table followed by the chunk, and each replica's CRC is the table's (layout 3).
 /// </summary>
-public sealed record ChunkMap(Replica[] Replicas, Replica[]? Moving = null, bool Blocks = false);
+public sealed record ChunkMap(Replica[] Replicas, Replica[]? Moving = null, bool Blocks = false)
+{
+    /// <summary>
+    /// The queue ordinal of the writeback commit that applied this mapping (PoolLog.CommitWriteback), or 0
+    /// (durable, replayed, or a checkpoint's): while no flush covers it, its extents may be overwritten in
+    /// place (PoolLog.TryCommitInPlace, docs/format.md "Overwriting a writeback extent in place").
+    /// </summary>
+    internal long WritebackOrdinal { get; set; }
+}

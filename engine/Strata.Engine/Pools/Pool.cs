@@ -84,6 +84,9 @@ public sealed partial class Pool : IAsyncDisposable
 
     internal PoolState Meta { get; }
 
+    /// <summary>Where this pool's open spent its time (set once it is open).</summary>
+    public PoolOpenTimings? OpenTimings { get; internal set; }
+
     internal PoolLog Log { get; set; } = null!;
 
     /// <summary>The single-chunk data path (reads with verification and repair, copy-on-write writes).</summary>

@@ -85,6 +85,26 @@ internal static class ChunkChecksum
     }
 
     /// <summary>
+    /// Writes the block table of a chunk whose blocks have the CRC32Cs <paramref name="crcs"/> into
+    /// <paramref name="table"/> (4 KiB) and returns its CRC32C: what an in-place write of some blocks
+    /// records, from the current table's CRCs with the rewritten blocks' replaced.
+    /// </summary>
+    public static uint WriteTable(uint image, long chunk, ReadOnlySpan<uint> crcs, Span<byte> table)
+    {
+        int n = crcs.Length;
+        System.Diagnostics.Debug.Assert(n > 1 && EntriesAt + 4 * n <= TableSize && table.Length == TableSize);
+        table.Clear();
+        BinaryPrimitives.WriteUInt32LittleEndian(table, TableMagic);
+        BinaryPrimitives.WriteUInt16LittleEndian(table[4..], TableFormat);
+        BinaryPrimitives.WriteUInt16LittleEndian(table[6..], (ushort)n);
+        BinaryPrimitives.WriteUInt32LittleEndian(table[8..], image);
+        BinaryPrimitives.WriteInt64LittleEndian(table[12..], chunk);
+        for (int k = 0; k < n; k++)
+            BinaryPrimitives.WriteUInt32LittleEndian(table[(EntriesAt + 4 * k)..], crcs[k]);
+        return Crc32C.Compute(table);
+    }
+
+    /// <summary>
     /// The part of a chunk's data that must be read to verify bytes [<paramref name="within"/>,
     /// <paramref name="within"/> + <paramref name="length"/>) of it: the whole chunk without a table,
     /// else the 4 KiB blocks the range touches (the table is read or cached besides).

@@ -280,12 +280,20 @@ internal sealed class ChunkIo(Pool pool)
     /// and only then free the old extents.
     /// </summary>
     /// <param name="durable">False: writeback (PoolLog.CommitWriteback); the old extents are freed once the new mapping is durable.</param>
-    public async Task WriteAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, bool durable = true)
+    /// <param name="expectCrc">
+    /// A whole chunk's CRC32C as its reader verified it (an image migration's copy): checked against
+    /// the bytes about to be written, before any replica is written or the map switched.
+    /// </param>
+    public async Task WriteAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, bool durable = true, uint? expectCrc = null)
     {
         pool.ThrowIfNotWritable();
         int cs = meta.ChunkSize;
         var old = Lookup(meta, index);
         bool blocks = pool.WritesBlockTables(cs);
+        // A writeback write to a chunk whose extents no flush covers yet rewrites them in place.
+        if (!durable && old != null && pool.Log.MayOverwriteInPlace(old) && SameForm(meta, index, old, blocks)
+            && await TryWriteInPlaceAsync(meta, index, within, data, old).ConfigureAwait(false))
+            return;
         int head = blocks ? ChunkChecksum.TableSize : 0;
         byte[]? rented = null;
         try
@@ -315,6 +323,9 @@ internal sealed class ChunkIo(Pool pool)
             uint crc = blocks
                 ? ChunkChecksum.BuildTable(meta.Id, index, extent.Span[head..], rented!.AsSpan(0, head))
                 : ChunkChecksum.Of(extent.Span);
+            if (expectCrc is uint expected && (blocks ? ChunkChecksum.Of(extent.Span[head..]) : crc) != expected)
+                throw new DataIntegrityException(pool.Label, meta.Label, index * cs,
+                    $"data integrity error in pool '{pool.Label}', image '{meta.Label}' at offset {index * cs}: the copy does not match the source's checksum 0x{expected:x8} before it was written; nothing was written");
             await WriteReplicasAsync(meta, index, within, extent, crc, blocks, durable, old).ConfigureAwait(false);
         }
         finally
@@ -322,6 +333,191 @@ internal sealed class ChunkIo(Pool pool)
             if (rented != null)
                 System.Buffers.ArrayPool<byte>.Shared.Return(rented);
         }
+    }
+
+    /// <summary>Whether a new copy of the chunk would take <paramref name="old"/>'s form: table or not, the same replica targets.</summary>
+    private bool SameForm(ImageMeta meta, long index, ChunkMap old, bool blocks)
+    {
+        int rf = Math.Min(pool.Rf, pool.LiveTargets);
+        if (old.Blocks != blocks || old.Replicas.Length != rf)
+            return false;
+        var placement = pool.Placement;
+        for (int r = 0; r < rf; r++)
+            if (old.Replicas[r].Target != placement.Target(meta.Id, index, r, pool.TargetCount) || pool.IsExcluded(old.Replicas[r].Target))
+                return false;
+        return true;
+    }
+
+    /// <summary>
+    /// Writes into the extents of <paramref name="old"/>, a writeback mapping no flush covers yet, instead of
+    /// fresh ones (docs/format.md, "Overwriting a writeback extent in place"): with a block table only the
+    /// touched 4 KiB blocks (edges merged with verified old bytes) and the table, else the whole merged chunk.
+    /// The new mapping is applied and queued (PoolLog.TryCommitInPlace) before the write starts; the round
+    /// that logs it flushes only after the write. Returns false, having written nothing, when the write must
+    /// copy on write instead (the claim was refused, or the old bytes it needs do not verify: the
+    /// copy-on-write path reads, reports and repairs them).
+    /// </summary>
+    private async Task<bool> TryWriteInPlaceAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, ChunkMap old)
+    {
+        const int T = ChunkChecksum.TableSize;
+        int cs = meta.ChunkSize;
+        byte[]? rented = null;
+        try
+        {
+            uint crc;
+            uint[]? crcs = null;
+            ReadOnlyMemory<byte> bytes;
+            int from = 0;
+            if (!old.Blocks)
+            {
+                if (data.Length == cs)
+                {
+                    bytes = data;
+                }
+                else
+                {
+                    rented = System.Buffers.ArrayPool<byte>.Shared.Rent(cs);
+                    var merged = rented.AsMemory(0, cs);
+                    await ReadVerifiedAsync(meta, index, old, merged, repair: true).ConfigureAwait(false);
+                    data.Span.CopyTo(merged.Span[within..]);
+                    bytes = merged;
+                }
+                crc = ChunkChecksum.Of(bytes.Span);
+            }
+            else
+            {
+                (from, int length) = ChunkChecksum.VerifiedRange(true, cs, within, data.Length);
+                // A write of every block needs nothing of the old table or data.
+                var current = length == cs ? new uint[cs / ChunkChecksum.BlockSize] : await CurrentTableAsync(meta, index, old).ConfigureAwait(false);
+                if (current == null)
+                    return false;
+                // [table | touched blocks]: one write when the blocks start at block 0, else two.
+                rented = System.Buffers.ArrayPool<byte>.Shared.Rent(T + length);
+                var touched = rented.AsMemory(T, length);
+                if ((from, length) != (within, data.Length) && !await ReadBlocksAsync(old, current, from, touched).ConfigureAwait(false))
+                    return false;
+                data.Span.CopyTo(touched.Span[(within - from)..]);
+                crcs = length == cs ? current : (uint[])current.Clone();
+                for (int k = 0; k < length / ChunkChecksum.BlockSize; k++)
+                    crcs[from / ChunkChecksum.BlockSize + k] = Crc32C.Compute(touched.Span.Slice(k * ChunkChecksum.BlockSize, ChunkChecksum.BlockSize));
+                crc = ChunkChecksum.WriteTable(meta.Id, index, crcs, rented.AsSpan(0, T));
+                bytes = rented.AsMemory(0, T + length);
+            }
+            var replicas = new Replica[old.Replicas.Length];
+            for (int r = 0; r < replicas.Length; r++)
+                replicas[r] = old.Replicas[r] with { Crc = crc };
+            var written = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            if (!pool.Log.TryCommitInPlace(old, MetaRecords.ChunkMap(meta.Id, index, replicas, old.Blocks), written.Task))
+                return false;
+            try
+            {
+                await WriteInPlaceAsync(replicas, old.Blocks, from, bytes).ConfigureAwait(false);
+                written.SetResult();
+            }
+            catch (Exception e)
+            {
+                // The extents may be torn, and they held an acknowledged writeback write: no flush may claim
+                // it durable now, so the pool fails (its round fails too: PoolLog.SettleDataAsync).
+                pool.Fail(e, "an in-place write of a writeback extent");
+                written.SetException(e);
+                if (e is DeviceException d)
+                    throw WriteFailed(meta, index * cs + within, d);
+                throw;
+            }
+            finally
+            {
+                pool.Log.EndInPlace();
+            }
+            if (crcs != null)
+                foreach (var r in replicas)
+                    pool.Tables.Add(r, crcs);
+            return true;
+        }
+        finally
+        {
+            if (rented != null)
+                System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+        }
+    }
+
+    /// <summary>The verified block CRCs of a mapping (cached, or read from the first replica whose table verifies); null when none does.</summary>
+    private async Task<uint[]?> CurrentTableAsync(ImageMeta meta, long index, ChunkMap map)
+    {
+        foreach (var r in map.Replicas)
+            if (pool.Tables.TryGet(r, out var cached))
+                return cached;
+        var table = System.Buffers.ArrayPool<byte>.Shared.Rent(ChunkChecksum.TableSize);
+        try
+        {
+            foreach (var r in map.Replicas)
+            {
+                if (pool.IsExcluded(r.Target))
+                    continue;
+                try
+                {
+                    await pool.Shards[r.Target].ReadDataAsync(r.Offset, table.AsMemory(0, ChunkChecksum.TableSize)).ConfigureAwait(false);
+                }
+                catch (DeviceException)
+                {
+                    continue;
+                }
+                if (ChunkChecksum.VerifyTable(r, meta.Id, index, meta.ChunkSize, table.AsSpan(0, ChunkChecksum.TableSize), out var crcs).Ok)
+                {
+                    pool.Tables.Add(r, crcs!);
+                    return crcs;
+                }
+            }
+            return null;
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(table);
+        }
+    }
+
+    /// <summary>Reads data blocks [<paramref name="from"/>, from + dest.Length) from the first replica where they verify against <paramref name="crcs"/>.</summary>
+    private async Task<bool> ReadBlocksAsync(ChunkMap map, uint[] crcs, int from, Memory<byte> dest)
+    {
+        foreach (var r in map.Replicas)
+        {
+            if (pool.IsExcluded(r.Target))
+                continue;
+            try
+            {
+                await pool.Shards[r.Target].ReadDataAsync(r.Offset + ChunkChecksum.TableSize + from, dest).ConfigureAwait(false);
+            }
+            catch (DeviceException)
+            {
+                continue;
+            }
+            if (ChunkChecksum.VerifyBlocks(r, crcs, from / ChunkChecksum.BlockSize, dest.Span).Ok)
+                return true;
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// The in-place write itself, to every replica at once: the whole chunk (no table), or the table and
+    /// the touched blocks, <paramref name="bytes"/> = [table | blocks from <paramref name="from"/>].
+    /// </summary>
+    private Task WriteInPlaceAsync(Replica[] replicas, bool blocks, int from, ReadOnlyMemory<byte> bytes)
+    {
+        const int T = ChunkChecksum.TableSize;
+        var writes = new List<Task>(replicas.Length * 2);
+        foreach (var r in replicas)
+        {
+            var shard = pool.Shards[r.Target];
+            if (!blocks || from == 0)
+            {
+                writes.Add(shard.WriteDataAsync(r.Offset, bytes).AsTask());
+            }
+            else
+            {
+                writes.Add(shard.WriteDataAsync(r.Offset, bytes[..T]).AsTask());
+                writes.Add(shard.WriteDataAsync(r.Offset + T + from, bytes[T..]).AsTask());
+            }
+        }
+        return writes.Count == 1 ? writes[0] : Task.WhenAll(writes);
     }
 
     /// <summary>

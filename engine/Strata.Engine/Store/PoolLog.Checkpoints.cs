@@ -55,13 +55,31 @@ internal sealed partial class PoolLog
         ulong applied;
         long appliedOrdinal;
         Store.ShardHeaderLayout layout;
-        lock (state.Sync)
+        // Never capture a mapping whose extent an in-place write is rewriting: wait until none is in
+        // flight, with new claims held off (docs/format.md, "Overwriting a writeback extent in place").
+        while (true)
         {
-            capture = PoolStateCodec.Capture(state);
-            layout = _pool.DurableLayout();
-            label = state.Props["label"];
-            applied = state.LastSeq;
-            appliedOrdinal = _appliedOrdinal;
+            Task drained;
+            lock (state.Sync)
+            {
+                if (_inPlaceInFlight == 0)
+                {
+                    _capturing = false;
+                    // An in-place write that failed while this waited failed the pool: its extents may be torn.
+                    _pool.ThrowIfNotLoggable();
+                    // Every mapping captured is in this checkpoint: none of their extents is rewritten in place from now on.
+                    _flushHorizon = Math.Max(_flushHorizon, _enqueued);
+                    capture = PoolStateCodec.Capture(state);
+                    layout = _pool.DurableLayout();
+                    label = state.Props["label"];
+                    applied = state.LastSeq;
+                    appliedOrdinal = _appliedOrdinal;
+                    break;
+                }
+                _capturing = true;
+                drained = (_inPlaceDrained ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
+            }
+            await drained.ConfigureAwait(false);
         }
         // Encoded outside the lock, so writers go on meanwhile: serializing 131,072 chunk maps under
         // it held them off for 50-100 ms; capturing them takes 2-3 ms.

@@ -111,7 +111,8 @@ internal sealed partial class PoolLog
     /// (rewrites the round's log block with pads in their place, same sequences and lengths); the
     /// round's flush, or a later round's for writeback, follows. Until a flush covers the rewrite no
     /// mark covers this round, so a crash may keep either version of the block: a voided record is
-    /// then in the tail and replay drops it.
+    /// then in the tail and replay drops it. A failed in-place write is not voided: it may have torn
+    /// data an earlier acknowledged writeback record names, so the round fails and the pool with it.
     /// </summary>
     private async Task SettleDataAsync(Round round)
     {
@@ -123,6 +124,10 @@ internal sealed partial class PoolLog
             try
             {
                 await p.Data.ConfigureAwait(false);
+            }
+            catch (Exception e) when (p.InPlace)
+            {
+                throw new StoreException(Strata.Interop.Errno.EIO, $"an in-place write of pool '{_pool.Label}' failed, so data an earlier writeback write left there may be torn: {e.Message}", e);
             }
             catch (Exception e)
             {

@@ -45,6 +45,12 @@ internal sealed partial class PoolLog
         public long Ordinal;
         /// <summary>The data writes of the (single) chunk-map record, still running when it was enqueued.</summary>
         public Task? Data { get; } = Data;
+        /// <summary>
+        /// A writeback commit whose data write overwrites, in place, extents an earlier writeback record named
+        /// (<see cref="TryCommitInPlace"/>): if that write fails, the round fails (the pool goes read-only)
+        /// instead of voiding the record, since the earlier record's acknowledged data may be torn.
+        /// </summary>
+        public bool InPlace { get; init; }
         /// <summary>Where the record sits in its round's log buffer, and its sequence (to void it).</summary>
         public int Pos, Length;
         public ulong Seq;
@@ -164,9 +170,89 @@ internal sealed partial class PoolLog
             Volatile.Write(ref _writebackEnqueued, p.Ordinal);
             // The sequence is assigned when the round is written; LastSeq moves with the rounds.
             foreach (var r in records)
-                state.Apply(new WalRecord(state.LastSeq, (ushort)r.Type, r.Flags, r.Payload));
+                ApplyWritebackLocked(r, p.Ordinal);
         }
         ArmWritebackFlush();
+    }
+
+    /// <summary>Applies a writeback chunk-map record and marks the new mapping with its commit's ordinal (under the state's lock).</summary>
+    private void ApplyWritebackLocked(MetaRecord r, long ordinal)
+    {
+        var state = _pool.Meta;
+        state.Apply(new WalRecord(state.LastSeq, (ushort)r.Type, r.Flags, r.Payload));
+        uint image = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(r.Payload);
+        long chunk = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(r.Payload.AsSpan(4));
+        if (state.Images.TryGetValue(image, out var img) && img.Chunks.TryGetValue(chunk, out var map))
+            map.WritebackOrdinal = ordinal;
+    }
+
+    /// <summary>Last ordinal a flushing round took or a checkpoint captured: mappings of writeback commits above it may be overwritten in place (under the state's lock).</summary>
+    private long _flushHorizon;
+    /// <summary>The committer is taking a round, or a checkpoint waits to capture: no in-place claim starts (under the state's lock).</summary>
+    private bool _taking, _capturing;
+    /// <summary>The ordinal of the last in-place record queued: a flushing round takes at least up to it (under the state's lock).</summary>
+    private long _lastInPlace;
+    /// <summary>In-place data writes claimed and not yet finished; a checkpoint capture waits for none (under the state's lock).</summary>
+    private int _inPlaceInFlight;
+    private TaskCompletionSource? _inPlaceDrained;
+    private long _inPlaceWrites;
+
+    /// <summary>Writes committed in place so far (diagnostics and tests).</summary>
+    internal long InPlaceWrites => Interlocked.Read(ref _inPlaceWrites);
+
+    /// <summary>
+    /// Whether <paramref name="current"/>, a chunk's mapping, may be overwritten in place now (a hint: the
+    /// claim decides). The caller holds the chunk's lock.
+    /// </summary>
+    public bool MayOverwriteInPlace(ChunkMap current) =>
+        current.WritebackOrdinal > Volatile.Read(ref _flushHorizon) && current.Moving == null;
+
+    /// <summary>
+    /// Commits <paramref name="record"/>, which maps a chunk to the same extents as its current mapping
+    /// <paramref name="current"/> with new contents, as a writeback commit whose data write
+    /// (<paramref name="data"/>, not started yet) overwrites those extents in place; docs/format.md,
+    /// "Overwriting a writeback extent in place". Under the state's lock: only if no flush covers
+    /// <paramref name="current"/>'s commit yet, no round is being taken and no checkpoint captures, the
+    /// record is applied and queued (the round that logs it flushes only after <paramref name="data"/>),
+    /// and the in-place write is counted in flight until <see cref="EndInPlace"/>. Returns false, with
+    /// nothing done, when the write must copy on write instead. The caller holds the chunk's lock and
+    /// starts the write only after this returned true.
+    /// </summary>
+    public bool TryCommitInPlace(ChunkMap current, MetaRecord record, Task data)
+    {
+        var state = _pool.Meta;
+        var p = new Pending([record], Acknowledged, data, applied: true) { InPlace = true };
+        lock (state.Sync)
+        {
+            _pool.ThrowIfNotLoggable();
+            if (_taking || _capturing || current.WritebackOrdinal <= _flushHorizon || current.Moving != null)
+                return false;
+            uint image = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(record.Payload);
+            long chunk = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(record.Payload.AsSpan(4));
+            if (!state.Images.TryGetValue(image, out var img) || !img.Chunks.TryGetValue(chunk, out var now) || !ReferenceEquals(now, current))
+                return false;
+            QueueLocked(p);
+            Volatile.Write(ref _writebackEnqueued, p.Ordinal);
+            _lastInPlace = p.Ordinal;
+            _inPlaceInFlight++;
+            ApplyWritebackLocked(record, p.Ordinal);
+        }
+        Interlocked.Increment(ref _inPlaceWrites);
+        ArmWritebackFlush();
+        return true;
+    }
+
+    /// <summary>An in-place data write claimed by <see cref="TryCommitInPlace"/> finished (or failed: its round then fails).</summary>
+    public void EndInPlace()
+    {
+        lock (_pool.Meta.Sync)
+        {
+            if (--_inPlaceInFlight == 0 && _inPlaceDrained != null)
+            {
+                _inPlaceDrained.TrySetResult();
+                _inPlaceDrained = null;
+            }
+        }
     }
 
     /// <summary>What writeback commits wait on: nothing (they are acknowledged when enqueued).</summary>
@@ -320,18 +406,41 @@ internal sealed partial class PoolLog
     /// </summary>
     private long TakeQueued(ChannelReader<Pending> reader, List<Pending> batch, List<MetaRecord> records, List<Pending> checkpoints, long bytes)
     {
-        while (bytes < _walLength / 4 && reader.TryRead(out var p))
+        var state = _pool.Meta;
+        long lastInPlace;
+        // No in-place claim while taking: a claim's two records must not straddle the end of a round that flushes.
+        lock (state.Sync)
         {
-            _takenOrdinal = p.Ordinal;
-            if (p.Records == null)
+            _taking = true;
+            lastInPlace = _lastInPlace;
+        }
+        bool flushes = batch.Exists(p => !p.Applied);
+        try
+        {
+            while ((bytes < _walLength / 4 || (flushes && _takenOrdinal < lastInPlace)) && reader.TryRead(out var p))
             {
-                checkpoints.Add(p);
-                continue;
+                _takenOrdinal = p.Ordinal;
+                if (p.Records == null)
+                {
+                    checkpoints.Add(p);
+                    continue;
+                }
+                flushes |= !p.Applied;
+                batch.Add(p);
+                records.AddRange(p.Records);
+                foreach (var r in p.Records)
+                    bytes += WalFormat.EncodedLength(r.Payload.Length);
             }
-            batch.Add(p);
-            records.AddRange(p.Records);
-            foreach (var r in p.Records)
-                bytes += WalFormat.EncodedLength(r.Payload.Length);
+        }
+        finally
+        {
+            lock (state.Sync)
+            {
+                // This round's flush covers everything taken so far: those mappings are no longer overwritten in place.
+                if (flushes && _takenOrdinal > _flushHorizon)
+                    _flushHorizon = _takenOrdinal;
+                _taking = false;
+            }
         }
         return bytes;
     }

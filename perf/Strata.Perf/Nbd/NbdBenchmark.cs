@@ -168,6 +168,7 @@ public static class NbdBenchmark
             await HostIdle.WaitAsync(o.WaitIdle);
         var h0 = HostCpuSample.Now();
         var c0 = server.CpuTime();
+        long inPlace0 = (server as StrataNbd)?.InPlaceWrites ?? 0;
         // fio runs as a child process; awaiting it off this thread leaves the in-process server its threads.
         var f = await Task.Run(() => Fio.RunJob(JobArgs(o, row, server.Uri), o.Runtime + TimeSpan.FromSeconds(120), _fioPrefix));
         double serverCpu = 100.0 * (server.CpuTime() - c0).TotalSeconds / (o.Runtime.TotalSeconds + 1);
@@ -177,7 +178,8 @@ public static class NbdBenchmark
         {
             OtherCpuPercent = Math.Max(0, HostCpuSample.BusyPercent(h0, HostCpuSample.Now()) - serverCpu - fioCpu),
         };
-        Console.WriteLine($" {Throughput(row, r)}, p50 {TablePrinter.Latency(r.P50Ns)}, p99 {TablePrinter.Latency(r.P99Ns)}, server cpu {serverCpu:F0}% ({CpuMicrosPerIo(serverCpu, r.Iops):F1} us/io), fio cpu {fioCpu:F0}%, others {r.OtherCpuPercent:F0}%");
+        Console.WriteLine($" {Throughput(row, r)}, p50 {TablePrinter.Latency(r.P50Ns)}, p99 {TablePrinter.Latency(r.P99Ns)}, server cpu {serverCpu:F0}% ({CpuMicrosPerIo(serverCpu, r.Iops):F1} us/io), fio cpu {fioCpu:F0}%, others {r.OtherCpuPercent:F0}%"
+            + (server is StrataNbd s && s.InPlaceWrites > inPlace0 ? $", writes in place {s.InPlaceWrites - inPlace0}" : ""));
         return r;
     }
 

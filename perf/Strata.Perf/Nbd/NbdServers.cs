@@ -37,9 +37,12 @@ internal sealed class StrataNbd : INbdServerUnderTest
     private readonly NbdServer _writethrough;
     private readonly string _dir;
 
-    private StrataNbd(BenchDevices devices, StorageEngine engine, StrataMetrics metrics, PrometheusExporter exporter, NbdServer server, NbdServer writethrough,
+    private readonly Pool _pool;
+
+    private StrataNbd(BenchDevices devices, StorageEngine engine, Pool pool, StrataMetrics metrics, PrometheusExporter exporter, NbdServer server, NbdServer writethrough,
         string dir, string description)
     {
+        _pool = pool;
         _writethrough = writethrough;
         _devices = devices;
         _engine = engine;
@@ -57,6 +60,9 @@ internal sealed class StrataNbd : INbdServerUnderTest
     public string Uri => _server.Listeners[0].UriFor("bench/c/img");
 
     public TimeSpan CpuTime() => Process.GetCurrentProcess().TotalProcessorTime;
+
+    /// <summary>Writeback writes the pool wrote in place so far (docs/format.md, "Overwriting a writeback extent in place").</summary>
+    public long InPlaceWrites => _pool.Log.InPlaceWrites;
 
     public static async Task<StrataNbd> StartAsync(NbdBenchOptions o, int chunkSize, bool buffered, BenchTls? tls = null)
     {
@@ -88,7 +94,7 @@ internal sealed class StrataNbd : INbdServerUnderTest
             var writethrough = NbdServer.Start([Listener("strata-wt.sock")], catalog, new NbdServerOptions { WriteCache = false });
             string desc = $"in-process NbdServer ({(tls == null ? "unix socket" : "loopback TCP, tls: require with client certificates")}), StorageEngine on {o.Targets} file target(s) file:...?direct={(buffered ? 0 : 1)}&qd=128, {o.Pollers} queue pair(s) per target on one polling thread, "
                 + $"image {FormatSize(o.ImageSize)} with {Chunk(chunkSize)} chunks in a {FormatSize(o.PoolSize)} pool ({o.Headroom}% headroom), rf 1, CRC32C verified on every read, writes without FUA writeback (durable at FLUSH)";
-            return new StrataNbd(devices, engine, metrics, exporter, server, writethrough, dir, desc);
+            return new StrataNbd(devices, engine, pool, metrics, exporter, server, writethrough, dir, desc);
         }
         catch
         {

@@ -1,0 +1,178 @@
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+
+namespace Strata.Store.Tests;
+
+/// <summary>
+/// Writeback writes into extents no flush covers yet are written in place (docs/format.md,
+/// "Overwriting a writeback extent in place"): only the touched blocks and the table at layout 3;
+/// a crash at any point leaves one whole earlier contents of the chunk; a failed in-place write
+/// makes the pool read-only, so no flush can claim the torn extent's earlier write durable.
+/// </summary>
+[TestClass]
+public sealed class InPlaceWriteTests
+{
+    private const int KiB = 1024, Block = 4096, T = ChunkChecksum.TableSize;
+    private static readonly StorageEngineOptions NoTimer = new() { WritebackFlushInterval = Timeout.InfiniteTimeSpan };
+
+    private static async Task<(Pool Pool, Image Image)> CreateAsync(Engine.Device.IBlockDevice dev, int chunkSize, long imageSize)
+    {
+        var engine = await StorageEngine.FormatAsync([dev], NoTimer);
+        var pool = await engine.CreatePoolAsync("tank", 3L * 1024 * 1024, 1, TestDevices.Layout3Pool);
+        await pool.CreateContainerAsync("c");
+        var image = await pool.CreateImageAsync("c", "v", imageSize, chunkSize);
+        return (pool, image);
+    }
+
+    private static long ExtentOf(Pool pool, Image image, long chunk) => TestHelpers.ReplicaLocations(pool, image, chunk)[0].Offset;
+
+    [TestMethod]
+    public async Task WritebackOverwrite_NotYetFlushed_WritesOnlyTheTouchedBlocksAndTheTableInPlace()
+    {
+        const int cs = 128 * KiB;
+        var dev = new CountingDevice("count0", 8L * 1024 * 1024);
+        var (pool, image) = await CreateAsync(dev, cs, 2 * cs);
+        var expect = TestDevices.Pattern(cs, 1);
+        await image.WriteAsync(0, expect, durable: false);
+        // Logged by a round of writeback commits only: logged, not flushed, so still not durable.
+        await pool.Log.LoggedAsync();
+        long extent = ExtentOf(pool, image, 0);
+
+        dev.Reset();
+        var block = TestDevices.Pattern(Block, 2);
+        await image.WriteAsync(2 * Block, block, durable: false);
+        block.CopyTo(expect, 2 * Block);
+        Assert.AreEqual(extent, ExtentOf(pool, image, 0), "the write copied the chunk to a fresh extent");
+        Assert.AreEqual(2L * Block, dev.BytesWrittenIn(extent, T + cs), "bytes written to the chunk's extent: its table and the one block");
+        Assert.AreEqual((long)T, dev.BytesRead, "bytes read: the current table, nothing of the chunk's data");
+
+        // Unaligned across blocks 3 and 4: those two are read, verified, merged and written with the table (now cached).
+        dev.Reset();
+        var odd = TestDevices.Pattern(100, 3);
+        await image.WriteAsync(4 * Block - 50, odd, durable: false);
+        odd.CopyTo(expect, 4 * Block - 50);
+        Assert.AreEqual(3L * Block, dev.BytesWrittenIn(extent, T + cs), "the table and the two blocks the write touches");
+        Assert.AreEqual(2L * Block, dev.BytesRead, "the two blocks the write touches");
+        Assert.AreEqual(2L, pool.Log.InPlaceWrites);
+
+        var back = new byte[cs];
+        await image.ReadAsync(0, back);
+        CollectionAssert.AreEqual(expect, back);
+
+        // Once a flush covers the mapping, its extent holds durable data: the next writeback write copies on write.
+        await image.FlushAsync();
+        await image.WriteAsync(0, TestDevices.Pattern(Block, 4), durable: false);
+        Assert.AreNotEqual(extent, ExtentOf(pool, image, 0), "a write overwrote a durable extent in place");
+        Assert.AreEqual(2L, pool.Log.InPlaceWrites);
+    }
+
+    [TestMethod]
+    public async Task DurableOverwrite_OfNotYetFlushedWriteback_CopiesOnWrite()
+    {
+        var dev = new CountingDevice("count0", 8L * 1024 * 1024);
+        var (pool, image) = await CreateAsync(dev, 16 * KiB, 64 * KiB);
+        await image.WriteAsync(0, TestDevices.Pattern(16 * KiB, 1), durable: false);
+        await pool.Log.LoggedAsync();
+        long extent = ExtentOf(pool, image, 0);
+        var data = TestDevices.Pattern(Block, 2);
+        await image.WriteAsync(Block, data);
+        Assert.AreNotEqual(extent, ExtentOf(pool, image, 0), "a durable write must get a fresh extent: its record is trusted once acknowledged");
+        Assert.AreEqual(0L, pool.Log.InPlaceWrites);
+        var back = new byte[Block];
+        await image.ReadAsync(Block, back);
+        CollectionAssert.AreEqual(data, back);
+    }
+
+    /// <summary>
+    /// A durable chunk, then three writeback writes to it (a whole-chunk copy on write, then an aligned
+    /// and an unaligned write in place), each logged: every subset of the writes pending since the last
+    /// flush survives in turn, and each pending write torn with all the others kept. The chunk must hold
+    /// one whole contents it had (never a mix, never a checksum error); a flush before the crash keeps the last.
+    /// </summary>
+    [TestMethod]
+    public async Task InPlaceOverwrites_AnySubsetOfUnflushedWritesSurvives_ChunkHoldsOneWholeEarlierContents()
+    {
+        const int cs = 16 * KiB;
+        var power = new CrashSwitch();
+        var disk = new CrashDisk("crash0", 8L * 1024 * 1024, power);
+        var (pool, image) = await CreateAsync(disk, cs, 2 * cs);
+        var contents = new List<byte[]> { TestDevices.Pattern(cs, 10) };
+        await image.WriteAsync(0, contents[0]);
+        Assert.AreEqual(0, disk.PendingWrites);
+
+        var next = TestDevices.Pattern(cs, 11);
+        await image.WriteAsync(0, next, durable: false);
+        await pool.Log.LoggedAsync();
+        contents.Add((byte[])next.Clone());
+        var aligned = TestDevices.Pattern(Block, 12);
+        await image.WriteAsync(2 * Block, aligned, durable: false);
+        await pool.Log.LoggedAsync();
+        aligned.CopyTo(next, 2 * Block);
+        contents.Add((byte[])next.Clone());
+        var odd = TestDevices.Pattern(100, 13);
+        await image.WriteAsync(Block - 60, odd, durable: false);
+        await pool.Log.LoggedAsync();
+        odd.CopyTo(next, Block - 60);
+        contents.Add((byte[])next.Clone());
+        Assert.AreEqual(2L, pool.Log.InPlaceWrites);
+
+        int n = disk.PendingWrites;
+        Assert.IsTrue(n is >= 6 and <= 12, $"{n} pending writes");
+        var seen = new HashSet<int>();
+        for (int mask = 0; mask < 1 << n; mask++)
+            seen.Add(await ReopenAsync(disk, contents, (i, _, _) => (mask >> i & 1) != 0 ? PendingFate.Kept : PendingFate.Lost, $"kept mask {mask:x}"));
+        for (int torn = 0; torn < n; torn++)
+            seen.Add(await ReopenAsync(disk, contents, (i, _, _) => i == torn ? PendingFate.Torn : PendingFate.Kept, $"write {torn} torn"));
+        // Losing everything brings back the durable contents, keeping everything the last.
+        CollectionAssert.IsSubsetOf(new[] { 0, 3 }, seen.ToArray());
+
+        await image.FlushAsync();
+        Assert.AreEqual(0, disk.PendingWrites);
+        Assert.AreEqual(3, await ReopenAsync(disk, contents, (_, _, _) => PendingFate.Lost, "after a flush"));
+    }
+
+    /// <summary>Reopens the disk as a crash with <paramref name="fate"/> leaves it; returns which contents chunk 0 holds.</summary>
+    private static async Task<int> ReopenAsync(CrashDisk disk, List<byte[]> contents, Func<int, long, long, PendingFate> fate, string what)
+    {
+        var after = disk.AfterCrash(new CrashSwitch(), fate, new Random(7));
+        var ras = new InMemoryRasSink();
+        var engine = await StorageEngine.OpenAsync([after], NoTimer with { Ras = ras });
+        try
+        {
+            var pool = await engine.OpenPoolAsync("tank");
+            var back = new byte[contents[0].Length];
+            await pool.OpenImage("c", "v").ReadAsync(0, back);
+            Assert.IsFalse(ras.Events.Any(e => e.Id is RasIds.DataChecksumMismatch or RasIds.DataUnrecoverable), $"{what}: {string.Join("; ", ras.Events.Select(e => e.Message))}");
+            int which = contents.FindIndex(c => c.AsSpan().SequenceEqual(back));
+            Assert.IsTrue(which >= 0, $"{what}: the chunk holds bytes it never held as a whole");
+            return which;
+        }
+        finally
+        {
+            await engine.DisposeAsync();
+        }
+    }
+
+    [TestMethod]
+    public async Task InPlaceWrite_DeviceFails_WriteFailsAndPoolTurnsReadOnly()
+    {
+        const int cs = 16 * KiB;
+        var power = new CrashSwitch();
+        var disk = new CrashDisk("crash0", 8L * 1024 * 1024, power);
+        var (pool, image) = await CreateAsync(disk, cs, 2 * cs);
+        var first = TestDevices.Pattern(cs, 20);
+        await image.WriteAsync(0, first, durable: false);
+        await pool.Log.LoggedAsync();
+
+        // The next device command is the in-place write of the whole chunk (table and data, one write).
+        power.Reset(0, faultAt: 1);
+        var e = await Assert.ThrowsExactlyAsync<StoreException>(() => image.WriteAsync(0, TestDevices.Pattern(cs, 21), durable: false));
+        StringAssert.Contains(e.Message, "write to pool 'tank' image 'v' at offset 0 failed");
+        Assert.IsTrue(power.Faulted);
+        Assert.AreEqual(1L, pool.Log.InPlaceWrites, "the write went to a fresh extent");
+        Assert.AreEqual(PoolStatus.ReadOnly, pool.State);
+        StringAssert.Contains(pool.ReadOnlyReason, "an in-place write of a writeback extent failed");
+        // The first write's extent may be torn: no flush may now say it is durable.
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => image.FlushAsync());
+    }
+}
