@@ -226,7 +226,10 @@ public sealed class TargetsCliTests
         var q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank");
         Assert.AreEqual(1, q.Rf);
         Assert.AreEqual("replicate", q.Job?.Kind);
-        StringAssert.Contains(await cli.OkAsync("pool", "query", "tank"), "Job: replicate running");
+        CollectionAssert.AreEqual(new[] { "replication" }, q.Running!.ToArray(), "GET /v1/pools/P shows the running operation");
+        string text = await cli.OkAsync("pool", "query", "tank");
+        StringAssert.Contains(text, "Running: replication");
+        StringAssert.Contains(text, "Job: replicate running");
         StringAssert.Contains(await cli.FailsAsync(6, "pool", "upgrade", "tank"), "has replication in progress");
         StringAssert.Contains(await cli.FailsAsync(6, "pool", "set-prop", "tank", "rf", "1"), "is running replicate");
 

@@ -218,4 +218,39 @@ public sealed class ExcludeTests
         foreach (var d in devs)
             d.Dispose();
     }
+
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task Exclude_DuringAnUpgrade_RebuildRefusedNamingItUpgradeMovesNothingOntoTheTarget()
+    {
+        const int chunks = 150;
+        var devs = TestDevices.Memory(3);
+        var ras = new WaitableRasSink();
+        var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Ras = ras, Catalog = PlacementV2Tests.UpTo4() });
+        var pool = await engine.CreatePoolAsync("tank", 3 * (4L << 20), 2, TestDevices.SmallPool with { LayoutVersion = 3 });
+        await pool.CreateContainerAsync("c");
+        var image = await pool.CreateImageAsync("c", "v", chunks * Cs, Cs);
+        var model = TestDevices.Pattern(chunks * Cs, 12);
+        await image.WriteAsync(0, model);
+
+        // The upgrade's placement move waits for its first chunk's credit.
+        await pool.SetPropertyAsync("migrate_rate", "1");
+        await pool.UpgradeAsync(4, dryRun: false);
+        CollectionAssert.Contains(pool.Query().Running.ToList(), "upgrade");
+        var r = (await engine.ExcludeTargetAsync(1)).Single();
+        Assert.IsFalse(r.RebuildStarted);
+        StringAssert.Contains(r.RebuildRefused, "pool 'tank' is upgrading (3 -> 4");
+        StringAssert.Contains(r.RebuildRefused, "rebuild cannot start until the upgrade completes");
+
+        await pool.SetPropertyAsync("migrate_rate", "0");
+        await pool.WaitForUpgradeAsync(TestContext.CancellationToken);
+        Assert.AreEqual(4u, pool.LayoutVersion);
+        // The upgrade's move places every chunk on the targets left, which is what the rebuild would have done.
+        Assert.AreEqual(0, OnTarget(pool, 1), "the upgrade put no replica on the excluded target and moved the ones there away");
+        Assert.AreEqual("ok", pool.Query().Redundancy!.Health);
+        Assert.AreEqual(0, MigrationKit.Misplaced(pool, pool.Placement));
+        CollectionAssert.AreEqual(model, await ReadAllAsync(image, model.Length));
+        Assert.IsFalse(ras.WithId(RasIds.MigrationChunkLeft).Any());
+        await engine.DisposeAsync();
+    }
 }

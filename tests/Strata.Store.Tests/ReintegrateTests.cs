@@ -98,6 +98,7 @@ public sealed class ReintegrateTests
         var q = pool.Query();
         Assert.AreEqual("reintegrating", q.Redundancy!.Health);
         Assert.AreEqual(Pool.ReintegrateJob, q.Job!.Kind);
+        CollectionAssert.AreEqual(new[] { "reintegration" }, q.Running.ToArray());
         Assert.AreEqual(5, q.Redundancy.ChunksAtOneCopy, "the chunks whose replica did not verify are at one copy until the job copies them");
         foreach (var (chunk, _) in damaged)
             lock (pool.Meta.Sync)

@@ -116,4 +116,23 @@ public sealed class RfChangeTests
         Assert.IsNull(pool.RunningJob);
         await engine.DisposeAsync();
     }
+
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task RfChange_DuringAnUpgrade_RefusedNamingItQueryShowsTheUpgrade()
+    {
+        var (engine, pool, _) = await PoolAsync(1, layout: 3);
+        var image = await pool.CreateImageAsync("c", "v", 60 * Cs, Cs);
+        await image.WriteAsync(0, TestDevices.Pattern(60 * Cs, 4));
+        await pool.SetPropertyAsync("migrate_rate", "1");
+        await pool.UpgradeAsync(4, dryRun: false);
+
+        CollectionAssert.AreEqual(new[] { "upgrade" }, pool.Query().Running.ToArray());
+        var e = await Assert.ThrowsExactlyAsync<PoolBusyException>(() => pool.SetPropertyAsync("rf", "2"));
+        StringAssert.Contains(e.Message, "pool 'tank' is upgrading (3 -> 4");
+        StringAssert.Contains(e.Message, "replication cannot start until the upgrade completes");
+        Assert.AreEqual("1", pool.GetProperty("rf"));
+        Assert.IsFalse(pool.GetProperties().ContainsKey(Pool.RfNextProp), "nothing was recorded");
+        await engine.DisposeAsync();
+    }
 }

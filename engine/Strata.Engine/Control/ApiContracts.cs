@@ -113,7 +113,7 @@ public sealed record TargetSpaceDto(int Target, string Device, long TotalBytes, 
 public sealed record PoolQueryDto(string Label, Guid Id, uint LayoutVersion, uint SupportedLayoutVersion, string? UpgradeNeeded,
     string Status, string? ReadOnlyReason, int Rf, int Containers, int Images, long TotalBytes, long UsedBytes, long FreeBytes,
     IReadOnlyList<TargetSpaceDto> Targets, string? Warning, UpgradeStatus? Upgrade = null, string? State = null, PoolJobDto? Job = null,
-    PoolRedundancyDto? Redundancy = null);
+    PoolRedundancyDto? Redundancy = null, IReadOnlyList<string>? Running = null);
 
 /// <summary>A pool's redundancy: Health ok, degraded or rebuilding; chunks and bytes at one copy; lost chunks (every copy on excluded targets) and their images.</summary>
 public sealed record PoolRedundancyDto(IReadOnlyList<int> ExcludedTargets, string Health, long ChunksAtOneCopy, long BytesAtOneCopy,

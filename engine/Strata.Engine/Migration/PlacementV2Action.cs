@@ -10,10 +10,11 @@ namespace Strata.Engine.Migration;
 /// reaches it, client writes place new replicas with placement v2 (Pool.Placement: a data-movement
 /// feature's layout placement applies from then on), and the
 /// layout switch to 4 makes it the pool's placement. The free-space precondition is each
-/// target's net growth plus room for the copies in flight (MigrationAction.Estimate).
+/// target's net growth plus room for the copies in flight (MigrationAction.Estimate). Targets
+/// excluded before or during the job get nothing, and chunks with no copy left stay (SurvivorMove).
 /// </summary>
 internal static class PlacementV2Action
 {
     public static readonly IUpgradeAction Instance =
-        new MigrationAction(pool => new PlacementMove(PlacementV2.Instance, pool.TargetCount));
+        new MigrationAction(pool => new SurvivorMove(pool, new PlacementMove(new Pools.CurrentlyExcluding(pool, PlacementV2.Instance), pool.TargetCount)));
 }

@@ -203,3 +203,18 @@ internal sealed class ExcludingPlacement(IPlacement inner, int[] excluded) : IPl
             replicas[n] = wide[n % wide.Length];
     }
 }
+
+/// <summary>
+/// A placement that leaves out the targets the pool has excluded at the moment of each call (an
+/// upgrade's move, during which a target may be excluded): never a new replica on an excluded target.
+/// </summary>
+internal sealed class CurrentlyExcluding(Pool pool, IPlacement inner) : IPlacement
+{
+    public int Version => inner.Version;
+
+    private IPlacement Current => pool.ExcludedTargets is int[] { Length: > 0 } e ? new ExcludingPlacement(inner, e) : inner;
+
+    public int Target(uint image, long chunk, int replica, int targets) => Current.Target(image, chunk, replica, targets);
+
+    public void Targets(uint image, long chunk, int targets, Span<int> replicas) => Current.Targets(image, chunk, targets, replicas);
+}

@@ -87,6 +87,25 @@ public sealed partial class Pool
         StartJob(kind, op, cursor);
     }
 
+    /// <summary>
+    /// Every operation running on the pool now, by name (`pool query`, GET /v1/pools/P): the
+    /// registered ones (extension, rebuild, reintegration, replication, migration) and an upgrade.
+    /// </summary>
+    public IReadOnlyList<string> RunningOperations
+    {
+        get
+        {
+            var list = new List<string>();
+            lock (_operations)
+            {
+                list.AddRange(_operations.Keys.Order(StringComparer.Ordinal));
+                if (_upgradeTask is { IsCompleted: false })
+                    list.Add("upgrade");
+            }
+            return list;
+        }
+    }
+
     private static string OperationOf(string kind) => kind switch
     {
         ExtendJob => "extension",

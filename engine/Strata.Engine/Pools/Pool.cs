@@ -18,6 +18,9 @@ public sealed record PoolQueryResult(string Label, Guid Id, uint LayoutVersion, 
     /// <summary>Excluded targets and what they leave of the data (health ok, degraded or rebuilding).</summary>
     public PoolDegradation? Redundancy { get; init; }
 
+    /// <summary>Every operation running now (extension, rebuild, reintegration, replication, migration, upgrade).</summary>
+    public IReadOnlyList<string> Running { get; init; } = [];
+
     /// <summary>Data bytes over every target (pool list and pool query show the same sums).</summary>
     public long TotalBytes => Targets.Sum(t => t.TotalBytes);
 
@@ -244,6 +247,7 @@ public sealed partial class Pool : IAsyncDisposable
             {
                 Job = JobStatus,
                 Redundancy = Degradation(),
+                Running = RunningOperations,
             };
         }
     }

@@ -338,7 +338,7 @@ internal sealed class ChunkIo(Pool pool)
     /// <summary>Whether a new copy of the chunk would take <paramref name="old"/>'s form: table or not, the same replica targets.</summary>
     private bool SameForm(ImageMeta meta, long index, ChunkMap old, bool blocks)
     {
-        int rf = Math.Min(pool.Rf, pool.LiveTargets);
+        int rf = Math.Min(pool.WriteRf, pool.LiveTargets);
         if (old.Blocks != blocks || old.Replicas.Length != rf)
             return false;
         var placement = pool.Placement;

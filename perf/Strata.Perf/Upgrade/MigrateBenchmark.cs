@@ -30,12 +30,17 @@ public static class MigrateBenchmark
                              migration, for each --rates value (migrate_rate; default 0,256M,64M,16M;
                              0 = unthrottled, the pool's default)
           --seconds SEC      --latency: how long the writers run before each upgrade (default 3)
+          --rebuild          instead: the rebuild after `storage exclude-target` on three files (rf 2,
+                             migrate_rate 0) vs fio on the two left, and the client's 4 KiB random
+                             write QD 8 p99 before and during it (--size default 1G, --data 256M)
         """;
 
     public static async Task<int> RunAsync(CommandLine cl)
     {
         if (cl.Has("latency"))
             return await LatencyCurveAsync(cl);
+        if (cl.Has("rebuild"))
+            return await RebuildAsync(cl);
         string dir = cl.String("dir") ?? "/var/tmp/strata-perf";
         long size = CommandLine.ParseBytes(cl.String("size") ?? "2G", "--size");
         long data = CommandLine.ParseBytes(cl.String("data") ?? "1G", "--data");
@@ -161,6 +166,110 @@ public static class MigrateBenchmark
         {
             foreach (var d in devs)
                 await d.DisposeAsync();
+        }
+    }
+
+    /// <summary>
+    /// The rebuild (issue 14): a pool at rf 2 on three target files, filled; 8 writers of 4 KiB at
+    /// random offsets run for --seconds, then target 2 is excluded and the rebuild copies its replicas
+    /// onto the two others (migrate_rate 0, the default). Its bytes moved per second against fio's
+    /// copy limit on the two files left, and the writers' p99 before and during it.
+    /// </summary>
+    private static async Task<int> RebuildAsync(CommandLine cl)
+    {
+        string dir = cl.String("dir") ?? "/var/tmp/strata-perf";
+        long size = CommandLine.ParseBytes(cl.String("size") ?? "1G", "--size");
+        long data = CommandLine.ParseBytes(cl.String("data") ?? "256M", "--data");
+        int runtime = cl.Int("runtime", 10);
+        int seconds = cl.Int("seconds", 3);
+        int inFlight = new Strata.Engine.Migration.MigrationOptions().InFlightPerTarget;
+        var idle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero;
+        cl.ThrowIfUnused();
+        Fio.RequireInstalled();
+        Directory.CreateDirectory(dir);
+        var paths = Enumerable.Range(0, 3).Select(i => Path.Combine(dir, $"rebuild-target-{i}.dat")).ToArray();
+        string sz = size.ToString(CultureInfo.InvariantCulture);
+        try
+        {
+            foreach (var p in paths)
+            {
+                File.Delete(p);
+                Fio.RunJob(["--name=precondition", "--filename=" + p, "--size=" + sz, "--rw=write", "--bs=1M", "--iodepth=16",
+                    "--ioengine=io_uring", "--direct=1", "--end_fsync=1"], TimeSpan.FromMinutes(30));
+            }
+            if (idle > TimeSpan.Zero)
+                await HostIdle.WaitAsync(idle);
+            var cpu0 = HostCpuSample.Now();
+            double jobSeconds, p99Before, p99During;
+            long moved;
+            int writesDuring;
+            var devs = paths.Select(p => NativeBlockDevice.Open($"file:{p}?create=1&size={sz}&direct=1&qd=128", new DeviceOptions { Pollers = 1 })).ToArray();
+            try
+            {
+                var engine = await StorageEngine.FormatAsync(devs);
+                var pool = await engine.CreatePoolAsync("bench", (size - (256L << 20)) * 3, 2, new PoolCreateOptions());
+                await pool.CreateContainerAsync("c");
+                var image = await pool.CreateImageAsync("c", "v", data, 1 << 20);
+                await ImageFill.FillAsync(image);
+                var marks = new System.Collections.Concurrent.ConcurrentQueue<(long At, double Ms)>();
+                using var stop = new CancellationTokenSource();
+                var payload = new byte[4096];
+                Random.Shared.NextBytes(payload);
+                long blocks = data / 4096;
+                var writers = Enumerable.Range(0, 8).Select(w => Task.Run(async () =>
+                {
+                    var rng = new Random(w);
+                    while (!stop.IsCancellationRequested)
+                    {
+                        long t0 = Stopwatch.GetTimestamp();
+                        await image.WriteAsync(rng.NextInt64(blocks) * 4096, payload);
+                        marks.Enqueue((t0, Stopwatch.GetElapsedTime(t0).TotalMilliseconds));
+                    }
+                })).ToArray();
+                await Task.Delay(TimeSpan.FromSeconds(seconds));
+                long start = Stopwatch.GetTimestamp();
+                await engine.ExcludeTargetAsync(2);
+                await pool.WaitForJobAsync();
+                long end = Stopwatch.GetTimestamp();
+                await stop.CancelAsync();
+                await Task.WhenAll(writers);
+                var job = pool.JobStatus ?? throw new InvalidOperationException("no rebuild ran");
+                if (job.State != "completed")
+                    throw new InvalidOperationException($"rebuild ended {job.State}: {job.Reason}");
+                static double P99(double[] v) => v.Length == 0 ? 0 : v.Order().ElementAt((int)(v.Length * 0.99));
+                var during = marks.Where(m => m.At >= start && m.At <= end).Select(m => m.Ms).ToArray();
+                p99Before = P99([.. marks.Where(m => m.At < start).Select(m => m.Ms)]);
+                p99During = P99(during);
+                writesDuring = during.Length;
+                jobSeconds = Stopwatch.GetElapsedTime(start, end).TotalSeconds;
+                moved = job.BytesDone;
+                await engine.DisposeAsync();
+            }
+            finally
+            {
+                foreach (var d in devs)
+                    await d.DisposeAsync();
+            }
+            double others = HostCpuSample.BusyPercent(cpu0, HostCpuSample.Now());
+            if (idle > TimeSpan.Zero)
+                await HostIdle.WaitAsync(idle);
+            var (read, write, cmd) = FioCopyLimit(paths[..2], size, runtime, inFlight);
+            double strata = moved / jobSeconds, limit = Math.Min(read, write);
+            var table = new TablePrinter("engine", "MB/s", "ratio", "detail");
+            table.Add("strata rebuild", Mb(strata), (strata / limit).ToString("0.00x", CultureInfo.InvariantCulture),
+                string.Create(CultureInfo.InvariantCulture, $"{moved >> 20} MiB moved in {jobSeconds:0.00} s with 8 writers (machine busy {others:0}%)"));
+            table.Add("fio", Mb(limit), "1.00x", $"read {Mb(read)} MB/s + write {Mb(write)} MB/s at once, two files");
+            Console.WriteLine($"strata: StorageEngine on file:...?direct=1 targets (3); pool rf 2, 1 MiB chunks, {data >> 20} MiB; exclude-target 2, rebuild with migrate_rate 0");
+            Console.WriteLine(table);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"client 4 KiB random write QD 8 p99: before {p99Before:0.00} ms, during the rebuild {p99During:0.00} ms ({p99During / p99Before:0.00}x, {writesDuring} writes during)"));
+            Console.WriteLine(cmd);
+            return 0;
+        }
+        finally
+        {
+            foreach (var p in paths)
+                File.Delete(p);
         }
     }
 

@@ -78,6 +78,8 @@ public static class PoolCommands
                 o.WriteLine(q.Warning);
             if (q.Upgrade is { JobId: not null } u)
                 o.WriteLine($"Upgrade: {PoolUpgradeCommand.Describe(u)}");
+            if (q.Running is { Count: > 0 } running)
+                o.WriteLine($"Running: {string.Join(", ", running)}");
             if (q.Job is { } j)
                 o.WriteLine($"Job: {PoolExtendCommand.DescribeJob(j)}");
             if (q.Redundancy is { } r && (r.ExcludedTargets.Count > 0 || r.Health != "ok"))
