@@ -23,6 +23,7 @@ public static class Examples
         ["storage query"] = "strata storage query",
         ["storage add-target"] = "strata storage add-target 'file:/var/lib/strata/target2.img?create=1&size=4G'",
         ["storage exclude-target"] = "strata storage exclude-target 1",
+        ["storage reintegrate-target"] = "strata storage reintegrate-target 1",
         ["pool create"] = "strata pool create tank --size 10G --rf 2",
         ["pool list"] = "strata pool list",
         ["pool query"] = "strata pool query tank",

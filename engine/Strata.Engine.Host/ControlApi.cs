@@ -45,6 +45,7 @@ internal static class ControlApi
         v1.MapGet("/storage", () => Ok(svc.Storage()));
         v1.MapPost("/storage/targets", async (HttpContext ctx, CancellationToken _) => Ok(await svc.AddTargetAsync(await Body<AddTargetRequest>(ctx))));
         v1.MapPost("/storage/targets/{index:int}/exclude", async (HttpContext ctx, int index) => Ok(await svc.ExcludeTargetAsync(index, await Body<ExcludeTargetRequest>(ctx))));
+        v1.MapPost("/storage/targets/{index:int}/reintegrate", async (int index) => Ok(await svc.ReintegrateTargetAsync(index)));
 
         v1.MapGet("/pools", async () => Ok(await svc.ListPoolsAsync()));
         v1.MapPost("/pools", async (HttpContext ctx, CancellationToken _) => Created(await svc.CreatePoolAsync(await Body<PoolCreateRequest>(ctx))));

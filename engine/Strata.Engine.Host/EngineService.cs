@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 using Strata.Engine.Control;
 using Strata.Engine.Device;
@@ -126,6 +127,7 @@ public sealed class EngineService : IAsyncDisposable
     /// <summary>Opens (or, for target files this call created, formats) the targets and opens every pool.</summary>
     private static async Task<(List<IBlockDevice>, PollerGroup?, StorageEngine)> OpenStorageAsync(ResolvedConfig cfg, RasLog ras, TargetHealthSink health, ILogger logger)
     {
+        long started = Stopwatch.GetTimestamp();
         var devices = new List<IBlockDevice>();
         // File targets share one polling thread: a busy poller per target would keep as many
         // cores spinning (on 2 cores, two targets halved 4 KiB write throughput; PollerGroup).
@@ -162,6 +164,7 @@ public sealed class EngineService : IAsyncDisposable
                 UpgradeHoldAtStep = EngineRelease.UpgradeHoldAtStep,
                 ExcludeAfterErrors = StorageEngineOptions.DefaultExcludeAfterErrors,
             };
+            long targetsOpen = Stopwatch.GetTimestamp();
             StorageEngine engine;
             if (allNew)
             {
@@ -175,11 +178,14 @@ public sealed class EngineService : IAsyncDisposable
                 engine = await StorageEngine.OpenAsync(devices, options).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
             }
             health.Attach(engine.Targets);
+            long engineOpen = Stopwatch.GetTimestamp();
             foreach (var p in engine.ListPools())
             {
                 try
                 {
-                    await engine.OpenPoolAsync(p.Label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+                    var pool = await engine.OpenPoolAsync(p.Label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+                    if (pool.OpenTimings is { } t)
+                        Log.PoolOpened(logger, pool.Label, t.TotalMs, t.HeadersMs, t.CheckpointReadMs, t.LogMs, t.LogBytesRead, t.Records, t.StateMs, t.CheckpointWriteMs);
                 }
                 catch (StoreException e)
                 {
@@ -195,6 +201,7 @@ public sealed class EngineService : IAsyncDisposable
                         $"pool '{p.Label}' could not be opened: {e.Message}", Pool: p.Label, Device: (e as Interop.DeviceException)?.Device));
                 }
             }
+            long poolsOpen = Stopwatch.GetTimestamp();
             // Migrations pick up where they were (both of their pools are open now).
             try
             {
@@ -206,6 +213,10 @@ public sealed class EngineService : IAsyncDisposable
                     $"image migrations could not be resumed: {e.Message}; 'strata image migrate status' shows what was picked up"));
             }
             Log.Opened(logger, devices.Count, engine.ListPools().Count);
+            long done = Stopwatch.GetTimestamp();
+            Log.StorageOpened(logger, Stopwatch.GetElapsedTime(started, done).TotalMilliseconds, Stopwatch.GetElapsedTime(started, targetsOpen).TotalMilliseconds,
+                Stopwatch.GetElapsedTime(targetsOpen, engineOpen).TotalMilliseconds, Stopwatch.GetElapsedTime(engineOpen, poolsOpen).TotalMilliseconds,
+                Stopwatch.GetElapsedTime(poolsOpen, done).TotalMilliseconds);
             return (devices, filePollers, engine);
         }
         catch
@@ -438,6 +449,11 @@ public sealed class EngineService : IAsyncDisposable
     public async Task<List<PoolExclusionDto>> ExcludeTargetAsync(int index, ExcludeTargetRequest req) =>
         (await Engine.ExcludeTargetAsync(index, req.Force).ConfigureAwait(ConfigureAwaitOptions.ForceYielding))
             .Select(e => new PoolExclusionDto(e.Pool, e.Target, ToDto(e.Degradation), e.RebuildStarted, e.RebuildRefused)).ToList();
+
+    /// <summary>`storage reintegrate-target N`.</summary>
+    public async Task<List<PoolReintegrationDto>> ReintegrateTargetAsync(int index) =>
+        (await Engine.ReintegrateTargetAsync(index).ConfigureAwait(ConfigureAwaitOptions.ForceYielding))
+            .Select(e => new PoolReintegrationDto(e.Pool, e.Target, e.Replicas, e.Valid, e.Invalid, e.InvalidBytes, e.Recovered, ToDto(e.Degradation), e.JobStarted)).ToList();
 
     // ---- layout versions and upgrades ----
 

@@ -160,6 +160,95 @@ public sealed class TargetsCliTests
         }
     }
 
+    [TestMethod]
+    [Timeout(600_000, CooperativeCancellation = true)]
+    public async Task ReintegrateTarget_ThroughTheDaemon_ValidReplicasKeptChunksMovedBackRefusals()
+    {
+        string dir = Bin.NewTempDir("targets-reint");
+        await using var engine = await EngineProcess.StartAsync(dir);
+        var cli = new StrataCli(engine.Socket);
+        await cli.OkAsync("storage", "add-target", TargetUri(dir, "extra.img"));
+        await cli.OkAsync("pool", "create", "tank", "--size", "96M", "--rf", "2", "--layout", "1");
+        await cli.OkAsync("cont", "create", "tank", "c");
+        await cli.OkAsync("image", "create", "tank", "c", "a", "--size", "4M");
+        await cli.OkAsync("image", "write", "tank", "c", "a", "--offset", "0", "--pattern", "31", "--length", "4194304");
+
+        // The rebuild is held by the throttle; half the image is rewritten while target 0 is out.
+        await cli.OkAsync("pool", "set-prop", "tank", "migrate_rate", "1");
+        await cli.OkAsync("storage", "exclude-target", "0");
+        await cli.OkAsync("image", "write", "tank", "c", "a", "--offset", "0", "--pattern", "32", "--length", "2097152");
+        string hash = await HashAsync(cli);
+        long onZero = (await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank")).Targets[0].UsedBytes;
+        Assert.IsTrue(onZero > 0, "the replicas of the chunks not rewritten are still mapped on target 0");
+
+        var r = (await cli.JsonAsync<List<PoolReintegrationDto>>("storage", "reintegrate-target", "0")).Single();
+        Assert.AreEqual("tank", r.Pool);
+        Assert.IsTrue(r.Valid > 0 && r.Valid == r.Replicas, $"{r.Valid} of {r.Replicas} verified");
+        Assert.AreEqual(0, r.Invalid);
+        Assert.IsTrue(r.JobStarted);
+        var q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank");
+        Assert.AreEqual("reintegrating", q.Redundancy!.Health);
+        Assert.AreEqual(0, q.Redundancy.ExcludedTargets.Count);
+        StringAssert.Contains(await cli.OkAsync("pool", "query", "tank"), "Job: reintegrate running");
+        StringAssert.Contains(await cli.FailsAsync(6, "pool", "upgrade", "tank"), "has reintegration in progress");
+        Assert.AreEqual(hash, await HashAsync(cli), "the kept replicas serve again, nothing stale");
+        StringAssert.Contains(await cli.FailsAsync(2, "storage", "reintegrate-target", "0"), "target 0 is not excluded from any open pool; nothing to reintegrate");
+        StringAssert.Contains(await cli.FailsAsync(5, "storage", "reintegrate-target", "7"), "target 7 does not exist");
+
+        await cli.OkAsync("pool", "set-prop", "tank", "migrate_rate", "0");
+        for (var deadline = DateTime.UtcNow.AddSeconds(120); q.Job?.State == "running" && DateTime.UtcNow < deadline;)
+            q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank");
+        Assert.AreEqual("completed", q.Job?.State, q.Job?.Reason);
+        Assert.AreEqual("ok", q.Redundancy!.Health);
+        Assert.IsTrue(q.Targets[0].UsedBytes > onZero, "chunks moved back onto target 0");
+        Assert.AreEqual(hash, await HashAsync(cli));
+    }
+
+    [TestMethod]
+    [Timeout(600_000, CooperativeCancellation = true)]
+    public async Task RfChange_ThroughTheDaemon_JobGivesEveryChunkTheCopiesRfNeverOverstates()
+    {
+        string dir = Bin.NewTempDir("targets-rf");
+        await using var engine = await EngineProcess.StartAsync(dir);
+        var cli = new StrataCli(engine.Socket);
+        await cli.OkAsync("pool", "create", "tank", "--size", "64M", "--rf", "1", "--layout", "1");
+        await cli.OkAsync("cont", "create", "tank", "c");
+        await cli.OkAsync("image", "create", "tank", "c", "a", "--size", "4M");
+        await cli.OkAsync("image", "write", "tank", "c", "a", "--offset", "0", "--pattern", "41", "--length", "4194304");
+        string hash = await HashAsync(cli);
+        long used = (await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank")).UsedBytes;
+
+        // rf 1 -> 2, held by the throttle: rf says 1 until every chunk has its second copy.
+        await cli.OkAsync("pool", "set-prop", "tank", "migrate_rate", "1");
+        var props = await cli.JsonAsync<List<PropertyDto>>("pool", "set-prop", "tank", "rf", "2");
+        Assert.AreEqual("1", props.Single(p => p.Name == "rf").Value);
+        Assert.AreEqual("2", (await cli.JsonAsync<List<PropertyDto>>("pool", "get-prop", "tank")).Single(p => p.Name == "rf_next").Value);
+        var q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank");
+        Assert.AreEqual(1, q.Rf);
+        Assert.AreEqual("replicate", q.Job?.Kind);
+        StringAssert.Contains(await cli.OkAsync("pool", "query", "tank"), "Job: replicate running");
+        StringAssert.Contains(await cli.FailsAsync(6, "pool", "upgrade", "tank"), "has replication in progress");
+        StringAssert.Contains(await cli.FailsAsync(6, "pool", "set-prop", "tank", "rf", "1"), "is running replicate");
+
+        await cli.OkAsync("pool", "set-prop", "tank", "migrate_rate", "0");
+        for (var deadline = DateTime.UtcNow.AddSeconds(120); q.Job?.State == "running" && DateTime.UtcNow < deadline;)
+            q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank");
+        Assert.AreEqual("completed", q.Job?.State, q.Job?.Reason);
+        Assert.AreEqual(2, q.Rf);
+        Assert.AreEqual(2 * used, q.UsedBytes, "every chunk has two copies");
+        Assert.AreEqual(hash, await HashAsync(cli));
+
+        // rf 2 -> 1: true at once; the job frees the second copies.
+        props = await cli.JsonAsync<List<PropertyDto>>("pool", "set-prop", "tank", "rf", "1");
+        Assert.AreEqual("1", props.Single(p => p.Name == "rf").Value);
+        q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank");
+        for (var deadline = DateTime.UtcNow.AddSeconds(120); q.Job?.State == "running" && DateTime.UtcNow < deadline;)
+            q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "tank");
+        Assert.AreEqual("completed", q.Job?.State, q.Job?.Reason);
+        Assert.AreEqual(used, q.UsedBytes, "the second copies are free");
+        Assert.AreEqual(hash, await HashAsync(cli));
+    }
+
     /// <summary>The first MiB of a (4 GiB sparse) target file: its superblock copies.</summary>
     private static byte[] Head(string path)
     {

@@ -78,13 +78,19 @@ public sealed class NbdMigrationTests
             _written.Add(k);
         }
 
-        public async Task VerifyAllAsync()
+        public Task VerifyAllAsync() => VerifyOnAsync(io, untouchedZero: true);
+
+        /// <summary>
+        /// Reads every acknowledged region back through <paramref name="on"/>; untouchedZero: the next
+        /// region, never written, reads as zeros (not after a kill: its write may have been in flight).
+        /// </summary>
+        public async Task VerifyOnAsync(QemuIo on, bool untouchedZero)
         {
             foreach (int k in _written)
-                await io.OkAsync($"read -P 0x{(k % 250) + 1:x2} {k * 256 * 1024} 128k");
-            // A region never written still reads as zeros.
-            await io.OkAsync($"read -P 0 {_written.Count * 256 * 1024} 128k");
-            await io.OkAsync("read -P 0xee 32M 32M");
+                await on.OkAsync($"read -P 0x{(k % 250) + 1:x2} {k * 256 * 1024} 128k");
+            if (untouchedZero)
+                await on.OkAsync($"read -P 0 {_written.Count * 256 * 1024} 128k");
+            await on.OkAsync("read -P 0xee 32M 32M");
         }
     }
 
@@ -197,5 +203,88 @@ public sealed class NbdMigrationTests
             "-c", "read -P 0 41M 1M", d.UnixUri("w"));
         // The old name is an alias of the destination.
         await Tools.OkAsync("qemu-io", "-f", "raw", "-c", "read -P 0x77 33M 128k", d.UnixUri("v"));
+    }
+
+    /// <summary>
+    /// kill -9 of the daemon racing `commit` or `abort` while qemu-io writes on the source's
+    /// connection: the request goes out on the control socket and the engine is killed after a
+    /// seeded 0-20 ms, so the kill lands before, inside or after the verb (STRATA_KILL_SEED
+    /// reproduces a run; the seeded in-process CrashDisk runs, ImageMigrationCrashTests, land at
+    /// every device command). After the restart the migration is in one consistent state: still
+    /// executed (the verb never became durable; it is run again), or finished; every write qemu-io
+    /// reported written reads back from the image that remains, through the source's name.
+    /// </summary>
+    [TestMethod]
+    [DataRow("commit", DisplayName = "commit")]
+    [DataRow("abort", DisplayName = "abort")]
+    public async Task Kill9RacingCommitOrAbort_QemuIoWriting_RestartFinishesItEveryWriteReadsBack(string verb)
+    {
+        int seed = int.TryParse(Environment.GetEnvironmentVariable("STRATA_KILL_SEED"), out int s) ? s : Random.Shared.Next();
+        TestContext.WriteLine($"STRATA_KILL_SEED={seed}");
+        var rng = new Random(seed);
+        await using var d = await NbdDaemon.StartAsync($"nbd-mig-kill-{verb}");
+        await d.CreateImageAsync("v", "64M");
+        await Tools.OkAsync("qemu-io", "-f", "raw", "-c", "write -P 0xee 32M 32M", d.UnixUri("v"));
+        await d.Cli.OkAsync("image", "migrate", "prepare", "p/c/v", "p/c/w");
+        await d.Cli.OkAsync("image", "migrate", "execute", "p/c/v");
+        StringAssert.Contains(await d.Cli.OkAsync("image", "migrate", "status", "p/c/v", "--wait"), ": executed");
+        var io = new QemuIo(d.UnixUri("v"));
+        var regions = new Regions(io);
+        for (int i = 0; i < 8; i++)
+            await regions.WriteNextAsync();
+
+        // qemu-io goes on writing until the engine dies under it; what it reported written is the model.
+        var writer = Task.Run(async () =>
+        {
+            try
+            {
+                for (int i = 0; i < 100; i++)
+                    await regions.WriteNextAsync();
+            }
+            catch (AssertFailedException)
+            {
+                // The engine was killed: the write in flight failed (or qemu-io exited).
+            }
+        });
+        using (var http = d.Engine.Http())
+        {
+            // The connection is up and qemu-io is writing before the verb goes out.
+            (await http.GetAsync("v1/migrations/status?image=p/c/v")).EnsureSuccessStatusCode();
+            while (regions.Count < 10 && !writer.IsCompleted)
+                await Task.Yield();
+            var request = http.PostAsync($"v1/migrations/{verb}", System.Net.Http.Json.JsonContent.Create(new { image = "p/c/v" }));
+            await Task.Delay(rng.Next(0, 20));
+            Bin.Signal(d.Engine.Pid, 9);
+            await d.Engine.WaitForExitAsync(TimeSpan.FromSeconds(30));
+            await request.ContinueWith(_ => { }, TaskScheduler.Default);
+        }
+        await writer;
+        await io.DisposeAsync();
+        TestContext.WriteLine($"{regions.Count} regions acknowledged before the kill");
+
+        await using var engine = await EngineProcess.StartAsync(d.Engine.DataDir, "--config", Path.Combine(d.Dir, "strata.yaml"));
+        var cli = new StrataCli(engine.Socket);
+        var after = await cli.RunAsync("image", "migrate", "status", "p/c/v", "--json");
+        if (after.ExitCode == 0)
+        {
+            // The verb did not become durable: the migration is where it was, and the verb runs again.
+            var st = System.Text.Json.JsonSerializer.Deserialize<MigrationStatusDto>(after.Stdout, Api.Json)!;
+            Assert.AreEqual("executed", st.State, $"{st}");
+            TestContext.WriteLine($"the kill landed before the {verb} was durable; running it again");
+            await cli.OkAsync("image", "migrate", verb, "p/c/v");
+        }
+        await cli.FailsAsync(NotFound, "image", "migrate", "status", "p/c/v");
+        if (verb == "commit")
+        {
+            await cli.FailsAsync(NotFound, "image", "info", "p/c/v");
+            StringAssert.Contains(await cli.OkAsync("image", "info", "p/c/w"), "alias: p/c/v");
+        }
+        else
+        {
+            await cli.FailsAsync(NotFound, "image", "info", "p/c/w");
+        }
+        // Through the source's name: the source after abort, the destination (its alias) after commit.
+        await using var check = new QemuIo(d.UnixUri("v"));
+        await regions.VerifyOnAsync(check, untouchedZero: false);
     }
 }

@@ -288,6 +288,51 @@ public sealed class SwapTests
         }
     }
 
+    /// <summary>
+    /// Mixed versions: a pool at layout 2 is swapped to an older release (--max-layout 2, strata-1.1)
+    /// and back to this one with a client connected throughout; the pool stays at 2 across both
+    /// swaps (pre-finalized: nothing upgrades it behind the operator's back) until `pool upgrade`.
+    /// </summary>
+    [TestMethod]
+    public async Task Swap_ToAnOlderReleaseAndBack_PoolKeepsItsLayoutUntilUpgrade_ClientStays()
+    {
+        await using var d = await NbdDaemon.StartAsync("swap-mixed");
+        try
+        {
+            await d.Cli.OkAsync("pool", "destroy", "p", "--force");
+            await d.Cli.OkAsync("pool", "create", "p", "--size", "768M", "--layout", "2");
+            await d.Cli.OkAsync("cont", "create", "p", "c");
+            await d.CreateImageAsync("raw", "8M");
+            var w = new Writer(await d.OpenUnixAsync("raw"), 31, 512);
+            var held = await PipelineAsync(w, 8);
+
+            var older = await SwapAsync(d, "--max-layout", "2");
+            await held;
+            Assert.AreEqual(2u, older.NewMaxLayout);
+            Assert.AreEqual(1, older.Connections);
+            var q = await d.Cli.JsonAsync<PoolQueryDto>("pool", "query", "p");
+            Assert.AreEqual((2u, 2u), (q.LayoutVersion, q.SupportedLayoutVersion), "the older release serves the pool at its layout");
+            await w.VerifyAsync("on the older release");
+            await PipelineAsync(w, 8).Unwrap();
+
+            var newer = await SwapAsync(d);
+            Assert.AreEqual(older.NewPid, newer.OldPid);
+            Assert.IsGreaterThan(2u, newer.NewMaxLayout);
+            q = await d.Cli.JsonAsync<PoolQueryDto>("pool", "query", "p");
+            Assert.AreEqual((2u, newer.NewMaxLayout), (q.LayoutVersion, q.SupportedLayoutVersion), "the newer release leaves the pool at 2 until asked");
+            await w.VerifyAsync("back on the newer release");
+
+            await d.Cli.OkAsync("pool", "upgrade", "p", "--wait");
+            Assert.AreEqual(newer.NewMaxLayout, (await d.Cli.JsonAsync<PoolQueryDto>("pool", "query", "p")).LayoutVersion);
+            await PipelineAsync(w, 8).Unwrap();
+            await w.VerifyAsync("after the upgrade");
+        }
+        finally
+        {
+            await StopCurrentAsync(d);
+        }
+    }
+
     [TestMethod]
     public async Task Swap_BadInput_RefusedBeforeAnythingChanges()
     {

@@ -92,6 +92,8 @@ internal sealed class CrashWorkload
             var ras = new Strata.Engine.Store.InMemoryRasSink();
             engine = await StorageEngine.OpenAsync(disks, _noTimer with { Ras = ras });
             pool = await engine.OpenPoolAsync("p");
+            // An rf change job resumed by the open ends before the pool is compared (rf is the old or the new value).
+            await pool.WaitForJobAsync();
             DroppedTailRecords += pool.DroppedTailRecords;
             int events = ras.WithId(Strata.Engine.Store.RasIds.LogTailWriteDropped).Count();
             if (events != (pool.DroppedTailRecords > 0 ? 1 : 0))
@@ -235,18 +237,13 @@ internal sealed class CrashWorkload
         }
         else if (roll < 91 && _targets > 1)
         {
-            // Refused while the pool holds data (no re-replication job yet), before anything is
-            // written: the model takes the change back.
-            string old = m.Rf;
+            // On a pool with data a job gives every chunk the new count of copies; the operation is
+            // done when the job is (rf says the new value from then on).
             m.Rf = m.Rf == "1" ? "2" : "1";
-            try
-            {
-                await pool.SetPropertyAsync("rf", m.Rf);
-            }
-            catch (InvalidRequestException e) when (e.Message.Contains("holds data", StringComparison.Ordinal))
-            {
-                m.Rf = old;
-            }
+            await pool.SetPropertyAsync("rf", m.Rf);
+            await pool.WaitForJobAsync();
+            if (pool.JobStatus is { Kind: Pool.ReplicateJob, State: not "completed" } j)
+                throw new IOException($"the rf change job {j.State}: {j.Reason}");
         }
         else if (roll < 96)
         {

@@ -239,4 +239,138 @@ public sealed class ImageMigrationTests
         StringAssert.Contains(Assert.ThrowsExactly<BusyException>(() => b.OpenImage("d", "v")).Message, "use the source's name until commit");
         Assert.AreEqual(ImageSize, a.OpenImage("c", "v").Size);
     }
+
+    [TestMethod]
+    [DoNotParallelize] // GC.GetTotalAllocatedBytes counts the whole process
+    public async Task Execute_OneMiBChunksOnFileTargets_ManagedAllocationPerChunkIsMetadataOnly()
+    {
+        const int cs = 1 << 20;
+        string dir = Directory.CreateTempSubdirectory("strata-imgmig-").FullName;
+        var devs = MigrationKit.FileTargets(dir, 2, "256M");
+        try
+        {
+            var engine = await StorageEngine.FormatAsync(devs);
+            var a = await engine.CreatePoolAsync("a", 2 * (80L << 20), 1, TestDevices.SmallPool);
+            await a.CreateContainerAsync("c");
+            var b = await engine.CreatePoolAsync("b", 2 * (80L << 20), 1, TestDevices.SmallPool);
+            await b.CreateContainerAsync("d");
+            var data = TestDevices.Pattern(32 * cs, 15);
+            foreach (string name in new[] { "u", "v" })
+                await (await a.CreateImageAsync("c", name, 32L * cs, cs)).WriteAsync(0, data);
+            // A first migration warms what is pooled (DMA buffers, the destination's block-table merge buffers).
+            await engine.PrepareMigrationAsync("a/c/u", "b/d/u");
+            await engine.ExecuteMigrationAsync("a/c/u");
+            await engine.WaitForMigrationJobAsync("a/c/u");
+            await engine.PrepareMigrationAsync("a/c/v", "b/d/v");
+
+            long before = GC.GetTotalAllocatedBytes(precise: true);
+            await engine.ExecuteMigrationAsync("a/c/v");
+            await engine.WaitForMigrationJobAsync("a/c/v");
+            long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+
+            Assert.AreEqual("executed", engine.MigrationStatus("a/c/v").State);
+            long perChunk = allocated / 32;
+            TestContext.WriteLine($"managed allocation: {allocated} bytes for 32 chunks of 1 MiB copied ({perChunk} bytes per chunk, cursor commits included)");
+            // A chunk copied through a managed array would cost at least its 1 MiB here, or 32 KiB per chunk for one array per job.
+            Assert.IsLessThan(cs / 64, perChunk, $"{perChunk} bytes allocated per 1 MiB chunk copied");
+            await engine.CommitMigrationAsync("a/c/v");
+            CollectionAssert.AreEqual(data, await ReadAllAsync(new Io(b.OpenImage("d", "v")), 32L * cs));
+            await engine.DisposeAsync();
+        }
+        finally
+        {
+            foreach (var d in devs)
+                d.Dispose();
+            Directory.Delete(dir, true);
+        }
+    }
+
+    [TestMethod]
+    public async Task Migrate_BarrierFreezesDestinationPoolDuringExecute_MirroredWriteAndCopyHeldThenCompleteAfterThaw()
+    {
+        var (engine, _, _) = await EngineAsync();
+        await using var _e = engine;
+        var a = await engine.OpenPoolAsync("a");
+        var b = await engine.OpenPoolAsync("b");
+        await a.CreateImageAsync("c", "v", ImageSize, ChunkSize);
+        var model = new byte[ImageSize];
+        var io = new Io(a.OpenImage("c", "v"));
+        var client = new Client(io, model, 21);
+        for (int i = 0; i < 30; i++)
+            await client.WriteOnceAsync();
+        // One chunk per second: the copy is under way when the barrier freezes the destination pool.
+        await b.SetPropertyAsync("migrate_rate", ChunkSize.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        await engine.PrepareMigrationAsync("a/c/v", "b/d/v");
+        await engine.ExecuteMigrationAsync("a/c/v");
+        var job = engine.WaitForMigrationJobAsync("a/c/v");
+
+        await engine.Barrier.FreezeAsync(TimeSpan.FromMinutes(10), "b");
+        long used = b.Query().UsedBytes;
+        int held = b.HeldRequests;
+        // The source takes the write; its mirror waits at the frozen destination's gate, and so the client's request.
+        var data = TestDevices.Pattern(8192, 77);
+        var write = io.WriteAsync(40 * ChunkSize + 4096, data);
+        while (!write.IsCompleted && b.HeldRequests <= held)
+            await Task.Yield();
+        Assert.IsFalse(write.IsCompleted, "a write mirrored into a frozen pool is held, not answered");
+        Assert.IsFalse(job.IsCompleted, "the copy is held while the destination pool is frozen");
+        Assert.AreEqual("executing", engine.MigrationStatus("a/c/v").State);
+        Assert.AreEqual(used, b.Query().UsedBytes, "nothing was written to the frozen pool");
+        Assert.IsGreaterThanOrEqualTo(1, engine.Barrier.Status().HeldRequests);
+
+        await engine.Barrier.ThawAsync();
+        await write;
+        data.CopyTo(model, 40 * ChunkSize + 4096);
+        await b.SetPropertyAsync("migrate_rate", "0");
+        await job;
+        Assert.AreEqual("executed", engine.MigrationStatus("a/c/v").State);
+        await engine.CommitMigrationAsync("a/c/v");
+        CollectionAssert.AreEqual(model, await ReadAllAsync(io, ImageSize));
+        CollectionAssert.AreEqual(model, await ReadAllAsync(new Io(b.OpenImage("d", "v")), ImageSize));
+    }
+
+    [TestMethod]
+    public async Task Migrate_BarrierOnEveryPoolWhileSourceWrites_FreezesSourceFirstNoDeadlock()
+    {
+        var (engine, _, _) = await EngineAsync();
+        await using var _e = engine;
+        var a = await engine.OpenPoolAsync("a");
+        var b = await engine.OpenPoolAsync("b");
+        // The source in pool b, the destination in pool a (listed first): freezing a first would
+        // hold the source's mirrored writes inside b's gate, and b could never drain.
+        await b.CreateImageAsync("d", "v", ImageSize, ChunkSize);
+        var model = new byte[ImageSize];
+        var io = new Io(b.OpenImage("d", "v"));
+        var client = new Client(io, model, 8);
+        await engine.PrepareMigrationAsync("b/d/v", "a/c/v");
+        var cycle = await Assert.ThrowsExactlyAsync<BusyException>(async () =>
+        {
+            await a.CreateImageAsync("c", "x", ImageSize, ChunkSize);
+            await engine.PrepareMigrationAsync("a/c/x", "b/d/x");
+        });
+        StringAssert.Contains(cycle.Message, "migration b/d/v -> a/c/v already leads from pool 'b' back to pool 'a'");
+        using var stop = new CancellationTokenSource();
+        var writer = Task.Run(async () =>
+        {
+            int n = 0;
+            while (!stop.IsCancellationRequested || n < 5)
+            {
+                await client.WriteOnceAsync();
+                n++;
+            }
+            return n;
+        });
+        for (int round = 0; round < 3; round++)
+        {
+            await engine.Barrier.FreezeAsync(TimeSpan.FromMinutes(10)).WaitAsync(TimeSpan.FromSeconds(60));
+            CollectionAssert.AreEqual(new[] { "b", "a" }, engine.Barrier.Status().Pools.ToArray());
+            await engine.Barrier.ThawAsync();
+        }
+        await stop.CancelAsync();
+        TestContext.WriteLine($"{await writer} writes during three barriers");
+        await engine.ExecuteMigrationAsync("b/d/v");
+        await engine.WaitForMigrationJobAsync("b/d/v");
+        await engine.CommitMigrationAsync("b/d/v");
+        CollectionAssert.AreEqual(model, await ReadAllAsync(io, ImageSize));
+    }
 }

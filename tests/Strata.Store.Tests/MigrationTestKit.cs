@@ -111,6 +111,14 @@ internal static class MigrationKit
         return misplaced;
     }
 
+    /// <summary>Chunks that do not have exactly rf (capped at the targets not excluded) replicas on distinct targets.</summary>
+    public static int NotAtRf(Pool pool)
+    {
+        int rf = Math.Min(pool.Rf, pool.LiveTargets);
+        lock (pool.Meta.Sync)
+            return pool.Meta.Images.Values.Sum(i => i.Chunks.Values.Count(m => m.Replicas.Length != rf || m.Replicas.Select(r => r.Target).Distinct().Count() != rf));
+    }
+
     /// <summary>Bytes the chunk maps refer to on every target: what the allocators must have in use.</summary>
     public static long MappedBytes(Pool pool)
     {

@@ -11,9 +11,14 @@ namespace Strata.Store.Tests;
 /// while the reopened pool resumes the job; then the job is finished (or asked for again when it
 /// was not durable yet) and the pool is checked against the model: no acknowledged write lost,
 /// never wrong bytes, the allocators match the maps, every chunk where the placement puts it.
+/// With <paramref name="reintegrate"/> the target is excluded (and part or all of its rebuild runs,
+/// with client writes) before the power is armed, and the crashes land in its reintegration; with
+/// <paramref name="rfChange"/> they land in an rf change (1 -> 2 or 2 -> 1) of a pool with data.
 /// </summary>
-internal sealed class TargetsCrashWorkload(int seed, bool rebuild)
+internal sealed class TargetsCrashWorkload(int seed, bool rebuild, bool reintegrate = false, bool rfChange = false)
 {
+    private string _rfWant = "";
+
     private readonly PoolCreateOptions _options = new() { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024, LayoutVersion = 4 };
     private readonly JobClient _client = new(new Random(seed));
     private Random Rng => _client.Random;
@@ -25,8 +30,8 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild)
     {
         var engineOptions = new StorageEngineOptions { WritebackFlushInterval = Timeout.InfiniteTimeSpan, Catalog = PlacementV2Tests.UpTo4() };
         var power = new CrashSwitch();
-        int targets = rebuild ? 3 : Rng.Next(2, 4);
-        var disks = Enumerable.Range(0, targets + (rebuild ? 0 : 1)).Select(i => new CrashDisk($"m{i}", 4L << 20, power)).ToArray();
+        int targets = rebuild || rfChange ? 3 : Rng.Next(2, 4);
+        var disks = Enumerable.Range(0, targets + (rebuild || rfChange ? 0 : 1)).Select(i => new CrashDisk($"m{i}", 4L << 20, power)).ToArray();
         var engine = await StorageEngine.FormatAsync(disks[..targets], engineOptions);
         _model.Rf = rebuild || Rng.Next(2) == 0 ? "2" : "1";
         var pool = await engine.CreatePoolAsync("p", targets * (1L << 20), int.Parse(_model.Rf), _options);
@@ -34,9 +39,20 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild)
         if (Rng.Next(2) == 0)
             await pool.SetPropertyAsync("migrate_rate", (Rng.Next(64, 512) * 1024).ToString(System.Globalization.CultureInfo.InvariantCulture));
         await _client.SeedImagesAsync(pool, _model);
-        if (!rebuild)
+        if (!rebuild && !rfChange)
             await engine.AddTargetAsync(disks[targets]);
+        _rfWant = _model.Rf == "1" ? "2" : "1";
         int excluded = Rng.Next(targets);
+        if (reintegrate)
+        {
+            // Out before the power is armed: its unflushed writes may be gone after the crash, and
+            // the replicas that then fail their CRC must never be served.
+            await engine.ExcludeTargetAsync(excluded);
+            if (Rng.Next(2) == 0)
+                await pool.WaitForJobAsync();
+            for (int i = Rng.Next(0, 8); i > 0; i--)
+                await _client.OneOpAsync(pool, _model);
+        }
 
         int crashAfter = Rng.Next(1, 400);
         power.Reset(crashAfter, Rng.Next(4) == 0 ? Rng.Next(1, crashAfter + 1) : 0, new Random(Rng.Next()));
@@ -82,23 +98,42 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild)
         var ras = new InMemoryRasSink();
         engine = await StorageEngine.OpenAsync(disks, engineOptions with { Ras = ras });
         pool = await engine.OpenPoolAsync("p");
-        Resumed = ras.WithId(RasIds.PoolExtendResumed).Any() || ras.WithId(RasIds.PoolRebuildResumed).Any();
+        Resumed = ras.WithId(RasIds.PoolExtendResumed).Any() || ras.WithId(RasIds.PoolRebuildResumed).Any()
+            || ras.WithId(RasIds.PoolReintegrateResumed).Any() || ras.WithId(RasIds.PoolRfChangeResumed).Any();
         await pool.WaitForJobAsync();
-        bool done = rebuild ? pool.IsExcluded(excluded) : pool.TargetCount == targets + 1;
+        bool done = rfChange ? pool.GetProperty("rf") == _rfWant && pool.GetProperties().GetValueOrDefault(Pool.JobProp, Pool.NoJob) == Pool.NoJob
+            : reintegrate ? !pool.IsExcluded(excluded) : rebuild ? pool.IsExcluded(excluded) : pool.TargetCount == targets + 1;
         if (!done || pool.JobStatus is { State: "failed" })
         {
             // Not durable before the crash (or failed by the injected device error): asked for again.
             if (pool.JobStatus is { State: "failed" } f && !faulted)
                 throw new AssertFailedException($"seed {seed}: the job failed without an injected fault: {f.Reason}");
-            if (rebuild && !pool.IsExcluded(excluded))
+            if (rfChange)
+                await pool.SetPropertyAsync("rf", _rfWant);
+            else if (reintegrate && pool.IsExcluded(excluded))
+                await engine.ReintegrateTargetAsync(excluded);
+            else if (reintegrate)
+                throw new AssertFailedException($"seed {seed}: the reintegration job {pool.JobStatus?.State} after the reopen: {pool.JobStatus?.Reason}");
+            else if (rebuild && !pool.IsExcluded(excluded))
                 await engine.ExcludeTargetAsync(excluded);
             else if (!rebuild)
                 await pool.ExtendAsync(dryRun: false);
             await pool.WaitForJobAsync();
         }
-        if (rebuild && (!pool.IsExcluded(excluded) || pool.RunningJob != null))
+        if (reintegrate && (pool.IsExcluded(excluded) || pool.RunningJob != null))
+            throw new AssertFailedException($"seed {seed}: target {excluded} still excluded or the reintegration still runs");
+        if (reintegrate && MigrationKit.NotAtRf(pool) is > 0 and int offRf)
+            throw new AssertFailedException($"seed {seed}: {offRf} chunk(s) do not have {pool.Rf} replicas on distinct targets");
+        if (rebuild && !reintegrate && (!pool.IsExcluded(excluded) || pool.RunningJob != null))
             throw new AssertFailedException($"seed {seed}: target {excluded} not excluded or the rebuild still runs");
-        if (!rebuild && pool.TargetCount != targets + 1)
+        if (rfChange && (pool.GetProperty("rf") != _rfWant || MigrationKit.NotAtRf(pool) is > 0))
+            throw new AssertFailedException($"seed {seed}: rf is {pool.GetProperty("rf")} (wanted {_rfWant}) and {MigrationKit.NotAtRf(pool)} chunk(s) do not have that many replicas");
+        if (rfChange)
+        {
+            before.Rf = _rfWant;
+            after.Rf = _rfWant;
+        }
+        if (!rebuild && !rfChange && pool.TargetCount != targets + 1)
             throw new AssertFailedException($"seed {seed}: the pool is on {pool.TargetCount} targets, not {targets + 1}");
         if (pool.GetProperties().GetValueOrDefault(Pool.JobProp, Pool.NoJob) != Pool.NoJob)
             throw new AssertFailedException($"seed {seed}: job {pool.GetProperty(Pool.JobProp)} still recorded ({pool.JobStatus?.State}: {pool.JobStatus?.Reason})");
@@ -116,7 +151,11 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild)
 
     private async Task StartAsync(StorageEngine engine, Pool pool, int excluded)
     {
-        if (rebuild)
+        if (rfChange)
+            await pool.SetPropertyAsync("rf", _rfWant);
+        else if (reintegrate)
+            await engine.ReintegrateTargetAsync(excluded);
+        else if (rebuild)
             await engine.ExcludeTargetAsync(excluded);
         else
             await pool.ExtendAsync(dryRun: false);
@@ -129,10 +168,10 @@ public sealed class TargetsCrashTests
     public TestContext TestContext { get; set; } = null!;
 
     /// <summary>300 seeded runs in CI (CrashSeeds says how to soak or replay a seed).</summary>
-    private Task RunAsync(bool rebuild) =>
+    private Task RunAsync(bool rebuild, bool reintegrate = false, bool rfChange = false) =>
         CrashSeeds.RunAsync(300, async seed =>
         {
-            var run = new TargetsCrashWorkload(seed, rebuild);
+            var run = new TargetsCrashWorkload(seed, rebuild, reintegrate, rfChange);
             await run.RunAsync();
             return run.Resumed;
         }, TestContext, resumedDivisor: 20);
@@ -144,4 +183,12 @@ public sealed class TargetsCrashTests
     [TestMethod]
     [Timeout(900_000, CooperativeCancellation = true)]
     public Task ExcludeAndRebuild_RandomCrashesWithClientWrites_NoAcknowledgedWriteLostNothingLeftOnTheTarget() => RunAsync(rebuild: true);
+
+    [TestMethod]
+    [Timeout(900_000, CooperativeCancellation = true)]
+    public Task Reintegrate_RandomCrashesWithClientWrites_NoAcknowledgedWriteLostNoBadReplicaServedRfRestored() => RunAsync(rebuild: true, reintegrate: true);
+
+    [TestMethod]
+    [Timeout(900_000, CooperativeCancellation = true)]
+    public Task RfChange_RandomCrashesWithClientWrites_NoAcknowledgedWriteLostEveryChunkAtTheNewRf() => RunAsync(rebuild: false, rfChange: true);
 }

@@ -124,6 +124,10 @@ public sealed record ExcludeTargetRequest(bool Force = false);
 /// <summary>What excluding a target left each pool with, and whether its rebuild started (or why not).</summary>
 public sealed record PoolExclusionDto(string Pool, int Target, PoolRedundancyDto Redundancy, bool RebuildStarted, string? RebuildRefused);
 
+/// <summary>What reintegrating a target found in one pool: replicas on it, how many verified (kept) and did not (copied anew), lost chunks readable again.</summary>
+public sealed record PoolReintegrationDto(string Pool, int Target, long Replicas, long Valid, long Invalid, long InvalidBytes, long Recovered,
+    PoolRedundancyDto Redundancy, bool JobStarted);
+
 /// <summary>A pool's data-moving job other than an upgrade (extend): State running, completed, failed or stopped.</summary>
 public sealed record PoolJobDto(string Kind, string State, long ItemsDone, long ItemsTotal, long BytesDone, long BytesTotal,
     double? BytesPerSecond, string? Current, string? Reason);

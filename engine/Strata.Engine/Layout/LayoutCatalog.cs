@@ -30,7 +30,7 @@ public enum ActionKind
     DataScan,
     /// <summary>Copies chunks to new places; online, needs free space.</summary>
     DataMovement,
-    /// <summary>Changes the log format; needs exclusive access (handles revoked, opens refused).</summary>
+    /// <summary>Changes the log format; needs exclusive access (image I/O held at the gate, metadata changes refused).</summary>
     LogFormat,
 }
 
@@ -39,7 +39,11 @@ public enum ActionAccess
 {
     /// <summary>Metadata changes wait while the action commits in one log batch (a short pause); image I/O continues.</summary>
     Quiesce,
-    /// <summary>Open handles are revoked and new opens and I/O are refused until the action ends.</summary>
+    /// <summary>
+    /// Image I/O is held at the pool's gate (in flight finishes first; new requests wait, as a barrier
+    /// holds them, and are answered after) and metadata changes are refused until the action ends:
+    /// for short switches (a log format); clients stay connected and see a pause.
+    /// </summary>
     Exclusive,
     /// <summary>The pool stays in use; the action locks one item at a time.</summary>
     Online,

@@ -3,9 +3,9 @@ namespace Strata.Engine.Layout;
 /// <summary>
 /// wal_v2 (exclusive): checkpoints every shard and restarts its log in WAL v2 framing
 /// (<see cref="IUpgradePool.RestartLogInWalV2Async"/>; docs/format.md, "WAL v2"). The job runs it with
-/// handles revoked and opens refused; the committer switches between two rounds, so no batch is ever
-/// half one format, and the action returns at the switch: the checkpoint follows while clients come
-/// back (their commits wait for it, as for any checkpoint). Idempotent: run again
+/// image I/O held at the gate and metadata changes refused; the committer switches between two rounds,
+/// so no batch is ever half one format, and the action returns at the switch: the checkpoint follows
+/// while held I/O goes on (its commits wait for it, as for any checkpoint). Idempotent: run again
 /// (a crash before the job's cursor was durable), it checkpoints again and the log stays v2.
 /// Crash argument in docs/format.md, "WAL v2".
 /// </summary>

@@ -51,9 +51,15 @@ internal readonly record struct ChunkPlan(int ExtentBytes, int SourceOffset, boo
 internal interface IChunkTransform
 {
     /// <summary>
+    /// How many replicas the chunk has after the transform: as many as now for a move or a rewrite,
+    /// another count for a replication-factor change or a reintegration that refills a chunk.
+    /// </summary>
+    int ReplicasAfter(in ChunkSource chunk) => chunk.Location.Replicas.Length;
+
+    /// <summary>
     /// Decides for one chunk. Returns false when it needs nothing. Else fills
-    /// <paramref name="targets"/> (one per replica of the chunk, <c>Location.Replicas.Length</c>)
-    /// with the target of each destination replica, distinct, and says how in <paramref name="plan"/>.
+    /// <paramref name="targets"/> (<see cref="ReplicasAfter"/> long) with the target of each
+    /// destination replica, distinct, and says how in <paramref name="plan"/>.
     /// </summary>
     bool Plan(in ChunkSource chunk, Span<int> targets, out ChunkPlan plan);
 
@@ -75,9 +81,13 @@ internal interface IChunkTransform
 /// A plain move: chunks whose replicas are not on the targets a placement names are copied there,
 /// unchanged (placement changes, and later rebuild and extension). Replicas already on one of the
 /// chunk's new targets stay where they are; the others go to the targets left over, in replica order.
+/// With <paramref name="replicas"/> (a function of the chunk's current count) a chunk also gets
+/// more replicas (copied from a verified one) or fewer (the extra ones are dropped and freed).
 /// </summary>
-internal sealed class PlacementMove(IPlacement placement, int targetCount) : IChunkTransform
+internal sealed class PlacementMove(IPlacement placement, int targetCount, Func<int, int>? replicas = null) : IChunkTransform
 {
+    public int ReplicasAfter(in ChunkSource chunk) => replicas?.Invoke(chunk.Location.Replicas.Length) ?? chunk.Location.Replicas.Length;
+
     public bool Plan(in ChunkSource chunk, Span<int> targets, out ChunkPlan plan)
     {
         // A chunk with a block table (layout 3) moves with it: the table is rebuilt in front of the
@@ -86,9 +96,9 @@ internal sealed class PlacementMove(IPlacement placement, int targetCount) : ICh
             ? new ChunkPlan(ChunkChecksum.ExtentLength(chunk.ChunkSize, blocks: true), ChunkChecksum.TableSize, RewriteAll: false)
             : ChunkPlan.Move(chunk.ChunkSize);
         placement.Targets(chunk.Image, chunk.Chunk, targetCount, targets);
-        var replicas = chunk.Location.Replicas;
-        bool same = true;
-        foreach (var r in replicas)
+        var now = chunk.Location.Replicas;
+        bool same = now.Length == targets.Length;
+        foreach (var r in now)
             same &= targets.Contains(r.Target);
         return !same;
     }
@@ -112,13 +122,15 @@ internal sealed class PlacementMove(IPlacement placement, int targetCount) : ICh
 /// </summary>
 internal sealed class SurvivorMove(Pool pool, IChunkTransform inner) : IChunkTransform
 {
+    public int ReplicasAfter(in ChunkSource chunk) => inner.ReplicasAfter(chunk);
+
     public bool Plan(in ChunkSource chunk, Span<int> targets, out ChunkPlan plan)
     {
         plan = default;
         bool survives = false;
         foreach (var r in chunk.Location.Replicas)
             survives |= !pool.IsExcluded(r.Target);
-        if (!survives || chunk.Location.Replicas.Length > pool.LiveTargets)
+        if (!survives || targets.Length > pool.LiveTargets || targets.Length == 0)
             return false;
         return inner.Plan(chunk, targets, out plan);
     }

@@ -53,7 +53,12 @@ public sealed class ImageMigration
     internal ImageMigration(Image source, Image destination, ImageMigrationState state, long cursor, string? error)
     {
         Source = source;
-        Destination = destination;
+        // Through the destination pool's gate like any handle (a barrier, prepare or read-only state
+        // there holds or refuses mirrored writes and the copy), unless both ends share one pool: the
+        // source's pass covers it, and entering the same gate again could wait on a close that waits
+        // for that pass.
+        Destination = new Image(destination.Pool, destination.Id, destination.Container, destination.Label,
+            ungated: ReferenceEquals(source.Pool, destination.Pool));
         Forward = new Image(destination.Pool, destination.Id, destination.Container, destination.Label);
         _state = state;
         _cursor = cursor;
@@ -63,7 +68,7 @@ public sealed class ImageMigration
     /// <summary>The source image, a handle of the engine's own (client handles route through the pool's table).</summary>
     public Image Source { get; }
 
-    /// <summary>The destination image, a handle of the engine's own (the destination refuses other opens).</summary>
+    /// <summary>The destination image, a handle of the engine's own (the destination refuses other opens); gated unless in the source's pool.</summary>
     public Image Destination { get; }
 
     /// <summary>The destination as the source's old handles reach it after commit (through the destination pool's gate).</summary>

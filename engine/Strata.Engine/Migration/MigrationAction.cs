@@ -69,8 +69,9 @@ internal sealed class MigrationAction(Func<Pool, IChunkTransform> transformFor, 
             foreach (var (index, map) in maps)
             {
                 chunks++;
-                var targets = new int[map.Replicas.Length];
-                if (!transform.Plan(new ChunkSource(meta.Id, index, meta.ChunkSize, map), targets, out var plan))
+                var source = new ChunkSource(meta.Id, index, meta.ChunkSize, map);
+                var targets = new int[transform.ReplicasAfter(source)];
+                if (!transform.Plan(source, targets, out var plan))
                     continue;
                 foreach (int t in targets)
                 {

@@ -109,7 +109,7 @@ internal sealed class MigrationLoop
                     // Paced before the hold, so a throttled loop never keeps a client waiting; before a
                     // wait the chunks in flight finish, so the cursor saved is the loop's position.
                     long planned = PlannedBytes(meta, k, peek);
-                    if (planned == 0)
+                    if (planned < 0)
                     {
                         while (window.Count >= maxWindow)
                             await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
@@ -195,12 +195,16 @@ internal sealed class MigrationLoop
         return start == 0 ? keys : keys[(start < 0 ? ~start : start)..];
     }
 
-    /// <summary>Bytes a chunk's move would write, judged from its location before the hold (for the throttle).</summary>
+    /// <summary>
+    /// Bytes a chunk's move would write, judged from its location before the hold (for the throttle):
+    /// -1 when it needs nothing, 0 when it only drops replicas (an rf decrease).
+    /// </summary>
     private long PlannedBytes(ImageMeta meta, long chunk, ChunkMap location)
     {
-        var targets = new int[location.Replicas.Length];
-        if (!_transform.Plan(new ChunkSource(meta.Id, chunk, meta.ChunkSize, location), targets, out var plan))
-            return 0;
+        var source = new ChunkSource(meta.Id, chunk, meta.ChunkSize, location);
+        var targets = new int[_transform.ReplicasAfter(source)];
+        if (!_transform.Plan(source, targets, out var plan))
+            return -1;
         return (long)plan.ExtentBytes * NewReplicas(location, targets, plan);
     }
 
@@ -260,7 +264,7 @@ internal sealed class MigrationLoop
             if (location == null)
                 return (new Outcome(Kind.Gone, 0), -1, 0); // trimmed, or cut off by a resize
             var source = new ChunkSource(image, chunk, hold.ChunkSize, location);
-            var targets = new int[location.Replicas.Length];
+            var targets = new int[_transform.ReplicasAfter(source)];
             if (!_transform.Plan(source, targets, out var plan))
                 return (new Outcome(Kind.InPlace, 0), -1, 0);
             // A slot per target and I/O phase: the read holds the source replicas' targets (taken
@@ -319,6 +323,12 @@ internal sealed class MigrationLoop
     private async Task<(Outcome Outcome, int Full, long Need)> CopyHeldAsync(ChunkHold hold, ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, SlotLease reading)
     {
         var location = source.Location;
+        if (Array.IndexOf(isNew, true) < 0)
+        {
+            // Only fewer replicas (an rf decrease): nothing to copy; the switch frees the dropped ones.
+            var dropped = await hold.SwitchAsync(location, destination, _transform.SwitchRecord(source, destination), plan.ExtentBytes).ConfigureAwait(false);
+            return dropped == ChunkSwitch.Switched ? (new Outcome(Kind.Moved, 0), -1, 0) : (new Outcome(Kind.Retry, 0), -1, 0);
+        }
         var device = _pool.Shards[location.Replicas[0].Target].Device;
         using (var buffer = device.Buffers.Rent(plan.ExtentBytes))
         {

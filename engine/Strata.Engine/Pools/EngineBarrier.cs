@@ -71,6 +71,8 @@ public sealed class EngineBarrier
                 foreach (var p in _engine.ListPools().Where(p => p.State == "ready"))
                     pools.Add(await _engine.OpenPoolAsync(p.Label).ConfigureAwait(false));
             }
+            // A migration's source pool first: its writes in flight reach the destination before that closes.
+            pools = _engine.SourcesFirst(pools);
             var since = DateTimeOffset.UtcNow;
             var expires = since + timeout;
             lock (_sync)

@@ -18,9 +18,9 @@ public sealed partial class Image
     private readonly ImageLocks _locks;
 
     /// <summary>
-    /// A migration's handle on its destination: its I/O runs inside a pass of the source pool's gate
-    /// (a mirrored write, the copy), so it does not enter the destination's gate again, which could
-    /// wait on a barrier that itself waits for that source pass (docs/migration.md).
+    /// A migration's handle on a destination in its source's pool: its I/O runs inside a pass of that
+    /// pool's gate (a mirrored write, the copy), so it does not enter the gate again, which could wait
+    /// on a close that itself waits for that pass (docs/migration.md, "Barriers").
     /// </summary>
     private readonly bool _ungated;
 
@@ -191,10 +191,14 @@ public sealed partial class Image
 
     /// <summary>
     /// A migration's copy of one chunk: under the chunk's exclusive lock (no client write between
-    /// the read and the copy's write), a verified read of this image, written to the destination at
-    /// the same offset as writeback. Returns the bytes written (0 for a chunk unmapped meanwhile).
+    /// the read and the copy's write), a verified read of this image into a DMA buffer of the pool
+    /// holding it (the devices read into and write from it directly; no managed copy of the data),
+    /// written to the destination at the same offset as writeback. Where the chunk is one whole
+    /// chunk of the destination too, the destination checks the bytes against the source's checksum
+    /// before it writes them (ChunkIo.WriteAsync, expectCrc). Returns the bytes written (0 for a chunk
+    /// unmapped meanwhile).
     /// </summary>
-    internal async Task<long> CopyChunkAsync(long index, Image destination, byte[] buffer)
+    internal async Task<long> CopyChunkAsync(long index, Image destination)
     {
         using var pass = await EnterAsync().ConfigureAwait(false);
         var meta = Meta;
@@ -204,9 +208,22 @@ public sealed partial class Image
             var map = _pool.ChunkIo.Lookup(Meta, index);
             if (map == null)
                 return 0;
-            await _pool.ChunkIo.ReadVerifiedAsync(meta, index, map, buffer.AsMemory(0, cs), repair: true).ConfigureAwait(false);
+            int t = map.Replicas[0].Target;
+            foreach (var r in map.Replicas)
+            {
+                if (!_pool.IsExcluded(r.Target))
+                {
+                    t = r.Target;
+                    break;
+                }
+            }
+            using var buffer = _pool.Shards[t].Device.Buffers.Rent(cs);
+            var chunk = buffer.Memory[..cs];
+            await _pool.ChunkIo.ReadVerifiedAsync(meta, index, map, chunk, repair: true).ConfigureAwait(false);
             int length = (int)Math.Min(cs, SourceSize - index * cs);
-            await destination.WriteAsync(index * cs, buffer.AsMemory(0, length), durable: false).ConfigureAwait(false);
+            // Verified just now: the whole chunk's CRC is the map's (a block-table chunk's is computed once).
+            uint crc = map.Blocks ? ChunkChecksum.Of(chunk.Span) : map.Replicas[0].Crc;
+            await destination.WriteOwnAsync(index * cs, chunk[..length], durable: false, length == cs ? crc : null).ConfigureAwait(false);
             return length;
         }
     }
@@ -270,7 +287,8 @@ public sealed partial class Image
     /// still holds the chunk locks (the migration is looked up under them: prepare installs it under
     /// all of them, so no write can slip between the copy of a chunk and its mirror).
     /// </summary>
-    private async Task WriteOwnAsync(long offset, ReadOnlyMemory<byte> source, bool durable)
+    /// <param name="expectCrc">The CRC32C of all of <paramref name="source"/> (a migration's copy of one chunk): checked when the write is one whole chunk of this image.</param>
+    private async Task WriteOwnAsync(long offset, ReadOnlyMemory<byte> source, bool durable, uint? expectCrc = null)
     {
         using var pass = await EnterAsync().ConfigureAwait(false);
         _pool.ThrowIfNotWritable();
@@ -288,13 +306,14 @@ public sealed partial class Image
         {
             using (await _locks.ChunkAsync(offset / cs).ConfigureAwait(false))
             {
-                await _pool.ChunkIo.WriteAsync(Meta, offset / cs, (int)(offset % cs), source, durable).ConfigureAwait(false);
+                await _pool.ChunkIo.WriteAsync(Meta, offset / cs, (int)(offset % cs), source, durable,
+                    source.Length == cs ? expectCrc : null).ConfigureAwait(false);
                 if (_pool.MigrationOf(Id) is { } m)
                     await m.MirrorWriteAsync(offset, source, durable).ConfigureAwait(false);
             }
             return;
         }
-        await ForEachGroupAsync(Groups(offset, source.Length, cs, _pool.ChunkRuns.GroupSize(_pool.Rf)), async g =>
+        await ForEachGroupAsync(Groups(offset, source.Length, cs, _pool.ChunkRuns.GroupSize(_pool.WriteRf)), async g =>
         {
             using (await _locks.ChunksAsync(g[0].Index, g.Count, write: true).ConfigureAwait(false))
             {

@@ -76,7 +76,8 @@ public sealed partial class Pool
     internal PoolDegradation Degradation(int also = -1)
     {
         var excluded = Volatile.Read(ref _excluded);
-        if (excluded.Length == 0 && also < 0)
+        string? job = RunningJob;
+        if (excluded.Length == 0 && also < 0 && job != ReintegrateJob)
             return new PoolDegradation([], "ok", 0, 0, 0, 0, []);
         bool Gone(int t) => t == also || Array.IndexOf(excluded, t) >= 0;
         long oneCopy = 0, oneCopyBytes = 0, lost = 0, lostBytes = 0, short_ = 0;
@@ -108,7 +109,7 @@ public sealed partial class Pool
                     }
                 }
         }
-        string health = RunningJob == RebuildJob ? "rebuilding" : lost > 0 || short_ > 0 ? "degraded" : "ok";
+        string health = job == RebuildJob ? "rebuilding" : job == ReintegrateJob ? "reintegrating" : lost > 0 || short_ > 0 ? "degraded" : "ok";
         return new PoolDegradation(also >= 0 ? [.. excluded.Append(also).Order()] : excluded, health, oneCopy, oneCopyBytes, lost, lostBytes, [.. lostImages]);
     }
 

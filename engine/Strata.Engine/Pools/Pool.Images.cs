@@ -26,7 +26,11 @@ public sealed partial class Pool
     }
 
     /// <summary>Creates a thin image: no space is used until data is written.</summary>
-    public async Task<Image> CreateImageAsync(string container, string label, long size, int chunkSize = 0)
+    public Task<Image> CreateImageAsync(string container, string label, long size, int chunkSize = 0) =>
+        CreateImageAsync(container, label, size, chunkSize, []);
+
+    /// <summary>Creates an image carrying <paramref name="props"/> from its first record on (one log commit: a crash leaves both or neither).</summary>
+    internal async Task<Image> CreateImageAsync(string container, string label, long size, int chunkSize, (string Name, string Value)[] props)
     {
         Labels.Validate("image", label);
         if (chunkSize == 0)
@@ -46,8 +50,11 @@ public sealed partial class Pool
                     throw new DuplicateLabelException($"pool '{Label}' container '{container}' already has an image '{label}'");
                 id = Meta.NextImageId;
             }
-            CheckMetadataRoom(128 + label.Length);
-            await Log.CommitAsync(MetaRecords.ImageCreate(id, c.Id, label, size, chunkSize)).ConfigureAwait(false);
+            CheckMetadataRoom(128 + label.Length + props.Sum(p => p.Name.Length + p.Value.Length));
+            if (props.Length == 0)
+                await Log.CommitAsync(MetaRecords.ImageCreate(id, c.Id, label, size, chunkSize)).ConfigureAwait(false);
+            else
+                await Log.CommitAsync([MetaRecords.ImageCreate(id, c.Id, label, size, chunkSize), .. props.Select(p => MetaRecords.ImageSetProp(id, p.Name, p.Value))]).ConfigureAwait(false);
             return new Image(this, id, container, label);
         }
         finally
@@ -58,8 +65,7 @@ public sealed partial class Pool
 
     public Image OpenImage(string container, string label)
     {
-        if (_exclusiveReason is { } x)
-            throw new PoolBusyException($"pool '{Label}': {x}");
+        // Opens go on during an exclusive upgrade action: the handle's I/O waits at the gate.
         var meta = FindImage(container, label);
         if (MigrationTo(meta.Id) != null)
             ThrowIfMigrating(meta.Id, label, "open");

@@ -82,7 +82,7 @@ public sealed partial class Pool
         {
             return;
         }
-        Ras.Emit(new RasEvent(kind == RebuildJob ? RasIds.PoolRebuildResumed : RasIds.PoolExtendResumed, RasSeverity.Notice, RasType.StateChange,
+        Ras.Emit(new RasEvent(RasOf(kind, JobPhase.Resumed), RasSeverity.Notice, RasType.StateChange,
             $"pool '{Label}' {kind} resumed (cursor {cursor})", Pool: Label));
         StartJob(kind, op, cursor);
     }
@@ -91,6 +91,8 @@ public sealed partial class Pool
     {
         ExtendJob => "extension",
         RebuildJob => "rebuild",
+        ReintegrateJob => "reintegration",
+        ReplicateJob => "replication",
         _ => throw new CorruptMetadataException($"pool job '{kind}' is unknown to this engine"),
     };
 
@@ -109,7 +111,28 @@ public sealed partial class Pool
         if (kind == RebuildJob)
             Ras.Emit(new RasEvent(RasIds.PoolRebuildStarted, RasSeverity.Notice, RasType.StateChange,
                 $"pool '{Label}' rebuild started: the replicas on excluded target(s) {string.Join(", ", ExcludedTargets)} are copied to the others", Pool: Label));
+        else if (kind == ReintegrateJob)
+            Ras.Emit(new RasEvent(RasIds.PoolReintegrateStarted, RasSeverity.Notice, RasType.StateChange,
+                $"pool '{Label}' reintegration started: chunks move back where placement puts them and get {Rf} copies", Pool: Label));
     }
+
+    private enum JobPhase { Resumed, Completed, Failed }
+
+    private static string RasOf(string kind, JobPhase phase) => (kind, phase) switch
+    {
+        (RebuildJob, JobPhase.Resumed) => RasIds.PoolRebuildResumed,
+        (RebuildJob, JobPhase.Completed) => RasIds.PoolRebuildCompleted,
+        (RebuildJob, JobPhase.Failed) => RasIds.PoolRebuildFailed,
+        (ReintegrateJob, JobPhase.Resumed) => RasIds.PoolReintegrateResumed,
+        (ReintegrateJob, JobPhase.Completed) => RasIds.PoolReintegrateCompleted,
+        (ReintegrateJob, JobPhase.Failed) => RasIds.PoolReintegrateFailed,
+        (ReplicateJob, JobPhase.Resumed) => RasIds.PoolRfChangeResumed,
+        (ReplicateJob, JobPhase.Completed) => RasIds.PoolRfChangeCompleted,
+        (ReplicateJob, JobPhase.Failed) => RasIds.PoolRfChangeFailed,
+        (_, JobPhase.Resumed) => RasIds.PoolExtendResumed,
+        (_, JobPhase.Completed) => RasIds.PoolExtendCompleted,
+        _ => RasIds.PoolExtendFailed,
+    };
 
     /// <summary>Stops the running job, if any (it stays recorded until a job replaces it); returns once it stopped.</summary>
     private async Task StopRunningJobAsync()
@@ -136,6 +159,10 @@ public sealed partial class Pool
         ExtendJob => new PlacementMove(Placement, TargetCount),
         // With excluded targets Placement leaves them out; a chunk with no copy left is not moved (it is lost).
         RebuildJob => new SurvivorMove(this, new PlacementMove(Placement, TargetCount)),
+        // Back where placement puts chunks with the target in, and chunks a bad replica was dropped from get rf copies again.
+        ReintegrateJob => new SurvivorMove(this, new PlacementMove(Placement, TargetCount, n => Math.Max(n, Math.Min(Rf, LiveTargets)))),
+        // Every chunk gets the new count of copies: added ones copied from a verified one, extra ones freed.
+        ReplicateJob => new SurvivorMove(this, new PlacementMove(Placement, TargetCount, _ => Math.Min(RfNext(), LiveTargets))),
         _ => throw new InvalidOperationException($"no transform for job '{kind}'"),
     };
 
@@ -163,9 +190,12 @@ public sealed partial class Pool
             if (result.Left > 0)
                 throw new StoreException(Interop.Errno.EIO,
                     $"{result.Left} chunk(s) could not be moved and kept their location (first: {result.FirstLeft}); run 'strata pool extend {Label}' or reopen the pool to retry them");
-            await Log.CommitAsync([MetaRecords.PoolSetProp(JobProp, NoJob), MetaRecords.PoolSetProp(JobCursorProp, "0")]).ConfigureAwait(false);
+            // An rf increase becomes true in the batch that ends its job: every chunk has the copies now.
+            await Log.CommitAsync(run.Kind == ReplicateJob
+                ? [MetaRecords.PoolSetProp("rf", RfNext().ToString(CultureInfo.InvariantCulture)), MetaRecords.PoolSetProp(JobProp, NoJob), MetaRecords.PoolSetProp(JobCursorProp, "0")]
+                : [MetaRecords.PoolSetProp(JobProp, NoJob), MetaRecords.PoolSetProp(JobCursorProp, "0")]).ConfigureAwait(false);
             run.Finish("completed", null);
-            Ras.Emit(new RasEvent(run.Kind == RebuildJob ? RasIds.PoolRebuildCompleted : RasIds.PoolExtendCompleted, RasSeverity.Notice, RasType.StateChange,
+            Ras.Emit(new RasEvent(RasOf(run.Kind, JobPhase.Completed), RasSeverity.Notice, RasType.StateChange,
                 $"pool '{Label}' {run.Kind} completed: {Interlocked.Read(ref run.ItemsDone)} chunk(s) visited, {Interlocked.Read(ref run.BytesDone)} bytes moved in {run.Elapsed.TotalSeconds:F1} s",
                 Pool: Label));
         }
@@ -178,7 +208,7 @@ public sealed partial class Pool
         {
             // The job stays recorded: `pool extend` (or the next open) runs it again.
             run.Finish("failed", e.Message);
-            Ras.Emit(new RasEvent(run.Kind == RebuildJob ? RasIds.PoolRebuildFailed : RasIds.PoolExtendFailed, RasSeverity.Error, RasType.StateChange,
+            Ras.Emit(new RasEvent(RasOf(run.Kind, JobPhase.Failed), RasSeverity.Error, RasType.StateChange,
                 $"pool '{Label}' {run.Kind} failed: {e.Message}", Pool: Label));
         }
         finally

@@ -121,8 +121,12 @@ public sealed partial class Pool
                 if (value != Label && _engine.ListPools().Any(p => p.Label == value))
                     throw new DuplicateLabelException($"a pool labelled '{value}' already exists");
             }
-            if (name == "rf" && value != Rf.ToString(CultureInfo.InvariantCulture) && HoldsData())
-                throw new InvalidRequestException($"pool '{Label}' holds data at rf {Rf}: changing rf to {value} needs a re-replication job, which this release does not have; set rf before writing data");
+            // On a pool with data rf changes through a job; while one is recorded every rf set goes there (and is refused while it runs).
+            if (name == "rf" && HoldsData() && (value != Rf.ToString(CultureInfo.InvariantCulture) || DurableJob() == ReplicateJob))
+            {
+                await ChangeRfAsync(int.Parse(value, CultureInfo.InvariantCulture)).ConfigureAwait(false);
+                return;
+            }
             CheckMetadataRoom(value.Length + name.Length);
             await Log.CommitAsync(MetaRecords.PoolSetProp(name, value)).ConfigureAwait(false);
             if (name == Migration.MigrateRate.Property)

@@ -15,7 +15,7 @@ public sealed partial class Pool : IUpgradePool
     private volatile string? _preparedReason;
 
     /// <summary>Operations that make a pool unstable for an upgrade (DAOS: rebuild, reintegration, extension).</summary>
-    public static readonly IReadOnlyList<string> UnstableOperations = ["rebuild", "reintegration", "extension", "migration"];
+    public static readonly IReadOnlyList<string> UnstableOperations = ["rebuild", "reintegration", "extension", "migration", "replication"];
 
     /// <summary>
     /// Marks an operation as running on this pool until the result is disposed. An upgrade
@@ -201,8 +201,11 @@ public sealed partial class Pool : IUpgradePool
         string[] busy;
         lock (_operations)
             busy = _operations.Keys.OrderBy(k => k, StringComparer.Ordinal).ToArray();
+        // An exclusive step refuses image I/O: a migration's mirrored writes into this pool would fail.
+        if (HasActiveMigrations)
+            busy = [.. busy, "an image migration"];
         pre.Add(new("no rebuild, reintegration, extension or migration", busy.Length == 0, busy.Length == 0
-            ? "no rebuild, reintegration, extension or migration is in progress"
+            ? "no rebuild, reintegration, extension, replication or migration is in progress"
             : $"pool '{Label}' has {string.Join(" and ", busy)} in progress; an upgrade needs a stable pool; retry when it completes"));
         string compat;
         lock (Meta.Sync)
@@ -390,8 +393,9 @@ public sealed partial class Pool : IUpgradePool
             await Log.CommitAsync([.. ctx.Proposed.Select(ToRecord), MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
             return;
         }
-        // Exclusive: drain metadata changes, refuse new ones and all image I/O, revoke open handles.
-        // The pause runs from the first refusal to the reopening: what a client sees.
+        // Exclusive: drain metadata changes and refuse new ones; close the gate so that image I/O in
+        // flight finishes and new I/O is held there (as a barrier holds it), never failed: clients stay
+        // connected and see a pause, which runs from the closing to the reopening.
         string reason = $"pool is upgrading ({LayoutVersion} -> {f.Version}); retry when it completes";
         await MetaLock.WaitAsync(stop).ConfigureAwait(false);
         long start = Stopwatch.GetTimestamp();
@@ -399,7 +403,7 @@ public sealed partial class Pool : IUpgradePool
         try
         {
             _exclusiveReason = reason;
-            closure = await Gate.CloseAsync(reason, stop).ConfigureAwait(false);
+            closure = await Gate.CloseAsync(null, stop).ConfigureAwait(false);
         }
         catch
         {
@@ -413,7 +417,6 @@ public sealed partial class Pool : IUpgradePool
         bool reopened = false;
         try
         {
-            await RevokeHandlesAsync(reason).ConfigureAwait(false);
             if (ActionOf(f) is { } action)
                 await action.RunAsync(ctx, cursor, stop).ConfigureAwait(false);
             if (ctx.Proposed.Count == 0)
@@ -439,7 +442,7 @@ public sealed partial class Pool : IUpgradePool
         _ => throw new NotSupportedException($"no log record for the proposed change {change.GetType().Name}"),
     };
 
-    /// <summary>Ends an exclusive window: opens and I/O are accepted again; its length is the job's pause.</summary>
+    /// <summary>Ends an exclusive window: held I/O goes on, metadata changes are accepted again; its length is the job's pause.</summary>
     private void Reopen(PoolGate.Closure closure, long start, UpgradeRun run)
     {
         _exclusiveReason = null;
@@ -449,7 +452,7 @@ public sealed partial class Pool : IUpgradePool
         LastExclusivePauseMs = ms;
     }
 
-    /// <summary>How long the last exclusive action of this process refused opens and I/O (ms; null: none ran).</summary>
+    /// <summary>How long the last exclusive action of this process held image I/O (ms; null: none ran).</summary>
     internal double? LastExclusivePauseMs { get; private set; }
 
     private UpgradeContext NewContext(UpgradeJobMeta job, int index, LayoutFeature f, UpgradeRun run) =>
@@ -461,9 +464,6 @@ public sealed partial class Pool : IUpgradePool
                 Interlocked.Add(ref run.BytesDone, bytes);
             },
             state => run.Current = state == null ? f.Name : $"{f.Name} ({state})");
-
-    /// <summary>Revokes every open handle (NBD connections) before an exclusive action; clients reconnect after it.</summary>
-    private async Task RevokeHandlesAsync(string reason) => await RevokeClientsAsync(reason).ConfigureAwait(false);
 
     // A run resumed after its quiesced commit pauses nothing: say so rather than print "longest pause  ms".
     private static string PauseText(double? longestPauseMs) => longestPauseMs is { } ms

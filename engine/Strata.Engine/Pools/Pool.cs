@@ -64,6 +64,13 @@ public sealed partial class Pool : IAsyncDisposable
     internal void JoinShard(Shard shard)
     {
         var current = Shards;
+        if (shard.Index < current.Length)
+        {
+            // An excluded target's shard back in the log (a reintegration); reads and placement still skip it.
+            System.Diagnostics.Debug.Assert(ReferenceEquals(current[shard.Index], shard) && IsExcluded(shard.Index), "only an excluded shard rejoins");
+            Volatile.Write(ref _logShards, [.. LogShards.Append(shard).OrderBy(s => s.Index)]);
+            return;
+        }
         System.Diagnostics.Debug.Assert(shard.Index == current.Length, "shards join in target order");
         Volatile.Write(ref _shards, [.. current, shard]);
         Volatile.Write(ref _logShards, [.. LogShards, shard]);
@@ -73,6 +80,9 @@ public sealed partial class Pool : IAsyncDisposable
     internal void PlaceOnAllShards() => Volatile.Write(ref _placementTargets, Shards.Length);
 
     internal PoolState Meta { get; }
+
+    /// <summary>Where this pool's open spent its time (set once it is open).</summary>
+    public PoolOpenTimings? OpenTimings { get; internal set; }
 
     internal PoolLog Log { get; set; } = null!;
 

@@ -36,10 +36,9 @@ public sealed partial class StorageEngine
             long free = dp.Query().FreeBytes, need = size * dp.Rf;
             if (need > free)
                 throw new NoSpaceException($"no room in pool '{dpool}' for the import of {source.Describe}: it is {size} bytes, {need} bytes at rf {dp.Rf} if fully allocated, and the pool has {free} bytes free; nothing was created");
-            var dest = await dp.CreateImageAsync(dcont, dimage, size, chunkSize).ConfigureAwait(false);
-            await dp.Log.CommitAsync([
-                MetaRecords.ImageSetProp(dest.Id, ImageMigration.Props.Import, spec),
-                MetaRecords.ImageSetProp(dest.Id, ImageMigration.Props.State, "prepared")]).ConfigureAwait(false);
+            // Created with its import props (one commit): a crash never leaves a plain empty image behind.
+            var dest = await dp.CreateImageAsync(dcont, dimage, size, chunkSize,
+                [(ImageMigration.Props.Import, spec), (ImageMigration.Props.State, "prepared")]).ConfigureAwait(false);
             var imp = new ImageImport(spec, source, dest, ImageMigrationState.Prepared, 0, null);
             dp.SetImport(dest.Id, imp);
             lock (_migrations)

@@ -1,4 +1,3 @@
-using System.Buffers;
 using Strata.Engine.Migration;
 using Strata.Engine.Store;
 
@@ -72,6 +71,60 @@ public sealed partial class StorageEngine
             throw new InvalidRequestException($"pool '{pool.Label}' is at layout {pool.LayoutVersion}; image migration needs layout {Catalog.Find(ImageMigrationFeature)!.Version} ('strata pool upgrade {pool.Label} --to {Catalog.Find(ImageMigrationFeature)!.Version}')");
     }
 
+    /// <summary>Pool pairs (source, destination) of the migrations whose writes cross pools: a source pass waits on the destination's gate.</summary>
+    private List<(Pool From, Pool To, ImageMigration M)> CrossPoolMigrations()
+    {
+        lock (_migrations)
+            return _migrations.Where(m => !m.Committed && !ReferenceEquals(m.Source.Pool, m.Destination.Pool))
+                .Select(m => (m.Source.Pool, m.Destination.Pool, m)).ToList();
+    }
+
+    /// <summary>
+    /// Refuses a migration from <paramref name="sp"/> into <paramref name="dp"/> when migrations
+    /// already lead from dp back to sp: a source's writes would wait on a gate whose pool's own
+    /// sources wait on the first one, and no barrier order could drain both (docs/migration.md, "Barriers").
+    /// </summary>
+    private void ThrowIfMigrationCycle(Pool sp, Pool dp, string source)
+    {
+        if (ReferenceEquals(sp, dp))
+            return;
+        var edges = CrossPoolMigrations();
+        var seen = new HashSet<Pool>(ReferenceEqualityComparer.Instance) { dp };
+        var queue = new Queue<Pool>([dp]);
+        while (queue.Count > 0)
+        {
+            var p = queue.Dequeue();
+            foreach (var (from, to, m) in edges)
+            {
+                if (!ReferenceEquals(from, p))
+                    continue;
+                if (ReferenceEquals(to, sp))
+                    throw new BusyException($"cannot migrate image {UserText.Quote(source)} into pool '{dp.Label}': migration {m.SourceName} -> {m.DestinationName} already leads from pool '{dp.Label}' back to pool '{sp.Label}', and a barrier could not drain both; commit or abort it first, or migrate within one pool");
+                if (seen.Add(to))
+                    queue.Enqueue(to);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The pools in the order a barrier closes their gates: a pool holding a migration's source
+    /// before the one holding its destination, so a source's writes in flight reach the destination
+    /// before its gate closes (prepare refuses cycles); otherwise as given.
+    /// </summary>
+    internal List<Pool> SourcesFirst(IReadOnlyList<Pool> pools)
+    {
+        var edges = CrossPoolMigrations();
+        var left = new List<Pool>(pools);
+        var ordered = new List<Pool>(pools.Count);
+        while (left.Count > 0)
+        {
+            var next = left.FirstOrDefault(p => !edges.Any(e => ReferenceEquals(e.To, p) && left.Contains(e.From))) ?? left[0];
+            ordered.Add(next);
+            left.Remove(next);
+        }
+        return ordered;
+    }
+
     /// <summary>
     /// `image migrate prepare SRC DST`: creates DST (thin, the source's size), links both images
     /// durably and redirects the source's I/O (clients stay connected). Refuses an image already
@@ -94,6 +147,7 @@ public sealed partial class StorageEngine
             sp.ThrowIfMigrating(smeta.Id, simage, "migrate");
             sp.ThrowIfNotWritable();
             dp.ThrowIfNotWritable();
+            ThrowIfMigrationCycle(sp, dp, source);
             CheckMigrationLayout(sp);
             CheckMigrationLayout(dp);
             long size, mapped;
@@ -104,10 +158,10 @@ public sealed partial class StorageEngine
             if (need > free)
                 throw new NoSpaceException($"no room in pool '{dpool}' for image {UserText.Quote(source)}: it maps {mapped} bytes, {need} bytes at rf {dp.Rf}, and the pool has {free} bytes free; nothing was created");
             int cs = chunkSize != 0 ? chunkSize : scs >= dp.Header.MinChunkSize ? scs : 0;
-            var dest = await dp.CreateImageAsync(dcont, dimage, size, cs).ConfigureAwait(false);
-            await dp.SetImagePropInternalAsync(dest.Id, ImageMigration.Props.Source, source).ConfigureAwait(false);
-            await dp.SetImagePropInternalAsync(dest.Id, ImageMigration.Props.State, "prepared").ConfigureAwait(false);
-            var m = new ImageMigration(new Image(sp, smeta.Id, scont, simage), Ungated(dest), ImageMigrationState.Prepared, 0, null);
+            // Created linked (one commit): a crash before the source names it leaves a destination resume removes.
+            var dest = await dp.CreateImageAsync(dcont, dimage, size, cs,
+                [(ImageMigration.Props.Source, source), (ImageMigration.Props.State, "prepared")]).ConfigureAwait(false);
+            var m = new ImageMigration(new Image(sp, smeta.Id, scont, simage), dest, ImageMigrationState.Prepared, 0, null);
             dp.AddMigrationDestination(m);
             try
             {
@@ -165,38 +219,18 @@ public sealed partial class StorageEngine
 
     /// <summary>
     /// The background copy: source chunks from the cursor, each under the source chunk's exclusive
-    /// lock (verified read, then written to the destination at the same offset), paced by the
-    /// destination pool's migrate_rate; a flush and a durable cursor every CursorEvery chunks.
+    /// lock (verified read into a DMA buffer, CRC-checked and written to the destination at the same
+    /// offset; Image.CopyChunkAsync), paced by the destination pool's migrate_rate, with at most
+    /// <see cref="MigrationOptions.InFlightPerTarget"/> chunks per destination target in flight (the
+    /// migration loop's bounds); a flush and a durable cursor every CursorEvery chunks, the cursor
+    /// naming the first chunk not known copied (chunks complete in order).
     /// </summary>
     private async Task CopyAsync(ImageMigration m, CancellationToken ct)
     {
-        var src = m.Source;
         var dp = m.Destination.Pool;
-        var throttle = new MigrationThrottle(dp);
-        int cs = src.ChunkSizeOrZero();
-        long chunks = SizeLimits.ChunkCount(src.SourceSize, cs);
-        var buffer = ArrayPool<byte>.Shared.Rent(cs);
         try
         {
-            int since = 0;
-            for (long i = m.Cursor; i < chunks; i++)
-            {
-                ct.ThrowIfCancellationRequested();
-                if (!src.IsChunkMapped(i))
-                {
-                    m.Advanced(i + 1, 0);
-                    continue;
-                }
-                await throttle.TakeAsync(cs, ct).ConfigureAwait(false);
-                long bytes = await src.CopyChunkAsync(i, m.Destination, buffer).ConfigureAwait(false);
-                m.Advanced(i + 1, bytes);
-                if (++since >= ImageMigration.CursorEvery)
-                {
-                    since = 0;
-                    await dp.Log.FlushAsync().ConfigureAwait(false);
-                    await dp.SetImagePropInternalAsync(m.Destination.Id, ImageMigration.Props.Cursor, (i + 1).ToString(System.Globalization.CultureInfo.InvariantCulture)).ConfigureAwait(false);
-                }
-            }
+            long chunks = await CopyChunksAsync(m, ct).ConfigureAwait(false);
             await dp.Log.FlushAsync().ConfigureAwait(false);
             await dp.Log.CommitAsync([
                 MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.Cursor, chunks.ToString(System.Globalization.CultureInfo.InvariantCulture)),
@@ -223,10 +257,81 @@ public sealed partial class StorageEngine
                 // The pool failed too: it reopens in the last durable state (executing), which resumes.
             }
         }
-        finally
+    }
+
+    /// <summary>The copy itself, from the cursor to the end; returns the source's chunk count.</summary>
+    private static async Task<long> CopyChunksAsync(ImageMigration m, CancellationToken ct)
+    {
+        var src = m.Source;
+        var dp = m.Destination.Pool;
+        var throttle = new MigrationThrottle(dp);
+        int cs = src.ChunkSizeOrZero();
+        long chunks = SizeLimits.ChunkCount(src.SourceSize, cs);
+        int maxWindow = Math.Max(1, new MigrationOptions().InFlightPerTarget * dp.TargetCount);
+        var window = new Queue<(Task<long> Copy, long Index)>();
+        using var abort = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        int since = 0;
+        try
         {
-            ArrayPool<byte>.Shared.Return(buffer);
+            for (long i = m.Cursor; i < chunks; i++)
+            {
+                ct.ThrowIfCancellationRequested();
+                if (!src.IsChunkMapped(i))
+                {
+                    // A hole: done as soon as the chunks before it are.
+                    if (window.Count == 0)
+                    {
+                        m.Advanced(i + 1, 0);
+                        continue;
+                    }
+                    while (window.Count >= maxWindow)
+                        await DrainOneAsync().ConfigureAwait(false);
+                    window.Enqueue((HoleCopied, i));
+                    continue;
+                }
+                // Nothing is held while the throttle waits: the chunks in flight finish first.
+                if (throttle.MustWait(cs))
+                    while (window.Count > 0)
+                        await DrainOneAsync().ConfigureAwait(false);
+                await throttle.TakeAsync(cs, ct).ConfigureAwait(false);
+                while (window.Count >= maxWindow)
+                    await DrainOneAsync().ConfigureAwait(false);
+                window.Enqueue((CopyOneAsync(src, i, m.Destination, abort.Token), i));
+            }
+            while (window.Count > 0)
+                await DrainOneAsync().ConfigureAwait(false);
+            return chunks;
         }
+        catch (Exception) when (window.Count > 0)
+        {
+            // Nothing of this run may go on after it: the chunks in flight finish or fail first.
+            await abort.CancelAsync().ConfigureAwait(false);
+            while (window.Count > 0)
+                await ((Task)window.Dequeue().Copy).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+            throw;
+        }
+
+        async Task DrainOneAsync()
+        {
+            var (copy, index) = window.Dequeue();
+            long bytes = await copy.ConfigureAwait(false);
+            m.Advanced(index + 1, bytes);
+            if (bytes > 0 && ++since >= ImageMigration.CursorEvery)
+            {
+                since = 0;
+                await dp.Log.FlushAsync().ConfigureAwait(false);
+                await dp.SetImagePropInternalAsync(m.Destination.Id, ImageMigration.Props.Cursor, (index + 1).ToString(System.Globalization.CultureInfo.InvariantCulture)).ConfigureAwait(false);
+            }
+        }
+    }
+
+    private static readonly Task<long> HoleCopied = Task.FromResult(0L);
+
+    private static async Task<long> CopyOneAsync(Image source, long index, Image destination, CancellationToken ct)
+    {
+        await Task.Yield();
+        ct.ThrowIfCancellationRequested();
+        return await source.CopyChunkAsync(index, destination).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -373,7 +478,7 @@ public sealed partial class StorageEngine
 
     private async Task ResumeOneAsync(Pool dp, uint destId, string sourceName)
     {
-        var dest = Ungated(dp.HandleById(destId));
+        var dest = dp.HandleById(destId);
         string destName = $"{dp.Label}/{dest.Container}/{dest.Label}";
         string state = dp.ImagePropOrEmpty(destId, ImageMigration.Props.State);
         var (spool, scont, simage) = ParseImageName(sourceName, "source");
@@ -513,8 +618,6 @@ public sealed partial class StorageEngine
             throw new NotFoundException($"image {UserText.Quote(image)} has no alias");
         await p.SetImagePropInternalAsync(meta.Id, ImageMigration.Props.Alias, "").ConfigureAwait(false);
     }
-
-    private static Image Ungated(Image i) => new(i.Pool, i.Id, i.Container, i.Label, ungated: true);
 
     private void EmitMigration(string id, RasSeverity severity, ImageMigration m, string message) =>
         Ras.Emit(new RasEvent(id, severity, RasType.StateChange, message, Pool: m.Source.Pool.Label, Image: m.Source.Label));

@@ -165,6 +165,46 @@ public sealed partial class StorageEngine
         return done;
     }
 
+    /// <summary>
+    /// `storage reintegrate-target N`: checks that target <paramref name="index"/> still is this
+    /// engine's target N (its superblock), then every open pool it is excluded from verifies the
+    /// replicas still mapped there, keeps the valid ones, and moves chunks back onto it as a job
+    /// (Pool.ReintegrateTargetAsync). Refused, with nothing changed, for an unknown target, a target
+    /// not excluded, a blank or foreign device, a device that still fails, or a pool running another job.
+    /// </summary>
+    public async Task<IReadOnlyList<PoolReintegration>> ReintegrateTargetAsync(int index)
+    {
+        if (Options.ReadOnly)
+            throw new PoolReadOnlyException("the engine is open read-only");
+        if (index < 0 || index >= Targets.Count)
+            throw new NotFoundException($"target {index} does not exist; the engine has targets 0..{Targets.Count - 1}");
+        var pools = OpenPools().Where(p => p.Shards.Length > index && p.IsExcluded(index)).ToList();
+        if (pools.Count == 0)
+            throw new InvalidRequestException($"target {index} is not excluded from any open pool; nothing to reintegrate");
+        var t = Targets[index];
+        HeaderCopies.ReadResult<TargetSuperblock> sb;
+        try
+        {
+            sb = await HeaderCopies.ReadAsync<TargetSuperblock>(t.Device, 0, TargetSuperblock.Decode, s => s.Generation).ConfigureAwait(false);
+        }
+        catch (Interop.DeviceException e)
+        {
+            throw new InvalidRequestException($"target {index} ('{t.Device.Name}') cannot be read: {e.Message}; it stays excluded");
+        }
+        if (sb.Best == null)
+            throw new InvalidRequestException($"target {index} ('{t.Device.Name}') has no valid superblock (copy A: {sb.Problems[0]}; copy B: {sb.Problems[1]}): " +
+                "it was replaced by a blank device or overwritten; its data cannot be brought back and it stays excluded");
+        if (sb.Best.EngineId != t.Superblock.EngineId || sb.Best.TargetId != t.Id)
+            throw new InvalidRequestException($"target {index} ('{t.Device.Name}') now holds target {sb.Best.TargetIndex} {sb.Best.TargetId} of engine {sb.Best.EngineId}, " +
+                $"not this engine's target {index} {t.Id}: it was replaced; its data cannot be brought back and it stays excluded");
+        // Errors from before count no more: a device failing again is excluded again after as many.
+        _deviceErrors.TryRemove(index, out _);
+        var done = new List<PoolReintegration>();
+        foreach (var p in pools)
+            done.Add(await p.ReintegrateTargetAsync(index).ConfigureAwait(false));
+        return done;
+    }
+
     private readonly System.Collections.Concurrent.ConcurrentDictionary<int, int> _deviceErrors = new();
 
     /// <summary>

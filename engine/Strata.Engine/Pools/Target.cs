@@ -31,6 +31,12 @@ public sealed class Target
     /// <summary>Bytes of this target's extents given to pools (shard headers, logs, checkpoints and data).</summary>
     public long AllocatedBytes => Superblock.Extents.Sum(e => e.Length);
 
+    /// <summary>
+    /// A reintegrated target: flushes start afresh (a failed flush stays sticky otherwise). Called
+    /// after a flush of the device itself succeeded and what it holds was verified.
+    /// </summary>
+    internal void ResetFlusher() => _flusher = null;
+
     /// <summary>The sticky failure of a flush on this device, if one failed (health).</summary>
     public Exception? FlushFailure => _flusher?.Failure;
 

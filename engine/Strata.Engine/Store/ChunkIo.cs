@@ -280,7 +280,11 @@ internal sealed class ChunkIo(Pool pool)
     /// and only then free the old extents.
     /// </summary>
     /// <param name="durable">False: writeback (PoolLog.CommitWriteback); the old extents are freed once the new mapping is durable.</param>
-    public async Task WriteAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, bool durable = true)
+    /// <param name="expectCrc">
+    /// A whole chunk's CRC32C as its reader verified it (an image migration's copy): checked against
+    /// the bytes about to be written, before any replica is written or the map switched.
+    /// </param>
+    public async Task WriteAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, bool durable = true, uint? expectCrc = null)
     {
         pool.ThrowIfNotWritable();
         int cs = meta.ChunkSize;
@@ -319,6 +323,9 @@ internal sealed class ChunkIo(Pool pool)
             uint crc = blocks
                 ? ChunkChecksum.BuildTable(meta.Id, index, extent.Span[head..], rented!.AsSpan(0, head))
                 : ChunkChecksum.Of(extent.Span);
+            if (expectCrc is uint expected && (blocks ? ChunkChecksum.Of(extent.Span[head..]) : crc) != expected)
+                throw new DataIntegrityException(pool.Label, meta.Label, index * cs,
+                    $"data integrity error in pool '{pool.Label}', image '{meta.Label}' at offset {index * cs}: the copy does not match the source's checksum 0x{expected:x8} before it was written; nothing was written");
             await WriteReplicasAsync(meta, index, within, extent, crc, blocks, durable, old).ConfigureAwait(false);
         }
         finally
@@ -536,7 +543,7 @@ internal sealed class ChunkIo(Pool pool)
     {
         int cs = meta.ChunkSize;
         int length = chunk.Length;
-        int rf = Math.Min(pool.Rf, pool.LiveTargets);
+        int rf = Math.Min(pool.WriteRf, pool.LiveTargets);
         var replicas = new Replica[rf];
         var placement = pool.Placement;
         int allocated = 0;

@@ -183,7 +183,7 @@ internal sealed class ChunkRuns(Pool pool)
     {
         int cs = meta.ChunkSize, n = pieces.Count, targets = pool.TargetCount;
         int ext = ChunkChecksum.ExtentLength(cs, blocks);
-        int rf = Math.Min(pool.Rf, pool.LiveTargets);
+        int rf = Math.Min(pool.WriteRf, pool.LiveTargets);
         var replicas = new Replica[n][];
         var crcs = new uint[n];
         // Block tables, when the chunks take them: built once, written before each replica's data.

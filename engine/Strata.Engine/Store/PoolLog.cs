@@ -308,6 +308,13 @@ internal sealed partial class PoolLog
     /// </summary>
     public Task ExcludeShardAsync(int target) => Enqueue(null, exclude: target);
 
+    /// <summary>
+    /// Puts an excluded target's shard back into the log (a reintegration): between rounds, so every
+    /// later round writes it too, and the checkpoint gives it the state (its own log is stale).
+    /// Reads and placement keep skipping it until the pool lifts the exclusion (Pool.JoinShard).
+    /// </summary>
+    public Task RejoinShardAsync(Shard shard) => Enqueue(null, join: shard);
+
     private Task Enqueue(MetaRecord[]? records, Task? data = null, uint switchTo = 0, TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1)
     {
         _pool.ThrowIfNotLoggable();

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Strata.Engine.Layout;
 using Strata.Engine.Pools;
 
@@ -10,10 +11,11 @@ namespace Strata.Engine.Store;
 /// checkpoint on every shard, which also brings lagging shards and bad header
 /// copies up to date.
 /// </summary>
-internal static class PoolOpener
+internal static partial class PoolOpener
 {
     public static async Task<Pool> OpenAsync(StorageEngine engine, StorageEngine.PoolEntry entry)
     {
+        long started = Stopwatch.GetTimestamp();
         var targets = engine.Targets;
         var shards = new Shard[entry.Extents.Length];
         string? readOnly = engine.Options.ReadOnly ? "the engine is open read-only" : null;
@@ -69,14 +71,16 @@ internal static class PoolOpener
         if (shards.Any(s => s.Header.WalLength != shards[0].Header.WalLength))
             throw new CorruptMetadataException($"pool '{label}' shards disagree on the log size; refusing to open (nothing was written)");
 
+        long headersDone = Stopwatch.GetTimestamp();
         Replay? best = null;
         var problems = new List<string>();
         var verifier = new TailVerifier(shards);
+        var clock = new ReplayClock();
         foreach (var s in shards)
         {
             try
             {
-                var result = await ReplayShardAsync(s, entry.Id, verifier).ConfigureAwait(false);
+                var result = await ReplayShardAsync(s, entry.Id, verifier, clock).ConfigureAwait(false);
                 if (best == null || result.NextSeq > best.NextSeq)
                     best = result;
             }
@@ -90,6 +94,7 @@ internal static class PoolOpener
         if (best == null)
             throw new CorruptMetadataException($"pool '{label}': no shard has usable metadata ({string.Join("; ", problems)}); refusing to open");
 
+        long replayDone = Stopwatch.GetTimestamp();
         var (state, tail, nextSeq, replayed, dropped) = best;
         CheckReplayedLayout(engine, state, label);
         var pool = new Pool(engine, entry, shards, state, readOnly);
@@ -102,12 +107,24 @@ internal static class PoolOpener
         pool.RebuildAllocators();
         ulong epoch = shards.Max(s => s.Header.WalEpoch);
         pool.Log = new PoolLog(pool, tail, nextSeq, readOnly == null ? epoch + 1 : epoch, WalFormatAfterOpen(engine, shards, state));
+        long stateDone = Stopwatch.GetTimestamp();
         if (readOnly == null)
         {
             await pool.Log.WriteCheckpointAsync().ConfigureAwait(false);
             pool.Log.Start();
         }
+        long done = Stopwatch.GetTimestamp();
+        pool.OpenTimings = new PoolOpenTimings(Ms(started, headersDone), Ms(0, clock.CheckpointTicks), Ms(0, clock.LogTicks), clock.LogBytes, replayed,
+            Ms(replayDone, stateDone), Ms(stateDone, done), Ms(started, done));
         return pool;
+    }
+
+    private static double Ms(long from, long to) => (to - from) * 1000.0 / Stopwatch.Frequency;
+
+    /// <summary>Time the shards' replays spent on checkpoints and on logs, and the log bytes they read (<see cref="PoolOpenTimings"/>).</summary>
+    private sealed class ReplayClock
+    {
+        public long CheckpointTicks, LogTicks, LogBytes;
     }
 
     /// <summary>
@@ -177,8 +194,9 @@ internal static class PoolOpener
 
     private readonly record struct DroppedRecord(ulong Seq, uint Image, long Chunk);
 
-    private static async Task<Replay> ReplayShardAsync(Shard s, Guid poolId, TailVerifier verifier)
+    private static async Task<Replay> ReplayShardAsync(Shard s, Guid poolId, TailVerifier verifier, ReplayClock clock)
     {
+        long started = Stopwatch.GetTimestamp();
         var h = s.Header;
         long slotAt = s.Base + h.CheckpointOffset(h.ActiveCheckpoint);
         var first = new byte[Math.Min(h.CheckpointLength, 64 * 1024)];
@@ -187,9 +205,10 @@ internal static class PoolOpener
         var whole = new byte[DeviceIo.AlignUp(Checkpoint.HeaderSize + payloadLength, s.Device.Geometry.LogicalBlockSize)];
         await DeviceIo.ReadAsync(s.Device, slotAt, whole).ConfigureAwait(false);
         var state = DecodeSlot(whole, payloadLength, h);
-        var wal = new byte[h.WalLength];
-        await DeviceIo.ReadAsync(s.Device, s.WalStart, wal).ConfigureAwait(false);
-        var (records, tail, nextSeq, durable) = ReadLog(wal, h, poolId);
+        long checkpointRead = Stopwatch.GetTimestamp();
+        clock.CheckpointTicks += checkpointRead - started;
+        var (records, tail, nextSeq, durable, logBytes) = await ReadLiveLogAsync(s, poolId).ConfigureAwait(false);
+        clock.LogBytes += logBytes;
         var dropped = new List<DroppedRecord>();
         foreach (var r in records)
         {
@@ -212,6 +231,7 @@ internal static class PoolOpener
         CheckReplayed(state);
         // A torn batch can end replay inside a block; the next batch starts on a block boundary.
         tail = DeviceIo.AlignUp(tail, s.Device.Geometry.LogicalBlockSize) % h.WalLength;
+        clock.LogTicks += Stopwatch.GetTimestamp() - checkpointRead;
         return new Replay(state, tail, nextSeq, records.Count, dropped);
     }
 

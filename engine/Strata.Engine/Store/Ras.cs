@@ -64,6 +64,15 @@ public static class RasIds
     public const string PoolRebuildResumed = "pool_rebuild_resumed";
     public const string PoolRebuildCompleted = "pool_rebuild_completed";
     public const string PoolRebuildFailed = "pool_rebuild_failed";
+    public const string TargetReintegrated = "target_reintegrated";
+    public const string PoolReintegrateStarted = "pool_reintegrate_started";
+    public const string PoolReintegrateResumed = "pool_reintegrate_resumed";
+    public const string PoolReintegrateCompleted = "pool_reintegrate_completed";
+    public const string PoolReintegrateFailed = "pool_reintegrate_failed";
+    public const string PoolRfChangeStarted = "pool_rf_change_started";
+    public const string PoolRfChangeResumed = "pool_rf_change_resumed";
+    public const string PoolRfChangeCompleted = "pool_rf_change_completed";
+    public const string PoolRfChangeFailed = "pool_rf_change_failed";
 }
 
 /// <summary>Where RAS events go.</summary>

@@ -80,7 +80,7 @@ public static class PoolCommands
                 o.WriteLine($"Upgrade: {PoolUpgradeCommand.Describe(u)}");
             if (q.Job is { } j)
                 o.WriteLine($"Job: {PoolExtendCommand.DescribeJob(j)}");
-            if (q.Redundancy is { } r && r.ExcludedTargets.Count > 0)
+            if (q.Redundancy is { } r && (r.ExcludedTargets.Count > 0 || r.Health != "ok"))
                 o.WriteLine($"Redundancy: {DescribeRedundancy(r)}");
             o.WriteLine($"Containers: {q.Containers}, images: {q.Images}");
             o.WriteLine($"Space: total {Sizes.Format(q.TotalBytes)}, used {Sizes.Format(q.UsedBytes)}, free {Sizes.Format(q.FreeBytes)}");
@@ -161,7 +161,7 @@ public static class PoolCommands
 
     /// <summary>"degraded, excluded target(s) 2: 120 chunk(s) (480 KiB) at one copy; lost 3 chunk(s) (12 KiB) in image(s) a".</summary>
     public static string DescribeRedundancy(PoolRedundancyDto r) =>
-        $"{r.Health}, excluded target(s) {string.Join(", ", r.ExcludedTargets)}: {r.ChunksAtOneCopy} chunk(s) ({Sizes.Format(r.BytesAtOneCopy)}) at one copy" +
+        $"{r.Health}, {(r.ExcludedTargets.Count > 0 ? $"excluded target(s) {string.Join(", ", r.ExcludedTargets)}" : "no target excluded")}: {r.ChunksAtOneCopy} chunk(s) ({Sizes.Format(r.BytesAtOneCopy)}) at one copy" +
         (r.LostChunks > 0 ? $"; lost {r.LostChunks} chunk(s) ({Sizes.Format(r.LostBytes)}) in image(s) {string.Join(", ", r.LostImages)}" : "");
 
     public static int PrintProps(List<PropertyDto> props, bool json)

@@ -59,6 +59,23 @@ public static class StorageCommands
                     (e.RebuildStarted ? "rebuild started" : $"rebuild not started: {e.RebuildRefused}"));
             return 0;
         }));
-        return Cli.Group("storage", "The engine's targets", query, add, exclude);
+        var reintegrate = new Command("reintegrate-target", "Bring an excluded target back: keep the replicas on it that still verify, then move chunks back onto it as a job");
+        reintegrate.Arguments.Add(index);
+        reintegrate.SetAction((parse, ct) => Cli.RunAsync(parse, async (client, json) =>
+        {
+            int n = parse.GetValue(index);
+            var list = await client.PostAsync<List<PoolReintegrationDto>>($"storage/targets/{n}/reintegrate", null);
+            if (json)
+            {
+                Cli.PrintJson(list);
+                return 0;
+            }
+            foreach (var e in list)
+                Console.Out.WriteLine($"Pool {e.Pool}: target {e.Target} reintegrated; {e.Valid} of {e.Replicas} replica(s) on it verified and are served again, " +
+                    $"{e.Invalid} ({Sizes.Format(e.InvalidBytes)}) did not and are copied anew" + (e.Recovered > 0 ? $", {e.Recovered} lost chunk(s) readable again" : "") +
+                    "; reintegration job started ('strata pool query " + e.Pool + "' shows it)");
+            return 0;
+        }));
+        return Cli.Group("storage", "The engine's targets", query, add, exclude, reintegrate);
     }
 }
