@@ -4,6 +4,7 @@ using Strata.Engine.Layout;
 using Strata.Engine.Migration;
 using Strata.Engine.Pools;
 using Strata.Engine.Store;
+using Strata.Interop;
 
 namespace Strata.Store.Tests;
 
@@ -336,6 +337,83 @@ public sealed class UpgradeTests
         CollectionAssert.AreEqual(TestDevices.Pattern(300_000, 1), back);
         await img.WriteAsync(0, new byte[10]);
         await pool.CreateContainerAsync("after");
+    }
+
+    /// <summary>A memory device that, once armed, holds its next read of exactly <see cref="Size"/> bytes (a 16 KiB chunk's replica) until released.</summary>
+    private sealed class HoldChunkReadsDisk(string name) : MemoryBlockDevice(name, TestDevices.TargetSize)
+    {
+        public const int Size = 16384;
+        public int Armed;
+        public readonly TaskCompletionSource Held = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public readonly TaskCompletionSource Release = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        protected override async ValueTask SubmitCore(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
+        {
+            if (opcode == IoOpcode.Read && length == Size && Interlocked.Exchange(ref Armed, 0) == 1)
+            {
+                Held.TrySetResult();
+                await Release.Task;
+            }
+            await base.SubmitCore(opcode, offset, length, buffer, flags);
+        }
+    }
+
+    /// <summary>
+    /// A write that entered the pool's gate before an exclusive action closed it (here: waiting for
+    /// the chunk lock of a partial write whose read of the old chunk is held in the device) finishes when it gets the lock; it is not
+    /// refused with "pool is upgrading" (the closing waits for it, so refusing it would fail a
+    /// client's I/O the window promises to hold).
+    /// </summary>
+    [TestMethod]
+    public async Task ExclusiveAction_WriteInsideTheGateWhenItCloses_FinishesNotRefused()
+    {
+        // An online step first: the job's start (its checkpoint) is over before the writes below begin.
+        var online = new GateAction(ActionAccess.Online);
+        var gate = new GateAction();
+        var cat = new LayoutCatalog(
+            [LayoutCatalog.Default[1], LayoutCatalog.Default[2], new LayoutVersion(3, "test version",
+            [
+                new LayoutFeature("test_online", 3, FeatureClass.Compat, 5, ActionKind.DataScan, "test", online),
+                new LayoutFeature("test_exclusive", 3, FeatureClass.Incompat, 5, ActionKind.LogFormat, "test", gate),
+            ], Supported: true)],
+            LayoutCatalog.Default.Releases);
+        var disks = new[] { new HoldChunkReadsDisk("d0"), new HoldChunkReadsDisk("d1") };
+        var (_, pool, _) = await V1PoolWithDataAsync(disks, new StorageEngineOptions { Catalog = cat }, layout: 2);
+        var img = pool.OpenImage("old", "a");
+        await pool.UpgradeAsync(3, false);
+        await online.Entered.Task;
+        var first = TestDevices.Pattern(4096, 7);
+        var second = TestDevices.Pattern(HoldChunkReadsDisk.Size, 8);
+        foreach (var d in disks)
+            d.Armed = 1;
+        // A holds chunk 0's lock while its read of the old chunk waits in the device; B has entered the gate
+        // and waits for that lock (WriteAsync returns at its first incomplete await: the lock).
+        var a = img.WriteAsync(0, first);
+        await Task.WhenAny(disks.Select(d => d.Held.Task));
+        foreach (var d in disks)
+            Volatile.Write(ref d.Armed, 0);
+        var b = pool.OpenImage("old", "a").WriteAsync(0, second);
+        Assert.IsFalse(b.IsCompleted, "B waits for A's chunk lock");
+        online.Release.SetResult();
+        // The action is closing the gate (it waits for A and B): a read issued now is held there.
+        await pool.Gate.Closing;
+        var held = new byte[10];
+        var read = img.ReadAsync(HoldChunkReadsDisk.Size, held);
+        Assert.IsFalse(read.IsCompleted, "the read waits at the closing gate");
+        Assert.AreEqual(1, pool.HeldRequests, "the read waits at the closing gate");
+        foreach (var d in disks)
+            d.Release.TrySetResult();
+        await a;
+        await b;
+        await gate.Entered.Task;
+        Assert.IsFalse(read.IsCompleted, "the read is held while the action runs");
+        gate.Release.SetResult();
+        await pool.WaitForUpgradeAsync();
+        await read;
+        Assert.AreEqual("completed", pool.GetProperty("upgrade_status"));
+        var back = new byte[HoldChunkReadsDisk.Size];
+        await pool.OpenImage("old", "a").ReadAsync(0, back);
+        CollectionAssert.AreEqual(second, back, "B, the later write, is what the chunk holds");
     }
 
     /// <summary>

@@ -23,7 +23,7 @@ public sealed partial class Pool
             if (_upgradeTask is { IsCompleted: false })
                 throw new BusyException($"pool '{Label}' is upgrading; freeze after the upgrade completes");
             // Metadata changes take MetaLock and check the reason under it: none is half done now.
-            _barrierClosure = await Gate.CloseAsync(null, ct).ConfigureAwait(false);
+            _barrierClosure = await Gate.CloseAsync(ct).ConfigureAwait(false);
             _barrierReason = reason;
         }
         finally

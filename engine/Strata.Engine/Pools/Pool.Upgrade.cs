@@ -402,13 +402,11 @@ public sealed partial class Pool : IUpgradePool
         PoolGate.Closure closure;
         try
         {
+            // The reason only once the gate is closed: image I/O that entered before the closing
+            // finishes (the closing waits for it) rather than being refused by the check it makes
+            // inside. Metadata changes take MetaLock and check the reason under it: none starts now.
+            closure = await Gate.CloseAsync(stop).ConfigureAwait(false);
             _exclusiveReason = reason;
-            closure = await Gate.CloseAsync(null, stop).ConfigureAwait(false);
-        }
-        catch
-        {
-            _exclusiveReason = null;
-            throw;
         }
         finally
         {
@@ -492,7 +490,7 @@ public sealed partial class Pool : IUpgradePool
             ThrowIfFrozen();
             if (_upgradeTask is { IsCompleted: false })
                 throw new BusyException($"pool '{Label}' is upgrading; prepare after the upgrade completes");
-            using (await Gate.CloseAsync(null).ConfigureAwait(false))
+            using (await Gate.CloseAsync().ConfigureAwait(false))
             {
                 _preparedReason = "the engine is prepared for a software change; run 'strata system prepare --cancel' to accept writes again";
                 await Log.CheckpointAsync().ConfigureAwait(false);

@@ -5,10 +5,8 @@ namespace Strata.Engine.Pools;
 /// <summary>
 /// The pool's I/O barrier (Lustre's barrier_freeze for one pool): every image
 /// operation passes through it, and an upgrade step or `system prepare` closes it
-/// to drain what is in flight. Closed in pause mode, new operations wait until it
-/// reopens; closed in refuse mode (an exclusive upgrade action), they fail at
-/// once with the refusal. The open path is two interlocked operations and no
-/// allocation.
+/// to drain what is in flight; new operations wait until it reopens (held, never
+/// failed). The open path is two interlocked operations and no allocation.
 /// </summary>
 internal sealed class PoolGate
 {
@@ -17,14 +15,12 @@ internal sealed class PoolGate
     private int _waiting;
     private volatile TaskCompletionSource? _closed;
     private volatile TaskCompletionSource? _drained;
-    private volatile string? _refusal;
+    private volatile TaskCompletionSource _closing = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public ValueTask<Ticket> EnterAsync()
     {
         while (true)
         {
-            if (_refusal is { } r)
-                throw new PoolBusyException(r);
             var closed = _closed;
             if (closed != null)
                 return WaitThenEnterAsync(closed);
@@ -59,8 +55,11 @@ internal sealed class PoolGate
             _drained?.TrySetResult();
     }
 
+    /// <summary>Completes when the gate next starts closing (what a test waits for instead of polling).</summary>
+    public Task Closing => _closing.Task;
+
     /// <summary>Closes the gate and waits until nothing is inside; dispose the result to reopen.</summary>
-    public async Task<Closure> CloseAsync(string? refusal, CancellationToken ct = default)
+    public async Task<Closure> CloseAsync(CancellationToken ct = default)
     {
         TaskCompletionSource drained;
         lock (_sync)
@@ -69,8 +68,8 @@ internal sealed class PoolGate
                 throw new InvalidOperationException("the pool gate is already closed");
             drained = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             _drained = drained;
-            _refusal = refusal;
             _closed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _closing.TrySetResult();
         }
         if (Volatile.Read(ref _active) == 0)
             drained.TrySetResult();
@@ -93,9 +92,9 @@ internal sealed class PoolGate
         lock (_sync)
         {
             closed = _closed;
-            _refusal = null;
             _drained = null;
             _closed = null;
+            _closing = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         }
         closed?.TrySetResult();
     }
