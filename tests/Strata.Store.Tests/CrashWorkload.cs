@@ -166,14 +166,7 @@ internal sealed class CrashWorkload
             int span = Math.Min(img.Data.Length, 2 * img.ChunkSize);
             int len = _rng.Next(2) == 0 ? Math.Min(span, 4096) : _rng.Next(1, span + 1);
             int off = _rng.Next(2) == 0 ? _rng.Next(0, (span - len) / 4096 + 1) * 4096 : _rng.Next(0, span - len + 1);
-            var data = new byte[len];
-            _rng.NextBytes(data);
-            if (!durable)
-                img.Unflushed.Add((byte[])img.Data.Clone());
-            data.CopyTo(img.Data, off);
-            await handle.WriteAsync(off, data, durable);
-            if (durable)
-                m.Flushed();
+            await WriteRandomAsync(m, img, handle, off, len, durable);
             return;
         }
         if (roll < 55)
@@ -182,14 +175,7 @@ internal sealed class CrashWorkload
             bool durable = _rng.Next(2) == 0;
             int len = _rng.Next(1, Math.Min(img.Data.Length, img.ChunkSize * 5 / 2) + 1);
             int off = _rng.Next(0, img.Data.Length - len + 1);
-            var data = new byte[len];
-            _rng.NextBytes(data);
-            if (!durable)
-                img.Unflushed.Add((byte[])img.Data.Clone());
-            data.CopyTo(img.Data, off);
-            await handle.WriteAsync(off, data, durable);
-            if (durable)
-                m.Flushed();
+            await WriteRandomAsync(m, img, handle, off, len, durable);
         }
         else if (roll < 65)
         {
@@ -271,6 +257,19 @@ internal sealed class CrashWorkload
             m.ContainerProps["c/user.note"] = value;
             await pool.SetContainerPropertyAsync("c", "user.note", value);
         }
+    }
+
+    /// <summary>Writes <paramref name="len"/> random bytes at <paramref name="off"/> and records them in the model (writeback: kept or lost until a flush).</summary>
+    private async Task WriteRandomAsync(CrashModel m, CrashModel.Img img, Image handle, int off, int len, bool durable)
+    {
+        var data = new byte[len];
+        _rng.NextBytes(data);
+        if (!durable)
+            img.Unflushed.Add((byte[])img.Data.Clone());
+        data.CopyTo(img.Data, off);
+        await handle.WriteAsync(off, data, durable);
+        if (durable)
+            m.Flushed();
     }
 
     /// <summary>The recovered pool's contents as the next round's model (already checked against before/after).</summary>

@@ -1,6 +1,7 @@
 using Strata.Engine.Device;
 using Strata.Engine.Pools;
 using Strata.Engine.Store;
+using static Strata.Store.Tests.TargetsTestKit;
 
 namespace Strata.Store.Tests;
 
@@ -9,7 +10,6 @@ namespace Strata.Store.Tests;
 public sealed class ExcludeTests
 {
     private const int Cs = 4096;
-    private const string Dead = "fail_every=1&fail_ops=read,write,flush,trim,zeroes";
 
     private string _dir = "";
 
@@ -20,22 +20,6 @@ public sealed class ExcludeTests
 
     [TestCleanup]
     public void Cleanup() => Directory.Delete(_dir, true);
-
-    private static async Task<(StorageEngine Engine, Pool Pool, InMemoryRasSink Ras)> PoolAsync(IBlockDevice[] devs, int rf, uint layout = 4)
-    {
-        var ras = new InMemoryRasSink();
-        var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Ras = ras, Catalog = PlacementV2Tests.UpTo4() });
-        var pool = await engine.CreatePoolAsync("tank", devs.Length * (4L << 20), rf, TestDevices.SmallPool with { LayoutVersion = layout });
-        await pool.CreateContainerAsync("c");
-        return (engine, pool, ras);
-    }
-
-    private static async Task<byte[]> ReadAllAsync(Image image, int length)
-    {
-        var buf = new byte[length];
-        await image.ReadAsync(0, buf);
-        return buf;
-    }
 
     private static int OnTarget(Pool pool, int target)
     {

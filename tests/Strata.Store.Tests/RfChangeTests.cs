@@ -1,5 +1,6 @@
 using Strata.Engine.Pools;
 using Strata.Engine.Store;
+using static Strata.Store.Tests.TargetsTestKit;
 
 namespace Strata.Store.Tests;
 
@@ -11,22 +12,8 @@ public sealed class RfChangeTests
 
     public TestContext TestContext { get; set; } = null!;
 
-    private static async Task<(StorageEngine Engine, Pool Pool, InMemoryRasSink Ras)> PoolAsync(int rf, uint layout)
-    {
-        var ras = new InMemoryRasSink();
-        var devs = TestDevices.Memory(3);
-        var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Ras = ras, Catalog = PlacementV2Tests.UpTo4() });
-        var pool = await engine.CreatePoolAsync("tank", 3 * (4L << 20), rf, TestDevices.SmallPool with { LayoutVersion = layout });
-        await pool.CreateContainerAsync("c");
-        return (engine, pool, ras);
-    }
-
-    private static async Task<byte[]> ReadAllAsync(Image image, int length)
-    {
-        var buf = new byte[length];
-        await image.ReadAsync(0, buf);
-        return buf;
-    }
+    private static Task<(StorageEngine Engine, Pool Pool, InMemoryRasSink Ras)> PoolAsync(int rf, uint layout) =>
+        TargetsTestKit.PoolAsync(TestDevices.Memory(3), rf, layout);
 
     private static int[] CopyCounts(Pool pool, uint image)
     {

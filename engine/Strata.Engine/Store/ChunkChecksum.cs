@@ -73,12 +73,7 @@ internal static class ChunkChecksum
     {
         int n = data.Length / BlockSize;
         System.Diagnostics.Debug.Assert(data.Length % BlockSize == 0 && n > 1 && EntriesAt + 4 * n <= TableSize && table.Length == TableSize);
-        table.Clear();
-        BinaryPrimitives.WriteUInt32LittleEndian(table, TableMagic);
-        BinaryPrimitives.WriteUInt16LittleEndian(table[4..], TableFormat);
-        BinaryPrimitives.WriteUInt16LittleEndian(table[6..], (ushort)n);
-        BinaryPrimitives.WriteUInt32LittleEndian(table[8..], image);
-        BinaryPrimitives.WriteInt64LittleEndian(table[12..], chunk);
+        WriteTableHeader(image, chunk, n, table);
         for (int k = 0; k < n; k++)
             BinaryPrimitives.WriteUInt32LittleEndian(table[(EntriesAt + 4 * k)..], Crc32C.Compute(data.Slice(k * BlockSize, BlockSize)));
         return Crc32C.Compute(table);
@@ -93,15 +88,21 @@ internal static class ChunkChecksum
     {
         int n = crcs.Length;
         System.Diagnostics.Debug.Assert(n > 1 && EntriesAt + 4 * n <= TableSize && table.Length == TableSize);
-        table.Clear();
-        BinaryPrimitives.WriteUInt32LittleEndian(table, TableMagic);
-        BinaryPrimitives.WriteUInt16LittleEndian(table[4..], TableFormat);
-        BinaryPrimitives.WriteUInt16LittleEndian(table[6..], (ushort)n);
-        BinaryPrimitives.WriteUInt32LittleEndian(table[8..], image);
-        BinaryPrimitives.WriteInt64LittleEndian(table[12..], chunk);
+        WriteTableHeader(image, chunk, n, table);
         for (int k = 0; k < n; k++)
             BinaryPrimitives.WriteUInt32LittleEndian(table[(EntriesAt + 4 * k)..], crcs[k]);
         return Crc32C.Compute(table);
+    }
+
+    /// <summary>A cleared table with its header: magic, format, block count, and the chunk it belongs to.</summary>
+    private static void WriteTableHeader(uint image, long chunk, int blocks, Span<byte> table)
+    {
+        table.Clear();
+        BinaryPrimitives.WriteUInt32LittleEndian(table, TableMagic);
+        BinaryPrimitives.WriteUInt16LittleEndian(table[4..], TableFormat);
+        BinaryPrimitives.WriteUInt16LittleEndian(table[6..], (ushort)blocks);
+        BinaryPrimitives.WriteUInt32LittleEndian(table[8..], image);
+        BinaryPrimitives.WriteInt64LittleEndian(table[12..], chunk);
     }
 
     /// <summary>

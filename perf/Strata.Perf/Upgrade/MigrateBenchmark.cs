@@ -132,36 +132,19 @@ public static class MigrateBenchmark
             var image = await pool.CreateImageAsync("c", "v", data, 1 << 20);
             await ImageFill.FillAsync(image);
             await pool.SetPropertyAsync(Strata.Engine.Migration.MigrateRate.Property, rate.ToString(CultureInfo.InvariantCulture));
-            var marks = new System.Collections.Concurrent.ConcurrentQueue<(long At, double Ms)>();
-            using var stop = new CancellationTokenSource();
-            var payload = new byte[4096];
-            Random.Shared.NextBytes(payload);
-            long blocks = data / 4096;
-            var writers = Enumerable.Range(0, 8).Select(w => Task.Run(async () =>
-            {
-                var rng = new Random(w);
-                while (!stop.IsCancellationRequested)
-                {
-                    long t0 = Stopwatch.GetTimestamp();
-                    await image.WriteAsync(rng.NextInt64(blocks) * 4096, payload);
-                    marks.Enqueue((t0, Stopwatch.GetElapsedTime(t0).TotalMilliseconds));
-                }
-            })).ToArray();
+            var writers = RandomWriters.Start(image, data);
             await Task.Delay(TimeSpan.FromSeconds(seconds));
             long start = Stopwatch.GetTimestamp();
             await pool.UpgradeAsync(4, dryRun: false);
             await pool.WaitForUpgradeAsync();
             long end = Stopwatch.GetTimestamp();
-            await stop.CancelAsync();
-            await Task.WhenAll(writers);
+            await writers.StopAsync();
             var status = pool.GetUpgradeStatus();
             if (status.Status != "completed")
                 throw new InvalidOperationException($"upgrade ended {status.Status}: {status.Reason}");
-            static double P99(double[] v) => v.Length == 0 ? 0 : v.Order().ElementAt((int)(v.Length * 0.99));
-            var before = marks.Where(m => m.At < start).Select(m => m.Ms).ToArray();
-            var during = marks.Where(m => m.At >= start && m.At <= end).Select(m => m.Ms).ToArray();
+            var (before, during, count) = writers.P99(start, end);
             await engine.DisposeAsync();
-            return (Stopwatch.GetElapsedTime(start, end).TotalSeconds, status.BytesDone, P99(before), P99(during), during.Length);
+            return (Stopwatch.GetElapsedTime(start, end).TotalSeconds, status.BytesDone, before, during, count);
         }
         finally
         {
@@ -212,36 +195,17 @@ public static class MigrateBenchmark
                 await pool.CreateContainerAsync("c");
                 var image = await pool.CreateImageAsync("c", "v", data, 1 << 20);
                 await ImageFill.FillAsync(image);
-                var marks = new System.Collections.Concurrent.ConcurrentQueue<(long At, double Ms)>();
-                using var stop = new CancellationTokenSource();
-                var payload = new byte[4096];
-                Random.Shared.NextBytes(payload);
-                long blocks = data / 4096;
-                var writers = Enumerable.Range(0, 8).Select(w => Task.Run(async () =>
-                {
-                    var rng = new Random(w);
-                    while (!stop.IsCancellationRequested)
-                    {
-                        long t0 = Stopwatch.GetTimestamp();
-                        await image.WriteAsync(rng.NextInt64(blocks) * 4096, payload);
-                        marks.Enqueue((t0, Stopwatch.GetElapsedTime(t0).TotalMilliseconds));
-                    }
-                })).ToArray();
+                var writers = RandomWriters.Start(image, data);
                 await Task.Delay(TimeSpan.FromSeconds(seconds));
                 long start = Stopwatch.GetTimestamp();
                 await engine.ExcludeTargetAsync(2);
                 await pool.WaitForJobAsync();
                 long end = Stopwatch.GetTimestamp();
-                await stop.CancelAsync();
-                await Task.WhenAll(writers);
+                await writers.StopAsync();
                 var job = pool.JobStatus ?? throw new InvalidOperationException("no rebuild ran");
                 if (job.State != "completed")
                     throw new InvalidOperationException($"rebuild ended {job.State}: {job.Reason}");
-                static double P99(double[] v) => v.Length == 0 ? 0 : v.Order().ElementAt((int)(v.Length * 0.99));
-                var during = marks.Where(m => m.At >= start && m.At <= end).Select(m => m.Ms).ToArray();
-                p99Before = P99([.. marks.Where(m => m.At < start).Select(m => m.Ms)]);
-                p99During = P99(during);
-                writesDuring = during.Length;
+                (p99Before, p99During, writesDuring) = writers.P99(start, end);
                 jobSeconds = Stopwatch.GetElapsedTime(start, end).TotalSeconds;
                 moved = job.BytesDone;
                 await engine.DisposeAsync();
@@ -319,6 +283,49 @@ public static class MigrateBenchmark
         {
             bench.Dispose();
         }
+    }
+
+    /// <summary>Eight clients writing 4 KiB at random offsets of an image (QD 8, durable writes), each write's latency kept.</summary>
+    private sealed class RandomWriters
+    {
+        private readonly System.Collections.Concurrent.ConcurrentQueue<(long At, double Ms)> _marks = new();
+        private readonly CancellationTokenSource _stop = new();
+        private Task[] _writers = [];
+
+        public static RandomWriters Start(Image image, long bytes)
+        {
+            var w = new RandomWriters();
+            var payload = new byte[4096];
+            Random.Shared.NextBytes(payload);
+            long blocks = bytes / 4096;
+            w._writers = [.. Enumerable.Range(0, 8).Select(n => Task.Run(async () =>
+            {
+                var rng = new Random(n);
+                while (!w._stop.IsCancellationRequested)
+                {
+                    long t0 = Stopwatch.GetTimestamp();
+                    await image.WriteAsync(rng.NextInt64(blocks) * 4096, payload);
+                    w._marks.Enqueue((t0, Stopwatch.GetElapsedTime(t0).TotalMilliseconds));
+                }
+            }))];
+            return w;
+        }
+
+        public async Task StopAsync()
+        {
+            await _stop.CancelAsync();
+            await Task.WhenAll(_writers);
+            _stop.Dispose();
+        }
+
+        /// <summary>The p99 (ms) of writes begun before <paramref name="start"/>, of those begun in [start, end], and how many those were.</summary>
+        public (double Before, double During, int WritesDuring) P99(long start, long end)
+        {
+            var during = _marks.Where(m => m.At >= start && m.At <= end).Select(m => m.Ms).ToArray();
+            return (Percentile99([.. _marks.Where(m => m.At < start).Select(m => m.Ms)]), Percentile99(during), during.Length);
+        }
+
+        private static double Percentile99(double[] v) => v.Length == 0 ? 0 : v.Order().ElementAt((int)(v.Length * 0.99));
     }
 
     /// <summary>
