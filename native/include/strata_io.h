@@ -168,7 +168,7 @@ typedef struct sio_completion {
 typedef struct sio_fault_stats {
     /** Commands that the injector looked at (those matching its filters). */
     uint64_t ios_seen;
-    /** Commands failed with EIO by fail_io or fail_every. */
+    /** Commands failed with EIO by fail_io, fail_every or fail_after. */
     uint64_t ios_failed;
     /** Flushes failed with EIO by fail_flush. */
     uint64_t flushes_failed;
@@ -228,13 +228,14 @@ SIO_API int32_t sio_device_geometry(sio_device *dev, sio_geometry *out_geometry)
 
 /**
  * Replaces the device's fault-injection configuration (spec as in the URI,
- * without '?': "fail_io=N&fail_every=N&fail_flush=N|all&tear_write=N&
- * tear_bytes=B&tear_ok=1&fail_ops=read,write,flush,trim,zeroes&
- * fail_range=START-END"); an empty spec clears it and its counters.
- * fail_io fails the Nth matching command once, fail_every every Nth,
- * fail_flush the Nth flush (or all), tear_write writes only tear_bytes of
- * the Nth matching write (default half, block aligned) and completes it with
- * -EIO, or with success when tear_ok=1.
+ * without '?': "fail_io=N&fail_every=N&fail_after=N&fail_flush=N|all&
+ * tear_write=N&tear_bytes=B&tear_ok=1&
+ * fail_ops=read,write,flush,trim,zeroes&fail_range=START-END"); an empty
+ * spec clears it and its counters. fail_io fails the Nth matching command
+ * once, fail_every every Nth, fail_after every one after the Nth (a device
+ * that stops working), fail_flush the Nth flush (or all), tear_write writes
+ * only tear_bytes of the Nth matching write (default half, block aligned)
+ * and completes it with -EIO, or with success when tear_ok=1.
  */
 SIO_API int32_t sio_device_set_faults(sio_device *dev, const char *spec);
 

@@ -5,7 +5,8 @@
  *   - a command "matches" when its opcode is in fail_ops (default
  *     read,write,trim,zeroes) and it overlaps fail_range (a flush has no
  *     range and always overlaps); each match bumps ios_seen and is the
- *     candidate of fail_io (the Nth match) and fail_every (every Nth);
+ *     candidate of fail_io (the Nth match), fail_every (every Nth) and
+ *     fail_after (every match after the Nth: a device that stops working);
  *   - fail_flush counts every flush, whatever fail_ops says;
  *   - tear_write counts writes that overlap fail_range (and, when fail_ops
  *     is given, only if it names write); a command already failed is
@@ -23,7 +24,7 @@
 #define DEFAULT_OPS (OP_BIT(SIO_OP_READ) | OP_BIT(SIO_OP_WRITE) | OP_BIT(SIO_OP_TRIM) | OP_BIT(SIO_OP_WRITE_ZEROES))
 
 static const char *const fault_keys[] = {
-    "fail_io", "fail_every", "fail_flush", "tear_write", "tear_bytes", "tear_ok", "fail_ops", "fail_range",
+    "fail_io", "fail_every", "fail_after", "fail_flush", "tear_write", "tear_bytes", "tear_ok", "fail_ops", "fail_range",
 };
 
 int32_t sio_faults_init(struct sio_faults *f)
@@ -108,6 +109,10 @@ int32_t sio_fault_config_set(struct sio_fault_config *cfg, const char *key, cons
         expect = "a command count";
     } else if (strcmp(key, "fail_every") == 0) {
         rc = sio_parse_u64(value, &cfg->fail_every);
+        expect = "a command count";
+    } else if (strcmp(key, "fail_after") == 0) {
+        rc = sio_parse_u64(value, &cfg->fail_after);
+        cfg->has_fail_after = rc == 0;
         expect = "a command count";
     } else if (strcmp(key, "fail_flush") == 0) {
         cfg->fail_flush_all = strcmp(value, "all") == 0;
@@ -194,7 +199,8 @@ static void decide_one(struct sio_faults *f, const struct sio_fault_config *cfg,
     bool ranged = in_range(cfg, c);
     if (ranged && (cfg->ops_mask & OP_BIT(c->opcode))) {
         uint64_t n = atomic_fetch_add(&f->ios_seen, 1) + 1;
-        if ((cfg->fail_io != 0 && n == cfg->fail_io) || (cfg->fail_every != 0 && n % cfg->fail_every == 0)) {
+        if ((cfg->fail_io != 0 && n == cfg->fail_io) || (cfg->fail_every != 0 && n % cfg->fail_every == 0) ||
+            (cfg->has_fail_after && n > cfg->fail_after)) {
             atomic_fetch_add(&f->ios_failed, 1);
             a->kind = SIO_FAULT_FAIL;
             a->status = -EIO;

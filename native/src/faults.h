@@ -39,6 +39,9 @@ struct sio_fault_config {
     bool enabled;
     uint64_t fail_io;
     uint64_t fail_every;
+    /* Every matching command after the fail_after-th fails (0: every one). */
+    uint64_t fail_after;
+    bool has_fail_after;
     uint64_t fail_flush;
     bool fail_flush_all;
     uint64_t tear_write;

@@ -124,6 +124,40 @@ TEST(fault_fail_every)
     fx_close(&f);
 }
 
+TEST(fault_fail_after_fails_every_command_past_n)
+{
+    /* A device that stops working: reads and writes count together, flushes do not. */
+    struct fx f = fx_open("fail_after=3");
+    CHECK_EQ(write_pattern(&f, 0, BS, 1).status, 0);
+    CHECK_EQ(t_io(f.qp, SIO_OP_READ, 0, f.buf, BS, 0).status, 0);
+    CHECK_EQ(t_io(f.qp, SIO_OP_FLUSH, 0, NULL, 0, 0).status, 0);
+    CHECK_EQ(write_pattern(&f, BS, BS, 2).status, 0); /* the 3rd match: the last to run */
+    for (uint32_t i = 0; i < 5; i++) {
+        sio_completion c = write_pattern(&f, (2 + i) * (uint64_t)BS, BS, 3 + i);
+        CHECK_EQ(c.status, -EIO);
+        CHECK_EQ(c.bytes, 0);
+        CHECK(file_zero(&f, (2 + i) * (uint64_t)BS, BS)); /* not executed */
+        CHECK_EQ(t_io(f.qp, SIO_OP_READ, 0, f.buf, BS, 0).status, -EIO);
+    }
+    CHECK(file_has(&f, 0, BS, 1));
+    CHECK(file_has(&f, BS, BS, 2));
+    sio_fault_stats s = stats(f.dev);
+    CHECK_EQ(s.ios_seen, 13);
+    CHECK_EQ(s.ios_failed, 10);
+    CHECK_EQ(s.flushes_failed, 0);
+
+    /* Filtered by fail_ops: only reads stop working; fail_after=0 fails from the first. */
+    CHECK_OK(sio_device_set_faults(f.dev, "fail_after=0&fail_ops=read"));
+    CHECK_EQ(write_pattern(&f, 0, BS, 9).status, 0);
+    CHECK(file_has(&f, 0, BS, 9));
+    CHECK_EQ(t_io(f.qp, SIO_OP_READ, 0, f.buf, BS, 0).status, -EIO);
+    CHECK_EQ(stats(f.dev).ios_failed, 1);
+
+    CHECK_RC(sio_device_set_faults(f.dev, "fail_after=lots"), -EINVAL);
+    CHECK_DETAIL("bad value 'lots' for option 'fail_after' in 'fail_after=lots': expected a command count");
+    fx_close(&f);
+}
+
 TEST(fault_fail_flush_nth)
 {
     struct fx f = fx_open("fail_flush=2");

@@ -117,7 +117,7 @@ public static unsafe partial class StrataIo
     [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_device_geometry")]
     public static partial int sio_device_geometry(nint dev, sio_geometry* out_geometry);
 
-    /// <summary>Replaces the device's fault-injection configuration (spec as in the URI, without '?': "fail_io=N&amp;fail_every=N&amp;fail_flush=N|all&amp;tear_write=N&amp; tear_bytes=B&amp;tear_ok=1&amp;fail_ops=read,write,flush,trim,zeroes&amp; fail_range=START-END"); an empty spec clears it and its counters. fail_io fails the Nth matching command once, fail_every every Nth, fail_flush the Nth flush (or all), tear_write writes only tear_bytes of the Nth matching write (default half, block aligned) and completes it with -EIO, or with success when tear_ok=1.</summary>
+    /// <summary>Replaces the device's fault-injection configuration (spec as in the URI, without '?': "fail_io=N&amp;fail_every=N&amp;fail_after=N&amp;fail_flush=N|all&amp; tear_write=N&amp;tear_bytes=B&amp;tear_ok=1&amp; fail_ops=read,write,flush,trim,zeroes&amp;fail_range=START-END"); an empty spec clears it and its counters. fail_io fails the Nth matching command once, fail_every every Nth, fail_after every one after the Nth (a device that stops working), fail_flush the Nth flush (or all), tear_write writes only tear_bytes of the Nth matching write (default half, block aligned) and completes it with -EIO, or with success when tear_ok=1.</summary>
     [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_device_set_faults")]
     public static partial int sio_device_set_faults(nint dev, byte* spec);
 
@@ -261,7 +261,7 @@ public unsafe struct sio_fault_stats
     /// <summary>Commands that the injector looked at (those matching its filters).</summary>
     public ulong ios_seen;
 
-    /// <summary>Commands failed with EIO by fail_io or fail_every.</summary>
+    /// <summary>Commands failed with EIO by fail_io, fail_every or fail_after.</summary>
     public ulong ios_failed;
 
     /// <summary>Flushes failed with EIO by fail_flush.</summary>

@@ -1,0 +1,133 @@
+using System.Text.Json;
+using Strata.Cli.Tests;
+using Strata.Engine.Control;
+
+namespace Strata.Nbd.Tests;
+
+/// <summary>
+/// A target that stops working under a real client (issue 14), through the real daemon: three file
+/// targets, an rf 2 pool, fio's nbd engine with verify=crc32c. Target 2's device starts failing once
+/// the client has used it (the shim's fail_after fault key, in its URI); the engine excludes it by
+/// itself, rebuilds onto targets 0 and 1, and fio sees no error. Then target 1 is excluded as well: every
+/// chunk was rebuilt, so the engine accepts it without --force, nothing is lost and every block still
+/// reads back from target 0 alone.
+/// </summary>
+[TestClass]
+public sealed class TargetFailureTests
+{
+    // Reads of the target fail from the 65th on; enough reads of the pool's metadata and the first
+    // client reads succeed, so the failure begins while fio writes and verifies.
+    private const string FirstFailure = "fail_after=64&fail_ops=read";
+    private const int ExcludeAfterErrors = 16; // StorageEngineOptions.DefaultExcludeAfterErrors, the daemon's
+
+    private static string Config(string dir, string name, params string[] faults)
+    {
+        string data = Path.Combine(dir, "data");
+        var targets = faults.Select((f, i) => $"  - file:{data}/t{i}.img?create=1&size=1G{(f.Length > 0 ? "&" + f : "")}");
+        string path = Path.Combine(dir, name);
+        File.WriteAllText(path, $"targets:\n{string.Join('\n', targets)}\nnbd:\n  - unix:run/nbd.sock\n");
+        return path;
+    }
+
+    private static string[] Fio(string uri, bool verifyOnly) =>
+    [
+        "--name=tfail", "--ioengine=nbd", "--uri=" + uri, "--rw=randwrite", "--bs=16k", "--size=8M", "--numjobs=2",
+        "--offset_increment=16M", "--iodepth=4", "--randseed=1414", "--verify=crc32c", "--verify_backlog=32", "--do_verify=1",
+        "--verify_fatal=1", "--group_reporting", "--output-format=json", .. (verifyOnly ? new[] { "--verify_only" } : Array.Empty<string>()),
+    ];
+
+    /// <summary>Runs fio and asserts exit 0, no error, and every written byte read back verified.</summary>
+    private static async Task RunFioAsync(string uri, bool verifyOnly, string when)
+    {
+        var f = await Tools.RunAsync("fio", Fio(uri, verifyOnly));
+        Assert.AreEqual(0, f.ExitCode, $"fio {when}: {f}");
+        using var json = JsonDocument.Parse(f.Stdout[f.Stdout.IndexOf('{')..]);
+        var job = json.RootElement.GetProperty("jobs")[0];
+        Assert.AreEqual(0, job.GetProperty("error").GetInt32(), $"fio {when}");
+        if (!verifyOnly)
+            Assert.AreEqual(2 * (8L << 20), job.GetProperty("write").GetProperty("io_bytes").GetInt64(), $"fio {when}: every block was written");
+        Assert.IsGreaterThanOrEqualTo(2 * (8L << 20), job.GetProperty("read").GetProperty("io_bytes").GetInt64(), $"fio {when}: every block was read back and verified");
+    }
+
+    private static List<RasRecord> Events(string data) =>
+        File.ReadAllLines(Path.Combine(data, "ras", "events.jsonl")).Select(l => JsonSerializer.Deserialize<RasRecord>(l, Api.Json)!).ToList();
+
+    /// <summary>Waits (bounded; nothing timed is asserted) for a RAS event (about <paramref name="target"/>, when given).</summary>
+    private static async Task<RasRecord> WaitEventAsync(string data, string id, int? target = null)
+    {
+        for (int i = 0; i < 600; i++)
+        {
+            if (Events(data).FirstOrDefault(e => e.Id == id && (target == null || e.Target == target)) is { } e)
+                return e;
+            await Task.Delay(100);
+        }
+        throw new AssertFailedException($"no RAS event {id} for target {target}:\n{string.Join('\n', Events(data).Select(e => $"{e.Id} {e.Msg}"))}");
+    }
+
+    /// <summary>Waits (bounded) until pool p runs no job and its rebuild, if any, ended; returns `pool query`.</summary>
+    private static async Task<PoolQueryDto> WaitRebuildAsync(StrataCli cli)
+    {
+        PoolQueryDto q = null!;
+        for (int i = 0; i < 300; i++)
+        {
+            q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "p");
+            if (q.Job is { Kind: "rebuild" } job && job.State != "running")
+                return q;
+        }
+        throw new AssertFailedException($"the rebuild did not end: {q}");
+    }
+
+    [TestMethod]
+    [Timeout(900_000, CooperativeCancellation = true)]
+    public async Task TargetFailure_UnderFioVerifyOnRf2Pool_ExcludedRebuiltThenSecondFailureLosesNothing()
+    {
+        string dir = Bin.NewTempDir("target-fail");
+        string data = Path.Combine(dir, "data");
+        string uri = $"nbd+unix:///p/c/v?socket={Path.Combine(data, "run", "nbd.sock")}";
+        try
+        {
+            await using (var engine = await EngineProcess.StartAsync(data, "--config", Config(dir, "first.yaml", "", "", FirstFailure)))
+            {
+                var cli = new StrataCli(engine.Socket);
+                await cli.OkAsync("pool", "create", "p", "--size", "768M", "--rf", "2");
+                await cli.OkAsync("cont", "create", "p", "c");
+                await cli.OkAsync("image", "create", "p", "c", "v", "--size", "32M", "--chunk-size", "1M");
+
+                // Target 2 stops working while fio writes and verifies: no client error.
+                await RunFioAsync(uri, verifyOnly: false, "while target 2 failed");
+                var auto = await WaitEventAsync(data, "target_auto_excluded", 2);
+                StringAssert.Contains(auto.Msg, $"excluded after {ExcludeAfterErrors} device errors");
+                var q = await WaitRebuildAsync(cli);
+                Assert.AreEqual("completed", q.Job!.State, q.Job.Reason);
+                CollectionAssert.AreEqual(new[] { 2 }, q.Redundancy!.ExcludedTargets.ToArray());
+                Assert.AreEqual("ok", q.Redundancy.Health, q.ToString());
+                Assert.AreEqual(0L, q.Redundancy.ChunksAtOneCopy, "every replica target 2 held was rebuilt");
+                Assert.AreEqual(0L, q.Redundancy.LostChunks);
+                var storage = await cli.JsonAsync<StorageInfo>("storage", "query");
+                var t2 = storage.Targets.Single(t => t.Index == 2);
+                Assert.IsGreaterThanOrEqualTo(ExcludeAfterErrors, t2.Errors!.ReadErrors, t2.ToString());
+                Console.WriteLine($"target 2: {t2}");
+                StringAssert.Contains((await WaitEventAsync(data, "pool_rebuild_started")).Msg, "excluded target(s) 2");
+                await WaitEventAsync(data, "pool_rebuild_completed");
+
+                // What fio wrote reads back verified, now from targets 0 and 1 only.
+                await RunFioAsync(uri, verifyOnly: true, "after the rebuild");
+
+                // Target 1 goes too. Every chunk has its copies on targets 0 and 1 now, so the engine takes it
+                // without --force (it refuses when a chunk would lose its last copy) and target 0 serves all.
+                var gone = await cli.JsonAsync<List<PoolExclusionDto>>("storage", "exclude-target", "1");
+                Assert.AreEqual(0L, gone.Single().Redundancy.LostChunks, "nothing that had been rebuilt is lost");
+                q = await WaitRebuildAsync(cli);
+                CollectionAssert.AreEqual(new[] { 1, 2 }, q.Redundancy!.ExcludedTargets.ToArray());
+                Assert.AreEqual(0L, q.Redundancy.LostChunks, q.ToString());
+                Assert.AreEqual(16L, q.Redundancy.ChunksAtOneCopy, "the 16 chunks fio wrote, each at one copy on target 0");
+                Assert.IsFalse(Events(data).Any(e => e.Id == "pool_data_lost"), "no pool_data_lost event");
+                await RunFioAsync(uri, verifyOnly: true, "with target 0 alone");
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+}
