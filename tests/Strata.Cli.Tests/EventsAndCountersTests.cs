@@ -95,30 +95,8 @@ public sealed class EventsAndCountersTests
         System.Text.RegularExpressions.Regex.Match(cliOutput, "[0-9a-f]{64}").Value is { Length: 64 } sha ? sha : throw new AssertFailedException("no sha256 in: " + cliOutput);
 
     /// <summary>The RAS log up to and including this engine's engine_started (read with --follow, so none is missed).</summary>
-    private static async Task<List<RasRecord>> EventsThroughStartAsync(EngineProcess engine)
-    {
-        var psi = Proc.Dotnet(Bin.Cli, ["--socket", engine.Socket, "system", "events", "--follow", "--json", "--since", "1d"]);
-        using var follower = Process.Start(psi)!;
-        follower.StandardInput.Close();
-        var events = new List<RasRecord>();
-        try
-        {
-            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-            while (await follower.StandardOutput.ReadLineAsync(cts.Token) is { } line)
-            {
-                var e = JsonSerializer.Deserialize<RasRecord>(line, Api.Json)!;
-                events.Add(e);
-                if (e.Id == ControlRasIds.EngineStarted && e.Pid == engine.Pid)
-                    return events;
-            }
-            throw new AssertFailedException("the follower ended before engine_started: " + string.Join("\n", events.Select(x => x.Id)));
-        }
-        finally
-        {
-            follower.Kill(entireProcessTree: true);
-            await follower.WaitForExitAsync();
-        }
-    }
+    private static Task<List<RasRecord>> EventsThroughStartAsync(EngineProcess engine) =>
+        new StrataCli(engine.Socket).EventsUntilAsync(e => e.Id == ControlRasIds.EngineStarted && e.Pid == engine.Pid, TimeSpan.FromSeconds(30));
 
     [TestMethod]
     public async Task EventsFollow_SeesAnEventRaisedAfterItStarted()

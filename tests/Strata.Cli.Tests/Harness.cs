@@ -232,6 +232,40 @@ internal sealed class StrataCli(string socket)
             ?? throw new AssertFailedException($"strata {string.Join(' ', args)} --json printed null");
     }
 
+    /// <summary>
+    /// Follows the engine's RAS log (`system events --follow --json --since 1d`: its history, then what
+    /// comes) until an event <paramref name="match"/> accepts; returns every event read, that one last.
+    /// Nothing is missed and nothing is polled; fails after <paramref name="timeout"/>.
+    /// </summary>
+    public async Task<List<Strata.Engine.Control.RasRecord>> EventsUntilAsync(Func<Strata.Engine.Control.RasRecord, bool> match, TimeSpan timeout)
+    {
+        var psi = Proc.Dotnet(Bin.Cli, ["--socket", socket, "system", "events", "--follow", "--json", "--since", "1d"]);
+        using var follower = Process.Start(psi)!;
+        follower.StandardInput.Close();
+        var events = new List<Strata.Engine.Control.RasRecord>();
+        try
+        {
+            using var cts = new CancellationTokenSource(timeout);
+            while (await follower.StandardOutput.ReadLineAsync(cts.Token) is { } line)
+            {
+                var e = System.Text.Json.JsonSerializer.Deserialize<Strata.Engine.Control.RasRecord>(line, Strata.Engine.Control.Api.Json)!;
+                events.Add(e);
+                if (match(e))
+                    return events;
+            }
+            throw new AssertFailedException("the follower ended before the event: " + string.Join("\n", events.Select(x => $"{x.Id} {x.Msg}")));
+        }
+        catch (OperationCanceledException)
+        {
+            throw new AssertFailedException($"no such event within {timeout}: " + string.Join("\n", events.Select(x => $"{x.Id} {x.Msg}")));
+        }
+        finally
+        {
+            follower.Kill(entireProcessTree: true);
+            await follower.WaitForExitAsync();
+        }
+    }
+
     /// <summary>Runs and asserts a one-line error with the given exit code (no stack trace).</summary>
     public async Task<string> FailsAsync(int exitCode, params string[] args)
     {

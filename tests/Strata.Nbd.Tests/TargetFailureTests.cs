@@ -52,17 +52,9 @@ public sealed class TargetFailureTests
     private static List<RasRecord> Events(string data) =>
         File.ReadAllLines(Path.Combine(data, "ras", "events.jsonl")).Select(l => JsonSerializer.Deserialize<RasRecord>(l, Api.Json)!).ToList();
 
-    /// <summary>Waits (bounded; nothing timed is asserted) for a RAS event (about <paramref name="target"/>, when given).</summary>
-    private static async Task<RasRecord> WaitEventAsync(string data, string id, int? target = null)
-    {
-        for (int i = 0; i < 600; i++)
-        {
-            if (Events(data).FirstOrDefault(e => e.Id == id && (target == null || e.Target == target)) is { } e)
-                return e;
-            await Task.Delay(100);
-        }
-        throw new AssertFailedException($"no RAS event {id} for target {target}:\n{string.Join('\n', Events(data).Select(e => $"{e.Id} {e.Msg}"))}");
-    }
+    /// <summary>The first RAS event <paramref name="id"/> (about <paramref name="target"/>, when given), waited for by following the log.</summary>
+    private static async Task<RasRecord> WaitEventAsync(StrataCli cli, string id, int? target = null) =>
+        (await cli.EventsUntilAsync(e => e.Id == id && (target == null || e.Target == target), TimeSpan.FromMinutes(1))).Last();
 
     /// <summary>Waits (bounded) until pool p runs no job and its rebuild, if any, ended; returns `pool query`.</summary>
     private static async Task<PoolQueryDto> WaitRebuildAsync(StrataCli cli)
@@ -95,7 +87,7 @@ public sealed class TargetFailureTests
 
                 // Target 2 stops working while fio writes and verifies: no client error.
                 await RunFioAsync(uri, verifyOnly: false, "while target 2 failed");
-                var auto = await WaitEventAsync(data, "target_auto_excluded", 2);
+                var auto = await WaitEventAsync(cli, "target_auto_excluded", 2);
                 StringAssert.Contains(auto.Msg, $"excluded after {ExcludeAfterErrors} device errors");
                 var q = await WaitRebuildAsync(cli);
                 Assert.AreEqual("completed", q.Job!.State, q.Job.Reason);
@@ -107,8 +99,8 @@ public sealed class TargetFailureTests
                 var t2 = storage.Targets.Single(t => t.Index == 2);
                 Assert.IsGreaterThanOrEqualTo(ExcludeAfterErrors, t2.Errors!.ReadErrors, t2.ToString());
                 Console.WriteLine($"target 2: {t2}");
-                StringAssert.Contains((await WaitEventAsync(data, "pool_rebuild_started")).Msg, "excluded target(s) 2");
-                await WaitEventAsync(data, "pool_rebuild_completed");
+                StringAssert.Contains((await WaitEventAsync(cli, "pool_rebuild_started")).Msg, "excluded target(s) 2");
+                await WaitEventAsync(cli, "pool_rebuild_completed");
 
                 // What fio wrote reads back verified, now from targets 0 and 1 only.
                 await RunFioAsync(uri, verifyOnly: true, "after the rebuild");

@@ -25,6 +25,17 @@ internal sealed class CrashModel
             img.Unflushed.Clear();
     }
 
+    /// <summary>Writes <paramref name="data"/> at <paramref name="off"/> of an image and records it (writeback: kept or lost until a flush).</summary>
+    public async Task WriteAsync(Img img, Image handle, int off, byte[] data, bool durable)
+    {
+        if (!durable)
+            img.Unflushed.Add((byte[])img.Data.Clone());
+        data.CopyTo(img.Data, off);
+        await handle.WriteAsync(off, data, durable);
+        if (durable)
+            Flushed();
+    }
+
     public Dictionary<string, Img> Images = new();
     public HashSet<string> Containers = new() { "c" };
     public Dictionary<string, string> ContainerProps = new();

@@ -264,12 +264,7 @@ internal sealed class CrashWorkload
     {
         var data = new byte[len];
         _rng.NextBytes(data);
-        if (!durable)
-            img.Unflushed.Add((byte[])img.Data.Clone());
-        data.CopyTo(img.Data, off);
-        await handle.WriteAsync(off, data, durable);
-        if (durable)
-            m.Flushed();
+        await m.WriteAsync(img, handle, off, data, durable);
     }
 
     /// <summary>The recovered pool's contents as the next round's model (already checked against before/after).</summary>

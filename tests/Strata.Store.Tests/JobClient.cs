@@ -52,13 +52,7 @@ internal sealed class JobClient(Random rng)
             bool durable = rng.Next(2) == 0;
             int len = rng.Next(1, Math.Min(img.Data.Length, img.ChunkSize * 5 / 2) + 1);
             int off = rng.Next(0, img.Data.Length - len + 1);
-            var data = TestDevices.Pattern(len, rng.Next());
-            if (!durable)
-                img.Unflushed.Add((byte[])img.Data.Clone());
-            data.CopyTo(img.Data, off);
-            await handle.WriteAsync(off, data, durable);
-            if (durable)
-                m.Flushed();
+            await m.WriteAsync(img, handle, off, TestDevices.Pattern(len, rng.Next()), durable);
         }
         else if (roll < 80)
         {
