@@ -32,6 +32,9 @@ internal sealed class CrashWorkload
     /// <summary>Log-tail chunk writes the reopens dropped (their log record was durable, their data was not).</summary>
     public int DroppedTailRecords { get; private set; }
 
+    /// <summary>Reopens that found a target excluded: an injected write error made it leave the pool (PoolLog.TryDropShard) durably before the crash.</summary>
+    public int TargetsLeft { get; private set; }
+
     /// <summary>
     /// Overlapping writeback: most operations are writeback writes into the first two chunks of an
     /// image, with flushes and durable writes between them, so writes land in place in extents no
@@ -95,6 +98,7 @@ internal sealed class CrashWorkload
             // An rf change job resumed by the open ends before the pool is compared (rf is the old or the new value).
             await pool.WaitForJobAsync();
             DroppedTailRecords += pool.DroppedTailRecords;
+            TargetsLeft += pool.ExcludedTargets.Count;
             int events = ras.WithId(Strata.Engine.Store.RasIds.LogTailWriteDropped).Count();
             if (events != (pool.DroppedTailRecords > 0 ? 1 : 0))
                 throw new AssertFailedException($"seed {_seed} round {round}: {pool.DroppedTailRecords} dropped tail records reported by {events} {Strata.Engine.Store.RasIds.LogTailWriteDropped} events");
@@ -221,8 +225,9 @@ internal sealed class CrashWorkload
             m.Images.Remove(pick);
             await pool.RemoveImageAsync("c", pick);
         }
-        else if (roll < 91 && _targets > 1)
+        else if (roll < 91 && _targets - pool.ExcludedTargets.Count > 1)
         {
+            // (An injected write error may have made a target leave the pool: rf 2 then needs another.)
             // On a pool with data a job gives every chunk the new count of copies; the operation is
             // done when the job is (rf says the new value from then on).
             m.Rf = m.Rf == "1" ? "2" : "1";

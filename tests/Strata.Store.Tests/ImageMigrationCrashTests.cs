@@ -37,7 +37,9 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
 
     public async Task RunAsync()
     {
-        var engineOptions = new StorageEngineOptions { WritebackFlushInterval = Timeout.InfiniteTimeSpan };
+        // The injected EIO tests how the job meets a failed write (the pool read-only, then resumed);
+        // a target leaving the pool after one is CrashTests' and TargetDropTests' subject.
+        var engineOptions = new StorageEngineOptions { WritebackFlushInterval = Timeout.InfiniteTimeSpan, DropTargetOnWriteError = false };
         var power = new CrashSwitch();
         var disks = Enumerable.Range(0, 3).Select(i => new CrashDisk($"m{i}", 8L << 20, power)).ToArray();
         var engine = await StorageEngine.FormatAsync(disks, engineOptions);

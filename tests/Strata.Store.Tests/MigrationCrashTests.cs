@@ -32,7 +32,9 @@ internal sealed class MigrationCrashWorkload(int seed, Func<MigrationOptions, IU
         var options = new MigrationOptions { CursorEvery = Rng.Next(1, 9), InFlightPerTarget = Rng.Next(1, 5) };
         var action = actionFor(options);
         var cat = (catalogFor ?? MigrationKit.Catalog)(action);
-        var engineOptions = new StorageEngineOptions { WritebackFlushInterval = Timeout.InfiniteTimeSpan, Catalog = cat };
+        // The injected EIO tests how the job meets a failed write (the pool read-only, then resumed);
+        // a target leaving the pool after one is CrashTests' and TargetDropTests' subject.
+        var engineOptions = new StorageEngineOptions { WritebackFlushInterval = Timeout.InfiniteTimeSpan, DropTargetOnWriteError = false, Catalog = cat };
         var power = new CrashSwitch();
         int targets = Rng.Next(2, 4);
         var disks = Enumerable.Range(0, targets).Select(i => new CrashDisk($"m{i}", 4L << 20, power)).ToArray();

@@ -28,7 +28,9 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild, bool reintegr
 
     public async Task RunAsync()
     {
-        var engineOptions = new StorageEngineOptions { WritebackFlushInterval = Timeout.InfiniteTimeSpan, Catalog = PlacementV2Tests.UpTo4() };
+        // The injected EIO tests how the job meets a failed write (the pool read-only, then resumed);
+        // a target leaving the pool after one is CrashTests' and TargetDropTests' subject.
+        var engineOptions = new StorageEngineOptions { WritebackFlushInterval = Timeout.InfiniteTimeSpan, DropTargetOnWriteError = false, Catalog = PlacementV2Tests.UpTo4() };
         var power = new CrashSwitch();
         int targets = rebuild || rfChange ? 3 : Rng.Next(2, 4);
         var disks = Enumerable.Range(0, targets + (rebuild || rfChange ? 0 : 1)).Select(i => new CrashDisk($"m{i}", 4L << 20, power)).ToArray();

@@ -307,6 +307,9 @@ internal sealed class MigrationLoop
                 destination[r] = location.Replicas[kept];
                 continue;
             }
+            // Never a new copy on an excluded target (the log would void its switch, and the chunk come back here).
+            if (_pool.IsExcluded(targets[r]))
+                return Leave(source, destination, isNew, plan, $"its new place is on target {targets[r]}, which is excluded");
             long off = await _pool.ChunkIo.AllocateAsync(targets[r], plan.ExtentBytes).ConfigureAwait(false);
             if (off < 0)
             {

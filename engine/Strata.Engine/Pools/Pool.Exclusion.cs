@@ -1,5 +1,6 @@
 using System.Globalization;
 using Strata.Engine.Store;
+using Strata.Interop;
 
 namespace Strata.Engine.Pools;
 
@@ -43,17 +44,91 @@ public sealed partial class Pool
 
     internal bool IsExcluded(int target) => Array.IndexOf(Volatile.Read(ref _excluded), target) >= 0;
 
-    /// <summary>Called by the log's committer between rounds (PoolLog.ExcludeShardAsync).</summary>
+    /// <summary>Serializes changes of the excluded set and the log's shards (the committer, a failed write dropping a shard, a reintegration).</summary>
+    private readonly object _shardSet = new();
+
+    /// <summary>
+    /// Called by the log's committer between rounds (PoolLog.ExcludeShardAsync), or by PoolLog.TryDropShard
+    /// when the target's device failed a write (the log then holds acknowledgements until the exclusion is durable).
+    /// </summary>
     internal void ExcludeShard(int target)
     {
-        var excluded = Volatile.Read(ref _excluded);
-        if (excluded.Contains(target))
-            return;
-        Volatile.Write(ref _excluded, [.. excluded.Append(target).Order()]);
-        Volatile.Write(ref _logShards, [.. LogShards.Where(s => s.Index != target)]);
+        lock (_shardSet)
+        {
+            var excluded = Volatile.Read(ref _excluded);
+            if (excluded.Contains(target))
+                return;
+            Volatile.Write(ref _excluded, [.. excluded.Append(target).Order()]);
+            Volatile.Write(ref _logShards, [.. LogShards.Where(s => s.Index != target)]);
+        }
     }
 
-    private static int[] ParseExcluded(string? value, int shards)
+    /// <summary>
+    /// Targets dropped after a failed write (PoolLog.TryDropShard) whose exclusion is durable but whose
+    /// rebuild job has not been started yet: <see cref="ExcludeTargetAsync"/> finishes them.
+    /// </summary>
+    private readonly HashSet<int> _droppedAwaitingRebuild = [];
+
+    /// <summary>
+    /// The exclusion of target <paramref name="target"/>, dropped after a failed write, is durable (a
+    /// checkpoint of the remaining shards holds it): the engine excludes the target from its other pools
+    /// and starts the rebuilds, in the background.
+    /// </summary>
+    internal void OnShardDropped(int target)
+    {
+        lock (_droppedAwaitingRebuild)
+            _droppedAwaitingRebuild.Add(target);
+        _engine.OnTargetWriteFailed(target);
+    }
+
+    /// <summary>
+    /// Awaits replica writes of new extents (<paramref name="writes"/>[i] goes to target
+    /// <paramref name="targets"/>[i]). When some failed on their device, the write is still good if
+    /// <paramref name="kept"/> says every chunk keeps a copy on a target that did not fail, and every failed
+    /// target leaves the pool (PoolLog.TryDropShard: its exclusion is durable before anything is acknowledged
+    /// again, so its stale replicas are never read), and each failed write is reported (data_write_failed);
+    /// otherwise a device error is thrown for the caller to report.
+    /// </summary>
+    internal async Task ReplicaWritesAsync(Task all, Task[] writes, int[] targets, Func<HashSet<int>, bool> kept, string image, long at)
+    {
+        try
+        {
+            await all.ConfigureAwait(false);
+            return;
+        }
+        catch (DeviceException)
+        {
+            // Which writes failed is decided below, write by write.
+        }
+        var failed = new Dictionary<int, DeviceException>();
+        DeviceException? first = null;
+        for (int i = 0; i < writes.Length; i++)
+        {
+            if (!writes[i].IsFaulted)
+                continue;
+            if (writes[i].Exception!.InnerException is not DeviceException d)
+            {
+                await writes[i].ConfigureAwait(false);
+                continue;
+            }
+            first ??= d;
+            failed.TryAdd(targets[i], d);
+        }
+        if (first == null)
+            return;
+        // Not survived: the caller reports the failure, as for a write with one replica.
+        if (!kept([.. failed.Keys]))
+            throw first;
+        foreach (var (t, d) in failed)
+            if (!Log.TryDropShard(t, d))
+                throw d;
+        foreach (var (t, d) in failed)
+            Ras.Emit(new RasEvent(RasIds.DataWriteFailed, RasSeverity.Error, RasType.InfoOnly,
+                $"pool '{Label}' image '{image}' write at offset {at} failed on target {t}: {d.Message}; the other replicas were written and the target leaves the pool",
+                Pool: Label, Image: image, Target: t, Device: d.Device, Offset: at));
+    }
+
+    internal static int[] ParseExcluded(string? value, int shards)
     {
         if (string.IsNullOrEmpty(value))
             return [];
@@ -70,6 +145,31 @@ public sealed partial class Pool
         lock (Meta.Sync)
             return Meta.Images.Values.Any(img => img.Chunks.Values.Any(m =>
                 m.Replicas.Any(r => IsExcluded(r.Target)) && m.Replicas.Any(r => !IsExcluded(r.Target)) && m.Replicas.Length <= LiveTargets));
+    }
+
+    /// <summary>Chunks that would have no copy left without target <paramref name="target"/> and the excluded targets, yet have one with it.</summary>
+    internal long ChunksOnlyWith(int target)
+    {
+        var excluded = Volatile.Read(ref _excluded);
+        long n = 0;
+        lock (Meta.Sync)
+        {
+            foreach (var img in Meta.Images.Values)
+                foreach (var map in img.Chunks.Values)
+                {
+                    bool on = false, elsewhere = false;
+                    foreach (var r in map.Replicas)
+                    {
+                        if (r.Target == target)
+                            on = true;
+                        else if (Array.IndexOf(excluded, r.Target) < 0)
+                            elsewhere = true;
+                    }
+                    if (on && !elsewhere)
+                        n++;
+                }
+        }
+        return n;
     }
 
     /// <summary>Counts what the excluded targets (plus <paramref name="also"/>) leave of every chunk.</summary>
@@ -121,13 +221,16 @@ public sealed partial class Pool
     /// </summary>
     internal async Task<PoolExclusion?> ExcludeTargetAsync(int target, bool force)
     {
-        if (target >= Shards.Length || IsExcluded(target))
+        bool dropped;
+        lock (_droppedAwaitingRebuild)
+            dropped = _droppedAwaitingRebuild.Contains(target);
+        if (target >= Shards.Length || (IsExcluded(target) && !dropped))
             return null;
         var would = Degradation(target);
         if (would.LostChunks > 0 && !force)
             throw new InvalidRequestException($"excluding target {target} would leave {would.LostChunks} chunk(s) ({would.LostBytes} bytes) of pool '{Label}' with no copy " +
                 $"(images: {string.Join(", ", would.LostImages)}); the last replica of a chunk is not excluded");
-        if (Shards.Length - ExcludedTargets.Count <= 1)
+        if (Shards.Length - ExcludedTargets.Count(t => t != target) <= 1)
             throw new InvalidRequestException($"target {target} is the last target of pool '{Label}' that is not excluded");
         await MetaLock.WaitAsync().ConfigureAwait(false);
         try
@@ -145,6 +248,8 @@ public sealed partial class Pool
                 refused = e.Message;
             }
             await Log.ExcludeShardAsync(target).ConfigureAwait(false);
+            lock (_droppedAwaitingRebuild)
+                _droppedAwaitingRebuild.Remove(target);
             // The exclusion and its rebuild job in one batch: a crash never leaves one without the other.
             var excludedProp = MetaRecords.PoolSetProp(ExcludedProp, string.Join(",", ExcludedTargets.Select(t => t.ToString(CultureInfo.InvariantCulture))));
             await Log.CommitAsync(op != null

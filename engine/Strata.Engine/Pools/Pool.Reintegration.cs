@@ -84,8 +84,11 @@ public sealed partial class Pool
     }
 
     /// <summary>Called once the batch lifting the exclusion is durable: reads and placement use the target again.</summary>
-    private void UnexcludeShard(int target) =>
-        Volatile.Write(ref _excluded, [.. Volatile.Read(ref _excluded).Where(t => t != target)]);
+    private void UnexcludeShard(int target)
+    {
+        lock (_shardSet)
+            Volatile.Write(ref _excluded, [.. Volatile.Read(ref _excluded).Where(t => t != target)]);
+    }
 
     /// <summary>The target's shard header must still be this pool's (a blank or reused device is refused).</summary>
     private async Task CheckShardHeaderAsync(Shard shard)

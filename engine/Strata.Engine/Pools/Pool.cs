@@ -66,6 +66,12 @@ public sealed partial class Pool : IAsyncDisposable
     /// <summary>Called by the log's committer between rounds: the log and checkpoints include the new shard from now on; placement does not yet.</summary>
     internal void JoinShard(Shard shard)
     {
+        lock (_shardSet)
+            JoinShardLocked(shard);
+    }
+
+    private void JoinShardLocked(Shard shard)
+    {
         var current = Shards;
         if (shard.Index < current.Length)
         {

@@ -199,6 +199,7 @@ public sealed partial class StorageEngine
                 $"not this engine's target {index} {t.Id}: it was replaced; its data cannot be brought back and it stays excluded");
         // Errors from before count no more: a device failing again is excluded again after as many.
         _deviceErrors.TryRemove(index, out _);
+        _autoExcluding.TryRemove(index, out _);
         var done = new List<PoolReintegration>();
         foreach (var p in pools)
             done.Add(await p.ReintegrateTargetAsync(index).ConfigureAwait(false));
@@ -222,19 +223,45 @@ public sealed partial class StorageEngine
             return;
         if (_deviceErrors.AddOrUpdate(t, 1, (_, n) => n + 1) != limit)
             return;
+        AutoExclude(t, $"after {limit} device errors");
+    }
+
+    /// <summary>
+    /// A pool dropped target <paramref name="target"/> after its device failed a write (PoolLog.TryDropShard)
+    /// and made that exclusion durable: the target is excluded from every pool, once, in the background,
+    /// and the pools rebuild. A target that keeps failing writes must not keep taking new replicas elsewhere.
+    /// </summary>
+    internal void OnTargetWriteFailed(int target)
+    {
+        if (Options.ReadOnly || target < 0 || target >= Targets.Count)
+            return;
+        AutoExclude(target, "after a failed write");
+    }
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<int, bool> _autoExcluding = new();
+
+    /// <summary>Excludes target <paramref name="t"/> from every open pool (forced: it failed), once until it is reintegrated, in the background.</summary>
+    private void AutoExclude(int t, string why)
+    {
+        if (!_autoExcluding.TryAdd(t, true))
+            return;
         _ = Task.Run(async () =>
         {
             try
             {
-                var done = await ExcludeTargetAsync(t, force: true).ConfigureAwait(false);
+                var done = new List<PoolExclusion>();
+                foreach (var p in OpenPools().Where(p => p.Shards.Length > t))
+                    if (await p.ExcludeTargetAsync(t, force: true).ConfigureAwait(false) is { } r)
+                        done.Add(r);
                 Ras.Emit(new RasEvent(RasIds.TargetAutoExcluded, RasSeverity.Error, RasType.StateChange,
-                    $"target {t} ('{Targets[t].Device.Name}') excluded after {limit} device errors; {done.Count} pool(s) rebuild onto the other targets",
+                    $"target {t} ('{Targets[t].Device.Name}') excluded {why}; {done.Count(d => d.RebuildStarted)} pool(s) rebuild onto the other targets",
                     Target: t, Device: Targets[t].Device.Name));
             }
-            catch (StoreException e)
+            catch (Exception e) when (e is StoreException or ObjectDisposedException)
             {
+                _autoExcluding.TryRemove(t, out _);
                 Ras.Emit(new RasEvent(RasIds.TargetAutoExcluded, RasSeverity.Error, RasType.InfoOnly,
-                    $"target {t} had {limit} device errors but was not excluded: {e.Message}", Target: t, Device: Targets[t].Device.Name));
+                    $"target {t} failed ({why}) but was not excluded: {e.Message}", Target: t, Device: Targets[t].Device.Name));
             }
         });
     }

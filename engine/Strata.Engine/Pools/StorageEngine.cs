@@ -38,6 +38,14 @@ public sealed record StorageEngineOptions
     public int ExcludeAfterErrors { get; init; }
 
     public const int DefaultExcludeAfterErrors = 16;
+
+    /// <summary>
+    /// A target whose device fails a log write, a flush or a replica write leaves the pool (it is
+    /// excluded, and the pool rebuilds) when every chunk keeps a copy without it and another target
+    /// carries the log (PoolLog.TryDropShard); false: the write fails, and a failed log write or flush
+    /// makes the pool read-only, as on a pool with one target.
+    /// </summary>
+    public bool DropTargetOnWriteError { get; init; } = true;
 }
 
 /// <summary>What `pool list` shows.</summary>

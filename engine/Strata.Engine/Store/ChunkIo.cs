@@ -411,7 +411,7 @@ internal sealed class ChunkIo(Pool pool)
                 return false;
             try
             {
-                await WriteInPlaceAsync(replicas, old.Blocks, from, bytes).ConfigureAwait(false);
+                await WriteInPlaceAsync(replicas, old.Blocks, from, bytes, meta, index * cs + within).ConfigureAwait(false);
                 written.SetResult();
             }
             catch (Exception e)
@@ -500,24 +500,37 @@ internal sealed class ChunkIo(Pool pool)
     /// The in-place write itself, to every replica at once: the whole chunk (no table), or the table and
     /// the touched blocks, <paramref name="bytes"/> = [table | blocks from <paramref name="from"/>].
     /// </summary>
-    private Task WriteInPlaceAsync(Replica[] replicas, bool blocks, int from, ReadOnlyMemory<byte> bytes)
+    /// <remarks>
+    /// With more than one replica, a failure on one target's device is survived as for new extents
+    /// (Pool.ReplicaWritesAsync): the replicas written hold the new contents, and the torn one is on a
+    /// target that leaves the pool before anything is acknowledged again.
+    /// </remarks>
+    private Task WriteInPlaceAsync(Replica[] replicas, bool blocks, int from, ReadOnlyMemory<byte> bytes, ImageMeta meta, long at)
     {
         const int T = ChunkChecksum.TableSize;
         var writes = new List<Task>(replicas.Length * 2);
+        var targets = new List<int>(replicas.Length * 2);
         foreach (var r in replicas)
         {
             var shard = pool.Shards[r.Target];
             if (!blocks || from == 0)
             {
                 writes.Add(shard.WriteDataAsync(r.Offset, bytes).AsTask());
+                targets.Add(r.Target);
             }
             else
             {
                 writes.Add(shard.WriteDataAsync(r.Offset, bytes[..T]).AsTask());
                 writes.Add(shard.WriteDataAsync(r.Offset + T + from, bytes[T..]).AsTask());
+                targets.Add(r.Target);
+                targets.Add(r.Target);
             }
         }
-        return writes.Count == 1 ? writes[0] : Task.WhenAll(writes);
+        if (writes.Count == 1)
+            return writes[0];
+        var all = Task.WhenAll(writes);
+        return replicas.Length == 1 || all.IsCompletedSuccessfully ? all
+            : pool.ReplicaWritesAsync(all, [.. writes], [.. targets], failed => failed.Count < replicas.Length, meta.Label, at);
     }
 
     /// <summary>
@@ -594,7 +607,7 @@ internal sealed class ChunkIo(Pool pool)
             // the write is answered without waiting for the log.
             try
             {
-                await WriteDataAsync(replicas, chunk).ConfigureAwait(false);
+                await WriteDataAsync(replicas, chunk, meta, index * cs + within).ConfigureAwait(false);
             }
             catch (DeviceException e)
             {
@@ -612,7 +625,7 @@ internal sealed class ChunkIo(Pool pool)
             }
             return;
         }
-        Task data = WriteDataAsync(replicas, chunk);
+        Task data = WriteDataAsync(replicas, chunk, meta, index * cs + within);
         // Durable: the record is logged while the data writes run; the commit round's flush waits for
         // them and covers both (PoolLog.CommitAfterAsync). A crash may keep the record and lose
         // the data: replay checks the data of records past the last durable mark (PoolOpener).
@@ -646,14 +659,34 @@ internal sealed class ChunkIo(Pool pool)
             FreeReplicas(replicas, rf, length);
             throw WriteFailed(meta, index * cs + within, e);
         }
+        catch (WriteVoidedException)
+        {
+            // Voided the same way: every replica is on a target that left the pool meanwhile.
+            FreeReplicas(replicas, rf, length);
+            throw;
+        }
         // Any other failure: the record may or may not be durable, so the extents stay allocated.
     }
 
-    /// <summary>Writes the extent's bytes (table and chunk, or the chunk) to every replica's extent at once.</summary>
-    private Task WriteDataAsync(Replica[] replicas, ReadOnlyMemory<byte> chunk) =>
-        replicas.Length == 1
-            ? pool.Shards[replicas[0].Target].WriteDataAsync(replicas[0].Offset, chunk).AsTask()
-            : Task.WhenAll(replicas.Select(r => pool.Shards[r.Target].WriteDataAsync(r.Offset, chunk).AsTask()));
+    /// <summary>
+    /// Writes the extent's bytes (table and chunk, or the chunk) to every replica's extent at once. With
+    /// more than one replica, a write that fails on one target's device is survived when another replica
+    /// was written and the target leaves the pool (Pool.ReplicaWritesAsync).
+    /// </summary>
+    private Task WriteDataAsync(Replica[] replicas, ReadOnlyMemory<byte> chunk, ImageMeta meta, long at)
+    {
+        if (replicas.Length == 1)
+            return pool.Shards[replicas[0].Target].WriteDataAsync(replicas[0].Offset, chunk).AsTask();
+        var writes = new Task[replicas.Length];
+        var targets = new int[replicas.Length];
+        for (int i = 0; i < replicas.Length; i++)
+        {
+            writes[i] = pool.Shards[replicas[i].Target].WriteDataAsync(replicas[i].Offset, chunk).AsTask();
+            targets[i] = replicas[i].Target;
+        }
+        var all = Task.WhenAll(writes);
+        return all.IsCompletedSuccessfully ? all : pool.ReplicaWritesAsync(all, writes, targets, failed => failed.Count < replicas.Length, meta.Label, at);
+    }
 
     private StoreException WriteFailed(ImageMeta meta, long at, DeviceException e)
     {

@@ -182,7 +182,17 @@ internal sealed class ChunkHold : IDisposable
             FreeNew(expected, destination, destinationExtent);
             throw;
         }
-        await commit.ConfigureAwait(false);
+        try
+        {
+            await commit.ConfigureAwait(false);
+        }
+        catch (WriteVoidedException)
+        {
+            // Voided in the log: the destination is on targets that left the pool while the copy ran.
+            // The chunk keeps its source; the loop places it again, as for a chunk a client changed.
+            FreeNew(expected, destination, destinationExtent);
+            return ChunkSwitch.Changed;
+        }
         // Durable: a crash now replays the destination, so the source may be reused.
         System.Diagnostics.Debug.Assert(!ReferenceEquals(Location, expected), "a switched chunk's map is no longer the source");
         var moved = Array.FindAll(expected.Replicas, r => Array.IndexOf(destination, r) < 0);

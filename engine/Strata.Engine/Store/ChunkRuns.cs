@@ -130,7 +130,17 @@ internal sealed class ChunkRuns(Pool pool)
                     records[i] = MetaRecords.ChunkMap(meta.Id, pieces[i].Index, replicas[i], blocks);
                 if (durable)
                 {
-                    await pool.Log.CommitAsync(records).ConfigureAwait(false);
+                    try
+                    {
+                        await pool.Log.CommitAsync(records).ConfigureAwait(false);
+                    }
+                    catch (WriteVoidedException)
+                    {
+                        // Voided in the log (a chunk's every replica is on a target that left the pool meanwhile): nothing refers to the new extents.
+                        foreach (var r in replicas)
+                            pool.FreeChunk(new ChunkMap(r, null, blocks), cs);
+                        throw;
+                    }
                 }
                 else
                 {
@@ -235,11 +245,23 @@ internal sealed class ChunkRuns(Pool pool)
                     extents.Add(new Extent(rep.Target, rep.Offset, ext, blocks, i));
             extents.Sort((a, b) => a.Target != b.Target ? a.Target.CompareTo(b.Target) : a.Offset.CompareTo(b.Offset));
             var writes = new List<Task>();
+            var runTargets = new List<int>();
             foreach (var (start, count, bytes) in Runs(extents, MaxRun()))
+            {
                 writes.Add(WriteRunAsync(extents, start, count, bytes, cs, chunks, tables));
+                runTargets.Add(extents[start].Target);
+            }
             try
             {
-                await Task.WhenAll(writes).ConfigureAwait(false);
+                // With rf > 1 a run that fails on one target's device is survived when every chunk has a
+                // replica on a target that did not fail and the failed targets leave the pool.
+                var all = Task.WhenAll(writes);
+                if (rf > 1)
+                    await pool.ReplicaWritesAsync(all, [.. writes], [.. runTargets],
+                        failed => Array.TrueForAll(replicas, c => Array.Exists(c, r => !failed.Contains(r.Target))),
+                        meta.Label, pieces[0].Index * cs + pieces[0].Within).ConfigureAwait(false);
+                else
+                    await all.ConfigureAwait(false);
             }
             catch (DeviceException e)
             {

@@ -10,6 +10,7 @@ internal sealed partial class PoolLog
     {
         if (_lastRoundDone != null)
             await _lastRoundDone.ConfigureAwait(false);
+        int[] joined = [];
         try
         {
             _pool.ThrowIfNotLoggable();
@@ -24,6 +25,8 @@ internal sealed partial class PoolLog
                 p.Switched?.TrySetResult();
             // A shard joining the log: no round is in flight, so every later round writes it too, and
             // the checkpoint below gives it a copy of the state to replay from.
+            joined = [.. waiting.Where(p => p.Join != null).Select(p => p.Join!.Index)];
+            Joining(joined, true);
             foreach (var p in waiting)
                 if (p.Join != null)
                     _pool.JoinShard(p.Join);
@@ -31,13 +34,20 @@ internal sealed partial class PoolLog
             foreach (var p in waiting)
                 if (p.Exclude >= 0)
                     _pool.ExcludeShard(p.Exclude);
+            RecordDropsInState(waiting);
             await WriteCheckpointAsync().ConfigureAwait(false);
+            CompleteDrops(waiting, null);
             foreach (var p in waiting)
                 p.Done.TrySetResult();
         }
         catch (Exception e)
         {
             Fail(waiting, e);
+            CompleteDrops(waiting, e);
+        }
+        finally
+        {
+            Joining(joined, false);
         }
     }
 
@@ -93,13 +103,13 @@ internal sealed partial class PoolLog
         var ckpt = Checkpoint.Encode(_pool.Id, seq, _tail, payload, _blockSize);
         if (ckpt.Length > _pool.Shards[0].Header.CheckpointLength)
             throw new NoSpaceException($"no space left in pool '{label}': metadata of {ckpt.Length} bytes outgrew the {_pool.Shards[0].Header.CheckpointLength}-byte checkpoint area");
-        await Task.WhenAll(_pool.LogShards.Select(s =>
+        await OnLogShardsAsync(s =>
         {
             uint slot = s.Header.ActiveCheckpoint == 0 ? 1u : 0u;
             return DeviceIo.WriteAsync(s.Device, s.Base + s.Header.CheckpointOffset(slot), ckpt).AsTask();
-        })).ConfigureAwait(false);
+        }).ConfigureAwait(false);
         await FlushAllAsync().ConfigureAwait(false);
-        await Task.WhenAll(_pool.LogShards.Select(async s =>
+        await OnLogShardsAsync(async s =>
         {
             var h = s.Header with
             {
@@ -118,7 +128,7 @@ internal sealed partial class PoolLog
                 TargetCount = shardCount,
             };
             await s.WriteHeaderAsync(h).ConfigureAwait(false);
-        })).ConfigureAwait(false);
+        }).ConfigureAwait(false);
         _head = _tail;
         MetadataEstimate = payload.Length - chunkBytes;
         // The checkpoint's flush made every applied record durable, writeback ones included (those

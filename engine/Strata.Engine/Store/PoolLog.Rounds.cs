@@ -86,7 +86,7 @@ internal sealed partial class PoolLog
         {
             await written.ConfigureAwait(false);
             round.Written = System.Diagnostics.Stopwatch.GetTimestamp();
-            if (round.Batch.Exists(p => p.Data != null))
+            if (round.Batch.Exists(p => p.Data != null) || _pool.ExcludedTargets.Count > 0)
                 await SettleDataAsync(round).ConfigureAwait(false);
             round.Settled.TrySetResult();
         }
@@ -113,17 +113,32 @@ internal sealed partial class PoolLog
     /// mark covers this round, so a crash may keep either version of the block: a voided record is
     /// then in the tail and replay drops it. A failed in-place write is not voided: it may have torn
     /// data an earlier acknowledged writeback record names, so the round fails and the pool with it.
+    /// While targets are excluded, a chunk mapping whose every replica is on one of them is voided too
+    /// (its writer placed it before a target that failed a write left the pool; PoolLog.TryDropShard).
     /// </summary>
     private async Task SettleDataAsync(Round round)
     {
         bool voided = false;
+        bool excluded = _pool.ExcludedTargets.Count > 0;
         foreach (var p in round.Batch)
         {
             if (p.Data == null)
+            {
+                // A mapping onto targets excluded since its writer placed it (a target that failed a write
+                // meanwhile) would name no copy anyone reads: voided, and its writer told so.
+                if (excluded && !p.Applied && OnlyOnExcluded(p.Records!) is { } gone)
+                {
+                    p.DataError = gone;
+                    Void(round, p);
+                    voided = true;
+                }
                 continue;
+            }
             try
             {
                 await p.Data.ConfigureAwait(false);
+                if (excluded && !p.Applied && OnlyOnExcluded(p.Records!) is { } gone)
+                    throw gone;
             }
             catch (Exception e) when (p.InPlace)
             {
@@ -132,17 +147,38 @@ internal sealed partial class PoolLog
             catch (Exception e)
             {
                 p.DataError = e;
-                if (round.Format == WalFormatV2.Format)
-                    WalFormatV2.Void(round.Buffer, p.Pos, p.Length, round.Seed);
-                else
-                    WalFormat.Encode(round.Buffer.AsSpan(p.Pos), round.Seed, p.Seq, WalFormat.PadType, 0, default, p.Length);
+                Void(round, p);
                 voided = true;
             }
         }
         if (voided)
-            await Task.WhenAll(_pool.LogShards.Select(s => DeviceIo.WriteAsync(s.Device, s.WalStart + round.At, round.Buffer).AsTask())).ConfigureAwait(false);
+            await OnLogShardsAsync(s => DeviceIo.WriteAsync(s.Device, s.WalStart + round.At, round.Buffer).AsTask()).ConfigureAwait(false);
     }
 
+
+    /// <summary>Puts a pad in the place of the commit's records in the round's log block (same sequences and length).</summary>
+    private static void Void(Round round, Pending p)
+    {
+        if (round.Format == WalFormatV2.Format)
+            WalFormatV2.Void(round.Buffer, p.Pos, p.Length, round.Seed);
+        else
+            WalFormat.Encode(round.Buffer.AsSpan(p.Pos), round.Seed, p.Seq, WalFormat.PadType, 0, default, p.Length);
+    }
+
+    /// <summary>An error for a commit with a chunk mapping whose every replica is on an excluded target; null otherwise.</summary>
+    private WriteVoidedException? OnlyOnExcluded(MetaRecord[] records)
+    {
+        foreach (var r in records)
+        {
+            if (r.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkMapBlocks))
+                continue;
+            var (_, chunk, replicas) = MetaRecords.ReadChunkMap(r.Payload);
+            if (replicas.Length > 0 && Array.TrueForAll(replicas, x => _pool.IsExcluded(x.Target)))
+                return new WriteVoidedException(
+                    $"a write to pool '{_pool.Label}' (chunk {chunk}) failed: every replica it wrote is on target(s) {string.Join(",", replicas.Select(x => x.Target).Distinct())}, excluded while it ran");
+        }
+        return null;
+    }
 
     /// <summary>
     /// Completes rounds strictly in order: a round is acknowledged only after its own
@@ -173,13 +209,7 @@ internal sealed partial class PoolLog
                 ApplyAll(round);
                 if (round.Flushes)
                     MarkDurable(round.LastSeq, round.LastOrdinal);
-                foreach (var p in round.Batch)
-                {
-                    if (p.DataError != null)
-                        p.Done.TrySetException(p.DataError);
-                    else
-                        p.Done.TrySetResult();
-                }
+                Acknowledge(round.Batch);
             }
             catch (Exception e)
             {
@@ -351,14 +381,13 @@ internal sealed partial class PoolLog
         round.At = at;
         // The tail moves now: the next round's batch goes after this one even while this one's flush runs.
         _tail = (at + padded) % _walLength;
-        return Task.WhenAll(_pool.LogShards.Select(async s =>
+        return OnLogShardsAsync(async s =>
         {
             if (wrapFiller != null)
                 await DeviceIo.WriteAsync(s.Device, s.WalStart + wrapAt, wrapFiller).ConfigureAwait(false);
             await DeviceIo.WriteAsync(s.Device, s.WalStart + at, buf).ConfigureAwait(false);
-        }));
+        });
     }
 
-    private Task FlushAllAsync() =>
-        Task.WhenAll(_pool.LogShards.Select(s => s.FlushAsync()));
+    private Task FlushAllAsync() => OnLogShardsAsync(s => s.FlushAsync());
 }

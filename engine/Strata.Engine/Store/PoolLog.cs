@@ -24,10 +24,12 @@ internal sealed partial class PoolLog
 {
     /// <summary>Records committed together (null: a checkpoint request).</summary>
     private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null, bool applied = false, uint switchTo = 0,
-        TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1)
+        TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1, bool dropped = false)
     {
         /// <summary>A checkpoint request that first takes this target's shard out of the log (-1: none).</summary>
         public int Exclude { get; } = exclude;
+        /// <summary>The shard left the log after its device failed a write (<see cref="TryDropShard"/>): the checkpoint also records the exclusion, then releases the held acknowledgements.</summary>
+        public bool Dropped { get; } = dropped;
         /// <summary>A checkpoint request that first adds this shard to the log (a pool extension).</summary>
         public Shard? Join { get; } = join;
         /// <summary>A checkpoint request that first switches the log to this format (0: none).</summary>
@@ -110,6 +112,8 @@ internal sealed partial class PoolLog
 
     public async Task StopAsync()
     {
+        lock (_drops)
+            _stopping = true;
         _queue.Writer.TryComplete();
         Volatile.Read(ref _gathering)?.TrySetResult();
         if (_loop != null)
@@ -162,6 +166,8 @@ internal sealed partial class PoolLog
             {
                 if (r.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkMapBlocks))
                     throw new InvalidOperationException($"a writeback commit holds chunk-map records only, not {r.Type}");
+                if (_pool.ExcludedTargets.Count > 0 && OnlyOnExcluded([r]) is { } gone)
+                    throw gone;
                 uint image = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(r.Payload);
                 if (!state.Images.ContainsKey(image))
                     throw new NotFoundException($"pool '{_pool.Label}' has no image {image} (it was removed)");
@@ -315,12 +321,12 @@ internal sealed partial class PoolLog
     /// </summary>
     public Task RejoinShardAsync(Shard shard) => Enqueue(null, join: shard);
 
-    private Task Enqueue(MetaRecord[]? records, Task? data = null, uint switchTo = 0, TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1)
+    private Task Enqueue(MetaRecord[]? records, Task? data = null, uint switchTo = 0, TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1, bool dropped = false)
     {
         _pool.ThrowIfNotLoggable();
         if (records != null)
             Validate(records);
-        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data, switchTo: switchTo, switched: switched, join: join, exclude: exclude);
+        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data, switchTo: switchTo, switched: switched, join: join, exclude: exclude, dropped: dropped);
         // Ordinals follow the queue's order (CommitWriteback queues under the same lock).
         lock (_pool.Meta.Sync)
             QueueLocked(p);

@@ -18,6 +18,12 @@ public class StoreException : IOException
     public int Errno { get; }
 }
 
+/// <summary>
+/// EIO: a chunk write whose every replica is on a target excluded while it ran (a target that failed a
+/// write left the pool); its record was voided in the log, so its new extents may be freed at once.
+/// </summary>
+public sealed class WriteVoidedException(string message) : StoreException(Interop.Errno.EIO, message);
+
 /// <summary>ENOENT: no pool, container or image of that name.</summary>
 public sealed class NotFoundException(string message) : StoreException(Interop.Errno.ENOENT, message);
 

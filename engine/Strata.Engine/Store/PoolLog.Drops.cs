@@ -1,0 +1,201 @@
+using Strata.Engine.Pools;
+using Strata.Interop;
+
+namespace Strata.Engine.Store;
+
+/// <summary>
+/// A target whose device fails a write leaves the pool instead of failing it (docs/operations.md,
+/// "A target whose writes fail"): when the remaining shards can carry the log and every chunk keeps a
+/// copy without it, the shard is dropped from the log and excluded at once (reads skip its replicas,
+/// placement avoids it), and every acknowledgement is held until a checkpoint of the remaining shards
+/// records the exclusion. Held, because the rounds acknowledged from then on may name replicas the
+/// failed device did not store: the exclusion must be durable before any of them is, so that replay
+/// never counts (or tail-checks) those replicas.
+/// </summary>
+internal sealed partial class PoolLog
+{
+    /// <summary>Guards the fields below; taken before the state's lock, never inside it.</summary>
+    private readonly object _drops = new();
+    private bool _stopping;
+    /// <summary>Drops whose exclusion checkpoint has not completed yet.</summary>
+    private int _dropsPending;
+    /// <summary>Commits of rounds completed while a drop was pending, acknowledged once it is durable (null: none pending).</summary>
+    private List<Pending>? _held;
+
+    /// <summary>
+    /// Target <paramref name="target"/>'s device failed a log write, a flush, or a replica write of new
+    /// data: drops its shard from the pool when that loses nothing, and returns whether it did (or the
+    /// target was excluded already). False leaves the failure to the caller (the pool goes read-only, or
+    /// the write fails): the last log shard, a shard rejoining the log during its reintegration, a chunk
+    /// whose only copy is there, a pool that is closing or has failed.
+    /// </summary>
+    internal bool TryDropShard(int target, Exception cause)
+    {
+        lock (_drops)
+        {
+            var shards = _pool.LogShards;
+            bool inLog = Array.Exists(shards, s => s.Index == target);
+            if (_pool.IsExcluded(target))
+                return !inLog;
+            if (!inLog || !_pool.EngineOptions.DropTargetOnWriteError || _stopping || _joining.Contains(target) || _pool.ReadOnlyReason != null || !Array.Exists(shards, s => s.Index != target))
+                return false;
+            // Mappings not applied yet are checked again before the exclusion is recorded (CheckDrops).
+            if (_pool.ChunksOnlyWith(target) > 0)
+                return false;
+            _held ??= [];
+            _dropsPending++;
+            _pool.ExcludeShard(target);
+            var done = Enqueue(null, exclude: target, dropped: true);
+            // Its failure is the pool's, reported by the checkpoint; nothing waits for it here.
+            _ = done.ContinueWith(t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+        }
+        var shard = _pool.Shards[target];
+        _pool.Ras.Emit(new RasEvent(RasIds.TargetDropped, RasSeverity.Error, RasType.StateChange,
+            $"pool '{_pool.Label}' stopped using target {target} after its device failed a write ({cause.Message}); its replicas are served from the other targets",
+            Pool: _pool.Label, Target: target, Device: shard.Device.Name));
+        return true;
+    }
+
+    /// <summary>
+    /// Runs <paramref name="op"/> on every log shard at once. A shard whose device fails it is dropped
+    /// (<see cref="TryDropShard"/>) when the others succeeded; otherwise the first failure is thrown.
+    /// </summary>
+    private async Task OnLogShardsAsync(Func<Shard, Task> op)
+    {
+        var shards = _pool.LogShards;
+        if (shards.Length == 1)
+        {
+            await op(shards[0]).ConfigureAwait(false);
+            return;
+        }
+        var tasks = new Task[shards.Length];
+        for (int i = 0; i < shards.Length; i++)
+            tasks[i] = op(shards[i]);
+        var all = Task.WhenAll(tasks);
+        try
+        {
+            await all.ConfigureAwait(false);
+            return;
+        }
+        catch (Exception)
+        {
+            // Decided shard by shard below.
+        }
+        Exception? unhandled = null;
+        int ok = 0;
+        for (int i = 0; i < shards.Length; i++)
+        {
+            if (tasks[i].IsCompletedSuccessfully)
+            {
+                ok++;
+                continue;
+            }
+            var e = tasks[i].Exception?.InnerException ?? new OperationCanceledException();
+            if (e is not DeviceException || !TryDropShard(shards[i].Index, e))
+                unhandled ??= e;
+        }
+        if (unhandled != null || ok == 0)
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(unhandled ?? all.Exception!.InnerException!);
+    }
+
+    /// <summary>The completer's acknowledgement of a round's commits: held while a drop is pending.</summary>
+    private void Acknowledge(List<Pending> batch)
+    {
+        lock (_drops)
+        {
+            if (_held != null)
+            {
+                _held.AddRange(batch);
+                return;
+            }
+        }
+        foreach (var p in batch)
+            Acknowledge(p);
+    }
+
+    private static void Acknowledge(Pending p)
+    {
+        if (p.DataError != null)
+            p.Done.TrySetException(p.DataError);
+        else
+            p.Done.TrySetResult();
+    }
+
+    /// <summary>Shards joining the log (an extension or a reintegration) until their first checkpoint is written: never dropped (their headers may not be written yet).</summary>
+    private readonly HashSet<int> _joining = [];
+
+    private void Joining(IEnumerable<int> targets, bool on)
+    {
+        lock (_drops)
+            foreach (int t in targets)
+                if (on)
+                    _joining.Add(t);
+                else
+                    _joining.Remove(t);
+    }
+
+    /// <summary>
+    /// Before a checkpoint that completes drops (every round is applied, so every mapping the held
+    /// commits made is in the state): a dropped target that now holds the only copy of some chunk (a
+    /// mapping that was still in flight when it was dropped) cannot leave, so the pool fails instead
+    /// and the held commits with it, as a failed write would have failed it without the drop. Otherwise
+    /// records the excluded targets in the state, with a sequence of its own, so the checkpoint holds them.
+    /// </summary>
+    private void RecordDropsInState(List<Pending> waiting)
+    {
+        if (!waiting.Exists(p => p.Dropped))
+            return;
+        foreach (var p in waiting)
+            if (p.Dropped && _pool.ChunksOnlyWith(p.Exclude) is > 0 and long only)
+                throw new StoreException(Errno.EIO,
+                    $"target {p.Exclude} of pool '{_pool.Label}' failed a write and holds the only copy of {only} chunk(s) written meanwhile");
+        var state = _pool.Meta;
+        lock (state.Sync)
+        {
+            // The applied value, not the in-memory set: a reintegration's lift may be applied while its
+            // commit is held, and its target is still excluded in memory until the commit returns.
+            var excluded = Pool.ParseExcluded(state.Props.GetValueOrDefault(Pool.ExcludedProp), _pool.Shards.Length)
+                .Concat(waiting.Where(p => p.Dropped).Select(p => p.Exclude)).Distinct().Order();
+            var record = MetaRecords.PoolSetProp(Pool.ExcludedProp, string.Join(",", excluded.Select(t => t.ToString(System.Globalization.CultureInfo.InvariantCulture))));
+            ulong seq = _nextSeq++;
+            state.Apply(new WalRecord(seq, (ushort)record.Type, record.Flags, record.Payload));
+            state.LastSeq = seq;
+        }
+    }
+
+    /// <summary>
+    /// After the checkpoint of <paramref name="waiting"/> (<paramref name="error"/>: it failed): once no drop
+    /// is pending any more, the held commits are acknowledged (the checkpoint holds them and the exclusions),
+    /// or failed with the checkpoint's error; the pool then excludes each dropped target from the engine.
+    /// </summary>
+    private void CompleteDrops(List<Pending> waiting, Exception? error)
+    {
+        int dropped = waiting.Count(p => p.Dropped);
+        if (dropped == 0)
+            return;
+        List<Pending>? release = null;
+        lock (_drops)
+        {
+            _dropsPending -= dropped;
+            if (_dropsPending == 0 || error != null)
+            {
+                release = _held;
+                _held = _dropsPending == 0 ? null : [];
+            }
+        }
+        if (release != null)
+        {
+            foreach (var p in release)
+            {
+                if (error == null)
+                    Acknowledge(p);
+                else
+                    p.Done.TrySetException(error as StoreException ?? new PoolReadOnlyException($"pool '{_pool.Label}' is read-only: {_pool.ReadOnlyReason}", error));
+            }
+        }
+        if (error == null)
+            foreach (var p in waiting)
+                if (p.Dropped)
+                    _pool.OnShardDropped(p.Exclude);
+    }
+}

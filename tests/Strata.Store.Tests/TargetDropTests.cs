@@ -1,0 +1,182 @@
+using Strata.Engine.Device;
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+using static Strata.Store.Tests.TargetsTestKit;
+
+namespace Strata.Store.Tests;
+
+/// <summary>
+/// A target whose device fails writes (issue 14, "Losing a target"): on an rf 2 pool the writes
+/// succeed on the other replicas, the target leaves the pool (PoolLog.TryDropShard), the engine
+/// excludes it and the pool rebuilds; where a chunk's only copy is on it, the pool fails as before.
+/// </summary>
+[TestClass]
+public sealed class TargetDropTests
+{
+    private const int Cs = 4096;
+
+    private string _dir = "";
+
+    public TestContext TestContext { get; set; } = null!;
+
+    [TestInitialize]
+    public void Init() => _dir = Directory.CreateTempSubdirectory("strata-drop-").FullName;
+
+    [TestCleanup]
+    public void Cleanup() => Directory.Delete(_dir, true);
+
+    private static int OnTarget(Pool pool, int target)
+    {
+        lock (pool.Meta.Sync)
+            return pool.Meta.Images.Values.Sum(i => i.Chunks.Values.Count(m => m.Replicas.Any(r => r.Target == target)));
+    }
+
+    /// <summary>Every write and flush command to target 1 fails from now on; reads still work.</summary>
+    private const string WritesFail = "fail_every=1&fail_ops=write,flush";
+
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    [DataRow(true, DisplayName = "durable writes")]
+    [DataRow(false, DisplayName = "writeback writes and flushes")]
+    public async Task WritesFail_Rf2Target_EveryWriteSucceedsTargetLeavesRebuiltAndExclusionDurable(bool durable)
+    {
+        const int chunks = 200;
+        var devs = MigrationKit.FileTargets(_dir, 3);
+        var ras = new WaitableRasSink();
+        var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Ras = ras, Catalog = PlacementV2Tests.UpTo4() });
+        var pool = await engine.CreatePoolAsync("tank", 3 * (4L << 20), 2, TestDevices.SmallPool with { LayoutVersion = 4 });
+        await pool.CreateContainerAsync("c");
+        var image = await pool.CreateImageAsync("c", "v", chunks * Cs, Cs);
+        var model = TestDevices.Pattern(chunks * Cs, 1);
+        await image.WriteAsync(0, model);
+        int onOne = OnTarget(pool, 1);
+        Assert.IsTrue(onOne > 0);
+
+        devs[1].SetFaults(WritesFail);
+        // Single chunks and multi-chunk runs, every one answered without an error.
+        var rng = new Random(7);
+        for (int i = 0; i < 40; i++)
+        {
+            int at = rng.Next(chunks - 4), n = rng.Next(1, 5);
+            var data = TestDevices.Pattern(n * Cs - (i % 3) * 512, 100 + i);
+            await image.WriteAsync((long)at * Cs + (i % 3) * 512, data, durable);
+            data.CopyTo(model, at * Cs + (i % 3) * 512);
+        }
+        if (!durable)
+            await image.FlushAsync();
+        Assert.AreEqual(PoolStatus.Ready, pool.State, pool.ReadOnlyReason);
+        CollectionAssert.AreEqual(new[] { 1 }, pool.ExcludedTargets.ToArray());
+        var left = ras.WithId(RasIds.TargetDropped).Single();
+        StringAssert.Contains(left.Message, "pool 'tank' stopped using target 1 after its device failed a write");
+        Assert.IsGreaterThan(0L, devs[1].GetFaultStats().IosFailed);
+
+        // The engine excludes it (once) and the pool rebuilds what had a copy there.
+        var auto = await ras.First(RasIds.TargetAutoExcluded).WaitAsync(TestContext.CancellationToken);
+        StringAssert.Contains(auto.Message, "target 1 ('");
+        StringAssert.Contains(auto.Message, "excluded after a failed write; 1 pool(s) rebuild onto the other targets");
+        await pool.WaitForJobAsync(TestContext.CancellationToken);
+        Assert.AreEqual("completed", pool.JobStatus!.State, pool.JobStatus.Reason);
+        Assert.AreEqual(0, OnTarget(pool, 1), "no replica is left on the target that failed");
+        Assert.AreEqual("ok", pool.Query().Redundancy!.Health);
+        Assert.AreEqual(0, MigrationKit.NotAtRf(pool));
+        CollectionAssert.AreEqual(model, await ReadAllAsync(image, model.Length));
+        Assert.IsFalse(ras.WithId(RasIds.PoolReadOnly).Any(), "the failing target never made the pool read-only");
+        await engine.DisposeAsync();
+
+        // Durable: a reopen (the device answering again) keeps the target out and reads every byte.
+        devs[1].SetFaults("");
+        var reopened = await StorageEngine.OpenAsync(devs, new StorageEngineOptions { Catalog = PlacementV2Tests.UpTo4() });
+        var p = await reopened.OpenPoolAsync("tank");
+        CollectionAssert.AreEqual(new[] { 1 }, p.ExcludedTargets.ToArray());
+        CollectionAssert.AreEqual(model, await ReadAllAsync(p.OpenImage("c", "v"), model.Length));
+        await reopened.DisposeAsync();
+        foreach (var d in devs)
+            d.Dispose();
+    }
+
+    /// <summary>Only target 1's log region fails: the metadata goes on on the other shards, the target leaves.</summary>
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task LogWriteFails_Rf2Target_PoolStaysWritableTargetLeaves()
+    {
+        var devs = MigrationKit.FileTargets(_dir, 3);
+        var (engine, pool, ras) = await PoolAsync(devs, 2);
+        var image = await pool.CreateImageAsync("c", "v", 64 * Cs, Cs);
+        var model = TestDevices.Pattern(64 * Cs, 3);
+        await image.WriteAsync(0, model);
+        var shard = pool.Shards[1];
+        devs[1].SetFaults($"fail_every=1&fail_ops=write&fail_range={shard.WalStart}-{shard.WalStart + shard.Header.WalLength}");
+        for (int i = 0; i < 10; i++)
+        {
+            var data = TestDevices.Pattern(Cs, 40 + i);
+            await image.WriteAsync(i * 5L * Cs, data);
+            data.CopyTo(model, i * 5 * Cs);
+        }
+        Assert.AreEqual(PoolStatus.Ready, pool.State, pool.ReadOnlyReason);
+        Assert.IsTrue(pool.IsExcluded(1));
+        Assert.AreEqual(1, ras.WithId(RasIds.TargetDropped).Count());
+        await pool.CreateImageAsync("c", "w", Cs, Cs);
+        CollectionAssert.AreEqual(model, await ReadAllAsync(image, model.Length));
+        await engine.DisposeAsync();
+
+        devs[1].SetFaults("");
+        var reopened = await StorageEngine.OpenAsync(devs, new StorageEngineOptions { Catalog = PlacementV2Tests.UpTo4() });
+        var p = await reopened.OpenPoolAsync("tank");
+        Assert.IsTrue(p.IsExcluded(1));
+        CollectionAssert.AreEqual(model, await ReadAllAsync(p.OpenImage("c", "v"), model.Length));
+        Assert.IsNotNull(p.OpenImage("c", "w"), "metadata committed after the target left is there");
+        await reopened.DisposeAsync();
+        foreach (var d in devs)
+            d.Dispose();
+    }
+
+    /// <summary>On rf 1 the target holds the only copy of its chunks: it cannot leave, so the pool fails read-only as before.</summary>
+    [TestMethod]
+    public async Task LogWriteFails_Rf1TargetWithChunks_PoolReadOnlyNothingDropped()
+    {
+        var devs = MigrationKit.FileTargets(_dir, 2);
+        var (engine, pool, ras) = await PoolAsync(devs, 1);
+        var image = await pool.CreateImageAsync("c", "v", 16 * Cs, Cs);
+        var model = TestDevices.Pattern(16 * Cs, 5);
+        await image.WriteAsync(0, model);
+        Assert.IsTrue(OnTarget(pool, 1) > 0);
+        var shard = pool.Shards[1];
+        devs[1].SetFaults($"fail_every=1&fail_ops=write&fail_range={shard.WalStart}-{shard.WalStart + shard.Header.WalLength}");
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => image.WriteAsync(0, TestDevices.Pattern(Cs, 9)));
+        Assert.AreEqual(PoolStatus.ReadOnly, pool.State);
+        Assert.AreEqual(0, pool.ExcludedTargets.Count);
+        Assert.IsFalse(ras.WithId(RasIds.TargetDropped).Any());
+        CollectionAssert.AreEqual(model, await ReadAllAsync(image, model.Length), "acknowledged data still reads");
+        await engine.DisposeAsync();
+        foreach (var d in devs)
+            d.Dispose();
+    }
+
+    /// <summary>With DropTargetOnWriteError off, a failed replica write fails the client's write, as it did before.</summary>
+    [TestMethod]
+    public async Task WritesFail_DropTurnedOff_WriteFailsTargetStays()
+    {
+        var devs = MigrationKit.FileTargets(_dir, 3);
+        var (engine, pool, ras) = await PoolAsync(devs, 2, options: new StorageEngineOptions { DropTargetOnWriteError = false });
+        var image = await pool.CreateImageAsync("c", "v", 64 * Cs, Cs);
+        await image.WriteAsync(0, TestDevices.Pattern(64 * Cs, 2));
+        var data = shardData(pool, 1);
+        devs[1].SetFaults($"fail_every=1&fail_ops=write&fail_range={data.Start}-{data.End}");
+        long chunk;
+        lock (pool.Meta.Sync)
+            chunk = pool.Meta.Images[image.Id].Chunks.First(kv => kv.Value.Replicas.Any(r => r.Target == 1)).Key;
+        var e = await Assert.ThrowsExactlyAsync<StoreException>(() => image.WriteAsync(chunk * Cs, TestDevices.Pattern(Cs, 8)));
+        Assert.AreEqual(Strata.Interop.Errno.EIO, e.Errno);
+        Assert.AreEqual(0, pool.ExcludedTargets.Count);
+        Assert.IsFalse(ras.WithId(RasIds.TargetDropped).Any());
+        await engine.DisposeAsync();
+        foreach (var d in devs)
+            d.Dispose();
+
+        static (long Start, long End) shardData(Pool pool, int t)
+        {
+            var s = pool.Shards[t];
+            return (s.Base + s.Header.DataOffset, s.Base + s.Header.DataOffset + s.Header.DataLength);
+        }
+    }
+}
