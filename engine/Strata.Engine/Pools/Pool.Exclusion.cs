@@ -53,7 +53,7 @@ public sealed partial class Pool
         Volatile.Write(ref _logShards, [.. LogShards.Where(s => s.Index != target)]);
     }
 
-    private static int[] ParseExcluded(string? value, int shards)
+    internal static int[] ParseExcluded(string? value, int shards)
     {
         if (string.IsNullOrEmpty(value))
             return [];

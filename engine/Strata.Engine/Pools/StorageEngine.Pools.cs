@@ -35,7 +35,15 @@ public sealed partial class StorageEngine
             // validation (every shard, every feature word) happens when the pool is opened.
             for (int i = 0; i < holders && entry.Header == null; i++)
             {
-                var r = await HeaderCopies.ReadAsync<ShardHeader>(Targets[i].Device, extents[i].Offset, ShardHeader.Decode, h => h.Generation).ConfigureAwait(false);
+                HeaderCopies.ReadResult<ShardHeader> r;
+                try
+                {
+                    r = await HeaderCopies.ReadAsync<ShardHeader>(Targets[i].Device, extents[i].Offset, ShardHeader.Decode, h => h.Generation).ConfigureAwait(false);
+                }
+                catch (Interop.DeviceException)
+                {
+                    continue; // a failed device (maybe an excluded target): the pool's open decides (PoolOpener)
+                }
                 if (r.Best != null && r.Best.PoolId == id)
                 {
                     entry.Header = r.Best;

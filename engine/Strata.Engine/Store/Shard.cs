@@ -26,6 +26,13 @@ internal sealed class Shard
     /// <summary>The newest durable header.</summary>
     public ShardHeader Header { get; set; }
 
+    /// <summary>
+    /// The device could not be read at the open, so <see cref="Header"/> is another shard's with this
+    /// target's identity (same regions; PoolOpener.UnreadShard): its generation, checkpoint slot and
+    /// log head are unknown until a reintegration reads the real header.
+    /// </summary>
+    public bool HeaderUnread { get; set; }
+
     public ExtentAllocator Allocator { get; }
 
     /// <summary>Makes completed writes durable, sharing the flush with concurrent callers.</summary>
