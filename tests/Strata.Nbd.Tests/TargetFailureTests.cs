@@ -10,7 +10,8 @@ namespace Strata.Nbd.Tests;
 /// the client has used it (the shim's fail_after fault key, in its URI); the engine excludes it by
 /// itself, rebuilds onto targets 0 and 1, and fio sees no error. Then target 1 is excluded as well: every
 /// chunk was rebuilt, so the engine accepts it without --force, nothing is lost and every block still
-/// reads back from target 0 alone.
+/// reads back from target 0 alone. The engine then restarts with target 2 still dead: the pool opens
+/// without it (it is excluded) and every block reads back.
 /// </summary>
 [TestClass]
 public sealed class TargetFailureTests
@@ -18,7 +19,9 @@ public sealed class TargetFailureTests
     // Reads of the target fail from the 65th on; enough reads of the pool's metadata and the first
     // client reads succeed, so the failure begins while fio writes and verifies.
     private const string FirstFailure = "fail_after=64&fail_ops=read";
-    private const int ExcludeAfterErrors = 16; // StorageEngineOptions.DefaultExcludeAfterErrors, the daemon's
+    private const int ExcludeAfterErrors = 16;
+    // Every command past the target's superblock (the first MiB) fails: a device that died for good.
+    private const string DeadShard = "fail_every=1&fail_ops=read,write,flush,trim,zeroes&fail_range=1M-1G"; // StorageEngineOptions.DefaultExcludeAfterErrors, the daemon's
 
     private static string Config(string dir, string name, params string[] faults)
     {
@@ -115,6 +118,21 @@ public sealed class TargetFailureTests
                 Assert.AreEqual(16L, q.Redundancy.ChunksAtOneCopy, "the 16 chunks fio wrote, each at one copy on target 0");
                 Assert.IsFalse(Events(data).Any(e => e.Id == "pool_data_lost"), "no pool_data_lost event");
                 await RunFioAsync(uri, verifyOnly: true, "with target 0 alone");
+            }
+
+            // A restart with target 2 dead for good: every command on it past its superblock fails, the
+            // pool's shard header included. The pool excludes it, so it opens without it and serves all.
+            await using (var engine = await EngineProcess.StartAsync(data, "--config", Config(dir, "second.yaml", "", "", DeadShard)))
+            {
+                var cli = new StrataCli(engine.Socket);
+                var q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "p");
+                Assert.AreEqual("ready", q.State, q.ToString());
+                CollectionAssert.AreEqual(new[] { 1, 2 }, q.Redundancy!.ExcludedTargets.ToArray());
+                Assert.AreEqual(0L, q.Redundancy.LostChunks, q.ToString());
+                var unusable = Events(data).Last(e => e.Id == "checkpoint_bad");
+                Assert.AreEqual(2, unusable.Target);
+                StringAssert.Contains(unusable.Msg, "metadata on target 2 is unusable: its shard header cannot be read: ");
+                await RunFioAsync(uri, verifyOnly: true, "after a restart with target 2 dead");
             }
         }
         finally
