@@ -249,7 +249,9 @@ public sealed class ExcludeTests
 
     [TestMethod]
     [Timeout(300_000, CooperativeCancellation = true)]
-    public async Task Open_ExcludedTargetsDeviceFailsEveryIo_OpensServesRebuildsAndReintegratesOnceHealed()
+    [DataRow(false, "its shard header cannot be read: ", DisplayName = "the whole shard fails")]
+    [DataRow(true, "its checkpoint cannot be read: ", DisplayName = "the shard header reads, the rest fails")]
+    public async Task Open_ExcludedTargetsDeviceFailsEveryIo_OpensServesRebuildsAndReintegratesOnceHealed(bool headerReads, string problem)
     {
         const int chunks = 120;
         var devs = MigrationKit.FileTargets(_dir, 3);
@@ -259,11 +261,12 @@ public sealed class ExcludeTests
         await image.WriteAsync(0, model);
         int onTwo = OnTarget(pool, 2);
         Assert.IsTrue(onTwo > 0);
+        long failFrom = headerReads ? pool.Shards[2].Base + ShardHeader.Size : TargetSuperblock.ReservedBytes;
         // The rebuild waits for its first chunk's credit: the restart finds target 2's replicas still mapped.
         await pool.SetPropertyAsync("migrate_rate", "1");
         await engine.ExcludeTargetAsync(2);
         await engine.DisposeAsync();
-        devs[2].SetFaults(DeadShard(devs[2]));
+        devs[2].SetFaults($"{Dead}&fail_range={failFrom}-{devs[2].Geometry.Capacity}");
 
         // Read-only first: it opens the same way and writes nothing.
         var roRas = new InMemoryRasSink();
@@ -272,7 +275,7 @@ public sealed class ExcludeTests
         Assert.AreEqual(PoolStatus.ReadOnly, rp.State);
         CollectionAssert.AreEqual(new[] { 2 }, rp.ExcludedTargets.ToArray());
         CollectionAssert.AreEqual(model, await ReadAllAsync(rp.OpenImage("c", "v"), model.Length));
-        StringAssert.Contains(roRas.WithId(RasIds.CheckpointBad).Single().Message, "pool 'tank' metadata on target 2 is unusable: its shard header cannot be read: ");
+        StringAssert.Contains(roRas.WithId(RasIds.CheckpointBad).Single().Message, "pool 'tank' metadata on target 2 is unusable: " + problem);
         await ro.DisposeAsync();
 
         var ras = new InMemoryRasSink();
