@@ -360,4 +360,46 @@ public sealed class ExcludeTests
         foreach (var dev in devs)
             dev.Dispose();
     }
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task Open_TailReplicaOnTargetNotExcludedCannotBeRead_RefusedNamingItNothingWritten()
+    {
+        var devs = MigrationKit.FileTargets(_dir, 3);
+        var (engine, pool, _) = await PoolAsync(devs, 2);
+        var image = await pool.CreateImageAsync("c", "v", 8 * Cs, Cs);
+        var data = TestDevices.Pattern(Cs, 31);
+        // The last round's chunk-map record has no later durable mark: replay verifies its replicas.
+        await image.WriteAsync(0, data);
+        int t;
+        lock (pool.Meta.Sync)
+            t = pool.Meta.Images[image.Id].Chunks[0].Replicas[1].Target;
+        var shard = pool.Shards[t];
+        long dataStart = shard.Base + shard.Header.DataOffset;
+        await pool.CloseAsync(checkpoint: false);
+        await engine.DisposeAsync();
+        int[] others = [.. Enumerable.Range(0, 3).Where(i => i != t)];
+        var before = new[] { await WholeAsync(devs[others[0]]), await WholeAsync(devs[others[1]]) };
+        devs[t].SetFaults($"fail_every=1&fail_ops=read&fail_range={dataStart}-{dataStart + shard.Header.DataLength}");
+
+        var (reopened, _) = await TestDevices.OpenAsync(devs, catalog: PlacementV2Tests.UpTo4());
+        var e = await Assert.ThrowsExactlyAsync<CorruptMetadataException>(() => reopened.OpenPoolAsync("tank"));
+        StringAssert.StartsWith(e.Message, $"pool 'tank' target {t} ('file:");
+        StringAssert.Contains(e.Message, "cannot be read (its data cannot be read to verify the log tail: ");
+        StringAssert.EndsWith(e.Message, "and is not excluded from the pool; refusing to open (nothing was written)");
+        await reopened.DisposeAsync();
+        var after = new[] { await WholeAsync(devs[others[0]]), await WholeAsync(devs[others[1]]) };
+        Assert.IsTrue(before[0].SequenceEqual(after[0]) && before[1].SequenceEqual(after[1]), "the other targets are unchanged");
+
+        devs[t].SetFaults("");
+        var (healed, _) = await TestDevices.OpenAsync(devs, catalog: PlacementV2Tests.UpTo4());
+        var p = await healed.OpenPoolAsync("tank");
+        Assert.IsTrue(p.ReplayedRecords > 0);
+        Assert.AreEqual(0, p.DroppedTailRecords, "the record verified once its replica could be read");
+        var back = new byte[Cs];
+        await p.OpenImage("c", "v").ReadAsync(0, back);
+        CollectionAssert.AreEqual(data, back);
+        await healed.DisposeAsync();
+        foreach (var dev in devs)
+            dev.Dispose();
+    }
 }
