@@ -9,8 +9,9 @@ namespace Strata.Engine.Store;
 /// Opens a pool: validates every shard header read-only (layout version,
 /// feature words, regions), replays each shard's newest checkpoint plus log,
 /// keeps the longest history, and only then (when writable) writes: a fresh
-/// checkpoint on every shard, which also brings lagging shards and bad header
-/// copies up to date.
+/// checkpoint on every shard the log writes (not an excluded target's), which also
+/// brings lagging shards and bad header copies up to date. A shard whose device
+/// fails is left out when that history excludes its target (PoolOpener.Unreadable.cs).
 /// </summary>
 internal static partial class PoolOpener
 {
@@ -42,7 +43,7 @@ internal static partial class PoolOpener
             }
             catch (DeviceException e)
             {
-                // Decided after replay: an excluded target's shard is not needed (RefuseUnreadable).
+                // Decided after replay: an excluded target's shard is not needed (Unreadable.RefuseUnlessExcluded).
                 unreadable.Add(label, t, $"its shard header cannot be read: {e.Message}", e);
                 continue;
             }
@@ -95,7 +96,9 @@ internal static partial class PoolOpener
         var clock = new ReplayClock();
         foreach (var s in shards)
         {
-            if (unreadable.Contains(s.Index))
+            // Without its header there is nothing to replay. A shard whose data alone failed the tail's
+            // check still replays: its history may be the longest, and that history decides.
+            if (s.HeaderUnread)
                 continue;
             try
             {
