@@ -20,8 +20,8 @@ public sealed class TargetFailureTests
     // client reads succeed, so the failure begins while fio writes and verifies.
     private const string FirstFailure = "fail_after=64&fail_ops=read";
     private const int ExcludeAfterErrors = 16;
-    // Every command past the target's superblock (the first MiB) fails: a device that died for good.
-    private const string DeadShard = "fail_every=1&fail_ops=read,write,flush,trim,zeroes&fail_range=1M-1G"; // StorageEngineOptions.DefaultExcludeAfterErrors, the daemon's
+    // Every command on the target fails: a device that died for good.
+    private const string Dead = "fail_every=1&fail_ops=read,write,flush,trim,zeroes"; // StorageEngineOptions.DefaultExcludeAfterErrors, the daemon's
 
     private static string Config(string dir, string name, params string[] faults)
     {
@@ -120,18 +120,23 @@ public sealed class TargetFailureTests
                 await RunFioAsync(uri, verifyOnly: true, "with target 0 alone");
             }
 
-            // A restart with target 2 dead for good: every command on it past its superblock fails, the
-            // pool's shard header included. The pool excludes it, so it opens without it and serves all.
-            await using (var engine = await EngineProcess.StartAsync(data, "--config", Config(dir, "second.yaml", "", "", DeadShard)))
+            // A restart with target 2 dead for good: every command on it fails, its superblock's read included.
+            // The engine starts without it, and the pool excludes it, so it opens without it and serves all.
+            await using (var engine = await EngineProcess.StartAsync(data, "--config", Config(dir, "second.yaml", "", "", Dead)))
             {
                 var cli = new StrataCli(engine.Socket);
                 var q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "p");
                 Assert.AreEqual("ready", q.State, q.ToString());
                 CollectionAssert.AreEqual(new[] { 1, 2 }, q.Redundancy!.ExcludedTargets.ToArray());
                 Assert.AreEqual(0L, q.Redundancy.LostChunks, q.ToString());
+                Assert.AreEqual(2, Events(data).Last(e => e.Id == "target_unreadable").Target);
+                var dead = (await cli.JsonAsync<StorageInfo>("storage", "query")).Targets.Single(t => t.Index == 2);
+                Assert.AreEqual("failed", dead.Health, dead.ToString());
+                StringAssert.Contains(dead.HealthReason, "target 2 (");
+                StringAssert.Contains(dead.HealthReason, "cannot be read");
                 var unusable = Events(data).Last(e => e.Id == "checkpoint_bad");
                 Assert.AreEqual(2, unusable.Target);
-                StringAssert.Contains(unusable.Msg, "metadata on target 2 is unusable: its shard header cannot be read: ");
+                StringAssert.Contains(unusable.Msg, "metadata on target 2 is unusable: its superblock cannot be read: ");
                 await RunFioAsync(uri, verifyOnly: true, "after a restart with target 2 dead");
             }
         }

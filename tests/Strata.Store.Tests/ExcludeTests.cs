@@ -249,9 +249,10 @@ public sealed class ExcludeTests
 
     [TestMethod]
     [Timeout(300_000, CooperativeCancellation = true)]
-    [DataRow(false, "its shard header cannot be read: ", DisplayName = "the whole shard fails")]
-    [DataRow(true, "its checkpoint cannot be read: ", DisplayName = "the shard header reads, the rest fails")]
-    public async Task Open_ExcludedTargetsDeviceFailsEveryIo_OpensServesRebuildsAndReintegratesOnceHealed(bool headerReads, string problem)
+    [DataRow("device", "its superblock cannot be read: ", DisplayName = "the whole device fails")]
+    [DataRow("shard", "its shard header cannot be read: ", DisplayName = "the whole shard fails")]
+    [DataRow("past header", "its checkpoint cannot be read: ", DisplayName = "the shard header reads, the rest fails")]
+    public async Task Open_ExcludedTargetsDeviceFailsEveryIo_OpensServesRebuildsAndReintegratesOnceHealed(string fails, string problem)
     {
         const int chunks = 120;
         var devs = MigrationKit.FileTargets(_dir, 3);
@@ -261,7 +262,7 @@ public sealed class ExcludeTests
         await image.WriteAsync(0, model);
         int onTwo = OnTarget(pool, 2);
         Assert.IsTrue(onTwo > 0);
-        long failFrom = headerReads ? pool.Shards[2].Base + ShardHeader.Size : TargetSuperblock.ReservedBytes;
+        long failFrom = fails switch { "device" => 0, "shard" => TargetSuperblock.ReservedBytes, _ => pool.Shards[2].Base + ShardHeader.Size };
         // The rebuild waits for its first chunk's credit: the restart finds target 2's replicas still mapped.
         await pool.SetPropertyAsync("migrate_rate", "1");
         await engine.ExcludeTargetAsync(2);
@@ -283,6 +284,13 @@ public sealed class ExcludeTests
         var p = await reopened.OpenPoolAsync("tank");
         long failedAtOpen = devs[2].GetFaultStats().IosFailed;
         Assert.AreEqual(PoolStatus.Ready, p.State);
+        if (fails == "device")
+        {
+            StringAssert.StartsWith(ras.WithId(RasIds.TargetUnreadable).Single().Message, "target 2 ('file:");
+            // Nothing may write a superblock the engine could not read.
+            var refused = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => reopened.CreatePoolAsync("other", 3 * (1L << 20)));
+            StringAssert.StartsWith(refused.Message, "a pool cannot be created while target 2 ('file:");
+        }
         CollectionAssert.AreEqual(new[] { 2 }, p.ExcludedTargets.ToArray());
         var d = p.Query().Redundancy!;
         Assert.AreEqual("rebuilding", d.Health, "the rebuild job resumed");
@@ -326,7 +334,9 @@ public sealed class ExcludeTests
 
     [TestMethod]
     [Timeout(300_000, CooperativeCancellation = true)]
-    public async Task Open_TargetNotExcludedFails_RefusedNamingTargetAndErrorNothingWritten()
+    [DataRow(true, "its superblock cannot be read: ", DisplayName = "the whole device fails")]
+    [DataRow(false, "its shard header cannot be read: ", DisplayName = "the whole shard fails")]
+    public async Task Open_TargetNotExcludedFails_RefusedNamingTargetAndErrorNothingWritten(bool device, string problem)
     {
         const int chunks = 60;
         var devs = MigrationKit.FileTargets(_dir, 3);
@@ -336,12 +346,12 @@ public sealed class ExcludeTests
         await image.WriteAsync(0, model);
         await engine.DisposeAsync();
         var before = new[] { await WholeAsync(devs[0]), await WholeAsync(devs[2]) };
-        devs[1].SetFaults(DeadShard(devs[1]));
+        devs[1].SetFaults(device ? Dead : DeadShard(devs[1]));
 
         var (reopened, ras) = await TestDevices.OpenAsync(devs, catalog: PlacementV2Tests.UpTo4());
         var e = await Assert.ThrowsExactlyAsync<CorruptMetadataException>(() => reopened.OpenPoolAsync("tank"));
         StringAssert.StartsWith(e.Message, "pool 'tank' target 1 ('file:");
-        StringAssert.Contains(e.Message, "cannot be read (its shard header cannot be read: ");
+        StringAssert.Contains(e.Message, "cannot be read (" + problem);
         StringAssert.Contains(e.Message, "EIO");
         StringAssert.EndsWith(e.Message, "and is not excluded from the pool; refusing to open (nothing was written)");
         Assert.IsFalse(e.Message.Contains('\n'));
@@ -399,6 +409,22 @@ public sealed class ExcludeTests
         await p.OpenImage("c", "v").ReadAsync(0, back);
         CollectionAssert.AreEqual(data, back);
         await healed.DisposeAsync();
+        foreach (var dev in devs)
+            dev.Dispose();
+    }
+    [TestMethod]
+    public async Task Open_TwoTargetsUnreadable_EngineRefusedNamingBoth()
+    {
+        var devs = MigrationKit.FileTargets(_dir, 3);
+        var (engine, _, _) = await PoolAsync(devs, 2);
+        await engine.DisposeAsync();
+        devs[0].SetFaults(Dead);
+        devs[2].SetFaults(Dead);
+        var e = await Assert.ThrowsExactlyAsync<CorruptMetadataException>(() => TestDevices.OpenAsync(devs, catalog: PlacementV2Tests.UpTo4()));
+        StringAssert.StartsWith(e.Message, "2 device(s) cannot be read (file:");
+        StringAssert.EndsWith(e.Message, "the engine cannot tell which target each is and does not start");
+        StringAssert.Contains(e.Message, Path.Combine(_dir, "t0"));
+        StringAssert.Contains(e.Message, Path.Combine(_dir, "t2"));
         foreach (var dev in devs)
             dev.Dispose();
     }

@@ -90,6 +90,15 @@ public sealed partial class Pool
     /// <summary>The target's shard header must still be this pool's (a blank or reused device is refused).</summary>
     private async Task CheckShardHeaderAsync(Shard shard)
     {
+        if (shard.Base < 0)
+        {
+            // The target's superblock could not be read at start; the engine has read it since.
+            if (shard.Target.Superblock.Extents.FirstOrDefault(e => e.Pool == Id) is not { Length: > 0 } extent)
+                throw new InvalidRequestException($"target {shard.Index} ('{shard.Device.Name}') holds no shard of pool '{Label}': it was replaced or overwritten; " +
+                    "its data cannot be brought back (the target stays excluded)");
+            shard.Base = extent.Offset;
+            _entry.Extents[shard.Index] = extent;
+        }
         HeaderCopies.ReadResult<ShardHeader> r;
         try
         {

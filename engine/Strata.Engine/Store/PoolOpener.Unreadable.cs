@@ -19,14 +19,14 @@ internal static partial class PoolOpener
     /// <summary>The targets found unreadable during one open, each with its first problem.</summary>
     private sealed class Unreadable(StorageEngine engine)
     {
-        private readonly SortedDictionary<int, (Target Target, string Problem, Exception Error)> _targets = new();
+        private readonly SortedDictionary<int, (Target Target, string Problem, Exception? Error)> _targets = new();
 
         public int Count => _targets.Count;
 
         public bool Contains(int target) => _targets.ContainsKey(target);
 
         /// <summary>Records target <paramref name="t"/> as unreadable; reported once, as any shard with unusable metadata is (checkpoint_bad).</summary>
-        public void Add(string label, Target t, string problem, Exception error)
+        public void Add(string label, Target t, string problem, Exception? error)
         {
             if (!_targets.TryAdd(t.Index, (t, problem, error)))
                 return;

@@ -27,6 +27,11 @@ internal static partial class PoolOpener
         for (int i = 0; i < shards.Length; i++)
         {
             var t = targets[i];
+            if (t.UnreadReason != null)
+            {
+                unreadable.Add(label, t, $"its superblock cannot be read: {t.UnreadReason}", null);
+                continue;
+            }
             HeaderCopies.ReadResult<ShardHeader> r;
             try
             {

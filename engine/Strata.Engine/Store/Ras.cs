@@ -59,6 +59,7 @@ public static class RasIds
     public const string PoolExtendFailed = "pool_extend_failed";
     public const string TargetExcluded = "target_excluded";
     public const string TargetAutoExcluded = "target_auto_excluded";
+    public const string TargetUnreadable = "target_unreadable";
     public const string PoolDataLost = "pool_data_lost";
     public const string PoolRebuildStarted = "pool_rebuild_started";
     public const string PoolRebuildResumed = "pool_rebuild_resumed";

@@ -20,8 +20,8 @@ internal sealed class Shard
 
     public int Index => Target.Index;
 
-    /// <summary>Byte offset of the shard on its device.</summary>
-    public long Base { get; }
+    /// <summary>Byte offset of the shard on its device (-1 until a reintegration reads it, for a target whose superblock could not be read).</summary>
+    public long Base { get; set; }
 
     /// <summary>The newest durable header.</summary>
     public ShardHeader Header { get; set; }
