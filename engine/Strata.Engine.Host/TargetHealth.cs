@@ -86,6 +86,7 @@ internal sealed partial class TargetHealthSink(RasLog log) : IRasSink
                 case RasIds.CheckpointBad:
                     f.BadMetadata.Add(e.Message);
                     break;
+                case RasIds.TargetUnreadable:
                 case ControlRasIds.PoolOpenFailed:
                     f.FailedPools.Add(e.Message);
                     break;

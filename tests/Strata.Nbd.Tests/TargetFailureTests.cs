@@ -10,7 +10,8 @@ namespace Strata.Nbd.Tests;
 /// the client has used it (the shim's fail_after fault key, in its URI); the engine excludes it by
 /// itself, rebuilds onto targets 0 and 1, and fio sees no error. Then target 1 is excluded as well: every
 /// chunk was rebuilt, so the engine accepts it without --force, nothing is lost and every block still
-/// reads back from target 0 alone.
+/// reads back from target 0 alone. The engine then restarts with target 2 still dead: the pool opens
+/// without it (it is excluded) and every block reads back.
 /// </summary>
 [TestClass]
 public sealed class TargetFailureTests
@@ -18,7 +19,9 @@ public sealed class TargetFailureTests
     // Reads of the target fail from the 65th on; enough reads of the pool's metadata and the first
     // client reads succeed, so the failure begins while fio writes and verifies.
     private const string FirstFailure = "fail_after=64&fail_ops=read";
-    private const int ExcludeAfterErrors = 16; // StorageEngineOptions.DefaultExcludeAfterErrors, the daemon's
+    private const int ExcludeAfterErrors = 16;
+    // Every command on the target fails: a device that died for good.
+    private const string Dead = "fail_every=1&fail_ops=read,write,flush,trim,zeroes"; // StorageEngineOptions.DefaultExcludeAfterErrors, the daemon's
 
     private static string Config(string dir, string name, params string[] faults)
     {
@@ -115,6 +118,26 @@ public sealed class TargetFailureTests
                 Assert.AreEqual(16L, q.Redundancy.ChunksAtOneCopy, "the 16 chunks fio wrote, each at one copy on target 0");
                 Assert.IsFalse(Events(data).Any(e => e.Id == "pool_data_lost"), "no pool_data_lost event");
                 await RunFioAsync(uri, verifyOnly: true, "with target 0 alone");
+            }
+
+            // A restart with target 2 dead for good: every command on it fails, its superblock's read included.
+            // The engine starts without it, and the pool excludes it, so it opens without it and serves all.
+            await using (var engine = await EngineProcess.StartAsync(data, "--config", Config(dir, "second.yaml", "", "", Dead)))
+            {
+                var cli = new StrataCli(engine.Socket);
+                var q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "p");
+                Assert.AreEqual("ready", q.State, q.ToString());
+                CollectionAssert.AreEqual(new[] { 1, 2 }, q.Redundancy!.ExcludedTargets.ToArray());
+                Assert.AreEqual(0L, q.Redundancy.LostChunks, q.ToString());
+                Assert.AreEqual(2, Events(data).Last(e => e.Id == "target_unreadable").Target);
+                var dead = (await cli.JsonAsync<StorageInfo>("storage", "query")).Targets.Single(t => t.Index == 2);
+                Assert.AreEqual("failed", dead.Health, dead.ToString());
+                StringAssert.Contains(dead.HealthReason, "target 2 (");
+                StringAssert.Contains(dead.HealthReason, "cannot be read");
+                var unusable = Events(data).Last(e => e.Id == "checkpoint_bad");
+                Assert.AreEqual(2, unusable.Target);
+                StringAssert.Contains(unusable.Msg, "metadata on target 2 is unusable: its superblock cannot be read: ");
+                await RunFioAsync(uri, verifyOnly: true, "after a restart with target 2 dead");
             }
         }
         finally

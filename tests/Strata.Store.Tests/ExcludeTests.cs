@@ -237,4 +237,195 @@ public sealed class ExcludeTests
         Assert.IsFalse(ras.WithId(RasIds.MigrationChunkLeft).Any());
         await engine.DisposeAsync();
     }
+    private static async Task<byte[]> WholeAsync(IBlockDevice dev)
+    {
+        var bytes = new byte[dev.Geometry.Capacity];
+        await DeviceIo.ReadAsync(dev, 0, bytes);
+        return bytes;
+    }
+
+    /// <summary>Every command on the target past its superblock fails: the pool's shard (header, log, checkpoints, data) is gone.</summary>
+    private static string DeadShard(IBlockDevice dev) => $"{Dead}&fail_range={TargetSuperblock.ReservedBytes}-{dev.Geometry.Capacity}";
+
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    [DataRow("device", "its superblock cannot be read: ", DisplayName = "the whole device fails")]
+    [DataRow("shard", "its shard header cannot be read: ", DisplayName = "the whole shard fails")]
+    [DataRow("past header", "its checkpoint cannot be read: ", DisplayName = "the shard header reads, the rest fails")]
+    public async Task Open_ExcludedTargetsDeviceFailsEveryIo_OpensServesRebuildsAndReintegratesOnceHealed(string fails, string problem)
+    {
+        const int chunks = 120;
+        var devs = MigrationKit.FileTargets(_dir, 3);
+        var (engine, pool, _) = await PoolAsync(devs, 2);
+        var image = await pool.CreateImageAsync("c", "v", chunks * Cs, Cs);
+        var model = TestDevices.Pattern(chunks * Cs, 21);
+        await image.WriteAsync(0, model);
+        int onTwo = OnTarget(pool, 2);
+        Assert.IsTrue(onTwo > 0);
+        long failFrom = fails switch { "device" => 0, "shard" => TargetSuperblock.ReservedBytes, _ => pool.Shards[2].Base + ShardHeader.Size };
+        // The rebuild waits for its first chunk's credit: the restart finds target 2's replicas still mapped.
+        await pool.SetPropertyAsync("migrate_rate", "1");
+        await engine.ExcludeTargetAsync(2);
+        await engine.DisposeAsync();
+        devs[2].SetFaults($"{Dead}&fail_range={failFrom}-{devs[2].Geometry.Capacity}");
+
+        // Read-only first: it opens the same way and writes nothing.
+        var roRas = new InMemoryRasSink();
+        var ro = await StorageEngine.OpenAsync(devs, new StorageEngineOptions { Ras = roRas, Catalog = PlacementV2Tests.UpTo4(), ReadOnly = true });
+        var rp = await ro.OpenPoolAsync("tank");
+        Assert.AreEqual(PoolStatus.ReadOnly, rp.State);
+        CollectionAssert.AreEqual(new[] { 2 }, rp.ExcludedTargets.ToArray());
+        CollectionAssert.AreEqual(model, await ReadAllAsync(rp.OpenImage("c", "v"), model.Length));
+        StringAssert.Contains(roRas.WithId(RasIds.CheckpointBad).Single().Message, "pool 'tank' metadata on target 2 is unusable: " + problem);
+        await ro.DisposeAsync();
+
+        var ras = new InMemoryRasSink();
+        var reopened = await StorageEngine.OpenAsync(devs, new StorageEngineOptions { Ras = ras, Catalog = PlacementV2Tests.UpTo4() });
+        var p = await reopened.OpenPoolAsync("tank");
+        long failedAtOpen = devs[2].GetFaultStats().IosFailed;
+        Assert.AreEqual(PoolStatus.Ready, p.State);
+        if (fails == "device")
+        {
+            StringAssert.StartsWith(ras.WithId(RasIds.TargetUnreadable).Single().Message, "target 2 ('file:");
+            // Nothing may write a superblock the engine could not read.
+            var refused = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => reopened.CreatePoolAsync("other", 3 * (1L << 20)));
+            StringAssert.StartsWith(refused.Message, "a pool cannot be created while target 2 ('file:");
+        }
+        CollectionAssert.AreEqual(new[] { 2 }, p.ExcludedTargets.ToArray());
+        var d = p.Query().Redundancy!;
+        Assert.AreEqual("rebuilding", d.Health, "the rebuild job resumed");
+        Assert.AreEqual(onTwo, d.ChunksAtOneCopy);
+        Assert.AreEqual(0, d.LostChunks);
+        var img = p.OpenImage("c", "v");
+        CollectionAssert.AreEqual(model, await ReadAllAsync(img, model.Length));
+        for (int i = 0; i < 20; i++)
+        {
+            var data = TestDevices.Pattern(Cs, 60 + i);
+            long at = i * 5L % chunks * Cs;
+            await img.WriteAsync(at, data);
+            data.CopyTo(model, at);
+        }
+        await p.SetPropertyAsync("migrate_rate", "0");
+        await p.WaitForJobAsync(TestContext.CancellationToken);
+        Assert.AreEqual("completed", p.JobStatus!.State, p.JobStatus.Reason);
+        Assert.AreEqual(0, OnTarget(p, 2));
+        Assert.AreEqual("ok", p.Query().Redundancy!.Health);
+        CollectionAssert.AreEqual(model, await ReadAllAsync(img, model.Length));
+        Assert.AreEqual(failedAtOpen, devs[2].GetFaultStats().IosFailed, "nothing after the open was sent to the excluded target");
+        Assert.IsFalse(ras.WithId(RasIds.PoolReadOnly).Any());
+
+        // The device answers again: the target comes back into the running pool (its real header is read then).
+        devs[2].SetFaults("");
+        var back = (await reopened.ReintegrateTargetAsync(2)).Single();
+        Assert.IsTrue(back.JobStarted);
+        await p.WaitForJobAsync(TestContext.CancellationToken);
+        Assert.AreEqual("completed", p.JobStatus!.State, p.JobStatus.Reason);
+        Assert.AreEqual(0, p.ExcludedTargets.Count);
+        Assert.IsTrue(OnTarget(p, 2) > 0, "chunks moved back onto target 2");
+        await reopened.DisposeAsync();
+        var last = await StorageEngine.OpenAsync(devs, new StorageEngineOptions { Catalog = PlacementV2Tests.UpTo4() });
+        var lp = await last.OpenPoolAsync("tank");
+        Assert.AreEqual(0, lp.ExcludedTargets.Count);
+        CollectionAssert.AreEqual(model, await ReadAllAsync(lp.OpenImage("c", "v"), model.Length));
+        await last.DisposeAsync();
+        foreach (var dev in devs)
+            dev.Dispose();
+    }
+
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    [DataRow(true, "its superblock cannot be read: ", DisplayName = "the whole device fails")]
+    [DataRow(false, "its shard header cannot be read: ", DisplayName = "the whole shard fails")]
+    public async Task Open_TargetNotExcludedFails_RefusedNamingTargetAndErrorNothingWritten(bool device, string problem)
+    {
+        const int chunks = 60;
+        var devs = MigrationKit.FileTargets(_dir, 3);
+        var (engine, pool, _) = await PoolAsync(devs, 2);
+        var image = await pool.CreateImageAsync("c", "v", chunks * Cs, Cs);
+        var model = TestDevices.Pattern(chunks * Cs, 22);
+        await image.WriteAsync(0, model);
+        await engine.DisposeAsync();
+        var before = new[] { await WholeAsync(devs[0]), await WholeAsync(devs[2]) };
+        devs[1].SetFaults(device ? Dead : DeadShard(devs[1]));
+
+        var (reopened, ras) = await TestDevices.OpenAsync(devs, catalog: PlacementV2Tests.UpTo4());
+        var e = await Assert.ThrowsExactlyAsync<CorruptMetadataException>(() => reopened.OpenPoolAsync("tank"));
+        StringAssert.StartsWith(e.Message, "pool 'tank' target 1 ('file:");
+        StringAssert.Contains(e.Message, "cannot be read (" + problem);
+        StringAssert.Contains(e.Message, "EIO");
+        StringAssert.EndsWith(e.Message, "and is not excluded from the pool; refusing to open (nothing was written)");
+        Assert.IsFalse(e.Message.Contains('\n'));
+        StringAssert.Contains(ras.WithId(RasIds.CheckpointBad).Single().Message, "metadata on target 1 is unusable");
+        await reopened.DisposeAsync();
+        var after = new[] { await WholeAsync(devs[0]), await WholeAsync(devs[2]) };
+        Assert.IsTrue(before[0].SequenceEqual(after[0]), "target 0 unchanged");
+        Assert.IsTrue(before[1].SequenceEqual(after[1]), "target 2 unchanged");
+
+        // Once the device answers, the pool opens with everything.
+        devs[1].SetFaults("");
+        var (healed, _) = await TestDevices.OpenAsync(devs, catalog: PlacementV2Tests.UpTo4());
+        var p = await healed.OpenPoolAsync("tank");
+        CollectionAssert.AreEqual(model, await ReadAllAsync(p.OpenImage("c", "v"), model.Length));
+        await healed.DisposeAsync();
+        foreach (var dev in devs)
+            dev.Dispose();
+    }
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task Open_TailReplicaOnTargetNotExcludedCannotBeRead_RefusedNamingItNothingWritten()
+    {
+        var devs = MigrationKit.FileTargets(_dir, 3);
+        var (engine, pool, _) = await PoolAsync(devs, 2);
+        var image = await pool.CreateImageAsync("c", "v", 8 * Cs, Cs);
+        var data = TestDevices.Pattern(Cs, 31);
+        // The last round's chunk-map record has no later durable mark: replay verifies its replicas.
+        await image.WriteAsync(0, data);
+        int t;
+        lock (pool.Meta.Sync)
+            t = pool.Meta.Images[image.Id].Chunks[0].Replicas[1].Target;
+        var shard = pool.Shards[t];
+        long dataStart = shard.Base + shard.Header.DataOffset;
+        await pool.CloseAsync(checkpoint: false);
+        await engine.DisposeAsync();
+        int[] others = [.. Enumerable.Range(0, 3).Where(i => i != t)];
+        var before = new[] { await WholeAsync(devs[others[0]]), await WholeAsync(devs[others[1]]) };
+        devs[t].SetFaults($"fail_every=1&fail_ops=read&fail_range={dataStart}-{dataStart + shard.Header.DataLength}");
+
+        var (reopened, _) = await TestDevices.OpenAsync(devs, catalog: PlacementV2Tests.UpTo4());
+        var e = await Assert.ThrowsExactlyAsync<CorruptMetadataException>(() => reopened.OpenPoolAsync("tank"));
+        StringAssert.StartsWith(e.Message, $"pool 'tank' target {t} ('file:");
+        StringAssert.Contains(e.Message, "cannot be read (its data cannot be read to verify the log tail: ");
+        StringAssert.EndsWith(e.Message, "and is not excluded from the pool; refusing to open (nothing was written)");
+        await reopened.DisposeAsync();
+        var after = new[] { await WholeAsync(devs[others[0]]), await WholeAsync(devs[others[1]]) };
+        Assert.IsTrue(before[0].SequenceEqual(after[0]) && before[1].SequenceEqual(after[1]), "the other targets are unchanged");
+
+        devs[t].SetFaults("");
+        var (healed, _) = await TestDevices.OpenAsync(devs, catalog: PlacementV2Tests.UpTo4());
+        var p = await healed.OpenPoolAsync("tank");
+        Assert.IsTrue(p.ReplayedRecords > 0);
+        Assert.AreEqual(0, p.DroppedTailRecords, "the record verified once its replica could be read");
+        var back = new byte[Cs];
+        await p.OpenImage("c", "v").ReadAsync(0, back);
+        CollectionAssert.AreEqual(data, back);
+        await healed.DisposeAsync();
+        foreach (var dev in devs)
+            dev.Dispose();
+    }
+    [TestMethod]
+    public async Task Open_TwoTargetsUnreadable_EngineRefusedNamingBoth()
+    {
+        var devs = MigrationKit.FileTargets(_dir, 3);
+        var (engine, _, _) = await PoolAsync(devs, 2);
+        await engine.DisposeAsync();
+        devs[0].SetFaults(Dead);
+        devs[2].SetFaults(Dead);
+        var e = await Assert.ThrowsExactlyAsync<CorruptMetadataException>(() => TestDevices.OpenAsync(devs, catalog: PlacementV2Tests.UpTo4()));
+        StringAssert.StartsWith(e.Message, "2 device(s) cannot be read (file:");
+        StringAssert.EndsWith(e.Message, "the engine cannot tell which target each is and does not start");
+        StringAssert.Contains(e.Message, Path.Combine(_dir, "t0"));
+        StringAssert.Contains(e.Message, Path.Combine(_dir, "t2"));
+        foreach (var dev in devs)
+            dev.Dispose();
+    }
 }

@@ -93,6 +93,15 @@ public sealed partial class Pool
     /// <summary>The target's shard header must still be this pool's (a blank or reused device is refused).</summary>
     private async Task CheckShardHeaderAsync(Shard shard)
     {
+        if (shard.Base < 0)
+        {
+            // The target's superblock could not be read at start; the engine has read it since.
+            if (shard.Target.Superblock.Extents.FirstOrDefault(e => e.Pool == Id) is not { Length: > 0 } extent)
+                throw new InvalidRequestException($"target {shard.Index} ('{shard.Device.Name}') holds no shard of pool '{Label}': it was replaced or overwritten; " +
+                    "its data cannot be brought back (the target stays excluded)");
+            shard.Base = extent.Offset;
+            _entry.Extents[shard.Index] = extent;
+        }
         HeaderCopies.ReadResult<ShardHeader> r;
         try
         {
@@ -114,6 +123,20 @@ public sealed partial class Pool
         if (r.Best == null)
             throw new InvalidRequestException($"target {shard.Index} ('{shard.Device.Name}') no longer holds pool '{Label}': its shard header is invalid (copy A: {r.Problems[0]}; copy B: {r.Problems[1]}); " +
                 "the device was replaced or overwritten, its data cannot be brought back (the target stays excluded)");
+        if (shard.HeaderUnread)
+        {
+            // The open could not read this header and used another shard's: the rejoin's checkpoint
+            // and header writes need the real generation and slot. Its regions must be the pool's.
+            var h = shard.Header;
+            var b = r.Best;
+            if (b.TargetIndex != shard.Index || b.ShardLength != h.ShardLength || b.WalOffset != h.WalOffset || b.WalLength != h.WalLength
+                || b.Checkpoint0Offset != h.Checkpoint0Offset || b.Checkpoint1Offset != h.Checkpoint1Offset || b.CheckpointLength != h.CheckpointLength
+                || b.DataOffset != h.DataOffset || b.DataLength != h.DataLength || b.CheckRegions(shard.Device.Geometry.LogicalBlockSize) != null)
+                throw new InvalidRequestException($"target {shard.Index} ('{shard.Device.Name}') holds a shard header of pool '{Label}' whose regions do not match the pool's " +
+                    $"(target {b.TargetIndex}, {b.ShardLength} bytes); the target stays excluded");
+            shard.Header = b;
+            shard.HeaderUnread = false;
+        }
     }
 
     private InvalidRequestException Unreadable(Shard shard, Exception e) =>

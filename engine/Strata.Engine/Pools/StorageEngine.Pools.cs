@@ -12,14 +12,22 @@ public sealed partial class StorageEngine
             // A pool is on targets 0..n-1: created on every target there was, then extended one target
             // at a time. Holders that are not such a prefix, or fewer than its header counts, are a
             // creation or destruction that a crash interrupted.
+            // A target whose superblock could not be read may hold any pool: it counts as a holder
+            // within the run, and at its end only if the pool's header counts it (below).
             int holders = 0;
-            while (holders < Targets.Count && Targets[holders].Superblock.Extents.Any(x => x.Pool == id))
+            while (holders < Targets.Count && (Targets[holders].UnreadReason != null || Targets[holders].Superblock.Extents.Any(x => x.Pool == id)))
                 holders++;
             bool complete = holders > 0 && Targets.Skip(holders).All(t => t.Superblock.Extents.All(x => x.Pool != id));
             var extents = new ShardExtent[holders];
             for (int i = 0; i < holders && complete; i++)
             {
                 var t = Targets[i];
+                if (t.UnreadReason != null)
+                {
+                    // Where the shard lies is unknown (-1): nothing reads it (PoolOpener), a reintegration learns it.
+                    extents[i] = new ShardExtent(id, -1, 0);
+                    continue;
+                }
                 var e = t.Superblock.Extents.First(x => x.Pool == id);
                 if (e.Offset < TargetSuperblock.ReservedBytes || e.Offset + e.Length > t.Device.Geometry.Capacity)
                     throw new CorruptMetadataException($"device '{t.Device.Name}' is truncated or damaged: pool {id}'s shard at {e.Offset}+{e.Length} lies outside its {t.Device.Geometry.Capacity} bytes");
@@ -35,13 +43,25 @@ public sealed partial class StorageEngine
             // validation (every shard, every feature word) happens when the pool is opened.
             for (int i = 0; i < holders && entry.Header == null; i++)
             {
-                var r = await HeaderCopies.ReadAsync<ShardHeader>(Targets[i].Device, extents[i].Offset, ShardHeader.Decode, h => h.Generation).ConfigureAwait(false);
+                if (Targets[i].UnreadReason != null)
+                    continue;
+                HeaderCopies.ReadResult<ShardHeader> r;
+                try
+                {
+                    r = await HeaderCopies.ReadAsync<ShardHeader>(Targets[i].Device, extents[i].Offset, ShardHeader.Decode, h => h.Generation).ConfigureAwait(false);
+                }
+                catch (Interop.DeviceException)
+                {
+                    continue; // a failed device (maybe an excluded target): the pool's open decides (PoolOpener)
+                }
                 if (r.Best != null && r.Best.PoolId == id)
                 {
                     entry.Header = r.Best;
                     entry.Label = r.Best.Label;
                 }
             }
+            if (entry.Header != null && holders > 0 && Targets[holders - 1].UnreadReason != null && entry.Header.TargetCount < holders)
+                entry.Extents = extents = extents[..^1]; // the pool was never extended onto the unread target
             if (entry.Header != null && entry.Header.TargetCount > holders)
             {
                 await RollBackIncompleteAsync(id).ConfigureAwait(false);
@@ -59,7 +79,8 @@ public sealed partial class StorageEngine
     /// <summary>A pool on some targets only: a crash interrupted its creation or destruction; finish removing it.</summary>
     private async Task RollBackIncompleteAsync(Guid id)
     {
-        if (Options.ReadOnly)
+        // With a target unread, what it holds of the pool is unknown: nothing is removed, the pool is not listed.
+        if (Options.ReadOnly || Targets.Any(t => t.UnreadReason != null))
             return;
         foreach (var t in Targets.Where(t => t.Superblock.Extents.Any(e => e.Pool == id)))
             await t.UpdateExtentsAsync(t.Superblock.Extents.Where(e => e.Pool != id).ToList()).ConfigureAwait(false);
@@ -80,6 +101,7 @@ public sealed partial class StorageEngine
         SizeLimits.CheckPoolSize(size);
         if (Options.ReadOnly)
             throw new PoolReadOnlyException("the engine is open read-only");
+        ThrowIfTargetUnread("a pool cannot be created");
         await _lock.WaitAsync().ConfigureAwait(false);
         try
         {
@@ -188,12 +210,16 @@ public sealed partial class StorageEngine
                     throw new BusyException($"pool '{label}' is open; close it first or destroy with force");
                 await entry.Open.DisposeAsync().ConfigureAwait(false);
             }
-            foreach (var t in Targets)
+            // An unread target keeps the extent in its superblock: once readable, the pool found there
+            // alone is an interrupted destruction, which that open finishes (RollBackIncompleteAsync).
+            foreach (var t in Targets.Where(t => t.UnreadReason == null))
                 await t.UpdateExtentsAsync(t.Superblock.Extents.Where(e => e.Pool != entry.Id).ToList()).ConfigureAwait(false);
             lock (_pools)
                 _pools.Remove(entry);
-            for (int i = 0; i < Targets.Count; i++)
+            for (int i = 0; i < Math.Min(Targets.Count, entry.Extents.Length); i++)
             {
+                if (Targets[i].UnreadReason != null)
+                    continue;
                 try
                 {
                     await Targets[i].Device.TrimAsync(entry.Extents[i].Offset, entry.Extents[i].Length).ConfigureAwait(false);

@@ -23,6 +23,7 @@ public sealed partial class StorageEngine
         if (Options.ReadOnly)
             throw new PoolReadOnlyException("the engine is open read-only");
         Barrier.ThrowIfFrozen(null);
+        ThrowIfTargetUnread("a target cannot be added");
         await _lock.WaitAsync().ConfigureAwait(false);
         try
         {
@@ -85,8 +86,16 @@ public sealed partial class StorageEngine
     private async Task FinishTargetCountAsync()
     {
         foreach (var t in Targets)
-            if (t.Superblock.TargetCount != Targets.Count)
+            if (t.Superblock.TargetCount != Targets.Count && t.UnreadReason == null)
                 await t.UpdateTargetCountAsync(Targets.Count).ConfigureAwait(false);
+    }
+
+    /// <summary>Refuses what would write every target's superblock while one could not be read at start.</summary>
+    private void ThrowIfTargetUnread(string what)
+    {
+        if (Targets.FirstOrDefault(t => t.UnreadReason != null) is { } t)
+            throw new InvalidRequestException($"{what} while target {t.Index} ('{t.Device.Name}') cannot be read ({t.UnreadReason}); " +
+                $"'strata storage reintegrate-target {t.Index}' once it answers again");
     }
 
     /// <summary>
@@ -101,6 +110,8 @@ public sealed partial class StorageEngine
         try
         {
             var t = Targets[index];
+            if (t.UnreadReason != null)
+                throw new InvalidRequestException($"target {index} ('{t.Device.Name}') cannot be read ({t.UnreadReason}); pool '{label}' cannot grow onto it");
             if (t.Superblock.Extents.Count >= TargetSuperblock.MaxExtents)
                 throw new NoSpaceException($"no space left for pool '{label}' on target {index}: it already holds {TargetSuperblock.MaxExtents} shards");
             long at = t.Superblock.FindFreeExtent(length, t.Device.Geometry.Capacity);
@@ -194,9 +205,13 @@ public sealed partial class StorageEngine
         if (sb.Best == null)
             throw new InvalidRequestException($"target {index} ('{t.Device.Name}') has no valid superblock (copy A: {sb.Problems[0]}; copy B: {sb.Problems[1]}): " +
                 "it was replaced by a blank device or overwritten; its data cannot be brought back and it stays excluded");
-        if (sb.Best.EngineId != t.Superblock.EngineId || sb.Best.TargetId != t.Id)
+        // A target unread at start has no known id: its own index in this engine is what can be checked.
+        bool unread = t.UnreadReason != null;
+        if (sb.Best.EngineId != t.Superblock.EngineId || (unread ? sb.Best.TargetIndex != index : sb.Best.TargetId != t.Id))
             throw new InvalidRequestException($"target {index} ('{t.Device.Name}') now holds target {sb.Best.TargetIndex} {sb.Best.TargetId} of engine {sb.Best.EngineId}, " +
-                $"not this engine's target {index} {t.Id}: it was replaced; its data cannot be brought back and it stays excluded");
+                $"not this engine's target {index}{(unread ? "" : $" {t.Id}")}: it was replaced; its data cannot be brought back and it stays excluded");
+        if (unread)
+            t.AdoptSuperblock(sb.Best);
         // Errors from before count no more: a device failing again is excluded again after as many.
         _deviceErrors.TryRemove(index, out _);
         _autoExcluding.TryRemove(index, out _);

@@ -137,11 +137,21 @@ public sealed partial class StorageEngine : IAsyncDisposable
         if (devices.Count == 0)
             throw new InvalidRequestException("an engine needs at least one target device");
         var found = new List<Target>();
+        var unread = new List<(IBlockDevice Device, Interop.DeviceException Error)>();
         foreach (var d in devices)
         {
             if (d.Geometry.Capacity < 2 * HeaderCopies.CopySize)
                 throw new CorruptMetadataException($"device '{d.Name}' is truncated: {d.Geometry.Capacity} bytes cannot hold a target superblock");
-            var r = await HeaderCopies.ReadAsync<TargetSuperblock>(d, 0, TargetSuperblock.Decode, s => s.Generation).ConfigureAwait(false);
+            HeaderCopies.ReadResult<TargetSuperblock> r;
+            try
+            {
+                r = await HeaderCopies.ReadAsync<TargetSuperblock>(d, 0, TargetSuperblock.Decode, s => s.Generation).ConfigureAwait(false);
+            }
+            catch (Interop.DeviceException e)
+            {
+                unread.Add((d, e)); // a dead disk: which target it is follows from the others (below)
+                continue;
+            }
             if (r.Best == null)
                 throw new CorruptMetadataException($"device '{d.Name}' is not a Strata target (or both superblock copies are damaged): copy A: {r.Problems[0]}; copy B: {r.Problems[1]}");
             for (int c = 0; c < 2; c++)
@@ -153,6 +163,8 @@ public sealed partial class StorageEngine : IAsyncDisposable
                 throw new CorruptMetadataException($"device '{d.Name}' is truncated: it has {d.Geometry.Capacity} bytes, the target was formatted with {r.Best.Capacity}");
             found.Add(new Target(d, r.Best));
         }
+        if (found.Count == 0)
+            throw new CorruptMetadataException($"no target superblock can be read ({string.Join("; ", unread.Select(u => u.Error.Message))}); the engine cannot start");
         var first = found[0].Superblock;
         foreach (var t in found)
         {
@@ -172,11 +184,33 @@ public sealed partial class StorageEngine : IAsyncDisposable
                 throw new CorruptMetadataException($"device '{t.Device.Name}' claims target index {t.Index}, which is out of range or taken by another device");
             ordered[t.Index] = t;
         }
+        if (unread.Count > 0)
+            PlaceUnread(ordered, unread, first.EngineId, options);
         var engine = new StorageEngine(ordered, options);
         if (!options.ReadOnly)
             await engine.FinishTargetCountAsync().ConfigureAwait(false);
         await engine.LoadPoolsAsync().ConfigureAwait(false);
         return engine;
+    }
+
+    /// <summary>
+    /// A device whose superblock cannot be read (it fails its I/O) is the one target index no readable
+    /// device claims: the engine starts with it (<see cref="Target.Unread"/>), so that pools which
+    /// exclude it open without it (docs/operations.md, "Losing a target"). With more than one such
+    /// device, or no free index, which is which cannot be told: refused.
+    /// </summary>
+    private static void PlaceUnread(Target?[] ordered, List<(IBlockDevice Device, Interop.DeviceException Error)> unread, Guid engineId, StorageEngineOptions options)
+    {
+        var missing = Enumerable.Range(0, ordered.Length).Where(i => ordered[i] == null).ToList();
+        string what = string.Join("; ", unread.Select(u => u.Error.Message));
+        if (unread.Count != 1 || missing.Count != 1)
+            throw new CorruptMetadataException($"{unread.Count} device(s) cannot be read ({what}); the engine cannot tell which target each is and does not start");
+        var (device, error) = unread[0];
+        int index = missing[0];
+        ordered[index] = Target.Unread(device, engineId, index, ordered.Length, error.Message);
+        options.Ras.Emit(new RasEvent(RasIds.TargetUnreadable, RasSeverity.Error, RasType.StateChange,
+            $"target {index} ('{device.Name}') cannot be read ({error.Message}); the engine starts without it: only pools that exclude it open",
+            Target: index, Device: device.Name));
     }
 
     public IReadOnlyList<PoolInfo> ListPools()

@@ -25,6 +25,35 @@ public sealed class Target
 
     internal TargetSuperblock Superblock { get; private set; }
 
+    /// <summary>
+    /// Why the device's superblock could not be read when the engine opened (a dead disk), or null. Such
+    /// a target has a stand-in superblock (its index by elimination, no extents, no target id) that is
+    /// never written; its pools open only if they exclude it, and a reintegration reads the real one.
+    /// </summary>
+    internal string? UnreadReason { get; private set; }
+
+    /// <summary>A target whose superblock could not be read at open (<see cref="UnreadReason"/>).</summary>
+    internal static Target Unread(IBlockDevice device, Guid engine, int index, int count, string reason) =>
+        new(device, new TargetSuperblock { EngineId = engine, TargetIndex = index, TargetCount = count, Capacity = device.Geometry.Capacity })
+        {
+            UnreadReason = reason,
+        };
+
+    /// <summary>The real superblock of a target that could not be read at open, read since (a reintegration).</summary>
+    internal void AdoptSuperblock(TargetSuperblock superblock)
+    {
+        System.Diagnostics.Debug.Assert(UnreadReason != null && superblock.TargetIndex == Index, "only an unread target's own superblock is adopted");
+        Superblock = superblock;
+        UnreadReason = null;
+    }
+
+    private void ThrowIfUnread()
+    {
+        if (UnreadReason != null)
+            throw new InvalidRequestException($"target {Index} ('{Device.Name}') could not be read when the engine started ({UnreadReason}); " +
+                $"its superblock is not written until 'strata storage reintegrate-target {Index}' reads it");
+    }
+
     /// <summary>Generation of the current superblock; it changes when both copies are rewritten (health: a bad copy healed).</summary>
     public ulong SuperblockGeneration => Superblock.Generation;
 
@@ -43,6 +72,7 @@ public sealed class Target
     /// <summary>Writes a new superblock generation with these extents; durable on return.</summary>
     internal async Task UpdateExtentsAsync(List<ShardExtent> extents)
     {
+        ThrowIfUnread();
         ulong last = await HeaderCopies.WriteBothAsync(Device, 0, Superblock.Generation,
             g => Superblock.Clone(g, extents).Encode()).ConfigureAwait(false);
         Superblock = Superblock.Clone(last, extents);
@@ -51,6 +81,7 @@ public sealed class Target
     /// <summary>Writes a new superblock generation that counts <paramref name="targets"/> targets in the engine; durable on return.</summary>
     internal async Task UpdateTargetCountAsync(int targets)
     {
+        ThrowIfUnread();
         var extents = Superblock.Extents;
         ulong last = await HeaderCopies.WriteBothAsync(Device, 0, Superblock.Generation,
             g => Superblock.Clone(g, extents, targets).Encode()).ConfigureAwait(false);

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Strata.Engine.Layout;
 using Strata.Engine.Pools;
+using Strata.Interop;
 
 namespace Strata.Engine.Store;
 
@@ -8,8 +9,9 @@ namespace Strata.Engine.Store;
 /// Opens a pool: validates every shard header read-only (layout version,
 /// feature words, regions), replays each shard's newest checkpoint plus log,
 /// keeps the longest history, and only then (when writable) writes: a fresh
-/// checkpoint on every shard, which also brings lagging shards and bad header
-/// copies up to date.
+/// checkpoint on every shard the log writes (not an excluded target's), which also
+/// brings lagging shards and bad header copies up to date. A shard whose device
+/// fails is left out when that history excludes its target (PoolOpener.Unreadable.cs).
 /// </summary>
 internal static partial class PoolOpener
 {
@@ -21,19 +23,35 @@ internal static partial class PoolOpener
         string? readOnly = engine.Options.ReadOnly ? "the engine is open read-only" : null;
         string label = entry.Label;
         var damaged = new List<string>();
+        var unreadable = new Unreadable(engine);
         for (int i = 0; i < shards.Length; i++)
         {
             var t = targets[i];
-            var r = await HeaderCopies.ReadAsync<ShardHeader>(t.Device, entry.Extents[i].Offset, (ReadOnlySpan<byte> s, out string? problem) =>
+            if (t.UnreadReason != null)
             {
-                var h = ShardHeader.Decode(s, out problem);
-                if (h != null && h.PoolId != entry.Id)
+                unreadable.Add(label, t, $"its superblock cannot be read: {t.UnreadReason}", null);
+                continue;
+            }
+            HeaderCopies.ReadResult<ShardHeader> r;
+            try
+            {
+                r = await HeaderCopies.ReadAsync<ShardHeader>(t.Device, entry.Extents[i].Offset, (ReadOnlySpan<byte> s, out string? problem) =>
                 {
-                    problem = $"belongs to pool {h.PoolId}";
-                    return null;
-                }
-                return h;
-            }, h => h.Generation).ConfigureAwait(false);
+                    var h = ShardHeader.Decode(s, out problem);
+                    if (h != null && h.PoolId != entry.Id)
+                    {
+                        problem = $"belongs to pool {h.PoolId}";
+                        return null;
+                    }
+                    return h;
+                }, h => h.Generation).ConfigureAwait(false);
+            }
+            catch (DeviceException e)
+            {
+                // Decided after replay: an excluded target's shard is not needed (Unreadable.RefuseUnlessExcluded).
+                unreadable.Add(label, t, $"its shard header cannot be read: {e.Message}", e);
+                continue;
+            }
             if (r.Best == null)
             {
                 // Every target is read first, so the event names each damaged shard, not just the first.
@@ -68,16 +86,25 @@ internal static partial class PoolOpener
         }
         if (damaged.Count > 0)
             throw new CorruptMetadataException($"{string.Join("; ", damaged)}; refusing to open (nothing was written)");
+        if (unreadable.Count == shards.Length)
+            throw new CorruptMetadataException($"pool '{label}': no shard header can be read ({unreadable.Describe()}); refusing to open (nothing was written)");
+        var template = shards.First(s => s != null).Header;
+        for (int i = 0; i < shards.Length; i++)
+            shards[i] ??= UnreadShard(targets[i], entry.Extents[i].Offset, template);
         if (shards.Any(s => s.Header.WalLength != shards[0].Header.WalLength))
             throw new CorruptMetadataException($"pool '{label}' shards disagree on the log size; refusing to open (nothing was written)");
 
         long headersDone = Stopwatch.GetTimestamp();
         Replay? best = null;
         var problems = new List<string>();
-        var verifier = new TailVerifier(shards);
+        var verifier = new TailVerifier(shards, unreadable, label);
         var clock = new ReplayClock();
         foreach (var s in shards)
         {
+            // Without its header there is nothing to replay. A shard whose data alone failed the tail's
+            // check still replays: its history may be the longest, and that history decides.
+            if (s.HeaderUnread)
+                continue;
             try
             {
                 var result = await ReplayShardAsync(s, entry.Id, verifier, clock).ConfigureAwait(false);
@@ -90,6 +117,11 @@ internal static partial class PoolOpener
                 engine.Ras.Emit(new RasEvent(RasIds.CheckpointBad, RasSeverity.Error, RasType.InfoOnly,
                     $"pool '{label}' metadata on target {s.Index} is unusable: {e.Message}", Pool: label, Target: s.Index, Device: s.Device.Name));
             }
+            catch (ShardUnreadableException e)
+            {
+                problems.Add($"target {s.Index}: {e.Message}");
+                unreadable.Add(label, s.Target, e.Message, e.InnerException!);
+            }
         }
         if (best == null)
             throw new CorruptMetadataException($"pool '{label}': no shard has usable metadata ({string.Join("; ", problems)}); refusing to open");
@@ -97,6 +129,7 @@ internal static partial class PoolOpener
         long replayDone = Stopwatch.GetTimestamp();
         var (state, tail, nextSeq, replayed, dropped) = best;
         CheckReplayedLayout(engine, state, label);
+        unreadable.RefuseUnlessExcluded(state, label);
         var pool = new Pool(engine, entry, shards, state, readOnly);
         // A crash between a label change and its checkpoint leaves the old label in the headers.
         pool.OnLabelChanged(state.Props["label"]);
@@ -200,14 +233,24 @@ internal static partial class PoolOpener
         var h = s.Header;
         long slotAt = s.Base + h.CheckpointOffset(h.ActiveCheckpoint);
         var first = new byte[Math.Min(h.CheckpointLength, 64 * 1024)];
-        await DeviceIo.ReadAsync(s.Device, slotAt, first).ConfigureAwait(false);
+        await ReadMetadataAsync(s, slotAt, first, "its checkpoint").ConfigureAwait(false);
         long payloadLength = SlotPayloadLength(first, h, poolId);
         var whole = new byte[DeviceIo.AlignUp(Checkpoint.HeaderSize + payloadLength, s.Device.Geometry.LogicalBlockSize)];
-        await DeviceIo.ReadAsync(s.Device, slotAt, whole).ConfigureAwait(false);
+        await ReadMetadataAsync(s, slotAt, whole, "its checkpoint").ConfigureAwait(false);
         var state = DecodeSlot(whole, payloadLength, h);
         long checkpointRead = Stopwatch.GetTimestamp();
         clock.CheckpointTicks += checkpointRead - started;
-        var (records, tail, nextSeq, durable, logBytes) = await ReadLiveLogAsync(s, poolId).ConfigureAwait(false);
+        List<WalRecord> records;
+        long tail, logBytes;
+        ulong nextSeq, durable;
+        try
+        {
+            (records, tail, nextSeq, durable, logBytes) = await ReadLiveLogAsync(s, poolId).ConfigureAwait(false);
+        }
+        catch (DeviceException e)
+        {
+            throw new ShardUnreadableException($"its log cannot be read: {e.Message}", e);
+        }
         clock.LogBytes += logBytes;
         var dropped = new List<DroppedRecord>();
         foreach (var r in records)
@@ -219,7 +262,8 @@ internal static partial class PoolOpener
                 // previous mapping, whose extents are still intact (freed only after an ack).
                 var (image, chunk, replicas) = MetaRecords.ReadChunkMap(r.Payload);
                 bool blocks = r.Type == (ushort)MetaRecordType.ChunkMapBlocks;
-                if (state.Images.TryGetValue(image, out var img) && !await verifier.VerifyAsync(replicas, image, chunk, img.ChunkSize, blocks).ConfigureAwait(false))
+                if (state.Images.TryGetValue(image, out var img)
+                    && !await verifier.VerifyAsync(replicas, image, chunk, img.ChunkSize, blocks, Pool.ParseExcluded(state.Props.GetValueOrDefault(Pool.ExcludedProp), int.MaxValue)).ConfigureAwait(false))
                 {
                     dropped.Add(new DroppedRecord(r.Seq, image, chunk));
                     continue;
@@ -233,6 +277,19 @@ internal static partial class PoolOpener
         tail = DeviceIo.AlignUp(tail, s.Device.Geometry.LogicalBlockSize) % h.WalLength;
         clock.LogTicks += Stopwatch.GetTimestamp() - checkpointRead;
         return new Replay(state, tail, nextSeq, records.Count, dropped);
+    }
+
+    /// <summary>Reads a shard's own metadata; a device error makes the shard unreadable (not a verdict on the pool).</summary>
+    private static async Task ReadMetadataAsync(Shard s, long at, byte[] buffer, string what)
+    {
+        try
+        {
+            await DeviceIo.ReadAsync(s.Device, at, buffer).ConfigureAwait(false);
+        }
+        catch (DeviceException e)
+        {
+            throw new ShardUnreadableException($"{what} cannot be read: {e.Message}", e);
+        }
     }
 
     /// <summary>
@@ -315,15 +372,20 @@ internal static partial class PoolOpener
     /// Reads and checks the replicas of tail chunk-map records (every shard replays the
     /// same records, so each extent is read once). Only reads: read-only opens use it too.
     /// </summary>
-    private sealed class TailVerifier(Shard[] shards)
+    private sealed class TailVerifier(Shard[] shards, Unreadable unreadable, string label)
     {
         private readonly Dictionary<(Replica, bool), bool> _checked = new();
 
-        /// <summary>Every replica verifies: its chunk against the CRC, or its block table against the CRC and each block against the table.</summary>
-        public async Task<bool> VerifyAsync(Replica[] replicas, uint image, long chunk, int chunkSize, bool blocks)
+        /// <summary>
+        /// Every replica verifies: its chunk against the CRC, or its block table against the CRC and each
+        /// block against the table. Replicas on targets <paramref name="excluded"/> in the state being
+        /// replayed are not checked (nobody reads them while the target is out; a reintegration verifies
+        /// each before serving it again), nor are those on targets that cannot be read (see below).
+        /// </summary>
+        public async Task<bool> VerifyAsync(Replica[] replicas, uint image, long chunk, int chunkSize, bool blocks, int[] excluded)
         {
             foreach (var r in replicas)
-                if (!await VerifyAsync(r, image, chunk, chunkSize, blocks).ConfigureAwait(false))
+                if (Array.IndexOf(excluded, r.Target) < 0 && !unreadable.Contains(r.Target) && !await VerifyAsync(r, image, chunk, chunkSize, blocks).ConfigureAwait(false))
                     return false;
             return true;
         }
@@ -338,9 +400,18 @@ internal static partial class PoolOpener
             var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(length);
             try
             {
-                // A read error is not a verdict: it fails the open (nothing is written), rather
-                // than dropping a write that may have been acknowledged.
-                await shards[r.Target].ReadDataAsync(r.Offset, buffer.AsMemory(0, length)).ConfigureAwait(false);
+                // A read error is not a verdict: the target counts as unreadable and its replicas
+                // go unchecked. The open then fails (nothing is written) unless the replayed state
+                // excludes the target, rather than dropping a write that may have been acknowledged.
+                try
+                {
+                    await shards[r.Target].ReadDataAsync(r.Offset, buffer.AsMemory(0, length)).ConfigureAwait(false);
+                }
+                catch (DeviceException e)
+                {
+                    unreadable.Add(label, shards[r.Target].Target, $"its data cannot be read to verify the log tail: {e.Message}", e);
+                    return true;
+                }
                 var verdict = blocks
                     ? ChunkChecksum.VerifyExtent(r, image, chunk, chunkSize, buffer.AsSpan(0, length))
                     : ChunkChecksum.Verify(r, chunkSize, 0, buffer.AsSpan(0, length));

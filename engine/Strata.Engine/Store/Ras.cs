@@ -60,6 +60,7 @@ public static class RasIds
     public const string TargetExcluded = "target_excluded";
     public const string TargetAutoExcluded = "target_auto_excluded";
     public const string TargetDropped = "target_dropped";
+    public const string TargetUnreadable = "target_unreadable";
     public const string PoolDataLost = "pool_data_lost";
     public const string PoolRebuildStarted = "pool_rebuild_started";
     public const string PoolRebuildResumed = "pool_rebuild_resumed";

@@ -20,11 +20,18 @@ internal sealed class Shard
 
     public int Index => Target.Index;
 
-    /// <summary>Byte offset of the shard on its device.</summary>
-    public long Base { get; }
+    /// <summary>Byte offset of the shard on its device (-1 until a reintegration reads it, for a target whose superblock could not be read).</summary>
+    public long Base { get; set; }
 
     /// <summary>The newest durable header.</summary>
     public ShardHeader Header { get; set; }
+
+    /// <summary>
+    /// The device could not be read at the open, so <see cref="Header"/> is another shard's with this
+    /// target's identity (same regions; PoolOpener.UnreadShard): its generation, checkpoint slot and
+    /// log head are unknown until a reintegration reads the real header.
+    /// </summary>
+    public bool HeaderUnread { get; set; }
 
     public ExtentAllocator Allocator { get; }
 
