@@ -72,6 +72,62 @@ public sealed class TargetFailureTests
         throw new AssertFailedException($"the rebuild did not end: {q}");
     }
 
+    /// <summary>
+    /// Target 2's writes and flushes start failing while fio writes (its reads keep working): every
+    /// client write still succeeds on the other replica, the target leaves the pool at its first failed
+    /// write (target_dropped) instead of failing it, the engine excludes it and rebuilds, and what fio
+    /// wrote verifies before and after a restart with the target's writes still failing.
+    /// </summary>
+    [TestMethod]
+    [Timeout(900_000, CooperativeCancellation = true)]
+    public async Task TargetWritesFail_UnderFioVerifyOnRf2Pool_TargetLeavesRebuiltNoClientError()
+    {
+        string dir = Bin.NewTempDir("target-wfail");
+        string data = Path.Combine(dir, "data");
+        string uri = $"nbd+unix:///p/c/v?socket={Path.Combine(data, "run", "nbd.sock")}";
+        // Past the pool's creation (headers, checkpoints, log) and fio's first writes.
+        const string WritesFail = "fail_after=160&fail_ops=write,flush";
+        try
+        {
+            await using (var engine = await EngineProcess.StartAsync(data, "--config", Config(dir, "first.yaml", "", "", WritesFail)))
+            {
+                var cli = new StrataCli(engine.Socket);
+                await cli.OkAsync("pool", "create", "p", "--size", "768M", "--rf", "2");
+                await cli.OkAsync("cont", "create", "p", "c");
+                await cli.OkAsync("image", "create", "p", "c", "v", "--size", "32M", "--chunk-size", "1M");
+
+                await RunFioAsync(uri, verifyOnly: false, "while target 2's writes failed");
+                var left = await WaitEventAsync(cli, "target_dropped", 2);
+                StringAssert.Contains(left.Msg, "pool 'p' stopped using target 2 after its device failed a write");
+                var auto = await WaitEventAsync(cli, "target_auto_excluded", 2);
+                StringAssert.Contains(auto.Msg, "excluded after a failed write");
+                var q = await WaitRebuildAsync(cli);
+                Assert.AreEqual("completed", q.Job!.State, q.Job.Reason);
+                Assert.AreEqual("ready", q.State, q.ToString());
+                CollectionAssert.AreEqual(new[] { 2 }, q.Redundancy!.ExcludedTargets.ToArray());
+                Assert.AreEqual("ok", q.Redundancy.Health, q.ToString());
+                Assert.AreEqual(0L, q.Redundancy.ChunksAtOneCopy, "every chunk is back at two copies");
+                Assert.IsFalse(Events(data).Any(e => e.Id == "pool_read_only"), "the failing target never made the pool read-only");
+                var t2 = (await cli.JsonAsync<StorageInfo>("storage", "query")).Targets.Single(t => t.Index == 2);
+                Assert.IsGreaterThan(0L, t2.Errors!.WriteErrors, t2.ToString());
+                await RunFioAsync(uri, verifyOnly: true, "after the rebuild");
+            }
+
+            await using (var engine = await EngineProcess.StartAsync(data, "--config", Config(dir, "second.yaml", "", "", "fail_every=1&fail_ops=write,flush")))
+            {
+                var cli = new StrataCli(engine.Socket);
+                var q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "p");
+                Assert.AreEqual("ready", q.State, q.ToString());
+                CollectionAssert.AreEqual(new[] { 2 }, q.Redundancy!.ExcludedTargets.ToArray());
+                await RunFioAsync(uri, verifyOnly: true, "after a restart");
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     [TestMethod]
     [Timeout(900_000, CooperativeCancellation = true)]
     public async Task TargetFailure_UnderFioVerifyOnRf2Pool_ExcludedRebuiltThenSecondFailureLosesNothing()

@@ -294,7 +294,8 @@ public sealed class ExcludeTests
         CollectionAssert.AreEqual(new[] { 2 }, p.ExcludedTargets.ToArray());
         var d = p.Query().Redundancy!;
         Assert.AreEqual("rebuilding", d.Health, "the rebuild job resumed");
-        Assert.AreEqual(onTwo, d.ChunksAtOneCopy);
+        // The resumed job may have copied the one chunk its first credit allows before this query.
+        Assert.IsTrue(d.ChunksAtOneCopy == onTwo || d.ChunksAtOneCopy == onTwo - 1, $"{d.ChunksAtOneCopy} chunk(s) at one copy, {onTwo} had a replica on target 2");
         Assert.AreEqual(0, d.LostChunks);
         var img = p.OpenImage("c", "v");
         CollectionAssert.AreEqual(model, await ReadAllAsync(img, model.Length));
