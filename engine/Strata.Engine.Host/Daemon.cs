@@ -98,6 +98,11 @@ internal static class Daemon
                 {
                     // Logged (1409) by ReloadTls, or no listener has TLS: nothing to reload.
                 }
+                catch (Exception e)
+                {
+                    // Anything else (a file read failing mid-rename, a crypto error not mapped) would vanish in this task: say it.
+                    Log.NbdTlsReloadFailed(logger, $"{e.GetType().Name}: {e.Message}");
+                }
             });
         });
         try

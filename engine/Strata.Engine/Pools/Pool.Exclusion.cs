@@ -78,7 +78,7 @@ public sealed partial class Pool
     {
         lock (_droppedAwaitingRebuild)
             _droppedAwaitingRebuild.Add(target);
-        _engine.OnTargetWriteFailed(target);
+        _engine.OnTargetWriteFailed(this, target);
     }
 
     /// <summary>

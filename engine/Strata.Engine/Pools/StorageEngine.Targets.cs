@@ -246,17 +246,22 @@ public sealed partial class StorageEngine
     /// and made that exclusion durable: the target is excluded from every pool, once, in the background,
     /// and the pools rebuild. A target that keeps failing writes must not keep taking new replicas elsewhere.
     /// </summary>
-    internal void OnTargetWriteFailed(int target)
+    internal void OnTargetWriteFailed(Pool dropped, int target)
     {
         if (Options.ReadOnly || target < 0 || target >= Targets.Count)
             return;
-        AutoExclude(target, "after a failed write");
+        AutoExclude(target, "after a failed write", dropped);
     }
 
     private readonly System.Collections.Concurrent.ConcurrentDictionary<int, bool> _autoExcluding = new();
 
-    /// <summary>Excludes target <paramref name="t"/> from every open pool (forced: it failed), once until it is reintegrated, in the background.</summary>
-    private void AutoExclude(int t, string why)
+    /// <summary>
+    /// Excludes target <paramref name="t"/> from every open pool, once until it is reintegrated, in the
+    /// background: forced (it failed) after device errors; after a failed write only from the pool that
+    /// dropped it (<paramref name="dropped"/>, where nothing had its only copy there) and from the pools
+    /// where that loses nothing (the others keep it until their own writes fail there).
+    /// </summary>
+    private void AutoExclude(int t, string why, Pool? dropped = null)
     {
         if (!_autoExcluding.TryAdd(t, true))
             return;
@@ -266,8 +271,17 @@ public sealed partial class StorageEngine
             {
                 var done = new List<PoolExclusion>();
                 foreach (var p in OpenPools().Where(p => p.Shards.Length > t))
-                    if (await p.ExcludeTargetAsync(t, force: true).ConfigureAwait(false) is { } r)
-                        done.Add(r);
+                {
+                    try
+                    {
+                        if (await p.ExcludeTargetAsync(t, force: dropped == null || p == dropped).ConfigureAwait(false) is { } r)
+                            done.Add(r);
+                    }
+                    catch (InvalidRequestException) when (dropped != null && p != dropped)
+                    {
+                        // A chunk of that pool has its only copy on the target: it stays (its reads may still work).
+                    }
+                }
                 Ras.Emit(new RasEvent(RasIds.TargetAutoExcluded, RasSeverity.Error, RasType.StateChange,
                     $"target {t} ('{Targets[t].Device.Name}') excluded {why}; {done.Count(d => d.RebuildStarted)} pool(s) rebuild onto the other targets",
                     Target: t, Device: Targets[t].Device.Name));

@@ -27,7 +27,7 @@ internal sealed partial class PoolLog
     /// data: drops its shard from the pool when that loses nothing, and returns whether it did (or the
     /// target was excluded already). False leaves the failure to the caller (the pool goes read-only, or
     /// the write fails): the last log shard, a shard rejoining the log during its reintegration, a chunk
-    /// whose only copy is there, a pool that is closing or has failed.
+    /// whose only copy is there, a pool at rf 1, a pool that is closing or has failed.
     /// </summary>
     internal bool TryDropShard(int target, Exception cause)
     {
@@ -37,7 +37,9 @@ internal sealed partial class PoolLog
             bool inLog = Array.Exists(shards, s => s.Index == target);
             if (_pool.IsExcluded(target))
                 return !inLog;
-            if (!inLog || !_pool.EngineOptions.DropTargetOnWriteError || _stopping || _joining.Contains(target) || _pool.ReadOnlyReason != null || !Array.Exists(shards, s => s.Index != target))
+            // rf 1: the pool's owner chose no second copy; a failing target fails its writes (and a failed
+            // log write or flush the pool) rather than leave, even where it holds no chunk yet.
+            if (!inLog || !_pool.EngineOptions.DropTargetOnWriteError || _pool.Rf < 2 || _stopping || _joining.Contains(target) || _pool.ReadOnlyReason != null || !Array.Exists(shards, s => s.Index != target))
                 return false;
             // Mappings not applied yet are checked again before the exclusion is recorded (CheckDrops).
             if (_pool.ChunksOnlyWith(target) > 0)
