@@ -360,7 +360,7 @@ public sealed class MigrationTests
     }
 
     /// <summary>
-    /// `auto`, the default: 256 MiB/s from a client's I/O on the pool until 200 ms after its last one,
+    /// `auto`, the default: 128 MiB/s from a client's I/O on the pool until 200 ms after its last one,
     /// unthrottled before and after; a set value applies whatever the clients do.
     /// </summary>
     [TestMethod]

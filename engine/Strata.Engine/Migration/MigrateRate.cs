@@ -21,10 +21,11 @@ public static class MigrateRate
 
     /// <summary>
     /// What <see cref="Auto"/> allows while clients do I/O. Measured on the 2-vCPU VM (perf migrate
-    /// --latency, a 16-job 4 KiB random-write client): the client's p99 during the migration is
-    /// 2.30x its p99 before unthrottled, 1.63x at 256 MiB/s, 1.08x at 64 MiB/s.
+    /// --latency --size 4G --data 2G: 8 writers of 4 KiB, the placement_v2 move of 1 MiB chunks): the
+    /// writers' p99 during the move is 2.9x their p99 before unthrottled, 2.7-3.0x at 256 MiB/s,
+    /// 1.55-1.75x at 128 MiB/s, 1.05-1.15x at 64 MiB/s (docs/migration.md).
     /// </summary>
-    public const long AutoBytes = 256L << 20;
+    public const long AutoBytes = 128L << 20;
 
     /// <summary>Clients count as active for this long after their last I/O.</summary>
     public static readonly TimeSpan ClientWindow = TimeSpan.FromMilliseconds(200);

@@ -28,11 +28,11 @@ public static class MigrateBenchmark
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
           --latency          instead: client 4 KiB random write QD 8 p99 before and during the
                              migration, for each --rates value (migrate_rate; default 0,auto,256M,64M;
-                             auto, the pool's default: 256 MiB/s while clients do I/O, else 0 = unthrottled)
+                             auto, the pool's default: 128 MiB/s while clients do I/O, else 0 = unthrottled)
           --rate VALUE       --rebuild: the pool's migrate_rate (default auto; 0 = unthrottled)
           --seconds SEC      --latency: how long the writers run before each upgrade (default 3)
           --rebuild          instead: the rebuild after `storage exclude-target` on three files (rf 2,
-                             migrate_rate --rate, default auto: 256 MiB/s while the writers run) vs fio on the two left, and the client's 4 KiB random
+                             migrate_rate --rate, default auto: 128 MiB/s while the writers run) vs fio on the two left, and the client's 4 KiB random
                              write QD 8 p99 before and during it (--size default 1G, --data 256M)
         """;
 
@@ -159,7 +159,7 @@ public static class MigrateBenchmark
     /// <summary>
     /// The rebuild (issue 14): a pool at rf 2 on three target files, filled; 8 writers of 4 KiB at
     /// random offsets run for --seconds, then target 2 is excluded and the rebuild copies its replicas
-    /// onto the two others (migrate_rate auto, the default: 256 MiB/s while the writers run). Its bytes moved per second against fio's
+    /// onto the two others (migrate_rate auto, the default: 128 MiB/s while the writers run). Its bytes moved per second against fio's
     /// copy limit on the two files left, and the writers' p99 before and during it.
     /// </summary>
     private static async Task<int> RebuildAsync(CommandLine cl)
@@ -229,7 +229,7 @@ public static class MigrateBenchmark
             table.Add("strata rebuild", Mb(strata), (strata / limit).ToString("0.00x", CultureInfo.InvariantCulture),
                 string.Create(CultureInfo.InvariantCulture, $"{moved >> 20} MiB moved in {jobSeconds:0.00} s with 8 writers (machine busy {others:0}%)"));
             table.Add("fio", Mb(limit), "1.00x", $"read {Mb(read)} MB/s + write {Mb(write)} MB/s at once, two files");
-            Console.WriteLine($"strata: StorageEngine on file:...?direct=1 targets (3); pool rf 2, 1 MiB chunks, {data >> 20} MiB; exclude-target 2, rebuild with migrate_rate {rate}{(rate == Strata.Engine.Migration.MigrateRate.Auto ? " (the writers run: 256 MiB/s)" : "")}");
+            Console.WriteLine($"strata: StorageEngine on file:...?direct=1 targets (3); pool rf 2, 1 MiB chunks, {data >> 20} MiB; exclude-target 2, rebuild with migrate_rate {rate}{(rate == Strata.Engine.Migration.MigrateRate.Auto ? " (the writers run: 128 MiB/s)" : "")}");
             Console.WriteLine(table);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"client 4 KiB random write QD 8 p99: before {p99Before:0.00} ms, during the rebuild {p99During:0.00} ms ({p99During / p99Before:0.00}x, {writesDuring} writes during)"));
