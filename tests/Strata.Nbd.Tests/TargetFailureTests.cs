@@ -52,6 +52,14 @@ public sealed class TargetFailureTests
         Assert.IsGreaterThanOrEqualTo(2 * (8L << 20), job.GetProperty("read").GetProperty("io_bytes").GetInt64(), $"fio {when}: every block was read back and verified");
     }
 
+    /// <summary>Pool p (rf 2 over the three targets), container c, image v of 32 MiB in 1 MiB chunks: what fio writes.</summary>
+    private static async Task CreateImageAsync(StrataCli cli)
+    {
+        await cli.OkAsync("pool", "create", "p", "--size", "768M", "--rf", "2");
+        await cli.OkAsync("cont", "create", "p", "c");
+        await cli.OkAsync("image", "create", "p", "c", "v", "--size", "32M", "--chunk-size", "1M");
+    }
+
     private static List<RasRecord> Events(string data) =>
         File.ReadAllLines(Path.Combine(data, "ras", "events.jsonl")).Select(l => JsonSerializer.Deserialize<RasRecord>(l, Api.Json)!).ToList();
 
@@ -92,9 +100,7 @@ public sealed class TargetFailureTests
             await using (var engine = await EngineProcess.StartAsync(data, "--config", Config(dir, "first.yaml", "", "", WritesFail)))
             {
                 var cli = new StrataCli(engine.Socket);
-                await cli.OkAsync("pool", "create", "p", "--size", "768M", "--rf", "2");
-                await cli.OkAsync("cont", "create", "p", "c");
-                await cli.OkAsync("image", "create", "p", "c", "v", "--size", "32M", "--chunk-size", "1M");
+                await CreateImageAsync(cli);
 
                 await RunFioAsync(uri, verifyOnly: false, "while target 2's writes failed");
                 var left = await WaitEventAsync(cli, "target_dropped", 2);
@@ -140,9 +146,7 @@ public sealed class TargetFailureTests
             await using (var engine = await EngineProcess.StartAsync(data, "--config", Config(dir, "first.yaml", "", "", FirstFailure)))
             {
                 var cli = new StrataCli(engine.Socket);
-                await cli.OkAsync("pool", "create", "p", "--size", "768M", "--rf", "2");
-                await cli.OkAsync("cont", "create", "p", "c");
-                await cli.OkAsync("image", "create", "p", "c", "v", "--size", "32M", "--chunk-size", "1M");
+                await CreateImageAsync(cli);
 
                 // Target 2 stops working while fio writes and verifies: no client error.
                 await RunFioAsync(uri, verifyOnly: false, "while target 2 failed");

@@ -21,12 +21,6 @@ public sealed class ExcludeTests
     [TestCleanup]
     public void Cleanup() => Directory.Delete(_dir, true);
 
-    private static int OnTarget(Pool pool, int target)
-    {
-        lock (pool.Meta.Sync)
-            return pool.Meta.Images.Values.Sum(i => i.Chunks.Values.Count(m => m.Replicas.Any(r => r.Target == target)));
-    }
-
     [TestMethod]
     [Timeout(300_000, CooperativeCancellation = true)]
     public async Task Exclude_Rf2TargetThenItDies_EveryChunkServedAndRebuiltOntoTheOthers()

@@ -25,12 +25,6 @@ public sealed class TargetDropTests
     [TestCleanup]
     public void Cleanup() => Directory.Delete(_dir, true);
 
-    private static int OnTarget(Pool pool, int target)
-    {
-        lock (pool.Meta.Sync)
-            return pool.Meta.Images.Values.Sum(i => i.Chunks.Values.Count(m => m.Replicas.Any(r => r.Target == target)));
-    }
-
     /// <summary>Every write and flush command to target 1 fails from now on; reads still work.</summary>
     private const string WritesFail = "fail_every=1&fail_ops=write,flush";
 

@@ -20,6 +20,13 @@ internal static class TargetsTestKit
         return (engine, pool, ras);
     }
 
+    /// <summary>Chunks of the pool with a replica on target <paramref name="target"/>.</summary>
+    public static int OnTarget(Pool pool, int target)
+    {
+        lock (pool.Meta.Sync)
+            return pool.Meta.Images.Values.Sum(i => i.Chunks.Values.Count(m => m.Replicas.Any(r => r.Target == target)));
+    }
+
     public static async Task<byte[]> ReadAllAsync(Image image, int length)
     {
         var buf = new byte[length];

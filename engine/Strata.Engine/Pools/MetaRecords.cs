@@ -129,6 +129,12 @@ public static class MetaRecords
         return (image, chunk, ReadReplicas(ref m));
     }
 
+    /// <summary>A ChunkMap (or ChunkMapBlocks) payload's replica count, read in place.</summary>
+    public static int ChunkMapReplicaCount(ReadOnlySpan<byte> payload) => payload[12];
+
+    /// <summary>The target of replica <paramref name="i"/> of a ChunkMap (or ChunkMapBlocks) payload, read in place.</summary>
+    public static int ChunkMapReplicaTarget(ReadOnlySpan<byte> payload, int i) => BinaryPrimitives.ReadUInt16LittleEndian(payload[(13 + 14 * i)..]);
+
     public static Replica[] ReadReplicas(ref MetaReader r)
     {
         int n = r.Byte();

@@ -41,7 +41,7 @@ internal sealed partial class PoolLog
             // log write or flush the pool) rather than leave, even where it holds no chunk yet.
             if (!inLog || !_pool.EngineOptions.DropTargetOnWriteError || _pool.Rf < 2 || _stopping || _joining.Contains(target) || _pool.ReadOnlyReason != null || !Array.Exists(shards, s => s.Index != target))
                 return false;
-            // Mappings not applied yet are checked again before the exclusion is recorded (CheckDrops).
+            // Mappings not applied yet are checked again before the exclusion is recorded (RecordDropsInState).
             if (_pool.ChunksOnlyWith(target) > 0)
                 return false;
             _held ??= [];

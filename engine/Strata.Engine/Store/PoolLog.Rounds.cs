@@ -165,17 +165,26 @@ internal sealed partial class PoolLog
             WalFormat.Encode(round.Buffer.AsSpan(p.Pos), round.Seed, p.Seq, WalFormat.PadType, 0, default, p.Length);
     }
 
-    /// <summary>An error for a commit with a chunk mapping whose every replica is on an excluded target; null otherwise.</summary>
+    /// <summary>
+    /// An error for a commit with a chunk mapping whose every replica is on an excluded target; null
+    /// otherwise. Every round runs it while any target is excluded, so the replicas' targets are read in
+    /// place: only a mapping that is voided is decoded.
+    /// </summary>
     private WriteVoidedException? OnlyOnExcluded(MetaRecord[] records)
     {
         foreach (var r in records)
         {
             if (r.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkMapBlocks))
                 continue;
+            int n = MetaRecords.ChunkMapReplicaCount(r.Payload);
+            bool gone = n > 0;
+            for (int i = 0; i < n && gone; i++)
+                gone = _pool.IsExcluded(MetaRecords.ChunkMapReplicaTarget(r.Payload, i));
+            if (!gone)
+                continue;
             var (_, chunk, replicas) = MetaRecords.ReadChunkMap(r.Payload);
-            if (replicas.Length > 0 && Array.TrueForAll(replicas, x => _pool.IsExcluded(x.Target)))
-                return new WriteVoidedException(
-                    $"a write to pool '{_pool.Label}' (chunk {chunk}) failed: every replica it wrote is on target(s) {string.Join(",", replicas.Select(x => x.Target).Distinct())}, excluded while it ran");
+            return new WriteVoidedException(
+                $"a write to pool '{_pool.Label}' (chunk {chunk}) failed: every replica it wrote is on target(s) {string.Join(",", replicas.Select(x => x.Target).Distinct())}, excluded while it ran");
         }
         return null;
     }
