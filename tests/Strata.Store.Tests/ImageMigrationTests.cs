@@ -261,26 +261,33 @@ public sealed class ImageMigrationTests
             var b = await engine.CreatePoolAsync("b", 2 * (80L << 20), 1, TestDevices.SmallPool);
             await b.CreateContainerAsync("d");
             var data = TestDevices.Pattern(32 * cs, 15);
-            foreach (string name in new[] { "u", "v" })
+            foreach (string name in new[] { "u", "v", "w", "x" })
                 await (await a.CreateImageAsync("c", name, 32L * cs, cs)).WriteAsync(0, data);
             // A first migration warms what is pooled (DMA buffers, the destination's block-table merge buffers).
             await engine.PrepareMigrationAsync("a/c/u", "b/d/u");
             await engine.ExecuteMigrationAsync("a/c/u");
             await engine.WaitForMigrationJobAsync("a/c/u");
-            await engine.PrepareMigrationAsync("a/c/v", "b/d/v");
+            await engine.CommitMigrationAsync("a/c/u");
 
-            long before = GC.GetTotalAllocatedBytes(precise: true);
-            await engine.ExecuteMigrationAsync("a/c/v");
-            await engine.WaitForMigrationJobAsync("a/c/v");
-            long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
-
-            Assert.AreEqual("executed", engine.MigrationStatus("a/c/v").State);
-            long perChunk = allocated / 32;
-            TestContext.WriteLine($"managed allocation: {allocated} bytes for 32 chunks of 1 MiB copied ({perChunk} bytes per chunk, cursor commits included)");
-            // A chunk copied through a managed array would cost at least its 1 MiB here, or 32 KiB per chunk for one array per job.
-            Assert.IsLessThan(cs / 64, perChunk, $"{perChunk} bytes allocated per 1 MiB chunk copied");
-            await engine.CommitMigrationAsync("a/c/v");
-            CollectionAssert.AreEqual(data, await ReadAllAsync(new Io(b.OpenImage("d", "v")), 32L * cs));
+            // GC.GetTotalAllocatedBytes counts every thread of the test host, so whatever an earlier test left
+            // running lands in one sample; three migrations are measured and the least is judged. A chunk copied
+            // through a managed array would cost its 1 MiB in every one of them.
+            long least = long.MaxValue;
+            foreach (string name in new[] { "v", "w", "x" })
+            {
+                await engine.PrepareMigrationAsync($"a/c/{name}", $"b/d/{name}");
+                long before = GC.GetTotalAllocatedBytes(precise: true);
+                await engine.ExecuteMigrationAsync($"a/c/{name}");
+                await engine.WaitForMigrationJobAsync($"a/c/{name}");
+                long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+                Assert.AreEqual("executed", engine.MigrationStatus($"a/c/{name}").State);
+                TestContext.WriteLine($"managed allocation: {allocated} bytes for 32 chunks of 1 MiB copied ({allocated / 32} bytes per chunk, cursor commits included)");
+                least = Math.Min(least, allocated / 32);
+                await engine.CommitMigrationAsync($"a/c/{name}");
+                CollectionAssert.AreEqual(data, await ReadAllAsync(new Io(b.OpenImage("d", name)), 32L * cs));
+            }
+            // One array per job would still cost 32 KiB per chunk here.
+            Assert.IsLessThan(cs / 64, least, $"{least} bytes allocated per 1 MiB chunk copied, the least of three migrations");
             await engine.DisposeAsync();
         }
         finally

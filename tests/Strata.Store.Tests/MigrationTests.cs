@@ -361,24 +361,32 @@ public sealed class MigrationTests
     public async Task Move_OneMiBChunks_ManagedAllocationPerChunkIsMetadataOnly()
     {
         const int cs = 1 << 20;
-        var devs = MigrationKit.FileTargets(_dir, 2, "96M");
-        var (engine, pool, _) = await CreateAsync(devs, MigrationKit.RotateAction(), rf: 1, bytesPerTarget: 40L << 20);
-        var image = await pool.CreateImageAsync("c", "v", 32L * cs, cs);
-        await image.WriteAsync(0, TestDevices.Pattern(32 * cs, 14));
+        // GC.GetTotalAllocatedBytes counts every thread of the test host, so whatever an earlier test left running
+        // lands in one sample; three upgrades on fresh pools are measured and the least is judged. A chunk copied
+        // through a managed array would cost its 1 MiB in every one of them.
+        long least = long.MaxValue;
+        for (int run = 0; run < 3; run++)
+        {
+            string dir = Path.Combine(_dir, $"run{run}");
+            Directory.CreateDirectory(dir);
+            var devs = MigrationKit.FileTargets(dir, 2, "96M");
+            var (engine, pool, _) = await CreateAsync(devs, MigrationKit.RotateAction(), rf: 1, bytesPerTarget: 40L << 20);
+            var image = await pool.CreateImageAsync("c", "v", 32L * cs, cs);
+            await image.WriteAsync(0, TestDevices.Pattern(32 * cs, 14));
 
-        long before = GC.GetTotalAllocatedBytes(precise: true);
-        await pool.UpgradeAsync(3, dryRun: false);
-        await pool.WaitForUpgradeAsync();
-        long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+            long before = GC.GetTotalAllocatedBytes(precise: true);
+            await pool.UpgradeAsync(3, dryRun: false);
+            await pool.WaitForUpgradeAsync();
+            long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
 
-        Assert.AreEqual("completed", pool.GetUpgradeStatus().Status);
-        Assert.AreEqual(0, MigrationKit.Misplaced(pool, RotatedPlacement.Instance));
-        long perChunk = allocated / 32;
-        TestContext.WriteLine($"managed allocation: {allocated} bytes for 32 chunks of 1 MiB moved ({perChunk} bytes per chunk, the job's own records included)");
-        // A chunk copied through a managed array would cost at least its 1 MiB here.
-        Assert.IsLessThan(cs / 64, perChunk, $"{perChunk} bytes allocated per 1 MiB chunk moved");
-        await engine.DisposeAsync();
-        foreach (var d in devs)
-            d.Dispose();
+            Assert.AreEqual("completed", pool.GetUpgradeStatus().Status);
+            Assert.AreEqual(0, MigrationKit.Misplaced(pool, RotatedPlacement.Instance));
+            TestContext.WriteLine($"managed allocation: {allocated} bytes for 32 chunks of 1 MiB moved ({allocated / 32} bytes per chunk, the job's own records included)");
+            least = Math.Min(least, allocated / 32);
+            await engine.DisposeAsync();
+            foreach (var d in devs)
+                d.Dispose();
+        }
+        Assert.IsLessThan(cs / 64, least, $"{least} bytes allocated per 1 MiB chunk moved, the least of three upgrades");
     }
 }
