@@ -23,7 +23,10 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
     private readonly Random _rng = new(seed);
     public readonly List<string> Log = [];
 
-    /// <summary>Where the power failed: prepare, execute, commit, abort or after (the migration had ended).</summary>
+    /// <summary>The image's contents after setup and after each client operation (a failure names the ones a wrong block equals).</summary>
+    private readonly List<byte[]> _history = [];
+
+    /// <summary>Where the power failed: prepare, prepared (client I/O before execute), execute, commit, abort or after (the migration had ended).</summary>
     public string Stage { get; private set; } = "setup";
 
     /// <summary>What the client has had acknowledged: the bytes, and earlier contents a crash may bring back.</summary>
@@ -59,13 +62,17 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
         if (hole + 2 * cs < model.Data.Length)
             await src.WriteAsync(hole + 2 * cs, model.Data.AsMemory(hole + 2 * cs));
         var handle = a.OpenImage("c", "v");
+        _history.Add((byte[])model.Data.Clone());
         bool abortIt = _rng.Next(3) == 0;
 
         // The power fails a random number of device commands into a stage picked at random (it may
-        // land in a later one when that stage issues fewer): prepare, execute, commit or abort, after.
+        // land in a later one when that stage issues fewer): prepare, prepared, execute, commit or abort, after.
+        // Sometimes the client works between prepare and execute: its writes land on destination
+        // chunks the copy has not reached (over zeroes there), and its trims on both ends.
+        bool opsBeforeExecute = _rng.Next(3) == 0;
         int pick = _rng.Next(10);
-        string target = pick == 0 ? "prepare" : pick < 5 ? "execute" : pick < 8 ? "verb" : "after";
-        int crashAfter = _rng.Next(1, target switch { "prepare" => 20, "execute" => 250, "verb" => 40, _ => 60 });
+        string target = pick == 0 ? "prepare" : pick < 5 ? (opsBeforeExecute && pick < 3 ? "prepared" : "execute") : pick < 8 ? "verb" : "after";
+        int crashAfter = _rng.Next(1, target switch { "prepare" => 20, "prepared" => 80, "execute" => 250, "verb" => 40, _ => 60 });
         var crashRng = new Random(_rng.Next());
         void Arm(string stage)
         {
@@ -78,6 +85,17 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
             Stage = "prepare";
             Arm("prepare");
             await engine.PrepareMigrationAsync("a/c/v", destination, destChunk);
+            if (opsBeforeExecute)
+            {
+                Stage = "prepared";
+                Arm("prepared");
+                for (int i = 0; i < 8; i++)
+                {
+                    after = model.Clone();
+                    await OneOpAsync(handle, after, engine);
+                    model = before = after;
+                }
+            }
             Stage = "execute";
             Arm("execute");
             await engine.ExecuteMigrationAsync("a/c/v");
@@ -201,6 +219,7 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
                 m.Unflushed.Add((byte[])m.Data.Clone());
             data.CopyTo(m.Data, off);
             Log.Add($"w {off}+{len} {(durable ? "D" : "wb")} st={engine.MigrationStatusOrNull("a/c/v")?.State}/{engine.MigrationStatusOrNull("a/c/v")?.ChunksDone}");
+            _history.Add((byte[])m.Data.Clone());
             await handle.WriteAsync(off, data, durable);
             if (durable)
                 m.Unflushed.Clear();
@@ -213,11 +232,13 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
             m.Unflushed.Add((byte[])m.Data.Clone());
             Array.Clear(m.Data, off, len);
             Log.Add($"t {off}+{len}");
+            _history.Add((byte[])m.Data.Clone());
             await handle.TrimAsync(off, len);
         }
         else if (roll < 95)
         {
             Log.Add("f");
+            _history.Add((byte[])m.Data.Clone());
             await handle.FlushAsync();
             m.Unflushed.Clear();
         }
@@ -260,6 +281,18 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
                     int ui = 0;
                     foreach (var u in before.Unflushed.Concat(after.Unflushed)) { if (blk.SequenceEqual(u.AsSpan(at + o, m))) who.Add($"u{ui}"); ui++; }
                     if (!blk.ContainsAnyExcept((byte)0)) who.Add("zero");
+                    for (int h = 0; h < _history.Count; h++)
+                        if (blk.SequenceEqual(_history[h].AsSpan(at + o, m))) who.Add($"h{h}");
+                    if (who.Count == 0)
+                        for (int q = 0; q < m; q += 512)
+                        {
+                            var part = blk.Slice(q, Math.Min(512, m - q));
+                            var hs = new List<int>();
+                            for (int h = 0; h < _history.Count; h++)
+                                if (part.SequenceEqual(_history[h].AsSpan(at + o + q, part.Length)))
+                                    hs.Add(h);
+                            who.Add($"{q}:{(part.ContainsAnyExcept((byte)0) ? "" : "z")}h{string.Join("/", hs)}");
+                        }
                     blocks.Add($"{o}:[{string.Join(",", who)}]");
                 }
                 throw new AssertFailedException($"{context}: image {left.Pool.Label}/{left.Container}/{left.Label} {cs} bytes at {at}: wrong bytes (neither the acknowledged nor the in-flight contents, nor unflushed writeback ones) blocks {string.Join(" ", blocks)}; unflushed {before.Unflushed.Count}/{after.Unflushed.Count}; log {string.Join("; ", Log)}");

@@ -190,13 +190,31 @@ public sealed partial class Image
     internal bool IsChunkMapped(long index) => _pool.ChunkIo.Lookup(Meta, index) != null;
 
     /// <summary>
+    /// Whether any chunk holding bytes of [offset, offset + length) is mapped now. A migration's copy
+    /// asks it of the destination for a source chunk that is a hole: a client write mirrored before
+    /// the copy reached that chunk left its bytes over zeroes there, and a source trim that a crash
+    /// made durable without its mirror leaves them behind; the copy trims them, as it would have
+    /// overwritten them with the source's chunk.
+    /// </summary>
+    internal bool MapsAny(long offset, long length)
+    {
+        var meta = Meta;
+        int cs = meta.ChunkSize;
+        for (long i = offset / cs; i <= (offset + length - 1) / cs; i++)
+            if (_pool.ChunkIo.Lookup(meta, i) != null)
+                return true;
+        return false;
+    }
+
+    /// <summary>
     /// A migration's copy of one chunk: under the chunk's exclusive lock (no client write between
     /// the read and the copy's write), a verified read of this image into a DMA buffer of the pool
     /// holding it (the devices read into and write from it directly; no managed copy of the data),
     /// written to the destination at the same offset as writeback. Where the chunk is one whole
     /// chunk of the destination too, the destination checks the bytes against the source's checksum
-    /// before it writes them (ChunkIo.WriteAsync, expectCrc). Returns the bytes written (0 for a chunk
-    /// unmapped meanwhile).
+    /// before it writes them (ChunkIo.WriteAsync, expectCrc). Returns the bytes written: 0 for a chunk
+    /// the source does not map, whose range the destination then trims where it maps anything
+    /// (see <see cref="MapsAny"/>).
     /// </summary>
     internal async Task<long> CopyChunkAsync(long index, Image destination)
     {
@@ -207,7 +225,12 @@ public sealed partial class Image
         {
             var map = _pool.ChunkIo.Lookup(Meta, index);
             if (map == null)
+            {
+                long at = index * cs, span = Math.Min(cs, SourceSize - at);
+                if (destination.MapsAny(at, span))
+                    await destination.TrimOwnAsync(at, span).ConfigureAwait(false);
                 return 0;
+            }
             int t = map.Replicas[0].Target;
             foreach (var r in map.Replicas)
             {

@@ -298,6 +298,15 @@ public sealed partial class StorageEngine
                 ct.ThrowIfCancellationRequested();
                 if (!src.IsChunkMapped(i))
                 {
+                    if (m.Destination.MapsAny(i * cs, Math.Min(cs, src.SourceSize - i * cs)))
+                    {
+                        // A hole the destination maps bytes of (mirrored writes, or a trim a crash cut off
+                        // after the source's half): the copy trims them there, under the source chunk's lock.
+                        while (window.Count >= maxWindow)
+                            await DrainOneAsync().ConfigureAwait(false);
+                        window.Enqueue((CopyOneAsync(src, i, m.Destination, abort.Token), i));
+                        continue;
+                    }
                     // A hole: done as soon as the chunks before it are.
                     if (window.Count == 0)
                     {
