@@ -341,18 +341,53 @@ public sealed class MigrationTests
     {
         var engine = await StorageEngine.FormatAsync(TestDevices.Memory(1));
         var pool = await engine.CreatePoolAsync("tank", 4L << 20, 1, TestDevices.SmallPool);
-        Assert.AreEqual("0", pool.GetProperty("migrate_rate"), "unthrottled by default");
+        Assert.AreEqual("auto", pool.GetProperty("migrate_rate"), "auto by default");
         foreach (var (value, says) in new[] { ("-5", "is negative"), ("fast", "is not a size"), ("1e6", "is not a size"), ("10 M", "is not a size"), ("", "is not a size") })
         {
             var e = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => pool.SetPropertyAsync("migrate_rate", value), value);
             StringAssert.Contains(e.Message, says);
             Assert.IsFalse(e.Message.Contains('\n'), e.Message);
         }
-        Assert.AreEqual("0", pool.GetProperty("migrate_rate"), "a refused value changes nothing");
+        Assert.AreEqual("auto", pool.GetProperty("migrate_rate"), "a refused value changes nothing");
         await pool.SetPropertyAsync("migrate_rate", "100M");
         Assert.AreEqual("104857600", pool.GetProperty("migrate_rate"));
         await pool.SetPropertyAsync("migrate_rate", "1.5K");
         Assert.AreEqual("1536", pool.GetProperty("migrate_rate"));
+        await pool.SetPropertyAsync("migrate_rate", " AUTO ");
+        Assert.AreEqual("auto", pool.GetProperty("migrate_rate"));
+        Assert.AreEqual(PoolPropertySource.Default, pool.GetPropertyValues().Single(p => p.Name == "migrate_rate").Source);
+        await engine.DisposeAsync();
+    }
+
+    /// <summary>
+    /// `auto`, the default: 128 MiB/s from a client's I/O on the pool until 200 ms after its last one,
+    /// unthrottled before and after; a set value applies whatever the clients do.
+    /// </summary>
+    [TestMethod]
+    public async Task MigrateRate_Auto_ThrottledWhileClientsDoIoUnthrottledOnceIdle()
+    {
+        var engine = await StorageEngine.FormatAsync(TestDevices.Memory(1));
+        var pool = await engine.CreatePoolAsync("tank", 4L << 20, 1, TestDevices.SmallPool);
+        await pool.CreateContainerAsync("c");
+        var image = await pool.CreateImageAsync("c", "v", 64 * 1024, 4096);
+        long tick = System.Diagnostics.Stopwatch.Frequency;
+        Assert.AreEqual(0L, pool.MigrateRateAt(System.Diagnostics.Stopwatch.GetTimestamp()), "no client has done I/O: unthrottled");
+
+        foreach (Func<Task> io in new Func<Task>[] { () => image.WriteAsync(0, new byte[4096]), () => image.ReadAsync(0, new byte[4096]), () => image.TrimAsync(0, 4096) })
+        {
+            long before = System.Diagnostics.Stopwatch.GetTimestamp();
+            await io();
+            long after = System.Diagnostics.Stopwatch.GetTimestamp();
+            Assert.AreEqual(Engine.Migration.MigrateRate.AutoBytes, pool.MigrateRateAt(after), "a client did I/O just now");
+            Assert.AreEqual(Engine.Migration.MigrateRate.AutoBytes, pool.MigrateRateAt(before + tick / 20), "50 ms after it");
+            Assert.AreEqual(0L, pool.MigrateRateAt(after + tick / 4), "250 ms after the client's last I/O: idle, unthrottled");
+        }
+
+        await pool.SetPropertyAsync("migrate_rate", "0");
+        await image.WriteAsync(0, new byte[4096]);
+        Assert.AreEqual(0L, pool.MigrateRateAt(System.Diagnostics.Stopwatch.GetTimestamp()), "0 set: unthrottled even with clients");
+        await pool.SetPropertyAsync("migrate_rate", "10M");
+        Assert.AreEqual(10L << 20, pool.MigrateRateAt(System.Diagnostics.Stopwatch.GetTimestamp() + 10 * tick), "a set rate applies with clients idle too");
         await engine.DisposeAsync();
     }
 

@@ -117,6 +117,7 @@ public sealed partial class Image
 
     public async Task ReadAsync(long offset, Memory<byte> destination)
     {
+        _pool.NoteClientIo();
         // Until commit a migrating source serves its own reads: every write reaches it, so it is complete.
         if (Forwarded is { } f)
         {
@@ -289,6 +290,7 @@ public sealed partial class Image
     /// </summary>
     public async Task WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true)
     {
+        _pool.NoteClientIo();
         if (Forwarded is { } f)
         {
             await f.Forward.WriteAsync(offset, source, durable).ConfigureAwait(false);
@@ -357,6 +359,7 @@ public sealed partial class Image
     /// </summary>
     public async Task TrimAsync(long offset, long length)
     {
+        _pool.NoteClientIo();
         if (Forwarded is { } f)
         {
             await f.Forward.TrimAsync(offset, length).ConfigureAwait(false);

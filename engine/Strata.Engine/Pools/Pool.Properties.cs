@@ -71,7 +71,7 @@ public sealed partial class Pool
     {
         "rf" => "1",
         "compatibility" => "off",
-        Migration.MigrateRate.Property => "0",
+        Migration.MigrateRate.Property => Migration.MigrateRate.Auto,
         _ => Layout.PoolPropsV2Action.Properties.FirstOrDefault(p => p.Name == name).Default,
     };
 
@@ -104,7 +104,7 @@ public sealed partial class Pool
         if (name == "compatibility" && Catalog.CompatibilityLimit(value) == null)
             throw new InvalidRequestException($"compatibility '{value}' is unknown; use off or one of {string.Join(", ", Catalog.Releases.Select(r => r.Name))}");
         if (name == Migration.MigrateRate.Property)
-            value = Migration.MigrateRate.Parse(value).ToString(CultureInfo.InvariantCulture);
+            value = Migration.MigrateRate.Normalize(value);
         if (name == "rf")
         {
             if (value is not ("1" or "2"))
@@ -149,14 +149,36 @@ public sealed partial class Pool
     /// <summary>Completes the next time `migrate_rate` is set: a throttled migration waiting for its turn looks again.</summary>
     internal Task MigrateRateChanged => Volatile.Read(ref _migrateRateChanged).Task;
 
-    /// <summary>The migration throttle in bytes per second (pool property `migrate_rate`; 0: unthrottled).</summary>
-    internal long MigrateRateBytes
+    /// <summary>The migration throttle in bytes per second now (pool property `migrate_rate`; 0: unthrottled).</summary>
+    internal long MigrateRateBytes => MigrateRateAt(System.Diagnostics.Stopwatch.GetTimestamp());
+
+    /// <summary>
+    /// The throttle at stopwatch time <paramref name="now"/>: a set byte count, or for `auto` (the default, and
+    /// any value this engine does not know) MigrateRate.AutoBytes while clients did I/O within MigrateRate.ClientWindow, else 0.
+    /// </summary>
+    internal long MigrateRateAt(long now)
     {
-        get
-        {
-            lock (Meta.Sync)
-                return Meta.Props.TryGetValue(Migration.MigrateRate.Property, out var v) && long.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out long r) ? r : 0;
-        }
+        string? v;
+        lock (Meta.Sync)
+            v = Meta.Props.GetValueOrDefault(Migration.MigrateRate.Property);
+        if (v != null && long.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out long r))
+            return r;
+        long last = Volatile.Read(ref _lastClientIo);
+        return last != 0 && now - last < (long)(Migration.MigrateRate.ClientWindow.TotalSeconds * System.Diagnostics.Stopwatch.Frequency)
+            ? Migration.MigrateRate.AutoBytes : 0;
+    }
+
+    private long _lastClientIo;
+
+    /// <summary>
+    /// A client read, wrote, trimmed or flushed an image of this pool (Image's public I/O): `migrate_rate
+    /// auto` throttles migrations for MigrateRate.ClientWindow. One timestamp, stored at most once a millisecond.
+    /// </summary>
+    internal void NoteClientIo()
+    {
+        long now = System.Diagnostics.Stopwatch.GetTimestamp();
+        if (now - Volatile.Read(ref _lastClientIo) > System.Diagnostics.Stopwatch.Frequency / 1000)
+            Volatile.Write(ref _lastClientIo, now);
     }
 
     /// <summary>Refuses metadata growth that would not fit the checkpoint slot.</summary>

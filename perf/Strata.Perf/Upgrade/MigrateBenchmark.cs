@@ -27,11 +27,12 @@ public static class MigrateBenchmark
           --runtime SEC      fio's run (default 10)
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
           --latency          instead: client 4 KiB random write QD 8 p99 before and during the
-                             migration, for each --rates value (migrate_rate; default 0,256M,64M,16M;
-                             0 = unthrottled, the pool's default)
+                             migration, for each --rates value (migrate_rate; default 0,auto,256M,64M;
+                             auto, the pool's default: 128 MiB/s while clients do I/O, else 0 = unthrottled)
+          --rate VALUE       --rebuild: the pool's migrate_rate (default auto; 0 = unthrottled)
           --seconds SEC      --latency: how long the writers run before each upgrade (default 3)
           --rebuild          instead: the rebuild after `storage exclude-target` on three files (rf 2,
-                             migrate_rate 0) vs fio on the two left, and the client's 4 KiB random
+                             migrate_rate --rate, default auto: 128 MiB/s while the writers run) vs fio on the two left, and the client's 4 KiB random
                              write QD 8 p99 before and during it (--size default 1G, --data 256M)
         """;
 
@@ -67,7 +68,7 @@ public static class MigrateBenchmark
             table.Add("strata", Mb(strata), (strata / limit).ToString("0.00x", CultureInfo.InvariantCulture),
                 string.Create(CultureInfo.InvariantCulture, $"{moved >> 20} MiB moved in {seconds:0.00} s (machine busy {others:0}% during the job)"));
             table.Add("fio", Mb(limit), "1.00x", $"read {Mb(read)} MB/s + write {Mb(write)} MB/s at once");
-            Console.WriteLine("strata: StorageEngine on file:...?direct=1 targets (2); pool layout 3, rf 1, 1 MiB chunks; upgrade to 4 with migrate_rate 0");
+            Console.WriteLine("strata: StorageEngine on file:...?direct=1 targets (2); pool layout 3, rf 1, 1 MiB chunks; upgrade to 4 with migrate_rate auto (no client: unthrottled)");
             Console.WriteLine(table);
             Console.WriteLine(cmd);
             return 0;
@@ -89,7 +90,9 @@ public static class MigrateBenchmark
         long size = CommandLine.ParseBytes(cl.String("size") ?? "1G", "--size");
         long data = CommandLine.ParseBytes(cl.String("data") ?? "256M", "--data");
         int seconds = cl.Int("seconds", 3);
-        var rates = (cl.String("rates") ?? "0,256M,64M,16M").Split(',').Select(r => (Text: r, Bytes: r.Trim() == "0" ? 0L : CommandLine.ParseBytes(r, "rates"))).ToList();
+        var rates = (cl.String("rates") ?? "0,auto,256M,64M").Split(',').Select(r => r.Trim()).ToList();
+        foreach (var r in rates)
+            Strata.Engine.Migration.MigrateRate.Normalize(r); // refused here with its one line, before any pool is made
         cl.ThrowIfUnused();
         Directory.CreateDirectory(dir);
         var paths = Enumerable.Range(0, 2).Select(i => Path.Combine(dir, $"migrate-lat-{i}.dat")).ToArray();
@@ -97,8 +100,9 @@ public static class MigrateBenchmark
         var cpu0 = HostCpuSample.Now();
         try
         {
-            foreach (var (text, rate) in rates)
+            foreach (var rate in rates)
             {
+                string text = rate;
                 var r = await LatencyRunAsync(paths, size, data, rate, seconds);
                 table.Add(text, r.JobSeconds.ToString("0.0", CultureInfo.InvariantCulture), (r.Moved >> 20).ToString(CultureInfo.InvariantCulture),
                     r.P99Before.ToString("0.00", CultureInfo.InvariantCulture), r.P99During.ToString("0.00", CultureInfo.InvariantCulture),
@@ -117,7 +121,7 @@ public static class MigrateBenchmark
         return 0;
     }
 
-    private static async Task<(double JobSeconds, long Moved, double P99Before, double P99During, int WritesDuring)> LatencyRunAsync(string[] paths, long size, long data, long rate, int seconds)
+    private static async Task<(double JobSeconds, long Moved, double P99Before, double P99During, int WritesDuring)> LatencyRunAsync(string[] paths, long size, long data, string rate, int seconds)
     {
         foreach (var p in paths)
             File.Delete(p);
@@ -131,7 +135,7 @@ public static class MigrateBenchmark
             await pool.CreateContainerAsync("c");
             var image = await pool.CreateImageAsync("c", "v", data, 1 << 20);
             await ImageFill.FillAsync(image);
-            await pool.SetPropertyAsync(Strata.Engine.Migration.MigrateRate.Property, rate.ToString(CultureInfo.InvariantCulture));
+            await pool.SetPropertyAsync(Strata.Engine.Migration.MigrateRate.Property, rate);
             var writers = RandomWriters.Start(image, data);
             await Task.Delay(TimeSpan.FromSeconds(seconds));
             long start = Stopwatch.GetTimestamp();
@@ -155,7 +159,7 @@ public static class MigrateBenchmark
     /// <summary>
     /// The rebuild (issue 14): a pool at rf 2 on three target files, filled; 8 writers of 4 KiB at
     /// random offsets run for --seconds, then target 2 is excluded and the rebuild copies its replicas
-    /// onto the two others (migrate_rate 0, the default). Its bytes moved per second against fio's
+    /// onto the two others (migrate_rate auto, the default: 128 MiB/s while the writers run). Its bytes moved per second against fio's
     /// copy limit on the two files left, and the writers' p99 before and during it.
     /// </summary>
     private static async Task<int> RebuildAsync(CommandLine cl)
@@ -167,6 +171,7 @@ public static class MigrateBenchmark
         int seconds = cl.Int("seconds", 3);
         int inFlight = new Strata.Engine.Migration.MigrationOptions().InFlightPerTarget;
         var idle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero;
+        string rate = Strata.Engine.Migration.MigrateRate.Normalize(cl.String("rate") ?? Strata.Engine.Migration.MigrateRate.Auto);
         cl.ThrowIfUnused();
         Fio.RequireInstalled();
         Directory.CreateDirectory(dir);
@@ -195,6 +200,7 @@ public static class MigrateBenchmark
                 await pool.CreateContainerAsync("c");
                 var image = await pool.CreateImageAsync("c", "v", data, 1 << 20);
                 await ImageFill.FillAsync(image);
+                await pool.SetPropertyAsync(Strata.Engine.Migration.MigrateRate.Property, rate);
                 var writers = RandomWriters.Start(image, data);
                 await Task.Delay(TimeSpan.FromSeconds(seconds));
                 long start = Stopwatch.GetTimestamp();
@@ -223,7 +229,7 @@ public static class MigrateBenchmark
             table.Add("strata rebuild", Mb(strata), (strata / limit).ToString("0.00x", CultureInfo.InvariantCulture),
                 string.Create(CultureInfo.InvariantCulture, $"{moved >> 20} MiB moved in {jobSeconds:0.00} s with 8 writers (machine busy {others:0}%)"));
             table.Add("fio", Mb(limit), "1.00x", $"read {Mb(read)} MB/s + write {Mb(write)} MB/s at once, two files");
-            Console.WriteLine($"strata: StorageEngine on file:...?direct=1 targets (3); pool rf 2, 1 MiB chunks, {data >> 20} MiB; exclude-target 2, rebuild with migrate_rate 0");
+            Console.WriteLine($"strata: StorageEngine on file:...?direct=1 targets (3); pool rf 2, 1 MiB chunks, {data >> 20} MiB; exclude-target 2, rebuild with migrate_rate {rate}{(rate == Strata.Engine.Migration.MigrateRate.Auto ? " (the writers run: 128 MiB/s)" : "")}");
             Console.WriteLine(table);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"client 4 KiB random write QD 8 p99: before {p99Before:0.00} ms, during the rebuild {p99During:0.00} ms ({p99During / p99Before:0.00}x, {writesDuring} writes during)"));
