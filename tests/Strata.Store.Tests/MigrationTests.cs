@@ -383,6 +383,16 @@ public sealed class MigrationTests
             Assert.AreEqual(0L, pool.MigrateRateAt(after + tick / 4), "250 ms after the client's last I/O: idle, unthrottled");
         }
 
+        // An image migration's copy also counts its source pool's clients (their reads stay on the source).
+        var other = await engine.CreatePoolAsync("other", 4L << 20, 1, TestDevices.SmallPool);
+        await other.CreateContainerAsync("c");
+        var elsewhere = await other.CreateImageAsync("c", "v", 64 * 1024, 4096);
+        await elsewhere.ReadAsync(0, new byte[4096]);
+        long read = System.Diagnostics.Stopwatch.GetTimestamp();
+        Assert.AreEqual(Engine.Migration.MigrateRate.AutoBytes, pool.MigrateRateAt(read, other), "a client of the source pool did I/O just now");
+        Assert.AreEqual(0L, pool.MigrateRateAt(read + tick / 4 + tick, other), "idle on both pools");
+        Assert.AreEqual(Engine.Migration.MigrateRate.AutoBytes, other.MigrateRateAt(read), "the other pool's own jobs");
+
         await pool.SetPropertyAsync("migrate_rate", "0");
         await image.WriteAsync(0, new byte[4096]);
         Assert.AreEqual(0L, pool.MigrateRateAt(System.Diagnostics.Stopwatch.GetTimestamp()), "0 set: unthrottled even with clients");

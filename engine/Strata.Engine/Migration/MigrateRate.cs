@@ -74,15 +74,16 @@ public static class MigrateRate
 /// Paces a migration to the pool's `migrate_rate`, read before every chunk, so a change applies
 /// to the next chunk; a wait for its turn also ends when the property is set. A token bucket
 /// with a burst of one second's worth (at least one chunk), so pauses are short and regular.
+/// <paramref name="clientsToo"/>: another pool whose clients count for `auto` (an image migration's source).
 /// </summary>
-internal sealed class MigrationThrottle(Pool pool)
+internal sealed class MigrationThrottle(Pool pool, Pool? clientsToo = null)
 {
     private long _next = Stopwatch.GetTimestamp();
 
     /// <summary>Whether <see cref="TakeAsync"/> would wait for <paramref name="bytes"/> now.</summary>
     public bool MustWait(long bytes)
     {
-        long rate = pool.MigrateRateBytes;
+        long rate = pool.MigrateRateAt(Stopwatch.GetTimestamp(), clientsToo);
         return bytes > 0 && rate > 0 && _next > Stopwatch.GetTimestamp();
     }
 
@@ -93,7 +94,7 @@ internal sealed class MigrationThrottle(Pool pool)
             return;
         while (true)
         {
-            long rate = pool.MigrateRateBytes;
+            long rate = pool.MigrateRateAt(Stopwatch.GetTimestamp(), clientsToo);
             long now = Stopwatch.GetTimestamp();
             if (rate <= 0)
             {

@@ -150,22 +150,26 @@ public sealed partial class Pool
     internal Task MigrateRateChanged => Volatile.Read(ref _migrateRateChanged).Task;
 
     /// <summary>The migration throttle in bytes per second now (pool property `migrate_rate`; 0: unthrottled).</summary>
-    internal long MigrateRateBytes => MigrateRateAt(System.Diagnostics.Stopwatch.GetTimestamp());
 
     /// <summary>
     /// The throttle at stopwatch time <paramref name="now"/>: a set byte count, or for `auto` (the default, and
-    /// any value this engine does not know) MigrateRate.AutoBytes while clients did I/O within MigrateRate.ClientWindow, else 0.
+    /// any value this engine does not know) MigrateRate.AutoBytes while clients did I/O within MigrateRate.ClientWindow
+    /// on this pool or on <paramref name="clientsToo"/> (an image migration's source pool: its clients' reads stay there), else 0.
     /// </summary>
-    internal long MigrateRateAt(long now)
+    internal long MigrateRateAt(long now, Pool? clientsToo = null)
     {
         string? v;
         lock (Meta.Sync)
             v = Meta.Props.GetValueOrDefault(Migration.MigrateRate.Property);
         if (v != null && long.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out long r))
             return r;
+        return ClientsActiveAt(now) || clientsToo?.ClientsActiveAt(now) == true ? Migration.MigrateRate.AutoBytes : 0;
+    }
+
+    private bool ClientsActiveAt(long now)
+    {
         long last = Volatile.Read(ref _lastClientIo);
-        return last != 0 && now - last < (long)(Migration.MigrateRate.ClientWindow.TotalSeconds * System.Diagnostics.Stopwatch.Frequency)
-            ? Migration.MigrateRate.AutoBytes : 0;
+        return last != 0 && now - last < (long)(Migration.MigrateRate.ClientWindow.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
     }
 
     private long _lastClientIo;
