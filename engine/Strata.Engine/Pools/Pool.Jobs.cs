@@ -84,6 +84,8 @@ public sealed partial class Pool
         }
         Ras.Emit(new RasEvent(RasOf(kind, JobPhase.Resumed), RasSeverity.Notice, RasType.StateChange,
             $"pool '{Label}' {kind} resumed (cursor {cursor})", Pool: Label));
+        if (kind == ReintegrateJob)
+            _reintegration = new ReintegrationRun(null, "moving");
         StartJob(kind, op, cursor);
     }
 
@@ -220,20 +222,36 @@ public sealed partial class Pool
         }
         catch (OperationCanceledException) when (stop.IsCancellationRequested)
         {
-            // The pool is closing (or another job replaces this one): the job stays recorded and resumes at the next open.
-            run.Finish("stopped", "the pool closed or another job replaced it");
+            if (run.Kind == ReintegrateJob && _reintegration?.FailingBecause is { } failing)
+            {
+                // A target failed a write (PoolLog.TryDropShard, Pool.OnShardDropping): the job stops; the
+                // pool excludes the target and rebuilds. `storage reintegrate-target` may be asked again.
+                Failed(run, $"{failing.Reason}; it is excluded and the pool rebuilds", failing.Target);
+            }
+            else
+            {
+                // The pool is closing (or another job replaces this one): the job stays recorded and resumes at the next open.
+                run.Finish("stopped", "the pool closed or another job replaced it");
+            }
         }
         catch (Exception e) when (e is StoreException or IOException)
         {
             // The job stays recorded: `pool extend` (or the next open) runs it again.
-            run.Finish("failed", e.Message);
-            Ras.Emit(new RasEvent(RasOf(run.Kind, JobPhase.Failed), RasSeverity.Error, RasType.StateChange,
-                $"pool '{Label}' {run.Kind} failed: {e.Message}", Pool: Label));
+            Failed(run, e.Message, null);
         }
         finally
         {
+            if (run.Kind == ReintegrateJob && _reintegration is { } r && r.Active)
+                r.Set(run.State, run.Reason);
             operation.Dispose();
         }
+    }
+
+    private void Failed(JobRun run, string reason, int? target)
+    {
+        run.Finish("failed", reason);
+        Ras.Emit(new RasEvent(RasOf(run.Kind, JobPhase.Failed), RasSeverity.Error, RasType.StateChange,
+            $"pool '{Label}' {run.Kind} failed: {reason}", Pool: Label, Target: target, Device: target is int t ? Shards[t].Device.Name : null));
     }
 
     private sealed class JobRun(string kind, CancellationTokenSource stop)
