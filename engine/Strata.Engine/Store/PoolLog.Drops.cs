@@ -61,6 +61,9 @@ internal sealed partial class PoolLog
             }
             _held ??= [];
             _dropsPending++;
+            // Before the exclusion changes placement: a job that sees the count unchanged planned nothing by it.
+            _lastDrop = $"target {target} failed a write ({cause.Message})";
+            Interlocked.Increment(ref _dropCount);
             if (rejoining)
                 _pool.LeaveLog(target);
             else
@@ -95,6 +98,25 @@ internal sealed partial class PoolLog
             return true;
         }
     }
+
+    private long _dropCount;
+    private volatile string _lastDrop = "";
+
+    /// <summary>Shards dropped since the pool opened; read by jobs, which must not end across one (Pool.RunJobAsync).</summary>
+    internal long DropCount => Interlocked.Read(ref _dropCount);
+
+    /// <summary>Whether a drop's exclusion is not durable yet (its checkpoint has not completed).</summary>
+    internal bool DropPending
+    {
+        get
+        {
+            lock (_drops)
+                return _dropsPending > 0;
+        }
+    }
+
+    /// <summary>What the last drop was: "target N failed a write (why)".</summary>
+    internal string LastDrop => _lastDrop;
 
     /// <summary>Whether target <paramref name="target"/>'s shard is in the log now.</summary>
     internal bool InLog(int target)
