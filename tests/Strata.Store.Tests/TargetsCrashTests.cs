@@ -120,12 +120,13 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild, bool reintegr
 
         power = new CrashSwitch();
         disks = disks.Select(d => d.AfterCrash(Rng, power)).ToArray();
+        var middleRas = new InMemoryRasSink();
         if (Rng.Next(3) == 0)
         {
             power.Reset(Rng.Next(1, 200));
             try
             {
-                var e = await StorageEngine.OpenAsync(disks, engineOptions);
+                var e = await StorageEngine.OpenAsync(disks, engineOptions with { Ras = middleRas });
                 var p = await e.OpenPoolAsync("p");
                 await p.WaitForJobAsync();
             }
@@ -186,7 +187,11 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild, bool reintegr
         long mapped = MigrationKit.MappedBytes(pool), used = pool.Shards.Where(s => !pool.IsExcluded(s.Index)).Sum(s => s.Allocator.UsedBytes);
         if (mapped != used)
             throw new AssertFailedException($"seed {seed}: the maps name {mapped} bytes, the allocators have {used} in use");
-        if (MigrationKit.Misplaced(pool, pool.Placement) is > 0 and int n)
+        // Chunks written after a drop follow its exclusion in memory; a crash before the checkpoint that
+        // records it replays them with the target back in: off their place (rf copies on live targets,
+        // data verified), until their next write or job moves them (docs/format.md, "A job ending across a drop").
+        bool dropNotDurable = targetFails && (firstRas.WithId(RasIds.TargetDropped).Any() || middleRas.WithId(RasIds.TargetDropped).Any());
+        if (MigrationKit.Misplaced(pool, pool.Placement) is > 0 and int n && !dropNotDurable)
             throw new AssertFailedException($"seed {seed}: {n} chunk(s) are not where the placement puts them");
         await engine.DisposeAsync();
     }
