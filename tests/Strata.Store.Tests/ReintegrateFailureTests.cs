@@ -186,4 +186,52 @@ public sealed class ReintegrateFailureTests
         await ClientWritesAsync(image, model, 20, 6);
         await AssertExcludedDurablyThenReintegratedAsync(devs, engine, pool, image, model, ras);
     }
+
+    /// <summary>
+    /// rf 1: a target that failed never leaves a pool once it is in, but one still rejoining has nothing
+    /// placed on it or read from it, so it leaves again: the pool stays writable, its lost chunks stay
+    /// lost (EIO, never other bytes) until a reintegration succeeds.
+    /// </summary>
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task WritesFail_Rf1TargetWhileItRejoins_RefusedPoolWritableLostChunksStillLostThenBack()
+    {
+        var devs = MigrationKit.FileTargets(_dir, 2);
+        var ras = new WaitableRasSink();
+        var engine = await StorageEngine.FormatAsync(devs, Options with { Ras = ras });
+        var pool = await engine.CreatePoolAsync("tank", 2 * (4L << 20), 1, TestDevices.SmallPool with { LayoutVersion = 4 });
+        await pool.CreateContainerAsync("c");
+        var image = await pool.CreateImageAsync("c", "v", 40 * Cs, Cs);
+        var model = TestDevices.Pattern(40 * Cs, 8);
+        await image.WriteAsync(0, model);
+        await engine.ExcludeTargetAsync(1, force: true);
+        await pool.WaitForJobAsync(TestContext.CancellationToken);
+        long lost = pool.Query().Redundancy!.LostChunks;
+        Assert.IsTrue(lost > 0);
+
+        devs[1].SetFaults("fail_every=1&fail_ops=write");
+        var e = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.ReintegrateTargetAsync(1));
+        StringAssert.Contains(e.Message, "could not rejoin pool 'tank': target 1 failed a write (");
+        Assert.AreEqual(PoolStatus.Ready, pool.State, pool.ReadOnlyReason);
+        CollectionAssert.AreEqual(new[] { 1 }, pool.ExcludedTargets.ToArray());
+        Assert.AreEqual(lost, pool.Query().Redundancy!.LostChunks, "what was lost is still lost, not served from the target");
+        await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => ReadAllAsync(image, model.Length));
+        var after = await pool.CreateImageAsync("c", "after", 4 * Cs, Cs);
+        await after.WriteAsync(0, TestDevices.Pattern(4 * Cs, 9));
+        await engine.DisposeAsync();
+
+        devs[1].SetFaults("");
+        var reopened = await StorageEngine.OpenAsync(devs, Options);
+        var p = await reopened.OpenPoolAsync("tank");
+        CollectionAssert.AreEqual(new[] { 1 }, p.ExcludedTargets.ToArray());
+        var r = (await reopened.ReintegrateTargetAsync(1)).Single();
+        Assert.AreEqual(lost, r.Recovered);
+        await p.WaitForJobAsync(TestContext.CancellationToken);
+        Assert.AreEqual("completed", p.ReintegrationStatus!.State);
+        CollectionAssert.AreEqual(model, await ReadAllAsync(p.OpenImage("c", "v"), model.Length));
+        CollectionAssert.AreEqual(TestDevices.Pattern(4 * Cs, 9), await ReadAllAsync(p.OpenImage("c", "after"), 4 * Cs));
+        await reopened.DisposeAsync();
+        foreach (var d in devs)
+            d.Dispose();
+    }
 }
