@@ -37,6 +37,9 @@ public sealed record PoolReintegrationStatus(int? Target, string State, long Rep
 /// shard rejoins the log (a checkpoint on it); the exclusion is lifted together with the job
 /// <c>reintegrate</c> in one batch; only then do reads and placement use the target again. A crash
 /// before that batch leaves the target excluded (ask again); after it the job resumes at the open.
+/// A target whose device fails a write while it rejoins leaves the log again and stays excluded
+/// (PoolLog.TryDropShard, CommitLiftAsync, TryLiftExclusion): the reintegration is refused; once the
+/// job runs, it is dropped like any target and the job fails (OnShardDropping).
 /// </summary>
 public sealed partial class Pool
 {
