@@ -439,7 +439,8 @@ public sealed class EngineService : IAsyncDisposable
             q.Targets.Select(t => new TargetSpaceDto(t.Target, t.Device, t.TotalBytes, t.UsedBytes, t.FreeBytes)).ToList(),
             up == null ? null : $"Pool layout out of date ({q.LayoutVersion} < {max}) -- see 'strata pool upgrade' for details.", upgrade,
             q.Status.ToString().ToLowerInvariant(), q.Job is { } j ? new PoolJobDto(j.Kind, j.State, j.ItemsDone, j.ItemsTotal, j.BytesDone, j.BytesTotal, j.BytesPerSecond, j.Current, j.Reason) : null,
-            q.Redundancy is { } r ? ToDto(r) : null, q.Running);
+            q.Redundancy is { } r ? ToDto(r) : null, q.Running,
+            q.Reintegration is { } i ? new PoolReintegrationStatusDto(i.Target, i.State, i.ReplicasChecked, i.ReplicasTotal, i.BytesChecked, i.BytesTotal, i.Reason) : null);
     }
 
     private static PoolRedundancyDto ToDto(PoolDegradation r) =>

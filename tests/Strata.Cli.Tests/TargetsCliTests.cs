@@ -190,6 +190,12 @@ public sealed class TargetsCliTests
         Assert.AreEqual("reintegrating", q.Redundancy!.Health);
         Assert.AreEqual(0, q.Redundancy.ExcludedTargets.Count);
         StringAssert.Contains(await cli.OkAsync("pool", "query", "tank"), "Job: reintegrate running");
+        Assert.AreEqual(0, q.Reintegration!.Target);
+        Assert.AreEqual("moving", q.Reintegration.State);
+        Assert.AreEqual(r.Replicas, q.Reintegration.ReplicasChecked, "the check read every replica on the target");
+        Assert.AreEqual(r.Replicas, q.Reintegration.ReplicasTotal);
+        Assert.AreEqual(onZero, q.Reintegration.BytesTotal, "the replicas checked are what the target held");
+        StringAssert.Contains(await cli.OkAsync("pool", "query", "tank"), $"Reintegration: target 0 moving: {r.Replicas} of {r.Replicas} replica(s) (");
         StringAssert.Contains(await cli.FailsAsync(6, "pool", "upgrade", "tank"), "has reintegration in progress");
         Assert.AreEqual(hash, await HashAsync(cli), "the kept replicas serve again, nothing stale");
         StringAssert.Contains(await cli.FailsAsync(2, "storage", "reintegrate-target", "0"), "target 0 is not excluded from any open pool; nothing to reintegrate");
@@ -201,6 +207,7 @@ public sealed class TargetsCliTests
         Assert.AreEqual("completed", q.Job?.State, q.Job?.Reason);
         Assert.AreEqual("ok", q.Redundancy!.Health);
         Assert.IsTrue(q.Targets[0].UsedBytes > onZero, "chunks moved back onto target 0");
+        Assert.AreEqual("completed", q.Reintegration!.State);
         Assert.AreEqual(hash, await HashAsync(cli));
     }
 

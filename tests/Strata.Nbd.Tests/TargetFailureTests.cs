@@ -205,4 +205,76 @@ public sealed class TargetFailureTests
             Directory.Delete(dir, recursive: true);
         }
     }
+
+    /// <summary>
+    /// A target brought back with `storage reintegrate-target` fails its writes again while the job
+    /// moves chunks back and fio writes: fio sees no error, the reintegration fails naming the target
+    /// (pool_reintegrate_failed, `pool query`'s Reintegration), the target is excluded again and the pool
+    /// rebuilt, never read-only; a later reintegration with the device sound brings it back.
+    /// </summary>
+    [TestMethod]
+    [Timeout(900_000, CooperativeCancellation = true)]
+    public async Task Reintegrate_TargetWritesFailAgainUnderFio_ReintegrationFailsTargetExcludedNoClientError()
+    {
+        string dir = Bin.NewTempDir("target-reintfail");
+        string data = Path.Combine(dir, "data");
+        string uri = $"nbd+unix:///p/c/v?socket={Path.Combine(data, "run", "nbd.sock")}";
+        try
+        {
+            await using (var engine = await EngineProcess.StartAsync(data, "--config", Config(dir, "first.yaml", "", "", "")))
+            {
+                var cli = new StrataCli(engine.Socket);
+                await CreateImageAsync(cli);
+                await RunFioAsync(uri, verifyOnly: false, "before target 2 was excluded");
+                await cli.OkAsync("storage", "exclude-target", "2");
+                Assert.AreEqual("completed", (await WaitRebuildAsync(cli)).Job!.State);
+            }
+
+            // Target 2's writes fail after the reintegration's own (its check's flush, the rejoin's checkpoint
+            // and headers, the lift's round): once the job runs and fio writes there too.
+            await using (var engine = await EngineProcess.StartAsync(data, "--config", Config(dir, "second.yaml", "", "", "fail_after=30&fail_ops=write,flush")))
+            {
+                var cli = new StrataCli(engine.Socket);
+                // The job moves a chunk, then waits for the throttle: the failure comes from fio's writes or its copy.
+                await cli.OkAsync("pool", "set-prop", "p", "migrate_rate", "1");
+                StringAssert.Contains(await cli.OkAsync("storage", "reintegrate-target", "2"), "Pool p: target 2 reintegrated;");
+                await RunFioAsync(uri, verifyOnly: false, "while target 2 was reintegrated and failed again");
+                StringAssert.Contains((await WaitEventAsync(cli, "target_dropped", 2)).Msg, "pool 'p' stopped using target 2 after its device failed a write");
+                StringAssert.Contains((await WaitEventAsync(cli, "pool_reintegrate_failed", 2)).Msg, "pool 'p' reintegrate failed: target 2 failed a write (");
+                await cli.OkAsync("pool", "set-prop", "p", "migrate_rate", "0");
+                var q = await WaitRebuildAsync(cli);
+                Assert.AreEqual("completed", q.Job!.State, q.Job.Reason);
+                Assert.AreEqual("ready", q.State, q.ToString());
+                CollectionAssert.AreEqual(new[] { 2 }, q.Redundancy!.ExcludedTargets.ToArray());
+                Assert.AreEqual("ok", q.Redundancy.Health, q.ToString());
+                Assert.AreEqual(2, q.Reintegration!.Target);
+                Assert.AreEqual("failed", q.Reintegration.State);
+                StringAssert.Contains(q.Reintegration.Reason, "target 2 failed a write (");
+                StringAssert.Contains(await cli.OkAsync("pool", "query", "p"), "Reintegration: target 2 failed");
+                Assert.IsFalse(Events(data).Any(e => e.Id == "pool_read_only"), "the failing target never made the pool read-only");
+                await RunFioAsync(uri, verifyOnly: true, "after target 2 was excluded again");
+            }
+
+            await using (var engine = await EngineProcess.StartAsync(data, "--config", Config(dir, "third.yaml", "", "", "")))
+            {
+                var cli = new StrataCli(engine.Socket);
+                CollectionAssert.AreEqual(new[] { 2 }, (await cli.JsonAsync<PoolQueryDto>("pool", "query", "p")).Redundancy!.ExcludedTargets.ToArray(), "the exclusion is durable");
+                await RunFioAsync(uri, verifyOnly: true, "after a restart");
+                await cli.OkAsync("storage", "reintegrate-target", "2");
+                PoolQueryDto q = null!;
+                for (int i = 0; i < 300 && (q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "p")).Job is { State: "running" }; i++)
+                {
+                }
+                Assert.AreEqual("completed", q.Job!.State, q.Job.Reason);
+                Assert.AreEqual("completed", q.Reintegration!.State);
+                Assert.AreEqual(0, q.Redundancy!.ExcludedTargets.Count);
+                Assert.AreEqual("ok", q.Redundancy.Health, q.ToString());
+                await RunFioAsync(uri, verifyOnly: true, "after target 2 was reintegrated");
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }

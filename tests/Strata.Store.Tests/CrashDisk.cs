@@ -103,9 +103,27 @@ internal sealed class CrashDisk : MemoryBlockDevice
         }
     }
 
+    /// <summary>
+    /// After this many of its own commands (0: never), every write, flush, trim and write-zeroes of this
+    /// disk fails with EIO, reads still work (a disk that stopped writing, as the shim's
+    /// `fail_after=N&amp;fail_ops=write,flush`). Not carried over a crash: the disk after it is sound.
+    /// </summary>
+    public int FailWritesAfter { get; set; }
+
+    /// <summary>Whether a command failed because of <see cref="FailWritesAfter"/>.</summary>
+    public bool WritesFailed { get; private set; }
+
+    private int _commands;
+
     protected override void Execute(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
     {
-        switch (_power.Tick(opcode))
+        var action = _power.Tick(opcode);
+        if (action == CrashAction.Run && FailWritesAfter > 0 && Interlocked.Increment(ref _commands) > FailWritesAfter && opcode != IoOpcode.Read)
+        {
+            WritesFailed = true;
+            throw new DeviceException(Name, Errno.EIO, $"injected {opcode} failure: the disk stopped writing");
+        }
+        switch (action)
         {
             case CrashAction.PowerLost:
                 throw new DeviceException(Name, Errno.EIO, "simulated power loss");

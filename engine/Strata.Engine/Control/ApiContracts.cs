@@ -113,7 +113,14 @@ public sealed record TargetSpaceDto(int Target, string Device, long TotalBytes, 
 public sealed record PoolQueryDto(string Label, Guid Id, uint LayoutVersion, uint SupportedLayoutVersion, string? UpgradeNeeded,
     string Status, string? ReadOnlyReason, int Rf, int Containers, int Images, long TotalBytes, long UsedBytes, long FreeBytes,
     IReadOnlyList<TargetSpaceDto> Targets, string? Warning, UpgradeStatus? Upgrade = null, string? State = null, PoolJobDto? Job = null,
-    PoolRedundancyDto? Redundancy = null, IReadOnlyList<string>? Running = null);
+    PoolRedundancyDto? Redundancy = null, IReadOnlyList<string>? Running = null, PoolReintegrationStatusDto? Reintegration = null);
+
+/// <summary>
+/// A pool's running or last reintegration: Target (null for a job resumed at the open), State checking,
+/// rejoining, moving, completed, failed or stopped; while checking, the replicas and bytes on the target
+/// read and verified so far of the total; Reason for a failed or stopped one.
+/// </summary>
+public sealed record PoolReintegrationStatusDto(int? Target, string State, long ReplicasChecked, long ReplicasTotal, long BytesChecked, long BytesTotal, string? Reason);
 
 /// <summary>A pool's redundancy: Health ok, degraded or rebuilding; chunks and bytes at one copy; lost chunks (every copy on excluded targets) and their images.</summary>
 public sealed record PoolRedundancyDto(IReadOnlyList<int> ExcludedTargets, string Health, long ChunksAtOneCopy, long BytesAtOneCopy,

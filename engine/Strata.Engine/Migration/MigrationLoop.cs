@@ -388,7 +388,23 @@ internal sealed class MigrationLoop
         await writeSlots.TakeAsync().ConfigureAwait(false);
         try
         {
-            await WriteNewAsync(destination, isNew, memory).ConfigureAwait(false);
+            var writes = WriteNew(destination, isNew, memory);
+            try
+            {
+                await Task.WhenAll(writes.Select(w => w.Task)).ConfigureAwait(false);
+            }
+            catch (DeviceException e)
+            {
+                // A destination target whose device failed the copy's write leaves the pool as after a
+                // client's write (PoolLog.TryDropShard); nothing names the copy yet, so the chunk is
+                // planned again, without that target. Otherwise the chunk stays where it is.
+                FreeNew(destination, isNew, plan.ExtentBytes);
+                bool dropped = true;
+                foreach (var (t, w) in writes)
+                    if (w.IsFaulted && w.Exception!.InnerException is DeviceException d)
+                        dropped &= _pool.Log.TryDropShard(t, d);
+                return dropped ? (new Outcome(Kind.Retry, 0), -1, 0) : Leave(source, plan, $"a device error on the destination: {e.Message}");
+            }
             if (_options.ReadBack)
             {
                 for (int r = 0; r < destination.Length; r++)
@@ -422,29 +438,25 @@ internal sealed class MigrationLoop
         return [.. all];
     }
 
-    private Task WriteNewAsync(Replica[] destination, bool[] isNew, ReadOnlyMemory<byte> extent)
+    /// <summary>Starts the writes of the new replicas, each with its target.</summary>
+    private List<(int Target, Task Task)> WriteNew(Replica[] destination, bool[] isNew, ReadOnlyMemory<byte> extent)
     {
-        int count = 0, only = -1;
-        for (int r = 0; r < destination.Length; r++)
-        {
-            if (isNew[r])
-            {
-                count++;
-                only = r;
-            }
-        }
-        if (count == 1)
-            return _pool.Mover.WriteAsync(destination[only], extent).AsTask();
-        var writes = new List<Task>(count);
+        var writes = new List<(int, Task)>(destination.Length);
         for (int r = 0; r < destination.Length; r++)
             if (isNew[r])
-                writes.Add(_pool.Mover.WriteAsync(destination[r], extent).AsTask());
-        return Task.WhenAll(writes);
+                writes.Add((destination[r].Target, _pool.Mover.WriteAsync(destination[r], extent).AsTask()));
+        return writes;
     }
 
     private (Outcome, int, long) Leave(ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, string why)
     {
         FreeNew(destination, isNew, plan.ExtentBytes);
+        return Leave(source, plan, why);
+    }
+
+    /// <summary>Reports a chunk left where it is (its new extents already given back).</summary>
+    private (Outcome, int, long) Leave(ChunkSource source, ChunkPlan plan, string why)
+    {
         string message = $"pool '{_pool.Label}' image #{source.Image} chunk {source.Chunk}: {_ctx.Feature.Name} left the chunk where it is: {why}";
         if (Interlocked.Increment(ref _left) == 1)
             _firstLeft = message;

@@ -64,6 +64,34 @@ public sealed partial class Pool
     }
 
     /// <summary>
+    /// A rejoining target's shard (excluded, back in the log for its reintegration) leaves the log again
+    /// after its device failed a write (PoolLog.TryDropShard); it never stopped being excluded.
+    /// </summary>
+    internal void LeaveLog(int target)
+    {
+        lock (_shardSet)
+        {
+            System.Diagnostics.Debug.Assert(IsExcluded(target), "only an excluded shard leaves the log without an exclusion");
+            Volatile.Write(ref _logShards, [.. LogShards.Where(s => s.Index != target)]);
+        }
+    }
+
+    /// <summary>
+    /// Target <paramref name="target"/> is leaving the pool after its device failed a write
+    /// (PoolLog.TryDropShard, exclusion not durable yet): a reintegration in progress fails, naming it,
+    /// and its job stops now rather than copy onto a target that is going (docs/operations.md,
+    /// "A target that fails during its reintegration").
+    /// </summary>
+    internal void OnShardDropping(int target, Exception cause)
+    {
+        if (_reintegration is not { } r || !r.Active)
+            return;
+        r.Failing(target, $"target {target} failed a write ({cause.Message})");
+        if (RunningJob == ReintegrateJob && _jobRun is { } run)
+            _ = run.Stop.CancelAsync();
+    }
+
+    /// <summary>
     /// Targets dropped after a failed write (PoolLog.TryDropShard) whose exclusion is durable but whose
     /// rebuild job has not been started yet: <see cref="ExcludeTargetAsync"/> finishes them.
     /// </summary>

@@ -84,6 +84,8 @@ public sealed partial class Pool
         }
         Ras.Emit(new RasEvent(RasOf(kind, JobPhase.Resumed), RasSeverity.Notice, RasType.StateChange,
             $"pool '{Label}' {kind} resumed (cursor {cursor})", Pool: Label));
+        if (kind == ReintegrateJob)
+            _reintegration = new ReintegrationRun(null, "moving");
         StartJob(kind, op, cursor);
     }
 
@@ -187,6 +189,7 @@ public sealed partial class Pool
 
     private async Task RunJobAsync(JobRun run, IDisposable operation, ulong cursor, CancellationToken stop)
     {
+        long drops = Log.DropCount;
         try
         {
             var transform = TransformOf(run.Kind);
@@ -206,6 +209,13 @@ public sealed partial class Pool
             var result = await loop.RunAsync(cursor, stop).ConfigureAwait(false);
             if (result.Left == 0)
                 result = await loop.RunAsync(0, stop, sweep: true).ConfigureAwait(false);
+            // A target dropped while the job ran (PoolLog.TryDropShard), or before with its exclusion not
+            // durable yet, steered moves by that exclusion: a crash before its checkpoint would find the
+            // target in and the job done with chunks off their place (the round ending the job may be
+            // durable before that checkpoint). The job does not end; the exclusion's rebuild
+            // (ExcludeTargetAsync) replaces it.
+            if (Log.DropCount != drops || Log.DropPending)
+                throw new TargetDroppedException(Log.LastDrop);
             if (result.Left > 0)
                 throw new StoreException(Interop.Errno.EIO,
                     $"{result.Left} chunk(s) could not be moved and kept their location (first: {result.FirstLeft}); run 'strata pool extend {Label}' or reopen the pool to retry them");
@@ -218,23 +228,47 @@ public sealed partial class Pool
                 $"pool '{Label}' {run.Kind} completed: {Interlocked.Read(ref run.ItemsDone)} chunk(s) visited, {Interlocked.Read(ref run.BytesDone)} bytes moved in {run.Elapsed.TotalSeconds:F1} s",
                 Pool: Label));
         }
-        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        catch (Exception e) when (e is TargetDroppedException || (e is OperationCanceledException && stop.IsCancellationRequested))
         {
-            // The pool is closing (or another job replaces this one): the job stays recorded and resumes at the next open.
-            run.Finish("stopped", "the pool closed or another job replaced it");
+            if (run.Kind == ReintegrateJob && _reintegration?.FailingBecause is { } failing)
+            {
+                // A target failed a write (PoolLog.TryDropShard, Pool.OnShardDropping): the job stops; the
+                // pool excludes the target and rebuilds. `storage reintegrate-target` may be asked again.
+                Failed(run, $"{failing.Reason}; it is excluded and the pool rebuilds", failing.Target);
+            }
+            else if (e is TargetDroppedException d)
+            {
+                // Stays recorded; the rebuild that excludes the target replaces it (or the next open resumes it).
+                run.Finish("stopped", $"{d.Message}; the rebuild that excludes it takes over");
+            }
+            else
+            {
+                // The pool is closing (or another job replaces this one): the job stays recorded and resumes at the next open.
+                run.Finish("stopped", "the pool closed or another job replaced it");
+            }
         }
         catch (Exception e) when (e is StoreException or IOException)
         {
             // The job stays recorded: `pool extend` (or the next open) runs it again.
-            run.Finish("failed", e.Message);
-            Ras.Emit(new RasEvent(RasOf(run.Kind, JobPhase.Failed), RasSeverity.Error, RasType.StateChange,
-                $"pool '{Label}' {run.Kind} failed: {e.Message}", Pool: Label));
+            Failed(run, e.Message, null);
         }
         finally
         {
+            if (run.Kind == ReintegrateJob && _reintegration is { } r && r.Active)
+                r.Set(run.State, run.Reason);
             operation.Dispose();
         }
     }
+
+    private void Failed(JobRun run, string reason, int? target)
+    {
+        run.Finish("failed", reason);
+        Ras.Emit(new RasEvent(RasOf(run.Kind, JobPhase.Failed), RasSeverity.Error, RasType.StateChange,
+            $"pool '{Label}' {run.Kind} failed: {reason}", Pool: Label, Target: target, Device: target is int t ? Shards[t].Device.Name : null));
+    }
+
+    /// <summary>A target left the pool after a failed write while the job ran: the job stops without ending.</summary>
+    private sealed class TargetDroppedException(string message) : Exception(message);
 
     private sealed class JobRun(string kind, CancellationTokenSource stop)
     {

@@ -16,6 +16,17 @@ public sealed record PoolReintegration(string Pool, int Target, long Replicas, l
     long Recovered, PoolDegradation Degradation, bool JobStarted);
 
 /// <summary>
+/// The running or last reintegration of the pool since it opened, as `pool query` shows it: target
+/// <paramref name="Target"/> (null for a job resumed at the open), State checking (the replicas on the
+/// target are read and verified: <paramref name="ReplicasChecked"/> of <paramref name="ReplicasTotal"/>,
+/// <paramref name="BytesChecked"/> of <paramref name="BytesTotal"/>), rejoining (the shard rejoins the
+/// log, the exclusion is lifted), moving (the job runs; `Job` shows its progress), completed, failed
+/// (<paramref name="Reason"/>: a refusal of the check, or a target that failed a write) or stopped
+/// (the pool closed; the job resumes at the next open).
+/// </summary>
+public sealed record PoolReintegrationStatus(int? Target, string State, long ReplicasChecked, long ReplicasTotal, long BytesChecked, long BytesTotal, string? Reason);
+
+/// <summary>
 /// Bringing an excluded target back (docs/operations.md, "Bringing a target back"). The target is
 /// checked first, changing nothing: its pool shard header must be this pool's, and every replica the
 /// maps still place on it is read (after a flush of the device, so what verifies is durable) and
@@ -26,10 +37,76 @@ public sealed record PoolReintegration(string Pool, int Target, long Replicas, l
 /// shard rejoins the log (a checkpoint on it); the exclusion is lifted together with the job
 /// <c>reintegrate</c> in one batch; only then do reads and placement use the target again. A crash
 /// before that batch leaves the target excluded (ask again); after it the job resumes at the open.
+/// A target whose device fails a write while it rejoins leaves the log again and stays excluded
+/// (PoolLog.TryDropShard, CommitLiftAsync, TryLiftExclusion): the reintegration is refused; once the
+/// job runs, it is dropped like any target and the job fails (OnShardDropping).
 /// </summary>
 public sealed partial class Pool
 {
     internal const string ReintegrateJob = "reintegrate";
+
+    private volatile ReintegrationRun? _reintegration;
+
+    /// <summary>The running or last reintegration since the pool opened, or null.</summary>
+    public PoolReintegrationStatus? ReintegrationStatus => _reintegration?.Snapshot();
+
+    /// <summary>What a reintegration is doing; its counters move while the check reads the target.</summary>
+    private sealed class ReintegrationRun(int? target, string state)
+    {
+        private readonly object _sync = new();
+        private string _state = state;
+        private string? _reason, _failing;
+        private int _failingTarget = -1;
+        public int? Target { get; } = target;
+        public long ReplicasChecked, ReplicasTotal, BytesChecked, BytesTotal;
+
+        /// <summary>Checking, rejoining or moving: a target failing a write now ends it.</summary>
+        public bool Active
+        {
+            get
+            {
+                lock (_sync)
+                    return _state is "checking" or "rejoining" or "moving";
+            }
+        }
+
+        /// <summary>Why it fails (the first target that failed a write while it was active), or null.</summary>
+        public (int Target, string Reason)? FailingBecause
+        {
+            get
+            {
+                lock (_sync)
+                    return _failing != null ? (_failingTarget, _failing) : null;
+            }
+        }
+
+        public void Failing(int target, string reason)
+        {
+            lock (_sync)
+            {
+                if (_failing != null || _state is not ("checking" or "rejoining" or "moving"))
+                    return;
+                _failing = reason;
+                _failingTarget = target;
+            }
+        }
+
+        public void Set(string state, string? reason = null)
+        {
+            lock (_sync)
+            {
+                _state = state;
+                _reason = reason;
+            }
+        }
+
+        public PoolReintegrationStatus Snapshot()
+        {
+            lock (_sync)
+                return new PoolReintegrationStatus(Target, _state, Interlocked.Read(ref ReplicasChecked), Interlocked.Read(ref ReplicasTotal),
+                    Interlocked.Read(ref BytesChecked), Interlocked.Read(ref BytesTotal), _reason);
+        }
+    }
 
     internal async Task<PoolReintegration> ReintegrateTargetAsync(int target)
     {
@@ -43,11 +120,13 @@ public sealed partial class Pool
                 ThrowIfJobRunning();
             // Refused (naming the upgrade) before anything changes.
             var op = BeginOperation("reintegration");
+            var run = new ReintegrationRun(target, "checking");
+            _reintegration = run;
             try
             {
                 var shard = Shards[target];
                 await CheckShardHeaderAsync(shard).ConfigureAwait(false);
-                var (replicas, bad) = await VerifyReplicasAsync(shard).ConfigureAwait(false);
+                var (replicas, bad) = await VerifyReplicasAsync(shard, run).ConfigureAwait(false);
                 long lostBefore = Degradation().LostChunks;
                 // The rebuild copies the same chunks elsewhere; the reintegration's job finishes what it was doing.
                 if (RunningJob == RebuildJob)
@@ -55,13 +134,27 @@ public sealed partial class Pool
                 long badBytes = 0;
                 foreach (var b in bad)
                     badBytes += await DropReplicaAsync(b).ConfigureAwait(false);
+                run.Set("rejoining");
                 shard.Target.ResetFlusher();
                 await Log.RejoinShardAsync(shard).ConfigureAwait(false);
                 var rest = ExcludedTargets.Where(t => t != target).Select(t => t.ToString(CultureInfo.InvariantCulture));
                 // The exclusion lifted and the job in one batch: a crash never leaves one without the other.
-                await Log.CommitAsync([MetaRecords.PoolSetProp(ExcludedProp, string.Join(",", rest)),
-                    MetaRecords.PoolSetProp(JobProp, ReintegrateJob), MetaRecords.PoolSetProp(JobCursorProp, "0")]).ConfigureAwait(false);
-                UnexcludeShard(target);
+                // Not written if the target left the log again (its device failed a write while rejoining);
+                // written before it left, the drop's checkpoint records the target excluded again.
+                bool lifted;
+                try
+                {
+                    await Log.CommitLiftAsync(target, [MetaRecords.PoolSetProp(ExcludedProp, string.Join(",", rest)),
+                        MetaRecords.PoolSetProp(JobProp, ReintegrateJob), MetaRecords.PoolSetProp(JobCursorProp, "0")]).ConfigureAwait(false);
+                    lifted = Log.TryLiftExclusion(target);
+                }
+                catch (RejoinFailedException)
+                {
+                    lifted = false;
+                }
+                if (!lifted)
+                    throw RejoinFailed(run, shard);
+                run.Set("moving");
                 var now = Degradation();
                 long recovered = Math.Max(0, lostBefore - now.LostChunks);
                 Ras.Emit(new RasEvent(RasIds.TargetReintegrated, RasSeverity.Notice, RasType.StateChange,
@@ -71,9 +164,10 @@ public sealed partial class Pool
                 StartJob(ReintegrateJob, op, 0);
                 return new PoolReintegration(Label, target, replicas, replicas - bad.Count, bad.Count, badBytes, recovered, Degradation(), true);
             }
-            catch
+            catch (Exception e)
             {
                 op.Dispose();
+                run.Set("failed", e.Message);
                 throw;
             }
         }
@@ -83,8 +177,22 @@ public sealed partial class Pool
         }
     }
 
-    /// <summary>Called once the batch lifting the exclusion is durable: reads and placement use the target again.</summary>
-    private void UnexcludeShard(int target)
+    /// <summary>
+    /// The target left the log again while it rejoined (PoolLog.TryDropShard): it stays excluded, and
+    /// the drop's checkpoint records it so before anything else is acknowledged.
+    /// </summary>
+    private InvalidRequestException RejoinFailed(ReintegrationRun run, Shard shard)
+    {
+        string why = run.FailingBecause is { } f && f.Target == shard.Index ? f.Reason : $"target {shard.Index}'s device failed a write";
+        string message = $"target {shard.Index} ('{shard.Device.Name}') could not rejoin pool '{Label}': {why}; it stays excluded; " +
+            $"'strata storage reintegrate-target {shard.Index}' tries again once the device is sound";
+        Ras.Emit(new RasEvent(RasIds.PoolReintegrateFailed, RasSeverity.Error, RasType.StateChange,
+            $"pool '{Label}' reintegration of target {shard.Index} failed: {why}; it stays excluded", Pool: Label, Target: shard.Index, Device: shard.Device.Name));
+        return new InvalidRequestException(message);
+    }
+
+    /// <summary>Called once the batch lifting the exclusion is durable (PoolLog.TryLiftExclusion): reads and placement use the target again.</summary>
+    internal void UnexcludeShard(int target)
     {
         lock (_shardSet)
             Volatile.Write(ref _excluded, [.. Volatile.Read(ref _excluded).Where(t => t != target)]);
@@ -148,7 +256,7 @@ public sealed partial class Pool
     /// Flushes the target, then reads and verifies every replica the maps place on it; returns how
     /// many there are and the ones that do not verify. Reads only: a device error refuses.
     /// </summary>
-    private async Task<(long Replicas, List<BadReplica> Bad)> VerifyReplicasAsync(Shard shard)
+    private async Task<(long Replicas, List<BadReplica> Bad)> VerifyReplicasAsync(Shard shard, ReintegrationRun run)
     {
         int target = shard.Index;
         var found = new List<(ImageMeta Meta, long Chunk, ChunkMap Map, Replica Replica)>();
@@ -158,6 +266,8 @@ public sealed partial class Pool
                     foreach (var r in map.Replicas)
                         if (r.Target == target)
                             found.Add((img, chunk, map, r));
+        Interlocked.Exchange(ref run.ReplicasTotal, found.Count);
+        Interlocked.Exchange(ref run.BytesTotal, found.Sum(f => (long)f.Map.ExtentLength(f.Meta.ChunkSize)));
         var bad = new List<BadReplica>();
         try
         {
@@ -175,6 +285,8 @@ public sealed partial class Pool
                     : ChunkChecksum.Verify(r, meta.ChunkSize, 0, buffer.AsSpan(0, length));
                 if (!verdict.Ok)
                     bad.Add(new BadReplica(meta.Id, chunk, r));
+                Interlocked.Increment(ref run.ReplicasChecked);
+                Interlocked.Add(ref run.BytesChecked, length);
             }
         }
         catch (DeviceException e)

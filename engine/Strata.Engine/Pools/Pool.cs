@@ -18,6 +18,9 @@ public sealed record PoolQueryResult(string Label, Guid Id, uint LayoutVersion, 
     /// <summary>Excluded targets and what they leave of the data (health ok, degraded or rebuilding).</summary>
     public PoolDegradation? Redundancy { get; init; }
 
+    /// <summary>The running or last reintegration since the pool opened (its check's progress, or why it failed), or null.</summary>
+    public PoolReintegrationStatus? Reintegration { get; init; }
+
     /// <summary>Every operation running now (extension, rebuild, reintegration, replication, migration, upgrade).</summary>
     public IReadOnlyList<string> Running { get; init; } = [];
 
@@ -253,6 +256,7 @@ public sealed partial class Pool : IAsyncDisposable
             {
                 Job = JobStatus,
                 Redundancy = Degradation(),
+                Reintegration = ReintegrationStatus,
                 Running = RunningOperations,
             };
         }

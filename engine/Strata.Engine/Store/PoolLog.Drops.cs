@@ -26,36 +26,103 @@ internal sealed partial class PoolLog
     /// Target <paramref name="target"/>'s device failed a log write, a flush, or a replica write of new
     /// data: drops its shard from the pool when that loses nothing, and returns whether it did (or the
     /// target was excluded already). False leaves the failure to the caller (the pool goes read-only, or
-    /// the write fails): the last log shard, a shard rejoining the log during its reintegration, a chunk
-    /// whose only copy is there, a pool at rf 1, a pool that is closing or has failed.
+    /// the write fails): the last log shard, a shard joining the log for an extension, a chunk whose
+    /// only copy is there, a pool at rf 1, a pool that is closing or has failed.
+    /// <para>
+    /// A target rejoining the log for its reintegration (back in the log, still excluded until the
+    /// reintegration lifts the exclusion, <see cref="TryLiftExclusion"/>) leaves the log again at any
+    /// rf: nothing is placed on it or read from it yet, so nothing depends on it. Its drop still
+    /// checkpoints before acknowledging, since the batch lifting its exclusion may already be applied:
+    /// that checkpoint records the target excluded again (RecordDropsInState).
+    /// </para>
     /// </summary>
     internal bool TryDropShard(int target, Exception cause)
     {
+        bool rejoining;
         lock (_drops)
         {
             var shards = _pool.LogShards;
             bool inLog = Array.Exists(shards, s => s.Index == target);
-            if (_pool.IsExcluded(target))
-                return !inLog;
-            // rf 1: the pool's owner chose no second copy; a failing target fails its writes (and a failed
-            // log write or flush the pool) rather than leave, even where it holds no chunk yet.
-            if (!inLog || !_pool.EngineOptions.DropTargetOnWriteError || _pool.Rf < 2 || _stopping || _joining.Contains(target) || _pool.ReadOnlyReason != null || !Array.Exists(shards, s => s.Index != target))
+            rejoining = inLog && _pool.IsExcluded(target);
+            if (_pool.IsExcluded(target) && !inLog)
+                return true;
+            if (!inLog || !_pool.EngineOptions.DropTargetOnWriteError || _stopping || _pool.ReadOnlyReason != null || !Array.Exists(shards, s => s.Index != target))
                 return false;
-            // Mappings not applied yet are checked again before the exclusion is recorded (RecordDropsInState).
-            if (_pool.ChunksOnlyWith(target) > 0)
-                return false;
+            if (!rejoining)
+            {
+                // rf 1: the pool's owner chose no second copy; a failing target fails its writes (and a failed
+                // log write or flush the pool) rather than leave, even where it holds no chunk yet.
+                // An extension's new shard: its headers may not be written yet.
+                if (_pool.Rf < 2 || _joining.Contains(target))
+                    return false;
+                // Mappings not applied yet are checked again before the exclusion is recorded (RecordDropsInState).
+                if (_pool.ChunksOnlyWith(target) > 0)
+                    return false;
+            }
             _held ??= [];
             _dropsPending++;
-            _pool.ExcludeShard(target);
-            var done = Enqueue(null, exclude: target, dropped: true);
+            // Before the exclusion changes placement: a job that sees the count unchanged planned nothing by it.
+            _lastDrop = $"target {target} failed a write ({cause.Message})";
+            Interlocked.Increment(ref _dropCount);
+            if (rejoining)
+                _pool.LeaveLog(target);
+            else
+                _pool.ExcludeShard(target);
+            var done = Enqueue(null, exclude: target, dropped: true, rejoin: rejoining);
             // Its failure is the pool's, reported by the checkpoint; nothing waits for it here.
             _ = done.ContinueWith(t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
         }
         var shard = _pool.Shards[target];
         _pool.Ras.Emit(new RasEvent(RasIds.TargetDropped, RasSeverity.Error, RasType.StateChange,
-            $"pool '{_pool.Label}' stopped using target {target} after its device failed a write ({cause.Message}); its replicas are served from the other targets",
+            rejoining
+                ? $"pool '{_pool.Label}' stopped using target {target}, which was rejoining it for its reintegration, after its device failed a write ({cause.Message}); it stays excluded"
+                : $"pool '{_pool.Label}' stopped using target {target} after its device failed a write ({cause.Message}); its replicas are served from the other targets",
             Pool: _pool.Label, Target: target, Device: shard.Device.Name));
+        _pool.OnShardDropping(target, cause);
         return true;
+    }
+
+    /// <summary>
+    /// A reintegration lifts target <paramref name="target"/>'s exclusion in memory once the batch
+    /// lifting it is durable, unless the target left the log meanwhile (its device failed a write):
+    /// false then, and the target stays excluded (a checkpoint records it so). Under the drops' lock,
+    /// so a failing write either sees the target excluded (and leaves it excluded) or sees it lifted.
+    /// </summary>
+    internal bool TryLiftExclusion(int target)
+    {
+        lock (_drops)
+        {
+            if (!Array.Exists(_pool.LogShards, s => s.Index == target))
+                return false;
+            _pool.UnexcludeShard(target);
+            return true;
+        }
+    }
+
+    private long _dropCount;
+    private volatile string _lastDrop = "";
+
+    /// <summary>Shards dropped since the pool opened; read by jobs, which must not end across one (Pool.RunJobAsync).</summary>
+    internal long DropCount => Interlocked.Read(ref _dropCount);
+
+    /// <summary>Whether a drop's exclusion is not durable yet (its checkpoint has not completed).</summary>
+    internal bool DropPending
+    {
+        get
+        {
+            lock (_drops)
+                return _dropsPending > 0;
+        }
+    }
+
+    /// <summary>What the last drop was: "target N failed a write (why)".</summary>
+    internal string LastDrop => _lastDrop;
+
+    /// <summary>Whether target <paramref name="target"/>'s shard is in the log now.</summary>
+    internal bool InLog(int target)
+    {
+        lock (_drops)
+            return Array.Exists(_pool.LogShards, s => s.Index == target);
     }
 
     /// <summary>
@@ -147,8 +214,9 @@ internal sealed partial class PoolLog
     {
         if (!waiting.Exists(p => p.Dropped))
             return;
+        // A rejoining target was excluded all along: nothing was placed on it meanwhile.
         foreach (var p in waiting)
-            if (p.Dropped && _pool.ChunksOnlyWith(p.Exclude) is > 0 and long only)
+            if (p.Dropped && !p.Rejoin && _pool.ChunksOnlyWith(p.Exclude) is > 0 and long only)
                 throw new StoreException(Errno.EIO,
                     $"target {p.Exclude} of pool '{_pool.Label}' failed a write and holds the only copy of {only} chunk(s) written meanwhile");
         var state = _pool.Meta;

@@ -24,12 +24,16 @@ internal sealed partial class PoolLog
 {
     /// <summary>Records committed together (null: a checkpoint request).</summary>
     private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null, bool applied = false, uint switchTo = 0,
-        TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1, bool dropped = false)
+        TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1, bool dropped = false, bool rejoin = false, int lift = -1)
     {
         /// <summary>A checkpoint request that first takes this target's shard out of the log (-1: none).</summary>
         public int Exclude { get; } = exclude;
         /// <summary>The shard left the log after its device failed a write (<see cref="TryDropShard"/>): the checkpoint also records the exclusion, then releases the held acknowledgements.</summary>
         public bool Dropped { get; } = dropped;
+        /// <summary>The dropped shard was rejoining the log for a reintegration (still excluded): nothing was placed on it.</summary>
+        public bool Rejoin { get; } = rejoin;
+        /// <summary>Records that lift this rejoining target's exclusion: refused when the target left the log before its round (-1: none).</summary>
+        public int Lift { get; } = lift;
         /// <summary>A checkpoint request that first adds this shard to the log (a pool extension).</summary>
         public Shard? Join { get; } = join;
         /// <summary>A checkpoint request that first switches the log to this format (0: none).</summary>
@@ -321,12 +325,22 @@ internal sealed partial class PoolLog
     /// </summary>
     public Task RejoinShardAsync(Shard shard) => Enqueue(null, join: shard);
 
-    private Task Enqueue(MetaRecord[]? records, Task? data = null, uint switchTo = 0, TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1, bool dropped = false)
+    /// <summary>
+    /// Commits <paramref name="records"/>, which lift rejoining target <paramref name="target"/>'s
+    /// exclusion, in one batch, unless the target has left the log (its device failed a write,
+    /// <see cref="TryDropShard"/>) before the round that would write them: then nothing is written
+    /// and this throws <see cref="RejoinFailedException"/>. Decided by the committer as it takes the
+    /// batch, so a drop after that comes after the round, and its checkpoint records the exclusion again.
+    /// </summary>
+    public Task CommitLiftAsync(int target, MetaRecord[] records) => Enqueue(records, lift: target);
+
+    private Task Enqueue(MetaRecord[]? records, Task? data = null, uint switchTo = 0, TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1,
+        bool dropped = false, bool rejoin = false, int lift = -1)
     {
         _pool.ThrowIfNotLoggable();
         if (records != null)
             Validate(records);
-        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data, switchTo: switchTo, switched: switched, join: join, exclude: exclude, dropped: dropped);
+        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), data, switchTo: switchTo, switched: switched, join: join, exclude: exclude, dropped: dropped, rejoin: rejoin, lift: lift);
         // Ordinals follow the queue's order (CommitWriteback queues under the same lock).
         lock (_pool.Meta.Sync)
             QueueLocked(p);
@@ -429,6 +443,11 @@ internal sealed partial class PoolLog
                 if (p.Records == null)
                 {
                     checkpoints.Add(p);
+                    continue;
+                }
+                if (p.Lift >= 0 && !InLog(p.Lift))
+                {
+                    p.Done.TrySetException(new RejoinFailedException(p.Lift));
                     continue;
                 }
                 flushes |= !p.Applied;

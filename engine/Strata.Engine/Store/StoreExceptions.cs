@@ -59,3 +59,13 @@ public sealed class BusyException(string message) : StoreException(Interop.Errno
 
 /// <summary>The pool is closed to I/O for a while (an exclusive upgrade action): retry when it completes.</summary>
 public sealed class PoolBusyException(string message) : StoreException(Interop.Errno.EAGAIN, message);
+
+/// <summary>
+/// EIO: a reintegration's batch lifting the exclusion of <see cref="Target"/> was not written because
+/// the target left the log first (its device failed a write while it rejoined); it stays excluded.
+/// </summary>
+internal sealed class RejoinFailedException(int target)
+    : StoreException(Interop.Errno.EIO, $"target {target} left the log before its exclusion was lifted")
+{
+    public int Target { get; } = target;
+}

@@ -84,6 +84,8 @@ public static class PoolCommands
                 o.WriteLine($"Job: {PoolExtendCommand.DescribeJob(j)}");
             if (q.Redundancy is { } r && (r.ExcludedTargets.Count > 0 || r.Health != "ok"))
                 o.WriteLine($"Redundancy: {DescribeRedundancy(r)}");
+            if (q.Reintegration is { } i)
+                o.WriteLine($"Reintegration: {DescribeReintegration(i)}");
             o.WriteLine($"Containers: {q.Containers}, images: {q.Images}");
             o.WriteLine($"Space: total {Sizes.Format(q.TotalBytes)}, used {Sizes.Format(q.UsedBytes)}, free {Sizes.Format(q.FreeBytes)}");
             var t = new Table("Target", "Device", "Total", "Used", "Free");
@@ -165,6 +167,12 @@ public static class PoolCommands
     public static string DescribeRedundancy(PoolRedundancyDto r) =>
         $"{r.Health}, {(r.ExcludedTargets.Count > 0 ? $"excluded target(s) {string.Join(", ", r.ExcludedTargets)}" : "no target excluded")}: {r.ChunksAtOneCopy} chunk(s) ({Sizes.Format(r.BytesAtOneCopy)}) at one copy" +
         (r.LostChunks > 0 ? $"; lost {r.LostChunks} chunk(s) ({Sizes.Format(r.LostBytes)}) in image(s) {string.Join(", ", r.LostImages)}" : "");
+
+    /// <summary>"target 1 checking: 1200 of 5000 replica(s) (4.7 MiB of 19.5 MiB) verified" or "target 1 failed: ...".</summary>
+    public static string DescribeReintegration(PoolReintegrationStatusDto i) =>
+        $"{(i.Target is int t ? $"target {t}" : "resumed job")} {i.State}" + (i.State == "checking" || i.ReplicasTotal > 0
+            ? $": {i.ReplicasChecked} of {i.ReplicasTotal} replica(s) ({Sizes.Format(i.BytesChecked)} of {Sizes.Format(i.BytesTotal)}) checked" : "") +
+        (i.Reason != null ? $" ({i.Reason})" : "");
 
     public static int PrintProps(List<PropertyDto> props, bool json)
     {
