@@ -234,10 +234,21 @@ public sealed class EngineService : IAsyncDisposable
     /// </summary>
     public async Task CloseStorageAsync()
     {
+        // Decided before the pools close: which targets an open pool still uses. A failed flush of any
+        // other (a dead device the pools excluded) is logged and the close goes on.
+        var inUse = Enumerable.Range(0, _devices.Count).Select(Engine.TargetInUse).ToArray();
         await Engine.DisposeAsync().AsTask().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
-        foreach (var d in _devices)
+        for (int i = 0; i < _devices.Count; i++)
         {
-            await d.FlushAsync().AsTask().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            var d = _devices[i];
+            try
+            {
+                await d.FlushAsync().AsTask().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            }
+            catch (IOException e) when (!inUse[i])
+            {
+                Log.UnusedTargetFlushFailed(_logger, i, e.Message);
+            }
             await d.DisposeAsync().AsTask().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         }
         _devices = [];

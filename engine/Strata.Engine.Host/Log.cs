@@ -102,7 +102,7 @@ internal static partial class Log
     [LoggerMessage(1500, LogLevel.Information, "pool {Pool}: upgrade {From} -> {To} recorded as job {Job}")]
     public static partial void UpgradeStarted(ILogger logger, string pool, uint from, uint to, ulong job);
 
-    // 1600-1609: the hot swap (docs/operations.md, "Hot swap").
+    // 1600-1609: the hot swap (docs/operations.md, "Hot swap") and closing the storage for it or a stop.
     [LoggerMessage(1600, LogLevel.Information, "hot swap: handing over to pid {Pid} ({Version}, layouts up to {MaxLayout}): {Listeners} listener(s), {Connections} NBD connection(s)")]
     public static partial void SwapHandingOver(ILogger logger, int pid, string version, uint maxLayout, int listeners, int connections);
 
@@ -123,6 +123,9 @@ internal static partial class Log
 
     [LoggerMessage(1606, LogLevel.Warning, "hot swap: the run of the storage code before the hand-off failed, the open will be slower: {Reason}")]
     public static partial void SwapWarmupFailed(ILogger logger, string reason);
+
+    [LoggerMessage(1607, LogLevel.Warning, "closing the storage: target {Index}'s flush failed ({Reason}); no open pool uses the target (every pool excludes it), so nothing is lost")]
+    public static partial void UnusedTargetFlushFailed(ILogger logger, int index, string reason);
 
     [LoggerMessage(1700, LogLevel.Information, "target {Index} added: {Uri}")]
     public static partial void TargetAdded(ILogger logger, int index, string uri);

@@ -67,6 +67,14 @@ public sealed class TargetFailureTests
     private static async Task<RasRecord> WaitEventAsync(StrataCli cli, string id, int? target = null) =>
         (await cli.EventsUntilAsync(e => e.Id == id && (target == null || e.Target == target), TimeSpan.FromMinutes(1))).Last();
 
+    /// <summary>Waits (bounded) until process <paramref name="pid"/> (an engine the test did not start: a swap's) has exited.</summary>
+    private static async Task WaitGoneAsync(int pid)
+    {
+        for (int i = 0; i < 600 && Directory.Exists($"/proc/{pid}"); i++)
+            await Task.Delay(100);
+        Assert.IsFalse(Directory.Exists($"/proc/{pid}"), $"engine {pid} did not exit after system stop");
+    }
+
     /// <summary>Waits (bounded) until pool p runs no job and its rebuild, if any, ended; returns `pool query`.</summary>
     private static async Task<PoolQueryDto> WaitRebuildAsync(StrataCli cli)
     {
@@ -117,6 +125,18 @@ public sealed class TargetFailureTests
                 var t2 = (await cli.JsonAsync<StorageInfo>("storage", "query")).Targets.Single(t => t.Index == 2);
                 Assert.IsGreaterThan(0L, t2.Errors!.WriteErrors, t2.ToString());
                 await RunFioAsync(uri, verifyOnly: true, "after the rebuild");
+
+                // A hot swap while target 2 still fails every write and flush: the closing engine's flush
+                // of that device fails, and the swap goes through all the same (the pools checkpointed
+                // on the targets they use); the new engine serves what fio wrote.
+                var swap = await cli.JsonAsync<SwapResultDto>("system", "swap", "--binary", Bin.Engine);
+                Assert.AreEqual(engine.Pid, swap.OldPid);
+                await RunFioAsync(uri, verifyOnly: true, "after a hot swap");
+                q = await cli.JsonAsync<PoolQueryDto>("pool", "query", "p");
+                CollectionAssert.AreEqual(new[] { 2 }, q.Redundancy!.ExcludedTargets.ToArray());
+                Assert.IsTrue(engine.Log.Contains("[1607]", StringComparison.Ordinal), "the failed flush of target 2 is logged:\n" + engine.Log);
+                await cli.OkAsync("system", "stop");
+                await WaitGoneAsync(swap.NewPid);
             }
 
             await using (var engine = await EngineProcess.StartAsync(data, "--config", Config(dir, "second.yaml", "", "", "fail_every=1&fail_ops=write,flush")))

@@ -219,6 +219,18 @@ public sealed partial class StorageEngine : IAsyncDisposable
             return _pools.Select(p => p.Info()).ToList();
     }
 
+    /// <summary>
+    /// Whether an open pool keeps a shard on target <paramref name="target"/> that it does not exclude:
+    /// what a flush of that device at close protects. A target every open pool excludes (dropped after
+    /// a failed write, or excluded by the operator) holds nothing they rely on, so a device there that
+    /// fails its flush at a hot swap or a stop loses nothing (EngineService.CloseStorageAsync).
+    /// </summary>
+    public bool TargetInUse(int target)
+    {
+        lock (_pools)
+            return _pools.Any(p => p.Open is { } o && target < p.Extents.Length && !o.IsExcluded(target));
+    }
+
     /// <summary>The pools open now (what the Meter's upgrade gauges report on).</summary>
     public IReadOnlyList<Pool> OpenPools()
     {
