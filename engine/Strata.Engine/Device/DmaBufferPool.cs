@@ -32,7 +32,8 @@ public sealed unsafe class DmaBufferPool : IDisposable
     private readonly IDmaAllocator _allocator;
     private readonly string _owner;
     private readonly int _alignment;
-    private readonly ConcurrentStack<DmaBuffer>[] _free;
+    // Queues, not stacks: a ConcurrentStack allocates a node per push, one per I/O that rents a buffer.
+    private readonly ConcurrentQueue<DmaBuffer>[] _free;
     private readonly ConcurrentDictionary<DmaBuffer, byte> _all = new();
     private readonly long _maxCachedBytes;
     private readonly object _arenaLock = new();
@@ -54,9 +55,9 @@ public sealed unsafe class DmaBufferPool : IDisposable
         _owner = owner;
         _alignment = Math.Max(alignment, 64);
         _maxCachedBytes = maxCachedBytes;
-        _free = new ConcurrentStack<DmaBuffer>[ClassCount];
+        _free = new ConcurrentQueue<DmaBuffer>[ClassCount];
         for (int i = 0; i < ClassCount; i++)
-            _free[i] = new ConcurrentStack<DmaBuffer>();
+            _free[i] = new ConcurrentQueue<DmaBuffer>();
         _arenaSize = arenaBytes;
         if (arenaBytes > 0)
         {
@@ -88,7 +89,7 @@ public sealed unsafe class DmaBufferPool : IDisposable
         int capacity = length <= MinBufferSize ? MinBufferSize : (int)BitOperations.RoundUpToPowerOf2((uint)length);
         int cls = capacity <= MaxPooledSize ? BitOperations.Log2((uint)capacity) - BitOperations.Log2(MinBufferSize) : -1;
         DmaBuffer? buffer = null;
-        if (cls >= 0 && _free[cls].TryPop(out buffer))
+        if (cls >= 0 && _free[cls].TryDequeue(out buffer))
             Interlocked.Add(ref _cachedBytes, -capacity);
         buffer ??= Allocate(capacity, cls);
         buffer.OnRent(length);
@@ -138,7 +139,7 @@ public sealed unsafe class DmaBufferPool : IDisposable
         if (buffer.SizeClass >= 0 && (fromArena || Interlocked.Read(ref _cachedBytes) + buffer.Capacity <= _maxCachedBytes))
         {
             Interlocked.Add(ref _cachedBytes, buffer.Capacity);
-            _free[buffer.SizeClass].Push(buffer);
+            _free[buffer.SizeClass].Enqueue(buffer);
         }
         else
         {
@@ -191,8 +192,8 @@ public sealed unsafe class DmaBufferPool : IDisposable
 
     private bool IsRented(DmaBuffer b)
     {
-        foreach (var stack in _free)
-            if (stack.Contains(b))
+        foreach (var queue in _free)
+            if (queue.Contains(b))
                 return false;
         return true;
     }
@@ -205,9 +206,9 @@ public sealed unsafe class DmaBufferPool : IDisposable
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
             return;
-        foreach (var stack in _free)
+        foreach (var queue in _free)
         {
-            while (stack.TryPop(out var b))
+            while (queue.TryDequeue(out var b))
                 FreeOne(b);
         }
         ReleaseAllocatorIfEmpty();

@@ -135,7 +135,8 @@ public sealed partial class Image
         }
     }
 
-    private async Task ReadOwnAsync(long offset, Memory<byte> destination)
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask ReadOwnAsync(long offset, Memory<byte> destination)
     {
         using var pass = await EnterAsync().ConfigureAwait(false);
         var meta = Meta;
@@ -157,6 +158,13 @@ public sealed partial class Image
             await ReadPieceAsync(meta, offset / cs, (int)(offset % cs), destination).ConfigureAwait(false);
             return;
         }
+        await ReadGroupsAsync(meta, offset, destination).ConfigureAwait(false);
+    }
+
+    /// <summary>A read across chunks, group by group (its own method: the one-chunk path allocates no closure).</summary>
+    private async Task ReadGroupsAsync(ImageMeta meta, long offset, Memory<byte> destination)
+    {
+        int cs = meta.ChunkSize;
         await ForEachGroupAsync(Groups(offset, destination.Length, cs, _pool.ChunkRuns.GroupSize(1)), async g =>
         {
             List<long>? unrepaired;
@@ -169,7 +177,8 @@ public sealed partial class Image
     }
 
     /// <summary>Reads part of one chunk; a shared chunk lock keeps its mapping and extents in place meanwhile.</summary>
-    private async Task ReadPieceAsync(ImageMeta meta, long index, int within, Memory<byte> dest)
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask ReadPieceAsync(ImageMeta meta, long index, int within, Memory<byte> dest)
     {
         bool needsRepair;
         using (await _locks.ReadAsync(index).ConfigureAwait(false))

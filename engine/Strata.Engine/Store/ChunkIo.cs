@@ -19,7 +19,9 @@ internal sealed class ChunkIo(Pool pool)
     /// chunk's exclusive lock, since a reader under the shared lock could read
     /// the replica mid-rewrite. Returns true when a bad replica was left unrepaired.
     /// </summary>
-    public async Task<bool> ReadVerifiedAsync(ImageMeta meta, long index, ChunkMap map, Memory<byte> buffer,
+    /// <remarks>Pooled (a ValueTask to await once): the read paths keep no state machine box per call.</remarks>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
+    public async ValueTask<bool> ReadVerifiedAsync(ImageMeta meta, long index, ChunkMap map, Memory<byte> buffer,
         bool repair, bool report = true)
     {
         long at = index * meta.ChunkSize;
@@ -91,7 +93,8 @@ internal sealed class ChunkIo(Pool pool)
     /// tried in order; bad ones are reported and left for the caller to repair under the chunk's
     /// exclusive lock (returns true). With no good copy this throws.
     /// </summary>
-    public async Task<bool> ReadAsync(ImageMeta meta, long index, ChunkMap map, int within, Memory<byte> dest)
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
+    public async ValueTask<bool> ReadAsync(ImageMeta meta, long index, ChunkMap map, int within, Memory<byte> dest)
     {
         int cs = meta.ChunkSize;
         var (from, length) = ChunkChecksum.VerifiedRange(map.Blocks, cs, within, dest.Length);
@@ -149,7 +152,8 @@ internal sealed class ChunkIo(Pool pool)
     /// <paramref name="part"/> and verifies them: the whole chunk against its CRC, or the replica's
     /// block table (cached, or read: together with the data when they are adjacent) and each block read.
     /// </summary>
-    private async Task<ChunkVerdict> ReadReplicaAsync(ImageMeta meta, long index, bool blocks, Replica r, int from, Memory<byte> part)
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<ChunkVerdict> ReadReplicaAsync(ImageMeta meta, long index, bool blocks, Replica r, int from, Memory<byte> part)
     {
         var shard = pool.Shards[r.Target];
         if (!blocks)

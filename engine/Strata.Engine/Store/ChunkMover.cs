@@ -124,10 +124,10 @@ internal sealed class ChunkHold : IDisposable
     /// exclusive hold, rewriting them from the good one (ChunkIo.ReadVerifiedAsync). Throws a data
     /// integrity error when none verifies.
     /// </summary>
-    public Task ReadVerifiedAsync(ChunkMap location, Memory<byte> buffer)
+    public async Task ReadVerifiedAsync(ChunkMap location, Memory<byte> buffer)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        return _pool.ChunkIo.ReadVerifiedAsync(_meta, Chunk, location, buffer, repair: Exclusive);
+        await _pool.ChunkIo.ReadVerifiedAsync(_meta, Chunk, location, buffer, repair: Exclusive).ConfigureAwait(false);
     }
 
     /// <summary>

@@ -15,6 +15,8 @@ internal static class DeviceIo
 
     private static int PieceSize(IBlockDevice d) => Math.Min(MaxPiece, d.Geometry.MaxTransfer);
 
+    // Pooled: a read that waits for its device keeps no state machine box per call (issue 17).
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     public static async ValueTask ReadAsync(IBlockDevice device, long offset, Memory<byte> destination, CancellationToken ct = default)
     {
         int piece = PieceSize(device);
@@ -34,6 +36,7 @@ internal static class DeviceIo
         }
     }
 
+    // Not pooled: most writes are gathered with AsTask() (Task.WhenAll), which would wrap a pooled box in a Task of its own.
     public static async ValueTask WriteAsync(IBlockDevice device, long offset, ReadOnlyMemory<byte> source, WriteFlags flags = WriteFlags.None, CancellationToken ct = default)
     {
         int piece = PieceSize(device);

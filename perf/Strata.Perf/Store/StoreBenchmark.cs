@@ -36,6 +36,7 @@ public static class StoreBenchmark
                              (default DeviceOptions.BusyPollMicros = 0: busy-poll while reads or writes are in flight)
           --engines LIST     strata,fio (default both)
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
+          --alloc-types      sample which managed types the Strata rows allocate (GC AllocationTick; printed per row)
           --json FILE        write every figure as JSON
         """;
 
@@ -186,7 +187,9 @@ public static class StoreBenchmark
                     var h0 = HostCpuSample.Now();
                     var c0 = pool.Log.Stats;
                     var load = new QueueDepthLoad(row, image.Size, ArrayBuffer.Rent, (offset, m) => new ValueTask(image.ReadAsync(offset, m)), (offset, m) => new ValueTask(image.WriteAsync(offset, m)));
+                    using var sampler = o.AllocTypes ? new AllocationSampler() : null;
                     var r = await load.RunAsync(TimeSpan.FromSeconds(1), o.Runtime, $"chunk={chunkSize} rf={o.Rf} targets={o.Targets} pollers={o.Pollers}");
+                    sampler?.Report(row.Name);
                     r = r with { OtherCpuPercent = Math.Max(0, HostCpuSample.BusyPercent(h0, HostCpuSample.Now()) - r.CpuPercent) };
                     Console.WriteLine($" {Throughput(row, r)}, p50 {TablePrinter.Latency(r.P50Ns)}, p99 {TablePrinter.Latency(r.P99Ns)}, cpu {r.CpuPercent:F0}%, others {r.OtherCpuPercent:F0}%, {r.AllocatedBytesPerOp:F0} B/op");
                     if (row.Write)
@@ -310,6 +313,8 @@ internal sealed class StoreBenchOptions
     public required bool RunFio { get; init; }
     public string? JsonPath { get; init; }
     public TimeSpan WaitIdle { get; init; }
+    /// <summary>--alloc-types: sample which types the Strata rows allocate (AllocationSampler; warm-up included).</summary>
+    public bool AllocTypes { get; init; }
 
     public string TargetPath(int i) => Path.Combine(Dir, $"store-target-{i}.dat");
 
@@ -359,6 +364,7 @@ internal sealed class StoreBenchOptions
             RunFio = engines.Contains("fio"),
             JsonPath = cl.String("json"),
             WaitIdle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero,
+            AllocTypes = cl.Flag("alloc-types"),
         };
     }
 

@@ -1,0 +1,47 @@
+using System.Collections.Concurrent;
+using System.Diagnostics.Tracing;
+
+namespace Strata.Perf.Common;
+
+/// <summary>
+/// Where a row's managed allocations go (issue 17: "no managed allocation per I/O"): listens to the
+/// runtime's GC AllocationTick events (one about every 100 KB allocated, naming the type that crossed
+/// the mark) while it is open, and prints the types by sampled bytes. Sampling, not counting: a type
+/// allocated often shows up in proportion to its bytes. Enabled by --alloc-types.
+/// </summary>
+internal sealed class AllocationSampler : EventListener
+{
+    private const EventKeywords GcKeyword = (EventKeywords)0x1;
+    private readonly ConcurrentDictionary<string, long> _bytes = new();
+    private volatile bool _on;
+
+    public AllocationSampler() => _on = true;
+
+    protected override void OnEventSourceCreated(EventSource source)
+    {
+        if (source.Name == "Microsoft-Windows-DotNETRuntime")
+            EnableEvents(source, EventLevel.Verbose, GcKeyword);
+    }
+
+    protected override void OnEventWritten(EventWrittenEventArgs e)
+    {
+        if (!_on || e.EventName is null || !e.EventName.StartsWith("GCAllocationTick", StringComparison.Ordinal) || e.PayloadNames is null)
+            return;
+        int type = e.PayloadNames.IndexOf("TypeName"), amount = e.PayloadNames.IndexOf("AllocationAmount64");
+        if (type < 0 || amount < 0)
+            return;
+        string name = e.Payload![type] as string ?? "?";
+        long bytes = Convert.ToInt64(e.Payload[amount], System.Globalization.CultureInfo.InvariantCulture);
+        _bytes.AddOrUpdate(name, bytes, (_, b) => b + bytes);
+    }
+
+    /// <summary>Stops sampling and prints the top <paramref name="top"/> types, with their share of the sampled bytes.</summary>
+    public void Report(string title, int top = 15)
+    {
+        _on = false;
+        long total = _bytes.Values.Sum();
+        Console.WriteLine($"    allocation samples ({title}): {total / 1024} KiB sampled");
+        foreach (var (name, b) in _bytes.OrderByDescending(kv => kv.Value).Take(top))
+            Console.WriteLine($"      {100.0 * b / Math.Max(1, total),5:F1}%  {name}");
+    }
+}
