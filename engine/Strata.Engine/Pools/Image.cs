@@ -195,7 +195,7 @@ public sealed partial class Image
     /// holding it (the devices read into and write from it directly; no managed copy of the data),
     /// written to the destination at the same offset as writeback. Where the chunk is one whole
     /// chunk of the destination too, the destination checks the bytes against the source's checksum
-    /// before it writes them (ChunkIo.WriteAsync, expectCrc). Returns the bytes written (0 for a chunk
+    /// before it writes them (ChunkIo.WriteAsync, expect). Returns the bytes written (0 for a chunk
     /// unmapped meanwhile).
     /// </summary>
     internal async Task<long> CopyChunkAsync(long index, Image destination)
@@ -219,12 +219,23 @@ public sealed partial class Image
             }
             using var buffer = _pool.Shards[t].Device.Buffers.Rent(cs);
             var chunk = buffer.Memory[..cs];
-            await _pool.ChunkIo.ReadVerifiedAsync(meta, index, map, chunk, repair: true).ConfigureAwait(false);
-            int length = (int)Math.Min(cs, SourceSize - index * cs);
-            // Verified just now: the whole chunk's CRC is the map's (a block-table chunk's is computed once).
-            uint crc = map.Blocks ? ChunkChecksum.Of(chunk.Span) : map.Replicas[0].Crc;
-            await destination.WriteOwnAsync(index * cs, chunk[..length], durable: false, length == cs ? crc : null).ConfigureAwait(false);
-            return length;
+            int n = cs / ChunkChecksum.BlockSize;
+            uint[]? blockCrcs = map.Blocks ? System.Buffers.ArrayPool<uint>.Shared.Rent(n) : null;
+            try
+            {
+                await _pool.ChunkIo.ReadVerifiedAsync(meta, index, map, chunk, repair: true, blockCrcs: blockCrcs).ConfigureAwait(false);
+                int length = (int)Math.Min(cs, SourceSize - index * cs);
+                // Verified just now: the chunk's CRC is the map's, or its blocks' CRCs are the table's
+                // (a destination with block tables compares them with the table it builds: no pass of its own).
+                var expect = blockCrcs != null ? new CopyChecksum(0, blockCrcs.AsMemory(0, n)) : new CopyChecksum(map.Replicas[0].Crc, default);
+                await destination.WriteOwnAsync(index * cs, chunk[..length], durable: false, length == cs ? expect : null).ConfigureAwait(false);
+                return length;
+            }
+            finally
+            {
+                if (blockCrcs != null)
+                    System.Buffers.ArrayPool<uint>.Shared.Return(blockCrcs);
+            }
         }
     }
 
@@ -287,8 +298,8 @@ public sealed partial class Image
     /// still holds the chunk locks (the migration is looked up under them: prepare installs it under
     /// all of them, so no write can slip between the copy of a chunk and its mirror).
     /// </summary>
-    /// <param name="expectCrc">The CRC32C of all of <paramref name="source"/> (a migration's copy of one chunk): checked when the write is one whole chunk of this image.</param>
-    private async Task WriteOwnAsync(long offset, ReadOnlyMemory<byte> source, bool durable, uint? expectCrc = null)
+    /// <param name="expect">The checksum of all of <paramref name="source"/> (a migration's copy of one chunk): checked when the write is one whole chunk of this image.</param>
+    private async Task WriteOwnAsync(long offset, ReadOnlyMemory<byte> source, bool durable, CopyChecksum? expect = null)
     {
         using var pass = await EnterAsync().ConfigureAwait(false);
         _pool.ThrowIfNotWritable();
@@ -307,7 +318,7 @@ public sealed partial class Image
             using (await _locks.ChunkAsync(offset / cs).ConfigureAwait(false))
             {
                 await _pool.ChunkIo.WriteAsync(Meta, offset / cs, (int)(offset % cs), source, durable,
-                    source.Length == cs ? expectCrc : null).ConfigureAwait(false);
+                    source.Length == cs ? expect : null).ConfigureAwait(false);
                 if (_pool.MigrationOf(Id) is { } m)
                     await m.MirrorWriteAsync(offset, source, durable).ConfigureAwait(false);
             }
