@@ -284,4 +284,40 @@ public sealed class BlockChecksumTests
         await image.ReadAsync(cs, back);
         CollectionAssert.AreEqual(data, back);
     }
+
+    /// <summary>
+    /// A whole chunk handed with room for its table in front (a migration's copy): the table is built
+    /// there and the extent written from that buffer; room whose tail is not the data is not used.
+    /// </summary>
+    [TestMethod]
+    public async Task WriteWithTableRoom_TableBuiltInFrontOnlyWhenTheDataIsItsTail()
+    {
+        const int cs = 64 * KiB, T = ChunkChecksum.TableSize;
+        var devs = TestDevices.Memory(1);
+        var (engine, pool, image, ras) = await CreateAsync(devs, 1, 3, cs, 4L * cs);
+        var meta = pool.Meta.Images[image.Id];
+        var buffer = new byte[T + cs];
+        TestDevices.Pattern(cs, 4).CopyTo(buffer, T);
+        var data = buffer.AsMemory(T, cs);
+        await pool.ChunkIo.WriteAsync(meta, 2, 0, data, durable: false, null, buffer);
+        var map = pool.ChunkIo.Lookup(meta, 2)!;
+        Assert.IsTrue(map.Blocks);
+        Assert.IsTrue(ChunkChecksum.VerifyExtent(map.Replicas[0], meta.Id, 2, cs, buffer).Ok, "the table was built in the room in front of the chunk");
+
+        var elsewhere = new byte[T + cs];
+        var other = TestDevices.Pattern(cs, 5);
+        await pool.ChunkIo.WriteAsync(meta, 3, 0, other, durable: true, null, elsewhere);
+        Assert.IsTrue(elsewhere.All(b => b == 0), "room whose tail is not the data is left alone");
+
+        await image.FlushAsync();
+        await engine.DisposeAsync();
+        var (reopenedEngine, _) = await TestDevices.OpenAsync(devs);
+        await using var _e = reopenedEngine;
+        var reopened = (await reopenedEngine.OpenPoolAsync("tank")).OpenImage("c", "v");
+        var back = new byte[2 * cs];
+        await reopened.ReadAsync(2 * cs, back);
+        CollectionAssert.AreEqual(buffer[T..], back[..cs]);
+        CollectionAssert.AreEqual(other, back[cs..]);
+        Assert.AreEqual(0, ras.Events.Count(e => e.Id is RasIds.DataChecksumMismatch or RasIds.DataUnrecoverable));
+    }
 }

@@ -295,7 +295,13 @@ internal sealed class ChunkIo(Pool pool)
     /// the bytes about to be written, before any replica is written or the map switched. Block CRCs
     /// are checked against the new block table's entries, computed anyway.
     /// </param>
-    public async Task WriteAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, bool durable = true, CopyChecksum? expect = null)
+    /// <param name="room">
+    /// Optional, for a whole chunk: a buffer of table size + chunk size whose last chunk-size bytes are
+    /// <paramref name="data"/> (a migration's copy reads the source into it so). The block table is
+    /// built in front and the extent written from it, without copying the chunk.
+    /// </param>
+    public async Task WriteAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, bool durable = true, CopyChecksum? expect = null,
+        Memory<byte> room = default)
     {
         pool.ThrowIfNotWritable();
         int cs = meta.ChunkSize;
@@ -315,6 +321,12 @@ internal sealed class ChunkIo(Pool pool)
                 // A whole chunk without a table: nothing to read, merge or copy.
                 extent = data;
             }
+            else if (data.Length == cs && room.Length == head + cs
+                && data.Span.Overlaps(room.Span[head..], out int at) && at == 0)
+            {
+                // A whole chunk with room for its table in front: the table goes there, nothing is copied.
+                extent = room;
+            }
             else
             {
                 // The new extent: the block table (when there is one) then the chunk, merged with the
@@ -332,7 +344,7 @@ internal sealed class ChunkIo(Pool pool)
                 extent = rented.AsMemory(0, head + cs);
             }
             uint crc = blocks
-                ? ChunkChecksum.BuildTable(meta.Id, index, extent.Span[head..], rented!.AsSpan(0, head))
+                ? ChunkChecksum.BuildTable(meta.Id, index, extent.Span[head..], rented != null ? rented.AsSpan(0, head) : room.Span[..head])
                 : ChunkChecksum.Of(extent.Span);
             if (expect is { } e && !(blocks ? e.MatchesTable(extent.Span[..head]) ?? e.Matches(extent.Span[head..])
                     : e.Blocks.IsEmpty ? crc == e.Crc : e.Matches(extent.Span)))
