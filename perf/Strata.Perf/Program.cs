@@ -18,6 +18,7 @@ public static class Program
         ("store", "image I/O through the store (checksums, COW, log) vs fio on the raw target files", StoreBenchmark.RunAsync),
         ("upgrade", "the I/O pause of a metadata-only pool upgrade vs pool size (smallest pool as reference)", UpgradeBenchmark.RunAsync),
         ("migrate", "placement_v2 migration rate (unthrottled) vs fio reading and writing the same target files", MigrateBenchmark.RunAsync),
+        ("image-migrate", "`image migrate execute` rate vs qemu-img convert of the same bytes; --latency: client p99 during execute", ImageMigrateBenchmark.RunAsync),
         ("wal-format", "WAL v1 vs v2 framing: log bytes and CPU per commit batch of 4 KiB writes (in memory)", WalFormatBenchmark.RunAsync),
         ("nbd", "fio's nbd engine against Strata's NBD server, qemu-nbd and nbdkit (file plugin) on one machine", NbdBenchmark.RunAsync),
         ("nbd-copy", "nbdcopy and qemu-img convert copying a half-full sparse image out of Strata, qemu-nbd and nbdkit", NbdCopyBenchmark.RunAsync),
@@ -43,7 +44,7 @@ public static class Program
             var cl = CommandLine.Parse(args.AsSpan(1).ToArray());
             if (cl.Has("help"))
             {
-                Console.WriteLine(command.Name switch { "store" => StoreBenchmark.Usage, "upgrade" => UpgradeBenchmark.Usage, "migrate" => MigrateBenchmark.Usage, "wal-format" => WalFormatBenchmark.Usage, "nbd" => NbdBenchmark.Usage, "nbd-copy" => NbdCopyBenchmark.Usage, _ => DeviceBenchmark.Usage });
+                Console.WriteLine(command.Name switch { "store" => StoreBenchmark.Usage, "upgrade" => UpgradeBenchmark.Usage, "migrate" => MigrateBenchmark.Usage, "image-migrate" => ImageMigrateBenchmark.Usage, "wal-format" => WalFormatBenchmark.Usage, "nbd" => NbdBenchmark.Usage, "nbd-copy" => NbdCopyBenchmark.Usage, _ => DeviceBenchmark.Usage });
                 return 0;
             }
             return await command.Run(cl);
@@ -65,6 +66,8 @@ public static class Program
         Console.WriteLine(DeviceBenchmark.Usage);
         Console.WriteLine(StoreBenchmark.Usage);
         Console.WriteLine(UpgradeBenchmark.Usage);
+        Console.WriteLine(MigrateBenchmark.Usage);
+        Console.WriteLine(ImageMigrateBenchmark.Usage);
         Console.WriteLine(WalFormatBenchmark.Usage);
         Console.WriteLine(NbdBenchmark.Usage);
     }

@@ -227,4 +227,97 @@ public sealed class BlockChecksumTests
         Assert.AreEqual((4096, 8192), ChunkChecksum.VerifiedRange(true, 32 * KiB, 4096 + 10, 5000));
         Assert.AreEqual((0, 32 * KiB), ChunkChecksum.VerifiedRange(false, 32 * KiB, 4096 + 10, 5000));
     }
+
+    [TestMethod]
+    public void CopyChecksum_BlockCrcs_MatchTheBuiltTableAndTheBytesAndNothingElse()
+    {
+        var data = TestDevices.Pattern(32 * KiB, 8);
+        var table = new byte[ChunkChecksum.TableSize];
+        ChunkChecksum.BuildTable(7, 3, data, table);
+        var crcs = Enumerable.Range(0, 8).Select(k => Crc32C.Compute(data.AsSpan(k * Block, Block))).ToArray();
+        var blocks = new CopyChecksum(0, crcs);
+        Assert.IsTrue(blocks.MatchesTable(table));
+        Assert.IsTrue(blocks.Matches(data));
+        Assert.IsNull(new CopyChecksum(0, crcs[..4]).MatchesTable(table), "another block count: not comparable");
+        Assert.IsNull(new CopyChecksum(Crc32C.Compute(data), default).MatchesTable(table), "a chunk CRC: not comparable with a table");
+        Assert.IsTrue(new CopyChecksum(Crc32C.Compute(data), default).Matches(data));
+
+        var other = (byte[])data.Clone();
+        other[5 * Block + 17] ^= 0x40;
+        var otherTable = new byte[ChunkChecksum.TableSize];
+        ChunkChecksum.BuildTable(7, 3, other, otherTable);
+        Assert.IsFalse(blocks.MatchesTable(otherTable));
+        Assert.IsFalse(blocks.Matches(other));
+        Assert.IsFalse(blocks.Matches(other.AsSpan(0, 16 * KiB)), "fewer bytes than the blocks expected");
+        Assert.IsFalse(new CopyChecksum(Crc32C.Compute(data), default).Matches(other));
+    }
+
+    /// <summary>
+    /// The check of an image migration's copy before it is written (ChunkIo.WriteAsync, expect): a
+    /// whole chunk whose bytes are not the ones the source verified is refused, nothing is written.
+    /// </summary>
+    [TestMethod]
+    [DataRow(3u, true, DisplayName = "table built: the source's block CRCs")]
+    [DataRow(3u, false, DisplayName = "table built: the source's chunk CRC")]
+    [DataRow(2u, true, DisplayName = "no table: the source's block CRCs")]
+    [DataRow(2u, false, DisplayName = "no table: the source's chunk CRC")]
+    public async Task WriteWithCopyChecksum_BytesNotTheSourcesRefusedNothingWritten(uint layout, bool blockForm)
+    {
+        const int cs = 64 * KiB;
+        var (_, pool, image, _) = await CreateAsync(TestDevices.Memory(1), 1, layout, cs, 4L * cs);
+        var data = TestDevices.Pattern(cs, 9);
+        CopyChecksum Expect(byte[] bytes) => blockForm
+            ? new CopyChecksum(0, Enumerable.Range(0, cs / Block).Select(k => Crc32C.Compute(bytes.AsSpan(k * Block, Block))).ToArray())
+            : new CopyChecksum(Crc32C.Compute(bytes), default);
+        var meta = pool.Meta.Images[image.Id];
+        var corrupt = (byte[])data.Clone();
+        corrupt[3 * Block + 1] ^= 1;
+        long used = Used(pool);
+
+        var e = await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => pool.ChunkIo.WriteAsync(meta, 1, 0, corrupt, durable: false, Expect(data)));
+        StringAssert.Contains(e.Message, "nothing was written");
+        Assert.IsNull(pool.ChunkIo.Lookup(meta, 1));
+        Assert.AreEqual(used, Used(pool));
+
+        await pool.ChunkIo.WriteAsync(meta, 1, 0, data, durable: false, Expect(data));
+        var back = new byte[cs];
+        await image.ReadAsync(cs, back);
+        CollectionAssert.AreEqual(data, back);
+    }
+
+    /// <summary>
+    /// A whole chunk handed with room for its table in front (a migration's copy): the table is built
+    /// there and the extent written from that buffer; room whose tail is not the data is not used.
+    /// </summary>
+    [TestMethod]
+    public async Task WriteWithTableRoom_TableBuiltInFrontOnlyWhenTheDataIsItsTail()
+    {
+        const int cs = 64 * KiB, T = ChunkChecksum.TableSize;
+        var devs = TestDevices.Memory(1);
+        var (engine, pool, image, ras) = await CreateAsync(devs, 1, 3, cs, 4L * cs);
+        var meta = pool.Meta.Images[image.Id];
+        var buffer = new byte[T + cs];
+        TestDevices.Pattern(cs, 4).CopyTo(buffer, T);
+        var data = buffer.AsMemory(T, cs);
+        await pool.ChunkIo.WriteAsync(meta, 2, 0, data, durable: false, null, buffer);
+        var map = pool.ChunkIo.Lookup(meta, 2)!;
+        Assert.IsTrue(map.Blocks);
+        Assert.IsTrue(ChunkChecksum.VerifyExtent(map.Replicas[0], meta.Id, 2, cs, buffer).Ok, "the table was built in the room in front of the chunk");
+
+        var elsewhere = new byte[T + cs];
+        var other = TestDevices.Pattern(cs, 5);
+        await pool.ChunkIo.WriteAsync(meta, 3, 0, other, durable: true, null, elsewhere);
+        Assert.IsTrue(elsewhere.All(b => b == 0), "room whose tail is not the data is left alone");
+
+        await image.FlushAsync();
+        await engine.DisposeAsync();
+        var (reopenedEngine, _) = await TestDevices.OpenAsync(devs);
+        await using var _e = reopenedEngine;
+        var reopened = (await reopenedEngine.OpenPoolAsync("tank")).OpenImage("c", "v");
+        var back = new byte[2 * cs];
+        await reopened.ReadAsync(2 * cs, back);
+        CollectionAssert.AreEqual(buffer[T..], back[..cs]);
+        CollectionAssert.AreEqual(other, back[cs..]);
+        Assert.AreEqual(0, ras.Events.Count(e => e.Id is RasIds.DataChecksumMismatch or RasIds.DataUnrecoverable));
+    }
 }

@@ -61,6 +61,9 @@ public sealed partial class Image
 
     public int ChunkSize => _pool.MigrationOf(Id) is { Committed: true } m ? m.Forward.ChunkSize : Meta.ChunkSize;
 
+    /// <summary>Whether a whole chunk of <paramref name="chunkSize"/> bytes written to this image gets a block table (its chunk size, in a pool that writes them).</summary>
+    internal bool WritesBlockTables(int chunkSize) => ChunkSizeOrZero() == chunkSize && _pool.WritesBlockTables(chunkSize);
+
     /// <summary>Chunk size, or 0 once the image is gone.</summary>
     internal int ChunkSizeOrZero()
     {
@@ -219,10 +222,11 @@ public sealed partial class Image
     /// <summary>
     /// A migration's copy of one chunk: under the chunk's exclusive lock (no client write between
     /// the read and the copy's write), a verified read of this image into a DMA buffer of the pool
-    /// holding it (the devices read into and write from it directly; no managed copy of the data),
-    /// written to the destination at the same offset as writeback. Where the chunk is one whole
+    /// holding it, with room in front for the destination's block table when it builds one (the
+    /// devices read into and write from it directly; no copy of the data), written to the
+    /// destination at the same offset as writeback. Where the chunk is one whole
     /// chunk of the destination too, the destination checks the bytes against the source's checksum
-    /// before it writes them (ChunkIo.WriteAsync, expectCrc). Returns the bytes written: 0 for a chunk
+    /// before it writes them (ChunkIo.WriteAsync, expect). Returns the bytes written: 0 for a chunk
     /// the source does not map, whose range the destination then trims where it maps anything
     /// (see <see cref="MapsAny"/>).
     /// </summary>
@@ -250,14 +254,29 @@ public sealed partial class Image
                     break;
                 }
             }
-            using var buffer = _pool.Shards[t].Device.Buffers.Rent(cs);
-            var chunk = buffer.Memory[..cs];
-            await _pool.ChunkIo.ReadVerifiedAsync(meta, index, map, chunk, repair: true).ConfigureAwait(false);
-            int length = (int)Math.Min(cs, SourceSize - index * cs);
-            // Verified just now: the whole chunk's CRC is the map's (a block-table chunk's is computed once).
-            uint crc = map.Blocks ? ChunkChecksum.Of(chunk.Span) : map.Replicas[0].Crc;
-            await destination.WriteOwnAsync(index * cs, chunk[..length], durable: false, length == cs ? crc : null).ConfigureAwait(false);
-            return length;
+            // Room for the destination's block table in front of the chunk, when it writes one: the
+            // extent (table, then chunk) is then written from this buffer as it is, without a copy.
+            int room = destination.WritesBlockTables(cs) ? ChunkChecksum.TableSize : 0;
+            using var buffer = _pool.Shards[t].Device.Buffers.Rent(room + cs);
+            var chunk = buffer.Memory.Slice(room, cs);
+            int n = cs / ChunkChecksum.BlockSize;
+            uint[]? blockCrcs = map.Blocks ? System.Buffers.ArrayPool<uint>.Shared.Rent(n) : null;
+            try
+            {
+                await _pool.ChunkIo.ReadVerifiedAsync(meta, index, map, chunk, repair: true, blockCrcs: blockCrcs).ConfigureAwait(false);
+                int length = (int)Math.Min(cs, SourceSize - index * cs);
+                // Verified just now: the chunk's CRC is the map's, or its blocks' CRCs are the table's
+                // (a destination with block tables compares them with the table it builds: no pass of its own).
+                var expect = blockCrcs != null ? new CopyChecksum(0, blockCrcs.AsMemory(0, n)) : new CopyChecksum(map.Replicas[0].Crc, default);
+                await destination.WriteOwnAsync(index * cs, chunk[..length], durable: false, length == cs ? expect : null,
+                    room > 0 && length == cs ? buffer.Memory[..(room + cs)] : default).ConfigureAwait(false);
+                return length;
+            }
+            finally
+            {
+                if (blockCrcs != null)
+                    System.Buffers.ArrayPool<uint>.Shared.Return(blockCrcs);
+            }
         }
     }
 
@@ -321,8 +340,9 @@ public sealed partial class Image
     /// still holds the chunk locks (the migration is looked up under them: prepare installs it under
     /// all of them, so no write can slip between the copy of a chunk and its mirror).
     /// </summary>
-    /// <param name="expectCrc">The CRC32C of all of <paramref name="source"/> (a migration's copy of one chunk): checked when the write is one whole chunk of this image.</param>
-    private async Task WriteOwnAsync(long offset, ReadOnlyMemory<byte> source, bool durable, uint? expectCrc = null)
+    /// <param name="expect">The checksum of all of <paramref name="source"/> (a migration's copy of one chunk): checked when the write is one whole chunk of this image.</param>
+    /// <param name="extent">A buffer whose last bytes are <paramref name="source"/>, one whole chunk, with room for its block table in front (ChunkIo.WriteAsync).</param>
+    private async Task WriteOwnAsync(long offset, ReadOnlyMemory<byte> source, bool durable, CopyChecksum? expect = null, Memory<byte> extent = default)
     {
         using var pass = await EnterAsync().ConfigureAwait(false);
         _pool.ThrowIfNotWritable();
@@ -341,7 +361,7 @@ public sealed partial class Image
             using (await _locks.ChunkAsync(offset / cs).ConfigureAwait(false))
             {
                 await _pool.ChunkIo.WriteAsync(Meta, offset / cs, (int)(offset % cs), source, durable,
-                    source.Length == cs ? expectCrc : null).ConfigureAwait(false);
+                    source.Length == cs ? expect : null, source.Length == cs ? extent : default).ConfigureAwait(false);
                 if (_pool.MigrationOf(Id) is { } m)
                     await m.MirrorWriteAsync(offset, source, durable).ConfigureAwait(false);
             }

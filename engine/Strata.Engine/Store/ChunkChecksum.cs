@@ -27,6 +27,41 @@ public readonly record struct ChunkVerdict(Replica Replica, bool Ok, uint Expect
 }
 
 /// <summary>
+/// What a copy of one whole chunk must match before it is written (an image migration's copy): the
+/// CRC32C of the chunk as its reader verified it, or, for a chunk read with a block table, the verified
+/// CRC32C of each 4 KiB block (<see cref="Blocks"/> not empty). The block form lets a destination
+/// that builds a block table check the copy with the CRCs it computes anyway, without a pass of its own.
+/// </summary>
+internal readonly record struct CopyChecksum(uint Crc, ReadOnlyMemory<uint> Blocks)
+{
+    /// <summary>Whether a new block table's entries (built over the copy's bytes) are the expected block CRCs; null when this holds a chunk CRC or another block count.</summary>
+    public bool? MatchesTable(ReadOnlySpan<byte> table)
+    {
+        if (Blocks.IsEmpty || ChunkChecksum.TableBlocks(table) != Blocks.Length)
+            return null;
+        var expected = Blocks.Span;
+        for (int k = 0; k < expected.Length; k++)
+            if (ChunkChecksum.TableEntry(table, k) != expected[k])
+                return false;
+        return true;
+    }
+
+    /// <summary>Whether the bytes of a whole chunk are the ones expected (one CRC pass over them).</summary>
+    public bool Matches(ReadOnlySpan<byte> chunk)
+    {
+        if (Blocks.IsEmpty)
+            return ChunkChecksum.Of(chunk) == Crc;
+        var expected = Blocks.Span;
+        if (chunk.Length != expected.Length * ChunkChecksum.BlockSize)
+            return false;
+        for (int k = 0; k < expected.Length; k++)
+            if (Crc32C.Compute(chunk.Slice(k * ChunkChecksum.BlockSize, ChunkChecksum.BlockSize)) != expected[k])
+                return false;
+        return true;
+    }
+}
+
+/// <summary>
 /// The one place that computes what a chunk map records about a chunk's data and checks bytes
 /// read back against it. Two forms, chosen per chunk by its map (<see cref="ChunkMap.Blocks"/>):
 /// <list type="bullet">
@@ -78,6 +113,12 @@ internal static class ChunkChecksum
             BinaryPrimitives.WriteUInt32LittleEndian(table[(EntriesAt + 4 * k)..], Crc32C.Compute(data.Slice(k * BlockSize, BlockSize)));
         return Crc32C.Compute(table);
     }
+
+    /// <summary>The block count a table records (its header).</summary>
+    public static int TableBlocks(ReadOnlySpan<byte> table) => BinaryPrimitives.ReadUInt16LittleEndian(table[6..]);
+
+    /// <summary>The CRC32C a table records for data block <paramref name="block"/>.</summary>
+    public static uint TableEntry(ReadOnlySpan<byte> table, int block) => BinaryPrimitives.ReadUInt32LittleEndian(table[(EntriesAt + 4 * block)..]);
 
     /// <summary>
     /// Writes the block table of a chunk whose blocks have the CRC32Cs <paramref name="crcs"/> into

@@ -19,10 +19,11 @@ internal sealed class ChunkIo(Pool pool)
     /// chunk's exclusive lock, since a reader under the shared lock could read
     /// the replica mid-rewrite. Returns true when a bad replica was left unrepaired.
     /// </summary>
+    /// <param name="blockCrcs">For a chunk with a block table: receives the good replica's verified block CRCs (chunk size / 4 KiB of them).</param>
     /// <remarks>Pooled (a ValueTask to await once): the read paths keep no state machine box per call.</remarks>
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<bool> ReadVerifiedAsync(ImageMeta meta, long index, ChunkMap map, Memory<byte> buffer,
-        bool repair, bool report = true)
+        bool repair, bool report = true, uint[]? blockCrcs = null)
     {
         long at = index * meta.ChunkSize;
         List<Replica>? bad = null;
@@ -34,7 +35,7 @@ internal sealed class ChunkIo(Pool pool)
             ChunkVerdict verdict;
             try
             {
-                verdict = await ReadReplicaAsync(meta, index, map.Blocks, r, 0, buffer).ConfigureAwait(false);
+                verdict = await ReadReplicaAsync(meta, index, map.Blocks, r, 0, buffer, blockCrcs).ConfigureAwait(false);
             }
             catch (DeviceException e)
             {
@@ -152,8 +153,9 @@ internal sealed class ChunkIo(Pool pool)
     /// <paramref name="part"/> and verifies them: the whole chunk against its CRC, or the replica's
     /// block table (cached, or read: together with the data when they are adjacent) and each block read.
     /// </summary>
+    /// <param name="crcsOut">When the replica has a block table and verifies: receives its block CRCs.</param>
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<ChunkVerdict> ReadReplicaAsync(ImageMeta meta, long index, bool blocks, Replica r, int from, Memory<byte> part)
+    private async ValueTask<ChunkVerdict> ReadReplicaAsync(ImageMeta meta, long index, bool blocks, Replica r, int from, Memory<byte> part, uint[]? crcsOut = null)
     {
         var shard = pool.Shards[r.Target];
         if (!blocks)
@@ -165,7 +167,7 @@ internal sealed class ChunkIo(Pool pool)
         if (pool.Tables.TryGet(r, out var crcs))
         {
             await shard.ReadDataAsync(r.Offset + T + from, part).ConfigureAwait(false);
-            return ChunkChecksum.VerifyBlocks(r, crcs, from / ChunkChecksum.BlockSize, part.Span);
+            return BlocksVerdict(crcs);
         }
         ChunkVerdict table;
         if (from == 0 && part.Length <= 64 * 1024)
@@ -209,7 +211,15 @@ internal sealed class ChunkIo(Pool pool)
         if (!table.Ok)
             return table;
         pool.Tables.Add(r, crcs!);
-        return ChunkChecksum.VerifyBlocks(r, crcs!, from / ChunkChecksum.BlockSize, part.Span);
+        return BlocksVerdict(crcs!);
+
+        ChunkVerdict BlocksVerdict(uint[] table)
+        {
+            var v = ChunkChecksum.VerifyBlocks(r, table, from / ChunkChecksum.BlockSize, part.Span);
+            if (v.Ok && crcsOut != null)
+                table.AsSpan(0, meta.ChunkSize / ChunkChecksum.BlockSize).CopyTo(crcsOut);
+            return v;
+        }
     }
 
     private void ReadFailed(ImageMeta meta, long at, Replica r, DeviceException e)
@@ -284,11 +294,18 @@ internal sealed class ChunkIo(Pool pool)
     /// and only then free the old extents.
     /// </summary>
     /// <param name="durable">False: writeback (PoolLog.CommitWriteback); the old extents are freed once the new mapping is durable.</param>
-    /// <param name="expectCrc">
-    /// A whole chunk's CRC32C as its reader verified it (an image migration's copy): checked against
-    /// the bytes about to be written, before any replica is written or the map switched.
+    /// <param name="expect">
+    /// A whole chunk's checksum as its reader verified it (an image migration's copy): checked against
+    /// the bytes about to be written, before any replica is written or the map switched. Block CRCs
+    /// are checked against the new block table's entries, computed anyway.
     /// </param>
-    public async Task WriteAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, bool durable = true, uint? expectCrc = null)
+    /// <param name="room">
+    /// Optional, for a whole chunk: a buffer of table size + chunk size whose last chunk-size bytes are
+    /// <paramref name="data"/> (a migration's copy reads the source into it so). The block table is
+    /// built in front and the extent written from it, without copying the chunk.
+    /// </param>
+    public async Task WriteAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, bool durable = true, CopyChecksum? expect = null,
+        Memory<byte> room = default)
     {
         pool.ThrowIfNotWritable();
         int cs = meta.ChunkSize;
@@ -308,6 +325,12 @@ internal sealed class ChunkIo(Pool pool)
                 // A whole chunk without a table: nothing to read, merge or copy.
                 extent = data;
             }
+            else if (data.Length == cs && room.Length == head + cs
+                && data.Span.Overlaps(room.Span[head..], out int at) && at == 0)
+            {
+                // A whole chunk with room for its table in front: the table goes there, nothing is copied.
+                extent = room;
+            }
             else
             {
                 // The new extent: the block table (when there is one) then the chunk, merged with the
@@ -325,11 +348,13 @@ internal sealed class ChunkIo(Pool pool)
                 extent = rented.AsMemory(0, head + cs);
             }
             uint crc = blocks
-                ? ChunkChecksum.BuildTable(meta.Id, index, extent.Span[head..], rented!.AsSpan(0, head))
+                ? ChunkChecksum.BuildTable(meta.Id, index, extent.Span[head..], rented != null ? rented.AsSpan(0, head) : room.Span[..head])
                 : ChunkChecksum.Of(extent.Span);
-            if (expectCrc is uint expected && (blocks ? ChunkChecksum.Of(extent.Span[head..]) : crc) != expected)
+            if (expect is { } e && !(blocks ? e.MatchesTable(extent.Span[..head]) ?? e.Matches(extent.Span[head..])
+                    : e.Blocks.IsEmpty ? crc == e.Crc : e.Matches(extent.Span)))
                 throw new DataIntegrityException(pool.Label, meta.Label, index * cs,
-                    $"data integrity error in pool '{pool.Label}', image '{meta.Label}' at offset {index * cs}: the copy does not match the source's checksum 0x{expected:x8} before it was written; nothing was written");
+                    $"data integrity error in pool '{pool.Label}', image '{meta.Label}' at offset {index * cs}: the copy does not match the source's "
+                    + (e.Blocks.IsEmpty ? $"checksum 0x{e.Crc:x8}" : "block checksums") + " before it was written; nothing was written");
             await WriteReplicasAsync(meta, index, within, extent, crc, blocks, durable, old).ConfigureAwait(false);
         }
         finally
