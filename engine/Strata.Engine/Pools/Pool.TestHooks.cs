@@ -10,4 +10,7 @@ public sealed partial class Pool
 
     /// <summary>Awaited when a writer that found no space starts to ask whether any may come back (PoolLog.FlushForSpaceAsync).</summary>
     internal Func<Task>? BeforeSpaceCheck { get; set; }
+
+    /// <summary>Awaited by a checkpoint that records a dropped target, once every round before it is applied (PoolLog.CheckpointAfterRoundsAsync).</summary>
+    internal Func<Task>? BeforeDropCheckpoint { get; set; }
 }

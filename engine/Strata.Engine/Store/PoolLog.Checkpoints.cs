@@ -10,6 +10,8 @@ internal sealed partial class PoolLog
     {
         if (_lastRoundDone != null)
             await _lastRoundDone.ConfigureAwait(false);
+        if (_pool.BeforeDropCheckpoint is { } hook && waiting.Exists(p => p.Dropped))
+            await hook().ConfigureAwait(false);
         int[] joined = [];
         try
         {

@@ -216,7 +216,13 @@ internal sealed partial class PoolLog
                 // Before any acknowledgement: a record enqueued after this round's acks
                 // must see a mark at or above this round (PoolOpener relies on it).
                 ApplyAll(round);
-                if (round.Flushes)
+                // While a dropped target's exclusion is not durable, no mark moves past a round: its
+                // records may name replicas the dropped device never made durable (its flush failed, or
+                // was no longer asked of it), and a crash before the drop's checkpoint must find them in
+                // the tail, where replay checks every replica, not behind a DurableThrough mark the next
+                // batch writes. Their old extents stay allocated meanwhile (deferred frees wait on the
+                // same mark). The drop's checkpoint marks everything durable (WriteCheckpointAsync).
+                if (round.Flushes && !DropPending)
                     MarkDurable(round.LastSeq, round.LastOrdinal);
                 Acknowledge(round.Batch);
             }
