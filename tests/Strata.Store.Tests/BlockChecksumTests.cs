@@ -274,7 +274,7 @@ public sealed class BlockChecksumTests
         corrupt[3 * Block + 1] ^= 1;
         long used = Used(pool);
 
-        var e = await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => pool.ChunkIo.WriteAsync(meta, 1, 0, corrupt, durable: false, Expect(data)));
+        var e = await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => pool.ChunkIo.WriteAsync(meta, 1, 0, corrupt, durable: false, Expect(data)).AsTask());
         StringAssert.Contains(e.Message, "nothing was written");
         Assert.IsNull(pool.ChunkIo.Lookup(meta, 1));
         Assert.AreEqual(used, Used(pool));

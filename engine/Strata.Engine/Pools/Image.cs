@@ -342,7 +342,8 @@ public sealed partial class Image
     /// </summary>
     /// <param name="expect">The checksum of all of <paramref name="source"/> (a migration's copy of one chunk): checked when the write is one whole chunk of this image.</param>
     /// <param name="extent">A buffer whose last bytes are <paramref name="source"/>, one whole chunk, with room for its block table in front (ChunkIo.WriteAsync).</param>
-    private async Task WriteOwnAsync(long offset, ReadOnlyMemory<byte> source, bool durable, CopyChecksum? expect = null, Memory<byte> extent = default)
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask WriteOwnAsync(long offset, ReadOnlyMemory<byte> source, bool durable, CopyChecksum? expect = null, Memory<byte> extent = default)
     {
         using var pass = await EnterAsync().ConfigureAwait(false);
         _pool.ThrowIfNotWritable();
@@ -367,6 +368,12 @@ public sealed partial class Image
             }
             return;
         }
+        await WriteGroupsAsync(offset, source, durable, cs).ConfigureAwait(false);
+    }
+
+    /// <summary>A write across chunks, group by group (its own method: the one-chunk path allocates no closure).</summary>
+    private async Task WriteGroupsAsync(long offset, ReadOnlyMemory<byte> source, bool durable, int cs)
+    {
         await ForEachGroupAsync(Groups(offset, source.Length, cs, _pool.ChunkRuns.GroupSize(_pool.WriteRf)), async g =>
         {
             using (await _locks.ChunksAsync(g[0].Index, g.Count, write: true).ConfigureAwait(false))
