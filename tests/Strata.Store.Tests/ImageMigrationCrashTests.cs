@@ -80,6 +80,13 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
                 power.Reset(crashAfter, 0, crashRng);
         }
         Model before = model, after = model;
+        // One client operation; once it returns, what it did is acknowledged.
+        async Task StepAsync()
+        {
+            after = model.Clone();
+            await OneOpAsync(handle, after, engine);
+            model = before = after;
+        }
         try
         {
             Stage = "prepare";
@@ -90,11 +97,7 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
                 Stage = "prepared";
                 Arm("prepared");
                 for (int i = 0; i < 8; i++)
-                {
-                    after = model.Clone();
-                    await OneOpAsync(handle, after, engine);
-                    model = before = after;
-                }
+                    await StepAsync();
             }
             Stage = "execute";
             Arm("execute");
@@ -102,9 +105,7 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
             var job = engine.WaitForMigrationJobAsync("a/c/v");
             for (int i = 0; (i < 30 && !job.IsCompleted) || i < 3; i++)
             {
-                after = model.Clone();
-                await OneOpAsync(handle, after, engine);
-                model = before = after;
+                await StepAsync();
                 if (abortIt && i == 4)
                     break;
             }
@@ -119,11 +120,7 @@ internal sealed class ImageMigrationCrashWorkload(int seed)
             Stage = "after";
             Arm("after");
             for (int i = 0; i < 5; i++)
-            {
-                after = model.Clone();
-                await OneOpAsync(handle, after, engine);
-                model = before = after;
-            }
+                await StepAsync();
         }
         catch (Exception) when (power.Crashed)
         {

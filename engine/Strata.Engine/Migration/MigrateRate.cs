@@ -83,8 +83,8 @@ internal sealed class MigrationThrottle(Pool pool, Pool? clientsToo = null)
     /// <summary>Whether <see cref="TakeAsync"/> would wait for <paramref name="bytes"/> now.</summary>
     public bool MustWait(long bytes)
     {
-        long rate = pool.MigrateRateAt(Stopwatch.GetTimestamp(), clientsToo);
-        return bytes > 0 && rate > 0 && _next > Stopwatch.GetTimestamp();
+        long now = Stopwatch.GetTimestamp();
+        return bytes > 0 && pool.MigrateRateAt(now, clientsToo) > 0 && _next > now;
     }
 
     /// <summary>Waits until <paramref name="bytes"/> more may be written at the current rate.</summary>
@@ -94,8 +94,8 @@ internal sealed class MigrationThrottle(Pool pool, Pool? clientsToo = null)
             return;
         while (true)
         {
-            long rate = pool.MigrateRateAt(Stopwatch.GetTimestamp(), clientsToo);
             long now = Stopwatch.GetTimestamp();
+            long rate = pool.MigrateRateAt(now, clientsToo);
             if (rate <= 0)
             {
                 _next = now;

@@ -149,8 +149,6 @@ public sealed partial class Pool
     /// <summary>Completes the next time `migrate_rate` is set: a throttled migration waiting for its turn looks again.</summary>
     internal Task MigrateRateChanged => Volatile.Read(ref _migrateRateChanged).Task;
 
-    /// <summary>The migration throttle in bytes per second now (pool property `migrate_rate`; 0: unthrottled).</summary>
-
     /// <summary>
     /// The throttle at stopwatch time <paramref name="now"/>: a set byte count, or for `auto` (the default, and
     /// any value this engine does not know) MigrateRate.AutoBytes while clients did I/O within MigrateRate.ClientWindow

@@ -66,9 +66,11 @@ public sealed partial class Pool
             get
             {
                 lock (_sync)
-                    return _state is "checking" or "rejoining" or "moving";
+                    return IsActive;
             }
         }
+
+        private bool IsActive => _state is "checking" or "rejoining" or "moving";
 
         /// <summary>Why it fails (the first target that failed a write while it was active), or null.</summary>
         public (int Target, string Reason)? FailingBecause
@@ -84,7 +86,7 @@ public sealed partial class Pool
         {
             lock (_sync)
             {
-                if (_failing != null || _state is not ("checking" or "rejoining" or "moving"))
+                if (_failing != null || !IsActive)
                     return;
                 _failing = reason;
                 _failingTarget = target;

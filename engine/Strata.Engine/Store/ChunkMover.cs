@@ -124,10 +124,11 @@ internal sealed class ChunkHold : IDisposable
     /// exclusive hold, rewriting them from the good one (ChunkIo.ReadVerifiedAsync). Throws a data
     /// integrity error when none verifies.
     /// </summary>
-    public async Task ReadVerifiedAsync(ChunkMap location, Memory<byte> buffer)
+    /// <returns>Whether a bad replica was left unrepaired (a shared hold does not repair).</returns>
+    public ValueTask<bool> ReadVerifiedAsync(ChunkMap location, Memory<byte> buffer)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        await _pool.ChunkIo.ReadVerifiedAsync(_meta, Chunk, location, buffer, repair: Exclusive).ConfigureAwait(false);
+        return _pool.ChunkIo.ReadVerifiedAsync(_meta, Chunk, location, buffer, repair: Exclusive);
     }
 
     /// <summary>

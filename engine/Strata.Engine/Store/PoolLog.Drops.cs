@@ -115,9 +115,6 @@ internal sealed partial class PoolLog
         }
     }
 
-    /// <summary>The last sequence a DurableThrough mark may name now (white-box tests).</summary>
-    internal ulong DurableThrough => Volatile.Read(ref _durableThrough);
-
     /// <summary>What the last drop was: "target N failed a write (why)".</summary>
     internal string LastDrop => _lastDrop;
 

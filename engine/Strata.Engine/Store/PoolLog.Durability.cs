@@ -134,6 +134,9 @@ internal sealed partial class PoolLog
         free();
     }
 
+    /// <summary>The last sequence a DurableThrough mark may name now (white-box tests).</summary>
+    internal ulong DurableThrough => Volatile.Read(ref _durableThrough);
+
     /// <summary>
     /// Everything up to sequence <paramref name="seq"/> and commit <paramref name="ordinal"/> is durable:
     /// advance the marks, run the frees it releases. The frees run under the lock: a writer out of space
