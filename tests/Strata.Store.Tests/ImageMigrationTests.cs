@@ -137,6 +137,72 @@ public sealed class ImageMigrationTests
         Assert.AreEqual(1, ras.WithId(ImageMigrationRasIds.Committed).Count());
     }
 
+    /// <summary>Writes chunks of a new image until the pool has no room left on any target (64 refusals in a row).</summary>
+    private static async Task FillAsync(Pool pool, string container)
+    {
+        var fill = await pool.CreateImageAsync(container, "fill", 64L << 20, ChunkSize);
+        var data = TestDevices.Pattern(ChunkSize, 3);
+        for (long at = 0, refusals = 0; refusals < 64; at += ChunkSize)
+        {
+            try
+            {
+                await fill.WriteAsync(at, data);
+                refusals = 0;
+            }
+            catch (NoSpaceException)
+            {
+                refusals++;
+            }
+        }
+    }
+
+    [TestMethod]
+    [DataRow(false, DisplayName = "the destination pool is full: the source took the write")]
+    [DataRow(true, DisplayName = "the source pool is full: the destination took the write")]
+    public async Task Migrate_MirroredWriteFailsOnOneSide_ImagesAgreeAgainBeforeCommit(bool sourceFull)
+    {
+        // A migrating source's write and its mirror run at once, so either side can take a write the
+        // other refused. Whichever did, the destination must end with exactly the source's bytes:
+        // reads come from the source until commit, and after it from the destination.
+        var (engine, _, _) = await EngineAsync();
+        await using var _e = engine;
+        var a = await engine.OpenPoolAsync("a");
+        var b = await engine.OpenPoolAsync("b");
+        await a.CreateImageAsync("c", "v", ImageSize, ChunkSize);
+        var model = new byte[ImageSize];
+        var io = new Io(a.OpenImage("c", "v"));
+        var client = new Client(io, model, 23);
+        for (int i = 0; i < 40; i++)
+            await client.WriteOnceAsync();
+        await io.WriteAsync(5L * ChunkSize, TestDevices.Pattern(ChunkSize, 8));
+        TestDevices.Pattern(ChunkSize, 8).CopyTo(model, 5L * ChunkSize);
+        await engine.PrepareMigrationAsync("a/c/v", "b/d/v");
+        await engine.ExecuteMigrationAsync("a/c/v");
+        await engine.WaitForMigrationJobAsync("a/c/v");
+        Assert.AreEqual("executed", engine.MigrationStatus("a/c/v").State);
+
+        await FillAsync(sourceFull ? a : b, sourceFull ? "c" : "d");
+        var refused = TestDevices.Pattern(4096, 9);
+        await Assert.ThrowsExactlyAsync<NoSpaceException>(() => io.WriteAsync(5L * ChunkSize + 4096, refused));
+        if (!sourceFull)
+        {
+            // The source took it and the destination had no room to take the chunk again either:
+            // commit waits until execute copied it.
+            refused.CopyTo(model, 5L * ChunkSize + 4096);
+            var e = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.CommitMigrationAsync("a/c/v"));
+            StringAssert.Contains(e.Message, "chunk 5");
+            StringAssert.Contains(e.Message, "strata image migrate execute");
+            await b.RemoveImageAsync("d", "fill");
+            await engine.ExecuteMigrationAsync("a/c/v");
+            await engine.WaitForMigrationJobAsync("a/c/v");
+            Assert.AreEqual("executed", engine.MigrationStatus("a/c/v").State);
+        }
+        CollectionAssert.AreEqual(model, await ReadAllAsync(io, ImageSize), "reads before commit come from the source");
+        await engine.CommitMigrationAsync("a/c/v");
+        CollectionAssert.AreEqual(model, await ReadAllAsync(io, ImageSize), "after commit the destination holds the source's bytes");
+        CollectionAssert.AreEqual(model, await ReadAllAsync(new Io(b.OpenImage("d", "v")), ImageSize));
+    }
+
     [TestMethod]
     public async Task Migrate_ClientWritesThenAbort_SourceHoldsEveryAcknowledgedWrite()
     {

@@ -198,6 +198,37 @@ public sealed class ImageMigration
         }
     }
 
+    private readonly SortedSet<long> _diverged = [];
+
+    /// <summary>
+    /// A mirrored write failed on one side and the chunk could not be copied again at once: it may
+    /// differ between source and destination until the copy job copies it again (commit waits).
+    /// Kept in memory: after a crash the write was never acknowledged, and either image's bytes are
+    /// what a crash may leave of it.
+    /// </summary>
+    internal void NoteDiverged(long chunk)
+    {
+        lock (_sync)
+            _diverged.Add(chunk);
+    }
+
+    /// <summary>The first chunk noted by <see cref="NoteDiverged"/>, or null.</summary>
+    internal long? FirstDiverged
+    {
+        get
+        {
+            lock (_sync)
+                return _diverged.Count == 0 ? null : _diverged.Min;
+        }
+    }
+
+    /// <summary>Clears one noted chunk once the copy job copied it again.</summary>
+    internal void Converged(long chunk)
+    {
+        lock (_sync)
+            _diverged.Remove(chunk);
+    }
+
     internal void Advanced(long cursor, long bytes)
     {
         Interlocked.Exchange(ref _cursor, cursor);

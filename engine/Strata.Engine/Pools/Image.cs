@@ -233,50 +233,54 @@ public sealed partial class Image
     internal async Task<long> CopyChunkAsync(long index, Image destination)
     {
         using var pass = await EnterAsync().ConfigureAwait(false);
+        using (await _locks.ChunkAsync(index).ConfigureAwait(false))
+            return await CopyChunkLockedAsync(index, destination).ConfigureAwait(false);
+    }
+
+    /// <summary><see cref="CopyChunkAsync"/> for a caller holding the chunk's exclusive lock (and a pass, or all locks).</summary>
+    internal async Task<long> CopyChunkLockedAsync(long index, Image destination)
+    {
         var meta = Meta;
         int cs = meta.ChunkSize;
-        using (await _locks.ChunkAsync(index).ConfigureAwait(false))
+        var map = _pool.ChunkIo.Lookup(Meta, index);
+        if (map == null)
         {
-            var map = _pool.ChunkIo.Lookup(Meta, index);
-            if (map == null)
+            long at = index * cs, span = Math.Min(cs, SourceSize - at);
+            if (destination.MapsAny(at, span))
+                await destination.TrimOwnAsync(at, span).ConfigureAwait(false);
+            return 0;
+        }
+        int t = map.Replicas[0].Target;
+        foreach (var r in map.Replicas)
+        {
+            if (!_pool.IsExcluded(r.Target))
             {
-                long at = index * cs, span = Math.Min(cs, SourceSize - at);
-                if (destination.MapsAny(at, span))
-                    await destination.TrimOwnAsync(at, span).ConfigureAwait(false);
-                return 0;
+                t = r.Target;
+                break;
             }
-            int t = map.Replicas[0].Target;
-            foreach (var r in map.Replicas)
-            {
-                if (!_pool.IsExcluded(r.Target))
-                {
-                    t = r.Target;
-                    break;
-                }
-            }
-            // Room for the destination's block table in front of the chunk, when it writes one: the
-            // extent (table, then chunk) is then written from this buffer as it is, without a copy.
-            int room = destination.WritesBlockTables(cs) ? ChunkChecksum.TableSize : 0;
-            using var buffer = _pool.Shards[t].Device.Buffers.Rent(room + cs);
-            var chunk = buffer.Memory.Slice(room, cs);
-            int n = cs / ChunkChecksum.BlockSize;
-            uint[]? blockCrcs = map.Blocks ? System.Buffers.ArrayPool<uint>.Shared.Rent(n) : null;
-            try
-            {
-                await _pool.ChunkIo.ReadVerifiedAsync(meta, index, map, chunk, repair: true, blockCrcs: blockCrcs).ConfigureAwait(false);
-                int length = (int)Math.Min(cs, SourceSize - index * cs);
-                // Verified just now: the chunk's CRC is the map's, or its blocks' CRCs are the table's
-                // (a destination with block tables compares them with the table it builds: no pass of its own).
-                var expect = blockCrcs != null ? new CopyChecksum(0, blockCrcs.AsMemory(0, n)) : new CopyChecksum(map.Replicas[0].Crc, default);
-                await destination.WriteOwnAsync(index * cs, chunk[..length], durable: false, length == cs ? expect : null,
-                    room > 0 && length == cs ? buffer.Memory[..(room + cs)] : default).ConfigureAwait(false);
-                return length;
-            }
-            finally
-            {
-                if (blockCrcs != null)
-                    System.Buffers.ArrayPool<uint>.Shared.Return(blockCrcs);
-            }
+        }
+        // Room for the destination's block table in front of the chunk, when it writes one: the
+        // extent (table, then chunk) is then written from this buffer as it is, without a copy.
+        int room = destination.WritesBlockTables(cs) ? ChunkChecksum.TableSize : 0;
+        using var buffer = _pool.Shards[t].Device.Buffers.Rent(room + cs);
+        var chunk = buffer.Memory.Slice(room, cs);
+        int n = cs / ChunkChecksum.BlockSize;
+        uint[]? blockCrcs = map.Blocks ? System.Buffers.ArrayPool<uint>.Shared.Rent(n) : null;
+        try
+        {
+            await _pool.ChunkIo.ReadVerifiedAsync(meta, index, map, chunk, repair: true, blockCrcs: blockCrcs).ConfigureAwait(false);
+            int length = (int)Math.Min(cs, SourceSize - index * cs);
+            // Verified just now: the chunk's CRC is the map's, or its blocks' CRCs are the table's
+            // (a destination with block tables compares them with the table it builds: no pass of its own).
+            var expect = blockCrcs != null ? new CopyChecksum(0, blockCrcs.AsMemory(0, n)) : new CopyChecksum(map.Replicas[0].Crc, default);
+            await destination.WriteOwnAsync(index * cs, chunk[..length], durable: false, length == cs ? expect : null,
+                room > 0 && length == cs ? buffer.Memory[..(room + cs)] : default).ConfigureAwait(false);
+            return length;
+        }
+        finally
+        {
+            if (blockCrcs != null)
+                System.Buffers.ArrayPool<uint>.Shared.Return(blockCrcs);
         }
     }
 
@@ -361,10 +365,12 @@ public sealed partial class Image
         {
             using (await _locks.ChunkAsync(offset / cs).ConfigureAwait(false))
             {
-                await _pool.ChunkIo.WriteAsync(Meta, offset / cs, (int)(offset % cs), source, durable,
-                    source.Length == cs ? expect : null, source.Length == cs ? extent : default).ConfigureAwait(false);
-                if (_pool.MigrationOf(Id) is { } m)
-                    await m.MirrorWriteAsync(offset, source, durable).ConfigureAwait(false);
+                var own = _pool.ChunkIo.WriteAsync(Meta, offset / cs, (int)(offset % cs), source, durable,
+                    source.Length == cs ? expect : null, source.Length == cs ? extent : default);
+                if (_pool.MigrationOf(Id) is { Committed: false } m)
+                    await WriteMirroredAsync(own, m, offset, source, durable, offset / cs, offset / cs).ConfigureAwait(false);
+                else
+                    await own.ConfigureAwait(false);
             }
             return;
         }
@@ -378,14 +384,72 @@ public sealed partial class Image
         {
             using (await _locks.ChunksAsync(g[0].Index, g.Count, write: true).ConfigureAwait(false))
             {
-                await _pool.ChunkRuns.WriteGroupAsync(Meta, g, source, durable).ConfigureAwait(false);
-                if (_pool.MigrationOf(Id) is { } m)
+                var own = _pool.ChunkRuns.WriteGroupAsync(Meta, g, source, durable);
+                if (_pool.MigrationOf(Id) is { Committed: false } m)
                 {
                     int at = g[0].At, length = g[^1].At + g[^1].Length - at;
-                    await m.MirrorWriteAsync(offset + at, source.Slice(at, length), durable).ConfigureAwait(false);
+                    await WriteMirroredAsync(new ValueTask(own), m, offset + at, source.Slice(at, length), durable, g[0].Index, g[^1].Index).ConfigureAwait(false);
+                }
+                else
+                {
+                    await own.ConfigureAwait(false);
                 }
             }
         }).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// A migrating source's write, under the source chunk locks the caller holds: the source's own
+    /// write (<paramref name="own"/>, already started) and the same bytes at the same offset on the
+    /// destination run at once, so a durable write waits for the slower of the two commits, not for
+    /// their sum. Where either side fails, the other may have taken the bytes: chunks
+    /// <paramref name="first"/>..<paramref name="last"/> are copied again from the source, still under
+    /// the locks, so the two images agree before the error reaches the client. A chunk that cannot be
+    /// copied now is noted on the migration (<see cref="ImageMigration.NoteDiverged"/>): the copy job
+    /// copies it again before it reports executed, and commit waits for that.
+    /// </summary>
+    private async Task WriteMirroredAsync(ValueTask own, ImageMigration m, long offset, ReadOnlyMemory<byte> source, bool durable, long first, long last)
+    {
+        Task mirror;
+        try
+        {
+            mirror = m.MirrorWriteAsync(offset, source, durable);
+        }
+        catch (Exception e)
+        {
+            mirror = Task.FromException(e);
+        }
+        Exception? failed = null;
+        try
+        {
+            await own.ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            failed = e;
+        }
+        try
+        {
+            await mirror.ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            failed ??= e;
+        }
+        if (failed == null)
+            return;
+        for (long i = first; i <= last; i++)
+        {
+            try
+            {
+                await CopyChunkLockedAsync(i, m.Destination).ConfigureAwait(false);
+            }
+            catch (IOException)
+            {
+                m.NoteDiverged(i);
+            }
+        }
+        System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failed);
     }
 
     /// <summary>

@@ -221,7 +221,8 @@ public sealed partial class StorageEngine
                 return await ExecuteImportAsync(imp).ConfigureAwait(false);
             var m = FindMigration(image) ?? throw new NotFoundException($"image {UserText.Quote(image)} is not migrating; prepare it first");
             var s = m.State;
-            if (s is not (ImageMigrationState.Prepared or ImageMigrationState.Executing or ImageMigrationState.Error))
+            if (s is not (ImageMigrationState.Prepared or ImageMigrationState.Executing or ImageMigrationState.Error)
+                && !(s == ImageMigrationState.Executed && m.FirstDiverged != null))
                 throw new InvalidRequestException($"migration {m.SourceName} -> {m.DestinationName} is {ImageMigration.Name(s)}; execute needs prepared (or error, to retry)");
             if (s != ImageMigrationState.Executing)
             {
@@ -251,6 +252,13 @@ public sealed partial class StorageEngine
         try
         {
             long chunks = await CopyChunksAsync(m, ct).ConfigureAwait(false);
+            // Chunks a failed mirrored write may have left different, behind the cursor: copied again.
+            while (m.FirstDiverged is long d)
+            {
+                ct.ThrowIfCancellationRequested();
+                await m.Source.CopyChunkAsync(d, m.Destination).ConfigureAwait(false);
+                m.Converged(d);
+            }
             await dp.Log.FlushAsync().ConfigureAwait(false);
             await dp.Log.CommitAsync([
                 MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.Cursor, chunks.ToString(System.Globalization.CultureInfo.InvariantCulture)),
@@ -378,6 +386,8 @@ public sealed partial class StorageEngine
             var st = m.Status();
             if (m.State is not (ImageMigrationState.Executed or ImageMigrationState.Committing))
                 throw new InvalidRequestException($"cannot commit migration {m.SourceName} -> {m.DestinationName}: it is {st.Summary}, {st.ChunksDone} of {st.Chunks} chunks copied; commit needs executed ('strata image migrate status {image} --wait')");
+            if (m.State == ImageMigrationState.Executed && m.FirstDiverged is long d)
+                throw new InvalidRequestException($"cannot commit migration {m.SourceName} -> {m.DestinationName}: a write that failed may have left chunk {d} different on the two images; 'strata image migrate execute {image}' copies it again");
             var dp = m.Destination.Pool;
             await dp.SetImagePropInternalAsync(m.Destination.Id, ImageMigration.Props.State, "committing").ConfigureAwait(false);
             m.SetState(ImageMigrationState.Committing);
@@ -402,6 +412,12 @@ public sealed partial class StorageEngine
             // Under all of the source's locks: no source I/O is in flight; later ones forward.
             await sp.QuiescedAsync(m.Source.Id, async () =>
             {
+                // A mirrored write that failed since commit began may have left a chunk different.
+                while (m.FirstDiverged is long d)
+                {
+                    await m.Source.CopyChunkLockedAsync(d, m.Destination).ConfigureAwait(false);
+                    m.Converged(d);
+                }
                 m.SetState(ImageMigrationState.Committed);
                 sp.AddMigrationSource(m);
                 await sp.RemoveImageInQuiesceAsync(m.Source.Id).ConfigureAwait(false);
