@@ -287,7 +287,12 @@ public sealed partial class StorageEngine
         }
     }
 
-    /// <summary>The copy itself, from the cursor to the end; returns the source's chunk count.</summary>
+    /// <summary>
+    /// The copy itself, from the cursor to the end; returns the source's chunk count. At most
+    /// maxWindow copies run at once, and a new one starts as soon as any of them finishes (one slow
+    /// chunk does not hold the others' places); the cursor advances in chunk order, over a queue of
+    /// at most four windows of started chunks.
+    /// </summary>
     private static async Task<long> CopyChunksAsync(ImageMigration m, CancellationToken ct)
     {
         var src = m.Source;
@@ -296,6 +301,8 @@ public sealed partial class StorageEngine
         int cs = src.ChunkSizeOrZero();
         long chunks = SizeLimits.ChunkCount(src.SourceSize, cs);
         int maxWindow = Math.Max(1, new MigrationOptions().InFlightPerTarget * dp.TargetCount);
+        int maxQueue = 4 * maxWindow;
+        using var running = new SemaphoreSlim(maxWindow, maxWindow);
         var window = new Queue<(Task<long> Copy, long Index)>();
         using var abort = CancellationTokenSource.CreateLinkedTokenSource(ct);
         int since = 0;
@@ -310,9 +317,7 @@ public sealed partial class StorageEngine
                     {
                         // A hole the destination maps bytes of (mirrored writes, or a trim a crash cut off
                         // after the source's half): the copy trims them there, under the source chunk's lock.
-                        while (window.Count >= maxWindow)
-                            await DrainOneAsync().ConfigureAwait(false);
-                        window.Enqueue((CopyOneAsync(src, i, m.Destination, abort.Token), i));
+                        await StartAsync(i).ConfigureAwait(false);
                         continue;
                     }
                     // A hole: done as soon as the chunks before it are.
@@ -321,7 +326,7 @@ public sealed partial class StorageEngine
                         m.Advanced(i + 1, 0);
                         continue;
                     }
-                    while (window.Count >= maxWindow)
+                    while (window.Count >= maxQueue)
                         await DrainOneAsync().ConfigureAwait(false);
                     window.Enqueue((HoleCopied, i));
                     continue;
@@ -331,9 +336,7 @@ public sealed partial class StorageEngine
                     while (window.Count > 0)
                         await DrainOneAsync().ConfigureAwait(false);
                 await throttle.TakeAsync(cs, ct).ConfigureAwait(false);
-                while (window.Count >= maxWindow)
-                    await DrainOneAsync().ConfigureAwait(false);
-                window.Enqueue((CopyOneAsync(src, i, m.Destination, abort.Token), i));
+                await StartAsync(i).ConfigureAwait(false);
             }
             while (window.Count > 0)
                 await DrainOneAsync().ConfigureAwait(false);
@@ -346,6 +349,28 @@ public sealed partial class StorageEngine
             while (window.Count > 0)
                 await ((Task)window.Dequeue().Copy).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             throw;
+        }
+
+        async Task StartAsync(long index)
+        {
+            while (window.Count >= maxQueue)
+                await DrainOneAsync().ConfigureAwait(false);
+            await running.WaitAsync(ct).ConfigureAwait(false);
+            window.Enqueue((CopyReleasingAsync(index), index));
+            while (window.Count > 0 && window.Peek().Copy.IsCompleted)
+                await DrainOneAsync().ConfigureAwait(false);
+        }
+
+        async Task<long> CopyReleasingAsync(long index)
+        {
+            try
+            {
+                return await CopyOneAsync(src, index, m.Destination, abort.Token).ConfigureAwait(false);
+            }
+            finally
+            {
+                running.Release();
+            }
         }
 
         async Task DrainOneAsync()
