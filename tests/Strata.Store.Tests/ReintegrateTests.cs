@@ -230,6 +230,47 @@ public sealed class ReintegrateTests
 
     [TestMethod]
     [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task Reintegrate_TwoPoolsOneRefuses_OtherRejoinsMessageNamesBothRetryFinishes()
+    {
+        var devs = TestDevices.Memory(3);
+        var (engine, tank, _) = await PoolAsync(devs, 2);
+        var other = await engine.CreatePoolAsync("other", devs.Length * (4L << 20), 2, TestDevices.SmallPool with { LayoutVersion = 4 });
+        await other.CreateContainerAsync("c");
+        var models = new List<(Image Image, byte[] Model)>();
+        foreach (var (p, seed) in new[] { (tank, 11), (other, 12) })
+        {
+            var image = await p.CreateImageAsync("c", "v", 64 * Cs, Cs);
+            var model = TestDevices.Pattern(64 * Cs, seed);
+            await image.WriteAsync(0, model);
+            models.Add((image, model));
+        }
+        await engine.ExcludeTargetAsync(0);
+        await tank.WaitForJobAsync(TestContext.CancellationToken);
+        await other.WaitForJobAsync(TestContext.CancellationToken);
+        // 'other' refuses writes (system prepare): it cannot take the target back now, 'tank' can.
+        await other.PrepareAsync();
+
+        var e = await Assert.ThrowsExactlyAsync<BusyException>(() => engine.ReintegrateTargetAsync(0));
+        StringAssert.Contains(e.Message, "target 0: it rejoined pool 'tank'");
+        StringAssert.Contains(e.Message, "pool 'other' refused: pool 'other' is read-only");
+        StringAssert.Contains(e.Message, "run 'strata storage reintegrate-target 0' again");
+        Assert.IsEmpty(tank.ExcludedTargets);
+        CollectionAssert.AreEqual(new[] { 0 }, other.ExcludedTargets.ToArray());
+
+        other.CancelPrepare();
+        var again = await engine.ReintegrateTargetAsync(0);
+        Assert.HasCount(1, again);
+        Assert.AreEqual("other", again[0].Pool);
+        Assert.IsEmpty(other.ExcludedTargets);
+        await tank.WaitForJobAsync(TestContext.CancellationToken);
+        await other.WaitForJobAsync(TestContext.CancellationToken);
+        foreach (var (image, model) in models)
+            CollectionAssert.AreEqual(model, await ReadAllAsync(image, model.Length));
+        await engine.DisposeAsync();
+    }
+
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
     public async Task Reintegrate_DuringAnUpgrade_RefusedNamingIt()
     {
         var devs = TestDevices.Memory(3);

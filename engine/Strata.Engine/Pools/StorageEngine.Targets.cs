@@ -215,10 +215,30 @@ public sealed partial class StorageEngine
         // Errors from before count no more: a device failing again is excluded again after as many.
         _deviceErrors.TryRemove(index, out _);
         _autoExcluding.TryRemove(index, out _);
+        // Each pool brings the target back in its own log (the lift and the job are one batch there),
+        // so pools are independent: one that refuses does not stop the others, and the reply names
+        // both. Running the command again picks up only the pools that still exclude the target.
         var done = new List<PoolReintegration>();
+        var refused = new List<(Pool Pool, StoreException Error)>();
         foreach (var p in pools)
-            done.Add(await p.ReintegrateTargetAsync(index).ConfigureAwait(false));
-        return done;
+        {
+            try
+            {
+                done.Add(await p.ReintegrateTargetAsync(index).ConfigureAwait(false));
+            }
+            catch (StoreException e) when (e is PoolBusyException or BusyException or PoolReadOnlyException or InvalidRequestException)
+            {
+                refused.Add((p, e));
+            }
+        }
+        if (refused.Count == 0)
+            return done;
+        if (done.Count == 0 && refused.Count == 1)
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(refused[0].Error);
+        string back = done.Count == 0 ? "no pool took it back"
+            : $"it rejoined pool{(done.Count > 1 ? "s" : "")} {string.Join(", ", done.Select(d => $"'{d.Pool}'"))}";
+        string why = string.Join("; ", refused.Select(r => $"pool '{r.Pool.Label}' refused: {r.Error.Message}"));
+        throw new BusyException($"target {index}: {back}; {why}; run 'strata storage reintegrate-target {index}' again once that is resolved (pools it rejoined are skipped)");
     }
 
     private readonly System.Collections.Concurrent.ConcurrentDictionary<int, int> _deviceErrors = new();
