@@ -82,8 +82,8 @@ public sealed class ImageMigrationTests
         public Image Image => image;
         public long Size => image.Size;
         public int ChunkSize => image.ChunkSize;
-        public Task ReadAsync(long offset, Memory<byte> destination) => image.ReadAsync(offset, destination);
-        public Task WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true) => image.WriteAsync(offset, source, durable);
+        public ValueTask ReadAsync(long offset, Memory<byte> destination) => image.ReadAsync(offset, destination);
+        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true) => image.WriteAsync(offset, source, durable);
         public Task TrimAsync(long offset, long length) => image.TrimAsync(offset, length);
         public Task FlushAsync() => image.FlushAsync();
         public int Allocation(long offset, long length, Span<AllocationRun> runs) => image.Allocation(offset, length, runs);

@@ -118,7 +118,9 @@ public sealed partial class Image
             async (g, _) => await body(g).ConfigureAwait(false)).ConfigureAwait(false);
     }
 
-    public async Task ReadAsync(long offset, Memory<byte> destination)
+    /// <remarks>A ValueTask to await once (pooled: no state machine box per read, issue 17).</remarks>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    public async ValueTask ReadAsync(long offset, Memory<byte> destination)
     {
         _pool.NoteClientIo();
         // Until commit a migrating source serves its own reads: every write reaches it, so it is complete.
@@ -316,7 +318,9 @@ public sealed partial class Image
     /// lose it, chunk by chunk, but never returns other bytes than an earlier or this write's.
     /// NBD writes without FUA use it, as the protocol allows.
     /// </summary>
-    public async Task WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true)
+    /// <remarks>A ValueTask to await once (pooled: no state machine box per write, issue 17).</remarks>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true)
     {
         _pool.NoteClientIo();
         if (Forwarded is { } f)
