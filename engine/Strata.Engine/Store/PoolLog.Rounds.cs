@@ -136,7 +136,7 @@ internal sealed partial class PoolLog
             }
             try
             {
-                await p.Data.ConfigureAwait(false);
+                await p.Data.Value.ConfigureAwait(false);
                 if (excluded && !p.Applied && OnlyOnExcluded(p.Records!) is { } gone)
                     throw gone;
             }
@@ -261,7 +261,7 @@ internal sealed partial class PoolLog
                 {
                     if (p.DataError == null && !p.Applied)
                     {
-                        state.Apply(new WalRecord(seq, (ushort)r.Type, r.Flags, r.Payload));
+                        state.Apply(r, seq);
                         if (r.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkMapBlocks or MetaRecordType.ChunkUnmap))
                             MetadataEstimate += r.Payload.Length;
                     }

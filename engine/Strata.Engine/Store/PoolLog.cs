@@ -23,7 +23,7 @@ namespace Strata.Engine.Store;
 internal sealed partial class PoolLog
 {
     /// <summary>Records committed together (null: a checkpoint request).</summary>
-    private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null, bool applied = false, uint switchTo = 0,
+    private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, ValueTask? Data = null, bool applied = false, uint switchTo = 0,
         TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1, bool dropped = false, bool rejoin = false, int lift = -1)
     {
         /// <summary>A checkpoint request that first takes this target's shard out of the log (-1: none).</summary>
@@ -49,8 +49,11 @@ internal sealed partial class PoolLog
         public TaskCompletionSource Done { get; } = Done;
         /// <summary>Its place in the queue (1, 2, ...): the rounds take commits in this order.</summary>
         public long Ordinal;
-        /// <summary>The data writes of the (single) chunk-map record, still running when it was enqueued.</summary>
-        public Task? Data { get; } = Data;
+        /// <summary>
+        /// The data writes of the (single) chunk-map record, still running when it was enqueued. A ValueTask
+        /// (a pooled one for a single replica): awaited exactly once, by the round's SettleDataAsync.
+        /// </summary>
+        public ValueTask? Data { get; } = Data;
         /// <summary>
         /// A writeback commit whose data write overwrites, in place, extents an earlier writeback record named
         /// (<see cref="TryCommitInPlace"/>): if that write fails, the round fails (the pool goes read-only)
@@ -139,7 +142,12 @@ internal sealed partial class PoolLog
     /// A crash before that flush may keep the record but not the data: replay verifies records past
     /// the last durable mark (PoolOpener), as for any record of the tail.
     /// </summary>
-    public Task CommitAfterAsync(MetaRecord record, Task data) => Enqueue([record], data);
+    /// <remarks>
+    /// <paramref name="data"/> is this log's to await, once, when the call returns; when it throws, the
+    /// caller's. A data write's failure is the only DeviceException the returned task ever holds (every
+    /// other failure comes as a StoreException), so a caller can tell a voided record by it.
+    /// </remarks>
+    public Task CommitAfterAsync(MetaRecord record, ValueTask data) => Enqueue([record], data);
 
     /// <summary>Commits records in one batch, in order (a crash may keep a prefix of them); durable as above.</summary>
     public Task CommitAsync(MetaRecord[] records) => records.Length == 0 ? Task.CompletedTask : Enqueue(records);
@@ -189,7 +197,7 @@ internal sealed partial class PoolLog
     private void ApplyWritebackLocked(MetaRecord r, long ordinal)
     {
         var state = _pool.Meta;
-        state.Apply(new WalRecord(state.LastSeq, (ushort)r.Type, r.Flags, r.Payload));
+        state.Apply(r, state.LastSeq);
         uint image = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(r.Payload);
         long chunk = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(r.Payload.AsSpan(4));
         if (state.Images.TryGetValue(image, out var img) && img.Chunks.TryGetValue(chunk, out var map))
@@ -231,7 +239,7 @@ internal sealed partial class PoolLog
     public bool TryCommitInPlace(ChunkMap current, MetaRecord record, Task data)
     {
         var state = _pool.Meta;
-        var p = new Pending([record], Acknowledged, data, applied: true) { InPlace = true };
+        var p = new Pending([record], Acknowledged, new ValueTask(data), applied: true) { InPlace = true };
         lock (state.Sync)
         {
             _pool.ThrowIfNotLoggable();
@@ -334,7 +342,7 @@ internal sealed partial class PoolLog
     /// </summary>
     public Task CommitLiftAsync(int target, MetaRecord[] records) => Enqueue(records, lift: target);
 
-    private Task Enqueue(MetaRecord[]? records, Task? data = null, uint switchTo = 0, TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1,
+    private Task Enqueue(MetaRecord[]? records, ValueTask? data = null, uint switchTo = 0, TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1,
         bool dropped = false, bool rejoin = false, int lift = -1)
     {
         _pool.ThrowIfNotLoggable();

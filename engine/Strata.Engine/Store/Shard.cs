@@ -52,4 +52,8 @@ internal sealed class Shard
 
     public ValueTask WriteDataAsync(long dataOffset, ReadOnlyMemory<byte> source) =>
         DeviceIo.WriteAsync(Device, Base + Header.DataOffset + dataOffset, source);
+
+    /// <summary>As <see cref="WriteDataAsync"/>, pooled: for a caller that awaits it exactly once and never calls AsTask.</summary>
+    public ValueTask WriteDataPooledAsync(long dataOffset, ReadOnlyMemory<byte> source) =>
+        DeviceIo.WritePooledAsync(Device, Base + Header.DataOffset + dataOffset, source);
 }
