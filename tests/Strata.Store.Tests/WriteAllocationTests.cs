@@ -22,7 +22,7 @@ public sealed class WriteAllocationTests
     /// What a write may allocate: its new chunk mapping (ChunkMap, the record's payload and MetaRecord)
     /// and its share of a round's log block and objects.
     /// </summary>
-    private const double MaxBytesPerWrite = 1000;
+    private const double MaxBytesPerWrite = 600;
 
     public TestContext TestContext { get; set; } = null!;
 

@@ -662,29 +662,47 @@ internal sealed class ChunkIo(Pool pool)
             }
             return;
         }
-        // Awaited once: by the commit round, or here when the commit was not enqueued.
-        ValueTask data = WriteDataAsync(replicas, chunk, meta, index * cs + within);
         // Durable: the record is logged while the data writes run; the commit round's flush waits for
         // them and covers both (PoolLog.CommitAfterAsync). A crash may keep the record and lose
         // the data: replay checks the data of records past the last durable mark (PoolOpener).
-        Task commit;
-        try
+        ValueTask commit;
+        if (rf == 1)
         {
-            commit = pool.Log.CommitAfterAsync(record, data);
-        }
-        catch
-        {
-            // Not enqueued (the pool cannot log): the extents are reusable once the writes are done.
             try
             {
-                await data.ConfigureAwait(false);
+                // One replica: the log starts its write once the record is queued; the commit, its record
+                // array and the write's completion are one pooled object (PoolLog.CommitWithWriteAsync).
+                commit = pool.Log.CommitWithWriteAsync(record, pool.Shards[replicas[0].Target], replicas[0].Offset, chunk);
             }
-            catch (Exception)
+            catch
             {
-                // The enqueue's own error is the one to report; the writes are done either way.
+                // Not enqueued (the pool cannot log): nothing was written, the extents are reusable.
+                FreeReplicas(replicas, rf, length);
+                throw;
             }
-            FreeReplicas(replicas, rf, length);
-            throw;
+        }
+        else
+        {
+            // Awaited once: by the commit round, or here when the commit was not enqueued.
+            ValueTask data = WriteDataAsync(replicas, chunk, meta, index * cs + within);
+            try
+            {
+                commit = new ValueTask(pool.Log.CommitAfterAsync(record, data));
+            }
+            catch
+            {
+                // Not enqueued (the pool cannot log): the extents are reusable once the writes are done.
+                try
+                {
+                    await data.ConfigureAwait(false);
+                }
+                catch (Exception)
+                {
+                    // The enqueue's own error is the one to report; the writes are done either way.
+                }
+                FreeReplicas(replicas, rf, length);
+                throw;
+            }
         }
         try
         {

@@ -22,51 +22,6 @@ namespace Strata.Engine.Store;
 /// </summary>
 internal sealed partial class PoolLog
 {
-    /// <summary>Records committed together (null: a checkpoint request).</summary>
-    private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, ValueTask? Data = null, bool applied = false, uint switchTo = 0,
-        TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1, bool dropped = false, bool rejoin = false, int lift = -1)
-    {
-        /// <summary>A checkpoint request that first takes this target's shard out of the log (-1: none).</summary>
-        public int Exclude { get; } = exclude;
-        /// <summary>The shard left the log after its device failed a write (<see cref="TryDropShard"/>): the checkpoint also records the exclusion, then releases the held acknowledgements.</summary>
-        public bool Dropped { get; } = dropped;
-        /// <summary>The dropped shard was rejoining the log for a reintegration (still excluded): nothing was placed on it.</summary>
-        public bool Rejoin { get; } = rejoin;
-        /// <summary>Records that lift this rejoining target's exclusion: refused when the target left the log before its round (-1: none).</summary>
-        public int Lift { get; } = lift;
-        /// <summary>A checkpoint request that first adds this shard to the log (a pool extension).</summary>
-        public Shard? Join { get; } = join;
-        /// <summary>A checkpoint request that first switches the log to this format (0: none).</summary>
-        public uint SwitchTo { get; } = switchTo;
-        /// <summary>Completed once the committer switched (the checkpoint then runs before any later round).</summary>
-        public TaskCompletionSource? Switched { get; } = switched;
-        public MetaRecord[]? Records { get; } = Records;
-        /// <summary>
-        /// A writeback commit (<see cref="CommitWriteback"/>): applied and acknowledged when enqueued, logged by
-        /// the next round without a flush, durable at the next flush round. Every other commit is durable when done.
-        /// </summary>
-        public bool Applied { get; } = applied;
-        public TaskCompletionSource Done { get; } = Done;
-        /// <summary>Its place in the queue (1, 2, ...): the rounds take commits in this order.</summary>
-        public long Ordinal;
-        /// <summary>
-        /// The data writes of the (single) chunk-map record, still running when it was enqueued. A ValueTask
-        /// (a pooled one for a single replica): awaited exactly once, by the round's SettleDataAsync.
-        /// </summary>
-        public ValueTask? Data { get; } = Data;
-        /// <summary>
-        /// A writeback commit whose data write overwrites, in place, extents an earlier writeback record named
-        /// (<see cref="TryCommitInPlace"/>): if that write fails, the round fails (the pool goes read-only)
-        /// instead of voiding the record, since the earlier record's acknowledged data may be torn.
-        /// </summary>
-        public bool InPlace { get; init; }
-        /// <summary>Where the record sits in its round's log buffer, and its sequence (to void it).</summary>
-        public int Pos, Length;
-        public ulong Seq;
-        /// <summary>Why the data writes failed: the record was voided (a pad in its place).</summary>
-        public Exception? DataError;
-    }
-
     private readonly Pool _pool;
     private readonly Channel<Pending> _queue = Channel.CreateUnbounded<Pending>(new UnboundedChannelOptions { SingleReader = true });
     /// <summary>The framing new batches get (1 or <see cref="WalFormatV2.Format"/>) and its CRC seed; changed only by the committer, between rounds.</summary>
@@ -353,7 +308,7 @@ internal sealed partial class PoolLog
         lock (_pool.Meta.Sync)
             QueueLocked(p);
         Volatile.Read(ref _gathering)?.TrySetResult();
-        return p.Done.Task;
+        return p.Done!.Task;
     }
 
     /// <summary>Queues a commit with the next ordinal; under the state's lock, so ordinals follow the queue's order.</summary>
@@ -455,7 +410,7 @@ internal sealed partial class PoolLog
                 }
                 if (p.Lift >= 0 && !InLog(p.Lift))
                 {
-                    p.Done.TrySetException(new RejoinFailedException(p.Lift));
+                    p.Fail(new RejoinFailedException(p.Lift));
                     continue;
                 }
                 flushes |= !p.Applied;

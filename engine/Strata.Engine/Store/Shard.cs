@@ -40,6 +40,9 @@ internal sealed class Shard
 
     public long WalStart => Base + Header.WalOffset;
 
+    /// <summary>Where the data area starts on the device.</summary>
+    public long DataStart => Base + Header.DataOffset;
+
     /// <summary>Writes the header to both copies (generation + 1, then + 2) and makes it current.</summary>
     public async Task WriteHeaderAsync(ShardHeader h)
     {
