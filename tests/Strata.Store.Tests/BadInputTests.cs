@@ -22,9 +22,9 @@ public sealed class BadInputTests
     {
         var (_, pool, _) = await PoolAsync();
         var img = await pool.CreateImageAsync("c", "v", 10_000, 4096);
-        var e = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => img.WriteAsync(9_000, new byte[2_000]));
+        var e = await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => img.WriteAsync(9_000, new byte[2_000]).AsTask());
         StringAssert.Contains(e.Message, "past the end of image 'v' in pool 'tank' (10000 bytes)");
-        await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => img.ReadAsync(-1, new byte[1]));
+        await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => img.ReadAsync(-1, new byte[1]).AsTask());
     }
 
     [TestMethod]
@@ -78,7 +78,7 @@ public sealed class BadInputTests
         await img.WriteAsync(0, first);
         long free = pool.Query().Targets.Sum(t => t.FreeBytes);
         Assert.AreEqual(128 * 1024, free);
-        var full = await Assert.ThrowsExactlyAsync<NoSpaceException>(() => img.WriteAsync(128 * 1024, new byte[192 * 1024]));
+        var full = await Assert.ThrowsExactlyAsync<NoSpaceException>(() => img.WriteAsync(128 * 1024, new byte[192 * 1024]).AsTask());
         Assert.AreEqual(Errno.ENOSPC, full.Errno);
         StringAssert.Contains(full.Message, "no space left in pool 'tank'");
         Assert.AreEqual(free, pool.Query().Targets.Sum(t => t.FreeBytes), "the failed write kept extents");

@@ -104,12 +104,12 @@ public sealed class BlockChecksumTests
         var b3 = new byte[Block];
         await image.ReadAsync(3 * Block, b3);
         CollectionAssert.AreEqual(data.AsSpan(3 * Block, Block).ToArray(), b3);
-        var e = await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => image.ReadAsync(2 * Block + 100, new byte[10]));
+        var e = await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => image.ReadAsync(2 * Block + 100, new byte[10]).AsTask());
         StringAssert.Contains(e.Message, "pool 'tank', image 'v' at offset 0");
         StringAssert.Contains(ras.WithId(RasIds.DataChecksumMismatch).Single().Message, "4 KiB block 2");
         Assert.AreEqual(1, ras.WithId(RasIds.DataUnrecoverable).Count());
         // A partial write merges with the whole verified chunk: it must not launder the bad block.
-        await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => image.WriteAsync(10 * Block, new byte[10]));
+        await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => image.WriteAsync(10 * Block, new byte[10]).AsTask());
     }
 
     [TestMethod]
@@ -195,7 +195,7 @@ public sealed class BlockChecksumTests
         await image.WriteAsync(cs, acked);
 
         power.CrashAtFlush = true;
-        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => image.WriteAsync(cs + 100, TestDevices.Pattern(Block, 2)));
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => image.WriteAsync(cs + 100, TestDevices.Pattern(Block, 2)).AsTask());
         var s = pool.Shards[0];
         long dataStart = s.Base + s.Header.DataOffset;
         var next = new CrashSwitch();

@@ -265,7 +265,7 @@ public sealed class BlockChecksumUpgradeTests
         var lost = ras.WithId(RasIds.DataUnrecoverable).Single();
         Assert.AreEqual(2L * 32 * KiB, lost.Offset);
         Assert.AreEqual(1, WithoutTable(pool), "only the unreadable chunk keeps its old form");
-        await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => img.ReadAsync(2 * 32 * KiB, new byte[10]));
+        await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => img.ReadAsync(2 * 32 * KiB, new byte[10]).AsTask());
         var rest = new byte[64 * KiB];
         await img.ReadAsync(0, rest);
         CollectionAssert.AreEqual(data.AsSpan(0, 64 * KiB).ToArray(), rest);

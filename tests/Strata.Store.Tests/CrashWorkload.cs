@@ -198,7 +198,7 @@ internal sealed class CrashWorkload
                 var data = new byte[len];
                 _rng.NextBytes(data);
                 data.CopyTo(img.Data, off);
-                tasks.Add(handle.WriteAsync(off, data, durable));
+                tasks.Add(handle.WriteAsync(off, data, durable).AsTask());
             }
             await Task.WhenAll(tasks);
             if (durable)

@@ -111,7 +111,7 @@ public sealed class ExcludeTests
             kept = chunks.First(kv => kv.Value.Replicas[0].Target == 1).Key;
         }
         var buf = new byte[Cs];
-        var x = await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => a.ReadAsync(lostChunk * Cs, buf));
+        var x = await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => a.ReadAsync(lostChunk * Cs, buf).AsTask());
         StringAssert.Contains(x.Message, "was on excluded target(s) 0");
         Assert.IsTrue(buf.All(b => b == 0), "no wrong bytes");
         await a.ReadAsync(kept * Cs, buf);

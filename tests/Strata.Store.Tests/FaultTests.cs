@@ -77,7 +77,7 @@ public sealed class FaultTests
     {
         var (engine, pool, img, acked, dev, ras) = await SetupAsync();
         FailNextDataWrite(pool, dev);
-        var e = await Assert.ThrowsExactlyAsync<StoreException>(() => img.WriteAsync(200_000, new byte[5000]));
+        var e = await Assert.ThrowsExactlyAsync<StoreException>(() => img.WriteAsync(200_000, new byte[5000]).AsTask());
         Assert.AreEqual(Errno.EIO, e.Errno);
         StringAssert.Contains(e.Message, "pool 'tank' image 'v' at offset 200000");
         Assert.IsTrue(ras.WithId(RasIds.DataWriteFailed).Any());
@@ -108,7 +108,7 @@ public sealed class FaultTests
         var (_, pool, img, acked, dev, ras) = await SetupAsync(catalog, walV2 ? 5u : 4u);
         Assert.AreEqual(walV2 ? WalFormatV2.Format : 1u, pool.Log.Format);
         FailNextDataWrite(pool, dev);
-        var e = await Assert.ThrowsExactlyAsync<StoreException>(() => img.WriteAsync(100_000, TestDevices.Pattern(3000, 5)));
+        var e = await Assert.ThrowsExactlyAsync<StoreException>(() => img.WriteAsync(100_000, TestDevices.Pattern(3000, 5)).AsTask());
         Assert.AreEqual(Errno.EIO, e.Errno);
         Assert.IsTrue(ras.WithId(RasIds.DataWriteFailed).Any());
         // Two more rounds: the second one's mark covers the round that held the voided record.
@@ -147,7 +147,7 @@ public sealed class FaultTests
         long used = pool.Shards[0].Allocator.UsedBytes;
         ulong next = pool.Log.NextSeq;
         FailNextDataWrite(pool, dev);
-        var e = await Assert.ThrowsExactlyAsync<StoreException>(() => img.WriteAsync(100_000, TestDevices.Pattern(3000, 5), durable: false));
+        var e = await Assert.ThrowsExactlyAsync<StoreException>(() => img.WriteAsync(100_000, TestDevices.Pattern(3000, 5), durable: false).AsTask());
         Assert.AreEqual(Errno.EIO, e.Errno);
         Assert.IsTrue(ras.WithId(RasIds.DataWriteFailed).Any());
         Assert.IsFalse(pool.Log.HasDeferredFrees);
@@ -169,10 +169,10 @@ public sealed class FaultTests
         var shard = pool.Shards[0];
         dev.SetFaults($"fail_io=1&fail_ops=write&fail_range={shard.WalStart}-{shard.WalStart + shard.Header.WalLength}");
         var data = TestDevices.Pattern(5000, 5);
-        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(100_000, data));
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(100_000, data).AsTask());
         Assert.AreEqual(PoolStatus.ReadOnly, pool.State);
         StringAssert.Contains(ras.WithId(RasIds.PoolReadOnly).Single().Message, "the metadata log failed");
-        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(0, new byte[1]));
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(0, new byte[1]).AsTask());
         Assert.ThrowsExactly<PoolReadOnlyException>(() => img.FlushAsync());
         // Reads of acknowledged data still work while read-only.
         var back = new byte[4096];
@@ -198,13 +198,13 @@ public sealed class FaultTests
             first.CopyTo(acked, 10_000);
         }
         var data = TestDevices.Pattern(5000, 6);
-        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(50_000, data));
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(50_000, data).AsTask());
         Assert.AreEqual(1L, dev.GetFaultStats().FlushesFailed);
         Assert.AreEqual(PoolStatus.ReadOnly, pool.State);
         Assert.IsTrue(ras.WithId(RasIds.PoolReadOnly).Any());
         // The device would now flush fine; the pool must still refuse to claim durability.
         Assert.ThrowsExactly<PoolReadOnlyException>(() => img.FlushAsync());
-        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(50_000, data));
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(50_000, data).AsTask());
         Assert.ThrowsExactly<PoolReadOnlyException>(() => img.FlushAsync());
         await engine.DisposeAsync();
         dev.Dispose();

@@ -82,8 +82,8 @@ public sealed class ImageMigrationTests
         public Image Image => image;
         public long Size => image.Size;
         public int ChunkSize => image.ChunkSize;
-        public Task ReadAsync(long offset, Memory<byte> destination) => image.ReadAsync(offset, destination);
-        public Task WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true) => image.WriteAsync(offset, source, durable);
+        public ValueTask ReadAsync(long offset, Memory<byte> destination) => image.ReadAsync(offset, destination);
+        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true) => image.WriteAsync(offset, source, durable);
         public Task TrimAsync(long offset, long length) => image.TrimAsync(offset, length);
         public Task FlushAsync() => image.FlushAsync();
         public int Allocation(long offset, long length, Span<AllocationRun> runs) => image.Allocation(offset, length, runs);
@@ -183,7 +183,7 @@ public sealed class ImageMigrationTests
 
         await FillAsync(sourceFull ? a : b, sourceFull ? "c" : "d");
         var refused = TestDevices.Pattern(4096, 9);
-        await Assert.ThrowsExactlyAsync<NoSpaceException>(() => io.WriteAsync(5L * ChunkSize + 4096, refused));
+        await Assert.ThrowsExactlyAsync<NoSpaceException>(() => io.WriteAsync(5L * ChunkSize + 4096, refused).AsTask());
         if (!sourceFull)
         {
             // The source took it and the destination had no room to take the chunk again either:

@@ -166,7 +166,7 @@ public sealed class InPlaceWriteTests
 
         // The next device command is the in-place write of the whole chunk (table and data, one write).
         power.Reset(0, faultAt: 1);
-        var e = await Assert.ThrowsExactlyAsync<StoreException>(() => image.WriteAsync(0, TestDevices.Pattern(cs, 21), durable: false));
+        var e = await Assert.ThrowsExactlyAsync<StoreException>(() => image.WriteAsync(0, TestDevices.Pattern(cs, 21), durable: false).AsTask());
         StringAssert.Contains(e.Message, "write to pool 'tank' image 'v' at offset 0 failed");
         Assert.IsTrue(power.Faulted);
         Assert.AreEqual(1L, pool.Log.InPlaceWrites, "the write went to a fresh extent");

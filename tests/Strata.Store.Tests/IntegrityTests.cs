@@ -45,13 +45,13 @@ public sealed class IntegrityTests
         await img.WriteAsync(0, TestDevices.Pattern(64 * 1024, 5));
         var where = TestHelpers.ReplicaLocations(pool, img, 2).Single();
         TestHelpers.FlipByte(where.Device, where.Offset + 5);
-        var e = await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => img.ReadAsync(40_000, new byte[100]));
+        var e = await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => img.ReadAsync(40_000, new byte[100]).AsTask());
         StringAssert.Contains(e.Message, "pool 'tank', image 'v' at offset 32768");
         Assert.AreEqual(32768L, e.Offset);
         Assert.AreEqual(Interop.Errno.EILSEQ, e.Errno);
         Assert.IsTrue(ras.WithId(RasIds.DataUnrecoverable).Any());
         // A partial write into the damaged chunk must not launder the bad bytes either.
-        await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => img.WriteAsync(40_000, new byte[10]));
+        await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => img.WriteAsync(40_000, new byte[10]).AsTask());
         // Other chunks still read.
         var ok = new byte[16384];
         await img.ReadAsync(0, ok);

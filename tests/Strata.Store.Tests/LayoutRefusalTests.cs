@@ -61,7 +61,7 @@ public sealed class LayoutRefusalTests
         var back = new byte[65536];
         await img.ReadAsync(0, back);
         CollectionAssert.AreEqual(TestDevices.Pattern(65536, 7), back);
-        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(0, new byte[10]));
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => img.WriteAsync(0, new byte[10]).AsTask());
         Assert.IsTrue(ras.WithId(RasIds.PoolReadOnly).Any());
         Assert.AreEqual(before, TestHelpers.Sha256(devs));
     }

@@ -373,7 +373,7 @@ public sealed class MigrationTests
         long tick = System.Diagnostics.Stopwatch.Frequency;
         Assert.AreEqual(0L, pool.MigrateRateAt(System.Diagnostics.Stopwatch.GetTimestamp()), "no client has done I/O: unthrottled");
 
-        foreach (Func<Task> io in new Func<Task>[] { () => image.WriteAsync(0, new byte[4096]), () => image.ReadAsync(0, new byte[4096]), () => image.TrimAsync(0, 4096) })
+        foreach (Func<Task> io in new Func<Task>[] { () => image.WriteAsync(0, new byte[4096]).AsTask(), () => image.ReadAsync(0, new byte[4096]).AsTask(), () => image.TrimAsync(0, 4096) })
         {
             long before = System.Diagnostics.Stopwatch.GetTimestamp();
             await io();

@@ -76,7 +76,7 @@ public sealed class MultiChunkTests
         TestHelpers.FlipByte(where.Device, where.Offset + 7);
 
         var back = new byte[64 * 1024];
-        var e = await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => img.ReadAsync(0, back));
+        var e = await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => img.ReadAsync(0, back).AsTask());
         StringAssert.Contains(e.Message, "pool 'tank', image 'v' at offset 20480");
         Assert.AreEqual(20480L, ras.WithId(RasIds.DataChecksumMismatch).Single().Offset);
         Assert.IsTrue(back.AsSpan(20480, 4096).IndexOfAnyExcept((byte)0) < 0, "the bad chunk's bytes never reach the caller");

@@ -184,7 +184,7 @@ public sealed class ReintegrateTests
         await engine.ExcludeTargetAsync(0, force: true);
         await pool.WaitForJobAsync(TestContext.CancellationToken);
         var buf = new byte[40 * Cs];
-        await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => a.ReadAsync(0, buf));
+        await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => a.ReadAsync(0, buf).AsTask());
 
         var r = (await engine.ReintegrateTargetAsync(0)).Single();
         Assert.AreEqual(lost, r.Replicas);

@@ -49,7 +49,7 @@ public sealed class TailReplayTests
 
         // The power fails at the commit's flush: the data write and the log batch are both pending.
         power.CrashAtFlush = true;
-        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => image.WriteAsync(ChunkSize, TestDevices.Pattern(ChunkSize, 2)));
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => image.WriteAsync(ChunkSize, TestDevices.Pattern(ChunkSize, 2)).AsTask());
         var next = new CrashSwitch();
         disks = disks.Select((d, t) =>
         {
@@ -91,7 +91,7 @@ public sealed class TailReplayTests
         await image.WriteAsync(ChunkSize, TestDevices.Pattern(ChunkSize, 1));
         power.CrashAtFlush = true;
         var data = TestDevices.Pattern(ChunkSize, 2);
-        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => image.WriteAsync(ChunkSize, data));
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => image.WriteAsync(ChunkSize, data).AsTask());
         disks = disks.Select(d => d.AfterCrash(new CrashSwitch(), (_, _, _) => PendingFate.Kept)).ToArray();
 
         var (engine, ras) = await TestDevices.OpenAsync(disks);
@@ -143,7 +143,7 @@ public sealed class TailReplayTests
         await img.ReadAsync(2 * ChunkSize, back);
         CollectionAssert.AreEqual(new byte[ChunkSize], back, "the dropped write's chunk keeps its previous (unwritten) contents");
         // The trusted record stays: its bad data is corruption, reported by the read, never silently reverted.
-        var e = await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => img.ReadAsync(ChunkSize, back));
+        var e = await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => img.ReadAsync(ChunkSize, back).AsTask());
         StringAssert.Contains(e.Message, $"pool 'tank', image 'v' at offset {ChunkSize}");
         Assert.IsTrue(ras.WithId(RasIds.DataUnrecoverable).Any());
         await img.ReadAsync(0, back);

@@ -184,7 +184,7 @@ public sealed class TargetDropTests
         Assert.IsTrue(OnTarget(pool, 1) > 0);
         var shard = pool.Shards[1];
         devs[1].SetFaults($"fail_every=1&fail_ops=write&fail_range={shard.WalStart}-{shard.WalStart + shard.Header.WalLength}");
-        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => image.WriteAsync(0, TestDevices.Pattern(Cs, 9)));
+        await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => image.WriteAsync(0, TestDevices.Pattern(Cs, 9)).AsTask());
         Assert.AreEqual(PoolStatus.ReadOnly, pool.State);
         Assert.AreEqual(0, pool.ExcludedTargets.Count);
         Assert.IsFalse(ras.WithId(RasIds.TargetDropped).Any());
@@ -207,7 +207,7 @@ public sealed class TargetDropTests
         long chunk;
         lock (pool.Meta.Sync)
             chunk = pool.Meta.Images[image.Id].Chunks.First(kv => kv.Value.Replicas.Any(r => r.Target == 1)).Key;
-        var e = await Assert.ThrowsExactlyAsync<StoreException>(() => image.WriteAsync(chunk * Cs, TestDevices.Pattern(Cs, 8)));
+        var e = await Assert.ThrowsExactlyAsync<StoreException>(() => image.WriteAsync(chunk * Cs, TestDevices.Pattern(Cs, 8)).AsTask());
         Assert.AreEqual(Strata.Interop.Errno.EIO, e.Errno);
         Assert.AreEqual(0, pool.ExcludedTargets.Count);
         Assert.IsFalse(ras.WithId(RasIds.TargetDropped).Any());

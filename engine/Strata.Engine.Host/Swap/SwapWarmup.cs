@@ -84,12 +84,12 @@ internal static class SwapWarmup
     private static async Task WriteAndReadAsync(IImageIo image, byte[] data)
     {
         for (int i = 0; i < 4; i++)
-            await image.WriteAsync(i * 4096L, data.AsMemory(0, 4096), durable: false).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+            await image.WriteAsync(i * 4096L, data.AsMemory(0, 4096), durable: false).AsTask().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         await image.FlushAsync().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
-        await image.WriteAsync(1024 * 1024, data).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        await image.WriteAsync(1024 * 1024, data).AsTask().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
         var back = new byte[data.Length];
-        await image.ReadAsync(1024 * 1024, back).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
-        await image.ReadAsync(0, back.AsMemory(0, 4096)).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        await image.ReadAsync(1024 * 1024, back).AsTask().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
+        await image.ReadAsync(0, back.AsMemory(0, 4096)).AsTask().ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
     }
 
     /// <summary>

@@ -31,34 +31,43 @@ public sealed class MeteredImage(Image image, StrataMetrics metrics, bool inline
 
     public long Size => image.Size;
 
+
     public int ChunkSize => image.ChunkSize;
 
-    public async Task ReadAsync(long offset, Memory<byte> destination)
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    public async ValueTask ReadAsync(long offset, Memory<byte> destination)
     {
         long start = Stopwatch.GetTimestamp();
         bool ok = false;
         try
         {
-            await image.ReadAsync(offset, destination).ConfigureAwait(_await);
+            await image.ReadAsync(offset, destination).ConfigureAwait(false);
             ok = true;
         }
         finally
         {
+            // A ValueTask takes no ConfigureAwaitOptions: the hop off the poller (ForceYielding) is an
+            // await of a completed task, which queues the pooled state machine itself (no allocation).
+            await Task.CompletedTask.ConfigureAwait(_await);
             metrics.RecordIo(IoOps.Read, destination.Length, Stopwatch.GetElapsedTime(start).TotalMilliseconds, ok);
         }
     }
 
-    public async Task WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true)
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true)
     {
         long start = Stopwatch.GetTimestamp();
         bool ok = false;
         try
         {
-            await image.WriteAsync(offset, source, durable).ConfigureAwait(_await);
+            await image.WriteAsync(offset, source, durable).ConfigureAwait(false);
             ok = true;
         }
         finally
         {
+            // A ValueTask takes no ConfigureAwaitOptions: the hop off the poller (ForceYielding) is an
+            // await of a completed task, which queues the pooled state machine itself (no allocation).
+            await Task.CompletedTask.ConfigureAwait(_await);
             metrics.RecordIo(IoOps.Write, source.Length, Stopwatch.GetElapsedTime(start).TotalMilliseconds, ok);
         }
     }

@@ -146,7 +146,7 @@ public sealed class ImageMigration
     }
 
     /// <summary>Mirrors a client write the source just took (called under the source chunk locks).</summary>
-    internal Task MirrorWriteAsync(long offset, ReadOnlyMemory<byte> data, bool durable) =>
+    internal ValueTask MirrorWriteAsync(long offset, ReadOnlyMemory<byte> data, bool durable) =>
         Destination.WriteAsync(offset, data, durable);
 
     /// <summary>Mirrors a client trim the source just did (called under the source image's locks).</summary>

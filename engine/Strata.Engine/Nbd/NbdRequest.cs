@@ -18,7 +18,8 @@ internal sealed class NbdRequest
 
     private readonly NbdConnection _conn;
     private readonly Action _onIoDone;
-    private Task? _io;
+    /// <summary>The operation in flight: a ValueTask (a pooled one for reads and writes), awaited exactly once, by <see cref="OnIo"/>.</summary>
+    private ValueTask _io;
 
     public NbdRequest(NbdConnection conn)
     {
@@ -68,7 +69,7 @@ internal sealed class NbdRequest
         Runs = default;
         Error = 0;
         Message = null;
-        _io = null;
+        _io = default;
     }
 
     /// <summary>Answers without doing anything (a request refused by validation).</summary>
@@ -93,7 +94,7 @@ internal sealed class NbdRequest
             Complete(ENotSup, "WRITE_ZEROES with NO_HOLE writes the zeroes: it is not faster than a WRITE (FAST_ZERO)");
             return;
         }
-        Task io;
+        ValueTask io;
         try
         {
             io = Issue(_conn.Export);
@@ -106,21 +107,21 @@ internal sealed class NbdRequest
         Await(io);
     }
 
-    private Task Issue(NbdExport x)
+    private ValueTask Issue(NbdExport x)
     {
         var io = x.Io;
         long offset = (long)Offset;
         if (Length == 0 && Type != CmdFlush)
-            return Task.CompletedTask;
+            return ValueTask.CompletedTask;
         return Type switch
         {
             CmdRead => io.ReadAsync(offset, Buffer!.Slice((int)Length)),
             // Without FUA a write is writeback, like a disk's volatile cache: durable at the next FLUSH.
             CmdWrite => io.WriteAsync(offset, Buffer!.Slice((int)Length), durable: Durable),
-            CmdFlush => x.ReadOnly ? Task.CompletedTask : io.FlushAsync(),
-            CmdTrim => io.TrimAsync(offset, Length),
+            CmdFlush => x.ReadOnly ? ValueTask.CompletedTask : new ValueTask(io.FlushAsync()),
+            CmdTrim => new ValueTask(io.TrimAsync(offset, Length)),
             // Without NO_HOLE the range may become a hole: trimmed chunks read back as zeroes.
-            CmdWriteZeroes => (Flags & CmdFlagNoHole) != 0 ? WriteZeroesAsync(io, offset, Length, Durable) : io.TrimAsync(offset, Length),
+            CmdWriteZeroes => new ValueTask((Flags & CmdFlagNoHole) != 0 ? WriteZeroesAsync(io, offset, Length, Durable) : io.TrimAsync(offset, Length)),
             _ => throw new InvalidOperationException($"{CommandName(Type)} passed validation"),
         };
     }
@@ -157,7 +158,7 @@ internal sealed class NbdRequest
         }
     }
 
-    private void Await(Task io)
+    private void Await(ValueTask io)
     {
         if (io.IsCompleted)
         {
@@ -170,16 +171,21 @@ internal sealed class NbdRequest
 
     private void OnIoDone()
     {
-        var io = _io!;
-        _io = null;
+        var io = _io;
+        _io = default;
         OnIo(io);
     }
 
-    private void OnIo(Task io)
+    /// <summary>Takes the completed operation's outcome: the one await of its ValueTask (a pooled one is reused after it).</summary>
+    private void OnIo(ValueTask io)
     {
-        if (!io.IsCompletedSuccessfully)
+        try
         {
-            Fail(io.Exception?.InnerException ?? new OperationCanceledException("the operation was canceled"));
+            io.GetAwaiter().GetResult();
+        }
+        catch (Exception e)
+        {
+            Fail(e);
             return;
         }
         // FUA: a write with it was a durable write, and a trim is always durable: nothing more to wait for.

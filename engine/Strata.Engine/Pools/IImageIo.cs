@@ -14,10 +14,11 @@ public interface IImageIo
 
     int ChunkSize { get; }
 
-    Task ReadAsync(long offset, Memory<byte> destination);
+    /// <summary>A ValueTask to await once (implementations pool it: a 4 KiB request allocates nothing).</summary>
+    ValueTask ReadAsync(long offset, Memory<byte> destination);
 
-    /// <summary>durable: false is a writeback write, durable at the next flush round (Image.WriteAsync).</summary>
-    Task WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true);
+    /// <summary>durable: false is a writeback write, durable at the next flush round (Image.WriteAsync). A ValueTask to await once.</summary>
+    ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true);
 
     Task TrimAsync(long offset, long length);
 

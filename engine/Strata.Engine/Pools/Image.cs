@@ -118,7 +118,9 @@ public sealed partial class Image
             async (g, _) => await body(g).ConfigureAwait(false)).ConfigureAwait(false);
     }
 
-    public async Task ReadAsync(long offset, Memory<byte> destination)
+    /// <remarks>A ValueTask to await once (pooled: no state machine box per read, issue 17).</remarks>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    public async ValueTask ReadAsync(long offset, Memory<byte> destination)
     {
         _pool.NoteClientIo();
         // Until commit a migrating source serves its own reads: every write reaches it, so it is complete.
@@ -320,7 +322,9 @@ public sealed partial class Image
     /// lose it, chunk by chunk, but never returns other bytes than an earlier or this write's.
     /// NBD writes without FUA use it, as the protocol allows.
     /// </summary>
-    public async Task WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true)
+    /// <remarks>A ValueTask to await once (pooled: no state machine box per write, issue 17).</remarks>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true)
     {
         _pool.NoteClientIo();
         if (Forwarded is { } f)
@@ -410,14 +414,14 @@ public sealed partial class Image
     /// </summary>
     private async Task WriteMirroredAsync(ValueTask own, ImageMigration m, long offset, ReadOnlyMemory<byte> source, bool durable, long first, long last)
     {
-        Task mirror;
+        ValueTask mirror;
         try
         {
             mirror = m.MirrorWriteAsync(offset, source, durable);
         }
         catch (Exception e)
         {
-            mirror = Task.FromException(e);
+            mirror = ValueTask.FromException(e);
         }
         Exception? failed = null;
         try

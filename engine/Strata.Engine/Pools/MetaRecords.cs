@@ -35,7 +35,11 @@ public enum MetaRecordType : ushort
 }
 
 /// <summary>A record waiting to be committed.</summary>
-public sealed record MetaRecord(MetaRecordType Type, byte[] Payload, ushort Flags = 0);
+public sealed record MetaRecord(MetaRecordType Type, byte[] Payload, ushort Flags = 0)
+{
+    /// <summary>A chunk map's replicas as the payload encodes them, when the state's new mapping may take this array itself (PoolState.Apply(MetaRecord, ulong)).</summary>
+    internal Replica[]? Replicas { get; init; }
+}
 
 /// <summary>Builders for each record's payload (the layouts Apply reads).</summary>
 public static class MetaRecords
@@ -80,13 +84,17 @@ public static class MetaRecords
 
     /// <summary>The per-write record, encoded straight into its payload.</summary>
     /// <param name="blocks">The extents hold a block table before the data: record 13 (ChunkMapBlocks) instead of 8.</param>
-    public static MetaRecord ChunkMap(uint image, long chunk, Replica[] replicas, bool blocks = false)
+    /// <param name="share">
+    /// The mapping the record makes, once applied, takes <paramref name="replicas"/> itself instead of a
+    /// decoded copy (one array less per write): only for an array its caller never changes afterwards.
+    /// </param>
+    public static MetaRecord ChunkMap(uint image, long chunk, Replica[] replicas, bool blocks = false, bool share = false)
     {
         var b = new byte[4 + 8 + ReplicasLength(replicas)];
         BinaryPrimitives.WriteUInt32LittleEndian(b, image);
         BinaryPrimitives.WriteInt64LittleEndian(b.AsSpan(4), chunk);
         EncodeReplicas(b.AsSpan(12), replicas);
-        return new(blocks ? MetaRecordType.ChunkMapBlocks : MetaRecordType.ChunkMap, b);
+        return new(blocks ? MetaRecordType.ChunkMapBlocks : MetaRecordType.ChunkMap, b) { Replicas = share ? replicas : null };
     }
 
     public static MetaRecord ChunkUnmap(uint image, long chunk) =>

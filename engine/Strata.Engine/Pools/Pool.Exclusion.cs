@@ -37,7 +37,18 @@ public sealed partial class Pool
     public IReadOnlyList<int> ExcludedTargets => Volatile.Read(ref _excluded);
 
     /// <summary>Targets new replicas may go to: placement's targets less the excluded ones (what rf is capped at).</summary>
-    internal int LiveTargets => TargetCount - Volatile.Read(ref _excluded).Count(t => t < TargetCount);
+    internal int LiveTargets
+    {
+        get
+        {
+            // A loop, not Count(predicate): every write asks, and the lambda captures this (a delegate per call).
+            int count = TargetCount, live = count;
+            foreach (int t in Volatile.Read(ref _excluded))
+                if (t < count)
+                    live--;
+            return live;
+        }
+    }
 
     /// <summary>A data read or write failed on a device (counts toward excluding its target).</summary>
     internal void OnDeviceError(int? target, string? device) => _engine.OnDeviceError(target, device);

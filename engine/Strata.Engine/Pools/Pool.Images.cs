@@ -103,8 +103,12 @@ public sealed partial class Pool
         if (map == null)
             return;
         int length = map.ExtentLength(chunkSize);
-        foreach (var r in map.Moving == null ? map.Replicas : map.Replicas.Concat(map.Moving))
+        // Two loops over the arrays: an IEnumerable (Concat, or the array as one) costs an enumerator per write.
+        foreach (var r in map.Replicas)
             Shards[r.Target].Allocator.Free(r.Offset, length);
+        if (map.Moving != null)
+            foreach (var r in map.Moving)
+                Shards[r.Target].Allocator.Free(r.Offset, length);
     }
 
     /// <summary>Extents freed so far on every target (ExtentAllocator.Frees): read before an allocation attempt, for PoolLog.FlushForSpaceAsync.</summary>

@@ -84,6 +84,26 @@ public sealed class PoolState
         return maps;
     }
 
+    /// <summary>
+    /// A live commit's record (the log's committer, a writeback commit): as <see cref="Apply(WalRecord)"/>,
+    /// without a WalRecord per record, and a chunk map that carries its replica array (MetaRecords.ChunkMap,
+    /// share) takes it instead of a decoded copy: a write allocates only its new ChunkMap here.
+    /// </summary>
+    internal void Apply(MetaRecord record, ulong seq)
+    {
+        if (record.Replicas is not { } replicas || record.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkMapBlocks))
+        {
+            Apply(new WalRecord(seq, (ushort)record.Type, record.Flags, record.Payload));
+            return;
+        }
+        System.Diagnostics.Debug.Assert(MetaRecords.ReadChunkMap(record.Payload).Replicas.AsSpan().SequenceEqual(replicas), "a shared replica array is the one the payload encodes");
+        uint id = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(record.Payload);
+        long chunk = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(record.Payload.AsSpan(4));
+        var img = Images.TryGetValue(id, out var i) ? i : throw new CorruptMetadataException($"WAL record {seq} refers to unknown image {id}");
+        img.Chunks[chunk] = new ChunkMap(replicas, null, record.Type == MetaRecordType.ChunkMapBlocks);
+        LastSeq = seq;
+    }
+
     public void Apply(WalRecord rec)
     {
         var r = new MetaReader(rec.Payload);

@@ -438,7 +438,7 @@ internal sealed class ChunkIo(Pool pool)
             for (int r = 0; r < replicas.Length; r++)
                 replicas[r] = old.Replicas[r] with { Crc = crc };
             var written = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            if (!pool.Log.TryCommitInPlace(old, MetaRecords.ChunkMap(meta.Id, index, replicas, old.Blocks), written.Task))
+            if (!pool.Log.TryCommitInPlace(old, MetaRecords.ChunkMap(meta.Id, index, replicas, old.Blocks, share: true), written.Task))
                 return false;
             try
             {
@@ -619,7 +619,7 @@ internal sealed class ChunkIo(Pool pool)
             if (durable)
                 pool.FreeChunk(old, cs);
             else
-                pool.Log.FreeWhenDurable(() => pool.FreeChunk(old, cs));
+                FreeWhenDurable(old, cs);
         }
         finally
         {
@@ -627,12 +627,16 @@ internal sealed class ChunkIo(Pool pool)
         }
     }
 
+    /// <summary>Frees a writeback write's old extents once its record is durable (its own method: the closure is made only here, not by every write).</summary>
+    private void FreeWhenDurable(ChunkMap old, int cs) => pool.Log.FreeWhenDurable(() => pool.FreeChunk(old, cs));
+
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteAndCommitAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool blocks, bool durable, Replica[] replicas)
     {
         int cs = meta.ChunkSize;
         int length = chunk.Length;
-        var record = MetaRecords.ChunkMap(meta.Id, index, replicas, blocks);
+        // The array is this write's own and never changes: the new mapping takes it (share).
+        var record = MetaRecords.ChunkMap(meta.Id, index, replicas, blocks, share: true);
         int rf = replicas.Length;
         if (!durable)
         {
@@ -658,36 +662,56 @@ internal sealed class ChunkIo(Pool pool)
             }
             return;
         }
-        Task data = WriteDataAsync(replicas, chunk, meta, index * cs + within);
         // Durable: the record is logged while the data writes run; the commit round's flush waits for
         // them and covers both (PoolLog.CommitAfterAsync). A crash may keep the record and lose
         // the data: replay checks the data of records past the last durable mark (PoolOpener).
-        Task commit;
-        try
+        ValueTask commit;
+        if (rf == 1)
         {
-            commit = pool.Log.CommitAfterAsync(record, data);
-        }
-        catch
-        {
-            // Not enqueued (the pool cannot log): the extents are reusable once the writes are done.
             try
             {
-                await data.ConfigureAwait(false);
+                // One replica: the log starts its write once the record is queued; the commit, its record
+                // array and the write's completion are one pooled object (PoolLog.CommitWithWriteAsync).
+                commit = pool.Log.CommitWithWriteAsync(record, pool.Shards[replicas[0].Target], replicas[0].Offset, chunk);
             }
-            catch (Exception)
+            catch
             {
-                // The enqueue's own error is the one to report; the writes are done either way.
+                // Not enqueued (the pool cannot log): nothing was written, the extents are reusable.
+                FreeReplicas(replicas, rf, length);
+                throw;
             }
-            FreeReplicas(replicas, rf, length);
-            throw;
+        }
+        else
+        {
+            // Awaited once: by the commit round, or here when the commit was not enqueued.
+            ValueTask data = WriteDataAsync(replicas, chunk, meta, index * cs + within);
+            try
+            {
+                commit = new ValueTask(pool.Log.CommitAfterAsync(record, data));
+            }
+            catch
+            {
+                // Not enqueued (the pool cannot log): the extents are reusable once the writes are done.
+                try
+                {
+                    await data.ConfigureAwait(false);
+                }
+                catch (Exception)
+                {
+                    // The enqueue's own error is the one to report; the writes are done either way.
+                }
+                FreeReplicas(replicas, rf, length);
+                throw;
+            }
         }
         try
         {
             await commit.ConfigureAwait(false);
         }
-        catch (DeviceException e) when (data.IsFaulted)
+        catch (DeviceException e)
         {
-            // The data writes failed and the record was voided in the log (a pad in its place);
+            // Only the data writes' own failure reaches a commit as a DeviceException (CommitAfterAsync):
+            // they failed and the record was voided in the log (a pad in its place);
             // the round's flush made the pad durable, nothing refers to the new extents.
             FreeReplicas(replicas, rf, length);
             throw WriteFailed(meta, index * cs + within, e);
@@ -706,10 +730,15 @@ internal sealed class ChunkIo(Pool pool)
     /// more than one replica, a write that fails on one target's device is survived when another replica
     /// was written and the target leaves the pool (Pool.ReplicaWritesAsync).
     /// </summary>
-    private Task WriteDataAsync(Replica[] replicas, ReadOnlyMemory<byte> chunk, ImageMeta meta, long at)
+    /// <remarks>A ValueTask to await exactly once (pooled for a single replica: no box per write).</remarks>
+    private ValueTask WriteDataAsync(Replica[] replicas, ReadOnlyMemory<byte> chunk, ImageMeta meta, long at) =>
+        replicas.Length == 1
+            ? pool.Shards[replicas[0].Target].WriteDataPooledAsync(replicas[0].Offset, chunk)
+            : new ValueTask(WriteReplicaDataAsync(replicas, chunk, meta, at));
+
+    /// <summary>More than one replica (its own method: the failure filter's closure is made only here, not by every write).</summary>
+    private Task WriteReplicaDataAsync(Replica[] replicas, ReadOnlyMemory<byte> chunk, ImageMeta meta, long at)
     {
-        if (replicas.Length == 1)
-            return pool.Shards[replicas[0].Target].WriteDataAsync(replicas[0].Offset, chunk).AsTask();
         var writes = new Task[replicas.Length];
         var targets = new int[replicas.Length];
         for (int i = 0; i < replicas.Length; i++)

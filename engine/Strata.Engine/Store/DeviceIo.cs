@@ -13,7 +13,7 @@ internal static class DeviceIo
 {
     private const int MaxPiece = 1024 * 1024;
 
-    private static int PieceSize(IBlockDevice d) => Math.Min(MaxPiece, d.Geometry.MaxTransfer);
+    internal static int PieceSize(IBlockDevice d) => Math.Min(MaxPiece, d.Geometry.MaxTransfer);
 
     // Pooled: a read that waits for its device keeps no state machine box per call (issue 17).
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
@@ -56,14 +56,38 @@ internal static class DeviceIo
         }
     }
 
-    private static bool AnyBuffer(IBlockDevice device) => (device.Geometry.Features & DeviceFeatures.DirectIo) == 0;
+    /// <summary>
+    /// <see cref="WriteAsync"/> for a caller that awaits it exactly once, without AsTask (a chunk's one
+    /// replica write, which its commit round awaits): pooled, so no state machine box per write.
+    /// </summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    public static async ValueTask WritePooledAsync(IBlockDevice device, long offset, ReadOnlyMemory<byte> source)
+    {
+        int piece = PieceSize(device);
+        if (AnyBuffer(device) || IsDmaReady(device, source))
+        {
+            for (int done = 0; done < source.Length; done += piece)
+                await device.WriteAsync(offset + done, source.Slice(done, Math.Min(piece, source.Length - done)), WriteFlags.None, default).ConfigureAwait(false);
+            return;
+        }
+        for (int done = 0; done < source.Length;)
+        {
+            int n = Math.Min(piece, source.Length - done);
+            using var buf = device.Buffers.Rent(n);
+            source.Slice(done, n).CopyTo(buf.Memory);
+            await device.WriteAsync(offset + done, buf.Memory, WriteFlags.None, default).ConfigureAwait(false);
+            done += n;
+        }
+    }
+
+    internal static bool AnyBuffer(IBlockDevice device) => (device.Geometry.Features & DeviceFeatures.DirectIo) == 0;
 
     /// <summary>
     /// Memory of a DMA buffer (any device's pool), aligned as this device needs: the device reads
     /// into or writes from it directly, without the copy through one of its own buffers (what a
     /// migration loop moving a chunk between targets relies on).
     /// </summary>
-    private static unsafe bool IsDmaReady(IBlockDevice device, ReadOnlyMemory<byte> memory)
+    internal static unsafe bool IsDmaReady(IBlockDevice device, ReadOnlyMemory<byte> memory)
     {
         if (!System.Runtime.InteropServices.MemoryMarshal.TryGetMemoryManager(memory, out DmaBuffer? buffer, out int start, out _))
             return false;

@@ -40,7 +40,7 @@ internal sealed partial class PoolLog
             await WriteCheckpointAsync().ConfigureAwait(false);
             CompleteDrops(waiting, null);
             foreach (var p in waiting)
-                p.Done.TrySetResult();
+                p.Succeed();
         }
         catch (Exception e)
         {

@@ -168,26 +168,28 @@ internal sealed partial class PoolLog
     }
 
     /// <summary>The completer's acknowledgement of a round's commits: held while a drop is pending.</summary>
-    private void Acknowledge(List<Pending> batch)
+    /// <summary>Acknowledges a round's commits, or holds them while a drop is pending (returns true then: CompleteDrops lets them go).</summary>
+    private bool Acknowledge(List<Pending> batch)
     {
         lock (_drops)
         {
             if (_held != null)
             {
                 _held.AddRange(batch);
-                return;
+                return true;
             }
         }
         foreach (var p in batch)
             Acknowledge(p);
+        return false;
     }
 
     private static void Acknowledge(Pending p)
     {
         if (p.DataError != null)
-            p.Done.TrySetException(p.DataError);
+            p.Fail(p.DataError);
         else
-            p.Done.TrySetResult();
+            p.Succeed();
     }
 
     /// <summary>Shards joining the log (an extension or a reintegration) until their first checkpoint is written: never dropped (their headers may not be written yet).</summary>
@@ -260,7 +262,9 @@ internal sealed partial class PoolLog
                 if (error == null)
                     Acknowledge(p);
                 else
-                    p.Done.TrySetException(error as StoreException ?? new PoolReadOnlyException($"pool '{_pool.Label}' is read-only: {_pool.ReadOnlyReason}", error));
+                    p.Fail(error as StoreException ?? new PoolReadOnlyException($"pool '{_pool.Label}' is read-only: {_pool.ReadOnlyReason}", error));
+                // The log's hold on a pooled commit ends here (its round was done when it was held).
+                p.Release();
             }
         }
         if (error == null)

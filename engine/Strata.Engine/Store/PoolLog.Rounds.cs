@@ -136,7 +136,7 @@ internal sealed partial class PoolLog
             }
             try
             {
-                await p.Data.ConfigureAwait(false);
+                await p.Data.Value.ConfigureAwait(false);
                 if (excluded && !p.Applied && OnlyOnExcluded(p.Records!) is { } gone)
                     throw gone;
             }
@@ -200,6 +200,7 @@ internal sealed partial class PoolLog
         Exception? broken = null;
         await foreach (var round in _rounds.Reader.ReadAllAsync().ConfigureAwait(false))
         {
+            bool held = false;
             try
             {
                 if (broken != null)
@@ -224,13 +225,16 @@ internal sealed partial class PoolLog
                 // same mark). The drop's checkpoint marks everything durable (WriteCheckpointAsync).
                 if (round.Flushes && !DropPending)
                     MarkDurable(round.LastSeq, round.LastOrdinal);
-                Acknowledge(round.Batch);
+                held = Acknowledge(round.Batch);
             }
             catch (Exception e)
             {
                 broken ??= e;
                 Fail(round.Batch, e);
             }
+            // Held commits are let go by the drop that holds them (CompleteDrops).
+            if (!held)
+                ReleasePooled(round);
             round.Done.TrySetResult();
             _roundSlots.Release();
         }
@@ -244,7 +248,7 @@ internal sealed partial class PoolLog
         foreach (var p in waiting)
         {
             p.Switched?.TrySetException(error);
-            p.Done.TrySetException(error);
+            p.Fail(error);
         }
     }
 
@@ -261,7 +265,7 @@ internal sealed partial class PoolLog
                 {
                     if (p.DataError == null && !p.Applied)
                     {
-                        state.Apply(new WalRecord(seq, (ushort)r.Type, r.Flags, r.Payload));
+                        state.Apply(r, seq);
                         if (r.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkMapBlocks or MetaRecordType.ChunkUnmap))
                             MetadataEstimate += r.Payload.Length;
                     }

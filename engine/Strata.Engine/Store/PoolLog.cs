@@ -22,48 +22,6 @@ namespace Strata.Engine.Store;
 /// </summary>
 internal sealed partial class PoolLog
 {
-    /// <summary>Records committed together (null: a checkpoint request).</summary>
-    private sealed class Pending(MetaRecord[]? Records, TaskCompletionSource Done, Task? Data = null, bool applied = false, uint switchTo = 0,
-        TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1, bool dropped = false, bool rejoin = false, int lift = -1)
-    {
-        /// <summary>A checkpoint request that first takes this target's shard out of the log (-1: none).</summary>
-        public int Exclude { get; } = exclude;
-        /// <summary>The shard left the log after its device failed a write (<see cref="TryDropShard"/>): the checkpoint also records the exclusion, then releases the held acknowledgements.</summary>
-        public bool Dropped { get; } = dropped;
-        /// <summary>The dropped shard was rejoining the log for a reintegration (still excluded): nothing was placed on it.</summary>
-        public bool Rejoin { get; } = rejoin;
-        /// <summary>Records that lift this rejoining target's exclusion: refused when the target left the log before its round (-1: none).</summary>
-        public int Lift { get; } = lift;
-        /// <summary>A checkpoint request that first adds this shard to the log (a pool extension).</summary>
-        public Shard? Join { get; } = join;
-        /// <summary>A checkpoint request that first switches the log to this format (0: none).</summary>
-        public uint SwitchTo { get; } = switchTo;
-        /// <summary>Completed once the committer switched (the checkpoint then runs before any later round).</summary>
-        public TaskCompletionSource? Switched { get; } = switched;
-        public MetaRecord[]? Records { get; } = Records;
-        /// <summary>
-        /// A writeback commit (<see cref="CommitWriteback"/>): applied and acknowledged when enqueued, logged by
-        /// the next round without a flush, durable at the next flush round. Every other commit is durable when done.
-        /// </summary>
-        public bool Applied { get; } = applied;
-        public TaskCompletionSource Done { get; } = Done;
-        /// <summary>Its place in the queue (1, 2, ...): the rounds take commits in this order.</summary>
-        public long Ordinal;
-        /// <summary>The data writes of the (single) chunk-map record, still running when it was enqueued.</summary>
-        public Task? Data { get; } = Data;
-        /// <summary>
-        /// A writeback commit whose data write overwrites, in place, extents an earlier writeback record named
-        /// (<see cref="TryCommitInPlace"/>): if that write fails, the round fails (the pool goes read-only)
-        /// instead of voiding the record, since the earlier record's acknowledged data may be torn.
-        /// </summary>
-        public bool InPlace { get; init; }
-        /// <summary>Where the record sits in its round's log buffer, and its sequence (to void it).</summary>
-        public int Pos, Length;
-        public ulong Seq;
-        /// <summary>Why the data writes failed: the record was voided (a pad in its place).</summary>
-        public Exception? DataError;
-    }
-
     private readonly Pool _pool;
     private readonly Channel<Pending> _queue = Channel.CreateUnbounded<Pending>(new UnboundedChannelOptions { SingleReader = true });
     /// <summary>The framing new batches get (1 or <see cref="WalFormatV2.Format"/>) and its CRC seed; changed only by the committer, between rounds.</summary>
@@ -139,7 +97,12 @@ internal sealed partial class PoolLog
     /// A crash before that flush may keep the record but not the data: replay verifies records past
     /// the last durable mark (PoolOpener), as for any record of the tail.
     /// </summary>
-    public Task CommitAfterAsync(MetaRecord record, Task data) => Enqueue([record], data);
+    /// <remarks>
+    /// <paramref name="data"/> is this log's to await, once, when the call returns; when it throws, the
+    /// caller's. A data write's failure is the only DeviceException the returned task ever holds (every
+    /// other failure comes as a StoreException), so a caller can tell a voided record by it.
+    /// </remarks>
+    public Task CommitAfterAsync(MetaRecord record, ValueTask data) => Enqueue([record], data);
 
     /// <summary>Commits records in one batch, in order (a crash may keep a prefix of them); durable as above.</summary>
     public Task CommitAsync(MetaRecord[] records) => records.Length == 0 ? Task.CompletedTask : Enqueue(records);
@@ -189,7 +152,7 @@ internal sealed partial class PoolLog
     private void ApplyWritebackLocked(MetaRecord r, long ordinal)
     {
         var state = _pool.Meta;
-        state.Apply(new WalRecord(state.LastSeq, (ushort)r.Type, r.Flags, r.Payload));
+        state.Apply(r, state.LastSeq);
         uint image = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(r.Payload);
         long chunk = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(r.Payload.AsSpan(4));
         if (state.Images.TryGetValue(image, out var img) && img.Chunks.TryGetValue(chunk, out var map))
@@ -231,7 +194,7 @@ internal sealed partial class PoolLog
     public bool TryCommitInPlace(ChunkMap current, MetaRecord record, Task data)
     {
         var state = _pool.Meta;
-        var p = new Pending([record], Acknowledged, data, applied: true) { InPlace = true };
+        var p = new Pending([record], Acknowledged, new ValueTask(data), applied: true) { InPlace = true };
         lock (state.Sync)
         {
             _pool.ThrowIfNotLoggable();
@@ -334,7 +297,7 @@ internal sealed partial class PoolLog
     /// </summary>
     public Task CommitLiftAsync(int target, MetaRecord[] records) => Enqueue(records, lift: target);
 
-    private Task Enqueue(MetaRecord[]? records, Task? data = null, uint switchTo = 0, TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1,
+    private Task Enqueue(MetaRecord[]? records, ValueTask? data = null, uint switchTo = 0, TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1,
         bool dropped = false, bool rejoin = false, int lift = -1)
     {
         _pool.ThrowIfNotLoggable();
@@ -345,7 +308,7 @@ internal sealed partial class PoolLog
         lock (_pool.Meta.Sync)
             QueueLocked(p);
         Volatile.Read(ref _gathering)?.TrySetResult();
-        return p.Done.Task;
+        return p.Done!.Task;
     }
 
     /// <summary>Queues a commit with the next ordinal; under the state's lock, so ordinals follow the queue's order.</summary>
@@ -447,7 +410,7 @@ internal sealed partial class PoolLog
                 }
                 if (p.Lift >= 0 && !InLog(p.Lift))
                 {
-                    p.Done.TrySetException(new RejoinFailedException(p.Lift));
+                    p.Fail(new RejoinFailedException(p.Lift));
                     continue;
                 }
                 flushes |= !p.Applied;

@@ -40,6 +40,9 @@ internal sealed class Shard
 
     public long WalStart => Base + Header.WalOffset;
 
+    /// <summary>Where the data area starts on the device.</summary>
+    public long DataStart => Base + Header.DataOffset;
+
     /// <summary>Writes the header to both copies (generation + 1, then + 2) and makes it current.</summary>
     public async Task WriteHeaderAsync(ShardHeader h)
     {
@@ -52,4 +55,8 @@ internal sealed class Shard
 
     public ValueTask WriteDataAsync(long dataOffset, ReadOnlyMemory<byte> source) =>
         DeviceIo.WriteAsync(Device, Base + Header.DataOffset + dataOffset, source);
+
+    /// <summary>As <see cref="WriteDataAsync"/>, pooled: for a caller that awaits it exactly once and never calls AsTask.</summary>
+    public ValueTask WriteDataPooledAsync(long dataOffset, ReadOnlyMemory<byte> source) =>
+        DeviceIo.WritePooledAsync(Device, Base + Header.DataOffset + dataOffset, source);
 }

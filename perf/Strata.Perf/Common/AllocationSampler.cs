@@ -36,7 +36,7 @@ internal sealed class AllocationSampler : EventListener
     }
 
     /// <summary>Stops sampling and prints the top <paramref name="top"/> types, with their share of the sampled bytes.</summary>
-    public void Report(string title, int top = 15)
+    public void Report(string title, int top = 40)
     {
         _on = false;
         long total = _bytes.Values.Sum();

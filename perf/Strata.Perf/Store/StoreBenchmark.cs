@@ -186,7 +186,7 @@ public static class StoreBenchmark
                     await WaitIdleAsync(o);
                     var h0 = HostCpuSample.Now();
                     var c0 = pool.Log.Stats;
-                    var load = new QueueDepthLoad(row, image.Size, ArrayBuffer.Rent, (offset, m) => new ValueTask(image.ReadAsync(offset, m)), (offset, m) => new ValueTask(image.WriteAsync(offset, m)));
+                    var load = new QueueDepthLoad(row, image.Size, ArrayBuffer.Rent, (offset, m) => image.ReadAsync(offset, m), (offset, m) => image.WriteAsync(offset, m));
                     using var sampler = o.AllocTypes ? new AllocationSampler() : null;
                     var r = await load.RunAsync(TimeSpan.FromSeconds(1), o.Runtime, $"chunk={chunkSize} rf={o.Rf} targets={o.Targets} pollers={o.Pollers}");
                     sampler?.Report(row.Name);

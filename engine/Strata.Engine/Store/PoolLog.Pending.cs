@@ -1,0 +1,246 @@
+using System.Collections.Concurrent;
+using System.Threading.Tasks.Sources;
+using Strata.Engine.Pools;
+
+namespace Strata.Engine.Store;
+
+/// <summary>
+/// A commit waiting in the queue or in a round (<see cref="Pending"/>), and the pooled form a durable
+/// chunk write uses (<see cref="CommitWithWriteAsync"/>): one object for the commit, its record array,
+/// its data write's completion and its own, reused, so the write path allocates none of them (issue 17).
+/// </summary>
+internal sealed partial class PoolLog
+{
+    /// <summary>
+    /// Records committed together (null: a checkpoint request). Completed once, by <see cref="Succeed"/>
+    /// or <see cref="Fail"/> (later calls do nothing): through <see cref="Done"/>, or, pooled, as the
+    /// IValueTaskSource its writer awaits.
+    /// </summary>
+    /// <remarks>
+    /// A pooled commit goes back to <see cref="_spares"/> when its three holders let it go: the writer
+    /// (after it took the result), the data write (after it completed the data source) and the log (after
+    /// the completer, or the drop that held its acknowledgement, is done with it and its round's
+    /// SettleDataAsync has finished). Until then nothing can see it reused.
+    /// </remarks>
+    private sealed class Pending : IValueTaskSource
+    {
+        public Pending(MetaRecord[]? records, TaskCompletionSource done, ValueTask? data = null, bool applied = false, uint switchTo = 0,
+            TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1, bool dropped = false, bool rejoin = false, int lift = -1)
+        {
+            Records = records;
+            Done = done;
+            Data = data;
+            Applied = applied;
+            SwitchTo = switchTo;
+            Switched = switched;
+            Join = join;
+            Exclude = exclude;
+            Dropped = dropped;
+            Rejoin = rejoin;
+            Lift = lift;
+        }
+
+        /// <summary>A pooled commit of one chunk-map record and its one data write (<see cref="CommitWithWriteAsync"/>).</summary>
+        public Pending(PoolLog owner)
+        {
+            _owner = owner;
+            Records = new MetaRecord[1];
+            Exclude = -1;
+            Lift = -1;
+            _release = Release;
+            Write = new SignalledWrite(_release);
+            _done.RunContinuationsAsynchronously = true; // as the TaskCompletionSource of the others
+        }
+
+        /// <summary>A checkpoint request that first takes this target's shard out of the log (-1: none).</summary>
+        public int Exclude { get; }
+        /// <summary>The shard left the log after its device failed a write (<see cref="TryDropShard"/>): the checkpoint also records the exclusion, then releases the held acknowledgements.</summary>
+        public bool Dropped { get; }
+        /// <summary>The dropped shard was rejoining the log for a reintegration (still excluded): nothing was placed on it.</summary>
+        public bool Rejoin { get; }
+        /// <summary>Records that lift this rejoining target's exclusion: refused when the target left the log before its round (-1: none).</summary>
+        public int Lift { get; }
+        /// <summary>A checkpoint request that first adds this shard to the log (a pool extension).</summary>
+        public Shard? Join { get; }
+        /// <summary>A checkpoint request that first switches the log to this format (0: none).</summary>
+        public uint SwitchTo { get; }
+        /// <summary>Completed once the committer switched (the checkpoint then runs before any later round).</summary>
+        public TaskCompletionSource? Switched { get; }
+        /// <summary>The records (pooled: an array of one, reused).</summary>
+        public MetaRecord[]? Records { get; }
+        /// <summary>
+        /// A writeback commit (<see cref="CommitWriteback"/>): applied and acknowledged when enqueued, logged by
+        /// the next round without a flush, durable at the next flush round. Every other commit is durable when done.
+        /// </summary>
+        public bool Applied { get; }
+        /// <summary>What its caller waits for; null for a pooled commit (its writer awaits the commit itself).</summary>
+        public TaskCompletionSource? Done { get; }
+        /// <summary>Its place in the queue (1, 2, ...): the rounds take commits in this order.</summary>
+        public long Ordinal;
+        /// <summary>
+        /// The data writes of the (single) chunk-map record, still running when it was enqueued. A ValueTask
+        /// (pooled: <see cref="Write"/>'s): awaited exactly once, by the round's SettleDataAsync.
+        /// </summary>
+        public ValueTask? Data { get; private set; }
+        /// <summary>
+        /// A writeback commit whose data write overwrites, in place, extents an earlier writeback record named
+        /// (<see cref="TryCommitInPlace"/>): if that write fails, the round fails (the pool goes read-only)
+        /// instead of voiding the record, since the earlier record's acknowledged data may be torn.
+        /// </summary>
+        public bool InPlace { get; init; }
+        /// <summary>Where the record sits in its round's log buffer, and its sequence (to void it).</summary>
+        public int Pos, Length;
+        public ulong Seq;
+        /// <summary>Why the data writes failed: the record was voided (a pad in its place).</summary>
+        public Exception? DataError;
+
+        private readonly PoolLog? _owner;
+        private readonly Action? _release;
+        private ManualResetValueTaskSourceCore<bool> _done;
+        private int _completed;
+        private int _holders;
+
+        /// <summary>A pooled commit's data write (its completion is <see cref="Data"/>).</summary>
+        public SignalledWrite? Write { get; }
+
+        public bool Pooled => _owner != null;
+
+        /// <summary>Readies a pooled commit for <paramref name="record"/>: three holders, nothing completed.</summary>
+        public void Reuse(MetaRecord record)
+        {
+            Records![0] = record;
+            Data = Write!.Prepare();
+            Ordinal = 0;
+            Pos = Length = 0;
+            Seq = 0;
+            DataError = null;
+            _completed = 0;
+            _holders = 3;
+            _done.Reset();
+        }
+
+        public short Version => _done.Version;
+
+        public void Succeed()
+        {
+            if (Done != null)
+                Done.TrySetResult();
+            else if (Interlocked.Exchange(ref _completed, 1) == 0)
+                _done.SetResult(true);
+        }
+
+        public void Fail(Exception error)
+        {
+            if (Done != null)
+                Done.TrySetException(error);
+            else if (Interlocked.Exchange(ref _completed, 1) == 0)
+                _done.SetException(error);
+        }
+
+        /// <summary>One holder lets a pooled commit go; the last one returns it to the spares. Nothing for the others.</summary>
+        public void Release()
+        {
+            if (_owner == null || Interlocked.Decrement(ref _holders) != 0)
+                return;
+            Records![0] = null!;
+            _owner.ReturnSpare(this);
+        }
+
+        /// <summary>A pooled commit that was never queued, its write never started: back to the spares at once.</summary>
+        public void Abandon()
+        {
+            _holders = 1;
+            Release();
+        }
+
+        public ValueTaskSourceStatus GetStatus(short token) => _done.GetStatus(token);
+
+        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
+            _done.OnCompleted(continuation, state, token, flags);
+
+        /// <summary>The writer takes the result, once; it then lets the commit go.</summary>
+        public void GetResult(short token)
+        {
+            try
+            {
+                _done.GetResult(token);
+            }
+            finally
+            {
+                Release();
+            }
+        }
+    }
+
+    /// <summary>Pooled commits not in use (at most <see cref="MaxSpares"/>: more than writes are ever in flight at once).</summary>
+    private readonly ConcurrentQueue<Pending> _spares = new();
+    private int _spareCount;
+    private const int MaxSpares = 256;
+
+    private Pending RentSpare(MetaRecord record)
+    {
+        if (_spares.TryDequeue(out var p))
+            Interlocked.Decrement(ref _spareCount);
+        else
+            p = new Pending(this);
+        p.Reuse(record);
+        return p;
+    }
+
+    private void ReturnSpare(Pending p)
+    {
+        if (Interlocked.Increment(ref _spareCount) <= MaxSpares)
+            _spares.Enqueue(p);
+        else
+            Interlocked.Decrement(ref _spareCount);
+    }
+
+    /// <summary>
+    /// As <see cref="CommitAfterAsync"/>, for a chunk-map record with one replica whose write this starts,
+    /// once the record is queued: <paramref name="source"/> to <paramref name="shard"/>'s data area at
+    /// <paramref name="dataOffset"/>. The commit, its record array and both completions are one pooled
+    /// object, so a durable write allocates none of them. Throws, with nothing written, when the record
+    /// cannot be queued. The ValueTask is awaited exactly once; it fails as CommitAfterAsync's task does
+    /// (a DeviceException: the data write failed and the record was voided).
+    /// </summary>
+    public ValueTask CommitWithWriteAsync(MetaRecord record, Shard shard, long dataOffset, ReadOnlyMemory<byte> source)
+    {
+        _pool.ThrowIfNotLoggable();
+        var p = RentSpare(record);
+        try
+        {
+            Validate(p.Records!);
+            // Ordinals follow the queue's order (CommitWriteback queues under the same lock).
+            lock (_pool.Meta.Sync)
+                QueueLocked(p);
+        }
+        catch
+        {
+            p.Abandon();
+            throw;
+        }
+        Volatile.Read(ref _gathering)?.TrySetResult();
+        // The round that takes it waits for this write (SettleDataAsync) before its flush.
+        p.Write!.Start(shard.Device, shard.DataStart + dataOffset, source);
+        return new ValueTask(p, p.Version);
+    }
+
+    /// <summary>The log lets the pooled commits of a round go, once its SettleDataAsync cannot touch them any more.</summary>
+    private static void ReleasePooled(Round round)
+    {
+        if (!round.Batch.Exists(p => p.Pooled))
+            return;
+        if (round.Durable.IsCompleted)
+        {
+            foreach (var p in round.Batch)
+                p.Release();
+            return;
+        }
+        // A round completed after an earlier one failed: its flush (and settling) may still run.
+        _ = round.Durable.ContinueWith(static (_, r) =>
+        {
+            foreach (var p in ((Round)r!).Batch)
+                p.Release();
+        }, round, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+    }
+}
