@@ -192,7 +192,24 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild, bool reintegr
         // data verified), until their next write or job moves them (docs/format.md, "A job ending across a drop").
         bool dropNotDurable = targetFails && (firstRas.WithId(RasIds.TargetDropped).Any() || middleRas.WithId(RasIds.TargetDropped).Any());
         if (MigrationKit.Misplaced(pool, pool.Placement) is > 0 and int n && !dropNotDurable)
-            throw new AssertFailedException($"seed {seed}: {n} chunk(s) are not where the placement puts them");
+        {
+            // Which chunks, the pool's job state and every RAS event of the run: what a replay needs.
+            var sb = new System.Text.StringBuilder();
+            lock (pool.Meta.Sync)
+                foreach (var img in pool.Meta.Images.Values)
+                    foreach (var (index, map) in img.Chunks)
+                    {
+                        var want = new int[map.Replicas.Length];
+                        pool.Placement.Targets(img.Id, index, pool.TargetCount, want);
+                        if (!map.Replicas.Select(r => (int)r.Target).Order().SequenceEqual(want.Order()))
+                            sb.AppendLine($"image {img.Id} chunk {index}: on {string.Join(",", map.Replicas.Select(r => r.Target))} want {string.Join(",", want)}");
+                    }
+            sb.AppendLine($"excluded {excluded} rf {pool.Rf} targets {pool.TargetCount} faulted {faulted} props {string.Join(" ", pool.GetProperties().Select(kv => kv.Key + "=" + kv.Value))} job {pool.JobStatus}");
+            foreach (var (name, sink) in new[] { ("first", firstRas), ("middle", middleRas), ("last", ras) })
+                foreach (var e in sink.Events)
+                    sb.AppendLine($"{name}: {e.Id} {e.Message}");
+            throw new AssertFailedException($"seed {seed}: {n} chunk(s) are not where the placement puts them\n{sb}");
+        }
         await engine.DisposeAsync();
     }
 
