@@ -18,13 +18,21 @@ public static class PoolStateCodec
     public static byte[] Serialize(PoolState s) => Capture(s).Encode();
 
     /// <summary>
+    /// Where the log's captures rent their chunk arrays: pools of their own, not the shared ones, whose
+    /// per-thread caches keep an array on the thread that returned it while the next checkpoint runs on
+    /// another. They keep (two of) the largest a checkpoint needed, as its own payload does (Checkpoint.Slots).
+    /// </summary>
+    private static readonly System.Buffers.ArrayPool<long> KeyArrays = System.Buffers.ArrayPool<long>.Create(1 << 30, 2);
+    private static readonly System.Buffers.ArrayPool<ChunkMap> MapArrays = System.Buffers.ArrayPool<ChunkMap>.Create(1 << 30, 2);
+
+    /// <summary>
     /// What a checkpoint needs of the state, taken under the state's lock (<see cref="PoolState.Sync"/>)
     /// in time linear in the chunks and without sorting or encoding them: a checkpoint holds writers
     /// off only that long, and encodes outside the lock (<see cref="PoolStateCapture.Encode"/>). Chunk
     /// maps are immutable (records replace them), so copying the references is a consistent copy.
     /// </summary>
     /// <param name="pooled">
-    /// The chunk arrays come from the shared array pools (a checkpoint of the log: a few MiB per checkpoint
+    /// The chunk arrays come from pools (a checkpoint of the log: a few MiB per checkpoint
     /// otherwise, issue 17); <see cref="PoolStateCapture.Release"/> returns them once encoded.
     /// </param>
     public static PoolStateCapture Capture(PoolState s, bool pooled = false)
@@ -52,8 +60,8 @@ public static class PoolStateCodec
             header.U32(i.Id).U32(i.Container).Str(i.Label).I64(i.Size).U32((uint)i.ChunkSize);
             Props(header, i.Props);
             int count = i.Chunks.Count;
-            var keys = pooled ? System.Buffers.ArrayPool<long>.Shared.Rent(count) : new long[count];
-            var maps = pooled ? System.Buffers.ArrayPool<ChunkMap>.Shared.Rent(count) : new ChunkMap[count];
+            var keys = pooled ? KeyArrays.Rent(count) : new long[count];
+            var maps = pooled ? MapArrays.Rent(count) : new ChunkMap[count];
             i.Chunks.Keys.CopyTo(keys, 0);
             i.Chunks.Values.CopyTo(maps, 0);
             images[n++] = new PoolStateCapture.ImageCapture(i.Id, header.ToArray(), keys, maps, count);
@@ -175,8 +183,8 @@ public static class PoolStateCodec
                 return;
             foreach (var i in _images)
             {
-                System.Buffers.ArrayPool<long>.Shared.Return(i.Keys);
-                System.Buffers.ArrayPool<ChunkMap>.Shared.Return(i.Maps, clearArray: true);
+                KeyArrays.Return(i.Keys);
+                MapArrays.Return(i.Maps, clearArray: true);
             }
         }
 

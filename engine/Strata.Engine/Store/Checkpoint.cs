@@ -14,6 +14,12 @@ public static class Checkpoint
     public const uint FormatVersion = 1;
     public const int HeaderSize = 64;
 
+    /// <summary>
+    /// Slots the log's checkpoints are laid out in (PoolLog.WriteCheckpointAsync): a pool of their own, as
+    /// the captures' chunk arrays (PoolStateCodec), so a checkpoint every few thousand writes reuses them.
+    /// </summary>
+    internal static readonly System.Buffers.ArrayPool<byte> Slots = System.Buffers.ArrayPool<byte>.Create(1 << 30, 2);
+
     public static byte[] Encode(Guid pool, ulong seq, long walHead, ReadOnlySpan<byte> payload, int blockSize)
     {
         var b = new byte[SlotLength(payload.Length, blockSize)];

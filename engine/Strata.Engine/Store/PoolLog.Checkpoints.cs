@@ -95,7 +95,7 @@ internal sealed partial class PoolLog
         }
         // Encoded outside the lock, so writers go on meanwhile: serializing 131,072 chunk maps under
         // it held them off for 50-100 ms; capturing them takes 2-3 ms.
-        // Laid out straight into the slot's bytes, in arrays from the shared pools (the capture's and the
+        // Laid out straight into the slot's bytes, in pooled arrays (the capture's and the
         // slot's): a checkpoint of a large image's chunk maps is a few MiB, every few thousand writes.
         int payloadLength;
         long chunkBytes;
@@ -114,7 +114,7 @@ internal sealed partial class PoolLog
                 long total = Checkpoint.SlotLength(payloadLength, _blockSize);
                 if (total > _pool.Shards[0].Header.CheckpointLength)
                     throw new NoSpaceException($"no space left in pool '{label}': metadata of {total} bytes outgrew the {_pool.Shards[0].Header.CheckpointLength}-byte checkpoint area");
-                rented = System.Buffers.ArrayPool<byte>.Shared.Rent((int)total);
+                rented = Checkpoint.Slots.Rent((int)total);
                 capture.EncodeInto(rented.AsSpan(Checkpoint.HeaderSize, payloadLength));
                 rented.AsSpan(Checkpoint.HeaderSize + payloadLength, (int)total - Checkpoint.HeaderSize - payloadLength).Clear();
                 Checkpoint.Seal(rented, _pool.Id, seq, _tail, payloadLength);
@@ -134,7 +134,7 @@ internal sealed partial class PoolLog
         {
             // Every shard's write is done here, failed or not (OnLogShardsAsync waits for all of them).
             if (rented != null)
-                System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+                Checkpoint.Slots.Return(rented);
         }
         await FlushAllAsync().ConfigureAwait(false);
         await OnLogShardsAsync(async s =>
