@@ -236,12 +236,15 @@ internal sealed partial class PoolLog
         return new ValueTask(p, p.Version);
     }
 
-    /// <summary>The log lets the pooled commits of a round go, once its SettleDataAsync cannot touch them any more.</summary>
-    private static void ReleasePooled(Round round)
+    /// <summary>
+    /// The log lets the pooled commits of a round go, once its SettleDataAsync cannot touch them any more:
+    /// at once when the round is <paramref name="finished"/> (its Durable task done), else when it is.
+    /// </summary>
+    private static void ReleasePooled(Round round, bool finished)
     {
         if (!round.Batch.Exists(p => p.Pooled))
             return;
-        if (round.Durable.IsCompleted)
+        if (finished)
         {
             foreach (var p in round.Batch)
                 p.Release();

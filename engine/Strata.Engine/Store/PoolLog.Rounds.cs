@@ -236,10 +236,16 @@ internal sealed partial class PoolLog
                 broken ??= e;
                 Fail(round.Batch, e);
             }
+            // Read once: what is let go or reused below must agree on whether settling may still run.
+            bool finished = round.Durable.IsCompleted;
             // Held commits are let go by the drop that holds them (CompleteDrops).
             if (!held)
-                ReleasePooled(round);
-            ReturnLogBlock(round);
+                ReleasePooled(round, finished);
+            if (finished)
+            {
+                ReturnLogBlock(round);
+                ReturnRoundLists(round.Batch, round.Records);
+            }
             round.Done.TrySetResult();
             _roundSlots.Release();
         }
@@ -417,6 +423,22 @@ internal sealed partial class PoolLog
 
     private Task FlushAllAsync() => OnLogShardsAsync(s => s.FlushAsync());
 
+    /// <summary>A round's commit and record lists, reused (taken by the committer, given back by the completer once the round is finished).</summary>
+    private readonly System.Collections.Concurrent.ConcurrentQueue<(List<Pending> Batch, List<MetaRecord> Records)> _roundLists = new();
+
+    private (List<Pending>, List<MetaRecord>) RentRoundLists() =>
+        _roundLists.TryDequeue(out var lists) ? lists : (new List<Pending>(), new List<MetaRecord>());
+
+    /// <summary>Keeps at most a pair per round in flight, and none that grew past a few thousand entries.</summary>
+    private void ReturnRoundLists(List<Pending> batch, List<MetaRecord> records)
+    {
+        if (_roundLists.Count > MaxRoundsInFlight + 1 || batch.Capacity > 4096 || records.Capacity > 4096)
+            return;
+        batch.Clear();
+        records.Clear();
+        _roundLists.Enqueue((batch, records));
+    }
+
     /// <summary>A log block of <paramref name="length"/> bytes, zeroed (v2 batches end in zeros), from the shared pool: a round's block is not an allocation of its own.</summary>
     private static byte[] RentLogBlock(long length)
     {
@@ -428,8 +450,8 @@ internal sealed partial class PoolLog
     /// <summary>Returns a finished round's log block to the pool: only once its log writes (and any rewrite voiding a record) are done.</summary>
     private static void ReturnLogBlock(Round round)
     {
-        if (!round.Durable.IsCompleted || round.Buffer.Length == 0)
-            return; // still being written (a round after a failed one): the GC takes it
+        if (round.Buffer.Length == 0)
+            return;
         var block = round.Buffer;
         round.Buffer = [];
         System.Buffers.ArrayPool<byte>.Shared.Return(block);
