@@ -37,8 +37,13 @@ public enum MetaRecordType : ushort
 /// <summary>A record waiting to be committed.</summary>
 public sealed record MetaRecord(MetaRecordType Type, byte[] Payload, ushort Flags = 0)
 {
+    /// <summary>Set only by PoolLog's pooled commits, which reuse their record once its round is done.</summary>
+    public MetaRecordType Type { get; internal set; } = Type;
+
+    public byte[] Payload { get; internal set; } = Payload;
+
     /// <summary>A chunk map's replicas as the payload encodes them, when the state's new mapping may take this array itself (PoolState.Apply(MetaRecord, ulong)).</summary>
-    internal Replica[]? Replicas { get; init; }
+    internal Replica[]? Replicas { get; set; }
 }
 
 /// <summary>Builders for each record's payload (the layouts Apply reads).</summary>
@@ -90,11 +95,20 @@ public static class MetaRecords
     /// </param>
     public static MetaRecord ChunkMap(uint image, long chunk, Replica[] replicas, bool blocks = false, bool share = false)
     {
-        var b = new byte[4 + 8 + ReplicasLength(replicas)];
-        BinaryPrimitives.WriteUInt32LittleEndian(b, image);
-        BinaryPrimitives.WriteInt64LittleEndian(b.AsSpan(4), chunk);
-        EncodeReplicas(b.AsSpan(12), replicas);
+        var b = new byte[ChunkMapLength(replicas)];
+        EncodeChunkMap(b, image, chunk, replicas);
         return new(blocks ? MetaRecordType.ChunkMapBlocks : MetaRecordType.ChunkMap, b) { Replicas = share ? replicas : null };
+    }
+
+    /// <summary>A ChunkMap payload's length.</summary>
+    public static int ChunkMapLength(Replica[] replicas) => 4 + 8 + ReplicasLength(replicas);
+
+    /// <summary>Encodes a ChunkMap payload into <paramref name="dest"/>, <see cref="ChunkMapLength"/> bytes.</summary>
+    public static void EncodeChunkMap(Span<byte> dest, uint image, long chunk, Replica[] replicas)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(dest, image);
+        BinaryPrimitives.WriteInt64LittleEndian(dest[4..], chunk);
+        EncodeReplicas(dest[12..], replicas);
     }
 
     public static MetaRecord ChunkUnmap(uint image, long chunk) =>

@@ -18,12 +18,24 @@ public static class PoolStateCodec
     public static byte[] Serialize(PoolState s) => Capture(s).Encode();
 
     /// <summary>
+    /// Where the log's captures rent their chunk arrays: pools of their own, not the shared ones, whose
+    /// per-thread caches keep an array on the thread that returned it while the next checkpoint runs on
+    /// another. They keep (two of) the largest a checkpoint needed, as its own payload does (Checkpoint.Slots).
+    /// </summary>
+    private static readonly System.Buffers.ArrayPool<long> KeyArrays = System.Buffers.ArrayPool<long>.Create(1 << 30, 2);
+    private static readonly System.Buffers.ArrayPool<ChunkMap> MapArrays = System.Buffers.ArrayPool<ChunkMap>.Create(1 << 30, 2);
+
+    /// <summary>
     /// What a checkpoint needs of the state, taken under the state's lock (<see cref="PoolState.Sync"/>)
     /// in time linear in the chunks and without sorting or encoding them: a checkpoint holds writers
     /// off only that long, and encodes outside the lock (<see cref="PoolStateCapture.Encode"/>). Chunk
     /// maps are immutable (records replace them), so copying the references is a consistent copy.
     /// </summary>
-    public static PoolStateCapture Capture(PoolState s)
+    /// <param name="pooled">
+    /// The chunk arrays come from pools (a checkpoint of the log: a few MiB per checkpoint
+    /// otherwise, issue 17); <see cref="PoolStateCapture.Release"/> returns them once encoded.
+    /// </param>
+    public static PoolStateCapture Capture(PoolState s, bool pooled = false)
     {
         var head = new MetaWriter();
         Section(head, SectionPool, p =>
@@ -47,13 +59,14 @@ public static class PoolStateCodec
             var header = new MetaWriter();
             header.U32(i.Id).U32(i.Container).Str(i.Label).I64(i.Size).U32((uint)i.ChunkSize);
             Props(header, i.Props);
-            var keys = new long[i.Chunks.Count];
-            var maps = new ChunkMap[keys.Length];
+            int count = i.Chunks.Count;
+            var keys = pooled ? KeyArrays.Rent(count) : new long[count];
+            var maps = pooled ? MapArrays.Rent(count) : new ChunkMap[count];
             i.Chunks.Keys.CopyTo(keys, 0);
             i.Chunks.Values.CopyTo(maps, 0);
-            images[n++] = new PoolStateCapture.ImageCapture(i.Id, header.ToArray(), keys, maps);
+            images[n++] = new PoolStateCapture.ImageCapture(i.Id, header.ToArray(), keys, maps, count);
         }
-        return new PoolStateCapture(head.ToArray(), images, s.UpgradeJob, s.Layout);
+        return new PoolStateCapture(head.ToArray(), images, s.UpgradeJob, s.Layout, pooled);
     }
 
     /// <summary>
@@ -62,29 +75,40 @@ public static class PoolStateCodec
     /// </summary>
     public sealed class PoolStateCapture
     {
-        internal sealed record ImageCapture(uint Id, byte[] Header, long[] Keys, ChunkMap[] Maps);
+        /// <summary>An image's header and its chunks: the first <see cref="Count"/> keys and maps (pooled arrays may be longer).</summary>
+        internal sealed record ImageCapture(uint Id, byte[] Header, long[] Keys, ChunkMap[] Maps, int Count);
 
         private readonly byte[] _head;
         private readonly ImageCapture[] _images;
         private readonly UpgradeJobMeta? _job;
         private readonly LayoutMeta? _layout;
+        private readonly bool _pooled;
+        private MetaWriter? _tail;
+        private long _body;
 
-        internal PoolStateCapture(byte[] head, ImageCapture[] images, UpgradeJobMeta? job, LayoutMeta? layout)
+        internal PoolStateCapture(byte[] head, ImageCapture[] images, UpgradeJobMeta? job, LayoutMeta? layout, bool pooled = false)
         {
             _head = head;
             _images = images;
             _job = job;
             _layout = layout;
+            _pooled = pooled;
         }
 
         /// <summary>Bytes the chunk maps take in the payload; the slot reserves room for every possible chunk separately, so only the rest counts against the metadata room.</summary>
         public long ChunkBytes { get; private set; }
 
-        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
         public byte[] Encode()
         {
-            // Checkpoints are rare, so tiered compilation would leave this loop unoptimized for long:
-            // compiled fully at once. The payload is laid out straight into one buffer of its size.
+            var payload = new byte[Measure()];
+            EncodeInto(payload);
+            return payload;
+        }
+
+        /// <summary>Sorts the chunks and returns the payload's length (what <see cref="EncodeInto"/> then writes).</summary>
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+        public int Measure()
+        {
             var tail = new MetaWriter();
             if (_job is { } j)
                 Section(tail, SectionUpgradeJob, p =>
@@ -99,17 +123,32 @@ public static class PoolStateCodec
             long body = 4;
             foreach (var i in _images)
             {
-                if (!Ascending(i.Keys))
-                    Array.Sort(i.Keys, i.Maps);
+                if (!Ascending(i.Keys, i.Count))
+                    Array.Sort(i.Keys, i.Maps, 0, i.Count);
                 body += i.Header.Length + 8;
-                foreach (var m in i.Maps)
+                for (int k = 0; k < i.Count; k++)
+                {
+                    var m = i.Maps[k];
                     chunkBytes += 9 + MetaRecords.ReplicasLength(m.Replicas) + (m.Moving == null ? 0 : MetaRecords.ReplicasLength(m.Moving));
+                }
             }
             body += chunkBytes;
             ChunkBytes = chunkBytes;
             Array.Sort(_images, (a, b) => a.Id.CompareTo(b.Id));
-            var payload = new byte[checked(_head.Length + 8 + (int)body + tail.Length)];
-            var d = payload.AsSpan();
+            _tail = tail;
+            _body = body;
+            return checked(_head.Length + 8 + (int)body + tail.Length);
+        }
+
+        /// <summary>
+        /// Lays the payload out into <paramref name="d"/>, exactly <see cref="Measure"/>'s length. Checkpoints
+        /// are rare, so tiered compilation would leave this loop unoptimized for long: compiled fully at once.
+        /// </summary>
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+        public void EncodeInto(Span<byte> d)
+        {
+            var tail = _tail ?? throw new InvalidOperationException("Measure comes first");
+            long body = _body;
             _head.CopyTo(d);
             int at = _head.Length;
             BinaryPrimitives.WriteUInt16LittleEndian(d[at..], SectionImages);
@@ -121,9 +160,9 @@ public static class PoolStateCodec
             {
                 i.Header.CopyTo(d[at..]);
                 at += i.Header.Length;
-                BinaryPrimitives.WriteInt64LittleEndian(d[at..], i.Keys.Length);
+                BinaryPrimitives.WriteInt64LittleEndian(d[at..], i.Count);
                 at += 8;
-                for (int k = 0; k < i.Keys.Length; k++)
+                for (int k = 0; k < i.Count; k++)
                 {
                     var map = i.Maps[k];
                     BinaryPrimitives.WriteInt64LittleEndian(d[at..], i.Keys[k]);
@@ -135,13 +174,24 @@ public static class PoolStateCodec
                 }
             }
             tail.WrittenSpan.CopyTo(d[at..]);
-            return payload;
+        }
+
+        /// <summary>Returns pooled chunk arrays (<see cref="Capture"/>, pooled); the capture is not encoded again.</summary>
+        public void Release()
+        {
+            if (!_pooled)
+                return;
+            foreach (var i in _images)
+            {
+                KeyArrays.Return(i.Keys);
+                MapArrays.Return(i.Maps, clearArray: true);
+            }
         }
 
         /// <summary>Chunks come out of the map in the order they were first written, often ascending already.</summary>
-        private static bool Ascending(long[] keys)
+        private static bool Ascending(long[] keys, int count)
         {
-            for (int k = 1; k < keys.Length; k++)
+            for (int k = 1; k < count; k++)
                 if (keys[k] <= keys[k - 1])
                     return false;
             return true;

@@ -14,21 +14,39 @@ public static class Checkpoint
     public const uint FormatVersion = 1;
     public const int HeaderSize = 64;
 
+    /// <summary>
+    /// Slots the log's checkpoints are laid out in (PoolLog.WriteCheckpointAsync): a pool of their own, as
+    /// the captures' chunk arrays (PoolStateCodec), so a checkpoint every few thousand writes reuses them.
+    /// </summary>
+    internal static readonly System.Buffers.ArrayPool<byte> Slots = System.Buffers.ArrayPool<byte>.Create(1 << 30, 2);
+
     public static byte[] Encode(Guid pool, ulong seq, long walHead, ReadOnlySpan<byte> payload, int blockSize)
     {
-        long total = DeviceIo.AlignUp(HeaderSize + payload.Length, blockSize);
-        var b = new byte[total];
-        var s = b.AsSpan();
+        var b = new byte[SlotLength(payload.Length, blockSize)];
+        payload.CopyTo(b.AsSpan(HeaderSize));
+        Seal(b, pool, seq, walHead, payload.Length);
+        return b;
+    }
+
+    /// <summary>Bytes a checkpoint of <paramref name="payloadLength"/> takes: header and payload, to the block.</summary>
+    public static long SlotLength(int payloadLength, int blockSize) => DeviceIo.AlignUp(HeaderSize + (long)payloadLength, blockSize);
+
+    /// <summary>
+    /// Writes the header in front of a payload already in place (<paramref name="slot"/> from
+    /// <see cref="HeaderSize"/> on); the caller zeroed the rest of the slot to its length.
+    /// </summary>
+    public static void Seal(Span<byte> slot, Guid pool, ulong seq, long walHead, int payloadLength)
+    {
+        var s = slot;
         BinaryPrimitives.WriteUInt64LittleEndian(s, Magic);
         BinaryPrimitives.WriteUInt32LittleEndian(s[8..], FormatVersion);
+        s[12..16].Clear();
         BinaryPrimitives.WriteUInt64LittleEndian(s[16..], seq);
         BinaryPrimitives.WriteInt64LittleEndian(s[24..], walHead);
-        BinaryPrimitives.WriteInt64LittleEndian(s[32..], payload.Length);
-        BinaryPrimitives.WriteUInt32LittleEndian(s[40..], Crc32C.Compute(payload));
+        BinaryPrimitives.WriteInt64LittleEndian(s[32..], payloadLength);
+        BinaryPrimitives.WriteUInt32LittleEndian(s[40..], Crc32C.Compute(s.Slice(HeaderSize, payloadLength)));
         pool.TryWriteBytes(s.Slice(44, 16));
         BinaryPrimitives.WriteUInt32LittleEndian(s[60..], Crc32C.Compute(s[..60]));
-        payload.CopyTo(s[HeaderSize..]);
-        return b;
     }
 
     /// <summary>Reads the header part; returns the payload length or a problem.</summary>

@@ -636,7 +636,7 @@ internal sealed class ChunkIo(Pool pool)
         int cs = meta.ChunkSize;
         int length = chunk.Length;
         // The array is this write's own and never changes: the new mapping takes it (share).
-        var record = MetaRecords.ChunkMap(meta.Id, index, replicas, blocks, share: true);
+        MetaRecord Record() => MetaRecords.ChunkMap(meta.Id, index, replicas, blocks, share: true);
         int rf = replicas.Length;
         if (!durable)
         {
@@ -653,7 +653,7 @@ internal sealed class ChunkIo(Pool pool)
             }
             try
             {
-                pool.Log.CommitWriteback([record]);
+                pool.Log.CommitWriteback([Record()]);
             }
             catch
             {
@@ -672,7 +672,7 @@ internal sealed class ChunkIo(Pool pool)
             {
                 // One replica: the log starts its write once the record is queued; the commit, its record
                 // array and the write's completion are one pooled object (PoolLog.CommitWithWriteAsync).
-                commit = pool.Log.CommitWithWriteAsync(record, pool.Shards[replicas[0].Target], replicas[0].Offset, chunk);
+                commit = pool.Log.CommitWithWriteAsync(meta.Id, index, replicas, blocks, pool.Shards[replicas[0].Target], replicas[0].Offset, chunk);
             }
             catch
             {
@@ -687,7 +687,7 @@ internal sealed class ChunkIo(Pool pool)
             ValueTask data = WriteDataAsync(replicas, chunk, meta, index * cs + within);
             try
             {
-                commit = new ValueTask(pool.Log.CommitAfterAsync(record, data));
+                commit = new ValueTask(pool.Log.CommitAfterAsync(Record(), data));
             }
             catch
             {

@@ -81,7 +81,7 @@ internal sealed partial class PoolLog
                     _pool.ThrowIfNotLoggable();
                     // Every mapping captured is in this checkpoint: none of their extents is rewritten in place from now on.
                     _flushHorizon = Math.Max(_flushHorizon, _enqueued);
-                    capture = PoolStateCodec.Capture(state);
+                    capture = PoolStateCodec.Capture(state, pooled: true);
                     layout = _pool.DurableLayout();
                     label = state.Props["label"];
                     applied = state.LastSeq;
@@ -95,21 +95,47 @@ internal sealed partial class PoolLog
         }
         // Encoded outside the lock, so writers go on meanwhile: serializing 131,072 chunk maps under
         // it held them off for 50-100 ms; capturing them takes 2-3 ms.
-        byte[] payload = capture.Encode();
-        long chunkBytes = capture.ChunkBytes;
+        // Laid out straight into the slot's bytes, in pooled arrays (the capture's and the
+        // slot's): a checkpoint of a large image's chunk maps is a few MiB, every few thousand writes.
+        int payloadLength;
+        long chunkBytes;
+        byte[]? rented = null;
         ulong seq = _nextSeq - 1;
         uint format = _format;
         int shardCount = _pool.TargetCount;
         // A v2 log is unreadable to engines without wal_v2: its headers carry the bit from the switch on.
         ulong walV2 = format == WalFormatV2.Format ? _pool.Catalog.Find(Layout.LayoutCatalog.WalV2Feature)?.Mask ?? 0 : 0;
-        var ckpt = Checkpoint.Encode(_pool.Id, seq, _tail, payload, _blockSize);
-        if (ckpt.Length > _pool.Shards[0].Header.CheckpointLength)
-            throw new NoSpaceException($"no space left in pool '{label}': metadata of {ckpt.Length} bytes outgrew the {_pool.Shards[0].Header.CheckpointLength}-byte checkpoint area");
-        await OnLogShardsAsync(s =>
+        try
         {
-            uint slot = s.Header.ActiveCheckpoint == 0 ? 1u : 0u;
-            return DeviceIo.WriteAsync(s.Device, s.Base + s.Header.CheckpointOffset(slot), ckpt).AsTask();
-        }).ConfigureAwait(false);
+            try
+            {
+                payloadLength = capture.Measure();
+                chunkBytes = capture.ChunkBytes;
+                long total = Checkpoint.SlotLength(payloadLength, _blockSize);
+                if (total > _pool.Shards[0].Header.CheckpointLength)
+                    throw new NoSpaceException($"no space left in pool '{label}': metadata of {total} bytes outgrew the {_pool.Shards[0].Header.CheckpointLength}-byte checkpoint area");
+                rented = Checkpoint.Slots.Rent((int)total);
+                capture.EncodeInto(rented.AsSpan(Checkpoint.HeaderSize, payloadLength));
+                rented.AsSpan(Checkpoint.HeaderSize + payloadLength, (int)total - Checkpoint.HeaderSize - payloadLength).Clear();
+                Checkpoint.Seal(rented, _pool.Id, seq, _tail, payloadLength);
+            }
+            finally
+            {
+                capture.Release();
+            }
+            var ckpt = rented.AsMemory(0, (int)Checkpoint.SlotLength(payloadLength, _blockSize));
+            await OnLogShardsAsync(s =>
+            {
+                uint slot = s.Header.ActiveCheckpoint == 0 ? 1u : 0u;
+                return DeviceIo.WriteAsync(s.Device, s.Base + s.Header.CheckpointOffset(slot), ckpt).AsTask();
+            }).ConfigureAwait(false);
+        }
+        finally
+        {
+            // Every shard's write is done here, failed or not (OnLogShardsAsync waits for all of them).
+            if (rented != null)
+                Checkpoint.Slots.Return(rented);
+        }
         await FlushAllAsync().ConfigureAwait(false);
         await OnLogShardsAsync(async s =>
         {
@@ -132,7 +158,7 @@ internal sealed partial class PoolLog
             await s.WriteHeaderAsync(h).ConfigureAwait(false);
         }).ConfigureAwait(false);
         _head = _tail;
-        MetadataEstimate = payload.Length - chunkBytes;
+        MetadataEstimate = payloadLength - chunkBytes;
         // The checkpoint's flush made every applied record durable, writeback ones included (those
         // applied but not yet in a round are durable too, but counted only when their round flushes).
         MarkDurable(applied, appliedOrdinal);

@@ -44,7 +44,7 @@ internal sealed partial class PoolLog
         public Pending(PoolLog owner)
         {
             _owner = owner;
-            Records = new MetaRecord[1];
+            Records = [new MetaRecord(MetaRecordType.ChunkMap, [])];
             Exclude = -1;
             Lift = -1;
             _release = Release;
@@ -105,10 +105,19 @@ internal sealed partial class PoolLog
 
         public bool Pooled => _owner != null;
 
-        /// <summary>Readies a pooled commit for <paramref name="record"/>: three holders, nothing completed.</summary>
-        public void Reuse(MetaRecord record)
+        /// <summary>
+        /// Readies a pooled commit for a chunk-map record (its own, reused: the payload array too when the
+        /// replica count is the same), whose new mapping takes <paramref name="replicas"/>: three holders, nothing completed.
+        /// </summary>
+        public void Reuse(uint image, long chunk, Replica[] replicas, bool blocks)
         {
-            Records![0] = record;
+            var record = Records![0];
+            int length = MetaRecords.ChunkMapLength(replicas);
+            if (record.Payload.Length != length)
+                record.Payload = new byte[length];
+            MetaRecords.EncodeChunkMap(record.Payload, image, chunk, replicas);
+            record.Type = blocks ? MetaRecordType.ChunkMapBlocks : MetaRecordType.ChunkMap;
+            record.Replicas = replicas;
             Data = Write!.Prepare();
             Ordinal = 0;
             Pos = Length = 0;
@@ -142,7 +151,7 @@ internal sealed partial class PoolLog
         {
             if (_owner == null || Interlocked.Decrement(ref _holders) != 0)
                 return;
-            Records![0] = null!;
+            Records![0].Replicas = null;
             _owner.ReturnSpare(this);
         }
 
@@ -177,13 +186,13 @@ internal sealed partial class PoolLog
     private int _spareCount;
     private const int MaxSpares = 256;
 
-    private Pending RentSpare(MetaRecord record)
+    private Pending RentSpare(uint image, long chunk, Replica[] replicas, bool blocks)
     {
         if (_spares.TryDequeue(out var p))
             Interlocked.Decrement(ref _spareCount);
         else
             p = new Pending(this);
-        p.Reuse(record);
+        p.Reuse(image, chunk, replicas, blocks);
         return p;
     }
 
@@ -196,17 +205,19 @@ internal sealed partial class PoolLog
     }
 
     /// <summary>
-    /// As <see cref="CommitAfterAsync"/>, for a chunk-map record with one replica whose write this starts,
-    /// once the record is queued: <paramref name="source"/> to <paramref name="shard"/>'s data area at
-    /// <paramref name="dataOffset"/>. The commit, its record array and both completions are one pooled
-    /// object, so a durable write allocates none of them. Throws, with nothing written, when the record
-    /// cannot be queued. The ValueTask is awaited exactly once; it fails as CommitAfterAsync's task does
-    /// (a DeviceException: the data write failed and the record was voided).
+    /// As <see cref="CommitAfterAsync"/>, for the chunk-map record mapping <paramref name="chunk"/> of
+    /// <paramref name="image"/> to one replica (MetaRecords.ChunkMap, share: the new mapping takes
+    /// <paramref name="replicas"/>), whose write this starts once the record is queued: <paramref name="source"/>
+    /// to <paramref name="shard"/>'s data area at <paramref name="dataOffset"/>. The commit, its record and
+    /// its array and both completions are one pooled object, so a durable write allocates none of them.
+    /// Throws, with nothing written, when the record cannot be queued. The ValueTask is awaited exactly
+    /// once; it fails as CommitAfterAsync's task does (a DeviceException: the data write failed and the
+    /// record was voided).
     /// </summary>
-    public ValueTask CommitWithWriteAsync(MetaRecord record, Shard shard, long dataOffset, ReadOnlyMemory<byte> source)
+    public ValueTask CommitWithWriteAsync(uint image, long chunk, Replica[] replicas, bool blocks, Shard shard, long dataOffset, ReadOnlyMemory<byte> source)
     {
         _pool.ThrowIfNotLoggable();
-        var p = RentSpare(record);
+        var p = RentSpare(image, chunk, replicas, blocks);
         try
         {
             Validate(p.Records!);
@@ -225,12 +236,15 @@ internal sealed partial class PoolLog
         return new ValueTask(p, p.Version);
     }
 
-    /// <summary>The log lets the pooled commits of a round go, once its SettleDataAsync cannot touch them any more.</summary>
-    private static void ReleasePooled(Round round)
+    /// <summary>
+    /// The log lets the pooled commits of a round go, once its SettleDataAsync cannot touch them any more:
+    /// at once when the round is <paramref name="finished"/> (its Durable task done), else when it is.
+    /// </summary>
+    private static void ReleasePooled(Round round, bool finished)
     {
         if (!round.Batch.Exists(p => p.Pooled))
             return;
-        if (round.Durable.IsCompleted)
+        if (finished)
         {
             foreach (var p in round.Batch)
                 p.Release();

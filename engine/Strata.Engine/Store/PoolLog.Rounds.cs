@@ -17,8 +17,12 @@ internal sealed partial class PoolLog
     {
         public List<Pending> Batch { get; } = batch;
         public List<MetaRecord> Records { get; } = records;
-        /// <summary>The round's log block and where it was written (rewritten if a record is voided).</summary>
+        /// <summary>
+        /// The round's log block (its first <see cref="Length"/> bytes, in an array rented from the shared
+        /// pool: returned once the round is done) and where it was written (rewritten if a record is voided).
+        /// </summary>
         public byte[] Buffer { get; set; } = [];
+        public int Length { get; set; }
         /// <summary>The framing and CRC seed the round was written with (to void a record the same way).</summary>
         public uint Format { get; set; }
         public uint Seed { get; set; }
@@ -152,7 +156,7 @@ internal sealed partial class PoolLog
             }
         }
         if (voided)
-            await OnLogShardsAsync(s => DeviceIo.WriteAsync(s.Device, s.WalStart + round.At, round.Buffer).AsTask()).ConfigureAwait(false);
+            await OnLogShardsAsync(s => DeviceIo.WriteAsync(s.Device, s.WalStart + round.At, round.Buffer.AsMemory(0, round.Length)).AsTask()).ConfigureAwait(false);
     }
 
 
@@ -160,7 +164,7 @@ internal sealed partial class PoolLog
     private static void Void(Round round, Pending p)
     {
         if (round.Format == WalFormatV2.Format)
-            WalFormatV2.Void(round.Buffer, p.Pos, p.Length, round.Seed);
+            WalFormatV2.Void(round.Buffer.AsSpan(0, round.Length), p.Pos, p.Length, round.Seed);
         else
             WalFormat.Encode(round.Buffer.AsSpan(p.Pos), round.Seed, p.Seq, WalFormat.PadType, 0, default, p.Length);
     }
@@ -232,9 +236,16 @@ internal sealed partial class PoolLog
                 broken ??= e;
                 Fail(round.Batch, e);
             }
+            // Read once: what is let go or reused below must agree on whether settling may still run.
+            bool finished = round.Durable.IsCompleted;
             // Held commits are let go by the drop that holds them (CompleteDrops).
             if (!held)
-                ReleasePooled(round);
+                ReleasePooled(round, finished);
+            if (finished)
+            {
+                ReturnLogBlock(round);
+                ReturnRoundLists(round.Batch, round.Records);
+            }
             round.Done.TrySetResult();
             _roundSlots.Release();
         }
@@ -306,7 +317,7 @@ internal sealed partial class PoolLog
             wrapPad = new byte[wrap];
             WalFormat.Encode(wrapPad, _seed, _nextSeq++, WalFormat.PadType, 0, default, (int)wrap);
         }
-        var buf = new byte[padded];
+        var buf = RentLogBlock(padded);
         var mark = MetaRecords.DurableThrough(Volatile.Read(ref _durableThrough));
         WalFormat.Encode(buf, _seed, _nextSeq++, (ushort)mark.Type, mark.Flags, mark.Payload, MarkLength);
         round.FirstSeq = _nextSeq;
@@ -368,7 +379,7 @@ internal sealed partial class PoolLog
             wrapBlock = new byte[Math.Min(_blockSize, wrap)];
             WalFormatV2.Seal(wrapBlock, _seed, _nextSeq++, mark, (int)wrap, 0);
         }
-        var buf = new byte[padded];
+        var buf = RentLogBlock(padded);
         ulong batchSeq = _nextSeq++;
         round.FirstSeq = _nextSeq;
         int pos = WalFormatV2.HeaderSize;
@@ -397,16 +408,52 @@ internal sealed partial class PoolLog
         long at = wrap > 0 ? 0 : _tail;
         long wrapAt = _tail;
         round.Buffer = buf;
+        round.Length = (int)padded;
         round.At = at;
+        var block = buf.AsMemory(0, (int)padded);
         // The tail moves now: the next round's batch goes after this one even while this one's flush runs.
         _tail = (at + padded) % _walLength;
         return OnLogShardsAsync(async s =>
         {
             if (wrapFiller != null)
                 await DeviceIo.WriteAsync(s.Device, s.WalStart + wrapAt, wrapFiller).ConfigureAwait(false);
-            await DeviceIo.WriteAsync(s.Device, s.WalStart + at, buf).ConfigureAwait(false);
+            await DeviceIo.WriteAsync(s.Device, s.WalStart + at, block).ConfigureAwait(false);
         });
     }
 
     private Task FlushAllAsync() => OnLogShardsAsync(s => s.FlushAsync());
+
+    /// <summary>A round's commit and record lists, reused (taken by the committer, given back by the completer once the round is finished).</summary>
+    private readonly System.Collections.Concurrent.ConcurrentQueue<(List<Pending> Batch, List<MetaRecord> Records)> _roundLists = new();
+
+    private (List<Pending>, List<MetaRecord>) RentRoundLists() =>
+        _roundLists.TryDequeue(out var lists) ? lists : (new List<Pending>(), new List<MetaRecord>());
+
+    /// <summary>Keeps at most a pair per round in flight, and none that grew past a few thousand entries.</summary>
+    private void ReturnRoundLists(List<Pending> batch, List<MetaRecord> records)
+    {
+        if (_roundLists.Count > MaxRoundsInFlight + 1 || batch.Capacity > 4096 || records.Capacity > 4096)
+            return;
+        batch.Clear();
+        records.Clear();
+        _roundLists.Enqueue((batch, records));
+    }
+
+    /// <summary>A log block of <paramref name="length"/> bytes, zeroed (v2 batches end in zeros), from the shared pool: a round's block is not an allocation of its own.</summary>
+    private static byte[] RentLogBlock(long length)
+    {
+        var block = System.Buffers.ArrayPool<byte>.Shared.Rent(checked((int)length));
+        block.AsSpan(0, (int)length).Clear();
+        return block;
+    }
+
+    /// <summary>Returns a finished round's log block to the pool: only once its log writes (and any rewrite voiding a record) are done.</summary>
+    private static void ReturnLogBlock(Round round)
+    {
+        if (round.Buffer.Length == 0)
+            return;
+        var block = round.Buffer;
+        round.Buffer = [];
+        System.Buffers.ArrayPool<byte>.Shared.Return(block);
+    }
 }

@@ -352,8 +352,7 @@ internal sealed partial class PoolLog
             long slot = System.Diagnostics.Stopwatch.GetTimestamp();
             await _roundSlots.WaitAsync().ConfigureAwait(false);
             _stats.SlotTicks += System.Diagnostics.Stopwatch.GetTimestamp() - slot;
-            var batch = new List<Pending>();
-            var records = new List<MetaRecord>();
+            var (batch, records) = RentRoundLists();
             var checkpoints = new List<Pending>();
             long bytes = TakeQueued(reader, batch, records, checkpoints, 0);
             // A batch of writeback commits only: nobody waits for its log write (they were answered
@@ -366,9 +365,14 @@ internal sealed partial class PoolLog
                 TakeQueued(reader, batch, records, checkpoints, bytes);
             }
             if (batch.Count > 0) // a flush request is a batch without records
+            {
                 await StartRoundAsync(new Round(batch, records)).ConfigureAwait(false);
+            }
             else
+            {
+                ReturnRoundLists(batch, records);
                 _roundSlots.Release();
+            }
             Volatile.Write(ref _startedOrdinal, _takenOrdinal);
             if (checkpoints.Count > 0 || Used > _walLength / 2)
                 await CheckpointAfterRoundsAsync(checkpoints).ConfigureAwait(false);
