@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Strata.Engine.Device;
 using Strata.Engine.Layout;
 using Strata.Engine.Pools;
@@ -67,6 +68,7 @@ internal sealed class MigrationLoop
     private readonly MigrationThrottle _throttle;
     private readonly SpacePause _pause;
     private readonly UpgradeContext _ctx;
+    private readonly MigrationStageTimes? _times = MigrationStageTimes.Current;
     private long _left;
     private string? _firstLeft;
 
@@ -99,7 +101,8 @@ internal sealed class MigrationLoop
     public async Task<MigrationResult> RunAsync(ulong cursor, CancellationToken ct, bool sweep = false)
     {
         var (image, chunk) = MigrationCursor.Decode(cursor);
-        var window = new Queue<(Task<Outcome> Task, uint Image, long Chunk)>();
+        long began = _times != null ? Stopwatch.GetTimestamp() : 0;
+        var window = new Queue<(Task<Outcome> Task, uint Image, long Chunk, ChunkClock? Clock)>();
         // Every read and write slot busy, and many chunks more waiting for their switch's commit round.
         int maxWindow = Math.Max(1, _options.WindowPerSlot * _options.InFlightPerTarget * _pool.TargetCount);
         long visited = 0, moved = 0, written = 0, sinceCursor = 0;
@@ -120,22 +123,25 @@ internal sealed class MigrationLoop
                     long planned = PlannedBytes(meta, k, peek);
                     if (planned < 0)
                     {
-                        while (window.Count >= maxWindow)
-                            await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
-                        window.Enqueue((InPlaceDone, meta.Id, k));
+                        await WhileFullAsync().ConfigureAwait(false);
+                        window.Enqueue((InPlaceDone, meta.Id, k, null));
                         continue;
                     }
+                    long paced = _times != null ? Stopwatch.GetTimestamp() : 0;
                     if (_throttle.MustWait(planned))
                         while (window.Count > 0)
                             await AccountAsync(await Drain(window).ConfigureAwait(false), flush: true).ConfigureAwait(false);
                     await _throttle.TakeAsync(planned, ct).ConfigureAwait(false);
-                    while (window.Count >= maxWindow)
-                        await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
-                    window.Enqueue((MoveAsync(meta.Id, k, abort.Token), meta.Id, k));
+                    _times?.Add(MigrationStageTimes.Stage.Throttle, Stopwatch.GetTimestamp() - paced);
+                    await WhileFullAsync().ConfigureAwait(false);
+                    var clock = _times != null ? new ChunkClock(_times) : null;
+                    window.Enqueue((MoveAsync(meta.Id, k, clock, abort.Token), meta.Id, k, clock));
                 }
             }
             while (window.Count > 0)
                 await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
+            if (!sweep)
+                _times?.Ran(Stopwatch.GetTimestamp() - began);
         }
         catch
         {
@@ -148,10 +154,22 @@ internal sealed class MigrationLoop
         }
         return new MigrationResult(visited, moved, written, Interlocked.Read(ref _left), _firstLeft);
 
-        async Task<(Outcome Outcome, uint Image, long Chunk)> Drain(Queue<(Task<Outcome> Task, uint Image, long Chunk)> q)
+        async ValueTask WhileFullAsync()
+        {
+            if (window.Count < maxWindow)
+                return;
+            long t0 = _times != null ? Stopwatch.GetTimestamp() : 0;
+            while (window.Count >= maxWindow)
+                await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
+            _times?.Add(MigrationStageTimes.Stage.WindowFull, Stopwatch.GetTimestamp() - t0);
+        }
+
+        async Task<(Outcome Outcome, uint Image, long Chunk)> Drain(Queue<(Task<Outcome> Task, uint Image, long Chunk, ChunkClock? Clock)> q)
         {
             var head = q.Dequeue();
-            return (await head.Task.ConfigureAwait(false), head.Image, head.Chunk);
+            var outcome = await head.Task.ConfigureAwait(false);
+            head.Clock?.Mark(MigrationStageTimes.Stage.Drain);
+            return (outcome, head.Image, head.Chunk);
         }
 
         async ValueTask AccountAsync((Outcome Outcome, uint Image, long Chunk) done, bool flush = false)
@@ -236,13 +254,14 @@ internal sealed class MigrationLoop
     }
 
     /// <summary>Moves one chunk, retrying after a pause for space or a switch the chunk's change dropped.</summary>
-    private async Task<Outcome> MoveAsync(uint image, long chunk, CancellationToken ct)
+    private async Task<Outcome> MoveAsync(uint image, long chunk, ChunkClock? clock, CancellationToken ct)
     {
         await Task.Yield();
+        clock?.Mark(MigrationStageTimes.Stage.Queue);
         while (true)
         {
             ct.ThrowIfCancellationRequested();
-            var (outcome, full, need) = await TryMoveAsync(image, chunk).ConfigureAwait(false);
+            var (outcome, full, need) = await TryMoveAsync(image, chunk, clock).ConfigureAwait(false);
             if (outcome.Kind == Kind.Retry)
                 continue;
             if (full < 0)
@@ -256,7 +275,7 @@ internal sealed class MigrationLoop
     }
 
     /// <summary>One attempt: the outcome, or the target (&gt;= 0) that had no room for <c>Need</c> bytes.</summary>
-    private async Task<(Outcome Outcome, int Full, long Need)> TryMoveAsync(uint image, long chunk)
+    private async Task<(Outcome Outcome, int Full, long Need)> TryMoveAsync(uint image, long chunk, ChunkClock? clock)
     {
         ChunkHold hold;
         try
@@ -267,6 +286,7 @@ internal sealed class MigrationLoop
         {
             return (new Outcome(Kind.Gone, 0), -1, 0); // the image was removed
         }
+        clock?.Mark(MigrationStageTimes.Stage.Lock);
         using (hold)
         {
             var location = hold.Location;
@@ -282,9 +302,10 @@ internal sealed class MigrationLoop
             // as a copy tool reading one place and writing another would.
             var reading = new SlotLease(_readSlots, DistinctTargets(location.Replicas, null));
             await reading.TakeAsync().ConfigureAwait(false);
+            clock?.Mark(MigrationStageTimes.Stage.ReadSlot, location.Replicas[0].Target);
             try
             {
-                return await CopyAndSwitchAsync(hold, source, targets, plan, reading).ConfigureAwait(false);
+                return await CopyAndSwitchAsync(hold, source, targets, plan, reading, clock).ConfigureAwait(false);
             }
             finally
             {
@@ -293,7 +314,7 @@ internal sealed class MigrationLoop
         }
     }
 
-    private async Task<(Outcome Outcome, int Full, long Need)> CopyAndSwitchAsync(ChunkHold hold, ChunkSource source, int[] targets, ChunkPlan plan, SlotLease reading)
+    private async Task<(Outcome Outcome, int Full, long Need)> CopyAndSwitchAsync(ChunkHold hold, ChunkSource source, int[] targets, ChunkPlan plan, SlotLease reading, ChunkClock? clock)
     {
         var location = source.Location;
         int n = targets.Length;
@@ -321,10 +342,11 @@ internal sealed class MigrationLoop
         }
         // From here until the switch frees the source (or the copy gives its extents back) the
         // loop holds fresh extents: a client out of space waits for it rather than fail.
+        clock?.Mark(MigrationStageTimes.Stage.Allocate);
         _pool.Log.HoldFresh();
         try
         {
-            return await CopyHeldAsync(hold, source, destination, isNew, plan, reading).ConfigureAwait(false);
+            return await CopyHeldAsync(hold, source, destination, isNew, plan, reading, clock).ConfigureAwait(false);
         }
         finally
         {
@@ -332,7 +354,7 @@ internal sealed class MigrationLoop
         }
     }
 
-    private async Task<(Outcome Outcome, int Full, long Need)> CopyHeldAsync(ChunkHold hold, ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, SlotLease reading)
+    private async Task<(Outcome Outcome, int Full, long Need)> CopyHeldAsync(ChunkHold hold, ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, SlotLease reading, ChunkClock? clock)
     {
         var location = source.Location;
         if (Array.IndexOf(isNew, true) < 0)
@@ -344,12 +366,13 @@ internal sealed class MigrationLoop
         var device = _pool.Shards[location.Replicas[0].Target].Device;
         using (var buffer = device.Buffers.Rent(plan.ExtentBytes))
         {
-            if (await CopyAsync(source, destination, isNew, plan, buffer, hold, reading) is { } left)
+            if (await CopyAsync(source, destination, isNew, plan, buffer, hold, reading, clock) is { } left)
                 return left;
         }
         // The data is on the destination: the buffer goes to the next chunks while this one's
         // switch waits for its commit round (the hold keeps clients off the chunk).
         var result = await hold.SwitchAsync(location, destination, _transform.SwitchRecord(source, destination), plan.ExtentBytes).ConfigureAwait(false);
+        clock?.Mark(MigrationStageTimes.Stage.Switch);
         // Under the exclusive hold nothing else changes the chunk; a Changed switch freed the
         // destination and the next attempt copies the chunk as it is then.
         long bytes = 0;
@@ -360,7 +383,7 @@ internal sealed class MigrationLoop
     }
 
     /// <summary>Reads, transforms, verifies and writes the chunk's new replicas (their CRC set in destination); an outcome only when the chunk is left.</summary>
-    private async Task<(Outcome, int, long)?> CopyAsync(ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, DmaBuffer buffer, ChunkHold hold, SlotLease reading)
+    private async Task<(Outcome, int, long)?> CopyAsync(ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, DmaBuffer buffer, ChunkHold hold, SlotLease reading, ChunkClock? clock)
     {
         var location = source.Location;
         var memory = buffer.Memory;
@@ -377,6 +400,7 @@ internal sealed class MigrationLoop
         {
             reading.Release();
         }
+        clock?.Mark(MigrationStageTimes.Stage.Read, location.Replicas[0].Target);
         uint crc = _transform.Produce(source, buffer.Span);
         for (int r = 0; r < destination.Length; r++)
             if (isNew[r])
@@ -384,14 +408,17 @@ internal sealed class MigrationLoop
         var first = Array.IndexOf(isNew, true);
         if (!_transform.Verify(source, destination[first], buffer.Span))
             return Leave(source, destination, isNew, plan, $"the copy does not match its checksum 0x{crc:x8} before it was written");
+        clock?.Mark(MigrationStageTimes.Stage.Produce);
         var writeSlots = new SlotLease(_writeSlots, DistinctTargets(destination, isNew));
         await writeSlots.TakeAsync().ConfigureAwait(false);
+        clock?.Mark(MigrationStageTimes.Stage.WriteSlot, destination[first].Target);
         try
         {
             var writes = WriteNew(destination, isNew, memory);
             try
             {
                 await Task.WhenAll(writes.Select(w => w.Task)).ConfigureAwait(false);
+                clock?.Mark(MigrationStageTimes.Stage.Write, destination[first].Target);
             }
             catch (DeviceException e)
             {
