@@ -8,8 +8,8 @@ namespace Strata.Engine.Migration;
 /// Where a migration's chunks spend their time (perf migrate --stages): per stage of a chunk's
 /// move, a histogram of its durations and their sum. The sum over the job's wall time is the
 /// stage's mean occupancy (Little's law): how many of the window's places it held on average.
-/// Off unless <see cref="Current"/> is set (by the benchmark, before the loop starts); a loop then
-/// gives each chunk a <see cref="ChunkClock"/>, so the engine's own runs allocate nothing for it.
+/// Off unless <see cref="Current"/> is set (by the benchmark, before the loop starts): the
+/// engine's own runs read no clock for it.
 /// </summary>
 internal sealed class MigrationStageTimes
 {
@@ -40,6 +40,8 @@ internal sealed class MigrationStageTimes
         Drain,
         /// <summary>Loop: blocked on the window's head because the window of results was full.</summary>
         WindowFull,
+        /// <summary>Loop: waiting for a copy place (every one taken by a chunk not yet written).</summary>
+        Place,
         /// <summary>Loop: in the throttle (waiting for the window to empty, then for its turn).</summary>
         Throttle,
     }
@@ -134,19 +136,5 @@ internal sealed class MigrationStageTimes
         }
         sb.Append(CultureInfo.InvariantCulture, $"(durations: upper bucket edges, 4 per power of two; occupancy: the stage's summed time over the {wall:0.00} s of the loop's first pass, of the job's {job:0.00} s)");
         return sb.ToString();
-    }
-}
-
-/// <summary>One chunk's passage through the stages: each <see cref="Mark"/> ends a stage begun at the previous mark.</summary>
-internal sealed class ChunkClock(MigrationStageTimes times)
-{
-    private long _last = Stopwatch.GetTimestamp();
-
-    /// <param name="target">The target the stage waited on or used (the first, for several), or -1.</param>
-    public void Mark(MigrationStageTimes.Stage stage, int target = -1)
-    {
-        long now = Stopwatch.GetTimestamp();
-        times.Add(stage, now - _last, target);
-        _last = now;
     }
 }
