@@ -71,7 +71,7 @@ internal sealed class MigrationLoop
     private readonly Pool _pool;
     private readonly IChunkTransform _transform;
     private readonly MigrationOptions _options;
-    private readonly SemaphoreSlim[] _readSlots, _writeSlots;
+    private readonly SlotGate[] _readSlots, _writeSlots;
     private readonly MigrationThrottle _throttle;
     private readonly SpacePause _pause;
     private readonly UpgradeContext _ctx;
@@ -85,8 +85,8 @@ internal sealed class MigrationLoop
         _pool = MigrationAction.PoolOf(ctx.Pool);
         _transform = transform;
         _options = options ?? new MigrationOptions();
-        _readSlots = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SemaphoreSlim(_options.InFlightPerTarget, _options.InFlightPerTarget)).ToArray();
-        _writeSlots = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SemaphoreSlim(_options.InFlightPerTarget, _options.InFlightPerTarget)).ToArray();
+        _readSlots = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SlotGate(_options.InFlightPerTarget)).ToArray();
+        _writeSlots = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SlotGate(_options.InFlightPerTarget)).ToArray();
         _throttle = new MigrationThrottle(_pool);
         _pause = new SpacePause(_pool, ctx);
     }
@@ -340,13 +340,17 @@ internal sealed class MigrationLoop
             var targets = new int[_transform.ReplicasAfter(source)];
             if (!_transform.Plan(source, targets, out var plan))
                 return (new Outcome(Kind.InPlace, 0), -1, 0);
-            // A slot per target and I/O phase: the read holds the source replicas' targets (taken
-            // before the destination is reserved, so reservations wait with the reads), the write the
-            // destinations', so a target serves InFlightPerTarget reads and as many writes at once,
-            // as a copy tool reading one place and writing another would.
-            var reading = new SlotLease(_readSlots, DistinctTargets(location.Replicas, null));
+            // A slot per target and I/O phase: the read holds the target of the replica it reads
+            // (taken before the destination is reserved, so reservations wait with the reads), the
+            // write the destinations', so a target serves InFlightPerTarget reads and as many writes
+            // at once, as a copy tool reading one place and writing another would. The read is of
+            // the first replica not excluded (ChunkIo.ReadVerifiedAsync; one read after a bad copy
+            // takes no slot): a rebuild's chunks each have a replica on the excluded target, whose
+            // slots would otherwise let only InFlightPerTarget chunks of the whole pool be read at once.
+            int from = ReadTarget(location);
+            var reading = new SlotLease(_readSlots, from < 0 ? [] : [from]);
             await reading.TakeAsync().ConfigureAwait(false);
-            ticket.Mark(MigrationStageTimes.Stage.ReadSlot, location.Replicas[0].Target);
+            ticket.Mark(MigrationStageTimes.Stage.ReadSlot, from);
             try
             {
                 return await CopyAndSwitchAsync(hold, source, targets, plan, reading, ticket).ConfigureAwait(false);
@@ -446,7 +450,7 @@ internal sealed class MigrationLoop
         {
             reading.Release();
         }
-        ticket.Mark(MigrationStageTimes.Stage.Read, location.Replicas[0].Target);
+        ticket.Mark(MigrationStageTimes.Stage.Read, ReadTarget(location));
         uint crc = _transform.Produce(source, buffer.Span);
         for (int r = 0; r < destination.Length; r++)
             if (isNew[r])
@@ -499,6 +503,15 @@ internal sealed class MigrationLoop
             writeSlots.Release();
         }
         return null;
+    }
+
+    /// <summary>The target of the replica a verified read tries first (the first not excluded), or -1.</summary>
+    private int ReadTarget(ChunkMap location)
+    {
+        foreach (var r in location.Replicas)
+            if (!_pool.IsExcluded(r.Target))
+                return r.Target;
+        return -1;
     }
 
     /// <summary>The distinct targets of the replicas (those marked in <paramref name="only"/>, when given), ascending.</summary>
@@ -579,14 +592,14 @@ internal sealed class ChunkTicket(SemaphoreSlim[] places, int[] taken, Migration
 /// A chunk's slots on the targets one I/O phase of its copy uses (ascending, so holders never wait
 /// in a cycle), given back once.
 /// </summary>
-internal sealed class SlotLease(SemaphoreSlim[] all, int[] targets)
+internal sealed class SlotLease(SlotGate[] all, int[] targets)
 {
     private int _held;
 
     public async Task TakeAsync()
     {
         foreach (int t in targets)
-            await all[t].WaitAsync().ConfigureAwait(false);
+            await all[t].TakeAsync().ConfigureAwait(false);
         _held = 1;
     }
 
