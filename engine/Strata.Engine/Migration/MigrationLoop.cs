@@ -188,10 +188,15 @@ internal sealed class MigrationLoop
 
         async ValueTask WhileFullAsync()
         {
-            if (window.Count < maxWindow)
+            // Paced (clients are active, or a rate is set): one result per place, so a burst of the
+            // throttle's credit holds no more chunk locks waiting for commit rounds than the places,
+            // which clients writing into those chunks would wait for (perf migrate --rebuild: the
+            // writers' p99 1.5x before with a window of 64, 3.8x with 256).
+            int limit = _throttle.Paced ? places * _pool.TargetCount : maxWindow;
+            if (window.Count < limit)
                 return;
             long t0 = _times != null ? Stopwatch.GetTimestamp() : 0;
-            while (window.Count >= maxWindow)
+            while (window.Count >= limit)
                 await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
             _times?.Add(MigrationStageTimes.Stage.WindowFull, Stopwatch.GetTimestamp() - t0);
         }
