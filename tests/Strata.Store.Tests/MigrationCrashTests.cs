@@ -29,7 +29,7 @@ internal sealed class MigrationCrashWorkload(int seed, Func<MigrationOptions, IU
 
     public async Task RunAsync()
     {
-        var options = new MigrationOptions { CursorEvery = Rng.Next(1, 9), InFlightPerTarget = Rng.Next(1, 5) };
+        var options = new MigrationOptions { CursorEvery = Rng.Next(1, 9), InFlightPerTarget = Rng.Next(1, 5), WindowPerSlot = Rng.Next(1, 9), ResultsPerPlace = Rng.Next(1, 5) };
         var action = actionFor(options);
         var cat = (catalogFor ?? MigrationKit.Catalog)(action);
         // The injected EIO tests how the job meets a failed write (the pool read-only, then resumed);

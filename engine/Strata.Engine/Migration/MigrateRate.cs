@@ -80,6 +80,9 @@ internal sealed class MigrationThrottle(Pool pool, Pool? clientsToo = null)
 {
     private long _next = Stopwatch.GetTimestamp();
 
+    /// <summary>Whether the loop is paced now (a rate is set, or `auto` sees clients).</summary>
+    public bool Paced => pool.MigrateRateAt(Stopwatch.GetTimestamp(), clientsToo) > 0;
+
     /// <summary>Whether <see cref="TakeAsync"/> would wait for <paramref name="bytes"/> now.</summary>
     public bool MustWait(long bytes)
     {

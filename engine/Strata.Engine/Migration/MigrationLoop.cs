@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Strata.Engine.Device;
 using Strata.Engine.Layout;
 using Strata.Engine.Pools;
@@ -13,13 +14,20 @@ internal sealed record MigrationOptions
     public int InFlightPerTarget { get; init; } = 4;
 
     /// <summary>
-    /// Chunks the loop keeps going per read slot: those being copied, and those written and waiting
-    /// for their switch's commit round, which holds only the chunk's lock. A commit round waits for
-    /// a flush, and a flush behind a stream of 1 MiB writes takes milliseconds, so the window, not the
-    /// slots, bounded the rate: on two file targets 530-545 MB/s with a window of 3 per slot (4 slots),
-    /// 670-750 with 8-16 per slot (perf migrate, docs/migration.md).
+    /// Chunks the loop copies into one target at once, per write slot of it (its copy places there):
+    /// those waiting for a read slot, reading, waiting for the write slot, writing. A chunk gives its
+    /// places back once its data is on the destination, before its switch's commit round, which
+    /// waits for a flush behind the stream of 1 MiB writes (tens of milliseconds): while chunks kept
+    /// their place until the commit, the places and not the slots bounded the rate (docs/migration.md).
     /// </summary>
     public int WindowPerSlot { get; init; } = 8;
+
+    /// <summary>
+    /// Results the loop keeps in order per copy place: beyond the chunks being copied, those waiting
+    /// for their switch's commit round and those needing nothing, so the copies go on while commit
+    /// rounds flush (the cursor names the first chunk not known done).
+    /// </summary>
+    public int ResultsPerPlace { get; init; } = 4;
 
     /// <summary>Chunks between two durable cursors (each is one log commit).</summary>
     public int CursorEvery { get; init; } = 256;
@@ -63,10 +71,11 @@ internal sealed class MigrationLoop
     private readonly Pool _pool;
     private readonly IChunkTransform _transform;
     private readonly MigrationOptions _options;
-    private readonly SemaphoreSlim[] _readSlots, _writeSlots;
+    private readonly SlotGate[] _readSlots, _writeSlots;
     private readonly MigrationThrottle _throttle;
     private readonly SpacePause _pause;
     private readonly UpgradeContext _ctx;
+    private readonly MigrationStageTimes? _times = MigrationStageTimes.Current;
     private long _left;
     private string? _firstLeft;
 
@@ -76,8 +85,8 @@ internal sealed class MigrationLoop
         _pool = MigrationAction.PoolOf(ctx.Pool);
         _transform = transform;
         _options = options ?? new MigrationOptions();
-        _readSlots = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SemaphoreSlim(_options.InFlightPerTarget, _options.InFlightPerTarget)).ToArray();
-        _writeSlots = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SemaphoreSlim(_options.InFlightPerTarget, _options.InFlightPerTarget)).ToArray();
+        _readSlots = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SlotGate(_options.InFlightPerTarget)).ToArray();
+        _writeSlots = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SlotGate(_options.InFlightPerTarget)).ToArray();
         _throttle = new MigrationThrottle(_pool);
         _pause = new SpacePause(_pool, ctx);
     }
@@ -99,10 +108,18 @@ internal sealed class MigrationLoop
     public async Task<MigrationResult> RunAsync(ulong cursor, CancellationToken ct, bool sweep = false)
     {
         var (image, chunk) = MigrationCursor.Decode(cursor);
-        var window = new Queue<(Task<Outcome> Task, uint Image, long Chunk)>();
-        // Every read and write slot busy, and many chunks more waiting for their switch's commit round.
-        int maxWindow = Math.Max(1, _options.WindowPerSlot * _options.InFlightPerTarget * _pool.TargetCount);
+        long began = _times != null ? Stopwatch.GetTimestamp() : 0;
+        var window = new Queue<(Task<Outcome> Task, uint Image, long Chunk, ChunkTicket? Ticket)>();
+        // Copy places per destination target: its write slots busy, and chunks enough read or waiting
+        // for them. Per target, so chunks waiting for a slow target do not take every place and keep
+        // the others idle.
+        int places = Math.Max(1, _options.WindowPerSlot * _options.InFlightPerTarget);
+        var copying = Enumerable.Range(0, _pool.TargetCount).Select(_ => new SemaphoreSlim(places, places)).ToArray();
+        // Results kept in order for the cursor: chunks being copied, chunks waiting for their switch's
+        // commit round (a chunk's lock and destination extents each, nothing else), chunks needing nothing.
+        int maxWindow = places * _pool.TargetCount * Math.Max(1, _options.ResultsPerPlace);
         long visited = 0, moved = 0, written = 0, sinceCursor = 0;
+        Task saving = Task.CompletedTask;
         using var abort = CancellationTokenSource.CreateLinkedTokenSource(ct);
         try
         {
@@ -115,27 +132,42 @@ internal sealed class MigrationLoop
                     var peek = _pool.ChunkIo.Lookup(meta, k);
                     if (peek == null)
                         continue;
+                    while (window.Count > 0 && window.Peek().Task.IsCompleted)
+                        await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
                     // Paced before the hold, so a throttled loop never keeps a client waiting; before a
                     // wait the chunks in flight finish, so the cursor saved is the loop's position.
-                    long planned = PlannedBytes(meta, k, peek);
+                    var (planned, into) = PlannedBytes(meta, k, peek);
                     if (planned < 0)
                     {
-                        while (window.Count >= maxWindow)
-                            await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
-                        window.Enqueue((InPlaceDone, meta.Id, k));
+                        await WhileFullAsync().ConfigureAwait(false);
+                        window.Enqueue((InPlaceDone, meta.Id, k, null));
                         continue;
                     }
+                    long paced = _times != null ? Stopwatch.GetTimestamp() : 0;
                     if (_throttle.MustWait(planned))
+                    {
                         while (window.Count > 0)
                             await AccountAsync(await Drain(window).ConfigureAwait(false), flush: true).ConfigureAwait(false);
+                        await saving.ConfigureAwait(false);
+                    }
                     await _throttle.TakeAsync(planned, ct).ConfigureAwait(false);
-                    while (window.Count >= maxWindow)
-                        await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
-                    window.Enqueue((MoveAsync(meta.Id, k, abort.Token), meta.Id, k));
+                    _times?.Add(MigrationStageTimes.Stage.Throttle, Stopwatch.GetTimestamp() - paced);
+                    await WhileFullAsync().ConfigureAwait(false);
+                    foreach (int t in into)
+                    {
+                        long waited = _times != null ? Stopwatch.GetTimestamp() : 0;
+                        await copying[t].WaitAsync(ct).ConfigureAwait(false);
+                        _times?.Add(MigrationStageTimes.Stage.Place, Stopwatch.GetTimestamp() - waited, t);
+                    }
+                    var ticket = new ChunkTicket(copying, into, _times);
+                    window.Enqueue((MoveAsync(meta.Id, k, ticket, abort.Token), meta.Id, k, ticket));
                 }
             }
             while (window.Count > 0)
                 await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
+            await saving.ConfigureAwait(false);
+            if (!sweep)
+                _times?.Ran(Stopwatch.GetTimestamp() - began);
         }
         catch
         {
@@ -144,14 +176,37 @@ internal sealed class MigrationLoop
             await abort.CancelAsync().ConfigureAwait(false);
             while (window.Count > 0)
                 await ((Task)window.Dequeue().Task).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+            await saving.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             throw;
+        }
+        finally
+        {
+            foreach (var c in copying)
+                c.Dispose();
         }
         return new MigrationResult(visited, moved, written, Interlocked.Read(ref _left), _firstLeft);
 
-        async Task<(Outcome Outcome, uint Image, long Chunk)> Drain(Queue<(Task<Outcome> Task, uint Image, long Chunk)> q)
+        async ValueTask WhileFullAsync()
+        {
+            // Paced (clients are active, or a rate is set): one result per place, so a burst of the
+            // throttle's credit holds no more chunk locks waiting for commit rounds than the places,
+            // which clients writing into those chunks would wait for (perf migrate --rebuild: the
+            // writers' p99 1.5x before with a window of 64, 3.8x with 256).
+            int limit = _throttle.Paced ? places * _pool.TargetCount : maxWindow;
+            if (window.Count < limit)
+                return;
+            long t0 = _times != null ? Stopwatch.GetTimestamp() : 0;
+            while (window.Count >= limit)
+                await AccountAsync(await Drain(window).ConfigureAwait(false)).ConfigureAwait(false);
+            _times?.Add(MigrationStageTimes.Stage.WindowFull, Stopwatch.GetTimestamp() - t0);
+        }
+
+        async Task<(Outcome Outcome, uint Image, long Chunk)> Drain(Queue<(Task<Outcome> Task, uint Image, long Chunk, ChunkTicket? Ticket)> q)
         {
             var head = q.Dequeue();
-            return (await head.Task.ConfigureAwait(false), head.Image, head.Chunk);
+            var outcome = await head.Task.ConfigureAwait(false);
+            head.Ticket?.Mark(MigrationStageTimes.Stage.Drain);
+            return (outcome, head.Image, head.Chunk);
         }
 
         async ValueTask AccountAsync((Outcome Outcome, uint Image, long Chunk) done, bool flush = false)
@@ -168,11 +223,14 @@ internal sealed class MigrationLoop
             _ctx.ReportProgress(sweep ? 0 : 1, o.Bytes);
             if (sweep)
                 return;
-            // Every chunk before this one is done too (the window completes in order).
+            // Every chunk before this one is done too (the window completes in order). The save is
+            // queued behind their switches and not waited for (the loop goes on while its commit
+            // round flushes); the next one waits for it, so saves land in order.
             if ((++sinceCursor >= _options.CursorEvery || (flush && window.Count == 0)) && MigrationCursor.Encode(done.Image, done.Chunk + 1) is { } c)
             {
                 sinceCursor = 0;
-                await _ctx.SaveCursorAsync(c).ConfigureAwait(false);
+                await saving.ConfigureAwait(false);
+                saving = _ctx.SaveCursorAsync(c);
             }
         }
     }
@@ -205,25 +263,25 @@ internal sealed class MigrationLoop
     }
 
     /// <summary>
-    /// Bytes a chunk's move would write, judged from its location before the hold (for the throttle):
-    /// -1 when it needs nothing, 0 when it only drops replicas (an rf decrease).
+    /// Bytes a chunk's move would write, judged from its location before the hold (for the throttle),
+    /// and the distinct targets of its new replicas, ascending: -1 when it needs nothing, 0 when it
+    /// only drops replicas (an rf decrease).
     /// </summary>
-    private long PlannedBytes(ImageMeta meta, long chunk, ChunkMap location)
+    private (long Bytes, int[] Into) PlannedBytes(ImageMeta meta, long chunk, ChunkMap location)
     {
         var source = new ChunkSource(meta.Id, chunk, meta.ChunkSize, location);
         var targets = new int[_transform.ReplicasAfter(source)];
         if (!_transform.Plan(source, targets, out var plan))
-            return -1;
-        return (long)plan.ExtentBytes * NewReplicas(location, targets, plan);
-    }
-
-    private static int NewReplicas(ChunkMap location, int[] targets, ChunkPlan plan)
-    {
+            return (-1, []);
         int n = 0;
         foreach (int t in targets)
             if (plan.RewriteAll || Kept(location, t) < 0)
                 n++;
-        return n;
+        var into = new SortedSet<int>();
+        foreach (int t in targets)
+            if ((plan.RewriteAll || Kept(location, t) < 0) && t < _pool.TargetCount)
+                into.Add(t);
+        return ((long)plan.ExtentBytes * n, [.. into]);
     }
 
     /// <summary>The index of the source replica on target <paramref name="t"/>, or -1.</summary>
@@ -236,27 +294,37 @@ internal sealed class MigrationLoop
     }
 
     /// <summary>Moves one chunk, retrying after a pause for space or a switch the chunk's change dropped.</summary>
-    private async Task<Outcome> MoveAsync(uint image, long chunk, CancellationToken ct)
+    private async Task<Outcome> MoveAsync(uint image, long chunk, ChunkTicket ticket, CancellationToken ct)
     {
         await Task.Yield();
-        while (true)
+        ticket.Mark(MigrationStageTimes.Stage.Queue);
+        try
         {
-            ct.ThrowIfCancellationRequested();
-            var (outcome, full, need) = await TryMoveAsync(image, chunk).ConfigureAwait(false);
-            if (outcome.Kind == Kind.Retry)
-                continue;
-            if (full < 0)
+            while (true)
             {
-                if (outcome.Kind == Kind.Moved)
-                    _pause.Progressed();
-                return outcome;
+                ct.ThrowIfCancellationRequested();
+                var (outcome, full, need) = await TryMoveAsync(image, chunk, ticket).ConfigureAwait(false);
+                // A retry copies again in no place of its own (rare: a switch a client's change or a
+                // target's drop undid), so the places bound the copies only nearly.
+                if (outcome.Kind == Kind.Retry)
+                    continue;
+                if (full < 0)
+                {
+                    if (outcome.Kind == Kind.Moved)
+                        _pause.Progressed();
+                    return outcome;
+                }
+                await _pause.WaitAsync(full, need, ct).ConfigureAwait(false);
             }
-            await _pause.WaitAsync(full, need, ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            ticket.Copied();
         }
     }
 
     /// <summary>One attempt: the outcome, or the target (&gt;= 0) that had no room for <c>Need</c> bytes.</summary>
-    private async Task<(Outcome Outcome, int Full, long Need)> TryMoveAsync(uint image, long chunk)
+    private async Task<(Outcome Outcome, int Full, long Need)> TryMoveAsync(uint image, long chunk, ChunkTicket ticket)
     {
         ChunkHold hold;
         try
@@ -267,6 +335,7 @@ internal sealed class MigrationLoop
         {
             return (new Outcome(Kind.Gone, 0), -1, 0); // the image was removed
         }
+        ticket.Mark(MigrationStageTimes.Stage.Lock);
         using (hold)
         {
             var location = hold.Location;
@@ -276,15 +345,20 @@ internal sealed class MigrationLoop
             var targets = new int[_transform.ReplicasAfter(source)];
             if (!_transform.Plan(source, targets, out var plan))
                 return (new Outcome(Kind.InPlace, 0), -1, 0);
-            // A slot per target and I/O phase: the read holds the source replicas' targets (taken
-            // before the destination is reserved, so reservations wait with the reads), the write the
-            // destinations', so a target serves InFlightPerTarget reads and as many writes at once,
-            // as a copy tool reading one place and writing another would.
-            var reading = new SlotLease(_readSlots, DistinctTargets(location.Replicas, null));
+            // A slot per target and I/O phase: the read holds the target of the replica it reads
+            // (taken before the destination is reserved, so reservations wait with the reads), the
+            // write the destinations', so a target serves InFlightPerTarget reads and as many writes
+            // at once, as a copy tool reading one place and writing another would. The read is of
+            // the first replica not excluded (ChunkIo.ReadVerifiedAsync; one read after a bad copy
+            // takes no slot): a rebuild's chunks each have a replica on the excluded target, whose
+            // slots would otherwise let only InFlightPerTarget chunks of the whole pool be read at once.
+            int from = ReadTarget(location);
+            var reading = new SlotLease(_readSlots, from < 0 ? [] : [from]);
             await reading.TakeAsync().ConfigureAwait(false);
+            ticket.Mark(MigrationStageTimes.Stage.ReadSlot, from);
             try
             {
-                return await CopyAndSwitchAsync(hold, source, targets, plan, reading).ConfigureAwait(false);
+                return await CopyAndSwitchAsync(hold, source, targets, plan, reading, ticket).ConfigureAwait(false);
             }
             finally
             {
@@ -293,7 +367,7 @@ internal sealed class MigrationLoop
         }
     }
 
-    private async Task<(Outcome Outcome, int Full, long Need)> CopyAndSwitchAsync(ChunkHold hold, ChunkSource source, int[] targets, ChunkPlan plan, SlotLease reading)
+    private async Task<(Outcome Outcome, int Full, long Need)> CopyAndSwitchAsync(ChunkHold hold, ChunkSource source, int[] targets, ChunkPlan plan, SlotLease reading, ChunkTicket ticket)
     {
         var location = source.Location;
         int n = targets.Length;
@@ -321,10 +395,11 @@ internal sealed class MigrationLoop
         }
         // From here until the switch frees the source (or the copy gives its extents back) the
         // loop holds fresh extents: a client out of space waits for it rather than fail.
+        ticket.Mark(MigrationStageTimes.Stage.Allocate);
         _pool.Log.HoldFresh();
         try
         {
-            return await CopyHeldAsync(hold, source, destination, isNew, plan, reading).ConfigureAwait(false);
+            return await CopyHeldAsync(hold, source, destination, isNew, plan, reading, ticket).ConfigureAwait(false);
         }
         finally
         {
@@ -332,24 +407,27 @@ internal sealed class MigrationLoop
         }
     }
 
-    private async Task<(Outcome Outcome, int Full, long Need)> CopyHeldAsync(ChunkHold hold, ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, SlotLease reading)
+    private async Task<(Outcome Outcome, int Full, long Need)> CopyHeldAsync(ChunkHold hold, ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, SlotLease reading, ChunkTicket ticket)
     {
         var location = source.Location;
         if (Array.IndexOf(isNew, true) < 0)
         {
             // Only fewer replicas (an rf decrease): nothing to copy; the switch frees the dropped ones.
+            ticket.Copied();
             var dropped = await hold.SwitchAsync(location, destination, _transform.SwitchRecord(source, destination), plan.ExtentBytes).ConfigureAwait(false);
             return dropped == ChunkSwitch.Switched ? (new Outcome(Kind.Moved, 0), -1, 0) : (new Outcome(Kind.Retry, 0), -1, 0);
         }
         var device = _pool.Shards[location.Replicas[0].Target].Device;
         using (var buffer = device.Buffers.Rent(plan.ExtentBytes))
         {
-            if (await CopyAsync(source, destination, isNew, plan, buffer, hold, reading) is { } left)
+            if (await CopyAsync(source, destination, isNew, plan, buffer, hold, reading, ticket) is { } left)
                 return left;
         }
-        // The data is on the destination: the buffer goes to the next chunks while this one's
-        // switch waits for its commit round (the hold keeps clients off the chunk).
+        // The data is on the destination: the buffer and the copy place go to the next chunks while
+        // this one's switch waits for its commit round (the hold keeps clients off the chunk).
+        ticket.Copied();
         var result = await hold.SwitchAsync(location, destination, _transform.SwitchRecord(source, destination), plan.ExtentBytes).ConfigureAwait(false);
+        ticket.Mark(MigrationStageTimes.Stage.Switch);
         // Under the exclusive hold nothing else changes the chunk; a Changed switch freed the
         // destination and the next attempt copies the chunk as it is then.
         long bytes = 0;
@@ -360,7 +438,7 @@ internal sealed class MigrationLoop
     }
 
     /// <summary>Reads, transforms, verifies and writes the chunk's new replicas (their CRC set in destination); an outcome only when the chunk is left.</summary>
-    private async Task<(Outcome, int, long)?> CopyAsync(ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, DmaBuffer buffer, ChunkHold hold, SlotLease reading)
+    private async Task<(Outcome, int, long)?> CopyAsync(ChunkSource source, Replica[] destination, bool[] isNew, ChunkPlan plan, DmaBuffer buffer, ChunkHold hold, SlotLease reading, ChunkTicket ticket)
     {
         var location = source.Location;
         var memory = buffer.Memory;
@@ -377,6 +455,7 @@ internal sealed class MigrationLoop
         {
             reading.Release();
         }
+        ticket.Mark(MigrationStageTimes.Stage.Read, ReadTarget(location));
         uint crc = _transform.Produce(source, buffer.Span);
         for (int r = 0; r < destination.Length; r++)
             if (isNew[r])
@@ -384,14 +463,17 @@ internal sealed class MigrationLoop
         var first = Array.IndexOf(isNew, true);
         if (!_transform.Verify(source, destination[first], buffer.Span))
             return Leave(source, destination, isNew, plan, $"the copy does not match its checksum 0x{crc:x8} before it was written");
+        ticket.Mark(MigrationStageTimes.Stage.Produce);
         var writeSlots = new SlotLease(_writeSlots, DistinctTargets(destination, isNew));
         await writeSlots.TakeAsync().ConfigureAwait(false);
+        ticket.Mark(MigrationStageTimes.Stage.WriteSlot, destination[first].Target);
         try
         {
             var writes = WriteNew(destination, isNew, memory);
             try
             {
                 await Task.WhenAll(writes.Select(w => w.Task)).ConfigureAwait(false);
+                ticket.Mark(MigrationStageTimes.Stage.Write, destination[first].Target);
             }
             catch (DeviceException e)
             {
@@ -426,6 +508,15 @@ internal sealed class MigrationLoop
             writeSlots.Release();
         }
         return null;
+    }
+
+    /// <summary>The target of the replica a verified read tries first (the first not excluded), or -1.</summary>
+    private int ReadTarget(ChunkMap location)
+    {
+        foreach (var r in location.Replicas)
+            if (!_pool.IsExcluded(r.Target))
+                return r.Target;
+        return -1;
     }
 
     /// <summary>The distinct targets of the replicas (those marked in <paramref name="only"/>, when given), ascending.</summary>
@@ -474,17 +565,46 @@ internal sealed class MigrationLoop
 }
 
 /// <summary>
+/// A chunk's move as the loop tracks it: the copy places it holds (one per target it writes) from the
+/// loop's enqueue until its data is on the destination (given back once), and its stage times when
+/// they are collected.
+/// </summary>
+internal sealed class ChunkTicket(SemaphoreSlim[] places, int[] taken, MigrationStageTimes? times)
+{
+    private long _last = times != null ? Stopwatch.GetTimestamp() : 0;
+    private int _copied;
+
+    /// <summary>The copy is done (or will not happen): the loop may start another.</summary>
+    public void Copied()
+    {
+        if (Interlocked.Exchange(ref _copied, 1) == 0)
+            foreach (int t in taken)
+                places[t].Release();
+    }
+
+    /// <summary>Ends a stage begun at the previous mark (when stage times are collected).</summary>
+    public void Mark(MigrationStageTimes.Stage stage, int target = -1)
+    {
+        if (times == null)
+            return;
+        long now = Stopwatch.GetTimestamp();
+        times.Add(stage, now - _last, target);
+        _last = now;
+    }
+}
+
+/// <summary>
 /// A chunk's slots on the targets one I/O phase of its copy uses (ascending, so holders never wait
 /// in a cycle), given back once.
 /// </summary>
-internal sealed class SlotLease(SemaphoreSlim[] all, int[] targets)
+internal sealed class SlotLease(SlotGate[] all, int[] targets)
 {
     private int _held;
 
     public async Task TakeAsync()
     {
         foreach (int t in targets)
-            await all[t].WaitAsync().ConfigureAwait(false);
+            await all[t].TakeAsync().ConfigureAwait(false);
         _held = 1;
     }
 

@@ -122,7 +122,7 @@ public static class StoreBenchmark
     }
 
     /// <summary>The log committer's rounds during a row (warm-up included): batch size, log write and flush time per round, time waiting for work.</summary>
-    private static string CommitSummary(PoolLog.CommitStats a, PoolLog.CommitStats b)
+    internal static string CommitSummary(PoolLog.CommitStats a, PoolLog.CommitStats b)
     {
         long rounds = b.Rounds - a.Rounds;
         if (rounds <= 0)

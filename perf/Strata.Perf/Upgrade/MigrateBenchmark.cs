@@ -26,6 +26,10 @@ public static class MigrateBenchmark
           --in-flight N      chunks in flight per target, Strata's and fio's depth (default 4, the engine's)
           --runtime SEC      fio's run (default 10)
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
+          --runs N           N migrations, each followed by its fio run (the ratio of each pair), and the medians
+          --keep             keep the target files, and take files of --size left by an earlier --keep as written
+          --no-fio           the migrations only (to compare builds back to back on the same files)
+          --stages           also print where the chunks' time went (per stage of a move; migrate and --rebuild)
           --latency          instead: client 4 KiB random write QD 8 p99 before and during the
                              migration, for each --rates value (migrate_rate; default 0,auto,256M,64M;
                              auto, the pool's default: 128 MiB/s while clients do I/O, else 0 = unthrottled)
@@ -48,36 +52,89 @@ public static class MigrateBenchmark
         int runtime = cl.Int("runtime", 10);
         int inFlight = cl.Int("in-flight", new Strata.Engine.Migration.MigrationOptions().InFlightPerTarget);
         var idle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero;
+        int runs = cl.Int("runs", 1);
+        bool keep = cl.Flag("keep"), noFio = cl.Flag("no-fio");
+        var stages = StagesIf(cl);
         cl.ThrowIfUnused();
+        if (runs < 1)
+            throw new PerfUsageException($"--runs {runs}: give at least 1");
         Fio.RequireInstalled();
         Directory.CreateDirectory(dir);
         var paths = Enumerable.Range(0, 2).Select(i => Path.Combine(dir, $"migrate-target-{i}.dat")).ToArray();
+        var table = new TablePrinter("run", "engine", "MB/s", "ratio", "detail");
+        string cmd = "";
+        var ratios = new List<double>();
+        var rates = new List<double>();
         try
         {
-            if (idle > TimeSpan.Zero)
-                await HostIdle.WaitAsync(idle);
-            var cpu0 = HostCpuSample.Now();
-            var (moved, seconds) = await MigrateAsync(paths, size, data, inFlight);
-            double others = HostCpuSample.BusyPercent(cpu0, HostCpuSample.Now());
-            if (idle > TimeSpan.Zero)
-                await HostIdle.WaitAsync(idle);
-            var (read, write, cmd) = FioCopyLimit(paths, size, runtime, inFlight);
-            double strata = moved / seconds;
-            double limit = Math.Min(read, write);
-            var table = new TablePrinter("engine", "MB/s", "ratio", "detail");
-            table.Add("strata", Mb(strata), (strata / limit).ToString("0.00x", CultureInfo.InvariantCulture),
-                string.Create(CultureInfo.InvariantCulture, $"{moved >> 20} MiB moved in {seconds:0.00} s (machine busy {others:0}% during the job)"));
-            table.Add("fio", Mb(limit), "1.00x", $"read {Mb(read)} MB/s + write {Mb(write)} MB/s at once");
+            // Written fully once, so neither engine reads holes or allocates file blocks as it writes;
+            // with --keep, files of the size asked for are taken as written by an earlier run.
+            foreach (var p in paths)
+                if (!keep || !File.Exists(p) || new FileInfo(p).Length != size)
+                    Precondition(p, size);
+            for (int run = 1; run <= runs; run++)
+            {
+                if (idle > TimeSpan.Zero)
+                    await HostIdle.WaitAsync(idle);
+                var cpu0 = HostCpuSample.Now();
+                var (moved, seconds, cpu) = await MigrateAsync(paths, size, data, inFlight, stages);
+                double others = HostCpuSample.BusyPercent(cpu0, HostCpuSample.Now());
+                double strata = moved / seconds;
+                rates.Add(strata);
+                string detail = string.Create(CultureInfo.InvariantCulture,
+                    $"{moved >> 20} MiB moved in {seconds:0.00} s (its process {cpu / seconds * 100:0}% of a CPU, the machine {others:0}% busy, load {LoadAverage()})");
+                if (noFio)
+                {
+                    table.Add(run.ToString(CultureInfo.InvariantCulture), "strata", Mb(strata), "-", detail);
+                    continue;
+                }
+                if (idle > TimeSpan.Zero)
+                    await HostIdle.WaitAsync(idle);
+                (double read, double write, cmd) = FioCopyLimit(paths, size, runtime, inFlight);
+                double limit = Math.Min(read, write);
+                ratios.Add(strata / limit);
+                table.Add(run.ToString(CultureInfo.InvariantCulture), "strata", Mb(strata), (strata / limit).ToString("0.00x", CultureInfo.InvariantCulture), detail);
+                table.Add(run.ToString(CultureInfo.InvariantCulture), "fio", Mb(limit), "1.00x", $"read {Mb(read)} MB/s + write {Mb(write)} MB/s at once, load {LoadAverage()}");
+            }
             Console.WriteLine("strata: StorageEngine on file:...?direct=1 targets (2); pool layout 3, rf 1, 1 MiB chunks; upgrade to 4 with migrate_rate auto (no client: unthrottled)");
             Console.WriteLine(table);
-            Console.WriteLine(cmd);
+            if (runs > 1)
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"median of {runs}: strata {Mb(Median(rates))} MB/s{(ratios.Count > 0 ? $", ratio {Median(ratios):0.00}x (each run against the fio run just after it)" : "")}"));
+            if (cmd.Length > 0)
+                Console.WriteLine(cmd);
+            PrintStages(stages);
             return 0;
         }
         finally
         {
-            foreach (var p in paths)
-                File.Delete(p);
+            if (!keep)
+                foreach (var p in paths)
+                    File.Delete(p);
         }
+    }
+
+    private static double Median(List<double> v) => v.Order().ElementAt(v.Count / 2);
+
+    private static string LoadAverage() => File.ReadAllText("/proc/loadavg").Split(' ')[0];
+
+    private static void Precondition(string path, long size)
+    {
+        File.Delete(path);
+        Fio.RunJob(["--name=precondition", "--filename=" + path, "--size=" + size.ToString(CultureInfo.InvariantCulture), "--rw=write", "--bs=1M", "--iodepth=16",
+            "--ioengine=io_uring", "--direct=1", "--end_fsync=1"], TimeSpan.FromMinutes(30));
+    }
+
+    private static Strata.Engine.Migration.MigrationStageTimes? StagesIf(CommandLine cl) =>
+        cl.Has("stages") ? new Strata.Engine.Migration.MigrationStageTimes() : null;
+
+    private static void PrintStages(Strata.Engine.Migration.MigrationStageTimes? stages)
+    {
+        if (stages == null)
+            return;
+        Console.WriteLine("where the moved chunks' time went (ms), and each stage's mean occupancy (chunks in it at once):");
+        Console.WriteLine(stages);
+        Console.WriteLine($"during the job, {stages.Commits}");
     }
 
     /// <summary>
@@ -172,6 +229,7 @@ public static class MigrateBenchmark
         int inFlight = new Strata.Engine.Migration.MigrationOptions().InFlightPerTarget;
         var idle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero;
         string rate = Strata.Engine.Migration.MigrateRate.Normalize(cl.String("rate") ?? Strata.Engine.Migration.MigrateRate.Auto);
+        var stages = StagesIf(cl);
         cl.ThrowIfUnused();
         Fio.RequireInstalled();
         Directory.CreateDirectory(dir);
@@ -203,10 +261,17 @@ public static class MigrateBenchmark
                 await pool.SetPropertyAsync(Strata.Engine.Migration.MigrateRate.Property, rate);
                 var writers = RandomWriters.Start(image, data);
                 await Task.Delay(TimeSpan.FromSeconds(seconds));
+                Strata.Engine.Migration.MigrationStageTimes.Current = stages;
+                stages?.Begin();
+                var c0 = pool.Log.Stats;
                 long start = Stopwatch.GetTimestamp();
                 await engine.ExcludeTargetAsync(2);
                 await pool.WaitForJobAsync();
                 long end = Stopwatch.GetTimestamp();
+                stages?.End();
+                Strata.Engine.Migration.MigrationStageTimes.Current = null;
+                if (stages != null)
+                    stages.Commits = Strata.Perf.Store.StoreBenchmark.CommitSummary(c0, pool.Log.Stats) + " (the writers' commits too)";
                 await writers.StopAsync();
                 var job = pool.JobStatus ?? throw new InvalidOperationException("no rebuild ran");
                 if (job.State != "completed")
@@ -234,6 +299,7 @@ public static class MigrateBenchmark
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"client 4 KiB random write QD 8 p99: before {p99Before:0.00} ms, during the rebuild {p99During:0.00} ms ({p99During / p99Before:0.00}x, {writesDuring} writes during)"));
             Console.WriteLine(cmd);
+            PrintStages(stages);
             return 0;
         }
         finally
@@ -255,35 +321,36 @@ public static class MigrateBenchmark
         return new LayoutCatalog([.. d.Versions.Take(3), v4, .. d.Versions.Skip(4)], d.Releases);
     }
 
-    /// <summary>Fills a layout-3 pool, upgrades it to 4 unthrottled; returns the bytes the job moved and its seconds.</summary>
-    private static async Task<(long Moved, double Seconds)> MigrateAsync(string[] paths, long size, long data, int inFlight)
+    /// <summary>Fills a layout-3 pool, upgrades it to 4 unthrottled; returns the bytes the job moved, its seconds and the process's CPU seconds meanwhile.</summary>
+    private static async Task<(long Moved, double Seconds, double Cpu)> MigrateAsync(string[] paths, long size, long data, int inFlight, Strata.Engine.Migration.MigrationStageTimes? stages)
     {
-        string sz = size.ToString(CultureInfo.InvariantCulture);
-        foreach (var p in paths)
-        {
-            // Written fully once, so neither engine reads holes or allocates file blocks as it writes.
-            File.Delete(p);
-            Fio.RunJob(["--name=precondition", "--filename=" + p, "--size=" + sz, "--rw=write", "--bs=1M", "--iodepth=16",
-                "--ioengine=io_uring", "--direct=1", "--end_fsync=1"], TimeSpan.FromMinutes(30));
-        }
-        var bench = Targets(paths, sz);
+        var bench = Targets(paths, size.ToString(CultureInfo.InvariantCulture));
         var devs = bench.Devices;
         try
         {
-            var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Catalog = UpTo4(inFlight) });
+            var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Catalog = UpTo4(inFlight) }, force: true);
             var pool = await engine.CreatePoolAsync("bench", (size - (256L << 20)) * 2, 1, new PoolCreateOptions { LayoutVersion = 3 });
             await pool.CreateContainerAsync("c");
             var image = await pool.CreateImageAsync("c", "v", data, 1 << 20);
             await ImageFill.FillAsync(image);
+            Strata.Engine.Migration.MigrationStageTimes.Current = stages;
+            stages?.Begin();
+            var c0 = pool.Log.Stats;
+            var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
             var t0 = Stopwatch.GetTimestamp();
             await pool.UpgradeAsync(4, dryRun: false);
             await pool.WaitForUpgradeAsync();
             double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
+            stages?.End();
+            Strata.Engine.Migration.MigrationStageTimes.Current = null;
+            if (stages != null)
+                stages.Commits = Strata.Perf.Store.StoreBenchmark.CommitSummary(c0, pool.Log.Stats);
             var status = pool.GetUpgradeStatus();
             if (status.Status != "completed")
                 throw new InvalidOperationException($"upgrade ended {status.Status}: {status.Reason}");
             await engine.DisposeAsync();
-            return (status.BytesDone, seconds);
+            return (status.BytesDone, seconds, cpu);
         }
         finally
         {
