@@ -414,15 +414,8 @@ public sealed partial class Image
     /// </summary>
     private async Task WriteMirroredAsync(ValueTask own, ImageMigration m, long offset, ReadOnlyMemory<byte> source, bool durable, long first, long last)
     {
-        ValueTask mirror;
-        try
-        {
-            mirror = m.MirrorWriteAsync(offset, source, durable);
-        }
-        catch (Exception e)
-        {
-            mirror = ValueTask.FromException(e);
-        }
+        // An async method: its failures are in the ValueTask, never thrown here.
+        var mirror = m.MirrorWriteAsync(offset, source, durable);
         Exception? failed = null;
         try
         {

@@ -187,19 +187,6 @@ public sealed partial class Pool
         _ => throw new InvalidOperationException($"no transform for job '{kind}'"),
     };
 
-    /// <summary>
-    /// Commits a job's cursor or its end once every record applied before is durable. The loop judged
-    /// chunks by the maps it saw, and a writeback record among them (a client write that put a chunk
-    /// where placement wants it, so the loop left it) is dropped at replay if its data did not reach
-    /// the disk: a cursor or an end durable before it would let the job skip that chunk for good, off
-    /// its place. A flush that fails leaves the pool read-only before the record is written.
-    /// </summary>
-    private async Task CommitAfterFlushAsync(MetaRecord[] records)
-    {
-        await Log.FlushAsync().ConfigureAwait(false);
-        await Log.CommitAsync(records).ConfigureAwait(false);
-    }
-
     private async Task RunJobAsync(JobRun run, IDisposable operation, ulong cursor, CancellationToken stop)
     {
         long drops = Log.DropCount;
@@ -210,8 +197,12 @@ public sealed partial class Pool
             run.ItemsTotal = chunks;
             run.BytesTotal = bytes;
             var feature = new LayoutFeature(run.Kind, LayoutVersion, FeatureClass.Compat, 0, ActionKind.DataMovement, run.Kind, null);
+            // The cursor and the end are committed after a flush (PoolLog.CommitAfterFlushAsync): the loop
+            // judged chunks by the maps it saw, and a writeback record among them (a client write that put
+            // a chunk where placement wants it, so the loop left it) is dropped at replay if its data did
+            // not reach the disk; a cursor or an end durable before it would skip that chunk for good.
             var ctx = new UpgradeContext(this, feature,
-                c => CommitAfterFlushAsync([MetaRecords.PoolSetProp(JobCursorProp, c.ToString(CultureInfo.InvariantCulture))]),
+                c => Log.CommitAfterFlushAsync([MetaRecords.PoolSetProp(JobCursorProp, c.ToString(CultureInfo.InvariantCulture))]),
                 (items, b) =>
                 {
                     Interlocked.Add(ref run.ItemsDone, items);
@@ -233,7 +224,7 @@ public sealed partial class Pool
                 throw new StoreException(Interop.Errno.EIO,
                     $"{result.Left} chunk(s) could not be moved and kept their location (first: {result.FirstLeft}); run 'strata pool extend {Label}' or reopen the pool to retry them");
             // An rf increase becomes true in the batch that ends its job: every chunk has the copies now.
-            await CommitAfterFlushAsync(run.Kind == ReplicateJob
+            await Log.CommitAfterFlushAsync(run.Kind == ReplicateJob
                 ? [MetaRecords.PoolSetProp("rf", RfNext().ToString(CultureInfo.InvariantCulture)), MetaRecords.PoolSetProp(JobProp, NoJob), MetaRecords.PoolSetProp(JobCursorProp, "0")]
                 : [MetaRecords.PoolSetProp(JobProp, NoJob), MetaRecords.PoolSetProp(JobCursorProp, "0")]).ConfigureAwait(false);
             run.Finish("completed", null);

@@ -390,7 +390,7 @@ public sealed partial class Pool : IUpgradePool
         {
             if (ActionOf(f) is { } action)
                 await action.RunAsync(ctx, cursor, stop).ConfigureAwait(false);
-            await CommitAfterFlushAsync([.. ctx.Proposed.Select(ToRecord), MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
+            await Log.CommitAfterFlushAsync([.. ctx.Proposed.Select(ToRecord), MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
             return;
         }
         // Exclusive: drain metadata changes and refuse new ones; close the gate so that image I/O in
@@ -455,7 +455,7 @@ public sealed partial class Pool : IUpgradePool
 
     private UpgradeContext NewContext(UpgradeJobMeta job, int index, LayoutFeature f, UpgradeRun run) =>
         new(this, f,
-            cursor => CommitAfterFlushAsync([MetaRecords.UpgradeJobCursor(job.Id, (uint)index, cursor)]),
+            cursor => Log.CommitAfterFlushAsync([MetaRecords.UpgradeJobCursor(job.Id, (uint)index, cursor)]),
             (items, bytes) =>
             {
                 Interlocked.Add(ref run.ItemsDone, items);

@@ -259,8 +259,7 @@ public sealed partial class StorageEngine
                 await m.Source.CopyChunkAsync(d, m.Destination).ConfigureAwait(false);
                 m.Converged(d);
             }
-            await dp.Log.FlushAsync().ConfigureAwait(false);
-            await dp.Log.CommitAsync([
+            await dp.Log.CommitAfterFlushAsync([
                 MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.Cursor, chunks.ToString(System.Globalization.CultureInfo.InvariantCulture)),
                 MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.State, "executed")]).ConfigureAwait(false);
             m.SetState(ImageMigrationState.Executed);

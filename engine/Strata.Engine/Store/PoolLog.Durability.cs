@@ -29,6 +29,18 @@ internal sealed partial class PoolLog
     }
 
     /// <summary>
+    /// Commits <paramref name="records"/> once every record applied before the call is durable
+    /// (<see cref="FlushAsync"/> first). For a record that vouches for what was seen before it, such as
+    /// a job's cursor or end: a writeback record it relied on is dropped at replay if its data did not
+    /// reach the disk, and a flush that fails leaves the pool read-only before these are written.
+    /// </summary>
+    public async Task CommitAfterFlushAsync(MetaRecord[] records)
+    {
+        await FlushAsync().ConfigureAwait(false);
+        await CommitAsync(records).ConfigureAwait(false);
+    }
+
+    /// <summary>
     /// For a writer out of space (that holds no fresh extents itself): says true once trying again may
     /// find space, false when nothing can return any. When writeback commits are not durable yet or
     /// frees wait for a flush, it runs a flush round, which returns the extents they superseded. Else,
