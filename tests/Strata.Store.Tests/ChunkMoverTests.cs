@@ -137,4 +137,136 @@ public sealed class ChunkMoverTests
         // Across the seeds the crash kept the switch (with its data) and dropped it: both were checked.
         Assert.IsTrue(atSource > 0 && atDestination > 0, $"{atSource} at the source, {atDestination} at the destination");
     }
+    [TestMethod]
+    public async Task SwitchWriteback_AppliedAtOnce_SourceFreedOnlyWhenAFlushMakesItDurable()
+    {
+        var disks = TestDevices.Memory(2);
+        var (pool, image) = await CreateAsync(disks);
+        await image.WriteAsync(0, TestDevices.Pattern(ChunkSize, 1));
+        await pool.Log.FlushAsync();
+        long used = UsedBytes(pool);
+
+        var (source, destination) = await CopyAsync(pool, image, 0);
+        using (var hold = await pool.Mover.LockAsync(image.Id, 0))
+        {
+            var record = MetaRecords.ChunkMap(image.Id, 0, destination);
+            Assert.AreEqual(ChunkSwitch.Switched, hold.SwitchWriteback(source, destination, record, ChunkSize));
+            CollectionAssert.AreEqual(destination, hold.Location!.Replicas, "applied when the call returns");
+        }
+        var src = source.Replicas[0];
+        Assert.IsFalse(pool.Shards[src.Target].Allocator.MarkUsed(src.Offset, ChunkSize), "the source stays allocated until the switch is durable");
+        Assert.AreEqual(used + ChunkSize, UsedBytes(pool));
+        CollectionAssert.AreEqual(TestDevices.Pattern(ChunkSize, 1), await ReadChunkAsync(image, 0), "reads come from the destination");
+
+        await pool.Log.FlushAsync();
+        Assert.AreEqual(used, UsedBytes(pool), "the flush made the switch durable and freed the source");
+
+        // A client write after the switch lands on the chunk as it is now; nothing is lost across a reopen.
+        await image.WriteAsync(0, TestDevices.Pattern(ChunkSize, 2));
+        await pool.DisposeAsync();
+        var (engine, ras) = await TestDevices.OpenAsync(disks);
+        var again = (await engine.OpenPoolAsync("tank")).OpenImage("c", "v");
+        CollectionAssert.AreEqual(TestDevices.Pattern(ChunkSize, 2), await ReadChunkAsync(again, 0));
+        Assert.AreEqual(0, ras.Events.Count(e => e.Id is "data_checksum_mismatch" or "data_unrecoverable"));
+    }
+
+    [TestMethod]
+    public async Task SwitchWriteback_ClientOverwroteFirst_ReportsChangedAndFreesTheDestination()
+    {
+        var (pool, image) = await CreateAsync(TestDevices.Memory(2));
+        await image.WriteAsync(0, TestDevices.Pattern(ChunkSize, 1));
+        var (source, destination) = await CopyAsync(pool, image, 0);
+        await image.WriteAsync(0, TestDevices.Pattern(ChunkSize, 2));
+        await pool.Log.FlushAsync();
+        long used = UsedBytes(pool);
+        using (var hold = await pool.Mover.LockAsync(image.Id, 0))
+            Assert.AreEqual(ChunkSwitch.Changed, hold.SwitchWriteback(source, destination, MetaRecords.ChunkMap(image.Id, 0, destination), ChunkSize));
+        Assert.AreEqual(used - ChunkSize, UsedBytes(pool), "the dropped move's destination is free again");
+        CollectionAssert.AreEqual(TestDevices.Pattern(ChunkSize, 2), await ReadChunkAsync(image, 0));
+    }
+
+    [TestMethod]
+    public async Task SwitchWriteback_CrashAtTheNextFlush_SourceStaysAllocatedAndChunkReadsBackAfterEveryFate()
+    {
+        int atSource = 0, atDestination = 0;
+        for (int seed = 1; seed <= 40; seed++)
+        {
+            var power = new CrashSwitch();
+            var disks = Enumerable.Range(0, 2).Select(i => new CrashDisk($"crash{i}", 4L * 1024 * 1024, power)).ToArray();
+            var (pool, image) = await CreateAsync(disks);
+            await image.WriteAsync(0, TestDevices.Pattern(ChunkSize, seed));
+            var (source, destination) = await CopyAsync(pool, image, 0);
+            using (var hold = await pool.Mover.LockAsync(image.Id, 0))
+                Assert.AreEqual(ChunkSwitch.Switched, hold.SwitchWriteback(source, destination, MetaRecords.ChunkMap(image.Id, 0, destination), ChunkSize), $"seed {seed}");
+            // Odd seeds: the switch's record is in the log (unflushed) when the power fails; even: it never left memory.
+            if (seed % 2 == 1)
+                await pool.Log.LoggedAsync();
+
+            // The power fails at the flush that would make the switch durable (a job's cursor, a client's FUA).
+            power.CrashAtFlush = true;
+            await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => pool.Log.FlushAsync(), $"seed {seed}");
+            var src = source.Replicas[0];
+            Assert.IsFalse(pool.Shards[src.Target].Allocator.MarkUsed(src.Offset, ChunkSize), $"seed {seed}: the source was freed before the switch was durable");
+
+            var rng = new Random(seed);
+            var after = disks.Select(d => d.AfterCrash(rng, new CrashSwitch())).ToArray();
+            var (engine, ras) = await TestDevices.OpenAsync(after);
+            var reopened = await engine.OpenPoolAsync("tank");
+            var again = reopened.OpenImage("c", "v");
+            CollectionAssert.AreEqual(TestDevices.Pattern(ChunkSize, seed), await ReadChunkAsync(again, 0), $"seed {seed}");
+            Assert.AreEqual(0, ras.Events.Count(e => e.Id is "data_checksum_mismatch" or "data_unrecoverable"), $"seed {seed}");
+            if (reopened.Meta.Images[again.Id].Chunks[0].Replicas[0].Target == src.Target)
+                atSource++;
+            else
+                atDestination++;
+        }
+        Assert.IsTrue(atSource > 0 && atDestination > 0, $"{atSource} at the source, {atDestination} at the destination");
+    }
+    [TestMethod]
+    public async Task SwitchWriteback_KeptSourceReplica_ClientWritebackWriteNeverOverwritesItInPlace()
+    {
+        // An rf increase's switch keeps the source replica, which the last durable record names. A
+        // writeback write may overwrite a writeback mapping's fresh extents in place, never this one:
+        // a crash before the flush would replay the durable map onto torn bytes (TargetsCrashTests seed 21431).
+        for (int seed = 1; seed <= 20; seed++)
+        {
+            var power = new CrashSwitch();
+            var disks = Enumerable.Range(0, 2).Select(i => new CrashDisk($"crash{i}", 4L * 1024 * 1024, power)).ToArray();
+            var (pool, image) = await CreateAsync(disks);
+            await image.WriteAsync(0, TestDevices.Pattern(ChunkSize, seed));
+            // The control: a writeback write onto a writeback mapping of fresh extents goes in place.
+            await image.WriteAsync(ChunkSize, TestDevices.Pattern(ChunkSize, 100 + seed), durable: false);
+            long inPlace = pool.Log.InPlaceWrites;
+            await image.WriteAsync(ChunkSize, TestDevices.Pattern(ChunkSize, 200 + seed), durable: false);
+            Assert.AreEqual(inPlace + 1, pool.Log.InPlaceWrites, $"seed {seed}: the control write went in place");
+            // An rf change from 1 to 2 as the replicate job records it (not started, so nothing races
+            // the switch below): new writes get two copies where placement puts them.
+            await pool.Log.CommitAsync([MetaRecords.PoolSetProp(Pool.RfNextProp, "2"), MetaRecords.PoolSetProp(Pool.JobProp, Pool.ReplicateJob),
+                MetaRecords.PoolSetProp(Pool.JobCursorProp, "0")]);
+            Assert.AreEqual(2, pool.WriteRf);
+
+            var (source, copy) = await CopyAsync(pool, image, 0);
+            Replica[] destination = [source.Replicas[0], copy[0]];
+            using (var hold = await pool.Mover.LockAsync(image.Id, 0))
+                Assert.AreEqual(ChunkSwitch.Switched, hold.SwitchWriteback(source, destination, MetaRecords.ChunkMap(image.Id, 0, destination), ChunkSize));
+            inPlace = pool.Log.InPlaceWrites;
+            await image.WriteAsync(0, TestDevices.Pattern(ChunkSize, 50 + seed), durable: false);
+            Assert.AreEqual(inPlace, pool.Log.InPlaceWrites, $"seed {seed}: a write overwrote the switched mapping in place");
+            if (seed % 2 == 1)
+                await pool.Log.LoggedAsync();
+
+            power.CrashAtFlush = true;
+            await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => pool.Log.FlushAsync(), $"seed {seed}");
+            var rng = new Random(seed);
+            var after = disks.Select(d => d.AfterCrash(rng, new CrashSwitch())).ToArray();
+            var (engine, ras) = await TestDevices.OpenAsync(after);
+            var reopened = await engine.OpenPoolAsync("tank");
+            var again = reopened.OpenImage("c", "v");
+            var got = await ReadChunkAsync(again, 0);
+            await reopened.WaitForJobAsync();
+            Assert.IsTrue(got.AsSpan().SequenceEqual(TestDevices.Pattern(ChunkSize, seed)) || got.AsSpan().SequenceEqual(TestDevices.Pattern(ChunkSize, 50 + seed)),
+                $"seed {seed}: chunk 0 reads neither its durable contents nor the writeback write");
+            Assert.AreEqual(0, ras.Events.Count(e => e.Id is "data_checksum_mismatch" or "data_unrecoverable"), $"seed {seed}: {string.Join(" | ", ras.Events.Select(e => e.Message))}");
+        }
+    }
 }

@@ -170,7 +170,7 @@ internal sealed class TargetsCrashWorkload(int seed, bool rebuild, bool reintegr
         if (rebuild && !reintegrate && (!pool.IsExcluded(excluded) || pool.RunningJob != null))
             throw new AssertFailedException($"seed {seed}: target {excluded} not excluded or the rebuild still runs");
         if (rfChange && (pool.GetProperty("rf") != _rfWant || MigrationKit.NotAtRf(pool) is > 0))
-            throw new AssertFailedException($"seed {seed}: rf is {pool.GetProperty("rf")} (wanted {_rfWant}) and {MigrationKit.NotAtRf(pool)} chunk(s) do not have that many replicas");
+            throw new AssertFailedException($"seed {seed}: rf is {pool.GetProperty("rf")} (wanted {_rfWant}) and {MigrationKit.NotAtRf(pool)} chunk(s) do not have that many replicas; job {pool.JobStatus?.State}: {pool.JobStatus?.Reason}; RAS: {string.Join(" | ", ras.Events.Select(e => e.Id + ": " + e.Message))}");
         if (rfChange)
         {
             before.Rf = _rfWant;

@@ -414,7 +414,7 @@ internal sealed class MigrationLoop
         {
             // Only fewer replicas (an rf decrease): nothing to copy; the switch frees the dropped ones.
             ticket.Copied();
-            var dropped = await hold.SwitchAsync(location, destination, _transform.SwitchRecord(source, destination), plan.ExtentBytes).ConfigureAwait(false);
+            var dropped = hold.SwitchWriteback(location, destination, _transform.SwitchRecord(source, destination), plan.ExtentBytes);
             return dropped == ChunkSwitch.Switched ? (new Outcome(Kind.Moved, 0), -1, 0) : (new Outcome(Kind.Retry, 0), -1, 0);
         }
         var device = _pool.Shards[location.Replicas[0].Target].Device;
@@ -423,10 +423,12 @@ internal sealed class MigrationLoop
             if (await CopyAsync(source, destination, isNew, plan, buffer, hold, reading, ticket) is { } left)
                 return left;
         }
-        // The data is on the destination: the buffer and the copy place go to the next chunks while
-        // this one's switch waits for its commit round (the hold keeps clients off the chunk).
+        // The data is on the destination. The switch is a writeback commit: applied now, durable with
+        // the next flush round (the cursor saves are committed after one), the source freed then. A
+        // durable commit per switch was a flush round per few chunks: 459 rounds, each flushing behind
+        // the stream of 1 MiB writes (19 ms), for a 2 GiB move (perf migrate --stages).
         ticket.Copied();
-        var result = await hold.SwitchAsync(location, destination, _transform.SwitchRecord(source, destination), plan.ExtentBytes).ConfigureAwait(false);
+        var result = hold.SwitchWriteback(location, destination, _transform.SwitchRecord(source, destination), plan.ExtentBytes);
         ticket.Mark(MigrationStageTimes.Stage.Switch);
         // Under the exclusive hold nothing else changes the chunk; a Changed switch freed the
         // destination and the next attempt copies the chunk as it is then.

@@ -204,6 +204,51 @@ internal sealed class ChunkHold : IDisposable
         return ChunkSwitch.Switched;
     }
 
+    /// <summary>
+    /// The writeback form of <see cref="SwitchAsync(ChunkMap, Replica[], MetaRecord, int)"/>, which a
+    /// migration loop uses: the record is applied at once and queued (PoolLog.CommitWriteback), so the
+    /// hold can be let go without waiting for a commit round, and the source extents are freed once
+    /// the record is durable (the next flush round: any durable commit, the job's next cursor, which is
+    /// committed after a flush, or the writeback flush timer). A crash before then replays the map
+    /// without the switch or, when the record reached the log but is past the last durable mark, with
+    /// it only if the destination's data verifies (PoolOpener); the source is still allocated either
+    /// way (docs/format.md, "Moving a chunk"). Same conditions as the durable form; a destination on a
+    /// target excluded while the copy ran is refused here, as <see cref="ChunkSwitch.Changed"/>.
+    /// </summary>
+    public ChunkSwitch SwitchWriteback(ChunkMap expected, Replica[] destination, MetaRecord record, int destinationExtent)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (!Exclusive)
+            throw new InvalidOperationException("switching a chunk needs its exclusive hold (ChunkMover.LockAsync)");
+        _pool.ThrowIfNotWritable();
+        if (!ReferenceEquals(Location, expected))
+        {
+            FreeNew(expected, destination, destinationExtent);
+            return ChunkSwitch.Changed;
+        }
+        try
+        {
+            // Not overwritable in place: a rebuild's or an rf change's mapping keeps source replicas
+            // that the last durable record names, and an in-place write would tear them for a crash.
+            _pool.Log.CommitWriteback([record], overwritable: false);
+        }
+        catch (WriteVoidedException)
+        {
+            FreeNew(expected, destination, destinationExtent);
+            return ChunkSwitch.Changed;
+        }
+        catch
+        {
+            FreeNew(expected, destination, destinationExtent); // nothing was applied or queued
+            throw;
+        }
+        System.Diagnostics.Debug.Assert(!ReferenceEquals(Location, expected), "a switched chunk's map is no longer the source");
+        var moved = Array.FindAll(expected.Replicas, r => Array.IndexOf(destination, r) < 0);
+        var source = moved.Length == expected.Replicas.Length ? expected : expected with { Replicas = moved };
+        _pool.Log.FreeWhenDurable(() => _pool.FreeChunk(source, _meta.ChunkSize));
+        return ChunkSwitch.Switched;
+    }
+
     /// <summary>Frees the destination extents a dropped switch reserved (not those it shares with the source).</summary>
     private void FreeNew(ChunkMap expected, Replica[] destination, int extent)
     {

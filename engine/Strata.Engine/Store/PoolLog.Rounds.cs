@@ -217,6 +217,8 @@ internal sealed partial class PoolLog
                 _stats.WriteTicks += round.Written - round.Started;
                 _stats.FlushTicks += System.Diagnostics.Stopwatch.GetTimestamp() - round.Written;
                 _stats.Rounds++;
+                if (round.Flushes)
+                    _stats.Flushes++;
                 _stats.Records += round.Records.Count;
                 // Before any acknowledgement: a record enqueued after this round's acks
                 // must see a mark at or above this round (PoolOpener relies on it).

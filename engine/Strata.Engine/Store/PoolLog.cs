@@ -42,7 +42,7 @@ internal sealed partial class PoolLog
     internal CommitStats Stats => _stats;
 
     /// <summary>Commit rounds, records, and stopwatch ticks spent writing the log, flushing, and waiting for work.</summary>
-    internal record struct CommitStats(long Rounds, long Records, long WriteTicks, long FlushTicks, long IdleTicks, long SlotTicks);
+    internal record struct CommitStats(long Rounds, long Records, long WriteTicks, long FlushTicks, long IdleTicks, long SlotTicks, long Flushes);
 
     public PoolLog(Pool pool, long tail, ulong nextSeq, ulong epoch, uint format = 1)
     {
@@ -121,7 +121,12 @@ internal sealed partial class PoolLog
     /// with nothing applied, when the pool cannot log (the caller frees the records' new extents).
     /// </para>
     /// </summary>
-    public void CommitWriteback(MetaRecord[] records)
+    /// <param name="overwritable">
+    /// Whether the new mappings' extents may be overwritten in place until a flush covers them (docs/format.md,
+    /// "Overwriting a writeback extent in place"): true for a client write, whose extents are all fresh. A chunk
+    /// switch passes false: its mapping may keep replicas of the source, which the last durable record names.
+    /// </param>
+    public void CommitWriteback(MetaRecord[] records, bool overwritable = true)
     {
         Validate(records);
         var state = _pool.Meta;
@@ -143,12 +148,12 @@ internal sealed partial class PoolLog
             Volatile.Write(ref _writebackEnqueued, p.Ordinal);
             // The sequence is assigned when the round is written; LastSeq moves with the rounds.
             foreach (var r in records)
-                ApplyWritebackLocked(r, p.Ordinal);
+                ApplyWritebackLocked(r, overwritable ? p.Ordinal : 0);
         }
         ArmWritebackFlush();
     }
 
-    /// <summary>Applies a writeback chunk-map record and marks the new mapping with its commit's ordinal (under the state's lock).</summary>
+    /// <summary>Applies a writeback chunk-map record and marks the new mapping with its commit's ordinal, or 0: not to be overwritten in place (under the state's lock).</summary>
     private void ApplyWritebackLocked(MetaRecord r, long ordinal)
     {
         var state = _pool.Meta;
