@@ -16,16 +16,14 @@ internal sealed record MigrationOptions
     /// <summary>
     /// Chunks the loop copies into one target at once, per write slot of it (its copy places there):
     /// those waiting for a read slot, reading, waiting for the write slot, writing. A chunk gives its
-    /// places back once its data is on the destination, before its switch's commit round, which
-    /// waits for a flush behind the stream of 1 MiB writes (tens of milliseconds): while chunks kept
-    /// their place until the commit, the places and not the slots bounded the rate (docs/migration.md).
+    /// places back once its data is on the destination, before its switch (docs/migration.md).
     /// </summary>
     public int WindowPerSlot { get; init; } = 8;
 
     /// <summary>
-    /// Results the loop keeps in order per copy place: beyond the chunks being copied, those waiting
-    /// for their switch's commit round and those needing nothing, so the copies go on while commit
-    /// rounds flush (the cursor names the first chunk not known done).
+    /// Results the loop keeps in order per copy place: beyond the chunks being copied, those switched
+    /// and those needing nothing, so the copies go on past a slow chunk (the cursor names the first
+    /// chunk not known done).
     /// </summary>
     public int ResultsPerPlace { get; init; } = 4;
 
@@ -53,9 +51,10 @@ internal sealed record MigrationResult(long Visited, long Moved, long BytesWritt
 /// waits for them instead of failing), reads the chunk into a DMA buffer from the source device's
 /// pool and verifies it, lets the transform produce the destination bytes in that buffer, verifies
 /// them, writes every destination from the same buffer (chunk data is never a managed array) and
-/// switches the map with ChunkMover's conditional switch; the source extents are freed once the
-/// switch is durable. A crash anywhere leaves each chunk at its source or, once its switch record
-/// is durable, at its destination (docs/format.md, "Moving a chunk").
+/// switches the map with ChunkMover's conditional switch, a writeback commit (SwitchWriteback); the
+/// source extents are freed once the switch is durable, and every cursor save is committed after a
+/// flush. A crash anywhere leaves each chunk at its source or, once its switch record is durable (or
+/// in the tail with its data verified), at its destination (docs/format.md, "Moving a chunk").
 /// <para>
 /// Bounded: at most <see cref="MigrationOptions.InFlightPerTarget"/> chunks touch a target at once.
 /// Paced by the pool property `migrate_rate` (<see cref="MigrationThrottle"/>). The cursor is saved
