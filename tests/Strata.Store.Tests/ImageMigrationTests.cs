@@ -452,4 +452,66 @@ public sealed class ImageMigrationTests
         await engine.CommitMigrationAsync("b/d/v");
         CollectionAssert.AreEqual(model, await ReadAllAsync(io, ImageSize));
     }
+    /// <summary>Chunk-sized writes running at once on a set of disks, and the most seen.</summary>
+    private sealed class InFlight
+    {
+        public int Now;
+        public int MostAtOnce;
+    }
+
+    /// <summary>A memory disk whose chunk-sized writes take a moment, counted in a set's <see cref="InFlight"/>.</summary>
+    private sealed class SlowChunkWritesDisk(string name, InFlight count) : MemoryBlockDevice(name, TestDevices.TargetSize)
+    {
+
+        protected override async ValueTask SubmitCore(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
+        {
+            if (opcode != IoOpcode.Write || length is not (ChunkSize or ChunkSize + 4096))
+            {
+                await base.SubmitCore(opcode, offset, length, buffer, flags);
+                return;
+            }
+            int n = Interlocked.Increment(ref count.Now);
+            int most;
+            while ((most = Volatile.Read(ref count.MostAtOnce)) < n && Interlocked.CompareExchange(ref count.MostAtOnce, n, most) != most)
+            {
+            }
+            try
+            {
+                await Task.Delay(1); // a device's latency, so copies started together overlap
+                await base.SubmitCore(opcode, offset, length, buffer, flags);
+            }
+            finally
+            {
+                Interlocked.Decrement(ref count.Now);
+            }
+        }
+    }
+
+    [TestMethod]
+    [DataRow("0", DisplayName = "unthrottled, no clients: copies overlap")]
+    [DataRow("1G", DisplayName = "paced: one copy at a time")]
+    public async Task Execute_Paced_OneChunkCopyInFlightElseSeveral(string rate)
+    {
+        var writes = new InFlight();
+        var devs = new[] { new SlowChunkWritesDisk("slow0", writes), new SlowChunkWritesDisk("slow1", writes) };
+        await using var engine = await StorageEngine.FormatAsync(devs, new StorageEngineOptions { Ras = new WaitableRasSink() });
+        var a = await engine.CreatePoolAsync("a", 2 * (4L << 20), 1, TestDevices.SmallPool);
+        await a.CreateContainerAsync("c");
+        var b = await engine.CreatePoolAsync("b", 2 * (4L << 20), 1, TestDevices.SmallPool);
+        await b.CreateContainerAsync("d");
+        var src = await a.CreateImageAsync("c", "v", ImageSize, ChunkSize);
+        var model = TestDevices.Pattern((int)ImageSize, 5);
+        await src.WriteAsync(0, model);
+        await b.SetPropertyAsync("migrate_rate", rate);
+        await engine.PrepareMigrationAsync("a/c/v", "b/d/v");
+        writes.MostAtOnce = 0;
+        await engine.ExecuteMigrationAsync("a/c/v");
+        await engine.WaitForMigrationJobAsync("a/c/v");
+        if (rate == "0")
+            Assert.IsTrue(writes.MostAtOnce > 1, $"unthrottled, the copy keeps several chunks in flight (at most {writes.MostAtOnce} chunk writes at once)");
+        else
+            Assert.AreEqual(1, writes.MostAtOnce, "paced, one chunk copy at a time");
+        await engine.CommitMigrationAsync("a/c/v");
+        CollectionAssert.AreEqual(model, await ReadAllAsync(new Io(b.OpenImage("d", "v")), ImageSize));
+    }
 }
