@@ -40,11 +40,15 @@ public sealed record DeviceOptions
     public bool InlineCompletions { get; init; } = true;
 
     /// <summary>
-    /// Completions reaped per poll before the poller submits again. 1 keeps the
-    /// device fed while a burst of completions is handled (devices complete in
-    /// bursts; reaping a whole burst first leaves the queue empty meanwhile).
+    /// Completions reaped per poll before the poller submits again: the commands their
+    /// continuations queue go to the device together, one system call (io_uring_enter)
+    /// and, on virtio, one doorbell write (a VM exit) for the batch instead of one each.
+    /// Measured on the development VM (4 KiB random reads at QD 32 through the store): 1 cost a
+    /// doorbell per read and held the poller at about 45k IOPS; 32 gave about 8 reads per
+    /// io_uring_enter and 75-85k IOPS. 1 submits after every completion (the device waits
+    /// for no other continuation), at a system call per command.
     /// </summary>
-    public int CompletionBatch { get; init; } = 1;
+    public int CompletionBatch { get; init; } = 32;
 
     /// <summary>
     /// CPUs the polling threads run on (poller i on PollerCpus[i % Count]); null leaves them to the

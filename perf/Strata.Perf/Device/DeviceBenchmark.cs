@@ -24,7 +24,7 @@ public static class DeviceBenchmark
                            randwrite-4k-qd1, randwrite-4k-qd32, read-1m-qd8, write-1m-qd8)
           --pollers N      Strata polling threads / queue pairs (default 1)
           --spin N         Strata poller idle spin iterations before parking (default: DeviceOptions')
-          --batch N        Strata completions reaped per poll (DeviceOptions.CompletionBatch; default 1)
+          --batch N        Strata completions reaped per poll (DeviceOptions.CompletionBatch; default 32)
           --poller-cpus L  CPUs for Strata's pollers, comma separated (default: the scheduler's choice;
                            with --uri the cores of --spdk-env's core_mask, where spdk_nvme_perf runs too)
           --sqpoll         kernel submission polling for both engines (Strata sqpoll=1, fio --sqthread_poll=1)
