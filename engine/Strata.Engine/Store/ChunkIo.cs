@@ -429,8 +429,7 @@ internal sealed class ChunkIo(Pool pool)
                     return false;
                 data.Span.CopyTo(touched.Span[(within - from)..]);
                 crcs = length == cs ? current : (uint[])current.Clone();
-                for (int k = 0; k < length / ChunkChecksum.BlockSize; k++)
-                    crcs[from / ChunkChecksum.BlockSize + k] = Crc32C.Compute(touched.Span.Slice(k * ChunkChecksum.BlockSize, ChunkChecksum.BlockSize));
+                Crc32C.ComputeBlocks(touched.Span, ChunkChecksum.BlockSize, crcs.AsSpan(from / ChunkChecksum.BlockSize, length / ChunkChecksum.BlockSize));
                 crc = ChunkChecksum.WriteTable(meta.Id, index, crcs, rented.AsSpan(0, T));
                 bytes = rented.AsMemory(0, T + length);
             }
