@@ -273,6 +273,12 @@ internal sealed class PollerThread
 
     public bool IsCurrentThread => Thread.CurrentThread == _thread;
 
+    [ThreadStatic]
+    private static bool t_polling;
+
+    /// <summary>True on any polling thread (inside an inline continuation), whichever queue pairs it serves.</summary>
+    public static bool OnPollerThread => t_polling;
+
     /// <summary>Queue pairs served now.</summary>
     public int Attached => _rings.Length;
 
@@ -314,6 +320,7 @@ internal sealed class PollerThread
 
     private void Run()
     {
+        t_polling = true;
         if (_cpu is int cpu)
             ThreadAffinity.PinCurrentThread(cpu); // the CPU was checked against the process's set
         int idle = 0;

@@ -76,6 +76,16 @@ public sealed record DeviceOptions
     /// </summary>
     public int CachedIoLimit { get; init; } = 64 * 1024;
 
+    /// <summary>
+    /// Largest write without FUA copied into the page cache on the caller's thread, when that thread
+    /// is not a polling thread (a long copy there would hold up every queue pair it serves); at least
+    /// <see cref="CachedIoLimit"/>, and nothing when that is 0. Unlike a read, a write through a queue
+    /// pair costs the same copy on an io_uring worker plus the hand-offs to it, to the polling thread
+    /// and back (measured: NBD 1 MiB writes to a page-cache target at 550-580 us of server CPU per MiB
+    /// written on the receiving thread, against 820-1,250 through the queue pair).
+    /// </summary>
+    public int CachedWriteLimit { get; init; } = 1024 * 1024;
+
     public static DeviceOptions Default { get; } = new();
 }
 
@@ -90,6 +100,7 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
     private readonly DmaBufferPool _pool;
     private readonly IoOperationPool _ops;
     private readonly long _cachedIoLimit;
+    private readonly long _cachedWriteLimit;
     private int _next;
 
     private NativeBlockDevice(string uri, SioDeviceHandle handle, DeviceGeometry geometry, DeviceOptions options) : base(uri)
@@ -101,6 +112,7 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
             throw new DeviceArgumentException(uri, Errno.EINVAL, why);
         _pool = new DmaBufferPool(new ShimAllocator(handle), uri, geometry.BufferAlignment, options.ArenaBytes);
         _cachedIoLimit = options.CachedIoLimit;
+        _cachedWriteLimit = options.CachedIoLimit > 0 ? Math.Max(options.CachedIoLimit, options.CachedWriteLimit) : 0;
         _ops = new IoOperationPool(depth * Math.Max(1, options.Pollers) * 2, options.InlineCompletions);
         _pollers = new DevicePoller[Math.Max(1, options.Pollers)];
         try
@@ -196,7 +208,8 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         // after a flush either way): one syscall, no hand-off to the polling thread (or an io_uring
         // worker) and back. Anything else goes through a queue pair (also what fails here: the queue
         // pair reports it with its detail).
-        if (length <= _cachedIoLimit && TryCached(opcode, offset, buffer, flags))
+        if ((length <= _cachedIoLimit || (opcode == IoOpcode.Write && length <= _cachedWriteLimit && !PollerThread.OnPollerThread))
+            && TryCached(opcode, offset, buffer, flags))
             return ValueTask.CompletedTask;
         var op = _ops.Rent();
         op.DeviceName = Name;
