@@ -53,6 +53,9 @@ public sealed class CachedIoTests
     [TestMethod]
     public async Task BufferedDevice_1MiBWrite_OnTheCallersThread_ButThroughTheQueuePairFromAPollingThread()
     {
+        // Off whatever thread the previous test's last completion left this one on (it may be a polling thread).
+        await Task.Yield();
+        Assert.IsFalse(PollerThread.OnPollerThread);
         using var dev = Open("wlarge", direct: false);
         using var w = dev.Buffers.Rent(1 << 20);
         using var r = dev.Buffers.Rent(1 << 20);
