@@ -131,6 +131,41 @@ public sealed class InPlaceWriteTests
         Assert.AreEqual(3, await ReopenAsync(disk, contents, (_, _, _) => PendingFate.Lost, "after a flush"));
     }
 
+    /// <summary>
+    /// Whole-chunk writeback writes at layout 3 write the block table and the chunk as two device writes
+    /// (the chunk from the caller's memory): a copy on write, then two overwrites in place. Every subset
+    /// of the pending writes, and each one torn, leaves one whole contents the chunk had.
+    /// </summary>
+    [TestMethod]
+    public async Task WholeChunkWrites_TableWrittenApart_AnySubsetOfUnflushedWritesSurvives()
+    {
+        const int cs = 16 * KiB;
+        var power = new CrashSwitch();
+        var disk = new CrashDisk("crash0", 8L * 1024 * 1024, power);
+        var (pool, image) = await CreateAsync(disk, cs, 2 * cs);
+        var contents = new List<byte[]> { TestDevices.Pattern(cs, 20) };
+        await image.WriteAsync(0, contents[0]);
+        Assert.AreEqual(0, disk.PendingWrites);
+        long durableExtent = ExtentOf(pool, image, 0);
+        for (int i = 1; i <= 3; i++)
+        {
+            contents.Add(TestDevices.Pattern(cs, 20 + i));
+            await image.WriteAsync(0, contents[i], durable: false);
+            await pool.Log.LoggedAsync();
+        }
+        Assert.AreNotEqual(durableExtent, ExtentOf(pool, image, 0), "the first writeback write must copy on write: the extent is durable");
+        Assert.AreEqual(2L, pool.Log.InPlaceWrites);
+
+        int n = disk.PendingWrites;
+        Assert.IsTrue(n is >= 6 and <= 12, $"{n} pending writes");
+        var seen = new HashSet<int>();
+        for (int mask = 0; mask < 1 << n; mask++)
+            seen.Add(await ReopenAsync(disk, contents, (i, _, _) => (mask >> i & 1) != 0 ? PendingFate.Kept : PendingFate.Lost, $"kept mask {mask:x}"));
+        for (int torn = 0; torn < n; torn++)
+            seen.Add(await ReopenAsync(disk, contents, (i, _, _) => i == torn ? PendingFate.Torn : PendingFate.Kept, $"write {torn} torn"));
+        CollectionAssert.IsSubsetOf(new[] { 0, 3 }, seen.ToArray());
+    }
+
     /// <summary>Reopens the disk as a crash with <paramref name="fate"/> leaves it; returns which contents chunk 0 holds.</summary>
     private static async Task<int> ReopenAsync(CrashDisk disk, List<byte[]> contents, Func<int, long, long, PendingFate> fate, string what)
     {

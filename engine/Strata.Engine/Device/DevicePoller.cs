@@ -33,12 +33,13 @@ internal sealed unsafe class DevicePoller : IDisposable
     private readonly sio_completion* _completions;
     private readonly int _completionBatch;
     private readonly bool _completionDetail;
+    private readonly long _slowBytes;
     private readonly ManualResetEventSlim _released = new(false);
     private int _pendingNext;
     private int _pendingCount;
     private int _freeTop;
     private int _inflight;
-    private int _inflightFlushes;
+    private int _inflightSlow;
     private bool _queuePairGone;
     private volatile bool _detaching;
 
@@ -47,8 +48,11 @@ internal sealed unsafe class DevicePoller : IDisposable
     /// (SIO_DEV_F_COMPLETION_DETAIL), so the detail read after the poll is that completion's.
     /// </param>
     /// <param name="thread">The polling thread; with <paramref name="ownsThread"/> it stops when this queue pair is disposed.</param>
-    public DevicePoller(SioQueuePairHandle qp, int depth, int completionBatch, bool completionDetail, PollerThread thread, bool ownsThread)
+    /// <param name="slowBytes">Reads and writes of at least this many bytes are slow commands, as flushes are (DeviceOptions.SlowTransferBytes).</param>
+    public DevicePoller(SioQueuePairHandle qp, int depth, int completionBatch, bool completionDetail, PollerThread thread, bool ownsThread,
+        long slowBytes = long.MaxValue)
     {
+        _slowBytes = slowBytes;
         _qp = qp;
         _depth = depth;
         _completionBatch = completionBatch;
@@ -81,8 +85,11 @@ internal sealed unsafe class DevicePoller : IDisposable
     /// <summary>Commands submitted and not yet completed (approximate, for metrics).</summary>
     public int Inflight => Volatile.Read(ref _inflight);
 
-    /// <summary>Only flushes are in flight (slow commands: the thread may wait in the kernel).</summary>
-    internal bool OnlyFlushes => _inflight == _inflightFlushes;
+    /// <summary>Only slow commands are in flight (flushes, large transfers): the thread may wait in the kernel.</summary>
+    internal bool OnlySlow => _inflight == _inflightSlow;
+
+    /// <summary>A command that takes long enough that a wake-up from the kernel costs less than spinning through it.</summary>
+    private bool IsSlow(IoOperation op) => op.Opcode == IoOpcode.Flush || op.Length >= _slowBytes;
 
     internal bool HasQueued => !_queue.IsEmpty;
 
@@ -114,8 +121,8 @@ internal sealed unsafe class DevicePoller : IDisposable
             c->opcode = (byte)op.Opcode;
             c->flags = (byte)op.Flags;
             c->reserved = 0;
-            if (op.Opcode == IoOpcode.Flush)
-                _inflightFlushes++;
+            if (IsSlow(op))
+                _inflightSlow++;
             n++;
         }
         if (n == 0)
@@ -173,8 +180,8 @@ internal sealed unsafe class DevicePoller : IDisposable
     private IoOperation TakeSlot(int slot)
     {
         var op = _slots[slot]!;
-        if (op.Opcode == IoOpcode.Flush)
-            _inflightFlushes--;
+        if (IsSlow(op))
+            _inflightSlow--;
         _slots[slot] = null;
         _freeSlots[_freeTop++] = slot;
         return op;
@@ -234,10 +241,10 @@ internal sealed unsafe class DevicePoller : IDisposable
 /// <summary>
 /// A polling thread serving one or more queue pairs. It busy-polls while reads or
 /// writes are in flight (no interrupt wake-up on the latency path). When only slow
-/// commands are in flight (flushes, or nothing completed for BusyPollMicros) it waits
-/// in the kernel in slices of WaitSliceMicros instead of spinning, so a millisecond
-/// flush does not cost a millisecond of CPU. When idle it spins briefly, then parks
-/// until the next submission.
+/// commands are in flight (flushes and large transfers, or nothing completed for
+/// BusyPollMicros) it waits in the kernel in slices of WaitSliceMicros instead of
+/// spinning, so a millisecond flush or 1 MiB write does not cost a millisecond of CPU.
+/// When idle it spins briefly, then parks until the next submission.
 /// </summary>
 internal sealed class PollerThread
 {
@@ -251,6 +258,7 @@ internal sealed class PollerThread
     private volatile DevicePoller[] _rings = [];
     private int _parked;
     private volatile bool _stopping;
+    private long _kernelWaits;
 
     /// <param name="cpu">The CPU the thread binds itself to, or null (checked by the caller).</param>
     public PollerThread(string name, int idleSpinIterations, int busyPollMicros = 0, int waitSliceMicros = 100, int? cpu = null)
@@ -265,8 +273,17 @@ internal sealed class PollerThread
 
     public bool IsCurrentThread => Thread.CurrentThread == _thread;
 
+    [ThreadStatic]
+    private static bool t_polling;
+
+    /// <summary>True on any polling thread (inside an inline continuation), whichever queue pairs it serves.</summary>
+    public static bool OnPollerThread => t_polling;
+
     /// <summary>Queue pairs served now.</summary>
     public int Attached => _rings.Length;
+
+    /// <summary>Waits in the kernel for a completion while commands were in flight (tests and diagnostics).</summary>
+    internal long KernelWaits => Volatile.Read(ref _kernelWaits);
 
     public void Attach(DevicePoller ring)
     {
@@ -303,6 +320,7 @@ internal sealed class PollerThread
 
     private void Run()
     {
+        t_polling = true;
         if (_cpu is int cpu)
             ThreadAffinity.PinCurrentThread(cpu); // the CPU was checked against the process's set
         int idle = 0;
@@ -325,7 +343,7 @@ internal sealed class PollerThread
                 if (r.Inflight > 0)
                 {
                     busy++;
-                    slowOnly &= r.OnlyFlushes;
+                    slowOnly &= r.OnlySlow;
                 }
                 else if (r.Detaching && !r.HasQueued)
                 {
@@ -342,8 +360,9 @@ internal sealed class PollerThread
             }
             if (busy > 0)
             {
-                // Busy-poll while reads and writes are in flight (microseconds); wait in the
-                // kernel when only flushes are (milliseconds) or, with a busy-poll window,
+                // Busy-poll while small reads and writes are in flight (microseconds); wait in the
+                // kernel when only slow commands are (flushes, large transfers: hundreds of
+                // microseconds or more) or, with a busy-poll window,
                 // nothing completed for that long. (No clock read per spin without a window.)
                 // With several queue pairs busy, the wait goes to each in turn, a share of the slice each.
                 if (slowOnly || (_busyPollTicks != long.MaxValue && System.Diagnostics.Stopwatch.GetTimestamp() - progress > _busyPollTicks))
@@ -356,6 +375,8 @@ internal sealed class PollerThread
                             target = r;
                     }
                     nextWait++;
+                    if (target != null)
+                        Volatile.Write(ref _kernelWaits, _kernelWaits + 1);
                     if (target != null && target.Reap(Math.Max(1, _waitSliceMicros / (ulong)busy)) > 0 && _busyPollTicks != long.MaxValue)
                         progress = System.Diagnostics.Stopwatch.GetTimestamp();
                 }
@@ -420,6 +441,9 @@ public sealed class PollerGroup : IDisposable
     }
 
     public int Threads => _threads.Length;
+
+    /// <summary>Waits in the kernel for a completion while commands were in flight, over the group's threads.</summary>
+    internal long KernelWaits => _threads.Sum(t => t.KernelWaits);
 
     internal PollerThread Next()
     {

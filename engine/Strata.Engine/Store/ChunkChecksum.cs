@@ -107,11 +107,12 @@ internal static class ChunkChecksum
     public static uint BuildTable(uint image, long chunk, ReadOnlySpan<byte> data, Span<byte> table)
     {
         int n = data.Length / BlockSize;
-        System.Diagnostics.Debug.Assert(data.Length % BlockSize == 0 && n > 1 && EntriesAt + 4 * n <= TableSize && table.Length == TableSize);
-        WriteTableHeader(image, chunk, n, table);
-        for (int k = 0; k < n; k++)
-            BinaryPrimitives.WriteUInt32LittleEndian(table[(EntriesAt + 4 * k)..], Crc32C.Compute(data.Slice(k * BlockSize, BlockSize)));
-        return Crc32C.Compute(table);
+        System.Diagnostics.Debug.Assert(data.Length % BlockSize == 0 && n > 1 && table.Length == TableSize);
+        if (EntriesAt + 4 * n > TableSize)
+            throw new ArgumentException($"a {data.Length}-byte chunk has more blocks than a block table holds");
+        Span<uint> crcs = stackalloc uint[n];
+        Crc32C.ComputeBlocks(data, BlockSize, crcs);
+        return WriteTable(image, chunk, crcs, table);
     }
 
     /// <summary>The block count a table records (its header).</summary>

@@ -339,6 +339,8 @@ internal sealed class ChunkIo(Pool pool)
         try
         {
             ReadOnlyMemory<byte> extent;
+            // The block table when it is written apart from the chunk (extent then holds the chunk only).
+            ReadOnlyMemory<byte> table = default;
             if (data.Length == cs && !blocks)
             {
                 // A whole chunk without a table: nothing to read, merge or copy.
@@ -349,6 +351,14 @@ internal sealed class ChunkIo(Pool pool)
             {
                 // A whole chunk with room for its table in front: the table goes there, nothing is copied.
                 extent = room;
+            }
+            else if (data.Length == cs)
+            {
+                // A whole chunk without room: the table is built apart and written beside the chunk, which
+                // goes to the device from the caller's memory (an NBD payload is not copied again).
+                rented = System.Buffers.ArrayPool<byte>.Shared.Rent(head);
+                table = rented.AsMemory(0, head);
+                extent = data;
             }
             else
             {
@@ -366,15 +376,17 @@ internal sealed class ChunkIo(Pool pool)
                     data.Span.CopyTo(merged.Span[within..]);
                 extent = rented.AsMemory(0, head + cs);
             }
+            var chunk = table.IsEmpty ? extent.Span[head..] : extent.Span;
+            var tableBytes = rented != null ? rented.AsSpan(0, head) : room.Span[..head];
             uint crc = blocks
-                ? ChunkChecksum.BuildTable(meta.Id, index, extent.Span[head..], rented != null ? rented.AsSpan(0, head) : room.Span[..head])
-                : ChunkChecksum.Of(extent.Span);
-            if (expect is { } e && !(blocks ? e.MatchesTable(extent.Span[..head]) ?? e.Matches(extent.Span[head..])
-                    : e.Blocks.IsEmpty ? crc == e.Crc : e.Matches(extent.Span)))
+                ? ChunkChecksum.BuildTable(meta.Id, index, chunk, tableBytes)
+                : ChunkChecksum.Of(chunk);
+            if (expect is { } e && !(blocks ? e.MatchesTable(tableBytes) ?? e.Matches(chunk)
+                    : e.Blocks.IsEmpty ? crc == e.Crc : e.Matches(chunk)))
                 throw new DataIntegrityException(pool.Label, meta.Label, index * cs,
                     $"data integrity error in pool '{pool.Label}', image '{meta.Label}' at offset {index * cs}: the copy does not match the source's "
                     + (e.Blocks.IsEmpty ? $"checksum 0x{e.Crc:x8}" : "block checksums") + " before it was written; nothing was written");
-            await WriteReplicasAsync(meta, index, within, extent, crc, blocks, durable, old).ConfigureAwait(false);
+            await WriteReplicasAsync(meta, index, within, table, extent, crc, blocks, durable, old).ConfigureAwait(false);
         }
         finally
         {
@@ -415,6 +427,8 @@ internal sealed class ChunkIo(Pool pool)
             uint crc;
             uint[]? crcs = null;
             ReadOnlyMemory<byte> bytes;
+            // The block table when it is written apart from the blocks (bytes then holds the blocks only).
+            ReadOnlyMemory<byte> table = default;
             int from = 0;
             if (!old.Blocks)
             {
@@ -439,17 +453,29 @@ internal sealed class ChunkIo(Pool pool)
                 var current = length == cs ? new uint[cs / ChunkChecksum.BlockSize] : await CurrentTableAsync(meta, index, old).ConfigureAwait(false);
                 if (current == null)
                     return false;
-                // [table | touched blocks]: one write when the blocks start at block 0, else two.
-                rented = System.Buffers.ArrayPool<byte>.Shared.Rent(T + length);
-                var touched = rented.AsMemory(T, length);
-                if ((from, length) != (within, data.Length) && !await ReadBlocksAsync(old, current, from, touched).ConfigureAwait(false))
-                    return false;
-                data.Span.CopyTo(touched.Span[(within - from)..]);
+                ReadOnlyMemory<byte> touched;
+                if ((from, length) == (within, data.Length))
+                {
+                    // Whole blocks: they go to the device from the caller's memory, the table apart.
+                    rented = System.Buffers.ArrayPool<byte>.Shared.Rent(T);
+                    touched = data;
+                    table = rented.AsMemory(0, T);
+                }
+                else
+                {
+                    // [table | touched blocks], the edges merged with the verified old bytes: one write when
+                    // the blocks start at block 0, else two.
+                    rented = System.Buffers.ArrayPool<byte>.Shared.Rent(T + length);
+                    var merged = rented.AsMemory(T, length);
+                    if (!await ReadBlocksAsync(old, current, from, merged).ConfigureAwait(false))
+                        return false;
+                    data.Span.CopyTo(merged.Span[(within - from)..]);
+                    touched = merged;
+                }
                 crcs = length == cs ? current : (uint[])current.Clone();
-                for (int k = 0; k < length / ChunkChecksum.BlockSize; k++)
-                    crcs[from / ChunkChecksum.BlockSize + k] = Crc32C.Compute(touched.Span.Slice(k * ChunkChecksum.BlockSize, ChunkChecksum.BlockSize));
+                Crc32C.ComputeBlocks(touched.Span, ChunkChecksum.BlockSize, crcs.AsSpan(from / ChunkChecksum.BlockSize, length / ChunkChecksum.BlockSize));
                 crc = ChunkChecksum.WriteTable(meta.Id, index, crcs, rented.AsSpan(0, T));
-                bytes = rented.AsMemory(0, T + length);
+                bytes = table.IsEmpty ? rented.AsMemory(0, T + length) : touched;
             }
             var replicas = new Replica[old.Replicas.Length];
             for (int r = 0; r < replicas.Length; r++)
@@ -459,7 +485,7 @@ internal sealed class ChunkIo(Pool pool)
                 return false;
             try
             {
-                await WriteInPlaceAsync(replicas, old.Blocks, from, bytes, meta, index * cs + within).ConfigureAwait(false);
+                await WriteInPlaceAsync(replicas, old.Blocks, from, table, bytes, meta, index * cs + within).ConfigureAwait(false);
                 written.SetResult();
             }
             catch (Exception e)
@@ -546,14 +572,15 @@ internal sealed class ChunkIo(Pool pool)
 
     /// <summary>
     /// The in-place write itself, to every replica at once: the whole chunk (no table), or the table and
-    /// the touched blocks, <paramref name="bytes"/> = [table | blocks from <paramref name="from"/>].
+    /// the touched blocks, <paramref name="bytes"/> = [table | blocks from <paramref name="from"/>], or the
+    /// blocks alone when <paramref name="table"/> is given apart.
     /// </summary>
     /// <remarks>
     /// With more than one replica, a failure on one target's device is survived as for new extents
     /// (Pool.ReplicaWritesAsync): the replicas written hold the new contents, and the torn one is on a
     /// target that leaves the pool before anything is acknowledged again.
     /// </remarks>
-    private Task WriteInPlaceAsync(Replica[] replicas, bool blocks, int from, ReadOnlyMemory<byte> bytes, ImageMeta meta, long at)
+    private Task WriteInPlaceAsync(Replica[] replicas, bool blocks, int from, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> bytes, ImageMeta meta, long at)
     {
         const int T = ChunkChecksum.TableSize;
         var writes = new List<Task>(replicas.Length * 2);
@@ -561,7 +588,14 @@ internal sealed class ChunkIo(Pool pool)
         foreach (var r in replicas)
         {
             var shard = pool.Shards[r.Target];
-            if (!blocks || from == 0)
+            if (!table.IsEmpty)
+            {
+                writes.Add(shard.WriteDataAsync(r.Offset, table).AsTask());
+                writes.Add(shard.WriteDataAsync(r.Offset + T + from, bytes).AsTask());
+                targets.Add(r.Target);
+                targets.Add(r.Target);
+            }
+            else if (!blocks || from == 0)
             {
                 writes.Add(shard.WriteDataAsync(r.Offset, bytes).AsTask());
                 targets.Add(r.Target);
@@ -599,12 +633,15 @@ internal sealed class ChunkIo(Pool pool)
         return off;
     }
 
-    /// <summary>Writes the extent (the chunk, after its table when it has one) to fresh extents, commits their mapping, then frees (or defers) the old extents.</summary>
+    /// <summary>
+    /// Writes the extent (the chunk, after its table when it has one: in <paramref name="chunk"/>, or
+    /// <paramref name="table"/> apart) to fresh extents, commits their mapping, then frees (or defers) the old extents.
+    /// </summary>
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask WriteReplicasAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, uint crc, bool blocks, bool durable, ChunkMap? old)
+    private async ValueTask WriteReplicasAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> chunk, uint crc, bool blocks, bool durable, ChunkMap? old)
     {
         int cs = meta.ChunkSize;
-        int length = chunk.Length;
+        int length = table.Length + chunk.Length;
         int rf = Math.Min(pool.WriteRf, pool.LiveTargets);
         var replicas = new Replica[rf];
         var placement = pool.Placement;
@@ -630,7 +667,7 @@ internal sealed class ChunkIo(Pool pool)
         pool.Log.HoldFresh();
         try
         {
-            await WriteAndCommitAsync(meta, index, within, chunk, blocks, durable, replicas).ConfigureAwait(false);
+            await WriteAndCommitAsync(meta, index, within, table, chunk, blocks, durable, replicas).ConfigureAwait(false);
             if (old == null)
                 return;
             if (durable)
@@ -648,10 +685,10 @@ internal sealed class ChunkIo(Pool pool)
     private void FreeWhenDurable(ChunkMap old, int cs) => pool.Log.FreeWhenDurable(() => pool.FreeChunk(old, cs));
 
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask WriteAndCommitAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> chunk, bool blocks, bool durable, Replica[] replicas)
+    private async ValueTask WriteAndCommitAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> chunk, bool blocks, bool durable, Replica[] replicas)
     {
         int cs = meta.ChunkSize;
-        int length = chunk.Length;
+        int length = table.Length + chunk.Length;
         // The array is this write's own and never changes: the new mapping takes it (share).
         MetaRecord Record() => MetaRecords.ChunkMap(meta.Id, index, replicas, blocks, share: true);
         int rf = replicas.Length;
@@ -661,7 +698,7 @@ internal sealed class ChunkIo(Pool pool)
             // the write is answered without waiting for the log.
             try
             {
-                await WriteDataAsync(replicas, chunk, meta, index * cs + within).ConfigureAwait(false);
+                await WriteDataAsync(replicas, table, chunk, meta, index * cs + within).ConfigureAwait(false);
             }
             catch (DeviceException e)
             {
@@ -683,7 +720,7 @@ internal sealed class ChunkIo(Pool pool)
         // them and covers both (PoolLog.CommitAfterAsync). A crash may keep the record and lose
         // the data: replay checks the data of records past the last durable mark (PoolOpener).
         ValueTask commit;
-        if (rf == 1)
+        if (rf == 1 && table.IsEmpty)
         {
             try
             {
@@ -701,7 +738,7 @@ internal sealed class ChunkIo(Pool pool)
         else
         {
             // Awaited once: by the commit round, or here when the commit was not enqueued.
-            ValueTask data = WriteDataAsync(replicas, chunk, meta, index * cs + within);
+            ValueTask data = WriteDataAsync(replicas, table, chunk, meta, index * cs + within);
             try
             {
                 commit = new ValueTask(pool.Log.CommitAfterAsync(Record(), data));
@@ -748,19 +785,40 @@ internal sealed class ChunkIo(Pool pool)
     /// was written and the target leaves the pool (Pool.ReplicaWritesAsync).
     /// </summary>
     /// <remarks>A ValueTask to await exactly once (pooled for a single replica: no box per write).</remarks>
-    private ValueTask WriteDataAsync(Replica[] replicas, ReadOnlyMemory<byte> chunk, ImageMeta meta, long at) =>
-        replicas.Length == 1
-            ? pool.Shards[replicas[0].Target].WriteDataPooledAsync(replicas[0].Offset, chunk)
-            : new ValueTask(WriteReplicaDataAsync(replicas, chunk, meta, at));
+    private ValueTask WriteDataAsync(Replica[] replicas, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> chunk, ImageMeta meta, long at) =>
+        replicas.Length > 1 ? new ValueTask(WriteReplicaDataAsync(replicas, table, chunk, meta, at))
+            : table.IsEmpty ? pool.Shards[replicas[0].Target].WriteDataPooledAsync(replicas[0].Offset, chunk)
+            : WriteApartAsync(pool.Shards[replicas[0].Target], replicas[0].Offset, table, chunk);
+
+    /// <summary>
+    /// One replica's extent as two writes at once, the table at <paramref name="offset"/> and the chunk right
+    /// after it; completes when both have (a failure of either is thrown once both are done).
+    /// </summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private static async ValueTask WriteApartAsync(Shard shard, long offset, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> chunk)
+    {
+        var head = shard.WriteDataPooledAsync(offset, table);
+        var rest = shard.WriteDataPooledAsync(offset + table.Length, chunk);
+        try
+        {
+            await head.ConfigureAwait(false);
+        }
+        finally
+        {
+            await rest.ConfigureAwait(false);
+        }
+    }
 
     /// <summary>More than one replica (its own method: the failure filter's closure is made only here, not by every write).</summary>
-    private Task WriteReplicaDataAsync(Replica[] replicas, ReadOnlyMemory<byte> chunk, ImageMeta meta, long at)
+    private Task WriteReplicaDataAsync(Replica[] replicas, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> chunk, ImageMeta meta, long at)
     {
         var writes = new Task[replicas.Length];
         var targets = new int[replicas.Length];
         for (int i = 0; i < replicas.Length; i++)
         {
-            writes[i] = pool.Shards[replicas[i].Target].WriteDataAsync(replicas[i].Offset, chunk).AsTask();
+            var shard = pool.Shards[replicas[i].Target];
+            writes[i] = table.IsEmpty ? shard.WriteDataAsync(replicas[i].Offset, chunk).AsTask()
+                : WriteApartAsync(shard, replicas[i].Offset, table, chunk).AsTask();
             targets[i] = replicas[i].Target;
         }
         var all = Task.WhenAll(writes);

@@ -59,6 +59,40 @@ public static class Crc32C
         return ~crc;
     }
 
+    /// <summary>
+    /// The CRC32C of each <paramref name="blockSize"/>-byte block of <paramref name="data"/> into
+    /// <paramref name="crcs"/> (data.Length == crcs.Length * blockSize), as Compute of each block would
+    /// give. Four blocks at a time, in four independent chains: one chain is bound by the instruction's
+    /// latency (3 cycles), four by its throughput (1 a cycle), so a 1 MiB chunk's block table costs
+    /// about a third of the time.
+    /// </summary>
+    public static void ComputeBlocks(ReadOnlySpan<byte> data, int blockSize, Span<uint> crcs)
+    {
+        if (blockSize <= 0 || blockSize % 8 != 0 || (long)crcs.Length * blockSize != data.Length)
+            throw new ArgumentException($"{data.Length} bytes are not {crcs.Length} blocks of {blockSize} bytes (a multiple of 8)");
+        ref byte p = ref MemoryMarshal.GetReference(data);
+        nint bs = blockSize;
+        int k = 0;
+        for (; k + 4 <= crcs.Length; k += 4)
+        {
+            ref byte b = ref Unsafe.Add(ref p, k * bs);
+            uint c0 = uint.MaxValue, c1 = uint.MaxValue, c2 = uint.MaxValue, c3 = uint.MaxValue;
+            for (nint i = 0; i < bs; i += 8)
+            {
+                c0 = BitOperations.Crc32C(c0, Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref b, i)));
+                c1 = BitOperations.Crc32C(c1, Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref b, bs + i)));
+                c2 = BitOperations.Crc32C(c2, Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref b, 2 * bs + i)));
+                c3 = BitOperations.Crc32C(c3, Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref b, 3 * bs + i)));
+            }
+            crcs[k] = ~c0;
+            crcs[k + 1] = ~c1;
+            crcs[k + 2] = ~c2;
+            crcs[k + 3] = ~c3;
+        }
+        for (; k < crcs.Length; k++)
+            crcs[k] = Compute(data.Slice(k * blockSize, blockSize));
+    }
+
     /// <summary>One stripe length and the shifts over one and two stripes of zero bytes.</summary>
     private sealed class Stripe
     {

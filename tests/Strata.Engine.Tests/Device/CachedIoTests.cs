@@ -51,6 +51,34 @@ public sealed class CachedIoTests
     }
 
     [TestMethod]
+    public async Task BufferedDevice_1MiBWrite_OnTheCallersThread_ButThroughTheQueuePairFromAPollingThread()
+    {
+        // Off whatever thread the previous test's last completion left this one on (it may be a polling thread).
+        await Task.Yield();
+        Assert.IsFalse(PollerThread.OnPollerThread);
+        using var dev = Open("wlarge", direct: false);
+        using var w = dev.Buffers.Rent(1 << 20);
+        using var r = dev.Buffers.Rent(1 << 20);
+        for (int i = 0; i < w.Span.Length; i++)
+            w.Span[i] = (byte)(i * 11 + 5);
+        var write = dev.WriteAsync(0, w.Memory);
+        Assert.IsTrue(write.IsCompletedSuccessfully, "a 1 MiB write without FUA went through the polling thread");
+        await write;
+
+        // A flush always goes through the queue pair: its continuation runs on the polling thread, where a
+        // long copy would hold up every queue pair the thread serves, so the write is queued from there.
+        await dev.FlushAsync().ConfigureAwait(false);
+        Assert.IsTrue(PollerThread.OnPollerThread, "the flush's continuation did not run on the polling thread");
+        w.Span.Reverse();
+        var fromPoller = dev.WriteAsync(1 << 20, w.Memory);
+        Assert.IsFalse(fromPoller.IsCompleted, "a 1 MiB write from a polling thread was copied on that thread");
+        await fromPoller.ConfigureAwait(false);
+        await Task.Yield();
+        await dev.ReadAsync(1 << 20, r.Memory);
+        Assert.IsTrue(r.Span.SequenceEqual(w.Span), "the queued write reads back");
+    }
+
+    [TestMethod]
     public async Task CachedWritesOff_WritesGoThroughTheQueuePair()
     {
         using var dev = Open("woff", direct: false, "&cached_writes=0");

@@ -45,6 +45,43 @@ public sealed class PollerGroupTests
         }
     }
 
+    /// <summary>Sequential writes of <paramref name="bytes"/> each, one in flight at a time; returns the group's kernel waits meanwhile.</summary>
+    private async Task<long> KernelWaitsDuringWritesAsync(int slowTransferBytes, int bytes, int writes)
+    {
+        using var group = new PollerGroup(threads: 1);
+        TestDevices.EnsureShim();
+        using var dev = NativeBlockDevice.Open($"file:{_devices.Path($"slow-{slowTransferBytes}")}?create=1&size=16M",
+            new DeviceOptions { Group = group, QueueDepth = 16, SlowTransferBytes = slowTransferBytes });
+        using var w = dev.Buffers.Rent(bytes);
+        using var r = dev.Buffers.Rent(bytes);
+        long before = group.KernelWaits;
+        for (int i = 0; i < writes; i++)
+        {
+            Fill(w.Span, i);
+            await dev.WriteAsync((long)i % 8 * bytes, w.Memory);
+        }
+        long waits = group.KernelWaits - before;
+        await dev.ReadAsync((long)(writes - 1) % 8 * bytes, r.Memory);
+        Assert.IsTrue(w.Span.SequenceEqual(r.Span), "the last write reads back");
+        return waits;
+    }
+
+    [TestMethod]
+    public async Task LargeWritesAloneInFlight_PollerWaitsInTheKernel()
+    {
+        // Every write is a slow command here: none completes at its submission (O_DIRECT), so the
+        // poller finds only slow commands in flight and waits in the kernel instead of spinning.
+        long waits = await KernelWaitsDuringWritesAsync(slowTransferBytes: 4096, bytes: 64 << 10, writes: 64);
+        Assert.IsTrue(waits > 0, $"the poller never waited in the kernel with only slow writes in flight ({waits} waits)");
+    }
+
+    [TestMethod]
+    public async Task SmallWritesInFlight_PollerBusyPolls()
+    {
+        long waits = await KernelWaitsDuringWritesAsync(slowTransferBytes: 1 << 20, bytes: 64 << 10, writes: 64);
+        Assert.AreEqual(0, waits, "a poller with writes below SlowTransferBytes in flight (and no busy-poll window) spins, never waits in the kernel");
+    }
+
     [TestMethod]
     public async Task ThreeDevicesOneThread_ConcurrentIoOnEach_ReadsItsOwnData()
     {
