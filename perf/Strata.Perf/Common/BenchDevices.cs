@@ -14,9 +14,12 @@ internal sealed class BenchDevices : IDisposable
     /// <param name="uris">One device URI per target.</param>
     /// <param name="pollers">Queue pairs per device.</param>
     /// <param name="busyPollMicros">The polling threads' busy-poll window, or null for DeviceOptions' default.</param>
-    public BenchDevices(IEnumerable<string> uris, int pollers, int pollerThreads, int? busyPollMicros)
+    /// <param name="completionBatch">Completions reaped per poll, or null for DeviceOptions' default.</param>
+    public BenchDevices(IEnumerable<string> uris, int pollers, int pollerThreads, int? busyPollMicros, int? completionBatch = null)
     {
         var thread = busyPollMicros is int us ? new DeviceOptions { BusyPollMicros = us } : new DeviceOptions();
+        if (completionBatch is int batch)
+            thread = thread with { CompletionBatch = batch };
         Group = pollerThreads > 0 ? new PollerGroup(pollerThreads, thread, "bench-poll") : null;
         var opened = new List<NativeBlockDevice>();
         try

@@ -34,6 +34,7 @@ public static class StoreBenchmark
                              (default 1; 0 = a thread of its own per queue pair)
           --busy-poll-us N   a poller's busy-poll window without completions before it waits in the kernel
                              (default DeviceOptions.BusyPollMicros = 0: busy-poll while reads or writes are in flight)
+          --batch N          completions reaped per poll (DeviceOptions.CompletionBatch; default 32)
           --engines LIST     strata,fio (default both)
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
           --alloc-types      sample which managed types the Strata rows allocate (GC AllocationTick; printed per row)
@@ -58,7 +59,7 @@ public static class StoreBenchmark
 
         Console.WriteLine($"store benchmark: {o.Targets} file target(s) of {DeviceBenchmark.FormatSize(o.TargetSize)} in {o.Dir}, image {DeviceBenchmark.FormatSize(o.ImageSize)}, rf {o.Rf}, chunk size(s) {string.Join(", ", o.ChunkSizes.Select(FormatChunk))}");
         Console.WriteLine($"  {o.Runtime.TotalSeconds:F0} s per row per engine after 1 s warm-up; strata rows first, then fio (fio writes over the raw files destroy the pool)");
-        Console.WriteLine($"strata: StorageEngine over NativeBlockDevice file:...?direct=1, pollers={o.Pollers}, Image.ReadAsync/WriteAsync QD worker loops (CRC32C verified per chunk; COW + log commit per write, one flush per commit round covering data and log)");
+        Console.WriteLine($"strata: StorageEngine over NativeBlockDevice file:...?direct=1, pollers={o.Pollers}, batch={o.CompletionBatch?.ToString() ?? "default"}, Image.ReadAsync/WriteAsync QD worker loops (CRC32C verified per chunk; COW + log commit per write, one flush per commit round covering data and log)");
         Console.WriteLine($"fio:    {fioVersion}, on the raw target files (--filename=f0:f1..), limited to each shard's data area, {string.Join(' ', FioCommon())}");
         Console.WriteLine($"host:   {Environment.ProcessorCount} CPUs, {Environment.OSVersion.VersionString}, .NET {Environment.Version}");
         Console.WriteLine();
@@ -149,7 +150,7 @@ public static class StoreBenchmark
 
     /// <summary>The target devices, on a shared poller group of --poller-threads threads (the engine's default) unless that is 0.</summary>
     private static BenchDevices OpenDevices(StoreBenchOptions o) =>
-        new(Enumerable.Range(0, o.Targets).Select(i => $"file:{o.TargetPath(i)}?direct=1&qd=128"), o.Pollers, o.PollerThreads, o.BusyPollMicros);
+        new(Enumerable.Range(0, o.Targets).Select(i => $"file:{o.TargetPath(i)}?direct=1&qd=128"), o.Pollers, o.PollerThreads, o.BusyPollMicros, o.CompletionBatch);
 
     /// <summary>Formats the targets, creates pool, container and image, fills the image, then runs every row.</summary>
     private static async Task<ChunkRun> RunStrataAsync(StoreBenchOptions o, int chunkSize)
@@ -309,6 +310,7 @@ internal sealed class StoreBenchOptions
     public required int Pollers { get; init; }
     public required int PollerThreads { get; init; }
     public int? BusyPollMicros { get; init; }
+    public int? CompletionBatch { get; init; }
     public required bool RunStrata { get; init; }
     public required bool RunFio { get; init; }
     public string? JsonPath { get; init; }
@@ -334,6 +336,9 @@ internal sealed class StoreBenchOptions
             throw new PerfUsageException("--pollers must be at least 1");
         if (cl.Int("poller-threads", 1) < 0)
             throw new PerfUsageException("--poller-threads must be 0 (a thread per queue pair) or more");
+        int? batch = cl.Has("batch") ? cl.Int("batch", 1) : null;
+        if (batch is < 1)
+            throw new PerfUsageException("--batch must be at least 1");
         var chunks = (cl.String("chunk-size") ?? "4K").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
             .Select(s => CommandLine.ParseBytes(s, "chunk-size")).ToArray();
         foreach (var c in chunks)
@@ -360,6 +365,7 @@ internal sealed class StoreBenchOptions
             Pollers = pollers,
             PollerThreads = cl.Int("poller-threads", 1),
             BusyPollMicros = cl.Has("busy-poll-us") ? cl.Int("busy-poll-us", 50) : null,
+            CompletionBatch = batch,
             RunStrata = engines.Contains("strata"),
             RunFio = engines.Contains("fio"),
             JsonPath = cl.String("json"),
