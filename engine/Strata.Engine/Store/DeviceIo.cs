@@ -15,20 +15,28 @@ internal static class DeviceIo
 
     internal static int PieceSize(IBlockDevice d) => Math.Min(MaxPiece, d.Geometry.MaxTransfer);
 
+    /// <summary>
+    /// Pieces of memory the device reads or writes directly (no copy through a buffer of MaxPiece):
+    /// its own transfer limit. A chunk's extent with its block table (1 MiB + 4 KiB) is then one
+    /// command, not a 1 MiB write and then, after it completed, a 4 KiB one (perf migrate --stages:
+    /// the move's writes took two device round trips, 10.9 ms against fio's 5.6 ms).
+    /// </summary>
+    internal static int DirectPieceSize(IBlockDevice d) => Math.Max(1, d.Geometry.MaxTransfer);
+
     // Pooled: a read that waits for its device keeps no state machine box per call (issue 17).
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     public static async ValueTask ReadAsync(IBlockDevice device, long offset, Memory<byte> destination, CancellationToken ct = default)
     {
-        int piece = PieceSize(device);
         if (AnyBuffer(device) || IsDmaReady(device, destination))
         {
+            int piece = DirectPieceSize(device);
             for (int done = 0; done < destination.Length; done += piece)
                 await device.ReadAsync(offset + done, destination.Slice(done, Math.Min(piece, destination.Length - done)), ct).ConfigureAwait(false);
             return;
         }
         for (int done = 0; done < destination.Length;)
         {
-            int n = Math.Min(piece, destination.Length - done);
+            int n = Math.Min(PieceSize(device), destination.Length - done);
             using var buf = device.Buffers.Rent(n);
             await device.ReadAsync(offset + done, buf.Memory, ct).ConfigureAwait(false);
             buf.Memory.CopyTo(destination[done..]);
@@ -39,16 +47,16 @@ internal static class DeviceIo
     // Not pooled: most writes are gathered with AsTask() (Task.WhenAll), which would wrap a pooled box in a Task of its own.
     public static async ValueTask WriteAsync(IBlockDevice device, long offset, ReadOnlyMemory<byte> source, WriteFlags flags = WriteFlags.None, CancellationToken ct = default)
     {
-        int piece = PieceSize(device);
         if (AnyBuffer(device) || IsDmaReady(device, source))
         {
+            int piece = DirectPieceSize(device);
             for (int done = 0; done < source.Length; done += piece)
                 await device.WriteAsync(offset + done, source.Slice(done, Math.Min(piece, source.Length - done)), flags, ct).ConfigureAwait(false);
             return;
         }
         for (int done = 0; done < source.Length;)
         {
-            int n = Math.Min(piece, source.Length - done);
+            int n = Math.Min(PieceSize(device), source.Length - done);
             using var buf = device.Buffers.Rent(n);
             source.Slice(done, n).CopyTo(buf.Memory);
             await device.WriteAsync(offset + done, buf.Memory, flags, ct).ConfigureAwait(false);
@@ -63,16 +71,16 @@ internal static class DeviceIo
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     public static async ValueTask WritePooledAsync(IBlockDevice device, long offset, ReadOnlyMemory<byte> source)
     {
-        int piece = PieceSize(device);
         if (AnyBuffer(device) || IsDmaReady(device, source))
         {
+            int piece = DirectPieceSize(device);
             for (int done = 0; done < source.Length; done += piece)
                 await device.WriteAsync(offset + done, source.Slice(done, Math.Min(piece, source.Length - done)), WriteFlags.None, default).ConfigureAwait(false);
             return;
         }
         for (int done = 0; done < source.Length;)
         {
-            int n = Math.Min(piece, source.Length - done);
+            int n = Math.Min(PieceSize(device), source.Length - done);
             using var buf = device.Buffers.Rent(n);
             source.Slice(done, n).CopyTo(buf.Memory);
             await device.WriteAsync(offset + done, buf.Memory, WriteFlags.None, default).ConfigureAwait(false);
