@@ -161,15 +161,8 @@ internal sealed class ChunkHold : IDisposable
     /// </summary>
     public async Task<ChunkSwitch> SwitchAsync(ChunkMap expected, Replica[] destination, MetaRecord record, int destinationExtent)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        if (!Exclusive)
-            throw new InvalidOperationException("switching a chunk needs its exclusive hold (ChunkMover.LockAsync)");
-        _pool.ThrowIfNotWritable();
-        if (!ReferenceEquals(Location, expected))
-        {
-            FreeNew(expected, destination, destinationExtent);
+        if (!StillAt(expected, destination, destinationExtent))
             return ChunkSwitch.Changed;
-        }
         Task commit;
         try
         {
@@ -196,11 +189,7 @@ internal sealed class ChunkHold : IDisposable
         }
         // Durable: a crash now replays the destination, so the source may be reused.
         System.Diagnostics.Debug.Assert(!ReferenceEquals(Location, expected), "a switched chunk's map is no longer the source");
-        var moved = Array.FindAll(expected.Replicas, r => Array.IndexOf(destination, r) < 0);
-        if (moved.Length == expected.Replicas.Length)
-            _pool.FreeChunk(expected, _meta.ChunkSize);
-        else
-            _pool.FreeChunk(expected with { Replicas = moved }, _meta.ChunkSize);
+        _pool.FreeChunk(Superseded(expected, destination), _meta.ChunkSize);
         return ChunkSwitch.Switched;
     }
 
@@ -217,15 +206,8 @@ internal sealed class ChunkHold : IDisposable
     /// </summary>
     public ChunkSwitch SwitchWriteback(ChunkMap expected, Replica[] destination, MetaRecord record, int destinationExtent)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        if (!Exclusive)
-            throw new InvalidOperationException("switching a chunk needs its exclusive hold (ChunkMover.LockAsync)");
-        _pool.ThrowIfNotWritable();
-        if (!ReferenceEquals(Location, expected))
-        {
-            FreeNew(expected, destination, destinationExtent);
+        if (!StillAt(expected, destination, destinationExtent))
             return ChunkSwitch.Changed;
-        }
         try
         {
             // Not overwritable in place: a rebuild's or an rf change's mapping keeps source replicas
@@ -243,10 +225,32 @@ internal sealed class ChunkHold : IDisposable
             throw;
         }
         System.Diagnostics.Debug.Assert(!ReferenceEquals(Location, expected), "a switched chunk's map is no longer the source");
-        var moved = Array.FindAll(expected.Replicas, r => Array.IndexOf(destination, r) < 0);
-        var source = moved.Length == expected.Replicas.Length ? expected : expected with { Replicas = moved };
+        var source = Superseded(expected, destination);
         _pool.Log.FreeWhenDurable(() => _pool.FreeChunk(source, _meta.ChunkSize));
         return ChunkSwitch.Switched;
+    }
+
+    /// <summary>
+    /// Both forms' preconditions: the exclusive hold, a writable pool, and the chunk still where the
+    /// mover read it; when it is not, the destination's new extents are freed and this says false.
+    /// </summary>
+    private bool StillAt(ChunkMap expected, Replica[] destination, int destinationExtent)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (!Exclusive)
+            throw new InvalidOperationException("switching a chunk needs its exclusive hold (ChunkMover.LockAsync)");
+        _pool.ThrowIfNotWritable();
+        if (ReferenceEquals(Location, expected))
+            return true;
+        FreeNew(expected, destination, destinationExtent);
+        return false;
+    }
+
+    /// <summary>What a switch frees once durable: the source replicas the destination does not keep (and a Moving location).</summary>
+    private static ChunkMap Superseded(ChunkMap expected, Replica[] destination)
+    {
+        var moved = Array.FindAll(expected.Replicas, r => Array.IndexOf(destination, r) < 0);
+        return moved.Length == expected.Replicas.Length ? expected : expected with { Replicas = moved };
     }
 
     /// <summary>Frees the destination extents a dropped switch reserved (not those it shares with the source).</summary>
