@@ -48,6 +48,31 @@ public sealed class ChunkMoverTests
         return b;
     }
 
+    private static CrashDisk[] CrashDisks(CrashSwitch power) =>
+        Enumerable.Range(0, 2).Select(i => new CrashDisk($"crash{i}", 4L * 1024 * 1024, power)).ToArray();
+
+    /// <summary>The disks as a crash left them (which unflushed writes survive: by <paramref name="seed"/>), the pool opened on them.</summary>
+    private static async Task<(Pool Pool, Image Image, InMemoryRasSink Ras)> ReopenAfterCrashAsync(CrashDisk[] disks, int seed)
+    {
+        var rng = new Random(seed);
+        var after = disks.Select(d => d.AfterCrash(rng, new CrashSwitch())).ToArray();
+        var (engine, ras) = await TestDevices.OpenAsync(after);
+        var pool = await engine.OpenPoolAsync("tank");
+        return (pool, pool.OpenImage("c", "v"), ras);
+    }
+
+    /// <summary>
+    /// After a crash around chunk 0's switch: it reads back the pattern of <paramref name="seed"/> with no
+    /// checksum event; true when it is at its source <paramref name="src"/>, false at the destination.
+    /// </summary>
+    private static async Task<bool> ReadsBackAtSourceAsync(CrashDisk[] disks, int seed, Replica src)
+    {
+        var (pool, image, ras) = await ReopenAfterCrashAsync(disks, seed);
+        CollectionAssert.AreEqual(TestDevices.Pattern(ChunkSize, seed), await ReadChunkAsync(image, 0), $"seed {seed}");
+        Assert.AreEqual(0, ras.Events.Count(e => e.Id is "data_checksum_mismatch" or "data_unrecoverable"), $"seed {seed}");
+        return pool.Meta.Images[image.Id].Chunks[0].Replicas[0].Target == src.Target;
+    }
+
     private static long UsedBytes(Pool pool) => pool.Query().Targets.Sum(t => t.UsedBytes);
 
     [TestMethod]
@@ -109,7 +134,7 @@ public sealed class ChunkMoverTests
         for (int seed = 1; seed <= 40; seed++)
         {
             var power = new CrashSwitch();
-            var disks = Enumerable.Range(0, 2).Select(i => new CrashDisk($"crash{i}", 4L * 1024 * 1024, power)).ToArray();
+            var disks = CrashDisks(power);
             var (pool, image) = await CreateAsync(disks);
             await image.WriteAsync(0, TestDevices.Pattern(ChunkSize, seed));
             var (source, destination) = await CopyAsync(pool, image, 0);
@@ -121,15 +146,7 @@ public sealed class ChunkMoverTests
             var src = source.Replicas[0];
             Assert.IsFalse(pool.Shards[src.Target].Allocator.MarkUsed(src.Offset, ChunkSize), $"seed {seed}: the source was freed before the switch was durable");
 
-            var next = new CrashSwitch();
-            var rng = new Random(seed);
-            var after = disks.Select(d => d.AfterCrash(rng, next)).ToArray();
-            var (engine, ras) = await TestDevices.OpenAsync(after);
-            var reopened = await engine.OpenPoolAsync("tank");
-            var again = reopened.OpenImage("c", "v");
-            CollectionAssert.AreEqual(TestDevices.Pattern(ChunkSize, seed), await ReadChunkAsync(again, 0), $"seed {seed}");
-            Assert.AreEqual(0, ras.Events.Count(e => e.Id is "data_checksum_mismatch" or "data_unrecoverable"), $"seed {seed}");
-            if (reopened.Meta.Images[again.Id].Chunks[0].Replicas[0].Target == src.Target)
+            if (await ReadsBackAtSourceAsync(disks, seed, src))
                 atSource++;
             else
                 atDestination++;
@@ -192,7 +209,7 @@ public sealed class ChunkMoverTests
         for (int seed = 1; seed <= 40; seed++)
         {
             var power = new CrashSwitch();
-            var disks = Enumerable.Range(0, 2).Select(i => new CrashDisk($"crash{i}", 4L * 1024 * 1024, power)).ToArray();
+            var disks = CrashDisks(power);
             var (pool, image) = await CreateAsync(disks);
             await image.WriteAsync(0, TestDevices.Pattern(ChunkSize, seed));
             var (source, destination) = await CopyAsync(pool, image, 0);
@@ -208,14 +225,7 @@ public sealed class ChunkMoverTests
             var src = source.Replicas[0];
             Assert.IsFalse(pool.Shards[src.Target].Allocator.MarkUsed(src.Offset, ChunkSize), $"seed {seed}: the source was freed before the switch was durable");
 
-            var rng = new Random(seed);
-            var after = disks.Select(d => d.AfterCrash(rng, new CrashSwitch())).ToArray();
-            var (engine, ras) = await TestDevices.OpenAsync(after);
-            var reopened = await engine.OpenPoolAsync("tank");
-            var again = reopened.OpenImage("c", "v");
-            CollectionAssert.AreEqual(TestDevices.Pattern(ChunkSize, seed), await ReadChunkAsync(again, 0), $"seed {seed}");
-            Assert.AreEqual(0, ras.Events.Count(e => e.Id is "data_checksum_mismatch" or "data_unrecoverable"), $"seed {seed}");
-            if (reopened.Meta.Images[again.Id].Chunks[0].Replicas[0].Target == src.Target)
+            if (await ReadsBackAtSourceAsync(disks, seed, src))
                 atSource++;
             else
                 atDestination++;
@@ -231,7 +241,7 @@ public sealed class ChunkMoverTests
         for (int seed = 1; seed <= 20; seed++)
         {
             var power = new CrashSwitch();
-            var disks = Enumerable.Range(0, 2).Select(i => new CrashDisk($"crash{i}", 4L * 1024 * 1024, power)).ToArray();
+            var disks = CrashDisks(power);
             var (pool, image) = await CreateAsync(disks);
             await image.WriteAsync(0, TestDevices.Pattern(ChunkSize, seed));
             // The control: a writeback write onto a writeback mapping of fresh extents goes in place.
@@ -257,11 +267,7 @@ public sealed class ChunkMoverTests
 
             power.CrashAtFlush = true;
             await Assert.ThrowsExactlyAsync<PoolReadOnlyException>(() => pool.Log.FlushAsync(), $"seed {seed}");
-            var rng = new Random(seed);
-            var after = disks.Select(d => d.AfterCrash(rng, new CrashSwitch())).ToArray();
-            var (engine, ras) = await TestDevices.OpenAsync(after);
-            var reopened = await engine.OpenPoolAsync("tank");
-            var again = reopened.OpenImage("c", "v");
+            var (reopened, again, ras) = await ReopenAfterCrashAsync(disks, seed);
             var got = await ReadChunkAsync(again, 0);
             await reopened.WaitForJobAsync();
             Assert.IsTrue(got.AsSpan().SequenceEqual(TestDevices.Pattern(ChunkSize, seed)) || got.AsSpan().SequenceEqual(TestDevices.Pattern(ChunkSize, 50 + seed)),
