@@ -18,9 +18,10 @@ namespace Strata.Engine.Control;
 /// (clean stop) return once everything emitted before them is on disk, or waits in memory.
 /// Sequence numbers continue across restarts.
 /// <para>
-/// A write that fails (a full disk) leaves no partial line: the file is cut back to its last
-/// whole line, and the events wait in memory (at most <see cref="BacklogCapacity"/>), are shown
-/// by <see cref="ReadAllAsync"/>, and are written in order when a retry succeeds (every
+/// A write that fails (a full disk) leaves no partial line, not even for a moment: each batch's
+/// space is reserved before it is written (<see cref="FileSpace"/>), a write that fails anyway is
+/// cut back to the last whole line, and the events wait in memory (at most
+/// <see cref="BacklogCapacity"/>), are shown by <see cref="ReadAllAsync"/>, and are written in order when a retry succeeds (every
 /// <see cref="RetryInterval"/>). The outage is reported by two events of its own,
 /// `ras_log_write_failed` and, once written, `ras_log_write_resumed` ("N events could not be
 /// written between T1 and T2 (no space left on device)"), which also counts any event beyond the
@@ -341,7 +342,8 @@ public sealed class RasLog : IRasSink, IDisposable
                     end++;
                 }
                 while (end < _backlog.Count && _length + _batch.Length + _backlog[end].Length + 1 <= _maxBytes);
-                _file!.Position = _length;
+                FileSpace.Reserve(_file!.SafeFileHandle, _length, _batch.Length);
+                _file.Position = _length;
                 _file.Write(_batch.GetBuffer(), 0, (int)_batch.Length);
                 _file.Flush(flushToDisk: true);
                 _length += _batch.Length;

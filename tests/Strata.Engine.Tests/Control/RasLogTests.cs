@@ -97,9 +97,17 @@ public sealed class RasLogTests
 
             // The filesystem is full: at most the rest of the file's last page takes a few bytes.
             string filler = fs.Fill();
-            for (int i = 0; i < 400; i++)
+            log.Emit(new RasEvent("test_event", RasSeverity.Notice, RasType.InfoOnly, $"fits 0 {pad}"));
+            await log.FlushAsync();
+            long whole = new FileInfo(path).Length;
+            DateTime modified = File.GetLastWriteTimeUtc(path);
+            for (int i = 0; i < 399; i++)
                 log.Emit(new RasEvent("test_event", RasSeverity.Notice, RasType.InfoOnly, $"during {i} {pad}"));
             await log.FlushAsync();
+            // The batch that does not fit was refused whole: not written part-way and cut back, which a
+            // reader could catch in between (the space is reserved first).
+            Assert.AreEqual(whole, new FileInfo(path).Length);
+            Assert.AreEqual(modified, File.GetLastWriteTimeUtc(path), "a refused batch never touches the file");
 
             byte[] onDisk = File.ReadAllBytes(path);
             Assert.IsTrue(onDisk.Length > 0 && onDisk[^1] == (byte)'\n', $"the file ends in a whole line ({onDisk.Length} bytes)");
@@ -121,8 +129,8 @@ public sealed class RasLogTests
             await log.FlushAsync();
             var after = File.ReadAllLines(path).Select(l => JsonSerializer.Deserialize<RasRecord>(l, Api.Json)!).ToList();
             CollectionAssert.AreEqual(Enumerable.Range(1, 407).Select(i => (long)i).ToList(), after.Select(r => r.Seq).ToList(), "every event in the file, in order");
-            CollectionAssert.AreEqual(Enumerable.Range(0, 400).Select(i => $"during {i} {pad}").ToList(),
-                after.Where(r => r.Msg.StartsWith("during ", StringComparison.Ordinal)).Select(r => r.Msg).ToList());
+            CollectionAssert.AreEqual(Enumerable.Range(0, 1).Select(i => $"fits {i} {pad}").Concat(Enumerable.Range(0, 399).Select(i => $"during {i} {pad}")).ToList(),
+                after.Where(r => r.Msg.StartsWith("during ", StringComparison.Ordinal) || r.Msg.StartsWith("fits ", StringComparison.Ordinal)).Select(r => r.Msg).ToList());
             Assert.AreEqual(ControlRasIds.RasLogWriteResumed, after[^1].Id);
         }
         finally
