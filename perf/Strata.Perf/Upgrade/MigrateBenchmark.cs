@@ -38,6 +38,9 @@ public static class MigrateBenchmark
           --rebuild          instead: the rebuild after `storage exclude-target` on three files (rf 2,
                              migrate_rate --rate, default auto: 128 MiB/s while the writers run) vs fio on the two left, and the client's 4 KiB random
                              write QD 8 p99 before and during it (--size default 1G, --data 256M)
+          --writers N        --rebuild: client 4 KiB writers running before and during the rebuild (default 8,
+                             and 0 with --rate 0: the unthrottled rebuild alone on the disk, as fio's copy is)
+          --runs N           --rebuild too: N rebuilds on freshly written files, each followed by its fio run
         """;
 
     public static async Task<int> RunAsync(CommandLine cl)
@@ -226,78 +229,65 @@ public static class MigrateBenchmark
         long data = CommandLine.ParseBytes(cl.String("data") ?? "256M", "--data");
         int runtime = cl.Int("runtime", 10);
         int seconds = cl.Int("seconds", 3);
+        string rate = Strata.Engine.Migration.MigrateRate.Normalize(cl.String("rate") ?? Strata.Engine.Migration.MigrateRate.Auto);
+        // The unthrottled rate is compared with fio's copy alone, so by default nothing else runs then.
+        int writerCount = cl.Int("writers", rate == "0" ? 0 : 8);
+        if (writerCount < 0)
+            throw new PerfUsageException("--writers must be 0 or more");
+        int runs = cl.Int("runs", 1);
+        if (runs < 1)
+            throw new PerfUsageException($"--runs {runs}: give at least 1");
         int inFlight = new Strata.Engine.Migration.MigrationOptions().InFlightPerTarget;
         var idle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero;
-        string rate = Strata.Engine.Migration.MigrateRate.Normalize(cl.String("rate") ?? Strata.Engine.Migration.MigrateRate.Auto);
         var stages = StagesIf(cl);
         cl.ThrowIfUnused();
         Fio.RequireInstalled();
         Directory.CreateDirectory(dir);
         var paths = Enumerable.Range(0, 3).Select(i => Path.Combine(dir, $"rebuild-target-{i}.dat")).ToArray();
         string sz = size.ToString(CultureInfo.InvariantCulture);
+        var table = new TablePrinter("run", "engine", "MB/s", "ratio", "detail");
+        var ratios = new List<double>();
+        var steadyRatios = new List<double>();
+        var p99s = new List<string>();
+        string cmd = "";
         try
         {
-            foreach (var p in paths)
+            for (int run = 1; run <= runs; run++)
             {
-                File.Delete(p);
-                Fio.RunJob(["--name=precondition", "--filename=" + p, "--size=" + sz, "--rw=write", "--bs=1M", "--iodepth=16",
-                    "--ioengine=io_uring", "--direct=1", "--end_fsync=1"], TimeSpan.FromMinutes(30));
+                string r = run.ToString(CultureInfo.InvariantCulture);
+                foreach (var p in paths)
+                    Precondition(p, size);
+                if (idle > TimeSpan.Zero)
+                    await HostIdle.WaitAsync(idle);
+                var cpu0 = HostCpuSample.Now();
+                var (moved, jobSeconds, timeline, excludedMs, p99) = await RebuildOnceAsync(paths, sz, size, data, rate, writerCount, seconds, stages);
+                double others = HostCpuSample.BusyPercent(cpu0, HostCpuSample.Now());
+                if (p99 != null)
+                    p99s.Add(p99);
+                if (idle > TimeSpan.Zero)
+                    await HostIdle.WaitAsync(idle);
+                (double read, double write, cmd) = FioCopyLimit(paths[..2], size, runtime, inFlight);
+                double strata = moved / jobSeconds, limit = Math.Min(read, write);
+                ratios.Add(strata / limit);
+                table.Add(r, "strata rebuild", Mb(strata), (strata / limit).ToString("0.00x", CultureInfo.InvariantCulture),
+                    string.Create(CultureInfo.InvariantCulture, $"{moved >> 20} MiB moved in {jobSeconds:0.00} s with {writerCount} writers (machine busy {others:0}%, load {LoadAverage()})"));
+                if (timeline.Steady(moved) is { } steady)
+                {
+                    steadyRatios.Add(steady.Rate / limit);
+                    table.Add(r, "strata steady", Mb(steady.Rate), (steady.Rate / limit).ToString("0.00x", CultureInfo.InvariantCulture),
+                        string.Create(CultureInfo.InvariantCulture, $"10%-90% of the bytes, {steady.Seconds:0.00} s; the exclusion took {excludedMs:0} ms, the first chunk was done at {timeline.FirstMs():0} ms"));
+                }
+                table.Add(r, "fio", Mb(limit), "1.00x", $"read {Mb(read)} MB/s + write {Mb(write)} MB/s at once, two files");
             }
-            if (idle > TimeSpan.Zero)
-                await HostIdle.WaitAsync(idle);
-            var cpu0 = HostCpuSample.Now();
-            double jobSeconds, p99Before, p99During;
-            long moved;
-            int writesDuring;
-            var bench = Targets(paths, sz);
-            var devs = bench.Devices;
-            try
-            {
-                var engine = await StorageEngine.FormatAsync(devs);
-                var pool = await engine.CreatePoolAsync("bench", (size - (256L << 20)) * 3, 2, new PoolCreateOptions());
-                await pool.CreateContainerAsync("c");
-                var image = await pool.CreateImageAsync("c", "v", data, 1 << 20);
-                await ImageFill.FillAsync(image);
-                await pool.SetPropertyAsync(Strata.Engine.Migration.MigrateRate.Property, rate);
-                var writers = RandomWriters.Start(image, data);
-                await Task.Delay(TimeSpan.FromSeconds(seconds));
-                Strata.Engine.Migration.MigrationStageTimes.Current = stages;
-                stages?.Begin();
-                var c0 = pool.Log.Stats;
-                long start = Stopwatch.GetTimestamp();
-                await engine.ExcludeTargetAsync(2);
-                await pool.WaitForJobAsync();
-                long end = Stopwatch.GetTimestamp();
-                stages?.End();
-                Strata.Engine.Migration.MigrationStageTimes.Current = null;
-                if (stages != null)
-                    stages.Commits = Strata.Perf.Store.StoreBenchmark.CommitSummary(c0, pool.Log.Stats) + " (the writers' commits too)";
-                await writers.StopAsync();
-                var job = pool.JobStatus ?? throw new InvalidOperationException("no rebuild ran");
-                if (job.State != "completed")
-                    throw new InvalidOperationException($"rebuild ended {job.State}: {job.Reason}");
-                (p99Before, p99During, writesDuring) = writers.P99(start, end);
-                jobSeconds = Stopwatch.GetElapsedTime(start, end).TotalSeconds;
-                moved = job.BytesDone;
-                await engine.DisposeAsync();
-            }
-            finally
-            {
-                bench.Dispose();
-            }
-            double others = HostCpuSample.BusyPercent(cpu0, HostCpuSample.Now());
-            if (idle > TimeSpan.Zero)
-                await HostIdle.WaitAsync(idle);
-            var (read, write, cmd) = FioCopyLimit(paths[..2], size, runtime, inFlight);
-            double strata = moved / jobSeconds, limit = Math.Min(read, write);
-            var table = new TablePrinter("engine", "MB/s", "ratio", "detail");
-            table.Add("strata rebuild", Mb(strata), (strata / limit).ToString("0.00x", CultureInfo.InvariantCulture),
-                string.Create(CultureInfo.InvariantCulture, $"{moved >> 20} MiB moved in {jobSeconds:0.00} s with 8 writers (machine busy {others:0}%)"));
-            table.Add("fio", Mb(limit), "1.00x", $"read {Mb(read)} MB/s + write {Mb(write)} MB/s at once, two files");
-            Console.WriteLine($"strata: StorageEngine on file:...?direct=1 targets (3); pool rf 2, 1 MiB chunks, {data >> 20} MiB; exclude-target 2, rebuild with migrate_rate {rate}{(rate == Strata.Engine.Migration.MigrateRate.Auto ? " (the writers run: 128 MiB/s)" : "")}");
+            Console.WriteLine($"strata: StorageEngine on file:...?direct=1 targets (3); pool rf 2, 1 MiB chunks, {data >> 20} MiB; exclude-target 2, rebuild with migrate_rate {rate}" +
+                (rate == Strata.Engine.Migration.MigrateRate.Auto ? " (the writers run: 128 MiB/s)" : "") +
+                (writerCount > 0 ? $"; {writerCount} client writers of 4 KiB run before and during it" : "; nothing else runs (fio's copy runs alone too)"));
             Console.WriteLine(table);
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"client 4 KiB random write QD 8 p99: before {p99Before:0.00} ms, during the rebuild {p99During:0.00} ms ({p99During / p99Before:0.00}x, {writesDuring} writes during)"));
+            if (runs > 1)
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"median of {runs}: ratio {Median(ratios):0.00}x{(steadyRatios.Count > 0 ? $", steady {Median(steadyRatios):0.00}x" : "")} (each run against the fio run just after it)"));
+            foreach (var line in p99s)
+                Console.WriteLine(line);
             Console.WriteLine(cmd);
             PrintStages(stages);
             return 0;
@@ -306,6 +296,52 @@ public static class MigrateBenchmark
         {
             foreach (var p in paths)
                 File.Delete(p);
+        }
+    }
+
+    /// <summary>One rebuild on freshly written files: bytes moved, seconds, its timeline, the exclusion's ms and the writers' p99 line (null without writers).</summary>
+    private static async Task<(long Moved, double Seconds, JobTimeline Timeline, double ExcludedMs, string? P99)> RebuildOnceAsync(
+        string[] paths, string sz, long size, long data, string rate, int writerCount, int seconds, Strata.Engine.Migration.MigrationStageTimes? stages)
+    {
+        var bench = Targets(paths, sz);
+        try
+        {
+            var engine = await StorageEngine.FormatAsync(bench.Devices);
+            var pool = await engine.CreatePoolAsync("bench", (size - (256L << 20)) * 3, 2, new PoolCreateOptions());
+            await pool.CreateContainerAsync("c");
+            var image = await pool.CreateImageAsync("c", "v", data, 1 << 20);
+            await ImageFill.FillAsync(image);
+            await pool.SetPropertyAsync(Strata.Engine.Migration.MigrateRate.Property, rate);
+            var writers = RandomWriters.Start(image, data, writerCount);
+            if (writerCount > 0)
+                await Task.Delay(TimeSpan.FromSeconds(seconds));
+            Strata.Engine.Migration.MigrationStageTimes.Current = stages;
+            stages?.Begin();
+            var c0 = pool.Log.Stats;
+            long start = Stopwatch.GetTimestamp();
+            await engine.ExcludeTargetAsync(2);
+            double excludedMs = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+            var timeline = await JobTimeline.FollowAsync(pool, start);
+            long end = Stopwatch.GetTimestamp();
+            stages?.End();
+            Strata.Engine.Migration.MigrationStageTimes.Current = null;
+            if (stages != null)
+                stages.Commits = Strata.Perf.Store.StoreBenchmark.CommitSummary(c0, pool.Log.Stats) + (writerCount > 0 ? " (the writers' commits too)" : "");
+            await writers.StopAsync();
+            var job = pool.JobStatus ?? throw new InvalidOperationException("no rebuild ran");
+            if (job.State != "completed")
+                throw new InvalidOperationException($"rebuild ended {job.State}: {job.Reason}");
+            var (p99Before, p99During, writesDuring) = writers.P99(start, end);
+            string? p99 = writerCount > 0
+                ? string.Create(CultureInfo.InvariantCulture,
+                    $"client 4 KiB random write QD {writerCount} p99: before {p99Before:0.00} ms, during the rebuild {p99During:0.00} ms ({p99During / p99Before:0.00}x, {writesDuring} writes during)")
+                : null;
+            await engine.DisposeAsync();
+            return (job.BytesDone, Stopwatch.GetElapsedTime(start, end).TotalSeconds, timeline, excludedMs, p99);
+        }
+        finally
+        {
+            bench.Dispose();
         }
     }
 
@@ -359,19 +395,53 @@ public static class MigrateBenchmark
     }
 
     /// <summary>Eight clients writing 4 KiB at random offsets of an image (QD 8, durable writes), each write's latency kept.</summary>
+    /// <summary>A job's bytes done, sampled every 20 ms from the start until it ends.</summary>
+    private sealed class JobTimeline
+    {
+        private readonly List<(double Seconds, long Bytes)> _points = new();
+
+        public static async Task<JobTimeline> FollowAsync(Pool pool, long start)
+        {
+            var t = new JobTimeline();
+            var job = pool.WaitForJobAsync();
+            while (!job.IsCompleted)
+            {
+                if (pool.JobStatus is { } s)
+                    t._points.Add((Stopwatch.GetElapsedTime(start).TotalSeconds, s.BytesDone));
+                await Task.WhenAny(job, Task.Delay(20));
+            }
+            await job;
+            return t;
+        }
+
+        /// <summary>The rate between the samples at 10% and at 90% of <paramref name="total"/> bytes; null when too few samples.</summary>
+        public (double Rate, double Seconds)? Steady(long total)
+        {
+            var a = _points.FirstOrDefault(p => p.Bytes >= total / 10);
+            var b = _points.FirstOrDefault(p => p.Bytes >= total * 9 / 10);
+            return b.Seconds > a.Seconds && b.Bytes > a.Bytes ? ((b.Bytes - a.Bytes) / (b.Seconds - a.Seconds), b.Seconds - a.Seconds) : null;
+        }
+
+        public double FirstMs()
+        {
+            var first = _points.FirstOrDefault(p => p.Bytes > 0);
+            return first.Bytes > 0 ? first.Seconds * 1000 : double.NaN;
+        }
+    }
+
     private sealed class RandomWriters
     {
         private readonly System.Collections.Concurrent.ConcurrentQueue<(long At, double Ms)> _marks = new();
         private readonly CancellationTokenSource _stop = new();
         private Task[] _writers = [];
 
-        public static RandomWriters Start(Image image, long bytes)
+        public static RandomWriters Start(Image image, long bytes, int count = 8)
         {
             var w = new RandomWriters();
             var payload = new byte[4096];
             Random.Shared.NextBytes(payload);
             long blocks = bytes / 4096;
-            w._writers = [.. Enumerable.Range(0, 8).Select(n => Task.Run(async () =>
+            w._writers = [.. Enumerable.Range(0, count).Select(n => Task.Run(async () =>
             {
                 var rng = new Random(n);
                 while (!w._stop.IsCancellationRequested)
