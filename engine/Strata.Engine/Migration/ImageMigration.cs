@@ -36,6 +36,8 @@ public sealed class ImageMigration
         public const string Error = "migration.error";
         public const string Alias = "migration.alias";
         public const string Import = "migration.import";
+        /// <summary>"1" while durable mirrored writes may be acknowledged with the destination's half writeback (<see cref="MirrorWriteAsync"/>).</summary>
+        public const string Lag = "migration.lag";
     }
 
     /// <summary>Chunks copied between cursor commits (each preceded by a flush of the destination pool).</summary>
@@ -145,9 +147,125 @@ public sealed class ImageMigration
         }
     }
 
-    /// <summary>Mirrors a client write the source just took (called under the source chunk locks).</summary>
-    internal ValueTask MirrorWriteAsync(long offset, ReadOnlyMemory<byte> data, bool durable) =>
-        Destination.WriteAsync(offset, data, durable);
+    // The destination's lag (docs/migration.md, "A mirrored write's cost"): Off, Arming (the durable
+    // mark is being committed), Armed (durable writes take the destination's half as writeback), or
+    // Closed (commit or a clean stop began: every half durable again, never armed again).
+    private const int LagOff = 0, LagArming = 1, LagArmed = 2, LagClosed = 3;
+    private int _lag;
+    private Task _arming = Task.CompletedTask;
+
+    /// <summary>
+    /// Mirrors a client write the source just took (called under the source chunk locks). A durable
+    /// write's destination half is a writeback write once the destination carries the durable mark
+    /// <see cref="Props.Lag"/>: the write is acknowledged when the source's half is durable, which
+    /// holds every acknowledged write until commit (abort keeps the source). A crash may lose
+    /// destination halves behind the copy's cursor, so a resume that finds the mark copies from
+    /// chunk 0 again (StorageEngine.ResumeOneAsync); commit and a clean stop flush the destination
+    /// and clear the mark first (<see cref="CloseLagAsync"/>). The first durable write arms the mark
+    /// in the background and is itself mirrored durably.
+    /// </summary>
+    internal ValueTask MirrorWriteAsync(long offset, ReadOnlyMemory<byte> data, bool durable)
+    {
+        if (durable)
+        {
+            int lag = Volatile.Read(ref _lag);
+            if (lag == LagArmed)
+                return Destination.WriteAsync(offset, data, durable: false);
+            if (lag == LagOff)
+                ArmLag();
+        }
+        return Destination.WriteAsync(offset, data, durable);
+    }
+
+    /// <summary>Whether durable writes take the destination's half as writeback now (tests).</summary>
+    internal bool IsLagArmed => Volatile.Read(ref _lag) == LagArmed;
+
+    /// <summary>The commit of the mark, once a durable write started it (tests wait for it).</summary>
+    internal Task ArmingCommit
+    {
+        get
+        {
+            lock (_sync)
+                return _arming;
+        }
+    }
+
+    /// <summary>At a resume that found the mark: it is durable already.</summary>
+    internal void LagArmedAtOpen() => SetLagIf(LagOff, LagArmed);
+
+    private void SetLagIf(int from, int to)
+    {
+        lock (_sync)
+            if (_lag == from)
+                Volatile.Write(ref _lag, to);
+    }
+
+    /// <summary>Closes the lag for good; returns whether it was armed or arming, and the arming commit to wait for.</summary>
+    private (bool Was, Task Arming) CloseLag()
+    {
+        lock (_sync)
+        {
+            bool was = _lag is LagArming or LagArmed;
+            Volatile.Write(ref _lag, LagClosed);
+            return (was, _arming);
+        }
+    }
+
+    private void ArmLag()
+    {
+        lock (_sync)
+        {
+            if (_lag != LagOff || _state is not (ImageMigrationState.Prepared or ImageMigrationState.Executing or ImageMigrationState.Executed))
+                return;
+            Volatile.Write(ref _lag, LagArming);
+            // Not awaited by the write, which holds source chunk locks; the commit takes no lock of the image.
+            _arming = Task.Run(async () =>
+            {
+                try
+                {
+                    await Destination.Pool.Log.CommitAsync(MetaRecords.ImageSetProp(Destination.Id, Props.Lag, "1")).ConfigureAwait(false);
+                    SetLagIf(LagArming, LagArmed);
+                }
+                catch (Exception e) when (e is StoreException or IOException or Strata.Interop.DeviceException)
+                {
+                    SetLagIf(LagArming, LagOff);
+                }
+            });
+        }
+    }
+
+    /// <summary>
+    /// Commit and a clean stop: from here every mirrored durable write is durable on both sides;
+    /// the writes acknowledged with a writeback destination half are made durable by a flush of the
+    /// destination pool, then the mark is cleared. Runs under the source's quiesce for the switch,
+    /// so no mirrored write is between its two halves when the mode changes.
+    /// </summary>
+    internal async Task CloseLagAsync()
+    {
+        lock (_sync)
+        {
+            if (_lag is LagOff or LagClosed)
+            {
+                // Never armed: no write took a writeback half, none will.
+                _lag = LagClosed;
+                return;
+            }
+        }
+        (bool Was, Task Arming) closed = (false, Task.CompletedTask);
+        await Source.Pool.QuiescedAsync(Source.Id, () =>
+        {
+            closed = CloseLag();
+            return Task.CompletedTask;
+        }).ConfigureAwait(false);
+        await closed.Arming.ConfigureAwait(false);
+        if (!closed.Was)
+            return;
+        await Destination.Pool.Log.FlushAsync().ConfigureAwait(false);
+        await Destination.Pool.Log.CommitAsync(MetaRecords.ImageSetProp(Destination.Id, Props.Lag, "")).ConfigureAwait(false);
+    }
+
+    /// <summary>Abort: never armed again, and no mark commit still running when the destination goes.</summary>
+    internal Task StopLagAsync() => CloseLag().Arming;
 
     /// <summary>Mirrors a client trim the source just did (called under the source image's locks).</summary>
     internal Task MirrorTrimAsync(long offset, long length) => Destination.TrimAsync(offset, length);

@@ -437,6 +437,8 @@ public sealed partial class StorageEngine
             if (m.State == ImageMigrationState.Executed && m.FirstDiverged is long d)
                 throw new InvalidRequestException($"cannot commit migration {m.SourceName} -> {m.DestinationName}: a write that failed may have left chunk {d} different on the two images; 'strata image migrate execute {image}' copies it again");
             var dp = m.Destination.Pool;
+            // Every acknowledged write durable on the destination before committing says it is the image.
+            await m.CloseLagAsync().ConfigureAwait(false);
             await dp.SetImagePropInternalAsync(m.Destination.Id, ImageMigration.Props.State, "committing").ConfigureAwait(false);
             m.SetState(ImageMigrationState.Committing);
             await FinishCommitAsync(m).ConfigureAwait(false);
@@ -477,6 +479,7 @@ public sealed partial class StorageEngine
             MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.Source, ""),
             MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.State, ""),
             MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.Cursor, ""),
+            MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.Lag, ""),
             MetaRecords.ImageSetProp(m.Destination.Id, ImageMigration.Props.Error, "")]).ConfigureAwait(false);
         dp.RemoveMigrationDestination(m);
         lock (_migrations)
@@ -517,6 +520,7 @@ public sealed partial class StorageEngine
             sp.RemoveMigrationSource(m);
             return Task.CompletedTask;
         }).ConfigureAwait(false);
+        await m.StopLagAsync().ConfigureAwait(false);
         dp.RemoveMigrationDestination(m);
         if (dp.HasImage(m.Destination.Id))
             await dp.RemoveImageLockedAsync(m.Destination.Id).ConfigureAwait(false);
@@ -622,7 +626,19 @@ public sealed partial class StorageEngine
             "error" => ImageMigrationState.Error,
             _ => ImageMigrationState.Prepared,
         };
+        // The lag mark: durable writes may have been acknowledged with destination halves a crash
+        // lost, anywhere behind the cursor, so the copy starts again from chunk 0 (an executed
+        // migration copies again before commit). A clean stop cleared the mark.
+        bool lagged = dp.ImagePropOrEmpty(destId, ImageMigration.Props.Lag) == "1";
+        if (lagged)
+        {
+            cursor = 0;
+            if (s == ImageMigrationState.Executed)
+                s = ImageMigrationState.Executing;
+        }
         var mig = new ImageMigration(source, dest, s, cursor, s == ImageMigrationState.Error ? dp.ImagePropOrEmpty(destId, ImageMigration.Props.Error) : null);
+        if (lagged)
+            mig.LagArmedAtOpen();
         dp.AddMigrationDestination(mig);
         sp.AddMigrationSource(mig);
         lock (_migrations)
@@ -639,7 +655,22 @@ public sealed partial class StorageEngine
         lock (_migrations)
             all = _migrations.ToList();
         foreach (var m in all)
+        {
             await m.StopJobAsync().ConfigureAwait(false);
+            if (m.State is ImageMigrationState.Committing or ImageMigrationState.Committed or ImageMigrationState.Aborting)
+                continue;
+            try
+            {
+                // A clean stop leaves no lag: the next start resumes at the cursor, not at chunk 0.
+                // Bounded: a write held at a frozen destination would keep the quiesce waiting, and
+                // a mark left set costs only a copy from chunk 0.
+                await m.CloseLagAsync().WaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is StoreException or IOException or Interop.DeviceException or NotFoundException or TimeoutException)
+            {
+                // The mark stays: the next start copies from chunk 0 again, which loses nothing.
+            }
+        }
         List<ImageImport> imports;
         lock (_migrations)
             imports = _imports.ToList();
