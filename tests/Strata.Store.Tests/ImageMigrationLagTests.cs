@@ -102,6 +102,20 @@ public sealed class ImageMigrationLagTests
     }
 
     [TestMethod]
+    public async Task ClientFlushWhileLagged_FlushesTheSourceOnly_CrashLosesNothingFlushed()
+    {
+        var (r, handle) = await Rig.ExecutedAsync();
+        await r.LaggingWriteAsync(handle);
+        var third = TestDevices.Pattern(Cs, 13);
+        await handle.WriteAsync(2 * Cs, third, durable: false);
+        await handle.FlushAsync();
+        third.CopyTo(r.Model, 2 * Cs);
+        await r.CrashAndReopenAsync();
+        await r.Engine.WaitForMigrationJobAsync("a/c/v");
+        await r.CommitAndCheckAsync();
+    }
+
+    [TestMethod]
     public async Task CleanStop_FlushesTheDestinationAndClearsTheMark_ResumeKeepsExecuted()
     {
         var (r, handle) = await Rig.ExecutedAsync();

@@ -177,7 +177,7 @@ public sealed class ImageMigration
         return Destination.WriteAsync(offset, data, durable);
     }
 
-    /// <summary>Whether durable writes take the destination's half as writeback now (tests).</summary>
+    /// <summary>Whether the durable lag mark is set and durable writes take the destination's half as writeback now.</summary>
     internal bool IsLagArmed => Volatile.Read(ref _lag) == LagArmed;
 
     /// <summary>The commit of the mark, once a durable write started it (tests wait for it).</summary>

@@ -642,8 +642,11 @@ public sealed partial class Image
     private async Task FlushLogAsync(ImageMigration? m)
     {
         await _pool.Log.FlushAsync().ConfigureAwait(false);
-        // Mirrored writeback writes are durable at the destination pool's next flush round.
-        if (m != null && !ReferenceEquals(m.Destination.Pool, _pool))
+        // Mirrored writeback writes are durable at the destination pool's next flush round. Not
+        // needed while the destination carries the lag mark: a resume copies from chunk 0 again,
+        // and commit flushes the destination before it records committing (docs/migration.md,
+        // "A mirrored write's cost").
+        if (m != null && !ReferenceEquals(m.Destination.Pool, _pool) && !m.IsLagArmed)
             await m.Destination.FlushAsync().ConfigureAwait(false);
     }
 
