@@ -17,10 +17,12 @@ public sealed class ImageMigrationLagTests
     private const int Cs = 4096;
     private const int Chunks = 8;
     private static readonly PoolCreateOptions Options = new() { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024 };
-    private static readonly StorageEngineOptions EngineOptions = new() { WritebackFlushInterval = Timeout.InfiniteTimeSpan };
 
     private sealed class Rig
     {
+        public WaitableRasSink Ras = new();
+
+        public StorageEngineOptions EngineOptions => new() { WritebackFlushInterval = Timeout.InfiniteTimeSpan, Ras = Ras };
         public CrashSwitch Power = new();
         public CrashDisk[] Disks = [];
         public StorageEngine Engine = null!;
@@ -35,7 +37,7 @@ public sealed class ImageMigrationLagTests
         {
             var r = new Rig();
             r.Disks = Enumerable.Range(0, 2).Select(i => new CrashDisk($"l{i}", 8L << 20, r.Power)).ToArray();
-            r.Engine = await StorageEngine.FormatAsync(r.Disks, EngineOptions);
+            r.Engine = await StorageEngine.FormatAsync(r.Disks, r.EngineOptions);
             var a = await r.Engine.CreatePoolAsync("a", 2 * (2L << 20), 1, Options);
             await a.CreateContainerAsync("c");
             var b = await r.Engine.CreatePoolAsync("b", 2 * (2L << 20), 1, Options);
@@ -96,6 +98,7 @@ public sealed class ImageMigrationLagTests
         // The mark was durable: the copy starts again at chunk 0 (an executed migration executes again).
         var st = r.Engine.MigrationStatus("a/c/v");
         Assert.AreNotEqual("executed", st.State, "an executed migration with the mark copies again before commit");
+        StringAssert.Contains(r.Ras.WithId(ImageMigrationRasIds.Resumed).Last().Message, "resumed executing at chunk 0 (the engine did not stop cleanly");
         await r.Engine.WaitForMigrationJobAsync("a/c/v");
         Assert.AreEqual("executed", r.Engine.MigrationStatus("a/c/v").State);
         await r.CommitAndCheckAsync();

@@ -645,7 +645,8 @@ public sealed partial class StorageEngine
             _migrations.Add(mig);
         if (s == ImageMigrationState.Executing)
             mig.StartJob(CopyAsync);
-        EmitMigration(ImageMigrationRasIds.Resumed, RasSeverity.Notice, mig, $"migration {mig.SourceName} -> {mig.DestinationName} resumed {ImageMigration.Name(s)} at chunk {cursor}");
+        EmitMigration(ImageMigrationRasIds.Resumed, RasSeverity.Notice, mig, $"migration {mig.SourceName} -> {mig.DestinationName} resumed {ImageMigration.Name(s)} at chunk {cursor}" +
+            (lagged ? " (the engine did not stop cleanly while clients wrote: the copy starts again from chunk 0, since the destination may lack writes the source has)" : ""));
     }
 
     /// <summary>Stops every background copy (engine stop): each resumes at its saved cursor on the next start.</summary>
