@@ -420,14 +420,24 @@ internal sealed partial class PoolLog
         var block = buf.AsMemory(0, (int)padded);
         // The tail moves now: the next round's batch goes after this one even while this one's flush runs.
         _tail = (at + padded) % _walLength;
-        return OnLogShardsAsync(new LogWrite(wrapFiller, wrapAt, block, at));
+        return OnLogShardsAsync(new LogWrite(this, wrapFiller, wrapAt, block, at));
     }
 
+    /// <summary>
+    /// Sources for a round's log write on one shard, reused: written from the committer's thread and
+    /// awaited on the device's, so a pooled async method's box (cached per thread) would not come back.
+    /// </summary>
+    private readonly System.Collections.Concurrent.ConcurrentQueue<SignalledWrite> _logWrites = new();
+    private Action<SignalledWrite>? _returnLogWrite;
+
+    private SignalledWrite RentLogWrite() =>
+        _logWrites.TryDequeue(out var w) ? w : new SignalledWrite(taken: _returnLogWrite ??= _logWrites.Enqueue);
+
     /// <summary>A round's log write on one shard: the wrap filler (if any), then the batch.</summary>
-    private readonly struct LogWrite(byte[]? wrapFiller, long wrapAt, ReadOnlyMemory<byte> block, long at) : IShardOp
+    private readonly struct LogWrite(PoolLog log, byte[]? wrapFiller, long wrapAt, ReadOnlyMemory<byte> block, long at) : IShardOp
     {
         public ValueTask Run(Shard s) => wrapFiller == null
-            ? DeviceIo.WritePooledAsync(s.Device, s.WalStart + at, block)
+            ? log.RentLogWrite().Run(s.Device, s.WalStart + at, block)
             : WrapThenWriteAsync(s, wrapFiller, wrapAt, block, at);
 
         private static async ValueTask WrapThenWriteAsync(Shard s, byte[] wrapFiller, long wrapAt, ReadOnlyMemory<byte> block, long at)
