@@ -28,7 +28,14 @@ public sealed class FlushCoalescer
     public Exception? Failure => Volatile.Read(ref _failure);
 
     /// <summary>Completes when every write that completed before the call is durable.</summary>
-    public async Task FlushAsync()
+    public Task FlushAsync() => FlushOnceAsync().AsTask();
+
+    /// <summary>
+    /// As <see cref="FlushAsync"/>, for a caller that awaits it exactly once and never calls AsTask
+    /// (a commit round's flush): pooled, so no state machine box per flush (issue 17).
+    /// </summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    public async ValueTask FlushOnceAsync()
     {
         long ticket = Interlocked.Increment(ref _requested);
         await _slots.WaitAsync().ConfigureAwait(false);

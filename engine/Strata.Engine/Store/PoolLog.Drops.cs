@@ -129,42 +129,84 @@ internal sealed partial class PoolLog
     /// Runs <paramref name="op"/> on every log shard at once. A shard whose device fails it is dropped
     /// (<see cref="TryDropShard"/>) when the others succeeded; otherwise the first failure is thrown.
     /// </summary>
-    private async Task OnLogShardsAsync(Func<Shard, Task> op)
+    private Task OnLogShardsAsync(Func<Shard, Task> op) => OnLogShardsAsync(new TaskOp(op)).AsTask();
+
+    /// <summary>What <see cref="OnLogShardsAsync{T}"/> runs on one shard: a ValueTask it awaits exactly once.</summary>
+    private interface IShardOp
+    {
+        ValueTask Run(Shard shard);
+    }
+
+    private readonly struct TaskOp(Func<Shard, Task> op) : IShardOp
+    {
+        public ValueTask Run(Shard shard) => new(op(shard));
+    }
+
+    /// <summary>
+    /// As <see cref="OnLogShardsAsync(Func{Shard, Task})"/> for a struct operation: a round's log write
+    /// and flush (<see cref="LogWrite"/>, <see cref="LogFlush"/>) allocate no closure, delegate, task array
+    /// or WhenAll (pooled, awaited once; issue 17). Every shard's operation is started before any is
+    /// awaited, and every one is awaited, failed or not, before this completes.
+    /// </summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask OnLogShardsAsync<T>(T op) where T : struct, IShardOp
     {
         var shards = _pool.LogShards;
         if (shards.Length == 1)
         {
-            await op(shards[0]).ConfigureAwait(false);
+            await op.Run(shards[0]).ConfigureAwait(false);
             return;
         }
-        var tasks = new Task[shards.Length];
-        for (int i = 0; i < shards.Length; i++)
-            tasks[i] = op(shards[i]);
-        var all = Task.WhenAll(tasks);
+        var started = System.Buffers.ArrayPool<ValueTask>.Shared.Rent(shards.Length);
+        Exception?[]? errors = null;
         try
         {
-            await all.ConfigureAwait(false);
-            return;
+            for (int i = 0; i < shards.Length; i++)
+            {
+                try
+                {
+                    started[i] = op.Run(shards[i]);
+                }
+                catch (Exception e)
+                {
+                    started[i] = ValueTask.FromException(e);
+                }
+            }
+            for (int i = 0; i < shards.Length; i++)
+            {
+                try
+                {
+                    await started[i].ConfigureAwait(false);
+                }
+                catch (Exception e)
+                {
+                    (errors ??= new Exception?[shards.Length])[i] = e;
+                }
+            }
         }
-        catch (Exception)
+        finally
         {
-            // Decided shard by shard below.
+            started.AsSpan(0, shards.Length).Clear();
+            System.Buffers.ArrayPool<ValueTask>.Shared.Return(started);
         }
-        Exception? unhandled = null;
+        if (errors == null)
+            return;
+        // Decided shard by shard.
+        Exception? unhandled = null, first = null;
         int ok = 0;
         for (int i = 0; i < shards.Length; i++)
         {
-            if (tasks[i].IsCompletedSuccessfully)
+            if (errors[i] is not { } e)
             {
                 ok++;
                 continue;
             }
-            var e = tasks[i].Exception?.InnerException ?? new OperationCanceledException();
+            first ??= e;
             if (e is not DeviceException || !TryDropShard(shards[i].Index, e))
                 unhandled ??= e;
         }
         if (unhandled != null || ok == 0)
-            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(unhandled ?? all.Exception!.InnerException!);
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(unhandled ?? first!);
     }
 
     /// <summary>The completer's acknowledgement of a round's commits: held while a drop is pending.</summary>

@@ -84,7 +84,8 @@ internal sealed partial class PoolLog
     private Task _lastSettled = Task.CompletedTask;
 
 
-    private async Task WrittenThenFlushAsync(Round round, Task written, Task previousSettled)
+    /// <param name="written">The round's log writes (pooled: awaited here, once).</param>
+    private async Task WrittenThenFlushAsync(Round round, ValueTask written, Task previousSettled)
     {
         try
         {
@@ -107,7 +108,7 @@ internal sealed partial class PoolLog
         // (writeback rounds do not flush: this flush covers them). The flushes issued now make
         // all of them durable (FlushCoalescer takes its ticket at the call).
         await previousSettled.ConfigureAwait(false);
-        await FlushAllAsync().ConfigureAwait(false);
+        await FlushRoundAsync().ConfigureAwait(false);
     }
 
     /// <summary>
@@ -120,7 +121,8 @@ internal sealed partial class PoolLog
     /// While targets are excluded, a chunk mapping whose every replica is on one of them is voided too
     /// (its writer placed it before a target that failed a write left the pool; PoolLog.TryDropShard).
     /// </summary>
-    private async Task SettleDataAsync(Round round)
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask SettleDataAsync(Round round)
     {
         bool voided = false;
         bool excluded = _pool.ExcludedTargets.Count > 0;
@@ -298,7 +300,8 @@ internal sealed partial class PoolLog
     /// writes of consecutive rounds may run at once: they go to different places, and each
     /// round's flush waits for its own.
     /// </summary>
-    private async Task<Task> WriteRecordsAsync(Round round)
+    /// <remarks>A ValueTask of a ValueTask: neither allocates when the batch fits the log (no checkpoint first); the inner one is awaited once.</remarks>
+    private async ValueTask<ValueTask> WriteRecordsAsync(Round round)
     {
         round.Format = _format;
         round.Seed = _seed;
@@ -320,8 +323,10 @@ internal sealed partial class PoolLog
             WalFormat.Encode(wrapPad, _seed, _nextSeq++, WalFormat.PadType, 0, default, (int)wrap);
         }
         var buf = RentLogBlock(padded);
-        var mark = MetaRecords.DurableThrough(Volatile.Read(ref _durableThrough));
-        WalFormat.Encode(buf, _seed, _nextSeq++, (ushort)mark.Type, mark.Flags, mark.Payload, MarkLength);
+        // MetaRecords.DurableThrough's record, encoded in place (no record or payload array per round).
+        Span<byte> mark = stackalloc byte[sizeof(ulong)];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(mark, Volatile.Read(ref _durableThrough));
+        WalFormat.Encode(buf, _seed, _nextSeq++, (ushort)MetaRecordType.DurableThrough, 0, mark, MarkLength);
         round.FirstSeq = _nextSeq;
         int pos = MarkLength;
         foreach (var p in round.Batch)
@@ -345,7 +350,7 @@ internal sealed partial class PoolLog
     /// When the batch (and the wrap filler before it) would overrun the checkpoint's head, checkpoints
     /// first; returns the wrap filler's length from the tail then.
     /// </summary>
-    private async Task<long> MakeRoomAsync(long padded, long wrap)
+    private async ValueTask<long> MakeRoomAsync(long padded, long wrap)
     {
         if (Used + wrap + padded < _walLength)
             return wrap;
@@ -366,7 +371,7 @@ internal sealed partial class PoolLog
     /// A batch that would not fit before the log's end is preceded by an empty batch spanning the rest
     /// (only its first block is written). Sequences, positions and the tail move as for v1.
     /// </summary>
-    private async Task<Task> WriteBatchV2Async(Round round)
+    private async ValueTask<ValueTask> WriteBatchV2Async(Round round)
     {
         long body = 0;
         foreach (var r in round.Records)
@@ -404,7 +409,7 @@ internal sealed partial class PoolLog
     /// Places a sealed batch (either framing) at the tail, or at the log's start after the wrap
     /// filler, and writes both to every shard's log.
     /// </summary>
-    private Task WriteBatch(Round round, byte[] buf, long padded, long wrap, byte[]? wrapFiller)
+    private ValueTask WriteBatch(Round round, byte[] buf, long padded, long wrap, byte[]? wrapFiller)
     {
         round.LastSeq = _nextSeq - 1;
         long at = wrap > 0 ? 0 : _tail;
@@ -415,15 +420,43 @@ internal sealed partial class PoolLog
         var block = buf.AsMemory(0, (int)padded);
         // The tail moves now: the next round's batch goes after this one even while this one's flush runs.
         _tail = (at + padded) % _walLength;
-        return OnLogShardsAsync(async s =>
+        return OnLogShardsAsync(new LogWrite(this, wrapFiller, wrapAt, block, at));
+    }
+
+    /// <summary>
+    /// Sources for a round's log write on one shard, reused: written from the committer's thread and
+    /// awaited on the device's, so a pooled async method's box (cached per thread) would not come back.
+    /// </summary>
+    private readonly System.Collections.Concurrent.ConcurrentQueue<SignalledWrite> _logWrites = new();
+    private Action<SignalledWrite>? _returnLogWrite;
+
+    private SignalledWrite RentLogWrite() =>
+        _logWrites.TryDequeue(out var w) ? w : new SignalledWrite(taken: _returnLogWrite ??= _logWrites.Enqueue);
+
+    /// <summary>A round's log write on one shard: the wrap filler (if any), then the batch.</summary>
+    private readonly struct LogWrite(PoolLog log, byte[]? wrapFiller, long wrapAt, ReadOnlyMemory<byte> block, long at) : IShardOp
+    {
+        public ValueTask Run(Shard s) => wrapFiller == null
+            ? log.RentLogWrite().Run(s.Device, s.WalStart + at, block)
+            : WrapThenWriteAsync(s, wrapFiller, wrapAt, block, at);
+
+        private static async ValueTask WrapThenWriteAsync(Shard s, byte[] wrapFiller, long wrapAt, ReadOnlyMemory<byte> block, long at)
         {
-            if (wrapFiller != null)
-                await DeviceIo.WriteAsync(s.Device, s.WalStart + wrapAt, wrapFiller).ConfigureAwait(false);
+            await DeviceIo.WriteAsync(s.Device, s.WalStart + wrapAt, wrapFiller).ConfigureAwait(false);
             await DeviceIo.WriteAsync(s.Device, s.WalStart + at, block).ConfigureAwait(false);
-        });
+        }
+    }
+
+    /// <summary>A round's flush on one shard (the shard's FlushCoalescer, pooled).</summary>
+    private readonly struct LogFlush : IShardOp
+    {
+        public ValueTask Run(Shard s) => s.FlushOnceAsync();
     }
 
     private Task FlushAllAsync() => OnLogShardsAsync(s => s.FlushAsync());
+
+    /// <summary>A round's flush of every log shard: as <see cref="FlushAllAsync"/>, pooled (awaited once).</summary>
+    private ValueTask FlushRoundAsync() => OnLogShardsAsync(new LogFlush());
 
     /// <summary>A round's commit and record lists, reused (taken by the committer, given back by the completer once the round is finished).</summary>
     private readonly System.Collections.Concurrent.ConcurrentQueue<(List<Pending> Batch, List<MetaRecord> Records)> _roundLists = new();

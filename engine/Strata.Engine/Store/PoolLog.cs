@@ -358,7 +358,9 @@ internal sealed partial class PoolLog
             await _roundSlots.WaitAsync().ConfigureAwait(false);
             _stats.SlotTicks += System.Diagnostics.Stopwatch.GetTimestamp() - slot;
             var (batch, records) = RentRoundLists();
-            var checkpoints = new List<Pending>();
+            // The committer's own list, reused: every use of it ends before the next round is taken.
+            var checkpoints = _checkpointRequests;
+            checkpoints.Clear();
             long bytes = TakeQueued(reader, batch, records, checkpoints, 0);
             // A batch of writeback commits only: nobody waits for its log write (they were answered
             // when queued), so gather more for a while instead of spending a log block (and
@@ -385,6 +387,9 @@ internal sealed partial class PoolLog
         _rounds.Writer.TryComplete();
         await completer.ConfigureAwait(false);
     }
+
+    /// <summary>Checkpoint requests the committer took with the current round (its loop's only).</summary>
+    private readonly List<Pending> _checkpointRequests = [];
 
     /// <summary>How long a batch of writeback commits only waits for more before it is logged.</summary>
     internal static readonly TimeSpan WritebackGather = TimeSpan.FromMilliseconds(1);

@@ -38,6 +38,9 @@ internal sealed class Shard
     /// <summary>Makes completed writes durable, sharing the flush with concurrent callers.</summary>
     public Task FlushAsync() => Target.Flusher.FlushAsync();
 
+    /// <summary>As <see cref="FlushAsync"/>, pooled: for a caller that awaits it exactly once and never calls AsTask.</summary>
+    public ValueTask FlushOnceAsync() => Target.Flusher.FlushOnceAsync();
+
     public long WalStart => Base + Header.WalOffset;
 
     /// <summary>Where the data area starts on the device.</summary>

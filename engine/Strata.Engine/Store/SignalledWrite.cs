@@ -19,12 +19,23 @@ internal sealed class SignalledWrite : IValueTaskSource
     private ValueTask _write;
     private DmaBuffer? _buffer;
     private readonly Action? _finished;
+    private readonly Action<SignalledWrite>? _taken;
 
     /// <param name="finished">Called after each write completed the source (its owner's hold on it ends there).</param>
-    public SignalledWrite(Action? finished = null)
+    /// <param name="taken">Called after the awaiter took each write's result: the source may be reused from then on (a pool's return).</param>
+    public SignalledWrite(Action? finished = null, Action<SignalledWrite>? taken = null)
     {
         _onWritten = OnWritten;
         _finished = finished;
+        _taken = taken;
+    }
+
+    /// <summary>Prepare, then Start: the ValueTask of one write, awaited exactly once.</summary>
+    public ValueTask Run(IBlockDevice device, long offset, ReadOnlyMemory<byte> source)
+    {
+        var done = Prepare();
+        Start(device, offset, source);
+        return done;
     }
 
     /// <summary>Readies the source for the next write; the ValueTask completes when that write does and is awaited exactly once.</summary>
@@ -102,5 +113,15 @@ internal sealed class SignalledWrite : IValueTaskSource
     public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
         _core.OnCompleted(continuation, state, token, flags);
 
-    public void GetResult(short token) => _core.GetResult(token);
+    public void GetResult(short token)
+    {
+        try
+        {
+            _core.GetResult(token);
+        }
+        finally
+        {
+            _taken?.Invoke(this);
+        }
+    }
 }
