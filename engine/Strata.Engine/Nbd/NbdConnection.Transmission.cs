@@ -193,8 +193,14 @@ internal sealed partial class NbdConnection
                 int length = (int)h.Length;
                 var dest = error == 0 ? (r.Buffer = Buffers.Rent(length)).Slice(length) : Memory<byte>.Empty;
                 int done = TakeBuffered(dest, length);
-                if (done < length)
-                    HandOffInline(); // the payload may take a while: replies ready go now
+                if (done < length && _inlineCount > 0)
+                {
+                    // The payload may take a while: replies ready go now, sent from here when the
+                    // socket is free. Handing them to the send loop instead woke a thread-pool
+                    // thread per large write, which then spun idle (most of its CPU).
+                    _inlineThread = 0;
+                    await SendInlineAsync().ConfigureAwait(false);
+                }
                 while (done < length)
                 {
                     int got;
