@@ -8,7 +8,7 @@ namespace Strata.Nbd.Tests;
 /// <summary>
 /// The NBD server in the test process over a real StorageEngine on memory targets, exporting
 /// through the same seam the daemon uses (IImageIo, metered by MeteredImage). Pool "p", container "c", image "img"
-/// (8 MiB, 4 KiB chunks) unless told otherwise.
+/// (8 MiB, 4 KiB chunks) unless told otherwise; a Unix socket listener, or loopback TCP.
 /// </summary>
 internal sealed class InProcessNbd : IAsyncDisposable
 {
@@ -38,8 +38,11 @@ internal sealed class InProcessNbd : IAsyncDisposable
     public NbdServer Server { get; }
     public string SocketPath => Path.Combine(_dir, "nbd.sock");
 
+    /// <summary>Where the listener is: the Unix socket, or loopback TCP when started with tcp.</summary>
+    public System.Net.EndPoint EndPoint => Server.Listeners[0].Endpoint is { } ep ? ep : new System.Net.Sockets.UnixDomainSocketEndPoint(SocketPath);
+
     public static async Task<InProcessNbd> StartAsync(NbdServerOptions? options = null, int chunkSize = 4096, bool readOnlyReopen = false, long walBytes = 256 * 1024,
-        bool touchAllPages = false, StorageEngineOptions? engineOptions = null, NbdTlsSettings? tls = null)
+        bool touchAllPages = false, StorageEngineOptions? engineOptions = null, NbdTlsSettings? tls = null, bool tcp = false)
     {
         string dir = Directory.CreateTempSubdirectory("strata-nbd-inproc-").FullName;
         var devices = Enumerable.Range(0, 2).Select(i => new GatedMemoryBlockDevice($"mem{i}", 32L << 20)).ToArray();
@@ -66,7 +69,8 @@ internal sealed class InProcessNbd : IAsyncDisposable
         var exporter = new PrometheusExporter(StrataMetrics.MeterName);
         var catalog = new NbdExportCatalog(engine, async Task<IImageIo> (p, c, i) =>
             new MeteredImage((await engine.OpenPoolAsync(p)).OpenImage(c, i), metrics));
-        var server = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "nbd.sock")) with { Tls = tls ?? NbdTlsSettings.Disabled }], catalog, options);
+        var listener = tcp ? NbdListenerAddress.Loopback(0) : NbdListenerAddress.Unix(Path.Combine(dir, "nbd.sock"));
+        var server = NbdServer.Start([listener with { Tls = tls ?? NbdTlsSettings.Disabled }], catalog, options);
         return new InProcessNbd(dir, devices, engine, pool, metrics, exporter, server);
     }
 

@@ -1,5 +1,7 @@
 using System.Buffers.Binary;
 using System.Net.Sockets;
+using System.Security.Cryptography.X509Certificates;
+using Strata.Engine.Nbd;
 using Strata.Engine.Control;
 using static Strata.Nbd.Tests.RawNbdClient;
 
@@ -28,13 +30,39 @@ public sealed class NbdAllocationTests
     // Reads run pipelined (QD 16: the reply batching and out-of-order machinery); writes run one at
     // a time (QD 1), because with several in flight the engine's own allocations depend on how its
     // log happens to batch their commits, which no baseline reproduces exactly.
+    // Over TLS the same: SslStream's reads and writes (and the socket under it) are pooled too, on
+    // both ends (the client's count here as well: the counter is process-wide).
     [TestMethod]
-    [DataRow(CmdRead, 16)]
-    [DataRow(CmdWrite, 1)]
-    public async Task Transmission_10000Requests_AddsAlmostNothingPerRequest(ushort type, int queueDepth)
+    [DataRow(CmdRead, 16, false)]
+    [DataRow(CmdWrite, 1, false)]
+    [DataRow(CmdRead, 16, true)]
+    [DataRow(CmdWrite, 1, true)]
+    public async Task Transmission_10000Requests_AddsAlmostNothingPerRequest(ushort type, int queueDepth, bool tls)
     {
+        string? pkiDir = tls ? Directory.CreateTempSubdirectory("strata-nbd-alloc-tls-").FullName : null;
+        try
+        {
+            await MeasureAsync(type, queueDepth, pkiDir);
+        }
+        finally
+        {
+            if (pkiDir != null)
+                Directory.Delete(pkiDir, recursive: true);
+        }
+    }
+
+    private static async Task MeasureAsync(ushort type, int queueDepth, string? pkiDir)
+    {
+        var pki = pkiDir != null ? TestPki.Create() : null;
+        var tls = pki == null ? null : new NbdTlsSettings
+        {
+            Mode = NbdTlsMode.Require,
+            CertificateFile = Path.Combine(pki.WriteServerDir(pkiDir!), "server-cert.pem"),
+            KeyFile = Path.Combine(pkiDir!, "server-key.pem"),
+            CaFile = Path.Combine(pkiDir!, "ca-cert.pem"),
+        };
         // A WAL large enough that no checkpoint (whose allocations depend on timing) falls in a measured window.
-        await using var nbd = await InProcessNbd.StartAsync(walBytes: 8L << 20, touchAllPages: true);
+        await using var nbd = await InProcessNbd.StartAsync(walBytes: 8L << 20, touchAllPages: true, tls: tls);
         // The seam as NbdExport uses it (completing inline), with the daemon's Prometheus exporter attached.
         var image = new MeteredImage(nbd.Pool.OpenImage("c", "img"), nbd.Metrics).WithInlineContinuations();
         // Map every chunk first, so reads and writes take the same path in both measurements.
@@ -43,8 +71,9 @@ public sealed class NbdAllocationTests
         for (long at = 0; at < InProcessNbd.ImageSize; at += fill.Length)
             await image.WriteAsync(at, fill);
 
-        using var client = await nbd.OpenAsync();
-        var load = new PipelinedLoad(client.Socket, type, queueDepth);
+        using var plain = tls == null ? await nbd.OpenAsync() : null;
+        using var secure = pki == null ? null : await OpenTlsAsync(nbd, pki);
+        var load = new PipelinedLoad(plain != null ? new NetworkStream(plain.Socket, ownsSocket: false) : secure!.Tls!, type, queueDepth, structured: plain != null);
         var buffers = Enumerable.Range(0, queueDepth).Select(_ => new byte[Block]).ToArray();
         // Warm-up: buffers, request objects, pools and thread-pool threads on both paths.
         await load.RunAsync(Requests / queueDepth / 4);
@@ -62,7 +91,7 @@ public sealed class NbdAllocationTests
             perNbd = Math.Min(perNbd, (double)(a1 - a0) / Requests);
             perDirect = Math.Min(perDirect, (double)(a2 - a1) / Requests);
         }
-        Console.WriteLine($"{(type == CmdRead ? "read" : "write")}: {perNbd:F1} B/request through NBD, {perDirect:F1} B/request straight to the image, difference {perNbd - perDirect:F1}");
+        Console.WriteLine($"{(type == CmdRead ? "read" : "write")}{(tls != null ? " over TLS" : "")}: {perNbd:F1} B/request through NBD, {perDirect:F1} B/request straight to the image, difference {perNbd - perDirect:F1}");
         Assert.IsLessThan(MaxNbdBytesPerRequest, perNbd - perDirect,
             $"the NBD server allocates {perNbd - perDirect:F1} bytes per request beyond the image's own {perDirect:F1}");
         // A read allocates nothing, straight to the image or through NBD: pooled ValueTasks from
@@ -75,6 +104,17 @@ public sealed class NbdAllocationTests
         }
         Assert.IsLessThanOrEqualTo(64L, nbd.Server.Buffers.Allocated, "payload buffers are reused: never more are created than requests can be in flight");
         Assert.AreEqual(0, nbd.Server.Buffers.Outstanding);
+    }
+
+    /// <summary>A client through STARTTLS (x509, a client certificate) and GO: structured replies are not negotiated, so simple ones.</summary>
+    private static async Task<TlsNbdClient> OpenTlsAsync(InProcessNbd nbd, TestPki pki)
+    {
+        var c = await TlsNbdClient.ConnectAsync(new UnixDomainSocketEndPoint(nbd.SocketPath));
+        await c.HandshakeAsync();
+        var (cert, key) = pki.Client("hv1");
+        Assert.AreEqual(RepAck, (await c.StartTlsAsync(X509Certificate2.CreateFromPem(cert, key), [X509Certificate2.CreateFromPem(pki.CaPem)])).Type);
+        Assert.AreEqual(RepAck, (await c.GoAsync(InProcessNbd.Export)).Type);
+        return c;
     }
 
     private static long OffsetOf(int i) => (long)((uint)(i * 2654435761u) % (InProcessNbd.ImageSize / Block)) * Block;
@@ -101,24 +141,26 @@ public sealed class NbdAllocationTests
 
     /// <summary>
     /// A client loop that allocates nothing per request: queue-depth requests sent in one write,
-    /// then every reply received into one buffer and checked in place.
+    /// then every reply received into one buffer and checked in place (a socket's stream or TLS).
     /// </summary>
     private sealed class PipelinedLoad
     {
-        private readonly Socket _socket;
+        private readonly Stream _stream;
+        private readonly bool _structured;
         private readonly ushort _type;
         private readonly byte[] _requests;
         private readonly byte[] _replies;
         private readonly int _replySize;
         private readonly int _depth;
 
-        public PipelinedLoad(Socket socket, ushort type, int depth)
+        public PipelinedLoad(Stream stream, ushort type, int depth, bool structured)
         {
+            _structured = structured;
             _depth = depth;
-            _socket = socket;
+            _stream = stream;
             _type = type;
             int requestSize = 28 + (type == CmdWrite ? Block : 0);
-            _replySize = type == CmdRead ? 28 + Block : 16;
+            _replySize = type == CmdRead ? (structured ? 28 : 16) + Block : 16;
             _requests = new byte[depth * requestSize];
             _replies = new byte[depth * _replySize];
             for (int i = 0; i < depth; i++)
@@ -132,11 +174,10 @@ public sealed class NbdAllocationTests
             {
                 for (int i = 0; i < _depth; i++)
                     BinaryPrimitives.WriteUInt64BigEndian(_requests.AsSpan(i * requestSize + 16), (ulong)OffsetOf(r * _depth + i));
-                for (int sent = 0; sent < _requests.Length;)
-                    sent += await _socket.SendAsync(_requests.AsMemory(sent), SocketFlags.None);
+                await _stream.WriteAsync(_requests);
                 for (int got = 0; got < _replies.Length;)
                 {
-                    int n = await _socket.ReceiveAsync(_replies.AsMemory(got), SocketFlags.None);
+                    int n = await _stream.ReadAsync(_replies.AsMemory(got));
                     if (n == 0)
                         throw new EndOfStreamException("the server closed the connection");
                     got += n;
@@ -145,7 +186,7 @@ public sealed class NbdAllocationTests
                 {
                     var reply = _replies.AsSpan(i * _replySize);
                     uint magic = BinaryPrimitives.ReadUInt32BigEndian(reply);
-                    bool ok = _type == CmdRead
+                    bool ok = _type == CmdRead && _structured
                         ? magic == StructuredMagic && BinaryPrimitives.ReadUInt16BigEndian(reply[6..]) == 1
                         : magic == SimpleMagic && BinaryPrimitives.ReadUInt32BigEndian(reply[4..]) == 0;
                     if (!ok)

@@ -193,12 +193,19 @@ internal sealed partial class NbdConnection
                 int length = (int)h.Length;
                 var dest = error == 0 ? (r.Buffer = Buffers.Rent(length)).Slice(length) : Memory<byte>.Empty;
                 int done = TakeBuffered(dest, length);
-                if (done < length)
-                    HandOffInline(); // the payload may take a while: replies ready go now
+                if (done < length && _inlineCount > 0)
+                {
+                    // The payload may take a while: replies ready go now, sent from here when the
+                    // socket is free. Handing them to the send loop instead woke a thread-pool
+                    // thread per large write, which then spun idle (most of its CPU).
+                    _inlineThread = 0;
+                    await SendInlineAsync().ConfigureAwait(false);
+                }
                 while (done < length)
                 {
                     int got;
                     _inlineThread = 0;
+                    SetPayloadLowWater(length - done);
                     if (!dest.IsEmpty && length - done >= DirectReceiveLimit)
                     {
                         got = await ReceiveSomeAsync(dest[done..]).ConfigureAwait(false);
@@ -218,6 +225,7 @@ internal sealed partial class NbdConnection
                         return $"client closed the connection in the middle of a {length}-byte WRITE payload ({done} bytes received)";
                     }
                 }
+                SetPayloadLowWater(0);
             }
             if (error == 0 && _revokeReason is { } revoked)
             {
@@ -236,6 +244,43 @@ internal sealed partial class NbdConnection
     }
 
     // ---- buffered receive ----
+
+    /// <summary>SO_RCVLOWAT while much of a payload is still to come: a receive waits for this many bytes.</summary>
+    private const int PayloadLowWater = 128 << 10;
+
+    /// <summary>What SslStream may hold of a payload beyond the transport's buffer (its own buffer: a record or two), bounded generously.</summary>
+    private const int TlsHeldBytes = 128 << 10;
+
+    private bool _lowWater;
+
+    /// <summary>
+    /// While a large payload arrives on a TCP socket, a receive that finds the socket empty waits
+    /// until <see cref="PayloadLowWater"/> bytes are queued (SO_RCVLOWAT) instead of waking for every
+    /// segment: a 1 MiB write over TLS took about 38 receives and 16 epoll waits. Set only while at
+    /// least that many bytes of this payload must still come from the socket (what the TLS layers
+    /// may hold already does not count), so the wait always ends; back to 1 byte before the next
+    /// header. Linux wakes epoll by the same mark. Where the option fails, receives stay as they were.
+    /// </summary>
+    private void SetPayloadLowWater(int payloadLeft)
+    {
+        if (_socket.AddressFamily is not (AddressFamily.InterNetwork or AddressFamily.InterNetworkV6))
+            return;
+        long mustArrive = payloadLeft - (_tlsTransport != null ? _tlsTransport.Buffered + TlsHeldBytes : 0);
+        bool on = mustArrive >= PayloadLowWater;
+        if (on == _lowWater)
+            return;
+        const int SolSocket = 1, SoRcvLowat = 18;
+        Span<byte> value = stackalloc byte[4];
+        BitConverter.TryWriteBytes(value, on ? PayloadLowWater : 1);
+        try
+        {
+            _socket.SetRawSocketOption(SolSocket, SoRcvLowat, value);
+            _lowWater = on;
+        }
+        catch (SocketException)
+        {
+        }
+    }
 
     /// <summary>Moves unread bytes to the front of the receive buffer, so a whole header or payload piece fits after them.</summary>
     private void CompactReceiveBuffer()

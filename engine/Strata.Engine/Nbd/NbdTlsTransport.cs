@@ -20,6 +20,9 @@ internal sealed class NbdTlsTransport(Socket socket) : Stream
     private readonly byte[] _out = GC.AllocateUninitializedArray<byte>(BufferSize);
     private int _inStart, _inEnd, _outLength;
 
+    /// <summary>Received bytes not yet read by SslStream.</summary>
+    public int Buffered => _inEnd - _inStart;
+
     /// <summary>Writes wait in the buffer for a flush (set once the TLS handshake is done).</summary>
     public bool Corked { get; set; }
 

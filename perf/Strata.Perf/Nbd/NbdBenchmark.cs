@@ -37,6 +37,9 @@ public static class NbdBenchmark
           --rate-iops N      cap every row at N I/Os per second (fio --rate_iops): compares CPU per I/O (the
                              "us/io" figure) at equal load, which varies far less than peak rates on a shared machine
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
+          --warmup SEC       before each measured row, the same fio job for SEC against the same server, not measured
+                             (default 0: Strata's JIT then compiles the row's code inside the row, up to a second of
+                             its CPU in a 3 s row)
           --json FILE        write every figure as JSON
           --tls              every server on loopback TCP requiring TLS with client certificates (a throwaway CA
                              made for the run): Strata tls: require, qemu-nbd tls-creds-x509 verify-peer=on,
@@ -162,6 +165,9 @@ public static class NbdBenchmark
     private static async Task<EngineResult> RunRowAsync(NbdBenchOptions o, INbdServerUnderTest server, string name, DeviceRow row)
     {
         Console.Write($"  {row.Name,-18} {name,-14} ...");
+        // Unmeasured: the server's code for this row is compiled (Strata's JIT) and its caches warm.
+        if (o.Warmup > TimeSpan.Zero)
+            await Task.Run(() => Fio.RunJob(JobArgs(o, row, server.Uri, o.Warmup), o.Warmup + TimeSpan.FromSeconds(120), _fioPrefix));
         // The previous row's page-cache writes reach the disk before this one is measured.
         await Task.Run(HostWriteback.Sync);
         if (o.WaitIdle > TimeSpan.Zero)
@@ -193,7 +199,7 @@ public static class NbdBenchmark
         "--percentile_list=50:99", "--lat_percentiles=1",
     ];
 
-    private static List<string> JobArgs(NbdBenchOptions o, DeviceRow row, string uri)
+    private static List<string> JobArgs(NbdBenchOptions o, DeviceRow row, string uri, TimeSpan? runtime = null)
     {
         var args = new List<string>
         {
@@ -201,7 +207,7 @@ public static class NbdBenchmark
             "--rw=" + row.FioRw, "--bs=" + row.BlockSize.ToString(CultureInfo.InvariantCulture),
             "--iodepth=" + row.QueueDepth.ToString(CultureInfo.InvariantCulture),
             "--size=" + o.ImageSize.ToString(CultureInfo.InvariantCulture),
-            "--runtime=" + o.Runtime.TotalSeconds.ToString(CultureInfo.InvariantCulture),
+            "--runtime=" + (runtime ?? o.Runtime).TotalSeconds.ToString(CultureInfo.InvariantCulture),
         };
         if (o.RateIops > 0)
             args.Add("--rate_iops=" + o.RateIops.ToString(CultureInfo.InvariantCulture));
@@ -299,6 +305,8 @@ internal sealed class NbdBenchOptions
     public IEnumerable<(int Chunk, bool Buffered)> StrataConfigs => IoModes.SelectMany(b => ChunkSizes.Select(c => (c, b)));
     public string? JsonPath { get; init; }
     public TimeSpan WaitIdle { get; init; }
+    /// <summary>An unmeasured run of each row's fio job before the measured one (0: none).</summary>
+    public TimeSpan Warmup { get; init; }
     public int RateIops { get; init; }
     public bool Tls { get; init; }
 
@@ -362,6 +370,7 @@ internal sealed class NbdBenchOptions
             IoModes = ParseIoModes(cl.String("strata-io") ?? "direct,buffered"),
             JsonPath = cl.String("json"),
             WaitIdle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero,
+            Warmup = TimeSpan.FromSeconds(cl.Seconds("warmup", 0)),
             Tls = cl.Flag("tls"),
         };
     }
