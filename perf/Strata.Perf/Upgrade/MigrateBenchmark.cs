@@ -41,6 +41,10 @@ public static class MigrateBenchmark
           --writers N        --rebuild: client 4 KiB writers running before and during the rebuild (default 8,
                              and 0 with --rate 0: the unthrottled rebuild alone on the disk, as fio's copy is)
           --runs N           --rebuild too: N rebuilds on freshly written files, each followed by its fio run
+          --extend           instead: `pool extend` from two target files to three, on a layout-1 pool
+                             (placement v1) and a layout-4 pool (placement v2) side by side: the fraction
+                             of replicas the dry run says move and the job moved, and the job's rate
+                             (--size per file, default 2G; --data, default 1G; --rf N, default 1)
         """;
 
     public static async Task<int> RunAsync(CommandLine cl)
@@ -49,6 +53,8 @@ public static class MigrateBenchmark
             return await LatencyCurveAsync(cl);
         if (cl.Has("rebuild"))
             return await RebuildAsync(cl);
+        if (cl.Has("extend"))
+            return await ExtendAsync(cl);
         string dir = cl.String("dir") ?? "/var/tmp/strata-perf";
         long size = CommandLine.ParseBytes(cl.String("size") ?? "2G", "--size");
         long data = CommandLine.ParseBytes(cl.String("data") ?? "1G", "--data");
@@ -290,6 +296,79 @@ public static class MigrateBenchmark
                 Console.WriteLine(line);
             Console.WriteLine(cmd);
             PrintStages(stages);
+            return 0;
+        }
+        finally
+        {
+            foreach (var p in paths)
+                File.Delete(p);
+        }
+    }
+
+    /// <summary>
+    /// `pool extend` (issue 14) on placement v1 (layout 1) and v2 (layout 4) side by side: two target
+    /// files, a pool filled with --data of 1 MiB chunks, a third file added as a target, then the
+    /// dry run and the job unthrottled. The fraction moved is replicas moved / replicas mapped;
+    /// placement v2 should move about 1/3 going from two targets to three, v1 most of them.
+    /// </summary>
+    private static async Task<int> ExtendAsync(CommandLine cl)
+    {
+        string dir = cl.String("dir") ?? "/var/tmp/strata-perf";
+        long size = CommandLine.ParseBytes(cl.String("size") ?? "2G", "--size");
+        long data = CommandLine.ParseBytes(cl.String("data") ?? "1G", "--data");
+        int rf = cl.Int("rf", 1);
+        if (rf is < 1 or > 2)
+            throw new PerfUsageException($"--rf {rf}: give 1 or 2");
+        var idle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero;
+        cl.ThrowIfUnused();
+        Fio.RequireInstalled();
+        Directory.CreateDirectory(dir);
+        var paths = Enumerable.Range(0, 3).Select(i => Path.Combine(dir, $"extend-target-{i}.dat")).ToArray();
+        string sz = size.ToString(CultureInfo.InvariantCulture);
+        var table = new TablePrinter("layout", "placement", "replicas", "dry run: moving", "job: moved", "fraction", "job s", "MB/s");
+        try
+        {
+            foreach (uint layout in new uint[] { 1, 4 })
+            {
+                foreach (var p in paths)
+                    Precondition(p, size);
+                if (idle > TimeSpan.Zero)
+                    await HostIdle.WaitAsync(idle);
+                var bench = Targets(paths, sz);
+                try
+                {
+                    var devs = bench.Devices;
+                    var engine = await StorageEngine.FormatAsync(devs[..2], new StorageEngineOptions { Catalog = UpTo4(4) }, force: true);
+                    var pool = await engine.CreatePoolAsync("bench", (size - (256L << 20)) * 2, rf, new PoolCreateOptions { LayoutVersion = layout });
+                    await pool.CreateContainerAsync("c");
+                    var image = await pool.CreateImageAsync("c", "v", data, 1 << 20);
+                    await ImageFill.FillAsync(image);
+                    await engine.AddTargetAsync(devs[2]);
+                    var dry = await pool.ExtendAsync(dryRun: true);
+                    await pool.SetPropertyAsync(Strata.Engine.Migration.MigrateRate.Property, "0");
+                    long t0 = Stopwatch.GetTimestamp();
+                    await pool.ExtendAsync(dryRun: false);
+                    await pool.WaitForJobAsync();
+                    double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+                    var job = pool.JobStatus ?? throw new InvalidOperationException("no extend ran");
+                    if (job.State != "completed")
+                        throw new InvalidOperationException($"extend ended {job.State}: {job.Reason}");
+                    table.Add(layout.ToString(CultureInfo.InvariantCulture), layout >= 4 ? "v2" : "v1",
+                        dry.Replicas.ToString(CultureInfo.InvariantCulture),
+                        string.Create(CultureInfo.InvariantCulture, $"{dry.MovingReplicas} ({dry.MovingFraction:P1})"),
+                        string.Create(CultureInfo.InvariantCulture, $"{job.BytesDone >> 20} MiB"),
+                        string.Create(CultureInfo.InvariantCulture, $"{(double)job.BytesDone / ((long)dry.Replicas << 20):P1}"),
+                        seconds.ToString("0.00", CultureInfo.InvariantCulture), Mb(job.BytesDone / seconds));
+                    await engine.DisposeAsync();
+                }
+                finally
+                {
+                    bench.Dispose();
+                }
+            }
+            Console.WriteLine($"strata: StorageEngine on file:...?direct=1 targets (2, then 3 after `storage add-target`); pool rf {rf}, 1 MiB chunks, {data >> 20} MiB; `pool extend` unthrottled");
+            Console.WriteLine(table);
+            Console.WriteLine("fraction = bytes the job moved / bytes of every replica mapped before the extend (about 1/3 is all placement v2 needs from two targets to three)");
             return 0;
         }
         finally
