@@ -392,6 +392,9 @@ public sealed class MigrationTests
         Assert.AreEqual(Engine.Migration.MigrateRate.AutoBytes, pool.MigrateRateAt(read, other), "a client of the source pool did I/O just now");
         Assert.AreEqual(0L, pool.MigrateRateAt(read + tick / 4 + tick, other), "idle on both pools");
         Assert.AreEqual(Engine.Migration.MigrateRate.AutoBytes, other.MigrateRateAt(read), "the other pool's own jobs");
+        // An image copy's `auto` is half the rate: its clients' writes are mirrored.
+        Assert.AreEqual(Engine.Migration.MigrateRate.AutoImageCopyBytes, pool.MigrateRateAt(read, other, Engine.Migration.MigrateRate.AutoImageCopyBytes));
+        Assert.AreEqual(0L, pool.MigrateRateAt(read + tick / 4 + tick, other, Engine.Migration.MigrateRate.AutoImageCopyBytes), "idle: unthrottled");
 
         await pool.SetPropertyAsync("migrate_rate", "0");
         await image.WriteAsync(0, new byte[4096]);

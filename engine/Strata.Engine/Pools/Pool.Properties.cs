@@ -152,16 +152,17 @@ public sealed partial class Pool
     /// <summary>
     /// The throttle at stopwatch time <paramref name="now"/>: a set byte count, or for `auto` (the default, and
     /// any value this engine does not know) MigrateRate.AutoBytes while clients did I/O within MigrateRate.ClientWindow
-    /// on this pool or on <paramref name="clientsToo"/> (an image migration's source pool: its clients' reads stay there), else 0.
+    /// on this pool or on <paramref name="clientsToo"/> (an image migration's source pool: its clients' reads stay there), else 0;
+    /// <paramref name="auto"/> replaces MigrateRate.AutoBytes (an image copy's MigrateRate.AutoImageCopyBytes).
     /// </summary>
-    internal long MigrateRateAt(long now, Pool? clientsToo = null)
+    internal long MigrateRateAt(long now, Pool? clientsToo = null, long auto = Migration.MigrateRate.AutoBytes)
     {
         string? v;
         lock (Meta.Sync)
             v = Meta.Props.GetValueOrDefault(Migration.MigrateRate.Property);
         if (v != null && long.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out long r))
             return r;
-        return ClientsActiveAt(now) || clientsToo?.ClientsActiveAt(now) == true ? Migration.MigrateRate.AutoBytes : 0;
+        return ClientsActiveAt(now) || clientsToo?.ClientsActiveAt(now) == true ? auto : 0;
     }
 
     private bool ClientsActiveAt(long now)

@@ -297,7 +297,7 @@ public sealed partial class StorageEngine
     {
         var src = m.Source;
         var dp = m.Destination.Pool;
-        var throttle = new MigrationThrottle(dp, src.Pool);
+        var throttle = new MigrationThrottle(dp, src.Pool, MigrateRate.AutoImageCopyBytes);
         int cs = src.ChunkSizeOrZero();
         long chunks = SizeLimits.ChunkCount(src.SourceSize, cs);
         int maxWindow = Math.Max(1, new MigrationOptions().InFlightPerTarget * dp.TargetCount);
