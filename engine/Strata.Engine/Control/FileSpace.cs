@@ -13,6 +13,7 @@ internal static partial class FileSpace
     private const int KeepSize = 1;      // FALLOC_FL_KEEP_SIZE
     private const int NoSpace = 28;      // ENOSPC
     private const int QuotaExceeded = 122; // EDQUOT
+    private const int Interrupted = 4;   // EINTR
 
     [LibraryImport("libc", EntryPoint = "fallocate", SetLastError = true)]
     private static partial int Fallocate(int fd, int mode, long offset, long len);
@@ -34,7 +35,7 @@ internal static partial class FileSpace
             while (Fallocate(fd, KeepSize, offset, length) != 0)
             {
                 int errno = Marshal.GetLastPInvokeError();
-                if (errno == 4) // EINTR
+                if (errno == Interrupted)
                     continue;
                 if (errno is NoSpace or QuotaExceeded)
                     throw new IOException(errno == NoSpace ? "No space left on device" : "Disk quota exceeded", errno);

@@ -21,8 +21,8 @@ namespace Strata.Engine.Control;
 /// A write that fails (a full disk) leaves no partial line, not even for a moment: each batch's
 /// space is reserved before it is written (<see cref="FileSpace"/>), a write that fails anyway is
 /// cut back to the last whole line, and the events wait in memory (at most
-/// <see cref="BacklogCapacity"/>), are shown by <see cref="ReadAllAsync"/>, and are written in order when a retry succeeds (every
-/// <see cref="RetryInterval"/>). The outage is reported by two events of its own,
+/// <see cref="BacklogCapacity"/>), are shown by <see cref="ReadAllAsync"/>, and are written in
+/// order when a retry succeeds (every <see cref="RetryInterval"/>). The outage is reported by two events of its own,
 /// `ras_log_write_failed` and, once written, `ras_log_write_resumed` ("N events could not be
 /// written between T1 and T2 (no space left on device)"), which also counts any event beyond the
 /// bound, dropped from the file (never from subscribers and the EventSource). docs/operations.md.

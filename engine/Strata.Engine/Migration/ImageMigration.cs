@@ -247,7 +247,7 @@ public sealed class ImageMigration
             if (_lag is LagOff or LagClosed)
             {
                 // Never armed: no write took a writeback half, none will.
-                _lag = LagClosed;
+                Volatile.Write(ref _lag, LagClosed);
                 return;
             }
         }

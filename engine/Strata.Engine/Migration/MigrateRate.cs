@@ -84,8 +84,9 @@ public static class MigrateRate
 /// to the next chunk; a wait for its turn also ends when the property is set. A token bucket
 /// with a burst of one second's worth (at least one chunk), so pauses are short and regular.
 /// <paramref name="clientsToo"/>: another pool whose clients count for `auto` (an image migration's source).
+/// <paramref name="auto"/>: what `auto` allows while clients are active (<see cref="MigrateRate.AutoBytes"/>,
+/// or an image copy's <see cref="MigrateRate.AutoImageCopyBytes"/>).
 /// </summary>
-/// <paramref name="auto"/>: what `auto` allows while clients are active (<see cref="MigrateRate.AutoBytes"/>, or an image copy's <see cref="MigrateRate.AutoImageCopyBytes"/>).
 internal sealed class MigrationThrottle(Pool pool, Pool? clientsToo = null, long auto = MigrateRate.AutoBytes)
 {
     private long _next = Stopwatch.GetTimestamp();

@@ -350,9 +350,7 @@ public static class MigrateBenchmark
                     await pool.ExtendAsync(dryRun: false);
                     await pool.WaitForJobAsync();
                     double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-                    var job = pool.JobStatus ?? throw new InvalidOperationException("no extend ran");
-                    if (job.State != "completed")
-                        throw new InvalidOperationException($"extend ended {job.State}: {job.Reason}");
+                    var job = CompletedJob(pool, "extend");
                     table.Add(layout.ToString(CultureInfo.InvariantCulture), layout >= 4 ? "v2" : "v1",
                         dry.Replicas.ToString(CultureInfo.InvariantCulture),
                         string.Create(CultureInfo.InvariantCulture, $"{dry.MovingReplicas} ({dry.MovingFraction:P1})"),
@@ -407,9 +405,7 @@ public static class MigrateBenchmark
             if (stages != null)
                 stages.Commits = Strata.Perf.Store.StoreBenchmark.CommitSummary(c0, pool.Log.Stats) + (writerCount > 0 ? " (the writers' commits too)" : "");
             await writers.StopAsync();
-            var job = pool.JobStatus ?? throw new InvalidOperationException("no rebuild ran");
-            if (job.State != "completed")
-                throw new InvalidOperationException($"rebuild ended {job.State}: {job.Reason}");
+            var job = CompletedJob(pool, "rebuild");
             var (p99Before, p99During, writesDuring) = writers.P99(start, end);
             string? p99 = writerCount > 0
                 ? string.Create(CultureInfo.InvariantCulture,
@@ -422,6 +418,15 @@ public static class MigrateBenchmark
         {
             bench.Dispose();
         }
+    }
+
+    /// <summary>The pool's job once it ended; throws unless it completed (<paramref name="what"/> names it).</summary>
+    private static PoolJobStatus CompletedJob(Pool pool, string what)
+    {
+        var job = pool.JobStatus ?? throw new InvalidOperationException($"no {what} ran");
+        if (job.State != "completed")
+            throw new InvalidOperationException($"{what} ended {job.State}: {job.Reason}");
+        return job;
     }
 
     private static string Mb(double bytesPerSecond) => (bytesPerSecond / 1e6).ToString("0.0", CultureInfo.InvariantCulture);
@@ -473,7 +478,6 @@ public static class MigrateBenchmark
         }
     }
 
-    /// <summary>Eight clients writing 4 KiB at random offsets of an image (QD 8, durable writes), each write's latency kept.</summary>
     /// <summary>A job's bytes done, sampled every 20 ms from the start until it ends.</summary>
     private sealed class JobTimeline
     {
@@ -508,6 +512,7 @@ public static class MigrateBenchmark
         }
     }
 
+    /// <summary>Clients writing 4 KiB at random offsets of an image (one write each at a time, durable writes), each write's latency kept.</summary>
     private sealed class RandomWriters
     {
         private readonly System.Collections.Concurrent.ConcurrentQueue<(long At, double Ms)> _marks = new();
