@@ -100,6 +100,11 @@ public sealed unsafe class DmaBufferPool : IDisposable
         return buffer;
     }
 
+    /// <summary>The huge page size the native allocator asks for on arenas and buffers of 2 MiB or more.</summary>
+    private const long HugePage = 2 * 1024 * 1024;
+
+    private static long AlignUp(long value, long alignment) => (value + alignment - 1) & ~(alignment - 1);
+
     private DmaBuffer Allocate(int capacity, int cls)
     {
         byte* p = null;
@@ -107,10 +112,14 @@ public sealed unsafe class DmaBufferPool : IDisposable
         {
             lock (_arenaLock)
             {
-                if (_arenaUsed + capacity <= _arenaSize)
+                // A buffer starts at a multiple of its size (up to a huge page): the native
+                // allocator backs arenas with 2 MiB pages where it can, so a 1 MiB transfer then
+                // lies in one page, one physically contiguous segment (dma.c).
+                long start = AlignUp(_arenaUsed, Math.Min(capacity, HugePage));
+                if (start + capacity <= _arenaSize)
                 {
-                    p = _arena + _arenaUsed;
-                    _arenaUsed += capacity;
+                    p = _arena + start;
+                    _arenaUsed = start + capacity;
                 }
             }
         }

@@ -17,6 +17,25 @@ public sealed class DmaBufferPoolTests
     }
 
     [TestMethod]
+    public void Rent_FromArena_StartsAtAMultipleOfItsSizeUpToAHugePage()
+    {
+        // The native allocator backs an arena with 2 MiB pages where it can (dma.c): a 1 MiB + 4 KiB
+        // extent buffer carved after small ones must not straddle more page boundaries than it needs.
+        using var pool = new DmaBufferPool(NativeMemoryAllocator.Instance, "test", 4096, arenaBytes: 16 << 20);
+        using var small = pool.Rent(4096);
+        using var extent = pool.Rent((1 << 20) + 4096);
+        using var medium = pool.Rent(64 << 10);
+        unsafe
+        {
+            long arena = pool.Arena.Base;
+            Assert.AreEqual(arena, (long)small.Pointer, "the first rental starts the arena");
+            Assert.AreEqual(0L, ((long)extent.Pointer - arena) % (2 << 20), "a 2 MiB buffer starts on a 2 MiB boundary of the arena");
+            Assert.IsTrue((long)extent.Pointer >= arena && (long)extent.Pointer + extent.Capacity <= arena + (16 << 20), "carved from the arena");
+            Assert.AreEqual(0L, ((long)medium.Pointer - arena) % (64 << 10), "a 64 KiB buffer on a 64 KiB boundary");
+        }
+    }
+
+    [TestMethod]
     public void Return_ThenRent_ReusesBufferAndCountsOutstanding()
     {
         using var pool = new DmaBufferPool(NativeMemoryAllocator.Instance, "test", 4096, arenaBytes: 0);
