@@ -20,8 +20,13 @@ public sealed record DeviceOptions
 
     /// <summary>
     /// Microseconds a poller busy-polls with reads or writes in flight and no
-    /// completion before it waits in the kernel instead (0 = busy-poll as long as
-    /// any read or write smaller than <see cref="SlowTransferBytes"/> is in flight). With
+    /// completion before it waits in the kernel instead. 0 (the default) is adaptive:
+    /// with at most <see cref="PollerThread.SpinDepth"/> small commands in flight it
+    /// busy-polls (the QD 1 latency path); with more it busy-polls only while no
+    /// runnable task waits for a CPU (/proc/loadavg, read every 100 µs of spinning), and
+    /// waits in the kernel otherwise, so it does not take a core from the threads that
+    /// consume its completions, or from the rest of the machine. Negative: busy-poll as long
+    /// as any read or write smaller than <see cref="SlowTransferBytes"/> is in flight. With
     /// only flushes and large transfers in flight it always waits in the kernel: a flush
     /// (up to milliseconds on a file) would otherwise keep a CPU spinning for its whole duration.
     /// </summary>

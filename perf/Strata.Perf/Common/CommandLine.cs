@@ -70,6 +70,17 @@ public sealed class CommandLine
         return v;
     }
 
+    /// <summary>An integer that may be negative (e.g. --busy-poll-us -1).</summary>
+    public int SignedInt(string name, int fallback)
+    {
+        string? s = String(name);
+        if (s is null)
+            return fallback;
+        if (!int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v))
+            throw new PerfUsageException($"--{name}: '{s}' is not an integer");
+        return v;
+    }
+
     public double Seconds(string name, double fallback)
     {
         string? s = String(name);

@@ -25,6 +25,8 @@ public static class DeviceBenchmark
           --pollers N      Strata polling threads / queue pairs (default 1)
           --spin N         Strata poller idle spin iterations before parking (default: DeviceOptions')
           --batch N        Strata completions reaped per poll (DeviceOptions.CompletionBatch; default 32)
+          --busy-poll-us N Strata poller's busy-poll window (DeviceOptions.BusyPollMicros; default 0 = adaptive,
+                           negative = busy-poll while any small read or write is in flight)
           --poller-cpus L  CPUs for Strata's pollers, comma separated (default: the scheduler's choice;
                            with --uri the cores of --spdk-env's core_mask, where spdk_nvme_perf runs too)
           --sqpoll         kernel submission polling for both engines (Strata sqpoll=1, fio --sqthread_poll=1)
@@ -116,11 +118,13 @@ public static class DeviceBenchmark
             deviceOptions = deviceOptions with { IdleSpinIterations = spin };
         if (o.CompletionBatch is int batch)
             deviceOptions = deviceOptions with { CompletionBatch = batch };
+        if (o.BusyPollMicros is int busy)
+            deviceOptions = deviceOptions with { BusyPollMicros = busy };
         if (o.PollerCpus is not null)
             deviceOptions = deviceOptions with { PollerCpus = o.PollerCpus };
         using var device = NativeBlockDevice.Open(uri, deviceOptions);
         var load = new QueueDepthLoad(row, o.Size, device.Buffers.Rent, (offset, m) => device.ReadAsync(offset, m), (offset, m) => device.WriteAsync(offset, m));
-        string config = $"{uri} pollers={deviceOptions.Pollers} spin={deviceOptions.IdleSpinIterations} registered-arena={device.RegisteredArena}";
+        string config = $"{uri} pollers={deviceOptions.Pollers} spin={deviceOptions.IdleSpinIterations} busy-poll-us={deviceOptions.BusyPollMicros} registered-arena={device.RegisteredArena}";
         return await load.RunAsync(TimeSpan.FromSeconds(1), o.Runtime, config);
     }
 
@@ -273,6 +277,7 @@ internal sealed class DeviceBenchOptions
     public required int Pollers { get; init; }
     public int? IdleSpin { get; init; }
     public int? CompletionBatch { get; init; }
+    public int? BusyPollMicros { get; init; }
     public int[]? PollerCpus { get; init; }
     public required bool SqPoll { get; init; }
     public required bool RunStrata { get; init; }
@@ -327,6 +332,7 @@ internal sealed class DeviceBenchOptions
             Pollers = pollers,
             IdleSpin = spin,
             CompletionBatch = batch,
+            BusyPollMicros = cl.Has("busy-poll-us") ? cl.SignedInt("busy-poll-us", 0) : null,
             PollerCpus = cl.String("poller-cpus") is string list
                 ? list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                     .Select(c => int.TryParse(c, out int v) && v >= 0 ? v : throw new PerfUsageException($"--poller-cpus: '{c}' is not a CPU number")).ToArray()

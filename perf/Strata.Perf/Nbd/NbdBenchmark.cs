@@ -361,7 +361,7 @@ internal sealed class NbdBenchOptions
             Runtime = TimeSpan.FromSeconds(cl.Seconds("runtime", quick ? 3 : 10)),
             Rows = rows,
             Pollers = pollers,
-            BusyPollMicros = cl.Has("busy-poll-us") ? cl.Int("busy-poll-us", 50) : null,
+            BusyPollMicros = cl.Has("busy-poll-us") ? cl.SignedInt("busy-poll-us", 0) : null,
             RateIops = cl.Int("rate-iops", 0),
             RunStrata = servers.Contains("strata"),
             RunQemuNbd = servers.Contains("qemu-nbd"),

@@ -33,7 +33,7 @@ public static class StoreBenchmark
           --poller-threads N polling threads shared by all the targets' queue pairs, as in the engine
                              (default 1; 0 = a thread of its own per queue pair)
           --busy-poll-us N   a poller's busy-poll window without completions before it waits in the kernel
-                             (default DeviceOptions.BusyPollMicros = 0: busy-poll while reads or writes are in flight)
+                             (default DeviceOptions.BusyPollMicros = 0: adaptive; negative: busy-poll while reads or writes are in flight)
           --batch N          completions reaped per poll (DeviceOptions.CompletionBatch; default 32)
           --engines LIST     strata,fio (default both)
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
@@ -384,7 +384,7 @@ internal sealed class StoreBenchOptions
             Rows = SelectRows(cl.String("rows")),
             Pollers = pollers,
             PollerThreads = cl.Int("poller-threads", 1),
-            BusyPollMicros = cl.Has("busy-poll-us") ? cl.Int("busy-poll-us", 50) : null,
+            BusyPollMicros = cl.Has("busy-poll-us") ? cl.SignedInt("busy-poll-us", 0) : null,
             CompletionBatch = batch,
             RunStrata = engines.Contains("strata"),
             RunFio = engines.Contains("fio"),

@@ -82,6 +82,73 @@ public sealed class PollerGroupTests
         Assert.AreEqual(0, waits, "a poller with writes below SlowTransferBytes in flight (and no busy-poll window) spins, never waits in the kernel");
     }
 
+    /// <summary>
+    /// <paramref name="writes"/> 4 KiB writes, 8 in flight (above PollerThread.SpinDepth), while more threads than CPUs
+    /// spin (runnable tasks waiting for a CPU, as /proc/loadavg counts them); returns the group's kernel waits meanwhile.
+    /// </summary>
+    private async Task<long> KernelWaitsUnderContentionAsync(int busyPollMicros, int writes)
+    {
+        var options = new DeviceOptions { QueueDepth = 16, BusyPollMicros = busyPollMicros };
+        using var group = new PollerGroup(threads: 1, options);
+        TestDevices.EnsureShim();
+        using var dev = NativeBlockDevice.Open($"file:{_devices.Path($"contended-{busyPollMicros}")}?create=1&size=16M", options with { Group = group });
+        int bs = 4096;
+        using var w = dev.Buffers.Rent(8 * bs);
+        Fill(w.Span, 7);
+        using var stop = new CancellationTokenSource();
+        var spinners = Enumerable.Range(0, Environment.ProcessorCount + 2).Select(_ => new Thread(() =>
+        {
+            while (!stop.IsCancellationRequested)
+                Thread.SpinWait(100);
+        }) { IsBackground = true }).ToArray();
+        foreach (var t in spinners)
+            t.Start();
+        long waits;
+        try
+        {
+            long before = group.KernelWaits;
+            for (int i = 0; i < writes / 8; i++)
+                await Task.WhenAll(Enumerable.Range(0, 8).Select(k => dev.WriteAsync((long)(i % 16 * 8 + k) * bs, w.Memory.Slice(k * bs, bs)).AsTask()));
+            waits = group.KernelWaits - before;
+        }
+        finally
+        {
+            stop.Cancel();
+            foreach (var t in spinners)
+                t.Join();
+        }
+        using var r = dev.Buffers.Rent(bs);
+        await dev.ReadAsync((long)((writes / 8 - 1) % 16 * 8 + 3) * bs, r.Memory);
+        Assert.IsTrue(w.Span.Slice(3 * bs, bs).SequenceEqual(r.Span), "the last round's fourth write reads back");
+        return waits;
+    }
+
+    [TestMethod]
+    public async Task AdaptivePoller_OthersWaitingForACpu_WaitsInTheKernel()
+    {
+        Assert.IsTrue(CpuContention.Available, "/proc/loadavg is readable on Linux");
+        long waits = await KernelWaitsUnderContentionAsync(busyPollMicros: 0, writes: 256);
+        Assert.IsTrue(waits > 0, $"with 8 small writes in flight and more runnable threads than CPUs the adaptive poller never waited in the kernel ({waits} waits)");
+    }
+
+    [TestMethod]
+    public async Task SpinningPoller_OthersWaitingForACpu_BusyPolls()
+    {
+        long waits = await KernelWaitsUnderContentionAsync(busyPollMicros: -1, writes: 256);
+        Assert.AreEqual(0, waits, "BusyPollMicros < 0 busy-polls whatever else is runnable");
+    }
+
+    [TestMethod]
+    public void CpuContention_ParsesRunnableTasks()
+    {
+        Assert.AreEqual(3, CpuContention.Runnable("0.52 0.58 0.59 3/456 12345\n"u8));
+        Assert.AreEqual(17, CpuContention.Runnable("10.24 10.77 7.66 17/1203 99\n"u8));
+        Assert.AreEqual(-1, CpuContention.Runnable("0.52 0.58 0.59"u8), "no fourth field");
+        Assert.AreEqual(-1, CpuContention.Runnable("0.52 0.58 0.59 x/456 1"u8), "not a number");
+        Assert.AreEqual(-1, CpuContention.Runnable("0.52 0.58 0.59 3"u8), "cut before the slash");
+        Assert.IsTrue(CpuContention.Runnable(System.Text.Encoding.ASCII.GetBytes(File.ReadAllText("/proc/loadavg"))) >= 1, "this machine's count includes the reader");
+    }
+
     [TestMethod]
     public async Task ThreeDevicesOneThread_ConcurrentIoOnEach_ReadsItsOwnData()
     {
