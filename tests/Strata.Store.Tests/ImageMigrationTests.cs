@@ -377,6 +377,10 @@ public sealed class ImageMigrationTests
         var client = new Client(io, model, 21);
         for (int i = 0; i < 30; i++)
             await client.WriteOnceAsync();
+        // Chunk 40 a hole: a write there is mirrored at once (one to a mapped chunk the copy has yet to
+        // reach goes to the source alone, ImageMigration.CopiesLater).
+        await io.TrimAsync(40 * ChunkSize, ChunkSize);
+        Array.Clear(model, 40 * ChunkSize, ChunkSize);
         // One chunk per second: the copy is under way when the barrier freezes the destination pool.
         await b.SetPropertyAsync("migrate_rate", ChunkSize.ToString(System.Globalization.CultureInfo.InvariantCulture));
         await engine.PrepareMigrationAsync("a/c/v", "b/d/v");
@@ -403,6 +407,54 @@ public sealed class ImageMigrationTests
         await b.SetPropertyAsync("migrate_rate", "0");
         await job;
         Assert.AreEqual("executed", engine.MigrationStatus("a/c/v").State);
+        await engine.CommitMigrationAsync("a/c/v");
+        CollectionAssert.AreEqual(model, await ReadAllAsync(io, ImageSize));
+        CollectionAssert.AreEqual(model, await ReadAllAsync(new Io(b.OpenImage("d", "v")), ImageSize));
+    }
+
+    [TestMethod]
+    public async Task Migrate_WriteToMappedChunkTheCopyHasYetToReach_GoesToTheSourceAlone_CopyBringsIt()
+    {
+        var (engine, _, _) = await EngineAsync();
+        await using var _e = engine;
+        var a = await engine.OpenPoolAsync("a");
+        var b = await engine.OpenPoolAsync("b");
+        var src = await a.CreateImageAsync("c", "v", ImageSize, ChunkSize);
+        var model = TestDevices.Pattern((int)ImageSize, 9);
+        await src.WriteAsync(0, model);
+        var io = new Io(a.OpenImage("c", "v"));
+        await io.TrimAsync(10 * ChunkSize, ChunkSize);
+        Array.Clear(model, 10 * ChunkSize, ChunkSize);
+        // One chunk per second: the copy stays near chunk 0 while the test writes further on.
+        await b.SetPropertyAsync("migrate_rate", ChunkSize.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        await engine.PrepareMigrationAsync("a/c/v", "b/d/v");
+        var m = a.MigrationOf(io.Image.Id)!;
+        async Task WriteAsync(long at, int seed)
+        {
+            var data = TestDevices.Pattern(8192, seed);
+            await io.WriteAsync(at, data, durable: true);
+            data.CopyTo(model, at);
+        }
+
+        // Prepared: nothing is copied yet. A mapped chunk's write goes to the source alone; a hole's
+        // reaches both (the copy passes holes without their lock).
+        await WriteAsync(5 * ChunkSize + 4096, 31);
+        await WriteAsync(10 * ChunkSize + 4096, 32);
+        Assert.IsFalse(m.Destination.MapsAny(5 * ChunkSize, ChunkSize), "prepared: a mapped chunk's write is not mirrored");
+        Assert.IsTrue(m.Destination.MapsAny(10 * ChunkSize, ChunkSize), "prepared: a hole's write is mirrored");
+
+        // Executing, the copy near chunk 0: chunk 40 is ahead of it.
+        await engine.ExecuteMigrationAsync("a/c/v");
+        await WriteAsync(40 * ChunkSize, 33);
+        Assert.IsFalse(m.Destination.MapsAny(40 * ChunkSize, ChunkSize), "executing: a mapped chunk ahead of the copy is not mirrored");
+        await b.SetPropertyAsync("migrate_rate", "0");
+        await engine.WaitForMigrationJobAsync("a/c/v");
+        Assert.AreEqual("executed", engine.MigrationStatus("a/c/v").State);
+        CollectionAssert.AreEqual(model, await ReadAllAsync(new Io(m.Destination), ImageSize), "the copy brought every write the source took alone");
+
+        // Executed: every write reaches both again.
+        await WriteAsync(5 * ChunkSize + 4096, 34);
+        CollectionAssert.AreEqual(model, await ReadAllAsync(new Io(m.Destination), ImageSize), "executed: writes are mirrored");
         await engine.CommitMigrationAsync("a/c/v");
         CollectionAssert.AreEqual(model, await ReadAllAsync(io, ImageSize));
         CollectionAssert.AreEqual(model, await ReadAllAsync(new Io(b.OpenImage("d", "v")), ImageSize));

@@ -65,6 +65,7 @@ public sealed class ImageMigration
         _state = state;
         _cursor = cursor;
         _error = error;
+        _frontier = state is ImageMigrationState.Prepared or ImageMigrationState.Executing or ImageMigrationState.Error ? cursor : long.MaxValue;
     }
 
     /// <summary>The source image, a handle of the engine's own (client handles route through the pool's table).</summary>
@@ -146,6 +147,36 @@ public sealed class ImageMigration
             return 0;
         }
     }
+
+    // The copy's frontier (docs/migration.md, "A mirrored write's cost"): every source chunk at or past
+    // it is still to be copied, by the running pass or by the next one (which starts at the cursor, at
+    // most here). A pass sets it to its start, then past each chunk before it looks at the chunk.
+    private long _frontier;
+
+    /// <summary>
+    /// Whether a client write of source chunks <paramref name="first"/>..<paramref name="last"/> may go to
+    /// the source alone (called under their locks, before the write): the copy has not looked at any of
+    /// them yet in its pass, and each is mapped, so the copy will read it whole from the source, this
+    /// write included, and write it to the destination before the migration can be executed. A chunk the
+    /// source does not map is mirrored: the copy checks for holes without the lock, and a hole it passes
+    /// is not copied. Mapped stays mapped while the locks are held, and the frontier is read with a full
+    /// fence after they were taken, so a copy that moves past a chunk after this read sees it mapped.
+    /// </summary>
+    internal bool CopiesLater(long first, long last)
+    {
+        if (first < Interlocked.Read(ref _frontier))
+            return false;
+        for (long i = first; i <= last; i++)
+            if (!Source.IsChunkMapped(i))
+                return false;
+        return true;
+    }
+
+    /// <summary>A copy pass starts at chunk <paramref name="start"/>: every chunk from there is copied again.</summary>
+    internal void CopyStarts(long start) => Interlocked.Exchange(ref _frontier, start);
+
+    /// <summary>The copy is about to look at chunk <paramref name="index"/> (a full fence before it reads the chunk's map).</summary>
+    internal void CopyReaches(long index) => Interlocked.Exchange(ref _frontier, index + 1);
 
     // The destination's lag (docs/migration.md, "A mirrored write's cost"): Off, Arming (the durable
     // mark is being committed), Armed (durable writes take the destination's half as writeback), or

@@ -364,9 +364,10 @@ public sealed partial class Image
         {
             using (await _locks.ChunkAsync(offset / cs).ConfigureAwait(false))
             {
+                var m = MirrorOf(offset / cs, offset / cs);
                 var own = _pool.ChunkIo.WriteAsync(Meta, offset / cs, (int)(offset % cs), source, durable,
                     source.Length == cs ? expect : null, source.Length == cs ? extent : default);
-                if (_pool.MigrationOf(Id) is { Committed: false } m)
+                if (m != null)
                     await WriteMirroredAsync(own, m, offset, source, durable, offset / cs, offset / cs).ConfigureAwait(false);
                 else
                     await own.ConfigureAwait(false);
@@ -383,8 +384,9 @@ public sealed partial class Image
         {
             using (await _locks.ChunksAsync(g[0].Index, g.Count, write: true).ConfigureAwait(false))
             {
+                var m = MirrorOf(g[0].Index, g[^1].Index);
                 var own = _pool.ChunkRuns.WriteGroupAsync(Meta, g, source, durable);
-                if (_pool.MigrationOf(Id) is { Committed: false } m)
+                if (m != null)
                 {
                     int at = g[0].At, length = g[^1].At + g[^1].Length - at;
                     await WriteMirroredAsync(new ValueTask(own), m, offset + at, source.Slice(at, length), durable, g[0].Index, g[^1].Index).ConfigureAwait(false);
@@ -396,6 +398,15 @@ public sealed partial class Image
             }
         }).ConfigureAwait(false);
     }
+
+    /// <summary>
+    /// The migration a write of chunks <paramref name="first"/>..<paramref name="last"/> must also reach
+    /// (called under their locks, before the write starts), or null: none, or the copy has yet to reach
+    /// those chunks and takes them whole from the source later (ImageMigration.CopiesLater), so the
+    /// write would only cost the destination a chunk written now and again by the copy.
+    /// </summary>
+    private ImageMigration? MirrorOf(long first, long last) =>
+        _pool.MigrationOf(Id) is { Committed: false } m && !m.CopiesLater(first, last) ? m : null;
 
     /// <summary>
     /// A migrating source's write, under the source chunk locks the caller holds: the source's own

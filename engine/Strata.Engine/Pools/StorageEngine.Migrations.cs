@@ -307,11 +307,14 @@ public sealed partial class StorageEngine
         var window = new Queue<(Task<long> Copy, long Index)>();
         using var abort = CancellationTokenSource.CreateLinkedTokenSource(ct);
         int since = 0;
+        m.CopyStarts(m.Cursor);
         try
         {
             for (long i = m.Cursor; i < chunks; i++)
             {
                 ct.ThrowIfCancellationRequested();
+                // Client writes of chunk i are mirrored from here on (ImageMigration.CopiesLater).
+                m.CopyReaches(i);
                 if (!src.IsChunkMapped(i))
                 {
                     if (m.Destination.MapsAny(i * cs, Math.Min(cs, src.SourceSize - i * cs)))

@@ -193,20 +193,25 @@ public static class ImageMigrateBenchmark
         await Task.Delay(TimeSpan.FromSeconds(seconds));
         await warm.StopAsync();
         var cpu0 = HostCpuSample.Now();
+        var ioLines = new List<string>();
         foreach (var (text, rate) in rates)
         {
             if (idle > TimeSpan.Zero)
                 await HostIdle.WaitAsync(idle);
             await dp.SetPropertyAsync(Strata.Engine.Migration.MigrateRate.Property, text == "auto" ? text : rate.ToString(CultureInfo.InvariantCulture));
+            var io0 = ProcIo.Now();
             var clients = RandomClients.Start(sp.OpenImage("c", "v"), data, 4);
             await Task.Delay(TimeSpan.FromSeconds(seconds));
+            var io1 = ProcIo.Now();
             long prepared = Stopwatch.GetTimestamp();
             await engine.PrepareMigrationAsync(Source, Destination);
             await Task.Delay(TimeSpan.FromSeconds(seconds));
+            var io2 = ProcIo.Now();
             long start = Stopwatch.GetTimestamp();
             await engine.ExecuteMigrationAsync(Source);
             await engine.WaitForMigrationJobAsync(Source);
             long end = Stopwatch.GetTimestamp();
+            var io3 = ProcIo.Now();
             await clients.StopAsync();
             var st = engine.MigrationStatus(Source);
             if (st.State != "executed")
@@ -219,10 +224,18 @@ public static class ImageMigrateBenchmark
                 $"{Ms(r.Before.P99)} / {Ms(r.Prepared.P99)} / {Ms(r.During.P99)}", Ratio(r.During.P99, r.Before.P99),
                 $"{Ms(w.Before.P99)} / {Ms(w.Prepared.P99)} / {Ms(w.During.P99)}", Ratio(w.During.P99, w.Before.P99),
                 $"{r.During.Count}/{w.During.Count}");
+            // Device bytes per client operation (/proc/self/io, O_DIRECT file targets): what survives a busy machine.
+            string PerOp(ProcIo a, ProcIo b, (double P99, int Count) reads, (double P99, int Count) writes, long copied) =>
+                string.Create(CultureInfo.InvariantCulture,
+                    $"{(b.Written - a.Written - copied) / 1024.0 / Math.Max(1, writes.Count):0} KiB written per write, {(b.Read - a.Read - copied) / 1024.0 / Math.Max(1, reads.Count + writes.Count):0} KiB read per op");
+            ioLines.Add($"{text}: before {PerOp(io0, io1, r.Before, w.Before, 0)}; prepared {PerOp(io1, io2, r.Prepared, w.Prepared, 0)}; "
+                + $"during, less the copy's {st.BytesCopied >> 20} MiB each way, {PerOp(io2, io3, r.During, w.During, st.BytesCopied)}");
         }
         double busy = HostCpuSample.BusyPercent(cpu0, HostCpuSample.Now());
         Console.WriteLine("clients: 4 readers and 4 writers of 4 KiB at random offsets of src/c/v (QD 1 each, durable writes); execute src/c/v -> dst/c/v; ratio = during / before");
         Console.WriteLine(table);
+        foreach (var line in ioLines)
+            Console.WriteLine(line);
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"machine busy {busy:0}% of a CPU during the runs (load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]} at the end)"));
     }
 
@@ -313,6 +326,23 @@ public static class ImageMigrateBenchmark
     private static string Ms(double ms) => ms.ToString("0.00", CultureInfo.InvariantCulture);
 
     private static string Ratio(double during, double before) => before > 0 ? (during / before).ToString("0.00x", CultureInfo.InvariantCulture) : "-";
+
+    /// <summary>This process's device bytes read and written so far (/proc/self/io read_bytes, write_bytes: O_DIRECT I/O included).</summary>
+    private readonly record struct ProcIo(long Read, long Written)
+    {
+        public static ProcIo Now()
+        {
+            long read = 0, written = 0;
+            foreach (var line in File.ReadLines("/proc/self/io"))
+            {
+                if (line.StartsWith("read_bytes:", StringComparison.Ordinal))
+                    read = long.Parse(line.AsSpan("read_bytes:".Length).Trim(), CultureInfo.InvariantCulture);
+                else if (line.StartsWith("write_bytes:", StringComparison.Ordinal))
+                    written = long.Parse(line.AsSpan("write_bytes:".Length).Trim(), CultureInfo.InvariantCulture);
+            }
+            return new ProcIo(read, written);
+        }
+    }
 
     /// <summary>Readers and writers of 4 KiB at random offsets of one image, QD 1 each; every operation's start and latency kept.</summary>
     private sealed class RandomClients
