@@ -41,6 +41,13 @@ public sealed record NbdServerOptions
     /// </summary>
     public bool WriteCache { get; init; } = true;
 
+    /// <summary>
+    /// WRITEs at least this large run on the connection's worker thread (0: never), so their image
+    /// write (a page-cache copy, CRC32C) overlaps the receive loop reading (and decrypting) the next
+    /// payload. Smaller writes run on the receive loop's thread, which saves a hand-off per request.
+    /// </summary>
+    public int ParallelPayloadBytes { get; init; } = 256 << 10;
+
     /// <summary>Bytes of idle payload buffers kept for reuse (all connections).</summary>
     public long BufferRetainBytes { get; init; } = 256L << 20;
 
