@@ -54,6 +54,7 @@ internal sealed partial class NbdConnection
     {
         _recv = GC.AllocateUninitializedArray<byte>(ReceiveBufferSize);
         _send = GC.AllocateUninitializedArray<byte>(SendBufferSize);
+        WidenUnixSendBuffer(_socket);
         LoadCarry();
         // Requests complete on the device poller (NbdExport's image completes inline), which must only
         // queue the reply: the send loop is woken on the thread pool, once per batch of replies.
@@ -250,6 +251,28 @@ internal sealed partial class NbdConnection
                 continue;
             }
             r.Start();
+        }
+    }
+
+    /// <summary>What a Unix socket's send buffer is asked to hold: a 1 MiB read reply and more (the kernel caps it at net.core.wmem_max).</summary>
+    private const int UnixSendBuffer = 4 << 20;
+
+    /// <summary>
+    /// A Unix socket's send buffer is 208 KiB by default, so a 256 KiB or 1 MiB read reply took
+    /// several sends, each after the client had read some of the last (an epoll wait and a wake-up
+    /// between). With room for whole replies, one send each. Where the kernel refuses, sends stay
+    /// as they were. TCP sockets keep their autotuning (setting SO_SNDBUF would turn it off).
+    /// </summary>
+    internal static void WidenUnixSendBuffer(Socket socket)
+    {
+        if (socket.AddressFamily != AddressFamily.Unix || socket.SendBufferSize >= UnixSendBuffer)
+            return;
+        try
+        {
+            socket.SendBufferSize = UnixSendBuffer;
+        }
+        catch (SocketException)
+        {
         }
     }
 
