@@ -33,7 +33,7 @@ public sealed class NbdAllocationTests
     // Over TLS the same: SslStream's reads and writes (and the socket under it) are pooled too, on
     // both ends (the client's count here as well: the counter is process-wide).
     // The worker rows start each write on the connection's worker thread (ParallelPayloadBytes at
-    // the block size), as large writes are: the hand-off and the worker's replies allocate nothing either.
+    // the block size; off by default): the hand-off and the worker's replies allocate nothing either.
     [TestMethod]
     [DataRow(CmdRead, 16, false, false)]
     [DataRow(CmdWrite, 1, false, false)]
