@@ -257,10 +257,17 @@ public sealed class NbdServerTests
         Assert.AreEqual(EInval, (await c.RoundTripAsync(CmdTrim, (ulong)InProcessNbd.ImageSize, 4096)).Error);
     }
 
+    /// <summary>
+    /// With ParallelPayloadBytes 4096 every write here (4096 to 4195 bytes) runs on the connection's worker
+    /// thread (answered from there, or by the send loop when the socket is busy); with 0 none does.
+    /// </summary>
     [TestMethod]
-    public async Task Pipelined_200Requests_AllAnsweredByCookie_DataRight()
+    [DataRow(256 << 10)]
+    [DataRow(4096)]
+    [DataRow(0)]
+    public async Task Pipelined_200Requests_AllAnsweredByCookie_DataRight(int parallelPayloadBytes)
     {
-        await using var nbd = await InProcessNbd.StartAsync(new NbdServerOptions { MaxInFlight = 16 });
+        await using var nbd = await InProcessNbd.StartAsync(new NbdServerOptions { MaxInFlight = 16, ParallelPayloadBytes = parallelPayloadBytes });
         using var c = await nbd.OpenAsync();
         var rng = new Random(7);
         Console.WriteLine("seed 7");
@@ -325,10 +332,16 @@ public sealed class NbdServerTests
     /// writes are held, and when the writes are released while more reads stream in, both paths share
     /// the socket: every request is answered exactly once, with the right data.
     /// </summary>
+    /// <remarks>
+    /// With ParallelPayloadBytes 4096 the writes are started by the connection's worker thread
+    /// instead of the receive loop: held at the gate, they complete on the device's thread all the same.
+    /// </remarks>
     [TestMethod]
-    public async Task Replies_InlineAndSendLoop_ShareTheSocket_EachAnsweredOnce()
+    [DataRow(256 << 10)]
+    [DataRow(4096)]
+    public async Task Replies_InlineAndSendLoop_ShareTheSocket_EachAnsweredOnce(int parallelPayloadBytes)
     {
-        await using var nbd = await InProcessNbd.StartAsync();
+        await using var nbd = await InProcessNbd.StartAsync(new NbdServerOptions { ParallelPayloadBytes = parallelPayloadBytes });
         using var c = await nbd.OpenAsync();
         await c.WriteAsync(1 << 20, Pattern(65536, 3));
         foreach (var d in nbd.Devices)

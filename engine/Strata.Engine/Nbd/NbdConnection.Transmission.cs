@@ -54,12 +54,14 @@ internal sealed partial class NbdConnection
     {
         _recv = GC.AllocateUninitializedArray<byte>(ReceiveBufferSize);
         _send = GC.AllocateUninitializedArray<byte>(SendBufferSize);
+        WidenUnixSendBuffer(_socket);
         LoadCarry();
         // Requests complete on the device poller (NbdExport's image completes inline), which must only
         // queue the reply: the send loop is woken on the thread pool, once per batch of replies.
         _replies = Channel.CreateUnbounded<NbdRequest>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = false, AllowSynchronousContinuations = false });
         _inline = new NbdRequest[Options.MaxInFlight];
         var sender = Task.Run(SendLoopAsync);
+        _worker = null;
         string why;
         try
         {
@@ -75,6 +77,8 @@ internal sealed partial class NbdConnection
         {
             // Out of the payload budget's line whatever ended the loop: a connection left first in it would stall every other.
             _server.Budget.Leave(this);
+            // No more large writes: the worker starts those queued, then its thread ends.
+            _worker?.End();
         }
         // Replies the receive loop had not sent yet go to the send loop.
         _inlineThread = 0;
@@ -239,7 +243,36 @@ internal sealed partial class NbdConnection
             }
             if (h.Type == CmdRead && h.Length > 0)
                 r.Buffer = Buffers.Rent((int)h.Length);
+            // A large write goes to the worker: its image write (a page-cache copy, CRC32C) then runs
+            // while this loop receives (and decrypts) the next payload, on the machine's other core.
+            if (payloadIn && error == 0 && Options.ParallelPayloadBytes > 0 && h.Length >= Options.ParallelPayloadBytes)
+            {
+                (_worker ??= new PayloadWorker(this)).Queue(r);
+                continue;
+            }
             r.Start();
+        }
+    }
+
+    /// <summary>What a Unix socket's send buffer is asked to hold: a 1 MiB read reply and more (the kernel caps it at net.core.wmem_max).</summary>
+    private const int UnixSendBuffer = 4 << 20;
+
+    /// <summary>
+    /// A Unix socket's send buffer is 208 KiB by default, so a 256 KiB or 1 MiB read reply took
+    /// several sends, each after the client had read some of the last (an epoll wait and a wake-up
+    /// between). With room for whole replies, one send each. Where the kernel refuses, sends stay
+    /// as they were. TCP sockets keep their autotuning (setting SO_SNDBUF would turn it off).
+    /// </summary>
+    internal static void WidenUnixSendBuffer(Socket socket)
+    {
+        if (socket.AddressFamily != AddressFamily.Unix || socket.SendBufferSize >= UnixSendBuffer)
+            return;
+        try
+        {
+            socket.SendBufferSize = UnixSendBuffer;
+        }
+        catch (SocketException)
+        {
         }
     }
 
@@ -363,9 +396,15 @@ internal sealed partial class NbdConnection
     /// </summary>
     internal void OnCompleted(NbdRequest r)
     {
-        if (Environment.CurrentManagedThreadId == Volatile.Read(ref _inlineThread))
+        int thread = Environment.CurrentManagedThreadId;
+        if (thread == Volatile.Read(ref _inlineThread))
         {
             _inline[_inlineCount++] = r;
+            return;
+        }
+        if (_worker is { } w && thread == w.ThreadId)
+        {
+            w.Done[w.DoneCount++] = r;
             return;
         }
         if (!_replies.Writer.TryWrite(r))
@@ -411,16 +450,43 @@ internal sealed partial class NbdConnection
         }
     }
 
+    /// <summary>The worker answers the writes that completed on its thread, as <see cref="SendInlineAsync"/> does.</summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask SendWorkDoneAsync(PayloadWorker w)
+    {
+        if (!_sendLock.Wait(0))
+        {
+            HandOff(w.Done, w.DoneCount);
+            w.DoneCount = 0;
+            return;
+        }
+        try
+        {
+            await SendBatchAsync(w.Done, w.DoneCount).ConfigureAwait(false);
+            w.DoneCount = 0;
+        }
+        finally
+        {
+            _sendLock.Release();
+        }
+    }
+
     /// <summary>Queues the receive loop's unsent replies for the send loop.</summary>
     private void HandOffInline()
     {
-        for (int i = 0; i < _inlineCount; i++)
-        {
-            if (!_replies.Writer.TryWrite(_inline[i]))
-                Release(_inline[i]);
-            _inline[i] = null!;
-        }
+        HandOff(_inline, _inlineCount);
         _inlineCount = 0;
+    }
+
+    /// <summary>Queues list[0..count) for the send loop and clears those entries.</summary>
+    private void HandOff(NbdRequest[] list, int count)
+    {
+        for (int i = 0; i < count; i++)
+        {
+            if (!_replies.Writer.TryWrite(list[i]))
+                Release(list[i]);
+            list[i] = null!;
+        }
     }
 
     internal void OnUnexpectedError(Exception e) => Options.Log.UnexpectedError(Id, Peer, e);

@@ -32,6 +32,8 @@ public static class NbdBenchmark
           --pollers N        queue pairs per Strata target device, all on one polling thread as in the engine (default 1)
           --busy-poll-us N   a poller's busy-poll window without completions before it waits in the kernel
                              (default: DeviceOptions.BusyPollMicros, as the engine)
+          --parallel-writes SIZE  Strata's writes of SIZE or more run on the connection's worker thread beside
+                             the receive loop (NbdServerOptions.ParallelPayloadBytes; 0: none; default: the server's)
           --strata-io LIST   direct,buffered (default both): Strata's file targets with O_DIRECT (direct=1, as
                              qemu-nbd --cache=none) and without (direct=0: the page cache, as nbdkit's file plugin)
           --rate-iops N      cap every row at N I/Os per second (fio --rate_iops): compares CPU per I/O (the
@@ -295,6 +297,8 @@ internal sealed class NbdBenchOptions
     public required DeviceRow[] Rows { get; init; }
     public required int Pollers { get; init; }
     public int? BusyPollMicros { get; init; }
+    /// <summary>NbdServerOptions.ParallelPayloadBytes of Strata's server; null for the default.</summary>
+    public int? ParallelPayloadBytes { get; init; }
     public required bool RunStrata { get; init; }
     public required bool RunQemuNbd { get; init; }
     public required bool RunNbdkit { get; init; }
@@ -362,6 +366,7 @@ internal sealed class NbdBenchOptions
             Rows = rows,
             Pollers = pollers,
             BusyPollMicros = cl.Has("busy-poll-us") ? cl.SignedInt("busy-poll-us", 0) : null,
+            ParallelPayloadBytes = !cl.Has("parallel-writes") ? null : cl.String("parallel-writes") == "0" ? 0 : (int)cl.Bytes("parallel-writes", 0),
             RateIops = cl.Int("rate-iops", 0),
             RunStrata = servers.Contains("strata"),
             RunQemuNbd = servers.Contains("qemu-nbd"),

@@ -88,10 +88,13 @@ internal sealed class StrataNbd : INbdServerUnderTest
             NbdListenerAddress Listener(string sock) => tls == null
                 ? NbdListenerAddress.Unix(Path.Combine(dir, sock))
                 : NbdListenerAddress.Loopback(0) with { Tls = tls.StrataSettings };
-            var server = NbdServer.Start([Listener("strata.sock")], catalog);
+            var options = new NbdServerOptions();
+            if (o.ParallelPayloadBytes is { } parallel)
+                options = options with { ParallelPayloadBytes = parallel };
+            var server = NbdServer.Start([Listener("strata.sock")], catalog, options);
             // The same image behind a second server with the write cache off (nbd_write_cache: writethrough):
             // every write durable before its reply, for the table against peers that do the same.
-            var writethrough = NbdServer.Start([Listener("strata-wt.sock")], catalog, new NbdServerOptions { WriteCache = false });
+            var writethrough = NbdServer.Start([Listener("strata-wt.sock")], catalog, options with { WriteCache = false });
             string desc = $"in-process NbdServer ({(tls == null ? "unix socket" : "loopback TCP, tls: require with client certificates")}), StorageEngine on {o.Targets} file target(s) file:...?direct={(buffered ? 0 : 1)}&qd=128, {o.Pollers} queue pair(s) per target on one polling thread, "
                 + $"image {FormatSize(o.ImageSize)} with {Chunk(chunkSize)} chunks in a {FormatSize(o.PoolSize)} pool ({o.Headroom}% headroom), rf 1, CRC32C verified on every read, writes without FUA writeback (durable at FLUSH)";
             return new StrataNbd(devices, engine, pool, metrics, exporter, server, writethrough, dir, desc);

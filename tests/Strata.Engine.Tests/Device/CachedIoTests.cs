@@ -128,6 +128,30 @@ public sealed class CachedIoTests
         tail.Dispose();
     }
 
+    /// <summary>
+    /// The default limit (DeviceOptions.CachedIoLimit, 512 KiB) takes a 264 KiB read on the caller's
+    /// thread: two 128 KiB chunks and their block tables, what a 256 KiB NBD read of the daemon's
+    /// default chunk size reads. A 1 MiB read goes through the queue pair and reads the same bytes.
+    /// </summary>
+    [TestMethod]
+    public async Task BufferedDevice_TwoChunkRead_OnTheCallersThread_1MiBThroughTheQueuePair()
+    {
+        using var dev = Open("two", direct: false);
+        const int Two = 2 * (128 + 4) << 10;
+        using var w = dev.Buffers.Rent(1 << 20);
+        using var r = dev.Buffers.Rent(1 << 20);
+        for (int i = 0; i < w.Span.Length; i++)
+            w.Span[i] = (byte)(i * 7 + i / 4096);
+        await dev.WriteAsync(1 << 20, w.Memory);
+        var read = dev.ReadAsync(1 << 20, r.Memory[..Two]);
+        Assert.IsTrue(read.IsCompletedSuccessfully, "a 264 KiB read of cached pages went through the polling thread");
+        await read;
+        Assert.IsTrue(w.Span[..Two].SequenceEqual(r.Span[..Two]));
+        r.Span.Clear();
+        await dev.ReadAsync(1 << 20, r.Memory);
+        Assert.IsTrue(w.Span.SequenceEqual(r.Span));
+    }
+
     [TestMethod]
     public async Task DirectDevice_HasNoCachedRead_ReadsGoThroughTheQueuePair()
     {
