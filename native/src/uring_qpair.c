@@ -59,7 +59,16 @@ int32_t uring_qpair_create(sio_device *dev, uint32_t depth, sio_qpair **out)
     }
     /* Keep submitting a batch past an SQE that fails inline (5.18+); dropped on older kernels. */
     p.flags |= IORING_SETUP_SUBMIT_ALL;
+    /* Completions that need the submitter's task (task work) wait for its next kernel entry and
+       raise IORING_SQ_TASKRUN, which poll checks, instead of an inter-processor interrupt into a
+       poller spinning in user space on another CPU (5.19+; dropped on older kernels). */
+    if (!d->sqpoll)
+        p.flags |= IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
     int rc = io_uring_queue_init_params(depth, &q->ring, &p);
+    if (rc == -EINVAL) {
+        p.flags &= ~(unsigned)(IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG);
+        rc = io_uring_queue_init_params(depth, &q->ring, &p);
+    }
     if (rc == -EINVAL) {
         p.flags &= ~(unsigned)IORING_SETUP_SUBMIT_ALL;
         rc = io_uring_queue_init_params(depth, &q->ring, &p);
@@ -337,6 +346,9 @@ static uint32_t reap(struct uring_qpair *q, sio_completion *out, uint32_t max)
 int32_t uring_poll(sio_qpair *qp, sio_completion *out, uint32_t max, uint32_t *out_count)
 {
     struct uring_qpair *q = to_q(qp);
+    /* Completions waiting as task work (COOP_TASKRUN): one kernel entry posts them. */
+    if (IO_URING_READ_ONCE(*q->ring.sq.kflags) & IORING_SQ_TASKRUN)
+        io_uring_get_events(&q->ring);
     *out_count = reap(q, out, max);
     flush_sq(q);
     return 0;
