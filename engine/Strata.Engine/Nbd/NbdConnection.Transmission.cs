@@ -34,8 +34,7 @@ internal sealed partial class NbdConnection
     /// <summary>Whoever writes replies to the socket holds it: the send loop, or the receive loop for its own.</summary>
     private readonly SemaphoreSlim _sendLock = new(1, 1);
     /// <summary>Replies completed on the receive loop's thread during its current segment (only that thread touches them).</summary>
-    private NbdRequest[] _inline = [];
-    private int _inlineCount;
+    private ReplyList _inline = new(0);
     /// <summary>The managed thread the receive loop runs on between two awaits, or 0 while it waits.</summary>
     private int _inlineThread;
     private TaskCompletionSource? _drained;
@@ -59,7 +58,7 @@ internal sealed partial class NbdConnection
         // Requests complete on the device poller (NbdExport's image completes inline), which must only
         // queue the reply: the send loop is woken on the thread pool, once per batch of replies.
         _replies = Channel.CreateUnbounded<NbdRequest>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = false, AllowSynchronousContinuations = false });
-        _inline = new NbdRequest[Options.MaxInFlight];
+        _inline = new ReplyList(Options.MaxInFlight);
         var sender = Task.Run(SendLoopAsync);
         _worker = null;
         string why;
@@ -82,7 +81,7 @@ internal sealed partial class NbdConnection
         }
         // Replies the receive loop had not sent yet go to the send loop.
         _inlineThread = 0;
-        HandOffInline();
+        HandOff(_inline);
         // Requests in flight finish and their replies go out (or are dropped if the socket broke).
         await WhenDrained().ConfigureAwait(false);
         _replies.Writer.TryComplete();
@@ -129,8 +128,8 @@ internal sealed partial class NbdConnection
                 // From here to the next parse the thread may serve other connections: nothing completed
                 // on it is this loop's any more.
                 _inlineThread = 0;
-                if (_inlineCount > 0)
-                    await SendInlineAsync().ConfigureAwait(false);
+                if (_inline.Count > 0)
+                    await SendRepliesAsync(_inline).ConfigureAwait(false);
                 if (_pausing)
                     return Paused();
                 int got;
@@ -197,13 +196,13 @@ internal sealed partial class NbdConnection
                 int length = (int)h.Length;
                 var dest = error == 0 ? (r.Buffer = Buffers.Rent(length)).Slice(length) : Memory<byte>.Empty;
                 int done = TakeBuffered(dest, length);
-                if (done < length && _inlineCount > 0)
+                if (done < length && _inline.Count > 0)
                 {
                     // The payload may take a while: replies ready go now, sent from here when the
                     // socket is free. Handing them to the send loop instead woke a thread-pool
                     // thread per large write, which then spun idle (most of its CPU).
                     _inlineThread = 0;
-                    await SendInlineAsync().ConfigureAwait(false);
+                    await SendRepliesAsync(_inline).ConfigureAwait(false);
                 }
                 while (done < length)
                 {
@@ -399,12 +398,12 @@ internal sealed partial class NbdConnection
         int thread = Environment.CurrentManagedThreadId;
         if (thread == Volatile.Read(ref _inlineThread))
         {
-            _inline[_inlineCount++] = r;
+            _inline.Add(r);
             return;
         }
         if (_worker is { } w && thread == w.ThreadId)
         {
-            w.Done[w.DoneCount++] = r;
+            w.Done.Add(r);
             return;
         }
         if (!_replies.Writer.TryWrite(r))
@@ -416,8 +415,8 @@ internal sealed partial class NbdConnection
     private async ValueTask WaitForSlotAsync()
     {
         _inlineThread = 0;
-        if (_inlineCount > 0)
-            await SendInlineAsync().ConfigureAwait(false);
+        if (_inline.Count > 0)
+            await SendRepliesAsync(_inline).ConfigureAwait(false);
         await _slotFreed.WaitAsync().ConfigureAwait(false);
         if (_abandonReason != null)
             throw new ObjectDisposedException(nameof(NbdConnection), "the connection was abandoned");
@@ -428,21 +427,34 @@ internal sealed partial class NbdConnection
     internal void WakeForBudget() => _slotFreed.Set();
 
     /// <summary>
-    /// The receive loop answers what completed on its thread: itself when the socket is free (no
-    /// hand-off to another thread), else through the send loop, which holds the socket now.
+    /// Replies completed on one thread and not yet sent (the receive loop's, or the large-write
+    /// worker's); only that thread touches them.
+    /// </summary>
+    private sealed class ReplyList(int capacity)
+    {
+        public readonly NbdRequest[] Items = new NbdRequest[capacity];
+        public int Count;
+
+        public void Add(NbdRequest r) => Items[Count++] = r;
+    }
+
+    /// <summary>
+    /// The thread that owns <paramref name="replies"/> (the receive loop, or the large-write worker)
+    /// answers them: itself when the socket is free (no hand-off to another thread), else through the
+    /// send loop, which holds the socket now.
     /// </summary>
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask SendInlineAsync()
+    private async ValueTask SendRepliesAsync(ReplyList replies)
     {
         if (!_sendLock.Wait(0))
         {
-            HandOffInline();
+            HandOff(replies);
             return;
         }
         try
         {
-            await SendBatchAsync(_inline, _inlineCount).ConfigureAwait(false);
-            _inlineCount = 0;
+            await SendBatchAsync(replies.Items, replies.Count).ConfigureAwait(false);
+            replies.Count = 0;
         }
         finally
         {
@@ -450,43 +462,16 @@ internal sealed partial class NbdConnection
         }
     }
 
-    /// <summary>The worker answers the writes that completed on its thread, as <see cref="SendInlineAsync"/> does.</summary>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask SendWorkDoneAsync(PayloadWorker w)
+    /// <summary>Queues the unsent replies for the send loop and empties the list.</summary>
+    private void HandOff(ReplyList replies)
     {
-        if (!_sendLock.Wait(0))
+        for (int i = 0; i < replies.Count; i++)
         {
-            HandOff(w.Done, w.DoneCount);
-            w.DoneCount = 0;
-            return;
+            if (!_replies.Writer.TryWrite(replies.Items[i]))
+                Release(replies.Items[i]);
+            replies.Items[i] = null!;
         }
-        try
-        {
-            await SendBatchAsync(w.Done, w.DoneCount).ConfigureAwait(false);
-            w.DoneCount = 0;
-        }
-        finally
-        {
-            _sendLock.Release();
-        }
-    }
-
-    /// <summary>Queues the receive loop's unsent replies for the send loop.</summary>
-    private void HandOffInline()
-    {
-        HandOff(_inline, _inlineCount);
-        _inlineCount = 0;
-    }
-
-    /// <summary>Queues list[0..count) for the send loop and clears those entries.</summary>
-    private void HandOff(NbdRequest[] list, int count)
-    {
-        for (int i = 0; i < count; i++)
-        {
-            if (!_replies.Writer.TryWrite(list[i]))
-                Release(list[i]);
-            list[i] = null!;
-        }
+        replies.Count = 0;
     }
 
     internal void OnUnexpectedError(Exception e) => Options.Log.UnexpectedError(Id, Peer, e);

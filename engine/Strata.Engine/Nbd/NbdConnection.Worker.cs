@@ -28,7 +28,7 @@ internal sealed partial class NbdConnection
         {
             _conn = conn;
             _queue = new NbdRequest?[conn.Options.MaxInFlight];
-            Done = new NbdRequest[conn.Options.MaxInFlight];
+            Done = new ReplyList(conn.Options.MaxInFlight);
             _thread = new Thread(Run) { IsBackground = true, Name = "NBD worker" };
             _thread.Start();
         }
@@ -37,9 +37,7 @@ internal sealed partial class NbdConnection
         public int ThreadId { get; private set; }
 
         /// <summary>Replies completed on the worker's thread, not yet sent (only that thread touches them).</summary>
-        public NbdRequest[] Done { get; }
-
-        public int DoneCount { get; set; }
+        public ReplyList Done { get; }
 
         public void Queue(NbdRequest r)
         {
@@ -87,11 +85,11 @@ internal sealed partial class NbdConnection
                 try
                 {
                     r.Start();
-                    if (DoneCount > 0)
+                    if (Done.Count > 0)
                     {
                         // A reply is 16 bytes (a record over TLS): the send completes at once unless the
                         // client stopped reading, when this thread may wait (it has nothing else to do).
-                        var send = _conn.SendWorkDoneAsync(this);
+                        var send = _conn.SendRepliesAsync(Done);
                         if (send.IsCompletedSuccessfully)
                             send.GetAwaiter().GetResult();
                         else
