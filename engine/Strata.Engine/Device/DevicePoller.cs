@@ -49,9 +49,11 @@ internal sealed unsafe class DevicePoller : IDisposable
     /// </param>
     /// <param name="thread">The polling thread; with <paramref name="ownsThread"/> it stops when this queue pair is disposed.</param>
     /// <param name="slowBytes">Reads and writes of at least this many bytes are slow commands, as flushes are (DeviceOptions.SlowTransferBytes).</param>
+    /// <param name="avoidCpus">CPUs taking the device's completion interrupts, which the thread stays off when it can (IrqPlacement).</param>
     public DevicePoller(SioQueuePairHandle qp, int depth, int completionBatch, bool completionDetail, PollerThread thread, bool ownsThread,
-        long slowBytes = long.MaxValue)
+        long slowBytes = long.MaxValue, int[]? avoidCpus = null)
     {
+        AvoidCpus = avoidCpus ?? [];
         _slowBytes = slowBytes;
         _qp = qp;
         _depth = depth;
@@ -78,6 +80,15 @@ internal sealed unsafe class DevicePoller : IDisposable
             throw;
         }
     }
+
+    /// <summary>CPUs taking this device's completion interrupts (empty: none to avoid).</summary>
+    public int[] AvoidCpus { get; }
+
+    /// <summary>The CPUs its thread runs on after placing itself off interrupt CPUs (null: not placed).</summary>
+    internal int[]? Placement => _thread.Placed;
+
+    /// <summary>Placements its thread applied so far.</summary>
+    internal int PlacementsApplied => _thread.PlacementsApplied;
 
     /// <summary>True on the polling thread (inside an inline continuation).</summary>
     public bool IsCurrentThread => _thread.IsCurrentThread;
@@ -276,6 +287,9 @@ internal sealed class PollerThread
     private readonly ulong _waitSliceMicros;
     private readonly int? _cpu;
     private volatile DevicePoller[] _rings = [];
+    private volatile int[] _avoid = [];
+    private volatile int _placementVersion;
+    private int[]? _placed;
     private int _parked;
     private volatile bool _stopping;
     private long _kernelWaits;
@@ -306,6 +320,16 @@ internal sealed class PollerThread
     /// <summary>Waits in the kernel for a completion while commands were in flight (tests and diagnostics).</summary>
     internal long KernelWaits => Volatile.Read(ref _kernelWaits);
 
+    /// <summary>
+    /// The CPUs the thread may run on, as the kernel reported them after the thread last placed itself
+    /// off its devices' interrupt CPUs (null: it has not placed itself, or runs on its configured CPU).
+    /// </summary>
+    internal int[]? Placed => Volatile.Read(ref _placed);
+
+    /// <summary>How many times the thread has applied a placement (tests wait for it).</summary>
+    internal int PlacementsApplied => Volatile.Read(ref _placementsApplied);
+    private int _placementsApplied;
+
     public void Attach(DevicePoller ring)
     {
         lock (_attachLock)
@@ -313,6 +337,7 @@ internal sealed class PollerThread
             if (_stopping)
                 throw new ObjectDisposedException(_thread.Name, "the polling thread was stopped");
             _rings = [.. _rings, ring];
+            UpdateAvoid();
         }
         Wake(force: true);
     }
@@ -320,7 +345,37 @@ internal sealed class PollerThread
     public void Detach(DevicePoller ring)
     {
         lock (_attachLock)
+        {
             _rings = Array.FindAll(_rings, r => r != ring);
+            UpdateAvoid();
+        }
+    }
+
+    /// <summary>Under the attach lock: the union of the attached devices' interrupt CPUs, applied by the thread when it changed.</summary>
+    private void UpdateAvoid()
+    {
+        if (_cpu != null)
+            return;
+        int[] avoid = [.. _rings.SelectMany(r => r.AvoidCpus).Distinct().Order()];
+        if (avoid.AsSpan().SequenceEqual(_avoid))
+            return;
+        _avoid = avoid;
+        _placementVersion++;
+    }
+
+    /// <summary>
+    /// On the thread: run on the CPUs the process may use minus those taking the attached devices'
+    /// completion interrupts, or on all of them when that leaves none (a one-CPU process).
+    /// </summary>
+    private void ApplyPlacement(int[] allowed)
+    {
+        var avoid = _avoid;
+        int[] target = [.. allowed.Where(c => Array.IndexOf(avoid, c) < 0)];
+        if (target.Length == 0)
+            target = allowed;
+        if (ThreadAffinity.SetCurrentThread(target) == 0)
+            Volatile.Write(ref _placed, avoid.Length == 0 ? null : ThreadAffinity.Allowed());
+        Interlocked.Increment(ref _placementsApplied);
     }
 
     public void Wake(bool force = false)
@@ -344,6 +399,8 @@ internal sealed class PollerThread
         t_polling = true;
         if (_cpu is int cpu)
             ThreadAffinity.PinCurrentThread(cpu); // the CPU was checked against the process's set
+        int[] allowed = _cpu == null ? ThreadAffinity.Allowed() : [];
+        int placed = 0;
         int idle = 0;
         int nextWait = 0;
         long lastCheck = 0;
@@ -351,6 +408,11 @@ internal sealed class PollerThread
         long progress = System.Diagnostics.Stopwatch.GetTimestamp();
         while (true)
         {
+            if (_placementVersion != placed)
+            {
+                placed = _placementVersion;
+                ApplyPlacement(allowed);
+            }
             var rings = _rings;
             bool worked = false;
             int busy = 0;

@@ -71,6 +71,13 @@ public sealed record DeviceOptions
     public IReadOnlyList<int>? PollerCpus { get; init; }
 
     /// <summary>
+    /// Without <see cref="PollerCpus"/>: keep a file device's polling thread off the CPUs that take the
+    /// completion interrupts of the single-queue block device under the file (IrqPlacement), when
+    /// another CPU is left. docs/device.md, "Poller placement".
+    /// </summary>
+    public bool AvoidInterruptCpus { get; init; } = true;
+
+    /// <summary>
     /// Polling threads shared with other devices (null: this device gets <see cref="Pollers"/> threads of
     /// its own). With a group, <see cref="Pollers"/> is the number of queue pairs, each attached to the
     /// group's next thread, and the thread settings (spin, busy-poll, wait slice, CPUs) are the group's.
@@ -127,6 +134,10 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         _cachedWriteLimit = options.CachedIoLimit > 0 ? Math.Max(options.CachedIoLimit, options.CachedWriteLimit) : 0;
         _ops = new IoOperationPool(depth * Math.Max(1, options.Pollers) * 2, options.InlineCompletions);
         _pollers = new DevicePoller[Math.Max(1, options.Pollers)];
+        int[]? avoid = options.AvoidInterruptCpus && options.PollerCpus is null && geometry.Kind == DeviceKind.Uring && FilePath(uri) is { } file
+            ? IrqPlacement.CompletionCpus(file)
+            : null;
+        InterruptCpus = avoid ?? [];
         try
         {
             for (int i = 0; i < _pollers.Length; i++)
@@ -143,7 +154,7 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
                 {
                     try
                     {
-                        _pollers[i] = new DevicePoller(qp, depth, completionBatch, detail, group.Next(), ownsThread: false, SlowBytes(options));
+                        _pollers[i] = new DevicePoller(qp, depth, completionBatch, detail, group.Next(), ownsThread: false, SlowBytes(options), avoid);
                     }
                     catch
                     {
@@ -157,7 +168,7 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
                     var thread = new PollerThread($"strata-poll-{i}", options.IdleSpinIterations, options.BusyPollMicros, options.WaitSliceMicros, cpu);
                     try
                     {
-                        _pollers[i] = new DevicePoller(qp, depth, completionBatch, detail, thread, ownsThread: true, SlowBytes(options));
+                        _pollers[i] = new DevicePoller(qp, depth, completionBatch, detail, thread, ownsThread: true, SlowBytes(options), avoid);
                     }
                     catch
                     {
@@ -175,6 +186,21 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
             _pool.Dispose();
             throw;
         }
+    }
+
+    /// <summary>CPUs taking the completion interrupts of the device under this file, which its pollers stay off (empty: none known).</summary>
+    public IReadOnlyList<int> InterruptCpus { get; }
+
+    /// <summary>The CPUs the first polling thread may run on after placing itself off <see cref="InterruptCpus"/> (null: not placed).</summary>
+    internal int[]? PollerPlacement => _pollers[0].Placement;
+
+    private static string? FilePath(string uri)
+    {
+        if (!uri.StartsWith("file:", StringComparison.Ordinal))
+            return null;
+        string p = uri["file:".Length..];
+        int q = p.IndexOf('?');
+        return q < 0 ? p : p[..q];
     }
 
     /// <summary>

@@ -53,6 +53,17 @@ internal static unsafe partial class ThreadAffinity
         return SchedSetAffinity(0, (nuint)(MaskWords * sizeof(ulong)), mask) == 0 ? 0 : Marshal.GetLastPInvokeError();
     }
 
+    /// <summary>Lets the calling thread run on <paramref name="cpus"/> (each below 1024); 0 or the errno.</summary>
+    public static int SetCurrentThread(IReadOnlyList<int> cpus)
+    {
+        ulong* mask = stackalloc ulong[MaskWords];
+        new Span<ulong>(mask, MaskWords).Clear();
+        foreach (int cpu in cpus)
+            if (cpu is >= 0 and < MaskWords * 64)
+                mask[cpu / 64] |= 1UL << (cpu % 64);
+        return SchedSetAffinity(0, (nuint)(MaskWords * sizeof(ulong)), mask) == 0 ? 0 : Marshal.GetLastPInvokeError();
+    }
+
     /// <summary>The CPUs of a hexadecimal mask such as "0x6" (1 and 2).</summary>
     public static int[] FromMask(string hex)
     {

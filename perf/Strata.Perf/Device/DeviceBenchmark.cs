@@ -30,6 +30,8 @@ public static class DeviceBenchmark
           --poller-cpus L  CPUs for Strata's pollers, comma separated (default: the scheduler's choice;
                            with --uri the cores of --spdk-env's core_mask, where spdk_nvme_perf runs too)
           --sqpoll         kernel submission polling for both engines (Strata sqpoll=1, fio --sqthread_poll=1)
+          --ignore-irq-cpus  let Strata's poller run on the CPU taking the disk's completion interrupts
+                           (default: it stays off it when another CPU is left; DeviceOptions.AvoidInterruptCpus)
           --engines LIST   strata,fio (default both; strata,spdk-perf with --uri)
           --fio-args ARGS  extra fio arguments, space separated (e.g. "--iodepth_batch_complete_max=32")
           --wait-idle SEC  before each run, wait up to SEC for the machine to be idle (<25% of a CPU busy)
@@ -122,9 +124,11 @@ public static class DeviceBenchmark
             deviceOptions = deviceOptions with { BusyPollMicros = busy };
         if (o.PollerCpus is not null)
             deviceOptions = deviceOptions with { PollerCpus = o.PollerCpus };
+        if (o.IgnoreInterruptCpus)
+            deviceOptions = deviceOptions with { AvoidInterruptCpus = false };
         using var device = NativeBlockDevice.Open(uri, deviceOptions);
         var load = new QueueDepthLoad(row, o.Size, device.Buffers.Rent, (offset, m) => device.ReadAsync(offset, m), (offset, m) => device.WriteAsync(offset, m));
-        string config = $"{uri} pollers={deviceOptions.Pollers} spin={deviceOptions.IdleSpinIterations} busy-poll-us={deviceOptions.BusyPollMicros} registered-arena={device.RegisteredArena}";
+        string config = $"{uri} pollers={deviceOptions.Pollers} spin={deviceOptions.IdleSpinIterations} busy-poll-us={deviceOptions.BusyPollMicros} registered-arena={device.RegisteredArena} irq-cpus={string.Join(",", device.InterruptCpus)}{(deviceOptions.AvoidInterruptCpus ? " (avoided)" : " (ignored)")}";
         return await load.RunAsync(TimeSpan.FromSeconds(1), o.Runtime, config);
     }
 
@@ -279,6 +283,8 @@ internal sealed class DeviceBenchOptions
     public int? CompletionBatch { get; init; }
     public int? BusyPollMicros { get; init; }
     public int[]? PollerCpus { get; init; }
+    /// <summary>--ignore-irq-cpus: leave the poller to the scheduler even on the device's interrupt CPU (A/B).</summary>
+    public bool IgnoreInterruptCpus { get; init; }
     public required bool SqPoll { get; init; }
     public required bool RunStrata { get; init; }
     public required bool RunFio { get; init; }
@@ -338,6 +344,7 @@ internal sealed class DeviceBenchOptions
                     .Select(c => int.TryParse(c, out int v) && v >= 0 ? v : throw new PerfUsageException($"--poller-cpus: '{c}' is not a CPU number")).ToArray()
                 : nvme?.CoreMaskCpus,
             SqPoll = cl.Flag("sqpoll"),
+            IgnoreInterruptCpus = cl.Flag("ignore-irq-cpus"),
             RunStrata = engineSet.Contains("strata"),
             RunFio = engineSet.Contains(reference),
             FioExtra = (cl.String("fio-args") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries),
