@@ -40,7 +40,7 @@ public sealed class CrashTests
         int first = Env("STRATA_CRASH_SEED", 1);
         var failures = new System.Collections.Concurrent.ConcurrentBag<(int Seed, string Message)>();
         int dropped = 0, runsWithDrops = 0, targetsLeft = 0;
-        long inPlace = 0;
+        long inPlace = 0, besideCheckpoint = 0, capturesEarly = 0;
         await Parallel.ForEachAsync(Enumerable.Range(first, runs), new ParallelOptions { MaxDegreeOfParallelism = 2 }, async (seed, _) =>
         {
             if (!failures.IsEmpty)
@@ -50,6 +50,8 @@ public sealed class CrashTests
                 var run = new CrashWorkload(seed, layout, overlapping);
                 await run.RunAsync();
                 Interlocked.Add(ref inPlace, run.InPlaceWrites);
+                Interlocked.Add(ref besideCheckpoint, run.RoundsBesideCheckpoint);
+                Interlocked.Add(ref capturesEarly, run.CapturesBeforeRoundsDone);
                 Interlocked.Add(ref dropped, run.DroppedTailRecords);
                 Interlocked.Add(ref targetsLeft, run.TargetsLeft);
                 if (run.DroppedTailRecords > 0)
@@ -65,9 +67,15 @@ public sealed class CrashTests
             var f = failures.OrderBy(f => f.Seed).First();
             Assert.Fail($"crash run failed; reproduce with STRATA_CRASH_SEED={f.Seed} STRATA_SOAK_RUNS=1: {f.Message}");
         }
-        Console.WriteLine($"{runs} crash runs at layout {layout} from seed {first}: {runsWithDrops} reopened a log whose tail held durable records of chunk writes whose data was lost ({dropped} dropped); {inPlace} writes in place; {targetsLeft} reopen(s) found a target that left the pool after an injected write error");
+        Console.WriteLine($"{runs} crash runs at layout {layout} from seed {first}: {runsWithDrops} reopened a log whose tail held durable records of chunk writes whose data was lost ({dropped} dropped); {inPlace} writes in place; {besideCheckpoint} commit rounds written beside a background checkpoint ({capturesEarly} captures with rounds in flight); {targetsLeft} reopen(s) found a target that left the pool after an injected write error");
         if (overlapping && runs >= 100)
             Assert.IsTrue(inPlace > runs, $"{inPlace} writes in place in {runs} runs: the workload no longer exercises in-place writes");
+        // The log's routine checkpoints are written while later rounds go on (PoolLog.StartBackgroundCheckpointAsync):
+        // crashes must land among them.
+        if (runs >= 500)
+            Assert.IsTrue(besideCheckpoint > 0, "no commit round was written beside a background checkpoint: the workload no longer exercises it");
+        if (runs >= 500)
+            Assert.IsTrue(capturesEarly > 0, "no background checkpoint captured the state with commit rounds in flight: the workload no longer exercises it");
         // The CrashDisk keeps a random subset of the unflushed writes, so the log write of a
         // commit round often survives without its data write: replay's check must run.
         if (runs >= 500)

@@ -45,6 +45,12 @@ internal sealed class CrashWorkload
     /// <summary>Writeback writes the pools wrote in place (docs/format.md, "Overwriting a writeback extent in place").</summary>
     public long InPlaceWrites { get; private set; }
 
+    /// <summary>Commit rounds started while a checkpoint was written in the background (before the crash of each round).</summary>
+    public long RoundsBesideCheckpoint { get; private set; }
+
+    /// <summary>Background checkpoints that captured the state while commit rounds were still in flight.</summary>
+    public long CapturesBeforeRoundsDone { get; private set; }
+
     /// <param name="layout">The pool's layout: 0 = the engine's newest; 2 = one CRC per chunk; 3 = block_checksums (chunks above 4 KiB carry a block table).</param>
     public CrashWorkload(int seed, uint layout = 0, bool overlapping = false)
     {
@@ -72,8 +78,13 @@ internal sealed class CrashWorkload
             // of, or before, the power loss; the power is cut right after the failing operation.
             int crashAfter = _rng.Next(1, 300);
             power.Reset(crashAfter, _rng.Next(4) == 0 ? _rng.Next(1, crashAfter + 1) : 0, new Random(_rng.Next()));
+            // Half the rounds hold each routine checkpoint's writes until a commit round was started beside it.
+            // (Its own generator: the workload's sequence, and so every seed's known path, is unchanged.)
+            pool.Log.HoldCheckpointForARound = new Random(unchecked(_seed * 7919 + round)).Next(2) == 0;
             var (before, after) = await RunOpsAsync(pool, power, opsPerRound);
             InPlaceWrites += pool.Log.InPlaceWrites;
+            RoundsBesideCheckpoint += pool.Log.Stats.RoundsBesideCheckpoint;
+            CapturesBeforeRoundsDone += pool.Log.Stats.CapturesBeforeRoundsDone;
             power = new CrashSwitch();
             disks = disks.Select(d => d.AfterCrash(_rng, power)).ToArray();
             if (_rng.Next(3) == 0)

@@ -54,6 +54,11 @@ internal sealed partial class PoolLog
     }
 
 
+    /// <summary>What a checkpoint captured under the state's lock, with the log position it was taken at.</summary>
+    private readonly record struct CheckpointCapture(
+        PoolStateCodec.PoolStateCapture State, string Label, ulong Applied, long AppliedOrdinal, Store.ShardHeaderLayout Layout,
+        ulong Seq, long Tail, uint Format, int ShardCount, ulong WalV2, long EstimateAtCapture);
+
     /// <summary>
     /// Serializes the state into every shard's inactive slot, flushes, then points
     /// each shard header at it (new generation) and flushes. Only then does the log
@@ -61,12 +66,91 @@ internal sealed partial class PoolLog
     /// </summary>
     public async Task WriteCheckpointAsync()
     {
+        await BackgroundCheckpointDoneAsync().ConfigureAwait(false);
+        var capture = await CaptureCheckpointAsync().ConfigureAwait(false);
+        await WriteCapturedAsync(capture).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// A routine checkpoint (the log half full) written while the committer goes on with later rounds
+    /// (docs/format.md, "Checkpoints"): started by the committer with every started round applied, it
+    /// captures the state and the log's position (tail, last sequence) before the committer takes
+    /// another round; the rounds written meanwhile go after that tail, where replay from the new head
+    /// expects them, and the head moves to the captured tail only once the headers say so. Any other
+    /// checkpoint, and a round that finds the log full, waits for it first.
+    /// </summary>
+    private async Task StartBackgroundCheckpointAsync()
+    {
+        // Rounds still in flight need not finish: the capture is the applied state, which rounds complete
+        // into in order, with the tail after its last round; the rounds after it are replayed from there.
+        CheckpointCapture capture;
+        try
+        {
+            _pool.ThrowIfNotLoggable();
+            capture = await CaptureCheckpointAsync().ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            Fail([], e);
+            return;
+        }
+        if (capture.Tail != _tail)
+            _stats.CapturesBeforeRoundsDone++;
+        var hold = HoldCheckpointForARound ? (_checkpointHold = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task : null;
+        // On the thread pool: the encoding (milliseconds for a large state) runs before the first write.
+        _background = Task.Run(() => WriteInBackgroundAsync(capture, hold));
+    }
+
+    /// <summary>
+    /// Test seam (the crash suite): a background checkpoint starts writing only once the committer has
+    /// started a round beside it, or waits for it, so that rounds and crashes land among its writes even
+    /// on devices that complete at once.
+    /// </summary>
+    internal bool HoldCheckpointForARound { get; set; }
+    private TaskCompletionSource? _checkpointHold;
+
+    private async Task WriteInBackgroundAsync(CheckpointCapture capture, Task? hold)
+    {
+        try
+        {
+            if (hold != null)
+                await hold.ConfigureAwait(false);
+            await WriteCapturedAsync(capture).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            Fail([], e);
+        }
+    }
+
+    /// <summary>The checkpoint still being written in the background, if any (the committer's; null or completed otherwise).</summary>
+    private Task? _background;
+
+    /// <summary>Whether a background checkpoint is still being written.</summary>
+    private bool BackgroundCheckpointRunning => _background is { IsCompleted: false };
+
+    /// <summary>Waits for a background checkpoint's write (its failure was handled where it ran).</summary>
+    private async ValueTask BackgroundCheckpointDoneAsync()
+    {
+        if (_background is { } b)
+        {
+            _checkpointHold?.TrySetResult();
+            await b.ConfigureAwait(false);
+            _background = null;
+        }
+    }
+
+    /// <summary>Captures the state (no in-place write in flight, none started until it is taken) and the log's position.</summary>
+    private async ValueTask<CheckpointCapture> CaptureCheckpointAsync()
+    {
         var state = _pool.Meta;
         PoolStateCodec.PoolStateCapture capture;
         string label;
         ulong applied;
         long appliedOrdinal;
         Store.ShardHeaderLayout layout;
+        long estimate;
+        long appliedTail;
         // Never capture a mapping whose extent an in-place write is rewriting: wait until none is in
         // flight, with new claims held off (docs/format.md, "Overwriting a writeback extent in place").
         while (true)
@@ -82,9 +166,11 @@ internal sealed partial class PoolLog
                     // Every mapping captured is in this checkpoint: none of their extents is rewritten in place from now on.
                     _flushHorizon = Math.Max(_flushHorizon, _enqueued);
                     capture = PoolStateCodec.Capture(state, pooled: true);
+                    estimate = MetadataEstimate;
                     layout = _pool.DurableLayout();
                     label = state.Props["label"];
                     applied = state.LastSeq;
+                    appliedTail = _appliedTail;
                     appliedOrdinal = _appliedOrdinal;
                     break;
                 }
@@ -93,6 +179,20 @@ internal sealed partial class PoolLog
             }
             await drained.ConfigureAwait(false);
         }
+        uint format = _format;
+        // A v2 log is unreadable to engines without wal_v2: its headers carry the bit from the switch on.
+        ulong walV2 = format == WalFormatV2.Format ? _pool.Catalog.Find(Layout.LayoutCatalog.WalV2Feature)?.Mask ?? 0 : 0;
+        return new CheckpointCapture(capture, label, applied, appliedOrdinal, layout, applied, appliedTail, format, _pool.TargetCount, walV2, estimate);
+    }
+
+    /// <summary>Encodes and writes a captured state, flushes, writes the headers, and moves the head to the captured tail.</summary>
+    private async Task WriteCapturedAsync(CheckpointCapture c)
+    {
+        var capture = c.State;
+        string label = c.Label;
+        ulong applied = c.Applied;
+        long appliedOrdinal = c.AppliedOrdinal;
+        var layout = c.Layout;
         // Encoded outside the lock, so writers go on meanwhile: serializing 131,072 chunk maps under
         // it held them off for 50-100 ms; capturing them takes 2-3 ms.
         // Laid out straight into the slot's bytes, in pooled arrays (the capture's and the
@@ -100,11 +200,10 @@ internal sealed partial class PoolLog
         int payloadLength;
         long chunkBytes;
         byte[]? rented = null;
-        ulong seq = _nextSeq - 1;
-        uint format = _format;
-        int shardCount = _pool.TargetCount;
-        // A v2 log is unreadable to engines without wal_v2: its headers carry the bit from the switch on.
-        ulong walV2 = format == WalFormatV2.Format ? _pool.Catalog.Find(Layout.LayoutCatalog.WalV2Feature)?.Mask ?? 0 : 0;
+        ulong seq = c.Seq;
+        uint format = c.Format;
+        int shardCount = c.ShardCount;
+        ulong walV2 = c.WalV2;
         try
         {
             try
@@ -117,7 +216,7 @@ internal sealed partial class PoolLog
                 rented = Checkpoint.Slots.Rent((int)total);
                 capture.EncodeInto(rented.AsSpan(Checkpoint.HeaderSize, payloadLength));
                 rented.AsSpan(Checkpoint.HeaderSize + payloadLength, (int)total - Checkpoint.HeaderSize - payloadLength).Clear();
-                Checkpoint.Seal(rented, _pool.Id, seq, _tail, payloadLength);
+                Checkpoint.Seal(rented, _pool.Id, seq, c.Tail, payloadLength);
             }
             finally
             {
@@ -143,7 +242,7 @@ internal sealed partial class PoolLog
             {
                 ActiveCheckpoint = s.Header.ActiveCheckpoint == 0 ? 1u : 0u,
                 CheckpointSeq = seq,
-                WalHead = _tail,
+                WalHead = c.Tail,
                 WalEpoch = _epoch,
                 Label = label,
                 // Headers follow the log: the layout the state is at, plus bit 62 while a job may
@@ -157,8 +256,10 @@ internal sealed partial class PoolLog
             };
             await s.WriteHeaderAsync(h).ConfigureAwait(false);
         }).ConfigureAwait(false);
-        _head = _tail;
-        MetadataEstimate = payloadLength - chunkBytes;
+        Volatile.Write(ref _head, c.Tail);
+        // What rounds applied since the capture (a background checkpoint's) stays counted.
+        lock (_pool.Meta.Sync)
+            MetadataEstimate = payloadLength - chunkBytes + (MetadataEstimate - c.EstimateAtCapture);
         // The checkpoint's flush made every applied record durable, writeback ones included (those
         // applied but not yet in a round are durable too, but counted only when their round flushes).
         MarkDurable(applied, appliedOrdinal);

@@ -27,6 +27,8 @@ internal sealed partial class PoolLog
         public uint Format { get; set; }
         public uint Seed { get; set; }
         public long At { get; set; }
+        /// <summary>Where the log's tail was after its batch: where the next round's records (or wrap filler) begin.</summary>
+        public long End { get; set; }
         public ulong FirstSeq { get; set; }
         public ulong LastSeq { get; set; }
         /// <summary>The log write and the flush of every shard after it.</summary>
@@ -34,6 +36,8 @@ internal sealed partial class PoolLog
         public long Started { get; set; }
         /// <summary>When its log writes completed (stopwatch ticks).</summary>
         public long Written { get; set; }
+        /// <summary>When its flush was issued: its data writes and every earlier round's had completed (stopwatch ticks; 0: no flush).</summary>
+        public long FlushIssued { get; set; }
         /// <summary>Whether the round flushes (some commit in it is durable); writeback-only rounds do not.</summary>
         public bool Flushes { get; } = batch.Exists(p => !p.Applied);
         /// <summary>The ordinal of its last commit: every commit up to it is in this round or an earlier one.</summary>
@@ -108,6 +112,7 @@ internal sealed partial class PoolLog
         // (writeback rounds do not flush: this flush covers them). The flushes issued now make
         // all of them durable (FlushCoalescer takes its ticket at the call).
         await previousSettled.ConfigureAwait(false);
+        round.FlushIssued = System.Diagnostics.Stopwatch.GetTimestamp();
         await FlushRoundAsync().ConfigureAwait(false);
     }
 
@@ -217,11 +222,15 @@ internal sealed partial class PoolLog
                 }
                 await round.Durable.ConfigureAwait(false);
                 _stats.WriteTicks += round.Written - round.Started;
-                _stats.FlushTicks += System.Diagnostics.Stopwatch.GetTimestamp() - round.Written;
+                long now = System.Diagnostics.Stopwatch.GetTimestamp();
+                long issued = round.FlushIssued != 0 ? round.FlushIssued : now;
+                _stats.SettleTicks += issued - round.Written;
+                _stats.FlushTicks += now - issued;
                 _stats.Rounds++;
                 if (round.Flushes)
                     _stats.Flushes++;
                 _stats.Records += round.Records.Count;
+                _stats.LogBytes += round.Length;
                 // Before any acknowledgement: a record enqueued after this round's acks
                 // must see a mark at or above this round (PoolOpener relies on it).
                 ApplyAll(round);
@@ -288,6 +297,7 @@ internal sealed partial class PoolLog
                 }
             }
             state.LastSeq = round.LastSeq;
+            _appliedTail = round.End;
             _appliedOrdinal = round.LastOrdinal;
         }
     }
@@ -354,6 +364,13 @@ internal sealed partial class PoolLog
     {
         if (Used + wrap + padded < _walLength)
             return wrap;
+        // A checkpoint being written in the background moves the head when it is done.
+        if (BackgroundCheckpointRunning)
+        {
+            await BackgroundCheckpointDoneAsync().ConfigureAwait(false);
+            if (Used + wrap + padded < _walLength)
+                return wrap;
+        }
         // Rounds still in flight hold records the checkpoint must include: let them finish.
         if (_lastRoundDone != null)
             await _lastRoundDone.ConfigureAwait(false);
@@ -420,6 +437,7 @@ internal sealed partial class PoolLog
         var block = buf.AsMemory(0, (int)padded);
         // The tail moves now: the next round's batch goes after this one even while this one's flush runs.
         _tail = (at + padded) % _walLength;
+        round.End = _tail;
         return OnLogShardsAsync(new LogWrite(this, wrapFiller, wrapAt, block, at));
     }
 

@@ -33,6 +33,11 @@ internal sealed partial class PoolLog
     private Task? _loop;
     private long _head;
     private long _tail;
+    /// <summary>
+    /// The tail after the last applied round (under the state's lock, with its LastSeq): where replay from a
+    /// checkpoint of the applied state must start, while later rounds are still in flight.
+    /// </summary>
+    private long _appliedTail;
     private ulong _nextSeq;
     /// <summary>Every record up to this sequence is durable (the last completed flush round, or the open's checkpoint).</summary>
     private ulong _durableThrough;
@@ -42,7 +47,7 @@ internal sealed partial class PoolLog
     internal CommitStats Stats => _stats;
 
     /// <summary>Commit rounds, records, and stopwatch ticks spent writing the log, flushing, and waiting for work.</summary>
-    internal record struct CommitStats(long Rounds, long Records, long WriteTicks, long FlushTicks, long IdleTicks, long SlotTicks, long Flushes);
+    internal record struct CommitStats(long Rounds, long Records, long WriteTicks, long FlushTicks, long IdleTicks, long SlotTicks, long Flushes, long SettleTicks = 0, long Checkpoints = 0, long CheckpointTicks = 0, long LogBytes = 0, long RoundsBesideCheckpoint = 0, long CapturesBeforeRoundsDone = 0);
 
     public PoolLog(Pool pool, long tail, ulong nextSeq, ulong epoch, uint format = 1)
     {
@@ -52,7 +57,7 @@ internal sealed partial class PoolLog
         _seed = SeedFor(format);
         _walLength = pool.Shards[0].Header.WalLength;
         _blockSize = pool.Shards.Max(s => s.Device.Geometry.LogicalBlockSize);
-        _head = _tail = tail;
+        _head = _tail = _appliedTail = tail;
         _nextSeq = nextSeq;
         _durableThrough = nextSeq - 1;
     }
@@ -63,7 +68,7 @@ internal sealed partial class PoolLog
     public uint Format => Volatile.Read(ref _format);
 
     /// <summary>Bytes of the log in use (between the checkpoint's head and the tail).</summary>
-    public long Used => (_tail - _head + _walLength) % _walLength;
+    public long Used => (_tail - Volatile.Read(ref _head) + _walLength) % _walLength;
 
     /// <summary>Checkpoint bytes other than chunk maps, plus what was logged since (to refuse metadata that would not fit).</summary>
     public long MetadataEstimate { get; private set; }
@@ -373,7 +378,12 @@ internal sealed partial class PoolLog
             }
             if (batch.Count > 0) // a flush request is a batch without records
             {
+                bool beside = BackgroundCheckpointRunning;
+                if (beside)
+                    _stats.RoundsBesideCheckpoint++;
                 await StartRoundAsync(new Round(batch, records)).ConfigureAwait(false);
+                if (beside)
+                    _checkpointHold?.TrySetResult();
             }
             else
             {
@@ -381,9 +391,25 @@ internal sealed partial class PoolLog
                 _roundSlots.Release();
             }
             Volatile.Write(ref _startedOrdinal, _takenOrdinal);
-            if (checkpoints.Count > 0 || Used > _walLength / 2)
+            if (checkpoints.Count > 0)
+            {
+                long cp = System.Diagnostics.Stopwatch.GetTimestamp();
+                await BackgroundCheckpointDoneAsync().ConfigureAwait(false);
                 await CheckpointAfterRoundsAsync(checkpoints).ConfigureAwait(false);
+                _stats.Checkpoints++;
+                _stats.CheckpointTicks += System.Diagnostics.Stopwatch.GetTimestamp() - cp;
+            }
+            else if (Used > _walLength / 2 && !BackgroundCheckpointRunning)
+            {
+                // The log half full: capture now, write while later rounds go on.
+                long cp = System.Diagnostics.Stopwatch.GetTimestamp();
+                await BackgroundCheckpointDoneAsync().ConfigureAwait(false);
+                await StartBackgroundCheckpointAsync().ConfigureAwait(false);
+                _stats.Checkpoints++;
+                _stats.CheckpointTicks += System.Diagnostics.Stopwatch.GetTimestamp() - cp;
+            }
         }
+        await BackgroundCheckpointDoneAsync().ConfigureAwait(false);
         _rounds.Writer.TryComplete();
         await completer.ConfigureAwait(false);
     }

@@ -131,7 +131,7 @@ public static class StoreBenchmark
         if (rounds <= 0)
             return "commit: no rounds";
         double us(long ticks) => ticks * 1e6 / System.Diagnostics.Stopwatch.Frequency / rounds;
-        return $"commit: {rounds} rounds ({b.Flushes - a.Flushes} flushed), {(b.Records - a.Records) / (double)rounds:F1} records/round; per round: log write {us(b.WriteTicks - a.WriteTicks):F0} us, then flush {us(b.FlushTicks - a.FlushTicks):F0} us; committer waiting for a round slot {us(b.SlotTicks - a.SlotTicks):F0} us";
+        return $"commit: {rounds} rounds ({b.Flushes - a.Flushes} flushed), {(b.Records - a.Records) / (double)rounds:F1} records and {(b.LogBytes - a.LogBytes) / 1024.0 / rounds:F1} KiB of log per round; per round: log write {us(b.WriteTicks - a.WriteTicks):F0} us, then its and earlier rounds' data writes {us(b.SettleTicks - a.SettleTicks):F0} us, then flush {us(b.FlushTicks - a.FlushTicks):F0} us; committer waiting for a round slot {us(b.SlotTicks - a.SlotTicks):F0} us; {b.Checkpoints - a.Checkpoints} checkpoints ({(b.CheckpointTicks - a.CheckpointTicks) * 1e3 / System.Diagnostics.Stopwatch.Frequency:F0} ms with no round started, {b.RoundsBesideCheckpoint - a.RoundsBesideCheckpoint} rounds started while one was written)";
     }
 
     private static string OtherCpu(EngineResult? r) => r is null || !double.IsFinite(r.OtherCpuPercent) ? "-" : $"{r.OtherCpuPercent:F0}%";
