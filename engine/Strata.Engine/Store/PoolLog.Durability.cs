@@ -143,9 +143,9 @@ internal sealed partial class PoolLog
     /// <summary>Queues a free behind the last commit queued; false when that commit is durable already (the caller frees now).</summary>
     private bool DeferFree(Action? free, ChunkMap? chunk, int chunkSize)
     {
-        long queued;
-        lock (_pool.Meta.Sync)
-            queued = _enqueued;
+        // The caller queued the commit that superseded these extents before it called: this read sees that
+        // ordinal or a later one (a free may wait longer, never less), without the state's lock every writer takes.
+        long queued = Volatile.Read(ref _enqueued);
         lock (_deferredFrees)
         {
             if (queued > _durableOrdinal)

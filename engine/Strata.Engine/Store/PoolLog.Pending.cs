@@ -190,7 +190,7 @@ internal sealed partial class PoolLog
     /// Pooled commits not in use (at most <see cref="MaxSpares"/>). A durable commit is held while its write
     /// is in flight, a writeback one until its round is done: the gather window (WritebackGather) and the
     /// round's log write, so the spares must cover about that long of writes (4,096: 40 ms at 100,000 writes
-    /// a second, about 2 MiB at most kept per pool), else every commit beyond them is a new object.
+    /// a second, about 2.5 MiB at most kept per pool: some 600 B each), else every commit beyond them is a new object.
     /// </summary>
     private readonly ConcurrentQueue<Pending> _spares = new();
     private int _spareCount;
