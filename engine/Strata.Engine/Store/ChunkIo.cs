@@ -480,20 +480,20 @@ internal sealed class ChunkIo(Pool pool)
             var replicas = new Replica[old.Replicas.Length];
             for (int r = 0; r < replicas.Length; r++)
                 replicas[r] = old.Replicas[r] with { Crc = crc };
-            var written = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            if (!pool.Log.TryCommitInPlace(old, MetaRecords.ChunkMap(meta.Id, index, replicas, old.Blocks, share: true), written.Task))
+            // The round that logs the record waits for this signal (pooled with the commit) before it flushes.
+            if (pool.Log.TryCommitInPlace(old, meta.Id, index, replicas, old.Blocks) is not { } written)
                 return false;
             try
             {
                 await WriteInPlaceAsync(replicas, old.Blocks, from, table, bytes, meta, index * cs + within).ConfigureAwait(false);
-                written.SetResult();
+                written.Complete(null);
             }
             catch (Exception e)
             {
                 // The extents may be torn, and they held an acknowledged writeback write: no flush may claim
                 // it durable now, so the pool fails (its round fails too: PoolLog.SettleDataAsync).
                 pool.Fail(e, "an in-place write of a writeback extent");
-                written.SetException(e);
+                written.Complete(e);
                 if (e is DeviceException d)
                     throw WriteFailed(meta, index * cs + within, d);
                 throw;
@@ -580,9 +580,17 @@ internal sealed class ChunkIo(Pool pool)
     /// (Pool.ReplicaWritesAsync): the replicas written hold the new contents, and the torn one is on a
     /// target that leaves the pool before anything is acknowledged again.
     /// </remarks>
-    private Task WriteInPlaceAsync(Replica[] replicas, bool blocks, int from, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> bytes, ImageMeta meta, long at)
+    /// <remarks>A ValueTask to await exactly once (pooled for one replica whose bytes start at the extent's start: no lists, no box).</remarks>
+    private ValueTask WriteInPlaceAsync(Replica[] replicas, bool blocks, int from, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> bytes, ImageMeta meta, long at)
     {
         const int T = ChunkChecksum.TableSize;
+        if (replicas.Length == 1 && (!blocks || from == 0))
+        {
+            // The whole chunk, [table | blocks from block 0], or the table and then the blocks from block 0 apart.
+            var one = replicas[0];
+            var shard = pool.Shards[one.Target];
+            return table.IsEmpty ? shard.WriteDataPooledAsync(one.Offset, bytes) : WriteApartAsync(shard, one.Offset, table, bytes);
+        }
         var writes = new List<Task>(replicas.Length * 2);
         var targets = new List<int>(replicas.Length * 2);
         foreach (var r in replicas)
@@ -609,10 +617,10 @@ internal sealed class ChunkIo(Pool pool)
             }
         }
         if (writes.Count == 1)
-            return writes[0];
+            return new ValueTask(writes[0]);
         var all = Task.WhenAll(writes);
-        return replicas.Length == 1 || all.IsCompletedSuccessfully ? all
-            : pool.ReplicaWritesAsync(all, [.. writes], [.. targets], failed => failed.Count < replicas.Length, meta.Label, at);
+        return new ValueTask(replicas.Length == 1 || all.IsCompletedSuccessfully ? all
+            : pool.ReplicaWritesAsync(all, [.. writes], [.. targets], failed => failed.Count < replicas.Length, meta.Label, at));
     }
 
     /// <summary>
@@ -681,8 +689,8 @@ internal sealed class ChunkIo(Pool pool)
         }
     }
 
-    /// <summary>Frees a writeback write's old extents once its record is durable (its own method: the closure is made only here, not by every write).</summary>
-    private void FreeWhenDurable(ChunkMap old, int cs) => pool.Log.FreeWhenDurable(() => pool.FreeChunk(old, cs));
+    /// <summary>Frees a writeback write's old extents once its record is durable (without a closure: the log keeps the mapping and size).</summary>
+    private void FreeWhenDurable(ChunkMap old, int cs) => pool.Log.FreeChunkWhenDurable(old, cs);
 
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteAndCommitAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> chunk, bool blocks, bool durable, Replica[] replicas)
@@ -707,7 +715,8 @@ internal sealed class ChunkIo(Pool pool)
             }
             try
             {
-                pool.Log.CommitWriteback([Record()]);
+                // Pooled: the commit and its record are reused once their round is done.
+                pool.Log.CommitWritebackChunk(meta.Id, index, replicas, blocks);
             }
             catch
             {

@@ -10,7 +10,8 @@ namespace Strata.Engine.Store;
 internal sealed partial class PoolLog
 {
     private int _writebackTimer;
-    private readonly Queue<(long Ordinal, Action Free)> _deferredFrees = new();
+    /// <summary>Frees waiting for a commit to be durable: an action, or (no closure per write) a chunk mapping's extents to free.</summary>
+    private readonly Queue<(long Ordinal, Action? Free, ChunkMap? Chunk, int ChunkSize)> _deferredFrees = new();
     private long _lastDeferred;
 
 
@@ -128,9 +129,23 @@ internal sealed partial class PoolLog
     /// </summary>
     public void FreeWhenDurable(Action free)
     {
-        long queued;
-        lock (_pool.Meta.Sync)
-            queued = _enqueued;
+        if (!DeferFree(free, null, 0))
+            free();
+    }
+
+    /// <summary>As <see cref="FreeWhenDurable"/> with Pool.FreeChunk(<paramref name="old"/>, <paramref name="chunkSize"/>), without a closure per call.</summary>
+    public void FreeChunkWhenDurable(ChunkMap old, int chunkSize)
+    {
+        if (!DeferFree(null, old, chunkSize))
+            _pool.FreeChunk(old, chunkSize);
+    }
+
+    /// <summary>Queues a free behind the last commit queued; false when that commit is durable already (the caller frees now).</summary>
+    private bool DeferFree(Action? free, ChunkMap? chunk, int chunkSize)
+    {
+        // The caller queued the commit that superseded these extents before it called: this read sees that
+        // ordinal or a later one (a free may wait longer, never less), without the state's lock every writer takes.
+        long queued = Volatile.Read(ref _enqueued);
         lock (_deferredFrees)
         {
             if (queued > _durableOrdinal)
@@ -139,11 +154,11 @@ internal sealed partial class PoolLog
                 // nondecreasing (a free may wait for a later commit, never an earlier one), so
                 // MarkDurable can stop at the first one not durable.
                 _lastDeferred = Math.Max(_lastDeferred, queued);
-                _deferredFrees.Enqueue((_lastDeferred, free));
-                return;
+                _deferredFrees.Enqueue((_lastDeferred, free, chunk, chunkSize));
+                return true;
             }
         }
-        free();
+        return false;
     }
 
     /// <summary>The last sequence a DurableThrough mark may name now (white-box tests).</summary>
@@ -163,7 +178,13 @@ internal sealed partial class PoolLog
             if (ordinal > _durableOrdinal)
                 Volatile.Write(ref _durableOrdinal, ordinal);
             while (_deferredFrees.Count > 0 && _deferredFrees.Peek().Ordinal <= _durableOrdinal)
-                _deferredFrees.Dequeue().Free();
+            {
+                var (_, free, chunk, chunkSize) = _deferredFrees.Dequeue();
+                if (free != null)
+                    free();
+                else
+                    _pool.FreeChunk(chunk!, chunkSize);
+            }
         }
     }
 

@@ -72,7 +72,7 @@ internal sealed partial class PoolLog
         /// A writeback commit (<see cref="CommitWriteback"/>): applied and acknowledged when enqueued, logged by
         /// the next round without a flush, durable at the next flush round. Every other commit is durable when done.
         /// </summary>
-        public bool Applied { get; }
+        public bool Applied { get; private set; }
         /// <summary>What its caller waits for; null for a pooled commit (its writer awaits the commit itself).</summary>
         public TaskCompletionSource? Done { get; }
         /// <summary>Its place in the queue (1, 2, ...): the rounds take commits in this order.</summary>
@@ -87,7 +87,7 @@ internal sealed partial class PoolLog
         /// (<see cref="TryCommitInPlace"/>): if that write fails, the round fails (the pool goes read-only)
         /// instead of voiding the record, since the earlier record's acknowledged data may be torn.
         /// </summary>
-        public bool InPlace { get; init; }
+        public bool InPlace { get; private set; }
         /// <summary>Where the record sits in its round's log buffer, and its sequence (to void it).</summary>
         public int Pos, Length;
         public ulong Seq;
@@ -107,9 +107,12 @@ internal sealed partial class PoolLog
 
         /// <summary>
         /// Readies a pooled commit for a chunk-map record (its own, reused: the payload array too when the
-        /// replica count is the same), whose new mapping takes <paramref name="replicas"/>: three holders, nothing completed.
+        /// replica count is the same), whose new mapping takes <paramref name="replicas"/>, nothing completed:
+        /// a durable commit with its data write (three holders: writer, write, log); a <paramref name="writeback"/>
+        /// commit whose data is written already and that nobody awaits (the log alone holds it); or an
+        /// <paramref name="inPlace"/> writeback commit whose writer signals its data write's end (two: write, log).
         /// </summary>
-        public void Reuse(uint image, long chunk, Replica[] replicas, bool blocks)
+        public void Reuse(uint image, long chunk, Replica[] replicas, bool blocks, bool writeback, bool inPlace)
         {
             var record = Records![0];
             int length = MetaRecords.ChunkMapLength(replicas);
@@ -118,13 +121,15 @@ internal sealed partial class PoolLog
             MetaRecords.EncodeChunkMap(record.Payload, image, chunk, replicas);
             record.Type = blocks ? MetaRecordType.ChunkMapBlocks : MetaRecordType.ChunkMap;
             record.Replicas = replicas;
-            Data = Write!.Prepare();
+            Applied = writeback || inPlace;
+            InPlace = inPlace;
+            Data = writeback ? null : Write!.Prepare();
             Ordinal = 0;
             Pos = Length = 0;
             Seq = 0;
             DataError = null;
             _completed = 0;
-            _holders = 3;
+            _holders = writeback ? 1 : inPlace ? 2 : 3;
             _done.Reset();
         }
 
@@ -181,19 +186,53 @@ internal sealed partial class PoolLog
         }
     }
 
-    /// <summary>Pooled commits not in use (at most <see cref="MaxSpares"/>: more than writes are ever in flight at once).</summary>
+    /// <summary>
+    /// Pooled commits not in use (at most <see cref="MaxSpares"/>). A durable commit is held while its write
+    /// is in flight, a writeback one until its round is done: the gather window (WritebackGather) and the
+    /// round's log write, so the spares must cover about that long of writes (4,096: 40 ms at 100,000 writes
+    /// a second, about 2.5 MiB at most kept per pool: some 600 B each), else every commit beyond them is a new object.
+    /// </summary>
     private readonly ConcurrentQueue<Pending> _spares = new();
     private int _spareCount;
-    private const int MaxSpares = 256;
+    private long _pooledCreated;
 
-    private Pending RentSpare(uint image, long chunk, Replica[] replicas, bool blocks)
+    /// <summary>Pooled commits made so far (each is reused after that): white-box tests.</summary>
+    internal long PooledCommitsCreated => Interlocked.Read(ref _pooledCreated);
+    private const int MaxSpares = 4096;
+
+    private Pending RentSpare(uint image, long chunk, Replica[] replicas, bool blocks, bool writeback = false, bool inPlace = false)
     {
         if (_spares.TryDequeue(out var p))
+        {
             Interlocked.Decrement(ref _spareCount);
+        }
         else
+        {
             p = new Pending(this);
-        p.Reuse(image, chunk, replicas, blocks);
+            Interlocked.Increment(ref _pooledCreated);
+        }
+        p.Reuse(image, chunk, replicas, blocks, writeback, inPlace);
         return p;
+    }
+
+    /// <summary>
+    /// <see cref="CommitWriteback"/> of the one chunk-map record mapping <paramref name="chunk"/> of
+    /// <paramref name="image"/> to <paramref name="replicas"/> (MetaRecords.ChunkMap, share: the new mapping
+    /// takes the array), as a pooled commit: the commit, its record, the record's array and payload are
+    /// reused, so a writeback write allocates none of them (issue 17). The log lets it go once its round is done.
+    /// </summary>
+    public void CommitWritebackChunk(uint image, long chunk, Replica[] replicas, bool blocks)
+    {
+        var p = RentSpare(image, chunk, replicas, blocks, writeback: true);
+        try
+        {
+            QueueWriteback(p, overwritable: true);
+        }
+        catch
+        {
+            p.Abandon();
+            throw;
+        }
     }
 
     private void ReturnSpare(Pending p)

@@ -81,6 +81,12 @@ internal sealed class SignalledWrite : IValueTaskSource
             _write.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(_onWritten);
     }
 
+    /// <summary>
+    /// Completes the source with the outcome of a write its owner ran itself (after <see cref="Prepare"/>,
+    /// instead of <see cref="Start"/>): an in-place write of one or more pieces. Called exactly once per Prepare.
+    /// </summary>
+    public void Complete(Exception? error) => Finish(error);
+
     private void OnWritten()
     {
         var write = _write;

@@ -177,17 +177,26 @@ public static class NbdBenchmark
         var h0 = HostCpuSample.Now();
         var c0 = server.CpuTime();
         long inPlace0 = (server as StrataNbd)?.InPlaceWrites ?? 0;
+        var rounds0 = (server as StrataNbd)?.LogRounds ?? default;
+        // Strata's server is in this process: what it allocated during the row (the harness itself only awaits fio).
+        long alloc0 = GC.GetTotalAllocatedBytes(precise: true);
+        int[] gcs0 = [GC.CollectionCount(0), GC.CollectionCount(1), GC.CollectionCount(2)];
         // fio runs as a child process; awaiting it off this thread leaves the in-process server its threads.
         var f = await Task.Run(() => Fio.RunJob(JobArgs(o, row, server.Uri), o.Runtime + TimeSpan.FromSeconds(120), _fioPrefix));
         double serverCpu = 100.0 * (server.CpuTime() - c0).TotalSeconds / (o.Runtime.TotalSeconds + 1);
+        long allocated = GC.GetTotalAllocatedBytes(precise: true) - alloc0;
+        // fio counts I/Os after its 1 s ramp; the server also served the ramp's (at about the same rate).
+        double? bytesPerOp = server.Name.StartsWith("strata", StringComparison.Ordinal) && f.Iops > 0 ? allocated / (f.Iops * (o.Runtime.TotalSeconds + 1)) : null;
         double fioCpu = f.CpuUserPct + f.CpuSysPct;
-        var r = new EngineResult(f.Iops, f.BytesPerSecond, f.ClatP50Ns, f.ClatP99Ns, f.ClatMeanNs, serverCpu, null,
+        var r = new EngineResult(f.Iops, f.BytesPerSecond, f.ClatP50Ns, f.ClatP99Ns, f.ClatMeanNs, serverCpu, bytesPerOp,
             (long)(f.Iops * o.Runtime.TotalSeconds), f.CommandLine)
         {
             OtherCpuPercent = Math.Max(0, HostCpuSample.BusyPercent(h0, HostCpuSample.Now()) - serverCpu - fioCpu),
         };
         Console.WriteLine($" {Throughput(row, r)}, p50 {TablePrinter.Latency(r.P50Ns)}, p99 {TablePrinter.Latency(r.P99Ns)}, server cpu {serverCpu:F0}% ({CpuMicrosPerIo(serverCpu, r.Iops):F1} us/io), fio cpu {fioCpu:F0}%, others {r.OtherCpuPercent:F0}%"
-            + (server is StrataNbd s && s.InPlaceWrites > inPlace0 ? $", writes in place {s.InPlaceWrites - inPlace0}" : ""));
+            + (bytesPerOp is { } b ? $", {b:F0} B/op, GCs {GC.CollectionCount(0) - gcs0[0]}/{GC.CollectionCount(1) - gcs0[1]}/{GC.CollectionCount(2) - gcs0[2]}" : "")
+            + (server is StrataNbd s && s.InPlaceWrites > inPlace0 ? $", writes in place {s.InPlaceWrites - inPlace0}" : "")
+            + (server is StrataNbd l ? $", log rounds {l.LogRounds.Rounds - rounds0.Rounds} ({l.LogRounds.Records - rounds0.Records} records)" : ""));
         return r;
     }
 

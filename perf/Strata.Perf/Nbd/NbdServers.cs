@@ -64,6 +64,9 @@ internal sealed class StrataNbd : INbdServerUnderTest
     /// <summary>Writeback writes the pool wrote in place so far (docs/format.md, "Overwriting a writeback extent in place").</summary>
     public long InPlaceWrites => _pool.Log.InPlaceWrites;
 
+    /// <summary>Commit rounds the pool's log wrote so far, and the records in them.</summary>
+    public (long Rounds, long Records) LogRounds => (_pool.Log.Stats.Rounds, _pool.Log.Stats.Records);
+
     public static async Task<StrataNbd> StartAsync(NbdBenchOptions o, int chunkSize, bool buffered, BenchTls? tls = null)
     {
         // One polling thread for the targets, as strata-engine runs its file targets.
