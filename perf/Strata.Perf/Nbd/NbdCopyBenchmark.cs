@@ -24,6 +24,9 @@ internal static class NbdCopyBenchmark
           --chunk-size SIZE  Strata's chunk size (default 128K, the daemon's default)
           --runs N           copies per tool and server (default 3)
           --servers LIST     strata,qemu-nbd,nbdkit (default all)
+          --tools LIST       nbdcopy,qemu-img (default both)
+          --hold             start the servers, print their URIs and wait for a line on stdin (to run or
+                             trace a client by hand), then stop them without copying
           --dir DIR          where the target and peer files go (default perf/results)
         """;
 
@@ -34,8 +37,12 @@ internal static class NbdCopyBenchmark
         long size = cl.Bytes("image-size", 1L << 30);
         int chunk = (int)cl.Bytes("chunk-size", 128 << 10);
         int runs = cl.Int("runs", 3);
+        bool hold = cl.Flag("hold");
         string dir = cl.String("dir") ?? Path.Combine("perf", "results");
         var servers = (cl.String("servers") ?? "strata,qemu-nbd,nbdkit").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        var toolNames = (cl.String("tools") ?? "nbdcopy,qemu-img").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (toolNames.FirstOrDefault(t => t is not ("nbdcopy" or "qemu-img")) is { } unknownTool)
+            throw new PerfUsageException($"--tools: unknown tool '{unknownTool}' (nbdcopy, qemu-img)");
         cl.ThrowIfUnused();
         if (size % (2L * Extent) != 0)
             throw new PerfUsageException($"--image-size must be a multiple of {2 * Extent >> 20} MiB");
@@ -59,12 +66,20 @@ internal static class NbdCopyBenchmark
             foreach (var (name, s) in list)
                 Console.WriteLine($"{name}: {s.Description}");
             Console.WriteLine();
+            if (hold)
+            {
+                foreach (var (name, s) in list)
+                    Console.WriteLine($"{name} {s.Uri}");
+                Console.WriteLine($"holding (this process: pid {Environment.ProcessId}): press Enter (or close stdin) to stop");
+                Console.ReadLine();
+                return 0;
+            }
 
             var tools = new (string Name, Func<string, string[]> Args, string Exe)[]
             {
                 ("nbdcopy", uri => [uri, "null:"], "nbdcopy"),
                 ("qemu-img convert", uri => ["convert", "-n", "-f", "raw", uri, "--target-image-opts", $"driver=null-co,size={size}"], "qemu-img"),
-            };
+            }.Where(t => toolNames.Contains(t.Exe)).ToArray();
             var best = new Dictionary<(string, string), (double Seconds, double Cpu, double Others)>();
             for (int run = 0; run < runs; run++)
             {
