@@ -144,7 +144,7 @@ public sealed class EngineService : IAsyncDisposable
             var nvmeOptions = new DeviceOptions { PollerCpus = cfg.Spdk.CoreMaskCpus() };
             foreach (var uri in uris)
             {
-                string? file = FilePathOf(uri);
+                string? file = NativeBlockDevice.FilePathOf(uri);
                 if (file != null)
                 {
                     Directory.CreateDirectory(Path.GetDirectoryName(file)!);
@@ -270,15 +270,6 @@ public sealed class EngineService : IAsyncDisposable
         Prometheus.Dispose();
         Metrics.Dispose();
         Ras.Dispose();
-    }
-
-    private static string? FilePathOf(string uri)
-    {
-        if (!uri.StartsWith("file:", StringComparison.Ordinal))
-            return null;
-        string p = uri["file:".Length..];
-        int q = p.IndexOf('?');
-        return q < 0 ? p : p[..q];
     }
 
     public void Emit(string id, RasSeverity severity, string message, string? pool = null, string? container = null, string? image = null,

@@ -87,9 +87,6 @@ internal sealed unsafe class DevicePoller : IDisposable
     /// <summary>The CPUs its thread runs on after placing itself off interrupt CPUs (null: not placed).</summary>
     internal int[]? Placement => _thread.Placed;
 
-    /// <summary>Placements its thread applied so far.</summary>
-    internal int PlacementsApplied => _thread.PlacementsApplied;
-
     /// <summary>True on the polling thread (inside an inline continuation).</summary>
     public bool IsCurrentThread => _thread.IsCurrentThread;
 
@@ -326,10 +323,6 @@ internal sealed class PollerThread
     /// </summary>
     internal int[]? Placed => Volatile.Read(ref _placed);
 
-    /// <summary>How many times the thread has applied a placement (tests wait for it).</summary>
-    internal int PlacementsApplied => Volatile.Read(ref _placementsApplied);
-    private int _placementsApplied;
-
     public void Attach(DevicePoller ring)
     {
         lock (_attachLock)
@@ -375,7 +368,6 @@ internal sealed class PollerThread
             target = allowed;
         if (ThreadAffinity.SetCurrentThread(target) == 0)
             Volatile.Write(ref _placed, avoid.Length == 0 ? null : ThreadAffinity.Allowed());
-        Interlocked.Increment(ref _placementsApplied);
     }
 
     public void Wake(bool force = false)

@@ -134,7 +134,7 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         _cachedWriteLimit = options.CachedIoLimit > 0 ? Math.Max(options.CachedIoLimit, options.CachedWriteLimit) : 0;
         _ops = new IoOperationPool(depth * Math.Max(1, options.Pollers) * 2, options.InlineCompletions);
         _pollers = new DevicePoller[Math.Max(1, options.Pollers)];
-        int[]? avoid = options.AvoidInterruptCpus && options.PollerCpus is null && geometry.Kind == DeviceKind.Uring && FilePath(uri) is { } file
+        int[]? avoid = options.AvoidInterruptCpus && options.PollerCpus is null && geometry.Kind == DeviceKind.Uring && FilePathOf(uri) is { } file
             ? IrqPlacement.CompletionCpus(file)
             : null;
         InterruptCpus = avoid ?? [];
@@ -194,7 +194,8 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
     /// <summary>The CPUs the first polling thread may run on after placing itself off <see cref="InterruptCpus"/> (null: not placed).</summary>
     internal int[]? PollerPlacement => _pollers[0].Placement;
 
-    private static string? FilePath(string uri)
+    /// <summary>The file a file: URI names (the text between "file:" and its options), or null for another scheme.</summary>
+    public static string? FilePathOf(string uri)
     {
         if (!uri.StartsWith("file:", StringComparison.Ordinal))
             return null;

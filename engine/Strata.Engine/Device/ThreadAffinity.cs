@@ -45,13 +45,7 @@ internal static unsafe partial class ThreadAffinity
     }
 
     /// <summary>Binds the calling thread to one CPU; 0 or the errno.</summary>
-    public static int PinCurrentThread(int cpu)
-    {
-        ulong* mask = stackalloc ulong[MaskWords];
-        new Span<ulong>(mask, MaskWords).Clear();
-        mask[cpu / 64] = 1UL << (cpu % 64);
-        return SchedSetAffinity(0, (nuint)(MaskWords * sizeof(ulong)), mask) == 0 ? 0 : Marshal.GetLastPInvokeError();
-    }
+    public static int PinCurrentThread(int cpu) => SetCurrentThread([cpu]);
 
     /// <summary>Lets the calling thread run on <paramref name="cpus"/> (each below 1024); 0 or the errno.</summary>
     public static int SetCurrentThread(IReadOnlyList<int> cpus)

@@ -57,7 +57,7 @@ internal sealed partial class PoolLog
     /// <summary>What a checkpoint captured under the state's lock, with the log position it was taken at.</summary>
     private readonly record struct CheckpointCapture(
         PoolStateCodec.PoolStateCapture State, string Label, ulong Applied, long AppliedOrdinal, Store.ShardHeaderLayout Layout,
-        ulong Seq, long Tail, uint Format, int ShardCount, ulong WalV2, long EstimateAtCapture);
+        long Tail, uint Format, int ShardCount, ulong WalV2, long EstimateAtCapture);
 
     /// <summary>
     /// Serializes the state into every shard's inactive slot, flushes, then points
@@ -182,7 +182,7 @@ internal sealed partial class PoolLog
         uint format = _format;
         // A v2 log is unreadable to engines without wal_v2: its headers carry the bit from the switch on.
         ulong walV2 = format == WalFormatV2.Format ? _pool.Catalog.Find(Layout.LayoutCatalog.WalV2Feature)?.Mask ?? 0 : 0;
-        return new CheckpointCapture(capture, label, applied, appliedOrdinal, layout, applied, appliedTail, format, _pool.TargetCount, walV2, estimate);
+        return new CheckpointCapture(capture, label, applied, appliedOrdinal, layout, appliedTail, format, _pool.TargetCount, walV2, estimate);
     }
 
     /// <summary>Encodes and writes a captured state, flushes, writes the headers, and moves the head to the captured tail.</summary>
@@ -200,7 +200,7 @@ internal sealed partial class PoolLog
         int payloadLength;
         long chunkBytes;
         byte[]? rented = null;
-        ulong seq = c.Seq;
+        ulong seq = applied; // the checkpoint holds exactly the applied records
         uint format = c.Format;
         int shardCount = c.ShardCount;
         ulong walV2 = c.WalV2;

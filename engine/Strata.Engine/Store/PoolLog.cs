@@ -417,7 +417,6 @@ internal sealed partial class PoolLog
             {
                 // The log half full: capture now, write while later rounds go on.
                 long cp = System.Diagnostics.Stopwatch.GetTimestamp();
-                await BackgroundCheckpointDoneAsync().ConfigureAwait(false);
                 await StartBackgroundCheckpointAsync().ConfigureAwait(false);
                 _stats.Checkpoints++;
                 _stats.CheckpointTicks += System.Diagnostics.Stopwatch.GetTimestamp() - cp;
