@@ -124,8 +124,7 @@ public static class DeviceBenchmark
             deviceOptions = deviceOptions with { BusyPollMicros = busy };
         if (o.PollerCpus is not null)
             deviceOptions = deviceOptions with { PollerCpus = o.PollerCpus };
-        if (o.IgnoreInterruptCpus)
-            deviceOptions = deviceOptions with { AvoidInterruptCpus = false };
+        deviceOptions = deviceOptions with { AvoidInterruptCpus = !o.IgnoreInterruptCpus };
         using var device = NativeBlockDevice.Open(uri, deviceOptions);
         var load = new QueueDepthLoad(row, o.Size, device.Buffers.Rent, (offset, m) => device.ReadAsync(offset, m), (offset, m) => device.WriteAsync(offset, m));
         string config = $"{uri} pollers={deviceOptions.Pollers} spin={deviceOptions.IdleSpinIterations} busy-poll-us={deviceOptions.BusyPollMicros} registered-arena={device.RegisteredArena} irq-cpus={string.Join(",", device.InterruptCpus)}{(deviceOptions.AvoidInterruptCpus ? " (avoided)" : " (ignored)")}";

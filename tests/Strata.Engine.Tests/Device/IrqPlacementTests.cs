@@ -135,7 +135,7 @@ public sealed class IrqPlacementTests
         if (interrupts.Length == 0 || allowed.All(c => interrupts.Contains(c)))
             Assert.Inconclusive($"this machine's disk under {path} has no single completion CPU to avoid (interrupt CPUs: {string.Join(",", interrupts)}; allowed: {string.Join(",", allowed)})");
 
-        using (var dev = NativeBlockDevice.Open(uri))
+        using (var dev = NativeBlockDevice.Open(uri, new DeviceOptions { AvoidInterruptCpus = true }))
         {
             CollectionAssert.AreEqual(interrupts, dev.InterruptCpus.ToArray());
             using var buf = dev.Buffers.Rent(4096);
