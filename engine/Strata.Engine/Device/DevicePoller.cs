@@ -367,7 +367,7 @@ internal sealed class PollerThread
         if (target.Length == 0)
             target = allowed;
         if (ThreadAffinity.SetCurrentThread(target) == 0)
-            Volatile.Write(ref _placed, avoid.Length == 0 ? null : ThreadAffinity.Allowed());
+            Volatile.Write(ref _placed, avoid.Length == 0 ? null : ThreadAffinity.CurrentThread());
     }
 
     public void Wake(bool force = false)

@@ -73,11 +73,9 @@ public sealed record DeviceOptions
     /// <summary>
     /// Without <see cref="PollerCpus"/>: keep a file device's polling thread off the CPUs that take the
     /// completion interrupts of the single-queue block device under the file (IrqPlacement), when
-    /// another CPU is left. docs/device.md, "Poller placement". Off by default until threads the poller
-    /// creates stop inheriting its affinity (a thread-pool thread started from it ran on its CPUs only,
-    /// and ThreadAffinity.Allowed then refused PollerCpus outside them: CI of 460cb21).
+    /// another CPU is left. docs/device.md, "Poller placement".
     /// </summary>
-    public bool AvoidInterruptCpus { get; init; }
+    public bool AvoidInterruptCpus { get; init; } = true;
 
     /// <summary>
     /// Polling threads shared with other devices (null: this device gets <see cref="Pollers"/> threads of
