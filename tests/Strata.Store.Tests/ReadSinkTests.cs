@@ -1,3 +1,4 @@
+using Strata.Engine.Device;
 using Strata.Engine.Pools;
 using Strata.Engine.Store;
 
@@ -63,12 +64,39 @@ public sealed class ReadSinkTests
 
     public TestContext TestContext { get; set; } = null!;
 
-    [TestMethod]
-    [DataRow(2u, DisplayName = "layout 2: one CRC per chunk")]
-    [DataRow(3u, DisplayName = "layout 3: block tables in front of the chunks")]
-    public async Task ReadToSink_AcrossChunksAndHoles_EveryByteOnceAsWrittenHolesReported(uint layout)
+    /// <summary>Memory targets, or buffered files (reads the page cache holds are served on the caller's thread: runs capped to that limit).</summary>
+    private IBlockDevice[] Targets(bool files)
     {
-        var devs = TestDevices.Memory(2);
+        if (!files)
+            return TestDevices.Memory(2);
+        _dir = Directory.CreateTempSubdirectory("strata-readsink-").FullName;
+        TestContext.WriteLine($"targets in {_dir}");
+        _files = [.. Enumerable.Range(0, 2).Select(i =>
+            (IBlockDevice)NativeBlockDevice.Open($"file:{Path.Combine(_dir, $"t{i}.img")}?create=1&size=16M&direct=0", new DeviceOptions { ArenaBytes = 0 }))];
+        return _files;
+    }
+
+    private string? _dir;
+    private IBlockDevice[]? _files;
+
+    [TestCleanup]
+    public void RemoveFiles()
+    {
+        foreach (var d in _files ?? [])
+            d.Dispose();
+        if (_dir != null)
+            Directory.Delete(_dir, recursive: true);
+    }
+
+    [TestMethod]
+    [DataRow(2u, false, DisplayName = "layout 2: one CRC per chunk")]
+    [DataRow(3u, false, DisplayName = "layout 3: block tables in front of the chunks")]
+    [DataRow(3u, true, DisplayName = "layout 3, buffered file targets: runs the caller's thread reads")]
+    public async Task ReadToSink_AcrossChunksAndHoles_EveryByteOnceAsWrittenHolesReported(uint layout, bool files)
+    {
+        var devs = Targets(files);
+        if (files)
+            Assert.AreEqual(512 * KiB, devs[0].Geometry.CachedReadLimit, "a buffered file serves cached reads on the caller's thread");
         var (engine, ras) = await TestDevices.FormatAsync(devs);
         await using var _ = engine;
         var pool = await engine.CreatePoolAsync("tank", 8L * 1024 * 1024, 1, TestDevices.SmallPool with { LayoutVersion = layout });

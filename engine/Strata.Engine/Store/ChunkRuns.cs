@@ -345,7 +345,7 @@ internal sealed class ChunkRuns(Pool pool)
             extents.Add(new Extent(r.Target, r.Offset, maps[i]!.ExtentLength(cs), maps[i]!.Blocks, i));
         }
         extents.Sort((a, b) => a.Target != b.Target ? a.Target.CompareTo(b.Target) : a.Offset.CompareTo(b.Offset));
-        var runs = Runs(extents, MaxRun());
+        var runs = Runs(extents, sink != null ? SinkRun() : MaxRun());
         if (runs.Count == 1)
             await ReadRunAsync(meta, extents, runs[0].Start, runs[0].Count, runs[0].Bytes, pieces, maps, destination, sink, failed).ConfigureAwait(false);
         else if (runs.Count > 1)
@@ -380,6 +380,26 @@ internal sealed class ChunkRuns(Pool pool)
     /// delivered).
     /// </summary>
     private const int SinkHeadroom = 4096;
+
+    /// <summary>
+    /// Longest run read for a sink: where every target serves reads the page cache holds on the
+    /// caller's thread, no longer than that limit (with the headroom), so the whole read is read,
+    /// verified and handed over on one thread, piece after piece, with no wake-up of a polling thread:
+    /// the sink sends each piece as it comes, so longer runs would gain no overlap, only a hand-off.
+    /// Otherwise (direct I/O) as long as a plain read's runs.
+    /// </summary>
+    private int SinkRun()
+    {
+        int max = MaxRun();
+        foreach (var s in pool.Shards)
+        {
+            int cached = s.Device.Geometry.CachedReadLimit - SinkHeadroom;
+            if (cached <= 0)
+                return max;
+            max = Math.Min(max, cached);
+        }
+        return max;
+    }
 
     private async Task ReadRunAsync(ImageMeta meta, List<Extent> extents, int start, int count, int bytes, List<Piece> pieces,
         ChunkMap?[] maps, Memory<byte> destination, IReadSink? sink, bool[] failed)
