@@ -183,7 +183,8 @@ public sealed partial class Image
         bool needsRepair;
         using (await _locks.ReadAsync(index).ConfigureAwait(false))
         {
-            var map = _pool.ChunkIo.Lookup(Meta, index);
+            // Dropped before the lock is: a write that supersedes the map later may reuse it.
+            var map = _pool.Meta.ChunkAtLocked(Meta, index);
             if (map == null)
             {
                 dest.Span.Clear();

@@ -127,7 +127,7 @@ internal sealed class ChunkRuns(Pool pool)
                 }
                 var records = new MetaRecord[n];
                 for (int i = 0; i < n; i++)
-                    records[i] = MetaRecords.ChunkMap(meta.Id, pieces[i].Index, replicas[i], blocks);
+                    records[i] = MetaRecords.ChunkMap(meta.Id, pieces[i].Index, new ChunkMap(replicas[i], null, blocks));
                 if (durable)
                 {
                     try
