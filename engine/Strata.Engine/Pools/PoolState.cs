@@ -84,13 +84,17 @@ public sealed class PoolState
             return image.Chunks.GetLocked(index);
     }
 
-    /// <summary>The maps of several chunks of one image, read at one instant.</summary>
-    internal ChunkMap?[] ChunksAt<T>(ImageMeta image, List<T> items, Func<T, long> index)
+    /// <summary>The maps of several chunks of one image, read at one instant, to a caller that may keep them.</summary>
+    /// <param name="locked">
+    /// The caller holds the chunks' locks and drops every map before it releases them (a multi-chunk read), so
+    /// a write that supersedes one later may reuse it (ChunkTable).
+    /// </param>
+    internal ChunkMap?[] ChunksAt<T>(ImageMeta image, List<T> items, Func<T, long> index, bool locked = false)
     {
         var maps = new ChunkMap?[items.Count];
         lock (Sync)
             for (int i = 0; i < maps.Length; i++)
-                maps[i] = image.Chunks.TryGetValue(index(items[i]), out var m) ? m : null;
+                maps[i] = locked ? image.Chunks.GetLocked(index(items[i])) : image.Chunks.TryGetValue(index(items[i]), out var m) ? m : null;
         return maps;
     }
 
