@@ -49,6 +49,13 @@ public sealed class ChunkTable : IEnumerable<KeyValuePair<long, ChunkMap>>
     /// <summary>Every map, to a caller that is done with all of them before it leaves the state's lock.</summary>
     internal Dictionary<long, ChunkMap>.ValueCollection Scan => _maps.Values;
 
+    /// <summary>
+    /// Every chunk and map, to a caller that is done with them before it leaves the state's lock, or keeps
+    /// only maps it then removes from the table while it holds all of the image's locks (a trim or shrink
+    /// frees their extents: a map that leaves the table that way is never reused).
+    /// </summary>
+    internal Dictionary<long, ChunkMap> ScanPairs => _maps;
+
     /// <summary>A map, to a caller that may keep it (it is never reused).</summary>
     public ChunkMap this[long index]
     {
