@@ -52,8 +52,13 @@ internal sealed class GatedMemoryBlockDevice(string name, long capacity) : Memor
         return image;
     }
 
+    /// <summary>Whether writes are tracked for <see cref="CrashImage"/> (a copy of what each write overwrote); off for allocation tests.</summary>
+    public bool ModelsCrashes { get; init; } = true;
+
     private void Track(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
     {
+        if (!ModelsCrashes)
+            return;
         if (opcode == IoOpcode.Flush)
         {
             lock (_volatile)

@@ -42,10 +42,10 @@ internal sealed class InProcessNbd : IAsyncDisposable
     public System.Net.EndPoint EndPoint => Server.Listeners[0].Endpoint is { } ep ? ep : new System.Net.Sockets.UnixDomainSocketEndPoint(SocketPath);
 
     public static async Task<InProcessNbd> StartAsync(NbdServerOptions? options = null, int chunkSize = 4096, bool readOnlyReopen = false, long walBytes = 256 * 1024,
-        bool touchAllPages = false, StorageEngineOptions? engineOptions = null, NbdTlsSettings? tls = null, bool tcp = false)
+        bool touchAllPages = false, StorageEngineOptions? engineOptions = null, NbdTlsSettings? tls = null, bool tcp = false, bool modelCrashes = true)
     {
         string dir = Directory.CreateTempSubdirectory("strata-nbd-inproc-").FullName;
-        var devices = Enumerable.Range(0, 2).Select(i => new GatedMemoryBlockDevice($"mem{i}", 32L << 20)).ToArray();
+        var devices = Enumerable.Range(0, 2).Select(i => new GatedMemoryBlockDevice($"mem{i}", 32L << 20) { ModelsCrashes = modelCrashes }).ToArray();
         if (touchAllPages)
         {
             // Memory devices allocate a page on its first write; pages allocated up front keep later measurements to the engine's own objects.

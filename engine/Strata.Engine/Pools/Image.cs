@@ -253,7 +253,8 @@ public sealed partial class Image
         bool needsRepair;
         using (await _locks.ReadAsync(index).ConfigureAwait(false))
         {
-            var map = _pool.ChunkIo.Lookup(Meta, index);
+            // Dropped before the lock is: a write that supersedes the map later may reuse it.
+            var map = _pool.Meta.ChunkAtLocked(Meta, index);
             if (map == null)
             {
                 dest.Span.Clear();
@@ -631,7 +632,8 @@ public sealed partial class Image
                 throw new MigrationStartedException();
             List<ChunkMap> dropped;
             lock (_pool.Meta.Sync)
-                dropped = Meta.Chunks.Where(kv => kv.Key >= first && kv.Key < last).Select(kv => kv.Value).ToList();
+                // Removed by the record below under all locks: no hold on the rest (ChunkTable.ScanPairs).
+                dropped = Meta.Chunks.ScanPairs.Where(kv => kv.Key >= first && kv.Key < last).Select(kv => kv.Value).ToList();
             if (dropped.Count == 0)
                 return;
             await _pool.Log.CommitAsync(MetaRecords.ChunkUnmapRange(Id, first, last - first)).ConfigureAwait(false);
@@ -760,7 +762,7 @@ public sealed partial class Image
                 List<ChunkMap> dropped;
                 long keep = SizeLimits.ChunkCount(newSize, cs);
                 lock (_pool.Meta.Sync)
-                    dropped = meta.Chunks.Where(kv => kv.Key >= keep).Select(kv => kv.Value).ToList();
+                    dropped = meta.Chunks.ScanPairs.Where(kv => kv.Key >= keep).Select(kv => kv.Value).ToList();
                 if (newSize < oldSize && !allowShrink)
                 {
                     long mapped = (long)dropped.Count * cs;

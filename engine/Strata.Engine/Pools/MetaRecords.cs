@@ -42,8 +42,11 @@ public sealed record MetaRecord(MetaRecordType Type, byte[] Payload, ushort Flag
 
     public byte[] Payload { get; internal set; } = Payload;
 
-    /// <summary>A chunk map's replicas as the payload encodes them, when the state's new mapping may take this array itself (PoolState.Apply(MetaRecord, ulong)).</summary>
-    internal Replica[]? Replicas { get; set; }
+    /// <summary>
+    /// A client write's new mapping, made for it (from the pool's spares) with the replicas the payload encodes:
+    /// the state installs this object itself (PoolState.Apply(MetaRecord, ulong)), which then clears it.
+    /// </summary>
+    internal ChunkMap? Map { get; set; }
 }
 
 /// <summary>Builders for each record's payload (the layouts Apply reads).</summary>
@@ -89,15 +92,22 @@ public static class MetaRecords
 
     /// <summary>The per-write record, encoded straight into its payload.</summary>
     /// <param name="blocks">The extents hold a block table before the data: record 13 (ChunkMapBlocks) instead of 8.</param>
-    /// <param name="share">
-    /// The mapping the record makes, once applied, takes <paramref name="replicas"/> itself instead of a
-    /// decoded copy (one array less per write): only for an array its caller never changes afterwards.
-    /// </param>
-    public static MetaRecord ChunkMap(uint image, long chunk, Replica[] replicas, bool blocks = false, bool share = false)
+    public static MetaRecord ChunkMap(uint image, long chunk, Replica[] replicas, bool blocks = false)
     {
         var b = new byte[ChunkMapLength(replicas)];
         EncodeChunkMap(b, image, chunk, replicas);
-        return new(blocks ? MetaRecordType.ChunkMapBlocks : MetaRecordType.ChunkMap, b) { Replicas = share ? replicas : null };
+        return new(blocks ? MetaRecordType.ChunkMapBlocks : MetaRecordType.ChunkMap, b);
+    }
+
+    /// <summary>
+    /// A client write's record for <paramref name="map"/>, a mapping made for it (ChunkMapSpares.Rent) that
+    /// nothing else refers to: once applied, the state installs that object itself (no map per write).
+    /// </summary>
+    internal static MetaRecord ChunkMap(uint image, long chunk, ChunkMap map)
+    {
+        var record = ChunkMap(image, chunk, map.Replicas, map.Blocks);
+        record.Map = map;
+        return record;
     }
 
     /// <summary>A ChunkMap payload's length.</summary>
@@ -174,12 +184,30 @@ public readonly record struct Replica(ushort Target, long Offset, uint Crc);
 /// Where a chunk lives; Moving is the second location while a data-moving upgrade copies it. Blocks: each
 /// extent is a 4 KiB block table followed by the chunk, and each replica's CRC is the table's (layout 3).
 /// </summary>
+/// <remarks>
+/// Immutable once in an image's <see cref="ChunkTable"/>: a record replaces it. A client write's map is
+/// taken from the pool's spares (ChunkMapSpares) and filled before it is installed; the map it replaces
+/// goes back there once no reader can hold it (docs/format.md, "Chunk maps in memory").
+/// </remarks>
 public sealed record ChunkMap(Replica[] Replicas, Replica[]? Moving = null, bool Blocks = false)
 {
+    public Replica[] Replicas { get; internal set; } = Replicas;
+
+    public bool Blocks { get; internal set; } = Blocks;
+
     /// <summary>
     /// The queue ordinal of the writeback commit that applied this mapping (PoolLog.CommitWriteback), or 0
     /// (durable, replayed, or a checkpoint's): while no flush covers it, its extents may be overwritten in
     /// place (PoolLog.TryCommitInPlace, docs/format.md "Overwriting a writeback extent in place").
     /// </summary>
     internal long WritebackOrdinal { get; set; }
+
+    /// <summary>Handed out to a caller that may keep it, or installed by anything but a client write: never reused (ChunkTable).</summary>
+    internal bool Escaped { get; set; }
+
+    /// <summary>Its table's install stamp (ChunkTable.Install).</summary>
+    internal long Born { get; set; }
+
+    /// <summary>Replaced by a client write's map while nothing else could hold it: may be reused once its extents are freed.</summary>
+    internal bool Reusable { get; set; }
 }

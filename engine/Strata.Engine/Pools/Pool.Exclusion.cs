@@ -182,7 +182,7 @@ public sealed partial class Pool
     private bool HasRebuildWork()
     {
         lock (Meta.Sync)
-            return Meta.Images.Values.Any(img => img.Chunks.Values.Any(m =>
+            return Meta.Images.Values.Any(img => img.Chunks.Scan.Any(m =>
                 m.Replicas.Any(r => IsExcluded(r.Target)) && m.Replicas.Any(r => !IsExcluded(r.Target)) && m.Replicas.Length <= LiveTargets));
     }
 
@@ -194,7 +194,7 @@ public sealed partial class Pool
         lock (Meta.Sync)
         {
             foreach (var img in Meta.Images.Values)
-                foreach (var map in img.Chunks.Values)
+                foreach (var map in img.Chunks.Scan)
                 {
                     bool on = false, elsewhere = false;
                     foreach (var r in map.Replicas)
@@ -225,7 +225,7 @@ public sealed partial class Pool
         lock (Meta.Sync)
         {
             foreach (var img in Meta.Images.Values)
-                foreach (var map in img.Chunks.Values)
+                foreach (var map in img.Chunks.Scan)
                 {
                     int live = 0;
                     foreach (var r in map.Replicas)

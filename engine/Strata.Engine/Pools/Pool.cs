@@ -101,6 +101,9 @@ public sealed partial class Pool : IAsyncDisposable
     /// <summary>The single-chunk data path (reads with verification and repair, copy-on-write writes).</summary>
     internal ChunkIo ChunkIo => field ??= new ChunkIo(this);
 
+    /// <summary>Chunk maps client writes reuse instead of allocating (issue 17).</summary>
+    internal ChunkMapSpares MapSpares { get; } = new();
+
     /// <summary>Requests spanning several chunks, in groups under one set of chunk locks.</summary>
     internal ChunkRuns ChunkRuns => field ??= new ChunkRuns(this);
 

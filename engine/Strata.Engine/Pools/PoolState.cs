@@ -22,7 +22,7 @@ public sealed class ImageMeta
     public long Size { get; set; }
     public int ChunkSize { get; init; }
     public Dictionary<string, string> Props { get; } = new(StringComparer.Ordinal);
-    public Dictionary<long, ChunkMap> Chunks { get; } = new();
+    public ChunkTable Chunks { get; } = new();
 
     /// <summary>
     /// A chunk size read from a record or checkpoint: the engine only creates powers of two, and replay
@@ -67,40 +67,57 @@ public sealed class PoolState
     /// <summary>Sequence of the last applied record.</summary>
     public ulong LastSeq { get; set; }
 
-    /// <summary>The chunk's map now (null: unmapped); maps are immutable, a record replaces them.</summary>
+    /// <summary>The chunk's map now (null: unmapped), to a caller that may keep it; maps are immutable, a record replaces them.</summary>
     internal ChunkMap? ChunkAt(ImageMeta image, long index)
     {
         lock (Sync)
             return image.Chunks.TryGetValue(index, out var m) ? m : null;
     }
 
-    /// <summary>The maps of several chunks of one image, read at one instant.</summary>
-    internal ChunkMap?[] ChunksAt<T>(ImageMeta image, List<T> items, Func<T, long> index)
+    /// <summary>
+    /// As <see cref="ChunkAt"/>, for the data path: the caller holds the chunk's lock and drops the reference
+    /// before it releases it, so a write that supersedes the map later may reuse it (ChunkTable).
+    /// </summary>
+    internal ChunkMap? ChunkAtLocked(ImageMeta image, long index)
+    {
+        lock (Sync)
+            return image.Chunks.GetLocked(index);
+    }
+
+    /// <summary>The maps of several chunks of one image, read at one instant, to a caller that may keep them.</summary>
+    /// <param name="locked">
+    /// The caller holds the chunks' locks and drops every map before it releases them (a multi-chunk read), so
+    /// a write that supersedes one later may reuse it (ChunkTable).
+    /// </param>
+    internal ChunkMap?[] ChunksAt<T>(ImageMeta image, List<T> items, Func<T, long> index, bool locked = false)
     {
         var maps = new ChunkMap?[items.Count];
         lock (Sync)
             for (int i = 0; i < maps.Length; i++)
-                maps[i] = image.Chunks.TryGetValue(index(items[i]), out var m) ? m : null;
+                maps[i] = locked ? image.Chunks.GetLocked(index(items[i])) : image.Chunks.TryGetValue(index(items[i]), out var m) ? m : null;
         return maps;
     }
 
     /// <summary>
     /// A live commit's record (the log's committer, a writeback commit): as <see cref="Apply(WalRecord)"/>,
-    /// without a WalRecord per record, and a chunk map that carries its replica array (MetaRecords.ChunkMap,
-    /// share) takes it instead of a decoded copy: a write allocates only its new ChunkMap here.
+    /// without a WalRecord per record, and a client write's chunk map that carries its new mapping
+    /// (MetaRecords.ChunkMap(uint, long, ChunkMap)) installs that object: a write allocates no map here.
     /// </summary>
     internal void Apply(MetaRecord record, ulong seq)
     {
-        if (record.Replicas is not { } replicas || record.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkMapBlocks))
+        if (record.Map is not { } map || record.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkMapBlocks))
         {
             Apply(new WalRecord(seq, (ushort)record.Type, record.Flags, record.Payload));
             return;
         }
-        System.Diagnostics.Debug.Assert(MetaRecords.ReadChunkMap(record.Payload).Replicas.AsSpan().SequenceEqual(replicas), "a shared replica array is the one the payload encodes");
+        System.Diagnostics.Debug.Assert(MetaRecords.ReadChunkMap(record.Payload).Replicas.AsSpan().SequenceEqual(map.Replicas), "an installed map is the one the payload encodes");
+        System.Diagnostics.Debug.Assert(map.Blocks == (record.Type == MetaRecordType.ChunkMapBlocks) && map.Moving == null, "an installed map has the record's form");
         uint id = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(record.Payload);
         long chunk = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(record.Payload.AsSpan(4));
         var img = Images.TryGetValue(id, out var i) ? i : throw new CorruptMetadataException($"WAL record {seq} refers to unknown image {id}");
-        img.Chunks[chunk] = new ChunkMap(replicas, null, record.Type == MetaRecordType.ChunkMapBlocks);
+        // Installed once: the record lets go of it (a pooled record is reused for other writes).
+        record.Map = null;
+        img.Chunks.Install(chunk, map);
         LastSeq = seq;
     }
 
@@ -172,7 +189,8 @@ public sealed class PoolState
             {
                 var img = Image(r.U32(), rec);
                 long chunk = r.I64();
-                img.Chunks[chunk] = new ChunkMap(MetaRecords.ReadReplicas(ref r), null, rec.Type == (ushort)MetaRecordType.ChunkMapBlocks);
+                // Made here, held by nothing else: a later client write may reuse it once it supersedes it.
+                img.Chunks.Install(chunk, new ChunkMap(MetaRecords.ReadReplicas(ref r), null, rec.Type == (ushort)MetaRecordType.ChunkMapBlocks));
                 break;
             }
             case MetaRecordType.ChunkUnmap:

@@ -15,7 +15,18 @@ public static class PoolStateCodec
     private const ushort FlagSkippable = 1;
     private const byte ChunkHasMove = 1, ChunkHasBlocks = 2;
 
-    public static byte[] Serialize(PoolState s) => Capture(s).Encode();
+    public static byte[] Serialize(PoolState s)
+    {
+        var capture = Capture(s);
+        try
+        {
+            return capture.Encode();
+        }
+        finally
+        {
+            capture.Release();
+        }
+    }
 
     /// <summary>
     /// Where the log's captures rent their chunk arrays: pools of their own, not the shared ones, whose
@@ -62,9 +73,11 @@ public static class PoolStateCodec
             int count = i.Chunks.Count;
             var keys = pooled ? KeyArrays.Rent(count) : new long[count];
             var maps = pooled ? MapArrays.Rent(count) : new ChunkMap[count];
+            // The maps are encoded after the lock: none of them is reused until Release (ChunkTable.Hold).
+            i.Chunks.Hold();
             i.Chunks.Keys.CopyTo(keys, 0);
-            i.Chunks.Values.CopyTo(maps, 0);
-            images[n++] = new PoolStateCapture.ImageCapture(i.Id, header.ToArray(), keys, maps, count);
+            i.Chunks.Scan.CopyTo(maps, 0);
+            images[n++] = new PoolStateCapture.ImageCapture(i.Id, header.ToArray(), keys, maps, count, i.Chunks);
         }
         return new PoolStateCapture(head.ToArray(), images, s.UpgradeJob, s.Layout, pooled);
     }
@@ -76,7 +89,7 @@ public static class PoolStateCodec
     public sealed class PoolStateCapture
     {
         /// <summary>An image's header and its chunks: the first <see cref="Count"/> keys and maps (pooled arrays may be longer).</summary>
-        internal sealed record ImageCapture(uint Id, byte[] Header, long[] Keys, ChunkMap[] Maps, int Count);
+        internal sealed record ImageCapture(uint Id, byte[] Header, long[] Keys, ChunkMap[] Maps, int Count, ChunkTable Table);
 
         private readonly byte[] _head;
         private readonly ImageCapture[] _images;
@@ -176,15 +189,20 @@ public static class PoolStateCodec
             tail.WrittenSpan.CopyTo(d[at..]);
         }
 
-        /// <summary>Returns pooled chunk arrays (<see cref="Capture"/>, pooled); the capture is not encoded again.</summary>
+        /// <summary>
+        /// Ends the capture's hold on the maps (their writes may reuse them once superseded) and returns pooled
+        /// chunk arrays (<see cref="Capture"/>, pooled); the capture is not encoded again. Called once, after encoding.
+        /// </summary>
         public void Release()
         {
-            if (!_pooled)
-                return;
             foreach (var i in _images)
             {
-                KeyArrays.Return(i.Keys);
-                MapArrays.Return(i.Maps, clearArray: true);
+                if (_pooled)
+                {
+                    KeyArrays.Return(i.Keys);
+                    MapArrays.Return(i.Maps, clearArray: true);
+                }
+                i.Table.Release();
             }
         }
 
@@ -236,7 +254,12 @@ public static class PoolStateCodec
                             var moving = (chunkFlags & ChunkHasMove) != 0 ? MetaRecords.ReadReplicas(ref body) : null;
                             if ((chunkFlags & ~(ChunkHasMove | ChunkHasBlocks)) != 0)
                                 throw new CorruptMetadataException($"checkpoint image {id} chunk {index} has flags 0x{chunkFlags:x}, unknown to this engine");
-                            i.Chunks[index] = new ChunkMap(replicas, moving, (chunkFlags & ChunkHasBlocks) != 0);
+                            var map = new ChunkMap(replicas, moving, (chunkFlags & ChunkHasBlocks) != 0);
+                            // A map being moved is never reused (ChunkMapSpares.Return); the others are held by nothing yet.
+                            if (moving == null)
+                                i.Chunks.Install(index, map);
+                            else
+                                i.Chunks[index] = map;
                         }
                         s.Images[i.Id] = i;
                     }

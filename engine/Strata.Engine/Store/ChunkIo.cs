@@ -328,12 +328,17 @@ internal sealed class ChunkIo(Pool pool)
     {
         pool.ThrowIfNotWritable();
         int cs = meta.ChunkSize;
-        var old = Lookup(meta, index);
+        // Under the chunk's exclusive lock, dropped before it is released: a map this write supersedes may be reused.
+        var old = pool.Meta.ChunkAtLocked(meta, index);
         bool blocks = pool.WritesBlockTables(cs);
         // A writeback write to a chunk whose extents no flush covers yet rewrites them in place.
         if (!durable && old != null && pool.Log.MayOverwriteInPlace(old) && SameForm(meta, index, old, blocks)
             && await TryWriteInPlaceAsync(meta, index, within, data, old).ConfigureAwait(false))
+        {
+            // Superseded, its extents now the new map's: this write was its last user.
+            pool.MapSpares.Return(old);
             return;
+        }
         int head = blocks ? ChunkChecksum.TableSize : 0;
         byte[]? rented = null;
         try
@@ -477,11 +482,12 @@ internal sealed class ChunkIo(Pool pool)
                 crc = ChunkChecksum.WriteTable(meta.Id, index, crcs, rented.AsSpan(0, T));
                 bytes = table.IsEmpty ? rented.AsMemory(0, T + length) : touched;
             }
-            var replicas = new Replica[old.Replicas.Length];
+            var map = pool.MapSpares.Rent(old.Replicas.Length, old.Blocks);
+            var replicas = map.Replicas;
             for (int r = 0; r < replicas.Length; r++)
                 replicas[r] = old.Replicas[r] with { Crc = crc };
             // The round that logs the record waits for this signal (pooled with the commit) before it flushes.
-            if (pool.Log.TryCommitInPlace(old, meta.Id, index, replicas, old.Blocks) is not { } written)
+            if (pool.Log.TryCommitInPlace(old, meta.Id, index, map) is not { } written)
                 return false;
             try
             {
@@ -583,7 +589,6 @@ internal sealed class ChunkIo(Pool pool)
     /// <remarks>A ValueTask to await exactly once (pooled for one replica whose bytes start at the extent's start: no lists, no box).</remarks>
     private ValueTask WriteInPlaceAsync(Replica[] replicas, bool blocks, int from, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> bytes, ImageMeta meta, long at)
     {
-        const int T = ChunkChecksum.TableSize;
         if (replicas.Length == 1 && (!blocks || from == 0))
         {
             // The whole chunk, [table | blocks from block 0], or the table and then the blocks from block 0 apart.
@@ -591,6 +596,16 @@ internal sealed class ChunkIo(Pool pool)
             var shard = pool.Shards[one.Target];
             return table.IsEmpty ? shard.WriteDataPooledAsync(one.Offset, bytes) : WriteApartAsync(shard, one.Offset, table, bytes);
         }
+        return WriteInPlaceManyAsync(replicas, blocks, from, table, bytes, meta, at);
+    }
+
+    /// <summary>
+    /// <see cref="WriteInPlaceAsync"/> to several extents. Its own method: the failure filter's closure over
+    /// the replicas was made at every in-place write's entry, one replica or not (issue 17).
+    /// </summary>
+    private ValueTask WriteInPlaceManyAsync(Replica[] replicas, bool blocks, int from, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> bytes, ImageMeta meta, long at)
+    {
+        const int T = ChunkChecksum.TableSize;
         var writes = new List<Task>(replicas.Length * 2);
         var targets = new List<int>(replicas.Length * 2);
         foreach (var r in replicas)
@@ -651,7 +666,9 @@ internal sealed class ChunkIo(Pool pool)
         int cs = meta.ChunkSize;
         int length = table.Length + chunk.Length;
         int rf = Math.Min(pool.WriteRf, pool.LiveTargets);
-        var replicas = new Replica[rf];
+        // The new mapping, a superseded one reused when there is one spare; filled here, installed by the commit.
+        var map = pool.MapSpares.Rent(rf, blocks);
+        var replicas = map.Replicas;
         var placement = pool.Placement;
         int allocated = 0;
         try
@@ -675,13 +692,19 @@ internal sealed class ChunkIo(Pool pool)
         pool.Log.HoldFresh();
         try
         {
-            await WriteAndCommitAsync(meta, index, within, table, chunk, blocks, durable, replicas).ConfigureAwait(false);
+            await WriteAndCommitAsync(meta, index, within, table, chunk, durable, map).ConfigureAwait(false);
             if (old == null)
                 return;
             if (durable)
+            {
                 pool.FreeChunk(old, cs);
+                // Superseded and freed: this write was its last user (ChunkTable says whether anything else could be).
+                pool.MapSpares.Return(old);
+            }
             else
+            {
                 FreeWhenDurable(old, cs);
+            }
         }
         finally
         {
@@ -689,16 +712,17 @@ internal sealed class ChunkIo(Pool pool)
         }
     }
 
-    /// <summary>Frees a writeback write's old extents once its record is durable (without a closure: the log keeps the mapping and size).</summary>
+    /// <summary>Frees a writeback write's old extents once its record is durable (without a closure: the log keeps the mapping and size, then reuses the map).</summary>
     private void FreeWhenDurable(ChunkMap old, int cs) => pool.Log.FreeChunkWhenDurable(old, cs);
 
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask WriteAndCommitAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> chunk, bool blocks, bool durable, Replica[] replicas)
+    private async ValueTask WriteAndCommitAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> chunk, bool durable, ChunkMap map)
     {
         int cs = meta.ChunkSize;
         int length = table.Length + chunk.Length;
-        // The array is this write's own and never changes: the new mapping takes it (share).
-        MetaRecord Record() => MetaRecords.ChunkMap(meta.Id, index, replicas, blocks, share: true);
+        var replicas = map.Replicas;
+        // The map is this write's own and never changes once committed: the state installs it.
+        MetaRecord Record() => MetaRecords.ChunkMap(meta.Id, index, map);
         int rf = replicas.Length;
         if (!durable)
         {
@@ -716,7 +740,7 @@ internal sealed class ChunkIo(Pool pool)
             try
             {
                 // Pooled: the commit and its record are reused once their round is done.
-                pool.Log.CommitWritebackChunk(meta.Id, index, replicas, blocks);
+                pool.Log.CommitWritebackChunk(meta.Id, index, map);
             }
             catch
             {
@@ -735,7 +759,7 @@ internal sealed class ChunkIo(Pool pool)
             {
                 // One replica: the log starts its write once the record is queued; the commit, its record
                 // array and the write's completion are one pooled object (PoolLog.CommitWithWriteAsync).
-                commit = pool.Log.CommitWithWriteAsync(meta.Id, index, replicas, blocks, pool.Shards[replicas[0].Target], replicas[0].Offset, chunk);
+                commit = pool.Log.CommitWithWriteAsync(meta.Id, index, map, pool.Shards[replicas[0].Target], replicas[0].Offset, chunk);
             }
             catch
             {

@@ -127,7 +127,7 @@ internal sealed class ChunkRuns(Pool pool)
                 }
                 var records = new MetaRecord[n];
                 for (int i = 0; i < n; i++)
-                    records[i] = MetaRecords.ChunkMap(meta.Id, pieces[i].Index, replicas[i], blocks);
+                    records[i] = MetaRecords.ChunkMap(meta.Id, pieces[i].Index, new ChunkMap(replicas[i], null, blocks));
                 if (durable)
                 {
                     try
@@ -322,7 +322,8 @@ internal sealed class ChunkRuns(Pool pool)
     public async Task<List<long>?> ReadGroupAsync(ImageMeta meta, List<Piece> pieces, Memory<byte> destination, IReadSink? sink = null)
     {
         int cs = meta.ChunkSize, n = pieces.Count;
-        var maps = pool.Meta.ChunksAt(meta, pieces, p => p.Index);
+        // Under the caller's shared locks, dropped before it releases them: maps a later write supersedes may be reused.
+        var maps = pool.Meta.ChunksAt(meta, pieces, p => p.Index, locked: true);
         var extents = new List<Extent>(n);
         var failed = new bool[n];
         for (int i = 0; i < n; i++)

@@ -26,6 +26,8 @@ internal sealed class ImageLocks
             return new ValueTask<Held>(new Held(l, write));
         return Slow(wait, l, write);
 
+        // Pooled: a contended chunk lock (writers of one stripe at QD 32) made a box per wait (issue 17).
+        [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
         static async ValueTask<Held> Slow(ValueTask wait, AsyncReaderWriterLock l, bool write)
         {
             await wait.ConfigureAwait(false);

@@ -8,8 +8,7 @@ internal sealed partial class PoolLog
     /// <summary>Waits until every started round is applied, then checkpoints (the state must hold exactly the durable records).</summary>
     private async Task CheckpointAfterRoundsAsync(List<Pending> waiting)
     {
-        if (_lastRoundDone != null)
-            await _lastRoundDone.ConfigureAwait(false);
+        await LastRoundDone().ConfigureAwait(false);
         if (_pool.BeforeDropCheckpoint is { } hook && waiting.Exists(p => p.Dropped))
             await hook().ConfigureAwait(false);
         int[] joined = [];

@@ -133,11 +133,17 @@ internal sealed partial class PoolLog
             free();
     }
 
-    /// <summary>As <see cref="FreeWhenDurable"/> with Pool.FreeChunk(<paramref name="old"/>, <paramref name="chunkSize"/>), without a closure per call.</summary>
+    /// <summary>
+    /// As <see cref="FreeWhenDurable"/> with Pool.FreeChunk(<paramref name="old"/>, <paramref name="chunkSize"/>), without a
+    /// closure per call; <paramref name="old"/>, superseded by the caller's write, then goes back to the spares (when reusable).
+    /// </summary>
     public void FreeChunkWhenDurable(ChunkMap old, int chunkSize)
     {
         if (!DeferFree(null, old, chunkSize))
+        {
             _pool.FreeChunk(old, chunkSize);
+            _pool.MapSpares.Return(old);
+        }
     }
 
     /// <summary>Queues a free behind the last commit queued; false when that commit is durable already (the caller frees now).</summary>
@@ -183,7 +189,11 @@ internal sealed partial class PoolLog
                 if (free != null)
                     free();
                 else
+                {
                     _pool.FreeChunk(chunk!, chunkSize);
+                    // The queue was the superseded map's last user (the write that queued it let it go).
+                    _pool.MapSpares.Return(chunk!);
+                }
             }
         }
     }

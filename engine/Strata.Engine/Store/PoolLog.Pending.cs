@@ -112,15 +112,15 @@ internal sealed partial class PoolLog
         /// commit whose data is written already and that nobody awaits (the log alone holds it); or an
         /// <paramref name="inPlace"/> writeback commit whose writer signals its data write's end (two: write, log).
         /// </summary>
-        public void Reuse(uint image, long chunk, Replica[] replicas, bool blocks, bool writeback, bool inPlace)
+        public void Reuse(uint image, long chunk, ChunkMap map, bool writeback, bool inPlace)
         {
             var record = Records![0];
-            int length = MetaRecords.ChunkMapLength(replicas);
+            int length = MetaRecords.ChunkMapLength(map.Replicas);
             if (record.Payload.Length != length)
                 record.Payload = new byte[length];
-            MetaRecords.EncodeChunkMap(record.Payload, image, chunk, replicas);
-            record.Type = blocks ? MetaRecordType.ChunkMapBlocks : MetaRecordType.ChunkMap;
-            record.Replicas = replicas;
+            MetaRecords.EncodeChunkMap(record.Payload, image, chunk, map.Replicas);
+            record.Type = map.Blocks ? MetaRecordType.ChunkMapBlocks : MetaRecordType.ChunkMap;
+            record.Map = map;
             Applied = writeback || inPlace;
             InPlace = inPlace;
             Data = writeback ? null : Write!.Prepare();
@@ -156,7 +156,7 @@ internal sealed partial class PoolLog
         {
             if (_owner == null || Interlocked.Decrement(ref _holders) != 0)
                 return;
-            Records![0].Replicas = null;
+            Records![0].Map = null;
             _owner.ReturnSpare(this);
         }
 
@@ -200,7 +200,7 @@ internal sealed partial class PoolLog
     internal long PooledCommitsCreated => Interlocked.Read(ref _pooledCreated);
     private const int MaxSpares = 4096;
 
-    private Pending RentSpare(uint image, long chunk, Replica[] replicas, bool blocks, bool writeback = false, bool inPlace = false)
+    private Pending RentSpare(uint image, long chunk, ChunkMap map, bool writeback = false, bool inPlace = false)
     {
         if (_spares.TryDequeue(out var p))
         {
@@ -211,19 +211,19 @@ internal sealed partial class PoolLog
             p = new Pending(this);
             Interlocked.Increment(ref _pooledCreated);
         }
-        p.Reuse(image, chunk, replicas, blocks, writeback, inPlace);
+        p.Reuse(image, chunk, map, writeback, inPlace);
         return p;
     }
 
     /// <summary>
     /// <see cref="CommitWriteback"/> of the one chunk-map record mapping <paramref name="chunk"/> of
-    /// <paramref name="image"/> to <paramref name="replicas"/> (MetaRecords.ChunkMap, share: the new mapping
-    /// takes the array), as a pooled commit: the commit, its record, the record's array and payload are
+    /// <paramref name="image"/> to <paramref name="map"/> (made for this write, ChunkMapSpares.Rent: the state
+    /// installs it), as a pooled commit: the commit, its record, the record's array and payload are
     /// reused, so a writeback write allocates none of them (issue 17). The log lets it go once its round is done.
     /// </summary>
-    public void CommitWritebackChunk(uint image, long chunk, Replica[] replicas, bool blocks)
+    public void CommitWritebackChunk(uint image, long chunk, ChunkMap map)
     {
-        var p = RentSpare(image, chunk, replicas, blocks, writeback: true);
+        var p = RentSpare(image, chunk, map, writeback: true);
         try
         {
             QueueWriteback(p, overwritable: true);
@@ -245,18 +245,18 @@ internal sealed partial class PoolLog
 
     /// <summary>
     /// As <see cref="CommitAfterAsync"/>, for the chunk-map record mapping <paramref name="chunk"/> of
-    /// <paramref name="image"/> to one replica (MetaRecords.ChunkMap, share: the new mapping takes
-    /// <paramref name="replicas"/>), whose write this starts once the record is queued: <paramref name="source"/>
+    /// <paramref name="image"/> to <paramref name="map"/>, one replica (made for this write, ChunkMapSpares.Rent:
+    /// the state installs it), whose write this starts once the record is queued: <paramref name="source"/>
     /// to <paramref name="shard"/>'s data area at <paramref name="dataOffset"/>. The commit, its record and
     /// its array and both completions are one pooled object, so a durable write allocates none of them.
     /// Throws, with nothing written, when the record cannot be queued. The ValueTask is awaited exactly
     /// once; it fails as CommitAfterAsync's task does (a DeviceException: the data write failed and the
     /// record was voided).
     /// </summary>
-    public ValueTask CommitWithWriteAsync(uint image, long chunk, Replica[] replicas, bool blocks, Shard shard, long dataOffset, ReadOnlyMemory<byte> source)
+    public ValueTask CommitWithWriteAsync(uint image, long chunk, ChunkMap map, Shard shard, long dataOffset, ReadOnlyMemory<byte> source)
     {
         _pool.ThrowIfNotLoggable();
-        var p = RentSpare(image, chunk, replicas, blocks);
+        var p = RentSpare(image, chunk, map);
         try
         {
             Validate(p.Records!);
@@ -277,7 +277,7 @@ internal sealed partial class PoolLog
 
     /// <summary>
     /// The log lets the pooled commits of a round go, once its SettleDataAsync cannot touch them any more:
-    /// at once when the round is <paramref name="finished"/> (its Durable task done), else when it is.
+    /// at once when the round is <paramref name="finished"/> (its Durable task done), else when it is (its DurableTask).
     /// </summary>
     private static void ReleasePooled(Round round, bool finished)
     {
@@ -290,7 +290,7 @@ internal sealed partial class PoolLog
             return;
         }
         // A round completed after an earlier one failed: its flush (and settling) may still run.
-        _ = round.Durable.ContinueWith(static (_, r) =>
+        _ = round.DurableTask!.ContinueWith(static (_, r) =>
         {
             foreach (var p in ((Round)r!).Batch)
                 p.Release();

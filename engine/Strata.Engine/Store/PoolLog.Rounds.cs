@@ -13,10 +13,15 @@ internal sealed partial class PoolLog
     /// One commit round: its log batch is written (sequences assigned) by the committer,
     /// then its flush runs while later rounds are written; rounds complete in order.
     /// </summary>
-    private sealed class Round(List<Pending> batch, List<MetaRecord> records)
+    /// <remarks>
+    /// Reused (<see cref="RentRound"/>): the completer gives a round back once it is done and its flush
+    /// finished. A later round's flush and the waits on the last round may still hold it then: they name
+    /// the <see cref="Generation"/> they mean, and a round reused since counts as settled and done.
+    /// </remarks>
+    private sealed class Round
     {
-        public List<Pending> Batch { get; } = batch;
-        public List<MetaRecord> Records { get; } = records;
+        public List<Pending> Batch { get; private set; } = [];
+        public List<MetaRecord> Records { get; private set; } = [];
         /// <summary>
         /// The round's log block (its first <see cref="Length"/> bytes, in an array rented from the shared
         /// pool: returned once the round is done) and where it was written (rewritten if a record is voided).
@@ -31,21 +36,135 @@ internal sealed partial class PoolLog
         public long End { get; set; }
         public ulong FirstSeq { get; set; }
         public ulong LastSeq { get; set; }
-        /// <summary>The log write and the flush of every shard after it.</summary>
-        public Task Durable { get; set; } = Task.CompletedTask;
+        /// <summary>
+        /// The log write and the flush of every shard after it: pooled (no box per round, issue 17), so consumed
+        /// exactly once, by the completer (awaited, or <see cref="DurableTask"/> when an earlier round failed).
+        /// </summary>
+        public ValueTask Durable { get; set; }
+        /// <summary><see cref="Durable"/> as a task, when the completer does not await it (an earlier round failed): made once.</summary>
+        public Task? DurableTask { get; set; }
         public long Started { get; set; }
         /// <summary>When its log writes completed (stopwatch ticks).</summary>
         public long Written { get; set; }
         /// <summary>When its flush was issued: its data writes and every earlier round's had completed (stopwatch ticks; 0: no flush).</summary>
         public long FlushIssued { get; set; }
         /// <summary>Whether the round flushes (some commit in it is durable); writeback-only rounds do not.</summary>
-        public bool Flushes { get; } = batch.Exists(p => !p.Applied);
+        public bool Flushes { get; private set; }
         /// <summary>The ordinal of its last commit: every commit up to it is in this round or an earlier one.</summary>
-        public long LastOrdinal { get; } = batch[^1].Ordinal;
+        public long LastOrdinal { get; private set; }
+        /// <summary>Which use of this object the round is (under its lock).</summary>
+        public long Generation { get; private set; }
         /// <summary>Its log writes and its records' data writes are done (failed ones voided): what a later round's flush must cover.</summary>
-        public TaskCompletionSource Settled { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private LazyCompletion _settled;
         /// <summary>Completed by the completer once the round was applied and acknowledged (or failed).</summary>
-        public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private LazyCompletion _done;
+
+        /// <summary>Readies the object for a new round of <paramref name="batch"/> (the committer's; nothing completes the previous one any more).</summary>
+        public Round Reset(List<Pending> batch, List<MetaRecord> records)
+        {
+            lock (this)
+            {
+                Generation++;
+                _settled = default;
+                _done = default;
+            }
+            Batch = batch;
+            Records = records;
+            Buffer = [];
+            Length = 0;
+            Format = Seed = 0;
+            At = End = 0;
+            FirstSeq = LastSeq = 0;
+            Durable = default;
+            DurableTask = null;
+            Started = Written = FlushIssued = 0;
+            Flushes = batch.Exists(p => !p.Applied);
+            LastOrdinal = batch[^1].Ordinal;
+            return this;
+        }
+
+        /// <summary>Settled (or failed, as a faulted task), for the round of <paramref name="generation"/>: a round reused since is.</summary>
+        public Task WhenSettled(long generation)
+        {
+            lock (this)
+                return Generation != generation ? Task.CompletedTask : _settled.TaskLocked();
+        }
+
+        /// <summary>Done, for the round of <paramref name="generation"/>: a round reused since is.</summary>
+        public Task WhenDone(long generation)
+        {
+            lock (this)
+                return Generation != generation ? Task.CompletedTask : _done.TaskLocked();
+        }
+
+        public void SetSettled(Exception? error = null)
+        {
+            TaskCompletionSource? waiter;
+            lock (this)
+                waiter = _settled.SetLocked(error);
+            LazyCompletion.Complete(waiter, error);
+        }
+
+        public void SetDone()
+        {
+            TaskCompletionSource? waiter;
+            lock (this)
+                waiter = _done.SetLocked(null);
+            LazyCompletion.Complete(waiter, null);
+        }
+    }
+
+    /// <summary>
+    /// A round's completion that makes a Task only for a caller that asks before it completes: the next
+    /// round's flush usually finds the previous round settled, and a round's end is awaited only by
+    /// checkpoints and tests, so most rounds make neither (two TaskCompletionSources and their tasks a round
+    /// before, issue 17). A field of its round, under the round's lock.
+    /// </summary>
+    private struct LazyCompletion
+    {
+        private int _state; // 0: pending, 1: succeeded, 2: failed
+        private Exception? _error;
+        private TaskCompletionSource? _waiter;
+
+        public Task TaskLocked() => _state switch
+        {
+            1 => Task.CompletedTask,
+            2 => Task.FromException(_error!),
+            _ => (_waiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task,
+        };
+
+        /// <summary>Completes it (the first call only), with <paramref name="error"/> when not null; returns the waiter to complete outside the lock.</summary>
+        public TaskCompletionSource? SetLocked(Exception? error)
+        {
+            if (_state != 0)
+                return null;
+            _state = error == null ? 1 : 2;
+            _error = error;
+            return _waiter;
+        }
+
+        public static void Complete(TaskCompletionSource? waiter, Exception? error)
+        {
+            if (waiter == null)
+                return;
+            if (error == null)
+                waiter.TrySetResult();
+            else
+                waiter.TrySetException(error);
+        }
+    }
+
+    /// <summary>Finished rounds, reused by the committer (at most a few more than can be in flight).</summary>
+    private readonly System.Collections.Concurrent.ConcurrentQueue<Round> _spareRounds = new();
+
+    private Round RentRound(List<Pending> batch, List<MetaRecord> records) =>
+        (_spareRounds.TryDequeue(out var r) ? r : new Round()).Reset(batch, records);
+
+    /// <summary>Gives back a round that is done and whose flush and settling finished (the completer's, once).</summary>
+    private void ReturnRound(Round round)
+    {
+        if (_spareRounds.Count <= MaxRoundsInFlight + 1)
+            _spareRounds.Enqueue(round);
     }
 
     /// <summary>
@@ -58,7 +177,17 @@ internal sealed partial class PoolLog
 
     private readonly SemaphoreSlim _roundSlots = new(MaxRoundsInFlight, MaxRoundsInFlight);
     private readonly Channel<Round> _rounds = Channel.CreateUnbounded<Round>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
-    private Task? _lastRoundDone;
+    /// <summary>The last round started and its generation (its Done is what waits for every round in flight).</summary>
+    private (Round Round, long Generation)? _lastRound;
+    /// <summary>Guards <see cref="_lastRound"/> for readers other than the committer (it alone writes it).</summary>
+    private readonly object _lastRoundSync = new();
+
+    /// <summary>Completes once the last round started is done (at once if none was, or it was reused since).</summary>
+    private Task LastRoundDone()
+    {
+        var last = _lastRound;
+        return last is { } l ? l.Round.WhenDone(l.Generation) : Task.CompletedTask;
+    }
 
 
     /// <summary>
@@ -73,23 +202,23 @@ internal sealed partial class PoolLog
         {
             _pool.ThrowIfNotLoggable();
             var written = await WriteRecordsAsync(round).ConfigureAwait(false);
-            round.Durable = WrittenThenFlushAsync(round, written, _lastSettled);
+            round.Durable = WrittenThenFlushAsync(round, written, _lastRound);
         }
         catch (Exception e)
         {
-            round.Durable = Task.FromException(e);
-            round.Settled.TrySetException(e);
+            round.Durable = ValueTask.FromException(e);
+            round.SetSettled(e);
         }
-        _lastRoundDone = round.Done.Task;
-        _lastSettled = round.Settled.Task;
+        lock (_lastRoundSync)
+            _lastRound = (round, round.Generation);
         _rounds.Writer.TryWrite(round);
     }
 
-    private Task _lastSettled = Task.CompletedTask;
-
 
     /// <param name="written">The round's log writes (pooled: awaited here, once).</param>
-    private async Task WrittenThenFlushAsync(Round round, ValueTask written, Task previousSettled)
+    /// <param name="previous">The round started before it and its generation (null: none): its flush waits for that round's settling.</param>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask WrittenThenFlushAsync(Round round, ValueTask written, (Round Round, long Generation)? previous)
     {
         try
         {
@@ -97,11 +226,11 @@ internal sealed partial class PoolLog
             round.Written = System.Diagnostics.Stopwatch.GetTimestamp();
             if (round.Batch.Exists(p => p.Data != null) || _pool.ExcludedTargets.Count > 0)
                 await SettleDataAsync(round).ConfigureAwait(false);
-            round.Settled.TrySetResult();
+            round.SetSettled();
         }
         catch (Exception e)
         {
-            round.Settled.TrySetException(e);
+            round.SetSettled(e);
             throw;
         }
         if (!round.Flushes)
@@ -111,7 +240,8 @@ internal sealed partial class PoolLog
         // from CommitAfterAsync) have completed now; so have those of every earlier round
         // (writeback rounds do not flush: this flush covers them). The flushes issued now make
         // all of them durable (FlushCoalescer takes its ticket at the call).
-        await previousSettled.ConfigureAwait(false);
+        if (previous is { } p)
+            await p.Round.WhenSettled(p.Generation).ConfigureAwait(false);
         round.FlushIssued = System.Diagnostics.Stopwatch.GetTimestamp();
         await FlushRoundAsync().ConfigureAwait(false);
     }
@@ -163,8 +293,15 @@ internal sealed partial class PoolLog
             }
         }
         if (voided)
-            await OnLogShardsAsync(s => DeviceIo.WriteAsync(s.Device, s.WalStart + round.At, round.Buffer.AsMemory(0, round.Length)).AsTask()).ConfigureAwait(false);
+            await RewriteLogBlockAsync(round).ConfigureAwait(false);
     }
+
+    /// <summary>
+    /// Writes the round's log block again (records voided in it). Its own method: a lambda capturing the
+    /// round in SettleDataAsync made its closure at every call, voided or not (issue 17).
+    /// </summary>
+    private Task RewriteLogBlockAsync(Round round) =>
+        OnLogShardsAsync(s => DeviceIo.WriteAsync(s.Device, s.WalStart + round.At, round.Buffer.AsMemory(0, round.Length)).AsTask());
 
 
     /// <summary>Puts a pad in the place of the commit's records in the round's log block (same sequences and length).</summary>
@@ -217,7 +354,8 @@ internal sealed partial class PoolLog
                 if (broken != null)
                 {
                     // Its flush may still be running; nothing waits for it any more.
-                    _ = round.Durable.ContinueWith(t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+                    round.DurableTask = round.Durable.AsTask();
+                    _ = round.DurableTask.ContinueWith(t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
                     throw broken;
                 }
                 await round.Durable.ConfigureAwait(false);
@@ -250,7 +388,8 @@ internal sealed partial class PoolLog
                 Fail(round.Batch, e);
             }
             // Read once: what is let go or reused below must agree on whether settling may still run.
-            bool finished = round.Durable.IsCompleted;
+            // Awaited (succeeded or threw): done; else the task made of it says.
+            bool finished = round.DurableTask?.IsCompleted ?? true;
             // Held commits are let go by the drop that holds them (CompleteDrops).
             if (!held)
                 ReleasePooled(round, finished);
@@ -259,8 +398,11 @@ internal sealed partial class PoolLog
                 ReturnLogBlock(round);
                 ReturnRoundLists(round.Batch, round.Records);
             }
-            round.Done.TrySetResult();
+            round.SetDone();
             _roundSlots.Release();
+            // Nothing completes or reads it for this round any more (later holders name its generation).
+            if (finished)
+                ReturnRound(round);
         }
     }
 
@@ -372,8 +514,7 @@ internal sealed partial class PoolLog
                 return wrap;
         }
         // Rounds still in flight hold records the checkpoint must include: let them finish.
-        if (_lastRoundDone != null)
-            await _lastRoundDone.ConfigureAwait(false);
+        await LastRoundDone().ConfigureAwait(false);
         _pool.ThrowIfNotLoggable();
         await WriteCheckpointAsync().ConfigureAwait(false);
         wrap = _tail + padded > _walLength ? _walLength - _tail : 0;

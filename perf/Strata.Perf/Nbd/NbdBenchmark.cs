@@ -43,6 +43,8 @@ public static class NbdBenchmark
                              (default 0: Strata's JIT then compiles the row's code inside the row, up to a second of
                              its CPU in a 3 s row)
           --json FILE        write every figure as JSON
+          --alloc-types      sample which managed types the process allocates during each Strata row (GC
+                             AllocationTick; the in-process server's, and this harness's while it awaits fio)
           --tls              every server on loopback TCP requiring TLS with client certificates (a throwaway CA
                              made for the run): Strata tls: require, qemu-nbd tls-creds-x509 verify-peer=on,
                              nbdkit --tls=require --tls-verify-peer; fio connects with nbds://
@@ -181,8 +183,10 @@ public static class NbdBenchmark
         // Strata's server is in this process: what it allocated during the row (the harness itself only awaits fio).
         long alloc0 = GC.GetTotalAllocatedBytes(precise: true);
         int[] gcs0 = [GC.CollectionCount(0), GC.CollectionCount(1), GC.CollectionCount(2)];
+        using var sampler = o.AllocTypes && server.Name.StartsWith("strata", StringComparison.Ordinal) ? new AllocationSampler() : null;
         // fio runs as a child process; awaiting it off this thread leaves the in-process server its threads.
         var f = await Task.Run(() => Fio.RunJob(JobArgs(o, row, server.Uri), o.Runtime + TimeSpan.FromSeconds(120), _fioPrefix));
+        sampler?.Report($"{row.Name} {server.Name}");
         double serverCpu = 100.0 * (server.CpuTime() - c0).TotalSeconds / (o.Runtime.TotalSeconds + 1);
         long allocated = GC.GetTotalAllocatedBytes(precise: true) - alloc0;
         // fio counts I/Os after its 1 s ramp; the server also served the ramp's (at about the same rate).
@@ -322,6 +326,8 @@ internal sealed class NbdBenchOptions
     public TimeSpan Warmup { get; init; }
     public int RateIops { get; init; }
     public bool Tls { get; init; }
+    /// <summary>--alloc-types: sample which types a Strata row allocates (AllocationSampler).</summary>
+    public bool AllocTypes { get; init; }
 
     /// <summary>Each chunk size's engine has its own target files: all of Strata's servers run at once.</summary>
     public string TargetPath(int chunkSize, bool buffered, int i) => Path.Combine(Dir, $"nbd-target-{ChunkLabel(chunkSize)}{(buffered ? "-buf" : "")}-{i}.dat");
@@ -386,6 +392,7 @@ internal sealed class NbdBenchOptions
             WaitIdle = cl.Has("wait-idle") ? TimeSpan.FromSeconds(cl.Seconds("wait-idle", 60)) : TimeSpan.Zero,
             Warmup = TimeSpan.FromSeconds(cl.Seconds("warmup", 0)),
             Tls = cl.Flag("tls"),
+            AllocTypes = cl.Flag("alloc-types"),
         };
     }
 
