@@ -189,8 +189,11 @@ internal sealed partial class PoolLog
     /// <summary>
     /// Pooled commits not in use (at most <see cref="MaxSpares"/>). A durable commit is held while its write
     /// is in flight, a writeback one until its round is done: the gather window (WritebackGather) and the
-    /// round's log write, so the spares must cover about that long of writes (4,096: 40 ms at 100,000 writes
-    /// a second, about 2.5 MiB at most kept per pool: some 600 B each), else every commit beyond them is a new object.
+    /// round's log write, so the spares must cover about that long of writes (8,192: 80 ms at 100,000 writes
+    /// a second, about 5 MiB at most kept per pool: some 600 B each), else every commit beyond them is a new object.
+    /// 8,192 rather than 4,096 because the writeback gather ends at an eighth of them (PoolLog.WritebackGatherLimit):
+    /// at 512 commits a round, NBD 4 KiB writes at 75-80k IOPS took three times the log rounds and 6% more CPU
+    /// per write than with the 20 ms gather alone (perf/README.md, nbd, "Quiet run, session 18").
     /// </summary>
     private readonly ConcurrentQueue<Pending> _spares = new();
     private int _spareCount;
@@ -198,7 +201,7 @@ internal sealed partial class PoolLog
 
     /// <summary>Pooled commits made so far (each is reused after that): white-box tests.</summary>
     internal long PooledCommitsCreated => Interlocked.Read(ref _pooledCreated);
-    private const int MaxSpares = 4096;
+    private const int MaxSpares = 8192;
 
     private Pending RentSpare(uint image, long chunk, ChunkMap map, bool writeback = false, bool inPlace = false)
     {
