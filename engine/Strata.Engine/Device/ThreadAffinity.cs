@@ -15,29 +15,22 @@ internal static unsafe partial class ThreadAffinity
     [LibraryImport("libc", EntryPoint = "sched_getaffinity", SetLastError = true)]
     private static partial int SchedGetAffinity(int pid, nuint size, ulong* mask);
 
-    /// <summary>sched_setaffinity(2) of thread <c>pid</c> (0: the calling thread).</summary>
+    /// <summary>sched_setaffinity(2) of the calling thread (<c>pid</c> 0).</summary>
     [LibraryImport("libc", EntryPoint = "sched_setaffinity", SetLastError = true)]
     private static partial int SchedSetAffinity(int pid, nuint size, ulong* mask);
 
-    /// <summary>gettid(2): the kernel's id of the calling thread.</summary>
-    [LibraryImport("libc", EntryPoint = "gettid")]
-    private static partial int GetTid();
-
-    /// <summary>The kernel's id of the calling thread.</summary>
-    public static int CurrentTid() => GetTid();
-
     /// <summary>
     /// The CPUs the process may run on: the mask of its main thread (sched_getaffinity of the pid),
-    /// never that of the calling thread, which may be a placed poller or a thread created from one
-    /// (a new thread inherits its creator's mask: CI of 460cb21 refused PollerCpus outside it).
+    /// never that of the calling thread, which may be a placed poller running a continuation inline
+    /// (CI of 460cb21 refused PollerCpus outside such a poller's CPU).
     /// </summary>
     public static int[] Allowed() => Of(Environment.ProcessId) ?? [.. Enumerable.Range(0, Environment.ProcessorCount)];
 
     /// <summary>The CPUs the calling thread may run on.</summary>
     public static int[] CurrentThread() => Of(0) ?? Allowed();
 
-    /// <summary>The CPUs thread <paramref name="tid"/> may run on, or null when the kernel does not say (it exited).</summary>
-    public static int[]? Of(int tid)
+    /// <summary>The CPUs thread <paramref name="tid"/> (0: the calling one) may run on, or null when the kernel does not say.</summary>
+    private static int[]? Of(int tid)
     {
         ulong* mask = stackalloc ulong[MaskWords];
         if (SchedGetAffinity(tid, (nuint)(MaskWords * sizeof(ulong)), mask) != 0)
@@ -65,17 +58,14 @@ internal static unsafe partial class ThreadAffinity
     public static int PinCurrentThread(int cpu) => SetCurrentThread([cpu]);
 
     /// <summary>Lets the calling thread run on <paramref name="cpus"/> (each below 1024); 0 or the errno.</summary>
-    public static int SetCurrentThread(IReadOnlyList<int> cpus) => Set(0, cpus);
-
-    /// <summary>Lets thread <paramref name="tid"/> (0: the calling one) run on <paramref name="cpus"/>; 0 or the errno.</summary>
-    public static int Set(int tid, IReadOnlyList<int> cpus)
+    public static int SetCurrentThread(IReadOnlyList<int> cpus)
     {
         ulong* mask = stackalloc ulong[MaskWords];
         new Span<ulong>(mask, MaskWords).Clear();
         foreach (int cpu in cpus)
             if (cpu is >= 0 and < MaskWords * 64)
                 mask[cpu / 64] |= 1UL << (cpu % 64);
-        return SchedSetAffinity(tid, (nuint)(MaskWords * sizeof(ulong)), mask) == 0 ? 0 : Marshal.GetLastPInvokeError();
+        return SchedSetAffinity(0, (nuint)(MaskWords * sizeof(ulong)), mask) == 0 ? 0 : Marshal.GetLastPInvokeError();
     }
 
     /// <summary>The CPUs of a hexadecimal mask such as "0x6" (1 and 2).</summary>
