@@ -198,7 +198,7 @@ public sealed partial class Image
     }
 
     /// <summary>Whether a chunk of this image is mapped now (a migration's copy skips holes).</summary>
-    internal bool IsChunkMapped(long index) => _pool.ChunkIo.Lookup(Meta, index) != null;
+    internal bool IsChunkMapped(long index) => _pool.ChunkIo.IsMapped(Meta, index);
 
     /// <summary>
     /// Whether any chunk holding bytes of [offset, offset + length) is mapped now. A migration's copy
@@ -212,7 +212,7 @@ public sealed partial class Image
         var meta = Meta;
         int cs = meta.ChunkSize;
         for (long i = offset / cs; i <= (offset + length - 1) / cs; i++)
-            if (_pool.ChunkIo.Lookup(meta, i) != null)
+            if (_pool.ChunkIo.IsMapped(meta, i))
                 return true;
         return false;
     }
@@ -581,7 +581,7 @@ public sealed partial class Image
         long index = from / cs;
         if (locked)
         {
-            if (_pool.ChunkIo.Lookup(Meta, index) != null)
+            if (_pool.ChunkIo.IsMapped(Meta, index))
                 await _pool.ChunkIo.WriteAsync(meta, index, (int)(from % cs), new byte[to - from]).ConfigureAwait(false);
             return;
         }
@@ -589,7 +589,7 @@ public sealed partial class Image
         {
             if (_pool.MigrationOf(Id) != null)
                 throw new MigrationStartedException();
-            if (_pool.ChunkIo.Lookup(Meta, index) != null)
+            if (_pool.ChunkIo.IsMapped(Meta, index))
                 await _pool.ChunkIo.WriteAsync(meta, index, (int)(from % cs), new byte[to - from]).ConfigureAwait(false);
         }
     }
@@ -686,7 +686,7 @@ public sealed partial class Image
                 {
                     long last = oldSize / cs;
                     int within = (int)(oldSize % cs);
-                    if (_pool.ChunkIo.Lookup(meta, last) != null)
+                    if (_pool.ChunkIo.IsMapped(meta, last))
                         await _pool.ChunkIo.WriteAsync(meta, last, within, new byte[cs - within]).ConfigureAwait(false);
                 }
                 List<ChunkMap> dropped;

@@ -74,6 +74,13 @@ public sealed class PoolState
             return image.Chunks.TryGetValue(index, out var m) ? m : null;
     }
 
+    /// <summary>Whether the chunk is mapped now; hands out no map, so none is kept from reuse (ChunkTable).</summary>
+    internal bool IsMapped(ImageMeta image, long index)
+    {
+        lock (Sync)
+            return image.Chunks.ContainsKey(index);
+    }
+
     /// <summary>
     /// As <see cref="ChunkAt"/>, for the data path: the caller holds the chunk's lock and drops the reference
     /// before it releases it, so a write that supersedes the map later may reuse it (ChunkTable).

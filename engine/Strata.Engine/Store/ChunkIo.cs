@@ -11,6 +11,9 @@ internal sealed class ChunkIo(Pool pool)
 {
     public ChunkMap? Lookup(ImageMeta meta, long index) => pool.Meta.ChunkAt(meta, index);
 
+    /// <summary>Whether the chunk is mapped (an existence check: no map is handed out, none is kept from reuse).</summary>
+    public bool IsMapped(ImageMeta meta, long index) => pool.Meta.IsMapped(meta, index);
+
     /// <summary>
     /// Reads a whole chunk into buffer and verifies it against the chunk map (its CRC32C, or its block
     /// table and every block). With no good copy this throws; wrong bytes never leave. A
