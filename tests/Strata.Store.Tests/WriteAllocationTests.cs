@@ -36,7 +36,7 @@ public sealed class WriteAllocationTests
     /// and flush are returned to other threads' caches than the ones that rent them, and some are made
     /// anew. Measured 15-34 B with the poller left to the scheduler (33-56 B with maps reused, before rounds
     /// were; 111-171 B before either), 49-57 B least of five in three of seven runs once the poller is kept
-    /// off the disk's interrupt CPU (DeviceOptions.AvoidInterruptCpus, on by default): its completions then
+    /// off the disk's interrupt CPU (InterruptPlacement.Avoid, the default in session 18): its completions then
     /// return boxes to one CPU's cache. 80 still fails a write that makes a map again (+88 B).
     /// </summary>
     private const double MaxBytesPerFileWrite = 80;

@@ -49,11 +49,11 @@ internal sealed unsafe class DevicePoller : IDisposable
     /// </param>
     /// <param name="thread">The polling thread; with <paramref name="ownsThread"/> it stops when this queue pair is disposed.</param>
     /// <param name="slowBytes">Reads and writes of at least this many bytes are slow commands, as flushes are (DeviceOptions.SlowTransferBytes).</param>
-    /// <param name="avoidCpus">CPUs taking the device's completion interrupts, which the thread stays off when it can (IrqPlacement).</param>
+    /// <param name="placement">CPUs taking the device's completion interrupts, which the thread joins or stays off when it can (IrqPlacement).</param>
     public DevicePoller(SioQueuePairHandle qp, int depth, int completionBatch, bool completionDetail, PollerThread thread, bool ownsThread,
-        long slowBytes = long.MaxValue, int[]? avoidCpus = null)
+        long slowBytes = long.MaxValue, PollerPlacementRequest? placement = null)
     {
-        AvoidCpus = avoidCpus ?? [];
+        PlacementRequest = placement ?? PollerPlacementRequest.None;
         _slowBytes = slowBytes;
         _qp = qp;
         _depth = depth;
@@ -81,11 +81,14 @@ internal sealed unsafe class DevicePoller : IDisposable
         }
     }
 
-    /// <summary>CPUs taking this device's completion interrupts (empty: none to avoid).</summary>
-    public int[] AvoidCpus { get; }
+    /// <summary>CPUs taking this device's completion interrupts and whether the thread joins or avoids them (no CPUs: nothing to do).</summary>
+    public PollerPlacementRequest PlacementRequest { get; }
 
-    /// <summary>The CPUs its thread runs on after placing itself off interrupt CPUs (null: not placed).</summary>
+    /// <summary>The CPUs its thread runs on after placing itself by interrupt CPUs (null: not placed).</summary>
     internal int[]? Placement => _thread.Placed;
+
+    /// <summary>Moves of its thread between interrupt CPUs and the others (<see cref="PollerThread.PlacementMoves"/>).</summary>
+    internal long PlacementMoves => _thread.PlacementMoves;
 
     /// <summary>True on the polling thread (inside an inline continuation).</summary>
     public bool IsCurrentThread => _thread.IsCurrentThread;
@@ -284,6 +287,15 @@ internal sealed class PollerThread
     private readonly ulong _waitSliceMicros;
     private readonly int? _cpu;
     private volatile DevicePoller[] _rings = [];
+    /// <summary>
+    /// Loop turns that did work (a submission or a completion) over which the thread judges whether it
+    /// serves commands one or two at a time or deeper, for placement: 0.1-0.3 s at the rates measured.
+    /// </summary>
+    internal const int PlacementWindow = 4096;
+
+    private volatile int[] _join = [];
+    private bool _deep;
+    private long _placementMoves;
     private volatile int[] _avoid = [];
     private volatile int _placementVersion;
     private int[]? _placed;
@@ -314,12 +326,15 @@ internal sealed class PollerThread
     /// <summary>Queue pairs served now.</summary>
     public int Attached => _rings.Length;
 
+    /// <summary>Moves between a joining device's interrupt CPUs and the others as the depth served changed (tests and diagnostics).</summary>
+    internal long PlacementMoves => Volatile.Read(ref _placementMoves);
+
     /// <summary>Waits in the kernel for a completion while commands were in flight (tests and diagnostics).</summary>
     internal long KernelWaits => Volatile.Read(ref _kernelWaits);
 
     /// <summary>
     /// The CPUs the thread may run on, as the kernel reported them after the thread last placed itself
-    /// off its devices' interrupt CPUs (null: it has not placed itself, or runs on its configured CPU).
+    /// by its devices' interrupt CPUs (null: it has not placed itself, or runs on its configured CPU).
     /// </summary>
     internal int[]? Placed => Volatile.Read(ref _placed);
 
@@ -330,7 +345,7 @@ internal sealed class PollerThread
             if (_stopping)
                 throw new ObjectDisposedException(_thread.Name, "the polling thread was stopped");
             _rings = [.. _rings, ring];
-            UpdateAvoid();
+            UpdatePlacement();
         }
         Wake(force: true);
     }
@@ -340,34 +355,45 @@ internal sealed class PollerThread
         lock (_attachLock)
         {
             _rings = Array.FindAll(_rings, r => r != ring);
-            UpdateAvoid();
+            UpdatePlacement();
         }
     }
 
-    /// <summary>Under the attach lock: the union of the attached devices' interrupt CPUs, applied by the thread when it changed.</summary>
-    private void UpdateAvoid()
+    /// <summary>
+    /// Under the attach lock: the unions of the attached devices' interrupt CPUs to join and to avoid,
+    /// applied by the thread when they changed.
+    /// </summary>
+    private void UpdatePlacement()
     {
         if (_cpu != null)
             return;
-        int[] avoid = [.. _rings.SelectMany(r => r.AvoidCpus).Distinct().Order()];
-        if (avoid.AsSpan().SequenceEqual(_avoid))
+        int[] join = [.. _rings.Where(r => r.PlacementRequest.Join).SelectMany(r => r.PlacementRequest.Cpus).Distinct().Order()];
+        int[] avoid = [.. _rings.Where(r => !r.PlacementRequest.Join).SelectMany(r => r.PlacementRequest.Cpus).Distinct().Order()];
+        if (join.AsSpan().SequenceEqual(_join) && avoid.AsSpan().SequenceEqual(_avoid))
             return;
+        _join = join;
         _avoid = avoid;
         _placementVersion++;
     }
 
     /// <summary>
-    /// On the thread: run on the CPUs the process may use minus those taking the attached devices'
-    /// completion interrupts, or on all of them when that leaves none (a one-CPU process).
+    /// On the thread: run on the CPUs the process may use that take a joining device's completion
+    /// interrupts while commands go one or two at a time, else (no device joins, or <paramref name="deep"/>:
+    /// more than <see cref="SpinDepth"/> small commands in flight) off every device's interrupt CPUs;
+    /// on all of them when that leaves none (the process may not run there, or a one-CPU process).
+    /// Nothing to join or avoid puts the thread back on all of them (the scheduler's choice).
     /// </summary>
-    private void ApplyPlacement(int[] allowed)
+    private void ApplyPlacement(int[] allowed, bool deep)
     {
+        var join = _join;
         var avoid = _avoid;
-        int[] target = [.. allowed.Where(c => Array.IndexOf(avoid, c) < 0)];
+        int[] target = join.Length > 0 && !deep
+            ? [.. allowed.Where(c => Array.IndexOf(join, c) >= 0)]
+            : [.. allowed.Where(c => Array.IndexOf(avoid, c) < 0 && Array.IndexOf(join, c) < 0)];
         if (target.Length == 0)
             target = allowed;
         if (ThreadAffinity.SetCurrentThread(target) == 0)
-            Volatile.Write(ref _placed, avoid.Length == 0 ? null : ThreadAffinity.CurrentThread());
+            Volatile.Write(ref _placed, join.Length == 0 && avoid.Length == 0 ? null : ThreadAffinity.CurrentThread());
     }
 
     public void Wake(bool force = false)
@@ -393,6 +419,8 @@ internal sealed class PollerThread
             ThreadAffinity.PinCurrentThread(cpu); // the CPU was checked against the process's set
         int[] allowed = _cpu == null ? ThreadAffinity.Allowed() : [];
         int placed = 0;
+        int window = 0, windowDeep = 0;
+        bool lastDeep = false;
         int idle = 0;
         int nextWait = 0;
         long lastCheck = 0;
@@ -403,7 +431,7 @@ internal sealed class PollerThread
             if (_placementVersion != placed)
             {
                 placed = _placementVersion;
-                ApplyPlacement(allowed);
+                ApplyPlacement(allowed, _deep);
             }
             var rings = _rings;
             bool worked = false;
@@ -433,6 +461,21 @@ internal sealed class PollerThread
             if (worked)
             {
                 idle = 0;
+                if (_join.Length > 0 && ++window == PlacementWindow)
+                {
+                    // Two windows in a row on the other side of SpinDepth move the thread (docs/device.md, "Poller placement").
+                    bool deep = windowDeep * 2 > window;
+                    if (deep == lastDeep && deep != _deep)
+                    {
+                        _deep = deep;
+                        Volatile.Write(ref _placementMoves, _placementMoves + 1);
+                        ApplyPlacement(allowed, deep);
+                    }
+                    lastDeep = deep;
+                    window = windowDeep = 0;
+                }
+                else if (fast > SpinDepth)
+                    windowDeep++;
                 if (_busyPollTicks != long.MaxValue)
                     progress = System.Diagnostics.Stopwatch.GetTimestamp();
                 continue;
@@ -608,4 +651,23 @@ internal static class CpuContention
             running = running * 10 + (line[i] - '0');
         return i > start && i < line.Length && line[i] == (byte)'/' ? running : -1;
     }
+}
+
+/// <summary>Where a file device's polling thread runs relative to the CPUs taking its disk's completion interrupts (docs/device.md, "Poller placement").</summary>
+public enum InterruptPlacement
+{
+    /// <summary>On those CPUs: completions are posted as the interrupt returns to the spinning poller (the default).</summary>
+    Join,
+
+    /// <summary>Off those CPUs, when the process has another.</summary>
+    Avoid,
+
+    /// <summary>Wherever the scheduler puts it.</summary>
+    Ignore,
+}
+
+/// <summary>A device's interrupt CPUs and whether its polling thread joins (true) or avoids (false) them.</summary>
+internal sealed record PollerPlacementRequest(int[] Cpus, bool Join)
+{
+    public static readonly PollerPlacementRequest None = new([], false);
 }

@@ -4,13 +4,15 @@ namespace Strata.Engine.Device;
 
 /// <summary>
 /// Which CPUs take the completion interrupt of the block device under a file, so that a polling
-/// thread can stay off them. On a single-queue device (virtio-blk with one request queue, as on
-/// the development VM) every completion interrupts one CPU, wherever the I/O was submitted. A
-/// poller spinning on that CPU is preempted by each interrupt and its softirq, and io_uring's
-/// completion work queued there waits for it: measured at QD 1, 60-64 us per 4 KiB read with the
-/// poller on the interrupt's CPU against 44-50 us on the other (fio: 40-45 us). A multi-queue
-/// device (NVMe, virtio with a queue per CPU) interrupts the submitting CPU's own queue, so there
-/// is nothing to avoid and the answer is empty. docs/device.md, "Poller placement".
+/// thread can run on them (the default) or stay off them. On a single-queue device (virtio-blk with
+/// one request queue, as on the development VM) every completion interrupts one CPU, wherever the
+/// I/O was submitted. io_uring posts a read's or write's completion through task work of the
+/// submitting thread; a poller spinning on the interrupt's CPU runs it as the interrupt returns
+/// (one io_uring_enter per 4 KiB read at QD 1, counted), while a poller elsewhere sees
+/// IORING_SQ_TASKRUN and must enter the kernel again (two), after a wake-up of the interrupt's CPU
+/// if it was idle. A multi-queue device (NVMe, virtio with a queue per CPU) interrupts the
+/// submitting CPU's own queue, so there is nothing to place and the answer is empty.
+/// docs/device.md, "Poller placement".
 /// </summary>
 /// <remarks>
 /// Read from /proc and /sys: the file's mount (its device number in /proc/self/mountinfo), the

@@ -71,11 +71,13 @@ public sealed record DeviceOptions
     public IReadOnlyList<int>? PollerCpus { get; init; }
 
     /// <summary>
-    /// Without <see cref="PollerCpus"/>: keep a file device's polling thread off the CPUs that take the
-    /// completion interrupts of the single-queue block device under the file (IrqPlacement), when
-    /// another CPU is left. docs/device.md, "Poller placement".
+    /// Without <see cref="PollerCpus"/>: where a file device's polling thread runs relative to the CPUs
+    /// that take the completion interrupts of the single-queue block device under the file
+    /// (IrqPlacement). The default runs it on them: io_uring's completion work then runs as the
+    /// interrupt returns to the spinning poller, with no system call and no wake-up of another CPU.
+    /// docs/device.md, "Poller placement".
     /// </summary>
-    public bool AvoidInterruptCpus { get; init; } = true;
+    public InterruptPlacement InterruptPlacement { get; init; } = InterruptPlacement.Join;
 
     /// <summary>
     /// Polling threads shared with other devices (null: this device gets <see cref="Pollers"/> threads of
@@ -134,10 +136,12 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         _cachedWriteLimit = options.CachedIoLimit > 0 ? Math.Max(options.CachedIoLimit, options.CachedWriteLimit) : 0;
         _ops = new IoOperationPool(depth * Math.Max(1, options.Pollers) * 2, options.InlineCompletions);
         _pollers = new DevicePoller[Math.Max(1, options.Pollers)];
-        int[]? avoid = options.AvoidInterruptCpus && options.PollerCpus is null && geometry.Kind == DeviceKind.Uring && FilePathOf(uri) is { } file
+        int[]? irq = options.InterruptPlacement != InterruptPlacement.Ignore && options.PollerCpus is null && geometry.Kind == DeviceKind.Uring
+            && FilePathOf(uri) is { } file
             ? IrqPlacement.CompletionCpus(file)
             : null;
-        InterruptCpus = avoid ?? [];
+        InterruptCpus = irq ?? [];
+        var placement = new PollerPlacementRequest(irq ?? [], options.InterruptPlacement == InterruptPlacement.Join);
         try
         {
             for (int i = 0; i < _pollers.Length; i++)
@@ -154,7 +158,7 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
                 {
                     try
                     {
-                        _pollers[i] = new DevicePoller(qp, depth, completionBatch, detail, group.Next(), ownsThread: false, SlowBytes(options), avoid);
+                        _pollers[i] = new DevicePoller(qp, depth, completionBatch, detail, group.Next(), ownsThread: false, SlowBytes(options), placement);
                     }
                     catch
                     {
@@ -168,7 +172,7 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
                     var thread = new PollerThread($"strata-poll-{i}", options.IdleSpinIterations, options.BusyPollMicros, options.WaitSliceMicros, cpu);
                     try
                     {
-                        _pollers[i] = new DevicePoller(qp, depth, completionBatch, detail, thread, ownsThread: true, SlowBytes(options), avoid);
+                        _pollers[i] = new DevicePoller(qp, depth, completionBatch, detail, thread, ownsThread: true, SlowBytes(options), placement);
                     }
                     catch
                     {
@@ -188,11 +192,14 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
         }
     }
 
-    /// <summary>CPUs taking the completion interrupts of the device under this file, which its pollers stay off (empty: none known).</summary>
+    /// <summary>CPUs taking the completion interrupts of the device under this file, which its pollers join or stay off (empty: none known, or ignored).</summary>
     public IReadOnlyList<int> InterruptCpus { get; }
 
-    /// <summary>The CPUs the first polling thread may run on after placing itself off <see cref="InterruptCpus"/> (null: not placed).</summary>
+    /// <summary>The CPUs the first polling thread may run on after placing itself by <see cref="InterruptCpus"/> (null: not placed).</summary>
     internal int[]? PollerPlacement => _pollers[0].Placement;
+
+    /// <summary>How often the first polling thread moved between the interrupt CPUs and the others as the depth it served changed.</summary>
+    internal long PollerPlacementMoves => _pollers[0].PlacementMoves;
 
     /// <summary>The file a file: URI names (the text between "file:" and its options), or null for another scheme.</summary>
     public static string? FilePathOf(string uri)

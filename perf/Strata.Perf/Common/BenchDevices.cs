@@ -15,9 +15,12 @@ internal sealed class BenchDevices : IDisposable
     /// <param name="pollers">Queue pairs per device.</param>
     /// <param name="busyPollMicros">The polling threads' busy-poll window, or null for DeviceOptions' default.</param>
     /// <param name="completionBatch">Completions reaped per poll, or null for DeviceOptions' default.</param>
-    public BenchDevices(IEnumerable<string> uris, int pollers, int pollerThreads, int? busyPollMicros, int? completionBatch = null)
+    /// <param name="placement">Where the polling threads run relative to the disk's interrupt CPUs (--irq-cpus).</param>
+    public BenchDevices(IEnumerable<string> uris, int pollers, int pollerThreads, int? busyPollMicros, int? completionBatch = null,
+        InterruptPlacement placement = InterruptPlacement.Join)
     {
         var thread = busyPollMicros is int us ? new DeviceOptions { BusyPollMicros = us } : new DeviceOptions();
+        thread = thread with { InterruptPlacement = placement };
         if (completionBatch is int batch)
             thread = thread with { CompletionBatch = batch };
         Group = pollerThreads > 0 ? new PollerGroup(pollerThreads, thread, "bench-poll") : null;

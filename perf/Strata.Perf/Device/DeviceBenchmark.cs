@@ -30,8 +30,8 @@ public static class DeviceBenchmark
           --poller-cpus L  CPUs for Strata's pollers, comma separated (default: the scheduler's choice;
                            with --uri the cores of --spdk-env's core_mask, where spdk_nvme_perf runs too)
           --sqpoll         kernel submission polling for both engines (Strata sqpoll=1, fio --sqthread_poll=1)
-          --ignore-irq-cpus  let Strata's poller run on the CPU taking the disk's completion interrupts
-                           (default: it stays off it when another CPU is left; DeviceOptions.AvoidInterruptCpus)
+          --irq-cpus MODE  where Strata's poller runs relative to the CPUs taking the disk's completion
+                           interrupts: join (default), avoid, ignore (DeviceOptions.InterruptPlacement)
           --engines LIST   strata,fio (default both; strata,spdk-perf with --uri)
           --fio-args ARGS  extra fio arguments, space separated (e.g. "--iodepth_batch_complete_max=32")
           --wait-idle SEC  before each run, wait up to SEC for the machine to be idle (<25% of a CPU busy)
@@ -104,6 +104,15 @@ public static class DeviceBenchmark
         return 0;
     }
 
+    /// <summary>--irq-cpus join|avoid|ignore (default join).</summary>
+    internal static InterruptPlacement ParsePlacement(string? value) => value switch
+    {
+        null or "join" => InterruptPlacement.Join,
+        "avoid" => InterruptPlacement.Avoid,
+        "ignore" => InterruptPlacement.Ignore,
+        _ => throw new PerfUsageException($"--irq-cpus: '{value}' is not join, avoid or ignore"),
+    };
+
     internal static async Task WaitIdleAsync(DeviceBenchOptions o)
     {
         if (o.WaitIdle > TimeSpan.Zero)
@@ -124,10 +133,10 @@ public static class DeviceBenchmark
             deviceOptions = deviceOptions with { BusyPollMicros = busy };
         if (o.PollerCpus is not null)
             deviceOptions = deviceOptions with { PollerCpus = o.PollerCpus };
-        deviceOptions = deviceOptions with { AvoidInterruptCpus = !o.IgnoreInterruptCpus };
+        deviceOptions = deviceOptions with { InterruptPlacement = o.InterruptPlacement };
         using var device = NativeBlockDevice.Open(uri, deviceOptions);
         var load = new QueueDepthLoad(row, o.Size, device.Buffers.Rent, (offset, m) => device.ReadAsync(offset, m), (offset, m) => device.WriteAsync(offset, m));
-        string config = $"{uri} pollers={deviceOptions.Pollers} spin={deviceOptions.IdleSpinIterations} busy-poll-us={deviceOptions.BusyPollMicros} registered-arena={device.RegisteredArena} irq-cpus={string.Join(",", device.InterruptCpus)}{(deviceOptions.AvoidInterruptCpus ? " (avoided)" : " (ignored)")}";
+        string config = $"{uri} pollers={deviceOptions.Pollers} spin={deviceOptions.IdleSpinIterations} busy-poll-us={deviceOptions.BusyPollMicros} registered-arena={device.RegisteredArena} irq-cpus={string.Join(",", device.InterruptCpus)} ({deviceOptions.InterruptPlacement.ToString().ToLowerInvariant()})";
         return await load.RunAsync(TimeSpan.FromSeconds(1), o.Runtime, config);
     }
 
@@ -282,8 +291,8 @@ internal sealed class DeviceBenchOptions
     public int? CompletionBatch { get; init; }
     public int? BusyPollMicros { get; init; }
     public int[]? PollerCpus { get; init; }
-    /// <summary>--ignore-irq-cpus: leave the poller to the scheduler even on the device's interrupt CPU (A/B).</summary>
-    public bool IgnoreInterruptCpus { get; init; }
+    /// <summary>--irq-cpus: the poller joins, avoids or ignores the device's interrupt CPUs (A/B).</summary>
+    public InterruptPlacement InterruptPlacement { get; init; } = InterruptPlacement.Join;
     public required bool SqPoll { get; init; }
     public required bool RunStrata { get; init; }
     public required bool RunFio { get; init; }
@@ -343,7 +352,7 @@ internal sealed class DeviceBenchOptions
                     .Select(c => int.TryParse(c, out int v) && v >= 0 ? v : throw new PerfUsageException($"--poller-cpus: '{c}' is not a CPU number")).ToArray()
                 : nvme?.CoreMaskCpus,
             SqPoll = cl.Flag("sqpoll"),
-            IgnoreInterruptCpus = cl.Flag("ignore-irq-cpus"),
+            InterruptPlacement = DeviceBenchmark.ParsePlacement(cl.String("irq-cpus")),
             RunStrata = engineSet.Contains("strata"),
             RunFio = engineSet.Contains(reference),
             FioExtra = (cl.String("fio-args") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries),

@@ -34,6 +34,7 @@ public static class StoreBenchmark
                              (default 1; 0 = a thread of its own per queue pair)
           --busy-poll-us N   a poller's busy-poll window without completions before it waits in the kernel
                              (default DeviceOptions.BusyPollMicros = 0: adaptive; negative: busy-poll while reads or writes are in flight)
+          --irq-cpus MODE    the pollers join (default), avoid or ignore the disk's interrupt CPUs
           --batch N          completions reaped per poll (DeviceOptions.CompletionBatch; default 32)
           --engines LIST     strata,fio (default both)
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
@@ -152,7 +153,7 @@ public static class StoreBenchmark
 
     /// <summary>The target devices, on a shared poller group of --poller-threads threads (the engine's default) unless that is 0.</summary>
     private static BenchDevices OpenDevices(StoreBenchOptions o) =>
-        new(Enumerable.Range(0, o.Targets).Select(i => $"file:{o.TargetPath(i)}?direct=1&qd=128"), o.Pollers, o.PollerThreads, o.BusyPollMicros, o.CompletionBatch);
+        new(Enumerable.Range(0, o.Targets).Select(i => $"file:{o.TargetPath(i)}?direct=1&qd=128"), o.Pollers, o.PollerThreads, o.BusyPollMicros, o.CompletionBatch, o.InterruptPlacement);
 
     /// <summary>Formats the targets, creates pool, container and image, fills the image, then runs every row.</summary>
     private static async Task<ChunkRun> RunStrataAsync(StoreBenchOptions o, int chunkSize)
@@ -330,6 +331,9 @@ internal sealed class StoreBenchOptions
     public required int Pollers { get; init; }
     public required int PollerThreads { get; init; }
     public int? BusyPollMicros { get; init; }
+
+    /// <summary>--irq-cpus: the pollers join (default), avoid or ignore the disk's interrupt CPUs.</summary>
+    public InterruptPlacement InterruptPlacement { get; init; } = InterruptPlacement.Join;
     public int? CompletionBatch { get; init; }
     public required bool RunStrata { get; init; }
     public required bool RunFio { get; init; }
@@ -385,6 +389,7 @@ internal sealed class StoreBenchOptions
             Pollers = pollers,
             PollerThreads = cl.Int("poller-threads", 1),
             BusyPollMicros = cl.Has("busy-poll-us") ? cl.SignedInt("busy-poll-us", 0) : null,
+            InterruptPlacement = Device.DeviceBenchmark.ParsePlacement(cl.String("irq-cpus")),
             CompletionBatch = batch,
             RunStrata = engines.Contains("strata"),
             RunFio = engines.Contains("fio"),

@@ -119,12 +119,12 @@ public sealed class IrqPlacementTests
         CollectionAssert.AreEqual(expected, IrqPlacement.ParseCpuList(text));
 
     /// <summary>
-    /// This machine's disk: a file device's poller runs off the CPUs taking the disk's completion
-    /// interrupts (read back from the kernel on the polling thread), and stays where the scheduler
-    /// puts it when told to ignore them.
+    /// This machine's disk: by default a file device's poller runs on the CPUs taking the disk's
+    /// completion interrupts, with Avoid off them, and with Ignore where the scheduler puts it (each
+    /// read back from the kernel on the polling thread).
     /// </summary>
     [TestMethod]
-    public async Task FileDevice_PollerRunsOffTheInterruptCpu()
+    public async Task FileDevice_PollerJoinsOrAvoidsTheInterruptCpus()
     {
         using var devices = new TestDevices();
         TestDevices.EnsureShim();
@@ -132,32 +132,96 @@ public sealed class IrqPlacementTests
         string uri = $"file:{path}?create=1&size=4M&direct=1"; // direct: the read goes through the poller, not the page-cache path
         var interrupts = IrqPlacement.CompletionCpus(path);
         var allowed = ThreadAffinity.Allowed();
-        if (interrupts.Length == 0 || allowed.All(c => interrupts.Contains(c)))
-            Assert.Inconclusive($"this machine's disk under {path} has no single completion CPU to avoid (interrupt CPUs: {string.Join(",", interrupts)}; allowed: {string.Join(",", allowed)})");
+        if (interrupts.Length == 0 || allowed.All(c => interrupts.Contains(c)) || !allowed.Any(c => interrupts.Contains(c)))
+            Assert.Inconclusive($"this machine's disk under {path} has no single completion CPU to join or avoid (interrupt CPUs: {string.Join(",", interrupts)}; allowed: {string.Join(",", allowed)})");
 
-        using (var dev = NativeBlockDevice.Open(uri, new DeviceOptions { AvoidInterruptCpus = true }))
+        Assert.AreEqual(InterruptPlacement.Join, new DeviceOptions().InterruptPlacement, "joining is the default");
+        foreach (var mode in new[] { InterruptPlacement.Join, InterruptPlacement.Avoid })
         {
+            using var dev = NativeBlockDevice.Open(uri, new DeviceOptions { InterruptPlacement = mode });
             CollectionAssert.AreEqual(interrupts, dev.InterruptCpus.ToArray());
             using var buf = dev.Buffers.Rent(4096);
             // The loop applies a placement before it submits anything queued after the device attached,
             // so once this read completed the thread has placed itself.
             await dev.ReadAsync(0, buf.Memory[..4096]);
             var placed = dev.PollerPlacement;
-            Assert.IsNotNull(placed, "the poller placed itself");
+            Assert.IsNotNull(placed, $"the poller placed itself ({mode})");
             Assert.IsTrue(placed.Length > 0);
             foreach (int cpu in placed)
             {
-                Assert.IsFalse(interrupts.Contains(cpu), $"poller may run on interrupt CPU {cpu}: {string.Join(",", placed)}");
                 Assert.IsTrue(allowed.Contains(cpu));
+                if (mode == InterruptPlacement.Join)
+                    Assert.IsTrue(interrupts.Contains(cpu), $"joining poller may run on CPU {cpu}, which takes no completion interrupt: {string.Join(",", placed)}");
+                else
+                    Assert.IsFalse(interrupts.Contains(cpu), $"avoiding poller may run on interrupt CPU {cpu}: {string.Join(",", placed)}");
             }
         }
 
-        using (var dev = NativeBlockDevice.Open(uri, new DeviceOptions { AvoidInterruptCpus = false }))
+        using (var dev = NativeBlockDevice.Open(uri, new DeviceOptions { InterruptPlacement = InterruptPlacement.Ignore }))
         {
             using var buf = dev.Buffers.Rent(4096);
             await dev.ReadAsync(0, buf.Memory[..4096]);
             Assert.AreEqual(0, dev.InterruptCpus.Count);
             Assert.IsNull(dev.PollerPlacement, "left to the scheduler");
+        }
+    }
+
+    /// <summary>
+    /// A joining poller serves lone commands on the interrupt CPUs and moves off them while it serves
+    /// many at once (QD 32 reads), and back when the load goes back to one at a time; counted in loop
+    /// turns, not time, so the bounds below are generous counts of reads.
+    /// </summary>
+    [TestMethod]
+    public async Task JoiningPoller_DeepThenLoneReads_MovesOffTheInterruptCpusAndBack()
+    {
+        using var devices = new TestDevices();
+        TestDevices.EnsureShim();
+        string path = devices.Path("irqdepth");
+        string uri = $"file:{path}?create=1&size=4M&direct=1";
+        var interrupts = IrqPlacement.CompletionCpus(path);
+        var allowed = ThreadAffinity.Allowed();
+        if (interrupts.Length == 0 || allowed.All(c => interrupts.Contains(c)) || !allowed.Any(c => interrupts.Contains(c)))
+            Assert.Inconclusive($"this machine's disk under {path} has no single completion CPU to join (interrupt CPUs: {string.Join(",", interrupts)}; allowed: {string.Join(",", allowed)})");
+
+        using var dev = NativeBlockDevice.Open(uri, new DeviceOptions { InterruptPlacement = InterruptPlacement.Join });
+        var buffers = Enumerable.Range(0, 32).Select(_ => dev.Buffers.Rent(4096)).ToArray();
+        try
+        {
+            // Written first: reads of a sparse file's holes complete inside the submission, with no interrupt.
+            using (var fill = dev.Buffers.Rent(1 << 20))
+            {
+                fill.Memory.Span[..(1 << 20)].Fill(0x5a);
+                for (long off = 0; off < 4L << 20; off += 1 << 20)
+                    await dev.WriteAsync(off, fill.Memory[..(1 << 20)]);
+                await dev.FlushAsync();
+            }
+            await dev.ReadAsync(0, buffers[0].Memory[..4096]);
+            Assert.IsTrue(dev.PollerPlacement!.All(interrupts.Contains), "lone reads: on the interrupt CPUs");
+
+            // 32 reads in flight (each worker issues its next read when its last one completes).
+            long reads = 0;
+            const long MaxDeepReads = 2_000_000;
+            await Task.WhenAll(buffers.Select((b, i) => Task.Run(async () =>
+            {
+                long off = i * 4096L;
+                while (dev.PollerPlacementMoves == 0 && Interlocked.Increment(ref reads) < MaxDeepReads)
+                {
+                    await dev.ReadAsync(off, b.Memory[..4096]);
+                    off = (off + 32 * 4096L) % (4L << 20);
+                }
+            })));
+            Assert.AreEqual(1, dev.PollerPlacementMoves, $"moved off after {reads} reads at QD 32");
+            Assert.IsFalse(dev.PollerPlacement!.Any(interrupts.Contains), $"deep: off the interrupt CPUs ({string.Join(",", dev.PollerPlacement!)})");
+
+            for (long i = 0; i < 1_000_000 && dev.PollerPlacementMoves == 1; i++)
+                await dev.ReadAsync(i % 1024 * 4096, buffers[0].Memory[..4096]);
+            Assert.AreEqual(2, dev.PollerPlacementMoves, "moved back under lone reads");
+            Assert.IsTrue(dev.PollerPlacement!.All(interrupts.Contains), $"lone reads again: on the interrupt CPUs ({string.Join(",", dev.PollerPlacement!)})");
+        }
+        finally
+        {
+            foreach (var b in buffers)
+                b.Dispose();
         }
     }
 }
