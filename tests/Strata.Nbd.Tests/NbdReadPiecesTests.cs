@@ -86,14 +86,16 @@ public sealed class NbdReadPiecesTests
     private static Task<RawNbdClient> OpenTcpAsync(InProcessNbd nbd, int receiveBuffer = 0) =>
         RawNbdClient.OpenAsync(() => RawNbdClient.ConnectTcpAsync(((IPEndPoint)nbd.EndPoint).Port, receiveBuffer), InProcessNbd.Export);
 
-    /// <summary>Completes when the store has finished a read of <paramref name="bytes"/> bytes (MeteredImage records it then).</summary>
+    /// <summary>Completes when the store has finished <paramref name="count"/> reads of <paramref name="bytes"/> bytes (MeteredImage records each then).</summary>
     private sealed class StoreReadDone : IDisposable
     {
         private readonly MeterListener _listener = new();
         private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private int _left;
 
-        public StoreReadDone(InProcessNbd nbd, long bytes)
+        public StoreReadDone(InProcessNbd nbd, long bytes, int count = 1)
         {
+            _left = count;
             _listener.InstrumentPublished = (i, l) =>
             {
                 if (i.Meter == nbd.Metrics.Meter && i.Name == "strata.io.bytes")
@@ -102,7 +104,7 @@ public sealed class NbdReadPiecesTests
             _listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
             {
                 foreach (var t in tags)
-                    if (t.Key == "op" && (string?)t.Value == IoOps.Read && value == bytes)
+                    if (t.Key == "op" && (string?)t.Value == IoOps.Read && value == bytes && Interlocked.Decrement(ref _left) == 0)
                         _done.TrySetResult();
             });
             _listener.Start();
@@ -215,6 +217,199 @@ public sealed class NbdReadPiecesTests
         Assert.AreEqual(0, nbd.Server.InFlightBytes);
         Assert.AreEqual(0, nbd.Server.Buffers.Outstanding, "every queued piece's buffer came back, once");
         Assert.IsTrue(await c.IsClosedByServerAsync());
+    }
+
+    private const int Mib = 1 << 20;
+
+    /// <summary>Where the i-th 1 MiB read starts: spread over the image, never chunk-aligned (4 KiB chunks: 257 pieces each).</summary>
+    private static ulong MegabyteAt(int i) => (ulong)((i % 7) * Mib + (i % 3) * 4096 + 512);
+
+    /// <summary>
+    /// The shape of perf's nbd read-1m row on 4 KiB chunks: <paramref name="reads"/> 1 MiB reads in flight
+    /// on a client that reads none of the replies, so they fill its socket and the rest of them waits in
+    /// payload buffers. Returns the image's bytes and the client, after the store finished every read
+    /// (or at once when <paramref name="storeDone"/> is false: pieces are still being handed over).
+    /// </summary>
+    private static async Task<(byte[] Data, RawNbdClient Client)> StalledMegabyteReadsAsync(InProcessNbd nbd, int reads, bool storeDone = true)
+    {
+        var data = new byte[Whole];
+        new Random(26).NextBytes(data);
+        using (var w = await OpenTcpAsync(nbd))
+            await w.WriteAsync(0, data);
+        var c = await OpenTcpAsync(nbd, receiveBuffer: 4096);
+        using var done = new StoreReadDone(nbd, Mib, reads);
+        for (int i = 0; i < reads; i++)
+            await c.SendRequestAsync(CmdRead, MegabyteAt(i), Mib);
+        if (storeDone && reads > 0)
+        {
+            await done.WaitAsync("the store finished every read although its client reads nothing");
+            Assert.IsGreaterThan(0L, nbd.Server.Buffers.Outstanding, "pieces the socket did not take wait in payload buffers");
+        }
+        return (data, c);
+    }
+
+    /// <summary>DMA buffers the targets have rented out (the store's read buffers among them).</summary>
+    private static long DeviceBuffersOut(InProcessNbd nbd) => nbd.Devices.Sum(d => d.Buffers.OutstandingCount);
+
+    /// <summary>
+    /// Every chunk of the image can be written and read back through the store (no chunk lock is left
+    /// held by a read whose pieces were dropped), and the targets' read buffers all came back.
+    /// </summary>
+    private static async Task AssertChunksFreeAsync(InProcessNbd nbd, long deviceBuffersBefore)
+    {
+        await WaitForAsync(() => DeviceBuffersOut(nbd) <= deviceBuffersBefore,
+            () => $"{DeviceBuffersOut(nbd)} DMA buffers out, {deviceBuffersBefore} before the reads");
+        var image = nbd.Pool.OpenImage("c", "img");
+        var after = new byte[Whole];
+        new Random(27).NextBytes(after);
+        var write = image.WriteAsync(0, after).AsTask();
+        Assert.AreSame(write, await Task.WhenAny(write, Task.Delay(TimeSpan.FromSeconds(30))), "a write of the read chunks completes");
+        await write;
+        var back = new byte[Whole];
+        await image.ReadAsync(0, back);
+        CollectionAssert.AreEqual(after, back);
+    }
+
+    /// <summary>
+    /// perf's read-1m row hung at the server's stop: a client with many 1 MiB reads whose pieces wait in
+    /// payload buffers and who reads none of them. The stop cuts it off after the grace and finishes;
+    /// every queued piece's buffer came back once, the payload budget is free, no chunk stays locked.
+    /// </summary>
+    [TestMethod]
+    public async Task Stop_ManyMegabyteReadsQueuedClientNeverReads_DisposeFinishesNothingLeaks()
+    {
+        await using var nbd = await InProcessNbd.StartAsync(new NbdServerOptions { StopGrace = TimeSpan.FromSeconds(1) }, tcp: true);
+        long dmaBefore = DeviceBuffersOut(nbd);
+        var (_, c) = await StalledMegabyteReadsAsync(nbd, 32);
+        using (c)
+        {
+            var dispose = nbd.Server.DisposeAsync().AsTask();
+            Assert.AreSame(dispose, await Task.WhenAny(dispose, Task.Delay(TimeSpan.FromSeconds(30))), "the server stops although its client reads nothing");
+            await dispose;
+            Assert.AreEqual(0, nbd.Server.ConnectionCount);
+            Assert.AreEqual(0, nbd.Server.InFlightBytes, "the reads' payload budget is back");
+            Assert.AreEqual(0, nbd.Server.Buffers.Outstanding, "every queued piece's buffer came back, once");
+            Assert.IsTrue(await c.IsClosedByServerAsync());
+        }
+        await AssertChunksFreeAsync(nbd, dmaBefore);
+    }
+
+    /// <summary>
+    /// The client closes its socket with many 1 MiB reads' pieces queued (after the store finished, or
+    /// while it still hands pieces over): the connection closes, every buffer comes back once, and a new
+    /// connection writes and reads the same chunks.
+    /// </summary>
+    [TestMethod]
+    [DataRow(true)]
+    [DataRow(false)]
+    public async Task Read_ClientClosesWithMegabyteReadsQueued_NothingLeaks_NewConnectionUsesTheChunks(bool storeDone)
+    {
+        await using var nbd = await InProcessNbd.StartAsync(tcp: true);
+        long dmaBefore = DeviceBuffersOut(nbd);
+        var (_, c) = await StalledMegabyteReadsAsync(nbd, 32, storeDone);
+        c.Dispose();
+        await WaitForAsync(() => nbd.Server.ConnectionCount == 0 && nbd.Server.InFlightBytes == 0 && nbd.Server.Buffers.Outstanding == 0,
+            () => $"{nbd.Server.ConnectionCount} connections, {nbd.Server.InFlightBytes} bytes in flight, {nbd.Server.Buffers.Outstanding} buffers out");
+
+        using var next = await OpenTcpAsync(nbd);
+        var after = new byte[Whole];
+        new Random(28).NextBytes(after);
+        await next.WriteAsync(0, after);
+        for (int i = 0; i < 7; i++)
+            CollectionAssert.AreEqual(after.AsSpan((int)MegabyteAt(i), Mib).ToArray(), await next.ReadAsync(MegabyteAt(i), Mib));
+        await AssertChunksFreeAsync(nbd, dmaBefore);
+    }
+
+    /// <summary>
+    /// A client that stops reading while its 1 MiB reads' pieces are queued and then reads on gets every
+    /// reply, round after round: a piece queued while nobody holds the socket is always sent.
+    /// </summary>
+    [TestMethod]
+    public async Task Read_ClientPausesWithMegabyteReadsQueued_EveryReplyArrivesEachRound()
+    {
+        await using var nbd = await InProcessNbd.StartAsync(tcp: true);
+        var (data, c) = await StalledMegabyteReadsAsync(nbd, 0);
+        using (c)
+        {
+            for (int round = 0; round < 4; round++)
+            {
+                var cookies = new Dictionary<ulong, int>();
+                using (var done = new StoreReadDone(nbd, Mib, 16))
+                {
+                    for (int i = 0; i < 16; i++)
+                        cookies[await c.SendRequestAsync(CmdRead, MegabyteAt(round + i), Mib)] = round + i;
+                    await done.WaitAsync($"round {round}: the store finished every read");
+                }
+                await ReadRepliesAsync(c, data, cookies);
+            }
+        }
+        await WaitForAsync(() => nbd.Server.InFlightBytes == 0 && nbd.Server.Buffers.Outstanding == 0,
+            () => $"{nbd.Server.InFlightBytes} bytes in flight, {nbd.Server.Buffers.Outstanding} buffers out after every reply");
+    }
+
+    /// <summary>
+    /// Pieces queued while the send loop holds the socket, woken and not yet reading the reply channel,
+    /// go out with those it woke for; and pieces queued later, when the socket is full and nobody sends,
+    /// wake it again. perf's read-1m row lost that wake-up (the loop took a second one with its own and
+    /// left it counted as posted): the rest of a read stayed queued, its client waited for it forever,
+    /// and the server's stop hung on the read.
+    /// </summary>
+    [TestMethod]
+    public async Task Read_PiecesQueuedAsTheSendLoopWakes_LaterPiecesStillWakeIt()
+    {
+        await using var nbd = await InProcessNbd.StartAsync(tcp: true);
+        var (data, c) = await StalledMegabyteReadsAsync(nbd, 0);
+        using (c)
+        {
+            var held = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var go = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            int armed = 1;
+            nbd.Server.SendLoopHolding = () =>
+            {
+                if (Interlocked.Exchange(ref armed, 0) == 0)
+                    return ValueTask.CompletedTask;
+                held.TrySetResult();
+                return new ValueTask(go.Task);
+            };
+            var cookies = new Dictionary<ulong, int>();
+            using (var done = new StoreReadDone(nbd, Mib, 32))
+            {
+                // 16 MiB fill the socket (the client reads nothing yet): the send loop wakes for the rest.
+                for (int i = 0; i < 16; i++)
+                    cookies[await c.SendRequestAsync(CmdRead, MegabyteAt(i), Mib)] = i;
+                Assert.AreSame(held.Task, await Task.WhenAny(held.Task, Task.Delay(TimeSpan.FromSeconds(30))), "the send loop woke for queued pieces");
+                // Held there with the socket: every piece of 16 more reads is queued behind it.
+                for (int i = 16; i < 32; i++)
+                    cookies[await c.SendRequestAsync(CmdRead, MegabyteAt(i), Mib)] = i;
+                await done.WaitAsync("the store finished every read");
+            }
+            go.SetResult();
+            await ReadRepliesAsync(c, data, cookies);
+
+            // The socket fills again and the rest waits for the send loop, which these pieces must wake.
+            cookies.Clear();
+            using (var done = new StoreReadDone(nbd, Mib, 16))
+            {
+                for (int i = 0; i < 16; i++)
+                    cookies[await c.SendRequestAsync(CmdRead, MegabyteAt(i + 3), Mib)] = i + 3;
+                await done.WaitAsync("the store finished every read");
+            }
+            await ReadRepliesAsync(c, data, cookies);
+        }
+        await WaitForAsync(() => nbd.Server.InFlightBytes == 0 && nbd.Server.Buffers.Outstanding == 0,
+            () => $"{nbd.Server.InFlightBytes} bytes in flight, {nbd.Server.Buffers.Outstanding} buffers out after every reply");
+    }
+
+    /// <summary>Reads a reply for each of <paramref name="cookies"/> (read i of <see cref="MegabyteAt"/>), each with the image's bytes.</summary>
+    private static async Task ReadRepliesAsync(RawNbdClient c, byte[] data, Dictionary<ulong, int> cookies)
+    {
+        for (int k = 0; k < cookies.Count; k++)
+        {
+            var r = await c.ReadReplyAsync();
+            Assert.AreEqual(0u, r.Error, r.Message);
+            int i = cookies[r.Cookie];
+            CollectionAssert.AreEqual(data.AsSpan((int)MegabyteAt(i), Mib).ToArray(), r.Data, $"read {i}");
+        }
     }
 
     private static long Find(GatedMemoryBlockDevice device, byte[] marker)

@@ -510,6 +510,8 @@ internal sealed partial class NbdConnection
             {
                 // Pieces queued from here on post a marker again (SendBatchAsync sends those queued before).
                 Volatile.Write(ref _wakePosted, 0);
+                if (_server.SendLoopHolding is { } hook)
+                    await hook().ConfigureAwait(false);
                 // Replies waiting never outnumber the request slots (markers are not replies).
                 int n = 0;
                 while (n < batch.Length && reader.TryRead(out var r))
