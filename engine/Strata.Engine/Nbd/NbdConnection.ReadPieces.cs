@@ -66,7 +66,7 @@ internal sealed partial class NbdConnection
     /// <summary>Queued in the reply channel to wake the send loop for queued pieces (never a reply; never released).</summary>
     private NbdRequest? _flushMarker;
 
-    /// <summary>1 while a <see cref="_flushMarker"/> is in the channel and the send loop has not taken the send lock since.</summary>
+    /// <summary>1 from the posting of a <see cref="_flushMarker"/> until the send loop, holding the send lock, takes it from the channel.</summary>
     private int _wakePosted;
 
     /// <summary>
@@ -143,9 +143,14 @@ internal sealed partial class NbdConnection
         WakeSendLoop();
     }
 
-    /// <summary>Copies a piece into a payload buffer and queues it; it holds its request until sent or dropped.</summary>
+    /// <summary>
+    /// Copies a piece into a payload buffer and queues it; it holds its request until sent or dropped.
+    /// On a broken connection it is dropped at once (whoever broke it drops what was queued before).
+    /// </summary>
     private void Queue(NbdRequest r, int at, Memory<byte> buffer, int headroom, int hole)
     {
+        if (_broken)
+            return;
         NbdBuffer? copy = null;
         int length = hole;
         if (hole == 0)
@@ -335,6 +340,32 @@ internal sealed partial class NbdConnection
                 Buffers.Return(p.Data);
             Unhold(p.Request);
         }
+    }
+
+    /// <summary>
+    /// The connection broke outside the send lock (<see cref="Abandon"/>): what is queued is dropped
+    /// under the lock, here when it is free. Else its holder is sending (its send fails on the closed
+    /// socket, and it drops the queue) or has just sent: the send loop is woken, even when a wake-up is
+    /// posted already, to take the lock after it and drop what was queued meanwhile. Either way every
+    /// request a piece held is released and the connection drains.
+    /// </summary>
+    private void DropQueuedBroken()
+    {
+        System.Diagnostics.Debug.Assert(_broken);
+        if (_sendLock.Wait(0))
+        {
+            try
+            {
+                DropQueued();
+            }
+            finally
+            {
+                _sendLock.Release();
+            }
+            return;
+        }
+        if (_replies is { } replies && _flushMarker is { } marker)
+            replies.Writer.TryWrite(marker);
     }
 
     /// <summary>A queued piece is done with: the last one releases a request the store has finished with.</summary>

@@ -508,8 +508,6 @@ internal sealed partial class NbdConnection
             await _sendLock.WaitAsync().ConfigureAwait(false);
             try
             {
-                // Pieces queued from here on post a marker again (SendBatchAsync sends those queued before).
-                Volatile.Write(ref _wakePosted, 0);
                 if (_server.SendLoopHolding is { } hook)
                     await hook().ConfigureAwait(false);
                 // Replies waiting never outnumber the request slots (markers are not replies).
@@ -517,7 +515,15 @@ internal sealed partial class NbdConnection
                 while (n < batch.Length && reader.TryRead(out var r))
                 {
                     if (r != _flushMarker)
+                    {
                         batch[n++] = r;
+                        continue;
+                    }
+                    // Cleared as the marker is taken: pieces queued from here on post another, those queued
+                    // before go out in SendBatchAsync. Cleared when the lock was taken instead, a marker
+                    // posted between the two was taken with the wake-up left counted as posted, and no
+                    // later piece woke the loop: a read's last pieces stayed queued for good.
+                    Interlocked.Exchange(ref _wakePosted, 0);
                 }
                 await SendBatchAsync(batch, n).ConfigureAwait(false);
             }
