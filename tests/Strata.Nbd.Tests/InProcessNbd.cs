@@ -89,7 +89,11 @@ internal sealed class InProcessNbd : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        await Server.DisposeAsync();
+        // Bounded: a server whose stop hangs (a connection that never drains) fails its test instead of the run.
+        var stop = Server.DisposeAsync().AsTask();
+        if (await Task.WhenAny(stop, Task.Delay(TimeSpan.FromSeconds(60))) != stop)
+            throw new AssertFailedException($"the NBD server did not stop within 60 s: {Server.ConnectionCount} connection(s) still open");
+        await stop;
         await Engine.DisposeAsync();
         _exporter.Dispose();
         Metrics.Dispose();

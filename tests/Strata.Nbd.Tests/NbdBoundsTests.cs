@@ -81,9 +81,12 @@ public sealed class NbdBoundsTests
             MaxInFlightBytesTotal = 4 * Payload,
             StopGrace = TimeSpan.FromSeconds(1),
         });
+        using (var w = await nbd.OpenAsync())
+            await w.WriteAsync(0, new byte[Payload].Select((_, i) => (byte)(i % 251)).ToArray());
         using var c = await nbd.OpenAsync();
-        // 32 MiB of replies asked for; the socket holds a fraction, the rest waits on a client that never reads
-        // (a reply the receive loop sends itself blocks it there: it then has one request in flight, not four).
+        // 32 MiB of replies asked for (data: holes would be answered with small hole chunks); the socket holds
+        // a fraction, the rest waits on a client that never reads (a reply the receive loop sends itself blocks
+        // there, and streamed reads' pieces wait in queued payload buffers: at least one request in flight).
         for (int k = 0; k < 32; k++)
             await c.SendRequestAsync(CmdRead, 0, Payload);
         await WaitForAsync(() => nbd.Server.InFlightBytes >= Payload, () => "a reply waits for the client");

@@ -78,7 +78,8 @@ public sealed class NbdLifecycleTests
     /// <summary>A client that pipelines 32 MiB reads and never reads a reply, with its requests in flight on the engine.</summary>
     private static async Task<RawNbdClient> NonReadingClientAsync(NbdDaemon d)
     {
-        var c = await d.OpenUnixAsync("x");
+        // Simple replies: a structured read of this empty image is answered with hole chunks, which never fill the socket.
+        var c = await d.OpenUnixAsync("x", structured: false);
         for (int k = 0; k < 8; k++)
             await c.SendRequestAsync(RawNbdClient.CmdRead, 0, 32 << 20);
         // At least one read's reply is stuck (two when the send loop sends, one when the receive loop sent it itself).
@@ -131,7 +132,8 @@ public sealed class NbdLifecycleTests
         var clients = new List<RawNbdClient>();
         for (int i = 0; i < 8; i++)
         {
-            var c = await d.OpenUnixAsync("x");
+            // Simple replies carry the whole payload (structured ones of this empty image are hole chunks).
+            var c = await d.OpenUnixAsync("x", structured: false);
             clients.Add(c);
             for (int k = 0; k < 4; k++)
                 await c.SendRequestAsync(RawNbdClient.CmdRead, (ulong)k << 20, 32 << 20);

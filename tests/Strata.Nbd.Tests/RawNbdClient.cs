@@ -6,8 +6,13 @@ using System.Text;
 namespace Strata.Nbd.Tests;
 
 /// <summary>One reply as the client saw it: a simple reply, or one structured chunk.</summary>
+/// <remarks>
+/// A structured READ reply sent as several OFFSET_DATA / OFFSET_HOLE chunks is returned as one reply
+/// (ChunkType 1, the DONE flag, the data from the lowest offset, holes as zeroes); Pieces says how
+/// many chunks it came in.
+/// </remarks>
 internal sealed record NbdReply(bool Structured, uint Error, ulong Cookie, byte[] Data, ushort ChunkType = 0, ushort ChunkFlags = 0,
-    ulong DataOffset = 0, string? Message = null);
+    ulong DataOffset = 0, string? Message = null, int Pieces = 1);
 
 /// <summary>An option reply during the handshake.</summary>
 internal sealed record OptionReply(uint Option, uint Type, byte[] Data)
@@ -35,6 +40,8 @@ internal sealed class RawNbdClient : IDisposable
 
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
     private readonly Dictionary<ulong, int> _pendingReads = new();
+    /// <summary>Pieces of structured READ replies not yet complete, by cookie.</summary>
+    private readonly Dictionary<ulong, List<(ulong At, byte[] Data)>> _pieces = new();
     private ulong _cookie = 1;
 
     private RawNbdClient(Socket socket) => Socket = socket;
@@ -54,9 +61,12 @@ internal sealed class RawNbdClient : IDisposable
         return new RawNbdClient(s);
     }
 
-    public static async Task<RawNbdClient> ConnectTcpAsync(int port)
+    /// <param name="receiveBuffer">SO_RCVBUF set before connecting (0: the default): a small one makes the server's sends fill up early.</param>
+    public static async Task<RawNbdClient> ConnectTcpAsync(int port, int receiveBuffer = 0)
     {
         var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        if (receiveBuffer > 0)
+            s.ReceiveBufferSize = receiveBuffer;
         await s.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port));
         return new RawNbdClient(s);
     }
@@ -274,30 +284,59 @@ internal sealed class RawNbdClient : IDisposable
             return new NbdReply(false, error, cookie, dataLength > 0 ? await ReadExactAsync(dataLength) : []);
         }
         Assert.AreEqual(StructuredMagic, magic, "reply magic");
-        var sh = await ReadExactAsync(16);
-        ushort flags = BinaryPrimitives.ReadUInt16BigEndian(sh);
-        ushort type = BinaryPrimitives.ReadUInt16BigEndian(sh.AsSpan(2));
-        ulong ck = BinaryPrimitives.ReadUInt64BigEndian(sh.AsSpan(4));
-        int len = (int)BinaryPrimitives.ReadUInt32BigEndian(sh.AsSpan(12));
-        var payload = len > 0 ? await ReadExactAsync(len) : [];
-        _pendingReads.Remove(ck);
-        switch (type)
+        while (true)
         {
-            case 0:
-                return new NbdReply(true, 0, ck, [], type, flags);
-            case 1:
-                return new NbdReply(true, 0, ck, payload[8..], type, flags, BinaryPrimitives.ReadUInt64BigEndian(payload));
-            case 5:
-                // BLOCK_STATUS: the context id and the descriptors, raw (BlockStatus decodes them).
-                return new NbdReply(true, 0, ck, payload, type, flags);
-            case 0x8001:
+            var sh = await ReadExactAsync(16);
+            ushort flags = BinaryPrimitives.ReadUInt16BigEndian(sh);
+            ushort type = BinaryPrimitives.ReadUInt16BigEndian(sh.AsSpan(2));
+            ulong ck = BinaryPrimitives.ReadUInt64BigEndian(sh.AsSpan(4));
+            int len = (int)BinaryPrimitives.ReadUInt32BigEndian(sh.AsSpan(12));
+            var payload = len > 0 ? await ReadExactAsync(len) : [];
+            bool done = (flags & 1) != 0;
+            if (type is 1 or 2 && (!done || _pieces.ContainsKey(ck)))
             {
-                uint error = BinaryPrimitives.ReadUInt32BigEndian(payload);
-                int ml = BinaryPrimitives.ReadUInt16BigEndian(payload.AsSpan(4));
-                return new NbdReply(true, error, ck, [], type, flags, Message: Encoding.UTF8.GetString(payload, 6, ml));
+                // A piece of a READ answered in several chunks: kept until its last one (DONE).
+                ulong at = BinaryPrimitives.ReadUInt64BigEndian(payload);
+                var piece = type == 1 ? (at, payload[8..]) : (at, new byte[BinaryPrimitives.ReadUInt32BigEndian(payload.AsSpan(8))]);
+                if (!_pieces.TryGetValue(ck, out var list))
+                    _pieces[ck] = list = [];
+                list.Add(piece);
+                if (!done)
+                {
+                    var next = await ReadExactAsync(4);
+                    Assert.AreEqual(StructuredMagic, BinaryPrimitives.ReadUInt32BigEndian(next), "reply magic after a read's piece");
+                    continue;
+                }
+                _pieces.Remove(ck);
+                _pendingReads.Remove(ck);
+                ulong from = list.Min(q => q.At), to = list.Max(q => q.At + (ulong)q.Data.Length);
+                var data = new byte[to - from];
+                Assert.AreEqual(data.Length, list.Sum(q => q.Data.Length), "a read's pieces overlap or leave a gap");
+                foreach (var (pieceAt, bytes) in list)
+                    bytes.CopyTo(data, (int)(pieceAt - from));
+                return new NbdReply(true, 0, ck, data, 1, flags, from, Pieces: list.Count);
             }
-            default:
-                throw new AssertFailedException($"unexpected structured chunk type 0x{type:x4}");
+            _pendingReads.Remove(ck);
+            // The final chunk of a read that failed after some pieces: the pieces are dropped.
+            _pieces.Remove(ck);
+            switch (type)
+            {
+                case 0:
+                    return new NbdReply(true, 0, ck, [], type, flags);
+                case 1:
+                    return new NbdReply(true, 0, ck, payload[8..], type, flags, BinaryPrimitives.ReadUInt64BigEndian(payload));
+                case 5:
+                    // BLOCK_STATUS: the context id and the descriptors, raw (BlockStatus decodes them).
+                    return new NbdReply(true, 0, ck, payload, type, flags);
+                case 0x8001:
+                {
+                    uint error = BinaryPrimitives.ReadUInt32BigEndian(payload);
+                    int ml = BinaryPrimitives.ReadUInt16BigEndian(payload.AsSpan(4));
+                    return new NbdReply(true, error, ck, [], type, flags, Message: Encoding.UTF8.GetString(payload, 6, ml));
+                }
+                default:
+                    throw new AssertFailedException($"unexpected structured chunk type 0x{type:x4}");
+            }
         }
     }
 

@@ -83,6 +83,7 @@ public sealed class ImageMigrationTests
         public long Size => image.Size;
         public int ChunkSize => image.ChunkSize;
         public ValueTask ReadAsync(long offset, Memory<byte> destination) => image.ReadAsync(offset, destination);
+        public ValueTask ReadAsync(long offset, int length, IReadSink sink) => image.ReadAsync(offset, length, sink);
         public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true) => image.WriteAsync(offset, source, durable);
         public Task TrimAsync(long offset, long length) => image.TrimAsync(offset, length);
         public Task FlushAsync() => image.FlushAsync();

@@ -54,6 +54,23 @@ public sealed class MeteredImage(Image image, StrataMetrics metrics, bool inline
     }
 
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    public async ValueTask ReadAsync(long offset, int length, IReadSink sink)
+    {
+        long start = Stopwatch.GetTimestamp();
+        bool ok = false;
+        try
+        {
+            await image.ReadAsync(offset, length, sink).ConfigureAwait(false);
+            ok = true;
+        }
+        finally
+        {
+            await Task.CompletedTask.ConfigureAwait(_await);
+            metrics.RecordIo(IoOps.Read, length, Stopwatch.GetElapsedTime(start).TotalMilliseconds, ok);
+        }
+    }
+
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true)
     {
         long start = Stopwatch.GetTimestamp();

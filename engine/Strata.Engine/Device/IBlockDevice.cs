@@ -43,6 +43,13 @@ public sealed record DeviceGeometry(
 {
     /// <summary>Capacity in bytes.</summary>
     public long Capacity => BlockCount * LogicalBlockSize;
+
+    /// <summary>
+    /// Largest read the device serves on the caller's thread when the page cache holds it (a
+    /// <see cref="DeviceFeatures.CachedRead"/> device, DeviceOptions.CachedIoLimit); 0 when every read
+    /// goes through a queue pair.
+    /// </summary>
+    public int CachedReadLimit { get; init; }
 }
 
 /// <summary>Operations of a batch.</summary>

@@ -127,7 +127,7 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
     private NativeBlockDevice(string uri, SioDeviceHandle handle, DeviceGeometry geometry, DeviceOptions options) : base(uri)
     {
         _handle = handle;
-        Geometry = geometry;
+        Geometry = (geometry.Features & DeviceFeatures.CachedRead) != 0 ? geometry with { CachedReadLimit = options.CachedIoLimit } : geometry;
         int depth = options.QueueDepth > 0 ? options.QueueDepth : geometry.QueueDepth;
         if (ThreadAffinity.Unavailable(options.PollerCpus) is { } why)
             throw new DeviceArgumentException(uri, Errno.EINVAL, why);

@@ -58,6 +58,8 @@ internal sealed partial class NbdConnection
         // Requests complete on the device poller (NbdExport's image completes inline), which must only
         // queue the reply: the send loop is woken on the thread pool, once per batch of replies.
         _replies = Channel.CreateUnbounded<NbdRequest>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = false, AllowSynchronousContinuations = false });
+        _flushMarker ??= new NbdRequest(this);
+        _wakePosted = 0;
         _inline = new ReplyList(Options.MaxInFlight);
         var sender = Task.Run(SendLoopAsync);
         _worker = null;
@@ -240,7 +242,9 @@ internal sealed partial class NbdConnection
                 r.Complete(error, message);
                 continue;
             }
-            if (h.Type == CmdRead && h.Length > 0)
+            if (StreamsRead(h, x))
+                r.StreamReply();
+            else if (h.Type == CmdRead && h.Length > 0)
                 r.Buffer = Buffers.Rent((int)h.Length);
             // A large write goes to the worker: its image write (a page-cache copy, CRC32C) then runs
             // while this loop receives (and decrypts) the next payload, on the machine's other core.
@@ -351,8 +355,18 @@ internal sealed partial class NbdConnection
         }
     }
 
-    /// <summary>Returns a request's buffer and its slot; called once its reply is out (or dropped).</summary>
+    /// <summary>
+    /// Returns a request's buffer and its slot; called once its reply is out (or dropped). A streamed
+    /// read with pieces still queued is released by the last of them (NbdConnection.ReadPieces.cs).
+    /// </summary>
     private void Release(NbdRequest r)
+    {
+        if (r.Streamed && !r.Unhold())
+            return;
+        ReleaseNow(r);
+    }
+
+    private void ReleaseNow(NbdRequest r)
     {
         if (r.Buffer != null)
         {
@@ -395,6 +409,13 @@ internal sealed partial class NbdConnection
     /// </summary>
     internal void OnCompleted(NbdRequest r)
     {
+        if (r.Streamed && r.Error == 0)
+        {
+            // A streamed read whose pieces are all handed over: nothing more to send but its queued
+            // pieces, whose last releases it.
+            Release(r);
+            return;
+        }
         int thread = Environment.CurrentManagedThreadId;
         if (thread == Volatile.Read(ref _inlineThread))
         {
@@ -487,10 +508,23 @@ internal sealed partial class NbdConnection
             await _sendLock.WaitAsync().ConfigureAwait(false);
             try
             {
-                // Replies waiting never outnumber the request slots.
+                if (_server.SendLoopHolding is { } hook)
+                    await hook().ConfigureAwait(false);
+                // Replies waiting never outnumber the request slots (markers are not replies).
                 int n = 0;
                 while (n < batch.Length && reader.TryRead(out var r))
-                    batch[n++] = r;
+                {
+                    if (r != _flushMarker)
+                    {
+                        batch[n++] = r;
+                        continue;
+                    }
+                    // Cleared as the marker is taken: pieces queued from here on post another, those queued
+                    // before go out in SendBatchAsync. Cleared when the lock was taken instead, a marker
+                    // posted between the two was taken with the wake-up left counted as posted, and no
+                    // later piece woke the loop: a read's last pieces stayed queued for good.
+                    Interlocked.Exchange(ref _wakePosted, 0);
+                }
                 await SendBatchAsync(batch, n).ConfigureAwait(false);
             }
             finally
@@ -508,6 +542,10 @@ internal sealed partial class NbdConnection
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask SendBatchAsync(NbdRequest[] batch, int count)
     {
+        // Pieces of streamed reads queued before these replies go first: a chunk partly on the socket
+        // is finished before another starts, and a read's error chunk (DONE) follows its pieces.
+        if (_broken || HasQueued)
+            await SendQueuedAsync().ConfigureAwait(false);
         // batch[sentUpTo..i) are in the send buffer, not yet on the socket.
         int sentUpTo = 0;
         for (int i = 0; i < count; i++)
@@ -572,11 +610,13 @@ internal sealed partial class NbdConnection
         }
     }
 
+    /// <summary>Under the send lock: the socket failed; nothing more goes out, queued pieces are dropped.</summary>
     private void Broken()
     {
         _broken = true;
         _sendLen = 0;
         Abort();
+        DropQueued();
     }
 
     /// <summary>Bytes the reply takes in the send buffer; <paramref name="dataAfter"/> when a read's data is sent from its own buffer instead.</summary>

@@ -163,7 +163,8 @@ internal sealed partial class NbdConnection
     /// Gives up on the connection (the server's stop deadline passed and it is still open, typically
     /// because its client does not read its replies): the socket is closed, which fails every pending
     /// send and receive at once; requests whose image I/O is under way complete (their buffers are in
-    /// use until then) and their replies are dropped. <see cref="Closed"/> completes after that.
+    /// use until then) and their replies are dropped, and so are the pieces of streamed reads queued
+    /// for the socket. <see cref="Closed"/> completes after that.
     /// </summary>
     internal void Abandon(string reason)
     {
@@ -177,6 +178,7 @@ internal sealed partial class NbdConnection
         {
         }
         _socket.Dispose();
+        DropQueuedBroken();
         _slotFreed.Set();
     }
 

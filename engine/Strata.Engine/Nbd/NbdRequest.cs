@@ -11,7 +11,7 @@ namespace Strata.Engine.Nbd;
 /// error, and hands itself to the connection's send loop. The continuation usually runs on the
 /// device poller: it must never block, and does nothing but that hand-off.
 /// </summary>
-internal sealed class NbdRequest
+internal sealed class NbdRequest : IReadSink
 {
     /// <summary>What NO_HOLE write-zeroes write from: zeroes, never written to.</summary>
     private static readonly byte[] Zeroes = new byte[1 << 20];
@@ -40,6 +40,42 @@ internal sealed class NbdRequest
     public NbdBuffer? Buffer { get; set; }
 
     /// <summary>
+    /// A READ answered piece by piece as the store verifies its chunks (structured replies): each
+    /// piece goes out as an OFFSET_DATA or OFFSET_HOLE chunk from the store's own device buffer, or
+    /// from a copy queued when the socket cannot take it at once, the last with
+    /// NBD_REPLY_FLAG_DONE; no <see cref="Buffer"/> (NbdConnection.ReadPieces.cs).
+    /// </summary>
+    public bool Streamed { get; private set; }
+
+    /// <summary>Bytes of a streamed read whose chunk has started on the socket (under the connection's send lock): the one completing it carries DONE.</summary>
+    public int Delivered { get; set; }
+
+    /// <summary>Bytes of a streamed read the store has handed over (sent, queued or dropped).</summary>
+    private int _produced;
+
+    /// <summary>
+    /// What keeps a streamed read from being released: 1 until its reply is over from the request's
+    /// side (the store finished and any error chunk is out), plus one per piece queued for the socket.
+    /// </summary>
+    private int _hold;
+
+    /// <summary>Answers this READ piece by piece (before <see cref="Start"/>).</summary>
+    public void StreamReply()
+    {
+        Streamed = true;
+        _hold = 1;
+    }
+
+    /// <summary>The store handed <paramref name="length"/> more bytes of a streamed read over.</summary>
+    public void Produced(int length) => Interlocked.Add(ref _produced, length);
+
+    /// <summary>A piece of this streamed read waits for the socket.</summary>
+    public void Hold() => Interlocked.Increment(ref _hold);
+
+    /// <summary>One hold is over; true when it was the last (the request is released now).</summary>
+    public bool Unhold() => Interlocked.Decrement(ref _hold) == 0;
+
+    /// <summary>
     /// Descriptors a BLOCK_STATUS reply carries at most: 128 runs of chunks (a reply of about 1 KiB);
     /// the client asks again from where the reply stopped.
     /// </summary>
@@ -66,6 +102,10 @@ internal sealed class NbdRequest
     public void Reset()
     {
         Buffer = null;
+        Streamed = false;
+        Delivered = 0;
+        _produced = 0;
+        _hold = 0;
         Runs = default;
         Error = 0;
         Message = null;
@@ -115,7 +155,7 @@ internal sealed class NbdRequest
             return ValueTask.CompletedTask;
         return Type switch
         {
-            CmdRead => io.ReadAsync(offset, Buffer!.Slice((int)Length)),
+            CmdRead => Streamed ? io.ReadAsync(offset, (int)Length, this) : io.ReadAsync(offset, Buffer!.Slice((int)Length)),
             // Without FUA a write is writeback, like a disk's volatile cache: durable at the next FLUSH.
             CmdWrite => io.WriteAsync(offset, Buffer!.Slice((int)Length), durable: Durable),
             CmdFlush => x.ReadOnly ? ValueTask.CompletedTask : new ValueTask(io.FlushAsync()),
@@ -144,6 +184,10 @@ internal sealed class NbdRequest
         Runs = _runs.AsMemory(0, n);
         _conn.OnCompleted(this);
     }
+
+    ValueTask IReadSink.DataAsync(int at, Memory<byte> buffer, int headroom) => _conn.SendPieceAsync(this, at, buffer, headroom);
+
+    ValueTask IReadSink.HoleAsync(int at, int length) => _conn.SendHoleAsync(this, at, length);
 
     /// <summary>A write with FUA, or any write when the server's write cache is off (writethrough).</summary>
     private bool Durable => (Flags & CmdFlagFua) != 0 || !_conn.Options.WriteCache;
@@ -185,7 +229,20 @@ internal sealed class NbdRequest
         }
         catch (Exception e)
         {
+            if (Streamed && Volatile.Read(ref _produced) == Length)
+            {
+                // Every byte went to the connection verified and the DONE chunk is (or will be) on the
+                // socket: an error chunk after it would break the stream. What failed later (a repair of
+                // a bad replica) is the store's to report.
+                _conn.OnCompleted(this);
+                return;
+            }
             Fail(e);
+            return;
+        }
+        if (Streamed && Volatile.Read(ref _produced) != Length)
+        {
+            Complete(EIo, $"read of {Length} bytes at offset {Offset} handed over {Volatile.Read(ref _produced)} bytes");
             return;
         }
         // FUA: a write with it was a durable write, and a trim is always durable: nothing more to wait for.

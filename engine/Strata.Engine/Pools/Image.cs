@@ -161,19 +161,89 @@ public sealed partial class Image
         }
     }
 
+    /// <summary>
+    /// A read whose verified data goes to <paramref name="sink"/> from the device buffers it was read
+    /// into (IReadSink): a read across chunks delivers each chunk's piece as its run is verified; a
+    /// read within one chunk, or of an image being imported, is read into a buffer and delivered whole.
+    /// </summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    public async ValueTask ReadAsync(long offset, int length, IReadSink sink)
+    {
+        _pool.NoteClientIo();
+        if (Forwarded is { } f)
+        {
+            await f.Forward.ReadAsync(offset, length, sink).ConfigureAwait(false);
+            return;
+        }
+        bool whole;
+        try
+        {
+            using var pass = await EnterAsync().ConfigureAwait(false);
+            var meta = Meta;
+            long size;
+            lock (_pool.Meta.Sync)
+                size = meta.Size;
+            CheckRange("read", offset, length, size);
+            int cs = meta.ChunkSize;
+            if (length == 0)
+                return;
+            whole = _pool.ImportOf(Id) != null || offset / cs == (offset + length - 1) / cs;
+            if (!whole)
+                await ReadGroupsAsync(meta, offset, length, default, sink).ConfigureAwait(false);
+        }
+        catch (NotFoundException) when (Forwarded is { } g)
+        {
+            await g.Forward.ReadAsync(offset, length, sink).ConfigureAwait(false);
+            return;
+        }
+        if (whole)
+        {
+            var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(length);
+            try
+            {
+                await ReadAsync(offset, buffer.AsMemory(0, length)).ConfigureAwait(false);
+                await sink.DataAsync(0, buffer.AsMemory(0, length), 0).ConfigureAwait(false);
+            }
+            finally
+            {
+                System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+    }
+
     /// <summary>A read across chunks, group by group (its own method: the one-chunk path allocates no closure).</summary>
-    private async Task ReadGroupsAsync(ImageMeta meta, long offset, Memory<byte> destination)
+    private Task ReadGroupsAsync(ImageMeta meta, long offset, Memory<byte> destination) =>
+        ReadGroupsAsync(meta, offset, destination.Length, destination, null);
+
+    /// <summary>
+    /// A read across chunks into <paramref name="destination"/>, or to <paramref name="sink"/> when there
+    /// is one. The caller retries a read that finds the image gone (a committed migration) at its
+    /// destination; a sink that may have pieces already must not get them twice, so that read fails.
+    /// </summary>
+    private async Task ReadGroupsAsync(ImageMeta meta, long offset, int length, Memory<byte> destination, IReadSink? sink)
     {
         int cs = meta.ChunkSize;
-        await ForEachGroupAsync(Groups(offset, destination.Length, cs, _pool.ChunkRuns.GroupSize(1)), async g =>
+        int started = 0;
+        try
         {
-            List<long>? unrepaired;
-            using (await _locks.ChunksAsync(g[0].Index, g.Count, write: false).ConfigureAwait(false))
-                unrepaired = await _pool.ChunkRuns.ReadGroupAsync(Meta, g, destination).ConfigureAwait(false);
-            if (unrepaired != null)
-                foreach (long index in unrepaired)
-                    await RepairChunkAsync(meta, index).ConfigureAwait(false);
-        }).ConfigureAwait(false);
+            await ForEachGroupAsync(Groups(offset, length, cs, _pool.ChunkRuns.GroupSize(1)), async g =>
+            {
+                List<long>? unrepaired;
+                using (await _locks.ChunksAsync(g[0].Index, g.Count, write: false).ConfigureAwait(false))
+                {
+                    var current = Meta;
+                    Interlocked.Increment(ref started);
+                    unrepaired = await _pool.ChunkRuns.ReadGroupAsync(current, g, destination, sink).ConfigureAwait(false);
+                }
+                if (unrepaired != null)
+                    foreach (long index in unrepaired)
+                        await RepairChunkAsync(meta, index).ConfigureAwait(false);
+            }).ConfigureAwait(false);
+        }
+        catch (NotFoundException e) when (sink != null && Volatile.Read(ref started) > 0)
+        {
+            throw new StoreException(Interop.Errno.EIO, $"read of {length} bytes at offset {offset} of image '{Label}' in pool '{_pool.Label}' was cut short: the image moved to its migration's destination meanwhile ({e.Message})", e);
+        }
     }
 
     /// <summary>Reads part of one chunk; a shared chunk lock keeps its mapping and extents in place meanwhile.</summary>

@@ -315,9 +315,11 @@ internal sealed class ChunkRuns(Pool pool)
     /// locks: runs of adjacent extents (first replica) with one device read each,
     /// each chunk verified; a chunk that does not verify, or a run whose read fails,
     /// takes the single-chunk path (other replicas, reports). Returns the chunks
-    /// with a bad replica left unrepaired.
+    /// with a bad replica left unrepaired. With a <paramref name="sink"/>, each piece
+    /// goes to it instead, from the run's device buffer once its chunk is verified
+    /// (no copy), and destination is not used.
     /// </summary>
-    public async Task<List<long>?> ReadGroupAsync(ImageMeta meta, List<Piece> pieces, Memory<byte> destination)
+    public async Task<List<long>?> ReadGroupAsync(ImageMeta meta, List<Piece> pieces, Memory<byte> destination, IReadSink? sink = null)
     {
         int cs = meta.ChunkSize, n = pieces.Count;
         // Under the caller's shared locks, dropped before it releases them: maps a later write supersedes may be reused.
@@ -328,7 +330,10 @@ internal sealed class ChunkRuns(Pool pool)
         {
             if (maps[i] == null)
             {
-                destination.Span.Slice(pieces[i].At, pieces[i].Length).Clear();
+                if (sink != null)
+                    await sink.HoleAsync(pieces[i].At, pieces[i].Length).ConfigureAwait(false);
+                else
+                    destination.Span.Slice(pieces[i].At, pieces[i].Length).Clear();
                 continue;
             }
             var r = maps[i]!.Replicas[0];
@@ -341,8 +346,11 @@ internal sealed class ChunkRuns(Pool pool)
             extents.Add(new Extent(r.Target, r.Offset, maps[i]!.ExtentLength(cs), maps[i]!.Blocks, i));
         }
         extents.Sort((a, b) => a.Target != b.Target ? a.Target.CompareTo(b.Target) : a.Offset.CompareTo(b.Offset));
-        var runs = Runs(extents, MaxRun());
-        await Task.WhenAll(runs.Select(run => ReadRunAsync(meta, extents, run.Start, run.Count, run.Bytes, pieces, maps, destination, failed))).ConfigureAwait(false);
+        var runs = Runs(extents, sink != null ? SinkRun() : MaxRun());
+        if (runs.Count == 1)
+            await ReadRunAsync(meta, extents, runs[0].Start, runs[0].Count, runs[0].Bytes, pieces, maps, destination, sink, failed).ConfigureAwait(false);
+        else if (runs.Count > 1)
+            await Task.WhenAll(runs.Select(run => ReadRunAsync(meta, extents, run.Start, run.Count, run.Bytes, pieces, maps, destination, sink, failed))).ConfigureAwait(false);
         List<long>? unrepaired = null;
         for (int i = 0; i < n; i++)
         {
@@ -354,7 +362,10 @@ internal sealed class ChunkRuns(Pool pool)
             {
                 if (await pool.ChunkIo.ReadVerifiedAsync(meta, p.Index, maps[i]!, chunk.AsMemory(0, cs), repair: false).ConfigureAwait(false))
                     (unrepaired ??= []).Add(p.Index);
-                chunk.AsSpan(p.Within, p.Length).CopyTo(destination.Span.Slice(p.At, p.Length));
+                if (sink != null)
+                    await sink.DataAsync(p.At, chunk.AsMemory(0, p.Within + p.Length), p.Within).ConfigureAwait(false);
+                else
+                    chunk.AsSpan(p.Within, p.Length).CopyTo(destination.Span.Slice(p.At, p.Length));
             }
             finally
             {
@@ -364,15 +375,43 @@ internal sealed class ChunkRuns(Pool pool)
         return unrepaired;
     }
 
+    /// <summary>
+    /// Bytes in front of a run read for a sink: the first chunk's piece then has room for a header
+    /// before it too (a chunk with a block table has its table there, later ones the pieces already
+    /// delivered).
+    /// </summary>
+    private const int SinkHeadroom = 4096;
+
+    /// <summary>
+    /// Longest run read for a sink: where every target serves reads the page cache holds on the
+    /// caller's thread, no longer than that limit (with the headroom), so the whole read is read,
+    /// verified and handed over on one thread, piece after piece, with no wake-up of a polling thread:
+    /// the sink sends each piece as it comes, so longer runs would gain no overlap, only a hand-off.
+    /// Otherwise (direct I/O) as long as a plain read's runs.
+    /// </summary>
+    private int SinkRun()
+    {
+        int max = MaxRun();
+        foreach (var s in pool.Shards)
+        {
+            int cached = s.Device.Geometry.CachedReadLimit - SinkHeadroom;
+            if (cached <= 0)
+                return max;
+            max = Math.Min(max, cached);
+        }
+        return max;
+    }
+
     private async Task ReadRunAsync(ImageMeta meta, List<Extent> extents, int start, int count, int bytes, List<Piece> pieces,
-        ChunkMap?[] maps, Memory<byte> destination, bool[] failed)
+        ChunkMap?[] maps, Memory<byte> destination, IReadSink? sink, bool[] failed)
     {
         int cs = meta.ChunkSize;
         var shard = pool.Shards[extents[start].Target];
-        using var buf = shard.Device.Buffers.Rent(bytes);
+        int front = sink != null ? SinkHeadroom : 0;
+        using var buf = shard.Device.Buffers.Rent(front + bytes);
         try
         {
-            await TransferAsync(shard, extents[start].Offset, buf.Memory[..bytes], write: false).ConfigureAwait(false);
+            await TransferAsync(shard, extents[start].Offset, buf.Memory.Slice(front, bytes), write: false).ConfigureAwait(false);
         }
         catch (DeviceException)
         {
@@ -381,15 +420,16 @@ internal sealed class ChunkRuns(Pool pool)
                 failed[extents[start + k].Slot] = true;
             return;
         }
-        int at = 0;
+        int at = front;
         for (int k = 0; k < count; k++)
         {
             var e = extents[start + k];
             int i = e.Slot;
-            var extent = buf.Memory.Span.Slice(at, e.Length);
+            int extentAt = at;
             at += e.Length;
             var replica = maps[i]!.Replicas[0];
             var p = pieces[i];
+            var extent = buf.Memory.Span.Slice(extentAt, e.Length);
             ChunkVerdict verdict = e.Blocks
                 ? ChunkChecksum.VerifyExtent(replica, meta.Id, p.Index, cs, extent)
                 : ChunkChecksum.Verify(replica, cs, 0, extent);
@@ -398,8 +438,14 @@ internal sealed class ChunkRuns(Pool pool)
                 failed[i] = true;
                 continue;
             }
-            var data = e.Blocks ? extent[ChunkChecksum.TableSize..] : extent;
-            data.Slice(p.Within, p.Length).CopyTo(destination.Span.Slice(p.At, p.Length));
+            int dataAt = extentAt + (e.Blocks ? ChunkChecksum.TableSize : 0) + p.Within;
+            if (sink != null)
+            {
+                // Everything in front of the piece is free once it is verified: the headroom, tables, delivered pieces.
+                await sink.DataAsync(p.At, buf.Memory[..(dataAt + p.Length)], dataAt).ConfigureAwait(false);
+                continue;
+            }
+            buf.Memory.Span.Slice(dataAt, p.Length).CopyTo(destination.Span.Slice(p.At, p.Length));
         }
     }
 }
