@@ -198,6 +198,39 @@ public sealed class WriteAllocationTests
     }
 
     /// <summary>
+    /// Checkpoints capture the chunks into the log's own arrays, one checkpoint after another (a few MiB for
+    /// a large image: made once, not at every checkpoint), and let go of the maps once encoded.
+    /// </summary>
+    [TestMethod]
+    public async Task Checkpoints_OneAfterAnother_CaptureIntoTheLogsOwnArrays()
+    {
+        var (engine, _) = await TestDevices.FormatAsync(TouchedMemory());
+        var (pool, image, model) = await CreateImageAsync(engine);
+        var buffers = Enumerable.Range(0, Depth).Select(_ => new byte[Block]).ToArray();
+        var rngs = Enumerable.Range(0, Depth).Select(i => new Random(500 + i)).ToArray();
+        for (long at = 0; at < ImageSize; at += Block)
+            await image.WriteAsync(at, model.AsMemory((int)at, Block));
+        await pool.Log.CheckpointAsync();
+        var owned = pool.Log.CaptureBuffers;
+        Assert.IsNotNull(owned, "the log has its capture arrays back once the checkpoint is written");
+        var (keys, maps) = (owned.Keys, owned.Maps);
+        Assert.IsGreaterThanOrEqualTo((int)(ImageSize / Block), keys.Length, "the arrays took every chunk");
+        Assert.IsTrue(maps.All(m => m == null), "the arrays keep no map alive after the checkpoint");
+        for (int i = 0; i < 3; i++)
+        {
+            await RunAsync(image, model, buffers, rngs, WritesPerRun / 4, durable: i % 2 == 0);
+            await pool.Log.CheckpointAsync();
+        }
+        Assert.AreSame(owned, pool.Log.CaptureBuffers, "later checkpoints gave the same arrays back");
+        Assert.AreSame(keys, owned.Keys, "later checkpoints captured the keys into the same array");
+        Assert.AreSame(maps, owned.Maps, "later checkpoints captured the maps into the same array");
+        var back = new byte[ImageSize];
+        await image.ReadAsync(0, back);
+        CollectionAssert.AreEqual(model, back, "every write reads back");
+        await engine.DisposeAsync();
+    }
+
+    /// <summary>
     /// A map handed out to a caller that may keep it (PoolState.ChunkAt: a chunk mover's Location, which it
     /// later compares by reference with the chunk's map) is never reused: superseded many times over, it
     /// still names the extents it named, and is not the chunk's map again.

@@ -30,8 +30,9 @@ public static class PoolStateCodec
 
     /// <summary>
     /// The chunk arrays a checkpoint captures into, reused from one checkpoint to the next by their owner
-    /// (PoolLog: a few MiB for a large image, every few thousand writes, issue 17). They only grow: to the
-    /// chunks of every image together, with an eighth more, so an image that fills up grows them seldom.
+    /// (PoolLog: a few MiB for a large image, every few thousand writes, issue 17). They only grow, to a
+    /// power of two at least the chunks of every image together: an image that fills up grows them a few
+    /// times at most (as the array pools they replace, whose sizes were powers of two).
     /// One capture uses them at a time: the owner hands them to <see cref="Capture"/> and takes them back
     /// from <see cref="PoolStateCapture.Buffers"/> once the capture is released.
     /// </summary>
@@ -40,12 +41,12 @@ public static class PoolStateCodec
         internal long[] Keys = [];
         internal ChunkMap[] Maps = [];
 
-        /// <summary>Room for <paramref name="chunks"/> (their content is not kept).</summary>
-        internal void EnsureRoom(int chunks)
+        /// <summary>Room for <paramref name="chunks"/> (their content is not kept); <paramref name="exact"/>: no more (buffers used once).</summary>
+        internal void EnsureRoom(int chunks, bool exact = false)
         {
             if (Keys.Length >= chunks)
                 return;
-            int length = (int)Math.Min(Array.MaxLength, chunks + (long)chunks / 8);
+            int length = exact ? chunks : (int)Math.Min((ulong)Array.MaxLength, System.Numerics.BitOperations.RoundUpToPowerOf2((ulong)chunks));
             Keys = new long[length];
             Maps = new ChunkMap[length];
         }
@@ -81,8 +82,9 @@ public static class PoolStateCodec
         long chunks = 0;
         foreach (var i in s.Images.Values)
             chunks += i.Chunks.Count;
+        bool once = buffers == null;
         buffers ??= new CaptureBuffers();
-        buffers.EnsureRoom(checked((int)chunks));
+        buffers.EnsureRoom(checked((int)chunks), exact: once);
         var images = new PoolStateCapture.ImageCapture[s.Images.Count];
         int n = 0, at = 0;
         foreach (var i in s.Images.Values)

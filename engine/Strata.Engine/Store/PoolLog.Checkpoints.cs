@@ -146,6 +146,9 @@ internal sealed partial class PoolLog
     /// </summary>
     private PoolStateCodec.CaptureBuffers? _captureBuffers = new();
 
+    /// <summary>The capture arrays the log holds now (null while a capture has them): white-box tests.</summary>
+    internal PoolStateCodec.CaptureBuffers? CaptureBuffers => Volatile.Read(ref _captureBuffers);
+
     /// <summary>Captures the state (no in-place write in flight, none started until it is taken) and the log's position.</summary>
     private async ValueTask<CheckpointCapture> CaptureCheckpointAsync()
     {
