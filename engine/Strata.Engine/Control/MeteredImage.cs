@@ -34,7 +34,7 @@ public sealed class MeteredImage(Image image, StrataMetrics metrics, bool inline
 
     public int ChunkSize => image.ChunkSize;
 
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     public async ValueTask ReadAsync(long offset, Memory<byte> destination)
     {
         long start = Stopwatch.GetTimestamp();
@@ -53,7 +53,7 @@ public sealed class MeteredImage(Image image, StrataMetrics metrics, bool inline
         }
     }
 
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     public async ValueTask ReadAsync(long offset, int length, IReadSink sink)
     {
         long start = Stopwatch.GetTimestamp();
@@ -70,7 +70,7 @@ public sealed class MeteredImage(Image image, StrataMetrics metrics, bool inline
         }
     }
 
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true)
     {
         long start = Stopwatch.GetTimestamp();

@@ -119,7 +119,7 @@ public sealed partial class Image
     }
 
     /// <remarks>A ValueTask to await once (pooled: no state machine box per read, issue 17).</remarks>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     public async ValueTask ReadAsync(long offset, Memory<byte> destination)
     {
         _pool.NoteClientIo();
@@ -247,7 +247,7 @@ public sealed partial class Image
     }
 
     /// <summary>Reads part of one chunk; a shared chunk lock keeps its mapping and extents in place meanwhile.</summary>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     private async ValueTask ReadPieceAsync(ImageMeta meta, long index, int within, Memory<byte> dest)
     {
         bool needsRepair;
@@ -389,7 +389,7 @@ public sealed partial class Image
     /// NBD writes without FUA use it, as the protocol allows.
     /// </summary>
     /// <remarks>A ValueTask to await once (pooled: no state machine box per write, issue 17).</remarks>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool durable = true)
     {
         _pool.NoteClientIo();
@@ -416,7 +416,7 @@ public sealed partial class Image
     /// </summary>
     /// <param name="expect">The checksum of all of <paramref name="source"/> (a migration's copy of one chunk): checked when the write is one whole chunk of this image.</param>
     /// <param name="extent">A buffer whose last bytes are <paramref name="source"/>, one whole chunk, with room for its block table in front (ChunkIo.WriteAsync).</param>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteOwnAsync(long offset, ReadOnlyMemory<byte> source, bool durable, CopyChecksum? expect = null, Memory<byte> extent = default)
     {
         using var pass = await EnterAsync().ConfigureAwait(false);

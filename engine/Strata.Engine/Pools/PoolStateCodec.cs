@@ -29,12 +29,28 @@ public static class PoolStateCodec
     }
 
     /// <summary>
-    /// Where the log's captures rent their chunk arrays: pools of their own, not the shared ones, whose
-    /// per-thread caches keep an array on the thread that returned it while the next checkpoint runs on
-    /// another. They keep (two of) the largest a checkpoint needed, as its own payload does (Checkpoint.Slots).
+    /// The chunk arrays a checkpoint captures into, reused from one checkpoint to the next by their owner
+    /// (PoolLog: a few MiB for a large image, every few thousand writes, issue 17). They only grow, to a
+    /// power of two at least the chunks of every image together: an image that fills up grows them a few
+    /// times at most (as the array pools they replace, whose sizes were powers of two).
+    /// One capture uses them at a time: the owner hands them to <see cref="Capture"/> and takes them back
+    /// from <see cref="PoolStateCapture.Buffers"/> once the capture is released.
     /// </summary>
-    private static readonly System.Buffers.ArrayPool<long> KeyArrays = System.Buffers.ArrayPool<long>.Create(1 << 30, 2);
-    private static readonly System.Buffers.ArrayPool<ChunkMap> MapArrays = System.Buffers.ArrayPool<ChunkMap>.Create(1 << 30, 2);
+    public sealed class CaptureBuffers
+    {
+        internal long[] Keys = [];
+        internal ChunkMap[] Maps = [];
+
+        /// <summary>Room for <paramref name="chunks"/> (their content is not kept); <paramref name="exact"/>: no more (buffers used once).</summary>
+        internal void EnsureRoom(int chunks, bool exact = false)
+        {
+            if (Keys.Length >= chunks)
+                return;
+            int length = exact ? chunks : (int)Math.Min((ulong)Array.MaxLength, System.Numerics.BitOperations.RoundUpToPowerOf2((ulong)chunks));
+            Keys = new long[length];
+            Maps = new ChunkMap[length];
+        }
+    }
 
     /// <summary>
     /// What a checkpoint needs of the state, taken under the state's lock (<see cref="PoolState.Sync"/>)
@@ -42,11 +58,11 @@ public static class PoolStateCodec
     /// off only that long, and encodes outside the lock (<see cref="PoolStateCapture.Encode"/>). Chunk
     /// maps are immutable (records replace them), so copying the references is a consistent copy.
     /// </summary>
-    /// <param name="pooled">
-    /// The chunk arrays come from pools (a checkpoint of the log: a few MiB per checkpoint
-    /// otherwise, issue 17); <see cref="PoolStateCapture.Release"/> returns them once encoded.
+    /// <param name="buffers">
+    /// Where the chunks go (the log's, reused; <see cref="PoolStateCapture.Release"/> clears them and the
+    /// capture then gives them back through <see cref="PoolStateCapture.Buffers"/>); null: arrays of its own.
     /// </param>
-    public static PoolStateCapture Capture(PoolState s, bool pooled = false)
+    public static PoolStateCapture Capture(PoolState s, CaptureBuffers? buffers = null)
     {
         var head = new MetaWriter();
         Section(head, SectionPool, p =>
@@ -63,23 +79,28 @@ public static class PoolStateCodec
                 Props(p, c.Props);
             }
         });
+        long chunks = 0;
+        foreach (var i in s.Images.Values)
+            chunks += i.Chunks.Count;
+        bool once = buffers == null;
+        buffers ??= new CaptureBuffers();
+        buffers.EnsureRoom(checked((int)chunks), exact: once);
         var images = new PoolStateCapture.ImageCapture[s.Images.Count];
-        int n = 0;
+        int n = 0, at = 0;
         foreach (var i in s.Images.Values)
         {
             var header = new MetaWriter();
             header.U32(i.Id).U32(i.Container).Str(i.Label).I64(i.Size).U32((uint)i.ChunkSize);
             Props(header, i.Props);
             int count = i.Chunks.Count;
-            var keys = pooled ? KeyArrays.Rent(count) : new long[count];
-            var maps = pooled ? MapArrays.Rent(count) : new ChunkMap[count];
             // The maps are encoded after the lock: none of them is reused until Release (ChunkTable.Hold).
             i.Chunks.Hold();
-            i.Chunks.Keys.CopyTo(keys, 0);
-            i.Chunks.Scan.CopyTo(maps, 0);
-            images[n++] = new PoolStateCapture.ImageCapture(i.Id, header.ToArray(), keys, maps, count, i.Chunks);
+            i.Chunks.Keys.CopyTo(buffers.Keys, at);
+            i.Chunks.Scan.CopyTo(buffers.Maps, at);
+            images[n++] = new PoolStateCapture.ImageCapture(i.Id, header.ToArray(), at, count, i.Chunks);
+            at += count;
         }
-        return new PoolStateCapture(head.ToArray(), images, s.UpgradeJob, s.Layout, pooled);
+        return new PoolStateCapture(head.ToArray(), images, s.UpgradeJob, s.Layout, buffers, at);
     }
 
     /// <summary>
@@ -88,25 +109,30 @@ public static class PoolStateCodec
     /// </summary>
     public sealed class PoolStateCapture
     {
-        /// <summary>An image's header and its chunks: the first <see cref="Count"/> keys and maps (pooled arrays may be longer).</summary>
-        internal sealed record ImageCapture(uint Id, byte[] Header, long[] Keys, ChunkMap[] Maps, int Count, ChunkTable Table);
+        /// <summary>An image's header and its chunks: <see cref="Count"/> keys and maps of the buffers from <see cref="Start"/>.</summary>
+        internal sealed record ImageCapture(uint Id, byte[] Header, int Start, int Count, ChunkTable Table);
 
         private readonly byte[] _head;
         private readonly ImageCapture[] _images;
         private readonly UpgradeJobMeta? _job;
         private readonly LayoutMeta? _layout;
-        private readonly bool _pooled;
+        private readonly CaptureBuffers _buffers;
+        private readonly int _chunks;
         private MetaWriter? _tail;
         private long _body;
 
-        internal PoolStateCapture(byte[] head, ImageCapture[] images, UpgradeJobMeta? job, LayoutMeta? layout, bool pooled = false)
+        internal PoolStateCapture(byte[] head, ImageCapture[] images, UpgradeJobMeta? job, LayoutMeta? layout, CaptureBuffers buffers, int chunks)
         {
             _head = head;
             _images = images;
             _job = job;
             _layout = layout;
-            _pooled = pooled;
+            _buffers = buffers;
+            _chunks = chunks;
         }
+
+        /// <summary>The arrays the chunks were captured into: their owner's to reuse once <see cref="Release"/> returned, never before.</summary>
+        public CaptureBuffers Buffers => _buffers;
 
         /// <summary>Bytes the chunk maps take in the payload; the slot reserves room for every possible chunk separately, so only the rest counts against the metadata room.</summary>
         public long ChunkBytes { get; private set; }
@@ -134,14 +160,16 @@ public static class PoolStateCodec
                 Section(tail, SectionLayout, p => p.U32(l.Version).U64(l.Compat).U64(l.RoCompat).U64(l.Incompat));
             long chunkBytes = 0;
             long body = 4;
+            var keys = _buffers.Keys;
+            var maps = _buffers.Maps;
             foreach (var i in _images)
             {
-                if (!Ascending(i.Keys, i.Count))
-                    Array.Sort(i.Keys, i.Maps, 0, i.Count);
+                if (!Ascending(keys.AsSpan(i.Start, i.Count)))
+                    Array.Sort(keys, maps, i.Start, i.Count);
                 body += i.Header.Length + 8;
-                for (int k = 0; k < i.Count; k++)
+                for (int k = i.Start; k < i.Start + i.Count; k++)
                 {
-                    var m = i.Maps[k];
+                    var m = maps[k];
                     chunkBytes += 9 + MetaRecords.ReplicasLength(m.Replicas) + (m.Moving == null ? 0 : MetaRecords.ReplicasLength(m.Moving));
                 }
             }
@@ -169,16 +197,18 @@ public static class PoolStateCodec
             BinaryPrimitives.WriteUInt32LittleEndian(d[(at + 4)..], (uint)body);
             BinaryPrimitives.WriteUInt32LittleEndian(d[(at + 8)..], (uint)_images.Length);
             at += 12;
+            var keys = _buffers.Keys;
+            var maps = _buffers.Maps;
             foreach (var i in _images)
             {
                 i.Header.CopyTo(d[at..]);
                 at += i.Header.Length;
                 BinaryPrimitives.WriteInt64LittleEndian(d[at..], i.Count);
                 at += 8;
-                for (int k = 0; k < i.Count; k++)
+                for (int k = i.Start; k < i.Start + i.Count; k++)
                 {
-                    var map = i.Maps[k];
-                    BinaryPrimitives.WriteInt64LittleEndian(d[at..], i.Keys[k]);
+                    var map = maps[k];
+                    BinaryPrimitives.WriteInt64LittleEndian(d[at..], keys[k]);
                     d[at + 8] = (byte)((map.Moving != null ? ChunkHasMove : 0) | (map.Blocks ? ChunkHasBlocks : 0));
                     at += 9;
                     at += MetaRecords.EncodeReplicas(d[at..], map.Replicas);
@@ -190,26 +220,21 @@ public static class PoolStateCodec
         }
 
         /// <summary>
-        /// Ends the capture's hold on the maps (their writes may reuse them once superseded) and returns pooled
-        /// chunk arrays (<see cref="Capture"/>, pooled); the capture is not encoded again. Called once, after encoding.
+        /// Ends the capture's hold on the maps (their writes may reuse them once superseded) and clears the
+        /// buffers' references to them (their owner may then reuse the buffers, <see cref="Buffers"/>); the
+        /// capture is not encoded again. Called once, after encoding.
         /// </summary>
         public void Release()
         {
+            Array.Clear(_buffers.Maps, 0, _chunks);
             foreach (var i in _images)
-            {
-                if (_pooled)
-                {
-                    KeyArrays.Return(i.Keys);
-                    MapArrays.Return(i.Maps, clearArray: true);
-                }
                 i.Table.Release();
-            }
         }
 
         /// <summary>Chunks come out of the map in the order they were first written, often ascending already.</summary>
-        private static bool Ascending(long[] keys, int count)
+        private static bool Ascending(ReadOnlySpan<long> keys)
         {
-            for (int k = 1; k < count; k++)
+            for (int k = 1; k < keys.Length; k++)
                 if (keys[k] <= keys[k - 1])
                     return false;
             return true;

@@ -325,7 +325,7 @@ internal sealed class ChunkIo(Pool pool)
     /// built in front and the extent written from it, without copying the chunk.
     /// </param>
     /// <remarks>Pooled (a ValueTask to await once), as the write path's other steps: no state machine box per write.</remarks>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     public async ValueTask WriteAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, bool durable = true, CopyChecksum? expect = null,
         Memory<byte> room = default)
     {
@@ -663,7 +663,7 @@ internal sealed class ChunkIo(Pool pool)
     /// Writes the extent (the chunk, after its table when it has one: in <paramref name="chunk"/>, or
     /// <paramref name="table"/> apart) to fresh extents, commits their mapping, then frees (or defers) the old extents.
     /// </summary>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteReplicasAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> chunk, uint crc, bool blocks, bool durable, ChunkMap? old)
     {
         int cs = meta.ChunkSize;
@@ -718,7 +718,7 @@ internal sealed class ChunkIo(Pool pool)
     /// <summary>Frees a writeback write's old extents once its record is durable (without a closure: the log keeps the mapping and size, then reuses the map).</summary>
     private void FreeWhenDurable(ChunkMap old, int cs) => pool.Log.FreeChunkWhenDurable(old, cs);
 
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteAndCommitAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> chunk, bool durable, ChunkMap map)
     {
         int cs = meta.ChunkSize;
@@ -830,7 +830,7 @@ internal sealed class ChunkIo(Pool pool)
     /// One replica's extent as two writes at once, the table at <paramref name="offset"/> and the chunk right
     /// after it; completes when both have (a failure of either is thrown once both are done).
     /// </summary>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     private static async ValueTask WriteApartAsync(Shard shard, long offset, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> chunk)
     {
         var head = shard.WriteDataPooledAsync(offset, table);

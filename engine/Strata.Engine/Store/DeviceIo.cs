@@ -24,7 +24,7 @@ internal static class DeviceIo
     internal static int DirectPieceSize(IBlockDevice d) => Math.Max(1, d.Geometry.MaxTransfer);
 
     // Pooled: a read that waits for its device keeps no state machine box per call (issue 17).
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     public static async ValueTask ReadAsync(IBlockDevice device, long offset, Memory<byte> destination, CancellationToken ct = default)
     {
         if (AnyBuffer(device) || IsDmaReady(device, destination))
@@ -68,7 +68,7 @@ internal static class DeviceIo
     /// <see cref="WriteAsync"/> for a caller that awaits it exactly once, without AsTask (a chunk's one
     /// replica write, which its commit round awaits): pooled, so no state machine box per write.
     /// </summary>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     public static async ValueTask WritePooledAsync(IBlockDevice device, long offset, ReadOnlyMemory<byte> source)
     {
         if (AnyBuffer(device) || IsDmaReady(device, source))

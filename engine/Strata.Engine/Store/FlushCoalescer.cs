@@ -34,7 +34,7 @@ public sealed class FlushCoalescer
     /// As <see cref="FlushAsync"/>, for a caller that awaits it exactly once and never calls AsTask
     /// (a commit round's flush): pooled, so no state machine box per flush (issue 17).
     /// </summary>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     public async ValueTask FlushOnceAsync()
     {
         long ticket = Interlocked.Increment(ref _requested);

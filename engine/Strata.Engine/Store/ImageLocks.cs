@@ -1,3 +1,5 @@
+using System.Threading.Tasks.Sources;
+
 namespace Strata.Engine.Store;
 
 /// <summary>
@@ -26,8 +28,9 @@ internal sealed class ImageLocks
             return new ValueTask<Held>(new Held(l, write));
         return Slow(wait, l, write);
 
-        // Pooled: a contended chunk lock (writers of one stripe at QD 32) made a box per wait (issue 17).
-        [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
+        // Pooled: a contended chunk lock (writers of one stripe at QD 32) made a box per wait (issue 17);
+        // the box is rented by the waiter and given back where the holder's exit resumed it.
+        [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder<>))]
         static async ValueTask<Held> Slow(ValueTask wait, AsyncReaderWriterLock l, bool write)
         {
             await wait.ConfigureAwait(false);
@@ -112,7 +115,7 @@ internal sealed class ImageLocks
 /// <summary>
 /// A small async reader/writer lock. New readers queue behind a waiting writer;
 /// a leaving writer admits every waiting reader first, so neither side starves.
-/// Uncontended entry allocates nothing.
+/// Uncontended entry allocates nothing, nor does a writer's wait (a pooled <see cref="WriterWait"/>).
 /// </summary>
 internal sealed class AsyncReaderWriterLock
 {
@@ -120,7 +123,7 @@ internal sealed class AsyncReaderWriterLock
     private int _state; // > 0: readers inside, -1: a writer inside, 0: free
     private int _waitingReaders;
     private TaskCompletionSource? _readerGate;
-    private Queue<TaskCompletionSource>? _writers;
+    private Queue<WriterWait>? _writers;
 
     public ValueTask EnterReadAsync()
     {
@@ -146,15 +149,15 @@ internal sealed class AsyncReaderWriterLock
                 _state = -1;
                 return default;
             }
-            var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            (_writers ??= new Queue<TaskCompletionSource>()).Enqueue(tcs);
-            return new ValueTask(tcs.Task);
+            var wait = WriterWait.Rent();
+            (_writers ??= new Queue<WriterWait>()).Enqueue(wait);
+            return wait.Task;
         }
     }
 
     public void ExitRead()
     {
-        TaskCompletionSource? wake = null;
+        WriterWait? wake = null;
         lock (_sync)
         {
             if (--_state == 0 && _writers is { Count: > 0 })
@@ -163,30 +166,108 @@ internal sealed class AsyncReaderWriterLock
                 wake = _writers.Dequeue();
             }
         }
-        wake?.SetResult();
+        wake?.Grant();
     }
 
     public void ExitWrite()
     {
-        TaskCompletionSource? wake = null;
+        TaskCompletionSource? readers = null;
+        WriterWait? writer = null;
         lock (_sync)
         {
             if (_waitingReaders > 0)
             {
                 _state = _waitingReaders;
                 _waitingReaders = 0;
-                wake = _readerGate;
+                readers = _readerGate;
                 _readerGate = null;
             }
             else if (_writers is { Count: > 0 })
             {
-                wake = _writers.Dequeue(); // the lock passes straight to it (_state stays -1)
+                writer = _writers.Dequeue(); // the lock passes straight to it (_state stays -1)
             }
             else
             {
                 _state = 0;
             }
         }
-        wake?.SetResult();
+        readers?.SetResult();
+        writer?.Grant();
+    }
+
+    /// <summary>
+    /// A writer's wait for the lock, awaited exactly once (the ValueTask of <see cref="EnterWriteAsync"/>),
+    /// then reused: a TaskCompletionSource and its task per contended write before (issue 17). The writer
+    /// resumes on the thread pool, not on the thread that let the lock go, as from the TaskCompletionSource
+    /// (RunContinuationsAsynchronously): queued as this object, so that no work item is made either.
+    /// </summary>
+    internal sealed class WriterWait : IValueTaskSource, IThreadPoolWorkItem
+    {
+        private const int MaxPooled = 1024;
+        private static readonly System.Collections.Concurrent.ConcurrentQueue<WriterWait> s_pool = new();
+        private static int s_count;
+        private static readonly Action<object?> s_resume = w => ThreadPool.UnsafeQueueUserWorkItem((WriterWait)w!, preferLocal: true);
+
+        private ManualResetValueTaskSourceCore<bool> _core;
+        private Action<object?>? _continuation;
+        private object? _continuationState;
+
+        public static WriterWait Rent()
+        {
+            if (s_pool.TryDequeue(out var wait))
+            {
+                Interlocked.Decrement(ref s_count);
+                return wait;
+            }
+            return new WriterWait();
+        }
+
+        public ValueTask Task => new(this, _core.Version);
+
+        /// <summary>The lock is the writer's: resume it.</summary>
+        public void Grant() => _core.SetResult(true);
+
+        public ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);
+
+        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+        {
+            if (flags != ValueTaskSourceOnCompletedFlags.None)
+            {
+                // An awaiter that flows a context (none here: ConfigureAwait(false)): the core's own way.
+                _core.RunContinuationsAsynchronously = true;
+                _core.OnCompleted(continuation, state, token, flags);
+                return;
+            }
+            _continuation = continuation;
+            _continuationState = state;
+            _core.OnCompleted(s_resume, this, token, flags);
+        }
+
+        void IThreadPoolWorkItem.Execute()
+        {
+            var continuation = _continuation!;
+            var state = _continuationState;
+            _continuation = null;
+            _continuationState = null;
+            continuation(state);
+        }
+
+        /// <summary>The writer takes the lock, once; the wait is reused from then on.</summary>
+        public void GetResult(short token)
+        {
+            try
+            {
+                _core.GetResult(token);
+            }
+            finally
+            {
+                _core.Reset();
+                _core.RunContinuationsAsynchronously = false;
+                if (Interlocked.Increment(ref s_count) <= MaxPooled)
+                    s_pool.Enqueue(this);
+                else
+                    Interlocked.Decrement(ref s_count);
+            }
+        }
     }
 }

@@ -139,6 +139,16 @@ internal sealed partial class PoolLog
         }
     }
 
+    /// <summary>
+    /// The arrays checkpoints capture the chunks into, reused (PoolStateCodec.CaptureBuffers): taken by a
+    /// capture, given back once it is encoded and released (<see cref="WriteCapturedAsync"/>), so a capture
+    /// still being encoded on another thread is never overwritten by the next. Null while a capture has them.
+    /// </summary>
+    private PoolStateCodec.CaptureBuffers? _captureBuffers = new();
+
+    /// <summary>The capture arrays the log holds now (null while a capture has them): white-box tests.</summary>
+    internal PoolStateCodec.CaptureBuffers? CaptureBuffers => Volatile.Read(ref _captureBuffers);
+
     /// <summary>Captures the state (no in-place write in flight, none started until it is taken) and the log's position.</summary>
     private async ValueTask<CheckpointCapture> CaptureCheckpointAsync()
     {
@@ -164,7 +174,8 @@ internal sealed partial class PoolLog
                     _pool.ThrowIfNotLoggable();
                     // Every mapping captured is in this checkpoint: none of their extents is rewritten in place from now on.
                     _flushHorizon = Math.Max(_flushHorizon, _enqueued);
-                    capture = PoolStateCodec.Capture(state, pooled: true);
+                    // The log's buffers unless a capture still has them (none should: one checkpoint at a time).
+                    capture = PoolStateCodec.Capture(state, Interlocked.Exchange(ref _captureBuffers, null));
                     estimate = MetadataEstimate;
                     layout = _pool.DurableLayout();
                     label = state.Props["label"];
@@ -194,7 +205,7 @@ internal sealed partial class PoolLog
         var layout = c.Layout;
         // Encoded outside the lock, so writers go on meanwhile: serializing 131,072 chunk maps under
         // it held them off for 50-100 ms; capturing them takes 2-3 ms.
-        // Laid out straight into the slot's bytes, in pooled arrays (the capture's and the
+        // Laid out straight into the slot's bytes, in reused arrays (the capture's and the
         // slot's): a checkpoint of a large image's chunk maps is a few MiB, every few thousand writes.
         int payloadLength;
         long chunkBytes;
@@ -220,6 +231,7 @@ internal sealed partial class PoolLog
             finally
             {
                 capture.Release();
+                Volatile.Write(ref _captureBuffers, capture.Buffers);
             }
             var ckpt = rented.AsMemory(0, (int)Checkpoint.SlotLength(payloadLength, _blockSize));
             await OnLogShardsAsync(s =>

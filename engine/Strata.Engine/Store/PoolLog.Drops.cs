@@ -148,7 +148,7 @@ internal sealed partial class PoolLog
     /// or WhenAll (pooled, awaited once; issue 17). Every shard's operation is started before any is
     /// awaited, and every one is awaited, failed or not, before this completes.
     /// </summary>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     private async ValueTask OnLogShardsAsync<T>(T op) where T : struct, IShardOp
     {
         var shards = _pool.LogShards;

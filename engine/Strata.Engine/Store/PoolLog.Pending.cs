@@ -22,7 +22,7 @@ internal sealed partial class PoolLog
     /// the completer, or the drop that held its acknowledgement, is done with it and its round's
     /// SettleDataAsync has finished). Until then nothing can see it reused.
     /// </remarks>
-    private sealed class Pending : IValueTaskSource
+    private sealed class Pending : IValueTaskSource, IThreadPoolWorkItem
     {
         public Pending(MetaRecord[]? records, TaskCompletionSource done, ValueTask? data = null, bool applied = false, uint switchTo = 0,
             TaskCompletionSource? switched = null, Shard? join = null, int exclude = -1, bool dropped = false, bool rejoin = false, int lift = -1)
@@ -49,7 +49,6 @@ internal sealed partial class PoolLog
             Lift = -1;
             _release = Release;
             Write = new SignalledWrite(_release);
-            _done.RunContinuationsAsynchronously = true; // as the TaskCompletionSource of the others
         }
 
         /// <summary>A checkpoint request that first takes this target's shard out of the log (-1: none).</summary>
@@ -97,6 +96,9 @@ internal sealed partial class PoolLog
         private readonly PoolLog? _owner;
         private readonly Action? _release;
         private ManualResetValueTaskSourceCore<bool> _done;
+        /// <summary>The writer's continuation, resumed on the thread pool through this object (<see cref="OnCompleted"/>).</summary>
+        private Action<object?>? _continuation;
+        private object? _continuationState;
         private int _completed;
         private int _holders;
 
@@ -131,6 +133,7 @@ internal sealed partial class PoolLog
             _completed = 0;
             _holders = writeback ? 1 : inPlace ? 2 : 3;
             _done.Reset();
+            _done.RunContinuationsAsynchronously = false;
         }
 
         public short Version => _done.Version;
@@ -169,8 +172,34 @@ internal sealed partial class PoolLog
 
         public ValueTaskSourceStatus GetStatus(short token) => _done.GetStatus(token);
 
-        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
-            _done.OnCompleted(continuation, state, token, flags);
+        /// <summary>
+        /// The writer resumes on the thread pool, as from the TaskCompletionSource of the other commits, not on the
+        /// completer: queued as this object (the core's own asynchronous continuation makes a work item each time,
+        /// issue 17). An awaiter that flows a context (none on the write path: ConfigureAwait(false)) gets the core's.
+        /// </summary>
+        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
+        {
+            if (flags != ValueTaskSourceOnCompletedFlags.None)
+            {
+                _done.RunContinuationsAsynchronously = true;
+                _done.OnCompleted(continuation, state, token, flags);
+                return;
+            }
+            _continuation = continuation;
+            _continuationState = state;
+            _done.OnCompleted(s_resume, this, token, flags);
+        }
+
+        private static readonly Action<object?> s_resume = p => ThreadPool.UnsafeQueueUserWorkItem((Pending)p!, preferLocal: true);
+
+        void IThreadPoolWorkItem.Execute()
+        {
+            var continuation = _continuation!;
+            var state = _continuationState;
+            _continuation = null;
+            _continuationState = null;
+            continuation(state);
+        }
 
         /// <summary>The writer takes the result, once; it then lets the commit go.</summary>
         public void GetResult(short token)

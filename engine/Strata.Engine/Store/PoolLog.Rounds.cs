@@ -217,7 +217,7 @@ internal sealed partial class PoolLog
 
     /// <param name="written">The round's log writes (pooled: awaited here, once).</param>
     /// <param name="previous">The round started before it and its generation (null: none): its flush waits for that round's settling.</param>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     private async ValueTask WrittenThenFlushAsync(Round round, ValueTask written, (Round Round, long Generation)? previous)
     {
         try
@@ -256,7 +256,7 @@ internal sealed partial class PoolLog
     /// While targets are excluded, a chunk mapping whose every replica is on one of them is voided too
     /// (its writer placed it before a target that failed a write left the pool; PoolLog.TryDropShard).
     /// </summary>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     private async ValueTask SettleDataAsync(Round round)
     {
         bool voided = false;

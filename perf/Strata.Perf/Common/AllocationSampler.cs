@@ -15,7 +15,11 @@ internal sealed class AllocationSampler : EventListener
     private readonly ConcurrentDictionary<string, long> _bytes = new();
     private volatile bool _on;
 
-    public AllocationSampler() => _on = true;
+    /// <param name="start">Whether to sample from now on; otherwise from <see cref="Start"/>.</param>
+    public AllocationSampler(bool start = true) => _on = start;
+
+    /// <summary>Starts sampling (a row's measured window, without its warm-up).</summary>
+    public void Start() => _on = true;
 
     protected override void OnEventSourceCreated(EventSource source)
     {

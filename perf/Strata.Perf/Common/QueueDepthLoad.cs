@@ -44,7 +44,8 @@ public sealed class QueueDepthLoad
             _histograms[i] = new LatencyHistogram();
     }
 
-    public async Task<EngineResult> RunAsync(TimeSpan warmup, TimeSpan runtime, string config)
+    /// <param name="measuring">Called as the measured window starts, after the warm-up.</param>
+    public async Task<EngineResult> RunAsync(TimeSpan warmup, TimeSpan runtime, string config, Action? measuring = null)
     {
         var workers = new Task[_row.QueueDepth];
         ulong seed = (ulong)Environment.TickCount64 * 0x9E3779B97F4A7C15UL | 1;
@@ -59,6 +60,7 @@ public sealed class QueueDepthLoad
         var process = Process.GetCurrentProcess();
         process.Refresh();
         var cpu0 = process.TotalProcessorTime;
+        measuring?.Invoke();
         long alloc0 = GC.GetTotalAllocatedBytes(precise: true);
         long t0 = Stopwatch.GetTimestamp();
         Volatile.Write(ref _phase, Measure);

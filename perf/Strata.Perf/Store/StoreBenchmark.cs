@@ -38,7 +38,8 @@ public static class StoreBenchmark
           --batch N          completions reaped per poll (DeviceOptions.CompletionBatch; default 32)
           --engines LIST     strata,fio (default both)
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
-          --alloc-types      sample which managed types the Strata rows allocate (GC AllocationTick; printed per row)
+          --alloc-types      sample which managed types the Strata rows allocate in the measured window
+                             (GC AllocationTick; printed per row)
           --json FILE        write every figure as JSON
         """;
 
@@ -191,8 +192,8 @@ public static class StoreBenchmark
                     var h0 = HostCpuSample.Now();
                     var c0 = pool.Log.Stats;
                     var load = new QueueDepthLoad(row, image.Size, ArrayBuffer.Rent, (offset, m) => image.ReadAsync(offset, m), (offset, m) => image.WriteAsync(offset, m));
-                    using var sampler = o.AllocTypes ? new AllocationSampler() : null;
-                    var r = await load.RunAsync(TimeSpan.FromSeconds(1), o.Runtime, $"chunk={chunkSize} rf={o.Rf} targets={o.Targets} pollers={o.Pollers}");
+                    using var sampler = o.AllocTypes ? new AllocationSampler(start: false) : null;
+                    var r = await load.RunAsync(TimeSpan.FromSeconds(1), o.Runtime, $"chunk={chunkSize} rf={o.Rf} targets={o.Targets} pollers={o.Pollers}", sampler == null ? null : sampler.Start);
                     sampler?.Report(row.Name);
                     r = r with { OtherCpuPercent = Math.Max(0, HostCpuSample.BusyPercent(h0, HostCpuSample.Now()) - r.CpuPercent) };
                     Console.WriteLine($" {Throughput(row, r)}, p50 {TablePrinter.Latency(r.P50Ns)}, p99 {TablePrinter.Latency(r.P99Ns)}, cpu {r.CpuPercent:F0}%, others {r.OtherCpuPercent:F0}%, {r.AllocatedBytesPerOp:F0} B/op");
@@ -339,7 +340,7 @@ internal sealed class StoreBenchOptions
     public required bool RunFio { get; init; }
     public string? JsonPath { get; init; }
     public TimeSpan WaitIdle { get; init; }
-    /// <summary>--alloc-types: sample which types the Strata rows allocate (AllocationSampler; warm-up included).</summary>
+    /// <summary>--alloc-types: sample which types the Strata rows allocate (AllocationSampler; the measured window, as B/op).</summary>
     public bool AllocTypes { get; init; }
 
     public string TargetPath(int i) => Path.Combine(Dir, $"store-target-{i}.dat");
