@@ -84,4 +84,63 @@ public sealed class MultiChunkTests
         await img.ReadAsync(0, back.AsMemory(0, 20480));
         CollectionAssert.AreEqual(data[..20480], back[..20480]);
     }
+
+    /// <summary>
+    /// Buffered file targets (reads of the page cache on the caller's thread): whole chunks of a
+    /// multi-chunk read are read straight into the caller's buffer and verified there, the request's
+    /// partial edge chunks through a buffer; a chunk that does not verify (rf 1: no good copy) fails
+    /// the read naming it, and its bytes are not left in the caller's buffer.
+    /// </summary>
+    [TestMethod]
+    [DataRow(2u, DisplayName = "layout 2: one CRC per chunk")]
+    [DataRow(3u, DisplayName = "layout 3: block tables in front of the chunks")]
+    public async Task Read_ManyChunksOnBufferedFiles_WholeChunksInPlaceCorruptOneFailsUnseen(uint layout)
+    {
+        string dir = Directory.CreateTempSubdirectory("strata-inplace-").FullName;
+        var dev = NativeBlockDevice.Open($"file:{Path.Combine(dir, "t0.img")}?create=1&size=16M&direct=0", new DeviceOptions { ArenaBytes = 0 });
+        try
+        {
+            var (engine, ras) = await TestDevices.FormatAsync([dev]);
+            await using var _ = engine;
+            var pool = await engine.CreatePoolAsync("tank", 8L * 1024 * 1024, 1, TestDevices.SmallPool with { LayoutVersion = layout });
+            await pool.CreateContainerAsync("c");
+            const int cs = 16 * 1024;
+            var img = await pool.CreateImageAsync("c", "v", 16 * cs, cs);
+            var data = TestDevices.Pattern(16 * cs, 5);
+            await img.WriteAsync(0, data);
+
+            // Unaligned at both ends: partial first and last chunks, whole ones between.
+            var back = new byte[14 * cs + 300];
+            await img.ReadAsync(cs / 2, back);
+            CollectionAssert.AreEqual(data.AsSpan(cs / 2, back.Length).ToArray(), back);
+
+            // Corrupt chunk 5 behind the store's back: a raw write of the device block holding one of its bytes.
+            var meta = pool.Meta.Images[img.Id];
+            var r = meta.Chunks[5].Replicas[0];
+            var shard = pool.Shards[r.Target];
+            long at = shard.Base + shard.Header.DataOffset + r.Offset + (meta.Chunks[5].Blocks ? ChunkChecksum.TableSize : 0) + 100;
+            long block = at / 4096 * 4096;
+            var raw = new byte[4096];
+            await dev.ReadAsync(block, raw);
+            raw[at - block] ^= 0xFF;
+            await dev.WriteAsync(block, raw);
+            var dest = new byte[16 * cs];
+            var e = await Assert.ThrowsExactlyAsync<DataIntegrityException>(() => img.ReadAsync(0, dest).AsTask());
+            StringAssert.Contains(e.Message, $"at offset {5 * cs}");
+            Assert.IsTrue(ras.WithId(RasIds.DataChecksumMismatch).Any(x => x.Offset == 5 * cs));
+            Assert.IsTrue(dest.AsSpan(5 * cs, cs).IndexOfAnyExcept((byte)0) < 0, "the bad chunk's bytes never reach the caller");
+            // The chunks around it still read.
+            var before = new byte[5 * cs];
+            await img.ReadAsync(0, before);
+            CollectionAssert.AreEqual(data[..(5 * cs)], before);
+            var after = new byte[10 * cs];
+            await img.ReadAsync(6 * cs, after);
+            CollectionAssert.AreEqual(data[(6 * cs)..], after);
+        }
+        finally
+        {
+            dev.Dispose();
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }
