@@ -203,24 +203,10 @@ internal sealed class AsyncReaderWriterLock
     /// </summary>
     internal sealed class WriterWait : IValueTaskSource, IThreadPoolWorkItem
     {
-        private const int MaxPooled = 1024;
-        private static readonly System.Collections.Concurrent.ConcurrentQueue<WriterWait> s_pool = new();
-        private static int s_count;
-        private static readonly Action<object?> s_resume = w => ThreadPool.UnsafeQueueUserWorkItem((WriterWait)w!, preferLocal: true);
-
         private ManualResetValueTaskSourceCore<bool> _core;
-        private Action<object?>? _continuation;
-        private object? _continuationState;
+        private Threading.QueuedContinuation _continuation;
 
-        public static WriterWait Rent()
-        {
-            if (s_pool.TryDequeue(out var wait))
-            {
-                Interlocked.Decrement(ref s_count);
-                return wait;
-            }
-            return new WriterWait();
-        }
+        public static WriterWait Rent() => Threading.SharedPool<WriterWait>.Rent();
 
         public ValueTask Task => new(this, _core.Version);
 
@@ -229,28 +215,10 @@ internal sealed class AsyncReaderWriterLock
 
         public ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);
 
-        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-        {
-            if (flags != ValueTaskSourceOnCompletedFlags.None)
-            {
-                // An awaiter that flows a context (none here: ConfigureAwait(false)): the core's own way.
-                _core.RunContinuationsAsynchronously = true;
-                _core.OnCompleted(continuation, state, token, flags);
-                return;
-            }
-            _continuation = continuation;
-            _continuationState = state;
-            _core.OnCompleted(s_resume, this, token, flags);
-        }
+        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
+            _continuation.OnCompleted(ref _core, this, continuation, state, token, flags);
 
-        void IThreadPoolWorkItem.Execute()
-        {
-            var continuation = _continuation!;
-            var state = _continuationState;
-            _continuation = null;
-            _continuationState = null;
-            continuation(state);
-        }
+        void IThreadPoolWorkItem.Execute() => _continuation.Run();
 
         /// <summary>The writer takes the lock, once; the wait is reused from then on.</summary>
         public void GetResult(short token)
@@ -263,10 +231,7 @@ internal sealed class AsyncReaderWriterLock
             {
                 _core.Reset();
                 _core.RunContinuationsAsynchronously = false;
-                if (Interlocked.Increment(ref s_count) <= MaxPooled)
-                    s_pool.Enqueue(this);
-                else
-                    Interlocked.Decrement(ref s_count);
+                Threading.SharedPool<WriterWait>.Return(this);
             }
         }
     }

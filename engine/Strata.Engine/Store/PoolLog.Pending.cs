@@ -97,8 +97,7 @@ internal sealed partial class PoolLog
         private readonly Action? _release;
         private ManualResetValueTaskSourceCore<bool> _done;
         /// <summary>The writer's continuation, resumed on the thread pool through this object (<see cref="OnCompleted"/>).</summary>
-        private Action<object?>? _continuation;
-        private object? _continuationState;
+        private Threading.QueuedContinuation _continuation;
         private int _completed;
         private int _holders;
 
@@ -177,29 +176,10 @@ internal sealed partial class PoolLog
         /// completer: queued as this object (the core's own asynchronous continuation makes a work item each time,
         /// issue 17). An awaiter that flows a context (none on the write path: ConfigureAwait(false)) gets the core's.
         /// </summary>
-        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags)
-        {
-            if (flags != ValueTaskSourceOnCompletedFlags.None)
-            {
-                _done.RunContinuationsAsynchronously = true;
-                _done.OnCompleted(continuation, state, token, flags);
-                return;
-            }
-            _continuation = continuation;
-            _continuationState = state;
-            _done.OnCompleted(s_resume, this, token, flags);
-        }
+        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
+            _continuation.OnCompleted(ref _done, this, continuation, state, token, flags);
 
-        private static readonly Action<object?> s_resume = p => ThreadPool.UnsafeQueueUserWorkItem((Pending)p!, preferLocal: true);
-
-        void IThreadPoolWorkItem.Execute()
-        {
-            var continuation = _continuation!;
-            var state = _continuationState;
-            _continuation = null;
-            _continuationState = null;
-            continuation(state);
-        }
+        void IThreadPoolWorkItem.Execute() => _continuation.Run();
 
         /// <summary>The writer takes the result, once; it then lets the commit go.</summary>
         public void GetResult(short token)

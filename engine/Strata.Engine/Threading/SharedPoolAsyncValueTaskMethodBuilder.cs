@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Threading.Tasks.Sources;
@@ -105,17 +104,6 @@ internal class PooledBox : IValueTaskSource
 /// <summary>The box of a method whose state machine is <typeparamref name="TStateMachine"/>, and their pool.</summary>
 internal sealed class PooledBox<TStateMachine> : PooledBox where TStateMachine : IAsyncStateMachine
 {
-    /// <summary>
-    /// Boxes kept per method beyond one per thread: as many as may be in flight at once on a busy server
-    /// (a write's steps at every connection's queue depth); a box is a few hundred bytes, kept only once
-    /// that many were in flight together.
-    /// </summary>
-    private const int MaxPooled = 1024;
-
-    [ThreadStatic]
-    private static PooledBox<TStateMachine>? t_cached;
-    private static readonly ConcurrentQueue<PooledBox<TStateMachine>> s_pool = new();
-    private static int s_count;
     private static readonly ContextCallback s_moveNext = s => Unsafe.As<PooledBox<TStateMachine>>(s!).StateMachine.MoveNext();
 
     public TStateMachine StateMachine = default!;
@@ -127,21 +115,7 @@ internal sealed class PooledBox<TStateMachine> : PooledBox where TStateMachine :
     public Action MoveNextAction { get; }
 
     /// <summary>This thread's box if it has one, else one from the shared pool, else a new one.</summary>
-    public static PooledBox<TStateMachine> Rent()
-    {
-        var box = t_cached;
-        if (box != null)
-        {
-            t_cached = null;
-            return box;
-        }
-        if (s_pool.TryDequeue(out box))
-        {
-            Interlocked.Decrement(ref s_count);
-            return box;
-        }
-        return new PooledBox<TStateMachine>();
-    }
+    public static PooledBox<TStateMachine> Rent() => SharedPool<PooledBox<TStateMachine>>.Rent();
 
     private void MoveNext()
     {
@@ -156,14 +130,6 @@ internal sealed class PooledBox<TStateMachine> : PooledBox where TStateMachine :
     {
         StateMachine = default!;
         Context = null;
-        if (t_cached == null)
-        {
-            t_cached = this;
-            return;
-        }
-        if (Interlocked.Increment(ref s_count) <= MaxPooled)
-            s_pool.Enqueue(this);
-        else
-            Interlocked.Decrement(ref s_count);
+        SharedPool<PooledBox<TStateMachine>>.Return(this);
     }
 }

@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Threading.Tasks.Sources;
@@ -98,12 +97,6 @@ internal class PooledResultBox<TResult> : IValueTaskSource<TResult>
 /// <summary>As <see cref="PooledBox{TStateMachine}"/>, with a result.</summary>
 internal sealed class PooledResultBox<TResult, TStateMachine> : PooledResultBox<TResult> where TStateMachine : IAsyncStateMachine
 {
-    private const int MaxPooled = 1024;
-
-    [ThreadStatic]
-    private static PooledResultBox<TResult, TStateMachine>? t_cached;
-    private static readonly ConcurrentQueue<PooledResultBox<TResult, TStateMachine>> s_pool = new();
-    private static int s_count;
     private static readonly ContextCallback s_moveNext = s => Unsafe.As<PooledResultBox<TResult, TStateMachine>>(s!).StateMachine.MoveNext();
 
     public TStateMachine StateMachine = default!;
@@ -113,21 +106,7 @@ internal sealed class PooledResultBox<TResult, TStateMachine> : PooledResultBox<
 
     public Action MoveNextAction { get; }
 
-    public static PooledResultBox<TResult, TStateMachine> Rent()
-    {
-        var box = t_cached;
-        if (box != null)
-        {
-            t_cached = null;
-            return box;
-        }
-        if (s_pool.TryDequeue(out box))
-        {
-            Interlocked.Decrement(ref s_count);
-            return box;
-        }
-        return new PooledResultBox<TResult, TStateMachine>();
-    }
+    public static PooledResultBox<TResult, TStateMachine> Rent() => SharedPool<PooledResultBox<TResult, TStateMachine>>.Rent();
 
     private void MoveNext()
     {
@@ -142,14 +121,6 @@ internal sealed class PooledResultBox<TResult, TStateMachine> : PooledResultBox<
     {
         StateMachine = default!;
         Context = null;
-        if (t_cached == null)
-        {
-            t_cached = this;
-            return;
-        }
-        if (Interlocked.Increment(ref s_count) <= MaxPooled)
-            s_pool.Enqueue(this);
-        else
-            Interlocked.Decrement(ref s_count);
+        SharedPool<PooledResultBox<TResult, TStateMachine>>.Return(this);
     }
 }
