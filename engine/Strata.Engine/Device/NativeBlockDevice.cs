@@ -61,8 +61,14 @@ public sealed record DeviceOptions
     /// doorbell per read and held the poller at about 45k IOPS; 32 gave about 8 reads per
     /// io_uring_enter and 75-85k IOPS. 1 submits after every completion (the device waits
     /// for no other continuation), at a system call per command.
+    /// Session 20 (perf/README.md, "Completion batch"): 8 against 32, alternating runs with nothing
+    /// else running, device 4 KiB reads at QD 32 69.5k / 72.7k against 65.8k / 64.3k IOPS (fio
+    /// 66.7k / 73.0k), store 4 KiB reads 65.9k / 63.3k against 59.0k / 57.4k, store durable 4 KiB
+    /// writes 41.1k / 40.2k against 36.2k / 34.6k; 1 MiB rows level. Reaping all 32 before
+    /// submitting left the device short of commands while the poller ran 32 continuations; 8 still
+    /// submits several commands per system call.
     /// </summary>
-    public int CompletionBatch { get; init; } = 32;
+    public int CompletionBatch { get; init; } = 8;
 
     /// <summary>
     /// CPUs the polling threads run on (poller i on PollerCpus[i % Count]); null leaves them to the

@@ -24,7 +24,7 @@ public static class DeviceBenchmark
                            randwrite-4k-qd1, randwrite-4k-qd32, read-1m-qd8, write-1m-qd8)
           --pollers N      Strata polling threads / queue pairs (default 1)
           --spin N         Strata poller idle spin iterations before parking (default: DeviceOptions')
-          --batch N        Strata completions reaped per poll (DeviceOptions.CompletionBatch; default 32)
+          --batch N        Strata completions reaped per poll (DeviceOptions.CompletionBatch; default 8)
           --busy-poll-us N Strata poller's busy-poll window (DeviceOptions.BusyPollMicros; default 0 = adaptive,
                            negative = busy-poll while any small read or write is in flight)
           --poller-cpus L  CPUs for Strata's pollers, comma separated (default: the scheduler's choice;

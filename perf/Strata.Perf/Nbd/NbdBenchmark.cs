@@ -32,6 +32,7 @@ public static class NbdBenchmark
           --pollers N        queue pairs per Strata target device, all on one polling thread as in the engine (default 1)
           --busy-poll-us N   a poller's busy-poll window without completions before it waits in the kernel
                              (default: DeviceOptions.BusyPollMicros, as the engine)
+          --batch N          completions a Strata poller reaps per poll (default: DeviceOptions.CompletionBatch, as the engine)
           --irq-cpus MODE    the polling thread joins (default), avoids or ignores the disk's interrupt CPUs
           --parallel-writes SIZE  Strata's writes of SIZE or more run on the connection's worker thread beside
                              the receive loop (NbdServerOptions.ParallelPayloadBytes; 0: none; default: the server's)
@@ -312,6 +313,9 @@ internal sealed class NbdBenchOptions
     public required int Pollers { get; init; }
     public int? BusyPollMicros { get; init; }
 
+    /// <summary>--batch: DeviceOptions.CompletionBatch of Strata's targets, or null for the engine's default.</summary>
+    public int? CompletionBatch { get; init; }
+
     /// <summary>--irq-cpus: the polling thread joins (default), avoids or ignores the disk's interrupt CPUs.</summary>
     public Strata.Engine.Device.InterruptPlacement InterruptPlacement { get; init; } = Strata.Engine.Device.InterruptPlacement.Join;
     /// <summary>NbdServerOptions.ParallelPayloadBytes of Strata's server; null for the default.</summary>
@@ -385,6 +389,7 @@ internal sealed class NbdBenchOptions
             Rows = rows,
             Pollers = pollers,
             BusyPollMicros = cl.Has("busy-poll-us") ? cl.SignedInt("busy-poll-us", 0) : null,
+            CompletionBatch = cl.Has("batch") ? cl.Int("batch", 8) : null,
             InterruptPlacement = Device.DeviceBenchmark.ParsePlacement(cl.String("irq-cpus")),
             ParallelPayloadBytes = !cl.Has("parallel-writes") ? null : cl.String("parallel-writes") == "0" ? 0 : (int)cl.Bytes("parallel-writes", 0),
             RateIops = cl.Int("rate-iops", 0),

@@ -71,7 +71,7 @@ internal sealed class StrataNbd : INbdServerUnderTest
     {
         // One polling thread for the targets, as strata-engine runs its file targets.
         var devices = new BenchDevices(Enumerable.Range(0, o.Targets).Select(i => $"file:{o.TargetPath(chunkSize, buffered, i)}?direct={(buffered ? 0 : 1)}&qd=128"),
-            o.Pollers, pollerThreads: 1, o.BusyPollMicros, placement: o.InterruptPlacement);
+            o.Pollers, pollerThreads: 1, o.BusyPollMicros, o.CompletionBatch, o.InterruptPlacement);
         try
         {
             var engine = await StorageEngine.FormatAsync(devices.Devices, force: true);

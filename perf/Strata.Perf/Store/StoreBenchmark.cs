@@ -35,7 +35,7 @@ public static class StoreBenchmark
           --busy-poll-us N   a poller's busy-poll window without completions before it waits in the kernel
                              (default DeviceOptions.BusyPollMicros = 0: adaptive; negative: busy-poll while reads or writes are in flight)
           --irq-cpus MODE    the pollers join (default), avoid or ignore the disk's interrupt CPUs
-          --batch N          completions reaped per poll (DeviceOptions.CompletionBatch; default 32)
+          --batch N          completions reaped per poll (DeviceOptions.CompletionBatch; default 8)
           --engines LIST     strata,fio (default both)
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
           --alloc-types      sample which managed types the Strata rows allocate in the measured window
