@@ -166,7 +166,7 @@ public sealed partial class Image
     /// into (IReadSink): a read across chunks delivers each chunk's piece as its run is verified; a
     /// read within one chunk, or of an image being imported, is read into a buffer and delivered whole.
     /// </summary>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     public async ValueTask ReadAsync(long offset, int length, IReadSink sink)
     {
         _pool.NoteClientIo();

@@ -24,7 +24,7 @@ internal sealed class ChunkIo(Pool pool)
     /// </summary>
     /// <param name="blockCrcs">For a chunk with a block table: receives the good replica's verified block CRCs (chunk size / 4 KiB of them).</param>
     /// <remarks>Pooled (a ValueTask to await once): the read paths keep no state machine box per call.</remarks>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<bool> ReadVerifiedAsync(ImageMeta meta, long index, ChunkMap map, Memory<byte> buffer,
         bool repair, bool report = true, uint[]? blockCrcs = null)
     {
@@ -114,7 +114,7 @@ internal sealed class ChunkIo(Pool pool)
         return ReadPartAsync(meta, index, map, within, dest);
     }
 
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> ReadPartAsync(ImageMeta meta, long index, ChunkMap map, int within, Memory<byte> dest)
     {
         int cs = meta.ChunkSize;
@@ -174,7 +174,7 @@ internal sealed class ChunkIo(Pool pool)
     /// block table (cached, or read: together with the data when they are adjacent) and each block read.
     /// </summary>
     /// <param name="crcsOut">When the replica has a block table and verifies: receives its block CRCs.</param>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<ChunkVerdict> ReadReplicaAsync(ImageMeta meta, long index, bool blocks, Replica r, int from, Memory<byte> part, uint[]? crcsOut = null)
     {
         var shard = pool.Shards[r.Target];
@@ -425,7 +425,8 @@ internal sealed class ChunkIo(Pool pool)
     /// copy on write instead (the claim was refused, or the old bytes it needs do not verify: the
     /// copy-on-write path reads, reports and repairs them).
     /// </summary>
-    private async Task<bool> TryWriteInPlaceAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, ChunkMap old)
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> TryWriteInPlaceAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, ChunkMap old)
     {
         const int T = ChunkChecksum.TableSize;
         int cs = meta.ChunkSize;
@@ -524,7 +525,8 @@ internal sealed class ChunkIo(Pool pool)
     }
 
     /// <summary>The verified block CRCs of a mapping (cached, or read from the first replica whose table verifies); null when none does.</summary>
-    private async Task<uint[]?> CurrentTableAsync(ImageMeta meta, long index, ChunkMap map)
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<uint[]?> CurrentTableAsync(ImageMeta meta, long index, ChunkMap map)
     {
         foreach (var r in map.Replicas)
             if (pool.Tables.TryGet(r, out var cached))
@@ -559,7 +561,8 @@ internal sealed class ChunkIo(Pool pool)
     }
 
     /// <summary>Reads data blocks [<paramref name="from"/>, from + dest.Length) from the first replica where they verify against <paramref name="crcs"/>.</summary>
-    private async Task<bool> ReadBlocksAsync(ChunkMap map, uint[] crcs, int from, Memory<byte> dest)
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> ReadBlocksAsync(ChunkMap map, uint[] crcs, int from, Memory<byte> dest)
     {
         foreach (var r in map.Replicas)
         {
