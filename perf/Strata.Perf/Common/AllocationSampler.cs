@@ -13,6 +13,7 @@ internal sealed class AllocationSampler : EventListener
 {
     private const EventKeywords GcKeyword = (EventKeywords)0x1;
     private readonly ConcurrentDictionary<string, long> _bytes = new();
+    private readonly ConcurrentDictionary<string, int> _gcs = new();
     private volatile bool _on;
 
     /// <param name="start">Whether to sample from now on; otherwise from <see cref="Start"/>.</param>
@@ -29,12 +30,23 @@ internal sealed class AllocationSampler : EventListener
 
     protected override void OnEventWritten(EventWrittenEventArgs e)
     {
-        if (!_on || e.EventName is null || !e.EventName.StartsWith("GCAllocationTick", StringComparison.Ordinal) || e.PayloadNames is null)
+        if (!_on || e.EventName is null || e.PayloadNames is null)
             return;
-        int type = e.PayloadNames.IndexOf("TypeName"), amount = e.PayloadNames.IndexOf("AllocationAmount64");
+        if (e.EventName.StartsWith("GCStart", StringComparison.Ordinal))
+        {
+            int depth = e.PayloadNames.IndexOf("Depth"), reason = e.PayloadNames.IndexOf("Reason");
+            if (depth >= 0 && reason >= 0)
+                _gcs.AddOrUpdate($"gen {e.Payload![depth]}, reason {GcReason(Convert.ToInt32(e.Payload[reason], System.Globalization.CultureInfo.InvariantCulture))}", 1, (_, n) => n + 1);
+            return;
+        }
+        if (!e.EventName.StartsWith("GCAllocationTick", StringComparison.Ordinal))
+            return;
+        int type = e.PayloadNames.IndexOf("TypeName"), amount = e.PayloadNames.IndexOf("AllocationAmount64"), kind = e.PayloadNames.IndexOf("AllocationKind");
         if (type < 0 || amount < 0)
             return;
         string name = e.Payload![type] as string ?? "?";
+        if (kind >= 0 && Convert.ToInt32(e.Payload[kind], System.Globalization.CultureInfo.InvariantCulture) == 1)
+            name += " (large object heap)";
         long bytes = Convert.ToInt64(e.Payload[amount], System.Globalization.CultureInfo.InvariantCulture);
         _bytes.AddOrUpdate(name, bytes, (_, b) => b + bytes);
     }
@@ -47,5 +59,23 @@ internal sealed class AllocationSampler : EventListener
         Console.WriteLine($"    allocation samples ({title}): {total / 1024} KiB sampled");
         foreach (var (name, b) in _bytes.OrderByDescending(kv => kv.Value).Take(top))
             Console.WriteLine($"      {100.0 * b / Math.Max(1, total),5:F1}%  {name}");
+        foreach (var (what, n) in _gcs.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+            Console.WriteLine($"      collections: {n} x {what}");
     }
+
+    /// <summary>The runtime's GC reason codes (GCStart's Reason), as its event manifest names them.</summary>
+    private static string GcReason(int reason) => reason switch
+    {
+        0 => "small-object allocation",
+        1 => "induced",
+        2 => "low memory",
+        3 => "empty",
+        4 => "large-object allocation",
+        5 => "out of small-object space",
+        6 => "out of large-object space",
+        7 => "induced, not forced",
+        8 => "internal",
+        9 => "induced, low memory",
+        _ => reason.ToString(System.Globalization.CultureInfo.InvariantCulture),
+    };
 }
