@@ -265,14 +265,15 @@ public sealed unsafe class NativeBlockDevice : BlockDeviceBase, IFaultInjectable
 
     /// <summary>
     /// A table and its chunk (or any two adjacent buffers) in one vectored page-cache call on this thread
-    /// (sio_device_readv_cached / writev_cached) where <see cref="SubmitCore"/> would have taken one
-    /// buffer of their total length that way: one syscall instead of two. When that fails (not all
-    /// cached, faults, an error) both go through a queue pair, which reports errors with their detail;
-    /// when it does not apply (too long, FUA, direct) each part goes its own way as through SubmitCore.
+    /// (sio_device_readv_cached / writev_cached) where <see cref="SubmitCore"/> would have taken each
+    /// of them that way: the same copies, one syscall instead of two (a 1 MiB chunk's write with its
+    /// table, each part within CachedWriteLimit, is one pwritev2). When that fails (not all cached,
+    /// faults, an error) both go through a queue pair, which reports errors with their detail; when it
+    /// does not apply (a part too long, FUA, direct) each part goes its own way as through SubmitCore.
     /// </summary>
     protected override ValueTask SubmitPairCore(IoOpcode opcode, long offset, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> rest, WriteFlags flags)
     {
-        if (!CachedLength(opcode, head.Length + (long)rest.Length) || !CanCache(opcode, flags))
+        if (!CachedLength(opcode, head.Length) || !CachedLength(opcode, rest.Length) || !CanCache(opcode, flags))
             return SubmitApart(opcode, offset, head, rest, flags);
         if (TryCachedPair(opcode, offset, head, rest))
         {

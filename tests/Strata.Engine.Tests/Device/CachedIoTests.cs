@@ -209,16 +209,19 @@ public sealed partial class CachedIoTests
     }
 
     /// <summary>
-    /// A block table and its chunk written together from ordinary arrays: one vectored page-cache call
-    /// on the caller's thread (sio_device_writev_cached), head then rest in the file.
+    /// A block table and its 1 MiB chunk written together from ordinary arrays: one vectored page-cache
+    /// call on the caller's thread (sio_device_writev_cached; each part alone would have been copied
+    /// there, CachedWriteLimit), head then rest in the file.
     /// </summary>
     [TestMethod]
-    public async Task BufferedDevice_WriteGather_OneCallOnTheCallersThread_HeadThenRest()
+    public async Task BufferedDevice_WriteGather_TableAnd1MiBChunk_OneCallOnTheCallersThread()
     {
+        // Off whatever thread the previous test's last completion left this one on (it may be a polling thread).
         await Task.Yield();
+        Assert.IsFalse(PollerThread.OnPollerThread);
         // lock=0: the test reads the file while the device is open (File.OpenRead takes a shared flock).
         using var dev = Open("gather", direct: false, "&lock=0");
-        byte[] head = Pattern(4096, 1), rest = Pattern(128 * 1024, 2);
+        byte[] head = Pattern(4096, 1), rest = Pattern(1 << 20, 2);
         var write = dev.WriteGatherAsync(1 << 20, head, rest);
         Assert.IsTrue(write.IsCompletedSuccessfully, "a gathered write without FUA went through the polling thread");
         await write;
