@@ -31,7 +31,7 @@ extern "C" {
 /** Version constants of the ABI. */
 enum sio_abi {
     /** ABI version this header describes; the managed side refuses a library reporting another. */
-    SIO_ABI_VERSION = 3,
+    SIO_ABI_VERSION = 4,
 };
 
 /** Limits of the ABI. */
@@ -46,6 +46,8 @@ enum sio_limits {
     SIO_ERROR_DETAIL_MAX = 256,
     /** Most descriptors one sio_fd_send passes (the kernel's SCM_MAX_FD is 253). */
     SIO_MAX_PASSED_FDS = 250,
+    /** Most segments one vectored call takes (the kernel's IOV_MAX). */
+    SIO_MAX_IOVECS = 1024,
 };
 
 /** Command opcodes. */
@@ -164,6 +166,14 @@ typedef struct sio_completion {
     uint32_t bytes;
 } sio_completion;
 
+/** One segment of a vectored transfer (sio_device_readv_cached, sio_device_writev_cached). */
+typedef struct sio_iovec {
+    /** First byte of the segment. */
+    void *base;
+    /** Length in bytes, at least 1; need not be block aligned. */
+    uint64_t length;
+} sio_iovec;
+
 /** Counters of the device's fault injector. */
 typedef struct sio_fault_stats {
     /** Commands that the injector looked at (those matching its filters). */
@@ -264,6 +274,32 @@ SIO_API int32_t sio_device_read_cached(sio_device *dev, void *buf, uint32_t leng
  * command's rules. Thread-safe.
  */
 SIO_API int32_t sio_device_write_cached(sio_device *dev, const void *buf, uint32_t length, uint64_t offset);
+
+/**
+ * sio_device_read_cached into iovcnt segments (1..SIO_MAX_IOVECS) that lie
+ * one after another on the device from offset, in one preadv2: a block
+ * table and the data after it cost one syscall. A segment may have any
+ * length of at least 1 byte; their total follows the READ command's rules.
+ * All or nothing: 0 when every segment holds its bytes, else -EAGAIN (some
+ * page not cached, the read would block, it failed, or fault injection is
+ * configured; the segments' contents are then undefined), as with
+ * sio_device_read_cached; -EINVAL for a bad count, a NULL or empty segment
+ * or a total the READ command refuses; -ENOTSUP when the device lacks
+ * SIO_DEV_F_CACHED_READ. Thread-safe.
+ */
+SIO_API int32_t sio_device_readv_cached(sio_device *dev, const sio_iovec *iov, uint32_t iovcnt, uint64_t offset);
+
+/**
+ * sio_device_write_cached from iovcnt segments (1..SIO_MAX_IOVECS) that go
+ * one after another on the device from offset, in one pwritev2. A segment
+ * may have any length of at least 1 byte; their total follows the WRITE
+ * command's rules. 0 when all is written, else -EAGAIN (the write failed or
+ * fault injection is configured; the caller then writes the range through a
+ * queue pair, which reports errors with their detail); -EINVAL for a bad
+ * count, a NULL or empty segment or a total the WRITE command refuses;
+ * -ENOTSUP when the device lacks SIO_DEV_F_CACHED_WRITE. Thread-safe.
+ */
+SIO_API int32_t sio_device_writev_cached(sio_device *dev, const sio_iovec *iov, uint32_t iovcnt, uint64_t offset);
 
 /** Allocates a zeroed DMA-able buffer of size bytes aligned to at least align (power of two, 0 for the device's). */
 SIO_API int32_t sio_dma_alloc(sio_device *dev, uint64_t size, uint32_t align, void **out_buf);

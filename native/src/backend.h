@@ -15,6 +15,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "faults.h"
 #include "strata_io.h"
@@ -65,8 +66,13 @@ struct sio_backend_ops {
     int32_t (*submit)(sio_qpair *qp, const sio_cmd *cmds, const struct sio_fault_action *acts, uint32_t count);
     int32_t (*poll)(sio_qpair *qp, sio_completion *out, uint32_t max, uint32_t *out_count);
     int32_t (*wait)(sio_qpair *qp, sio_completion *out, uint32_t max, uint64_t timeout_us, uint32_t *out_count);
-    /* NULL without a page cache; else 0 or -EAGAIN (sio_device_read_cached/write_cached), arguments checked. */
-    int32_t (*rw_cached)(sio_device *dev, void *buf, uint32_t length, uint64_t offset, bool write);
+    /*
+     * NULL without a page cache; else 0 or -EAGAIN (sio_device_read_cached and
+     * the rest), arguments checked: iovcnt >= 1 segments of length bytes in all,
+     * none empty. The backend may change iov (it is the caller's scratch).
+     */
+    int32_t (*rw_cached)(sio_device *dev, struct iovec *iov, uint32_t iovcnt, uint64_t length, uint64_t offset,
+                         bool write);
 };
 
 extern const struct sio_backend_ops sio_uring_backend;

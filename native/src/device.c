@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -132,40 +133,84 @@ int32_t sio_device_geometry(sio_device *dev, sio_geometry *out_geometry)
     return 0;
 }
 
+/* The ABI's limit is the kernel's: one call never needs to split a vector. */
+_Static_assert(SIO_MAX_IOVECS <= IOV_MAX, "SIO_MAX_IOVECS exceeds the kernel's IOV_MAX");
+_Static_assert(sizeof(size_t) == sizeof(uint64_t), "sio_iovec.length maps onto iov_len");
+
 /*
- * The cached calls: the READ/WRITE rules (block aligned, inside the device, at
- * most max_transfer), then the backend's page-cache path where the device
- * offers it (flag) and no faults are configured (those are decided per command
- * on the queue pair path).
+ * The cached calls: the READ/WRITE rules for the whole transfer (block
+ * aligned, inside the device, at most max_transfer), then the backend's
+ * page-cache path where the device offers it (flag) and no faults are
+ * configured (those are decided per command on the queue pair path).
+ * iov is scratch the backend may advance over short transfers.
  */
-static int32_t rw_cached(sio_device *dev, void *buf, uint32_t length, uint64_t offset, bool write)
+static int32_t rw_cached(const char *fn, sio_device *dev, struct iovec *iov, uint32_t iovcnt, uint64_t length,
+                         uint64_t offset, bool write)
 {
-    const char *fn = write ? "sio_device_write_cached" : "sio_device_read_cached";
-    if (dev == NULL || buf == NULL)
-        return sio_fail(-EINVAL, "%s: %s is NULL", fn, dev == NULL ? "dev" : "buf");
     uint32_t block = dev->geo.logical_block_size;
     uint64_t capacity = dev->geo.block_count * (uint64_t)block;
     if (length == 0 || length % block != 0 || offset % block != 0 || length > dev->geo.max_transfer ||
         offset > capacity || length > capacity - offset)
-        return sio_fail(-EINVAL, "%s: %u bytes at offset %" PRIu64 " are not block aligned or not inside the device", fn,
-                        length, offset);
+        return sio_fail(-EINVAL, "%s: %" PRIu64 " bytes at offset %" PRIu64 " are not block aligned or not inside the device",
+                        fn, length, offset);
     uint32_t flag = write ? SIO_DEV_F_CACHED_WRITE : SIO_DEV_F_CACHED_READ;
     if (dev->ops->rw_cached == NULL || (dev->geo.flags & flag) == 0)
         return -ENOTSUP;
     if (sio_faults_enabled(&dev->faults))
         return -EAGAIN;
-    return dev->ops->rw_cached(dev, buf, length, offset, write);
+    return dev->ops->rw_cached(dev, iov, iovcnt, length, offset, write);
+}
+
+static int32_t rw_cached_one(sio_device *dev, void *buf, uint32_t length, uint64_t offset, bool write)
+{
+    const char *fn = write ? "sio_device_write_cached" : "sio_device_read_cached";
+    if (dev == NULL || buf == NULL)
+        return sio_fail(-EINVAL, "%s: %s is NULL", fn, dev == NULL ? "dev" : "buf");
+    struct iovec iov = {.iov_base = buf, .iov_len = length};
+    return rw_cached(fn, dev, &iov, 1, length, offset, write);
+}
+
+/* Checks the segments and copies them into the kernel's iovec (scratch for the backend). */
+static int32_t rw_cached_vec(sio_device *dev, const sio_iovec *iov, uint32_t iovcnt, uint64_t offset, bool write)
+{
+    const char *fn = write ? "sio_device_writev_cached" : "sio_device_readv_cached";
+    if (dev == NULL || iov == NULL)
+        return sio_fail(-EINVAL, "%s: %s is NULL", fn, dev == NULL ? "dev" : "iov");
+    if (iovcnt == 0 || iovcnt > SIO_MAX_IOVECS)
+        return sio_fail(-EINVAL, "%s: %u segments (1..%d)", fn, iovcnt, SIO_MAX_IOVECS);
+    struct iovec kiov[SIO_MAX_IOVECS];
+    uint64_t length = 0;
+    for (uint32_t i = 0; i < iovcnt; i++) {
+        /* Each segment at most max_transfer: the sum of 1024 of them cannot wrap. */
+        if (iov[i].base == NULL || iov[i].length == 0 || iov[i].length > dev->geo.max_transfer)
+            return sio_fail(-EINVAL, "%s: segment %u (%" PRIu64 " bytes) is %s", fn, i, iov[i].length,
+                            iov[i].base == NULL ? "NULL" : iov[i].length == 0 ? "empty" : "over max_transfer");
+        kiov[i].iov_base = iov[i].base;
+        kiov[i].iov_len = (size_t)iov[i].length;
+        length += iov[i].length;
+    }
+    return rw_cached(fn, dev, kiov, iovcnt, length, offset, write);
 }
 
 int32_t sio_device_read_cached(sio_device *dev, void *buf, uint32_t length, uint64_t offset)
 {
-    return rw_cached(dev, buf, length, offset, false);
+    return rw_cached_one(dev, buf, length, offset, false);
 }
 
 int32_t sio_device_write_cached(sio_device *dev, const void *buf, uint32_t length, uint64_t offset)
 {
     /* The backend only reads from buf on this path. */
-    return rw_cached(dev, (void *)buf, length, offset, true);
+    return rw_cached_one(dev, (void *)buf, length, offset, true);
+}
+
+int32_t sio_device_readv_cached(sio_device *dev, const sio_iovec *iov, uint32_t iovcnt, uint64_t offset)
+{
+    return rw_cached_vec(dev, iov, iovcnt, offset, false);
+}
+
+int32_t sio_device_writev_cached(sio_device *dev, const sio_iovec *iov, uint32_t iovcnt, uint64_t offset)
+{
+    return rw_cached_vec(dev, iov, iovcnt, offset, true);
 }
 
 int32_t sio_device_set_faults(sio_device *dev, const char *spec)

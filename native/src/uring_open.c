@@ -321,18 +321,31 @@ void uring_close(sio_device *dev)
  * possibly blocking (RWF_NOWAIT is EOPNOTSUPP there), so io_uring hands every
  * such write to one of its worker threads, a wake-up and two context switches
  * per write, which halved 4 KiB write rates through NBD (docs/device.md).
- * Short transfers go on; anything else (not cached, EIO, EOF) is for the ring.
+ * Short transfers go on from where they stopped (the shim never reports a
+ * part); anything else (not cached, EIO, EOF) is for the ring. A vector is
+ * one syscall however many segments it has.
  */
-static int32_t uring_rw_cached(sio_device *dev, void *buf, uint32_t length, uint64_t offset, bool write)
+static int32_t uring_rw_cached(sio_device *dev, struct iovec *iov, uint32_t iovcnt, uint64_t length, uint64_t offset,
+                               bool write)
 {
     struct uring_device *d = (struct uring_device *)dev;
-    uint32_t done = 0;
+    uint64_t done = 0;
     while (done < length) {
-        struct iovec iov = {.iov_base = (char *)buf + done, .iov_len = length - done};
-        ssize_t n = write ? pwritev2(d->fd, &iov, 1, (off_t)(offset + done), 0)
-                          : preadv2(d->fd, &iov, 1, (off_t)(offset + done), RWF_NOWAIT);
+        ssize_t n = write ? pwritev2(d->fd, iov, (int)iovcnt, (off_t)(offset + done), 0)
+                          : preadv2(d->fd, iov, (int)iovcnt, (off_t)(offset + done), RWF_NOWAIT);
         if (n > 0) {
-            done += (uint32_t)n;
+            done += (uint64_t)n;
+            /* Skip the segments that went and the part of the next one that did. */
+            size_t skip = (size_t)n;
+            while (iovcnt > 0 && skip >= iov->iov_len) {
+                skip -= iov->iov_len;
+                iov++;
+                iovcnt--;
+            }
+            if (iovcnt > 0) {
+                iov->iov_base = (char *)iov->iov_base + skip;
+                iov->iov_len -= skip;
+            }
             continue;
         }
         if (n < 0 && errno == EINTR)

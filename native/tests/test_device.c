@@ -22,7 +22,7 @@ static const char *uri(const char *fmt, const char *path)
 TEST(abi_version)
 {
     CHECK_EQ(sio_abi_version(), SIO_ABI_VERSION);
-    CHECK_EQ(SIO_ABI_VERSION, 3);
+    CHECK_EQ(SIO_ABI_VERSION, 4);
 }
 
 static void *detail_in_fresh_thread(void *arg)

@@ -583,3 +583,159 @@ TEST(write_cached)
     snprintf(uri, sizeof uri, "file:%s?cached_writes=1", p);
     t_open_fails(-EINVAL, uri);
 }
+
+/* Splits buf into segments of the given lengths (n of them) for the vectored calls. */
+static void split(sio_iovec *iov, uint8_t *buf, const uint64_t *lengths, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        iov[i].base = buf;
+        iov[i].length = lengths[i];
+        buf += lengths[i];
+    }
+}
+
+/* Drops the file's pages in [offset, offset + length) from the page cache (they must be clean). */
+static void drop_cached(const char *path, uint64_t offset, uint64_t length)
+{
+    int fd = open(path, O_RDONLY);
+    CHECK(fd >= 0);
+    CHECK_EQ(posix_fadvise(fd, (off_t)offset, (off_t)length, POSIX_FADV_DONTNEED), 0);
+    close(fd);
+}
+
+/*
+ * sio_device_readv_cached: segments of any length whose total is block
+ * aligned are filled in order from the page cache in one call; a range not
+ * all cached (whole or in part), faults, bad arguments and direct devices
+ * are refused as by sio_device_read_cached, never with part of the bytes.
+ */
+TEST(readv_cached)
+{
+    const char *p = t_path("vcached");
+    sio_device *dev = t_open("file:%s?create=1&size=4M&direct=0", p);
+    sio_qpair *qp = t_qpair(dev, 4);
+    enum { LEN = 12288, OFF = 131072 };
+    uint8_t *w = t_dma(dev, LEN), *r = malloc(LEN);
+    t_fill(w, LEN, 21);
+    CHECK_EQ(t_io(qp, SIO_OP_WRITE, OFF, w, LEN, 0).status, 0);
+
+    sio_iovec iov[3];
+    memset(r, 0, LEN);
+    split(iov, r, (const uint64_t[]){100, LEN - 100}, 2);
+    CHECK_EQ(sio_device_readv_cached(dev, iov, 2, OFF), 0);
+    CHECK(t_is_fill(r, LEN, 21));
+    memset(r, 0, LEN);
+    split(iov, r, (const uint64_t[]){4001, 5, LEN - 4006}, 3);
+    CHECK_EQ(sio_device_readv_cached(dev, iov, 3, OFF), 0);
+    CHECK(t_is_fill(r, LEN, 21));
+    /* SIO_MAX_IOVECS segments of 12 bytes each. */
+    sio_iovec *many = malloc((SIO_MAX_IOVECS + 1) * sizeof *many);
+    for (uint32_t i = 0; i <= SIO_MAX_IOVECS; i++)
+        many[i] = (sio_iovec){.base = r + (i % SIO_MAX_IOVECS) * 12, .length = 12};
+    memset(r, 0, LEN);
+    CHECK_EQ(sio_device_readv_cached(dev, many, SIO_MAX_IOVECS, OFF), 0);
+    CHECK(t_is_fill(r, LEN, 21));
+
+    /* Bad counts, segments and totals: refused as a READ command would be. */
+    CHECK_EQ(sio_device_readv_cached(dev, many, SIO_MAX_IOVECS + 1, OFF), -EINVAL);
+    CHECK_EQ(sio_device_readv_cached(dev, iov, 0, OFF), -EINVAL);
+    CHECK_EQ(sio_device_readv_cached(dev, NULL, 1, OFF), -EINVAL);
+    CHECK_EQ(sio_device_readv_cached(NULL, iov, 1, OFF), -EINVAL);
+    split(iov, r, (const uint64_t[]){100, 4000}, 2);
+    CHECK_EQ(sio_device_readv_cached(dev, iov, 2, OFF), -EINVAL);
+    split(iov, r, (const uint64_t[]){100, 3996}, 2);
+    CHECK_EQ(sio_device_readv_cached(dev, iov, 2, OFF + 512), -EINVAL);
+    CHECK_EQ(sio_device_readv_cached(dev, iov, 2, (4 << 20)), -EINVAL);
+    split(iov, r, (const uint64_t[]){0, 4096}, 2);
+    CHECK_EQ(sio_device_readv_cached(dev, iov, 2, OFF), -EINVAL);
+    iov[0] = (sio_iovec){.base = NULL, .length = 96};
+    iov[1] = (sio_iovec){.base = r, .length = 4000};
+    CHECK_EQ(sio_device_readv_cached(dev, iov, 2, OFF), -EINVAL);
+
+    /* Written back, then the last page dropped: a short read, which is -EAGAIN, not a part. */
+    CHECK_EQ(t_io(qp, SIO_OP_FLUSH, 0, NULL, 0, 0).status, 0);
+    drop_cached(p, OFF + LEN - 4096, 4096);
+    CHECK_EQ(sio_device_read_cached(dev, r, 4096, OFF), 0);
+    split(iov, r, (const uint64_t[]){100, LEN - 100}, 2);
+    CHECK_EQ(sio_device_readv_cached(dev, iov, 2, OFF), -EAGAIN);
+    /* None of it cached: -EAGAIN; the queue pair reads it, and then the vector is served. */
+    drop_cached(p, 0, 0);
+    CHECK_EQ(sio_device_readv_cached(dev, iov, 2, OFF), -EAGAIN);
+    CHECK_EQ(t_io(qp, SIO_OP_READ, OFF, w, LEN, 0).status, 0);
+    memset(r, 0, LEN);
+    CHECK_EQ(sio_device_readv_cached(dev, iov, 2, OFF), 0);
+    CHECK(t_is_fill(r, LEN, 21));
+    /* With faults configured every read takes the queue pair. */
+    CHECK_OK(sio_device_set_faults(dev, "fail_io=1&fail_ops=read"));
+    CHECK_EQ(sio_device_readv_cached(dev, iov, 2, OFF), -EAGAIN);
+    CHECK_OK(sio_qpair_destroy(qp));
+    CHECK_OK(sio_dma_free(dev, w));
+    CHECK_OK(sio_device_close(dev));
+
+    sio_device *direct = t_open("file:%s?create=1&size=4M", t_path("vcached-direct"));
+    split(iov, r, (const uint64_t[]){100, 3996}, 2);
+    CHECK_EQ(sio_device_readv_cached(direct, iov, 2, 0), -ENOTSUP);
+    CHECK_OK(sio_device_close(direct));
+    free(many);
+    free(r);
+}
+
+/*
+ * sio_device_writev_cached: segments of any length whose total is block
+ * aligned land one after another from offset (the queue pair and the file
+ * see them); bad arguments are -EINVAL, faults -EAGAIN, devices without
+ * cached writes -ENOTSUP.
+ */
+TEST(writev_cached)
+{
+    const char *p = t_path("wvcached");
+    sio_device *dev = t_open("file:%s?create=1&size=4M&direct=0", p);
+    sio_qpair *qp = t_qpair(dev, 4);
+    enum { LEN = 12288, OFF = 262144 };
+    uint8_t *w = malloc(LEN), *r = t_dma(dev, LEN), *f = malloc(LEN);
+    sio_iovec iov[3];
+    t_fill(w, LEN, 31);
+    split(iov, w, (const uint64_t[]){1, 4999, LEN - 5000}, 3);
+    CHECK_EQ(sio_device_writev_cached(dev, iov, 3, OFF), 0);
+    memset(r, 0, LEN);
+    CHECK_EQ(t_io(qp, SIO_OP_READ, OFF, r, LEN, 0).status, 0);
+    CHECK(t_is_fill(r, LEN, 31));
+    t_fill(w, LEN, 32);
+    split(iov, w, (const uint64_t[]){4100, LEN - 4100}, 2);
+    CHECK_EQ(sio_device_writev_cached(dev, iov, 2, OFF), 0);
+    CHECK_EQ(t_io(qp, SIO_OP_FLUSH, 0, NULL, 0, 0).status, 0);
+    t_read_file(p, OFF, f, LEN);
+    CHECK(t_is_fill(f, LEN, 32));
+    /* The neighbours are untouched. */
+    t_read_file(p, OFF - 4096, f, 4096);
+    CHECK(t_is_zero(f, 4096));
+    t_read_file(p, OFF + LEN, f, 4096);
+    CHECK(t_is_zero(f, 4096));
+
+    split(iov, w, (const uint64_t[]){4100, 4000}, 2);
+    CHECK_EQ(sio_device_writev_cached(dev, iov, 2, OFF), -EINVAL);
+    split(iov, w, (const uint64_t[]){4100, 4092}, 2);
+    CHECK_EQ(sio_device_writev_cached(dev, iov, 2, OFF + 512), -EINVAL);
+    CHECK_EQ(sio_device_writev_cached(dev, iov, 2, (4 << 20) - 4096), -EINVAL);
+    CHECK_EQ(sio_device_writev_cached(dev, iov, 0, OFF), -EINVAL);
+    CHECK_EQ(sio_device_writev_cached(dev, iov, SIO_MAX_IOVECS + 1, OFF), -EINVAL);
+    /* With faults configured nothing is written here. */
+    CHECK_OK(sio_device_set_faults(dev, "fail_io=1&fail_ops=write"));
+    t_fill(w, LEN, 33);
+    split(iov, w, (const uint64_t[]){4100, 4092}, 2);
+    CHECK_EQ(sio_device_writev_cached(dev, iov, 2, OFF), -EAGAIN);
+    t_read_file(p, OFF, f, LEN);
+    CHECK(t_is_fill(f, LEN, 32));
+    CHECK_OK(sio_qpair_destroy(qp));
+    CHECK_OK(sio_dma_free(dev, r));
+    CHECK_OK(sio_device_close(dev));
+
+    const char *variants[] = {"direct=0&cached_writes=0", "direct=0&ro=1", "direct=1"};
+    for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) {
+        sio_device *other = t_open("file:%s?%s", p, variants[i]);
+        CHECK_EQ(sio_device_writev_cached(other, iov, 2, OFF), -ENOTSUP);
+        CHECK_OK(sio_device_close(other));
+    }
+    free(w);
+    free(f);
+}

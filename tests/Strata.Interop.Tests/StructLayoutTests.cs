@@ -14,7 +14,7 @@ namespace Strata.Interop.Tests;
 [TestClass]
 public sealed class StructLayoutTests
 {
-    private static readonly string[] MustHave = ["sio_cmd", "sio_completion", "sio_geometry", "sio_fault_stats"];
+    private static readonly string[] MustHave = ["sio_cmd", "sio_completion", "sio_geometry", "sio_fault_stats", "sio_iovec"];
 
     /// <summary>Generated structs: public sequential value types of Strata.Interop.Native declared in Generated/.</summary>
     private static List<Type> GeneratedStructs()

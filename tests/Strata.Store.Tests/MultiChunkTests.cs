@@ -143,4 +143,44 @@ public sealed class MultiChunkTests
             Directory.Delete(dir, recursive: true);
         }
     }
+
+    /// <summary>
+    /// Layout 3 on a buffered file target: a chunk's write puts its block table and the chunk down with
+    /// one vectored page-cache call (ChunkIo.WriteApartAsync), and a read of whole chunks in place reads
+    /// each chunk's table and the chunk with one (ChunkRuns.ReadRunInPlaceAsync); the bytes read back.
+    /// </summary>
+    [TestMethod]
+    public async Task Layout3OnBufferedFile_TableAndChunkMoveInOneCallEach()
+    {
+        string dir = Directory.CreateTempSubdirectory("strata-vec-").FullName;
+        var dev = NativeBlockDevice.Open($"file:{Path.Combine(dir, "t0.img")}?create=1&size=16M&direct=0", new DeviceOptions { ArenaBytes = 0 });
+        try
+        {
+            var (engine, _) = await TestDevices.FormatAsync([dev]);
+            await using var _e = engine;
+            var pool = await engine.CreatePoolAsync("tank", 8L * 1024 * 1024, 1, TestDevices.Layout3Pool);
+            await pool.CreateContainerAsync("c");
+            const int cs = 16 * 1024;
+            var img = await pool.CreateImageAsync("c", "v", 8 * cs, cs);
+            var data = TestDevices.Pattern(8 * cs, 9);
+            for (int i = 0; i < 8; i++)
+            {
+                long before = dev.CachedPairs;
+                await img.WriteAsync(i * cs, data.AsMemory(i * cs, cs));
+                Assert.AreEqual(before + 1, dev.CachedPairs, $"chunk {i}: the table and the chunk were not one write");
+            }
+            Assert.IsTrue(pool.Meta.Images[img.Id].Chunks[0].Blocks, "layout 3 chunks carry block tables");
+
+            long beforeRead = dev.CachedPairs;
+            var back = new byte[6 * cs];
+            await img.ReadAsync(cs, back);
+            CollectionAssert.AreEqual(data.AsSpan(cs, 6 * cs).ToArray(), back);
+            Assert.AreEqual(beforeRead + 6, dev.CachedPairs, "each whole chunk's table and data were not one read");
+        }
+        finally
+        {
+            dev.Dispose();
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }

@@ -34,6 +34,63 @@ public abstract class BlockDeviceBase : IBlockDevice
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, WriteFlags flags = WriteFlags.None, CancellationToken cancellationToken = default) =>
         Start(IoOpcode.Write, offset, source.Length, source, flags, cancellationToken);
 
+    public ValueTask ReadScatterAsync(long offset, Memory<byte> head, Memory<byte> rest, CancellationToken cancellationToken = default) =>
+        StartPair(IoOpcode.Read, offset, head, rest, WriteFlags.None, cancellationToken);
+
+    public ValueTask WriteGatherAsync(long offset, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> rest, WriteFlags flags = WriteFlags.None, CancellationToken cancellationToken = default) =>
+        StartPair(IoOpcode.Write, offset, head, rest, flags, cancellationToken);
+
+    /// <summary>
+    /// Starts a validated read or write of two buffers that follow one another on the device
+    /// (<paramref name="head"/> at <paramref name="offset"/>, <paramref name="rest"/> after it). The
+    /// default is two commands; a backend that can move both in one transfer overrides it.
+    /// </summary>
+    protected virtual ValueTask SubmitPairCore(IoOpcode opcode, long offset, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> rest, WriteFlags flags) =>
+        SubmitApart(opcode, offset, head, rest, flags);
+
+    /// <summary>The two commands of a pair, at once; completes when both have (a failure of either thrown once both are done).</summary>
+    protected ValueTask SubmitApart(IoOpcode opcode, long offset, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> rest, WriteFlags flags)
+    {
+        var first = SubmitCore(opcode, offset, head.Length, head, flags);
+        ValueTask second;
+        try
+        {
+            second = SubmitCore(opcode, offset + head.Length, rest.Length, rest, flags);
+        }
+        catch (Exception e)
+        {
+            // The first is under way: its completion is still awaited before the failure is reported.
+            second = ValueTask.FromException(e);
+        }
+        return Both(first, second);
+    }
+
+    /// <summary>Completes when both have; a failure of either is thrown once both are done.</summary>
+    protected static ValueTask Both(ValueTask first, ValueTask second)
+    {
+        if (first.IsCompletedSuccessfully && second.IsCompletedSuccessfully)
+        {
+            // Consumed, so pooled operations go back to their pool.
+            first.GetAwaiter().GetResult();
+            second.GetAwaiter().GetResult();
+            return ValueTask.CompletedTask;
+        }
+        return BothAsync(first, second);
+    }
+
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
+    private static async ValueTask BothAsync(ValueTask first, ValueTask second)
+    {
+        try
+        {
+            await first.ConfigureAwait(false);
+        }
+        finally
+        {
+            await second.ConfigureAwait(false);
+        }
+    }
+
     public ValueTask FlushAsync(CancellationToken cancellationToken = default) =>
         Start(IoOpcode.Flush, 0, 0, ReadOnlyMemory<byte>.Empty, WriteFlags.None, cancellationToken);
 
@@ -93,6 +150,23 @@ public abstract class BlockDeviceBase : IBlockDevice
         try
         {
             return SubmitCore(opcode, offset, length, buffer, flags);
+        }
+        finally
+        {
+            ExitSubmit();
+        }
+    }
+
+    private ValueTask StartPair(IoOpcode opcode, long offset, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> rest, WriteFlags flags, CancellationToken ct)
+    {
+        if (ct.IsCancellationRequested)
+            return ValueTask.FromCanceled(ct);
+        Validate(opcode, offset, head.Length, head, -1);
+        Validate(opcode, offset + head.Length, rest.Length, rest, -1);
+        EnterSubmit();
+        try
+        {
+            return SubmitPairCore(opcode, offset, head, rest, flags);
         }
         finally
         {

@@ -106,6 +106,23 @@ public interface IBlockDevice : IAsyncDisposable, IDisposable
 
     ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, WriteFlags flags = WriteFlags.None, CancellationToken cancellationToken = default);
 
+    /// <summary>
+    /// Reads <paramref name="head"/>.Length bytes at <paramref name="offset"/> into head and the bytes
+    /// right after them into <paramref name="rest"/> (a chunk's block table and the chunk): one
+    /// transfer where the backend can (a vectored page-cache read on the caller's thread), else two
+    /// reads at once. Each part follows the read rules; completes when both have, and a failure of
+    /// either is thrown once both are done.
+    /// </summary>
+    ValueTask ReadScatterAsync(long offset, Memory<byte> head, Memory<byte> rest, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Writes <paramref name="head"/> at <paramref name="offset"/> and <paramref name="rest"/> right after
+    /// it: one transfer where the backend can (a vectored page-cache write on the caller's thread), else
+    /// two writes at once. Each part follows the write rules; completes when both have, and a failure of
+    /// either is thrown once both are done.
+    /// </summary>
+    ValueTask WriteGatherAsync(long offset, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> rest, WriteFlags flags = WriteFlags.None, CancellationToken cancellationToken = default);
+
     /// <summary>Makes every completed write durable.</summary>
     ValueTask FlushAsync(CancellationToken cancellationToken = default);
 

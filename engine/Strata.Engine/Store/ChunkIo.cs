@@ -1,3 +1,4 @@
+using Strata.Engine.Device;
 using Strata.Engine.Pools;
 using Strata.Interop;
 
@@ -190,7 +191,22 @@ internal sealed class ChunkIo(Pool pool)
             return BlocksVerdict(crcs);
         }
         ChunkVerdict table;
-        if (from == 0 && part.Length <= 64 * 1024)
+        if (from == 0 && DeviceIo.AnyBuffer(shard.Device) && (shard.Device.Geometry.Features & DeviceFeatures.CachedRead) != 0)
+        {
+            // Adjacent, on a buffered file: the table and the blocks in one device call (one preadv2
+            // when the page cache holds them), the blocks straight into part with no copy.
+            var tableBytes = System.Buffers.ArrayPool<byte>.Shared.Rent(T);
+            try
+            {
+                await shard.ReadDataScatterAsync(r.Offset, tableBytes.AsMemory(0, T), part).ConfigureAwait(false);
+                table = ChunkChecksum.VerifyTable(r, meta.Id, index, meta.ChunkSize, tableBytes.AsSpan(0, T), out crcs);
+            }
+            finally
+            {
+                System.Buffers.ArrayPool<byte>.Shared.Return(tableBytes);
+            }
+        }
+        else if (from == 0 && part.Length <= 64 * 1024)
         {
             // Adjacent and small: one read of the table and the blocks.
             var both = System.Buffers.ArrayPool<byte>.Shared.Rent(T + part.Length);
@@ -617,7 +633,13 @@ internal sealed class ChunkIo(Pool pool)
         foreach (var r in replicas)
         {
             var shard = pool.Shards[r.Target];
-            if (!table.IsEmpty)
+            if (!table.IsEmpty && from == 0)
+            {
+                // The table and the blocks from block 0 are adjacent: one gathered write.
+                writes.Add(WriteApartAsync(shard, r.Offset, table, bytes).AsTask());
+                targets.Add(r.Target);
+            }
+            else if (!table.IsEmpty)
             {
                 writes.Add(shard.WriteDataAsync(r.Offset, table).AsTask());
                 writes.Add(shard.WriteDataAsync(r.Offset + T + from, bytes).AsTask());
@@ -830,23 +852,12 @@ internal sealed class ChunkIo(Pool pool)
             : WriteApartAsync(pool.Shards[replicas[0].Target], replicas[0].Offset, table, chunk);
 
     /// <summary>
-    /// One replica's extent as two writes at once, the table at <paramref name="offset"/> and the chunk right
-    /// after it; completes when both have (a failure of either is thrown once both are done).
+    /// One replica's extent, the table at <paramref name="offset"/> and the chunk right after it: one gathered
+    /// write (one pwritev2 on a buffered file, where two writes cost two), or two at once where the device
+    /// cannot take both in one call; completes when both have (a failure of either is thrown once both are done).
     /// </summary>
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
-    private static async ValueTask WriteApartAsync(Shard shard, long offset, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> chunk)
-    {
-        var head = shard.WriteDataPooledAsync(offset, table);
-        var rest = shard.WriteDataPooledAsync(offset + table.Length, chunk);
-        try
-        {
-            await head.ConfigureAwait(false);
-        }
-        finally
-        {
-            await rest.ConfigureAwait(false);
-        }
-    }
+    private static ValueTask WriteApartAsync(Shard shard, long offset, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> chunk) =>
+        shard.WriteDataGatherPooledAsync(offset, table, chunk);
 
     /// <summary>More than one replica (its own method: the failure filter's closure is made only here, not by every write).</summary>
     private Task WriteReplicaDataAsync(Replica[] replicas, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> chunk, ImageMeta meta, long at)

@@ -485,9 +485,11 @@ internal sealed class ChunkRuns(Pool pool)
                 if (whole)
                 {
                     var chunk = destination.Slice(p.At, cs);
+                    // The table and the chunk in one device call (one preadv2 when the page cache holds both).
                     if (e.Blocks)
-                        await TransferAsync(shard, e.Offset, side.Memory[..table], write: false).ConfigureAwait(false);
-                    await TransferAsync(shard, e.Offset + table, chunk, write: false).ConfigureAwait(false);
+                        await shard.ReadDataScatterAsync(e.Offset, side.Memory[..table], chunk).ConfigureAwait(false);
+                    else
+                        await TransferAsync(shard, e.Offset, chunk, write: false).ConfigureAwait(false);
                     ChunkVerdict verdict;
                     if (e.Blocks)
                     {

@@ -88,6 +88,49 @@ internal static class DeviceIo
         }
     }
 
+    /// <summary>
+    /// Reads <paramref name="head"/> at <paramref name="offset"/> and <paramref name="rest"/> right after it
+    /// (a chunk's block table and the chunk): one device call for both where the device reads into
+    /// them directly and their total is one transfer (on a buffered file one preadv2 when the page cache
+    /// holds them), else each as <see cref="ReadAsync"/>, at once. A failure is thrown once both are done.
+    /// </summary>
+    public static ValueTask ReadScatterAsync(IBlockDevice device, long offset, Memory<byte> head, Memory<byte> rest)
+    {
+        if (Together(device, head, rest))
+            return device.ReadScatterAsync(offset, head, rest);
+        return BothAsync(ReadAsync(device, offset, head), ReadAsync(device, offset + head.Length, rest));
+    }
+
+    /// <summary>
+    /// Writes <paramref name="head"/> at <paramref name="offset"/> and <paramref name="rest"/> right after it
+    /// (a chunk's block table and the chunk), for a caller that awaits it exactly once: one device call for
+    /// both where the device writes from them directly and their total is one transfer (on a buffered file
+    /// one pwritev2), else each as <see cref="WritePooledAsync"/>, at once. A failure is thrown once both are done.
+    /// </summary>
+    public static ValueTask WriteGatherPooledAsync(IBlockDevice device, long offset, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> rest)
+    {
+        if (Together(device, head, rest))
+            return device.WriteGatherAsync(offset, head, rest);
+        return BothAsync(WritePooledAsync(device, offset, head), WritePooledAsync(device, offset + head.Length, rest));
+    }
+
+    private static bool Together(IBlockDevice device, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> rest) =>
+        head.Length + (long)rest.Length <= DirectPieceSize(device)
+        && (AnyBuffer(device) || (IsDmaReady(device, head) && IsDmaReady(device, rest)));
+
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
+    private static async ValueTask BothAsync(ValueTask first, ValueTask second)
+    {
+        try
+        {
+            await first.ConfigureAwait(false);
+        }
+        finally
+        {
+            await second.ConfigureAwait(false);
+        }
+    }
+
     internal static bool AnyBuffer(IBlockDevice device) => (device.Geometry.Features & DeviceFeatures.DirectIo) == 0;
 
     /// <summary>

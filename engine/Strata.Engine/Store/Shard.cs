@@ -62,4 +62,15 @@ internal sealed class Shard
     /// <summary>As <see cref="WriteDataAsync"/>, pooled: for a caller that awaits it exactly once and never calls AsTask.</summary>
     public ValueTask WriteDataPooledAsync(long dataOffset, ReadOnlyMemory<byte> source) =>
         DeviceIo.WritePooledAsync(Device, Base + Header.DataOffset + dataOffset, source);
+
+    /// <summary>A block table and its chunk right after it, in one device call where the device can (DeviceIo.ReadScatterAsync).</summary>
+    public ValueTask ReadDataScatterAsync(long dataOffset, Memory<byte> head, Memory<byte> rest) =>
+        DeviceIo.ReadScatterAsync(Device, Base + Header.DataOffset + dataOffset, head, rest);
+
+    /// <summary>
+    /// A block table and its chunk right after it, in one device call where the device can; awaited exactly
+    /// once (DeviceIo.WriteGatherPooledAsync).
+    /// </summary>
+    public ValueTask WriteDataGatherPooledAsync(long dataOffset, ReadOnlyMemory<byte> head, ReadOnlyMemory<byte> rest) =>
+        DeviceIo.WriteGatherPooledAsync(Device, Base + Header.DataOffset + dataOffset, head, rest);
 }

@@ -15,7 +15,7 @@ public static unsafe partial class StrataIo
     // enum sio_abi: Version constants of the ABI.
 
     /// <summary>ABI version this header describes; the managed side refuses a library reporting another.</summary>
-    public const int SIO_ABI_VERSION = 3;
+    public const int SIO_ABI_VERSION = 4;
 
     // enum sio_limits: Limits of the ABI.
 
@@ -33,6 +33,9 @@ public static unsafe partial class StrataIo
 
     /// <summary>Most descriptors one sio_fd_send passes (the kernel's SCM_MAX_FD is 253).</summary>
     public const int SIO_MAX_PASSED_FDS = 250;
+
+    /// <summary>Most segments one vectored call takes (the kernel's IOV_MAX).</summary>
+    public const int SIO_MAX_IOVECS = 1024;
 
     // enum sio_opcode: Command opcodes.
 
@@ -132,6 +135,14 @@ public static unsafe partial class StrataIo
     /// <summary>Copies length bytes to offset through the page cache on the calling thread (pwrite; no queue pair, no polling thread, no io_uring worker). The write is not durable until a FLUSH, as any write without FUA. It may block while the kernel throttles dirty pages. Returns 0 when written; -EAGAIN when the write failed or fault injection is configured (the caller then submits a WRITE through a queue pair, which reports errors with their detail); -ENOTSUP when the device lacks SIO_DEV_F_CACHED_WRITE. Offset and length follow the WRITE command's rules. Thread-safe.</summary>
     [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_device_write_cached")]
     public static partial int sio_device_write_cached(nint dev, void* buf, uint length, ulong offset);
+
+    /// <summary>sio_device_read_cached into iovcnt segments (1..SIO_MAX_IOVECS) that lie one after another on the device from offset, in one preadv2: a block table and the data after it cost one syscall. A segment may have any length of at least 1 byte; their total follows the READ command's rules. All or nothing: 0 when every segment holds its bytes, else -EAGAIN (some page not cached, the read would block, it failed, or fault injection is configured; the segments' contents are then undefined), as with sio_device_read_cached; -EINVAL for a bad count, a NULL or empty segment or a total the READ command refuses; -ENOTSUP when the device lacks SIO_DEV_F_CACHED_READ. Thread-safe.</summary>
+    [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_device_readv_cached")]
+    public static partial int sio_device_readv_cached(nint dev, sio_iovec* iov, uint iovcnt, ulong offset);
+
+    /// <summary>sio_device_write_cached from iovcnt segments (1..SIO_MAX_IOVECS) that go one after another on the device from offset, in one pwritev2. A segment may have any length of at least 1 byte; their total follows the WRITE command's rules. 0 when all is written, else -EAGAIN (the write failed or fault injection is configured; the caller then writes the range through a queue pair, which reports errors with their detail); -EINVAL for a bad count, a NULL or empty segment or a total the WRITE command refuses; -ENOTSUP when the device lacks SIO_DEV_F_CACHED_WRITE. Thread-safe.</summary>
+    [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_device_writev_cached")]
+    public static partial int sio_device_writev_cached(nint dev, sio_iovec* iov, uint iovcnt, ulong offset);
 
     /// <summary>Allocates a zeroed DMA-able buffer of size bytes aligned to at least align (power of two, 0 for the device's).</summary>
     [LibraryImport(StrataIoLibrary.Name, EntryPoint = "sio_dma_alloc")]
@@ -252,6 +263,17 @@ public unsafe struct sio_completion
 
     /// <summary>Bytes transferred (READ and WRITE), else 0.</summary>
     public uint bytes;
+}
+
+/// <summary>One segment of a vectored transfer (sio_device_readv_cached, sio_device_writev_cached).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct sio_iovec
+{
+    /// <summary>First byte of the segment.</summary>
+    public void* @base;
+
+    /// <summary>Length in bytes, at least 1; need not be block aligned.</summary>
+    public ulong length;
 }
 
 /// <summary>Counters of the device's fault injector.</summary>

@@ -10,7 +10,7 @@ namespace Strata.Engine.Tests.Device;
 /// where the fault is decided and reported.
 /// </summary>
 [TestClass]
-public sealed class CachedIoTests
+public sealed partial class CachedIoTests
 {
     private readonly TestDevices _devices = new();
 
@@ -178,5 +178,143 @@ public sealed class CachedIoTests
         StringAssert.Contains(e.Message, "read");
         dev.SetFaults("");
         await dev.ReadAsync(0, b.Memory);
+    }
+
+    private const int PosixFadvDontNeed = 4;
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "posix_fadvise")]
+    private static partial int PosixFadvise(int fd, long offset, long length, int advice);
+
+    /// <summary>Drops the file's clean pages from the page cache (the device must have flushed them).</summary>
+    private static void DropCached(string path)
+    {
+        using var fs = File.OpenRead(path);
+        Assert.AreEqual(0, PosixFadvise((int)fs.SafeFileHandle.DangerousGetHandle(), 0, 0, PosixFadvDontNeed));
+    }
+
+    private static byte[] Pattern(int length, int seed)
+    {
+        var b = new byte[length];
+        new Random(seed).NextBytes(b);
+        return b;
+    }
+
+    private static byte[] ReadFile(string path, long offset, int length)
+    {
+        var b = new byte[length];
+        using var fs = File.OpenRead(path);
+        fs.Position = offset;
+        fs.ReadExactly(b);
+        return b;
+    }
+
+    /// <summary>
+    /// A block table and its 1 MiB chunk written together from ordinary arrays: one vectored page-cache
+    /// call on the caller's thread (sio_device_writev_cached; each part alone would have been copied
+    /// there, CachedWriteLimit), head then rest in the file.
+    /// </summary>
+    [TestMethod]
+    public async Task BufferedDevice_WriteGather_TableAnd1MiBChunk_OneCallOnTheCallersThread()
+    {
+        // Off whatever thread the previous test's last completion left this one on (it may be a polling thread).
+        await Task.Yield();
+        Assert.IsFalse(PollerThread.OnPollerThread);
+        // lock=0: the test reads the file while the device is open (File.OpenRead takes a shared flock).
+        using var dev = Open("gather", direct: false, "&lock=0");
+        byte[] head = Pattern(4096, 1), rest = Pattern(1 << 20, 2);
+        var write = dev.WriteGatherAsync(1 << 20, head, rest);
+        Assert.IsTrue(write.IsCompletedSuccessfully, "a gathered write without FUA went through the polling thread");
+        await write;
+        Assert.AreEqual(1L, dev.CachedPairs);
+        await dev.FlushAsync();
+        CollectionAssert.AreEqual(head, ReadFile(_devices.Path("gather"), 1 << 20, head.Length));
+        CollectionAssert.AreEqual(rest, ReadFile(_devices.Path("gather"), (1 << 20) + head.Length, rest.Length));
+    }
+
+    /// <summary>Sector-sized parts on a 512-byte-block file: the head need not fill a page.</summary>
+    [TestMethod]
+    public async Task BufferedDevice_512ByteBlocks_OddHead_GatherAndScatterInOneCallEach()
+    {
+        using var dev = Open("gather512", direct: false, "&block=512");
+        byte[] head = Pattern(3 * 512, 3), rest = Pattern(61 * 512, 4);
+        long offset = 5 * 512;
+        await dev.WriteGatherAsync(offset, head, rest);
+        byte[] a = new byte[7 * 512], b = new byte[57 * 512];
+        var read = dev.ReadScatterAsync(offset, a, b);
+        Assert.IsTrue(read.IsCompletedSuccessfully, "a scattered read of cached pages went through the polling thread");
+        await read;
+        Assert.AreEqual(2L, dev.CachedPairs);
+        var all = head.Concat(rest).ToArray();
+        CollectionAssert.AreEqual(all[..a.Length], a);
+        CollectionAssert.AreEqual(all[a.Length..], b);
+    }
+
+    /// <summary>
+    /// A scattered read of pages the page cache does not hold fails on the caller's thread (-EAGAIN)
+    /// and goes through the queue pair: the same bytes, and then they are cached and read in one call.
+    /// </summary>
+    [TestMethod]
+    public async Task BufferedDevice_ReadScatter_NotCached_FallsBackToTheQueuePair_SameBytes()
+    {
+        string path = _devices.Path("scatter");
+        using var dev = Open("scatter", direct: false, "&lock=0");
+        byte[] head = Pattern(4096, 5), rest = Pattern(64 * 1024, 6);
+        await dev.WriteGatherAsync(2 << 20, head, rest);
+        await dev.FlushAsync();
+        DropCached(path);
+        long pairs = dev.CachedPairs;
+        byte[] h = new byte[head.Length], r = new byte[rest.Length];
+        await dev.ReadScatterAsync(2 << 20, h, r);
+        Assert.AreEqual(pairs, dev.CachedPairs, "pages not cached were served on the caller's thread");
+        CollectionAssert.AreEqual(head, h);
+        CollectionAssert.AreEqual(rest, r);
+        Array.Clear(h);
+        Array.Clear(r);
+        var again = dev.ReadScatterAsync(2 << 20, h, r);
+        Assert.IsTrue(again.IsCompletedSuccessfully, "the reread pages were not served from the page cache");
+        await again;
+        Assert.AreEqual(pairs + 1, dev.CachedPairs);
+        CollectionAssert.AreEqual(head, h);
+        CollectionAssert.AreEqual(rest, r);
+    }
+
+    /// <summary>FUA, faults and a 1 MiB read (over CachedIoLimit) take the queue pair, never the vectored call.</summary>
+    [TestMethod]
+    public async Task BufferedDevice_FuaFaultsAndLongReads_GoThroughTheQueuePair()
+    {
+        using var dev = Open("gatherq", direct: false);
+        byte[] head = Pattern(4096, 7), rest = Pattern(1 << 20, 8);
+        await dev.WriteGatherAsync(0, head, rest, WriteFlags.Fua);
+        Assert.AreEqual(0L, dev.CachedPairs, "a FUA write was copied into the page cache");
+        byte[] h = new byte[head.Length], r = new byte[rest.Length];
+        await dev.ReadScatterAsync(0, h, r);
+        Assert.AreEqual(0L, dev.CachedPairs, "a read over CachedIoLimit was served on the caller's thread");
+        CollectionAssert.AreEqual(head, h);
+        CollectionAssert.AreEqual(rest, r);
+
+        dev.SetFaults("fail_io=1&fail_ops=write");
+        var e = await Assert.ThrowsAsync<DeviceException>(async () => await dev.WriteGatherAsync(0, rest.AsMemory(0, 4096), rest.AsMemory(4096, 8192)));
+        Assert.AreEqual(Errno.EIO, e.Errno);
+        Assert.AreEqual(0L, dev.CachedPairs);
+        dev.SetFaults("");
+        await dev.WriteGatherAsync(0, head, rest.AsMemory(0, 8192));
+        Assert.AreEqual(1L, dev.CachedPairs);
+    }
+
+    [TestMethod]
+    public async Task DirectDevice_GatherAndScatter_TwoCommandsThroughTheQueuePair()
+    {
+        using var dev = Open("gatherd", direct: true);
+        using var head = dev.Buffers.Rent(4096);
+        using var rest = dev.Buffers.Rent(65536);
+        Pattern(4096, 9).CopyTo(head.Span);
+        Pattern(65536, 10).CopyTo(rest.Span);
+        await dev.WriteGatherAsync(8192, head.Memory, rest.Memory);
+        using var h = dev.Buffers.Rent(4096);
+        using var r = dev.Buffers.Rent(65536);
+        await dev.ReadScatterAsync(8192, h.Memory, r.Memory);
+        Assert.AreEqual(0L, dev.CachedPairs);
+        Assert.IsTrue(h.Span.SequenceEqual(head.Span));
+        Assert.IsTrue(r.Span.SequenceEqual(rest.Span));
     }
 }

@@ -326,4 +326,66 @@ public sealed class DeviceContractTests
             }
         });
     }
+
+    /// <summary>
+    /// A gathered write puts its head at the offset and the rest right after it, a scattered read
+    /// splits the same range the same way; each part follows the command rules.
+    /// </summary>
+    [TestMethod]
+    [DataRow(DeviceKind.Uring)]
+    [DataRow(DeviceKind.Spdk)]
+    [DataRow(DeviceKind.Memory)]
+    public async Task GatherAndScatter_TwoBuffers_AreOneAdjacentRange(DeviceKind kind)
+    {
+        await WithDevice(kind, async dev =>
+        {
+            int bs = dev.Geometry.LogicalBlockSize;
+            long offset = 7L * bs;
+            using var head = dev.Buffers.Rent(bs);
+            using var rest = dev.Buffers.Rent(16 * bs);
+            Fill(head.Span, 1);
+            Fill(rest.Span, 2);
+            await dev.WriteGatherAsync(offset, head.Memory, rest.Memory);
+            using var whole = dev.Buffers.Rent(17 * bs);
+            await dev.ReadAsync(offset, whole.Memory);
+            Assert.IsTrue(whole.Span[..bs].SequenceEqual(head.Span), "head");
+            Assert.IsTrue(whole.Span[bs..].SequenceEqual(rest.Span), "rest");
+
+            // Scattered the other way round: 3 blocks then 14.
+            using var a = dev.Buffers.Rent(3 * bs);
+            using var b = dev.Buffers.Rent(14 * bs);
+            await dev.ReadScatterAsync(offset, a.Memory, b.Memory);
+            Assert.IsTrue(a.Span.SequenceEqual(whole.Span[..(3 * bs)]), "first part");
+            Assert.IsTrue(b.Span.SequenceEqual(whole.Span[(3 * bs)..]), "second part");
+
+            var e = await Assert.ThrowsAsync<DeviceArgumentException>(async () => await dev.WriteGatherAsync(offset, head.Memory[..(bs / 2)], rest.Memory));
+            StringAssert.Contains(e.Message, "not a multiple");
+            var past = await Assert.ThrowsAsync<DeviceArgumentException>(async () => await dev.ReadScatterAsync(dev.Geometry.Capacity - 2 * bs, a.Memory[..bs], b.Memory[..(2 * bs)]));
+            Assert.AreEqual(Errno.ERANGE, past.Errno);
+        });
+    }
+
+    /// <summary>When one part of a gathered write fails, the failure is reported once the other part is done (and it was written).</summary>
+    [TestMethod]
+    [DataRow(DeviceKind.Uring)]
+    [DataRow(DeviceKind.Spdk)]
+    public async Task WriteGather_OnePartFails_ThrowsAfterTheOtherIsWritten(DeviceKind kind)
+    {
+        await WithDevice(kind, async dev =>
+        {
+            var faults = (IFaultInjectable)dev;
+            int bs = dev.Geometry.LogicalBlockSize;
+            using var head = dev.Buffers.Rent(bs);
+            using var rest = dev.Buffers.Rent(4 * bs);
+            Fill(head.Span, 3);
+            Fill(rest.Span, 4);
+            faults.SetFaults($"fail_every=1&fail_ops=write&fail_range=0-{bs}");
+            var e = await Assert.ThrowsAsync<DeviceException>(async () => await dev.WriteGatherAsync(0, head.Memory, rest.Memory));
+            Assert.AreEqual(Errno.EIO, e.Errno);
+            faults.SetFaults("");
+            using var back = dev.Buffers.Rent(4 * bs);
+            await dev.ReadAsync(bs, back.Memory);
+            Assert.IsTrue(back.Span.SequenceEqual(rest.Span), "the part that did not fail was written");
+        });
+    }
 }
