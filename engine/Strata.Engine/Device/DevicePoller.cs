@@ -656,13 +656,13 @@ internal static class CpuContention
 /// <summary>Where a file device's polling thread runs relative to the CPUs taking its disk's completion interrupts (docs/device.md, "Poller placement").</summary>
 public enum InterruptPlacement
 {
-    /// <summary>On those CPUs: completions are posted as the interrupt returns to the spinning poller (the default).</summary>
+    /// <summary>On those CPUs at low depth: completions are posted as the interrupt returns to the spinning poller.</summary>
     Join,
 
     /// <summary>Off those CPUs, when the process has another.</summary>
     Avoid,
 
-    /// <summary>Wherever the scheduler puts it.</summary>
+    /// <summary>Wherever the scheduler puts it (the default).</summary>
     Ignore,
 }
 

@@ -79,11 +79,15 @@ public sealed record DeviceOptions
     /// <summary>
     /// Without <see cref="PollerCpus"/>: where a file device's polling thread runs relative to the CPUs
     /// that take the completion interrupts of the single-queue block device under the file
-    /// (IrqPlacement). The default runs it on them: io_uring's completion work then runs as the
-    /// interrupt returns to the spinning poller, with no system call and no wake-up of another CPU.
-    /// docs/device.md, "Poller placement".
+    /// (IrqPlacement). The default leaves it to the scheduler. <see cref="InterruptPlacement.Join"/>
+    /// (session 19's default) ran it on them, where io_uring's completion work runs as the interrupt
+    /// returns to the spinning poller; but every engine's poller then spun on the one CPU whose
+    /// per-CPU kernel work (ext4's O_DIRECT write completions, "dio/vda") the I/O needs, and the
+    /// io_uring workers it creates inherit its mask: under load the kernel reported that work stuck
+    /// for 30-130 s and both of session 20's CI timeouts fell in such a stall. docs/device.md,
+    /// "Poller placement".
     /// </summary>
-    public InterruptPlacement InterruptPlacement { get; init; } = InterruptPlacement.Join;
+    public InterruptPlacement InterruptPlacement { get; init; } = InterruptPlacement.Ignore;
 
     /// <summary>
     /// Polling threads shared with other devices (null: this device gets <see cref="Pollers"/> threads of

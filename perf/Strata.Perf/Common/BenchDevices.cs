@@ -17,10 +17,11 @@ internal sealed class BenchDevices : IDisposable
     /// <param name="completionBatch">Completions reaped per poll, or null for DeviceOptions' default.</param>
     /// <param name="placement">Where the polling threads run relative to the disk's interrupt CPUs (--irq-cpus).</param>
     public BenchDevices(IEnumerable<string> uris, int pollers, int pollerThreads, int? busyPollMicros, int? completionBatch = null,
-        InterruptPlacement placement = InterruptPlacement.Join)
+        InterruptPlacement? placement = null)
     {
         var thread = busyPollMicros is int us ? new DeviceOptions { BusyPollMicros = us } : new DeviceOptions();
-        thread = thread with { InterruptPlacement = placement };
+        if (placement is { } p)
+            thread = thread with { InterruptPlacement = p };
         if (completionBatch is int batch)
             thread = thread with { CompletionBatch = batch };
         Group = pollerThreads > 0 ? new PollerGroup(pollerThreads, thread, "bench-poll") : null;

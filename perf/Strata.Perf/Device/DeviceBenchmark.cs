@@ -31,7 +31,7 @@ public static class DeviceBenchmark
                            with --uri the cores of --spdk-env's core_mask, where spdk_nvme_perf runs too)
           --sqpoll         kernel submission polling for both engines (Strata sqpoll=1, fio --sqthread_poll=1)
           --irq-cpus MODE  where Strata's poller runs relative to the CPUs taking the disk's completion
-                           interrupts: join (default), avoid, ignore (DeviceOptions.InterruptPlacement)
+                           interrupts: join, avoid, ignore (default: DeviceOptions.InterruptPlacement, ignore)
           --engines LIST   strata,fio (default both; strata,spdk-perf with --uri)
           --fio-args ARGS  extra fio arguments, space separated (e.g. "--iodepth_batch_complete_max=32")
           --wait-idle SEC  before each run, wait up to SEC for the machine to be idle (<25% of a CPU busy)
@@ -104,10 +104,11 @@ public static class DeviceBenchmark
         return 0;
     }
 
-    /// <summary>--irq-cpus join|avoid|ignore (default join).</summary>
+    /// <summary>--irq-cpus join|avoid|ignore (default: the engine's, DeviceOptions.InterruptPlacement).</summary>
     internal static InterruptPlacement ParsePlacement(string? value) => value switch
     {
-        null or "join" => InterruptPlacement.Join,
+        null => new DeviceOptions().InterruptPlacement,
+        "join" => InterruptPlacement.Join,
         "avoid" => InterruptPlacement.Avoid,
         "ignore" => InterruptPlacement.Ignore,
         _ => throw new PerfUsageException($"--irq-cpus: '{value}' is not join, avoid or ignore"),
@@ -292,7 +293,7 @@ internal sealed class DeviceBenchOptions
     public int? BusyPollMicros { get; init; }
     public int[]? PollerCpus { get; init; }
     /// <summary>--irq-cpus: the poller joins, avoids or ignores the device's interrupt CPUs (A/B).</summary>
-    public InterruptPlacement InterruptPlacement { get; init; } = InterruptPlacement.Join;
+    public InterruptPlacement InterruptPlacement { get; init; } = new DeviceOptions().InterruptPlacement;
     public required bool SqPoll { get; init; }
     public required bool RunStrata { get; init; }
     public required bool RunFio { get; init; }

@@ -33,7 +33,7 @@ public static class NbdBenchmark
           --busy-poll-us N   a poller's busy-poll window without completions before it waits in the kernel
                              (default: DeviceOptions.BusyPollMicros, as the engine)
           --batch N          completions a Strata poller reaps per poll (default: DeviceOptions.CompletionBatch, as the engine)
-          --irq-cpus MODE    the polling thread joins (default), avoids or ignores the disk's interrupt CPUs
+          --irq-cpus MODE    the polling thread joins, avoids or ignores (default: the engine's, ignore) the disk's interrupt CPUs
           --parallel-writes SIZE  Strata's writes of SIZE or more run on the connection's worker thread beside
                              the receive loop (NbdServerOptions.ParallelPayloadBytes; 0: none; default: the server's)
           --strata-io LIST   direct,buffered (default both): Strata's file targets with O_DIRECT (direct=1, as
@@ -316,8 +316,8 @@ internal sealed class NbdBenchOptions
     /// <summary>--batch: DeviceOptions.CompletionBatch of Strata's targets, or null for the engine's default.</summary>
     public int? CompletionBatch { get; init; }
 
-    /// <summary>--irq-cpus: the polling thread joins (default), avoids or ignores the disk's interrupt CPUs.</summary>
-    public Strata.Engine.Device.InterruptPlacement InterruptPlacement { get; init; } = Strata.Engine.Device.InterruptPlacement.Join;
+    /// <summary>--irq-cpus: the polling thread joins, avoids or ignores (default: the engine's, ignore) the disk's interrupt CPUs.</summary>
+    public Strata.Engine.Device.InterruptPlacement InterruptPlacement { get; init; } = new Strata.Engine.Device.DeviceOptions().InterruptPlacement;
     /// <summary>NbdServerOptions.ParallelPayloadBytes of Strata's server; null for the default.</summary>
     public int? ParallelPayloadBytes { get; init; }
     public required bool RunStrata { get; init; }

@@ -34,7 +34,7 @@ public static class StoreBenchmark
                              (default 1; 0 = a thread of its own per queue pair)
           --busy-poll-us N   a poller's busy-poll window without completions before it waits in the kernel
                              (default DeviceOptions.BusyPollMicros = 0: adaptive; negative: busy-poll while reads or writes are in flight)
-          --irq-cpus MODE    the pollers join (default), avoid or ignore the disk's interrupt CPUs
+          --irq-cpus MODE    the pollers join, avoid or ignore (default: the engine's, ignore) the disk's interrupt CPUs
           --batch N          completions reaped per poll (DeviceOptions.CompletionBatch; default 8)
           --engines LIST     strata,fio (default both)
           --wait-idle SEC    before each run, wait up to SEC for the machine to be idle
@@ -337,8 +337,8 @@ internal sealed class StoreBenchOptions
     public required int PollerThreads { get; init; }
     public int? BusyPollMicros { get; init; }
 
-    /// <summary>--irq-cpus: the pollers join (default), avoid or ignore the disk's interrupt CPUs.</summary>
-    public InterruptPlacement InterruptPlacement { get; init; } = InterruptPlacement.Join;
+    /// <summary>--irq-cpus: the pollers join, avoid or ignore (default: the engine's, ignore) the disk's interrupt CPUs.</summary>
+    public InterruptPlacement InterruptPlacement { get; init; } = new DeviceOptions().InterruptPlacement;
     public int? CompletionBatch { get; init; }
     public required bool RunStrata { get; init; }
     public required bool RunFio { get; init; }

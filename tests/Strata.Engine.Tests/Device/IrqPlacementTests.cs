@@ -135,7 +135,7 @@ public sealed class IrqPlacementTests
         if (interrupts.Length == 0 || allowed.All(c => interrupts.Contains(c)) || !allowed.Any(c => interrupts.Contains(c)))
             Assert.Inconclusive($"this machine's disk under {path} has no single completion CPU to join or avoid (interrupt CPUs: {string.Join(",", interrupts)}; allowed: {string.Join(",", allowed)})");
 
-        Assert.AreEqual(InterruptPlacement.Join, new DeviceOptions().InterruptPlacement, "joining is the default");
+        Assert.AreEqual(InterruptPlacement.Ignore, new DeviceOptions().InterruptPlacement, "the scheduler places the poller by default");
         foreach (var mode in new[] { InterruptPlacement.Join, InterruptPlacement.Avoid })
         {
             using var dev = NativeBlockDevice.Open(uri, new DeviceOptions { InterruptPlacement = mode });
