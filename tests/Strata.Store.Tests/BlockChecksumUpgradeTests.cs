@@ -221,6 +221,49 @@ public sealed class BlockChecksumUpgradeTests
         return wasResumed;
     }
 
+    /// <summary>
+    /// A client write that looks at the layout before the job's layout switch and at the job after its end
+    /// (descheduled across both rounds, as seed 66 of the crash test was in CI) still writes the table: the
+    /// two are judged as one state. The write goes to a hole, which the job never holds, so the whole job
+    /// runs between the two looks.
+    /// </summary>
+    [TestMethod]
+    public async Task Upgrade2To3_WriteJudgingItsFormAcrossTheJobsEnd_WritesTheTable()
+    {
+        var devs = TestDevices.Memory(1);
+        var (engine, _) = await TestDevices.FormatAsync(devs);
+        var pool = await engine.CreatePoolAsync("tank", 8L * MiB, 1, TestDevices.SmallPool with { LayoutVersion = 2 });
+        await pool.CreateContainerAsync("c");
+        var img = await pool.CreateImageAsync("c", "v", 128 * KiB, 64 * KiB);
+        var first = TestDevices.Pattern(64 * KiB, 1);
+        await img.WriteAsync(0, first);
+        var looked = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var go = new ManualResetEventSlim();
+        pool.BetweenLayoutAndJob = () =>
+        {
+            pool.BetweenLayoutAndJob = null;
+            looked.SetResult();
+            go.Wait();
+        };
+        var second = TestDevices.Pattern(64 * KiB, 2);
+        var write = Task.Run(async () => await img.WriteAsync(64 * KiB, second));
+        try
+        {
+            await looked.Task; // the writer saw layout 2 and has not looked at the job yet
+            await pool.UpgradeAsync(3, dryRun: false);
+            await pool.WaitForUpgradeAsync();
+            Assert.AreEqual("completed", pool.GetProperty("upgrade_status"));
+            Assert.AreEqual(3u, pool.LayoutVersion);
+        }
+        finally
+        {
+            go.Set();
+        }
+        await write;
+        Assert.AreEqual(0, WithoutTable(pool), "a write after the job's end takes the table form");
+        CollectionAssert.AreEqual(first.Concat(second).ToArray(), await ReadAllAsync(pool, "v"));
+    }
+
     [TestMethod]
     public async Task Upgrade_OneReplicaCorruptRf2_RepairedFromTheOtherAndConverted()
     {

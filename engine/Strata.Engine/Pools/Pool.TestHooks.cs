@@ -13,4 +13,7 @@ public sealed partial class Pool
 
     /// <summary>Awaited by a checkpoint that records a dropped target, once every round before it is applied (PoolLog.CheckpointAfterRoundsAsync).</summary>
     internal Func<Task>? BeforeDropCheckpoint { get; set; }
+
+    /// <summary>Called by WritesBlockTables between its lock-free layout read and its locked read of the layout and the job (white-box tests).</summary>
+    internal Action? BetweenLayoutAndJob { get; set; }
 }

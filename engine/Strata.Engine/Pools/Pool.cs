@@ -167,7 +167,8 @@ public sealed partial class Pool : IAsyncDisposable
     /// Where new replicas go: the placement of the pool's layout (<see cref="Placements.For"/>), or,
     /// from the moment a running upgrade job reaches a data-movement feature (placement_v2), the
     /// placement of that feature's layout, so the move never chases client writes. Read without the state's lock: the layout and the job are immutable records that
-    /// records replace; the answer is cached per pair.
+    /// records replace; the answer is cached per pair, and a pair not cached is read again under the lock (one state, not a layout
+    /// and a job of different moments).
     /// </summary>
     internal IPlacement Placement
     {
@@ -177,8 +178,17 @@ public sealed partial class Pool : IAsyncDisposable
             var job = Meta.UpgradeJob;
             var excluded = Volatile.Read(ref _excluded);
             var cached = _placement;
+            // A hit is a pair that was the state at one instant (only such pairs are cached).
             if (cached != null && ReferenceEquals(cached.Layout, layout) && ReferenceEquals(cached.Job, job) && ReferenceEquals(cached.Excluded, excluded))
                 return cached.Placement;
+            // A miss reads the pair again under the state's lock: read apart, a layout from before the
+            // switch and a job from after its end would place by the old layout after the job (as
+            // WritesBlockTables, which answered so once: seed 66 of the layout-3 crash test).
+            lock (Meta.Sync)
+            {
+                layout = Meta.Layout;
+                job = Meta.UpgradeJob;
+            }
             var placement = Placements.For(layout?.Version ?? Header.LayoutVersion);
             if (job is { State: UpgradeJobState.InProgress } && job.To <= Catalog.Versions.Count)
             {
@@ -216,16 +226,29 @@ public sealed partial class Pool : IAsyncDisposable
     /// never chases client writes. 4 KiB chunks never take one. The caller holds the chunk's lock,
     /// so the scan cannot pass the chunk between this answer and the write's commit.
     /// </summary>
+    /// <remarks>
+    /// The layout and the job are judged as one state, read under the state's lock: the job's end follows
+    /// the layout switch (its own round), so a layout read before the switch and a job read after the end
+    /// said "neither", and a client write after the job wrote the old form for good (the crash suite's
+    /// seed 66 of Upgrade2To3_CrashAtRandomPointsWithClientWrites: a group write of two chunks whose
+    /// writer was descheduled across both rounds).
+    /// </remarks>
     internal bool WritesBlockTables(int chunkSize)
     {
         if (!ChunkChecksum.TakesTable(chunkSize) || BlockChecksums is not { } feature)
             return false;
-        // Read without the state's lock first: the layout is an immutable record replaced by LayoutSet.
+        // Without the state's lock first: the layout only ever grows (LayoutSet replaces the record), so
+        // a stale read can only send this to the locked read below, never give a wrong yes.
         if ((Meta.Layout?.Version ?? Header.LayoutVersion) >= feature.Version)
             return true;
+        BetweenLayoutAndJob?.Invoke();
         UpgradeJobMeta? job;
         lock (Meta.Sync)
+        {
+            if ((Meta.Layout?.Version ?? Header.LayoutVersion) >= feature.Version)
+                return true;
             job = Meta.UpgradeJob;
+        }
         if (job is not { State: UpgradeJobState.InProgress } || job.To < feature.Version)
             return false;
         var chain = Catalog.Chain(job.From, job.To);
