@@ -224,8 +224,9 @@ public sealed class BlockChecksumUpgradeTests
     /// <summary>
     /// A client write that looks at the layout before the job's layout switch and at the job after its end
     /// (descheduled across both rounds, as seed 66 of the crash test was in CI) still writes the table: the
-    /// two are judged as one state. The write goes to a hole, which the job never holds, so the whole job
-    /// runs between the two looks.
+    /// two are judged as one state. The write enters the pool after the action's drain (which would wait
+    /// for it otherwise) while the job is held at its mapped chunk, and goes to a hole, which the job never
+    /// holds, so the rest of the job runs between its two looks.
     /// </summary>
     [TestMethod]
     public async Task Upgrade2To3_WriteJudgingItsFormAcrossTheJobsEnd_WritesTheTable()
@@ -239,28 +240,81 @@ public sealed class BlockChecksumUpgradeTests
         await img.WriteAsync(0, first);
         var looked = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         using var go = new ManualResetEventSlim();
-        pool.BetweenLayoutAndJob = () =>
-        {
-            pool.BetweenLayoutAndJob = null;
-            looked.SetResult();
-            go.Wait();
-        };
         var second = TestDevices.Pattern(64 * KiB, 2);
-        var write = Task.Run(async () => await img.WriteAsync(64 * KiB, second));
+        Task write;
+        // The job's pass waits for chunk 0 until the write has looked at the layout.
+        var chunk0 = await pool.Mover.LockAsync(img.Id, 0);
         try
         {
-            await looked.Task; // the writer saw layout 2 and has not looked at the job yet
+            var closing = pool.Gate.Closing;
             await pool.UpgradeAsync(3, dryRun: false);
+            await closing; // the action's drain began: the write below enters after it
+            pool.BetweenLayoutAndJob = () =>
+            {
+                pool.BetweenLayoutAndJob = null;
+                looked.SetResult();
+                go.Wait();
+            };
+            write = Task.Run(async () => await img.WriteAsync(64 * KiB, second));
+            await looked.Task; // the writer saw layout 2 and has not looked at the job yet
+            chunk0.Dispose();
             await pool.WaitForUpgradeAsync();
             Assert.AreEqual("completed", pool.GetProperty("upgrade_status"));
             Assert.AreEqual(3u, pool.LayoutVersion);
         }
         finally
         {
+            chunk0.Dispose();
             go.Set();
         }
         await write;
         Assert.AreEqual(0, WithoutTable(pool), "a write after the job's end takes the table form");
+        CollectionAssert.AreEqual(first.Concat(second).ToArray(), await ReadAllAsync(pool, "v"));
+    }
+
+    /// <summary>
+    /// A client write to a chunk not mapped yet that judged its form before the job began (no table) and is
+    /// still in flight when the action starts: the action's passes skip unmapped chunks, so without a drain
+    /// the job completed and the write then mapped the chunk without a table. The action first closes the
+    /// pool's gate once, so the job waits for the write (the gate starts closing while it is held).
+    /// </summary>
+    [TestMethod]
+    public async Task Upgrade2To3_WriteJudgedBeforeTheJobBegan_ActionWaitsForIt_ChunkGetsItsTable()
+    {
+        var devs = TestDevices.Memory(1);
+        var (engine, _) = await TestDevices.FormatAsync(devs);
+        var pool = await engine.CreatePoolAsync("tank", 8L * MiB, 1, TestDevices.SmallPool with { LayoutVersion = 2 });
+        await pool.CreateContainerAsync("c");
+        var img = await pool.CreateImageAsync("c", "v", 128 * KiB, 64 * KiB);
+        var first = TestDevices.Pattern(64 * KiB, 3);
+        await img.WriteAsync(0, first);
+        var judged = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var go = new ManualResetEventSlim();
+        pool.FormJudged = yes =>
+        {
+            pool.FormJudged = null;
+            judged.SetResult(yes);
+            go.Wait();
+        };
+        var second = TestDevices.Pattern(64 * KiB, 4);
+        var write = Task.Run(async () => await img.WriteAsync(64 * KiB, second));
+        Task job;
+        try
+        {
+            Assert.IsFalse(await judged.Task, "before the job, a layout-2 write takes no table");
+            var closing = pool.Gate.Closing;
+            await pool.UpgradeAsync(3, dryRun: false);
+            job = pool.WaitForUpgradeAsync();
+            Assert.AreSame(closing, await Task.WhenAny(job, closing), "the action drains the writes in flight before its passes");
+        }
+        finally
+        {
+            go.Set();
+        }
+        await write;
+        await job;
+        Assert.AreEqual("completed", pool.GetProperty("upgrade_status"));
+        Assert.AreEqual(0, WithoutTable(pool), "the write that judged before the job was converted by the passes after it");
         CollectionAssert.AreEqual(first.Concat(second).ToArray(), await ReadAllAsync(pool, "v"));
     }
 

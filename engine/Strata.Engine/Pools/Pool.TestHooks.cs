@@ -16,4 +16,7 @@ public sealed partial class Pool
 
     /// <summary>Called by WritesBlockTables between its lock-free layout read and its locked read of the layout and the job (white-box tests).</summary>
     internal Action? BetweenLayoutAndJob { get; set; }
+
+    /// <summary>Called by WritesBlockTables with its answer, before the write goes on (white-box tests).</summary>
+    internal Action<bool>? FormJudged { get; set; }
 }

@@ -234,13 +234,17 @@ public sealed partial class Pool : IUpgradePool
             return;
         Ras.Emit(new RasEvent(RasIds.PoolUpgradeResumed, RasSeverity.Notice, RasType.StateChange,
             $"pool '{Label}' upgrade {job.From} -> {job.To} (job {job.Id}) resumed at action {job.Action}", Pool: Label));
-        StartUpgradeRunner();
+        StartUpgradeRunner(resumed: true);
     }
 
-    private void StartUpgradeRunner()
+    /// <param name="resumed">
+    /// The job was replayed in progress by this open: every client write of this process began with the job
+    /// at its current action, so that action needs no drain of earlier writes (RunUnquiescedAsync).
+    /// </param>
+    private void StartUpgradeRunner(bool resumed = false)
     {
         lock (_operations)
-            _upgradeTask = Task.Run(() => RunJobAsync(_upgradeStop.Token));
+            _upgradeTask = Task.Run(() => RunJobAsync(resumed, _upgradeStop.Token));
     }
 
     private async Task StopUpgradeRunnerAsync()
@@ -266,7 +270,7 @@ public sealed partial class Pool : IUpgradePool
     /// a metadata-only feature): that batch is the only time the pool is partly unavailable. Every step is idempotent, so a crash anywhere resumes by re-running the
     /// step whose cursor was not yet durable.
     /// </summary>
-    private async Task RunJobAsync(CancellationToken stop)
+    private async Task RunJobAsync(bool resumed, CancellationToken stop)
     {
         UpgradeJobMeta job;
         lock (Meta.Sync)
@@ -300,7 +304,7 @@ public sealed partial class Pool : IUpgradePool
                     }
                     await CommitQuiescedAsync(job, window, null, run, stop).ConfigureAwait(false);
                     window.Clear();
-                    await RunUnquiescedAsync(job, i, f, cursor, run, stop).ConfigureAwait(false);
+                    await RunUnquiescedAsync(job, i, f, cursor, run, drain: !(resumed && i == job.Action), stop).ConfigureAwait(false);
                 }
                 await CommitQuiescedAsync(job, window, v, run, stop).ConfigureAwait(false);
             }
@@ -380,7 +384,8 @@ public sealed partial class Pool : IUpgradePool
     }
 
     /// <summary>Online and exclusive actions: they commit as they go and save their own cursor.</summary>
-    private async Task RunUnquiescedAsync(UpgradeJobMeta job, int index, LayoutFeature f, ulong cursor, UpgradeRun run, CancellationToken stop)
+    /// <param name="drain">Whether client writes of this process may have judged their form before the job reached this action.</param>
+    private async Task RunUnquiescedAsync(UpgradeJobMeta job, int index, LayoutFeature f, ulong cursor, UpgradeRun run, bool drain, CancellationToken stop)
     {
         await StepDelayAsync(run, stop).ConfigureAwait(false);
         stop.ThrowIfCancellationRequested();
@@ -388,6 +393,8 @@ public sealed partial class Pool : IUpgradePool
         var ctx = NewContext(job, index, f, run);
         if (f.Access == ActionAccess.Online)
         {
+            if (drain)
+                await DrainEarlierWritesAsync(run, stop).ConfigureAwait(false);
             if (ActionOf(f) is { } action)
                 await action.RunAsync(ctx, cursor, stop).ConfigureAwait(false);
             await Log.CommitAfterFlushAsync([.. ctx.Proposed.Select(ToRecord), MetaRecords.UpgradeJobCursor(job.Id, (uint)index + 1, 0)]).ConfigureAwait(false);
@@ -431,6 +438,33 @@ public sealed partial class Pool : IUpgradePool
             if (!reopened)
                 Reopen(closure, start, run);
         }
+    }
+
+    /// <summary>
+    /// Before an online action's passes: client writes judge their form (Pool.WritesBlockTables) and place
+    /// (Pool.Placement) from the job's action, under their chunk's lock, and the passes hold every mapped
+    /// chunk, so a write to a mapped chunk is either seen by them or writes the new way. A write to a chunk
+    /// not mapped yet that judged before the job reached this action is not: the passes skip that chunk,
+    /// and if the write commits after both it keeps the old form for good. The gate closes once so that the
+    /// image operations inside (every such write among them) finish; new ones wait, as for an exclusive
+    /// action, and judge with the job at this action when it reopens. A pause of the writes in flight
+    /// (a commit round), counted in the job's longest pause.
+    /// </summary>
+    private async Task DrainEarlierWritesAsync(UpgradeRun run, CancellationToken stop)
+    {
+        await MetaLock.WaitAsync(stop).ConfigureAwait(false);
+        long start = Stopwatch.GetTimestamp();
+        try
+        {
+            using (await Gate.CloseAsync(stop).ConfigureAwait(false))
+            {
+            }
+        }
+        finally
+        {
+            MetaLock.Release();
+        }
+        run.RecordPause(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
     }
 
     /// <summary>The log record of a change an action proposed.</summary>

@@ -235,6 +235,13 @@ public sealed partial class Pool : IAsyncDisposable
     /// </remarks>
     internal bool WritesBlockTables(int chunkSize)
     {
+        bool yes = JudgeBlockTables(chunkSize);
+        FormJudged?.Invoke(yes);
+        return yes;
+    }
+
+    private bool JudgeBlockTables(int chunkSize)
+    {
         if (!ChunkChecksum.TakesTable(chunkSize) || BlockChecksums is not { } feature)
             return false;
         // Without the state's lock first: the layout only ever grows (LayoutSet replaces the record), so
