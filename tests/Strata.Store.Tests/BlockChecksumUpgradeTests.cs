@@ -41,6 +41,18 @@ public sealed class BlockChecksumUpgradeTests
         return b;
     }
 
+    /// <summary>A layout-2 pool with image c/v of two 64 KiB chunks, the first written with <c>Pattern(64 KiB, seed)</c>, the second a hole.</summary>
+    private static async Task<(Pool Pool, Image Image, byte[] First)> HalfWrittenLayout2Async(int seed)
+    {
+        var (engine, _) = await TestDevices.FormatAsync(TestDevices.Memory(1));
+        var pool = await engine.CreatePoolAsync("tank", 8L * MiB, 1, TestDevices.SmallPool with { LayoutVersion = 2 });
+        await pool.CreateContainerAsync("c");
+        var img = await pool.CreateImageAsync("c", "v", 128 * KiB, 64 * KiB);
+        var first = TestDevices.Pattern(64 * KiB, seed);
+        await img.WriteAsync(0, first);
+        return (pool, img, first);
+    }
+
     [TestMethod]
     public async Task Upgrade2To3_ConcurrentClientWrites_EveryChunkGetsItsTableAndNoWriteIsLost()
     {
@@ -231,13 +243,7 @@ public sealed class BlockChecksumUpgradeTests
     [TestMethod]
     public async Task Upgrade2To3_WriteJudgingItsFormAcrossTheJobsEnd_WritesTheTable()
     {
-        var devs = TestDevices.Memory(1);
-        var (engine, _) = await TestDevices.FormatAsync(devs);
-        var pool = await engine.CreatePoolAsync("tank", 8L * MiB, 1, TestDevices.SmallPool with { LayoutVersion = 2 });
-        await pool.CreateContainerAsync("c");
-        var img = await pool.CreateImageAsync("c", "v", 128 * KiB, 64 * KiB);
-        var first = TestDevices.Pattern(64 * KiB, 1);
-        await img.WriteAsync(0, first);
+        var (pool, img, first) = await HalfWrittenLayout2Async(1);
         var looked = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         using var go = new ManualResetEventSlim();
         var second = TestDevices.Pattern(64 * KiB, 2);
@@ -281,13 +287,7 @@ public sealed class BlockChecksumUpgradeTests
     [TestMethod]
     public async Task Upgrade2To3_WriteJudgedBeforeTheJobBegan_ActionWaitsForIt_ChunkGetsItsTable()
     {
-        var devs = TestDevices.Memory(1);
-        var (engine, _) = await TestDevices.FormatAsync(devs);
-        var pool = await engine.CreatePoolAsync("tank", 8L * MiB, 1, TestDevices.SmallPool with { LayoutVersion = 2 });
-        await pool.CreateContainerAsync("c");
-        var img = await pool.CreateImageAsync("c", "v", 128 * KiB, 64 * KiB);
-        var first = TestDevices.Pattern(64 * KiB, 3);
-        await img.WriteAsync(0, first);
+        var (pool, img, first) = await HalfWrittenLayout2Async(3);
         var judged = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
         using var go = new ManualResetEventSlim();
         pool.FormJudged = yes =>
