@@ -132,7 +132,7 @@ public sealed class BlockChecksumUpgradeTests
         int first = Env("STRATA_CRASH_SEED", 1);
         var failures = new System.Collections.Concurrent.ConcurrentBag<(int Seed, string Message)>();
         int resumed = 0;
-        await Parallel.ForEachAsync(Enumerable.Range(first, runs), new ParallelOptions { MaxDegreeOfParallelism = 2 }, async (seed, _) =>
+        await Parallel.ForEachAsync(Enumerable.Range(first, runs).SelectMany(s => Enumerable.Repeat(s, Env("STRATA_CRASH_REPEAT", 1))), new ParallelOptions { MaxDegreeOfParallelism = 2 }, async (seed, _) =>
         {
             if (!failures.IsEmpty)
                 return;
@@ -143,7 +143,7 @@ public sealed class BlockChecksumUpgradeTests
             }
             catch (Exception e)
             {
-                failures.Add((seed, e.Message));
+                failures.Add((seed, e is AssertFailedException ? e.Message : e.ToString()));
             }
         });
         if (!failures.IsEmpty)

@@ -4,6 +4,9 @@ namespace Strata.Store.Tests;
 /// Seeded crash runs against the model. CI runs 2,000 seeds; STRATA_SOAK_RUNS=N
 /// runs more (a soak outside CI) and STRATA_CRASH_SEED=S starts at seed S, so a
 /// failure reproduces with STRATA_CRASH_SEED=&lt;printed seed&gt; STRATA_SOAK_RUNS=1.
+/// A seed whose failure depends on timing (a background checkpoint, a flush round) is
+/// repeated with STRATA_CRASH_REPEAT=N, N runs at once with STRATA_CRASH_PARALLEL=N.
+/// An unexpected exception is reported with its stack.
 /// </summary>
 [TestClass]
 public sealed class CrashTests
@@ -41,7 +44,7 @@ public sealed class CrashTests
         var failures = new System.Collections.Concurrent.ConcurrentBag<(int Seed, string Message)>();
         int dropped = 0, runsWithDrops = 0, targetsLeft = 0;
         long inPlace = 0, besideCheckpoint = 0, capturesEarly = 0;
-        await Parallel.ForEachAsync(Enumerable.Range(first, runs), new ParallelOptions { MaxDegreeOfParallelism = 2 }, async (seed, _) =>
+        await Parallel.ForEachAsync(Enumerable.Range(first, runs).SelectMany(s => Enumerable.Repeat(s, Env("STRATA_CRASH_REPEAT", 1))), new ParallelOptions { MaxDegreeOfParallelism = Env("STRATA_CRASH_PARALLEL", 2) }, async (seed, _) =>
         {
             if (!failures.IsEmpty)
                 return;
@@ -59,7 +62,7 @@ public sealed class CrashTests
             }
             catch (Exception e)
             {
-                failures.Add((seed, e.Message));
+                failures.Add((seed, e is AssertFailedException ? e.Message : e.ToString()));
             }
         });
         if (!failures.IsEmpty)
