@@ -136,6 +136,79 @@ public sealed class TargetDropTests
             d.Dispose();
     }
 
+    /// <summary>
+    /// A routine checkpoint captured before a drop and written after it (to the remaining shard only,
+    /// flushing only it) must not become current without the exclusion: its state holds a writeback
+    /// mapping whose replica on the dropped target no flush made durable. Here the round logging that
+    /// mapping fails its flush on target 1, and the power fails while the drop's own checkpoint waits.
+    /// The reopened pool must not map a replica whose bytes its CRC does not name (CrashTests seed 28080).
+    /// </summary>
+    [TestMethod]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task FlushFailsBesideRoutineCheckpoint_Rf2_ReopenMapsNoUnflushedReplica()
+    {
+        var power = new CrashSwitch();
+        var disks = Enumerable.Range(0, 2).Select(i => new CrashDisk($"d{i}", 4L << 20, power)).ToArray();
+        var options = new StorageEngineOptions { WritebackFlushInterval = Timeout.InfiniteTimeSpan };
+        var engine = await StorageEngine.FormatAsync(disks, options);
+        var pool = await engine.CreatePoolAsync("p", 2L << 20, 2, TestDevices.SmallPool);
+        await pool.CreateContainerAsync("c");
+        const int chunks = 8;
+        var image = await pool.CreateImageAsync("c", "v", chunks * Cs, Cs);
+        var old = TestDevices.Pattern(chunks * Cs, 1);
+        await image.WriteAsync(0, old);
+        // Durable rounds until the next one takes the log past half: a routine checkpoint starts after it.
+        long half = pool.Shards[0].Header.WalLength / 2, step = 0;
+        for (int i = 0; pool.Log.Used + step <= half; i++)
+        {
+            long used = pool.Log.Used;
+            var data = TestDevices.Pattern(Cs, 10 + i);
+            await image.WriteAsync(0, data);
+            data.CopyTo(old, 0);
+            step = Math.Max(step, pool.Log.Used - used);
+        }
+        // Writes beside it only once a later round started or the drop's checkpoint waits for it.
+        pool.Log.HoldCheckpointForARound = true;
+        var held = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        pool.BeforeDropCheckpoint = async () =>
+        {
+            held.TrySetResult();
+            await Task.Delay(Timeout.Infinite, TestContext.CancellationToken);
+        };
+        // Writeback: the data is on both disks (not flushed), the mappings applied and queued.
+        var fresh = TestDevices.Pattern(chunks * Cs, 2);
+        await image.WriteAsync(0, fresh, false);
+        long firstOnTarget1;
+        lock (pool.Meta.Sync)
+            firstOnTarget1 = pool.Meta.Images[image.Id].Chunks.Count(kv => kv.Value.Replicas[0].Target == 1);
+        Assert.IsGreaterThan(0L, firstOnTarget1, "some chunk is read from target 1 first");
+        long checkpoints = pool.Log.Stats.Checkpoints;
+        // Target 1 runs one more command (the round's log write), then fails every write and flush.
+        disks[1].FailWritesAfter = 1;
+        var flush = image.FlushAsync();
+        await held.Task.WaitAsync(TestContext.CancellationToken);
+        Assert.IsTrue(disks[1].WritesFailed);
+        Assert.IsGreaterThan(checkpoints, pool.Log.Stats.Checkpoints, "a routine checkpoint was started beside the failing round");
+        Assert.IsFalse(flush.IsCompleted, "the flush is held until the drop's checkpoint");
+
+        power.CutPower();
+        var next = new CrashSwitch();
+        var reopenedDisks = disks.Select(d => d.AfterCrash(next, (_, _, _) => PendingFate.Lost)).ToArray();
+        var ras = new InMemoryRasSink();
+        var reopened = await StorageEngine.OpenAsync(reopenedDisks, options with { Ras = ras });
+        var p = await reopened.OpenPoolAsync("p");
+        var read = await ReadAllAsync(p.OpenImage("c", "v"), chunks * Cs);
+        var bad = ras.Events.FirstOrDefault(e => e.Id is RasIds.DataChecksumMismatch or RasIds.DataUnrecoverable);
+        Assert.IsNull(bad, $"{bad?.Id}: {bad?.Message}");
+        // The flush was never acknowledged: each chunk reads as before it or as the writeback write left it.
+        for (int c = 0; c < chunks; c++)
+        {
+            var got = read.AsSpan(c * Cs, Cs);
+            Assert.IsTrue(got.SequenceEqual(old.AsSpan(c * Cs, Cs)) || got.SequenceEqual(fresh.AsSpan(c * Cs, Cs)), $"chunk {c} reads wrong bytes");
+        }
+        await reopened.DisposeAsync();
+    }
+
     /// <summary>Only target 1's log region fails: the metadata goes on on the other shards, the target leaves.</summary>
     [TestMethod]
     [Timeout(300_000, CooperativeCancellation = true)]

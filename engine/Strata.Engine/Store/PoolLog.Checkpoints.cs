@@ -35,7 +35,7 @@ internal sealed partial class PoolLog
             foreach (var p in waiting)
                 if (p.Exclude >= 0)
                     _pool.ExcludeShard(p.Exclude);
-            RecordDropsInState(waiting);
+            // Records the exclusions of the drops among them (and of any other pending).
             await WriteCheckpointAsync().ConfigureAwait(false);
             CompleteDrops(waiting, null);
             foreach (var p in waiting)
@@ -56,18 +56,25 @@ internal sealed partial class PoolLog
     /// <summary>What a checkpoint captured under the state's lock, with the log position it was taken at.</summary>
     private readonly record struct CheckpointCapture(
         PoolStateCodec.PoolStateCapture State, string Label, ulong Applied, long AppliedOrdinal, Store.ShardHeaderLayout Layout,
-        long Tail, uint Format, int ShardCount, ulong WalV2, long EstimateAtCapture);
+        long Tail, uint Format, int ShardCount, ulong WalV2, long EstimateAtCapture, int[] Excluded);
 
     /// <summary>
     /// Serializes the state into every shard's inactive slot, flushes, then points
     /// each shard header at it (new generation) and flushes. Only then does the log
-    /// head move, so a crash at any step replays from a checkpoint that exists.
+    /// head move, so a crash at any step replays from a checkpoint that exists. The state records
+    /// every pending drop's exclusion first; a target dropped while it is written (it left the log
+    /// before the flush) makes it start over with that exclusion recorded too.
     /// </summary>
     public async Task WriteCheckpointAsync()
     {
         await BackgroundCheckpointDoneAsync().ConfigureAwait(false);
-        var capture = await CaptureCheckpointAsync().ConfigureAwait(false);
-        await WriteCapturedAsync(capture).ConfigureAwait(false);
+        while (true)
+        {
+            RecordDropsInState();
+            var capture = await CaptureCheckpointAsync().ConfigureAwait(false);
+            if (await WriteCapturedAsync(capture).ConfigureAwait(false))
+                return;
+        }
     }
 
     /// <summary>
@@ -82,6 +89,10 @@ internal sealed partial class PoolLog
     {
         // Rounds still in flight need not finish: the capture is the applied state, which rounds complete
         // into in order, with the tail after its last round; the rounds after it are replayed from there.
+        // A drop's exclusion is recorded only by a checkpoint that waits for every round (the drop's
+        // own follows): one captured now could not hold it, and would be abandoned (WriteCapturedAsync).
+        if (DropPending)
+            return;
         CheckpointCapture capture;
         try
         {
@@ -114,6 +125,7 @@ internal sealed partial class PoolLog
         {
             if (hold != null)
                 await hold.ConfigureAwait(false);
+            // Abandoned (false) when a target was dropped meanwhile: the drop's checkpoint follows.
             await WriteCapturedAsync(capture).ConfigureAwait(false);
         }
         catch (Exception e)
@@ -160,6 +172,7 @@ internal sealed partial class PoolLog
         Store.ShardHeaderLayout layout;
         long estimate;
         long appliedTail;
+        int[] excluded;
         // Never capture a mapping whose extent an in-place write is rewriting: wait until none is in
         // flight, with new claims held off (docs/format.md, "Overwriting a writeback extent in place").
         while (true)
@@ -182,6 +195,7 @@ internal sealed partial class PoolLog
                     applied = state.LastSeq;
                     appliedTail = _appliedTail;
                     appliedOrdinal = _appliedOrdinal;
+                    excluded = Pool.ParseExcluded(state.Props.GetValueOrDefault(Pool.ExcludedProp), _pool.Shards.Length);
                     break;
                 }
                 _capturing = true;
@@ -192,11 +206,17 @@ internal sealed partial class PoolLog
         uint format = _format;
         // A v2 log is unreadable to engines without wal_v2: its headers carry the bit from the switch on.
         ulong walV2 = format == WalFormatV2.Format ? _pool.Catalog.Find(Layout.LayoutCatalog.WalV2Feature)?.Mask ?? 0 : 0;
-        return new CheckpointCapture(capture, label, applied, appliedOrdinal, layout, appliedTail, format, _pool.TargetCount, walV2, estimate);
+        return new CheckpointCapture(capture, label, applied, appliedOrdinal, layout, appliedTail, format, _pool.TargetCount, walV2, estimate, excluded);
     }
 
-    /// <summary>Encodes and writes a captured state, flushes, writes the headers, and moves the head to the captured tail.</summary>
-    private async Task WriteCapturedAsync(CheckpointCapture c)
+    /// <summary>
+    /// Encodes and writes a captured state, flushes, writes the headers, and moves the head to the captured
+    /// tail. Returns false, with no header written, when a target its state does not exclude was dropped
+    /// before the flush: the state may name replicas there (writeback mappings applied before their round,
+    /// a round whose flush failed there) that no flush made durable, and the checkpoint would make them
+    /// trusted at replay, with the target counted (docs/format.md, "A target that fails a write").
+    /// </summary>
+    private async Task<bool> WriteCapturedAsync(CheckpointCapture c)
     {
         var capture = c.State;
         string label = c.Label;
@@ -247,6 +267,8 @@ internal sealed partial class PoolLog
                 Checkpoint.Slots.Return(rented);
         }
         await FlushAllAsync().ConfigureAwait(false);
+        if (!RecordsEveryDrop(c.Excluded))
+            return false;
         await OnLogShardsAsync(async s =>
         {
             var h = s.Header with
@@ -274,5 +296,6 @@ internal sealed partial class PoolLog
         // The checkpoint's flush made every applied record durable, writeback ones included (those
         // applied but not yet in a round are durable too, but counted only when their round flushes).
         MarkDurable(applied, appliedOrdinal);
+        return true;
     }
 }

@@ -17,8 +17,8 @@ internal sealed partial class PoolLog
     /// <summary>Guards the fields below; taken before the state's lock, never inside it.</summary>
     private readonly object _drops = new();
     private bool _stopping;
-    /// <summary>Drops whose exclusion checkpoint has not completed yet.</summary>
-    private int _dropsPending;
+    /// <summary>Drops whose exclusion checkpoint has not completed yet: the target, and whether it was rejoining.</summary>
+    private readonly List<(int Target, bool Rejoin)> _dropsPending = [];
     /// <summary>Commits of rounds completed while a drop was pending, acknowledged once it is durable (null: none pending).</summary>
     private List<Pending>? _held;
 
@@ -60,7 +60,7 @@ internal sealed partial class PoolLog
                     return false;
             }
             _held ??= [];
-            _dropsPending++;
+            _dropsPending.Add((target, rejoining));
             // Before the exclusion changes placement: a job that sees the count unchanged planned nothing by it.
             _lastDrop = $"target {target} failed a write ({cause.Message})";
             Interlocked.Increment(ref _dropCount);
@@ -111,7 +111,7 @@ internal sealed partial class PoolLog
         get
         {
             lock (_drops)
-                return _dropsPending > 0;
+                return _dropsPending.Count > 0;
         }
     }
 
@@ -248,33 +248,54 @@ internal sealed partial class PoolLog
     }
 
     /// <summary>
-    /// Before a checkpoint that completes drops (every round is applied, so every mapping the held
-    /// commits made is in the state): a dropped target that now holds the only copy of some chunk (a
-    /// mapping that was still in flight when it was dropped) cannot leave, so the pool fails instead
-    /// and the held commits with it, as a failed write would have failed it without the drop. Otherwise
-    /// records the excluded targets in the state, with a sequence of its own, so the checkpoint holds them.
+    /// Before every checkpoint but a routine one (every round is applied, so every mapping the held
+    /// commits made is in the state): records each target dropped and not yet durably excluded in the
+    /// state's excluded targets, with a sequence of its own, so the checkpoint holds the exclusion. A
+    /// checkpoint without it would make mappings trusted whose replicas the dropped device never made
+    /// durable (its flush failed, or no longer asked of it), while the state still counts them
+    /// (docs/format.md, "A target that fails a write"). A dropped target that now holds the only copy
+    /// of some chunk (a mapping that was still in flight when it was dropped) cannot leave, so the pool
+    /// fails instead and the held commits with it, as a failed write would have failed it without the drop.
     /// </summary>
-    private void RecordDropsInState(List<Pending> waiting)
+    private void RecordDropsInState()
     {
-        if (!waiting.Exists(p => p.Dropped))
+        (int Target, bool Rejoin)[] drops;
+        lock (_drops)
+            drops = [.. _dropsPending];
+        if (drops.Length == 0)
             return;
         // A rejoining target was excluded all along: nothing was placed on it meanwhile.
-        foreach (var p in waiting)
-            if (p.Dropped && !p.Rejoin && _pool.ChunksOnlyWith(p.Exclude) is > 0 and long only)
+        foreach (var (target, rejoin) in drops)
+            if (!rejoin && _pool.ChunksOnlyWith(target) is > 0 and long only)
                 throw new StoreException(Errno.EIO,
-                    $"target {p.Exclude} of pool '{_pool.Label}' failed a write and holds the only copy of {only} chunk(s) written meanwhile");
+                    $"target {target} of pool '{_pool.Label}' failed a write and holds the only copy of {only} chunk(s) written meanwhile");
         var state = _pool.Meta;
         lock (state.Sync)
         {
             // The applied value, not the in-memory set: a reintegration's lift may be applied while its
             // commit is held, and its target is still excluded in memory until the commit returns.
-            var excluded = Pool.ParseExcluded(state.Props.GetValueOrDefault(Pool.ExcludedProp), _pool.Shards.Length)
-                .Concat(waiting.Where(p => p.Dropped).Select(p => p.Exclude)).Distinct().Order();
+            var applied = Pool.ParseExcluded(state.Props.GetValueOrDefault(Pool.ExcludedProp), _pool.Shards.Length);
+            var excluded = applied.Concat(drops.Select(d => d.Target)).Distinct().Order().ToArray();
+            if (excluded.SequenceEqual(applied.Order()))
+                return;
             var record = MetaRecords.PoolSetProp(Pool.ExcludedProp, string.Join(",", excluded.Select(t => t.ToString(System.Globalization.CultureInfo.InvariantCulture))));
             ulong seq = _nextSeq++;
             state.Apply(new WalRecord(seq, (ushort)record.Type, record.Flags, record.Payload));
             state.LastSeq = seq;
         }
+    }
+
+    /// <summary>
+    /// Whether a checkpoint whose state excludes <paramref name="excluded"/> may be made current: no
+    /// target has been dropped that it does not exclude. Asked after the checkpoint's flush, which
+    /// covered only the shards still in the log: a target dropped before it (since the capture, or
+    /// before a routine checkpoint's capture) may hold replicas the state names that no flush made durable.
+    /// A drop stays pending until its own checkpoint, which never runs beside this one.
+    /// </summary>
+    private bool RecordsEveryDrop(int[] excluded)
+    {
+        lock (_drops)
+            return _dropsPending.TrueForAll(d => Array.IndexOf(excluded, d.Target) >= 0);
     }
 
     /// <summary>
@@ -290,11 +311,13 @@ internal sealed partial class PoolLog
         List<Pending>? release = null;
         lock (_drops)
         {
-            _dropsPending -= dropped;
-            if (_dropsPending == 0 || error != null)
+            foreach (var p in waiting)
+                if (p.Dropped)
+                    _dropsPending.Remove((p.Exclude, p.Rejoin));
+            if (_dropsPending.Count == 0 || error != null)
             {
                 release = _held;
-                _held = _dropsPending == 0 ? null : [];
+                _held = _dropsPending.Count == 0 ? null : [];
             }
         }
         if (release != null)
