@@ -37,6 +37,36 @@ public sealed class CrashTests
     [DataRow(3u)]
     public Task Pool_RandomCrashRunsWithInPlaceOverwrites_NoAcknowledgedWriteLostAndNoWrongBytes(uint layout) => RunAsync(500, layout, overlapping: true);
 
+    /// <summary>
+    /// Seeds beyond CI's range that found bugs in soaks, each run many times (whether they fail can
+    /// depend on timing): 28080 and 114898 reopened a pool whose background checkpoint had become
+    /// current on the surviving target without a failed target's exclusion (0f551f4); 172 failed one
+    /// CI run with an ArgumentOutOfRangeException that did not recur in 23,000 repeats.
+    /// </summary>
+    [TestMethod]
+    [Timeout(900_000, CooperativeCancellation = true)]
+    [DataRow(28080)]
+    [DataRow(114898)]
+    [DataRow(172)]
+    public async Task Pool_CrashSeedsThatFoundBugs_PassRepeatedly(int seed)
+    {
+        var failures = new System.Collections.Concurrent.ConcurrentBag<string>();
+        await Parallel.ForEachAsync(Enumerable.Range(0, 150), new ParallelOptions { MaxDegreeOfParallelism = 2 }, async (_, _) =>
+        {
+            if (!failures.IsEmpty)
+                return;
+            try
+            {
+                await new CrashWorkload(seed, 2).RunAsync();
+            }
+            catch (Exception e)
+            {
+                failures.Add(e is AssertFailedException ? e.Message : e.ToString());
+            }
+        });
+        Assert.IsTrue(failures.IsEmpty, $"seed {seed}: {failures.FirstOrDefault()}");
+    }
+
     private static async Task RunAsync(int ciRuns, uint layout, bool overlapping = false)
     {
         int runs = Env("STRATA_SOAK_RUNS", ciRuns);
