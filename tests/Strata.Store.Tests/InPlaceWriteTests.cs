@@ -26,6 +26,53 @@ public sealed class InPlaceWriteTests
 
     private static long ExtentOf(Pool pool, Image image, long chunk) => TestHelpers.ReplicaLocations(pool, image, chunk)[0].Offset;
 
+    /// <summary>
+    /// Repeated in-place writes into one chunk keep one cached table per replica: each replaces the
+    /// superseded replica's entry (BlockTableCache.Replace), so the cache neither grows nor rolls its
+    /// generations over (which regrew a dictionary through the large object heap every few thousand
+    /// writes), and the next small write still finds the current table without reading it.
+    /// </summary>
+    [TestMethod]
+    public async Task InPlaceWrites_ReplaceTheChunksCachedTable_CacheStaysAtOneEntry()
+    {
+        const int cs = 128 * KiB;
+        var dev = new CountingDevice("count0", 8L * 1024 * 1024);
+        var (pool, image) = await CreateAsync(dev, cs, 2 * cs);
+        var expect = TestDevices.Pattern(cs, 1);
+        await image.WriteAsync(0, expect, durable: false);
+        await pool.Log.LoggedAsync();
+        for (int i = 0; i < 200; i++)
+        {
+            var block = TestDevices.Pattern(Block, 10 + i);
+            int at = i % (cs / Block) * Block;
+            await image.WriteAsync(at, block, durable: false);
+            block.CopyTo(expect, at);
+        }
+        Assert.AreEqual(200L, pool.Log.InPlaceWrites, "every write after the first went in place");
+        Assert.AreEqual(1, pool.Tables.Count, "cached tables of the one chunk after 200 in-place writes");
+        dev.Reset();
+        var last = TestDevices.Pattern(Block, 999);
+        await image.WriteAsync(5 * Block, last, durable: false);
+        last.CopyTo(expect, 5 * Block);
+        Assert.AreEqual(0L, dev.BytesRead, "the current table came from the cache");
+        var back = new byte[cs];
+        await image.ReadAsync(0, back);
+        CollectionAssert.AreEqual(expect, back);
+    }
+
+    /// <summary>A full cache drops its old generation and reuses it as the new young one: still bounded, entries of the young one kept.</summary>
+    [TestMethod]
+    public void BlockTableCache_FullGenerations_RollOverAndStayBounded()
+    {
+        var cache = new BlockTableCache(8);
+        var t = new uint[32];
+        for (int i = 0; i < 100; i++)
+            cache.Add(new Replica(0, i * 4096L, (uint)i), t);
+        Assert.IsTrue(cache.Count <= 8, $"{cache.Count} tables held by a cache of 8");
+        Assert.IsTrue(cache.TryGet(new Replica(0, 99 * 4096L, 99), out var got) && ReferenceEquals(got, t), "the latest table is held");
+        Assert.IsFalse(cache.TryGet(new Replica(0, 0, 0), out _), "the first table was dropped");
+    }
+
     [TestMethod]
     public async Task WritebackOverwrite_NotYetFlushed_WritesOnlyTheTouchedBlocksAndTheTableInPlace()
     {

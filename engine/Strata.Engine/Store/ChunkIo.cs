@@ -529,8 +529,7 @@ internal sealed class ChunkIo(Pool pool)
                 pool.Log.EndInPlace();
             }
             if (crcs != null)
-                foreach (var r in replicas)
-                    pool.Tables.Add(r, crcs);
+                pool.Tables.Replace(old.Replicas, replicas, crcs);
             return true;
         }
         finally
