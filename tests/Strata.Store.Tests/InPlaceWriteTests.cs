@@ -60,6 +60,40 @@ public sealed class InPlaceWriteTests
         CollectionAssert.AreEqual(expect, back);
     }
 
+    /// <summary>
+    /// A partial durable write into a chunk a flush covers copies the chunk on write; its new table keeps
+    /// the verified old block CRCs and sums only the touched blocks again (ChunkIo.TableOfMerged). Each
+    /// write's extent is then read back through a fresh table read: table against the map, every block against the table.
+    /// </summary>
+    [TestMethod]
+    public async Task PartialDurableWrites_CopyOnWrite_NewTableMatchesEveryBlock()
+    {
+        const int cs = 1024 * KiB;
+        var dev = new CountingDevice("count0", 16L * 1024 * 1024);
+        var (pool, image) = await CreateAsync(dev, cs, cs);
+        var expect = TestDevices.Pattern(cs, 1);
+        await image.WriteAsync(0, expect, durable: true);
+        var rng = new Random(5);
+        for (int i = 0; i < 40; i++)
+        {
+            long before = ExtentOf(pool, image, 0);
+            int len = i % 3 == 0 ? Block : rng.Next(1, 3 * Block);
+            int at = i % 3 == 0 ? rng.Next(cs / Block) * Block : rng.Next(0, cs - len);
+            var data = TestDevices.Pattern(len, 100 + i);
+            await image.WriteAsync(at, data, durable: true);
+            data.CopyTo(expect, at);
+            Assert.AreNotEqual(before, ExtentOf(pool, image, 0), $"write {i} copied the chunk to a fresh extent");
+        }
+        Assert.AreEqual(0L, pool.Log.InPlaceWrites);
+        // Not from the cache: a copy on write adds no table to it, so these reads check the new tables from the device.
+        var back = new byte[cs];
+        for (int b = 0; b < cs / Block; b++)
+            await image.ReadAsync(b * Block, back.AsMemory(b * Block, Block));
+        CollectionAssert.AreEqual(expect, back);
+        await image.ReadAsync(0, back);
+        CollectionAssert.AreEqual(expect, back);
+    }
+
     /// <summary>A full cache drops its old generation and reuses it as the new young one: still bounded, entries of the young one kept.</summary>
     [TestMethod]
     public void BlockTableCache_FullGenerations_RollOverAndStayBounded()

@@ -360,6 +360,9 @@ internal sealed class ChunkIo(Pool pool)
         }
         int head = blocks ? ChunkChecksum.TableSize : 0;
         byte[]? rented = null;
+        // A partial write merged into a verified chunk with a table: that table's block CRCs, so only the
+        // blocks the write touches are summed again (a 4 KiB write into a 1 MiB chunk: one block, not 256).
+        uint[]? verified = null;
         try
         {
             ReadOnlyMemory<byte> extent;
@@ -393,7 +396,11 @@ internal sealed class ChunkIo(Pool pool)
                 if (data.Length == cs)
                     data.CopyTo(merged);
                 else if (old != null)
-                    await ReadVerifiedAsync(meta, index, old, merged, repair: true).ConfigureAwait(false);
+                {
+                    if (blocks && old.Blocks)
+                        verified = System.Buffers.ArrayPool<uint>.Shared.Rent(cs / ChunkChecksum.BlockSize);
+                    await ReadVerifiedAsync(meta, index, old, merged, repair: true, blockCrcs: verified).ConfigureAwait(false);
+                }
                 else
                     merged.Span.Clear();
                 if (data.Length != cs)
@@ -402,9 +409,9 @@ internal sealed class ChunkIo(Pool pool)
             }
             var chunk = table.IsEmpty ? extent.Span[head..] : extent.Span;
             var tableBytes = rented != null ? rented.AsSpan(0, head) : room.Span[..head];
-            uint crc = blocks
-                ? ChunkChecksum.BuildTable(meta.Id, index, chunk, tableBytes)
-                : ChunkChecksum.Of(chunk);
+            uint crc = !blocks ? ChunkChecksum.Of(chunk)
+                : verified != null ? TableOfMerged(meta, index, within, data.Length, chunk, verified, tableBytes)
+                : ChunkChecksum.BuildTable(meta.Id, index, chunk, tableBytes);
             if (expect is { } e && !(blocks ? e.MatchesTable(tableBytes) ?? e.Matches(chunk)
                     : e.Blocks.IsEmpty ? crc == e.Crc : e.Matches(chunk)))
                 throw new DataIntegrityException(pool.Label, meta.Label, index * cs,
@@ -416,7 +423,23 @@ internal sealed class ChunkIo(Pool pool)
         {
             if (rented != null)
                 System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+            if (verified != null)
+                System.Buffers.ArrayPool<uint>.Shared.Return(verified);
         }
+    }
+
+    /// <summary>
+    /// The block table of a chunk merged from verified old contents (whose block CRCs are
+    /// <paramref name="crcs"/>, as read) and a write of <paramref name="length"/> bytes at
+    /// <paramref name="within"/>: the touched blocks summed again, the others kept. Returns the table's CRC.
+    /// </summary>
+    private static uint TableOfMerged(ImageMeta meta, long index, int within, int length, ReadOnlySpan<byte> chunk, uint[] crcs, Span<byte> table)
+    {
+        const int B = ChunkChecksum.BlockSize;
+        int n = meta.ChunkSize / B;
+        var (from, span) = ChunkChecksum.VerifiedRange(true, meta.ChunkSize, within, length);
+        Crc32C.ComputeBlocks(chunk.Slice(from, span), B, crcs.AsSpan(from / B, span / B));
+        return ChunkChecksum.WriteTable(meta.Id, index, crcs.AsSpan(0, n), table);
     }
 
     /// <summary>Whether a new copy of the chunk would take <paramref name="old"/>'s form: table or not, the same replica targets.</summary>
