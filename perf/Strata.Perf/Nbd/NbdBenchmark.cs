@@ -21,6 +21,8 @@ public static class NbdBenchmark
           --target-size SIZE
           --headroom PCT     Strata's pool: the image plus PCT% of it free for copy-on-write (default 200; writeback
                              writes hold the extents they replaced until the next flush round, a second at most)
+          --writeback-flush-ms N  the engine's writeback timer: writes without FUA become durable within N ms
+                             (StorageEngineOptions.WritebackFlushInterval; default the engine's 1000)
           --chunk-size LIST  Strata image chunk size(s) (default 4K,1M: small chunks suit small random I/O,
                              large ones sequential I/O); one fresh pool and image per size
           --runtime SEC      measured seconds per row per server (default 10; after 1 s fio ramp)
@@ -304,6 +306,8 @@ internal sealed class NbdBenchOptions
     public required long ImageSize { get; init; }
     /// <summary>Free space in Strata's pool beside the image, in % of the image.</summary>
     public required int Headroom { get; init; }
+    /// <summary>The engine's writeback timer (StorageEngineOptions.WritebackFlushInterval; null: the engine's default, 1 s).</summary>
+    public TimeSpan? WritebackFlush { get; init; }
     public long PoolSize => ImageSize / 100 * (100 + Headroom);
     public required int Targets { get; init; }
     public required long TargetSize { get; init; }
@@ -382,6 +386,7 @@ internal sealed class NbdBenchOptions
             Dir = Path.GetFullPath(cl.String("dir") ?? DefaultDir()),
             ImageSize = imageSize,
             Headroom = headroom,
+            WritebackFlush = cl.Has("writeback-flush-ms") ? TimeSpan.FromMilliseconds(cl.Int("writeback-flush-ms", 1000)) : null,
             Targets = targets,
             TargetSize = targetSize,
             ChunkSizes = chunks.Select(c => (int)c).ToArray(),
