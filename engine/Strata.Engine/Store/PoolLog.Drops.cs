@@ -305,8 +305,7 @@ internal sealed partial class PoolLog
     /// </summary>
     private void CompleteDrops(List<Pending> waiting, Exception? error)
     {
-        int dropped = waiting.Count(p => p.Dropped);
-        if (dropped == 0)
+        if (!waiting.Exists(p => p.Dropped))
             return;
         List<Pending>? release = null;
         lock (_drops)
