@@ -14,9 +14,6 @@ public sealed class BlockChecksumUpgradeTests
 {
     private const int KiB = 1024, MiB = 1024 * 1024;
 
-    private static int Env(string name, int fallback) =>
-        int.TryParse(Environment.GetEnvironmentVariable(name), out int v) ? v : fallback;
-
     /// <summary>Chunks above 4 KiB still without a block table.</summary>
     internal static int WithoutTable(Pool pool)
     {
@@ -128,29 +125,13 @@ public sealed class BlockChecksumUpgradeTests
     [Timeout(900_000, CooperativeCancellation = true)]
     public async Task Upgrade2To3_CrashAtRandomPointsWithClientWrites_ResumesCompletesNothingLost()
     {
-        int runs = Env("STRATA_SOAK_RUNS", 500);
-        int first = Env("STRATA_CRASH_SEED", 1);
-        var failures = new System.Collections.Concurrent.ConcurrentBag<(int Seed, string Message)>();
+        var (seeds, runs, first) = CrashSeeds.FromEnvironment(500);
         int resumed = 0;
-        await Parallel.ForEachAsync(Enumerable.Range(first, runs).SelectMany(s => Enumerable.Repeat(s, Env("STRATA_CRASH_REPEAT", 1))), new ParallelOptions { MaxDegreeOfParallelism = 2 }, async (seed, _) =>
+        CrashSeeds.AssertNone(await CrashSeeds.FirstFailureAsync(seeds, 2, async seed =>
         {
-            if (!failures.IsEmpty)
-                return;
-            try
-            {
-                if (await CrashRunAsync(seed))
-                    Interlocked.Increment(ref resumed);
-            }
-            catch (Exception e)
-            {
-                failures.Add((seed, e is AssertFailedException ? e.Message : e.ToString()));
-            }
-        });
-        if (!failures.IsEmpty)
-        {
-            var f = failures.OrderBy(f => f.Seed).First();
-            Assert.Fail($"crash run failed; reproduce with STRATA_CRASH_SEED={f.Seed} STRATA_SOAK_RUNS=1: {f.Message}");
-        }
+            if (await CrashRunAsync(seed))
+                Interlocked.Increment(ref resumed);
+        }));
         Console.WriteLine($"{runs} crash runs inside the layout-3 action from seed {first}: {resumed} resumed the job after the crash");
         if (runs >= 100)
             Assert.IsGreaterThan(runs / 4, resumed, "crashes must land inside the action and be resumed");

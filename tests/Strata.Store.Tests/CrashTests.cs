@@ -11,9 +11,6 @@ namespace Strata.Store.Tests;
 [TestClass]
 public sealed class CrashTests
 {
-    private static int Env(string name, int fallback) =>
-        int.TryParse(Environment.GetEnvironmentVariable(name), out int v) ? v : fallback;
-
     [TestMethod]
     [Timeout(900_000, CooperativeCancellation = true)]
     public Task Pool_RandomCrashRuns_NoAcknowledgedWriteLostAndNoWrongBytes() => RunAsync(2000, 2);
@@ -50,56 +47,27 @@ public sealed class CrashTests
     [DataRow(172)]
     public async Task Pool_CrashSeedsThatFoundBugs_PassRepeatedly(int seed)
     {
-        var failures = new System.Collections.Concurrent.ConcurrentBag<string>();
-        await Parallel.ForEachAsync(Enumerable.Range(0, 150), new ParallelOptions { MaxDegreeOfParallelism = 2 }, async (_, _) =>
-        {
-            if (!failures.IsEmpty)
-                return;
-            try
-            {
-                await new CrashWorkload(seed, 2).RunAsync();
-            }
-            catch (Exception e)
-            {
-                failures.Add(e is AssertFailedException ? e.Message : e.ToString());
-            }
-        });
-        Assert.IsTrue(failures.IsEmpty, $"seed {seed}: {failures.FirstOrDefault()}");
+        var failure = await CrashSeeds.FirstFailureAsync(Enumerable.Repeat(seed, 150), 2, s => new CrashWorkload(s, 2).RunAsync());
+        Assert.IsNull(failure, $"seed {seed}: {failure?.Message}");
     }
 
     private static async Task RunAsync(int ciRuns, uint layout, bool overlapping = false)
     {
-        int runs = Env("STRATA_SOAK_RUNS", ciRuns);
-        int first = Env("STRATA_CRASH_SEED", 1);
-        var failures = new System.Collections.Concurrent.ConcurrentBag<(int Seed, string Message)>();
+        var (seeds, runs, first) = CrashSeeds.FromEnvironment(ciRuns);
         int dropped = 0, runsWithDrops = 0, targetsLeft = 0;
         long inPlace = 0, besideCheckpoint = 0, capturesEarly = 0;
-        await Parallel.ForEachAsync(Enumerable.Range(first, runs).SelectMany(s => Enumerable.Repeat(s, Env("STRATA_CRASH_REPEAT", 1))), new ParallelOptions { MaxDegreeOfParallelism = Env("STRATA_CRASH_PARALLEL", 2) }, async (seed, _) =>
+        CrashSeeds.AssertNone(await CrashSeeds.FirstFailureAsync(seeds, CrashSeeds.Env("STRATA_CRASH_PARALLEL", 2), async seed =>
         {
-            if (!failures.IsEmpty)
-                return;
-            try
-            {
-                var run = new CrashWorkload(seed, layout, overlapping);
-                await run.RunAsync();
-                Interlocked.Add(ref inPlace, run.InPlaceWrites);
-                Interlocked.Add(ref besideCheckpoint, run.RoundsBesideCheckpoint);
-                Interlocked.Add(ref capturesEarly, run.CapturesBeforeRoundsDone);
-                Interlocked.Add(ref dropped, run.DroppedTailRecords);
-                Interlocked.Add(ref targetsLeft, run.TargetsLeft);
-                if (run.DroppedTailRecords > 0)
-                    Interlocked.Increment(ref runsWithDrops);
-            }
-            catch (Exception e)
-            {
-                failures.Add((seed, e is AssertFailedException ? e.Message : e.ToString()));
-            }
-        });
-        if (!failures.IsEmpty)
-        {
-            var f = failures.OrderBy(f => f.Seed).First();
-            Assert.Fail($"crash run failed; reproduce with STRATA_CRASH_SEED={f.Seed} STRATA_SOAK_RUNS=1: {f.Message}");
-        }
+            var run = new CrashWorkload(seed, layout, overlapping);
+            await run.RunAsync();
+            Interlocked.Add(ref inPlace, run.InPlaceWrites);
+            Interlocked.Add(ref besideCheckpoint, run.RoundsBesideCheckpoint);
+            Interlocked.Add(ref capturesEarly, run.CapturesBeforeRoundsDone);
+            Interlocked.Add(ref dropped, run.DroppedTailRecords);
+            Interlocked.Add(ref targetsLeft, run.TargetsLeft);
+            if (run.DroppedTailRecords > 0)
+                Interlocked.Increment(ref runsWithDrops);
+        }));
         Console.WriteLine($"{runs} crash runs at layout {layout} from seed {first}: {runsWithDrops} reopened a log whose tail held durable records of chunk writes whose data was lost ({dropped} dropped); {inPlace} writes in place; {besideCheckpoint} commit rounds written beside a background checkpoint ({capturesEarly} captures with rounds in flight); {targetsLeft} reopen(s) found a target that left the pool after an injected write error");
         if (overlapping && runs >= 100)
             Assert.IsTrue(inPlace > runs, $"{inPlace} writes in place in {runs} runs: the workload no longer exercises in-place writes");

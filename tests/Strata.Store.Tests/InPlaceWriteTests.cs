@@ -24,6 +24,20 @@ public sealed class InPlaceWriteTests
         return (pool, image);
     }
 
+    private const int Chunk = 128 * KiB;
+
+    /// <summary>An image of two 128 KiB chunks on a counting device whose first chunk was written back (pattern 1) and logged, not flushed.</summary>
+    private static async Task<(CountingDevice Dev, Pool Pool, Image Image, byte[] Expect)> LoggedNotFlushedAsync()
+    {
+        var dev = new CountingDevice("count0", 8L * 1024 * 1024);
+        var (pool, image) = await CreateAsync(dev, Chunk, 2 * Chunk);
+        var expect = TestDevices.Pattern(Chunk, 1);
+        await image.WriteAsync(0, expect, durable: false);
+        // Logged by a round of writeback commits only: logged, not flushed, so still not durable.
+        await pool.Log.LoggedAsync();
+        return (dev, pool, image, expect);
+    }
+
     private static long ExtentOf(Pool pool, Image image, long chunk) => TestHelpers.ReplicaLocations(pool, image, chunk)[0].Offset;
 
     /// <summary>
@@ -35,12 +49,8 @@ public sealed class InPlaceWriteTests
     [TestMethod]
     public async Task InPlaceWrites_ReplaceTheChunksCachedTable_CacheStaysAtOneEntry()
     {
-        const int cs = 128 * KiB;
-        var dev = new CountingDevice("count0", 8L * 1024 * 1024);
-        var (pool, image) = await CreateAsync(dev, cs, 2 * cs);
-        var expect = TestDevices.Pattern(cs, 1);
-        await image.WriteAsync(0, expect, durable: false);
-        await pool.Log.LoggedAsync();
+        const int cs = Chunk;
+        var (dev, pool, image, expect) = await LoggedNotFlushedAsync();
         for (int i = 0; i < 200; i++)
         {
             var block = TestDevices.Pattern(Block, 10 + i);
@@ -110,13 +120,8 @@ public sealed class InPlaceWriteTests
     [TestMethod]
     public async Task WritebackOverwrite_NotYetFlushed_WritesOnlyTheTouchedBlocksAndTheTableInPlace()
     {
-        const int cs = 128 * KiB;
-        var dev = new CountingDevice("count0", 8L * 1024 * 1024);
-        var (pool, image) = await CreateAsync(dev, cs, 2 * cs);
-        var expect = TestDevices.Pattern(cs, 1);
-        await image.WriteAsync(0, expect, durable: false);
-        // Logged by a round of writeback commits only: logged, not flushed, so still not durable.
-        await pool.Log.LoggedAsync();
+        const int cs = Chunk;
+        var (dev, pool, image, expect) = await LoggedNotFlushedAsync();
         long extent = ExtentOf(pool, image, 0);
 
         dev.Reset();

@@ -84,41 +84,67 @@ internal sealed class JobClient(Random rng)
 }
 
 /// <summary>
-/// Runs a crash suite's seeded runs, two at a time: `defaultRuns` in CI, STRATA_SOAK_RUNS=N runs N,
+/// The seeded crash suites' runner: which seeds a run takes (CI's count, STRATA_SOAK_RUNS=N runs N,
 /// STRATA_CRASH_SEED=S starts at S, so a failure reproduces with STRATA_CRASH_SEED=&lt;seed&gt;
-/// STRATA_SOAK_RUNS=1. A run returns whether a reopen found its job mid-way and resumed it; with
-/// 100 runs or more, more than runs / resumedDivisor must have (else the crashes missed the job).
+/// STRATA_SOAK_RUNS=1; STRATA_CRASH_REPEAT=N runs each N times, for a failure that depends on timing)
+/// and running them a few at once until one fails.
 /// </summary>
 internal static class CrashSeeds
 {
     public static int Env(string name, int fallback) =>
         int.TryParse(Environment.GetEnvironmentVariable(name), out int v) ? v : fallback;
 
-    public static async Task<int> RunAsync(int defaultRuns, Func<int, Task<bool>> run, TestContext context, int resumedDivisor)
+    /// <summary>The soak's seeds: <paramref name="ciRuns"/> (or STRATA_SOAK_RUNS) from 1 (or STRATA_CRASH_SEED), each STRATA_CRASH_REPEAT times.</summary>
+    public static (IEnumerable<int> Seeds, int Runs, int First) FromEnvironment(int ciRuns)
     {
-        int runs = Env("STRATA_SOAK_RUNS", defaultRuns);
-        int first = Env("STRATA_CRASH_SEED", 1);
+        int runs = Env("STRATA_SOAK_RUNS", ciRuns), first = Env("STRATA_CRASH_SEED", 1), repeat = Env("STRATA_CRASH_REPEAT", 1);
+        return (Enumerable.Range(first, runs).SelectMany(s => Enumerable.Repeat(s, repeat)), runs, first);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="run"/> for each seed, <paramref name="parallel"/> at once, starting no more once one
+    /// failed; returns the lowest failing seed and why (a failed assertion's message, any other exception
+    /// whole, with its stack), or null.
+    /// </summary>
+    public static async Task<(int Seed, string Message)?> FirstFailureAsync(IEnumerable<int> seeds, int parallel, Func<int, Task> run, CancellationToken ct = default)
+    {
         var failures = new System.Collections.Concurrent.ConcurrentBag<(int Seed, string Message)>();
-        int resumed = 0;
-        await Parallel.ForEachAsync(Enumerable.Range(first, runs), new ParallelOptions { MaxDegreeOfParallelism = 2, CancellationToken = context.CancellationToken }, async (seed, _) =>
+        await Parallel.ForEachAsync(seeds, new ParallelOptions { MaxDegreeOfParallelism = parallel, CancellationToken = ct }, async (seed, _) =>
         {
             if (!failures.IsEmpty)
                 return;
             try
             {
-                if (await run(seed))
-                    Interlocked.Increment(ref resumed);
+                await run(seed);
             }
             catch (Exception e)
             {
-                failures.Add((seed, e.ToString()));
+                failures.Add((seed, e is AssertFailedException ? e.Message : e.ToString()));
             }
         });
-        if (!failures.IsEmpty)
-        {
-            var f = failures.OrderBy(f => f.Seed).First();
+        return failures.IsEmpty ? null : failures.OrderBy(f => f.Seed).First();
+    }
+
+    /// <summary>Fails the test with the seed to reproduce it with, when a run failed.</summary>
+    public static void AssertNone((int Seed, string Message)? failure)
+    {
+        if (failure is { } f)
             Assert.Fail($"crash run failed; reproduce with STRATA_CRASH_SEED={f.Seed} STRATA_SOAK_RUNS=1: {f.Message}");
-        }
+    }
+
+    /// <summary>
+    /// A job suite's runs, two at a time: a run returns whether a reopen found its job mid-way and resumed
+    /// it; with 100 runs or more, more than runs / resumedDivisor must have (else the crashes missed the job).
+    /// </summary>
+    public static async Task<int> RunAsync(int defaultRuns, Func<int, Task<bool>> run, TestContext context, int resumedDivisor)
+    {
+        var (seeds, runs, first) = FromEnvironment(defaultRuns);
+        int resumed = 0;
+        AssertNone(await FirstFailureAsync(seeds, 2, async seed =>
+        {
+            if (await run(seed))
+                Interlocked.Increment(ref resumed);
+        }, context.CancellationToken));
         context.WriteLine($"{runs} crash runs from seed {first}: {resumed} reopened a pool whose job was mid-way and resumed it");
         if (runs >= 100)
             Assert.IsGreaterThan(runs / resumedDivisor, resumed, "crashes landed inside the job and reopens resumed it");
