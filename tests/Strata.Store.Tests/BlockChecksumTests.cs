@@ -122,6 +122,8 @@ public sealed class BlockChecksumTests
         var where = TestHelpers.ReplicaLocations(pool, image, 0);
         // The table's image id: a table that names another image is refused like a bad CRC.
         TestHelpers.FlipByte(where[0].Device, where[0].Offset + 8);
+        // The write cached the table it made; the read must meet the device's.
+        pool.Tables.Clear();
         var back = new byte[Block];
         await image.ReadAsync(Block, back);
         CollectionAssert.AreEqual(data.AsSpan(Block, Block).ToArray(), back);

@@ -51,23 +51,90 @@ public sealed class InPlaceWriteTests
     {
         const int cs = Chunk;
         var (dev, pool, image, expect) = await LoggedNotFlushedAsync();
+        // A claim that meets the committer taking a round copies on write instead (a new extent, whose
+        // table a later read caches beside the stale entry): rare, and counted, not assumed away.
+        int copied = 0;
         for (int i = 0; i < 200; i++)
         {
             var block = TestDevices.Pattern(Block, 10 + i);
             int at = i % (cs / Block) * Block;
+            long before = pool.Log.InPlaceWrites;
             await image.WriteAsync(at, block, durable: false);
             block.CopyTo(expect, at);
+            if (pool.Log.InPlaceWrites == before)
+                copied++;
         }
-        Assert.AreEqual(200L, pool.Log.InPlaceWrites, "every write after the first went in place");
-        Assert.AreEqual(1, pool.Tables.Count, "cached tables of the one chunk after 200 in-place writes");
+        Assert.IsTrue(copied < 100, $"most writes went in place ({copied} of 200 copied on write)");
+        Assert.IsTrue(pool.Tables.Count <= 1 + copied, $"cached tables of the one chunk after 200 writes, {copied} of them copies: {pool.Tables.Count}");
         dev.Reset();
         var last = TestDevices.Pattern(Block, 999);
+        long was = pool.Log.InPlaceWrites;
         await image.WriteAsync(5 * Block, last, durable: false);
         last.CopyTo(expect, 5 * Block);
-        Assert.AreEqual(0L, dev.BytesRead, "the current table came from the cache");
+        if (pool.Log.InPlaceWrites > was)
+            Assert.AreEqual(0L, dev.BytesRead, "the current table came from the cache");
         var back = new byte[cs];
         await image.ReadAsync(0, back);
         CollectionAssert.AreEqual(expect, back);
+    }
+
+    /// <summary>
+    /// An in-place write keeps the chunk's cached table array and gives it the new block CRCs once the
+    /// write is done (the new table is made beside it, so a failed or refused write leaves it as it was):
+    /// no array per write. After every write a read verifies through the cache, and at the end the
+    /// table on the device, read afresh, matches the cached one entry for entry. (A write may still copy
+    /// on write when its claim meets a round being taken; the array to keep is then the new extent's.)
+    /// </summary>
+    [TestMethod]
+    public async Task InPlaceWrites_KeepTheCachedTableArray_ItMatchesTheDeviceAfterEachWrite()
+    {
+        const int cs = Chunk;
+        var (_, pool, image, expect) = await LoggedNotFlushedAsync();
+        var back = new byte[cs];
+        uint[] Cached()
+        {
+            var r = pool.Meta.Images[image.Id].Chunks[0].Replicas[0];
+            Assert.IsTrue(pool.Tables.TryGet(r, out var crcs), "the chunk's table is cached under its current replica");
+            return crcs;
+        }
+        async Task<uint[]> ReadBackAsync(string what)
+        {
+            await image.ReadAsync(0, back);
+            CollectionAssert.AreEqual(expect, back, what);
+            return Cached();
+        }
+        // The first write in place reads the table and caches it; later ones keep that array.
+        await image.WriteAsync(0, TestDevices.Pattern(Block, 5), durable: false);
+        TestDevices.Pattern(Block, 5).CopyTo(expect, 0);
+        var array = await ReadBackAsync("first write");
+        int inPlace = 0;
+        for (int i = 0; i <= 40; i++)
+        {
+            // Single blocks, runs of blocks, an unaligned piece that merges its edges with old bytes, and last the whole chunk.
+            byte[] piece = i == 40 ? TestDevices.Pattern(cs, 77) : (i % 3) switch
+            {
+                0 => TestDevices.Pattern(Block, 20 + i),
+                1 => TestDevices.Pattern(3 * Block, 20 + i),
+                _ => TestDevices.Pattern(Block + 100, 20 + i),
+            };
+            int at = i == 40 ? 0 : i % 3 == 2 ? (i % 20) * Block + 700 : (i % 25) * Block;
+            long before = pool.Log.InPlaceWrites;
+            await image.WriteAsync(at, piece, durable: false);
+            piece.CopyTo(expect, at);
+            if (pool.Log.InPlaceWrites > before)
+            {
+                inPlace++;
+                Assert.AreSame(array, Cached(), $"write {i} went in place: the cached array is the one the chunk had");
+            }
+            array = await ReadBackAsync($"write {i}");
+        }
+        Assert.IsTrue(inPlace > 0, "writes into the unflushed extent went in place");
+        // The device's table, read and verified against the map with nothing cached, holds the same CRCs.
+        var replica = pool.Meta.Images[image.Id].Chunks[0].Replicas[0];
+        var table = new byte[T];
+        await pool.Shards[replica.Target].ReadDataAsync(replica.Offset, table);
+        Assert.IsTrue(ChunkChecksum.VerifyTable(replica, image.Id, 0, cs, table, out var onDevice).Ok, "the device's table verifies against the map");
+        CollectionAssert.AreEqual(array.Take(cs / Block).ToArray(), onDevice!.Take(cs / Block).ToArray());
     }
 
     /// <summary>
@@ -130,7 +197,7 @@ public sealed class InPlaceWriteTests
         block.CopyTo(expect, 2 * Block);
         Assert.AreEqual(extent, ExtentOf(pool, image, 0), "the write copied the chunk to a fresh extent");
         Assert.AreEqual(2L * Block, dev.BytesWrittenIn(extent, T + cs), "bytes written to the chunk's extent: its table and the one block");
-        Assert.AreEqual((long)T, dev.BytesRead, "bytes read: the current table, nothing of the chunk's data");
+        Assert.AreEqual(0L, dev.BytesRead, "bytes read: none (the table the first write made is cached), nothing of the chunk's data");
 
         // Unaligned across blocks 3 and 4: those two are read, verified, merged and written with the table (now cached).
         dev.Reset();

@@ -30,6 +30,16 @@ internal sealed class BlockTableCache(int capacity)
         }
     }
 
+    /// <summary>Drops every table: tests that change a device behind the engine's back.</summary>
+    internal void Clear()
+    {
+        lock (_lock)
+        {
+            _young.Clear();
+            _old.Clear();
+        }
+    }
+
     /// <summary>Tables of 1 MiB chunks take 1 KiB each: 8,192 entries take at most 8 MiB.</summary>
     public const int DefaultCapacity = 8192;
 
@@ -69,6 +79,25 @@ internal sealed class BlockTableCache(int capacity)
             foreach (var r in replicas)
                 AddLocked(r, crcs);
         }
+    }
+
+    /// <summary>
+    /// Removes the entries of a mapping about to be superseded by a copy on write and returns one of
+    /// their arrays (null: none cached), for the new mapping's table (<see cref="Replace"/>). The caller
+    /// holds the chunk's exclusive lock: no reader of the old mapping holds the array.
+    /// </summary>
+    public uint[]? Take(ReadOnlySpan<Replica> replicas)
+    {
+        uint[]? taken = null;
+        lock (_lock)
+        {
+            foreach (var r in replicas)
+            {
+                if (_young.Remove(r, out var crcs) || _old.Remove(r, out crcs))
+                    taken ??= crcs;
+            }
+        }
+        return taken;
     }
 
     private void AddLocked(Replica replica, uint[] crcs)

@@ -417,7 +417,11 @@ internal sealed class ChunkIo(Pool pool)
                 throw new DataIntegrityException(pool.Label, meta.Label, index * cs,
                     $"data integrity error in pool '{pool.Label}', image '{meta.Label}' at offset {index * cs}: the copy does not match the source's "
                     + (e.Blocks.IsEmpty ? $"checksum 0x{e.Crc:x8}" : "block checksums") + " before it was written; nothing was written");
+            // The superseded mapping's cached table array (taken now: the write may reuse the old map), for the new one.
+            var reuse = blocks && old is { Blocks: true } ? pool.Tables.Take(old.Replicas) : null;
             await WriteReplicasAsync(meta, index, within, table, extent, crc, blocks, durable, old).ConfigureAwait(false);
+            if (blocks)
+                CacheNewTable(meta, index, reuse, rented != null ? rented.AsSpan(0, head) : room.Span[..head]);
         }
         finally
         {
@@ -426,6 +430,22 @@ internal sealed class ChunkIo(Pool pool)
             if (verified != null)
                 System.Buffers.ArrayPool<uint>.Shared.Return(verified);
         }
+    }
+
+    /// <summary>
+    /// Caches the table a copy on write just committed under the chunk's new replicas, in the superseded
+    /// mapping's array when it had one: the next small write into the chunk (in place until a flush) then
+    /// neither reads the table nor allocates one (issue 17: a 1 MiB chunk's 1 KiB array per copy).
+    /// </summary>
+    private void CacheNewTable(ImageMeta meta, long index, uint[]? reuse, ReadOnlySpan<byte> table)
+    {
+        int n = meta.ChunkSize / ChunkChecksum.BlockSize;
+        if (pool.Meta.ChunkAtLocked(meta, index) is not { Blocks: true } map)
+            return;
+        var crcs = reuse is { Length: var l } && l == n ? reuse : new uint[n];
+        for (int k = 0; k < n; k++)
+            crcs[k] = ChunkChecksum.TableEntry(table, k);
+        pool.Tables.Replace([], map.Replicas, crcs);
     }
 
     /// <summary>
@@ -470,6 +490,8 @@ internal sealed class ChunkIo(Pool pool)
         const int T = ChunkChecksum.TableSize;
         int cs = meta.ChunkSize;
         byte[]? rented = null;
+        uint[]? newCrcs = null;
+        (int First, int Count) touchedCrcs = default;
         try
         {
             uint crc;
@@ -497,8 +519,9 @@ internal sealed class ChunkIo(Pool pool)
             else
             {
                 (from, int length) = ChunkChecksum.VerifiedRange(true, cs, within, data.Length);
-                // A write of every block needs nothing of the old table or data.
-                var current = length == cs ? new uint[cs / ChunkChecksum.BlockSize] : await CurrentTableAsync(meta, index, old).ConfigureAwait(false);
+                int n = cs / ChunkChecksum.BlockSize;
+                // A write of every block needs nothing of the old table or data (its cached array is reused when there is one).
+                var current = length == cs ? CachedTable(old) ?? new uint[n] : await CurrentTableAsync(meta, index, old).ConfigureAwait(false);
                 if (current == null)
                     return false;
                 ReadOnlyMemory<byte> touched;
@@ -520,9 +543,14 @@ internal sealed class ChunkIo(Pool pool)
                     data.Span.CopyTo(merged.Span[(within - from)..]);
                     touched = merged;
                 }
-                crcs = length == cs ? current : (uint[])current.Clone();
-                Crc32C.ComputeBlocks(touched.Span, ChunkChecksum.BlockSize, crcs.AsSpan(from / ChunkChecksum.BlockSize, length / ChunkChecksum.BlockSize));
-                crc = ChunkChecksum.WriteTable(meta.Id, index, crcs, rented.AsSpan(0, T));
+                // The new table is made beside the cached one, which readers of this chunk may still verify
+                // against until the write is done; the cached array takes the new CRCs only then (below).
+                newCrcs = System.Buffers.ArrayPool<uint>.Shared.Rent(n);
+                current.AsSpan(0, n).CopyTo(newCrcs);
+                touchedCrcs = (from / ChunkChecksum.BlockSize, length / ChunkChecksum.BlockSize);
+                Crc32C.ComputeBlocks(touched.Span, ChunkChecksum.BlockSize, newCrcs.AsSpan(touchedCrcs.First, touchedCrcs.Count));
+                crc = ChunkChecksum.WriteTable(meta.Id, index, newCrcs.AsSpan(0, n), rented.AsSpan(0, T));
+                crcs = current;
                 bytes = table.IsEmpty ? rented.AsMemory(0, T + length) : touched;
             }
             var map = pool.MapSpares.Rent(old.Replicas.Length, old.Blocks);
@@ -552,23 +580,38 @@ internal sealed class ChunkIo(Pool pool)
                 pool.Log.EndInPlace();
             }
             if (crcs != null)
+            {
+                // Under the chunk's exclusive lock: no reader holds the cached array now, and the next one
+                // finds it under the new replicas (no array per write, issue 17).
+                newCrcs.AsSpan(touchedCrcs.First, touchedCrcs.Count).CopyTo(crcs.AsSpan(touchedCrcs.First, touchedCrcs.Count));
                 pool.Tables.Replace(old.Replicas, replicas, crcs);
+            }
             return true;
         }
         finally
         {
             if (rented != null)
                 System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+            if (newCrcs != null)
+                System.Buffers.ArrayPool<uint>.Shared.Return(newCrcs);
         }
+    }
+
+    /// <summary>The cached block CRCs of any of the mapping's replicas, or null.</summary>
+    private uint[]? CachedTable(ChunkMap map)
+    {
+        foreach (var r in map.Replicas)
+            if (pool.Tables.TryGet(r, out var cached))
+                return cached;
+        return null;
     }
 
     /// <summary>The verified block CRCs of a mapping (cached, or read from the first replica whose table verifies); null when none does.</summary>
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<uint[]?> CurrentTableAsync(ImageMeta meta, long index, ChunkMap map)
     {
-        foreach (var r in map.Replicas)
-            if (pool.Tables.TryGet(r, out var cached))
-                return cached;
+        if (CachedTable(map) is { } cached)
+            return cached;
         var table = System.Buffers.ArrayPool<byte>.Shared.Rent(ChunkChecksum.TableSize);
         try
         {
