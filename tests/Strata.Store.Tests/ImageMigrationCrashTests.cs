@@ -303,41 +303,19 @@ public sealed class ImageMigrationCrashTests
 {
     public TestContext TestContext { get; set; } = null!;
 
-    private static int Env(string name, int fallback) =>
-        int.TryParse(Environment.GetEnvironmentVariable(name), out int v) ? v : fallback;
-
-    /// <summary>
-    /// 300 seeded runs in CI (STRATA_SOAK_RUNS=N for more, STRATA_CRASH_SEED=S to start at S: a
-    /// failure reproduces with STRATA_CRASH_SEED=&lt;seed&gt; STRATA_SOAK_RUNS=1).
-    /// </summary>
+    /// <summary>300 seeded runs in CI (CrashSeeds says how to soak or replay a seed).</summary>
     [TestMethod]
     [Timeout(900_000, CooperativeCancellation = true)]
     public async Task ImageMigration_RandomCrashesInExecuteCommitAbortWithClientWrites_NoAcknowledgedWriteLost()
     {
-        int runs = Env("STRATA_SOAK_RUNS", 300);
-        int first = Env("STRATA_CRASH_SEED", 1);
-        var failures = new System.Collections.Concurrent.ConcurrentBag<(int Seed, string Message)>();
+        var (seeds, runs, first) = CrashSeeds.FromEnvironment(300);
         var stages = new System.Collections.Concurrent.ConcurrentDictionary<string, int>();
-        await Parallel.ForEachAsync(Enumerable.Range(first, runs), new ParallelOptions { MaxDegreeOfParallelism = 2, CancellationToken = TestContext.CancellationToken }, async (seed, _) =>
+        CrashSeeds.AssertNone(await CrashSeeds.FirstFailureAsync(seeds, 2, async seed =>
         {
-            if (!failures.IsEmpty)
-                return;
             var run = new ImageMigrationCrashWorkload(seed);
-            try
-            {
-                await run.RunAsync();
-            }
-            catch (Exception e)
-            {
-                failures.Add((seed, e.ToString()));
-            }
+            await run.RunAsync();
             stages.AddOrUpdate(run.Stage, 1, (_, n) => n + 1);
-        });
-        if (!failures.IsEmpty)
-        {
-            var f = failures.OrderBy(f => f.Seed).First();
-            Assert.Fail($"crash run failed; reproduce with STRATA_CRASH_SEED={f.Seed} STRATA_SOAK_RUNS=1: {f.Message}");
-        }
+        }, TestContext.CancellationToken));
         TestContext.WriteLine($"{runs} crash runs from seed {first}; power failed in: {string.Join(", ", stages.OrderBy(kv => kv.Key).Select(kv => $"{kv.Key} {kv.Value}"))}");
         if (runs >= 300)
             foreach (string stage in new[] { "execute", "commit", "abort" })

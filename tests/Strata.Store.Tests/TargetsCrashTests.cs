@@ -231,11 +231,13 @@ public sealed class TargetsCrashTests
 {
     public TestContext TestContext { get; set; } = null!;
 
-    /// <summary>300 seeded runs in CI (CrashSeeds says how to soak or replay a seed).</summary>
+    /// <summary>Seeded runs in CI (CrashSeeds says how to soak or replay a seed).</summary>
+    private const int CiRuns = 300;
+
     private Task RunAsync(bool rebuild, bool reintegrate = false, bool rfChange = false) => RunCountedAsync(rebuild, reintegrate, rfChange);
 
     private Task<int> RunCountedAsync(bool rebuild, bool reintegrate = false, bool rfChange = false, Action<TargetsCrashWorkload>? done = null) =>
-        CrashSeeds.RunAsync(300, async seed =>
+        CrashSeeds.RunAsync(CiRuns, async seed =>
         {
             var run = new TargetsCrashWorkload(seed, rebuild, reintegrate, rfChange, targetFails: done != null);
             await run.RunAsync();
@@ -265,7 +267,7 @@ public sealed class TargetsCrashTests
     public async Task ReintegrateTargetFails_RandomCrashesWithClientWrites_NoClientErrorNoAcknowledgedWriteLost()
     {
         int failed = 0, rejoining = 0, inJob = 0;
-        int runs = CrashSeeds.Env("STRATA_SOAK_RUNS", 300);
+        int runs = CrashSeeds.FromEnvironment(CiRuns).Runs;
         await RunCountedAsync(rebuild: true, reintegrate: true, done: run =>
         {
             if (run.Failed)

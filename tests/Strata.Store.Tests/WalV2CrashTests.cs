@@ -11,8 +11,8 @@ namespace Strata.Store.Tests;
 /// third of the runs the power fails again while the pool reopens and the job resumes. Then: the
 /// pool opens, the job completes by itself (or, if its first record was lost, when started again),
 /// the log is v2 on every shard, and every chunk holds the last acknowledged contents or a write
-/// that was in flight or not yet flushed (never other bytes). CI runs 500 seeds;
-/// STRATA_SOAK_RUNS=N runs N, STRATA_CRASH_SEED=S starts at S.
+/// that was in flight or not yet flushed (never other bytes). CI runs 500 seeds (CrashSeeds says
+/// how to soak or replay a seed).
 /// </summary>
 [TestClass]
 public sealed class WalV2CrashTests
@@ -21,44 +21,27 @@ public sealed class WalV2CrashTests
     private const int Chunks = 24;
     private const int Writers = 3;
 
-    private static int Env(string name, int fallback) =>
-        int.TryParse(Environment.GetEnvironmentVariable(name), out int v) ? v : fallback;
+    public TestContext TestContext { get; set; } = null!;
 
     [TestMethod]
     [Timeout(900_000, CooperativeCancellation = true)]
     public async Task WalV2Upgrade_CrashAnywhereWithClientWrites_NoAcknowledgedWriteLostJobCompletes()
     {
-        int runs = Env("STRATA_SOAK_RUNS", 500);
-        int first = Env("STRATA_CRASH_SEED", 1);
-        var failures = new System.Collections.Concurrent.ConcurrentBag<(int Seed, string Message)>();
+        var (seeds, runs, first) = CrashSeeds.FromEnvironment(500);
         int resumed = 0, switchedBeforeCrash = 0, resumedAfterSwitch = 0, mixed = 0;
-        await Parallel.ForEachAsync(Enumerable.Range(first, runs), new ParallelOptions { MaxDegreeOfParallelism = 2 }, async (seed, _) =>
+        CrashSeeds.AssertNone(await CrashSeeds.FirstFailureAsync(seeds, 2, async seed =>
         {
-            if (!failures.IsEmpty)
-                return;
-            try
-            {
-                var r = await RunAsync(seed);
-                if (r.Resumed)
-                    Interlocked.Increment(ref resumed);
-                if (r.V2Headers > 0)
-                    Interlocked.Increment(ref switchedBeforeCrash);
-                if (r.V2Headers > 0 && r.Resumed)
-                    Interlocked.Increment(ref resumedAfterSwitch);
-                if (r.V2Headers > 0 && r.V2Headers < r.Targets)
-                    Interlocked.Increment(ref mixed);
-            }
-            catch (Exception e)
-            {
-                failures.Add((seed, e.ToString()));
-            }
-        });
-        if (!failures.IsEmpty)
-        {
-            var f = failures.OrderBy(f => f.Seed).First();
-            Assert.Fail($"crash run failed; reproduce with STRATA_CRASH_SEED={f.Seed} STRATA_SOAK_RUNS=1: {f.Message}");
-        }
-        Console.WriteLine($"{runs} wal_v2 crash runs from seed {first}: {resumed} resumed the job at reopen, {switchedBeforeCrash} crashed with the log already v2 on some shard ({resumedAfterSwitch} of them before the job ended, {mixed} with v1 and v2 headers mixed)");
+            var r = await RunAsync(seed);
+            if (r.Resumed)
+                Interlocked.Increment(ref resumed);
+            if (r.V2Headers > 0)
+                Interlocked.Increment(ref switchedBeforeCrash);
+            if (r.V2Headers > 0 && r.Resumed)
+                Interlocked.Increment(ref resumedAfterSwitch);
+            if (r.V2Headers > 0 && r.V2Headers < r.Targets)
+                Interlocked.Increment(ref mixed);
+        }, TestContext.CancellationToken));
+        TestContext.WriteLine($"{runs} wal_v2 crash runs from seed {first}: {resumed} resumed the job at reopen, {switchedBeforeCrash} crashed with the log already v2 on some shard ({resumedAfterSwitch} of them before the job ended, {mixed} with v1 and v2 headers mixed)");
         if (runs >= 100)
         {
             Assert.IsGreaterThan(runs / 8, resumed, "crashes landed mid-job and the job resumed");
