@@ -192,6 +192,12 @@ public sealed partial class Pool
         long drops = Log.DropCount;
         try
         {
+            // Writes that chose their targets and copy count before the change that started this job
+            // (the new target, rf, an exclusion or its lift) finish first: each entered the gate before
+            // it, so once they have left their chunks are mapped, and the passes below see them. A chunk
+            // not mapped yet when the passes go by would otherwise keep its writer's placement for good.
+            // New writes are not held; they place the new way.
+            await Gate.EarlierLeftAsync().WaitAsync(stop).ConfigureAwait(false);
             var transform = TransformOf(run.Kind);
             var (chunks, bytes, _) = MigrationAction.Plan(this, transform);
             run.ItemsTotal = chunks;

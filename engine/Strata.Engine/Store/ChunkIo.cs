@@ -469,8 +469,9 @@ internal sealed class ChunkIo(Pool pool)
         if (old.Blocks != blocks || old.Replicas.Length != rf)
             return false;
         var placement = pool.Placement;
+        int targets = pool.TargetCount;
         for (int r = 0; r < rf; r++)
-            if (old.Replicas[r].Target != placement.Target(meta.Id, index, r, pool.TargetCount) || pool.IsExcluded(old.Replicas[r].Target))
+            if (old.Replicas[r].Target != placement.Target(meta.Id, index, r, targets) || pool.IsExcluded(old.Replicas[r].Target))
                 return false;
         return true;
     }
@@ -789,12 +790,14 @@ internal sealed class ChunkIo(Pool pool)
         var map = pool.MapSpares.Rent(rf, blocks);
         var replicas = map.Replicas;
         var placement = pool.Placement;
+        // Read once: an extension's new target counted for some replicas and not others could put two on one target.
+        int targets = pool.TargetCount;
         int allocated = 0;
         try
         {
             for (; allocated < rf; allocated++)
             {
-                int t = placement.Target(meta.Id, index, allocated, pool.TargetCount);
+                int t = placement.Target(meta.Id, index, allocated, targets);
                 long off = await AllocateAsync(t, length).ConfigureAwait(false);
                 if (off < 0)
                     throw new NoSpaceException($"no space left in pool '{pool.Label}': target {t} has no free {length}-byte extent for image '{meta.Label}' at offset {index * cs}");

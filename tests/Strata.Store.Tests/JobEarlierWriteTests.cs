@@ -1,0 +1,139 @@
+using Strata.Engine.Device;
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+using static Strata.Store.Tests.TargetsTestKit;
+
+namespace Strata.Store.Tests;
+
+/// <summary>
+/// A client write that chose its chunk's targets before a pool job changed where chunks go (extend,
+/// rf change, rebuild, reintegration), and commits while the job runs or after it: the job does not end
+/// with that chunk off the placement or short of the rf the pool then claims.
+/// </summary>
+[TestClass]
+public sealed class JobEarlierWriteTests
+{
+    private const int Cs = 4096;
+    private const int Chunks = 64;
+
+    public TestContext TestContext { get; set; } = null!;
+
+    /// <summary>One switch for several devices: once armed, the first data write on any of them is held until released.</summary>
+    private sealed class WriteHold
+    {
+        public int Armed;
+        public readonly TaskCompletionSource Held = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public readonly TaskCompletionSource Release = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    /// <summary>A memory device whose writes at or past <see cref="From"/> (its shard's data area) the shared hold may stop.</summary>
+    private sealed class HoldDataWriteDisk(string name, WriteHold hold) : MemoryBlockDevice(name, TestDevices.TargetSize)
+    {
+        public long From = long.MaxValue;
+
+        protected override async ValueTask SubmitCore(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
+        {
+            if (opcode == IoOpcode.Write && offset >= Volatile.Read(ref From) && Interlocked.Exchange(ref hold.Armed, 0) == 1)
+            {
+                hold.Held.TrySetResult();
+                await hold.Release.Task;
+            }
+            await base.SubmitCore(opcode, offset, length, buffer, flags);
+        }
+    }
+
+    /// <summary>An unmapped chunk whose replicas on <paramref name="targets"/> targets (rf <paramref name="rf"/>, placement v2) include target <paramref name="on"/>.</summary>
+    private static long ChunkPlacedOn(Image image, int targets, int rf, int on)
+    {
+        var want = new int[rf];
+        for (long c = Chunks / 2; c < Chunks; c++)
+        {
+            PlacementV2.Instance.Targets(image.Id, c, targets, want);
+            if (want.Contains(on))
+                return c;
+        }
+        throw new InvalidOperationException($"no chunk placed on target {on}");
+    }
+
+    /// <summary>
+    /// The writer to an unmapped chunk chooses its targets (and copy count), then its data write is held in
+    /// the device; the job starts and is let run until it either ends or waits for the writers that came
+    /// before it; then the write goes on and commits. Once the job has completed, every mapped chunk is
+    /// where the pool's placement puts it, with the rf the pool claims, and nothing is left on an excluded
+    /// target. Without the job's wait for earlier writes (Pool.RunJobAsync), the job completes while the
+    /// write is held and the chunk stays as its writer placed it.
+    /// </summary>
+    [TestMethod]
+    [DataRow("extend")]
+    [DataRow("rf")]
+    [DataRow("exclude")]
+    [DataRow("reintegrate")]
+    [Timeout(300_000, CooperativeCancellation = true)]
+    public async Task Job_WriteChoseTargetsBeforeTheJobCommitsDuringIt_JobEndsWithEveryChunkWhereThePoolClaims(string job)
+    {
+        var hold = new WriteHold();
+        var devs = Enumerable.Range(0, 3).Select(i => new HoldDataWriteDisk($"d{i}", hold)).ToArray();
+        int rf = job is "extend" or "rf" ? 1 : 2;
+        var (engine, pool, ras) = await PoolAsync(job == "extend" ? devs[..2] : devs, rf);
+        var image = await pool.CreateImageAsync("c", "v", Chunks * Cs, Cs);
+        var model = new byte[Chunks * Cs];
+        TestDevices.Pattern(Chunks / 2 * Cs, 1).CopyTo(model, 0);
+        await image.WriteAsync(0, model.AsMemory(0, Chunks / 2 * Cs));
+
+        if (job == "reintegrate")
+        {
+            await engine.ExcludeTargetAsync(2);
+            await pool.WaitForJobAsync(TestContext.CancellationToken);
+            Assert.AreEqual("completed", pool.JobStatus!.State, pool.JobStatus.Reason);
+        }
+        // A chunk the job would place elsewhere than its writer: on the new target, with a copy on the
+        // target about to be excluded, or (reintegration) with a copy on the target coming back.
+        // An rf change: any chunk (its writer gives it one copy).
+        long chunk = job == "rf" ? Chunks - 1 : ChunkPlacedOn(image, 3, rf, 2);
+
+        // The held write is on targets 0 and 1 only: an excluded target's writes are not what is held.
+        foreach (var s in pool.Shards.Where(s => s.Index < 2))
+            Volatile.Write(ref ((HoldDataWriteDisk)s.Device).From, s.Base + s.Header.DataOffset);
+        Volatile.Write(ref hold.Armed, 1);
+        var data = TestDevices.Pattern(Cs, 2);
+        var write = image.WriteAsync(chunk * Cs, data, durable: false).AsTask();
+        await hold.Held.Task.WaitAsync(TestContext.CancellationToken);
+        data.CopyTo(model, chunk * Cs);
+
+        var waiting = pool.Gate.WaitingForEarlier;
+        switch (job)
+        {
+            case "extend":
+                await engine.AddTargetAsync(devs[2]);
+                Assert.IsTrue((await pool.ExtendAsync(dryRun: false)).Started);
+                break;
+            case "rf":
+                await pool.SetPropertyAsync("rf", "2");
+                break;
+            case "exclude":
+                Assert.IsTrue((await engine.ExcludeTargetAsync(2)).Single().RebuildStarted);
+                break;
+            case "reintegrate":
+                Assert.IsTrue((await engine.ReintegrateTargetAsync(2)).Single().JobStarted);
+                break;
+        }
+        // The job ends, or waits for the held write: either way the write goes on now.
+        await Task.WhenAny(pool.WaitForJobAsync(TestContext.CancellationToken), waiting).WaitAsync(TestContext.CancellationToken);
+        hold.Release.TrySetResult();
+        await write.WaitAsync(TestContext.CancellationToken);
+        await pool.WaitForJobAsync(TestContext.CancellationToken);
+
+        Assert.AreEqual("completed", pool.JobStatus!.State, pool.JobStatus.Reason);
+        Assert.AreEqual(job == "rf" ? 2 : rf, pool.Rf);
+        Assert.AreEqual(3, pool.TargetCount);
+        lock (pool.Meta.Sync)
+            TestContext.WriteLine($"{job}: chunk {chunk} at targets {string.Join(",", pool.Meta.Images[image.Id].Chunks[chunk].Replicas.Select(r => r.Target))}");
+        Assert.AreEqual(0, MigrationKit.Misplaced(pool, pool.Placement), "every chunk is where the pool's placement puts it");
+        Assert.AreEqual(0, MigrationKit.NotAtRf(pool), "every chunk has the rf the pool claims");
+        foreach (int t in pool.ExcludedTargets)
+            Assert.AreEqual(0, OnTarget(pool, t), $"nothing is left on excluded target {t}");
+        Assert.AreEqual("ok", pool.Query().Redundancy!.Health);
+        CollectionAssert.AreEqual(model, await ReadAllAsync(image, model.Length));
+        await engine.DisposeAsync();
+    }
+}
