@@ -7,8 +7,8 @@ namespace Strata.Store.Tests;
 
 /// <summary>
 /// A client write that chose its chunk's targets before a pool job changed where chunks go (extend,
-/// rf change, rebuild, reintegration), and commits while the job runs or after it: the job does not end
-/// with that chunk off the placement or short of the rf the pool then claims.
+/// rf change, rebuild, reintegration; and the placement v2 upgrade), and commits while the job runs or
+/// after it: the job does not end with that chunk off the placement or short of the rf the pool then claims.
 /// </summary>
 [TestClass]
 public sealed class JobEarlierWriteTests
@@ -42,17 +42,21 @@ public sealed class JobEarlierWriteTests
         }
     }
 
-    /// <summary>An unmapped chunk whose replicas on <paramref name="targets"/> targets (rf <paramref name="rf"/>, placement v2) include target <paramref name="on"/>.</summary>
-    private static long ChunkPlacedOn(Image image, int targets, int rf, int on)
+    /// <summary>An unmapped chunk (of the image's second half) that <paramref name="fits"/>.</summary>
+    private static long UnmappedChunk(Func<long, bool> fits)
+    {
+        for (long c = Chunks / 2; c < Chunks; c++)
+            if (fits(c))
+                return c;
+        throw new InvalidOperationException("no chunk fits");
+    }
+
+    /// <summary>Whether placement v2 puts a replica of the chunk on target <paramref name="on"/> of 3 (rf <paramref name="rf"/>).</summary>
+    private static bool PlacedOn(Image image, long chunk, int rf, int on)
     {
         var want = new int[rf];
-        for (long c = Chunks / 2; c < Chunks; c++)
-        {
-            PlacementV2.Instance.Targets(image.Id, c, targets, want);
-            if (want.Contains(on))
-                return c;
-        }
-        throw new InvalidOperationException($"no chunk placed on target {on}");
+        PlacementV2.Instance.Targets(image.Id, chunk, 3, want);
+        return want.Contains(on);
     }
 
     /// <summary>
@@ -61,20 +65,22 @@ public sealed class JobEarlierWriteTests
     /// before it; then the write goes on and commits. Once the job has completed, every mapped chunk is
     /// where the pool's placement puts it, with the rf the pool claims, and nothing is left on an excluded
     /// target. Without the job's wait for earlier writes (Pool.RunJobAsync), the job completes while the
-    /// write is held and the chunk stays as its writer placed it.
+    /// write is held and the chunk stays as its writer placed it; the upgrade's action drains them by
+    /// closing the gate once (Pool.DrainEarlierWritesAsync).
     /// </summary>
     [TestMethod]
     [DataRow("extend")]
     [DataRow("rf")]
     [DataRow("exclude")]
     [DataRow("reintegrate")]
+    [DataRow("upgrade")]
     [Timeout(300_000, CooperativeCancellation = true)]
     public async Task Job_WriteChoseTargetsBeforeTheJobCommitsDuringIt_JobEndsWithEveryChunkWhereThePoolClaims(string job)
     {
         var hold = new WriteHold();
         var devs = Enumerable.Range(0, 3).Select(i => new HoldDataWriteDisk($"d{i}", hold)).ToArray();
-        int rf = job is "extend" or "rf" ? 1 : 2;
-        var (engine, pool, ras) = await PoolAsync(job == "extend" ? devs[..2] : devs, rf);
+        int rf = job is "extend" or "rf" or "upgrade" ? 1 : 2;
+        var (engine, pool, ras) = await PoolAsync(job == "extend" ? devs[..2] : devs, rf, layout: job == "upgrade" ? 3u : 4u);
         var image = await pool.CreateImageAsync("c", "v", Chunks * Cs, Cs);
         var model = new byte[Chunks * Cs];
         TestDevices.Pattern(Chunks / 2 * Cs, 1).CopyTo(model, 0);
@@ -87,9 +93,15 @@ public sealed class JobEarlierWriteTests
             Assert.AreEqual("completed", pool.JobStatus!.State, pool.JobStatus.Reason);
         }
         // A chunk the job would place elsewhere than its writer: on the new target, with a copy on the
-        // target about to be excluded, or (reintegration) with a copy on the target coming back.
-        // An rf change: any chunk (its writer gives it one copy).
-        long chunk = job == "rf" ? Chunks - 1 : ChunkPlacedOn(image, 3, rf, 2);
+        // target about to be excluded, (reintegration) with a copy on the target coming back, (upgrade)
+        // elsewhere with placement v2 than with v1, on a target whose writes are held. An rf change: any
+        // chunk (its writer gives it one copy).
+        long chunk = job switch
+        {
+            "rf" => Chunks - 1,
+            "upgrade" => UnmappedChunk(c => PlacementV1.Instance.Target(image.Id, c, 0, 3) is int t && t < 2 && t != PlacementV2.Instance.Target(image.Id, c, 0, 3)),
+            _ => UnmappedChunk(c => PlacedOn(image, c, rf, 2)),
+        };
 
         // The held write is on targets 0 and 1 only: an excluded target's writes are not what is held.
         foreach (var s in pool.Shards.Where(s => s.Index < 2))
@@ -100,7 +112,8 @@ public sealed class JobEarlierWriteTests
         await hold.Held.Task.WaitAsync(TestContext.CancellationToken);
         data.CopyTo(model, chunk * Cs);
 
-        var waiting = pool.Gate.WaitingForEarlier;
+        // A pool job waits for the earlier writes without holding new ones; an upgrade's action closes the gate.
+        var waiting = Task.WhenAny(pool.Gate.WaitingForEarlier, pool.Gate.Closing);
         switch (job)
         {
             case "extend":
@@ -116,14 +129,25 @@ public sealed class JobEarlierWriteTests
             case "reintegrate":
                 Assert.IsTrue((await engine.ReintegrateTargetAsync(2)).Single().JobStarted);
                 break;
+            case "upgrade":
+                await pool.UpgradeAsync(4, dryRun: false);
+                break;
         }
         // The job ends, or waits for the held write: either way the write goes on now.
-        await Task.WhenAny(pool.WaitForJobAsync(TestContext.CancellationToken), waiting).WaitAsync(TestContext.CancellationToken);
+        Task Done() => job == "upgrade" ? pool.WaitForUpgradeAsync(TestContext.CancellationToken) : pool.WaitForJobAsync(TestContext.CancellationToken);
+        await Task.WhenAny(Done(), waiting).WaitAsync(TestContext.CancellationToken);
         hold.Release.TrySetResult();
         await write.WaitAsync(TestContext.CancellationToken);
-        await pool.WaitForJobAsync(TestContext.CancellationToken);
+        await Done();
 
-        Assert.AreEqual("completed", pool.JobStatus!.State, pool.JobStatus.Reason);
+        if (job == "upgrade")
+        {
+            var status = pool.GetUpgradeStatus();
+            Assert.AreEqual("completed", status.Status, status.Reason);
+            Assert.AreEqual(4u, pool.LayoutVersion);
+        }
+        else
+            Assert.AreEqual("completed", pool.JobStatus!.State, pool.JobStatus.Reason);
         Assert.AreEqual(job == "rf" ? 2 : rf, pool.Rf);
         Assert.AreEqual(3, pool.TargetCount);
         lock (pool.Meta.Sync)
