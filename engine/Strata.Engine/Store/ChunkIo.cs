@@ -544,8 +544,8 @@ internal sealed class ChunkIo(Pool pool)
                     data.Span.CopyTo(merged.Span[(within - from)..]);
                     touched = merged;
                 }
-                // The new table is made beside the cached one, which readers of this chunk may still verify
-                // against until the write is done; the cached array takes the new CRCs only then (below).
+                // The new table is made beside the cached one, which takes the new CRCs only once the write is
+                // done (below): a claim refused or a write failed leaves the cache as the device is.
                 newCrcs = System.Buffers.ArrayPool<uint>.Shared.Rent(n);
                 current.AsSpan(0, n).CopyTo(newCrcs);
                 touchedCrcs = (from / ChunkChecksum.BlockSize, length / ChunkChecksum.BlockSize);
