@@ -455,11 +455,21 @@ internal sealed class ChunkIo(Pool pool)
     /// </summary>
     private static uint TableOfMerged(ImageMeta meta, long index, int within, int length, ReadOnlySpan<byte> chunk, uint[] crcs, Span<byte> table)
     {
-        const int B = ChunkChecksum.BlockSize;
-        int n = meta.ChunkSize / B;
         var (from, span) = ChunkChecksum.VerifiedRange(true, meta.ChunkSize, within, length);
-        Crc32C.ComputeBlocks(chunk.Slice(from, span), B, crcs.AsSpan(from / B, span / B));
-        return ChunkChecksum.WriteTable(meta.Id, index, crcs.AsSpan(0, n), table);
+        return TableWithBlocks(meta, index, crcs.AsSpan(0, meta.ChunkSize / ChunkChecksum.BlockSize), from, chunk.Slice(from, span), table);
+    }
+
+    /// <summary>
+    /// Sums <paramref name="blocks"/>, whole blocks that start <paramref name="from"/> bytes into the chunk, into their
+    /// entries of <paramref name="crcs"/> (the chunk's block CRCs, the others kept) and writes the table of all of them
+    /// into <paramref name="table"/>; returns the table's CRC. A partial copy on write and an in-place write both make
+    /// their new table so.
+    /// </summary>
+    private static uint TableWithBlocks(ImageMeta meta, long index, Span<uint> crcs, int from, ReadOnlySpan<byte> blocks, Span<byte> table)
+    {
+        const int B = ChunkChecksum.BlockSize;
+        Crc32C.ComputeBlocks(blocks, B, crcs.Slice(from / B, blocks.Length / B));
+        return ChunkChecksum.WriteTable(meta.Id, index, crcs, table);
     }
 
     /// <summary>Whether a new copy of the chunk would take <paramref name="old"/>'s form: table or not, the same replica targets.</summary>
@@ -492,7 +502,6 @@ internal sealed class ChunkIo(Pool pool)
         int cs = meta.ChunkSize;
         byte[]? rented = null;
         uint[]? newCrcs = null;
-        (int First, int Count) touchedCrcs = default;
         try
         {
             uint crc;
@@ -500,7 +509,8 @@ internal sealed class ChunkIo(Pool pool)
             ReadOnlyMemory<byte> bytes;
             // The block table when it is written apart from the blocks (bytes then holds the blocks only).
             ReadOnlyMemory<byte> table = default;
-            int from = 0;
+            // The blocks the write touches (bytes into the chunk), with a block table.
+            int from = 0, length = 0;
             if (!old.Blocks)
             {
                 if (data.Length == cs)
@@ -519,7 +529,7 @@ internal sealed class ChunkIo(Pool pool)
             }
             else
             {
-                (from, int length) = ChunkChecksum.VerifiedRange(true, cs, within, data.Length);
+                (from, length) = ChunkChecksum.VerifiedRange(true, cs, within, data.Length);
                 int n = cs / ChunkChecksum.BlockSize;
                 // A write of every block needs nothing of the old table or data (its cached array is reused when there is one).
                 var current = length == cs ? CachedTable(old) ?? new uint[n] : await CurrentTableAsync(meta, index, old).ConfigureAwait(false);
@@ -548,9 +558,7 @@ internal sealed class ChunkIo(Pool pool)
                 // done (below): a claim refused or a write failed leaves the cache as the device is.
                 newCrcs = System.Buffers.ArrayPool<uint>.Shared.Rent(n);
                 current.AsSpan(0, n).CopyTo(newCrcs);
-                touchedCrcs = (from / ChunkChecksum.BlockSize, length / ChunkChecksum.BlockSize);
-                Crc32C.ComputeBlocks(touched.Span, ChunkChecksum.BlockSize, newCrcs.AsSpan(touchedCrcs.First, touchedCrcs.Count));
-                crc = ChunkChecksum.WriteTable(meta.Id, index, newCrcs.AsSpan(0, n), rented.AsSpan(0, T));
+                crc = TableWithBlocks(meta, index, newCrcs.AsSpan(0, n), from, touched.Span, rented.AsSpan(0, T));
                 crcs = current;
                 bytes = table.IsEmpty ? rented.AsMemory(0, T + length) : touched;
             }
@@ -584,7 +592,8 @@ internal sealed class ChunkIo(Pool pool)
             {
                 // Under the chunk's exclusive lock: no reader holds the cached array now, and the next one
                 // finds it under the new replicas (no array per write, issue 17).
-                newCrcs.AsSpan(touchedCrcs.First, touchedCrcs.Count).CopyTo(crcs.AsSpan(touchedCrcs.First, touchedCrcs.Count));
+                var touchedCrcs = new Range(from / ChunkChecksum.BlockSize, (from + length) / ChunkChecksum.BlockSize);
+                newCrcs.AsSpan(touchedCrcs).CopyTo(crcs.AsSpan(touchedCrcs));
                 pool.Tables.Replace(old.Replicas, replicas, crcs);
             }
             return true;
