@@ -18,30 +18,6 @@ public sealed class JobEarlierWriteTests
 
     public TestContext TestContext { get; set; } = null!;
 
-    /// <summary>One switch for several devices: once armed, the first data write on any of them is held until released.</summary>
-    private sealed class WriteHold
-    {
-        public int Armed;
-        public readonly TaskCompletionSource Held = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public readonly TaskCompletionSource Release = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    }
-
-    /// <summary>A memory device whose writes at or past <see cref="From"/> (its shard's data area) the shared hold may stop.</summary>
-    private sealed class HoldDataWriteDisk(string name, WriteHold hold) : MemoryBlockDevice(name, TestDevices.TargetSize)
-    {
-        public long From = long.MaxValue;
-
-        protected override async ValueTask SubmitCore(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
-        {
-            if (opcode == IoOpcode.Write && offset >= Volatile.Read(ref From) && Interlocked.Exchange(ref hold.Armed, 0) == 1)
-            {
-                hold.Held.TrySetResult();
-                await hold.Release.Task;
-            }
-            await base.SubmitCore(opcode, offset, length, buffer, flags);
-        }
-    }
-
     /// <summary>An unmapped chunk (of the image's second half) that <paramref name="fits"/>.</summary>
     private static long UnmappedChunk(Func<long, bool> fits)
     {
@@ -77,8 +53,10 @@ public sealed class JobEarlierWriteTests
     [Timeout(300_000, CooperativeCancellation = true)]
     public async Task Job_WriteChoseTargetsBeforeTheJobCommitsDuringIt_JobEndsWithEveryChunkWhereThePoolClaims(string job)
     {
-        var hold = new WriteHold();
-        var devs = Enumerable.Range(0, 3).Select(i => new HoldDataWriteDisk($"d{i}", hold)).ToArray();
+        // Once armed, the first data write on any of the devices is held.
+        var hold = new IoHold();
+        var devs = Enumerable.Range(0, 3).Select(i => new HoldingDisk($"d{i}", hold,
+            (d, op, offset, _) => op == IoOpcode.Write && offset >= Volatile.Read(ref d.From))).ToArray();
         int rf = job is "extend" or "rf" or "upgrade" ? 1 : 2;
         var (engine, pool, ras) = await PoolAsync(job == "extend" ? devs[..2] : devs, rf, layout: job == "upgrade" ? 3u : 4u);
         var image = await pool.CreateImageAsync("c", "v", Chunks * Cs, Cs);
@@ -105,8 +83,8 @@ public sealed class JobEarlierWriteTests
 
         // The held write is on targets 0 and 1 only: an excluded target's writes are not what is held.
         foreach (var s in pool.Shards.Where(s => s.Index < 2))
-            Volatile.Write(ref ((HoldDataWriteDisk)s.Device).From, s.Base + s.Header.DataOffset);
-        Volatile.Write(ref hold.Armed, 1);
+            Volatile.Write(ref ((HoldingDisk)s.Device).From, s.Base + s.Header.DataOffset);
+        hold.Arm();
         var data = TestDevices.Pattern(Cs, 2);
         var write = image.WriteAsync(chunk * Cs, data, durable: false).AsTask();
         await hold.Held.Task.WaitAsync(TestContext.CancellationToken);

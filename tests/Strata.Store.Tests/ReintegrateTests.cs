@@ -117,31 +117,16 @@ public sealed class ReintegrateTests
             d.Dispose();
     }
 
-    /// <summary>Once armed, holds the <see cref="HoldAt"/>-th read at or past <see cref="From"/> (a shard's data area) until released.</summary>
-    private sealed class HoldDataReadDisk(string name) : MemoryBlockDevice(name, TestDevices.TargetSize)
-    {
-        public long From = long.MaxValue;
-        public int HoldAt;
-        private int _reads;
-        public readonly TaskCompletionSource Held = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public readonly TaskCompletionSource Release = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-        protected override async ValueTask SubmitCore(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
-        {
-            if (opcode == IoOpcode.Read && offset >= Volatile.Read(ref From) && Interlocked.Increment(ref _reads) == HoldAt)
-            {
-                Held.TrySetResult();
-                await Release.Task;
-            }
-            await base.SubmitCore(opcode, offset, length, buffer, flags);
-        }
-    }
-
     [TestMethod]
     [Timeout(300_000, CooperativeCancellation = true)]
     public async Task Reintegrate_QueriedWhileTheCheckReadsTheTarget_ShowsReplicasCheckedOfTotal()
     {
-        var devs = new[] { new HoldDataReadDisk("d0"), new HoldDataReadDisk("d1") };
+        // Armed from the start: the hold takes the holdAt-th read at or past a disk's From (set on target 1 only).
+        var hold = new IoHold();
+        hold.Arm();
+        int reads = 0, holdAt = 0;
+        var devs = new[] { "d0", "d1" }.Select(n => new HoldingDisk(n, hold, (d, op, offset, _) =>
+            op == IoOpcode.Read && offset >= Volatile.Read(ref d.From) && Interlocked.Increment(ref reads) == Volatile.Read(ref holdAt))).ToArray();
         // rf 1: the rebuild has nothing to copy, so every replica on target 1 stays mapped there.
         var (engine, pool, _) = await PoolAsync(devs, 1);
         var image = await pool.CreateImageAsync("c", "v", 60 * Cs, Cs);
@@ -154,16 +139,16 @@ public sealed class ReintegrateTests
 
         // The check's 11th replica read is held: ten are verified.
         var shard = pool.Shards[1];
-        devs[1].HoldAt = 11;
+        Volatile.Write(ref holdAt, 11);
         Volatile.Write(ref devs[1].From, shard.Base + shard.Header.DataOffset);
         var reintegrating = engine.ReintegrateTargetAsync(1);
-        await devs[1].Held.Task.WaitAsync(TestContext.CancellationToken);
+        await hold.Held.Task.WaitAsync(TestContext.CancellationToken);
         var q = pool.Query();
         Assert.AreEqual(new PoolReintegrationStatus(1, "checking", 10, onOne, 10L * Cs, (long)onOne * Cs, null), q.Reintegration);
         CollectionAssert.Contains(q.Running.ToArray(), "reintegration");
         CollectionAssert.AreEqual(new[] { 1 }, q.Redundancy!.Excluded.ToArray(), "still excluded while it is checked");
 
-        devs[1].Release.TrySetResult();
+        hold.Release.TrySetResult();
         var r = (await reintegrating).Single();
         Assert.AreEqual(onOne, r.Valid);
         await pool.WaitForJobAsync(TestContext.CancellationToken);

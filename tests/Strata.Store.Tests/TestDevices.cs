@@ -40,6 +40,43 @@ internal static class TestDevices
     }
 }
 
+/// <summary>One switch for one or more <see cref="HoldingDisk"/>s: once armed, the first command one of them matches is held until released.</summary>
+internal sealed class IoHold
+{
+    private int _armed;
+    public readonly TaskCompletionSource Held = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    public readonly TaskCompletionSource Release = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public void Arm() => Volatile.Write(ref _armed, 1);
+
+    public void Disarm() => Volatile.Write(ref _armed, 0);
+
+    /// <summary>Whether this command is the one to hold (disarms).</summary>
+    public bool Take() => Interlocked.Exchange(ref _armed, 0) == 1;
+}
+
+/// <summary>
+/// A memory target that, while its <see cref="IoHold"/> is armed, holds the first command <paramref name="matches"/>
+/// (the disk, opcode, offset, length) until the hold is released: a test's way to stop a read or write in the device.
+/// </summary>
+internal sealed class HoldingDisk(string name, IoHold hold, Func<HoldingDisk, IoOpcode, long, long, bool> matches) : MemoryBlockDevice(name, TestDevices.TargetSize)
+{
+    /// <summary>Where a test's predicate starts to look (its shard's data area, once known); nothing before that.</summary>
+    public long From = long.MaxValue;
+
+    public IoHold Hold => hold;
+
+    protected override async ValueTask SubmitCore(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
+    {
+        if (matches(this, opcode, offset, length) && hold.Take())
+        {
+            hold.Held.TrySetResult();
+            await hold.Release.Task;
+        }
+        await base.SubmitCore(opcode, offset, length, buffer, flags);
+    }
+}
+
 /// <summary>A memory device that counts the bytes each kind of command moved: what a read path really reads.</summary>
 internal sealed class CountingDevice(string name, long capacity) : MemoryBlockDevice(name, capacity)
 {

@@ -339,24 +339,9 @@ public sealed class UpgradeTests
         await pool.CreateContainerAsync("after");
     }
 
-    /// <summary>A memory device that, once armed, holds its next read of exactly <see cref="Size"/> bytes (a 16 KiB chunk's replica) until released.</summary>
-    private sealed class HoldChunkReadsDisk(string name) : MemoryBlockDevice(name, TestDevices.TargetSize)
-    {
-        public const int Size = 16384;
-        public int Armed;
-        public readonly TaskCompletionSource Held = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public readonly TaskCompletionSource Release = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    /// <summary>A 16 KiB chunk's replica: the size of the read <see cref="ExclusiveAction_WriteInsideTheGateWhenItCloses_FinishesNotRefused"/> holds.</summary>
+    private const int HeldReadSize = 16384;
 
-        protected override async ValueTask SubmitCore(IoOpcode opcode, long offset, long length, ReadOnlyMemory<byte> buffer, WriteFlags flags)
-        {
-            if (opcode == IoOpcode.Read && length == Size && Interlocked.Exchange(ref Armed, 0) == 1)
-            {
-                Held.TrySetResult();
-                await Release.Task;
-            }
-            await base.SubmitCore(opcode, offset, length, buffer, flags);
-        }
-    }
 
     /// <summary>
     /// A write that entered the pool's gate before an exclusive action closed it (here: waiting for
@@ -377,32 +362,31 @@ public sealed class UpgradeTests
                 new LayoutFeature("test_exclusive", 3, FeatureClass.Incompat, 5, ActionKind.LogFormat, "test", gate),
             ], Supported: true)],
             LayoutCatalog.Default.Releases);
-        var disks = new[] { new HoldChunkReadsDisk("d0"), new HoldChunkReadsDisk("d1") };
+        // Once armed, the next read of a whole 16 KiB chunk on either disk is held.
+        var hold = new IoHold();
+        var disks = new[] { "d0", "d1" }.Select(n => new HoldingDisk(n, hold, (_, op, _, length) => op == IoOpcode.Read && length == HeldReadSize)).ToArray();
         var (_, pool, _) = await V1PoolWithDataAsync(disks, new StorageEngineOptions { Catalog = cat }, layout: 2);
         var img = pool.OpenImage("old", "a");
         await pool.UpgradeAsync(3, false);
         await online.Entered.Task;
         var first = TestDevices.Pattern(4096, 7);
-        var second = TestDevices.Pattern(HoldChunkReadsDisk.Size, 8);
-        foreach (var d in disks)
-            d.Armed = 1;
+        var second = TestDevices.Pattern(HeldReadSize, 8);
+        hold.Arm();
         // A holds chunk 0's lock while its read of the old chunk waits in the device; B has entered the gate
         // and waits for that lock (WriteAsync returns at its first incomplete await: the lock).
         var a = img.WriteAsync(0, first);
-        await Task.WhenAny(disks.Select(d => d.Held.Task));
-        foreach (var d in disks)
-            Volatile.Write(ref d.Armed, 0);
+        await hold.Held.Task;
+        hold.Disarm();
         var b = pool.OpenImage("old", "a").WriteAsync(0, second);
         Assert.IsFalse(b.IsCompleted, "B waits for A's chunk lock");
         online.Release.SetResult();
         // The action is closing the gate (it waits for A and B): a read issued now is held there.
         await pool.Gate.Closing;
         var held = new byte[10];
-        var read = img.ReadAsync(HoldChunkReadsDisk.Size, held);
+        var read = img.ReadAsync(HeldReadSize, held);
         Assert.IsFalse(read.IsCompleted, "the read waits at the closing gate");
         Assert.AreEqual(1, pool.HeldRequests, "the read waits at the closing gate");
-        foreach (var d in disks)
-            d.Release.TrySetResult();
+        hold.Release.TrySetResult();
         await a;
         await b;
         await gate.Entered.Task;
@@ -411,7 +395,7 @@ public sealed class UpgradeTests
         await pool.WaitForUpgradeAsync();
         await read;
         Assert.AreEqual("completed", pool.GetProperty("upgrade_status"));
-        var back = new byte[HoldChunkReadsDisk.Size];
+        var back = new byte[HeldReadSize];
         await pool.OpenImage("old", "a").ReadAsync(0, back);
         CollectionAssert.AreEqual(second, back, "B, the later write, is what the chunk holds");
     }
