@@ -97,7 +97,7 @@ public sealed class CommandTests
         Assert.AreEqual(created.Id, q.Id);
         Assert.HasCount(2, q.Targets);
         Assert.IsGreaterThan(0L, q.FreeBytes);
-        StringAssert.Contains(await _cli.OkAsync("pool", "query", "lifecycle"), "Layout version: 5 (engine supports up to 5)");
+        StringAssert.Contains(await _cli.OkAsync("pool", "query", "lifecycle"), "Layout version: 6 (engine supports up to 6)");
 
         // zpool list's columns; CAP is the used share of SIZE.
         string table = await _cli.OkAsync("pool", "list");
@@ -105,7 +105,7 @@ public sealed class CommandTests
         long cap = q.UsedBytes * 100 / q.TotalBytes;
         // A new pool gets the newest layout this engine knows: "None" in the UPGRADE column, null in JSON.
         StringAssert.Matches(table, new System.Text.RegularExpressions.Regex(
-            $@"^lifecycle +128\.0 MiB +\S+ MiB +\S+ MiB +{cap}% +2 +ready +5 +None\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
+            $@"^lifecycle +128\.0 MiB +\S+ MiB +\S+ MiB +{cap}% +2 +ready +6 +None\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
         var entry = (await _cli.JsonAsync<List<PoolListEntry>>("pool", "list")).Single(p => p.Label == "lifecycle");
         Assert.IsNull(entry.UpgradeNeeded);
         // One naming scheme: the same concept has the same JSON name (and value) in list and query.
@@ -126,7 +126,7 @@ public sealed class CommandTests
         Assert.AreEqual(("off", "default"), props["compatibility"]);
         Assert.AreEqual(("off", "default"), props["scrub"], "a layout-2 pool lists scrub with its default before it is set");
         Assert.AreEqual(("lazy", "default"), props["reclaim"]);
-        Assert.AreEqual(("5", "-"), props["layout_version"]);
+        Assert.AreEqual(("6", "-"), props["layout_version"]);
         await _cli.OkAsync("pool", "set-prop", "lifecycle", "scrub", "lazy");
         StringAssert.Matches(await _cli.OkAsync("pool", "get-prop", "lifecycle"), new System.Text.RegularExpressions.Regex(@"^scrub +lazy +set\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
         var rf = await _cli.JsonAsync<List<PropertyDto>>("pool", "get-prop", "lifecycle", "rf");
@@ -152,9 +152,9 @@ public sealed class CommandTests
         await _cli.FailsAsync(2, "pool", "create", "missing-size");
         await _cli.FailsAsync(1, "pool", "create", "huge", "--size", "100G");
         // "Not given" is the newest layout; 0 and versions past the newest are refused.
-        Assert.AreEqual("strata: layout version 0 does not exist (this engine supports 1..5); leave it out for the newest",
+        Assert.AreEqual("strata: layout version 0 does not exist (this engine supports 1..6); leave it out for the newest",
             await _cli.FailsAsync(2, "pool", "create", "l0", "--size", "64M", "--layout", "0"));
-        Assert.AreEqual("strata: layout version 99 is not supported by this engine (1..5)",
+        Assert.AreEqual("strata: layout version 99 is not supported by this engine (1..6)",
             await _cli.FailsAsync(2, "pool", "create", "l99", "--size", "64M", "--layout", "99"));
         Assert.AreEqual("strata: pool size 100 bytes is out of range: a pool holds 256 KiB to 1 PiB",
             await _cli.FailsAsync(2, "pool", "create", "tiny", "--size", "100"));

@@ -72,17 +72,19 @@ public sealed class UpgradeCliTests
         await using (engine)
         {
             var hashes = await Layout1PoolAsync(cli);
-            StringAssert.Matches(await cli.OkAsync("pool", "list"), new System.Text.RegularExpressions.Regex(@"tank .* 1->5\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
-            StringAssert.Contains(await cli.OkAsync("pool", "query", "tank"), "Pool layout out of date (1 < 5) -- see 'strata pool upgrade' for details.");
+            StringAssert.Matches(await cli.OkAsync("pool", "list"), new System.Text.RegularExpressions.Regex(@"tank .* 1->6\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
+            StringAssert.Contains(await cli.OkAsync("pool", "query", "tank"), "Pool layout out of date (1 < 6) -- see 'strata pool upgrade' for details.");
 
             string list = await cli.OkAsync("pool", "upgrade", "--list");
-            StringAssert.Contains(list, "This engine supports layout versions 1..5");
+            StringAssert.Contains(list, "This engine supports layout versions 1..6");
             StringAssert.Matches(list, new System.Text.RegularExpressions.Regex(@"^2 +yes +container_compression +incompat +metadata_only", System.Text.RegularExpressions.RegexOptions.Multiline));
             StringAssert.Matches(list, new System.Text.RegularExpressions.Regex(@"^3 +yes +block_checksums +incompat +data_scan", System.Text.RegularExpressions.RegexOptions.Multiline));
             StringAssert.Matches(list, new System.Text.RegularExpressions.Regex(@"^4 +yes +placement_v2 +incompat +data_movement", System.Text.RegularExpressions.RegexOptions.Multiline));
             StringAssert.Matches(list, new System.Text.RegularExpressions.Regex(@"^5 +yes +wal_v2 +incompat +log_format", System.Text.RegularExpressions.RegexOptions.Multiline));
+            StringAssert.Matches(list, new System.Text.RegularExpressions.Regex(@"^6 +yes +deferred_writes +incompat +metadata_only", System.Text.RegularExpressions.RegexOptions.Multiline));
             StringAssert.Contains(list, "strata-1.2 (layouts 1..3)");
             StringAssert.Contains(list, "strata-1.4 (layouts 1..5)");
+            StringAssert.Contains(list, "strata-1.5 (layouts 1..6)");
             await cli.FailsAsync(2, "pool", "upgrade", "tank", "--list");
 
             // Gating before the upgrade, with the message the issue names.
@@ -90,25 +92,26 @@ public sealed class UpgradeCliTests
                 await cli.FailsAsync(2, "cont", "set-prop", "tank", "c", "compression", "on"));
 
             string dry = await cli.OkAsync("pool", "upgrade", "tank", "--dry-run");
-            StringAssert.Contains(dry, "Dry run: pool tank, layout version 1 -> 5; nothing was changed");
+            StringAssert.Contains(dry, "Dry run: pool tank, layout version 1 -> 6; nothing was changed");
             StringAssert.Contains(dry, "pool_props_v2");
             StringAssert.Contains(dry, "block_checksums");
             StringAssert.Contains(dry, "placement_v2");
             StringAssert.Contains(dry, "wal_v2");
+            StringAssert.Contains(dry, "deferred_writes");
             StringAssert.Contains(dry, "[ok] no other upgrade");
             Assert.AreEqual("not started", (await PropsAsync(cli))["upgrade_status"]);
-            StringAssert.Contains(await cli.FailsAsync(2, "pool", "upgrade", "tank", "--to", "6"), "layout version 6 (image_migration) is not supported by this engine, which supports layouts 1..5");
+            StringAssert.Contains(await cli.FailsAsync(2, "pool", "upgrade", "tank", "--to", "7"), "layout version 7");
 
             string waited = await cli.OkAsync("pool", "upgrade", "tank", "--wait");
-            StringAssert.Contains(waited, "Upgrading tank from layout version 1 to 5 (job 1)");
-            StringAssert.Contains(waited, "Upgrade completed; pool tank is at layout version 5 (longest pause");
+            StringAssert.Contains(waited, "Upgrading tank from layout version 1 to 6 (job 1)");
+            StringAssert.Contains(waited, "Upgrade completed; pool tank is at layout version 6 (longest pause");
             var props = await PropsAsync(cli);
-            Assert.AreEqual(("5", "completed", "5", "off", "lazy"), (props["layout_version"], props["upgrade_status"], props["upgrade_target"], props["scrub"], props["reclaim"]));
-            StringAssert.StartsWith(props["upgrade_progress"], "5/5 actions");
+            Assert.AreEqual(("6", "completed", "6", "off", "lazy"), (props["layout_version"], props["upgrade_status"], props["upgrade_target"], props["scrub"], props["reclaim"]));
+            StringAssert.StartsWith(props["upgrade_progress"], "6/6 actions");
             CollectionAssert.AreEqual(hashes, await HashesAsync(cli));
             StringAssert.Matches(await cli.OkAsync("pool", "list"), new System.Text.RegularExpressions.Regex(@"tank .* None\r?$", System.Text.RegularExpressions.RegexOptions.Multiline));
             Assert.DoesNotContain("out of date", await cli.OkAsync("pool", "query", "tank"));
-            StringAssert.Contains(await cli.FailsAsync(2, "pool", "upgrade", "tank"), "already at layout version 5");
+            StringAssert.Contains(await cli.FailsAsync(2, "pool", "upgrade", "tank"), "already at layout version 6");
 
             // The old container stays without the feature; a new one has it.
             StringAssert.Contains(await cli.FailsAsync(2, "cont", "set-prop", "tank", "c", "compression", "on"), "was created at pool layout 1");
@@ -251,18 +254,29 @@ public sealed class UpgradeCliTests
             var p = (await oldCli2.JsonAsync<List<PoolListEntry>>("pool", "list")).Single();
             Assert.AreEqual("incompatible layout", p.State);
             string err = await oldCli2.FailsAsync(1, "pool", "query", "tank");
-            StringAssert.Contains(err, "incompatible layout version: 5 larger than 1");
+            StringAssert.Contains(err, "incompatible layout version: 6 larger than 1");
             StringAssert.Contains(await oldCli2.OkAsync("system", "events"), "pool_durable_format_incompatible");
             await oldCli2.OkAsync("system", "stop");
         }
         Assert.AreEqual(sha, TargetsSha(dir), "the older release wrote nothing to the targets");
-        // The release before block checksums (strata-1.1) refuses the layout-5 pool the same way.
+        // The release before deferred writes (strata-1.4) refuses the layout-6 pool, naming the feature.
+        var (old4, oldCli4, _) = await RestartAsync(dir, "--config", cfg, "--max-layout", "5");
+        await using (old4)
+        {
+            Assert.AreEqual("incompatible layout", (await oldCli4.JsonAsync<List<PoolListEntry>>("pool", "list")).Single().State);
+            string err = await oldCli4.FailsAsync(1, "pool", "query", "tank");
+            StringAssert.Contains(err, "incompatible layout version: 6 larger than 5");
+            StringAssert.Contains(err, "deferred_writes (layout 6)");
+            await oldCli4.OkAsync("system", "stop");
+        }
+        Assert.AreEqual(sha, TargetsSha(dir), "the layout-5 release wrote nothing to the targets");
+        // The release before block checksums (strata-1.1) refuses the layout-6 pool the same way.
         var (old3, oldCli3, _) = await RestartAsync(dir, "--config", cfg, "--max-layout", "2");
         await using (old3)
         {
             Assert.AreEqual("incompatible layout", (await oldCli3.JsonAsync<List<PoolListEntry>>("pool", "list")).Single().State);
             string err = await oldCli3.FailsAsync(1, "pool", "query", "tank");
-            StringAssert.Contains(err, "incompatible layout version: 5 larger than 2");
+            StringAssert.Contains(err, "incompatible layout version: 6 larger than 2");
             StringAssert.Contains(err, "block_checksums (layout 3)");
             StringAssert.Contains(await oldCli3.OkAsync("system", "events"), "pool_durable_format_incompatible");
             await oldCli3.OkAsync("system", "stop");

@@ -24,6 +24,16 @@ public sealed class CrashTests
     public Task Pool_RandomCrashRunsAtLayout3_NoAcknowledgedWriteLostAndNoWrongBytes() => RunAsync(1000, 3);
 
     /// <summary>
+    /// The runs at layout 6 (deferred_writes): small durable writes into durable chunks with a block table,
+    /// and on even seeds small writeback ones, log their blocks and write them in place after the record's
+    /// flush (docs/format.md, "Deferred writes"); crashes land before, between and after those writes, and
+    /// replay must write the blocks again. The runs must have deferred writes.
+    /// </summary>
+    [TestMethod]
+    [Timeout(900_000, CooperativeCancellation = true)]
+    public Task Pool_RandomCrashRunsAtLayout6_DeferredWrites_NoAcknowledgedWriteLostAndNoWrongBytes() => RunAsync(1000, 6);
+
+    /// <summary>
     /// Overlapping writeback writes into a few chunks, flushes and durable writes between them, at layout 2
     /// (whole chunks rewritten in place) and 3 (blocks and table): crashes between an in-place write and the
     /// next flush round, torn in-place writes included. The runs must have written in place.
@@ -32,6 +42,7 @@ public sealed class CrashTests
     [Timeout(900_000, CooperativeCancellation = true)]
     [DataRow(2u)]
     [DataRow(3u)]
+    [DataRow(6u)]
     public Task Pool_RandomCrashRunsWithInPlaceOverwrites_NoAcknowledgedWriteLostAndNoWrongBytes(uint layout) => RunAsync(500, layout, overlapping: true);
 
     /// <summary>
@@ -55,12 +66,13 @@ public sealed class CrashTests
     {
         var (seeds, runs, first) = CrashSeeds.FromEnvironment(ciRuns);
         int dropped = 0, runsWithDrops = 0, targetsLeft = 0;
-        long inPlace = 0, besideCheckpoint = 0, capturesEarly = 0;
+        long inPlace = 0, deferred = 0, besideCheckpoint = 0, capturesEarly = 0;
         CrashSeeds.AssertNone(await CrashSeeds.FirstFailureAsync(seeds, CrashSeeds.Env("STRATA_CRASH_PARALLEL", 2), async seed =>
         {
             var run = new CrashWorkload(seed, layout, overlapping);
             await run.RunAsync();
             Interlocked.Add(ref inPlace, run.InPlaceWrites);
+            Interlocked.Add(ref deferred, run.DeferredWrites);
             Interlocked.Add(ref besideCheckpoint, run.RoundsBesideCheckpoint);
             Interlocked.Add(ref capturesEarly, run.CapturesBeforeRoundsDone);
             Interlocked.Add(ref dropped, run.DroppedTailRecords);
@@ -68,9 +80,11 @@ public sealed class CrashTests
             if (run.DroppedTailRecords > 0)
                 Interlocked.Increment(ref runsWithDrops);
         }));
-        Console.WriteLine($"{runs} crash runs at layout {layout} from seed {first}: {runsWithDrops} reopened a log whose tail held durable records of chunk writes whose data was lost ({dropped} dropped); {inPlace} writes in place; {besideCheckpoint} commit rounds written beside a background checkpoint ({capturesEarly} captures with rounds in flight); {targetsLeft} reopen(s) found a target that left the pool after an injected write error");
+        Console.WriteLine($"{runs} crash runs at layout {layout} from seed {first}: {runsWithDrops} reopened a log whose tail held durable records of chunk writes whose data was lost ({dropped} dropped); {inPlace} writes in place; {deferred} deferred writes; {besideCheckpoint} commit rounds written beside a background checkpoint ({capturesEarly} captures with rounds in flight); {targetsLeft} reopen(s) found a target that left the pool after an injected write error");
         if (overlapping && runs >= 100)
             Assert.IsTrue(inPlace > runs, $"{inPlace} writes in place in {runs} runs: the workload no longer exercises in-place writes");
+        if (layout >= 6 && runs >= 100)
+            Assert.IsTrue(deferred > runs, $"{deferred} deferred writes in {runs} runs: the workload no longer exercises them");
         // The log's routine checkpoints are written while later rounds go on (PoolLog.StartBackgroundCheckpointAsync):
         // crashes must land among them.
         if (runs >= 500)

@@ -45,6 +45,9 @@ internal sealed class CrashWorkload
     /// <summary>Writeback writes the pools wrote in place (docs/format.md, "Overwriting a writeback extent in place").</summary>
     public long InPlaceWrites { get; private set; }
 
+    /// <summary>Small writes the pools logged and wrote in place (docs/format.md, "Deferred writes").</summary>
+    public long DeferredWrites { get; private set; }
+
     /// <summary>Commit rounds started while a checkpoint was written in the background (before the crash of each round).</summary>
     public long RoundsBesideCheckpoint { get; private set; }
 
@@ -59,7 +62,8 @@ internal sealed class CrashWorkload
         _rng = new Random(seed);
         _create = new() { WalBytes = 128 * 1024, MinChunkSize = 4096, MetadataBytes = 64 * 1024, LayoutVersion = layout };
         _noTimer = new() { WritebackFlushInterval = Timeout.InfiniteTimeSpan };
-        _chunkSizes = layout == 3 ? [4096, 8192, 16384] : [4096, 8192];
+        // Layout 6: chunks of 16 and 32 KiB take deferred writes of one and two blocks (a quarter chunk at most).
+        _chunkSizes = layout == 3 ? [4096, 8192, 16384] : layout >= 6 ? [4096, 16384, 32768] : [4096, 8192];
     }
 
     public async Task RunAsync(int rounds = 2, int opsPerRound = 25)
@@ -71,6 +75,7 @@ internal sealed class CrashWorkload
         _model.Rf = _targets > 1 && _rng.Next(2) == 0 ? "2" : "1";
         // 1 MiB of data per target; images total at most MaxImages * MaxImageBytes (384 KiB).
         var pool = await engine.CreatePoolAsync("p", _targets * 1024L * 1024, int.Parse(_model.Rf), _create);
+        DeferWriteback(pool);
         await pool.CreateContainerAsync("c");
         for (int round = 0; round < rounds; round++)
         {
@@ -83,6 +88,7 @@ internal sealed class CrashWorkload
             pool.Log.HoldCheckpointForARound = new Random(unchecked(_seed * 7919 + round)).Next(2) == 0;
             var (before, after) = await RunOpsAsync(pool, power, opsPerRound);
             InPlaceWrites += pool.Log.InPlaceWrites;
+            DeferredWrites += pool.Log.DeferredWrites;
             RoundsBesideCheckpoint += pool.Log.Stats.RoundsBesideCheckpoint;
             CapturesBeforeRoundsDone += pool.Log.Stats.CapturesBeforeRoundsDone;
             power = new CrashSwitch();
@@ -106,6 +112,7 @@ internal sealed class CrashWorkload
             var ras = new Strata.Engine.Store.InMemoryRasSink();
             engine = await StorageEngine.OpenAsync(disks, _noTimer with { Ras = ras });
             pool = await engine.OpenPoolAsync("p");
+            DeferWriteback(pool);
             // An rf change job resumed by the open ends before the pool is compared (rf is the old or the new value).
             await pool.WaitForJobAsync();
             DroppedTailRecords += pool.DroppedTailRecords;
@@ -121,6 +128,9 @@ internal sealed class CrashWorkload
             _model = await ReadBackAsync(pool, before, after);
         }
     }
+
+    /// <summary>Even seeds defer small writeback writes too (durable ones always are, at layout 6); odd ones copy them on write.</summary>
+    private void DeferWriteback(Pool pool) => pool.DeferWritebackFromChunkSize = _seed % 2 == 0 ? 0 : int.MaxValue;
 
     /// <summary>Runs operations until the power fails; returns the acknowledged model and, if an operation was in flight, the model with it applied.</summary>
     private async Task<(CrashModel Before, CrashModel? After)> RunOpsAsync(Pool pool, CrashSwitch power, int ops)

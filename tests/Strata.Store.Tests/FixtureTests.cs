@@ -137,7 +137,7 @@ public sealed class FixtureTests
         Assert.AreEqual(99u, engine.ListPools().Single().LayoutVersion);
         var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => engine.OpenPoolAsync("golden"));
         Assert.AreEqual(
-            "pool 'golden' shard on target 0 has layout version 99, this engine supports layout versions 1..5 (incompatible layout version: 99 larger than 5) and unknown incompat features 0x10000000000 (bit 40); refusing to open (nothing was written)",
+            "pool 'golden' shard on target 0 has layout version 99, this engine supports layout versions 1..6 (incompatible layout version: 99 larger than 6) and unknown incompat features 0x10000000000 (bit 40); refusing to open (nothing was written)",
             e.Message);
         Assert.AreEqual(RasIds.PoolLayoutIncompatible, ras.Events.Single().Id);
         Assert.AreEqual("incompatible layout", engine.ListPools().Single().State);

@@ -183,7 +183,9 @@ public sealed class ImageMigrationTests
         Assert.AreEqual("executed", engine.MigrationStatus("a/c/v").State);
 
         await FillAsync(sourceFull ? a : b, sourceFull ? "c" : "d");
-        var refused = TestDevices.Pattern(4096, 9);
+        // Half a chunk: a copy on write, which needs a fresh extent (a quarter chunk or less would be a
+        // deferred write, written in place without new space).
+        var refused = TestDevices.Pattern(ChunkSize / 2, 9);
         await Assert.ThrowsExactlyAsync<NoSpaceException>(() => io.WriteAsync(5L * ChunkSize + 4096, refused).AsTask());
         if (!sourceFull)
         {

@@ -28,7 +28,7 @@ public sealed class LayoutRefusalTests
         var (engine, ras) = await TestDevices.OpenAsync(devs);
         Assert.AreEqual(99u, engine.ListPools().Single().LayoutVersion);
         var e = await Assert.ThrowsExactlyAsync<IncompatibleLayoutException>(() => engine.OpenPoolAsync("tank"));
-        StringAssert.Contains(e.Message, "pool 'tank' shard on target 0 has layout version 99, this engine supports layout versions 1..5");
+        StringAssert.Contains(e.Message, "pool 'tank' shard on target 0 has layout version 99, this engine supports layout versions 1..6");
         StringAssert.Contains(e.Message, "bit 40");
         StringAssert.Contains(e.Message, "nothing was written");
         Assert.AreEqual(RasIds.PoolLayoutIncompatible, ras.Events.Single().Id);
@@ -84,11 +84,11 @@ public sealed class LayoutRefusalTests
         var (engine, _) = await TestDevices.FormatAsync(devs);
         var pool = await engine.CreatePoolAsync("tank", 4L * 1024 * 1024, 1, TestDevices.SmallPool);
         var q = pool.Query();
-        Assert.AreEqual(5u, q.LayoutVersion);
-        Assert.AreEqual(0x1FUL, q.Incompat, "base, container_compression, block_checksums, placement_v2 and wal_v2");
+        Assert.AreEqual(6u, q.LayoutVersion);
+        Assert.AreEqual(0x3FUL, q.Incompat, "base, container_compression, block_checksums, placement_v2, wal_v2 and deferred_writes");
         Assert.AreEqual(0x1UL, q.Compat, "pool_props_v2");
         Assert.AreEqual(0UL, q.RoCompat);
-        Assert.AreEqual("5", pool.GetProperty("layout_version"));
+        Assert.AreEqual("6", pool.GetProperty("layout_version"));
         await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => pool.SetPropertyAsync("layout_version", "2"));
     }
 
@@ -103,6 +103,6 @@ public sealed class LayoutRefusalTests
         Assert.AreEqual(0x1UL, q.Incompat);
         Assert.AreEqual(0UL, q.Compat);
         Assert.AreEqual("1", pool.GetProperty("layout_version"));
-        await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.CreatePoolAsync("t4", 4L * 1024 * 1024, 1, TestDevices.SmallPool with { LayoutVersion = 6 }));
+        await Assert.ThrowsExactlyAsync<InvalidRequestException>(() => engine.CreatePoolAsync("t4", 4L * 1024 * 1024, 1, TestDevices.SmallPool with { LayoutVersion = 7 }));
     }
 }

@@ -201,13 +201,14 @@ public sealed class UpgradeTests
         string sha = TestHelpers.Sha256(devs);
         var plan = await pool.UpgradeAsync(null, dryRun: true);
         Assert.IsNull(plan.JobId);
-        Assert.AreEqual((1u, 5u), (plan.From, plan.To), "the newest layout this engine supports");
-        Assert.AreEqual(5, plan.Actions.Count);
+        Assert.AreEqual((1u, 6u), (plan.From, plan.To), "the newest layout this engine supports");
+        Assert.AreEqual(6, plan.Actions.Count);
         Assert.AreEqual("metadata_only", plan.Actions[0].Kind);
         Assert.AreEqual(2L, plan.Actions[0].Items, "scrub and reclaim");
         Assert.AreEqual(("block_checksums", "data_scan", "online"), (plan.Actions[2].Feature, plan.Actions[2].Kind, plan.Actions[2].Access));
         Assert.AreEqual(("placement_v2", "data_movement", "online"), (plan.Actions[3].Feature, plan.Actions[3].Kind, plan.Actions[3].Access));
         Assert.AreEqual(("wal_v2", "log_format", "exclusive"), (plan.Actions[4].Feature, plan.Actions[4].Kind, plan.Actions[4].Access));
+        Assert.AreEqual(("deferred_writes", "metadata_only", "quiesce"), (plan.Actions[5].Feature, plan.Actions[5].Kind, plan.Actions[5].Access));
         // Image a's 19 chunks of 16 KiB on both replicas, each rewritten with its 4 KiB table; b's 4 KiB chunks stay.
         Assert.AreEqual(19L * 2 * (16384 + 4096), plan.Actions[2].BytesToMove);
         Assert.IsTrue(plan.Preconditions.All(p => p.Ok), string.Join("; ", plan.Preconditions.Select(p => p.Detail)));

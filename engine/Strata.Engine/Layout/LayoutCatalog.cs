@@ -125,6 +125,9 @@ public sealed class LayoutCatalog
     /// <summary>The feature whose pools frame their log as WAL v2 (docs/format.md, "WAL v2").</summary>
     public const string WalV2Feature = "wal_v2";
 
+    /// <summary>The feature whose pools log small writes into durable chunks and write them in place (docs/format.md, "Deferred writes").</summary>
+    public const string DeferredWritesFeature = "deferred_writes";
+
     /// <summary>
     /// Whether a pool at this layout frames its log as WAL v2 (the layout includes <see cref="WalV2Feature"/>).
     /// The shard header records each log's framing: a job between the switch and the layout switch
@@ -245,12 +248,12 @@ public sealed class LayoutCatalog
                 "write-ahead log v2, checksummed batches: one header and CRC32C per batch, compact records (a 4 KiB write's record 30 bytes instead of 56); every shard is checkpointed and its log restarted in the new format",
                 null),
         ], Supported: true),
-        new(6, "image migration",
+        new(6, "deferred small writes",
         [
-            new("image_migration", 6, FeatureClass.Incompat, 5, ActionKind.MetadataOnly,
-                "live image migration and import (docs/migration.md, \"Image migration\"): images carry migration.* properties that every writer must honour, so older software must refuse the pool",
+            new(DeferredWritesFeature, 6, FeatureClass.Incompat, 5, ActionKind.MetadataOnly,
+                "small writes into durable chunks with block tables log their blocks (record ChunkDeferred) and are written in place once the record is durable, instead of copying the whole chunk; older software could not replay such a log, so it must refuse the pool (docs/format.md, \"Deferred writes\")",
                 null),
-        ], Supported: false),
+        ], Supported: true),
     ],
     [
         new("strata-1.0", 1),
@@ -258,5 +261,6 @@ public sealed class LayoutCatalog
         new("strata-1.2", 3),
         new("strata-1.3", 4),
         new("strata-1.4", 5),
+        new("strata-1.5", 6),
     ]);
 }

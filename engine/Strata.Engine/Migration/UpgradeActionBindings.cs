@@ -24,8 +24,8 @@ public sealed class UpgradeActionBindings
         [BlockChecksumsFeature] = BlockTableRewrite.Action,
         [PlacementV2Feature] = PlacementV2Action.Instance,
         [LayoutCatalog.WalV2Feature] = WalV2Action.Instance,
-        // Layout 6 (not yet supported): nothing on disk is rewritten; the switch alone makes images' migration.* properties binding.
-        ["image_migration"] = NoDataAction.Instance,
+        // Layout 6: nothing on disk is rewritten; from the switch on, writers may log ChunkDeferred records.
+        [LayoutCatalog.DeferredWritesFeature] = NoDataAction.Instance,
     });
 
     public const string BlockChecksumsFeature = "block_checksums";

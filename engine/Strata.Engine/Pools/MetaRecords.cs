@@ -25,6 +25,12 @@ public enum MetaRecordType : ushort
     DurableThrough = 12,
     /// <summary>As ChunkMap, but each replica's extent is a 4 KiB block table plus the chunk (layout 3, docs/format.md "Per-block checksums").</summary>
     ChunkMapBlocks = 13,
+    /// <summary>
+    /// A deferred write (layout 6, docs/format.md "Deferred writes"): a ChunkMapBlocks mapping to the chunk's
+    /// same extents with a new table CRC, plus the whole new block table and the blocks written, which are
+    /// written in place once the record is durable, and again by replay.
+    /// </summary>
+    ChunkDeferred = 14,
     UpgradeJobBegin = 32,
     UpgradeJobCursor = 33,
     UpgradeJobEnd = 34,
@@ -121,6 +127,55 @@ public static class MetaRecords
         EncodeReplicas(dest[12..], replicas);
     }
 
+    /// <summary>Bytes of a ChunkDeferred payload: the ChunkMap payload, then u32 first block, u32 block count, u32 table entries, the entries, the blocks.</summary>
+    public static int ChunkDeferredLength(int replicas, int tableEntries, int blocks) =>
+        4 + 8 + 1 + 14 * replicas + 12 + 4 * tableEntries + ChunkChecksum.BlockSize * blocks;
+
+    /// <summary>
+    /// Encodes a ChunkDeferred payload's head into <paramref name="dest"/> (of <see cref="ChunkDeferredLength"/>
+    /// bytes): the mapping, the block range and <paramref name="crcs"/>, the chunk's whole new table; returns
+    /// where its blocks go (the caller fills them).
+    /// </summary>
+    public static int EncodeChunkDeferred(Span<byte> dest, uint image, long chunk, Replica[] replicas, int firstBlock, int blocks, ReadOnlySpan<uint> crcs)
+    {
+        EncodeChunkMap(dest, image, chunk, replicas);
+        int at = ChunkMapLength(replicas);
+        BinaryPrimitives.WriteInt32LittleEndian(dest[at..], firstBlock);
+        BinaryPrimitives.WriteInt32LittleEndian(dest[(at + 4)..], blocks);
+        BinaryPrimitives.WriteInt32LittleEndian(dest[(at + 8)..], crcs.Length);
+        at += 12;
+        foreach (uint c in crcs)
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(dest[at..], c);
+            at += 4;
+        }
+        if (dest.Length - at != ChunkChecksum.BlockSize * blocks)
+            throw new ArgumentException($"a deferred write's payload of {dest.Length} bytes does not hold {blocks} blocks after its head of {at}", nameof(dest));
+        return at;
+    }
+
+    /// <summary>
+    /// A ChunkDeferred payload's fields, checked against each other (a record that passes its CRC but does not
+    /// hold what it says is corrupt metadata): the mapping, the first block and count, the table's CRCs, and
+    /// where the blocks start in the payload.
+    /// </summary>
+    public static (uint Image, long Chunk, Replica[] Replicas, int FirstBlock, int Blocks, uint[] Crcs, int BlocksAt) ReadChunkDeferred(ReadOnlySpan<byte> payload)
+    {
+        var m = new MetaReader(payload);
+        uint image = m.U32();
+        long chunk = m.I64();
+        var replicas = ReadReplicas(ref m);
+        int first = (int)m.U32(), blocks = (int)m.U32(), entries = (int)m.U32();
+        // Differences, not sums: counts near 2^31 must not wrap into range.
+        if (entries <= 0 || entries > m.Remaining / 4 || first < 0 || blocks <= 0 || first > entries - blocks
+            || (long)ChunkChecksum.BlockSize * blocks != m.Remaining - 4L * entries)
+            throw new CorruptMetadataException($"a deferred write's record for image {image} chunk {chunk} does not hold what it says (blocks {first}+{blocks} of {entries}, {payload.Length} bytes)");
+        var crcs = new uint[entries];
+        for (int i = 0; i < entries; i++)
+            crcs[i] = m.U32();
+        return (image, chunk, replicas, first, blocks, crcs, payload.Length - m.Remaining);
+    }
+
     public static MetaRecord ChunkUnmap(uint image, long chunk) =>
         new(MetaRecordType.ChunkUnmap, new MetaWriter().U32(image).I64(chunk).ToArray());
 
@@ -201,6 +256,13 @@ public sealed record ChunkMap(Replica[] Replicas, Replica[]? Moving = null, bool
     /// place (PoolLog.TryCommitInPlace, docs/format.md "Overwriting a writeback extent in place").
     /// </summary>
     internal long WritebackOrdinal { get; set; }
+
+    /// <summary>
+    /// The queue ordinal of the writeback commit that applied this mapping, overwritable or not (a chunk switch's
+    /// too), or 0: a durable commit's, replayed or a checkpoint's. A deferred write needs its base durable
+    /// (PoolLog.IsDurableBase): replay applies it over whatever mapping the chunk then has.
+    /// </summary>
+    internal long CommitOrdinal { get; set; }
 
     /// <summary>Handed out to a caller that may keep it, or installed by anything but a client write: never reused (ChunkTable).</summary>
     internal bool Escaped { get; set; }

@@ -217,6 +217,29 @@ public sealed partial class Pool : IAsyncDisposable
     /// </summary>
     private Layout.LayoutFeature? BlockChecksums => field ??= Catalog.Find(BlockChecksumsFeature);
 
+    private Layout.LayoutFeature? DeferredWrites => field ??= Catalog.Find(Layout.LayoutCatalog.DeferredWritesFeature);
+
+    /// <summary>
+    /// Whether a small write into a durable chunk with a block table may log its blocks and write them in
+    /// place (docs/format.md, "Deferred writes"): the pool's applied layout includes deferred_writes. Read
+    /// without the state's lock: the layout only grows, and LayoutSet is applied once its round is durable,
+    /// so a yes never puts a ChunkDeferred record in a log an engine of an older layout could open.
+    /// </summary>
+    internal bool DefersSmallWrites => DeferredWrites is { } f && (Meta.Layout?.Version ?? Header.LayoutVersion) >= f.Version;
+
+    /// <summary>
+    /// Writeback writes of chunks at least this large take the deferred path too (durable ones always do);
+    /// below it a writeback write copies the chunk on write as before: the engine's option
+    /// (StorageEngineOptions.DeferWritebackFromChunkSize) unless a test set it for this pool.
+    /// </summary>
+    internal int DeferWritebackFromChunkSize
+    {
+        get => _deferWritebackFrom ?? _engine.Options.DeferWritebackFromChunkSize;
+        set => _deferWritebackFrom = value;
+    }
+
+    private int? _deferWritebackFrom;
+
     internal const string BlockChecksumsFeature = "block_checksums";
 
     /// <summary>

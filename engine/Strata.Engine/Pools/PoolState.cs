@@ -200,6 +200,13 @@ public sealed class PoolState
                 img.Chunks.Install(chunk, new ChunkMap(MetaRecords.ReadReplicas(ref r), null, rec.Type == (ushort)MetaRecordType.ChunkMapBlocks));
                 break;
             }
+            case MetaRecordType.ChunkDeferred:
+            {
+                // The mapping alone (the same extents, the new table's CRC); the blocks are the writer's, or replay's, to write in place.
+                var (image, chunk, replicas, _, _, _, _) = MetaRecords.ReadChunkDeferred(rec.Payload);
+                Image(image, rec).Chunks.Install(chunk, new ChunkMap(replicas, null, Blocks: true));
+                break;
+            }
             case MetaRecordType.ChunkUnmap:
             {
                 var img = Image(r.U32(), rec);

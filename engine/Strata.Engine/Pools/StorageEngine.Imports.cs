@@ -29,7 +29,6 @@ public sealed partial class StorageEngine
         {
             var dp = await OpenPoolAsync(dpool).ConfigureAwait(false);
             dp.ThrowIfNotWritable();
-            CheckMigrationLayout(dp);
             CheckDestination(dp, chunkSize, rf);
             long size = source.Size;
             if (size <= 0)

@@ -22,9 +22,6 @@ public static class ImageMigrationRasIds
 /// </summary>
 public sealed partial class StorageEngine
 {
-    /// <summary>The layout feature that gates migration records (LayoutCatalog, layout 6).</summary>
-    public const string ImageMigrationFeature = "image_migration";
-
     private readonly List<ImageMigration> _migrations = new();
     private readonly List<ImageImport> _imports = new();
     private readonly SemaphoreSlim _migrationLock = new(1, 1);
@@ -63,13 +60,6 @@ public sealed partial class StorageEngine
     /// <summary>Waits for the background copy of a migration (status --wait, tests).</summary>
     public Task WaitForMigrationJobAsync(string image) =>
         FindImport(image)?.Job ?? (FindMigration(image) ?? throw new NotFoundException($"image {UserText.Quote(image)} is not migrating")).Job;
-
-    private void CheckMigrationLayout(Pool pool)
-    {
-        // Layout 6 joins the supported versions after 4 and 5 (docs/migration.md, "Layout gate").
-        if (Catalog.MaxSupported >= Catalog.Find(ImageMigrationFeature)!.Version && !Catalog.IsEnabled(ImageMigrationFeature, pool.LayoutVersion))
-            throw new InvalidRequestException($"pool '{pool.Label}' is at layout {pool.LayoutVersion}; image migration needs layout {Catalog.Find(ImageMigrationFeature)!.Version} ('strata pool upgrade {pool.Label} --to {Catalog.Find(ImageMigrationFeature)!.Version}')");
-    }
 
     /// <summary>Pool pairs (source, destination) of the migrations whose writes cross pools: a source pass waits on the destination's gate.</summary>
     private List<(Pool From, Pool To, ImageMigration M)> CrossPoolMigrations()
@@ -167,8 +157,6 @@ public sealed partial class StorageEngine
             sp.ThrowIfNotWritable();
             dp.ThrowIfNotWritable();
             ThrowIfMigrationCycle(sp, dp, source);
-            CheckMigrationLayout(sp);
-            CheckMigrationLayout(dp);
             CheckDestination(dp, chunkSize, rf);
             long size, mapped;
             int scs;

@@ -31,6 +31,14 @@ public sealed record StorageEngineOptions
     public TimeSpan WritebackFlushInterval { get; init; } = TimeSpan.FromSeconds(1);
 
     /// <summary>
+    /// Small writeback writes into durable chunks of at least this many bytes are deferred writes (logged,
+    /// flushed, then written in place: docs/format.md, "Deferred writes") instead of copies on write; durable
+    /// ones always are at layout 6. Default: none (perf/README.md, "Session 24": the flush wait costs more
+    /// than the copy on these machines).
+    /// </summary>
+    public int DeferWritebackFromChunkSize { get; init; } = int.MaxValue;
+
+    /// <summary>
     /// Data read and write errors on one target after which the engine excludes it by itself (as
     /// `storage exclude-target N --force`: its pools rebuild onto the others); 0 (the default of the
     /// library; the daemon uses <see cref="DefaultExcludeAfterErrors"/>) = never.

@@ -358,6 +358,13 @@ internal sealed class ChunkIo(Pool pool)
             pool.MapSpares.Return(old);
             return;
         }
+        // A small write into a durable chunk with a block table: its blocks logged, then written in place.
+        if (old != null && expect == null && MayDefer(meta, index, old, within, data.Length, durable, blocks)
+            && await TryWriteDeferredAsync(meta, index, within, data, old).ConfigureAwait(false))
+        {
+            pool.MapSpares.Return(old);
+            return;
+        }
         int head = blocks ? ChunkChecksum.TableSize : 0;
         byte[]? rented = null;
         // A partial write merged into a verified chunk with a table: that table's block CRCs, so only the
@@ -604,6 +611,76 @@ internal sealed class ChunkIo(Pool pool)
                 System.Buffers.ArrayPool<byte>.Shared.Return(rented);
             if (newCrcs != null)
                 System.Buffers.ArrayPool<uint>.Shared.Return(newCrcs);
+        }
+    }
+
+    /// <summary>The most a deferred write logs: its blocks' bytes (and at most a quarter of the chunk).</summary>
+    internal const int MaxDeferredBytes = 64 * 1024;
+
+    /// <summary>
+    /// Whether a write of <paramref name="length"/> bytes at <paramref name="within"/> into <paramref name="old"/>
+    /// takes the deferred path (docs/format.md, "Deferred writes"): the pool's layout has it, the chunk has a
+    /// block table and keeps its form, no move holds it, the blocks touched are at most
+    /// <see cref="MaxDeferredBytes"/> and a quarter of the chunk and their record fits one log record (and an eighth of the log),
+    /// the chunk's mapping is durable (PoolLog.IsDurableBase: else a copy on write); a
+    /// writeback write only into chunks of at least <see cref="Pool.DeferWritebackFromChunkSize"/>.
+    /// </summary>
+    private bool MayDefer(ImageMeta meta, long index, ChunkMap old, int within, int length, bool durable, bool blocks)
+    {
+        int cs = meta.ChunkSize;
+        if (!blocks || !old.Blocks || old.Moving != null || length >= cs || (!durable && cs < pool.DeferWritebackFromChunkSize) || !pool.DefersSmallWrites)
+            return false;
+        var (_, span) = ChunkChecksum.VerifiedRange(true, cs, within, length);
+        const int B = ChunkChecksum.BlockSize;
+        int record = MetaRecords.ChunkDeferredLength(old.Replicas.Length, cs / B, span / B);
+        return span <= MaxDeferredBytes && span <= cs / 4 && record <= WalFormat.MaxPayload && record <= pool.Log.DeferredRecordRoom
+            && SameForm(meta, index, old, blocks) && pool.Log.IsDurableBase(old);
+    }
+
+    /// <summary>
+    /// A deferred write (docs/format.md, "Deferred writes"): the touched blocks (edges merged with verified old
+    /// bytes) and the chunk's new block table go into a ChunkDeferred record; its round flushes, writes them over
+    /// the extents of <paramref name="old"/> and applies the record (PoolLog.CommitDeferredAsync). The caller
+    /// holds the chunk's exclusive lock throughout. Returns false, having logged nothing, when the old table or
+    /// the edge blocks do not verify (the copy on write reads, reports and repairs them).
+    /// </summary>
+    private async Task<bool> TryWriteDeferredAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, ChunkMap old)
+    {
+        const int T = ChunkChecksum.TableSize, B = ChunkChecksum.BlockSize;
+        int cs = meta.ChunkSize, n = cs / B;
+        var (from, length) = ChunkChecksum.VerifiedRange(true, cs, within, data.Length);
+        var current = await CurrentTableAsync(meta, index, old).ConfigureAwait(false);
+        if (current == null)
+            return false;
+        int rf = old.Replicas.Length;
+        // The record's payload holds the blocks: they are merged there and written in place from there.
+        var payload = new byte[MetaRecords.ChunkDeferredLength(rf, n, length / B)];
+        var blocks = payload.AsMemory(payload.Length - length, length);
+        var table = System.Buffers.ArrayPool<byte>.Shared.Rent(T);
+        var newCrcs = System.Buffers.ArrayPool<uint>.Shared.Rent(n);
+        try
+        {
+            if ((from, length) != (within, data.Length) && !await ReadBlocksAsync(old, current, from, blocks).ConfigureAwait(false))
+                return false;
+            data.Span.CopyTo(blocks.Span[(within - from)..]);
+            current.AsSpan(0, n).CopyTo(newCrcs);
+            uint crc = TableWithBlocks(meta, index, newCrcs.AsSpan(0, n), from, blocks.Span, table.AsSpan(0, T));
+            var replicas = new Replica[rf];
+            for (int r = 0; r < rf; r++)
+                replicas[r] = old.Replicas[r] with { Crc = crc };
+            MetaRecords.EncodeChunkDeferred(payload, meta.Id, index, replicas, from / B, length / B, newCrcs.AsSpan(0, n));
+            await pool.Log.CommitDeferredAsync(new MetaRecord(MetaRecordType.ChunkDeferred, payload),
+                new DeferredWrite(replicas, from, table.AsMemory(0, T), blocks)).ConfigureAwait(false);
+            // Under the chunk's exclusive lock: the cached array takes the new CRCs (as after an in-place write).
+            var touched = new Range(from / B, (from + length) / B);
+            newCrcs.AsSpan(touched).CopyTo(current.AsSpan(touched));
+            pool.Tables.Replace(old.Replicas, replicas, current);
+            return true;
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(table);
+            System.Buffers.ArrayPool<uint>.Shared.Return(newCrcs);
         }
     }
 

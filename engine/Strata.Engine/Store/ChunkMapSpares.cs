@@ -44,6 +44,7 @@ internal sealed class ChunkMapSpares
                 map.Replicas = new Replica[replicas];
             map.Blocks = blocks;
             map.WritebackOrdinal = 0;
+            map.CommitOrdinal = 0;
             map.Reusable = false;
             map.Escaped = false;
             return map;

@@ -64,7 +64,10 @@ internal sealed class ChunkRuns(Pool pool)
             if (write)
                 await shard.Device.WriteAsync(at + done, piece).ConfigureAwait(false);
             else
+            {
                 await shard.Device.ReadAsync(at + done, piece).ConfigureAwait(false);
+                shard.Overlay?.Patch(dataOffset + done, piece.Span);
+            }
         }
     }
 

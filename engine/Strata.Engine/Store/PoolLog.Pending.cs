@@ -87,6 +87,8 @@ internal sealed partial class PoolLog
         /// instead of voiding the record, since the earlier record's acknowledged data may be torn.
         /// </summary>
         public bool InPlace { get; private set; }
+        /// <summary>A deferred write's in-place part (<see cref="CommitDeferredAsync"/>): its round writes it after its flush, before it applies the record.</summary>
+        public DeferredWrite? Deferred { get; init; }
         /// <summary>Where the record sits in its round's log buffer, and its sequence (to void it).</summary>
         public int Pos, Length;
         public ulong Seq;

@@ -50,6 +50,8 @@ internal sealed partial class PoolLog
         public long FlushIssued { get; set; }
         /// <summary>Whether the round flushes (some commit in it is durable); writeback-only rounds do not.</summary>
         public bool Flushes { get; private set; }
+        /// <summary>Whether it holds a deferred write, whose in-place writes follow its flush (<see cref="WriteDeferredAsync"/>).</summary>
+        public bool HasDeferred { get; private set; }
         /// <summary>The ordinal of its last commit: every commit up to it is in this round or an earlier one.</summary>
         public long LastOrdinal { get; private set; }
         /// <summary>Which use of this object the round is (under its lock).</summary>
@@ -79,6 +81,7 @@ internal sealed partial class PoolLog
             DurableTask = null;
             Started = Written = FlushIssued = 0;
             Flushes = batch.Exists(p => !p.Applied);
+            HasDeferred = batch.Exists(p => p.Deferred != null);
             LastOrdinal = batch[^1].Ordinal;
             return this;
         }
@@ -244,6 +247,9 @@ internal sealed partial class PoolLog
             await p.Round.WhenSettled(p.Generation).ConfigureAwait(false);
         round.FlushIssued = System.Diagnostics.Stopwatch.GetTimestamp();
         await FlushRoundAsync().ConfigureAwait(false);
+        // The records are durable now, deferred ones included: their blocks may go over their extents.
+        if (round.HasDeferred)
+            await WriteDeferredAsync(round).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -432,7 +438,7 @@ internal sealed partial class PoolLog
                     if (p.DataError == null && !p.Applied)
                     {
                         state.Apply(r, seq);
-                        if (r.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkMapBlocks or MetaRecordType.ChunkUnmap))
+                        if (r.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkMapBlocks or MetaRecordType.ChunkUnmap or MetaRecordType.ChunkDeferred))
                             MetadataEstimate += r.Payload.Length;
                     }
                     seq++;

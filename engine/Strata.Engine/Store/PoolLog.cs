@@ -157,7 +157,7 @@ internal sealed partial class PoolLog
             Volatile.Write(ref _writebackEnqueued, p.Ordinal);
             // The sequence is assigned when the round is written; LastSeq moves with the rounds.
             foreach (var r in records)
-                ApplyWritebackLocked(r, overwritable ? p.Ordinal : 0);
+                ApplyWritebackLocked(r, overwritable ? p.Ordinal : 0, p.Ordinal);
         }
         // Enough gathered: a round that holds more commits than the pool keeps spare makes new ones.
         if (p.Ordinal - Volatile.Read(ref _takenOrdinal) >= WritebackGatherLimit)
@@ -166,14 +166,17 @@ internal sealed partial class PoolLog
     }
 
     /// <summary>Applies a writeback chunk-map record and marks the new mapping with its commit's ordinal, or 0: not to be overwritten in place (under the state's lock).</summary>
-    private void ApplyWritebackLocked(MetaRecord r, long ordinal)
+    private void ApplyWritebackLocked(MetaRecord r, long ordinal, long commit)
     {
         var state = _pool.Meta;
         state.Apply(r, state.LastSeq);
         uint image = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(r.Payload);
         long chunk = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(r.Payload.AsSpan(4));
         if (state.Images.TryGetValue(image, out var img) && img.Chunks.GetLocked(chunk) is { } map)
+        {
             map.WritebackOrdinal = ordinal;
+            map.CommitOrdinal = commit;
+        }
     }
 
     /// <summary>Last ordinal a flushing round took or a checkpoint captured: mappings of writeback commits above it may be overwritten in place (under the state's lock).</summary>
@@ -229,7 +232,7 @@ internal sealed partial class PoolLog
                 Volatile.Write(ref _writebackEnqueued, p.Ordinal);
                 _lastInPlace = p.Ordinal;
                 _inPlaceInFlight++;
-                ApplyWritebackLocked(p.Records![0], p.Ordinal);
+                ApplyWritebackLocked(p.Records![0], p.Ordinal, p.Ordinal);
             }
         }
         catch

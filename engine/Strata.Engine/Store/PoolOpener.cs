@@ -127,9 +127,30 @@ internal static partial class PoolOpener
             throw new CorruptMetadataException($"pool '{label}': no shard has usable metadata ({string.Join("; ", problems)}); refusing to open");
 
         long replayDone = Stopwatch.GetTimestamp();
-        var (state, tail, nextSeq, replayed, dropped) = best;
+        var (state, tail, nextSeq, replayed, dropped, rewrites) = best;
         CheckReplayedLayout(engine, state, label);
         unreadable.RefuseUnlessExcluded(state, label);
+        if (rewrites.All.Count > 0)
+        {
+            // Nobody reads an excluded target's replicas, and an unreadable one is left out of the pool.
+            var excluded = Pool.ParseExcluded(state.Props.GetValueOrDefault(Pool.ExcludedProp), shards.Length);
+            bool Skip(int t) => Array.IndexOf(excluded, t) >= 0 || unreadable.Contains(t);
+            if (readOnly == null)
+            {
+                try
+                {
+                    await RewriteDeferredAsync(shards, rewrites, Skip).ConfigureAwait(false);
+                }
+                catch (DeviceException e)
+                {
+                    readOnly = $"the in-place writes of deferred writes replayed from its log failed: {e.Message}";
+                    engine.Ras.Emit(new RasEvent(RasIds.PoolReadOnly, RasSeverity.Error, RasType.StateChange,
+                        $"pool '{label}' opened read-only: {readOnly}; their blocks are served from the log", Pool: label));
+                }
+            }
+            if (readOnly != null)
+                OverlayDeferred(shards, rewrites, Skip);
+        }
         var pool = new Pool(engine, entry, shards, state, readOnly);
         // A crash between a label change and its checkpoint leaves the old label in the headers.
         pool.OnLabelChanged(state.Props["label"]);
@@ -223,7 +244,7 @@ internal static partial class PoolOpener
     }
 
     /// <summary>A shard's replayed state; Dropped: chunk-map records of the log tail whose data did not verify.</summary>
-    private sealed record Replay(PoolState State, long Tail, ulong NextSeq, int Replayed, List<DroppedRecord> Dropped);
+    private sealed record Replay(PoolState State, long Tail, ulong NextSeq, int Replayed, List<DroppedRecord> Dropped, DeferredRewrites Rewrites);
 
     private readonly record struct DroppedRecord(ulong Seq, uint Image, long Chunk);
 
@@ -253,6 +274,7 @@ internal static partial class PoolOpener
         }
         clock.LogBytes += logBytes;
         var dropped = new List<DroppedRecord>();
+        var rewrites = new DeferredRewrites();
         foreach (var r in records)
         {
             if (r.Seq > durable && r.Type is (ushort)MetaRecordType.ChunkMap or (ushort)MetaRecordType.ChunkMapBlocks)
@@ -269,14 +291,27 @@ internal static partial class PoolOpener
                     continue;
                 }
             }
+            // A deferred write logs only the blocks it touches: it stands only on the mapping it was made on. Its
+            // writer made sure that mapping was durable (PoolLog.IsDurableBase), so a record whose base is not the
+            // chunk's mapping here was never acknowledged (its round's flush would have made that base durable).
+            if (r.Type == (ushort)MetaRecordType.ChunkDeferred && !DeferredBaseHolds(state, r.Payload))
+            {
+                var (image, chunk, _) = MetaRecords.ReadChunkMap(r.Payload);
+                dropped.Add(new DroppedRecord(r.Seq, image, chunk));
+                continue;
+            }
             state.Apply(r);
+            // A deferred write's record: durable or not, its in-place writes may not be (docs/format.md, "Deferred writes").
+            if (r.Type == (ushort)MetaRecordType.ChunkDeferred)
+                rewrites.Add(state, r);
+            rewrites.AfterApply(state, r);
         }
         state.LastSeq = nextSeq - 1;
         CheckReplayed(state);
         // A torn batch can end replay inside a block; the next batch starts on a block boundary.
         tail = DeviceIo.AlignUp(tail, s.Device.Geometry.LogicalBlockSize) % h.WalLength;
         clock.LogTicks += Stopwatch.GetTimestamp() - checkpointRead;
-        return new Replay(state, tail, nextSeq, records.Count, dropped);
+        return new Replay(state, tail, nextSeq, records.Count, dropped, rewrites);
     }
 
     /// <summary>Reads a shard's own metadata; a device error makes the shard unreadable (not a verdict on the pool).</summary>

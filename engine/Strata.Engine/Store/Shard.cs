@@ -54,7 +54,19 @@ internal sealed class Shard
     }
 
     public ValueTask ReadDataAsync(long dataOffset, Memory<byte> destination) =>
-        DeviceIo.ReadAsync(Device, Base + Header.DataOffset + dataOffset, destination);
+        Overlay == null ? DeviceIo.ReadAsync(Device, Base + Header.DataOffset + dataOffset, destination) : ReadPatchedAsync(dataOffset, destination);
+
+    /// <summary>
+    /// Bytes served over the device's (a read-only open with deferred writes its replay could not write:
+    /// PoolOpener.OverlayDeferred); null on every writable pool.
+    /// </summary>
+    public DataOverlay? Overlay { get; set; }
+
+    private async ValueTask ReadPatchedAsync(long dataOffset, Memory<byte> destination)
+    {
+        await DeviceIo.ReadAsync(Device, Base + Header.DataOffset + dataOffset, destination).ConfigureAwait(false);
+        Overlay?.Patch(dataOffset, destination.Span);
+    }
 
     public ValueTask WriteDataAsync(long dataOffset, ReadOnlyMemory<byte> source) =>
         DeviceIo.WriteAsync(Device, Base + Header.DataOffset + dataOffset, source);
@@ -65,7 +77,14 @@ internal sealed class Shard
 
     /// <summary>A block table and its chunk right after it, in one device call where the device can (DeviceIo.ReadScatterAsync).</summary>
     public ValueTask ReadDataScatterAsync(long dataOffset, Memory<byte> head, Memory<byte> rest) =>
-        DeviceIo.ReadScatterAsync(Device, Base + Header.DataOffset + dataOffset, head, rest);
+        Overlay == null ? DeviceIo.ReadScatterAsync(Device, Base + Header.DataOffset + dataOffset, head, rest) : ReadScatterPatchedAsync(dataOffset, head, rest);
+
+    private async ValueTask ReadScatterPatchedAsync(long dataOffset, Memory<byte> head, Memory<byte> rest)
+    {
+        await DeviceIo.ReadScatterAsync(Device, Base + Header.DataOffset + dataOffset, head, rest).ConfigureAwait(false);
+        Overlay?.Patch(dataOffset, head.Span);
+        Overlay?.Patch(dataOffset + head.Length, rest.Span);
+    }
 
     /// <summary>
     /// A block table and its chunk right after it, in one device call where the device can; awaited exactly

@@ -22,6 +22,8 @@ public static class NbdBenchmark
           --headroom PCT     Strata's pool: the image plus PCT% of it free for copy-on-write (default 200; writeback
                              writes hold the extents they replaced until the next flush round, a second at most)
           --writeback-flush-ms N  the engine's writeback timer: writes without FUA become durable within N ms
+          --defer-writeback-from SIZE  small writes without FUA into durable chunks of at least SIZE are deferred
+                             writes (logged, flushed, written in place) instead of copies on write (default: none)
                              (StorageEngineOptions.WritebackFlushInterval; default the engine's 1000)
           --chunk-size LIST  Strata image chunk size(s) (default 4K,1M: small chunks suit small random I/O,
                              large ones sequential I/O); one fresh pool and image per size
@@ -308,6 +310,9 @@ internal sealed class NbdBenchOptions
     public required int Headroom { get; init; }
     /// <summary>The engine's writeback timer (StorageEngineOptions.WritebackFlushInterval; null: the engine's default, 1 s).</summary>
     public TimeSpan? WritebackFlush { get; init; }
+
+    /// <summary>StorageEngineOptions.DeferWritebackFromChunkSize (null: the engine's default).</summary>
+    public int? DeferWritebackFrom { get; init; }
     public long PoolSize => ImageSize / 100 * (100 + Headroom);
     public required int Targets { get; init; }
     public required long TargetSize { get; init; }
@@ -387,6 +392,7 @@ internal sealed class NbdBenchOptions
             ImageSize = imageSize,
             Headroom = headroom,
             WritebackFlush = cl.Has("writeback-flush-ms") ? TimeSpan.FromMilliseconds(cl.Int("writeback-flush-ms", 1000)) : null,
+            DeferWritebackFrom = cl.Has("defer-writeback-from") ? checked((int)cl.Bytes("defer-writeback-from", 0)) : null,
             Targets = targets,
             TargetSize = targetSize,
             ChunkSizes = chunks.Select(c => (int)c).ToArray(),

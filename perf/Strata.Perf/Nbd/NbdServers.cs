@@ -74,7 +74,12 @@ internal sealed class StrataNbd : INbdServerUnderTest
             o.Pollers, pollerThreads: 1, o.BusyPollMicros, o.CompletionBatch, o.InterruptPlacement);
         try
         {
-            var engine = await StorageEngine.FormatAsync(devices.Devices, o.WritebackFlush is { } wb ? new StorageEngineOptions { WritebackFlushInterval = wb } : null, force: true);
+            var engineOptions = new StorageEngineOptions();
+            if (o.WritebackFlush is { } wb)
+                engineOptions = engineOptions with { WritebackFlushInterval = wb };
+            if (o.DeferWritebackFrom is { } from)
+                engineOptions = engineOptions with { DeferWritebackFromChunkSize = from };
+            var engine = await StorageEngine.FormatAsync(devices.Devices, engineOptions, force: true);
             // Copy-on-write needs free extents beside the image's chunks (--headroom).
             var pool = await engine.CreatePoolAsync("bench", o.PoolSize, 1, new PoolCreateOptions { MinChunkSize = Math.Min(chunkSize, 64 * 1024) });
             await pool.CreateContainerAsync("c");

@@ -1,0 +1,100 @@
+using Strata.Engine.Pools;
+
+namespace Strata.Engine.Store;
+
+/// <summary>
+/// A deferred write's in-place part (docs/format.md, "Deferred writes"): the block table and the blocks
+/// its ChunkDeferred record logs, to be written over the chunk's extents once the record is durable.
+/// </summary>
+/// <param name="Replicas">The chunk's extents, with the new table's CRC.</param>
+/// <param name="From">Where the blocks start in the chunk (bytes, a multiple of 4 KiB).</param>
+/// <param name="Table">The chunk's whole new block table (4 KiB), written at each extent's start.</param>
+/// <param name="Blocks">The blocks, written after the table at <paramref name="From"/>.</param>
+internal sealed record DeferredWrite(Replica[] Replicas, int From, ReadOnlyMemory<byte> Table, ReadOnlyMemory<byte> Blocks);
+
+internal sealed partial class PoolLog
+{
+    private long _deferredWrites;
+
+    /// <summary>The largest deferred write record a write may log: an eighth of the log (a round takes up to a quarter), so a small log checkpoints between a few of them rather than refusing one.</summary>
+    internal long DeferredRecordRoom => _walLength / 8;
+
+    /// <summary>
+    /// Whether <paramref name="map"/>, a chunk's current mapping, may be a deferred write's base: its record is
+    /// durable and at or below the durable mark the deferred record's batch will carry (or in a checkpoint), so
+    /// replay never drops it as a tail record whose data did not verify and then applies the deferred record,
+    /// which logs only the blocks it touches, over another mapping. A writeback commit's mapping is not, until
+    /// a flush round covered it; nor is any while a dropped target holds the mark back (PoolLog.DropPending).
+    /// The caller holds the chunk's lock.
+    /// </summary>
+    public bool IsDurableBase(ChunkMap map) =>
+        !DropPending && (map.CommitOrdinal == 0 || map.CommitOrdinal <= Volatile.Read(ref _durableOrdinal));
+
+    /// <summary>Deferred writes committed so far (diagnostics and tests).</summary>
+    internal long DeferredWrites => Interlocked.Read(ref _deferredWrites);
+
+    /// <summary>
+    /// Commits a ChunkDeferred record (<paramref name="record"/>) and writes <paramref name="write"/> in place:
+    /// its round flushes (whether or not the write is durable: the extents' durable contents are at stake),
+    /// and only after that flush does the round write the table and the blocks over every replica's extent
+    /// that is not excluded; then it applies the record and acknowledges it. So the record is durable before
+    /// the first byte of the extent changes, and replay writes the blocks again from it after any crash.
+    /// Completes when the blocks are written (not flushed: the record keeps them until a checkpoint, whose
+    /// flush covers them, moves the log's head past it). The caller holds the chunk's exclusive lock
+    /// throughout, so no reader meets the extent between the record's apply and the end of its writes, or
+    /// between those writes and the apply. A failure of the in-place writes fails the round and the pool
+    /// (read-only); the next open writes them again from the record.
+    /// </summary>
+    public Task CommitDeferredAsync(MetaRecord record, DeferredWrite write)
+    {
+        _pool.ThrowIfNotLoggable();
+        MetaRecord[] records = [record];
+        Validate(records);
+        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)) { Deferred = write };
+        lock (_pool.Meta.Sync)
+            QueueLocked(p);
+        Volatile.Read(ref _gathering)?.TrySetResult();
+        Interlocked.Increment(ref _deferredWrites);
+        return p.Done!.Task;
+    }
+
+    /// <summary>
+    /// The in-place writes of the round's deferred writes, after its flush and before it is applied: on every
+    /// replica not on an excluded target, the table at the extent's start and the blocks after it, all at once.
+    /// Any failure fails the round (and so the pool): the extents may be torn, and only the log can repair them.
+    /// </summary>
+    private async ValueTask WriteDeferredAsync(Round round)
+    {
+        var writes = new List<Task>();
+        foreach (var p in round.Batch)
+        {
+            if (p.Deferred is not { } w)
+                continue;
+            foreach (var r in w.Replicas)
+            {
+                if (_pool.IsExcluded(r.Target))
+                    continue;
+                writes.Add(WriteDeferredReplicaAsync(_pool.Shards[r.Target], r.Offset, w));
+            }
+        }
+        try
+        {
+            await Task.WhenAll(writes).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            throw new StoreException(Strata.Interop.Errno.EIO,
+                $"an in-place write of a deferred write in pool '{_pool.Label}' failed after its record was durable; the extent may be torn, so the pool is read-only and its next open writes the blocks again from the log: {e.Message}", e);
+        }
+    }
+
+    /// <summary>One replica's table and blocks: one gathered write when the blocks start at block 0, else two at once.</summary>
+    internal static Task WriteDeferredReplicaAsync(Shard shard, long offset, DeferredWrite w)
+    {
+        if (w.From == 0)
+            return shard.WriteDataGatherPooledAsync(offset, w.Table, w.Blocks).AsTask();
+        return Task.WhenAll(
+            shard.WriteDataAsync(offset, w.Table).AsTask(),
+            shard.WriteDataAsync(offset + ChunkChecksum.TableSize + w.From, w.Blocks).AsTask());
+    }
+}

@@ -1,0 +1,291 @@
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
+
+namespace Strata.Store.Tests;
+
+/// <summary>
+/// Deferred writes (layout 6, docs/format.md "Deferred writes"): a small write into a durable chunk with a
+/// block table logs its blocks and the chunk's new table in a ChunkDeferred record, and only once that record
+/// is durable writes them over the chunk's own extent. A crash at any point leaves the old or the new
+/// contents whole, and once the write was acknowledged, the new; replay writes the blocks again; a rewrite
+/// whose extent left the chunk (and may now hold another chunk) is dropped; a read-only open serves the
+/// blocks from the log.
+/// </summary>
+[TestClass]
+public sealed class DeferredWriteTests
+{
+    private const int KiB = 1024, Block = 4096;
+    private const int Chunk = 64 * KiB;
+    private static readonly StorageEngineOptions NoTimer = new() { WritebackFlushInterval = Timeout.InfiniteTimeSpan };
+
+    private static async Task<(Pool Pool, Image Image, StorageEngine Engine)> CreateAsync(Engine.Device.IBlockDevice dev, long imageSize, int chunkSize = Chunk)
+    {
+        var engine = await StorageEngine.FormatAsync([dev], NoTimer);
+        // A log large enough that no routine checkpoint moves its head past the records these tests crash on.
+        var pool = await engine.CreatePoolAsync("tank", 4L * 1024 * 1024, 1, TestDevices.SmallPool with { WalBytes = 1024 * 1024 });
+        Assert.AreEqual(6u, pool.LayoutVersion);
+        await pool.CreateContainerAsync("c");
+        var image = await pool.CreateImageAsync("c", "v", imageSize, chunkSize);
+        return (pool, image, engine);
+    }
+
+    private static long ExtentOf(Pool pool, Image image, long chunk) => TestHelpers.ReplicaLocations(pool, image, chunk)[0].Offset;
+
+    [TestMethod]
+    public async Task SmallDurableWrite_IntoDurableChunk_WritesInPlace_SameExtentNoCopy()
+    {
+        var dev = new CountingDevice("count0", 16L * 1024 * 1024);
+        var (pool, image, engine) = await CreateAsync(dev, 2 * Chunk);
+        var expect = TestDevices.Pattern(Chunk, 1);
+        await image.WriteAsync(0, expect);
+        long extent = ExtentOf(pool, image, 0);
+        dev.Reset();
+        // An aligned block, two blocks, and a piece whose edges merge with old bytes.
+        (int At, byte[] Data)[] writes = [(5 * Block, TestDevices.Pattern(Block, 2)), (8 * Block, TestDevices.Pattern(2 * Block, 3)), (3 * Block - 100, TestDevices.Pattern(300, 4))];
+        foreach (var (at, data) in writes)
+        {
+            await image.WriteAsync(at, data);
+            data.CopyTo(expect, at);
+        }
+        Assert.AreEqual(3L, pool.Log.DeferredWrites);
+        Assert.AreEqual(extent, ExtentOf(pool, image, 0), "the chunk keeps its extent");
+        // Log batches, tables and blocks: about 20 KiB a write, where three copies on write would write 3 x 68 KiB.
+        long written = dev.Writes.Sum(w => w.Length);
+        Assert.IsTrue(written < 2 * Chunk, $"{written} bytes written for three small writes: no chunk was copied");
+        var back = new byte[Chunk];
+        await image.ReadAsync(0, back);
+        CollectionAssert.AreEqual(expect, back);
+        // Reopened cleanly (the records replayed, their blocks written again: the same bytes).
+        await engine.DisposeAsync();
+        var (again, ras) = await TestDevices.OpenAsync([dev]);
+        await using var _ = again;
+        var p2 = await again.OpenPoolAsync("tank");
+        await p2.OpenImage("c", "v").ReadAsync(0, back);
+        CollectionAssert.AreEqual(expect, back);
+        Assert.IsFalse(ras.Events.Any(e => e.Id is RasIds.DataChecksumMismatch or RasIds.DataUnrecoverable));
+    }
+
+    [TestMethod]
+    public async Task LargeOrWritebackWrites_AreNotDeferred_ByDefault()
+    {
+        var dev = new CountingDevice("count0", 16L * 1024 * 1024);
+        var (pool, image, engine) = await CreateAsync(dev, 2 * Chunk);
+        await using var _ = engine;
+        await image.WriteAsync(0, TestDevices.Pattern(Chunk, 1));
+        // More than a quarter of the chunk: a copy on write.
+        await image.WriteAsync(0, TestDevices.Pattern(Chunk / 2, 2));
+        // Writeback: deferred only from Pool.DeferWritebackFromChunkSize on (off unless set).
+        await image.FlushAsync();
+        await image.WriteAsync(Block, TestDevices.Pattern(Block, 3), durable: false);
+        Assert.AreEqual(0L, pool.Log.DeferredWrites);
+        await image.FlushAsync();
+        pool.DeferWritebackFromChunkSize = Chunk;
+        await image.WriteAsync(2 * Block, TestDevices.Pattern(Block, 4), durable: false);
+        Assert.AreEqual(1L, pool.Log.DeferredWrites);
+    }
+
+    /// <summary>
+    /// A durable chunk, then acknowledged deferred writes (an aligned block, an unaligned piece): their records
+    /// were flushed, their in-place writes (tables and blocks) were not. Every subset of those pending writes,
+    /// and each one torn, must reopen to the last acknowledged contents: replay writes the blocks again.
+    /// </summary>
+    [TestMethod]
+    public async Task AcknowledgedDeferredWrites_AnySubsetOfInPlaceWritesLostOrTorn_ReplayRestoresTheLastContents()
+    {
+        var power = new CrashSwitch();
+        var disk = new CrashDisk("crash0", 16L * 1024 * 1024, power);
+        var (pool, image, _) = await CreateAsync(disk, 2 * Chunk);
+        var now = TestDevices.Pattern(Chunk, 10);
+        await image.WriteAsync(0, now);
+        Assert.AreEqual(0, disk.PendingWrites);
+        var contents = new List<byte[]> { (byte[])now.Clone() };
+        (int At, byte[] Data)[] writes = [(2 * Block, TestDevices.Pattern(Block, 11)), (Block - 60, TestDevices.Pattern(100, 12))];
+        foreach (var (at, data) in writes)
+        {
+            await image.WriteAsync(at, data);
+            data.CopyTo(now, at);
+            contents.Add((byte[])now.Clone());
+        }
+        Assert.AreEqual(2L, pool.Log.DeferredWrites);
+        int n = disk.PendingWrites;
+        Assert.IsTrue(n is >= 2 and <= 8, $"{n} pending writes: the in-place tables and blocks");
+        for (int mask = 0; mask < 1 << n; mask++)
+            Assert.AreEqual(2, await ReopenAsync(disk, contents, (i, _, _) => (mask >> i & 1) != 0 ? PendingFate.Kept : PendingFate.Lost, readOnly: false, $"kept mask {mask:x}"));
+        for (int torn = 0; torn < n; torn++)
+            Assert.AreEqual(2, await ReopenAsync(disk, contents, (i, _, _) => i == torn ? PendingFate.Torn : PendingFate.Kept, readOnly: false, $"write {torn} torn"));
+    }
+
+    /// <summary>
+    /// Power cut at every device command of a deferred write (its log write, the flush, the in-place table and
+    /// blocks), with the unflushed writes kept, lost or torn at random: the chunk holds the old or the new
+    /// contents whole, never a mix and never a checksum error; once the write completed, the new.
+    /// </summary>
+    [TestMethod]
+    public async Task DeferredWrite_PowerCutAtEachCommand_ChunkHoldsOldOrNewWhole()
+    {
+        int cuts = 0;
+        var seen = new HashSet<int>();
+        for (int crashAfter = 1; crashAfter <= 8; crashAfter++)
+        {
+            for (int seed = 0; seed < 6; seed++)
+            {
+                var power = new CrashSwitch();
+                var disk = new CrashDisk("crash0", 16L * 1024 * 1024, power);
+                var (_, image, engine) = await CreateAsync(disk, 2 * Chunk);
+                var old = TestDevices.Pattern(Chunk, 20);
+                await image.WriteAsync(0, old);
+                var piece = TestDevices.Pattern(Block + 512, 21);
+                var @new = (byte[])old.Clone();
+                piece.CopyTo(@new, 3 * Block);
+                power.Reset(crashAfter, rng: new Random(seed));
+                bool acked = false;
+                try
+                {
+                    await image.WriteAsync(3 * Block, piece);
+                    acked = true;
+                }
+                catch (Exception) when (power.Crashed)
+                {
+                }
+                if (!power.Crashed)
+                    power.CutPower();
+                else
+                    cuts++;
+                var after = disk.AfterCrash(new Random(seed), new CrashSwitch());
+                int which = await ReopenAsync(after, [old, @new], (_, _, _) => PendingFate.Kept, readOnly: false, $"crash after {crashAfter} commands, seed {seed}");
+                if (acked)
+                    Assert.AreEqual(1, which, $"crash after {crashAfter}: the acknowledged write was lost");
+                seen.Add(which);
+                await engine.DisposeAsync();
+            }
+        }
+        Assert.IsTrue(cuts > 0, "the power was never cut inside a write");
+        CollectionAssert.AreEquivalent(new[] { 0, 1 }, seen.ToArray(), "crashes left both the old and the new contents");
+    }
+
+    /// <summary>
+    /// A deferred write into chunk 0's extent A, then a whole-chunk write of chunk 0 (a copy on write: A is freed)
+    /// and a write of chunk 1 that takes A. The deferred record is still in the log: replay must not write its
+    /// blocks into A, which now holds chunk 1.
+    /// </summary>
+    [TestMethod]
+    public async Task DeferredRewrite_ExtentReusedByAnotherChunkAfterACopy_IsDropped()
+    {
+        var power = new CrashSwitch();
+        var disk = new CrashDisk("crash0", 16L * 1024 * 1024, power);
+        var (pool, image, _) = await CreateAsync(disk, 2 * Chunk);
+        var c0 = TestDevices.Pattern(Chunk, 30);
+        await image.WriteAsync(0, c0);
+        long a = ExtentOf(pool, image, 0);
+        var piece = TestDevices.Pattern(Block, 31);
+        await image.WriteAsync(Block, piece);
+        Assert.AreEqual(1L, pool.Log.DeferredWrites);
+        c0 = TestDevices.Pattern(Chunk, 32);
+        await image.WriteAsync(0, c0);
+        Assert.AreNotEqual(a, ExtentOf(pool, image, 0), "a whole-chunk write copies on write");
+        // Copies on write of chunk 1 until the allocator's cursor comes round to A (each frees the one before).
+        long checkpoints = pool.Log.Stats.Checkpoints;
+        var c1 = Array.Empty<byte>();
+        for (int i = 0; i < 200 && (c1.Length == 0 || ExtentOf(pool, image, 1) != a); i++)
+        {
+            c1 = TestDevices.Pattern(Chunk, 100 + i);
+            await image.WriteAsync(Chunk, c1);
+        }
+        Assert.AreEqual(a, ExtentOf(pool, image, 1), "chunk 1 took chunk 0's freed extent");
+        Assert.AreEqual(checkpoints, pool.Log.Stats.Checkpoints, "no checkpoint moved the log's head past the deferred record");
+        var after = disk.AfterCrash(new CrashSwitch(), (_, _, _) => PendingFate.Lost);
+        var (engine, ras) = await TestDevices.OpenAsync([after]);
+        await using var _ = engine;
+        var p2 = await engine.OpenPoolAsync("tank");
+        var back = new byte[2 * Chunk];
+        await p2.OpenImage("c", "v").ReadAsync(0, back);
+        CollectionAssert.AreEqual(c0, back.AsSpan(0, Chunk).ToArray(), "chunk 0");
+        CollectionAssert.AreEqual(c1, back.AsSpan(Chunk).ToArray(), "chunk 1: the dropped rewrite left it alone");
+        Assert.IsFalse(ras.Events.Any(e => e.Id is RasIds.DataChecksumMismatch or RasIds.DataUnrecoverable), string.Join("; ", ras.Events.Select(e => e.Message)));
+    }
+
+    /// <summary>
+    /// Acknowledged deferred writes whose in-place writes were lost, opened by a read-only engine: it writes
+    /// nothing, and serves the blocks and the new table from the log (no checksum error, the new contents).
+    /// </summary>
+    [TestMethod]
+    public async Task ReadOnlyOpen_InPlaceWritesLost_ServesTheBlocksFromTheLog_WritesNothing()
+    {
+        var power = new CrashSwitch();
+        var disk = new CrashDisk("crash0", 16L * 1024 * 1024, power);
+        var (pool, image, _) = await CreateAsync(disk, 2 * Chunk);
+        var now = TestDevices.Pattern(Chunk, 40);
+        await image.WriteAsync(0, now);
+        var contents = new List<byte[]> { (byte[])now.Clone() };
+        foreach (var (at, data) in new[] { (0, TestDevices.Pattern(Block, 41)), (7 * Block + 9, TestDevices.Pattern(2000, 42)) })
+        {
+            await image.WriteAsync(at, data);
+            data.CopyTo(now, at);
+        }
+        contents.Add((byte[])now.Clone());
+        Assert.AreEqual(2L, pool.Log.DeferredWrites);
+        Assert.IsTrue(disk.PendingWrites > 0);
+        var lost = disk.AfterCrash(new CrashSwitch(), (_, _, _) => PendingFate.Lost);
+        string before = TestHelpers.Sha256(lost);
+        var (ro, ras) = await TestDevices.OpenAsync([lost], readOnly: true);
+        await using (ro)
+        {
+            var back = new byte[Chunk];
+            await (await ro.OpenPoolAsync("tank")).OpenImage("c", "v").ReadAsync(0, back);
+            CollectionAssert.AreEqual(contents[1], back, "the read-only open serves the logged blocks");
+            Assert.IsFalse(ras.Events.Any(e => e.Id is RasIds.DataChecksumMismatch or RasIds.DataUnrecoverable), string.Join("; ", ras.Events.Select(e => e.Message)));
+        }
+        Assert.AreEqual(before, TestHelpers.Sha256(lost), "a read-only open wrote nothing");
+        // A writable open then writes the blocks in place for good.
+        Assert.AreEqual(1, await ReopenAsync(lost, contents, (_, _, _) => PendingFate.Kept, readOnly: false, "writable"));
+    }
+
+    /// <summary>
+    /// The record's decoder: a payload round-trips; every truncation, and counts forged near 2^31 or that do not
+    /// add up to the payload's length, are refused as corrupt metadata (never an index or arithmetic exception).
+    /// </summary>
+    [TestMethod]
+    public void ChunkDeferredPayload_RoundTrips_TruncatedOrForgedIsCorruptMetadata()
+    {
+        Replica[] replicas = [new(0, 69632, 0xAABBCCDD), new(1, 4096, 0xAABBCCDD)];
+        var crcs = Enumerable.Range(0, 16).Select(i => (uint)(i * 7919)).ToArray();
+        var payload = new byte[MetaRecords.ChunkDeferredLength(2, 16, 2)];
+        int at = MetaRecords.EncodeChunkDeferred(payload, 7, 42, replicas, 3, 2, crcs);
+        TestDevices.Pattern(2 * Block, 5).CopyTo(payload, at);
+        var d = MetaRecords.ReadChunkDeferred(payload);
+        Assert.AreEqual((7u, 42L, 3, 2, at), (d.Image, d.Chunk, d.FirstBlock, d.Blocks, d.BlocksAt));
+        CollectionAssert.AreEqual(replicas, d.Replicas);
+        CollectionAssert.AreEqual(crcs, d.Crcs);
+        for (int n = 0; n < payload.Length; n += n < 200 ? 1 : 997)
+            Assert.ThrowsExactly<CorruptMetadataException>(() => MetaRecords.ReadChunkDeferred(payload.AsSpan(0, n)), $"truncated to {n}");
+        int counts = MetaRecords.ChunkMapLength(replicas);
+        foreach (var (field, value) in new[] { (0, int.MaxValue), (0, -1), (0, 15), (4, 0), (4, 3), (4, int.MaxValue), (8, 0), (8, 17), (8, int.MaxValue), (8, -4) })
+        {
+            var forged = (byte[])payload.Clone();
+            System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(forged.AsSpan(counts + field), value);
+            Assert.ThrowsExactly<CorruptMetadataException>(() => MetaRecords.ReadChunkDeferred(forged), $"field {field} = {value}");
+        }
+    }
+
+    /// <summary>Reopens the disk as a crash with <paramref name="fate"/> leaves it; returns which contents chunk 0 holds.</summary>
+    private static async Task<int> ReopenAsync(CrashDisk disk, List<byte[]> contents, Func<int, long, long, PendingFate> fate, bool readOnly, string what)
+    {
+        var after = disk.AfterCrash(new CrashSwitch(), fate, new Random(7));
+        var ras = new InMemoryRasSink();
+        var engine = await StorageEngine.OpenAsync([after], NoTimer with { Ras = ras, ReadOnly = readOnly });
+        try
+        {
+            var pool = await engine.OpenPoolAsync("tank");
+            var back = new byte[contents[0].Length];
+            await pool.OpenImage("c", "v").ReadAsync(0, back);
+            Assert.IsFalse(ras.Events.Any(e => e.Id is RasIds.DataChecksumMismatch or RasIds.DataUnrecoverable), $"{what}: {string.Join("; ", ras.Events.Select(e => e.Message))}");
+            int which = contents.FindIndex(c => c.AsSpan().SequenceEqual(back));
+            Assert.IsTrue(which >= 0, $"{what}: the chunk holds bytes it never held as a whole");
+            return which;
+        }
+        finally
+        {
+            await engine.DisposeAsync();
+        }
+    }
+}
