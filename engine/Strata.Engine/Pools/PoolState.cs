@@ -112,13 +112,13 @@ public sealed class PoolState
     /// </summary>
     internal void Apply(MetaRecord record, ulong seq)
     {
-        if (record.Map is not { } map || record.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkMapBlocks))
+        if (record.Map is not { } map || record.Type is not (MetaRecordType.ChunkMap or MetaRecordType.ChunkMapBlocks or MetaRecordType.ChunkDeferred))
         {
             Apply(new WalRecord(seq, (ushort)record.Type, record.Flags, record.Payload));
             return;
         }
         System.Diagnostics.Debug.Assert(MetaRecords.ReadChunkMap(record.Payload).Replicas.AsSpan().SequenceEqual(map.Replicas), "an installed map is the one the payload encodes");
-        System.Diagnostics.Debug.Assert(map.Blocks == (record.Type == MetaRecordType.ChunkMapBlocks) && map.Moving == null, "an installed map has the record's form");
+        System.Diagnostics.Debug.Assert(map.Blocks == (record.Type != MetaRecordType.ChunkMap) && map.Moving == null, "an installed map has the record's form");
         uint id = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(record.Payload);
         long chunk = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(record.Payload.AsSpan(4));
         var img = Images.TryGetValue(id, out var i) ? i : throw new CorruptMetadataException($"WAL record {seq} refers to unknown image {id}");
@@ -202,8 +202,9 @@ public sealed class PoolState
             }
             case MetaRecordType.ChunkDeferred:
             {
-                // The mapping alone (the same extents, the new table's CRC); the blocks are the writer's, or replay's, to write in place.
-                var (image, chunk, replicas, _, _, _, _) = MetaRecords.ReadChunkDeferred(rec.Payload);
+                // The mapping alone (the same extents, the new table's CRC); the blocks are the writer's, or replay's,
+                // to write in place (replay checks the rest of the payload: PoolOpener.DeferredRewrites.Add).
+                var (image, chunk, replicas) = MetaRecords.ReadChunkMap(rec.Payload);
                 Image(image, rec).Chunks.Install(chunk, new ChunkMap(replicas, null, Blocks: true));
                 break;
             }

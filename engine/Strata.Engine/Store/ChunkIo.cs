@@ -644,7 +644,8 @@ internal sealed class ChunkIo(Pool pool)
     /// holds the chunk's exclusive lock throughout. Returns false, having logged nothing, when the old table or
     /// the edge blocks do not verify (the copy on write reads, reports and repairs them).
     /// </summary>
-    private async Task<bool> TryWriteDeferredAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, ChunkMap old)
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> TryWriteDeferredAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, ChunkMap old)
     {
         const int T = ChunkChecksum.TableSize, B = ChunkChecksum.BlockSize;
         int cs = meta.ChunkSize, n = cs / B;
@@ -653,24 +654,33 @@ internal sealed class ChunkIo(Pool pool)
         if (current == null)
             return false;
         int rf = old.Replicas.Length;
-        // The record's payload holds the blocks: they are merged there and written in place from there.
-        var payload = new byte[MetaRecords.ChunkDeferredLength(rf, n, length / B)];
+        // The record's payload holds the blocks: they are merged there and written in place from there. Its array
+        // and the table's go back to their pools only once the commit succeeded: a round that failed after an
+        // earlier one may still be writing them (PoolLog.CompleteLoopAsync does not wait for it).
+        var payload = DeferredPayloads.Rent(MetaRecords.ChunkDeferredLength(rf, n, length / B));
         var blocks = payload.AsMemory(payload.Length - length, length);
         var table = System.Buffers.ArrayPool<byte>.Shared.Rent(T);
         var newCrcs = System.Buffers.ArrayPool<uint>.Shared.Rent(n);
+        bool committed = false;
         try
         {
             if ((from, length) != (within, data.Length) && !await ReadBlocksAsync(old, current, from, blocks).ConfigureAwait(false))
+            {
+                committed = true; // nothing was enqueued: the arrays are free
                 return false;
+            }
             data.Span.CopyTo(blocks.Span[(within - from)..]);
             current.AsSpan(0, n).CopyTo(newCrcs);
             uint crc = TableWithBlocks(meta, index, newCrcs.AsSpan(0, n), from, blocks.Span, table.AsSpan(0, T));
-            var replicas = new Replica[rf];
+            // The new mapping, made for this write (the state installs it: PoolState.Apply(MetaRecord, ulong)).
+            var map = pool.MapSpares.Rent(rf, blocks: true);
+            var replicas = map.Replicas;
             for (int r = 0; r < rf; r++)
                 replicas[r] = old.Replicas[r] with { Crc = crc };
             MetaRecords.EncodeChunkDeferred(payload, meta.Id, index, replicas, from / B, length / B, newCrcs.AsSpan(0, n));
-            await pool.Log.CommitDeferredAsync(new MetaRecord(MetaRecordType.ChunkDeferred, payload),
+            await pool.Log.CommitDeferredAsync(new MetaRecord(MetaRecordType.ChunkDeferred, payload) { Map = map },
                 new DeferredWrite(replicas, from, table.AsMemory(0, T), blocks)).ConfigureAwait(false);
+            committed = true;
             // Under the chunk's exclusive lock: the cached array takes the new CRCs (as after an in-place write).
             var touched = new Range(from / B, (from + length) / B);
             newCrcs.AsSpan(touched).CopyTo(current.AsSpan(touched));
@@ -679,10 +689,17 @@ internal sealed class ChunkIo(Pool pool)
         }
         finally
         {
-            System.Buffers.ArrayPool<byte>.Shared.Return(table);
             System.Buffers.ArrayPool<uint>.Shared.Return(newCrcs);
+            if (committed)
+            {
+                System.Buffers.ArrayPool<byte>.Shared.Return(table);
+                DeferredPayloads.Return(payload);
+            }
         }
     }
+
+    /// <summary>Deferred writes' record payloads, reused by length (a record's payload is an array of exactly its length).</summary>
+    private static readonly ExactArrays DeferredPayloads = new();
 
     /// <summary>The cached block CRCs of any of the mapping's replicas, or null.</summary>
     private uint[]? CachedTable(ChunkMap map)
@@ -785,7 +802,7 @@ internal sealed class ChunkIo(Pool pool)
     /// per write on the many-replica path (perf nbd --chunk-size 1M --rows randwrite-4k --strata-io direct --alloc-types).
     /// </summary>
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
-    private static async ValueTask WriteTwoAsync(Shard shard, long first, ReadOnlyMemory<byte> a, long second, ReadOnlyMemory<byte> b)
+    internal static async ValueTask WriteTwoAsync(Shard shard, long first, ReadOnlyMemory<byte> a, long second, ReadOnlyMemory<byte> b)
     {
         var head = shard.WriteDataPooledAsync(first, a);
         var rest = shard.WriteDataPooledAsync(second, b);

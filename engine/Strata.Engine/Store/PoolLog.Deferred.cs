@@ -65,36 +65,49 @@ internal sealed partial class PoolLog
     /// </summary>
     private async ValueTask WriteDeferredAsync(Round round)
     {
-        var writes = new List<Task>();
+        // Pooled writes, each awaited exactly once: all started, then awaited in turn (no task per write).
+        int count = 0;
         foreach (var p in round.Batch)
-        {
-            if (p.Deferred is not { } w)
-                continue;
-            foreach (var r in w.Replicas)
-            {
-                if (_pool.IsExcluded(r.Target))
-                    continue;
-                writes.Add(WriteDeferredReplicaAsync(_pool.Shards[r.Target], r.Offset, w));
-            }
-        }
+            if (p.Deferred is { } w)
+                count += w.Replicas.Length;
+        var writes = System.Buffers.ArrayPool<ValueTask>.Shared.Rent(count);
+        int started = 0;
+        Exception? failed = null;
         try
         {
-            await Task.WhenAll(writes).ConfigureAwait(false);
+            foreach (var p in round.Batch)
+            {
+                if (p.Deferred is not { } w)
+                    continue;
+                foreach (var r in w.Replicas)
+                    if (!_pool.IsExcluded(r.Target))
+                        writes[started++] = WriteDeferredReplicaAsync(_pool.Shards[r.Target], r.Offset, w);
+            }
         }
         catch (Exception e)
         {
-            throw new StoreException(Strata.Interop.Errno.EIO,
-                $"an in-place write of a deferred write in pool '{_pool.Label}' failed after its record was durable; the extent may be torn, so the pool is read-only and its next open writes the blocks again from the log: {e.Message}", e);
+            failed = e;
         }
+        for (int i = 0; i < started; i++)
+        {
+            try
+            {
+                await writes[i].ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                failed ??= e;
+            }
+        }
+        System.Buffers.ArrayPool<ValueTask>.Shared.Return(writes, clearArray: true);
+        if (failed != null)
+            throw new StoreException(Strata.Interop.Errno.EIO,
+                $"an in-place write of a deferred write in pool '{_pool.Label}' failed after its record was durable; the extent may be torn, so the pool is read-only and its next open writes the blocks again from the log: {failed.Message}", failed);
     }
 
-    /// <summary>One replica's table and blocks: one gathered write when the blocks start at block 0, else two at once.</summary>
-    internal static Task WriteDeferredReplicaAsync(Shard shard, long offset, DeferredWrite w)
-    {
-        if (w.From == 0)
-            return shard.WriteDataGatherPooledAsync(offset, w.Table, w.Blocks).AsTask();
-        return Task.WhenAll(
-            shard.WriteDataAsync(offset, w.Table).AsTask(),
-            shard.WriteDataAsync(offset + ChunkChecksum.TableSize + w.From, w.Blocks).AsTask());
-    }
+    /// <summary>One replica's table and blocks: one gathered write when the blocks start at block 0, else two at once (pooled: awaited exactly once).</summary>
+    internal static ValueTask WriteDeferredReplicaAsync(Shard shard, long offset, DeferredWrite w) =>
+        w.From == 0
+            ? shard.WriteDataGatherPooledAsync(offset, w.Table, w.Blocks)
+            : ChunkIo.WriteTwoAsync(shard, offset, w.Table, offset + ChunkChecksum.TableSize + w.From, w.Blocks);
 }

@@ -22,9 +22,9 @@ public static class NbdBenchmark
           --headroom PCT     Strata's pool: the image plus PCT% of it free for copy-on-write (default 200; writeback
                              writes hold the extents they replaced until the next flush round, a second at most)
           --writeback-flush-ms N  the engine's writeback timer: writes without FUA become durable within N ms
+                             (StorageEngineOptions.WritebackFlushInterval; default the engine's 1000)
           --defer-writeback-from SIZE  small writes without FUA into durable chunks of at least SIZE are deferred
                              writes (logged, flushed, written in place) instead of copies on write (default: none)
-                             (StorageEngineOptions.WritebackFlushInterval; default the engine's 1000)
           --chunk-size LIST  Strata image chunk size(s) (default 4K,1M: small chunks suit small random I/O,
                              large ones sequential I/O); one fresh pool and image per size
           --runtime SEC      measured seconds per row per server (default 10; after 1 s fio ramp)

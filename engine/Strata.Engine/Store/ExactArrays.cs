@@ -1,0 +1,25 @@
+using System.Collections.Concurrent;
+
+namespace Strata.Engine.Store;
+
+/// <summary>
+/// Byte arrays of exact lengths, reused: for payloads whose length is the array's (a log record's), which
+/// ArrayPool's power-of-two buckets cannot give. A few lengths recur (a deferred write's record length
+/// follows from its chunk size, replica count and block count), so each keeps a small queue.
+/// </summary>
+internal sealed class ExactArrays(int perLength = 256)
+{
+    private readonly ConcurrentDictionary<int, ConcurrentQueue<byte[]>> _byLength = new();
+
+    public byte[] Rent(int length) =>
+        _byLength.TryGetValue(length, out var q) && q.TryDequeue(out var a) ? a : new byte[length];
+
+    /// <summary>Gives an array back; dropped when its length already keeps <c>perLength</c> of them, or too many lengths are kept.</summary>
+    public void Return(byte[] array)
+    {
+        var q = _byLength.TryGetValue(array.Length, out var found) ? found
+            : _byLength.Count < 64 ? _byLength.GetOrAdd(array.Length, _ => new ConcurrentQueue<byte[]>()) : null;
+        if (q != null && q.Count < perLength)
+            q.Enqueue(array);
+    }
+}
