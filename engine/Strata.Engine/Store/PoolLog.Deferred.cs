@@ -1,3 +1,4 @@
+using Strata.Interop;
 using Strata.Engine.Pools;
 
 namespace Strata.Engine.Store;
@@ -61,7 +62,10 @@ internal sealed partial class PoolLog
     /// <summary>
     /// The in-place writes of the round's deferred writes, after its flush and before it is applied: on every
     /// replica not on an excluded target, the table at the extent's start and the blocks after it, all at once.
-    /// Any failure fails the round (and so the pool): the extents may be torn, and only the log can repair them.
+    /// A replica whose write fails on its device, where another replica of the same write was written, takes
+    /// its target out of the pool as a failed replica write of new data does (<see cref="TryDropShard"/>: reads
+    /// avoid it from now on, acknowledgements wait for the exclusion's checkpoint). Any other failure fails the
+    /// round, and so the pool: the extents may be torn, and only the log can repair them.
     /// </summary>
     private async ValueTask WriteDeferredAsync(Round round)
     {
@@ -71,8 +75,11 @@ internal sealed partial class PoolLog
             if (p.Deferred is { } w)
                 count += w.Replicas.Length;
         var writes = System.Buffers.ArrayPool<ValueTask>.Shared.Rent(count);
-        int started = 0;
+        // Per write started: its deferred write's number in the round and its target.
+        var owners = System.Buffers.ArrayPool<(int Write, int Target)>.Shared.Rent(count);
+        int started = 0, deferred = 0;
         Exception? failed = null;
+        List<(int Write, int Target, Exception Error)>? replicaErrors = null;
         try
         {
             foreach (var p in round.Batch)
@@ -80,8 +87,14 @@ internal sealed partial class PoolLog
                 if (p.Deferred is not { } w)
                     continue;
                 foreach (var r in w.Replicas)
-                    if (!_pool.IsExcluded(r.Target))
-                        writes[started++] = WriteDeferredReplicaAsync(_pool.Shards[r.Target], r.Offset, w);
+                {
+                    if (_pool.IsExcluded(r.Target))
+                        continue;
+                    owners[started] = (deferred, r.Target);
+                    writes[started] = WriteDeferredReplicaAsync(_pool.Shards[r.Target], r.Offset, w);
+                    started++;
+                }
+                deferred++;
             }
         }
         catch (Exception e)
@@ -96,12 +109,37 @@ internal sealed partial class PoolLog
             }
             catch (Exception e)
             {
-                failed ??= e;
+                (replicaErrors ??= []).Add((owners[i].Write, owners[i].Target, e));
             }
         }
+        if (replicaErrors != null && failed == null)
+        {
+            // Survived only if every deferred write with a failed replica has one written, and each failed
+            // target can leave the pool (rf 2 or more, no chunk only there, not the last log shard).
+            var written = new HashSet<int>();
+            for (int i = 0; i < started; i++)
+                if (!replicaErrors.Exists(x => x.Write == owners[i].Write && x.Target == owners[i].Target))
+                    written.Add(owners[i].Write);
+            foreach (var (write, target, error) in replicaErrors)
+            {
+                if (!written.Contains(write) || error is not DeviceException d || !TryDropShard(target, d))
+                {
+                    failed = error;
+                    break;
+                }
+                _pool.Ras.Emit(new RasEvent(RasIds.DataWriteFailed, RasSeverity.Error, RasType.InfoOnly,
+                    $"pool '{_pool.Label}': the in-place write of a deferred write failed on target {target}: {d.Message}; the other replicas were written and the target leaves the pool",
+                    Pool: _pool.Label, Target: target, Device: d.Device));
+            }
+        }
+        else if (replicaErrors != null)
+        {
+            failed ??= replicaErrors[0].Error;
+        }
         System.Buffers.ArrayPool<ValueTask>.Shared.Return(writes, clearArray: true);
+        System.Buffers.ArrayPool<(int, int)>.Shared.Return(owners);
         if (failed != null)
-            throw new StoreException(Strata.Interop.Errno.EIO,
+            throw new StoreException(Errno.EIO,
                 $"an in-place write of a deferred write in pool '{_pool.Label}' failed after its record was durable; the extent may be torn, so the pool is read-only and its next open writes the blocks again from the log: {failed.Message}", failed);
     }
 
