@@ -85,6 +85,41 @@ public sealed class DeferredWriteTests
     }
 
     /// <summary>
+    /// A deferred write needs a durable base mapping (PoolLog.IsDurableBase): into a chunk whose mapping is a
+    /// writeback copy on write no flush covers yet, a small durable write copies on write; once a flush
+    /// covered the mapping, the next one is deferred.
+    /// </summary>
+    [TestMethod]
+    public async Task SmallDurableWrite_IntoAnUnflushedWritebackMapping_CopiesOnWrite_AfterAFlushIsDeferred()
+    {
+        var dev = new CountingDevice("count0", 16L * 1024 * 1024);
+        var (pool, image, engine) = await CreateAsync(dev, 2 * Chunk);
+        await using var _ = engine;
+        var expect = TestDevices.Pattern(Chunk, 60);
+        await image.WriteAsync(0, expect);
+        // A writeback copy on write (more than a quarter of the chunk): its mapping is not durable yet.
+        var half = TestDevices.Pattern(Chunk / 2, 61);
+        await image.WriteAsync(0, half, durable: false);
+        half.CopyTo(expect, 0);
+        long unflushed = ExtentOf(pool, image, 0);
+        var one = TestDevices.Pattern(Block, 62);
+        await image.WriteAsync(9 * Block, one);
+        one.CopyTo(expect, 9 * Block);
+        Assert.AreEqual(0L, pool.Log.DeferredWrites, "not deferred over a mapping no flush covers");
+        Assert.AreNotEqual(unflushed, ExtentOf(pool, image, 0), "copied on write");
+        // That durable write's own mapping is durable: the next small write is deferred, in place.
+        long durableExtent = ExtentOf(pool, image, 0);
+        var two = TestDevices.Pattern(Block, 63);
+        await image.WriteAsync(3 * Block, two);
+        two.CopyTo(expect, 3 * Block);
+        Assert.AreEqual(1L, pool.Log.DeferredWrites);
+        Assert.AreEqual(durableExtent, ExtentOf(pool, image, 0));
+        var back = new byte[Chunk];
+        await image.ReadAsync(0, back);
+        CollectionAssert.AreEqual(expect, back);
+    }
+
+    /// <summary>
     /// A durable chunk, then acknowledged deferred writes (an aligned block, an unaligned piece): their records
     /// were flushed, their in-place writes (tables and blocks) were not. Every subset of those pending writes,
     /// and each one torn, must reopen to the last acknowledged contents: replay writes the blocks again.
