@@ -165,7 +165,11 @@ internal sealed partial class PoolLog
         ArmWritebackFlush();
     }
 
-    /// <summary>Applies a writeback chunk-map record and marks the new mapping with its commit's ordinal, or 0: not to be overwritten in place (under the state's lock).</summary>
+    /// <summary>
+    /// Applies a writeback chunk-map record and marks the new mapping with its commit's ordinal (<paramref name="commit"/>:
+    /// not durable until a flush round covers it) and with <paramref name="ordinal"/>, the same or 0: not to be
+    /// overwritten in place (under the state's lock).
+    /// </summary>
     private void ApplyWritebackLocked(MetaRecord r, long ordinal, long commit)
     {
         var state = _pool.Meta;
