@@ -678,8 +678,7 @@ internal sealed class ChunkIo(Pool pool)
             for (int r = 0; r < rf; r++)
                 replicas[r] = old.Replicas[r] with { Crc = crc };
             MetaRecords.EncodeChunkDeferred(payload, meta.Id, index, replicas, from / B, length / B, newCrcs.AsSpan(0, n));
-            await pool.Log.CommitDeferredAsync(new MetaRecord(MetaRecordType.ChunkDeferred, payload) { Map = map },
-                new DeferredWrite(replicas, from, table.AsMemory(0, T), blocks)).ConfigureAwait(false);
+            await pool.Log.CommitDeferredAsync(payload, map, from, table.AsMemory(0, T), blocks).ConfigureAwait(false);
             committed = true;
             // Under the chunk's exclusive lock: the cached array takes the new CRCs (as after an in-place write).
             var touched = new Range(from / B, (from + length) / B);

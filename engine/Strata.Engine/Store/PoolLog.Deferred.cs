@@ -11,7 +11,35 @@ namespace Strata.Engine.Store;
 /// <param name="From">Where the blocks start in the chunk (bytes, a multiple of 4 KiB).</param>
 /// <param name="Table">The chunk's whole new block table (4 KiB), written at each extent's start.</param>
 /// <param name="Blocks">The blocks, written after the table at <paramref name="From"/>.</param>
-internal sealed record DeferredWrite(Replica[] Replicas, int From, ReadOnlyMemory<byte> Table, ReadOnlyMemory<byte> Blocks);
+internal sealed class DeferredWrite
+{
+    public DeferredWrite()
+    {
+    }
+
+    public DeferredWrite(Replica[] replicas, int from, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> blocks) => Set(replicas, from, table, blocks);
+
+    public Replica[] Replicas { get; private set; } = [];
+
+    public int From { get; private set; }
+
+    public ReadOnlyMemory<byte> Table { get; private set; }
+
+    public ReadOnlyMemory<byte> Blocks { get; private set; }
+
+    /// <summary>Fills it (a pooled commit's, reused); returns it.</summary>
+    public DeferredWrite Set(Replica[] replicas, int from, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> blocks)
+    {
+        Replicas = replicas;
+        From = from;
+        Table = table;
+        Blocks = blocks;
+        return this;
+    }
+
+    /// <summary>Lets go of the writer's arrays (a pooled commit given back).</summary>
+    public void Clear() => Set([], 0, default, default);
+}
 
 internal sealed partial class PoolLog
 {
@@ -46,17 +74,32 @@ internal sealed partial class PoolLog
     /// between those writes and the apply. A failure of the in-place writes fails the round and the pool
     /// (read-only); the next open writes them again from the record.
     /// </summary>
-    public Task CommitDeferredAsync(MetaRecord record, DeferredWrite write)
+    /// <remarks>
+    /// The record is <paramref name="payload"/> (a ChunkDeferred payload naming <paramref name="map"/>'s replicas,
+    /// made for this write: the state installs <paramref name="map"/>); the in-place part is <paramref name="table"/>
+    /// and <paramref name="blocks"/> (<paramref name="from"/> bytes into the chunk). The commit is pooled (no
+    /// allocation per write); the ValueTask is awaited exactly once. The caller's arrays stay in use until it completes.
+    /// </remarks>
+    public ValueTask CommitDeferredAsync(byte[] payload, ChunkMap map, int from, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> blocks)
     {
         _pool.ThrowIfNotLoggable();
-        MetaRecord[] records = [record];
-        Validate(records);
-        var p = new Pending(records, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)) { Deferred = write };
-        lock (_pool.Meta.Sync)
-            QueueLocked(p);
+        if (payload.Length > WalFormat.MaxPayload || WalFormat.EncodedLength(payload.Length) > _walLength / 4)
+            throw new InvalidRequestException($"a deferred write's record of {payload.Length} bytes does not fit the {_walLength}-byte log");
+        var p = RentPooled();
+        p.ReuseDeferred(payload, map, from, table, blocks);
+        try
+        {
+            lock (_pool.Meta.Sync)
+                QueueLocked(p);
+        }
+        catch
+        {
+            p.Abandon();
+            throw;
+        }
         Volatile.Read(ref _gathering)?.TrySetResult();
         Interlocked.Increment(ref _deferredWrites);
-        return p.Done!.Task;
+        return new ValueTask(p, p.Version);
     }
 
     /// <summary>

@@ -88,7 +88,10 @@ internal sealed partial class PoolLog
         /// </summary>
         public bool InPlace { get; private set; }
         /// <summary>A deferred write's in-place part (<see cref="CommitDeferredAsync"/>): its round writes it after its flush, before it applies the record.</summary>
-        public DeferredWrite? Deferred { get; init; }
+        public DeferredWrite? Deferred { get; private set; }
+
+        /// <summary>A pooled commit's own in-place part, reused by its deferred writes (<see cref="ReuseDeferred"/>).</summary>
+        private DeferredWrite? _deferredPart;
         /// <summary>Where the record sits in its round's log buffer, and its sequence (to void it).</summary>
         public int Pos, Length;
         public ulong Seq;
@@ -137,6 +140,31 @@ internal sealed partial class PoolLog
             _done.RunContinuationsAsynchronously = false;
         }
 
+        /// <summary>
+        /// Readies a pooled commit for a deferred write's ChunkDeferred record (<paramref name="payload"/>, the
+        /// caller's), whose mapping takes <paramref name="map"/>, and its in-place part; two holders: the writer
+        /// (after it took the result) and the log (once its round is done).
+        /// </summary>
+        public void ReuseDeferred(byte[] payload, ChunkMap map, int from, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> blocks)
+        {
+            var record = Records![0];
+            record.Payload = payload;
+            record.Type = MetaRecordType.ChunkDeferred;
+            record.Map = map;
+            Deferred = (_deferredPart ??= new DeferredWrite()).Set(map.Replicas, from, table, blocks);
+            Applied = false;
+            InPlace = false;
+            Data = null;
+            Ordinal = 0;
+            Pos = Length = 0;
+            Seq = 0;
+            DataError = null;
+            _completed = 0;
+            _holders = 2;
+            _done.Reset();
+            _done.RunContinuationsAsynchronously = false;
+        }
+
         public short Version => _done.Version;
 
         public void Succeed()
@@ -161,6 +189,13 @@ internal sealed partial class PoolLog
             if (_owner == null || Interlocked.Decrement(ref _holders) != 0)
                 return;
             Records![0].Map = null;
+            if (Deferred != null)
+            {
+                // A deferred write's payload is its writer's (back to its pool once it succeeded): not this record's to reuse.
+                Records[0].Payload = [];
+                Deferred.Clear();
+                Deferred = null;
+            }
             _owner.ReturnSpare(this);
         }
 
@@ -216,6 +251,14 @@ internal sealed partial class PoolLog
 
     private Pending RentSpare(uint image, long chunk, ChunkMap map, bool writeback = false, bool inPlace = false)
     {
+        var p = RentPooled();
+        p.Reuse(image, chunk, map, writeback, inPlace);
+        return p;
+    }
+
+    /// <summary>A pooled commit, spare or new, not yet readied (<see cref="Pending.Reuse"/>, <see cref="Pending.ReuseDeferred"/>).</summary>
+    private Pending RentPooled()
+    {
         if (_spares.TryDequeue(out var p))
         {
             Interlocked.Decrement(ref _spareCount);
@@ -225,7 +268,6 @@ internal sealed partial class PoolLog
             p = new Pending(this);
             Interlocked.Increment(ref _pooledCreated);
         }
-        p.Reuse(image, chunk, map, writeback, inPlace);
         return p;
     }
 
