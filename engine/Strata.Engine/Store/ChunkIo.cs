@@ -596,13 +596,7 @@ internal sealed class ChunkIo(Pool pool)
                 pool.Log.EndInPlace();
             }
             if (crcs != null)
-            {
-                // Under the chunk's exclusive lock: no reader holds the cached array now, and the next one
-                // finds it under the new replicas (no array per write, issue 17).
-                var touchedCrcs = new Range(from / ChunkChecksum.BlockSize, (from + length) / ChunkChecksum.BlockSize);
-                newCrcs.AsSpan(touchedCrcs).CopyTo(crcs.AsSpan(touchedCrcs));
-                pool.Tables.Replace(old.Replicas, replicas, crcs);
-            }
+                KeepTouchedCrcs(old.Replicas, replicas, crcs, newCrcs!, from, length);
             return true;
         }
         finally
@@ -661,12 +655,13 @@ internal sealed class ChunkIo(Pool pool)
         var blocks = payload.AsMemory(payload.Length - length, length);
         var table = System.Buffers.ArrayPool<byte>.Shared.Rent(T);
         var newCrcs = System.Buffers.ArrayPool<uint>.Shared.Rent(n);
-        bool committed = false;
+        // Whether the arrays may go back: nothing was enqueued, or the commit succeeded.
+        bool arraysFree = false;
         try
         {
             if ((from, length) != (within, data.Length) && !await ReadBlocksAsync(old, current, from, blocks).ConfigureAwait(false))
             {
-                committed = true; // nothing was enqueued: the arrays are free
+                arraysFree = true;
                 return false;
             }
             data.Span.CopyTo(blocks.Span[(within - from)..]);
@@ -679,17 +674,14 @@ internal sealed class ChunkIo(Pool pool)
                 replicas[r] = old.Replicas[r] with { Crc = crc };
             MetaRecords.EncodeChunkDeferred(payload, meta.Id, index, replicas, from / B, length / B, newCrcs.AsSpan(0, n));
             await pool.Log.CommitDeferredAsync(payload, map, from, table.AsMemory(0, T), blocks).ConfigureAwait(false);
-            committed = true;
-            // Under the chunk's exclusive lock: the cached array takes the new CRCs (as after an in-place write).
-            var touched = new Range(from / B, (from + length) / B);
-            newCrcs.AsSpan(touched).CopyTo(current.AsSpan(touched));
-            pool.Tables.Replace(old.Replicas, replicas, current);
+            arraysFree = true;
+            KeepTouchedCrcs(old.Replicas, replicas, current, newCrcs, from, length);
             return true;
         }
         finally
         {
             System.Buffers.ArrayPool<uint>.Shared.Return(newCrcs);
-            if (committed)
+            if (arraysFree)
             {
                 System.Buffers.ArrayPool<byte>.Shared.Return(table);
                 DeferredPayloads.Return(payload);
@@ -699,6 +691,19 @@ internal sealed class ChunkIo(Pool pool)
 
     /// <summary>Deferred writes' record payloads, reused by length (a record's payload is an array of exactly its length).</summary>
     private static readonly ExactArrays DeferredPayloads = new();
+
+    /// <summary>
+    /// After a write over the chunk's own extents (in place, or deferred): the cached table array
+    /// <paramref name="cached"/> takes the new CRCs of the blocks [<paramref name="from"/>, from + <paramref name="length"/>)
+    /// from <paramref name="newCrcs"/> and is cached under the new replicas. Under the chunk's exclusive lock: no
+    /// reader holds the array now, and the next one finds it under the new replicas (no array per write, issue 17).
+    /// </summary>
+    private void KeepTouchedCrcs(Replica[] superseded, Replica[] replicas, uint[] cached, uint[] newCrcs, int from, int length)
+    {
+        var touched = new Range(from / ChunkChecksum.BlockSize, (from + length) / ChunkChecksum.BlockSize);
+        newCrcs.AsSpan(touched).CopyTo(cached.AsSpan(touched));
+        pool.Tables.Replace(superseded, replicas, cached);
+    }
 
     /// <summary>The cached block CRCs of any of the mapping's replicas, or null.</summary>
     private uint[]? CachedTable(ChunkMap map)
@@ -783,17 +788,27 @@ internal sealed class ChunkIo(Pool pool)
         {
             var one = replicas[0];
             var shard = pool.Shards[one.Target];
-            // The whole chunk, [table | blocks from block 0], or the table and then the blocks from block 0 apart.
+            if (!table.IsEmpty)
+                return WriteTableAndBlocksAsync(shard, one.Offset, from, table, bytes);
+            // The whole chunk, or [table | blocks from block 0].
             if (!blocks || from == 0)
-                return table.IsEmpty ? shard.WriteDataPooledAsync(one.Offset, bytes) : WriteApartAsync(shard, one.Offset, table, bytes);
+                return shard.WriteDataPooledAsync(one.Offset, bytes);
             // Blocks further in (a 4 KiB write into a larger chunk): the table and the blocks, two writes at once.
             const int T = ChunkChecksum.TableSize;
-            return table.IsEmpty
-                ? WriteTwoAsync(shard, one.Offset, bytes[..T], one.Offset + T + from, bytes[T..])
-                : WriteTwoAsync(shard, one.Offset, table, one.Offset + T + from, bytes);
+            return WriteTwoAsync(shard, one.Offset, bytes[..T], one.Offset + T + from, bytes[T..]);
         }
         return WriteInPlaceManyAsync(replicas, blocks, from, table, bytes, meta, at);
     }
+
+    /// <summary>
+    /// A block table and blocks apart over one replica's extent at <paramref name="offset"/>: the table at its
+    /// start, the blocks <paramref name="from"/> bytes into the chunk after it; one gathered write when they are
+    /// adjacent (from 0), else two at once. Pooled: awaited exactly once. An in-place write and a deferred
+    /// write's round (PoolLog.WriteDeferredAsync) and replay's rewrite all write so.
+    /// </summary>
+    internal static ValueTask WriteTableAndBlocksAsync(Shard shard, long offset, int from, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> blocks) =>
+        from == 0 ? WriteApartAsync(shard, offset, table, blocks)
+            : WriteTwoAsync(shard, offset, table, offset + ChunkChecksum.TableSize + from, blocks);
 
     /// <summary>
     /// Two writes to one replica's extent at once; completes when both have (a failure of either is thrown once
@@ -801,7 +816,7 @@ internal sealed class ChunkIo(Pool pool)
     /// per write on the many-replica path (perf nbd --chunk-size 1M --rows randwrite-4k --strata-io direct --alloc-types).
     /// </summary>
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
-    internal static async ValueTask WriteTwoAsync(Shard shard, long first, ReadOnlyMemory<byte> a, long second, ReadOnlyMemory<byte> b)
+    private static async ValueTask WriteTwoAsync(Shard shard, long first, ReadOnlyMemory<byte> a, long second, ReadOnlyMemory<byte> b)
     {
         var head = shard.WriteDataPooledAsync(first, a);
         var rest = shard.WriteDataPooledAsync(second, b);

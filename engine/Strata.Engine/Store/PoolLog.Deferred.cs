@@ -5,26 +5,21 @@ namespace Strata.Engine.Store;
 
 /// <summary>
 /// A deferred write's in-place part (docs/format.md, "Deferred writes"): the block table and the blocks
-/// its ChunkDeferred record logs, to be written over the chunk's extents once the record is durable.
+/// its ChunkDeferred record logs, to be written over the chunk's extents once the record is durable. A pooled
+/// commit's own, reused (PoolLog.Pending.ReuseDeferred).
 /// </summary>
-/// <param name="Replicas">The chunk's extents, with the new table's CRC.</param>
-/// <param name="From">Where the blocks start in the chunk (bytes, a multiple of 4 KiB).</param>
-/// <param name="Table">The chunk's whole new block table (4 KiB), written at each extent's start.</param>
-/// <param name="Blocks">The blocks, written after the table at <paramref name="From"/>.</param>
 internal sealed class DeferredWrite
 {
-    public DeferredWrite()
-    {
-    }
-
-    public DeferredWrite(Replica[] replicas, int from, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> blocks) => Set(replicas, from, table, blocks);
-
+    /// <summary>The chunk's extents, with the new table's CRC.</summary>
     public Replica[] Replicas { get; private set; } = [];
 
+    /// <summary>Where the blocks start in the chunk (bytes, a multiple of 4 KiB).</summary>
     public int From { get; private set; }
 
+    /// <summary>The chunk's whole new block table (4 KiB), written at each extent's start.</summary>
     public ReadOnlyMemory<byte> Table { get; private set; }
 
+    /// <summary>The blocks, written after the table at <see cref="From"/>.</summary>
     public ReadOnlyMemory<byte> Blocks { get; private set; }
 
     /// <summary>Fills it (a pooled commit's, reused); returns it.</summary>
@@ -83,21 +78,9 @@ internal sealed partial class PoolLog
     public ValueTask CommitDeferredAsync(byte[] payload, ChunkMap map, int from, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> blocks)
     {
         _pool.ThrowIfNotLoggable();
-        if (payload.Length > WalFormat.MaxPayload || WalFormat.EncodedLength(payload.Length) > _walLength / 4)
-            throw new InvalidRequestException($"a deferred write's record of {payload.Length} bytes does not fit the {_walLength}-byte log");
         var p = RentPooled();
         p.ReuseDeferred(payload, map, from, table, blocks);
-        try
-        {
-            lock (_pool.Meta.Sync)
-                QueueLocked(p);
-        }
-        catch
-        {
-            p.Abandon();
-            throw;
-        }
-        Volatile.Read(ref _gathering)?.TrySetResult();
+        QueuePooled(p);
         Interlocked.Increment(ref _deferredWrites);
         return new ValueTask(p, p.Version);
     }
@@ -134,7 +117,7 @@ internal sealed partial class PoolLog
                     if (_pool.IsExcluded(r.Target))
                         continue;
                     owners[started] = (deferred, r.Target);
-                    writes[started] = WriteDeferredReplicaAsync(_pool.Shards[r.Target], r.Offset, w);
+                    writes[started] = ChunkIo.WriteTableAndBlocksAsync(_pool.Shards[r.Target], r.Offset, w.From, w.Table, w.Blocks);
                     started++;
                 }
                 deferred++;
@@ -185,10 +168,4 @@ internal sealed partial class PoolLog
             throw new StoreException(Errno.EIO,
                 $"an in-place write of a deferred write in pool '{_pool.Label}' failed after its record was durable; the extent may be torn, so the pool is read-only and its next open writes the blocks again from the log: {failed.Message}", failed);
     }
-
-    /// <summary>One replica's table and blocks: one gathered write when the blocks start at block 0, else two at once (pooled: awaited exactly once).</summary>
-    internal static ValueTask WriteDeferredReplicaAsync(Shard shard, long offset, DeferredWrite w) =>
-        w.From == 0
-            ? shard.WriteDataGatherPooledAsync(offset, w.Table, w.Blocks)
-            : ChunkIo.WriteTwoAsync(shard, offset, w.Table, offset + ChunkChecksum.TableSize + w.From, w.Blocks);
 }

@@ -313,6 +313,18 @@ internal sealed partial class PoolLog
     {
         _pool.ThrowIfNotLoggable();
         var p = RentSpare(image, chunk, map);
+        QueuePooled(p);
+        // The round that takes it waits for this write (SettleDataAsync) before its flush.
+        p.Write!.Start(shard.Device, shard.DataStart + dataOffset, source);
+        return new ValueTask(p, p.Version);
+    }
+
+    /// <summary>
+    /// Validates and queues a readied pooled commit that someone waits for (it ends a writeback gather); when it
+    /// cannot be queued, gives it back to the spares and throws, nothing having started.
+    /// </summary>
+    private void QueuePooled(Pending p)
+    {
         try
         {
             Validate(p.Records!);
@@ -326,9 +338,6 @@ internal sealed partial class PoolLog
             throw;
         }
         Volatile.Read(ref _gathering)?.TrySetResult();
-        // The round that takes it waits for this write (SettleDataAsync) before its flush.
-        p.Write!.Start(shard.Device, shard.DataStart + dataOffset, source);
-        return new ValueTask(p, p.Version);
     }
 
     /// <summary>

@@ -92,13 +92,11 @@ internal static partial class PoolOpener
             foreach (var w in list)
             {
                 for (int i = 0; i < w.Replicas.Length; i++)
-                    w.Live[i] &= map != null && (Holds(map.Replicas, w.Replicas[i]) || (map.Moving != null && Holds(map.Moving, w.Replicas[i])));
+                    w.Live[i] &= map != null && (HoldsExtent(map.Replicas, w.Replicas[i]) || (map.Moving != null && HoldsExtent(map.Moving, w.Replicas[i])));
                 any |= w.Live.Any(x => x);
             }
             if (!any)
                 _byChunk.Remove(key);
-
-            static bool Holds(Replica[] replicas, Replica r) => replicas.Any(x => x.Target == r.Target && x.Offset == r.Offset);
         }
 
         /// <summary>Extents to rewrite, in log order: (target, extent offset, rewrite), skipping dropped ones and targets in <paramref name="skip"/>.</summary>
@@ -117,11 +115,11 @@ internal static partial class PoolOpener
         var (image, chunk, replicas) = MetaRecords.ReadChunkMap(payload);
         if (!state.Images.TryGetValue(image, out var img) || !img.Chunks.TryGetValue(chunk, out var map) || !map.Blocks || map.Replicas.Length != replicas.Length)
             return false;
-        foreach (var r in replicas)
-            if (!map.Replicas.Any(x => x.Target == r.Target && x.Offset == r.Offset))
-                return false;
-        return true;
+        return replicas.All(r => HoldsExtent(map.Replicas, r));
     }
+
+    /// <summary>Whether one of <paramref name="replicas"/> is <paramref name="r"/>'s extent (target and offset, whatever its CRC).</summary>
+    private static bool HoldsExtent(Replica[] replicas, Replica r) => replicas.Any(x => x.Target == r.Target && x.Offset == r.Offset);
 
     /// <summary>
     /// Writes the replayed deferred writes over their extents, in log order, before the pool takes I/O (the
@@ -133,7 +131,7 @@ internal static partial class PoolOpener
         int n = 0;
         foreach (var (t, offset, w) in rewrites.Extents(skip))
         {
-            await PoolLog.WriteDeferredReplicaAsync(shards[t], offset, new DeferredWrite(w.Replicas, w.From, w.Table, w.Blocks)).ConfigureAwait(false);
+            await ChunkIo.WriteTableAndBlocksAsync(shards[t], offset, w.From, w.Table, w.Blocks).ConfigureAwait(false);
             n++;
         }
         return n;
