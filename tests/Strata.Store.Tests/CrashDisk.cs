@@ -1,3 +1,5 @@
+using Strata.Engine.Pools;
+using Strata.Engine.Store;
 using Strata.Engine.Device;
 using Strata.Interop;
 
@@ -233,6 +235,36 @@ internal sealed class CrashDisk : MemoryBlockDevice
             data[..n].CopyTo(p.AsSpan(within));
             data = data[n..];
             offset += n;
+        }
+    }
+}
+
+/// <summary>Reopens a crashed single-disk pool 'tank' and says which of its whole contents image c/v's chunk 0 holds.</summary>
+internal static class CrashReopen
+{
+    /// <summary>
+    /// Reopens <paramref name="disk"/> as a crash with <paramref name="fate"/> leaves it (on a copy: the disk stays as it
+    /// is) and reads chunk 0: no read may meet a checksum error, and the chunk must hold one of
+    /// <paramref name="contents"/> whole; returns which.
+    /// </summary>
+    public static async Task<int> WhichAsync(CrashDisk disk, List<byte[]> contents, Func<int, long, long, PendingFate> fate, string what, bool readOnly = false)
+    {
+        var after = disk.AfterCrash(new CrashSwitch(), fate, new Random(7));
+        var ras = new InMemoryRasSink();
+        var engine = await StorageEngine.OpenAsync([after], new StorageEngineOptions { WritebackFlushInterval = Timeout.InfiniteTimeSpan, Ras = ras, ReadOnly = readOnly });
+        try
+        {
+            var pool = await engine.OpenPoolAsync("tank");
+            var back = new byte[contents[0].Length];
+            await pool.OpenImage("c", "v").ReadAsync(0, back);
+            Assert.IsFalse(ras.Events.Any(e => e.Id is RasIds.DataChecksumMismatch or RasIds.DataUnrecoverable), $"{what}: {string.Join("; ", ras.Events.Select(e => e.Message))}");
+            int which = contents.FindIndex(c => c.AsSpan().SequenceEqual(back));
+            Assert.IsTrue(which >= 0, $"{what}: the chunk holds bytes it never held as a whole");
+            return which;
+        }
+        finally
+        {
+            await engine.DisposeAsync();
         }
     }
 }

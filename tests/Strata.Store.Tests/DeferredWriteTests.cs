@@ -29,6 +29,8 @@ public sealed class DeferredWriteTests
         return (pool, image, engine);
     }
 
+    private static CrashDisk NewDisk(CrashSwitch power, string name = "crash0") => new(name, 16L * 1024 * 1024, power);
+
     private static long ExtentOf(Pool pool, Image image, long chunk) => TestHelpers.ReplicaLocations(pool, image, chunk)[0].Offset;
 
     [TestMethod]
@@ -127,8 +129,7 @@ public sealed class DeferredWriteTests
     [TestMethod]
     public async Task AcknowledgedDeferredWrites_AnySubsetOfInPlaceWritesLostOrTorn_ReplayRestoresTheLastContents()
     {
-        var power = new CrashSwitch();
-        var disk = new CrashDisk("crash0", 16L * 1024 * 1024, power);
+        var disk = NewDisk(new CrashSwitch());
         var (pool, image, _) = await CreateAsync(disk, 2 * Chunk);
         var now = TestDevices.Pattern(Chunk, 10);
         await image.WriteAsync(0, now);
@@ -145,9 +146,9 @@ public sealed class DeferredWriteTests
         int n = disk.PendingWrites;
         Assert.IsTrue(n is >= 2 and <= 8, $"{n} pending writes: the in-place tables and blocks");
         for (int mask = 0; mask < 1 << n; mask++)
-            Assert.AreEqual(2, await ReopenAsync(disk, contents, (i, _, _) => (mask >> i & 1) != 0 ? PendingFate.Kept : PendingFate.Lost, readOnly: false, $"kept mask {mask:x}"));
+            Assert.AreEqual(2, await CrashReopen.WhichAsync(disk, contents, (i, _, _) => (mask >> i & 1) != 0 ? PendingFate.Kept : PendingFate.Lost, $"kept mask {mask:x}"));
         for (int torn = 0; torn < n; torn++)
-            Assert.AreEqual(2, await ReopenAsync(disk, contents, (i, _, _) => i == torn ? PendingFate.Torn : PendingFate.Kept, readOnly: false, $"write {torn} torn"));
+            Assert.AreEqual(2, await CrashReopen.WhichAsync(disk, contents, (i, _, _) => i == torn ? PendingFate.Torn : PendingFate.Kept, $"write {torn} torn"));
     }
 
     /// <summary>
@@ -165,7 +166,7 @@ public sealed class DeferredWriteTests
             for (int seed = 0; seed < 6; seed++)
             {
                 var power = new CrashSwitch();
-                var disk = new CrashDisk("crash0", 16L * 1024 * 1024, power);
+                var disk = NewDisk(power);
                 var (_, image, engine) = await CreateAsync(disk, 2 * Chunk);
                 var old = TestDevices.Pattern(Chunk, 20);
                 await image.WriteAsync(0, old);
@@ -187,7 +188,7 @@ public sealed class DeferredWriteTests
                 else
                     cuts++;
                 var after = disk.AfterCrash(new Random(seed), new CrashSwitch());
-                int which = await ReopenAsync(after, [old, @new], (_, _, _) => PendingFate.Kept, readOnly: false, $"crash after {crashAfter} commands, seed {seed}");
+                int which = await CrashReopen.WhichAsync(after, [old, @new], (_, _, _) => PendingFate.Kept, $"crash after {crashAfter} commands, seed {seed}");
                 if (acked)
                     Assert.AreEqual(1, which, $"crash after {crashAfter}: the acknowledged write was lost");
                 seen.Add(which);
@@ -206,8 +207,7 @@ public sealed class DeferredWriteTests
     [TestMethod]
     public async Task DeferredRewrite_ExtentReusedByAnotherChunkAfterACopy_IsDropped()
     {
-        var power = new CrashSwitch();
-        var disk = new CrashDisk("crash0", 16L * 1024 * 1024, power);
+        var disk = NewDisk(new CrashSwitch());
         var (pool, image, _) = await CreateAsync(disk, 2 * Chunk);
         var c0 = TestDevices.Pattern(Chunk, 30);
         await image.WriteAsync(0, c0);
@@ -246,8 +246,7 @@ public sealed class DeferredWriteTests
     [TestMethod]
     public async Task ReadOnlyOpen_InPlaceWritesLost_ServesTheBlocksFromTheLog_WritesNothing()
     {
-        var power = new CrashSwitch();
-        var disk = new CrashDisk("crash0", 16L * 1024 * 1024, power);
+        var disk = NewDisk(new CrashSwitch());
         var (pool, image, _) = await CreateAsync(disk, 2 * Chunk);
         var now = TestDevices.Pattern(Chunk, 40);
         await image.WriteAsync(0, now);
@@ -272,7 +271,7 @@ public sealed class DeferredWriteTests
         }
         Assert.AreEqual(before, TestHelpers.Sha256(lost), "a read-only open wrote nothing");
         // A writable open then writes the blocks in place for good.
-        Assert.AreEqual(1, await ReopenAsync(lost, contents, (_, _, _) => PendingFate.Kept, readOnly: false, "writable"));
+        Assert.AreEqual(1, await CrashReopen.WhichAsync(lost, contents, (_, _, _) => PendingFate.Kept, "writable"));
     }
 
     /// <summary>
@@ -288,7 +287,7 @@ public sealed class DeferredWriteTests
         for (int faultAt = 1; faultAt <= 16; faultAt++)
         {
             var power = new CrashSwitch();
-            CrashDisk[] disks = [new("crash0", 16L * 1024 * 1024, power), new("crash1", 16L * 1024 * 1024, power)];
+            CrashDisk[] disks = [NewDisk(power), NewDisk(power, "crash1")];
             var ras = new InMemoryRasSink();
             var engine = await StorageEngine.FormatAsync(disks, NoTimer with { Ras = ras });
             var pool = await engine.CreatePoolAsync("tank", 4L * 1024 * 1024, 2, TestDevices.SmallPool with { WalBytes = 1024 * 1024 });
@@ -382,25 +381,4 @@ public sealed class DeferredWriteTests
         }
     }
 
-    /// <summary>Reopens the disk as a crash with <paramref name="fate"/> leaves it; returns which contents chunk 0 holds.</summary>
-    private static async Task<int> ReopenAsync(CrashDisk disk, List<byte[]> contents, Func<int, long, long, PendingFate> fate, bool readOnly, string what)
-    {
-        var after = disk.AfterCrash(new CrashSwitch(), fate, new Random(7));
-        var ras = new InMemoryRasSink();
-        var engine = await StorageEngine.OpenAsync([after], NoTimer with { Ras = ras, ReadOnly = readOnly });
-        try
-        {
-            var pool = await engine.OpenPoolAsync("tank");
-            var back = new byte[contents[0].Length];
-            await pool.OpenImage("c", "v").ReadAsync(0, back);
-            Assert.IsFalse(ras.Events.Any(e => e.Id is RasIds.DataChecksumMismatch or RasIds.DataUnrecoverable), $"{what}: {string.Join("; ", ras.Events.Select(e => e.Message))}");
-            int which = contents.FindIndex(c => c.AsSpan().SequenceEqual(back));
-            Assert.IsTrue(which >= 0, $"{what}: the chunk holds bytes it never held as a whole");
-            return which;
-        }
-        finally
-        {
-            await engine.DisposeAsync();
-        }
-    }
 }

@@ -273,15 +273,15 @@ public sealed class InPlaceWriteTests
         Assert.IsTrue(n is >= 6 and <= 12, $"{n} pending writes");
         var seen = new HashSet<int>();
         for (int mask = 0; mask < 1 << n; mask++)
-            seen.Add(await ReopenAsync(disk, contents, (i, _, _) => (mask >> i & 1) != 0 ? PendingFate.Kept : PendingFate.Lost, $"kept mask {mask:x}"));
+            seen.Add(await CrashReopen.WhichAsync(disk, contents, (i, _, _) => (mask >> i & 1) != 0 ? PendingFate.Kept : PendingFate.Lost, $"kept mask {mask:x}"));
         for (int torn = 0; torn < n; torn++)
-            seen.Add(await ReopenAsync(disk, contents, (i, _, _) => i == torn ? PendingFate.Torn : PendingFate.Kept, $"write {torn} torn"));
+            seen.Add(await CrashReopen.WhichAsync(disk, contents, (i, _, _) => i == torn ? PendingFate.Torn : PendingFate.Kept, $"write {torn} torn"));
         // Losing everything brings back the durable contents, keeping everything the last.
         CollectionAssert.IsSubsetOf(new[] { 0, 3 }, seen.ToArray());
 
         await image.FlushAsync();
         Assert.AreEqual(0, disk.PendingWrites);
-        Assert.AreEqual(3, await ReopenAsync(disk, contents, (_, _, _) => PendingFate.Lost, "after a flush"));
+        Assert.AreEqual(3, await CrashReopen.WhichAsync(disk, contents, (_, _, _) => PendingFate.Lost, "after a flush"));
     }
 
     /// <summary>
@@ -313,32 +313,10 @@ public sealed class InPlaceWriteTests
         Assert.IsTrue(n is >= 6 and <= 12, $"{n} pending writes");
         var seen = new HashSet<int>();
         for (int mask = 0; mask < 1 << n; mask++)
-            seen.Add(await ReopenAsync(disk, contents, (i, _, _) => (mask >> i & 1) != 0 ? PendingFate.Kept : PendingFate.Lost, $"kept mask {mask:x}"));
+            seen.Add(await CrashReopen.WhichAsync(disk, contents, (i, _, _) => (mask >> i & 1) != 0 ? PendingFate.Kept : PendingFate.Lost, $"kept mask {mask:x}"));
         for (int torn = 0; torn < n; torn++)
-            seen.Add(await ReopenAsync(disk, contents, (i, _, _) => i == torn ? PendingFate.Torn : PendingFate.Kept, $"write {torn} torn"));
+            seen.Add(await CrashReopen.WhichAsync(disk, contents, (i, _, _) => i == torn ? PendingFate.Torn : PendingFate.Kept, $"write {torn} torn"));
         CollectionAssert.IsSubsetOf(new[] { 0, 3 }, seen.ToArray());
-    }
-
-    /// <summary>Reopens the disk as a crash with <paramref name="fate"/> leaves it; returns which contents chunk 0 holds.</summary>
-    private static async Task<int> ReopenAsync(CrashDisk disk, List<byte[]> contents, Func<int, long, long, PendingFate> fate, string what)
-    {
-        var after = disk.AfterCrash(new CrashSwitch(), fate, new Random(7));
-        var ras = new InMemoryRasSink();
-        var engine = await StorageEngine.OpenAsync([after], NoTimer with { Ras = ras });
-        try
-        {
-            var pool = await engine.OpenPoolAsync("tank");
-            var back = new byte[contents[0].Length];
-            await pool.OpenImage("c", "v").ReadAsync(0, back);
-            Assert.IsFalse(ras.Events.Any(e => e.Id is RasIds.DataChecksumMismatch or RasIds.DataUnrecoverable), $"{what}: {string.Join("; ", ras.Events.Select(e => e.Message))}");
-            int which = contents.FindIndex(c => c.AsSpan().SequenceEqual(back));
-            Assert.IsTrue(which >= 0, $"{what}: the chunk holds bytes it never held as a whole");
-            return which;
-        }
-        finally
-        {
-            await engine.DisposeAsync();
-        }
     }
 
     [TestMethod]
