@@ -25,6 +25,8 @@ internal static class NbdCopyBenchmark
           --runs N           copies per tool and server (default 3)
           --servers LIST     strata,qemu-nbd,nbdkit (default all)
           --tools LIST       nbdcopy,qemu-img (default both)
+          --strata-io MODE   buffered (default: the page cache, as the peers serve) or direct (O_DIRECT,
+                             the engine's default for file targets: reads are the device's, not copies)
           --hold             start the servers, print their URIs and wait for a line on stdin (to run or
                              trace a client by hand), then stop them without copying
           --dir DIR          where the target and peer files go (default perf/results)
@@ -38,6 +40,9 @@ internal static class NbdCopyBenchmark
         int chunk = (int)cl.Bytes("chunk-size", 128 << 10);
         int runs = cl.Int("runs", 3);
         bool hold = cl.Flag("hold");
+        string io = cl.String("strata-io") ?? "buffered";
+        if (io is not ("buffered" or "direct"))
+            throw new PerfUsageException($"--strata-io: unknown mode '{io}' (buffered, direct)");
         string dir = cl.String("dir") ?? Path.Combine("perf", "results");
         var servers = (cl.String("servers") ?? "strata,qemu-nbd,nbdkit").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         var toolNames = (cl.String("tools") ?? "nbdcopy,qemu-img").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
@@ -58,7 +63,7 @@ internal static class NbdCopyBenchmark
         try
         {
             if (servers.Contains("strata"))
-                list.Add(("strata", await StrataSparse.StartAsync(targetFile, size, chunk)));
+                list.Add(("strata", await StrataSparse.StartAsync(targetFile, size, chunk, direct: io == "direct")));
             if (servers.Contains("qemu-nbd"))
                 list.Add(("qemu-nbd", await PeerNbd.StartQemuNbdCachedAsync(peerFile)));
             if (servers.Contains("nbdkit"))
@@ -166,7 +171,7 @@ internal static class NbdCopyBenchmark
         }
     }
 
-    /// <summary>Strata's NBD server over one buffered file target holding the same sparse image.</summary>
+    /// <summary>Strata's NBD server over one file target (buffered unless --strata-io direct) holding the same sparse image.</summary>
     private sealed class StrataSparse : INbdServerUnderTest
     {
         private readonly BenchDevices _devices;
@@ -190,12 +195,13 @@ internal static class NbdCopyBenchmark
         public string Uri => _server.Listeners[0].UriFor("bench/c/img");
         public TimeSpan CpuTime() => Process.GetCurrentProcess().TotalProcessorTime;
 
-        public static async Task<StrataSparse> StartAsync(string targetFile, long size, int chunk)
+        public static async Task<StrataSparse> StartAsync(string targetFile, long size, int chunk, bool direct)
         {
             File.Delete(targetFile);
             using (var f = new FileStream(targetFile, FileMode.CreateNew, FileAccess.Write))
                 f.SetLength(size + size / 2 + (256L << 20));
-            var devices = new BenchDevices([$"file:{targetFile}?direct=0&qd=128"], pollers: 1, pollerThreads: 1, busyPollMicros: null);
+            string opts = $"direct={(direct ? 1 : 0)}&qd=128";
+            var devices = new BenchDevices([$"file:{targetFile}?{opts}"], pollers: 1, pollerThreads: 1, busyPollMicros: null);
             try
             {
                 var engine = await StorageEngine.FormatAsync(devices.Devices, force: true);
@@ -213,7 +219,7 @@ internal static class NbdCopyBenchmark
                 string dir = Directory.CreateTempSubdirectory("strata-nbd-copy-").FullName;
                 var catalog = new NbdExportCatalog(engine, async Task<IImageIo> (p, c, i) => new MeteredImage((await engine.OpenPoolAsync(p)).OpenImage(c, i), metrics));
                 var server = NbdServer.Start([NbdListenerAddress.Unix(Path.Combine(dir, "strata.sock"))], catalog);
-                string desc = $"in-process NbdServer (unix socket), StorageEngine on one file target file:...?direct=0&qd=128 (page cache), image {size >> 20} MiB with {chunk >> 10} KiB chunks, CRC32C verified on every read";
+                string desc = $"in-process NbdServer (unix socket), StorageEngine on one file target file:...?{opts} ({(direct ? "O_DIRECT" : "page cache")}), image {size >> 20} MiB with {chunk >> 10} KiB chunks, CRC32C verified on every read";
                 return new StrataSparse(devices, engine, metrics, server, dir, desc);
             }
             catch
