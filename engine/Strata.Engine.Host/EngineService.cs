@@ -42,6 +42,7 @@ public sealed class EngineService : IAsyncDisposable
         _logger = logger;
         Metrics = new StrataMetrics(Space, () => Engine.ListPools().Count);
         Metrics.ObserveUpgrades(() => Engine.OpenPools().Select(p => p.GetUpgradeStatus()).Where(s => s.JobId != null).ToList());
+        Metrics.ObservePools(() => Engine.OpenPools());
         Prometheus = new PrometheusExporter(StrataMetrics.MeterName);
         ras.Emitted += r =>
         {
@@ -185,7 +186,7 @@ public sealed class EngineService : IAsyncDisposable
                 {
                     var pool = await engine.OpenPoolAsync(p.Label).ConfigureAwait(ConfigureAwaitOptions.ForceYielding);
                     if (pool.OpenTimings is { } t)
-                        Log.PoolOpened(logger, pool.Label, t.TotalMs, t.HeadersMs, t.CheckpointReadMs, t.LogMs, t.LogBytesRead, t.Records, t.StateMs, t.CheckpointWriteMs);
+                        Log.PoolOpened(logger, pool.Label, t.TotalMs, t.HeadersMs, t.CheckpointReadMs, t.LogMs, t.LogBytesRead, t.Records, t.DeferredExtentsRewritten, t.StateMs, t.CheckpointWriteMs);
                 }
                 catch (StoreException e)
                 {

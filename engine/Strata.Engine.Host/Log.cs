@@ -49,9 +49,9 @@ internal static partial class Log
     [LoggerMessage(1014, LogLevel.Warning, "the previous engine (pid {Pid}, started {Since:O}) did not stop cleanly; its pools are recovered from their logs")]
     public static partial void UncleanShutdown(ILogger logger, string pid, DateTime since);
 
-    [LoggerMessage(1015, LogLevel.Information, "pool {Pool} opened in {TotalMs:F0} ms: headers {HeadersMs:F0}, checkpoints read {CheckpointMs:F0}, log read and replayed {LogMs:F0} ({LogBytes} bytes, {Records} records), state {StateMs:F0}, checkpoint written {WriteMs:F0}")]
+    [LoggerMessage(1015, LogLevel.Information, "pool {Pool} opened in {TotalMs:F0} ms: headers {HeadersMs:F0}, checkpoints read {CheckpointMs:F0}, log read and replayed {LogMs:F0} ({LogBytes} bytes, {Records} records, {Rewritten} extents of deferred writes rewritten), state {StateMs:F0}, checkpoint written {WriteMs:F0}")]
     public static partial void PoolOpened(ILogger logger, string pool, double totalMs, double headersMs, double checkpointMs, double logMs, long logBytes, int records,
-        double stateMs, double writeMs);
+        int rewritten, double stateMs, double writeMs);
 
     [LoggerMessage(1016, LogLevel.Information, "storage opened in {TotalMs:F0} ms: targets {TargetsMs:F0}, superblocks {EngineMs:F0}, pools {PoolsMs:F0}, migrations {MigrationsMs:F0}")]
     public static partial void StorageOpened(ILogger logger, double totalMs, double targetsMs, double engineMs, double poolsMs, double migrationsMs);

@@ -49,6 +49,13 @@ public sealed class StrataMetrics : IDisposable
         ["strata.io.errors"] = ["op"],
         ["strata.io.latency"] = ["op"],
         ["strata.ras.events"] = ["severity"],
+        ["strata.upgrade.items.done"] = ["pool"],
+        ["strata.upgrade.items.total"] = ["pool"],
+        ["strata.upgrade.bytes.done"] = ["pool"],
+        ["strata.upgrade.bytes.total"] = ["pool"],
+        ["strata.upgrade.rate"] = ["pool"],
+        ["strata.upgrade.eta"] = ["pool"],
+        ["strata.pool.chunk_writes"] = ["pool", "kind"],
     };
 
     public static readonly double[] LatencyBucketsMs = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000];
@@ -94,6 +101,31 @@ public sealed class StrataMetrics : IDisposable
         _meter.CreateObservableGauge("strata.upgrade.bytes.total", () => Each(running(), s => s.BytesTotal), "By", "Bytes an upgrade job has to scan or move");
         _meter.CreateObservableGauge("strata.upgrade.rate", () => Each(running(), s => s.BytesPerSecond ?? 0), "By/s", "Bytes per second an upgrade job scans or moves");
         _meter.CreateObservableGauge("strata.upgrade.eta", () => Each(running(), s => s.EtaSeconds ?? 0), "s", "Seconds an upgrade job expects to need still");
+    }
+
+    /// <summary>
+    /// How each open pool (<paramref name="open"/>) committed its small writes into durable chunks since it
+    /// was opened: `in_place` (writeback writes over an extent not yet durable) and `deferred` (layout 6:
+    /// the blocks logged, then written over the durable extent; docs/format.md, "Deferred writes"). Writes
+    /// that copy the chunk to a new extent are the rest of strata.io.operations{op="write"}.
+    /// </summary>
+    public void ObservePools(Func<IEnumerable<Pools.Pool>> open)
+    {
+        _meter.CreateObservableCounter("strata.pool.chunk_writes", () => ChunkWrites(open()), "{write}",
+            "Writes a pool committed without copying the chunk, by kind: in_place (over an extent not yet durable) or deferred (logged, then written over the durable extent)");
+    }
+
+    private static IEnumerable<Measurement<long>> ChunkWrites(IEnumerable<Pools.Pool> pools)
+    {
+        foreach (var p in pools)
+        {
+            var log = p.Log;
+            if (log == null)
+                continue;
+            var pool = new KeyValuePair<string, object?>("pool", p.Label);
+            yield return new Measurement<long>(log.InPlaceWrites, pool, new KeyValuePair<string, object?>("kind", "in_place"));
+            yield return new Measurement<long>(log.DeferredWrites, pool, new KeyValuePair<string, object?>("kind", "deferred"));
+        }
     }
 
     private static IEnumerable<Measurement<T>> Each<T>(IReadOnlyList<Layout.UpgradeJobStatus> jobs, Func<Layout.UpgradeJobStatus, T> value) where T : struct

@@ -130,6 +130,7 @@ internal static partial class PoolOpener
         var (state, tail, nextSeq, replayed, dropped, rewrites) = best;
         CheckReplayedLayout(engine, state, label);
         unreadable.RefuseUnlessExcluded(state, label);
+        int rewritten = 0;
         if (rewrites.All.Count > 0)
         {
             // Nobody reads an excluded target's replicas, and an unreadable one is left out of the pool.
@@ -139,7 +140,7 @@ internal static partial class PoolOpener
             {
                 try
                 {
-                    await RewriteDeferredAsync(shards, rewrites, Skip).ConfigureAwait(false);
+                    rewritten = await RewriteDeferredAsync(shards, rewrites, Skip).ConfigureAwait(false);
                 }
                 catch (DeviceException e)
                 {
@@ -169,7 +170,7 @@ internal static partial class PoolOpener
         }
         long done = Stopwatch.GetTimestamp();
         pool.OpenTimings = new PoolOpenTimings(Ms(started, headersDone), Ms(0, clock.CheckpointTicks), Ms(0, clock.LogTicks), clock.LogBytes, replayed,
-            Ms(replayDone, stateDone), Ms(stateDone, done), Ms(started, done));
+            Ms(replayDone, stateDone), Ms(stateDone, done), Ms(started, done), rewritten);
         return pool;
     }
 

@@ -39,6 +39,21 @@ public sealed class PrometheusExporterTests
     }
 
     [TestMethod]
+    public async Task Scrape_UpgradesOfTwoPools_OneSeriesPerPool()
+    {
+        using var exporter = new PrometheusExporter(StrataMetrics.MeterName);
+        using var metrics = new StrataMetrics(() => (0, 0, 0), () => 2);
+        static Strata.Engine.Layout.UpgradeJobStatus Job(string pool, long done) => new(pool, 5, "in progress", 6, 1, null,
+            0, 1, done, 100, done * 4096, 100 * 4096, null, null, null, null, null, Running: true);
+        metrics.ObserveUpgrades(() => [Job("a", 10), Job("b", 70)]);
+        string text = await exporter.ScrapeAsync();
+        // Without the pool label the two jobs wrote one unlabelled gauge and the last won.
+        Assert.AreEqual(10, Value(text, "strata_upgrade_items_done", "pool=\"a\""));
+        Assert.AreEqual(70, Value(text, "strata_upgrade_items_done", "pool=\"b\""));
+        Assert.AreEqual(70 * 4096, Value(text, "strata_upgrade_bytes_done_bytes", "pool=\"b\""));
+    }
+
+    [TestMethod]
     public void RecordIo_WithTheExporterListening_AllocatesNothing()
     {
         using var exporter = new PrometheusExporter(StrataMetrics.MeterName);
