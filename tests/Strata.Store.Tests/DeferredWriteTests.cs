@@ -87,6 +87,52 @@ public sealed class DeferredWriteTests
     }
 
     /// <summary>
+    /// A writeback deferred write (Pool.DeferWritebackFromChunkSize) is answered once its record is queued, before
+    /// its round flushes (docs/format.md "Deferred writes", item 9): with the round's flush held in the device, the
+    /// write returns; a read of that chunk and a FLUSH wait for the round (the chunk's lock and the record's
+    /// writeback ordinal), a read of another chunk does not; once the flush goes on both see the write.
+    /// </summary>
+    [TestMethod]
+    [Timeout(60_000, CooperativeCancellation = true)]
+    public async Task WritebackDeferredWrite_AnsweredBeforeItsRound_ChunkReadersAndFlushWaitForIt()
+    {
+        var hold = new IoHold();
+        var disk = new HoldingDisk("hold0", hold, (_, op, _, _) => op == Engine.Device.IoOpcode.Flush);
+        var (pool, image, engine) = await CreateAsync(disk, 2 * Chunk);
+        await using var _ = engine;
+        var expect = TestDevices.Pattern(2 * Chunk, 70);
+        await image.WriteAsync(0, expect);
+        pool.DeferWritebackFromChunkSize = Chunk;
+        hold.Arm();
+        var one = TestDevices.Pattern(Block, 71);
+        // Answered with the round's flush held: a write that waited for its round would never return here.
+        await image.WriteAsync(2 * Block + Chunk, one, durable: false);
+        await hold.Held.Task;
+        Assert.AreEqual(1L, pool.Log.DeferredWrites);
+        one.CopyTo(expect, 2 * Block + Chunk);
+        var back = new byte[Chunk];
+        Task read, flush;
+        try
+        {
+            read = image.ReadAsync(Chunk, back).AsTask();
+            flush = image.FlushAsync();
+            var other = new byte[Chunk];
+            await image.ReadAsync(0, other);
+            CollectionAssert.AreEqual(expect[..Chunk], other, "another chunk reads while the round waits");
+            Assert.IsFalse(read.IsCompleted, "a read of the chunk waits for the blocks to be in place");
+            Assert.IsFalse(flush.IsCompleted, "a FLUSH covers a writeback deferred write");
+        }
+        finally
+        {
+            hold.Release.TrySetResult();
+        }
+        await read;
+        CollectionAssert.AreEqual(expect[Chunk..], back);
+        await flush;
+        Assert.IsTrue(pool.Log.IsDurableBase(pool.Meta.Images.Values.Single().Chunks.GetLocked(1)!), "durable once FLUSH returned");
+    }
+
+    /// <summary>
     /// A deferred write needs a durable base mapping (PoolLog.IsDurableBase): into a chunk whose mapping is a
     /// writeback copy on write no flush covers yet, a small durable write copies on write; once a flush
     /// covered the mapping, the next one is deferred.

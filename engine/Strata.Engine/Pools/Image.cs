@@ -419,33 +419,57 @@ public sealed partial class Image
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteOwnAsync(long offset, ReadOnlyMemory<byte> source, bool durable, CopyChecksum? expect = null, Memory<byte> extent = default)
     {
-        using var pass = await EnterAsync().ConfigureAwait(false);
-        _pool.ThrowIfNotWritable();
-        var meta = Meta;
-        CheckRange("write", offset, source.Length, SourceSize);
-        int cs = meta.ChunkSize;
-        if (source.Length == 0)
-            return;
-        if (_pool.ImportOf(Id) is { } imp)
+        var pass = await EnterAsync().ConfigureAwait(false);
+        // Whether a deferred writeback write took the pass and the chunk's lock (ChunkIo.TryWriteDeferredWritebackAsync).
+        bool handed = false;
+        try
         {
-            await ImportWriteAsync(imp, meta, offset, source, durable).ConfigureAwait(false);
-            return;
-        }
-        if (offset / cs == (offset + source.Length - 1) / cs)
-        {
-            using (await _locks.ChunkAsync(offset / cs).ConfigureAwait(false))
+            _pool.ThrowIfNotWritable();
+            var meta = Meta;
+            CheckRange("write", offset, source.Length, SourceSize);
+            int cs = meta.ChunkSize;
+            if (source.Length == 0)
+                return;
+            if (_pool.ImportOf(Id) is { } imp)
             {
-                var m = MirrorOf(offset / cs, offset / cs);
-                var own = _pool.ChunkIo.WriteAsync(Meta, offset / cs, (int)(offset % cs), source, durable,
-                    source.Length == cs ? expect : null, source.Length == cs ? extent : default);
-                if (m != null)
-                    await WriteMirroredAsync(own, m, offset, source, durable, offset / cs, offset / cs).ConfigureAwait(false);
-                else
-                    await own.ConfigureAwait(false);
+                await ImportWriteAsync(imp, meta, offset, source, durable).ConfigureAwait(false);
+                return;
             }
-            return;
+            if (offset / cs == (offset + source.Length - 1) / cs)
+            {
+                var held = await _locks.ChunkAsync(offset / cs).ConfigureAwait(false);
+                try
+                {
+                    var m = MirrorOf(offset / cs, offset / cs);
+                    // A small writeback write into a durable chunk: answered once its blocks are logged; the lock and
+                    // the pass stay held until they are in place.
+                    if (m == null && !durable && source.Length < cs
+                        && await _pool.ChunkIo.TryWriteDeferredWritebackAsync(meta, offset / cs, (int)(offset % cs), source, held, pass).ConfigureAwait(false))
+                    {
+                        handed = true;
+                        return;
+                    }
+                    var own = _pool.ChunkIo.WriteAsync(Meta, offset / cs, (int)(offset % cs), source, durable,
+                        source.Length == cs ? expect : null, source.Length == cs ? extent : default);
+                    if (m != null)
+                        await WriteMirroredAsync(own, m, offset, source, durable, offset / cs, offset / cs).ConfigureAwait(false);
+                    else
+                        await own.ConfigureAwait(false);
+                }
+                finally
+                {
+                    if (!handed)
+                        held.Dispose();
+                }
+                return;
+            }
+            await WriteGroupsAsync(offset, source, durable, cs).ConfigureAwait(false);
         }
-        await WriteGroupsAsync(offset, source, durable, cs).ConfigureAwait(false);
+        finally
+        {
+            if (!handed)
+                pass.Dispose();
+        }
     }
 
     /// <summary>A write across chunks, group by group (its own method: the one-chunk path allocates no closure).</summary>

@@ -641,56 +641,181 @@ internal sealed class ChunkIo(Pool pool)
     [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> TryWriteDeferredAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, ChunkMap old)
     {
+        if (await PrepareDeferredAsync(meta, index, within, data, old).ConfigureAwait(false) is not { } d)
+            return false;
+        bool committed = false;
+        try
+        {
+            await pool.Log.CommitDeferredAsync(d.Payload, d.Map, d.From, d.Table.AsMemory(0, ChunkChecksum.TableSize), d.Blocks).ConfigureAwait(false);
+            committed = true;
+            KeepTouchedCrcs(old.Replicas, d.Map.Replicas, d.Current, d.NewCrcs, d.From, d.Blocks.Length);
+            return true;
+        }
+        finally
+        {
+            d.Return(arraysFree: committed);
+        }
+    }
+
+    /// <summary>
+    /// A writeback write into a durable chunk (the caller holds its exclusive lock, <paramref name="held"/>, and the
+    /// pool's pass, <paramref name="pass"/>), deferred and answered as soon as its record is queued (docs/format.md,
+    /// "Deferred writes", item 9): the lock and the pass go to a continuation that waits for the record's round
+    /// (flush, the in-place writes, the apply) and only then lets them go, so readers and later writers of the
+    /// chunk, a gate that drains the pool and a job waiting for earlier writes all wait for the blocks to be in
+    /// place, as they wait for a writer today; a FLUSH covers the record (it counts as a writeback commit). Returns
+    /// false, having taken nothing, when the write may not take this path (not a durable chunk with a block table,
+    /// too large, in place is possible, <see cref="PoolLog.MaxEarlyDeferred"/> such writes outstanding, or the old
+    /// table or edge blocks do not verify): the caller writes as usual. A failure of the round fails the pool
+    /// (read-only), and the client learns at its next FLUSH, as for any writeback write.
+    /// </summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(Strata.Engine.Threading.SharedPoolAsyncValueTaskMethodBuilder<>))]
+    public async ValueTask<bool> TryWriteDeferredWritebackAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data,
+        ImageLocks.Held held, PoolGate.Ticket pass)
+    {
+        pool.ThrowIfNotWritable();
+        var old = pool.Meta.ChunkAtLocked(meta, index);
+        bool blocks = pool.WritesBlockTables(meta.ChunkSize);
+        if (old == null || meta.ChunkSize < pool.DeferWritebackFromChunkSize || pool.Log.MayOverwriteInPlace(old)
+            || !MayDefer(meta, index, old, within, data.Length, durable: false, blocks) || !pool.Log.TryTakeEarlyDeferred())
+            return false;
+        Deferred d;
+        try
+        {
+            if (await PrepareDeferredAsync(meta, index, within, data, old).ConfigureAwait(false) is not { } ready)
+            {
+                pool.Log.ReleaseEarlyDeferred();
+                return false;
+            }
+            d = ready;
+        }
+        catch
+        {
+            pool.Log.ReleaseEarlyDeferred();
+            throw;
+        }
+        ValueTask commit;
+        try
+        {
+            commit = pool.Log.CommitDeferredAsync(d.Payload, d.Map, d.From, d.Table.AsMemory(0, ChunkChecksum.TableSize), d.Blocks, writeback: true);
+        }
+        catch
+        {
+            // Not queued: nothing was written; the caller still holds the lock and the pass.
+            d.Return(arraysFree: true);
+            pool.Log.ReleaseEarlyDeferred();
+            throw;
+        }
+        _ = FinishDeferredWritebackAsync(commit, d, old, held, pass);
+        return true;
+    }
+
+    /// <summary>The rest of an early-answered deferred writeback write: its round, then the cached table, the old map, the lock and the pass.</summary>
+    private async Task FinishDeferredWritebackAsync(ValueTask commit, Deferred d, ChunkMap old, ImageLocks.Held held, PoolGate.Ticket pass)
+    {
+        bool committed = false;
+        try
+        {
+            await commit.ConfigureAwait(false);
+            committed = true;
+            KeepTouchedCrcs(old.Replicas, d.Map.Replicas, d.Current, d.NewCrcs, d.From, d.Blocks.Length);
+            // Superseded, its extents now the new map's: this write was its last user.
+            pool.MapSpares.Return(old);
+        }
+        catch (Exception)
+        {
+            // The round failed: the pool is read-only (its RAS event says why) and the next FLUSH fails.
+        }
+        finally
+        {
+            d.Return(arraysFree: committed);
+            pool.Log.ReleaseEarlyDeferred();
+            held.Dispose();
+            pass.Dispose();
+        }
+    }
+
+    /// <summary>A deferred write made ready to commit: its record's payload (holding the blocks), the new table, its CRCs and map.</summary>
+    private readonly struct Deferred(byte[] payload, byte[] table, uint[] newCrcs, uint[] current, ChunkMap map, int from, int length)
+    {
+        public byte[] Payload => payload;
+        public byte[] Table => table;
+        public uint[] NewCrcs => newCrcs;
+        public uint[] Current => current;
+        public ChunkMap Map => map;
+        public int From => from;
+        public ReadOnlyMemory<byte> Blocks => payload.AsMemory(payload.Length - length, length);
+
+        /// <summary>
+        /// Gives the arrays back. The record's payload and the table only when nothing was enqueued or the commit
+        /// succeeded: a round that failed after an earlier one may still be writing them (PoolLog.CompleteLoopAsync
+        /// does not wait for it).
+        /// </summary>
+        public void Return(bool arraysFree)
+        {
+            DeferredCrcs.Return(newCrcs);
+            if (arraysFree)
+            {
+                DeferredTables.Return(table);
+                DeferredPayloads.Return(payload);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The record and in-place part of a deferred write (docs/format.md, "Deferred writes"): the touched blocks (edges
+    /// merged with verified old bytes) and the chunk's new block table, with a new map made for it (the state
+    /// installs it). Null, having logged nothing and holding nothing, when the old table or the edge blocks do not
+    /// verify (the copy on write reads, reports and repairs them).
+    /// </summary>
+    private async ValueTask<Deferred?> PrepareDeferredAsync(ImageMeta meta, long index, int within, ReadOnlyMemory<byte> data, ChunkMap old)
+    {
         const int T = ChunkChecksum.TableSize, B = ChunkChecksum.BlockSize;
         int cs = meta.ChunkSize, n = cs / B;
         var (from, length) = ChunkChecksum.VerifiedRange(true, cs, within, data.Length);
         var current = await CurrentTableAsync(meta, index, old).ConfigureAwait(false);
         if (current == null)
-            return false;
+            return null;
         int rf = old.Replicas.Length;
-        // The record's payload holds the blocks: they are merged there and written in place from there. Its array
-        // and the table's go back to their pools only once the commit succeeded: a round that failed after an
-        // earlier one may still be writing them (PoolLog.CompleteLoopAsync does not wait for it).
+        // The record's payload holds the blocks: they are merged there and written in place from there.
         var payload = DeferredPayloads.Rent(MetaRecords.ChunkDeferredLength(rf, n, length / B));
         var blocks = payload.AsMemory(payload.Length - length, length);
-        var table = System.Buffers.ArrayPool<byte>.Shared.Rent(T);
-        var newCrcs = System.Buffers.ArrayPool<uint>.Shared.Rent(n);
-        // Whether the arrays may go back: nothing was enqueued, or the commit succeeded.
-        bool arraysFree = false;
+        var table = DeferredTables.Rent(T);
+        var newCrcs = DeferredCrcs.Rent(n);
+        bool ready = false;
         try
         {
             if ((from, length) != (within, data.Length) && !await ReadBlocksAsync(old, current, from, blocks).ConfigureAwait(false))
-            {
-                arraysFree = true;
-                return false;
-            }
+                return null;
             data.Span.CopyTo(blocks.Span[(within - from)..]);
             current.AsSpan(0, n).CopyTo(newCrcs);
             uint crc = TableWithBlocks(meta, index, newCrcs.AsSpan(0, n), from, blocks.Span, table.AsSpan(0, T));
-            // The new mapping, made for this write (the state installs it: PoolState.Apply(MetaRecord, ulong)).
             var map = pool.MapSpares.Rent(rf, blocks: true);
             var replicas = map.Replicas;
             for (int r = 0; r < rf; r++)
                 replicas[r] = old.Replicas[r] with { Crc = crc };
             MetaRecords.EncodeChunkDeferred(payload, meta.Id, index, replicas, from / B, length / B, newCrcs.AsSpan(0, n));
-            await pool.Log.CommitDeferredAsync(payload, map, from, table.AsMemory(0, T), blocks).ConfigureAwait(false);
-            arraysFree = true;
-            KeepTouchedCrcs(old.Replicas, replicas, current, newCrcs, from, length);
-            return true;
+            ready = true;
+            return new Deferred(payload, table, newCrcs, current, map, from, length);
         }
         finally
         {
-            System.Buffers.ArrayPool<uint>.Shared.Return(newCrcs);
-            if (arraysFree)
+            if (!ready)
             {
-                System.Buffers.ArrayPool<byte>.Shared.Return(table);
+                DeferredCrcs.Return(newCrcs);
+                DeferredTables.Return(table);
                 DeferredPayloads.Return(payload);
             }
         }
     }
 
     /// <summary>Deferred writes' record payloads, reused by length (a record's payload is an array of exactly its length).</summary>
-    private static readonly ExactArrays DeferredPayloads = new();
+    private static readonly ExactArrays<byte> DeferredPayloads = new(512);
+
+    /// <summary>Deferred writes' tables and new block CRCs (held until the round is done: ArrayPool.Shared drops arrays given back on another thread).</summary>
+    private static readonly ExactArrays<byte> DeferredTables = new(512);
+
+    private static readonly ExactArrays<uint> DeferredCrcs = new(512);
 
     /// <summary>
     /// After a write over the chunk's own extents (in place, or deferred): the cached table array

@@ -54,6 +54,26 @@ internal sealed partial class PoolLog
     public bool IsDurableBase(ChunkMap map) =>
         !DropPending && (map.CommitOrdinal == 0 || map.CommitOrdinal <= Volatile.Read(ref _durableOrdinal));
 
+    /// <summary>
+    /// Writeback writes answered before their deferred round completed (ChunkIo.TryWriteDeferredWritebackAsync) that
+    /// may be outstanding at once; past it a writeback write copies on write, so a client writing faster than the
+    /// rounds flush meets the copy's cost rather than growing a queue of held chunks without bound.
+    /// </summary>
+    internal const int MaxEarlyDeferred = 256;
+
+    private int _earlyDeferred;
+
+    /// <summary>Takes one of the <see cref="MaxEarlyDeferred"/> slots; false when none is free.</summary>
+    internal bool TryTakeEarlyDeferred()
+    {
+        if (Interlocked.Increment(ref _earlyDeferred) <= MaxEarlyDeferred)
+            return true;
+        Interlocked.Decrement(ref _earlyDeferred);
+        return false;
+    }
+
+    internal void ReleaseEarlyDeferred() => Interlocked.Decrement(ref _earlyDeferred);
+
     /// <summary>Deferred writes committed so far (diagnostics and tests).</summary>
     internal long DeferredWrites => Interlocked.Read(ref _deferredWrites);
 
@@ -75,12 +95,16 @@ internal sealed partial class PoolLog
     /// and <paramref name="blocks"/> (<paramref name="from"/> bytes into the chunk). The commit is pooled (no
     /// allocation per write); the ValueTask is awaited exactly once. The caller's arrays stay in use until it completes.
     /// </remarks>
-    public ValueTask CommitDeferredAsync(byte[] payload, ChunkMap map, int from, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> blocks)
+    /// <param name="writeback">
+    /// A writeback write answered once this returns (ChunkIo.TryWriteDeferredWritebackAsync): the record counts as a
+    /// writeback commit, so a FLUSH waits for its round.
+    /// </param>
+    public ValueTask CommitDeferredAsync(byte[] payload, ChunkMap map, int from, ReadOnlyMemory<byte> table, ReadOnlyMemory<byte> blocks, bool writeback = false)
     {
         _pool.ThrowIfNotLoggable();
         var p = RentPooled();
         p.ReuseDeferred(payload, map, from, table, blocks);
-        QueuePooled(p);
+        QueuePooled(p, writeback);
         Interlocked.Increment(ref _deferredWrites);
         return new ValueTask(p, p.Version);
     }

@@ -323,14 +323,19 @@ internal sealed partial class PoolLog
     /// Validates and queues a readied pooled commit that someone waits for (it ends a writeback gather); when it
     /// cannot be queued, gives it back to the spares and throws, nothing having started.
     /// </summary>
-    private void QueuePooled(Pending p)
+    /// <param name="writeback">The commit is a writeback write's: a FLUSH waits for it (PoolLog.FlushPending).</param>
+    private void QueuePooled(Pending p, bool writeback = false)
     {
         try
         {
             Validate(p.Records!);
             // Ordinals follow the queue's order (CommitWriteback queues under the same lock).
             lock (_pool.Meta.Sync)
+            {
                 QueueLocked(p);
+                if (writeback)
+                    Volatile.Write(ref _writebackEnqueued, p.Ordinal);
+            }
         }
         catch
         {
