@@ -7,9 +7,10 @@ namespace Strata.Nbd.Tests;
 /// <summary>
 /// Deferred writes (layout 6, docs/format.md "Deferred writes") through a real client: qemu-io's FUA writes
 /// of 4-32 KiB into the durable 128 KiB chunks of an image are logged and written over the chunks' own
-/// extents (the engine's strata_pool_chunk_writes_total{kind="deferred"} counts them), writes without FUA and
-/// larger ones are not, and after the engine is killed the next open replays the deferred records: every
-/// acknowledged byte reads back through NBD with no checksum error.
+/// extents (the engine's strata_pool_chunk_writes_total{kind="deferred"} counts them), larger ones are not, a
+/// small writeback write is on these O_DIRECT targets unless it continues a deferred one, and after the
+/// engine is killed the next open replays the deferred records: every acknowledged byte reads back through NBD
+/// with no checksum error.
 /// </summary>
 [TestClass]
 public sealed partial class NbdDeferredWriteTests
@@ -61,8 +62,15 @@ public sealed partial class NbdDeferredWriteTests
             await QemuIoAsync(uri, [.. writes.Select(w => $"write -f -P 0x{w.Pattern:x2} {w.At} {w.Length}")]);
             int deferred = writes.Sum(w => w.Deferred);
             Assert.AreEqual(deferred, await DeferredAsync(engine), "each small FUA write into a durable chunk was deferred");
-            await QemuIoAsync(uri, $"write -P 0x77 {(3 << 20) + 64 * K} {4 * K}", $"write -f -P 0x88 {(3 << 20) + 128 * K} {64 * K}");
-            Assert.AreEqual(deferred, await DeferredAsync(engine), "a writeback write and a half-chunk write copy their chunks");
+            // A half-chunk FUA write copies its chunk.
+            await QemuIoAsync(uri, $"write -f -P 0x88 {(3 << 20) + 128 * K} {64 * K}");
+            Assert.AreEqual(deferred, await DeferredAsync(engine), "a half-chunk write copies its chunk");
+
+            // Writeback writes on these O_DIRECT targets: deferred into a durable chunk, but the next one, which starts
+            // where it ended, copies the chunk (ChunkMap.DeferredEnd: a run of small writes into one chunk goes in
+            // place after one copy rather than wait a round each).
+            await QemuIoAsync(uri, $"write -P 0xaa {28 * 128 * K + 8 * K} {4 * K}", $"write -P 0xbb {28 * 128 * K + 12 * K} {4 * K}", "flush");
+            Assert.AreEqual(deferred + 1, await DeferredAsync(engine), "the first small writeback write into a durable chunk on O_DIRECT targets is deferred, the next copies");
 
             // Killed with the deferred records in the log's tail: the next open replays and rewrites them.
             Bin.Signal(engine.Pid, 9);
@@ -70,7 +78,8 @@ public sealed partial class NbdDeferredWriteTests
             await engine.DisposeAsync();
             engine = await EngineProcess.StartAsync(data, "--config", cfg);
             cli = new StrataCli(engine.Socket);
-            // One extent per deferred write (rf 1), none dropped: no chunk moved after them.
+            // One extent per FUA deferred write (rf 1); the writeback one's chunk was copied (and flushed) after it,
+            // so replay dropped its rewrite (its extent may hold another chunk now).
             StringAssert.Contains(engine.Log, $"records, {deferred} extents of deferred writes rewritten)");
 
             var expect = new byte[ImageBytes];
@@ -79,8 +88,9 @@ public sealed partial class NbdDeferredWriteTests
                 expect.AsSpan((int)w.At, w.Length).Fill((byte)w.Pattern);
             // FUA or not, an acknowledged write survives the kill (the writeback one's data and mapping were
             // written before its answer; the kill loses no page the kernel holds).
-            expect.AsSpan((3 << 20) + 64 * K, 4 * K).Fill(0x77);
             expect.AsSpan((3 << 20) + 128 * K, 64 * K).Fill(0x88);
+            expect.AsSpan(28 * 128 * K + 8 * K, 4 * K).Fill(0xaa);
+            expect.AsSpan(28 * 128 * K + 12 * K, 4 * K).Fill(0xbb);
             string output = await QemuIoAsync(uri, [.. Runs(expect).Select(r => $"read -P 0x{r.Pattern:x2} {r.At} {r.Length}")]);
             Assert.DoesNotContain("verification failed", output);
             StringAssert.Contains(await cli.OkAsync("image", "info", "p", "c", "v"), "v");

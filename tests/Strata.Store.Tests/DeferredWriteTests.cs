@@ -73,7 +73,7 @@ public sealed class DeferredWriteTests
         var dev = new CountingDevice("count0", 16L * 1024 * 1024);
         var (pool, image, engine) = await CreateAsync(dev, 2 * Chunk);
         await using var _ = engine;
-        await image.WriteAsync(0, TestDevices.Pattern(Chunk, 1));
+        await image.WriteAsync(0, TestDevices.Pattern(2 * Chunk, 1));
         // More than a quarter of the chunk: a copy on write.
         await image.WriteAsync(0, TestDevices.Pattern(Chunk / 2, 2));
         // Writeback: deferred only from Pool.DeferWritebackFromChunkSize on (off unless set).
@@ -84,6 +84,15 @@ public sealed class DeferredWriteTests
         pool.DeferWritebackFromChunkSize = Chunk;
         await image.WriteAsync(2 * Block, TestDevices.Pattern(Block, 4), durable: false);
         Assert.AreEqual(1L, pool.Log.DeferredWrites);
+        // The next one starts where that one ended (a run of small writes into the chunk): copied once, so the
+        // rest of the run goes in place instead of waiting a round each (ChunkMap.DeferredEnd).
+        await image.WriteAsync(3 * Block, TestDevices.Pattern(Block, 5), durable: false);
+        Assert.AreEqual(1L, pool.Log.DeferredWrites, "a write continuing a deferred one copies the chunk");
+        await image.WriteAsync(4 * Block, TestDevices.Pattern(Block, 6), durable: false);
+        Assert.AreEqual(1L, pool.Log.InPlaceWrites, "and the run goes on in place");
+        // Elsewhere in another durable chunk: deferred.
+        await image.WriteAsync(Chunk + 7 * Block, TestDevices.Pattern(Block, 7), durable: false);
+        Assert.AreEqual(2L, pool.Log.DeferredWrites);
     }
 
     /// <summary>
@@ -93,12 +102,12 @@ public sealed class DeferredWriteTests
     /// writeback ordinal), a read of another chunk does not; once the flush goes on both see the write.
     /// </summary>
     [TestMethod]
-    [Timeout(60_000, CooperativeCancellation = true)]
+    [Timeout(60_000)]
     public async Task WritebackDeferredWrite_AnsweredBeforeItsRound_ChunkReadersAndFlushWaitForIt()
     {
         var hold = new IoHold();
         var disk = new HoldingDisk("hold0", hold, (_, op, _, _) => op == Engine.Device.IoOpcode.Flush);
-        var (pool, image, engine) = await CreateAsync(disk, 2 * Chunk);
+        var (pool, image, engine) = await CreateAsync(disk, 3 * Chunk);
         await using var _ = engine;
         var expect = TestDevices.Pattern(2 * Chunk, 70);
         await image.WriteAsync(0, expect);

@@ -264,6 +264,13 @@ public sealed record ChunkMap(Replica[] Replicas, Replica[]? Moving = null, bool
     /// </summary>
     internal long CommitOrdinal { get; set; }
 
+    /// <summary>
+    /// Where in the chunk the writeback deferred write that made this mapping ended (bytes), or 0: a write that
+    /// starts there continues a run of small writes into the chunk (ChunkIo.MayDefer copies it on write once rather
+    /// than defer each write of the run behind the last one's round).
+    /// </summary>
+    internal int DeferredEnd { get; set; }
+
     /// <summary>Handed out to a caller that may keep it, or installed by anything but a client write: never reused (ChunkTable).</summary>
     internal bool Escaped { get; set; }
 

@@ -230,12 +230,23 @@ public sealed partial class Pool : IAsyncDisposable
     /// <summary>
     /// Writeback writes of chunks at least this large take the deferred path too (durable ones always do);
     /// below it a writeback write copies the chunk on write as before: the engine's option
-    /// (StorageEngineOptions.DeferWritebackFromChunkSize) unless a test set it for this pool.
+    /// (StorageEngineOptions.DeferWritebackFromChunkSize) unless a test set it for this pool; by default
+    /// StorageEngineOptions.AutoDeferWritebackFrom when every target of the pool bypasses the page cache.
     /// </summary>
     internal int DeferWritebackFromChunkSize
     {
-        get => _deferWritebackFrom ?? _engine.Options.DeferWritebackFromChunkSize;
+        get => _deferWritebackFrom ?? _engine.Options.DeferWritebackFromChunkSize
+            ?? (BypassesPageCache() ? StorageEngineOptions.AutoDeferWritebackFrom : int.MaxValue);
         set => _deferWritebackFrom = value;
+    }
+
+    /// <summary>Whether every target's reads come from the device (O_DIRECT files, block devices, SPDK), not a page cache.</summary>
+    private bool BypassesPageCache()
+    {
+        foreach (var s in Shards)
+            if ((s.Device.Geometry.Features & Device.DeviceFeatures.DirectIo) == 0)
+                return false;
+        return true;
     }
 
     private int? _deferWritebackFrom;

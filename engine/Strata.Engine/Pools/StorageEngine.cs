@@ -31,12 +31,17 @@ public sealed record StorageEngineOptions
     public TimeSpan WritebackFlushInterval { get; init; } = TimeSpan.FromSeconds(1);
 
     /// <summary>
-    /// Small writeback writes into durable chunks of at least this many bytes are deferred writes (logged,
-    /// flushed, then written in place: docs/format.md, "Deferred writes") instead of copies on write; durable
-    /// ones always are at layout 6. Default: none (perf/README.md, "Session 24": the flush wait costs more
-    /// than the copy on these machines).
+    /// Small writeback writes into durable chunks of at least this many bytes are deferred writes (logged, answered,
+    /// then written in place after their round's flush: docs/format.md, "Deferred writes", item 9) instead of
+    /// copies on write; durable ones always are at layout 6. Null (the default): <see cref="AutoDeferWritebackFrom"/>
+    /// on pools whose targets all bypass the page cache (O_DIRECT files, block devices, SPDK), where a copy on write
+    /// reads the chunk from the device; never on others, where the copy costs only CPU and the deferred write's
+    /// flush costs more (perf/README.md, "Session 25"). int.MaxValue: never.
     /// </summary>
-    public int DeferWritebackFromChunkSize { get; init; } = int.MaxValue;
+    public int? DeferWritebackFromChunkSize { get; init; }
+
+    /// <summary>The chunk size from which <see cref="DeferWritebackFromChunkSize"/>'s default defers writeback writes on targets without a page cache.</summary>
+    public const int AutoDeferWritebackFrom = 128 * 1024;
 
     /// <summary>
     /// Data read and write errors on one target after which the engine excludes it by itself (as

@@ -622,7 +622,12 @@ internal sealed class ChunkIo(Pool pool)
     private bool MayDefer(ImageMeta meta, long index, ChunkMap old, int within, int length, bool durable, bool blocks)
     {
         int cs = meta.ChunkSize;
-        if (!blocks || !old.Blocks || old.Moving != null || length >= cs || (!durable && cs < pool.DeferWritebackFromChunkSize) || !pool.DefersSmallWrites)
+        if (!blocks || !old.Blocks || old.Moving != null || length >= cs || !pool.DefersSmallWrites)
+            return false;
+        // A writeback write only into large enough chunks, and not one that starts where the deferred write that
+        // made this mapping ended: a run of small writes into one chunk would wait a round each (every one finds
+        // the last one's lock); copied once, the chunk takes the rest of the run in place until the next flush.
+        if (!durable && (cs < pool.DeferWritebackFromChunkSize || (old.DeferredEnd != 0 && within == old.DeferredEnd)))
             return false;
         var (_, span) = ChunkChecksum.VerifiedRange(true, cs, within, length);
         const int B = ChunkChecksum.BlockSize;
@@ -694,6 +699,8 @@ internal sealed class ChunkIo(Pool pool)
             pool.Log.ReleaseEarlyDeferred();
             throw;
         }
+        // The next write that starts here continues a run (MayDefer): it copies the chunk rather than wait.
+        d.Map.DeferredEnd = within + data.Length;
         ValueTask commit;
         try
         {

@@ -45,6 +45,7 @@ internal sealed class ChunkMapSpares
             map.Blocks = blocks;
             map.WritebackOrdinal = 0;
             map.CommitOrdinal = 0;
+            map.DeferredEnd = 0;
             map.Reusable = false;
             map.Escaped = false;
             return map;

@@ -24,13 +24,14 @@ public static class NbdBenchmark
           --writeback-flush-ms N  the engine's writeback timer: writes without FUA become durable within N ms
                              (StorageEngineOptions.WritebackFlushInterval; default the engine's 1000)
           --defer-writeback-from SIZE  small writes without FUA into durable chunks of at least SIZE are deferred
-                             writes (logged, flushed, written in place) instead of copies on write (default: none)
+                             writes (logged and answered, then written in place) instead of copies on write
+                             (default: the engine's, 128K on O_DIRECT targets, none on page-cache ones; 1G: none)
           --chunk-size LIST  Strata image chunk size(s) (default 4K,1M: small chunks suit small random I/O,
                              large ones sequential I/O); one fresh pool and image per size
           --runtime SEC      measured seconds per row per server (default 10; after 1 s fio ramp)
           --quick            3 s per row per server
           --rows LIST        comma-separated filters on row names (randread-4k-qd32, randwrite-4k-qd32,
-                             read-1m-qd8, write-1m-qd8)
+                             read-1m-qd8, write-1m-qd8; and write-4k-qd1, run only when named)
           --servers LIST     strata,qemu-nbd,nbdkit (default all three)
           --no-durable-peers skip the write rows against qemu-nbd --cache=directsync and nbdkit --filter=fua fuamode=force
           --pollers N        queue pairs per Strata target device, all on one polling thread as in the engine (default 1)
@@ -62,6 +63,12 @@ public static class NbdBenchmark
         new("randwrite-4k-qd32", "4K rand write QD32", true, true, 4096, 32),
         new("read-1m-qd8", "1M seq read QD8", false, false, 1 << 20, 8),
         new("write-1m-qd8", "1M seq write QD8", true, false, 1 << 20, 8),
+    ];
+
+    /// <summary>Rows run only when --rows names them: sequential small writes (a run of writes into each chunk in turn).</summary>
+    public static readonly DeviceRow[] ExtraRows =
+    [
+        new("write-4k-qd1", "4K seq write QD1", true, false, 4096, 1),
     ];
 
     private sealed record Run(string Server, string Description, Dictionary<string, EngineResult> Results);
@@ -382,9 +389,9 @@ internal sealed class NbdBenchOptions
         if (!string.IsNullOrWhiteSpace(filter))
         {
             var parts = filter.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-            rows = rows.Where(r => parts.Any(p => r.Name.Contains(p, StringComparison.OrdinalIgnoreCase))).ToArray();
+            rows = rows.Concat(NbdBenchmark.ExtraRows).Where(r => parts.Any(p => r.Name.Contains(p, StringComparison.OrdinalIgnoreCase))).ToArray();
             if (rows.Length == 0)
-                throw new PerfUsageException($"--rows '{filter}' matches no row (rows: {string.Join(", ", NbdBenchmark.AllRows.Select(r => r.Name))})");
+                throw new PerfUsageException($"--rows '{filter}' matches no row (rows: {string.Join(", ", NbdBenchmark.AllRows.Concat(NbdBenchmark.ExtraRows).Select(r => r.Name))})");
         }
         return new NbdBenchOptions
         {
