@@ -713,32 +713,93 @@ internal sealed class ChunkIo(Pool pool)
             pool.Log.ReleaseEarlyDeferred();
             throw;
         }
-        _ = FinishDeferredWritebackAsync(commit, d, old, held, pass);
+        EarlyFinish.Rent(this).Start(commit, d, old, held, pass);
         return true;
     }
 
-    /// <summary>The rest of an early-answered deferred writeback write: its round, then the cached table, the old map, the lock and the pass.</summary>
-    private async Task FinishDeferredWritebackAsync(ValueTask commit, Deferred d, ChunkMap old, ImageLocks.Held held, PoolGate.Ticket pass)
+    /// <summary>
+    /// The rest of an early-answered deferred writeback write, run when its commit completes: the cached table, the
+    /// old map, the arrays, the lock and the pass. Pooled, with its completion delegate made once, so a deferred
+    /// writeback write allocates no continuation (issue 17: no managed allocation per write).
+    /// </summary>
+    private sealed class EarlyFinish
     {
-        bool committed = false;
+        private static readonly System.Collections.Concurrent.ConcurrentQueue<EarlyFinish> Spares = new();
+        private readonly Action _run;
+        private ChunkIo _io = null!;
+        private ValueTask _commit;
+        private Deferred _d;
+        private ChunkMap _old = null!;
+        private ImageLocks.Held _held;
+        private PoolGate.Ticket _pass;
+
+        private EarlyFinish() => _run = Run;
+
+        public static EarlyFinish Rent(ChunkIo io)
+        {
+            var f = Spares.TryDequeue(out var spare) ? spare : new EarlyFinish();
+            f._io = io;
+            return f;
+        }
+
+        /// <summary>Runs <see cref="Run"/> once <paramref name="commit"/> completes (at once if it has).</summary>
+        public void Start(ValueTask commit, Deferred d, ChunkMap old, ImageLocks.Held held, PoolGate.Ticket pass)
+        {
+            (_commit, _d, _old, _held, _pass) = (commit, d, old, held, pass);
+            var awaiter = commit.ConfigureAwait(false).GetAwaiter();
+            if (awaiter.IsCompleted)
+                Run();
+            else
+                awaiter.UnsafeOnCompleted(_run);
+        }
+
+        private void Run()
+        {
+            var (io, d, old, held, pass) = (_io, _d, _old, _held, _pass);
+            bool committed = false;
+            try
+            {
+                // The commit's ValueTask is pooled: its result is read exactly once, here.
+                _commit.ConfigureAwait(false).GetAwaiter().GetResult();
+                committed = true;
+            }
+            catch (Exception)
+            {
+                // The round failed: the pool is read-only (its RAS event says why) and the next FLUSH fails.
+            }
+            try
+            {
+                io.AfterDeferredWriteback(committed, d, old);
+            }
+            finally
+            {
+                (_io, _commit, _d, _old, _held, _pass) = (null!, default, default, null!, default, default);
+                Spares.Enqueue(this);
+                held.Dispose();
+                pass.Dispose();
+            }
+        }
+    }
+
+    /// <summary>
+    /// After an early-answered deferred writeback write's round, under the chunk's lock still: the cached table takes
+    /// the new CRCs and the superseded map goes back (when it committed), the arrays go back, and its slot.
+    /// </summary>
+    private void AfterDeferredWriteback(bool committed, Deferred d, ChunkMap old)
+    {
         try
         {
-            await commit.ConfigureAwait(false);
-            committed = true;
-            KeepTouchedCrcs(old.Replicas, d.Map.Replicas, d.Current, d.NewCrcs, d.From, d.Blocks.Length);
-            // Superseded, its extents now the new map's: this write was its last user.
-            pool.MapSpares.Return(old);
-        }
-        catch (Exception)
-        {
-            // The round failed: the pool is read-only (its RAS event says why) and the next FLUSH fails.
+            if (committed)
+            {
+                KeepTouchedCrcs(old.Replicas, d.Map.Replicas, d.Current, d.NewCrcs, d.From, d.Blocks.Length);
+                // Superseded, its extents now the new map's: this write was its last user.
+                pool.MapSpares.Return(old);
+            }
         }
         finally
         {
             d.Return(arraysFree: committed);
             pool.Log.ReleaseEarlyDeferred();
-            held.Dispose();
-            pass.Dispose();
         }
     }
 
