@@ -442,8 +442,8 @@ public sealed partial class Image
                 {
                     var m = MirrorOf(offset / cs, offset / cs);
                     // A small writeback write into a durable chunk: answered once its blocks are logged; the lock and
-                    // the pass stay held until they are in place.
-                    if (m == null && !durable && source.Length < cs
+                    // the pass stay held until they are in place. (The chunk size first: on most pools, never.)
+                    if (m == null && !durable && source.Length < cs && cs >= _pool.DeferWritebackFromChunkSize
                         && await _pool.ChunkIo.TryWriteDeferredWritebackAsync(meta, offset / cs, (int)(offset % cs), source, held, pass).ConfigureAwait(false))
                     {
                         handed = true;

@@ -681,7 +681,7 @@ internal sealed class ChunkIo(Pool pool)
         pool.ThrowIfNotWritable();
         var old = pool.Meta.ChunkAtLocked(meta, index);
         bool blocks = pool.WritesBlockTables(meta.ChunkSize);
-        if (old == null || meta.ChunkSize < pool.DeferWritebackFromChunkSize || pool.Log.MayOverwriteInPlace(old)
+        if (old == null || pool.Log.MayOverwriteInPlace(old)
             || !MayDefer(meta, index, old, within, data.Length, durable: false, blocks) || !pool.Log.TryTakeEarlyDeferred())
             return false;
         Deferred d;
