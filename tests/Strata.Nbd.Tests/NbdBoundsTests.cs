@@ -72,6 +72,40 @@ public sealed class NbdBoundsTests
     }
 
     [TestMethod]
+    public async Task LargeReads_ArriveInOneBurst_EachAnsweredBeforeTheNextIsRead()
+    {
+        // Served from memory targets, the reads complete on the receive loop's own thread, whose replies went
+        // out only before it next waited for the socket: all 16 buffers were filled first (4 MiB in flight).
+        // Sent once they hold 256 KiB, each reply is on the socket before the next read starts.
+        const int Read = 256 << 10, Count = 16;
+        await using var nbd = await InProcessNbd.StartAsync();
+        var data = new byte[4 << 20];
+        new Random(26).NextBytes(data);
+        using (var w = await nbd.OpenAsync())
+            for (int at = 0; at < data.Length; at += Read)
+                await w.WriteAsync((ulong)at, data[at..(at + Read)]);
+        long peakOfWrites = nbd.Server.PeakInFlightBytes;
+
+        using var c = await nbd.OpenAsync();
+        var burst = new List<byte>();
+        for (int k = 0; k < Count; k++)
+            burst.AddRange(Request(CmdRead, 1000 + (ulong)k, (ulong)(k * Read), Read));
+        await c.SendAsync([.. burst]);
+        for (int k = 0; k < Count; k++)
+        {
+            var r = await c.ReadReplyAsync();
+            Assert.AreEqual(0u, r.Error, r.Message);
+            int at = (int)(r.Cookie - 1000) * Read;
+            CollectionAssert.AreEqual(data[at..(at + Read)], r.Data, $"read at {at}");
+        }
+
+        Assert.AreEqual(Read, peakOfWrites, "the writes went one at a time");
+        Assert.AreEqual(Read, nbd.Server.PeakInFlightBytes, "one read's payload in flight at a time");
+        Assert.AreEqual(0, nbd.Server.InFlightBytes);
+        Assert.AreEqual(0, nbd.Server.Buffers.Outstanding);
+    }
+
+    [TestMethod]
     public async Task Stop_ClientNeverReadsReplies_ConnectionAbandonedAfterGrace_BuffersReturned()
     {
         await using var nbd = await InProcessNbd.StartAsync(new NbdServerOptions
