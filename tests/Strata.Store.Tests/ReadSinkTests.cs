@@ -96,7 +96,7 @@ public sealed class ReadSinkTests
     {
         var devs = Targets(files);
         if (files)
-            Assert.AreEqual(512 * KiB, devs[0].Geometry.CachedReadLimit, "a buffered file serves cached reads on the caller's thread");
+            Assert.AreEqual(2048 * KiB, devs[0].Geometry.CachedReadLimit, "a buffered file serves cached reads on the caller's thread");
         var (engine, ras) = await TestDevices.FormatAsync(devs);
         await using var _ = engine;
         var pool = await engine.CreatePoolAsync("tank", 8L * 1024 * 1024, 1, TestDevices.SmallPool with { LayoutVersion = layout });

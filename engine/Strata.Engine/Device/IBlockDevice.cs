@@ -46,8 +46,8 @@ public sealed record DeviceGeometry(
 
     /// <summary>
     /// Largest read the device serves on the caller's thread when the page cache holds it (a
-    /// <see cref="DeviceFeatures.CachedRead"/> device, DeviceOptions.CachedIoLimit); 0 when every read
-    /// goes through a queue pair.
+    /// <see cref="DeviceFeatures.CachedRead"/> device, DeviceOptions.CachedReadLimit; on a polling thread
+    /// only up to DeviceOptions.CachedIoLimit); 0 when every read goes through a queue pair.
     /// </summary>
     public int CachedReadLimit { get; init; }
 }

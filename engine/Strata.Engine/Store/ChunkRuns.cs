@@ -386,6 +386,9 @@ internal sealed class ChunkRuns(Pool pool)
     /// </summary>
     private const int SinkHeadroom = 4096;
 
+    /// <summary>Longest run read for a sink on the caller's thread, its headroom included (the page-cache read limit before it grew to 2 MiB).</summary>
+    private const int SinkRunLimit = 512 * 1024;
+
     /// <summary>
     /// Longest run read for a sink: where every target serves reads the page cache holds on the
     /// caller's thread, no longer than that limit (with the headroom), so the whole read is read,
@@ -398,7 +401,9 @@ internal sealed class ChunkRuns(Pool pool)
         int max = MaxRun();
         foreach (var s in pool.Shards)
         {
-            int cached = s.Device.Geometry.CachedReadLimit - SinkHeadroom;
+            // At most 512 KiB: a run is read whole before its first piece is verified and sent, and a longer
+            // one leaves its first pieces beyond the core's cache by then.
+            int cached = Math.Min(s.Device.Geometry.CachedReadLimit, SinkRunLimit) - SinkHeadroom;
             if (cached <= 0)
                 return max;
             max = Math.Min(max, cached);

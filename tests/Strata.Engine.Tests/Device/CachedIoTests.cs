@@ -129,24 +129,32 @@ public sealed partial class CachedIoTests
     }
 
     /// <summary>
-    /// The default limit (DeviceOptions.CachedIoLimit, 512 KiB) takes a 264 KiB read on the caller's
-    /// thread: two 128 KiB chunks and their block tables, what a 256 KiB NBD read of the daemon's
-    /// default chunk size reads. A 1 MiB read goes through the queue pair and reads the same bytes.
+    /// The default limits take a 264 KiB read on the caller's thread (two 128 KiB chunks and their block
+    /// tables, what a 256 KiB NBD read of the daemon's default chunk size reads) and a read of a whole 1 MiB
+    /// chunk with its table (DeviceOptions.CachedReadLimit, 2 MiB, off polling threads); a 3 MiB read goes
+    /// through the queue pair and reads the same bytes.
     /// </summary>
     [TestMethod]
-    public async Task BufferedDevice_TwoChunkRead_OnTheCallersThread_1MiBThroughTheQueuePair()
+    public async Task BufferedDevice_ReadsUpTo2MiB_OnTheCallersThread_LongerThroughTheQueuePair()
     {
         using var dev = Open("two", direct: false);
-        const int Two = 2 * (128 + 4) << 10;
-        using var w = dev.Buffers.Rent(1 << 20);
-        using var r = dev.Buffers.Rent(1 << 20);
+        Assert.AreEqual(2 << 20, dev.Geometry.CachedReadLimit);
+        const int Two = 2 * (128 + 4) << 10, Chunk = (1024 + 4) << 10, Long = 3 << 20;
+        using var w = dev.Buffers.Rent(Long);
+        using var r = dev.Buffers.Rent(Long);
         for (int i = 0; i < w.Span.Length; i++)
             w.Span[i] = (byte)(i * 7 + i / 4096);
         await dev.WriteAsync(1 << 20, w.Memory);
-        var read = dev.ReadAsync(1 << 20, r.Memory[..Two]);
-        Assert.IsTrue(read.IsCompletedSuccessfully, "a 264 KiB read of cached pages went through the polling thread");
-        await read;
-        Assert.IsTrue(w.Span[..Two].SequenceEqual(r.Span[..Two]));
+        // The 3 MiB write completed on the polling thread, where only CachedIoLimit (512 KiB) is read in place.
+        await Task.Yield();
+        foreach (int length in new[] { Two, Chunk })
+        {
+            r.Span.Clear();
+            var read = dev.ReadAsync(1 << 20, r.Memory[..length]);
+            Assert.IsTrue(read.IsCompletedSuccessfully, $"a {length}-byte read of cached pages went through the polling thread");
+            await read;
+            Assert.IsTrue(w.Span[..length].SequenceEqual(r.Span[..length]));
+        }
         r.Span.Clear();
         await dev.ReadAsync(1 << 20, r.Memory);
         Assert.IsTrue(w.Span.SequenceEqual(r.Span));
@@ -278,17 +286,17 @@ public sealed partial class CachedIoTests
         CollectionAssert.AreEqual(rest, r);
     }
 
-    /// <summary>FUA, faults and a 1 MiB read (over CachedIoLimit) take the queue pair, never the vectored call.</summary>
+    /// <summary>FUA, faults and a 3 MiB read (over CachedReadLimit) take the queue pair, never the vectored call.</summary>
     [TestMethod]
     public async Task BufferedDevice_FuaFaultsAndLongReads_GoThroughTheQueuePair()
     {
         using var dev = Open("gatherq", direct: false);
-        byte[] head = Pattern(4096, 7), rest = Pattern(1 << 20, 8);
+        byte[] head = Pattern(4096, 7), rest = Pattern(3 << 20, 8);
         await dev.WriteGatherAsync(0, head, rest, WriteFlags.Fua);
         Assert.AreEqual(0L, dev.CachedPairs, "a FUA write was copied into the page cache");
         byte[] h = new byte[head.Length], r = new byte[rest.Length];
         await dev.ReadScatterAsync(0, h, r);
-        Assert.AreEqual(0L, dev.CachedPairs, "a read over CachedIoLimit was served on the caller's thread");
+        Assert.AreEqual(0L, dev.CachedPairs, "a read over CachedReadLimit was served on the caller's thread");
         CollectionAssert.AreEqual(head, h);
         CollectionAssert.AreEqual(rest, r);
 
