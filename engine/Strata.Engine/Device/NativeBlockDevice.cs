@@ -97,10 +97,12 @@ public sealed record DeviceOptions
     public PollerGroup? Group { get; init; }
 
     /// <summary>
-    /// Largest read or write served on the caller's thread through the page cache (devices with
-    /// CachedRead or CachedWrite); larger ones go through a queue pair, so their copies run on other
-    /// threads while the caller goes on (measured: 1 MiB reads through NBD at about half the rate
-    /// when the receiving thread copied them itself). 0 turns the cached path off. 512 KiB: a
+    /// Largest read or write served on any thread, a polling thread included, through the page cache
+    /// (devices with CachedRead or CachedWrite); off polling threads <see cref="CachedReadLimit"/> and
+    /// <see cref="CachedWriteLimit"/> go further. Longer ones go through a queue pair, their copies on
+    /// an io_uring worker (1 MiB NBD reads were once measured at half the rate copied on the receiving
+    /// thread; with replies sent as they are read, session 26 measured the other way round: CachedReadLimit).
+    /// 0 turns the cached path off. 512 KiB: a
     /// 256 KiB NBD read of a 128 KiB-chunk image (nbdcopy's requests; two chunks and their block
     /// tables, 264 KiB) through the queue pair cost a wake-up of the polling thread and one of the
     /// send loop per request; served here, nbdcopy's copy out of Strata took about 40% less server CPU.
