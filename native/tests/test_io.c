@@ -477,6 +477,20 @@ TEST(queue_pairs_on_threads)
 }
 
 /*
+ * A cached read (plain or vectored) after pages were dropped: -EAGAIN, never a part. The kernel drops only
+ * whole folios (a large one spanning a dropped page keeps it), and RWF_NOWAIT may start readahead that
+ * finishes in time for the same call: on this VM 8 runs in 100 read everything. The whole read, every byte
+ * right, is as good; a part would leave r's zeroes.
+ */
+static void check_whole_or_again(int32_t rc, const uint8_t *r, size_t len, uint32_t seed)
+{
+    if (rc == 0)
+        CHECK(t_is_fill(r, len, seed));
+    else
+        CHECK_EQ(rc, -EAGAIN);
+}
+
+/*
  * sio_device_read_cached: a buffered device serves a read the page cache holds
  * whole on the caller's thread; pages not cached, injected faults and direct
  * devices leave it to a queue pair.
@@ -505,7 +519,8 @@ TEST(read_cached)
     CHECK(fd >= 0);
     CHECK_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
     close(fd);
-    CHECK_EQ(sio_device_read_cached(dev, r, 65536, 131072), -EAGAIN);
+    memset(r, 0, 65536);
+    check_whole_or_again(sio_device_read_cached(dev, r, 65536, 131072), r, 65536, 7);
     /* The queue pair reads it (and caches it again). */
     memset(r, 0, 65536);
     CHECK_EQ(t_io(qp, SIO_OP_READ, 131072, r, 65536, 0).status, 0);
@@ -657,10 +672,12 @@ TEST(readv_cached)
     drop_cached(p, OFF + LEN - 4096, 4096);
     CHECK_EQ(sio_device_read_cached(dev, r, 4096, OFF), 0);
     split(iov, r, (const uint64_t[]){100, LEN - 100}, 2);
-    CHECK_EQ(sio_device_readv_cached(dev, iov, 2, OFF), -EAGAIN);
-    /* None of it cached: -EAGAIN; the queue pair reads it, and then the vector is served. */
+    memset(r, 0, LEN);
+    check_whole_or_again(sio_device_readv_cached(dev, iov, 2, OFF), r, LEN, 21);
+    /* None of it cached: -EAGAIN (or whole, as above); the queue pair reads it, and then the vector is served. */
     drop_cached(p, 0, 0);
-    CHECK_EQ(sio_device_readv_cached(dev, iov, 2, OFF), -EAGAIN);
+    memset(r, 0, LEN);
+    check_whole_or_again(sio_device_readv_cached(dev, iov, 2, OFF), r, LEN, 21);
     CHECK_EQ(t_io(qp, SIO_OP_READ, OFF, w, LEN, 0).status, 0);
     memset(r, 0, LEN);
     CHECK_EQ(sio_device_readv_cached(dev, iov, 2, OFF), 0);
