@@ -95,9 +95,9 @@ public sealed class ImageMigrationLagTests
         var (r, handle) = await Rig.ExecutedAsync();
         await r.LaggingWriteAsync(handle);
         await r.CrashAndReopenAsync();
-        // The mark was durable: the copy starts again at chunk 0 (an executed migration executes again).
-        var st = r.Engine.MigrationStatus("a/c/v");
-        Assert.AreNotEqual("executed", st.State, "an executed migration with the mark copies again before commit");
+        // The mark was durable: the copy starts again at chunk 0 (an executed migration executes again). The
+        // event says so; the state right after the open is not asserted: a resumed copy of 8 chunks may have
+        // finished before it is read (a CI run saw "executed" there).
         StringAssert.Contains(r.Ras.WithId(ImageMigrationRasIds.Resumed).Last().Message, "resumed executing at chunk 0 (the engine did not stop cleanly");
         await r.Engine.WaitForMigrationJobAsync("a/c/v");
         Assert.AreEqual("executed", r.Engine.MigrationStatus("a/c/v").State);
