@@ -51,6 +51,7 @@ public sealed partial class Pool : IAsyncDisposable
         _engine = engine;
         _entry = entry;
         _shards = shards;
+        _bypassesPageCache = BypassesPageCache(shards);
         _placementTargets = shards.Length;
         _excluded = ParseExcluded(state.Props.GetValueOrDefault(ExcludedProp), shards.Length);
         _logShards = [.. shards.Where(s => !_excluded.Contains(s.Index))];
@@ -84,7 +85,9 @@ public sealed partial class Pool : IAsyncDisposable
             return;
         }
         System.Diagnostics.Debug.Assert(shard.Index == current.Length, "shards join in target order");
-        Volatile.Write(ref _shards, [.. current, shard]);
+        Shard[] joined = [.. current, shard];
+        Volatile.Write(ref _bypassesPageCache, BypassesPageCache(joined));
+        Volatile.Write(ref _shards, joined);
         Volatile.Write(ref _logShards, [.. LogShards, shard]);
     }
 
@@ -236,14 +239,20 @@ public sealed partial class Pool : IAsyncDisposable
     internal int DeferWritebackFromChunkSize
     {
         get => _deferWritebackFrom ?? _engine.Options.DeferWritebackFromChunkSize
-            ?? (BypassesPageCache() ? StorageEngineOptions.AutoDeferWritebackFrom : int.MaxValue);
+            ?? (Volatile.Read(ref _bypassesPageCache) ? StorageEngineOptions.AutoDeferWritebackFrom : int.MaxValue);
         set => _deferWritebackFrom = value;
     }
 
+    /// <summary>
+    /// <see cref="BypassesPageCache(Shard[])"/> of <see cref="Shards"/>, set with it (a device's features never change):
+    /// read on every small writeback write, where walking the shards each time was work done twice per write.
+    /// </summary>
+    private bool _bypassesPageCache;
+
     /// <summary>Whether every target's reads come from the device (O_DIRECT files, block devices, SPDK), not a page cache.</summary>
-    private bool BypassesPageCache()
+    private static bool BypassesPageCache(Shard[] shards)
     {
-        foreach (var s in Shards)
+        foreach (var s in shards)
             if ((s.Device.Geometry.Features & Device.DeviceFeatures.DirectIo) == 0)
                 return false;
         return true;
